@@ -1,0 +1,1 @@
+"""calibkit: calibration metrics, calibrators and uncertainty with native kernels."""

@@ -1,0 +1,157 @@
+"""The one place that turns array-likes into checked arrays.
+
+Arrays are taken as they come whenever the kernels can read them in place
+(float16/32/64, any strides, C or Fortran order, read-only, memory-mapped).
+A copy is made only when it cannot be avoided (lists, integer scores,
+non-native byte order, misaligned memory). Content checks that need a look at
+every element (NaN/inf, probabilities outside [0, 1], labels out of range,
+negative weights) are done by the kernels during their single pass and
+reported through :func:`raise_for_status`.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+# Status codes shared with the C++ (common.hpp) and Numba kernels.
+OK = 0
+SCORE_NOT_FINITE = 1
+PROBABILITY_OUT_OF_RANGE = 2
+LABEL_OUT_OF_RANGE = 3
+WEIGHT_NOT_FINITE = 4
+WEIGHT_NEGATIVE = 5
+
+
+def _as_array(x, name):
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "__dlpack__") and not hasattr(x, "__array__"):
+        try:
+            return np.from_dlpack(x)
+        except Exception as exc:  # pragma: no cover - depends on the producer
+            raise TypeError(f"{name} could not be read through DLPack: {exc}") from None
+    if hasattr(x, "detach") and hasattr(x, "numpy"):  # torch tensors (CPU): zero-copy view
+        try:
+            return x.detach().numpy()
+        except Exception as exc:
+            raise TypeError(f"{name} must be on the CPU to be read without a copy ({exc})") from None
+    try:
+        return np.asarray(x)
+    except Exception as exc:
+        raise TypeError(f"{name} must be array-like, got {type(x).__name__}: {exc}") from None
+
+
+def _readable_in_place(a):
+    """True if a native kernel can read `a` through its strides as it is."""
+    if not a.dtype.isnative:
+        return False
+    item = a.dtype.itemsize
+    if a.ctypes.data % item:
+        return False
+    return all(s % item == 0 for s in a.strides)
+
+
+def check_scores(scores, name="scores"):
+    """Return `scores` as a float16/32/64 array of ndim 1 or 2, without a copy where possible."""
+    a = _as_array(scores, name)
+    if a.dtype == object or a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be an array of floats, got dtype {a.dtype}")
+    if a.dtype.kind in "iub":
+        a = a.astype(np.float64)
+    elif a.dtype.type not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, float32 or float64, got dtype {a.dtype}")
+    if a.ndim not in (1, 2):
+        raise ValueError(f"{name} must have shape (N,) or (N, K), got shape {a.shape}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{name} is empty: at least one row is needed")
+    if a.ndim == 2 and a.shape[1] < 2:
+        raise ValueError(f"{name} must have at least 2 columns (classes), got shape {a.shape}")
+    if not _readable_in_place(a):
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+    return a
+
+
+def check_labels(labels, n_rows, name="labels"):
+    """Return `labels` as a 1-D int64 array of length `n_rows` (range is checked by the kernels)."""
+    y = _as_array(labels, name)
+    if y.dtype == bool:
+        y = y.astype(np.int64)
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers, got dtype {y.dtype}")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"{name} must have shape (N,), got shape {y.shape}")
+    if y.shape[0] != n_rows:
+        raise ValueError(f"{name} has {y.shape[0]} entries but scores has {n_rows} rows")
+    if y.dtype.kind == "u" and y.dtype.itemsize == 8 and y.size and y.max() > np.iinfo(np.int64).max:
+        bad = int(np.argmax(y > np.iinfo(np.int64).max))
+        raise ValueError(f"{name}[{bad}] = {y[bad]} is out of range")
+    if y.dtype != np.int64 or not _readable_in_place(y):
+        y = y.astype(np.int64)
+    return y
+
+
+def check_sample_weight(sample_weight, n_rows, name="sample_weight"):
+    """Return None or a 1-D float64 array of length `n_rows` (values are checked by the kernels)."""
+    if sample_weight is None:
+        return None
+    w = _as_array(sample_weight, name)
+    if w.dtype == object or w.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be numbers, got dtype {w.dtype}")
+    if w.ndim != 1:
+        raise ValueError(f"{name} must have shape (N,), got shape {w.shape}")
+    if w.shape[0] != n_rows:
+        raise ValueError(f"{name} has {w.shape[0]} entries but scores has {n_rows} rows")
+    if w.dtype != np.float64 or not _readable_in_place(w):
+        w = w.astype(np.float64)
+    return w
+
+
+def check_n_bins(n_bins):
+    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral):
+        raise TypeError(f"n_bins must be an integer, got {type(n_bins).__name__}")
+    n_bins = int(n_bins)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    return n_bins
+
+
+def check_choice(value, name, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def raise_for_status(status, *, n_classes=None, scores_name="scores", binary=False):
+    """Turn a kernel's (code, row, col, value) report into a ValueError."""
+    code, row, col, value = status
+    if code == OK:
+        return
+    where = f"{scores_name}[{row}]" if col < 0 else f"{scores_name}[{row}, {col}]"
+    if code == SCORE_NOT_FINITE:
+        raise ValueError(f"{where} = {value!r} is not finite (NaN and inf are not accepted)")
+    if code == PROBABILITY_OUT_OF_RANGE:
+        raise ValueError(
+            f"{where} = {value!r} is not a probability in [0, 1]; pass from_logits=True for logits"
+        )
+    if code == LABEL_OUT_OF_RANGE:
+        label = int(value)
+        if binary:
+            raise ValueError(f"labels[{row}] = {label} is not 0 or 1 (binary scores of shape (N,))")
+        raise ValueError(f"labels[{row}] = {label} is out of range for n_classes={n_classes}")
+    if code == WEIGHT_NOT_FINITE:
+        raise ValueError(f"sample_weight[{row}] = {value!r} is not finite")
+    if code == WEIGHT_NEGATIVE:
+        raise ValueError(f"sample_weight[{row}] = {value!r} is negative")
+    raise RuntimeError(f"kernel reported unknown status {status!r}")  # pragma: no cover
