@@ -1,0 +1,104 @@
+"""Shared pieces of the Numba kernels: float16 loads, chunking, status codes.
+
+Mirrors cpp/include/calibkit/common.hpp and parallel.hpp: the same chunk
+sizes and the same in-order combination of chunk partials, so the Numba
+backend computes the same sums in the same order as the C++ one.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from .. import _backend
+
+# All 65536 float16 bit patterns as float32: a float16 load is a table lookup.
+HALF_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+CHUNK_ELEMENTS = 1 << 15
+MIN_PARALLEL_ELEMENTS = 1 << 16
+MAX_GROUP = 64
+GROUP_BUDGET_VALUES = 1 << 20
+
+OK = 0
+SCORE_NOT_FINITE = 1
+PROBABILITY_OUT_OF_RANGE = 2
+LABEL_OUT_OF_RANGE = 3
+WEIGHT_NOT_FINITE = 4
+WEIGHT_NEGATIVE = 5
+PROBABILITY_TOLERANCE = 1e-6
+
+JIT = dict(nogil=True, cache=True, fastmath=False)
+
+
+def load(x, table):  # pragma: no cover - replaced by the overload inside jitted code
+    raise NotImplementedError
+
+
+@overload(load, inline="always")
+def _load_overload(x, table):
+    if isinstance(x, types.Integer) and x.bitwidth == 16 and not x.signed:
+        return lambda x, table: np.float64(table[x])
+    return lambda x, table: np.float64(x)
+
+
+@numba.njit(inline="always", **JIT)
+def valid_probability(p):
+    return p >= -PROBABILITY_TOLERANCE and p <= 1.0 + PROBABILITY_TOLERANCE
+
+
+@numba.njit(inline="always", **JIT)
+def is_finite(v):
+    return v - v == 0.0
+
+
+@numba.njit(**JIT)
+def rows_per_chunk(cols, min_rows):
+    return max(min_rows, CHUNK_ELEMENTS // max(cols, 1))
+
+
+@numba.njit(**JIT)
+def group_size(n_chunks, partial_values):
+    budget = GROUP_BUDGET_VALUES // max(partial_values, 1)
+    return min(max(min(MAX_GROUP, budget), 4), n_chunks)
+
+
+@numba.njit(**JIT)
+def merge_status(st, code, row, col, value):
+    """Keep the first problem in row-major order; st = float64 [code, row, col, value]."""
+    if code == OK:
+        return
+    if st[0] == OK or row < st[1] or (row == st[1] and col < st[2]):
+        st[0] = code
+        st[1] = row
+        st[2] = col
+        st[3] = value
+
+
+def as_kernel_array(a):
+    """float16 arrays are read by the kernels as raw uint16 bits (same strides)."""
+    if a.dtype == np.float16:
+        return a.view(np.uint16)
+    return a
+
+
+def check_float_dtype(a, name):
+    if a.dtype not in (np.float16, np.float32, np.float64):
+        raise TypeError(f"{name} must be float16, float32 or float64, got {a.dtype}")
+
+
+def run_locked(fn, *args):
+    """Run a parallel Numba kernel under the process-wide lock with the configured thread count."""
+    with _backend.numba_lock:
+        numba.set_num_threads(min(_backend.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        return fn(*args)
+
+
+def new_status():
+    return np.array([OK, -1.0, -1.0, 0.0])
+
+
+def status_tuple(st):
+    return (int(st[0]), int(st[1]), int(st[2]), float(st[3]))

@@ -1,0 +1,505 @@
+"""Numba twin of cpp/include/calibkit/binning.hpp (same names, same algorithm).
+
+See binning.hpp for the bin convention: bin(c) = #{inner edges strictly below c}.
+Chunks and the order partials are folded in match the C++ kernels exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ._common import (
+    JIT,
+    LABEL_OUT_OF_RANGE,
+    MIN_PARALLEL_ELEMENTS,
+    PROBABILITY_OUT_OF_RANGE,
+    SCORE_NOT_FINITE,
+    WEIGHT_NEGATIVE,
+    WEIGHT_NOT_FINITE,
+    CHUNK_ELEMENTS,
+    HALF_TABLE,
+    as_kernel_array,
+    check_float_dtype,
+    group_size,
+    is_finite,
+    load,
+    merge_status,
+    new_status,
+    rows_per_chunk,
+    run_locked,
+    status_tuple,
+    valid_probability,
+)
+
+# Totals slots, as in binning.hpp's Totals.
+T_COUNT, T_WEIGHT, T_CORRECT, T_CONF, T_BRIER, T_NLL = range(6)
+
+
+def equal_width_inner(n_bins):
+    return np.arange(1, n_bins, dtype=np.float64) / np.float64(n_bins)
+
+
+@numba.njit(inline="always", **JIT)
+def find_bin(c, inner, uniform):
+    n_inner = inner.shape[0]
+    if n_inner <= 0:
+        return 0
+    if uniform:
+        guess = math.ceil(c * (n_inner + 1)) - 1.0
+        if guess < 0.0:
+            m = 0
+        elif guess > n_inner:
+            m = n_inner
+        else:
+            m = int(guess)
+        while m > 0 and not (inner[m - 1] < c):
+            m -= 1
+        while m < n_inner and inner[m] < c:
+            m += 1
+        return m
+    return np.searchsorted(inner, c)  # side="left" == std::lower_bound
+
+
+@numba.njit(inline="always", **JIT)
+def check_weight(w, i, st):
+    if not is_finite(w):
+        merge_status(st, WEIGHT_NOT_FINITE, i, -1, w)
+        return False
+    if w < 0:
+        merge_status(st, WEIGHT_NEGATIVE, i, -1, w)
+        return False
+    return True
+
+
+@numba.njit(**JIT)
+def _summarize_row(scores, i, y, from_logits, nll_eps, table, st, out):
+    """Fill out = [argmax, confidence, p_label, sum_sq, nll]; False on bad data."""
+    K = scores.shape[1]
+    if from_logits:
+        best = load(scores[i, 0], table)
+        arg = 0
+        finite = True
+        for k in range(K):
+            v = load(scores[i, k], table)
+            finite &= is_finite(v)
+            if v > best:
+                best = v
+                arg = k
+        if not finite:
+            for k in range(K):
+                v = load(scores[i, k], table)
+                if not is_finite(v):
+                    merge_status(st, SCORE_NOT_FINITE, i, k, v)
+                    return False
+        total = 0.0
+        total_sq = 0.0
+        for k in range(K):
+            e = math.exp(load(scores[i, k], table) - best)
+            total += e
+            total_sq += e * e
+        shifted = load(scores[i, y], table) - best
+        out[0] = arg
+        out[1] = 1.0 / total
+        out[2] = math.exp(shifted) / total
+        out[3] = total_sq / (total * total)
+        out[4] = math.log(total) - shifted
+        return True
+    best = -1.0
+    arg = 0
+    sum_sq = 0.0
+    ok = True
+    for k in range(K):
+        v = load(scores[i, k], table)
+        ok &= valid_probability(v)
+        sum_sq += v * v
+        if v > best:
+            best = v
+            arg = k
+    if not ok:
+        for k in range(K):
+            v = load(scores[i, k], table)
+            if not is_finite(v):
+                merge_status(st, SCORE_NOT_FINITE, i, k, v)
+                return False
+            if not valid_probability(v):
+                merge_status(st, PROBABILITY_OUT_OF_RANGE, i, k, v)
+                return False
+    p_label = load(scores[i, y], table)
+    out[0] = arg
+    out[1] = best
+    out[2] = p_label
+    out[3] = sum_sq
+    out[4] = -math.log(max(p_label, nll_eps))
+    return True
+
+
+@numba.njit(**JIT)
+def _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps,
+                     conf_out, correct_out, has_out, table, begin, end, count, wsum, sconf, scorr, tot, st):
+    K = scores.shape[1]
+    row = np.empty(5)
+    for i in range(begin, end):
+        y = labels[i]
+        if y < 0 or y >= K:
+            merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
+            continue
+        w = weights[i] if has_w else 1.0
+        if has_w and not check_weight(w, i, st):
+            continue
+        if not _summarize_row(scores, i, y, from_logits, nll_eps, table, st, row):
+            continue
+        conf = row[1]
+        correct = 1.0 if int(row[0]) == y else 0.0
+        if n_bins > 0:
+            b = find_bin(conf, inner, True)
+            count[b] += 1
+            wsum[b] += w
+            sconf[b] += w * conf
+            scorr[b] += w * correct
+        if has_out:
+            conf_out[i] = conf
+            correct_out[i] = np.uint8(correct)
+        tot[0] += 1.0
+        tot[1] += w
+        tot[2] += w * correct
+        tot[3] += w * conf
+        tot[4] += w * (row[3] - 2.0 * row[2] + 1.0)
+        tot[5] += w * row[4]
+
+
+@numba.njit(parallel=True, **JIT)
+def _top_label_driver(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps,
+                      conf_out, correct_out, has_out, table, parallel):
+    N, K = scores.shape
+    M = max(n_bins, 1)
+    chunk = rows_per_chunk(K, 1)
+    n_chunks = (N + chunk - 1) // chunk
+    count = np.zeros(M, np.int64)
+    wsum = np.zeros(M)
+    sconf = np.zeros(M)
+    scorr = np.zeros(M)
+    tot = np.zeros(6)
+    st = np.array([0.0, -1.0, -1.0, 0.0])
+    total_count = 0
+    group = group_size(n_chunks, 4 * n_bins)
+    for first in range(0, n_chunks, group):
+        g = min(group, n_chunks - first)
+        p_count = np.zeros((g, M), np.int64)
+        p_w = np.zeros((g, M))
+        p_conf = np.zeros((g, M))
+        p_corr = np.zeros((g, M))
+        p_tot = np.zeros((g, 6))
+        p_st = np.zeros((g, 4))
+        if parallel:
+            for j in numba.prange(g):
+                p_st[j, 1] = -1.0
+                p_st[j, 2] = -1.0
+                c = first + j
+                _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps,
+                                 conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
+                                 p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j], p_st[j])
+        else:
+            for j in range(g):
+                p_st[j, 1] = -1.0
+                p_st[j, 2] = -1.0
+                c = first + j
+                _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps,
+                                 conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
+                                 p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j], p_st[j])
+        for j in range(g):
+            for b in range(M):
+                count[b] += p_count[j, b]
+                wsum[b] += p_w[j, b]
+                sconf[b] += p_conf[j, b]
+                scorr[b] += p_corr[j, b]
+            total_count += int(p_tot[j, 0])
+            for t in range(1, 6):
+                tot[t] += p_tot[j, t]
+            merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
+    return count, wsum, sconf, scorr, total_count, tot, st
+
+
+def _dummy_out():
+    return np.empty(0, np.float64), np.empty(0, np.uint8)
+
+
+def _weights_arg(sample_weight, n):
+    if sample_weight is None:
+        return np.empty(1, np.float64), False
+    if sample_weight.dtype != np.float64 or sample_weight.ndim != 1 or sample_weight.shape[0] != n:
+        raise ValueError("sample_weight must be a 1-D float64 array of length N")
+    return sample_weight, True
+
+
+def _bins_dict(count, wsum, sconf, scorr, n_bins):
+    return {"count": count[:n_bins].copy(), "weight": wsum[:n_bins].copy(),
+            "sum_score": sconf[:n_bins].copy(), "sum_target": scorr[:n_bins].copy()}
+
+
+def _totals_dict(total_count, tot):
+    return {"count": int(total_count), "weight": float(tot[1]), "correct": float(tot[2]),
+            "confidence": float(tot[3]), "brier": float(tot[4]), "nll": float(tot[5])}
+
+
+def top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps, conf_out=None, correct_out=None):
+    """Same contract as ``calibkit._core.top_label_stats``."""
+    check_float_dtype(scores, "scores")
+    if scores.ndim != 2 or scores.shape[1] < 1:
+        raise ValueError("scores must be 2-D with at least one column")
+    if labels.dtype != np.int64 or labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
+        raise ValueError("labels must be a 1-D int64 array of length N")
+    if n_bins < 0:
+        raise ValueError("n_bins must be >= 0")
+    N, K = scores.shape
+    weights, has_w = _weights_arg(sample_weight, N)
+    has_out = conf_out is not None
+    if has_out:
+        if conf_out.shape != (N,) or correct_out is None or correct_out.shape != (N,):
+            raise ValueError("conf_out and correct_out must both be given with length N")
+    else:
+        conf_out, correct_out = _dummy_out()
+    parallel = N * K >= MIN_PARALLEL_ELEMENTS
+    count, wsum, sconf, scorr, total_count, tot, st = run_locked(
+        _top_label_driver, as_kernel_array(scores), labels, weights, has_w, bool(from_logits),
+        equal_width_inner(n_bins), int(n_bins), float(nll_eps), conf_out, correct_out, has_out, HALF_TABLE,
+        parallel)
+    out = _bins_dict(count, wsum, sconf, scorr, n_bins)
+    out["totals"] = _totals_dict(total_count, tot)
+    out["status"] = status_tuple(st)
+    return out
+
+
+@numba.njit(**JIT)
+def _binary_chunk(probs, targets, weights, has_w, inner, uniform, n_bins, nll_eps, table, begin, end,
+                  count, wsum, sconf, scorr, tot, st):
+    for i in range(begin, end):
+        y = np.int64(targets[i])
+        if y != 0 and y != 1:
+            merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
+            continue
+        w = weights[i] if has_w else 1.0
+        if has_w and not check_weight(w, i, st):
+            continue
+        p = load(probs[i], table)
+        if not valid_probability(p):
+            merge_status(st, PROBABILITY_OUT_OF_RANGE if is_finite(p) else SCORE_NOT_FINITE, i, -1, p)
+            continue
+        target = float(y)
+        if n_bins > 0:
+            b = find_bin(p, inner, uniform)
+            count[b] += 1
+            wsum[b] += w
+            sconf[b] += w * p
+            scorr[b] += w * target
+        pc = min(max(p, nll_eps), 1.0 - nll_eps)
+        tot[0] += 1.0
+        tot[1] += w
+        tot[2] += w * target
+        tot[3] += w * p
+        tot[4] += w * (p - target) * (p - target)
+        tot[5] -= w * (math.log(pc) if y == 1 else math.log1p(-pc))
+
+
+@numba.njit(parallel=True, **JIT)
+def _binary_driver(probs, targets, weights, has_w, inner, uniform, n_bins, nll_eps, table, parallel):
+    N = probs.shape[0]
+    M = max(n_bins, 1)
+    chunk = CHUNK_ELEMENTS
+    n_chunks = (N + chunk - 1) // chunk
+    count = np.zeros(M, np.int64)
+    wsum = np.zeros(M)
+    sconf = np.zeros(M)
+    scorr = np.zeros(M)
+    tot = np.zeros(6)
+    st = np.array([0.0, -1.0, -1.0, 0.0])
+    total_count = 0
+    group = group_size(n_chunks, 4 * n_bins)
+    for first in range(0, n_chunks, group):
+        g = min(group, n_chunks - first)
+        p_count = np.zeros((g, M), np.int64)
+        p_w = np.zeros((g, M))
+        p_conf = np.zeros((g, M))
+        p_corr = np.zeros((g, M))
+        p_tot = np.zeros((g, 6))
+        p_st = np.zeros((g, 4))
+        if parallel:
+            for j in numba.prange(g):
+                p_st[j, 1] = -1.0
+                p_st[j, 2] = -1.0
+                c = first + j
+                _binary_chunk(probs, targets, weights, has_w, inner, uniform, n_bins, nll_eps, table,
+                              c * chunk, min(N, (c + 1) * chunk), p_count[j], p_w[j], p_conf[j], p_corr[j],
+                              p_tot[j], p_st[j])
+        else:
+            for j in range(g):
+                p_st[j, 1] = -1.0
+                p_st[j, 2] = -1.0
+                c = first + j
+                _binary_chunk(probs, targets, weights, has_w, inner, uniform, n_bins, nll_eps, table,
+                              c * chunk, min(N, (c + 1) * chunk), p_count[j], p_w[j], p_conf[j], p_corr[j],
+                              p_tot[j], p_st[j])
+        for j in range(g):
+            for b in range(M):
+                count[b] += p_count[j, b]
+                wsum[b] += p_w[j, b]
+                sconf[b] += p_conf[j, b]
+                scorr[b] += p_corr[j, b]
+            total_count += int(p_tot[j, 0])
+            for t in range(1, 6):
+                tot[t] += p_tot[j, t]
+            merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
+    return count, wsum, sconf, scorr, total_count, tot, st
+
+
+def binary_stats(scores, labels, sample_weight, n_bins, edges, nll_eps):
+    """Same contract as ``calibkit._core.binary_stats``."""
+    check_float_dtype(scores, "scores")
+    if scores.ndim != 1:
+        raise ValueError("scores must be 1-D")
+    if labels.dtype not in (np.int64, np.uint8):
+        raise TypeError(f"labels must have dtype int64 or uint8, got {labels.dtype}")
+    if labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
+        raise ValueError("labels must be 1-D with the length of scores")
+    if n_bins < 0:
+        raise ValueError("n_bins must be >= 0")
+    N = scores.shape[0]
+    weights, has_w = _weights_arg(sample_weight, N)
+    if edges is None:
+        inner, uniform = equal_width_inner(n_bins), True
+    else:
+        edges = np.ascontiguousarray(edges, dtype=np.float64)
+        if edges.ndim != 1 or edges.shape[0] != n_bins + 1:
+            raise ValueError("edges must be a 1-D float64 array of length n_bins + 1")
+        inner, uniform = edges[1:n_bins].copy(), False
+    parallel = N >= MIN_PARALLEL_ELEMENTS
+    count, wsum, sconf, scorr, total_count, tot, st = run_locked(
+        _binary_driver, as_kernel_array(scores), labels, weights, has_w, inner, uniform, int(n_bins),
+        float(nll_eps), HALF_TABLE, parallel)
+    out = _bins_dict(count, wsum, sconf, scorr, n_bins)
+    out["totals"] = _totals_dict(total_count, tot)
+    out["status"] = status_tuple(st)
+    return out
+
+
+@numba.njit(**JIT)
+def _classwise_chunk(scores, labels, weights, has_w, from_logits, inners, uniform, n_bins, table,
+                     begin, end, count, wsum, sprob, starget, st):
+    K = scores.shape[1]
+    p = np.empty(K)
+    for i in range(begin, end):
+        y = labels[i]
+        if y < 0 or y >= K:
+            merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
+            continue
+        w = weights[i] if has_w else 1.0
+        if has_w and not check_weight(w, i, st):
+            continue
+        ok = True
+        if from_logits:
+            best = -np.inf
+            for k in range(K):
+                p[k] = load(scores[i, k], table)
+                if not is_finite(p[k]):
+                    merge_status(st, SCORE_NOT_FINITE, i, k, p[k])
+                    ok = False
+                    break
+                best = max(best, p[k])
+            if not ok:
+                continue
+            total = 0.0
+            for k in range(K):
+                p[k] = math.exp(p[k] - best)
+                total += p[k]
+            inv = 1.0 / total
+            for k in range(K):
+                p[k] *= inv
+        else:
+            for k in range(K):
+                p[k] = load(scores[i, k], table)
+                if not valid_probability(p[k]):
+                    merge_status(st, PROBABILITY_OUT_OF_RANGE if is_finite(p[k]) else SCORE_NOT_FINITE,
+                                 i, k, p[k])
+                    ok = False
+                    break
+            if not ok:
+                continue
+        for k in range(K):
+            inner = inners[0] if uniform else inners[k]
+            b = k * n_bins + find_bin(p[k], inner, uniform)
+            count[b] += 1
+            wsum[b] += w
+            sprob[b] += w * p[k]
+            starget[b] += w * (1.0 if k == y else 0.0)
+
+
+@numba.njit(parallel=True, **JIT)
+def _classwise_driver(scores, labels, weights, has_w, from_logits, inners, uniform, n_bins, table, parallel):
+    N, K = scores.shape
+    KM = K * n_bins
+    chunk = rows_per_chunk(K, 64 * n_bins)
+    n_chunks = (N + chunk - 1) // chunk
+    count = np.zeros(KM, np.int64)
+    wsum = np.zeros(KM)
+    sprob = np.zeros(KM)
+    starget = np.zeros(KM)
+    st = np.array([0.0, -1.0, -1.0, 0.0])
+    group = group_size(n_chunks, 4 * KM)
+    for first in range(0, n_chunks, group):
+        g = min(group, n_chunks - first)
+        p_count = np.zeros((g, KM), np.int64)
+        p_w = np.zeros((g, KM))
+        p_prob = np.zeros((g, KM))
+        p_target = np.zeros((g, KM))
+        p_st = np.zeros((g, 4))
+        if parallel:
+            for j in numba.prange(g):
+                p_st[j, 1] = -1.0
+                p_st[j, 2] = -1.0
+                c = first + j
+                _classwise_chunk(scores, labels, weights, has_w, from_logits, inners, uniform, n_bins, table,
+                                 c * chunk, min(N, (c + 1) * chunk), p_count[j], p_w[j], p_prob[j],
+                                 p_target[j], p_st[j])
+        else:
+            for j in range(g):
+                p_st[j, 1] = -1.0
+                p_st[j, 2] = -1.0
+                c = first + j
+                _classwise_chunk(scores, labels, weights, has_w, from_logits, inners, uniform, n_bins, table,
+                                 c * chunk, min(N, (c + 1) * chunk), p_count[j], p_w[j], p_prob[j],
+                                 p_target[j], p_st[j])
+        for j in range(g):
+            for b in range(KM):
+                count[b] += p_count[j, b]
+                wsum[b] += p_w[j, b]
+                sprob[b] += p_prob[j, b]
+                starget[b] += p_target[j, b]
+            merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
+    return count, wsum, sprob, starget, st
+
+
+def classwise_stats(scores, labels, sample_weight, from_logits, n_bins, class_edges):
+    """Same contract as ``calibkit._core.classwise_stats``."""
+    check_float_dtype(scores, "scores")
+    if scores.ndim != 2 or scores.shape[1] < 1:
+        raise ValueError("scores must be 2-D with at least one column")
+    if labels.dtype != np.int64 or labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
+        raise ValueError("labels must be a 1-D int64 array of length N")
+    if n_bins < 1:
+        raise ValueError("n_bins must be >= 1")
+    N, K = scores.shape
+    weights, has_w = _weights_arg(sample_weight, N)
+    if class_edges is None:
+        inners, uniform = equal_width_inner(n_bins)[None, :], True
+    else:
+        class_edges = np.ascontiguousarray(class_edges, dtype=np.float64)
+        if class_edges.shape != (K, n_bins + 1):
+            raise ValueError("class_edges must be a float64 array of shape (K, n_bins + 1)")
+        inners, uniform = np.ascontiguousarray(class_edges[:, 1:n_bins]), False
+    parallel = N * K >= MIN_PARALLEL_ELEMENTS
+    count, wsum, sprob, starget, st = run_locked(
+        _classwise_driver, as_kernel_array(scores), labels, weights, has_w, bool(from_logits), inners, uniform,
+        int(n_bins), HALF_TABLE, parallel)
+    return {"count": count, "weight": wsum, "sum_score": sprob, "sum_target": starget, "status": status_tuple(st)}
