@@ -1,1 +1,38 @@
-"""calibkit: calibration metrics, calibrators and uncertainty with native kernels."""
+"""calibkit: fast, exact calibration metrics, calibrators and uncertainty scores.
+
+The hot paths run in native kernels (C++ by default, Numba as a twin) that read
+each input once, in place, and release the GIL. See the README for examples.
+"""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from ._backend import get_num_threads, set_num_threads
+from .metrics import (
+    ReliabilityTable,
+    brier_score,
+    calibration_error,
+    classwise_calibration_error,
+    ece,
+    mce,
+    nll,
+    reliability_table,
+)
+
+try:
+    __version__ = _version("calibkit")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "ReliabilityTable",
+    "__version__",
+    "brier_score",
+    "calibration_error",
+    "classwise_calibration_error",
+    "ece",
+    "get_num_threads",
+    "mce",
+    "nll",
+    "reliability_table",
+    "set_num_threads",
+]

@@ -1,0 +1,533 @@
+"""Calibration-error metrics, reliability tables, Brier score and NLL.
+
+Every function reads ``scores`` once in a native kernel (C++ or Numba), in
+place, whatever its float dtype, strides or memory mapping, and reduces it to
+per-bin sums (count, weight, sum of confidences, sum of correctness) and a
+few totals; the metrics are computed from those small arrays.
+
+Conventions
+-----------
+*Top-label* (``scores`` of shape (N, K)): the confidence of a row is its
+largest probability and the row is correct when its argmax (first index on
+ties, as :func:`numpy.argmax`) equals the label (Guo et al. 2017).
+
+*Binary* (``scores`` of shape (N,), the probability of class 1): the score
+itself is binned against the 0/1 label (positive-class calibration, as
+:func:`sklearn.calibration.calibration_curve` and torchmetrics'
+``binary_calibration_error`` define it). Pass an (N, 2) array for the
+top-label view of a binary problem.
+
+*Bins*: ``strategy="uniform"`` uses M equal-width bins
+I_m = ((m-1)/M, m/M] with a confidence of exactly 0 in the first bin
+(Naeini et al. 2015; Guo et al. 2017); the edges m/M are correctly rounded.
+``strategy="quantile"`` uses equal-mass bins (Nixon et al. 2019, "adaptive
+ECE"): edges are the quantiles ``numpy.quantile(confidences, linspace(0, 1,
+M + 1))`` (linear interpolation, as ``calibration_curve(strategy="quantile")``)
+and bins are again left-open ((e_{m-1}, e_m], the smallest confidence in the
+first bin). With ``sample_weight`` the quantiles are weighted
+(``method="inverted_cdf"``, the only weighted method NumPy offers). Ties can
+make quantile bins empty; empty bins are skipped.
+
+With n = Σ_m w(B_m) the total weight, acc(B_m) and conf(B_m) the weighted mean
+correctness and confidence of bin m::
+
+    ECE   = Σ_m w(B_m)/n · |acc(B_m) − conf(B_m)|                 (norm="l1")
+    RMSCE = sqrt(Σ_m w(B_m)/n · (acc(B_m) − conf(B_m))²)          (norm="l2")
+    MCE   = max over non-empty m of |acc(B_m) − conf(B_m)|        (norm="max")
+
+Differences from the peers (each shown by a test)
+-------------------------------------------------
+* torchmetrics bins with ``torch.bucketize(..., right=True) - 1`` on
+  ``linspace(0, 1, M + 1)``: bins are [lo, hi), and a confidence of exactly
+  1.0 falls into an extra bin of its own. Results agree when no confidence
+  lies on an edge or at 1.0.
+* netcal clips confidences to [eps, 1 − eps] (eps = float32 eps) before
+  binning; results agree when no confidence is within eps of 0 or 1.
+* scikit-learn's ``calibration_curve(strategy="uniform")`` uses edges from
+  ``numpy.linspace``, which can differ from m/M in the last bit; a confidence
+  exactly on such an edge may then land one bin apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from scipy.special import expit
+
+from . import _backend
+from ._validation import (
+    check_bool,
+    check_choice,
+    check_labels,
+    check_n_bins,
+    check_sample_weight,
+    check_scores,
+    raise_for_status,
+)
+
+STRATEGIES = ("uniform", "quantile")
+NORMS = ("l1", "l2", "max")
+
+__all__ = [
+    "ReliabilityTable",
+    "brier_score",
+    "calibration_error",
+    "classwise_calibration_error",
+    "ece",
+    "mce",
+    "nll",
+    "reliability_table",
+]
+
+
+# ----------------------------------------------------------------------------
+# Input handling and the kernel calls
+# ----------------------------------------------------------------------------
+
+
+def _nll_eps(dtype) -> float:
+    # A probability of 0 for the true class has an infinite NLL; clip it at the
+    # machine epsilon of the input dtype, as sklearn.metrics.log_loss does.
+    return float(np.finfo(dtype).eps)
+
+
+def _prepare(scores, labels, sample_weight, from_logits):
+    scores = check_scores(scores)
+    from_logits = check_bool(from_logits, "from_logits")
+    labels = check_labels(labels, scores.shape[0])
+    sample_weight = check_sample_weight(sample_weight, scores.shape[0])
+    return scores, labels, sample_weight, from_logits
+
+
+def _binary_probabilities(scores, from_logits):
+    """(N,) scores as P(y=1); logits go through the logistic function (an (N,) float64 array)."""
+    if not from_logits:
+        return scores
+    z = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(z).all():
+        bad = int(np.argmin(np.isfinite(z)))
+        raise_for_status((1, bad, -1, float(z[bad])))
+    return expit(z)
+
+
+def _quantile_edges(values, weights, n_bins):
+    q = np.linspace(0.0, 1.0, n_bins + 1)
+    if weights is None:
+        edges = np.quantile(values, q)
+    else:
+        if not weights.any():
+            raise ValueError("sample_weight sums to 0: no weighted rows to bin")
+        edges = np.quantile(values, q, weights=weights, method="inverted_cdf")
+    return np.ascontiguousarray(edges, dtype=np.float64)
+
+
+@dataclasses.dataclass
+class _Binned:
+    edges: np.ndarray  # (M + 1,)
+    count: np.ndarray
+    weight: np.ndarray
+    sum_confidence: np.ndarray
+    sum_accuracy: np.ndarray
+    totals: dict
+
+
+def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, backend) -> _Binned:
+    """Validate the inputs and run the kernels: per-bin sums and totals."""
+    n_bins = check_n_bins(n_bins)
+    check_choice(strategy, "strategy", STRATEGIES)
+    k = _backend.kernels(backend)
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
+    if scores.ndim == 1:
+        probs = _binary_probabilities(scores, from_logits)
+        eps = _nll_eps(probs.dtype)
+        edges = None
+        if strategy == "quantile":
+            # Validate the whole input (labels, weights, values) before using it.
+            first = k.binary_stats(probs, labels, sample_weight, 0, None, eps)
+            raise_for_status(first["status"], binary=True)
+            edges = _quantile_edges(probs, sample_weight, n_bins)
+        r = k.binary_stats(probs, labels, sample_weight, n_bins, edges, eps)
+        raise_for_status(r["status"], binary=True)
+        if edges is None:
+            edges = _equal_width_edges(n_bins)
+    else:
+        eps = _nll_eps(scores.dtype)
+        if strategy == "uniform":
+            r = k.top_label_stats(scores, labels, sample_weight, from_logits, n_bins, eps)
+            raise_for_status(r["status"], n_classes=scores.shape[1])
+            edges = _equal_width_edges(n_bins)
+        else:
+            # One pass writes each row's confidence and correctness (N values,
+            # not N x K), then those N values are binned at their quantiles.
+            n = scores.shape[0]
+            conf = np.empty(n, np.float64)
+            correct = np.empty(n, np.uint8)
+            first = k.top_label_stats(scores, labels, sample_weight, from_logits, 0, eps, conf, correct)
+            raise_for_status(first["status"], n_classes=scores.shape[1])
+            edges = _quantile_edges(conf, sample_weight, n_bins)
+            r = k.binary_stats(conf, correct, sample_weight, n_bins, edges, eps)
+            raise_for_status(r["status"])
+            r["totals"] = first["totals"]
+    totals = r["totals"]
+    if not totals["weight"] > 0:
+        raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    return _Binned(
+        edges=edges,
+        count=np.asarray(r["count"], dtype=np.int64),
+        weight=np.asarray(r["weight"], dtype=np.float64),
+        sum_confidence=np.asarray(r["sum_score"], dtype=np.float64),
+        sum_accuracy=np.asarray(r["sum_target"], dtype=np.float64),
+        totals=totals,
+    )
+
+
+def _equal_width_edges(n_bins):
+    return np.arange(n_bins + 1, dtype=np.float64) / n_bins
+
+
+def _errors_from_bins(weight, sum_confidence, sum_accuracy):
+    """(ECE, MCE, RMSCE) from per-bin sums; bins of zero weight are skipped."""
+    total = weight.sum()
+    filled = weight > 0
+    w = weight[filled]
+    gap = np.abs(sum_accuracy[filled] / w - sum_confidence[filled] / w)
+    frac = w / total
+    ece = float(np.sum(frac * gap))
+    mce = float(gap.max()) if gap.size else 0.0
+    rmsce = float(np.sqrt(np.sum(frac * gap * gap)))
+    return ece, mce, rmsce
+
+
+def _norm_value(errors, norm):
+    ece_value, mce_value, rms_value = errors
+    return {"l1": ece_value, "max": mce_value, "l2": rms_value}[norm]
+
+
+# ----------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------
+
+
+def calibration_error(
+    scores,
+    labels,
+    *,
+    n_bins=15,
+    strategy="uniform",
+    norm="l1",
+    from_logits=False,
+    sample_weight=None,
+    backend="auto",
+) -> float:
+    r"""Top-label (or binary positive-class) calibration error.
+
+    .. math::
+
+        \mathrm{ECE} = \sum_{m=1}^{M} \frac{w(B_m)}{n}\,
+        \bigl|\mathrm{acc}(B_m) - \mathrm{conf}(B_m)\bigr|
+
+    (Naeini et al. 2015; Guo et al. 2017), its root-mean-square form for
+    ``norm="l2"`` and the maximum over non-empty bins (MCE) for
+    ``norm="max"``. See the module docstring for the bin conventions and how
+    they differ from torchmetrics, netcal and scikit-learn.
+
+    Parameters
+    ----------
+    scores : array-like of shape (N, K) or (N,)
+        Class probabilities (rows in [0, 1]; they need not sum to 1), or
+        logits with ``from_logits=True``. float16/32/64, any strides,
+        memory-mapped arrays are read in place. Shape (N,) is P(y=1) of a
+        binary problem (or its logit), calibrated against the label.
+    labels : array-like of int, shape (N,)
+        True classes in [0, K) (0 or 1 for (N,) scores).
+    n_bins : int, default 15
+        Number of bins M >= 1.
+    strategy : {"uniform", "quantile"}, default "uniform"
+        Equal-width bins ((m-1)/M, m/M], or equal-mass bins (adaptive ECE,
+        Nixon et al. 2019) at the quantiles of the confidences.
+    norm : {"l1", "l2", "max"}, default "l1"
+        ECE, RMS calibration error, or MCE.
+    from_logits : bool, default False
+        Whether ``scores`` are logits (softmax of each row, in one fused pass
+        with a log-sum-exp; the logistic function for (N,) scores).
+    sample_weight : array-like of shape (N,), optional
+        Non-negative row weights.
+    backend : {"auto", "cpp", "numba"}, default "auto"
+        Kernel implementation; "auto" is $CALIBKIT_BACKEND, else C++.
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        Mismatched shapes, labels outside [0, K), NaN/inf, probabilities
+        outside [0, 1] (beyond 1e-6), negative weights, empty input,
+        ``n_bins < 1``, unknown ``strategy``/``norm``/``backend``.
+    TypeError
+        Non-float scores or non-integer labels.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    >>> labels = np.array([0, 1, 1, 0])
+    >>> round(calibkit.calibration_error(probs, labels, n_bins=10), 4)
+    0.4
+    """
+    check_choice(norm, "norm", NORMS)
+    b = _binned(scores, labels, sample_weight, n_bins=n_bins, strategy=strategy, from_logits=from_logits,
+                backend=backend)
+    return _norm_value(_errors_from_bins(b.weight, b.sum_confidence, b.sum_accuracy), norm)
+
+
+def ece(scores, labels, *, n_bins=15, strategy="uniform", from_logits=False, sample_weight=None,
+        backend="auto") -> float:
+    """Expected calibration error: :func:`calibration_error` with ``norm="l1"``."""
+    return calibration_error(scores, labels, n_bins=n_bins, strategy=strategy, norm="l1", from_logits=from_logits,
+                             sample_weight=sample_weight, backend=backend)
+
+
+def mce(scores, labels, *, n_bins=15, strategy="uniform", from_logits=False, sample_weight=None,
+        backend="auto") -> float:
+    """Maximum calibration error: :func:`calibration_error` with ``norm="max"``."""
+    return calibration_error(scores, labels, n_bins=n_bins, strategy=strategy, norm="max", from_logits=from_logits,
+                             sample_weight=sample_weight, backend=backend)
+
+
+def classwise_calibration_error(
+    scores,
+    labels,
+    *,
+    n_bins=15,
+    norm="l1",
+    from_logits=False,
+    sample_weight=None,
+    backend="auto",
+) -> float:
+    r"""Class-wise (marginal) calibration error (Kull et al. 2019).
+
+    .. math::
+
+        \mathrm{cwECE} = \frac{1}{K}\sum_{k=1}^{K}\sum_{m=1}^{M}
+        \frac{w(B_{mk})}{n}\,\bigl|\bar{y}_k(B_{mk}) - \bar{p}_k(B_{mk})\bigr|
+
+    where B_{mk} holds the rows whose probability of class k falls in the
+    equal-width bin m, and \bar{y}_k is the fraction of them labelled k. Every
+    class's one-vs-rest error uses the same bins and the same ``norm`` as
+    :func:`calibration_error`; the result is their mean over the K classes.
+    Equal-width bins only: equal-mass bins per class would need K sorts of
+    N values.
+
+    Parameters
+    ----------
+    scores : array-like of shape (N, K)
+        Probabilities, or logits with ``from_logits=True``.
+    labels : array-like of int, shape (N,)
+    n_bins, norm, from_logits, sample_weight, backend
+        As in :func:`calibration_error`.
+
+    Returns
+    -------
+    float
+    """
+    n_bins = check_n_bins(n_bins)
+    check_choice(norm, "norm", NORMS)
+    k = _backend.kernels(backend)
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must have shape (N, K) for the class-wise error, got shape {scores.shape}")
+    n_classes = scores.shape[1]
+    r = k.classwise_stats(scores, labels, sample_weight, from_logits, n_bins, None)
+    raise_for_status(r["status"], n_classes=n_classes)
+    weight = np.asarray(r["weight"]).reshape(n_classes, n_bins)
+    if not weight[0].sum() > 0:
+        raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    sum_p = np.asarray(r["sum_score"]).reshape(n_classes, n_bins)
+    sum_y = np.asarray(r["sum_target"]).reshape(n_classes, n_bins)
+    per_class = [_norm_value(_errors_from_bins(weight[c], sum_p[c], sum_y[c]), norm) for c in range(n_classes)]
+    return float(np.mean(per_class))
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class ReliabilityTable:
+    """The data of a reliability diagram: one row per bin.
+
+    Attributes
+    ----------
+    lower, upper : ndarray of shape (M,)
+        Bin edges; bin m holds confidences c with lower < c <= upper (the
+        first bin also holds c == lower).
+    count : ndarray of int64
+        Rows in each bin.
+    weight : ndarray of float64
+        Total sample weight in each bin (equals ``count`` without weights).
+    mean_confidence, accuracy : ndarray of float64
+        Weighted mean confidence and accuracy (fraction correct, or fraction
+        of positives for binary scores) of each bin; NaN for empty bins.
+    gap : ndarray of float64
+        ``accuracy - mean_confidence`` (negative = over-confident); NaN for
+        empty bins.
+    strategy : str
+    """
+
+    lower: np.ndarray
+    upper: np.ndarray
+    count: np.ndarray
+    weight: np.ndarray
+    mean_confidence: np.ndarray
+    accuracy: np.ndarray
+    gap: np.ndarray
+    strategy: str
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.count.shape[0])
+
+    def _errors(self):
+        filled = self.weight > 0
+        sum_conf = np.where(filled, self.mean_confidence * self.weight, 0.0)
+        sum_acc = np.where(filled, self.accuracy * self.weight, 0.0)
+        return _errors_from_bins(self.weight, sum_conf, sum_acc)
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error Σ w_m/n |gap_m|."""
+        return self._errors()[0]
+
+    @property
+    def mce(self) -> float:
+        """Maximum |gap_m| over non-empty bins."""
+        return self._errors()[1]
+
+    @property
+    def rmsce(self) -> float:
+        """Root-mean-square calibration error sqrt(Σ w_m/n gap_m²)."""
+        return self._errors()[2]
+
+    @property
+    def accuracy_overall(self) -> float:
+        """Weighted accuracy over all rows."""
+        filled = self.weight > 0
+        return float(np.sum(self.accuracy[filled] * self.weight[filled]) / self.weight.sum())
+
+    @property
+    def mean_confidence_overall(self) -> float:
+        """Weighted mean confidence over all rows."""
+        filled = self.weight > 0
+        return float(np.sum(self.mean_confidence[filled] * self.weight[filled]) / self.weight.sum())
+
+    def to_dict(self) -> dict:
+        """Plain lists, ready for JSON or a DataFrame."""
+        return {f.name: (getattr(self, f.name).tolist() if f.name != "strategy" else self.strategy)
+                for f in dataclasses.fields(self)}
+
+    def __repr__(self) -> str:
+        head = (f"ReliabilityTable({self.n_bins} bins, strategy={self.strategy!r}, "
+                f"n={int(self.count.sum())}, ECE={self.ece:.4f}, MCE={self.mce:.4f}, "
+                f"RMSCE={self.rmsce:.4f})")
+        lines = [head, f"{'bin':>4} {'lower':>7} {'upper':>7} {'count':>10} {'confidence':>10} "
+                       f"{'accuracy':>9} {'gap':>8}"]
+        for m in range(self.n_bins):
+            if self.weight[m] > 0:
+                stats = f"{self.mean_confidence[m]:>10.4f} {self.accuracy[m]:>9.4f} {self.gap[m]:>+8.4f}"
+            else:
+                stats = f"{'-':>10} {'-':>9} {'-':>8}"
+            lines.append(f"{m:>4} {self.lower[m]:>7.4f} {self.upper[m]:>7.4f} {int(self.count[m]):>10} {stats}")
+        return "\n".join(lines)
+
+
+def reliability_table(
+    scores,
+    labels,
+    *,
+    n_bins=15,
+    strategy="uniform",
+    from_logits=False,
+    sample_weight=None,
+    backend="auto",
+) -> ReliabilityTable:
+    """Per-bin confidence and accuracy: the data of a reliability diagram.
+
+    Same arguments and conventions as :func:`calibration_error` (top-label
+    for (N, K) scores, positive-class for (N,) scores). For (N,) scores,
+    ``mean_confidence`` and ``accuracy`` are ``prob_pred`` and ``prob_true``
+    of :func:`sklearn.calibration.calibration_curve` (which drops the empty
+    bins that this table keeps).
+
+    Returns
+    -------
+    ReliabilityTable
+        ``lower``, ``upper``, ``count``, ``weight``, ``mean_confidence``,
+        ``accuracy``, ``gap`` per bin, and the ``ece``, ``mce``, ``rmsce``,
+        ``accuracy_overall``, ``mean_confidence_overall`` properties.
+    """
+    b = _binned(scores, labels, sample_weight, n_bins=n_bins, strategy=strategy, from_logits=from_logits,
+                backend=backend)
+    filled = b.weight > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.where(filled, b.sum_confidence / b.weight, np.nan)
+        acc = np.where(filled, b.sum_accuracy / b.weight, np.nan)
+    return ReliabilityTable(
+        lower=b.edges[:-1].copy(),
+        upper=b.edges[1:].copy(),
+        count=b.count,
+        weight=b.weight,
+        mean_confidence=conf,
+        accuracy=acc,
+        gap=acc - conf,
+        strategy=strategy,
+    )
+
+
+def _totals(scores, labels, sample_weight, from_logits, backend):
+    k = _backend.kernels(backend)
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
+    if scores.ndim == 1:
+        probs = _binary_probabilities(scores, from_logits)
+        r = k.binary_stats(probs, labels, sample_weight, 0, None, _nll_eps(probs.dtype))
+        raise_for_status(r["status"], binary=True)
+    else:
+        r = k.top_label_stats(scores, labels, sample_weight, from_logits, 0, _nll_eps(scores.dtype))
+        raise_for_status(r["status"], n_classes=scores.shape[1])
+    totals = r["totals"]
+    if not totals["weight"] > 0:
+        raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    return totals
+
+
+def brier_score(scores, labels, *, from_logits=False, sample_weight=None, backend="auto") -> float:
+    r"""Brier score (Brier 1950), the mean squared error of the probability vector.
+
+    .. math::
+
+        \mathrm{BS} = \frac{1}{n}\sum_i w_i \sum_{k=1}^{K} (p_{ik} - \mathbb{1}[y_i = k])^2
+
+    For (N, K) scores this is the multiclass form (range [0, 2]), the
+    ``scale_by_half=False`` form of :func:`sklearn.metrics.brier_score_loss`
+    (that function halves it by default for more than two classes). For (N,)
+    scores it is the binary form mean (p_i - y_i)², as sklearn's.
+
+    Parameters are as in :func:`calibration_error`; with ``from_logits=True``
+    the softmax (or logistic) probabilities are used, in the same pass.
+    """
+    t = _totals(scores, labels, sample_weight, from_logits, backend)
+    return float(t["brier"] / t["weight"])
+
+
+def nll(scores, labels, *, from_logits=False, sample_weight=None, backend="auto") -> float:
+    r"""Mean negative log-likelihood of the true class, -1/n Σ_i w_i log p_{i,y_i}.
+
+    From logits it is computed stably in the same pass as the row maximum:
+    -log p_y = log Σ_k exp(z_k - max z) - (z_y - max z). From probabilities,
+    p_y is clipped below at ``eps = numpy.finfo(scores.dtype).eps`` so that a
+    probability of 0 gives a large finite value, as
+    :func:`sklearn.metrics.log_loss` does (it clips every probability and
+    renormalises rows; calibkit does not renormalise, so the two agree on
+    rows that sum to 1). For (N,) scores it is the binary log-loss with p
+    clipped to [eps, 1 - eps].
+    """
+    t = _totals(scores, labels, sample_weight, from_logits, backend)
+    return float(t["nll"] / t["weight"])
