@@ -193,7 +193,7 @@ def test_perfect_calibration_one_hot(backend):
 def test_probability_zero_for_the_true_class_is_clipped(backend):
     probs = np.array([[1.0, 0.0], [0.5, 0.5]], dtype=np.float32)
     value = calibkit.nll(probs, [1, 0], backend=backend)
-    eps = np.finfo(np.float32).eps
+    eps = float(np.finfo(np.float32).eps)
     assert value == pytest.approx((-np.log(eps) + np.log(2)) / 2, rel=1e-12)
     assert np.isfinite(value)
 
