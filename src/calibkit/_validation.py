@@ -71,7 +71,8 @@ def check_scores(scores, name="scores"):
     if a.ndim == 2 and a.shape[1] < 2:
         raise ValueError(f"{name} must have at least 2 columns (classes), got shape {a.shape}")
     if not _readable_in_place(a):
-        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+        # np.ascontiguousarray would return a contiguous but misaligned array as it is.
+        a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
     return a
 
 
