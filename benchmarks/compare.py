@@ -11,8 +11,8 @@ Every ``benchmarks/workloads_<area>.py`` provides ``workloads(quick) ->
 list[Workload]``. For each workload the table gives the median time, the
 ratio to one plain read of the input (the memory-bandwidth floor), the ratio
 to calibkit's C++ backend (so a peer's row reads "N x slower"), and the peak
-extra memory allocated through Python/NumPy allocators (tracemalloc; native
-allocations of the C++ kernels are O(n_bins x threads) and not shown).
+extra resident memory of the call (the RSS high-water mark above the memory
+in use before it, native allocations of every library included).
 """
 
 from __future__ import annotations

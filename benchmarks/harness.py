@@ -50,16 +50,35 @@ def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> f
     return statistics.median(times)
 
 
-def peak_python_memory(fn: Callable[[], object]) -> int:
-    """Peak bytes allocated through Python/NumPy allocators during fn() (tracemalloc)."""
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def peak_extra_memory(fn: Callable[[], object]) -> int:
+    """Peak extra memory while fn() runs: the larger of the Python/NumPy peak
+    (tracemalloc) and, on Linux, the resident high-water mark above the memory in
+    use before the call (/proc/self/clear_refs + VmHWM), which sees native
+    allocations of every library.
+    """
     gc.collect()
-    tracemalloc.start()
+    tracemalloc.start()  # catches NumPy temporaries that reuse already-resident pages
     try:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            before = _proc_status("VmRSS")
+        except OSError:
+            before = None
         fn()
-        _, peak = tracemalloc.get_traced_memory()
+        traced = tracemalloc.get_traced_memory()[1]
+        rss = 0 if before is None else max(0, _proc_status("VmHWM") - before)
+        return max(traced, rss)
     finally:
         tracemalloc.stop()
-    return peak
 
 
 def machine_line() -> str:
@@ -93,7 +112,7 @@ def run_workload(w: Workload, measure_memory: bool = True) -> list[dict]:
                 rows.append({"contender": c.name, "time": float("nan"), "status": f"WRONG: {msg}", "mem": None})
                 continue
             t = median_time(c.run, repeat=c.repeat, warmup=0)
-            mem = peak_python_memory(c.run) if measure_memory else None
+            mem = peak_extra_memory(c.run) if measure_memory else None
             rows.append({"contender": c.name, "time": t, "status": "ok", "mem": mem})
         except Exception as exc:  # a missing peer or a peer that fails on this input
             rows.append({"contender": c.name, "time": float("nan"), "status": f"skipped: {exc!s:.80}", "mem": None})
