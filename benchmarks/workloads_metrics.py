@@ -13,7 +13,7 @@ def numpy_ece(scores, labels, from_logits, n_bins=N_BINS):
     """A careful vectorised NumPy ECE: one max/argmax, bincount for the bins (float64 sums)."""
     if from_logits:
         m = scores.max(axis=1, keepdims=True)
-        sum_exp = np.exp(scores - m, dtype=np.float32).sum(axis=1, dtype=np.float64)  # N x K temporary
+        sum_exp = np.exp(scores - m).sum(axis=1, dtype=np.float64)  # N x K temporary
         conf = 1.0 / sum_exp
         pred = scores.argmax(axis=1)
     else:
