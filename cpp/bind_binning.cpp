@@ -8,8 +8,8 @@ using namespace calibkit::bind;
 namespace {
 
 py::dict top_label_stats_py(const py::array& scores, const py::array& labels, const py::object& sample_weight,
-                            bool from_logits, int64_t n_bins, double nll_eps, const py::object& conf_out,
-                            const py::object& correct_out) {
+                            bool from_logits, int64_t n_bins, double nll_eps, bool with_nll,
+                            const py::object& conf_out, const py::object& correct_out) {
     if (n_bins < 0) throw py::value_error("n_bins must be >= 0");
     require_dtype(is_dtype<int64_t>(labels), labels, "labels", "int64");
     return dispatch_float(scores, "scores", [&](auto* tag) {
@@ -35,7 +35,7 @@ py::dict top_label_stats_py(const py::array& scores, const py::array& labels, co
         BinningResult r;
         {
             py::gil_scoped_release release;
-            r = top_label_stats<T>(s, y, w, from_logits, n_bins, nll_eps, conf, correct);
+            r = top_label_stats<T>(s, y, w, from_logits, n_bins, nll_eps, with_nll, conf, correct);
         }
         py::dict d = bin_dict(r.bins);
         d["totals"] = totals_dict(r.totals);
@@ -116,7 +116,8 @@ py::dict classwise_stats_py(const py::array& scores, const py::array& labels, co
 
 void bind_binning(py::module_& m) {
     m.def("top_label_stats", &top_label_stats_py, py::arg("scores"), py::arg("labels"), py::arg("sample_weight"),
-          py::arg("from_logits"), py::arg("n_bins"), py::arg("nll_eps"), py::arg("conf_out") = py::none(),
+          py::arg("from_logits"), py::arg("n_bins"), py::arg("nll_eps"), py::arg("with_nll") = true,
+          py::arg("conf_out") = py::none(),
           py::arg("correct_out") = py::none());
     m.def("binary_stats", &binary_stats_py, py::arg("scores"), py::arg("labels"), py::arg("sample_weight"),
           py::arg("n_bins"), py::arg("edges"), py::arg("nll_eps"));

@@ -154,7 +154,7 @@ def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, bac
     else:
         eps = _nll_eps(scores.dtype)
         if strategy == "uniform":
-            r = k.top_label_stats(scores, labels, sample_weight, from_logits, n_bins, eps)
+            r = k.top_label_stats(scores, labels, sample_weight, from_logits, n_bins, eps, with_nll=False)
             raise_for_status(r["status"], n_classes=scores.shape[1])
             edges = _equal_width_edges(n_bins)
         else:
@@ -163,7 +163,8 @@ def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, bac
             n = scores.shape[0]
             conf = np.empty(n, np.float64)
             correct = np.empty(n, np.uint8)
-            first = k.top_label_stats(scores, labels, sample_weight, from_logits, 0, eps, conf, correct)
+            first = k.top_label_stats(scores, labels, sample_weight, from_logits, 0, eps, with_nll=False,
+                                      conf_out=conf, correct_out=correct)
             raise_for_status(first["status"], n_classes=scores.shape[1])
             edges = _quantile_edges(conf, sample_weight, n_bins)
             r = k.binary_stats(conf, correct, sample_weight, n_bins, edges, eps)

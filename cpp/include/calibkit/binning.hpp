@@ -18,6 +18,7 @@
 
 #include "common.hpp"
 #include "parallel.hpp"
+#include "simd.hpp"
 
 namespace calibkit {
 
@@ -28,9 +29,10 @@ inline int64_t rows_per_chunk(int64_t cols, int64_t min_rows = 1) {
     return std::max<int64_t>(min_rows, kChunkElements / std::max<int64_t>(cols, 1));
 }
 
-// Bin edges: `inner` holds e_1..e_{M-1}.
+// Bin edges e_0 < ... < e_M. `bounds` holds -inf, e_1, ..., e_{M-1}, +inf, so
+// bin m is bounds[m] < c <= bounds[m + 1] for any c.
 struct BinEdges {
-    std::vector<double> inner;
+    std::vector<double> bounds;
     bool uniform = true;
     int64_t n_bins = 0;
 
@@ -38,29 +40,37 @@ struct BinEdges {
         BinEdges b;
         b.n_bins = n_bins;
         b.uniform = true;
-        for (int64_t m = 1; m < n_bins; ++m) b.inner.push_back(static_cast<double>(m) / static_cast<double>(n_bins));
+        b.bounds.push_back(-INFINITY);
+        for (int64_t m = 1; m < n_bins; ++m) b.bounds.push_back(static_cast<double>(m) / static_cast<double>(n_bins));
+        b.bounds.push_back(INFINITY);
         return b;
     }
     static BinEdges explicit_edges(const double* edges, int64_t n_bins) {
         BinEdges b;
         b.n_bins = n_bins;
         b.uniform = false;
-        b.inner.assign(edges + 1, edges + n_bins);
+        b.bounds.push_back(-INFINITY);
+        b.bounds.insert(b.bounds.end(), edges + 1, edges + n_bins);
+        b.bounds.push_back(INFINITY);
         return b;
     }
 
+    // c must not be NaN.
     int64_t bin(double c) const {
-        const int64_t n_inner = n_bins - 1;
-        if (n_inner <= 0) return 0;
+        if (n_bins <= 1) return 0;
         if (uniform) {
-            // Guess from the arithmetic, then settle against the exact edges.
-            double guess = std::ceil(c * static_cast<double>(n_bins)) - 1.0;
-            int64_t m = guess < 0.0 ? 0 : (guess > static_cast<double>(n_inner) ? n_inner : static_cast<int64_t>(guess));
-            while (m > 0 && !(inner[m - 1] < c)) --m;
-            while (m < n_inner && inner[m] < c) ++m;
+            // ceil(c M) - 1 is the bin up to one step of rounding; settle it against the
+            // exact edges without branches (the product errs by far less than a bin).
+            const double guess = std::ceil(c * static_cast<double>(n_bins)) - 1.0;
+            int64_t m = guess <= 0.0 ? 0 : (guess >= static_cast<double>(n_bins - 1) ? n_bins - 1
+                                                                                    : static_cast<int64_t>(guess));
+            const double* e = bounds.data();
+            m -= static_cast<int64_t>(!(e[m] < c));
+            m += static_cast<int64_t>(e[m + 1] < c);
             return m;
         }
-        return std::lower_bound(inner.begin(), inner.end(), c) - inner.begin();
+        // bounds[1..M-1] are the inner edges: the bin is how many lie strictly below c.
+        return std::lower_bound(bounds.begin() + 1, bounds.end() - 1, c) - (bounds.begin() + 1);
     }
 };
 
@@ -139,158 +149,286 @@ struct RowSummary {
     double confidence;  // max probability
     double p_label;     // probability of the labelled class
     double sum_sq;      // sum_k p_k^2
-    double nll;         // -log p_label (probabilities: clipped below at nll_eps)
+    double nll;         // -log p_label (probabilities: clipped below at nll_eps); 0 unless asked for
 };
 
-// One read of a probability row: max/argmax (first index on ties), p_y, sum p^2,
-// with the [0, 1] check on every element. Returns false on bad data.
-template <class T>
-inline bool summarize_prob_row(const Matrix<T>& s, int64_t i, int64_t label, double nll_eps,
-                               RowSummary& out, Status& st) {
-    const int64_t K = s.cols;
-    double best = -1.0, sum_sq = 0.0, p_label = 0.0;
-    int64_t arg = 0;
-    bool ok = true;
-    if (s.row_contiguous()) {
-        const T* r = s.row(i);
-        for (int64_t k = 0; k < K; ++k) {
-            const double v = load(r + k);
-            ok &= valid_probability(v);
-            sum_sq += v * v;
-            if (v > best) {
-                best = v;
-                arg = k;
-            }
-        }
-    } else {
-        for (int64_t k = 0; k < K; ++k) {
-            const double v = s(i, k);
-            ok &= valid_probability(v);
-            sum_sq += v * v;
-            if (v > best) {
-                best = v;
-                arg = k;
-            }
-        }
-    }
-    if (!ok) {
-        for (int64_t k = 0; k < K; ++k) {
-            const double v = s(i, k);
-            if (!is_finite(v)) {
-                st.set(kScoreNotFinite, i, k, v);
-                return false;
-            }
-            if (!valid_probability(v)) {
-                st.set(kProbabilityOutOfRange, i, k, v);
-                return false;
-            }
-        }
-    }
-    p_label = s(i, label);
-    out.argmax = arg;
-    out.confidence = best;
-    out.p_label = p_label;
-    out.sum_sq = sum_sq;
-    out.nll = -std::log(std::max(p_label, nll_eps));
-    return true;
-}
+// Rows are read eight elements ("an octet", simd.hpp) at a time, as 8/W vectors
+// of W doubles: W = 2 in the portable build, W = 4 in the AVX2 clones. Every
+// element has a fixed lane: lane k mod 8 for the full octets, and for the last,
+// overlapping octet of a row whose length is not a multiple of 8, lane
+// k - (K - 8). Sums over a row are accumulated per lane and combined in the
+// fixed order of octet_sum, so they are bit-identical for any layout, dtype,
+// vector width and thread count. Maxima are exact; argmax is the smallest index
+// among the lanes holding the maximum (NumPy's first-index rule).
 
-// One logical pass over a logit row: max/argmax, then sum of exp(z - max) and of
-// its square (the row is cache-resident for the second loop). One exp per element.
-template <class T>
-inline bool summarize_logit_row(const Matrix<T>& s, int64_t i, int64_t label, RowSummary& out,
-                                Status& st) {
-    const int64_t K = s.cols;
-    double best = s(i, 0);
-    int64_t arg = 0;
-    bool finite = true;
+// Locate the first element that failed a row check, in column order.
+template <class R>
+inline void report_bad_element(const R& r, int64_t i, int64_t K, bool from_logits, Status& st) {
     for (int64_t k = 0; k < K; ++k) {
-        const double v = s(i, k);
-        finite &= is_finite(v);
-        if (v > best) {
-            best = v;
-            arg = k;
+        const double v = r.at(k);
+        if (!is_finite(v)) {
+            st.set(kScoreNotFinite, i, k, v);
+            return;
+        }
+        if (!from_logits && !valid_probability(v)) {
+            st.set(kProbabilityOutOfRange, i, k, v);
+            return;
         }
     }
-    if (!finite) {
-        for (int64_t k = 0; k < K; ++k) {
-            const double v = s(i, k);
-            if (!is_finite(v)) {
-                st.set(kScoreNotFinite, i, k, v);
-                return false;
+}
+
+// Running maximum and the index where each lane first reached it.
+template <class V>
+struct LaneMax {
+    typedef typename V::d D;
+    typedef typename V::i I;
+    static constexpr int G = simd::Octet<V>::n;
+    D value[G];
+    I index[G];
+    I lane[G];
+
+    CALIBKIT_INLINE LaneMax() {
+        for (int g = 0; g < G; ++g) {
+            value[g] = simd::splat<D>(-INFINITY);
+            for (int j = 0; j < V::width; ++j) {
+                index[g][j] = 0;
+                lane[g][j] = g * V::width + j;
             }
         }
     }
-    double sum = 0.0, sum_sq = 0.0;
-    if (s.row_contiguous()) {
-        const T* r = s.row(i);
-        for (int64_t k = 0; k < K; ++k) {
-            const double e = std::exp(load(r + k) - best);
-            sum += e;
-            sum_sq += e * e;
+    CALIBKIT_INLINE void update(int g, D a, int64_t k) {
+        const I greater = a > value[g];  // strict: a lane keeps its first maximum
+        value[g] = simd::select(greater, a, value[g]);
+        I at = lane[g];
+        for (int j = 0; j < V::width; ++j) at[j] += k;
+        index[g] = simd::select_int(greater, at, index[g]);
+    }
+    CALIBKIT_INLINE double best() const {
+        double b = -INFINITY;
+        for (int g = 0; g < G; ++g)
+            for (int j = 0; j < V::width; ++j) b = value[g][j] > b ? value[g][j] : b;
+        return b;
+    }
+    CALIBKIT_INLINE int64_t first_index(double b) const {
+        // Branch-free: the smallest index among the lanes whose maximum is b.
+        const D target = simd::splat<D>(b);
+        I none, arg;
+        for (int j = 0; j < V::width; ++j) none[j] = INT64_MAX;
+        arg = none;
+        for (int g = 0; g < G; ++g) {
+            const I candidate = simd::select_int(value[g] == target, index[g], none);
+            arg = simd::select_int(candidate < arg, candidate, arg);
         }
-    } else {
-        for (int64_t k = 0; k < K; ++k) {
-            const double e = std::exp(s(i, k) - best);
-            sum += e;
-            sum_sq += e * e;
+        int64_t result = arg[0];
+        for (int j = 1; j < V::width; ++j) result = arg[j] < result ? arg[j] : result;
+        return result;
+    }
+};
+
+// One read of a probability row: max/argmax, p_y, sum p^2, with the [0, 1]
+// check on every element. Returns false (and sets `st`) on bad data.
+template <class T, bool Contiguous, class V>
+CALIBKIT_INLINE bool summarize_prob_row(const Matrix<T>& s, const simd::TailMask<V>& tail, int64_t i, int64_t label,
+                                        double nll_eps, bool with_nll, RowSummary& out, Status& st) {
+    using namespace simd;
+    typedef typename V::d D;
+    typedef typename V::i I;
+    constexpr int G = Octet<V>::n;
+    const RowReader<T, Contiguous> r{reinterpret_cast<const char*>(s.row(i)), s.col_stride};
+    const int64_t K = s.cols;
+    const D lo = splat<D>(-kProbabilityTolerance), hi = splat<D>(1.0 + kProbabilityTolerance);
+    const D zero = splat<D>(0.0), neg_inf = splat<D>(-INFINITY);
+    LaneMax<V> mx;
+    Octet<V> sq;
+    I bad = (I)zero;
+    for (int g = 0; g < G; ++g) sq.v[g] = zero;
+    const int64_t full = K - K % 8;
+    for (int64_t k = 0; k < full; k += 8) {
+        const Octet<V> o = r.template octet<V>(k);
+        for (int g = 0; g < G; ++g) {
+            const D a = o.v[g];
+            bad |= ~((a >= lo) & (a <= hi));  // NaN compares false
+            mx.update(g, a, k);
+            sq.v[g] += a * a;
         }
     }
-    const double shifted_label = s(i, label) - best;
-    out.argmax = arg;
-    out.confidence = 1.0 / sum;
-    out.p_label = std::exp(shifted_label) / sum;
-    out.sum_sq = sum_sq / (sum * sum);
-    out.nll = std::log(sum) - shifted_label;
+    if (tail.needed) {
+        const Octet<V> o = tail.overlapped ? r.template octet<V>(tail.start) : r.template partial_octet<V>(0, K, 0.0);
+        for (int g = 0; g < G; ++g) {
+            const D a = o.v[g];
+            bad |= ~((a >= lo) & (a <= hi));
+            mx.update(g, select(tail.valid[g], a, neg_inf), tail.start);
+            const D counted = select(tail.valid[g], a, zero);
+            sq.v[g] += counted * counted;
+        }
+    }
+    bool any_bad = false;
+    for (int j = 0; j < V::width; ++j) any_bad |= bad[j] != 0;
+    if (any_bad) {
+        report_bad_element(r, i, K, false, st);
+        return false;
+    }
+    out.confidence = mx.best();
+    out.argmax = mx.first_index(out.confidence);
+    out.sum_sq = octet_sum(sq);
+    out.p_label = r.at(label);
+    out.nll = with_nll ? -std::log(std::max(out.p_label, nll_eps)) : 0.0;
     return true;
 }
 
-template <class T>
-inline bool summarize_row(const Matrix<T>& s, int64_t i, int64_t label, bool from_logits, double nll_eps,
-                          RowSummary& out, Status& st) {
-    return from_logits ? summarize_logit_row(s, i, label, out, st)
-                       : summarize_prob_row(s, i, label, nll_eps, out, st);
+// A logit row in two reads of the (cache-resident) row: max/argmax with the
+// finiteness check, then sum_k e^{z_k - max} and sum_k e^{2(z_k - max)} with one
+// vectorised exp per element.
+template <class T, bool Contiguous, class V>
+CALIBKIT_INLINE bool summarize_logit_row(const Matrix<T>& s, const simd::TailMask<V>& tail, int64_t i,
+                                         int64_t label, bool with_nll, RowSummary& out, Status& st) {
+    using namespace simd;
+    typedef typename V::d D;
+    typedef typename V::i I;
+    constexpr int G = Octet<V>::n;
+    const RowReader<T, Contiguous> r{reinterpret_cast<const char*>(s.row(i)), s.col_stride};
+    const int64_t K = s.cols;
+    const D zero = splat<D>(0.0), neg_inf = splat<D>(-INFINITY);
+    LaneMax<V> mx;
+    I bad = (I)zero;
+    const int64_t full = K - K % 8;
+    for (int64_t k = 0; k < full; k += 8) {
+        const Octet<V> o = r.template octet<V>(k);
+        for (int g = 0; g < G; ++g) {
+            bad |= ~((o.v[g] - o.v[g]) == zero);  // true for NaN and inf
+            mx.update(g, o.v[g], k);
+        }
+    }
+    if (tail.needed) {
+        const Octet<V> o = tail.overlapped ? r.template octet<V>(tail.start) : r.template partial_octet<V>(0, K, 0.0);
+        for (int g = 0; g < G; ++g) {
+            bad |= ~((o.v[g] - o.v[g]) == zero);
+            mx.update(g, select(tail.valid[g], o.v[g], neg_inf), tail.start);
+        }
+    }
+    bool any_bad = false;
+    for (int j = 0; j < V::width; ++j) any_bad |= bad[j] != 0;
+    if (any_bad) {
+        report_bad_element(r, i, K, true, st);
+        return false;
+    }
+    const double best = mx.best();
+    const D shift = splat<D>(best);
+    Octet<V> sum, sq;
+    for (int g = 0; g < G; ++g) sum.v[g] = sq.v[g] = zero;
+    for (int64_t k = 0; k < full; k += 8) {
+        const Octet<V> o = r.template octet<V>(k);
+        for (int g = 0; g < G; ++g) {
+            const D e = exp_nonpositive<V>(o.v[g] - shift);
+            sum.v[g] += e;
+            sq.v[g] += e * e;
+        }
+    }
+    if (tail.needed) {  // exp(-inf) = 0 in the lanes that are not counted here
+        const Octet<V> o = tail.overlapped ? r.template octet<V>(tail.start) : r.template partial_octet<V>(0, K, 0.0);
+        for (int g = 0; g < G; ++g) {
+            const D e = exp_nonpositive<V>(select(tail.valid[g], o.v[g], neg_inf) - shift);
+            sum.v[g] += e;
+            sq.v[g] += e * e;
+        }
+    }
+    const double total = octet_sum(sum);
+    const double shifted_label = r.at(label) - best;
+    out.argmax = mx.first_index(best);
+    out.confidence = 1.0 / total;
+    out.p_label = exp_nonpositive(shifted_label) / total;
+    out.sum_sq = octet_sum(sq) / (total * total);
+    out.nll = with_nll ? std::log(total) - shifted_label : 0.0;
+    return true;
 }
+
+template <class T, class V>
+CALIBKIT_INLINE bool summarize_row(const Matrix<T>& s, const simd::TailMask<V>& tail, int64_t i, int64_t label,
+                                   bool from_logits, double nll_eps, bool with_nll, RowSummary& out, Status& st) {
+    if (s.row_contiguous()) {
+        return from_logits ? summarize_logit_row<T, true, V>(s, tail, i, label, with_nll, out, st)
+                           : summarize_prob_row<T, true, V>(s, tail, i, label, nll_eps, with_nll, out, st);
+    }
+    return from_logits ? summarize_logit_row<T, false, V>(s, tail, i, label, with_nll, out, st)
+                       : summarize_prob_row<T, false, V>(s, tail, i, label, nll_eps, with_nll, out, st);
+}
+
+template <class T>
+struct TopLabelArgs {
+    const Matrix<T>& scores;
+    const Vector<int64_t>& labels;
+    const Weights& weights;
+    bool from_logits;
+    bool with_nll;
+    double nll_eps;
+    const BinEdges& edges;
+    double* conf_out;
+    uint8_t* correct_out;
+};
+
+template <class T, class V>
+inline void top_label_chunk(const TopLabelArgs<T>& a, BinningResult& part, int64_t begin, int64_t end) {
+    const int64_t K = a.scores.cols;
+    const bool binned = a.edges.n_bins > 0;
+    const simd::TailMask<V> tail(K);
+    RowSummary row;
+    for (int64_t i = begin; i < end; ++i) {
+        const int64_t y = a.labels.raw(i);
+        if (y < 0 || y >= K) {
+            part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
+            continue;
+        }
+        const double w = a.weights.at(i);
+        if (a.weights.present() && !check_weight(w, i, part.status)) continue;
+        if (!summarize_row<T, V>(a.scores, tail, i, y, a.from_logits, a.nll_eps, a.with_nll, row, part.status))
+            continue;
+        const double correct = row.argmax == y ? 1.0 : 0.0;
+        if (binned) part.bins.add(a.edges.bin(row.confidence), w, row.confidence, correct);
+        if (a.conf_out) a.conf_out[i] = row.confidence;
+        if (a.correct_out) a.correct_out[i] = static_cast<uint8_t>(correct);
+        Totals& t = part.totals;
+        t.count += 1;
+        t.weight += w;
+        t.correct += w * correct;
+        t.confidence += w * row.confidence;
+        t.brier += w * (row.sum_sq - 2.0 * row.p_label + 1.0);
+        t.nll += w * row.nll;
+    }
+}
+
+#if CALIBKIT_HAVE_AVX2_CLONES
+template <class T>
+CALIBKIT_AVX2_CLONE void top_label_chunk_avx2(const TopLabelArgs<T>& a, BinningResult& part, int64_t begin,
+                                              int64_t end) {
+    top_label_chunk<T, simd::Vec<4>>(a, part, begin, end);
+}
+#endif
 
 // Top-label statistics of an N x K matrix of probabilities or logits, in one
 // pass: per-bin (count, weight, sum w*confidence, sum w*correct) when n_bins > 0,
-// and the totals (accuracy, confidence, Brier, NLL sums). When conf_out /
-// correct_out are given, each row's confidence and correctness are written
-// there too (used to find equal-mass edges).
+// and the totals (accuracy, confidence, Brier, and the NLL when with_nll). When
+// conf_out / correct_out are given, each row's confidence and correctness are
+// written there too (used to find equal-mass edges).
 template <class T>
 BinningResult top_label_stats(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
-                              bool from_logits, int64_t n_bins, double nll_eps, double* conf_out,
+                              bool from_logits, int64_t n_bins, double nll_eps, bool with_nll, double* conf_out,
                               uint8_t* correct_out) {
     const int64_t N = scores.rows, K = scores.cols;
     const BinEdges edges = BinEdges::equal_width(n_bins);
+    const TopLabelArgs<T> args{scores, labels, weights, from_logits, with_nll, nll_eps, edges, conf_out, correct_out};
+    const bool avx2 = simd::use_avx2();
     BinningResult total(n_bins);
     chunked_reduce(
         N, rows_per_chunk(K), K, 4 * n_bins, total, [&] { return BinningResult(n_bins); },
         [&](BinningResult& part, int64_t begin, int64_t end) {
-            RowSummary row;
-            for (int64_t i = begin; i < end; ++i) {
-                const int64_t y = labels.raw(i);
-                if (y < 0 || y >= K) {
-                    part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
-                    continue;
-                }
-                const double w = weights.at(i);
-                if (weights.present() && !check_weight(w, i, part.status)) continue;
-                if (!summarize_row(scores, i, y, from_logits, nll_eps, row, part.status)) continue;
-                const double correct = row.argmax == y ? 1.0 : 0.0;
-                if (n_bins > 0) part.bins.add(edges.bin(row.confidence), w, row.confidence, correct);
-                if (conf_out) conf_out[i] = row.confidence;
-                if (correct_out) correct_out[i] = static_cast<uint8_t>(correct);
-                Totals& t = part.totals;
-                t.count += 1;
-                t.weight += w;
-                t.correct += w * correct;
-                t.confidence += w * row.confidence;
-                t.brier += w * (row.sum_sq - 2.0 * row.p_label + 1.0);
-                t.nll += w * row.nll;
-            }
+#if CALIBKIT_HAVE_AVX2_CLONES
+            if (avx2) return top_label_chunk_avx2<T>(args, part, begin, end);
+#endif
+            (void)avx2;
+            top_label_chunk<T, simd::Vec<2>>(args, part, begin, end);
         },
         [](BinningResult& acc, const BinningResult& part) { acc.merge(part); });
+    if (!with_nll) total.totals.nll = std::numeric_limits<double>::quiet_NaN();
     return total;
 }
 

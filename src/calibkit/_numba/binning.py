@@ -75,7 +75,7 @@ def check_weight(w, i, st):
 
 
 @numba.njit(**JIT)
-def _summarize_row(scores, i, y, from_logits, nll_eps, table, st, out):
+def _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, table, st, out):
     """Fill out = [argmax, confidence, p_label, sum_sq, nll]; False on bad data."""
     K = scores.shape[1]
     if from_logits:
@@ -105,7 +105,7 @@ def _summarize_row(scores, i, y, from_logits, nll_eps, table, st, out):
         out[1] = 1.0 / total
         out[2] = math.exp(shifted) / total
         out[3] = total_sq / (total * total)
-        out[4] = math.log(total) - shifted
+        out[4] = math.log(total) - shifted if with_nll else 0.0
         return True
     best = -1.0
     arg = 0
@@ -132,12 +132,12 @@ def _summarize_row(scores, i, y, from_logits, nll_eps, table, st, out):
     out[1] = best
     out[2] = p_label
     out[3] = sum_sq
-    out[4] = -math.log(max(p_label, nll_eps))
+    out[4] = -math.log(max(p_label, nll_eps)) if with_nll else 0.0
     return True
 
 
 @numba.njit(**JIT)
-def _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps,
+def _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll,
                      conf_out, correct_out, has_out, table, begin, end, count, wsum, sconf, scorr, tot, st):
     K = scores.shape[1]
     row = np.empty(5)
@@ -149,7 +149,7 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins,
         w = weights[i] if has_w else 1.0
         if has_w and not check_weight(w, i, st):
             continue
-        if not _summarize_row(scores, i, y, from_logits, nll_eps, table, st, row):
+        if not _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, table, st, row):
             continue
         conf = row[1]
         correct = 1.0 if int(row[0]) == y else 0.0
@@ -171,7 +171,7 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins,
 
 
 @numba.njit(parallel=True, **JIT)
-def _top_label_driver(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps,
+def _top_label_driver(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll,
                       conf_out, correct_out, has_out, table, parallel):
     N, K = scores.shape
     M = max(n_bins, 1)
@@ -198,7 +198,7 @@ def _top_label_driver(scores, labels, weights, has_w, from_logits, inner, n_bins
                 p_st[j, 1] = -1.0
                 p_st[j, 2] = -1.0
                 c = first + j
-                _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps,
+                _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll,
                                  conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
                                  p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j], p_st[j])
         else:
@@ -206,7 +206,7 @@ def _top_label_driver(scores, labels, weights, has_w, from_logits, inner, n_bins
                 p_st[j, 1] = -1.0
                 p_st[j, 2] = -1.0
                 c = first + j
-                _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps,
+                _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll,
                                  conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
                                  p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j], p_st[j])
         for j in range(g):
@@ -244,7 +244,8 @@ def _totals_dict(total_count, tot):
             "confidence": float(tot[3]), "brier": float(tot[4]), "nll": float(tot[5])}
 
 
-def top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps, conf_out=None, correct_out=None):
+def top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps, with_nll=True, conf_out=None,
+                    correct_out=None):
     """Same contract as ``calibkit._core.top_label_stats``."""
     check_float_dtype(scores, "scores")
     if scores.ndim != 2 or scores.shape[1] < 1:
@@ -264,10 +265,13 @@ def top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps,
     parallel = N * K >= MIN_PARALLEL_ELEMENTS
     count, wsum, sconf, scorr, total_count, tot, st = run_locked(
         _top_label_driver, as_kernel_array(scores), labels, weights, has_w, bool(from_logits),
-        equal_width_inner(n_bins), int(n_bins), float(nll_eps), conf_out, correct_out, has_out, HALF_TABLE,
+        equal_width_inner(n_bins), int(n_bins), float(nll_eps), bool(with_nll), conf_out, correct_out, has_out,
+        HALF_TABLE,
         parallel)
     out = _bins_dict(count, wsum, sconf, scorr, n_bins)
     out["totals"] = _totals_dict(total_count, tot)
+    if not with_nll:
+        out["totals"]["nll"] = float("nan")
     out["status"] = status_tuple(st)
     return out
 

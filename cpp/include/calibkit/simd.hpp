@@ -1,0 +1,231 @@
+// Four-lane double arithmetic for the row kernels, and run-time AVX2 dispatch.
+//
+// The lanes are GCC/Clang vector extensions: the default build compiles them
+// to SSE2 (any x86-64, or the target's own vector unit), and the *_avx2 clones
+// of the kernels to one AVX2 register. Every operation is lane-wise IEEE
+// arithmetic (no FMA contraction, no fast-math) and every horizontal reduction
+// has a fixed order, so both clones give bit-identical results.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "common.hpp"
+
+#if !(defined(__GNUC__) || defined(__clang__))
+#error "calibkit's kernels need GCC or Clang (vector extensions)"
+#endif
+
+#define CALIBKIT_INLINE inline __attribute__((always_inline))
+
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(CALIBKIT_NO_DISPATCH)
+#define CALIBKIT_HAVE_AVX2_CLONES 1
+// Applied to a thin wrapper that calls the portable kernel: flatten inlines the
+// kernel (and everything it calls) into the wrapper, compiled for AVX2.
+#define CALIBKIT_AVX2_CLONE __attribute__((target("avx2"), flatten))
+#else
+#define CALIBKIT_HAVE_AVX2_CLONES 0
+#endif
+
+namespace calibkit {
+namespace simd {
+
+// Lane types: Vec<2> (SSE2, the portable default) and Vec<4> (AVX2 clones).
+template <int W>
+struct Vec;
+
+template <>
+struct Vec<2> {
+    static constexpr int width = 2;
+    typedef double d __attribute__((vector_size(16)));
+    typedef int64_t i __attribute__((vector_size(16)));
+    typedef float f __attribute__((vector_size(8)));
+};
+
+template <>
+struct Vec<4> {
+    static constexpr int width = 4;
+    typedef double d __attribute__((vector_size(32)));
+    typedef int64_t i __attribute__((vector_size(32)));
+    typedef float f __attribute__((vector_size(16)));
+};
+
+// True when the AVX2 clones may run: the CPU has AVX2 and CALIBKIT_NO_AVX2 is not set
+// (the tests set it to compare both clones).
+inline bool use_avx2() {
+#if CALIBKIT_HAVE_AVX2_CLONES
+    static const bool enabled = [] {
+        const char* off = std::getenv("CALIBKIT_NO_AVX2");
+        if (off != nullptr && off[0] != '\0' && off[0] != '0') return false;
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") != 0;
+    }();
+    return enabled;
+#else
+    return false;
+#endif
+}
+
+template <class D>
+CALIBKIT_INLINE D splat(double v) {
+    D r;
+    for (unsigned j = 0; j < sizeof(D) / sizeof(double); ++j) r[j] = v;
+    return r;
+}
+
+template <class D, class I>
+CALIBKIT_INLINE D select(I mask, D a, D b) {
+    return (D)(((I)a & mask) | ((I)b & ~mask));
+}
+
+template <class I>
+CALIBKIT_INLINE I select_int(I mask, I a, I b) {
+    return (a & mask) | (b & ~mask);
+}
+
+// exp(x) for x <= 0 (and -inf), to about 1 ulp: x = n ln2 + r with |r| <= ln2/2
+// (Cody-Waite), e^r by its degree-12 Taylor polynomial (truncation error below
+// 2e-16 relative, evaluated by Estrin's scheme), times 2^n built in the exponent bits. Results below
+// exp(-708) (< 3.3e-308, in the subnormal range) are returned as 0.
+template <class V>
+CALIBKIT_INLINE typename V::d exp_nonpositive(typename V::d x) {
+    typedef typename V::d D;
+    typedef typename V::i I;
+    const D underflow = splat<D>(-708.0);
+    const I tiny = x < underflow;
+    x = select(tiny, underflow, x);
+    const D shifter = splat<D>(6755399441055744.0);  // 1.5 * 2^52: adding it rounds to an integer
+    const D t = x * splat<D>(1.4426950408889634) + shifter;
+    const D n = t - shifter;
+    D r = x - n * splat<D>(6.93147180369123816490e-01);  // ln2 high part: n * hi is exact
+    r = r - n * splat<D>(1.90821492927058770002e-10);     // ln2 low part
+    // Estrin's scheme: the same polynomial with a short dependency chain.
+    const D r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+    const D q0 = splat<D>(1.0) + r;
+    const D q1 = splat<D>(1.0 / 2.0) + r * splat<D>(1.0 / 6.0);
+    const D q2 = splat<D>(1.0 / 24.0) + r * splat<D>(1.0 / 120.0);
+    const D q3 = splat<D>(1.0 / 720.0) + r * splat<D>(1.0 / 5040.0);
+    const D q4 = splat<D>(1.0 / 40320.0) + r * splat<D>(1.0 / 362880.0);
+    const D q5 = splat<D>(1.0 / 3628800.0) + r * splat<D>(1.0 / 39916800.0);
+    const D q6 = splat<D>(1.0 / 479001600.0);
+    const D s0 = q0 + q1 * r2, s1 = q2 + q3 * r2, s2 = q4 + q5 * r2;
+    const D p = (s0 + s1 * r4) + (s2 + q6 * r4) * r8;
+    // The low bits of t hold n (two's complement): 2^n = (n + 1023) << 52.
+    const I n_int = (I)t - (I)shifter;
+    const D scale = (D)((n_int + 1023) << 52);
+    return select(tiny, splat<D>(0.0), p * scale);
+}
+
+// The same function on one value (lane 0 of the portable width).
+inline double exp_nonpositive(double x) { return exp_nonpositive<Vec<2>>(splat<Vec<2>::d>(x))[0]; }
+
+// Eight consecutive elements of a row ("an octet") as 8 / W vectors of W
+// doubles. Element j of the octet is lane j: sums over octets are combined in
+// the fixed order of `octet_sum`, the same for W = 2 and W = 4.
+template <class V>
+struct Octet {
+    static constexpr int n = 8 / V::width;
+    typename V::d v[n];
+};
+
+template <class V>
+CALIBKIT_INLINE double octet_sum(const Octet<V>& o) {
+    // c_j = lane j + lane j+4, then (c_0 + c_1) + (c_2 + c_3).
+    if constexpr (V::width == 4) {
+        const typename V::d c = o.v[0] + o.v[1];
+        return (c[0] + c[1]) + (c[2] + c[3]);
+    } else {
+        const typename V::d c01 = o.v[0] + o.v[2], c23 = o.v[1] + o.v[3];
+        return (c01[0] + c01[1]) + (c23[0] + c23[1]);
+    }
+}
+
+template <class T, class V>
+struct GroupLoad {
+    CALIBKIT_INLINE static typename V::d contiguous(const T* p) {
+        typename V::d r;
+        for (int j = 0; j < V::width; ++j) r[j] = load(p + j);
+        return r;
+    }
+};
+
+template <class V>
+struct GroupLoad<float, V> {
+    CALIBKIT_INLINE static typename V::d contiguous(const float* p) {
+        typename V::f v;
+        std::memcpy(&v, p, sizeof v);
+        return __builtin_convertvector(v, typename V::d);
+    }
+};
+
+template <class V>
+struct GroupLoad<double, V> {
+    CALIBKIT_INLINE static typename V::d contiguous(const double* p) {
+        typename V::d v;
+        std::memcpy(&v, p, sizeof v);
+        return v;
+    }
+};
+
+// A row of a Matrix<T>, `stride` bytes between elements (Contiguous: sizeof(T)).
+template <class T, bool Contiguous>
+struct RowReader {
+    const char* base;
+    int64_t stride;
+
+    CALIBKIT_INLINE double at(int64_t k) const { return load(reinterpret_cast<const T*>(base + k * stride)); }
+
+    template <class V>
+    CALIBKIT_INLINE Octet<V> octet(int64_t k) const {
+        Octet<V> o;
+        for (int g = 0; g < Octet<V>::n; ++g) {
+            if constexpr (Contiguous) {
+                o.v[g] = GroupLoad<T, V>::contiguous(reinterpret_cast<const T*>(base) + k + g * V::width);
+            } else {
+                for (int j = 0; j < V::width; ++j) o.v[g][j] = at(k + g * V::width + j);
+            }
+        }
+        return o;
+    }
+
+    // Elements k.. k+n-1 (n < 8) in lanes 0..n-1, `pad` elsewhere.
+    template <class V>
+    CALIBKIT_INLINE Octet<V> partial_octet(int64_t k, int64_t n, double pad) const {
+        Octet<V> o;
+        for (int g = 0; g < Octet<V>::n; ++g)
+            for (int j = 0; j < V::width; ++j) {
+                const int lane = g * V::width + j;
+                o.v[g][j] = lane < n ? at(k + lane) : pad;
+            }
+        return o;
+    }
+};
+
+// Lane masks for the last octet of a row of K elements. For K >= 8 the last
+// octet is the one ending at K (it overlaps the previous one; lanes already
+// counted are masked out); for K < 8 it is a partial octet starting at 0.
+template <class V>
+struct TailMask {
+    typename V::i valid[Octet<V>::n];
+    int64_t start;    // first element of the last octet
+    bool overlapped;  // K >= 8: a full load ending at K
+    bool needed;      // K % 8 != 0
+
+    explicit TailMask(int64_t K) {
+        const int64_t rest = K % 8;
+        needed = rest != 0;
+        overlapped = K >= 8;
+        start = overlapped ? K - 8 : 0;
+        const int64_t first_valid = overlapped ? 8 - rest : 0;  // lanes below were counted already
+        const int64_t last_valid = overlapped ? 8 : K;          // lanes at or above are padding
+        for (int g = 0; g < Octet<V>::n; ++g)
+            for (int j = 0; j < V::width; ++j) {
+                const int lane = g * V::width + j;
+                valid[g][j] = (lane >= first_valid && lane < last_valid) ? -1 : 0;
+            }
+    }
+};
+
+}  // namespace simd
+}  // namespace calibkit
