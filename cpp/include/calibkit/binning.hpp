@@ -353,6 +353,94 @@ CALIBKIT_INLINE bool summarize_row(const Matrix<T>& s, const simd::TailMask<V>& 
                        : summarize_prob_row<T, false, V>(s, tail, i, label, nll_eps, with_nll, out, st);
 }
 
+// Rows shorter than this are summarised W rows at a time, one row per lane,
+// reading the elements in column order (sums in plain column order); longer rows
+// one at a time in octets. The choice depends on K only, never on the layout or
+// the instruction set, so results do not either.
+constexpr int64_t kShortRow = 16;
+
+// Summaries of W rows (one per lane) of a short-row matrix. `rows[j]` are the
+// row indices (repeated when fewer than W rows are left), `labels[j]` valid labels.
+template <class V>
+struct RowsSummary {
+    typename V::d confidence, p_label, sum_sq, nll;
+    typename V::i argmax, bad;
+};
+
+template <class T, class V>
+CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* rows, const int64_t* labels,
+                                          bool from_logits, double nll_eps, bool with_nll, RowsSummary<V>& out) {
+    using namespace simd;
+    typedef typename V::d D;
+    typedef typename V::i I;
+    const int64_t K = s.cols;
+    const char* base[V::width];
+    for (int j = 0; j < V::width; ++j) base[j] = reinterpret_cast<const char*>(s.row(rows[j]));
+    const auto column = [&](int64_t k) {
+        D v;
+        for (int j = 0; j < V::width; ++j) v[j] = load(reinterpret_cast<const T*>(base[j] + k * s.col_stride));
+        return v;
+    };
+    D p_label;
+    for (int j = 0; j < V::width; ++j) p_label[j] = load(reinterpret_cast<const T*>(base[j] + labels[j] * s.col_stride));
+    const D zero = splat<D>(0.0);
+    D mx = splat<D>(-INFINITY);
+    I arg = (I)zero, bad = (I)zero;
+    if (!from_logits) {
+        const D lo = splat<D>(-kProbabilityTolerance), hi = splat<D>(1.0 + kProbabilityTolerance);
+        D sq = zero;
+        for (int64_t k = 0; k < K; ++k) {
+            const D v = column(k);
+            bad |= ~((v >= lo) & (v <= hi));  // NaN compares false
+            const I greater = v > mx;          // strict: the first maximum wins
+            mx = select(greater, v, mx);
+            I kk;
+            for (int j = 0; j < V::width; ++j) kk[j] = k;
+            arg = select_int(greater, kk, arg);
+            sq += v * v;
+        }
+        out.confidence = mx;
+        out.argmax = arg;
+        out.sum_sq = sq;
+        out.p_label = p_label;
+        if (with_nll) {
+            for (int j = 0; j < V::width; ++j) out.nll[j] = -std::log(std::max(p_label[j], nll_eps));
+        } else {
+            out.nll = zero;
+        }
+        out.bad = bad;
+        return;
+    }
+    for (int64_t k = 0; k < K; ++k) {
+        const D v = column(k);
+        bad |= ~((v - v) == zero);  // NaN and inf
+        const I greater = v > mx;
+        mx = select(greater, v, mx);
+        I kk;
+        for (int j = 0; j < V::width; ++j) kk[j] = k;
+        arg = select_int(greater, kk, arg);
+    }
+    out.bad = bad;
+    // Keep bad lanes harmless (their results are discarded).
+    mx = select(bad, zero, mx);
+    D sum = zero, sq = zero;
+    for (int64_t k = 0; k < K; ++k) {
+        const D e = exp_nonpositive<V>(select(bad, splat<D>(-INFINITY), column(k)) - mx);
+        sum += e;
+        sq += e * e;
+    }
+    const D shifted = select(bad, zero, p_label - mx);
+    out.argmax = arg;
+    out.confidence = splat<D>(1.0) / sum;
+    out.p_label = exp_nonpositive<V>(shifted) / sum;
+    out.sum_sq = sq / (sum * sum);
+    if (with_nll) {
+        for (int j = 0; j < V::width; ++j) out.nll[j] = std::log(sum[j]) - shifted[j];
+    } else {
+        out.nll = zero;
+    }
+}
+
 template <class T>
 struct TopLabelArgs {
     const Matrix<T>& scores;
@@ -366,33 +454,78 @@ struct TopLabelArgs {
     uint8_t* correct_out;
 };
 
+template <class T>
+CALIBKIT_INLINE void accumulate_row(const TopLabelArgs<T>& a, BinningResult& part, int64_t i, int64_t y, double w,
+                                    const RowSummary& row) {
+    const double correct = row.argmax == y ? 1.0 : 0.0;
+    if (a.edges.n_bins > 0) part.bins.add(a.edges.bin(row.confidence), w, row.confidence, correct);
+    if (a.conf_out) a.conf_out[i] = row.confidence;
+    if (a.correct_out) a.correct_out[i] = static_cast<uint8_t>(correct);
+    Totals& t = part.totals;
+    t.count += 1;
+    t.weight += w;
+    t.correct += w * correct;
+    t.confidence += w * row.confidence;
+    t.brier += w * (row.sum_sq - 2.0 * row.p_label + 1.0);
+    t.nll += w * row.nll;
+}
+
+// Checks the label and weight of row i; false (and the status set) if either is bad.
+template <class T>
+CALIBKIT_INLINE bool row_meta(const TopLabelArgs<T>& a, BinningResult& part, int64_t i, int64_t& y, double& w) {
+    y = a.labels.raw(i);
+    if (y < 0 || y >= a.scores.cols) {
+        part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
+        return false;
+    }
+    w = a.weights.at(i);
+    return !a.weights.present() || check_weight(w, i, part.status);
+}
+
 template <class T, class V>
 inline void top_label_chunk(const TopLabelArgs<T>& a, BinningResult& part, int64_t begin, int64_t end) {
     const int64_t K = a.scores.cols;
-    const bool binned = a.edges.n_bins > 0;
-    const simd::TailMask<V> tail(K);
     RowSummary row;
-    for (int64_t i = begin; i < end; ++i) {
-        const int64_t y = a.labels.raw(i);
-        if (y < 0 || y >= K) {
-            part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
-            continue;
+    if (K < kShortRow) {
+        constexpr int W = V::width;
+        RowsSummary<V> batch;
+        for (int64_t i0 = begin; i0 < end; i0 += W) {
+            int64_t rows[W], ys[W], label_for_load[W];
+            double ws[W];
+            bool ok[W];
+            for (int j = 0; j < W; ++j) {
+                const int64_t i = std::min(i0 + j, end - 1);
+                rows[j] = i;
+                ok[j] = i0 + j < end && row_meta(a, part, i, ys[j], ws[j]);
+                label_for_load[j] = ok[j] ? ys[j] : 0;
+            }
+            summarize_short_rows<T, V>(a.scores, rows, label_for_load, a.from_logits, a.nll_eps, a.with_nll, batch);
+            for (int j = 0; j < W && i0 + j < end; ++j) {
+                if (!ok[j]) continue;
+                if (batch.bad[j]) {
+                    const simd::RowReader<T, false> r{reinterpret_cast<const char*>(a.scores.row(rows[j])),
+                                                      a.scores.col_stride};
+                    report_bad_element(r, rows[j], K, a.from_logits, part.status);
+                    continue;
+                }
+                row.argmax = batch.argmax[j];
+                row.confidence = batch.confidence[j];
+                row.p_label = batch.p_label[j];
+                row.sum_sq = batch.sum_sq[j];
+                row.nll = batch.nll[j];
+                accumulate_row(a, part, rows[j], ys[j], ws[j], row);
+            }
         }
-        const double w = a.weights.at(i);
-        if (a.weights.present() && !check_weight(w, i, part.status)) continue;
+        return;
+    }
+    const simd::TailMask<V> tail(K);
+    for (int64_t i = begin; i < end; ++i) {
+        int64_t y;
+        double w;
+        if (!row_meta(a, part, i, y, w)) continue;
         if (!summarize_row<T, V>(a.scores, tail, i, y, a.from_logits, a.nll_eps, a.with_nll, row, part.status))
             continue;
-        const double correct = row.argmax == y ? 1.0 : 0.0;
-        if (binned) part.bins.add(a.edges.bin(row.confidence), w, row.confidence, correct);
-        if (a.conf_out) a.conf_out[i] = row.confidence;
-        if (a.correct_out) a.correct_out[i] = static_cast<uint8_t>(correct);
-        Totals& t = part.totals;
-        t.count += 1;
-        t.weight += w;
-        t.correct += w * correct;
-        t.confidence += w * row.confidence;
-        t.brier += w * (row.sum_sq - 2.0 * row.p_label + 1.0);
-        t.nll += w * row.nll;
+        accumulate_row(a, part, i, y, w, row);
     }
 }
 
