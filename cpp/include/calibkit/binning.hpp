@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "common.hpp"
@@ -35,11 +36,15 @@ struct BinEdges {
     std::vector<double> bounds;
     bool uniform = true;
     int64_t n_bins = 0;
+    double scale = 0.0;  // M
+    double last = 0.0;   // M - 1
 
     static BinEdges equal_width(int64_t n_bins) {
         BinEdges b;
         b.n_bins = n_bins;
         b.uniform = true;
+        b.scale = static_cast<double>(n_bins);
+        b.last = static_cast<double>(n_bins - 1);
         b.bounds.push_back(-INFINITY);
         for (int64_t m = 1; m < n_bins; ++m) b.bounds.push_back(static_cast<double>(m) / static_cast<double>(n_bins));
         b.bounds.push_back(INFINITY);
@@ -61,9 +66,8 @@ struct BinEdges {
         if (uniform) {
             // ceil(c M) - 1 is the bin up to one step of rounding; settle it against the
             // exact edges without branches (the product errs by far less than a bin).
-            const double guess = std::ceil(c * static_cast<double>(n_bins)) - 1.0;
-            int64_t m = guess <= 0.0 ? 0 : (guess >= static_cast<double>(n_bins - 1) ? n_bins - 1
-                                                                                    : static_cast<int64_t>(guess));
+            const double guess = std::ceil(c * scale) - 1.0;
+            int64_t m = static_cast<int64_t>(std::min(std::max(guess, 0.0), last));  // minsd/maxsd: no branch
             const double* e = bounds.data();
             m -= static_cast<int64_t>(!(e[m] < c));
             m += static_cast<int64_t>(e[m + 1] < c);
@@ -94,6 +98,35 @@ struct BinSums {
             weight[b] += o.weight[b];
             sum_score[b] += o.sum_score[b];
             sum_target[b] += o.sum_target[b];
+        }
+    }
+};
+
+// Per-bin sums split over four interleaved copies (row i goes to copy i mod 4),
+// folded in copy order at the end of a chunk. Consecutive rows usually fall in
+// the same bin; separate copies break the store-to-load dependency between them.
+struct LaneBins {
+    static constexpr int kLanes = 4;
+    std::vector<int64_t> count;
+    std::vector<double> weight, sum_score, sum_target;
+
+    explicit LaneBins(int64_t n)
+        : count(n * kLanes, 0), weight(n * kLanes, 0.0), sum_score(n * kLanes, 0.0), sum_target(n * kLanes, 0.0) {}
+
+    CALIBKIT_INLINE void add(int64_t b, int64_t row, double w, double score, double target) {
+        const int64_t j = b * kLanes + (row & (kLanes - 1));
+        count[j] += 1;
+        weight[j] += w;
+        sum_score[j] += w * score;
+        sum_target[j] += w * target;
+    }
+    void fold_into(BinSums& out) const {
+        for (size_t b = 0; b < out.count.size(); ++b) {
+            const size_t j = b * kLanes;
+            out.count[b] += ((count[j] + count[j + 1]) + count[j + 2]) + count[j + 3];
+            out.weight[b] += ((weight[j] + weight[j + 1]) + weight[j + 2]) + weight[j + 3];
+            out.sum_score[b] += ((sum_score[j] + sum_score[j + 1]) + sum_score[j + 2]) + sum_score[j + 3];
+            out.sum_target[b] += ((sum_target[j] + sum_target[j + 1]) + sum_target[j + 2]) + sum_target[j + 3];
         }
     }
 };
@@ -324,7 +357,7 @@ CALIBKIT_INLINE bool summarize_logit_row(const Matrix<T>& s, const simd::TailMas
             sq.v[g] += e * e;
         }
     }
-    if (tail.needed) {  // exp(-inf) = 0 in the lanes that are not counted here
+    if (tail.needed) {  // lanes not counted here give exp(-708), which vanishes in the sums
         const Octet<V> o = tail.overlapped ? r.template octet<V>(tail.start) : r.template partial_octet<V>(0, K, 0.0);
         for (int g = 0; g < G; ++g) {
             const D e = exp_nonpositive<V>(select(tail.valid[g], o.v[g], neg_inf) - shift);
@@ -359,12 +392,15 @@ CALIBKIT_INLINE bool summarize_row(const Matrix<T>& s, const simd::TailMask<V>& 
 // the instruction set, so results do not either.
 constexpr int64_t kShortRow = 16;
 
-// Summaries of W rows (one per lane) of a short-row matrix. `rows[j]` are the
-// row indices (repeated when fewer than W rows are left), `labels[j]` valid labels.
+// Summaries of 2 W rows (one per lane, two vectors whose dependency chains
+// interleave) of a short-row matrix. `rows[j]` are the row indices (repeated
+// when fewer rows are left), `labels[j]` valid labels.
+constexpr int kShortGroups = 2;
+
 template <class V>
 struct RowsSummary {
-    typename V::d confidence, p_label, sum_sq, nll;
-    typename V::i argmax, bad;
+    typename V::d confidence[kShortGroups], p_label[kShortGroups], sum_sq[kShortGroups], nll[kShortGroups];
+    typename V::i argmax[kShortGroups], bad[kShortGroups];
 };
 
 template <class T, class V>
@@ -373,71 +409,86 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
     using namespace simd;
     typedef typename V::d D;
     typedef typename V::i I;
+    constexpr int W = V::width, G = kShortGroups;
     const int64_t K = s.cols;
-    const char* base[V::width];
-    for (int j = 0; j < V::width; ++j) base[j] = reinterpret_cast<const char*>(s.row(rows[j]));
-    const auto column = [&](int64_t k) {
-        D v;
-        for (int j = 0; j < V::width; ++j) v[j] = load(reinterpret_cast<const T*>(base[j] + k * s.col_stride));
-        return v;
+    const char* base[G * W];
+    for (int j = 0; j < G * W; ++j) base[j] = reinterpret_cast<const char*>(s.row(rows[j]));
+    const auto column = [&](int g, int64_t k) {
+        if constexpr (std::is_same<T, float>::value) {  // gather as floats, one conversion
+            typename V::f f;
+            for (int j = 0; j < W; ++j) f[j] = *reinterpret_cast<const float*>(base[g * W + j] + k * s.col_stride);
+            return __builtin_convertvector(f, D);
+        } else {
+            D v;
+            for (int j = 0; j < W; ++j) v[j] = load(reinterpret_cast<const T*>(base[g * W + j] + k * s.col_stride));
+            return v;
+        }
     };
-    D p_label;
-    for (int j = 0; j < V::width; ++j) p_label[j] = load(reinterpret_cast<const T*>(base[j] + labels[j] * s.col_stride));
-    const D zero = splat<D>(0.0);
-    D mx = splat<D>(-INFINITY);
-    I arg = (I)zero, bad = (I)zero;
+    const D zero = splat<D>(0.0), neg_inf = splat<D>(-INFINITY);
+    D mx[G], p_label[G];
+    I arg[G], bad[G];
+    for (int g = 0; g < G; ++g) {
+        for (int j = 0; j < W; ++j)
+            p_label[g][j] = load(reinterpret_cast<const T*>(base[g * W + j] + labels[g * W + j] * s.col_stride));
+        mx[g] = neg_inf;
+        arg[g] = bad[g] = (I)zero;
+    }
     if (!from_logits) {
         const D lo = splat<D>(-kProbabilityTolerance), hi = splat<D>(1.0 + kProbabilityTolerance);
-        D sq = zero;
-        for (int64_t k = 0; k < K; ++k) {
-            const D v = column(k);
-            bad |= ~((v >= lo) & (v <= hi));  // NaN compares false
-            const I greater = v > mx;          // strict: the first maximum wins
-            mx = select(greater, v, mx);
-            I kk;
-            for (int j = 0; j < V::width; ++j) kk[j] = k;
-            arg = select_int(greater, kk, arg);
-            sq += v * v;
+        D sq[G];
+        for (int g = 0; g < G; ++g) sq[g] = zero;
+        I kk = (I)zero;
+        for (int64_t k = 0; k < K; ++k, kk += 1) {
+            for (int g = 0; g < G; ++g) {
+                const D v = column(g, k);
+                bad[g] |= ~((v >= lo) & (v <= hi));  // NaN compares false
+                const I greater = v > mx[g];          // strict: the first maximum wins
+                mx[g] = select(greater, v, mx[g]);
+                arg[g] = select_int(greater, kk, arg[g]);
+                sq[g] += v * v;
+            }
         }
-        out.confidence = mx;
-        out.argmax = arg;
-        out.sum_sq = sq;
-        out.p_label = p_label;
-        if (with_nll) {
-            for (int j = 0; j < V::width; ++j) out.nll[j] = -std::log(std::max(p_label[j], nll_eps));
-        } else {
-            out.nll = zero;
+        for (int g = 0; g < G; ++g) {
+            out.confidence[g] = mx[g];
+            out.argmax[g] = arg[g];
+            out.sum_sq[g] = sq[g];
+            out.p_label[g] = p_label[g];
+            out.bad[g] = bad[g];
+            for (int j = 0; j < W; ++j)
+                out.nll[g][j] = with_nll ? -std::log(std::max(p_label[g][j], nll_eps)) : 0.0;
         }
-        out.bad = bad;
         return;
     }
-    for (int64_t k = 0; k < K; ++k) {
-        const D v = column(k);
-        bad |= ~((v - v) == zero);  // NaN and inf
-        const I greater = v > mx;
-        mx = select(greater, v, mx);
-        I kk;
-        for (int j = 0; j < V::width; ++j) kk[j] = k;
-        arg = select_int(greater, kk, arg);
+    I kk = (I)zero;
+    for (int64_t k = 0; k < K; ++k, kk += 1) {
+        for (int g = 0; g < G; ++g) {
+            const D v = column(g, k);
+            bad[g] |= ~((v - v) == zero);  // NaN and inf
+            const I greater = v > mx[g];
+            mx[g] = select(greater, v, mx[g]);
+            arg[g] = select_int(greater, kk, arg[g]);
+        }
     }
-    out.bad = bad;
-    // Keep bad lanes harmless (their results are discarded).
-    mx = select(bad, zero, mx);
-    D sum = zero, sq = zero;
-    for (int64_t k = 0; k < K; ++k) {
-        const D e = exp_nonpositive<V>(select(bad, splat<D>(-INFINITY), column(k)) - mx);
-        sum += e;
-        sq += e * e;
+    D sum[G], sq[G];
+    for (int g = 0; g < G; ++g) {
+        mx[g] = select(bad[g], zero, mx[g]);  // keep bad lanes harmless: their results are discarded
+        sum[g] = sq[g] = zero;
     }
-    const D shifted = select(bad, zero, p_label - mx);
-    out.argmax = arg;
-    out.confidence = splat<D>(1.0) / sum;
-    out.p_label = exp_nonpositive<V>(shifted) / sum;
-    out.sum_sq = sq / (sum * sum);
-    if (with_nll) {
-        for (int j = 0; j < V::width; ++j) out.nll[j] = std::log(sum[j]) - shifted[j];
-    } else {
-        out.nll = zero;
+    for (int64_t k = 0; k < K; ++k) {
+        for (int g = 0; g < G; ++g) {
+            const D e = exp_nonpositive<V>(select(bad[g], neg_inf, column(g, k)) - mx[g]);
+            sum[g] += e;
+            sq[g] += e * e;
+        }
+    }
+    for (int g = 0; g < G; ++g) {
+        const D shifted = select(bad[g], zero, p_label[g] - mx[g]);
+        out.bad[g] = bad[g];
+        out.argmax[g] = arg[g];
+        out.confidence[g] = splat<D>(1.0) / sum[g];
+        out.p_label[g] = exp_nonpositive<V>(shifted) / sum[g];
+        out.sum_sq[g] = sq[g] / (sum[g] * sum[g]);
+        for (int j = 0; j < W; ++j) out.nll[g][j] = with_nll ? std::log(sum[g][j]) - shifted[j] : 0.0;
     }
 }
 
@@ -455,10 +506,10 @@ struct TopLabelArgs {
 };
 
 template <class T>
-CALIBKIT_INLINE void accumulate_row(const TopLabelArgs<T>& a, BinningResult& part, int64_t i, int64_t y, double w,
-                                    const RowSummary& row) {
+CALIBKIT_INLINE void accumulate_row(const TopLabelArgs<T>& a, BinningResult& part, LaneBins& bins, int64_t i,
+                                    int64_t y, double w, int64_t bin, const RowSummary& row) {
     const double correct = row.argmax == y ? 1.0 : 0.0;
-    if (a.edges.n_bins > 0) part.bins.add(a.edges.bin(row.confidence), w, row.confidence, correct);
+    if (a.edges.n_bins > 0) bins.add(bin, i, w, row.confidence, correct);
     if (a.conf_out) a.conf_out[i] = row.confidence;
     if (a.correct_out) a.correct_out[i] = static_cast<uint8_t>(correct);
     Totals& t = part.totals;
@@ -485,37 +536,48 @@ CALIBKIT_INLINE bool row_meta(const TopLabelArgs<T>& a, BinningResult& part, int
 template <class T, class V>
 inline void top_label_chunk(const TopLabelArgs<T>& a, BinningResult& part, int64_t begin, int64_t end) {
     const int64_t K = a.scores.cols;
+    const bool binned = a.edges.n_bins > 0;
     RowSummary row;
+    LaneBins bins(a.edges.n_bins);
     if (K < kShortRow) {
-        constexpr int W = V::width;
+        constexpr int B = V::width * kShortGroups;  // rows per batch
         RowsSummary<V> batch;
-        for (int64_t i0 = begin; i0 < end; i0 += W) {
-            int64_t rows[W], ys[W], label_for_load[W];
-            double ws[W];
-            bool ok[W];
-            for (int j = 0; j < W; ++j) {
+        for (int64_t i0 = begin; i0 < end; i0 += B) {
+            int64_t rows[B], ys[B], label_for_load[B];
+            double ws[B];
+            bool ok[B];
+            for (int j = 0; j < B; ++j) {
                 const int64_t i = std::min(i0 + j, end - 1);
                 rows[j] = i;
                 ok[j] = i0 + j < end && row_meta(a, part, i, ys[j], ws[j]);
                 label_for_load[j] = ok[j] ? ys[j] : 0;
             }
             summarize_short_rows<T, V>(a.scores, rows, label_for_load, a.from_logits, a.nll_eps, a.with_nll, batch);
-            for (int j = 0; j < W && i0 + j < end; ++j) {
+            // The bins of the whole batch first: independent dependency chains.
+            int64_t bin_of[B];
+            for (int j = 0; j < B; ++j) {
+                const int g = j / V::width, lane = j % V::width;
+                const bool usable = ok[j] && !batch.bad[g][lane];
+                bin_of[j] = binned ? a.edges.bin(usable ? batch.confidence[g][lane] : 0.0) : 0;
+            }
+            for (int j = 0; j < B && i0 + j < end; ++j) {
                 if (!ok[j]) continue;
-                if (batch.bad[j]) {
+                const int g = j / V::width, lane = j % V::width;
+                if (batch.bad[g][lane]) {
                     const simd::RowReader<T, false> r{reinterpret_cast<const char*>(a.scores.row(rows[j])),
                                                       a.scores.col_stride};
                     report_bad_element(r, rows[j], K, a.from_logits, part.status);
                     continue;
                 }
-                row.argmax = batch.argmax[j];
-                row.confidence = batch.confidence[j];
-                row.p_label = batch.p_label[j];
-                row.sum_sq = batch.sum_sq[j];
-                row.nll = batch.nll[j];
-                accumulate_row(a, part, rows[j], ys[j], ws[j], row);
+                row.argmax = batch.argmax[g][lane];
+                row.confidence = batch.confidence[g][lane];
+                row.p_label = batch.p_label[g][lane];
+                row.sum_sq = batch.sum_sq[g][lane];
+                row.nll = batch.nll[g][lane];
+                accumulate_row(a, part, bins, rows[j], ys[j], ws[j], bin_of[j], row);
             }
         }
+        bins.fold_into(part.bins);
         return;
     }
     const simd::TailMask<V> tail(K);
@@ -525,8 +587,9 @@ inline void top_label_chunk(const TopLabelArgs<T>& a, BinningResult& part, int64
         if (!row_meta(a, part, i, y, w)) continue;
         if (!summarize_row<T, V>(a.scores, tail, i, y, a.from_logits, a.nll_eps, a.with_nll, row, part.status))
             continue;
-        accumulate_row(a, part, i, y, w, row);
+        accumulate_row(a, part, bins, i, y, w, binned ? a.edges.bin(row.confidence) : 0, row);
     }
+    bins.fold_into(part.bins);
 }
 
 #if CALIBKIT_HAVE_AVX2_CLONES

@@ -84,17 +84,24 @@ CALIBKIT_INLINE I select_int(I mask, I a, I b) {
     return (a & mask) | (b & ~mask);
 }
 
+// Lane-wise maximum with maxpd's semantics (b when unordered or equal), which
+// compilers emit for this pattern.
+template <class D>
+CALIBKIT_INLINE D vmax(D a, D b) {
+    return a > b ? a : b;
+}
+
 // exp(x) for x <= 0 (and -inf), to about 1 ulp: x = n ln2 + r with |r| <= ln2/2
 // (Cody-Waite), e^r by its degree-12 Taylor polynomial (truncation error below
-// 2e-16 relative, evaluated by Estrin's scheme), times 2^n built in the exponent bits. Results below
-// exp(-708) (< 3.3e-308, in the subnormal range) are returned as 0.
+// 2e-16 relative, evaluated by Estrin's scheme), times 2^n built in the exponent
+// bits. x is clamped at -708, so anything smaller (-inf included) gives
+// exp(-708) ~ 3.3e-308: the kernels only add these values to sums that hold a 1
+// (the row maximum), where they vanish exactly.
 template <class V>
 CALIBKIT_INLINE typename V::d exp_nonpositive(typename V::d x) {
     typedef typename V::d D;
     typedef typename V::i I;
-    const D underflow = splat<D>(-708.0);
-    const I tiny = x < underflow;
-    x = select(tiny, underflow, x);
+    x = vmax(x, splat<D>(-708.0));
     const D shifter = splat<D>(6755399441055744.0);  // 1.5 * 2^52: adding it rounds to an integer
     const D t = x * splat<D>(1.4426950408889634) + shifter;
     const D n = t - shifter;
@@ -114,7 +121,7 @@ CALIBKIT_INLINE typename V::d exp_nonpositive(typename V::d x) {
     // The low bits of t hold n (two's complement): 2^n = (n + 1023) << 52.
     const I n_int = (I)t - (I)shifter;
     const D scale = (D)((n_int + 1023) << 52);
-    return select(tiny, splat<D>(0.0), p * scale);
+    return p * scale;
 }
 
 // The same function on one value (lane 0 of the portable width).
