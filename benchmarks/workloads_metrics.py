@@ -70,7 +70,7 @@ def _contenders(d):
         out.append(Contender(
             "torchmetrics",
             lambda: multiclass_calibration_error(ts, ty, num_classes=k, n_bins=N_BINS, validate_args=False).item(),
-            close(1e-4), repeat=3))
+            close(1e-3), repeat=3))  # float32 accumulation: ~3e-4 relative off at N = 10^7
     except ImportError:
         pass
     try:
