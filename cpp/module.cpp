@@ -6,6 +6,7 @@
 namespace py = pybind11;
 
 void bind_binning(py::module_& m);
+void bind_stream(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "calibkit native kernels (C++17). Use the Python API in calibkit instead.";
@@ -13,4 +14,5 @@ PYBIND11_MODULE(_core, m) {
     m.def("set_num_threads", &calibkit::set_num_threads, py::arg("n"));
     m.def("hardware_threads", &calibkit::hardware_threads);
     bind_binning(m);
+    bind_stream(m);
 }

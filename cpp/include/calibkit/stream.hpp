@@ -1,0 +1,126 @@
+// Streaming calibration state: one pass over per-row (confidence, target,
+// weight) adds into caller-owned state arrays
+//   bins  [4 x M]: count, weight, sum w*confidence, sum w*target per equal-width bin
+//   fine  [4 x R]: the same per fine bin, R bins uniform in logit(confidence)
+//                  over [-L, L] (the end bins are open), for equal-mass edges later
+//   boot  [B x 3 x M]: Poisson(1)-bootstrap replicates of weight, sum w*c, sum w*t
+// The bootstrap multiplicity of a row is drawn from a counter-based generator
+// keyed by (seed, the row's position in the stream, replicate), so the state
+// does not depend on how the stream was split into batches.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "binning.hpp"
+#include "common.hpp"
+#include "parallel.hpp"
+
+namespace calibkit {
+
+// SplitMix64 finaliser (Steele, Lea & Flood 2014): a strong 64-bit mixer.
+inline uint64_t mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+// Poisson(1) by inversion of its CDF on a uniform 53-bit number keyed by
+// (seed, position, replicate).
+inline int poisson1(uint64_t seed, uint64_t position, uint64_t replicate) {
+    // P(X <= k) for k = 0..14, correctly rounded.
+    static const double cdf[] = {0.36787944117144233, 0.7357588823428847, 0.9196986029286058, 0.9810118431238462,
+                                 0.9963401531726563,  0.9994058151824183, 0.999916758850712,  0.9999897508033253,
+                                 0.999998874797402,   0.9999998885745217, 0.9999999899522336, 0.9999999991683892,
+                                 0.9999999999364022,  0.9999999999954802, 0.9999999999997};
+    const uint64_t h = mix64(seed ^ mix64(position * 0x9e3779b97f4a7c15ULL + replicate + 1));
+    const double u = static_cast<double>(h >> 11) * 0x1.0p-53;
+    int k = 0;
+    while (k < 15 && u >= cdf[k]) ++k;
+    return k;
+}
+
+struct FineGrid {
+    int64_t bins;  // R
+    double limit;  // L
+    // Fine bin of a confidence: floor((logit(c) + L) R / 2L), clamped; c <= 0 and
+    // c >= 1 go to the end bins. Monotone in c.
+    int64_t bin(double c) const {
+        if (!(c > 0.0)) return 0;
+        if (!(c < 1.0)) return bins - 1;
+        const double u = std::log(c) - std::log1p(-c);
+        const double f = std::floor((u + limit) * (static_cast<double>(bins) / (2.0 * limit)));
+        return static_cast<int64_t>(std::min(std::max(f, 0.0), static_cast<double>(bins - 1)));
+    }
+};
+
+struct StreamPartial {
+    std::vector<double> bins, fine, boot;
+    Status status;
+    StreamPartial(int64_t m, int64_t r, int64_t b) : bins(4 * m, 0.0), fine(4 * r, 0.0), boot(3 * b * m, 0.0) {}
+    void merge(const StreamPartial& o) {
+        for (size_t j = 0; j < bins.size(); ++j) bins[j] += o.bins[j];
+        for (size_t j = 0; j < fine.size(); ++j) fine[j] += o.fine[j];
+        for (size_t j = 0; j < boot.size(); ++j) boot[j] += o.boot[j];
+        status.merge(o.status);
+    }
+};
+
+// Adds rows [0, N) (stream positions offset..offset+N-1) into the state arrays.
+// Targets must be 0 or 1, confidences in [0, 1] (with the usual tolerance),
+// weights finite and >= 0; the first bad row is reported and nothing is added.
+template <class C, class L>
+Status stream_accumulate(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights,
+                         uint64_t offset, int64_t n_bins, const FineGrid& grid, int64_t n_boot, uint64_t seed,
+                         double* bins, double* fine, double* boot) {
+    const int64_t N = confidence.size, M = n_bins, R = grid.bins, B = n_boot;
+    const BinEdges edges = BinEdges::equal_width(M);
+    StreamPartial total(M, R, B);
+    chunked_reduce(
+        N, kChunkElements, 1 + B, 4 * M + 4 * R + 3 * B * M, total, [&] { return StreamPartial(M, R, B); },
+        [&](StreamPartial& part, int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) {
+                const int64_t t = static_cast<int64_t>(target.raw(i));
+                if (t != 0 && t != 1) {
+                    part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(t));
+                    continue;
+                }
+                const double w = weights.at(i);
+                if (weights.present() && !check_weight(w, i, part.status)) continue;
+                const double c = confidence[i];
+                if (!valid_probability(c)) {
+                    part.status.set(is_finite(c) ? kProbabilityOutOfRange : kScoreNotFinite, i, -1, c);
+                    continue;
+                }
+                const double y = static_cast<double>(t);
+                const int64_t b = edges.bin(c), f = grid.bin(c);
+                part.bins[b] += 1.0;
+                part.bins[M + b] += w;
+                part.bins[2 * M + b] += w * c;
+                part.bins[3 * M + b] += w * y;
+                part.fine[f] += 1.0;
+                part.fine[R + f] += w;
+                part.fine[2 * R + f] += w * c;
+                part.fine[3 * R + f] += w * y;
+                for (int64_t r = 0; r < B; ++r) {
+                    const int k = poisson1(seed, offset + static_cast<uint64_t>(i), static_cast<uint64_t>(r));
+                    if (k == 0) continue;
+                    const double wk = w * k;
+                    double* rep = part.boot.data() + r * 3 * M;
+                    rep[b] += wk;
+                    rep[M + b] += wk * c;
+                    rep[2 * M + b] += wk * y;
+                }
+            }
+        },
+        [](StreamPartial& acc, const StreamPartial& part) { acc.merge(part); });
+    if (total.status.code == kOk) {
+        for (int64_t j = 0; j < 4 * M; ++j) bins[j] += total.bins[static_cast<size_t>(j)];
+        for (int64_t j = 0; j < 4 * R; ++j) fine[j] += total.fine[static_cast<size_t>(j)];
+        for (int64_t j = 0; j < 3 * B * M; ++j) boot[j] += total.boot[static_cast<size_t>(j)];
+    }
+    return total.status;
+}
+
+}  // namespace calibkit

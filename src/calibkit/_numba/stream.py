@@ -1,0 +1,193 @@
+"""Numba twin of cpp/include/calibkit/stream.hpp: streaming state accumulation."""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ._common import (
+    CHUNK_ELEMENTS,
+    JIT,
+    LABEL_OUT_OF_RANGE,
+    MIN_PARALLEL_ELEMENTS,
+    PROBABILITY_OUT_OF_RANGE,
+    SCORE_NOT_FINITE,
+    HALF_TABLE,
+    as_kernel_array,
+    check_float_dtype,
+    group_size,
+    is_finite,
+    load,
+    merge_status,
+    run_locked,
+    status_tuple,
+    valid_probability,
+)
+from .binning import check_weight, equal_width_inner, find_bin
+
+# P(X <= k) for X ~ Poisson(1), k = 0..14 (as in stream.hpp).
+POISSON1_CDF = np.array([
+    0.36787944117144233, 0.7357588823428847, 0.9196986029286058, 0.9810118431238462, 0.9963401531726563,
+    0.9994058151824183, 0.999916758850712, 0.9999897508033253, 0.999998874797402, 0.9999998885745217,
+    0.9999999899522336, 0.9999999991683892, 0.9999999999364022, 0.9999999999954802, 0.9999999999997,
+])
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_ONE = np.uint64(1)
+
+
+@numba.njit(inline="always", **JIT)
+def mix64(z):
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(inline="always", **JIT)
+def poisson1(seed, position, replicate, cdf):
+    h = mix64(seed ^ mix64(position * _GOLDEN + replicate + _ONE))
+    u = np.float64(h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+    k = 0
+    while k < 15 and u >= cdf[k]:
+        k += 1
+    return k
+
+
+@numba.njit(inline="always", **JIT)
+def fine_bin(c, bins, limit):
+    if not (c > 0.0):
+        return 0
+    if not (c < 1.0):
+        return bins - 1
+    u = math.log(c) - math.log1p(-c)
+    f = math.floor((u + limit) * (bins / (2.0 * limit)))
+    return int(min(max(f, 0.0), bins - 1.0))
+
+
+@numba.njit(**JIT)
+def _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_limit, n_boot, seed, cdf, table,
+           begin, end, bins, fine, boot, st):
+    M = n_bins
+    R = fine_bins
+    for i in range(begin, end):
+        t = np.int64(target[i])
+        if t != 0 and t != 1:
+            merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(t))
+            continue
+        w = weights[i] if has_w else 1.0
+        if has_w and not check_weight(w, i, st):
+            continue
+        c = load(conf[i], table)
+        if not valid_probability(c):
+            merge_status(st, PROBABILITY_OUT_OF_RANGE if is_finite(c) else SCORE_NOT_FINITE, i, -1, c)
+            continue
+        y = float(t)
+        b = find_bin(c, inner, True)
+        f = fine_bin(c, R, fine_limit)
+        bins[b] += 1.0
+        bins[M + b] += w
+        bins[2 * M + b] += w * c
+        bins[3 * M + b] += w * y
+        fine[f] += 1.0
+        fine[R + f] += w
+        fine[2 * R + f] += w * c
+        fine[3 * R + f] += w * y
+        position = offset + np.uint64(i)
+        for r in range(n_boot):
+            k = poisson1(seed, position, np.uint64(r), cdf)
+            if k == 0:
+                continue
+            wk = w * k
+            base = r * 3 * M
+            boot[base + b] += wk
+            boot[base + M + b] += wk * c
+            boot[base + 2 * M + b] += wk * y
+
+
+@numba.njit(parallel=True, **JIT)
+def _driver(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_limit, n_boot, seed, cdf, table,
+            parallel):
+    N = conf.shape[0]
+    chunk = CHUNK_ELEMENTS
+    n_chunks = (N + chunk - 1) // chunk
+    nb, nf, nr = 4 * n_bins, 4 * fine_bins, 3 * n_boot * n_bins
+    bins = np.zeros(nb)
+    fine = np.zeros(nf)
+    boot = np.zeros(max(nr, 1))
+    st = np.array([0.0, -1.0, -1.0, 0.0])
+    group = group_size(n_chunks, nb + nf + nr)
+    for first in range(0, n_chunks, group):
+        g = min(group, n_chunks - first)
+        p_bins = np.zeros((g, nb))
+        p_fine = np.zeros((g, nf))
+        p_boot = np.zeros((g, max(nr, 1)))
+        p_st = np.zeros((g, 4))
+        if parallel:
+            for j in numba.prange(g):
+                p_st[j, 1] = -1.0
+                p_st[j, 2] = -1.0
+                c = first + j
+                _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_limit, n_boot, seed,
+                       cdf, table, c * chunk, min(N, (c + 1) * chunk), p_bins[j], p_fine[j], p_boot[j], p_st[j])
+        else:
+            for j in range(g):
+                p_st[j, 1] = -1.0
+                p_st[j, 2] = -1.0
+                c = first + j
+                _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_limit, n_boot, seed,
+                       cdf, table, c * chunk, min(N, (c + 1) * chunk), p_bins[j], p_fine[j], p_boot[j], p_st[j])
+        for j in range(g):
+            for k in range(nb):
+                bins[k] += p_bins[j, k]
+            for k in range(nf):
+                fine[k] += p_fine[j, k]
+            for k in range(nr):
+                boot[k] += p_boot[j, k]
+            merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
+    return bins, fine, boot, st
+
+
+def _state(a, name, shape):
+    if not isinstance(a, np.ndarray) or a.dtype != np.float64:
+        raise TypeError(f"{name} must be float64")
+    if not a.flags.c_contiguous or not a.flags.writeable or a.shape != shape:
+        raise ValueError(f"{name} must be a writeable C-contiguous array of shape {shape}")
+    return a.reshape(-1)
+
+
+def stream_accumulate(confidence, target, sample_weight, offset, n_bins, fine_bins, fine_limit, n_boot, seed,
+                      bins, fine, boot):
+    """Same contract as ``calibkit._core.stream_accumulate``."""
+    if n_bins < 1 or fine_bins < 2 or n_boot < 0 or not fine_limit > 0:
+        raise ValueError("invalid streaming configuration")
+    check_float_dtype(confidence, "confidence")
+    if confidence.ndim != 1:
+        raise ValueError("confidence must be 1-D")
+    if target.dtype not in (np.int64, np.uint8):
+        raise TypeError(f"target must have dtype int64 or uint8, got {target.dtype}")
+    n = confidence.shape[0]
+    if target.ndim != 1 or target.shape[0] != n:
+        raise ValueError("target must be 1-D with the length of confidence")
+    if sample_weight is None:
+        weights, has_w = np.empty(1), False
+    else:
+        if sample_weight.dtype != np.float64 or sample_weight.shape != (n,):
+            raise ValueError("sample_weight must be a 1-D float64 array of length N")
+        weights, has_w = sample_weight, True
+    flat_bins = _state(bins, "bins", (4, n_bins))
+    flat_fine = _state(fine, "fine", (4, fine_bins))
+    flat_boot = _state(boot, "boot", (n_boot, 3, n_bins))
+    add_bins, add_fine, add_boot, st = run_locked(
+        _driver, as_kernel_array(confidence), target, weights, has_w, np.uint64(offset), equal_width_inner(n_bins),
+        int(n_bins), int(fine_bins), float(fine_limit), int(n_boot), np.uint64(seed), POISSON1_CDF, HALF_TABLE,
+        n >= MIN_PARALLEL_ELEMENTS)
+    if int(st[0]) == 0:
+        flat_bins += add_bins
+        flat_fine += add_fine
+        if flat_boot.size:
+            flat_boot += add_boot[: flat_boot.size]
+    return status_tuple(st)
