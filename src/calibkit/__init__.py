@@ -18,13 +18,18 @@ from .metrics import (
     reliability_table,
 )
 
+from .streaming import CalibrationAccumulator, CalibrationResult, WindowedAccumulator
+
 try:
     __version__ = _version("calibkit")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "CalibrationAccumulator",
+    "CalibrationResult",
     "ReliabilityTable",
+    "WindowedAccumulator",
     "__version__",
     "brier_score",
     "calibration_error",
