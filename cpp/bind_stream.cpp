@@ -30,7 +30,7 @@ py::tuple accumulate_typed(const py::array& confidence, const py::array& target,
         const Vector<L> t = vector<L>(target, "target", c.size);
         const Weights w = weights(sample_weight, c.size);
         double* b = state_array(bins, "bins", {4, n_bins});
-        double* f = state_array(fine, "fine", {4, fine_bins});
+        double* f = state_array(fine, "fine", {5, fine_bins});
         double* r = state_array(boot, "boot", {n_boot, 3, n_bins});
         const FineGrid grid{fine_bins, fine_limit};
         Status st;

@@ -46,13 +46,8 @@ def _as_array(x, name):
 
 
 def _readable_in_place(a):
-    """True if a native kernel can read `a` through its strides as it is."""
-    if not a.dtype.isnative:
-        return False
-    item = a.dtype.itemsize
-    if a.ctypes.data % item:
-        return False
-    return all(s % item == 0 for s in a.strides)
+    """True if a native kernel can read `a` through its strides as it is (native order, aligned)."""
+    return a.flags.aligned and a.dtype.isnative
 
 
 def check_scores(scores, name="scores"):

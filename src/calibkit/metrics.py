@@ -421,9 +421,14 @@ class ReliabilityTable:
         return float(np.sum(self.mean_confidence[filled] * self.weight[filled]) / self.weight.sum())
 
     def to_dict(self) -> dict:
-        """Plain lists, ready for JSON or a DataFrame."""
-        return {f.name: (getattr(self, f.name).tolist() if f.name != "strategy" else self.strategy)
-                for f in dataclasses.fields(self)}
+        """Plain lists, ready for JSON or a DataFrame (empty bins: None)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                value = [None if isinstance(v, float) and v != v else v for v in value.tolist()]
+            out[f.name] = value
+        return out
 
     def __repr__(self) -> str:
         head = (f"ReliabilityTable({self.n_bins} bins, strategy={self.strategy!r}, "

@@ -20,10 +20,12 @@ scale the bins get narrower towards 0 and 1, where the confidences of
 over-confident networks pile up: a bin spans about 0.0078 · c(1-c) in c.
 ``compute`` assigns whole fine bins to equal-mass bins. Rows are then placed
 as the exact ``strategy="quantile"`` metric places them except inside the
-fine bins that contain an exact quantile edge; moving a row of weight w
-between bins changes the ECE by at most 2w/n, so
+fine bins that contain an exact quantile edge. Moving a row (weight w,
+confidence c, correctness y) between bins changes the ECE by at most
+2 w |y - c| / n, and the fine histogram also keeps A_f = Σ w |y - c| per fine
+bin, so
 
-    |ace - ece(strategy="quantile")| <= ace_bound = 2 Σ_{f ∋ edge} w_f / n,
+    |ace - ece(strategy="quantile")| <= ace_bound = 2 Σ_{f ∋ edge} A_f / n,
 
 which ``compute`` reports alongside (it is exact to rounding, not a
 statistical bound, and the tests check it).
@@ -199,7 +201,7 @@ class CalibrationAccumulator:
         """Forget every row (the configuration stays)."""
         M, R, B = self.n_bins, self.fine_bins, self.bootstrap
         self._bins = np.zeros((4, M))
-        self._fine = np.zeros((4, R))
+        self._fine = np.zeros((5, R))
         self._boot = np.zeros((B, 3, M))
         self._totals = np.zeros(6)
         self._classwise_bins = None
@@ -331,7 +333,7 @@ class CalibrationAccumulator:
             weight=float(weight), ece_se=ece_se, ece_ci=ece_ci, confidence_level=self.confidence_level, table=table)
 
     def _equal_mass(self):
-        count, w, sc, sy = self._fine
+        count, w, sc, sy, spread = self._fine
         total = w.sum()
         cum = np.cumsum(w)
         before = cum - w
@@ -357,7 +359,7 @@ class CalibrationAccumulator:
             hi = np.searchsorted(ccount, np.ceil(p), side="right")
             for a, b in zip(lo, hi):
                 holds_edge[a:min(b, self.fine_bins - 1) + 1] = True
-        bound = float(2.0 * w[holds_edge].sum() / total)
+        bound = float(2.0 * spread[holds_edge].sum() / total)
         return ace, bound
 
     # -- persistence ---------------------------------------------------------------
@@ -409,9 +411,8 @@ class CalibrationAccumulator:
                 raise ValueError(f"corrupt calibration state: {name} has shape {a.shape}, expected {shape}")
             if not np.isfinite(a).all():
                 raise ValueError(f"corrupt calibration state: {name} holds NaN or inf")
-        for name in ("bins", "fine"):
-            if (arrays[name][:2] < 0).any():
-                raise ValueError(f"corrupt calibration state: negative counts or weights in {name}")
+        if (arrays["bins"][:2] < 0).any() or (arrays["fine"][:2] < 0).any() or (arrays["fine"][4] < 0).any():
+            raise ValueError("corrupt calibration state: negative counts or weights")
         acc._bins, acc._fine, acc._boot, acc._totals = (arrays["bins"], arrays["fine"], arrays["boot"],
                                                         arrays["totals"])
         acc._classwise_bins = arrays.get("classwise")
@@ -470,8 +471,9 @@ class WindowedAccumulator:
         Metrics over the most recent ``window`` rows, kept as a ring of
         ``n_blocks`` blocks of ``ceil(window / n_blocks)`` rows. A full block
         leaves the window whole (exact: its state is dropped, nothing is
-        subtracted), so the window covers between ``window - block + 1`` and
-        ``window`` rows once ``window`` rows have been seen.
+        subtracted), so once ``window`` rows have been seen the window covers
+        between ``window - block + 1`` and ``window`` rows (exactly ``window``
+        when ``n_blocks`` divides it and a block has just filled).
     decay : float in (0, 1)
         Exponential forgetting per row: a row seen j rows ago has weight
         decay**j (counts stay raw counts). The effective window is about
@@ -527,8 +529,9 @@ class WindowedAccumulator:
                 self._blocks.append(self._current)
                 position = self._current._position
                 self._current = CalibrationAccumulator(**{**self._kwargs, "start": position})
-                while len(self._blocks) > self.n_blocks - 1:
-                    self._blocks.popleft()
+            # At most n_blocks blocks hold rows (the current one included).
+            while len(self._blocks) + (self._current.count > 0) > self.n_blocks:
+                self._blocks.popleft()
         self._seen += n
         return self
 
@@ -587,7 +590,7 @@ class WindowedAccumulator:
             seen = meta["seen"]
         except (KeyError, TypeError) as exc:
             raise ValueError(f"corrupt calibration state: bad window configuration ({exc})") from None
-        if not isinstance(block_meta, list) or not block_meta or len(block_meta) > win.n_blocks or \
+        if not isinstance(block_meta, list) or not block_meta or len(block_meta) > win.n_blocks + 1 or \
                 not isinstance(seen, int) or seen < 0:
             raise ValueError("corrupt calibration state: bad block list")
         blocks = []

@@ -1,8 +1,9 @@
 // Streaming calibration state: one pass over per-row (confidence, target,
 // weight) adds into caller-owned state arrays
 //   bins  [4 x M]: count, weight, sum w*confidence, sum w*target per equal-width bin
-//   fine  [4 x R]: the same per fine bin, R bins uniform in logit(confidence)
-//                  over [-L, L] (the end bins are open), for equal-mass edges later
+//   fine  [5 x R]: the same per fine bin, and sum w*|target - confidence|, over R
+//                  bins uniform in logit(confidence) on [-L, L] (the end bins are
+//                  open): equal-mass edges and their error bound later
 //   boot  [B x 3 x M]: Poisson(1)-bootstrap replicates of weight, sum w*c, sum w*t
 // The bootstrap multiplicity of a row is drawn from a counter-based generator
 // keyed by (seed, the row's position in the stream, replicate), so the state
@@ -58,7 +59,7 @@ struct FineGrid {
 struct StreamPartial {
     std::vector<double> bins, fine, boot;
     Status status;
-    StreamPartial(int64_t m, int64_t r, int64_t b) : bins(4 * m, 0.0), fine(4 * r, 0.0), boot(3 * b * m, 0.0) {}
+    StreamPartial(int64_t m, int64_t r, int64_t b) : bins(4 * m, 0.0), fine(5 * r, 0.0), boot(3 * b * m, 0.0) {}
     void merge(const StreamPartial& o) {
         for (size_t j = 0; j < bins.size(); ++j) bins[j] += o.bins[j];
         for (size_t j = 0; j < fine.size(); ++j) fine[j] += o.fine[j];
@@ -70,54 +71,89 @@ struct StreamPartial {
 // Adds rows [0, N) (stream positions offset..offset+N-1) into the state arrays.
 // Targets must be 0 or 1, confidences in [0, 1] (with the usual tolerance),
 // weights finite and >= 0; the first bad row is reported and nothing is added.
+// Checks one row; false (and the status set) if its target, weight or confidence is bad.
+template <class C, class L>
+inline bool stream_row(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights, int64_t i,
+                       double& c, double& y, double& w, Status& st) {
+    const int64_t t = static_cast<int64_t>(target.raw(i));
+    if (t != 0 && t != 1) {
+        st.set(kLabelOutOfRange, i, -1, static_cast<double>(t));
+        return false;
+    }
+    w = weights.at(i);
+    if (weights.present() && !check_weight(w, i, st)) return false;
+    c = confidence[i];
+    if (!valid_probability(c)) {
+        st.set(is_finite(c) ? kProbabilityOutOfRange : kScoreNotFinite, i, -1, c);
+        return false;
+    }
+    y = static_cast<double>(t);
+    return true;
+}
+
+// Adds rows [begin, end) (stream positions offset + i) into bins/fine/boot.
+template <class C, class L>
+inline void stream_rows(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights, int64_t begin,
+                        int64_t end, uint64_t offset, const BinEdges& edges, const FineGrid& grid, int64_t n_boot,
+                        uint64_t seed, double* bins, double* fine, double* boot, Status& st) {
+    const int64_t M = edges.n_bins, R = grid.bins;
+    for (int64_t i = begin; i < end; ++i) {
+        double c, y, w;
+        if (!stream_row(confidence, target, weights, i, c, y, w, st)) continue;
+        const int64_t b = edges.bin(c), f = grid.bin(c);
+        bins[b] += 1.0;
+        bins[M + b] += w;
+        bins[2 * M + b] += w * c;
+        bins[3 * M + b] += w * y;
+        fine[f] += 1.0;
+        fine[R + f] += w;
+        fine[2 * R + f] += w * c;
+        fine[3 * R + f] += w * y;
+        fine[4 * R + f] += w * std::fabs(y - c);
+        for (int64_t r = 0; r < n_boot; ++r) {
+            const int k = poisson1(seed, offset + static_cast<uint64_t>(i), static_cast<uint64_t>(r));
+            if (k == 0) continue;
+            const double wk = w * k;
+            double* rep = boot + r * 3 * M;
+            rep[b] += wk;
+            rep[M + b] += wk * c;
+            rep[2 * M + b] += wk * y;
+        }
+    }
+}
+
+// Adds rows [0, N) (stream positions offset..offset+N-1) into the state arrays.
+// Targets must be 0 or 1, confidences in [0, 1] (with the usual tolerance),
+// weights finite and >= 0; the first bad row is reported and nothing is added.
+// A batch of one chunk is checked first and then added straight into the state
+// (no partial sums to allocate: small batches stay cheap); a larger one is
+// reduced over fixed chunks in chunk order and the total added to the state.
 template <class C, class L>
 Status stream_accumulate(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights,
                          uint64_t offset, int64_t n_bins, const FineGrid& grid, int64_t n_boot, uint64_t seed,
                          double* bins, double* fine, double* boot) {
     const int64_t N = confidence.size, M = n_bins, R = grid.bins, B = n_boot;
     const BinEdges edges = BinEdges::equal_width(M);
+    if (N <= kChunkElements) {
+        Status st;
+        for (int64_t i = 0; i < N && st.code == kOk; ++i) {
+            double c, y, w;
+            stream_row(confidence, target, weights, i, c, y, w, st);
+        }
+        if (st.code == kOk) stream_rows(confidence, target, weights, 0, N, offset, edges, grid, B, seed, bins, fine, boot, st);
+        return st;
+    }
     StreamPartial total(M, R, B);
     chunked_reduce(
-        N, kChunkElements, 1 + B, 4 * M + 4 * R + 3 * B * M, total, [&] { return StreamPartial(M, R, B); },
+        N, kChunkElements, 1 + B, 4 * M + 5 * R + 3 * B * M, total, [&] { return StreamPartial(M, R, B); },
         [&](StreamPartial& part, int64_t begin, int64_t end) {
-            for (int64_t i = begin; i < end; ++i) {
-                const int64_t t = static_cast<int64_t>(target.raw(i));
-                if (t != 0 && t != 1) {
-                    part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(t));
-                    continue;
-                }
-                const double w = weights.at(i);
-                if (weights.present() && !check_weight(w, i, part.status)) continue;
-                const double c = confidence[i];
-                if (!valid_probability(c)) {
-                    part.status.set(is_finite(c) ? kProbabilityOutOfRange : kScoreNotFinite, i, -1, c);
-                    continue;
-                }
-                const double y = static_cast<double>(t);
-                const int64_t b = edges.bin(c), f = grid.bin(c);
-                part.bins[b] += 1.0;
-                part.bins[M + b] += w;
-                part.bins[2 * M + b] += w * c;
-                part.bins[3 * M + b] += w * y;
-                part.fine[f] += 1.0;
-                part.fine[R + f] += w;
-                part.fine[2 * R + f] += w * c;
-                part.fine[3 * R + f] += w * y;
-                for (int64_t r = 0; r < B; ++r) {
-                    const int k = poisson1(seed, offset + static_cast<uint64_t>(i), static_cast<uint64_t>(r));
-                    if (k == 0) continue;
-                    const double wk = w * k;
-                    double* rep = part.boot.data() + r * 3 * M;
-                    rep[b] += wk;
-                    rep[M + b] += wk * c;
-                    rep[2 * M + b] += wk * y;
-                }
-            }
+            stream_rows(confidence, target, weights, begin, end, offset, edges, grid, B, seed, part.bins.data(),
+                        part.fine.data(), part.boot.data(), part.status);
         },
         [](StreamPartial& acc, const StreamPartial& part) { acc.merge(part); });
     if (total.status.code == kOk) {
         for (int64_t j = 0; j < 4 * M; ++j) bins[j] += total.bins[static_cast<size_t>(j)];
-        for (int64_t j = 0; j < 4 * R; ++j) fine[j] += total.fine[static_cast<size_t>(j)];
+        for (int64_t j = 0; j < 5 * R; ++j) fine[j] += total.fine[static_cast<size_t>(j)];
         for (int64_t j = 0; j < 3 * B * M; ++j) boot[j] += total.boot[static_cast<size_t>(j)];
     }
     return total.status;

@@ -25,6 +25,7 @@ from ._common import (
     status_tuple,
     valid_probability,
 )
+from .. import _backend
 from .binning import check_weight, equal_width_inner, find_bin
 
 # P(X <= k) for X ~ Poisson(1), k = 0..14 (as in stream.hpp).
@@ -96,6 +97,7 @@ def _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_
         fine[R + f] += w
         fine[2 * R + f] += w * c
         fine[3 * R + f] += w * y
+        fine[4 * R + f] += w * abs(y - c)
         position = offset + np.uint64(i)
         for r in range(n_boot):
             k = poisson1(seed, position, np.uint64(r), cdf)
@@ -108,13 +110,35 @@ def _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_
             boot[base + 2 * M + b] += wk * y
 
 
+@numba.njit(**JIT)
+def _small(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_limit, n_boot, seed, cdf, table,
+           bins, fine, boot):
+    """One chunk: check every row first, then add straight into the state (as stream.hpp)."""
+    n = conf.shape[0]
+    st = np.array([0.0, -1.0, -1.0, 0.0])
+    for i in range(n):
+        t = np.int64(target[i])
+        if t != 0 and t != 1:
+            merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(t))
+            return st
+        if has_w and not check_weight(weights[i], i, st):
+            return st
+        c = load(conf[i], table)
+        if not valid_probability(c):
+            merge_status(st, PROBABILITY_OUT_OF_RANGE if is_finite(c) else SCORE_NOT_FINITE, i, -1, c)
+            return st
+    _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_limit, n_boot, seed, cdf, table,
+           0, n, bins, fine, boot, st)
+    return st
+
+
 @numba.njit(parallel=True, **JIT)
 def _driver(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_limit, n_boot, seed, cdf, table,
             parallel):
     N = conf.shape[0]
     chunk = CHUNK_ELEMENTS
     n_chunks = (N + chunk - 1) // chunk
-    nb, nf, nr = 4 * n_bins, 4 * fine_bins, 3 * n_boot * n_bins
+    nb, nf, nr = 4 * n_bins, 5 * fine_bins, 3 * n_boot * n_bins
     bins = np.zeros(nb)
     fine = np.zeros(nf)
     boot = np.zeros(max(nr, 1))
@@ -179,8 +203,14 @@ def stream_accumulate(confidence, target, sample_weight, offset, n_bins, fine_bi
             raise ValueError("sample_weight must be a 1-D float64 array of length N")
         weights, has_w = sample_weight, True
     flat_bins = _state(bins, "bins", (4, n_bins))
-    flat_fine = _state(fine, "fine", (4, fine_bins))
+    flat_fine = _state(fine, "fine", (5, fine_bins))
     flat_boot = _state(boot, "boot", (n_boot, 3, n_bins))
+    if n <= CHUNK_ELEMENTS:
+        with _backend.numba_lock:
+            st = _small(as_kernel_array(confidence), target, weights, has_w, np.uint64(offset),
+                        equal_width_inner(n_bins), int(n_bins), int(fine_bins), float(fine_limit), int(n_boot),
+                        np.uint64(seed), POISSON1_CDF, HALF_TABLE, flat_bins, flat_fine, flat_boot)
+        return status_tuple(st)
     add_bins, add_fine, add_boot, st = run_locked(
         _driver, as_kernel_array(confidence), target, weights, has_w, np.uint64(offset), equal_width_inner(n_bins),
         int(n_bins), int(fine_bins), float(fine_limit), int(n_boot), np.uint64(seed), POISSON1_CDF, HALF_TABLE,
