@@ -1,6 +1,7 @@
 """The ``calibkit`` command.
 
-``calibkit evaluate DUMP`` measures how calibrated a model's evaluation dump
+``calibkit monitor`` follows a JSON Lines stream of predictions (see
+:mod:`calibkit.monitor`). ``calibkit evaluate DUMP`` measures how calibrated a model's evaluation dump
 is: top-label ECE (equal-width and equal-mass), MCE, RMS calibration error,
 class-wise ECE, accuracy, Brier score and NLL, and the reliability table.
 
@@ -106,6 +107,24 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_monitor(args) -> int:
+    from . import monitor
+
+    if args.every < 1:
+        raise SystemExit("calibkit: --every must be >= 1")
+    source = sys.stdin if args.input in (None, "-") else open(args.input, encoding="utf-8")
+    try:
+        return monitor.run(source, every=args.every, window=args.window, n_bins=args.n_bins,
+                           bootstrap=args.bootstrap, seed=args.seed, state=args.state, prometheus=args.prometheus,
+                           resume_input=args.resume_input, backend=args.backend)
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"calibkit monitor: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if source is not sys.stdin:
+            source.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="calibkit", description="Calibration metrics for model outputs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -123,6 +142,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--backend", default="auto", choices=("auto", "cpp", "numba"))
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(func=_cmd_evaluate)
+
+    mo = sub.add_parser("monitor", help="calibration of a JSON Lines stream of predictions",
+                        description="Reads records {\"probs\": [...], \"label\": k}, {\"logits\": [...], "
+                                    "\"label\": k} or {\"confidence\": c, \"correct\": 0|1} (optional "
+                                    "\"weight\") and writes one JSON line of metrics every --every records "
+                                    "and at the end (also on SIGINT/SIGTERM).")
+    mo.add_argument("input", nargs="?", help="JSON Lines file (default: standard input)")
+    mo.add_argument("--every", type=int, default=1000, help="report every N input lines")
+    mo.add_argument("--window", type=int, default=None, help="metrics over the most recent N rows")
+    mo.add_argument("--n-bins", type=int, default=15)
+    mo.add_argument("--bootstrap", type=int, default=0, help="bootstrap replicates for ece_ci / ece_se")
+    mo.add_argument("--seed", type=int, default=0)
+    mo.add_argument("--state", help="state file to resume from and save to (written atomically)")
+    mo.add_argument("--resume-input", action="store_true",
+                    help="skip the input lines the state has already consumed (re-reading the same file)")
+    mo.add_argument("--prometheus", help="write the current values to this file in Prometheus text format")
+    mo.add_argument("--backend", default="auto", choices=("auto", "cpp", "numba"))
+    mo.set_defaults(func=_cmd_monitor)
     return parser
 
 

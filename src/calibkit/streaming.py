@@ -57,7 +57,7 @@ from . import _backend
 from ._validation import check_bool, check_n_bins, raise_for_status
 from .metrics import ReliabilityTable, _binary_probabilities, _errors_from_bins, _nll_eps, _prepare
 
-__all__ = ["CalibrationAccumulator", "CalibrationResult", "WindowedAccumulator"]
+__all__ = ["CalibrationAccumulator", "CalibrationResult", "WindowedAccumulator", "load_state"]
 
 FORMAT_MAGIC = b"CKSTATE\x00"
 FORMAT_VERSION = 1
@@ -210,6 +210,8 @@ class CalibrationAccumulator:
         self._position = self.start
         self._kind = None  # "top-label" or "binary", fixed by the first batch
         self._weighted = False
+        if not hasattr(self, "metadata"):
+            self.metadata = {}  # JSON-safe user data saved with the state
 
     @property
     def count(self) -> int:
@@ -372,7 +374,7 @@ class CalibrationAccumulator:
 
     def _meta(self) -> dict:
         return {"config": self._config(), "start": self.start, "position": self._position, "kind": self._kind,
-                "weighted": self._weighted, "confidence_level": self.confidence_level}
+                "weighted": self._weighted, "confidence_level": self.confidence_level, "metadata": self.metadata}
 
     def to_bytes(self) -> bytes:
         """The state in calibkit's versioned, checksummed binary format (see :func:`encode_state`)."""
@@ -417,6 +419,10 @@ class CalibrationAccumulator:
                                                         arrays["totals"])
         acc._classwise_bins = arrays.get("classwise")
         acc._position, acc._kind, acc._weighted = position, kind, weighted
+        metadata = meta.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise ValueError("corrupt calibration state: metadata must be a dictionary")
+        acc.metadata = metadata
         return acc
 
     def to_dict(self) -> dict:
@@ -499,6 +505,9 @@ class WindowedAccumulator:
         return None if self.window is None else -(-self.window // self.n_blocks)
 
     def reset(self) -> None:
+        """Forget every row (the configuration and ``metadata`` stay)."""
+        if not hasattr(self, "metadata"):
+            self.metadata = {}  # JSON-safe user data saved with the state
         self._blocks = deque()
         self._current = CalibrationAccumulator(**self._kwargs)
         self._seen = 0
@@ -570,6 +579,7 @@ class WindowedAccumulator:
 
     def to_bytes(self) -> bytes:
         meta = {"window": self.window, "decay": self.decay, "n_blocks": self.n_blocks, "seen": self._seen,
+                "metadata": self.metadata,
                 "kwargs": {k: v for k, v in self._kwargs.items() if k != "backend"},
                 "blocks": [b._meta() for b in [*self._blocks, self._current]]}
         arrays = {}
@@ -599,9 +609,13 @@ class WindowedAccumulator:
             blocks.append(CalibrationAccumulator._from_parts(bm, part, backend))
         if sum(len([n for n in arrays if n.split(".", 1)[0] == str(i)]) for i in range(len(blocks))) != len(arrays):
             raise ValueError("corrupt calibration state: arrays that belong to no block")
+        metadata = meta.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise ValueError("corrupt calibration state: metadata must be a dictionary")
         win._blocks = deque(blocks[:-1])
         win._current = blocks[-1]
         win._seen = seen
+        win.metadata = metadata
         return win
 
     def __reduce__(self):
@@ -680,3 +694,13 @@ def decode_state(data) -> tuple[str, dict, dict]:
     if offset != len(body):
         raise ValueError("corrupt calibration state: trailing bytes")
     return kind, meta, arrays
+
+
+def load_state(data, *, backend="auto"):
+    """Rebuild whichever accumulator ``data`` holds (CalibrationAccumulator or WindowedAccumulator)."""
+    kind, _, _ = decode_state(data)
+    if kind == "CalibrationAccumulator":
+        return CalibrationAccumulator.from_bytes(data, backend=backend)
+    if kind == "WindowedAccumulator":
+        return WindowedAccumulator.from_bytes(data, backend=backend)
+    raise ValueError(f"unknown state type {kind!r}")
