@@ -277,7 +277,7 @@ def test_corrupt_states_are_rejected():
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_fuzzed_states_never_load_wrong(data):
-    base = CalibrationAccumulator(n_bins=4, fine_bins=16, bootstrap=1).update(
+    base = CalibrationAccumulator(n_bins=4, fine_bits=1, fine_levels=4, bootstrap=1).update(
         np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8]]), [0, 0, 1]).to_bytes()
     kind = data.draw(st.sampled_from(["flip", "truncate", "random", "splice"]))
     if kind == "flip":

@@ -13,11 +13,12 @@ rounding).
 Equal-mass bins (``ace``)
 -------------------------
 Equal-mass edges depend on all the data, so the state keeps a fine histogram
-of confidences: ``fine_bins`` bins (default 4096) uniform in
-logit(c) = log(c / (1 - c)) over [-``fine_limit``, ``fine_limit``] (default 16,
-i.e. c from 1.1e-7 to 1 - 1.1e-7; the two end bins are open). On the logit
-scale the bins get narrower towards 0 and 1, where the confidences of
-over-confident networks pile up: a bin spans about 0.0078 · c(1-c) in c.
+of confidences, log-scaled towards 0 and 1 where the confidences of
+over-confident networks pile up: with d = min(c, 1 - c), 2^``fine_bits``
+buckets (default 128) per power of two of d, for d from 2^-(``fine_levels``+1)
+(default 2^-37 ~ 7.3e-12) to 1/2, on each side of 1/2 (9216 buckets by
+default, 368 KB of state; the bucket of c spans at most 0.8 % of d). The buckets are read from
+the bits of d (as in HDR histograms), so no logarithm is computed per row.
 ``compute`` assigns whole fine bins to equal-mass bins. Rows are then placed
 as the exact ``strategy="quantile"`` metric places them except inside the
 fine bins that contain an exact quantile edge. Moving a row (weight w,
@@ -133,8 +134,9 @@ class CalibrationAccumulator:
         Key of the bootstrap generator.
     start : int, default 0
         Stream position of the first row this accumulator will see.
-    fine_bins, fine_limit : int, float
-        The fine logit-scale histogram behind ``ace`` (see module docs).
+    fine_bits, fine_levels : int
+        Resolution and range of the fine histogram behind ``ace`` (see the
+        module docs).
     confidence_level : float, default 0.95
         Level of ``ece_ci``.
     backend : {"auto", "cpp", "numba"}
@@ -152,7 +154,7 @@ class CalibrationAccumulator:
     """
 
     def __init__(self, n_bins=15, *, from_logits=False, classwise=False, n_classes=None, bootstrap=0, seed=0,
-                 start=0, fine_bins=4096, fine_limit=16.0, confidence_level=0.95, backend="auto"):
+                 start=0, fine_bits=7, fine_levels=36, confidence_level=0.95, backend="auto"):
         self.n_bins = check_n_bins(n_bins)
         self.from_logits = check_bool(from_logits, "from_logits")
         self.classwise = check_bool(classwise, "classwise")
@@ -160,10 +162,9 @@ class CalibrationAccumulator:
         self.bootstrap = _check_int(bootstrap, "bootstrap", 0, 100_000)
         self.seed = _check_int(seed, "seed", 0, 2**64 - 1)
         self.start = _check_int(start, "start", 0, 2**63 - 1)
-        self.fine_bins = _check_int(fine_bins, "fine_bins", 2, 2**24)
-        if not isinstance(fine_limit, (int, float)) or not math.isfinite(fine_limit) or not 0 < fine_limit <= 700:
-            raise ValueError(f"fine_limit must be a number in (0, 700], got {fine_limit!r}")
-        self.fine_limit = float(fine_limit)
+        self.fine_bits = _check_int(fine_bits, "fine_bits", 0, 12)
+        self.fine_levels = _check_int(fine_levels, "fine_levels", 1, 1000)
+        self.fine_bins = 2 * (self.fine_levels << self.fine_bits)
         if not isinstance(confidence_level, (int, float)) or not 0 < confidence_level < 1:
             raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level!r}")
         self.confidence_level = float(confidence_level)
@@ -177,7 +178,7 @@ class CalibrationAccumulator:
         return {
             "n_bins": self.n_bins, "from_logits": self.from_logits, "classwise": self.classwise,
             "n_classes": self.n_classes, "bootstrap": self.bootstrap, "seed": self.seed,
-            "fine_bins": self.fine_bins, "fine_limit": self.fine_limit,
+            "fine_bits": self.fine_bits, "fine_levels": self.fine_levels,
         }
 
     def _compatible(self, other) -> None:
@@ -250,8 +251,8 @@ class CalibrationAccumulator:
             r = k.binary_stats(confidence, target, sample_weight, 0, None, _nll_eps(confidence.dtype))
             raise_for_status(r["status"], binary=True)
             n_classes = None
-        status = k.stream_accumulate(confidence, target, sample_weight, self._position, self.n_bins, self.fine_bins,
-                                     self.fine_limit, self.bootstrap, self.seed, self._bins, self._fine, self._boot)
+        status = k.stream_accumulate(confidence, target, sample_weight, self._position, self.n_bins, self.fine_bits,
+                                     self.fine_levels, self.bootstrap, self.seed, self._bins, self._fine, self._boot)
         raise_for_status(status, binary=kind == "binary")
         t = r["totals"]
         self._totals += (t["count"], t["weight"], t["correct"], t["confidence"], t["brier"], t["nll"])
@@ -394,7 +395,7 @@ class CalibrationAccumulator:
             cfg = meta["config"]
             acc = cls(cfg["n_bins"], from_logits=cfg["from_logits"], classwise=cfg["classwise"],
                       n_classes=cfg["n_classes"], bootstrap=cfg["bootstrap"], seed=cfg["seed"], start=meta["start"],
-                      fine_bins=cfg["fine_bins"], fine_limit=cfg["fine_limit"],
+                      fine_bits=cfg["fine_bits"], fine_levels=cfg["fine_levels"],
                       confidence_level=meta["confidence_level"], backend=backend)
             position, kind, weighted = meta["position"], meta["kind"], meta["weighted"]
         except (KeyError, TypeError) as exc:

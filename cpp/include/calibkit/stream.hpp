@@ -1,9 +1,8 @@
 // Streaming calibration state: one pass over per-row (confidence, target,
 // weight) adds into caller-owned state arrays
 //   bins  [4 x M]: count, weight, sum w*confidence, sum w*target per equal-width bin
-//   fine  [5 x R]: the same per fine bin, and sum w*|target - confidence|, over R
-//                  bins uniform in logit(confidence) on [-L, L] (the end bins are
-//                  open): equal-mass edges and their error bound later
+//   fine  [5 x R]: the same per fine bucket (FineGrid), and sum w*|target - confidence|:
+//                  equal-mass edges and their error bound later
 //   boot  [B x 3 x M]: Poisson(1)-bootstrap replicates of weight, sum w*c, sum w*t
 // The bootstrap multiplicity of a row is drawn from a counter-based generator
 // keyed by (seed, the row's position in the stream, replicate), so the state
@@ -12,6 +11,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "binning.hpp"
@@ -27,32 +27,55 @@ inline uint64_t mix64(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-// Poisson(1) by inversion of its CDF on a uniform 53-bit number keyed by
-// (seed, position, replicate).
-inline int poisson1(uint64_t seed, uint64_t position, uint64_t replicate) {
+// Poisson(1) by inversion of its CDF at a uniform u in [0, 1).
+inline int poisson1(double u) {
     // P(X <= k) for k = 0..14, correctly rounded.
     static const double cdf[] = {0.36787944117144233, 0.7357588823428847, 0.9196986029286058, 0.9810118431238462,
                                  0.9963401531726563,  0.9994058151824183, 0.999916758850712,  0.9999897508033253,
                                  0.999998874797402,   0.9999998885745217, 0.9999999899522336, 0.9999999991683892,
                                  0.9999999999364022,  0.9999999999954802, 0.9999999999997};
-    const uint64_t h = mix64(seed ^ mix64(position * 0x9e3779b97f4a7c15ULL + replicate + 1));
-    const double u = static_cast<double>(h >> 11) * 0x1.0p-53;
     int k = 0;
     while (k < 15 && u >= cdf[k]) ++k;
     return k;
 }
 
+// Multiplicities of one row in replicates 0..B-1: replicates 2j and 2j+1 take the
+// high and low 32 bits of mix64(row_key + (j + 1) * golden), where row_key =
+// mix64(seed ^ mix64(position)): a pure function of (seed, position, replicate).
+struct RowDraws {
+    uint64_t key;
+    RowDraws(uint64_t seed, uint64_t position) : key(mix64(seed ^ mix64(position))) {}
+    uint64_t word(int64_t pair) const { return mix64(key + static_cast<uint64_t>(pair + 1) * 0x9e3779b97f4a7c15ULL); }
+};
+
+// The fine histogram behind equal-mass bins: buckets of the distance d = min(c, 1 - c)
+// on a log scale, read straight from its floating-point representation (as HDR
+// histograms do): 2^bits buckets per power of two of d, for d from 2^-(levels+1)
+// to 1/2, on each side of c = 1/2. Distances below 2^-(levels+1) share the end
+// bucket of their side. Bucket edges are fixed, bucket numbers increase with c.
 struct FineGrid {
-    int64_t bins;  // R
-    double limit;  // L
-    // Fine bin of a confidence: floor((logit(c) + L) R / 2L), clamped; c <= 0 and
-    // c >= 1 go to the end bins. Monotone in c.
+    int64_t bits;    // mantissa bits per octave
+    int64_t levels;  // octaves of d per side
+
+    int64_t side() const { return levels << bits; }
+    int64_t size() const { return 2 * side(); }
+
+    // Rank of d in (0, 1/2] on one side, increasing with d.
+    int64_t rank(double d) const {
+        uint64_t u;
+        std::memcpy(&u, &d, sizeof u);
+        const int64_t exponent = static_cast<int64_t>((u >> 52) & 0x7ff) - 1023;  // d in [2^e, 2^(e+1))
+        const int64_t level = -exponent - 2;                                      // 0 for d in [1/4, 1/2)
+        if (level < 0) return side() - 1;                                         // d == 1/2
+        if (level >= levels) return 0;
+        const int64_t mantissa = static_cast<int64_t>((u >> (52 - bits)) & ((uint64_t{1} << bits) - 1));
+        return ((levels - 1 - level) << bits) + mantissa;
+    }
     int64_t bin(double c) const {
         if (!(c > 0.0)) return 0;
-        if (!(c < 1.0)) return bins - 1;
-        const double u = std::log(c) - std::log1p(-c);
-        const double f = std::floor((u + limit) * (static_cast<double>(bins) / (2.0 * limit)));
-        return static_cast<int64_t>(std::min(std::max(f, 0.0), static_cast<double>(bins - 1)));
+        if (!(c < 1.0)) return size() - 1;
+        if (c <= 0.5) return rank(c);
+        return size() - 1 - rank(1.0 - c);  // 1 - c is exact for c >= 1/2
     }
 };
 
@@ -96,7 +119,7 @@ template <class C, class L>
 inline void stream_rows(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights, int64_t begin,
                         int64_t end, uint64_t offset, const BinEdges& edges, const FineGrid& grid, int64_t n_boot,
                         uint64_t seed, double* bins, double* fine, double* boot, Status& st) {
-    const int64_t M = edges.n_bins, R = grid.bins;
+    const int64_t M = edges.n_bins, R = grid.size();
     for (int64_t i = begin; i < end; ++i) {
         double c, y, w;
         if (!stream_row(confidence, target, weights, i, c, y, w, st)) continue;
@@ -110,14 +133,21 @@ inline void stream_rows(const Vector<C>& confidence, const Vector<L>& target, co
         fine[2 * R + f] += w * c;
         fine[3 * R + f] += w * y;
         fine[4 * R + f] += w * std::fabs(y - c);
-        for (int64_t r = 0; r < n_boot; ++r) {
-            const int k = poisson1(seed, offset + static_cast<uint64_t>(i), static_cast<uint64_t>(r));
-            if (k == 0) continue;
-            const double wk = w * k;
-            double* rep = boot + r * 3 * M;
-            rep[b] += wk;
-            rep[M + b] += wk * c;
-            rep[2 * M + b] += wk * y;
+        if (n_boot > 0) {
+            const RowDraws draws(seed, offset + static_cast<uint64_t>(i));
+            for (int64_t r = 0; r < n_boot; r += 2) {
+                const uint64_t h = draws.word(r / 2);
+                for (int64_t s = r; s < r + 2 && s < n_boot; ++s) {
+                    const uint32_t bits32 = s == r ? static_cast<uint32_t>(h >> 32) : static_cast<uint32_t>(h);
+                    const int k = poisson1(static_cast<double>(bits32) * 0x1.0p-32);
+                    if (k == 0) continue;
+                    const double wk = w * k;
+                    double* rep = boot + s * 3 * M;
+                    rep[b] += wk;
+                    rep[M + b] += wk * c;
+                    rep[2 * M + b] += wk * y;
+                }
+            }
         }
     }
 }
@@ -132,7 +162,7 @@ template <class C, class L>
 Status stream_accumulate(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights,
                          uint64_t offset, int64_t n_bins, const FineGrid& grid, int64_t n_boot, uint64_t seed,
                          double* bins, double* fine, double* boot) {
-    const int64_t N = confidence.size, M = n_bins, R = grid.bins, B = n_boot;
+    const int64_t N = confidence.size, M = n_bins, R = grid.size(), B = n_boot;
     const BinEdges edges = BinEdges::equal_width(M);
     if (N <= kChunkElements) {
         Status st;

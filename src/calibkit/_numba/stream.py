@@ -38,7 +38,6 @@ POISSON1_CDF = np.array([
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_ONE = np.uint64(1)
 
 
 @numba.njit(inline="always", **JIT)
@@ -49,9 +48,7 @@ def mix64(z):
 
 
 @numba.njit(inline="always", **JIT)
-def poisson1(seed, position, replicate, cdf):
-    h = mix64(seed ^ mix64(position * _GOLDEN + replicate + _ONE))
-    u = np.float64(h >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+def poisson1(u, cdf):
     k = 0
     while k < 15 and u >= cdf[k]:
         k += 1
@@ -59,21 +56,36 @@ def poisson1(seed, position, replicate, cdf):
 
 
 @numba.njit(inline="always", **JIT)
-def fine_bin(c, bins, limit):
+def fine_rank(d, bits, levels):
+    """As FineGrid::rank in stream.hpp (frexp gives the same exponent and mantissa bits)."""
+    side = levels << bits
+    m, e = math.frexp(d)  # d = m 2^e, m in [1/2, 1): exponent of the C++ code is e - 1
+    level = -(e - 1) - 2
+    if level < 0:
+        return side - 1
+    if level >= levels:
+        return 0
+    mantissa = int(math.floor((2.0 * m - 1.0) * (1 << bits)))
+    return ((levels - 1 - level) << bits) + mantissa
+
+
+@numba.njit(inline="always", **JIT)
+def fine_bin(c, bits, levels):
+    size = 2 * (levels << bits)
     if not (c > 0.0):
         return 0
     if not (c < 1.0):
-        return bins - 1
-    u = math.log(c) - math.log1p(-c)
-    f = math.floor((u + limit) * (bins / (2.0 * limit)))
-    return int(min(max(f, 0.0), bins - 1.0))
+        return size - 1
+    if c <= 0.5:
+        return fine_rank(c, bits, levels)
+    return size - 1 - fine_rank(1.0 - c, bits, levels)
 
 
 @numba.njit(**JIT)
-def _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_limit, n_boot, seed, cdf, table,
+def _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
            begin, end, bins, fine, boot, st):
     M = n_bins
-    R = fine_bins
+    R = 2 * (fine_levels << fine_bits)
     for i in range(begin, end):
         t = np.int64(target[i])
         if t != 0 and t != 1:
@@ -88,7 +100,7 @@ def _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_
             continue
         y = float(t)
         b = find_bin(c, inner, True)
-        f = fine_bin(c, R, fine_limit)
+        f = fine_bin(c, fine_bits, fine_levels)
         bins[b] += 1.0
         bins[M + b] += w
         bins[2 * M + b] += w * c
@@ -98,20 +110,24 @@ def _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_
         fine[2 * R + f] += w * c
         fine[3 * R + f] += w * y
         fine[4 * R + f] += w * abs(y - c)
-        position = offset + np.uint64(i)
-        for r in range(n_boot):
-            k = poisson1(seed, position, np.uint64(r), cdf)
-            if k == 0:
-                continue
-            wk = w * k
-            base = r * 3 * M
-            boot[base + b] += wk
-            boot[base + M + b] += wk * c
-            boot[base + 2 * M + b] += wk * y
+        if n_boot > 0:
+            key = mix64(seed ^ mix64(offset + np.uint64(i)))
+            for r in range(0, n_boot, 2):
+                h = mix64(key + np.uint64(r // 2 + 1) * _GOLDEN)
+                for s in range(r, min(r + 2, n_boot)):
+                    word = (h >> np.uint64(32)) if s == r else (h & np.uint64(0xFFFFFFFF))
+                    k = poisson1(np.float64(word) * (1.0 / 4294967296.0), cdf)
+                    if k == 0:
+                        continue
+                    wk = w * k
+                    base = s * 3 * M
+                    boot[base + b] += wk
+                    boot[base + M + b] += wk * c
+                    boot[base + 2 * M + b] += wk * y
 
 
 @numba.njit(**JIT)
-def _small(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_limit, n_boot, seed, cdf, table,
+def _small(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
            bins, fine, boot):
     """One chunk: check every row first, then add straight into the state (as stream.hpp)."""
     n = conf.shape[0]
@@ -127,18 +143,18 @@ def _small(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_
         if not valid_probability(c):
             merge_status(st, PROBABILITY_OUT_OF_RANGE if is_finite(c) else SCORE_NOT_FINITE, i, -1, c)
             return st
-    _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_limit, n_boot, seed, cdf, table,
+    _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
            0, n, bins, fine, boot, st)
     return st
 
 
 @numba.njit(parallel=True, **JIT)
-def _driver(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_limit, n_boot, seed, cdf, table,
+def _driver(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
             parallel):
     N = conf.shape[0]
     chunk = CHUNK_ELEMENTS
     n_chunks = (N + chunk - 1) // chunk
-    nb, nf, nr = 4 * n_bins, 5 * fine_bins, 3 * n_boot * n_bins
+    nb, nf, nr = 4 * n_bins, 5 * 2 * (fine_levels << fine_bits), 3 * n_boot * n_bins
     bins = np.zeros(nb)
     fine = np.zeros(nf)
     boot = np.zeros(max(nr, 1))
@@ -155,14 +171,14 @@ def _driver(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine
                 p_st[j, 1] = -1.0
                 p_st[j, 2] = -1.0
                 c = first + j
-                _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_limit, n_boot, seed,
+                _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed,
                        cdf, table, c * chunk, min(N, (c + 1) * chunk), p_bins[j], p_fine[j], p_boot[j], p_st[j])
         else:
             for j in range(g):
                 p_st[j, 1] = -1.0
                 p_st[j, 2] = -1.0
                 c = first + j
-                _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bins, fine_limit, n_boot, seed,
+                _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed,
                        cdf, table, c * chunk, min(N, (c + 1) * chunk), p_bins[j], p_fine[j], p_boot[j], p_st[j])
         for j in range(g):
             for k in range(nb):
@@ -183,10 +199,10 @@ def _state(a, name, shape):
     return a.reshape(-1)
 
 
-def stream_accumulate(confidence, target, sample_weight, offset, n_bins, fine_bins, fine_limit, n_boot, seed,
+def stream_accumulate(confidence, target, sample_weight, offset, n_bins, fine_bits, fine_levels, n_boot, seed,
                       bins, fine, boot):
     """Same contract as ``calibkit._core.stream_accumulate``."""
-    if n_bins < 1 or fine_bins < 2 or n_boot < 0 or not fine_limit > 0:
+    if n_bins < 1 or not 0 <= fine_bits <= 20 or not 1 <= fine_levels <= 1000 or n_boot < 0:
         raise ValueError("invalid streaming configuration")
     check_float_dtype(confidence, "confidence")
     if confidence.ndim != 1:
@@ -203,17 +219,17 @@ def stream_accumulate(confidence, target, sample_weight, offset, n_bins, fine_bi
             raise ValueError("sample_weight must be a 1-D float64 array of length N")
         weights, has_w = sample_weight, True
     flat_bins = _state(bins, "bins", (4, n_bins))
-    flat_fine = _state(fine, "fine", (5, fine_bins))
+    flat_fine = _state(fine, "fine", (5, 2 * (fine_levels << fine_bits)))
     flat_boot = _state(boot, "boot", (n_boot, 3, n_bins))
     if n <= CHUNK_ELEMENTS:
         with _backend.numba_lock:
             st = _small(as_kernel_array(confidence), target, weights, has_w, np.uint64(offset),
-                        equal_width_inner(n_bins), int(n_bins), int(fine_bins), float(fine_limit), int(n_boot),
+                        equal_width_inner(n_bins), int(n_bins), int(fine_bits), int(fine_levels), int(n_boot),
                         np.uint64(seed), POISSON1_CDF, HALF_TABLE, flat_bins, flat_fine, flat_boot)
         return status_tuple(st)
     add_bins, add_fine, add_boot, st = run_locked(
         _driver, as_kernel_array(confidence), target, weights, has_w, np.uint64(offset), equal_width_inner(n_bins),
-        int(n_bins), int(fine_bins), float(fine_limit), int(n_boot), np.uint64(seed), POISSON1_CDF, HALF_TABLE,
+        int(n_bins), int(fine_bits), int(fine_levels), int(n_boot), np.uint64(seed), POISSON1_CDF, HALF_TABLE,
         n >= MIN_PARALLEL_ELEMENTS)
     if int(st[0]) == 0:
         flat_bins += add_bins
