@@ -7,6 +7,7 @@ namespace py = pybind11;
 
 void bind_binning(py::module_& m);
 void bind_stream(py::module_& m);
+void bind_calibrators(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "calibkit native kernels (C++17). Use the Python API in calibkit instead.";
@@ -15,4 +16,5 @@ PYBIND11_MODULE(_core, m) {
     m.def("hardware_threads", &calibkit::hardware_threads);
     bind_binning(m);
     bind_stream(m);
+    bind_calibrators(m);
 }

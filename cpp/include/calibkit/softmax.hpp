@@ -1,0 +1,244 @@
+// Fused log-softmax losses for the scaling calibrators: one read of each row,
+// one exp per element, no N x K temporary.
+//
+// temperature_nll: for logits z_i, labels y_i, weights w_i and an inverse
+// temperature b > 0,
+//   L(b)   = sum_i w_i [LSE(b z_i) - b z_{i,y_i}]
+//   L'(b)  = sum_i w_i [E_i[z] - z_{i,y_i}]
+//   L''(b) = sum_i w_i Var_i[z]            (>= 0: L is convex in b)
+// where E_i and Var_i are under softmax(b z_i). Everything is computed on
+// u = z - max(z) (so exp never overflows): LSE(b z) = b max + log sum e^{b u},
+// E[z] - z_y = E[u] - u_y, Var[z] = E[u^2] - E[u]^2.
+//
+// vector_scaling_nll: for z' = a * z + c (element-wise, a and c of length K),
+//   L = sum_i w_i [LSE(z'_i) - z'_{i,y_i}],
+//   dL/dc_k = sum_i w_i (p_ik - [y_i = k]),  dL/da_k = sum_i w_i (p_ik - [y_i = k]) z_ik.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "binning.hpp"
+#include "common.hpp"
+#include "parallel.hpp"
+#include "simd.hpp"
+
+namespace calibkit {
+
+struct TemperatureSums {
+    double count = 0.0, weight = 0.0, loss = 0.0, d1 = 0.0, d2 = 0.0;
+    Status status;
+
+    void merge(const TemperatureSums& o) {
+        count += o.count;
+        weight += o.weight;
+        loss += o.loss;
+        d1 += o.d1;
+        d2 += o.d2;
+        status.merge(o.status);
+    }
+};
+
+// Row i of a logit matrix: false (status set) on NaN/inf. Otherwise adds the
+// row's loss and derivatives in b, times w, to `acc`.
+template <class T, bool Contiguous, class V>
+CALIBKIT_INLINE bool temperature_row(const Matrix<T>& s, const simd::TailMask<V>& tail, int64_t i, int64_t label,
+                                     double b, double w, TemperatureSums& acc) {
+    using namespace simd;
+    typedef typename V::d D;
+    typedef typename V::i I;
+    constexpr int G = Octet<V>::n;
+    const RowReader<T, Contiguous> r{reinterpret_cast<const char*>(s.row(i)), s.col_stride};
+    const int64_t K = s.cols;
+    const int64_t full = K - K % 8;
+    const D zero = splat<D>(0.0), neg_inf = splat<D>(-INFINITY);
+    I bad = (I)zero;
+    Octet<V> mx;
+    for (int g = 0; g < G; ++g) mx.v[g] = neg_inf;
+    for (int64_t k = 0; k < full; k += 8) {
+        const Octet<V> o = r.template octet<V>(k);
+        for (int g = 0; g < G; ++g) {
+            bad |= ~((o.v[g] - o.v[g]) == zero);  // NaN and inf
+            mx.v[g] = vmax(o.v[g], mx.v[g]);
+        }
+    }
+    if (tail.needed) {
+        const Octet<V> o = tail.overlapped ? r.template octet<V>(tail.start) : r.template partial_octet<V>(0, K, 0.0);
+        for (int g = 0; g < G; ++g) {
+            bad |= ~((o.v[g] - o.v[g]) == zero);
+            mx.v[g] = vmax(select(tail.valid[g], o.v[g], neg_inf), mx.v[g]);
+        }
+    }
+    bool any_bad = false;
+    for (int j = 0; j < V::width; ++j) any_bad |= bad[j] != 0;
+    if (any_bad) {
+        report_bad_element(r, i, K, true, acc.status);
+        return false;
+    }
+    double best = -INFINITY;
+    for (int g = 0; g < G; ++g)
+        for (int j = 0; j < V::width; ++j) best = mx.v[g][j] > best ? mx.v[g][j] : best;
+    const D shift = splat<D>(best), scale = splat<D>(b);
+    Octet<V> s0, s1, s2;
+    for (int g = 0; g < G; ++g) s0.v[g] = s1.v[g] = s2.v[g] = zero;
+    for (int64_t k = 0; k < full; k += 8) {
+        const Octet<V> o = r.template octet<V>(k);
+        for (int g = 0; g < G; ++g) {
+            const D u = o.v[g] - shift;
+            const D e = exp_nonpositive<V>(scale * u);
+            s0.v[g] += e;
+            s1.v[g] += e * u;
+            s2.v[g] += (e * u) * u;
+        }
+    }
+    if (tail.needed) {
+        const Octet<V> o = tail.overlapped ? r.template octet<V>(tail.start) : r.template partial_octet<V>(0, K, 0.0);
+        for (int g = 0; g < G; ++g) {
+            const D u = select(tail.valid[g], o.v[g] - shift, zero);
+            const D e = select(tail.valid[g], exp_nonpositive<V>(scale * u), zero);
+            s0.v[g] += e;
+            s1.v[g] += e * u;
+            s2.v[g] += (e * u) * u;
+        }
+    }
+    const double z = octet_sum(s0), mean = octet_sum(s1) / z, second = octet_sum(s2) / z;
+    const double u_label = r.at(label) - best;
+    acc.count += 1.0;
+    acc.weight += w;
+    acc.loss += w * (std::log(z) - b * u_label);
+    acc.d1 += w * (mean - u_label);
+    acc.d2 += w * std::max(second - mean * mean, 0.0);
+    return true;
+}
+
+template <class T, class V>
+inline void temperature_chunk(const Matrix<T>& s, const Vector<int64_t>& labels, const Weights& weights, double b,
+                              TemperatureSums& part, int64_t begin, int64_t end) {
+    const simd::TailMask<V> tail(s.cols);
+    const bool contiguous = s.row_contiguous();
+    for (int64_t i = begin; i < end; ++i) {
+        const int64_t y = labels.raw(i);
+        if (y < 0 || y >= s.cols) {
+            part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
+            continue;
+        }
+        const double w = weights.at(i);
+        if (weights.present() && !check_weight(w, i, part.status)) continue;
+        if (contiguous)
+            temperature_row<T, true, V>(s, tail, i, y, b, w, part);
+        else
+            temperature_row<T, false, V>(s, tail, i, y, b, w, part);
+    }
+}
+
+#if CALIBKIT_HAVE_AVX2_CLONES
+template <class T>
+CALIBKIT_AVX2_CLONE void temperature_chunk_avx2(const Matrix<T>& s, const Vector<int64_t>& labels,
+                                                const Weights& weights, double b, TemperatureSums& part,
+                                                int64_t begin, int64_t end) {
+    temperature_chunk<T, simd::Vec<4>>(s, labels, weights, b, part, begin, end);
+}
+#endif
+
+// Weighted NLL of softmax(b z) and its first two derivatives in b, in one pass.
+template <class T>
+TemperatureSums temperature_nll(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
+                                double b) {
+    const int64_t K = scores.cols;
+    const bool avx2 = simd::use_avx2();
+    TemperatureSums total;
+    chunked_reduce(
+        scores.rows, rows_per_chunk(K), K, 5, total, [] { return TemperatureSums(); },
+        [&](TemperatureSums& part, int64_t begin, int64_t end) {
+#if CALIBKIT_HAVE_AVX2_CLONES
+            if (avx2) return temperature_chunk_avx2<T>(scores, labels, weights, b, part, begin, end);
+#endif
+            (void)avx2;
+            temperature_chunk<T, simd::Vec<2>>(scores, labels, weights, b, part, begin, end);
+        },
+        [](TemperatureSums& acc, const TemperatureSums& part) { acc.merge(part); });
+    return total;
+}
+
+struct VectorScalingSums {
+    double count = 0.0, weight = 0.0, loss = 0.0;
+    std::vector<double> grad_scale, grad_bias;
+    Status status;
+
+    explicit VectorScalingSums(int64_t K = 0) : grad_scale(static_cast<size_t>(K)), grad_bias(static_cast<size_t>(K)) {}
+    void merge(const VectorScalingSums& o) {
+        count += o.count;
+        weight += o.weight;
+        loss += o.loss;
+        for (size_t k = 0; k < grad_scale.size(); ++k) {
+            grad_scale[k] += o.grad_scale[k];
+            grad_bias[k] += o.grad_bias[k];
+        }
+        status.merge(o.status);
+    }
+};
+
+template <class T>
+inline void vector_scaling_chunk(const Matrix<T>& s, const Vector<int64_t>& labels, const Weights& weights,
+                                 const double* scale, const double* bias, VectorScalingSums& part, int64_t begin,
+                                 int64_t end) {
+    const int64_t K = s.cols;
+    std::vector<double> e(static_cast<size_t>(K));  // one row of exp(z' - max): O(K), not O(N K)
+    for (int64_t i = begin; i < end; ++i) {
+        const int64_t y = labels.raw(i);
+        if (y < 0 || y >= K) {
+            part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
+            continue;
+        }
+        const double w = weights.at(i);
+        if (weights.present() && !check_weight(w, i, part.status)) continue;
+        double best = -INFINITY;
+        bool bad = false;
+        for (int64_t k = 0; k < K; ++k) {
+            const double z = s(i, k);
+            if (!is_finite(z)) {
+                part.status.set(kScoreNotFinite, i, k, z);
+                bad = true;
+                break;
+            }
+            const double v = scale[k] * z + bias[k];
+            e[static_cast<size_t>(k)] = v;
+            best = v > best ? v : best;
+        }
+        if (bad) continue;
+        double total = 0.0;
+        for (int64_t k = 0; k < K; ++k) {
+            const double v = simd::exp_nonpositive(e[static_cast<size_t>(k)] - best);
+            e[static_cast<size_t>(k)] = v;
+            total += v;
+        }
+        const double shifted_label = scale[y] * s(i, y) + bias[y] - best;
+        part.count += 1.0;
+        part.weight += w;
+        part.loss += w * (std::log(total) - shifted_label);
+        const double inv = w / total;
+        for (int64_t k = 0; k < K; ++k) {
+            const double g = e[static_cast<size_t>(k)] * inv - (k == y ? w : 0.0);
+            part.grad_bias[static_cast<size_t>(k)] += g;
+            part.grad_scale[static_cast<size_t>(k)] += g * s(i, k);
+        }
+    }
+}
+
+// Weighted NLL of softmax(scale * z + bias) and its gradient in (scale, bias).
+template <class T>
+VectorScalingSums vector_scaling_nll(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
+                                     const double* scale, const double* bias) {
+    const int64_t K = scores.cols;
+    VectorScalingSums total(K);
+    chunked_reduce(
+        scores.rows, rows_per_chunk(K), 3 * K, 2 * K + 3, total, [K] { return VectorScalingSums(K); },
+        [&](VectorScalingSums& part, int64_t begin, int64_t end) {
+            vector_scaling_chunk<T>(scores, labels, weights, scale, bias, part, begin, end);
+        },
+        [](VectorScalingSums& acc, const VectorScalingSums& part) { acc.merge(part); });
+    return total;
+}
+
+}  // namespace calibkit
