@@ -18,6 +18,18 @@ from .metrics import (
     reliability_table,
 )
 
+from .calibrators import (
+    Calibrator,
+    HistogramBinning,
+    IsotonicCalibration,
+    MatrixScaling,
+    NotFittedError,
+    PlattScaling,
+    TemperatureScaling,
+    VectorScaling,
+    isotonic_regression,
+    temperature_nll,
+)
 from .streaming import CalibrationAccumulator, CalibrationResult, WindowedAccumulator
 
 try:
@@ -28,6 +40,16 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "CalibrationAccumulator",
     "CalibrationResult",
+    "Calibrator",
+    "HistogramBinning",
+    "IsotonicCalibration",
+    "MatrixScaling",
+    "NotFittedError",
+    "PlattScaling",
+    "TemperatureScaling",
+    "VectorScaling",
+    "isotonic_regression",
+    "temperature_nll",
     "ReliabilityTable",
     "WindowedAccumulator",
     "__version__",

@@ -1,0 +1,202 @@
+"""What every calibrator shares: scikit-learn style parameters, input checks, JSON persistence."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import numbers
+
+import numpy as np
+
+from .._validation import check_labels, check_sample_weight, check_scores, raise_for_status
+
+FORMAT = "calibkit.calibrator"
+FORMAT_VERSION = 1
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A calibrator was used before ``fit`` (same bases as scikit-learn's)."""
+
+
+_REGISTRY: dict[str, type] = {}
+
+
+class Calibrator:
+    """Base class: parameters are the ``__init__`` arguments; learned values end in ``_``.
+
+    Subclasses define ``_fitted_names`` (the learned attributes saved by
+    :meth:`to_dict`) and ``_load_fitted`` (their validation on load).
+    """
+
+    _fitted_names: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            _REGISTRY[cls.__name__] = cls
+
+    # -- scikit-learn protocol ------------------------------------------------------------
+    @classmethod
+    def _param_names(cls):
+        sig = inspect.signature(cls.__init__)
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return sorted(p.name for p in sig.parameters.values() if p.name != "self" and p.kind in kinds)
+
+    def get_params(self, deep=True):
+        """Parameters of this calibrator (``sklearn.base.clone`` uses this)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params):
+        """Set parameters by name; returns self."""
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"{type(self).__name__} has no parameter {name!r}; valid: {valid}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _check_fitted(self):
+        if not all(hasattr(self, name) for name in self._fitted_names):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(scores, labels) first")
+
+    # -- persistence ----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """A JSON-safe description: format, version, class, parameters, learned values."""
+        self._check_fitted()
+        fitted = {}
+        for name in self._fitted_names:
+            value = getattr(self, name)
+            fitted[name] = value.tolist() if isinstance(value, np.ndarray) else value
+        return {"format": FORMAT, "version": FORMAT_VERSION, "class": type(self).__name__,
+                "params": self.get_params(), "fitted": fitted}
+
+    @classmethod
+    def from_dict(cls, data) -> "Calibrator":
+        """Rebuild a fitted calibrator from :meth:`to_dict` output; malformed input raises ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError(f"calibrator data must be a dict, got {type(data).__name__}")
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a calibkit calibrator: format is {data.get('format')!r}, expected {FORMAT!r}")
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported calibrator format version {data.get('version')!r} "
+                             f"(this calibkit reads version {FORMAT_VERSION})")
+        name = data.get("class")
+        target = _REGISTRY.get(name) if isinstance(name, str) else None
+        if target is None:
+            raise ValueError(f"unknown calibrator class {name!r}")
+        if cls is not Calibrator and target is not cls:
+            raise ValueError(f"data describes a {name}, not a {cls.__name__}")
+        params, fitted = data.get("params"), data.get("fitted")
+        if not isinstance(params, dict) or not isinstance(fitted, dict):
+            raise ValueError("calibrator data must hold 'params' and 'fitted' dicts")
+        unknown = set(params) - set(target._param_names())
+        if unknown:
+            raise ValueError(f"unknown parameters for {name}: {sorted(unknown)}")
+        missing = set(target._fitted_names) - set(fitted)
+        if missing:
+            raise ValueError(f"{name} data lacks the learned values {sorted(missing)}")
+        try:
+            obj = target(**params)
+            obj._check_params()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid parameters for {name}: {exc}") from None
+        obj._load_fitted(fitted)
+        return obj
+
+    def _check_params(self):
+        """Validate the parameters (called by fit and from_dict)."""
+
+    def _load_fitted(self, fitted):  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+
+# -- small checks shared by the calibrators ---------------------------------------------------
+
+def check_positive_number(value, name, *, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def fitted_array(fitted, name, shape, *, positive=False):
+    """A learned array from a to_dict payload: right shape, finite (and > 0 when asked)."""
+    try:
+        a = np.asarray(fitted[name], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"learned value {name!r} is not an array of numbers") from None
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"learned value {name!r} has shape {a.shape}, expected {shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"learned value {name!r} holds NaN or inf")
+    if positive and not (a > 0).all():
+        raise ValueError(f"learned value {name!r} must be > 0")
+    return a
+
+
+def check_logits(scores, name="scores"):
+    """(N, K) float logits, K >= 2, readable in place; NaN/inf are checked by the kernels."""
+    a = check_scores(scores, name)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be logits of shape (N, K), got shape {a.shape}")
+    return a
+
+
+def check_fit_inputs(scores, labels, sample_weight, *, binary):
+    """Checked (scores, labels, sample_weight) for fit; binary: scores (N,), labels 0/1."""
+    scores = check_scores(scores)
+    if binary and scores.ndim != 1:
+        raise ValueError(f"scores must have shape (N,) (one score per sample), got shape {scores.shape}")
+    labels = check_labels(labels, scores.shape[0])
+    sample_weight = check_sample_weight(sample_weight, scores.shape[0])
+    if sample_weight is not None:
+        finite = np.isfinite(sample_weight)
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            raise_for_status((4, bad, -1, float(sample_weight[bad])))
+        if (sample_weight < 0).any():
+            bad = int(np.argmax(sample_weight < 0))
+            raise_for_status((5, bad, -1, float(sample_weight[bad])))
+        if not sample_weight.any():
+            raise ValueError("sample_weight sums to 0: nothing to fit")
+    if binary:
+        bad = (labels != 0) & (labels != 1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"labels[{i}] = {labels[i]} is not 0 or 1 (binary scores of shape (N,))")
+    return scores, labels, sample_weight
+
+
+def check_finite(a, name):
+    """Raise a ValueError naming the first NaN/inf element of `a`."""
+    finite = np.isfinite(a)
+    if not finite.all():
+        idx = np.unravel_index(int(np.argmin(finite)), a.shape)
+        where = ", ".join(str(int(i)) for i in idx)
+        raise ValueError(f"{name}[{where}] = {a[idx]!r} is not finite (NaN and inf are not accepted)")
+
+
+def chunk_rows(n_cols, budget_values=1 << 22):
+    """Rows per chunk so that a float64 temporary of (rows, n_cols) stays near 32 MB."""
+    return max(1, budget_values // max(int(n_cols), 1))
+
+
+def softmax_rows(z, out):
+    """out = softmax(z) row-wise, stably (z is a float64 chunk; modified in place)."""
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    out[...] = z

@@ -1,0 +1,378 @@
+"""Isotonic regression (PAV) and histogram binning calibrators, binary and one-vs-rest multiclass."""
+
+from __future__ import annotations
+
+import typing
+import warnings
+
+import numpy as np
+
+from .. import _backend
+from .._backend import BACKENDS
+from .._validation import check_bool, check_choice, check_n_bins, raise_for_status
+from ..metrics import _quantile_edges
+from ._base import Calibrator, check_fit_inputs, check_int, check_logits, fitted_array
+
+
+class IsotonicRegressionResult(typing.NamedTuple):
+    """Result of :func:`isotonic_regression`.
+
+    fitted : (n,) the fitted value of each input point, in input order.
+    values : (n_blocks,) the value of each block (strictly monotone).
+    weights : (n_blocks,) the summed weight of each block.
+    blocks : (n_blocks + 1,) block b is ``order[blocks[b]:blocks[b + 1]]`` of the points sorted by x
+        (``order`` = identity when x is None), as in ``scipy.optimize.isotonic_regression``.
+    order : (n,) the stable sort order of x, or None when x is None.
+    """
+
+    fitted: np.ndarray
+    values: np.ndarray
+    weights: np.ndarray
+    blocks: np.ndarray
+    order: typing.Optional[np.ndarray]
+
+
+def _finite_vector(a, name, n=None):
+    a = np.asarray(a)
+    if a.dtype == object or a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be an array of numbers, got dtype {a.dtype}")
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if n is None and a.shape[0] == 0:
+        raise ValueError(f"{name} is empty: at least one value is needed")
+    if n is not None and a.shape[0] != n:
+        raise ValueError(f"{name} has {a.shape[0]} entries but y has {n}")
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    finite = np.isfinite(a)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise ValueError(f"{name}[{i}] = {a[i]!r} is not finite (NaN and inf are not accepted)")
+    return a
+
+
+def isotonic_regression(y, *, x=None, sample_weight=None, increasing=True, backend="auto"):
+    r"""Weighted isotonic regression by pool-adjacent-violators, in native code.
+
+    Finds the monotone sequence f minimising :math:`\sum_i w_i (y_i - f_i)^2`
+    subject to :math:`f_i \le f_j` whenever :math:`x_i < x_j` (``increasing``;
+    reversed otherwise). Without ``x`` the points are taken in the given order
+    (as ``scipy.optimize.isotonic_regression``); with ``x`` they are sorted by
+    a stable native radix argsort and points with equal x are pooled first
+    into their weighted mean (as ``sklearn.isotonic.IsotonicRegression``), so
+    they get one fitted value. PAV (Ayer et al. 1955; Barlow et al. 1972)
+    then runs in linear time.
+
+    Parameters
+    ----------
+    y : array of shape (n,)
+    x : array of shape (n,), optional
+    sample_weight : array of shape (n,), optional
+        Positive weights (default 1).
+    increasing : bool, default True
+    backend : {"auto", "cpp", "numba"}
+
+    Returns
+    -------
+    IsotonicRegressionResult
+        ``fitted``, ``values``, ``weights``, ``blocks``, ``order``.
+    """
+    y = _finite_vector(y, "y")
+    n = y.shape[0]
+    if x is not None:
+        x = _finite_vector(x, "x", n)
+    if sample_weight is not None:
+        sample_weight = _finite_vector(sample_weight, "sample_weight", n)
+        if not (sample_weight > 0).all():
+            i = int(np.argmin(sample_weight > 0))
+            raise ValueError(f"sample_weight[{i}] = {sample_weight[i]!r} is not positive (weights must be > 0)")
+    increasing = check_bool(increasing, "increasing")
+    r = _backend.kernels(backend).isotonic_fit(y, x, sample_weight, increasing)
+    return IsotonicRegressionResult(r["fitted"], r["values"], r["weights"], r["blocks"], r["order"])
+
+
+def _binary_scores(scores, name="scores"):
+    """(N,) float64 view/copy of binary scores with NaN/inf rejected."""
+    z = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(z)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise ValueError(f"{name}[{i}] = {z[i]!r} is not finite (NaN and inf are not accepted)")
+    return z
+
+
+def _probability_matrix(scores, from_logits):
+    """(N, K) probabilities as float64 (softmax of logits), checked."""
+    if from_logits:
+        z = np.asarray(check_logits(scores), dtype=np.float64)
+        if not np.isfinite(z).all():
+            _bad(z, "scores")
+        z = z - z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        return z
+    p = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(p).all():
+        _bad(p, "scores")
+    outside = (p < -1e-6) | (p > 1 + 1e-6)
+    if outside.any():
+        i, j = np.unravel_index(int(np.argmax(outside)), p.shape)
+        raise ValueError(f"scores[{i}, {j}] = {p[i, j]!r} is not a probability in [0, 1]; "
+                         "pass from_logits=True for logits")
+    return p
+
+
+def _bad(a, name):
+    finite = np.isfinite(a)
+    idx = np.unravel_index(int(np.argmin(finite)), a.shape)
+    where = ", ".join(str(int(i)) for i in idx)
+    raise ValueError(f"{name}[{where}] = {a[idx]!r} is not finite (NaN and inf are not accepted)")
+
+
+def _renormalise(q):
+    """Zadrozny & Elkan (2002): divide each row by its sum; rows summing to 0 become uniform 1/K."""
+    total = q.sum(axis=1, keepdims=True)
+    uniform = np.full_like(q, 1.0 / q.shape[1])
+    return np.divide(q, total, out=uniform, where=total > 0)
+
+
+def _warn_single_class(labels, n_classes):
+    present = np.unique(labels)
+    if present.size < 2:
+        warnings.warn(f"only class {present[0]} is present in labels: the fit is degenerate", RuntimeWarning,
+                      stacklevel=3)
+
+
+class _OneVsRest(Calibrator):
+    """Shared fit/predict for calibrators that map one score to one probability.
+
+    Binary: scores (N,) -> P(y=1) of shape (N,). Multiclass: scores (N, K)
+    (probabilities, or logits with ``from_logits=True``), class k's column is
+    calibrated against 1[y = k] and the calibrated rows are renormalised.
+    """
+
+    def _fit_one(self, s, t, w):  # pragma: no cover - subclasses override
+        raise NotImplementedError
+
+    def _apply_one(self, k, s):  # pragma: no cover - subclasses override
+        raise NotImplementedError
+
+    def fit(self, scores, labels, sample_weight=None):
+        """Fit on held-out scores ((N,) binary or (N, K)) and labels (N,); returns self."""
+        self._check_params()
+        scores, labels, sample_weight = check_fit_inputs(scores, labels, sample_weight, binary=False)
+        if scores.ndim == 1:
+            if ((labels != 0) & (labels != 1)).any():
+                i = int(np.argmax((labels != 0) & (labels != 1)))
+                raise ValueError(f"labels[{i}] = {labels[i]} is not 0 or 1 (binary scores of shape (N,))")
+            _warn_single_class(labels, 2)
+            s = _binary_scores(scores)
+            self.n_classes_ = 2
+            self.binary_ = True
+            self._set_models([self._fit_one(s, labels.astype(np.float64), sample_weight)])
+            return self
+        p = _probability_matrix(scores, self.from_logits)
+        n_classes = p.shape[1]
+        bad = (labels < 0) | (labels >= n_classes)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"labels[{i}] = {labels[i]} is out of range for n_classes={n_classes}")
+        _warn_single_class(labels, n_classes)
+        models = [self._fit_one(np.ascontiguousarray(p[:, c]), (labels == c).astype(np.float64), sample_weight)
+                  for c in range(n_classes)]
+        self.n_classes_ = int(n_classes)
+        self.binary_ = False
+        self._set_models(models)
+        return self
+
+    def predict_proba(self, scores):
+        """Calibrated probabilities: (N,) P(y=1) for binary scores, (N, K) rows summing to 1 otherwise."""
+        self._check_fitted()
+        if self.binary_:
+            s = np.asarray(scores)
+            if s.ndim != 1:
+                raise ValueError(f"this calibrator was fitted on binary scores of shape (N,), got shape {s.shape}")
+            return self._apply_one(0, _binary_scores(s))
+        p = _probability_matrix(scores, self.from_logits)
+        if p.ndim != 2 or p.shape[1] != self.n_classes_:
+            raise ValueError(f"scores have shape {p.shape} but the calibrator was fitted on "
+                             f"{self.n_classes_} classes")
+        q = np.empty_like(p)
+        for c in range(self.n_classes_):
+            q[:, c] = self._apply_one(c, p[:, c])
+        return _renormalise(q)
+
+    def predict(self, scores):
+        """Predicted class after calibration (binary: P(y=1) >= 0.5)."""
+        p = self.predict_proba(scores)
+        if self.binary_:
+            return (p >= 0.5).astype(np.int64)
+        return np.argmax(p, axis=1)
+
+
+class IsotonicCalibration(_OneVsRest):
+    """Isotonic-regression calibration (Zadrozny & Elkan 2002), binary or one-vs-rest.
+
+    Each score column is mapped by the non-decreasing step function fitted by
+    :func:`isotonic_regression` (ties in the score pooled first), interpolated
+    linearly between the ends of neighbouring blocks and clipped outside the
+    fitted range, exactly as ``sklearn.isotonic.IsotonicRegression(out_of_bounds="clip")``.
+    Multiclass: the calibrated vector is divided by its sum; a row whose
+    calibrated values are all 0 becomes uniform (1/K), as scikit-learn does.
+
+    Parameters
+    ----------
+    from_logits : bool, default False
+        For (N, K) input: softmax the scores first.
+    backend : {"auto", "cpp", "numba"}
+
+    Attributes
+    ----------
+    x_thresholds_, y_thresholds_ : lists (one per calibrated column) of arrays
+    n_classes_ : int
+    binary_ : bool
+    """
+
+    _fitted_names = ("x_thresholds_", "y_thresholds_", "n_classes_", "binary_")
+
+    def __init__(self, *, from_logits=False, backend="auto"):
+        self.from_logits = from_logits
+        self.backend = backend
+
+    def _check_params(self):
+        check_bool(self.from_logits, "from_logits")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    def _fit_one(self, s, t, w):
+        if w is not None and not (w > 0).all():
+            keep = w > 0  # PAV needs positive weights; zero-weight rows carry no information
+            s, t, w = s[keep], t[keep], w[keep]
+        r = isotonic_regression(t, x=s, sample_weight=w, backend=self.backend)
+        xs = s[r.order]
+        first = xs[r.blocks[:-1]]
+        last = xs[r.blocks[1:] - 1]
+        x_thr = np.empty(2 * len(first))
+        x_thr[0::2], x_thr[1::2] = first, last
+        y_thr = np.repeat(r.values, 2)
+        keep = np.ones(len(x_thr), bool)
+        keep[1::2] = last != first  # a block of one distinct score needs one point
+        return x_thr[keep], y_thr[keep]
+
+    def _set_models(self, models):
+        self.x_thresholds_ = [m[0] for m in models]
+        self.y_thresholds_ = [m[1] for m in models]
+
+    def _apply_one(self, k, s):
+        return np.interp(s, self.x_thresholds_[k], self.y_thresholds_[k])
+
+    def to_dict(self):
+        d = super().to_dict()
+        d["fitted"]["x_thresholds_"] = [a.tolist() for a in self.x_thresholds_]
+        d["fitted"]["y_thresholds_"] = [a.tolist() for a in self.y_thresholds_]
+        return d
+
+    def _load_fitted(self, fitted):
+        self.n_classes_ = check_int(fitted["n_classes_"], "n_classes_", 2)
+        binary = fitted["binary_"]
+        if not isinstance(binary, bool):
+            raise ValueError("learned value 'binary_' must be true or false")
+        self.binary_ = binary
+        n_models = 1 if binary else self.n_classes_
+        xs, ys = fitted["x_thresholds_"], fitted["y_thresholds_"]
+        if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != n_models or len(ys) != n_models:
+            raise ValueError(f"x_thresholds_ and y_thresholds_ must be lists of {n_models} arrays")
+        self.x_thresholds_, self.y_thresholds_ = [], []
+        for c in range(n_models):
+            x = fitted_array({"x": xs[c]}, "x", None)
+            y = fitted_array({"y": ys[c]}, "y", (x.shape[0],) if x.ndim == 1 else None)
+            if x.ndim != 1 or x.shape[0] < 1 or (np.diff(x) <= 0).any() or (np.diff(y) < 0).any():
+                raise ValueError(f"thresholds of column {c} must be non-empty, increasing in x and non-decreasing")
+            self.x_thresholds_.append(x)
+            self.y_thresholds_.append(y)
+
+
+class HistogramBinning(_OneVsRest):
+    """Histogram binning (Zadrozny & Elkan 2001), binary or one-vs-rest.
+
+    A score in bin m = (e_{m-1}, e_m] (0 in the first bin) is mapped to the
+    weighted fraction of positives among the fitting rows in that bin; an
+    empty bin maps to its midpoint. ``strategy="uniform"`` uses equal-width
+    bins on [0, 1] (scores must be probabilities), ``"quantile"`` equal-mass
+    bins of the fitting scores (``numpy.quantile``; scores outside the fitted
+    range go to the first or last bin). Scores are probabilities in [0, 1]
+    (or logits with ``from_logits=True`` for (N, K) input). Bin sums come from the native
+    binning kernels (one pass). Multiclass: renormalised as
+    :class:`IsotonicCalibration`.
+
+    Parameters
+    ----------
+    n_bins : int, default 15
+    strategy : {"uniform", "quantile"}, default "uniform"
+    from_logits : bool, default False
+    backend : {"auto", "cpp", "numba"}
+
+    Attributes
+    ----------
+    bin_edges_ : list of arrays (n_bins + 1,), one per calibrated column
+    bin_values_ : list of arrays (n_bins,)
+    n_classes_ : int
+    binary_ : bool
+    """
+
+    _fitted_names = ("bin_edges_", "bin_values_", "n_classes_", "binary_")
+
+    def __init__(self, n_bins=15, *, strategy="uniform", from_logits=False, backend="auto"):
+        self.n_bins = n_bins
+        self.strategy = strategy
+        self.from_logits = from_logits
+        self.backend = backend
+
+    def _check_params(self):
+        check_n_bins(self.n_bins)
+        check_choice(self.strategy, "strategy", ("uniform", "quantile"))
+        check_bool(self.from_logits, "from_logits")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    def _fit_one(self, s, t, w):
+        n_bins = self.n_bins
+        if self.strategy == "uniform":
+            edges = np.linspace(0.0, 1.0, n_bins + 1)
+        else:
+            edges = _quantile_edges(s, w, n_bins)
+        r = _backend.kernels(self.backend).binary_stats(s, t.astype(np.int64), w, n_bins, edges, 1e-15)
+        raise_for_status(r["status"], binary=True)
+        weight, hits = np.asarray(r["weight"]), np.asarray(r["sum_target"])
+        midpoint = 0.5 * (edges[:-1] + edges[1:])
+        values = np.divide(hits, weight, out=midpoint.copy(), where=weight > 0)
+        return edges, values
+
+    def _set_models(self, models):
+        self.bin_edges_ = [m[0] for m in models]
+        self.bin_values_ = [m[1] for m in models]
+
+    def _apply_one(self, k, s):
+        edges = self.bin_edges_[k]
+        return self.bin_values_[k][np.searchsorted(edges[1:-1], s, side="left")]
+
+    def to_dict(self):
+        d = super().to_dict()
+        d["fitted"]["bin_edges_"] = [a.tolist() for a in self.bin_edges_]
+        d["fitted"]["bin_values_"] = [a.tolist() for a in self.bin_values_]
+        return d
+
+    def _load_fitted(self, fitted):
+        self.n_classes_ = check_int(fitted["n_classes_"], "n_classes_", 2)
+        binary = fitted["binary_"]
+        if not isinstance(binary, bool):
+            raise ValueError("learned value 'binary_' must be true or false")
+        self.binary_ = binary
+        n_models = 1 if binary else self.n_classes_
+        es, vs = fitted["bin_edges_"], fitted["bin_values_"]
+        if not isinstance(es, list) or not isinstance(vs, list) or len(es) != n_models or len(vs) != n_models:
+            raise ValueError(f"bin_edges_ and bin_values_ must be lists of {n_models} arrays")
+        self.bin_edges_ = [fitted_array({"e": e}, "e", (self.n_bins + 1,)) for e in es]
+        self.bin_values_ = [fitted_array({"v": v}, "v", (self.n_bins,)) for v in vs]
+        for e, v in zip(self.bin_edges_, self.bin_values_):
+            if (np.diff(e) < 0).any() or (v < 0).any() or (v > 1).any():
+                raise ValueError("bin edges must be non-decreasing and bin values in [0, 1]")

@@ -1,0 +1,121 @@
+"""Platt scaling for binary scores."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy.special import expit
+
+from .._validation import check_bool
+from ._base import Calibrator, check_fit_inputs, check_int, check_positive_number, fitted_array
+from .nonparametric import _binary_scores
+
+
+def _platt_loss(a, b, f, t, w):
+    z = a * f + b
+    return float(w @ (t * z + np.logaddexp(0.0, -z)))
+
+
+class PlattScaling(Calibrator):
+    r"""Platt scaling (Platt 1999): P(y = 1 | f) = 1 / (1 + exp(A f + B)) for a binary score f.
+
+    (A, B) minimise the weighted logistic NLL
+    :math:`\sum_i w_i [t_i (A f_i + B) + \log(1 + e^{-(A f_i + B)})]`
+    by Newton's method with a backtracking line search (Lin, Lin & Weng 2007,
+    "A note on Platt's probabilistic outputs for support vector machines").
+    With ``smooth_targets=True`` (Platt's prior correction, as
+    ``sklearn.calibration._sigmoid_calibration``) the targets are
+    t+ = (N+ + 1) / (N+ + 2) and t- = 1 / (N- + 2), N± being the (weighted)
+    class counts; otherwise t = y. Note the sign: A < 0 when higher scores
+    mean class 1.
+
+    Parameters
+    ----------
+    smooth_targets : bool, default True
+    max_iter : int, default 100
+    tol : float, default 1e-12
+        Stop when the gradient is below ``tol`` times the total weight.
+
+    Attributes
+    ----------
+    a_, b_ : float
+    n_iter_ : int
+    """
+
+    _fitted_names = ("a_", "b_", "n_iter_")
+
+    def __init__(self, *, smooth_targets=True, max_iter=100, tol=1e-12):
+        self.smooth_targets = smooth_targets
+        self.max_iter = max_iter
+        self.tol = tol
+
+    def _check_params(self):
+        check_bool(self.smooth_targets, "smooth_targets")
+        check_int(self.max_iter, "max_iter", 1)
+        check_positive_number(self.tol, "tol")
+
+    def fit(self, scores, labels, sample_weight=None):
+        """Fit (A, B) on binary scores (N,) and labels in {0, 1}; returns self."""
+        self._check_params()
+        scores, labels, sample_weight = check_fit_inputs(scores, labels, sample_weight, binary=True)
+        f = _binary_scores(scores)
+        w = np.ones(f.shape[0]) if sample_weight is None else sample_weight
+        positive = labels == 1
+        n_pos, n_neg = float(w[positive].sum()), float(w[~positive].sum())
+        if n_pos == 0 or n_neg == 0:
+            raise ValueError("labels hold only one class: Platt scaling needs examples of both 0 and 1")
+        if self.smooth_targets:
+            t = np.where(positive, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+        else:
+            t = positive.astype(np.float64)
+        a, b = 0.0, math.log((n_neg + 1.0) / (n_pos + 1.0))
+        loss = _platt_loss(a, b, f, t, w)
+        total, sigma, converged = float(w.sum()), 1e-12, False
+        n_iter = 0
+        for n_iter in range(1, self.max_iter + 1):
+            p = expit(-(a * f + b))  # P(y = 1)
+            d1 = w * (t - p)
+            d2 = w * p * (1.0 - p)
+            g1, g2 = float(f @ d1), float(d1.sum())
+            if abs(g1) <= self.tol * total and abs(g2) <= self.tol * total:
+                converged = True
+                break
+            h11, h22, h21 = float(f * f @ d2) + sigma, float(d2.sum()) + sigma, float(f @ d2)
+            det = h11 * h22 - h21 * h21
+            da, db = -(h22 * g1 - h21 * g2) / det, -(-h21 * g1 + h11 * g2) / det
+            slope = g1 * da + g2 * db
+            step = 1.0
+            while step >= 1e-12:
+                new_a, new_b = a + step * da, b + step * db
+                new_loss = _platt_loss(new_a, new_b, f, t, w)
+                if new_loss <= loss + 1e-4 * step * slope:
+                    break
+                step /= 2.0
+            else:  # no decrease possible: at the optimum to machine precision
+                converged = True
+                break
+            a, b, loss = new_a, new_b, new_loss
+        if not converged:
+            warnings.warn(f"Platt scaling did not converge in {self.max_iter} iterations", RuntimeWarning,
+                          stacklevel=2)
+        self.a_, self.b_, self.n_iter_ = float(a), float(b), int(n_iter)
+        return self
+
+    def _load_fitted(self, fitted):
+        self.a_ = float(fitted_array(fitted, "a_", ()))
+        self.b_ = float(fitted_array(fitted, "b_", ()))
+        self.n_iter_ = check_int(fitted["n_iter_"], "n_iter_", 0)
+
+    def predict_proba(self, scores):
+        """P(y = 1) for binary scores (N,), shape (N,)."""
+        self._check_fitted()
+        s = np.asarray(scores)
+        if s.ndim != 1:
+            raise ValueError(f"scores must have shape (N,), got shape {s.shape}")
+        return expit(-(self.a_ * _binary_scores(s) + self.b_))
+
+    def predict(self, scores):
+        """1 where P(y = 1) >= 0.5, else 0."""
+        return (self.predict_proba(scores) >= 0.5).astype(np.int64)

@@ -1,0 +1,481 @@
+"""Scaling calibrators on logits: temperature, vector and matrix scaling (Guo et al. 2017)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from scipy.optimize import minimize
+
+from .. import _backend
+from .._backend import BACKENDS
+from .._validation import raise_for_status
+from ._base import (
+    Calibrator, check_fit_inputs, check_int, check_logits, check_positive_number, chunk_rows,
+    fitted_array, softmax_rows,
+)
+
+
+def _row_slices(n, chunk_size):
+    if chunk_size is None or chunk_size >= n:
+        yield slice(0, n)
+        return
+    for start in range(0, n, chunk_size):
+        yield slice(start, min(n, start + chunk_size))
+
+
+def temperature_nll(logits, labels, inverse_temperature, *, sample_weight=None, chunk_size=None, backend="auto"):
+    r"""Weighted NLL of softmax(b z) and its first two derivatives in b, in one fused pass.
+
+    .. math::
+
+        L(b) = \sum_i w_i [\mathrm{LSE}(b z_i) - b z_{i, y_i}], \quad
+        L'(b) = \sum_i w_i (E_i[z] - z_{i, y_i}), \quad
+        L''(b) = \sum_i w_i \mathrm{Var}_i[z] \ge 0,
+
+    with E_i and Var_i under softmax(b z_i); L is convex in b. One exp per
+    element, no N x K temporary, float16/32/64 logits read in place.
+
+    Parameters
+    ----------
+    logits : array of shape (N, K)
+    labels : integer array of shape (N,)
+    inverse_temperature : float > 0
+        b = 1 / T.
+    sample_weight : array of shape (N,), optional
+    chunk_size : int, optional
+        Call the kernel on row blocks of this size (each block is read once);
+        sums are combined in block order. Default: the whole array at once.
+    backend : {"auto", "cpp", "numba"}
+
+    Returns
+    -------
+    dict with ``loss``, ``d1``, ``d2`` (sums, not means), ``weight`` (sum of w), ``count``.
+    """
+    logits = check_logits(logits, "logits")
+    logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
+    return _temperature_sums(_backend.kernels(backend), logits, labels, sample_weight,
+                             float(inverse_temperature), chunk_size)
+
+
+def _temperature_sums(k, logits, labels, sample_weight, b, chunk_size):
+    total = {"count": 0.0, "weight": 0.0, "loss": 0.0, "d1": 0.0, "d2": 0.0}
+    for rows in _row_slices(logits.shape[0], chunk_size):
+        w = None if sample_weight is None else sample_weight[rows]
+        r = k.temperature_nll(logits[rows], labels[rows], w, b)
+        code, row, col, value = r["status"]
+        raise_for_status((code, row + rows.start, col, value), n_classes=logits.shape[1], scores_name="logits")
+        for key in total:
+            total[key] += r[key]
+    return total
+
+
+class TemperatureScaling(Calibrator):
+    r"""Temperature scaling (Guo et al. 2017): softmax(z / T) with one T > 0 fitted by NLL.
+
+    The fit minimises the weighted mean NLL over b = 1/T by a safeguarded
+    Newton method: each pass over the data returns the NLL and its first and
+    second derivative in b (:func:`temperature_nll`; the NLL is convex in b),
+    Newton steps that would leave the bracket [b_lo, b_hi] known to contain the
+    minimum are replaced by its geometric midpoint, and b never leaves
+    ``bounds``. Converges in a handful of passes; ``n_passes_`` counts them.
+    Dividing logits by T > 0 never changes the argmax (the predicted class).
+
+    Parameters
+    ----------
+    bounds : (float, float), default (1e-3, 1e3)
+        Allowed range of T. If the optimum is at a bound (e.g. perfectly
+        separable data, where the NLL keeps falling as T -> 0), T is set to the
+        bound and a RuntimeWarning is issued.
+    tol : float, default 1e-7
+        Stop when a Newton step changes b by at most ``tol * b``; Newton
+        converges quadratically, so the result is then within about
+        ``tol**2`` (relative) of the optimum.
+    max_passes : int, default 50
+    chunk_size : int, optional
+        Rows per kernel call (see :func:`temperature_nll`); each chunk is read
+        once per pass, so a memory-mapped dump is streamed from disk.
+    backend : {"auto", "cpp", "numba"}
+
+    Attributes
+    ----------
+    temperature_ : float
+    n_passes_ : int
+        Full passes over the data used by the fit.
+    n_classes_ : int
+    """
+
+    _fitted_names = ("temperature_", "n_passes_", "n_classes_")
+
+    def __init__(self, *, bounds=(1e-3, 1e3), tol=1e-7, max_passes=50, chunk_size=None, backend="auto"):
+        self.bounds = bounds
+        self.tol = tol
+        self.max_passes = max_passes
+        self.chunk_size = chunk_size
+        self.backend = backend
+
+    def _check_params(self):
+        try:
+            t_min, t_max = (float(v) for v in self.bounds)
+        except (TypeError, ValueError):
+            raise ValueError(f"bounds must be two numbers (T_min, T_max), got {self.bounds!r}") from None
+        if not (0 < t_min < t_max < math.inf):
+            raise ValueError(f"bounds must satisfy 0 < T_min < T_max < inf, got {self.bounds!r}")
+        check_positive_number(self.tol, "tol")
+        check_int(self.max_passes, "max_passes", 1)
+        if self.chunk_size is not None:
+            check_int(self.chunk_size, "chunk_size", 1)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        return t_min, t_max
+
+    def fit(self, logits, labels, sample_weight=None):
+        """Fit T on held-out logits (N, K) and labels (N,); returns self."""
+        t_min, t_max = self._check_params()
+        logits = check_logits(logits, "logits")
+        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
+        k = _backend.kernels(self.backend)
+        lo, hi = 1.0 / t_max, 1.0 / t_min  # bracket of b = 1/T
+        b = min(max(1.0, lo), hi)
+        passes, converged, degenerate = 0, False, False
+        while passes < self.max_passes:
+            s = _temperature_sums(k, logits, labels, sample_weight, b, self.chunk_size)
+            passes += 1
+            g, h = s["d1"] / s["weight"], s["d2"] / s["weight"]
+            if h <= 0.0 and g == 0.0:  # every row constant: any T gives the same NLL
+                degenerate = converged = True
+                break
+            if g > 0:
+                hi = b
+            elif g < 0:
+                lo = b
+            else:
+                converged = True
+                break
+            newton = b - g / h if h > 0 else math.nan
+            if abs(newton - b) <= self.tol * b:  # quadratic convergence: the error is now ~ (tol b)^2
+                b = min(max(newton, lo), hi)
+                converged = True
+                break
+            if lo < newton < hi:
+                b = newton
+            else:
+                if hi - lo <= self.tol * lo:
+                    converged = True
+                    break
+                b = math.sqrt(lo * hi)
+        if degenerate:
+            warnings.warn("every logit row is constant: the NLL does not depend on T; T = 1", RuntimeWarning,
+                          stacklevel=2)
+            b = 1.0
+        elif not converged:
+            warnings.warn(f"temperature fit did not converge in {passes} passes", RuntimeWarning, stacklevel=2)
+        at_bound = b <= 1.0 / t_max * (1 + 1e-9) or b >= 1.0 / t_min * (1 - 1e-9)
+        if at_bound and not degenerate:
+            warnings.warn(f"the NLL optimum is at the bound T = {1.0 / b:g} (bounds={self.bounds}); "
+                          "the data may be separable", RuntimeWarning, stacklevel=2)
+        self.temperature_ = 1.0 / b
+        self.n_passes_ = passes
+        self.n_classes_ = int(logits.shape[1])
+        return self
+
+    def _load_fitted(self, fitted):
+        self.temperature_ = float(fitted_array(fitted, "temperature_", (), positive=True))
+        self.n_passes_ = check_int(fitted["n_passes_"], "n_passes_", 0)
+        self.n_classes_ = check_int(fitted["n_classes_"], "n_classes_", 2)
+
+    def _affine(self):
+        b = 1.0 / self.temperature_
+        return np.full(self.n_classes_, b), np.zeros(self.n_classes_)
+
+    def transform(self, logits):
+        """Scaled logits z / T (float64, shape (N, K))."""
+        return _apply_affine(self, logits, probabilities=False)
+
+    def predict_proba(self, logits):
+        """Calibrated probabilities softmax(z / T) (float64, shape (N, K))."""
+        return _apply_affine(self, logits, probabilities=True)
+
+    def predict(self, logits):
+        """Predicted class: argmax of the logits (temperature scaling never changes it)."""
+        return np.argmax(self.predict_proba(logits), axis=1)
+
+
+def _checked_logits_for(calibrator, logits):
+    calibrator._check_fitted()
+    logits = check_logits(logits, "logits")
+    if logits.shape[1] != calibrator.n_classes_:
+        raise ValueError(f"logits have {logits.shape[1]} classes but the calibrator was fitted on "
+                         f"{calibrator.n_classes_}")
+    return logits
+
+
+def _apply_affine(calibrator, logits, *, probabilities):
+    """softmax(a * z + c) (or a * z + c) chunk by chunk: only the output is N x K."""
+    logits = _checked_logits_for(calibrator, logits)
+    scale, bias = calibrator._affine()
+    n, n_classes = logits.shape
+    out = np.empty((n, n_classes))
+    step = chunk_rows(n_classes)
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        z = np.asarray(logits[rows], dtype=np.float64)
+        if not np.isfinite(z).all():
+            _raise_nonfinite(z, start)
+        z = z * scale + bias
+        if probabilities:
+            softmax_rows(z, out[rows])
+        else:
+            out[rows] = z
+    return out
+
+
+def _raise_nonfinite(z, offset):
+    finite = np.isfinite(z)
+    i, j = np.unravel_index(int(np.argmin(finite)), z.shape)
+    raise ValueError(f"logits[{i + offset}, {j}] = {z[i, j]!r} is not finite (NaN and inf are not accepted)")
+
+
+class VectorScaling(Calibrator):
+    r"""Vector scaling (Guo et al. 2017): softmax(a * z + c) with a, c in R^K.
+
+    Fitted by minimising the weighted mean NLL plus ``reg / K * sum_k c_k^2``
+    (the intercept part of ODIR, Kull et al. 2019) with scipy's L-BFGS-B; the
+    loss and its gradient come from one fused native pass
+    (no N x K temporary). Unlike temperature scaling it can change the argmax.
+
+    Parameters
+    ----------
+    reg : float, default 0.0
+    max_iter : int, default 500
+    tol : float, default 1e-10
+        ``gtol`` of L-BFGS-B (on the projected gradient).
+    backend : {"auto", "cpp", "numba"}
+
+    Attributes
+    ----------
+    scale_, bias_ : arrays of shape (K,)
+    n_iter_, n_passes_ : int
+    n_classes_ : int
+    """
+
+    _fitted_names = ("scale_", "bias_", "n_iter_", "n_passes_", "n_classes_")
+
+    def __init__(self, *, reg=0.0, max_iter=500, tol=1e-10, backend="auto"):
+        self.reg = reg
+        self.max_iter = max_iter
+        self.tol = tol
+        self.backend = backend
+
+    def _check_params(self):
+        check_positive_number(self.reg, "reg", allow_zero=True)
+        check_int(self.max_iter, "max_iter", 1)
+        check_positive_number(self.tol, "tol")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    def loss_and_grad(self, params, logits, labels, sample_weight=None):
+        """Objective and gradient at params = [a, c] (what the fit minimises)."""
+        logits = check_logits(logits, "logits")
+        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
+        return self._objective(_backend.kernels(self.backend), np.asarray(params, np.float64), logits, labels,
+                               sample_weight)
+
+    def _objective(self, k, params, logits, labels, sample_weight):
+        n_classes = logits.shape[1]
+        scale = np.ascontiguousarray(params[:n_classes])
+        bias = np.ascontiguousarray(params[n_classes:])
+        r = k.vector_scaling_nll(logits, labels, sample_weight, scale, bias)
+        raise_for_status(r["status"], n_classes=n_classes, scores_name="logits")
+        w = r["weight"]
+        loss = r["loss"] / w + self.reg / n_classes * float(bias @ bias)
+        grad = np.concatenate([r["grad_scale"] / w, r["grad_bias"] / w + 2.0 * self.reg / n_classes * bias])
+        return loss, grad
+
+    def fit(self, logits, labels, sample_weight=None):
+        """Fit a and c on held-out logits (N, K) and labels (N,); returns self."""
+        self._check_params()
+        logits = check_logits(logits, "logits")
+        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
+        n, n_classes = logits.shape
+        if self.reg == 0 and n < 2 * n_classes:
+            raise ValueError(f"vector scaling has {2 * n_classes} parameters but only {n} rows were given; "
+                             "pass more rows or reg > 0")
+        k = _backend.kernels(self.backend)
+        x0 = np.concatenate([np.ones(n_classes), np.zeros(n_classes)])
+        res = minimize(self._objective, x0, args=(k, logits, labels, sample_weight), jac=True, method="L-BFGS-B",
+                       options={"maxiter": self.max_iter, "gtol": self.tol, "ftol": 1e-15})
+        if not res.success:
+            warnings.warn(f"vector scaling fit stopped early: {res.message}", RuntimeWarning, stacklevel=2)
+        self.scale_ = res.x[:n_classes].copy()
+        self.bias_ = res.x[n_classes:].copy()
+        self.n_iter_ = int(res.nit)
+        self.n_passes_ = int(res.nfev)
+        self.n_classes_ = int(n_classes)
+        return self
+
+    def _load_fitted(self, fitted):
+        self.n_classes_ = check_int(fitted["n_classes_"], "n_classes_", 2)
+        self.scale_ = fitted_array(fitted, "scale_", (self.n_classes_,))
+        self.bias_ = fitted_array(fitted, "bias_", (self.n_classes_,))
+        self.n_iter_ = check_int(fitted["n_iter_"], "n_iter_", 0)
+        self.n_passes_ = check_int(fitted["n_passes_"], "n_passes_", 0)
+
+    def _affine(self):
+        return self.scale_, self.bias_
+
+    def transform(self, logits):
+        """Scaled logits a * z + c (float64, shape (N, K))."""
+        return _apply_affine(self, logits, probabilities=False)
+
+    def predict_proba(self, logits):
+        """Calibrated probabilities softmax(a * z + c) (float64, shape (N, K))."""
+        return _apply_affine(self, logits, probabilities=True)
+
+    def predict(self, logits):
+        """Predicted class after calibration (may differ from the argmax of the logits)."""
+        return np.argmax(self.transform(logits), axis=1)
+
+
+class MatrixScaling(Calibrator):
+    r"""Matrix scaling (Guo et al. 2017) with ODIR regularisation (Kull et al. 2019).
+
+    softmax(W z + c) with W in R^{K x K}, c in R^K, fitted by L-BFGS-B on
+
+    .. math::
+
+        \frac{1}{\sum w_i} \sum_i w_i \,\mathrm{NLL}_i
+        + \frac{\lambda}{K(K-1)} \sum_{j \ne k} W_{jk}^2 + \frac{\mu}{K} \sum_k c_k^2,
+
+    λ = ``reg`` (off-diagonal), μ = ``reg_intercept`` (default: ``reg``).
+    Loss and gradient are computed with BLAS on row chunks of about 32 MB, so
+    memory does not grow with N; K² parameters make it meant for K up to a few
+    hundred.
+
+    Attributes
+    ----------
+    weights_ : array (K, K)
+    bias_ : array (K,)
+    n_iter_, n_passes_, n_classes_ : int
+    """
+
+    _fitted_names = ("weights_", "bias_", "n_iter_", "n_passes_", "n_classes_")
+
+    def __init__(self, *, reg=0.0, reg_intercept=None, max_iter=500, tol=1e-10):
+        self.reg = reg
+        self.reg_intercept = reg_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+
+    def _check_params(self):
+        check_positive_number(self.reg, "reg", allow_zero=True)
+        if self.reg_intercept is not None:
+            check_positive_number(self.reg_intercept, "reg_intercept", allow_zero=True)
+        check_int(self.max_iter, "max_iter", 1)
+        check_positive_number(self.tol, "tol")
+
+    def loss_and_grad(self, params, logits, labels, sample_weight=None):
+        """Objective and gradient at params = [W.ravel(), c] (what the fit minimises)."""
+        logits = check_logits(logits, "logits")
+        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
+        _check_label_range(labels, logits.shape[1])
+        return self._objective(np.asarray(params, np.float64), logits, labels, sample_weight)
+
+    def _objective(self, params, logits, labels, sample_weight):
+        n, n_classes = logits.shape
+        weights = params[: n_classes * n_classes].reshape(n_classes, n_classes)
+        bias = params[n_classes * n_classes:]
+        loss, grad_w, grad_c, total_w = 0.0, np.zeros((n_classes, n_classes)), np.zeros(n_classes), 0.0
+        step = chunk_rows(n_classes)
+        for start in range(0, n, step):
+            rows = slice(start, min(n, start + step))
+            z = np.asarray(logits[rows], dtype=np.float64)
+            if not np.isfinite(z).all():
+                _raise_nonfinite(z, start)
+            y = labels[rows]
+            w = np.ones(len(y)) if sample_weight is None else sample_weight[rows]
+            s = z @ weights.T + bias
+            s -= s.max(axis=1, keepdims=True)
+            lse = np.log(np.exp(s).sum(axis=1))
+            idx = np.arange(len(y))
+            loss += float(w @ (lse - s[idx, y]))
+            p = np.exp(s - lse[:, None])
+            p[idx, y] -= 1.0
+            p *= w[:, None]
+            grad_w += p.T @ z
+            grad_c += p.sum(axis=0)
+            total_w += float(w.sum())
+        lam = self.reg
+        mu = self.reg if self.reg_intercept is None else self.reg_intercept
+        off = weights - np.diag(np.diag(weights))
+        denom = n_classes * (n_classes - 1)
+        loss = loss / total_w + lam / denom * float((off * off).sum()) + mu / n_classes * float(bias @ bias)
+        grad_w = grad_w / total_w + 2.0 * lam / denom * off
+        grad_c = grad_c / total_w + 2.0 * mu / n_classes * bias
+        return loss, np.concatenate([grad_w.ravel(), grad_c])
+
+    def fit(self, logits, labels, sample_weight=None):
+        """Fit W and c on held-out logits (N, K) and labels (N,); returns self."""
+        self._check_params()
+        logits = check_logits(logits, "logits")
+        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
+        n, n_classes = logits.shape
+        _check_label_range(labels, n_classes)
+        n_params = n_classes * (n_classes + 1)
+        if self.reg == 0 and n < n_params:
+            raise ValueError(f"matrix scaling has {n_params} parameters but only {n} rows were given; "
+                             "pass more rows or reg > 0 (ODIR)")
+        x0 = np.concatenate([np.eye(n_classes).ravel(), np.zeros(n_classes)])
+        res = minimize(self._objective, x0, args=(logits, labels, sample_weight), jac=True, method="L-BFGS-B",
+                       options={"maxiter": self.max_iter, "gtol": self.tol, "ftol": 1e-15})
+        if not res.success:
+            warnings.warn(f"matrix scaling fit stopped early: {res.message}", RuntimeWarning, stacklevel=2)
+        self.weights_ = res.x[: n_classes * n_classes].reshape(n_classes, n_classes).copy()
+        self.bias_ = res.x[n_classes * n_classes:].copy()
+        self.n_iter_ = int(res.nit)
+        self.n_passes_ = int(res.nfev)
+        self.n_classes_ = int(n_classes)
+        return self
+
+    def _load_fitted(self, fitted):
+        self.n_classes_ = check_int(fitted["n_classes_"], "n_classes_", 2)
+        self.weights_ = fitted_array(fitted, "weights_", (self.n_classes_, self.n_classes_))
+        self.bias_ = fitted_array(fitted, "bias_", (self.n_classes_,))
+        self.n_iter_ = check_int(fitted["n_iter_"], "n_iter_", 0)
+        self.n_passes_ = check_int(fitted["n_passes_"], "n_passes_", 0)
+
+    def transform(self, logits):
+        """W z + c (float64, shape (N, K))."""
+        return self._apply(logits, probabilities=False)
+
+    def predict_proba(self, logits):
+        """softmax(W z + c) (float64, shape (N, K))."""
+        return self._apply(logits, probabilities=True)
+
+    def predict(self, logits):
+        return np.argmax(self.transform(logits), axis=1)
+
+    def _apply(self, logits, *, probabilities):
+        logits = _checked_logits_for(self, logits)
+        n, n_classes = logits.shape
+        out = np.empty((n, n_classes))
+        step = chunk_rows(n_classes)
+        for start in range(0, n, step):
+            rows = slice(start, min(n, start + step))
+            z = np.asarray(logits[rows], dtype=np.float64)
+            if not np.isfinite(z).all():
+                _raise_nonfinite(z, start)
+            s = z @ self.weights_.T + self.bias_
+            if probabilities:
+                softmax_rows(s, out[rows])
+            else:
+                out[rows] = s
+        return out
+
+
+def _check_label_range(labels, n_classes):
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"labels[{i}] = {labels[i]} is out of range for n_classes={n_classes}")
