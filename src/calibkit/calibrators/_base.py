@@ -186,7 +186,7 @@ def check_finite(a, name):
     if not finite.all():
         idx = np.unravel_index(int(np.argmin(finite)), a.shape)
         where = ", ".join(str(int(i)) for i in idx)
-        raise ValueError(f"{name}[{where}] = {a[idx]!r} is not finite (NaN and inf are not accepted)")
+        raise ValueError(f"{name}[{where}] = {float(a[idx])!r} is not finite (NaN and inf are not accepted)")
 
 
 def chunk_rows(n_cols, budget_values=1 << 22):

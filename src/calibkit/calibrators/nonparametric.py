@@ -46,7 +46,7 @@ def _finite_vector(a, name, n=None):
     finite = np.isfinite(a)
     if not finite.all():
         i = int(np.argmin(finite))
-        raise ValueError(f"{name}[{i}] = {a[i]!r} is not finite (NaN and inf are not accepted)")
+        raise ValueError(f"{name}[{i}] = {float(a[i])!r} is not finite (NaN and inf are not accepted)")
     return a
 
 
@@ -84,7 +84,7 @@ def isotonic_regression(y, *, x=None, sample_weight=None, increasing=True, backe
         sample_weight = _finite_vector(sample_weight, "sample_weight", n)
         if not (sample_weight > 0).all():
             i = int(np.argmin(sample_weight > 0))
-            raise ValueError(f"sample_weight[{i}] = {sample_weight[i]!r} is not positive (weights must be > 0)")
+            raise ValueError(f"sample_weight[{i}] = {float(sample_weight[i])!r} is not positive (weights must be > 0)")
     increasing = check_bool(increasing, "increasing")
     r = _backend.kernels(backend).isotonic_fit(y, x, sample_weight, increasing)
     return IsotonicRegressionResult(r["fitted"], r["values"], r["weights"], r["blocks"], r["order"])
@@ -96,7 +96,7 @@ def _binary_scores(scores, name="scores"):
     finite = np.isfinite(z)
     if not finite.all():
         i = int(np.argmin(finite))
-        raise ValueError(f"{name}[{i}] = {z[i]!r} is not finite (NaN and inf are not accepted)")
+        raise ValueError(f"{name}[{i}] = {float(z[i])!r} is not finite (NaN and inf are not accepted)")
     return z
 
 
@@ -116,7 +116,7 @@ def _probability_matrix(scores, from_logits):
     outside = (p < -1e-6) | (p > 1 + 1e-6)
     if outside.any():
         i, j = np.unravel_index(int(np.argmax(outside)), p.shape)
-        raise ValueError(f"scores[{i}, {j}] = {p[i, j]!r} is not a probability in [0, 1]; "
+        raise ValueError(f"scores[{i}, {j}] = {float(p[i, j])!r} is not a probability in [0, 1]; "
                          "pass from_logits=True for logits")
     return p
 
@@ -125,7 +125,7 @@ def _bad(a, name):
     finite = np.isfinite(a)
     idx = np.unravel_index(int(np.argmin(finite)), a.shape)
     where = ", ".join(str(int(i)) for i in idx)
-    raise ValueError(f"{name}[{where}] = {a[idx]!r} is not finite (NaN and inf are not accepted)")
+    raise ValueError(f"{name}[{where}] = {float(a[idx])!r} is not finite (NaN and inf are not accepted)")
 
 
 def _renormalise(q):

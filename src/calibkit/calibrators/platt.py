@@ -97,6 +97,9 @@ class PlattScaling(Calibrator):
                 converged = True
                 break
             a, b, loss = new_a, new_b, new_loss
+            if abs(step * da) <= 1e-13 * (1 + abs(a)) and abs(step * db) <= 1e-13 * (1 + abs(b)):
+                converged = True  # Newton steps at rounding level: the gradient is noise
+                break
         if not converged:
             warnings.warn(f"Platt scaling did not converge in {self.max_iter} iterations", RuntimeWarning,
                           stacklevel=2)
