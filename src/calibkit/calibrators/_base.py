@@ -180,12 +180,12 @@ def check_fit_inputs(scores, labels, sample_weight, *, binary):
     return scores, labels, sample_weight
 
 
-def check_finite(a, name):
-    """Raise a ValueError naming the first NaN/inf element of `a`."""
+def check_finite(a, name, row_offset=0):
+    """Raise a ValueError naming the first NaN/inf element of `a` (rows counted from `row_offset`)."""
     finite = np.isfinite(a)
     if not finite.all():
         idx = np.unravel_index(int(np.argmin(finite)), a.shape)
-        where = ", ".join(str(int(i)) for i in idx)
+        where = ", ".join(str(int(i) + (row_offset if d == 0 else 0)) for d, i in enumerate(idx))
         raise ValueError(f"{name}[{where}] = {float(a[idx])!r} is not finite (NaN and inf are not accepted)")
 
 

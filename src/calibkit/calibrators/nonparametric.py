@@ -11,7 +11,7 @@ from .. import _backend
 from .._backend import BACKENDS
 from .._validation import check_bool, check_choice, check_n_bins, raise_for_status
 from ..metrics import _quantile_edges
-from ._base import Calibrator, check_fit_inputs, check_int, check_logits, fitted_array
+from ._base import Calibrator, check_finite, check_fit_inputs, check_int, check_logits, fitted_array
 
 
 class IsotonicRegressionResult(typing.NamedTuple):
@@ -43,10 +43,7 @@ def _finite_vector(a, name, n=None):
     if n is not None and a.shape[0] != n:
         raise ValueError(f"{name} has {a.shape[0]} entries but y has {n}")
     a = np.ascontiguousarray(a, dtype=np.float64)
-    finite = np.isfinite(a)
-    if not finite.all():
-        i = int(np.argmin(finite))
-        raise ValueError(f"{name}[{i}] = {float(a[i])!r} is not finite (NaN and inf are not accepted)")
+    check_finite(a, name)
     return a
 
 
@@ -93,10 +90,7 @@ def isotonic_regression(y, *, x=None, sample_weight=None, increasing=True, backe
 def _binary_scores(scores, name="scores"):
     """(N,) float64 view/copy of binary scores with NaN/inf rejected."""
     z = np.asarray(scores, dtype=np.float64)
-    finite = np.isfinite(z)
-    if not finite.all():
-        i = int(np.argmin(finite))
-        raise ValueError(f"{name}[{i}] = {float(z[i])!r} is not finite (NaN and inf are not accepted)")
+    check_finite(z, name)
     return z
 
 
@@ -104,28 +98,19 @@ def _probability_matrix(scores, from_logits):
     """(N, K) probabilities as float64 (softmax of logits), checked."""
     if from_logits:
         z = np.asarray(check_logits(scores), dtype=np.float64)
-        if not np.isfinite(z).all():
-            _bad(z, "scores")
+        check_finite(z, "scores")
         z = z - z.max(axis=1, keepdims=True)
         np.exp(z, out=z)
         z /= z.sum(axis=1, keepdims=True)
         return z
     p = np.asarray(scores, dtype=np.float64)
-    if not np.isfinite(p).all():
-        _bad(p, "scores")
+    check_finite(p, "scores")
     outside = (p < -1e-6) | (p > 1 + 1e-6)
     if outside.any():
         i, j = np.unravel_index(int(np.argmax(outside)), p.shape)
         raise ValueError(f"scores[{i}, {j}] = {float(p[i, j])!r} is not a probability in [0, 1]; "
                          "pass from_logits=True for logits")
     return p
-
-
-def _bad(a, name):
-    finite = np.isfinite(a)
-    idx = np.unravel_index(int(np.argmin(finite)), a.shape)
-    where = ", ".join(str(int(i)) for i in idx)
-    raise ValueError(f"{name}[{where}] = {float(a[idx])!r} is not finite (NaN and inf are not accepted)")
 
 
 def _renormalise(q):
@@ -159,11 +144,8 @@ class _OneVsRest(Calibrator):
     def fit(self, scores, labels, sample_weight=None):
         """Fit on held-out scores ((N,) binary or (N, K)) and labels (N,); returns self."""
         self._check_params()
-        scores, labels, sample_weight = check_fit_inputs(scores, labels, sample_weight, binary=False)
+        scores, labels, sample_weight = check_fit_inputs(scores, labels, sample_weight, binary=np.ndim(scores) == 1)
         if scores.ndim == 1:
-            if ((labels != 0) & (labels != 1)).any():
-                i = int(np.argmax((labels != 0) & (labels != 1)))
-                raise ValueError(f"labels[{i}] = {labels[i]} is not 0 or 1 (binary scores of shape (N,))")
             _warn_single_class(labels, 2)
             s = _binary_scores(scores)
             self.n_classes_ = 2
@@ -200,6 +182,25 @@ class _OneVsRest(Calibrator):
         for c in range(self.n_classes_):
             q[:, c] = self._apply_one(c, p[:, c])
         return _renormalise(q)
+
+    def _load_models(self, fitted, first, second, check):
+        """Validated per-column arrays from a to_dict payload: check(a, b) -> (a, b) for each column."""
+        self.n_classes_ = check_int(fitted["n_classes_"], "n_classes_", 2)
+        binary = fitted["binary_"]
+        if not isinstance(binary, bool):
+            raise ValueError("learned value 'binary_' must be true or false")
+        self.binary_ = binary
+        n_models = 1 if binary else self.n_classes_
+        xs, ys = fitted[first], fitted[second]
+        if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != n_models or len(ys) != n_models:
+            raise ValueError(f"{first} and {second} must be lists of {n_models} arrays")
+        self._set_models([check(c, x, y) for c, (x, y) in enumerate(zip(xs, ys))])
+
+    def to_dict(self):
+        d = super().to_dict()
+        for name in self._fitted_names[:2]:  # lists of arrays
+            d["fitted"][name] = [a.tolist() for a in getattr(self, name)]
+        return d
 
     def predict(self, scores):
         """Predicted class after calibration (binary: P(y=1) >= 0.5)."""
@@ -265,30 +266,15 @@ class IsotonicCalibration(_OneVsRest):
     def _apply_one(self, k, s):
         return np.interp(s, self.x_thresholds_[k], self.y_thresholds_[k])
 
-    def to_dict(self):
-        d = super().to_dict()
-        d["fitted"]["x_thresholds_"] = [a.tolist() for a in self.x_thresholds_]
-        d["fitted"]["y_thresholds_"] = [a.tolist() for a in self.y_thresholds_]
-        return d
-
     def _load_fitted(self, fitted):
-        self.n_classes_ = check_int(fitted["n_classes_"], "n_classes_", 2)
-        binary = fitted["binary_"]
-        if not isinstance(binary, bool):
-            raise ValueError("learned value 'binary_' must be true or false")
-        self.binary_ = binary
-        n_models = 1 if binary else self.n_classes_
-        xs, ys = fitted["x_thresholds_"], fitted["y_thresholds_"]
-        if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != n_models or len(ys) != n_models:
-            raise ValueError(f"x_thresholds_ and y_thresholds_ must be lists of {n_models} arrays")
-        self.x_thresholds_, self.y_thresholds_ = [], []
-        for c in range(n_models):
-            x = fitted_array({"x": xs[c]}, "x", None)
-            y = fitted_array({"y": ys[c]}, "y", (x.shape[0],) if x.ndim == 1 else None)
+        def check(c, xs, ys):
+            x = fitted_array({"x": xs}, "x", None)
+            y = fitted_array({"y": ys}, "y", (x.shape[0],) if x.ndim == 1 else None)
             if x.ndim != 1 or x.shape[0] < 1 or (np.diff(x) <= 0).any() or (np.diff(y) < 0).any():
                 raise ValueError(f"thresholds of column {c} must be non-empty, increasing in x and non-decreasing")
-            self.x_thresholds_.append(x)
-            self.y_thresholds_.append(y)
+            return x, y
+
+        self._load_models(fitted, "x_thresholds_", "y_thresholds_", check)
 
 
 class HistogramBinning(_OneVsRest):
@@ -355,24 +341,12 @@ class HistogramBinning(_OneVsRest):
         edges = self.bin_edges_[k]
         return self.bin_values_[k][np.searchsorted(edges[1:-1], s, side="left")]
 
-    def to_dict(self):
-        d = super().to_dict()
-        d["fitted"]["bin_edges_"] = [a.tolist() for a in self.bin_edges_]
-        d["fitted"]["bin_values_"] = [a.tolist() for a in self.bin_values_]
-        return d
-
     def _load_fitted(self, fitted):
-        self.n_classes_ = check_int(fitted["n_classes_"], "n_classes_", 2)
-        binary = fitted["binary_"]
-        if not isinstance(binary, bool):
-            raise ValueError("learned value 'binary_' must be true or false")
-        self.binary_ = binary
-        n_models = 1 if binary else self.n_classes_
-        es, vs = fitted["bin_edges_"], fitted["bin_values_"]
-        if not isinstance(es, list) or not isinstance(vs, list) or len(es) != n_models or len(vs) != n_models:
-            raise ValueError(f"bin_edges_ and bin_values_ must be lists of {n_models} arrays")
-        self.bin_edges_ = [fitted_array({"e": e}, "e", (self.n_bins + 1,)) for e in es]
-        self.bin_values_ = [fitted_array({"v": v}, "v", (self.n_bins,)) for v in vs]
-        for e, v in zip(self.bin_edges_, self.bin_values_):
+        def check(c, es, vs):
+            e = fitted_array({"e": es}, "e", (self.n_bins + 1,))
+            v = fitted_array({"v": vs}, "v", (self.n_bins,))
             if (np.diff(e) < 0).any() or (v < 0).any() or (v > 1).any():
-                raise ValueError("bin edges must be non-decreasing and bin values in [0, 1]")
+                raise ValueError(f"bin edges of column {c} must be non-decreasing and bin values in [0, 1]")
+            return e, v
+
+        self._load_models(fitted, "bin_edges_", "bin_values_", check)

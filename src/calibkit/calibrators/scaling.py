@@ -12,7 +12,7 @@ from .. import _backend
 from .._backend import BACKENDS
 from .._validation import raise_for_status
 from ._base import (
-    Calibrator, check_fit_inputs, check_int, check_logits, check_positive_number, chunk_rows,
+    Calibrator, check_finite, check_fit_inputs, check_int, check_logits, check_positive_number, chunk_rows,
     fitted_array, softmax_rows,
 )
 
@@ -71,7 +71,50 @@ def _temperature_sums(k, logits, labels, sample_weight, b, chunk_size):
     return total
 
 
-class TemperatureScaling(Calibrator):
+def _checked_logits_for(calibrator, logits):
+    calibrator._check_fitted()
+    logits = check_logits(logits, "logits")
+    if logits.shape[1] != calibrator.n_classes_:
+        raise ValueError(f"logits have {logits.shape[1]} classes but the calibrator was fitted on "
+                         f"{calibrator.n_classes_} classes")
+    return logits
+
+
+def _apply_chunks(calibrator, logits, *, probabilities):
+    """calibrator._scaled(z) (and its softmax) chunk by chunk: only the output is N x K."""
+    logits = _checked_logits_for(calibrator, logits)
+    n, n_classes = logits.shape
+    out = np.empty((n, n_classes))
+    step = chunk_rows(n_classes)
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        z = np.asarray(logits[rows], dtype=np.float64)
+        check_finite(z, "logits", start)
+        z = calibrator._scaled(z)
+        if probabilities:
+            softmax_rows(z, out[rows])
+        else:
+            out[rows] = z
+    return out
+
+
+class _LogitCalibrator(Calibrator):
+    """transform / predict_proba / predict for calibrators that map logits to logits (``_scaled``)."""
+
+    def transform(self, logits):
+        """Calibrated logits (float64, shape (N, K))."""
+        return _apply_chunks(self, logits, probabilities=False)
+
+    def predict_proba(self, logits):
+        """Calibrated probabilities, the softmax of :meth:`transform` (float64, shape (N, K))."""
+        return _apply_chunks(self, logits, probabilities=True)
+
+    def predict(self, logits):
+        """Predicted class after calibration."""
+        return np.argmax(self.transform(logits), axis=1)
+
+
+class TemperatureScaling(_LogitCalibrator):
     r"""Temperature scaling (Guo et al. 2017): softmax(z / T) with one T > 0 fitted by NLL.
 
     The fit minimises the weighted mean NLL over b = 1/T by a safeguarded
@@ -201,59 +244,11 @@ class TemperatureScaling(Calibrator):
         self.n_passes_ = check_int(fitted["n_passes_"], "n_passes_", 0)
         self.n_classes_ = check_int(fitted["n_classes_"], "n_classes_", 2)
 
-    def _affine(self):
-        b = 1.0 / self.temperature_
-        return np.full(self.n_classes_, b), np.zeros(self.n_classes_)
-
-    def transform(self, logits):
-        """Scaled logits z / T (float64, shape (N, K))."""
-        return _apply_affine(self, logits, probabilities=False)
-
-    def predict_proba(self, logits):
-        """Calibrated probabilities softmax(z / T) (float64, shape (N, K))."""
-        return _apply_affine(self, logits, probabilities=True)
-
-    def predict(self, logits):
-        """Predicted class: argmax of the logits (temperature scaling never changes it)."""
-        return np.argmax(self.predict_proba(logits), axis=1)
+    def _scaled(self, z):
+        return z / self.temperature_
 
 
-def _checked_logits_for(calibrator, logits):
-    calibrator._check_fitted()
-    logits = check_logits(logits, "logits")
-    if logits.shape[1] != calibrator.n_classes_:
-        raise ValueError(f"logits have {logits.shape[1]} classes but the calibrator was fitted on "
-                         f"{calibrator.n_classes_} classes")
-    return logits
-
-
-def _apply_affine(calibrator, logits, *, probabilities):
-    """softmax(a * z + c) (or a * z + c) chunk by chunk: only the output is N x K."""
-    logits = _checked_logits_for(calibrator, logits)
-    scale, bias = calibrator._affine()
-    n, n_classes = logits.shape
-    out = np.empty((n, n_classes))
-    step = chunk_rows(n_classes)
-    for start in range(0, n, step):
-        rows = slice(start, min(n, start + step))
-        z = np.asarray(logits[rows], dtype=np.float64)
-        if not np.isfinite(z).all():
-            _raise_nonfinite(z, start)
-        z = z * scale + bias
-        if probabilities:
-            softmax_rows(z, out[rows])
-        else:
-            out[rows] = z
-    return out
-
-
-def _raise_nonfinite(z, offset):
-    finite = np.isfinite(z)
-    i, j = np.unravel_index(int(np.argmin(finite)), z.shape)
-    raise ValueError(f"logits[{i + offset}, {j}] = {float(z[i, j])!r} is not finite (NaN and inf are not accepted)")
-
-
-class VectorScaling(Calibrator):
+class VectorScaling(_LogitCalibrator):
     r"""Vector scaling (Guo et al. 2017): softmax(a * z + c) with a, c in R^K.
 
     Fitted by minimising the weighted mean NLL plus ``reg / K * sum_k c_k^2``
@@ -337,23 +332,11 @@ class VectorScaling(Calibrator):
         self.n_iter_ = check_int(fitted["n_iter_"], "n_iter_", 0)
         self.n_passes_ = check_int(fitted["n_passes_"], "n_passes_", 0)
 
-    def _affine(self):
-        return self.scale_, self.bias_
-
-    def transform(self, logits):
-        """Scaled logits a * z + c (float64, shape (N, K))."""
-        return _apply_affine(self, logits, probabilities=False)
-
-    def predict_proba(self, logits):
-        """Calibrated probabilities softmax(a * z + c) (float64, shape (N, K))."""
-        return _apply_affine(self, logits, probabilities=True)
-
-    def predict(self, logits):
-        """Predicted class after calibration (may differ from the argmax of the logits)."""
-        return np.argmax(self.transform(logits), axis=1)
+    def _scaled(self, z):
+        return z * self.scale_ + self.bias_
 
 
-class MatrixScaling(Calibrator):
+class MatrixScaling(_LogitCalibrator):
     r"""Matrix scaling (Guo et al. 2017) with ODIR regularisation (Kull et al. 2019).
 
     softmax(W z + c) with W in R^{K x K}, c in R^K, fitted by L-BFGS-B on
@@ -406,8 +389,7 @@ class MatrixScaling(Calibrator):
         for start in range(0, n, step):
             rows = slice(start, min(n, start + step))
             z = np.asarray(logits[rows], dtype=np.float64)
-            if not np.isfinite(z).all():
-                _raise_nonfinite(z, start)
+            check_finite(z, "logits", start)
             y = labels[rows]
             w = np.ones(len(y)) if sample_weight is None else sample_weight[rows]
             s = z @ weights.T + bias
@@ -459,33 +441,8 @@ class MatrixScaling(Calibrator):
         self.n_iter_ = check_int(fitted["n_iter_"], "n_iter_", 0)
         self.n_passes_ = check_int(fitted["n_passes_"], "n_passes_", 0)
 
-    def transform(self, logits):
-        """W z + c (float64, shape (N, K))."""
-        return self._apply(logits, probabilities=False)
-
-    def predict_proba(self, logits):
-        """softmax(W z + c) (float64, shape (N, K))."""
-        return self._apply(logits, probabilities=True)
-
-    def predict(self, logits):
-        return np.argmax(self.transform(logits), axis=1)
-
-    def _apply(self, logits, *, probabilities):
-        logits = _checked_logits_for(self, logits)
-        n, n_classes = logits.shape
-        out = np.empty((n, n_classes))
-        step = chunk_rows(n_classes)
-        for start in range(0, n, step):
-            rows = slice(start, min(n, start + step))
-            z = np.asarray(logits[rows], dtype=np.float64)
-            if not np.isfinite(z).all():
-                _raise_nonfinite(z, start)
-            s = z @ self.weights_.T + self.bias_
-            if probabilities:
-                softmax_rows(s, out[rows])
-            else:
-                out[rows] = s
-        return out
+    def _scaled(self, z):
+        return z @ self.weights_.T + self.bias_
 
 
 def _check_label_range(labels, n_classes):
