@@ -75,19 +75,6 @@ Vector<double> float64_vector(const py::array& a, const char* name, int64_t n) {
     return vector<double>(a, name, n);
 }
 
-py::array_t<int64_t> stable_argsort_py(const py::array& x) {
-    if (x.ndim() != 1) throw py::value_error("x must be 1-D");
-    const Vector<double> v = float64_vector(x, "x", x.shape(0));
-    py::array_t<int64_t> order(x.shape(0));
-    int64_t* o = order.mutable_data();
-    {
-        py::gil_scoped_release release;
-        std::vector<uint64_t> keys;
-        stable_argsort(v, o, keys);
-    }
-    return order;
-}
-
 // The caller (calibkit.calibrators) has checked that values are finite and weights positive.
 py::dict isotonic_fit_py(const py::array& y, const py::object& x, const py::object& sample_weight, bool increasing) {
     if (y.ndim() != 1) throw py::value_error("y must be 1-D");
@@ -112,14 +99,12 @@ py::dict isotonic_fit_py(const py::array& y, const py::object& x, const py::obje
         int64_t* o = order.mutable_data();
         {
             py::gil_scoped_release release;
-            std::vector<uint64_t> keys;
-            stable_argsort(xv, o, keys);
-            blocks = pav(yv, wv, wv.data != nullptr, o, keys.data(), increasing, f);
+            blocks = isotonic(yv, wv, wv.data != nullptr, &xv, increasing, o, f);
         }
         order_obj = order;
     } else {
         py::gil_scoped_release release;
-        blocks = pav(yv, wv, wv.data != nullptr, nullptr, nullptr, increasing, f);
+        blocks = isotonic(yv, wv, wv.data != nullptr, nullptr, increasing, nullptr, f);
     }
     py::dict d;
     d["fitted"] = fitted;
@@ -137,7 +122,6 @@ void bind_calibrators(py::module_& m) {
           py::arg("inverse_temperature"));
     m.def("vector_scaling_nll", &vector_scaling_nll_py, py::arg("scores"), py::arg("labels"),
           py::arg("sample_weight"), py::arg("scale"), py::arg("bias"));
-    m.def("stable_argsort", &stable_argsort_py, py::arg("x"));
     m.def("isotonic_fit", &isotonic_fit_py, py::arg("y"), py::arg("x"), py::arg("sample_weight"),
           py::arg("increasing"));
 }

@@ -11,8 +11,10 @@
 // fitted value.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "common.hpp"
@@ -29,63 +31,62 @@ inline uint64_t sort_key(double v) {
     return (b >> 63) ? ~b : (b | 0x8000000000000000ull);
 }
 
-// Stable ascending argsort of x (LSD radix sort on 8-bit digits of the keys,
-// skipping digits that are the same for every key). Chunks have a fixed size
-// and their counts are combined in chunk order, so the result is the same for
-// any thread count (and, being stable, it is np.argsort(x, kind="stable")).
+// Stable ascending argsort of x: LSD radix sort on 11-bit digits of the keys
+// (6 passes; a digit that every key shares is skipped). Chunks have a fixed
+// size and their counts are combined in chunk order, so the result is the same
+// for any thread count (and, being stable, it is np.argsort(x, kind="stable")).
 // On return `keys` holds the sorted keys.
 inline void stable_argsort(const Vector<double>& x, int64_t* order, std::vector<uint64_t>& keys) {
     const int64_t n = x.size;
-    constexpr int64_t kChunk = 1 << 16;
-    constexpr int kDigits = 8, kBuckets = 256;
-    const int64_t n_chunks = (n + kChunk - 1) / kChunk;
+    constexpr int kBits = 11, kDigits = 6, kBuckets = 1 << kBits;
+    const int64_t chunk = std::max<int64_t>(1 << 16, (n + 255) / 256);  // at most 256 chunks
+    const int64_t n_chunks = (n + chunk - 1) / chunk;
     keys.resize(static_cast<size_t>(n));
-    std::vector<uint64_t> keys_tmp(static_cast<size_t>(n));
-    std::vector<int64_t> order_tmp(static_cast<size_t>(n));
+    std::unique_ptr<uint64_t[]> keys_tmp(new uint64_t[static_cast<size_t>(n)]);
+    std::unique_ptr<int64_t[]> order_tmp(new int64_t[static_cast<size_t>(n)]);
+    const auto digit = [](uint64_t k, int d) { return static_cast<int>((k >> (kBits * d)) & (kBuckets - 1)); };
     // Digit histograms of all keys (the same whatever the order), to skip constant digits.
-    std::vector<int64_t> chunk_all(static_cast<size_t>(n_chunks * kDigits * kBuckets));
-    chunked_for(n, kChunk, 4, [&](int64_t begin, int64_t end) {
-        int64_t* h = chunk_all.data() + (begin / kChunk) * kDigits * kBuckets;
+    std::vector<uint32_t> all(static_cast<size_t>(n_chunks * kDigits * kBuckets));
+    chunked_for(n, chunk, 4, [&](int64_t begin, int64_t end) {
+        uint32_t* h = all.data() + (begin / chunk) * kDigits * kBuckets;
         for (int64_t i = begin; i < end; ++i) {
             const uint64_t k = sort_key(x[i]);
             keys[static_cast<size_t>(i)] = k;
             order[i] = i;
-            for (int d = 0; d < kDigits; ++d) ++h[d * kBuckets + ((k >> (8 * d)) & 0xff)];
+            for (int d = 0; d < kDigits; ++d) ++h[d * kBuckets + digit(k, d)];
         }
     });
-    std::vector<int64_t> chunk_hist(static_cast<size_t>(n_chunks * kBuckets));
+    std::vector<int64_t> offsets(static_cast<size_t>(n_chunks * kBuckets));
     uint64_t* src_keys = keys.data();
-    uint64_t* dst_keys = keys_tmp.data();
+    uint64_t* dst_keys = keys_tmp.get();
     int64_t* src_order = order;
-    int64_t* dst_order = order_tmp.data();
+    int64_t* dst_order = order_tmp.get();
     for (int d = 0; d < kDigits; ++d) {
         int64_t nonzero = 0;
-        for (int b = 0; b < kBuckets; ++b) {
+        for (int b = 0; b < kBuckets && nonzero < 2; ++b) {
             int64_t c = 0;
-            for (int64_t ch = 0; ch < n_chunks; ++ch) c += chunk_all[static_cast<size_t>((ch * kDigits + d) * kBuckets + b)];
+            for (int64_t ch = 0; ch < n_chunks; ++ch) c += all[static_cast<size_t>((ch * kDigits + d) * kBuckets + b)];
             nonzero += c > 0;
         }
         if (nonzero <= 1) continue;  // every key has this digit: the pass would not move anything
-        const int shift = 8 * d;
-        chunked_for(n, kChunk, 4, [&](int64_t begin, int64_t end) {
-            int64_t* h = chunk_hist.data() + (begin / kChunk) * kBuckets;
+        chunked_for(n, chunk, 4, [&](int64_t begin, int64_t end) {
+            int64_t* h = offsets.data() + (begin / chunk) * kBuckets;
             std::fill(h, h + kBuckets, 0);
-            for (int64_t i = begin; i < end; ++i) ++h[(src_keys[i] >> shift) & 0xff];
+            for (int64_t i = begin; i < end; ++i) ++h[digit(src_keys[i], d)];
         });
-        // Exclusive offsets in (bucket, chunk) order: stable.
-        int64_t running = 0;
+        int64_t running = 0;  // exclusive offsets in (bucket, chunk) order: stable
         for (int b = 0; b < kBuckets; ++b)
             for (int64_t ch = 0; ch < n_chunks; ++ch) {
-                int64_t& h = chunk_hist[static_cast<size_t>(ch * kBuckets + b)];
+                int64_t& h = offsets[static_cast<size_t>(ch * kBuckets + b)];
                 const int64_t c = h;
                 h = running;
                 running += c;
             }
-        chunked_for(n, kChunk, 4, [&](int64_t begin, int64_t end) {
-            int64_t* h = chunk_hist.data() + (begin / kChunk) * kBuckets;
+        chunked_for(n, chunk, 4, [&](int64_t begin, int64_t end) {
+            int64_t* h = offsets.data() + (begin / chunk) * kBuckets;
             for (int64_t i = begin; i < end; ++i) {
                 const uint64_t k = src_keys[i];
-                const int64_t at = h[(k >> shift) & 0xff]++;
+                const int64_t at = h[digit(k, d)]++;
                 dst_keys[at] = k;
                 dst_order[at] = src_order[i];
             }
@@ -105,53 +106,87 @@ struct PavBlocks {
     std::vector<double> weights;  // summed weight of each block
 };
 
-// PAV over the points y[order[j]], j = 0..n-1 (order == nullptr: the identity).
+// PAV over points j = 0..n-1 whose values and weights are y_at(j), w_at(j).
 // `keys` (sorted, or null) marks ties in x: equal keys are pooled first.
-// `fitted` (or null) receives each point's fitted value at its input position.
-inline PavBlocks pav(const Vector<double>& y, const Vector<double>& w, bool weighted, const int64_t* order,
-                     const uint64_t* keys, bool increasing, double* fitted) {
-    const int64_t n = y.size;
+template <class Y, class W>
+PavBlocks pav_points(int64_t n, Y y_at, W w_at, const uint64_t* keys, bool increasing) {
     const double sign = increasing ? 1.0 : -1.0;
-    PavBlocks out;
-    std::vector<double> sum_w, sum_wy, mean;
-    std::vector<int64_t> start;
+    // The block stack, in arrays of the largest size it can reach (no re-allocation).
+    std::unique_ptr<double[]> sum_w(new double[static_cast<size_t>(n)]), sum_wy(new double[static_cast<size_t>(n)]),
+        mean(new double[static_cast<size_t>(n)]);
+    std::unique_ptr<int64_t[]> start(new int64_t[static_cast<size_t>(n)]);
+    int64_t nb = 0;
     for (int64_t j = 0; j < n;) {
-        const int64_t first = j;
+        int64_t first = j;
         double sw = 0.0, swy = 0.0;
         do {
-            const int64_t i = order ? order[j] : j;
-            const double wi = weighted ? w[i] : 1.0;
+            const double wi = w_at(j);
             sw += wi;
-            swy += wi * (sign * y[i]);
+            swy += wi * (sign * y_at(j));
             ++j;
         } while (keys && j < n && keys[j] == keys[first]);
-        start.push_back(first);
-        sum_w.push_back(sw);
-        sum_wy.push_back(swy);
-        mean.push_back(swy / sw);
-        // Pool while the block below is not strictly smaller.
-        while (mean.size() >= 2 && mean[mean.size() - 2] >= mean.back()) {
-            const size_t top = mean.size() - 1;
-            sum_w[top - 1] += sum_w[top];
-            sum_wy[top - 1] += sum_wy[top];
-            mean[top - 1] = sum_wy[top - 1] / sum_w[top - 1];
-            sum_w.pop_back();
-            sum_wy.pop_back();
-            mean.pop_back();
-            start.pop_back();
+        double m = swy / sw;
+        while (nb > 0 && mean[nb - 1] >= m) {  // pool while the block below is not strictly smaller
+            --nb;
+            sw += sum_w[nb];
+            swy += sum_wy[nb];
+            m = swy / sw;
+            first = start[nb];
         }
+        sum_w[nb] = sw;
+        sum_wy[nb] = swy;
+        mean[nb] = m;
+        start[nb] = first;
+        ++nb;
     }
-    const size_t nb = mean.size();
-    out.starts = std::move(start);
+    PavBlocks out;
+    out.starts.assign(start.get(), start.get() + nb);
     out.starts.push_back(n);
-    out.values.resize(nb);
-    for (size_t b = 0; b < nb; ++b) out.values[b] = sign * mean[b];
-    out.weights = std::move(sum_w);
-    if (fitted) {
-        for (size_t b = 0; b < nb; ++b)
-            for (int64_t j = out.starts[b]; j < out.starts[b + 1]; ++j) fitted[order ? order[j] : j] = out.values[b];
-    }
+    out.values.resize(static_cast<size_t>(nb));
+    for (int64_t b = 0; b < nb; ++b) out.values[static_cast<size_t>(b)] = sign * mean[b];
+    out.weights.assign(sum_w.get(), sum_w.get() + nb);
     return out;
+}
+
+// Weighted isotonic regression of y (on x when given: then `order` receives the
+// stable sort order of x and ties in x are pooled). `fitted` receives each
+// point's fitted value at its input position. The random-access steps (gather
+// into sorted order, scatter back) run as parallel loops; PAV itself is serial.
+inline PavBlocks isotonic(const Vector<double>& y, const Vector<double>& w, bool weighted, const Vector<double>* x,
+                          bool increasing, int64_t* order, double* fitted) {
+    const int64_t n = y.size;
+    constexpr int64_t kChunk = 1 << 16;
+    if (x == nullptr) {
+        PavBlocks b = weighted ? pav_points(n, [&](int64_t j) { return y[j]; }, [&](int64_t j) { return w[j]; },
+                                            nullptr, increasing)
+                               : pav_points(n, [&](int64_t j) { return y[j]; }, [](int64_t) { return 1.0; },
+                                            nullptr, increasing);
+        for (size_t k = 0; k + 1 < b.starts.size(); ++k)
+            std::fill(fitted + b.starts[k], fitted + b.starts[k + 1], b.values[k]);
+        return b;
+    }
+    std::vector<uint64_t> keys;
+    stable_argsort(*x, order, keys);
+    std::unique_ptr<double[]> ys(new double[static_cast<size_t>(n)]);
+    std::unique_ptr<double[]> ws(weighted ? new double[static_cast<size_t>(n)] : nullptr);
+    chunked_for(n, kChunk, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; ++j) ys[j] = y[order[j]];
+        if (weighted)
+            for (int64_t j = begin; j < end; ++j) ws[j] = w[order[j]];
+    });
+    PavBlocks b = weighted ? pav_points(n, [&](int64_t j) { return ys[j]; }, [&](int64_t j) { return ws[j]; },
+                                        keys.data(), increasing)
+                           : pav_points(n, [&](int64_t j) { return ys[j]; }, [](int64_t) { return 1.0; },
+                                        keys.data(), increasing);
+    chunked_for(n, kChunk, 1, [&](int64_t begin, int64_t end) {
+        // the block holding `begin`, then walk the blocks
+        size_t k = static_cast<size_t>(std::upper_bound(b.starts.begin(), b.starts.end(), begin) - b.starts.begin()) - 1;
+        for (int64_t j = begin; j < end; ++j) {
+            while (j >= b.starts[k + 1]) ++k;
+            fitted[order[j]] = b.values[k];
+        }
+    });
+    return b;
 }
 
 }  // namespace calibkit

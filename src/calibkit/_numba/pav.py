@@ -61,13 +61,6 @@ def _float64_vector(a, name, n):
     return a
 
 
-def stable_argsort(x):
-    """Same contract as ``calibkit._core.stable_argsort``."""
-    if not isinstance(x, np.ndarray) or x.dtype != np.float64 or x.ndim != 1:
-        raise ValueError("x must be a 1-D float64 array")
-    return _argsort(x)
-
-
 def isotonic_fit(y, x, sample_weight, increasing):
     """Same contract as ``calibkit._core.isotonic_fit``."""
     if not isinstance(y, np.ndarray) or y.ndim != 1:

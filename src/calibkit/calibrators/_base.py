@@ -8,7 +8,9 @@ import numbers
 
 import numpy as np
 
-from .._validation import check_labels, check_sample_weight, check_scores, raise_for_status
+from .._validation import (
+    WEIGHT_NEGATIVE, WEIGHT_NOT_FINITE, check_labels, check_sample_weight, check_scores, raise_for_status,
+)
 
 FORMAT = "calibkit.calibrator"
 FORMAT_VERSION = 1
@@ -166,10 +168,10 @@ def check_fit_inputs(scores, labels, sample_weight, *, binary):
         finite = np.isfinite(sample_weight)
         if not finite.all():
             bad = int(np.argmin(finite))
-            raise_for_status((4, bad, -1, float(sample_weight[bad])))
+            raise_for_status((WEIGHT_NOT_FINITE, bad, -1, float(sample_weight[bad])))
         if (sample_weight < 0).any():
             bad = int(np.argmax(sample_weight < 0))
-            raise_for_status((5, bad, -1, float(sample_weight[bad])))
+            raise_for_status((WEIGHT_NEGATIVE, bad, -1, float(sample_weight[bad])))
         if not sample_weight.any():
             raise ValueError("sample_weight sums to 0: nothing to fit")
     if binary:
@@ -195,8 +197,7 @@ def chunk_rows(n_cols, budget_values=1 << 22):
 
 
 def softmax_rows(z, out):
-    """out = softmax(z) row-wise, stably (z is a float64 chunk; modified in place)."""
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    out[...] = z
+    """out = softmax(z) row-wise, stably, written straight into `out` (a float64 view)."""
+    np.subtract(z, z.max(axis=1, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= out.sum(axis=1, keepdims=True)

@@ -1,0 +1,159 @@
+"""Calibrator fits: temperature scaling against the recipes people copy, isotonic regression against
+scikit-learn and SciPy, on the same arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness import Contender, Workload
+
+TRUE_T = 2.0
+
+
+def _make_logits(n, k, seed=0):
+    """float32 logits and labels drawn from softmax(z / TRUE_T) (Gumbel-max, in chunks)."""
+    rng = np.random.default_rng(seed)
+    logits = np.empty((n, k), dtype=np.float32)
+    labels = np.empty(n, dtype=np.int64)
+    step = 1 << 14
+    for i in range(0, n, step):
+        m = min(step, n - i)
+        z = rng.standard_normal((m, k), dtype=np.float32) * 3.0
+        logits[i:i + m] = z
+        labels[i:i + m] = np.argmax(z / TRUE_T + rng.gumbel(size=(m, k)).astype(np.float32), axis=1)
+    return {"logits": logits, "labels": labels}
+
+
+def _temperature_contenders(d):
+    import calibkit
+
+    z, y = d["logits"], d["labels"]
+    want = calibkit.TemperatureScaling().fit(z, y).temperature_
+
+    def close(rel):
+        return lambda got: None if abs(got - want) <= rel * want else f"T = {got!r}, optimum {want!r}"
+
+    passes = {}
+
+    def ours(backend):
+        def run():
+            ts = calibkit.TemperatureScaling(backend=backend).fit(z, y)
+            passes[backend] = ts.n_passes_
+            return ts.temperature_
+        return run
+
+    out = [Contender("calibkit (cpp)", ours("cpp"), close(1e-9), repeat=3),
+           Contender("calibkit (numba)", ours("numba"), close(1e-9), repeat=3)]
+
+    from scipy.optimize import minimize
+    from scipy.special import log_softmax
+
+    def scipy_recipe():  # the blog recipe: minimize over a NumPy log-softmax NLL, numerical gradient
+        rows = np.arange(len(y))
+
+        def nll(t):
+            return -log_softmax(z / t[0], axis=1)[rows, y].mean()
+
+        return float(minimize(nll, x0=[1.0], method="L-BFGS-B", bounds=[(0.05, 20.0)]).x[0])
+
+    out.append(Contender("scipy.optimize.minimize + NumPy", scipy_recipe, close(1e-3), repeat=1,
+                             time_if_wrong=True))
+    try:
+        import torch
+
+        tz, ty = torch.from_numpy(z), torch.from_numpy(y)
+
+        def torch_recipe():  # the widely copied temperature_scaling.py (Guo et al.'s code)
+            temperature = torch.nn.Parameter(torch.ones(1) * 1.5)
+            criterion = torch.nn.CrossEntropyLoss()
+            optimizer = torch.optim.LBFGS([temperature], lr=0.01, max_iter=50)
+
+            def closure():
+                optimizer.zero_grad()
+                loss = criterion(tz / temperature, ty)
+                loss.backward()
+                return loss
+
+            optimizer.step(closure)
+            return float(temperature.item())
+
+        out.append(Contender("PyTorch LBFGS recipe (lr=0.01, 50 it)", torch_recipe, close(1e-3), repeat=1,
+                             time_if_wrong=True))
+    except ImportError:
+        pass
+    try:
+        from netcal.scaling import TemperatureScaling as NetcalTemperature
+        from scipy.special import softmax
+
+        def netcal_fit():  # netcal takes probabilities; its `temperature` is the inverse 1/T
+            m = NetcalTemperature()
+            m.fit(softmax(z, axis=1), y, tensorboard=False)
+            return 1.0 / float(np.asarray(m.temperature).ravel()[0])
+
+        out.append(Contender("netcal (+ scipy softmax)", netcal_fit, close(1e-3), repeat=1,
+                             time_if_wrong=True))
+    except ImportError:
+        pass
+    return out
+
+
+def _make_isotonic(n, seed=0):
+    from scipy.optimize import isotonic_regression
+
+    rng = np.random.default_rng(seed)
+    x = rng.random(n)
+    y = (rng.random(n) < x).astype(np.float64)
+    order = np.argsort(x, kind="stable")
+    ref = np.empty(n)
+    ref[order] = isotonic_regression(y[order]).x
+    return {"x": x, "y": y, "ref": ref, "sample": rng.integers(0, n, 1000)}
+
+
+def _isotonic_contenders(d):
+    import calibkit
+
+    x, y, ref, sample = d["x"], d["y"], d["ref"], d["sample"]
+
+    def same_fitted(got):
+        return None if np.allclose(got, ref, rtol=1e-12, atol=1e-12) else "fitted values differ"
+
+    out = [
+        Contender("calibkit (cpp)", lambda: calibkit.isotonic_regression(y, x=x, backend="cpp").fitted,
+                  same_fitted, repeat=3),
+        Contender("calibkit (numba)", lambda: calibkit.isotonic_regression(y, x=x, backend="numba").fitted,
+                  same_fitted, repeat=3),
+    ]
+    from scipy.optimize import isotonic_regression
+
+    def argsort_scipy():
+        order = np.argsort(x)
+        fitted = np.empty_like(y)
+        fitted[order] = isotonic_regression(y[order]).x
+        return fitted
+
+    out.append(Contender("np.argsort + scipy isotonic_regression", argsort_scipy, same_fitted, repeat=3))
+    try:
+        from sklearn.isotonic import IsotonicRegression
+
+        def sklearn_check(model):
+            return None if np.allclose(model.predict(x[sample]), ref[sample], rtol=1e-12, atol=1e-12) \
+                else "predictions differ"
+
+        out.append(Contender("sklearn IsotonicRegression.fit", lambda: IsotonicRegression().fit(x, y),
+                             sklearn_check, repeat=3))
+    except ImportError:
+        pass
+    return out
+
+
+def workloads(quick: bool = False) -> list[Workload]:
+    n, k = (20_000, 1000) if quick else (200_000, 1000)
+    iso = [100_000, 1_000_000] if quick else [1_000_000, 10_000_000]
+    out = [Workload("calibrators", f"temperature fit, N={n:,} x K={k} float32 logits (true T={TRUE_T})",
+                    lambda: _make_logits(n, k), _temperature_contenders,
+                    lambda d: (lambda: np.add.reduce(d["logits"], axis=None)))]
+    for m in iso:
+        out.append(Workload("calibrators", f"isotonic fit, n={m:,} float64 (x, y)", lambda m=m: _make_isotonic(m),
+                            _isotonic_contenders,
+                            lambda d: (lambda: (np.add.reduce(d["x"]), np.add.reduce(d["y"])))))
+    return out
