@@ -555,3 +555,26 @@ def test_bad_input_is_a_clear_error():
         warnings.simplefilter("error")
         with pytest.raises(RuntimeWarning, match="only class"):
             IsotonicCalibration().fit(rng.random(10), np.ones(10, int))
+
+
+@pytest.mark.parametrize("b", [0.0, -1.0, float("nan"), float("inf")])
+def test_temperature_nll_bad_inverse_temperature(backend, b):
+    with pytest.raises(ValueError, match="inverse_temperature must be a positive finite number"):
+        temperature_nll(np.zeros((3, 2)), [0, 1, 0], b, backend=backend)
+
+
+def test_temperature_nll_bad_input(backend):
+    z = np.zeros((4, 3))
+    z[2, 1] = np.inf
+    with pytest.raises(ValueError, match=r"logits\[2, 1\] = inf is not finite"):
+        temperature_nll(z, [0, 1, 2, 0], 1.0, backend=backend)
+    with pytest.raises(ValueError, match=r"logits\[1, 0\] = nan"):
+        temperature_nll(np.array([[0.0, 1.0], [np.nan, 0.0]]), [0, 1], 1.0, backend=backend)
+    with pytest.raises(ValueError, match=r"labels\[3\] = 3 is out of range for n_classes=3"):
+        temperature_nll(np.zeros((4, 3)), [0, 1, 2, 3], 1.0, backend=backend)
+    with pytest.raises(ValueError, match=r"logits\[4, 0\] = nan"):  # row index counted across chunks
+        bad = np.zeros((6, 2))
+        bad[4, 0] = np.nan
+        temperature_nll(bad, [0] * 6, 1.0, chunk_size=3, backend=backend)
+    with pytest.raises(TypeError, match="must be an array of floats"):
+        temperature_nll(np.zeros((2, 2), dtype=np.complex128), [0, 1], 1.0, backend=backend)
