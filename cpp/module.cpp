@@ -8,6 +8,8 @@ namespace py = pybind11;
 void bind_binning(py::module_& m);
 void bind_stream(py::module_& m);
 void bind_calibrators(py::module_& m);
+void bind_ranking(py::module_& m);
+void bind_uncertainty(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "calibkit native kernels (C++17). Use the Python API in calibkit instead.";
@@ -17,4 +19,6 @@ PYBIND11_MODULE(_core, m) {
     bind_binning(m);
     bind_stream(m);
     bind_calibrators(m);
+    bind_ranking(m);
+    bind_uncertainty(m);
 }

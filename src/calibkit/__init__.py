@@ -31,6 +31,9 @@ from .calibrators import (
     temperature_nll,
 )
 from .streaming import CalibrationAccumulator, CalibrationResult, WindowedAccumulator
+from . import ood, uncertainty
+from .ood import *  # noqa: F401,F403 - re-exported; names in ood.__all__
+from .uncertainty import *  # noqa: F401,F403 - re-exported; names in uncertainty.__all__
 
 try:
     __version__ = _version("calibkit")
@@ -62,4 +65,6 @@ __all__ = [
     "nll",
     "reliability_table",
     "set_num_threads",
-]
+    "ood",
+    "uncertainty",
+] + ood.__all__ + uncertainty.__all__

@@ -71,6 +71,67 @@ def check_scores(scores, name="scores"):
     return a
 
 
+def _float_array(x, name):
+    a = _as_array(x, name)
+    if a.dtype == object or a.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be an array of floats, got dtype {a.dtype}")
+    if a.dtype.kind in "iub":
+        a = a.astype(np.float64)
+    elif a.dtype.type not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, float32 or float64, got dtype {a.dtype}")
+    return a
+
+
+def _in_place(a):
+    if not _readable_in_place(a):
+        a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
+    return a
+
+
+def check_score_vector(scores, name="scores"):
+    """Return `scores` as a non-empty 1-D float16/32/64 array (one score per sample), without a copy where possible."""
+    a = _float_array(scores, name)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise ValueError(f"{name} must have shape (N,) (one score per sample), got shape {a.shape}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{name} is empty: at least one score is needed")
+    return _in_place(a)
+
+
+def check_samples(samples, name="samples"):
+    """Return `samples` as a float16/32/64 array of shape (S, N, K) with S, N >= 1 and K >= 2."""
+    a = _float_array(samples, name)
+    if a.ndim != 3:
+        raise ValueError(f"{name} must have shape (S, N, K) (S stochastic passes of N rows of K classes), "
+                         f"got shape {a.shape}")
+    S, N, K = a.shape
+    if S == 0 or N == 0:
+        raise ValueError(f"{name} is empty: got shape {a.shape}")
+    if K < 2:
+        raise ValueError(f"{name} must have at least 2 classes (last axis), got shape {a.shape}")
+    return _in_place(a)
+
+
+def check_correct(correct, n_rows, name="correct"):
+    """Return `correct` (True where the prediction is right) as a 1-D bool array of length `n_rows`."""
+    c = _as_array(correct, name)
+    if c.dtype == object or c.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be booleans (or 0/1), got dtype {c.dtype}")
+    if c.ndim != 1:
+        raise ValueError(f"{name} must have shape (N,), got shape {c.shape}")
+    if c.shape[0] != n_rows:
+        raise ValueError(f"{name} has {c.shape[0]} entries but confidence has {n_rows}")
+    if c.dtype != bool:
+        bad = ~((c == 0) | (c == 1))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{name}[{i}] = {c[i]!r} is not 0/1 or a boolean")
+        c = c.astype(bool)
+    return c
+
+
 def check_labels(labels, n_rows, name="labels"):
     """Return `labels` as a 1-D int64 array of length `n_rows` (range is checked by the kernels)."""
     y = _as_array(labels, name)

@@ -698,10 +698,14 @@ def decode_state(data) -> tuple[str, dict, dict]:
 
 
 def load_state(data, *, backend="auto"):
-    """Rebuild whichever accumulator ``data`` holds (CalibrationAccumulator or WindowedAccumulator)."""
+    """Rebuild whichever accumulator ``data`` holds (CalibrationAccumulator, WindowedAccumulator, OODAccumulator)."""
     kind, _, _ = decode_state(data)
     if kind == "CalibrationAccumulator":
         return CalibrationAccumulator.from_bytes(data, backend=backend)
     if kind == "WindowedAccumulator":
         return WindowedAccumulator.from_bytes(data, backend=backend)
+    if kind == "OODAccumulator":
+        from .ood import OODAccumulator
+
+        return OODAccumulator.from_bytes(data)
     raise ValueError(f"unknown state type {kind!r}")

@@ -1,6 +1,5 @@
 // Weighted isotonic regression by pool-adjacent-violators (Ayer et al. 1955;
-// Barlow et al. 1972), linear time on sorted input, and the stable argsort that
-// puts unsorted input in order.
+// Barlow et al. 1972), linear time on sorted input.
 //
 // Given points in the order of x (ties in x pooled first into one point with
 // their weighted mean and summed weight, as scikit-learn does), PAV finds the
@@ -19,86 +18,9 @@
 
 #include "common.hpp"
 #include "parallel.hpp"
+#include "sort.hpp"
 
 namespace calibkit {
-
-// Order-preserving map of a double to an unsigned integer (-0.0 is read as +0.0,
-// so equal values get equal keys; NaN is rejected before this is used).
-inline uint64_t sort_key(double v) {
-    v += 0.0;
-    uint64_t b;
-    std::memcpy(&b, &v, sizeof b);
-    return (b >> 63) ? ~b : (b | 0x8000000000000000ull);
-}
-
-// Stable ascending argsort of x: LSD radix sort on 11-bit digits of the keys
-// (6 passes; a digit that every key shares is skipped). Chunks have a fixed
-// size and their counts are combined in chunk order, so the result is the same
-// for any thread count (and, being stable, it is np.argsort(x, kind="stable")).
-// On return `keys` holds the sorted keys.
-inline void stable_argsort(const Vector<double>& x, int64_t* order, std::vector<uint64_t>& keys) {
-    const int64_t n = x.size;
-    constexpr int kBits = 11, kDigits = 6, kBuckets = 1 << kBits;
-    const int64_t chunk = std::max<int64_t>(1 << 16, (n + 255) / 256);  // at most 256 chunks
-    const int64_t n_chunks = (n + chunk - 1) / chunk;
-    keys.resize(static_cast<size_t>(n));
-    std::unique_ptr<uint64_t[]> keys_tmp(new uint64_t[static_cast<size_t>(n)]);
-    std::unique_ptr<int64_t[]> order_tmp(new int64_t[static_cast<size_t>(n)]);
-    const auto digit = [](uint64_t k, int d) { return static_cast<int>((k >> (kBits * d)) & (kBuckets - 1)); };
-    // Digit histograms of all keys (the same whatever the order), to skip constant digits.
-    std::vector<uint32_t> all(static_cast<size_t>(n_chunks * kDigits * kBuckets));
-    chunked_for(n, chunk, 4, [&](int64_t begin, int64_t end) {
-        uint32_t* h = all.data() + (begin / chunk) * kDigits * kBuckets;
-        for (int64_t i = begin; i < end; ++i) {
-            const uint64_t k = sort_key(x[i]);
-            keys[static_cast<size_t>(i)] = k;
-            order[i] = i;
-            for (int d = 0; d < kDigits; ++d) ++h[d * kBuckets + digit(k, d)];
-        }
-    });
-    std::vector<int64_t> offsets(static_cast<size_t>(n_chunks * kBuckets));
-    uint64_t* src_keys = keys.data();
-    uint64_t* dst_keys = keys_tmp.get();
-    int64_t* src_order = order;
-    int64_t* dst_order = order_tmp.get();
-    for (int d = 0; d < kDigits; ++d) {
-        int64_t nonzero = 0;
-        for (int b = 0; b < kBuckets && nonzero < 2; ++b) {
-            int64_t c = 0;
-            for (int64_t ch = 0; ch < n_chunks; ++ch) c += all[static_cast<size_t>((ch * kDigits + d) * kBuckets + b)];
-            nonzero += c > 0;
-        }
-        if (nonzero <= 1) continue;  // every key has this digit: the pass would not move anything
-        chunked_for(n, chunk, 4, [&](int64_t begin, int64_t end) {
-            int64_t* h = offsets.data() + (begin / chunk) * kBuckets;
-            std::fill(h, h + kBuckets, 0);
-            for (int64_t i = begin; i < end; ++i) ++h[digit(src_keys[i], d)];
-        });
-        int64_t running = 0;  // exclusive offsets in (bucket, chunk) order: stable
-        for (int b = 0; b < kBuckets; ++b)
-            for (int64_t ch = 0; ch < n_chunks; ++ch) {
-                int64_t& h = offsets[static_cast<size_t>(ch * kBuckets + b)];
-                const int64_t c = h;
-                h = running;
-                running += c;
-            }
-        chunked_for(n, chunk, 4, [&](int64_t begin, int64_t end) {
-            int64_t* h = offsets.data() + (begin / chunk) * kBuckets;
-            for (int64_t i = begin; i < end; ++i) {
-                const uint64_t k = src_keys[i];
-                const int64_t at = h[digit(k, d)]++;
-                dst_keys[at] = k;
-                dst_order[at] = src_order[i];
-            }
-        });
-        std::swap(src_keys, dst_keys);
-        std::swap(src_order, dst_order);
-    }
-    if (src_order != order) {
-        std::memcpy(order, src_order, static_cast<size_t>(n) * sizeof(int64_t));
-        std::memcpy(keys.data(), src_keys, static_cast<size_t>(n) * sizeof(uint64_t));
-    }
-}
 
 struct PavBlocks {
     std::vector<int64_t> starts;  // block b is [starts[b], starts[b + 1]) in sorted order; n at the end

@@ -127,6 +127,47 @@ CALIBKIT_INLINE typename V::d exp_nonpositive(typename V::d x) {
 // The same function on one value (lane 0 of the portable width).
 inline double exp_nonpositive(double x) { return exp_nonpositive<Vec<2>>(splat<Vec<2>::d>(x))[0]; }
 
+template <class D>
+CALIBKIT_INLINE D vmin(D a, D b) {
+    return a < b ? a : b;
+}
+
+// log(x) for finite x > 0 (subnormals included), to about 1 ulp: x = 2^e m with
+// m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(f) with f = (m - 1) / (m + 1),
+// |f| <= 0.1716, by its odd series to f^21 (truncation below 2e-17 relative),
+// plus e ln2 (split in two parts). Lanes with x <= 0 give garbage: mask them.
+template <class V>
+CALIBKIT_INLINE typename V::d log_positive(typename V::d x) {
+    typedef typename V::d D;
+    typedef typename V::i I;
+    const I tiny = x < splat<D>(2.2250738585072014e-308);
+    x = select(tiny, x * splat<D>(18014398509481984.0), x);  // 2^54: subnormals become normal
+    const I bits = (I)x;
+    // The biased exponent as a double without an int64 -> double conversion: 2^52 + e_biased, minus 2^52.
+    const I exp_bits = ((bits >> 52) & 0x7ff) | (I)splat<D>(4503599627370496.0);
+    D e = (D)exp_bits - splat<D>(4503599627370496.0 + 1023.0);
+    e = e - select(tiny, splat<D>(54.0), splat<D>(0.0));
+    D m = (D)((bits & 0x000fffffffffffffll) | 0x3ff0000000000000ll);  // [1, 2)
+    const I big = m > splat<D>(1.4142135623730951);
+    m = select(big, m * splat<D>(0.5), m);
+    e = e + select(big, splat<D>(1.0), splat<D>(0.0));
+    const D f = (m - splat<D>(1.0)) / (m + splat<D>(1.0));
+    const D f2 = f * f, f4 = f2 * f2, f8 = f4 * f4;
+    // 1 + f2/3 + f4/5 + ... + f20/21 by Estrin's scheme.
+    const D a0 = splat<D>(1.0) + f2 * splat<D>(1.0 / 3.0);
+    const D a1 = splat<D>(1.0 / 5.0) + f2 * splat<D>(1.0 / 7.0);
+    const D a2 = splat<D>(1.0 / 9.0) + f2 * splat<D>(1.0 / 11.0);
+    const D a3 = splat<D>(1.0 / 13.0) + f2 * splat<D>(1.0 / 15.0);
+    const D a4 = splat<D>(1.0 / 17.0) + f2 * splat<D>(1.0 / 19.0);
+    const D a5 = splat<D>(1.0 / 21.0);
+    const D b0 = a0 + a1 * f4, b1 = a2 + a3 * f4, b2 = a4 + a5 * f4;
+    const D series = (b0 + b1 * f8) + (b2 * f8) * f8;
+    const D log_m = (f + f) * series;
+    return e * splat<D>(6.93147180369123816490e-01) + (log_m + e * splat<D>(1.90821492927058770002e-10));
+}
+
+inline double log_positive(double x) { return log_positive<Vec<2>>(splat<Vec<2>::d>(x))[0]; }
+
 // Eight consecutive elements of a row ("an octet") as 8 / W vectors of W
 // doubles. Element j of the octet is lane j: sums over octets are combined in
 // the fixed order of `octet_sum`, the same for W = 2 and W = 4.

@@ -2,10 +2,13 @@
 
 from .binning import binary_stats, classwise_stats, top_label_stats
 from .pav import isotonic_fit
+from .ranking import two_sample_ranking
 from .softmax import temperature_nll, vector_scaling_nll
 from .stream import stream_accumulate
+from .uncertainty import confidence_loss, ensemble_decompose, ensemble_update, row_scores
 
 __all__ = [
-    "binary_stats", "classwise_stats", "isotonic_fit", "stream_accumulate", "temperature_nll",
-    "top_label_stats", "vector_scaling_nll",
+    "binary_stats", "classwise_stats", "confidence_loss", "ensemble_decompose", "ensemble_update", "isotonic_fit",
+    "row_scores", "stream_accumulate", "temperature_nll", "top_label_stats", "two_sample_ranking",
+    "vector_scaling_nll",
 ]

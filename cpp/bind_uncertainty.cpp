@@ -1,0 +1,152 @@
+// Bindings of uncertainty.hpp: per-sample scores, the ensemble decomposition
+// (one-shot and streaming) and the confidence loss.
+#include "bindings.hpp"
+#include "calibkit/uncertainty.hpp"
+
+namespace py = pybind11;
+using namespace calibkit;
+using namespace calibkit::bind;
+
+namespace {
+
+void check_b(double b) {
+    if (!(b > 0.0) || !std::isfinite(b)) throw py::value_error("inverse_temperature must be a positive finite number");
+}
+
+py::dict row_scores_py(const py::array& scores, bool from_logits, double inverse_temperature,
+                       int kinds) {
+    check_b(inverse_temperature);
+    return dispatch_float(scores, "scores", [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const Matrix<T> s = matrix<T>(scores, "scores");
+        if (s.cols < 1) throw py::value_error("scores must have at least one column");
+        double* outs[kNumScores] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+        py::dict d;
+        if (kinds <= 0 || kinds >= (1 << kNumScores)) throw py::value_error("kinds must be a bit mask of score kinds");
+        for (int c = 0; c < kNumScores; ++c) {
+            if (!((kinds >> c) & 1)) continue;
+            if (!from_logits && (c == kEnergy || c == kLogitNorm))
+                throw py::value_error("energy and logit_norm need logits (from_logits=True)");
+            py::array_t<double> a(s.rows);
+            outs[c] = a.mutable_data();
+            d[py::int_(c)] = a;
+        }
+        Status st;
+        {
+            py::gil_scoped_release release;
+            st = row_scores<T>(s, from_logits, inverse_temperature, outs);
+        }
+        d["status"] = status_tuple(st);
+        return d;
+    });
+}
+
+template <class T>
+Passes<T> passes(const py::array& a) {
+    if (a.ndim() != 3) throw py::value_error("samples must be 3-D (S, N, K)");
+    check_strides(a, "samples");
+    return Passes<T>{static_cast<const char*>(a.data()), static_cast<int64_t>(a.shape(0)),
+                     static_cast<int64_t>(a.shape(1)), static_cast<int64_t>(a.shape(2)),
+                     static_cast<int64_t>(a.strides(0)), static_cast<int64_t>(a.strides(1)),
+                     static_cast<int64_t>(a.strides(2))};
+}
+
+py::dict ensemble_decompose_py(const py::array& samples, bool from_logits) {
+    return dispatch_float(samples, "samples", [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const Passes<T> x = passes<T>(samples);
+        if (x.S < 1 || x.N < 1 || x.K < 1) throw py::value_error("samples must not be empty");
+        py::array_t<double> mean({x.N, x.K});
+        py::array_t<double> total(x.N), aleatoric(x.N), epistemic(x.N), variance(x.N);
+        py::array_t<int64_t> prediction(x.N);
+        const DecomposeOut out{mean.mutable_data(), total.mutable_data(), aleatoric.mutable_data(),
+                               epistemic.mutable_data(), variance.mutable_data(), prediction.mutable_data()};
+        Status st;
+        {
+            py::gil_scoped_release release;
+            st = decompose<T>(x, from_logits, out);
+        }
+        py::dict d;
+        d["mean"] = mean;
+        d["total"] = total;
+        d["aleatoric"] = aleatoric;
+        d["epistemic"] = epistemic;
+        d["variance"] = variance;
+        d["prediction"] = prediction;
+        d["status"] = status_tuple(st);
+        return d;
+    });
+}
+
+double* state_array(py::array& a, const char* name, int64_t size) {
+    if (!is_dtype<double>(a) || !(a.flags() & py::array::c_style) || !a.writeable() || a.size() != size)
+        throw py::value_error(std::string(name) + " must be a writeable C-contiguous float64 array of " +
+                              std::to_string(size) + " elements");
+    return static_cast<double*>(a.mutable_data());
+}
+
+py::tuple ensemble_update_py(const py::array& member, bool from_logits, int64_t count, py::array& sum, py::array& m2,
+                             py::array& entropy_sum) {
+    if (count < 0) throw py::value_error("count must be >= 0");
+    return dispatch_float(member, "member", [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const Matrix<T> m = matrix<T>(member, "member");
+        if (m.cols < 1) throw py::value_error("member must have at least one column");
+        double* s = state_array(sum, "sum", m.rows * m.cols);
+        double* q = state_array(m2, "m2", m.rows * m.cols);
+        double* h = state_array(entropy_sum, "entropy_sum", m.rows);
+        Status st;
+        {
+            py::gil_scoped_release release;
+            st = ensemble_update<T>(m, from_logits, count, s, q, h);
+        }
+        return status_tuple(st);
+    });
+}
+
+py::dict confidence_loss_py(const py::array& logits_in, const py::array& labels, const py::array& logits_out,
+                            double beta) {
+    require_dtype(is_dtype<int64_t>(labels), labels, "labels", "int64");
+    if (!(beta >= 0.0) || !std::isfinite(beta)) throw py::value_error("beta must be a finite number >= 0");
+    if (logits_in.dtype().not_equal(logits_out.dtype()))
+        throw py::type_error("logits_in and logits_out must have the same dtype");
+    return dispatch_float(logits_in, "logits_in", [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        using O = std::conditional_t<std::is_same_v<T, double>, double, float>;
+        const Matrix<T> zi = matrix<T>(logits_in, "logits_in");
+        const Matrix<T> zo = matrix<T>(logits_out, "logits_out");
+        if (zi.rows < 1 || zo.rows < 1) throw py::value_error("logits_in and logits_out must not be empty");
+        if (zi.cols < 1 || zi.cols != zo.cols)
+            throw py::value_error("logits_in and logits_out must have the same number of columns");
+        const Vector<int64_t> y = vector<int64_t>(labels, "labels", zi.rows);
+        py::array_t<O> grad_in({zi.rows, zi.cols}), grad_out({zo.rows, zo.cols});
+        O* gi = grad_in.mutable_data();
+        O* go = grad_out.mutable_data();
+        ConfidenceLossSums a, b;
+        {
+            py::gil_scoped_release release;
+            a = confidence_sums<T, O>(zi, &y, 1.0 / static_cast<double>(zi.rows), gi);
+            b = confidence_sums<T, O>(zo, nullptr, beta / static_cast<double>(zo.rows), go);
+        }
+        py::dict d;
+        d["nll"] = a.nll / static_cast<double>(zi.rows);
+        d["kl"] = b.kl / static_cast<double>(zo.rows);
+        d["grad_in"] = grad_in;
+        d["grad_out"] = grad_out;
+        d["status_in"] = status_tuple(a.status);
+        d["status_out"] = status_tuple(b.status);
+        return d;
+    });
+}
+
+}  // namespace
+
+void bind_uncertainty(py::module_& m) {
+    m.def("row_scores", &row_scores_py, py::arg("scores"), py::arg("from_logits"), py::arg("inverse_temperature"),
+          py::arg("kinds"));
+    m.def("ensemble_decompose", &ensemble_decompose_py, py::arg("samples"), py::arg("from_logits"));
+    m.def("ensemble_update", &ensemble_update_py, py::arg("member"), py::arg("from_logits"), py::arg("count"),
+          py::arg("sum"), py::arg("m2"), py::arg("entropy_sum"));
+    m.def("confidence_loss", &confidence_loss_py, py::arg("logits_in"), py::arg("labels"), py::arg("logits_out"),
+          py::arg("beta"));
+}

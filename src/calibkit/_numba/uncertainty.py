@@ -1,0 +1,425 @@
+"""Numba twins of cpp/include/calibkit/uncertainty.hpp: per-sample scores, ensemble decomposition, confidence loss."""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ._common import (
+    HALF_TABLE, JIT, LABEL_OUT_OF_RANGE, MIN_PARALLEL_ELEMENTS, PROBABILITY_OUT_OF_RANGE, SCORE_NOT_FINITE,
+    as_kernel_array, check_float_dtype, is_finite, load, merge_status, new_status, rows_per_chunk, run_locked,
+    status_tuple, valid_probability,
+)
+
+MAX_PROBABILITY, MARGIN, ENTROPY, ENERGY, LOGIT_NORM, KL_TO_UNIFORM = range(6)
+N_SCORES = 6
+
+
+@numba.njit(**JIT)
+def _load_row(s, i, table, buf, probabilities, st):
+    """Row i into buf; False (status set) on NaN/inf or a probability outside [0, 1]."""
+    K = s.shape[1]
+    for k in range(K):
+        v = load(s[i, k], table)
+        buf[k] = v
+    for k in range(K):
+        v = buf[k]
+        if not is_finite(v):
+            merge_status(st, SCORE_NOT_FINITE, i, k, v)
+            return False
+        if probabilities and not valid_probability(v):
+            merge_status(st, PROBABILITY_OUT_OF_RANGE, i, k, v)
+            return False
+    return True
+
+
+@numba.njit(**JIT)
+def _top_two(buf, K):
+    m1 = -np.inf
+    m2 = -np.inf
+    for k in range(K):
+        v = buf[k]
+        if v > m1:
+            m2 = m1
+            m1 = v
+        elif v > m2:
+            m2 = v
+    return m1, m2
+
+
+@numba.njit(**JIT)
+def _softmax_sums(buf, K, best, b, store):
+    s0 = 0.0
+    s1 = 0.0
+    for k in range(K):
+        u = buf[k] - best
+        e = math.exp(b * u)
+        s0 += e
+        s1 += e * u
+        if store:
+            buf[k] = e
+    return s0, s1
+
+
+@numba.njit(**JIT)
+def _entropy_sums(buf, K):
+    plogp = 0.0
+    sum_log = 0.0
+    has_zero = False
+    for k in range(K):
+        p = buf[k]
+        if p > 0.0:
+            lg = math.log(p)
+            plogp += p * lg
+            sum_log += lg
+        else:
+            has_zero = True
+    return plogp, sum_log, has_zero
+
+
+@numba.njit(**JIT)
+def _row_scores_chunk(s, from_logits, b, want, table, out, begin, end, st):
+    K = s.shape[1]
+    buf = np.empty(K)
+    logK = math.log(K)
+    for i in range(begin, end):
+        if not _load_row(s, i, table, buf, not from_logits, st):
+            for c in range(N_SCORES):
+                if want[c]:
+                    out[c, i] = np.nan
+            continue
+        m1, m2 = _top_two(buf, K)
+        if from_logits:
+            total = 0.0
+            sq = 0.0
+            for k in range(K):
+                total += buf[k]
+                sq += buf[k] * buf[k]
+            s0, s1 = _softmax_sums(buf, K, m1, b, False)
+            log_s0 = math.log(s0)
+            if want[MAX_PROBABILITY]:
+                out[MAX_PROBABILITY, i] = 1.0 / s0
+            if want[MARGIN]:
+                out[MARGIN, i] = (1.0 - math.exp(b * (m2 - m1))) / s0
+            if want[ENTROPY]:
+                out[ENTROPY, i] = max(log_s0 - b * (s1 / s0), 0.0)
+            if want[ENERGY]:
+                out[ENERGY, i] = -(m1 + log_s0 / b)
+            if want[LOGIT_NORM]:
+                out[LOGIT_NORM, i] = math.sqrt(sq)
+            if want[KL_TO_UNIFORM]:
+                out[KL_TO_UNIFORM, i] = max(log_s0 - logK - b * (total / K - m1), 0.0)
+        else:
+            if want[MAX_PROBABILITY]:
+                out[MAX_PROBABILITY, i] = m1
+            if want[MARGIN]:
+                out[MARGIN, i] = m1 - m2
+            if want[ENTROPY] or want[KL_TO_UNIFORM]:
+                plogp, sum_log, has_zero = _entropy_sums(buf, K)
+                if want[ENTROPY]:
+                    out[ENTROPY, i] = max(-plogp, 0.0)
+                if want[KL_TO_UNIFORM]:
+                    out[KL_TO_UNIFORM, i] = np.inf if has_zero else max(-logK - sum_log / K, 0.0)
+
+
+@numba.njit(parallel=True, **JIT)
+def _row_scores_driver(s, from_logits, b, want, table, out, parallel):
+    N, K = s.shape
+    chunk = rows_per_chunk(K, 1)
+    n_chunks = (N + chunk - 1) // chunk
+    sts = np.zeros((n_chunks, 4))
+    sts[:, 1:3] = -1.0
+    if parallel:
+        for c in numba.prange(n_chunks):
+            _row_scores_chunk(s, from_logits, b, want, table, out, c * chunk, min(N, (c + 1) * chunk), sts[c])
+    else:
+        for c in range(n_chunks):
+            _row_scores_chunk(s, from_logits, b, want, table, out, c * chunk, min(N, (c + 1) * chunk), sts[c])
+    st = np.array([0.0, -1.0, -1.0, 0.0])
+    for c in range(n_chunks):
+        merge_status(st, int(sts[c, 0]), int(sts[c, 1]), int(sts[c, 2]), sts[c, 3])
+    return st
+
+
+def _check_matrix(a, name):
+    check_float_dtype(a, name)
+    if a.ndim != 2 or a.shape[1] < 1:
+        raise ValueError(f"{name} must be 2-D with at least one column")
+
+
+def row_scores(scores, from_logits, inverse_temperature, kinds):
+    """Same contract as ``calibkit._core.row_scores``."""
+    _check_matrix(scores, "scores")
+    b = float(inverse_temperature)
+    if not (b > 0.0 and math.isfinite(b)):
+        raise ValueError("inverse_temperature must be a positive finite number")
+    if not 0 < kinds < (1 << N_SCORES):
+        raise ValueError("kinds must be a bit mask of score kinds")
+    want = np.array([(kinds >> c) & 1 for c in range(N_SCORES)], dtype=np.bool_)
+    if not from_logits and (want[ENERGY] or want[LOGIT_NORM]):
+        raise ValueError("energy and logit_norm need logits (from_logits=True)")
+    N, K = scores.shape
+    out = np.empty((N_SCORES, N))
+    st = run_locked(_row_scores_driver, as_kernel_array(scores), bool(from_logits), b, want, HALF_TABLE, out,
+                    N * K >= MIN_PARALLEL_ELEMENTS)
+    d = {c: out[c].copy() for c in range(N_SCORES) if want[c]}
+    d["status"] = status_tuple(st)
+    return d
+
+
+@numba.njit(**JIT)
+def _member(m, i, from_logits, table, buf, st):
+    """Probabilities of row i of member m into buf; returns (ok, entropy)."""
+    K = m.shape[1]
+    if not _load_row(m, i, table, buf, not from_logits, st):
+        return False, 0.0
+    if from_logits:
+        best, _ = _top_two(buf, K)
+        s0, s1 = _softmax_sums(buf, K, best, 1.0, True)
+        inv = 1.0 / s0
+        for k in range(K):
+            buf[k] *= inv
+        return True, max(math.log(s0) - s1 / s0, 0.0)
+    plogp, _, _ = _entropy_sums(buf, K)
+    return True, max(-plogp, 0.0)
+
+
+@numba.njit(**JIT)
+def _welford(p, K, count, total, m2):
+    n_old = float(count)
+    n_new = float(count + 1)
+    for k in range(K):
+        old_mean = total[k] / n_old if count > 0 else 0.0
+        total[k] += p[k]
+        new_mean = total[k] / n_new
+        m2[k] += (p[k] - old_mean) * (p[k] - new_mean)
+
+
+@numba.njit(**JIT)
+def _decompose_chunk(x, from_logits, table, mean, res, pred, begin, end, st):
+    S, _, K = x.shape
+    buf = np.empty(K)
+    total = np.empty(K)
+    m2 = np.empty(K)
+    member_st = np.empty(4)
+    inv = 1.0 / S
+    for i in range(begin, end):
+        total[:] = 0.0
+        m2[:] = 0.0
+        h_sum = 0.0
+        ok = True
+        for s in range(S):
+            member_st[0] = 0.0
+            member_st[1] = -1.0
+            member_st[2] = -1.0
+            ok, h = _member(x[s], i, from_logits, table, buf, member_st)
+            if not ok:
+                merge_status(st, int(member_st[0]), i, s * K + int(member_st[2]), member_st[3])
+                break
+            _welford(buf, K, s, total, m2)
+            h_sum += h
+        if not ok:
+            mean[i, :] = np.nan
+            res[:, i] = np.nan
+            pred[i] = -1
+            continue
+        best = 0
+        for k in range(K):
+            buf[k] = total[k] * inv
+            mean[i, k] = buf[k]
+            if buf[k] > buf[best]:
+                best = k
+        plogp, _, _ = _entropy_sums(buf, K)
+        tot = max(-plogp, 0.0)
+        alea = h_sum * inv
+        res[0, i] = tot
+        res[1, i] = alea
+        res[2, i] = max(tot - alea, 0.0)
+        res[3, i] = m2[best] * inv
+        pred[i] = best
+
+
+@numba.njit(parallel=True, **JIT)
+def _decompose_driver(x, from_logits, table, mean, res, pred, parallel):
+    S, N, K = x.shape
+    chunk = rows_per_chunk(S * K, 1)
+    n_chunks = (N + chunk - 1) // chunk
+    sts = np.zeros((n_chunks, 4))
+    sts[:, 1:3] = -1.0
+    if parallel:
+        for c in numba.prange(n_chunks):
+            _decompose_chunk(x, from_logits, table, mean, res, pred, c * chunk, min(N, (c + 1) * chunk), sts[c])
+    else:
+        for c in range(n_chunks):
+            _decompose_chunk(x, from_logits, table, mean, res, pred, c * chunk, min(N, (c + 1) * chunk), sts[c])
+    st = np.array([0.0, -1.0, -1.0, 0.0])
+    for c in range(n_chunks):
+        merge_status(st, int(sts[c, 0]), int(sts[c, 1]), int(sts[c, 2]), sts[c, 3])
+    return st
+
+
+def ensemble_decompose(samples, from_logits):
+    """Same contract as ``calibkit._core.ensemble_decompose``."""
+    check_float_dtype(samples, "samples")
+    if samples.ndim != 3:
+        raise ValueError("samples must be 3-D (S, N, K)")
+    S, N, K = samples.shape
+    if S < 1 or N < 1 or K < 1:
+        raise ValueError("samples must not be empty")
+    mean = np.empty((N, K))
+    res = np.empty((4, N))
+    pred = np.empty(N, np.int64)
+    st = run_locked(_decompose_driver, as_kernel_array(samples), bool(from_logits), HALF_TABLE, mean, res, pred,
+                    S * N * K >= MIN_PARALLEL_ELEMENTS)
+    return {"mean": mean, "total": res[0].copy(), "aleatoric": res[1].copy(), "epistemic": res[2].copy(),
+            "variance": res[3].copy(), "prediction": pred, "status": status_tuple(st)}
+
+
+@numba.njit(**JIT)
+def _update_chunk(m, from_logits, count, table, total, m2, h_sum, apply, begin, end, st):
+    K = m.shape[1]
+    buf = np.empty(K)
+    for i in range(begin, end):
+        ok, h = _member(m, i, from_logits, table, buf, st)
+        if not ok:
+            if not apply:
+                return
+            continue
+        if not apply:
+            continue
+        _welford(buf, K, count, total[i], m2[i])
+        h_sum[i] += h
+
+
+@numba.njit(parallel=True, **JIT)
+def _update_driver(m, from_logits, count, table, total, m2, h_sum, apply, parallel):
+    N, K = m.shape
+    chunk = rows_per_chunk(K, 1)
+    n_chunks = (N + chunk - 1) // chunk
+    sts = np.zeros((n_chunks, 4))
+    sts[:, 1:3] = -1.0
+    if parallel:
+        for c in numba.prange(n_chunks):
+            _update_chunk(m, from_logits, count, table, total, m2, h_sum, apply, c * chunk, min(N, (c + 1) * chunk),
+                          sts[c])
+    else:
+        for c in range(n_chunks):
+            _update_chunk(m, from_logits, count, table, total, m2, h_sum, apply, c * chunk, min(N, (c + 1) * chunk),
+                          sts[c])
+    st = np.array([0.0, -1.0, -1.0, 0.0])
+    for c in range(n_chunks):
+        merge_status(st, int(sts[c, 0]), int(sts[c, 1]), int(sts[c, 2]), sts[c, 3])
+    return st
+
+
+def _state(a, name, size):
+    if (not isinstance(a, np.ndarray) or a.dtype != np.float64 or not a.flags.c_contiguous or not a.flags.writeable
+            or a.size != size):
+        raise ValueError(f"{name} must be a writeable C-contiguous float64 array of {size} elements")
+    return a
+
+
+def ensemble_update(member, from_logits, count, sum, m2, entropy_sum):  # noqa: A002 - the C++ argument name
+    """Same contract as ``calibkit._core.ensemble_update``."""
+    _check_matrix(member, "member")
+    if count < 0:
+        raise ValueError("count must be >= 0")
+    N, K = member.shape
+    total = _state(sum, "sum", N * K).reshape(N, K)
+    sq = _state(m2, "m2", N * K).reshape(N, K)
+    h = _state(entropy_sum, "entropy_sum", N)
+    m = as_kernel_array(member)
+    for apply in (False, True):
+        st = run_locked(_update_driver, m, bool(from_logits), int(count), HALF_TABLE, total, sq, h, apply,
+                        N * K >= MIN_PARALLEL_ELEMENTS)
+        if st[0] != 0:
+            return status_tuple(st)
+    return (0, -1, -1, 0.0)
+
+
+@numba.njit(**JIT)
+def _confidence_chunk(z, labels, has_labels, grad_scale, table, grad, begin, end, acc, st):
+    K = z.shape[1]
+    buf = np.empty(K)
+    logK = math.log(K)
+    invK = 1.0 / K
+    for i in range(begin, end):
+        y = -1
+        if has_labels:
+            y = labels[i]
+            if y < 0 or y >= K:
+                merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
+                continue
+        if not _load_row(z, i, table, buf, False, st):
+            continue
+        z_label = buf[y] if has_labels else 0.0
+        total = 0.0
+        for k in range(K):
+            total += buf[k]
+        best, _ = _top_two(buf, K)
+        s0, _ = _softmax_sums(buf, K, best, 1.0, True)
+        log_s0 = math.log(s0)
+        inv = 1.0 / s0
+        if has_labels:
+            acc[0] += log_s0 - (z_label - best)
+            for k in range(K):
+                grad[i, k] = grad_scale * (buf[k] * inv - (1.0 if k == y else 0.0))
+        else:
+            acc[0] += max(log_s0 - logK - (total * invK - best), 0.0)
+            for k in range(K):
+                grad[i, k] = grad_scale * (buf[k] * inv - invK)
+
+
+@numba.njit(parallel=True, **JIT)
+def _confidence_driver(z, labels, has_labels, grad_scale, table, grad, parallel):
+    N, K = z.shape
+    chunk = rows_per_chunk(K, 1)
+    n_chunks = (N + chunk - 1) // chunk
+    acc = np.zeros((n_chunks, 1))
+    sts = np.zeros((n_chunks, 4))
+    sts[:, 1:3] = -1.0
+    if parallel:
+        for c in numba.prange(n_chunks):
+            _confidence_chunk(z, labels, has_labels, grad_scale, table, grad, c * chunk, min(N, (c + 1) * chunk),
+                              acc[c], sts[c])
+    else:
+        for c in range(n_chunks):
+            _confidence_chunk(z, labels, has_labels, grad_scale, table, grad, c * chunk, min(N, (c + 1) * chunk),
+                              acc[c], sts[c])
+    total = 0.0
+    st = np.array([0.0, -1.0, -1.0, 0.0])
+    for c in range(n_chunks):
+        total += acc[c, 0]
+        merge_status(st, int(sts[c, 0]), int(sts[c, 1]), int(sts[c, 2]), sts[c, 3])
+    return total, st
+
+
+def confidence_loss(logits_in, labels, logits_out, beta):
+    """Same contract as ``calibkit._core.confidence_loss``."""
+    _check_matrix(logits_in, "logits_in")
+    _check_matrix(logits_out, "logits_out")
+    if logits_in.dtype != logits_out.dtype:
+        raise TypeError("logits_in and logits_out must have the same dtype")
+    if labels.dtype != np.int64 or labels.ndim != 1 or labels.shape[0] != logits_in.shape[0]:
+        raise ValueError("labels must be a 1-D int64 array of length N")
+    if not (beta >= 0.0 and math.isfinite(beta)):
+        raise ValueError("beta must be a finite number >= 0")
+    (ni, K), (no, K2) = logits_in.shape, logits_out.shape
+    if ni < 1 or no < 1:
+        raise ValueError("logits_in and logits_out must not be empty")
+    if K != K2:
+        raise ValueError("logits_in and logits_out must have the same number of columns")
+    out_dtype = np.float64 if logits_in.dtype == np.float64 else np.float32
+    grad_in = np.empty((ni, K), out_dtype)
+    grad_out = np.empty((no, K), out_dtype)
+    nll, st_in = run_locked(_confidence_driver, as_kernel_array(logits_in), labels, True, 1.0 / ni, HALF_TABLE,
+                            grad_in, ni * K >= MIN_PARALLEL_ELEMENTS)
+    kl, st_out = run_locked(_confidence_driver, as_kernel_array(logits_out), labels, False, float(beta) / no,
+                            HALF_TABLE, grad_out, no * K >= MIN_PARALLEL_ELEMENTS)
+    return {"nll": nll / ni, "kl": kl / no, "grad_in": grad_in, "grad_out": grad_out,
+            "status_in": status_tuple(st_in), "status_out": status_tuple(st_out)}
+
+
+__all__ = ["confidence_loss", "ensemble_decompose", "ensemble_update", "row_scores"]
