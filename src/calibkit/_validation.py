@@ -127,7 +127,7 @@ def check_correct(correct, n_rows, name="correct"):
         bad = ~((c == 0) | (c == 1))
         if bad.any():
             i = int(np.argmax(bad))
-            raise ValueError(f"{name}[{i}] = {c[i]!r} is not 0/1 or a boolean")
+            raise ValueError(f"{name}[{i}] = {c[i].item()!r} is not 0/1 or a boolean")
         c = c.astype(bool)
     return c
 

@@ -272,7 +272,7 @@ class OODAccumulator:
             finite = np.isfinite(a)
             if not finite.all():
                 i = int(np.argmin(finite))
-                raise ValueError(f"{name}[{i}] = {a[i]!r} is not finite (NaN and inf are not accepted)")
+                raise ValueError(f"{name}[{i}] = {float(a[i])!r} is not finite (NaN and inf are not accepted)")
             batches[side] = _bucket_keys(a, self._shift)
         for side, keys in batches.items():  # only after both sides are checked
             self._pending[side].append(keys)

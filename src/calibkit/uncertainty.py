@@ -193,7 +193,7 @@ def feature_scores(features, weights, *, chunk_size=None) -> FeatureScores:
     Wd = np.asarray(W, dtype=dtype)
     if not np.isfinite(Wd).all():
         i, j = np.argwhere(~np.isfinite(Wd))[0]
-        raise ValueError(f"weights[{i}, {j}] = {Wd[i, j]!r} is not finite")
+        raise ValueError(f"weights[{i}, {j}] = {float(Wd[i, j])!r} is not finite")
     w_norm = np.sqrt(np.einsum("kd,kd->k", Wd, Wd))
     if (w_norm == 0).any():
         raise ValueError(f"weights[{int(np.argmax(w_norm == 0))}] has zero norm: a class needs a direction")
@@ -210,7 +210,7 @@ def feature_scores(features, weights, *, chunk_size=None) -> FeatureScores:
         block = np.asarray(F[start:start + chunk_size], dtype=dtype)
         if not np.isfinite(block).all():
             i, j = np.argwhere(~np.isfinite(block))[0]
-            raise ValueError(f"features[{start + i}, {j}] = {block[i, j]!r} is not finite")
+            raise ValueError(f"features[{start + i}, {j}] = {float(block[i, j])!r} is not finite")
         n = np.sqrt(np.einsum("nd,nd->n", block, block))
         best = (block @ Wu.T).max(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -243,6 +243,16 @@ inline void row_score_values(const RowSums& r, int64_t K, bool from_logits, doub
     }
 }
 
+// ||x||_2 without overflow or underflow: max |x_k| times the norm of x / max |x_k|.
+inline double scaled_norm(const double* x, int64_t K) {
+    double big = 0.0;
+    for (int64_t k = 0; k < K; ++k) big = std::max(big, std::fabs(x[k]));
+    if (big == 0.0) return 0.0;
+    double q = 0.0;
+    for (int64_t k = 0; k < K; ++k) q += (x[k] / big) * (x[k] / big);
+    return big * std::sqrt(q);
+}
+
 template <class T, class V>
 void row_scores_chunk(const Matrix<T>& s, bool from_logits, double b, unsigned want, double* const* outs,
                       Status& st, int64_t begin, int64_t end) {
@@ -265,6 +275,8 @@ void row_scores_chunk(const Matrix<T>& s, bool from_logits, double b, unsigned w
         if (need_softmax) softmax_sums<V>(buf.data(), K, pad, b, false, r);
         if (need_entropy) entropy_sums<V>(buf.data(), K, pad, (want >> kKlToUniform) & 1u, r);
         row_score_values(r, K, from_logits, b, want, values);
+        if ((want & (1u << kLogitNorm)) && !(r.sum_sq > 1e-280 && r.sum_sq < 1e280))
+            values[kLogitNorm] = scaled_norm(buf.data(), K);  // the plain sum of squares over- or underflowed
         for (int c = 0; c < kNumScores; ++c)
             if (outs[c]) outs[c][i] = values[c];
     }

@@ -80,6 +80,19 @@ def _entropy_sums(buf, K):
 
 
 @numba.njit(**JIT)
+def _scaled_norm(x, K):
+    big = 0.0
+    for k in range(K):
+        big = max(big, abs(x[k]))
+    if big == 0.0:
+        return 0.0
+    q = 0.0
+    for k in range(K):
+        q += (x[k] / big) * (x[k] / big)
+    return big * math.sqrt(q)
+
+
+@numba.njit(**JIT)
 def _row_scores_chunk(s, from_logits, b, want, table, out, begin, end, st):
     K = s.shape[1]
     buf = np.empty(K)
@@ -108,7 +121,7 @@ def _row_scores_chunk(s, from_logits, b, want, table, out, begin, end, st):
             if want[ENERGY]:
                 out[ENERGY, i] = -(m1 + log_s0 / b)
             if want[LOGIT_NORM]:
-                out[LOGIT_NORM, i] = math.sqrt(sq)
+                out[LOGIT_NORM, i] = math.sqrt(sq) if 1e-280 < sq < 1e280 else _scaled_norm(buf, K)
             if want[KL_TO_UNIFORM]:
                 out[KL_TO_UNIFORM, i] = max(log_s0 - logK - b * (total / K - m1), 0.0)
         else:
