@@ -124,7 +124,11 @@ def run_workload(w: Workload, measure_memory: bool = True) -> list[dict]:
 
 
 def format_rows(w: Workload, rows: list[dict], reference: str) -> str:
-    ref = next((r["time"] for r in rows if r["contender"] == reference), float("nan"))
+    # The reference row: `reference` itself, else the first calibkit C++ row ("calibkit entropy (cpp)").
+    ref_name = next((r["contender"] for r in rows if r["contender"] == reference),
+                    next((r["contender"] for r in rows if r["contender"].startswith("calibkit")
+                          and r["contender"].endswith("(cpp)")), None))
+    ref = next((r["time"] for r in rows if r["contender"] == ref_name), float("nan"))
     floor = next((r["time"] for r in rows if r["contender"] == "one read (floor)"), float("nan"))
     out = [f"\n## {w.area}: {w.name}" + (f"  ({w.notes})" if w.notes else "")]
     out.append(f"{'contender':<34} {'median s':>10} {'x floor':>8} {'vs ' + reference:>16} {'peak extra MB':>14}")

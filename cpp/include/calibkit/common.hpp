@@ -66,6 +66,10 @@ inline double load(const T* p) {
     return Loader<T>::load(p);
 }
 
+// float32 / float16 values as float (exact).
+inline float load_float(const float* p) { return *p; }
+inline float load_float(const half* p) { return half_table()[p->bits]; }
+
 // A read-only 2-D view; strides are in bytes.
 template <class T>
 struct Matrix {

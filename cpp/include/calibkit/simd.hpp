@@ -35,12 +35,16 @@ namespace simd {
 template <int W>
 struct Vec;
 
+// fw / iw: one register of single-precision lanes (twice `width`), for the
+// float32 paths.
 template <>
 struct Vec<2> {
     static constexpr int width = 2;
     typedef double d __attribute__((vector_size(16)));
     typedef int64_t i __attribute__((vector_size(16)));
     typedef float f __attribute__((vector_size(8)));
+    typedef float fw __attribute__((vector_size(16)));
+    typedef int32_t iw __attribute__((vector_size(16)));
 };
 
 template <>
@@ -49,6 +53,8 @@ struct Vec<4> {
     typedef double d __attribute__((vector_size(32)));
     typedef int64_t i __attribute__((vector_size(32)));
     typedef float f __attribute__((vector_size(16)));
+    typedef float fw __attribute__((vector_size(32)));
+    typedef int32_t iw __attribute__((vector_size(32)));
 };
 
 // True when the AVX2 clones may run: the CPU has AVX2 and CALIBKIT_NO_AVX2 is not set
@@ -77,6 +83,11 @@ CALIBKIT_INLINE D splat(double v) {
 template <class D, class I>
 CALIBKIT_INLINE D select(I mask, D a, D b) {
     return (D)(((I)a & mask) | ((I)b & ~mask));
+}
+
+template <class F, class I>
+CALIBKIT_INLINE F select_f(I mask, F a, F b) {
+    return (F)(((I)a & mask) | ((I)b & ~mask));
 }
 
 template <class I>
@@ -167,6 +178,91 @@ CALIBKIT_INLINE typename V::d log_positive(typename V::d x) {
 }
 
 inline double log_positive(double x) { return log_positive<Vec<2>>(splat<Vec<2>::d>(x))[0]; }
+
+// ---------------------------------------------------------------------------
+// Single precision, for float32 / float16 input: twice the lanes per register.
+// Each function is a fixed sequence of IEEE float operations (no FMA), so the
+// Numba twins (calibkit/_numba/_common.py, exp_f32 / log_f32) compute the same
+// bits one value at a time.
+
+template <class F>
+CALIBKIT_INLINE F splat_f(float v) {
+    F r;
+    for (unsigned j = 0; j < sizeof(F) / sizeof(float); ++j) r[j] = v;
+    return r;
+}
+
+// ln 2 split for Cody-Waite reduction: hi has 16 significant bits, so n * hi is
+// exact for |n| < 256; lo = ln 2 - hi.
+constexpr float kLn2HiF = 0.693145751953125f;
+constexpr float kLn2LoF = static_cast<float>(0.6931471805599453 - 0.693145751953125);
+
+// exp(x) for float x <= 0, relative error below 2.5e-7: x = n ln2 + r,
+// |r| <= ln2/2, e^r by its degree-7 Taylor polynomial (truncation < 6e-9),
+// times 2^n. x is clamped at -87 (exp(-87) ~ 1.6e-38, still normal).
+template <class V>
+CALIBKIT_INLINE typename V::fw exp_f32(typename V::fw x) {
+    typedef typename V::fw F;
+    typedef typename V::iw I;
+    x = vmax(x, splat_f<F>(-87.0f));
+    const F shifter = splat_f<F>(12582912.0f);  // 1.5 * 2^23
+    const F t = x * splat_f<F>(static_cast<float>(1.4426950408889634)) + shifter;
+    const F n = t - shifter;
+    F r = x - n * splat_f<F>(kLn2HiF);
+    r = r - n * splat_f<F>(kLn2LoF);
+    F p = splat_f<F>(static_cast<float>(1.0 / 720.0));
+    p = splat_f<F>(static_cast<float>(1.0 / 120.0)) + r * p;
+    p = splat_f<F>(static_cast<float>(1.0 / 24.0)) + r * p;
+    p = splat_f<F>(static_cast<float>(1.0 / 6.0)) + r * p;
+    p = splat_f<F>(0.5f) + r * p;
+    p = splat_f<F>(1.0f) + r * p;
+    p = splat_f<F>(1.0f) + r * p;
+    const I n_int = (I)t - (I)shifter;
+    const F scale = (F)((n_int + 127) << 23);
+    return p * scale;
+}
+
+// log(x) for float x > 0 (subnormals included), relative error below 4e-7
+// (absolute below 1e-7 near x = 1): x = 2^e m, m in [sqrt(1/2), sqrt(2)),
+// log m = 2 atanh(f), f = (m - 1) / (m + 1), by the odd series to f^9
+// (truncation < 2e-9). Lanes with x <= 0 give garbage: mask them.
+template <class V>
+CALIBKIT_INLINE typename V::fw log_f32(typename V::fw x) {
+    typedef typename V::fw F;
+    typedef typename V::iw I;
+    const I tiny = x < splat_f<F>(1.17549435e-38f);
+    x = select_f(tiny, x * splat_f<F>(16777216.0f), x);  // 2^24: subnormals become normal
+    const I bits = (I)x;
+    I e_int = ((bits >> 23) & 0xff) - 127;
+    e_int = e_int - (tiny & 24);
+    F m = (F)((bits & 0x007fffff) | 0x3f800000);  // [1, 2)
+    const I big = m > splat_f<F>(static_cast<float>(1.4142135623730951));
+    m = select_f(big, m * splat_f<F>(0.5f), m);
+    e_int = e_int - big;  // big is -1 where true
+    const F e = __builtin_convertvector(e_int, F);
+    const F f = (m - splat_f<F>(1.0f)) / (m + splat_f<F>(1.0f));
+    const F f2 = f * f;
+    F s = splat_f<F>(static_cast<float>(1.0 / 9.0));
+    s = splat_f<F>(static_cast<float>(1.0 / 7.0)) + f2 * s;
+    s = splat_f<F>(static_cast<float>(1.0 / 5.0)) + f2 * s;
+    s = splat_f<F>(static_cast<float>(1.0 / 3.0)) + f2 * s;
+    s = splat_f<F>(1.0f) + f2 * s;
+    const F log_m = (f + f) * s;
+    return e * splat_f<F>(kLn2HiF) + (log_m + e * splat_f<F>(kLn2LoF));
+}
+
+inline float exp_f32(float x) { return exp_f32<Vec<2>>(splat_f<Vec<2>::fw>(x))[0]; }
+inline float log_f32(float x) { return log_f32<Vec<2>>(splat_f<Vec<2>::fw>(x))[0]; }
+
+// The float lanes of x as two double vectors (lanes 0..w-1 and w..2w-1).
+template <class V>
+CALIBKIT_INLINE void widen(typename V::fw x, typename V::d& lo, typename V::d& hi) {
+    typename V::f a, b;
+    std::memcpy(&a, &x, sizeof a);
+    std::memcpy(&b, reinterpret_cast<const char*>(&x) + sizeof a, sizeof b);
+    lo = __builtin_convertvector(a, typename V::d);
+    hi = __builtin_convertvector(b, typename V::d);
+}
 
 // Eight consecutive elements of a row ("an octet") as 8 / W vectors of W
 // doubles. Element j of the octet is lane j: sums over octets are combined in

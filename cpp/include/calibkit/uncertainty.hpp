@@ -11,12 +11,20 @@
 //   KL(U || softmax) = log s0 - log K - b mean(u),  logit norm = ||z||_2.
 // From probabilities p: entropy = -sum p log p (0 log 0 = 0), KL(U || p) =
 // -log K - mean(log p) (inf when some p_k = 0).
+//
+// Precision follows the input: float64 rows are read into a double buffer and
+// every exp / log is a double one (~1 ulp); float32 / float16 rows are read
+// into a float buffer and exp / log run on 8 float lanes (relative error
+// < 4e-7 per element, the size of the input's own rounding) -- twice the lanes
+// and a shorter polynomial, which is what keeps these kernels near the memory
+// bandwidth. All sums are accumulated in double in both cases.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "binning.hpp"
@@ -75,6 +83,60 @@ CALIBKIT_INLINE void store_lanes(double* p, typename V::d v) {
     std::memcpy(p, &v, sizeof v);
 }
 
+// Row i of s (float32 or float16) into buf[0..K) as floats, zeros up to padded_length(K).
+template <class T>
+CALIBKIT_INLINE void load_row_f(const Matrix<T>& s, int64_t i, float* buf) {
+    const int64_t K = s.cols;
+    if (s.row_contiguous()) {
+        const T* r = s.row(i);
+        for (int64_t k = 0; k < K; ++k) buf[k] = load_float(r + k);
+    } else {
+        for (int64_t k = 0; k < K; ++k)
+            buf[k] = load_float(reinterpret_cast<const T*>(s.data + i * s.row_stride + k * s.col_stride));
+    }
+    for (int64_t k = K; k < padded_length(K); ++k) buf[k] = 0.0f;
+}
+
+// Float rows: an octet of 8 floats is 8 / (2 width) registers of 2 width lanes.
+template <class V>
+constexpr int kFloatGroups = 8 / (2 * V::width);
+
+template <class V>
+struct PadMaskF {
+    typename V::iw valid[kFloatGroups<V>];
+    int64_t last;
+    explicit PadMaskF(int64_t K) {
+        last = padded_length(K) - 8;
+        for (int g = 0; g < kFloatGroups<V>; ++g)
+            for (int j = 0; j < 2 * V::width; ++j) valid[g][j] = (last + g * 2 * V::width + j < K) ? -1 : 0;
+    }
+};
+
+template <class V>
+CALIBKIT_INLINE typename V::fw flanes_at(const float* p) {
+    typename V::fw v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// Adds the float lanes of x (float group g of an octet) to double accumulators.
+template <class V>
+CALIBKIT_INLINE void add_widened(simd::Octet<V>& acc, int g, typename V::fw x) {
+    typename V::d lo, hi;
+    simd::widen<V>(x, lo, hi);
+    acc.v[2 * g] += lo;
+    acc.v[2 * g + 1] += hi;
+}
+
+template <class V>
+CALIBKIT_INLINE void add_widened_product(simd::Octet<V>& acc, int g, typename V::fw x, typename V::fw y) {
+    typename V::d xl, xh, yl, yh;
+    simd::widen<V>(x, xl, xh);
+    simd::widen<V>(y, yl, yh);
+    acc.v[2 * g] += xl * yl;
+    acc.v[2 * g + 1] += xh * yh;
+}
+
 // What one pass over a row gives.
 struct RowSums {
     double max = -INFINITY, second = -INFINITY;  // the two largest values (equal if tied)
@@ -86,18 +148,30 @@ struct RowSums {
 
 // First element of a row that is not finite (or, for probabilities, not in
 // [0, 1]); false if there is none.
-inline bool find_bad(const double* buf, int64_t K, bool probabilities, int64_t i, Status& st) {
+template <class E>
+bool find_bad(const E* buf, int64_t K, bool probabilities, int64_t i, Status& st) {
     for (int64_t k = 0; k < K; ++k) {
-        if (!is_finite(buf[k])) {
-            st.set(kScoreNotFinite, i, k, buf[k]);
+        const double v = static_cast<double>(buf[k]);
+        if (!is_finite(v)) {
+            st.set(kScoreNotFinite, i, k, v);
             return true;
         }
-        if (probabilities && !valid_probability(buf[k])) {
-            st.set(kProbabilityOutOfRange, i, k, buf[k]);
+        if (probabilities && !valid_probability(v)) {
+            st.set(kProbabilityOutOfRange, i, k, v);
             return true;
         }
     }
     return false;
+}
+
+// The overall top two of per-lane (max, second) pairs.
+inline void top_two(double a, double b, double& m1, double& m2) {
+    if (a > m1) {
+        m2 = std::max(m1, b);
+        m1 = a;
+    } else {
+        m2 = std::max(m2, a);
+    }
 }
 
 // Checks, the two largest values and (logits) the value sums of a loaded row.
@@ -134,15 +208,7 @@ CALIBKIT_INLINE bool scan_row(const double* buf, int64_t K, const PadMask<V>& pa
     // The overall top two are among the lanes' top two.
     double m1 = -INFINITY, m2 = -INFINITY, s = 0.0, q = 0.0;
     for (int g = 0; g < G; ++g)
-        for (int j = 0; j < V::width; ++j) {
-            const double a = mx[g][j], b = sc[g][j];
-            if (a > m1) {
-                m2 = std::max(m1, b);
-                m1 = a;
-            } else {
-                m2 = std::max(m2, a);
-            }
-        }
+        for (int j = 0; j < V::width; ++j) top_two(mx[g][j], sc[g][j], m1, m2);
     Octet<V> os, oq;
     for (int g = 0; g < G; ++g) os.v[g] = sum[g], oq.v[g] = sq[g];
     s = octet_sum(os);
@@ -219,6 +285,140 @@ CALIBKIT_INLINE void entropy_sums(const double* buf, int64_t K, const PadMask<V>
     r.has_zero = z;
 }
 
+// The float-row twins of scan_row, softmax_sums and entropy_sums: the same
+// results from float lanes (sums in double). `sums`: whether sum / sum_sq are needed.
+template <class V>
+CALIBKIT_INLINE bool scan_row_f(const float* buf, int64_t K, const PadMaskF<V>& pad, bool probabilities, bool sums,
+                                int64_t i, RowSums& r, Status& st) {
+    using namespace simd;
+    typedef typename V::fw F;
+    typedef typename V::iw I;
+    constexpr int G = kFloatGroups<V>;
+    const F zero = splat_f<F>(0.0f), neg_inf = splat_f<F>(-INFINITY);
+    // The float bounds equivalent to [-kProbabilityTolerance, 1 + kProbabilityTolerance] for float values.
+    const F lo = splat_f<F>(-9.99999997e-07f), hi = splat_f<F>(1.00000095f);
+    I bad = (I)zero;
+    F mx[G], sc[G];
+    Octet<V> sum, sq;
+    for (int g = 0; g < G; ++g) mx[g] = sc[g] = neg_inf;
+    for (int g = 0; g < Octet<V>::n; ++g) sum.v[g] = sq.v[g] = splat<typename V::d>(0.0);
+    const int64_t n = padded_length(K);
+    for (int64_t k = 0; k < n; k += 8) {
+        const bool last = k == pad.last;
+        for (int g = 0; g < G; ++g) {
+            F v = flanes_at<V>(buf + k + g * 2 * V::width);
+            bad |= ~((v - v) == zero);
+            if (probabilities) bad |= ~((v >= lo) & (v <= hi));
+            if (sums) {
+                add_widened<V>(sum, g, v);
+                add_widened_product<V>(sq, g, v, v);
+            }
+            if (last) v = select_f(pad.valid[g], v, neg_inf);
+            sc[g] = vmax(sc[g], vmin(mx[g], v));
+            mx[g] = vmax(mx[g], v);
+        }
+    }
+    bool any_bad = false;
+    for (int j = 0; j < 2 * V::width; ++j) any_bad |= bad[j] != 0;
+    if (any_bad && find_bad(buf, K, probabilities, i, st)) return false;
+    double m1 = -INFINITY, m2 = -INFINITY;
+    for (int g = 0; g < G; ++g)
+        for (int j = 0; j < 2 * V::width; ++j) top_two(mx[g][j], sc[g][j], m1, m2);
+    r.max = m1;
+    r.second = m2;
+    if (sums) {
+        r.sum = octet_sum(sum);
+        r.sum_sq = octet_sum(sq);
+    }
+    return true;
+}
+
+// Float partial sums are flushed into the double accumulators every kFlushOctets
+// octets: each float partial adds at most 8 terms of one sign (relative error
+// < 5e-7), and the flush pattern depends only on the element index, so the
+// SSE2 and AVX2 clones (and the Numba twin) add the same numbers in the same order.
+constexpr int64_t kFlushOctets = 8;
+
+template <class V>
+CALIBKIT_INLINE void flush(simd::Octet<V>& acc, typename V::fw* part) {
+    for (int g = 0; g < kFloatGroups<V>; ++g) {
+        add_widened<V>(acc, g, part[g]);
+        part[g] = simd::splat_f<typename V::fw>(0.0f);
+    }
+}
+
+// s0 (and with `with_s1`, s1) of a float row after scan_row_f; with Store,
+// out[k] = e^{b u_k} (0 in the padding; out may be buf).
+template <class V, bool Store>
+CALIBKIT_INLINE void softmax_sums_f(const float* buf, float* out, int64_t K, const PadMaskF<V>& pad, float b,
+                                    bool with_s1, RowSums& r) {
+    using namespace simd;
+    typedef typename V::fw F;
+    constexpr int G = kFloatGroups<V>;
+    const F zero = splat_f<F>(0.0f), shift = splat_f<F>(static_cast<float>(r.max)), scale = splat_f<F>(b);
+    Octet<V> s0, s1;
+    for (int g = 0; g < Octet<V>::n; ++g) s0.v[g] = s1.v[g] = splat<typename V::d>(0.0);
+    F p0[G], p1[G];
+    for (int g = 0; g < G; ++g) p0[g] = p1[g] = zero;
+    const int64_t n = padded_length(K);
+    for (int64_t k = 0, octet = 1; k < n; k += 8, ++octet) {
+        const bool last = k == pad.last;
+        for (int g = 0; g < G; ++g) {
+            const int64_t at = k + g * 2 * V::width;
+            F u = flanes_at<V>(buf + at) - shift;
+            F e = exp_f32<V>(scale * u);
+            if (last) {
+                u = select_f(pad.valid[g], u, zero);
+                e = select_f(pad.valid[g], e, zero);
+            }
+            p0[g] += e;
+            if (with_s1) p1[g] += e * u;
+            if constexpr (Store) std::memcpy(out + at, &e, sizeof e);
+        }
+        if (octet % kFlushOctets == 0 || last) {
+            flush<V>(s0, p0);
+            if (with_s1) flush<V>(s1, p1);
+        }
+    }
+    r.s0 = octet_sum(s0);
+    r.s1 = with_s1 ? octet_sum(s1) : 0.0;
+}
+
+template <class V>
+CALIBKIT_INLINE void entropy_sums_f(const float* buf, int64_t K, const PadMaskF<V>& pad, bool logs, RowSums& r) {
+    using namespace simd;
+    typedef typename V::fw F;
+    typedef typename V::iw I;
+    constexpr int G = kFloatGroups<V>;
+    const F zero = splat_f<F>(0.0f);
+    Octet<V> a, l;
+    for (int g = 0; g < Octet<V>::n; ++g) a.v[g] = l.v[g] = splat<typename V::d>(0.0);
+    F pa[G], pl[G];
+    for (int g = 0; g < G; ++g) pa[g] = pl[g] = zero;
+    I zeros = (I)zero;
+    const int64_t n = padded_length(K);
+    for (int64_t k = 0, octet = 1; k < n; k += 8, ++octet) {
+        const bool last = k == pad.last;
+        for (int g = 0; g < G; ++g) {
+            const F p = flanes_at<V>(buf + k + g * 2 * V::width);
+            const I positive = p > zero;
+            const F lg = select_f(positive, log_f32<V>(select_f(positive, p, splat_f<F>(1.0f))), zero);
+            zeros |= last ? (~positive & pad.valid[g]) : ~positive;
+            pa[g] += p * lg;
+            if (logs) pl[g] += lg;
+        }
+        if (octet % kFlushOctets == 0 || last) {
+            flush<V>(a, pa);
+            if (logs) flush<V>(l, pl);
+        }
+    }
+    r.plogp = octet_sum(a);
+    r.sum_log = logs ? octet_sum(l) : 0.0;
+    bool z = false;
+    for (int j = 0; j < 2 * V::width; ++j) z |= zeros[j] != 0;
+    r.has_zero = z;
+}
+
 // Row scores of one scanned row (see the header comment); `want` is a bit mask of ScoreKind.
 inline void row_score_values(const RowSums& r, int64_t K, bool from_logits, double b, unsigned want,
                              double* out) {
@@ -244,39 +444,131 @@ inline void row_score_values(const RowSums& r, int64_t K, bool from_logits, doub
 }
 
 // ||x||_2 without overflow or underflow: max |x_k| times the norm of x / max |x_k|.
-inline double scaled_norm(const double* x, int64_t K) {
+template <class E>
+double scaled_norm(const E* x, int64_t K) {
     double big = 0.0;
-    for (int64_t k = 0; k < K; ++k) big = std::max(big, std::fabs(x[k]));
+    for (int64_t k = 0; k < K; ++k) big = std::max(big, std::fabs(static_cast<double>(x[k])));
     if (big == 0.0) return 0.0;
     double q = 0.0;
-    for (int64_t k = 0; k < K; ++k) q += (x[k] / big) * (x[k] / big);
+    for (int64_t k = 0; k < K; ++k) {
+        const double v = static_cast<double>(x[k]) / big;
+        q += v * v;
+    }
     return big * std::sqrt(q);
 }
+
+// One thread's working state for rows of a Matrix<T>: the row buffer (double
+// for float64 input, float for float32 / float16) and the pad masks.
+template <class T, class V>
+struct RowWork {
+    static constexpr bool single = !std::is_same_v<T, double>;
+    int64_t K;
+    PadMask<V> pad;
+    PadMaskF<V> padf;
+    std::vector<double> d;  // the row (double path)
+    std::vector<float> f;   // the row (float path)
+    const float* row = nullptr;  // the float row being read: f, or the input itself when it needs no padding
+
+    explicit RowWork(int64_t cols)
+        : K(cols), pad(cols), padf(cols), d(single ? 0 : static_cast<size_t>(padded_length(cols))),
+          f(single ? static_cast<size_t>(padded_length(cols)) : 0) {}
+
+    // Loads and checks row i; the top two values and (with `sums`) the value sums.
+    // `in_place`: a contiguous float32 row of a multiple of 8 elements is read
+    // where it is (no copy); softmax(.., store=true) needs in_place = false.
+    CALIBKIT_INLINE bool scan(const Matrix<T>& s, int64_t i, bool probabilities, bool sums, RowSums& r,
+                              Status& st, bool in_place = false) {
+        if constexpr (single) {
+            if (std::is_same_v<T, float> && in_place && K % 8 == 0 && s.row_contiguous()) {
+                row = reinterpret_cast<const float*>(s.row(i));
+            } else {
+                load_row_f(s, i, f.data());
+                row = f.data();
+            }
+            return scan_row_f<V>(row, K, padf, probabilities, sums, i, r, st);
+        } else {
+            (void)sums;
+            load_row(s, i, d.data());
+            return scan_row<V>(d.data(), K, pad, probabilities, i, r, st);
+        }
+    }
+    // The value at k of the loaded row (or, after softmax(.., true), e^{b u_k}).
+    CALIBKIT_INLINE double at(int64_t k) const {
+        if constexpr (single) return static_cast<double>(row[k]);
+        else return d[static_cast<size_t>(k)];
+    }
+    CALIBKIT_INLINE void softmax(double b, bool store, bool with_s1, RowSums& r) {
+        if constexpr (single) {
+            if (store) softmax_sums_f<V, true>(f.data(), f.data(), K, padf, static_cast<float>(b), with_s1, r);
+            else softmax_sums_f<V, false>(row, nullptr, K, padf, static_cast<float>(b), with_s1, r);
+        } else {
+            softmax_sums<V>(d.data(), K, pad, b, store, r);
+        }
+    }
+    CALIBKIT_INLINE void entropy(bool logs, RowSums& r) {
+        if constexpr (single) entropy_sums_f<V>(row, K, padf, logs, r);
+        else entropy_sums<V>(d.data(), K, pad, logs, r);
+    }
+    CALIBKIT_INLINE double norm() const {
+        if constexpr (single) return scaled_norm(row, K);
+        else return scaled_norm(d.data(), K);
+    }
+    // Scans ensemble member row i and computes its entropy; afterwards its
+    // probabilities are p_k = at(k) * *scale. False (status set) on bad input.
+    CALIBKIT_INLINE bool member(const Matrix<T>& m, int64_t i, bool from_logits, double* row_entropy, double* scale,
+                                double* row_max, Status& st) {
+        RowSums r;
+        if (!scan(m, i, !from_logits, false, r, st, !from_logits)) return false;
+        if (from_logits) {
+            softmax(1.0, true, true, r);
+            *scale = 1.0 / r.s0;
+            *row_max = r.max;
+            *row_entropy = std::max(std::log(r.s0) - r.s1 / r.s0, 0.0);
+        } else {
+            entropy(false, r);
+            *scale = 1.0;
+            *row_max = 0.0;
+            *row_entropy = std::max(-r.plogp, 0.0);
+        }
+        return true;
+    }
+    // p_c of member row i again, one element (the same bits as member() gave).
+    static CALIBKIT_INLINE double member_value(const Matrix<T>& m, int64_t i, int64_t c, bool from_logits,
+                                               double scale, double row_max) {
+        const T* at = reinterpret_cast<const T*>(m.data + i * m.row_stride + c * m.col_stride);
+        if (!from_logits) return static_cast<double>(load(at)) * scale;
+        if constexpr (single) {
+            const float u = load_float(at) - static_cast<float>(row_max);
+            return static_cast<double>(simd::exp_f32(1.0f * u)) * scale;
+        } else {
+            return simd::exp_nonpositive(1.0 * (load(at) - row_max)) * scale;
+        }
+    }
+};
 
 template <class T, class V>
 void row_scores_chunk(const Matrix<T>& s, bool from_logits, double b, unsigned want, double* const* outs,
                       Status& st, int64_t begin, int64_t end) {
     const int64_t K = s.cols;
-    const PadMask<V> pad(K);
-    std::vector<double> buf(static_cast<size_t>(padded_length(K)));
+    RowWork<T, V> w(K);
     const unsigned softmax_kinds = (1u << kMaxProbability) | (1u << kMargin) | (1u << kEntropy) | (1u << kEnergy) |
                                    (1u << kKlToUniform);
     const bool need_softmax = from_logits && (want & softmax_kinds);
     const bool need_entropy = !from_logits && (want & ((1u << kEntropy) | (1u << kKlToUniform)));
+    const bool need_sums = from_logits && (want & ((1u << kLogitNorm) | (1u << kKlToUniform)));
     double values[kNumScores];
     for (int64_t i = begin; i < end; ++i) {
-        load_row(s, i, buf.data());
         RowSums r;
-        if (!scan_row<V>(buf.data(), K, pad, !from_logits, i, r, st)) {
+        if (!w.scan(s, i, !from_logits, need_sums, r, st, true)) {
             for (int c = 0; c < kNumScores; ++c)
                 if (outs[c]) outs[c][i] = NAN;
             continue;
         }
-        if (need_softmax) softmax_sums<V>(buf.data(), K, pad, b, false, r);
-        if (need_entropy) entropy_sums<V>(buf.data(), K, pad, (want >> kKlToUniform) & 1u, r);
+        if (need_softmax) w.softmax(b, false, (want >> kEntropy) & 1u, r);
+        if (need_entropy) w.entropy((want >> kKlToUniform) & 1u, r);
         row_score_values(r, K, from_logits, b, want, values);
         if ((want & (1u << kLogitNorm)) && !(r.sum_sq > 1e-280 && r.sum_sq < 1e280))
-            values[kLogitNorm] = scaled_norm(buf.data(), K);  // the plain sum of squares over- or underflowed
+            values[kLogitNorm] = w.norm();  // the plain sum of squares over- or underflowed
         for (int c = 0; c < kNumScores; ++c)
             if (outs[c]) outs[c][i] = values[c];
     }
@@ -324,36 +616,18 @@ struct Passes {
     Matrix<T> pass(int64_t s) const { return Matrix<T>{data + s * s_stride, N, K, n_stride, k_stride}; }
 };
 
-// Softmax (from logits) or the probabilities of row i of pass m into buf, its
-// entropy into *entropy; false (status set, row = i, col = k) on bad input.
-template <class T, class V>
-CALIBKIT_INLINE bool member_probabilities(const Matrix<T>& m, int64_t i, bool from_logits, const PadMask<V>& pad,
-                                          double* buf, double* entropy, Status& st) {
-    const int64_t K = m.cols;
-    load_row(m, i, buf);
-    RowSums r;
-    if (!scan_row<V>(buf, K, pad, !from_logits, i, r, st)) return false;
-    if (from_logits) {
-        softmax_sums<V>(buf, K, pad, 1.0, true, r);
-        const double inv = 1.0 / r.s0;
-        for (int64_t k = 0; k < padded_length(K); ++k) buf[k] *= inv;
-        *entropy = std::max(std::log(r.s0) - r.s1 / r.s0, 0.0);
-    } else {
-        entropy_sums<V>(buf, K, pad, false, r);
-        *entropy = std::max(-r.plogp, 0.0);
-    }
-    return true;
-}
-
 // Welford's update of the running sum and the sum of squared deviations of
-// one member's probabilities (`count` members seen before this one).
-CALIBKIT_INLINE void welford_update(const double* p, int64_t K, int64_t count, double* sum, double* m2) {
-    const double n_old = static_cast<double>(count), n_new = static_cast<double>(count + 1);
-    for (int64_t k = 0; k < K; ++k) {
-        const double old_mean = count > 0 ? sum[k] / n_old : 0.0;
-        sum[k] += p[k];
-        const double new_mean = sum[k] / n_new;
-        m2[k] += (p[k] - old_mean) * (p[k] - new_mean);
+// one member's probabilities p_k = at(k) * scale (`count` members seen before).
+template <class W>
+CALIBKIT_INLINE void welford_update(const W& w, double scale, int64_t count, double* sum, double* m2) {
+    const double inv_old = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;
+    const double inv_new = 1.0 / static_cast<double>(count + 1);
+    for (int64_t k = 0; k < w.K; ++k) {
+        const double p = w.at(k) * scale;
+        const double old_mean = sum[k] * inv_old;
+        sum[k] += p;
+        const double new_mean = sum[k] * inv_new;
+        m2[k] += (p - old_mean) * (p - new_mean);
     }
 }
 
@@ -378,24 +652,25 @@ template <class T, class V>
 void decompose_chunk(const Passes<T>& x, bool from_logits, const DecomposeOut& out, Status& st, int64_t begin,
                      int64_t end) {
     const int64_t K = x.K, S = x.S;
-    const PadMask<V> pad(K);
-    const int64_t Kp = padded_length(K);
-    std::vector<double> buf(static_cast<size_t>(Kp)), sum(static_cast<size_t>(Kp)), m2(static_cast<size_t>(K));
+    RowWork<T, V> w(K);
+    std::vector<double> mean_row(static_cast<size_t>(padded_length(K))), sum(static_cast<size_t>(K));
+    std::vector<double> scale(static_cast<size_t>(S)), row_max(static_cast<size_t>(S));
+    const double inv = 1.0 / static_cast<double>(S);
     for (int64_t i = begin; i < end; ++i) {
         std::fill(sum.begin(), sum.end(), 0.0);
-        std::fill(m2.begin(), m2.end(), 0.0);
         double entropy_sum = 0.0;
         bool ok = true;
-        for (int64_t s = 0; s < S && ok; ++s) {
+        for (int64_t s = 0; s < S; ++s) {
             double h;
             Status member;
-            ok = member_probabilities<T, V>(x.pass(s), i, from_logits, pad, buf.data(), &h, member);
-            if (!ok) {
+            if (!w.member(x.pass(s), i, from_logits, &h, &scale[s], &row_max[s], member)) {
                 member.col = s * K + member.col;  // position in the (S, N, K) array: (s, i, k)
                 st.merge(member);
+                ok = false;
                 break;
             }
-            welford_update(buf.data(), K, s, sum.data(), m2.data());
+            const double c = scale[s];
+            for (int64_t k = 0; k < K; ++k) sum[k] += w.at(k) * c;
             entropy_sum += h;
         }
         double* mean = out.mean + i * K;
@@ -405,20 +680,24 @@ void decompose_chunk(const Passes<T>& x, bool from_logits, const DecomposeOut& o
             out.prediction[i] = -1;
             continue;
         }
-        const double inv = 1.0 / static_cast<double>(S);
         int64_t best = 0;
         for (int64_t k = 0; k < K; ++k) {
-            buf[k] = sum[k] * inv;
-            mean[k] = buf[k];
-            if (buf[k] > buf[best]) best = k;
+            mean_row[k] = sum[k] * inv;
+            mean[k] = mean_row[k];
+            if (mean_row[k] > mean_row[best]) best = k;
         }
-        for (int64_t k = K; k < Kp; ++k) buf[k] = 0.0;
-        const double total = row_entropy<V>(buf.data(), K, pad);
+        // Variance of the predicted class: a second pass over its S values only.
+        double dev = 0.0;
+        for (int64_t s = 0; s < S; ++s) {
+            const double p = RowWork<T, V>::member_value(x.pass(s), i, best, from_logits, scale[s], row_max[s]);
+            dev += (p - mean_row[best]) * (p - mean_row[best]);
+        }
+        const double total = row_entropy<V>(mean_row.data(), K, w.pad);
         const double aleatoric = entropy_sum * inv;
         out.total[i] = total;
         out.aleatoric[i] = aleatoric;
         out.epistemic[i] = std::max(total - aleatoric, 0.0);
-        out.variance[i] = m2[best] * inv;
+        out.variance[i] = dev * inv;
         out.prediction[i] = best;
     }
 }
@@ -460,16 +739,15 @@ template <class T, class V>
 void ensemble_update_chunk(const Matrix<T>& m, bool from_logits, int64_t count, double* sum, double* m2,
                            double* entropy_sum, bool apply, Status& st, int64_t begin, int64_t end) {
     const int64_t K = m.cols;
-    const PadMask<V> pad(K);
-    std::vector<double> buf(static_cast<size_t>(padded_length(K)));
+    RowWork<T, V> w(K);
     for (int64_t i = begin; i < end; ++i) {
-        double h;
-        if (!member_probabilities<T, V>(m, i, from_logits, pad, buf.data(), &h, st)) {
+        double h, scale, row_max;
+        if (!w.member(m, i, from_logits, &h, &scale, &row_max, st)) {
             if (!apply) return;
             continue;
         }
         if (!apply) continue;
-        welford_update(buf.data(), K, count, sum + i * K, m2 + i * K);
+        welford_update(w, scale, count, sum + i * K, m2 + i * K);
         entropy_sum[i] += h;
     }
 }
@@ -524,8 +802,7 @@ template <class T, class O, class V>
 void confidence_rows(const Matrix<T>& z, const Vector<int64_t>* labels, double grad_scale, O* grad,
                      ConfidenceLossSums& part, int64_t begin, int64_t end) {
     const int64_t K = z.cols;
-    const PadMask<V> pad(K);
-    std::vector<double> buf(static_cast<size_t>(padded_length(K)));
+    RowWork<T, V> w(K);
     const double logK = std::log(static_cast<double>(K)), invK = 1.0 / static_cast<double>(K);
     for (int64_t i = begin; i < end; ++i) {
         int64_t y = -1;
@@ -536,19 +813,18 @@ void confidence_rows(const Matrix<T>& z, const Vector<int64_t>* labels, double g
                 continue;
             }
         }
-        load_row(z, i, buf.data());
-        const double z_label = labels ? buf[y] : 0.0;
         RowSums r;
-        if (!scan_row<V>(buf.data(), K, pad, false, i, r, part.status)) continue;
-        softmax_sums<V>(buf.data(), K, pad, 1.0, true, r);
+        if (!w.scan(z, i, false, labels == nullptr, r, part.status)) continue;
+        const double z_label = labels ? w.at(y) : 0.0;
+        w.softmax(1.0, true, false, r);
         const double log_s0 = std::log(r.s0), inv = 1.0 / r.s0;
         O* g = grad + i * K;
         if (labels) {
             part.nll += log_s0 - (z_label - r.max);
-            for (int64_t k = 0; k < K; ++k) g[k] = static_cast<O>(grad_scale * (buf[k] * inv - (k == y ? 1.0 : 0.0)));
+            for (int64_t k = 0; k < K; ++k) g[k] = static_cast<O>(grad_scale * (w.at(k) * inv - (k == y ? 1.0 : 0.0)));
         } else {
             part.kl += std::max(log_s0 - logK - (r.sum * invK - r.max), 0.0);
-            for (int64_t k = 0; k < K; ++k) g[k] = static_cast<O>(grad_scale * (buf[k] * inv - invK));
+            for (int64_t k = 0; k < K; ++k) g[k] = static_cast<O>(grad_scale * (w.at(k) * inv - invK));
         }
     }
 }

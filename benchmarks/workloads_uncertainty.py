@@ -1,0 +1,267 @@
+"""Uncertainty scores, the ensemble decomposition, OOD / selective-prediction metrics and the confidence loss
+against NumPy/SciPy, PyTorch, scikit-learn and torchmetrics on the same arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from harness import Contender, Workload
+
+
+def _close(want, rtol=1e-9, atol=1e-12):
+    def check(got):
+        if isinstance(want, dict):
+            for k, v in want.items():
+                if not np.allclose(np.asarray(got[k], dtype=np.float64), v, rtol=rtol, atol=atol):
+                    return f"{k} differs"
+            return None
+        return None if np.allclose(np.asarray(got, dtype=np.float64), want, rtol=rtol, atol=atol) else "differs"
+    return check
+
+
+def _logits(n, k, seed=0):
+    rng = np.random.default_rng(seed)
+    z = np.empty((n, k), dtype=np.float32)
+    step = 1 << 14
+    for i in range(0, n, step):
+        m = min(step, n - i)
+        z[i:i + m] = rng.standard_normal((m, k), dtype=np.float32) * 3.0
+    return {"logits": z}
+
+
+def _scores_contenders(d):
+    import calibkit
+    from scipy.special import log_softmax, logsumexp
+
+    z = d["logits"]
+    kinds = ("max_probability", "margin", "entropy", "energy")
+    want = calibkit.uncertainty.uncertainty_scores(z, kinds, from_logits=True)
+    want_entropy = want["entropy"]
+    out = []
+    for backend in ("cpp", "numba"):
+        out.append(Contender(f"calibkit entropy ({backend})",
+                             lambda b=backend: calibkit.entropy(z, from_logits=True, backend=b),
+                             _close(want_entropy)))
+        out.append(Contender(f"calibkit 4 scores fused ({backend})",
+                             lambda b=backend: calibkit.uncertainty.uncertainty_scores(z, kinds, from_logits=True,
+                                                                                       backend=b),
+                             _close(want)))
+
+    def scipy_entropy():
+        lp = log_softmax(z.astype(np.float64), axis=1)
+        return -(np.exp(lp) * lp).sum(axis=1)
+
+    out.append(Contender("SciPy log_softmax + NumPy entropy (float64)", scipy_entropy, _close(want_entropy),
+                         repeat=3))
+
+    def scipy_four():
+        x = z.astype(np.float64)
+        lse = logsumexp(x, axis=1)
+        lp = x - lse[:, None]
+        p = np.exp(lp)
+        top = np.partition(p, -2, axis=1)[:, -2:]
+        return {"max_probability": top[:, 1], "margin": top[:, 1] - top[:, 0], "entropy": -(p * lp).sum(axis=1),
+                "energy": -lse}
+
+    out.append(Contender("SciPy/NumPy 4 scores (float64)", scipy_four, _close(want), repeat=3))
+    try:
+        import torch
+
+        tz = torch.from_numpy(z)
+
+        def torch_entropy():  # float32, as people run it
+            with torch.no_grad():
+                lp = torch.log_softmax(tz, dim=1)
+                return -(lp.exp() * lp).sum(dim=1).numpy()
+
+        out.append(Contender("PyTorch log_softmax entropy (float32)", torch_entropy,
+                             _close(want_entropy, rtol=1e-4, atol=1e-4)))
+
+        def torch_four():
+            with torch.no_grad():
+                lse = torch.logsumexp(tz, dim=1)
+                lp = tz - lse[:, None]
+                p = lp.exp()
+                top = torch.topk(p, 2, dim=1).values
+                return {"max_probability": top[:, 0].numpy(), "margin": (top[:, 0] - top[:, 1]).numpy(),
+                        "entropy": (-(p * lp).sum(dim=1)).numpy(), "energy": (-lse).numpy()}
+
+        out.append(Contender("PyTorch 4 scores (float32)", torch_four, _close(want, rtol=1e-4, atol=1e-4)))
+    except ImportError:
+        pass
+    return out
+
+
+def _samples(S, n, k, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n, k), dtype=np.float32) * 3.0
+    x = np.empty((S, n, k), dtype=np.float32)
+    for s in range(S):  # members = a shared signal plus dropout-like noise, as probabilities
+        z = base + rng.standard_normal((n, k), dtype=np.float32)
+        z -= z.max(axis=1, keepdims=True)
+        np.exp(z, out=z)
+        z /= z.sum(axis=1, keepdims=True)
+        x[s] = z
+    return {"samples": x}
+
+
+def _decompose_contenders(d):
+    import calibkit
+
+    x = d["samples"]
+    ref = calibkit.decompose(x)
+    want = {"total": ref.total, "aleatoric": ref.aleatoric, "epistemic": ref.epistemic}
+
+    def ours(backend):
+        def run():
+            r = calibkit.decompose(x, backend=backend)
+            return {"total": r.total, "aleatoric": r.aleatoric, "epistemic": r.epistemic}
+        return run
+
+    out = [Contender("calibkit (cpp)", ours("cpp"), _close(want)),
+           Contender("calibkit (numba)", ours("numba"), _close(want))]
+
+    def numpy_recipe():  # the usual MC-dropout code: float64 stack, entropies with xlogy
+        from scipy.special import xlogy
+
+        p = x.astype(np.float64)
+        mean = p.mean(axis=0)
+        total = -xlogy(mean, mean).sum(axis=1)
+        aleatoric = (-xlogy(p, p).sum(axis=2)).mean(axis=0)
+        return {"total": total, "aleatoric": aleatoric, "epistemic": total - aleatoric}
+
+    out.append(Contender("NumPy/SciPy xlogy (float64)", numpy_recipe, _close(want, atol=1e-9), repeat=3))
+    try:
+        import torch
+
+        tx = torch.from_numpy(x)
+
+        def torch_recipe():
+            with torch.no_grad():
+                mean = tx.mean(dim=0)
+                total = -torch.special.xlogy(mean, mean).sum(dim=1)
+                aleatoric = (-torch.special.xlogy(tx, tx).sum(dim=2)).mean(dim=0)
+                return {"total": total.numpy(), "aleatoric": aleatoric.numpy(),
+                        "epistemic": (total - aleatoric).numpy()}
+
+        out.append(Contender("PyTorch xlogy (float32)", torch_recipe, _close(want, rtol=1e-3, atol=1e-4)))
+    except ImportError:
+        pass
+    return out
+
+
+def _ood_scores(n, seed=0):
+    rng = np.random.default_rng(seed)
+    s_in = rng.standard_normal(n // 2) + 1.0
+    s_out = rng.standard_normal(n - n // 2)
+    return {"in": s_in, "out": s_out, "y": np.r_[np.ones(s_in.size), np.zeros(s_out.size)],
+            "s": np.r_[s_in, s_out]}
+
+
+def _auroc_contenders(d):
+    import calibkit
+
+    s_in, s_out, y, s = d["in"], d["out"], d["y"], d["s"]
+    want = calibkit.auroc(s_in, s_out)
+    out = [Contender("calibkit auroc (cpp)", lambda: calibkit.auroc(s_in, s_out, backend="cpp"), _close(want),
+                     repeat=3),
+           Contender("calibkit auroc (numba)", lambda: calibkit.auroc(s_in, s_out, backend="numba"), _close(want),
+                     repeat=3),
+           Contender("calibkit all 5 OOD metrics (cpp)", lambda: calibkit.ood_metrics(s_in, s_out).auroc,
+                     _close(want), repeat=3)]
+    try:
+        from sklearn.metrics import roc_auc_score
+
+        out.append(Contender("sklearn roc_auc_score", lambda: roc_auc_score(y, s), _close(want), repeat=3))
+    except ImportError:
+        pass
+    try:
+        import torch
+        from torchmetrics.functional.classification import binary_auroc
+
+        ts, ty = torch.from_numpy(s), torch.from_numpy(y.astype(np.int64))
+        out.append(Contender("torchmetrics binary_auroc (exact)", lambda: float(binary_auroc(ts, ty)),
+                             _close(want, rtol=1e-6), repeat=3))
+    except ImportError:
+        pass
+    return out
+
+
+def _selective(n, seed=0):
+    rng = np.random.default_rng(seed)
+    conf = rng.random(n)
+    return {"conf": conf, "correct": rng.random(n) < conf}
+
+
+def _aurc_contenders(d):
+    import calibkit
+
+    conf, correct = d["conf"], d["correct"]
+    want = calibkit.aurc(conf, correct)
+
+    def numpy_recipe():  # Geifman et al.'s code: argsort, cumulative risk, mean
+        order = np.argsort(-conf, kind="stable")
+        errors = np.cumsum(~correct[order])
+        return float(np.mean(errors / np.arange(1, len(conf) + 1)))
+
+    return [Contender("calibkit aurc (cpp)", lambda: calibkit.aurc(conf, correct, backend="cpp"), _close(want),
+                      repeat=3),
+            Contender("calibkit aurc (numba)", lambda: calibkit.aurc(conf, correct, backend="numba"), _close(want),
+                      repeat=3),
+            Contender("NumPy argsort + cumsum", numpy_recipe, _close(want), repeat=3)]
+
+
+def _confidence_inputs(n_in, n_out, k, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"zi": rng.standard_normal((n_in, k), dtype=np.float32) * 3,
+            "zo": rng.standard_normal((n_out, k), dtype=np.float32) * 3,
+            "y": rng.integers(0, k, n_in)}
+
+
+def _confidence_contenders(d):
+    import calibkit
+
+    zi, zo, y = d["zi"], d["zo"], d["y"]
+    ref = calibkit.confidence_loss(zi, y, zo)
+    out = [Contender(f"calibkit value + gradients ({b})", lambda b=b: calibkit.confidence_loss(zi, y, zo, backend=b)
+                     .grad_in, _close(ref.grad_in, rtol=1e-5, atol=1e-9)) for b in ("cpp", "numba")]
+    try:
+        import torch
+
+        ty = torch.from_numpy(y)
+        K = zi.shape[1]
+
+        def torch_autograd():  # the training-loop formulation: forward + backward
+            ti = torch.from_numpy(zi).requires_grad_()
+            to = torch.from_numpy(zo).requires_grad_()
+            nll = torch.nn.functional.cross_entropy(ti, ty)
+            kl = (-np.log(K) - torch.log_softmax(to, dim=1).mean(dim=1)).mean()
+            (nll + kl).backward()
+            return ti.grad.numpy()
+
+        out.append(Contender("PyTorch forward + backward (float32)", torch_autograd,
+                             _close(ref.grad_in, rtol=1e-4, atol=1e-8)))
+    except ImportError:
+        pass
+    return out
+
+
+def workloads(quick: bool = False) -> list[Workload]:
+    n, k = (20_000, 1000) if quick else (200_000, 1000)
+    S, ns, ks = (20, 10_000, 100) if quick else (20, 100_000, 100)
+    n_auc = 1_000_000 if quick else 10_000_000
+    return [
+        Workload("uncertainty", f"per-sample scores, N={n:,} x K={k} float32 logits", lambda: _logits(n, k),
+                 _scores_contenders, lambda d: (lambda: np.add.reduce(d["logits"], axis=None))),
+        Workload("uncertainty", f"decompose, S={S} x N={ns:,} x K={ks} float32 probabilities",
+                 lambda: _samples(S, ns, ks), _decompose_contenders,
+                 lambda d: (lambda: np.add.reduce(d["samples"], axis=None))),
+        Workload("uncertainty", f"exact AUROC, {n_auc:,} float64 scores (half in, half out)",
+                 lambda: _ood_scores(n_auc), _auroc_contenders,
+                 lambda d: (lambda: (np.add.reduce(d["in"]), np.add.reduce(d["out"])))),
+        Workload("uncertainty", f"AURC, {n_auc:,} float64 confidences", lambda: _selective(n_auc), _aurc_contenders,
+                 lambda d: (lambda: np.add.reduce(d["conf"]))),
+        Workload("uncertainty", "confidence loss + gradients, 8192 in + 8192 out rows x K=1000 float32",
+                 lambda: _confidence_inputs(8192, 8192, 1000), _confidence_contenders,
+                 lambda d: (lambda: (np.add.reduce(d["zi"], axis=None), np.add.reduce(d["zo"], axis=None)))),
+    ]
