@@ -279,7 +279,9 @@ class EnsembleAccumulator:
     squared deviations (Welford's update, so the variance has no cancellation)
     and the sum of their entropies: 2 N K + N float64 values, whatever S is.
     ``compute()`` gives the same :class:`Decomposition` as ``decompose`` on the
-    stacked passes (the same arithmetic in the same order: equal to the last bit).
+    stacked passes: mean, prediction and entropies equal to the last bit (the
+    same arithmetic in the same order); the variance to rounding (Welford's
+    update here, two passes over the predicted class in ``decompose``).
 
     Examples
     --------

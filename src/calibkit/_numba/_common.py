@@ -7,6 +7,8 @@ backend computes the same sums in the same order as the C++ one.
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numba import types
@@ -75,6 +77,67 @@ def merge_status(st, code, row, col, value):
         st[1] = row
         st[2] = col
         st[3] = value
+
+
+# Single-precision exp / log: the same sequence of IEEE float operations as
+# exp_f32 / log_f32 in cpp/include/calibkit/simd.hpp, one value at a time, so
+# both backends compute the same bits.
+F32 = np.float32
+_EXP_MIN = F32(-87.0)
+_SHIFTER = F32(12582912.0)
+_LOG2E = F32(1.4426950408889634)
+LN2_HI = F32(0.693145751953125)
+LN2_LO = F32(0.6931471805599453 - 0.693145751953125)
+_E6, _E5, _E4, _E3, _E2 = F32(1.0 / 720.0), F32(1.0 / 120.0), F32(1.0 / 24.0), F32(1.0 / 6.0), F32(0.5)
+_ONE = F32(1.0)
+_HALF = F32(0.5)
+_SQRT2 = F32(1.4142135623730951)
+_L9, _L7, _L5, _L3 = F32(1.0 / 9.0), F32(1.0 / 7.0), F32(1.0 / 5.0), F32(1.0 / 3.0)
+
+
+@numba.njit(inline="always", **JIT)
+def exp_f32(x):
+    """exp(x) for float32 x <= 0 (see simd.hpp)."""
+    x = x if x > _EXP_MIN else _EXP_MIN
+    t = x * _LOG2E + _SHIFTER
+    n = t - _SHIFTER
+    r = x - n * LN2_HI
+    r = r - n * LN2_LO
+    p = _E6
+    p = _E5 + r * p
+    p = _E4 + r * p
+    p = _E3 + r * p
+    p = _E2 + r * p
+    p = _ONE + r * p
+    p = _ONE + r * p
+    return p * F32(math.ldexp(1.0, int(n)))
+
+
+@numba.njit(inline="always", **JIT)
+def log_f32(x):
+    """log(x) for float32 x > 0 (see simd.hpp)."""
+    m64, e = math.frexp(np.float64(x))
+    m = F32(m64 * 2.0)  # [1, 2), exact
+    e -= 1
+    if m > _SQRT2:
+        m = m * _HALF
+        e += 1
+    ef = F32(e)
+    f = (m - _ONE) / (m + _ONE)
+    f2 = f * f
+    s = _L9
+    s = _L7 + f2 * s
+    s = _L5 + f2 * s
+    s = _L3 + f2 * s
+    s = _ONE + f2 * s
+    log_m = (f + f) * s
+    return ef * LN2_HI + (log_m + ef * LN2_LO)
+
+
+@numba.njit(inline="always", **JIT)
+def octet_sum(d):
+    """The fixed combination order of the C++ octet_sum: lanes j and j + 4 first."""
+    return ((d[0] + d[4]) + (d[1] + d[5])) + ((d[2] + d[6]) + (d[3] + d[7]))
 
 
 def as_kernel_array(a):
