@@ -648,33 +648,41 @@ struct DecomposeOut {
     int64_t* prediction;   // N: argmax E p
 };
 
+// Rows [begin, end) are done member by member (each member's rows of the chunk
+// are one contiguous read), with the chunk's running sums in a small buffer.
 template <class T, class V>
 void decompose_chunk(const Passes<T>& x, bool from_logits, const DecomposeOut& out, Status& st, int64_t begin,
                      int64_t end) {
-    const int64_t K = x.K, S = x.S;
+    const int64_t K = x.K, S = x.S, B = end - begin;
     RowWork<T, V> w(K);
-    std::vector<double> mean_row(static_cast<size_t>(padded_length(K))), sum(static_cast<size_t>(K));
-    std::vector<double> scale(static_cast<size_t>(S)), row_max(static_cast<size_t>(S));
-    const double inv = 1.0 / static_cast<double>(S);
-    for (int64_t i = begin; i < end; ++i) {
-        std::fill(sum.begin(), sum.end(), 0.0);
-        double entropy_sum = 0.0;
-        bool ok = true;
-        for (int64_t s = 0; s < S; ++s) {
+    std::vector<double> sum(static_cast<size_t>(B * K), 0.0), entropy_sum(static_cast<size_t>(B), 0.0);
+    std::vector<double> scale(static_cast<size_t>(B * S)), row_max(static_cast<size_t>(B * S));
+    std::vector<char> ok(static_cast<size_t>(B), 1);
+    for (int64_t s = 0; s < S; ++s) {
+        const Matrix<T> m = x.pass(s);
+        for (int64_t b = 0; b < B; ++b) {
+            if (!ok[b]) continue;
+            const int64_t i = begin + b;
             double h;
             Status member;
-            if (!w.member(x.pass(s), i, from_logits, &h, &scale[s], &row_max[s], member)) {
+            if (!w.member(m, i, from_logits, &h, &scale[b * S + s], &row_max[b * S + s], member)) {
                 member.col = s * K + member.col;  // position in the (S, N, K) array: (s, i, k)
                 st.merge(member);
-                ok = false;
-                break;
+                ok[b] = 0;
+                continue;
             }
-            const double c = scale[s];
-            for (int64_t k = 0; k < K; ++k) sum[k] += w.at(k) * c;
-            entropy_sum += h;
+            const double c = scale[b * S + s];
+            double* acc = sum.data() + b * K;
+            for (int64_t k = 0; k < K; ++k) acc[k] += w.at(k) * c;
+            entropy_sum[b] += h;
         }
+    }
+    std::vector<double> mean_row(static_cast<size_t>(padded_length(K)), 0.0);
+    const double inv = 1.0 / static_cast<double>(S);
+    for (int64_t b = 0; b < B; ++b) {
+        const int64_t i = begin + b;
         double* mean = out.mean + i * K;
-        if (!ok) {
+        if (!ok[b]) {
             std::fill(mean, mean + K, NAN);
             out.total[i] = out.aleatoric[i] = out.epistemic[i] = out.variance[i] = NAN;
             out.prediction[i] = -1;
@@ -682,18 +690,19 @@ void decompose_chunk(const Passes<T>& x, bool from_logits, const DecomposeOut& o
         }
         int64_t best = 0;
         for (int64_t k = 0; k < K; ++k) {
-            mean_row[k] = sum[k] * inv;
+            mean_row[k] = sum[b * K + k] * inv;
             mean[k] = mean_row[k];
             if (mean_row[k] > mean_row[best]) best = k;
         }
         // Variance of the predicted class: a second pass over its S values only.
         double dev = 0.0;
         for (int64_t s = 0; s < S; ++s) {
-            const double p = RowWork<T, V>::member_value(x.pass(s), i, best, from_logits, scale[s], row_max[s]);
+            const double p =
+                RowWork<T, V>::member_value(x.pass(s), i, best, from_logits, scale[b * S + s], row_max[b * S + s]);
             dev += (p - mean_row[best]) * (p - mean_row[best]);
         }
         const double total = row_entropy<V>(mean_row.data(), K, w.pad);
-        const double aleatoric = entropy_sum * inv;
+        const double aleatoric = entropy_sum[b] * inv;
         out.total[i] = total;
         out.aleatoric[i] = aleatoric;
         out.epistemic[i] = std::max(total - aleatoric, 0.0);
