@@ -51,8 +51,9 @@ def _scores_contenders(d):
         lp = log_softmax(z.astype(np.float64), axis=1)
         return -(np.exp(lp) * lp).sum(axis=1)
 
-    out.append(Contender("SciPy log_softmax + NumPy entropy (float64)", scipy_entropy, _close(want_entropy),
-                         repeat=3))
+    # calibkit reads float32 rows with float32 exp (relative error < 1e-6): compare at that precision
+    out.append(Contender("SciPy log_softmax + NumPy entropy (float64)", scipy_entropy,
+                         _close(want_entropy, rtol=2e-6, atol=2e-7), repeat=3))
 
     def scipy_four():
         x = z.astype(np.float64)
@@ -63,7 +64,7 @@ def _scores_contenders(d):
         return {"max_probability": top[:, 1], "margin": top[:, 1] - top[:, 0], "entropy": -(p * lp).sum(axis=1),
                 "energy": -lse}
 
-    out.append(Contender("SciPy/NumPy 4 scores (float64)", scipy_four, _close(want), repeat=3))
+    out.append(Contender("SciPy/NumPy 4 scores (float64)", scipy_four, _close(want, rtol=2e-6, atol=2e-7), repeat=3))
     try:
         import torch
 
@@ -130,7 +131,7 @@ def _decompose_contenders(d):
         aleatoric = (-xlogy(p, p).sum(axis=2)).mean(axis=0)
         return {"total": total, "aleatoric": aleatoric, "epistemic": total - aleatoric}
 
-    out.append(Contender("NumPy/SciPy xlogy (float64)", numpy_recipe, _close(want, atol=1e-9), repeat=3))
+    out.append(Contender("NumPy/SciPy xlogy (float64)", numpy_recipe, _close(want, rtol=2e-6, atol=2e-7), repeat=3))
     try:
         import torch
 

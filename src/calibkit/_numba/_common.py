@@ -90,12 +90,13 @@ LN2_HI = F32(0.693145751953125)
 LN2_LO = F32(0.6931471805599453 - 0.693145751953125)
 _E6, _E5, _E4, _E3, _E2 = F32(1.0 / 720.0), F32(1.0 / 120.0), F32(1.0 / 24.0), F32(1.0 / 6.0), F32(0.5)
 _ONE = F32(1.0)
+_TWO_M63 = 2.0 ** -63
 _HALF = F32(0.5)
 _SQRT2 = F32(1.4142135623730951)
 _L9, _L7, _L5, _L3 = F32(1.0 / 9.0), F32(1.0 / 7.0), F32(1.0 / 5.0), F32(1.0 / 3.0)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(**JIT)
 def exp_f32(x):
     """exp(x) for float32 x <= 0 (see simd.hpp)."""
     x = x if x > _EXP_MIN else _EXP_MIN
@@ -110,10 +111,15 @@ def exp_f32(x):
     p = _E2 + r * p
     p = _ONE + r * p
     p = _ONE + r * p
-    return p * F32(math.ldexp(1.0, int(n)))
+    # 2^n (n in [-126, 0]) exactly, without a libm call: two powers of two in [2^-63, 1].
+    k = int(n)
+    a = k >> 1
+    two_a = np.float64(np.uint64(1) << np.uint64(a + 63)) * _TWO_M63
+    two_b = np.float64(np.uint64(1) << np.uint64(k - a + 63)) * _TWO_M63
+    return p * F32(two_a * two_b)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(**JIT)
 def log_f32(x):
     """log(x) for float32 x > 0 (see simd.hpp)."""
     m64, e = math.frexp(np.float64(x))
@@ -134,7 +140,7 @@ def log_f32(x):
     return ef * LN2_HI + (log_m + ef * LN2_LO)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(**JIT)
 def octet_sum(d):
     """The fixed combination order of the C++ octet_sum: lanes j and j + 4 first."""
     return ((d[0] + d[4]) + (d[1] + d[5])) + ((d[2] + d[6]) + (d[3] + d[7]))

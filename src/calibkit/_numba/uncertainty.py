@@ -81,22 +81,22 @@ def _softmax_f(fbuf, K, best, b, store, with_s1):
     p1 = np.zeros(8, np.float32)
     d0 = np.zeros(8)
     d1 = np.zeros(8)
-    for k in range(K):
-        u = fbuf[k] - shift
-        e = exp_f32(bf * u)
-        lane = k % 8
-        p0[lane] += e
-        if with_s1:
-            p1[lane] += e * u
-        if store:
-            fbuf[k] = e
-        if (k + 1) % FLUSH == 0 or k == K - 1:
+    for k0 in range(0, K, 8):
+        n = min(8, K - k0)
+        for j in range(n):
+            u = fbuf[k0 + j] - shift
+            e = exp_f32(bf * u)
+            p0[j] += e
+            p1[j] += e * u
+            if store:
+                fbuf[k0 + j] = e
+        if (k0 + 8) % FLUSH == 0 or k0 + 8 >= K:
             for j in range(8):
                 d0[j] += np.float64(p0[j])
                 d1[j] += np.float64(p1[j])
                 p0[j] = 0.0
                 p1[j] = 0.0
-    return octet_sum(d0), octet_sum(d1)
+    return octet_sum(d0), (octet_sum(d1) if with_s1 else 0.0)
 
 
 @numba.njit(**JIT)
@@ -122,17 +122,18 @@ def _entropy_f(fbuf, K):
     dl = np.zeros(8)
     zero = F32(0.0)
     has_zero = False
-    for k in range(K):
-        p = fbuf[k]
-        lg = zero
-        if p > zero:
-            lg = log_f32(p)
-        else:
-            has_zero = True
-        lane = k % 8
-        pa[lane] += p * lg
-        pl[lane] += lg
-        if (k + 1) % FLUSH == 0 or k == K - 1:
+    for k0 in range(0, K, 8):
+        n = min(8, K - k0)
+        for j in range(n):
+            p = fbuf[k0 + j]
+            lg = zero
+            if p > zero:
+                lg = log_f32(p)
+            else:
+                has_zero = True
+            pa[j] += p * lg
+            pl[j] += lg
+        if (k0 + 8) % FLUSH == 0 or k0 + 8 >= K:
             for j in range(8):
                 da[j] += np.float64(pa[j])
                 dl[j] += np.float64(pl[j])
