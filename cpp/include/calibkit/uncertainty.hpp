@@ -174,11 +174,12 @@ inline void top_two(double a, double b, double& m1, double& m2) {
     }
 }
 
-// Checks, the two largest values and (logits) the value sums of a loaded row.
-// False (status set) on bad input.
+// Checks, the largest value (top >= 1) and the second largest (top == 2; equal
+// if tied) and (logits) the value sums of a loaded row. False (status set) on
+// bad input.
 template <class V>
-CALIBKIT_INLINE bool scan_row(const double* buf, int64_t K, const PadMask<V>& pad, bool probabilities, int64_t i,
-                              RowSums& r, Status& st) {
+CALIBKIT_INLINE bool scan_row(const double* buf, int64_t K, const PadMask<V>& pad, bool probabilities, int top,
+                              int64_t i, RowSums& r, Status& st) {
     using namespace simd;
     typedef typename V::d D;
     typedef typename V::i I;
@@ -197,9 +198,11 @@ CALIBKIT_INLINE bool scan_row(const double* buf, int64_t K, const PadMask<V>& pa
             if (probabilities) bad |= ~((v >= lo) & (v <= hi));
             sum[g] += v;
             sq[g] += v * v;
-            if (last) v = select(pad.valid[g], v, neg_inf);
-            sc[g] = vmax(sc[g], vmin(mx[g], v));
-            mx[g] = vmax(mx[g], v);
+            if (top > 0) {
+                if (last) v = select(pad.valid[g], v, neg_inf);
+                if (top > 1) sc[g] = vmax(sc[g], vmin(mx[g], v));
+                mx[g] = vmax(mx[g], v);
+            }
         }
     }
     bool any_bad = false;
@@ -208,7 +211,10 @@ CALIBKIT_INLINE bool scan_row(const double* buf, int64_t K, const PadMask<V>& pa
     // The overall top two are among the lanes' top two.
     double m1 = -INFINITY, m2 = -INFINITY, s = 0.0, q = 0.0;
     for (int g = 0; g < G; ++g)
-        for (int j = 0; j < V::width; ++j) top_two(mx[g][j], sc[g][j], m1, m2);
+        for (int j = 0; j < V::width; ++j) {
+            if (top > 1) top_two(mx[g][j], sc[g][j], m1, m2);
+            else m1 = std::max(m1, mx[g][j]);
+        }
     Octet<V> os, oq;
     for (int g = 0; g < G; ++g) os.v[g] = sum[g], oq.v[g] = sq[g];
     s = octet_sum(os);
@@ -289,7 +295,7 @@ CALIBKIT_INLINE void entropy_sums(const double* buf, int64_t K, const PadMask<V>
 // results from float lanes (sums in double). `sums`: whether sum / sum_sq are needed.
 template <class V>
 CALIBKIT_INLINE bool scan_row_f(const float* buf, int64_t K, const PadMaskF<V>& pad, bool probabilities, bool sums,
-                                int64_t i, RowSums& r, Status& st) {
+                                int top, int64_t i, RowSums& r, Status& st) {
     using namespace simd;
     typedef typename V::fw F;
     typedef typename V::iw I;
@@ -313,9 +319,11 @@ CALIBKIT_INLINE bool scan_row_f(const float* buf, int64_t K, const PadMaskF<V>& 
                 add_widened<V>(sum, g, v);
                 add_widened_product<V>(sq, g, v, v);
             }
-            if (last) v = select_f(pad.valid[g], v, neg_inf);
-            sc[g] = vmax(sc[g], vmin(mx[g], v));
-            mx[g] = vmax(mx[g], v);
+            if (top > 0) {
+                if (last) v = select_f(pad.valid[g], v, neg_inf);
+                if (top > 1) sc[g] = vmax(sc[g], vmin(mx[g], v));
+                mx[g] = vmax(mx[g], v);
+            }
         }
     }
     bool any_bad = false;
@@ -323,7 +331,10 @@ CALIBKIT_INLINE bool scan_row_f(const float* buf, int64_t K, const PadMaskF<V>& 
     if (any_bad && find_bad(buf, K, probabilities, i, st)) return false;
     double m1 = -INFINITY, m2 = -INFINITY;
     for (int g = 0; g < G; ++g)
-        for (int j = 0; j < 2 * V::width; ++j) top_two(mx[g][j], sc[g][j], m1, m2);
+        for (int j = 0; j < 2 * V::width; ++j) {
+            if (top > 1) top_two(mx[g][j], sc[g][j], m1, m2);
+            else m1 = std::max(m1, static_cast<double>(mx[g][j]));
+        }
     r.max = m1;
     r.second = m2;
     if (sums) {
@@ -420,9 +431,8 @@ CALIBKIT_INLINE void entropy_sums_f(const float* buf, int64_t K, const PadMaskF<
 }
 
 // Row scores of one scanned row (see the header comment); `want` is a bit mask of ScoreKind.
-inline void row_score_values(const RowSums& r, int64_t K, bool from_logits, double b, unsigned want,
+inline void row_score_values(const RowSums& r, int64_t K, double logK, bool from_logits, double b, unsigned want,
                              double* out) {
-    const double logK = std::log(static_cast<double>(K));
     if (from_logits) {
         const double log_s0 = std::log(r.s0);
         if (want & (1u << kMaxProbability)) out[kMaxProbability] = 1.0 / r.s0;
@@ -476,7 +486,7 @@ struct RowWork {
     // Loads and checks row i; the top two values and (with `sums`) the value sums.
     // `in_place`: a contiguous float32 row of a multiple of 8 elements is read
     // where it is (no copy); softmax(.., store=true) needs in_place = false.
-    CALIBKIT_INLINE bool scan(const Matrix<T>& s, int64_t i, bool probabilities, bool sums, RowSums& r,
+    CALIBKIT_INLINE bool scan(const Matrix<T>& s, int64_t i, bool probabilities, bool sums, int top, RowSums& r,
                               Status& st, bool in_place = false) {
         if constexpr (single) {
             if (std::is_same_v<T, float> && in_place && K % 8 == 0 && s.row_contiguous()) {
@@ -485,11 +495,11 @@ struct RowWork {
                 load_row_f(s, i, f.data());
                 row = f.data();
             }
-            return scan_row_f<V>(row, K, padf, probabilities, sums, i, r, st);
+            return scan_row_f<V>(row, K, padf, probabilities, sums, top, i, r, st);
         } else {
             (void)sums;
             load_row(s, i, d.data());
-            return scan_row<V>(d.data(), K, pad, probabilities, i, r, st);
+            return scan_row<V>(d.data(), K, pad, probabilities, top, i, r, st);
         }
     }
     // The value at k of the loaded row (or, after softmax(.., true), e^{b u_k}).
@@ -518,7 +528,7 @@ struct RowWork {
     CALIBKIT_INLINE bool member(const Matrix<T>& m, int64_t i, bool from_logits, double* row_entropy, double* scale,
                                 double* row_max, Status& st) {
         RowSums r;
-        if (!scan(m, i, !from_logits, false, r, st, !from_logits)) return false;
+        if (!scan(m, i, !from_logits, false, from_logits ? 1 : 0, r, st, !from_logits)) return false;
         if (from_logits) {
             softmax(1.0, true, true, r);
             *scale = 1.0 / r.s0;
@@ -556,17 +566,20 @@ void row_scores_chunk(const Matrix<T>& s, bool from_logits, double b, unsigned w
     const bool need_softmax = from_logits && (want & softmax_kinds);
     const bool need_entropy = !from_logits && (want & ((1u << kEntropy) | (1u << kKlToUniform)));
     const bool need_sums = from_logits && (want & ((1u << kLogitNorm) | (1u << kKlToUniform)));
+    // the row maximum: from logits for the softmax, from probabilities for max_probability / margin
+    const int top = (want & (1u << kMargin)) ? 2 : (from_logits || (want & (1u << kMaxProbability))) ? 1 : 0;
+    const double logK = std::log(static_cast<double>(K));
     double values[kNumScores];
     for (int64_t i = begin; i < end; ++i) {
         RowSums r;
-        if (!w.scan(s, i, !from_logits, need_sums, r, st, true)) {
+        if (!w.scan(s, i, !from_logits, need_sums, top, r, st, true)) {
             for (int c = 0; c < kNumScores; ++c)
                 if (outs[c]) outs[c][i] = NAN;
             continue;
         }
         if (need_softmax) w.softmax(b, false, (want >> kEntropy) & 1u, r);
         if (need_entropy) w.entropy((want >> kKlToUniform) & 1u, r);
-        row_score_values(r, K, from_logits, b, want, values);
+        row_score_values(r, K, logK, from_logits, b, want, values);
         if ((want & (1u << kLogitNorm)) && !(r.sum_sq > 1e-280 && r.sum_sq < 1e280))
             values[kLogitNorm] = w.norm();  // the plain sum of squares over- or underflowed
         for (int c = 0; c < kNumScores; ++c)
@@ -823,7 +836,7 @@ void confidence_rows(const Matrix<T>& z, const Vector<int64_t>* labels, double g
             }
         }
         RowSums r;
-        if (!w.scan(z, i, false, labels == nullptr, r, part.status)) continue;
+        if (!w.scan(z, i, false, labels == nullptr, 1, r, part.status)) continue;
         const double z_label = labels ? w.at(y) : 0.0;
         w.softmax(1.0, true, false, r);
         const double log_s0 = std::log(r.s0), inv = 1.0 / r.s0;
