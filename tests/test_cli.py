@@ -44,5 +44,5 @@ def test_evaluate_reports_bad_data(tmp_path, capsys):
     assert cli.main(["evaluate", str(path)]) == 2
     assert "scores[1, 0] = 2.0 is not a probability" in capsys.readouterr().err
     np.savez(path, stuff=np.ones(3))
-    with pytest.raises(SystemExit, match="cannot tell which array"):
-        cli.main(["evaluate", str(path)])
+    assert cli.main(["evaluate", str(path)]) == 2
+    assert "cannot tell which array" in capsys.readouterr().err

@@ -31,7 +31,7 @@ from .calibrators import (
     temperature_nll,
 )
 from .streaming import CalibrationAccumulator, CalibrationResult, WindowedAccumulator
-from . import ood, uncertainty
+from . import io, ood, plot, report, uncertainty
 from .ood import *  # noqa: F401,F403 - re-exported; names in ood.__all__
 from .uncertainty import *  # noqa: F401,F403 - re-exported; names in uncertainty.__all__
 
@@ -65,6 +65,9 @@ __all__ = [
     "nll",
     "reliability_table",
     "set_num_threads",
+    "io",
     "ood",
+    "plot",
+    "report",
     "uncertainty",
 ] + ood.__all__ + uncertainty.__all__

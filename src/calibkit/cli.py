@@ -1,6 +1,9 @@
 """The ``calibkit`` command.
 
-``calibkit monitor`` follows a JSON Lines stream of predictions (see
+``calibkit report DUMP`` tabulates how calibrated an evaluation dump is and
+what each calibrator (fitted on validation rows) makes of it;
+``calibkit fit`` / ``calibkit apply`` fit a calibrator to a dump and write
+calibrated probabilities, chunk by chunk. ``calibkit monitor`` follows a JSON Lines stream of predictions (see
 :mod:`calibkit.monitor`). ``calibkit evaluate DUMP`` measures how calibrated a model's evaluation dump
 is: top-label ECE (equal-width and equal-mass), MCE, RMS calibration error,
 class-wise ECE, accuracy, Brier score and NLL, and the reliability table.
@@ -18,6 +21,11 @@ import sys
 
 import numpy as np
 
+class UsageError(SystemExit):
+    """A user error: `main` prints its one-line message and returns exit code 2."""
+
+
+METHOD_NAMES = ("temperature", "vector", "matrix", "isotonic", "histogram")
 SCORE_KEYS = ("logits", "test_logits", "probs", "probabilities", "scores", "test_probs")
 LABEL_KEYS = ("labels", "test_labels", "y", "targets")
 
@@ -25,12 +33,12 @@ LABEL_KEYS = ("labels", "test_labels", "y", "targets")
 def _pick(keys, wanted, explicit, what):
     if explicit is not None:
         if explicit not in keys:
-            raise SystemExit(f"calibkit: no array {explicit!r} in the file (it has {sorted(keys)})")
+            raise UsageError(f"calibkit: no array {explicit!r} in the file (it has {sorted(keys)})")
         return explicit
     for k in wanted:
         if k in keys:
             return k
-    raise SystemExit(f"calibkit: cannot tell which array holds the {what} (the file has {sorted(keys)}); "
+    raise UsageError(f"calibkit: cannot tell which array holds the {what} (the file has {sorted(keys)}); "
                      f"name it with --{what}-key")
 
 
@@ -38,7 +46,7 @@ def load_dump(args):
     """Return (scores, labels, scores_name, from_logits) for the command-line arguments."""
     if args.dump is not None:
         if args.dump.endswith(".npy"):
-            raise SystemExit("calibkit: a .npy dump holds one array; give --scores S.npy --labels L.npy")
+            raise UsageError("calibkit: a .npy dump holds one array; give --scores S.npy --labels L.npy")
         with np.load(args.dump, allow_pickle=False) as z:
             keys = set(z.files)
             skey = _pick(keys, SCORE_KEYS, args.scores_key, "scores")
@@ -47,7 +55,7 @@ def load_dump(args):
         name = f"{args.dump}:{skey}"
     else:
         if args.scores is None or args.labels is None:
-            raise SystemExit("calibkit: give a .npz dump, or both --scores and --labels .npy files")
+            raise UsageError("calibkit: give a .npz dump, or both --scores and --labels .npy files")
         scores = np.load(args.scores, mmap_mode="r", allow_pickle=False)
         labels = np.load(args.labels, mmap_mode="r", allow_pickle=False)
         name = args.scores
@@ -111,7 +119,7 @@ def _cmd_monitor(args) -> int:
     from . import monitor
 
     if args.every < 1:
-        raise SystemExit("calibkit: --every must be >= 1")
+        raise UsageError("calibkit: --every must be >= 1")
     source = sys.stdin if args.input in (None, "-") else open(args.input, encoding="utf-8")
     try:
         return monitor.run(source, every=args.every, window=args.window, n_bins=args.n_bins,
@@ -123,6 +131,161 @@ def _cmd_monitor(args) -> int:
     finally:
         if source is not sys.stdin:
             source.close()
+
+
+EXAMPLE_FILE = "focal_cifar10_resnet50_brier.npz"
+
+
+def example_path():
+    """The example dump: ResNet-50 on CIFAR-10 (Mukhoti et al. 2020 focal-calibration models; MIT licence),
+    from $CALIBKIT_DATA or the project's shared data folder (../shared/data from the working directory or
+    from the source checkout)."""
+    import os
+    import pathlib
+
+    candidates = []
+    if os.environ.get("CALIBKIT_DATA"):
+        candidates.append(pathlib.Path(os.environ["CALIBKIT_DATA"]))
+    candidates.append(pathlib.Path.cwd().parent / "shared" / "data")
+    candidates.append(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data")
+    for c in candidates:
+        if (c / EXAMPLE_FILE).exists():
+            return c / EXAMPLE_FILE
+    raise UsageError(f"calibkit: the example dump {EXAMPLE_FILE} was not found (looked in "
+                     f"{', '.join(str(c) for c in candidates)}); set CALIBKIT_DATA to the folder holding it")
+
+
+def _progress(total, quiet, what):
+    """A tqdm bar on stderr (rows done), or a no-op when stderr is not a terminal or --quiet."""
+    if quiet or not sys.stderr.isatty():
+        return None, lambda: None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None, lambda: None
+    bar = tqdm(total=total, unit="rows", unit_scale=True, desc=what, file=sys.stderr, leave=False)
+    state = {"done": 0}
+
+    def update(done):
+        bar.update(done - state["done"])
+        state["done"] = done
+
+    return update, bar.close
+
+
+def _open(path, args, **kw):
+    from . import io
+
+    kw.setdefault("labels", getattr(args, "labels", None))
+    return io.open_dump(path, from_logits=args.from_logits, scores_key=getattr(args, "scores_key", None),
+                        labels_key=getattr(args, "labels_key", None), **kw)
+
+
+def _cmd_report(args) -> int:
+    from . import io, report
+
+    if args.example and args.dump:
+        raise UsageError("calibkit report: give a DUMP or --example, not both")
+    path = example_path() if args.example else args.dump
+    if path is None:
+        raise UsageError("calibkit report: give a DUMP (or --example)")
+    methods = [m.strip() for m in (args.calibrate or "").split(",") if m.strip()]
+    if args.val and args.val_fraction is not None:
+        raise UsageError("calibkit report: give --val or --val-fraction, not both")
+    test = _open(path, args)
+    val = val_mask = None
+    if args.val:
+        val = _open(args.val, args, labels=args.val_labels)
+    elif args.val_fraction is not None:
+        val_mask = io.split_mask(test.n_rows, args.val_fraction, seed=args.seed)
+    elif methods and {"val", "test"} <= set(io.splits(path)):  # a file with val_* / test_* arrays splits itself
+        test, val = _open(path, args, split="test"), _open(path, args, split="val")
+    update, close = _progress(test.n_rows, args.quiet, "calibkit report")
+    try:
+        result = report.report(test, val=val, val_mask=val_mask, methods=methods, n_bins=args.n_bins,
+                               progress=update, backend=args.backend)
+    finally:
+        close()
+    print(report.format_table(result))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report.json_safe(result), f, indent=2)
+    if args.plot:
+        from . import plot
+
+        plot.report_figure(result, args.plot)
+    return 0
+
+
+def _cmd_fit(args) -> int:
+    from . import report
+
+    dump = _open(args.dump, args, split=args.split or _default_split(args.dump, "val"))
+    scores, labels = dump.take(np.ones(dump.n_rows, dtype=bool))
+    calibrator = report.fit_calibrator(args.method, scores, labels, dump.from_logits)
+    payload = calibrator.to_dict()
+    payload["input"] = {"from_logits": dump.from_logits, "method": args.method, "n_classes": dump.n_classes,
+                        "fitted_on": dump.name, "n_rows": dump.n_rows}
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+    print(f"{args.method} calibrator fitted on {dump.n_rows:,} rows of {dump.name} -> {args.out}")
+    return 0
+
+
+def _cmd_apply(args) -> int:
+    from . import report
+    from .calibrators import Calibrator
+
+    try:
+        with open(args.calibrator, encoding="utf-8") as f:
+            payload = json.load(f)
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UsageError(f"calibkit apply: cannot read {args.calibrator}: {exc}")
+    meta = payload.get("input") if isinstance(payload, dict) else None
+    if not isinstance(meta, dict) or meta.get("method") not in report.METHODS:
+        raise UsageError(f"calibkit apply: {args.calibrator} was not written by `calibkit fit`")
+    calibrator = Calibrator.from_dict(payload)
+    if args.from_logits is None:
+        args.from_logits = bool(meta["from_logits"])
+    dump = _open(args.dump, args, split=args.split)
+    if dump.n_classes != meta["n_classes"]:
+        raise UsageError(f"calibkit apply: the calibrator was fitted on {meta['n_classes']} classes, "
+                         f"the dump has {dump.n_classes}")
+    out = np.lib.format.open_memmap(args.out, mode="w+", dtype=np.dtype(args.dtype),
+                                    shape=(dump.n_rows, dump.n_classes))
+    update, close = _progress(dump.n_rows, args.quiet, "calibkit apply")
+    try:
+        rows = dump.chunk_rows()
+        for a in range(0, dump.n_rows, rows):
+            s = np.asarray(dump.scores[a:a + rows])
+            out[a:a + len(s)] = report.calibrated_probabilities(calibrator, meta["method"], s, dump.from_logits)
+            if update:
+                update(a + len(s))
+    finally:
+        close()
+    out.flush()
+    del out
+    print(f"{dump.n_rows:,} rows of calibrated probabilities -> {args.out}")
+    return 0
+
+
+def _default_split(path, wanted):
+    """`wanted` when `path` is an .npz with that split (val_* / test_* arrays), else None."""
+    from . import io
+
+    return wanted if wanted in io.splits(path) else None
+
+
+def _add_dump_options(p, labels=True):
+    if labels:
+        p.add_argument("--labels", help="labels .npy file when the dump holds none")
+    p.add_argument("--scores-key", help="scores array name inside an .npz")
+    p.add_argument("--labels-key", help="labels array name inside an .npz")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--from-logits", dest="from_logits", action="store_true", default=None,
+                      help="scores are logits (default: when the array or file name contains 'logit')")
+    mode.add_argument("--probabilities", dest="from_logits", action="store_false", help="scores are probabilities")
+    p.add_argument("--backend", default="auto", choices=("auto", "cpp", "numba"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +305,44 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--backend", default="auto", choices=("auto", "cpp", "numba"))
     ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ev.set_defaults(func=_cmd_evaluate)
+
+    rp = sub.add_parser("report", help="calibration of an evaluation dump, raw and after each calibrator",
+                        description="Prints N, K, accuracy, ECE, MCE, ACE, class-wise ECE, Brier and NLL of the "
+                                    "raw scores and of each calibrator fitted on the validation rows and "
+                                    "evaluated on the rest. Dumps: .npy (with --labels), .npz (logits/probs + "
+                                    "labels, or val_*/test_* splits) or a directory of shards; read in chunks.")
+    rp.add_argument("dump", nargs="?", help="the evaluation dump")
+    rp.add_argument("--example", action="store_true",
+                    help=f"report on a real dump ({EXAMPLE_FILE}: ResNet-50, CIFAR-10) with calibrators")
+    _add_dump_options(rp)
+    rp.add_argument("--n-bins", type=int, default=15)
+    rp.add_argument("--val", help="validation dump to fit the calibrators on")
+    rp.add_argument("--val-labels", help="labels .npy file of the --val dump when it holds none")
+    rp.add_argument("--val-fraction", type=float, help="fit on this fraction of the rows (a fixed pseudo-random split)")
+    rp.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction split")
+    rp.add_argument("--calibrate", help="comma-separated methods: " + ",".join(METHOD_NAMES))
+    rp.add_argument("--json", help="also write the numbers to this JSON file")
+    rp.add_argument("--plot", help="write reliability diagrams to this .png / .svg / .pdf")
+    rp.add_argument("--quiet", action="store_true", help="no progress bar")
+    rp.set_defaults(func=_cmd_report)
+
+    ft = sub.add_parser("fit", help="fit a calibrator to a dump and save it as JSON")
+    ft.add_argument("dump")
+    ft.add_argument("--method", required=True, choices=METHOD_NAMES)
+    ft.add_argument("--out", required=True, help="calibrator JSON file to write")
+    ft.add_argument("--split", help="split of an .npz with val_*/test_* arrays (default: val if present)")
+    _add_dump_options(ft)
+    ft.set_defaults(func=_cmd_fit)
+
+    ap = sub.add_parser("apply", help="write calibrated probabilities of a dump, chunk by chunk")
+    ap.add_argument("calibrator", help="JSON file written by `calibkit fit`")
+    ap.add_argument("dump")
+    ap.add_argument("--out", required=True, help=".npy file to write (N, K)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--split", help="split of an .npz with val_*/test_* arrays (default: test if present)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_dump_options(ap, labels=False)
+    ap.set_defaults(func=_cmd_apply)
 
     mo = sub.add_parser("monitor", help="calibration of a JSON Lines stream of predictions",
                         description="Reads records {\"probs\": [...], \"label\": k}, {\"logits\": [...], "
@@ -164,8 +365,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .io import DumpError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(exc.code, file=sys.stderr)
+        return 2
+    except DumpError as exc:
+        print(f"calibkit: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError) as exc:
+        if args.command in ("report", "fit", "apply"):
+            print(f"calibkit {args.command}: {exc}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -387,6 +387,12 @@ class ReliabilityTable:
     def n_bins(self) -> int:
         return int(self.count.shape[0])
 
+    def plot(self, *, title=None, path=None, **kwargs):
+        """Draw this table as a reliability diagram (see :func:`calibkit.plot.reliability_diagram`)."""
+        from .plot import reliability_diagram
+
+        return reliability_diagram(self, titles=None if title is None else [title], path=path, **kwargs)
+
     def _errors(self):
         filled = self.weight > 0
         sum_conf = np.where(filled, self.mean_confidence * self.weight, 0.0)

@@ -1,0 +1,316 @@
+"""Evaluation dumps: opened without loading, read in fixed-size row chunks.
+
+A dump is scores (N, K) logits or probabilities, or (N,) binary scores, and
+integer labels (N,). Supported layouts:
+
+- ``.npy``: the scores, memory-mapped; the labels in a second ``.npy`` (``labels=``).
+- ``.npz``: arrays named ``logits`` / ``probs`` (or ``probabilities``, ``scores``)
+  and ``labels``, or split arrays ``val_logits`` / ``val_labels`` and
+  ``test_logits`` / ``test_labels`` (choose with ``split=``). Members stored
+  without compression (``np.savez``) are memory-mapped where they lie in the
+  zip file; compressed members (``np.savez_compressed``) have to be inflated
+  into memory.
+- a directory of such files (shards, in file-name order): one dump of their
+  rows, shards checked for the same K, dtype and kind of scores.
+
+Every consumer reads a dump through :meth:`Dump.chunks`, so peak memory is
+bounded by the chunk size, not by the dump.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SCORE_NAMES = ("logits", "probs", "probabilities", "scores")
+LABEL_NAMES = ("labels", "targets", "y")
+DEFAULT_CHUNK_BYTES = 64 << 20
+
+
+class DumpError(ValueError):
+    """A dump that cannot be read: missing array, inconsistent shards, truncated file, ..."""
+
+
+def _npy_member(path, zf, info):
+    """A .npz member as a read-only array: memory-mapped when stored, inflated when compressed."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        with zf.open(info) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+    with open(path, "rb") as raw:
+        raw.seek(info.header_offset)
+        local = raw.read(30)
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise DumpError(f"{path}: corrupt zip entry {info.filename!r}")
+        name_len = int.from_bytes(local[26:28], "little")
+        extra_len = int.from_bytes(local[28:30], "little")
+        start = info.header_offset + 30 + name_len + extra_len
+        raw.seek(start)
+        version = np.lib.format.read_magic(raw)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(raw)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(raw)
+        else:  # format 3 (UTF-8 field names): rare; read it whole
+            with zf.open(info) as f:
+                return np.lib.format.read_array(f, allow_pickle=False)
+        offset = raw.tell()
+    if dtype.hasobject:
+        raise DumpError(f"{path}: array {info.filename!r} holds Python objects; only numeric arrays are read")
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if offset + size > os.path.getsize(path) or offset - start + size > info.file_size:
+        raise DumpError(f"{path}: array {info.filename!r} is truncated")
+    if size == 0:
+        return np.empty(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def _load_npy(path):
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise DumpError(f"{path}: no such file") from None
+    except ValueError as exc:
+        raise DumpError(f"{path}: cannot read it as .npy ({exc}); is the file truncated?") from None
+
+
+def _npz_arrays(path):
+    """{name: array} of a .npz file, members memory-mapped where possible."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise DumpError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DumpError(f"{path}: not a readable .npz file ({exc}); is it truncated?") from None
+    with zf:
+        out = {}
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            try:
+                out[info.filename[:-4]] = _npy_member(path, zf, info)
+            except DumpError:
+                raise
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+                raise DumpError(f"{path}: cannot read array {info.filename!r} ({exc})") from None
+    return out
+
+
+def _choose(arrays, names, prefix, what, path, explicit=None):
+    if explicit is not None:
+        if explicit not in arrays:
+            raise DumpError(f"{path}: no array {explicit!r} (it has {sorted(arrays)})")
+        return explicit
+    for n in names:
+        if prefix + n in arrays:
+            return prefix + n
+    raise DumpError(f"{path}: no {what} array (looked for {[prefix + n for n in names]}; it has {sorted(arrays)})")
+
+
+def _splits_of(names):
+    return sorted({k.split("_", 1)[0] for k in names if "_" in k and k.split("_", 1)[1] in SCORE_NAMES})
+
+
+def splits(path) -> list:
+    """The splits (``val``, ``test``, ...) of an .npz holding ``<split>_logits``-style arrays; [] otherwise."""
+    if not str(path).endswith(".npz"):
+        return []
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _splits_of([n[:-4] for n in zf.namelist() if n.endswith(".npy")])
+    except (OSError, zipfile.BadZipFile):
+        return []
+
+
+@dataclass
+class Dump:
+    """Scores and labels of one evaluation dump; arrays stay on disk until a chunk is read."""
+
+    scores: object            #: (N, K) or (N,) array-like; slicing a row range gives an ndarray
+    labels: object | None     #: (N,) integer array-like, or None
+    from_logits: bool         #: whether the scores are logits
+    name: str                 #: where it came from, for messages
+    shards: list = field(default_factory=list)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.scores.shape[0])
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.scores.shape[1]) if len(self.scores.shape) == 2 else 2
+
+    @property
+    def row_bytes(self) -> int:
+        width = self.scores.shape[1] if len(self.scores.shape) == 2 else 1
+        return int(width * np.dtype(self.scores.dtype).itemsize)
+
+    def chunk_rows(self, chunk_bytes=DEFAULT_CHUNK_BYTES) -> int:
+        return max(1, int(chunk_bytes) // max(1, self.row_bytes))
+
+    def chunks(self, chunk_rows=None, *, start=0, stop=None):
+        """Yield ``(first_row, scores, labels)`` for consecutive row blocks of ``chunk_rows`` rows."""
+        if self.labels is None:
+            raise DumpError(f"{self.name}: no labels (give them with labels=... / --labels)")
+        chunk_rows = chunk_rows or self.chunk_rows()
+        stop = self.n_rows if stop is None else stop
+        for a in range(start, stop, chunk_rows):
+            b = min(stop, a + chunk_rows)
+            yield a, np.asarray(self.scores[a:b]), np.asarray(self.labels[a:b])
+
+    def take(self, mask, chunk_rows=None):
+        """The rows where ``mask`` (bool, (N,)) is True, gathered chunk by chunk into memory."""
+        mask = np.asarray(mask, dtype=bool)
+        parts_s, parts_y = [], []
+        for a, s, y in self.chunks(chunk_rows):
+            m = mask[a:a + len(y)]
+            if m.any():
+                parts_s.append(s[m])
+                parts_y.append(y[m])
+        if not parts_s:
+            raise DumpError(f"{self.name}: the selection holds no rows")
+        return np.concatenate(parts_s), np.concatenate(parts_y)
+
+
+class _ShardRows:
+    """The rows of several arrays, end to end, as one read-only array (slices only)."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [p.shape[0] for p in parts])
+        self.shape = (int(self.offsets[-1]),) + tuple(parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+        self.ndim = parts[0].ndim
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("sharded dumps are read by contiguous row ranges")
+        a, b, _ = key.indices(self.shape[0])
+        out = []
+        for j, p in enumerate(self.parts):
+            lo, hi = self.offsets[j], self.offsets[j + 1]
+            if hi <= a or lo >= b:
+                continue
+            out.append(np.asarray(p[max(a, lo) - lo:min(b, hi) - lo]))
+        if not out:
+            return np.empty((0,) + self.shape[1:], dtype=self.dtype)
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+def _kind(name, from_logits):
+    return ("logit" in name.lower()) if from_logits is None else bool(from_logits)
+
+
+def open_dump(path, *, labels=None, split=None, scores_key=None, labels_key=None, from_logits=None) -> Dump:
+    """Open an evaluation dump without loading it (see the module docstring for the layouts).
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``.npy`` scores, ``.npz`` file or a directory of shards.
+    labels : str, path-like or array-like, optional
+        The labels when they are not inside the dump (a ``.npy`` file or an array).
+    split : str, optional
+        For ``.npz`` files with ``val_*`` / ``test_*`` arrays: which split (default
+        ``"test"`` when the file has splits).
+    scores_key, labels_key : str, optional
+        Array names inside an ``.npz`` file.
+    from_logits : bool, optional
+        Whether the scores are logits; by default, when the array's (or file's)
+        name contains "logit".
+    """
+    p = pathlib.Path(path)
+    if p.is_dir():
+        return _open_shards(p, labels=labels, split=split, scores_key=scores_key, labels_key=labels_key,
+                            from_logits=from_logits)
+    if not p.exists():
+        raise DumpError(f"{p}: no such file or directory")
+    if p.suffix == ".npy":
+        scores = _load_npy(p)
+        y = None
+        if labels is not None:
+            y = _load_npy(labels) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
+        dump = Dump(scores, y, _kind(p.name, from_logits), str(p))
+    elif p.suffix == ".npz":
+        arrays = _npz_arrays(p)
+        splits = _splits_of(arrays)
+        prefix = ""
+        if split is not None or (splits and not any(n in arrays for n in SCORE_NAMES)):
+            split = split or ("test" if "test" in splits else splits[0])
+            if split not in splits:
+                raise DumpError(f"{p}: no split {split!r} (it has {splits or 'no splits'})")
+            prefix = split + "_"
+        skey = _choose(arrays, SCORE_NAMES, prefix, "scores", p, scores_key)
+        y = None
+        if labels is not None:
+            y = _load_npy(labels) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
+        else:
+            y = arrays[_choose(arrays, LABEL_NAMES, prefix, "labels", p, labels_key)]
+        dump = Dump(arrays[skey], y, _kind(skey, from_logits), f"{p}:{skey}")
+    else:
+        raise DumpError(f"{p}: unknown dump format {p.suffix!r} (use .npy, .npz or a directory of them)")
+    _check(dump)
+    return dump
+
+
+def _check(dump):
+    s = dump.scores
+    if len(s.shape) not in (1, 2) or s.shape[0] == 0:
+        raise DumpError(f"{dump.name}: scores must have shape (N, K) or (N,) with N >= 1, got {tuple(s.shape)}")
+    if np.dtype(s.dtype).kind not in "fiu":
+        raise DumpError(f"{dump.name}: scores must be numbers, got dtype {s.dtype}")
+    if dump.labels is not None:
+        y = dump.labels
+        if len(y.shape) != 1 or np.dtype(y.dtype).kind not in "iub":
+            raise DumpError(f"{dump.name}: labels must be integers of shape (N,), got {y.dtype} {tuple(y.shape)}")
+        if y.shape[0] != s.shape[0]:
+            raise DumpError(f"{dump.name}: {y.shape[0]} labels for {s.shape[0]} rows of scores")
+
+
+def _open_shards(directory, **kw):
+    files = sorted(f for f in directory.iterdir() if f.suffix in (".npy", ".npz") and not f.name.startswith("."))
+    if kw.get("labels") is None:
+        files = [f for f in files if f.suffix == ".npz"]
+    if not files:
+        raise DumpError(f"{directory}: no .npz shards (or .npy shards with labels=) in the directory")
+    shards = [open_dump(f, **kw) for f in files]
+    first = shards[0]
+    for s in shards[1:]:
+        if s.scores.shape[1:] != first.scores.shape[1:] or s.scores.dtype != first.scores.dtype \
+                or s.from_logits != first.from_logits:
+            raise DumpError(f"{directory}: shard {s.name} has scores {s.scores.dtype} {tuple(s.scores.shape)} "
+                            f"({'logits' if s.from_logits else 'probabilities'}) but {first.name} has "
+                            f"{first.scores.dtype} {tuple(first.scores.shape)} "
+                            f"({'logits' if first.from_logits else 'probabilities'})")
+        if (s.labels is None) != (first.labels is None):
+            raise DumpError(f"{directory}: some shards have labels and some do not")
+    labels = None if first.labels is None else _ShardRows([s.labels for s in shards])
+    return Dump(_ShardRows([s.scores for s in shards]), labels, first.from_logits, f"{directory}/ ({len(shards)} shards)",
+                shards=shards)
+
+
+def split_mask(n_rows, fraction, seed=0):
+    """A deterministic pseudo-random row split: True for about ``fraction`` of the rows.
+
+    Row i is chosen when splitmix64(i + seed * 2^32) / 2^64 < fraction, so the
+    split does not depend on the order the dump was written in (sorted by class,
+    say) and is the same on every machine.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction!r}")
+    i = np.arange(n_rows, dtype=np.uint64) + np.uint64((seed & 0xFFFFFFFF) << 32)
+    with np.errstate(over="ignore"):
+        z = i + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 < fraction
+
+
+__all__ = ["Dump", "DumpError", "open_dump", "split_mask", "splits"]

@@ -1,0 +1,166 @@
+"""How calibrated is this dump, and what fixes it best: the work behind ``calibkit report``.
+
+The evaluation rows are read chunk by chunk into a :class:`CalibrationAccumulator`
+(raw scores) and one more per calibrator (its calibrated probabilities), so
+peak memory is bounded by the chunk size plus the validation rows the
+calibrators are fitted on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import calibrators as cal
+from .io import Dump, DumpError
+from .streaming import CalibrationAccumulator
+
+METHODS = {
+    "temperature": lambda from_logits: cal.TemperatureScaling(),
+    "vector": lambda from_logits: cal.VectorScaling(),
+    "matrix": lambda from_logits: cal.MatrixScaling(reg=1e-2),
+    "isotonic": lambda from_logits: cal.IsotonicCalibration(from_logits=from_logits),
+    "histogram": lambda from_logits: cal.HistogramBinning(from_logits=from_logits),
+}
+LOGIT_METHODS = ("temperature", "vector", "matrix")
+COLUMNS = ("n", "accuracy", "ece", "mce", "ace", "classwise_ece", "brier", "nll")
+
+
+def as_logits(scores, from_logits):
+    """Logits for a logit calibrator: the scores, or log-probabilities (valid logits up to a per-row constant)."""
+    if from_logits:
+        return scores
+    return np.log(np.clip(np.asarray(scores, dtype=np.float64), 1e-300, None))
+
+
+def make_calibrator(method, from_logits):
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; choose from {sorted(METHODS)}")
+    return METHODS[method](from_logits)
+
+
+def fit_calibrator(method, scores, labels, from_logits):
+    """Fit one method on in-memory validation scores."""
+    c = make_calibrator(method, from_logits)
+    if method in LOGIT_METHODS:
+        return c.fit(as_logits(scores, from_logits), labels)
+    return c.fit(scores, labels)
+
+
+def calibrated_probabilities(calibrator, method, scores, from_logits):
+    if method in LOGIT_METHODS:
+        return calibrator.predict_proba(as_logits(scores, from_logits))
+    return calibrator.predict_proba(scores)
+
+
+def _row(result, n_classes):
+    out = {"n": result.count, "accuracy": result.accuracy, "ece": result.ece, "mce": result.mce,
+           "ace": result.ace, "ace_bound": result.ace_bound, "classwise_ece": result.classwise_ece,
+           "brier": result.brier, "nll": result.nll}
+    if n_classes == 2 and out["classwise_ece"] is None:
+        out.pop("classwise_ece")
+    return out
+
+
+def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_bins=15, chunk_rows=None,
+           progress=None, backend="auto"):
+    """Metrics of the raw scores and of each calibrator fitted on the validation rows.
+
+    Parameters
+    ----------
+    test : Dump
+        The rows to evaluate (all of them, or those where ``val_mask`` is False).
+    val : Dump, optional
+        Validation rows to fit the calibrators on (read into memory).
+    val_mask : (N,) bool array, optional
+        Instead of ``val``: the rows of ``test`` to fit on (and leave out of the evaluation).
+    methods : sequence of str
+        Calibrators to fit, from ``METHODS``.
+    progress : callable(n_rows), optional
+        Called with the number of rows done after each chunk.
+
+    Returns
+    -------
+    dict
+        ``{"n_rows", "n_classes", "from_logits", "n_val", "rows": {"raw": {...}, method: {..., "params"}}}``.
+    """
+    methods = list(methods)
+    for m in methods:
+        make_calibrator(m, test.from_logits)
+    binary = len(test.scores.shape) == 1
+    if binary and methods:
+        raise ValueError("calibrators in the report need (N, K) scores; binary (N,) dumps are reported raw")
+    fitted = {}
+    n_val = 0
+    if methods:
+        if val is not None:
+            if val.n_classes != test.n_classes or val.from_logits != test.from_logits:
+                raise DumpError(f"the validation dump ({val.n_classes} classes, "
+                                f"{'logits' if val.from_logits else 'probabilities'}) does not match the dump "
+                                f"({test.n_classes} classes, {'logits' if test.from_logits else 'probabilities'})")
+            vs, vy = val.take(np.ones(val.n_rows, dtype=bool), chunk_rows)
+        elif val_mask is not None:
+            vs, vy = test.take(val_mask, chunk_rows)
+        else:
+            raise ValueError("calibrators need validation rows: give --val DUMP or --val-fraction F")
+        n_val = len(vy)
+        for m in methods:
+            fitted[m] = fit_calibrator(m, vs, vy, test.from_logits)
+        del vs, vy
+    K = test.n_classes
+    accs = {"raw": CalibrationAccumulator(n_bins, from_logits=test.from_logits, classwise=not binary,
+                                          n_classes=None if binary else K, backend=backend)}
+    for m in methods:
+        accs[m] = CalibrationAccumulator(n_bins, from_logits=False, classwise=True, n_classes=K, backend=backend)
+    done = 0
+    for a, s, y in test.chunks(chunk_rows):
+        if val_mask is not None:
+            keep = ~np.asarray(val_mask[a:a + len(y)], dtype=bool)
+            s, y = s[keep], y[keep]
+        if len(y):
+            accs["raw"].update(s, y)
+            for m, c in fitted.items():
+                accs[m].update(calibrated_probabilities(c, m, s, test.from_logits), y)
+        done += len(keep) if val_mask is not None else len(y)
+        if progress is not None:
+            progress(done)
+    if accs["raw"].count == 0:
+        raise DumpError(f"{test.name}: no rows left to evaluate")
+    rows = {}
+    for name, acc in accs.items():
+        rows[name] = _row(acc.compute(), K)
+        if name in fitted:
+            rows[name]["params"] = fitted[name].to_dict()["fitted"]
+    return {"dump": test.name, "n_rows": test.n_rows, "n_classes": K, "from_logits": test.from_logits,
+            "n_val": n_val, "n_bins": n_bins, "rows": rows, "tables": {k: a.compute().table for k, a in accs.items()}}
+
+
+def format_table(result) -> str:
+    """The report as a fixed-width text table."""
+    kind = "logits" if result["from_logits"] else "probabilities"
+    head = (f"{result['dump']}: {result['n_rows']:,} rows x {result['n_classes']} classes ({kind})"
+            + (f"; calibrators fitted on {result['n_val']:,} validation rows" if result["n_val"] else ""))
+    cols = [c for c in COLUMNS if any(c in r for r in result["rows"].values())]
+    lines = [head, f"{'':<12}" + "".join(f"{c:>14}" for c in cols)]
+    for name, r in result["rows"].items():
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cells.append(f"{'-':>14}")
+            elif c == "n":
+                cells.append(f"{v:>14,}")
+            else:
+                cells.append(f"{v:>14.5f}")
+        lines.append(f"{name:<12}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def json_safe(result) -> dict:
+    out = {k: v for k, v in result.items() if k != "tables"}
+    out["reliability_tables"] = {k: t.to_dict() for k, t in result["tables"].items()}
+    return out
+
+
+__all__ = ["METHODS", "format_table", "report"]

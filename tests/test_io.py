@@ -1,0 +1,139 @@
+"""calibkit.io: dumps opened without loading, chunked reads, clear errors."""
+
+import zipfile
+
+import numpy as np
+import pytest
+
+import calibkit
+from calibkit import io
+
+
+def make(rng, n=1000, k=7, dtype=np.float32):
+    return rng.normal(size=(n, k)).astype(dtype), rng.integers(0, k, n)
+
+
+def test_npy_is_memory_mapped_and_chunked(tmp_path):
+    rng = np.random.default_rng(0)
+    z, y = make(rng)
+    np.save(tmp_path / "logits.npy", z)
+    np.save(tmp_path / "labels.npy", y)
+    d = io.open_dump(tmp_path / "logits.npy", labels=tmp_path / "labels.npy")
+    assert isinstance(d.scores, np.memmap) and d.from_logits and d.n_rows == 1000 and d.n_classes == 7
+    rows = [(a, s.shape[0]) for a, s, _ in d.chunks(300)]
+    assert rows == [(0, 300), (300, 300), (600, 300), (900, 100)]
+    np.testing.assert_array_equal(np.concatenate([s for _, s, _ in d.chunks(300)]), z)
+    assert d.chunk_rows(7 * 4 * 10) == 10
+
+
+def test_stored_npz_members_are_memory_mapped(tmp_path):
+    rng = np.random.default_rng(1)
+    z, y = make(rng)
+    np.savez(tmp_path / "d.npz", probs=np.abs(z), labels=y)
+    d = io.open_dump(tmp_path / "d.npz")
+    assert isinstance(d.scores, np.memmap) and not d.from_logits
+    np.testing.assert_array_equal(np.asarray(d.scores), np.abs(z))
+    np.testing.assert_array_equal(np.asarray(d.labels), y)
+    zf = np.asfortranarray(z)
+    np.savez(tmp_path / "f.npz", logits=zf, labels=y)
+    np.testing.assert_array_equal(np.asarray(io.open_dump(tmp_path / "f.npz").scores), z)
+
+
+def test_compressed_npz_and_splits(tmp_path):
+    rng = np.random.default_rng(2)
+    (zv, yv), (zt, yt) = make(rng, 300), make(rng, 500)
+    np.savez_compressed(tmp_path / "s.npz", val_logits=zv, val_labels=yv, test_logits=zt, test_labels=yt)
+    assert io.splits(tmp_path / "s.npz") == ["test", "val"]
+    d = io.open_dump(tmp_path / "s.npz")
+    assert d.n_rows == 500 and d.name.endswith("test_logits")
+    v = io.open_dump(tmp_path / "s.npz", split="val")
+    np.testing.assert_array_equal(np.asarray(v.scores), zv)
+    with pytest.raises(io.DumpError, match="no split 'train'"):
+        io.open_dump(tmp_path / "s.npz", split="train")
+
+
+def test_directory_of_shards(tmp_path):
+    rng = np.random.default_rng(3)
+    parts = [make(rng, n) for n in (100, 250, 7)]
+    for j, (z, y) in enumerate(parts):
+        np.savez(tmp_path / f"shard{j:02d}.npz", logits=z, labels=y)
+    d = io.open_dump(tmp_path)
+    assert d.n_rows == 357 and len(d.shards) == 3
+    whole = np.concatenate([z for z, _ in parts])
+    labels = np.concatenate([y for _, y in parts])
+    got = np.concatenate([s for _, s, _ in d.chunks(64)])
+    np.testing.assert_array_equal(got, whole)
+    np.testing.assert_array_equal(np.concatenate([y for _, _, y in d.chunks(64)]), labels)
+    # metrics over the chunks equal the one-shot metric
+    acc = calibkit.CalibrationAccumulator(from_logits=True)
+    for _, s, y in d.chunks(50):
+        acc.update(s, y)
+    assert acc.compute().ece == pytest.approx(calibkit.ece(whole, labels, from_logits=True), abs=1e-12)
+    s, y = d.take(np.arange(357) % 3 == 0)
+    np.testing.assert_array_equal(s, whole[::3])
+
+
+def test_inconsistent_shards(tmp_path):
+    rng = np.random.default_rng(4)
+    z, y = make(rng, 50, 5)
+    np.savez(tmp_path / "a.npz", logits=z, labels=y)
+    z2, y2 = make(rng, 50, 6)
+    np.savez(tmp_path / "b.npz", logits=z2, labels=y2)
+    with pytest.raises(io.DumpError, match="shard .*b.npz.* has scores"):
+        io.open_dump(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(io.DumpError, match="no .npz shards"):
+        io.open_dump(tmp_path / "empty")
+
+
+def test_split_mask_is_deterministic_and_unbiased():
+    m = io.split_mask(100_000, 0.1)
+    np.testing.assert_array_equal(m, io.split_mask(100_000, 0.1))
+    assert abs(m.mean() - 0.1) < 0.005
+    assert abs(m[:50_000].mean() - m[50_000:].mean()) < 0.01  # no dependence on row order
+    assert (io.split_mask(1000, 0.3, seed=1) != io.split_mask(1000, 0.3, seed=2)).any()
+    with pytest.raises(ValueError, match="fraction"):
+        io.split_mask(10, 1.5)
+
+
+@pytest.mark.parametrize("setup, kwargs, match", [
+    (lambda p: np.savez(p / "d.npz", logits=np.zeros((5, 3)), labels=np.zeros(4, int)), {}, "4 labels for 5 rows"),
+    (lambda p: np.savez(p / "d.npz", logits=np.zeros((5, 3))), {}, "no labels array"),
+    (lambda p: np.savez(p / "d.npz", labels=np.zeros(5, int)), {}, "no scores array"),
+    (lambda p: np.savez(p / "d.npz", logits=np.zeros((5, 3)), labels=np.zeros(5)), {}, "labels must be integers"),
+    (lambda p: np.savez(p / "d.npz", logits=np.zeros((0, 3)), labels=np.zeros(0, int)), {}, "N >= 1"),
+    (lambda p: np.savez(p / "d.npz", logits=np.zeros((5, 3)), labels=np.zeros(5, int)), {"scores_key": "x"},
+     "no array 'x'"),
+])
+def test_bad_dumps(tmp_path, setup, kwargs, match):
+    setup(tmp_path)
+    with pytest.raises(io.DumpError, match=match):
+        io.open_dump(tmp_path / "d.npz", **kwargs)
+
+
+def test_truncated_and_foreign_files(tmp_path):
+    rng = np.random.default_rng(5)
+    z, y = make(rng)
+    np.save(tmp_path / "z.npy", z)
+    data = (tmp_path / "z.npy").read_bytes()
+    (tmp_path / "t.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(io.DumpError, match="truncated"):
+        io.open_dump(tmp_path / "t.npy")
+    np.savez(tmp_path / "d.npz", logits=z, labels=y)
+    blob = (tmp_path / "d.npz").read_bytes()
+    (tmp_path / "t.npz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(io.DumpError, match="t.npz"):
+        io.open_dump(tmp_path / "t.npz")
+    (tmp_path / "x.csv").write_text("1,2\n")
+    with pytest.raises(io.DumpError, match="unknown dump format"):
+        io.open_dump(tmp_path / "x.csv")
+    with pytest.raises(io.DumpError, match="no such file"):
+        io.open_dump(tmp_path / "missing.npz")
+    d = io.open_dump(tmp_path / "z.npy")
+    with pytest.raises(io.DumpError, match="no labels"):
+        next(d.chunks())
+    with zipfile.ZipFile(tmp_path / "obj.npz", "w") as zf:
+        zf.writestr("labels.npy", b"not an npy file")
+        zf.writestr("logits.npy", b"nope")
+    with pytest.raises(io.DumpError, match="cannot read array"):
+        io.open_dump(tmp_path / "obj.npz")

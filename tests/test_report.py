@@ -1,0 +1,175 @@
+"""`calibkit report` / `fit` / `apply`, calibkit.report and calibkit.plot."""
+
+import json
+
+import numpy as np
+import pytest
+
+import calibkit
+from calibkit import cli, io, report
+from conftest import data_dir
+
+
+def dump_with_splits(tmp_path, n_val=2000, n_test=3000, k=6, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def part(n):
+        z = rng.normal(size=(n, k)) * 3
+        y = np.argmax(z / 2.0 + rng.gumbel(size=(n, k)), axis=1)  # drawn at T = 2: over-confident logits
+        return z.astype(np.float32), y
+
+    (zv, yv), (zt, yt) = part(n_val), part(n_test)
+    path = tmp_path / "dump.npz"
+    np.savez(path, val_logits=zv, val_labels=yv, test_logits=zt, test_labels=yt)
+    return path, (zv, yv), (zt, yt)
+
+
+def test_report_numbers_match_direct_computation(tmp_path, capsys):
+    path, (zv, yv), (zt, yt) = dump_with_splits(tmp_path)
+    out = tmp_path / "r.json"
+    assert cli.main(["report", str(path), "--calibrate", "temperature,isotonic", "--json", str(out), "--quiet"]) == 0
+    text = capsys.readouterr()
+    assert "calibrators fitted on 2,000 validation rows" in text.out and "temperature" in text.out
+    assert text.err == ""  # no progress bar when stderr is not a terminal
+    r = json.loads(out.read_text())
+    raw, ts = r["rows"]["raw"], r["rows"]["temperature"]
+    assert raw["n"] == 3000 and r["n_val"] == 2000
+    assert raw["ece"] == pytest.approx(calibkit.ece(zt, yt, from_logits=True), abs=1e-12)
+    assert raw["nll"] == pytest.approx(calibkit.nll(zt, yt, from_logits=True), rel=1e-9)
+    assert raw["classwise_ece"] == pytest.approx(calibkit.classwise_calibration_error(zt, yt, from_logits=True),
+                                                 abs=1e-12)
+    t = calibkit.TemperatureScaling().fit(zv, yv)
+    assert ts["params"]["temperature_"] == pytest.approx(t.temperature_, rel=1e-12)
+    assert ts["nll"] == pytest.approx(calibkit.nll(t.transform(zt), yt, from_logits=True), rel=1e-9)
+    assert ts["nll"] < raw["nll"] and ts["ece"] < raw["ece"]
+    iso = calibkit.IsotonicCalibration(from_logits=True).fit(zv, yv)
+    assert r["rows"]["isotonic"]["brier"] == pytest.approx(calibkit.brier_score(iso.predict_proba(zt), yt), rel=1e-9)
+    assert sum(r["reliability_tables"]["raw"]["count"]) == 3000
+
+
+def test_report_val_fraction_and_val_dump(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(5000, 4)).astype(np.float32) * 3
+    y = np.argmax(z / 2.0 + rng.gumbel(size=z.shape), axis=1)
+    np.save(tmp_path / "logits.npy", z)
+    np.save(tmp_path / "labels.npy", y)
+    args = ["report", str(tmp_path / "logits.npy"), "--labels", str(tmp_path / "labels.npy"), "--quiet"]
+    assert cli.main(args + ["--val-fraction", "0.2", "--calibrate", "temperature", "--json",
+                            str(tmp_path / "a.json")]) == 0
+    r = json.loads((tmp_path / "a.json").read_text())
+    mask = io.split_mask(5000, 0.2)
+    assert r["n_val"] == mask.sum() and r["rows"]["raw"]["n"] == 5000 - mask.sum()
+    assert r["rows"]["raw"]["ece"] == pytest.approx(calibkit.ece(z[~mask], y[~mask], from_logits=True), abs=1e-12)
+    np.savez(tmp_path / "val.npz", logits=z[:1000], labels=y[:1000])
+    assert cli.main(args + ["--val", str(tmp_path / "val.npz"), "--calibrate", "vector"]) == 0
+    assert "vector" in capsys.readouterr().out
+    # no calibrators: raw metrics of every row
+    assert cli.main(args + ["--json", str(tmp_path / "b.json")]) == 0
+    assert json.loads((tmp_path / "b.json").read_text())["rows"]["raw"]["n"] == 5000
+
+
+def test_report_shards_and_probabilities(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    p = rng.dirichlet(np.ones(5), size=3000)
+    y = rng.integers(0, 5, 3000)
+    for j in range(3):
+        np.savez(tmp_path / f"s{j}.npz", probs=p[j * 1000:(j + 1) * 1000], labels=y[j * 1000:(j + 1) * 1000])
+    assert cli.main(["report", str(tmp_path), "--val-fraction", "0.3", "--calibrate", "temperature,histogram",
+                     "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["from_logits"] is False and r["n_rows"] == 3000
+    mask = io.split_mask(3000, 0.3)
+    assert r["rows"]["raw"]["brier"] == pytest.approx(calibkit.brier_score(p[~mask], y[~mask]), rel=1e-12)
+
+
+def test_report_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    path, _, _ = dump_with_splits(tmp_path)
+    png = tmp_path / "rel.png"
+    assert cli.main(["report", str(path), "--calibrate", "temperature", "--plot", str(png), "--quiet"]) == 0
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (800, 500)  # two diagrams (raw, temperature), 4 x 5 inches each at 100 dpi
+    svg = tmp_path / "t.svg"
+    d = np.load(path)
+    calibkit.reliability_table(d["test_logits"], d["test_labels"], from_logits=True).plot(path=svg)
+    assert svg.read_text().lstrip().startswith("<?xml")
+    with pytest.raises(TypeError, match="ReliabilityTable"):
+        calibkit.plot.reliability_diagram([])
+    with pytest.raises(ValueError, match="titles"):
+        table = calibkit.reliability_table(d["test_logits"], d["test_labels"], from_logits=True)
+        calibkit.plot.reliability_diagram([table, table], titles=["one"])
+
+
+def test_fit_and_apply(tmp_path, capsys):
+    path, (zv, yv), (zt, yt) = dump_with_splits(tmp_path)
+    cal = tmp_path / "t.json"
+    assert cli.main(["fit", str(path), "--method", "temperature", "--out", str(cal)]) == 0
+    payload = json.loads(cal.read_text())
+    t = calibkit.TemperatureScaling().fit(zv, yv)  # fitted on the val split by default
+    assert payload["fitted"]["temperature_"] == pytest.approx(t.temperature_, rel=1e-12)
+    out = tmp_path / "calibrated.npy"
+    assert cli.main(["apply", str(cal), str(path), "--out", str(out), "--quiet"]) == 0
+    got = np.load(out)
+    assert got.dtype == np.float32 and got.shape == zt.shape
+    np.testing.assert_allclose(got, t.predict_proba(zt), rtol=1e-6, atol=1e-7)
+    out64 = tmp_path / "c64.npy"
+    assert cli.main(["apply", str(cal), str(path), "--out", str(out64), "--dtype", "float64", "--quiet"]) == 0
+    np.testing.assert_allclose(np.load(out64), t.predict_proba(zt), rtol=1e-12)
+    iso = tmp_path / "iso.json"
+    assert cli.main(["fit", str(path), "--method", "isotonic", "--out", str(iso)]) == 0
+    assert cli.main(["apply", str(iso), str(path), "--out", str(out), "--quiet"]) == 0
+    ref = calibkit.IsotonicCalibration(from_logits=True).fit(zv, yv).predict_proba(zt)
+    np.testing.assert_allclose(np.load(out), ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", "{tmp}/missing.npz"], "no such file"),
+    (["report", "{dump}", "--calibrate", "bogus"], "unknown calibration method 'bogus'"),
+    (["report", "{npy}", "--labels", "{labels}", "--calibrate", "temperature"], "need validation rows"),
+    (["report", "{dump}", "--val", "{dump}", "--val-fraction", "0.1"], "not both"),
+    (["report", "{npy}", "--labels", "{labels}", "--val-fraction", "1.5"], "fraction must be in"),
+    (["report"], "give a DUMP"),
+    (["fit", "{dump}", "--method", "temperature", "--out", "{tmp}/no/such/dir/x.json"], "No such file"),
+    (["apply", "{dump}", "{dump}", "--out", "{tmp}/o.npy"], "cannot read"),
+    (["apply", "{badcal}", "{dump}", "--out", "{tmp}/o.npy"], "not written by `calibkit fit`"),
+    (["apply", "{cal5}", "{dump}", "--out", "{tmp}/o.npy"], "fitted on 5 classes"),
+])
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, message):
+    dump, _, _ = dump_with_splits(tmp_path, 200, 300)
+    rng = np.random.default_rng(3)
+    np.save(tmp_path / "z.npy", rng.normal(size=(100, 6)).astype(np.float32))
+    np.save(tmp_path / "y.npy", rng.integers(0, 6, 100))
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "x"}))
+    z5 = rng.normal(size=(100, 5))
+    np.savez(tmp_path / "five.npz", logits=z5, labels=rng.integers(0, 5, 100))
+    assert cli.main(["fit", str(tmp_path / "five.npz"), "--method", "temperature", "--out",
+                     str(tmp_path / "cal5.json")]) == 0
+    capsys.readouterr()
+    subs = {"tmp": str(tmp_path), "dump": str(dump), "npy": str(tmp_path / "z.npy"),
+            "labels": str(tmp_path / "y.npy"), "badcal": str(tmp_path / "bad.json"),
+            "cal5": str(tmp_path / "cal5.json")}
+    code = cli.main([a.format(**subs) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_example_runs_on_the_shared_dump(capsys, monkeypatch):
+    if not (data_dir() / cli.EXAMPLE_FILE).exists():
+        pytest.skip("the shared example dump is not available")
+    monkeypatch.setenv("CALIBKIT_DATA", str(data_dir()))
+    assert cli.main(["report", "--example", "--calibrate", "temperature", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "10,000 rows x 10 classes" in out and "temperature" in out
+
+
+def test_report_python_api(tmp_path):
+    path, (zv, yv), (zt, yt) = dump_with_splits(tmp_path)
+    test, val = io.open_dump(path, split="test"), io.open_dump(path, split="val")
+    seen = []
+    r = report.report(test, val=val, methods=["temperature", "matrix"], chunk_rows=700, progress=seen.append)
+    assert seen == [700, 1400, 2100, 2800, 3000]
+    assert set(r["rows"]) == {"raw", "temperature", "matrix"}
+    assert "raw" in report.format_table(r)
