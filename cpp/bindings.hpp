@@ -53,7 +53,8 @@ Vector<T> vector(const py::array& a, const char* name, int64_t expected_size) {
 
 template <class T>
 bool is_dtype(const py::array& a) {
-    return a.dtype().is(py::dtype::of<T>());
+    // equal(), not is(): an unpickled or otherwise rebuilt dtype is equal to the canonical one but not the same object
+    return a.dtype().equal(py::dtype::of<T>());
 }
 
 inline void require_dtype(bool ok, const py::array& a, const char* name, const char* expected) {

@@ -256,3 +256,15 @@ def test_arbitrary_arrays_never_crash():
         f"stdout: {proc.stdout[-3000:]}\nstderr: {proc.stderr[-6000:]}"
     )
     assert "FUZZ-OK" in proc.stdout
+
+
+def test_unpickled_arrays_are_accepted():
+    """An unpickled int64 array has an equal but not identical dtype object (Dask ships blocks this way)."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=50)
+    y = rng.integers(0, 3, 50)
+    y2, p2 = pickle.loads(pickle.dumps(y)), pickle.loads(pickle.dumps(p))
+    assert calibkit.ece(p2, y2) == calibkit.ece(p, y)
+    assert calibkit.temperature_nll(np.log(p2), y2, 1.0)["loss"] == calibkit.temperature_nll(np.log(p), y, 1.0)["loss"]

@@ -176,16 +176,27 @@ class TemperatureScaling(_LogitCalibrator):
 
     def fit(self, logits, labels, sample_weight=None):
         """Fit T on held-out logits (N, K) and labels (N,); returns self."""
-        t_min, t_max = self._check_params()
+        self._check_params()
         logits = check_logits(logits, "logits")
         logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
         k = _backend.kernels(self.backend)
+        return self.fit_from_sums(
+            lambda b: _temperature_sums(k, logits, labels, sample_weight, b, self.chunk_size), logits.shape[1])
+
+    def fit_from_sums(self, sums, n_classes):
+        """Fit T given ``sums(b)``, the sums of :func:`temperature_nll` at inverse temperature b.
+
+        For data that is not one array: ``sums`` may add the kernel's results
+        over shards, files or the workers of a cluster (``calibkit.dask.fit_temperature``).
+        Each Newton step calls it once: one pass over the data.
+        """
+        t_min, t_max = self._check_params()
         b_min, b_max = 1.0 / t_max, 1.0 / t_min
         lo, hi = b_min, b_max  # bracket of b = 1/T
         b = min(max(1.0, lo), hi)
         passes, converged, degenerate = 0, False, False
         while passes < self.max_passes:
-            s = _temperature_sums(k, logits, labels, sample_weight, b, self.chunk_size)
+            s = sums(b)
             passes += 1
             g, h = s["d1"] / s["weight"], s["d2"] / s["weight"]
             if h <= 0.0 and g == 0.0:  # every row constant: any T gives the same NLL
@@ -236,7 +247,7 @@ class TemperatureScaling(_LogitCalibrator):
                           "the data may be separable", RuntimeWarning, stacklevel=2)
         self.temperature_ = 1.0 / b
         self.n_passes_ = passes
-        self.n_classes_ = int(logits.shape[1])
+        self.n_classes_ = int(n_classes)
         return self
 
     def _load_fitted(self, fitted):
