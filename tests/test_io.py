@@ -82,7 +82,7 @@ def test_inconsistent_shards(tmp_path):
     with pytest.raises(io.DumpError, match="shard .*b.npz.* has scores"):
         io.open_dump(tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(io.DumpError, match="no .npz shards"):
+    with pytest.raises(io.DumpError, match="no .npz"):
         io.open_dump(tmp_path / "empty")
 
 
@@ -137,3 +137,65 @@ def test_truncated_and_foreign_files(tmp_path):
         zf.writestr("logits.npy", b"nope")
     with pytest.raises(io.DumpError, match="cannot read array"):
         io.open_dump(tmp_path / "obj.npz")
+
+
+def _arrow_table(z, y, fixed=True):
+    pa = pytest.importorskip("pyarrow")
+    flat = pa.array(z.reshape(-1))
+    if fixed:
+        col = pa.FixedSizeListArray.from_arrays(flat, z.shape[1])
+    else:
+        col = pa.ListArray.from_arrays(pa.array(np.arange(0, z.size + 1, z.shape[1], dtype=np.int32)), flat)
+    return pa.table({"logits": col, "labels": pa.array(y)})
+
+
+@pytest.mark.parametrize("fixed", (True, False))
+def test_parquet_by_row_group(tmp_path, fixed):
+    pq = pytest.importorskip("pyarrow.parquet")
+    rng = np.random.default_rng(6)
+    z, y = make(rng, 1000, 5)
+    pq.write_table(_arrow_table(z, y, fixed), tmp_path / "d.parquet", row_group_size=128)
+    d = io.open_dump(tmp_path / "d.parquet")
+    assert d.n_rows == 1000 and d.n_classes == 5 and d.from_logits and d.scores.dtype == np.float32
+    got = np.concatenate([s for _, s, _ in d.chunks(300)])
+    np.testing.assert_array_equal(got, z)
+    np.testing.assert_array_equal(np.concatenate([y_ for _, _, y_ in d.chunks(300)]), y)
+    np.testing.assert_array_equal(d.scores[250:260], z[250:260])
+
+
+def test_arrow_ipc_and_shards(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.ipc as ipc
+
+    rng = np.random.default_rng(7)
+    parts = [make(rng, n, 4) for n in (300, 200)]
+    for j, (z, y) in enumerate(parts):
+        table = _arrow_table(z, y)
+        with pa.OSFile(str(tmp_path / f"s{j}.arrow"), "wb") as sink, ipc.new_file(sink, table.schema) as w:
+            w.write_table(table, max_chunksize=64)
+    d = io.open_dump(tmp_path)
+    np.testing.assert_array_equal(np.concatenate([s for _, s, _ in d.chunks(128)]),
+                                  np.concatenate([z for z, _ in parts]))
+
+
+def test_bad_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    ragged = pa.table({"probs": pa.array([[0.5, 0.5], [1.0]]), "labels": pa.array([0, 0])})
+    pq.write_table(ragged, tmp_path / "r.parquet")
+    d = io.open_dump(tmp_path / "r.parquet")
+    with pytest.raises(io.DumpError, match="row 1 of column 'probs' has 1 values"):
+        next(d.chunks())
+    nulls = pa.table({"probs": pa.array([[0.5, 0.5], None]), "labels": pa.array([0, 0])})
+    pq.write_table(nulls, tmp_path / "n.parquet")
+    with pytest.raises(io.DumpError, match="missing values"):
+        next(io.open_dump(tmp_path / "n.parquet").chunks())
+    pq.write_table(pa.table({"logits": pa.array([[1.0, 2.0]])}), tmp_path / "nolabels.parquet")
+    with pytest.raises(io.DumpError, match="no labels array"):
+        io.open_dump(tmp_path / "nolabels.parquet")
+    pq.write_table(pa.table({"logits": pa.array(["a"]), "labels": pa.array([0])}), tmp_path / "s.parquet")
+    with pytest.raises(io.DumpError, match="not numbers"):
+        io.open_dump(tmp_path / "s.parquet")
+    (tmp_path / "t.parquet").write_bytes((tmp_path / "r.parquet").read_bytes()[:40])
+    with pytest.raises(io.DumpError, match="truncated"):
+        io.open_dump(tmp_path / "t.parquet")

@@ -40,7 +40,9 @@ def test_report_numbers_match_direct_computation(tmp_path, capsys):
                                                  abs=1e-12)
     t = calibkit.TemperatureScaling().fit(zv, yv)
     assert ts["params"]["temperature_"] == pytest.approx(t.temperature_, rel=1e-12)
-    assert ts["nll"] == pytest.approx(calibkit.nll(t.transform(zt), yt, from_logits=True), rel=1e-9)
+    # z / T is formed in float32 for float32 logits: agreement to about 1e-6
+    assert ts["nll"] == pytest.approx(calibkit.nll(t.transform(zt), yt, from_logits=True), rel=1e-6)
+    assert ts["ece"] == pytest.approx(calibkit.ece(t.transform(zt), yt, from_logits=True), abs=1e-6)
     assert ts["nll"] < raw["nll"] and ts["ece"] < raw["ece"]
     iso = calibkit.IsotonicCalibration(from_logits=True).fit(zv, yv)
     assert r["rows"]["isotonic"]["brier"] == pytest.approx(calibkit.brier_score(iso.predict_proba(zt), yt), rel=1e-9)
@@ -170,6 +172,17 @@ def test_report_python_api(tmp_path):
     test, val = io.open_dump(path, split="test"), io.open_dump(path, split="val")
     seen = []
     r = report.report(test, val=val, methods=["temperature", "matrix"], chunk_rows=700, progress=seen.append)
-    assert seen == [700, 1400, 2100, 2800, 3000]
+    assert seen == [700, 1400, 2100, 2800, 3000, 3700, 4400, 5100, 5800, 6000]  # raw pass, calibrators' pass
     assert set(r["rows"]) == {"raw", "temperature", "matrix"}
     assert "raw" in report.format_table(r)
+
+
+def test_report_quantile_strategy(tmp_path):
+    path, _, (zt, yt) = dump_with_splits(tmp_path)
+    out = tmp_path / "q.json"
+    assert cli.main(["report", str(path), "--strategy", "quantile", "--json", str(out), "--quiet"]) == 0
+    r = json.loads(out.read_text())
+    raw = r["rows"]["raw"]
+    assert r["strategy"] == "quantile" and raw["ece"] == raw["ace"]
+    exact = calibkit.ece(zt, yt, from_logits=True, strategy="quantile")
+    assert abs(raw["ece"] - exact) <= raw["ace_bound"] + 1e-12

@@ -200,10 +200,10 @@ def _cmd_report(args) -> int:
         val_mask = io.split_mask(test.n_rows, args.val_fraction, seed=args.seed)
     elif methods and {"val", "test"} <= set(io.splits(path)):  # a file with val_* / test_* arrays splits itself
         test, val = _open(path, args, split="test"), _open(path, args, split="val")
-    update, close = _progress(test.n_rows, args.quiet, "calibkit report")
+    update, close = _progress(test.n_rows * (2 if methods else 1), args.quiet, "calibkit report")  # 2 passes
     try:
         result = report.report(test, val=val, val_mask=val_mask, methods=methods, n_bins=args.n_bins,
-                               progress=update, backend=args.backend)
+                               strategy=args.strategy, progress=update, backend=args.backend)
     finally:
         close()
     print(report.format_table(result))
@@ -257,7 +257,7 @@ def _cmd_apply(args) -> int:
     try:
         rows = dump.chunk_rows()
         for a in range(0, dump.n_rows, rows):
-            s = np.asarray(dump.scores[a:a + rows])
+            s = dump.rows(a, min(dump.n_rows, a + rows))
             out[a:a + len(s)] = report.calibrated_probabilities(calibrator, meta["method"], s, dump.from_logits)
             if update:
                 update(a + len(s))
@@ -316,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"report on a real dump ({EXAMPLE_FILE}: ResNet-50, CIFAR-10) with calibrators")
     _add_dump_options(rp)
     rp.add_argument("--n-bins", type=int, default=15)
+    rp.add_argument("--strategy", default="uniform", choices=("uniform", "quantile"),
+                    help="bins of the ECE column (quantile: equal-mass, as the ACE column)")
     rp.add_argument("--val", help="validation dump to fit the calibrators on")
     rp.add_argument("--val-labels", help="labels .npy file of the --val dump when it holds none")
     rp.add_argument("--val-fraction", type=float, help="fit on this fraction of the rows (a fixed pseudo-random split)")

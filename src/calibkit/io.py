@@ -10,6 +10,11 @@ integer labels (N,). Supported layouts:
   without compression (``np.savez``) are memory-mapped where they lie in the
   zip file; compressed members (``np.savez_compressed``) have to be inflated
   into memory.
+- ``.parquet`` and Arrow IPC (``.arrow`` / ``.feather``) files (with pyarrow,
+  the optional extra ``parquet``): the scores in a fixed-size-list or list
+  column of floats (all rows of one length K) or a float column (binary
+  scores), the labels in an integer column. Parquet is read by row group,
+  Arrow IPC files are memory-mapped.
 - a directory of such files (shards, in file-name order): one dump of their
   rows, shards checked for the same K, dtype and kind of scores.
 
@@ -151,6 +156,25 @@ class Dump:
     def chunk_rows(self, chunk_bytes=DEFAULT_CHUNK_BYTES) -> int:
         return max(1, int(chunk_bytes) // max(1, self.row_bytes))
 
+    def rows(self, a, b):
+        """Scores of rows [a, b) as an ndarray.
+
+        A C-ordered memory-mapped array is read with plain file reads rather
+        than through the mapping: pages of a mapping stay in the process's
+        resident set, reads into a fresh buffer do not, so reading a dump
+        larger than memory keeps the resident set at about one chunk.
+        """
+        s = self.scores
+        if isinstance(s, np.memmap) and s.flags.c_contiguous and getattr(s, "filename", None):
+            width = int(np.prod(s.shape[1:], dtype=np.int64))
+            out = np.empty((b - a,) + tuple(s.shape[1:]), dtype=s.dtype)
+            with open(s.filename, "rb") as f:
+                f.seek(s.offset + a * width * s.dtype.itemsize)
+                if f.readinto(memoryview(out).cast("B")) != out.nbytes:
+                    raise DumpError(f"{self.name}: the file ended early (truncated?)")
+            return out
+        return np.asarray(s[a:b])
+
     def chunks(self, chunk_rows=None, *, start=0, stop=None):
         """Yield ``(first_row, scores, labels)`` for consecutive row blocks of ``chunk_rows`` rows."""
         if self.labels is None:
@@ -159,20 +183,24 @@ class Dump:
         stop = self.n_rows if stop is None else stop
         for a in range(start, stop, chunk_rows):
             b = min(stop, a + chunk_rows)
-            yield a, np.asarray(self.scores[a:b]), np.asarray(self.labels[a:b])
+            yield a, self.rows(a, b), np.asarray(self.labels[a:b])
 
     def take(self, mask, chunk_rows=None):
-        """The rows where ``mask`` (bool, (N,)) is True, gathered chunk by chunk into memory."""
+        """The rows where ``mask`` (bool, (N,)) is True, gathered chunk by chunk into one array."""
         mask = np.asarray(mask, dtype=bool)
-        parts_s, parts_y = [], []
+        n = int(mask.sum())
+        if n == 0:
+            raise DumpError(f"{self.name}: the selection holds no rows")
+        scores = np.empty((n,) + tuple(self.scores.shape[1:]), dtype=self.scores.dtype)
+        labels = np.empty(n, dtype=np.asarray(self.labels[:1]).dtype)
+        at = 0
         for a, s, y in self.chunks(chunk_rows):
             m = mask[a:a + len(y)]
-            if m.any():
-                parts_s.append(s[m])
-                parts_y.append(y[m])
-        if not parts_s:
-            raise DumpError(f"{self.name}: the selection holds no rows")
-        return np.concatenate(parts_s), np.concatenate(parts_y)
+            k = int(m.sum())
+            scores[at:at + k] = s[m]
+            labels[at:at + k] = y[m]
+            at += k
+        return scores, labels
 
 
 class _ShardRows:
@@ -201,6 +229,117 @@ class _ShardRows:
         if not out:
             return np.empty((0,) + self.shape[1:], dtype=self.dtype)
         return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+class _ArrowRows:
+    """A list (or float) column of a Parquet / Arrow IPC file as a read-only (N, K) or (N,) array (slices only)."""
+
+    def __init__(self, path, column):
+        import pyarrow as pa
+
+        self.path, self.column = path, column
+        self._pa = pa
+        self._ipc = None
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            self._file = pq.ParquetFile(path)
+            meta = self._file.metadata
+            counts = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            schema = self._file.schema_arrow
+        else:
+            import pyarrow.ipc as ipc
+
+            self._ipc = ipc.open_file(pa.memory_map(str(path), "r"))
+            counts = [self._ipc.get_batch(g).num_rows for g in range(self._ipc.num_record_batches)]
+            schema = self._ipc.schema
+        self.offsets = np.cumsum([0] + counts)
+        field_type = schema.field(column).type
+        if pa.types.is_fixed_size_list(field_type) or pa.types.is_list(field_type) \
+                or pa.types.is_large_list(field_type):
+            value_type = field_type.value_type
+            first = self._group(0) if counts and counts[0] else None
+            k = len(first[0]) if first is not None and len(first) else 0
+            if pa.types.is_fixed_size_list(field_type):
+                k = field_type.list_size
+            self.shape = (int(self.offsets[-1]), int(k))
+        else:
+            value_type = field_type
+            self.shape = (int(self.offsets[-1]),)
+        if not (pa.types.is_floating(value_type) or pa.types.is_integer(value_type)):
+            raise DumpError(f"{path}: column {column!r} holds {field_type}, not numbers or lists of numbers")
+        self.dtype = np.dtype(value_type.to_pandas_dtype())
+        self.ndim = len(self.shape)
+
+    def _group(self, g):
+        if self._ipc is not None:
+            col = self._ipc.get_batch(g).column(self.column)
+        else:
+            col = self._file.read_row_group(g, columns=[self.column]).column(0)
+            col = col.combine_chunks() if hasattr(col, "combine_chunks") else col
+        return col
+
+    def _to_numpy(self, col):
+        pa = self._pa
+        if col.null_count:
+            raise DumpError(f"{self.path}: column {self.column!r} has missing values")
+        if len(self.shape) == 1:
+            return col.to_numpy(zero_copy_only=False)
+        if pa.types.is_fixed_size_list(col.type):
+            return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), self.shape[1])
+        offsets = col.offsets.to_numpy()
+        lengths = np.diff(offsets)
+        if len(lengths) and (lengths != self.shape[1]).any():
+            bad = int(np.argmax(lengths != self.shape[1]))
+            raise DumpError(f"{self.path}: row {bad} of column {self.column!r} has {lengths[bad]} values, "
+                            f"the first row {self.shape[1]}")
+        return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), self.shape[1])
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("Parquet / Arrow dumps are read by contiguous row ranges")
+        a, b, _ = key.indices(self.shape[0])
+        out = []
+        for g in range(len(self.offsets) - 1):
+            lo, hi = self.offsets[g], self.offsets[g + 1]
+            if hi <= a or lo >= b:
+                continue
+            out.append(self._to_numpy(self._group(g))[max(a, lo) - lo:min(b, hi) - lo])
+        if not out:
+            return np.empty((0,) + self.shape[1:], dtype=self.dtype)
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+def _open_arrow(p, *, labels, scores_key, labels_key, from_logits):
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise DumpError(f"{p}: reading Parquet / Arrow needs pyarrow: pip install 'calibkit[parquet]'") from None
+    try:
+        if p.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            names = pq.ParquetFile(p).schema_arrow.names
+        else:
+            import pyarrow as pa
+            import pyarrow.ipc as ipc
+
+            names = ipc.open_file(pa.memory_map(str(p), "r")).schema.names
+    except DumpError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own error types
+        raise DumpError(f"{p}: cannot read it as {p.suffix[1:]} ({exc}); is the file truncated?") from None
+    cols = {n: n for n in names}
+    skey = _choose(cols, SCORE_NAMES, "", "scores", p, scores_key)
+    scores = _ArrowRows(p, skey)
+    if labels is not None:
+        y = _load_npy(labels) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
+    else:
+        lkey = _choose(cols, LABEL_NAMES, "", "labels", p, labels_key)
+        y = _ArrowRows(p, lkey)
+        if y.ndim != 1 or y.dtype.kind not in "iu":
+            raise DumpError(f"{p}: labels column {lkey!r} must hold integers")
+    return Dump(scores, y, _kind(skey, from_logits), f"{p}:{skey}")
 
 
 def _kind(name, from_logits):
@@ -253,8 +392,11 @@ def open_dump(path, *, labels=None, split=None, scores_key=None, labels_key=None
         else:
             y = arrays[_choose(arrays, LABEL_NAMES, prefix, "labels", p, labels_key)]
         dump = Dump(arrays[skey], y, _kind(skey, from_logits), f"{p}:{skey}")
+    elif p.suffix in (".parquet", ".arrow", ".feather"):
+        dump = _open_arrow(p, labels=labels, scores_key=scores_key, labels_key=labels_key, from_logits=from_logits)
     else:
-        raise DumpError(f"{p}: unknown dump format {p.suffix!r} (use .npy, .npz or a directory of them)")
+        raise DumpError(f"{p}: unknown dump format {p.suffix!r} (use .npy, .npz, .parquet, .arrow or a directory "
+                        "of them)")
     _check(dump)
     return dump
 
@@ -274,11 +416,13 @@ def _check(dump):
 
 
 def _open_shards(directory, **kw):
-    files = sorted(f for f in directory.iterdir() if f.suffix in (".npy", ".npz") and not f.name.startswith("."))
+    files = sorted(f for f in directory.iterdir()
+                   if f.suffix in (".npy", ".npz", ".parquet", ".arrow", ".feather") and not f.name.startswith("."))
     if kw.get("labels") is None:
-        files = [f for f in files if f.suffix == ".npz"]
+        files = [f for f in files if f.suffix != ".npy"]
     if not files:
-        raise DumpError(f"{directory}: no .npz shards (or .npy shards with labels=) in the directory")
+        raise DumpError(f"{directory}: no .npz / .parquet / .arrow shards (or .npy shards with labels=) in the "
+                        "directory")
     shards = [open_dump(f, **kw) for f in files]
     first = shards[0]
     for s in shards[1:]:
