@@ -57,6 +57,7 @@ def test_fit_temperature_equals_single_machine(client):
     assert ts.n_passes_ == ref.n_passes_ and ts.n_classes_ == 10
 
 
+@pytest.mark.filterwarnings("ignore:Sending large graph")  # the test ships its arrays inside the graph
 def test_lost_worker_does_not_change_the_result(client):
     z, y = data(n=600_000, seed=2)
     dz, dy = da.from_array(z, chunks=(1_000, 10)), da.from_array(y, chunks=1_000)  # 600 tasks + the merge tree

@@ -1,16 +1,15 @@
 """The ``calibkit`` command.
 
 ``calibkit report DUMP`` tabulates how calibrated an evaluation dump is and
-what each calibrator (fitted on validation rows) makes of it;
+what each calibrator (fitted on validation rows) makes of it, and
 ``calibkit fit`` / ``calibkit apply`` fit a calibrator to a dump and write
-calibrated probabilities, chunk by chunk. ``calibkit monitor`` follows a JSON Lines stream of predictions (see
-:mod:`calibkit.monitor`). ``calibkit evaluate DUMP`` measures how calibrated a model's evaluation dump
-is: top-label ECE (equal-width and equal-mass), MCE, RMS calibration error,
-class-wise ECE, accuracy, Brier score and NLL, and the reliability table.
+calibrated probabilities, chunk by chunk (see :mod:`calibkit.report` and
+:mod:`calibkit.io`). ``calibkit evaluate DUMP`` prints the metrics and the
+reliability table of one dump. ``calibkit monitor`` follows a JSON Lines
+stream of predictions (see :mod:`calibkit.monitor`).
 
-A dump is either one ``.npz`` file holding a scores array and a labels array,
-or two ``.npy`` files (``--scores``/``--labels``), which are memory-mapped so
-dumps larger than memory are read in one streaming pass.
+User errors (a missing file or array, bad options, bad data) print one line
+on stderr and exit with code 2.
 """
 
 from __future__ import annotations
@@ -21,11 +20,15 @@ import sys
 
 import numpy as np
 
+
 class UsageError(SystemExit):
     """A user error: `main` prints its one-line message and returns exit code 2."""
 
 
-METHOD_NAMES = ("temperature", "vector", "matrix", "isotonic", "histogram")
+from .report import METHODS
+
+METHOD_NAMES = tuple(METHODS)
+EXAMPLE_METHODS = "temperature,vector,isotonic,histogram"
 SCORE_KEYS = ("logits", "test_logits", "probs", "probabilities", "scores", "test_probs")
 LABEL_KEYS = ("labels", "test_labels", "y", "targets")
 
@@ -189,7 +192,8 @@ def _cmd_report(args) -> int:
     path = example_path() if args.example else args.dump
     if path is None:
         raise UsageError("calibkit report: give a DUMP (or --example)")
-    methods = [m.strip() for m in (args.calibrate or "").split(",") if m.strip()]
+    calibrate = args.calibrate if args.calibrate is not None or not args.example else EXAMPLE_METHODS
+    methods = [m.strip() for m in (calibrate or "").split(",") if m.strip()]
     if args.val and args.val_fraction is not None:
         raise UsageError("calibkit report: give --val or --val-fraction, not both")
     test = _open(path, args)
@@ -313,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "labels, or val_*/test_* splits) or a directory of shards; read in chunks.")
     rp.add_argument("dump", nargs="?", help="the evaluation dump")
     rp.add_argument("--example", action="store_true",
-                    help=f"report on a real dump ({EXAMPLE_FILE}: ResNet-50, CIFAR-10) with calibrators")
+                    help=f"report on a real dump ({EXAMPLE_FILE}: ResNet-50, CIFAR-10; from $CALIBKIT_DATA or "
+                         f"../shared/data), with --calibrate {EXAMPLE_METHODS} unless given")
     _add_dump_options(rp)
     rp.add_argument("--n-bins", type=int, default=15)
     rp.add_argument("--strategy", default="uniform", choices=("uniform", "quantile"),
