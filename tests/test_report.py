@@ -186,3 +186,16 @@ def test_report_quantile_strategy(tmp_path):
     assert r["strategy"] == "quantile" and raw["ece"] == raw["ace"]
     exact = calibkit.ece(zt, yt, from_logits=True, strategy="quantile")
     assert abs(raw["ece"] - exact) <= raw["ace_bound"] + 1e-12
+
+
+def test_out_of_core_temperature_fit_equals_in_memory(tmp_path):
+    path, (zv, yv), (zt, yt) = dump_with_splits(tmp_path)
+    test = io.open_dump(path, split="test")
+    mask = io.split_mask(test.n_rows, 0.3)
+    small = report.report(test, val_mask=mask, methods=["temperature"], chunk_rows=256, max_val_bytes=1000)
+    big = report.report(test, val_mask=mask, methods=["temperature"], chunk_rows=256)
+    t_small = small["rows"]["temperature"]["params"]["temperature_"]
+    assert t_small == pytest.approx(big["rows"]["temperature"]["params"]["temperature_"], rel=1e-12)
+    assert small["rows"]["temperature"]["ece"] == pytest.approx(big["rows"]["temperature"]["ece"], abs=1e-12)
+    with pytest.raises(ValueError, match="only temperature scaling is fitted chunk by chunk"):
+        report.report(test, val_mask=mask, methods=["temperature", "vector"], max_val_bytes=1000)

@@ -26,6 +26,7 @@ METHODS = {
     "histogram": lambda from_logits: cal.HistogramBinning(from_logits=from_logits),
 }
 LOGIT_METHODS = ("temperature", "vector", "matrix")
+MAX_VAL_BYTES = 1 << 30  # validation rows held in memory for the fits
 COLUMNS = ("n", "accuracy", "ece", "mce", "ace", "classwise_ece", "brier", "nll")
 
 
@@ -71,6 +72,24 @@ def _calibrated_for_metrics(calibrator, method, scores, from_logits):
     return calibrator.predict_proba(scores)
 
 
+def _fit_temperature_out_of_core(dump, mask, chunk_rows, backend):
+    """Temperature scaling fitted on the rows of `dump` (where `mask`, if given), read chunk by chunk at every
+    Newton step: the NLL and its derivatives are sums over rows."""
+    def sums(b):
+        total = {"count": 0.0, "weight": 0.0, "loss": 0.0, "d1": 0.0, "d2": 0.0}
+        for a, s, y in dump.chunks(chunk_rows):
+            if mask is not None:
+                held = np.asarray(mask[a:a + len(y)], dtype=bool)
+                s, y = s[held], y[held]
+            if len(y):
+                r = cal.temperature_nll(as_logits(s, dump.from_logits), y, b, backend=backend)
+                for key in total:
+                    total[key] += r[key]
+        return total
+
+    return cal.TemperatureScaling(backend=backend).fit_from_sums(sums, dump.n_classes)
+
+
 def _row(result, n_classes, strategy):
     ece = result.ace if strategy == "quantile" else result.ece
     out = {"n": result.count, "accuracy": result.accuracy, "ece": ece, "mce": result.mce,
@@ -82,7 +101,7 @@ def _row(result, n_classes, strategy):
 
 
 def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_bins=15, strategy="uniform",
-           chunk_rows=None, progress=None, backend="auto"):
+           chunk_rows=None, progress=None, max_val_bytes=MAX_VAL_BYTES, backend="auto"):
     """Metrics of the raw scores and of each calibrator fitted on the validation rows.
 
     Parameters
@@ -103,6 +122,11 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
     progress : callable(n_rows), optional
         Called after each chunk with the rows done so far, counting both
         passes (the raw metrics, then the calibrators') when there are calibrators.
+    max_val_bytes : int
+        Validation rows up to this size are held in memory for the fits.
+        Larger ones are read chunk by chunk at every step of the temperature
+        fit (one pass over them per Newton step; the only method fitted out
+        of core).
 
     Returns
     -------
@@ -119,6 +143,20 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
         raise ValueError("calibrators in the report need (N, K) scores; binary (N,) dumps are reported raw")
     if methods and val is None and val_mask is None:
         raise ValueError("calibrators need validation rows: give --val DUMP or --val-fraction F")
+    if val is not None and (val.n_classes != test.n_classes or val.from_logits != test.from_logits):
+        raise DumpError(f"the validation dump ({val.n_classes} classes, "
+                        f"{'logits' if val.from_logits else 'probabilities'}) does not match the dump "
+                        f"({test.n_classes} classes, {'logits' if test.from_logits else 'probabilities'})")
+    n_val = 0
+    if methods:
+        n_val = val.n_rows if val is not None else int(np.count_nonzero(val_mask))
+        if n_val == 0:
+            raise DumpError(f"{test.name}: the validation split holds no rows")
+    out_of_core = bool(methods) and n_val * test.row_bytes > max_val_bytes
+    if out_of_core and set(methods) != {"temperature"}:
+        raise ValueError(f"the {n_val:,} validation rows ({n_val * test.row_bytes / 2**30:.1f} GiB) exceed the "
+                         f"{max_val_bytes / 2**30:.1f} GiB held in memory, and only temperature scaling is fitted "
+                         "chunk by chunk: use a smaller validation set or --calibrate temperature")
     K = test.n_classes
     accs = {"raw": CalibrationAccumulator(n_bins, from_logits=test.from_logits, classwise=not binary,
                                           n_classes=None if binary else K, backend=backend)}
@@ -128,11 +166,8 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
         """One pass over the evaluation rows: the raw metrics and/or the calibrators' (and, in the pass that
         reads the dump for the first time, the validation rows of a split dump are gathered on the way)."""
         nonlocal done
-        gather = raw and methods and val is None
+        gather = raw and methods and val is None and not out_of_core
         if gather:
-            n_val = int(np.count_nonzero(val_mask))
-            if n_val == 0:
-                raise DumpError(f"{test.name}: the validation split holds no rows")
             vs = np.empty((n_val,) + tuple(test.scores.shape[1:]), dtype=test.scores.dtype)
             vy = np.empty(n_val, dtype=np.int64)
             at = 0
@@ -157,20 +192,15 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
     # Pass 1: raw metrics (and the validation rows of a split dump); pass 2: the fitted calibrators.
     gathered = evaluate(True, {})
     fitted = {}
-    n_val = 0
-    if methods:
-        if val is not None:
-            if val.n_classes != test.n_classes or val.from_logits != test.from_logits:
-                raise DumpError(f"the validation dump ({val.n_classes} classes, "
-                                f"{'logits' if val.from_logits else 'probabilities'}) does not match the dump "
-                                f"({test.n_classes} classes, {'logits' if test.from_logits else 'probabilities'})")
-            vs, vy = val.take(np.ones(val.n_rows, dtype=bool), chunk_rows)
-        else:
-            vs, vy = gathered
-        n_val = len(vy)
+    if methods and out_of_core:
+        source, mask = (val, None) if val is not None else (test, val_mask)
+        fitted["temperature"] = _fit_temperature_out_of_core(source, mask, chunk_rows, backend)
+    elif methods:
+        vs, vy = val.take(np.ones(val.n_rows, dtype=bool), chunk_rows) if val is not None else gathered
         for m in methods:
             fitted[m] = fit_calibrator(m, vs, vy, test.from_logits)
         del vs, vy, gathered
+    if methods:
         for m in methods:
             accs[m] = CalibrationAccumulator(n_bins, from_logits=m in LOGIT_METHODS, classwise=True, n_classes=K,
                                              backend=backend)
@@ -183,7 +213,8 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
         if name in fitted:
             rows[name]["params"] = fitted[name].to_dict()["fitted"]
     return {"dump": test.name, "n_rows": test.n_rows, "n_classes": K, "from_logits": test.from_logits,
-            "n_val": n_val, "n_bins": n_bins, "strategy": strategy, "rows": rows, "tables": {k: a.compute().table for k, a in accs.items()}}
+            "n_val": n_val, "n_bins": n_bins, "strategy": strategy, "rows": rows,
+            "tables": {k: a.compute().table for k, a in accs.items()}}
 
 
 def format_table(result) -> str:
