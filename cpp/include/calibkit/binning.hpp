@@ -686,6 +686,96 @@ struct ClasswiseResult {
     }
 };
 
+// Rows [begin, end) into `part`. Without weights, weight = count is filled in at
+// the end and the target sum is touched only at the label's class: two updates
+// per element instead of four, the same sums.
+template <class T, class V>
+void classwise_chunk(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
+                     bool from_logits, int64_t M, const std::vector<BinEdges>& edges, bool per_class_edges,
+                     ClasswiseResult& part, int64_t begin, int64_t end) {
+    const int64_t K = scores.cols;
+    const int64_t Kv = K - K % V::width;
+    std::vector<double> p(static_cast<size_t>(K));
+    const bool weighted = weights.present();
+    BinSums& bins = part.bins;
+    for (int64_t i = begin; i < end; ++i) {
+        const int64_t y = labels.raw(i);
+        if (y < 0 || y >= K) {
+            part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
+            continue;
+        }
+        const double w = weights.at(i);
+        if (weighted && !check_weight(w, i, part.status)) continue;
+        bool ok = true;
+        if (from_logits) {
+            double best = -INFINITY;
+            for (int64_t k = 0; k < K; ++k) {
+                p[k] = scores(i, k);
+                if (!is_finite(p[k])) {
+                    part.status.set(kScoreNotFinite, i, k, p[k]);
+                    ok = false;
+                    break;
+                }
+                best = std::max(best, p[k]);
+            }
+            if (!ok) continue;
+            // exp lane by lane (the same function in every lane and in the scalar tail), summed in order
+            const typename V::d shift = simd::splat<typename V::d>(best);
+            for (int64_t k = 0; k < Kv; k += V::width) {
+                typename V::d v;
+                std::memcpy(&v, &p[k], sizeof v);
+                v = simd::exp_nonpositive<V>(v - shift);
+                std::memcpy(&p[k], &v, sizeof v);
+            }
+            for (int64_t k = Kv; k < K; ++k) p[k] = simd::exp_nonpositive(p[k] - best);
+            double sum = 0.0;
+            for (int64_t k = 0; k < K; ++k) sum += p[k];
+            const double inv = 1.0 / sum;
+            for (int64_t k = 0; k < K; ++k) p[k] *= inv;
+        } else {
+            for (int64_t k = 0; k < K; ++k) {
+                p[k] = scores(i, k);
+                if (!valid_probability(p[k])) {
+                    part.status.set(is_finite(p[k]) ? kProbabilityOutOfRange : kScoreNotFinite, i, k, p[k]);
+                    ok = false;
+                    break;
+                }
+            }
+            if (!ok) continue;
+        }
+        if (weighted) {
+            for (int64_t k = 0; k < K; ++k) {
+                const BinEdges& e = per_class_edges ? edges[static_cast<size_t>(k)] : edges[0];
+                bins.add(k * M + e.bin(p[k]), w, p[k], k == y ? 1.0 : 0.0);
+            }
+        } else {
+            int64_t* count = bins.count.data();
+            double* sum_score = bins.sum_score.data();
+            for (int64_t k = 0; k < K; ++k) {
+                const BinEdges& e = per_class_edges ? edges[static_cast<size_t>(k)] : edges[0];
+                const int64_t at = k * M + e.bin(p[k]);
+                count[at] += 1;
+                sum_score[at] += p[k];
+            }
+            const BinEdges& e = per_class_edges ? edges[static_cast<size_t>(y)] : edges[0];
+            bins.sum_target[static_cast<size_t>(y * M + e.bin(p[y]))] += 1.0;
+        }
+    }
+    if (!weighted)
+        for (size_t b = 0; b < bins.count.size(); ++b) bins.weight[b] = static_cast<double>(bins.count[b]);
+}
+
+#if CALIBKIT_HAVE_AVX2_CLONES
+template <class T>
+CALIBKIT_AVX2_CLONE void classwise_chunk_avx2(const Matrix<T>& scores, const Vector<int64_t>& labels,
+                                              const Weights& weights, bool from_logits, int64_t M,
+                                              const std::vector<BinEdges>& edges, bool per_class_edges,
+                                              ClasswiseResult& part, int64_t begin, int64_t end) {
+    classwise_chunk<T, simd::Vec<4>>(scores, labels, weights, from_logits, M, edges, per_class_edges, part, begin,
+                                     end);
+}
+#endif
+
 template <class T>
 ClasswiseResult classwise_stats(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
                                 bool from_logits, int64_t n_bins, const double* class_edges) {
@@ -697,56 +787,21 @@ ClasswiseResult classwise_stats(const Matrix<T>& scores, const Vector<int64_t>& 
         edges.push_back(BinEdges::equal_width(M));
     }
     ClasswiseResult total(K * M);
+    const bool avx2 = simd::use_avx2();
+    const bool per_class = class_edges != nullptr;
     // Partials are K x M: keep chunks large enough that merging them is cheap.
     const int64_t chunk = rows_per_chunk(K, 64 * M);
     chunked_reduce(
         N, chunk, K, 4 * K * M, total, [&] { return ClasswiseResult(K * M); },
         [&](ClasswiseResult& part, int64_t begin, int64_t end) {
-            std::vector<double> p(static_cast<size_t>(K));
-            for (int64_t i = begin; i < end; ++i) {
-                const int64_t y = labels.raw(i);
-                if (y < 0 || y >= K) {
-                    part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
-                    continue;
-                }
-                const double w = weights.at(i);
-                if (weights.present() && !check_weight(w, i, part.status)) continue;
-                bool ok = true;
-                if (from_logits) {
-                    double best = -INFINITY;
-                    for (int64_t k = 0; k < K; ++k) {
-                        p[k] = scores(i, k);
-                        if (!is_finite(p[k])) {
-                            part.status.set(kScoreNotFinite, i, k, p[k]);
-                            ok = false;
-                            break;
-                        }
-                        best = std::max(best, p[k]);
-                    }
-                    if (!ok) continue;
-                    double sum = 0.0;
-                    for (int64_t k = 0; k < K; ++k) {
-                        p[k] = std::exp(p[k] - best);
-                        sum += p[k];
-                    }
-                    const double inv = 1.0 / sum;
-                    for (int64_t k = 0; k < K; ++k) p[k] *= inv;
-                } else {
-                    for (int64_t k = 0; k < K; ++k) {
-                        p[k] = scores(i, k);
-                        if (!valid_probability(p[k])) {
-                            part.status.set(is_finite(p[k]) ? kProbabilityOutOfRange : kScoreNotFinite, i, k, p[k]);
-                            ok = false;
-                            break;
-                        }
-                    }
-                    if (!ok) continue;
-                }
-                for (int64_t k = 0; k < K; ++k) {
-                    const BinEdges& e = class_edges ? edges[static_cast<size_t>(k)] : edges[0];
-                    part.bins.add(k * M + e.bin(p[k]), w, p[k], k == y ? 1.0 : 0.0);
-                }
-            }
+#if CALIBKIT_HAVE_AVX2_CLONES
+            if (avx2)
+                return classwise_chunk_avx2<T>(scores, labels, weights, from_logits, M, edges, per_class, part,
+                                               begin, end);
+#endif
+            (void)avx2;
+            classwise_chunk<T, simd::Vec<2>>(scores, labels, weights, from_logits, M, edges, per_class, part, begin,
+                                             end);
         },
         [](ClasswiseResult& acc, const ClasswiseResult& part) { acc.merge(part); });
     return total;
