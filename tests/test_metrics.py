@@ -469,3 +469,121 @@ def test_avx2_and_portable_clones_are_bit_identical():
         assert proc.returncode == 0, proc.stderr
         runs.append(proc.stdout)
     assert runs[0] == runs[1]
+
+
+# ---------------------------------------------------------------------------
+# The fused kernel: top-label statistics and class-wise bins in one pass, logits scaled by 1/T
+# ---------------------------------------------------------------------------
+
+
+def classwise_reference(probs, y, n_bins, w=None, class_edges=None):
+    """Per class k and bin m: count, weight, sum w p_k, sum w 1[y = k] (bins as in reference.bin_index)."""
+    n, K = probs.shape
+    w = np.ones(n) if w is None else w
+    out = {key: np.zeros((K, n_bins)) for key in ("count", "weight", "sum_score", "sum_target")}
+    for k in range(K):
+        edges = ref.equal_width_edges(n_bins) if class_edges is None else class_edges[k]
+        b = np.searchsorted(edges[1:-1], probs[:, k], side="left")  # = ref.bin_index, vectorised
+        np.add.at(out["count"][k], b, 1)
+        np.add.at(out["weight"][k], b, w)
+        np.add.at(out["sum_score"][k], b, w * probs[:, k])
+        np.add.at(out["sum_target"][k], b, w * (y == k))
+    return out
+
+
+@pytest.mark.parametrize("K", [2, 3, 7, 8, 9, 15, 16, 17, 40, 1000])
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("per_class_edges", [False, True])
+def test_fused_classwise_bins_match_reference(backend, K, from_logits, weighted, per_class_edges):
+    from calibkit import _backend
+
+    rng = np.random.default_rng(K)
+    n = 600 if K == 1000 else 2500
+    z = rng.normal(scale=3.0, size=(n, K))
+    probs = ref.softmax(z)
+    scores = z if from_logits else probs
+    y = rng.integers(0, K, n)
+    w = rng.random(n) * 2 if weighted else None
+    M = 12
+    edges = None
+    if per_class_edges:  # per-class edges, spread like the probabilities (not on data points)
+        inner = np.sort(rng.random((K, M - 1)) ** 3, axis=1)
+        edges = np.concatenate([np.zeros((K, 1)), inner, np.ones((K, 1))], axis=1)
+    k = _backend.kernels(backend)
+    fused = k.top_label_stats(scores, y, w, from_logits, 10, 1e-12, classwise_bins=M, class_edges=edges)
+    plain = k.top_label_stats(scores, y, w, from_logits, 10, 1e-12)
+    want = classwise_reference(probs, y, M, w, edges)
+    got = {key: np.asarray(v).reshape(K, M) for key, v in fused["classwise"].items()}
+    # Counts exact but for probabilities within rounding of an edge (p from logits is computed, not given).
+    moved = np.abs(got["count"] - want["count"]).sum()
+    assert moved == 0 if not from_logits else moved <= 2
+    for key in ("weight", "sum_score", "sum_target"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-12 if moved == 0 else 2.0, err_msg=key)
+    # The top-label part is that of the call without class-wise bins.
+    for key in ("count", "weight", "sum_score", "sum_target"):
+        np.testing.assert_allclose(fused[key], plain[key], rtol=1e-13, atol=1e-13)
+    for key in ("count", "weight", "correct", "confidence", "brier", "nll"):
+        assert fused["totals"][key] == pytest.approx(plain["totals"][key], rel=1e-13, abs=1e-13)
+    # classwise_stats is the same pass without the top-label bins.
+    alone = k.classwise_stats(scores, y, w, from_logits, M, edges)
+    for key in ("count", "weight", "sum_score", "sum_target"):
+        np.testing.assert_array_equal(alone[key], fused["classwise"][key])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+@pytest.mark.parametrize("K", [4, 30])
+def test_inverse_temperature_equals_scaled_logits(backend, dtype, K):
+    from calibkit import _backend
+
+    rng = np.random.default_rng(K)
+    z = (rng.normal(scale=4.0, size=(3000, K))).astype(dtype)
+    y = rng.integers(0, K, 3000)
+    k = _backend.kernels(backend)
+    b = 0.37
+    scaled = z.astype(np.float64) * b
+    conf_a, conf_b = np.empty(3000), np.empty(3000)
+    corr_a, corr_b = np.empty(3000, np.uint8), np.empty(3000, np.uint8)
+    a = k.top_label_stats(z, y, None, True, 15, 1e-12, conf_out=conf_a, correct_out=corr_a, inverse_temperature=b,
+                          classwise_bins=15)
+    want = k.top_label_stats(scaled, y, None, True, 15, 1e-12, conf_out=conf_b, correct_out=corr_b,
+                             classwise_bins=15)
+    np.testing.assert_allclose(conf_a, conf_b, rtol=1e-13)
+    np.testing.assert_array_equal(corr_a, corr_b)
+    for key in ("correct", "confidence", "brier", "nll"):
+        assert a["totals"][key] == pytest.approx(want["totals"][key], rel=1e-12)
+    np.testing.assert_allclose(a["classwise"]["sum_score"], want["classwise"]["sum_score"], rtol=1e-12, atol=1e-12)
+    assert abs(np.asarray(a["classwise"]["count"]) - want["classwise"]["count"]).sum() <= 2  # edge rounding
+    p = ref.softmax(scaled)
+    assert a["totals"]["nll"] / 3000 == pytest.approx(-np.log(p[np.arange(3000), y]).mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("b, match", [(0.0, "inverse_temperature must be"), (-1.0, "inverse_temperature must be"),
+                                      (np.inf, "inverse_temperature must be"), (np.nan, "inverse_temperature must be")])
+def test_inverse_temperature_rejects_bad_values(backend, b, match):
+    from calibkit import _backend
+
+    k = _backend.kernels(backend)
+    z, y = np.zeros((4, 3)), np.zeros(4, np.int64)
+    with pytest.raises(ValueError, match=match):
+        k.top_label_stats(z, y, None, True, 15, 1e-7, inverse_temperature=b)
+    with pytest.raises(ValueError, match="logits only"):
+        k.top_label_stats(np.full((4, 3), 1 / 3), y, None, False, 15, 1e-7, inverse_temperature=0.5)
+    with pytest.raises(ValueError, match="classwise_bins must be >= 0"):
+        k.top_label_stats(z, y, None, True, 15, 1e-7, classwise_bins=-1)
+    with pytest.raises(ValueError, match="class_edges needs classwise_bins"):
+        k.top_label_stats(z, y, None, True, 15, 1e-7, class_edges=np.zeros((3, 16)))
+
+
+def test_fused_kernel_reports_bad_rows_once(backend):
+    from calibkit import _backend
+
+    k = _backend.kernels(backend)
+    rng = np.random.default_rng(0)
+    for K in (5, 40):
+        z = rng.normal(size=(500, K))
+        z[321, K - 1] = np.nan
+        y = rng.integers(0, K, 500)
+        r = k.top_label_stats(z, y, None, True, 15, 1e-7, classwise_bins=15)
+        assert tuple(r["status"])[:3] == (1, 321, K - 1)
+        assert r["totals"]["count"] == 499 and np.asarray(r["classwise"]["count"]).sum() == 499 * K

@@ -92,6 +92,12 @@ struct BinSums {
         sum_score[b] += w * score;
         sum_target[b] += w * target;
     }
+    void reset() {
+        std::fill(count.begin(), count.end(), 0);
+        std::fill(weight.begin(), weight.end(), 0.0);
+        std::fill(sum_score.begin(), sum_score.end(), 0.0);
+        std::fill(sum_target.begin(), sum_target.end(), 0.0);
+    }
     void merge(const BinSums& o) {
         for (size_t b = 0; b < count.size(); ++b) {
             count[b] += o.count[b];
@@ -149,11 +155,19 @@ struct BinningResult {
     BinSums bins;
     Totals totals;
     Status status;
-    explicit BinningResult(int64_t n_bins = 0) : bins(n_bins) {}
+    BinSums classwise;  // K x M class-wise bins (index k * M + m), empty unless asked for
+    explicit BinningResult(int64_t n_bins = 0, int64_t n_classwise = 0) : bins(n_bins), classwise(n_classwise) {}
+    void reset() {
+        bins.reset();
+        totals = Totals();
+        status = Status();
+        classwise.reset();
+    }
     void merge(const BinningResult& o) {
         bins.merge(o.bins);
         totals.merge(o.totals);
         status.merge(o.status);
+        classwise.merge(o.classwise);
     }
 };
 
@@ -260,9 +274,24 @@ struct LaneMax {
 
 // One read of a probability row: max/argmax, p_y, sum p^2, with the [0, 1]
 // check on every element. Returns false (and sets `st`) on bad data.
-template <class T, bool Contiguous, class V>
+// Store: also write the row, as doubles, to `row_out` (for the class-wise bins).
+template <class V>
+CALIBKIT_INLINE void store_octet(const simd::Octet<V>& o, double* at) {
+    for (int g = 0; g < simd::Octet<V>::n; ++g) std::memcpy(at + g * V::width, &o.v[g], sizeof o.v[g]);
+}
+
+// The valid lanes of a row's last, overlapping octet (the others were stored from the octet before).
+template <class V>
+CALIBKIT_INLINE void store_tail(const simd::Octet<V>& o, const simd::TailMask<V>& tail, double* row_out) {
+    for (int g = 0; g < simd::Octet<V>::n; ++g)
+        for (int j = 0; j < V::width; ++j)
+            if (tail.valid[g][j]) row_out[tail.start + g * V::width + j] = o.v[g][j];
+}
+
+template <class T, bool Contiguous, class V, bool Store>
 CALIBKIT_INLINE bool summarize_prob_row(const Matrix<T>& s, const simd::TailMask<V>& tail, int64_t i, int64_t label,
-                                        double nll_eps, bool with_nll, RowSummary& out, Status& st) {
+                                        double nll_eps, bool with_nll, RowSummary& out, Status& st,
+                                        double* row_out) {
     using namespace simd;
     typedef typename V::d D;
     typedef typename V::i I;
@@ -284,6 +313,7 @@ CALIBKIT_INLINE bool summarize_prob_row(const Matrix<T>& s, const simd::TailMask
             mx.update(g, a, k);
             sq.v[g] += a * a;
         }
+        if constexpr (Store) store_octet(o, row_out + k);
     }
     if (tail.needed) {
         const Octet<V> o = tail.overlapped ? r.template octet<V>(tail.start) : r.template partial_octet<V>(0, K, 0.0);
@@ -294,6 +324,7 @@ CALIBKIT_INLINE bool summarize_prob_row(const Matrix<T>& s, const simd::TailMask
             const D counted = select(tail.valid[g], a, zero);
             sq.v[g] += counted * counted;
         }
+        if constexpr (Store) store_tail(o, tail, row_out);
     }
     bool any_bad = false;
     for (int j = 0; j < V::width; ++j) any_bad |= bad[j] != 0;
@@ -310,11 +341,14 @@ CALIBKIT_INLINE bool summarize_prob_row(const Matrix<T>& s, const simd::TailMask
 }
 
 // A logit row in two reads of the (cache-resident) row: max/argmax with the
-// finiteness check, then sum_k e^{z_k - max} and sum_k e^{2(z_k - max)} with one
-// vectorised exp per element.
-template <class T, bool Contiguous, class V>
+// finiteness check, then sum_k e^{b(z_k - max)} and sum_k e^{2b(z_k - max)} with
+// one vectorised exp per element (b = 1/T > 0, the inverse temperature: the
+// softmax of z / T; b = 1 multiplies exactly). Store: the e^{b(z_k - max)} go
+// to `row_out` too.
+template <class T, bool Contiguous, class V, bool Store>
 CALIBKIT_INLINE bool summarize_logit_row(const Matrix<T>& s, const simd::TailMask<V>& tail, int64_t i,
-                                         int64_t label, bool with_nll, RowSummary& out, Status& st) {
+                                         int64_t label, bool with_nll, double inv_t, RowSummary& out, Status& st,
+                                         double* row_out) {
     using namespace simd;
     typedef typename V::d D;
     typedef typename V::i I;
@@ -346,27 +380,31 @@ CALIBKIT_INLINE bool summarize_logit_row(const Matrix<T>& s, const simd::TailMas
         return false;
     }
     const double best = mx.best();
-    const D shift = splat<D>(best);
+    const D shift = splat<D>(best), b = splat<D>(inv_t);
     Octet<V> sum, sq;
     for (int g = 0; g < G; ++g) sum.v[g] = sq.v[g] = zero;
     for (int64_t k = 0; k < full; k += 8) {
-        const Octet<V> o = r.template octet<V>(k);
+        Octet<V> o = r.template octet<V>(k);
         for (int g = 0; g < G; ++g) {
-            const D e = exp_nonpositive<V>(o.v[g] - shift);
+            const D e = exp_nonpositive<V>(b * (o.v[g] - shift));
             sum.v[g] += e;
             sq.v[g] += e * e;
+            o.v[g] = e;
         }
+        if constexpr (Store) store_octet(o, row_out + k);
     }
     if (tail.needed) {  // lanes not counted here give exp(-708), which vanishes in the sums
-        const Octet<V> o = tail.overlapped ? r.template octet<V>(tail.start) : r.template partial_octet<V>(0, K, 0.0);
+        Octet<V> o = tail.overlapped ? r.template octet<V>(tail.start) : r.template partial_octet<V>(0, K, 0.0);
         for (int g = 0; g < G; ++g) {
-            const D e = exp_nonpositive<V>(select(tail.valid[g], o.v[g], neg_inf) - shift);
+            const D e = exp_nonpositive<V>(b * (select(tail.valid[g], o.v[g], neg_inf) - shift));
             sum.v[g] += e;
             sq.v[g] += e * e;
+            o.v[g] = e;
         }
+        if constexpr (Store) store_tail(o, tail, row_out);
     }
     const double total = octet_sum(sum);
-    const double shifted_label = r.at(label) - best;
+    const double shifted_label = inv_t * (r.at(label) - best);
     out.argmax = mx.first_index(best);
     out.confidence = 1.0 / total;
     out.p_label = exp_nonpositive(shifted_label) / total;
@@ -375,15 +413,18 @@ CALIBKIT_INLINE bool summarize_logit_row(const Matrix<T>& s, const simd::TailMas
     return true;
 }
 
-template <class T, class V>
+template <class T, class V, bool Store>
 CALIBKIT_INLINE bool summarize_row(const Matrix<T>& s, const simd::TailMask<V>& tail, int64_t i, int64_t label,
-                                   bool from_logits, double nll_eps, bool with_nll, RowSummary& out, Status& st) {
+                                   bool from_logits, double nll_eps, bool with_nll, double inv_t, RowSummary& out,
+                                   Status& st, double* row_out) {
     if (s.row_contiguous()) {
-        return from_logits ? summarize_logit_row<T, true, V>(s, tail, i, label, with_nll, out, st)
-                           : summarize_prob_row<T, true, V>(s, tail, i, label, nll_eps, with_nll, out, st);
+        return from_logits
+                   ? summarize_logit_row<T, true, V, Store>(s, tail, i, label, with_nll, inv_t, out, st, row_out)
+                   : summarize_prob_row<T, true, V, Store>(s, tail, i, label, nll_eps, with_nll, out, st, row_out);
     }
-    return from_logits ? summarize_logit_row<T, false, V>(s, tail, i, label, with_nll, out, st)
-                       : summarize_prob_row<T, false, V>(s, tail, i, label, nll_eps, with_nll, out, st);
+    return from_logits
+               ? summarize_logit_row<T, false, V, Store>(s, tail, i, label, with_nll, inv_t, out, st, row_out)
+               : summarize_prob_row<T, false, V, Store>(s, tail, i, label, nll_eps, with_nll, out, st, row_out);
 }
 
 // Rows shorter than this are summarised W rows at a time, one row per lane,
@@ -405,7 +446,8 @@ struct RowsSummary {
 
 template <class T, class V>
 CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* rows, const int64_t* labels,
-                                          bool from_logits, double nll_eps, bool with_nll, RowsSummary<V>& out) {
+                                          bool from_logits, double nll_eps, bool with_nll, double inv_t,
+                                          RowsSummary<V>& out) {
     using namespace simd;
     typedef typename V::d D;
     typedef typename V::i I;
@@ -474,15 +516,16 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
         mx[g] = select(bad[g], zero, mx[g]);  // keep bad lanes harmless: their results are discarded
         sum[g] = sq[g] = zero;
     }
+    const D b = splat<D>(inv_t);
     for (int64_t k = 0; k < K; ++k) {
         for (int g = 0; g < G; ++g) {
-            const D e = exp_nonpositive<V>(select(bad[g], neg_inf, column(g, k)) - mx[g]);
+            const D e = exp_nonpositive<V>(b * (select(bad[g], neg_inf, column(g, k)) - mx[g]));
             sum[g] += e;
             sq[g] += e * e;
         }
     }
     for (int g = 0; g < G; ++g) {
-        const D shifted = select(bad[g], zero, p_label[g] - mx[g]);
+        const D shifted = select(bad[g], zero, b * (p_label[g] - mx[g]));
         out.bad[g] = bad[g];
         out.argmax[g] = arg[g];
         out.confidence[g] = splat<D>(1.0) / sum[g];
@@ -490,6 +533,163 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
         out.sum_sq[g] = sq[g] / (sum[g] * sum[g]);
         for (int j = 0; j < W; ++j) out.nll[g][j] = with_nll ? std::log(sum[g][j]) - shifted[j] : 0.0;
     }
+}
+
+// Class-wise (marginal) bins, filled in the same pass as the top-label ones: for
+// every class k and every row, p_k goes into bin(p_k) of class k with target
+// 1[y == k] (Kull et al. 2019). Bins are equal-width, or per-class explicit
+// edges (K x (M + 1), row-major). Output index k * M + m.
+//
+// Most of a row's K probabilities are small: at most M - 1 of them (they sum to
+// 1) exceed an equal-width first edge 1/M. Elements in bin 0 are summed per
+// class with vector compares and masked adds into K-long arrays; only the rest
+// go to a scalar bin update. Each class's sums still take the rows in order, so
+// the result is the same as adding every element to its bin one at a time.
+struct ClasswiseSpec {
+    int64_t n_bins = 0;              // M; 0: no class-wise bins
+    std::vector<BinEdges> edges;     // one (equal-width, shared) or one per class
+    std::vector<double> bin0_upper;  // per class: p <= bin0_upper[k] is bin 0
+
+    ClasswiseSpec() = default;
+    ClasswiseSpec(int64_t K, int64_t M, const double* class_edges) : n_bins(M) {
+        if (class_edges) {
+            for (int64_t k = 0; k < K; ++k) edges.push_back(BinEdges::explicit_edges(class_edges + k * (M + 1), M));
+        } else {
+            edges.push_back(BinEdges::equal_width(M));
+        }
+        for (int64_t k = 0; k < K; ++k) bin0_upper.push_back(of(k).bounds[1]);  // +inf when M = 1
+    }
+    bool on() const { return n_bins > 0; }
+    const BinEdges& of(int64_t k) const { return edges.size() == 1 ? edges[0] : edges[static_cast<size_t>(k)]; }
+};
+
+// Per-chunk scratch of the class-wise path: one row of probabilities (or
+// exponentials) and the bin-0 sums of each class.
+struct ClasswiseScratch {
+    std::vector<double> row, sum0, weight0;
+    std::vector<int64_t> count0;
+    explicit ClasswiseScratch(int64_t K) : row(K), sum0(K, 0.0), weight0(K, 0.0), count0(K, 0) {}
+
+    // Bin 0 of each class into the chunk's bins (which held nothing there yet).
+    void fold_into(BinSums& bins, int64_t M, bool weighted) const {
+        for (size_t k = 0; k < count0.size(); ++k) {
+            const size_t at = k * static_cast<size_t>(M);
+            bins.count[at] += count0[k];
+            bins.sum_score[at] += sum0[k];
+            if (weighted) bins.weight[at] += weight0[k];
+        }
+        // Without weights every weight is 1: weight = count, exactly.
+        if (!weighted)
+            for (size_t j = 0; j < bins.count.size(); ++j) bins.weight[j] = static_cast<double>(bins.count[j]);
+    }
+};
+
+// One row's class-wise update: p_k = e[k] * scale (scale = 1 / sum of the row's
+// exponentials for logits, 1 for probabilities). Shared: one set of edges for all
+// classes. An octet whose eight p_k all fall in bin 0 costs a few vector
+// operations; the others go element by element.
+template <class V, bool Weighted, bool Shared>
+CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc, BinSums& bins, int64_t K,
+                                   int64_t y, double w, double scale) {
+    using namespace simd;
+    typedef typename V::d D;
+    typedef typename V::i I;
+    constexpr int W = V::width, G = 8 / W;
+    const int64_t M = cw.n_bins;
+    const double* e = sc.row.data();
+    const double* upper = cw.bin0_upper.data();
+    double* sum0 = sc.sum0.data();
+    double* weight0 = sc.weight0.data();
+    int64_t* count0 = sc.count0.data();
+    const auto add = [&](int64_t k, double p) {
+        if (p <= upper[k]) {
+            sum0[k] += Weighted ? w * p : p;
+            count0[k] += 1;
+            if (Weighted) weight0[k] += w;
+            return;
+        }
+        const int64_t at = k * M + (Shared ? cw.edges[0] : cw.of(k)).bin(p);
+        bins.count[at] += 1;
+        bins.sum_score[at] += Weighted ? w * p : p;
+        if (Weighted) bins.weight[at] += w;
+    };
+    const D vs = splat<D>(scale), vw = splat<D>(w), zero = splat<D>(0.0);
+    const D shared_upper = splat<D>(upper[0]);
+    const int64_t K8 = K - K % 8;
+    for (int64_t k = 0; k < K8; k += 8) {
+        D p[G], t[G];
+        I first[G];
+        for (int g = 0; g < G; ++g) {
+            std::memcpy(&p[g], e + k + g * W, sizeof p[g]);
+            p[g] = p[g] * vs;
+            if constexpr (Shared) {
+                t[g] = shared_upper;
+            } else {
+                std::memcpy(&t[g], upper + k + g * W, sizeof t[g]);
+            }
+            first[g] = p[g] <= t[g];
+        }
+        I all = first[0];
+        for (int g = 1; g < G; ++g) all &= first[g];
+        bool every = true;
+        for (int j = 0; j < W; ++j) every &= all[j] != 0;
+        if (!every) {  // rare: some element of the octet is above bin 0
+            for (int g = 0; g < G; ++g)
+                for (int j = 0; j < W; ++j) add(k + g * W + j, p[g][j]);
+            continue;
+        }
+        for (int g = 0; g < G; ++g) {
+            D s0;
+            I c0;
+            std::memcpy(&s0, sum0 + k + g * W, sizeof s0);
+            std::memcpy(&c0, count0 + k + g * W, sizeof c0);
+            s0 += Weighted ? p[g] * vw : p[g];
+            c0 += 1;
+            std::memcpy(sum0 + k + g * W, &s0, sizeof s0);
+            std::memcpy(count0 + k + g * W, &c0, sizeof c0);
+            if constexpr (Weighted) {
+                D w0;
+                std::memcpy(&w0, weight0 + k + g * W, sizeof w0);
+                w0 += vw;
+                std::memcpy(weight0 + k + g * W, &w0, sizeof w0);
+            }
+        }
+    }
+    for (int64_t k = K8; k < K; ++k) add(k, e[k] * scale);
+    (void)zero;
+    bins.sum_target[static_cast<size_t>(y * M + cw.of(y).bin(e[y] * scale))] += w;
+}
+
+template <class V>
+CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc, BinSums& bins, int64_t K,
+                                   int64_t y, double w, bool weighted, double scale) {
+    const bool shared = cw.edges.size() == 1;
+    if (weighted) {
+        shared ? classwise_row<V, true, true>(cw, sc, bins, K, y, w, scale)
+               : classwise_row<V, true, false>(cw, sc, bins, K, y, w, scale);
+    } else {
+        shared ? classwise_row<V, false, true>(cw, sc, bins, K, y, w, scale)
+               : classwise_row<V, false, false>(cw, sc, bins, K, y, w, scale);
+    }
+}
+
+// A short row's probabilities (or exponentials, returning the scale 1 / sum) into
+// sc.row, for the class-wise path; the row has passed its checks.
+template <class T>
+CALIBKIT_INLINE double short_row_values(const Matrix<T>& s, int64_t i, bool from_logits, double inv_t,
+                                        ClasswiseScratch& sc) {
+    const int64_t K = s.cols;
+    double* e = sc.row.data();
+    for (int64_t k = 0; k < K; ++k) e[k] = s(i, k);
+    if (!from_logits) return 1.0;
+    double best = e[0];
+    for (int64_t k = 1; k < K; ++k) best = std::max(best, e[k]);
+    double sum = 0.0;
+    for (int64_t k = 0; k < K; ++k) {
+        e[k] = simd::exp_nonpositive(inv_t * (e[k] - best));
+        sum += e[k];
+    }
+    return 1.0 / sum;
 }
 
 template <class T>
@@ -500,7 +700,9 @@ struct TopLabelArgs {
     bool from_logits;
     bool with_nll;
     double nll_eps;
+    double inv_t;  // inverse temperature of logits (1: none)
     const BinEdges& edges;
+    const ClasswiseSpec& classwise;
     double* conf_out;
     uint8_t* correct_out;
 };
@@ -533,12 +735,14 @@ CALIBKIT_INLINE bool row_meta(const TopLabelArgs<T>& a, BinningResult& part, int
     return !a.weights.present() || check_weight(w, i, part.status);
 }
 
-template <class T, class V>
-inline void top_label_chunk(const TopLabelArgs<T>& a, BinningResult& part, int64_t begin, int64_t end) {
+template <class T, class V, bool Classwise>
+inline void top_label_rows(const TopLabelArgs<T>& a, BinningResult& part, int64_t begin, int64_t end) {
     const int64_t K = a.scores.cols;
     const bool binned = a.edges.n_bins > 0;
+    const bool weighted = a.weights.present();
     RowSummary row;
     LaneBins bins(a.edges.n_bins);
+    ClasswiseScratch scratch(Classwise ? K : 0);
     if (K < kShortRow) {
         constexpr int B = V::width * kShortGroups;  // rows per batch
         RowsSummary<V> batch;
@@ -552,7 +756,8 @@ inline void top_label_chunk(const TopLabelArgs<T>& a, BinningResult& part, int64
                 ok[j] = i0 + j < end && row_meta(a, part, i, ys[j], ws[j]);
                 label_for_load[j] = ok[j] ? ys[j] : 0;
             }
-            summarize_short_rows<T, V>(a.scores, rows, label_for_load, a.from_logits, a.nll_eps, a.with_nll, batch);
+            summarize_short_rows<T, V>(a.scores, rows, label_for_load, a.from_logits, a.nll_eps, a.with_nll, a.inv_t,
+                                       batch);
             // The bins of the whole batch first: independent dependency chains.
             int64_t bin_of[B];
             for (int j = 0; j < B; ++j) {
@@ -575,21 +780,35 @@ inline void top_label_chunk(const TopLabelArgs<T>& a, BinningResult& part, int64
                 row.sum_sq = batch.sum_sq[g][lane];
                 row.nll = batch.nll[g][lane];
                 accumulate_row(a, part, bins, rows[j], ys[j], ws[j], bin_of[j], row);
+                if constexpr (Classwise) {
+                    const double scale = short_row_values(a.scores, rows[j], a.from_logits, a.inv_t, scratch);
+                    classwise_row<V>(a.classwise, scratch, part.classwise, K, ys[j], ws[j], weighted, scale);
+                }
             }
         }
-        bins.fold_into(part.bins);
-        return;
-    }
-    const simd::TailMask<V> tail(K);
-    for (int64_t i = begin; i < end; ++i) {
-        int64_t y;
-        double w;
-        if (!row_meta(a, part, i, y, w)) continue;
-        if (!summarize_row<T, V>(a.scores, tail, i, y, a.from_logits, a.nll_eps, a.with_nll, row, part.status))
-            continue;
-        accumulate_row(a, part, bins, i, y, w, binned ? a.edges.bin(row.confidence) : 0, row);
+    } else {
+        const simd::TailMask<V> tail(K);
+        for (int64_t i = begin; i < end; ++i) {
+            int64_t y;
+            double w;
+            if (!row_meta(a, part, i, y, w)) continue;
+            if (!summarize_row<T, V, Classwise>(a.scores, tail, i, y, a.from_logits, a.nll_eps, a.with_nll, a.inv_t,
+                                                row, part.status, scratch.row.data()))
+                continue;
+            accumulate_row(a, part, bins, i, y, w, binned ? a.edges.bin(row.confidence) : 0, row);
+            if constexpr (Classwise)  // confidence = 1 / sum of the row's exponentials
+                classwise_row<V>(a.classwise, scratch, part.classwise, K, y, w, weighted,
+                                 a.from_logits ? row.confidence : 1.0);
+        }
     }
     bins.fold_into(part.bins);
+    if constexpr (Classwise) scratch.fold_into(part.classwise, a.classwise.n_bins, weighted);
+}
+
+template <class T, class V>
+inline void top_label_chunk(const TopLabelArgs<T>& a, BinningResult& part, int64_t begin, int64_t end) {
+    if (a.classwise.on()) return top_label_rows<T, V, true>(a, part, begin, end);
+    top_label_rows<T, V, false>(a, part, begin, end);
 }
 
 #if CALIBKIT_HAVE_AVX2_CLONES
@@ -604,18 +823,25 @@ CALIBKIT_AVX2_CLONE void top_label_chunk_avx2(const TopLabelArgs<T>& a, BinningR
 // pass: per-bin (count, weight, sum w*confidence, sum w*correct) when n_bins > 0,
 // and the totals (accuracy, confidence, Brier, and the NLL when with_nll). When
 // conf_out / correct_out are given, each row's confidence and correctness are
-// written there too (used to find equal-mass edges).
+// written there too (used to find equal-mass edges). Logits are divided by the
+// temperature 1 / inv_t first. With classwise.on(), the class-wise bins come from
+// the same pass (result.classwise).
 template <class T>
 BinningResult top_label_stats(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
                               bool from_logits, int64_t n_bins, double nll_eps, bool with_nll, double* conf_out,
-                              uint8_t* correct_out) {
+                              uint8_t* correct_out, double inv_t = 1.0,
+                              const ClasswiseSpec& classwise = ClasswiseSpec()) {
     const int64_t N = scores.rows, K = scores.cols;
     const BinEdges edges = BinEdges::equal_width(n_bins);
-    const TopLabelArgs<T> args{scores, labels, weights, from_logits, with_nll, nll_eps, edges, conf_out, correct_out};
+    const TopLabelArgs<T> args{scores,  labels, weights,  from_logits, with_nll,
+                               nll_eps, inv_t,  edges,    classwise,   conf_out, correct_out};
     const bool avx2 = simd::use_avx2();
-    BinningResult total(n_bins);
+    const int64_t n_classwise = classwise.on() ? K * classwise.n_bins : 0;
+    // Class-wise partials are K x M: keep those chunks large enough that merging them is cheap.
+    const int64_t chunk = classwise.on() ? rows_per_chunk(K, 64 * classwise.n_bins) : rows_per_chunk(K);
+    BinningResult total(n_bins, n_classwise);
     chunked_reduce(
-        N, rows_per_chunk(K), K, 4 * n_bins, total, [&] { return BinningResult(n_bins); },
+        N, chunk, K, 4 * (n_bins + n_classwise), total, [&] { return BinningResult(n_bins, n_classwise); },
         [&](BinningResult& part, int64_t begin, int64_t end) {
 #if CALIBKIT_HAVE_AVX2_CLONES
             if (avx2) return top_label_chunk_avx2<T>(args, part, begin, end);
@@ -669,141 +895,6 @@ BinningResult binary_stats(const Vector<T>& probs, const Vector<L>& targets, con
             }
         },
         [](BinningResult& acc, const BinningResult& part) { acc.merge(part); });
-    return total;
-}
-
-// Class-wise (marginal) statistics: for every class k and every row, the
-// probability p_k goes into bin(p_k) of class k with target 1[y == k]
-// (Kull et al. 2019). Bins are equal-width, or per-class explicit edges
-// (class_edges: K x (M + 1), row-major). Output arrays are K x M.
-struct ClasswiseResult {
-    BinSums bins;  // index k * M + m
-    Status status;
-    explicit ClasswiseResult(int64_t n = 0) : bins(n) {}
-    void merge(const ClasswiseResult& o) {
-        bins.merge(o.bins);
-        status.merge(o.status);
-    }
-};
-
-// Rows [begin, end) into `part`. Without weights, weight = count is filled in at
-// the end and the target sum is touched only at the label's class: two updates
-// per element instead of four, the same sums.
-template <class T, class V>
-void classwise_chunk(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
-                     bool from_logits, int64_t M, const std::vector<BinEdges>& edges, bool per_class_edges,
-                     ClasswiseResult& part, int64_t begin, int64_t end) {
-    const int64_t K = scores.cols;
-    const int64_t Kv = K - K % V::width;
-    std::vector<double> p(static_cast<size_t>(K));
-    const bool weighted = weights.present();
-    BinSums& bins = part.bins;
-    for (int64_t i = begin; i < end; ++i) {
-        const int64_t y = labels.raw(i);
-        if (y < 0 || y >= K) {
-            part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
-            continue;
-        }
-        const double w = weights.at(i);
-        if (weighted && !check_weight(w, i, part.status)) continue;
-        bool ok = true;
-        if (from_logits) {
-            double best = -INFINITY;
-            for (int64_t k = 0; k < K; ++k) {
-                p[k] = scores(i, k);
-                if (!is_finite(p[k])) {
-                    part.status.set(kScoreNotFinite, i, k, p[k]);
-                    ok = false;
-                    break;
-                }
-                best = std::max(best, p[k]);
-            }
-            if (!ok) continue;
-            // exp lane by lane (the same function in every lane and in the scalar tail), summed in order
-            const typename V::d shift = simd::splat<typename V::d>(best);
-            for (int64_t k = 0; k < Kv; k += V::width) {
-                typename V::d v;
-                std::memcpy(&v, &p[k], sizeof v);
-                v = simd::exp_nonpositive<V>(v - shift);
-                std::memcpy(&p[k], &v, sizeof v);
-            }
-            for (int64_t k = Kv; k < K; ++k) p[k] = simd::exp_nonpositive(p[k] - best);
-            double sum = 0.0;
-            for (int64_t k = 0; k < K; ++k) sum += p[k];
-            const double inv = 1.0 / sum;
-            for (int64_t k = 0; k < K; ++k) p[k] *= inv;
-        } else {
-            for (int64_t k = 0; k < K; ++k) {
-                p[k] = scores(i, k);
-                if (!valid_probability(p[k])) {
-                    part.status.set(is_finite(p[k]) ? kProbabilityOutOfRange : kScoreNotFinite, i, k, p[k]);
-                    ok = false;
-                    break;
-                }
-            }
-            if (!ok) continue;
-        }
-        if (weighted) {
-            for (int64_t k = 0; k < K; ++k) {
-                const BinEdges& e = per_class_edges ? edges[static_cast<size_t>(k)] : edges[0];
-                bins.add(k * M + e.bin(p[k]), w, p[k], k == y ? 1.0 : 0.0);
-            }
-        } else {
-            int64_t* count = bins.count.data();
-            double* sum_score = bins.sum_score.data();
-            for (int64_t k = 0; k < K; ++k) {
-                const BinEdges& e = per_class_edges ? edges[static_cast<size_t>(k)] : edges[0];
-                const int64_t at = k * M + e.bin(p[k]);
-                count[at] += 1;
-                sum_score[at] += p[k];
-            }
-            const BinEdges& e = per_class_edges ? edges[static_cast<size_t>(y)] : edges[0];
-            bins.sum_target[static_cast<size_t>(y * M + e.bin(p[y]))] += 1.0;
-        }
-    }
-    if (!weighted)
-        for (size_t b = 0; b < bins.count.size(); ++b) bins.weight[b] = static_cast<double>(bins.count[b]);
-}
-
-#if CALIBKIT_HAVE_AVX2_CLONES
-template <class T>
-CALIBKIT_AVX2_CLONE void classwise_chunk_avx2(const Matrix<T>& scores, const Vector<int64_t>& labels,
-                                              const Weights& weights, bool from_logits, int64_t M,
-                                              const std::vector<BinEdges>& edges, bool per_class_edges,
-                                              ClasswiseResult& part, int64_t begin, int64_t end) {
-    classwise_chunk<T, simd::Vec<4>>(scores, labels, weights, from_logits, M, edges, per_class_edges, part, begin,
-                                     end);
-}
-#endif
-
-template <class T>
-ClasswiseResult classwise_stats(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
-                                bool from_logits, int64_t n_bins, const double* class_edges) {
-    const int64_t N = scores.rows, K = scores.cols, M = n_bins;
-    std::vector<BinEdges> edges;
-    if (class_edges) {
-        for (int64_t k = 0; k < K; ++k) edges.push_back(BinEdges::explicit_edges(class_edges + k * (M + 1), M));
-    } else {
-        edges.push_back(BinEdges::equal_width(M));
-    }
-    ClasswiseResult total(K * M);
-    const bool avx2 = simd::use_avx2();
-    const bool per_class = class_edges != nullptr;
-    // Partials are K x M: keep chunks large enough that merging them is cheap.
-    const int64_t chunk = rows_per_chunk(K, 64 * M);
-    chunked_reduce(
-        N, chunk, K, 4 * K * M, total, [&] { return ClasswiseResult(K * M); },
-        [&](ClasswiseResult& part, int64_t begin, int64_t end) {
-#if CALIBKIT_HAVE_AVX2_CLONES
-            if (avx2)
-                return classwise_chunk_avx2<T>(scores, labels, weights, from_logits, M, edges, per_class, part,
-                                               begin, end);
-#endif
-            (void)avx2;
-            classwise_chunk<T, simd::Vec<2>>(scores, labels, weights, from_logits, M, edges, per_class, part, begin,
-                                             end);
-        },
-        [](ClasswiseResult& acc, const ClasswiseResult& part) { acc.merge(part); });
     return total;
 }
 

@@ -18,6 +18,8 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace calibkit {
@@ -131,6 +133,13 @@ constexpr int64_t kMinParallelElements = 1 << 16;
 constexpr int64_t kMaxGroup = 64;
 constexpr int64_t kGroupBudgetValues = 1 << 20;
 
+// Partials with a reset() method are cleared in place between chunks (large
+// ones would otherwise cost a fresh allocation, and its page faults, per chunk).
+template <class P, class = void>
+struct has_reset : std::false_type {};
+template <class P>
+struct has_reset<P, std::void_t<decltype(std::declval<P&>().reset())>> : std::true_type {};
+
 // Splits [0, n) into chunks of `chunk` items, computes body(partial, begin, end)
 // for each chunk into a fresh partial (made by make()), and folds the partials
 // into `total` with combine(total, partial) in chunk order. `partial_values` is
@@ -153,7 +162,11 @@ void chunked_reduce(int64_t n, int64_t chunk, int64_t work_per_item, int64_t par
         std::function<void(int64_t)> task = [&](int64_t j) {
             const int64_t c = first + j;
             Partial& p = partials[static_cast<size_t>(j)];
-            p = make();
+            if constexpr (has_reset<Partial>::value) {
+                p.reset();
+            } else {
+                p = make();
+            }
             body(p, c * chunk, std::min(n, (c + 1) * chunk));
         };
         ThreadPool::instance().run(count, threads, task);

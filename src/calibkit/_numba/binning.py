@@ -75,8 +75,9 @@ def check_weight(w, i, st):
 
 
 @numba.njit(**JIT)
-def _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, table, st, out):
-    """Fill out = [argmax, confidence, p_label, sum_sq, nll]; False on bad data."""
+def _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, inv_t, table, st, out, store, row_out):
+    """Fill out = [argmax, confidence, p_label, sum_sq, nll]; False on bad data. With `store`, row_out[k] gets
+    e^{b(z_k - max)} (logits, b = inv_t) or p_k."""
     K = scores.shape[1]
     if from_logits:
         best = load(scores[i, 0], table)
@@ -97,10 +98,12 @@ def _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, table, st, out)
         total = 0.0
         total_sq = 0.0
         for k in range(K):
-            e = math.exp(load(scores[i, k], table) - best)
+            e = math.exp(inv_t * (load(scores[i, k], table) - best))
             total += e
             total_sq += e * e
-        shifted = load(scores[i, y], table) - best
+            if store:
+                row_out[k] = e
+        shifted = inv_t * (load(scores[i, y], table) - best)
         out[0] = arg
         out[1] = 1.0 / total
         out[2] = math.exp(shifted) / total
@@ -118,6 +121,8 @@ def _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, table, st, out)
         if v > best:
             best = v
             arg = k
+        if store:
+            row_out[k] = v
     if not ok:
         for k in range(K):
             v = load(scores[i, k], table)
@@ -136,11 +141,40 @@ def _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, table, st, out)
     return True
 
 
+@numba.njit(inline="always", **JIT)
+def _classwise_row(e, scale, y, w, has_w, inners, uniform, upper, M, sum0, count0, weight0, cw_count, cw_w,
+                   cw_score, cw_target):
+    """One row into the class-wise bins (binning.hpp, classwise_row): p_k = e[k] * scale; bin 0 per class in
+    sum0 / count0 / weight0, the other bins directly."""
+    K = e.shape[0]
+    for k in range(K):
+        p = e[k] * scale
+        if p <= upper[k]:
+            sum0[k] += w * p if has_w else p
+            count0[k] += 1
+            if has_w:
+                weight0[k] += w
+        else:
+            at = k * M + find_bin(p, inners[0] if uniform else inners[k], uniform)
+            cw_count[at] += 1
+            cw_score[at] += w * p if has_w else p
+            if has_w:
+                cw_w[at] += w
+    py = e[y] * scale
+    cw_target[y * M + find_bin(py, inners[0] if uniform else inners[y], uniform)] += w
+
+
 @numba.njit(**JIT)
-def _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll,
-                     conf_out, correct_out, has_out, table, begin, end, count, wsum, sconf, scorr, tot, st):
+def _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll, inv_t,
+                     conf_out, correct_out, has_out, table, begin, end, count, wsum, sconf, scorr, tot, st,
+                     cw_M, cw_inners, cw_uniform, cw_upper, cw_count, cw_w, cw_score, cw_target):
     K = scores.shape[1]
     row = np.empty(5)
+    classwise = cw_M > 0
+    e = np.empty(K if classwise else 0)
+    sum0 = np.zeros(K if classwise else 0)
+    weight0 = np.zeros(K if classwise else 0)
+    count0 = np.zeros(K if classwise else 0, np.int64)
     for i in range(begin, end):
         y = labels[i]
         if y < 0 or y >= K:
@@ -149,7 +183,7 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins,
         w = weights[i] if has_w else 1.0
         if has_w and not check_weight(w, i, st):
             continue
-        if not _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, table, st, row):
+        if not _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, inv_t, table, st, row, classwise, e):
             continue
         conf = row[1]
         correct = 1.0 if int(row[0]) == y else 0.0
@@ -168,23 +202,41 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins,
         tot[3] += w * conf
         tot[4] += w * (row[3] - 2.0 * row[2] + 1.0)
         tot[5] += w * row[4]
+        if classwise:
+            _classwise_row(e, conf if from_logits else 1.0, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
+                           sum0, count0, weight0, cw_count, cw_w, cw_score, cw_target)
+    if classwise:
+        for k in range(K):
+            at = k * cw_M
+            cw_count[at] += count0[k]
+            cw_score[at] += sum0[k]
+            if has_w:
+                cw_w[at] += weight0[k]
+        if not has_w:
+            for j in range(cw_count.shape[0]):
+                cw_w[j] = float(cw_count[j])
 
 
 @numba.njit(parallel=True, **JIT)
-def _top_label_driver(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll,
-                      conf_out, correct_out, has_out, table, parallel):
+def _top_label_driver(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll, inv_t,
+                      conf_out, correct_out, has_out, table, parallel, cw_M, cw_inners, cw_uniform, cw_upper):
     N, K = scores.shape
     M = max(n_bins, 1)
-    chunk = rows_per_chunk(K, 1)
+    KM = K * cw_M
+    chunk = rows_per_chunk(K, 64 * cw_M) if cw_M > 0 else rows_per_chunk(K, 1)
     n_chunks = (N + chunk - 1) // chunk
     count = np.zeros(M, np.int64)
     wsum = np.zeros(M)
     sconf = np.zeros(M)
     scorr = np.zeros(M)
     tot = np.zeros(6)
+    cw_count = np.zeros(KM, np.int64)
+    cw_w = np.zeros(KM)
+    cw_score = np.zeros(KM)
+    cw_target = np.zeros(KM)
     st = np.array([0.0, -1.0, -1.0, 0.0])
     total_count = 0
-    group = group_size(n_chunks, 4 * n_bins)
+    group = group_size(n_chunks, 4 * (n_bins + KM))
     for first in range(0, n_chunks, group):
         g = min(group, n_chunks - first)
         p_count = np.zeros((g, M), np.int64)
@@ -193,33 +245,44 @@ def _top_label_driver(scores, labels, weights, has_w, from_logits, inner, n_bins
         p_corr = np.zeros((g, M))
         p_tot = np.zeros((g, 6))
         p_st = np.zeros((g, 4))
+        q_count = np.zeros((g, KM), np.int64)
+        q_w = np.zeros((g, KM))
+        q_score = np.zeros((g, KM))
+        q_target = np.zeros((g, KM))
         if parallel:
             for j in numba.prange(g):
                 p_st[j, 1] = -1.0
                 p_st[j, 2] = -1.0
                 c = first + j
                 _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll,
-                                 conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
-                                 p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j], p_st[j])
+                                 inv_t, conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
+                                 p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j], p_st[j],
+                                 cw_M, cw_inners, cw_uniform, cw_upper, q_count[j], q_w[j], q_score[j], q_target[j])
         else:
             for j in range(g):
                 p_st[j, 1] = -1.0
                 p_st[j, 2] = -1.0
                 c = first + j
                 _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll,
-                                 conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
-                                 p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j], p_st[j])
+                                 inv_t, conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
+                                 p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j], p_st[j],
+                                 cw_M, cw_inners, cw_uniform, cw_upper, q_count[j], q_w[j], q_score[j], q_target[j])
         for j in range(g):
             for b in range(M):
                 count[b] += p_count[j, b]
                 wsum[b] += p_w[j, b]
                 sconf[b] += p_conf[j, b]
                 scorr[b] += p_corr[j, b]
+            for b in range(KM):
+                cw_count[b] += q_count[j, b]
+                cw_w[b] += q_w[j, b]
+                cw_score[b] += q_score[j, b]
+                cw_target[b] += q_target[j, b]
             total_count += int(p_tot[j, 0])
             for t in range(1, 6):
                 tot[t] += p_tot[j, t]
             merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
-    return count, wsum, sconf, scorr, total_count, tot, st
+    return count, wsum, sconf, scorr, total_count, tot, st, cw_count, cw_w, cw_score, cw_target
 
 
 def _dummy_out():
@@ -244,8 +307,28 @@ def _totals_dict(total_count, tot):
             "confidence": float(tot[3]), "brier": float(tot[4]), "nll": float(tot[5])}
 
 
+def _classwise_spec(K, n_bins, class_edges):
+    """(inners (1 or K, M - 1), uniform, bin-0 upper edge per class) as in binning.hpp's ClasswiseSpec."""
+    if n_bins < 0:
+        raise ValueError("classwise_bins must be >= 0")
+    if n_bins == 0:
+        if class_edges is not None:
+            raise ValueError("class_edges needs classwise_bins >= 1")
+        return np.zeros((1, 0)), True, np.zeros(0)
+    if class_edges is None:
+        inners, uniform = equal_width_inner(n_bins)[None, :], True
+        upper = np.full(K, inners[0, 0] if n_bins > 1 else np.inf)
+    else:
+        class_edges = np.ascontiguousarray(class_edges, dtype=np.float64)
+        if class_edges.shape != (K, n_bins + 1):
+            raise ValueError("class_edges must be a float64 array of shape (K, n_bins + 1)")
+        inners, uniform = np.ascontiguousarray(class_edges[:, 1:n_bins]), False
+        upper = class_edges[:, 1].copy() if n_bins > 1 else np.full(K, np.inf)
+    return inners, uniform, upper
+
+
 def top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps, with_nll=True, conf_out=None,
-                    correct_out=None):
+                    correct_out=None, inverse_temperature=1.0, classwise_bins=0, class_edges=None):
     """Same contract as ``calibkit._core.top_label_stats``."""
     check_float_dtype(scores, "scores")
     if scores.ndim != 2 or scores.shape[1] < 1:
@@ -254,7 +337,13 @@ def top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps,
         raise ValueError("labels must be a 1-D int64 array of length N")
     if n_bins < 0:
         raise ValueError("n_bins must be >= 0")
+    inv_t = float(inverse_temperature)
+    if not (inv_t > 0.0 and math.isfinite(inv_t)):
+        raise ValueError("inverse_temperature must be a finite number > 0")
+    if not from_logits and inv_t != 1.0:
+        raise ValueError("inverse_temperature applies to logits only")
     N, K = scores.shape
+    cw_inners, cw_uniform, cw_upper = _classwise_spec(K, int(classwise_bins), class_edges)
     weights, has_w = _weights_arg(sample_weight, N)
     has_out = conf_out is not None
     if has_out:
@@ -263,16 +352,17 @@ def top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps,
     else:
         conf_out, correct_out = _dummy_out()
     parallel = N * K >= MIN_PARALLEL_ELEMENTS
-    count, wsum, sconf, scorr, total_count, tot, st = run_locked(
+    count, wsum, sconf, scorr, total_count, tot, st, cw_count, cw_w, cw_score, cw_target = run_locked(
         _top_label_driver, as_kernel_array(scores), labels, weights, has_w, bool(from_logits),
-        equal_width_inner(n_bins), int(n_bins), float(nll_eps), bool(with_nll), conf_out, correct_out, has_out,
-        HALF_TABLE,
-        parallel)
+        equal_width_inner(n_bins), int(n_bins), float(nll_eps), bool(with_nll), inv_t, conf_out, correct_out,
+        has_out, HALF_TABLE, parallel, int(classwise_bins), cw_inners, cw_uniform, cw_upper)
     out = _bins_dict(count, wsum, sconf, scorr, n_bins)
     out["totals"] = _totals_dict(total_count, tot)
     if not with_nll:
         out["totals"]["nll"] = float("nan")
     out["status"] = status_tuple(st)
+    if classwise_bins > 0:
+        out["classwise"] = {"count": cw_count, "weight": cw_w, "sum_score": cw_score, "sum_target": cw_target}
     return out
 
 
@@ -388,122 +478,12 @@ def binary_stats(scores, labels, sample_weight, n_bins, edges, nll_eps):
     return out
 
 
-@numba.njit(**JIT)
-def _classwise_chunk(scores, labels, weights, has_w, from_logits, inners, uniform, n_bins, table,
-                     begin, end, count, wsum, sprob, starget, st):
-    K = scores.shape[1]
-    p = np.empty(K)
-    for i in range(begin, end):
-        y = labels[i]
-        if y < 0 or y >= K:
-            merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
-            continue
-        w = weights[i] if has_w else 1.0
-        if has_w and not check_weight(w, i, st):
-            continue
-        ok = True
-        if from_logits:
-            best = -np.inf
-            for k in range(K):
-                p[k] = load(scores[i, k], table)
-                if not is_finite(p[k]):
-                    merge_status(st, SCORE_NOT_FINITE, i, k, p[k])
-                    ok = False
-                    break
-                best = max(best, p[k])
-            if not ok:
-                continue
-            total = 0.0
-            for k in range(K):
-                p[k] = math.exp(p[k] - best)
-                total += p[k]
-            inv = 1.0 / total
-            for k in range(K):
-                p[k] *= inv
-        else:
-            for k in range(K):
-                p[k] = load(scores[i, k], table)
-                if not valid_probability(p[k]):
-                    merge_status(st, PROBABILITY_OUT_OF_RANGE if is_finite(p[k]) else SCORE_NOT_FINITE,
-                                 i, k, p[k])
-                    ok = False
-                    break
-            if not ok:
-                continue
-        for k in range(K):
-            inner = inners[0] if uniform else inners[k]
-            b = k * n_bins + find_bin(p[k], inner, uniform)
-            count[b] += 1
-            wsum[b] += w
-            sprob[b] += w * p[k]
-            starget[b] += w * (1.0 if k == y else 0.0)
-
-
-@numba.njit(parallel=True, **JIT)
-def _classwise_driver(scores, labels, weights, has_w, from_logits, inners, uniform, n_bins, table, parallel):
-    N, K = scores.shape
-    KM = K * n_bins
-    chunk = rows_per_chunk(K, 64 * n_bins)
-    n_chunks = (N + chunk - 1) // chunk
-    count = np.zeros(KM, np.int64)
-    wsum = np.zeros(KM)
-    sprob = np.zeros(KM)
-    starget = np.zeros(KM)
-    st = np.array([0.0, -1.0, -1.0, 0.0])
-    group = group_size(n_chunks, 4 * KM)
-    for first in range(0, n_chunks, group):
-        g = min(group, n_chunks - first)
-        p_count = np.zeros((g, KM), np.int64)
-        p_w = np.zeros((g, KM))
-        p_prob = np.zeros((g, KM))
-        p_target = np.zeros((g, KM))
-        p_st = np.zeros((g, 4))
-        if parallel:
-            for j in numba.prange(g):
-                p_st[j, 1] = -1.0
-                p_st[j, 2] = -1.0
-                c = first + j
-                _classwise_chunk(scores, labels, weights, has_w, from_logits, inners, uniform, n_bins, table,
-                                 c * chunk, min(N, (c + 1) * chunk), p_count[j], p_w[j], p_prob[j],
-                                 p_target[j], p_st[j])
-        else:
-            for j in range(g):
-                p_st[j, 1] = -1.0
-                p_st[j, 2] = -1.0
-                c = first + j
-                _classwise_chunk(scores, labels, weights, has_w, from_logits, inners, uniform, n_bins, table,
-                                 c * chunk, min(N, (c + 1) * chunk), p_count[j], p_w[j], p_prob[j],
-                                 p_target[j], p_st[j])
-        for j in range(g):
-            for b in range(KM):
-                count[b] += p_count[j, b]
-                wsum[b] += p_w[j, b]
-                sprob[b] += p_prob[j, b]
-                starget[b] += p_target[j, b]
-            merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
-    return count, wsum, sprob, starget, st
-
-
 def classwise_stats(scores, labels, sample_weight, from_logits, n_bins, class_edges):
-    """Same contract as ``calibkit._core.classwise_stats``."""
-    check_float_dtype(scores, "scores")
-    if scores.ndim != 2 or scores.shape[1] < 1:
-        raise ValueError("scores must be 2-D with at least one column")
-    if labels.dtype != np.int64 or labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
-        raise ValueError("labels must be a 1-D int64 array of length N")
+    """Same contract as ``calibkit._core.classwise_stats``: the fused pass without top-label bins."""
     if n_bins < 1:
         raise ValueError("n_bins must be >= 1")
-    N, K = scores.shape
-    weights, has_w = _weights_arg(sample_weight, N)
-    if class_edges is None:
-        inners, uniform = equal_width_inner(n_bins)[None, :], True
-    else:
-        class_edges = np.ascontiguousarray(class_edges, dtype=np.float64)
-        if class_edges.shape != (K, n_bins + 1):
-            raise ValueError("class_edges must be a float64 array of shape (K, n_bins + 1)")
-        inners, uniform = np.ascontiguousarray(class_edges[:, 1:n_bins]), False
-    parallel = N * K >= MIN_PARALLEL_ELEMENTS
-    count, wsum, sprob, starget, st = run_locked(
-        _classwise_driver, as_kernel_array(scores), labels, weights, has_w, bool(from_logits), inners, uniform,
-        int(n_bins), HALF_TABLE, parallel)
-    return {"count": count, "weight": wsum, "sum_score": sprob, "sum_target": starget, "status": status_tuple(st)}
+    r = top_label_stats(scores, labels, sample_weight, from_logits, 0, 0.0, False, None, None, 1.0, n_bins,
+                        class_edges)
+    out = r["classwise"]
+    out["status"] = r["status"]
+    return out
