@@ -201,6 +201,43 @@ def test_configuration_errors_and_merge_mismatch():
         CalibrationAccumulator(classwise=True).update(np.array([0.5, 0.2]), [1, 0])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_temperature_equals_scaled_logits(backend, dtype):
+    scores, y, w = problem(21, n=4000, k=7, logits=True)
+    scores = scores.astype(dtype)
+    T = 1.7
+    acc = feed(CalibrationAccumulator(n_bins=12, from_logits=True, temperature=T, classwise=True, backend=backend),
+               scores, y, w)
+    ref_acc = feed(CalibrationAccumulator(n_bins=12, from_logits=True, classwise=True, backend=backend),
+                   scores.astype(np.float64) / T, y, w)
+    got, want = acc.compute(), ref_acc.compute()
+    for field in ("ece", "mce", "rmsce", "ace", "classwise_ece", "brier", "nll", "accuracy", "mean_confidence"):
+        assert getattr(got, field) == pytest.approx(getattr(want, field), rel=1e-9, abs=1e-12), field
+    kw = dict(from_logits=True, sample_weight=w, backend=backend)
+    assert got.nll == pytest.approx(calibkit.nll(scores.astype(np.float64) / T, y, **kw), rel=1e-12)
+    # the temperature is part of the state: saved, restored, and checked on merge
+    restored = CalibrationAccumulator.from_bytes(acc.to_bytes())
+    assert restored.temperature == T and restored.compute().ece == got.ece
+    with pytest.raises(ValueError, match="different temperature"):
+        acc.merge(CalibrationAccumulator(n_bins=12, from_logits=True, classwise=True))
+    binary = CalibrationAccumulator(from_logits=True, temperature=T).update(scores[:, 0], y % 2)
+    assert binary.compute().brier == pytest.approx(
+        calibkit.brier_score(scores[:, 0].astype(np.float64) / T, y % 2, from_logits=True), rel=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(from_logits=True, temperature=0.0), "temperature must be a finite number > 0"),
+    (dict(from_logits=True, temperature=-2.0), "temperature must be a finite number > 0"),
+    (dict(from_logits=True, temperature=float("nan")), "temperature must be a finite number > 0"),
+    (dict(from_logits=True, temperature=float("inf")), "temperature must be a finite number > 0"),
+    (dict(from_logits=True, temperature="2"), "temperature must be a finite number > 0"),
+    (dict(temperature=2.0), "temperature applies to logits"),
+])
+def test_temperature_configuration_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CalibrationAccumulator(**kwargs)
+
+
 def test_reset_and_merge_with_empty():
     scores, y, _ = problem(7, n=300)
     acc = CalibrationAccumulator().update(scores, y)

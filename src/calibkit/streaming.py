@@ -124,6 +124,11 @@ class CalibrationAccumulator:
         Equal-width (and equal-mass) bins of the metrics.
     from_logits : bool, default False
         Whether batches hold logits (as in :func:`calibkit.ece`).
+    temperature : float, default 1.0
+        With logits: the metrics are those of softmax(z / temperature), e.g. a
+        temperature-scaled model (:class:`calibkit.TemperatureScaling`) followed
+        from its raw logits. The division happens inside the kernel: no scaled
+        copy of a batch is made.
     classwise : bool, default False
         Also keep class-wise bins (``classwise_ece``, Kull et al. 2019).
     n_classes : int, optional
@@ -153,10 +158,16 @@ class CalibrationAccumulator:
     5000
     """
 
-    def __init__(self, n_bins=15, *, from_logits=False, classwise=False, n_classes=None, bootstrap=0, seed=0,
-                 start=0, fine_bits=7, fine_levels=36, confidence_level=0.95, backend="auto"):
+    def __init__(self, n_bins=15, *, from_logits=False, temperature=1.0, classwise=False, n_classes=None,
+                 bootstrap=0, seed=0, start=0, fine_bits=7, fine_levels=36, confidence_level=0.95, backend="auto"):
         self.n_bins = check_n_bins(n_bins)
         self.from_logits = check_bool(from_logits, "from_logits")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating, np.integer)) \
+                or not (0 < temperature < np.inf):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        if temperature != 1 and not self.from_logits:
+            raise ValueError("temperature applies to logits: give from_logits=True")
+        self.temperature = float(temperature)
         self.classwise = check_bool(classwise, "classwise")
         self.n_classes = None if n_classes is None else _check_int(n_classes, "n_classes", 2)
         self.bootstrap = _check_int(bootstrap, "bootstrap", 0, 100_000)
@@ -176,7 +187,8 @@ class CalibrationAccumulator:
 
     def _config(self) -> dict:
         return {
-            "n_bins": self.n_bins, "from_logits": self.from_logits, "classwise": self.classwise,
+            "n_bins": self.n_bins, "from_logits": self.from_logits, "temperature": self.temperature,
+            "classwise": self.classwise,
             "n_classes": self.n_classes, "bootstrap": self.bootstrap, "seed": self.seed,
             "fine_bits": self.fine_bits, "fine_levels": self.fine_levels,
         }
@@ -234,18 +246,22 @@ class CalibrationAccumulator:
                 raise ValueError(f"scores has {n_classes} columns but the accumulator has n_classes={self.n_classes}")
             confidence = np.empty(n)
             target = np.empty(n, np.uint8)
+            # One pass: top-label totals and confidences, and the class-wise bins when kept.
             r = k.top_label_stats(scores, labels, sample_weight, from_logits, 0, _nll_eps(scores.dtype),
-                                  with_nll=True, conf_out=confidence, correct_out=target)
+                                  with_nll=True, conf_out=confidence, correct_out=target,
+                                  inverse_temperature=1.0 / self.temperature,
+                                  classwise_bins=self.n_bins if self.classwise else 0)
             raise_for_status(r["status"], n_classes=n_classes)
             if self.classwise:
-                c = k.classwise_stats(scores, labels, sample_weight, from_logits, self.n_bins, None)
-                raise_for_status(c["status"], n_classes=n_classes)
+                c = r["classwise"]
                 shape = (n_classes, self.n_bins)
                 classwise_add = np.stack([np.asarray(c[key], dtype=np.float64).reshape(shape)
                                           for key in ("weight", "sum_score", "sum_target")])
         else:
             if self.classwise:
                 raise ValueError("classwise=True needs scores of shape (N, K); got shape (N,)")
+            if from_logits and self.temperature != 1.0:
+                scores = np.asarray(scores, dtype=np.float64) / self.temperature
             confidence = np.ascontiguousarray(_binary_probabilities(scores, from_logits))
             target = labels
             r = k.binary_stats(confidence, target, sample_weight, 0, None, _nll_eps(confidence.dtype))
@@ -393,7 +409,8 @@ class CalibrationAccumulator:
     def _from_parts(cls, meta, arrays, backend):
         try:
             cfg = meta["config"]
-            acc = cls(cfg["n_bins"], from_logits=cfg["from_logits"], classwise=cfg["classwise"],
+            acc = cls(cfg["n_bins"], from_logits=cfg["from_logits"], temperature=cfg.get("temperature", 1.0),
+                      classwise=cfg["classwise"],
                       n_classes=cfg["n_classes"], bootstrap=cfg["bootstrap"], seed=cfg["seed"], start=meta["start"],
                       fine_bits=cfg["fine_bits"], fine_levels=cfg["fine_levels"],
                       confidence_level=meta["confidence_level"], backend=backend)
