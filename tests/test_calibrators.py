@@ -189,6 +189,30 @@ def test_temperature_weighted_float16_memmap_and_chunks(tmp_path):
     assert c.temperature_ == pytest.approx(d.temperature_, rel=1e-9)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_temperature_warm_start_on_large_inputs(backend, weighted):
+    """Large fits start from the fit of every 16th row: the same optimum, in fewer full passes."""
+    from calibkit.calibrators import scaling
+
+    rng = np.random.default_rng(13)
+    n = scaling._WARM_START_ROWS + 1000
+    z, y = synthetic_logits(rng, n, 64, 3.0, dtype=np.float32)
+    assert z.size >= scaling._WARM_START_ELEMENTS
+    w = None
+    if weighted:
+        w = rng.random(n)
+        w[::16] = 0.0  # the subsample carries no weight: no warm start, the plain iteration
+    ts = TemperatureScaling(backend=backend).fit(z, y, sample_weight=w)
+    cold = TemperatureScaling(backend=backend).fit_from_sums(
+        lambda b: calibkit.temperature_nll(z, y, b, sample_weight=w, backend=backend), 64)
+    assert ts.temperature_ == pytest.approx(cold.temperature_, rel=1e-12)
+    if weighted:
+        assert ts.n_passes_ == cold.n_passes_
+    else:
+        assert ts.n_passes_ < cold.n_passes_, (ts.n_passes_, cold.n_passes_)
+        assert ts.temperature_ == pytest.approx(high_precision_temperature(z, y), rel=1e-9)
+
+
 def test_temperature_predict_proba_and_transform():
     rng = np.random.default_rng(12)
     z, y = synthetic_logits(rng, 2000, 5, 2.0, dtype=np.float32)

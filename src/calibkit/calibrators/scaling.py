@@ -6,7 +6,6 @@ import math
 import warnings
 
 import numpy as np
-from scipy.optimize import minimize
 
 from .. import _backend
 from .._backend import BACKENDS
@@ -15,6 +14,19 @@ from ._base import (
     Calibrator, check_finite, check_fit_inputs, check_int, check_logits, check_positive_number, chunk_rows,
     fitted_array, softmax_rows,
 )
+
+
+# Temperature fits of at least this many logits and rows start from the fit of every 16th row.
+_WARM_START_ELEMENTS = 1 << 22
+_WARM_START_ROWS = 1 << 16
+_WARM_START_STRIDE = 16
+
+
+def minimize(*args, **kwargs):
+    """scipy.optimize.minimize, imported on first use (SciPy's optimiser takes ~0.15 s to import)."""
+    from scipy.optimize import minimize as scipy_minimize
+
+    return scipy_minimize(*args, **kwargs)
 
 
 def _row_slices(n, chunk_size):
@@ -124,6 +136,11 @@ class TemperatureScaling(_LogitCalibrator):
     leave the bracket [b_lo, b_hi] known to contain the minimum (from the
     sign of f') are replaced by its geometric midpoint, and b never leaves
     ``bounds``. Converges in a handful of passes; ``n_passes_`` counts them.
+    On large inputs (at least 2^22 logits and 2^16 rows) Newton starts from
+    the optimum of every 16th row (a strided view, no copy), so the full
+    passes start within a few percent of the answer: typically 3 full passes
+    instead of 5-7 (the subsample's passes cost 1/16 each and are not counted
+    in ``n_passes_``). The result is the same optimum, to ``tol**2``.
     Dividing logits by T > 0 never changes the argmax (the predicted class).
 
     Parameters
@@ -180,20 +197,49 @@ class TemperatureScaling(_LogitCalibrator):
         logits = check_logits(logits, "logits")
         logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
         k = _backend.kernels(self.backend)
+        n, n_classes = logits.shape
+        start = None
+        if n * n_classes >= _WARM_START_ELEMENTS and n >= _WARM_START_ROWS:
+            sub = slice(None, None, _WARM_START_STRIDE)
+            w = None if sample_weight is None else sample_weight[sub]
+            if w is None or w.sum() > 0:
+                start, _, _, _ = self._newton(
+                    lambda b: _temperature_sums(k, logits[sub], labels[sub], w, b, self.chunk_size))
         return self.fit_from_sums(
-            lambda b: _temperature_sums(k, logits, labels, sample_weight, b, self.chunk_size), logits.shape[1])
+            lambda b: _temperature_sums(k, logits, labels, sample_weight, b, self.chunk_size), n_classes,
+            start=start)
 
-    def fit_from_sums(self, sums, n_classes):
+    def fit_from_sums(self, sums, n_classes, *, start=None):
         """Fit T given ``sums(b)``, the sums of :func:`temperature_nll` at inverse temperature b.
 
         For data that is not one array: ``sums`` may add the kernel's results
         over shards, files or the workers of a cluster (``calibkit.dask.fit_temperature``).
-        Each Newton step calls it once: one pass over the data.
+        Each Newton step calls it once: one pass over the data. ``start`` is
+        the first b = 1/T tried (default 1, clipped to ``bounds``).
         """
+        t_min, t_max = self._check_params()
+        b, passes, converged, degenerate = self._newton(sums, start)
+        if degenerate:
+            warnings.warn("every logit row is constant: the NLL does not depend on T; T = 1", RuntimeWarning,
+                          stacklevel=2)
+            b = 1.0
+        elif not converged:
+            warnings.warn(f"temperature fit did not converge in {passes} passes", RuntimeWarning, stacklevel=2)
+        at_bound = b <= 1.0 / t_max * (1 + 1e-9) or b >= 1.0 / t_min * (1 - 1e-9)
+        if at_bound and not degenerate:
+            warnings.warn(f"the NLL optimum is at the bound T = {1.0 / b:g} (bounds={self.bounds}); "
+                          "the data may be separable", RuntimeWarning, stacklevel=2)
+        self.temperature_ = 1.0 / b
+        self.n_passes_ = passes
+        self.n_classes_ = int(n_classes)
+        return self
+
+    def _newton(self, sums, start=None):
+        """The safeguarded Newton iteration: (b, passes, converged, degenerate)."""
         t_min, t_max = self._check_params()
         b_min, b_max = 1.0 / t_max, 1.0 / t_min
         lo, hi = b_min, b_max  # bracket of b = 1/T
-        b = min(max(1.0, lo), hi)
+        b = min(max(1.0 if start is None else float(start), lo), hi)
         passes, converged, degenerate = 0, False, False
         while passes < self.max_passes:
             s = sums(b)
@@ -235,20 +281,7 @@ class TemperatureScaling(_LogitCalibrator):
                 b = b_min
             else:
                 b = math.sqrt(lo * hi)
-        if degenerate:
-            warnings.warn("every logit row is constant: the NLL does not depend on T; T = 1", RuntimeWarning,
-                          stacklevel=2)
-            b = 1.0
-        elif not converged:
-            warnings.warn(f"temperature fit did not converge in {passes} passes", RuntimeWarning, stacklevel=2)
-        at_bound = b <= 1.0 / t_max * (1 + 1e-9) or b >= 1.0 / t_min * (1 - 1e-9)
-        if at_bound and not degenerate:
-            warnings.warn(f"the NLL optimum is at the bound T = {1.0 / b:g} (bounds={self.bounds}); "
-                          "the data may be separable", RuntimeWarning, stacklevel=2)
-        self.temperature_ = 1.0 / b
-        self.n_passes_ = passes
-        self.n_classes_ = int(n_classes)
-        return self
+        return b, passes, converged, degenerate
 
     def _load_fitted(self, fitted):
         self.temperature_ = float(fitted_array(fitted, "temperature_", (), positive=True))
