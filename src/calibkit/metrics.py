@@ -53,7 +53,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy.special import expit
 
 from . import _backend
 from ._validation import (
@@ -104,6 +103,8 @@ def _binary_probabilities(scores, from_logits):
     """(N,) scores as P(y=1); logits go through the logistic function (an (N,) float64 array)."""
     if not from_logits:
         return scores
+    from scipy.special import expit  # imported here: SciPy costs ~0.2 s at import and most calls never need it
+
     z = np.asarray(scores, dtype=np.float64)
     if not np.isfinite(z).all():
         bad = int(np.argmin(np.isfinite(z)))

@@ -6,11 +6,17 @@ import math
 import warnings
 
 import numpy as np
-from scipy.special import expit
 
 from .._validation import check_bool
 from ._base import Calibrator, check_fit_inputs, check_int, check_positive_number, fitted_array
 from .nonparametric import _binary_scores
+
+
+def expit(x):
+    """The logistic function (SciPy's, imported on first use: SciPy is slow to import)."""
+    from scipy.special import expit as scipy_expit
+
+    return scipy_expit(x)
 
 
 def _platt_loss(a, b, f, t, w):
