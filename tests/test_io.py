@@ -26,6 +26,35 @@ def test_npy_is_memory_mapped_and_chunked(tmp_path):
     assert d.chunk_rows(7 * 4 * 10) == 10
 
 
+def test_prefetched_chunks_equal_plain_chunks(tmp_path):
+    rng = np.random.default_rng(10)
+    z, y = make(rng, 5000, 9)
+    np.save(tmp_path / "logits.npy", z)
+    np.save(tmp_path / "labels.npy", y)
+    d = io.open_dump(tmp_path / "logits.npy", labels=tmp_path / "labels.npy")
+    plain = list(d.chunks(700, prefetch=False))
+    fetched = list(d.chunks(700))
+    assert [a for a, _, _ in plain] == [a for a, _, _ in fetched] == list(range(0, 5000, 700))
+    for (_, s1, y1), (_, s2, y2) in zip(plain, fetched):
+        np.testing.assert_array_equal(s1, s2)
+        np.testing.assert_array_equal(y1, y2)
+    # prepare runs in the reading thread on every block; its result is what comes out
+    got = list(d.chunks(700, prepare=lambda a, s, y_: (a, s[:, 0].sum(), len(y_))))
+    assert got == [(a, s[:, 0].sum(), len(y_)) for a, s, y_ in plain]
+    # a consumer that stops early does not hang, and a failing block raises in the consumer
+    for a, _, _ in d.chunks(700):
+        if a >= 1400:
+            break
+
+    def fail(a, s, y_):
+        if a >= 2100:
+            raise ValueError(f"block at {a}")
+        return a
+
+    with pytest.raises(ValueError, match="block at 2100"):
+        list(d.chunks(700, prepare=fail))
+
+
 def test_stored_npz_members_are_memory_mapped(tmp_path):
     rng = np.random.default_rng(1)
     z, y = make(rng)

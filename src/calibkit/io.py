@@ -27,13 +27,17 @@ from __future__ import annotations
 import os
 import pathlib
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 SCORE_NAMES = ("logits", "probs", "probabilities", "scores")
 LABEL_NAMES = ("labels", "targets", "y")
-DEFAULT_CHUNK_BYTES = 64 << 20
+# 16 MB blocks: glibc hands out blocks below its 32 MB mmap threshold from the heap and reuses them, while
+# larger ones are fresh mappings whose page faults cost more than the read itself (measured: a 4 GB dump
+# read from page cache in 0.31 s in 16 MB blocks, 0.45-0.8 s in 64 MB blocks).
+DEFAULT_CHUNK_BYTES = 16 << 20
 
 
 class DumpError(ValueError):
@@ -175,15 +179,38 @@ class Dump:
             return out
         return np.asarray(s[a:b])
 
-    def chunks(self, chunk_rows=None, *, start=0, stop=None):
-        """Yield ``(first_row, scores, labels)`` for consecutive row blocks of ``chunk_rows`` rows."""
+    def chunks(self, chunk_rows=None, *, start=0, stop=None, prefetch=True, prepare=None):
+        """Yield ``(first_row, scores, labels)`` for consecutive row blocks of ``chunk_rows`` rows.
+
+        With ``prefetch`` (the default), a background thread reads the next
+        block while the caller works on this one (file reads and calibkit's
+        kernels both release the GIL), so reading and computing overlap; at
+        most three blocks are alive at once. ``prepare(first_row, scores,
+        labels)``, if given, runs in that thread on each block and its result
+        is yielded instead (e.g. splitting off validation rows).
+        """
         if self.labels is None:
             raise DumpError(f"{self.name}: no labels (give them with labels=... / --labels)")
         chunk_rows = chunk_rows or self.chunk_rows()
         stop = self.n_rows if stop is None else stop
-        for a in range(start, stop, chunk_rows):
-            b = min(stop, a + chunk_rows)
-            yield a, self.rows(a, b), np.asarray(self.labels[a:b])
+        ranges = [(a, min(stop, a + chunk_rows)) for a in range(start, stop, chunk_rows)]
+
+        def block(a, b):
+            s, y = self.rows(a, b), np.asarray(self.labels[a:b])
+            return (a, s, y) if prepare is None else prepare(a, s, y)
+
+        if not prefetch or len(ranges) < 2:
+            for a, b in ranges:
+                yield block(a, b)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="calibkit-read") as pool:
+            pending = pool.submit(block, *ranges[0])
+            for j in range(len(ranges)):
+                done = pending.result()
+                if j + 1 < len(ranges):
+                    pending = pool.submit(block, *ranges[j + 1])
+                yield done
+                del done
 
     def take(self, mask, chunk_rows=None):
         """The rows where ``mask`` (bool, (N,)) is True, gathered chunk by chunk into one array."""

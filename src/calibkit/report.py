@@ -57,16 +57,19 @@ def calibrated_probabilities(calibrator, method, scores, from_logits):
     return calibrator.predict_proba(scores)
 
 
-def _calibrated_for_metrics(calibrator, method, scores, from_logits):
-    """What the method's accumulator reads: calibrated logits (the kernel does the softmax) or probabilities.
+def _method_accumulator(method, calibrator, n_bins, n_classes, backend):
+    """The accumulator of one calibrator's metrics. Temperature scaling is evaluated from the logits
+    themselves (the kernel applies 1/T as it reads them: no scaled copy of a chunk)."""
+    kw = dict(classwise=True, n_classes=n_classes, backend=backend)
+    if method == "temperature":
+        return CalibrationAccumulator(n_bins, from_logits=True, temperature=calibrator.temperature_, **kw)
+    return CalibrationAccumulator(n_bins, from_logits=method in LOGIT_METHODS, **kw)
 
-    Temperature-scaled logits z / T are formed in the logits' own precision
-    (one multiply; float32 logits stay float32): the metrics then agree with
-    those of ``calibrator.transform(z)`` to about 1e-6 relative, at a small part
-    of the cost of a float64 copy of every chunk.
-    """
-    if method == "temperature" and from_logits and scores.dtype in (np.float32, np.float64):
-        return scores * scores.dtype.type(1.0 / calibrator.temperature_)
+
+def _method_input(calibrator, method, scores, from_logits):
+    """What a method's accumulator reads: the logits (temperature), calibrated logits, or probabilities."""
+    if method == "temperature":
+        return as_logits(scores, from_logits)
     if method in LOGIT_METHODS:
         return calibrator.transform(as_logits(scores, from_logits))
     return calibrator.predict_proba(scores)
@@ -171,20 +174,26 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
             vs = np.empty((n_val,) + tuple(test.scores.shape[1:]), dtype=test.scores.dtype)
             vy = np.empty(n_val, dtype=np.int64)
             at = 0
-        for a, s, y in test.chunks(chunk_rows):
-            if val_mask is not None:
-                held = np.asarray(val_mask[a:a + len(y)], dtype=bool)
-                if gather:
-                    k = int(np.count_nonzero(held))
-                    vs[at:at + k], vy[at:at + k] = s[held], y[held]
-                    at += k
-                s, y = s[~held], y[~held]
+
+        def split(a, s, y):
+            """(rows read, evaluation scores and labels, held-out rows or None); runs in the reading thread."""
+            if val_mask is None:
+                return len(y), s, y, None
+            held = np.asarray(val_mask[a:a + len(y)], dtype=bool)
+            kept = ~held
+            return len(y), s[kept], y[kept], (s[held], y[held]) if gather else None
+
+        for n_read, s, y, held in test.chunks(chunk_rows, prepare=split):
+            if held is not None:
+                k = len(held[1])
+                vs[at:at + k], vy[at:at + k] = held
+                at += k
             if len(y):
                 if raw:
                     accs["raw"].update(s, y)
                 for m, c in fitted.items():
-                    accs[m].update(_calibrated_for_metrics(c, m, s, test.from_logits), y)
-            done += len(held) if val_mask is not None else len(y)
+                    accs[m].update(_method_input(c, m, s, test.from_logits), y)
+            done += n_read
             if progress is not None:
                 progress(done)
         return (vs, vy) if gather else None
@@ -202,8 +211,7 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
         del vs, vy, gathered
     if methods:
         for m in methods:
-            accs[m] = CalibrationAccumulator(n_bins, from_logits=m in LOGIT_METHODS, classwise=True, n_classes=K,
-                                             backend=backend)
+            accs[m] = _method_accumulator(m, fitted[m], n_bins, K, backend)
         evaluate(False, fitted)
     if accs["raw"].count == 0:
         raise DumpError(f"{test.name}: no rows left to evaluate")
