@@ -1,6 +1,7 @@
 """`calibkit report` / `fit` / `apply`, calibkit.report and calibkit.plot."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -166,7 +167,21 @@ def test_example_runs_on_the_shared_dump(capsys, monkeypatch):
     monkeypatch.setenv("CALIBKIT_DATA", str(data_dir()))
     assert cli.main(["report", "--example", "--calibrate", "temperature", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "10,000 rows x 10 classes" in out and "temperature" in out
+    assert "10,000 rows x 10 classes" in out and "temperature" in out and "Mukhoti et al. 2020" in out
+
+
+def test_example_ships_inside_the_package(tmp_path, monkeypatch):
+    """An installed calibkit finds its example with no data folder anywhere near (a fresh machine)."""
+    import importlib.resources
+
+    packaged = pathlib.Path(str(importlib.resources.files("calibkit").joinpath("data", cli.EXAMPLE_FILE)))
+    if not packaged.is_file():
+        pytest.skip("calibkit was built without the example dump (CALIBKIT_DATA / ../shared/data absent at build)")
+    monkeypatch.delenv("CALIBKIT_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli.example_path() == packaged
+    with np.load(packaged) as d:
+        assert d["test_logits"].shape == (10000, 10) and d["val_labels"].shape == (5000,)
 
 
 def test_report_python_api(tmp_path):

@@ -137,15 +137,22 @@ def _cmd_monitor(args) -> int:
 
 
 EXAMPLE_FILE = "focal_cifar10_resnet50_brier.npz"
+EXAMPLE_ORIGIN = "ResNet-50 on CIFAR-10, Mukhoti et al. 2020"
 
 
 def example_path():
-    """The example dump: ResNet-50 on CIFAR-10 (Mukhoti et al. 2020 focal-calibration models; MIT licence),
-    from $CALIBKIT_DATA or the project's shared data folder (../shared/data from the working directory or
-    from the source checkout)."""
+    """The example dump: ResNet-50 on CIFAR-10 (Mukhoti et al. 2020; MIT licence, see calibkit/data/README.md).
+
+    Installed inside the package by its build; otherwise looked for in $CALIBKIT_DATA and in the shared data
+    folder next to the working directory or the source checkout (../shared/data).
+    """
+    import importlib.resources
     import os
     import pathlib
 
+    packaged = importlib.resources.files("calibkit").joinpath("data", EXAMPLE_FILE)
+    if packaged.is_file():
+        return pathlib.Path(str(packaged))
     candidates = []
     if os.environ.get("CALIBKIT_DATA"):
         candidates.append(pathlib.Path(os.environ["CALIBKIT_DATA"]))
@@ -204,6 +211,8 @@ def _cmd_report(args) -> int:
         val_mask = io.split_mask(test.n_rows, args.val_fraction, seed=args.seed)
     elif methods and {"val", "test"} <= set(io.splits(path)):  # a file with val_* / test_* arrays splits itself
         test, val = _open(path, args, split="test"), _open(path, args, split="val")
+    if args.example:
+        test.name = f"{EXAMPLE_FILE} test split ({EXAMPLE_ORIGIN})"
     update, close = _progress(test.n_rows * (2 if methods else 1), args.quiet, "calibkit report")  # 2 passes
     try:
         result = report.report(test, val=val, val_mask=val_mask, methods=methods, n_bins=args.n_bins,
@@ -317,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "labels, or val_*/test_* splits) or a directory of shards; read in chunks.")
     rp.add_argument("dump", nargs="?", help="the evaluation dump")
     rp.add_argument("--example", action="store_true",
-                    help=f"report on a real dump ({EXAMPLE_FILE}: ResNet-50, CIFAR-10; from $CALIBKIT_DATA or "
-                         f"../shared/data), with --calibrate {EXAMPLE_METHODS} unless given")
+                    help=f"report on a real dump shipped with calibkit ({EXAMPLE_FILE}: ResNet-50 on CIFAR-10, "
+                         f"Mukhoti et al. 2020), with --calibrate {EXAMPLE_METHODS} unless given")
     _add_dump_options(rp)
     rp.add_argument("--n-bins", type=int, default=15)
     rp.add_argument("--strategy", default="uniform", choices=("uniform", "quantile"),
@@ -377,6 +386,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # e.g. `calibkit report ... | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except UsageError as exc:
         print(exc.code, file=sys.stderr)
         return 2
