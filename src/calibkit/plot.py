@@ -2,7 +2,8 @@
 
 The layout of Guo et al. (2017), Fig. 1: per bin, the accuracy as a bar and
 the gap to the bin's mean confidence as a hatched bar against the diagonal,
-and beneath it the fraction of samples in each bin.
+and beneath it the fraction of samples in each bin with the overall accuracy
+and mean confidence marked.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def _draw(table, ax_top, ax_bottom, title):
     share = table.weight / max(table.weight.sum(), 1e-300)
     ax_bottom.bar(table.lower, share, width=width, align="edge", color="#55A868", edgecolor="black",
                   linewidth=0.6)
+    if table.weight.sum() > 0:  # as in Guo et al.'s Fig. 1: the overall accuracy and mean confidence
+        ax_bottom.axvline(table.accuracy_overall, color="black", linestyle="--", linewidth=1, label="accuracy")
+        ax_bottom.axvline(table.mean_confidence_overall, color="#C44E52", linestyle=":", linewidth=1.5,
+                          label="mean confidence")
+        ax_bottom.legend(loc="upper left", fontsize=7)
     ax_bottom.set_xlim(0, 1)
     ax_bottom.set_xlabel("confidence")
     ax_bottom.set_ylabel("fraction")
