@@ -161,6 +161,44 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, message):
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
+def test_bad_rows_are_named_by_their_row_in_the_dump(tmp_path, capsys):
+    """Errors found in a chunk (or among the gathered validation rows) name the row of the whole dump."""
+    rng = np.random.default_rng(4)
+    n, k = 20_000, 5
+    z = rng.normal(size=(n, k)).astype(np.float32)
+    y = np.argmax(z / 2.0 + rng.gumbel(size=(n, k)), axis=1)
+    mask = io.split_mask(n, 0.2)
+    test_row = int(np.flatnonzero(~mask)[-7])  # in the last chunks, among the evaluated rows
+    val_row = int(np.flatnonzero(mask)[1234])
+    np.save(tmp_path / "y.npy", y)
+    args = ["--labels", str(tmp_path / "y.npy"), "--val-fraction", "0.2", "--calibrate", "temperature", "--quiet"]
+    bad = z.copy()
+    bad[test_row, 3] = np.nan
+    np.save(tmp_path / "a.npy", bad)
+    assert cli.main(["report", str(tmp_path / "a.npy"), *args]) == 2  # read as probabilities: not a name of logits
+    assert "a.npy: scores[0, 0] = " in capsys.readouterr().err.replace("give --from-logits for logits", "")
+    assert cli.main(["report", str(tmp_path / "a.npy"), "--from-logits", *args]) == 2
+    assert f"a.npy: scores[{test_row}, 3] = nan is not finite" in capsys.readouterr().err
+    bad = z.copy()
+    bad[val_row, 1] = np.inf  # seen only by the temperature fit
+    np.save(tmp_path / "b_logits.npy", bad)
+    assert cli.main(["report", str(tmp_path / "b_logits.npy"), *args]) == 2
+    assert f"b_logits.npy: logits[{val_row}, 1] = inf is not finite" in capsys.readouterr().err
+    yy = y.copy()
+    yy[val_row] = 9
+    np.savez(tmp_path / "c.npz", logits=z, labels=yy)
+    test = io.open_dump(tmp_path / "c.npz")
+    with pytest.raises(io.DumpError, match=rf"c.npz:logits: labels\[{val_row}\] = 9 is out of range"):
+        report.report(test, val_mask=mask, methods=["temperature"], chunk_rows=3000, max_val_bytes=1000)
+    cal = tmp_path / "t.json"
+    np.savez(tmp_path / "good.npz", logits=z, labels=y)
+    assert cli.main(["fit", str(tmp_path / "good.npz"), "--method", "temperature", "--out", str(cal)]) == 0
+    assert cli.main(["apply", str(cal), str(tmp_path / "a.npy"), "--out", str(tmp_path / "o.npy"), "--quiet"]) == 2
+    # (the calibrator's JSON says its input is logits)
+    err = capsys.readouterr().err
+    assert f"a.npy: logits[{test_row}, 3] = nan is not finite" in err and err.count("\n") == 1
+
+
 def test_example_runs_on_the_shared_dump(capsys, monkeypatch):
     if not (data_dir() / cli.EXAMPLE_FILE).exists():
         pytest.skip("the shared example dump is not available")

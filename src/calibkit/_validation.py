@@ -190,25 +190,49 @@ def check_bool(value, name):
     return bool(value)
 
 
-def raise_for_status(status, *, n_classes=None, scores_name="scores", binary=False):
-    """Turn a kernel's (code, row, col, value) report into a ValueError."""
+class BadElementError(ValueError):
+    """A ValueError about one element of an input, with its position.
+
+    Attributes ``status`` = (code, row, col, value) as the kernel reported it;
+    :meth:`at_row` gives the same error with the row numbered as the caller
+    knows it (e.g. its row in a whole dump rather than in one chunk).
+    """
+
+    def __init__(self, status, *, n_classes=None, scores_name="scores", binary=False):
+        self.status = tuple(status)
+        self._context = dict(n_classes=n_classes, scores_name=scores_name, binary=binary)
+        super().__init__(_status_message(self.status, **self._context))
+
+    @property
+    def row(self) -> int:
+        return int(self.status[1])
+
+    def at_row(self, row) -> "BadElementError":
+        code, _, col, value = self.status
+        return BadElementError((code, int(row), col, value), **self._context)
+
+
+def _status_message(status, *, n_classes, scores_name, binary):
     code, row, col, value = status
-    if code == OK:
-        return
     where = f"{scores_name}[{row}]" if col < 0 else f"{scores_name}[{row}, {col}]"
     if code == SCORE_NOT_FINITE:
-        raise ValueError(f"{where} = {value!r} is not finite (NaN and inf are not accepted)")
+        return f"{where} = {value!r} is not finite (NaN and inf are not accepted)"
     if code == PROBABILITY_OUT_OF_RANGE:
-        raise ValueError(
-            f"{where} = {value!r} is not a probability in [0, 1]; pass from_logits=True for logits"
-        )
+        return f"{where} = {value!r} is not a probability in [0, 1]; pass from_logits=True for logits"
     if code == LABEL_OUT_OF_RANGE:
         label = int(value)
         if binary:
-            raise ValueError(f"labels[{row}] = {label} is not 0 or 1 (binary scores of shape (N,))")
-        raise ValueError(f"labels[{row}] = {label} is out of range for n_classes={n_classes}")
+            return f"labels[{row}] = {label} is not 0 or 1 (binary scores of shape (N,))"
+        return f"labels[{row}] = {label} is out of range for n_classes={n_classes}"
     if code == WEIGHT_NOT_FINITE:
-        raise ValueError(f"sample_weight[{row}] = {value!r} is not finite")
+        return f"sample_weight[{row}] = {value!r} is not finite"
     if code == WEIGHT_NEGATIVE:
-        raise ValueError(f"sample_weight[{row}] = {value!r} is negative")
+        return f"sample_weight[{row}] = {value!r} is negative"
     raise RuntimeError(f"kernel reported unknown status {status!r}")  # pragma: no cover
+
+
+def raise_for_status(status, *, n_classes=None, scores_name="scores", binary=False):
+    """Turn a kernel's (code, row, col, value) report into a :class:`BadElementError` (a ValueError)."""
+    if status[0] == OK:
+        return
+    raise BadElementError(status, n_classes=n_classes, scores_name=scores_name, binary=binary)

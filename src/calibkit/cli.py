@@ -231,11 +231,15 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_fit(args) -> int:
-    from . import report
+    from . import io, report
+    from ._validation import BadElementError
 
     dump = _open(args.dump, args, split=args.split or _default_split(args.dump, "val"))
     scores, labels = dump.take(np.ones(dump.n_rows, dtype=bool))
-    calibrator = report.fit_calibrator(args.method, scores, labels, dump.from_logits)
+    try:
+        calibrator = report.fit_calibrator(args.method, scores, labels, dump.from_logits)
+    except BadElementError as exc:
+        raise io.located(exc, dump) from None
     payload = calibrator.to_dict()
     payload["input"] = {"from_logits": dump.from_logits, "method": args.method, "n_classes": dump.n_classes,
                         "fitted_on": dump.name, "n_rows": dump.n_rows}
@@ -246,7 +250,8 @@ def _cmd_fit(args) -> int:
 
 
 def _cmd_apply(args) -> int:
-    from . import report
+    from . import io, report
+    from ._validation import BadElementError
     from .calibrators import Calibrator
 
     try:
@@ -271,7 +276,11 @@ def _cmd_apply(args) -> int:
         rows = dump.chunk_rows()
         for a in range(0, dump.n_rows, rows):
             s = dump.rows(a, min(dump.n_rows, a + rows))
-            out[a:a + len(s)] = report.calibrated_probabilities(calibrator, meta["method"], s, dump.from_logits)
+            try:
+                out[a:a + len(s)] = report.calibrated_probabilities(calibrator, meta["method"], s,
+                                                                    dump.from_logits)
+            except BadElementError as exc:
+                raise io.located(exc, dump, a) from None
             if update:
                 update(a + len(s))
     finally:
@@ -395,13 +404,18 @@ def main(argv=None) -> int:
         print(exc.code, file=sys.stderr)
         return 2
     except DumpError as exc:
-        print(f"calibkit: {exc}", file=sys.stderr)
+        print(f"calibkit: {_cli_words(exc)}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, OSError) as exc:
         if args.command in ("report", "fit", "apply"):
-            print(f"calibkit {args.command}: {exc}", file=sys.stderr)
+            print(f"calibkit {args.command}: {_cli_words(exc)}", file=sys.stderr)
             return 2
         raise
+
+
+def _cli_words(exc) -> str:
+    """An error message with the library's advice in command-line words."""
+    return str(exc).replace("pass from_logits=True", "give --from-logits")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -466,6 +466,14 @@ def _open_shards(directory, **kw):
                 shards=shards)
 
 
+def located(exc, dump, first_row=0, skipped=None) -> DumpError:
+    """A :class:`~calibkit._validation.BadElementError` about a row of a block of ``dump`` (the block starts
+    at ``first_row``; the rows where the bool array ``skipped`` is True were left out of it) as a DumpError
+    naming the row in the whole dump: ``logits.npy: labels[523417] = 12 is out of range ...``."""
+    row = exc.row if skipped is None else int(np.flatnonzero(~np.asarray(skipped, dtype=bool))[exc.row])
+    return DumpError(f"{dump.name}: {exc.at_row(first_row + row)}")
+
+
 def split_mask(n_rows, fraction, seed=0):
     """A deterministic pseudo-random row split: True for about ``fraction`` of the rows.
 
@@ -484,4 +492,4 @@ def split_mask(n_rows, fraction, seed=0):
     return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 < fraction
 
 
-__all__ = ["Dump", "DumpError", "open_dump", "split_mask", "splits"]
+__all__ = ["Dump", "DumpError", "located", "open_dump", "split_mask", "splits"]

@@ -15,7 +15,8 @@ import math
 import numpy as np
 
 from . import calibrators as cal
-from .io import Dump, DumpError
+from ._validation import BadElementError
+from .io import Dump, DumpError, located
 from .streaming import CalibrationAccumulator
 
 METHODS = {
@@ -81,11 +82,15 @@ def _fit_temperature_out_of_core(dump, mask, chunk_rows, backend):
     def sums(b):
         total = {"count": 0.0, "weight": 0.0, "loss": 0.0, "d1": 0.0, "d2": 0.0}
         for a, s, y in dump.chunks(chunk_rows):
+            held = None
             if mask is not None:
                 held = np.asarray(mask[a:a + len(y)], dtype=bool)
                 s, y = s[held], y[held]
             if len(y):
-                r = cal.temperature_nll(as_logits(s, dump.from_logits), y, b, backend=backend)
+                try:
+                    r = cal.temperature_nll(as_logits(s, dump.from_logits), y, b, backend=backend)
+                except BadElementError as exc:
+                    raise located(exc, dump, a, None if held is None else ~held) from None
                 for key in total:
                     total[key] += r[key]
         return total
@@ -176,23 +181,27 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
             at = 0
 
         def split(a, s, y):
-            """(rows read, evaluation scores and labels, held-out rows or None); runs in the reading thread."""
+            """(first row, rows read, evaluation scores and labels, held-out mask and rows or None);
+            runs in the reading thread."""
             if val_mask is None:
-                return len(y), s, y, None
+                return a, len(y), s, y, None, None
             held = np.asarray(val_mask[a:a + len(y)], dtype=bool)
             kept = ~held
-            return len(y), s[kept], y[kept], (s[held], y[held]) if gather else None
+            return a, len(y), s[kept], y[kept], held, (s[held], y[held]) if gather else None
 
-        for n_read, s, y, held in test.chunks(chunk_rows, prepare=split):
-            if held is not None:
-                k = len(held[1])
-                vs[at:at + k], vy[at:at + k] = held
+        for a, n_read, s, y, held, val_rows in test.chunks(chunk_rows, prepare=split):
+            if val_rows is not None:
+                k = len(val_rows[1])
+                vs[at:at + k], vy[at:at + k] = val_rows
                 at += k
-            if len(y):
-                if raw:
-                    accs["raw"].update(s, y)
-                for m, c in fitted.items():
-                    accs[m].update(_method_input(c, m, s, test.from_logits), y)
+            try:
+                if len(y):
+                    if raw:
+                        accs["raw"].update(s, y)
+                    for m, c in fitted.items():
+                        accs[m].update(_method_input(c, m, s, test.from_logits), y)
+            except BadElementError as exc:
+                raise located(exc, test, a, held) from None
             done += n_read
             if progress is not None:
                 progress(done)
@@ -207,7 +216,11 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
     elif methods:
         vs, vy = val.take(np.ones(val.n_rows, dtype=bool), chunk_rows) if val is not None else gathered
         for m in methods:
-            fitted[m] = fit_calibrator(m, vs, vy, test.from_logits)
+            try:
+                fitted[m] = fit_calibrator(m, vs, vy, test.from_logits)
+            except BadElementError as exc:  # vs holds all of `val`, or the rows of `test` where val_mask
+                raise (located(exc, val, 0, None) if val is not None else
+                       located(exc, test, 0, ~np.asarray(val_mask, dtype=bool))) from None
         del vs, vy, gathered
     if methods:
         for m in methods:

@@ -9,7 +9,8 @@ import numbers
 import numpy as np
 
 from .._validation import (
-    WEIGHT_NEGATIVE, WEIGHT_NOT_FINITE, check_labels, check_sample_weight, check_scores, raise_for_status,
+    SCORE_NOT_FINITE, WEIGHT_NEGATIVE, WEIGHT_NOT_FINITE, check_labels, check_sample_weight, check_scores,
+    raise_for_status,
 )
 
 FORMAT = "calibkit.calibrator"
@@ -187,8 +188,8 @@ def check_finite(a, name, row_offset=0):
     finite = np.isfinite(a)
     if not finite.all():
         idx = np.unravel_index(int(np.argmin(finite)), a.shape)
-        where = ", ".join(str(int(i) + (row_offset if d == 0 else 0)) for d, i in enumerate(idx))
-        raise ValueError(f"{name}[{where}] = {float(a[idx])!r} is not finite (NaN and inf are not accepted)")
+        col = int(idx[1]) if a.ndim == 2 else -1
+        raise_for_status((SCORE_NOT_FINITE, int(idx[0]) + row_offset, col, float(a[idx])), scores_name=name)
 
 
 def chunk_rows(n_cols, budget_values=1 << 22):
