@@ -87,7 +87,7 @@ def test_lost_worker_does_not_change_the_result(client):
 def test_errors_name_the_rows(client):
     z, y = data(n=1000)
     z[777, 3] = np.nan
-    with pytest.raises(ValueError, match=r"rows \[600, 800\) of the Dask array: .*scores\[177, 3\] = nan"):
+    with pytest.raises(ValueError, match=r"scores\[777, 3\] = nan is not finite"):
         ckdask.calibration_error(da.from_array(z, chunks=(200, 10)), da.from_array(y, chunks=200),
                                  from_logits=True)
     with pytest.raises(ValueError, match="labels must have shape"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validation import BadElementError
 from .calibrators import TemperatureScaling
 from .calibrators.scaling import temperature_nll
 from .streaming import CalibrationAccumulator
@@ -57,6 +58,9 @@ def _tree(dask, parts, combine):
 
 
 def _where(exc, start, stop):
+    """The error of a block's kernel call, about the whole array: a bad element is named by its global row."""
+    if isinstance(exc, BadElementError):
+        return exc.at_row(start + exc.row)
     return type(exc)(f"rows [{start}, {stop}) of the Dask array: {exc}")
 
 
