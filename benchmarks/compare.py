@@ -5,6 +5,7 @@ Usage::
     python benchmarks/compare.py                 # every workload, full size
     python benchmarks/compare.py --quick         # small sizes (smoke run)
     python benchmarks/compare.py --only metrics  # one area (workloads_<area>.py)
+    python benchmarks/compare.py --match class-wise   # workloads whose name contains this
     python benchmarks/compare.py --threads 1
 
 Every ``benchmarks/workloads_<area>.py`` provides ``workloads(quick) ->
@@ -34,6 +35,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--only", action="append", default=None, help="area(s) to run, e.g. metrics")
+    parser.add_argument("--match", default=None, help="only workloads whose name contains this text")
     parser.add_argument("--threads", type=int, default=None, help="calibkit threads (default: all cores)")
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
     args = parser.parse_args(argv)
@@ -52,6 +54,8 @@ def main(argv=None) -> int:
     for area in areas:
         module = importlib.import_module(f"workloads_{area}")
         for w in module.workloads(quick=args.quick):
+            if args.match and args.match not in w.name:
+                continue
             rows = run_workload(w, measure_memory=not args.no_memory)
             print(format_rows(w, rows, REFERENCE), flush=True)
     return 0

@@ -272,9 +272,7 @@ struct LaneMax {
     }
 };
 
-// One read of a probability row: max/argmax, p_y, sum p^2, with the [0, 1]
-// check on every element. Returns false (and sets `st`) on bad data.
-// Store: also write the row, as doubles, to `row_out` (for the class-wise bins).
+// An octet of a row, as doubles, into `at` (the row buffer of the class-wise bins).
 template <class V>
 CALIBKIT_INLINE void store_octet(const simd::Octet<V>& o, double* at) {
     for (int g = 0; g < simd::Octet<V>::n; ++g) std::memcpy(at + g * V::width, &o.v[g], sizeof o.v[g]);
@@ -288,6 +286,9 @@ CALIBKIT_INLINE void store_tail(const simd::Octet<V>& o, const simd::TailMask<V>
             if (tail.valid[g][j]) row_out[tail.start + g * V::width + j] = o.v[g][j];
 }
 
+// One read of a probability row: max/argmax, p_y, sum p^2, with the [0, 1]
+// check on every element. Returns false (and sets `st`) on bad data. Store:
+// the row goes to `row_out` too.
 template <class T, bool Contiguous, class V, bool Store>
 CALIBKIT_INLINE bool summarize_prob_row(const Matrix<T>& s, const simd::TailMask<V>& tail, int64_t i, int64_t label,
                                         double nll_eps, bool with_nll, RowSummary& out, Status& st,
@@ -541,10 +542,11 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
 // edges (K x (M + 1), row-major). Output index k * M + m.
 //
 // Most of a row's K probabilities are small: at most M - 1 of them (they sum to
-// 1) exceed an equal-width first edge 1/M. Elements in bin 0 are summed per
-// class with vector compares and masked adds into K-long arrays; only the rest
-// go to a scalar bin update. Each class's sums still take the rows in order, so
-// the result is the same as adding every element to its bin one at a time.
+// 1) exceed an equal-width first edge 1/M. Octets of a row whose eight
+// probabilities all fall in bin 0 are added to per-class bin-0 sums (K-long
+// arrays) with vector operations; the few other octets go element by element.
+// Each class's sums still take the rows in order, so the result is the same as
+// adding every element to its bin one at a time.
 struct ClasswiseSpec {
     int64_t n_bins = 0;              // M; 0: no class-wise bins
     std::vector<BinEdges> edges;     // one (equal-width, shared) or one per class
@@ -613,7 +615,7 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
         bins.sum_score[at] += Weighted ? w * p : p;
         if (Weighted) bins.weight[at] += w;
     };
-    const D vs = splat<D>(scale), vw = splat<D>(w), zero = splat<D>(0.0);
+    const D vs = splat<D>(scale), vw = splat<D>(w);
     const D shared_upper = splat<D>(upper[0]);
     const int64_t K8 = K - K % 8;
     for (int64_t k = 0; k < K8; k += 8) {
@@ -656,7 +658,6 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
         }
     }
     for (int64_t k = K8; k < K; ++k) add(k, e[k] * scale);
-    (void)zero;
     bins.sum_target[static_cast<size_t>(y * M + cw.of(y).bin(e[y] * scale))] += w;
 }
 
