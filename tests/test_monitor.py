@@ -134,7 +134,7 @@ def test_kill_and_resume_counts_every_record_once(tmp_path, how):
 
 
 def test_state_file_is_replaced_atomically(tmp_path):
-    from calibkit.monitor import atomic_write
+    from calibkit._files import atomic_write
 
     target = tmp_path / "x.bin"
     atomic_write(str(target), b"one")

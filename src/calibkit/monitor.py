@@ -28,34 +28,16 @@ import os
 import queue
 import signal
 import sys
-import tempfile
 import threading
 import time
 
 import numpy as np
 
+from ._files import atomic_write
 from .streaming import CalibrationAccumulator, WindowedAccumulator, load_state
 
 _BATCH = 1024
 _KINDS = ("probs", "logits", "confidence")
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write `data` to `path` so that a reader (or a crash) sees the old or the new file, never a mix."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".calibkit-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class Monitor:
