@@ -129,6 +129,7 @@ class Monitor:
         self.acc = None
         self._kwargs = dict(n_bins=n_bins, bootstrap=bootstrap, seed=seed, backend=backend)
         self._window = window
+        self._make_accumulator(False)  # a bad configuration (e.g. n_bins=0, window=0) fails now, not at a report
         if state_path and os.path.exists(state_path):
             with open(state_path, "rb") as f:
                 acc = load_state(f.read(), backend=backend)
@@ -151,7 +152,7 @@ class Monitor:
         self.rejected_by_reason = by_reason
 
     def _make_accumulator(self, from_logits):
-        if self._window:
+        if self._window is not None:
             return WindowedAccumulator(self._window, from_logits=from_logits, **self._kwargs)
         return CalibrationAccumulator(from_logits=from_logits, **self._kwargs)
 
@@ -308,7 +309,7 @@ class Monitor:
         for reason, (n, first, detail) in sorted(self._interval.items()):
             what = "line" if n == 1 else "lines"
             lines.append(f"calibkit monitor: {n} {what} rejected ({reason}: {REASONS[reason]}), "
-                         f"first at line {first}: {detail}")
+                         f"first at line {first}: {' '.join(detail.split())}")
         self._interval = {}
         return lines
 
