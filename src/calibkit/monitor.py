@@ -134,13 +134,16 @@ class Monitor:
             with open(state_path, "rb") as f:
                 acc = load_state(f.read(), backend=backend)
             self._load_counters(acc.metadata.get("monitor", {}))
-            self.acc = acc if self.kind is not None else None  # no valid record yet: no accumulator
+            if self.kind is None and "monitor" in acc.metadata:
+                acc = None  # counters only, no valid record yet: the first valid one makes the accumulator
+            self.acc = acc
         self._interval = {}  # reason -> [lines, first line number, first detail] since the last report
         self._pending = []  # validated records not yet in the accumulator: (scores, label, weight, lineno)
 
     def _load_counters(self, m) -> None:
         try:
-            lines, rejected, kind, n_classes = m.get("lines", 0), m.get("rejected", 0), m.get("kind"), m.get("n_classes")
+            lines, rejected = m.get("lines", 0), m.get("rejected", 0)
+            kind, n_classes = m.get("kind"), m.get("n_classes")
             by_reason = dict(m.get("rejected_by_reason", {}))
             ok = (all(type(x) is int and x >= 0 for x in (lines, rejected, *by_reason.values()))
                   and kind in (None, *_KINDS) and (n_classes is None or (type(n_classes) is int and n_classes >= 2)))
@@ -355,7 +358,8 @@ def prometheus_text(report: dict) -> str:
                   f'calibkit_ece_ci{{bound="upper"}} {report["ece_ci"][1]!r}']
     lines += ["# HELP calibkit_lines_total Input lines consumed.", "# TYPE calibkit_lines_total counter",
               f"calibkit_lines_total {report['lines']}",
-              "# HELP calibkit_rejected_total Input lines rejected, by reason.", "# TYPE calibkit_rejected_total counter"]
+              "# HELP calibkit_rejected_total Input lines rejected, by reason.",
+              "# TYPE calibkit_rejected_total counter"]
     by_reason = report.get("rejected_by_reason", {})
     for reason in sorted({*REASONS, *by_reason}):
         lines.append(f'calibkit_rejected_total{{reason="{_label_value(reason)}"}} {by_reason.get(reason, 0)}')
