@@ -94,3 +94,31 @@ def test_errors_name_the_rows(client):
         ckdask.calibration_error(da.from_array(z), da.from_array(y[:10]))
     with pytest.raises(ValueError, match="norm"):
         ckdask.calibration_error(da.from_array(z), da.from_array(y), norm="l3")
+
+
+def test_zero_length_blocks_are_skipped(client):
+    z, y = data(n=3000, seed=3)
+    rows = (1000, 0, 1500, 0, 0, 500)  # a valid Dask chunking with empty blocks
+    dz, dy = da.from_array(z, chunks=(rows, (10,))), da.from_array(y, chunks=(rows,))
+    assert ckdask.calibration_error(dz, dy, from_logits=True) == pytest.approx(
+        calibkit.ece(z, y, from_logits=True), rel=1e-12)
+    assert ckdask.accumulate(dz, dy, from_logits=True).count == 3000
+    ts = ckdask.fit_temperature(dz, dy)
+    assert ts.temperature_ == pytest.approx(calibkit.TemperatureScaling().fit(z, y).temperature_, rel=1e-12)
+    empty = da.from_array(z[:0], chunks=((0,), (10,)))
+    with pytest.raises(ValueError, match="no rows"):
+        ckdask.calibration_error(empty, da.from_array(y[:0], chunks=((0,),)), from_logits=True)
+
+
+def test_unknown_chunk_sizes_say_to_compute_them(client):
+    z, y = data(n=2000, seed=4)
+    dz, dy = da.from_array(z, chunks=(500, 10)), da.from_array(y, chunks=500)
+    keep = dz[:, 0] > 0  # a lazy mask: the selected arrays have unknown chunk sizes
+    with pytest.raises(ValueError, match=r"scores has unknown chunk sizes .*scores\.compute_chunk_sizes\(\)"):
+        ckdask.calibration_error(dz[keep], dy[keep], from_logits=True)
+    with pytest.raises(ValueError, match=r"labels has unknown chunk sizes .*labels\.compute_chunk_sizes\(\)"):
+        ckdask.fit_temperature(dz, dy[keep])
+    sz, sy = dz[keep].compute_chunk_sizes(), dy[keep].compute_chunk_sizes()
+    mask = z[:, 0] > 0
+    assert ckdask.calibration_error(sz, sy, from_logits=True) == pytest.approx(
+        calibkit.ece(z[mask], y[mask], from_logits=True), rel=1e-12)

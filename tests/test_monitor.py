@@ -64,11 +64,15 @@ def test_monitor_whole_file(tmp_path):
     assert final["ece"] == pytest.approx(calibkit.ece(z, y, from_logits=True), rel=1e-12)
     assert final["nll"] == pytest.approx(calibkit.nll(z, y, from_logits=True), rel=1e-12)
     assert final["ece_ci"][0] < final["ece"] < final["ece_ci"][1]
-    # Every rejected line is reported with its line number.
+    # One stderr line per reason per interval, with the first line number; here each reason occurs once.
+    assert final["rejected_by_reason"] == {"wrong_n_classes": 1, "empty": 1, "label_out_of_range": 1,
+                                           "negative_weight": 1, "not_finite": 1, "not_json": 1,
+                                           "not_object": 1, "wrong_kind": 1}
     assert proc.stderr.count("rejected") == len(BAD_LINES)
-    assert "line 8: rejected: not JSON" in proc.stderr
+    assert "1 line rejected (not_json: not JSON), first at line 8: Expecting value" in proc.stderr
     text = prom.read_text()
-    assert f"calibkit_ece {final['ece']!r}" in text and "calibkit_rejected_total 8" in text
+    assert f"calibkit_ece {final['ece']!r}" in text and 'calibkit_rejected_total{reason="not_json"} 1' in text
+    assert 'calibkit_rejected_total{reason="too_deep"} 0' in text
     assert text == prometheus_text(final)
 
 

@@ -123,16 +123,23 @@ def _cmd_monitor(args) -> int:
 
     if args.every < 1:
         raise UsageError("calibkit: --every must be >= 1")
-    source = sys.stdin if args.input in (None, "-") else open(args.input, encoding="utf-8")
+    stdin = args.input in (None, "-")
+    try:
+        # Bytes: each line is decoded on its own, and a line that is not UTF-8 is rejected, not fatal.
+        source = sys.stdin.buffer if stdin else open(args.input, "rb")
+    except OSError as exc:
+        print(f"calibkit monitor: cannot read {args.input}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         return monitor.run(source, every=args.every, window=args.window, n_bins=args.n_bins,
                            bootstrap=args.bootstrap, seed=args.seed, state=args.state, prometheus=args.prometheus,
-                           resume_input=args.resume_input, backend=args.backend)
+                           resume_input=args.resume_input, backend=args.backend,
+                           input_path=None if stdin else args.input)
     except (ValueError, TypeError, OSError) as exc:
         print(f"calibkit monitor: {exc}", file=sys.stderr)
         return 2
     finally:
-        if source is not sys.stdin:
+        if not stdin:
             source.close()
 
 
@@ -373,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Reads records {\"probs\": [...], \"label\": k}, {\"logits\": [...], "
                                     "\"label\": k} or {\"confidence\": c, \"correct\": 0|1} (optional "
                                     "\"weight\") and writes one JSON line of metrics every --every records "
-                                    "and at the end (also on SIGINT/SIGTERM).")
+                                    "and at the end (also on SIGINT/SIGTERM). A malformed line is counted as "
+                                    "rejected, by reason, and never stops the monitor.")
     mo.add_argument("input", nargs="?", help="JSON Lines file (default: standard input)")
     mo.add_argument("--every", type=int, default=1000, help="report every N input lines")
     mo.add_argument("--window", type=int, default=None, help="metrics over the most recent N rows")

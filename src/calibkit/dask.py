@@ -9,10 +9,15 @@ grouped differently). A worker lost mid-computation is handled by Dask: its
 tasks are recomputed elsewhere, which changes nothing since every task is a
 pure function of its block.
 
+Zero-length row blocks are skipped. Row chunk sizes must be known: after
+boolean indexing call ``x.compute_chunk_sizes()`` first (a ValueError says so).
+
 Needs the optional extra ``dask`` (dask[array] and distributed).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -31,11 +36,19 @@ def _dask():
     return dask, da
 
 
+def _check_known_chunks(a, name):
+    if any(math.isnan(c) for c in a.chunks[0]):
+        raise ValueError(f"{name} has unknown chunk sizes (shape {a.shape}, e.g. after boolean indexing): "
+                         f"call {name}.compute_chunk_sizes() first, or index with a computed mask")
+
+
 def _blocks(scores, labels):
-    """Delayed row blocks of scores (whole rows) with the matching label blocks and their first rows."""
+    """Non-empty delayed row blocks of scores (whole rows) with the matching label blocks and their first rows."""
     _, da = _dask()
     scores = da.asarray(scores)
     labels = da.asarray(labels)
+    _check_known_chunks(scores, "scores")
+    _check_known_chunks(labels, "labels")
     if scores.ndim not in (1, 2):
         raise ValueError(f"scores must have shape (N, K) or (N,), got {scores.shape}")
     if labels.ndim != 1 or labels.shape[0] != scores.shape[0]:
@@ -43,8 +56,11 @@ def _blocks(scores, labels):
     if scores.ndim == 2 and scores.numblocks[1] != 1:
         scores = scores.rechunk({1: -1})  # a kernel needs whole rows
     labels = labels.rechunk({0: scores.chunks[0]})
-    starts = np.concatenate([[0], np.cumsum(scores.chunks[0])[:-1]]).astype(int)
-    return list(scores.to_delayed().ravel()), list(labels.to_delayed().ravel()), starts, scores
+    sizes = scores.chunks[0]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+    keep = [i for i, n in enumerate(sizes) if n > 0]  # a zero-length block is valid Dask chunking: nothing to add
+    s_blocks, y_blocks = scores.to_delayed().ravel(), labels.to_delayed().ravel()
+    return [s_blocks[i] for i in keep], [y_blocks[i] for i in keep], starts[keep], scores
 
 
 def _tree(dask, parts, combine):
