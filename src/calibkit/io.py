@@ -338,6 +338,10 @@ class Dump:
             return out
         return np.asarray(s[a:b])
 
+    def _need_labels(self):
+        if self.labels is None:
+            raise DumpError(f"{self.name}: no labels (give them with labels=... / --labels)")
+
     def chunks(self, chunk_rows=None, *, start=0, stop=None, prefetch=True, prepare=None):
         """Yield ``(first_row, scores, labels)`` for consecutive row blocks of ``chunk_rows`` rows.
 
@@ -348,8 +352,7 @@ class Dump:
         labels)``, if given, runs in that thread on each block and its result
         is yielded instead (e.g. splitting off validation rows).
         """
-        if self.labels is None:
-            raise DumpError(f"{self.name}: no labels (give them with labels=... / --labels)")
+        self._need_labels()
         chunk_rows = chunk_rows or self.chunk_rows()
         stop = self.n_rows if stop is None else stop
         ranges = [(a, min(stop, a + chunk_rows)) for a in range(start, stop, chunk_rows)]
@@ -373,6 +376,7 @@ class Dump:
 
     def take(self, mask, chunk_rows=None):
         """The rows where ``mask`` (bool, (N,)) is True, gathered chunk by chunk into one array."""
+        self._need_labels()
         mask = np.asarray(mask, dtype=bool)
         n = int(mask.sum())
         if n == 0:
