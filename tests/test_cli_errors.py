@@ -274,3 +274,31 @@ def test_output_mode_kept_or_from_umask(workdir, capsys):
         os.umask(old_mask)
     assert json.loads(cal.read_text())["input"]["method"] == "isotonic"
     assert not _temporaries(workdir)
+
+
+def test_sigterm_during_apply_keeps_the_old_output(workdir):
+    """SIGTERM while the rows are written: exit 143, the old output as it was, no temporary."""
+    rng = np.random.default_rng(1)
+    np.save(workdir / "big_logits.npy", rng.normal(size=(200_000, K)).astype(np.float32))
+    out = workdir / "out.npy"
+    out.write_bytes(b"the previous output")
+    code = f"""
+import os, signal, sys
+from calibkit import cli, io, report
+io.Dump.chunk_rows = lambda self, chunk_bytes=None: 10_000
+calls = []
+real = report.calibrated_probabilities
+
+def slow(*a):
+    calls.append(1)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(*a)
+
+report.calibrated_probabilities = slow
+sys.exit(cli.main(["apply", {str(workdir / "cal.json")!r}, {str(workdir / "big_logits.npy")!r}, "--out",
+                   {str(out)!r}, "--quiet"]))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 143, r.stderr[-1000:]
+    assert out.read_bytes() == b"the previous output" and not _temporaries(workdir)

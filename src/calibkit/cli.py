@@ -8,13 +8,19 @@ calibrated probabilities, chunk by chunk (see :mod:`calibkit.report` and
 reliability table of one dump. ``calibkit monitor`` follows a JSON Lines
 stream of predictions (see :mod:`calibkit.monitor`).
 
-User errors (a missing file or array, bad options, bad data) print one line
-on stderr and exit with code 2.
+User errors (a missing, empty, truncated or foreign file, a missing array,
+bad options, bad data, an output path that is one of the inputs) print one
+line on stderr naming the file and saying what to do, and exit with code 2.
+Every command reads its dumps through :func:`calibkit.io.open_dump`, and
+every file it writes goes through :func:`calibkit._files.atomic_output`: a
+temporary in the output's folder, renamed over the output only when the
+command succeeds, so a failure (or SIGTERM) leaves the old file as it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -216,8 +222,6 @@ def _plot_format(path):
 
 
 def _cmd_report(args) -> int:
-    import contextlib
-
     from . import io, report
     from ._files import atomic_output
 
@@ -440,7 +444,8 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _terminate_as_exit(args.command != "monitor"):  # the monitor handles its signals itself
+            return args.func(args)
     except BrokenPipeError:  # e.g. `calibkit report ... | head`: the reader left; say nothing more
         import os
 
@@ -455,6 +460,28 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, OSError) as exc:
         print(f"calibkit {args.command}: {_cli_words(exc)}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _terminate_as_exit(enabled):
+    """SIGTERM (``kill``, a job scheduler's time limit) raises SystemExit(128 + 15) while a command runs, so
+    the temporary of an output being written is removed and the old file stays (``kill -9`` cannot be
+    caught: the next write to that output removes its temporary)."""
+    import signal
+    import threading
+
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line(text) -> str:
