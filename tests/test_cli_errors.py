@@ -302,3 +302,23 @@ sys.exit(cli.main(["apply", {str(workdir / "cal.json")!r}, {str(workdir / "big_l
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 143, r.stderr[-1000:]
     assert out.read_bytes() == b"the previous output" and not _temporaries(workdir)
+
+
+def test_evaluate_of_a_dump_larger_than_memory_is_one_line(tmp_path):
+    """A consistent compressed member too big to gather for evaluate: one line pointing to `calibkit report`."""
+    path = tmp_path / "big.npz"
+    n = 8_000_000  # 1.3 GB of float64 logits, ~6 MB compressed
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, descr, shape in (("logits", "<f8", (n, 20)), ("labels", "|i1", (n,))):
+            with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+                left, block = n * (160 if name == "logits" else 1), bytes(16 << 20)
+                while left:
+                    f.write(block[:min(left, len(block))])
+                    left -= min(left, len(block))
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+            f"import calibkit.cli\nsys.exit(calibkit.cli.main(['evaluate', {str(path)!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, MALLOC_ARENA_MAX="2", NUMBA_NUM_THREADS="2", OPENBLAS_NUM_THREADS="1"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-1000:]
+    assert "big.npz:logits: its 8,000,000 rows (1.2 GiB) do not fit in memory; `calibkit report DUMP`" in r.stderr

@@ -73,7 +73,7 @@ def _cmd_evaluate(args) -> int:
         raise UsageError("calibkit evaluate: give a DUMP (.npz, or .npy with --labels), or --scores S.npy "
                          "--labels L.npy")
     dump = _open(path, args)
-    scores, labels = _in_memory(dump)
+    scores, labels = _in_memory(dump, "`calibkit report DUMP` reads it in chunks")
     try:
         result, table = evaluate(scores, labels, n_bins=args.n_bins, from_logits=dump.from_logits,
                                  backend=args.backend)
@@ -95,12 +95,17 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _in_memory(dump):
+def _in_memory(dump, advice):
     """The scores and labels of `dump` as arrays: memory-mapped ones as they are (no copy), others (compressed
-    members, shards, Parquet) gathered block by block into one array each."""
+    members, shards, Parquet) gathered block by block into one array each; `advice` says what to do when they
+    do not fit in memory."""
     if isinstance(dump.scores, np.ndarray) and isinstance(dump.labels, np.ndarray):
         return dump.scores, dump.labels
-    return dump.take(np.ones(dump.n_rows, dtype=bool))
+    try:
+        return dump.take(np.ones(dump.n_rows, dtype=bool))
+    except MemoryError:
+        raise UsageError(f"calibkit: {dump.name}: its {dump.n_rows:,} rows ({dump.n_rows * dump.row_bytes / 2**30:.1f}"
+                         f" GiB) do not fit in memory; {advice}") from None
 
 
 def _check_sizes(args):
@@ -277,7 +282,8 @@ def _cmd_fit(args) -> int:
 
     with atomic_output(args.out, "w", inputs=_inputs(args.dump, args.labels)) as out:
         dump = _open(args.dump, args, split=args.split or _default_split(args.dump, "val"))
-        scores, labels = _in_memory(dump)
+        scores, labels = _in_memory(dump, "fit on a smaller split (--split) or store the dump uncompressed "
+                                          "(np.savez), which is memory-mapped")
         try:
             calibrator = report.fit_calibrator(args.method, scores, labels, dump.from_logits)
         except BadElementError as exc:
