@@ -94,7 +94,8 @@ def atomic_output(path, mode: str = "wb", *, inputs=(), encoding=None):
                              "choose another output path (calibkit never writes over an input)")
     directory = os.path.dirname(os.path.abspath(path)) or "."
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot write {path}: the folder {directory} does not exist")
+        raise FileNotFoundError(f"cannot write {path}: No such file or directory {directory} (create the folder "
+                                "first)")
     name = os.path.basename(path)
     _remove_stale_temporaries(directory, name)
     try:

@@ -8,13 +8,19 @@ calibrated probabilities, chunk by chunk (see :mod:`calibkit.report` and
 reliability table of one dump. ``calibkit monitor`` follows a JSON Lines
 stream of predictions (see :mod:`calibkit.monitor`).
 
-User errors (a missing file or array, bad options, bad data) print one line
-on stderr and exit with code 2.
+User errors (a missing, empty, truncated or foreign file, a missing array,
+bad options, bad data, an output path that is one of the inputs) print one
+line on stderr naming the file and saying what to do, and exit with code 2.
+Every command reads its dumps through :func:`calibkit.io.open_dump`, and
+every file it writes goes through :func:`calibkit._files.atomic_output`: a
+temporary in the output's folder, renamed over the output only when the
+command succeeds, so a failure (or SIGTERM) leaves the old file as it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 
@@ -29,46 +35,6 @@ from .report import METHODS
 
 METHOD_NAMES = tuple(METHODS)
 EXAMPLE_METHODS = "temperature,vector,isotonic,histogram"
-SCORE_KEYS = ("logits", "test_logits", "probs", "probabilities", "scores", "test_probs")
-LABEL_KEYS = ("labels", "test_labels", "y", "targets")
-
-
-def _pick(keys, wanted, explicit, what):
-    if explicit is not None:
-        if explicit not in keys:
-            raise UsageError(f"calibkit: no array {explicit!r} in the file (it has {sorted(keys)})")
-        return explicit
-    for k in wanted:
-        if k in keys:
-            return k
-    raise UsageError(f"calibkit: cannot tell which array holds the {what} (the file has {sorted(keys)}); "
-                     f"name it with --{what}-key")
-
-
-def load_dump(args):
-    """Return (scores, labels, scores_name, from_logits) for the command-line arguments."""
-    if args.dump is not None:
-        if args.dump.endswith(".npy"):
-            raise UsageError("calibkit: a .npy dump holds one array; give --scores S.npy --labels L.npy")
-        with np.load(args.dump, allow_pickle=False) as z:
-            keys = set(z.files)
-            skey = _pick(keys, SCORE_KEYS, args.scores_key, "scores")
-            lkey = _pick(keys, LABEL_KEYS, args.labels_key, "labels")
-            scores, labels = z[skey], z[lkey]
-        name = f"{args.dump}:{skey}"
-    else:
-        if args.scores is None or args.labels is None:
-            raise UsageError("calibkit: give a .npz dump, or both --scores and --labels .npy files")
-        scores = np.load(args.scores, mmap_mode="r", allow_pickle=False)
-        labels = np.load(args.labels, mmap_mode="r", allow_pickle=False)
-        name = args.scores
-        skey = args.scores
-    if args.from_logits is None:
-        # Said out loud in the output, never silently: a key or file named *logit* holds logits.
-        from_logits = "logit" in skey.lower()
-    else:
-        from_logits = args.from_logits
-    return scores, labels, name, from_logits
 
 
 def evaluate(scores, labels, *, n_bins=15, from_logits=False, backend="auto"):
@@ -96,13 +62,24 @@ def evaluate(scores, labels, *, n_bins=15, from_logits=False, backend="auto"):
 
 
 def _cmd_evaluate(args) -> int:
-    scores, labels, name, from_logits = load_dump(args)
+    from . import io
+    from ._validation import BadElementError
+
+    _check_sizes(args)
+    if args.dump is not None and args.scores is not None:
+        raise UsageError("calibkit evaluate: give a DUMP or --scores, not both")
+    path = args.dump if args.dump is not None else args.scores
+    if path is None:
+        raise UsageError("calibkit evaluate: give a DUMP (.npz, or .npy with --labels), or --scores S.npy "
+                         "--labels L.npy")
+    dump = _open(path, args)
+    scores, labels = _in_memory(dump, "`calibkit report DUMP` reads it in chunks")
     try:
-        result, table = evaluate(scores, labels, n_bins=args.n_bins, from_logits=from_logits,
+        result, table = evaluate(scores, labels, n_bins=args.n_bins, from_logits=dump.from_logits,
                                  backend=args.backend)
-    except (ValueError, TypeError) as exc:
-        print(f"calibkit: {exc}", file=sys.stderr)
-        return 2
+    except BadElementError as exc:
+        raise io.located(exc, dump) from None
+    name, from_logits = dump.name, dump.from_logits
     result["scores"] = name
     result["from_logits"] = from_logits
     if args.json:
@@ -116,6 +93,45 @@ def _cmd_evaluate(args) -> int:
             print(f"  {key:<16} {result[key]:.6f}")
     print(table)
     return 0
+
+
+def _in_memory(dump, advice):
+    """The scores and labels of `dump` as arrays: memory-mapped ones as they are (no copy), others (compressed
+    members, shards, Parquet) gathered block by block into one array each; `advice` says what to do when they
+    do not fit in memory."""
+    if isinstance(dump.scores, np.ndarray) and isinstance(dump.labels, np.ndarray):
+        return dump.scores, dump.labels
+    try:
+        return dump.take(np.ones(dump.n_rows, dtype=bool))
+    except MemoryError:
+        raise UsageError(f"calibkit: {dump.name}: its {dump.n_rows:,} rows ({dump.n_rows * dump.row_bytes / 2**30:.1f}"
+                         f" GiB) do not fit in memory; {advice}") from None
+
+
+def _check_sizes(args):
+    """Every size flag through the library's checks, before anything is read or allocated."""
+    from ._validation import check_n_bins
+
+    if getattr(args, "n_bins", None) is not None:
+        try:
+            check_n_bins(args.n_bins)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"calibkit {args.command}: --n-bins: {exc}") from None
+
+
+def _inputs(*paths):
+    """The files a command reads (a directory of shards stands for every file in it): no output may be one."""
+    import os
+
+    out = []
+    for p in paths:
+        if p is None:
+            continue
+        if os.path.isdir(p):
+            out.extend(os.path.join(p, n) for n in sorted(os.listdir(p)))
+        else:
+            out.append(p)
+    return out
 
 
 def _cmd_monitor(args) -> int:
@@ -198,66 +214,98 @@ def _open(path, args, **kw):
                         labels_key=getattr(args, "labels_key", None), **kw)
 
 
+def _plot_format(path):
+    """The figure format of --plot PATH (from its suffix), checked before any work."""
+    import pathlib
+
+    from . import plot
+
+    try:
+        plot._pyplot()
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError as exc:
+        raise UsageError(f"calibkit report: --plot {path}: {exc}") from None
+    fmt = pathlib.Path(path).suffix[1:].lower()
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        raise UsageError(f"calibkit report: --plot {path}: unknown figure format {fmt or '(no suffix)'!r}; "
+                         f"end the name with one of .{', .'.join(sorted(supported))}")
+    return fmt
+
+
 def _cmd_report(args) -> int:
     from . import io, report
+    from ._files import atomic_output
 
     if args.example and args.dump:
         raise UsageError("calibkit report: give a DUMP or --example, not both")
     path = example_path() if args.example else args.dump
     if path is None:
         raise UsageError("calibkit report: give a DUMP (or --example)")
+    _check_sizes(args)
     calibrate = args.calibrate if args.calibrate is not None or not args.example else EXAMPLE_METHODS
     methods = [m.strip() for m in (calibrate or "").split(",") if m.strip()]
     if args.val and args.val_fraction is not None:
         raise UsageError("calibkit report: give --val or --val-fraction, not both")
-    test = _open(path, args)
-    val = val_mask = None
-    if args.val:
-        val = _open(args.val, args, labels=args.val_labels)
-    elif args.val_fraction is not None:
-        val_mask = io.split_mask(test.n_rows, args.val_fraction, seed=args.seed)
-    elif methods and {"val", "test"} <= set(io.splits(path)):  # a file with val_* / test_* arrays splits itself
-        test, val = _open(path, args, split="test"), _open(path, args, split="val")
-    if args.example:
-        test.name = f"{EXAMPLE_FILE} test split ({EXAMPLE_ORIGIN})"
-    update, close = _progress(test.n_rows * (2 if methods else 1), args.quiet, "calibkit report")  # 2 passes
-    try:
-        result = report.report(test, val=val, val_mask=val_mask, methods=methods, n_bins=args.n_bins,
-                               strategy=args.strategy, progress=update, backend=args.backend)
-    finally:
-        close()
-    print(report.format_table(result))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report.json_safe(result), f, indent=2)
-    if args.plot:
-        from . import plot
+    plot_format = _plot_format(args.plot) if args.plot else None
+    inputs = _inputs(path, args.labels, args.val, args.val_labels)
+    with contextlib.ExitStack() as outputs:  # opened first: a bad output path fails before the work
+        json_file = outputs.enter_context(atomic_output(args.json, "w", inputs=inputs)) if args.json else None
+        plot_file = outputs.enter_context(atomic_output(args.plot, "wb", inputs=inputs)) if args.plot else None
+        test = _open(path, args)
+        val = val_mask = None
+        if args.val:
+            val = _open(args.val, args, labels=args.val_labels)
+        elif args.val_fraction is not None:
+            val_mask = io.split_mask(test.n_rows, args.val_fraction, seed=args.seed)
+        elif methods and {"val", "test"} <= set(io.splits(path)):  # a file with val_* / test_* arrays splits itself
+            test, val = _open(path, args, split="test"), _open(path, args, split="val")
+        if args.example:
+            test.name = f"{EXAMPLE_FILE} test split ({EXAMPLE_ORIGIN})"
+        update, close = _progress(test.n_rows * (2 if methods else 1), args.quiet, "calibkit report")  # 2 passes
+        try:
+            result = report.report(test, val=val, val_mask=val_mask, methods=methods, n_bins=args.n_bins,
+                                   strategy=args.strategy, progress=update, backend=args.backend)
+        finally:
+            close()
+        print(report.format_table(result))
+        if json_file is not None:
+            json.dump(report.json_safe(result), json_file, indent=2)
+        if plot_file is not None:
+            from . import plot
 
-        plot.report_figure(result, args.plot)
+            fig = plot.report_figure(result, None)
+            try:
+                fig.savefig(plot_file, format=plot_format, dpi=100)
+            finally:
+                plot._pyplot().close(fig)
     return 0
 
 
 def _cmd_fit(args) -> int:
     from . import io, report
+    from ._files import atomic_output
     from ._validation import BadElementError
 
-    dump = _open(args.dump, args, split=args.split or _default_split(args.dump, "val"))
-    scores, labels = dump.take(np.ones(dump.n_rows, dtype=bool))
-    try:
-        calibrator = report.fit_calibrator(args.method, scores, labels, dump.from_logits)
-    except BadElementError as exc:
-        raise io.located(exc, dump) from None
-    payload = calibrator.to_dict()
-    payload["input"] = {"from_logits": dump.from_logits, "method": args.method, "n_classes": dump.n_classes,
-                        "fitted_on": dump.name, "n_rows": dump.n_rows}
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
+    with atomic_output(args.out, "w", inputs=_inputs(args.dump, args.labels)) as out:
+        dump = _open(args.dump, args, split=args.split or _default_split(args.dump, "val"))
+        scores, labels = _in_memory(dump, "fit on a smaller split (--split) or store the dump uncompressed "
+                                          "(np.savez), which is memory-mapped")
+        try:
+            calibrator = report.fit_calibrator(args.method, scores, labels, dump.from_logits)
+        except BadElementError as exc:
+            raise io.located(exc, dump) from None
+        payload = calibrator.to_dict()
+        payload["input"] = {"from_logits": dump.from_logits, "method": args.method, "n_classes": dump.n_classes,
+                            "fitted_on": dump.name, "n_rows": dump.n_rows}
+        json.dump(payload, out, indent=2)
     print(f"{args.method} calibrator fitted on {dump.n_rows:,} rows of {dump.name} -> {args.out}")
     return 0
 
 
 def _cmd_apply(args) -> int:
     from . import io, report
+    from ._files import atomic_output
     from ._validation import BadElementError
     from .calibrators import Calibrator
 
@@ -276,24 +324,28 @@ def _cmd_apply(args) -> int:
     if dump.n_classes != meta["n_classes"]:
         raise UsageError(f"calibkit apply: the calibrator was fitted on {meta['n_classes']} classes, "
                          f"the dump has {dump.n_classes}")
-    out = np.lib.format.open_memmap(args.out, mode="w+", dtype=np.dtype(args.dtype),
-                                    shape=(dump.n_rows, dump.n_classes))
+    dtype, shape = np.dtype(args.dtype), (dump.n_rows, dump.n_classes)
     update, close = _progress(dump.n_rows, args.quiet, "calibkit apply")
     try:
-        rows = dump.chunk_rows()
-        for a in range(0, dump.n_rows, rows):
-            s = dump.rows(a, min(dump.n_rows, a + rows))
-            try:
-                out[a:a + len(s)] = report.calibrated_probabilities(calibrator, meta["method"], s,
-                                                                    dump.from_logits)
-            except BadElementError as exc:
-                raise io.located(exc, dump, a) from None
-            if update:
-                update(a + len(s))
+        # The rows go to a temporary .npy in the output's folder, chunk by chunk, renamed over --out only when
+        # every row is written: a failure leaves the old --out as it was, and --out may not be an input.
+        with atomic_output(args.out, "wb", inputs=_inputs(args.calibrator, args.dump)) as out:
+            np.lib.format.write_array_header_1_0(
+                out, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+            rows = dump.chunk_rows()
+            for a in range(0, dump.n_rows, rows):
+                s = dump.rows(a, min(dump.n_rows, a + rows))
+                try:
+                    p = report.calibrated_probabilities(calibrator, meta["method"], s, dump.from_logits)
+                except BadElementError as exc:
+                    raise io.located(exc, dump, a) from None
+                block = np.empty((len(s), shape[1]), dtype=dtype)
+                block[...] = p
+                out.write(memoryview(block).cast("B"))
+                if update:
+                    update(a + len(s))
     finally:
         close()
-    out.flush()
-    del out
     print(f"{dump.n_rows:,} rows of calibrated probabilities -> {args.out}")
     return 0
 
@@ -318,14 +370,16 @@ def _add_dump_options(p, labels=True):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="calibkit", description="Calibration metrics for model outputs.")
+    parser = _Parser(prog="calibkit", description="Calibration metrics for model outputs.")
     sub = parser.add_subparsers(dest="command", required=True)
     ev = sub.add_parser("evaluate", help="calibration metrics and reliability table of an evaluation dump")
-    ev.add_argument("dump", nargs="?", help=".npz file with a scores array and a labels array")
-    ev.add_argument("--scores", help=".npy file of scores (N, K) or (N,), memory-mapped")
+    ev.add_argument("dump", nargs="?", help="the evaluation dump (read as by `calibkit report`): .npz with scores "
+                                            "and labels arrays (or val_*/test_* splits: test is evaluated), .npy "
+                                            "with --labels, or a directory of shards")
+    ev.add_argument("--scores", help=".npy file of scores (N, K) or (N,), memory-mapped (instead of DUMP)")
     ev.add_argument("--labels", help=".npy file of integer labels (N,), memory-mapped")
-    ev.add_argument("--scores-key", help=f"array name in the .npz (default: first of {SCORE_KEYS})")
-    ev.add_argument("--labels-key", help=f"array name in the .npz (default: first of {LABEL_KEYS})")
+    ev.add_argument("--scores-key", help="array name in the .npz (default: logits, probs, probabilities or scores)")
+    ev.add_argument("--labels-key", help="array name in the .npz (default: labels, targets or y)")
     mode = ev.add_mutually_exclusive_group()
     mode.add_argument("--from-logits", dest="from_logits", action="store_true", default=None,
                       help="scores are logits (default: when the array or file name contains 'logit')")
@@ -398,32 +452,66 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the command; every user error (bad file, flag, data or output path) prints one line on stderr and
+    returns 2."""
     from .io import DumpError
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _terminate_as_exit(args.command != "monitor"):  # the monitor handles its signals itself
+            return args.func(args)
     except BrokenPipeError:  # e.g. `calibkit report ... | head`: the reader left; say nothing more
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except UsageError as exc:
-        print(exc.code, file=sys.stderr)
+        print(_one_line(exc.code), file=sys.stderr)
         return 2
     except DumpError as exc:
         print(f"calibkit: {_cli_words(exc)}", file=sys.stderr)
         return 2
     except (ValueError, TypeError, OSError) as exc:
-        if args.command in ("report", "fit", "apply"):
-            print(f"calibkit {args.command}: {_cli_words(exc)}", file=sys.stderr)
-            return 2
-        raise
+        print(f"calibkit {args.command}: {_cli_words(exc)}", file=sys.stderr)
+        return 2
+
+
+@contextlib.contextmanager
+def _terminate_as_exit(enabled):
+    """SIGTERM (``kill``, a job scheduler's time limit) raises SystemExit(128 + 15) while a command runs, so
+    the temporary of an output being written is removed and the old file stays (``kill -9`` cannot be
+    caught: the next write to that output removes its temporary)."""
+    import signal
+    import threading
+
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
 
 
 def _cli_words(exc) -> str:
-    """An error message with the library's advice in command-line words."""
-    return str(exc).replace("pass from_logits=True", "give --from-logits")
+    """An error message on one line, with the library's advice in command-line words."""
+    return _one_line(exc).replace("pass from_logits=True", "give --from-logits")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (exit 2), like every other user error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {_one_line(message)} (see {self.prog} --help)\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

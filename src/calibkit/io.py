@@ -8,8 +8,11 @@ integer labels (N,). Supported layouts:
   and ``labels``, or split arrays ``val_logits`` / ``val_labels`` and
   ``test_logits`` / ``test_labels`` (choose with ``split=``). Members stored
   without compression (``np.savez``) are memory-mapped where they lie in the
-  zip file; compressed members (``np.savez_compressed``) have to be inflated
-  into memory.
+  zip file; compressed members (``np.savez_compressed``) are inflated block
+  by block as the rows are read (a compressed (N, K) member in Fortran order
+  cannot be read by rows: up to ``MAX_FORTRAN_INFLATE_BYTES`` it is inflated
+  whole, beyond that it is refused). Every member's header must account
+  exactly for the member's size.
 - ``.parquet`` and Arrow IPC (``.arrow`` / ``.feather``) files (with pyarrow,
   the optional extra ``parquet``): the scores in a fixed-size-list or list
   column of floats (all rows of one length K) or a float column (binary
@@ -20,13 +23,21 @@ integer labels (N,). Supported layouts:
 
 Every consumer reads a dump through :meth:`Dump.chunks`, so peak memory is
 bounded by the chunk size, not by the dump.
+
+A file that cannot be read (missing, a directory, empty, truncated, not an
+.npy / .npz file, an array of Python objects, a header inconsistent with the
+data) raises :class:`DumpError`, one line naming the file and saying what to
+do. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
+import threading
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -44,56 +55,192 @@ class DumpError(ValueError):
     """A dump that cannot be read: missing array, inconsistent shards, truncated file, ..."""
 
 
-def _npy_member(path, zf, info):
-    """A .npz member as a read-only array: memory-mapped when stored, inflated when compressed."""
-    if info.compress_type != zipfile.ZIP_STORED:
-        with zf.open(info) as f:
-            return np.lib.format.read_array(f, allow_pickle=False)
-    with open(path, "rb") as raw:
-        raw.seek(info.header_offset)
-        local = raw.read(30)
-        if len(local) < 30 or local[:4] != b"PK\x03\x04":
-            raise DumpError(f"{path}: corrupt zip entry {info.filename!r}")
-        name_len = int.from_bytes(local[26:28], "little")
-        extra_len = int.from_bytes(local[28:30], "little")
-        start = info.header_offset + 30 + name_len + extra_len
-        raw.seek(start)
-        version = np.lib.format.read_magic(raw)
+# A compressed Fortran-ordered (N, K) member cannot be read by row blocks (its rows are spread over the whole
+# stream): up to this size it is inflated whole, beyond it refused with advice.
+MAX_FORTRAN_INFLATE_BYTES = 64 << 20
+_SAVE_ADVICE = "write dumps with np.save / np.savez / np.savez_compressed"
+
+
+def _npy_header(f, where):
+    """Read an .npy header from the file object `f`; return (shape, fortran, dtype, data_bytes).
+
+    Every failure is a :class:`DumpError` naming `where` (a file, or a file and a member): not an .npy array,
+    an unknown format version, an array of Python objects. NumPy's advice about ``allow_pickle`` is never
+    passed on: calibkit reads numbers only and never unpickles.
+    """
+    try:
+        version = np.lib.format.read_magic(f)
+    except (ValueError, EOFError, OSError):
+        raise DumpError(f"{where}: not an .npy array (it does not start with the .npy header); "
+                        f"{_SAVE_ADVICE}") from None
+    try:
         if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(raw)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(raw)
-        else:  # format 3 (UTF-8 field names): rare; read it whole
-            with zf.open(info) as f:
-                return np.lib.format.read_array(f, allow_pickle=False)
-        offset = raw.tell()
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise DumpError(f"{where}: .npy format version {version[0]}.{version[1]} is not read by calibkit "
+                            f"(only 1.0 and 2.0, which hold every numeric array); {_SAVE_ADVICE}")
+    except DumpError:
+        raise
+    except (ValueError, EOFError, OSError, SyntaxError) as exc:
+        raise DumpError(f"{where}: corrupt or truncated .npy header ({_one_line(exc)}); {_SAVE_ADVICE}") from None
     if dtype.hasobject:
-        raise DumpError(f"{path}: array {info.filename!r} holds Python objects; only numeric arrays are read")
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if offset + size > os.path.getsize(path) or offset - start + size > info.file_size:
-        raise DumpError(f"{path}: array {info.filename!r} is truncated")
-    if size == 0:
+        raise DumpError(f"{where}: the array holds Python objects (dtype {dtype}); calibkit reads numeric arrays "
+                        "only: save the scores and labels as numbers (e.g. np.asarray(x, dtype=np.float32))")
+    return tuple(shape), bool(fortran), dtype, math.prod(shape) * dtype.itemsize
+
+
+def _one_line(exc) -> str:
+    return " ".join(str(exc).split())
+
+
+def _mapped(path, offset, shape, fortran, dtype, data_bytes):
+    if data_bytes == 0:
         return np.empty(shape, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
 
+class _ZipMemberRows:
+    """A compressed .npz member as a read-only array (row slices only), inflated block by block.
+
+    Reading rows [a, b) seeks the member's stream to them (forward seeks inflate and discard in bounded
+    blocks; a backward seek starts the stream again) and inflates only those rows, so memory is bounded by
+    the block read, never by the member.
+    """
+
+    def __init__(self, path, name, data_offset, shape, dtype):
+        self.path, self.name = path, name
+        self.data_offset = data_offset
+        self.shape, self.dtype, self.ndim = shape, dtype, len(shape)
+        self.row_bytes = math.prod(shape[1:]) * dtype.itemsize
+        self._zf = self._f = None
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None):
+        """The whole member in memory (for an explicit ``np.asarray``; calibkit itself reads row blocks)."""
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def close(self):
+        with self._lock:
+            for h in (self._f, self._zf):
+                if h is not None:
+                    h.close()
+            self._zf = self._f = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("compressed .npz members are read by contiguous row ranges")
+        a, b, _ = key.indices(self.shape[0])
+        b = max(a, b)
+        out = np.empty((b - a,) + self.shape[1:], dtype=self.dtype)
+        if out.nbytes == 0:
+            return out
+        where = f"{self.path}: cannot read array {self.name!r}"
+        with self._lock:
+            try:
+                if self._f is None:
+                    self._zf = zipfile.ZipFile(self.path)
+                    self._f = self._zf.open(self.name)
+                self._f.seek(self.data_offset + a * self.row_bytes)
+                got = self._f.readinto(memoryview(out).cast("B"))
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error, ValueError, KeyError) as exc:
+                raise DumpError(f"{where}: cannot inflate rows {a}..{b - 1} ({_one_line(exc)}); the file is "
+                                "corrupt or truncated") from None
+        if got != out.nbytes:
+            raise DumpError(f"{where}: the member ended early (rows {a}..{b - 1}); the file is truncated")
+        return out
+
+
+def _npy_member(path, zf, info):
+    """A .npz member as a read-only array-like: memory-mapped when stored, inflated block by block when
+    compressed. The header's shape and dtype must account exactly for the member's uncompressed size."""
+    where = f"{path}: cannot read array {info.filename!r}"
+    if info.compress_type != zipfile.ZIP_STORED:
+        with zf.open(info) as f:
+            shape, fortran, dtype, data_bytes = _npy_header(f, where)
+            header_bytes = f.tell()
+    else:
+        with open(path, "rb") as raw:
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                raise DumpError(f"{where}: corrupt zip entry; the file is damaged or truncated")
+            name_len = int.from_bytes(local[26:28], "little")
+            extra_len = int.from_bytes(local[28:30], "little")
+            start = info.header_offset + 30 + name_len + extra_len
+            raw.seek(start)
+            shape, fortran, dtype, data_bytes = _npy_header(raw, where)
+            header_bytes = raw.tell() - start
+    if header_bytes + data_bytes != info.file_size:
+        raise DumpError(f"{where}: its header declares {dtype} {shape} ({data_bytes:,} bytes of data) but the "
+                        f"member holds {max(0, info.file_size - header_bytes):,}; the file is corrupt or "
+                        "truncated")
+    if info.compress_type == zipfile.ZIP_STORED:
+        if start + header_bytes + data_bytes > os.path.getsize(path):
+            raise DumpError(f"{where}: the file is truncated")
+        return _mapped(path, start + header_bytes, shape, fortran, dtype, data_bytes)
+    if fortran and len(shape) == 2 and shape[1] > 1:
+        if data_bytes > MAX_FORTRAN_INFLATE_BYTES:
+            raise DumpError(f"{where}: a compressed array in Fortran order ({data_bytes / 2**20:,.0f} MiB) cannot "
+                            "be read by rows; save it in C order (np.ascontiguousarray) or with np.savez")
+        with zf.open(info) as f:
+            f.seek(header_bytes)
+            flat = np.frombuffer(f.read(data_bytes), dtype=dtype)
+        if flat.nbytes != data_bytes:
+            raise DumpError(f"{where}: the member ended early; the file is truncated")
+        return flat.reshape(shape, order="F")
+    return _ZipMemberRows(path, info.filename, header_bytes, shape, dtype)
+
+
 def _load_npy(path):
+    """A .npy file as a read-only memory-mapped array (header checked; see :func:`_npy_header`)."""
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise DumpError(f"{path}: empty file, not an .npy array; {_SAVE_ADVICE}")
+            shape, fortran, dtype, data_bytes = _npy_header(f, path)
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         raise DumpError(f"{path}: no such file") from None
-    except ValueError as exc:
-        raise DumpError(f"{path}: cannot read it as .npy ({exc}); is the file truncated?") from None
+    except IsADirectoryError:
+        raise DumpError(f"{path}: is a directory, not an .npy file") from None
+    except OSError as exc:
+        raise DumpError(f"{path}: cannot read it ({exc.strerror or _one_line(exc)})") from None
+    if offset + data_bytes > size:
+        raise DumpError(f"{path}: the file is truncated: its header declares {dtype} {shape} "
+                        f"({data_bytes:,} bytes of data) but {max(0, size - offset):,} follow")
+    return _mapped(path, offset, shape, fortran, dtype, data_bytes)
 
 
 def _npz_arrays(path):
-    """{name: array} of a .npz file, members memory-mapped where possible."""
+    """{name: array-like} of a .npz file, members memory-mapped where stored, streamed where compressed.
+
+    A member that cannot be read maps to its :class:`DumpError`, raised when that member is chosen.
+    """
     try:
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise DumpError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DumpError(f"{path}: not a readable .npz file ({exc}); is it truncated?") from None
+    except IsADirectoryError:
+        raise DumpError(f"{path}: is a directory, not an .npz file") from None
+    except zipfile.BadZipFile:
+        empty = os.path.exists(path) and os.path.getsize(path) == 0
+        raise DumpError(f"{path}: {'empty file' if empty else 'not an .npz (zip) file'}, or a truncated one; "
+                        f"{_SAVE_ADVICE}") from None
+    except OSError as exc:
+        raise DumpError(f"{path}: cannot read it ({exc.strerror or _one_line(exc)})") from None
     with zf:
         out = {}
         for info in zf.infolist():
@@ -101,11 +248,21 @@ def _npz_arrays(path):
                 continue
             try:
                 out[info.filename[:-4]] = _npy_member(path, zf, info)
-            except DumpError:
-                raise
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-                raise DumpError(f"{path}: cannot read array {info.filename!r} ({exc})") from None
+            except DumpError as exc:
+                out[info.filename[:-4]] = exc
+            except (ValueError, OSError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+                    zlib.error) as exc:
+                out[info.filename[:-4]] = DumpError(f"{path}: cannot read array {info.filename!r} "
+                                                    f"({_one_line(exc)}); the file is corrupt or truncated")
     return out
+
+
+def _member(arrays, key):
+    """arrays[key], raising the member's DumpError if it could not be read."""
+    a = arrays[key]
+    if isinstance(a, DumpError):
+        raise a
+    return a
 
 
 def _choose(arrays, names, prefix, what, path, explicit=None):
@@ -116,7 +273,9 @@ def _choose(arrays, names, prefix, what, path, explicit=None):
     for n in names:
         if prefix + n in arrays:
             return prefix + n
-    raise DumpError(f"{path}: no {what} array (looked for {[prefix + n for n in names]}; it has {sorted(arrays)})")
+    raise DumpError(f"{path}: no {what} array: cannot tell which array holds the {what} (looked for "
+                    f"{[prefix + n for n in names]}; it has {sorted(arrays)}); name it with --{what}-key "
+                    f"({what}_key=)")
 
 
 def _splits_of(names):
@@ -179,6 +338,10 @@ class Dump:
             return out
         return np.asarray(s[a:b])
 
+    def _need_labels(self):
+        if self.labels is None:
+            raise DumpError(f"{self.name}: no labels (give them with labels=... / --labels)")
+
     def chunks(self, chunk_rows=None, *, start=0, stop=None, prefetch=True, prepare=None):
         """Yield ``(first_row, scores, labels)`` for consecutive row blocks of ``chunk_rows`` rows.
 
@@ -189,8 +352,7 @@ class Dump:
         labels)``, if given, runs in that thread on each block and its result
         is yielded instead (e.g. splitting off validation rows).
         """
-        if self.labels is None:
-            raise DumpError(f"{self.name}: no labels (give them with labels=... / --labels)")
+        self._need_labels()
         chunk_rows = chunk_rows or self.chunk_rows()
         stop = self.n_rows if stop is None else stop
         ranges = [(a, min(stop, a + chunk_rows)) for a in range(start, stop, chunk_rows)]
@@ -214,6 +376,7 @@ class Dump:
 
     def take(self, mask, chunk_rows=None):
         """The rows where ``mask`` (bool, (N,)) is True, gathered chunk by chunk into one array."""
+        self._need_labels()
         mask = np.asarray(mask, dtype=bool)
         n = int(mask.sum())
         if n == 0:
@@ -417,8 +580,8 @@ def open_dump(path, *, labels=None, split=None, scores_key=None, labels_key=None
         if labels is not None:
             y = _load_npy(labels) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
         else:
-            y = arrays[_choose(arrays, LABEL_NAMES, prefix, "labels", p, labels_key)]
-        dump = Dump(arrays[skey], y, _kind(skey, from_logits), f"{p}:{skey}")
+            y = _member(arrays, _choose(arrays, LABEL_NAMES, prefix, "labels", p, labels_key))
+        dump = Dump(_member(arrays, skey), y, _kind(skey, from_logits), f"{p}:{skey}")
     elif p.suffix in (".parquet", ".arrow", ".feather"):
         dump = _open_arrow(p, labels=labels, scores_key=scores_key, labels_key=labels_key, from_logits=from_logits)
     else:
