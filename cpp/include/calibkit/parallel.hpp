@@ -74,7 +74,10 @@ inline int leading_positive_int(const char* text) {
 }
 
 // CPUs allowed by a cgroup CPU quota (v2 cpu.max, else v1 cfs quota), rounded
-// up; 0 when there is no quota or it cannot be read.
+// up; 0 when there is no quota or it cannot be read. Only the files at the
+// cgroup mount root are read (cheap): that is the process's own cgroup inside a
+// container with a cgroup namespace (docker --cpus, Kubernetes limits); a quota
+// set on a nested cgroup without a namespace is not seen.
 inline int cgroup_cpu_limit() {
 #if defined(__linux__)
     auto quota_over_period = [](double quota, double period) -> int {

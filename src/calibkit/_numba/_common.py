@@ -167,9 +167,14 @@ def _prefer_fork_safe_layer():
     Numba's default picks GNU OpenMP on Linux when TBB is absent, and a child
     forked after an OpenMP parallel region is killed at its next parallel
     region ("fork() called from a process already using GNU OpenMP").
-    "forksafe" is TBB when installed, else the built-in workqueue. Nothing
-    changes when NUMBA_THREADING_LAYER is set, numba.config.THREADING_LAYER was
-    set, or Numba's threads are already running (its layer is then fixed).
+    GNU OpenMP also spin-waits, which on a loaded machine made each parallel
+    call several times slower than workqueue. "forksafe" is TBB when installed,
+    else the built-in workqueue. The choice is process-wide: workqueue is not
+    thread-safe, which calibkit's kernels handle (``run_locked``) but a user's
+    own parallel Numba functions called from several threads do not; such a
+    user sets NUMBA_THREADING_LAYER. Nothing changes when NUMBA_THREADING_LAYER
+    is set, numba.config.THREADING_LAYER was set, or Numba's threads are already
+    running (its layer is then fixed).
     """
     if os.environ.get("NUMBA_THREADING_LAYER") or str(numba.config.THREADING_LAYER).lower() != "default":
         return
@@ -188,7 +193,8 @@ _parallel_unsafe = False
 
 
 def _after_fork_in_child():
-    global _parallel_unsafe
+    global _parallel_unsafe, _twins_lock
+    _twins_lock = threading.Lock()  # fork() copies it in whatever state another thread left it
     try:
         layer = numba.threading_layer()
     except ValueError:
@@ -197,10 +203,9 @@ def _after_fork_in_child():
         _parallel_unsafe = True
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
 _twins = {}
 _twins_lock = threading.Lock()
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _serial_twin(fn):
