@@ -4,6 +4,14 @@ Every kernel exists twice, in C++ (``calibkit._core``) and in Numba
 (``calibkit._numba``), with the same names and the same algorithm. Public
 functions take ``backend="auto" | "cpp" | "numba"``; ``"auto"`` means the
 ``CALIBKIT_BACKEND`` environment variable if set, else C++.
+
+Processes and threads. Both backends survive ``fork`` (the default start method
+of ``multiprocessing`` on Linux): the C++ pool is re-created in the child, and
+importing the Numba backend asks Numba for its "forksafe" threading layer (TBB
+if installed, else workqueue) unless ``NUMBA_THREADING_LAYER`` is set or Numba's
+threads already run; a child forked from a process running GNU OpenMP kernels
+runs the Numba kernels serially. Kernels may be called from several Python
+threads at once. An exception in a C++ pool task is re-raised in the caller.
 """
 
 from __future__ import annotations
@@ -15,9 +23,20 @@ from . import _core
 
 BACKENDS = ("auto", "cpp", "numba")
 
-# Numba's default (workqueue) threading layer aborts the process when two
-# Python threads run parallel kernels at once: Numba kernels run under this lock.
+# Numba's workqueue threading layer aborts the process when two Python threads
+# run parallel kernels at once: a parallel Numba kernel runs only while holding
+# this lock (a caller that finds it taken runs the serial twin instead, see
+# calibkit._numba._common.run_locked).
 numba_lock = threading.Lock()
+
+
+def _new_lock_in_child():
+    # fork() copies the lock in whatever state another thread left it; the child has no such thread.
+    global numba_lock
+    numba_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def resolve_backend(backend: str | None) -> str:
@@ -48,6 +67,14 @@ def set_num_threads(n: int) -> None:
 
     Results do not depend on it: work is split into fixed-size chunks combined
     in a fixed order, so any thread count gives bit-identical results.
+
+    Parameters
+    ----------
+    n : int
+        Threads per kernel call, the calling thread included (>= 1). The Numba
+        backend uses at most ``NUMBA_NUM_THREADS`` of them (Numba's pool size,
+        fixed when its threads start). Inputs smaller than one parallel chunk
+        always run on the calling thread.
     """
     if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
         raise TypeError(f"n must be an integer, got {type(n).__name__}")
@@ -58,5 +85,13 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """Number of threads the native kernels use (default: all cores)."""
+    """Number of threads the native kernels use (both backends).
+
+    The default, fixed at the first kernel call of the process, is the number
+    of CPUs the process may use (its CPU affinity, as ``os.sched_getaffinity``
+    and ``taskset`` see it, lowered to a cgroup CPU quota when one is set),
+    capped by ``CALIBKIT_NUM_THREADS`` when that is a positive integer, else by
+    ``OMP_NUM_THREADS`` (its first entry). Other values of those variables are
+    ignored. :func:`set_num_threads` replaces the default.
+    """
     return int(_core.get_num_threads())

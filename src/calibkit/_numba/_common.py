@@ -8,6 +8,9 @@ backend computes the same sums in the same order as the C++ one.
 from __future__ import annotations
 
 import math
+import os
+import threading
+import types as pytypes
 
 import numba
 import numpy as np
@@ -158,11 +161,98 @@ def check_float_dtype(a, name):
         raise TypeError(f"{name} must be float16, float32 or float64, got {a.dtype}")
 
 
+def _prefer_fork_safe_layer():
+    """Ask Numba for a fork-safe threading layer unless the user chose one.
+
+    Numba's default picks GNU OpenMP on Linux when TBB is absent, and a child
+    forked after an OpenMP parallel region is killed at its next parallel
+    region ("fork() called from a process already using GNU OpenMP").
+    GNU OpenMP also spin-waits, which on a loaded machine made each parallel
+    call several times slower than workqueue. "forksafe" is TBB when installed,
+    else the built-in workqueue. The choice is process-wide: workqueue is not
+    thread-safe, which calibkit's kernels handle (``run_locked``) but a user's
+    own parallel Numba functions called from several threads do not; such a
+    user sets NUMBA_THREADING_LAYER. Nothing changes when NUMBA_THREADING_LAYER
+    is set, numba.config.THREADING_LAYER was set, or Numba's threads are already
+    running (its layer is then fixed).
+    """
+    if os.environ.get("NUMBA_THREADING_LAYER") or str(numba.config.THREADING_LAYER).lower() != "default":
+        return
+    try:
+        numba.threading_layer()  # raises ValueError while no threading layer is loaded
+    except ValueError:
+        numba.config.THREADING_LAYER = "forksafe"
+
+
+_prefer_fork_safe_layer()
+
+# True in a process forked from one whose Numba threading layer was GNU OpenMP
+# with its threads started: any parallel region there kills the process, so
+# every kernel runs its serial twin (same result).
+_parallel_unsafe = False
+
+
+def _after_fork_in_child():
+    global _parallel_unsafe, _twins_lock
+    _twins_lock = threading.Lock()  # fork() copies it in whatever state another thread left it
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        return
+    if layer == "omp":
+        _parallel_unsafe = True
+
+
+_twins = {}
+_twins_lock = threading.Lock()
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _serial_twin(fn):
+    """``fn`` (an ``njit(parallel=True)`` driver) compiled without ``parallel=True``, and the index of its
+    ``parallel`` argument.
+
+    With parallel=True Numba also turns every ``np.zeros`` of a driver into a parallel region, so even its
+    ``parallel=False`` branch wakes the threading layer. The twin compiles the same Python code serially
+    (``prange`` is ``range``): the same chunks in the same order, so bit-identical results. It has its own
+    name, hence its own on-disk cache entry.
+    """
+    with _twins_lock:
+        entry = _twins.get(fn)
+        if entry is None:
+            py = fn.py_func
+            code = py.__code__
+            index = code.co_varnames[: code.co_argcount].index("parallel")
+            clone = pytypes.FunctionType(code, py.__globals__, py.__name__ + "_serial", py.__defaults__,
+                                         py.__closure__)
+            clone.__qualname__ = py.__qualname__ + "_serial"
+            clone.__module__ = py.__module__
+            entry = _twins[fn] = (numba.njit(**JIT)(clone), index)
+        return entry
+
+
 def run_locked(fn, *args):
-    """Run a parallel Numba kernel under the process-wide lock with the configured thread count."""
-    with _backend.numba_lock:
-        numba.set_num_threads(min(_backend.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    """Run the Numba driver ``fn(*args)`` (it has a boolean ``parallel`` argument) on the right path.
+
+    Parallel (``parallel=True`` compiled, ``min(calibkit.get_num_threads(), NUMBA_NUM_THREADS)`` threads)
+    only when the driver was asked for it (the input is at least one parallel chunk), more than one
+    thread is configured, no other Python thread is inside a parallel kernel (the workqueue layer is not
+    thread-safe), and the process is not a fork of a GNU OpenMP one. Otherwise the serial twin runs on
+    the calling thread, without touching Numba's threading layer, so a small call stays cheap on a busy
+    machine. Both paths give bit-identical results.
+    """
+    serial, index = _serial_twin(fn)
+    threads = _backend.get_num_threads()
+    if not args[index] or threads <= 1 or _parallel_unsafe:
+        return serial(*args)
+    lock = _backend.numba_lock
+    if not lock.acquire(blocking=False):
+        return serial(*args)
+    try:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
         return fn(*args)
+    finally:
+        lock.release()
 
 
 def new_status():

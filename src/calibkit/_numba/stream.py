@@ -25,7 +25,6 @@ from ._common import (
     status_tuple,
     valid_probability,
 )
-from .. import _backend
 from .binning import check_weight, equal_width_inner, find_bin
 
 # P(X <= k) for X ~ Poisson(1), k = 0..14 (as in stream.hpp).
@@ -222,10 +221,10 @@ def stream_accumulate(confidence, target, sample_weight, offset, n_bins, fine_bi
     flat_fine = _state(fine, "fine", (5, 2 * (fine_levels << fine_bits)))
     flat_boot = _state(boot, "boot", (n_boot, 3, n_bins))
     if n <= CHUNK_ELEMENTS:
-        with _backend.numba_lock:
-            st = _small(as_kernel_array(confidence), target, weights, has_w, np.uint64(offset),
-                        equal_width_inner(n_bins), int(n_bins), int(fine_bits), int(fine_levels), int(n_boot),
-                        np.uint64(seed), POISSON1_CDF, HALF_TABLE, flat_bins, flat_fine, flat_boot)
+        # _small is serial (no threading layer): no lock, cheap on a busy machine.
+        st = _small(as_kernel_array(confidence), target, weights, has_w, np.uint64(offset),
+                    equal_width_inner(n_bins), int(n_bins), int(fine_bits), int(fine_levels), int(n_boot),
+                    np.uint64(seed), POISSON1_CDF, HALF_TABLE, flat_bins, flat_fine, flat_boot)
         return status_tuple(st)
     add_bins, add_fine, add_boot, st = run_locked(
         _driver, as_kernel_array(confidence), target, weights, has_w, np.uint64(offset), equal_width_inner(n_bins),
