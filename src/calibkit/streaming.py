@@ -70,6 +70,7 @@ FORMAT_VERSION = 1
 
 # Totals slots.
 _T_COUNT, _T_WEIGHT, _T_CORRECT, _T_CONFIDENCE, _T_BRIER, _T_NLL = range(6)
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 _MAX_EXACT = float(2 ** 53)  # counts are exact integers in float64 up to here
 _SUM_TOL = 1e-6  # relative slack of "sum <= weight" checks on decoded states (rounding of long streams)
 
@@ -179,7 +180,7 @@ class CalibrationAccumulator:
         self.n_bins = check_n_bins(n_bins)
         self.from_logits = check_bool(from_logits, "from_logits")
         if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real) \
-                or not (0 < temperature < np.inf) or not np.isfinite(1.0 / float(temperature)):
+                or not (0 < temperature <= _FLOAT_MAX) or not np.isfinite(1.0 / float(temperature)):
             raise ValueError(f"temperature must be a finite number > 0 (with a finite 1/temperature), "
                              f"got {temperature!r}")
         if temperature != 1 and not self.from_logits:
@@ -475,11 +476,14 @@ class CalibrationAccumulator:
         if acc.classwise and acc.n_classes is not None:
             expected["classwise"] = (3, acc.n_classes, M)
         if set(arrays) != set(expected):
-            raise ValueError(f"corrupt calibration state: arrays {sorted(arrays)}, expected {sorted(expected)}")
+            raise ValueError(f"corrupt calibration state: arrays {sorted(arrays)}, expected {sorted(expected)} "
+                             f"(classwise={acc.classwise}, n_classes={acc.n_classes}, kind={kind})")
         for name, shape in expected.items():
             a = arrays[name]
             if a.shape != shape:
-                raise ValueError(f"corrupt calibration state: {name} has shape {a.shape}, expected {shape}")
+                raise ValueError(f"corrupt calibration state: {name} has shape {a.shape}, expected {shape} from the "
+                                 f"configuration n_bins={M}, bootstrap={B}, fine_bits={acc.fine_bits}, "
+                                 f"fine_levels={acc.fine_levels}, classwise={acc.classwise}, n_classes={acc.n_classes}")
             if not np.isfinite(a).all():
                 raise ValueError(f"corrupt calibration state: {name} holds NaN or inf")
         _check_state_content(arrays, kind)
@@ -524,7 +528,10 @@ class CalibrationAccumulator:
             if not isinstance(data, list) or len(data) != math.prod(shape):
                 raise ValueError(f"corrupt calibration state: arrays[{name!r}]['data'] must be a list of "
                                  f"{math.prod(shape)} numbers")
-            a = np.asarray(data) if data else np.zeros(0)
+            try:
+                a = np.asarray(data) if data else np.zeros(0)
+            except (TypeError, ValueError, OverflowError):  # ragged lists
+                a = np.zeros((0, 0))
             if a.ndim != 1 or a.dtype.kind not in "iuf":
                 raise ValueError(f"corrupt calibration state: arrays[{name!r}]['data'] must hold numbers only "
                                  "(no strings, booleans, lists or integers too large for a float)")
@@ -556,8 +563,8 @@ def _check_state_content(arrays, kind):
             fail(f"{name} holds negative counts, or counts that are fractional or beyond 2**53 (wrapped)")
     n = totals[_T_COUNT]
     if bins[0].sum() != n or fine[0].sum() != n:
-        fail(f"bin counts {bins[0].sum():.17g} and fine counts {fine[0].sum():.17g} do not add up to the "
-             f"row count {n:.17g}")
+        fail(f"the counts in bins ({bins[0].sum():.17g}) and fine ({fine[0].sum():.17g}) do not add up to the "
+             f"row count in totals ({n:.17g})")
     if (kind is None) != (n == 0) or (kind is None and (bins.any() or fine.any() or boot.any() or totals.any()
                                                         or (cw is not None and cw.any()))):
         fail("an empty state must hold zeros only, and a non-empty one a kind")

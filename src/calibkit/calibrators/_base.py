@@ -115,6 +115,12 @@ class Calibrator:
         unknown = set(fitted) - set(target._fitted_names)
         if unknown:
             raise ValueError(f"unknown learned values for {name}: {sorted(map(str, unknown))}")
+        # One parameter at a time (the others at their defaults) first, so that the error names it.
+        for key in sorted(params):
+            try:
+                target(**{key: params[key]})._check_params()
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise ValueError(f"invalid parameter {key!r} for {name}: {exc}") from None
         try:
             obj = target(**params)
             obj._check_params()

@@ -195,7 +195,8 @@ class _OneVsRest(Calibrator):
         n_models = 1 if binary else self.n_classes_
         xs, ys = fitted[first], fitted[second]
         if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != n_models or len(ys) != n_models:
-            raise ValueError(f"learned values {first!r} and {second!r} must be lists of {n_models} arrays")
+            raise ValueError(f"learned values {first!r} and {second!r} must be lists of {n_models} arrays "
+                             f"(binary_ = {binary}, n_classes_ = {self.n_classes_})")
         self._set_models([check(c, x, y) for c, (x, y) in enumerate(zip(xs, ys))])
 
     def to_dict(self):
@@ -274,7 +275,9 @@ class IsotonicCalibration(_OneVsRest):
             x = fitted_array({x_name: xs}, x_name, None)
             if x.ndim != 1 or x.shape[0] < 1 or (np.diff(x) <= 0).any():
                 raise ValueError(f"learned value {x_name!r} must be a non-empty, strictly increasing 1-D array")
-            y = fitted_array({y_name: ys}, y_name, x.shape, low=0.0, high=1.0)
+            y = fitted_array({y_name: ys}, y_name, None, low=0.0, high=1.0)
+            if y.shape != x.shape:
+                raise ValueError(f"learned values {x_name!r} and {y_name!r} have shapes {x.shape} and {y.shape}")
             if (np.diff(y) < 0).any():
                 raise ValueError(f"learned value {y_name!r} must be non-decreasing")
             return x, y
