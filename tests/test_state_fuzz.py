@@ -97,12 +97,15 @@ counts = {{"rejected": 0, "accepted": 0, "error": 0}}
 if FAMILY == "bitflips":
     for kind, blob in BLOBS.items():
         body = blob[:-4]
+        header_end = 16 + struct.unpack("<I", blob[12:16])[0]
         for i in range(len(blob)):
             for bit in range(8):
                 flipped = bytearray(blob)
                 flipped[i] ^= 1 << bit
                 counts[attempt(f"{{kind}} flip {{i}}.{{bit}}", LOADERS[kind], bytes(flipped))] += 1
-                if i < len(body):  # the same flip with a valid CRC: it reaches the decoder
+                # The same flip with a valid CRC reaches the decoder: every bit of the framing and
+                # header, one bit per byte of the arrays (each accepted state is computed: slow).
+                if i < header_end or (i < len(body) and bit == i % 8):
                     counts[attempt(f"{{kind}} flip {{i}}.{{bit}} + crc", LOADERS[kind],
                                    with_crc(flipped[:-4]))] += 1
 elif FAMILY == "truncations":
@@ -221,17 +224,27 @@ elif FAMILY == "content":
                     flat[0] = 2.0 ** 64 - 1
                 elif how == "fraction":
                     flat[0] += 0.5
-                elif how == "scale_sums" and b.ndim >= 2:
-                    b[..., 2:, :] *= 3 if b.ndim == 2 else 1
-                    if b.ndim == 3:
-                        b[:, 1:] *= 3
+                elif how == "scale_sums":  # sums of probabilities or 0/1 above their weight
+                    field = name.rsplit(".", 1)[-1]
+                    if field in ("bins", "fine"):
+                        b[2:] = 3 * b[1] + 1
+                    elif field == "boot":
+                        b[:, 1:] = 3 * b[:, :1] + 1
+                    elif field == "classwise":
+                        b[1:] = 3 * b[:1] + 1
+                    else:
+                        b[2:4] = 3 * b[1] + 1
                 elif how == "zero_weight_only":
-                    b[..., 0, :] = 0 if b.ndim >= 2 else b[..., 0]
+                    b = b * 0
                 mutated = dict(arrays, **{{name: b}})
                 blob = encode_state(kind, meta, mutated)
                 label = f"{{base}} {{name}} {{how}}"
                 outcome = attempt(label, LOADERS[base], blob)
-                if outcome == "accepted" and how in ("negate", "nan", "inf", "huge", "wrap"):
+                # Bootstrap replicates hold Poisson-weighted sums (no counts): only their signs, finiteness
+                # and sums can be checked.
+                must = ("negate", "nan", "inf", "scale_sums") if name.endswith("boot") else \
+                    ("negate", "nan", "inf", "huge", "wrap", "scale_sums")
+                if outcome == "accepted" and how in must:
                     bad.append([label, "accepted", "a state no stream can produce was accepted"])
 print(json.dumps({{"bad": bad, "counts": counts}}))
 '''

@@ -586,9 +586,12 @@ def _check_state_content(arrays, kind):
     sums_within("totals", totals[_T_WEIGHT:_T_WEIGHT + 1], totals[_T_CORRECT:_T_CONFIDENCE + 1])
     if not 0 <= totals[_T_BRIER] <= 2 * w * (1 + _SUM_TOL) + 1e-300 or totals[_T_NLL] < 0:
         fail("totals holds a Brier sum outside [0, 2 weight] or a negative NLL")
-    for name, part in (("bins", bins[1]), ("fine", fine[1])):
-        if abs(part.sum() - w) > _SUM_TOL * max(w, part.sum()) + 1e-300:
-            fail(f"the {name} weights add up to {part.sum():.17g}, not to the total weight {w:.17g}")
+    parts = [("bins", bins[1].sum()), ("fine", fine[1].sum())]
+    if cw is not None:  # every row adds its weight to one bin of every class
+        parts += [("classwise", x) for x in (cw[0].sum(axis=1).min(initial=w), cw[0].sum(axis=1).max(initial=w))]
+    for name, total in parts:
+        if abs(total - w) > _SUM_TOL * max(w, total) + 1e-300:
+            fail(f"the {name} weights add up to {total:.17g}, not to the total weight {w:.17g}")
     if ((bins[0] == 0) & (bins[1] > 0)).any() or ((fine[0] == 0) & (fine[1] > 0)).any():
         fail("a bin without rows holds weight")
 
