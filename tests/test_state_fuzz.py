@@ -522,3 +522,18 @@ def test_accumulator_from_dict_fuzz():
         r = loaded.compute()
         assert np.isfinite([r.ece, r.mce, r.ace, r.accuracy, r.brier, r.nll]).all()
     assert rejected > 0
+
+
+def test_a_state_that_could_not_be_read_back_is_not_written():
+    acc = CalibrationAccumulator()
+    deep = 1
+    for _ in range(40):
+        deep = [deep]
+    acc.metadata = {"deep": deep}
+    with pytest.raises(ValueError, match="nested"):
+        acc.to_bytes()
+    acc.metadata = {"big": "x" * (1 << 20)}
+    with pytest.raises(ValueError, match="bytes"):
+        acc.to_bytes()
+    acc.metadata = {"note": "[[[{{" * 100}  # brackets inside strings do not count
+    assert CalibrationAccumulator.from_bytes(acc.to_bytes()).metadata == acc.metadata

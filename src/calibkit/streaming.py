@@ -584,7 +584,7 @@ def _check_state_content(arrays, kind):
         sums_within("classwise", cw[0], cw[1], cw[2])
     w = totals[_T_WEIGHT]
     sums_within("totals", totals[_T_WEIGHT:_T_WEIGHT + 1], totals[_T_CORRECT:_T_CONFIDENCE + 1])
-    if not 0 <= totals[_T_BRIER] <= 2 * w * (1 + _SUM_TOL) + 1e-300 or totals[_T_NLL] < 0:
+    if not 0 <= totals[_T_BRIER] <= 2 * w * (1 + _SUM_TOL) + 1e-300 or totals[_T_NLL] < -_SUM_TOL * max(w, 1.0):
         fail("totals holds a Brier sum outside [0, 2 weight] or a negative NLL")
     parts = [("bins", bins[1].sum()), ("fine", fine[1].sum())]
     if cw is not None:  # every row adds its weight to one bin of every class
@@ -831,6 +831,10 @@ def encode_state(kind: str, meta: dict, arrays: dict) -> bytes:
     header = json.dumps({"type": kind, "meta": meta,
                          "arrays": [[name, list(a.shape)] for name, a in arrays.items()]},
                         separators=(",", ":"), sort_keys=True).encode()
+    # Never write what decode_state would refuse (e.g. a state whose metadata is too big or too deep).
+    if len(header) > _MAX_HEADER or _json_depth(header) > _MAX_DEPTH:
+        raise ValueError(f"the state's header (metadata included) must be at most {_MAX_HEADER} bytes of JSON "
+                         f"nested at most {_MAX_DEPTH} deep; got {len(header)} bytes, {_json_depth(header)} deep")
     parts = [FORMAT_MAGIC, struct.pack("<II", FORMAT_VERSION, len(header)), header]
     parts += [np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays.values()]
     body = b"".join(parts)
