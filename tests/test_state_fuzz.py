@@ -165,7 +165,8 @@ elif FAMILY == "forged":
                                                payload))
     # Header types and framing.
     for text in (b"", b"nul", b"[]", b"{{}}", b'"x"', b"\xff\xfe", b'{{"type": 1, "meta": {{}}, "arrays": []}}',
-                 b'{{"type": "OODAccumulator", "meta": [], "arrays": []}}', b"1" * 5000, b'{{"a": ' + b"9" * 100000 + b"}}",
+                 b'{{"type": "OODAccumulator", "meta": [], "arrays": []}}', b"1" * 5000,
+                 b'{{"a": ' + b"9" * 100000 + b"}}",
                  b'{{"type": "X", "meta": {{}}, "arrays": [["a", [1e400]]]}}', b"[" * 10 ** 6):
         every_loader(f"header {{text[:30]!r}}", forge(None, b"", header_text=text))
     for header_len in (0, 1, 2 ** 20, 2 ** 20 + 1, 2 ** 32 - 1):
@@ -182,7 +183,8 @@ elif FAMILY == "forged":
         return {{"type": "WindowedAccumulator", "meta": m, "arrays": wlayout}}
 
     for patch in ({{"n_blocks": 10 ** 12}}, {{"window": 10 ** 30}}, {{"window": None}}, {{"decay": 0.5}},
-                  {{"seen": -1}}, {{"seen": 0}}, {{"kwargs": {{"n_bins": 10 ** 12}}}}, {{"kwargs": {{"bootstrap": 10 ** 9}}}},
+                  {{"seen": -1}}, {{"seen": 0}}, {{"kwargs": {{"n_bins": 10 ** 12}}}},
+                  {{"kwargs": {{"bootstrap": 10 ** 9}}}},
                   {{"kwargs": {{"backend": "cpp"}}}}, {{"kwargs": [1, 2]}}, {{"kwargs": {{"bogus": 1}}}},
                   {{"blocks": []}}, {{"blocks": wmeta["blocks"] * 5000}}, {{"blocks": [{{}}] * 3}},
                   {{"blocks": [dict(b, config=dict(b["config"], n_bins=5)) for b in wmeta["blocks"]]}}):

@@ -58,7 +58,7 @@ import numpy as np
 
 from . import _backend
 from ._validation import (
-    MAX_BOOTSTRAP, MAX_CELLS, MAX_CLASSES, MAX_FINE_BINS, MAX_FINE_BITS, MAX_FINE_LEVELS, MAX_ROWS, MAX_WINDOW_BLOCKS,
+    MAX_BOOTSTRAP, MAX_CLASSES, MAX_FINE_BINS, MAX_FINE_BITS, MAX_FINE_LEVELS, MAX_ROWS, MAX_WINDOW_BLOCKS,
     check_bool, check_cells, check_n_bins, check_size, raise_for_status,
 )
 from .metrics import ReliabilityTable, _binary_probabilities, _errors_from_bins, _nll_eps, _prepare
@@ -520,7 +520,8 @@ class CalibrationAccumulator:
         arrays = {}
         for name, entry in raw.items():
             if not isinstance(name, str) or not isinstance(entry, dict) or set(entry) != {"shape", "data"}:
-                raise ValueError(f"corrupt calibration state: arrays[{name!r}] must be {{'shape': [...], 'data': [...]}}")
+                raise ValueError(f"corrupt calibration state: arrays[{name!r}] must be "
+                                 "{'shape': [...], 'data': [...]}")
             shape, data = entry["shape"], entry["data"]
             if not isinstance(shape, list) or len(shape) > 4 or not all(
                     isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= _MAX_VALUES for n in shape):
@@ -763,7 +764,8 @@ class WindowedAccumulator:
             block_meta = meta["blocks"]
             seen = meta["seen"]
         except KeyError as exc:
-            raise ValueError(f"corrupt calibration state: bad window configuration (the key {exc} is missing)") from None
+            raise ValueError(f"corrupt calibration state: bad window configuration (the key {exc} is "
+                             "missing)") from None
         except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"corrupt calibration state: bad window configuration ({exc})") from None
         if not isinstance(block_meta, list) or not block_meta or len(block_meta) > win.n_blocks + 1 or \

@@ -156,13 +156,11 @@ MAX_LEARNED = 1e150
 MAX_COUNT = (1 << 63) - 1
 
 
-def check_int(value, name, minimum, maximum=None):
+def check_int(value, name, minimum):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value!r}")
     return int(value)
 
 
