@@ -81,9 +81,10 @@ class Calibrator:
     def from_dict(cls, data) -> "Calibrator":
         """Rebuild a fitted calibrator from :meth:`to_dict` output; malformed input raises ValueError.
 
-        Every key is checked: no key may be missing or unknown, parameters must pass the checks of
-        :meth:`fit`, and every learned value must be of the right type and shape, finite, of
-        magnitude at most ``MAX_LEARNED`` = 1e150 (a temperature in [1e-150, 1e150]) and in its range
+        Every key of ``params`` and ``fitted`` is checked (other top-level keys are the caller's, e.g.
+        the ``"input"`` that ``calibkit fit`` records): no key may be missing or unknown, parameters
+        must pass the checks of :meth:`fit`, and every learned value must be of the right type and
+        shape, finite, of magnitude at most ``MAX_LEARNED`` = 1e150 (a temperature in [1e-150, 1e150]) and in its range
         (probabilities in [0, 1], thresholds sorted), so that :meth:`predict_proba` of logits up to
         1e150 in magnitude gives finite probabilities. The error names the offending key.
         """
@@ -94,9 +95,6 @@ class Calibrator:
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported calibrator format version {data.get('version')!r} "
                              f"(this calibkit reads version {FORMAT_VERSION})")
-        extra = set(data) - {"format", "version", "class", "params", "fitted"}
-        if extra:
-            raise ValueError(f"unknown keys in calibrator data: {sorted(map(str, extra))}")
         name = data.get("class")
         target = _REGISTRY.get(name) if isinstance(name, str) else None
         if target is None:
@@ -120,7 +118,7 @@ class Calibrator:
             try:
                 target(**{key: params[key]})._check_params()
             except (TypeError, ValueError, OverflowError) as exc:
-                raise ValueError(f"invalid parameter {key!r} for {name}: {exc}") from None
+                raise ValueError(f"invalid parameters for {name} ({key!r}): {exc}") from None
         try:
             obj = target(**params)
             obj._check_params()
