@@ -539,3 +539,21 @@ def test_a_state_that_could_not_be_read_back_is_not_written():
         acc.to_bytes()
     acc.metadata = {"note": "[[[{{" * 100}  # brackets inside strings do not count
     assert CalibrationAccumulator.from_bytes(acc.to_bytes()).metadata == acc.metadata
+
+
+@pytest.mark.parametrize("name", ["windowed_v1", "decayed_v1", "ood_v1"])
+def test_stored_window_and_ood_states_still_load(name):
+    """Format-1 states of every kind, kept so that later releases are checked against them."""
+    expected = json.loads((DATA / "states_v1.json").read_text())[name]
+    blob = (DATA / f"{name}.bin").read_bytes()
+    state = load_state(blob)
+    assert state.to_bytes() == blob
+    if name == "ood_v1":
+        m = state.compute()
+        assert (state.count_in, state.count_out) == (expected["count_in"], expected["count_out"])
+        assert (m.auroc, m.aupr_in) == pytest.approx((expected["auroc"], expected["aupr_in"]), rel=1e-12)
+    else:
+        r = state.compute()
+        assert r.count == expected["count"]
+        for key in ("ece", "ace", "nll", "classwise_ece"):
+            assert getattr(r, key) == pytest.approx(expected[key], rel=1e-12, nan_ok=True), key
