@@ -169,13 +169,59 @@ def check_sample_weight(sample_weight, n_rows, name="sample_weight"):
     return w
 
 
+# -- size limits -------------------------------------------------------------------------------
+# Every size argument of the public API is bounded here, once, and checked before anything
+# proportional to it is allocated (the C++ bindings enforce the same bounds as a second line).
+
+#: Largest ``n_bins`` of any metric, accumulator or calibrator (2**20).
+MAX_BINS = 1 << 20
+#: Largest number of cells of a per-bin table that grows with two sizes: class-wise bins
+#: (``n_classes * n_bins``), bootstrap replicates (``bootstrap * n_bins``) (2**26).
+MAX_CELLS = 1 << 26
+#: Largest number of classes K that a state is built for before any data is seen (2**26).
+MAX_CLASSES = 1 << 26
+#: Largest number of bootstrap replicates of a :class:`~calibkit.CalibrationAccumulator`.
+MAX_BOOTSTRAP = 100_000
+#: Largest ``fine_bits`` and ``fine_levels`` of the fine histogram behind ``ace``, and the
+#: largest number of fine buckets 2 * (fine_levels << fine_bits) (2**20).
+MAX_FINE_BITS = 12
+MAX_FINE_LEVELS = 1000
+MAX_FINE_BINS = 1 << 20
+#: Largest ``n_blocks`` of a :class:`~calibkit.WindowedAccumulator`.
+MAX_WINDOW_BLOCKS = 1 << 10
+#: Largest ``window`` (rows) of a :class:`~calibkit.WindowedAccumulator`, and largest stream position.
+MAX_ROWS = (1 << 63) - 1
+#: Largest ``precision_bits`` of an :class:`~calibkit.OODAccumulator`.
+MAX_PRECISION_BITS = 40
+
+
+def check_size(value, name, low, high):
+    """Return ``value`` as an int in [low, high]; TypeError if it is not an integer, ValueError if out of range."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+    return value
+
+
 def check_n_bins(n_bins):
-    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral):
+    """Return ``n_bins`` as an int in [1, MAX_BINS] (MAX_BINS = 2**20)."""
+    if isinstance(n_bins, (bool, np.bool_)) or not isinstance(n_bins, numbers.Integral):
         raise TypeError(f"n_bins must be an integer, got {type(n_bins).__name__}")
     n_bins = int(n_bins)
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    if n_bins > MAX_BINS:
+        raise ValueError(f"n_bins must be <= {MAX_BINS} (2**20), got {n_bins}")
     return n_bins
+
+
+def check_cells(n, name_n, n_bins):
+    """Check that a table of ``n`` rows (``name_n``: classes, replicates) of ``n_bins`` bins has at most
+    MAX_CELLS = 2**26 cells."""
+    if n * n_bins > MAX_CELLS:
+        raise ValueError(f"{name_n} * n_bins must be <= {MAX_CELLS} (2**26), got {name_n}={n} and n_bins={n_bins}")
 
 
 def check_choice(value, name, choices):

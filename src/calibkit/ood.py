@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _backend
-from ._validation import check_correct, check_score_vector, raise_for_status
+from ._validation import MAX_PRECISION_BITS, check_correct, check_score_vector, raise_for_status
 
 
 def _check_rate(value, name):
@@ -240,14 +240,19 @@ class OODAccumulator:
     The bounds are 0 when no bucket mixes values that the exact metric would
     separate, and shrink as ``precision_bits`` grows (the state grows with the
     number of occupied buckets, at most 2^(precision_bits+1) per octave of scores).
+
+    Parameters
+    ----------
+    precision_bits : int, default 12
+        Bucket resolution, an integer in [1, ``MAX_PRECISION_BITS`` = 40].
     """
 
     _KIND = "OODAccumulator"
 
     def __init__(self, *, precision_bits=12):
-        if isinstance(precision_bits, bool) or not isinstance(precision_bits, numbers.Integral) \
-                or not 1 <= precision_bits <= 40:
-            raise ValueError(f"precision_bits must be an integer in [1, 40], got {precision_bits!r}")
+        if isinstance(precision_bits, (bool, np.bool_)) or not isinstance(precision_bits, numbers.Integral) \
+                or not 1 <= precision_bits <= MAX_PRECISION_BITS:
+            raise ValueError(f"precision_bits must be an integer in [1, {MAX_PRECISION_BITS}], got {precision_bits!r}")
         self.precision_bits = int(precision_bits)
         self.reset()
 
@@ -394,26 +399,41 @@ class OODAccumulator:
 
     @classmethod
     def from_bytes(cls, data) -> "OODAccumulator":
-        """Rebuild a state written by :meth:`to_bytes`; malformed data raises ValueError."""
+        """Rebuild a state written by :meth:`to_bytes`; malformed data raises ValueError.
+
+        Besides the checks of the format (see :func:`calibkit.streaming.decode_state`), the state must be
+        one that scores can produce: bucket keys of finite float64 values at this precision, strictly
+        increasing, counts whole numbers >= 1 adding up to less than 2**53 per side.
+        """
         from .streaming import decode_state
 
         kind, meta, arrays = decode_state(data)
         if kind != cls._KIND:
             raise ValueError(f"state holds a {kind}, not an {cls._KIND}")
-        bits = meta.get("precision_bits")
-        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 40:
-            raise ValueError("corrupt OOD state: bad precision_bits")
+        if set(meta) != {"precision_bits"}:
+            raise ValueError(f"corrupt OOD state: header keys {sorted(meta)}, expected ['precision_bits']")
+        bits = meta["precision_bits"]
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_PRECISION_BITS:
+            raise ValueError(f"corrupt OOD state: precision_bits = {bits!r} is not an integer in "
+                             f"[1, {MAX_PRECISION_BITS}]")
+        expected = {f"{a}_{side}" for a in ("keys", "counts") for side in ("in", "out")}
+        if set(arrays) != expected:
+            raise ValueError(f"corrupt OOD state: arrays {sorted(arrays)}, expected {sorted(expected)}")
         acc = cls(precision_bits=bits)
-        limit = float(1 << (12 + bits))
+        # Keys of finite scores lie between those of the most negative and the largest finite float64.
+        lowest, highest = (float(k) for k in _bucket_keys(np.array([-np.finfo(np.float64).max,
+                                                                      np.finfo(np.float64).max]), acc._shift))
         for side in ("in", "out"):
-            keys, counts = arrays.get(f"keys_{side}"), arrays.get(f"counts_{side}")
-            if keys is None or counts is None or keys.ndim != 1 or keys.shape != counts.shape:
-                raise ValueError(f"corrupt OOD state: bad {side} histogram")
-            if not (np.all(keys >= 0) and np.all(keys < limit) and np.all(keys == np.floor(keys))
+            keys, counts = arrays[f"keys_{side}"], arrays[f"counts_{side}"]
+            if keys.ndim != 1 or keys.shape != counts.shape:
+                raise ValueError(f"corrupt OOD state: bad {side} histogram shapes {keys.shape} and {counts.shape}")
+            if not (np.all(keys >= lowest) and np.all(keys <= highest) and np.all(keys == np.floor(keys))
                     and np.all(np.diff(keys) > 0)):
-                raise ValueError(f"corrupt OOD state: bad {side} bucket keys")
-            if not (np.all(counts >= 1) and np.all(counts == np.floor(counts)) and np.all(counts < 2.0 ** 53)):
-                raise ValueError(f"corrupt OOD state: bad {side} counts")
+                raise ValueError(f"corrupt OOD state: bad {side} bucket keys (not increasing whole numbers "
+                                 "of finite scores)")
+            if not (np.all(counts >= 1) and np.all(counts == np.floor(counts)) and counts.sum() < 2.0 ** 53):
+                raise ValueError(f"corrupt OOD state: bad {side} counts (whole numbers >= 1 adding up to "
+                                 "less than 2**53)")
             acc._hist[side] = keys.astype(np.uint64), counts.astype(np.int64)
         return acc
 

@@ -48,6 +48,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
+import re
 import struct
 import zlib
 from collections import deque
@@ -55,7 +57,10 @@ from collections import deque
 import numpy as np
 
 from . import _backend
-from ._validation import check_bool, check_n_bins, raise_for_status
+from ._validation import (
+    MAX_BOOTSTRAP, MAX_CLASSES, MAX_FINE_BINS, MAX_FINE_BITS, MAX_FINE_LEVELS, MAX_ROWS, MAX_WINDOW_BLOCKS,
+    check_bool, check_cells, check_n_bins, check_size, raise_for_status,
+)
 from .metrics import ReliabilityTable, _binary_probabilities, _errors_from_bins, _nll_eps, _prepare
 
 __all__ = ["CalibrationAccumulator", "CalibrationResult", "WindowedAccumulator", "load_state"]
@@ -65,15 +70,9 @@ FORMAT_VERSION = 1
 
 # Totals slots.
 _T_COUNT, _T_WEIGHT, _T_CORRECT, _T_CONFIDENCE, _T_BRIER, _T_NLL = range(6)
-
-
-def _check_int(value, name, low, high=None):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    value = int(value)
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be in [{low}, {high if high is not None else 'inf'}], got {value}")
-    return value
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+_MAX_EXACT = float(2 ** 53)  # counts are exact integers in float64 up to here
+_SUM_TOL = 1e-6  # relative slack of "sum <= weight" checks on decoded states (rounding of long streams)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +120,7 @@ class CalibrationAccumulator:
     Parameters
     ----------
     n_bins : int, default 15
-        Equal-width (and equal-mass) bins of the metrics.
+        Equal-width (and equal-mass) bins of the metrics, at most ``MAX_BINS`` = 2**20.
     from_logits : bool, default False
         Whether batches hold logits (as in :func:`calibkit.ece`).
     temperature : float, default 1.0
@@ -130,21 +129,31 @@ class CalibrationAccumulator:
         from its raw logits. The division happens inside the kernel: no scaled
         copy of a batch is made.
     classwise : bool, default False
-        Also keep class-wise bins (``classwise_ece``, Kull et al. 2019).
+        Also keep class-wise bins (``classwise_ece``, Kull et al. 2019);
+        ``n_classes * n_bins`` must be at most ``MAX_CELLS`` = 2**26.
     n_classes : int, optional
-        Number of classes K; taken from the first batch when not given.
+        Number of classes K (at most ``MAX_CLASSES`` = 2**26); taken from the
+        first batch when not given.
     bootstrap : int, default 0
-        Number B of Poisson bootstrap replicates (0: no intervals).
+        Number B of Poisson bootstrap replicates (0: no intervals), at most
+        ``MAX_BOOTSTRAP`` = 100000, with ``bootstrap * n_bins`` at most 2**26.
     seed : int, default 0
         Key of the bootstrap generator.
     start : int, default 0
         Stream position of the first row this accumulator will see.
     fine_bits, fine_levels : int
         Resolution and range of the fine histogram behind ``ace`` (see the
-        module docs).
+        module docs): ``fine_bits`` in [0, 12], ``fine_levels`` in [1, 1000],
+        and at most 2**20 buckets, 2 * (fine_levels << fine_bits).
     confidence_level : float, default 0.95
         Level of ``ece_ci``.
     backend : {"auto", "cpp", "numba"}
+
+    Raises
+    ------
+    ValueError
+        A size above its maximum (the limits live in :mod:`calibkit._validation`):
+        nothing is allocated before every size is checked.
 
     Examples
     --------
@@ -160,28 +169,44 @@ class CalibrationAccumulator:
 
     def __init__(self, n_bins=15, *, from_logits=False, temperature=1.0, classwise=False, n_classes=None,
                  bootstrap=0, seed=0, start=0, fine_bits=7, fine_levels=36, confidence_level=0.95, backend="auto"):
+        self._configure(n_bins, from_logits=from_logits, temperature=temperature, classwise=classwise,
+                        n_classes=n_classes, bootstrap=bootstrap, seed=seed, start=start, fine_bits=fine_bits,
+                        fine_levels=fine_levels, confidence_level=confidence_level, backend=backend)
+        self.reset()
+
+    def _configure(self, n_bins=15, *, from_logits=False, temperature=1.0, classwise=False, n_classes=None,
+                   bootstrap=0, seed=0, start=0, fine_bits=7, fine_levels=36, confidence_level=0.95, backend="auto"):
+        """Check and store the configuration; allocates nothing (sizes are bounded first)."""
         self.n_bins = check_n_bins(n_bins)
         self.from_logits = check_bool(from_logits, "from_logits")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating, np.integer)) \
-                or not (0 < temperature < np.inf):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real) \
+                or not (0 < temperature <= _FLOAT_MAX) or not np.isfinite(1.0 / float(temperature)):
+            raise ValueError(f"temperature must be a finite number > 0 (with a finite 1/temperature), "
+                             f"got {temperature!r}")
         if temperature != 1 and not self.from_logits:
             raise ValueError("temperature applies to logits: give from_logits=True")
         self.temperature = float(temperature)
         self.classwise = check_bool(classwise, "classwise")
-        self.n_classes = None if n_classes is None else _check_int(n_classes, "n_classes", 2)
-        self.bootstrap = _check_int(bootstrap, "bootstrap", 0, 100_000)
-        self.seed = _check_int(seed, "seed", 0, 2**64 - 1)
-        self.start = _check_int(start, "start", 0, 2**63 - 1)
-        self.fine_bits = _check_int(fine_bits, "fine_bits", 0, 12)
-        self.fine_levels = _check_int(fine_levels, "fine_levels", 1, 1000)
+        self.n_classes = None if n_classes is None else check_size(n_classes, "n_classes", 2, MAX_CLASSES)
+        if self.classwise and self.n_classes is not None:
+            check_cells(self.n_classes, "n_classes", self.n_bins)
+        self.bootstrap = check_size(bootstrap, "bootstrap", 0, MAX_BOOTSTRAP)
+        check_cells(self.bootstrap, "bootstrap", self.n_bins)
+        self.seed = check_size(seed, "seed", 0, 2**64 - 1)
+        self.start = check_size(start, "start", 0, MAX_ROWS)
+        self.fine_bits = check_size(fine_bits, "fine_bits", 0, MAX_FINE_BITS)
+        self.fine_levels = check_size(fine_levels, "fine_levels", 1, MAX_FINE_LEVELS)
         self.fine_bins = 2 * (self.fine_levels << self.fine_bits)
-        if not isinstance(confidence_level, (int, float)) or not 0 < confidence_level < 1:
+        if self.fine_bins > MAX_FINE_BINS:
+            raise ValueError(f"2 * (fine_levels << fine_bits) fine buckets must be <= {MAX_FINE_BINS} (2**20), "
+                             f"got fine_levels={self.fine_levels} and fine_bits={self.fine_bits}")
+        if isinstance(confidence_level, (bool, np.bool_)) or not isinstance(confidence_level, numbers.Real) \
+                or not 0 < confidence_level < 1:
             raise ValueError(f"confidence_level must be in (0, 1), got {confidence_level!r}")
         self.confidence_level = float(confidence_level)
         _backend.resolve_backend(backend)
         self.backend = backend
-        self.reset()
+        return self
 
     # -- configuration -----------------------------------------------------------
 
@@ -244,6 +269,8 @@ class CalibrationAccumulator:
             n_classes = scores.shape[1]
             if self.n_classes is not None and n_classes != self.n_classes:
                 raise ValueError(f"scores has {n_classes} columns but the accumulator has n_classes={self.n_classes}")
+            if self.classwise:
+                check_cells(n_classes, "n_classes", self.n_bins)
             confidence = np.empty(n)
             target = np.empty(n, np.uint8)
             # One pass: top-label totals and confidences, and the class-wise bins when kept.
@@ -405,34 +432,61 @@ class CalibrationAccumulator:
             raise ValueError(f"the state holds a {kind}, not a CalibrationAccumulator")
         return cls._from_parts(meta, arrays, backend)
 
+    _CONFIG_KEYS = ("n_bins", "from_logits", "temperature", "classwise", "n_classes", "bootstrap", "seed",
+                    "fine_bits", "fine_levels")
+    _META_KEYS = ("config", "start", "position", "kind", "weighted", "confidence_level", "metadata")
+
     @classmethod
     def _from_parts(cls, meta, arrays, backend):
+        """An accumulator from a decoded header and its arrays.
+
+        The configuration is checked (sizes bounded) and the arrays' shapes compared with it before
+        anything is allocated; then the content is checked against what a real stream can produce.
+        """
+        _backend.resolve_backend(backend)
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise ValueError("corrupt calibration state: the configuration is missing or not a dictionary")
+        cfg = meta["config"]
+        for where, given, known in (("configuration", cfg, cls._CONFIG_KEYS), ("header", meta, cls._META_KEYS)):
+            unknown = set(given) - set(known) - {"format", "version", "arrays"}
+            if unknown:
+                raise ValueError(f"corrupt calibration state: unknown {where} keys {sorted(map(str, unknown))}")
         try:
-            cfg = meta["config"]
-            acc = cls(cfg["n_bins"], from_logits=cfg["from_logits"], temperature=cfg.get("temperature", 1.0),
-                      classwise=cfg["classwise"],
-                      n_classes=cfg["n_classes"], bootstrap=cfg["bootstrap"], seed=cfg["seed"], start=meta["start"],
-                      fine_bits=cfg["fine_bits"], fine_levels=cfg["fine_levels"],
-                      confidence_level=meta["confidence_level"], backend=backend)
+            acc = cls.__new__(cls)._configure(
+                cfg["n_bins"], from_logits=cfg["from_logits"], temperature=cfg.get("temperature", 1.0),
+                classwise=cfg["classwise"], n_classes=cfg["n_classes"], bootstrap=cfg["bootstrap"], seed=cfg["seed"],
+                start=meta["start"], fine_bits=cfg["fine_bits"], fine_levels=cfg["fine_levels"],
+                confidence_level=meta["confidence_level"], backend=backend)
             position, kind, weighted = meta["position"], meta["kind"], meta["weighted"]
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
+            raise ValueError(f"corrupt calibration state: bad configuration (the key {exc} is missing)") from None
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"corrupt calibration state: bad configuration ({exc})") from None
-        if not isinstance(position, int) or position < acc.start or kind not in (None, "binary", "top-label") or \
-                not isinstance(weighted, bool):
-            raise ValueError("corrupt calibration state: bad position, kind or flags")
-        expected = {"bins": acc._bins.shape, "fine": acc._fine.shape, "boot": acc._boot.shape, "totals": (6,)}
-        if acc.classwise and kind == "top-label":
-            expected["classwise"] = (3, acc.n_classes, acc.n_bins)
+        if isinstance(position, bool) or not isinstance(position, int) or not acc.start <= position <= MAX_ROWS:
+            raise ValueError(f"corrupt calibration state: position {position!r} is not an integer in "
+                             f"[start={acc.start}, 2**63 - 1]")
+        if kind not in (None, "binary", "top-label") or not isinstance(weighted, bool):
+            raise ValueError("corrupt calibration state: bad kind or weighted flag")
+        if acc.classwise and kind == "binary":
+            raise ValueError("corrupt calibration state: class-wise bins in a binary stream")
+        if acc.classwise and kind == "top-label" and acc.n_classes is None:
+            raise ValueError("corrupt calibration state: a class-wise top-label stream without n_classes")
+        M, B = acc.n_bins, acc.bootstrap
+        expected = {"bins": (4, M), "fine": (5, acc.fine_bins), "boot": (B, 3, M), "totals": (6,)}
+        if acc.classwise and acc.n_classes is not None:
+            expected["classwise"] = (3, acc.n_classes, M)
         if set(arrays) != set(expected):
-            raise ValueError(f"corrupt calibration state: arrays {sorted(arrays)}, expected {sorted(expected)}")
+            raise ValueError(f"corrupt calibration state: arrays {sorted(arrays)}, expected {sorted(expected)} "
+                             f"(classwise={acc.classwise}, n_classes={acc.n_classes}, kind={kind})")
         for name, shape in expected.items():
             a = arrays[name]
             if a.shape != shape:
-                raise ValueError(f"corrupt calibration state: {name} has shape {a.shape}, expected {shape}")
+                raise ValueError(f"corrupt calibration state: {name} has shape {a.shape}, expected {shape} from the "
+                                 f"configuration n_bins={M}, bootstrap={B}, fine_bits={acc.fine_bits}, "
+                                 f"fine_levels={acc.fine_levels}, classwise={acc.classwise}, n_classes={acc.n_classes}")
             if not np.isfinite(a).all():
                 raise ValueError(f"corrupt calibration state: {name} holds NaN or inf")
-        if (arrays["bins"][:2] < 0).any() or (arrays["fine"][:2] < 0).any() or (arrays["fine"][4] < 0).any():
-            raise ValueError("corrupt calibration state: negative counts or weights")
+        _check_state_content(arrays, kind)
         acc._bins, acc._fine, acc._boot, acc._totals = (arrays["bins"], arrays["fine"], arrays["boot"],
                                                         arrays["totals"])
         acc._classwise_bins = arrays.get("classwise")
@@ -450,14 +504,39 @@ class CalibrationAccumulator:
 
     @classmethod
     def from_dict(cls, d: dict, *, backend="auto") -> "CalibrationAccumulator":
+        """Rebuild a state written by :meth:`to_dict`; malformed input raises ValueError naming the key.
+
+        The same checks as :meth:`from_bytes`: sizes bounded, arrays of the configured shapes, content
+        that a real stream can produce. Array data must be lists of numbers (no strings, booleans or
+        integers too large for a float).
+        """
         if not isinstance(d, dict) or d.get("format") != "calibkit.CalibrationAccumulator":
             raise ValueError("not a calibkit.CalibrationAccumulator dictionary")
         if d.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported state version {d.get('version')!r} (this calibkit reads {FORMAT_VERSION})")
-        try:
-            arrays = {k: np.asarray(v["data"], dtype=np.float64).reshape(v["shape"]) for k, v in d["arrays"].items()}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"corrupt calibration state: {exc}") from None
+        raw = d.get("arrays")
+        if not isinstance(raw, dict):
+            raise ValueError("corrupt calibration state: 'arrays' must be a dictionary")
+        arrays = {}
+        for name, entry in raw.items():
+            if not isinstance(name, str) or not isinstance(entry, dict) or set(entry) != {"shape", "data"}:
+                raise ValueError(f"corrupt calibration state: arrays[{name!r}] must be "
+                                 "{'shape': [...], 'data': [...]}")
+            shape, data = entry["shape"], entry["data"]
+            if not isinstance(shape, list) or len(shape) > 4 or not all(
+                    isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= _MAX_VALUES for n in shape):
+                raise ValueError(f"corrupt calibration state: arrays[{name!r}]['shape'] = {shape!r} is not a shape")
+            if not isinstance(data, list) or len(data) != math.prod(shape):
+                raise ValueError(f"corrupt calibration state: arrays[{name!r}]['data'] must be a list of "
+                                 f"{math.prod(shape)} numbers")
+            try:
+                a = np.asarray(data) if data else np.zeros(0)
+            except (TypeError, ValueError, OverflowError):  # ragged lists
+                a = np.zeros((0, 0))
+            if a.ndim != 1 or a.dtype.kind not in "iuf":
+                raise ValueError(f"corrupt calibration state: arrays[{name!r}]['data'] must hold numbers only "
+                                 "(no strings, booleans, lists or integers too large for a float)")
+            arrays[name] = a.astype(np.float64).reshape(shape)
         return cls._from_parts(d, arrays, backend)
 
     def __reduce__(self):
@@ -470,6 +549,52 @@ class CalibrationAccumulator:
 
 def _accumulator_from_bytes(data, backend):
     return CalibrationAccumulator.from_bytes(data, backend=backend)
+
+
+def _check_state_content(arrays, kind):
+    """Reject decoded arrays that no real stream can produce (forged or corrupted states)."""
+    def fail(what):
+        raise ValueError(f"corrupt calibration state: {what}")
+
+    bins, fine, boot, totals = arrays["bins"], arrays["fine"], arrays["boot"], arrays["totals"]
+    cw = arrays.get("classwise")
+    counts = (("bins", bins[0]), ("fine", fine[0]), ("totals", totals[_T_COUNT:_T_COUNT + 1]))
+    for name, c in counts:
+        if (c < 0).any() or (c != np.floor(c)).any() or (c > _MAX_EXACT).any():
+            fail(f"{name} holds negative counts, or counts that are fractional or beyond 2**53 (wrapped)")
+    n = totals[_T_COUNT]
+    if bins[0].sum() != n or fine[0].sum() != n:
+        fail(f"the counts in bins ({bins[0].sum():.17g}) and fine ({fine[0].sum():.17g}) do not add up to the "
+             f"row count in totals ({n:.17g})")
+    if (kind is None) != (n == 0) or (kind is None and (bins.any() or fine.any() or boot.any() or totals.any()
+                                                        or (cw is not None and cw.any()))):
+        fail("an empty state must hold zeros only, and a non-empty one a kind")
+
+    def sums_within(name, weight, *sums):
+        if (weight < 0).any():
+            fail(f"{name} holds negative weights")
+        limit = weight * (1 + _SUM_TOL) + 1e-300
+        for s in sums:
+            if (s < 0).any() or (s > limit).any():
+                fail(f"{name} holds a sum outside [0, weight] (each value is a probability or 0/1)")
+
+    sums_within("bins", bins[1], bins[2], bins[3])
+    sums_within("fine", fine[1], fine[2], fine[3], fine[4])
+    sums_within("boot", boot[:, 0], boot[:, 1], boot[:, 2])
+    if cw is not None:
+        sums_within("classwise", cw[0], cw[1], cw[2])
+    w = totals[_T_WEIGHT]
+    sums_within("totals", totals[_T_WEIGHT:_T_WEIGHT + 1], totals[_T_CORRECT:_T_CONFIDENCE + 1])
+    if not 0 <= totals[_T_BRIER] <= 2 * w * (1 + _SUM_TOL) + 1e-300 or totals[_T_NLL] < -_SUM_TOL * max(w, 1.0):
+        fail("totals holds a Brier sum outside [0, 2 weight] or a negative NLL")
+    parts = [("bins", bins[1].sum()), ("fine", fine[1].sum())]
+    if cw is not None:  # every row adds its weight to one bin of every class
+        parts += [("classwise", x) for x in (cw[0].sum(axis=1).min(initial=w), cw[0].sum(axis=1).max(initial=w))]
+    for name, total in parts:
+        if abs(total - w) > _SUM_TOL * max(w, total) + 1e-300:
+            fail(f"the {name} weights add up to {total:.17g}, not to the total weight {w:.17g}")
+    if ((bins[0] == 0) & (bins[1] > 0)).any() or ((fine[0] == 0) & (fine[1] > 0)).any():
+        fail("a bin without rows holds weight")
 
 
 def _replicate_ece(boot):
@@ -503,20 +628,33 @@ class WindowedAccumulator:
         decay**j (counts stay raw counts). The effective window is about
         1 / (1 - decay) rows.
 
-    The other keywords are those of :class:`CalibrationAccumulator`.
+    n_blocks : int, default 16
+        Blocks of the ring (``window`` only), at most ``MAX_WINDOW_BLOCKS`` = 1024
+        (each block holds one accumulator state).
+
+    ``window`` is at most 2**63 - 1. The other keywords are those of
+    :class:`CalibrationAccumulator`, with the same limits.
     """
 
     def __init__(self, window=None, *, decay=None, n_blocks=16, **kwargs):
+        self._configure(window, decay=decay, n_blocks=n_blocks, **kwargs)
+        self.reset()
+
+    def _configure(self, window=None, *, decay=None, n_blocks=16, **kwargs):
+        """Check and store the configuration; allocates nothing."""
         if (window is None) == (decay is None):
             raise ValueError("give exactly one of window= or decay=")
-        self.window = None if window is None else _check_int(window, "window", 1)
-        if decay is not None and (not isinstance(decay, (int, float)) or not 0 < decay < 1):
+        self.window = None if window is None else check_size(window, "window", 1, MAX_ROWS)
+        if decay is not None and (isinstance(decay, (bool, np.bool_)) or not isinstance(decay, numbers.Real)
+                                  or not 0 < decay < 1):
             raise ValueError(f"decay must be in (0, 1), got {decay!r}")
         self.decay = None if decay is None else float(decay)
-        self.n_blocks = _check_int(n_blocks, "n_blocks", 1, 1 << 16)
+        self.n_blocks = check_size(n_blocks, "n_blocks", 1, MAX_WINDOW_BLOCKS)
         self._kwargs = dict(kwargs)
-        CalibrationAccumulator(**self._kwargs)  # validate the configuration now
-        self.reset()
+        CalibrationAccumulator.__new__(CalibrationAccumulator)._configure(**self._kwargs)  # checked now
+        if not hasattr(self, "metadata"):
+            self.metadata = {}
+        return self
 
     @property
     def block_size(self) -> int | None:
@@ -608,25 +746,51 @@ class WindowedAccumulator:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, backend="auto") -> "WindowedAccumulator":
+        """Rebuild a state written by :meth:`to_bytes`; malformed input raises ValueError.
+
+        The configuration is checked and every block's arrays compared with it before anything is
+        allocated; each block must hold the window's configuration and a state a real stream can produce.
+        """
         kind, meta, arrays = decode_state(data)
         if kind != "WindowedAccumulator":
             raise ValueError(f"the state holds a {kind}, not a WindowedAccumulator")
+        _backend.resolve_backend(backend)
         try:
-            kwargs = dict(meta["kwargs"])
-            win = cls(meta["window"], decay=meta["decay"], n_blocks=meta["n_blocks"], backend=backend, **kwargs)
+            kwargs = meta["kwargs"]
+            if not isinstance(kwargs, dict) or "backend" in kwargs:
+                raise TypeError("kwargs must be a dictionary of accumulator keywords")
+            win = cls.__new__(cls)._configure(meta["window"], decay=meta["decay"], n_blocks=meta["n_blocks"],
+                                              backend=backend, **kwargs)
             block_meta = meta["blocks"]
             seen = meta["seen"]
-        except (KeyError, TypeError) as exc:
+        except KeyError as exc:
+            raise ValueError(f"corrupt calibration state: bad window configuration (the key {exc} is "
+                             "missing)") from None
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"corrupt calibration state: bad window configuration ({exc})") from None
         if not isinstance(block_meta, list) or not block_meta or len(block_meta) > win.n_blocks + 1 or \
-                not isinstance(seen, int) or seen < 0:
+                (win.decay is not None and len(block_meta) != 1):
             raise ValueError("corrupt calibration state: bad block list")
+        if isinstance(seen, bool) or not isinstance(seen, int) or not 0 <= seen <= MAX_ROWS:
+            raise ValueError(f"corrupt calibration state: seen = {seen!r} is not a row count")
+        parts = [{} for _ in block_meta]
+        for name, a in arrays.items():
+            index, _, field = name.partition(".")
+            if not index.isdigit() or int(index) >= len(parts) or not field:
+                raise ValueError(f"corrupt calibration state: array {name!r} belongs to no block")
+            parts[int(index)][field] = a
+        reference = CalibrationAccumulator.__new__(CalibrationAccumulator)._configure(**win._kwargs)._config()
         blocks = []
-        for i, bm in enumerate(block_meta):
-            part = {name.split(".", 1)[1]: a for name, a in arrays.items() if name.split(".", 1)[0] == str(i)}
-            blocks.append(CalibrationAccumulator._from_parts(bm, part, backend))
-        if sum(len([n for n in arrays if n.split(".", 1)[0] == str(i)]) for i in range(len(blocks))) != len(arrays):
-            raise ValueError("corrupt calibration state: arrays that belong to no block")
+        for bm, part in zip(block_meta, parts):
+            block = CalibrationAccumulator._from_parts(bm, part, backend)
+            config = block._config()
+            if reference["n_classes"] is None:
+                config["n_classes"] = None
+            if config != reference or block.confidence_level != win._kwargs.get("confidence_level", 0.95):
+                raise ValueError("corrupt calibration state: a block's configuration differs from the window's")
+            blocks.append(block)
+        if sum(b.count for b in blocks) > seen:
+            raise ValueError(f"corrupt calibration state: the blocks hold more rows than the {seen} seen")
         metadata = meta.get("metadata", {})
         if not isinstance(metadata, dict):
             raise ValueError("corrupt calibration state: metadata must be a dictionary")
@@ -657,8 +821,11 @@ def _windowed_from_bytes(data):
 #
 # All integers little-endian.
 
-_MAX_HEADER = 1 << 20
-_MAX_VALUES = 1 << 28
+_MAX_HEADER = 1 << 20  # bytes of header JSON
+_MAX_DEPTH = 32  # nesting of the header JSON (user metadata included)
+_MAX_NDIM = 4
+_MAX_VALUES = 1 << 28  # float64 values of one array (the payload must hold them anyway)
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 
 def encode_state(kind: str, meta: dict, arrays: dict) -> bytes:
@@ -666,14 +833,32 @@ def encode_state(kind: str, meta: dict, arrays: dict) -> bytes:
     header = json.dumps({"type": kind, "meta": meta,
                          "arrays": [[name, list(a.shape)] for name, a in arrays.items()]},
                         separators=(",", ":"), sort_keys=True).encode()
+    # Never write what decode_state would refuse (e.g. a state whose metadata is too big or too deep).
+    if len(header) > _MAX_HEADER or _json_depth(header) > _MAX_DEPTH:
+        raise ValueError(f"the state's header (metadata included) must be at most {_MAX_HEADER} bytes of JSON "
+                         f"nested at most {_MAX_DEPTH} deep; got {len(header)} bytes, {_json_depth(header)} deep")
     parts = [FORMAT_MAGIC, struct.pack("<II", FORMAT_VERSION, len(header)), header]
     parts += [np.ascontiguousarray(a, dtype="<f8").tobytes() for a in arrays.values()]
     body = b"".join(parts)
     return body + struct.pack("<I", zlib.crc32(body))
 
 
+def _json_depth(text: bytes) -> int:
+    """Deepest nesting of [ and { in JSON text, brackets inside strings not counted (no recursion)."""
+    bare = np.frombuffer(_STRINGS.sub(b'""', text), dtype=np.uint8)
+    step = np.isin(bare, (ord("["), ord("{"))).astype(np.int64) - np.isin(bare, (ord("]"), ord("}")))
+    return int(np.cumsum(step).max(initial=0))
+
+
 def decode_state(data) -> tuple[str, dict, dict]:
-    """Parse and check a serialised state; any malformed input raises ValueError."""
+    """Parse and check a serialised state; any malformed bytes raise ValueError.
+
+    The header is checked before anything it declares is allocated: at most 1 MB of JSON nested at
+    most 32 deep (checked on the raw text, before parsing), every array entry a
+    name and a shape of at most 4 dimensions, all float64 (the only data type of the format), and
+    the declared sizes adding up exactly to the payload length. The arrays are then read from the
+    payload (never more bytes than were given).
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"state must be bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -688,29 +873,44 @@ def decode_state(data) -> tuple[str, dict, dict]:
     if version != FORMAT_VERSION:
         raise ValueError(f"unsupported state version {version} (this calibkit reads {FORMAT_VERSION})")
     if header_len > min(_MAX_HEADER, len(body) - 16):
-        raise ValueError("corrupt calibration state: bad header length")
+        raise ValueError(f"corrupt calibration state: header length {header_len} is beyond the data or 1 MB")
+    raw = body[16:16 + header_len]
+    depth = _json_depth(raw)
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"corrupt calibration state: the header is nested {depth} deep (at most {_MAX_DEPTH})")
     try:
-        header = json.loads(body[16:16 + header_len].decode())
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise TypeError("the header is not a JSON object")
         kind, meta, layout = header["type"], header["meta"], header["arrays"]
         if not isinstance(kind, str) or not isinstance(meta, dict) or not isinstance(layout, list):
             raise TypeError("bad header types")
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ValueError(f"corrupt calibration state: bad header ({exc})") from None
-    offset = 16 + header_len
-    arrays = {}
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # JSONDecodeError and UnicodeError are ValueErrors
+        raise ValueError(f"corrupt calibration state: bad header ({type(exc).__name__}: {exc})") from None
+    sizes = []
     for entry in layout:
         if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
-                and isinstance(entry[1], list) and all(isinstance(s, int) and 0 <= s <= _MAX_VALUES
-                                                       for s in entry[1])):
-            raise ValueError("corrupt calibration state: bad array entry")
-        name, shape = entry
-        size = math.prod(shape)
-        if size > _MAX_VALUES or offset + 8 * size > len(body):
-            raise ValueError("corrupt calibration state: array data out of bounds")
+                and isinstance(entry[1], list) and len(entry[1]) <= _MAX_NDIM
+                and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= _MAX_VALUES
+                        for n in entry[1])):
+            raise ValueError(f"corrupt calibration state: bad array entry {str(entry)[:80]} "
+                             f"(expected [name, shape of at most {_MAX_NDIM} sizes])")
+        size = math.prod(entry[1])
+        if size > _MAX_VALUES:
+            raise ValueError(f"corrupt calibration state: array {entry[0]!r} declares {size} values")
+        sizes.append(size)
+    names = [entry[0] for entry in layout]
+    if len(set(names)) != len(names):
+        raise ValueError("corrupt calibration state: an array name appears twice")
+    payload = len(body) - 16 - header_len
+    if 8 * sum(sizes) != payload:
+        raise ValueError(f"corrupt calibration state: the header declares {8 * sum(sizes)} bytes of arrays, "
+                         f"the data holds {payload}")
+    offset = 16 + header_len
+    arrays = {}
+    for (name, shape), size in zip(layout, sizes):
         arrays[name] = np.frombuffer(body, dtype="<f8", count=size, offset=offset).astype(np.float64).reshape(shape)
         offset += 8 * size
-    if offset != len(body):
-        raise ValueError("corrupt calibration state: trailing bytes")
     return kind, meta, arrays
 
 

@@ -79,7 +79,15 @@ class Calibrator:
 
     @classmethod
     def from_dict(cls, data) -> "Calibrator":
-        """Rebuild a fitted calibrator from :meth:`to_dict` output; malformed input raises ValueError."""
+        """Rebuild a fitted calibrator from :meth:`to_dict` output; malformed input raises ValueError.
+
+        Every key of ``params`` and ``fitted`` is checked (other top-level keys are the caller's, e.g.
+        the ``"input"`` that ``calibkit fit`` records): no key may be missing or unknown, parameters
+        must pass the checks of :meth:`fit`, and every learned value must be of the right type and
+        shape, finite, of magnitude at most ``MAX_LEARNED`` = 1e150 (a temperature in [1e-150, 1e150]) and in its range
+        (probabilities in [0, 1], thresholds sorted), so that :meth:`predict_proba` of logits up to
+        1e150 in magnitude gives finite probabilities. The error names the offending key.
+        """
         if not isinstance(data, dict):
             raise ValueError(f"calibrator data must be a dict, got {type(data).__name__}")
         if data.get("format") != FORMAT:
@@ -98,16 +106,28 @@ class Calibrator:
             raise ValueError("calibrator data must hold 'params' and 'fitted' dicts")
         unknown = set(params) - set(target._param_names())
         if unknown:
-            raise ValueError(f"unknown parameters for {name}: {sorted(unknown)}")
+            raise ValueError(f"unknown parameters for {name}: {sorted(map(str, unknown))}")
         missing = set(target._fitted_names) - set(fitted)
         if missing:
             raise ValueError(f"{name} data lacks the learned values {sorted(missing)}")
+        unknown = set(fitted) - set(target._fitted_names)
+        if unknown:
+            raise ValueError(f"unknown learned values for {name}: {sorted(map(str, unknown))}")
+        # One parameter at a time (the others at their defaults) first, so that the error names it.
+        for key in sorted(params):
+            try:
+                target(**{key: params[key]})._check_params()
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise ValueError(f"invalid parameters for {name} ({key!r}): {exc}") from None
         try:
             obj = target(**params)
             obj._check_params()
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"invalid parameters for {name}: {exc}") from None
-        obj._load_fitted(fitted)
+        try:
+            obj._load_fitted(fitted)
+        except (TypeError, OverflowError) as exc:  # a learned value of an unexpected type
+            raise ValueError(f"invalid learned values for {name}: {exc}") from None
         return obj
 
     def _check_params(self):
@@ -127,26 +147,52 @@ def check_positive_number(value, name, *, allow_zero=False):
     return float(value)
 
 
+#: Largest magnitude of a learned value read by :meth:`Calibrator.from_dict` (temperatures: [1/MAX_LEARNED,
+#: MAX_LEARNED]); logits up to 1e150 in magnitude then scale to finite values.
+MAX_LEARNED = 1e150
+#: Largest integer learned value (iteration counts) read by :meth:`Calibrator.from_dict`.
+MAX_COUNT = (1 << 63) - 1
+
+
 def check_int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return int(value)
 
 
-def fitted_array(fitted, name, shape, *, positive=False):
-    """A learned array from a to_dict payload: right shape, finite (and > 0 when asked)."""
+def fitted_int(fitted, name, minimum, maximum=MAX_COUNT):
+    """An integer learned value from a to_dict payload, in [minimum, maximum]; ValueError naming it."""
+    value = fitted[name]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or not minimum <= value <= maximum:
+        raise ValueError(f"learned value {name!r} must be an integer in [{minimum}, {maximum}], got {value!r}"[:300])
+    return int(value)
+
+
+def fitted_array(fitted, name, shape, *, positive=False, low=-MAX_LEARNED, high=MAX_LEARNED):
+    """A learned array from a to_dict payload: numbers only, right shape, finite, in [low, high] (> 0 when asked).
+
+    Strings, booleans, None, ragged lists and integers too large for a float are rejected with a
+    ValueError naming the value (``np.asarray`` would turn "1.5" into 1.5 and 10**400 into an error).
+    """
+    value = fitted[name]
     try:
-        a = np.asarray(fitted[name], dtype=np.float64)
-    except (TypeError, ValueError):
+        a = np.asarray(value)
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"learned value {name!r} is not an array of numbers") from None
+    if a.dtype.kind not in "iuf" and not (a.size == 0 and isinstance(value, list)):
+        raise ValueError(f"learned value {name!r} is not an array of numbers (got {str(value)[:80]})")
+    a = a.astype(np.float64)
     if shape is not None and a.shape != shape:
         raise ValueError(f"learned value {name!r} has shape {a.shape}, expected {shape}")
     if not np.isfinite(a).all():
         raise ValueError(f"learned value {name!r} holds NaN or inf")
     if positive and not (a > 0).all():
         raise ValueError(f"learned value {name!r} must be > 0")
+    if not ((a >= low) & (a <= high)).all():
+        raise ValueError(f"learned value {name!r} must lie in [{low:g}, {high:g}]")
     return a
 
 

@@ -9,9 +9,9 @@ import numpy as np
 
 from .. import _backend
 from .._backend import BACKENDS
-from .._validation import check_bool, check_choice, check_n_bins, raise_for_status
+from .._validation import MAX_CELLS, MAX_CLASSES, check_bool, check_choice, check_n_bins, raise_for_status
 from ..metrics import _quantile_edges
-from ._base import Calibrator, check_finite, check_fit_inputs, check_int, check_logits, fitted_array
+from ._base import Calibrator, check_finite, check_fit_inputs, check_logits, fitted_array, fitted_int
 
 
 class IsotonicRegressionResult(typing.NamedTuple):
@@ -185,15 +185,18 @@ class _OneVsRest(Calibrator):
 
     def _load_models(self, fitted, first, second, check):
         """Validated per-column arrays from a to_dict payload: check(a, b) -> (a, b) for each column."""
-        self.n_classes_ = check_int(fitted["n_classes_"], "n_classes_", 2)
+        self.n_classes_ = fitted_int(fitted, "n_classes_", 2, MAX_CLASSES)
         binary = fitted["binary_"]
         if not isinstance(binary, bool):
             raise ValueError("learned value 'binary_' must be true or false")
+        if binary and self.n_classes_ != 2:
+            raise ValueError(f"learned value 'n_classes_' must be 2 when 'binary_' is true, got {self.n_classes_}")
         self.binary_ = binary
         n_models = 1 if binary else self.n_classes_
         xs, ys = fitted[first], fitted[second]
         if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != n_models or len(ys) != n_models:
-            raise ValueError(f"{first} and {second} must be lists of {n_models} arrays")
+            raise ValueError(f"learned values {first!r} and {second!r} must be lists of {n_models} arrays "
+                             f"(binary_ = {binary}, n_classes_ = {self.n_classes_})")
         self._set_models([check(c, x, y) for c, (x, y) in enumerate(zip(xs, ys))])
 
     def to_dict(self):
@@ -268,10 +271,15 @@ class IsotonicCalibration(_OneVsRest):
 
     def _load_fitted(self, fitted):
         def check(c, xs, ys):
-            x = fitted_array({"x": xs}, "x", None)
-            y = fitted_array({"y": ys}, "y", (x.shape[0],) if x.ndim == 1 else None)
-            if x.ndim != 1 or x.shape[0] < 1 or (np.diff(x) <= 0).any() or (np.diff(y) < 0).any():
-                raise ValueError(f"thresholds of column {c} must be non-empty, increasing in x and non-decreasing")
+            x_name, y_name = f"x_thresholds_[{c}]", f"y_thresholds_[{c}]"
+            x = fitted_array({x_name: xs}, x_name, None)
+            if x.ndim != 1 or x.shape[0] < 1 or (np.diff(x) <= 0).any():
+                raise ValueError(f"learned value {x_name!r} must be a non-empty, strictly increasing 1-D array")
+            y = fitted_array({y_name: ys}, y_name, None, low=0.0, high=1.0)
+            if y.shape != x.shape:
+                raise ValueError(f"learned values {x_name!r} and {y_name!r} have shapes {x.shape} and {y.shape}")
+            if (np.diff(y) < 0).any():
+                raise ValueError(f"learned value {y_name!r} must be non-decreasing")
             return x, y
 
         self._load_models(fitted, "x_thresholds_", "y_thresholds_", check)
@@ -343,10 +351,14 @@ class HistogramBinning(_OneVsRest):
 
     def _load_fitted(self, fitted):
         def check(c, es, vs):
-            e = fitted_array({"e": es}, "e", (self.n_bins + 1,))
-            v = fitted_array({"v": vs}, "v", (self.n_bins,))
-            if (np.diff(e) < 0).any() or (v < 0).any() or (v > 1).any():
-                raise ValueError(f"bin edges of column {c} must be non-decreasing and bin values in [0, 1]")
-            return e, v
+            e_name, v_name = f"bin_edges_[{c}]", f"bin_values_[{c}]"
+            e = fitted_array({e_name: es}, e_name, (self.n_bins + 1,))
+            if (np.diff(e) < 0).any():
+                raise ValueError(f"learned value {e_name!r} must be non-decreasing")
+            return e, fitted_array({v_name: vs}, v_name, (self.n_bins,), low=0.0, high=1.0)
 
+        n_classes = fitted["n_classes_"]
+        if isinstance(n_classes, int) and n_classes * self.n_bins > MAX_CELLS:
+            raise ValueError(f"learned value 'n_classes_' = {n_classes} times n_bins = {self.n_bins} is above "
+                             f"{MAX_CELLS} (2**26)")
         self._load_models(fitted, "bin_edges_", "bin_values_", check)

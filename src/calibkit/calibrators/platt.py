@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from .._validation import check_bool
-from ._base import Calibrator, check_fit_inputs, check_int, check_positive_number, fitted_array
+from ._base import Calibrator, check_fit_inputs, check_int, check_positive_number, fitted_array, fitted_int
 from .nonparametric import _binary_scores
 
 
@@ -115,7 +115,7 @@ class PlattScaling(Calibrator):
     def _load_fitted(self, fitted):
         self.a_ = float(fitted_array(fitted, "a_", ()))
         self.b_ = float(fitted_array(fitted, "b_", ()))
-        self.n_iter_ = check_int(fitted["n_iter_"], "n_iter_", 0)
+        self.n_iter_ = fitted_int(fitted, "n_iter_", 0)
 
     def predict_proba(self, scores):
         """P(y = 1) for binary scores (N,), shape (N,)."""

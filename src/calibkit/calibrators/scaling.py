@@ -9,10 +9,10 @@ import numpy as np
 
 from .. import _backend
 from .._backend import BACKENDS
-from .._validation import raise_for_status
+from .._validation import MAX_CLASSES, raise_for_status
 from ._base import (
-    Calibrator, check_finite, check_fit_inputs, check_int, check_logits, check_positive_number, chunk_rows,
-    fitted_array, softmax_rows,
+    MAX_LEARNED, Calibrator, check_finite, check_fit_inputs, check_int, check_logits, check_positive_number,
+    chunk_rows, fitted_array, fitted_int, softmax_rows,
 )
 
 
@@ -284,9 +284,9 @@ class TemperatureScaling(_LogitCalibrator):
         return b, passes, converged, degenerate
 
     def _load_fitted(self, fitted):
-        self.temperature_ = float(fitted_array(fitted, "temperature_", (), positive=True))
-        self.n_passes_ = check_int(fitted["n_passes_"], "n_passes_", 0)
-        self.n_classes_ = check_int(fitted["n_classes_"], "n_classes_", 2)
+        self.temperature_ = float(fitted_array(fitted, "temperature_", (), positive=True, low=1.0 / MAX_LEARNED))
+        self.n_passes_ = fitted_int(fitted, "n_passes_", 0)
+        self.n_classes_ = fitted_int(fitted, "n_classes_", 2, MAX_CLASSES)
 
     def _scaled(self, z):
         return z / self.temperature_
@@ -370,11 +370,11 @@ class VectorScaling(_LogitCalibrator):
         return self
 
     def _load_fitted(self, fitted):
-        self.n_classes_ = check_int(fitted["n_classes_"], "n_classes_", 2)
+        self.n_classes_ = fitted_int(fitted, "n_classes_", 2, MAX_CLASSES)
         self.scale_ = fitted_array(fitted, "scale_", (self.n_classes_,))
         self.bias_ = fitted_array(fitted, "bias_", (self.n_classes_,))
-        self.n_iter_ = check_int(fitted["n_iter_"], "n_iter_", 0)
-        self.n_passes_ = check_int(fitted["n_passes_"], "n_passes_", 0)
+        self.n_iter_ = fitted_int(fitted, "n_iter_", 0)
+        self.n_passes_ = fitted_int(fitted, "n_passes_", 0)
 
     def _scaled(self, z):
         return z * self.scale_ + self.bias_
@@ -479,11 +479,11 @@ class MatrixScaling(_LogitCalibrator):
         return self
 
     def _load_fitted(self, fitted):
-        self.n_classes_ = check_int(fitted["n_classes_"], "n_classes_", 2)
+        self.n_classes_ = fitted_int(fitted, "n_classes_", 2, MAX_CLASSES)
         self.weights_ = fitted_array(fitted, "weights_", (self.n_classes_, self.n_classes_))
         self.bias_ = fitted_array(fitted, "bias_", (self.n_classes_,))
-        self.n_iter_ = check_int(fitted["n_iter_"], "n_iter_", 0)
-        self.n_passes_ = check_int(fitted["n_passes_"], "n_passes_", 0)
+        self.n_iter_ = fitted_int(fitted, "n_iter_", 0)
+        self.n_passes_ = fitted_int(fitted, "n_passes_", 0)
 
     def _scaled(self, z):
         return z @ self.weights_.T + self.bias_
