@@ -96,18 +96,12 @@ def _nll_eps(dtype) -> float:
     return float(np.finfo(dtype).eps)
 
 
-def _prepare(scores, labels, sample_weight, from_logits, check_sums=False):
-    """Checked inputs; weights divided by their largest (every metric here is invariant to their scale).
-
-    ``check_sums``: (N, K) probabilities must have rows summing to 1 (see check_probability_rows).
-    """
+def _prepare(scores, labels, sample_weight, from_logits):
+    """Checked inputs; weights divided by their largest (every metric here is invariant to their scale)."""
     scores = check_scores(scores)
     from_logits = check_bool(from_logits, "from_logits")
-    check_sums = check_bool(check_sums, "check_sums")
     labels = check_labels(labels, scores.shape[0])
     sample_weight = check_sample_weight(sample_weight, scores.shape[0], scale=True)
-    if check_sums and scores.ndim == 2 and not from_logits:
-        check_probability_rows(scores)
     return scores, labels, sample_weight, from_logits
 
 
@@ -514,7 +508,8 @@ def reliability_table(
 
 def _totals(scores, labels, sample_weight, from_logits, check_sums, backend):
     k = _backend.kernels(backend)
-    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits, check_sums)
+    check_sums = check_bool(check_sums, "check_sums")
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
     if scores.ndim == 1:
         probs = _binary_probabilities(scores, from_logits)
         r = k.binary_stats(probs, labels, sample_weight, 0, None, _nll_eps(probs.dtype))
@@ -522,6 +517,8 @@ def _totals(scores, labels, sample_weight, from_logits, check_sums, backend):
     else:
         r = k.top_label_stats(scores, labels, sample_weight, from_logits, 0, _nll_eps(scores.dtype))
         raise_for_status(r["status"], n_classes=scores.shape[1])
+        if check_sums and not from_logits:  # after the kernel: a bad element is named first
+            check_probability_rows(scores)
     totals = r["totals"]
     if not totals["weight"] > 0:
         raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
