@@ -96,12 +96,13 @@ def _nll_eps(dtype) -> float:
     return float(np.finfo(dtype).eps)
 
 
-def _prepare(scores, labels, sample_weight, from_logits):
-    """Checked inputs; weights divided by their largest (every metric here is invariant to their scale)."""
+def _prepare(scores, labels, sample_weight, from_logits, scale_weights=False):
+    """Checked inputs. ``scale_weights``: divide the weights by their largest (every metric here is
+    invariant to their scale; a streaming update, whose batches weigh against each other, must not)."""
     scores = check_scores(scores)
     from_logits = check_bool(from_logits, "from_logits")
     labels = check_labels(labels, scores.shape[0])
-    sample_weight = check_sample_weight(sample_weight, scores.shape[0], scale=True)
+    sample_weight = check_sample_weight(sample_weight, scores.shape[0], scale=scale_weights)
     return scores, labels, sample_weight, from_logits
 
 
@@ -144,7 +145,8 @@ def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, bac
     n_bins = check_n_bins(n_bins)
     check_choice(strategy, "strategy", STRATEGIES)
     k = _backend.kernels(backend)
-    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits,
+                                                          scale_weights=True)
     if scores.ndim == 1:
         probs = _binary_probabilities(scores, from_logits)
         eps = _nll_eps(probs.dtype)
@@ -347,7 +349,8 @@ def classwise_calibration_error(
     n_bins = check_n_bins(n_bins)
     check_choice(norm, "norm", NORMS)
     k = _backend.kernels(backend)
-    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits,
+                                                          scale_weights=True)
     if scores.ndim != 2:
         raise ValueError(f"scores must have shape (N, K) for the class-wise error, got shape {scores.shape}")
     n_classes = scores.shape[1]
@@ -509,7 +512,8 @@ def reliability_table(
 def _totals(scores, labels, sample_weight, from_logits, check_sums, backend):
     k = _backend.kernels(backend)
     check_sums = check_bool(check_sums, "check_sums")
-    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits,
+                                                          scale_weights=True)
     if scores.ndim == 1:
         probs = _binary_probabilities(scores, from_logits)
         r = k.binary_stats(probs, labels, sample_weight, 0, None, _nll_eps(probs.dtype))
