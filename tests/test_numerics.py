@@ -238,6 +238,11 @@ def test_calibrator_fits_invariant_to_weight_scale(backend):
     for value in (1e308, 5e-324):
         t = TemperatureScaling(backend=backend).fit(z, y, sample_weight=np.full(400, value)).temperature_
         assert t == pytest.approx(t1, rel=1e-9)
+    from calibkit.calibrators import VectorScaling
+
+    v1 = VectorScaling(backend=backend).fit(z, y)
+    v2 = VectorScaling(backend=backend).fit(z, y, sample_weight=np.full(400, 1e308))
+    np.testing.assert_allclose(v2.scale_, v1.scale_, rtol=1e-6)
     f = z[:, 0]
     yb = (y == 0).astype(np.int64)
     ref = PlattScaling(smooth_targets=False).fit(f, yb)  # Platt's prior depends on the weighted counts

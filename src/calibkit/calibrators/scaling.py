@@ -368,6 +368,7 @@ class VectorScaling(_LogitCalibrator):
         self._check_params()
         logits = check_logits(logits, "logits")
         logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
+        sample_weight = check_sample_weight(sample_weight, logits.shape[0], scale=True)  # scale-free fit
         n, n_classes = logits.shape
         if self.reg == 0 and n < 2 * n_classes:
             raise ValueError(f"vector scaling has {2 * n_classes} parameters but only {n} rows were given; "
@@ -476,6 +477,7 @@ class MatrixScaling(_LogitCalibrator):
         self._check_params()
         logits = check_logits(logits, "logits")
         logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
+        sample_weight = check_sample_weight(sample_weight, logits.shape[0], scale=True)  # scale-free fit
         n, n_classes = logits.shape
         _check_label_range(labels, n_classes)
         n_params = n_classes * (n_classes + 1)
