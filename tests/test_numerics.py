@@ -88,6 +88,18 @@ def test_huge_logit_entropy_same_on_both_backends(dtype):
     np.testing.assert_allclose(a, want, atol=1e-6)
 
 
+def test_kl_to_uniform_when_the_logit_sum_overflows(backend):
+    z = np.array([[1e308, 1e308, -1e308], [1e308, 1e308, 1e308], [1.0, 2.0, 3.0]])
+    got = calibkit.kl_to_uniform(z, from_logits=True, backend=backend)
+    # KL(U || softmax) = log s0 - log K - mean(z - max z), the mean taken as sum(z / K)
+    mean_u = (z / 3).sum(axis=1) - z.max(axis=1)
+    with np.errstate(over="ignore"):
+        s0 = np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1)
+    want = np.maximum(np.log(s0) - np.log(3) - mean_u, 0.0)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got[0] > 6e307 and got[1] == 0.0
+
+
 # -- temperature fit: separable data, uninformative logits, constant rows ---------------------------
 
 

@@ -480,6 +480,15 @@ double scaled_norm(const E* x, int64_t K) {
     return big * std::sqrt(q);
 }
 
+// The mean of x without overflow: sum_k x_k / K, in index order (when the plain sum overflows).
+template <class E>
+double scaled_mean(const E* x, int64_t K) {
+    const double inv = 1.0 / static_cast<double>(K);
+    double m = 0.0;
+    for (int64_t k = 0; k < K; ++k) m += static_cast<double>(x[k]) * inv;
+    return m;
+}
+
 // One thread's working state for rows of a Matrix<T>: the row buffer (double
 // for float64 input, float for float32 / float16) and the pad masks.
 template <class T, class V>
@@ -536,6 +545,10 @@ struct RowWork {
     CALIBKIT_INLINE double norm() const {
         if constexpr (single) return scaled_norm(row, K);
         else return scaled_norm(d.data(), K);
+    }
+    CALIBKIT_INLINE double mean() const {
+        if constexpr (single) return scaled_mean(row, K);
+        else return scaled_mean(d.data(), K);
     }
     // Scans ensemble member row i and computes its entropy; afterwards its
     // probabilities are p_k = at(k) * *scale. False (status set) on bad input.
@@ -596,6 +609,11 @@ void row_scores_chunk(const Matrix<T>& s, bool from_logits, double b, unsigned w
         row_score_values(r, K, logK, from_logits, b, want, values);
         if ((want & (1u << kLogitNorm)) && !(r.sum_sq > 1e-280 && r.sum_sq < 1e280))
             values[kLogitNorm] = w.norm();  // the plain sum of squares over- or underflowed
+        if (from_logits && (want & (1u << kKlToUniform)) && !is_finite(r.sum)) {
+            // the plain sum of the logits overflowed: KL from their mean taken term by term
+            const double log_s0 = std::log(r.s0);
+            values[kKlToUniform] = std::max(log_s0 - logK - b * (w.mean() - r.max), 0.0);
+        }
         for (int c = 0; c < kNumScores; ++c)
             if (outs[c]) outs[c][i] = values[c];
     }

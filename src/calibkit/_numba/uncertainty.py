@@ -178,6 +178,16 @@ def _scaled_norm(buf, K):
 
 
 @numba.njit(**JIT)
+def _scaled_mean(buf, K):
+    """sum_k x_k / K in index order (the C++ scaled_mean), for rows whose plain sum overflows."""
+    inv = 1.0 / K
+    m = 0.0
+    for k in range(K):
+        m += np.float64(buf[k]) * inv
+    return m
+
+
+@numba.njit(**JIT)
 def _scores_of_row(buf, K, from_logits, b, want, single, out, i):
     logK = math.log(K)
     m1, m2 = _top_two(buf, K)
@@ -199,7 +209,8 @@ def _scores_of_row(buf, K, from_logits, b, want, single, out, i):
         if want[LOGIT_NORM]:
             out[LOGIT_NORM, i] = math.sqrt(sq) if 1e-280 < sq < 1e280 else _scaled_norm(buf, K)
         if want[KL_TO_UNIFORM]:
-            out[KL_TO_UNIFORM, i] = max(log_s0 - logK - b * (total / K - m1), 0.0)
+            mean = total / K if is_finite(total) else _scaled_mean(buf, K)
+            out[KL_TO_UNIFORM, i] = max(log_s0 - logK - b * (mean - m1), 0.0)
     else:
         if want[MAX_PROBABILITY]:
             out[MAX_PROBABILITY, i] = m1
