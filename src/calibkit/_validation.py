@@ -153,8 +153,17 @@ def check_labels(labels, n_rows, name="labels"):
     return y
 
 
-def check_sample_weight(sample_weight, n_rows, name="sample_weight"):
-    """Return None or a 1-D float64 array of length `n_rows` (values are checked by the kernels)."""
+def check_sample_weight(sample_weight, n_rows, name="sample_weight", *, scale=False):
+    """Return None or a 1-D float64 array of length `n_rows`.
+
+    Without ``scale`` the values are checked by the kernels. With ``scale=True``
+    (for a metric or a fit, which do not depend on the scale of the weights)
+    they are checked here (finite, >= 0, not all 0) and a copy divided by the
+    largest weight is returned, so that sums of weights neither overflow (weights
+    near 1e308) nor lose digits to subnormals (weights near 5e-324).
+    Streaming accumulators must not use ``scale``: there the weights of
+    different batches are relative to each other.
+    """
     if sample_weight is None:
         return None
     w = _as_array(sample_weight, name)
@@ -166,6 +175,19 @@ def check_sample_weight(sample_weight, n_rows, name="sample_weight"):
         raise ValueError(f"{name} has {w.shape[0]} entries but scores has {n_rows} rows")
     if w.dtype != np.float64 or not _readable_in_place(w):
         w = w.astype(np.float64)
+    if scale:
+        finite = np.isfinite(w)
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            raise_for_status((WEIGHT_NOT_FINITE, bad, -1, float(w[bad])))
+        negative = w < 0
+        if negative.any():
+            bad = int(np.argmax(negative))
+            raise_for_status((WEIGHT_NEGATIVE, bad, -1, float(w[bad])))
+        largest = float(w.max())
+        if largest == 0.0:
+            raise ValueError(f"{name} sums to 0 (every weight is 0): a weighted mean over no weight is undefined")
+        w = w / largest
     return w
 
 
@@ -203,6 +225,33 @@ def check_size(value, name, low, high):
     if not low <= value <= high:
         raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
     return value
+
+
+# |sum of a row - 1| allowed by check_probability_rows, by dtype: the rounding of
+# probabilities stored in that dtype (and of a softmax computed in it) stays well inside.
+ROW_SUM_TOLERANCE = {np.dtype(np.float16): 1e-2, np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-5}
+_ROW_SUM_CHUNK = 1 << 20  # elements per chunk of the row-sum check
+
+
+def check_probability_rows(scores, name="scores"):
+    """Raise a ValueError naming the first row of (N, K) probabilities whose sum is not 1.
+
+    The tolerance is ``ROW_SUM_TOLERANCE[scores.dtype]`` (1e-2 for float16, 1e-3
+    for float32, 1e-5 for float64). Rows are summed in float64, a chunk of about
+    2^20 elements at a time (no N x K temporary). NaN sums are left to the
+    kernels, which name the NaN element.
+    """
+    n, k = scores.shape
+    tol = ROW_SUM_TOLERANCE[scores.dtype]
+    step = max(1, _ROW_SUM_CHUNK // k)
+    for start in range(0, n, step):
+        sums = scores[start:start + step].sum(axis=1, dtype=np.float64)
+        bad = np.isfinite(sums) & (np.abs(sums - 1.0) > tol)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"{name}[{start + i}] sums to {float(sums[i])!r}, not 1 (tolerance {tol:g} for "
+                             f"{scores.dtype}); pass from_logits=True for logits, or check_sums=False to "
+                             "skip this check")
 
 
 def check_n_bins(n_bins):

@@ -22,8 +22,12 @@ I_m = ((m-1)/M, m/M] with a confidence of exactly 0 in the first bin
 (Naeini et al. 2015; Guo et al. 2017); the edges m/M are correctly rounded.
 ``strategy="quantile"`` uses equal-mass bins (Nixon et al. 2019, "adaptive
 ECE"): edges are the quantiles ``numpy.quantile(confidences, linspace(0, 1,
-M + 1))`` (linear interpolation, as ``calibration_curve(strategy="quantile")``)
-and bins are again left-open ((e_{m-1}, e_m], the smallest confidence in the
+M + 1))`` (linear interpolation, the method of
+``calibration_curve(strategy="quantile")``, which computes them as
+``numpy.percentile(confidences, linspace(0, 1, M + 1) * 100)``: the scaling
+by 100 can move an edge by one ulp, so when an edge falls on a data point
+the two may put that point one bin apart; calibkit keeps the unscaled,
+more exact quantiles) and bins are again left-open ((e_{m-1}, e_m], the smallest confidence in the
 first bin). With ``sample_weight`` the quantiles are weighted
 (``method="inverted_cdf"``, the only weighted method NumPy offers). Ties can
 make quantile bins empty; empty bins are skipped.
@@ -58,6 +62,7 @@ from . import _backend
 from ._validation import (
     check_bool,
     check_choice,
+    check_probability_rows,
     check_labels,
     check_n_bins,
     check_sample_weight,
@@ -91,11 +96,13 @@ def _nll_eps(dtype) -> float:
     return float(np.finfo(dtype).eps)
 
 
-def _prepare(scores, labels, sample_weight, from_logits):
+def _prepare(scores, labels, sample_weight, from_logits, scale_weights=False):
+    """Checked inputs. ``scale_weights``: divide the weights by their largest (every metric here is
+    invariant to their scale; a streaming update, whose batches weigh against each other, must not)."""
     scores = check_scores(scores)
     from_logits = check_bool(from_logits, "from_logits")
     labels = check_labels(labels, scores.shape[0])
-    sample_weight = check_sample_weight(sample_weight, scores.shape[0])
+    sample_weight = check_sample_weight(sample_weight, scores.shape[0], scale=scale_weights)
     return scores, labels, sample_weight, from_logits
 
 
@@ -138,7 +145,8 @@ def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, bac
     n_bins = check_n_bins(n_bins)
     check_choice(strategy, "strategy", STRATEGIES)
     k = _backend.kernels(backend)
-    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits,
+                                                          scale_weights=True)
     if scores.ndim == 1:
         probs = _binary_probabilities(scores, from_logits)
         eps = _nll_eps(probs.dtype)
@@ -254,7 +262,10 @@ def calibration_error(
         Whether ``scores`` are logits (softmax of each row, in one fused pass
         with a log-sum-exp; the logistic function for (N,) scores).
     sample_weight : array-like of shape (N,), optional
-        Non-negative row weights.
+        Non-negative finite row weights, not all 0. Every metric is invariant
+        to scaling all weights: they are divided by their largest before use
+        (a copy of N values), so weights near 1e308 or subnormal weights give
+        the same result as weights of 1.
     backend : {"auto", "cpp", "numba"}, default "auto"
         Kernel implementation; "auto" is $CALIBKIT_BACKEND, else C++.
 
@@ -338,7 +349,8 @@ def classwise_calibration_error(
     n_bins = check_n_bins(n_bins)
     check_choice(norm, "norm", NORMS)
     k = _backend.kernels(backend)
-    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits,
+                                                          scale_weights=True)
     if scores.ndim != 2:
         raise ValueError(f"scores must have shape (N, K) for the class-wise error, got shape {scores.shape}")
     n_classes = scores.shape[1]
@@ -365,7 +377,9 @@ class ReliabilityTable:
     count : ndarray of int64
         Rows in each bin.
     weight : ndarray of float64
-        Total sample weight in each bin (equals ``count`` without weights).
+        Total sample weight in each bin (equals ``count`` without weights), in
+        units of the largest sample weight (weights are divided by their
+        largest, see :func:`calibration_error`).
     mean_confidence, accuracy : ndarray of float64
         Weighted mean confidence and accuracy (fraction correct, or fraction
         of positives for binary scores) of each bin; NaN for empty bins.
@@ -495,9 +509,11 @@ def reliability_table(
     )
 
 
-def _totals(scores, labels, sample_weight, from_logits, backend):
+def _totals(scores, labels, sample_weight, from_logits, check_sums, backend):
     k = _backend.kernels(backend)
-    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
+    check_sums = check_bool(check_sums, "check_sums")
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits,
+                                                          scale_weights=True)
     if scores.ndim == 1:
         probs = _binary_probabilities(scores, from_logits)
         r = k.binary_stats(probs, labels, sample_weight, 0, None, _nll_eps(probs.dtype))
@@ -505,13 +521,16 @@ def _totals(scores, labels, sample_weight, from_logits, backend):
     else:
         r = k.top_label_stats(scores, labels, sample_weight, from_logits, 0, _nll_eps(scores.dtype))
         raise_for_status(r["status"], n_classes=scores.shape[1])
+        if check_sums and not from_logits:  # after the kernel: a bad element is named first
+            check_probability_rows(scores)
     totals = r["totals"]
     if not totals["weight"] > 0:
         raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
     return totals
 
 
-def brier_score(scores, labels, *, from_logits=False, sample_weight=None, backend="auto") -> float:
+def brier_score(scores, labels, *, from_logits=False, sample_weight=None, check_sums=True,
+                backend="auto") -> float:
     r"""Brier score (Brier 1950), the mean squared error of the probability vector.
 
     .. math::
@@ -519,18 +538,28 @@ def brier_score(scores, labels, *, from_logits=False, sample_weight=None, backen
         \mathrm{BS} = \frac{1}{n}\sum_i w_i \sum_{k=1}^{K} (p_{ik} - \mathbb{1}[y_i = k])^2
 
     For (N, K) scores this is the multiclass form (range [0, 2]), the
-    ``scale_by_half=False`` form of :func:`sklearn.metrics.brier_score_loss`
-    (that function halves it by default for more than two classes). For (N,)
-    scores it is the binary form mean (p_i - y_i)², as sklearn's.
+    ``scale_by_half=False`` form of :func:`sklearn.metrics.brier_score_loss`.
+    scikit-learn's default (``scale_by_half="auto"``) halves it for binary
+    problems only: for (N, 2) scores calibkit gives twice scikit-learn's
+    default, for K > 2 the same. For (N,) scores it is the binary form
+    mean (p_i - y_i)², equal to scikit-learn's default.
 
     Parameters are as in :func:`calibration_error`; with ``from_logits=True``
     the softmax (or logistic) probabilities are used, in the same pass.
+
+    check_sums : bool, default True
+        Require every row of (N, K) probabilities to sum to 1 within 1e-2
+        (float16), 1e-3 (float32) or 1e-5 (float64); a row that does not
+        raises a ValueError naming it (a row summing to 5 would otherwise
+        give a Brier score above its range). ``False`` skips the check (one
+        extra read of the scores, in chunks) and scores the rows as they are.
+        Ignored for logits and (N,) scores.
     """
-    t = _totals(scores, labels, sample_weight, from_logits, backend)
+    t = _totals(scores, labels, sample_weight, from_logits, check_sums, backend)
     return float(t["brier"] / t["weight"])
 
 
-def nll(scores, labels, *, from_logits=False, sample_weight=None, backend="auto") -> float:
+def nll(scores, labels, *, from_logits=False, sample_weight=None, check_sums=True, backend="auto") -> float:
     r"""Mean negative log-likelihood of the true class, -1/n Σ_i w_i log p_{i,y_i}.
 
     From logits it is computed stably in the same pass as the row maximum:
@@ -541,6 +570,10 @@ def nll(scores, labels, *, from_logits=False, sample_weight=None, backend="auto"
     renormalises rows; calibkit does not renormalise, so the two agree on
     rows that sum to 1). For (N,) scores it is the binary log-loss with p
     clipped to [eps, 1 - eps].
+
+    ``check_sums`` (default True) requires rows of (N, K) probabilities to
+    sum to 1, as in :func:`brier_score`; ``check_sums=False`` scores the rows
+    as they are.
     """
-    t = _totals(scores, labels, sample_weight, from_logits, backend)
+    t = _totals(scores, labels, sample_weight, from_logits, check_sums, backend)
     return float(t["nll"] / t["weight"])

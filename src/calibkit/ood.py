@@ -79,13 +79,17 @@ def ood_metrics(scores_in, scores_out, *, tpr=0.95, backend="auto") -> OODMetric
       the scores negated.
     - FPR at TPR: FP(t)/N at the highest t with TP(t)/P >= ``tpr``
       (``fpr[np.searchsorted(tpr_curve, tpr)]`` on ``sklearn.metrics.roc_curve``).
+      The thresholds include "accept nothing" (TPR = FPR = 0, the first point of
+      ``roc_curve``), so ``tpr=0`` gives 0.
     - Detection error: min over t, including "accept nothing", of
       (1 - TP(t)/P) / 2 + FP(t) / (2 N), at most 0.5.
     """
     tpr = _check_rate(tpr, "tpr")
     si, so = _in_out(scores_in, scores_out)
     r = _ranking(si, so, "scores_in", "scores_out", tpr=tpr, backend=backend)
-    return OODMetrics(auroc=r["auroc"], aupr_in=r["ap_pos"], aupr_out=r["ap_neg"], fpr_at_tpr=r["fpr_at_tpr"],
+    # tpr = 0 is reached by "accept nothing" (FPR 0), before the kernel's first threshold.
+    fpr = 0.0 if tpr == 0.0 else r["fpr_at_tpr"]
+    return OODMetrics(auroc=r["auroc"], aupr_in=r["ap_pos"], aupr_out=r["ap_neg"], fpr_at_tpr=fpr,
                       detection_error=r["detection_error"], tpr=tpr)
 
 
@@ -371,11 +375,11 @@ class OODAccumulator:
         ap_out, ap_out_bound = self._average_precision(n_out[::-1], n_in[::-1])
         tpr_curve = tp / P
         at = int(np.argmax(tpr_curve >= tpr))
-        fpr = float(fp[at] / N)
+        fpr = 0.0 if tpr == 0.0 else float(fp[at] / N)  # tpr = 0: "accept nothing", as ood_metrics
         err = float(min(0.5, np.min(0.5 * (1 - tp / P) + 0.5 * fp / N)))
         metrics = OODMetrics(auroc=au, aupr_in=ap_in, aupr_out=ap_out, fpr_at_tpr=fpr, detection_error=err, tpr=tpr)
         bounds = OODBounds(auroc=float(np.sum(n_in * n_out) / (2 * P * N)), aupr_in=ap_in_bound,
-                           aupr_out=ap_out_bound, fpr_at_tpr=float(n_out[at] / N),
+                           aupr_out=ap_out_bound, fpr_at_tpr=0.0 if tpr == 0.0 else float(n_out[at] / N),
                            detection_error=float(0.5 * np.max(np.minimum(n_in / P, n_out / N))))
         return metrics, bounds
 

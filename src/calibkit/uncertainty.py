@@ -112,9 +112,14 @@ def margin(scores, *, from_logits=False, temperature=1.0, backend="auto") -> np.
 def entropy(scores, *, from_logits=False, temperature=1.0, normalize=False, backend="auto") -> np.ndarray:
     """Predictive entropy H(p) = -sum_k p_k log p_k (natural log; 0 log 0 = 0): an uncertainty.
 
-    From logits, H = log s0 - sum_k e^{u_k} u_k / (T s0) with u = z - max z and
-    s0 = sum_k e^{u_k / T}, stable for any logit size. ``normalize=True`` divides by
-    log K, the entropy of the uniform distribution.
+    From logits, H = log s0 - sum_k e^{t_k} t_k / s0 with t = max((z - max z) / T, x_min)
+    and s0 = sum_k e^{t_k}: the row is shifted by its maximum before any product,
+    and x_min (-708 for float64 input, -87 for float16/32, where the kernels' exp
+    clamps) keeps every product e^t t finite, so H is finite and in [0, log K]
+    for any finite logits, even near the largest float (a clamped element adds
+    at most 2.4e-305, resp. 1.5e-36, to H). The result is clipped to
+    [0, log K]. ``normalize=True`` divides by log K, the entropy of the uniform
+    distribution.
     """
     return uncertainty_scores(scores, ("entropy",), from_logits=from_logits, temperature=temperature,
                               normalize=normalize, backend=backend)["entropy"]
@@ -253,7 +258,8 @@ def decompose(samples, *, from_logits=False, backend="auto") -> Decomposition:
 
     - mean ``p̄ = (1/S) sum_s p_s``, prediction ``argmax_k p̄_k``;
     - total ``H[p̄] = -sum_k p̄_k log p̄_k``;
-    - aleatoric ``E[H] = (1/S) sum_s H[p_s]``;
+    - aleatoric ``E[H] = (1/S) sum_s H[p_s]`` (from logits, each H[p_s] as in
+      :func:`entropy`: finite and in [0, log K] for any finite logits);
     - epistemic ``H[p̄] - E[H]``, the mutual information between the label and
       the model (BALD; Houlsby et al. 2011, Gal & Ghahramani 2016), >= 0 by
       concavity of H (clipped at 0 against rounding);

@@ -9,6 +9,13 @@
 // where E_i and Var_i are under softmax(b z_i). Everything is computed on
 // u = z - max(z) (so exp never overflows): LSE(b z) = b max + log sum e^{b u},
 // E[z] - z_y = E[u] - u_y, Var[z] = E[u^2] - E[u]^2.
+// The sums are taken over t = max(b u, -708) (where exp_nonpositive clamps):
+//   E[u] = (sum e^t t) / (b sum e^t),  Var[u] = Var_t[t] / b^2,
+// so every product is bounded (|e^t t| < 1/e, e^t t^2 < 0.6) whatever the
+// logits' size, and a row that is not constant always adds a nonzero term: on
+// separable data the derivatives stay negative and positive instead of
+// underflowing to 0 (e^{b u} u with b u < -745), which would read as "every row
+// is constant". A clamped element adds at most 2.4e-305 / b to E[u].
 //
 // vector_scaling_nll: for z' = a * z + c (element-wise, a and c of length K),
 //   L = sum_i w_i [LSE(z'_i) - z'_{i,y_i}],
@@ -79,36 +86,36 @@ CALIBKIT_INLINE bool temperature_row(const Matrix<T>& s, const simd::TailMask<V>
     double best = -INFINITY;
     for (int g = 0; g < G; ++g)
         for (int j = 0; j < V::width; ++j) best = mx.v[g][j] > best ? mx.v[g][j] : best;
-    const D shift = splat<D>(best), scale = splat<D>(b);
+    const D shift = splat<D>(best), scale = splat<D>(b), lowest = splat<D>(-708.0);
     Octet<V> s0, s1, s2;
     for (int g = 0; g < G; ++g) s0.v[g] = s1.v[g] = s2.v[g] = zero;
     for (int64_t k = 0; k < full; k += 8) {
         const Octet<V> o = r.template octet<V>(k);
         for (int g = 0; g < G; ++g) {
-            const D u = o.v[g] - shift;
-            const D e = exp_nonpositive<V>(scale * u);
+            const D t = vmax(scale * (o.v[g] - shift), lowest);
+            const D e = exp_nonpositive<V>(t);
             s0.v[g] += e;
-            s1.v[g] += e * u;
-            s2.v[g] += (e * u) * u;
+            s1.v[g] += e * t;
+            s2.v[g] += (e * t) * t;
         }
     }
     if (tail.needed) {
         const Octet<V> o = tail.overlapped ? r.template octet<V>(tail.start) : r.template partial_octet<V>(0, K, 0.0);
         for (int g = 0; g < G; ++g) {
-            const D u = select(tail.valid[g], o.v[g] - shift, zero);
-            const D e = select(tail.valid[g], exp_nonpositive<V>(scale * u), zero);
+            const D t = select(tail.valid[g], vmax(scale * (o.v[g] - shift), lowest), zero);
+            const D e = select(tail.valid[g], exp_nonpositive<V>(t), zero);
             s0.v[g] += e;
-            s1.v[g] += e * u;
-            s2.v[g] += (e * u) * u;
+            s1.v[g] += e * t;
+            s2.v[g] += (e * t) * t;
         }
     }
-    const double z = octet_sum(s0), mean = octet_sum(s1) / z, second = octet_sum(s2) / z;
+    const double z = octet_sum(s0), mean_t = octet_sum(s1) / z, second_t = octet_sum(s2) / z;
     const double u_label = r.at(label) - best;
     acc.count += 1.0;
     acc.weight += w;
     acc.loss += w * (std::log(z) - b * u_label);
-    acc.d1 += w * (mean - u_label);
-    acc.d2 += w * std::max(second - mean * mean, 0.0);
+    acc.d1 += w * (mean_t / b - u_label);
+    acc.d2 += w * (std::max(second_t - mean_t * mean_t, 0.0) / b / b);
     return true;
 }
 

@@ -5,13 +5,19 @@
 // multiple of 8, so the vector loops need no scalar tail; a contiguous float32
 // row of a multiple of 8 elements is read in place); everything after that
 // reads the buffer, which stays in L1. From logits z and an inverse
-// temperature b, with u = z - max z:
-//   s0 = sum_k e^{b u_k},  s1 = sum_k e^{b u_k} u_k,  LSE(b z) = b max z + log s0,
+// temperature b, with u = z - max z and t = max(b u, x_min):
+//   s0 = sum_k e^{t_k},  s1 = sum_k e^{t_k} t_k,  LSE(b z) = b max z + log s0,
 //   max softmax = 1 / s0,  margin = (1 - e^{b (z_(2) - z_(1))}) / s0,
-//   entropy = log s0 - b s1 / s0,  energy = -LSE(b z) / b,
+//   entropy = min(max(log s0 - s1 / s0, 0), log K),  energy = -LSE(b z) / b,
 //   KL(U || softmax) = log s0 - log K - b mean(u),  logit norm = ||z||_2.
 // From probabilities p: entropy = -sum p log p (0 log 0 = 0), KL(U || p) =
 // -log K - mean(log p) (inf when some p_k = 0).
+//
+// x_min is where the exp clamps its argument (-708 in double, -87 in float):
+// e^{t} is then at least the smallest normal number and |e^{t} t| < 1/e, so no
+// product in s1 overflows or meets 0 * inf, however large the logits (u may
+// overflow to -inf when the logits span more than the largest finite value).
+// Each clamped element adds at most 2.4e-305 (double) / 1.5e-36 (float) to s1.
 //
 // Precision follows the input: float64 rows are read into a double buffer and
 // every exp / log is a double one (~1 ulp); float32 / float16 rows are read
@@ -228,7 +234,11 @@ CALIBKIT_INLINE bool scan_row(const double* buf, int64_t K, const PadMask<V>& pa
     return true;
 }
 
-// s0 and s1 of a logit row after scan_row; with `store`, buf[k] becomes e^{b u_k}
+// The argument below which exp_nonpositive / exp_f32 clamp (see the header comment).
+constexpr double kExpMin = -708.0;
+constexpr float kExpMinF = -87.0f;
+
+// s0 and s1 of a logit row after scan_row; with `store`, buf[k] becomes e^{t_k}
 // (0 in the padding).
 template <class V>
 CALIBKIT_INLINE void softmax_sums(double* buf, int64_t K, const PadMask<V>& pad, double b, bool store,
@@ -236,7 +246,7 @@ CALIBKIT_INLINE void softmax_sums(double* buf, int64_t K, const PadMask<V>& pad,
     using namespace simd;
     typedef typename V::d D;
     constexpr int G = Octet<V>::n;
-    const D zero = splat<D>(0.0), shift = splat<D>(r.max), scale = splat<D>(b);
+    const D zero = splat<D>(0.0), shift = splat<D>(r.max), scale = splat<D>(b), lowest = splat<D>(kExpMin);
     Octet<V> s0, s1;
     for (int g = 0; g < G; ++g) s0.v[g] = s1.v[g] = zero;
     const int64_t n = padded_length(K);
@@ -244,14 +254,14 @@ CALIBKIT_INLINE void softmax_sums(double* buf, int64_t K, const PadMask<V>& pad,
         const bool last = k == pad.last;
         for (int g = 0; g < G; ++g) {
             double* p = buf + k + g * V::width;
-            D u = lanes_at<V>(p) - shift;
-            D e = exp_nonpositive<V>(scale * u);
+            D t = vmax(scale * (lanes_at<V>(p) - shift), lowest);
+            D e = exp_nonpositive<V>(t);
             if (last) {
-                u = select(pad.valid[g], u, zero);
+                t = select(pad.valid[g], t, zero);
                 e = select(pad.valid[g], e, zero);
             }
             s0.v[g] += e;
-            s1.v[g] += e * u;
+            s1.v[g] += e * t;
             if (store) store_lanes<V>(p, e);
         }
     }
@@ -361,7 +371,7 @@ CALIBKIT_INLINE void flush(simd::Octet<V>& acc, typename V::fw* part) {
 }
 
 // s0 (and with `with_s1`, s1) of a float row after scan_row_f; with Store,
-// out[k] = e^{b u_k} (0 in the padding; out may be buf).
+// out[k] = e^{t_k} (0 in the padding; out may be buf).
 template <class V, bool Store>
 CALIBKIT_INLINE void softmax_sums_f(const float* buf, float* out, int64_t K, const PadMaskF<V>& pad, float b,
                                     bool with_s1, RowSums& r) {
@@ -369,6 +379,7 @@ CALIBKIT_INLINE void softmax_sums_f(const float* buf, float* out, int64_t K, con
     typedef typename V::fw F;
     constexpr int G = kFloatGroups<V>;
     const F zero = splat_f<F>(0.0f), shift = splat_f<F>(static_cast<float>(r.max)), scale = splat_f<F>(b);
+    const F lowest = splat_f<F>(kExpMinF);
     Octet<V> s0, s1;
     for (int g = 0; g < Octet<V>::n; ++g) s0.v[g] = s1.v[g] = splat<typename V::d>(0.0);
     F p0[G], p1[G];
@@ -378,14 +389,14 @@ CALIBKIT_INLINE void softmax_sums_f(const float* buf, float* out, int64_t K, con
         const bool last = k == pad.last;
         for (int g = 0; g < G; ++g) {
             const int64_t at = k + g * 2 * V::width;
-            F u = flanes_at<V>(buf + at) - shift;
-            F e = exp_f32<V>(scale * u);
+            F t = vmax(scale * (flanes_at<V>(buf + at) - shift), lowest);
+            F e = exp_f32<V>(t);
             if (last) {
-                u = select_f(pad.valid[g], u, zero);
+                t = select_f(pad.valid[g], t, zero);
                 e = select_f(pad.valid[g], e, zero);
             }
             p0[g] += e;
-            if (with_s1) p1[g] += e * u;
+            if (with_s1) p1[g] += e * t;
             if constexpr (Store) std::memcpy(out + at, &e, sizeof e);
         }
         if (octet % kFlushOctets == 0 || last) {
@@ -439,7 +450,7 @@ inline void row_score_values(const RowSums& r, int64_t K, double logK, bool from
         const double log_s0 = std::log(r.s0);
         if (want & (1u << kMaxProbability)) out[kMaxProbability] = 1.0 / r.s0;
         if (want & (1u << kMargin)) out[kMargin] = (1.0 - simd::exp_nonpositive(b * (r.second - r.max))) / r.s0;
-        if (want & (1u << kEntropy)) out[kEntropy] = std::max(log_s0 - b * (r.s1 / r.s0), 0.0);
+        if (want & (1u << kEntropy)) out[kEntropy] = std::min(std::max(log_s0 - r.s1 / r.s0, 0.0), logK);
         if (want & (1u << kEnergy)) out[kEnergy] = -(r.max + log_s0 / b);
         if (want & (1u << kLogitNorm)) out[kLogitNorm] = std::sqrt(r.sum_sq);
         if (want & (1u << kKlToUniform)) {
@@ -469,12 +480,22 @@ double scaled_norm(const E* x, int64_t K) {
     return big * std::sqrt(q);
 }
 
+// The mean of x without overflow: sum_k x_k / K, in index order (when the plain sum overflows).
+template <class E>
+double scaled_mean(const E* x, int64_t K) {
+    const double inv = 1.0 / static_cast<double>(K);
+    double m = 0.0;
+    for (int64_t k = 0; k < K; ++k) m += static_cast<double>(x[k]) * inv;
+    return m;
+}
+
 // One thread's working state for rows of a Matrix<T>: the row buffer (double
 // for float64 input, float for float32 / float16) and the pad masks.
 template <class T, class V>
 struct RowWork {
     static constexpr bool single = !std::is_same_v<T, double>;
     int64_t K;
+    double logK;
     PadMask<V> pad;
     PadMaskF<V> padf;
     std::vector<double> d;  // the row (double path)
@@ -482,7 +503,7 @@ struct RowWork {
     const float* row = nullptr;  // the float row being read: f, or the input itself when it needs no padding
 
     explicit RowWork(int64_t cols)
-        : K(cols), pad(cols), padf(cols), d(single ? 0 : static_cast<size_t>(padded_length(cols))),
+        : K(cols), logK(std::log(static_cast<double>(cols))), pad(cols), padf(cols), d(single ? 0 : static_cast<size_t>(padded_length(cols))),
           f(single ? static_cast<size_t>(padded_length(cols)) : 0) {}
 
     // Loads and checks row i; the top two values and (with `sums`) the value sums.
@@ -525,6 +546,10 @@ struct RowWork {
         if constexpr (single) return scaled_norm(row, K);
         else return scaled_norm(d.data(), K);
     }
+    CALIBKIT_INLINE double mean() const {
+        if constexpr (single) return scaled_mean(row, K);
+        else return scaled_mean(d.data(), K);
+    }
     // Scans ensemble member row i and computes its entropy; afterwards its
     // probabilities are p_k = at(k) * *scale. False (status set) on bad input.
     CALIBKIT_INLINE bool member(const Matrix<T>& m, int64_t i, bool from_logits, double* row_entropy, double* scale,
@@ -535,7 +560,7 @@ struct RowWork {
             softmax(1.0, true, true, r);
             *scale = 1.0 / r.s0;
             *row_max = r.max;
-            *row_entropy = std::max(std::log(r.s0) - r.s1 / r.s0, 0.0);
+            *row_entropy = std::min(std::max(std::log(r.s0) - r.s1 / r.s0, 0.0), logK);
         } else {
             entropy(false, r);
             *scale = 1.0;
@@ -584,6 +609,11 @@ void row_scores_chunk(const Matrix<T>& s, bool from_logits, double b, unsigned w
         row_score_values(r, K, logK, from_logits, b, want, values);
         if ((want & (1u << kLogitNorm)) && !(r.sum_sq > 1e-280 && r.sum_sq < 1e280))
             values[kLogitNorm] = w.norm();  // the plain sum of squares over- or underflowed
+        if (from_logits && (want & (1u << kKlToUniform)) && !is_finite(r.sum)) {
+            // the plain sum of the logits overflowed: KL from their mean taken term by term
+            const double log_s0 = std::log(r.s0);
+            values[kKlToUniform] = std::max(log_s0 - logK - b * (w.mean() - r.max), 0.0);
+        }
         for (int c = 0; c < kNumScores; ++c)
             if (outs[c]) outs[c][i] = values[c];
     }

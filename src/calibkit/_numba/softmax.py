@@ -38,23 +38,24 @@ def _temperature_chunk(scores, labels, weights, has_w, b, table, begin, end, acc
                 best = z
         if bad:
             continue
+        # sums over t = max(b u, -708), as the C++ kernel (see softmax.hpp): bounded, never underflow to 0
         s0 = 0.0
         s1 = 0.0
         s2 = 0.0
         for k in range(K):
-            u = load(scores[i, k], table) - best
-            e = math.exp(b * u)
+            t = max(b * (load(scores[i, k], table) - best), -708.0)
+            e = math.exp(t)
             s0 += e
-            s1 += e * u
-            s2 += (e * u) * u
-        mean = s1 / s0
-        second = s2 / s0
+            s1 += e * t
+            s2 += (e * t) * t
+        mean_t = s1 / s0
+        second_t = s2 / s0
         u_label = load(scores[i, y], table) - best
         acc[0] += 1.0
         acc[1] += w
         acc[2] += w * (math.log(s0) - b * u_label)
-        acc[3] += w * (mean - u_label)
-        acc[4] += w * max(second - mean * mean, 0.0)
+        acc[3] += w * (mean_t / b - u_label)
+        acc[4] += w * (max(second_t - mean_t * mean_t, 0.0) / b / b)
 
 
 @numba.njit(parallel=True, **JIT)

@@ -18,6 +18,8 @@ N_SCORES = 6
 
 
 FLUSH = 64  # elements per flush of the float partial sums (kFlushOctets octets in the C++ kernels)
+EXP_MIN = -708.0  # kExpMin: t = max(b u, EXP_MIN), so e^t t never overflows nor meets 0 * inf
+EXP_MIN_F = F32(-87.0)  # kExpMinF
 
 
 @numba.njit(**JIT)
@@ -74,7 +76,8 @@ def _value_sums(buf, K):
 
 @numba.njit(**JIT)
 def _softmax_f(fbuf, K, best, b, store, with_s1):
-    """s0, s1 of a float row: float lanes, partial sums flushed to double every FLUSH elements."""
+    """s0 = sum e^t, s1 = sum e^t t (t = max(b u, EXP_MIN_F)) of a float row: float lanes, partial sums
+    flushed to double every FLUSH elements."""
     shift = F32(best)
     bf = F32(b)
     p0 = np.zeros(8, np.float32)
@@ -84,10 +87,11 @@ def _softmax_f(fbuf, K, best, b, store, with_s1):
     for k0 in range(0, K, 8):
         n = min(8, K - k0)
         for j in range(n):
-            u = fbuf[k0 + j] - shift
-            e = exp_f32(bf * u)
+            t = bf * (fbuf[k0 + j] - shift)
+            t = t if t > EXP_MIN_F else EXP_MIN_F
+            e = exp_f32(t)
             p0[j] += e
-            p1[j] += e * u
+            p1[j] += e * t
             if store:
                 fbuf[k0 + j] = e
         if (k0 + 8) % FLUSH == 0 or k0 + 8 >= K:
@@ -101,13 +105,14 @@ def _softmax_f(fbuf, K, best, b, store, with_s1):
 
 @numba.njit(**JIT)
 def _softmax_d(dbuf, K, best, b, store):
+    """s0 = sum e^t, s1 = sum e^t t with t = max(b u, EXP_MIN) (as the C++ exp_nonpositive clamps)."""
     s0 = 0.0
     s1 = 0.0
     for k in range(K):
-        u = dbuf[k] - best
-        e = math.exp(b * u)
+        t = max(b * (dbuf[k] - best), EXP_MIN)
+        e = math.exp(t)
         s0 += e
-        s1 += e * u
+        s1 += e * t
         if store:
             dbuf[k] = e
     return s0, s1
@@ -173,6 +178,16 @@ def _scaled_norm(buf, K):
 
 
 @numba.njit(**JIT)
+def _scaled_mean(buf, K):
+    """sum_k x_k / K in index order (the C++ scaled_mean), for rows whose plain sum overflows."""
+    inv = 1.0 / K
+    m = 0.0
+    for k in range(K):
+        m += np.float64(buf[k]) * inv
+    return m
+
+
+@numba.njit(**JIT)
 def _scores_of_row(buf, K, from_logits, b, want, single, out, i):
     logK = math.log(K)
     m1, m2 = _top_two(buf, K)
@@ -188,13 +203,14 @@ def _scores_of_row(buf, K, from_logits, b, want, single, out, i):
         if want[MARGIN]:
             out[MARGIN, i] = (1.0 - math.exp(b * (m2 - m1))) / s0
         if want[ENTROPY]:
-            out[ENTROPY, i] = max(log_s0 - b * (s1 / s0), 0.0)
+            out[ENTROPY, i] = min(max(log_s0 - s1 / s0, 0.0), logK)
         if want[ENERGY]:
             out[ENERGY, i] = -(m1 + log_s0 / b)
         if want[LOGIT_NORM]:
             out[LOGIT_NORM, i] = math.sqrt(sq) if 1e-280 < sq < 1e280 else _scaled_norm(buf, K)
         if want[KL_TO_UNIFORM]:
-            out[KL_TO_UNIFORM, i] = max(log_s0 - logK - b * (total / K - m1), 0.0)
+            mean = total / K if is_finite(total) else _scaled_mean(buf, K)
+            out[KL_TO_UNIFORM, i] = max(log_s0 - logK - b * (mean - m1), 0.0)
     else:
         if want[MAX_PROBABILITY]:
             out[MAX_PROBABILITY, i] = m1
@@ -293,7 +309,7 @@ def _member(m, i, from_logits, single, table, fbuf, dbuf, pbuf, st):
             best, _ = _top_two(dbuf, K)
             s0, s1 = _softmax_d(dbuf, K, best, 1.0, True)
         scale = 1.0 / s0
-        h = max(math.log(s0) - s1 / s0, 0.0)
+        h = min(max(math.log(s0) - s1 / s0, 0.0), math.log(K))
     else:
         best = 0.0
         scale = 1.0
@@ -315,7 +331,7 @@ def _member_value(m, i, c, from_logits, single, table, scale, row_max):
         return v * scale
     if single:
         return np.float64(exp_f32(F32(1.0) * (F32(v) - F32(row_max)))) * scale
-    return math.exp(1.0 * (v - row_max)) * scale
+    return math.exp(max(1.0 * (v - row_max), EXP_MIN)) * scale
 
 
 @numba.njit(**JIT)

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from .._validation import check_bool
+from .._validation import check_bool, check_sample_weight
 from ._base import Calibrator, check_fit_inputs, check_int, check_positive_number, fitted_array, fitted_int
 from .nonparametric import _binary_scores
 
@@ -31,6 +31,12 @@ class PlattScaling(Calibrator):
     :math:`\sum_i w_i [t_i (A f_i + B) + \log(1 + e^{-(A f_i + B)})]`
     by Newton's method with a backtracking line search (Lin, Lin & Weng 2007,
     "A note on Platt's probabilistic outputs for support vector machines").
+    Constant scores leave A undefined: the fit then sets A = 0 and B so that
+    every score gets the weighted rate of class 1 (of the targets t), with a
+    RuntimeWarning. The loss is minimised with the sample weights divided by
+    their largest (weights near 1e308 or subnormal do not overflow or vanish);
+    with ``smooth_targets=True`` the targets come from the weighted class
+    counts as given, so only that prior depends on the scale of the weights.
     With ``smooth_targets=True`` (Platt's prior correction, as
     ``sklearn.calibration._sigmoid_calibration``) the targets are
     t+ = (N+ + 1) / (N+ + 2) and t- = 1 / (N- + 2), N± being the (weighted)
@@ -69,14 +75,30 @@ class PlattScaling(Calibrator):
         f = _binary_scores(scores)
         w = np.ones(f.shape[0]) if sample_weight is None else sample_weight
         positive = labels == 1
-        n_pos, n_neg = float(w[positive].sum()), float(w[~positive].sum())
+        with np.errstate(over="ignore"):  # the weighted counts may overflow to inf: handled below
+            n_pos, n_neg = float(w[positive].sum()), float(w[~positive].sum())
         if n_pos == 0 or n_neg == 0:
             raise ValueError("labels hold only one class: Platt scaling needs examples of both 0 and 1")
-        if self.smooth_targets:
-            t = np.where(positive, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+        if self.smooth_targets:  # Platt's prior, from the weighted counts as given
+            t_pos = (n_pos + 1.0) / (n_pos + 2.0) if math.isfinite(n_pos) else 1.0
+            t = np.where(positive, t_pos, 1.0 / (n_neg + 2.0))
         else:
             t = positive.astype(np.float64)
-        a, b = 0.0, math.log((n_neg + 1.0) / (n_pos + 1.0))
+        start = (n_neg + 1.0) / (n_pos + 1.0)
+        if sample_weight is not None:
+            # The loss is minimised with the weights divided by their largest (same optimum, no
+            # overflow for weights near 1e308, no subnormal sums).
+            w = check_sample_weight(sample_weight, f.shape[0], scale=True)
+            if not (math.isfinite(start) and start > 0.0):
+                start = float(w[~positive].sum()) / float(w[positive].sum())
+        if f.min() == f.max():
+            # A is not identifiable: with A = 0 the NLL is minimised by P(y = 1) = the weighted mean target.
+            warnings.warn("scores are constant: Platt scaling sets A = 0 and predicts the (weighted) rate of "
+                          "class 1 for every score", RuntimeWarning, stacklevel=2)
+            mean_t = float(w @ t) / float(w.sum())
+            self.a_, self.b_, self.n_iter_ = 0.0, math.log((1.0 - mean_t) / mean_t), 0
+            return self
+        a, b = 0.0, math.log(start)
         loss = _platt_loss(a, b, f, t, w)
         total, sigma, converged = float(w.sum()), 1e-12, False
         n_iter = 0
@@ -90,6 +112,8 @@ class PlattScaling(Calibrator):
                 break
             h11, h22, h21 = float(f * f @ d2) + sigma, float(d2.sum()) + sigma, float(f @ d2)
             det = h11 * h22 - h21 * h21
+            if not det > 0.0 or not math.isfinite(det):  # Hessian singular to rounding: no Newton step
+                break
             da, db = -(h22 * g1 - h21 * g2) / det, -(-h21 * g1 + h11 * g2) / det
             slope = g1 * da + g2 * db
             step = 1.0

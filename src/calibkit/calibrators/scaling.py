@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _backend
 from .._backend import BACKENDS
-from .._validation import MAX_CLASSES, raise_for_status
+from .._validation import MAX_CLASSES, check_sample_weight, raise_for_status
 from ._base import (
     MAX_LEARNED, Calibrator, check_finite, check_fit_inputs, check_int, check_logits, check_positive_number,
     chunk_rows, fitted_array, fitted_int, softmax_rows,
@@ -47,7 +47,10 @@ def temperature_nll(logits, labels, inverse_temperature, *, sample_weight=None, 
         L''(b) = \sum_i w_i \mathrm{Var}_i[z] \ge 0,
 
     with E_i and Var_i under softmax(b z_i); L is convex in b. One exp per
-    element, no N x K temporary, float16/32/64 logits read in place.
+    element, no N x K temporary, float16/32/64 logits read in place. The
+    sums are taken over t = max(b (z - max z), -708): no product overflows for
+    any logit size, and a row that is not constant always adds a nonzero
+    derivative (on separable data they do not underflow to 0).
 
     Parameters
     ----------
@@ -146,9 +149,14 @@ class TemperatureScaling(_LogitCalibrator):
     Parameters
     ----------
     bounds : (float, float), default (1e-3, 1e3)
-        Allowed range of T. If the optimum is at a bound (e.g. perfectly
-        separable data, where the NLL keeps falling as T -> 0), T is set to the
-        bound and a RuntimeWarning is issued.
+        Allowed range of T. If the optimum is at a bound, T is set to the
+        bound and a RuntimeWarning says which: at T_min the NLL keeps falling
+        as T -> 0 (e.g. perfectly separable data); at T_max it keeps falling
+        towards the uniform prediction (the logits carry no information about
+        the labels). Both backends give the same T and warning, however large
+        the logit gaps (the derivatives in b do not underflow, see
+        :func:`temperature_nll`). Sample weights are divided by their largest
+        (the fit does not depend on their scale).
     tol : float, default 1e-7
         Stop when a Newton step changes b by at most ``tol * b``; Newton
         converges quadratically, so the result is then within about
@@ -196,6 +204,8 @@ class TemperatureScaling(_LogitCalibrator):
         self._check_params()
         logits = check_logits(logits, "logits")
         logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
+        # The fit does not depend on the scale of the weights: divide by the largest (no overflow or subnormals).
+        sample_weight = check_sample_weight(sample_weight, logits.shape[0], scale=True)
         k = _backend.kernels(self.backend)
         n, n_classes = logits.shape
         start = None
@@ -225,10 +235,15 @@ class TemperatureScaling(_LogitCalibrator):
             b = 1.0
         elif not converged:
             warnings.warn(f"temperature fit did not converge in {passes} passes", RuntimeWarning, stacklevel=2)
-        at_bound = b <= 1.0 / t_max * (1 + 1e-9) or b >= 1.0 / t_min * (1 - 1e-9)
-        if at_bound and not degenerate:
-            warnings.warn(f"the NLL optimum is at the bound T = {1.0 / b:g} (bounds={self.bounds}); "
-                          "the data may be separable", RuntimeWarning, stacklevel=2)
+        if not degenerate and b >= 1.0 / t_min * (1 - 1e-9):
+            warnings.warn(f"the NLL optimum is at the lower bound T = {1.0 / b:g} (bounds={self.bounds}): "
+                          "the NLL keeps falling as T -> 0, the data may be separable (every row's "
+                          "largest logit is its label's)", RuntimeWarning, stacklevel=2)
+        elif not degenerate and b <= 1.0 / t_max * (1 + 1e-9):
+            warnings.warn(f"the NLL optimum is at the upper bound T = {1.0 / b:g} (bounds={self.bounds}): "
+                          "the NLL keeps falling towards the uniform prediction, so the logits carry no "
+                          "information about the labels (or less than a constant guess)", RuntimeWarning,
+                          stacklevel=2)
         self.temperature_ = 1.0 / b
         self.n_passes_ = passes
         self.n_classes_ = int(n_classes)
@@ -353,6 +368,7 @@ class VectorScaling(_LogitCalibrator):
         self._check_params()
         logits = check_logits(logits, "logits")
         logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
+        sample_weight = check_sample_weight(sample_weight, logits.shape[0], scale=True)  # scale-free fit
         n, n_classes = logits.shape
         if self.reg == 0 and n < 2 * n_classes:
             raise ValueError(f"vector scaling has {2 * n_classes} parameters but only {n} rows were given; "
@@ -461,6 +477,7 @@ class MatrixScaling(_LogitCalibrator):
         self._check_params()
         logits = check_logits(logits, "logits")
         logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
+        sample_weight = check_sample_weight(sample_weight, logits.shape[0], scale=True)  # scale-free fit
         n, n_classes = logits.shape
         _check_label_range(labels, n_classes)
         n_params = n_classes * (n_classes + 1)
