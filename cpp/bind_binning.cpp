@@ -161,11 +161,12 @@ py::dict classwise_stats_py(const py::object& scores, const py::object& labels, 
 
 void bind_binning(py::module_& m) {
     m.def("top_label_stats", &top_label_stats_py, py::arg("scores"), py::arg("labels"), py::arg("sample_weight"),
-          py::arg("from_logits"), py::arg("n_bins"), py::arg("nll_eps"), py::arg("with_nll") = true,
+          py::arg("from_logits").noconvert(), py::arg("n_bins"), py::arg("nll_eps"),
+          py::arg("with_nll").noconvert() = true,
           py::arg("conf_out") = py::none(), py::arg("correct_out") = py::none(),
           py::arg("inverse_temperature") = 1.0, py::arg("classwise_bins") = 0, py::arg("class_edges") = py::none());
     m.def("binary_stats", &binary_stats_py, py::arg("scores"), py::arg("labels"), py::arg("sample_weight"),
           py::arg("n_bins"), py::arg("edges"), py::arg("nll_eps"));
     m.def("classwise_stats", &classwise_stats_py, py::arg("scores"), py::arg("labels"), py::arg("sample_weight"),
-          py::arg("from_logits"), py::arg("n_bins"), py::arg("class_edges"));
+          py::arg("from_logits").noconvert(), py::arg("n_bins"), py::arg("class_edges"));
 }

@@ -131,5 +131,5 @@ void bind_calibrators(py::module_& m) {
     m.def("vector_scaling_nll", &vector_scaling_nll_py, py::arg("scores"), py::arg("labels"),
           py::arg("sample_weight"), py::arg("scale"), py::arg("bias"));
     m.def("isotonic_fit", &isotonic_fit_py, py::arg("y"), py::arg("x"), py::arg("sample_weight"),
-          py::arg("increasing"));
+          py::arg("increasing").noconvert());
 }

@@ -50,5 +50,5 @@ py::dict two_sample_ranking_py(const py::object& pos_obj, const py::object& neg_
 
 void bind_ranking(py::module_& m) {
     m.def("two_sample_ranking", &two_sample_ranking_py, py::arg("pos"), py::arg("neg"), py::arg("target_tpr"),
-          py::arg("want_curve"));
+          py::arg("want_curve").noconvert());
 }

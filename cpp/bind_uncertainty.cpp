@@ -142,11 +142,11 @@ py::dict confidence_loss_py(const py::object& logits_in_obj, const py::object& l
 }  // namespace
 
 void bind_uncertainty(py::module_& m) {
-    m.def("row_scores", &row_scores_py, py::arg("scores"), py::arg("from_logits"), py::arg("inverse_temperature"),
-          py::arg("kinds"));
-    m.def("ensemble_decompose", &ensemble_decompose_py, py::arg("samples"), py::arg("from_logits"));
-    m.def("ensemble_update", &ensemble_update_py, py::arg("member"), py::arg("from_logits"), py::arg("count"),
-          py::arg("sum"), py::arg("m2"), py::arg("entropy_sum"));
+    m.def("row_scores", &row_scores_py, py::arg("scores"), py::arg("from_logits").noconvert(),
+          py::arg("inverse_temperature"), py::arg("kinds"));
+    m.def("ensemble_decompose", &ensemble_decompose_py, py::arg("samples"), py::arg("from_logits").noconvert());
+    m.def("ensemble_update", &ensemble_update_py, py::arg("member"), py::arg("from_logits").noconvert(),
+          py::arg("count"), py::arg("sum"), py::arg("m2"), py::arg("entropy_sum"));
     m.def("confidence_loss", &confidence_loss_py, py::arg("logits_in"), py::arg("labels"), py::arg("logits_out"),
           py::arg("beta"));
 }
