@@ -10,12 +10,7 @@ namespace {
 // An optional float64 array of bin edges: None, or a numpy float64 array (copied only if strided) whose
 // values are non-decreasing and not NaN along its last axis (the kernel binary-searches them).
 py::array_t<double> edges_array(const py::object& obj, const char* name) {
-    if (!py::isinstance<py::array>(obj) || !is_dtype<double>(py::reinterpret_borrow<py::array>(obj)))
-        throw py::type_error(std::string(name) + " must be a numpy array of dtype float64 or None, got " +
-                             (py::isinstance<py::array>(obj)
-                                  ? "an array of dtype " + dtype_name(py::reinterpret_borrow<py::array>(obj))
-                                  : type_name(obj)));
-    return py::array_t<double, py::array::c_style>::ensure(obj);
+    return py::array_t<double, py::array::c_style>::ensure(exact_dtype_array<double>(obj, name));
 }
 
 void check_edges(const double* e, int64_t rows, int64_t n, const char* name) {

@@ -1,6 +1,13 @@
 // Helpers shared by the pybind11 binding files: every buffer is checked again
 // here (dtype, shape, strides, alignment) before a kernel sees it, so nothing a
-// Python caller passes can make a kernel read out of bounds.
+// Python caller passes can make a kernel read or write out of bounds.
+//
+// Rules of every binding: array arguments are taken as py::object and must be
+// numpy arrays (require_array, exact_dtype_array / optional_vector for the
+// ones that may be None, output_array for buffers the kernel writes): nothing
+// is converted, so a scalar never becomes a 0-d array and an output never a
+// lost temporary. Size arguments are bounded (check_size with the kMax*
+// constants of common.hpp) before anything is allocated from them.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -110,18 +117,24 @@ Vector<T> typed_vector(const py::array& a, const char* name) {
     return vector<T>(a, name, static_cast<int64_t>(a.shape(0)));
 }
 
-// An optional 1-D input of length n and exactly dtype T: None gives a view with null data. Anything but
-// None or a numpy array of that dtype is a TypeError (nothing is converted).
+// An array argument that may also be None (the caller checks is_none() first): a numpy array of exactly
+// dtype T, else a TypeError naming what came. Nothing is converted.
+template <class T>
+py::array exact_dtype_array(const py::object& obj, const char* name) {
+    const bool is_array = py::isinstance<py::array>(obj);
+    if (!is_array || !is_dtype<T>(py::reinterpret_borrow<py::array>(obj)))
+        throw py::type_error(std::string(name) + " must be a numpy array of dtype " + DtypeLabel<T>::value +
+                             " or None, got " +
+                             (is_array ? "an array of dtype " + dtype_name(py::reinterpret_borrow<py::array>(obj))
+                                       : type_name(obj)));
+    return py::reinterpret_borrow<py::array>(obj);
+}
+
+// An optional 1-D input of length n and exactly dtype T: None gives a view with null data.
 template <class T>
 Vector<T> optional_vector(const py::object& obj, const char* name, int64_t n) {
     if (obj.is_none()) return Vector<T>{nullptr, 0, 0};
-    if (!py::isinstance<py::array>(obj) || !is_dtype<T>(py::reinterpret_borrow<py::array>(obj)))
-        throw py::type_error(std::string(name) + " must be a numpy array of dtype " + DtypeLabel<T>::value +
-                             " or None, got " +
-                             (py::isinstance<py::array>(obj)
-                                  ? "an array of dtype " + dtype_name(py::reinterpret_borrow<py::array>(obj))
-                                  : type_name(obj)));
-    return vector<T>(py::reinterpret_borrow<py::array>(obj), name, n);
+    return vector<T>(exact_dtype_array<T>(obj, name), name, n);
 }
 
 // A shape as Python prints it: (3,), (4, 10).
