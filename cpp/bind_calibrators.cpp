@@ -10,8 +10,10 @@ using namespace calibkit::bind;
 
 namespace {
 
-py::dict temperature_nll_py(const py::array& scores, const py::array& labels, const py::object& sample_weight,
-                            double inverse_temperature) {
+py::dict temperature_nll_py(const py::object& scores_obj, const py::object& labels_obj,
+                            const py::object& sample_weight, double inverse_temperature) {
+    const py::array scores = require_array(scores_obj, "scores");
+    const py::array labels = require_array(labels_obj, "labels");
     require_dtype(is_dtype<int64_t>(labels), labels, "labels", "int64");
     if (!(inverse_temperature > 0.0) || !std::isfinite(inverse_temperature))
         throw py::value_error("inverse_temperature must be a positive finite number");
@@ -37,14 +39,21 @@ py::dict temperature_nll_py(const py::array& scores, const py::array& labels, co
     });
 }
 
-const double* parameter(const py::array& a, const char* name, int64_t K) {
-    if (!is_dtype<double>(a) || a.ndim() != 1 || a.shape(0) != K || !(a.flags() & py::array::c_style))
-        throw py::value_error(std::string(name) + " must be a contiguous float64 array of length K");
+// A parameter vector of length K read by index: float64, C-contiguous, aligned.
+const double* parameter(const py::object& obj, const char* name, int64_t K) {
+    const py::array a = require_array(obj, name);
+    const Vector<double> v = typed_vector<double>(a, name);
+    if (v.size != K)
+        throw py::value_error(std::string(name) + " has length " + std::to_string(v.size) + ", expected K = " +
+                              std::to_string(K));
+    if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
     return static_cast<const double*>(a.data());
 }
 
-py::dict vector_scaling_nll_py(const py::array& scores, const py::array& labels, const py::object& sample_weight,
-                               const py::array& scale, const py::array& bias) {
+py::dict vector_scaling_nll_py(const py::object& scores_obj, const py::object& labels_obj,
+                               const py::object& sample_weight, const py::object& scale, const py::object& bias) {
+    const py::array scores = require_array(scores_obj, "scores");
+    const py::array labels = require_array(labels_obj, "labels");
     require_dtype(is_dtype<int64_t>(labels), labels, "labels", "int64");
     return dispatch_float(scores, "scores", [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
@@ -70,26 +79,25 @@ py::dict vector_scaling_nll_py(const py::array& scores, const py::array& labels,
     });
 }
 
-Vector<double> float64_vector(const py::array& a, const char* name, int64_t n) {
-    require_dtype(is_dtype<double>(a), a, name, "float64");
-    return vector<double>(a, name, n);
+// Every value finite (and, for weights, > 0): PAV on NaN or on zero total weight gives NaN blocks.
+void check_finite(const Vector<double>& v, const char* name, bool positive) {
+    for (int64_t i = 0; i < v.size; ++i) {
+        const double value = v[i];
+        if (!is_finite(value) || (positive && !(value > 0.0)))
+            throw py::value_error(std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(value) +
+                                  (positive ? " is not a finite number > 0" : " is not finite"));
+    }
 }
 
-// The caller (calibkit.calibrators) has checked that values are finite and weights positive.
-py::dict isotonic_fit_py(const py::array& y, const py::object& x, const py::object& sample_weight, bool increasing) {
-    if (y.ndim() != 1) throw py::value_error("y must be 1-D");
-    const int64_t n = y.shape(0);
-    const Vector<double> yv = float64_vector(y, "y", n);
-    Vector<double> xv{nullptr, 0, 0}, wv{nullptr, 0, 0};
-    py::array xa, wa;
-    if (!x.is_none()) {
-        xa = py::reinterpret_borrow<py::array>(x);
-        xv = float64_vector(xa, "x", n);
-    }
-    if (!sample_weight.is_none()) {
-        wa = py::reinterpret_borrow<py::array>(sample_weight);
-        wv = float64_vector(wa, "sample_weight", n);
-    }
+py::dict isotonic_fit_py(const py::object& y_obj, const py::object& x, const py::object& sample_weight,
+                         bool increasing) {
+    const Vector<double> yv = typed_vector<double>(require_array(y_obj, "y"), "y");
+    const int64_t n = yv.size;
+    const Vector<double> xv = optional_vector<double>(x, "x", n);
+    const Vector<double> wv = optional_vector<double>(sample_weight, "sample_weight", n);
+    check_finite(yv, "y", false);
+    if (xv.data) check_finite(xv, "x", false);
+    if (wv.data) check_finite(wv, "sample_weight", true);
     py::array_t<double> fitted(n);
     double* f = fitted.mutable_data();
     py::object order_obj = py::none();
@@ -123,5 +131,5 @@ void bind_calibrators(py::module_& m) {
     m.def("vector_scaling_nll", &vector_scaling_nll_py, py::arg("scores"), py::arg("labels"),
           py::arg("sample_weight"), py::arg("scale"), py::arg("bias"));
     m.def("isotonic_fit", &isotonic_fit_py, py::arg("y"), py::arg("x"), py::arg("sample_weight"),
-          py::arg("increasing"));
+          py::arg("increasing").noconvert());
 }

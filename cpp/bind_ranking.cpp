@@ -8,12 +8,18 @@ using namespace calibkit::bind;
 
 namespace {
 
-py::dict two_sample_ranking_py(const py::array& pos, const py::array& neg, double target_tpr, bool want_curve) {
-    if (pos.dtype().not_equal(neg.dtype())) throw py::type_error("pos and neg must have the same dtype");
+py::dict two_sample_ranking_py(const py::object& pos_obj, const py::object& neg_obj, double target_tpr,
+                               bool want_curve) {
     if (!(target_tpr >= 0.0 && target_tpr <= 1.0)) throw py::value_error("target_tpr must be in [0, 1]");
+    const py::array pos = require_array(pos_obj, "pos");
+    const py::array neg = require_array(neg_obj, "neg");
+    if (pos.dtype().not_equal(neg.dtype()))
+        throw py::type_error("pos and neg must have the same dtype, got " + dtype_name(pos) + " and " +
+                             dtype_name(neg));
     return dispatch_float(pos, "pos", [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
-        if (pos.ndim() != 1 || neg.ndim() != 1) throw py::value_error("pos and neg must be 1-D");
+        require_ndim(pos, "pos", 1);
+        require_ndim(neg, "neg", 1);
         const Vector<T> p = vector<T>(pos, "pos", pos.shape(0));
         const Vector<T> n = vector<T>(neg, "neg", neg.shape(0));
         if (p.size + n.size < 1) throw py::value_error("pos and neg must not both be empty");
@@ -44,5 +50,5 @@ py::dict two_sample_ranking_py(const py::array& pos, const py::array& neg, doubl
 
 void bind_ranking(py::module_& m) {
     m.def("two_sample_ranking", &two_sample_ranking_py, py::arg("pos"), py::arg("neg"), py::arg("target_tpr"),
-          py::arg("want_curve"));
+          py::arg("want_curve").noconvert());
 }

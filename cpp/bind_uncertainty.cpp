@@ -13,16 +13,18 @@ void check_b(double b) {
     if (!(b > 0.0) || !std::isfinite(b)) throw py::value_error("inverse_temperature must be a positive finite number");
 }
 
-py::dict row_scores_py(const py::array& scores, bool from_logits, double inverse_temperature,
-                       int kinds) {
+py::dict row_scores_py(const py::object& scores_obj, bool from_logits, double inverse_temperature, int kinds) {
     check_b(inverse_temperature);
+    if (kinds <= 0 || kinds >= (1 << kNumScores))
+        throw py::value_error("kinds must be a non-zero bit mask of the " + std::to_string(kNumScores) +
+                              " score kinds, got " + std::to_string(kinds));
+    const py::array scores = require_array(scores_obj, "scores");
     return dispatch_float(scores, "scores", [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const Matrix<T> s = matrix<T>(scores, "scores");
         if (s.cols < 1) throw py::value_error("scores must have at least one column");
         double* outs[kNumScores] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
         py::dict d;
-        if (kinds <= 0 || kinds >= (1 << kNumScores)) throw py::value_error("kinds must be a bit mask of score kinds");
         for (int c = 0; c < kNumScores; ++c) {
             if (!((kinds >> c) & 1)) continue;
             if (!from_logits && (c == kEnergy || c == kLogitNorm))
@@ -43,7 +45,7 @@ py::dict row_scores_py(const py::array& scores, bool from_logits, double inverse
 
 template <class T>
 Passes<T> passes(const py::array& a) {
-    if (a.ndim() != 3) throw py::value_error("samples must be 3-D (S, N, K)");
+    require_ndim(a, "samples", 3);
     check_strides(a, "samples");
     return Passes<T>{static_cast<const char*>(a.data()), static_cast<int64_t>(a.shape(0)),
                      static_cast<int64_t>(a.shape(1)), static_cast<int64_t>(a.shape(2)),
@@ -51,7 +53,8 @@ Passes<T> passes(const py::array& a) {
                      static_cast<int64_t>(a.strides(2))};
 }
 
-py::dict ensemble_decompose_py(const py::array& samples, bool from_logits) {
+py::dict ensemble_decompose_py(const py::object& samples_obj, bool from_logits) {
+    const py::array samples = require_array(samples_obj, "samples");
     return dispatch_float(samples, "samples", [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const Passes<T> x = passes<T>(samples);
@@ -78,23 +81,17 @@ py::dict ensemble_decompose_py(const py::array& samples, bool from_logits) {
     });
 }
 
-double* state_array(py::array& a, const char* name, int64_t size) {
-    if (!is_dtype<double>(a) || !(a.flags() & py::array::c_style) || !a.writeable() || a.size() != size)
-        throw py::value_error(std::string(name) + " must be a writeable C-contiguous float64 array of " +
-                              std::to_string(size) + " elements");
-    return static_cast<double*>(a.mutable_data());
-}
-
-py::tuple ensemble_update_py(const py::array& member, bool from_logits, int64_t count, py::array& sum, py::array& m2,
-                             py::array& entropy_sum) {
-    if (count < 0) throw py::value_error("count must be >= 0");
+py::tuple ensemble_update_py(const py::object& member_obj, bool from_logits, int64_t count, const py::object& sum,
+                             const py::object& m2, const py::object& entropy_sum) {
+    check_size(count, "count", 0, kMaxMembers);
+    const py::array member = require_array(member_obj, "member");
     return dispatch_float(member, "member", [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const Matrix<T> m = matrix<T>(member, "member");
         if (m.cols < 1) throw py::value_error("member must have at least one column");
-        double* s = state_array(sum, "sum", m.rows * m.cols);
-        double* q = state_array(m2, "m2", m.rows * m.cols);
-        double* h = state_array(entropy_sum, "entropy_sum", m.rows);
+        double* s = output_array<double>(sum, "sum", {m.rows, m.cols});
+        double* q = output_array<double>(m2, "m2", {m.rows, m.cols});
+        double* h = output_array<double>(entropy_sum, "entropy_sum", {m.rows});
         Status st;
         {
             py::gil_scoped_release release;
@@ -104,8 +101,11 @@ py::tuple ensemble_update_py(const py::array& member, bool from_logits, int64_t 
     });
 }
 
-py::dict confidence_loss_py(const py::array& logits_in, const py::array& labels, const py::array& logits_out,
-                            double beta) {
+py::dict confidence_loss_py(const py::object& logits_in_obj, const py::object& labels_obj,
+                            const py::object& logits_out_obj, double beta) {
+    const py::array logits_in = require_array(logits_in_obj, "logits_in");
+    const py::array labels = require_array(labels_obj, "labels");
+    const py::array logits_out = require_array(logits_out_obj, "logits_out");
     require_dtype(is_dtype<int64_t>(labels), labels, "labels", "int64");
     if (!(beta >= 0.0) || !std::isfinite(beta)) throw py::value_error("beta must be a finite number >= 0");
     if (logits_in.dtype().not_equal(logits_out.dtype()))
@@ -142,11 +142,11 @@ py::dict confidence_loss_py(const py::array& logits_in, const py::array& labels,
 }  // namespace
 
 void bind_uncertainty(py::module_& m) {
-    m.def("row_scores", &row_scores_py, py::arg("scores"), py::arg("from_logits"), py::arg("inverse_temperature"),
-          py::arg("kinds"));
-    m.def("ensemble_decompose", &ensemble_decompose_py, py::arg("samples"), py::arg("from_logits"));
-    m.def("ensemble_update", &ensemble_update_py, py::arg("member"), py::arg("from_logits"), py::arg("count"),
-          py::arg("sum"), py::arg("m2"), py::arg("entropy_sum"));
+    m.def("row_scores", &row_scores_py, py::arg("scores"), py::arg("from_logits").noconvert(),
+          py::arg("inverse_temperature"), py::arg("kinds"));
+    m.def("ensemble_decompose", &ensemble_decompose_py, py::arg("samples"), py::arg("from_logits").noconvert());
+    m.def("ensemble_update", &ensemble_update_py, py::arg("member"), py::arg("from_logits").noconvert(),
+          py::arg("count"), py::arg("sum"), py::arg("m2"), py::arg("entropy_sum"));
     m.def("confidence_loss", &confidence_loss_py, py::arg("logits_in"), py::arg("labels"), py::arg("logits_out"),
           py::arg("beta"));
 }

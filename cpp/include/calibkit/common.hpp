@@ -134,6 +134,17 @@ struct Status {
     }
 };
 
+// Upper bounds of the size arguments a kernel allocates from. The Python layer
+// checks the same bounds first (calibkit._validation, calibkit.streaming); the
+// bindings check them again, before anything is allocated, so a huge size from
+// any caller is a ValueError instead of gigabytes per chunk task or an abort.
+constexpr int64_t kMaxBins = int64_t{1} << 20;           // n_bins, classwise_bins (per class)
+constexpr int64_t kMaxClasswiseBins = int64_t{1} << 26;  // n_classes * n_bins of class-wise binning
+constexpr int64_t kMaxFineBits = 12;                     // streaming fine histogram: buckets per octave 2^bits
+constexpr int64_t kMaxFineLevels = 1000;                 // streaming fine histogram: octaves per side
+constexpr int64_t kMaxBootstrap = 100000;                // streaming bootstrap replicates
+constexpr int64_t kMaxMembers = int64_t{1} << 53;        // ensemble members seen (count + 1 exact in a double)
+
 // Tolerance for probabilities slightly outside [0, 1] from float rounding.
 constexpr double kProbabilityTolerance = 1e-6;
 
