@@ -97,8 +97,6 @@ def test_classwise_cells_are_bounded_from_the_data_too():
     assert got["update"][0] == "ValueError" and "n_classes * n_bins" in got["update"][1], got
 
 
-@pytest.mark.xfail(reason="metrics.classwise_calibration_error does not yet call _validation.check_cells "
-                          "(metrics.py and the binding are owned by other engineers)", strict=False)
 def test_classwise_metric_cells_are_bounded():
     got = run_limited([("metric", "metrics.classwise_calibration_error(np.full((2, 128), 1 / 128), [0, 1], "
                                   "n_bins=2 ** 20)")])

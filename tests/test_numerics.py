@@ -374,3 +374,72 @@ def test_quantile_edges_are_numpy_quantile_not_percentile():
     y = (rng.random(20) < x).astype(np.int64)
     t = calibkit.reliability_table(x, y, n_bins=10, strategy="quantile")
     np.testing.assert_array_equal(np.r_[t.lower, t.upper[-1]], np.quantile(x, q))
+
+
+# -- weights and values a streaming state or a calibrator cannot represent ---------------------------------
+
+@pytest.mark.parametrize("w", [1e308, 5e-324, 1e-310])
+def test_stream_refuses_weights_it_cannot_sum(backend, w):
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(3), 50)
+    y = rng.integers(0, 3, 50)
+    acc = calibkit.CalibrationAccumulator(backend=backend)
+    weights = np.ones(50)
+    weights[7] = w
+    with pytest.raises(ValueError, match=r"sample_weight\[7\] = .* is outside \[1e-300, 1e\+300\]"):
+        acc.update(p, y, sample_weight=weights)
+    assert acc.count == 0  # atomic: nothing was added
+
+
+def test_stream_refuses_a_total_weight_that_would_overflow(backend):
+    p = np.array([[0.7, 0.3], [0.2, 0.8]])
+    acc = calibkit.CalibrationAccumulator(backend=backend).update(p, [0, 1], sample_weight=[4e299, 4e299])
+    with pytest.raises(ValueError, match="total weight of the stream would pass 1e\\+300"):
+        acc.update(p, [0, 1], sample_weight=[4e299, 4e299])
+    assert acc.count == 2
+
+
+def test_stream_scaled_weights_give_the_same_metrics(backend):
+    rng = np.random.default_rng(4)
+    p = rng.dirichlet(np.ones(4), 200)
+    y = rng.integers(0, 4, 200)
+    w = rng.random(200)
+    base = calibkit.CalibrationAccumulator(backend=backend).update(p, y, w).compute()
+    for scale in (1e-290, 1e290):
+        r = calibkit.CalibrationAccumulator(backend=backend).update(p, y, w * scale).compute()
+        assert r.ece == pytest.approx(base.ece, rel=1e-12)
+        assert r.brier == pytest.approx(base.brier, rel=1e-12)
+        assert r.nll == pytest.approx(base.nll, rel=1e-12)
+
+
+def test_decayed_window_flushes_faded_weights_instead_of_refusing_them():
+    rng = np.random.default_rng(5)
+    p = rng.dirichlet(np.ones(3), 5000)
+    y = rng.integers(0, 3, 5000)
+    acc = calibkit.WindowedAccumulator(decay=0.5).update(p, y, np.full(5000, 1e-200))
+    r = acc.compute()
+    assert np.isfinite(r.ece) and 0 <= r.ece <= 1
+
+
+def test_scaled_logits_that_overflow_are_an_error_not_nan():
+    vs = calibkit.VectorScaling.from_dict({
+        "format": "calibkit.calibrator", "version": 1, "class": "VectorScaling", "params": {},
+        "fitted": {"scale_": [1e150, 1.0, 1.0], "bias_": [0.0, 0.0, 0.0], "n_classes_": 3,
+                   "n_iter_": 1, "n_passes_": 1}})
+    z = np.array([[1.0, 2.0, 3.0], [1e300, 0.0, 0.0]])
+    for method in (vs.transform, vs.predict_proba):
+        with pytest.raises(ValueError, match=r"logits\[1\]: the calibrated logits overflow float64"):
+            method(z)
+    # temperature scaling shifts by the row maximum first: huge logits still give probabilities
+    ts = calibkit.TemperatureScaling.from_dict({
+        "format": "calibkit.calibrator", "version": 1, "class": "TemperatureScaling", "params": {},
+        "fitted": {"temperature_": 1e-100, "n_classes_": 3, "n_passes_": 1}})
+    prob = ts.predict_proba(np.array([[1e300, -1e300, 0.0], [1.0, 2.0, 3.0]]))
+    np.testing.assert_array_equal(prob, [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+def test_set_num_threads_is_bounded(threads):
+    with pytest.raises(ValueError, match=r"n must be in \[1, 1024\], got 5000"):
+        calibkit.set_num_threads(5000)
+    calibkit._core.set_num_threads(2 ** 31 - 1)  # the binding clamps to the same bound
+    assert calibkit.get_num_threads() == 1024

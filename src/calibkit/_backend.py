@@ -22,6 +22,8 @@ import threading
 from . import _core
 
 BACKENDS = ("auto", "cpp", "numba")
+#: Largest thread count of set_num_threads (the C++ pool clamps to the same kMaxThreads).
+MAX_THREADS = 1024
 
 # Numba's workqueue threading layer aborts the process when two Python threads
 # run parallel kernels at once: a parallel Numba kernel runs only while holding
@@ -71,7 +73,8 @@ def set_num_threads(n: int) -> None:
     Parameters
     ----------
     n : int
-        Threads per kernel call, the calling thread included (>= 1). The Numba
+        Threads per kernel call, the calling thread included (1 to
+        ``MAX_THREADS`` = 1024). The Numba
         backend uses at most ``NUMBA_NUM_THREADS`` of them (Numba's pool size,
         fixed when its threads start). Inputs smaller than one parallel chunk
         always run on the calling thread.
@@ -79,8 +82,8 @@ def set_num_threads(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
         raise TypeError(f"n must be an integer, got {type(n).__name__}")
     n = int(n)
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n must be in [1, {MAX_THREADS}], got {n}")
     _core.set_num_threads(n)
 
 

@@ -266,6 +266,29 @@ def check_n_bins(n_bins):
     return n_bins
 
 
+#: Non-zero sample weights a streaming accumulator accepts, and the largest total weight it holds:
+#: its state keeps raw weighted sums (batches weigh against each other, so they cannot be rescaled
+#: one by one), which must neither underflow nor overflow float64.
+MIN_STREAM_WEIGHT = 1e-300
+MAX_STREAM_WEIGHT = 1e300
+
+
+def check_stream_weight(w, total, name="sample_weight"):
+    """Refuse weights a streaming state cannot sum exactly: a non-zero weight outside
+    [MIN_STREAM_WEIGHT, MAX_STREAM_WEIGHT], or a stream whose total weight would pass MAX_STREAM_WEIGHT."""
+    if w is None:
+        return
+    bad = (w != 0) & ((w < MIN_STREAM_WEIGHT) | (w > MAX_STREAM_WEIGHT))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{name}[{i}] = {float(w[i])!r} is outside [{MIN_STREAM_WEIGHT:g}, {MAX_STREAM_WEIGHT:g}] "
+                         "(0 is allowed): a streaming accumulator keeps raw weighted sums; divide every weight "
+                         "by one common factor (the metrics do not change)")
+    if total + float(np.sum(w)) > MAX_STREAM_WEIGHT:
+        raise ValueError(f"{name}: the total weight of the stream would pass {MAX_STREAM_WEIGHT:g}; divide every "
+                         "weight by one common factor (the metrics do not change)")
+
+
 def check_cells(n, name_n, n_bins):
     """Check that a table of ``n`` rows (``name_n``: classes, replicates) of ``n_bins`` bins has at most
     MAX_CELLS = 2**26 cells."""

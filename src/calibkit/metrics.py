@@ -61,6 +61,7 @@ import numpy as np
 from . import _backend
 from ._validation import (
     check_bool,
+    check_cells,
     check_choice,
     check_probability_rows,
     check_labels,
@@ -354,6 +355,7 @@ def classwise_calibration_error(
     if scores.ndim != 2:
         raise ValueError(f"scores must have shape (N, K) for the class-wise error, got shape {scores.shape}")
     n_classes = scores.shape[1]
+    check_cells(n_classes, "n_classes", n_bins)
     r = k.classwise_stats(scores, labels, sample_weight, from_logits, n_bins, None)
     raise_for_status(r["status"], n_classes=n_classes)
     weight = np.asarray(r["weight"]).reshape(n_classes, n_bins)

@@ -50,6 +50,7 @@ import time
 import numpy as np
 
 from ._files import atomic_write, same_file
+from ._validation import MAX_STREAM_WEIGHT, MIN_STREAM_WEIGHT
 from .streaming import CalibrationAccumulator, WindowedAccumulator, load_state
 
 MAX_LINE_BYTES = 1 << 24
@@ -78,6 +79,7 @@ REASONS = {
     "bad_correct": '"correct" not 0 or 1',
     "bad_weight": "weight not a number",
     "negative_weight": "negative weight",
+    "weight_out_of_range": "non-zero weight outside [1e-300, 1e300]",
     "internal": "unexpected error",
 }
 """Reasons a line is rejected: the key is the name in reports and Prometheus, the value its description."""
@@ -230,6 +232,9 @@ class Monitor:
         weight = _number(rec.get("weight", 1.0), "weight", "bad_weight")
         if weight < 0:
             raise _Rejected("negative_weight", f"weight = {weight!r} is negative")
+        if weight != 0 and not MIN_STREAM_WEIGHT <= weight <= MAX_STREAM_WEIGHT:
+            raise _Rejected("weight_out_of_range", f"weight = {weight!r} is outside [{MIN_STREAM_WEIGHT:g}, "
+                                                   f"{MAX_STREAM_WEIGHT:g}] (0 is allowed)")
         return kind, scores, label, weight
 
     def _reject(self, reason, detail, lineno) -> None:

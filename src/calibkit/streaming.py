@@ -59,7 +59,7 @@ import numpy as np
 from . import _backend
 from ._validation import (
     MAX_BOOTSTRAP, MAX_CLASSES, MAX_FINE_BINS, MAX_FINE_BITS, MAX_FINE_LEVELS, MAX_ROWS, MAX_WINDOW_BLOCKS,
-    check_bool, check_cells, check_n_bins, check_size, raise_for_status,
+    MIN_STREAM_WEIGHT, check_bool, check_cells, check_n_bins, check_size, check_stream_weight, raise_for_status,
 )
 from .metrics import ReliabilityTable, _binary_probabilities, _errors_from_bins, _nll_eps, _prepare
 
@@ -260,6 +260,7 @@ class CalibrationAccumulator:
         """Add a batch: any input :func:`calibkit.ece` accepts. Atomic: a bad batch raises and adds nothing."""
         k = _backend.kernels(self.backend)
         scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, self.from_logits)
+        check_stream_weight(sample_weight, float(self._totals[_T_WEIGHT]))
         kind = "binary" if scores.ndim == 1 else "top-label"
         if self._kind is not None and kind != self._kind:
             raise ValueError(f"this accumulator holds a {self._kind} stream; got a batch of shape {scores.shape}")
@@ -706,8 +707,10 @@ class WindowedAccumulator:
         scores = check_scores(scores)
         n = scores.shape[0]
         w = check_sample_weight(sample_weight, n)
+        check_stream_weight(w, 0.0)
         factors = self.decay ** np.arange(n - 1, -1, -1, dtype=np.float64)  # newest row: weight 1
         w = factors if w is None else w * factors
+        w[w < MIN_STREAM_WEIGHT] = 0.0  # faded below 1e-300: nothing left to count
         trial = CalibrationAccumulator(**{**self._kwargs, "bootstrap": 0})
         trial.update(scores, labels, w)  # validates the batch before the state is touched
         acc = self._current

@@ -148,7 +148,10 @@ inline std::atomic<int>& num_threads_setting() {
 
 inline int get_num_threads() { return num_threads_setting().load(); }
 
-inline void set_num_threads(int n) { num_threads_setting().store(n < 1 ? 1 : n); }
+// Largest thread count accepted by set_num_threads (more would only start idle threads).
+constexpr int kMaxThreads = 1024;
+
+inline void set_num_threads(int n) { num_threads_setting().store(std::clamp(n, 1, kMaxThreads)); }
 
 class ThreadPool {
 public:

@@ -9,7 +9,9 @@ import numpy as np
 
 from .. import _backend
 from .._backend import BACKENDS
-from .._validation import MAX_CELLS, MAX_CLASSES, check_bool, check_choice, check_n_bins, raise_for_status
+from .._validation import (
+    MAX_CELLS, MAX_CLASSES, check_bool, check_cells, check_choice, check_n_bins, raise_for_status,
+)
 from ..metrics import _quantile_edges
 from ._base import Calibrator, check_finite, check_fit_inputs, check_logits, fitted_array, fitted_int
 
@@ -141,6 +143,9 @@ class _OneVsRest(Calibrator):
     def _apply_one(self, k, s):  # pragma: no cover - subclasses override
         raise NotImplementedError
 
+    def _check_n_classes(self, n_classes):
+        """Refuse a number of classes whose per-class models would be too large (before fitting any)."""
+
     def fit(self, scores, labels, sample_weight=None):
         """Fit on held-out scores ((N,) binary or (N, K)) and labels (N,); returns self."""
         self._check_params()
@@ -154,6 +159,7 @@ class _OneVsRest(Calibrator):
             return self
         p = _probability_matrix(scores, self.from_logits)
         n_classes = p.shape[1]
+        self._check_n_classes(n_classes)
         bad = (labels < 0) | (labels >= n_classes)
         if bad.any():
             i = int(np.argmax(bad))
@@ -327,6 +333,9 @@ class HistogramBinning(_OneVsRest):
         check_bool(self.from_logits, "from_logits")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    def _check_n_classes(self, n_classes):
+        check_cells(n_classes, "n_classes", self.n_bins)
 
     def _fit_one(self, s, t, w):
         n_bins = self.n_bins

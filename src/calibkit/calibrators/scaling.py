@@ -105,7 +105,17 @@ def _apply_chunks(calibrator, logits, *, probabilities):
         rows = slice(start, min(n, start + step))
         z = np.asarray(logits[rows], dtype=np.float64)
         check_finite(z, "logits", start)
-        z = calibrator._scaled(z)
+        if probabilities and calibrator._shift_invariant:
+            z = z - z.max(axis=1, keepdims=True)  # softmax(z / T) = softmax((z - max z) / T): no overflow
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = calibrator._scaled(z)
+        # softmax gives -inf a probability of 0, so predict_proba only needs each row's maximum finite
+        ok = np.isfinite(z).all(axis=1) if not probabilities else \
+            np.isfinite(z.max(axis=1)) & ~np.isnan(z).any(axis=1)
+        if not ok.all():
+            row = start + int(np.argmin(ok))
+            raise ValueError(f"logits[{row}]: the calibrated logits overflow float64 (the logits are too large "
+                             "for this calibrator's learned values)")
         if probabilities:
             softmax_rows(z, out[rows])
         else:
@@ -115,6 +125,9 @@ def _apply_chunks(calibrator, logits, *, probabilities):
 
 class _LogitCalibrator(Calibrator):
     """transform / predict_proba / predict for calibrators that map logits to logits (``_scaled``)."""
+
+    # True when _scaled commutes with subtracting a row constant (softmax can then shift first).
+    _shift_invariant = False
 
     def transform(self, logits):
         """Calibrated logits (float64, shape (N, K))."""
@@ -302,6 +315,8 @@ class TemperatureScaling(_LogitCalibrator):
         self.temperature_ = float(fitted_array(fitted, "temperature_", (), positive=True, low=1.0 / MAX_LEARNED))
         self.n_passes_ = fitted_int(fitted, "n_passes_", 0)
         self.n_classes_ = fitted_int(fitted, "n_classes_", 2, MAX_CLASSES)
+
+    _shift_invariant = True
 
     def _scaled(self, z):
         return z / self.temperature_
