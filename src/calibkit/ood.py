@@ -20,7 +20,6 @@ metric.
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 
@@ -369,7 +368,7 @@ class OODAccumulator:
         keys, n_in, n_out = self._table()
         P, N = n_in.sum(), n_out.sum()
         tp, fp = np.cumsum(n_in), np.cumsum(n_out)
-        tp0, fp0 = tp - n_in, fp - n_out
+        tp0 = tp - n_in
         au = float(np.sum(n_out * (tp + tp0)) / (2 * P * N))
         ap_in, ap_in_bound = self._average_precision(n_in, n_out)
         ap_out, ap_out_bound = self._average_precision(n_out[::-1], n_in[::-1])

@@ -27,7 +27,6 @@ from ._common import (
     is_finite,
     load,
     merge_status,
-    new_status,
     rows_per_chunk,
     run_locked,
     status_tuple,
