@@ -80,7 +80,7 @@ PRELUDE = textwrap.dedent(
             return [Z, Y, rng.normal(size=(N // 2, K)), 0.5], {}
         if name == "set_num_threads":
             return [2], {}
-        if name in ("get_num_threads", "hardware_threads"):
+        if name in ("get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads"):
             return [], {}
         if name == "_pool_selftest":
             return ["ok", 8, 2], {}
@@ -237,7 +237,8 @@ PRELUDE = textwrap.dedent(
 KNOWN = ["top_label_stats", "binary_stats", "classwise_stats", "stream_accumulate", "temperature_nll",
          "vector_scaling_nll", "isotonic_fit", "two_sample_ranking", "row_scores", "ensemble_decompose",
          "ensemble_update", "confidence_loss", "set_num_threads", "get_num_threads", "hardware_threads",
-         "_pool_selftest"]
+         "usable_cpus", "default_num_threads", "_pool_selftest"]
+NO_ARGUMENTS = ("get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads")
 PRESENT = [n for n in KNOWN if callable(getattr(_core, n, None))]
 
 
@@ -285,7 +286,7 @@ def test_each_argument_replaced_by_hostile_values(name):
     assert len(results) > 1
 
 
-@pytest.mark.parametrize("name", [n for n in PRESENT if n not in ("get_num_threads", "hardware_threads")])
+@pytest.mark.parametrize("name", [n for n in PRESENT if n not in NO_ARGUMENTS])
 def test_seeded_random_mix_of_hostile_values(name):
     check(run_batch(name, "random", str(sum(map(ord, name)))))
 
