@@ -4,8 +4,9 @@ Every file calibkit writes (calibrated scores, calibrator JSON, reports,
 monitor state, Prometheus text) goes through :func:`atomic_output`: the bytes
 go to a temporary file in the destination's folder, which is flushed, synced
 and renamed over the destination only when the writer finished without an
-exception. A reader (or a crash, or ``kill -9``) therefore sees the old file
-or the new one, never a mix. The new file keeps the permission bits of the
+exception; the folder is synced after the rename. A reader (or a crash,
+``kill -9`` or a power loss) therefore sees the old file or the new one,
+never a mix. The new file keeps the permission bits of the
 file it replaces; a new file gets the usual ``0666 & ~umask`` (``mkstemp``
 alone would make every output 0600, unreadable to e.g. a node_exporter
 running as another user).
@@ -114,6 +115,21 @@ def atomic_output(path, mode: str = "wb", *, inputs=(), encoding=None):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _sync_directory(directory)
+
+
+def _sync_directory(directory: str) -> None:
+    """fsync the folder so the rename itself survives a power loss (best effort: not every OS allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path, data: bytes) -> None:
