@@ -153,14 +153,15 @@ def check_labels(labels, n_rows, name="labels"):
     return y
 
 
-def check_sample_weight(sample_weight, n_rows, name="sample_weight", *, scale=False):
+def check_sample_weight(sample_weight, n_rows, name="sample_weight", *, check_values=False, scale=False):
     """Return None or a 1-D float64 array of length `n_rows`.
 
-    Without ``scale`` the values are checked by the kernels. With ``scale=True``
-    (for a metric or a fit, which do not depend on the scale of the weights)
-    they are checked here (finite, >= 0, not all 0) and a copy divided by the
-    largest weight is returned, so that sums of weights neither overflow (weights
-    near 1e308) nor lose digits to subnormals (weights near 5e-324).
+    Without ``check_values`` the values are checked by the kernels; with it
+    they are checked here (finite, >= 0, not all 0), for code that uses them
+    before any kernel does. ``scale=True`` (for a metric or a fit, which do not
+    depend on the scale of the weights) also checks them and returns a copy
+    divided by the largest weight, so that sums of weights neither overflow
+    (weights near 1e308) nor lose digits to subnormals (weights near 5e-324).
     Streaming accumulators must not use ``scale``: there the weights of
     different batches are relative to each other.
     """
@@ -175,7 +176,7 @@ def check_sample_weight(sample_weight, n_rows, name="sample_weight", *, scale=Fa
         raise ValueError(f"{name} has {w.shape[0]} entries but scores has {n_rows} rows")
     if w.dtype != np.float64 or not _readable_in_place(w):
         w = w.astype(np.float64)
-    if scale:
+    if check_values or scale:
         finite = np.isfinite(w)
         if not finite.all():
             bad = int(np.argmin(finite))
@@ -187,7 +188,8 @@ def check_sample_weight(sample_weight, n_rows, name="sample_weight", *, scale=Fa
         largest = float(w.max())
         if largest == 0.0:
             raise ValueError(f"{name} sums to 0 (every weight is 0): a weighted mean over no weight is undefined")
-        w = w / largest
+        if scale:
+            w = w / largest
     return w
 
 

@@ -9,7 +9,7 @@ import numbers
 import numpy as np
 
 from .._validation import (
-    SCORE_NOT_FINITE, WEIGHT_NEGATIVE, WEIGHT_NOT_FINITE, check_labels, check_sample_weight, check_scores,
+    SCORE_NOT_FINITE, check_labels, check_sample_weight, check_scores,
     raise_for_status,
 )
 
@@ -204,23 +204,17 @@ def check_logits(scores, name="scores"):
     return a
 
 
-def check_fit_inputs(scores, labels, sample_weight, *, binary):
-    """Checked (scores, labels, sample_weight) for fit; binary: scores (N,), labels 0/1."""
+def check_fit_inputs(scores, labels, sample_weight, *, binary, scale_weights=False):
+    """Checked (scores, labels, sample_weight) for fit; binary: scores (N,), labels 0/1.
+
+    The weights are checked (finite, >= 0, not all 0); with ``scale_weights`` (a fit whose optimum does
+    not depend on their scale) they come back divided by their largest (see ``check_sample_weight``).
+    """
     scores = check_scores(scores)
     if binary and scores.ndim != 1:
         raise ValueError(f"scores must have shape (N,) (one score per sample), got shape {scores.shape}")
     labels = check_labels(labels, scores.shape[0])
-    sample_weight = check_sample_weight(sample_weight, scores.shape[0])
-    if sample_weight is not None:
-        finite = np.isfinite(sample_weight)
-        if not finite.all():
-            bad = int(np.argmin(finite))
-            raise_for_status((WEIGHT_NOT_FINITE, bad, -1, float(sample_weight[bad])))
-        if (sample_weight < 0).any():
-            bad = int(np.argmax(sample_weight < 0))
-            raise_for_status((WEIGHT_NEGATIVE, bad, -1, float(sample_weight[bad])))
-        if not sample_weight.any():
-            raise ValueError("sample_weight sums to 0: nothing to fit")
+    sample_weight = check_sample_weight(sample_weight, scores.shape[0], check_values=True, scale=scale_weights)
     if binary:
         bad = (labels != 0) & (labels != 1)
         if bad.any():

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from .._validation import check_bool, check_sample_weight
+from .._validation import check_bool
 from ._base import Calibrator, check_fit_inputs, check_int, check_positive_number, fitted_array, fitted_int
 from .nonparametric import _binary_scores
 
@@ -88,7 +88,7 @@ class PlattScaling(Calibrator):
         if sample_weight is not None:
             # The loss is minimised with the weights divided by their largest (same optimum, no
             # overflow for weights near 1e308, no subnormal sums).
-            w = check_sample_weight(sample_weight, f.shape[0], scale=True)
+            w = sample_weight / float(sample_weight.max())  # checked by check_fit_inputs: finite, >= 0, not all 0
             if not (math.isfinite(start) and start > 0.0):
                 start = float(w[~positive].sum()) / float(w[positive].sum())
         if f.min() == f.max():

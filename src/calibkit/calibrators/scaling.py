@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import _backend
 from .._backend import BACKENDS
-from .._validation import MAX_CLASSES, check_sample_weight, raise_for_status
+from .._validation import MAX_CLASSES, raise_for_status
 from ._base import (
     MAX_LEARNED, Calibrator, check_finite, check_fit_inputs, check_int, check_logits, check_positive_number,
     chunk_rows, fitted_array, fitted_int, softmax_rows,
@@ -216,9 +216,9 @@ class TemperatureScaling(_LogitCalibrator):
         """Fit T on held-out logits (N, K) and labels (N,); returns self."""
         self._check_params()
         logits = check_logits(logits, "logits")
-        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
-        # The fit does not depend on the scale of the weights: divide by the largest (no overflow or subnormals).
-        sample_weight = check_sample_weight(sample_weight, logits.shape[0], scale=True)
+        # The fit does not depend on the scale of the weights: divided by the largest (no overflow or subnormals).
+        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False,
+                                                         scale_weights=True)
         k = _backend.kernels(self.backend)
         n, n_classes = logits.shape
         start = None
@@ -382,8 +382,8 @@ class VectorScaling(_LogitCalibrator):
         """Fit a and c on held-out logits (N, K) and labels (N,); returns self."""
         self._check_params()
         logits = check_logits(logits, "logits")
-        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
-        sample_weight = check_sample_weight(sample_weight, logits.shape[0], scale=True)  # scale-free fit
+        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False,
+                                                         scale_weights=True)  # scale-free fit
         n, n_classes = logits.shape
         if self.reg == 0 and n < 2 * n_classes:
             raise ValueError(f"vector scaling has {2 * n_classes} parameters but only {n} rows were given; "
@@ -491,8 +491,8 @@ class MatrixScaling(_LogitCalibrator):
         """Fit W and c on held-out logits (N, K) and labels (N,); returns self."""
         self._check_params()
         logits = check_logits(logits, "logits")
-        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
-        sample_weight = check_sample_weight(sample_weight, logits.shape[0], scale=True)  # scale-free fit
+        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False,
+                                                         scale_weights=True)  # scale-free fit
         n, n_classes = logits.shape
         _check_label_range(labels, n_classes)
         n_params = n_classes * (n_classes + 1)
