@@ -32,6 +32,7 @@ do. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pathlib
@@ -40,6 +41,7 @@ import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -293,6 +295,127 @@ def splits(path) -> list:
         return []
 
 
+_HAVE_PREADV = hasattr(os, "preadv")
+_IOV_MAX = 1024  # buffers per scatter read (the POSIX minimum of IOV_MAX is 16; Linux and macOS allow 1024)
+
+
+class SplitBlock(NamedTuple):
+    """A block of rows split by a mask (see :meth:`Dump.split_chunks`)."""
+
+    first_row: int
+    n_rows: int
+    held_mask: np.ndarray           #: (n_rows,) bool: the rows of the block that are held out
+    scores: np.ndarray              #: the rows not held out
+    labels: np.ndarray
+    held_scores: np.ndarray | None  #: the held-out rows (None when not asked for)
+    held_labels: np.ndarray | None
+
+
+class _RowFile:
+    """Rows of a C-ordered memory-mapped array, read from its file with positioned reads on one descriptor.
+
+    A context manager (the file is open inside it). Reads never share a file position, so a reading thread
+    and the caller may use it at once; ``read_split`` scatters a block's rows into two buffers in one
+    ``os.preadv`` per ``_IOV_MAX`` runs, so splitting rows costs no copy beyond the read itself.
+    """
+
+    def __init__(self, array, name):
+        self.path, self.offset, self.name = array.filename, int(array.offset), name
+        self.tail, self.dtype = tuple(array.shape[1:]), array.dtype
+        self.row_bytes = math.prod(self.tail) * array.dtype.itemsize
+        self._f = None
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        try:
+            self._f = open(self.path, "rb", buffering=0)
+        except OSError as exc:
+            raise DumpError(f"{self.name}: cannot read it ({exc.strerror or _one_line(exc)})") from None
+        return self
+
+    def __exit__(self, *exc_info):
+        self._f.close()
+        self._f = None
+
+    def _advise(self, a, b, name):
+        advice = getattr(os, name, None)
+        if advice is None or not hasattr(os, "posix_fadvise") or b <= a:
+            return
+        try:
+            os.posix_fadvise(self._f.fileno(), self.offset + a * self.row_bytes, (b - a) * self.row_bytes, advice)
+        except OSError:  # advice only
+            pass
+
+    def advise_sequential(self, a, b):
+        """Rows [a, b) will be read in order: the OS may read further ahead."""
+        self._advise(a, b, "POSIX_FADV_SEQUENTIAL")
+
+    def advise_willneed(self, a, b):
+        """Rows [a, b) will be read soon: the OS starts reading them in the background."""
+        self._advise(a, b, "POSIX_FADV_WILLNEED")
+
+    def read(self, a, b):
+        """Rows [a, b) as a new array."""
+        out = np.empty((b - a,) + self.tail, dtype=self.dtype)
+        if out.nbytes:
+            self._read_into([memoryview(out).cast("B")], a)
+        return out
+
+    def read_split(self, a, b, held, keep_held=True):
+        """Rows [a, b) where the bool array ``held`` is False, and (with ``keep_held``, else None) those where it
+        is True, each read straight into its own new array."""
+        n_held = int(np.count_nonzero(held))
+        kept = np.empty((b - a - n_held,) + self.tail, dtype=self.dtype)
+        if n_held == 0 or self.row_bytes == 0:
+            if kept.nbytes:
+                self._read_into([memoryview(kept).cast("B")], a)
+            return kept, (np.empty((n_held,) + self.tail, dtype=self.dtype) if keep_held else None)
+        edges = np.flatnonzero(held[1:] != held[:-1]) + 1
+        starts = np.concatenate(([0], edges))
+        stops = np.concatenate((edges, [b - a]))
+        is_held = held[starts]
+        lengths = (stops - starts) * self.row_bytes
+        dest = np.zeros_like(lengths)
+        for flag in (False, True) if keep_held else (False,):
+            sel = is_held == flag
+            dest[sel] = np.cumsum(lengths[sel]) - lengths[sel]
+        # Held rows not kept are read over one another into a buffer of the longest held run.
+        rows = n_held if keep_held else int(((stops - starts)[is_held]).max())
+        held_out = np.empty((rows,) + self.tail, dtype=self.dtype)
+        views = (memoryview(kept).cast("B") if kept.nbytes else None, memoryview(held_out).cast("B"))
+        self._read_into([views[f][o:o + n] for f, o, n in zip(is_held.tolist(), dest.tolist(), lengths.tolist())],
+                        a)
+        return kept, (held_out if keep_held else None)
+
+    def _read_into(self, views, a):
+        """Fill the byte buffers ``views`` (a list, consumed) from the file, end to end from row ``a``."""
+        pos = self.offset + a * self.row_bytes
+        i = 0
+        try:
+            while i < len(views):
+                group = views[i:i + _IOV_MAX]
+                if _HAVE_PREADV:
+                    got = os.preadv(self._f.fileno(), group, pos)
+                else:
+                    with self._lock:
+                        self._f.seek(pos)
+                        got = self._f.readinto(group[0])
+                    group = group[:1]
+                if got == sum(map(len, group)):
+                    pos += got
+                    i += len(group)
+                    continue
+                if not got:
+                    raise DumpError(f"{self.name}: the file ended early (truncated?)")
+                pos += got  # a short read: go on from the first byte not read
+                while got >= len(views[i]):
+                    got -= len(views[i])
+                    i += 1
+                views[i] = views[i][got:]
+        except OSError as exc:
+            raise DumpError(f"{self.name}: cannot read it ({exc.strerror or _one_line(exc)})") from None
+
+
 @dataclass
 class Dump:
     """Scores and labels of one evaluation dump; arrays stay on disk until a chunk is read."""
@@ -319,6 +442,14 @@ class Dump:
     def chunk_rows(self, chunk_bytes=DEFAULT_CHUNK_BYTES) -> int:
         return max(1, int(chunk_bytes) // max(1, self.row_bytes))
 
+    def _file(self):
+        """A :class:`_RowFile` over the scores when they are a C-ordered array in a file (an ``.npy`` or a
+        stored ``.npz`` member), read with plain positioned reads; None otherwise."""
+        s = self.scores
+        if isinstance(s, np.memmap) and s.flags.c_contiguous and getattr(s, "filename", None):
+            return _RowFile(s, self.name)
+        return None
+
     def rows(self, a, b):
         """Scores of rows [a, b) as an ndarray.
 
@@ -327,20 +458,46 @@ class Dump:
         resident set, reads into a fresh buffer do not, so reading a dump
         larger than memory keeps the resident set at about one chunk.
         """
-        s = self.scores
-        if isinstance(s, np.memmap) and s.flags.c_contiguous and getattr(s, "filename", None):
-            width = int(np.prod(s.shape[1:], dtype=np.int64))
-            out = np.empty((b - a,) + tuple(s.shape[1:]), dtype=s.dtype)
-            with open(s.filename, "rb") as f:
-                f.seek(s.offset + a * width * s.dtype.itemsize)
-                if f.readinto(memoryview(out).cast("B")) != out.nbytes:
-                    raise DumpError(f"{self.name}: the file ended early (truncated?)")
-            return out
-        return np.asarray(s[a:b])
+        f = self._file()
+        if f is None:
+            return np.asarray(self.scores[a:b])
+        with f:
+            return f.read(a, b)
 
     def _need_labels(self):
         if self.labels is None:
             raise DumpError(f"{self.name}: no labels (give them with labels=... / --labels)")
+
+    def _blocks(self, ranges, block, prefetch):
+        """``block(f, a, b)`` for each range, ``f`` the open :class:`_RowFile` (or None); with ``prefetch`` the
+        next block is read in a background thread while the caller works on this one."""
+        f = self._file()
+        with f if f is not None else contextlib.nullcontext():
+            if f is not None and ranges:
+                f.advise_sequential(ranges[0][0], ranges[-1][1])
+            if not prefetch or len(ranges) < 2:
+                for a, b in ranges:
+                    yield block(f, a, b)
+                return
+
+            def ahead(j):
+                if f is not None and j + 1 < len(ranges):
+                    f.advise_willneed(*ranges[j + 1])  # the block after: the OS reads it ahead while we copy this one
+                return block(f, *ranges[j])
+
+            with ThreadPoolExecutor(1, thread_name_prefix="calibkit-read") as pool:
+                pending = pool.submit(ahead, 0)
+                for j in range(len(ranges)):
+                    done = pending.result()
+                    if j + 1 < len(ranges):
+                        pending = pool.submit(ahead, j + 1)
+                    yield done
+                    del done
+
+    def _ranges(self, chunk_rows, start, stop):
+        chunk_rows = chunk_rows or self.chunk_rows()
+        stop = self.n_rows if stop is None else stop
+        return [(a, min(stop, a + chunk_rows)) for a in range(start, stop, chunk_rows)]
 
     def chunks(self, chunk_rows=None, *, start=0, stop=None, prefetch=True, prepare=None):
         """Yield ``(first_row, scores, labels)`` for consecutive row blocks of ``chunk_rows`` rows.
@@ -350,29 +507,44 @@ class Dump:
         kernels both release the GIL), so reading and computing overlap; at
         most three blocks are alive at once. ``prepare(first_row, scores,
         labels)``, if given, runs in that thread on each block and its result
-        is yielded instead (e.g. splitting off validation rows).
+        is yielded instead (e.g. splitting off validation rows). A file is
+        read sequentially with one open descriptor, the OS told to read ahead.
         """
         self._need_labels()
-        chunk_rows = chunk_rows or self.chunk_rows()
-        stop = self.n_rows if stop is None else stop
-        ranges = [(a, min(stop, a + chunk_rows)) for a in range(start, stop, chunk_rows)]
 
-        def block(a, b):
-            s, y = self.rows(a, b), np.asarray(self.labels[a:b])
+        def block(f, a, b):
+            s = self.rows(a, b) if f is None else f.read(a, b)
+            y = np.asarray(self.labels[a:b])
             return (a, s, y) if prepare is None else prepare(a, s, y)
 
-        if not prefetch or len(ranges) < 2:
-            for a, b in ranges:
-                yield block(a, b)
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="calibkit-read") as pool:
-            pending = pool.submit(block, *ranges[0])
-            for j in range(len(ranges)):
-                done = pending.result()
-                if j + 1 < len(ranges):
-                    pending = pool.submit(block, *ranges[j + 1])
-                yield done
-                del done
+        yield from self._blocks(self._ranges(chunk_rows, start, stop), block, prefetch)
+
+    def split_chunks(self, mask, chunk_rows=None, *, held=True, prefetch=True):
+        """Yield the blocks of :meth:`chunks`, each split by the bool (N,) ``mask``: :class:`SplitBlock`
+        ``(first_row, n_rows, held_mask, scores, labels, held_scores, held_labels)`` where ``scores`` and
+        ``labels`` are the block's rows where ``mask`` is False and ``held_*`` those where it is True (None
+        when ``held`` is False: the held-out rows are then read but not kept).
+
+        A file is read straight into the two parts (one positioned scatter read per block, ``os.preadv``):
+        no copy of the block is made to split it.
+        """
+        self._need_labels()
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (self.n_rows,):
+            raise ValueError(f"mask must have shape ({self.n_rows},), got {mask.shape}")
+
+        def block(f, a, b):
+            h = mask[a:b]
+            y = np.asarray(self.labels[a:b])
+            kept = ~h
+            if f is not None and _HAVE_PREADV:
+                s, hs = f.read_split(a, b, h, held)
+            else:
+                whole = self.rows(a, b) if f is None else f.read(a, b)
+                s, hs = whole[kept], (whole[h] if held else None)
+            return SplitBlock(a, b - a, h, s, y[kept], hs, y[h] if held else None)
+
+        yield from self._blocks(self._ranges(chunk_rows, 0, None), block, prefetch)
 
     def take(self, mask, chunk_rows=None):
         """The rows where ``mask`` (bool, (N,)) is True, gathered chunk by chunk into one array."""
@@ -655,4 +827,4 @@ def split_mask(n_rows, fraction, seed=0):
     return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 < fraction
 
 
-__all__ = ["Dump", "DumpError", "located", "open_dump", "split_mask", "splits"]
+__all__ = ["Dump", "DumpError", "SplitBlock", "located", "open_dump", "split_mask", "splits"]
