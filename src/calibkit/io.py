@@ -599,7 +599,8 @@ class Dump:
         yield from self._blocks(self._ranges(chunk_rows, 0, None), block, prefetch)
 
     def take(self, mask, chunk_rows=None):
-        """The rows where ``mask`` (bool, (N,)) is True, gathered chunk by chunk into one array."""
+        """The rows where ``mask`` (bool, (N,)) is True, gathered chunk by chunk into one array (a file's rows are
+        read straight into it, with no block in between)."""
         self._need_labels()
         mask = np.asarray(mask, dtype=bool)
         n = int(mask.sum())
@@ -608,11 +609,17 @@ class Dump:
         scores = np.empty((n,) + tuple(self.scores.shape[1:]), dtype=self.scores.dtype)
         labels = np.empty(n, dtype=np.asarray(self.labels[:1]).dtype)
         at = 0
-        for a, s, y in self.chunks(chunk_rows):
-            m = mask[a:a + len(y)]
-            k = int(m.sum())
-            scores[at:at + k] = s[m]
-            labels[at:at + k] = y[m]
+        f = self._file()
+        if f is not None and n == self.n_rows and scores.nbytes:
+            with f:
+                f.advise_sequential(0, n)
+                f._read_into([memoryview(scores).cast("B")], 0)
+            labels[:] = np.asarray(self.labels[:n])
+            return scores, labels
+        for blk in self.split_chunks(~mask, chunk_rows, held=False):
+            k = len(blk.labels)
+            scores[at:at + k] = blk.scores
+            labels[at:at + k] = blk.labels
             at += k
         return scores, labels
 
