@@ -323,3 +323,10 @@ def test_split_report_names_the_bad_row(tmp_path):
             with pytest.raises(io.DumpError, match=rf"(scores|logits)\[{row}, 2\] = nan"):
                 report.report(dump, val_mask=mask, methods=["temperature"], chunk_rows=256,
                               max_val_bytes=max_val_bytes)
+
+
+def test_val_mask_of_the_wrong_length_is_refused(tmp_path):
+    path, _, _ = dump_with_splits(tmp_path)
+    test = io.open_dump(path, split="test")
+    with pytest.raises(ValueError, match=r"val_mask must be a bool array of shape \(3000,\).*got shape \(2999,\)"):
+        report.report(test, val_mask=np.ones(2999, bool), methods=["temperature"])

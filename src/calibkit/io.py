@@ -21,8 +21,14 @@ integer labels (N,). Supported layouts:
 - a directory of such files (shards, in file-name order): one dump of their
   rows, shards checked for the same K, dtype and kind of scores.
 
-Every consumer reads a dump through :meth:`Dump.chunks`, so peak memory is
-bounded by the chunk size, not by the dump.
+Every consumer reads a dump through :meth:`Dump.chunks` (or
+:meth:`Dump.split_chunks`, which splits each block by a row mask), so peak
+memory is bounded by the chunk size, not by the dump. An ``.npy`` file or a
+stored ``.npz`` member is read with positioned reads on one descriptor, the OS
+told the reads are sequential and asked to fetch the next block ahead, while
+a reading thread fetches the next block as the caller works on this one; a
+split block's rows are scattered into their two parts by the read itself
+(``preadv``), so splitting costs no copy.
 
 A file that cannot be read (missing, a directory, empty, truncated, not an
 .npy / .npz file, an array of Python objects, a header inconsistent with the

@@ -170,6 +170,9 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
         raise DumpError(f"the validation dump ({val.n_classes} classes, "
                         f"{'logits' if val.from_logits else 'probabilities'}) does not match the dump "
                         f"({test.n_classes} classes, {'logits' if test.from_logits else 'probabilities'})")
+    if val_mask is not None and np.shape(val_mask) != (test.n_rows,):
+        raise ValueError(f"val_mask must be a bool array of shape ({test.n_rows},) (one per row of the dump), "
+                         f"got shape {np.shape(val_mask)}")
     n_val = 0
     if methods:
         n_val = val.n_rows if val is not None else int(np.count_nonzero(val_mask))
