@@ -69,6 +69,9 @@ def test_report_progress_shows_each_pass_and_fit_as_a_stage(tmp_path, monkeypatc
         def update(self, k):
             self.n += k
 
+        def refresh(self):  # a fit's clock, from a ticking thread
+            self.refreshed = True
+
         def close(self):
             self.closed = True
 
@@ -83,3 +86,4 @@ def test_report_progress_shows_each_pass_and_fit_as_a_stage(tmp_path, monkeypatc
     assert [b.total for b in bars] == [n, None, None, n]
     assert bars[0].n == bars[3].n == n and bars[1].n == bars[2].n == 0
     assert all(b.closed for b in bars)
+    assert not any(t.name == "calibkit-progress" for t in __import__("threading").enumerate())  # clocks stopped

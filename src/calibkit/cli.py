@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import sys
+import threading
 
 import numpy as np
 
@@ -216,19 +217,33 @@ def _staged_progress(quiet, what):
         from tqdm import tqdm
     except ImportError:
         return None, None, lambda: None
-    state = {"bar": None, "start": 0, "done": 0}
+    state = {"bar": None, "start": 0, "done": 0, "ticker": None}
 
     def close():
+        if state["ticker"] is not None:  # stop the fit's clock first
+            stop, thread = state["ticker"]
+            stop.set()
+            thread.join()
+            state["ticker"] = None
         if state["bar"] is not None:
             state["bar"].close()
             state["bar"] = None
 
+    def tick(bar, stop):
+        while not stop.wait(0.5):
+            bar.refresh()
+
     def stage(name, rows):
         close()
         state["start"] = state["done"]
-        if rows is None:  # a fit: no rows to count, only the time it takes
+        if rows is None:  # a fit: no rows to count, only the time it takes, its clock kept running
             state["bar"] = tqdm(total=None, desc=f"{what}: {name}", file=sys.stderr, leave=False,
                                 bar_format="{desc} [{elapsed}]")
+            stop = threading.Event()
+            thread = threading.Thread(target=tick, args=(state["bar"], stop), daemon=True,
+                                      name="calibkit-progress")
+            thread.start()
+            state["ticker"] = (stop, thread)
         else:
             state["bar"] = tqdm(total=rows, unit="rows", unit_scale=True, desc=f"{what}: {name}", file=sys.stderr,
                                 leave=False)
