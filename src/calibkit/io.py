@@ -350,6 +350,7 @@ class _RowFile:
         self.row_bytes = math.prod(self.tail) * array.dtype.itemsize
         self._f = None
         self._lock = threading.Lock()
+        self._scratch = None  # where read_split drops the held rows it does not keep (one reader at a time)
 
     def __enter__(self):
         try:
@@ -390,7 +391,9 @@ class _RowFile:
         """Rows [a, b) where the bool array ``held`` is False, and (with ``keep_held``, else None) those where it
         is True, each read straight into its own new array."""
         n_held = int(np.count_nonzero(held))
-        kept = np.empty((b - a - n_held,) + self.tail, dtype=self.dtype)
+        # Blocks of one size, whatever their split: the allocator hands the same memory back block after block
+        # (a new size each time would be a fresh mapping to fault in).
+        kept = np.empty((b - a,) + self.tail, dtype=self.dtype)[:b - a - n_held]
         if n_held == 0 or self.row_bytes == 0:
             if kept.nbytes:
                 self._read_into([memoryview(kept).cast("B")], a)
@@ -405,8 +408,13 @@ class _RowFile:
             sel = is_held == flag
             dest[sel] = np.cumsum(lengths[sel]) - lengths[sel]
         # Held rows not kept are read over one another into a buffer of the longest held run.
-        rows = n_held if keep_held else int(((stops - starts)[is_held]).max())
-        held_out = np.empty((rows,) + self.tail, dtype=self.dtype)
+        if keep_held:
+            held_out = np.empty((n_held,) + self.tail, dtype=self.dtype)
+        else:
+            rows = int(((stops - starts)[is_held]).max())
+            if self._scratch is None or len(self._scratch) < rows:  # one scratch buffer, grown as needed
+                self._scratch = np.empty((max(rows, 256),) + self.tail, dtype=self.dtype)
+            held_out = self._scratch
         # One iovec (address, length) per run, straight into its buffer: built in NumPy, read in one call per
         # _IOV_MAX runs with the GIL released, so a block's thousands of runs cost no Python work per run.
         iov = np.empty((len(starts), 2), dtype=np.uint64)
