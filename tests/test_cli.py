@@ -46,3 +46,44 @@ def test_evaluate_reports_bad_data(tmp_path, capsys):
     np.savez(path, stuff=np.ones(3))
     assert cli.main(["evaluate", str(path)]) == 2
     assert "cannot tell which array" in capsys.readouterr().err
+
+
+def test_report_progress_shows_each_pass_and_fit_as_a_stage(tmp_path, monkeypatch, capsys):
+    """On a terminal, `calibkit report` shows one bar per pass counting the dump's rows (not both passes against
+    them) and one per fit, named, instead of a bar that stalls while a calibrator fits."""
+    import sys
+    import types
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    z = rng.normal(size=(n, 4)).astype(np.float32)
+    np.save(tmp_path / "logits.npy", z)
+    np.save(tmp_path / "labels.npy", np.argmax(z + rng.gumbel(size=z.shape), axis=1))
+    bars = []
+
+    class Bar:
+        def __init__(self, total=None, desc="", **kw):
+            self.total, self.desc, self.n, self.closed = total, desc, 0, False
+            bars.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def refresh(self):  # a fit's clock, from a ticking thread
+            self.refreshed = True
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=Bar))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert cli.main(["report", str(tmp_path / "logits.npy"), "--labels", str(tmp_path / "labels.npy"),
+                     "--val-fraction", "0.2", "--calibrate", "temperature,histogram"]) == 0
+    capsys.readouterr()
+    names = [b.desc.removeprefix("calibkit report: ") for b in bars]
+    assert [x.split(":")[0] for x in names] == ["pass 1/2", "fit 1/2", "fit 2/2", "pass 2/2"]
+    assert "temperature" in names[1] and "histogram" in names[2] and "temperature, histogram" in names[3]
+    assert [b.total for b in bars] == [n, None, None, n]
+    assert bars[0].n == bars[3].n == n and bars[1].n == bars[2].n == 0
+    assert all(b.closed for b in bars)
+    assert not any(t.name == "calibkit-progress" for t in __import__("threading").enumerate())  # clocks stopped

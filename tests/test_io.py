@@ -228,3 +228,70 @@ def test_bad_parquet(tmp_path):
     (tmp_path / "t.parquet").write_bytes((tmp_path / "r.parquet").read_bytes()[:40])
     with pytest.raises(io.DumpError, match="truncated"):
         io.open_dump(tmp_path / "t.parquet")
+
+
+def _split_dumps(tmp_path, z, y):
+    """The same rows as an .npy, a stored .npz (both read by scatter reads), a compressed .npz and shards."""
+    np.save(tmp_path / "logits.npy", z)
+    np.save(tmp_path / "labels.npy", y)
+    np.savez(tmp_path / "stored.npz", logits=z, labels=y)
+    np.savez_compressed(tmp_path / "packed.npz", logits=z, labels=y)
+    (tmp_path / "shards").mkdir()
+    np.savez(tmp_path / "shards" / "a.npz", logits=z[:1000], labels=y[:1000])
+    np.savez(tmp_path / "shards" / "b.npz", logits=z[1000:], labels=y[1000:])
+    return [io.open_dump(tmp_path / "logits.npy", labels=tmp_path / "labels.npy"),
+            io.open_dump(tmp_path / "stored.npz"), io.open_dump(tmp_path / "packed.npz"),
+            io.open_dump(tmp_path / "shards")]
+
+
+@pytest.mark.parametrize("which", ["random", "dense", "none", "all", "prefix", "alternate"])
+def test_split_chunks_equal_masked_rows(tmp_path, which):
+    rng = np.random.default_rng(11)
+    z, y = make(rng, 2503, 5)
+    mask = {"random": io.split_mask(2503, 0.1), "dense": io.split_mask(2503, 0.9), "none": np.zeros(2503, bool),
+            "all": np.ones(2503, bool), "prefix": np.arange(2503) < 1200,
+            "alternate": np.arange(2503) % 2 == 1}[which]
+    for d in _split_dumps(tmp_path, z, y):
+        for held, prefetch in [(True, True), (False, True), (True, False)]:
+            blocks = list(d.split_chunks(mask, 300, held=held, prefetch=prefetch))
+            assert [b.first_row for b in blocks] == list(range(0, 2503, 300))
+            assert sum(b.n_rows for b in blocks) == 2503
+            np.testing.assert_array_equal(np.concatenate([b.held_mask for b in blocks]), mask)
+            np.testing.assert_array_equal(np.concatenate([b.scores for b in blocks]), z[~mask])
+            np.testing.assert_array_equal(np.concatenate([b.labels for b in blocks]), y[~mask])
+            if held:
+                np.testing.assert_array_equal(np.concatenate([b.held_scores for b in blocks]), z[mask])
+                np.testing.assert_array_equal(np.concatenate([b.held_labels for b in blocks]), y[mask])
+            else:
+                assert all(b.held_scores is None and b.held_labels is None for b in blocks)
+    np.testing.assert_array_equal(z, np.load(tmp_path / "logits.npy"))  # the input is not modified
+
+
+def test_split_chunks_short_reads_and_fallback(tmp_path, monkeypatch):
+    """The scatter read resumes after short reads (as a signal or a slow device may cause), fails on a file
+    that ends early, and without a C preadv splits by a copy."""
+    rng = np.random.default_rng(12)
+    z, y = make(rng, 1500, 3)
+    d = _split_dumps(tmp_path, z, y)[0]
+    mask = io.split_mask(1500, 0.3)
+    real = io._preadv
+
+    def short(fd, iov, count, pos):  # at most 1 + pos % 37 bytes per call, within the first buffer
+        import ctypes
+
+        first = np.ctypeslib.as_array((ctypes.c_uint64 * 2).from_address(iov)).copy()
+        first[1] = min(int(first[1]), 1 + pos % 37)
+        return real(fd, first.ctypes.data, 1, pos)
+
+    monkeypatch.setattr(io, "_preadv", short)
+    blocks = list(d.split_chunks(mask, 400))
+    np.testing.assert_array_equal(np.concatenate([b.scores for b in blocks]), z[~mask])
+    np.testing.assert_array_equal(np.concatenate([b.held_scores for b in blocks]), z[mask])
+    monkeypatch.setattr(io, "_preadv", lambda fd, iov, count, pos: 0)
+    with pytest.raises(io.DumpError, match="ended early"):
+        list(d.split_chunks(mask, 400))
+    monkeypatch.setattr(io, "_preadv", None)
+    blocks = list(d.split_chunks(mask, 400, held=False))
+    np.testing.assert_array_equal(np.concatenate([b.scores for b in blocks]), z[~mask])
+    with pytest.raises(ValueError, match=r"mask must have shape \(1500,\), got \(3,\)"):
+        next(d.split_chunks(np.ones(3, bool)))

@@ -254,3 +254,79 @@ def test_out_of_core_temperature_fit_equals_in_memory(tmp_path):
     assert small["rows"]["temperature"]["ece"] == pytest.approx(big["rows"]["temperature"]["ece"], abs=1e-12)
     with pytest.raises(ValueError, match="only temperature scaling is fitted chunk by chunk"):
         report.report(test, val_mask=mask, methods=["temperature", "vector"], max_val_bytes=1000)
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz"])
+def test_split_report_equals_direct_computation_and_reports_stages(tmp_path, fmt):
+    """A dump split by --val-fraction: each block is read straight into its evaluation and validation rows
+    (one pass gathers them), every calibrator is evaluated in one second pass, and the numbers are those of
+    the metrics on z[~mask] with the calibrators fitted on z[mask]."""
+    rng = np.random.default_rng(7)
+    n, k = 4001, 5
+    z = (rng.normal(size=(n, k)) * 3).astype(np.float32)
+    y = np.argmax(z / 2.0 + rng.gumbel(size=z.shape), axis=1)
+    if fmt == "npy":
+        np.save(tmp_path / "logits.npy", z)
+        np.save(tmp_path / "labels.npy", y)
+        dump = io.open_dump(tmp_path / "logits.npy", labels=tmp_path / "labels.npy")
+    else:
+        np.savez(tmp_path / "d.npz", logits=z, labels=y)
+        dump = io.open_dump(tmp_path / "d.npz")
+    mask = io.split_mask(n, 0.25)
+    seen, stages = [], []
+    methods = ["temperature", "vector", "isotonic", "histogram"]
+    r = report.report(dump, val_mask=mask, methods=methods, chunk_rows=512,
+                      progress=seen.append, stage=lambda name, rows: stages.append((name, rows, len(seen))))
+    assert [s[0].split(":")[0] for s in stages] == ["pass 1/2", "fit 1/4", "fit 2/4", "fit 3/4", "fit 4/4",
+                                                    "pass 2/2"]
+    assert [s[1] for s in stages] == [n, None, None, None, None, n]
+    blocks = len(range(0, n, 512))
+    assert [s[2] for s in stages] == [0] + [blocks] * 5  # the fits between the passes
+    assert seen == [min(n, a + 512) for a in range(0, n, 512)] + [n + min(n, a + 512) for a in range(0, n, 512)]
+    zt, yt, zv, yv = z[~mask], y[~mask], z[mask], y[mask]
+    assert r["n_val"] == len(yv) and r["rows"]["raw"]["n"] == len(yt)
+    raw = r["rows"]["raw"]
+    assert raw["ece"] == pytest.approx(calibkit.ece(zt, yt, from_logits=True), abs=1e-12)
+    assert raw["brier"] == pytest.approx(calibkit.brier_score(zt, yt, from_logits=True), rel=1e-9)
+    assert raw["nll"] == pytest.approx(calibkit.nll(zt, yt, from_logits=True), rel=1e-9)
+    for m in methods:
+        c = report.fit_calibrator(m, zv, yv, True)
+        p = report.calibrated_probabilities(c, m, zt, True)
+        assert r["rows"][m]["params"] == c.to_dict()["fitted"]
+        assert r["rows"][m]["brier"] == pytest.approx(calibkit.brier_score(p, yt), rel=1e-9), m
+        assert r["rows"][m]["ece"] == pytest.approx(calibkit.ece(p, yt), abs=1e-9), m
+    # the same report read without the scatter reads (a copy splits each block)
+    import calibkit.io as cio
+    real = cio._preadv
+    try:
+        cio._preadv = None
+        again = report.report(dump, val_mask=mask, methods=methods, chunk_rows=512)
+    finally:
+        cio._preadv = real
+    assert again["rows"] == r["rows"]
+
+
+def test_split_report_names_the_bad_row(tmp_path):
+    """A bad value in an evaluation row or in a validation row is named by its row in the whole dump."""
+    rng = np.random.default_rng(8)
+    z = rng.normal(size=(3000, 4)).astype(np.float32)
+    y = rng.integers(0, 4, 3000)
+    mask = io.split_mask(3000, 0.2)
+    bad_eval, bad_val = int(np.flatnonzero(~mask)[1700]), int(np.flatnonzero(mask)[300])
+    for row in (bad_eval, bad_val):
+        zz = z.copy()
+        zz[row, 2] = np.nan
+        np.save(tmp_path / "logits.npy", zz)
+        np.save(tmp_path / "labels.npy", y)
+        dump = io.open_dump(tmp_path / "logits.npy", labels=tmp_path / "labels.npy")
+        for max_val_bytes in (io.DEFAULT_CHUNK_BYTES, 100):  # fitted in memory, or out of core
+            with pytest.raises(io.DumpError, match=rf"(scores|logits)\[{row}, 2\] = nan"):
+                report.report(dump, val_mask=mask, methods=["temperature"], chunk_rows=256,
+                              max_val_bytes=max_val_bytes)
+
+
+def test_val_mask_of_the_wrong_length_is_refused(tmp_path):
+    path, _, _ = dump_with_splits(tmp_path)
+    test = io.open_dump(path, split="test")
+    with pytest.raises(ValueError, match=r"val_mask must be a bool array of shape \(3000,\).*got shape \(2999,\)"):
+        report.report(test, val_mask=np.ones(2999, bool), methods=["temperature"])

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import sys
+import threading
 
 import numpy as np
 
@@ -206,6 +207,56 @@ def _progress(total, quiet, what):
     return update, bar.close
 
 
+def _staged_progress(quiet, what):
+    """``(update, stage, close)`` of a tqdm bar per stage on stderr (see :func:`calibkit.report.report`): a pass
+    counts its own rows against the dump's row count, a fit shows its name and the time it has taken. All three
+    are no-ops when stderr is not a terminal or with --quiet."""
+    if quiet or not sys.stderr.isatty():
+        return None, None, lambda: None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None, None, lambda: None
+    state = {"bar": None, "start": 0, "done": 0, "ticker": None}
+
+    def close():
+        if state["ticker"] is not None:  # stop the fit's clock first
+            stop, thread = state["ticker"]
+            stop.set()
+            thread.join()
+            state["ticker"] = None
+        if state["bar"] is not None:
+            state["bar"].close()
+            state["bar"] = None
+
+    def tick(bar, stop):
+        while not stop.wait(0.5):
+            bar.refresh()
+
+    def stage(name, rows):
+        close()
+        state["start"] = state["done"]
+        if rows is None:  # a fit: no rows to count, only the time it takes, its clock kept running
+            state["bar"] = tqdm(total=None, desc=f"{what}: {name}", file=sys.stderr, leave=False,
+                                bar_format="{desc} [{elapsed}]")
+            stop = threading.Event()
+            thread = threading.Thread(target=tick, args=(state["bar"], stop), daemon=True,
+                                      name="calibkit-progress")
+            thread.start()
+            state["ticker"] = (stop, thread)
+        else:
+            state["bar"] = tqdm(total=rows, unit="rows", unit_scale=True, desc=f"{what}: {name}", file=sys.stderr,
+                                leave=False)
+
+    def update(done):
+        state["done"] = done
+        bar = state["bar"]
+        if bar is not None:
+            bar.update(done - state["start"] - bar.n)
+
+    return update, stage, close
+
+
 def _open(path, args, **kw):
     from . import io
 
@@ -262,10 +313,10 @@ def _cmd_report(args) -> int:
             test, val = _open(path, args, split="test"), _open(path, args, split="val")
         if args.example:
             test.name = f"{EXAMPLE_FILE} test split ({EXAMPLE_ORIGIN})"
-        update, close = _progress(test.n_rows * (2 if methods else 1), args.quiet, "calibkit report")  # 2 passes
+        update, stage, close = _staged_progress(args.quiet, "calibkit report")
         try:
             result = report.report(test, val=val, val_mask=val_mask, methods=methods, n_bins=args.n_bins,
-                                   strategy=args.strategy, progress=update, backend=args.backend)
+                                   strategy=args.strategy, progress=update, stage=stage, backend=args.backend)
         finally:
             close()
         print(report.format_table(result))

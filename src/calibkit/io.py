@@ -21,8 +21,14 @@ integer labels (N,). Supported layouts:
 - a directory of such files (shards, in file-name order): one dump of their
   rows, shards checked for the same K, dtype and kind of scores.
 
-Every consumer reads a dump through :meth:`Dump.chunks`, so peak memory is
-bounded by the chunk size, not by the dump.
+Every consumer reads a dump through :meth:`Dump.chunks` (or
+:meth:`Dump.split_chunks`, which splits each block by a row mask), so peak
+memory is bounded by the chunk size, not by the dump. An ``.npy`` file or a
+stored ``.npz`` member is read with positioned reads on one descriptor, the OS
+told the reads are sequential and asked to fetch the next block ahead, while
+a reading thread fetches the next block as the caller works on this one; a
+split block's rows are scattered into their two parts by the read itself
+(``preadv``), so splitting costs no copy.
 
 A file that cannot be read (missing, a directory, empty, truncated, not an
 .npy / .npz file, an array of Python objects, a header inconsistent with the
@@ -32,6 +38,9 @@ do. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import math
 import os
 import pathlib
@@ -40,6 +49,7 @@ import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -293,6 +303,185 @@ def splits(path) -> list:
         return []
 
 
+_HAVE_PREADV = hasattr(os, "preadv")
+
+
+def _libc_preadv():
+    """The C library's ``preadv`` through ctypes (which releases the GIL during the call), or None where it is
+    missing or its ``off_t`` may not be 64-bit (then a split block is read whole and copied apart)."""
+    if ctypes.sizeof(ctypes.c_void_p) != 8:
+        return None
+    try:
+        f = ctypes.CDLL(None, use_errno=True).preadv
+    except (OSError, AttributeError, TypeError):
+        return None
+    f.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64)
+    f.restype = ctypes.c_ssize_t
+    return f
+
+
+_preadv = _libc_preadv()
+_IOV_MAX = 1024  # buffers per scatter read (the POSIX minimum of IOV_MAX is 16; Linux and macOS allow 1024)
+
+
+class SplitBlock(NamedTuple):
+    """A block of rows split by a mask (see :meth:`Dump.split_chunks`)."""
+
+    first_row: int
+    n_rows: int
+    held_mask: np.ndarray           #: (n_rows,) bool: the rows of the block that are held out
+    scores: np.ndarray              #: the rows not held out
+    labels: np.ndarray
+    held_scores: np.ndarray | None  #: the held-out rows (None when not asked for)
+    held_labels: np.ndarray | None
+
+
+class _RowFile:
+    """Rows of a C-ordered memory-mapped array, read from its file with positioned reads on one descriptor.
+
+    A context manager (the file is open inside it). Reads never share a file position, so a reading thread
+    and the caller may use it at once; ``read_split`` scatters a block's rows into two buffers in one
+    ``os.preadv`` per ``_IOV_MAX`` runs, so splitting rows costs no copy beyond the read itself.
+    """
+
+    def __init__(self, array, name):
+        self.path, self.offset, self.name = array.filename, int(array.offset), name
+        self.tail, self.dtype = tuple(array.shape[1:]), array.dtype
+        self.row_bytes = math.prod(self.tail) * array.dtype.itemsize
+        self._f = None
+        self._lock = threading.Lock()
+        self._scratch = None  # where read_split drops the held rows it does not keep (one reader at a time)
+
+    def __enter__(self):
+        try:
+            self._f = open(self.path, "rb", buffering=0)
+        except OSError as exc:
+            raise DumpError(f"{self.name}: cannot read it ({exc.strerror or _one_line(exc)})") from None
+        return self
+
+    def __exit__(self, *exc_info):
+        self._f.close()
+        self._f = None
+
+    def _advise(self, a, b, name):
+        advice = getattr(os, name, None)
+        if advice is None or not hasattr(os, "posix_fadvise") or b <= a:
+            return
+        try:
+            os.posix_fadvise(self._f.fileno(), self.offset + a * self.row_bytes, (b - a) * self.row_bytes, advice)
+        except OSError:  # advice only
+            pass
+
+    def advise_sequential(self, a, b):
+        """Rows [a, b) will be read in order: the OS may read further ahead."""
+        self._advise(a, b, "POSIX_FADV_SEQUENTIAL")
+
+    def advise_willneed(self, a, b):
+        """Rows [a, b) will be read soon: the OS starts reading them in the background."""
+        self._advise(a, b, "POSIX_FADV_WILLNEED")
+
+    def read(self, a, b):
+        """Rows [a, b) as a new array."""
+        out = np.empty((b - a,) + self.tail, dtype=self.dtype)
+        if out.nbytes:
+            self._read_into([memoryview(out).cast("B")], a)
+        return out
+
+    def read_split(self, a, b, held, keep_held=True):
+        """Rows [a, b) where the bool array ``held`` is False, and (with ``keep_held``, else None) those where it
+        is True, each read straight into its own new array."""
+        n_held = int(np.count_nonzero(held))
+        # Blocks of one size, whatever their split: the allocator hands the same memory back block after block
+        # (a new size each time would be a fresh mapping to fault in).
+        kept = np.empty((b - a,) + self.tail, dtype=self.dtype)[:b - a - n_held]
+        if n_held == 0 or self.row_bytes == 0:
+            if kept.nbytes:
+                self._read_into([memoryview(kept).cast("B")], a)
+            return kept, (np.empty((n_held,) + self.tail, dtype=self.dtype) if keep_held else None)
+        edges = np.flatnonzero(held[1:] != held[:-1]) + 1
+        starts = np.concatenate(([0], edges))
+        stops = np.concatenate((edges, [b - a]))
+        is_held = held[starts]
+        lengths = (stops - starts) * self.row_bytes
+        dest = np.zeros_like(lengths)
+        for flag in (False, True) if keep_held else (False,):
+            sel = is_held == flag
+            dest[sel] = np.cumsum(lengths[sel]) - lengths[sel]
+        # Held rows not kept are read over one another into a buffer of the longest held run.
+        if keep_held:
+            held_out = np.empty((n_held,) + self.tail, dtype=self.dtype)
+        else:
+            rows = int(((stops - starts)[is_held]).max())
+            if self._scratch is None or len(self._scratch) < rows:  # one scratch buffer, grown as needed
+                self._scratch = np.empty((max(rows, 256),) + self.tail, dtype=self.dtype)
+            held_out = self._scratch
+        # One iovec (address, length) per run, straight into its buffer: built in NumPy, read in one call per
+        # _IOV_MAX runs with the GIL released, so a block's thousands of runs cost no Python work per run.
+        iov = np.empty((len(starts), 2), dtype=np.uint64)
+        iov[:, 0] = np.where(is_held, np.uint64(held_out.ctypes.data), np.uint64(kept.ctypes.data))
+        iov[:, 0] += dest.astype(np.uint64)
+        iov[:, 1] = lengths
+        end = dest + lengths  # every run inside its buffer (checked: the addresses go to C unchecked)
+        if end[~is_held].max(initial=0) > kept.nbytes or end[is_held].max(initial=0) > held_out.nbytes:
+            raise RuntimeError(f"calibkit internal error: a split read of rows {a}..{b - 1} overruns its buffer")
+        self._read_iov(iov, a)
+        return kept, (held_out if keep_held else None)
+
+    def _read_iov(self, iov, a):
+        """Fill the (address, length) iovecs ``iov`` (uint64 (n, 2), consumed) from the file from row ``a``."""
+        pos = self.offset + a * self.row_bytes
+        i, n = 0, len(iov)
+        while i < n:
+            count = min(_IOV_MAX, n - i)
+            got = _preadv(self._f.fileno(), iov[i:].ctypes.data, count, pos)
+            if got < 0:
+                err = ctypes.get_errno()
+                if err == errno.EINTR:
+                    continue
+                raise DumpError(f"{self.name}: cannot read it ({os.strerror(err)})")
+            ends = np.cumsum(iov[i:i + count, 1])
+            if got == int(ends[-1]):
+                pos += got
+                i += count
+                continue
+            if got == 0:
+                raise DumpError(f"{self.name}: the file ended early (truncated?)")
+            pos += got  # a short read: go on from the first byte not read
+            full = int(np.searchsorted(ends, got, side="right"))
+            rest = got - (int(ends[full - 1]) if full else 0)
+            i += full
+            iov[i, 0] += np.uint64(rest)
+            iov[i, 1] -= np.uint64(rest)
+
+    def _read_into(self, views, a):
+        """Fill the byte buffers ``views`` (a list, consumed) from the file, end to end from row ``a``."""
+        pos = self.offset + a * self.row_bytes
+        i = 0
+        try:
+            while i < len(views):
+                group = views[i:i + _IOV_MAX]
+                if _HAVE_PREADV:
+                    got = os.preadv(self._f.fileno(), group, pos)
+                else:
+                    with self._lock:
+                        self._f.seek(pos)
+                        got = self._f.readinto(group[0])
+                    group = group[:1]
+                if got == sum(map(len, group)):
+                    pos += got
+                    i += len(group)
+                    continue
+                if not got:
+                    raise DumpError(f"{self.name}: the file ended early (truncated?)")
+                pos += got  # a short read: go on from the first byte not read
+                while got >= len(views[i]):
+                    got -= len(views[i])
+                    i += 1
+                views[i] = views[i][got:]
+        except OSError as exc:
+            raise DumpError(f"{self.name}: cannot read it ({exc.strerror or _one_line(exc)})") from None
+
+
 @dataclass
 class Dump:
     """Scores and labels of one evaluation dump; arrays stay on disk until a chunk is read."""
@@ -319,6 +508,14 @@ class Dump:
     def chunk_rows(self, chunk_bytes=DEFAULT_CHUNK_BYTES) -> int:
         return max(1, int(chunk_bytes) // max(1, self.row_bytes))
 
+    def _file(self):
+        """A :class:`_RowFile` over the scores when they are a C-ordered array in a file (an ``.npy`` or a
+        stored ``.npz`` member), read with plain positioned reads; None otherwise."""
+        s = self.scores
+        if isinstance(s, np.memmap) and s.flags.c_contiguous and getattr(s, "filename", None):
+            return _RowFile(s, self.name)
+        return None
+
     def rows(self, a, b):
         """Scores of rows [a, b) as an ndarray.
 
@@ -327,20 +524,46 @@ class Dump:
         resident set, reads into a fresh buffer do not, so reading a dump
         larger than memory keeps the resident set at about one chunk.
         """
-        s = self.scores
-        if isinstance(s, np.memmap) and s.flags.c_contiguous and getattr(s, "filename", None):
-            width = int(np.prod(s.shape[1:], dtype=np.int64))
-            out = np.empty((b - a,) + tuple(s.shape[1:]), dtype=s.dtype)
-            with open(s.filename, "rb") as f:
-                f.seek(s.offset + a * width * s.dtype.itemsize)
-                if f.readinto(memoryview(out).cast("B")) != out.nbytes:
-                    raise DumpError(f"{self.name}: the file ended early (truncated?)")
-            return out
-        return np.asarray(s[a:b])
+        f = self._file()
+        if f is None:
+            return np.asarray(self.scores[a:b])
+        with f:
+            return f.read(a, b)
 
     def _need_labels(self):
         if self.labels is None:
             raise DumpError(f"{self.name}: no labels (give them with labels=... / --labels)")
+
+    def _blocks(self, ranges, block, prefetch):
+        """``block(f, a, b)`` for each range, ``f`` the open :class:`_RowFile` (or None); with ``prefetch`` the
+        next block is read in a background thread while the caller works on this one."""
+        f = self._file()
+        with f if f is not None else contextlib.nullcontext():
+            if f is not None and ranges:
+                f.advise_sequential(ranges[0][0], ranges[-1][1])
+            if not prefetch or len(ranges) < 2:
+                for a, b in ranges:
+                    yield block(f, a, b)
+                return
+
+            def ahead(j):
+                if f is not None and j + 1 < len(ranges):
+                    f.advise_willneed(*ranges[j + 1])  # the block after: the OS reads it ahead while we copy this one
+                return block(f, *ranges[j])
+
+            with ThreadPoolExecutor(1, thread_name_prefix="calibkit-read") as pool:
+                pending = pool.submit(ahead, 0)
+                for j in range(len(ranges)):
+                    done = pending.result()
+                    if j + 1 < len(ranges):
+                        pending = pool.submit(ahead, j + 1)
+                    yield done
+                    del done
+
+    def _ranges(self, chunk_rows, start, stop):
+        chunk_rows = chunk_rows or self.chunk_rows()
+        stop = self.n_rows if stop is None else stop
+        return [(a, min(stop, a + chunk_rows)) for a in range(start, stop, chunk_rows)]
 
     def chunks(self, chunk_rows=None, *, start=0, stop=None, prefetch=True, prepare=None):
         """Yield ``(first_row, scores, labels)`` for consecutive row blocks of ``chunk_rows`` rows.
@@ -350,32 +573,48 @@ class Dump:
         kernels both release the GIL), so reading and computing overlap; at
         most three blocks are alive at once. ``prepare(first_row, scores,
         labels)``, if given, runs in that thread on each block and its result
-        is yielded instead (e.g. splitting off validation rows).
+        is yielded instead (e.g. splitting off validation rows). A file is
+        read sequentially with one open descriptor, the OS told to read ahead.
         """
         self._need_labels()
-        chunk_rows = chunk_rows or self.chunk_rows()
-        stop = self.n_rows if stop is None else stop
-        ranges = [(a, min(stop, a + chunk_rows)) for a in range(start, stop, chunk_rows)]
 
-        def block(a, b):
-            s, y = self.rows(a, b), np.asarray(self.labels[a:b])
+        def block(f, a, b):
+            s = self.rows(a, b) if f is None else f.read(a, b)
+            y = np.asarray(self.labels[a:b])
             return (a, s, y) if prepare is None else prepare(a, s, y)
 
-        if not prefetch or len(ranges) < 2:
-            for a, b in ranges:
-                yield block(a, b)
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="calibkit-read") as pool:
-            pending = pool.submit(block, *ranges[0])
-            for j in range(len(ranges)):
-                done = pending.result()
-                if j + 1 < len(ranges):
-                    pending = pool.submit(block, *ranges[j + 1])
-                yield done
-                del done
+        yield from self._blocks(self._ranges(chunk_rows, start, stop), block, prefetch)
+
+    def split_chunks(self, mask, chunk_rows=None, *, held=True, prefetch=True):
+        """Yield the blocks of :meth:`chunks`, each split by the bool (N,) ``mask``: :class:`SplitBlock`
+        ``(first_row, n_rows, held_mask, scores, labels, held_scores, held_labels)`` where ``scores`` and
+        ``labels`` are the block's rows where ``mask`` is False and ``held_*`` those where it is True (None
+        when ``held`` is False: the held-out rows are then read but not kept).
+
+        A file is read straight into the two parts (one positioned scatter read per block, ``os.preadv``):
+        no copy of the block is made to split it.
+        """
+        self._need_labels()
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (self.n_rows,):
+            raise ValueError(f"mask must have shape ({self.n_rows},), got {mask.shape}")
+
+        def block(f, a, b):
+            h = mask[a:b]
+            y = np.asarray(self.labels[a:b])
+            kept = ~h
+            if f is not None and _preadv is not None:
+                s, hs = f.read_split(a, b, h, held)
+            else:
+                whole = self.rows(a, b) if f is None else f.read(a, b)
+                s, hs = whole[kept], (whole[h] if held else None)
+            return SplitBlock(a, b - a, h, s, y[kept], hs, y[h] if held else None)
+
+        yield from self._blocks(self._ranges(chunk_rows, 0, None), block, prefetch)
 
     def take(self, mask, chunk_rows=None):
-        """The rows where ``mask`` (bool, (N,)) is True, gathered chunk by chunk into one array."""
+        """The rows where ``mask`` (bool, (N,)) is True, gathered chunk by chunk into one array (a file's rows are
+        read straight into it, with no block in between)."""
         self._need_labels()
         mask = np.asarray(mask, dtype=bool)
         n = int(mask.sum())
@@ -384,11 +623,17 @@ class Dump:
         scores = np.empty((n,) + tuple(self.scores.shape[1:]), dtype=self.scores.dtype)
         labels = np.empty(n, dtype=np.asarray(self.labels[:1]).dtype)
         at = 0
-        for a, s, y in self.chunks(chunk_rows):
-            m = mask[a:a + len(y)]
-            k = int(m.sum())
-            scores[at:at + k] = s[m]
-            labels[at:at + k] = y[m]
+        f = self._file()
+        if f is not None and n == self.n_rows and scores.nbytes:
+            with f:
+                f.advise_sequential(0, n)
+                f._read_into([memoryview(scores).cast("B")], 0)
+            labels[:] = np.asarray(self.labels[:n])
+            return scores, labels
+        for blk in self.split_chunks(~mask, chunk_rows, held=False):
+            k = len(blk.labels)
+            scores[at:at + k] = blk.scores
+            labels[at:at + k] = blk.labels
             at += k
         return scores, labels
 
@@ -655,4 +900,4 @@ def split_mask(n_rows, fraction, seed=0):
     return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 < fraction
 
 
-__all__ = ["Dump", "DumpError", "located", "open_dump", "split_mask", "splits"]
+__all__ = ["Dump", "DumpError", "SplitBlock", "located", "open_dump", "split_mask", "splits"]

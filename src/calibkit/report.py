@@ -3,9 +3,13 @@
 The evaluation rows are read chunk by chunk into a :class:`CalibrationAccumulator`
 (raw scores) and one more per calibrator (its calibrated logits or
 probabilities), so peak memory is bounded by the chunk size plus the
-validation rows the calibrators are fitted on. Two passes: the raw metrics
-(gathering the validation rows of a split dump on the way), then the fitted
-calibrators'.
+validation rows the calibrators are fitted on. Two passes, each reading every
+block once (a reading thread fetches the next block while the kernels work on
+this one): the raw metrics, one fused kernel call per block (top-label,
+class-wise, equal-mass, Brier and NLL), gathering the validation rows of a
+split dump on the way (the block is read straight into its evaluation and
+validation parts); then the fits, in memory; then every fitted calibrator
+applied in turn to each block of the second pass.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 
 from . import calibrators as cal
 from ._validation import BadElementError
-from .io import Dump, DumpError, located
+from .io import Dump, DumpError, SplitBlock, located
 from .streaming import CalibrationAccumulator
 
 METHODS = {
@@ -81,21 +85,28 @@ def _fit_temperature_out_of_core(dump, mask, chunk_rows, backend):
     Newton step: the NLL and its derivatives are sums over rows."""
     def sums(b):
         total = {"count": 0.0, "weight": 0.0, "loss": 0.0, "d1": 0.0, "d2": 0.0}
-        for a, s, y in dump.chunks(chunk_rows):
-            held = None
-            if mask is not None:
-                held = np.asarray(mask[a:a + len(y)], dtype=bool)
-                s, y = s[held], y[held]
-            if len(y):
+        # The rows where `mask` is True are those not held out of the complement: read straight into one array.
+        for blk in _blocks(dump, None if mask is None else ~mask, chunk_rows, gather=False):
+            if len(blk.labels):
                 try:
-                    r = cal.temperature_nll(as_logits(s, dump.from_logits), y, b, backend=backend)
+                    r = cal.temperature_nll(as_logits(blk.scores, dump.from_logits), blk.labels, b, backend=backend)
                 except BadElementError as exc:
-                    raise located(exc, dump, a, None if held is None else ~held) from None
+                    raise located(exc, dump, blk.first_row, blk.held_mask) from None
                 for key in total:
                     total[key] += r[key]
         return total
 
     return cal.TemperatureScaling(backend=backend).fit_from_sums(sums, dump.n_classes)
+
+
+def _blocks(dump, held, chunk_rows, gather):
+    """The :class:`~calibkit.io.SplitBlock` of each block of `dump`: the rows where `held` (bool, (N,), or None)
+    is False, and with `gather` those where it is True (read straight into their own arrays, no copy)."""
+    if held is None:
+        for a, s, y in dump.chunks(chunk_rows):
+            yield SplitBlock(a, len(y), None, s, y, None, None)
+    else:
+        yield from dump.split_chunks(held, chunk_rows, held=gather)
 
 
 def _row(result, n_classes, strategy):
@@ -109,7 +120,7 @@ def _row(result, n_classes, strategy):
 
 
 def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_bins=15, strategy="uniform",
-           chunk_rows=None, progress=None, max_val_bytes=MAX_VAL_BYTES, backend="auto"):
+           chunk_rows=None, progress=None, stage=None, max_val_bytes=MAX_VAL_BYTES, backend="auto"):
     """Metrics of the raw scores and of each calibrator fitted on the validation rows.
 
     Parameters
@@ -130,6 +141,10 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
     progress : callable(n_rows), optional
         Called after each chunk with the rows done so far, counting both
         passes (the raw metrics, then the calibrators') when there are calibrators.
+    stage : callable(name, n_rows), optional
+        Called as each stage begins, with its name and the rows it reads (None
+        for a fit): ``"pass 1/2: raw metrics ..."``, ``"fit 1/3: temperature ..."``,
+        ..., ``"pass 2/2: ..."``; ``progress`` counts on across them.
     max_val_bytes : int
         Validation rows up to this size are held in memory for the fits.
         Larger ones are read chunk by chunk at every step of the temperature
@@ -155,6 +170,9 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
         raise DumpError(f"the validation dump ({val.n_classes} classes, "
                         f"{'logits' if val.from_logits else 'probabilities'}) does not match the dump "
                         f"({test.n_classes} classes, {'logits' if test.from_logits else 'probabilities'})")
+    if val_mask is not None and np.shape(val_mask) != (test.n_rows,):
+        raise ValueError(f"val_mask must be a bool array of shape ({test.n_rows},) (one per row of the dump), "
+                         f"got shape {np.shape(val_mask)}")
     n_val = 0
     if methods:
         n_val = val.n_rows if val is not None else int(np.count_nonzero(val_mask))
@@ -168,64 +186,67 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
     K = test.n_classes
     accs = {"raw": CalibrationAccumulator(n_bins, from_logits=test.from_logits, classwise=not binary,
                                           n_classes=None if binary else K, backend=backend)}
+    held = None if val_mask is None else np.asarray(val_mask, dtype=bool)
+    gather = bool(methods) and val is None and not out_of_core
+    passes = 2 if methods else 1
     done = 0
 
-    def evaluate(raw, fitted):
-        """One pass over the evaluation rows: the raw metrics and/or the calibrators' (and, in the pass that
-        reads the dump for the first time, the validation rows of a split dump are gathered on the way)."""
+    def begin(name, rows=None):
+        if stage is not None:
+            stage(name, rows)
+
+    def evaluate(fitted, gathered=None):
+        """One pass over the evaluation rows, each block read once: the raw metrics (no `fitted`) or every fitted
+        calibrator's in turn; the held-out rows are gathered into `gathered` (scores, labels) when given."""
         nonlocal done
-        gather = raw and methods and val is None and not out_of_core
-        if gather:
-            vs = np.empty((n_val,) + tuple(test.scores.shape[1:]), dtype=test.scores.dtype)
-            vy = np.empty(n_val, dtype=np.int64)
-            at = 0
-
-        def split(a, s, y):
-            """(first row, rows read, evaluation scores and labels, held-out mask and rows or None);
-            runs in the reading thread."""
-            if val_mask is None:
-                return a, len(y), s, y, None, None
-            held = np.asarray(val_mask[a:a + len(y)], dtype=bool)
-            kept = ~held
-            return a, len(y), s[kept], y[kept], held, (s[held], y[held]) if gather else None
-
-        for a, n_read, s, y, held, val_rows in test.chunks(chunk_rows, prepare=split):
-            if val_rows is not None:
-                k = len(val_rows[1])
-                vs[at:at + k], vy[at:at + k] = val_rows
+        at = 0
+        for blk in _blocks(test, held, chunk_rows, gather=gathered is not None):
+            if gathered is not None:
+                k = len(blk.held_labels)
+                gathered[0][at:at + k], gathered[1][at:at + k] = blk.held_scores, blk.held_labels
                 at += k
             try:
-                if len(y):
-                    if raw:
-                        accs["raw"].update(s, y)
+                if len(blk.labels):
+                    if not fitted:
+                        accs["raw"].update(blk.scores, blk.labels)
                     for m, c in fitted.items():
-                        accs[m].update(_method_input(c, m, s, test.from_logits), y)
+                        accs[m].update(_method_input(c, m, blk.scores, test.from_logits), blk.labels)
             except BadElementError as exc:
-                raise located(exc, test, a, held) from None
-            done += n_read
+                raise located(exc, test, blk.first_row, blk.held_mask) from None
+            done += blk.n_rows
             if progress is not None:
                 progress(done)
-        return (vs, vy) if gather else None
 
-    # Pass 1: raw metrics (and the validation rows of a split dump); pass 2: the fitted calibrators.
-    gathered = evaluate(True, {})
+    # Pass 1: raw metrics (and the validation rows of a split dump); the fits; pass 2: every fitted calibrator.
+    begin(f"pass 1/{passes}: raw metrics" + (" (and validation rows)" if gather else ""), test.n_rows)
+    gathered = None
+    if gather:
+        gathered = (np.empty((n_val,) + tuple(test.scores.shape[1:]), dtype=test.scores.dtype),
+                    np.empty(n_val, dtype=np.int64))
+    evaluate({}, gathered)
     fitted = {}
     if methods and out_of_core:
-        source, mask = (val, None) if val is not None else (test, val_mask)
+        begin(f"fit 1/1: temperature (out of core, {n_val:,} rows per step)")
+        source, mask = (val, None) if val is not None else (test, held)
         fitted["temperature"] = _fit_temperature_out_of_core(source, mask, chunk_rows, backend)
     elif methods:
-        vs, vy = val.take(np.ones(val.n_rows, dtype=bool), chunk_rows) if val is not None else gathered
-        for m in methods:
+        if val is not None:
+            begin(f"reading {n_val:,} validation rows")
+            gathered = val.take(np.ones(val.n_rows, dtype=bool), chunk_rows)
+        vs, vy = gathered
+        for j, m in enumerate(methods):
+            begin(f"fit {j + 1}/{len(methods)}: {m} on {n_val:,} rows")
             try:
                 fitted[m] = fit_calibrator(m, vs, vy, test.from_logits)
             except BadElementError as exc:  # vs holds all of `val`, or the rows of `test` where val_mask
                 raise (located(exc, val, 0, None) if val is not None else
-                       located(exc, test, 0, ~np.asarray(val_mask, dtype=bool))) from None
+                       located(exc, test, 0, ~held)) from None
         del vs, vy, gathered
     if methods:
         for m in methods:
             accs[m] = _method_accumulator(m, fitted[m], n_bins, K, backend)
-        evaluate(False, fitted)
+        begin(f"pass 2/2: {', '.join(methods)}", test.n_rows)
+        evaluate(fitted)
     if accs["raw"].count == 0:
         raise DumpError(f"{test.name}: no rows left to evaluate")
     rows = {}
