@@ -75,7 +75,7 @@ def temperature_nll(logits, labels, inverse_temperature, *, sample_weight=None, 
 
 
 def _temperature_sums(k, logits, labels, sample_weight, b, chunk_size):
-    total = {"count": 0.0, "weight": 0.0, "loss": 0.0, "d1": 0.0, "d2": 0.0}
+    total = {"count": 0.0, "weight": 0.0, "loss": 0.0, "d1": 0.0, "d2": 0.0, "d3": 0.0, "d4": 0.0}
     for rows in _row_slices(logits.shape[0], chunk_size):
         w = None if sample_weight is None else sample_weight[rows]
         r = k.temperature_nll(logits[rows], labels[rows], w, b)
@@ -330,8 +330,9 @@ class TemperatureScaling(_LogitCalibrator):
                 b = min(max(newton, lo), hi)
                 converged = True
                 break
-            if g < 0 and b < b_max and g * g < 2e-16 * h * max(1.0, s["loss"] / s["weight"]):
-                # Far from converged, yet the NLL falls by less than rounding: separable data,
+            if g < 0 and b < b_max and step > 1e-3 * b and g * g < 2e-16 * h * max(1.0, s["loss"] / s["weight"]):
+                # Far from converged (near the optimum g^2 / h is tiny too), yet the NLL falls by less
+                # than rounding: separable data,
                 # whose NLL decays exponentially in b (Newton would crawl). Try the bound.
                 b = b_max
             elif lo < newton < hi:
