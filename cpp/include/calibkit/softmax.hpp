@@ -282,12 +282,25 @@ struct VectorScalingSums {
     }
 };
 
-template <class T>
+// One chunk of vector_scaling_nll. Each row is loaded once into a zero-padded
+// double buffer (in L1); z' = a z + c, its maximum, e^{z' - max} (the double
+// exp, 4 lanes with AVX2) and the gradient updates run over whole octets.
+template <class T, class V>
 inline void vector_scaling_chunk(const Matrix<T>& s, const Vector<int64_t>& labels, const Weights& weights,
                                  const double* scale, const double* bias, VectorScalingSums& part, int64_t begin,
                                  int64_t end) {
+    using namespace simd;
+    typedef typename V::d D;
+    typedef typename V::i I;
+    constexpr int W = V::width;
     const int64_t K = s.cols;
-    std::vector<double> e(static_cast<size_t>(K));  // one row of exp(z' - max): O(K), not O(N K)
+    const int64_t n = padded_length(K);
+    // a and c padded: a = 0, c = -inf beyond K, so padding never wins the maximum.
+    std::vector<double> a(static_cast<size_t>(n), 0.0), c(static_cast<size_t>(n), -INFINITY);
+    std::vector<double> z(static_cast<size_t>(n)), e(static_cast<size_t>(n));
+    std::vector<double> gs(static_cast<size_t>(n), 0.0), gb(static_cast<size_t>(n), 0.0);
+    for (int64_t k = 0; k < K; ++k) a[static_cast<size_t>(k)] = scale[k], c[static_cast<size_t>(k)] = bias[k];
+    const D zero = splat<D>(0.0);
     for (int64_t i = begin; i < end; ++i) {
         const int64_t y = labels.raw(i);
         if (y < 0 || y >= K) {
@@ -296,49 +309,78 @@ inline void vector_scaling_chunk(const Matrix<T>& s, const Vector<int64_t>& labe
         }
         const double w = weights.at(i);
         if (weights.present() && !check_weight(w, i, part.status)) continue;
+        load_row(s, i, z.data());
+        I bad = (I)zero;
+        D mx = splat<D>(-INFINITY);
+        for (int64_t k = 0; k < n; k += W) {
+            const D v = lanes_at<V>(z.data() + k);
+            bad |= ~((v - v) == zero);
+            const D t = lanes_at<V>(a.data() + k) * v + lanes_at<V>(c.data() + k);
+            store_lanes<V>(e.data() + k, t);
+            mx = vmax(t, mx);
+        }
+        bool any_bad = false;
+        for (int j = 0; j < W; ++j) any_bad |= bad[j] != 0;
+        if (any_bad && find_bad(z.data(), K, false, i, part.status)) continue;
         double best = -INFINITY;
-        bool bad = false;
-        for (int64_t k = 0; k < K; ++k) {
-            const double z = s(i, k);
-            if (!is_finite(z)) {
-                part.status.set(kScoreNotFinite, i, k, z);
-                bad = true;
-                break;
+        for (int j = 0; j < W; ++j) best = mx[j] > best ? mx[j] : best;
+        const D shift = splat<D>(best);
+        Octet<V> tot;
+        for (int g = 0; g < Octet<V>::n; ++g) tot.v[g] = zero;
+        for (int64_t k = 0; k < n; k += 8)
+            for (int g = 0; g < Octet<V>::n; ++g) {
+                double* p = e.data() + k + g * W;
+                const D v = exp_nonpositive<V>(lanes_at<V>(p) - shift);
+                store_lanes<V>(p, v);
+                tot.v[g] += v;
             }
-            const double v = scale[k] * z + bias[k];
-            e[static_cast<size_t>(k)] = v;
-            best = v > best ? v : best;
-        }
-        if (bad) continue;
-        double total = 0.0;
-        for (int64_t k = 0; k < K; ++k) {
-            const double v = simd::exp_nonpositive(e[static_cast<size_t>(k)] - best);
-            e[static_cast<size_t>(k)] = v;
-            total += v;
-        }
-        const double shifted_label = scale[y] * s(i, y) + bias[y] - best;
+        // Padding lanes (z' = -inf) got exp's clamp value 3.3e-308: it vanishes in a total that holds the
+        // row maximum's 1, and the gradient gets exact zeros.
+        for (int64_t k = K; k < n; ++k) e[static_cast<size_t>(k)] = 0.0;
+        const double total = octet_sum(tot);
+        const double shifted_label = scale[y] * z[static_cast<size_t>(y)] + bias[y] - best;
         part.count += 1.0;
         part.weight += w;
         part.loss += w * (std::log(total) - shifted_label);
-        const double inv = w / total;
-        for (int64_t k = 0; k < K; ++k) {
-            const double g = e[static_cast<size_t>(k)] * inv - (k == y ? w : 0.0);
-            part.grad_bias[static_cast<size_t>(k)] += g;
-            part.grad_scale[static_cast<size_t>(k)] += g * s(i, k);
+        const D inv = splat<D>(w / total);
+        for (int64_t k = 0; k < n; k += W) {
+            const D g = lanes_at<V>(e.data() + k) * inv;
+            store_lanes<V>(gb.data() + k, lanes_at<V>(gb.data() + k) + g);
+            store_lanes<V>(gs.data() + k, lanes_at<V>(gs.data() + k) + g * lanes_at<V>(z.data() + k));
         }
+        gb[static_cast<size_t>(y)] -= w;
+        gs[static_cast<size_t>(y)] -= w * z[static_cast<size_t>(y)];
+    }
+    for (int64_t k = 0; k < K; ++k) {
+        part.grad_bias[static_cast<size_t>(k)] += gb[static_cast<size_t>(k)];
+        part.grad_scale[static_cast<size_t>(k)] += gs[static_cast<size_t>(k)];
     }
 }
+
+#if CALIBKIT_HAVE_AVX2_CLONES
+template <class T>
+CALIBKIT_AVX2_CLONE void vector_scaling_chunk_avx2(const Matrix<T>& s, const Vector<int64_t>& labels,
+                                                   const Weights& weights, const double* scale, const double* bias,
+                                                   VectorScalingSums& part, int64_t begin, int64_t end) {
+    vector_scaling_chunk<T, simd::Vec<4>>(s, labels, weights, scale, bias, part, begin, end);
+}
+#endif
 
 // Weighted NLL of softmax(scale * z + bias) and its gradient in (scale, bias).
 template <class T>
 VectorScalingSums vector_scaling_nll(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
                                      const double* scale, const double* bias) {
     const int64_t K = scores.cols;
+    const bool avx2 = simd::use_avx2();
     VectorScalingSums total(K);
     chunked_reduce(
         scores.rows, rows_per_chunk(K), 3 * K, 2 * K + 3, total, [K] { return VectorScalingSums(K); },
         [&](VectorScalingSums& part, int64_t begin, int64_t end) {
-            vector_scaling_chunk<T>(scores, labels, weights, scale, bias, part, begin, end);
+#if CALIBKIT_HAVE_AVX2_CLONES
+            if (avx2) return vector_scaling_chunk_avx2<T>(scores, labels, weights, scale, bias, part, begin, end);
+#endif
+            (void)avx2;
+            vector_scaling_chunk<T, simd::Vec<2>>(scores, labels, weights, scale, bias, part, begin, end);
         },
         [](VectorScalingSums& acc, const VectorScalingSums& part) { acc.merge(part); });
     return total;
