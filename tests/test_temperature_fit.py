@@ -26,8 +26,8 @@ def reference_sums(z, y, w, b):
     k4 = (p * c ** 4).sum(1) - 3 * k2 ** 2
     zy = z[np.arange(len(y)), y]
     lse = logsumexp(b * z, axis=1)
-    return dict(loss=(w * (lse - b * zy)).sum(), d1=(w * (m - zy)).sum(), d2=(w * k2).sum(), d3=(w * k3).sum(),
-                d4=(w * k4).sum())
+    return {"loss": (w * (lse - b * zy)).sum(), "d1": (w * (m - zy)).sum(), "d2": (w * k2).sum(),
+            "d3": (w * k3).sum(), "d4": (w * k4).sum()}
 
 
 def reference_temperature(z, y, w=None):
