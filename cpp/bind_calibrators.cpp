@@ -34,6 +34,8 @@ py::dict temperature_nll_py(const py::object& scores_obj, const py::object& labe
         d["loss"] = r.loss;
         d["d1"] = r.d1;
         d["d2"] = r.d2;
+        d["d3"] = r.d3;
+        d["d4"] = r.d4;
         d["status"] = status_tuple(r.status);
         return d;
     });

@@ -6,7 +6,9 @@
 //   L(b)   = sum_i w_i [LSE(b z_i) - b z_{i,y_i}]
 //   L'(b)  = sum_i w_i [E_i[z] - z_{i,y_i}]
 //   L''(b) = sum_i w_i Var_i[z]            (>= 0: L is convex in b)
-// where E_i and Var_i are under softmax(b z_i). Everything is computed on
+//   L'''(b) = sum_i w_i kappa3_i[z],  L''''(b) = sum_i w_i kappa4_i[z]   (cumulants)
+// where E_i, Var_i and the cumulants are under softmax(b z_i) (the higher two let
+// the fit take the root of the cubic Taylor model of L' instead of a Newton step). Everything is computed on
 // u = z - max(z) (so exp never overflows): LSE(b z) = b max + log sum e^{b u},
 // E[z] - z_y = E[u] - u_y, Var[z] = E[u^2] - E[u]^2.
 // The sums are taken over t = max(b u, -708) (where exp_nonpositive clamps):
@@ -17,6 +19,13 @@
 // underflowing to 0 (e^{b u} u with b u < -745), which would read as "every row
 // is constant". A clamped element adds at most 2.4e-305 / b to E[u].
 //
+// Precision follows the input (as in uncertainty.hpp): float64 rows use the
+// double exp (~1 ulp, 4 lanes); float32 / float16 rows are scanned once into L1
+// (or read in place) and each element costs one 8-lane exp_f32 (relative error
+// < 2.5e-7, the size of the input's own rounding) with t = max(bf (z - max), -87)
+// in float, bf = float(b); the sums go to double every 64 elements, and the
+// results are moved from bf to b by their Taylor expansion in b - bf.
+//
 // vector_scaling_nll: for z' = a * z + c (element-wise, a and c of length K),
 //   L = sum_i w_i [LSE(z'_i) - z'_{i,y_i}],
 //   dL/dc_k = sum_i w_i (p_ik - [y_i = k]),  dL/da_k = sum_i w_i (p_ik - [y_i = k]) z_ik.
@@ -24,9 +33,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "binning.hpp"
+#include "uncertainty.hpp"
 #include "common.hpp"
 #include "parallel.hpp"
 #include "simd.hpp"
@@ -34,7 +46,7 @@
 namespace calibkit {
 
 struct TemperatureSums {
-    double count = 0.0, weight = 0.0, loss = 0.0, d1 = 0.0, d2 = 0.0;
+    double count = 0.0, weight = 0.0, loss = 0.0, d1 = 0.0, d2 = 0.0, d3 = 0.0, d4 = 0.0;
     Status status;
 
     void merge(const TemperatureSums& o) {
@@ -43,12 +55,33 @@ struct TemperatureSums {
         loss += o.loss;
         d1 += o.d1;
         d2 += o.d2;
+        d3 += o.d3;
+        d4 += o.d4;
         status.merge(o.status);
     }
 };
 
-// Row i of a logit matrix: false (status set) on NaN/inf. Otherwise adds the
-// row's loss and derivatives in b, times w, to `acc`.
+// Adds one row's loss and derivatives to `acc` from S_j = sum_k e^{t_k} t_k^j
+// (j = 0..4, t = bt u): the cumulants of t under the softmax, divided by bt^j,
+// are those of u (= of z), the derivatives of the row's NLL in b.
+CALIBKIT_INLINE void add_temperature_row(const double* S, double bt, double u_label, double w,
+                                         TemperatureSums& acc) {
+    const double m1 = S[1] / S[0], m2 = S[2] / S[0], m3 = S[3] / S[0], m4 = S[4] / S[0];
+    const double k2 = std::max(m2 - m1 * m1, 0.0);
+    const double k3 = m3 - 3.0 * m2 * m1 + 2.0 * m1 * m1 * m1;
+    const double k4 = m4 - 4.0 * m3 * m1 - 3.0 * m2 * m2 + 12.0 * m2 * m1 * m1 - 6.0 * (m1 * m1) * (m1 * m1);
+    const double b2 = bt * bt;
+    acc.count += 1.0;
+    acc.weight += w;
+    acc.loss += w * (std::log(S[0]) - bt * u_label);
+    acc.d1 += w * (m1 / bt - u_label);
+    acc.d2 += w * (k2 / b2);
+    acc.d3 += w * (k3 / (b2 * bt));
+    acc.d4 += w * (k4 / (b2 * b2));
+}
+
+// Row i of a float64 logit matrix: false (status set) on NaN/inf. Otherwise adds
+// the row's loss and derivatives in b, times w, to `acc`. Double exp.
 template <class T, bool Contiguous, class V>
 CALIBKIT_INLINE bool temperature_row(const Matrix<T>& s, const simd::TailMask<V>& tail, int64_t i, int64_t label,
                                      double b, double w, TemperatureSums& acc) {
@@ -87,16 +120,20 @@ CALIBKIT_INLINE bool temperature_row(const Matrix<T>& s, const simd::TailMask<V>
     for (int g = 0; g < G; ++g)
         for (int j = 0; j < V::width; ++j) best = mx.v[g][j] > best ? mx.v[g][j] : best;
     const D shift = splat<D>(best), scale = splat<D>(b), lowest = splat<D>(-708.0);
-    Octet<V> s0, s1, s2;
-    for (int g = 0; g < G; ++g) s0.v[g] = s1.v[g] = s2.v[g] = zero;
+    Octet<V> a[5];
+    for (int j = 0; j < 5; ++j)
+        for (int g = 0; g < G; ++g) a[j].v[g] = zero;
     for (int64_t k = 0; k < full; k += 8) {
         const Octet<V> o = r.template octet<V>(k);
         for (int g = 0; g < G; ++g) {
             const D t = vmax(scale * (o.v[g] - shift), lowest);
             const D e = exp_nonpositive<V>(t);
-            s0.v[g] += e;
-            s1.v[g] += e * t;
-            s2.v[g] += (e * t) * t;
+            const D e1 = e * t, e2 = e1 * t, e3 = e2 * t;
+            a[0].v[g] += e;
+            a[1].v[g] += e1;
+            a[2].v[g] += e2;
+            a[3].v[g] += e3;
+            a[4].v[g] += e3 * t;
         }
     }
     if (tail.needed) {
@@ -104,26 +141,69 @@ CALIBKIT_INLINE bool temperature_row(const Matrix<T>& s, const simd::TailMask<V>
         for (int g = 0; g < G; ++g) {
             const D t = select(tail.valid[g], vmax(scale * (o.v[g] - shift), lowest), zero);
             const D e = select(tail.valid[g], exp_nonpositive<V>(t), zero);
-            s0.v[g] += e;
-            s1.v[g] += e * t;
-            s2.v[g] += (e * t) * t;
+            const D e1 = e * t, e2 = e1 * t, e3 = e2 * t;
+            a[0].v[g] += e;
+            a[1].v[g] += e1;
+            a[2].v[g] += e2;
+            a[3].v[g] += e3;
+            a[4].v[g] += e3 * t;
         }
     }
-    const double z = octet_sum(s0), mean_t = octet_sum(s1) / z, second_t = octet_sum(s2) / z;
-    const double u_label = r.at(label) - best;
-    acc.count += 1.0;
-    acc.weight += w;
-    acc.loss += w * (std::log(z) - b * u_label);
-    acc.d1 += w * (mean_t / b - u_label);
-    acc.d2 += w * (std::max(second_t - mean_t * mean_t, 0.0) / b / b);
+    double S[5];
+    for (int j = 0; j < 5; ++j) S[j] = octet_sum(a[j]);
+    add_temperature_row(S, b, r.at(label) - best, w, acc);
     return true;
+}
+
+// S_j = sum_k e^{t_k} t_k^j (j = 0..4) of a loaded float row, t = max(bf (z - shift), -87)
+// in float, one exp_f32 per element; float partial sums flushed into double every
+// kFlushOctets octets (as softmax_sums_f in uncertainty.hpp).
+template <class V>
+CALIBKIT_INLINE void temperature_sums_f(const float* row, int64_t K, const PadMaskF<V>& pad, float bf,
+                                        float shift_f, double* S) {
+    using namespace simd;
+    typedef typename V::fw F;
+    constexpr int G = kFloatGroups<V>;
+    const F zero = splat_f<F>(0.0f), shift = splat_f<F>(shift_f), scale = splat_f<F>(bf);
+    const F lowest = splat_f<F>(kExpMinF);
+    Octet<V> acc[5];
+    F p[5][G];
+    for (int j = 0; j < 5; ++j) {
+        for (int g = 0; g < Octet<V>::n; ++g) acc[j].v[g] = splat<typename V::d>(0.0);
+        for (int g = 0; g < G; ++g) p[j][g] = zero;
+    }
+    const int64_t n = padded_length(K);
+    for (int64_t k = 0, octet = 1; k < n; k += 8, ++octet) {
+        const bool last = k == pad.last;
+        for (int g = 0; g < G; ++g) {
+            F t = vmax(scale * (flanes_at<V>(row + k + g * 2 * V::width) - shift), lowest);
+            F e = exp_f32<V>(t);
+            if (last) {
+                t = select_f(pad.valid[g], t, zero);
+                e = select_f(pad.valid[g], e, zero);
+            }
+            const F e1 = e * t, e2 = e1 * t, e3 = e2 * t;
+            p[0][g] += e;
+            p[1][g] += e1;
+            p[2][g] += e2;
+            p[3][g] += e3;
+            p[4][g] += e3 * t;
+        }
+        if (octet % kFlushOctets == 0 || last)
+            for (int j = 0; j < 5; ++j) flush<V>(acc[j], p[j]);
+    }
+    for (int j = 0; j < 5; ++j) S[j] = octet_sum(acc[j]);
 }
 
 template <class T, class V>
 inline void temperature_chunk(const Matrix<T>& s, const Vector<int64_t>& labels, const Weights& weights, double b,
                               TemperatureSums& part, int64_t begin, int64_t end) {
+    constexpr bool single = !std::is_same_v<T, double>;
     const simd::TailMask<V> tail(s.cols);
     const bool contiguous = s.row_contiguous();
+    std::optional<RowWork<T, V>> work;
+    if constexpr (single) work.emplace(s.cols);
+    const float bf = static_cast<float>(b);
     for (int64_t i = begin; i < end; ++i) {
         const int64_t y = labels.raw(i);
         if (y < 0 || y >= s.cols) {
@@ -132,10 +212,17 @@ inline void temperature_chunk(const Matrix<T>& s, const Vector<int64_t>& labels,
         }
         const double w = weights.at(i);
         if (weights.present() && !check_weight(w, i, part.status)) continue;
-        if (contiguous)
+        if constexpr (single) {
+            RowSums r;
+            if (!work->scan(s, i, false, false, 1, r, part.status, true)) continue;
+            double S[5];
+            temperature_sums_f<V>(work->row, s.cols, work->padf, bf, static_cast<float>(r.max), S);
+            add_temperature_row(S, static_cast<double>(bf), work->at(y) - r.max, w, part);
+        } else if (contiguous) {
             temperature_row<T, true, V>(s, tail, i, y, b, w, part);
-        else
+        } else {
             temperature_row<T, false, V>(s, tail, i, y, b, w, part);
+        }
     }
 }
 
@@ -148,7 +235,9 @@ CALIBKIT_AVX2_CLONE void temperature_chunk_avx2(const Matrix<T>& s, const Vector
 }
 #endif
 
-// Weighted NLL of softmax(b z) and its first two derivatives in b, in one pass.
+// Weighted NLL of softmax(b z) and its first four derivatives in b, in one pass.
+// float32 / float16 logits: the sums are taken at bf = float(b) with float exps
+// and moved to b by their Taylor expansion in b - bf (|b - bf| <= 6e-8 b).
 template <class T>
 TemperatureSums temperature_nll(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
                                 double b) {
@@ -156,7 +245,7 @@ TemperatureSums temperature_nll(const Matrix<T>& scores, const Vector<int64_t>& 
     const bool avx2 = simd::use_avx2();
     TemperatureSums total;
     chunked_reduce(
-        scores.rows, rows_per_chunk(K), K, 5, total, [] { return TemperatureSums(); },
+        scores.rows, rows_per_chunk(K), K, 7, total, [] { return TemperatureSums(); },
         [&](TemperatureSums& part, int64_t begin, int64_t end) {
 #if CALIBKIT_HAVE_AVX2_CLONES
             if (avx2) return temperature_chunk_avx2<T>(scores, labels, weights, b, part, begin, end);
@@ -165,6 +254,13 @@ TemperatureSums temperature_nll(const Matrix<T>& scores, const Vector<int64_t>& 
             temperature_chunk<T, simd::Vec<2>>(scores, labels, weights, b, part, begin, end);
         },
         [](TemperatureSums& acc, const TemperatureSums& part) { acc.merge(part); });
+    if constexpr (!std::is_same_v<T, double>) {
+        const double h = b - static_cast<double>(static_cast<float>(b));
+        total.loss += h * (total.d1 + h * (total.d2 / 2.0 + h * total.d3 / 6.0));
+        total.d1 += h * (total.d2 + h * total.d3 / 2.0);
+        total.d2 += h * total.d3;
+        total.d3 += h * total.d4;
+    }
     return total;
 }
 
@@ -186,12 +282,25 @@ struct VectorScalingSums {
     }
 };
 
-template <class T>
+// One chunk of vector_scaling_nll. Each row is loaded once into a zero-padded
+// double buffer (in L1); z' = a z + c, its maximum, e^{z' - max} (the double
+// exp, 4 lanes with AVX2) and the gradient updates run over whole octets.
+template <class T, class V>
 inline void vector_scaling_chunk(const Matrix<T>& s, const Vector<int64_t>& labels, const Weights& weights,
                                  const double* scale, const double* bias, VectorScalingSums& part, int64_t begin,
                                  int64_t end) {
+    using namespace simd;
+    typedef typename V::d D;
+    typedef typename V::i I;
+    constexpr int W = V::width;
     const int64_t K = s.cols;
-    std::vector<double> e(static_cast<size_t>(K));  // one row of exp(z' - max): O(K), not O(N K)
+    const int64_t n = padded_length(K);
+    // a and c padded: a = 0, c = -inf beyond K, so padding never wins the maximum.
+    std::vector<double> a(static_cast<size_t>(n), 0.0), c(static_cast<size_t>(n), -INFINITY);
+    std::vector<double> z(static_cast<size_t>(n)), e(static_cast<size_t>(n));
+    std::vector<double> gs(static_cast<size_t>(n), 0.0), gb(static_cast<size_t>(n), 0.0);
+    for (int64_t k = 0; k < K; ++k) a[static_cast<size_t>(k)] = scale[k], c[static_cast<size_t>(k)] = bias[k];
+    const D zero = splat<D>(0.0);
     for (int64_t i = begin; i < end; ++i) {
         const int64_t y = labels.raw(i);
         if (y < 0 || y >= K) {
@@ -200,49 +309,78 @@ inline void vector_scaling_chunk(const Matrix<T>& s, const Vector<int64_t>& labe
         }
         const double w = weights.at(i);
         if (weights.present() && !check_weight(w, i, part.status)) continue;
+        load_row(s, i, z.data());
+        I bad = (I)zero;
+        D mx = splat<D>(-INFINITY);
+        for (int64_t k = 0; k < n; k += W) {
+            const D v = lanes_at<V>(z.data() + k);
+            bad |= ~((v - v) == zero);
+            const D t = lanes_at<V>(a.data() + k) * v + lanes_at<V>(c.data() + k);
+            store_lanes<V>(e.data() + k, t);
+            mx = vmax(t, mx);
+        }
+        bool any_bad = false;
+        for (int j = 0; j < W; ++j) any_bad |= bad[j] != 0;
+        if (any_bad && find_bad(z.data(), K, false, i, part.status)) continue;
         double best = -INFINITY;
-        bool bad = false;
-        for (int64_t k = 0; k < K; ++k) {
-            const double z = s(i, k);
-            if (!is_finite(z)) {
-                part.status.set(kScoreNotFinite, i, k, z);
-                bad = true;
-                break;
+        for (int j = 0; j < W; ++j) best = mx[j] > best ? mx[j] : best;
+        const D shift = splat<D>(best);
+        Octet<V> tot;
+        for (int g = 0; g < Octet<V>::n; ++g) tot.v[g] = zero;
+        for (int64_t k = 0; k < n; k += 8)
+            for (int g = 0; g < Octet<V>::n; ++g) {
+                double* p = e.data() + k + g * W;
+                const D v = exp_nonpositive<V>(lanes_at<V>(p) - shift);
+                store_lanes<V>(p, v);
+                tot.v[g] += v;
             }
-            const double v = scale[k] * z + bias[k];
-            e[static_cast<size_t>(k)] = v;
-            best = v > best ? v : best;
-        }
-        if (bad) continue;
-        double total = 0.0;
-        for (int64_t k = 0; k < K; ++k) {
-            const double v = simd::exp_nonpositive(e[static_cast<size_t>(k)] - best);
-            e[static_cast<size_t>(k)] = v;
-            total += v;
-        }
-        const double shifted_label = scale[y] * s(i, y) + bias[y] - best;
+        // Padding lanes (z' = -inf) got exp's clamp value 3.3e-308: it vanishes in a total that holds the
+        // row maximum's 1, and the gradient gets exact zeros.
+        for (int64_t k = K; k < n; ++k) e[static_cast<size_t>(k)] = 0.0;
+        const double total = octet_sum(tot);
+        const double shifted_label = scale[y] * z[static_cast<size_t>(y)] + bias[y] - best;
         part.count += 1.0;
         part.weight += w;
         part.loss += w * (std::log(total) - shifted_label);
-        const double inv = w / total;
-        for (int64_t k = 0; k < K; ++k) {
-            const double g = e[static_cast<size_t>(k)] * inv - (k == y ? w : 0.0);
-            part.grad_bias[static_cast<size_t>(k)] += g;
-            part.grad_scale[static_cast<size_t>(k)] += g * s(i, k);
+        const D inv = splat<D>(w / total);
+        for (int64_t k = 0; k < n; k += W) {
+            const D g = lanes_at<V>(e.data() + k) * inv;
+            store_lanes<V>(gb.data() + k, lanes_at<V>(gb.data() + k) + g);
+            store_lanes<V>(gs.data() + k, lanes_at<V>(gs.data() + k) + g * lanes_at<V>(z.data() + k));
         }
+        gb[static_cast<size_t>(y)] -= w;
+        gs[static_cast<size_t>(y)] -= w * z[static_cast<size_t>(y)];
+    }
+    for (int64_t k = 0; k < K; ++k) {
+        part.grad_bias[static_cast<size_t>(k)] += gb[static_cast<size_t>(k)];
+        part.grad_scale[static_cast<size_t>(k)] += gs[static_cast<size_t>(k)];
     }
 }
+
+#if CALIBKIT_HAVE_AVX2_CLONES
+template <class T>
+CALIBKIT_AVX2_CLONE void vector_scaling_chunk_avx2(const Matrix<T>& s, const Vector<int64_t>& labels,
+                                                   const Weights& weights, const double* scale, const double* bias,
+                                                   VectorScalingSums& part, int64_t begin, int64_t end) {
+    vector_scaling_chunk<T, simd::Vec<4>>(s, labels, weights, scale, bias, part, begin, end);
+}
+#endif
 
 // Weighted NLL of softmax(scale * z + bias) and its gradient in (scale, bias).
 template <class T>
 VectorScalingSums vector_scaling_nll(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
                                      const double* scale, const double* bias) {
     const int64_t K = scores.cols;
+    const bool avx2 = simd::use_avx2();
     VectorScalingSums total(K);
     chunked_reduce(
         scores.rows, rows_per_chunk(K), 3 * K, 2 * K + 3, total, [K] { return VectorScalingSums(K); },
         [&](VectorScalingSums& part, int64_t begin, int64_t end) {
-            vector_scaling_chunk<T>(scores, labels, weights, scale, bias, part, begin, end);
+#if CALIBKIT_HAVE_AVX2_CLONES
+            if (avx2) return vector_scaling_chunk_avx2<T>(scores, labels, weights, scale, bias, part, begin, end);
+#endif
+            (void)avx2;
+            vector_scaling_chunk<T, simd::Vec<2>>(scores, labels, weights, scale, bias, part, begin, end);
         },
         [](VectorScalingSums& acc, const VectorScalingSums& part) { acc.merge(part); });
     return total;
