@@ -84,7 +84,7 @@ def _fit_temperature_out_of_core(dump, mask, chunk_rows, backend):
     """Temperature scaling fitted on the rows of `dump` (where `mask`, if given), read chunk by chunk at every
     Newton step: the NLL and its derivatives are sums over rows."""
     def sums(b):
-        total = {"count": 0.0, "weight": 0.0, "loss": 0.0, "d1": 0.0, "d2": 0.0}
+        total = {"count": 0.0, "weight": 0.0, "loss": 0.0, "d1": 0.0, "d2": 0.0, "d3": 0.0, "d4": 0.0}
         # The rows where `mask` is True are those not held out of the complement: read straight into one array.
         for blk in _blocks(dump, None if mask is None else ~mask, chunk_rows, gather=False):
             if len(blk.labels):
