@@ -213,8 +213,16 @@ Status stream_top_label(const Matrix<T>& scores, const Vector<int64_t>& labels, 
     if (r.status.code != kOk) return r.status;
     const Vector<double> c{reinterpret_cast<const char*>(conf.data()), N, static_cast<int64_t>(sizeof(double))};
     const Vector<uint8_t> y{reinterpret_cast<const char*>(correct.data()), N, static_cast<int64_t>(sizeof(uint8_t))};
-    const Status st = stream_accumulate<double, uint8_t>(c, y, weights, offset, n_bins, grid, n_boot, seed, bins,
-                                                         fine, boot);
+    Status st;
+    if (N <= kChunkElements) {
+        // One chunk of rows the top-label pass has already checked (confidences in [0, 1], 0/1
+        // targets, weights finite and >= 0): straight into the state, as stream_accumulate's own
+        // small path does after its check pass.
+        stream_rows(c, y, weights, 0, N, offset, BinEdges::equal_width(n_bins), grid, n_boot, seed, bins, fine, boot,
+                    st);
+    } else {
+        st = stream_accumulate<double, uint8_t>(c, y, weights, offset, n_bins, grid, n_boot, seed, bins, fine, boot);
+    }
     if (st.code != kOk) return st;
     const Totals& t = r.totals;
     totals[0] += static_cast<double>(t.count);

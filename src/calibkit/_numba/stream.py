@@ -292,11 +292,11 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, nll_eps, inv_t
                      q_count, q_w, q_score, q_target)
     if st[0] != OK:
         return
-    st2 = _small(conf, correct, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf,
-                 table, bins, fine, boot)
-    if st2[0] != OK:
-        for j in range(4):
-            st[j] = st2[j]
+    # Rows the top-label pass has checked (confidences in [0, 1], 0/1 targets, clean weights): straight into
+    # the state, as _small does after its check pass.
+    _chunk(conf, correct, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
+           0, N, bins, fine, boot, st)
+    if st[0] != OK:
         return
     totals[0] += float(int(tot[0]))
     for t in range(1, 6):
