@@ -16,6 +16,8 @@ import numbers
 import numpy as np
 
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+_FLOAT_TYPES = frozenset(FLOAT_DTYPES)
+_INT64 = np.dtype(np.int64)
 
 # Status codes shared with the C++ (common.hpp) and Numba kernels.
 OK = 0
@@ -52,23 +54,17 @@ def _readable_in_place(a):
 
 def check_scores(scores, name="scores"):
     """Return `scores` as a float16/32/64 array of ndim 1 or 2, without a copy where possible."""
-    a = _as_array(scores, name)
-    if a.dtype == object or a.dtype.kind not in "fiub":
-        raise TypeError(f"{name} must be an array of floats, got dtype {a.dtype}")
-    if a.dtype.kind in "iub":
-        a = a.astype(np.float64)
-    elif a.dtype.type not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, float32 or float64, got dtype {a.dtype}")
-    if a.ndim not in (1, 2):
-        raise ValueError(f"{name} must have shape (N,) or (N, K), got shape {a.shape}")
-    if a.shape[0] == 0:
+    a = scores if type(scores) is np.ndarray else _as_array(scores, name)
+    if a.dtype.type not in _FLOAT_TYPES:  # integers, bools (converted) or a wrong dtype (TypeError)
+        a = _float_array(a, name)
+    shape = a.shape
+    if len(shape) not in (1, 2):
+        raise ValueError(f"{name} must have shape (N,) or (N, K), got shape {shape}")
+    if shape[0] == 0:
         raise ValueError(f"{name} is empty: at least one row is needed")
-    if a.ndim == 2 and a.shape[1] < 2:
-        raise ValueError(f"{name} must have at least 2 columns (classes), got shape {a.shape}")
-    if not _readable_in_place(a):
-        # np.ascontiguousarray would return a contiguous but misaligned array as it is.
-        a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
-    return a
+    if len(shape) == 2 and shape[1] < 2:
+        raise ValueError(f"{name} must have at least 2 columns (classes), got shape {shape}")
+    return _in_place(a)
 
 
 def _float_array(x, name):
@@ -83,7 +79,7 @@ def _float_array(x, name):
 
 
 def _in_place(a):
-    if not _readable_in_place(a):
+    if not (a.flags.aligned and a.dtype.isnative):  # _readable_in_place, inlined: called on every input
         a = np.array(a, dtype=a.dtype.newbyteorder("="), order="C", copy=True)
     return a
 
@@ -134,7 +130,9 @@ def check_correct(correct, n_rows, name="correct"):
 
 def check_labels(labels, n_rows, name="labels"):
     """Return `labels` as a 1-D int64 array of length `n_rows` (range is checked by the kernels)."""
-    y = _as_array(labels, name)
+    y = labels if type(labels) is np.ndarray else _as_array(labels, name)
+    if y.dtype == _INT64 and y.ndim == 1 and y.shape[0] == n_rows and y.flags.aligned:
+        return y  # the common case: nothing to convert or check here
     if y.dtype == bool:
         y = y.astype(np.int64)
     if y.dtype.kind not in "iu":
@@ -247,8 +245,11 @@ def check_probability_rows(scores, name="scores"):
     tol = ROW_SUM_TOLERANCE[scores.dtype]
     step = max(1, _ROW_SUM_CHUNK // k)
     for start in range(0, n, step):
-        sums = scores[start:start + step].sum(axis=1, dtype=np.float64)
-        bad = np.isfinite(sums) & (np.abs(sums - 1.0) > tol)
+        sums = np.add.reduce(scores[start:start + step], axis=1, dtype=np.float64)
+        off = np.abs(sums - 1.0) > tol  # NaN sums compare False; infinite ones are left out below
+        if not off.any():  # the common case: three NumPy calls per chunk
+            continue
+        bad = np.isfinite(sums) & off
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"{name}[{start + i}] sums to {float(sums[i])!r}, not 1 (tolerance {tol:g} for "

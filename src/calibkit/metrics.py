@@ -55,6 +55,8 @@ Differences from the peers (each shown by a test)
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 
 import numpy as np
 
@@ -91,19 +93,25 @@ __all__ = [
 # ----------------------------------------------------------------------------
 
 
+# A probability of 0 for the true class has an infinite NLL; clip it at the
+# machine epsilon of the input dtype, as sklearn.metrics.log_loss does.
+_NLL_EPS = {np.dtype(t): float(np.finfo(t).eps) for t in (np.float16, np.float32, np.float64)}
+
+
 def _nll_eps(dtype) -> float:
-    # A probability of 0 for the true class has an infinite NLL; clip it at the
-    # machine epsilon of the input dtype, as sklearn.metrics.log_loss does.
-    return float(np.finfo(dtype).eps)
+    eps = _NLL_EPS.get(dtype)
+    return float(np.finfo(dtype).eps) if eps is None else eps
 
 
 def _prepare(scores, labels, sample_weight, from_logits, scale_weights=False):
     """Checked inputs. ``scale_weights``: divide the weights by their largest (every metric here is
     invariant to their scale; a streaming update, whose batches weigh against each other, must not)."""
     scores = check_scores(scores)
-    from_logits = check_bool(from_logits, "from_logits")
+    if from_logits is not True and from_logits is not False:
+        from_logits = check_bool(from_logits, "from_logits")
     labels = check_labels(labels, scores.shape[0])
-    sample_weight = check_sample_weight(sample_weight, scores.shape[0], scale=scale_weights)
+    if sample_weight is not None:
+        sample_weight = check_sample_weight(sample_weight, scores.shape[0], scale=scale_weights)
     return scores, labels, sample_weight, from_logits
 
 
@@ -185,29 +193,62 @@ def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, bac
         raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
     return _Binned(
         edges=edges,
-        count=np.asarray(r["count"], dtype=np.int64),
-        weight=np.asarray(r["weight"], dtype=np.float64),
-        sum_confidence=np.asarray(r["sum_score"], dtype=np.float64),
-        sum_accuracy=np.asarray(r["sum_target"], dtype=np.float64),
+        count=r["count"],
+        weight=r["weight"],
+        sum_confidence=r["sum_score"],
+        sum_accuracy=r["sum_target"],
         totals=totals,
     )
 
 
+@functools.lru_cache(maxsize=64)
 def _equal_width_edges(n_bins):
-    return np.arange(n_bins + 1, dtype=np.float64) / n_bins
+    """The M + 1 edges m / M (read-only and shared: copy before handing them out)."""
+    edges = np.arange(n_bins + 1, dtype=np.float64) / n_bins
+    edges.setflags(write=False)
+    return edges
+
+
+#: Up to this many bins, _errors_from_bins sums in plain Python floats (a dozen NumPy calls on a
+#: small array cost more than the loop); above it, in NumPy. Both sum in bin order.
+_SMALL_BINS = 64
 
 
 def _errors_from_bins(weight, sum_confidence, sum_accuracy):
-    """(ECE, MCE, RMSCE) from per-bin sums; bins of zero weight are skipped."""
-    total = weight.sum()
+    """(ECE, MCE, RMSCE) from per-bin sums; bins of zero weight are skipped.
+
+    The sums run over the bins in order (sequentially, also for many bins: ``np.cumsum``), so the
+    result does not depend on which of the two paths computed it.
+    """
+    if weight.shape[0] <= _SMALL_BINS:
+        ws = weight.tolist()
+        total = 0.0
+        for x in ws:
+            total += x
+        ece = sq = mce = 0.0
+        for x, c, a in zip(ws, sum_confidence.tolist(), sum_accuracy.tolist()):
+            if x > 0:
+                gap = abs(a / x - c / x)
+                frac = x / total
+                ece += frac * gap
+                sq += frac * gap * gap
+                if gap > mce:
+                    mce = gap
+        return ece, mce, math.sqrt(sq)
+    total = _sequential_sum(weight)
     filled = weight > 0
     w = weight[filled]
     gap = np.abs(sum_accuracy[filled] / w - sum_confidence[filled] / w)
     frac = w / total
-    ece = float(np.sum(frac * gap))
+    ece = _sequential_sum(frac * gap)
     mce = float(gap.max()) if gap.size else 0.0
-    rmsce = float(np.sqrt(np.sum(frac * gap * gap)))
+    rmsce = math.sqrt(_sequential_sum(frac * gap * gap))
     return ece, mce, rmsce
+
+
+def _sequential_sum(x) -> float:
+    """x[0] + x[1] + ... in that order (as the Python loop above), 0.0 when empty."""
+    return float(np.cumsum(x)[-1]) if x.shape[0] else 0.0
 
 
 def _norm_value(errors, norm):

@@ -257,55 +257,51 @@ class CalibrationAccumulator:
         return int(self._totals[_T_COUNT])
 
     def update(self, scores, labels, sample_weight=None) -> "CalibrationAccumulator":
-        """Add a batch: any input :func:`calibkit.ece` accepts. Atomic: a bad batch raises and adds nothing."""
+        """Add a batch: any input :func:`calibkit.ece` accepts. Atomic: a bad batch raises and adds nothing.
+
+        (N, K) batches take one kernel call (:func:`_fused_update`): the top-label pass and the
+        stream pass together, the state updated in place; a batch of at most one chunk runs on the
+        calling thread.
+        """
         k = _backend.kernels(self.backend)
         scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, self.from_logits)
-        check_stream_weight(sample_weight, float(self._totals[_T_WEIGHT]))
+        if sample_weight is not None:
+            check_stream_weight(sample_weight, float(self._totals[_T_WEIGHT]))
         kind = "binary" if scores.ndim == 1 else "top-label"
         if self._kind is not None and kind != self._kind:
             raise ValueError(f"this accumulator holds a {self._kind} stream; got a batch of shape {scores.shape}")
         n = scores.shape[0]
-        classwise_add = None
         if kind == "top-label":
             n_classes = scores.shape[1]
             if self.n_classes is not None and n_classes != self.n_classes:
                 raise ValueError(f"scores has {n_classes} columns but the accumulator has n_classes={self.n_classes}")
+            classwise = None
             if self.classwise:
                 check_cells(n_classes, "n_classes", self.n_bins)
-            confidence = np.empty(n)
-            target = np.empty(n, np.uint8)
-            # One pass: top-label totals and confidences, and the class-wise bins when kept.
-            r = k.top_label_stats(scores, labels, sample_weight, from_logits, 0, _nll_eps(scores.dtype),
-                                  with_nll=True, conf_out=confidence, correct_out=target,
-                                  inverse_temperature=1.0 / self.temperature,
-                                  classwise_bins=self.n_bins if self.classwise else 0)
-            raise_for_status(r["status"], n_classes=n_classes)
-            if self.classwise:
-                c = r["classwise"]
-                shape = (n_classes, self.n_bins)
-                classwise_add = np.stack([np.asarray(c[key], dtype=np.float64).reshape(shape)
-                                          for key in ("weight", "sum_score", "sum_target")])
+                classwise = self._classwise_bins
+                if classwise is None:  # kept only if the batch is clean
+                    classwise = np.zeros((3, n_classes, self.n_bins))
+            status = _fused_update(k)(scores, labels, sample_weight, from_logits, _nll_eps(scores.dtype),
+                                      1.0 / self.temperature, self._position, self.n_bins, self.fine_bits,
+                                      self.fine_levels, self.bootstrap, self.seed, self._bins, self._fine,
+                                      self._boot, self._totals, self.n_bins if self.classwise else 0, classwise)
+            raise_for_status(status, n_classes=n_classes)
+            self._classwise_bins = classwise
+            self.n_classes = n_classes
         else:
             if self.classwise:
                 raise ValueError("classwise=True needs scores of shape (N, K); got shape (N,)")
             if from_logits and self.temperature != 1.0:
                 scores = np.asarray(scores, dtype=np.float64) / self.temperature
             confidence = np.ascontiguousarray(_binary_probabilities(scores, from_logits))
-            target = labels
-            r = k.binary_stats(confidence, target, sample_weight, 0, None, _nll_eps(confidence.dtype))
+            r = k.binary_stats(confidence, labels, sample_weight, 0, None, _nll_eps(confidence.dtype))
             raise_for_status(r["status"], binary=True)
-            n_classes = None
-        status = k.stream_accumulate(confidence, target, sample_weight, self._position, self.n_bins, self.fine_bits,
-                                     self.fine_levels, self.bootstrap, self.seed, self._bins, self._fine, self._boot)
-        raise_for_status(status, binary=kind == "binary")
-        t = r["totals"]
-        self._totals += (t["count"], t["weight"], t["correct"], t["confidence"], t["brier"], t["nll"])
-        if classwise_add is not None:
-            if self._classwise_bins is None:
-                self._classwise_bins = np.zeros_like(classwise_add)
-            self._classwise_bins += classwise_add
-        if n_classes is not None:
-            self.n_classes = n_classes
+            status = k.stream_accumulate(confidence, labels, sample_weight, self._position, self.n_bins,
+                                         self.fine_bits, self.fine_levels, self.bootstrap, self.seed, self._bins,
+                                         self._fine, self._boot)
+            raise_for_status(status, binary=True)
+            t = r["totals"]
+            self._totals += (t["count"], t["weight"], t["correct"], t["confidence"], t["brier"], t["nll"])
         self._kind = kind
         self._weighted |= sample_weight is not None
         self._position += n
@@ -805,6 +801,14 @@ class WindowedAccumulator:
 
     def __reduce__(self):
         return (_windowed_from_bytes, (self.to_bytes(),))
+
+
+def _fused_update(k):
+    """The fused top-label stream update (``stream_top_label``) of a kernels module."""
+    fused = getattr(k, "stream_top_label", None)
+    if fused is None:  # the Numba package does not re-export it
+        from ._numba.stream import stream_top_label as fused
+    return fused
 
 
 def _windowed_from_bytes(data):

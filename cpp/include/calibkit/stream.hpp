@@ -189,4 +189,55 @@ Status stream_accumulate(const Vector<C>& confidence, const Vector<L>& target, c
     return total.status;
 }
 
+
+// One streaming update from an N x K matrix of probabilities or logits: the
+// top-label pass of binning.hpp (confidence, correctness, totals with the NLL,
+// and class-wise bins when classwise.on()) followed by stream_accumulate of
+// its per-row confidences, in one call. Exactly the sums of the two separate
+// calls (top_label_stats with conf_out/correct_out, then stream_accumulate).
+// Atomic: on a bad row its status is returned and nothing is added; otherwise
+// the totals (count, weight, correct, confidence, Brier, NLL) are added into
+// totals[6] and the class-wise (weight, sum score, sum target) into
+// classwise_state[3 x K x M] (when classwise.on()). Inputs of at most one
+// chunk run on the calling thread (no pool wake-up).
+template <class T>
+Status stream_top_label(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
+                        bool from_logits, double nll_eps, double inv_t, const ClasswiseSpec& classwise,
+                        uint64_t offset, int64_t n_bins, const FineGrid& grid, int64_t n_boot, uint64_t seed,
+                        double* bins, double* fine, double* boot, double* totals, double* classwise_state) {
+    const int64_t N = scores.rows;
+    std::vector<double> conf(static_cast<size_t>(N));
+    std::vector<uint8_t> correct(static_cast<size_t>(N));
+    const BinningResult r = top_label_stats<T>(scores, labels, weights, from_logits, 0, nll_eps, true, conf.data(),
+                                               correct.data(), inv_t, classwise);
+    if (r.status.code != kOk) return r.status;
+    const Vector<double> c{reinterpret_cast<const char*>(conf.data()), N, static_cast<int64_t>(sizeof(double))};
+    const Vector<uint8_t> y{reinterpret_cast<const char*>(correct.data()), N, static_cast<int64_t>(sizeof(uint8_t))};
+    Status st;
+    if (N <= kChunkElements) {
+        // One chunk of rows the top-label pass has already checked (confidences in [0, 1], 0/1
+        // targets, weights finite and >= 0): straight into the state, as stream_accumulate's own
+        // small path does after its check pass.
+        stream_rows(c, y, weights, 0, N, offset, BinEdges::equal_width(n_bins), grid, n_boot, seed, bins, fine, boot,
+                    st);
+    } else {
+        st = stream_accumulate<double, uint8_t>(c, y, weights, offset, n_bins, grid, n_boot, seed, bins, fine, boot);
+    }
+    if (st.code != kOk) return st;
+    const Totals& t = r.totals;
+    totals[0] += static_cast<double>(t.count);
+    totals[1] += t.weight;
+    totals[2] += t.correct;
+    totals[3] += t.confidence;
+    totals[4] += t.brier;
+    totals[5] += t.nll;
+    if (classwise.on()) {
+        const size_t KM = r.classwise.weight.size();
+        for (size_t j = 0; j < KM; ++j) classwise_state[j] += r.classwise.weight[j];
+        for (size_t j = 0; j < KM; ++j) classwise_state[KM + j] += r.classwise.sum_score[j];
+        for (size_t j = 0; j < KM; ++j) classwise_state[2 * KM + j] += r.classwise.sum_target[j];
+    }
+    return st;
+}
+
 }  // namespace calibkit

@@ -217,6 +217,9 @@ def _serial_twin(fn):
     (``prange`` is ``range``): the same chunks in the same order, so bit-identical results. It has its own
     name, hence its own on-disk cache entry.
     """
+    entry = _twins.get(fn)  # lock-free once compiled (a dict read is atomic)
+    if entry is not None:
+        return entry
     with _twins_lock:
         entry = _twins.get(fn)
         if entry is None:
@@ -242,8 +245,10 @@ def run_locked(fn, *args):
     machine. Both paths give bit-identical results.
     """
     serial, index = _serial_twin(fn)
+    if not args[index] or _parallel_unsafe:  # below one parallel chunk: never ask for the thread count
+        return serial(*args)
     threads = _backend.get_num_threads()
-    if not args[index] or threads <= 1 or _parallel_unsafe:
+    if threads <= 1:
         return serial(*args)
     lock = _backend.numba_lock
     if not lock.acquire(blocking=False):

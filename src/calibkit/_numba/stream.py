@@ -9,6 +9,7 @@ import numpy as np
 
 from ._common import (
     CHUNK_ELEMENTS,
+    OK,
     JIT,
     LABEL_OUT_OF_RANGE,
     MIN_PARALLEL_ELEMENTS,
@@ -21,11 +22,14 @@ from ._common import (
     is_finite,
     load,
     merge_status,
+    new_status,
     run_locked,
     status_tuple,
     valid_probability,
 )
-from .binning import check_weight, equal_width_inner, find_bin
+from .binning import (
+    _classwise_spec, _top_label_chunk, check_weight, equal_width_inner, find_bin, top_label_stats,
+)
 
 # P(X <= k) for X ~ Poisson(1), k = 0..14 (as in stream.hpp).
 POISSON1_CDF = np.array([
@@ -236,3 +240,144 @@ def stream_accumulate(confidence, target, sample_weight, offset, n_bins, fine_bi
         if flat_boot.size:
             flat_boot += add_boot[: flat_boot.size]
     return status_tuple(st)
+
+
+# -- the fused update of a top-label stream (twin of stream_top_label in stream.hpp) ------------------
+
+_NO_INNER = np.zeros(0)
+_NO_CLASSWISE = np.zeros(0)
+_inner_cache = {}  # n_bins -> inner edges (read only by the kernels)
+_classwise_cache = {}  # (K, M) -> equal-width class-wise spec
+
+
+def _cached_inner(n_bins):
+    inner = _inner_cache.get(n_bins)
+    if inner is None:
+        if len(_inner_cache) > 64:
+            _inner_cache.clear()
+        inner = _inner_cache[n_bins] = equal_width_inner(n_bins)
+    return inner
+
+
+def _cached_classwise(K, M):
+    spec = _classwise_cache.get((K, M))
+    if spec is None:
+        if len(_classwise_cache) > 64:
+            _classwise_cache.clear()
+        spec = _classwise_cache[(K, M)] = _classwise_spec(K, M, None)
+    return spec
+
+
+@numba.njit(**JIT)
+def _top_label_small(scores, labels, weights, has_w, from_logits, nll_eps, inv_t, table, cw_M, cw_inners,
+                     cw_uniform, cw_upper, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf,
+                     bins, fine, boot, totals, cw_state, st):
+    """A batch of one top-label chunk, serially: the chunk of binning's top-label pass (confidences,
+    correctness, totals, class-wise bins), then the stream pass; the state changes only if both are clean."""
+    N, K = scores.shape
+    conf = np.empty(N)
+    correct = np.empty(N, np.uint8)
+    count = np.zeros(1, np.int64)
+    wsum = np.zeros(1)
+    sconf = np.zeros(1)
+    scorr = np.zeros(1)
+    tot = np.zeros(6)
+    KM = K * cw_M
+    q_count = np.zeros(KM, np.int64)
+    q_w = np.zeros(KM)
+    q_score = np.zeros(KM)
+    q_target = np.zeros(KM)
+    _top_label_chunk(scores, labels, weights, has_w, from_logits, _NO_INNER, 0, nll_eps, True, inv_t, conf, correct,
+                     True, table, 0, N, count, wsum, sconf, scorr, tot, st, cw_M, cw_inners, cw_uniform, cw_upper,
+                     q_count, q_w, q_score, q_target)
+    if st[0] != OK:
+        return
+    # Rows the top-label pass has checked (confidences in [0, 1], 0/1 targets, clean weights): straight into
+    # the state, as _small does after its check pass.
+    _chunk(conf, correct, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
+           0, N, bins, fine, boot, st)
+    if st[0] != OK:
+        return
+    totals[0] += float(int(tot[0]))
+    for t in range(1, 6):
+        totals[t] += tot[t]
+    for j in range(KM):
+        cw_state[j] += q_w[j]
+    for j in range(KM):
+        cw_state[KM + j] += q_score[j]
+    for j in range(KM):
+        cw_state[2 * KM + j] += q_target[j]
+
+
+def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, inverse_temperature, offset, n_bins,
+                     fine_bits, fine_levels, n_boot, seed, bins, fine, boot, totals, classwise_bins, classwise):
+    """Same contract as ``calibkit._core.stream_top_label``.
+
+    A batch of at most one top-label chunk runs one serial jitted function (no threading layer, no
+    lock, no array returned to Python); a larger one runs ``top_label_stats`` and ``stream_accumulate``
+    one after the other (threaded). Both give the sums of the two separate calls, bit for bit.
+    """
+    if n_bins < 1 or not 0 <= fine_bits <= 20 or not 1 <= fine_levels <= 1000 or n_boot < 0 or classwise_bins < 0:
+        raise ValueError("invalid streaming configuration")
+    check_float_dtype(scores, "scores")
+    if scores.ndim != 2 or scores.shape[1] < 1:
+        raise ValueError("scores must be 2-D with at least one column")
+    N, K = scores.shape
+    if labels.dtype != np.int64 or labels.ndim != 1 or labels.shape[0] != N:
+        raise ValueError("labels must be a 1-D int64 array of length N")
+    inv_t = float(inverse_temperature)
+    if not (inv_t > 0.0 and math.isfinite(inv_t)):
+        raise ValueError("inverse_temperature must be a finite number > 0")
+    if not from_logits and inv_t != 1.0:
+        raise ValueError("inverse_temperature applies to logits only")
+    if sample_weight is None:
+        weights, has_w = _NO_WEIGHTS, False
+    else:
+        if sample_weight.dtype != np.float64 or sample_weight.shape != (N,):
+            raise ValueError("sample_weight must be a 1-D float64 array of length N")
+        weights, has_w = sample_weight, True
+    flat_bins = _state(bins, "bins", (4, n_bins))
+    flat_fine = _state(fine, "fine", (5, 2 * (fine_levels << fine_bits)))
+    flat_boot = _state(boot, "boot", (n_boot, 3, n_bins))
+    flat_totals = _state(totals, "totals", (6,))
+    cw_M = int(classwise_bins)
+    if cw_M > 0:
+        flat_cw = _state(classwise, "classwise", (3, K, cw_M))
+        cw_inners, cw_uniform, cw_upper = _cached_classwise(K, cw_M)
+        chunk = max(64 * cw_M, CHUNK_ELEMENTS // K)  # rows_per_chunk of the top-label driver
+    else:
+        if classwise is not None:
+            raise ValueError("classwise needs classwise_bins >= 1")
+        flat_cw = _NO_CLASSWISE
+        cw_inners, cw_uniform, cw_upper = _NO_SPEC
+        chunk = max(1, CHUNK_ELEMENTS // K)
+    if N <= chunk:
+        st = new_status()
+        _top_label_small(as_kernel_array(scores), labels, weights, has_w, bool(from_logits), float(nll_eps), inv_t,
+                         HALF_TABLE, cw_M, cw_inners, cw_uniform, cw_upper, np.uint64(offset), _cached_inner(n_bins),
+                         int(n_bins), int(fine_bits), int(fine_levels), int(n_boot), np.uint64(seed), POISSON1_CDF,
+                         flat_bins, flat_fine, flat_boot, flat_totals, flat_cw, st)
+        return status_tuple(st)
+    conf = np.empty(N)
+    correct = np.empty(N, np.uint8)
+    r = top_label_stats(scores, labels, sample_weight, bool(from_logits), 0, nll_eps, True, conf, correct, inv_t,
+                        cw_M, None)
+    if r["status"][0] != OK:
+        return r["status"]
+    st = stream_accumulate(conf, correct, sample_weight, offset, n_bins, fine_bits, fine_levels, n_boot, seed, bins,
+                           fine, boot)
+    if st[0] != OK:
+        return st
+    t = r["totals"]
+    flat_totals += (t["count"], t["weight"], t["correct"], t["confidence"], t["brier"], t["nll"])
+    if cw_M > 0:
+        c = r["classwise"]
+        KM = K * cw_M
+        flat_cw[:KM] += c["weight"]
+        flat_cw[KM:2 * KM] += c["sum_score"]
+        flat_cw[2 * KM:] += c["sum_target"]
+    return st
+
+
+_NO_WEIGHTS = np.empty(1)
+_NO_SPEC = _classwise_spec(1, 0, None)

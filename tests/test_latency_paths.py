@@ -1,0 +1,342 @@
+"""The short paths of small calls (issue 13): the fused streaming update, the serial small-batch path,
+the small-bin error sums and the validation fast paths. Behaviour only, never times."""
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import calibkit
+from calibkit import _backend, _core
+from calibkit.metrics import _errors_from_bins, _nll_eps
+from calibkit.streaming import CalibrationAccumulator, _fused_update
+from conftest import labels_from, random_probs
+
+
+def _run(code, env=None, timeout=120):
+    import os
+
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+
+
+def _two_step(k, scores, labels, weights, from_logits, inv_t, offset, n_bins, n_boot, classwise_bins, state):
+    """The update as two kernel calls (top_label_stats, then stream_accumulate): the reference of the fused one."""
+    bins, fine, boot, totals, cw = state
+    n = scores.shape[0]
+    conf, correct = np.empty(n), np.empty(n, np.uint8)
+    r = k.top_label_stats(scores, labels, weights, from_logits, 0, _nll_eps(scores.dtype), with_nll=True,
+                          conf_out=conf, correct_out=correct, inverse_temperature=inv_t,
+                          classwise_bins=classwise_bins)
+    assert r["status"][0] == 0
+    st = k.stream_accumulate(conf, correct, weights, offset, n_bins, 7, 36, n_boot, 3, bins, fine, boot)
+    assert st[0] == 0
+    t = r["totals"]
+    totals += (t["count"], t["weight"], t["correct"], t["confidence"], t["brier"], t["nll"])
+    if classwise_bins:
+        c = r["classwise"]
+        cw += np.stack([np.asarray(c[key], np.float64).reshape(cw.shape[1:]) for key in
+                        ("weight", "sum_score", "sum_target")])
+
+
+def _new_state(K, n_bins, n_boot, classwise_bins):
+    cw = np.zeros((3, K, classwise_bins)) if classwise_bins else None
+    return [np.zeros((4, n_bins)), np.zeros((5, 2 * (36 << 7))), np.zeros((n_boot, 3, n_bins)), np.zeros(6), cw]
+
+
+FUSED_CASES = [  # (rows, dtype, logits, weighted, classwise); one chunk of K = 10 is 3276 rows
+    (1, np.float64, False, False, False), (37, np.float16, True, True, True), (1024, np.float32, False, False, False),
+    (1024, np.float32, True, True, True), (1024, np.float64, False, True, True), (3276, np.float16, False, False, True),
+    (3277, np.float32, True, False, False), (20000, np.float32, False, True, True), (20000, np.float64, True, True, False),
+]
+
+
+@pytest.mark.parametrize("n,dtype,logits,weighted,classwise", FUSED_CASES)
+def test_fused_update_equals_the_two_kernel_calls(backend, n, dtype, logits, weighted, classwise):
+    rng = np.random.default_rng(n)
+    K, M, B = 10, 15, 3
+    p = random_probs(rng, n, K)
+    y = labels_from(rng, p)
+    scores = (np.log(p + 1e-9) * 1.7 if logits else p).astype(dtype)
+    w = rng.random(n) * 2 if weighted else None
+    inv_t = 1 / 1.3 if logits else 1.0
+    cwb = M if classwise else 0
+    k = _backend.kernels(backend)
+    fused, ref = _new_state(K, M, B, cwb), _new_state(K, M, B, cwb)
+    for offset in (5, 5 + n):  # twice: adds into a state that already holds rows
+        st = _fused_update(k)(scores, y, w, logits, _nll_eps(scores.dtype), inv_t, offset, M, 7, 36, B, 3,
+                              *fused[:4], cwb, fused[4])
+        assert st[0] == 0
+        _two_step(k, scores, y, w, logits, inv_t, offset, M, B, cwb, ref)
+    for a, b in zip(fused, ref):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)  # bit for bit
+
+
+@pytest.mark.parametrize("n", [50, 5000])
+def test_fused_update_agrees_across_backends_and_threads(n, threads):
+    rng = np.random.default_rng(1)
+    p = random_probs(rng, n, 10, dtype=np.float32)
+    y = labels_from(rng, p)
+    states = []
+    for backend in ("cpp", "numba"):
+        for t in (1, 2):
+            calibkit.set_num_threads(t)
+            acc = CalibrationAccumulator(backend=backend, classwise=True, bootstrap=4)
+            acc.update(p, y).update(p[: n // 2], y[: n // 2])
+            states.append(acc)
+    for other in states[1:]:
+        np.testing.assert_array_equal(other._bins, states[0]._bins)
+        np.testing.assert_array_equal(other._fine, states[0]._fine)
+        np.testing.assert_array_equal(other._boot, states[0]._boot)
+        np.testing.assert_allclose(other._totals, states[0]._totals, rtol=1e-12)
+        np.testing.assert_allclose(other._classwise_bins, states[0]._classwise_bins, rtol=1e-12)
+    # bit-identical for any thread count within a backend
+    for i in (0, 2):
+        np.testing.assert_array_equal(states[i]._totals, states[i + 1]._totals)
+        np.testing.assert_array_equal(states[i]._classwise_bins, states[i + 1]._classwise_bins)
+
+
+BAD_BATCHES = [
+    ("label", lambda p, y, w: (p, np.where(np.arange(len(y)) == 17, 12, y), w),
+     r"labels\[17\] = 12 is out of range for n_classes=10"),
+    ("negative label", lambda p, y, w: (p, np.where(np.arange(len(y)) == 3, -1, y), w),
+     r"labels\[3\] = -1 is out of range for n_classes=10"),
+    ("nan", lambda p, y, w: (np.where((np.arange(p.size) == 42).reshape(p.shape), np.nan, p), y, w),
+     r"scores\[4, 2\] = nan is not finite"),
+    ("probability", lambda p, y, w: (np.where((np.arange(p.size) == 55).reshape(p.shape), 1.5, p), y, w),
+     r"scores\[5, 5\] = 1.5 is not a probability in \[0, 1\]"),
+    ("negative weight", lambda p, y, w: (p, y, np.where(np.arange(len(y)) == 9, -2.0, w)),
+     r"sample_weight\[9\] = -2.0 is outside \[1e-300, 1e\+300\]"),
+    ("nan weight", lambda p, y, w: (p, y, np.where(np.arange(len(y)) == 11, np.nan, w)),
+     r"sample_weight\[11\] = nan is not finite"),
+]
+
+
+@pytest.mark.parametrize("name,corrupt,match", BAD_BATCHES, ids=[b[0] for b in BAD_BATCHES])
+@pytest.mark.parametrize("n", [100, 5000])
+def test_bad_batch_gives_the_same_error_and_adds_nothing(backend, name, corrupt, match, n):
+    rng = np.random.default_rng(2)
+    p = random_probs(rng, n, 10)
+    y = labels_from(rng, p)
+    w = np.ones(n)
+    acc = CalibrationAccumulator(backend=backend, classwise=True, bootstrap=2)
+    fresh = CalibrationAccumulator(backend=backend, classwise=True, bootstrap=2)
+    bp, by, bw = corrupt(p, y, w)
+    with pytest.raises(ValueError, match=match):
+        acc.update(bp, by, bw)
+    assert acc._kind is None and acc._classwise_bins is None and acc.n_classes is None
+    assert acc.count == 0 and not acc._bins.any() and not acc._fine.any() and not acc._boot.any()
+    acc.update(p, y, w)  # after an error the accumulator is as new
+    fresh.update(p, y, w)
+    np.testing.assert_array_equal(acc._bins, fresh._bins)
+    np.testing.assert_array_equal(acc._totals, fresh._totals)
+    with pytest.raises(ValueError, match=match):
+        acc.update(bp, by, bw)
+    np.testing.assert_array_equal(acc._totals, fresh._totals)
+    np.testing.assert_array_equal(acc._classwise_bins, fresh._classwise_bins)
+
+
+def test_fused_binding_checks_its_arguments():
+    """The C++ entry point checks every argument (in a subprocess: a bad buffer must not crash the run)."""
+    code = """
+    import numpy as np
+    from calibkit import _core
+    from calibkit._numba.stream import stream_top_label as numba_fused
+    p = np.full((4, 3), 1 / 3); y = np.zeros(4, np.int64)
+    def state(M=15, K=3, cw=0):
+        return [np.zeros((4, M)), np.zeros((5, 2 * (36 << 7))), np.zeros((0, 3, M)), np.zeros(6),
+                np.zeros((3, K, cw)) if cw else None]
+    def call(f, *, scores=p, labels=y, st=None, cwb=0, inv_t=1.0, logits=False):
+        s = st or state(cw=cwb)
+        return f(scores, labels, None, logits, 1e-7, inv_t, 0, 15, 7, 36, 0, 0, *s[:4], cwb, s[4])
+    cases = {
+        "totals shape": dict(st=state()[:3] + [np.zeros(5), None]),
+        "bins shape": dict(st=[np.zeros((4, 14))] + state()[1:]),
+        "classwise missing": dict(cwb=15, st=state()),
+        "classwise given without bins": dict(st=state(cw=15)),
+        "labels dtype": dict(labels=y.astype(np.int32)),
+        "labels length": dict(labels=y[:3]),
+        "scores ndim": dict(scores=p[0]),
+        "inverse temperature of probabilities": dict(inv_t=0.5),
+    }
+    for name, kw in cases.items():
+        for backend, f in (("cpp", _core.stream_top_label), ("numba", numba_fused)):
+            try:
+                call(f, **kw)
+            except (ValueError, TypeError) as exc:
+                print(backend, name, "->", type(exc).__name__)
+            else:
+                print(backend, name, "-> accepted")
+    """
+    r = _run(code)
+    assert r.returncode == 0, r.stderr
+    assert "accepted" not in r.stdout, r.stdout
+    assert r.stdout.count("->") == 16
+
+
+def test_small_calls_never_start_threads():
+    """A batch below one chunk runs on the calling thread: the C++ pool makes no thread, Numba loads no
+    threading layer; a big call does start them (so the probe works)."""
+    code = """
+    import os, numpy as np, numba, calibkit
+    calibkit.set_num_threads(2)
+    def n_threads():
+        return len(os.listdir("/proc/self/task"))
+    def numba_layer():
+        try:
+            return numba.threading_layer()
+        except ValueError:
+            return None
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(10), 1024).astype(np.float32); y = rng.integers(0, 10, 1024)
+    def small_calls(backend):
+        acc = calibkit.CalibrationAccumulator(backend=backend, classwise=True)
+        for _ in range(3):
+            acc.update(p, y)
+            calibkit.ece(p[:100], y[:100], backend=backend)
+            calibkit.brier_score(p[:100], y[:100], backend=backend)
+            calibkit.reliability_table(p[:100], y[:100], backend=backend)
+    before = n_threads()
+    small_calls("cpp")  # the first C++ calls of the process: a pool would start its workers here
+    cpp_new = n_threads() - before
+    small_calls("numba")  # loads the Numba functions (its runtime may start a helper thread once)
+    before = n_threads()
+    small_calls("numba")
+    print("small", cpp_new, n_threads() - before, numba_layer())
+    before = n_threads()
+    big = np.tile(p, (64, 1)); yb = np.tile(y, 64)
+    calibkit.ece(big, yb, backend="cpp")
+    calibkit.ece(big, yb, backend="numba")
+    print("big", n_threads() - before, numba_layer())
+    """
+    r = _run(code, env={"CALIBKIT_NUM_THREADS": "2"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    small, big = r.stdout.split("\n")[:2]
+    assert small == "small 0 0 None", r.stdout
+    assert big.split()[1] != "0" and big.split()[2] != "None", r.stdout
+
+
+@pytest.mark.parametrize("M", [1, 2, 15, 64, 65, 1000])
+def test_errors_from_bins_small_and_large_paths(M):
+    """Both paths (Python floats up to 64 bins, NumPy above) sum the bins in order: same numbers."""
+    rng = np.random.default_rng(M)
+    w = rng.random(M) * (rng.random(M) < 0.7)
+    sc = w * rng.random(M)
+    sa = w * rng.random(M)
+    ece, mce, rms = _errors_from_bins(w, sc, sa)
+    filled = w > 0
+    gap = np.abs(sa[filled] / w[filled] - sc[filled] / w[filled])
+    frac = w[filled] / np.cumsum(w)[-1] if M else w
+    assert ece == float(np.cumsum(frac * gap)[-1]) if gap.size else ece == 0.0
+    assert mce == (float(gap.max()) if gap.size else 0.0)
+    assert rms == (math.sqrt(float(np.cumsum(frac * gap * gap)[-1])) if gap.size else 0.0)
+    assert isinstance(ece, float) and isinstance(mce, float) and isinstance(rms, float)
+
+
+def test_errors_from_bins_with_every_bin_empty():
+    assert _errors_from_bins(np.zeros(5), np.zeros(5), np.zeros(5)) == (0.0, 0.0, 0.0)
+    assert _errors_from_bins(np.zeros(100), np.zeros(100), np.zeros(100)) == (0.0, 0.0, 0.0)
+
+
+def test_stream_compute_still_equals_the_one_shot_metric(backend):
+    rng = np.random.default_rng(3)
+    p = random_probs(rng, 700, 10, dtype=np.float32)
+    y = labels_from(rng, p)
+    acc = CalibrationAccumulator(n_bins=15, backend=backend)
+    for i in range(0, 700, 100):
+        acc.update(p[i:i + 100], y[i:i + 100])
+    r = acc.compute()
+    assert r.ece == pytest.approx(calibkit.ece(p, y, backend=backend), rel=1e-12)
+    assert r.mce == pytest.approx(calibkit.mce(p, y, backend=backend), rel=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["byteswapped", "fortran", "strided", "readonly", "misaligned", "list"])
+def test_validation_fast_path_keeps_every_layout(backend, layout):
+    rng = np.random.default_rng(4)
+    p = random_probs(rng, 200, 10)
+    y = labels_from(rng, p)
+    expected = calibkit.ece(p, y, backend=backend)
+    q, z = p, y
+    if layout == "byteswapped":
+        q, z = p.astype(p.dtype.newbyteorder()), y.astype(y.dtype.newbyteorder())
+    elif layout == "fortran":
+        q = np.asfortranarray(p)
+    elif layout == "strided":
+        q2, z2 = np.repeat(p, 2, axis=0), np.repeat(y, 2)
+        q, z = q2[::2], z2[::2]
+    elif layout == "readonly":
+        q, z = p.copy(), y.copy()
+        q.setflags(write=False)
+        z.setflags(write=False)
+    elif layout == "misaligned":
+        buf = np.zeros(p.size * 8 + 1, np.uint8)
+        q = buf[1:].view(np.float64).reshape(p.shape)
+        q[...] = p
+        buf2 = np.zeros(y.size * 8 + 1, np.uint8)
+        z = buf2[1:].view(np.int64)
+        z[...] = y
+    elif layout == "list":
+        q, z = p.tolist(), y.tolist()
+    assert calibkit.ece(q, z, backend=backend) == expected
+    acc, ref = CalibrationAccumulator(backend=backend), CalibrationAccumulator(backend=backend)
+    acc.update(q, z)
+    ref.update(p, y)
+    np.testing.assert_array_equal(acc._totals, ref._totals)
+
+
+@pytest.mark.parametrize("labels,exc,match", [
+    (np.zeros(5, np.int32) + 1, None, None),
+    (np.zeros(5, np.uint64), None, None),
+    (np.zeros(5, bool), None, None),
+    (np.zeros((5, 1), np.int64), None, None),
+    (np.zeros(4, np.int64), ValueError, r"labels has 4 entries but scores has 5 rows"),
+    (np.zeros((5, 2), np.int64), ValueError, r"labels must have shape \(N,\), got shape \(5, 2\)"),
+    (np.zeros(5, np.float64), TypeError, r"labels must be integers, got dtype float64"),
+])
+def test_label_checks_after_the_fast_path(backend, labels, exc, match):
+    p = np.full((5, 3), 1 / 3)
+    if exc is None:
+        expected = calibkit.ece(p, np.asarray(labels).reshape(-1).astype(np.int64), backend=backend)
+        assert calibkit.ece(p, labels, backend=backend) == expected
+        CalibrationAccumulator(backend=backend).update(p, labels)
+    else:
+        with pytest.raises(exc, match=match):
+            calibkit.ece(p, labels, backend=backend)
+        with pytest.raises(exc, match=match):
+            CalibrationAccumulator(backend=backend).update(p, labels)
+
+
+def test_reliability_table_edges_are_fresh_copies(backend):
+    p = np.full((5, 3), 1 / 3)
+    y = np.zeros(5, np.int64)
+    t1 = calibkit.reliability_table(p, y, n_bins=4, backend=backend)
+    t1.lower[0] = 99.0  # a user may write into the table: the cached edges must not change
+    t2 = calibkit.reliability_table(p, y, n_bins=4, backend=backend)
+    np.testing.assert_array_equal(t2.lower, [0.0, 0.25, 0.5, 0.75])
+    np.testing.assert_array_equal(t2.upper, [0.25, 0.5, 0.75, 1.0])
+    assert t2.lower.flags.writeable
+
+
+def test_fused_numba_small_path_does_not_use_the_general_kernels(monkeypatch):
+    """A Numba batch of at most one chunk runs the serial fused function only."""
+    from calibkit._numba import stream as numba_stream
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the small path called a general kernel")
+
+    monkeypatch.setattr(numba_stream, "top_label_stats", refuse)
+    monkeypatch.setattr(numba_stream, "run_locked", refuse)
+    rng = np.random.default_rng(5)
+    p = random_probs(rng, 3276, 10, dtype=np.float32)
+    y = labels_from(rng, p)
+    acc = CalibrationAccumulator(backend="numba", classwise=True)
+    acc.update(p, y)
+    assert acc.count == 3276
+    with pytest.raises(AssertionError, match="general kernel"):
+        acc.update(np.concatenate([p, p[:1]]), np.concatenate([y, y[:1]]))  # 3277 rows: two chunks
+    assert acc.count == 3276
