@@ -126,22 +126,20 @@ struct ColumnModels {
     std::vector<double> x, y;
 };
 
-// The isotonic calibration map of column k of s against the targets 1[labels == positive]:
+// The isotonic calibration map of the n scores v against the targets 1[labels == positive]:
 // rows whose weight is not > 0 are left out (they carry no information), the rest are
 // stably sorted by score (ties pooled) and PAV'd; each block gives its first and last
 // score (one point when they are equal) with the block's value. This is what
 // IsotonicCalibration stored before this kernel, computed by the same arithmetic.
-template <class T>
-void isotonic_column(const Matrix<T>& s, int64_t k, const Vector<int64_t>& labels, int64_t positive,
-                     const Vector<double>& w, std::vector<double>& xo, std::vector<double>& yo) {
-    const int64_t n = s.rows;
+inline void isotonic_column(const double* v, int64_t n, const Vector<int64_t>& labels, int64_t positive,
+                            const Vector<double>& w, std::vector<double>& xo, std::vector<double>& yo) {
     const bool weighted = w.data != nullptr;
     std::vector<uint64_t> keys(static_cast<size_t>(n));
     std::unique_ptr<int64_t[]> order(new int64_t[static_cast<size_t>(std::max<int64_t>(n, 1))]);
     int64_t m = 0;
     for (int64_t i = 0; i < n; ++i) {
         if (weighted && !(w[i] > 0.0)) continue;
-        keys[static_cast<size_t>(m)] = sort_key(s(i, k));
+        keys[static_cast<size_t>(m)] = sort_key(v[i]);
         order[m++] = i;
     }
     xo.clear();
@@ -153,7 +151,7 @@ void isotonic_column(const Matrix<T>& s, int64_t k, const Vector<int64_t>& label
     const PavBlocks b = weighted ? pav_points(m, y_at, [&](int64_t j) { return w[o[j]]; }, keys.data(), true)
                                  : pav_points(m, y_at, [](int64_t) { return 1.0; }, keys.data(), true);
     for (size_t blk = 0; blk + 1 < b.starts.size(); ++blk) {
-        const double first = s(o[b.starts[blk]], k), last = s(o[b.starts[blk + 1] - 1], k);
+        const double first = v[o[b.starts[blk]]], last = v[o[b.starts[blk + 1] - 1]];
         xo.push_back(first);
         yo.push_back(b.values[blk]);
         if (last != first) {
@@ -163,20 +161,35 @@ void isotonic_column(const Matrix<T>& s, int64_t k, const Vector<int64_t>& label
     }
 }
 
+// Classes fitted together: their columns are first copied out of the rows in one pass
+// (a row's cache line serves all of them), then fitted one task per class.
+constexpr int64_t kIsotonicGroup = 16;
+
 // Isotonic maps of the K columns of s: column k against 1[labels == first_class + k]
 // (first_class = 0 for one-vs-rest over K classes; a binary fit passes one column and
 // first_class = 1). One task per class; each class's result is computed by one thread
-// alone, so it is the same for any thread count.
+// alone, so it is the same for any thread count. Memory: kIsotonicGroup columns of N
+// doubles, plus about 64 N bytes per thread.
 template <class T>
 ColumnModels isotonic_columns(const Matrix<T>& s, const Vector<int64_t>& labels, const Vector<double>& w,
                               int64_t first_class) {
-    const int64_t K = s.cols;
+    const int64_t N = s.rows, K = s.cols;
     std::vector<std::vector<double>> xs(static_cast<size_t>(K)), ys(static_cast<size_t>(K));
-    std::function<void(int64_t)> task = [&](int64_t k) {
-        isotonic_column(s, k, labels, first_class + k, w, xs[static_cast<size_t>(k)], ys[static_cast<size_t>(k)]);
-    };
-    const int threads = s.rows * K < kMinParallelElements ? 1 : get_num_threads();
-    ThreadPool::instance().run(K, threads, task);
+    const int64_t group = std::min(kIsotonicGroup, K);
+    std::vector<double> values(static_cast<size_t>(group * N));
+    for (int64_t g0 = 0; g0 < K; g0 += group) {
+        const int64_t g = std::min(group, K - g0);
+        chunked_for(N, 1 << 12, g, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i)
+                for (int64_t j = 0; j < g; ++j) values[static_cast<size_t>(j * N + i)] = s(i, g0 + j);
+        });
+        std::function<void(int64_t)> task = [&](int64_t j) {
+            const size_t k = static_cast<size_t>(g0 + j);
+            isotonic_column(values.data() + j * N, N, labels, first_class + g0 + j, w, xs[k], ys[k]);
+        };
+        const int threads = N * g < kMinParallelElements ? 1 : get_num_threads();
+        ThreadPool::instance().run(g, threads, task);
+    }
     ColumnModels out;
     out.x_off.push_back(0);
     out.y_off.push_back(0);
@@ -213,22 +226,26 @@ inline int64_t knots_below(const double* knots, int64_t m, const int64_t* table,
         a = table[b];
         e = table[b + 1];
     }
-    while (e - a > 8) {
-        const int64_t mid = a + (e - a) / 2;
-        if (Right ? knots[mid] <= x : knots[mid] < x) a = mid + 1; else e = mid;
+    // Branch-free binary search in [a, e): the answer stays in [base, base + len].
+    const double* base = knots + a;
+    int64_t len = e - a;
+    while (len > 1) {
+        const int64_t half = len / 2;
+        base = (Right ? base[half] <= x : base[half] < x) ? base + half : base;
+        len -= half;
     }
-    while (a < e && (Right ? knots[a] <= x : knots[a] < x)) ++a;
-    return a;
+    return (base - knots) + (len == 1 && (Right ? *base <= x : *base < x) ? 1 : 0);
 }
 
 // np.interp(x, xp, fp) for strictly increasing xp of length m >= 1, by NumPy's own
-// arithmetic (compiled_base.c): c is the number of knots <= x.
-inline double interp_at(const double* xp, const double* fp, int64_t m, int64_t c, double x) {
+// arithmetic (compiled_base.c, with its precomputed slopes[j] = (fp[j + 1] - fp[j]) /
+// (xp[j + 1] - xp[j])): c is the number of knots <= x.
+inline double interp_at(const double* xp, const double* fp, const double* slopes, int64_t m, int64_t c, double x) {
     if (m == 1 || c == 0) return fp[0];
     const int64_t j = c - 1;
     if (j >= m - 1) return fp[m - 1];
     if (xp[j] == x) return fp[j];
-    const double slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j]);
+    const double slope = slopes[j];
     double r = slope * (x - xp[j]) + fp[j];
     if (r != r) {
         r = slope * (x - xp[j + 1]) + fp[j + 1];
@@ -276,8 +293,14 @@ Status apply_columns(const Matrix<T>& s, const double* x, const int64_t* x_off, 
                      const int64_t* y_off, int mode, int check, bool renormalise, double* out) {
     const int64_t N = s.rows, K = s.cols;
     std::vector<int64_t> tables(static_cast<size_t>(K * (kKnotTableSize + 1)));
-    for (int64_t k = 0; k < K; ++k)
+    std::vector<double> slopes(static_cast<size_t>(mode == kStepInterp ? x_off[K] : 0));
+    for (int64_t k = 0; k < K; ++k) {
         knot_table(x + x_off[k], x_off[k + 1] - x_off[k], tables.data() + k * (kKnotTableSize + 1));
+        if (mode == kStepInterp)
+            for (int64_t j = x_off[k]; j + 1 < x_off[k + 1]; ++j)
+                slopes[static_cast<size_t>(j)] = (y[y_off[k] + (j - x_off[k]) + 1] - y[y_off[k] + (j - x_off[k])]) /
+                                                 (x[j + 1] - x[j]);
+    }
     const int64_t chunk = std::max<int64_t>(16, (int64_t{1} << 14) / std::max<int64_t>(K, 1));
     const int64_t n_chunks = (N + chunk - 1) / chunk;
     std::vector<Status> statuses(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)));
@@ -287,6 +310,7 @@ Status apply_columns(const Matrix<T>& s, const double* x, const int64_t* x_off, 
         for (int64_t k = 0; k < K; ++k) {
             const double* xk = x + x_off[k];
             const double* yk = y + y_off[k];
+            const double* sk = slopes.data() + (mode == kStepInterp ? x_off[k] : 0);
             const int64_t m = x_off[k + 1] - x_off[k];
             const int64_t* table = tables.data() + k * (kKnotTableSize + 1);
             for (int64_t i = begin; i < end; ++i) {
@@ -300,7 +324,7 @@ Status apply_columns(const Matrix<T>& s, const double* x, const int64_t* x_off, 
                         st.merge(bad);
                     }
                 }
-                out[i * K + k] = mode == kStepInterp ? interp_at(xk, yk, m, knots_below<true>(xk, m, table, v), v)
+                out[i * K + k] = mode == kStepInterp ? interp_at(xk, yk, sk, m, knots_below<true>(xk, m, table, v), v)
                                                      : yk[knots_below<false>(xk, m, table, v)];
             }
         }

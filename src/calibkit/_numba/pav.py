@@ -91,6 +91,7 @@ def isotonic_fit(y, x, sample_weight, increasing):
 CHECK_NONE, CHECK_FINITE, CHECK_PROBABILITY = 0, 1, 2
 STEP_INTERP, STEP_LEFT = 0, 1
 KNOT_TABLE_SIZE = 1024  # buckets of the search table over [0, 1), as kKnotTableSize in pav.hpp
+ISOTONIC_GROUP = 16  # classes fitted together, as kIsotonicGroup in pav.hpp
 _RADIX_BITS = 11
 _RADIX_BUCKETS = 1 << _RADIX_BITS
 _SIGN = np.uint64(0x8000000000000000)
@@ -145,16 +146,16 @@ def _radix_argsort(keys, order):
 
 
 @numba.njit(**JIT)
-def _isotonic_column(s, table, k, labels, positive, w, weighted, xo, yo):
-    """isotonic_column of pav.hpp: the map of column k into xo, yo; returns its length."""
-    n = s.shape[0]
+def _isotonic_column(v, labels, positive, w, weighted, xo, yo):
+    """isotonic_column of pav.hpp: the map of the scores v into xo, yo; returns its length."""
+    n = v.shape[0]
     vals = np.empty(n)
     order = np.empty(n, np.int64)
     m = 0
     for i in range(n):
         if weighted and not (w[i] > 0.0):
             continue
-        vals[m] = load(s[i, k], table)
+        vals[m] = v[i]
         order[m] = i
         m += 1
     if m == 0:
@@ -171,8 +172,8 @@ def _isotonic_column(s, table, k, labels, positive, w, weighted, xo, yo):
     starts, values, _ = _pav(targets, ws, weighted, order, False, keys, True, True, vals)
     count = 0
     for b in range(values.shape[0]):
-        first = load(s[order[starts[b]], k], table)
-        last = load(s[order[starts[b + 1] - 1], k], table)
+        first = v[order[starts[b]]]
+        last = v[order[starts[b + 1] - 1]]
         xo[count] = first
         yo[count] = values[b]
         count += 1
@@ -188,6 +189,7 @@ def _isotonic_columns(s, table, labels, w, weighted, first_class, group, paralle
     n, K = s.shape
     offsets = np.empty(K + 1, np.int64)
     offsets[0] = 0
+    values = np.empty((group, n))  # a group's columns, copied out of the rows in one pass (ISOTONIC_GROUP)
     xbuf = np.empty((group, n))
     ybuf = np.empty((group, n))
     counts = np.empty(group, np.int64)
@@ -197,9 +199,11 @@ def _isotonic_columns(s, table, labels, w, weighted, first_class, group, paralle
     total = 0
     for g0 in range(0, K, group):
         g = min(group, K - g0)
+        for i in range(n):
+            for j in range(g):
+                values[j, i] = load(s[i, g0 + j], table)
         for j in numba.prange(g):
-            counts[j] = _isotonic_column(s, table, g0 + j, labels, first_class + g0 + j, w, weighted, xbuf[j],
-                                         ybuf[j])
+            counts[j] = _isotonic_column(values[j], labels, first_class + g0 + j, w, weighted, xbuf[j], ybuf[j])
         for j in range(g):
             c = counts[j]
             while total + c > cap:
@@ -275,7 +279,7 @@ def isotonic_fit_columns(scores, labels, sample_weight, first_class, check):
         return {"x": empty, "x_offsets": np.zeros(1, np.int64), "y": empty, "y_offsets": np.zeros(1, np.int64),
                 "status": status_tuple(st)}
     parallel = n * K >= (1 << 16) and K > 1
-    group = max(4, numba.config.NUMBA_NUM_THREADS)
+    group = min(ISOTONIC_GROUP, K)
     x, y, offsets = run_locked(_isotonic_columns, s, HALF_TABLE, labels, w, weighted, int(first_class), group,
                                parallel)
     return {"x": x, "x_offsets": offsets, "y": y, "y_offsets": offsets.copy(), "status": status_tuple(st)}
@@ -301,19 +305,20 @@ def _knots_below(knots, m, tables, k, x, right):
         b = np.int64(x * KNOT_TABLE_SIZE)
         a = tables[k, b]
         e = tables[k, b + 1]
-    while e - a > 8:
-        mid = a + (e - a) // 2
-        if (knots[mid] <= x) if right else (knots[mid] < x):
-            a = mid + 1
-        else:
-            e = mid
-    while a < e and ((knots[a] <= x) if right else (knots[a] < x)):
-        a += 1
-    return a
+    base = a
+    n = e - a
+    while n > 1:
+        half = n // 2
+        if (knots[base + half] <= x) if right else (knots[base + half] < x):
+            base += half
+        n -= half
+    if n == 1 and ((knots[base] <= x) if right else (knots[base] < x)):
+        base += 1
+    return base
 
 
 @numba.njit(inline="always", **JIT)
-def _interp_at(xp, fp, m, c, x):
+def _interp_at(xp, fp, slopes, m, c, x):
     """np.interp(x, xp, fp) by NumPy's arithmetic; c = number of knots <= x (interp_at of pav.hpp)."""
     if m == 1 or c == 0:
         return fp[0]
@@ -322,7 +327,7 @@ def _interp_at(xp, fp, m, c, x):
         return fp[m - 1]
     if xp[j] == x:
         return fp[j]
-    slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j])
+    slope = slopes[j]
     r = slope * (x - xp[j]) + fp[j]
     if r != r:
         r = slope * (x - xp[j + 1]) + fp[j + 1]
@@ -364,11 +369,12 @@ def _pairwise_sum(a, lo, n):
 
 
 @numba.njit(**JIT)
-def _apply_chunk(s, table, x, x_off, y, y_off, tables, mode, check, renormalise, out, begin, end, st):
+def _apply_chunk(s, table, x, x_off, y, y_off, slopes, tables, mode, check, renormalise, out, begin, end, st):
     K = s.shape[1]
     for k in range(K):
         xk = x[x_off[k]:x_off[k + 1]]
         yk = y[y_off[k]:y_off[k + 1]]
+        sk = slopes[x_off[k]:x_off[k + 1]]
         m = xk.shape[0]
         for i in range(begin, end):
             v = load(s[i, k], table)
@@ -377,7 +383,7 @@ def _apply_chunk(s, table, x, x_off, y, y_off, tables, mode, check, renormalise,
                 if code != OK:
                     merge_status(st, code, i, k, v)
             if mode == STEP_INTERP:
-                out[i, k] = _interp_at(xk, yk, m, _knots_below(xk, m, tables, k, v, True), v)
+                out[i, k] = _interp_at(xk, yk, sk, m, _knots_below(xk, m, tables, k, v, True), v)
             else:
                 out[i, k] = yk[_knots_below(xk, m, tables, k, v, False)]
     if renormalise:
@@ -397,8 +403,13 @@ def _apply_chunk(s, table, x, x_off, y, y_off, tables, mode, check, renormalise,
 def _step_apply(s, table, x, x_off, y, y_off, mode, check, renormalise, out, chunk, parallel):
     N, K = s.shape
     tables = np.empty((K, KNOT_TABLE_SIZE + 1), np.int64)
+    slopes = np.empty(x.shape[0])
     for k in range(K):
         _knot_table(x[x_off[k]:x_off[k + 1]], tables, k)
+        if mode == STEP_INTERP:
+            for j in range(x_off[k], x_off[k + 1] - 1):
+                jy = y_off[k] + (j - x_off[k])
+                slopes[j] = (y[jy + 1] - y[jy]) / (x[j + 1] - x[j])
     n_chunks = (N + chunk - 1) // chunk
     statuses = np.empty((n_chunks, 4))
     for c in numba.prange(n_chunks):
@@ -406,7 +417,7 @@ def _step_apply(s, table, x, x_off, y, y_off, mode, check, renormalise, out, chu
         statuses[c, 1] = -1.0
         statuses[c, 2] = -1.0
         statuses[c, 3] = 0.0
-        _apply_chunk(s, table, x, x_off, y, y_off, tables, mode, check, renormalise, out, c * chunk,
+        _apply_chunk(s, table, x, x_off, y, y_off, slopes, tables, mode, check, renormalise, out, c * chunk,
                      min(N, (c + 1) * chunk), statuses[c])
     return statuses
 
@@ -451,7 +462,7 @@ def step_apply(scores, x, x_offsets, y, y_offsets, mode, check, renormalise, out
     parallel = N * K >= (1 << 16)
     statuses = run_locked(_step_apply, s, HALF_TABLE, x, x_offsets, y, y_offsets, int(mode), int(check),
                           bool(renormalise), out2, chunk, parallel)
-    st = new_status()
-    for c in range(statuses.shape[0]):
-        merge_status(st, int(statuses[c, 0]), statuses[c, 1], statuses[c, 2], statuses[c, 3])
-    return status_tuple(st)
+    bad = statuses[statuses[:, 0] != OK]
+    if bad.shape[0] == 0:
+        return (OK, -1, -1, 0.0)
+    return status_tuple(bad[np.lexsort((bad[:, 2], bad[:, 1]))[0]])
