@@ -1,7 +1,6 @@
-// Bindings of softmax.hpp (scaling losses) and pav.hpp (isotonic regression).
+// Bindings of softmax.hpp (scaling losses).
 // Each function checks its buffers and releases the GIL around the kernel.
 #include "bindings.hpp"
-#include "calibkit/pav.hpp"
 #include "calibkit/softmax.hpp"
 
 namespace py = pybind11;
@@ -81,50 +80,6 @@ py::dict vector_scaling_nll_py(const py::object& scores_obj, const py::object& l
     });
 }
 
-// Every value finite (and, for weights, > 0): PAV on NaN or on zero total weight gives NaN blocks.
-void check_finite(const Vector<double>& v, const char* name, bool positive) {
-    for (int64_t i = 0; i < v.size; ++i) {
-        const double value = v[i];
-        if (!is_finite(value) || (positive && !(value > 0.0)))
-            throw py::value_error(std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(value) +
-                                  (positive ? " is not a finite number > 0" : " is not finite"));
-    }
-}
-
-py::dict isotonic_fit_py(const py::object& y_obj, const py::object& x, const py::object& sample_weight,
-                         bool increasing) {
-    const Vector<double> yv = typed_vector<double>(require_array(y_obj, "y"), "y");
-    const int64_t n = yv.size;
-    const Vector<double> xv = optional_vector<double>(x, "x", n);
-    const Vector<double> wv = optional_vector<double>(sample_weight, "sample_weight", n);
-    check_finite(yv, "y", false);
-    if (xv.data) check_finite(xv, "x", false);
-    if (wv.data) check_finite(wv, "sample_weight", true);
-    py::array_t<double> fitted(n);
-    double* f = fitted.mutable_data();
-    py::object order_obj = py::none();
-    PavBlocks blocks;
-    if (xv.data) {
-        py::array_t<int64_t> order(n);
-        int64_t* o = order.mutable_data();
-        {
-            py::gil_scoped_release release;
-            blocks = isotonic(yv, wv, wv.data != nullptr, &xv, increasing, o, f);
-        }
-        order_obj = order;
-    } else {
-        py::gil_scoped_release release;
-        blocks = isotonic(yv, wv, wv.data != nullptr, nullptr, increasing, nullptr, f);
-    }
-    py::dict d;
-    d["fitted"] = fitted;
-    d["order"] = order_obj;
-    d["blocks"] = to_array(blocks.starts);
-    d["values"] = to_array(blocks.values);
-    d["weights"] = to_array(blocks.weights);
-    return d;
-}
-
 }  // namespace
 
 void bind_calibrators(py::module_& m) {
@@ -132,6 +87,4 @@ void bind_calibrators(py::module_& m) {
           py::arg("inverse_temperature"));
     m.def("vector_scaling_nll", &vector_scaling_nll_py, py::arg("scores"), py::arg("labels"),
           py::arg("sample_weight"), py::arg("scale"), py::arg("bias"));
-    m.def("isotonic_fit", &isotonic_fit_py, py::arg("y"), py::arg("x"), py::arg("sample_weight"),
-          py::arg("increasing").noconvert());
 }

@@ -13,6 +13,7 @@ namespace py = pybind11;
 void bind_binning(py::module_& m);
 void bind_stream(py::module_& m);
 void bind_calibrators(py::module_& m);
+void bind_isotonic(py::module_& m);
 void bind_ranking(py::module_& m);
 void bind_uncertainty(py::module_& m);
 
@@ -64,6 +65,7 @@ PYBIND11_MODULE(_core, m) {
     bind_binning(m);
     bind_stream(m);
     bind_calibrators(m);
+    bind_isotonic(m);
     bind_ranking(m);
     bind_uncertainty(m);
 }

@@ -1,11 +1,15 @@
-"""Numba twins of cpp/include/calibkit/pav.hpp: stable argsort and weighted pool-adjacent-violators."""
+"""Numba twins of cpp/include/calibkit/pav.hpp: stable argsort, weighted pool-adjacent-violators, and the
+one-vs-rest calibration maps (fit of K isotonic columns, application of K step functions to a block)."""
 
 from __future__ import annotations
 
 import numba
 import numpy as np
 
-from ._common import JIT
+from ._common import (
+    HALF_TABLE, JIT, OK, PROBABILITY_OUT_OF_RANGE, PROBABILITY_TOLERANCE, SCORE_NOT_FINITE, as_kernel_array,
+    check_float_dtype, is_finite, load, merge_status, new_status, run_locked, status_tuple,
+)
 
 
 @numba.njit(**JIT)
@@ -80,3 +84,385 @@ def isotonic_fit(y, x, sample_weight, increasing):
         blocks, values, weights = _pav(y, w, weighted, np.empty(1, np.int64), False, np.empty(1), False,
                                        bool(increasing), fitted)
     return {"fitted": fitted, "order": order, "blocks": blocks, "values": values, "weights": weights}
+
+
+# -- one-vs-rest calibration maps (IsotonicCalibration, HistogramBinning) -------------------------------------
+
+CHECK_NONE, CHECK_FINITE, CHECK_PROBABILITY = 0, 1, 2
+STEP_INTERP, STEP_LEFT = 0, 1
+KNOT_TABLE_SIZE = 1024  # buckets of the search table over [0, 1), as kKnotTableSize in pav.hpp
+ISOTONIC_GROUP = 16  # classes fitted together, as kIsotonicGroup in pav.hpp
+_RADIX_BITS = 11
+_RADIX_BUCKETS = 1 << _RADIX_BITS
+_SIGN = np.uint64(0x8000000000000000)
+
+
+@numba.njit(**JIT)
+def _sort_keys(v):
+    """sort_key of pav.hpp for each value: an order-preserving uint64 (-0.0 read as +0.0)."""
+    bits = (v + 0.0).view(np.uint64)
+    keys = np.empty(v.shape[0], np.uint64)
+    for i in range(v.shape[0]):
+        b = bits[i]
+        keys[i] = ~b if b >= _SIGN else b | _SIGN
+    return keys
+
+
+@numba.njit(**JIT)
+def _radix_argsort(keys, order):
+    """Stable ascending LSD radix sort of keys (11-bit digits, a digit all keys share is skipped), `order`
+    moved alongside: the same stable order as radix_sort in sort.hpp."""
+    n = keys.shape[0]
+    hist = np.zeros((6, _RADIX_BUCKETS), np.int64)
+    for i in range(n):
+        k = keys[i]
+        for d in range(6):
+            hist[d, np.int64((k >> np.uint64(_RADIX_BITS * d)) & np.uint64(_RADIX_BUCKETS - 1))] += 1
+    src_k, src_o = keys, order
+    dst_k, dst_o = np.empty_like(keys), np.empty_like(order)
+    swapped = False
+    offsets = np.empty(_RADIX_BUCKETS, np.int64)
+    for d in range(6):
+        shift = np.uint64(_RADIX_BITS * d)
+        if hist[d, np.int64((keys[0] >> shift) & np.uint64(_RADIX_BUCKETS - 1))] == n:
+            continue  # every key has this digit
+        running = 0
+        for b in range(_RADIX_BUCKETS):
+            offsets[b] = running
+            running += hist[d, b]
+        for i in range(n):
+            k = src_k[i]
+            b = np.int64((k >> shift) & np.uint64(_RADIX_BUCKETS - 1))
+            at = offsets[b]
+            offsets[b] = at + 1
+            dst_k[at] = k
+            dst_o[at] = src_o[i]
+        src_k, dst_k = dst_k, src_k
+        src_o, dst_o = dst_o, src_o
+        swapped = not swapped
+    if swapped:
+        keys[:] = src_k
+        order[:] = src_o
+
+
+@numba.njit(**JIT)
+def _isotonic_column(v, labels, positive, w, weighted, xo, yo):
+    """isotonic_column of pav.hpp: the map of the scores v into xo, yo; returns its length."""
+    n = v.shape[0]
+    vals = np.empty(n)
+    order = np.empty(n, np.int64)
+    m = 0
+    for i in range(n):
+        if weighted and not (w[i] > 0.0):
+            continue
+        vals[m] = v[i]
+        order[m] = i
+        m += 1
+    if m == 0:
+        return 0
+    order = order[:m]
+    keys = _sort_keys(vals[:m])
+    _radix_argsort(keys, order)
+    targets = np.empty(m)  # in sorted order, as the weights
+    ws = np.empty(m if weighted else 1)
+    for j in range(m):
+        targets[j] = 1.0 if labels[order[j]] == positive else 0.0
+        if weighted:
+            ws[j] = w[order[j]]
+    starts, values, _ = _pav(targets, ws, weighted, order, False, keys, True, True, vals)
+    count = 0
+    for b in range(values.shape[0]):
+        first = v[order[starts[b]]]
+        last = v[order[starts[b + 1] - 1]]
+        xo[count] = first
+        yo[count] = values[b]
+        count += 1
+        if last != first:
+            xo[count] = last
+            yo[count] = values[b]
+            count += 1
+    return count
+
+
+@numba.njit(parallel=True, **JIT)
+def _isotonic_columns(s, table, labels, w, weighted, first_class, group, parallel):
+    n, K = s.shape
+    offsets = np.empty(K + 1, np.int64)
+    offsets[0] = 0
+    values = np.empty((group, n))  # a group's columns, copied out of the rows in one pass (ISOTONIC_GROUP)
+    xbuf = np.empty((group, n))
+    ybuf = np.empty((group, n))
+    counts = np.empty(group, np.int64)
+    cap = 1024
+    out_x = np.empty(cap)
+    out_y = np.empty(cap)
+    total = 0
+    for g0 in range(0, K, group):
+        g = min(group, K - g0)
+        for i in range(n):
+            for j in range(g):
+                values[j, i] = load(s[i, g0 + j], table)
+        for j in numba.prange(g):
+            counts[j] = _isotonic_column(values[j], labels, first_class + g0 + j, w, weighted, xbuf[j], ybuf[j])
+        for j in range(g):
+            c = counts[j]
+            while total + c > cap:
+                cap *= 2
+                grown_x = np.empty(cap)
+                grown_y = np.empty(cap)
+                for t in range(total):
+                    grown_x[t] = out_x[t]
+                    grown_y[t] = out_y[t]
+                out_x, out_y = grown_x, grown_y
+            for t in range(c):
+                out_x[total + t] = xbuf[j, t]
+                out_y[total + t] = ybuf[j, t]
+            total += c
+            offsets[g0 + j + 1] = total
+    x = np.empty(total)
+    y = np.empty(total)
+    for t in range(total):
+        x[t] = out_x[t]
+        y[t] = out_y[t]
+    return x, y, offsets
+
+
+@numba.njit(inline="always", **JIT)
+def _bad_score(v, check):
+    """Status code of a score under `check` (OK when it passes)."""
+    if not is_finite(v):
+        return SCORE_NOT_FINITE
+    if check == CHECK_PROBABILITY and not (v >= -PROBABILITY_TOLERANCE and v <= 1.0 + PROBABILITY_TOLERANCE):
+        return PROBABILITY_OUT_OF_RANGE
+    return OK
+
+
+@numba.njit(**JIT)
+def _check_columns(s, table, check, st):
+    """check_columns of pav.hpp: the first bad score in row-major order into st."""
+    if check == CHECK_NONE:
+        return
+    for i in range(s.shape[0]):
+        for k in range(s.shape[1]):
+            v = load(s[i, k], table)
+            code = _bad_score(v, check)
+            if code != OK:
+                merge_status(st, code, i, k, v)
+                return
+
+
+def _columns(scores, name="scores"):
+    """(N, K) view of (N,) or (N, K) scores, float16 as raw bits (no copy)."""
+    if not isinstance(scores, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(scores).__name__}")
+    check_float_dtype(scores, name)
+    if scores.ndim not in (1, 2):
+        raise ValueError(f"{name} must have shape (N,) or (N, K), got {scores.ndim}-D array")
+    s = as_kernel_array(scores)
+    return s[:, None] if s.ndim == 1 else s
+
+
+def isotonic_fit_columns(scores, labels, sample_weight, first_class, check):
+    """Same contract as ``calibkit._core.isotonic_fit_columns``."""
+    s = _columns(scores)
+    n, K = s.shape
+    if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or labels.shape != (n,):
+        raise ValueError(f"labels must be a 1-D int64 array of length {n}")
+    weighted = sample_weight is not None
+    w = _float64_vector(sample_weight, "sample_weight", n) if weighted else np.empty(1)
+    if check not in (CHECK_NONE, CHECK_FINITE, CHECK_PROBABILITY):
+        raise ValueError(f"check must be in [0, 2], got {check}")
+    st = new_status()
+    _check_columns(s, HALF_TABLE, check, st)
+    if st[0] != OK:
+        empty = np.empty(0)
+        return {"x": empty, "x_offsets": np.zeros(1, np.int64), "y": empty, "y_offsets": np.zeros(1, np.int64),
+                "status": status_tuple(st)}
+    parallel = n * K >= (1 << 16) and K > 1
+    group = min(ISOTONIC_GROUP, K)
+    x, y, offsets = run_locked(_isotonic_columns, s, HALF_TABLE, labels, w, weighted, int(first_class), group,
+                               parallel)
+    return {"x": x, "x_offsets": offsets, "y": y, "y_offsets": offsets.copy(), "status": status_tuple(st)}
+
+
+@numba.njit(**JIT)
+def _knot_table(knots, tables, k):
+    j = 0
+    m = knots.shape[0]
+    for b in range(KNOT_TABLE_SIZE + 1):
+        edge = b / KNOT_TABLE_SIZE
+        while j < m and knots[j] < edge:
+            j += 1
+        tables[k, b] = j
+
+
+@numba.njit(inline="always", **JIT)
+def _knots_below(knots, m, tables, k, x, right):
+    """Number of knots < x (right False) or <= x (right True): knots_below of pav.hpp."""
+    a = 0
+    e = m
+    if x >= 0.0 and x < 1.0:
+        b = np.int64(x * KNOT_TABLE_SIZE)
+        a = tables[k, b]
+        e = tables[k, b + 1]
+    base = a
+    n = e - a
+    while n > 1:
+        half = n // 2
+        if (knots[base + half] <= x) if right else (knots[base + half] < x):
+            base += half
+        n -= half
+    if n == 1 and ((knots[base] <= x) if right else (knots[base] < x)):
+        base += 1
+    return base
+
+
+@numba.njit(inline="always", **JIT)
+def _interp_at(xp, fp, slopes, m, c, x):
+    """np.interp(x, xp, fp) by NumPy's arithmetic; c = number of knots <= x (interp_at of pav.hpp)."""
+    if m == 1 or c == 0:
+        return fp[0]
+    j = c - 1
+    if j >= m - 1:
+        return fp[m - 1]
+    if xp[j] == x:
+        return fp[j]
+    slope = slopes[j]
+    r = slope * (x - xp[j]) + fp[j]
+    if r != r:
+        r = slope * (x - xp[j + 1]) + fp[j + 1]
+        if r != r and fp[j] == fp[j + 1]:
+            r = fp[j]
+    return r
+
+
+@numba.njit(**JIT)
+def _pairwise_sum(a, lo, n):
+    """pairwise_sum of pav.hpp (NumPy's order for a contiguous row)."""
+    if n < 8:
+        r = 0.0
+        for i in range(n):
+            r += a[lo + i]
+        return r
+    if n <= 128:
+        r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+        r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+        i = 8
+        while i < n - (n % 8):
+            r0 += a[lo + i]
+            r1 += a[lo + i + 1]
+            r2 += a[lo + i + 2]
+            r3 += a[lo + i + 3]
+            r4 += a[lo + i + 4]
+            r5 += a[lo + i + 5]
+            r6 += a[lo + i + 6]
+            r7 += a[lo + i + 7]
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            res += a[lo + i]
+            i += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise_sum(a, lo, n2) + _pairwise_sum(a, lo + n2, n - n2)
+
+
+@numba.njit(**JIT)
+def _apply_chunk(s, table, x, x_off, y, y_off, slopes, tables, mode, check, renormalise, out, begin, end, st):
+    K = s.shape[1]
+    for k in range(K):
+        xk = x[x_off[k]:x_off[k + 1]]
+        yk = y[y_off[k]:y_off[k + 1]]
+        sk = slopes[x_off[k]:x_off[k + 1]]
+        m = xk.shape[0]
+        for i in range(begin, end):
+            v = load(s[i, k], table)
+            if check != CHECK_NONE:
+                code = _bad_score(v, check)
+                if code != OK:
+                    merge_status(st, code, i, k, v)
+            if mode == STEP_INTERP:
+                out[i, k] = _interp_at(xk, yk, sk, m, _knots_below(xk, m, tables, k, v, True), v)
+            else:
+                out[i, k] = yk[_knots_below(xk, m, tables, k, v, False)]
+    if renormalise:
+        flat = out.reshape(out.shape[0] * K)
+        uniform = 1.0 / K
+        for i in range(begin, end):
+            total = _pairwise_sum(flat, i * K, K)
+            if total > 0.0:
+                for k in range(K):
+                    out[i, k] /= total
+            else:
+                for k in range(K):
+                    out[i, k] = uniform
+
+
+@numba.njit(parallel=True, **JIT)
+def _step_apply(s, table, x, x_off, y, y_off, mode, check, renormalise, out, chunk, parallel):
+    N, K = s.shape
+    tables = np.empty((K, KNOT_TABLE_SIZE + 1), np.int64)
+    slopes = np.empty(x.shape[0])
+    for k in range(K):
+        _knot_table(x[x_off[k]:x_off[k + 1]], tables, k)
+        if mode == STEP_INTERP:
+            for j in range(x_off[k], x_off[k + 1] - 1):
+                jy = y_off[k] + (j - x_off[k])
+                slopes[j] = (y[jy + 1] - y[jy]) / (x[j + 1] - x[j])
+    n_chunks = (N + chunk - 1) // chunk
+    statuses = np.empty((n_chunks, 4))
+    for c in numba.prange(n_chunks):
+        statuses[c, 0] = OK
+        statuses[c, 1] = -1.0
+        statuses[c, 2] = -1.0
+        statuses[c, 3] = 0.0
+        _apply_chunk(s, table, x, x_off, y, y_off, slopes, tables, mode, check, renormalise, out, c * chunk,
+                     min(N, (c + 1) * chunk), statuses[c])
+    return statuses
+
+
+def step_apply(scores, x, x_offsets, y, y_offsets, mode, check, renormalise, out):
+    """Same contract as ``calibkit._core.step_apply``."""
+    s = _columns(scores)
+    N, K = s.shape
+    if mode not in (STEP_INTERP, STEP_LEFT) or check not in (CHECK_NONE, CHECK_FINITE, CHECK_PROBABILITY):
+        raise ValueError(f"mode must be in [0, 1] and check in [0, 2], got {mode} and {check}")
+    for name, a in (("x", x), ("y", y)):
+        if not isinstance(a, np.ndarray) or a.dtype != np.float64 or a.ndim != 1 or not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be a C-contiguous 1-D float64 array")
+    for name, o, size in (("x_offsets", x_offsets, x.shape[0]), ("y_offsets", y_offsets, y.shape[0])):
+        if not isinstance(o, np.ndarray) or o.dtype != np.int64 or o.shape != (K + 1,) or o[0] != 0 \
+                or o[-1] != size or (np.diff(o) < 0).any():
+            raise ValueError(f"{name} must be {K + 1} non-decreasing int64 offsets from 0 to {size}")
+    mx, my = np.diff(x_offsets), np.diff(y_offsets)
+    ok = ((mx >= 1) & (my == mx)) if mode == STEP_INTERP else (my == mx + 1)
+    if not ok.all():
+        k = int(np.argmin(ok))
+        raise ValueError(f"model {k} has {int(mx[k])} x and {int(my[k])} y values; mode {mode} needs "
+                         + ("as many y as x (at least 1)" if mode == STEP_INTERP else "one y more than x"))
+    unsorted = x[1:] < x[:-1]
+    inside = np.ones(x.shape[0], bool)
+    inside[x_offsets[:-1]] = False  # a model's first knot is not compared with the previous model's last
+    if (unsorted & inside[1:]).any():
+        j = int(np.argmax(unsorted & inside[1:])) + 1
+        raise ValueError(f"x[{j}] is below x[{j - 1}]: the knots of each model must be sorted")
+    if renormalise and scores.ndim != 2:
+        raise ValueError("renormalise needs scores of shape (N, K)")
+    shape = (N, K) if scores.ndim == 2 else (N,)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float64 or out.shape != shape \
+            or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writeable C-contiguous float64 array of shape {shape}")
+    if np.shares_memory(out, scores) and not (out is scores or (out.ctypes.data == scores.ctypes.data
+                                                                  and scores.dtype == np.float64
+                                                                  and scores.flags.c_contiguous)):
+        raise ValueError("out overlaps scores: it must be scores itself or separate memory")
+    out2 = out.reshape(N, K)
+    chunk = max(16, (1 << 14) // max(K, 1))
+    parallel = N * K >= (1 << 16)
+    statuses = run_locked(_step_apply, s, HALF_TABLE, x, x_offsets, y, y_offsets, int(mode), int(check),
+                          bool(renormalise), out2, chunk, parallel)
+    bad = statuses[statuses[:, 0] != OK]
+    if bad.shape[0] == 0:
+        return (OK, -1, -1, 0.0)
+    return status_tuple(bad[np.lexsort((bad[:, 2], bad[:, 1]))[0]])

@@ -10,7 +10,7 @@ import numpy as np
 from .. import _backend
 from .._backend import BACKENDS
 from .._validation import (
-    MAX_CELLS, MAX_CLASSES, check_bool, check_cells, check_choice, check_n_bins, raise_for_status,
+    FLOAT_DTYPES, MAX_CELLS, MAX_CLASSES, OK, check_bool, check_cells, check_choice, check_n_bins, raise_for_status,
 )
 from ..metrics import _quantile_edges
 from ._base import Calibrator, check_finite, check_fit_inputs, check_logits, fitted_array, fitted_int
@@ -97,7 +97,11 @@ def _binary_scores(scores, name="scores"):
 
 
 def _probability_matrix(scores, from_logits):
-    """(N, K) probabilities as float64 (softmax of logits), checked."""
+    """(N, K) probabilities as float64 (softmax of logits), checked.
+
+    The reference path: the kernels validate while they read and, when they find a bad score, this
+    function is run to raise the error it always raised (the same element, the same message).
+    """
     if from_logits:
         z = np.asarray(check_logits(scores), dtype=np.float64)
         check_finite(z, "scores")
@@ -115,11 +119,59 @@ def _probability_matrix(scores, from_logits):
     return p
 
 
-def _renormalise(q):
-    """Zadrozny & Elkan (2002): divide each row by its sum; rows summing to 0 become uniform 1/K."""
-    total = q.sum(axis=1, keepdims=True)
-    uniform = np.full_like(q, 1.0 / q.shape[1])
-    return np.divide(q, total, out=uniform, where=total > 0)
+def _softmax64(scores):
+    """Checked (N, K) logits -> a new C-ordered float64 array of their softmax (the only N x K array made).
+
+    The same arithmetic as :func:`_probability_matrix` (the max and the differences in float64); the row sums
+    are taken over the C-ordered array, so the result does not depend on the layout of the input.
+    """
+    z = check_logits(scores)
+    check_finite(z, "scores")
+    q = np.empty(z.shape)
+    np.subtract(z, z.max(axis=1, keepdims=True), out=q, dtype=np.float64)
+    np.exp(q, out=q)
+    q /= q.sum(axis=1, keepdims=True)
+    return q
+
+
+def _readable(scores):
+    """Scores as an array the kernels read in place (float16/32/64, native, aligned); a float64 copy otherwise."""
+    a = np.asarray(scores)
+    if a.dtype.type not in FLOAT_DTYPES or not (a.flags.aligned and a.dtype.isnative):
+        a = np.asarray(a, dtype=np.float64)
+    return a
+
+
+def _kernels(backend):
+    """The module with ``isotonic_fit_columns`` / ``step_apply`` of the chosen backend."""
+    if _backend.resolve_backend(backend) == "cpp":
+        return _backend.kernels("cpp")
+    from .._numba import pav
+    return pav
+
+
+# Score checks of the kernels (pav.hpp): none (already checked), finite, probability in [-1e-6, 1 + 1e-6].
+_CHECK_NONE, _CHECK_FINITE, _CHECK_PROBABILITY = 0, 1, 2
+# Step modes of step_apply: np.interp between knots (isotonic), y[searchsorted(x, s, "left")] (histogram).
+_STEP_INTERP, _STEP_LEFT = 0, 1
+
+
+def _concatenated(xs, ys):
+    """K per-class arrays -> (x, x_offsets, y, y_offsets) as step_apply takes them."""
+    x_off = np.zeros(len(xs) + 1, np.int64)
+    y_off = np.zeros(len(ys) + 1, np.int64)
+    np.cumsum([len(a) for a in xs], out=x_off[1:])
+    np.cumsum([len(a) for a in ys], out=y_off[1:])
+    x = np.ascontiguousarray(np.concatenate(xs), dtype=np.float64)
+    y = np.ascontiguousarray(np.concatenate(ys), dtype=np.float64)
+    return x, x_off, y, y_off
+
+
+def _check_label_range(labels, n_classes):
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"labels[{i}] = {labels[i]} is out of range for n_classes={n_classes}")
 
 
 def _warn_single_class(labels, n_classes):
@@ -137,57 +189,81 @@ class _OneVsRest(Calibrator):
     calibrated against 1[y = k] and the calibrated rows are renormalised.
     """
 
-    def _fit_one(self, s, t, w):  # pragma: no cover - subclasses override
-        raise NotImplementedError
-
-    def _apply_one(self, k, s):  # pragma: no cover - subclasses override
+    def _fit_one(self, s, t, w):  # pragma: no cover - subclasses override (or _fit_models)
         raise NotImplementedError
 
     def _check_n_classes(self, n_classes):
         """Refuse a number of classes whose per-class models would be too large (before fitting any)."""
 
-    def fit(self, scores, labels, sample_weight=None):
-        """Fit on held-out scores ((N,) binary or (N, K)) and labels (N,); returns self."""
-        self._check_params()
-        scores, labels, sample_weight = check_fit_inputs(scores, labels, sample_weight, binary=np.ndim(scores) == 1)
-        if scores.ndim == 1:
+    def _fit_models(self, scores, labels, sample_weight, binary):
+        """Per-column models from checked inputs, one _fit_one per column (subclasses may fit all at once)."""
+        if binary:
             _warn_single_class(labels, 2)
-            s = _binary_scores(scores)
-            self.n_classes_ = 2
-            self.binary_ = True
-            self._set_models([self._fit_one(s, labels.astype(np.float64), sample_weight)])
-            return self
+            return [self._fit_one(_binary_scores(scores), labels.astype(np.float64), sample_weight)]
         p = _probability_matrix(scores, self.from_logits)
         n_classes = p.shape[1]
         self._check_n_classes(n_classes)
-        bad = (labels < 0) | (labels >= n_classes)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ValueError(f"labels[{i}] = {labels[i]} is out of range for n_classes={n_classes}")
+        _check_label_range(labels, n_classes)
         _warn_single_class(labels, n_classes)
-        models = [self._fit_one(np.ascontiguousarray(p[:, c]), (labels == c).astype(np.float64), sample_weight)
-                  for c in range(n_classes)]
-        self.n_classes_ = int(n_classes)
-        self.binary_ = False
+        return [self._fit_one(np.ascontiguousarray(p[:, c]), (labels == c).astype(np.float64), sample_weight)
+                for c in range(n_classes)]
+
+    def fit(self, scores, labels, sample_weight=None):
+        """Fit on held-out scores ((N,) binary or (N, K)) and labels (N,); returns self."""
+        self._check_params()
+        binary = np.ndim(scores) == 1
+        scores, labels, sample_weight = check_fit_inputs(scores, labels, sample_weight, binary=binary)
+        models = self._fit_models(scores, labels, sample_weight, binary)
+        self.n_classes_ = 2 if binary else int(scores.shape[1])
+        self.binary_ = binary
         self._set_models(models)
         return self
 
+    def _step_models(self):  # pragma: no cover - subclasses override
+        """(mode, x, x_offsets, y, y_offsets) of the K calibration maps for step_apply."""
+        raise NotImplementedError
+
     def predict_proba(self, scores):
-        """Calibrated probabilities: (N,) P(y=1) for binary scores, (N, K) rows summing to 1 otherwise."""
+        """Calibrated probabilities: (N,) P(y=1) for binary scores, (N, K) rows summing to 1 otherwise.
+
+        One kernel pass: each score is looked up in its class's map (one short search from a table over
+        [0, 1)) and each row is renormalised as it is written; the output is the only N x K array made
+        (with ``from_logits=True``, the softmax is computed into it first).
+        """
         self._check_fitted()
+        kernels = _kernels(self.backend)
+        mode, x, x_off, y, y_off = self._step_models()
         if self.binary_:
             s = np.asarray(scores)
             if s.ndim != 1:
                 raise ValueError(f"this calibrator was fitted on binary scores of shape (N,), got shape {s.shape}")
-            return self._apply_one(0, _binary_scores(s))
-        p = _probability_matrix(scores, self.from_logits)
+            s = _readable(s)
+            out = np.empty(s.shape[0])
+            status = kernels.step_apply(s, x, x_off, y, y_off, mode, _CHECK_FINITE, False, out)
+            if status[0] != OK:
+                _binary_scores(s)
+                raise_for_status(status)
+            return out
+        if self.from_logits:
+            q = _softmax64(scores)
+            self._check_columns(q.shape)
+            kernels.step_apply(q, x, x_off, y, y_off, mode, _CHECK_NONE, True, q)
+            return q
+        p = _readable(scores)
         if p.ndim != 2 or p.shape[1] != self.n_classes_:
-            raise ValueError(f"scores have shape {p.shape} but the calibrator was fitted on "
+            _probability_matrix(p, False)  # a bad value is reported first, as it always was
+            self._check_columns(p.shape)
+        out = np.empty(p.shape)
+        status = kernels.step_apply(p, x, x_off, y, y_off, mode, _CHECK_PROBABILITY, True, out)
+        if status[0] != OK:
+            _probability_matrix(p, False)
+            raise_for_status(status)
+        return out
+
+    def _check_columns(self, shape):
+        if len(shape) != 2 or shape[1] != self.n_classes_:
+            raise ValueError(f"scores have shape {shape} but the calibrator was fitted on "
                              f"{self.n_classes_} classes")
-        q = np.empty_like(p)
-        for c in range(self.n_classes_):
-            q[:, c] = self._apply_one(c, p[:, c])
-        return _renormalise(q)
 
     def _load_models(self, fitted, first, second, check):
         """Validated per-column arrays from a to_dict payload: check(a, b) -> (a, b) for each column."""
@@ -253,27 +329,33 @@ class IsotonicCalibration(_OneVsRest):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
-    def _fit_one(self, s, t, w):
-        if w is not None and not (w > 0).all():
-            keep = w > 0  # PAV needs positive weights; zero-weight rows carry no information
-            s, t, w = s[keep], t[keep], w[keep]
-        r = isotonic_regression(t, x=s, sample_weight=w, backend=self.backend)
-        xs = s[r.order]
-        first = xs[r.blocks[:-1]]
-        last = xs[r.blocks[1:] - 1]
-        x_thr = np.empty(2 * len(first))
-        x_thr[0::2], x_thr[1::2] = first, last
-        y_thr = np.repeat(r.values, 2)
-        keep = np.ones(len(x_thr), bool)
-        keep[1::2] = last != first  # a block of one distinct score needs one point
-        return x_thr[keep], y_thr[keep]
+    def _fit_models(self, scores, labels, sample_weight, binary):
+        """All K maps in one kernel call (threaded across classes): the points of each class are
+        sorted by score (ties pooled), PAV'd, and each block kept as its first and last score."""
+        if binary:
+            _warn_single_class(labels, 2)
+            s, first_class, check = _readable(scores), 1, _CHECK_FINITE
+        elif self.from_logits:
+            s, first_class, check = _softmax64(scores), 0, _CHECK_NONE
+        else:
+            s, first_class, check = scores, 0, _CHECK_PROBABILITY
+        r = _kernels(self.backend).isotonic_fit_columns(s, labels, sample_weight, first_class, check)
+        if r["status"][0] != OK:
+            _binary_scores(s) if binary else _probability_matrix(s, False)
+            raise_for_status(r["status"])
+        if not binary:
+            _check_label_range(labels, s.shape[1])
+            _warn_single_class(labels, s.shape[1])
+        xs = np.split(r["x"], r["x_offsets"][1:-1])
+        ys = np.split(r["y"], r["y_offsets"][1:-1])
+        return list(zip(xs, ys))
 
     def _set_models(self, models):
         self.x_thresholds_ = [m[0] for m in models]
         self.y_thresholds_ = [m[1] for m in models]
 
-    def _apply_one(self, k, s):
-        return np.interp(s, self.x_thresholds_[k], self.y_thresholds_[k])
+    def _step_models(self):
+        return (_STEP_INTERP,) + _concatenated(self.x_thresholds_, self.y_thresholds_)
 
     def _load_fitted(self, fitted):
         def check(c, xs, ys):
@@ -354,9 +436,8 @@ class HistogramBinning(_OneVsRest):
         self.bin_edges_ = [m[0] for m in models]
         self.bin_values_ = [m[1] for m in models]
 
-    def _apply_one(self, k, s):
-        edges = self.bin_edges_[k]
-        return self.bin_values_[k][np.searchsorted(edges[1:-1], s, side="left")]
+    def _step_models(self):
+        return (_STEP_LEFT,) + _concatenated([e[1:-1] for e in self.bin_edges_], self.bin_values_)
 
     def _load_fitted(self, fitted):
         def check(c, es, vs):

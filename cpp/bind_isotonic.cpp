@@ -1,0 +1,196 @@
+// Bindings of pav.hpp: isotonic regression, and the one-vs-rest calibration maps of
+// IsotonicCalibration / HistogramBinning (fit of K columns, application to a block).
+// Each function checks its buffers and releases the GIL around the kernel.
+#include "bindings.hpp"
+#include "calibkit/pav.hpp"
+
+namespace py = pybind11;
+using namespace calibkit;
+using namespace calibkit::bind;
+
+namespace {
+
+// Every value finite (and, for weights, > 0): PAV on NaN or on zero total weight gives NaN blocks.
+void check_finite(const Vector<double>& v, const char* name, bool positive) {
+    for (int64_t i = 0; i < v.size; ++i) {
+        const double value = v[i];
+        if (!is_finite(value) || (positive && !(value > 0.0)))
+            throw py::value_error(std::string(name) + "[" + std::to_string(i) + "] = " + std::to_string(value) +
+                                  (positive ? " is not a finite number > 0" : " is not finite"));
+    }
+}
+
+py::dict isotonic_fit_py(const py::object& y_obj, const py::object& x, const py::object& sample_weight,
+                         bool increasing) {
+    const Vector<double> yv = typed_vector<double>(require_array(y_obj, "y"), "y");
+    const int64_t n = yv.size;
+    const Vector<double> xv = optional_vector<double>(x, "x", n);
+    const Vector<double> wv = optional_vector<double>(sample_weight, "sample_weight", n);
+    check_finite(yv, "y", false);
+    if (xv.data) check_finite(xv, "x", false);
+    if (wv.data) check_finite(wv, "sample_weight", true);
+    py::array_t<double> fitted(n);
+    double* f = fitted.mutable_data();
+    py::object order_obj = py::none();
+    PavBlocks blocks;
+    if (xv.data) {
+        py::array_t<int64_t> order(n);
+        int64_t* o = order.mutable_data();
+        {
+            py::gil_scoped_release release;
+            blocks = isotonic(yv, wv, wv.data != nullptr, &xv, increasing, o, f);
+        }
+        order_obj = order;
+    } else {
+        py::gil_scoped_release release;
+        blocks = isotonic(yv, wv, wv.data != nullptr, nullptr, increasing, nullptr, f);
+    }
+    py::dict d;
+    d["fitted"] = fitted;
+    d["order"] = order_obj;
+    d["blocks"] = to_array(blocks.starts);
+    d["values"] = to_array(blocks.values);
+    d["weights"] = to_array(blocks.weights);
+    return d;
+}
+
+// Scores of shape (N,) (one column) or (N, K), read in place.
+template <class T>
+Matrix<T> columns(const py::array& a, const char* name) {
+    if (a.ndim() == 2) return matrix<T>(a, name);
+    const Vector<T> v = vector<T>(a, name, a.ndim() == 1 ? static_cast<int64_t>(a.shape(0)) : -1);
+    return Matrix<T>{v.data, v.size, 1, v.stride, static_cast<int64_t>(sizeof(T))};
+}
+
+void check_mode(int value, const char* name, int hi) {
+    if (value < 0 || value > hi)
+        throw py::value_error(std::string(name) + " must be in [0, " + std::to_string(hi) + "], got " +
+                              std::to_string(value));
+}
+
+py::dict isotonic_fit_columns_py(const py::object& scores_obj, const py::object& labels_obj,
+                                 const py::object& sample_weight, int64_t first_class, int check) {
+    const py::array scores = require_array(scores_obj, "scores");
+    const py::array labels = require_array(labels_obj, "labels");
+    require_dtype(is_dtype<int64_t>(labels), labels, "labels", "int64");
+    check_mode(check, "check", 2);
+    if (scores.ndim() != 1 && scores.ndim() != 2)
+        throw py::value_error("scores must have shape (N,) or (N, K), got " + ndim_text(scores));
+    return dispatch_float(scores, "scores", [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const Matrix<T> s = columns<T>(scores, "scores");
+        const Vector<int64_t> y = vector<int64_t>(labels, "labels", s.rows);
+        const Vector<double> w = optional_vector<double>(sample_weight, "sample_weight", s.rows);
+        Status status;
+        ColumnModels models;
+        {
+            py::gil_scoped_release release;
+            status = check_columns(s, check);
+            if (status.code == kOk) models = isotonic_columns(s, y, w, first_class);
+        }
+        py::dict d;
+        d["x"] = to_array(models.x);
+        d["x_offsets"] = to_array(models.x_off);
+        d["y"] = to_array(models.y);
+        d["y_offsets"] = to_array(models.y_off);
+        d["status"] = status_tuple(status);
+        return d;
+    });
+}
+
+// Offsets of K concatenated models into an array of length `size`: K + 1 int64, from 0 to size, non-decreasing.
+const int64_t* model_offsets(const py::object& obj, const char* name, int64_t K, int64_t size) {
+    const py::array a = require_array(obj, name);
+    require_dtype(is_dtype<int64_t>(a), a, name, "int64");
+    const Vector<int64_t> v = vector<int64_t>(a, name, K + 1);
+    if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+    const int64_t* o = static_cast<const int64_t*>(a.data());
+    if (o[0] != 0 || o[K] != size)
+        throw py::value_error(std::string(name) + " must run from 0 to " + std::to_string(size) + ", got " +
+                              std::to_string(o[0]) + " to " + std::to_string(o[K]));
+    for (int64_t k = 0; k < K; ++k)
+        if (o[k + 1] < o[k])
+            throw py::value_error(std::string(name) + " must be non-decreasing (" + name + "[" +
+                                  std::to_string(k + 1) + "] < " + name + "[" + std::to_string(k) + "])");
+    (void)v;
+    return o;
+}
+
+const double* knot_values(const py::object& obj, const char* name) {
+    const py::array a = require_array(obj, name);
+    typed_vector<double>(a, name);
+    if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+    return static_cast<const double*>(a.data());
+}
+
+py::tuple step_apply_py(const py::object& scores_obj, const py::object& x_obj, const py::object& x_offsets,
+                        const py::object& y_obj, const py::object& y_offsets, int mode, int check, bool renormalise,
+                        const py::object& out_obj) {
+    const py::array scores = require_array(scores_obj, "scores");
+    check_mode(mode, "mode", 1);
+    check_mode(check, "check", 2);
+    if (scores.ndim() != 1 && scores.ndim() != 2)
+        throw py::value_error("scores must have shape (N,) or (N, K), got " + ndim_text(scores));
+    const int64_t N = static_cast<int64_t>(scores.shape(0));
+    const int64_t K = scores.ndim() == 2 ? static_cast<int64_t>(scores.shape(1)) : 1;
+    const double* x = knot_values(x_obj, "x");
+    const double* y = knot_values(y_obj, "y");
+    const int64_t* xo = model_offsets(x_offsets, "x_offsets", K, static_cast<int64_t>(py::len(x_obj)));
+    const int64_t* yo = model_offsets(y_offsets, "y_offsets", K, static_cast<int64_t>(py::len(y_obj)));
+    for (int64_t k = 0; k < K; ++k) {
+        const int64_t mx = xo[k + 1] - xo[k], my = yo[k + 1] - yo[k];
+        const bool ok = mode == kStepInterp ? (mx >= 1 && my == mx) : my == mx + 1;
+        if (!ok)
+            throw py::value_error("model " + std::to_string(k) + " has " + std::to_string(mx) + " x and " +
+                                  std::to_string(my) + " y values; mode " + std::to_string(mode) + " needs " +
+                                  (mode == kStepInterp ? "as many y as x (at least 1)" : "one y more than x"));
+        for (int64_t j = xo[k] + 1; j < xo[k + 1]; ++j)
+            if (!(x[j] >= x[j - 1]))
+                throw py::value_error("x[" + std::to_string(j) + "] is below x[" + std::to_string(j - 1) +
+                                      "]: the knots of each model must be sorted");
+    }
+    if (renormalise && scores.ndim() != 2) throw py::value_error("renormalise needs scores of shape (N, K)");
+    double* out = scores.ndim() == 2 ? output_array<double>(out_obj, "out", {N, K})
+                                     : output_array<double>(out_obj, "out", {N});
+    // `out` may be `scores` itself (a float64 C-ordered array), never a part of it or an overlapping view.
+    const py::array out_arr = py::reinterpret_borrow<py::array>(out_obj);
+    const char* s_lo = static_cast<const char*>(scores.data());
+    py::ssize_t s_lo_off = 0, s_hi_off = 0;
+    for (py::ssize_t d = 0; d < scores.ndim(); ++d) {
+        const py::ssize_t span = (scores.shape(d) - 1) * scores.strides(d);
+        if (scores.shape(d) == 0) { s_lo_off = s_hi_off = 0; break; }
+        if (span < 0) s_lo_off += span; else s_hi_off += span;
+    }
+    const char* a_lo = s_lo + s_lo_off;
+    const char* a_hi = s_lo + s_hi_off + scores.itemsize();
+    const char* o_lo = reinterpret_cast<const char*>(out);
+    const char* o_hi = o_lo + N * K * static_cast<int64_t>(sizeof(double));
+    if (N > 0 && a_lo < o_hi && o_lo < a_hi) {
+        const bool same = static_cast<const void*>(out) == scores.data() && is_dtype<double>(scores) &&
+                          (scores.flags() & py::array::c_style);
+        if (!same) throw py::value_error("out overlaps scores: it must be scores itself or separate memory");
+    }
+    (void)out_arr;
+    return dispatch_float(scores, "scores", [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const Matrix<T> s = columns<T>(scores, "scores");
+        Status st;
+        {
+            py::gil_scoped_release release;
+            st = apply_columns(s, x, xo, y, yo, mode, check, renormalise, out);
+        }
+        return status_tuple(st);
+    });
+}
+
+}  // namespace
+
+void bind_isotonic(py::module_& m) {
+    m.def("isotonic_fit", &isotonic_fit_py, py::arg("y"), py::arg("x"), py::arg("sample_weight"),
+          py::arg("increasing").noconvert());
+    m.def("isotonic_fit_columns", &isotonic_fit_columns_py, py::arg("scores"), py::arg("labels"),
+          py::arg("sample_weight"), py::arg("first_class"), py::arg("check"));
+    m.def("step_apply", &step_apply_py, py::arg("scores"), py::arg("x"), py::arg("x_offsets"), py::arg("y"),
+          py::arg("y_offsets"), py::arg("mode"), py::arg("check"), py::arg("renormalise").noconvert(),
+          py::arg("out"));
+}
