@@ -62,12 +62,21 @@ PRELUDE = textwrap.dedent(
         if name == "stream_accumulate":
             return [p1, y01.astype(np.uint8), W, 0, 10, 7, 36, 3, 1, np.zeros((4, 10)), np.zeros((5, FINE)),
                     np.zeros((3, 3, 10))], {}
+        if name == "stream_top_label":
+            return [P, Y, W, False, 1e-7, 1.0, 0, 10, 7, 36, 3, 1, np.zeros((4, 10)), np.zeros((5, FINE)),
+                    np.zeros((3, 3, 10)), np.zeros(6), 5, np.zeros((3, K, 5))], {}
         if name == "temperature_nll":
             return [Z, Y, W, 1.0], {}
         if name == "vector_scaling_nll":
             return [Z, Y, W, np.ones(K), np.zeros(K)], {}
         if name == "isotonic_fit":
             return [rng.random(N), rng.random(N), W, True], {}
+        if name == "isotonic_fit_columns":
+            return [P, Y, W, 0, 2], {}
+        if name == "step_apply":
+            x = np.tile([0.2, 0.8], K)
+            xo = np.arange(0, 2 * K + 1, 2, dtype=np.int64)
+            return [P, x, xo, np.tile([0.1, 0.9], K), xo.copy(), 0, 2, True, np.empty((N, K))], {}
         if name == "two_sample_ranking":
             return [rng.random(N), rng.random(N // 2), 0.95, True], {}
         if name == "row_scores":
@@ -235,7 +244,7 @@ PRELUDE = textwrap.dedent(
 
 # Every callable of _core needs a valid call above; these are the ones this build has.
 KNOWN = ["top_label_stats", "binary_stats", "classwise_stats", "stream_accumulate", "temperature_nll",
-         "vector_scaling_nll", "isotonic_fit", "two_sample_ranking", "row_scores", "ensemble_decompose",
+         "vector_scaling_nll", "isotonic_fit", "isotonic_fit_columns", "step_apply", "stream_top_label", "two_sample_ranking", "row_scores", "ensemble_decompose",
          "ensemble_update", "confidence_loss", "set_num_threads", "get_num_threads", "hardware_threads",
          "usable_cpus", "default_num_threads", "_pool_selftest"]
 NO_ARGUMENTS = ("get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads")
