@@ -88,9 +88,10 @@ def main(argv=None) -> int:
             summary += [line for line in text.splitlines() if line.startswith("goal  ")]
     if summary:
         print("\n## summary: goals of issue 13\n" + "\n".join(summary))
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"\n# compare.py ran in {time.perf_counter() - start:.1f} s wall, "
-          f"{usage.ru_utime + usage.ru_stime:.1f} s CPU (this process)")
+    cpu = sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+    print(f"\n# compare.py ran in {time.perf_counter() - start:.1f} s wall, {cpu:.1f} s CPU (this process and "
+          f"its children)")
     return 0
 
 

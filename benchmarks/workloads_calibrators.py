@@ -191,7 +191,7 @@ def _temperature_setup(n, k):
 
 
 def workloads(quick: bool = False) -> list[Workload]:
-    n, k = (1_000, 1000) if quick else (200_000, 1000)
+    n, k = (300, 1000) if quick else (200_000, 1000)
     iso = [100_000] if quick else [1_000_000, 10_000_000]
     out = [Workload("calibrators", f"temperature fit, N={n:,} x K={k} float32 logits (true T={TRUE_T})",
                     lambda: _temperature_setup(n, k), _temperature_contenders,

@@ -19,7 +19,13 @@ def numpy_ece(scores, labels, from_logits, n_bins=N_BINS):
     else:
         pred = scores.argmax(axis=1)
         conf = np.take_along_axis(scores, pred[:, None], axis=1)[:, 0].astype(np.float64)
-    correct = (pred == labels).astype(np.float64)
+    return ece_of(conf, pred == labels, n_bins)
+
+
+def ece_of(conf, correct, n_bins=N_BINS):
+    """Top-label ECE (equal-width bins ((m-1)/M, m/M], 0 in the first) of float64 confidences and
+    correctness flags, with bincount sums in float64."""
+    correct = np.asarray(correct, dtype=np.float64)
     edges = np.arange(1, n_bins) / n_bins
     idx = np.searchsorted(edges, conf, side="left")
     count = np.bincount(idx, minlength=n_bins)
@@ -27,7 +33,7 @@ def numpy_ece(scores, labels, from_logits, n_bins=N_BINS):
     sum_acc = np.bincount(idx, weights=correct, minlength=n_bins)
     filled = count > 0
     gap = np.abs(sum_acc[filled] - sum_conf[filled])
-    return float(gap.sum() / len(labels))
+    return float(gap.sum() / len(correct))
 
 
 def numpy_classwise_ece(scores, labels, from_logits, n_bins=N_BINS, rows=8192):
