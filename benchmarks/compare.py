@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/compare.py                 # every workload, full size
-    python benchmarks/compare.py --quick         # small sizes, few repeats: a smoke run (under a minute)
+    python benchmarks/compare.py --quick         # small sizes, few repeats: a smoke run (under a minute);
+                                                 # leaves out the slow workloads unless picked by name
     python benchmarks/compare.py --goals         # only the workloads that measure a goal of issue 13
     python benchmarks/compare.py --only metrics  # one area (workloads_<area>.py)
     python benchmarks/compare.py --match class-wise   # workloads whose name contains this
@@ -72,8 +73,9 @@ def main(argv=None) -> int:
             parser.error(f"unknown area(s) {sorted(unknown)}; known: {areas}")
         areas = [a for a in areas if a in args.only]
     # seconds of timed calls per contender (at least one call): keeps slow peers from dominating a quick run
-    budget = 0.5 if args.quick else 20.0
-    summary = []
+    budget = 0.3 if args.quick else 20.0
+    picked = args.goals or args.only or args.match
+    summary, left_out = [], []
     for area in areas:
         module = importlib.import_module(f"workloads_{area}")
         for w in module.workloads(quick=args.quick):
@@ -81,11 +83,16 @@ def main(argv=None) -> int:
                 continue
             if args.goals and not w.goals:
                 continue
+            if args.quick and w.slow and not picked:
+                left_out.append(f"{w.area}: {w.name}")
+                continue
             t0 = time.perf_counter()
             rows = run_workload(w, measure_memory=not (args.no_memory or args.quick), budget=budget)
             text = format_rows(w, rows, REFERENCE) + f"\n(workload: {time.perf_counter() - t0:.1f} s)"
             print(text, flush=True)
             summary += [line for line in text.splitlines() if line.startswith("goal  ")]
+    for name in left_out:
+        print(f"\n## {name}\nleft out of --quick (seconds per call at any size); run it with --goals or --only")
     if summary:
         print("\n## summary: goals of issue 13\n" + "\n".join(summary))
     cpu = sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),

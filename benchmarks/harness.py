@@ -89,6 +89,9 @@ class Workload:
     goals: list[Goal] = dataclasses.field(default_factory=list)  # issue-13 goals measured by this workload
     teardown: Callable[[dict], None] | None = None  # removes what setup made (files), always called
     floor_name: str = "one read"
+    # Left out of a plain --quick run (kept when picked with --goals, --only or --match): for workloads whose
+    # fixed cost is seconds per call even at the smallest size.
+    slow: bool = False
 
 
 def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1, budget: float = math.inf) -> float:
