@@ -10,6 +10,7 @@ Usage::
     python benchmarks/compare.py --match class-wise   # workloads whose name contains this
     python benchmarks/compare.py --threads 1
     python benchmarks/compare.py --no-memory     # skip the peak-memory pass
+    python benchmarks/compare.py --calibkit-only # no peers (their recipes take minutes at full size)
 
 Every ``benchmarks/workloads_<area>.py`` provides ``workloads(quick) ->
 list[Workload]``. Each contender (calibkit C++, calibkit Numba, each installed
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", action="append", default=None, help="area(s) to run, e.g. metrics")
     parser.add_argument("--match", default=None, help="only workloads whose name contains this text")
     parser.add_argument("--threads", type=int, default=None, help="calibkit threads (default: all cores)")
+    parser.add_argument("--calibkit-only", action="store_true", help="leave out the peers (calibkit's rows only)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass (--quick skips it)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -87,7 +89,8 @@ def main(argv=None) -> int:
                 left_out.append(f"{w.area}: {w.name}")
                 continue
             t0 = time.perf_counter()
-            rows = run_workload(w, measure_memory=not (args.no_memory or args.quick), budget=budget)
+            rows = run_workload(w, measure_memory=not (args.no_memory or args.quick), budget=budget,
+                                calibkit_only=args.calibkit_only)
             text = format_rows(w, rows, REFERENCE) + f"\n(workload: {time.perf_counter() - t0:.1f} s)"
             print(text, flush=True)
             summary += [line for line in text.splitlines() if line.startswith("goal  ")]

@@ -193,26 +193,30 @@ def machine_line() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}"
 
 
-def run_workload(w: Workload, measure_memory: bool = True, budget: float = math.inf) -> list[dict]:
-    """Rows {contender, time (per call), status, mem, note} of one workload; [] with a "skipped" row when its
-    setup raises SkipWorkload. ``budget``: seconds of timed calls per contender (at least one call)."""
+def run_workload(w: Workload, measure_memory: bool = True, budget: float = math.inf,
+                 calibkit_only: bool = False) -> list[dict]:
+    """Rows {contender, time (per call), status, mem, note} of one workload; one "skipped" row when its
+    setup raises SkipWorkload. ``budget``: seconds of timed calls per contender (at least one call);
+    ``calibkit_only``: leave out the peers."""
     try:
         data = w.setup()
     except SkipWorkload as exc:
         return [{"contender": "(workload)", "time": float("nan"), "status": f"skipped: {exc}", "mem": None}]
     try:
-        return _run(w, data, measure_memory, budget)
+        return _run(w, data, measure_memory, budget, calibkit_only)
     finally:
         if w.teardown is not None:
             w.teardown(data)
 
 
-def _run(w, data, measure_memory, budget):
+def _run(w, data, measure_memory, budget, calibkit_only=False):
     rows = []
     if w.floor is not None:
         floor_t = median_time(w.floor(data), repeat=5, budget=budget)
         rows.append({"contender": FLOOR, "time": floor_t, "status": "ok", "mem": None})
     for c in w.contenders(data):
+        if calibkit_only and not c.name.startswith("calibkit"):
+            continue
         if c.skip_reason is not None:
             rows.append({"contender": c.name, "time": float("nan"), "status": f"skipped: {c.skip_reason}",
                          "mem": None})

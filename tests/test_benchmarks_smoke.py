@@ -20,8 +20,9 @@ def _tables(text):
     out, title = {}, None
     for line in text.splitlines():
         if line.startswith("## "):
-            title = line
-            out[title] = []
+            title = None if line.startswith("## summary") else line
+            if title:
+                out[title] = []
         elif title and line and not line.startswith(("goal  ", "(workload", "#")):
             out[title].append(line)
     return out
