@@ -35,6 +35,7 @@ import importlib
 import os
 import pathlib
 import resource
+import signal
 import sys
 import time
 
@@ -61,6 +62,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass (--quick skips it)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    # a terminated run still removes the files its workloads wrote (their finally blocks run on SystemExit)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     import calibkit
 
