@@ -3,25 +3,45 @@
 Usage::
 
     python benchmarks/compare.py                 # every workload, full size
-    python benchmarks/compare.py --quick         # small sizes (smoke run)
+    python benchmarks/compare.py --quick         # small sizes, few repeats: a smoke run (under a minute);
+                                                 # leaves out the slow workloads unless picked by name
+    python benchmarks/compare.py --goals         # only the workloads that measure a goal of issue 13
     python benchmarks/compare.py --only metrics  # one area (workloads_<area>.py)
     python benchmarks/compare.py --match class-wise   # workloads whose name contains this
     python benchmarks/compare.py --threads 1
+    python benchmarks/compare.py --no-memory     # skip the peak-memory pass
+    python benchmarks/compare.py --calibkit-only # no peers (their recipes take minutes at full size)
 
 Every ``benchmarks/workloads_<area>.py`` provides ``workloads(quick) ->
-list[Workload]``. For each workload the table gives the median time, the
-ratio to one plain read of the input (the memory-bandwidth floor), the ratio
-to calibkit's C++ backend (so a peer's row reads "N x slower"), and the peak
-extra resident memory of the call (the RSS high-water mark above the memory
-in use before it, native allocations of every library included).
+list[Workload]``. Each contender (calibkit C++, calibkit Numba, each installed
+peer) is called once untimed (Numba compiles there) and its result checked
+against the reference before it is timed. For each workload the table gives
+the median time (per call for per-call workloads), the ratio to one plain read
+of the input (the memory-bandwidth floor; `cat` of the file for the report),
+the ratio to calibkit's C++ backend (so a peer's row reads "N x slower"), and
+the peak extra resident memory of the call (not in --quick). The last line gives the wall and CPU time of the run
+(on a loaded machine the CPU time is what the script itself costs) (the RSS high-water mark above the
+memory in use before it, native allocations of every library included).
+Columns with nothing to show are left out; a peer that is not installed is one
+"skipped" line. Below a table: the issue-13 goals it measures, each with the
+measured value, and the Numba / C++ ratio of each pair of backend rows. The
+goal lines are repeated at the end as a summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pathlib
+import resource
+import signal
 import sys
+import time
+
+# OpenMP pools (torch's, Numba's omp layer) sleep instead of spinning while idle, unless the caller chose:
+# on a shared, loaded machine a spinning pool turns a millisecond call into tens of milliseconds.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -33,31 +53,58 @@ REFERENCE = "calibkit (cpp)"
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats, for a smoke run")
+    parser.add_argument("--goals", action="store_true", help="only the workloads that measure an issue-13 goal")
     parser.add_argument("--only", action="append", default=None, help="area(s) to run, e.g. metrics")
     parser.add_argument("--match", default=None, help="only workloads whose name contains this text")
     parser.add_argument("--threads", type=int, default=None, help="calibkit threads (default: all cores)")
-    parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc pass")
+    parser.add_argument("--calibkit-only", action="store_true", help="leave out the peers (calibkit's rows only)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass (--quick skips it)")
     args = parser.parse_args(argv)
+    start = time.perf_counter()
+    # a terminated run still removes the files its workloads wrote (their finally blocks run on SystemExit)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     import calibkit
 
     if args.threads:
         calibkit.set_num_threads(args.threads)
-    print(f"# calibkit {calibkit.__version__} | {machine_line()} | threads={calibkit.get_num_threads()}")
+    print(f"# calibkit {calibkit.__version__} | {machine_line()} | threads={calibkit.get_num_threads()}"
+          + (" | quick" if args.quick else ""))
     areas = sorted(p.stem[len("workloads_"):] for p in HERE.glob("workloads_*.py"))
     if args.only:
         unknown = set(args.only) - set(areas)
         if unknown:
             parser.error(f"unknown area(s) {sorted(unknown)}; known: {areas}")
         areas = [a for a in areas if a in args.only]
+    # seconds of timed calls per contender (at least one call): keeps slow peers from dominating a quick run
+    budget = 0.3 if args.quick else 20.0
+    picked = args.goals or args.only or args.match
+    summary, left_out = [], []
     for area in areas:
         module = importlib.import_module(f"workloads_{area}")
         for w in module.workloads(quick=args.quick):
             if args.match and args.match not in w.name:
                 continue
-            rows = run_workload(w, measure_memory=not args.no_memory)
-            print(format_rows(w, rows, REFERENCE), flush=True)
+            if args.goals and not w.goals:
+                continue
+            if args.quick and w.slow and not picked:
+                left_out.append(f"{w.area}: {w.name}")
+                continue
+            t0 = time.perf_counter()
+            rows = run_workload(w, measure_memory=not (args.no_memory or args.quick), budget=budget,
+                                calibkit_only=args.calibkit_only)
+            text = format_rows(w, rows, REFERENCE) + f"\n(workload: {time.perf_counter() - t0:.1f} s)"
+            print(text, flush=True)
+            summary += [line for line in text.splitlines() if line.startswith("goal  ")]
+    for name in left_out:
+        print(f"\n## {name}\nleft out of --quick (seconds per call at any size); run it with --goals or --only")
+    if summary:
+        print("\n## summary: goals of issue 13\n" + "\n".join(summary))
+    cpu = sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+    print(f"\n# compare.py ran in {time.perf_counter() - start:.1f} s wall, {cpu:.1f} s CPU (this process and "
+          f"its children)")
     return 0
 
 

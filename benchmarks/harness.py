@@ -2,15 +2,19 @@
 
 A *workload* is one input (made once) and several *contenders* run on it in
 the same process: calibkit (both backends), the peers, and the memory-bandwidth
-floor (one plain read of the input, e.g. ``np.add.reduce``). Each contender's
-result is checked against the reference before it is timed.
+floor (one plain read of the input, e.g. ``np.add.reduce``). Each contender is
+called once before it is timed: that call compiles the Numba kernels it needs
+(outside the timed region) and its result is checked against the reference; a
+wrong result is reported instead of timed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import platform
+import shutil
 import statistics
 import time
 import tracemalloc
@@ -18,39 +22,129 @@ from typing import Callable
 
 import numpy as np
 
+FLOOR = "one read (floor)"
+
+
+class SkipWorkload(Exception):
+    """Raised by a workload's setup when it cannot run here (too little disk, a missing tool)."""
+
 
 @dataclasses.dataclass
 class Contender:
     name: str
-    run: Callable[[], object]
+    run: Callable[[], object] | None
     # Returns None if the result is acceptable, else a message. None = unchecked.
     check: Callable[[object], str | None] | None = None
     repeat: int = 5
     # Time it even when the check fails (a peer's recipe that stops short of the optimum):
     # the row then carries the check's message.
     time_if_wrong: bool = False
+    # run() makes this many calls: the table shows the time per call.
+    calls: int = 1
+    # Set (and run None) for a peer that is not installed: the row says so in one line.
+    skip_reason: str | None = None
+
+
+def missing(name: str, exc: BaseException) -> Contender:
+    """The row of a peer that cannot be imported."""
+    return Contender(name, None, skip_reason=f"not installed ({exc!s:.60})")
+
+
+@dataclasses.dataclass
+class Goal:
+    """One line of issue 13's table: ``value(times)`` (times by contender name, FLOOR included) against
+    ``limit``; ``now`` is the issue's measured value, quoted beside."""
+    label: str
+    value: Callable[[dict], float]
+    limit: float
+    op: str = "<="  # or ">="
+    unit: str = "x"
+    now: str = ""
+
+    def line(self, times: dict) -> str:
+        try:
+            v = float(self.value(times))
+        except (KeyError, ZeroDivisionError, TypeError):
+            v = float("nan")
+        if not math.isfinite(v):
+            return f"goal  {self.label}: not measured (goal {self.op} {self.limit:g}{self.unit})"
+        met = v <= self.limit if self.op == "<=" else v >= self.limit
+        now = f"; issue: {self.now}" if self.now else ""
+        return (f"goal  {self.label}: {v:.2f}{self.unit}  (goal {self.op} {self.limit:g}{self.unit}{now})  "
+                f"{'met' if met else 'NOT MET'}")
+
+
+def ratio_to_floor(name: str, label: str, limit: float, now: str = "", what: str = "one read") -> Goal:
+    return Goal(f"{label}, {name} / {what}", lambda t: t[name] / t[FLOOR], limit, now=now)
 
 
 @dataclasses.dataclass
 class Workload:
-    area: str  # "metrics", "calibrators", "uncertainty", "streaming", ...
+    area: str  # "metrics", "calibrators", "uncertainty", "streaming", "report", ...
     name: str
     setup: Callable[[], dict]  # builds the arrays; called once
     contenders: Callable[[dict], list[Contender]]  # built from the setup's dict
     floor: Callable[[dict], Callable[[], object]] | None = None  # one plain read
     notes: str = ""
+    goals: list[Goal] = dataclasses.field(default_factory=list)  # issue-13 goals measured by this workload
+    teardown: Callable[[dict], None] | None = None  # removes what setup made (files), always called
+    floor_name: str = "one read"
+    # Left out of a plain --quick run (kept when picked with --goals, --only or --match): for workloads whose
+    # fixed cost is seconds per call even at the smallest size.
+    slow: bool = False
 
 
-def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
+def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1, budget: float = math.inf) -> float:
+    """Median of ``repeat`` timed calls (after ``warmup`` untimed ones); stops early, after at least one
+    timed call, once ``budget`` seconds have been spent timing. The garbage collector runs once before and
+    is off during the calls (as in timeit: a full collection costs ~0.1 s once torch is imported)."""
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(max(1, repeat)):
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+    spent = 0.0
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(max(1, repeat)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+            spent += times[-1]
+            if spent >= budget:
+                break
+    finally:
+        gc.enable()
     return statistics.median(times)
+
+
+def free_disk_or_skip(directory: str, needed: int) -> None:
+    """Raise SkipWorkload unless ``directory`` has ``needed`` bytes free plus 1 GiB to spare."""
+    free = shutil.disk_usage(directory).free
+    if free < needed + 2**30:
+        raise SkipWorkload(f"needs {needed / 2**30:.1f} GiB + 1 GiB spare in {directory}, "
+                           f"{free / 2**30:.1f} GiB free")
+
+
+def realistic_logits(n: int, k: int, seed: int = 0, probabilities: bool = False):
+    """Labels drawn uniformly; float32 logits = 3 * N(0, 1) + 4 on the label column (or their softmax).
+
+    Informative and over-confident, as real classifiers are (random labels would drive a fitted
+    temperature to its bound). Built in chunks, so set-up memory stays small."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    scores = np.empty((n, k), dtype=np.float32)
+    step = max(1, (1 << 22) // k)
+    for i in range(0, n, step):
+        m = min(step, n - i)
+        z = rng.standard_normal((m, k), dtype=np.float32)
+        z *= 3.0
+        z[np.arange(m), labels[i:i + m]] += 4.0
+        if probabilities:
+            z -= z.max(axis=1, keepdims=True)
+            np.exp(z, out=z)
+            z /= z.sum(axis=1, keepdims=True)
+        scores[i:i + m] = z
+    return scores, labels
 
 
 def _proc_status(key: str) -> int:
@@ -99,46 +193,124 @@ def machine_line() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}"
 
 
-def run_workload(w: Workload, measure_memory: bool = True) -> list[dict]:
-    data = w.setup()
+def run_workload(w: Workload, measure_memory: bool = True, budget: float = math.inf,
+                 calibkit_only: bool = False) -> list[dict]:
+    """Rows {contender, time (per call), status, mem, note} of one workload; one "skipped" row when its
+    setup raises SkipWorkload. ``budget``: seconds of timed calls per contender (at least one call);
+    ``calibkit_only``: leave out the peers."""
+    try:
+        data = w.setup()
+    except SkipWorkload as exc:
+        return [{"contender": "(workload)", "time": float("nan"), "status": f"skipped: {exc}", "mem": None}]
+    try:
+        return _run(w, data, measure_memory, budget, calibkit_only)
+    finally:
+        if w.teardown is not None:
+            w.teardown(data)
+
+
+def _run(w, data, measure_memory, budget, calibkit_only=False):
     rows = []
-    floor_t = None
     if w.floor is not None:
-        floor_fn = w.floor(data)
-        floor_t = median_time(floor_fn, repeat=5)
-        rows.append({"contender": "one read (floor)", "time": floor_t, "status": "ok", "mem": None})
+        floor_t = median_time(w.floor(data), repeat=5, budget=budget)
+        rows.append({"contender": FLOOR, "time": floor_t, "status": "ok", "mem": None})
     for c in w.contenders(data):
+        if calibkit_only and not c.name.startswith("calibkit"):
+            continue
+        if c.skip_reason is not None:
+            rows.append({"contender": c.name, "time": float("nan"), "status": f"skipped: {c.skip_reason}",
+                         "mem": None})
+            continue
         try:
-            result = c.run()
+            result = c.run()  # the warm-up: compiles Numba kernels, outside the timed region
             msg = c.check(result) if c.check is not None else None
             if msg is not None and not c.time_if_wrong:
                 rows.append({"contender": c.name, "time": float("nan"), "status": f"WRONG: {msg}", "mem": None})
                 continue
-            t = median_time(c.run, repeat=c.repeat, warmup=0)
+            t = median_time(c.run, repeat=c.repeat, warmup=0, budget=budget) / c.calls
             mem = peak_extra_memory(c.run) if measure_memory else None
             rows.append({"contender": c.name, "time": t, "status": "ok", "mem": mem,
                          "note": None if msg is None else f"inexact: {msg}"})
-        except Exception as exc:  # a missing peer or a peer that fails on this input
-            rows.append({"contender": c.name, "time": float("nan"), "status": f"skipped: {exc!s:.80}", "mem": None})
+        except Exception as exc:  # a peer that fails on this input
+            rows.append({"contender": c.name, "time": float("nan"), "status": f"failed: {exc!s:.100}",
+                         "mem": None})
     return rows
 
 
-def format_rows(w: Workload, rows: list[dict], reference: str) -> str:
-    # The reference row: `reference` itself, else the first calibkit C++ row ("calibkit entropy (cpp)").
-    ref_name = next((r["contender"] for r in rows if r["contender"] == reference),
-                    next((r["contender"] for r in rows if r["contender"].startswith("calibkit")
-                          and r["contender"].endswith("(cpp)")), None))
-    ref = next((r["time"] for r in rows if r["contender"] == ref_name), float("nan"))
-    floor = next((r["time"] for r in rows if r["contender"] == "one read (floor)"), float("nan"))
+def torch_one_thread(fn: Callable[[], object]) -> Callable[[], object]:
+    """fn run with torch on one thread (restored after): for small batches, where torch's thread pool only
+    costs (it spin-waits, and on a loaded machine a call then takes milliseconds)."""
+    import torch
+
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
+def format_time(t: float) -> str:
+    if t >= 1.0:
+        return f"{t:.3f} s"
+    if t >= 1e-3:
+        return f"{t * 1e3:.2f} ms"
+    return f"{t * 1e6:.1f} us"
+
+
+def _reference_name(rows, reference):
+    names = [r["contender"] for r in rows if r["status"] == "ok"]
+    if reference in names:
+        return reference
+    return next((n for n in names if n.startswith("calibkit") and n.endswith("(cpp)")), None)
+
+
+def backend_pairs(rows) -> list[tuple[str, float]]:
+    """(name, numba time / cpp time) for each "X (cpp)" row with an "X (numba)" twin."""
+    t = {r["contender"]: r["time"] for r in rows if r["status"] == "ok"}
+    out = []
+    for name, v in t.items():
+        if name.endswith("(cpp)"):
+            twin = name[:-len("(cpp)")] + "(numba)"
+            if twin in t and v > 0:
+                out.append((name[:-len(" (cpp)")], t[twin] / v))
+    return out
+
+
+def format_rows(w: Workload, rows: list[dict], reference: str, numba_goal: float = 2.0) -> str:
+    """The workload's table: only columns that carry a number for some row, aligned; then the goal lines
+    and the Numba / C++ ratio of each pair of backend rows."""
+    ref_name = _reference_name(rows, reference)
+    ok = [r for r in rows if r["status"] == "ok"]
+    times = {r["contender"]: r["time"] for r in ok}
+    floor = times.get(FLOOR)
+    ref = times.get(ref_name)
+    columns = [("median", lambda r: format_time(r["time"]))]
+    if floor:
+        columns.append((f"x {w.floor_name}", lambda r: f"{r['time'] / floor:.2f}"))
+    if ref and any(r["contender"] not in (ref_name, FLOOR) for r in ok):
+        columns.append((f"x {ref_name}", lambda r: "" if r["contender"] == FLOOR else f"{r['time'] / ref:.2f}"))
+    if any(r.get("mem") is not None for r in ok):
+        columns.append(("peak extra MB", lambda r: "" if r.get("mem") is None else f"{r['mem'] / 2**20:.1f}"))
+    name_w = max([len("contender")] + [len(r["contender"]) for r in rows])
+    cells = [[f(r) for _, f in columns] for r in ok]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (h, _) in enumerate(columns)]
     out = [f"\n## {w.area}: {w.name}" + (f"  ({w.notes})" if w.notes else "")]
-    out.append(f"{'contender':<34} {'median s':>10} {'x floor':>8} {'vs ' + reference:>16} {'peak extra MB':>14}")
+    out.append("  ".join([f"{'contender':<{name_w}}"] + [f"{h:>{wd}}" for (h, _), wd in zip(columns, widths)]))
+    cell_of = {id(r): c for r, c in zip(ok, cells)}
     for r in rows:
-        t = r["time"]
         if r["status"] != "ok":
-            out.append(f"{r['contender']:<34} {r['status']}")
+            out.append(f"{r['contender']:<{name_w}}  {r['status']}")
             continue
-        mem = "" if r["mem"] is None else f"{r['mem'] / 2**20:.2f}"
-        ratio = t / ref if ref == ref and ref > 0 else float("nan")
         note = f"  ({r['note']})" if r.get("note") else ""
-        out.append(f"{r['contender']:<34} {t:>10.4f} {t / floor:>8.2f} {ratio:>15.2f}x {mem:>14}{note}")
+        out.append("  ".join([f"{r['contender']:<{name_w}}"]
+                             + [f"{c:>{wd}}" for c, wd in zip(cell_of[id(r)], widths)]) + note)
+    for g in w.goals:
+        out.append(g.line(times))
+    for name, ratio in backend_pairs(rows):
+        what = w.name if name == "calibkit" else f"{w.name}: {name}"
+        out.append(f"goal  numba / cpp, {what}: {ratio:.2f}x  (goal <= {numba_goal:g}x; issue: 1.8-6.4x)  "
+                   f"{'met' if ratio <= numba_goal else 'NOT MET'}")
     return "\n".join(out)

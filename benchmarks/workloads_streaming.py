@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import Contender, Workload
+from harness import Contender, Goal, Workload, missing, realistic_logits, torch_one_thread
 
 N_BINS = 15
 
 
 def _make(n, k, seed=0):
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((n, k), dtype=np.float32) * 2.5
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    probs = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-    return {"probs": probs, "labels": rng.integers(0, k, n), "k": k}
+    probs, labels = realistic_logits(n, k, seed, probabilities=True)
+    return {"probs": probs, "labels": labels, "k": k}
 
 
 def _stream(d, batch, bootstrap=0, backend="cpp"):
@@ -53,41 +50,45 @@ def _update_contenders(d, batch=1024):
             return m.compute().item()
 
         out.append(Contender("torchmetrics MulticlassCalibrationError", torchmetrics_stream, close(1e-4), repeat=3))
-    except ImportError:
-        pass
+    except ImportError as exc:
+        out.append(missing("torchmetrics", exc))
     return out
 
 
-def _tiny_contenders(d):
+def _tiny_contenders(d, calls=200):
     import calibkit
 
     p, y = d["probs"][:8], d["labels"][:8]
-    acc = calibkit.CalibrationAccumulator(N_BINS)
-    acc_numba = calibkit.CalibrationAccumulator(N_BINS, backend="numba")
-    acc_numba.update(p, y)
+    want = calibkit.ece(p.astype(np.float64), y, n_bins=N_BINS)
 
-    def loop(a):
+    def close(rel):
+        return lambda got: None if abs(got - want) <= rel * want else f"{got!r} != {want!r}"
+
+    def ours(backend):
+        acc = calibkit.CalibrationAccumulator(N_BINS, backend=backend)
+
         def run():
-            for _ in range(1000):
-                a.update(p, y)
+            for _ in range(calls):
+                acc.update(p, y)
+            return acc.compute().ece
         return run
 
-    out = [Contender("calibkit (cpp), 1000 updates", loop(acc), repeat=5),
-           Contender("calibkit (numba), 1000 updates", loop(acc_numba), repeat=5)]
+    out = [Contender(f"calibkit ({b})", ours(b), close(1e-9), repeat=5, calls=calls) for b in ("cpp", "numba")]
     try:
         import torch
         from torchmetrics.classification import MulticlassCalibrationError
 
-        m = MulticlassCalibrationError(num_classes=d["k"], n_bins=N_BINS)
         tp, ty = torch.from_numpy(p), torch.from_numpy(y)
 
         def tm():
-            for _ in range(1000):
+            m = MulticlassCalibrationError(num_classes=d["k"], n_bins=N_BINS)
+            for _ in range(calls):
                 m.update(tp, ty)
+            return m.compute().item()
 
-        out.append(Contender("torchmetrics, 1000 updates", tm, repeat=5))
-    except ImportError:
-        pass
+        out.append(Contender("torchmetrics", torch_one_thread(tm), close(1e-5), repeat=5, calls=calls))
+    except ImportError as exc:
+        out.append(missing("torchmetrics", exc))
     return out
 
 
@@ -114,14 +115,64 @@ def _merge_contenders(d):
             Contender("to_bytes + from_bytes, 100 states", round_trip)]
 
 
+def _batch_contenders(d, calls=50):
+    """One update of a 1024-row batch, per call: calibkit's accumulator (state: bin sums) against torchmetrics'
+    stateful metric (state: every prediction, appended; torch on one thread, its fastest for such batches).
+    Each is checked, after its updates, against the ECE of the batch."""
+    import calibkit
+
+    p, y = d["probs"], d["labels"]
+    want = calibkit.ece(p.astype(np.float64), y, n_bins=N_BINS)
+
+    def close(rel):
+        return lambda got: None if abs(got - want) <= rel * want else f"{got!r} != {want!r}"
+
+    def ours(backend):
+        acc = calibkit.CalibrationAccumulator(N_BINS, backend=backend)
+
+        def run():
+            for _ in range(calls):
+                acc.update(p, y)
+            return acc.compute().ece  # the same batch repeated: the same ECE
+        return run
+
+    out = [Contender(f"calibkit update ({b})", ours(b), close(1e-9), repeat=5, calls=calls) for b in ("cpp", "numba")]
+    try:
+        import torch
+        from torchmetrics.classification import MulticlassCalibrationError
+
+        tp, ty = torch.from_numpy(p), torch.from_numpy(y)
+
+        def tm():
+            m = MulticlassCalibrationError(num_classes=d["k"], n_bins=N_BINS)  # default: validate_args=True
+            for _ in range(calls):
+                m.update(tp, ty)
+            return m.compute().item()
+
+        out.append(Contender("torchmetrics MulticlassCalibrationError.update", torch_one_thread(tm), close(1e-5),
+                             repeat=5, calls=calls))
+    except ImportError as exc:
+        out.append(missing("torchmetrics", exc))
+    return out
+
+
+def _update_goal():
+    tm, ours = "torchmetrics MulticlassCalibrationError.update", "calibkit update (cpp)"
+    return Goal("CalibrationAccumulator.update 1024 x 10, torchmetrics time / calibkit (cpp) time",
+                lambda t: t[tm] / t[ours], 10.0, op=">=", now="1.5x (64-100 us per call)")
+
+
 def workloads(quick: bool = False) -> list[Workload]:
-    n = 100_000 if quick else 1_000_000
+    n = 50_000 if quick else 1_000_000
     return [
+        Workload("streaming", "update of one batch of 1024 x K=10 float32 probabilities (time per call)",
+                 lambda: _make(1024, 10), _batch_contenders,
+                 lambda d: (lambda: np.add.reduce(d["probs"], axis=None)), goals=[_update_goal()]),
         Workload("streaming", f"update in batches of 1024 + compute, N={n:,} x K=10 float32",
                  lambda: _make(n, 10), _update_contenders,
                  lambda d: (lambda: np.add.reduce(d["probs"], axis=None))),
-        Workload("streaming", "1000 updates of 8 rows (per-call overhead = time / 1000)", lambda: _make(8, 10),
+        Workload("streaming", "update of 8 rows x K=10 (time per call: the fixed overhead)", lambda: _make(8, 10),
                  _tiny_contenders),
         Workload("streaming", "merge 1000 states and compute; to_bytes/from_bytes round trips",
-                 lambda: _make(100_000, 10), _merge_contenders),
+                 lambda: _make(20_000 if quick else 100_000, 10), _merge_contenders),
     ]

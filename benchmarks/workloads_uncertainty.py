@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import Contender, Workload
+from harness import Contender, Workload, missing
 
 
 def _close(want, rtol=1e-9, atol=1e-12):
@@ -88,8 +88,8 @@ def _scores_contenders(d):
                         "entropy": (-(p * lp).sum(dim=1)).numpy(), "energy": (-lse).numpy()}
 
         out.append(Contender("PyTorch 4 scores (float32)", torch_four, _close(want, rtol=1e-4, atol=1e-4)))
-    except ImportError:
-        pass
+    except ImportError as exc:
+        out.append(missing("PyTorch", exc))
     return out
 
 
@@ -146,8 +146,8 @@ def _decompose_contenders(d):
                         "epistemic": (total - aleatoric).numpy()}
 
         out.append(Contender("PyTorch xlogy (float32)", torch_recipe, _close(want, rtol=1e-3, atol=1e-4)))
-    except ImportError:
-        pass
+    except ImportError as exc:
+        out.append(missing("PyTorch", exc))
     return out
 
 
@@ -174,8 +174,8 @@ def _auroc_contenders(d):
         from sklearn.metrics import roc_auc_score
 
         out.append(Contender("sklearn roc_auc_score", lambda: roc_auc_score(y, s), _close(want), repeat=3))
-    except ImportError:
-        pass
+    except ImportError as exc:
+        out.append(missing("scikit-learn", exc))
     try:
         import torch
         from torchmetrics.functional.classification import binary_auroc
@@ -183,8 +183,8 @@ def _auroc_contenders(d):
         ts, ty = torch.from_numpy(s), torch.from_numpy(y.astype(np.int64))
         out.append(Contender("torchmetrics binary_auroc (exact)", lambda: float(binary_auroc(ts, ty)),
                              _close(want, rtol=1e-6), repeat=3))
-    except ImportError:
-        pass
+    except ImportError as exc:
+        out.append(missing("torchmetrics", exc))
     return out
 
 
@@ -242,15 +242,16 @@ def _confidence_contenders(d):
 
         out.append(Contender("PyTorch forward + backward (float32)", torch_autograd,
                              _close(ref.grad_in, rtol=1e-4, atol=1e-8)))
-    except ImportError:
-        pass
+    except ImportError as exc:
+        out.append(missing("PyTorch", exc))
     return out
 
 
 def workloads(quick: bool = False) -> list[Workload]:
-    n, k = (20_000, 1000) if quick else (200_000, 1000)
-    S, ns, ks = (20, 10_000, 100) if quick else (20, 100_000, 100)
-    n_auc = 1_000_000 if quick else 10_000_000
+    n, k = (2_000, 1000) if quick else (200_000, 1000)
+    S, ns, ks = (10, 2_000, 100) if quick else (20, 100_000, 100)
+    n_auc = 100_000 if quick else 10_000_000
+    n_conf = 1024 if quick else 8192
     return [
         Workload("uncertainty", f"per-sample scores, N={n:,} x K={k} float32 logits", lambda: _logits(n, k),
                  _scores_contenders, lambda d: (lambda: np.add.reduce(d["logits"], axis=None))),
@@ -262,7 +263,7 @@ def workloads(quick: bool = False) -> list[Workload]:
                  lambda d: (lambda: (np.add.reduce(d["in"]), np.add.reduce(d["out"])))),
         Workload("uncertainty", f"AURC, {n_auc:,} float64 confidences", lambda: _selective(n_auc), _aurc_contenders,
                  lambda d: (lambda: np.add.reduce(d["conf"]))),
-        Workload("uncertainty", "confidence loss + gradients, 8192 in + 8192 out rows x K=1000 float32",
-                 lambda: _confidence_inputs(8192, 8192, 1000), _confidence_contenders,
+        Workload("uncertainty", f"confidence loss + gradients, {n_conf} in + {n_conf} out rows x K=1000 float32",
+                 lambda: _confidence_inputs(n_conf, n_conf, 1000), _confidence_contenders,
                  lambda d: (lambda: (np.add.reduce(d["zi"], axis=None), np.add.reduce(d["zo"], axis=None)))),
     ]
