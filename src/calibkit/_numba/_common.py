@@ -100,21 +100,21 @@ _L9, _L7, _L5, _L3 = F32(1.0 / 9.0), F32(1.0 / 7.0), F32(1.0 / 5.0), F32(1.0 / 3
 
 
 @intrinsic
-def _i32_as_f32(typingctx, x):
-    """The float32 whose bits are the low 32 bits of the integer x (a bitcast)."""
-    if not isinstance(x, types.Integer):
+def _pow2_f32(typingctx, n):
+    """2^n as float32 for an integral float32 n in [-126, 127]: (n + 127) << 23 as the bits of a float, in
+    32-bit integers (as simd.hpp does), so that LLVM vectorises it."""
+    if n != types.float32:
         return None
 
     def codegen(context, builder, signature, args):
-        v = args[0]
-        if x.bitwidth > 32:
-            v = builder.trunc(v, ir.IntType(32))
-        return builder.bitcast(v, ir.FloatType())
+        i32 = ir.IntType(32)
+        bits = builder.shl(builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127)), ir.Constant(i32, 23))
+        return builder.bitcast(bits, ir.FloatType())
 
-    return types.float32(x), codegen
+    return types.float32(types.float32), codegen
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always", **JIT)
 def exp_f32(x):
     """exp(x) for float32 x <= 0 (see simd.hpp)."""
     x = x if x > _EXP_MIN else _EXP_MIN
@@ -131,7 +131,7 @@ def exp_f32(x):
     p = _ONE + r * p
     # 2^n (n in [-126, 0]) exactly, built in the exponent bits as in simd.hpp: straight-line code that
     # LLVM vectorises in the kernels' lane loops.
-    return p * _i32_as_f32((int(n) + 127) << 23)
+    return p * _pow2_f32(n)
 
 
 @numba.njit(**JIT)

@@ -88,13 +88,32 @@ def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out):
     a multiple of 8 elements, the padding set to 0), element k in lane k % 8, float partial sums flushed into
     double lanes every FLUSH elements. Same bits as the C++ kernel."""
     K = scores.shape[1]
-    best = F32_LOWEST
-    chk = F32(0.0)
-    for k in range(K):
+    # Eight independent lane maxima (order-free: the maximum is exact) so that LLVM vectorises the loop;
+    # `bad` counts the NaN / inf elements.
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = F32_LOWEST
+    bad = 0
+    K8 = K - K % 8
+    for k0 in range(0, K8, 8):
+        v0, v1 = F32(load(scores[i, k0], table)), F32(load(scores[i, k0 + 1], table))
+        v2, v3 = F32(load(scores[i, k0 + 2], table)), F32(load(scores[i, k0 + 3], table))
+        v4, v5 = F32(load(scores[i, k0 + 4], table)), F32(load(scores[i, k0 + 5], table))
+        v6, v7 = F32(load(scores[i, k0 + 6], table)), F32(load(scores[i, k0 + 7], table))
+        m0 = m0 if m0 > v0 else v0
+        m1 = m1 if m1 > v1 else v1
+        m2 = m2 if m2 > v2 else v2
+        m3 = m3 if m3 > v3 else v3
+        m4 = m4 if m4 > v4 else v4
+        m5 = m5 if m5 > v5 else v5
+        m6 = m6 if m6 > v6 else v6
+        m7 = m7 if m7 > v7 else v7
+        bad += (((v0 - v0) != 0) | ((v1 - v1) != 0) | ((v2 - v2) != 0) | ((v3 - v3) != 0)
+                | ((v4 - v4) != 0) | ((v5 - v5) != 0) | ((v6 - v6) != 0) | ((v7 - v7) != 0))
+    for k in range(K8, K):
         v = F32(load(scores[i, k], table))
-        best = best if best > v else v
-        chk += v - v  # NaN from a NaN or inf on
-    if chk != 0.0:
+        m0 = m0 if m0 > v else v
+        bad += (v - v) != 0
+    best = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    if bad != 0:
         for k in range(K):
             v = load(scores[i, k], table)
             if not is_finite(v):
