@@ -13,7 +13,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cfloat>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -414,10 +416,125 @@ CALIBKIT_INLINE bool summarize_logit_row(const Matrix<T>& s, const simd::TailMas
     return true;
 }
 
+// Float32 / float16 logit rows: the single-precision path. Read 1 (from memory):
+// the maximum and the finiteness check on 8 float lanes; the argmax is then the
+// first element equal to the maximum (a short scan of the row, now in cache).
+// Read 2 (from cache): e_k = exp_f32(b (z_k - max)) in float (relative error
+// < 2.5e-7, the size of the input's own rounding; one exp per logit), summed
+// (and squared) in float partials of at most 8 terms per lane that are flushed
+// into double lanes every kRowFlushOctets octets. Element k is lane k mod 8; the
+// last octet of a row is padded (its pad lanes add 0), so the Numba twin adds
+// the same numbers in the same order. Store: the e_k go to `row_out` (a float
+// buffer of a multiple of 8 elements; the pad lanes get 0).
+constexpr int64_t kRowFlushOctets = 8;  // the same as uncertainty.hpp's kFlushOctets
+
+template <class T, bool Contiguous, class V, bool Store>
+CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_t label, bool with_nll, double inv_t,
+                                           RowSummary& out, Status& st, float* row_out) {
+    using namespace simd;
+    typedef typename V::fw F;
+    typedef typename V::iw I;
+    constexpr int G = FOctet<V>::n, L = 2 * V::width;
+    const RowReader<T, Contiguous> r{reinterpret_cast<const char*>(s.row(i)), s.col_stride};
+    const int64_t K = s.cols, rest = K % 8, full = K - rest;
+    const F zero = splat_f<F>(0.0f), lowest = splat_f<F>(-FLT_MAX);
+    F mx[G], chk[G];
+    for (int g = 0; g < G; ++g) {
+        mx[g] = lowest;
+        chk[g] = zero;
+    }
+    for (int64_t k = 0; k < full; k += 8) {
+        const FOctet<V> o = r.template foctet<V>(k);
+        for (int g = 0; g < G; ++g) {
+            mx[g] = vmax(mx[g], o.v[g]);
+            chk[g] += o.v[g] - o.v[g];  // 0, or NaN from then on once a NaN or inf was met
+        }
+    }
+    if (rest) {
+        const FOctet<V> o = r.template partial_foctet<V>(full, rest, -FLT_MAX);
+        for (int g = 0; g < G; ++g) {
+            mx[g] = vmax(mx[g], o.v[g]);
+            chk[g] += o.v[g] - o.v[g];
+        }
+    }
+    I bad = chk[0] != zero;
+    for (int g = 1; g < G; ++g) bad |= chk[g] != zero;
+    bool any_bad = false;
+    for (int j = 0; j < L; ++j) any_bad |= bad[j] != 0;
+    if (any_bad) {
+        report_bad_element(r, i, K, true, st);
+        return false;
+    }
+    float best = mx[0][0];
+    for (int g = 0; g < G; ++g)
+        for (int j = 0; j < L; ++j) best = mx[g][j] > best ? mx[g][j] : best;
+    // The first index holding the maximum (NumPy's rule): skip octets without it.
+    int64_t arg = 0;
+    {
+        const F target = splat_f<F>(best);
+        for (; arg < full; arg += 8) {
+            const FOctet<V> o = r.template foctet<V>(arg);
+            I hit = o.v[0] == target;
+            for (int g = 1; g < G; ++g) hit |= o.v[g] == target;
+            bool found = false;
+            for (int j = 0; j < L; ++j) found |= hit[j] != 0;
+            if (found) break;
+        }
+        while (r.atf(arg) != best) ++arg;
+    }
+    const float bf = static_cast<float>(inv_t);
+    const F shift = splat_f<F>(best), b = splat_f<F>(bf);
+    Octet<V> sum, sq;
+    for (int g = 0; g < Octet<V>::n; ++g) sum.v[g] = sq.v[g] = splat<typename V::d>(0.0);
+    FOctet<V> ps, pq;
+    for (int g = 0; g < G; ++g) ps.v[g] = pq.v[g] = zero;
+    int64_t octet = 1;
+    for (int64_t k = 0; k < full; k += 8, ++octet) {
+        const FOctet<V> o = r.template foctet<V>(k);
+        for (int g = 0; g < G; ++g) {
+            const F e = exp_f32<V>(b * (o.v[g] - shift));
+            ps.v[g] += e;
+            pq.v[g] += e * e;
+            if constexpr (Store) std::memcpy(row_out + k + g * L, &e, sizeof e);
+        }
+        if (octet % kRowFlushOctets == 0) {
+            flush_float_octet<V>(sum, ps);
+            flush_float_octet<V>(sq, pq);
+        }
+    }
+    if (rest) {
+        const FOctet<V> o = r.template partial_foctet<V>(full, rest, 0.0f);
+        for (int g = 0; g < G; ++g) {
+            I valid;
+            for (int j = 0; j < L; ++j) valid[j] = g * L + j < rest ? -1 : 0;
+            const F e = select_f(valid, exp_f32<V>(b * (o.v[g] - shift)), zero);
+            ps.v[g] += e;
+            pq.v[g] += e * e;
+            if constexpr (Store) std::memcpy(row_out + full + g * L, &e, sizeof e);
+        }
+    }
+    flush_float_octet<V>(sum, ps);
+    flush_float_octet<V>(sq, pq);
+    const double total = octet_sum(sum);  // >= 1: the maximum adds exp_f32(0) = 1
+    out.argmax = arg;
+    out.confidence = 1.0 / total;
+    out.p_label = static_cast<double>(exp_f32(bf * (r.atf(label) - best))) / total;
+    out.sum_sq = octet_sum(sq) / (total * total);
+    out.nll = with_nll ? std::log(total) - inv_t * (r.at(label) - static_cast<double>(best)) : 0.0;
+    return true;
+}
+
 template <class T, class V, bool Store>
 CALIBKIT_INLINE bool summarize_row(const Matrix<T>& s, const simd::TailMask<V>& tail, int64_t i, int64_t label,
                                    bool from_logits, double nll_eps, bool with_nll, double inv_t, RowSummary& out,
-                                   Status& st, double* row_out) {
+                                   Status& st, double* row_out, float* frow_out) {
+    if constexpr (!std::is_same<T, double>::value) {
+        if (from_logits)
+            return s.row_contiguous()
+                       ? summarize_logit_row_f<T, true, V, Store>(s, i, label, with_nll, inv_t, out, st, frow_out)
+                       : summarize_logit_row_f<T, false, V, Store>(s, i, label, with_nll, inv_t, out, st, frow_out);
+    }
+    (void)frow_out;
     if (s.row_contiguous()) {
         return from_logits
                    ? summarize_logit_row<T, true, V, Store>(s, tail, i, label, with_nll, inv_t, out, st, row_out)
@@ -566,17 +683,23 @@ struct ClasswiseSpec {
 };
 
 // Per-chunk scratch of the class-wise path: one row of probabilities (or
-// exponentials) and the bin-0 sums of each class.
+// exponentials; `frow` for the float logit path, padded to a multiple of 8) and
+// the bin-0 sums of each class. Bin 0's count is not kept per element: it is the
+// chunk's row count minus the other bins' counts (exact integers).
 struct ClasswiseScratch {
     std::vector<double> row, sum0, weight0;
-    std::vector<int64_t> count0;
-    explicit ClasswiseScratch(int64_t K) : row(K), sum0(K, 0.0), weight0(K, 0.0), count0(K, 0) {}
+    std::vector<float> frow;
+    int64_t rows = 0;  // rows of the chunk added so far
+    explicit ClasswiseScratch(int64_t K)
+        : row(K), sum0(K, 0.0), weight0(K, 0.0), frow(K > 0 ? static_cast<size_t>((K + 7) / 8 * 8) : 0, 0.0f) {}
 
     // Bin 0 of each class into the chunk's bins (which held nothing there yet).
     void fold_into(BinSums& bins, int64_t M, bool weighted) const {
-        for (size_t k = 0; k < count0.size(); ++k) {
+        for (size_t k = 0; k < sum0.size(); ++k) {
             const size_t at = k * static_cast<size_t>(M);
-            bins.count[at] += count0[k];
+            int64_t others = 0;
+            for (int64_t m = 1; m < M; ++m) others += bins.count[at + static_cast<size_t>(m)];
+            bins.count[at] += rows - others;
             bins.sum_score[at] += sum0[k];
             if (weighted) bins.weight[at] += weight0[k];
         }
@@ -587,90 +710,88 @@ struct ClasswiseScratch {
 };
 
 // One row's class-wise update: p_k = e[k] * scale (scale = 1 / sum of the row's
-// exponentials for logits, 1 for probabilities). Shared: one set of edges for all
-// classes. An octet whose eight p_k all fall in bin 0 costs a few vector
-// operations; the others go element by element.
-template <class V, bool Weighted, bool Shared>
+// exponentials for logits, 1 for probabilities; e is double, or float from the
+// float logit path). Shared: one set of edges for all classes. An octet whose
+// eight p_k all fall in bin 0 costs a few vector operations (its sums only: bin
+// 0's count is implied, see ClasswiseScratch); the others go element by element.
+template <class V, bool Weighted, bool Shared, class E>
 CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc, BinSums& bins, int64_t K,
-                                   int64_t y, double w, double scale) {
+                                   int64_t y, double w, double scale, const E* e) {
     using namespace simd;
     typedef typename V::d D;
     typedef typename V::i I;
     constexpr int W = V::width, G = 8 / W;
     const int64_t M = cw.n_bins;
-    const double* e = sc.row.data();
     const double* upper = cw.bin0_upper.data();
     double* sum0 = sc.sum0.data();
     double* weight0 = sc.weight0.data();
-    int64_t* count0 = sc.count0.data();
-    const auto add = [&](int64_t k, double p) {
-        if (p <= upper[k]) {
-            sum0[k] += Weighted ? w * p : p;
-            count0[k] += 1;
-            if (Weighted) weight0[k] += w;
-            return;
-        }
+    sc.rows += 1;
+    const auto add_above = [&](int64_t k, double p) {  // p above bin 0's upper edge
         const int64_t at = k * M + (Shared ? cw.edges[0] : cw.of(k)).bin(p);
         bins.count[at] += 1;
         bins.sum_score[at] += Weighted ? w * p : p;
         if (Weighted) bins.weight[at] += w;
     };
-    const D vs = splat<D>(scale), vw = splat<D>(w);
+    const auto add = [&](int64_t k, double p) {
+        if (p <= upper[k]) {
+            sum0[k] += Weighted ? w * p : p;
+            if (Weighted) weight0[k] += w;
+            return;
+        }
+        add_above(k, p);
+    };
+    const D vs = splat<D>(scale), vw = splat<D>(w), zero = splat<D>(0.0);
     const D shared_upper = splat<D>(upper[0]);
     const int64_t K8 = K - K % 8;
     for (int64_t k = 0; k < K8; k += 8) {
-        D p[G], t[G];
-        I first[G];
+        // Bin 0's sums take every element of the octet, those above it adding 0 (which leaves
+        // a sum of non-negative terms unchanged); the elements above go one by one.
+        D p[G];
+        I above[G];
         for (int g = 0; g < G; ++g) {
-            std::memcpy(&p[g], e + k + g * W, sizeof p[g]);
-            p[g] = p[g] * vs;
+            p[g] = GroupLoad<E, V>::contiguous(e + k + g * W) * vs;
+            D t;
             if constexpr (Shared) {
-                t[g] = shared_upper;
+                t = shared_upper;
             } else {
-                std::memcpy(&t[g], upper + k + g * W, sizeof t[g]);
+                std::memcpy(&t, upper + k + g * W, sizeof t);
             }
-            first[g] = p[g] <= t[g];
-        }
-        I all = first[0];
-        for (int g = 1; g < G; ++g) all &= first[g];
-        bool every = true;
-        for (int j = 0; j < W; ++j) every &= all[j] != 0;
-        if (!every) {  // rare: some element of the octet is above bin 0
-            for (int g = 0; g < G; ++g)
-                for (int j = 0; j < W; ++j) add(k + g * W + j, p[g][j]);
-            continue;
-        }
-        for (int g = 0; g < G; ++g) {
+            above[g] = ~(p[g] <= t);
             D s0;
-            I c0;
             std::memcpy(&s0, sum0 + k + g * W, sizeof s0);
-            std::memcpy(&c0, count0 + k + g * W, sizeof c0);
-            s0 += Weighted ? p[g] * vw : p[g];
-            c0 += 1;
+            s0 += select(above[g], zero, Weighted ? p[g] * vw : p[g]);
             std::memcpy(sum0 + k + g * W, &s0, sizeof s0);
-            std::memcpy(count0 + k + g * W, &c0, sizeof c0);
             if constexpr (Weighted) {
                 D w0;
                 std::memcpy(&w0, weight0 + k + g * W, sizeof w0);
-                w0 += vw;
+                w0 += select(above[g], zero, vw);
                 std::memcpy(weight0 + k + g * W, &w0, sizeof w0);
             }
         }
+        I any = above[0];
+        for (int g = 1; g < G; ++g) any |= above[g];
+        bool some = false;
+        for (int j = 0; j < W; ++j) some |= any[j] != 0;
+        if (some)  // rare: some element of the octet is above bin 0
+            for (int g = 0; g < G; ++g)
+                for (int j = 0; j < W; ++j)
+                    if (above[g][j]) add_above(k + g * W + j, p[g][j]);
     }
-    for (int64_t k = K8; k < K; ++k) add(k, e[k] * scale);
-    bins.sum_target[static_cast<size_t>(y * M + cw.of(y).bin(e[y] * scale))] += w;
+    for (int64_t k = K8; k < K; ++k) add(k, static_cast<double>(e[k]) * scale);
+    const double py = static_cast<double>(e[y]) * scale;
+    bins.sum_target[static_cast<size_t>(y * M + cw.of(y).bin(py))] += w;
 }
 
-template <class V>
+template <class V, class E>
 CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc, BinSums& bins, int64_t K,
-                                   int64_t y, double w, bool weighted, double scale) {
+                                   int64_t y, double w, bool weighted, double scale, const E* e) {
     const bool shared = cw.edges.size() == 1;
     if (weighted) {
-        shared ? classwise_row<V, true, true>(cw, sc, bins, K, y, w, scale)
-               : classwise_row<V, true, false>(cw, sc, bins, K, y, w, scale);
+        shared ? classwise_row<V, true, true>(cw, sc, bins, K, y, w, scale, e)
+               : classwise_row<V, true, false>(cw, sc, bins, K, y, w, scale, e);
     } else {
-        shared ? classwise_row<V, false, true>(cw, sc, bins, K, y, w, scale)
-               : classwise_row<V, false, false>(cw, sc, bins, K, y, w, scale);
+        shared ? classwise_row<V, false, true>(cw, sc, bins, K, y, w, scale, e)
+               : classwise_row<V, false, false>(cw, sc, bins, K, y, w, scale, e);
     }
 }
 
@@ -741,6 +862,7 @@ inline void top_label_rows(const TopLabelArgs<T>& a, BinningResult& part, int64_
     const int64_t K = a.scores.cols;
     const bool binned = a.edges.n_bins > 0;
     const bool weighted = a.weights.present();
+    constexpr bool single = !std::is_same<T, double>::value;  // float logit rows: summarize_logit_row_f
     RowSummary row;
     LaneBins bins(a.edges.n_bins);
     ClasswiseScratch scratch(Classwise ? K : 0);
@@ -783,7 +905,8 @@ inline void top_label_rows(const TopLabelArgs<T>& a, BinningResult& part, int64_
                 accumulate_row(a, part, bins, rows[j], ys[j], ws[j], bin_of[j], row);
                 if constexpr (Classwise) {
                     const double scale = short_row_values(a.scores, rows[j], a.from_logits, a.inv_t, scratch);
-                    classwise_row<V>(a.classwise, scratch, part.classwise, K, ys[j], ws[j], weighted, scale);
+                    classwise_row<V>(a.classwise, scratch, part.classwise, K, ys[j], ws[j], weighted, scale,
+                                     scratch.row.data());
                 }
             }
         }
@@ -794,12 +917,17 @@ inline void top_label_rows(const TopLabelArgs<T>& a, BinningResult& part, int64_
             double w;
             if (!row_meta(a, part, i, y, w)) continue;
             if (!summarize_row<T, V, Classwise>(a.scores, tail, i, y, a.from_logits, a.nll_eps, a.with_nll, a.inv_t,
-                                                row, part.status, scratch.row.data()))
+                                                row, part.status, scratch.row.data(), scratch.frow.data()))
                 continue;
             accumulate_row(a, part, bins, i, y, w, binned ? a.edges.bin(row.confidence) : 0, row);
-            if constexpr (Classwise)  // confidence = 1 / sum of the row's exponentials
-                classwise_row<V>(a.classwise, scratch, part.classwise, K, y, w, weighted,
-                                 a.from_logits ? row.confidence : 1.0);
+            if constexpr (Classwise) {  // confidence = 1 / sum of the row's exponentials
+                if (single && a.from_logits)
+                    classwise_row<V>(a.classwise, scratch, part.classwise, K, y, w, weighted, row.confidence,
+                                     scratch.frow.data());
+                else
+                    classwise_row<V>(a.classwise, scratch, part.classwise, K, y, w, weighted,
+                                     a.from_logits ? row.confidence : 1.0, scratch.row.data());
+            }
         }
     }
     bins.fold_into(part.bins);

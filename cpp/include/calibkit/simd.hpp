@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "common.hpp"
 
@@ -287,6 +288,27 @@ CALIBKIT_INLINE double octet_sum(const Octet<V>& o) {
     }
 }
 
+// Eight consecutive elements of a float32 / float16 row as 8 / (2 W) registers
+// of 2 W float lanes (one AVX2 register, two SSE2 ones). Element j is lane j.
+template <class V>
+struct FOctet {
+    static constexpr int n = 8 / (2 * V::width);
+    typename V::fw v[n];
+};
+
+// acc += the float partial sums `part` (lane j to lane j, widened to double); part = 0.
+// Float partials flushed this way every few octets keep long sums in double.
+template <class V>
+CALIBKIT_INLINE void flush_float_octet(Octet<V>& acc, FOctet<V>& part) {
+    for (int g = 0; g < FOctet<V>::n; ++g) {
+        typename V::d lo, hi;
+        widen<V>(part.v[g], lo, hi);
+        acc.v[2 * g] += lo;
+        acc.v[2 * g + 1] += hi;
+        part.v[g] = splat_f<typename V::fw>(0.0f);
+    }
+}
+
 template <class T, class V>
 struct GroupLoad {
     CALIBKIT_INLINE static typename V::d contiguous(const T* p) {
@@ -321,6 +343,32 @@ struct RowReader {
     int64_t stride;
 
     CALIBKIT_INLINE double at(int64_t k) const { return load(reinterpret_cast<const T*>(base + k * stride)); }
+    // float32 / float16 rows only: element k as float (exact).
+    CALIBKIT_INLINE float atf(int64_t k) const { return load_float(reinterpret_cast<const T*>(base + k * stride)); }
+
+    // float32 / float16 rows only: elements k..k+7 as floats.
+    template <class V>
+    CALIBKIT_INLINE FOctet<V> foctet(int64_t k) const {
+        FOctet<V> o;
+        if constexpr (Contiguous && std::is_same<T, float>::value) {
+            std::memcpy(&o.v[0], reinterpret_cast<const float*>(base) + k, sizeof o.v);
+        } else {
+            for (int g = 0; g < FOctet<V>::n; ++g)
+                for (int j = 0; j < 2 * V::width; ++j) o.v[g][j] = atf(k + g * 2 * V::width + j);
+        }
+        return o;
+    }
+    // Elements k..k+n-1 (n < 8) in lanes 0..n-1, `pad` elsewhere.
+    template <class V>
+    CALIBKIT_INLINE FOctet<V> partial_foctet(int64_t k, int64_t n, float pad) const {
+        FOctet<V> o;
+        for (int g = 0; g < FOctet<V>::n; ++g)
+            for (int j = 0; j < 2 * V::width; ++j) {
+                const int lane = g * 2 * V::width + j;
+                o.v[g][j] = lane < n ? atf(k + lane) : pad;
+            }
+        return o;
+    }
 
     template <class V>
     CALIBKIT_INLINE Octet<V> octet(int64_t k) const {

@@ -15,7 +15,8 @@ import types as pytypes
 import numba
 import numpy as np
 from numba import types
-from numba.extending import overload
+from llvmlite import ir
+from numba.extending import intrinsic, overload
 
 from .. import _backend
 
@@ -93,13 +94,27 @@ LN2_HI = F32(0.693145751953125)
 LN2_LO = F32(0.6931471805599453 - 0.693145751953125)
 _E6, _E5, _E4, _E3, _E2 = F32(1.0 / 720.0), F32(1.0 / 120.0), F32(1.0 / 24.0), F32(1.0 / 6.0), F32(0.5)
 _ONE = F32(1.0)
-_TWO_M63 = 2.0 ** -63
 _HALF = F32(0.5)
 _SQRT2 = F32(1.4142135623730951)
 _L9, _L7, _L5, _L3 = F32(1.0 / 9.0), F32(1.0 / 7.0), F32(1.0 / 5.0), F32(1.0 / 3.0)
 
 
-@numba.njit(**JIT)
+@intrinsic
+def _pow2_f32(typingctx, n):
+    """2^n as float32 for an integral float32 n in [-126, 127]: (n + 127) << 23 as the bits of a float, in
+    32-bit integers (as simd.hpp does), so that LLVM vectorises it."""
+    if n != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        bits = builder.shl(builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127)), ir.Constant(i32, 23))
+        return builder.bitcast(bits, ir.FloatType())
+
+    return types.float32(types.float32), codegen
+
+
+@numba.njit(inline="always", **JIT)
 def exp_f32(x):
     """exp(x) for float32 x <= 0 (see simd.hpp)."""
     x = x if x > _EXP_MIN else _EXP_MIN
@@ -114,12 +129,9 @@ def exp_f32(x):
     p = _E2 + r * p
     p = _ONE + r * p
     p = _ONE + r * p
-    # 2^n (n in [-126, 0]) exactly, without a libm call: two powers of two in [2^-63, 1].
-    k = int(n)
-    a = k >> 1
-    two_a = np.float64(np.uint64(1) << np.uint64(a + 63)) * _TWO_M63
-    two_b = np.float64(np.uint64(1) << np.uint64(k - a + 63)) * _TWO_M63
-    return p * F32(two_a * two_b)
+    # 2^n (n in [-126, 0]) exactly, built in the exponent bits as in simd.hpp: straight-line code that
+    # LLVM vectorises in the kernels' lane loops.
+    return p * _pow2_f32(n)
 
 
 @numba.njit(**JIT)

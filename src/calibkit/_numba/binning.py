@@ -20,13 +20,16 @@ from ._common import (
     WEIGHT_NEGATIVE,
     WEIGHT_NOT_FINITE,
     CHUNK_ELEMENTS,
+    F32,
     HALF_TABLE,
     as_kernel_array,
     check_float_dtype,
+    exp_f32,
     group_size,
     is_finite,
     load,
     merge_status,
+    octet_sum,
     rows_per_chunk,
     run_locked,
     status_tuple,
@@ -70,6 +73,108 @@ def check_weight(w, i, st):
     if w < 0:
         merge_status(st, WEIGHT_NEGATIVE, i, -1, w)
         return False
+    return True
+
+
+SHORT_ROW = 16  # kShortRow: shorter rows keep the double path, as in binning.hpp
+FLUSH = 64  # elements per flush of the float partial sums (kRowFlushOctets octets in binning.hpp)
+F32_LOWEST = F32(-3.4028234663852886e38)
+
+
+@numba.njit(**JIT)
+def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out):
+    """Float32 / float16 logits (binning.hpp, summarize_logit_row_f): the maximum and finiteness check, the
+    first index of the maximum, then e_k = exp_f32(b (z_k - max)) in float into row_out (a float32 buffer of
+    a multiple of 8 elements, the padding set to 0), element k in lane k % 8, float partial sums flushed into
+    double lanes every FLUSH elements. Same bits as the C++ kernel."""
+    K = scores.shape[1]
+    # Eight independent lane maxima (order-free: the maximum is exact) so that LLVM vectorises the loop;
+    # `bad` counts the NaN / inf elements.
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = F32_LOWEST
+    bad = 0
+    K8 = K - K % 8
+    for k0 in range(0, K8, 8):
+        v0, v1 = F32(load(scores[i, k0], table)), F32(load(scores[i, k0 + 1], table))
+        v2, v3 = F32(load(scores[i, k0 + 2], table)), F32(load(scores[i, k0 + 3], table))
+        v4, v5 = F32(load(scores[i, k0 + 4], table)), F32(load(scores[i, k0 + 5], table))
+        v6, v7 = F32(load(scores[i, k0 + 6], table)), F32(load(scores[i, k0 + 7], table))
+        m0 = m0 if m0 > v0 else v0
+        m1 = m1 if m1 > v1 else v1
+        m2 = m2 if m2 > v2 else v2
+        m3 = m3 if m3 > v3 else v3
+        m4 = m4 if m4 > v4 else v4
+        m5 = m5 if m5 > v5 else v5
+        m6 = m6 if m6 > v6 else v6
+        m7 = m7 if m7 > v7 else v7
+        bad += (((v0 - v0) != 0) | ((v1 - v1) != 0) | ((v2 - v2) != 0) | ((v3 - v3) != 0)
+                | ((v4 - v4) != 0) | ((v5 - v5) != 0) | ((v6 - v6) != 0) | ((v7 - v7) != 0))
+    for k in range(K8, K):
+        v = F32(load(scores[i, k], table))
+        m0 = m0 if m0 > v else v
+        bad += (v - v) != 0
+    best = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    if bad != 0:
+        for k in range(K):
+            v = load(scores[i, k], table)
+            if not is_finite(v):
+                merge_status(st, SCORE_NOT_FINITE, i, k, v)
+                return False
+    arg = 0
+    while F32(load(scores[i, arg], table)) != best:
+        arg += 1
+    bf = F32(inv_t)
+    # The exps first, one plain loop (LLVM vectorises it), then the lane sums from the buffer.
+    for k in range(K):
+        row_out[k] = exp_f32(bf * (F32(load(scores[i, k], table)) - best))
+    for k in range(K, row_out.shape[0]):
+        row_out[k] = 0.0
+    d0 = np.zeros(8)
+    d1 = np.zeros(8)
+    Kp = row_out.shape[0]
+    for f0 in range(0, Kp, FLUSH):
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = F32(0.0)
+        q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = F32(0.0)
+        for k0 in range(f0, min(f0 + FLUSH, Kp), 8):
+            e0, e1, e2, e3 = row_out[k0], row_out[k0 + 1], row_out[k0 + 2], row_out[k0 + 3]
+            e4, e5, e6, e7 = row_out[k0 + 4], row_out[k0 + 5], row_out[k0 + 6], row_out[k0 + 7]
+            a0 += e0
+            a1 += e1
+            a2 += e2
+            a3 += e3
+            a4 += e4
+            a5 += e5
+            a6 += e6
+            a7 += e7
+            q0 += e0 * e0
+            q1 += e1 * e1
+            q2 += e2 * e2
+            q3 += e3 * e3
+            q4 += e4 * e4
+            q5 += e5 * e5
+            q6 += e6 * e6
+            q7 += e7 * e7
+        d0[0] += np.float64(a0)
+        d0[1] += np.float64(a1)
+        d0[2] += np.float64(a2)
+        d0[3] += np.float64(a3)
+        d0[4] += np.float64(a4)
+        d0[5] += np.float64(a5)
+        d0[6] += np.float64(a6)
+        d0[7] += np.float64(a7)
+        d1[0] += np.float64(q0)
+        d1[1] += np.float64(q1)
+        d1[2] += np.float64(q2)
+        d1[3] += np.float64(q3)
+        d1[4] += np.float64(q4)
+        d1[5] += np.float64(q5)
+        d1[6] += np.float64(q6)
+        d1[7] += np.float64(q7)
+    total = octet_sum(d0)
+    out[0] = arg
+    out[1] = 1.0 / total
+    out[2] = np.float64(exp_f32(bf * (F32(load(scores[i, y], table)) - best))) / total
+    out[3] = octet_sum(d1) / (total * total)
+    out[4] = math.log(total) - inv_t * (load(scores[i, y], table) - np.float64(best)) if with_nll else 0.0
     return True
 
 
@@ -164,16 +269,21 @@ def _classwise_row(e, scale, y, w, has_w, inners, uniform, upper, M, sum0, count
 
 
 @numba.njit(**JIT)
-def _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll, inv_t,
+def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
                      conf_out, correct_out, has_out, table, begin, end, count, wsum, sconf, scorr, tot, st,
                      cw_M, cw_inners, cw_uniform, cw_upper, cw_count, cw_w, cw_score, cw_target):
     K = scores.shape[1]
     row = np.empty(5)
     classwise = cw_M > 0
     e = np.empty(K if classwise else 0)
+    ef = np.zeros((K + 7) // 8 * 8 if single else 0, np.float32)
     sum0 = np.zeros(K if classwise else 0)
     weight0 = np.zeros(K if classwise else 0)
     count0 = np.zeros(K if classwise else 0, np.int64)
+    l_count = np.zeros(4 * n_bins, np.int64)
+    l_w = np.zeros(4 * n_bins)
+    l_conf = np.zeros(4 * n_bins)
+    l_corr = np.zeros(4 * n_bins)
     for i in range(begin, end):
         y = labels[i]
         if y < 0 or y >= K:
@@ -182,16 +292,19 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins,
         w = weights[i] if has_w else 1.0
         if has_w and not check_weight(w, i, st):
             continue
-        if not _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, inv_t, table, st, row, classwise, e):
+        if single:
+            if not _logit_row_f(scores, i, y, with_nll, inv_t, table, st, row, ef):
+                continue
+        elif not _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, inv_t, table, st, row, classwise, e):
             continue
         conf = row[1]
         correct = 1.0 if int(row[0]) == y else 0.0
-        if n_bins > 0:
-            b = find_bin(conf, inner, True)
-            count[b] += 1
-            wsum[b] += w
-            sconf[b] += w * conf
-            scorr[b] += w * correct
+        if n_bins > 0:  # binning.hpp's LaneBins: row i into copy i % 4 of its bin
+            b = find_bin(conf, inner, True) * 4 + (i & 3)
+            l_count[b] += 1
+            l_w[b] += w
+            l_conf[b] += w * conf
+            l_corr[b] += w * correct
         if has_out:
             conf_out[i] = conf
             correct_out[i] = np.uint8(correct)
@@ -201,9 +314,18 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins,
         tot[3] += w * conf
         tot[4] += w * (row[3] - 2.0 * row[2] + 1.0)
         tot[5] += w * row[4]
-        if classwise:
+        if classwise and single:
+            _classwise_row(ef[:K], conf, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
+                           sum0, count0, weight0, cw_count, cw_w, cw_score, cw_target)
+        elif classwise:
             _classwise_row(e, conf if from_logits else 1.0, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
                            sum0, count0, weight0, cw_count, cw_w, cw_score, cw_target)
+    for b in range(n_bins):  # LaneBins::fold_into: the four copies in order
+        j = 4 * b
+        count[b] += ((l_count[j] + l_count[j + 1]) + l_count[j + 2]) + l_count[j + 3]
+        wsum[b] += ((l_w[j] + l_w[j + 1]) + l_w[j + 2]) + l_w[j + 3]
+        sconf[b] += ((l_conf[j] + l_conf[j + 1]) + l_conf[j + 2]) + l_conf[j + 3]
+        scorr[b] += ((l_corr[j] + l_corr[j + 1]) + l_corr[j + 2]) + l_corr[j + 3]
     if classwise:
         for k in range(K):
             at = k * cw_M
@@ -217,7 +339,7 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins,
 
 
 @numba.njit(parallel=True, **JIT)
-def _top_label_driver(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll, inv_t,
+def _top_label_driver(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
                       conf_out, correct_out, has_out, table, parallel, cw_M, cw_inners, cw_uniform, cw_upper):
     N, K = scores.shape
     M = max(n_bins, 1)
@@ -253,7 +375,7 @@ def _top_label_driver(scores, labels, weights, has_w, from_logits, inner, n_bins
                 p_st[j, 1] = -1.0
                 p_st[j, 2] = -1.0
                 c = first + j
-                _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll,
+                _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll,
                                  inv_t, conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
                                  p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j], p_st[j],
                                  cw_M, cw_inners, cw_uniform, cw_upper, q_count[j], q_w[j], q_score[j], q_target[j])
@@ -262,7 +384,7 @@ def _top_label_driver(scores, labels, weights, has_w, from_logits, inner, n_bins
                 p_st[j, 1] = -1.0
                 p_st[j, 2] = -1.0
                 c = first + j
-                _top_label_chunk(scores, labels, weights, has_w, from_logits, inner, n_bins, nll_eps, with_nll,
+                _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll,
                                  inv_t, conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
                                  p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j], p_st[j],
                                  cw_M, cw_inners, cw_uniform, cw_upper, q_count[j], q_w[j], q_score[j], q_target[j])
@@ -351,8 +473,10 @@ def top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps,
     else:
         conf_out, correct_out = _dummy_out()
     parallel = N * K >= MIN_PARALLEL_ELEMENTS
+    # float32 / float16 logit rows of at least SHORT_ROW elements: the single-precision path (_logit_row_f)
+    single = bool(from_logits) and scores.dtype != np.float64 and K >= SHORT_ROW
     count, wsum, sconf, scorr, total_count, tot, st, cw_count, cw_w, cw_score, cw_target = run_locked(
-        _top_label_driver, as_kernel_array(scores), labels, weights, has_w, bool(from_logits),
+        _top_label_driver, as_kernel_array(scores), labels, weights, has_w, bool(from_logits), single,
         equal_width_inner(n_bins), int(n_bins), float(nll_eps), bool(with_nll), inv_t, conf_out, correct_out,
         has_out, HALF_TABLE, parallel, int(classwise_bins), cw_inners, cw_uniform, cw_upper)
     out = _bins_dict(count, wsum, sconf, scorr, n_bins)
