@@ -101,9 +101,9 @@ _L9, _L7, _L5, _L3 = F32(1.0 / 9.0), F32(1.0 / 7.0), F32(1.0 / 5.0), F32(1.0 / 3
 
 @intrinsic
 def _pow2_f32(typingctx, n):
-    """2^n as float32 for an integral float32 n in [-126, 127]: (n + 127) << 23 as the bits of a float, in
-    32-bit integers (as simd.hpp does), so that LLVM vectorises it."""
-    if n != types.float32:
+    """2^n as float32 for an integral n in [-126, 127] (float32, or float64 where a caller's buffer is float64):
+    (n + 127) << 23 as the bits of a float, in 32-bit integers (as simd.hpp does), so that LLVM vectorises it."""
+    if n not in (types.float32, types.float64):
         return None
 
     def codegen(context, builder, signature, args):
@@ -111,7 +111,7 @@ def _pow2_f32(typingctx, n):
         bits = builder.shl(builder.add(builder.fptosi(args[0], i32), ir.Constant(i32, 127)), ir.Constant(i32, 23))
         return builder.bitcast(bits, ir.FloatType())
 
-    return types.float32(types.float32), codegen
+    return types.float32(n), codegen
 
 
 @numba.njit(inline="always", **JIT)
