@@ -459,9 +459,7 @@ CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_
     }
     I bad = chk[0] != zero;
     for (int g = 1; g < G; ++g) bad |= chk[g] != zero;
-    bool any_bad = false;
-    for (int j = 0; j < L; ++j) any_bad |= bad[j] != 0;
-    if (any_bad) {
+    if (any_lane(bad)) {
         report_bad_element(r, i, K, true, st);
         return false;
     }
@@ -476,9 +474,7 @@ CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_
             const FOctet<V> o = r.template foctet<V>(arg);
             I hit = o.v[0] == target;
             for (int g = 1; g < G; ++g) hit |= o.v[g] == target;
-            bool found = false;
-            for (int j = 0; j < L; ++j) found |= hit[j] != 0;
-            if (found) break;
+            if (any_lane(hit)) break;
         }
         while (r.atf(arg) != best) ++arg;
     }
@@ -741,41 +737,79 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
         add_above(k, p);
     };
     const D vs = splat<D>(scale), vw = splat<D>(w), zero = splat<D>(0.0);
-    const D shared_upper = splat<D>(upper[0]);
     const int64_t K8 = K - K % 8;
-    for (int64_t k = 0; k < K8; k += 8) {
-        // Bin 0's sums take every element of the octet, those above it adding 0 (which leaves
-        // a sum of non-negative terms unchanged); the elements above go one by one.
-        D p[G];
-        I above[G];
-        for (int g = 0; g < G; ++g) {
-            p[g] = GroupLoad<E, V>::contiguous(e + k + g * W) * vs;
-            D t;
-            if constexpr (Shared) {
-                t = shared_upper;
-            } else {
-                std::memcpy(&t, upper + k + g * W, sizeof t);
-            }
-            above[g] = ~(p[g] <= t);
-            D s0;
-            std::memcpy(&s0, sum0 + k + g * W, sizeof s0);
-            s0 += select(above[g], zero, Weighted ? p[g] * vw : p[g]);
-            std::memcpy(sum0 + k + g * W, &s0, sizeof s0);
-            if constexpr (Weighted) {
-                D w0;
-                std::memcpy(&w0, weight0 + k + g * W, sizeof w0);
-                w0 += select(above[g], zero, vw);
-                std::memcpy(weight0 + k + g * W, &w0, sizeof w0);
+    if constexpr (Shared && std::is_same<E, float>::value) {
+        // Float exponentials, one set of edges: a float threshold `tf` with e <= tf => p = e * scale
+        // <= upper (p is monotone in e), so an octet with no e above tf is all bin 0: its sums take
+        // it without a select. The other octets go element by element, exactly as below.
+        typedef typename V::fw F;
+        typedef typename V::iw IF;
+        constexpr int GF = FOctet<V>::n, LF = 2 * W;
+        float tf = static_cast<float>(std::min(upper[0] / scale, static_cast<double>(FLT_MAX)));
+        while (tf > 0.0f && static_cast<double>(tf) * scale > upper[0]) tf = std::nextafter(tf, 0.0f);
+        const F vtf = splat_f<F>(tf);
+        for (int64_t k = 0; k < K8; k += 8) {
+            F ev[GF];
+            std::memcpy(ev, e + k, sizeof ev);
+            IF hi = ev[0] > vtf;
+            for (int g = 1; g < GF; ++g) hi |= ev[g] > vtf;
+            if (!any_lane(hi)) {
+                for (int g = 0; g < GF; ++g) {
+                    D lo_d, hi_d;
+                    widen<V>(ev[g], lo_d, hi_d);
+                    const D pd[2] = {lo_d * vs, hi_d * vs};
+                    for (int h = 0; h < 2; ++h) {
+                        const int64_t at = k + g * LF + h * W;
+                        D s0;
+                        std::memcpy(&s0, sum0 + at, sizeof s0);
+                        s0 += Weighted ? pd[h] * vw : pd[h];
+                        std::memcpy(sum0 + at, &s0, sizeof s0);
+                        if constexpr (Weighted) {
+                            D w0;
+                            std::memcpy(&w0, weight0 + at, sizeof w0);
+                            w0 += vw;
+                            std::memcpy(weight0 + at, &w0, sizeof w0);
+                        }
+                    }
+                }
+            } else {  // rare: some element may be above bin 0
+                for (int j = 0; j < 8; ++j) add(k + j, static_cast<double>(e[k + j]) * scale);
             }
         }
-        I any = above[0];
-        for (int g = 1; g < G; ++g) any |= above[g];
-        bool some = false;
-        for (int j = 0; j < W; ++j) some |= any[j] != 0;
-        if (some)  // rare: some element of the octet is above bin 0
-            for (int g = 0; g < G; ++g)
-                for (int j = 0; j < W; ++j)
-                    if (above[g][j]) add_above(k + g * W + j, p[g][j]);
+    } else {
+        const D shared_upper = splat<D>(upper[0]);
+        for (int64_t k = 0; k < K8; k += 8) {
+            // Bin 0's sums take every element of the octet, those above it adding 0 (which leaves
+            // a sum of non-negative terms unchanged); the elements above go one by one (their p
+            // recomputed, the same product).
+            I any = (I)zero;
+            for (int g = 0; g < G; ++g) {
+                const D p = GroupLoad<E, V>::contiguous(e + k + g * W) * vs;
+                D t;
+                if constexpr (Shared) {
+                    t = shared_upper;
+                } else {
+                    std::memcpy(&t, upper + k + g * W, sizeof t);
+                }
+                const I above = ~(p <= t);
+                any |= above;
+                D s0;
+                std::memcpy(&s0, sum0 + k + g * W, sizeof s0);
+                s0 += select(above, zero, Weighted ? p * vw : p);
+                std::memcpy(sum0 + k + g * W, &s0, sizeof s0);
+                if constexpr (Weighted) {
+                    D w0;
+                    std::memcpy(&w0, weight0 + k + g * W, sizeof w0);
+                    w0 += select(above, zero, vw);
+                    std::memcpy(weight0 + k + g * W, &w0, sizeof w0);
+                }
+            }
+            if (any_lane(any))  // rare: some element of the octet is above bin 0
+                for (int j = 0; j < 8; ++j) {
+                    const double p = static_cast<double>(e[k + j]) * scale;
+                    if (!(p <= upper[k + j])) add_above(k + j, p);
+                }
+        }
     }
     for (int64_t k = K8; k < K; ++k) add(k, static_cast<double>(e[k]) * scale);
     const double py = static_cast<double>(e[y]) * scale;

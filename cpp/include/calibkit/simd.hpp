@@ -96,6 +96,30 @@ CALIBKIT_INLINE I select_int(I mask, I a, I b) {
     return (a & mask) | (b & ~mask);
 }
 
+// True when some lane of the mask m (lanes 0 or -1, 16 or 32 bytes) is set: the
+// halves of a 32-byte mask are ORed, then one movmskps tests the sign bits
+// (instead of one extract per lane).
+template <class I>
+CALIBKIT_INLINE bool any_lane(I m) {
+    static_assert(sizeof(I) == 16 || sizeof(I) == 32, "a 16- or 32-byte mask");
+    typedef int32_t I4 __attribute__((vector_size(16)));
+    I4 x;
+    std::memcpy(&x, &m, sizeof x);
+    if constexpr (sizeof(I) == 32) {
+        I4 hi;
+        std::memcpy(&hi, reinterpret_cast<const char*>(&m) + sizeof x, sizeof hi);
+        x |= hi;
+    }
+#if defined(__SSE__)
+    typedef float F4 __attribute__((vector_size(16)));
+    return __builtin_ia32_movmskps((F4)x) != 0;
+#else
+    uint64_t w[2];
+    std::memcpy(w, &x, sizeof w);
+    return (w[0] | w[1]) != 0;
+#endif
+}
+
 // Lane-wise maximum with maxpd's semantics (b when unordered or equal), which
 // compilers emit for this pattern.
 template <class D>

@@ -246,25 +246,37 @@ def _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, inv_t, table, s
 
 
 @numba.njit(inline="always", **JIT)
-def _classwise_row(e, scale, y, w, has_w, inners, uniform, upper, M, sum0, count0, weight0, cw_count, cw_w,
+def _classwise_row(e, scale, y, w, has_w, inners, uniform, upper, M, sum0, weight0, cw_count, cw_w,
                    cw_score, cw_target):
-    """One row into the class-wise bins (binning.hpp, classwise_row): p_k = e[k] * scale; bin 0 per class in
-    sum0 / count0 / weight0, the other bins directly."""
+    """One row into the class-wise bins (binning.hpp, classwise_row): p_k = e[k] * scale. Pass 1, without
+    branches (LLVM vectorises it): bin 0's sums take every p_k, those above bin 0 adding 0 (which leaves a
+    sum of non-negative terms unchanged), and the elements above are counted. Pass 2, only when some are
+    above: those go into their bins. Bin 0's count is implied (rows minus the other bins' counts)."""
     K = e.shape[0]
-    for k in range(K):
-        p = e[k] * scale
-        if p <= upper[k]:
-            sum0[k] += w * p if has_w else p
-            count0[k] += 1
-            if has_w:
-                weight0[k] += w
-        else:
-            at = k * M + find_bin(p, inners[0] if uniform else inners[k], uniform)
-            cw_count[at] += 1
-            cw_score[at] += w * p if has_w else p
-            if has_w:
-                cw_w[at] += w
-    py = e[y] * scale
+    above = 0
+    if has_w:
+        for k in range(K):
+            p = np.float64(e[k]) * scale
+            ok = p <= upper[k]
+            sum0[k] += w * p if ok else 0.0
+            weight0[k] += w if ok else 0.0
+            above += not ok
+    else:
+        for k in range(K):
+            p = np.float64(e[k]) * scale
+            ok = p <= upper[k]
+            sum0[k] += p if ok else 0.0
+            above += not ok
+    if above > 0:
+        for k in range(K):
+            p = np.float64(e[k]) * scale
+            if not (p <= upper[k]):
+                at = k * M + find_bin(p, inners[0] if uniform else inners[k], uniform)
+                cw_count[at] += 1
+                cw_score[at] += w * p if has_w else p
+                if has_w:
+                    cw_w[at] += w
+    py = np.float64(e[y]) * scale
     cw_target[y * M + find_bin(py, inners[0] if uniform else inners[y], uniform)] += w
 
 
@@ -279,7 +291,7 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
     ef = np.zeros((K + 7) // 8 * 8 if single else 0, np.float32)
     sum0 = np.zeros(K if classwise else 0)
     weight0 = np.zeros(K if classwise else 0)
-    count0 = np.zeros(K if classwise else 0, np.int64)
+    rows = 0  # rows of the chunk added to the class-wise bins: bin 0's count is implied
     l_count = np.zeros(4 * n_bins, np.int64)
     l_w = np.zeros(4 * n_bins)
     l_conf = np.zeros(4 * n_bins)
@@ -314,12 +326,14 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
         tot[3] += w * conf
         tot[4] += w * (row[3] - 2.0 * row[2] + 1.0)
         tot[5] += w * row[4]
+        if classwise:
+            rows += 1
         if classwise and single:
             _classwise_row(ef[:K], conf, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
-                           sum0, count0, weight0, cw_count, cw_w, cw_score, cw_target)
+                           sum0, weight0, cw_count, cw_w, cw_score, cw_target)
         elif classwise:
             _classwise_row(e, conf if from_logits else 1.0, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
-                           sum0, count0, weight0, cw_count, cw_w, cw_score, cw_target)
+                           sum0, weight0, cw_count, cw_w, cw_score, cw_target)
     for b in range(n_bins):  # LaneBins::fold_into: the four copies in order
         j = 4 * b
         count[b] += ((l_count[j] + l_count[j + 1]) + l_count[j + 2]) + l_count[j + 3]
@@ -327,9 +341,12 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
         sconf[b] += ((l_conf[j] + l_conf[j + 1]) + l_conf[j + 2]) + l_conf[j + 3]
         scorr[b] += ((l_corr[j] + l_corr[j + 1]) + l_corr[j + 2]) + l_corr[j + 3]
     if classwise:
-        for k in range(K):
+        for k in range(K):  # ClasswiseScratch::fold_into: bin 0's count = rows - the other bins' counts
             at = k * cw_M
-            cw_count[at] += count0[k]
+            others = 0
+            for m in range(1, cw_M):
+                others += cw_count[at + m]
+            cw_count[at] += rows - others
             cw_score[at] += sum0[k]
             if has_w:
                 cw_w[at] += weight0[k]
