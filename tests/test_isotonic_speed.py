@@ -18,6 +18,7 @@ import pytest
 import calibkit
 from calibkit import HistogramBinning, IsotonicCalibration, isotonic_regression
 from calibkit.calibrators import Calibrator
+from calibkit.calibrators.nonparametric import _kernels
 
 
 # -- plain NumPy reference ------------------------------------------------------------------------------------
@@ -121,22 +122,37 @@ def test_histogram_matches_searchsorted_reference(backend, strategy):
 
 
 def test_knot_search_edges_and_dense_buckets(backend):
-    """Values on the knots, on the table's bucket edges b / 1024, at 0, -0.0, 1 and just outside [0, 1];
-    knots dense inside one bucket (the search inside a bucket) and spread over many."""
+    """Values on the knots, on the table's bucket edges (b / 1024 above 2**-10; 32 per octave, by the bit
+    pattern, from 2**-40 to 2**-10; 2**-40 itself), at 0, -0.0, 1 and just outside [0, 1]; knots dense inside
+    one bucket (the search inside a bucket), spread over many, and on a log scale down to 1e-300 (softmax
+    probabilities)."""
     rng = np.random.default_rng(7)
     dense = np.sort(rng.random(3000) * 1e-3)  # ~3000 knots inside the first few buckets
     spread = np.sort(rng.random(300))
-    for xt in (np.unique(dense), np.unique(spread), np.array([0.5]), np.array([0.0, 1.0])):
+    log_spread = np.sort(10.0 ** rng.uniform(-300, 0, 2000))
+    tiny = np.sort(rng.random(500) * 2.0 ** -40)  # all in the first bucket
+    log_edges = np.ldexp(1 + np.arange(32) / 32, np.arange(-40, -10)[:, None]).ravel()
+    for xt in (np.unique(dense), np.unique(spread), np.unique(log_spread), np.unique(tiny), np.unique(log_edges),
+               np.array([0.5]), np.array([0.0, 1.0])):
         yt = np.sort(rng.random(xt.shape[0]))
-        edges = np.arange(1025) / 1024
+        edges = np.concatenate([np.arange(1025) / 1024, log_edges, [2.0 ** -40, 2.0 ** -10, 5e-324]])
         s = np.concatenate([xt, np.nextafter(xt, 2), np.nextafter(xt, -1), edges, np.nextafter(edges, -1),
-                            [0.0, -0.0, 1.0, -1e-7, 1 + 1e-7], rng.random(500), rng.random(500) * 1e-3])
+                            np.nextafter(edges, 2), [0.0, -0.0, 1.0, -1e-7, 1 + 1e-7], rng.random(500),
+                            rng.random(500) * 1e-3, 10.0 ** rng.uniform(-320, 0, 2000)])
         cal = IsotonicCalibration.from_dict({
             "format": "calibkit.calibrator", "version": 1, "class": "IsotonicCalibration",
             "params": {"from_logits": False, "backend": backend},
             "fitted": {"x_thresholds_": [xt.tolist()], "y_thresholds_": [yt.tolist()], "n_classes_": 2,
                        "binary_": True}})
         np.testing.assert_array_equal(cal.predict_proba(s), np.interp(s, xt, yt))
+        # the histogram step (np.searchsorted side="left") on the same knots and values
+        m = xt.shape[0]
+        yh = rng.random(m + 1)
+        out = np.empty(s.shape[0])
+        status = _kernels(backend).step_apply(s, xt, np.array([0, m], np.int64), yh, np.array([0, m + 1], np.int64),
+                                              1, 0, False, out)
+        assert status[0] == 0
+        np.testing.assert_array_equal(out, yh[np.searchsorted(xt, s, side="left")])
 
 
 def test_backends_and_thread_counts_agree_bitwise():

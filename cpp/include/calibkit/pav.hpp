@@ -140,18 +140,20 @@ inline void isotonic_column(const double* v, int64_t n, const Vector<int64_t>& l
     for (int64_t i = 0; i < n; ++i) {
         if (weighted && !(w[i] > 0.0)) continue;
         keys[static_cast<size_t>(m)] = sort_key(v[i]);
-        order[m++] = i;
+        // the row and its target in one word: PAV then reads the targets in sorted order
+        // without a random access to the labels
+        order[m++] = (i << 1) | (labels.raw(i) == positive ? 1 : 0);
     }
     xo.clear();
     yo.clear();
     if (m == 0) return;
     radix_sort<true>(keys.data(), order.get(), m);
     const int64_t* o = order.get();
-    const auto y_at = [&](int64_t j) { return labels.raw(o[j]) == positive ? 1.0 : 0.0; };
-    const PavBlocks b = weighted ? pav_points(m, y_at, [&](int64_t j) { return w[o[j]]; }, keys.data(), true)
+    const auto y_at = [&](int64_t j) { return (o[j] & 1) ? 1.0 : 0.0; };
+    const PavBlocks b = weighted ? pav_points(m, y_at, [&](int64_t j) { return w[o[j] >> 1]; }, keys.data(), true)
                                  : pav_points(m, y_at, [](int64_t) { return 1.0; }, keys.data(), true);
     for (size_t blk = 0; blk + 1 < b.starts.size(); ++blk) {
-        const double first = v[o[b.starts[blk]]], last = v[o[b.starts[blk + 1] - 1]];
+        const double first = v[o[b.starts[blk]] >> 1], last = v[o[b.starts[blk + 1] - 1] >> 1];
         xo.push_back(first);
         yo.push_back(b.values[blk]);
         if (last != first) {
@@ -202,16 +204,49 @@ ColumnModels isotonic_columns(const Matrix<T>& s, const Vector<int64_t>& labels,
     return out;
 }
 
-// Where a value falls among sorted knots. A table over [0, 1) in kKnotTableSize
-// buckets holds, for each bucket edge e_b = b / size, the number of knots < e_b;
-// a value x in bucket b then has its count between table[b] and table[b + 1], found
-// by a short binary search there (values outside [0, 1) search all knots).
-constexpr int64_t kKnotTableSize = 1024;
+// Where a value falls among sorted knots. A table of kKnotTableSize + 1 bucket edges
+// e_0 < e_1 < ... < e_size = 1 over [0, 1) holds, for each edge, the number of knots
+// < e_b; a value x in bucket b (e_b <= x < e_{b+1}) then has its count between
+// table[b] and table[b + 1], found by a short binary search there (values outside
+// [0, 1) search all knots). The buckets follow the float's bit pattern so that every
+// scale gets its own: bucket 0 is [0, 2^-40); below 2^-10 (softmax probabilities
+// mostly are) each binary octave [2^e, 2^(e+1)) has kKnotLogSub buckets, indexed by
+// the exponent and the top mantissa bits; from 2^-10 to 1 the buckets are linear,
+// of width 2^-10.
+constexpr int kKnotLogBits = 5;                                   // mantissa bits of the log buckets
+constexpr int64_t kKnotLogSub = int64_t{1} << kKnotLogBits;       // log buckets per octave
+constexpr int64_t kKnotLogOctaves = 30;                           // octaves [2^-40, 2^-10)
+constexpr int64_t kKnotLinear = 1024;                             // linear buckets of width 2^-10 on [2^-10, 1)
+constexpr int64_t kKnotLogEnd = 1 + kKnotLogOctaves * kKnotLogSub;  // first linear bucket (edge 2^-10)
+constexpr int64_t kKnotTableSize = kKnotLogEnd + kKnotLinear - 1;  // buckets; the table has one entry more
+constexpr uint64_t kKnotLogShift = 52 - kKnotLogBits;
+constexpr uint64_t kKnotLogBase = uint64_t{1023 - 40} << kKnotLogBits;  // bits(2^-40) >> kKnotLogShift
+
+// The lower edge e_b of bucket b (e_size = 1).
+inline double knot_edge(int64_t b) {
+    if (b == 0) return 0.0;
+    if (b < kKnotLogEnd) {
+        const uint64_t bits = (kKnotLogBase + static_cast<uint64_t>(b - 1)) << kKnotLogShift;
+        double e;
+        std::memcpy(&e, &bits, sizeof e);
+        return e;
+    }
+    return static_cast<double>(b - kKnotLogEnd + 1) / static_cast<double>(kKnotLinear);
+}
+
+// The bucket of x in [0, 1).
+inline int64_t knot_bucket(double x) {
+    if (x >= 0x1p-10) return kKnotLogEnd - 1 + static_cast<int64_t>(x * static_cast<double>(kKnotLinear));
+    if (!(x >= 0x1p-40)) return 0;
+    uint64_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    return 1 + static_cast<int64_t>((bits >> kKnotLogShift) - kKnotLogBase);
+}
 
 inline void knot_table(const double* knots, int64_t m, int64_t* table) {
     int64_t j = 0;
     for (int64_t b = 0; b <= kKnotTableSize; ++b) {
-        const double edge = static_cast<double>(b) / static_cast<double>(kKnotTableSize);
+        const double edge = b == kKnotTableSize ? 1.0 : knot_edge(b);
         while (j < m && knots[j] < edge) ++j;
         table[b] = j;
     }
@@ -222,7 +257,7 @@ template <bool Right>
 inline int64_t knots_below(const double* knots, int64_t m, const int64_t* table, double x) {
     int64_t a = 0, e = m;
     if (x >= 0.0 && x < 1.0) {
-        const int64_t b = static_cast<int64_t>(x * static_cast<double>(kKnotTableSize));
+        const int64_t b = knot_bucket(x);
         a = table[b];
         e = table[b + 1];
     }

@@ -3,6 +3,8 @@ one-vs-rest calibration maps (fit of K isotonic columns, application of K step f
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -90,7 +92,16 @@ def isotonic_fit(y, x, sample_weight, increasing):
 
 CHECK_NONE, CHECK_FINITE, CHECK_PROBABILITY = 0, 1, 2
 STEP_INTERP, STEP_LEFT = 0, 1
-KNOT_TABLE_SIZE = 1024  # buckets of the search table over [0, 1), as kKnotTableSize in pav.hpp
+# Buckets of the search table over [0, 1), as in pav.hpp: [0, 2**-40), then KNOT_LOG_SUB per octave up to
+# 2**-10, then linear buckets of width 2**-10 up to 1.
+KNOT_LOG_BITS = 5
+KNOT_LOG_SUB = 1 << KNOT_LOG_BITS
+KNOT_LOG_END = 1 + 30 * KNOT_LOG_SUB
+KNOT_LINEAR = 1024
+KNOT_TABLE_SIZE = KNOT_LOG_END + KNOT_LINEAR - 1
+KNOT_LOG_SHIFT = 52 - KNOT_LOG_BITS
+KNOT_LOG_BASE = (1023 - 40) << KNOT_LOG_BITS  # bits(2**-40) >> KNOT_LOG_SHIFT
+KNOT_LOG_FROM, KNOT_LINEAR_FROM = 2.0 ** -40, 2.0 ** -10
 ISOTONIC_GROUP = 16  # classes fitted together, as kIsotonicGroup in pav.hpp
 _RADIX_BITS = 11
 _RADIX_BUCKETS = 1 << _RADIX_BITS
@@ -286,83 +297,107 @@ def isotonic_fit_columns(scores, labels, sample_weight, first_class, check):
 
 
 @numba.njit(**JIT)
-def _knot_table(knots, tables, k):
+def _knot_edge(b):
+    """knot_edge of pav.hpp: the lower edge of bucket b (powers of two times short fractions: exact)."""
+    if b == 0:
+        return 0.0
+    if b < KNOT_LOG_END:
+        q, r = divmod(b - 1, KNOT_LOG_SUB)
+        return math.ldexp(1.0 + r / KNOT_LOG_SUB, q - 40)
+    return (b - KNOT_LOG_END + 1) / KNOT_LINEAR
+
+
+@numba.njit(**JIT)
+def _knot_table(x, lo, m, tables, k):
     j = 0
-    m = knots.shape[0]
     for b in range(KNOT_TABLE_SIZE + 1):
-        edge = b / KNOT_TABLE_SIZE
-        while j < m and knots[j] < edge:
+        edge = 1.0 if b == KNOT_TABLE_SIZE else _knot_edge(b)
+        while j < m and x[lo + j] < edge:
             j += 1
         tables[k, b] = j
 
 
 @numba.njit(inline="always", **JIT)
-def _knots_below(knots, m, tables, k, x, right):
-    """Number of knots < x (right False) or <= x (right True): knots_below of pav.hpp."""
+def _knots_below(x, lo, m, tables, k, v, right, scratch, scratch_bits):
+    """Number of the knots x[lo:lo + m] < v (right False) or <= v (right True), as an offset from lo:
+    knots_below of pav.hpp (the bucket of v from its bit pattern, through the one-element scratch)."""
     a = 0
     e = m
-    if x >= 0.0 and x < 1.0:
-        b = np.int64(x * KNOT_TABLE_SIZE)
+    if v >= 0.0 and v < 1.0:
+        if v >= KNOT_LINEAR_FROM:  # linear buckets
+            b = KNOT_LOG_END - 1 + np.int64(v * KNOT_LINEAR)
+        elif v >= KNOT_LOG_FROM:  # exponent and top mantissa bits
+            scratch[0] = v
+            b = 1 + np.int64((scratch_bits[0] >> np.uint64(KNOT_LOG_SHIFT)) - np.uint64(KNOT_LOG_BASE))
+        else:
+            b = 0
         a = tables[k, b]
         e = tables[k, b + 1]
-    base = a
+    base = lo + a
     n = e - a
     while n > 1:
         half = n // 2
-        if (knots[base + half] <= x) if right else (knots[base + half] < x):
+        if (x[base + half] <= v) if right else (x[base + half] < v):
             base += half
         n -= half
-    if n == 1 and ((knots[base] <= x) if right else (knots[base] < x)):
+    if n == 1 and ((x[base] <= v) if right else (x[base] < v)):
         base += 1
-    return base
+    return base - lo
 
 
 @numba.njit(inline="always", **JIT)
-def _interp_at(xp, fp, slopes, m, c, x):
-    """np.interp(x, xp, fp) by NumPy's arithmetic; c = number of knots <= x (interp_at of pav.hpp)."""
+def _interp_at(x, y, slopes, lo, ly, m, c, v):
+    """np.interp(v, xp, fp) by NumPy's arithmetic, xp = x[lo:lo + m], fp = y[ly:ly + m], slopes[lo + j] the
+    slope of knot j; c = number of knots <= v (interp_at of pav.hpp)."""
     if m == 1 or c == 0:
-        return fp[0]
+        return y[ly]
     j = c - 1
     if j >= m - 1:
-        return fp[m - 1]
-    if xp[j] == x:
-        return fp[j]
-    slope = slopes[j]
-    r = slope * (x - xp[j]) + fp[j]
+        return y[ly + m - 1]
+    if x[lo + j] == v:
+        return y[ly + j]
+    slope = slopes[lo + j]
+    r = slope * (v - x[lo + j]) + y[ly + j]
     if r != r:
-        r = slope * (x - xp[j + 1]) + fp[j + 1]
-        if r != r and fp[j] == fp[j + 1]:
-            r = fp[j]
+        r = slope * (v - x[lo + j + 1]) + y[ly + j + 1]
+        if r != r and y[ly + j] == y[ly + j + 1]:
+            r = y[ly + j]
     return r
 
 
-@numba.njit(**JIT)
-def _pairwise_sum(a, lo, n):
-    """pairwise_sum of pav.hpp (NumPy's order for a contiguous row)."""
+@numba.njit(inline="always", **JIT)
+def _pairwise_block(a, lo, n):
+    """pairwise_sum of pav.hpp for n <= 128 (NumPy's order for a contiguous row)."""
     if n < 8:
         r = 0.0
         for i in range(n):
             r += a[lo + i]
         return r
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    while i < n - (n % 8):
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@numba.njit(**JIT)
+def _pairwise_sum(a, lo, n):
+    """pairwise_sum of pav.hpp (NumPy's order for a contiguous row), recursive above 128."""
     if n <= 128:
-        r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
-        r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
-        i = 8
-        while i < n - (n % 8):
-            r0 += a[lo + i]
-            r1 += a[lo + i + 1]
-            r2 += a[lo + i + 2]
-            r3 += a[lo + i + 3]
-            r4 += a[lo + i + 4]
-            r5 += a[lo + i + 5]
-            r6 += a[lo + i + 6]
-            r7 += a[lo + i + 7]
-            i += 8
-        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < n:
-            res += a[lo + i]
-            i += 1
-        return res
+        return _pairwise_block(a, lo, n)
     n2 = n // 2
     n2 -= n2 % 8
     return _pairwise_sum(a, lo, n2) + _pairwise_sum(a, lo + n2, n - n2)
@@ -371,11 +406,12 @@ def _pairwise_sum(a, lo, n):
 @numba.njit(**JIT)
 def _apply_chunk(s, table, x, x_off, y, y_off, slopes, tables, mode, check, renormalise, out, begin, end, st):
     K = s.shape[1]
+    scratch = np.empty(1)
+    scratch_bits = scratch.view(np.uint64)
     for k in range(K):
-        xk = x[x_off[k]:x_off[k + 1]]
-        yk = y[y_off[k]:y_off[k + 1]]
-        sk = slopes[x_off[k]:x_off[k + 1]]
-        m = xk.shape[0]
+        lo = x_off[k]
+        ly = y_off[k]
+        m = x_off[k + 1] - lo
         for i in range(begin, end):
             v = load(s[i, k], table)
             if check != CHECK_NONE:
@@ -383,14 +419,15 @@ def _apply_chunk(s, table, x, x_off, y, y_off, slopes, tables, mode, check, reno
                 if code != OK:
                     merge_status(st, code, i, k, v)
             if mode == STEP_INTERP:
-                out[i, k] = _interp_at(xk, yk, sk, m, _knots_below(xk, m, tables, k, v, True), v)
+                c = _knots_below(x, lo, m, tables, k, v, True, scratch, scratch_bits)
+                out[i, k] = _interp_at(x, y, slopes, lo, ly, m, c, v)
             else:
-                out[i, k] = yk[_knots_below(xk, m, tables, k, v, False)]
+                out[i, k] = y[ly + _knots_below(x, lo, m, tables, k, v, False, scratch, scratch_bits)]
     if renormalise:
         flat = out.reshape(out.shape[0] * K)
         uniform = 1.0 / K
         for i in range(begin, end):
-            total = _pairwise_sum(flat, i * K, K)
+            total = _pairwise_block(flat, i * K, K) if K <= 128 else _pairwise_sum(flat, i * K, K)
             if total > 0.0:
                 for k in range(K):
                     out[i, k] /= total
@@ -405,7 +442,7 @@ def _step_apply(s, table, x, x_off, y, y_off, mode, check, renormalise, out, chu
     tables = np.empty((K, KNOT_TABLE_SIZE + 1), np.int64)
     slopes = np.empty(x.shape[0])
     for k in range(K):
-        _knot_table(x[x_off[k]:x_off[k + 1]], tables, k)
+        _knot_table(x, x_off[k], x_off[k + 1] - x_off[k], tables, k)
         if mode == STEP_INTERP:
             for j in range(x_off[k], x_off[k + 1] - 1):
                 jy = y_off[k] + (j - x_off[k])
