@@ -66,10 +66,10 @@ struct BinEdges {
     int64_t bin(double c) const {
         if (n_bins <= 1) return 0;
         if (uniform) {
-            // ceil(c M) - 1 is the bin up to one step of rounding; settle it against the
+            // floor(c M) (a truncating conversion of the clamped product: no libm ceil/floor
+            // call without SSE4.1) is the bin up to one step either way; settle it against the
             // exact edges without branches (the product errs by far less than a bin).
-            const double guess = std::ceil(c * scale) - 1.0;
-            int64_t m = static_cast<int64_t>(std::min(std::max(guess, 0.0), last));  // minsd/maxsd: no branch
+            int64_t m = static_cast<int64_t>(std::min(std::max(c * scale, 0.0), last));  // minsd/maxsd, cvttsd2si
             const double* e = bounds.data();
             m -= static_cast<int64_t>(!(e[m] < c));
             m += static_cast<int64_t>(e[m + 1] < c);
@@ -891,6 +891,24 @@ CALIBKIT_INLINE bool row_meta(const TopLabelArgs<T>& a, BinningResult& part, int
     return !a.weights.present() || check_weight(w, i, part.status);
 }
 
+// True when every label of rows [begin, end) is in [0, K) and every weight (if any) is finite
+// and >= 0: row_meta would pass them all. Branch-free (one pass over the labels and weights).
+template <class T>
+CALIBKIT_INLINE bool rows_meta_clean(const TopLabelArgs<T>& a, int64_t begin, int64_t end) {
+    const uint64_t K = static_cast<uint64_t>(a.scores.cols);
+    bool bad = false;
+    for (int64_t i = begin; i < end; ++i) bad |= static_cast<uint64_t>(a.labels.raw(i)) >= K;
+    if (a.weights.present()) {
+        bool good = true;
+        for (int64_t i = begin; i < end; ++i) {
+            const double w = a.weights.v[i];
+            good &= (w >= 0.0) & (w <= DBL_MAX);  // false for NaN, inf and negatives
+        }
+        bad |= !good;
+    }
+    return !bad;
+}
+
 template <class T, class V, bool Classwise>
 inline void top_label_rows(const TopLabelArgs<T>& a, BinningResult& part, int64_t begin, int64_t end) {
     const int64_t K = a.scores.cols;
@@ -903,15 +921,28 @@ inline void top_label_rows(const TopLabelArgs<T>& a, BinningResult& part, int64_
     if (K < kShortRow) {
         constexpr int B = V::width * kShortGroups;  // rows per batch
         RowsSummary<V> batch;
+        // Labels and weights of the whole chunk checked first, without branches; when all are
+        // good (the usual case) the batches skip row_meta's per-row checks and status branches.
+        const bool meta_clean = rows_meta_clean(a, begin, end);
         for (int64_t i0 = begin; i0 < end; i0 += B) {
             int64_t rows[B], ys[B], label_for_load[B];
             double ws[B];
             bool ok[B];
-            for (int j = 0; j < B; ++j) {
-                const int64_t i = std::min(i0 + j, end - 1);
-                rows[j] = i;
-                ok[j] = i0 + j < end && row_meta(a, part, i, ys[j], ws[j]);
-                label_for_load[j] = ok[j] ? ys[j] : 0;
+            if (meta_clean) {
+                for (int j = 0; j < B; ++j) {
+                    const int64_t i = std::min(i0 + j, end - 1);
+                    rows[j] = i;
+                    ok[j] = i0 + j < end;
+                    label_for_load[j] = ys[j] = a.labels.raw(i);
+                    ws[j] = a.weights.at(i);
+                }
+            } else {
+                for (int j = 0; j < B; ++j) {
+                    const int64_t i = std::min(i0 + j, end - 1);
+                    rows[j] = i;
+                    ok[j] = i0 + j < end && row_meta(a, part, i, ys[j], ws[j]);
+                    label_for_load[j] = ok[j] ? ys[j] : 0;
+                }
             }
             summarize_short_rows<T, V>(a.scores, rows, label_for_load, a.from_logits, a.nll_eps, a.with_nll, a.inv_t,
                                        batch);

@@ -114,38 +114,65 @@ inline bool stream_row(const Vector<C>& confidence, const Vector<L>& target, con
     return true;
 }
 
-// Adds rows [begin, end) (stream positions offset + i) into bins/fine/boot.
-template <class C, class L>
+// Adds rows [begin, end) (stream positions offset + i) into bins/fine/boot. Checked: the rows
+// have passed stream_row's checks already (skipped here). The rows go in blocks: the bins and
+// fine buckets of a block first (their cache lines prefetched: the fine state is larger than L1),
+// then the adds, row by row in order.
+template <bool Checked, class C, class L>
 inline void stream_rows(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights, int64_t begin,
                         int64_t end, uint64_t offset, const BinEdges& edges, const FineGrid& grid, int64_t n_boot,
                         uint64_t seed, double* bins, double* fine, double* boot, Status& st) {
     const int64_t M = edges.n_bins, R = grid.size();
-    for (int64_t i = begin; i < end; ++i) {
-        double c, y, w;
-        if (!stream_row(confidence, target, weights, i, c, y, w, st)) continue;
-        const int64_t b = edges.bin(c), f = grid.bin(c);
-        bins[b] += 1.0;
-        bins[M + b] += w;
-        bins[2 * M + b] += w * c;
-        bins[3 * M + b] += w * y;
-        fine[f] += 1.0;
-        fine[R + f] += w;
-        fine[2 * R + f] += w * c;
-        fine[3 * R + f] += w * y;
-        fine[4 * R + f] += w * std::fabs(y - c);
-        if (n_boot > 0) {
-            const RowDraws draws(seed, offset + static_cast<uint64_t>(i));
-            for (int64_t r = 0; r < n_boot; r += 2) {
-                const uint64_t h = draws.word(r / 2);
-                for (int64_t s = r; s < r + 2 && s < n_boot; ++s) {
-                    const uint32_t bits32 = s == r ? static_cast<uint32_t>(h >> 32) : static_cast<uint32_t>(h);
-                    const int k = poisson1(static_cast<double>(bits32) * 0x1.0p-32);
-                    if (k == 0) continue;
-                    const double wk = w * k;
-                    double* rep = boot + s * 3 * M;
-                    rep[b] += wk;
-                    rep[M + b] += wk * c;
-                    rep[2 * M + b] += wk * y;
+    constexpr int64_t kBlock = 16;
+    int64_t bin_of[kBlock], fine_of[kBlock];
+    for (int64_t i0 = begin; i0 < end; i0 += kBlock) {
+        const int64_t n = std::min(kBlock, end - i0);
+        if constexpr (Checked) {
+            for (int64_t j = 0; j < n; ++j) {
+                const double c = confidence[i0 + j];
+                bin_of[j] = edges.bin(c);
+                fine_of[j] = grid.bin(c);
+                for (int64_t q = 0; q < 5; ++q) __builtin_prefetch(fine + q * R + fine_of[j], 1);
+            }
+        }
+        for (int64_t j = 0; j < n; ++j) {
+            const int64_t i = i0 + j;
+            double c, y, w;
+            int64_t b, f;
+            if constexpr (Checked) {
+                c = confidence[i];
+                y = static_cast<double>(target.raw(i));
+                w = weights.at(i);
+                b = bin_of[j];
+                f = fine_of[j];
+            } else {
+                if (!stream_row(confidence, target, weights, i, c, y, w, st)) continue;
+                b = edges.bin(c);
+                f = grid.bin(c);
+            }
+            bins[b] += 1.0;
+            bins[M + b] += w;
+            bins[2 * M + b] += w * c;
+            bins[3 * M + b] += w * y;
+            fine[f] += 1.0;
+            fine[R + f] += w;
+            fine[2 * R + f] += w * c;
+            fine[3 * R + f] += w * y;
+            fine[4 * R + f] += w * std::fabs(y - c);
+            if (n_boot > 0) {
+                const RowDraws draws(seed, offset + static_cast<uint64_t>(i));
+                for (int64_t r = 0; r < n_boot; r += 2) {
+                    const uint64_t h = draws.word(r / 2);
+                    for (int64_t s = r; s < r + 2 && s < n_boot; ++s) {
+                        const uint32_t bits32 = s == r ? static_cast<uint32_t>(h >> 32) : static_cast<uint32_t>(h);
+                        const int k = poisson1(static_cast<double>(bits32) * 0x1.0p-32);
+                        if (k == 0) continue;
+                        const double wk = w * k;
+                        double* rep = boot + s * 3 * M;
+                        rep[b] += wk;
+                        rep[M + b] += wk * c;
+                        rep[2 * M + b] += wk * y;
+                    }
                 }
             }
         }
@@ -170,14 +197,14 @@ Status stream_accumulate(const Vector<C>& confidence, const Vector<L>& target, c
             double c, y, w;
             stream_row(confidence, target, weights, i, c, y, w, st);
         }
-        if (st.code == kOk) stream_rows(confidence, target, weights, 0, N, offset, edges, grid, B, seed, bins, fine, boot, st);
+        if (st.code == kOk) stream_rows<true>(confidence, target, weights, 0, N, offset, edges, grid, B, seed, bins, fine, boot, st);
         return st;
     }
     StreamPartial total(M, R, B);
     chunked_reduce(
         N, kChunkElements, 1 + B, 4 * M + 5 * R + 3 * B * M, total, [&] { return StreamPartial(M, R, B); },
         [&](StreamPartial& part, int64_t begin, int64_t end) {
-            stream_rows(confidence, target, weights, begin, end, offset, edges, grid, B, seed, part.bins.data(),
+            stream_rows<false>(confidence, target, weights, begin, end, offset, edges, grid, B, seed, part.bins.data(),
                         part.fine.data(), part.boot.data(), part.status);
         },
         [](StreamPartial& acc, const StreamPartial& part) { acc.merge(part); });
@@ -218,7 +245,7 @@ Status stream_top_label(const Matrix<T>& scores, const Vector<int64_t>& labels, 
         // One chunk of rows the top-label pass has already checked (confidences in [0, 1], 0/1
         // targets, weights finite and >= 0): straight into the state, as stream_accumulate's own
         // small path does after its check pass.
-        stream_rows(c, y, weights, 0, N, offset, BinEdges::equal_width(n_bins), grid, n_boot, seed, bins, fine, boot,
+        stream_rows<true>(c, y, weights, 0, N, offset, BinEdges::equal_width(n_bins), grid, n_boot, seed, bins, fine, boot,
                     st);
     } else {
         st = stream_accumulate<double, uint8_t>(c, y, weights, offset, n_bins, grid, n_boot, seed, bins, fine, boot);

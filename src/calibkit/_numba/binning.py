@@ -50,13 +50,9 @@ def find_bin(c, inner, uniform):
     if n_inner <= 0:
         return 0
     if uniform:
-        guess = math.ceil(c * (n_inner + 1)) - 1.0
-        if guess < 0.0:
-            m = 0
-        elif guess > n_inner:
-            m = n_inner
-        else:
-            m = int(guess)
+        # floor(c M) by truncation of the clamped product (no libm call), settled against the edges
+        guess = min(max(c * (n_inner + 1), 0.0), float(n_inner))
+        m = int(guess)
         while m > 0 and not (inner[m - 1] < c):
             m -= 1
         while m < n_inner and inner[m] < c:

@@ -28,7 +28,7 @@ from ._common import (
     valid_probability,
 )
 from .binning import (
-    _classwise_spec, _top_label_chunk, check_weight, equal_width_inner, find_bin, top_label_stats,
+    SHORT_ROW, _classwise_spec, _top_label_chunk, check_weight, equal_width_inner, find_bin, top_label_stats,
 )
 
 # P(X <= k) for X ~ Poisson(1), k = 0..14 (as in stream.hpp).
@@ -269,7 +269,7 @@ def _cached_classwise(K, M):
 
 
 @numba.njit(**JIT)
-def _top_label_small(scores, labels, weights, has_w, from_logits, nll_eps, inv_t, table, cw_M, cw_inners,
+def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_eps, inv_t, table, cw_M, cw_inners,
                      cw_uniform, cw_upper, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf,
                      bins, fine, boot, totals, cw_state, st):
     """A batch of one top-label chunk, serially: the chunk of binning's top-label pass (confidences,
@@ -287,7 +287,7 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, nll_eps, inv_t
     q_w = np.zeros(KM)
     q_score = np.zeros(KM)
     q_target = np.zeros(KM)
-    _top_label_chunk(scores, labels, weights, has_w, from_logits, _NO_INNER, 0, nll_eps, True, inv_t, conf, correct,
+    _top_label_chunk(scores, labels, weights, has_w, from_logits, single, _NO_INNER, 0, nll_eps, True, inv_t, conf, correct,
                      True, table, 0, N, count, wsum, sconf, scorr, tot, st, cw_M, cw_inners, cw_uniform, cw_upper,
                      q_count, q_w, q_score, q_target)
     if st[0] != OK:
@@ -353,8 +353,11 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
         chunk = max(1, CHUNK_ELEMENTS // K)
     if N <= chunk:
         st = new_status()
-        _top_label_small(as_kernel_array(scores), labels, weights, has_w, bool(from_logits), float(nll_eps), inv_t,
-                         HALF_TABLE, cw_M, cw_inners, cw_uniform, cw_upper, np.uint64(offset), _cached_inner(n_bins),
+        # float32 / float16 logit rows of at least SHORT_ROW elements: the single-precision path, as in
+        # binning.top_label_stats
+        single = bool(from_logits) and scores.dtype != np.float64 and K >= SHORT_ROW
+        _top_label_small(as_kernel_array(scores), labels, weights, has_w, bool(from_logits), single, float(nll_eps),
+                         inv_t, HALF_TABLE, cw_M, cw_inners, cw_uniform, cw_upper, np.uint64(offset), _cached_inner(n_bins),
                          int(n_bins), int(fine_bits), int(fine_levels), int(n_boot), np.uint64(seed), POISSON1_CDF,
                          flat_bins, flat_fine, flat_boot, flat_totals, flat_cw, st)
         return status_tuple(st)
