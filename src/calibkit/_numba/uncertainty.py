@@ -70,6 +70,65 @@ def _bits_f32(typingctx, n):
     return types.float32(n), codegen
 
 
+@intrinsic
+def _f64_bits(typingctx, x):
+    """The bits of a float64 as an int64."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _bits_f64(typingctx, n):
+    """The float64 whose bits are the int64 n."""
+    if n != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+_TWO52 = 4503599627370496.0
+_TWO52_BITS = 0x4330000000000000  # the bits of 2^52
+
+
+@numba.njit(inline="always", **JIT)
+def _log_positive(x):
+    """log(x) for finite float64 x > 0: the same sequence of operations as simd.hpp's log_positive (so the
+    same bits), straight-line code that LLVM vectorises."""
+    tiny = x < 2.2250738585072014e-308
+    x = x * 18014398509481984.0 if tiny else x
+    bits = _f64_bits(x)
+    e = _bits_f64(((bits >> 52) & 0x7FF) | _TWO52_BITS) - (_TWO52 + 1023.0)
+    e = e - (54.0 if tiny else 0.0)
+    m = _bits_f64((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)  # [1, 2)
+    big = m > 1.4142135623730951
+    m = m * 0.5 if big else m
+    e = e + (1.0 if big else 0.0)
+    f = (m - 1.0) / (m + 1.0)
+    f2 = f * f
+    f4 = f2 * f2
+    f8 = f4 * f4
+    a0 = 1.0 + f2 * (1.0 / 3.0)
+    a1 = 1.0 / 5.0 + f2 * (1.0 / 7.0)
+    a2 = 1.0 / 9.0 + f2 * (1.0 / 11.0)
+    a3 = 1.0 / 13.0 + f2 * (1.0 / 15.0)
+    a4 = 1.0 / 17.0 + f2 * (1.0 / 19.0)
+    a5 = 1.0 / 21.0
+    b0 = a0 + a1 * f4
+    b1 = a2 + a3 * f4
+    b2 = a4 + a5 * f4
+    series = (b0 + b1 * f8) + (b2 * f8) * f8
+    log_m = (f + f) * series
+    return e * 6.93147180369123816490e-01 + (log_m + e * 1.90821492927058770002e-10)
+
+
 @numba.njit(inline="always", **JIT)
 def _log_f32(x):
     """log(x) for float32 x > 0: the same bits as _common.log_f32 (and simd.hpp's log_f32), exponent and
@@ -173,6 +232,33 @@ def _value_sums(buf, Kp):
 
 
 @numba.njit(inline="always", **JIT)
+def _value_products(x, y, Kp):
+    """(sum_k x_k, sum_k x_k y_k) of padded float64 rows, element k in lane k % 8, octet_sum."""
+    d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
+    q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = 0.0
+    for k0 in range(0, Kp, 8):
+        x0, x1, x2, x3 = x[k0], x[k0 + 1], x[k0 + 2], x[k0 + 3]
+        x4, x5, x6, x7 = x[k0 + 4], x[k0 + 5], x[k0 + 6], x[k0 + 7]
+        d0 += x0
+        d1 += x1
+        d2 += x2
+        d3 += x3
+        d4 += x4
+        d5 += x5
+        d6 += x6
+        d7 += x7
+        q0 += x0 * y[k0]
+        q1 += x1 * y[k0 + 1]
+        q2 += x2 * y[k0 + 2]
+        q3 += x3 * y[k0 + 3]
+        q4 += x4 * y[k0 + 4]
+        q5 += x5 * y[k0 + 5]
+        q6 += x6 * y[k0 + 6]
+        q7 += x7 * y[k0 + 7]
+    return ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7)), ((q0 + q4) + (q1 + q5)) + ((q2 + q6) + (q3 + q7))
+
+
+@numba.njit(inline="always", **JIT)
 def _max_f(buf, K, probabilities):
     """(largest value, number of bad elements) of a float row: NaN / inf, or (probabilities) outside the float
     bounds of [0, 1]. Eight independent lane maxima (the maximum is exact in any order) so LLVM vectorises."""
@@ -213,19 +299,28 @@ def _second_f(buf, K, m1):
     for k0 in range(0, K8, 8):
         v0, v1, v2, v3 = buf[k0], buf[k0 + 1], buf[k0 + 2], buf[k0 + 3]
         v4, v5, v6, v7 = buf[k0 + 4], buf[k0 + 5], buf[k0 + 6], buf[k0 + 7]
-        s0 = s0 if (s0 > v0 or v0 >= m1) else v0
-        s1 = s1 if (s1 > v1 or v1 >= m1) else v1
-        s2 = s2 if (s2 > v2 or v2 >= m1) else v2
-        s3 = s3 if (s3 > v3 or v3 >= m1) else v3
-        s4 = s4 if (s4 > v4 or v4 >= m1) else v4
-        s5 = s5 if (s5 > v5 or v5 >= m1) else v5
-        s6 = s6 if (s6 > v6 or v6 >= m1) else v6
-        s7 = s7 if (s7 > v7 or v7 >= m1) else v7
+        c0 = v0 if v0 < m1 else F32_NEG_INF
+        c1 = v1 if v1 < m1 else F32_NEG_INF
+        c2 = v2 if v2 < m1 else F32_NEG_INF
+        c3 = v3 if v3 < m1 else F32_NEG_INF
+        c4 = v4 if v4 < m1 else F32_NEG_INF
+        c5 = v5 if v5 < m1 else F32_NEG_INF
+        c6 = v6 if v6 < m1 else F32_NEG_INF
+        c7 = v7 if v7 < m1 else F32_NEG_INF
+        s0 = s0 if s0 > c0 else c0
+        s1 = s1 if s1 > c1 else c1
+        s2 = s2 if s2 > c2 else c2
+        s3 = s3 if s3 > c3 else c3
+        s4 = s4 if s4 > c4 else c4
+        s5 = s5 if s5 > c5 else c5
+        s6 = s6 if s6 > c6 else c6
+        s7 = s7 if s7 > c7 else c7
         ties += ((v0 == m1) + (v1 == m1) + (v2 == m1) + (v3 == m1) + (v4 == m1) + (v5 == m1) + (v6 == m1)
                  + (v7 == m1))
     for k in range(K8, K):
         v = buf[k]
-        s0 = s0 if (s0 > v or v >= m1) else v
+        c = v if v < m1 else F32_NEG_INF
+        s0 = s0 if s0 > c else c
         ties += v == m1
     if ties > 1:
         return m1
@@ -316,20 +411,18 @@ def _softmax_d(dbuf, K, best, b, store):
     return s0, s1
 
 
-@numba.njit(**JIT)
-def _entropy_d(dbuf, K):
-    plogp = 0.0
-    sum_log = 0.0
-    has_zero = False
+@numba.njit(inline="always", **JIT)
+def _entropy_d(dbuf, K, lbuf):
+    """(sum p log p, sum log p, some p <= 0) of a padded float64 probability row as the C++ entropy_sums: log p
+    (0 where p <= 0) into lbuf (its padding stays 0), then the sums in lane k % 8, octet_sum."""
+    zeros = 0
     for k in range(K):
         p = dbuf[k]
-        if p > 0.0:
-            lg = math.log(p)
-            plogp += p * lg
-            sum_log += lg
-        else:
-            has_zero = True
-    return plogp, sum_log, has_zero
+        positive = p > 0.0
+        zeros += not positive
+        lbuf[k] = _log_positive(p if positive else 1.0) if positive else 0.0
+    sum_log, plogp = _value_products(lbuf, dbuf, lbuf.shape[0])
+    return plogp, sum_log, zeros > 0
 
 
 @numba.njit(**JIT)
@@ -428,6 +521,7 @@ def _row_scores_chunk_d(s, from_logits, b, want, table, out, begin, end, st):
     K = s.shape[1]
     Kp = (K + 7) // 8 * 8
     dbuf = np.zeros(Kp)
+    lbufd = np.zeros(Kp)
     sums = from_logits and (want[LOGIT_NORM] or want[KL_TO_UNIFORM])
     for i in range(begin, end):
         for k in range(K):
@@ -443,7 +537,7 @@ def _row_scores_chunk_d(s, from_logits, b, want, table, out, begin, end, st):
         else:
             plogp, sum_log, has_zero = 0.0, 0.0, False
             if want[ENTROPY] or want[KL_TO_UNIFORM]:
-                plogp, sum_log, has_zero = _entropy_d(dbuf, K)
+                plogp, sum_log, has_zero = _entropy_d(dbuf, K, lbufd)
             _probability_scores(K, want, m1, m2, plogp, sum_log, has_zero, out, i)
 
 
@@ -516,7 +610,7 @@ def _member_f(m, i, from_logits, table, buf, ebuf, tbuf, st):
 
 
 @numba.njit(inline="always", **JIT)
-def _member_d(m, i, from_logits, table, dbuf, st):
+def _member_d(m, i, from_logits, table, dbuf, lbuf, st):
     """Member row i (double path): (ok, entropy, scale, row max), dbuf[k] * scale = p_k."""
     K = m.shape[1]
     for k in range(K):
@@ -527,7 +621,7 @@ def _member_d(m, i, from_logits, table, dbuf, st):
     if from_logits:
         s0, s1 = _softmax_d(dbuf, K, best, 1.0, True)
         return True, min(max(math.log(s0) - s1 / s0, 0.0), math.log(K)), 1.0 / s0, best
-    plogp, _, _ = _entropy_d(dbuf, K)
+    plogp, _, _ = _entropy_d(dbuf, K, lbuf)
     return True, max(-plogp, 0.0), 1.0, 0.0
 
 
@@ -561,8 +655,9 @@ def _decompose_chunk(x, from_logits, single, table, mean, res, pred, begin, end,
     ebuf = np.zeros(Kp, np.float32)
     tbuf = np.zeros(Kp, np.float32)
     dbuf = np.zeros(Kp)
+    lbufd = np.zeros(Kp)
     total = np.empty(K)
-    mrow = np.empty(K)
+    mrow = np.zeros(Kp)
     scales = np.empty(S)
     maxes = np.empty(S)
     member_st = np.empty(4)
@@ -581,7 +676,7 @@ def _decompose_chunk(x, from_logits, single, table, mean, res, pred, begin, end,
                     for k in range(K):
                         total[k] += np.float64(vals[k]) * scale
             else:
-                ok, h, scale, mx = _member_d(x[s], i, from_logits, table, dbuf, member_st)
+                ok, h, scale, mx = _member_d(x[s], i, from_logits, table, dbuf, lbufd, member_st)
                 if ok:
                     for k in range(K):
                         total[k] += dbuf[k] * scale
@@ -606,7 +701,7 @@ def _decompose_chunk(x, from_logits, single, table, mean, res, pred, begin, end,
         for s in range(S):
             p = _member_value(x[s], i, best, from_logits, single, table, scales[s], maxes[s])
             dev += (p - mrow[best]) * (p - mrow[best])
-        plogp, _, _ = _entropy_d(mrow, K)
+        plogp, _, _ = _entropy_d(mrow, K, lbufd)
         tot = max(-plogp, 0.0)
         alea = h_sum * inv
         res[0, i] = tot
@@ -662,6 +757,7 @@ def _update_chunk(m, from_logits, single, count, table, total, m2, h_sum, apply,
     ebuf = np.zeros(Kp, np.float32)
     tbuf = np.zeros(Kp, np.float32)
     dbuf = np.zeros(Kp)
+    lbufd = np.zeros(Kp)
     pbuf = np.empty(K)
     for i in range(begin, end):
         if single:
@@ -670,7 +766,7 @@ def _update_chunk(m, from_logits, single, count, table, total, m2, h_sum, apply,
                 for k in range(K):
                     pbuf[k] = np.float64(vals[k]) * scale
         else:
-            ok, h, scale, _ = _member_d(m, i, from_logits, table, dbuf, st)
+            ok, h, scale, _ = _member_d(m, i, from_logits, table, dbuf, lbufd, st)
             if ok and apply:
                 for k in range(K):
                     pbuf[k] = dbuf[k] * scale
