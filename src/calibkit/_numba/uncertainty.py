@@ -1,4 +1,11 @@
-"""Numba twins of cpp/include/calibkit/uncertainty.hpp: per-sample scores, ensemble decomposition, confidence loss."""
+"""Numba twins of cpp/include/calibkit/uncertainty.hpp: per-sample scores, ensemble decomposition, confidence loss.
+
+Float32 / float16 rows take the single-precision path of the C++ kernels: the row in a float buffer padded with
+zeros to a multiple of 8, exp_f32 / log_f32 computed by plain loops over that buffer (LLVM vectorises them), then
+the float lane sums (element k in lane k % 8) flushed into double lanes every FLUSH elements, as the C++ kernels
+add them. Float64 rows take the double path. The two paths are separate functions, so that each is typed only
+for its own buffer type.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +13,14 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from ._common import (
-    F32, HALF_TABLE, JIT, LABEL_OUT_OF_RANGE, MIN_PARALLEL_ELEMENTS, PROBABILITY_OUT_OF_RANGE, SCORE_NOT_FINITE,
-    as_kernel_array, check_float_dtype, exp_f32, is_finite, load, log_f32, merge_status, octet_sum, rows_per_chunk,
-    run_locked, status_tuple, valid_probability,
+    F32, HALF_TABLE, JIT, LABEL_OUT_OF_RANGE, LN2_HI, LN2_LO, MIN_PARALLEL_ELEMENTS, PROBABILITY_OUT_OF_RANGE,
+    SCORE_NOT_FINITE, as_kernel_array, check_float_dtype, exp_f32, is_finite, load, merge_status,
+    rows_per_chunk, run_locked, status_tuple, valid_probability,
 )
 
 MAX_PROBABILITY, MARGIN, ENTROPY, ENERGY, LOGIT_NORM, KL_TO_UNIFORM = range(6)
@@ -20,18 +30,337 @@ N_SCORES = 6
 FLUSH = 64  # elements per flush of the float partial sums (kFlushOctets octets in the C++ kernels)
 EXP_MIN = -708.0  # kExpMin: t = max(b u, EXP_MIN), so e^t t never overflows nor meets 0 * inf
 EXP_MIN_F = F32(-87.0)  # kExpMinF
+F32_ZERO = F32(0.0)
+F32_ONE = F32(1.0)
+F32_NEG_INF = F32(-np.inf)
+# The float bounds equivalent to [-PROBABILITY_TOLERANCE, 1 + PROBABILITY_TOLERANCE] for float values (scan_row_f).
+PROB_LO_F = F32(-9.99999997e-07)
+PROB_HI_F = F32(1.00000095)
+_TINY_F = F32(1.17549435e-38)
+_TWO24_F = F32(16777216.0)
+_SQRT2_F = F32(1.4142135623730951)
+_HALF_F = F32(0.5)
+_L9, _L7, _L5, _L3 = F32(1.0 / 9.0), F32(1.0 / 7.0), F32(1.0 / 5.0), F32(1.0 / 3.0)
 
 
-@numba.njit(**JIT)
-def _load_row(s, i, table, single, fbuf, dbuf):
-    """Row i into fbuf (float32 / float16 input: the single-precision path) or dbuf (float64)."""
+@intrinsic
+def _f32_bits(typingctx, x):
+    """The bits of a float32 as an int32."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, n):
+    """The float32 whose bits are the low 32 bits of the integer n."""
+    if not isinstance(n, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if n.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(n), codegen
+
+
+@intrinsic
+def _f64_bits(typingctx, x):
+    """The bits of a float64 as an int64."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _bits_f64(typingctx, n):
+    """The float64 whose bits are the int64 n."""
+    if n != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+_TWO52 = 4503599627370496.0
+_TWO52_BITS = 0x4330000000000000  # the bits of 2^52
+
+
+@numba.njit(inline="always", **JIT)
+def _log_positive(x):
+    """log(x) for finite float64 x > 0: the same sequence of operations as simd.hpp's log_positive (so the
+    same bits), straight-line code that LLVM vectorises."""
+    tiny = x < 2.2250738585072014e-308
+    x = x * 18014398509481984.0 if tiny else x
+    bits = _f64_bits(x)
+    e = _bits_f64(((bits >> 52) & 0x7FF) | _TWO52_BITS) - (_TWO52 + 1023.0)
+    e = e - (54.0 if tiny else 0.0)
+    m = _bits_f64((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)  # [1, 2)
+    big = m > 1.4142135623730951
+    m = m * 0.5 if big else m
+    e = e + (1.0 if big else 0.0)
+    f = (m - 1.0) / (m + 1.0)
+    f2 = f * f
+    f4 = f2 * f2
+    f8 = f4 * f4
+    a0 = 1.0 + f2 * (1.0 / 3.0)
+    a1 = 1.0 / 5.0 + f2 * (1.0 / 7.0)
+    a2 = 1.0 / 9.0 + f2 * (1.0 / 11.0)
+    a3 = 1.0 / 13.0 + f2 * (1.0 / 15.0)
+    a4 = 1.0 / 17.0 + f2 * (1.0 / 19.0)
+    a5 = 1.0 / 21.0
+    b0 = a0 + a1 * f4
+    b1 = a2 + a3 * f4
+    b2 = a4 + a5 * f4
+    series = (b0 + b1 * f8) + (b2 * f8) * f8
+    log_m = (f + f) * series
+    return e * 6.93147180369123816490e-01 + (log_m + e * 1.90821492927058770002e-10)
+
+
+@numba.njit(inline="always", **JIT)
+def _log_f32(x):
+    """log(x) for float32 x > 0: the same bits as _common.log_f32 (and simd.hpp's log_f32), exponent and
+    mantissa taken from the bits (subnormals scaled by 2^24 first), straight-line code that LLVM vectorises."""
+    tiny = x < _TINY_F
+    x = x * _TWO24_F if tiny else x
+    bits = _f32_bits(x)
+    e = ((bits >> 23) & 0xFF) - 127
+    e = e - 24 if tiny else e
+    m = _bits_f32((bits & 0x007FFFFF) | 0x3F800000)  # [1, 2)
+    big = m > _SQRT2_F
+    m = m * _HALF_F if big else m
+    e = e + 1 if big else e
+    ef = F32(e)
+    f = (m - F32_ONE) / (m + F32_ONE)
+    f2 = f * f
+    s = _L9
+    s = _L7 + f2 * s
+    s = _L5 + f2 * s
+    s = _L3 + f2 * s
+    s = F32_ONE + f2 * s
+    log_m = (f + f) * s
+    return ef * LN2_HI + (log_m + ef * LN2_LO)
+
+
+@numba.njit(inline="always", **JIT)
+def _lane_sums_f(x, y, Kp):
+    """(sum_k x_k, sum_k x_k y_k) of float buffers of Kp (a multiple of 8) elements as the C++ float path adds
+    them: element k in float lane k % 8, the float lanes flushed into double lanes every FLUSH elements, the
+    double lanes combined by octet_sum."""
+    d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
+    q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = 0.0
+    for f0 in range(0, Kp, FLUSH):
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = F32_ZERO
+        b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = F32_ZERO
+        for k0 in range(f0, min(f0 + FLUSH, Kp), 8):
+            x0, x1, x2, x3 = x[k0], x[k0 + 1], x[k0 + 2], x[k0 + 3]
+            x4, x5, x6, x7 = x[k0 + 4], x[k0 + 5], x[k0 + 6], x[k0 + 7]
+            a0 += x0
+            a1 += x1
+            a2 += x2
+            a3 += x3
+            a4 += x4
+            a5 += x5
+            a6 += x6
+            a7 += x7
+            b0 += x0 * y[k0]
+            b1 += x1 * y[k0 + 1]
+            b2 += x2 * y[k0 + 2]
+            b3 += x3 * y[k0 + 3]
+            b4 += x4 * y[k0 + 4]
+            b5 += x5 * y[k0 + 5]
+            b6 += x6 * y[k0 + 6]
+            b7 += x7 * y[k0 + 7]
+        d0 += np.float64(a0)
+        d1 += np.float64(a1)
+        d2 += np.float64(a2)
+        d3 += np.float64(a3)
+        d4 += np.float64(a4)
+        d5 += np.float64(a5)
+        d6 += np.float64(a6)
+        d7 += np.float64(a7)
+        q0 += np.float64(b0)
+        q1 += np.float64(b1)
+        q2 += np.float64(b2)
+        q3 += np.float64(b3)
+        q4 += np.float64(b4)
+        q5 += np.float64(b5)
+        q6 += np.float64(b6)
+        q7 += np.float64(b7)
+    return ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7)), ((q0 + q4) + (q1 + q5)) + ((q2 + q6) + (q3 + q7))
+
+
+@numba.njit(inline="always", **JIT)
+def _value_sums(buf, Kp):
+    """sum and sum of squares of a padded row (float or double) in double lanes (element k in lane k % 8), octet_sum."""
+    d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
+    q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = 0.0
+    for k0 in range(0, Kp, 8):
+        v0, v1 = np.float64(buf[k0]), np.float64(buf[k0 + 1])
+        v2, v3 = np.float64(buf[k0 + 2]), np.float64(buf[k0 + 3])
+        v4, v5 = np.float64(buf[k0 + 4]), np.float64(buf[k0 + 5])
+        v6, v7 = np.float64(buf[k0 + 6]), np.float64(buf[k0 + 7])
+        d0 += v0
+        d1 += v1
+        d2 += v2
+        d3 += v3
+        d4 += v4
+        d5 += v5
+        d6 += v6
+        d7 += v7
+        q0 += v0 * v0
+        q1 += v1 * v1
+        q2 += v2 * v2
+        q3 += v3 * v3
+        q4 += v4 * v4
+        q5 += v5 * v5
+        q6 += v6 * v6
+        q7 += v7 * v7
+    return ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7)), ((q0 + q4) + (q1 + q5)) + ((q2 + q6) + (q3 + q7))
+
+
+@numba.njit(inline="always", **JIT)
+def _value_products(x, y, Kp):
+    """(sum_k x_k, sum_k x_k y_k) of padded float64 rows, element k in lane k % 8, octet_sum."""
+    d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
+    q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = 0.0
+    for k0 in range(0, Kp, 8):
+        x0, x1, x2, x3 = x[k0], x[k0 + 1], x[k0 + 2], x[k0 + 3]
+        x4, x5, x6, x7 = x[k0 + 4], x[k0 + 5], x[k0 + 6], x[k0 + 7]
+        d0 += x0
+        d1 += x1
+        d2 += x2
+        d3 += x3
+        d4 += x4
+        d5 += x5
+        d6 += x6
+        d7 += x7
+        q0 += x0 * y[k0]
+        q1 += x1 * y[k0 + 1]
+        q2 += x2 * y[k0 + 2]
+        q3 += x3 * y[k0 + 3]
+        q4 += x4 * y[k0 + 4]
+        q5 += x5 * y[k0 + 5]
+        q6 += x6 * y[k0 + 6]
+        q7 += x7 * y[k0 + 7]
+    return ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7)), ((q0 + q4) + (q1 + q5)) + ((q2 + q6) + (q3 + q7))
+
+
+@numba.njit(inline="always", **JIT)
+def _max_f(buf, K, probabilities):
+    """(largest value, number of bad elements) of a float row: NaN / inf, or (probabilities) outside the float
+    bounds of [0, 1]. Eight independent lane maxima (the maximum is exact in any order) so LLVM vectorises."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = F32_NEG_INF
+    bad = 0
+    K8 = K - K % 8
+    for k0 in range(0, K8, 8):
+        v0, v1, v2, v3 = buf[k0], buf[k0 + 1], buf[k0 + 2], buf[k0 + 3]
+        v4, v5, v6, v7 = buf[k0 + 4], buf[k0 + 5], buf[k0 + 6], buf[k0 + 7]
+        m0 = m0 if m0 > v0 else v0
+        m1 = m1 if m1 > v1 else v1
+        m2 = m2 if m2 > v2 else v2
+        m3 = m3 if m3 > v3 else v3
+        m4 = m4 if m4 > v4 else v4
+        m5 = m5 if m5 > v5 else v5
+        m6 = m6 if m6 > v6 else v6
+        m7 = m7 if m7 > v7 else v7
+        bad += (((v0 - v0) != F32_ZERO) | ((v1 - v1) != F32_ZERO) | ((v2 - v2) != F32_ZERO)
+                | ((v3 - v3) != F32_ZERO) | ((v4 - v4) != F32_ZERO) | ((v5 - v5) != F32_ZERO)
+                | ((v6 - v6) != F32_ZERO) | ((v7 - v7) != F32_ZERO))
+    for k in range(K8, K):
+        v = buf[k]
+        m0 = m0 if m0 > v else v
+        bad += (v - v) != F32_ZERO
+    if probabilities:
+        for k in range(K):
+            v = buf[k]
+            bad += (v < PROB_LO_F) | (v > PROB_HI_F)
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7))), bad
+
+
+@numba.njit(inline="always", **JIT)
+def _second_f(buf, K, m1):
+    """The second largest value of a float row whose largest is m1 (m1 again when it occurs twice)."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F32_NEG_INF
+    ties = 0
+    K8 = K - K % 8
+    for k0 in range(0, K8, 8):
+        v0, v1, v2, v3 = buf[k0], buf[k0 + 1], buf[k0 + 2], buf[k0 + 3]
+        v4, v5, v6, v7 = buf[k0 + 4], buf[k0 + 5], buf[k0 + 6], buf[k0 + 7]
+        c0 = v0 if v0 < m1 else F32_NEG_INF
+        c1 = v1 if v1 < m1 else F32_NEG_INF
+        c2 = v2 if v2 < m1 else F32_NEG_INF
+        c3 = v3 if v3 < m1 else F32_NEG_INF
+        c4 = v4 if v4 < m1 else F32_NEG_INF
+        c5 = v5 if v5 < m1 else F32_NEG_INF
+        c6 = v6 if v6 < m1 else F32_NEG_INF
+        c7 = v7 if v7 < m1 else F32_NEG_INF
+        s0 = s0 if s0 > c0 else c0
+        s1 = s1 if s1 > c1 else c1
+        s2 = s2 if s2 > c2 else c2
+        s3 = s3 if s3 > c3 else c3
+        s4 = s4 if s4 > c4 else c4
+        s5 = s5 if s5 > c5 else c5
+        s6 = s6 if s6 > c6 else c6
+        s7 = s7 if s7 > c7 else c7
+        ties += ((v0 == m1) + (v1 == m1) + (v2 == m1) + (v3 == m1) + (v4 == m1) + (v5 == m1) + (v6 == m1)
+                 + (v7 == m1))
+    for k in range(K8, K):
+        v = buf[k]
+        c = v if v < m1 else F32_NEG_INF
+        s0 = s0 if s0 > c else c
+        ties += v == m1
+    if ties > 1:
+        return m1
+    return max(max(max(s0, s1), max(s2, s3)), max(max(s4, s5), max(s6, s7)))
+
+
+@numba.njit(inline="always", **JIT)
+def _load_f(s, i, table, buf):
+    """Row i of s (any dtype) into the float buffer buf (its padding stays 0)."""
     K = s.shape[1]
-    if single:
-        for k in range(K):
-            fbuf[k] = F32(load(s[i, k], table))
-    else:
-        for k in range(K):
-            dbuf[k] = load(s[i, k], table)
+    for k in range(K):
+        buf[k] = F32(load(s[i, k], table))
+
+
+@numba.njit(inline="always", **JIT)
+def _softmax_f(buf, K, best, b, ebuf, tbuf):
+    """s0 = sum e^t, s1 = sum e^t t (t = max(b u, EXP_MIN_F), u = z - best) of a padded float row: e^t into
+    ebuf, t into tbuf (their padding stays 0), then the float lane sums."""
+    shift = F32(best)
+    bf = F32(b)
+    for k in range(K):
+        t = bf * (buf[k] - shift)
+        t = t if t > EXP_MIN_F else EXP_MIN_F
+        tbuf[k] = t
+        ebuf[k] = exp_f32(t)
+    return _lane_sums_f(ebuf, tbuf, ebuf.shape[0])
+
+
+@numba.njit(inline="always", **JIT)
+def _entropy_f(buf, K, lbuf):
+    """(sum p log p, sum log p, some p <= 0) of a padded float probability row; log p into lbuf (0 where
+    p <= 0; the padding stays 0)."""
+    zeros = 0
+    for k in range(K):
+        p = buf[k]
+        positive = p > F32_ZERO
+        zeros += not positive
+        lbuf[k] = _log_f32(p if positive else F32_ONE) if positive else F32_ZERO
+    sum_log, plogp = _lane_sums_f(lbuf, buf, lbuf.shape[0])
+    return plogp, sum_log, zeros > 0
 
 
 @numba.njit(**JIT)
@@ -49,58 +378,22 @@ def _check_row(buf, K, probabilities, i, st):
 
 
 @numba.njit(**JIT)
-def _top_two(buf, K):
+def _scan_d(buf, K, probabilities):
+    """(m1, m2, number of bad elements) of a float64 row: the two largest values (equal if tied)."""
     m1 = -np.inf
     m2 = -np.inf
+    bad = 0
     for k in range(K):
-        v = np.float64(buf[k])
+        v = buf[k]
+        bad += not is_finite(v)
+        if probabilities:
+            bad += not valid_probability(v)
         if v > m1:
             m2 = m1
             m1 = v
         elif v > m2:
             m2 = v
-    return m1, m2
-
-
-@numba.njit(**JIT)
-def _value_sums(buf, K):
-    """sum and sum of squares, element k in lane k % 8 (the C++ lane order)."""
-    d = np.zeros(8)
-    q = np.zeros(8)
-    for k in range(K):
-        v = np.float64(buf[k])
-        d[k % 8] += v
-        q[k % 8] += v * v
-    return octet_sum(d), octet_sum(q)
-
-
-@numba.njit(**JIT)
-def _softmax_f(fbuf, K, best, b, store, with_s1):
-    """s0 = sum e^t, s1 = sum e^t t (t = max(b u, EXP_MIN_F)) of a float row: float lanes, partial sums
-    flushed to double every FLUSH elements."""
-    shift = F32(best)
-    bf = F32(b)
-    p0 = np.zeros(8, np.float32)
-    p1 = np.zeros(8, np.float32)
-    d0 = np.zeros(8)
-    d1 = np.zeros(8)
-    for k0 in range(0, K, 8):
-        n = min(8, K - k0)
-        for j in range(n):
-            t = bf * (fbuf[k0 + j] - shift)
-            t = t if t > EXP_MIN_F else EXP_MIN_F
-            e = exp_f32(t)
-            p0[j] += e
-            p1[j] += e * t
-            if store:
-                fbuf[k0 + j] = e
-        if (k0 + 8) % FLUSH == 0 or k0 + 8 >= K:
-            for j in range(8):
-                d0[j] += np.float64(p0[j])
-                d1[j] += np.float64(p1[j])
-                p0[j] = 0.0
-                p1[j] = 0.0
-    return octet_sum(d0), (octet_sum(d1) if with_s1 else 0.0)
+    return m1, m2, bad
 
 
 @numba.njit(**JIT)
@@ -118,49 +411,18 @@ def _softmax_d(dbuf, K, best, b, store):
     return s0, s1
 
 
-@numba.njit(**JIT)
-def _entropy_f(fbuf, K):
-    """sum p log p and sum log p of a float row (float lanes, flushed to double), and whether some p <= 0."""
-    pa = np.zeros(8, np.float32)
-    pl = np.zeros(8, np.float32)
-    da = np.zeros(8)
-    dl = np.zeros(8)
-    zero = F32(0.0)
-    has_zero = False
-    for k0 in range(0, K, 8):
-        n = min(8, K - k0)
-        for j in range(n):
-            p = fbuf[k0 + j]
-            lg = zero
-            if p > zero:
-                lg = log_f32(p)
-            else:
-                has_zero = True
-            pa[j] += p * lg
-            pl[j] += lg
-        if (k0 + 8) % FLUSH == 0 or k0 + 8 >= K:
-            for j in range(8):
-                da[j] += np.float64(pa[j])
-                dl[j] += np.float64(pl[j])
-                pa[j] = 0.0
-                pl[j] = 0.0
-    return octet_sum(da), octet_sum(dl), has_zero
-
-
-@numba.njit(**JIT)
-def _entropy_d(dbuf, K):
-    plogp = 0.0
-    sum_log = 0.0
-    has_zero = False
+@numba.njit(inline="always", **JIT)
+def _entropy_d(dbuf, K, lbuf):
+    """(sum p log p, sum log p, some p <= 0) of a padded float64 probability row as the C++ entropy_sums: log p
+    (0 where p <= 0) into lbuf (its padding stays 0), then the sums in lane k % 8, octet_sum."""
+    zeros = 0
     for k in range(K):
         p = dbuf[k]
-        if p > 0.0:
-            lg = math.log(p)
-            plogp += p * lg
-            sum_log += lg
-        else:
-            has_zero = True
-    return plogp, sum_log, has_zero
+        positive = p > 0.0
+        zeros += not positive
+        lbuf[k] = _log_positive(p if positive else 1.0) if positive else 0.0
+    sum_log, plogp = _value_products(lbuf, dbuf, lbuf.shape[0])
+    return plogp, sum_log, zeros > 0
 
 
 @numba.njit(**JIT)
@@ -187,63 +449,96 @@ def _scaled_mean(buf, K):
     return m
 
 
-@numba.njit(**JIT)
-def _scores_of_row(buf, K, from_logits, b, want, single, out, i):
+@numba.njit(inline="always", **JIT)
+def _logit_scores(buf, K, b, want, m1, m2, total, sq, s0, s1, out, i):
     logK = math.log(K)
-    m1, m2 = _top_two(buf, K)
-    if from_logits:
-        total, sq = _value_sums(buf, K)
-        if single:
-            s0, s1 = _softmax_f(buf, K, m1, b, False, want[ENTROPY])
-        else:
-            s0, s1 = _softmax_d(buf, K, m1, b, False)
-        log_s0 = math.log(s0)
-        if want[MAX_PROBABILITY]:
-            out[MAX_PROBABILITY, i] = 1.0 / s0
-        if want[MARGIN]:
-            out[MARGIN, i] = (1.0 - math.exp(b * (m2 - m1))) / s0
-        if want[ENTROPY]:
-            out[ENTROPY, i] = min(max(log_s0 - s1 / s0, 0.0), logK)
-        if want[ENERGY]:
-            out[ENERGY, i] = -(m1 + log_s0 / b)
-        if want[LOGIT_NORM]:
-            out[LOGIT_NORM, i] = math.sqrt(sq) if 1e-280 < sq < 1e280 else _scaled_norm(buf, K)
-        if want[KL_TO_UNIFORM]:
-            mean = total / K if is_finite(total) else _scaled_mean(buf, K)
-            out[KL_TO_UNIFORM, i] = max(log_s0 - logK - b * (mean - m1), 0.0)
-    else:
-        if want[MAX_PROBABILITY]:
-            out[MAX_PROBABILITY, i] = m1
-        if want[MARGIN]:
-            out[MARGIN, i] = m1 - m2
-        if want[ENTROPY] or want[KL_TO_UNIFORM]:
-            if single:
-                plogp, sum_log, has_zero = _entropy_f(buf, K)
-            else:
-                plogp, sum_log, has_zero = _entropy_d(buf, K)
-            if want[ENTROPY]:
-                out[ENTROPY, i] = max(-plogp, 0.0)
-            if want[KL_TO_UNIFORM]:
-                out[KL_TO_UNIFORM, i] = np.inf if has_zero else max(-logK - sum_log / K, 0.0)
+    log_s0 = math.log(s0)
+    if want[MAX_PROBABILITY]:
+        out[MAX_PROBABILITY, i] = 1.0 / s0
+    if want[MARGIN]:
+        out[MARGIN, i] = (1.0 - math.exp(b * (m2 - m1))) / s0
+    if want[ENTROPY]:
+        out[ENTROPY, i] = min(max(log_s0 - s1 / s0, 0.0), logK)
+    if want[ENERGY]:
+        out[ENERGY, i] = -(m1 + log_s0 / b)
+    if want[LOGIT_NORM]:
+        out[LOGIT_NORM, i] = math.sqrt(sq) if 1e-280 < sq < 1e280 else _scaled_norm(buf, K)
+    if want[KL_TO_UNIFORM]:
+        mean = total / K if is_finite(total) else _scaled_mean(buf, K)
+        out[KL_TO_UNIFORM, i] = max(log_s0 - logK - b * (mean - m1), 0.0)
+
+
+@numba.njit(inline="always", **JIT)
+def _probability_scores(K, want, m1, m2, plogp, sum_log, has_zero, out, i):
+    if want[MAX_PROBABILITY]:
+        out[MAX_PROBABILITY, i] = m1
+    if want[MARGIN]:
+        out[MARGIN, i] = m1 - m2
+    if want[ENTROPY]:
+        out[ENTROPY, i] = max(-plogp, 0.0)
+    if want[KL_TO_UNIFORM]:
+        out[KL_TO_UNIFORM, i] = np.inf if has_zero else max(-math.log(K) - sum_log / K, 0.0)
+
+
+@numba.njit(inline="always", **JIT)
+def _nan_scores(want, out, i):
+    for c in range(N_SCORES):
+        if want[c]:
+            out[c, i] = np.nan
 
 
 @numba.njit(**JIT)
-def _row_scores_chunk(s, from_logits, b, want, single, table, out, begin, end, st):
+def _row_scores_chunk_f(s, from_logits, b, want, table, out, begin, end, st):
+    """The float32 / float16 rows of [begin, end)."""
     K = s.shape[1]
-    fbuf = np.empty(K, np.float32)
-    dbuf = np.empty(K)
+    Kp = (K + 7) // 8 * 8
+    buf = np.zeros(Kp, np.float32)
+    ebuf = np.zeros(Kp, np.float32)
+    tbuf = np.zeros(Kp, np.float32)
+    sums = from_logits and (want[LOGIT_NORM] or want[KL_TO_UNIFORM])
     for i in range(begin, end):
-        _load_row(s, i, table, single, fbuf, dbuf)
-        ok = _check_row(fbuf, K, not from_logits, i, st) if single else _check_row(dbuf, K, not from_logits, i, st)
-        if not ok:
-            for c in range(N_SCORES):
-                if want[c]:
-                    out[c, i] = np.nan
+        _load_f(s, i, table, buf)
+        m1f, bad = _max_f(buf, K, not from_logits)
+        if bad != 0 and not _check_row(buf, K, not from_logits, i, st):
+            _nan_scores(want, out, i)
             continue
-        if single:
-            _scores_of_row(fbuf, K, from_logits, b, want, True, out, i)
+        m1 = np.float64(m1f)
+        m2 = np.float64(_second_f(buf, K, m1f)) if want[MARGIN] else -np.inf
+        if from_logits:
+            total, sq = _value_sums(buf, Kp) if sums else (0.0, 0.0)
+            s0, s1 = _softmax_f(buf, K, m1, b, ebuf, tbuf)
+            _logit_scores(buf, K, b, want, m1, m2, total, sq, s0, s1, out, i)
         else:
-            _scores_of_row(dbuf, K, from_logits, b, want, False, out, i)
+            plogp, sum_log, has_zero = 0.0, 0.0, False
+            if want[ENTROPY] or want[KL_TO_UNIFORM]:
+                plogp, sum_log, has_zero = _entropy_f(buf, K, tbuf)
+            _probability_scores(K, want, m1, m2, plogp, sum_log, has_zero, out, i)
+
+
+@numba.njit(**JIT)
+def _row_scores_chunk_d(s, from_logits, b, want, table, out, begin, end, st):
+    """The float64 rows of [begin, end)."""
+    K = s.shape[1]
+    Kp = (K + 7) // 8 * 8
+    dbuf = np.zeros(Kp)
+    lbufd = np.zeros(Kp)
+    sums = from_logits and (want[LOGIT_NORM] or want[KL_TO_UNIFORM])
+    for i in range(begin, end):
+        for k in range(K):
+            dbuf[k] = load(s[i, k], table)
+        m1, m2, bad = _scan_d(dbuf, K, not from_logits)
+        if bad != 0 and not _check_row(dbuf, K, not from_logits, i, st):
+            _nan_scores(want, out, i)
+            continue
+        if from_logits:
+            total, sq = _value_sums(dbuf, Kp) if sums else (0.0, 0.0)
+            s0, s1 = _softmax_d(dbuf, K, m1, b, False)
+            _logit_scores(dbuf, K, b, want, m1, m2, total, sq, s0, s1, out, i)
+        else:
+            plogp, sum_log, has_zero = 0.0, 0.0, False
+            if want[ENTROPY] or want[KL_TO_UNIFORM]:
+                plogp, sum_log, has_zero = _entropy_d(dbuf, K, lbufd)
+            _probability_scores(K, want, m1, m2, plogp, sum_log, has_zero, out, i)
 
 
 @numba.njit(parallel=True, **JIT)
@@ -255,12 +550,16 @@ def _row_scores_driver(s, from_logits, b, want, single, table, out, parallel):
     sts[:, 1:3] = -1.0
     if parallel:
         for c in numba.prange(n_chunks):
-            _row_scores_chunk(s, from_logits, b, want, single, table, out, c * chunk, min(N, (c + 1) * chunk),
-                              sts[c])
+            if single:
+                _row_scores_chunk_f(s, from_logits, b, want, table, out, c * chunk, min(N, (c + 1) * chunk), sts[c])
+            else:
+                _row_scores_chunk_d(s, from_logits, b, want, table, out, c * chunk, min(N, (c + 1) * chunk), sts[c])
     else:
         for c in range(n_chunks):
-            _row_scores_chunk(s, from_logits, b, want, single, table, out, c * chunk, min(N, (c + 1) * chunk),
-                              sts[c])
+            if single:
+                _row_scores_chunk_f(s, from_logits, b, want, table, out, c * chunk, min(N, (c + 1) * chunk), sts[c])
+            else:
+                _row_scores_chunk_d(s, from_logits, b, want, table, out, c * chunk, min(N, (c + 1) * chunk), sts[c])
     st = np.array([0.0, -1.0, -1.0, 0.0])
     for c in range(n_chunks):
         merge_status(st, int(sts[c, 0]), int(sts[c, 1]), int(sts[c, 2]), sts[c, 3])
@@ -293,39 +592,42 @@ def row_scores(scores, from_logits, inverse_temperature, kinds):
     return d
 
 
-@numba.njit(**JIT)
-def _member(m, i, from_logits, single, table, fbuf, dbuf, pbuf, st):
-    """Probabilities of member row i into pbuf; returns (ok, entropy, scale, row max) as the C++ RowWork::member."""
+@numba.njit(inline="always", **JIT)
+def _member_f(m, i, from_logits, table, buf, ebuf, tbuf, st):
+    """Member row i (float path) as the C++ RowWork::member: (ok, entropy, scale, row max, values) with the
+    probabilities p_k = values[k] * scale (values: ebuf from logits, buf from probabilities)."""
     K = m.shape[1]
-    _load_row(m, i, table, single, fbuf, dbuf)
-    ok = _check_row(fbuf, K, not from_logits, i, st) if single else _check_row(dbuf, K, not from_logits, i, st)
-    if not ok:
+    _load_f(m, i, table, buf)
+    m1f, bad = _max_f(buf, K, not from_logits)
+    if bad != 0 and not _check_row(buf, K, not from_logits, i, st):
+        return False, 0.0, 1.0, 0.0, buf
+    if from_logits:
+        best = np.float64(m1f)
+        s0, s1 = _softmax_f(buf, K, best, 1.0, ebuf, tbuf)
+        return True, min(max(math.log(s0) - s1 / s0, 0.0), math.log(K)), 1.0 / s0, best, ebuf
+    plogp, _, _ = _entropy_f(buf, K, tbuf)
+    return True, max(-plogp, 0.0), 1.0, 0.0, buf
+
+
+@numba.njit(inline="always", **JIT)
+def _member_d(m, i, from_logits, table, dbuf, lbuf, st):
+    """Member row i (double path): (ok, entropy, scale, row max), dbuf[k] * scale = p_k."""
+    K = m.shape[1]
+    for k in range(K):
+        dbuf[k] = load(m[i, k], table)
+    best, _, bad = _scan_d(dbuf, K, not from_logits)
+    if bad != 0 and not _check_row(dbuf, K, not from_logits, i, st):
         return False, 0.0, 1.0, 0.0
     if from_logits:
-        if single:
-            best, _ = _top_two(fbuf, K)
-            s0, s1 = _softmax_f(fbuf, K, best, 1.0, True, True)
-        else:
-            best, _ = _top_two(dbuf, K)
-            s0, s1 = _softmax_d(dbuf, K, best, 1.0, True)
-        scale = 1.0 / s0
-        h = min(max(math.log(s0) - s1 / s0, 0.0), math.log(K))
-    else:
-        best = 0.0
-        scale = 1.0
-        if single:
-            plogp, _, _ = _entropy_f(fbuf, K)
-        else:
-            plogp, _, _ = _entropy_d(dbuf, K)
-        h = max(-plogp, 0.0)
-    for k in range(K):
-        pbuf[k] = (np.float64(fbuf[k]) if single else dbuf[k]) * scale
-    return True, h, scale, best
+        s0, s1 = _softmax_d(dbuf, K, best, 1.0, True)
+        return True, min(max(math.log(s0) - s1 / s0, 0.0), math.log(K)), 1.0 / s0, best
+    plogp, _, _ = _entropy_d(dbuf, K, lbuf)
+    return True, max(-plogp, 0.0), 1.0, 0.0
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always", **JIT)
 def _member_value(m, i, c, from_logits, single, table, scale, row_max):
-    """p_c of member row i again (the same bits as _member)."""
+    """p_c of member row i again (the same bits as _member_f / _member_d)."""
     v = load(m[i, c], table)
     if not from_logits:
         return v * scale
@@ -348,11 +650,14 @@ def _welford(p, K, count, total, m2):
 @numba.njit(**JIT)
 def _decompose_chunk(x, from_logits, single, table, mean, res, pred, begin, end, st):
     S, _, K = x.shape
-    fbuf = np.empty(K, np.float32)
-    dbuf = np.empty(K)
-    pbuf = np.empty(K)
+    Kp = (K + 7) // 8 * 8
+    buf = np.zeros(Kp, np.float32)
+    ebuf = np.zeros(Kp, np.float32)
+    tbuf = np.zeros(Kp, np.float32)
+    dbuf = np.zeros(Kp)
+    lbufd = np.zeros(Kp)
     total = np.empty(K)
-    mrow = np.empty(K)
+    mrow = np.zeros(Kp)
     scales = np.empty(S)
     maxes = np.empty(S)
     member_st = np.empty(4)
@@ -365,12 +670,21 @@ def _decompose_chunk(x, from_logits, single, table, mean, res, pred, begin, end,
             member_st[0] = 0.0
             member_st[1] = -1.0
             member_st[2] = -1.0
-            ok, h, scales[s], maxes[s] = _member(x[s], i, from_logits, single, table, fbuf, dbuf, pbuf, member_st)
+            if single:
+                ok, h, scale, mx, vals = _member_f(x[s], i, from_logits, table, buf, ebuf, tbuf, member_st)
+                if ok:
+                    for k in range(K):
+                        total[k] += np.float64(vals[k]) * scale
+            else:
+                ok, h, scale, mx = _member_d(x[s], i, from_logits, table, dbuf, lbufd, member_st)
+                if ok:
+                    for k in range(K):
+                        total[k] += dbuf[k] * scale
             if not ok:
                 merge_status(st, int(member_st[0]), i, s * K + int(member_st[2]), member_st[3])
                 break
-            for k in range(K):
-                total[k] += pbuf[k]
+            scales[s] = scale
+            maxes[s] = mx
             h_sum += h
         if not ok:
             mean[i, :] = np.nan
@@ -387,7 +701,7 @@ def _decompose_chunk(x, from_logits, single, table, mean, res, pred, begin, end,
         for s in range(S):
             p = _member_value(x[s], i, best, from_logits, single, table, scales[s], maxes[s])
             dev += (p - mrow[best]) * (p - mrow[best])
-        plogp, _, _ = _entropy_d(mrow, K)
+        plogp, _, _ = _entropy_d(mrow, K, lbufd)
         tot = max(-plogp, 0.0)
         alea = h_sum * inv
         res[0, i] = tot
@@ -438,11 +752,24 @@ def ensemble_decompose(samples, from_logits):
 @numba.njit(**JIT)
 def _update_chunk(m, from_logits, single, count, table, total, m2, h_sum, apply, begin, end, st):
     K = m.shape[1]
-    fbuf = np.empty(K, np.float32)
-    dbuf = np.empty(K)
+    Kp = (K + 7) // 8 * 8
+    buf = np.zeros(Kp, np.float32)
+    ebuf = np.zeros(Kp, np.float32)
+    tbuf = np.zeros(Kp, np.float32)
+    dbuf = np.zeros(Kp)
+    lbufd = np.zeros(Kp)
     pbuf = np.empty(K)
     for i in range(begin, end):
-        ok, h, _, _ = _member(m, i, from_logits, single, table, fbuf, dbuf, pbuf, st)
+        if single:
+            ok, h, scale, _, vals = _member_f(m, i, from_logits, table, buf, ebuf, tbuf, st)
+            if ok and apply:
+                for k in range(K):
+                    pbuf[k] = np.float64(vals[k]) * scale
+        else:
+            ok, h, scale, _ = _member_d(m, i, from_logits, table, dbuf, lbufd, st)
+            if ok and apply:
+                for k in range(K):
+                    pbuf[k] = dbuf[k] * scale
         if not ok:
             if not apply:
                 return
@@ -499,11 +826,26 @@ def ensemble_update(member, from_logits, count, sum, m2, entropy_sum):  # noqa: 
     return (0, -1, -1, 0.0)
 
 
+@numba.njit(inline="always", **JIT)
+def _confidence_grad(vals, K, y, has_labels, inv, invK, grad_scale, grad, i):
+    """grad[i] = grad_scale (vals * inv - onehot(y)) (labels) or grad_scale (vals * inv - 1/K)."""
+    if has_labels:
+        for k in range(K):
+            grad[i, k] = grad_scale * (np.float64(vals[k]) * inv)  # - 0.0 changes no bit here (e * inv >= 0)
+        grad[i, y] = grad_scale * (np.float64(vals[y]) * inv - 1.0)
+    else:
+        for k in range(K):
+            grad[i, k] = grad_scale * (np.float64(vals[k]) * inv - invK)
+
+
 @numba.njit(**JIT)
 def _confidence_chunk(z, labels, has_labels, single, grad_scale, table, grad, begin, end, acc, st):
     K = z.shape[1]
-    fbuf = np.empty(K, np.float32)
-    dbuf = np.empty(K)
+    Kp = (K + 7) // 8 * 8
+    buf = np.zeros(Kp, np.float32)
+    ebuf = np.zeros(Kp, np.float32)
+    tbuf = np.zeros(Kp, np.float32)
+    dbuf = np.zeros(Kp)
     logK = math.log(K)
     invK = 1.0 / K
     for i in range(begin, end):
@@ -513,19 +855,23 @@ def _confidence_chunk(z, labels, has_labels, single, grad_scale, table, grad, be
             if y < 0 or y >= K:
                 merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
                 continue
-        _load_row(z, i, table, single, fbuf, dbuf)
-        ok = _check_row(fbuf, K, False, i, st) if single else _check_row(dbuf, K, False, i, st)
-        if not ok:
-            continue
         if single:
-            z_label = np.float64(fbuf[y]) if has_labels else 0.0
-            total, _ = _value_sums(fbuf, K)
-            best, _ = _top_two(fbuf, K)
-            s0, _ = _softmax_f(fbuf, K, best, 1.0, True, False)
+            _load_f(z, i, table, buf)
+            m1f, bad = _max_f(buf, K, False)
+            if bad != 0 and not _check_row(buf, K, False, i, st):
+                continue
+            best = np.float64(m1f)
+            z_label = np.float64(buf[y]) if has_labels else 0.0
+            total = 0.0 if has_labels else _value_sums(buf, Kp)[0]
+            s0, _ = _softmax_f(buf, K, best, 1.0, ebuf, tbuf)
         else:
+            for k in range(K):
+                dbuf[k] = load(z[i, k], table)
+            best, _, bad = _scan_d(dbuf, K, False)
+            if bad != 0 and not _check_row(dbuf, K, False, i, st):
+                continue
             z_label = dbuf[y] if has_labels else 0.0
-            total, _ = _value_sums(dbuf, K)
-            best, _ = _top_two(dbuf, K)
+            total = 0.0 if has_labels else _value_sums(dbuf, Kp)[0]
             s0, _ = _softmax_d(dbuf, K, best, 1.0, True)
         log_s0 = math.log(s0)
         inv = 1.0 / s0
@@ -533,12 +879,10 @@ def _confidence_chunk(z, labels, has_labels, single, grad_scale, table, grad, be
             acc[0] += log_s0 - (z_label - best)
         else:
             acc[0] += max(log_s0 - logK - (total * invK - best), 0.0)
-        for k in range(K):
-            e = np.float64(fbuf[k]) if single else dbuf[k]
-            if has_labels:
-                grad[i, k] = grad_scale * (e * inv - (1.0 if k == y else 0.0))
-            else:
-                grad[i, k] = grad_scale * (e * inv - invK)
+        if single:
+            _confidence_grad(ebuf, K, y, has_labels, inv, invK, grad_scale, grad, i)
+        else:
+            _confidence_grad(dbuf, K, y, has_labels, inv, invK, grad_scale, grad, i)
 
 
 @numba.njit(parallel=True, **JIT)
