@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import calibkit
-from calibkit import _backend, _core
+from calibkit import _backend
 from calibkit.metrics import _errors_from_bins, _nll_eps
 from calibkit.streaming import CalibrationAccumulator, _fused_update
 from conftest import labels_from, random_probs
