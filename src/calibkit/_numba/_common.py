@@ -7,7 +7,6 @@ backend computes the same sums in the same order as the C++ one.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import types as pytypes
@@ -83,9 +82,10 @@ def merge_status(st, code, row, col, value):
         st[3] = value
 
 
-# Single-precision exp / log: the same sequence of IEEE float operations as
-# exp_f32 / log_f32 in cpp/include/calibkit/simd.hpp, one value at a time, so
-# both backends compute the same bits.
+# Single-precision exp: the same sequence of IEEE float operations as exp_f32
+# in cpp/include/calibkit/simd.hpp, one value at a time, so both backends
+# compute the same bits. (log_f32's twin, used only by the uncertainty kernels,
+# is _log_f32 in _numba/uncertainty.py.)
 F32 = np.float32
 _EXP_MIN = F32(-87.0)
 _SHIFTER = F32(12582912.0)
@@ -94,9 +94,6 @@ LN2_HI = F32(0.693145751953125)
 LN2_LO = F32(0.6931471805599453 - 0.693145751953125)
 _E6, _E5, _E4, _E3, _E2 = F32(1.0 / 720.0), F32(1.0 / 120.0), F32(1.0 / 24.0), F32(1.0 / 6.0), F32(0.5)
 _ONE = F32(1.0)
-_HALF = F32(0.5)
-_SQRT2 = F32(1.4142135623730951)
-_L9, _L7, _L5, _L3 = F32(1.0 / 9.0), F32(1.0 / 7.0), F32(1.0 / 5.0), F32(1.0 / 3.0)
 
 
 @intrinsic
@@ -132,27 +129,6 @@ def exp_f32(x):
     # 2^n (n in [-126, 0]) exactly, built in the exponent bits as in simd.hpp: straight-line code that
     # LLVM vectorises in the kernels' lane loops.
     return p * _pow2_f32(n)
-
-
-@numba.njit(**JIT)
-def log_f32(x):
-    """log(x) for float32 x > 0 (see simd.hpp)."""
-    m64, e = math.frexp(np.float64(x))
-    m = F32(m64 * 2.0)  # [1, 2), exact
-    e -= 1
-    if m > _SQRT2:
-        m = m * _HALF
-        e += 1
-    ef = F32(e)
-    f = (m - _ONE) / (m + _ONE)
-    f2 = f * f
-    s = _L9
-    s = _L7 + f2 * s
-    s = _L5 + f2 * s
-    s = _L3 + f2 * s
-    s = _ONE + f2 * s
-    log_m = (f + f) * s
-    return ef * LN2_HI + (log_m + ef * LN2_LO)
 
 
 @numba.njit(**JIT)

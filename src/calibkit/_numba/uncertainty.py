@@ -131,7 +131,7 @@ def _log_positive(x):
 
 @numba.njit(inline="always", **JIT)
 def _log_f32(x):
-    """log(x) for float32 x > 0: the same bits as _common.log_f32 (and simd.hpp's log_f32), exponent and
+    """log(x) for float32 x > 0: the same bits as simd.hpp's log_f32, exponent and
     mantissa taken from the bits (subnormals scaled by 2^24 first), straight-line code that LLVM vectorises."""
     tiny = x < _TINY_F
     x = x * _TWO24_F if tiny else x
