@@ -94,13 +94,15 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             rows = run_workload(w, measure_memory=not (args.no_memory or args.quick), budget=budget,
                                 calibkit_only=args.calibkit_only)
-            text = format_rows(w, rows, REFERENCE) + f"\n(workload: {time.perf_counter() - t0:.1f} s)"
+            text = (format_rows(w, rows, REFERENCE, quick=args.quick)
+                    + f"\n(workload: {time.perf_counter() - t0:.1f} s)")
             print(text, flush=True)
             summary += [line for line in text.splitlines() if line.startswith("goal  ")]
     for name in left_out:
         print(f"\n## {name}\nleft out of --quick (seconds per call at any size); run it with --goals or --only")
     if summary:
-        print("\n## summary: goals of issue 13\n" + "\n".join(summary))
+        print("\n## summary: goals of issue 13" + (" (at --quick sizes: not judged)" if args.quick else "")
+              + "\n" + "\n".join(summary))
     cpu = sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
     print(f"\n# compare.py ran in {time.perf_counter() - start:.1f} s wall, {cpu:.1f} s CPU (this process and "

@@ -61,13 +61,17 @@ class Goal:
     unit: str = "x"
     now: str = ""
 
-    def line(self, times: dict) -> str:
+    def line(self, times: dict, quick: bool = False) -> str:
+        """The goal's line; at --quick sizes the value is printed without a verdict (the goal is
+        defined at full size)."""
         try:
             v = float(self.value(times))
         except (KeyError, ZeroDivisionError, TypeError):
             v = float("nan")
         if not math.isfinite(v):
             return f"goal  {self.label}: not measured (goal {self.op} {self.limit:g}{self.unit})"
+        if quick:
+            return f"goal  {self.label}: {v:.2f}{self.unit} at --quick size, not judged (run --goals)"
         met = v <= self.limit if self.op == "<=" else v >= self.limit
         now = f"; issue: {self.now}" if self.now else ""
         return (f"goal  {self.label}: {v:.2f}{self.unit}  (goal {self.op} {self.limit:g}{self.unit}{now})  "
@@ -279,9 +283,9 @@ def backend_pairs(rows) -> list[tuple[str, float]]:
     return out
 
 
-def format_rows(w: Workload, rows: list[dict], reference: str, numba_goal: float = 2.0) -> str:
+def format_rows(w: Workload, rows: list[dict], reference: str, numba_goal: float = 2.0, quick: bool = False) -> str:
     """The workload's table: only columns that carry a number for some row, aligned; then the goal lines
-    and the Numba / C++ ratio of each pair of backend rows."""
+    and the Numba / C++ ratio of each pair of backend rows (without a verdict at --quick sizes)."""
     ref_name = _reference_name(rows, reference)
     ok = [r for r in rows if r["status"] == "ok"]
     times = {r["contender"]: r["time"] for r in ok}
@@ -308,9 +312,10 @@ def format_rows(w: Workload, rows: list[dict], reference: str, numba_goal: float
         out.append("  ".join([f"{r['contender']:<{name_w}}"]
                              + [f"{c:>{wd}}" for c, wd in zip(cell_of[id(r)], widths)]) + note)
     for g in w.goals:
-        out.append(g.line(times))
+        out.append(g.line(times, quick))
     for name, ratio in backend_pairs(rows):
         what = w.name if name == "calibkit" else f"{w.name}: {name}"
-        out.append(f"goal  numba / cpp, {what}: {ratio:.2f}x  (goal <= {numba_goal:g}x; issue: 1.8-6.4x)  "
-                   f"{'met' if ratio <= numba_goal else 'NOT MET'}")
+        verdict = ("at --quick size, not judged (run --goals)" if quick else
+                   f"(goal <= {numba_goal:g}x; issue: 1.8-6.4x)  {'met' if ratio <= numba_goal else 'NOT MET'}")
+        out.append(f"goal  numba / cpp, {what}: {ratio:.2f}x  {verdict}")
     return "\n".join(out)

@@ -57,9 +57,11 @@ def test_compare_quick_one_small_workload():
     _assert_aligned(lines)
     assert "WRONG" not in out and "failed:" not in out, out
     goals = [line for line in out.splitlines() if line.startswith("goal  ")]
-    assert any("100 rows" in g and "goal <= 20" in g for g in goals), out
+    # quick sizes are not the goals' workloads: the values are shown without a verdict
+    assert any("100 rows" in g and "not judged" in g for g in goals), out
     assert any(g.startswith("goal  numba / cpp") for g in goals), out
-    assert "## summary: goals of issue 13" in out
+    assert not any(g.endswith("met") for g in goals), out
+    assert "## summary: goals of issue 13 (at --quick sizes: not judged)" in out
     assert re.search(r"ran in [\d.]+ s wall, [\d.]+ s CPU", out), out
 
 
@@ -75,6 +77,8 @@ def test_format_rows_drops_empty_columns_and_names_skipped_peers():
     assert re.search(r"^somepeer +skipped: not installed \(x\)$", text, re.MULTILINE), text
     assert "goal  g: 10.00 us  (goal <= 20 us)  met" in text
     assert "goal  numba / cpp, tiny: 3.00x  (goal <= 2x" in text and "NOT MET" in text
+    quick = harness.format_rows(w, rows, "calibkit (cpp)", quick=True)
+    assert "goal  g: 10.00 us at --quick size, not judged (run --goals)" in quick and "met" not in quick
     _assert_aligned([line for line in _tables(text)["## t: tiny"]])
 
 
