@@ -8,7 +8,6 @@ import pytest
 
 import calibkit
 from calibkit import cli, io, report
-from conftest import data_dir
 
 
 def dump_with_splits(tmp_path, n_val=2000, n_test=3000, k=6, seed=0):
@@ -199,10 +198,8 @@ def test_bad_rows_are_named_by_their_row_in_the_dump(tmp_path, capsys):
     assert f"a.npy: logits[{test_row}, 3] = nan is not finite" in err and err.count("\n") == 1
 
 
-def test_example_runs_on_the_shared_dump(capsys, monkeypatch):
-    if not (data_dir() / cli.EXAMPLE_FILE).exists():
-        pytest.skip("the shared example dump is not available")
-    monkeypatch.setenv("CALIBKIT_DATA", str(data_dir()))
+def test_example_runs(capsys, monkeypatch):
+    monkeypatch.delenv("CALIBKIT_DATA", raising=False)
     assert cli.main(["report", "--example", "--calibrate", "temperature", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "10,000 rows x 10 classes" in out and "temperature" in out and "Mukhoti et al. 2020" in out
@@ -210,14 +207,13 @@ def test_example_runs_on_the_shared_dump(capsys, monkeypatch):
 
 def test_example_ships_inside_the_package(tmp_path, monkeypatch):
     """An installed calibkit finds its example with no data folder anywhere near (a fresh machine)."""
-    import importlib.resources
+    from calibkit import datasets
 
-    packaged = pathlib.Path(str(importlib.resources.files("calibkit").joinpath("data", cli.EXAMPLE_FILE)))
-    if not packaged.is_file():
-        pytest.skip("calibkit was built without the example dump (CALIBKIT_DATA / ../shared/data absent at build)")
     monkeypatch.delenv("CALIBKIT_DATA", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert cli.example_path() == packaged
+    packaged = cli.example_path()
+    assert packaged == datasets.example_path() and packaged.name == datasets.EXAMPLE_FILE
+    assert packaged.parent.parent == pathlib.Path(calibkit.__file__).parent
     with np.load(packaged) as d:
         assert d["test_logits"].shape == (10000, 10) and d["val_labels"].shape == (5000,)
 

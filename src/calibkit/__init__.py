@@ -32,6 +32,7 @@ from .calibrators import (
 )
 from .streaming import CalibrationAccumulator, CalibrationResult, WindowedAccumulator
 from . import io, ood, plot, report, uncertainty
+from . import datasets
 from .ood import *  # noqa: F401,F403 - re-exported; names in ood.__all__
 from .uncertainty import *  # noqa: F401,F403 - re-exported; names in uncertainty.__all__
 
@@ -65,6 +66,7 @@ __all__ = [
     "nll",
     "reliability_table",
     "set_num_threads",
+    "datasets",
     "io",
     "ood",
     "plot",

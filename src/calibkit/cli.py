@@ -160,33 +160,14 @@ def _cmd_monitor(args) -> int:
             source.close()
 
 
-EXAMPLE_FILE = "focal_cifar10_resnet50_brier.npz"
-EXAMPLE_ORIGIN = "ResNet-50 on CIFAR-10, Mukhoti et al. 2020"
-
-
 def example_path():
-    """The example dump: ResNet-50 on CIFAR-10 (Mukhoti et al. 2020; MIT licence, see calibkit/data/README.md).
+    """The example dump inside the package (see :mod:`calibkit.datasets`); a usage error if it is missing."""
+    from .datasets import example_path as packaged
 
-    Installed inside the package by its build; otherwise looked for in $CALIBKIT_DATA and in the shared data
-    folder next to the working directory or the source checkout (../shared/data).
-    """
-    import importlib.resources
-    import os
-    import pathlib
-
-    packaged = importlib.resources.files("calibkit").joinpath("data", EXAMPLE_FILE)
-    if packaged.is_file():
-        return pathlib.Path(str(packaged))
-    candidates = []
-    if os.environ.get("CALIBKIT_DATA"):
-        candidates.append(pathlib.Path(os.environ["CALIBKIT_DATA"]))
-    candidates.append(pathlib.Path.cwd().parent / "shared" / "data")
-    candidates.append(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data")
-    for c in candidates:
-        if (c / EXAMPLE_FILE).exists():
-            return c / EXAMPLE_FILE
-    raise UsageError(f"calibkit: the example dump {EXAMPLE_FILE} was not found (looked in "
-                     f"{', '.join(str(c) for c in candidates)}); set CALIBKIT_DATA to the folder holding it")
+    try:
+        return packaged()
+    except FileNotFoundError as e:
+        raise UsageError(f"calibkit: {e}") from None
 
 
 def _progress(total, quiet, what):
@@ -285,7 +266,7 @@ def _plot_format(path):
 
 
 def _cmd_report(args) -> int:
-    from . import io, report
+    from . import datasets, io, report
     from ._files import atomic_output
 
     if args.example and args.dump:
@@ -312,7 +293,7 @@ def _cmd_report(args) -> int:
         elif methods and {"val", "test"} <= set(io.splits(path)):  # a file with val_* / test_* arrays splits itself
             test, val = _open(path, args, split="test"), _open(path, args, split="val")
         if args.example:
-            test.name = f"{EXAMPLE_FILE} test split ({EXAMPLE_ORIGIN})"
+            test.name = f"{datasets.EXAMPLE_FILE} test split ({datasets.EXAMPLE_ORIGIN})"
         update, stage, close = _staged_progress(args.quiet, "calibkit report")
         try:
             result = report.report(test, val=val, val_mask=val_mask, methods=methods, n_bins=args.n_bins,
@@ -447,8 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "labels, or val_*/test_* splits) or a directory of shards; read in chunks.")
     rp.add_argument("dump", nargs="?", help="the evaluation dump")
     rp.add_argument("--example", action="store_true",
-                    help=f"report on a real dump shipped with calibkit ({EXAMPLE_FILE}: ResNet-50 on CIFAR-10, "
-                         f"Mukhoti et al. 2020), with --calibrate {EXAMPLE_METHODS} unless given")
+                    help="report on a real dump shipped with calibkit (focal_cifar10_resnet50_brier.npz: ResNet-50 "
+                         f"on CIFAR-10, Mukhoti et al. 2020), with --calibrate {EXAMPLE_METHODS} unless given")
     _add_dump_options(rp)
     rp.add_argument("--n-bins", type=int, default=15)
     rp.add_argument("--strategy", default="uniform", choices=("uniform", "quantile"),
