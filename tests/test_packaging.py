@@ -9,6 +9,7 @@ import importlib.metadata
 import os
 import pathlib
 import shutil
+import site
 import subprocess
 import sys
 import tarfile
@@ -100,10 +101,13 @@ def test_wheel_from_clean_archive_runs_the_example(tmp_path):
         names = z.namelist()
     assert EXAMPLE in names, names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
-    # a fresh environment (the dependencies from the system site-packages, calibkit from the wheel),
-    # run from a folder with nothing beside it
+    # a fresh environment: calibkit from the wheel; its dependencies from this interpreter's
+    # site-packages, added as a plain path (not a site dir: its .pth files, such as an editable
+    # install's import hook, are not run), run from a folder with nothing beside it
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    site_dir = next((venv / "lib").glob("python*/site-packages"))
+    (site_dir / "_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     py = venv / "bin" / "python"
     proc = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "-q", str(wheel)], capture_output=True,
                           text=True, timeout=600, env=_clean_env())
