@@ -154,7 +154,7 @@ def count_full_passes(monkeypatch, n):
     return calls
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def large_case(t):
     """2^18 x 16 float32 logits drawn at temperature t, and their independent optimum."""
     z, y = drawn_at(np.random.default_rng(int(t * 10)), 1 << 18, 16, t)
