@@ -35,6 +35,9 @@ py::dict temperature_nll_py(const py::object& scores_obj, const py::object& labe
         d["d2"] = r.d2;
         d["d3"] = r.d3;
         d["d4"] = r.d4;
+        d["d5"] = r.d5;
+        d["r4d2"] = r.r4d2;
+        d["range"] = r.range;
         d["status"] = status_tuple(r.status);
         return d;
     });

@@ -6,7 +6,9 @@
 //   L(b)   = sum_i w_i [LSE(b z_i) - b z_{i,y_i}]
 //   L'(b)  = sum_i w_i [E_i[z] - z_{i,y_i}]
 //   L''(b) = sum_i w_i Var_i[z]            (>= 0: L is convex in b)
-//   L'''(b) = sum_i w_i kappa3_i[z],  L''''(b) = sum_i w_i kappa4_i[z]   (cumulants)
+//   L'''(b) = sum_i w_i kappa3_i[z],  L''''(b) = sum_i w_i kappa4_i[z],  L'''''(b) = sum_i w_i kappa5_i[z]
+//   (cumulants; also r4d2 = sum_i w_i r_i^4 Var_i[z] and range = max_i r_i, r_i the row's range, which bound
+//   the sixth derivative: |L''''''| <= 6.25 r4d2)
 // where E_i, Var_i and the cumulants are under softmax(b z_i) (the higher two let
 // the fit take the root of the cubic Taylor model of L' instead of a Newton step). Everything is computed on
 // u = z - max(z) (so exp never overflows): LSE(b z) = b max + log sum e^{b u},
@@ -46,7 +48,11 @@
 namespace calibkit {
 
 struct TemperatureSums {
-    double count = 0.0, weight = 0.0, loss = 0.0, d1 = 0.0, d2 = 0.0, d3 = 0.0, d4 = 0.0;
+    double count = 0.0, weight = 0.0, loss = 0.0, d1 = 0.0, d2 = 0.0, d3 = 0.0, d4 = 0.0, d5 = 0.0;
+    // r4d2 = sum_i w_i r_i^4 Var_i[z] with r_i = max_k z_ik - min_k z_ik (-min t / b of the row): it bounds
+    // the sixth derivative, |L''''''| <= 6.25 r4d2. range = max_i r_i (a maximum: the same for any chunking
+    // and thread count). The fit certifies its step with them.
+    double r4d2 = 0.0, range = 0.0;
     Status status;
 
     void merge(const TemperatureSums& o) {
@@ -57,20 +63,28 @@ struct TemperatureSums {
         d2 += o.d2;
         d3 += o.d3;
         d4 += o.d4;
+        d5 += o.d5;
+        r4d2 += o.r4d2;
+        range = std::max(range, o.range);
         status.merge(o.status);
     }
 };
 
 // Adds one row's loss and derivatives to `acc` from S_j = sum_k e^{t_k} t_k^j
-// (j = 0..4, t = bt u): the cumulants of t under the softmax, divided by bt^j,
+// (j = 0..5, t = bt u): the cumulants of t under the softmax, divided by bt^j,
 // are those of u (= of z), the derivatives of the row's NLL in b.
-CALIBKIT_INLINE void add_temperature_row(const double* S, double bt, double u_label, double w,
+// min_t = min_k bt u_k (before the clamp) gives the row's range -min_t / bt.
+CALIBKIT_INLINE void add_temperature_row(const double* S, double bt, double u_label, double w, double min_t,
                                          TemperatureSums& acc) {
-    const double m1 = S[1] / S[0], m2 = S[2] / S[0], m3 = S[3] / S[0], m4 = S[4] / S[0];
+    const double m1 = S[1] / S[0], m2 = S[2] / S[0], m3 = S[3] / S[0], m4 = S[4] / S[0], m5 = S[5] / S[0];
     const double k2 = std::max(m2 - m1 * m1, 0.0);
     const double k3 = m3 - 3.0 * m2 * m1 + 2.0 * m1 * m1 * m1;
     const double k4 = m4 - 4.0 * m3 * m1 - 3.0 * m2 * m2 + 12.0 * m2 * m1 * m1 - 6.0 * (m1 * m1) * (m1 * m1);
+    const double q1 = m1 * m1;
+    const double k5 = m5 - 5.0 * m4 * m1 - 10.0 * m3 * m2 + 20.0 * m3 * q1 + 30.0 * m2 * m2 * m1 -
+                      60.0 * m2 * q1 * m1 + 24.0 * (q1 * q1) * m1;
     const double b2 = bt * bt;
+    const double r = -min_t / bt, var = k2 / b2;
     acc.count += 1.0;
     acc.weight += w;
     acc.loss += w * (std::log(S[0]) - bt * u_label);
@@ -78,6 +92,9 @@ CALIBKIT_INLINE void add_temperature_row(const double* S, double bt, double u_la
     acc.d2 += w * (k2 / b2);
     acc.d3 += w * (k3 / (b2 * bt));
     acc.d4 += w * (k4 / (b2 * b2));
+    acc.d5 += w * (k5 / (b2 * b2 * bt));
+    acc.r4d2 += w * ((r * r) * (r * r) * var);
+    acc.range = std::max(acc.range, r);
 }
 
 // Row i of a float64 logit matrix: false (status set) on NaN/inf. Otherwise adds
@@ -120,55 +137,68 @@ CALIBKIT_INLINE bool temperature_row(const Matrix<T>& s, const simd::TailMask<V>
     for (int g = 0; g < G; ++g)
         for (int j = 0; j < V::width; ++j) best = mx.v[g][j] > best ? mx.v[g][j] : best;
     const D shift = splat<D>(best), scale = splat<D>(b), lowest = splat<D>(-708.0);
-    Octet<V> a[5];
-    for (int j = 0; j < 5; ++j)
+    Octet<V> a[6], lo;
+    for (int j = 0; j < 6; ++j)
         for (int g = 0; g < G; ++g) a[j].v[g] = zero;
+    for (int g = 0; g < G; ++g) lo.v[g] = zero;
     for (int64_t k = 0; k < full; k += 8) {
         const Octet<V> o = r.template octet<V>(k);
         for (int g = 0; g < G; ++g) {
-            const D t = vmax(scale * (o.v[g] - shift), lowest);
+            const D raw = scale * (o.v[g] - shift);
+            lo.v[g] = vmin(raw, lo.v[g]);
+            const D t = vmax(raw, lowest);
             const D e = exp_nonpositive<V>(t);
             const D e1 = e * t, e2 = e1 * t, e3 = e2 * t;
             a[0].v[g] += e;
             a[1].v[g] += e1;
             a[2].v[g] += e2;
             a[3].v[g] += e3;
-            a[4].v[g] += e3 * t;
+            const D e4 = e3 * t;
+            a[4].v[g] += e4;
+            a[5].v[g] += e4 * t;
         }
     }
     if (tail.needed) {
         const Octet<V> o = tail.overlapped ? r.template octet<V>(tail.start) : r.template partial_octet<V>(0, K, 0.0);
         for (int g = 0; g < G; ++g) {
-            const D t = select(tail.valid[g], vmax(scale * (o.v[g] - shift), lowest), zero);
+            const D raw = select(tail.valid[g], scale * (o.v[g] - shift), zero);
+            lo.v[g] = vmin(raw, lo.v[g]);
+            const D t = vmax(raw, lowest);
             const D e = select(tail.valid[g], exp_nonpositive<V>(t), zero);
             const D e1 = e * t, e2 = e1 * t, e3 = e2 * t;
             a[0].v[g] += e;
             a[1].v[g] += e1;
             a[2].v[g] += e2;
             a[3].v[g] += e3;
-            a[4].v[g] += e3 * t;
+            const D e4 = e3 * t;
+            a[4].v[g] += e4;
+            a[5].v[g] += e4 * t;
         }
     }
-    double S[5];
-    for (int j = 0; j < 5; ++j) S[j] = octet_sum(a[j]);
-    add_temperature_row(S, b, r.at(label) - best, w, acc);
+    double S[6];
+    for (int j = 0; j < 6; ++j) S[j] = octet_sum(a[j]);
+    double min_t = 0.0;
+    for (int g = 0; g < G; ++g)
+        for (int j = 0; j < V::width; ++j) min_t = lo.v[g][j] < min_t ? lo.v[g][j] : min_t;
+    add_temperature_row(S, b, r.at(label) - best, w, min_t, acc);
     return true;
 }
 
-// S_j = sum_k e^{t_k} t_k^j (j = 0..4) of a loaded float row, t = max(bf (z - shift), -87)
+// S_j = sum_k e^{t_k} t_k^j (j = 0..5) of a loaded float row, t = max(bf (z - shift), -87)
 // in float, one exp_f32 per element; float partial sums flushed into double every
-// kFlushOctets octets (as softmax_sums_f in uncertainty.hpp).
+// kFlushOctets octets (as softmax_sums_f in uncertainty.hpp). Returns min bf (z - shift) (before the clamp).
 template <class V>
-CALIBKIT_INLINE void temperature_sums_f(const float* row, int64_t K, const PadMaskF<V>& pad, float bf,
-                                        float shift_f, double* S) {
+CALIBKIT_INLINE float temperature_sums_f(const float* row, int64_t K, const PadMaskF<V>& pad, float bf,
+                                         float shift_f, double* S) {
     using namespace simd;
     typedef typename V::fw F;
     constexpr int G = kFloatGroups<V>;
     const F zero = splat_f<F>(0.0f), shift = splat_f<F>(shift_f), scale = splat_f<F>(bf);
     const F lowest = splat_f<F>(kExpMinF);
-    Octet<V> acc[5];
-    F p[5][G];
-    for (int j = 0; j < 5; ++j) {
+    Octet<V> acc[6];
+    F p[6][G], lo[G];
+    for (int g = 0; g < G; ++g) lo[g] = zero;
+    for (int j = 0; j < 6; ++j) {
         for (int g = 0; g < Octet<V>::n; ++g) acc[j].v[g] = splat<typename V::d>(0.0);
         for (int g = 0; g < G; ++g) p[j][g] = zero;
     }
@@ -176,23 +206,29 @@ CALIBKIT_INLINE void temperature_sums_f(const float* row, int64_t K, const PadMa
     for (int64_t k = 0, octet = 1; k < n; k += 8, ++octet) {
         const bool last = k == pad.last;
         for (int g = 0; g < G; ++g) {
-            F t = vmax(scale * (flanes_at<V>(row + k + g * 2 * V::width) - shift), lowest);
+            F t = scale * (flanes_at<V>(row + k + g * 2 * V::width) - shift);
+            if (last) t = select_f(pad.valid[g], t, zero);
+            lo[g] = vmin(t, lo[g]);
+            t = vmax(t, lowest);
             F e = exp_f32<V>(t);
-            if (last) {
-                t = select_f(pad.valid[g], t, zero);
-                e = select_f(pad.valid[g], e, zero);
-            }
+            if (last) e = select_f(pad.valid[g], e, zero);
             const F e1 = e * t, e2 = e1 * t, e3 = e2 * t;
             p[0][g] += e;
             p[1][g] += e1;
             p[2][g] += e2;
             p[3][g] += e3;
-            p[4][g] += e3 * t;
+            const F e4 = e3 * t;
+            p[4][g] += e4;
+            p[5][g] += e4 * t;
         }
         if (octet % kFlushOctets == 0 || last)
-            for (int j = 0; j < 5; ++j) flush<V>(acc[j], p[j]);
+            for (int j = 0; j < 6; ++j) flush<V>(acc[j], p[j]);
     }
-    for (int j = 0; j < 5; ++j) S[j] = octet_sum(acc[j]);
+    for (int j = 0; j < 6; ++j) S[j] = octet_sum(acc[j]);
+    float m = 0.0f;
+    for (int g = 0; g < G; ++g)
+        for (int j = 0; j < 2 * V::width; ++j) m = lo[g][j] < m ? lo[g][j] : m;
+    return m;
 }
 
 template <class T, class V>
@@ -215,9 +251,9 @@ inline void temperature_chunk(const Matrix<T>& s, const Vector<int64_t>& labels,
         if constexpr (single) {
             RowSums r;
             if (!work->scan(s, i, false, false, 1, r, part.status, true)) continue;
-            double S[5];
-            temperature_sums_f<V>(work->row, s.cols, work->padf, bf, static_cast<float>(r.max), S);
-            add_temperature_row(S, static_cast<double>(bf), work->at(y) - r.max, w, part);
+            double S[6];
+            const float min_t = temperature_sums_f<V>(work->row, s.cols, work->padf, bf, static_cast<float>(r.max), S);
+            add_temperature_row(S, static_cast<double>(bf), work->at(y) - r.max, w, static_cast<double>(min_t), part);
         } else if (contiguous) {
             temperature_row<T, true, V>(s, tail, i, y, b, w, part);
         } else {
@@ -245,7 +281,7 @@ TemperatureSums temperature_nll(const Matrix<T>& scores, const Vector<int64_t>& 
     const bool avx2 = simd::use_avx2();
     TemperatureSums total;
     chunked_reduce(
-        scores.rows, rows_per_chunk(K), K, 7, total, [] { return TemperatureSums(); },
+        scores.rows, rows_per_chunk(K), K, 10, total, [] { return TemperatureSums(); },
         [&](TemperatureSums& part, int64_t begin, int64_t end) {
 #if CALIBKIT_HAVE_AVX2_CLONES
             if (avx2) return temperature_chunk_avx2<T>(scores, labels, weights, b, part, begin, end);
@@ -260,6 +296,7 @@ TemperatureSums temperature_nll(const Matrix<T>& scores, const Vector<int64_t>& 
         total.d1 += h * (total.d2 + h * total.d3 / 2.0);
         total.d2 += h * total.d3;
         total.d3 += h * total.d4;
+        total.d4 += h * total.d5;
     }
     return total;
 }

@@ -13,20 +13,29 @@ from ._common import (
     status_tuple,
 )
 from .binning import _weights_arg, check_weight
-from .uncertainty import EXP_MIN_F, FLUSH
+from .uncertainty import EXP_MIN_F, _check_row, _lane_sums_f, _load_f, _max_f
+
+F32_INF = F32(np.inf)
 
 
 @numba.njit(**JIT)
-def _add_temperature_row(S, bt, u_label, w, acc):
-    """add_temperature_row of softmax.hpp: the row's loss and derivatives in b from S_j = sum e^t t^j."""
+def _add_temperature_row(S, bt, u_label, w, min_t, acc):
+    """add_temperature_row of softmax.hpp: the row's loss and derivatives 1-5 in b from S_j = sum e^t t^j
+    (j = 0..5), w r^4 Var[z] (acc[8]) and the largest row range r = -min_t / bt (acc[9], a maximum)."""
     m1 = S[1] / S[0]
     m2 = S[2] / S[0]
     m3 = S[3] / S[0]
     m4 = S[4] / S[0]
+    m5 = S[5] / S[0]
     k2 = max(m2 - m1 * m1, 0.0)
     k3 = m3 - 3.0 * m2 * m1 + 2.0 * m1 * m1 * m1
     k4 = m4 - 4.0 * m3 * m1 - 3.0 * m2 * m2 + 12.0 * m2 * m1 * m1 - 6.0 * (m1 * m1) * (m1 * m1)
+    q1 = m1 * m1
+    k5 = (m5 - 5.0 * m4 * m1 - 10.0 * m3 * m2 + 20.0 * m3 * q1 + 30.0 * m2 * m2 * m1
+          - 60.0 * m2 * q1 * m1 + 24.0 * (q1 * q1) * m1)
     b2 = bt * bt
+    r = -min_t / bt
+    var = k2 / b2
     acc[0] += 1.0
     acc[1] += w
     acc[2] += w * (math.log(S[0]) - bt * u_label)
@@ -34,44 +43,65 @@ def _add_temperature_row(S, bt, u_label, w, acc):
     acc[4] += w * (k2 / b2)
     acc[5] += w * (k3 / (b2 * bt))
     acc[6] += w * (k4 / (b2 * b2))
+    acc[7] += w * (k5 / (b2 * b2 * bt))
+    acc[8] += w * ((r * r) * (r * r) * var)
+    acc[9] = max(acc[9], r)
+
+
+@numba.njit(inline="always", **JIT)
+def _min_f(buf, K):
+    """The smallest of the first K values of a float row (eight lane minima: exact in any order, vectorised)."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = F32_INF
+    K8 = K - K % 8
+    for k0 in range(0, K8, 8):
+        v0, v1, v2, v3 = buf[k0], buf[k0 + 1], buf[k0 + 2], buf[k0 + 3]
+        v4, v5, v6, v7 = buf[k0 + 4], buf[k0 + 5], buf[k0 + 6], buf[k0 + 7]
+        m0 = m0 if m0 < v0 else v0
+        m1 = m1 if m1 < v1 else v1
+        m2 = m2 if m2 < v2 else v2
+        m3 = m3 if m3 < v3 else v3
+        m4 = m4 if m4 < v4 else v4
+        m5 = m5 if m5 < v5 else v5
+        m6 = m6 if m6 < v6 else v6
+        m7 = m7 if m7 < v7 else v7
+    for k in range(K8, K):
+        v = buf[k]
+        m0 = m0 if m0 < v else v
+    return min(min(min(m0, m1), min(m2, m3)), min(min(m4, m5), min(m6, m7)))
 
 
 @numba.njit(**JIT)
-def _sums_f(fbuf, K, best, bf, S, p, d):
-    """temperature_sums_f of softmax.hpp: float t and exp_f32, float partial sums per lane (k % 8) flushed
-    into double every FLUSH elements, lanes combined in the C++ order."""
+def _sums_f(fbuf, K, best, bf, S, ebuf, tbuf):
+    """temperature_sums_f of softmax.hpp: t = max(bf (z - best), EXP_MIN_F) and e^t (exp_f32) in float into
+    tbuf / ebuf (their padding stays 0), then the float lane sums of e t^j (e t^j = (e t^(j-1)) t, as in C++),
+    flushed into double every FLUSH elements (_lane_sums_f, the C++ order). Returns min bf (z - best) before
+    the clamp: bf (min z - best) (the float rounding is monotone)."""
     shift = F32(best)
-    p[:, :] = 0.0
-    d[:, :] = 0.0
-    for k0 in range(0, K, 8):
-        n = min(8, K - k0)
-        for j in range(n):
-            t = bf * (fbuf[k0 + j] - shift)
-            t = t if t > EXP_MIN_F else EXP_MIN_F
-            e = exp_f32(t)
-            e1 = e * t
-            e2 = e1 * t
-            e3 = e2 * t
-            p[0, j] += e
-            p[1, j] += e1
-            p[2, j] += e2
-            p[3, j] += e3
-            p[4, j] += e3 * t
-        if (k0 + 8) % FLUSH == 0 or k0 + 8 >= K:
-            for q in range(5):
-                for j in range(8):
-                    d[q, j] += np.float64(p[q, j])
-                    p[q, j] = 0.0
-    for q in range(5):
-        S[q] = octet_sum(d[q])
+    for k in range(K):
+        t = bf * (fbuf[k] - shift)
+        t = t if t > EXP_MIN_F else EXP_MIN_F
+        tbuf[k] = t
+        ebuf[k] = exp_f32(t)
+    Kp = ebuf.shape[0]
+    S[0], S[1] = _lane_sums_f(ebuf, tbuf, Kp)
+    for k in range(K):
+        ebuf[k] = (ebuf[k] * tbuf[k]) * tbuf[k]
+    S[2], S[3] = _lane_sums_f(ebuf, tbuf, Kp)
+    for k in range(K):
+        ebuf[k] = (ebuf[k] * tbuf[k]) * tbuf[k]
+    S[4], S[5] = _lane_sums_f(ebuf, tbuf, Kp)
+    return np.float64(bf * (_min_f(fbuf, K) - shift))
 
 
 @numba.njit(**JIT)
-def _sums_d(scores, i, K, best, b, table, S):
-    """The float64 path: double exp, lanes k % 8 combined in the C++ order."""
-    d = np.zeros((5, 8))
+def _sums_d(scores, i, K, best, b, table, S, d):
+    """The float64 path: double exp, lanes k % 8 combined in the C++ order. Returns min b (z - best)."""
+    d[:, :] = 0.0
+    lo = 0.0
     for k in range(K):
-        t = max(b * (load(scores[i, k], table) - best), -708.0)
+        raw = b * (load(scores[i, k], table) - best)
+        lo = raw if raw < lo else lo
+        t = max(raw, -708.0)
         e = math.exp(t)
         e1 = e * t
         e2 = e1 * t
@@ -81,18 +111,23 @@ def _sums_d(scores, i, K, best, b, table, S):
         d[1, j] += e1
         d[2, j] += e2
         d[3, j] += e3
-        d[4, j] += e3 * t
-    for q in range(5):
+        e4 = e3 * t
+        d[4, j] += e4
+        d[5, j] += e4 * t
+    for q in range(6):
         S[q] = octet_sum(d[q])
+    return lo
 
 
 @numba.njit(**JIT)
 def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, end, acc, st):
     K = scores.shape[1]
-    fbuf = np.empty(K, np.float32)
-    S = np.empty(5)
-    p = np.zeros((5, 8), np.float32)
-    d = np.zeros((5, 8))
+    Kp = (K + 7) // 8 * 8
+    fbuf = np.zeros(Kp, np.float32)
+    ebuf = np.zeros(Kp, np.float32)
+    tbuf = np.zeros(Kp, np.float32)
+    S = np.empty(6)
+    d = np.zeros((6, 8))
     bf = F32(b)
     for i in range(begin, end):
         y = labels[i]
@@ -102,27 +137,30 @@ def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, 
         w = weights[i] if has_w else 1.0
         if has_w and not check_weight(w, i, st):
             continue
-        best = -np.inf
-        bad = False
-        for k in range(K):
-            z = load(scores[i, k], table)
-            if not is_finite(z):
-                merge_status(st, SCORE_NOT_FINITE, i, k, z)
-                bad = True
-                break
-            if single:
-                fbuf[k] = F32(z)
-            if z > best:
-                best = z
-        if bad:
-            continue
-        u_label = load(scores[i, y], table) - best
         if single:
-            _sums_f(fbuf, K, best, bf, S, p, d)
-            _add_temperature_row(S, np.float64(bf), u_label, w, acc)
+            _load_f(scores, i, table, fbuf)
+            mx, bad = _max_f(fbuf, K, False)
+            if bad > 0:
+                _check_row(fbuf, K, False, i, st)
+                continue
+            best = np.float64(mx)
+            min_t = _sums_f(fbuf, K, best, bf, S, ebuf, tbuf)
+            _add_temperature_row(S, np.float64(bf), np.float64(fbuf[y]) - best, w, min_t, acc)
         else:
-            _sums_d(scores, i, K, best, b, table, S)
-            _add_temperature_row(S, b, u_label, w, acc)
+            best = -np.inf
+            bad = False
+            for k in range(K):
+                z = load(scores[i, k], table)
+                if not is_finite(z):
+                    merge_status(st, SCORE_NOT_FINITE, i, k, z)
+                    bad = True
+                    break
+                if z > best:
+                    best = z
+            if bad:
+                continue
+            min_t = _sums_d(scores, i, K, best, b, table, S, d)
+            _add_temperature_row(S, b, load(scores[i, y], table) - best, w, min_t, acc)
 
 
 @numba.njit(parallel=True, **JIT)
@@ -130,12 +168,12 @@ def _temperature_driver(scores, labels, weights, has_w, b, single, table, parall
     N, K = scores.shape
     chunk = rows_per_chunk(K, 1)
     n_chunks = (N + chunk - 1) // chunk
-    total = np.zeros(7)
+    total = np.zeros(10)
     st = np.array([0.0, -1.0, -1.0, 0.0])
-    group = group_size(n_chunks, 7)
+    group = group_size(n_chunks, 10)
     for first in range(0, n_chunks, group):
         g = min(group, n_chunks - first)
-        acc = np.zeros((g, 7))
+        acc = np.zeros((g, 10))
         p_st = np.zeros((g, 4))
         if parallel:
             for j in numba.prange(g):
@@ -152,8 +190,9 @@ def _temperature_driver(scores, labels, weights, has_w, b, single, table, parall
                 _temperature_chunk(scores, labels, weights, has_w, b, single, table, c * chunk,
                                    min(N, (c + 1) * chunk), acc[j], p_st[j])
         for j in range(g):
-            for t in range(7):
+            for t in range(9):
                 total[t] += acc[j, t]
+            total[9] = max(total[9], acc[j, 9])
             merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
     return total, st
 
@@ -177,15 +216,16 @@ def temperature_nll(scores, labels, sample_weight, inverse_temperature):
     single = scores.dtype != np.float64
     total, st = run_locked(_temperature_driver, as_kernel_array(scores), labels, weights, has_w, b, single,
                            HALF_TABLE, N * K >= MIN_PARALLEL_ELEMENTS)
-    loss, d1, d2, d3, d4 = (float(v) for v in total[2:])
+    loss, d1, d2, d3, d4, d5 = (float(v) for v in total[2:8])
     if single:  # the sums were taken at float(b): moved to b as in the C++ kernel
         h = b - float(np.float32(b))
         loss += h * (d1 + h * (d2 / 2.0 + h * d3 / 6.0))
         d1 += h * (d2 + h * d3 / 2.0)
         d2 += h * d3
         d3 += h * d4
+        d4 += h * d5
     return {"count": float(total[0]), "weight": float(total[1]), "loss": loss, "d1": d1, "d2": d2, "d3": d3,
-            "d4": d4, "status": status_tuple(st)}
+            "d4": d4, "d5": d5, "r4d2": float(total[8]), "range": float(total[9]), "status": status_tuple(st)}
 
 
 @numba.njit(**JIT)

@@ -49,8 +49,8 @@ def temperature_nll(logits, labels, inverse_temperature, *, sample_weight=None, 
         L''(b) = \sum_i w_i \mathrm{Var}_i[z] \ge 0,
 
     with E_i and Var_i under softmax(b z_i); L is convex in b. The same pass
-    gives the third and fourth derivatives ``d3``, ``d4`` (the third and
-    fourth cumulants of z under the softmax), which the fit uses for a cubic
+    gives the third to fifth derivatives ``d3``, ``d4``, ``d5`` (the third to
+    fifth cumulants of z under the softmax), which the fit uses for a quartic
     Taylor step. One exp per element, no N x K temporary, float16/32/64
     logits read in place: float64 logits use a double exp (~1 ulp); float32
     / float16 logits one 8-lane float exp (relative error < 2.5e-7, the
@@ -73,7 +73,10 @@ def temperature_nll(logits, labels, inverse_temperature, *, sample_weight=None, 
 
     Returns
     -------
-    dict with ``loss``, ``d1``, ``d2``, ``d3``, ``d4`` (sums, not means), ``weight`` (sum of w), ``count``.
+    dict with ``loss``, ``d1`` ... ``d5`` (sums, not means), ``weight`` (sum of w), ``count``, ``r4d2``
+    (sum_i w_i r_i^4 Var_i[z], r_i = max_k z_ik - min_k z_ik the row's range) and ``range`` (max_i r_i: a
+    maximum over rows, not a sum). The fit bounds the sixth derivative with the last two, see
+    :class:`TemperatureScaling`.
     """
     logits = check_logits(logits, "logits")
     logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
@@ -82,7 +85,8 @@ def temperature_nll(logits, labels, inverse_temperature, *, sample_weight=None, 
 
 
 def _temperature_sums(k, logits, labels, sample_weight, b, chunk_size):
-    total = {"count": 0.0, "weight": 0.0, "loss": 0.0, "d1": 0.0, "d2": 0.0, "d3": 0.0, "d4": 0.0}
+    total = dict.fromkeys(("count", "weight", "loss", "d1", "d2", "d3", "d4", "d5", "r4d2"), 0.0)
+    largest = 0.0
     for rows in _row_slices(logits.shape[0], chunk_size):
         w = None if sample_weight is None else sample_weight[rows]
         r = k.temperature_nll(logits[rows], labels[rows], w, b)
@@ -90,6 +94,8 @@ def _temperature_sums(k, logits, labels, sample_weight, b, chunk_size):
         raise_for_status((code, row + rows.start, col, value), n_classes=logits.shape[1], scores_name="logits")
         for key in total:
             total[key] += r[key]
+        largest = max(largest, r["range"])
+    total["range"] = largest
     return total
 
 
@@ -149,20 +155,21 @@ class _LogitCalibrator(Calibrator):
         return np.argmax(self.transform(logits), axis=1)
 
 
-def _cubic_step(g, h, d3, d4, weight, b):
-    """The root d of g + h d + c3 d^2 / 2 + c4 d^3 / 6 (c3, c4 = d3, d4 per unit weight) next to the Newton
-    step -g / h, or None when the sums lack d3 / d4, the step is large (|d| > b / 8: the Taylor model is then
-    not trusted) or the root is not found cleanly."""
+def _cubic_step(g, h, d3, d4, weight, b, d5=None):
+    """The root d of the Taylor model g + h d + c3 d^2 / 2 + c4 d^3 / 6 (+ c5 d^4 / 24 when ``d5`` is given)
+    of f' (c_j = d_j per unit weight) next to the Newton step -g / h, or None when the sums lack d3 / d4, the
+    step is large (|d| > b / 8: the Taylor model is then not trusted) or the root is not found cleanly."""
     if d3 is None or d4 is None or not h > 0:
         return None
     c3, c4 = d3 / weight, d4 / weight
+    c5 = 0.0 if d5 is None else d5 / weight
     d = -g / h
-    if not (math.isfinite(c3) and math.isfinite(c4) and abs(d) <= b / 8):
+    if not (math.isfinite(c3) and math.isfinite(c4) and math.isfinite(c5) and abs(d) <= b / 8):
         return None
     newton = d
     for _ in range(20):
-        q = g + d * (h + d * (c3 / 2 + d * c4 / 6))
-        dq = h + d * (c3 + d * c4 / 2)
+        q = _taylor_residual(g, h, c3, c4, c5, d)
+        dq = h + d * (c3 + d * (c4 / 2 + d * c5 / 6))
         if not dq > 0:
             return None
         nxt = d - q / dq
@@ -177,24 +184,98 @@ def _cubic_step(g, h, d3, d4, weight, b):
     return d
 
 
+def _taylor_residual(g, h, c3, c4, c5, d):
+    """The quartic Taylor model of f' at step d: g + h d + c3 d^2 / 2 + c4 d^3 / 6 + c5 d^4 / 24."""
+    return g + d * (h + d * (c3 / 2 + d * (c4 / 6 + d * c5 / 24)))
+
+
+def _certified_error(s, d):
+    r"""A rigorous bound on |b + d - b*| after the Taylor step d from b (b* the root of f'), or inf.
+
+    ``s`` are the sums of :func:`temperature_nll` at b (f = loss / weight, the mean NLL). Every derivative
+    of f is a weighted mean of the rows' cumulants of z under softmax(b z). For a row of range r_i
+    (max z - min z) with central moments mu_j: |z - mu| <= r_i and mu_2 <= r_i^2 / 4, so
+
+    .. math::
+
+        |\kappa_3| = |\mu_3| \le r_i \mu_2, \qquad
+        |\kappa_6| = |\mu_6 - 15 \mu_4 \mu_2 - 10 \mu_3^2 + 30 \mu_2^3|
+        \le (15/4 + 10/4) r_i^4 \mu_2 = 6.25\, r_i^4 \mu_2
+
+    (mu_6 <= r^4 mu_2, mu_4 <= r^2 mu_2, mu_3^2 <= r^2 mu_2^2; the positive terms give at most
+    2.875 r^4 mu_2). As d mu_2 / db = kappa_3, each row's variance grows by at most e^{r_i |s|} over a step
+    s, so with r = max_i r_i (``range``) and B = sum_i w_i r_i^4 mu_2,i / sum_i w_i (``r4d2`` / ``weight``):
+
+    .. math::
+
+        f''(b + s) \in [h e^{-r|s|}, h e^{r|s|}], \qquad |f^{(6)}(b + s)| \le 6.25 B e^{r|s|}.
+
+    The remainder of the quartic Taylor model q of f' (from d1..d5 at b) is then
+    |f'(b + d) - q(d)| <= R = 6.25 B e^{r|d|} |d|^5 / 120, and since f' is increasing with slope at least
+    h e^{-r(|d| + delta)} within delta of b + d, the root is within
+
+    .. math::
+
+        \delta = 2 (R + |q(d)|) e^{r|d|} / h \qquad \text{whenever } r \delta \le \ln 2.
+
+    This holds for the exact sums; their rounding (and, for float32 / float16 logits, the float exp) moves
+    the optimum by far less (see :func:`temperature_nll`). None of ``d5``, ``r4d2``, ``range``: inf.
+    """
+    w = s["weight"]
+    if any(s.get(key) is None for key in ("d3", "d4", "d5", "r4d2", "range")) or not w > 0:
+        return math.inf
+    g, h = s["d1"] / w, s["d2"] / w
+    c3, c4, c5 = s["d3"] / w, s["d4"] / w, s["d5"] / w
+    r, bound6 = float(s["range"]), float(s["r4d2"]) / w
+    a = abs(d)
+    if not (h > 0 and math.isfinite(r) and r >= 0 and math.isfinite(bound6) and r * a < 50):
+        return math.inf
+    grow = math.exp(r * a)
+    remainder = 6.25 * bound6 * grow * a ** 5 / 120
+    # Slack for the rounding of the bound and for float32 sums taken at float(b) (|b - bf| <= 6e-8 b).
+    delta = 2 * (remainder + abs(_taylor_residual(g, h, c3, c4, c5, d))) * grow / h * (1 + 1e-4)
+    if not (math.isfinite(delta) and r * delta <= math.log(2)):
+        return math.inf
+    return delta
+
+
 class TemperatureScaling(_LogitCalibrator):
     r"""Temperature scaling (Guo et al. 2017): softmax(z / T) with one T > 0 fitted by NLL.
 
     The fit minimises the weighted mean NLL over b = 1/T by a safeguarded
-    Newton method: each pass over the data returns the NLL and its first four
+    Newton method: each pass over the data returns the NLL and its first five
     derivatives in b (:func:`temperature_nll`; the NLL is convex in b).
     Steps are Newton steps in log b (from f' and f'' in b); within b/8 of
-    the optimum, the root of the cubic Taylor model of f' (from the second
-    to fourth derivatives), whose error is O(step^4). Steps that would
+    the optimum, the root of the quartic Taylor model of f' (from the second
+    to fifth derivatives), whose error is O(step^5). Steps that would
     leave the bracket [b_lo, b_hi] known to contain the minimum (from the
     sign of f') are replaced by its geometric midpoint, and b never leaves
     ``bounds``. Converges in a handful of passes; ``n_passes_`` counts them.
-    On large inputs (at least 2^22 logits and 2^16 rows) Newton starts from
-    the optimum of every 16th row (a strided view, no copy), so the full
-    passes start within a few percent of the answer: typically 2 full passes
-    (one cubic step and the pass that confirms it) instead of 5-7 (the
-    subsample's passes cost 1/16 each and are not counted in ``n_passes_``). The result is the same optimum, to ``tol**2``.
-    Dividing logits by T > 0 never changes the argmax (the predicted class).
+
+    Each Taylor step d is certified when it can be. With r_i the range
+    max z - min z of row i, r = max_i r_i, mu_2,i its variance under the
+    softmax, h = f'' and B = sum_i w_i r_i^4 mu_2,i / sum_i w_i (all from the
+    same pass), the cumulant bounds |kappa_3| <= r_i mu_2 and
+    |kappa_6| <= 6.25 r_i^4 mu_2 give |f'''| <= r f'' and
+    |f^(6)(b + s)| <= 6.25 B e^{r|s|}, hence the rigorous bound
+
+    .. math::
+
+        |b + d - b^*| \le \delta = 2 \left(\frac{6.25 B e^{r|d|} |d|^5}{120}
+        + |q(d)|\right) \frac{e^{r|d|}}{h}
+
+    (q the quartic model's residual at d, valid when r delta <= ln 2; the
+    derivation is in ``_certified_error``). The fit stops as soon as
+    delta <= tol * b, so T is then within ``tol`` (relative) of the optimum
+    of the computed NLL. On large inputs (at least 2^22 logits and 2^16 rows)
+    Newton starts from the optimum of every 16th row (a strided view, no
+    copy), so the full pass starts within about a percent of the answer and
+    its step is usually certified: 1 full pass (a second one only when the
+    certificate fails; the subsample's passes cost 1/16 each and are not
+    counted in ``n_passes_``). Float32 / float16 logits are summed with a float exp
+    (see :func:`temperature_nll`); that moves the computed optimum by < 1e-8
+    relative. Dividing logits by T > 0 never changes the argmax (the predicted
+    class).
 
     Parameters
     ----------
@@ -208,11 +289,13 @@ class TemperatureScaling(_LogitCalibrator):
         :func:`temperature_nll`). Sample weights are divided by their largest
         (the fit does not depend on their scale).
     tol : float, default 1e-7
-        Stop when a Newton step changes b by at most ``tol * b``, or a cubic
-        step by at most ``0.1 * sqrt(tol) * b``; the result is then within
-        about ``tol**2`` (relative) of the optimum (Newton's error is
-        quadratic in the step, the cubic model's quartic). Sums without
-        ``d3`` / ``d4`` (:meth:`fit_from_sums`) take Newton steps only.
+        Stop when a Taylor step is certified to within ``tol * b`` of the
+        optimum (above), when a Newton step changes b by at most ``tol * b``,
+        or a cubic step by at most ``0.1 * sqrt(tol) * b`` (the result is
+        then within about ``tol**2``: Newton's error is quadratic in the
+        step, the cubic model's quartic). Sums without ``d3`` / ``d4``
+        (:meth:`fit_from_sums`) take Newton steps only; sums without
+        ``d5``, ``r4d2`` and ``range`` are not certified.
     max_passes : int, default 50
     chunk_size : int, optional
         Rows per kernel call (see :func:`temperature_nll`); each chunk is read
@@ -276,9 +359,11 @@ class TemperatureScaling(_LogitCalibrator):
 
         For data that is not one array: ``sums`` may add the kernel's results
         over shards, files or the workers of a cluster (``calibkit.dask.fit_temperature``).
-        Each Newton step calls it once: one pass over the data. ``d3`` and
-        ``d4`` are optional (without them every step is a Newton step, often
-        one pass more). ``start`` is
+        Each Newton step calls it once: one pass over the data. ``d3``,
+        ``d4``, ``d5`` are optional (without d3 / d4 every step is a Newton
+        step, often one pass more); combining shards, add every key except
+        ``range``, whose maximum is taken. Without ``d5``, ``r4d2`` and
+        ``range`` no step is certified (usually one pass more). ``start`` is
         the first b = 1/T tried (default 1, clipped to ``bounds``).
         """
         t_min, t_max = self._check_params()
@@ -333,9 +418,14 @@ class TemperatureScaling(_LogitCalibrator):
                 newton = b - g / h if h > 0 else math.nan
             # Close to the optimum, the root of the cubic Taylor model of f' (from the third and fourth
             # derivatives, when the sums have them): its error is O(step^4) instead of Newton's O(step^2).
-            cubic = _cubic_step(g, h, s.get("d3"), s.get("d4"), s["weight"], b)
+            cubic = _cubic_step(g, h, s.get("d3"), s.get("d4"), s["weight"], b, s.get("d5"))
             if cubic is not None:
                 newton = b + cubic
+                # A certified step ends the fit at once (the usual case after a warm start: one full pass).
+                if lo < newton < hi and _certified_error(s, cubic) <= self.tol * newton:
+                    b = newton
+                    converged = True
+                    break
             step = abs(newton - b)
             # Newton's error after a step of tol b is ~ (tol b)^2; the cubic model's after a step of
             # sqrt(tol) b is ~ (sqrt(tol) b)^4: the same bound, usually one full pass sooner.
