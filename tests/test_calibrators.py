@@ -211,7 +211,8 @@ def test_temperature_warm_start_on_large_inputs(backend, weighted):
     ts = TemperatureScaling(backend=backend).fit(z, y, sample_weight=w)
     cold = TemperatureScaling(backend=backend).fit_from_sums(
         lambda b: calibkit.temperature_nll(z, y, b, sample_weight=w, backend=backend), 64)
-    assert ts.temperature_ == pytest.approx(cold.temperature_, rel=1e-12)
+    # both fits stop at a certified tolerance of 1e-7 relative in b = 1/T (they agree to ~1e-9)
+    assert ts.temperature_ == pytest.approx(cold.temperature_, rel=1e-9)
     if weighted:
         assert ts.n_passes_ == cold.n_passes_
     else:
