@@ -103,12 +103,7 @@ def _probability_matrix(scores, from_logits):
     function is run to raise the error it always raised (the same element, the same message).
     """
     if from_logits:
-        z = np.asarray(check_logits(scores), dtype=np.float64)
-        check_finite(z, "scores")
-        z = z - z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
-        return z
+        return _softmax64(scores)
     p = np.asarray(scores, dtype=np.float64)
     check_finite(p, "scores")
     outside = (p < -1e-6) | (p > 1 + 1e-6)
@@ -210,7 +205,11 @@ class _OneVsRest(Calibrator):
         self._check_n_classes(n_classes)
         _check_label_range(labels, n_classes)
         _warn_single_class(labels, n_classes)
-        return [self._fit_one(np.ascontiguousarray(p[:, c]), (labels == c).astype(np.float64), sample_weight)
+        # One transposing copy (each class's column contiguous) rather than K strided column copies, each of
+        # which would read every cache line of p.
+        columns = np.ascontiguousarray(p.T)
+        del p
+        return [self._fit_one(columns[c], (labels == c).astype(np.float64), sample_weight)
                 for c in range(n_classes)]
 
     def fit(self, scores, labels, sample_weight=None):
