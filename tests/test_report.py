@@ -326,3 +326,48 @@ def test_val_mask_of_the_wrong_length_is_refused(tmp_path):
     test = io.open_dump(path, split="test")
     with pytest.raises(ValueError, match=r"val_mask must be a bool array of shape \(3000,\).*got shape \(2999,\)"):
         report.report(test, val_mask=np.ones(2999, bool), methods=["temperature"])
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_calibrated_pass_gives_each_calibrators_own_numbers_bit_for_bit(backend, from_logits, monkeypatch):
+    """The calibrated pass writes every calibrator's input into buffers reused block after block, vector
+    scaling sub-block by sub-block and one softmax shared by isotonic and histogram: the values are exactly
+    those of each calibrator's own transform / predict_proba of the block (small sub-blocks, ragged last one)."""
+    monkeypatch.setattr(report, "SUB_BLOCK_VALUES", 37)
+    rng = np.random.default_rng(3)
+    n, k = 3000, 7
+    z = (rng.normal(size=(n, k)) * 3).astype(np.float32)
+    y = np.argmax(z / 2.0 + rng.gumbel(size=z.shape), axis=1)
+    scores = z if from_logits else np.asarray(calibkit.calibrators.nonparametric._softmax64(z), np.float32)
+    methods = ["temperature", "vector", "isotonic", "histogram", "matrix"] if from_logits else \
+        ["vector", "isotonic", "histogram"]
+    fitted = {}
+    for m in methods:
+        c = report.make_calibrator(m, from_logits)
+        c.backend = backend
+        fitted[m] = c.fit(report.as_logits(scores[:1000], from_logits) if m in report.LOGIT_METHODS
+                          else scores[:1000], y[:1000])
+    inputs = report._CalibratedInputs(fitted, from_logits, 900, k)
+    for a in range(1000, n, 900):
+        block = scores[a:a + 900]
+        got = inputs(block)
+        for m, c in fitted.items():
+            want = report._method_input(c, m, block, from_logits)
+            np.testing.assert_array_equal(got[m], want, err_msg=m)
+            assert got[m].dtype == want.dtype
+
+
+def test_calibrated_pass_names_an_overflowing_row_as_the_calibrator_does(monkeypatch):
+    """A vector-scaling output that overflows float64 raises the calibrator's own error."""
+    monkeypatch.setattr(report, "SUB_BLOCK_VALUES", 10)
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(50, 3))
+    y = rng.integers(0, 3, 50)
+    c = calibkit.VectorScaling().fit(z, y)
+    c.scale_ = np.array([1.0, 1e308, 1.0])
+    inputs = report._CalibratedInputs({"vector": c}, True, 50, 3)
+    with pytest.raises(ValueError, match=r"logits\[\d+\]: the calibrated logits overflow float64") as got:
+        inputs(z)
+    with pytest.raises(ValueError) as want:
+        c.transform(z)
+    assert str(got.value) == str(want.value)

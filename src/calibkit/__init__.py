@@ -4,8 +4,6 @@ The hot paths run in native kernels (C++ by default, Numba as a twin) that read
 each input once, in place, and release the GIL. See the README for examples.
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
 from ._backend import get_num_threads, set_num_threads
 from .metrics import (
     ReliabilityTable,
@@ -36,10 +34,22 @@ from . import datasets
 from .ood import *  # noqa: F401,F403 - re-exported; names in ood.__all__
 from .uncertainty import *  # noqa: F401,F403 - re-exported; names in uncertainty.__all__
 
-try:
-    __version__ = _version("calibkit")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0+unknown"
+
+
+def __getattr__(name):
+    """``__version__``, looked up in the installed metadata on first use (importing importlib.metadata and
+    scanning the installed distributions would otherwise cost every ``import calibkit``, e.g. each
+    ``calibkit`` command, tens of milliseconds)."""
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("calibkit")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            value = "0+unknown"
+        globals()["__version__"] = value
+        return value
+    raise AttributeError(f"module 'calibkit' has no attribute {name!r}")
 
 __all__ = [
     "CalibrationAccumulator",

@@ -19,7 +19,8 @@ import math
 import numpy as np
 
 from . import calibrators as cal
-from ._validation import BadElementError
+from ._validation import OK, BadElementError, check_scores
+from .calibrators import nonparametric as npm
 from .io import Dump, DumpError, SplitBlock, located
 from .streaming import CalibrationAccumulator
 
@@ -78,6 +79,67 @@ def _method_input(calibrator, method, scores, from_logits):
     if method in LOGIT_METHODS:
         return calibrator.transform(as_logits(scores, from_logits))
     return calibrator.predict_proba(scores)
+
+
+# Values per sub-block of the calibrated pass: a float64 sub-block (256 KB) and its softmax stay in the L2
+# cache while every calibrator reads them.
+SUB_BLOCK_VALUES = 1 << 15
+
+
+class _CalibratedInputs:
+    """What each fitted calibrator's accumulator reads, block after block (:func:`_method_input`, the same
+    numbers), written into buffers allocated once for the whole pass (a fresh block-sized array per
+    calibrator and block would be a fresh mapping to fault in, each time).
+
+    Vector scaling is applied sub-block by sub-block (about ``SUB_BLOCK_VALUES`` values, in cache); the softmax
+    of a logit block is computed once (sub-block by sub-block) for isotonic calibration and histogram binning
+    together, which then map it with one kernel call per block each. Every row is computed on its own, so the
+    values are those of the calibrator's own ``transform`` / ``predict_proba`` of the block, bit for bit. The
+    other methods (temperature: the logits themselves; matrix scaling) take their ordinary path.
+    """
+
+    def __init__(self, fitted, from_logits, block_rows, n_classes):
+        self.fitted, self.from_logits = fitted, from_logits
+        self.vector = None
+        self.steps = {}
+        for m, c in fitted.items():
+            if m == "vector" and isinstance(c, cal.VectorScaling):
+                self.vector = c
+            elif m in ("isotonic", "histogram") and not c.binary_:
+                self.steps[m] = c._applier()
+        fast = list(self.steps) + (["vector"] if self.vector is not None else [])
+        self.out = {m: np.empty((block_rows, n_classes)) for m in fast}
+        self.q = np.empty((block_rows, n_classes)) if from_logits and self.steps else None
+        self.sub = max(1, SUB_BLOCK_VALUES // max(1, n_classes))
+
+    def __call__(self, scores):
+        """``{method: its accumulator's input}`` for the (n, K) block ``scores`` (n <= the block rows)."""
+        n = len(scores)
+        out = {m: (self.out[m][:n] if m in self.out else _method_input(c, m, scores, self.from_logits))
+               for m, c in self.fitted.items()}
+        if not self.out or n == 0:
+            return out
+        scores = check_scores(scores)
+        ok = dict.fromkeys(self.out, True)
+        if self.vector is not None or self.q is not None:
+            for a in range(0, n, self.sub):
+                s = scores[a:a + self.sub]
+                if self.vector is not None:
+                    o = out["vector"][a:a + len(s)]
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        self.vector._scaled_into(as_logits(s, self.from_logits), o)
+                    ok["vector"] &= bool(np.isfinite(o).all())
+                if self.q is not None:
+                    npm.softmax64_into(s, self.q[a:a + len(s)])
+        for m, apply in self.steps.items():
+            if self.q is not None:
+                ok[m] = apply(self.q[:n], out[m], npm._CHECK_NONE)[0] == OK
+            else:
+                ok[m] = apply(scores, out[m], npm._CHECK_PROBABILITY)[0] == OK
+        for m in [m for m, good in ok.items() if not good]:
+            # the calibrator's own path on the whole block raises the error it always raised
+            out[m] = _method_input(self.fitted[m], m, scores, self.from_logits)
+        return out
 
 
 def _fit_temperature_out_of_core(dump, mask, chunk_rows, backend):
@@ -200,6 +262,8 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
         calibrator's in turn; the held-out rows are gathered into `gathered` (scores, labels) when given."""
         nonlocal done
         at = 0
+        if fitted:
+            inputs = _CalibratedInputs(fitted, test.from_logits, chunk_rows or test.chunk_rows(), K)
         for blk in _blocks(test, held, chunk_rows, gather=gathered is not None):
             if gathered is not None:
                 k = len(blk.held_labels)
@@ -209,8 +273,9 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
                 if len(blk.labels):
                     if not fitted:
                         accs["raw"].update(blk.scores, blk.labels)
-                    for m, c in fitted.items():
-                        accs[m].update(_method_input(c, m, blk.scores, test.from_logits), blk.labels)
+                    if fitted:
+                        for m, x in inputs(blk.scores).items():
+                            accs[m].update(x, blk.labels)
             except BadElementError as exc:
                 raise located(exc, test, blk.first_row, blk.held_mask) from None
             done += blk.n_rows

@@ -103,12 +103,7 @@ def _probability_matrix(scores, from_logits):
     function is run to raise the error it always raised (the same element, the same message).
     """
     if from_logits:
-        z = np.asarray(check_logits(scores), dtype=np.float64)
-        check_finite(z, "scores")
-        z = z - z.max(axis=1, keepdims=True)
-        np.exp(z, out=z)
-        z /= z.sum(axis=1, keepdims=True)
-        return z
+        return _softmax64(scores)
     p = np.asarray(scores, dtype=np.float64)
     check_finite(p, "scores")
     outside = (p < -1e-6) | (p > 1 + 1e-6)
@@ -127,11 +122,16 @@ def _softmax64(scores):
     """
     z = check_logits(scores)
     check_finite(z, "scores")
-    q = np.empty(z.shape)
-    np.subtract(z, z.max(axis=1, keepdims=True), out=q, dtype=np.float64)
-    np.exp(q, out=q)
-    q /= q.sum(axis=1, keepdims=True)
-    return q
+    return softmax64_into(z, np.empty(z.shape))
+
+
+def softmax64_into(z, out):
+    """The softmax of the checked (n, K) logits z written into the C-ordered float64 (n, K) ``out`` (returned),
+    by the arithmetic of :func:`_softmax64` (row by row: the result of a row does not depend on the others)."""
+    np.subtract(z, z.max(axis=1, keepdims=True), out=out, dtype=np.float64)
+    np.exp(out, out=out)
+    out /= out.sum(axis=1, keepdims=True)
+    return out
 
 
 def _readable(scores):
@@ -205,7 +205,11 @@ class _OneVsRest(Calibrator):
         self._check_n_classes(n_classes)
         _check_label_range(labels, n_classes)
         _warn_single_class(labels, n_classes)
-        return [self._fit_one(np.ascontiguousarray(p[:, c]), (labels == c).astype(np.float64), sample_weight)
+        # One transposing copy (each class's column contiguous) rather than K strided column copies, each of
+        # which would read every cache line of p.
+        columns = np.ascontiguousarray(p.T)
+        del p
+        return [self._fit_one(columns[c], (labels == c).astype(np.float64), sample_weight)
                 for c in range(n_classes)]
 
     def fit(self, scores, labels, sample_weight=None):
@@ -222,6 +226,20 @@ class _OneVsRest(Calibrator):
     def _step_models(self):  # pragma: no cover - subclasses override
         """(mode, x, x_offsets, y, y_offsets) of the K calibration maps for step_apply."""
         raise NotImplementedError
+
+    def _applier(self):
+        """``apply(p, out, check)``: the status of writing into the C-ordered float64 (n, K) ``out`` (which may be
+        ``p`` itself) the calibrated rows of the (n, K) probabilities ``p``, scores checked as ``check``
+        (``_CHECK_NONE`` / ``_CHECK_PROBABILITY``): what :meth:`predict_proba` does for (N, K) scores, with the
+        K maps prepared once, for a caller that applies the calibrator to many blocks."""
+        self._check_fitted()
+        kernels = _kernels(self.backend)
+        mode, x, x_off, y, y_off = self._step_models()
+
+        def apply(p, out, check):
+            return kernels.step_apply(p, x, x_off, y, y_off, mode, check, True, out)
+
+        return apply
 
     def predict_proba(self, scores):
         """Calibrated probabilities: (N,) P(y=1) for binary scores, (N, K) rows summing to 1 otherwise.

@@ -606,6 +606,13 @@ class VectorScaling(_LogitCalibrator):
     def _scaled(self, z):
         return z * self.scale_ + self.bias_
 
+    def _scaled_into(self, z, out):
+        """out = :meth:`_scaled` of the (n, K) logits z (any float dtype) written into the float64 (n, K) out:
+        the same numbers (z is widened to float64 exactly, then scaled and shifted), no temporary."""
+        np.multiply(z, self.scale_, out=out)
+        out += self.bias_
+        return out
+
 
 class MatrixScaling(_LogitCalibrator):
     r"""Matrix scaling (Guo et al. 2017) with ODIR regularisation (Kull et al. 2019).
