@@ -137,7 +137,8 @@ def _block_sums(logits, labels, start, b, backend):
 
 
 def _add_sums(a, b):
-    return {k: a[k] + b[k] for k in a}
+    """Sums add; the largest row range (``range``, which bounds the fit's error) is a maximum."""
+    return {k: max(a[k], b[k]) if k == "range" else a[k] + b[k] for k in a}
 
 
 def fit_temperature(logits, labels, *, bounds=(1e-3, 1e3), tol=1e-7, max_passes=50, backend="auto"):

@@ -146,7 +146,8 @@ def _fit_temperature_out_of_core(dump, mask, chunk_rows, backend):
     """Temperature scaling fitted on the rows of `dump` (where `mask`, if given), read chunk by chunk at every
     Newton step: the NLL and its derivatives are sums over rows."""
     def sums(b):
-        total = {"count": 0.0, "weight": 0.0, "loss": 0.0, "d1": 0.0, "d2": 0.0, "d3": 0.0, "d4": 0.0}
+        total = dict.fromkeys(("count", "weight", "loss", "d1", "d2", "d3", "d4", "d5", "r4d2"), 0.0)
+        largest = 0.0  # the largest row range: a maximum over blocks, not a sum (it bounds the fit's error)
         # The rows where `mask` is True are those not held out of the complement: read straight into one array.
         for blk in _blocks(dump, None if mask is None else ~mask, chunk_rows, gather=False):
             if len(blk.labels):
@@ -156,6 +157,8 @@ def _fit_temperature_out_of_core(dump, mask, chunk_rows, backend):
                     raise located(exc, dump, blk.first_row, blk.held_mask) from None
                 for key in total:
                     total[key] += r[key]
+                largest = max(largest, r["range"])
+        total["range"] = largest
         return total
 
     return cal.TemperatureScaling(backend=backend).fit_from_sums(sums, dump.n_classes)
