@@ -23,6 +23,10 @@ from ._common import (
     rows_per_chunk, run_locked, status_tuple, valid_probability,
 )
 
+# IEEE division (no ZeroDivisionError branch, which keeps LLVM from vectorising a loop with a division, as
+# log_f32's): every divisor in this module is checked or positive by construction (s0 >= 1, K >= 1, b > 0).
+JITF = dict(JIT, error_model="numpy")
+
 MAX_PROBABILITY, MARGIN, ENTROPY, ENERGY, LOGIT_NORM, KL_TO_UNIFORM = range(6)
 N_SCORES = 6
 
@@ -40,6 +44,8 @@ _TINY_F = F32(1.17549435e-38)
 _TWO24_F = F32(16777216.0)
 _SQRT2_F = F32(1.4142135623730951)
 _HALF_F = F32(0.5)
+_EXP_BIAS_F = F32(8388608.0 + 127.0)
+_TWENTY_FOUR_F = F32(24.0)
 _L9, _L7, _L5, _L3 = F32(1.0 / 9.0), F32(1.0 / 7.0), F32(1.0 / 5.0), F32(1.0 / 3.0)
 
 
@@ -98,7 +104,7 @@ _TWO52 = 4503599627370496.0
 _TWO52_BITS = 0x4330000000000000  # the bits of 2^52
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _log_positive(x):
     """log(x) for finite float64 x > 0: the same sequence of operations as simd.hpp's log_positive (so the
     same bits), straight-line code that LLVM vectorises."""
@@ -129,20 +135,21 @@ def _log_positive(x):
     return e * 6.93147180369123816490e-01 + (log_m + e * 1.90821492927058770002e-10)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _log_f32(x):
     """log(x) for float32 x > 0: the same bits as simd.hpp's log_f32, exponent and
     mantissa taken from the bits (subnormals scaled by 2^24 first), straight-line code that LLVM vectorises."""
     tiny = x < _TINY_F
     x = x * _TWO24_F if tiny else x
     bits = _f32_bits(x)
-    e = ((bits >> 23) & 0xFF) - 127
-    e = e - 24 if tiny else e
+    # the exponent as a float from its bits (2^23 + field, minus 2^23 + 127: exact), not through a 64-bit integer
+    # (whose conversion to float AVX2 lacks, which kept this loop scalar)
+    ef = _bits_f32(((bits >> 23) & 0xFF) | 0x4B000000) - _EXP_BIAS_F
+    ef = ef - _TWENTY_FOUR_F if tiny else ef
     m = _bits_f32((bits & 0x007FFFFF) | 0x3F800000)  # [1, 2)
     big = m > _SQRT2_F
     m = m * _HALF_F if big else m
-    e = e + 1 if big else e
-    ef = F32(e)
+    ef = ef + F32_ONE if big else ef
     f = (m - F32_ONE) / (m + F32_ONE)
     f2 = f * f
     s = _L9
@@ -154,7 +161,7 @@ def _log_f32(x):
     return ef * LN2_HI + (log_m + ef * LN2_LO)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _lane_sums_f(x, y, Kp):
     """(sum_k x_k, sum_k x_k y_k) of float buffers of Kp (a multiple of 8) elements as the C++ float path adds
     them: element k in float lane k % 8, the float lanes flushed into double lanes every FLUSH elements, the
@@ -202,7 +209,7 @@ def _lane_sums_f(x, y, Kp):
     return ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7)), ((q0 + q4) + (q1 + q5)) + ((q2 + q6) + (q3 + q7))
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _value_sums(buf, Kp):
     """sum and sum of squares of a padded row (float or double) in double lanes (element k in lane k % 8), octet_sum."""
     d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
@@ -231,7 +238,7 @@ def _value_sums(buf, Kp):
     return ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7)), ((q0 + q4) + (q1 + q5)) + ((q2 + q6) + (q3 + q7))
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _value_products(x, y, Kp):
     """(sum_k x_k, sum_k x_k y_k) of padded float64 rows, element k in lane k % 8, octet_sum."""
     d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
@@ -258,7 +265,7 @@ def _value_products(x, y, Kp):
     return ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7)), ((q0 + q4) + (q1 + q5)) + ((q2 + q6) + (q3 + q7))
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _max_f(buf, K, probabilities):
     """(largest value, number of bad elements) of a float row: NaN / inf, or (probabilities) outside the float
     bounds of [0, 1]. Eight independent lane maxima (the maximum is exact in any order) so LLVM vectorises."""
@@ -290,7 +297,7 @@ def _max_f(buf, K, probabilities):
     return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7))), bad
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _second_f(buf, K, m1):
     """The second largest value of a float row whose largest is m1 (m1 again when it occurs twice)."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F32_NEG_INF
@@ -327,7 +334,7 @@ def _second_f(buf, K, m1):
     return max(max(max(s0, s1), max(s2, s3)), max(max(s4, s5), max(s6, s7)))
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _load_f(s, i, table, buf):
     """Row i of s (any dtype) into the float buffer buf (its padding stays 0)."""
     K = s.shape[1]
@@ -335,7 +342,7 @@ def _load_f(s, i, table, buf):
         buf[k] = F32(load(s[i, k], table))
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _softmax_f(buf, K, best, b, ebuf, tbuf):
     """s0 = sum e^t, s1 = sum e^t t (t = max(b u, EXP_MIN_F), u = z - best) of a padded float row: e^t into
     ebuf, t into tbuf (their padding stays 0), then the float lane sums."""
@@ -349,7 +356,7 @@ def _softmax_f(buf, K, best, b, ebuf, tbuf):
     return _lane_sums_f(ebuf, tbuf, ebuf.shape[0])
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _entropy_f(buf, K, lbuf):
     """(sum p log p, sum log p, some p <= 0) of a padded float probability row; log p into lbuf (0 where
     p <= 0; the padding stays 0)."""
@@ -363,7 +370,7 @@ def _entropy_f(buf, K, lbuf):
     return plogp, sum_log, zeros > 0
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _check_row(buf, K, probabilities, i, st):
     """False (status set) on NaN/inf or a probability outside [0, 1]."""
     for k in range(K):
@@ -377,7 +384,7 @@ def _check_row(buf, K, probabilities, i, st):
     return True
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _scan_d(buf, K, probabilities):
     """(m1, m2, number of bad elements) of a float64 row: the two largest values (equal if tied)."""
     m1 = -np.inf
@@ -396,7 +403,7 @@ def _scan_d(buf, K, probabilities):
     return m1, m2, bad
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _softmax_d(dbuf, K, best, b, store):
     """s0 = sum e^t, s1 = sum e^t t with t = max(b u, EXP_MIN) (as the C++ exp_nonpositive clamps)."""
     s0 = 0.0
@@ -411,7 +418,7 @@ def _softmax_d(dbuf, K, best, b, store):
     return s0, s1
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _entropy_d(dbuf, K, lbuf):
     """(sum p log p, sum log p, some p <= 0) of a padded float64 probability row as the C++ entropy_sums: log p
     (0 where p <= 0) into lbuf (its padding stays 0), then the sums in lane k % 8, octet_sum."""
@@ -425,7 +432,7 @@ def _entropy_d(dbuf, K, lbuf):
     return plogp, sum_log, zeros > 0
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _scaled_norm(buf, K):
     big = 0.0
     for k in range(K):
@@ -439,7 +446,7 @@ def _scaled_norm(buf, K):
     return big * math.sqrt(q)
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _scaled_mean(buf, K):
     """sum_k x_k / K in index order (the C++ scaled_mean), for rows whose plain sum overflows."""
     inv = 1.0 / K
@@ -449,7 +456,7 @@ def _scaled_mean(buf, K):
     return m
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _logit_scores(buf, K, b, want, m1, m2, total, sq, s0, s1, out, i):
     logK = math.log(K)
     log_s0 = math.log(s0)
@@ -468,7 +475,7 @@ def _logit_scores(buf, K, b, want, m1, m2, total, sq, s0, s1, out, i):
         out[KL_TO_UNIFORM, i] = max(log_s0 - logK - b * (mean - m1), 0.0)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _probability_scores(K, want, m1, m2, plogp, sum_log, has_zero, out, i):
     if want[MAX_PROBABILITY]:
         out[MAX_PROBABILITY, i] = m1
@@ -480,14 +487,14 @@ def _probability_scores(K, want, m1, m2, plogp, sum_log, has_zero, out, i):
         out[KL_TO_UNIFORM, i] = np.inf if has_zero else max(-math.log(K) - sum_log / K, 0.0)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _nan_scores(want, out, i):
     for c in range(N_SCORES):
         if want[c]:
             out[c, i] = np.nan
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _row_scores_chunk_f(s, from_logits, b, want, table, out, begin, end, st):
     """The float32 / float16 rows of [begin, end)."""
     K = s.shape[1]
@@ -515,7 +522,7 @@ def _row_scores_chunk_f(s, from_logits, b, want, table, out, begin, end, st):
             _probability_scores(K, want, m1, m2, plogp, sum_log, has_zero, out, i)
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _row_scores_chunk_d(s, from_logits, b, want, table, out, begin, end, st):
     """The float64 rows of [begin, end)."""
     K = s.shape[1]
@@ -541,7 +548,7 @@ def _row_scores_chunk_d(s, from_logits, b, want, table, out, begin, end, st):
             _probability_scores(K, want, m1, m2, plogp, sum_log, has_zero, out, i)
 
 
-@numba.njit(parallel=True, **JIT)
+@numba.njit(parallel=True, **JITF)
 def _row_scores_driver(s, from_logits, b, want, single, table, out, parallel):
     N, K = s.shape
     chunk = rows_per_chunk(K, 1)
@@ -592,7 +599,7 @@ def row_scores(scores, from_logits, inverse_temperature, kinds):
     return d
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _member_f(m, i, from_logits, table, buf, ebuf, tbuf, st):
     """Member row i (float path) as the C++ RowWork::member: (ok, entropy, scale, row max, values) with the
     probabilities p_k = values[k] * scale (values: ebuf from logits, buf from probabilities)."""
@@ -609,7 +616,7 @@ def _member_f(m, i, from_logits, table, buf, ebuf, tbuf, st):
     return True, max(-plogp, 0.0), 1.0, 0.0, buf
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _member_d(m, i, from_logits, table, dbuf, lbuf, st):
     """Member row i (double path): (ok, entropy, scale, row max), dbuf[k] * scale = p_k."""
     K = m.shape[1]
@@ -625,7 +632,7 @@ def _member_d(m, i, from_logits, table, dbuf, lbuf, st):
     return True, max(-plogp, 0.0), 1.0, 0.0
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _member_value(m, i, c, from_logits, single, table, scale, row_max):
     """p_c of member row i again (the same bits as _member_f / _member_d)."""
     v = load(m[i, c], table)
@@ -636,7 +643,7 @@ def _member_value(m, i, c, from_logits, single, table, scale, row_max):
     return math.exp(max(1.0 * (v - row_max), EXP_MIN)) * scale
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _welford(p, K, count, total, m2):
     inv_old = 1.0 / count if count > 0 else 0.0
     inv_new = 1.0 / (count + 1)
@@ -647,7 +654,7 @@ def _welford(p, K, count, total, m2):
         m2[k] += (p[k] - old_mean) * (p[k] - new_mean)
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _decompose_chunk(x, from_logits, single, table, mean, res, pred, begin, end, st):
     S, _, K = x.shape
     Kp = (K + 7) // 8 * 8
@@ -711,7 +718,7 @@ def _decompose_chunk(x, from_logits, single, table, mean, res, pred, begin, end,
         pred[i] = best
 
 
-@numba.njit(parallel=True, **JIT)
+@numba.njit(parallel=True, **JITF)
 def _decompose_driver(x, from_logits, single, table, mean, res, pred, parallel):
     S, N, K = x.shape
     chunk = rows_per_chunk(S * K, 1)
@@ -749,7 +756,7 @@ def ensemble_decompose(samples, from_logits):
             "variance": res[3].copy(), "prediction": pred, "status": status_tuple(st)}
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _update_chunk(m, from_logits, single, count, table, total, m2, h_sum, apply, begin, end, st):
     K = m.shape[1]
     Kp = (K + 7) // 8 * 8
@@ -780,7 +787,7 @@ def _update_chunk(m, from_logits, single, count, table, total, m2, h_sum, apply,
         h_sum[i] += h
 
 
-@numba.njit(parallel=True, **JIT)
+@numba.njit(parallel=True, **JITF)
 def _update_driver(m, from_logits, single, count, table, total, m2, h_sum, apply, parallel):
     N, K = m.shape
     chunk = rows_per_chunk(K, 1)
@@ -826,7 +833,7 @@ def ensemble_update(member, from_logits, count, sum, m2, entropy_sum):  # noqa: 
     return (0, -1, -1, 0.0)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _confidence_grad(vals, K, y, has_labels, inv, invK, grad_scale, grad, i):
     """grad[i] = grad_scale (vals * inv - onehot(y)) (labels) or grad_scale (vals * inv - 1/K)."""
     if has_labels:
@@ -838,7 +845,7 @@ def _confidence_grad(vals, K, y, has_labels, inv, invK, grad_scale, grad, i):
             grad[i, k] = grad_scale * (np.float64(vals[k]) * inv - invK)
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _confidence_chunk(z, labels, has_labels, single, grad_scale, table, grad, begin, end, acc, st):
     K = z.shape[1]
     Kp = (K + 7) // 8 * 8
@@ -885,7 +892,7 @@ def _confidence_chunk(z, labels, has_labels, single, grad_scale, table, grad, be
             _confidence_grad(dbuf, K, y, has_labels, inv, invK, grad_scale, grad, i)
 
 
-@numba.njit(parallel=True, **JIT)
+@numba.njit(parallel=True, **JITF)
 def _confidence_driver(z, labels, has_labels, single, grad_scale, table, grad, parallel):
     N, K = z.shape
     chunk = rows_per_chunk(K, 1)
