@@ -100,6 +100,77 @@ def _bits_f64(typingctx, n):
     return types.float64(types.int64), codegen
 
 
+def _lane_scan_codegen(two):
+    """LLVM IR of the octet loop of _max_f (two=False) or _top_two_f (two=True) over the first K8 (a multiple
+    of 8) elements of a contiguous float32 array, on <8 x float> vectors: lane j sees the elements k = j mod 8
+    in index order, m_j = m_j > v ? m_j : v (s_j = max(s_j, min(m_j, v)) before it, with two), c_j += v - v,
+    the same operations as the scalar lane code, so the same values. Numba does not vectorise those loops
+    itself (a select-based maximum is not a reduction it may reorder without fast-math flags)."""
+    def codegen(context, builder, signature, args):
+        arr_t = signature.args[0]
+        arr = context.make_array(arr_t)(context, builder, args[0])
+        k8 = args[1]
+        f32 = ir.FloatType()
+        vec = ir.VectorType(f32, 8)
+        i64 = ir.IntType(64)
+        neg = ir.Constant(vec, [float("-inf")] * 8)
+        zero = ir.Constant(vec, [0.0] * 8)
+        data = builder.bitcast(arr.data, f32.as_pointer())
+        entry = builder.block
+        loop = builder.append_basic_block("lanes.loop")
+        body = builder.append_basic_block("lanes.body")
+        done = builder.append_basic_block("lanes.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        i = builder.phi(i64)
+        m = builder.phi(vec)
+        sv = builder.phi(vec)
+        c = builder.phi(vec)
+        builder.cbranch(builder.icmp_signed("<", i, k8), body, done)
+        builder.position_at_end(body)
+        ptr = builder.bitcast(builder.gep(data, [i]), vec.as_pointer())
+        v = builder.load(ptr, align=4)
+        if two:
+            t = builder.select(builder.fcmp_ordered("<", m, v), m, v)
+            s_new = builder.select(builder.fcmp_ordered(">", sv, t), sv, t)
+        else:
+            s_new = sv
+        m_new = builder.select(builder.fcmp_ordered(">", m, v), m, v)
+        c_new = builder.fadd(c, builder.fsub(v, v))
+        i_new = builder.add(i, ir.Constant(i64, 8))
+        builder.branch(loop)
+        i.add_incoming(ir.Constant(i64, 0), entry)
+        i.add_incoming(i_new, body)
+        m.add_incoming(neg, entry)
+        m.add_incoming(m_new, body)
+        sv.add_incoming(neg, entry)
+        sv.add_incoming(s_new, body)
+        c.add_incoming(zero, entry)
+        c.add_incoming(c_new, body)
+        builder.position_at_end(done)
+        out = []
+        for vv in (m, sv, c):
+            out.extend(builder.extract_element(vv, ir.Constant(ir.IntType(32), j)) for j in range(8))
+        return context.make_tuple(builder, signature.return_type, out)
+    return codegen
+
+
+@intrinsic
+def _lane_max_f32(typingctx, buf, k8):
+    """(m_0..m_7, s_0..s_7 (all -inf), c_0..c_7) of the octet loop of _max_f (see _lane_scan_codegen)."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.float32 and buf.ndim == 1 and buf.layout == "C"):
+        return None
+    return types.UniTuple(types.float32, 24)(buf, types.int64), _lane_scan_codegen(False)
+
+
+@intrinsic
+def _lane_top_two_f32(typingctx, buf, k8):
+    """(m_0..m_7, s_0..s_7, c_0..c_7) of the octet loop of _top_two_f (see _lane_scan_codegen)."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.float32 and buf.ndim == 1 and buf.layout == "C"):
+        return None
+    return types.UniTuple(types.float32, 24)(buf, types.int64), _lane_scan_codegen(True)
+
+
 _TWO52 = 4503599627370496.0
 _TWO52_BITS = 0x4330000000000000  # the bits of 2^52
 
@@ -268,24 +339,12 @@ def _value_products(x, y, Kp):
 @numba.njit(inline="always", **JITF)
 def _max_f(buf, K, probabilities):
     """(largest value, number of bad elements) of a float row: NaN / inf, or (probabilities) outside the float
-    bounds of [0, 1]. Eight independent lane maxima (the maximum is exact in any order) so LLVM vectorises."""
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = F32_NEG_INF
-    bad = 0
+    bounds of [0, 1]. Eight lane maxima (the maximum is exact in any order) in <8 x float> vectors."""
     K8 = K - K % 8
-    for k0 in range(0, K8, 8):
-        v0, v1, v2, v3 = buf[k0], buf[k0 + 1], buf[k0 + 2], buf[k0 + 3]
-        v4, v5, v6, v7 = buf[k0 + 4], buf[k0 + 5], buf[k0 + 6], buf[k0 + 7]
-        m0 = m0 if m0 > v0 else v0
-        m1 = m1 if m1 > v1 else v1
-        m2 = m2 if m2 > v2 else v2
-        m3 = m3 if m3 > v3 else v3
-        m4 = m4 if m4 > v4 else v4
-        m5 = m5 if m5 > v5 else v5
-        m6 = m6 if m6 > v6 else v6
-        m7 = m7 if m7 > v7 else v7
-        bad += (((v0 - v0) != F32_ZERO) | ((v1 - v1) != F32_ZERO) | ((v2 - v2) != F32_ZERO)
-                | ((v3 - v3) != F32_ZERO) | ((v4 - v4) != F32_ZERO) | ((v5 - v5) != F32_ZERO)
-                | ((v6 - v6) != F32_ZERO) | ((v7 - v7) != F32_ZERO))
+    lanes = _lane_max_f32(buf, K8)
+    m0, m1, m2, m3, m4, m5, m6, m7 = lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7]
+    bad = np.int64((((lanes[16] + lanes[17]) + (lanes[18] + lanes[19]))
+                    + ((lanes[20] + lanes[21]) + (lanes[22] + lanes[23]))) != F32_ZERO)  # NaN after a NaN / inf
     for k in range(K8, K):
         v = buf[k]
         m0 = m0 if m0 > v else v
@@ -295,6 +354,47 @@ def _max_f(buf, K, probabilities):
             v = buf[k]
             bad += (v < PROB_LO_F) | (v > PROB_HI_F)
     return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7))), bad
+
+
+@numba.njit(inline="always", **JITF)
+def _fold_second(m2, seen, mj, m1):
+    """Fold lane maximum mj into the running second largest m2, skipping the first lane maximum equal to m1."""
+    if mj == m1 and not seen:
+        return m2, True
+    return (m2 if m2 > mj else mj), seen
+
+
+@numba.njit(inline="always", **JITF)
+def _top_two_f(buf, K):
+    """(largest, second largest (the largest again when it occurs twice), number of NaN / inf) of a float logit
+    row in one read: per lane j the two largest values seen (s_j = max(s_j, min(m_j, v)), m_j = max(m_j, v)),
+    then the lanes combined. Order statistics are exact in any order: the same values as _max_f and _second_f."""
+    K8 = K - K % 8
+    lanes = _lane_top_two_f32(buf, K8)
+    m0, m1, m2, m3, m4, m5, m6, m7 = lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7]
+    s0, s1, s2, s3 = lanes[8], lanes[9], lanes[10], lanes[11]
+    s4, s5, s6, s7 = lanes[12], lanes[13], lanes[14], lanes[15]
+    c0, c1, c2, c3 = lanes[16], lanes[17], lanes[18], lanes[19]
+    c4, c5, c6, c7 = lanes[20], lanes[21], lanes[22], lanes[23]
+    for k in range(K8, K):
+        v = buf[k]
+        t = m0 if m0 < v else v
+        s0 = s0 if s0 > t else t
+        m0 = m0 if m0 > v else v
+        c0 += v - v
+    bad = (((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7))) != F32_ZERO  # NaN when some v is NaN or inf
+    best = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    second = max(max(max(s0, s1), max(s2, s3)), max(max(s4, s5), max(s6, s7)))
+    seen = False
+    second, seen = _fold_second(second, seen, m0, best)
+    second, seen = _fold_second(second, seen, m1, best)
+    second, seen = _fold_second(second, seen, m2, best)
+    second, seen = _fold_second(second, seen, m3, best)
+    second, seen = _fold_second(second, seen, m4, best)
+    second, seen = _fold_second(second, seen, m5, best)
+    second, seen = _fold_second(second, seen, m6, best)
+    second, seen = _fold_second(second, seen, m7, best)
+    return best, second, np.int64(bad)
 
 
 @numba.njit(inline="always", **JITF)
@@ -505,12 +605,16 @@ def _row_scores_chunk_f(s, from_logits, b, want, table, out, begin, end, st):
     sums = from_logits and (want[LOGIT_NORM] or want[KL_TO_UNIFORM])
     for i in range(begin, end):
         _load_f(s, i, table, buf)
-        m1f, bad = _max_f(buf, K, not from_logits)
+        if from_logits and want[MARGIN]:  # both in one read
+            m1f, m2f, bad = _top_two_f(buf, K)
+        else:
+            m1f, bad = _max_f(buf, K, not from_logits)
+            m2f = F32_NEG_INF
         if bad != 0 and not _check_row(buf, K, not from_logits, i, st):
             _nan_scores(want, out, i)
             continue
         m1 = np.float64(m1f)
-        m2 = np.float64(_second_f(buf, K, m1f)) if want[MARGIN] else -np.inf
+        m2 = np.float64(m2f if from_logits else _second_f(buf, K, m1f)) if want[MARGIN] else -np.inf
         if from_logits:
             total, sq = _value_sums(buf, Kp) if sums else (0.0, 0.0)
             s0, s1 = _softmax_f(buf, K, m1, b, ebuf, tbuf)
