@@ -15,12 +15,6 @@ from ._common import (
 
 
 @numba.njit(**JIT)
-def _argsort(x):
-    # mergesort is stable; -0.0 == 0.0 compares equal, as the C++ radix keys do.
-    return np.argsort(x, kind="mergesort")
-
-
-@numba.njit(**JIT)
 def _pav(y, w, weighted, order, has_order, x_sorted, has_x, increasing, fitted):
     n = y.shape[0]
     sign = 1.0 if increasing else -1.0
@@ -61,6 +55,30 @@ def _pav(y, w, weighted, order, has_order, x_sorted, has_x, increasing, fitted):
     return start[: nb + 1].copy(), values, sum_w[:nb].copy()
 
 
+@numba.njit(**JIT)
+def _isotonic_on_x(y, x, w, weighted, increasing, fitted):
+    """isotonic() of pav.hpp with x: the stable order of x by the radix sort of its keys (the order of
+    np.argsort(x, kind="stable"), ties in x pooled through equal keys), y and w gathered into sorted order
+    before PAV, the block values scattered back to the input positions."""
+    n = y.shape[0]
+    keys = _sort_keys(x)
+    order = np.arange(n)
+    if n > 1:
+        _radix_argsort(keys, order)
+    ys = np.empty(n)
+    ws = np.empty(n if weighted else 1)
+    for j in range(n):
+        ys[j] = y[order[j]]
+    if weighted:
+        for j in range(n):
+            ws[j] = w[order[j]]
+    sorted_fit = np.empty(n)
+    starts, values, weights = _pav(ys, ws, weighted, order, False, keys, True, increasing, sorted_fit)
+    for j in range(n):
+        fitted[order[j]] = sorted_fit[j]
+    return order, starts, values, weights
+
+
 def _float64_vector(a, name, n):
     if not isinstance(a, np.ndarray) or a.dtype != np.float64 or a.shape != (n,):
         raise ValueError(f"{name} must be a 1-D float64 array of length {n}")
@@ -78,9 +96,7 @@ def isotonic_fit(y, x, sample_weight, increasing):
     fitted = np.empty(n)
     if x is not None:
         _float64_vector(x, "x", n)
-        order = _argsort(x)
-        x_sorted = x[order]
-        blocks, values, weights = _pav(y, w, weighted, order, True, x_sorted, True, bool(increasing), fitted)
+        order, blocks, values, weights = _isotonic_on_x(y, x, w, weighted, bool(increasing), fitted)
     else:
         order = None
         blocks, values, weights = _pav(y, w, weighted, np.empty(1, np.int64), False, np.empty(1), False,

@@ -24,48 +24,40 @@ def _first_bad(x):
     return -1
 
 
-@numba.njit(**JIT)
-def _walk(a, b, descending, out_t, out_tp, out_fp):
-    """Distinct values of two ascending arrays from the top (or bottom): counts of each seen so far."""
-    na = a.shape[0]
-    nb = b.shape[0]
-    i = 0
-    j = 0
-    n = 0
-    while i < na or j < nb:
-        if descending:
-            if i < na and (j >= nb or a[na - 1 - i] >= b[nb - 1 - j]):
-                t = a[na - 1 - i]
-            else:
-                t = b[nb - 1 - j]
-            while i < na and a[na - 1 - i] == t:
-                i += 1
-            while j < nb and b[nb - 1 - j] == t:
-                j += 1
+@numba.njit(inline="always", **JIT)
+def _next_distinct(a, na, i, b, nb, j, descending):
+    """The next distinct value t of two ascending arrays walked from the top (or bottom), and the positions
+    past every element equal to t in each."""
+    if descending:
+        if i < na and (j >= nb or a[na - 1 - i] >= b[nb - 1 - j]):
+            t = a[na - 1 - i]
         else:
-            if i < na and (j >= nb or a[i] <= b[j]):
-                t = a[i]
-            else:
-                t = b[j]
-            while i < na and a[i] == t:
-                i += 1
-            while j < nb and b[j] == t:
-                j += 1
-        out_t[n] = t
-        out_tp[n] = i
-        out_fp[n] = j
-        n += 1
-    return n
+            t = b[nb - 1 - j]
+        while i < na and a[na - 1 - i] == t:
+            i += 1
+        while j < nb and b[nb - 1 - j] == t:
+            j += 1
+    else:
+        if i < na and (j >= nb or a[i] <= b[j]):
+            t = a[i]
+        else:
+            t = b[j]
+        while i < na and a[i] == t:
+            i += 1
+        while j < nb and b[j] == t:
+            j += 1
+    return t, i, j
 
 
 @numba.njit(**JIT)
-def _summary(pos, neg, target_tpr):
+def _summary(pos, neg, target_tpr, want_curve):
+    """merge_walk of ranking.hpp: the metrics accumulated during the walks (the curve stored only when asked)."""
     P = pos.shape[0]
     N = neg.shape[0]
-    t = np.empty(P + N)
-    tp = np.empty(P + N, np.int64)
-    fp = np.empty(P + N, np.int64)
-    n = _walk(pos, neg, True, t, tp, fp)
+    cap = P + N if want_curve else 0
+    t_out = np.empty(cap)
+    tp_out = np.empty(cap, np.int64)
+    fp_out = np.empty(cap, np.int64)
     auc2 = 0.0  # exact: integer terms, total below 2^53 checked by the caller
     ap = 0.0
     aurc = 0.0
@@ -74,9 +66,11 @@ def _summary(pos, neg, target_tpr):
     found = False
     tp0 = 0
     fp0 = 0
-    for s in range(n):
-        a = tp[s]
-        f = fp[s]
+    a = 0
+    f = 0
+    n = 0
+    while a < P or f < N:
+        t, a, f = _next_distinct(pos, P, a, neg, N, f, True)
         auc2 += float((f - fp0) * (a + tp0))
         acc = float(a + f)
         if a > tp0:
@@ -88,25 +82,28 @@ def _summary(pos, neg, target_tpr):
         if not found and tpr >= target_tpr:
             fpr_at = fpr
             found = True
+        if want_curve:
+            t_out[n] = t
+            tp_out[n] = a
+            fp_out[n] = f
+        n += 1
         tp0 = a
         fp0 = f
-    t2 = np.empty(P + N)
-    tp2 = np.empty(P + N, np.int64)
-    fp2 = np.empty(P + N, np.int64)
-    n2 = _walk(neg, pos, False, t2, tp2, fp2)
     ap_neg = 0.0
     tp0 = 0
-    for s in range(n2):
-        a = tp2[s]
+    a = 0
+    f = 0
+    while a < N or f < P:
+        _, a, f = _next_distinct(neg, N, a, pos, P, f, False)
         if a > tp0:
-            ap_neg += float(a - tp0) * (a / float(a + fp2[s]))
+            ap_neg += float(a - tp0) * (a / float(a + f))
         tp0 = a
     if P == 0 or N == 0:
         res = np.array([np.nan, np.nan, np.nan, np.nan, np.nan, aurc * (1.0 / (P + N))])
     else:
         res = np.array([auc2 / (2.0 * P * N), ap * (1.0 / P), ap_neg * (1.0 / N), fpr_at, best,
                         aurc * (1.0 / (P + N))])
-    return res, t[:n].copy(), tp[:n].copy(), fp[:n].copy()
+    return res, t_out[:n].copy(), tp_out[:n].copy(), fp_out[:n].copy()
 
 
 def two_sample_ranking(pos, neg, target_tpr, want_curve):
@@ -133,7 +130,7 @@ def two_sample_ranking(pos, neg, target_tpr, want_curve):
     # does not matter (no NaN, -0.0 already +0.0). Then the same walk as the C++ kernel.
     p.sort()
     n.sort()
-    res, t, tp, fp = _summary(p, n, float(target_tpr))
+    res, t, tp, fp = _summary(p, n, float(target_tpr), bool(want_curve))
     out = {"auroc": res[0], "ap_pos": res[1], "ap_neg": res[2], "fpr_at_tpr": res[3], "detection_error": res[4],
            "aurc": res[5], "status": (0, -1, -1, 0.0)}
     if want_curve:

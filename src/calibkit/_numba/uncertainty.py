@@ -23,6 +23,10 @@ from ._common import (
     rows_per_chunk, run_locked, status_tuple, valid_probability,
 )
 
+# IEEE division (no ZeroDivisionError branch, which keeps LLVM from vectorising a loop with a division, as
+# log_f32's): every divisor in this module is checked or positive by construction (s0 >= 1, K >= 1, b > 0).
+JITF = dict(JIT, error_model="numpy")
+
 MAX_PROBABILITY, MARGIN, ENTROPY, ENERGY, LOGIT_NORM, KL_TO_UNIFORM = range(6)
 N_SCORES = 6
 
@@ -40,6 +44,8 @@ _TINY_F = F32(1.17549435e-38)
 _TWO24_F = F32(16777216.0)
 _SQRT2_F = F32(1.4142135623730951)
 _HALF_F = F32(0.5)
+_EXP_BIAS_F = F32(8388608.0 + 127.0)
+_TWENTY_FOUR_F = F32(24.0)
 _L9, _L7, _L5, _L3 = F32(1.0 / 9.0), F32(1.0 / 7.0), F32(1.0 / 5.0), F32(1.0 / 3.0)
 
 
@@ -94,11 +100,82 @@ def _bits_f64(typingctx, n):
     return types.float64(types.int64), codegen
 
 
+def _lane_scan_codegen(two):
+    """LLVM IR of the octet loop of _max_f (two=False) or _top_two_f (two=True) over the first K8 (a multiple
+    of 8) elements of a contiguous float32 array, on <8 x float> vectors: lane j sees the elements k = j mod 8
+    in index order, m_j = m_j > v ? m_j : v (s_j = max(s_j, min(m_j, v)) before it, with two), c_j += v - v,
+    the same operations as the scalar lane code, so the same values. Numba does not vectorise those loops
+    itself (a select-based maximum is not a reduction it may reorder without fast-math flags)."""
+    def codegen(context, builder, signature, args):
+        arr_t = signature.args[0]
+        arr = context.make_array(arr_t)(context, builder, args[0])
+        k8 = args[1]
+        f32 = ir.FloatType()
+        vec = ir.VectorType(f32, 8)
+        i64 = ir.IntType(64)
+        neg = ir.Constant(vec, [float("-inf")] * 8)
+        zero = ir.Constant(vec, [0.0] * 8)
+        data = builder.bitcast(arr.data, f32.as_pointer())
+        entry = builder.block
+        loop = builder.append_basic_block("lanes.loop")
+        body = builder.append_basic_block("lanes.body")
+        done = builder.append_basic_block("lanes.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        i = builder.phi(i64)
+        m = builder.phi(vec)
+        sv = builder.phi(vec)
+        c = builder.phi(vec)
+        builder.cbranch(builder.icmp_signed("<", i, k8), body, done)
+        builder.position_at_end(body)
+        ptr = builder.bitcast(builder.gep(data, [i]), vec.as_pointer())
+        v = builder.load(ptr, align=4)
+        if two:
+            t = builder.select(builder.fcmp_ordered("<", m, v), m, v)
+            s_new = builder.select(builder.fcmp_ordered(">", sv, t), sv, t)
+        else:
+            s_new = sv
+        m_new = builder.select(builder.fcmp_ordered(">", m, v), m, v)
+        c_new = builder.fadd(c, builder.fsub(v, v))
+        i_new = builder.add(i, ir.Constant(i64, 8))
+        builder.branch(loop)
+        i.add_incoming(ir.Constant(i64, 0), entry)
+        i.add_incoming(i_new, body)
+        m.add_incoming(neg, entry)
+        m.add_incoming(m_new, body)
+        sv.add_incoming(neg, entry)
+        sv.add_incoming(s_new, body)
+        c.add_incoming(zero, entry)
+        c.add_incoming(c_new, body)
+        builder.position_at_end(done)
+        out = []
+        for vv in (m, sv, c):
+            out.extend(builder.extract_element(vv, ir.Constant(ir.IntType(32), j)) for j in range(8))
+        return context.make_tuple(builder, signature.return_type, out)
+    return codegen
+
+
+@intrinsic
+def _lane_max_f32(typingctx, buf, k8):
+    """(m_0..m_7, s_0..s_7 (all -inf), c_0..c_7) of the octet loop of _max_f (see _lane_scan_codegen)."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.float32 and buf.ndim == 1 and buf.layout == "C"):
+        return None
+    return types.UniTuple(types.float32, 24)(buf, types.int64), _lane_scan_codegen(False)
+
+
+@intrinsic
+def _lane_top_two_f32(typingctx, buf, k8):
+    """(m_0..m_7, s_0..s_7, c_0..c_7) of the octet loop of _top_two_f (see _lane_scan_codegen)."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.float32 and buf.ndim == 1 and buf.layout == "C"):
+        return None
+    return types.UniTuple(types.float32, 24)(buf, types.int64), _lane_scan_codegen(True)
+
+
 _TWO52 = 4503599627370496.0
 _TWO52_BITS = 0x4330000000000000  # the bits of 2^52
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _log_positive(x):
     """log(x) for finite float64 x > 0: the same sequence of operations as simd.hpp's log_positive (so the
     same bits), straight-line code that LLVM vectorises."""
@@ -129,20 +206,21 @@ def _log_positive(x):
     return e * 6.93147180369123816490e-01 + (log_m + e * 1.90821492927058770002e-10)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _log_f32(x):
     """log(x) for float32 x > 0: the same bits as simd.hpp's log_f32, exponent and
     mantissa taken from the bits (subnormals scaled by 2^24 first), straight-line code that LLVM vectorises."""
     tiny = x < _TINY_F
     x = x * _TWO24_F if tiny else x
     bits = _f32_bits(x)
-    e = ((bits >> 23) & 0xFF) - 127
-    e = e - 24 if tiny else e
+    # the exponent as a float from its bits (2^23 + field, minus 2^23 + 127: exact), not through a 64-bit integer
+    # (whose conversion to float AVX2 lacks, which kept this loop scalar)
+    ef = _bits_f32(((bits >> 23) & 0xFF) | 0x4B000000) - _EXP_BIAS_F
+    ef = ef - _TWENTY_FOUR_F if tiny else ef
     m = _bits_f32((bits & 0x007FFFFF) | 0x3F800000)  # [1, 2)
     big = m > _SQRT2_F
     m = m * _HALF_F if big else m
-    e = e + 1 if big else e
-    ef = F32(e)
+    ef = ef + F32_ONE if big else ef
     f = (m - F32_ONE) / (m + F32_ONE)
     f2 = f * f
     s = _L9
@@ -154,7 +232,7 @@ def _log_f32(x):
     return ef * LN2_HI + (log_m + ef * LN2_LO)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _lane_sums_f(x, y, Kp):
     """(sum_k x_k, sum_k x_k y_k) of float buffers of Kp (a multiple of 8) elements as the C++ float path adds
     them: element k in float lane k % 8, the float lanes flushed into double lanes every FLUSH elements, the
@@ -202,7 +280,7 @@ def _lane_sums_f(x, y, Kp):
     return ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7)), ((q0 + q4) + (q1 + q5)) + ((q2 + q6) + (q3 + q7))
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _value_sums(buf, Kp):
     """sum and sum of squares of a padded row (float or double) in double lanes (element k in lane k % 8), octet_sum."""
     d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
@@ -231,7 +309,7 @@ def _value_sums(buf, Kp):
     return ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7)), ((q0 + q4) + (q1 + q5)) + ((q2 + q6) + (q3 + q7))
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _value_products(x, y, Kp):
     """(sum_k x_k, sum_k x_k y_k) of padded float64 rows, element k in lane k % 8, octet_sum."""
     d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
@@ -258,27 +336,15 @@ def _value_products(x, y, Kp):
     return ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7)), ((q0 + q4) + (q1 + q5)) + ((q2 + q6) + (q3 + q7))
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _max_f(buf, K, probabilities):
     """(largest value, number of bad elements) of a float row: NaN / inf, or (probabilities) outside the float
-    bounds of [0, 1]. Eight independent lane maxima (the maximum is exact in any order) so LLVM vectorises."""
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = F32_NEG_INF
-    bad = 0
+    bounds of [0, 1]. Eight lane maxima (the maximum is exact in any order) in <8 x float> vectors."""
     K8 = K - K % 8
-    for k0 in range(0, K8, 8):
-        v0, v1, v2, v3 = buf[k0], buf[k0 + 1], buf[k0 + 2], buf[k0 + 3]
-        v4, v5, v6, v7 = buf[k0 + 4], buf[k0 + 5], buf[k0 + 6], buf[k0 + 7]
-        m0 = m0 if m0 > v0 else v0
-        m1 = m1 if m1 > v1 else v1
-        m2 = m2 if m2 > v2 else v2
-        m3 = m3 if m3 > v3 else v3
-        m4 = m4 if m4 > v4 else v4
-        m5 = m5 if m5 > v5 else v5
-        m6 = m6 if m6 > v6 else v6
-        m7 = m7 if m7 > v7 else v7
-        bad += (((v0 - v0) != F32_ZERO) | ((v1 - v1) != F32_ZERO) | ((v2 - v2) != F32_ZERO)
-                | ((v3 - v3) != F32_ZERO) | ((v4 - v4) != F32_ZERO) | ((v5 - v5) != F32_ZERO)
-                | ((v6 - v6) != F32_ZERO) | ((v7 - v7) != F32_ZERO))
+    lanes = _lane_max_f32(buf, K8)
+    m0, m1, m2, m3, m4, m5, m6, m7 = lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7]
+    bad = np.int64((((lanes[16] + lanes[17]) + (lanes[18] + lanes[19]))
+                    + ((lanes[20] + lanes[21]) + (lanes[22] + lanes[23]))) != F32_ZERO)  # NaN after a NaN / inf
     for k in range(K8, K):
         v = buf[k]
         m0 = m0 if m0 > v else v
@@ -290,7 +356,48 @@ def _max_f(buf, K, probabilities):
     return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7))), bad
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
+def _fold_second(m2, seen, mj, m1):
+    """Fold lane maximum mj into the running second largest m2, skipping the first lane maximum equal to m1."""
+    if mj == m1 and not seen:
+        return m2, True
+    return (m2 if m2 > mj else mj), seen
+
+
+@numba.njit(inline="always", **JITF)
+def _top_two_f(buf, K):
+    """(largest, second largest (the largest again when it occurs twice), number of NaN / inf) of a float logit
+    row in one read: per lane j the two largest values seen (s_j = max(s_j, min(m_j, v)), m_j = max(m_j, v)),
+    then the lanes combined. Order statistics are exact in any order: the same values as _max_f and _second_f."""
+    K8 = K - K % 8
+    lanes = _lane_top_two_f32(buf, K8)
+    m0, m1, m2, m3, m4, m5, m6, m7 = lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7]
+    s0, s1, s2, s3 = lanes[8], lanes[9], lanes[10], lanes[11]
+    s4, s5, s6, s7 = lanes[12], lanes[13], lanes[14], lanes[15]
+    c0, c1, c2, c3 = lanes[16], lanes[17], lanes[18], lanes[19]
+    c4, c5, c6, c7 = lanes[20], lanes[21], lanes[22], lanes[23]
+    for k in range(K8, K):
+        v = buf[k]
+        t = m0 if m0 < v else v
+        s0 = s0 if s0 > t else t
+        m0 = m0 if m0 > v else v
+        c0 += v - v
+    bad = (((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7))) != F32_ZERO  # NaN when some v is NaN or inf
+    best = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    second = max(max(max(s0, s1), max(s2, s3)), max(max(s4, s5), max(s6, s7)))
+    seen = False
+    second, seen = _fold_second(second, seen, m0, best)
+    second, seen = _fold_second(second, seen, m1, best)
+    second, seen = _fold_second(second, seen, m2, best)
+    second, seen = _fold_second(second, seen, m3, best)
+    second, seen = _fold_second(second, seen, m4, best)
+    second, seen = _fold_second(second, seen, m5, best)
+    second, seen = _fold_second(second, seen, m6, best)
+    second, seen = _fold_second(second, seen, m7, best)
+    return best, second, np.int64(bad)
+
+
+@numba.njit(inline="always", **JITF)
 def _second_f(buf, K, m1):
     """The second largest value of a float row whose largest is m1 (m1 again when it occurs twice)."""
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = F32_NEG_INF
@@ -327,7 +434,7 @@ def _second_f(buf, K, m1):
     return max(max(max(s0, s1), max(s2, s3)), max(max(s4, s5), max(s6, s7)))
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _load_f(s, i, table, buf):
     """Row i of s (any dtype) into the float buffer buf (its padding stays 0)."""
     K = s.shape[1]
@@ -335,7 +442,7 @@ def _load_f(s, i, table, buf):
         buf[k] = F32(load(s[i, k], table))
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _softmax_f(buf, K, best, b, ebuf, tbuf):
     """s0 = sum e^t, s1 = sum e^t t (t = max(b u, EXP_MIN_F), u = z - best) of a padded float row: e^t into
     ebuf, t into tbuf (their padding stays 0), then the float lane sums."""
@@ -349,7 +456,7 @@ def _softmax_f(buf, K, best, b, ebuf, tbuf):
     return _lane_sums_f(ebuf, tbuf, ebuf.shape[0])
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _entropy_f(buf, K, lbuf):
     """(sum p log p, sum log p, some p <= 0) of a padded float probability row; log p into lbuf (0 where
     p <= 0; the padding stays 0)."""
@@ -363,7 +470,7 @@ def _entropy_f(buf, K, lbuf):
     return plogp, sum_log, zeros > 0
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _check_row(buf, K, probabilities, i, st):
     """False (status set) on NaN/inf or a probability outside [0, 1]."""
     for k in range(K):
@@ -377,7 +484,7 @@ def _check_row(buf, K, probabilities, i, st):
     return True
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _scan_d(buf, K, probabilities):
     """(m1, m2, number of bad elements) of a float64 row: the two largest values (equal if tied)."""
     m1 = -np.inf
@@ -396,7 +503,7 @@ def _scan_d(buf, K, probabilities):
     return m1, m2, bad
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _softmax_d(dbuf, K, best, b, store):
     """s0 = sum e^t, s1 = sum e^t t with t = max(b u, EXP_MIN) (as the C++ exp_nonpositive clamps)."""
     s0 = 0.0
@@ -411,7 +518,7 @@ def _softmax_d(dbuf, K, best, b, store):
     return s0, s1
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _entropy_d(dbuf, K, lbuf):
     """(sum p log p, sum log p, some p <= 0) of a padded float64 probability row as the C++ entropy_sums: log p
     (0 where p <= 0) into lbuf (its padding stays 0), then the sums in lane k % 8, octet_sum."""
@@ -425,7 +532,7 @@ def _entropy_d(dbuf, K, lbuf):
     return plogp, sum_log, zeros > 0
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _scaled_norm(buf, K):
     big = 0.0
     for k in range(K):
@@ -439,7 +546,7 @@ def _scaled_norm(buf, K):
     return big * math.sqrt(q)
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _scaled_mean(buf, K):
     """sum_k x_k / K in index order (the C++ scaled_mean), for rows whose plain sum overflows."""
     inv = 1.0 / K
@@ -449,7 +556,7 @@ def _scaled_mean(buf, K):
     return m
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _logit_scores(buf, K, b, want, m1, m2, total, sq, s0, s1, out, i):
     logK = math.log(K)
     log_s0 = math.log(s0)
@@ -468,7 +575,7 @@ def _logit_scores(buf, K, b, want, m1, m2, total, sq, s0, s1, out, i):
         out[KL_TO_UNIFORM, i] = max(log_s0 - logK - b * (mean - m1), 0.0)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _probability_scores(K, want, m1, m2, plogp, sum_log, has_zero, out, i):
     if want[MAX_PROBABILITY]:
         out[MAX_PROBABILITY, i] = m1
@@ -480,14 +587,14 @@ def _probability_scores(K, want, m1, m2, plogp, sum_log, has_zero, out, i):
         out[KL_TO_UNIFORM, i] = np.inf if has_zero else max(-math.log(K) - sum_log / K, 0.0)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _nan_scores(want, out, i):
     for c in range(N_SCORES):
         if want[c]:
             out[c, i] = np.nan
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _row_scores_chunk_f(s, from_logits, b, want, table, out, begin, end, st):
     """The float32 / float16 rows of [begin, end)."""
     K = s.shape[1]
@@ -498,12 +605,16 @@ def _row_scores_chunk_f(s, from_logits, b, want, table, out, begin, end, st):
     sums = from_logits and (want[LOGIT_NORM] or want[KL_TO_UNIFORM])
     for i in range(begin, end):
         _load_f(s, i, table, buf)
-        m1f, bad = _max_f(buf, K, not from_logits)
+        if from_logits and want[MARGIN]:  # both in one read
+            m1f, m2f, bad = _top_two_f(buf, K)
+        else:
+            m1f, bad = _max_f(buf, K, not from_logits)
+            m2f = F32_NEG_INF
         if bad != 0 and not _check_row(buf, K, not from_logits, i, st):
             _nan_scores(want, out, i)
             continue
         m1 = np.float64(m1f)
-        m2 = np.float64(_second_f(buf, K, m1f)) if want[MARGIN] else -np.inf
+        m2 = np.float64(m2f if from_logits else _second_f(buf, K, m1f)) if want[MARGIN] else -np.inf
         if from_logits:
             total, sq = _value_sums(buf, Kp) if sums else (0.0, 0.0)
             s0, s1 = _softmax_f(buf, K, m1, b, ebuf, tbuf)
@@ -515,7 +626,7 @@ def _row_scores_chunk_f(s, from_logits, b, want, table, out, begin, end, st):
             _probability_scores(K, want, m1, m2, plogp, sum_log, has_zero, out, i)
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _row_scores_chunk_d(s, from_logits, b, want, table, out, begin, end, st):
     """The float64 rows of [begin, end)."""
     K = s.shape[1]
@@ -541,7 +652,7 @@ def _row_scores_chunk_d(s, from_logits, b, want, table, out, begin, end, st):
             _probability_scores(K, want, m1, m2, plogp, sum_log, has_zero, out, i)
 
 
-@numba.njit(parallel=True, **JIT)
+@numba.njit(parallel=True, **JITF)
 def _row_scores_driver(s, from_logits, b, want, single, table, out, parallel):
     N, K = s.shape
     chunk = rows_per_chunk(K, 1)
@@ -592,7 +703,7 @@ def row_scores(scores, from_logits, inverse_temperature, kinds):
     return d
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _member_f(m, i, from_logits, table, buf, ebuf, tbuf, st):
     """Member row i (float path) as the C++ RowWork::member: (ok, entropy, scale, row max, values) with the
     probabilities p_k = values[k] * scale (values: ebuf from logits, buf from probabilities)."""
@@ -609,7 +720,7 @@ def _member_f(m, i, from_logits, table, buf, ebuf, tbuf, st):
     return True, max(-plogp, 0.0), 1.0, 0.0, buf
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _member_d(m, i, from_logits, table, dbuf, lbuf, st):
     """Member row i (double path): (ok, entropy, scale, row max), dbuf[k] * scale = p_k."""
     K = m.shape[1]
@@ -625,7 +736,7 @@ def _member_d(m, i, from_logits, table, dbuf, lbuf, st):
     return True, max(-plogp, 0.0), 1.0, 0.0
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _member_value(m, i, c, from_logits, single, table, scale, row_max):
     """p_c of member row i again (the same bits as _member_f / _member_d)."""
     v = load(m[i, c], table)
@@ -636,7 +747,7 @@ def _member_value(m, i, c, from_logits, single, table, scale, row_max):
     return math.exp(max(1.0 * (v - row_max), EXP_MIN)) * scale
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _welford(p, K, count, total, m2):
     inv_old = 1.0 / count if count > 0 else 0.0
     inv_new = 1.0 / (count + 1)
@@ -647,7 +758,7 @@ def _welford(p, K, count, total, m2):
         m2[k] += (p[k] - old_mean) * (p[k] - new_mean)
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _decompose_chunk(x, from_logits, single, table, mean, res, pred, begin, end, st):
     S, _, K = x.shape
     Kp = (K + 7) // 8 * 8
@@ -711,7 +822,7 @@ def _decompose_chunk(x, from_logits, single, table, mean, res, pred, begin, end,
         pred[i] = best
 
 
-@numba.njit(parallel=True, **JIT)
+@numba.njit(parallel=True, **JITF)
 def _decompose_driver(x, from_logits, single, table, mean, res, pred, parallel):
     S, N, K = x.shape
     chunk = rows_per_chunk(S * K, 1)
@@ -749,7 +860,7 @@ def ensemble_decompose(samples, from_logits):
             "variance": res[3].copy(), "prediction": pred, "status": status_tuple(st)}
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _update_chunk(m, from_logits, single, count, table, total, m2, h_sum, apply, begin, end, st):
     K = m.shape[1]
     Kp = (K + 7) // 8 * 8
@@ -780,7 +891,7 @@ def _update_chunk(m, from_logits, single, count, table, total, m2, h_sum, apply,
         h_sum[i] += h
 
 
-@numba.njit(parallel=True, **JIT)
+@numba.njit(parallel=True, **JITF)
 def _update_driver(m, from_logits, single, count, table, total, m2, h_sum, apply, parallel):
     N, K = m.shape
     chunk = rows_per_chunk(K, 1)
@@ -826,7 +937,7 @@ def ensemble_update(member, from_logits, count, sum, m2, entropy_sum):  # noqa: 
     return (0, -1, -1, 0.0)
 
 
-@numba.njit(inline="always", **JIT)
+@numba.njit(inline="always", **JITF)
 def _confidence_grad(vals, K, y, has_labels, inv, invK, grad_scale, grad, i):
     """grad[i] = grad_scale (vals * inv - onehot(y)) (labels) or grad_scale (vals * inv - 1/K)."""
     if has_labels:
@@ -838,7 +949,7 @@ def _confidence_grad(vals, K, y, has_labels, inv, invK, grad_scale, grad, i):
             grad[i, k] = grad_scale * (np.float64(vals[k]) * inv - invK)
 
 
-@numba.njit(**JIT)
+@numba.njit(**JITF)
 def _confidence_chunk(z, labels, has_labels, single, grad_scale, table, grad, begin, end, acc, st):
     K = z.shape[1]
     Kp = (K + 7) // 8 * 8
@@ -885,7 +996,7 @@ def _confidence_chunk(z, labels, has_labels, single, grad_scale, table, grad, be
             _confidence_grad(dbuf, K, y, has_labels, inv, invK, grad_scale, grad, i)
 
 
-@numba.njit(parallel=True, **JIT)
+@numba.njit(parallel=True, **JITF)
 def _confidence_driver(z, labels, has_labels, single, grad_scale, table, grad, parallel):
     N, K = z.shape
     chunk = rows_per_chunk(K, 1)
