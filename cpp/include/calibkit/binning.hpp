@@ -427,8 +427,9 @@ CALIBKIT_INLINE bool summarize_logit_row(const Matrix<T>& s, const simd::TailMas
 // the same numbers in the same order. Store: the e_k go to `row_out` (a float
 // buffer of a multiple of 8 elements; the pad lanes get 0).
 constexpr int64_t kRowFlushOctets = 8;  // the same as uncertainty.hpp's kFlushOctets
+constexpr int kRowBlock = 4;              // octets per block of the unrolled loops
 
-template <class T, bool Contiguous, class V, bool Store>
+template <class T, bool Contiguous, class V, bool Store, bool Unscaled>
 CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_t label, bool with_nll, double inv_t,
                                            RowSummary& out, Status& st, float* row_out) {
     using namespace simd;
@@ -438,34 +439,51 @@ CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_
     const RowReader<T, Contiguous> r{reinterpret_cast<const char*>(s.row(i)), s.col_stride};
     const int64_t K = s.cols, rest = K % 8, full = K - rest;
     const F zero = splat_f<F>(0.0f), lowest = splat_f<F>(-FLT_MAX);
-    F mx[G], chk[G];
-    for (int g = 0; g < G; ++g) {
-        mx[g] = lowest;
-        chk[g] = zero;
-    }
-    for (int64_t k = 0; k < full; k += 8) {
+    // Read 1: kRowBlock independent maxima and checks (exact and order-free), so that
+    // consecutive octets do not wait on one another's adds.
+    F mx[kRowBlock][G], chk[kRowBlock][G];
+    for (int u = 0; u < kRowBlock; ++u)
+        for (int g = 0; g < G; ++g) {
+            mx[u][g] = lowest;
+            chk[u][g] = zero;
+        }
+    int64_t k = 0;
+    for (; k + 8 * kRowBlock <= full; k += 8 * kRowBlock)
+        for (int u = 0; u < kRowBlock; ++u) {
+            const FOctet<V> o = r.template foctet<V>(k + 8 * u);
+            for (int g = 0; g < G; ++g) {
+                mx[u][g] = vmax(mx[u][g], o.v[g]);
+                chk[u][g] += o.v[g] - o.v[g];  // 0, or NaN from then on once a NaN or inf was met
+            }
+        }
+    for (; k < full; k += 8) {
         const FOctet<V> o = r.template foctet<V>(k);
         for (int g = 0; g < G; ++g) {
-            mx[g] = vmax(mx[g], o.v[g]);
-            chk[g] += o.v[g] - o.v[g];  // 0, or NaN from then on once a NaN or inf was met
+            mx[0][g] = vmax(mx[0][g], o.v[g]);
+            chk[0][g] += o.v[g] - o.v[g];
         }
     }
     if (rest) {
         const FOctet<V> o = r.template partial_foctet<V>(full, rest, -FLT_MAX);
         for (int g = 0; g < G; ++g) {
-            mx[g] = vmax(mx[g], o.v[g]);
-            chk[g] += o.v[g] - o.v[g];
+            mx[0][g] = vmax(mx[0][g], o.v[g]);
+            chk[0][g] += o.v[g] - o.v[g];
         }
     }
-    I bad = chk[0] != zero;
-    for (int g = 1; g < G; ++g) bad |= chk[g] != zero;
+    for (int u = 1; u < kRowBlock; ++u)
+        for (int g = 0; g < G; ++g) {
+            mx[0][g] = vmax(mx[0][g], mx[u][g]);
+            chk[0][g] += chk[u][g];
+        }
+    I bad = chk[0][0] != zero;
+    for (int g = 1; g < G; ++g) bad |= chk[0][g] != zero;
     if (any_lane(bad)) {
         report_bad_element(r, i, K, true, st);
         return false;
     }
-    float best = mx[0][0];
+    float best = mx[0][0][0];
     for (int g = 0; g < G; ++g)
-        for (int j = 0; j < L; ++j) best = mx[g][j] > best ? mx[g][j] : best;
+        for (int j = 0; j < L; ++j) best = mx[0][g][j] > best ? mx[0][g][j] : best;
     // The first index holding the maximum (NumPy's rule): skip octets without it.
     int64_t arg = 0;
     {
@@ -480,20 +498,48 @@ CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_
     }
     const float bf = static_cast<float>(inv_t);
     const F shift = splat_f<F>(best), b = splat_f<F>(bf);
+    // b = 1 multiplies exactly: skip the product.
+    const auto scaled = [&](F z) { return Unscaled ? z - shift : b * (z - shift); };
     Octet<V> sum, sq;
     for (int g = 0; g < Octet<V>::n; ++g) sum.v[g] = sq.v[g] = splat<typename V::d>(0.0);
     FOctet<V> ps, pq;
     for (int g = 0; g < G; ++g) ps.v[g] = pq.v[g] = zero;
-    int64_t octet = 1;
-    for (int64_t k = 0; k < full; k += 8, ++octet) {
-        const FOctet<V> o = r.template foctet<V>(k);
-        for (int g = 0; g < G; ++g) {
-            const F e = exp_f32<V>(b * (o.v[g] - shift));
-            ps.v[g] += e;
-            pq.v[g] += e * e;
-            if constexpr (Store) std::memcpy(row_out + k + g * L, &e, sizeof e);
+    // Read 2, kRowFlushOctets octets between flushes, their exps kRowBlock octets at a time in
+    // lockstep (exp_f32_n); each lane's partials still take the octets in order.
+    static_assert(kRowFlushOctets % kRowBlock == 0, "blocks do not straddle a flush");
+    const char* next = i + 1 < s.rows ? reinterpret_cast<const char*>(s.row(i + 1)) : nullptr;
+    for (k = 0; k < full;) {
+        const int64_t stop = std::min(full, k + 8 * kRowFlushOctets);
+        for (; k + 8 * kRowBlock <= stop; k += 8 * kRowBlock) {
+            F e[kRowBlock * G];
+            for (int u = 0; u < kRowBlock; ++u) {
+                const FOctet<V> o = r.template foctet<V>(k + 8 * u);
+                for (int g = 0; g < G; ++g) e[u * G + g] = scaled(o.v[g]);
+            }
+            exp_f32_n<V, kRowBlock * G>(e);
+            if constexpr (Contiguous && std::is_same<T, float>::value) {
+                // The next row's lines are requested while this one computes: its read 1 then
+                // comes from cache and the memory traffic overlaps the exps.
+                if (next)
+                    for (int c = 0; c < 8 * kRowBlock * 4; c += 64) __builtin_prefetch(next + 4 * k + c, 0, 3);
+            }
+            for (int u = 0; u < kRowBlock; ++u)
+                for (int g = 0; g < G; ++g) {
+                    ps.v[g] += e[u * G + g];
+                    pq.v[g] += e[u * G + g] * e[u * G + g];
+                    if constexpr (Store) std::memcpy(row_out + k + 8 * u + g * L, &e[u * G + g], sizeof(F));
+                }
         }
-        if (octet % kRowFlushOctets == 0) {
+        for (; k < stop; k += 8) {
+            const FOctet<V> o = r.template foctet<V>(k);
+            for (int g = 0; g < G; ++g) {
+                const F e = exp_f32<V>(scaled(o.v[g]));
+                ps.v[g] += e;
+                pq.v[g] += e * e;
+                if constexpr (Store) std::memcpy(row_out + k + g * L, &e, sizeof e);
+            }
+        }
+        if (k % (8 * kRowFlushOctets) == 0) {  // after every kRowFlushOctets-th octet
             flush_float_octet<V>(sum, ps);
             flush_float_octet<V>(sq, pq);
         }
@@ -503,7 +549,7 @@ CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_
         for (int g = 0; g < G; ++g) {
             I valid;
             for (int j = 0; j < L; ++j) valid[j] = g * L + j < rest ? -1 : 0;
-            const F e = select_f(valid, exp_f32<V>(b * (o.v[g] - shift)), zero);
+            const F e = select_f(valid, exp_f32<V>(scaled(o.v[g])), zero);
             ps.v[g] += e;
             pq.v[g] += e * e;
             if constexpr (Store) std::memcpy(row_out + full + g * L, &e, sizeof e);
@@ -525,10 +571,19 @@ CALIBKIT_INLINE bool summarize_row(const Matrix<T>& s, const simd::TailMask<V>& 
                                    bool from_logits, double nll_eps, bool with_nll, double inv_t, RowSummary& out,
                                    Status& st, double* row_out, float* frow_out) {
     if constexpr (!std::is_same<T, double>::value) {
-        if (from_logits)
+        if (from_logits) {
+            if (inv_t == 1.0)
+                return s.row_contiguous()
+                           ? summarize_logit_row_f<T, true, V, Store, true>(s, i, label, with_nll, inv_t, out, st,
+                                                                            frow_out)
+                           : summarize_logit_row_f<T, false, V, Store, true>(s, i, label, with_nll, inv_t, out, st,
+                                                                             frow_out);
             return s.row_contiguous()
-                       ? summarize_logit_row_f<T, true, V, Store>(s, i, label, with_nll, inv_t, out, st, frow_out)
-                       : summarize_logit_row_f<T, false, V, Store>(s, i, label, with_nll, inv_t, out, st, frow_out);
+                       ? summarize_logit_row_f<T, true, V, Store, false>(s, i, label, with_nll, inv_t, out, st,
+                                                                         frow_out)
+                       : summarize_logit_row_f<T, false, V, Store, false>(s, i, label, with_nll, inv_t, out, st,
+                                                                          frow_out);
+        }
     }
     (void)frow_out;
     if (s.row_contiguous()) {
@@ -747,22 +802,21 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
         constexpr int GF = FOctet<V>::n, LF = 2 * W;
         float tf = static_cast<float>(std::min(upper[0] / scale, static_cast<double>(FLT_MAX)));
         while (tf > 0.0f && static_cast<double>(tf) * scale > upper[0]) tf = std::nextafter(tf, 0.0f);
-        const F vtf = splat_f<F>(tf);
+        const F vtf = splat_f<F>(tf), zero_f = splat_f<F>(0.0f), one_f = splat_f<F>(1.0f);
         for (int64_t k = 0; k < K8; k += 8) {
             F ev[GF];
-            std::memcpy(ev, e + k, sizeof ev);
+            for (int g = 0; g < GF; ++g) std::memcpy(&ev[g], e + k + g * LF, sizeof(F));  // one load each
             IF hi = ev[0] > vtf;
             for (int g = 1; g < GF; ++g) hi |= ev[g] > vtf;
             if (!any_lane(hi)) {
                 for (int g = 0; g < GF; ++g) {
-                    D lo_d, hi_d;
-                    widen<V>(ev[g], lo_d, hi_d);
-                    const D pd[2] = {lo_d * vs, hi_d * vs};
+                    D pd[2];
+                    widen<V>(ev[g], pd[0], pd[1]);
                     for (int h = 0; h < 2; ++h) {
                         const int64_t at = k + g * LF + h * W;
                         D s0;
                         std::memcpy(&s0, sum0 + at, sizeof s0);
-                        s0 += Weighted ? pd[h] * vw : pd[h];
+                        s0 += Weighted ? (pd[h] * vs) * vw : pd[h] * vs;
                         std::memcpy(sum0 + at, &s0, sizeof s0);
                         if constexpr (Weighted) {
                             D w0;
@@ -772,8 +826,33 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
                         }
                     }
                 }
-            } else {  // rare: some element may be above bin 0
-                for (int j = 0; j < 8; ++j) add(k + j, static_cast<double>(e[k + j]) * scale);
+            } else {  // rare: bin 0 takes the lanes not above tf; the others are tested one by one
+                unsigned cand = 0;
+                for (int g = 0; g < GF; ++g) {
+                    const IF above = ev[g] > vtf;
+                    cand |= lane_bits(above) << (g * LF);
+                    D pd[2];
+                    widen<V>(select_f(above, zero_f, ev[g]), pd[0], pd[1]);  // candidates add 0
+                    for (int h = 0; h < 2; ++h) {
+                        const int64_t at = k + g * LF + h * W;
+                        D s0;
+                        std::memcpy(&s0, sum0 + at, sizeof s0);
+                        s0 += Weighted ? (pd[h] * vs) * vw : pd[h] * vs;
+                        std::memcpy(sum0 + at, &s0, sizeof s0);
+                        if constexpr (Weighted) {
+                            D w0, wv;
+                            widen<V>(select_f(above, zero_f, one_f), wv, w0);
+                            wv = h == 0 ? wv : w0;
+                            std::memcpy(&w0, weight0 + at, sizeof w0);
+                            w0 += wv * vw;
+                            std::memcpy(weight0 + at, &w0, sizeof w0);
+                        }
+                    }
+                }
+                for (; cand != 0; cand &= cand - 1) {
+                    const int64_t j = k + __builtin_ctz(cand);
+                    add(j, static_cast<double>(e[j]) * scale);
+                }
             }
         }
     } else {

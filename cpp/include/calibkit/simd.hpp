@@ -120,6 +120,26 @@ CALIBKIT_INLINE bool any_lane(I m) {
 #endif
 }
 
+// The sign bits of a 16- or 32-byte mask of 32-bit lanes, lane j in bit j (movmskps on each
+// 16-byte half).
+template <class I>
+CALIBKIT_INLINE unsigned lane_bits(I m) {
+    static_assert(sizeof(I) == 16 || sizeof(I) == 32, "a 16- or 32-byte mask");
+    typedef int32_t I4 __attribute__((vector_size(16)));
+    unsigned bits = 0;
+    for (unsigned h = 0; h < sizeof(I) / 16; ++h) {
+        I4 x;
+        std::memcpy(&x, reinterpret_cast<const char*>(&m) + 16 * h, sizeof x);
+#if defined(__SSE__)
+        typedef float F4 __attribute__((vector_size(16)));
+        bits |= static_cast<unsigned>(__builtin_ia32_movmskps((F4)x)) << (4 * h);
+#else
+        for (int j = 0; j < 4; ++j) bits |= (x[j] < 0 ? 1u : 0u) << (4 * h + j);
+#endif
+    }
+    return bits;
+}
+
 // Lane-wise maximum with maxpd's semantics (b when unordered or equal), which
 // compilers emit for this pattern.
 template <class D>
@@ -227,26 +247,38 @@ constexpr float kLn2LoF = static_cast<float>(0.6931471805599453 - 0.693145751953
 // polynomial (truncation < 1.3e-7), times 2^n. x is clamped at -87
 // (exp(-87) ~ 1.6e-38, still normal): smaller terms only ever join sums that
 // hold a 1, where their size does not matter.
-template <class V>
-CALIBKIT_INLINE typename V::fw exp_f32(typename V::fw x) {
+//
+// exp_f32_n computes N registers in lockstep (each step for all N before the
+// next): the same operations on every lane as exp_f32, so the same bits, but N
+// independent dependency chains side by side. One exp is a chain of ~20
+// dependent operations; interleaved, the out-of-order core keeps the vector
+// units busy instead of waiting on the chain.
+template <class V, int N>
+CALIBKIT_INLINE void exp_f32_n(typename V::fw (&x)[N]) {
     typedef typename V::fw F;
     typedef typename V::iw I;
-    x = vmax(x, splat_f<F>(-87.0f));
-    const F shifter = splat_f<F>(12582912.0f);  // 1.5 * 2^23
-    const F t = x * splat_f<F>(static_cast<float>(1.4426950408889634)) + shifter;
-    const F n = t - shifter;
-    F r = x - n * splat_f<F>(kLn2HiF);
-    r = r - n * splat_f<F>(kLn2LoF);
-    F p = splat_f<F>(static_cast<float>(1.0 / 720.0));
-    p = splat_f<F>(static_cast<float>(1.0 / 120.0)) + r * p;
-    p = splat_f<F>(static_cast<float>(1.0 / 24.0)) + r * p;
-    p = splat_f<F>(static_cast<float>(1.0 / 6.0)) + r * p;
-    p = splat_f<F>(0.5f) + r * p;
-    p = splat_f<F>(1.0f) + r * p;
-    p = splat_f<F>(1.0f) + r * p;
-    const I n_int = (I)t - (I)shifter;
-    const F scale = (F)((n_int + 127) << 23);
-    return p * scale;
+    const F lowest = splat_f<F>(-87.0f), shifter = splat_f<F>(12582912.0f);  // 1.5 * 2^23
+    const F log2e = splat_f<F>(static_cast<float>(1.4426950408889634));
+    const F hi = splat_f<F>(kLn2HiF), lo = splat_f<F>(kLn2LoF);
+    F t[N], r[N], p[N];
+    for (int j = 0; j < N; ++j) x[j] = vmax(x[j], lowest);
+    for (int j = 0; j < N; ++j) t[j] = x[j] * log2e + shifter;
+    for (int j = 0; j < N; ++j) r[j] = t[j] - shifter;  // n
+    for (int j = 0; j < N; ++j) x[j] = (x[j] - r[j] * hi) - r[j] * lo;  // r = x - n hi - n lo
+    for (int j = 0; j < N; ++j) p[j] = splat_f<F>(static_cast<float>(1.0 / 120.0)) + x[j] * splat_f<F>(static_cast<float>(1.0 / 720.0));
+    for (int j = 0; j < N; ++j) p[j] = splat_f<F>(static_cast<float>(1.0 / 24.0)) + x[j] * p[j];
+    for (int j = 0; j < N; ++j) p[j] = splat_f<F>(static_cast<float>(1.0 / 6.0)) + x[j] * p[j];
+    for (int j = 0; j < N; ++j) p[j] = splat_f<F>(0.5f) + x[j] * p[j];
+    for (int j = 0; j < N; ++j) p[j] = splat_f<F>(1.0f) + x[j] * p[j];
+    for (int j = 0; j < N; ++j) p[j] = splat_f<F>(1.0f) + x[j] * p[j];
+    for (int j = 0; j < N; ++j) x[j] = p[j] * (F)((((I)t[j] - (I)shifter) + 127) << 23);  // times 2^n
+}
+
+template <class V>
+CALIBKIT_INLINE typename V::fw exp_f32(typename V::fw x) {
+    typename V::fw v[1] = {x};
+    exp_f32_n<V, 1>(v);
+    return v[0];
 }
 
 // log(x) for float x > 0 (subnormals included), relative error below 2.5e-7
@@ -282,11 +314,22 @@ inline float exp_f32(float x) { return exp_f32<Vec<2>>(splat_f<Vec<2>::fw>(x))[0
 inline float log_f32(float x) { return log_f32<Vec<2>>(splat_f<Vec<2>::fw>(x))[0]; }
 
 // The float lanes of x as two double vectors (lanes 0..w-1 and w..2w-1).
+// (A shuffle where the compiler has one: the memcpy halves go through the stack.)
 template <class V>
 CALIBKIT_INLINE void widen(typename V::fw x, typename V::d& lo, typename V::d& hi) {
     typename V::f a, b;
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+    if constexpr (V::width == 4) {
+        a = __builtin_shufflevector(x, x, 0, 1, 2, 3);
+        b = __builtin_shufflevector(x, x, 4, 5, 6, 7);
+    } else {
+        a = __builtin_shufflevector(x, x, 0, 1);
+        b = __builtin_shufflevector(x, x, 2, 3);
+    }
+#else
     std::memcpy(&a, &x, sizeof a);
     std::memcpy(&b, reinterpret_cast<const char*>(&x) + sizeof a, sizeof b);
+#endif
     lo = __builtin_convertvector(a, typename V::d);
     hi = __builtin_convertvector(b, typename V::d);
 }

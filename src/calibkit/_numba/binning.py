@@ -29,7 +29,6 @@ from ._common import (
     is_finite,
     load,
     merge_status,
-    octet_sum,
     rows_per_chunk,
     run_locked,
     status_tuple,
@@ -119,13 +118,19 @@ def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out):
     while F32(load(scores[i, arg], table)) != best:
         arg += 1
     bf = F32(inv_t)
-    # The exps first, one plain loop (LLVM vectorises it), then the lane sums from the buffer.
-    for k in range(K):
-        row_out[k] = exp_f32(bf * (F32(load(scores[i, k], table)) - best))
+    # The exps first, one plain loop (LLVM vectorises it), then the lane sums from the buffer. b = 1
+    # multiplies exactly: that loop skips the product.
+    if inv_t == 1.0:
+        for k in range(K):
+            row_out[k] = exp_f32(F32(load(scores[i, k], table)) - best)
+    else:
+        for k in range(K):
+            row_out[k] = exp_f32(bf * (F32(load(scores[i, k], table)) - best))
     for k in range(K, row_out.shape[0]):
         row_out[k] = 0.0
-    d0 = np.zeros(8)
-    d1 = np.zeros(8)
+    # Double lanes as scalars (no per-row allocation).
+    d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
+    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = 0.0
     Kp = row_out.shape[0]
     for f0 in range(0, Kp, FLUSH):
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = F32(0.0)
@@ -149,27 +154,28 @@ def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out):
             q5 += e5 * e5
             q6 += e6 * e6
             q7 += e7 * e7
-        d0[0] += np.float64(a0)
-        d0[1] += np.float64(a1)
-        d0[2] += np.float64(a2)
-        d0[3] += np.float64(a3)
-        d0[4] += np.float64(a4)
-        d0[5] += np.float64(a5)
-        d0[6] += np.float64(a6)
-        d0[7] += np.float64(a7)
-        d1[0] += np.float64(q0)
-        d1[1] += np.float64(q1)
-        d1[2] += np.float64(q2)
-        d1[3] += np.float64(q3)
-        d1[4] += np.float64(q4)
-        d1[5] += np.float64(q5)
-        d1[6] += np.float64(q6)
-        d1[7] += np.float64(q7)
-    total = octet_sum(d0)
+        d0 += np.float64(a0)
+        d1 += np.float64(a1)
+        d2 += np.float64(a2)
+        d3 += np.float64(a3)
+        d4 += np.float64(a4)
+        d5 += np.float64(a5)
+        d6 += np.float64(a6)
+        d7 += np.float64(a7)
+        c0 += np.float64(q0)
+        c1 += np.float64(q1)
+        c2 += np.float64(q2)
+        c3 += np.float64(q3)
+        c4 += np.float64(q4)
+        c5 += np.float64(q5)
+        c6 += np.float64(q6)
+        c7 += np.float64(q7)
+    total = ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7))  # octet_sum's order
+    sum_sq = ((c0 + c4) + (c1 + c5)) + ((c2 + c6) + (c3 + c7))
     out[0] = arg
     out[1] = 1.0 / total
     out[2] = np.float64(exp_f32(bf * (F32(load(scores[i, y], table)) - best))) / total
-    out[3] = octet_sum(d1) / (total * total)
+    out[3] = sum_sq / (total * total)
     out[4] = math.log(total) - inv_t * (load(scores[i, y], table) - np.float64(best)) if with_nll else 0.0
     return True
 
