@@ -613,6 +613,71 @@ struct RowsSummary {
     typename V::i argmax[kShortGroups], bad[kShortGroups];
 };
 
+// [-tol, 1 + tol] as float bounds: for a float v, v >= lo (<= hi) exactly when the double
+// v >= -tol (<= 1 + tol), so the float probability rows check their range in float lanes.
+struct ShortProbBounds {
+    float lo, hi;
+    ShortProbBounds() {
+        const double lo_d = -kProbabilityTolerance, hi_d = 1.0 + kProbabilityTolerance;
+        lo = static_cast<float>(lo_d);
+        if (static_cast<double>(lo) < lo_d) lo = std::nextafter(lo, std::numeric_limits<float>::infinity());
+        hi = static_cast<float>(hi_d);
+        if (static_cast<double>(hi) > hi_d) hi = std::nextafter(hi, -std::numeric_limits<float>::infinity());
+    }
+};
+
+// Column k of a batch of 2 W float32 / float16 rows into cols[k] (lane j = row j, rows of the
+// batch at `base`). Rows with contiguous float32 elements and K >= 4 are read four elements at
+// a time and transposed four rows by four in registers (the last block overlaps the one
+// before when K % 4 != 0); otherwise element by element. Only data movement: the values, and
+// so every result, are the same for any layout.
+template <class T, class V>
+CALIBKIT_INLINE void short_float_columns(const Matrix<T>& s, const char* const* base, float (*cols)[2 * V::width]) {
+    constexpr int B = 2 * V::width;
+    const int64_t K = s.cols;
+    if constexpr (std::is_same<T, float>::value) {
+        if (s.col_stride == static_cast<int64_t>(sizeof(float)) && K >= 4) {
+            typedef float F4 __attribute__((vector_size(16)));
+            for (int64_t k0 = 0;; k0 += 4) {
+                const int64_t k = std::min(k0, K - 4);
+                for (int q = 0; q < B; q += 4) {
+                    F4 r0, r1, r2, r3;
+                    std::memcpy(&r0, reinterpret_cast<const float*>(base[q]) + k, sizeof r0);
+                    std::memcpy(&r1, reinterpret_cast<const float*>(base[q + 1]) + k, sizeof r1);
+                    std::memcpy(&r2, reinterpret_cast<const float*>(base[q + 2]) + k, sizeof r2);
+                    std::memcpy(&r3, reinterpret_cast<const float*>(base[q + 3]) + k, sizeof r3);
+                    const F4 t0 = __builtin_shufflevector(r0, r1, 0, 4, 1, 5);
+                    const F4 t1 = __builtin_shufflevector(r2, r3, 0, 4, 1, 5);
+                    const F4 t2 = __builtin_shufflevector(r0, r1, 2, 6, 3, 7);
+                    const F4 t3 = __builtin_shufflevector(r2, r3, 2, 6, 3, 7);
+                    const F4 c0 = __builtin_shufflevector(t0, t1, 0, 1, 4, 5);
+                    const F4 c1 = __builtin_shufflevector(t0, t1, 2, 3, 6, 7);
+                    const F4 c2 = __builtin_shufflevector(t2, t3, 0, 1, 4, 5);
+                    const F4 c3 = __builtin_shufflevector(t2, t3, 2, 3, 6, 7);
+                    std::memcpy(&cols[k][q], &c0, sizeof c0);
+                    std::memcpy(&cols[k + 1][q], &c1, sizeof c1);
+                    std::memcpy(&cols[k + 2][q], &c2, sizeof c2);
+                    std::memcpy(&cols[k + 3][q], &c3, sizeof c3);
+                }
+                if (k0 + 4 >= K) return;
+            }
+        }
+    }
+    for (int64_t k = 0; k < K; ++k)
+        for (int j = 0; j < B; ++j) cols[k][j] = load_float(reinterpret_cast<const T*>(base[j] + k * s.col_stride));
+}
+
+// -log(max(p, nll_eps)) per lane (+inf where that is 0), by the vector log_positive.
+template <class V>
+CALIBKIT_INLINE typename V::d short_row_nll(typename V::d p, double nll_eps) {
+    typedef typename V::d D;
+    const D eps = simd::splat<D>(nll_eps), zero = simd::splat<D>(0.0);
+    const D x = simd::select(p < eps, eps, p);  // std::max(p, nll_eps)
+    const typename V::i positive = x > zero;
+    return simd::select(positive, zero - simd::log_positive<V>(simd::select(positive, x, simd::splat<D>(1.0))),
+                        simd::splat<D>(INFINITY));
+}
+
 template <class T, class V>
 CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* rows, const int64_t* labels,
                                           bool from_logits, double nll_eps, bool with_nll, double inv_t,
@@ -621,6 +686,7 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
     typedef typename V::d D;
     typedef typename V::i I;
     constexpr int W = V::width, G = kShortGroups;
+    static_assert(G == 2, "a batch of float rows is one register of 2 W float lanes");
     const int64_t K = s.cols;
     const char* base[G * W];
     for (int j = 0; j < G * W; ++j) base[j] = reinterpret_cast<const char*>(s.row(rows[j]));
@@ -645,18 +711,54 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
         arg[g] = bad[g] = (I)zero;
     }
     if (!from_logits) {
-        const D lo = splat<D>(-kProbabilityTolerance), hi = splat<D>(1.0 + kProbabilityTolerance);
         D sq[G];
         for (int g = 0; g < G; ++g) sq[g] = zero;
-        I kk = (I)zero;
-        for (int64_t k = 0; k < K; ++k, kk += 1) {
-            for (int g = 0; g < G; ++g) {
-                const D v = column(g, k);
-                bad[g] |= ~((v >= lo) & (v <= hi));  // NaN compares false
-                const I greater = v > mx[g];          // strict: the first maximum wins
-                mx[g] = select(greater, v, mx[g]);
-                arg[g] = select_int(greater, kk, arg[g]);
-                sq[g] += v * v;
+        if constexpr (!std::is_same<T, double>::value) {
+            // float32 / float16: the batch's 2 W rows in the float lanes of one register; the
+            // checks, maximum and argmax are exact in float, the squares summed in double.
+            typedef typename V::fw F;
+            typedef typename V::iw IW;
+            static const ShortProbBounds bounds;
+            float cols[kShortRow][2 * W];
+            short_float_columns<T, V>(s, base, cols);
+            const F lo = splat_f<F>(bounds.lo), hi = splat_f<F>(bounds.hi);
+            F fmx = splat_f<F>(-INFINITY);
+            IW farg = (IW)splat_f<F>(0.0f), fbad = farg, kk = farg;
+            for (int64_t k = 0; k < K; ++k, kk += 1) {
+                F v;
+                std::memcpy(&v, cols[k], sizeof v);
+                fbad |= ~((v >= lo) & (v <= hi));  // NaN compares false
+                const IW greater = v > fmx;         // strict: the first maximum wins
+                fmx = select_f(greater, v, fmx);
+                farg = select_int(greater, kk, farg);
+                D v0, v1;
+                widen<V>(v, v0, v1);
+                sq[0] += v0 * v0;
+                sq[1] += v1 * v1;
+            }
+            widen<V>(fmx, mx[0], mx[1]);
+            typedef int32_t IH __attribute__((vector_size(sizeof(IW) / 2)));
+            IH h0, h1;
+            std::memcpy(&h0, &farg, sizeof h0);
+            std::memcpy(&h1, reinterpret_cast<const char*>(&farg) + sizeof h0, sizeof h1);
+            arg[0] = __builtin_convertvector(h0, I);
+            arg[1] = __builtin_convertvector(h1, I);
+            std::memcpy(&h0, &fbad, sizeof h0);
+            std::memcpy(&h1, reinterpret_cast<const char*>(&fbad) + sizeof h0, sizeof h1);
+            bad[0] = __builtin_convertvector(h0, I);
+            bad[1] = __builtin_convertvector(h1, I);
+        } else {
+            const D lo = splat<D>(-kProbabilityTolerance), hi = splat<D>(1.0 + kProbabilityTolerance);
+            I kk = (I)zero;
+            for (int64_t k = 0; k < K; ++k, kk += 1) {
+                for (int g = 0; g < G; ++g) {
+                    const D v = column(g, k);
+                    bad[g] |= ~((v >= lo) & (v <= hi));  // NaN compares false
+                    const I greater = v > mx[g];          // strict: the first maximum wins
+                    mx[g] = select(greater, v, mx[g]);
+                    arg[g] = select_int(greater, kk, arg[g]);
+                    sq[g] += v * v;
+                }
             }
         }
         for (int g = 0; g < G; ++g) {
@@ -665,8 +767,7 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
             out.sum_sq[g] = sq[g];
             out.p_label[g] = p_label[g];
             out.bad[g] = bad[g];
-            for (int j = 0; j < W; ++j)
-                out.nll[g][j] = with_nll ? -std::log(std::max(p_label[g][j], nll_eps)) : 0.0;
+            out.nll[g] = with_nll ? short_row_nll<V>(p_label[g], nll_eps) : zero;
         }
         return;
     }
@@ -1003,6 +1104,13 @@ inline void top_label_rows(const TopLabelArgs<T>& a, BinningResult& part, int64_
         // Labels and weights of the whole chunk checked first, without branches; when all are
         // good (the usual case) the batches skip row_meta's per-row checks and status branches.
         const bool meta_clean = rows_meta_clean(a, begin, end);
+        // The totals and lane bins in locals (registers): the stores to conf_out / correct_out
+        // could otherwise alias them and force a reload per row.
+        Totals t = part.totals;
+        int64_t* const lane_count = bins.count.data();
+        double* const lane_weight = bins.weight.data();
+        double* const lane_score = bins.sum_score.data();
+        double* const lane_target = bins.sum_target.data();
         for (int64_t i0 = begin; i0 < end; i0 += B) {
             int64_t rows[B], ys[B], label_for_load[B];
             double ws[B];
@@ -1041,12 +1149,25 @@ inline void top_label_rows(const TopLabelArgs<T>& a, BinningResult& part, int64_
                     report_bad_element(r, rows[j], K, a.from_logits, part.status);
                     continue;
                 }
-                row.argmax = batch.argmax[g][lane];
-                row.confidence = batch.confidence[g][lane];
-                row.p_label = batch.p_label[g][lane];
-                row.sum_sq = batch.sum_sq[g][lane];
-                row.nll = batch.nll[g][lane];
-                accumulate_row(a, part, bins, rows[j], ys[j], ws[j], bin_of[j], row);
+                // accumulate_row's sums, in the same order, into the locals above.
+                const int64_t i = rows[j];
+                const double w = ws[j], conf = batch.confidence[g][lane];
+                const double correct = batch.argmax[g][lane] == ys[j] ? 1.0 : 0.0;
+                if (binned) {
+                    const int64_t q = bin_of[j] * LaneBins::kLanes + (i & (LaneBins::kLanes - 1));
+                    lane_count[q] += 1;
+                    lane_weight[q] += w;
+                    lane_score[q] += w * conf;
+                    lane_target[q] += w * correct;
+                }
+                if (a.conf_out) a.conf_out[i] = conf;
+                if (a.correct_out) a.correct_out[i] = static_cast<uint8_t>(correct);
+                t.count += 1;
+                t.weight += w;
+                t.correct += w * correct;
+                t.confidence += w * conf;
+                t.brier += w * (batch.sum_sq[g][lane] - 2.0 * batch.p_label[g][lane] + 1.0);
+                t.nll += w * batch.nll[g][lane];
                 if constexpr (Classwise) {
                     const double scale = short_row_values(a.scores, rows[j], a.from_logits, a.inv_t, scratch);
                     classwise_row<V>(a.classwise, scratch, part.classwise, K, ys[j], ws[j], weighted, scale,
@@ -1054,6 +1175,7 @@ inline void top_label_rows(const TopLabelArgs<T>& a, BinningResult& part, int64_
                 }
             }
         }
+        part.totals = t;
     } else {
         const simd::TailMask<V> tail(K);
         for (int64_t i = begin; i < end; ++i) {

@@ -79,13 +79,31 @@ struct FineGrid {
     }
 };
 
+// One chunk's sums. The fine state (5 x R doubles, larger than L2) is kept sparse: the
+// buckets a chunk touches are listed, and only those are merged and cleared, so a
+// partial is allocated once per call and reused (chunked_reduce calls reset()) instead of
+// zeroing or allocating the whole fine state for every chunk. Skipping the untouched
+// buckets in merge() adds nothing but +0.0 to sums that start at +0.0: the same bits.
 struct StreamPartial {
     std::vector<double> bins, fine, boot;
+    std::vector<int64_t> touched;  // fine buckets with a row, in first-touch order
     Status status;
     StreamPartial(int64_t m, int64_t r, int64_t b) : bins(4 * m, 0.0), fine(5 * r, 0.0), boot(3 * b * m, 0.0) {}
+    int64_t side() const { return static_cast<int64_t>(fine.size() / 5); }
+    void reset() {
+        const int64_t R = side();
+        std::fill(bins.begin(), bins.end(), 0.0);
+        std::fill(boot.begin(), boot.end(), 0.0);
+        for (const int64_t f : touched)
+            for (int64_t q = 0; q < 5; ++q) fine[static_cast<size_t>(q * R + f)] = 0.0;
+        touched.clear();
+        status = Status();
+    }
     void merge(const StreamPartial& o) {
+        const int64_t R = side();
         for (size_t j = 0; j < bins.size(); ++j) bins[j] += o.bins[j];
-        for (size_t j = 0; j < fine.size(); ++j) fine[j] += o.fine[j];
+        for (const int64_t f : o.touched)
+            for (int64_t q = 0; q < 5; ++q) fine[static_cast<size_t>(q * R + f)] += o.fine[static_cast<size_t>(q * R + f)];
         for (size_t j = 0; j < boot.size(); ++j) boot[j] += o.boot[j];
         status.merge(o.status);
     }
@@ -118,10 +136,12 @@ inline bool stream_row(const Vector<C>& confidence, const Vector<L>& target, con
 // have passed stream_row's checks already (skipped here). The rows go in blocks: the bins and
 // fine buckets of a block first (their cache lines prefetched: the fine state is larger than L1),
 // then the adds, row by row in order.
+// touched (when not null) gets each fine bucket the first time a row lands in it.
 template <bool Checked, class C, class L>
 inline void stream_rows(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights, int64_t begin,
                         int64_t end, uint64_t offset, const BinEdges& edges, const FineGrid& grid, int64_t n_boot,
-                        uint64_t seed, double* bins, double* fine, double* boot, Status& st) {
+                        uint64_t seed, double* bins, double* fine, double* boot, Status& st,
+                        std::vector<int64_t>* touched = nullptr) {
     const int64_t M = edges.n_bins, R = grid.size();
     constexpr int64_t kBlock = 16;
     int64_t bin_of[kBlock], fine_of[kBlock];
@@ -154,6 +174,7 @@ inline void stream_rows(const Vector<C>& confidence, const Vector<L>& target, co
             bins[M + b] += w;
             bins[2 * M + b] += w * c;
             bins[3 * M + b] += w * y;
+            if (touched && fine[f] == 0.0) touched->push_back(f);
             fine[f] += 1.0;
             fine[R + f] += w;
             fine[2 * R + f] += w * c;
@@ -185,12 +206,17 @@ inline void stream_rows(const Vector<C>& confidence, const Vector<L>& target, co
 // A batch of one chunk is checked first and then added straight into the state
 // (no partial sums to allocate: small batches stay cheap); a larger one is
 // reduced over fixed chunks in chunk order and the total added to the state.
+template <bool Checked, class C, class L>
+Status stream_reduce(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights, uint64_t offset,
+                     const BinEdges& edges, const FineGrid& grid, int64_t n_boot, uint64_t seed, double* bins,
+                     double* fine, double* boot);
+
 template <class C, class L>
 Status stream_accumulate(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights,
                          uint64_t offset, int64_t n_bins, const FineGrid& grid, int64_t n_boot, uint64_t seed,
                          double* bins, double* fine, double* boot) {
-    const int64_t N = confidence.size, M = n_bins, R = grid.size(), B = n_boot;
-    const BinEdges edges = BinEdges::equal_width(M);
+    const int64_t N = confidence.size, B = n_boot;
+    const BinEdges edges = BinEdges::equal_width(n_bins);
     if (N <= kChunkElements) {
         Status st;
         for (int64_t i = 0; i < N && st.code == kOk; ++i) {
@@ -200,12 +226,23 @@ Status stream_accumulate(const Vector<C>& confidence, const Vector<L>& target, c
         if (st.code == kOk) stream_rows<true>(confidence, target, weights, 0, N, offset, edges, grid, B, seed, bins, fine, boot, st);
         return st;
     }
+    return stream_reduce<false>(confidence, target, weights, offset, edges, grid, B, seed, bins, fine, boot);
+}
+
+// stream_accumulate's path for more than one chunk: rows reduced over fixed chunks in chunk
+// order, the total added to the state when no row was bad. Checked: the rows have passed
+// stream_row's checks already.
+template <bool Checked, class C, class L>
+Status stream_reduce(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights, uint64_t offset,
+                     const BinEdges& edges, const FineGrid& grid, int64_t n_boot, uint64_t seed, double* bins,
+                     double* fine, double* boot) {
+    const int64_t N = confidence.size, M = edges.n_bins, R = grid.size(), B = n_boot;
     StreamPartial total(M, R, B);
     chunked_reduce(
         N, kChunkElements, 1 + B, 4 * M + 5 * R + 3 * B * M, total, [&] { return StreamPartial(M, R, B); },
         [&](StreamPartial& part, int64_t begin, int64_t end) {
-            stream_rows<false>(confidence, target, weights, begin, end, offset, edges, grid, B, seed, part.bins.data(),
-                        part.fine.data(), part.boot.data(), part.status);
+            stream_rows<Checked>(confidence, target, weights, begin, end, offset, edges, grid, B, seed,
+                                 part.bins.data(), part.fine.data(), part.boot.data(), part.status, &part.touched);
         },
         [](StreamPartial& acc, const StreamPartial& part) { acc.merge(part); });
     if (total.status.code == kOk) {
@@ -248,7 +285,8 @@ Status stream_top_label(const Matrix<T>& scores, const Vector<int64_t>& labels, 
         stream_rows<true>(c, y, weights, 0, N, offset, BinEdges::equal_width(n_bins), grid, n_boot, seed, bins, fine, boot,
                     st);
     } else {
-        st = stream_accumulate<double, uint8_t>(c, y, weights, offset, n_bins, grid, n_boot, seed, bins, fine, boot);
+        st = stream_reduce<true>(c, y, weights, offset, BinEdges::equal_width(n_bins), grid, n_boot, seed, bins, fine,
+                                 boot);  // the rows were checked by the top-label pass
     }
     if (st.code != kOk) return st;
     const Totals& t = r.totals;

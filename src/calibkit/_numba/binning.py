@@ -34,6 +34,7 @@ from ._common import (
     status_tuple,
     valid_probability,
 )
+from .uncertainty import _log_positive
 
 # Totals slots, as in binning.hpp's Totals.
 T_COUNT, T_WEIGHT, T_CORRECT, T_CONF, T_BRIER, T_NLL = range(6)
@@ -247,6 +248,50 @@ def _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, inv_t, table, s
     return True
 
 
+# binning.hpp's kShortRow: probability rows shorter than this take its short-row path.
+SHORT_ROW = 16
+
+
+@numba.njit(**JIT)
+def _short_prob_row(scores, i, y, nll_eps, with_nll, table, st, out, store, row_out):
+    """A probability row of K < SHORT_ROW elements (binning.hpp, summarize_short_rows): the same sums as
+    _summarize_row, in column order, and the NLL by the vector log_positive's twin (the same bits)."""
+    K = scores.shape[1]
+    best = -np.inf
+    arg = 0
+    sum_sq = 0.0
+    ok = True
+    for k in range(K):
+        v = load(scores[i, k], table)
+        ok &= valid_probability(v)
+        sum_sq += v * v
+        if v > best:
+            best = v
+            arg = k
+        if store:
+            row_out[k] = v
+    if not ok:
+        for k in range(K):
+            v = load(scores[i, k], table)
+            if not is_finite(v):
+                merge_status(st, SCORE_NOT_FINITE, i, k, v)
+                return False
+            if not valid_probability(v):
+                merge_status(st, PROBABILITY_OUT_OF_RANGE, i, k, v)
+                return False
+    p_label = load(scores[i, y], table)
+    out[0] = arg
+    out[1] = best
+    out[2] = p_label
+    out[3] = sum_sq
+    nll = 0.0
+    if with_nll:
+        x = nll_eps if p_label < nll_eps else p_label
+        nll = -_log_positive(x) if x > 0.0 else np.inf
+    out[4] = nll
+    return True
+
+
 @numba.njit(inline="always", **JIT)
 def _classwise_row(e, scale, y, w, has_w, inners, uniform, upper, M, sum0, weight0, cw_count, cw_w,
                    cw_score, cw_target):
@@ -289,6 +334,7 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
     K = scores.shape[1]
     row = np.empty(5)
     classwise = cw_M > 0
+    short_prob = K < SHORT_ROW and not from_logits
     e = np.empty(K if classwise else 0)
     ef = np.zeros((K + 7) // 8 * 8 if single else 0, np.float32)
     sum0 = np.zeros(K if classwise else 0)
@@ -308,6 +354,9 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
             continue
         if single:
             if not _logit_row_f(scores, i, y, with_nll, inv_t, table, st, row, ef):
+                continue
+        elif short_prob:
+            if not _short_prob_row(scores, i, y, nll_eps, with_nll, table, st, row, classwise, e):
                 continue
         elif not _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, inv_t, table, st, row, classwise, e):
             continue
