@@ -40,7 +40,8 @@ def _values(rng, xs, n):
     v = rng.random((n, K)) ** 3
     for k, x in enumerate(xs):
         special = np.concatenate([x, np.nextafter(x, 2), np.nextafter(x, -1), [0.0, -0.0, 1.0, -0.5, 1.5, 2.0 ** -40,
-                                  2.0 ** -10, 3 / 1024, 2.0 ** -41, 0.5, 0.5 + 2.0 ** -13]])
+                                  2.0 ** -10, 3 / 1024, 2.0 ** -41, 0.5, 0.5 + 2.0 ** -13, 5e-324,
+                                  np.nextafter(1.0, 0), np.nextafter(2.0 ** -10, 0), np.nextafter(2.0 ** -40, 0)]])
         v[:special.shape[0], k] = special[:n]
     return v
 

@@ -300,13 +300,17 @@ inline double knot_edge(int64_t b) {
     return static_cast<double>(b - kKnotLogEnd + 1) / static_cast<double>(kKnotLinear);
 }
 
-// The bucket of x in [0, 1).
+// The bucket of x in [0, 1), without a branch (whether a probability is above 2^-10 is
+// a coin toss for K in the hundreds): both candidates computed, one selected by a mask.
 inline int64_t knot_bucket(double x) {
-    if (x >= 0x1p-10) return kKnotLogEnd - 1 + static_cast<int64_t>(x * static_cast<double>(kKnotLinear));
-    if (!(x >= 0x1p-40)) return 0;
+    const int64_t linear = kKnotLogEnd - 1 + static_cast<int64_t>(x * static_cast<double>(kKnotLinear));
     uint64_t bits;
     std::memcpy(&bits, &x, sizeof bits);
-    return 1 + static_cast<int64_t>((bits >> kKnotLogShift) - kKnotLogBase);
+    // below 2^-40 (0 and -0.0 included): bucket 0
+    const int64_t octave = (1 + static_cast<int64_t>(bits >> kKnotLogShift) - static_cast<int64_t>(kKnotLogBase)) &
+                           -static_cast<int64_t>(x >= 0x1p-40);
+    const int64_t above = -static_cast<int64_t>(x >= 0x1p-10);  // all ones or zero
+    return (linear & above) | (octave & ~above);
 }
 
 inline void knot_table(const double* knots, int64_t m, int64_t* table) {

@@ -459,13 +459,12 @@ def _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, 
                 if code != OK:
                     merge_status(st, code, i, k, v)
             if v >= 0.0 and v < 1.0:
-                if v >= KNOT_LINEAR_FROM:  # linear buckets
-                    b = KNOT_LOG_END - 1 + np.int64(v * KNOT_LINEAR)
-                elif v >= KNOT_LOG_FROM:  # exponent and top mantissa bits
-                    scratch[0] = v
-                    b = 1 + np.int64((scratch_bits[0] >> np.uint64(KNOT_LOG_SHIFT)) - np.uint64(KNOT_LOG_BASE))
-                else:
-                    b = 0
+                # knot_bucket of pav.hpp without a branch: the linear and the log bucket, one selected
+                linear = KNOT_LOG_END - 1 + np.int64(v * KNOT_LINEAR)
+                scratch[0] = v
+                log_bucket = 1 + np.int64(scratch_bits[0] >> np.uint64(KNOT_LOG_SHIFT)) - KNOT_LOG_BASE
+                log_bucket = log_bucket if v >= KNOT_LOG_FROM else 0  # 0 and -0.0 included
+                b = linear if v >= KNOT_LINEAR_FROM else log_bucket
                 a = tables[k, b]
                 c = a + _count_span(xs, lo + a, span, v, right)
             else:
