@@ -221,7 +221,7 @@ py::tuple step_apply_tables_py(const py::object& scores_obj, const std::shared_p
                                bool renormalise, const py::object& out_obj) {
     const py::array scores = checked_scores(scores_obj);
     check_mode(check, "check", 2);
-    if (!tables) throw py::type_error("tables must be StepTables from step_tables, got None");
+    if (!tables) throw py::type_error("tables must be StepTables, got None");
     const int64_t K = scores.ndim() == 2 ? static_cast<int64_t>(scores.shape(1)) : 1;
     if (K != tables->K)
         throw py::value_error("scores have " + std::to_string(K) + " columns but the tables hold " +
@@ -281,12 +281,12 @@ void bind_isotonic(py::module_& m) {
     m.def("step_apply", &step_apply_py, py::arg("scores"), py::arg("x"), py::arg("x_offsets"), py::arg("y"),
           py::arg("y_offsets"), py::arg("mode"), py::arg("check"), py::arg("renormalise").noconvert(),
           py::arg("out"));
-    py::class_<StepTables, std::shared_ptr<StepTables>>(m, "StepTables",
-                                                        "The K step functions of step_apply, prepared once (step_tables).")
+    py::class_<StepTables, std::shared_ptr<StepTables>>(
+        m, "StepTables", "The K step functions of step_apply (same arguments, same checks), prepared once.")
+        .def(py::init(&step_tables_py), py::arg("x"), py::arg("x_offsets"), py::arg("y"), py::arg("y_offsets"),
+             py::arg("mode"))
         .def_property_readonly("n_models", [](const StepTables& t) { return t.K; })
         .def_property_readonly("mode", [](const StepTables& t) { return t.mode; });
-    m.def("step_tables", &step_tables_py, py::arg("x"), py::arg("x_offsets"), py::arg("y"), py::arg("y_offsets"),
-          py::arg("mode"));
     m.def("step_apply_tables", &step_apply_tables_py, py::arg("scores"), py::arg("tables"), py::arg("check"),
           py::arg("renormalise").noconvert(), py::arg("out"));
     m.def("histogram_fit_columns", &histogram_fit_columns_py, py::arg("scores"), py::arg("labels"),

@@ -1,4 +1,4 @@
-"""Prebuilt step tables (step_tables / step_apply_tables) and the one-pass histogram fit (histogram_fit_columns).
+"""Prebuilt step tables (StepTables / step_apply_tables) and the one-pass histogram fit (histogram_fit_columns).
 
 References: np.interp / np.searchsorted per column for the step functions, binary_stats per column for the
 histogram sums; every result bit for bit, both backends, any thread count, any split of the rows into calls.
@@ -53,14 +53,14 @@ def test_tables_match_interp_and_searchsorted(backend, dense):
     xs, ys = _models(rng, K, dense)
     v = _values(rng, xs, 700)
     kernels = _kernels(backend)
-    interp = kernels.step_tables(*_concatenated(xs, ys), 0)
+    interp = kernels.StepTables(*_concatenated(xs, ys), 0)
     out = np.empty_like(v)
     assert kernels.step_apply_tables(v, interp, 0, False, out)[0] == 0
     expected = np.stack([np.interp(v[:, k], xs[k], ys[k]) for k in range(K)], axis=1)
     np.testing.assert_array_equal(out, expected)
     hy = [np.sort(rng.random(x.shape[0] + 1)) for x in xs]
     x, x_off, y, y_off = _concatenated(xs, hy)
-    left = kernels.step_tables(x, x_off, y, y_off, 1)
+    left = kernels.StepTables(x, x_off, y, y_off, 1)
     assert kernels.step_apply_tables(v, left, 0, False, out)[0] == 0
     expected = np.stack([hy[k][np.searchsorted(xs[k], v[:, k], side="left")] for k in range(K)], axis=1)
     np.testing.assert_array_equal(out, expected)
@@ -84,7 +84,7 @@ def test_tables_reused_over_blocks_and_threads_agree_bitwise():
             calibkit.set_num_threads(threads)
             for backend in ("cpp", "numba"):
                 kernels = _kernels(backend)
-                tables = kernels.step_tables(*args, 0)
+                tables = kernels.StepTables(*args, 0)
                 out = np.empty_like(v)
                 for a in range(0, v.shape[0], 457):  # many calls on one table
                     status = kernels.step_apply_tables(v[a:a + 457], tables, 0, True, out[a:a + 457])
@@ -101,7 +101,7 @@ def test_tables_reused_over_blocks_and_threads_agree_bitwise():
 def test_tables_report_the_first_bad_score(backend):
     kernels = _kernels(backend)
     x, x_off, y, y_off = _concatenated([np.array([0.2, 0.7])] * 3, [np.array([0.1, 0.9])] * 3)
-    tables = kernels.step_tables(x, x_off, y, y_off, 0)
+    tables = kernels.StepTables(x, x_off, y, y_off, 0)
     p = np.full((5, 3), 0.3)
     p[3, 2], p[4, 0] = np.nan, 1.5
     out = np.empty_like(p)
@@ -153,10 +153,10 @@ def test_histogram_fit_is_the_same_for_any_thread_count_and_backend():
 
 
 BAD_CASES = [
-    ("step_tables(X, XO, Y, YO, 2)", "ValueError", r"mode must be in \[0, 1\]"),
-    ("step_tables(X, np.array([0], np.int64), Y, YO, 0)", "ValueError", "x_offsets"),
-    ("step_tables(X[::-1].copy(), XO, Y, YO, 0)", "ValueError", "must be sorted"),
-    ("step_tables(X, XO, Y[:-1].copy(), YO, 0)", "ValueError", "y_offsets"),
+    ("StepTables(X, XO, Y, YO, 2)", "ValueError", r"mode must be in \[0, 1\]"),
+    ("StepTables(X, np.array([0], np.int64), Y, YO, 0)", "ValueError", "x_offsets"),
+    ("StepTables(X[::-1].copy(), XO, Y, YO, 0)", "ValueError", "must be sorted"),
+    ("StepTables(X, XO, Y[:-1].copy(), YO, 0)", "ValueError", "y_offsets"),
     ("step_apply_tables(P, T, 2, True, np.empty((4, 2)))", "ValueError", "out"),
     ("step_apply_tables(P[:, :2], T, 2, True, np.empty((4, 2)))", "ValueError", "3 models"),
     ("step_apply_tables(P, None, 2, True, OUT)", "TypeError", "tables"),
@@ -174,12 +174,12 @@ PRELUDE = textwrap.dedent('''
     from calibkit import _core
     from calibkit._numba import pav as _numba_pav
     mod = _core if sys.argv[1] == "cpp" else _numba_pav
-    globals().update({n: getattr(mod, n) for n in ("step_tables", "step_apply_tables", "histogram_fit_columns")})
+    globals().update({n: getattr(mod, n) for n in ("StepTables", "step_apply_tables", "histogram_fit_columns")})
     P = np.array([[0.2, 0.3, 0.5], [0.1, 0.1, 0.8], [0.6, 0.2, 0.2], [0.3, 0.3, 0.4]])
     X = np.array([0.1, 0.5, 0.2, 0.6, 0.3, 0.9]); XO = np.array([0, 2, 4, 6], np.int64)
     Y = np.array([0.0, 1.0, 0.2, 0.4, 0.1, 0.7]); YO = XO.copy(); OUT = np.empty((4, 3))
     L = np.array([0, 1, 2, 0], np.int64); E = np.tile(np.linspace(0, 1, 4), (3, 1))
-    T = step_tables(X, XO, Y, YO, 0)
+    T = StepTables(X, XO, Y, YO, 0)
     assert T.n_models == 3 and step_apply_tables(P, T, 2, True, OUT)[0] == 0 and np.allclose(OUT.sum(1), 1)
     h = histogram_fit_columns(P, L, None, E, 0)
     assert np.asarray(h["weight"]).sum() == 12 and np.asarray(h["hits"]).sum() == 4, h

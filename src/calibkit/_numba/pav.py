@@ -538,13 +538,18 @@ def _step_apply(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, m
 
 
 class StepTables:
-    """The K step functions of :func:`step_apply`, prepared once (:func:`step_tables`): the twin of
-    ``calibkit._core.StepTables``. Its arrays are private copies; treat them as read-only."""
+    """The K step functions of :func:`step_apply` (same arguments, same checks), prepared once: the twin of
+    ``calibkit._core.StepTables``. Its arrays are private copies."""
 
     __slots__ = ("mode", "n_models", "_arrays")
 
-    def __init__(self, mode, n_models, arrays):
-        self.mode, self.n_models, self._arrays = mode, n_models, arrays
+    def __init__(self, x, x_offsets, y, y_offsets, mode):
+        if mode not in (STEP_INTERP, STEP_LEFT):
+            raise ValueError(f"mode must be in [0, 1], got {mode}")
+        if not isinstance(x_offsets, np.ndarray) or x_offsets.ndim != 1 or x_offsets.shape[0] < 2:
+            raise ValueError(f"x_offsets must be a 1-D array of K + 1 >= 2 offsets, got shape {np.shape(x_offsets)}")
+        self.mode, self.n_models = int(mode), x_offsets.shape[0] - 1
+        self._arrays = _checked_models(x, x_offsets, y, y_offsets, mode, self.n_models)
 
 
 def _checked_models(x, x_offsets, y, y_offsets, mode, K):
@@ -569,16 +574,7 @@ def _checked_models(x, x_offsets, y, y_offsets, mode, K):
         raise ValueError(f"x[{j}] is below x[{j - 1}]: the knots of each model must be sorted")
     tables, m_of, span_of, xs, xs_off, slopes = run_locked(_build_tables, x, x_offsets, y, y_offsets, int(mode), K,
                                                                 K * KNOT_TABLE_SIZE >= (1 << 16))
-    return StepTables(int(mode), K, (xs, xs_off, m_of, span_of, np.array(y), np.array(y_offsets), slopes, tables))
-
-
-def step_tables(x, x_offsets, y, y_offsets, mode):
-    """Same contract as ``calibkit._core.step_tables``."""
-    if mode not in (STEP_INTERP, STEP_LEFT):
-        raise ValueError(f"mode must be in [0, 1], got {mode}")
-    if not isinstance(x_offsets, np.ndarray) or x_offsets.ndim != 1 or x_offsets.shape[0] < 2:
-        raise ValueError(f"x_offsets must be a 1-D array of K + 1 >= 2 offsets, got shape {np.shape(x_offsets)}")
-    return _checked_models(x, x_offsets, y, y_offsets, mode, x_offsets.shape[0] - 1)
+    return xs, xs_off, m_of, span_of, np.array(y), np.array(y_offsets), slopes, tables
 
 
 def _checked_out(scores, out, N, K, renormalise):
@@ -595,12 +591,13 @@ def _checked_out(scores, out, N, K, renormalise):
     return out.reshape(N, K)
 
 
-def _apply_tables(s, scores, tables, check, renormalise, out2):
+def _apply_tables(s, tables, mode, check, renormalise, out2):
+    """Apply the arrays of a StepTables (mode `mode`) to the (N, K) view s."""
     N, K = s.shape
     chunk = max(16, (1 << 14) // max(K, 1))
     parallel = N * K >= (1 << 16)
-    statuses = run_locked(_step_apply, s, HALF_TABLE, *tables._arrays[:7], tables._arrays[7], tables.mode,
-                          int(check), bool(renormalise), out2, chunk, parallel)
+    statuses = run_locked(_step_apply, s, HALF_TABLE, *tables, mode, int(check), bool(renormalise), out2, chunk,
+                          parallel)
     bad = statuses[statuses[:, 0] != OK]
     if bad.shape[0] == 0:
         return (OK, -1, -1, 0.0)
@@ -615,7 +612,7 @@ def step_apply(scores, x, x_offsets, y, y_offsets, mode, check, renormalise, out
         raise ValueError(f"mode must be in [0, 1] and check in [0, 2], got {mode} and {check}")
     tables = _checked_models(x, x_offsets, y, y_offsets, mode, K)
     out2 = _checked_out(scores, out, N, K, renormalise)
-    return _apply_tables(s, scores, tables, check, renormalise, out2)
+    return _apply_tables(s, tables, int(mode), check, renormalise, out2)
 
 
 def step_apply_tables(scores, tables, check, renormalise, out):
@@ -625,11 +622,11 @@ def step_apply_tables(scores, tables, check, renormalise, out):
     if check not in (CHECK_NONE, CHECK_FINITE, CHECK_PROBABILITY):
         raise ValueError(f"check must be in [0, 2], got {check}")
     if not isinstance(tables, StepTables):
-        raise TypeError(f"tables must be StepTables from step_tables, got {type(tables).__name__}")
+        raise TypeError(f"tables must be StepTables, got {type(tables).__name__}")
     if K != tables.n_models:
         raise ValueError(f"scores have {K} columns but the tables hold {tables.n_models} models")
     out2 = _checked_out(scores, out, N, K, renormalise)
-    return _apply_tables(s, scores, tables, check, renormalise, out2)
+    return _apply_tables(s, tables._arrays, tables.mode, check, renormalise, out2)
 
 
 # -- one-vs-rest histogram binning fit -----------------------------------------------------------------------

@@ -143,7 +143,7 @@ def _readable(scores):
 
 
 def _kernels(backend):
-    """The module with ``isotonic_fit_columns``, ``histogram_fit_columns``, ``step_tables``, ``step_apply`` and
+    """The module with ``isotonic_fit_columns``, ``histogram_fit_columns``, ``StepTables``, ``step_apply`` and
     ``step_apply_tables`` of the chosen backend."""
     if _backend.resolve_backend(backend) == "cpp":
         return _backend.kernels("cpp")
@@ -232,12 +232,12 @@ class _OneVsRest(Calibrator):
         """``apply(p, out, check)``: the status of writing into the C-ordered float64 (n, K) ``out`` (which may be
         ``p`` itself) the calibrated rows of the (n, K) probabilities ``p``, scores checked as ``check``
         (``_CHECK_NONE`` / ``_CHECK_PROBABILITY``): what :meth:`predict_proba` does for (N, K) scores, with the
-        K maps' search tables built once (``step_tables``), for a caller that applies the calibrator to many
+        K maps' search tables built once (``StepTables``), for a caller that applies the calibrator to many
         blocks. The tables are those of the fitted values at this call: make a new applier after a new fit."""
         self._check_fitted()
         kernels = _kernels(self.backend)
         mode, x, x_off, y, y_off = self._step_models()
-        tables = kernels.step_tables(x, x_off, y, y_off, mode)
+        tables = kernels.StepTables(x, x_off, y, y_off, mode)
 
         def apply(p, out, check):
             return kernels.step_apply_tables(p, tables, check, True, out)
