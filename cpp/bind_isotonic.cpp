@@ -123,16 +123,9 @@ const double* knot_values(const py::object& obj, const char* name) {
     return static_cast<const double*>(a.data());
 }
 
-py::tuple step_apply_py(const py::object& scores_obj, const py::object& x_obj, const py::object& x_offsets,
-                        const py::object& y_obj, const py::object& y_offsets, int mode, int check, bool renormalise,
-                        const py::object& out_obj) {
-    const py::array scores = require_array(scores_obj, "scores");
-    check_mode(mode, "mode", 1);
-    check_mode(check, "check", 2);
-    if (scores.ndim() != 1 && scores.ndim() != 2)
-        throw py::value_error("scores must have shape (N,) or (N, K), got " + ndim_text(scores));
-    const int64_t N = static_cast<int64_t>(scores.shape(0));
-    const int64_t K = scores.ndim() == 2 ? static_cast<int64_t>(scores.shape(1)) : 1;
+// The K models (x, x_offsets, y, y_offsets) checked as step_apply takes them, prepared as StepTables.
+StepTables checked_tables(const py::object& x_obj, const py::object& x_offsets, const py::object& y_obj,
+                          const py::object& y_offsets, int mode, int64_t K) {
     const double* x = knot_values(x_obj, "x");
     const double* y = knot_values(y_obj, "y");
     const int64_t* xo = model_offsets(x_offsets, "x_offsets", K, static_cast<int64_t>(py::len(x_obj)));
@@ -149,11 +142,18 @@ py::tuple step_apply_py(const py::object& scores_obj, const py::object& x_obj, c
                 throw py::value_error("x[" + std::to_string(j) + "] is below x[" + std::to_string(j - 1) +
                                       "]: the knots of each model must be sorted");
     }
+    py::gil_scoped_release release;
+    return step_tables(x, xo, y, yo, K, mode);
+}
+
+// The checked output of step_apply for scores (N,) or (N, K): C-ordered float64 of their shape, `scores`
+// itself or memory separate from it.
+double* checked_out(const py::array& scores, const py::object& out_obj, bool renormalise) {
+    const int64_t N = static_cast<int64_t>(scores.shape(0));
+    const int64_t K = scores.ndim() == 2 ? static_cast<int64_t>(scores.shape(1)) : 1;
     if (renormalise && scores.ndim() != 2) throw py::value_error("renormalise needs scores of shape (N, K)");
     double* out = scores.ndim() == 2 ? output_array<double>(out_obj, "out", {N, K})
                                      : output_array<double>(out_obj, "out", {N});
-    // `out` may be `scores` itself (a float64 C-ordered array), never a part of it or an overlapping view.
-    const py::array out_arr = py::reinterpret_borrow<py::array>(out_obj);
     const char* s_lo = static_cast<const char*>(scores.data());
     py::ssize_t s_lo_off = 0, s_hi_off = 0;
     for (py::ssize_t d = 0; d < scores.ndim(); ++d) {
@@ -170,16 +170,104 @@ py::tuple step_apply_py(const py::object& scores_obj, const py::object& x_obj, c
                           (scores.flags() & py::array::c_style);
         if (!same) throw py::value_error("out overlaps scores: it must be scores itself or separate memory");
     }
-    (void)out_arr;
+    return out;
+}
+
+py::array checked_scores(const py::object& scores_obj) {
+    const py::array scores = require_array(scores_obj, "scores");
+    if (scores.ndim() != 1 && scores.ndim() != 2)
+        throw py::value_error("scores must have shape (N,) or (N, K), got " + ndim_text(scores));
+    return scores;
+}
+
+py::tuple apply_tables(const py::array& scores, const StepTables& tables, int check, bool renormalise, double* out) {
     return dispatch_float(scores, "scores", [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const Matrix<T> s = columns<T>(scores, "scores");
         Status st;
         {
             py::gil_scoped_release release;
-            st = apply_columns(s, x, xo, y, yo, mode, check, renormalise, out);
+            st = apply_columns(s, tables, check, renormalise, out);
         }
         return status_tuple(st);
+    });
+}
+
+py::tuple step_apply_py(const py::object& scores_obj, const py::object& x_obj, const py::object& x_offsets,
+                        const py::object& y_obj, const py::object& y_offsets, int mode, int check, bool renormalise,
+                        const py::object& out_obj) {
+    const py::array scores = require_array(scores_obj, "scores");
+    check_mode(mode, "mode", 1);
+    check_mode(check, "check", 2);
+    checked_scores(scores);
+    const int64_t K = scores.ndim() == 2 ? static_cast<int64_t>(scores.shape(1)) : 1;
+    const StepTables tables = checked_tables(x_obj, x_offsets, y_obj, y_offsets, mode, K);
+    double* out = checked_out(scores, out_obj, renormalise);
+    return apply_tables(scores, tables, check, renormalise, out);
+}
+
+std::shared_ptr<StepTables> step_tables_py(const py::object& x_obj, const py::object& x_offsets,
+                                           const py::object& y_obj, const py::object& y_offsets, int mode) {
+    check_mode(mode, "mode", 1);
+    const py::array offsets = require_array(x_offsets, "x_offsets");
+    if (offsets.ndim() != 1 || offsets.shape(0) < 2)
+        throw py::value_error("x_offsets must be a 1-D array of K + 1 >= 2 offsets, got shape " +
+                              std::string(py::str(py::getattr(offsets, "shape"))));
+    const int64_t K = static_cast<int64_t>(offsets.shape(0)) - 1;
+    return std::make_shared<StepTables>(checked_tables(x_obj, x_offsets, y_obj, y_offsets, mode, K));
+}
+
+py::tuple step_apply_tables_py(const py::object& scores_obj, const std::shared_ptr<StepTables>& tables, int check,
+                               bool renormalise, const py::object& out_obj) {
+    const py::array scores = checked_scores(scores_obj);
+    check_mode(check, "check", 2);
+    if (!tables) throw py::type_error("tables must be StepTables, got None");
+    const int64_t K = scores.ndim() == 2 ? static_cast<int64_t>(scores.shape(1)) : 1;
+    if (K != tables->K)
+        throw py::value_error("scores have " + std::to_string(K) + " columns but the tables hold " +
+                              std::to_string(tables->K) + " models");
+    double* out = checked_out(scores, out_obj, renormalise);
+    return apply_tables(scores, *tables, check, renormalise, out);
+}
+
+py::dict histogram_fit_columns_py(const py::object& scores_obj, const py::object& labels_obj,
+                                  const py::object& sample_weight, const py::object& edges_obj, int64_t first_class) {
+    const py::array scores = checked_scores(scores_obj);
+    const py::array labels = require_array(labels_obj, "labels");
+    require_dtype(is_dtype<int64_t>(labels), labels, "labels", "int64");
+    const int64_t K = scores.ndim() == 2 ? static_cast<int64_t>(scores.shape(1)) : 1;
+    const py::array edges = require_array(edges_obj, "edges");
+    require_dtype(is_dtype<double>(edges), edges, "edges", "float64");
+    if (edges.ndim() != 2 || edges.shape(0) != K || edges.shape(1) < 2 || !(edges.flags() & py::array::c_style))
+        throw py::value_error("edges must be a C-contiguous (K, n_bins + 1) float64 array with K = " +
+                              std::to_string(K) + " and n_bins >= 1, got shape " +
+                              std::string(py::str(py::getattr(edges, "shape"))));
+    const int64_t n_bins = static_cast<int64_t>(edges.shape(1)) - 1;
+    if (K * n_bins > (int64_t{1} << 26))
+        throw py::value_error("K * n_bins = " + std::to_string(K * n_bins) + " is above 2**26");
+    const double* e = static_cast<const double*>(edges.data());
+    for (int64_t k = 0; k < K; ++k)
+        for (int64_t j = 1; j <= n_bins; ++j)
+            if (!(e[k * (n_bins + 1) + j] >= e[k * (n_bins + 1) + j - 1]))
+                throw py::value_error("edges[" + std::to_string(k) + ", " + std::to_string(j) + "] is below edges[" +
+                                      std::to_string(k) + ", " + std::to_string(j - 1) + "]: edges must be sorted");
+    return dispatch_float(scores, "scores", [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const Matrix<T> s = columns<T>(scores, "scores");
+        const Vector<int64_t> y = vector<int64_t>(labels, "labels", s.rows);
+        const Vector<double> w = optional_vector<double>(sample_weight, "sample_weight", s.rows);
+        HistogramSums sums;
+        {
+            py::gil_scoped_release release;
+            sums = histogram_columns(s, y, w, e, n_bins, first_class);
+        }
+        py::array_t<double> weight({K, n_bins}), hits({K, n_bins});
+        std::copy(sums.weight.begin(), sums.weight.end(), weight.mutable_data());
+        std::copy(sums.hits.begin(), sums.hits.end(), hits.mutable_data());
+        py::dict d;
+        d["weight"] = weight;
+        d["hits"] = hits;
+        return d;
     });
 }
 
@@ -193,4 +281,14 @@ void bind_isotonic(py::module_& m) {
     m.def("step_apply", &step_apply_py, py::arg("scores"), py::arg("x"), py::arg("x_offsets"), py::arg("y"),
           py::arg("y_offsets"), py::arg("mode"), py::arg("check"), py::arg("renormalise").noconvert(),
           py::arg("out"));
+    py::class_<StepTables, std::shared_ptr<StepTables>>(
+        m, "StepTables", "The K step functions of step_apply (same arguments, same checks), prepared once.")
+        .def(py::init(&step_tables_py), py::arg("x"), py::arg("x_offsets"), py::arg("y"), py::arg("y_offsets"),
+             py::arg("mode"))
+        .def_property_readonly("n_models", [](const StepTables& t) { return t.K; })
+        .def_property_readonly("mode", [](const StepTables& t) { return t.mode; });
+    m.def("step_apply_tables", &step_apply_tables_py, py::arg("scores"), py::arg("tables"), py::arg("check"),
+          py::arg("renormalise").noconvert(), py::arg("out"));
+    m.def("histogram_fit_columns", &histogram_fit_columns_py, py::arg("scores"), py::arg("labels"),
+          py::arg("sample_weight"), py::arg("edges"), py::arg("first_class"));
 }

@@ -92,10 +92,11 @@ class _CalibratedInputs:
     calibrator and block would be a fresh mapping to fault in, each time).
 
     Vector scaling is applied sub-block by sub-block (about ``SUB_BLOCK_VALUES`` values, in cache); the softmax
-    of a logit block is computed once (sub-block by sub-block) for isotonic calibration and histogram binning
-    together, which then map it with one kernel call per block each. Every row is computed on its own, so the
-    values are those of the calibrator's own ``transform`` / ``predict_proba`` of the block, bit for bit. The
-    other methods (temperature: the logits themselves; matrix scaling) take their ordinary path.
+    of a logit sub-block is computed once for isotonic calibration and histogram binning together, which map
+    it while it is in cache (one kernel call per sub-block each, on search tables built once for the pass).
+    Every row is computed on its own, so the values are those of the calibrator's own ``transform`` /
+    ``predict_proba`` of the block, bit for bit. The other methods (temperature: the logits themselves; matrix
+    scaling) take their ordinary path.
     """
 
     def __init__(self, fitted, from_logits, block_rows, n_classes):
@@ -109,8 +110,8 @@ class _CalibratedInputs:
                 self.steps[m] = c._applier()
         fast = list(self.steps) + (["vector"] if self.vector is not None else [])
         self.out = {m: np.empty((block_rows, n_classes)) for m in fast}
-        self.q = np.empty((block_rows, n_classes)) if from_logits and self.steps else None
         self.sub = max(1, SUB_BLOCK_VALUES // max(1, n_classes))
+        self.q = np.empty((min(self.sub, block_rows), n_classes)) if from_logits and self.steps else None
 
     def __call__(self, scores):
         """``{method: its accumulator's input}`` for the (n, K) block ``scores`` (n <= the block rows)."""
@@ -130,11 +131,12 @@ class _CalibratedInputs:
                         self.vector._scaled_into(as_logits(s, self.from_logits), o)
                     ok["vector"] &= bool(np.isfinite(o).all())
                 if self.q is not None:
-                    npm.softmax64_into(s, self.q[a:a + len(s)])
-        for m, apply in self.steps.items():
-            if self.q is not None:
-                ok[m] = apply(self.q[:n], out[m], npm._CHECK_NONE)[0] == OK
-            else:
+                    # the softmax of the sub-block, mapped by each calibrator while it is in cache
+                    q = npm.softmax64_into(s, self.q[:len(s)])
+                    for m, apply in self.steps.items():
+                        ok[m] &= bool(apply(q, out[m][a:a + len(s)], npm._CHECK_NONE)[0] == OK)
+        if self.q is None:
+            for m, apply in self.steps.items():
                 ok[m] = apply(scores, out[m], npm._CHECK_PROBABILITY)[0] == OK
         for m in [m for m, good in ok.items() if not good]:
             # the calibrator's own path on the whole block raises the error it always raised

@@ -204,6 +204,72 @@ ColumnModels isotonic_columns(const Matrix<T>& s, const Vector<int64_t>& labels,
     return out;
 }
 
+template <bool Right>
+inline bool knot_before(double knot, double x) {
+    return Right ? knot <= x : knot < x;
+}
+
+// Number of the sorted knots[0..len) < x (Right = false) or <= x (Right = true): branch-free binary search.
+template <bool Right>
+inline int64_t count_sorted(const double* knots, int64_t len, double x) {
+    const double* base = knots;
+    while (len > 1) {
+        const int64_t half = len / 2;
+        base = knot_before<Right>(base[half], x) ? base + half : base;
+        len -= half;
+    }
+    return (base - knots) + (len == 1 && knot_before<Right>(*base, x) ? 1 : 0);
+}
+
+// One-vs-rest histogram binning fit (HistogramBinning): for each class k the weight and
+// the weighted count of positives (labels == first_class + k) of the rows in each of its
+// n_bins bins, bin = the number of k's inner edges edges[k, 1..n_bins-1] < the score (as
+// binary_stats with explicit edges). One row-major pass over all K columns; the sums of
+// each class are in the order of binary_stats on that class's column (rows in order
+// within chunks of kHistogramChunk rows, the chunks' sums added in chunk order to 0), so
+// they are bit-identical to it, for any thread count. Scores are assumed checked.
+constexpr int64_t kHistogramChunk = int64_t{1} << 15;  // kChunkElements of binning.hpp (binary_stats' chunk)
+
+struct HistogramSums {
+    std::vector<double> weight, hits;  // K x n_bins
+    explicit HistogramSums(int64_t n = 0) : weight(static_cast<size_t>(n), 0.0), hits(static_cast<size_t>(n), 0.0) {}
+    void reset() {
+        std::fill(weight.begin(), weight.end(), 0.0);
+        std::fill(hits.begin(), hits.end(), 0.0);
+    }
+};
+
+template <class T>
+HistogramSums histogram_columns(const Matrix<T>& s, const Vector<int64_t>& labels, const Vector<double>& w,
+                                const double* edges, int64_t n_bins, int64_t first_class) {
+    const int64_t N = s.rows, K = s.cols, cells = K * n_bins;
+    const bool weighted = w.data != nullptr;
+    HistogramSums total(cells);
+    chunked_reduce(
+        N, kHistogramChunk, K, 2 * cells, total, [&] { return HistogramSums(cells); },
+        [&](HistogramSums& part, int64_t begin, int64_t end) {
+            double* pw = part.weight.data();
+            double* ph = part.hits.data();
+            for (int64_t i = begin; i < end; ++i) {
+                const double wi = weighted ? w[i] : 1.0;
+                const int64_t positive = labels.raw(i) - first_class;  // the class whose target is 1, if any
+                for (int64_t k = 0; k < K; ++k) {
+                    const double* inner = edges + k * (n_bins + 1) + 1;
+                    const int64_t b = n_bins <= 1 ? 0 : count_sorted<false>(inner, n_bins - 1, s(i, k));
+                    pw[k * n_bins + b] += wi;
+                    ph[k * n_bins + b] += wi * (k == positive ? 1.0 : 0.0);
+                }
+            }
+        },
+        [](HistogramSums& acc, const HistogramSums& part) {
+            for (size_t c = 0; c < acc.weight.size(); ++c) {
+                acc.weight[c] += part.weight[c];
+                acc.hits[c] += part.hits[c];
+            }
+        });
+    return total;
+}
+
 // Where a value falls among sorted knots. A table of kKnotTableSize + 1 bucket edges
 // e_0 < e_1 < ... < e_size = 1 over [0, 1) holds, for each edge, the number of knots
 // < e_b; a value x in bucket b (e_b <= x < e_{b+1}) then has its count between
@@ -234,13 +300,17 @@ inline double knot_edge(int64_t b) {
     return static_cast<double>(b - kKnotLogEnd + 1) / static_cast<double>(kKnotLinear);
 }
 
-// The bucket of x in [0, 1).
+// The bucket of x in [0, 1), without a branch (whether a probability is above 2^-10 is
+// a coin toss for K in the hundreds): both candidates computed, one selected by a mask.
 inline int64_t knot_bucket(double x) {
-    if (x >= 0x1p-10) return kKnotLogEnd - 1 + static_cast<int64_t>(x * static_cast<double>(kKnotLinear));
-    if (!(x >= 0x1p-40)) return 0;
+    const int64_t linear = kKnotLogEnd - 1 + static_cast<int64_t>(x * static_cast<double>(kKnotLinear));
     uint64_t bits;
     std::memcpy(&bits, &x, sizeof bits);
-    return 1 + static_cast<int64_t>((bits >> kKnotLogShift) - kKnotLogBase);
+    // below 2^-40 (0 and -0.0 included): bucket 0
+    const int64_t octave = (1 + static_cast<int64_t>(bits >> kKnotLogShift) - static_cast<int64_t>(kKnotLogBase)) &
+                           -static_cast<int64_t>(x >= 0x1p-40);
+    const int64_t above = -static_cast<int64_t>(x >= 0x1p-10);  // all ones or zero
+    return (linear & above) | (octave & ~above);
 }
 
 inline void knot_table(const double* knots, int64_t m, int64_t* table) {
@@ -255,21 +325,11 @@ inline void knot_table(const double* knots, int64_t m, int64_t* table) {
 // Number of knots < x (Right = false: np.searchsorted side="left") or <= x (Right = true).
 template <bool Right>
 inline int64_t knots_below(const double* knots, int64_t m, const int64_t* table, double x) {
-    int64_t a = 0, e = m;
     if (x >= 0.0 && x < 1.0) {
         const int64_t b = knot_bucket(x);
-        a = table[b];
-        e = table[b + 1];
+        return table[b] + count_sorted<Right>(knots + table[b], table[b + 1] - table[b], x);
     }
-    // Branch-free binary search in [a, e): the answer stays in [base, base + len].
-    const double* base = knots + a;
-    int64_t len = e - a;
-    while (len > 1) {
-        const int64_t half = len / 2;
-        base = (Right ? base[half] <= x : base[half] < x) ? base + half : base;
-        len -= half;
-    }
-    return (base - knots) + (len == 1 && (Right ? *base <= x : *base < x) ? 1 : 0);
+    return count_sorted<Right>(knots, m, x);
 }
 
 // np.interp(x, xp, fp) for strictly increasing xp of length m >= 1, by NumPy's own
@@ -316,26 +376,141 @@ inline double pairwise_sum(const double* a, int64_t n) {
 enum StepMode : int { kStepInterp = 0, kStepLeft = 1 };
 enum ScoreCheck : int { kCheckNone = 0, kCheckFinite = 1, kCheckProbability = 2 };
 
-// out[i, k] = model k at s[i, k] for an (N, K) block, out C-ordered (N, K) float64 (it
-// may be s itself when s is that float64 array). Mode kStepInterp: np.interp(s, x_k, y_k)
-// (IsotonicCalibration); kStepLeft: y_k[np.searchsorted(x_k, s, side="left")]
-// (HistogramBinning, x_k the inner bin edges). With `renormalise` each row is then
-// divided by its pairwise sum (a row summing to 0 becomes 1/K), in the same pass. Rows
-// go in fixed chunks, every value on its own: the result is the same for any thread
-// count. The returned status names the first bad score in row-major order (`check`).
-template <class T>
-Status apply_columns(const Matrix<T>& s, const double* x, const int64_t* x_off, const double* y,
-                     const int64_t* y_off, int mode, int check, bool renormalise, double* out) {
-    const int64_t N = s.rows, K = s.cols;
-    std::vector<int64_t> tables(static_cast<size_t>(K * (kKnotTableSize + 1)));
-    std::vector<double> slopes(static_cast<size_t>(mode == kStepInterp ? x_off[K] : 0));
+// The K step functions of one-vs-rest calibration, prepared once for any number of
+// apply_columns calls (x, y and offsets as ColumnModels; the caller has checked that
+// each model's knots are sorted and that it has as many y as x (kStepInterp, m >= 1)
+// or one y more (kStepLeft)). Model k's knots are stored at xs[xs_off[k]..] followed by
+// `pad[k]` copies of +inf, so that a value's count within its table bucket is a search
+// of a fixed length per model: `span[k]` (a power of two >= the largest number of
+// knots in one bucket of model k) knots from the bucket's first, never past the
+// padding. The knots past the bucket are >= its upper edge (or +inf), so they never
+// count: the result is the count over all knots, the same as a full search.
+struct StepTables {
+    int mode = kStepInterp;
+    int64_t K = 0;
+    std::vector<int64_t> xs_off, m, y_off, span, tables;  // tables: K x (kKnotTableSize + 1)
+    std::vector<double> xs, y, slopes;                    // slopes[xs_off[k] + j]: np.interp's slope of knot j
+};
+
+inline StepTables step_tables(const double* x, const int64_t* x_off, const double* y, const int64_t* y_off,
+                              int64_t K, int mode) {
+    StepTables t;
+    t.mode = mode;
+    t.K = K;
+    t.m.resize(static_cast<size_t>(K));
+    t.span.resize(static_cast<size_t>(K));
+    t.xs_off.resize(static_cast<size_t>(K + 1));
+    t.y_off.assign(y_off, y_off + K + 1);
+    t.y.assign(y + y_off[0], y + y_off[K]);
+    t.tables.resize(static_cast<size_t>(K * (kKnotTableSize + 1)));
+    // the tables first (they give each model's span), one task per model
+    chunked_for(K, 1, kKnotTableSize + 1, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+            const int64_t mk = x_off[k + 1] - x_off[k];
+            int64_t* table = t.tables.data() + k * (kKnotTableSize + 1);
+            knot_table(x + x_off[k], mk, table);
+            int64_t widest = 0;
+            for (int64_t b = 0; b < kKnotTableSize; ++b) widest = std::max(widest, table[b + 1] - table[b]);
+            int64_t span = widest > 0 ? 1 : 0;
+            while (span < widest) span *= 2;
+            t.m[static_cast<size_t>(k)] = mk;
+            t.span[static_cast<size_t>(k)] = span;
+        }
+    });
+    t.xs_off[0] = 0;
+    for (int64_t k = 0; k < K; ++k)
+        t.xs_off[static_cast<size_t>(k + 1)] = t.xs_off[static_cast<size_t>(k)] + t.m[static_cast<size_t>(k)] +
+                                               t.span[static_cast<size_t>(k)];
+    t.xs.assign(static_cast<size_t>(t.xs_off[static_cast<size_t>(K)]), INFINITY);
+    t.slopes.assign(t.xs.size(), 0.0);
     for (int64_t k = 0; k < K; ++k) {
-        knot_table(x + x_off[k], x_off[k + 1] - x_off[k], tables.data() + k * (kKnotTableSize + 1));
-        if (mode == kStepInterp)
-            for (int64_t j = x_off[k]; j + 1 < x_off[k + 1]; ++j)
-                slopes[static_cast<size_t>(j)] = (y[y_off[k] + (j - x_off[k]) + 1] - y[y_off[k] + (j - x_off[k])]) /
-                                                 (x[j + 1] - x[j]);
+        const int64_t mk = t.m[static_cast<size_t>(k)];
+        double* xk = t.xs.data() + t.xs_off[static_cast<size_t>(k)];
+        std::copy(x + x_off[k], x + x_off[k] + mk, xk);
+        if (mode == kStepInterp) {
+            const double* yk = y + y_off[k];
+            double* sk = t.slopes.data() + t.xs_off[static_cast<size_t>(k)];
+            for (int64_t j = 0; j + 1 < mk; ++j) sk[j] = (yk[j + 1] - yk[j]) / (xk[j + 1] - xk[j]);
+        }
     }
+    return t;
+}
+
+// Knots of x[0..L) before v, L = 0, 1, 2, 4 or 8: independent comparisons, no branch.
+template <bool Right, int L>
+inline int64_t count_span(const double* x, double v) {
+    int64_t c = 0;
+    for (int j = 0; j < L; ++j) c += knot_before<Right>(x[j], v) ? 1 : 0;
+    return c;
+}
+
+// Knots of x[0..L) before v, L a power of two (x[L - 1] readable): L comparisons' worth of
+// binary search in log2(L) + 1 fixed steps.
+template <bool Right>
+inline int64_t count_pow2(const double* x, int64_t L, double v) {
+    int64_t pos = 0;
+    for (int64_t step = L / 2; step >= 1; step /= 2) pos += knot_before<Right>(x[pos + step - 1], v) ? step : 0;
+    return pos + (knot_before<Right>(x[pos], v) ? 1 : 0);
+}
+
+// Column k of rows [begin, end): Mode kStepInterp / kStepLeft, L the model's span (0..8), or
+// -1 for a longer span (count_pow2).
+template <class T, int Mode, int L>
+inline void apply_column(const Matrix<T>& s, const StepTables& t, int64_t k, int check, int64_t begin,
+                         int64_t end, double* out, Status& st) {
+    constexpr bool Right = Mode == kStepInterp;
+    const int64_t K = t.K;
+    const double* xk = t.xs.data() + t.xs_off[static_cast<size_t>(k)];
+    const double* yk = t.y.data() + t.y_off[static_cast<size_t>(k)];
+    const double* sk = t.slopes.data() + t.xs_off[static_cast<size_t>(k)];
+    const int64_t m = t.m[static_cast<size_t>(k)], span = t.span[static_cast<size_t>(k)];
+    const int64_t* table = t.tables.data() + k * (kKnotTableSize + 1);
+    for (int64_t i = begin; i < end; ++i) {
+        const double v = s(i, k);
+        if (check != kCheckNone) {
+            const bool finite = is_finite(v);
+            if (!finite || (check == kCheckProbability &&
+                            !(v >= -kProbabilityTolerance && v <= 1.0 + kProbabilityTolerance))) {
+                Status bad;
+                bad.set(finite ? kProbabilityOutOfRange : kScoreNotFinite, i, k, v);
+                st.merge(bad);
+            }
+        }
+        int64_t c;
+        if (v >= 0.0 && v < 1.0) {
+            const int64_t a = table[knot_bucket(v)];
+            c = a + (L >= 0 ? count_span<Right, (L < 0 ? 0 : L)>(xk + a, v) : count_pow2<Right>(xk + a, span, v));
+        } else {
+            c = count_sorted<Right>(xk, m, v);
+        }
+        out[i * K + k] = Mode == kStepInterp ? interp_at(xk, yk, sk, m, c, v) : yk[c];
+    }
+}
+
+template <class T, int Mode>
+inline void apply_column_mode(const Matrix<T>& s, const StepTables& t, int64_t k, int check, int64_t begin,
+                              int64_t end, double* out, Status& st) {
+    switch (t.span[static_cast<size_t>(k)]) {
+        case 0: return apply_column<T, Mode, 0>(s, t, k, check, begin, end, out, st);
+        case 1: return apply_column<T, Mode, 1>(s, t, k, check, begin, end, out, st);
+        case 2: return apply_column<T, Mode, 2>(s, t, k, check, begin, end, out, st);
+        case 4: return apply_column<T, Mode, 4>(s, t, k, check, begin, end, out, st);
+        case 8: return apply_column<T, Mode, 8>(s, t, k, check, begin, end, out, st);
+        default: return apply_column<T, Mode, -1>(s, t, k, check, begin, end, out, st);
+    }
+}
+
+// out[i, k] = model k of `t` at s[i, k] for an (N, K) block (K = t.K), out C-ordered (N, K)
+// float64 (it may be s itself when s is that float64 array). Mode kStepInterp:
+// np.interp(s, x_k, y_k) (IsotonicCalibration); kStepLeft: y_k[np.searchsorted(x_k, s,
+// side="left")] (HistogramBinning, x_k the inner bin edges). With `renormalise` each row
+// is then divided by its pairwise sum (a row summing to 0 becomes 1/K), in the same pass.
+// Rows go in fixed chunks, every value on its own: the result is the same for any thread
+// count and any split of the rows into calls. The returned status names the first bad
+// score in row-major order (`check`).
+template <class T>
+Status apply_columns(const Matrix<T>& s, const StepTables& t, int check, bool renormalise, double* out) {
+    const int64_t N = s.rows, K = s.cols;
     const int64_t chunk = std::max<int64_t>(16, (int64_t{1} << 14) / std::max<int64_t>(K, 1));
     const int64_t n_chunks = (N + chunk - 1) / chunk;
     std::vector<Status> statuses(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)));
@@ -343,25 +518,10 @@ Status apply_columns(const Matrix<T>& s, const double* x, const int64_t* x_off, 
     chunked_for(N, chunk, K, [&](int64_t begin, int64_t end) {
         Status& st = statuses[static_cast<size_t>(begin / chunk)];
         for (int64_t k = 0; k < K; ++k) {
-            const double* xk = x + x_off[k];
-            const double* yk = y + y_off[k];
-            const double* sk = slopes.data() + (mode == kStepInterp ? x_off[k] : 0);
-            const int64_t m = x_off[k + 1] - x_off[k];
-            const int64_t* table = tables.data() + k * (kKnotTableSize + 1);
-            for (int64_t i = begin; i < end; ++i) {
-                const double v = s(i, k);
-                if (check != kCheckNone) {
-                    const bool finite = is_finite(v);
-                    if (!finite || (check == kCheckProbability && !(v >= -kProbabilityTolerance &&
-                                                                    v <= 1.0 + kProbabilityTolerance))) {
-                        Status bad;
-                        bad.set(finite ? kProbabilityOutOfRange : kScoreNotFinite, i, k, v);
-                        st.merge(bad);
-                    }
-                }
-                out[i * K + k] = mode == kStepInterp ? interp_at(xk, yk, sk, m, knots_below<true>(xk, m, table, v), v)
-                                                     : yk[knots_below<false>(xk, m, table, v)];
-            }
+            if (t.mode == kStepInterp)
+                apply_column_mode<T, kStepInterp>(s, t, k, check, begin, end, out, st);
+            else
+                apply_column_mode<T, kStepLeft>(s, t, k, check, begin, end, out, st);
         }
         if (renormalise)
             for (int64_t i = begin; i < end; ++i) {
@@ -377,6 +537,13 @@ Status apply_columns(const Matrix<T>& s, const double* x, const int64_t* x_off, 
     Status total;
     for (const Status& st : statuses) total.merge(st);
     return total;
+}
+
+// apply_columns with the tables of the K models (x, x_off, y, y_off) built for this call.
+template <class T>
+Status apply_columns(const Matrix<T>& s, const double* x, const int64_t* x_off, const double* y,
+                     const int64_t* y_off, int mode, int check, bool renormalise, double* out) {
+    return apply_columns(s, step_tables(x, x_off, y, y_off, s.cols, mode), check, renormalise, out);
 }
 
 }  // namespace calibkit

@@ -419,26 +419,60 @@ def _pairwise_sum(a, lo, n):
     return _pairwise_sum(a, lo, n2) + _pairwise_sum(a, lo + n2, n - n2)
 
 
+@numba.njit(inline="always", **JIT)
+def _count_span(x, at, span, v, right):
+    """Knots of x[at:at + span] before v (< v, or <= v when right), span a power of two (count_span /
+    count_pow2 of pav.hpp: the same count as a full search, the knots past a bucket never counting)."""
+    if span <= 8:
+        c = 0
+        for j in range(span):
+            if (x[at + j] <= v) if right else (x[at + j] < v):
+                c += 1
+        return c
+    pos = 0
+    step = span // 2
+    while step >= 1:
+        if (x[at + pos + step - 1] <= v) if right else (x[at + pos + step - 1] < v):
+            pos += step
+        step //= 2
+    if (x[at + pos] <= v) if right else (x[at + pos] < v):
+        pos += 1
+    return pos
+
+
 @numba.njit(**JIT)
-def _apply_chunk(s, table, x, x_off, y, y_off, slopes, tables, mode, check, renormalise, out, begin, end, st):
+def _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, renormalise, out,
+                 begin, end, st):
     K = s.shape[1]
     scratch = np.empty(1)
     scratch_bits = scratch.view(np.uint64)
+    right = mode == STEP_INTERP
     for k in range(K):
-        lo = x_off[k]
+        lo = xs_off[k]
         ly = y_off[k]
-        m = x_off[k + 1] - lo
+        m = m_of[k]
+        span = span_of[k]
         for i in range(begin, end):
             v = load(s[i, k], table)
             if check != CHECK_NONE:
                 code = _bad_score(v, check)
                 if code != OK:
                     merge_status(st, code, i, k, v)
-            if mode == STEP_INTERP:
-                c = _knots_below(x, lo, m, tables, k, v, True, scratch, scratch_bits)
-                out[i, k] = _interp_at(x, y, slopes, lo, ly, m, c, v)
+            if v >= 0.0 and v < 1.0:
+                # knot_bucket of pav.hpp without a branch: the linear and the log bucket, one selected
+                linear = KNOT_LOG_END - 1 + np.int64(v * KNOT_LINEAR)
+                scratch[0] = v
+                log_bucket = 1 + np.int64(scratch_bits[0] >> np.uint64(KNOT_LOG_SHIFT)) - KNOT_LOG_BASE
+                log_bucket = log_bucket if v >= KNOT_LOG_FROM else 0  # 0 and -0.0 included
+                b = linear if v >= KNOT_LINEAR_FROM else log_bucket
+                a = tables[k, b]
+                c = a + _count_span(xs, lo + a, span, v, right)
             else:
-                out[i, k] = y[ly + _knots_below(x, lo, m, tables, k, v, False, scratch, scratch_bits)]
+                c = _knots_below(xs, lo, m, tables, k, v, right, scratch, scratch_bits)
+            if mode == STEP_INTERP:
+                out[i, k] = _interp_at(xs, y, slopes, lo, ly, m, c, v)
+            else:
+                out[i, k] = y[ly + c]
     if renormalise:
         flat = out.reshape(out.shape[0] * K)
         uniform = 1.0 / K
@@ -453,16 +487,44 @@ def _apply_chunk(s, table, x, x_off, y, y_off, slopes, tables, mode, check, reno
 
 
 @numba.njit(parallel=True, **JIT)
-def _step_apply(s, table, x, x_off, y, y_off, mode, check, renormalise, out, chunk, parallel):
-    N, K = s.shape
+def _build_tables(x, x_off, y, y_off, mode, K, parallel):
+    """step_tables of pav.hpp: the bucket tables, each model's span, its knots padded with span copies of +inf,
+    and np.interp's slopes."""
     tables = np.empty((K, KNOT_TABLE_SIZE + 1), np.int64)
-    slopes = np.empty(x.shape[0])
+    m_of = np.empty(K, np.int64)
+    span_of = np.empty(K, np.int64)
+    for k in numba.prange(K):
+        mk = x_off[k + 1] - x_off[k]
+        _knot_table(x, x_off[k], mk, tables, k)
+        widest = 0
+        for b in range(KNOT_TABLE_SIZE):
+            widest = max(widest, tables[k, b + 1] - tables[k, b])
+        span = 1 if widest > 0 else 0
+        while span < widest:
+            span *= 2
+        m_of[k] = mk
+        span_of[k] = span
+    xs_off = np.empty(K + 1, np.int64)
+    xs_off[0] = 0
     for k in range(K):
-        _knot_table(x, x_off[k], x_off[k + 1] - x_off[k], tables, k)
+        xs_off[k + 1] = xs_off[k] + m_of[k] + span_of[k]
+    xs = np.full(xs_off[K], np.inf)
+    slopes = np.zeros(xs_off[K])
+    for k in range(K):
+        lo = xs_off[k]
+        for j in range(m_of[k]):
+            xs[lo + j] = x[x_off[k] + j]
         if mode == STEP_INTERP:
-            for j in range(x_off[k], x_off[k + 1] - 1):
-                jy = y_off[k] + (j - x_off[k])
-                slopes[j] = (y[jy + 1] - y[jy]) / (x[j + 1] - x[j])
+            for j in range(m_of[k] - 1):
+                jy = y_off[k] + j
+                slopes[lo + j] = (y[jy + 1] - y[jy]) / (xs[lo + j + 1] - xs[lo + j])
+    return tables, m_of, span_of, xs, xs_off, slopes
+
+
+@numba.njit(parallel=True, **JIT)
+def _step_apply(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, renormalise, out,
+                chunk, parallel):
+    N, K = s.shape
     n_chunks = (N + chunk - 1) // chunk
     statuses = np.empty((n_chunks, 4))
     for c in numba.prange(n_chunks):
@@ -470,17 +532,27 @@ def _step_apply(s, table, x, x_off, y, y_off, mode, check, renormalise, out, chu
         statuses[c, 1] = -1.0
         statuses[c, 2] = -1.0
         statuses[c, 3] = 0.0
-        _apply_chunk(s, table, x, x_off, y, y_off, slopes, tables, mode, check, renormalise, out, c * chunk,
-                     min(N, (c + 1) * chunk), statuses[c])
+        _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, renormalise, out,
+                     c * chunk, min(N, (c + 1) * chunk), statuses[c])
     return statuses
 
 
-def step_apply(scores, x, x_offsets, y, y_offsets, mode, check, renormalise, out):
-    """Same contract as ``calibkit._core.step_apply``."""
-    s = _columns(scores)
-    N, K = s.shape
-    if mode not in (STEP_INTERP, STEP_LEFT) or check not in (CHECK_NONE, CHECK_FINITE, CHECK_PROBABILITY):
-        raise ValueError(f"mode must be in [0, 1] and check in [0, 2], got {mode} and {check}")
+class StepTables:
+    """The K step functions of :func:`step_apply` (same arguments, same checks), prepared once: the twin of
+    ``calibkit._core.StepTables``. Its arrays are private copies."""
+
+    __slots__ = ("mode", "n_models", "_arrays")
+
+    def __init__(self, x, x_offsets, y, y_offsets, mode):
+        if mode not in (STEP_INTERP, STEP_LEFT):
+            raise ValueError(f"mode must be in [0, 1], got {mode}")
+        if not isinstance(x_offsets, np.ndarray) or x_offsets.ndim != 1 or x_offsets.shape[0] < 2:
+            raise ValueError(f"x_offsets must be a 1-D array of K + 1 >= 2 offsets, got shape {np.shape(x_offsets)}")
+        self.mode, self.n_models = int(mode), x_offsets.shape[0] - 1
+        self._arrays = _checked_models(x, x_offsets, y, y_offsets, mode, self.n_models)
+
+
+def _checked_models(x, x_offsets, y, y_offsets, mode, K):
     for name, a in (("x", x), ("y", y)):
         if not isinstance(a, np.ndarray) or a.dtype != np.float64 or a.ndim != 1 or not a.flags.c_contiguous:
             raise ValueError(f"{name} must be a C-contiguous 1-D float64 array")
@@ -494,12 +566,18 @@ def step_apply(scores, x, x_offsets, y, y_offsets, mode, check, renormalise, out
         k = int(np.argmin(ok))
         raise ValueError(f"model {k} has {int(mx[k])} x and {int(my[k])} y values; mode {mode} needs "
                          + ("as many y as x (at least 1)" if mode == STEP_INTERP else "one y more than x"))
-    unsorted = x[1:] < x[:-1]
+    unsorted = ~(x[1:] >= x[:-1])
     inside = np.ones(x.shape[0], bool)
     inside[x_offsets[:-1]] = False  # a model's first knot is not compared with the previous model's last
     if (unsorted & inside[1:]).any():
         j = int(np.argmax(unsorted & inside[1:])) + 1
         raise ValueError(f"x[{j}] is below x[{j - 1}]: the knots of each model must be sorted")
+    tables, m_of, span_of, xs, xs_off, slopes = run_locked(_build_tables, x, x_offsets, y, y_offsets, int(mode), K,
+                                                                K * KNOT_TABLE_SIZE >= (1 << 16))
+    return xs, xs_off, m_of, span_of, np.array(y), np.array(y_offsets), slopes, tables
+
+
+def _checked_out(scores, out, N, K, renormalise):
     if renormalise and scores.ndim != 2:
         raise ValueError("renormalise needs scores of shape (N, K)")
     shape = (N, K) if scores.ndim == 2 else (N,)
@@ -510,12 +588,125 @@ def step_apply(scores, x, x_offsets, y, y_offsets, mode, check, renormalise, out
                                                                   and scores.dtype == np.float64
                                                                   and scores.flags.c_contiguous)):
         raise ValueError("out overlaps scores: it must be scores itself or separate memory")
-    out2 = out.reshape(N, K)
+    return out.reshape(N, K)
+
+
+def _apply_tables(s, tables, mode, check, renormalise, out2):
+    """Apply the arrays of a StepTables (mode `mode`) to the (N, K) view s."""
+    N, K = s.shape
     chunk = max(16, (1 << 14) // max(K, 1))
     parallel = N * K >= (1 << 16)
-    statuses = run_locked(_step_apply, s, HALF_TABLE, x, x_offsets, y, y_offsets, int(mode), int(check),
-                          bool(renormalise), out2, chunk, parallel)
+    statuses = run_locked(_step_apply, s, HALF_TABLE, *tables, mode, int(check), bool(renormalise), out2, chunk,
+                          parallel)
     bad = statuses[statuses[:, 0] != OK]
     if bad.shape[0] == 0:
         return (OK, -1, -1, 0.0)
     return status_tuple(bad[np.lexsort((bad[:, 2], bad[:, 1]))[0]])
+
+
+def step_apply(scores, x, x_offsets, y, y_offsets, mode, check, renormalise, out):
+    """Same contract as ``calibkit._core.step_apply``."""
+    s = _columns(scores)
+    N, K = s.shape
+    if mode not in (STEP_INTERP, STEP_LEFT) or check not in (CHECK_NONE, CHECK_FINITE, CHECK_PROBABILITY):
+        raise ValueError(f"mode must be in [0, 1] and check in [0, 2], got {mode} and {check}")
+    tables = _checked_models(x, x_offsets, y, y_offsets, mode, K)
+    out2 = _checked_out(scores, out, N, K, renormalise)
+    return _apply_tables(s, tables, int(mode), check, renormalise, out2)
+
+
+def step_apply_tables(scores, tables, check, renormalise, out):
+    """Same contract as ``calibkit._core.step_apply_tables``."""
+    s = _columns(scores)
+    N, K = s.shape
+    if check not in (CHECK_NONE, CHECK_FINITE, CHECK_PROBABILITY):
+        raise ValueError(f"check must be in [0, 2], got {check}")
+    if not isinstance(tables, StepTables):
+        raise TypeError(f"tables must be StepTables, got {type(tables).__name__}")
+    if K != tables.n_models:
+        raise ValueError(f"scores have {K} columns but the tables hold {tables.n_models} models")
+    out2 = _checked_out(scores, out, N, K, renormalise)
+    return _apply_tables(s, tables._arrays, tables.mode, check, renormalise, out2)
+
+
+# -- one-vs-rest histogram binning fit -----------------------------------------------------------------------
+
+HISTOGRAM_CHUNK = 1 << 15  # rows per chunk: kHistogramChunk of pav.hpp (binary_stats' chunk)
+
+
+@numba.njit(inline="always", **JIT)
+def _count_below(e, lo, n, v):
+    """Number of e[lo:lo + n] < v (sorted): count_sorted<false> of pav.hpp."""
+    base = lo
+    while n > 1:
+        half = n // 2
+        if e[base + half] < v:
+            base += half
+        n -= half
+    if n == 1 and e[base] < v:
+        base += 1
+    return base - lo
+
+
+@numba.njit(**JIT)
+def _histogram_chunk(s, table, labels, w, weighted, edges, first_class, begin, end, pw, ph):
+    K = s.shape[1]
+    n_bins = edges.shape[1] - 1
+    for i in range(begin, end):
+        wi = w[i] if weighted else 1.0
+        positive = labels[i] - first_class
+        for k in range(K):
+            b = 0 if n_bins <= 1 else _count_below(edges[k], 1, n_bins - 1, load(s[i, k], table))
+            pw[k, b] += wi
+            ph[k, b] += wi * (1.0 if k == positive else 0.0)
+
+
+@numba.njit(parallel=True, **JIT)
+def _histogram_columns(s, table, labels, w, weighted, edges, first_class, group, parallel):
+    N, K = s.shape
+    n_bins = edges.shape[1] - 1
+    weight = np.zeros((K, n_bins))
+    hits = np.zeros((K, n_bins))
+    pw = np.empty((group, K, n_bins))
+    ph = np.empty((group, K, n_bins))
+    n_chunks = (N + HISTOGRAM_CHUNK - 1) // HISTOGRAM_CHUNK
+    for first in range(0, n_chunks, group):
+        count = min(group, n_chunks - first)
+        for j in numba.prange(count):
+            pw[j] = 0.0
+            ph[j] = 0.0
+            c = first + j
+            _histogram_chunk(s, table, labels, w, weighted, edges, first_class, c * HISTOGRAM_CHUNK,
+                             min(N, (c + 1) * HISTOGRAM_CHUNK), pw[j], ph[j])
+        for j in range(count):  # in chunk order
+            for k in range(K):
+                for b in range(n_bins):
+                    weight[k, b] += pw[j, k, b]
+                    hits[k, b] += ph[j, k, b]
+    return weight, hits
+
+
+def histogram_fit_columns(scores, labels, sample_weight, edges, first_class):
+    """Same contract as ``calibkit._core.histogram_fit_columns``."""
+    s = _columns(scores)
+    n, K = s.shape
+    if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or labels.shape != (n,):
+        raise ValueError(f"labels must be a 1-D int64 array of length {n}")
+    weighted = sample_weight is not None
+    w = _float64_vector(sample_weight, "sample_weight", n) if weighted else np.empty(1)
+    if not isinstance(edges, np.ndarray) or edges.dtype != np.float64 or edges.ndim != 2 or edges.shape[0] != K \
+            or edges.shape[1] < 2 or not edges.flags.c_contiguous:
+        raise ValueError(f"edges must be a C-contiguous (K, n_bins + 1) float64 array with K = {K} and n_bins >= 1, "
+                         f"got shape {np.shape(edges)}")
+    n_bins = edges.shape[1] - 1
+    if K * n_bins > (1 << 26):
+        raise ValueError(f"K * n_bins = {K * n_bins} is above 2**26")
+    bad = ~(edges[:, 1:] >= edges[:, :-1])
+    if bad.any():
+        k, j = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        raise ValueError(f"edges[{k}, {j + 1}] is below edges[{k}, {j}]: edges must be sorted")
+    # partial sums of at most ~2**22 values in flight (chunks summed in chunk order whatever the group)
+    group = int(max(1, min(16, (1 << 22) // (2 * K * n_bins))))
+    weight, hits = run_locked(_histogram_columns, s, HALF_TABLE, labels, w, weighted, edges, int(first_class), group,
+                              n * K >= (1 << 16))
+    return {"weight": weight, "hits": hits}

@@ -143,7 +143,8 @@ def _readable(scores):
 
 
 def _kernels(backend):
-    """The module with ``isotonic_fit_columns`` / ``step_apply`` of the chosen backend."""
+    """The module with ``isotonic_fit_columns``, ``histogram_fit_columns``, ``StepTables``, ``step_apply`` and
+    ``step_apply_tables`` of the chosen backend."""
     if _backend.resolve_backend(backend) == "cpp":
         return _backend.kernels("cpp")
     from .._numba import pav
@@ -231,13 +232,15 @@ class _OneVsRest(Calibrator):
         """``apply(p, out, check)``: the status of writing into the C-ordered float64 (n, K) ``out`` (which may be
         ``p`` itself) the calibrated rows of the (n, K) probabilities ``p``, scores checked as ``check``
         (``_CHECK_NONE`` / ``_CHECK_PROBABILITY``): what :meth:`predict_proba` does for (N, K) scores, with the
-        K maps prepared once, for a caller that applies the calibrator to many blocks."""
+        K maps' search tables built once (``StepTables``), for a caller that applies the calibrator to many
+        blocks. The tables are those of the fitted values at this call: make a new applier after a new fit."""
         self._check_fitted()
         kernels = _kernels(self.backend)
         mode, x, x_off, y, y_off = self._step_models()
+        tables = kernels.StepTables(x, x_off, y, y_off, mode)
 
         def apply(p, out, check):
-            return kernels.step_apply(p, x, x_off, y, y_off, mode, check, True, out)
+            return kernels.step_apply_tables(p, tables, check, True, out)
 
         return apply
 
@@ -401,7 +404,7 @@ class HistogramBinning(_OneVsRest):
     bins of the fitting scores (``numpy.quantile``; scores outside the fitted
     range go to the first or last bin). Scores are probabilities in [0, 1]
     (or logits with ``from_logits=True`` for (N, K) input). Bin sums come from the native
-    binning kernels (one pass). Multiclass: renormalised as
+    kernels in one pass ((N, K) scores: one row-major pass over all K classes). Multiclass: renormalised as
     :class:`IsotonicCalibration`.
 
     Parameters
@@ -436,6 +439,29 @@ class HistogramBinning(_OneVsRest):
 
     def _check_n_classes(self, n_classes):
         check_cells(n_classes, "n_classes", self.n_bins)
+
+    def _fit_models(self, scores, labels, sample_weight, binary):
+        """Multiclass: the bin sums of all K classes in one row-major kernel pass (``histogram_fit_columns``), the
+        same numbers as :meth:`_fit_one` on each column (the sums in the same order); binary: :meth:`_fit_one`."""
+        if binary:
+            return super()._fit_models(scores, labels, sample_weight, binary)
+        p = _probability_matrix(scores, self.from_logits)
+        n_classes = p.shape[1]
+        self._check_n_classes(n_classes)
+        _check_label_range(labels, n_classes)
+        _warn_single_class(labels, n_classes)
+        n_bins = self.n_bins
+        if self.strategy == "uniform":
+            edges = np.tile(np.linspace(0.0, 1.0, n_bins + 1), (n_classes, 1))
+        else:
+            columns = np.ascontiguousarray(p.T)  # each class's column contiguous, for numpy.quantile
+            edges = np.stack([_quantile_edges(columns[c], sample_weight, n_bins) for c in range(n_classes)])
+            del columns
+        r = _kernels(self.backend).histogram_fit_columns(p, labels, sample_weight, edges, 0)
+        weight, hits = np.asarray(r["weight"]), np.asarray(r["hits"])
+        midpoint = 0.5 * (edges[:, :-1] + edges[:, 1:])
+        values = np.divide(hits, weight, out=midpoint, where=weight > 0)
+        return [(edges[c].copy(), values[c].copy()) for c in range(n_classes)]
 
     def _fit_one(self, s, t, w):
         n_bins = self.n_bins
