@@ -14,6 +14,7 @@ import numpy as np
 from ._common import (
     JIT,
     LABEL_OUT_OF_RANGE,
+    LANE_FLUSH,
     MIN_PARALLEL_ELEMENTS,
     PROBABILITY_OUT_OF_RANGE,
     SCORE_NOT_FINITE,
@@ -27,6 +28,7 @@ from ._common import (
     exp_f32,
     group_size,
     is_finite,
+    lane_sums_f32,
     load,
     merge_status,
     rows_per_chunk,
@@ -72,7 +74,7 @@ def check_weight(w, i, st):
 
 
 SHORT_ROW = 16  # kShortRow: shorter rows keep the double path, as in binning.hpp
-FLUSH = 64  # elements per flush of the float partial sums (kRowFlushOctets octets in binning.hpp)
+FLUSH = LANE_FLUSH  # elements per flush of the float partial sums (kRowFlushOctets octets in binning.hpp)
 F32_LOWEST = F32(-3.4028234663852886e38)
 
 
@@ -128,50 +130,9 @@ def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out):
             row_out[k] = exp_f32(bf * (F32(load(scores[i, k], table)) - best))
     for k in range(K, row_out.shape[0]):
         row_out[k] = 0.0
-    # Double lanes as scalars (no per-row allocation).
-    d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
-    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = 0.0
-    Kp = row_out.shape[0]
-    for f0 in range(0, Kp, FLUSH):
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = F32(0.0)
-        q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = F32(0.0)
-        for k0 in range(f0, min(f0 + FLUSH, Kp), 8):
-            e0, e1, e2, e3 = row_out[k0], row_out[k0 + 1], row_out[k0 + 2], row_out[k0 + 3]
-            e4, e5, e6, e7 = row_out[k0 + 4], row_out[k0 + 5], row_out[k0 + 6], row_out[k0 + 7]
-            a0 += e0
-            a1 += e1
-            a2 += e2
-            a3 += e3
-            a4 += e4
-            a5 += e5
-            a6 += e6
-            a7 += e7
-            q0 += e0 * e0
-            q1 += e1 * e1
-            q2 += e2 * e2
-            q3 += e3 * e3
-            q4 += e4 * e4
-            q5 += e5 * e5
-            q6 += e6 * e6
-            q7 += e7 * e7
-        d0 += np.float64(a0)
-        d1 += np.float64(a1)
-        d2 += np.float64(a2)
-        d3 += np.float64(a3)
-        d4 += np.float64(a4)
-        d5 += np.float64(a5)
-        d6 += np.float64(a6)
-        d7 += np.float64(a7)
-        c0 += np.float64(q0)
-        c1 += np.float64(q1)
-        c2 += np.float64(q2)
-        c3 += np.float64(q3)
-        c4 += np.float64(q4)
-        c5 += np.float64(q5)
-        c6 += np.float64(q6)
-        c7 += np.float64(q7)
-    total = ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7))  # octet_sum's order
-    sum_sq = ((c0 + c4) + (c1 + c5)) + ((c2 + c6) + (c3 + c7))
+    # The float lane sums of e and e^2 (element k in lane k % 8, flushed into double lanes every FLUSH
+    # elements, octet_sum's order), on <8 x float> vectors.
+    total, sum_sq = lane_sums_f32(row_out, row_out, row_out.shape[0], 2)
     out[0] = arg
     out[1] = 1.0 / total
     out[2] = np.float64(exp_f32(bf * (F32(load(scores[i, y], table)) - best))) / total
