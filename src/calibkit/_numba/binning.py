@@ -36,6 +36,7 @@ from ._common import (
     status_tuple,
     valid_probability,
 )
+from .uncertainty import _load_f, _max_f
 
 # Totals slots, as in binning.hpp's Totals.
 T_COUNT, T_WEIGHT, T_CORRECT, T_CONF, T_BRIER, T_NLL = range(6)
@@ -85,31 +86,10 @@ def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out):
     a multiple of 8 elements, the padding set to 0), element k in lane k % 8, float partial sums flushed into
     double lanes every FLUSH elements. Same bits as the C++ kernel."""
     K = scores.shape[1]
-    # Eight independent lane maxima (order-free: the maximum is exact) so that LLVM vectorises the loop;
-    # `bad` counts the NaN / inf elements.
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = F32_LOWEST
-    bad = 0
-    K8 = K - K % 8
-    for k0 in range(0, K8, 8):
-        v0, v1 = F32(load(scores[i, k0], table)), F32(load(scores[i, k0 + 1], table))
-        v2, v3 = F32(load(scores[i, k0 + 2], table)), F32(load(scores[i, k0 + 3], table))
-        v4, v5 = F32(load(scores[i, k0 + 4], table)), F32(load(scores[i, k0 + 5], table))
-        v6, v7 = F32(load(scores[i, k0 + 6], table)), F32(load(scores[i, k0 + 7], table))
-        m0 = m0 if m0 > v0 else v0
-        m1 = m1 if m1 > v1 else v1
-        m2 = m2 if m2 > v2 else v2
-        m3 = m3 if m3 > v3 else v3
-        m4 = m4 if m4 > v4 else v4
-        m5 = m5 if m5 > v5 else v5
-        m6 = m6 if m6 > v6 else v6
-        m7 = m7 if m7 > v7 else v7
-        bad += (((v0 - v0) != 0) | ((v1 - v1) != 0) | ((v2 - v2) != 0) | ((v3 - v3) != 0)
-                | ((v4 - v4) != 0) | ((v5 - v5) != 0) | ((v6 - v6) != 0) | ((v7 - v7) != 0))
-    for k in range(K8, K):
-        v = F32(load(scores[i, k], table))
-        m0 = m0 if m0 > v else v
-        bad += (v - v) != 0
-    best = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    # Read 1: the row into the float buffer, then its maximum and NaN / inf count on <8 x float> lanes (the
+    # maximum is exact in any order).
+    _load_f(scores, i, table, row_out)
+    best, bad = _max_f(row_out, K, False)
     if bad != 0:
         for k in range(K):
             v = load(scores[i, k], table)
@@ -117,17 +97,18 @@ def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out):
                 merge_status(st, SCORE_NOT_FINITE, i, k, v)
                 return False
     arg = 0
-    while F32(load(scores[i, arg], table)) != best:
+    while row_out[arg] != best:
         arg += 1
+    z_label = row_out[y]
     bf = F32(inv_t)
-    # The exps first, one plain loop (LLVM vectorises it), then the lane sums from the buffer. b = 1
+    # The exps in place, one plain loop (LLVM vectorises it), then the lane sums from the buffer. b = 1
     # multiplies exactly: that loop skips the product.
     if inv_t == 1.0:
         for k in range(K):
-            row_out[k] = exp_f32(F32(load(scores[i, k], table)) - best)
+            row_out[k] = exp_f32(row_out[k] - best)
     else:
         for k in range(K):
-            row_out[k] = exp_f32(bf * (F32(load(scores[i, k], table)) - best))
+            row_out[k] = exp_f32(bf * (row_out[k] - best))
     for k in range(K, row_out.shape[0]):
         row_out[k] = 0.0
     # The float lane sums of e and e^2 (element k in lane k % 8, flushed into double lanes every FLUSH
@@ -135,9 +116,9 @@ def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out):
     total, sum_sq = lane_sums_f32(row_out, row_out, row_out.shape[0], 2)
     out[0] = arg
     out[1] = 1.0 / total
-    out[2] = np.float64(exp_f32(bf * (F32(load(scores[i, y], table)) - best))) / total
+    out[2] = np.float64(exp_f32(bf * (z_label - best))) / total
     out[3] = sum_sq / (total * total)
-    out[4] = math.log(total) - inv_t * (load(scores[i, y], table) - np.float64(best)) if with_nll else 0.0
+    out[4] = math.log(total) - inv_t * (np.float64(z_label) - np.float64(best)) if with_nll else 0.0
     return True
 
 
