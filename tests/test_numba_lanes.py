@@ -5,7 +5,7 @@ import pytest
 
 numba = pytest.importorskip("numba")
 
-from calibkit._numba import _common  # noqa: E402
+from calibkit._numba import _common
 
 
 def _octet_sum(d):
@@ -64,3 +64,20 @@ def test_lane_sums_are_not_a_plain_sum():
 def test_lane_sums_vectorise():
     llvm = "\n".join(_sums6.inspect_llvm().values())
     assert "<8 x float>" in llvm and "<8 x double>" in llvm
+
+
+@numba.njit
+def _first_index(buf, k, value):
+    at = _common.lane_find_f32(buf, k - k % 8, value)
+    while buf[at] != value:
+        at += 1
+    return at
+
+
+@pytest.mark.parametrize("k", [1, 7, 8, 9, 16, 17, 100, 1000])
+def test_lane_find_gives_the_first_index_of_the_maximum(k):
+    rng = np.random.default_rng(k)
+    for _ in range(50):
+        buf = rng.integers(0, 4, k + 8).astype(np.float32)  # ties: the first index counts
+        buf[k:] = 9.0  # beyond k: never searched
+        assert _first_index(buf, k, buf[:k].max()) == int(np.argmax(buf[:k]))

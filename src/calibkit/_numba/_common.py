@@ -319,6 +319,51 @@ def lane_sums_f32(typingctx, x, y, kp, n):
     return types.UniTuple(types.float64, count)(x, y, kp, n), codegen
 
 
+@intrinsic
+def lane_find_f32(typingctx, buf, k8, value):
+    """The start of the first octet of buf[:k8] (k8 a multiple of 8; a contiguous float32 array) holding an
+    element equal to value, or k8 when none does: <8 x float> compares, one branch per octet. The caller
+    finishes element by element (the first index of the maximum, NumPy's rule)."""
+    if not (_contiguous_f32(buf) and isinstance(k8, types.Integer) and value == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        k8v = context.cast(builder, args[1], signature.args[1], types.int64)
+        f32 = ir.FloatType()
+        vec = ir.VectorType(f32, 8)
+        i64 = ir.IntType(64)
+        target = builder.insert_element(ir.Constant(vec, ir.Undefined), args[2], ir.Constant(ir.IntType(32), 0))
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+        target = builder.shuffle_vector(target, ir.Constant(vec, ir.Undefined), splat)
+        data = builder.bitcast(arr.data, f32.as_pointer())
+        entry = builder.block
+        loop = builder.append_basic_block("find.loop")
+        body = builder.append_basic_block("find.body")
+        done = builder.append_basic_block("find.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        more = builder.icmp_signed("<", k, k8v)
+        builder.cbranch(more, body, done)
+        builder.position_at_end(body)
+        v = builder.load(builder.bitcast(builder.gep(data, [k]), vec.as_pointer()), align=4)
+        hits = builder.bitcast(builder.fcmp_ordered("==", v, target), ir.IntType(8))
+        k_new = builder.add(k, ir.Constant(i64, 8))
+        found = builder.icmp_unsigned("!=", hits, ir.Constant(ir.IntType(8), 0))
+        k.add_incoming(ir.Constant(i64, 0), entry)
+        k.add_incoming(k_new, body)
+        body_end = builder.block
+        builder.cbranch(found, done, loop)
+        builder.position_at_end(done)
+        res = builder.phi(i64)
+        res.add_incoming(k, loop)
+        res.add_incoming(k, body_end)
+        return res
+
+    return types.int64(buf, k8, value), codegen
+
+
 def as_kernel_array(a):
     """float16 arrays are read by the kernels as raw uint16 bits (same strides)."""
     if a.dtype == np.float16:

@@ -28,6 +28,7 @@ from ._common import (
     exp_f32,
     group_size,
     is_finite,
+    lane_find_f32,
     lane_sums_f32,
     load,
     merge_status,
@@ -96,7 +97,7 @@ def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out):
             if not is_finite(v):
                 merge_status(st, SCORE_NOT_FINITE, i, k, v)
                 return False
-    arg = 0
+    arg = lane_find_f32(row_out, K - K % 8, best)  # the first octet holding the maximum, then its element
     while row_out[arg] != best:
         arg += 1
     z_label = row_out[y]

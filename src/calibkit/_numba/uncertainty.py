@@ -18,7 +18,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from ._common import (
-    F32, HALF_TABLE, JIT, JITF, LABEL_OUT_OF_RANGE, LANE_FLUSH, LN2_HI, LN2_LO, MIN_PARALLEL_ELEMENTS,
+    F32, HALF_TABLE, JITF, LABEL_OUT_OF_RANGE, LANE_FLUSH, LN2_HI, LN2_LO, MIN_PARALLEL_ELEMENTS,
     PROBABILITY_OUT_OF_RANGE, SCORE_NOT_FINITE, as_kernel_array, check_float_dtype, exp_f32, is_finite,
     lane_max_f32, lane_sums_f32, lane_top_two_f32, load, merge_status, rows_per_chunk, run_locked, status_tuple,
     valid_probability,
