@@ -137,6 +137,233 @@ def octet_sum(d):
     return ((d[0] + d[4]) + (d[1] + d[5])) + ((d[2] + d[6]) + (d[3] + d[7]))
 
 
+# IEEE division (no ZeroDivisionError branch, which keeps LLVM from vectorising a loop with a division, as
+# log_f32's): for functions whose every divisor is checked or positive by construction (s0 >= 1, K >= 1, b > 0).
+JITF = dict(JIT, error_model="numpy")
+
+
+def _lane_scan_codegen(two):
+    """LLVM IR of the octet loop of _max_f (two=False) or _top_two_f (two=True) over the first K8 (a multiple
+    of 8) elements of a contiguous float32 array, on <8 x float> vectors: lane j sees the elements k = j mod 8
+    in index order, m_j = m_j > v ? m_j : v (s_j = max(s_j, min(m_j, v)) before it, with two), c_j += v - v,
+    the same operations as the scalar lane code, so the same values. Numba does not vectorise those loops
+    itself (a select-based maximum is not a reduction it may reorder without fast-math flags)."""
+    def codegen(context, builder, signature, args):
+        arr_t = signature.args[0]
+        arr = context.make_array(arr_t)(context, builder, args[0])
+        k8 = args[1]
+        f32 = ir.FloatType()
+        vec = ir.VectorType(f32, 8)
+        i64 = ir.IntType(64)
+        neg = ir.Constant(vec, [float("-inf")] * 8)
+        zero = ir.Constant(vec, [0.0] * 8)
+        data = builder.bitcast(arr.data, f32.as_pointer())
+        entry = builder.block
+        loop = builder.append_basic_block("lanes.loop")
+        body = builder.append_basic_block("lanes.body")
+        done = builder.append_basic_block("lanes.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        i = builder.phi(i64)
+        m = builder.phi(vec)
+        sv = builder.phi(vec)
+        c = builder.phi(vec)
+        builder.cbranch(builder.icmp_signed("<", i, k8), body, done)
+        builder.position_at_end(body)
+        ptr = builder.bitcast(builder.gep(data, [i]), vec.as_pointer())
+        v = builder.load(ptr, align=4)
+        if two:
+            t = builder.select(builder.fcmp_ordered("<", m, v), m, v)
+            s_new = builder.select(builder.fcmp_ordered(">", sv, t), sv, t)
+        else:
+            s_new = sv
+        m_new = builder.select(builder.fcmp_ordered(">", m, v), m, v)
+        c_new = builder.fadd(c, builder.fsub(v, v))
+        i_new = builder.add(i, ir.Constant(i64, 8))
+        builder.branch(loop)
+        i.add_incoming(ir.Constant(i64, 0), entry)
+        i.add_incoming(i_new, body)
+        m.add_incoming(neg, entry)
+        m.add_incoming(m_new, body)
+        sv.add_incoming(neg, entry)
+        sv.add_incoming(s_new, body)
+        c.add_incoming(zero, entry)
+        c.add_incoming(c_new, body)
+        builder.position_at_end(done)
+        out = []
+        for vv in (m, sv, c):
+            out.extend(builder.extract_element(vv, ir.Constant(ir.IntType(32), j)) for j in range(8))
+        return context.make_tuple(builder, signature.return_type, out)
+    return codegen
+
+
+@intrinsic
+def lane_max_f32(typingctx, buf, k8):
+    """(m_0..m_7, s_0..s_7 (all -inf), c_0..c_7) of the octet loop of _max_f (see _lane_scan_codegen)."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.float32 and buf.ndim == 1 and buf.layout == "C"):
+        return None
+    return types.UniTuple(types.float32, 24)(buf, types.int64), _lane_scan_codegen(False)
+
+
+@intrinsic
+def lane_top_two_f32(typingctx, buf, k8):
+    """(m_0..m_7, s_0..s_7, c_0..c_7) of the octet loop of _top_two_f (see _lane_scan_codegen)."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.float32 and buf.ndim == 1 and buf.layout == "C"):
+        return None
+    return types.UniTuple(types.float32, 24)(buf, types.int64), _lane_scan_codegen(True)
+
+
+LANE_FLUSH = 64  # elements per flush of the float lane partials into double lanes (8 octets, as in C++)
+
+
+def _lane_sums_codegen(n):
+    """LLVM IR of the float lane sums of two contiguous float32 arrays x, y over their first Kp (a multiple of
+    8) elements, on <8 x float> vectors: p_0 = x_k, p_j = p_{j-1} * y_k (j < n), each added to its float lane
+    partial a_j (element k in lane k % 8, in index order), the partials widened to double and added to the
+    double lanes d_j after every LANE_FLUSH elements (and after the last), then each d_j combined in
+    octet_sum's order. The same float operations, in the same order, as the scalar lane loops the C++ float
+    paths are written against, so the same bits; Numba keeps those loops scalar itself."""
+    def codegen(context, builder, signature, args):
+        x_t, y_t = signature.args[0], signature.args[1]
+        xa = context.make_array(x_t)(context, builder, args[0])
+        ya = context.make_array(y_t)(context, builder, args[1])
+        kp = args[2]
+        f32 = ir.FloatType()
+        f64 = ir.DoubleType()
+        fvec = ir.VectorType(f32, 8)
+        dvec = ir.VectorType(f64, 8)
+        i64 = ir.IntType(64)
+        fzero = ir.Constant(fvec, [0.0] * 8)
+        dzero = ir.Constant(dvec, [0.0] * 8)
+        xp = builder.bitcast(xa.data, f32.as_pointer())
+        yp = builder.bitcast(ya.data, f32.as_pointer())
+        entry = builder.block
+        outer = builder.append_basic_block("lanesum.outer")
+        outer_body = builder.append_basic_block("lanesum.outer.body")
+        inner = builder.append_basic_block("lanesum.inner")
+        inner_body = builder.append_basic_block("lanesum.inner.body")
+        flush = builder.append_basic_block("lanesum.flush")
+        done = builder.append_basic_block("lanesum.done")
+        builder.branch(outer)
+        # outer: one flush block of LANE_FLUSH elements (fewer at the end)
+        builder.position_at_end(outer)
+        f = builder.phi(i64)
+        d = [builder.phi(dvec) for _ in range(n)]
+        builder.cbranch(builder.icmp_signed("<", f, kp), outer_body, done)
+        builder.position_at_end(outer_body)
+        f_end = builder.add(f, ir.Constant(i64, LANE_FLUSH))
+        stop = builder.select(builder.icmp_signed("<", f_end, kp), f_end, kp)
+        builder.branch(inner)
+        # inner: the octets of the block
+        builder.position_at_end(inner)
+        k = builder.phi(i64)
+        a = [builder.phi(fvec) for _ in range(n)]
+        builder.cbranch(builder.icmp_signed("<", k, stop), inner_body, flush)
+        builder.position_at_end(inner_body)
+        xv = builder.load(builder.bitcast(builder.gep(xp, [k]), fvec.as_pointer()), align=4)
+        yv = builder.load(builder.bitcast(builder.gep(yp, [k]), fvec.as_pointer()), align=4) if n > 1 else None
+        p = xv
+        a_new = [builder.fadd(a[0], p)]
+        for j in range(1, n):
+            p = builder.fmul(p, yv)
+            a_new.append(builder.fadd(a[j], p))
+        k_new = builder.add(k, ir.Constant(i64, 8))
+        builder.branch(inner)
+        # flush: the float partials into the double lanes
+        builder.position_at_end(flush)
+        d_new = [builder.fadd(d[j], builder.fpext(a[j], dvec)) for j in range(n)]
+        builder.branch(outer)
+        f.add_incoming(ir.Constant(i64, 0), entry)
+        f.add_incoming(stop, flush)
+        k.add_incoming(f, outer_body)
+        k.add_incoming(k_new, inner_body)
+        for j in range(n):
+            d[j].add_incoming(dzero, entry)
+            d[j].add_incoming(d_new[j], flush)
+            a[j].add_incoming(fzero, outer_body)
+            a[j].add_incoming(a_new[j], inner_body)
+        builder.position_at_end(done)
+        out = []
+        for j in range(n):
+            lane = [builder.extract_element(d[j], ir.Constant(ir.IntType(32), q)) for q in range(8)]
+            lo = builder.fadd(builder.fadd(lane[0], lane[4]), builder.fadd(lane[1], lane[5]))
+            hi = builder.fadd(builder.fadd(lane[2], lane[6]), builder.fadd(lane[3], lane[7]))
+            out.append(builder.fadd(lo, hi))
+        return context.make_tuple(builder, signature.return_type, out)
+    return codegen
+
+
+def _contiguous_f32(a):
+    return isinstance(a, types.Array) and a.dtype == types.float32 and a.ndim == 1 and a.layout == "C"
+
+
+@intrinsic(prefer_literal=True)
+def lane_sums_f32(typingctx, x, y, kp, n):
+    """(S_0, ..., S_{n-1}), S_j = sum_k x_k y_k^j in double, of contiguous float32 arrays x, y over their first
+    kp elements (a multiple of 8, at most their length; the caller pads with zeros), for a literal n in 1..6:
+    the products chained in float (x_k y_k, then (x_k y_k) y_k, ...), each summed in float lane k % 8 and
+    flushed into double lanes every LANE_FLUSH elements, the double lanes combined in octet_sum's order (see
+    _lane_sums_codegen). x and y may be the same array (S_1 is then the sum of squares)."""
+    if not (isinstance(n, types.IntegerLiteral) and 1 <= n.literal_value <= 6):
+        return None
+    if not (_contiguous_f32(x) and _contiguous_f32(y) and isinstance(kp, types.Integer)):
+        return None
+    count = n.literal_value
+
+    def codegen(context, builder, signature, args):
+        kp64 = context.cast(builder, args[2], signature.args[2], types.int64)
+        inner = _lane_sums_codegen(count)
+        sig = types.UniTuple(types.float64, count)(signature.args[0], signature.args[1], types.int64)
+        return inner(context, builder, sig, [args[0], args[1], kp64])
+
+    return types.UniTuple(types.float64, count)(x, y, kp, n), codegen
+
+
+@intrinsic
+def lane_find_f32(typingctx, buf, k8, value):
+    """The start of the first octet of buf[:k8] (k8 a multiple of 8; a contiguous float32 array) holding an
+    element equal to value, or k8 when none does: <8 x float> compares, one branch per octet. The caller
+    finishes element by element (the first index of the maximum, NumPy's rule)."""
+    if not (_contiguous_f32(buf) and isinstance(k8, types.Integer) and value == types.float32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        k8v = context.cast(builder, args[1], signature.args[1], types.int64)
+        f32 = ir.FloatType()
+        vec = ir.VectorType(f32, 8)
+        i64 = ir.IntType(64)
+        target = builder.insert_element(ir.Constant(vec, ir.Undefined), args[2], ir.Constant(ir.IntType(32), 0))
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
+        target = builder.shuffle_vector(target, ir.Constant(vec, ir.Undefined), splat)
+        data = builder.bitcast(arr.data, f32.as_pointer())
+        entry = builder.block
+        loop = builder.append_basic_block("find.loop")
+        body = builder.append_basic_block("find.body")
+        done = builder.append_basic_block("find.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        more = builder.icmp_signed("<", k, k8v)
+        builder.cbranch(more, body, done)
+        builder.position_at_end(body)
+        v = builder.load(builder.bitcast(builder.gep(data, [k]), vec.as_pointer()), align=4)
+        hits = builder.bitcast(builder.fcmp_ordered("==", v, target), ir.IntType(8))
+        k_new = builder.add(k, ir.Constant(i64, 8))
+        found = builder.icmp_unsigned("!=", hits, ir.Constant(ir.IntType(8), 0))
+        k.add_incoming(ir.Constant(i64, 0), entry)
+        k.add_incoming(k_new, body)
+        body_end = builder.block
+        builder.cbranch(found, done, loop)
+        builder.position_at_end(done)
+        res = builder.phi(i64)
+        res.add_incoming(k, loop)
+        res.add_incoming(k, body_end)
+        return res
+
+    return types.int64(buf, k8, value), codegen
+
+
 def as_kernel_array(a):
     """float16 arrays are read by the kernels as raw uint16 bits (same strides)."""
     if a.dtype == np.float16:

@@ -14,6 +14,7 @@ import numpy as np
 from ._common import (
     JIT,
     LABEL_OUT_OF_RANGE,
+    LANE_FLUSH,
     MIN_PARALLEL_ELEMENTS,
     PROBABILITY_OUT_OF_RANGE,
     SCORE_NOT_FINITE,
@@ -27,6 +28,8 @@ from ._common import (
     exp_f32,
     group_size,
     is_finite,
+    lane_find_f32,
+    lane_sums_f32,
     load,
     merge_status,
     rows_per_chunk,
@@ -34,7 +37,7 @@ from ._common import (
     status_tuple,
     valid_probability,
 )
-from .uncertainty import _log_positive
+from .uncertainty import _load_f, _log_positive, _max_f
 
 # Totals slots, as in binning.hpp's Totals.
 T_COUNT, T_WEIGHT, T_CORRECT, T_CONF, T_BRIER, T_NLL = range(6)
@@ -73,7 +76,7 @@ def check_weight(w, i, st):
 
 
 SHORT_ROW = 16  # kShortRow: shorter rows keep the double path, as in binning.hpp
-FLUSH = 64  # elements per flush of the float partial sums (kRowFlushOctets octets in binning.hpp)
+FLUSH = LANE_FLUSH  # elements per flush of the float partial sums (kRowFlushOctets octets in binning.hpp)
 F32_LOWEST = F32(-3.4028234663852886e38)
 
 
@@ -84,100 +87,39 @@ def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out):
     a multiple of 8 elements, the padding set to 0), element k in lane k % 8, float partial sums flushed into
     double lanes every FLUSH elements. Same bits as the C++ kernel."""
     K = scores.shape[1]
-    # Eight independent lane maxima (order-free: the maximum is exact) so that LLVM vectorises the loop;
-    # `bad` counts the NaN / inf elements.
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = F32_LOWEST
-    bad = 0
-    K8 = K - K % 8
-    for k0 in range(0, K8, 8):
-        v0, v1 = F32(load(scores[i, k0], table)), F32(load(scores[i, k0 + 1], table))
-        v2, v3 = F32(load(scores[i, k0 + 2], table)), F32(load(scores[i, k0 + 3], table))
-        v4, v5 = F32(load(scores[i, k0 + 4], table)), F32(load(scores[i, k0 + 5], table))
-        v6, v7 = F32(load(scores[i, k0 + 6], table)), F32(load(scores[i, k0 + 7], table))
-        m0 = m0 if m0 > v0 else v0
-        m1 = m1 if m1 > v1 else v1
-        m2 = m2 if m2 > v2 else v2
-        m3 = m3 if m3 > v3 else v3
-        m4 = m4 if m4 > v4 else v4
-        m5 = m5 if m5 > v5 else v5
-        m6 = m6 if m6 > v6 else v6
-        m7 = m7 if m7 > v7 else v7
-        bad += (((v0 - v0) != 0) | ((v1 - v1) != 0) | ((v2 - v2) != 0) | ((v3 - v3) != 0)
-                | ((v4 - v4) != 0) | ((v5 - v5) != 0) | ((v6 - v6) != 0) | ((v7 - v7) != 0))
-    for k in range(K8, K):
-        v = F32(load(scores[i, k], table))
-        m0 = m0 if m0 > v else v
-        bad += (v - v) != 0
-    best = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    # Read 1: the row into the float buffer, then its maximum and NaN / inf count on <8 x float> lanes (the
+    # maximum is exact in any order).
+    _load_f(scores, i, table, row_out)
+    best, bad = _max_f(row_out, K, False)
     if bad != 0:
         for k in range(K):
             v = load(scores[i, k], table)
             if not is_finite(v):
                 merge_status(st, SCORE_NOT_FINITE, i, k, v)
                 return False
-    arg = 0
-    while F32(load(scores[i, arg], table)) != best:
+    arg = lane_find_f32(row_out, K - K % 8, best)  # the first octet holding the maximum, then its element
+    while row_out[arg] != best:
         arg += 1
+    z_label = row_out[y]
     bf = F32(inv_t)
-    # The exps first, one plain loop (LLVM vectorises it), then the lane sums from the buffer. b = 1
+    # The exps in place, one plain loop (LLVM vectorises it), then the lane sums from the buffer. b = 1
     # multiplies exactly: that loop skips the product.
     if inv_t == 1.0:
         for k in range(K):
-            row_out[k] = exp_f32(F32(load(scores[i, k], table)) - best)
+            row_out[k] = exp_f32(row_out[k] - best)
     else:
         for k in range(K):
-            row_out[k] = exp_f32(bf * (F32(load(scores[i, k], table)) - best))
+            row_out[k] = exp_f32(bf * (row_out[k] - best))
     for k in range(K, row_out.shape[0]):
         row_out[k] = 0.0
-    # Double lanes as scalars (no per-row allocation).
-    d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
-    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = 0.0
-    Kp = row_out.shape[0]
-    for f0 in range(0, Kp, FLUSH):
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = F32(0.0)
-        q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = F32(0.0)
-        for k0 in range(f0, min(f0 + FLUSH, Kp), 8):
-            e0, e1, e2, e3 = row_out[k0], row_out[k0 + 1], row_out[k0 + 2], row_out[k0 + 3]
-            e4, e5, e6, e7 = row_out[k0 + 4], row_out[k0 + 5], row_out[k0 + 6], row_out[k0 + 7]
-            a0 += e0
-            a1 += e1
-            a2 += e2
-            a3 += e3
-            a4 += e4
-            a5 += e5
-            a6 += e6
-            a7 += e7
-            q0 += e0 * e0
-            q1 += e1 * e1
-            q2 += e2 * e2
-            q3 += e3 * e3
-            q4 += e4 * e4
-            q5 += e5 * e5
-            q6 += e6 * e6
-            q7 += e7 * e7
-        d0 += np.float64(a0)
-        d1 += np.float64(a1)
-        d2 += np.float64(a2)
-        d3 += np.float64(a3)
-        d4 += np.float64(a4)
-        d5 += np.float64(a5)
-        d6 += np.float64(a6)
-        d7 += np.float64(a7)
-        c0 += np.float64(q0)
-        c1 += np.float64(q1)
-        c2 += np.float64(q2)
-        c3 += np.float64(q3)
-        c4 += np.float64(q4)
-        c5 += np.float64(q5)
-        c6 += np.float64(q6)
-        c7 += np.float64(q7)
-    total = ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7))  # octet_sum's order
-    sum_sq = ((c0 + c4) + (c1 + c5)) + ((c2 + c6) + (c3 + c7))
+    # The float lane sums of e and e^2 (element k in lane k % 8, flushed into double lanes every FLUSH
+    # elements, octet_sum's order), on <8 x float> vectors.
+    total, sum_sq = lane_sums_f32(row_out, row_out, row_out.shape[0], 2)
     out[0] = arg
     out[1] = 1.0 / total
-    out[2] = np.float64(exp_f32(bf * (F32(load(scores[i, y], table)) - best))) / total
+    out[2] = np.float64(exp_f32(bf * (z_label - best))) / total
     out[3] = sum_sq / (total * total)
-    out[4] = math.log(total) - inv_t * (load(scores[i, y], table) - np.float64(best)) if with_nll else 0.0
+    out[4] = math.log(total) - inv_t * (np.float64(z_label) - np.float64(best)) if with_nll else 0.0
     return True
 
 

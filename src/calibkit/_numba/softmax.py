@@ -9,11 +9,11 @@ import numpy as np
 
 from ._common import (
     F32, HALF_TABLE, JIT, LABEL_OUT_OF_RANGE, MIN_PARALLEL_ELEMENTS, SCORE_NOT_FINITE, as_kernel_array,
-    check_float_dtype, exp_f32, group_size, is_finite, load, merge_status, octet_sum, rows_per_chunk, run_locked,
-    status_tuple,
+    check_float_dtype, exp_f32, group_size, is_finite, lane_sums_f32, load, merge_status, octet_sum, rows_per_chunk,
+    run_locked, status_tuple,
 )
 from .binning import _weights_arg, check_weight
-from .uncertainty import EXP_MIN_F, _check_row, _lane_sums_f, _load_f, _max_f
+from .uncertainty import EXP_MIN_F, _check_row, _load_f, _max_f
 
 F32_INF = F32(np.inf)
 
@@ -74,22 +74,15 @@ def _min_f(buf, K):
 def _sums_f(fbuf, K, best, bf, S, ebuf, tbuf):
     """temperature_sums_f of softmax.hpp: t = max(bf (z - best), EXP_MIN_F) and e^t (exp_f32) in float into
     tbuf / ebuf (their padding stays 0), then the float lane sums of e t^j (e t^j = (e t^(j-1)) t, as in C++),
-    flushed into double every FLUSH elements (_lane_sums_f, the C++ order). Returns min bf (z - best) before
-    the clamp: bf (min z - best) (the float rounding is monotone)."""
+    flushed into double every LANE_FLUSH elements, all six in one read of the buffers (lane_sums_f32, the C++
+    order). Returns min bf (z - best) before the clamp: bf (min z - best) (the float rounding is monotone)."""
     shift = F32(best)
     for k in range(K):
         t = bf * (fbuf[k] - shift)
         t = t if t > EXP_MIN_F else EXP_MIN_F
         tbuf[k] = t
         ebuf[k] = exp_f32(t)
-    Kp = ebuf.shape[0]
-    S[0], S[1] = _lane_sums_f(ebuf, tbuf, Kp)
-    for k in range(K):
-        ebuf[k] = (ebuf[k] * tbuf[k]) * tbuf[k]
-    S[2], S[3] = _lane_sums_f(ebuf, tbuf, Kp)
-    for k in range(K):
-        ebuf[k] = (ebuf[k] * tbuf[k]) * tbuf[k]
-    S[4], S[5] = _lane_sums_f(ebuf, tbuf, Kp)
+    S[0], S[1], S[2], S[3], S[4], S[5] = lane_sums_f32(ebuf, tbuf, ebuf.shape[0], 6)
     return np.float64(bf * (_min_f(fbuf, K) - shift))
 
 

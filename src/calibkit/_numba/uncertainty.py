@@ -18,20 +18,18 @@ from numba import types
 from numba.extending import intrinsic
 
 from ._common import (
-    F32, HALF_TABLE, JIT, LABEL_OUT_OF_RANGE, LN2_HI, LN2_LO, MIN_PARALLEL_ELEMENTS, PROBABILITY_OUT_OF_RANGE,
-    SCORE_NOT_FINITE, as_kernel_array, check_float_dtype, exp_f32, is_finite, load, merge_status,
-    rows_per_chunk, run_locked, status_tuple, valid_probability,
+    F32, HALF_TABLE, JITF, LABEL_OUT_OF_RANGE, LANE_FLUSH, LN2_HI, LN2_LO, MIN_PARALLEL_ELEMENTS,
+    PROBABILITY_OUT_OF_RANGE, SCORE_NOT_FINITE, as_kernel_array, check_float_dtype, exp_f32, is_finite,
+    lane_max_f32, lane_sums_f32, lane_top_two_f32, load, merge_status, rows_per_chunk, run_locked, status_tuple,
+    valid_probability,
 )
 
-# IEEE division (no ZeroDivisionError branch, which keeps LLVM from vectorising a loop with a division, as
-# log_f32's): every divisor in this module is checked or positive by construction (s0 >= 1, K >= 1, b > 0).
-JITF = dict(JIT, error_model="numpy")
 
 MAX_PROBABILITY, MARGIN, ENTROPY, ENERGY, LOGIT_NORM, KL_TO_UNIFORM = range(6)
 N_SCORES = 6
 
 
-FLUSH = 64  # elements per flush of the float partial sums (kFlushOctets octets in the C++ kernels)
+FLUSH = LANE_FLUSH  # elements per flush of the float partial sums (kFlushOctets octets in the C++ kernels)
 EXP_MIN = -708.0  # kExpMin: t = max(b u, EXP_MIN), so e^t t never overflows nor meets 0 * inf
 EXP_MIN_F = F32(-87.0)  # kExpMinF
 F32_ZERO = F32(0.0)
@@ -100,77 +98,6 @@ def _bits_f64(typingctx, n):
     return types.float64(types.int64), codegen
 
 
-def _lane_scan_codegen(two):
-    """LLVM IR of the octet loop of _max_f (two=False) or _top_two_f (two=True) over the first K8 (a multiple
-    of 8) elements of a contiguous float32 array, on <8 x float> vectors: lane j sees the elements k = j mod 8
-    in index order, m_j = m_j > v ? m_j : v (s_j = max(s_j, min(m_j, v)) before it, with two), c_j += v - v,
-    the same operations as the scalar lane code, so the same values. Numba does not vectorise those loops
-    itself (a select-based maximum is not a reduction it may reorder without fast-math flags)."""
-    def codegen(context, builder, signature, args):
-        arr_t = signature.args[0]
-        arr = context.make_array(arr_t)(context, builder, args[0])
-        k8 = args[1]
-        f32 = ir.FloatType()
-        vec = ir.VectorType(f32, 8)
-        i64 = ir.IntType(64)
-        neg = ir.Constant(vec, [float("-inf")] * 8)
-        zero = ir.Constant(vec, [0.0] * 8)
-        data = builder.bitcast(arr.data, f32.as_pointer())
-        entry = builder.block
-        loop = builder.append_basic_block("lanes.loop")
-        body = builder.append_basic_block("lanes.body")
-        done = builder.append_basic_block("lanes.done")
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        i = builder.phi(i64)
-        m = builder.phi(vec)
-        sv = builder.phi(vec)
-        c = builder.phi(vec)
-        builder.cbranch(builder.icmp_signed("<", i, k8), body, done)
-        builder.position_at_end(body)
-        ptr = builder.bitcast(builder.gep(data, [i]), vec.as_pointer())
-        v = builder.load(ptr, align=4)
-        if two:
-            t = builder.select(builder.fcmp_ordered("<", m, v), m, v)
-            s_new = builder.select(builder.fcmp_ordered(">", sv, t), sv, t)
-        else:
-            s_new = sv
-        m_new = builder.select(builder.fcmp_ordered(">", m, v), m, v)
-        c_new = builder.fadd(c, builder.fsub(v, v))
-        i_new = builder.add(i, ir.Constant(i64, 8))
-        builder.branch(loop)
-        i.add_incoming(ir.Constant(i64, 0), entry)
-        i.add_incoming(i_new, body)
-        m.add_incoming(neg, entry)
-        m.add_incoming(m_new, body)
-        sv.add_incoming(neg, entry)
-        sv.add_incoming(s_new, body)
-        c.add_incoming(zero, entry)
-        c.add_incoming(c_new, body)
-        builder.position_at_end(done)
-        out = []
-        for vv in (m, sv, c):
-            out.extend(builder.extract_element(vv, ir.Constant(ir.IntType(32), j)) for j in range(8))
-        return context.make_tuple(builder, signature.return_type, out)
-    return codegen
-
-
-@intrinsic
-def _lane_max_f32(typingctx, buf, k8):
-    """(m_0..m_7, s_0..s_7 (all -inf), c_0..c_7) of the octet loop of _max_f (see _lane_scan_codegen)."""
-    if not (isinstance(buf, types.Array) and buf.dtype == types.float32 and buf.ndim == 1 and buf.layout == "C"):
-        return None
-    return types.UniTuple(types.float32, 24)(buf, types.int64), _lane_scan_codegen(False)
-
-
-@intrinsic
-def _lane_top_two_f32(typingctx, buf, k8):
-    """(m_0..m_7, s_0..s_7, c_0..c_7) of the octet loop of _top_two_f (see _lane_scan_codegen)."""
-    if not (isinstance(buf, types.Array) and buf.dtype == types.float32 and buf.ndim == 1 and buf.layout == "C"):
-        return None
-    return types.UniTuple(types.float32, 24)(buf, types.int64), _lane_scan_codegen(True)
-
-
 _TWO52 = 4503599627370496.0
 _TWO52_BITS = 0x4330000000000000  # the bits of 2^52
 
@@ -236,48 +163,8 @@ def _log_f32(x):
 def _lane_sums_f(x, y, Kp):
     """(sum_k x_k, sum_k x_k y_k) of float buffers of Kp (a multiple of 8) elements as the C++ float path adds
     them: element k in float lane k % 8, the float lanes flushed into double lanes every FLUSH elements, the
-    double lanes combined by octet_sum."""
-    d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
-    q0 = q1 = q2 = q3 = q4 = q5 = q6 = q7 = 0.0
-    for f0 in range(0, Kp, FLUSH):
-        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = F32_ZERO
-        b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = F32_ZERO
-        for k0 in range(f0, min(f0 + FLUSH, Kp), 8):
-            x0, x1, x2, x3 = x[k0], x[k0 + 1], x[k0 + 2], x[k0 + 3]
-            x4, x5, x6, x7 = x[k0 + 4], x[k0 + 5], x[k0 + 6], x[k0 + 7]
-            a0 += x0
-            a1 += x1
-            a2 += x2
-            a3 += x3
-            a4 += x4
-            a5 += x5
-            a6 += x6
-            a7 += x7
-            b0 += x0 * y[k0]
-            b1 += x1 * y[k0 + 1]
-            b2 += x2 * y[k0 + 2]
-            b3 += x3 * y[k0 + 3]
-            b4 += x4 * y[k0 + 4]
-            b5 += x5 * y[k0 + 5]
-            b6 += x6 * y[k0 + 6]
-            b7 += x7 * y[k0 + 7]
-        d0 += np.float64(a0)
-        d1 += np.float64(a1)
-        d2 += np.float64(a2)
-        d3 += np.float64(a3)
-        d4 += np.float64(a4)
-        d5 += np.float64(a5)
-        d6 += np.float64(a6)
-        d7 += np.float64(a7)
-        q0 += np.float64(b0)
-        q1 += np.float64(b1)
-        q2 += np.float64(b2)
-        q3 += np.float64(b3)
-        q4 += np.float64(b4)
-        q5 += np.float64(b5)
-        q6 += np.float64(b6)
-        q7 += np.float64(b7)
-    return ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7)), ((q0 + q4) + (q1 + q5)) + ((q2 + q6) + (q3 + q7))
+    double lanes combined by octet_sum (_common.lane_sums_f32, on <8 x float> vectors)."""
+    return lane_sums_f32(x, y, Kp, 2)
 
 
 @numba.njit(inline="always", **JITF)
@@ -341,7 +228,7 @@ def _max_f(buf, K, probabilities):
     """(largest value, number of bad elements) of a float row: NaN / inf, or (probabilities) outside the float
     bounds of [0, 1]. Eight lane maxima (the maximum is exact in any order) in <8 x float> vectors."""
     K8 = K - K % 8
-    lanes = _lane_max_f32(buf, K8)
+    lanes = lane_max_f32(buf, K8)
     m0, m1, m2, m3, m4, m5, m6, m7 = lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7]
     bad = np.int64((((lanes[16] + lanes[17]) + (lanes[18] + lanes[19]))
                     + ((lanes[20] + lanes[21]) + (lanes[22] + lanes[23]))) != F32_ZERO)  # NaN after a NaN / inf
@@ -370,7 +257,7 @@ def _top_two_f(buf, K):
     row in one read: per lane j the two largest values seen (s_j = max(s_j, min(m_j, v)), m_j = max(m_j, v)),
     then the lanes combined. Order statistics are exact in any order: the same values as _max_f and _second_f."""
     K8 = K - K % 8
-    lanes = _lane_top_two_f32(buf, K8)
+    lanes = lane_top_two_f32(buf, K8)
     m0, m1, m2, m3, m4, m5, m6, m7 = lanes[0], lanes[1], lanes[2], lanes[3], lanes[4], lanes[5], lanes[6], lanes[7]
     s0, s1, s2, s3 = lanes[8], lanes[9], lanes[10], lanes[11]
     s4, s5, s6, s7 = lanes[12], lanes[13], lanes[14], lanes[15]
