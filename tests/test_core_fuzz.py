@@ -77,6 +77,16 @@ PRELUDE = textwrap.dedent(
             x = np.tile([0.2, 0.8], K)
             xo = np.arange(0, 2 * K + 1, 2, dtype=np.int64)
             return [P, x, xo, np.tile([0.1, 0.9], K), xo.copy(), 0, 2, True, np.empty((N, K))], {}
+        if name == "StepTables":
+            x = np.tile([0.2, 0.8], K)
+            xo = np.arange(0, 2 * K + 1, 2, dtype=np.int64)
+            return [x, xo, np.tile([0.1, 0.9], K), xo.copy(), 0], {}
+        if name == "step_apply_tables":
+            xo = np.arange(0, 2 * K + 1, 2, dtype=np.int64)
+            tables = _core.StepTables(np.tile([0.2, 0.8], K), xo, np.tile([0.1, 0.9], K), xo.copy(), 0)
+            return [P, tables, 2, True, np.empty((N, K))], {}
+        if name == "histogram_fit_columns":
+            return [P, Y, W, CLASS_EDGES.copy(), 0], {}
         if name == "two_sample_ranking":
             return [rng.random(N), rng.random(N // 2), 0.95, True], {}
         if name == "row_scores":
@@ -244,7 +254,9 @@ PRELUDE = textwrap.dedent(
 
 # Every callable of _core needs a valid call above; these are the ones this build has.
 KNOWN = ["top_label_stats", "binary_stats", "classwise_stats", "stream_accumulate", "temperature_nll",
-         "vector_scaling_nll", "isotonic_fit", "isotonic_fit_columns", "step_apply", "stream_top_label", "two_sample_ranking", "row_scores", "ensemble_decompose",
+         "vector_scaling_nll", "isotonic_fit", "isotonic_fit_columns", "step_apply", "StepTables",
+         "step_apply_tables", "histogram_fit_columns", "stream_top_label", "two_sample_ranking", "row_scores",
+         "ensemble_decompose",
          "ensemble_update", "confidence_loss", "set_num_threads", "get_num_threads", "hardware_threads",
          "usable_cpus", "default_num_threads", "_pool_selftest"]
 NO_ARGUMENTS = ("get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads")

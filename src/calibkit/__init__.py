@@ -35,7 +35,6 @@ from .ood import *  # noqa: F401,F403 - re-exported; names in ood.__all__
 from .uncertainty import *  # noqa: F401,F403 - re-exported; names in uncertainty.__all__
 
 
-
 def __getattr__(name):
     """``__version__``, looked up in the installed metadata on first use (importing importlib.metadata and
     scanning the installed distributions would otherwise cost every ``import calibkit``, e.g. each
@@ -50,6 +49,7 @@ def __getattr__(name):
         globals()["__version__"] = value
         return value
     raise AttributeError(f"module 'calibkit' has no attribute {name!r}")
+
 
 __all__ = [
     "CalibrationAccumulator",
@@ -66,7 +66,7 @@ __all__ = [
     "temperature_nll",
     "ReliabilityTable",
     "WindowedAccumulator",
-    "__version__",
+    "__version__",  # noqa: F405 - provided by the module __getattr__
     "brier_score",
     "calibration_error",
     "classwise_calibration_error",

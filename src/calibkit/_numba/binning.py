@@ -77,7 +77,6 @@ def check_weight(w, i, st):
 
 SHORT_ROW = 16  # kShortRow: shorter rows keep the double path, as in binning.hpp
 FLUSH = LANE_FLUSH  # elements per flush of the float partial sums (kRowFlushOctets octets in binning.hpp)
-F32_LOWEST = F32(-3.4028234663852886e38)
 
 
 @numba.njit(**JIT)
