@@ -75,7 +75,7 @@ def check_weight(w, i, st):
     return True
 
 
-SHORT_ROW = 16  # kShortRow: shorter rows keep the double path, as in binning.hpp
+SHORT_ROW = 16  # kShortRow: shorter probability rows take the short-row path; shorter logit rows the double one
 FLUSH = LANE_FLUSH  # elements per flush of the float partial sums (kRowFlushOctets octets in binning.hpp)
 
 
@@ -158,45 +158,16 @@ def _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, inv_t, table, s
         out[3] = total_sq / (total * total)
         out[4] = math.log(total) - shifted if with_nll else 0.0
         return True
-    best = -1.0
-    arg = 0
-    sum_sq = 0.0
-    ok = True
-    for k in range(K):
-        v = load(scores[i, k], table)
-        ok &= valid_probability(v)
-        sum_sq += v * v
-        if v > best:
-            best = v
-            arg = k
-        if store:
-            row_out[k] = v
-    if not ok:
-        for k in range(K):
-            v = load(scores[i, k], table)
-            if not is_finite(v):
-                merge_status(st, SCORE_NOT_FINITE, i, k, v)
-                return False
-            if not valid_probability(v):
-                merge_status(st, PROBABILITY_OUT_OF_RANGE, i, k, v)
-                return False
-    p_label = load(scores[i, y], table)
-    out[0] = arg
-    out[1] = best
-    out[2] = p_label
-    out[3] = sum_sq
-    out[4] = -math.log(max(p_label, nll_eps)) if with_nll else 0.0
+    if not _prob_row(scores, i, y, table, st, out, store, row_out):
+        return False
+    out[4] = -math.log(max(out[2], nll_eps)) if with_nll else 0.0
     return True
 
 
-# binning.hpp's kShortRow: probability rows shorter than this take its short-row path.
-SHORT_ROW = 16
-
-
-@numba.njit(**JIT)
-def _short_prob_row(scores, i, y, nll_eps, with_nll, table, st, out, store, row_out):
-    """A probability row of K < SHORT_ROW elements (binning.hpp, summarize_short_rows): the same sums as
-    _summarize_row, in column order, and the NLL by the vector log_positive's twin (the same bits)."""
+@numba.njit(inline="always", **JIT)
+def _prob_row(scores, i, y, table, st, out, store, row_out):
+    """One read of a probability row: out[0:4] = [argmax, max, p_label, sum p^2] in column order, with the
+    [0, 1] check on every element (False and the status set on bad data); with `store`, row_out[k] = p_k."""
     K = scores.shape[1]
     best = -np.inf
     arg = 0
@@ -220,11 +191,20 @@ def _short_prob_row(scores, i, y, nll_eps, with_nll, table, st, out, store, row_
             if not valid_probability(v):
                 merge_status(st, PROBABILITY_OUT_OF_RANGE, i, k, v)
                 return False
-    p_label = load(scores[i, y], table)
     out[0] = arg
     out[1] = best
-    out[2] = p_label
+    out[2] = load(scores[i, y], table)
     out[3] = sum_sq
+    return True
+
+
+@numba.njit(**JIT)
+def _short_prob_row(scores, i, y, nll_eps, with_nll, table, st, out, store, row_out):
+    """A probability row of K < SHORT_ROW elements (binning.hpp, summarize_short_rows): the same sums as
+    _summarize_row, in column order, and the NLL by the vector log_positive's twin (the same bits)."""
+    if not _prob_row(scores, i, y, table, st, out, store, row_out):
+        return False
+    p_label = out[2]
     nll = 0.0
     if with_nll:
         x = nll_eps if p_label < nll_eps else p_label
