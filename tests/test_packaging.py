@@ -109,8 +109,10 @@ def test_wheel_from_clean_archive_runs_the_example(tmp_path):
     site_dir = next((venv / "lib").glob("python*/site-packages"))
     (site_dir / "_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     py = venv / "bin" / "python"
-    proc = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "-q", str(wheel)], capture_output=True,
-                          text=True, timeout=600, env=_clean_env())
+    # --ignore-installed: the calibkit this interpreter has installed is on the venv's path too, and must
+    # not count as "already satisfied"
+    proc = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", str(wheel)],
+                          capture_output=True, text=True, timeout=600, env=_clean_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "elsewhere"
     run.mkdir()
