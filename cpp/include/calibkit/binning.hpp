@@ -904,6 +904,21 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
         float tf = static_cast<float>(std::min(upper[0] / scale, static_cast<double>(FLT_MAX)));
         while (tf > 0.0f && static_cast<double>(tf) * scale > upper[0]) tf = std::nextafter(tf, 0.0f);
         const F vtf = splat_f<F>(tf), zero_f = splat_f<F>(0.0f), one_f = splat_f<F>(1.0f);
+        const D one = splat<D>(1.0);
+        // Bin 0's sums of the W classes from `at`: p * scale (times w), and the weight w * wv (wv = 1, or 0
+        // for a lane that is not in bin 0; w * 1 is w exactly).
+        const auto add_bin0 = [&](int64_t at, D p, D wv) {
+            D s0;
+            std::memcpy(&s0, sum0 + at, sizeof s0);
+            s0 += Weighted ? (p * vs) * vw : p * vs;
+            std::memcpy(sum0 + at, &s0, sizeof s0);
+            if constexpr (Weighted) {
+                D w0;
+                std::memcpy(&w0, weight0 + at, sizeof w0);
+                w0 += wv * vw;
+                std::memcpy(weight0 + at, &w0, sizeof w0);
+            }
+        };
         for (int64_t k = 0; k < K8; k += 8) {
             F ev[GF];
             for (int g = 0; g < GF; ++g) std::memcpy(&ev[g], e + k + g * LF, sizeof(F));  // one load each
@@ -913,42 +928,17 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
                 for (int g = 0; g < GF; ++g) {
                     D pd[2];
                     widen<V>(ev[g], pd[0], pd[1]);
-                    for (int h = 0; h < 2; ++h) {
-                        const int64_t at = k + g * LF + h * W;
-                        D s0;
-                        std::memcpy(&s0, sum0 + at, sizeof s0);
-                        s0 += Weighted ? (pd[h] * vs) * vw : pd[h] * vs;
-                        std::memcpy(sum0 + at, &s0, sizeof s0);
-                        if constexpr (Weighted) {
-                            D w0;
-                            std::memcpy(&w0, weight0 + at, sizeof w0);
-                            w0 += vw;
-                            std::memcpy(weight0 + at, &w0, sizeof w0);
-                        }
-                    }
+                    for (int h = 0; h < 2; ++h) add_bin0(k + g * LF + h * W, pd[h], one);
                 }
             } else {  // rare: bin 0 takes the lanes not above tf; the others are tested one by one
                 unsigned cand = 0;
                 for (int g = 0; g < GF; ++g) {
                     const IF above = ev[g] > vtf;
                     cand |= lane_bits(above) << (g * LF);
-                    D pd[2];
+                    D pd[2], wd[2];
                     widen<V>(select_f(above, zero_f, ev[g]), pd[0], pd[1]);  // candidates add 0
-                    for (int h = 0; h < 2; ++h) {
-                        const int64_t at = k + g * LF + h * W;
-                        D s0;
-                        std::memcpy(&s0, sum0 + at, sizeof s0);
-                        s0 += Weighted ? (pd[h] * vs) * vw : pd[h] * vs;
-                        std::memcpy(sum0 + at, &s0, sizeof s0);
-                        if constexpr (Weighted) {
-                            D w0, wv;
-                            widen<V>(select_f(above, zero_f, one_f), wv, w0);
-                            wv = h == 0 ? wv : w0;
-                            std::memcpy(&w0, weight0 + at, sizeof w0);
-                            w0 += wv * vw;
-                            std::memcpy(weight0 + at, &w0, sizeof w0);
-                        }
-                    }
+                    widen<V>(select_f(above, zero_f, one_f), wd[0], wd[1]);  // and no weight
+                    for (int h = 0; h < 2; ++h) add_bin0(k + g * LF + h * W, pd[h], wd[h]);
                 }
                 for (; cand != 0; cand &= cand - 1) {
                     const int64_t j = k + __builtin_ctz(cand);
