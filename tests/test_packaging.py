@@ -89,8 +89,13 @@ def test_sdist_has_licence_and_example(tmp_path):
     assert f"{top}/LICENSE" in names and f"{top}/src/{EXAMPLE}" in names, names
 
 
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
 def test_wheel_from_clean_archive_runs_the_example(tmp_path):
     src = _git_archive(tmp_path)
+    before = _tree(src)
     dist = tmp_path / "dist"
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                            "-w", str(dist), str(src)], capture_output=True, text=True, timeout=1200,
@@ -99,8 +104,10 @@ def test_wheel_from_clean_archive_runs_the_example(tmp_path):
     wheel = next(dist.glob("calibkit-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
-    assert EXAMPLE in names, names
+    assert EXAMPLE in names and "calibkit/py.typed" in names, names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+    # the build wrote nothing into the source tree (a read-only checkout builds)
+    assert _tree(src) == before, sorted(set(_tree(src)) - set(before))[:20]
     # a fresh environment: calibkit from the wheel; its dependencies from this interpreter's
     # site-packages, added as a plain path (not a site dir: its .pth files, such as an editable
     # install's import hook, are not run), run from a folder with nothing beside it
