@@ -184,6 +184,78 @@ def _isotonic_contenders(d):
     return out
 
 
+def _make_ovr(n, k, seed=1):
+    """float32 probabilities (softmax of _make_logits' logits) and labels, for the one-vs-rest calibrators."""
+    d = _make_logits(n, k, seed)
+    z = d["logits"]
+    p = np.empty_like(z)
+    for i in range(0, n, 1 << 14):
+        e = np.exp(z[i:i + (1 << 14)] - z[i:i + (1 << 14)].max(axis=1, keepdims=True))
+        p[i:i + (1 << 14)] = e / e.sum(axis=1, keepdims=True)
+    return {"probs": p, "labels": d["labels"]}
+
+
+def _renormalise(q):
+    """Rows divided by their sum; an all-zero row becomes uniform (calibkit's and scikit-learn's rule)."""
+    s = q.sum(axis=1, keepdims=True)
+    zero = s[:, 0] == 0
+    q[zero] = 1.0 / q.shape[1]
+    s[zero] = 1.0
+    return q / s
+
+
+def _ovr_contenders(d):
+    """One-vs-rest isotonic and histogram calibration, fit + apply on the same rows: calibkit (the K fits in
+    one kernel call, the K maps applied from StepTables with the rows renormalised as written) against a
+    loop of scikit-learn IsotonicRegression per class and a NumPy histogram binning per class."""
+    import calibkit
+
+    p, y = d["probs"], d["labels"]
+    n, k = p.shape
+
+    def sklearn_isotonic():
+        from sklearn.isotonic import IsotonicRegression
+
+        q = np.empty(p.shape)
+        for c in range(k):
+            col = p[:, c].astype(np.float64)
+            q[:, c] = IsotonicRegression(out_of_bounds="clip").fit(col, y == c).predict(col)
+        return _renormalise(q)
+
+    def numpy_histogram(edges):
+        q = np.empty(p.shape)
+        m = len(edges) - 1
+        for c in range(k):
+            col = p[:, c].astype(np.float64)
+            b = np.clip(np.searchsorted(edges, col, side="left") - 1, 0, m - 1)
+            count = np.bincount(b, minlength=m)
+            pos = np.bincount(b, weights=(y == c).astype(np.float64), minlength=m)
+            value = np.where(count > 0, pos / np.maximum(count, 1), (edges[:-1] + edges[1:]) / 2)
+            q[:, c] = value[b]
+        return _renormalise(q)
+
+    iso_ref = sklearn_isotonic()
+    hist_ref = numpy_histogram(calibkit.HistogramBinning().fit(p[:100], y[:100]).bin_edges_[0])
+
+    def close(ref):
+        return lambda got: None if np.allclose(got, ref, rtol=1e-9, atol=1e-12) else \
+            f"max difference {np.abs(got - ref).max():.3g}"
+
+    out = []
+    for backend in ("cpp", "numba"):
+        out.append(Contender(f"calibkit isotonic ({backend})",
+                             lambda b=backend: calibkit.IsotonicCalibration(backend=b).fit(p, y).predict_proba(p),
+                             close(iso_ref), repeat=3))
+    for backend in ("cpp", "numba"):
+        out.append(Contender(f"calibkit histogram ({backend})",
+                             lambda b=backend: calibkit.HistogramBinning(backend=b).fit(p, y).predict_proba(p),
+                             close(hist_ref), repeat=3))
+    out.append(Contender("sklearn IsotonicRegression per class", sklearn_isotonic, close(iso_ref), repeat=1))
+    out.append(Contender("NumPy histogram binning per class",
+                         lambda: numpy_histogram(np.linspace(0.0, 1.0, 16)), close(hist_ref), repeat=1))
+    return out
+
+
 def _temperature_setup(n, k):
     d = _make_logits(n, k)
     d["reference_t"] = reference_temperature(d["logits"], d["labels"])
@@ -199,6 +271,11 @@ def workloads(quick: bool = False) -> list[Workload]:
                     notes="T checked against an independent float64 Newton fit, 1e-6 relative",
                     goals=[ratio_to_floor("calibkit (cpp)", "TemperatureScaling().fit 200k x 1000 logits", 4.0,
                                           "10-12x")])]
+    n_ovr, k_ovr = (2_000, 20) if quick else (200_000, 100)
+    out.append(Workload("calibrators", f"one-vs-rest isotonic / histogram fit + apply, {n_ovr:,} x {k_ovr} float32 "
+                        "probabilities", lambda: _make_ovr(n_ovr, k_ovr), _ovr_contenders,
+                        lambda d: (lambda: np.add.reduce(d["probs"], axis=None)),
+                        notes="probabilities checked against the peers' to 1e-9"))
     for m in iso:
         out.append(Workload("calibrators", f"isotonic fit, n={m:,} float64 (x, y)", lambda m=m: _make_isotonic(m),
                             _isotonic_contenders,
