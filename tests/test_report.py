@@ -135,7 +135,7 @@ def test_fit_and_apply(tmp_path, capsys):
     (["report", "{dump}", "--val", "{dump}", "--val-fraction", "0.1"], "not both"),
     (["report", "{npy}", "--labels", "{labels}", "--val-fraction", "1.5"], "fraction must be in"),
     (["report"], "give a DUMP"),
-    (["fit", "{dump}", "--method", "temperature", "--out", "{tmp}/no/such/dir/x.json"], "No such file"),
+    (["fit", "{dump}", "--method", "temperature", "--out", "{tmp}/no/such/dir/x.json"], "no such file or directory"),
     (["apply", "{dump}", "{dump}", "--out", "{tmp}/o.npy"], "cannot read"),
     (["apply", "{badcal}", "{dump}", "--out", "{tmp}/o.npy"], "not written by `calibkit fit`"),
     (["apply", "{cal5}", "{dump}", "--out", "{tmp}/o.npy"], "fitted on 5 classes"),
@@ -182,7 +182,7 @@ def test_bad_rows_are_named_by_their_row_in_the_dump(tmp_path, capsys):
     bad[val_row, 1] = np.inf  # seen only by the temperature fit
     np.save(tmp_path / "b_logits.npy", bad)
     assert cli.main(["report", str(tmp_path / "b_logits.npy"), *args]) == 2
-    assert f"b_logits.npy: logits[{val_row}, 1] = inf is not finite" in capsys.readouterr().err
+    assert f"b_logits.npy: scores[{val_row}, 1] = inf is not finite" in capsys.readouterr().err
     yy = y.copy()
     yy[val_row] = 9
     np.savez(tmp_path / "c.npz", logits=z, labels=yy)
@@ -195,7 +195,7 @@ def test_bad_rows_are_named_by_their_row_in_the_dump(tmp_path, capsys):
     assert cli.main(["apply", str(cal), str(tmp_path / "a.npy"), "--out", str(tmp_path / "o.npy"), "--quiet"]) == 2
     # (the calibrator's JSON says its input is logits)
     err = capsys.readouterr().err
-    assert f"a.npy: logits[{test_row}, 3] = nan is not finite" in err and err.count("\n") == 1
+    assert f"a.npy: scores[{test_row}, 3] = nan is not finite" in err and err.count("\n") == 1
 
 
 def test_example_runs(capsys, monkeypatch):
