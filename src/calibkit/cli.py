@@ -284,7 +284,7 @@ def _cmd_report(args) -> int:
         if html_file is not None:
             from . import html
 
-            provenance = {"path": str(path), "scores": test.name, "split": split or "(whole dump)",
+            provenance = {"path": str(path), "split": split or "(whole dump)",
                           "validation": validation or "(no calibrators)"}
             html_file.write(html.report_html(result, provenance))
     return 0

@@ -62,6 +62,14 @@ def _new_figure(figsize, dpi, plain, nrows=1, ncols=1, **kw):
     return _pyplot().subplots(nrows, ncols, figsize=figsize, dpi=dpi, squeeze=False, **kw)
 
 
+def _suptitle(fig, text, fontsize=11):
+    """The figure's title, wrapped to the figure's width (a long dump name must not run off the edge)."""
+    import textwrap
+
+    width = max(20, int(fig.get_figwidth() * 120 / fontsize))
+    fig.suptitle(textwrap.fill(text, width), fontsize=fontsize)
+
+
 def _save(fig, path, dpi):
     if path is not None:
         fig.savefig(path, dpi=dpi)
@@ -191,8 +199,8 @@ def reliability_diagram(tables, titles=None, *, ax=None, name=None, title=None, 
             b.set_ylim(0, max(top, 1e-3) * 1.1)
     if own:
         count = int(tables[0].count.sum())
-        fig.suptitle(title if title is not None else
-                     (f"{name}: reliability, N = {count:,}" if name else f"reliability, N = {count:,}"), fontsize=11)
+        _suptitle(fig, title if title is not None else
+                  (f"{name}: reliability, N = {count:,}" if name else f"reliability, N = {count:,}"))
         fig.tight_layout()
     _save(fig, path, dpi)
     return fig
@@ -206,7 +214,7 @@ def report_figure(result, path=None, *, dpi=100):
                             gridspec_kw={"height_ratios": [3, 1]}, sharex="col")
     reliability_diagram(list(tables.values()), titles=list(tables.keys()), ax=axes)
     n = int(next(iter(tables.values())).count.sum())
-    fig.suptitle(f"{result['dump']}: reliability, N = {n:,}", fontsize=11)
+    _suptitle(fig, f"{result['dump']}: reliability, N = {n:,}")
     fig.tight_layout()
     _save(fig, path, dpi)
     return fig
@@ -272,7 +280,7 @@ def risk_coverage_plot(curve, *, aurc=None, n=None, ax=None, name=None, path=Non
     ax.set_ylabel("risk (error rate among accepted)")
     ax.legend(loc="upper left", fontsize=8)
     if own:
-        ax.set_title(f"risk-coverage{': ' + name if name else ''}" + (f", N = {n:,}" if n else ""), fontsize=10)
+        _suptitle(fig, f"risk-coverage{': ' + name if name else ''}" + (f", N = {n:,}" if n else ""), 10)
         fig.tight_layout()
     _save(fig, path, dpi)
     return fig
@@ -307,7 +315,7 @@ def ood_roc_plot(fpr, tpr, *, auroc=None, ax=None, name=None, path=None, figsize
     ax.set_ylabel("true-positive rate (in-distribution accepted)")
     ax.legend(loc="lower right", fontsize=8)
     if own:
-        ax.set_title(f"ROC, in vs out of distribution{': ' + name if name else ''}", fontsize=10)
+        _suptitle(fig, f"ROC, in vs out of distribution{': ' + name if name else ''}", 10)
         fig.tight_layout()
     _save(fig, path, dpi)
     return fig

@@ -421,21 +421,14 @@ class ReportResult(dict):
         """The metrics as a :class:`pandas.DataFrame`: index ``raw`` and each calibrator, a column per metric.
 
         Needs pandas (``pip install 'calibkit[pandas]'``)."""
-        pd = _pandas()
+        from ._frames import require_pandas
+
+        pd = require_pandas()
         rows = {name: {k: v for k, v in r.items() if k != "params"} for name, r in self["rows"].items()}
         frame = pd.DataFrame.from_dict(rows, orient="index")
         frame.index.name = "calibration"
         return frame
 
-
-def _pandas():
-    """pandas, or an ImportError that says how to get it."""
-    try:
-        import pandas
-    except ImportError:
-        raise ImportError("to_frame() needs pandas: pip install 'calibkit[pandas]' (or pip install pandas)") \
-            from None
-    return pandas
 
 
 def format_table(result) -> str:
