@@ -149,6 +149,7 @@ def test_evaluate_and_report_read_the_same_dumps(workdir, capsys):
     (["evaluate", "{tmp}/good_logits.npy"], r"good_logits.npy: no labels \(give them with .*--labels\)"),
     (["evaluate", "{tmp}/good.npz", "--scores-key", "nope"], r"good.npz: no array 'nope'"),
     (["report", "{tmp}/good.npz", "--plot", "{tmp}/d.xyz"], r"--plot .*d.xyz: unknown figure format 'xyz'"),
+    (["evaluate", "--json", "{tmp}/good.npz"], r"--json took .*good.npz as the file to write; give the DUMP before"),
     # refused before any work: the (missing) dump is not even opened
     (["evaluate", "{tmp}/missing.npz", "--plot", "{tmp}/d.xyz"], r"calibkit evaluate: --plot .*d.xyz: unknown figure"),
     (["report", "{tmp}/good.npz", "--json", "{tmp}/no/such/folder/r.json"],

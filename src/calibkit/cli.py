@@ -221,6 +221,9 @@ def _cmd_report(args) -> int:
     if args.example and dump_path:
         raise UsageError(f"calibkit {cmd}: give a DUMP or --example, not both")
     path = example_path() if args.example else dump_path
+    if path is None and args.json and args.json.endswith((".npy", ".npz", ".parquet", ".arrow", ".feather")):
+        raise UsageError(f"calibkit {cmd}: --json took {args.json} as the file to write; give the DUMP before "
+                         "--json, or write --json - (standard output) or --json FILE.json")
     if path is None:
         raise UsageError(f"calibkit {cmd}: give a DUMP (.npz, or .npy with --labels, or a directory of shards), "
                          "--scores S.npy --labels L.npy, or --example")
@@ -386,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_Version, nargs=0, help="print calibkit's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     rp = sub.add_parser("report", aliases=["evaluate"],
-                        help="calibration of an evaluation dump, raw and after each calibrator (alias: evaluate)",
+                        help="calibration of an evaluation dump, raw and after each calibrator",
                         description="Prints N, K, accuracy, ECE, MCE, ACE, class-wise ECE, Brier and NLL of the "
                                     "raw scores and of each calibrator fitted on the validation rows and "
                                     "evaluated on the rest. Dumps: .npy (with --labels), .npz (logits/probs + "

@@ -370,7 +370,8 @@ class _Details:
         s = np.asarray(scores, dtype=np.float64)
         y = np.asarray(labels).astype(np.int64, copy=False)
         if self.binary:
-            p = 1.0 / (1.0 + np.exp(-s)) if self.from_logits else s
+            with np.errstate(over="ignore"):  # exp(-s) = inf for a very negative logit: p = 0, as it should be
+                p = 1.0 / (1.0 + np.exp(-s)) if self.from_logits else s
             pred = (p > 0.5).astype(np.int64)
             conf = np.maximum(p, 1.0 - p)
         else:
