@@ -88,7 +88,7 @@ def _no_external_reference(text):
 
 
 def test_html_report_sections_numbers_and_no_network(tmp_path, capsys):
-    path, (zv, yv), (zt, yt) = _dump(tmp_path)
+    path, _, (zt, yt) = _dump(tmp_path)
     out, js = tmp_path / "report.html", tmp_path / "r.json"
     assert cli.main(["report", str(path), "--calibrate", "temperature,isotonic", "--html", str(out), "--json",
                      str(js), "--quiet"]) == 0

@@ -13,7 +13,7 @@ import calibkit
 from calibkit import plot
 
 matplotlib = pytest.importorskip("matplotlib")
-from matplotlib.colors import to_rgba  # noqa: E402
+from matplotlib.colors import to_rgba
 
 
 @pytest.fixture(autouse=True)

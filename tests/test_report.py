@@ -375,7 +375,7 @@ def test_calibrated_pass_names_an_overflowing_row_as_the_calibrator_does(monkeyp
 
 def test_results_convert_to_data_frames(tmp_path):
     pd = pytest.importorskip("pandas")
-    path, (zv, yv), (zt, yt) = dump_with_splits(tmp_path)
+    path, _, (zt, yt) = dump_with_splits(tmp_path)
     r = report.report(io.open_dump(path, split="test"), val=io.open_dump(path, split="val"),
                       methods=["temperature", "isotonic"])
     frame = r.to_frame()

@@ -317,7 +317,7 @@ def _cmd_fit(args) -> int:
 
 
 def _cmd_apply(args) -> int:
-    from . import io, report
+    from . import report
     from ._files import atomic_output
     from ._validation import BadElementError
     from .calibrators import Calibrator

@@ -45,6 +45,19 @@ p.note { color: #555; font-size: 0.9em; }
 """
 
 
+_METRICS_NOTE = ('<p class="note">ECE, MCE: equal-width bins (ECE over equal-mass bins with --strategy quantile); '
+                 "ACE: equal-mass bins; class-wise ECE: mean over classes of each class's ECE (Kull et al. 2019); "
+                 "Brier: mean squared error of the probability vector; NLL: mean negative log-likelihood. "
+                 "Calibrators are fitted on the validation rows and evaluated on the others.</p>")
+_RELIABILITY_NOTE = ('<p class="note">Top: accuracy per confidence bin, with the gap to the bin\'s mean confidence '
+                     "(over-confident and under-confident bins in two colours). Bottom: the fraction of rows in "
+                     "each bin (one scale for every panel), with the overall accuracy and mean confidence.</p>")
+_SELECTIVE_NOTE = ('<p class="note">Predictions accepted from the most confident down (top probability of the raw '
+                   "scores): the error rate among the accepted ones (risk) against the fraction accepted "
+                   "(coverage). AURC: area under this curve (Geifman et al. 2019); E-AURC: AURC minus that of a "
+                   "perfect ranking of the same predictions.</p>")
+
+
 def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
@@ -160,18 +173,13 @@ def report_html(result, provenance=None) -> str:
         classes.append("raw" if name == "raw" else "")
     parts += ['<section id="metrics">', "<h2>Metrics before and after calibration</h2>",
               _table(["calibration"] + cols + ["fitted parameters"], rows, classes),
-              '<p class="note">ECE, MCE: equal-width bins (ECE over equal-mass bins with --strategy quantile); '
-              "ACE: equal-mass bins; class-wise ECE: mean over classes of each class's ECE (Kull et al. 2019); "
-              "Brier: mean squared error of the probability vector; NLL: mean negative log-likelihood. "
-              "Calibrators are fitted on the validation rows and evaluated on the others.</p>",
+              _METRICS_NOTE,
               "</section>"]
 
     parts += ['<section id="reliability">', "<h2>Reliability diagrams</h2>",
-              _img(pics["reliability"], "reliability diagrams with confidence histograms, raw and after each "
-                                        "calibrator"),
-              '<p class="note">Top: accuracy per confidence bin, with the gap to the bin\'s mean confidence '
-              "(over-confident and under-confident bins in two colours). Bottom: the fraction of rows in each "
-              "bin (one scale for every panel), with the overall accuracy and mean confidence.</p>",
+              _img(pics["reliability"], "reliability diagrams with confidence histograms, raw and after "
+                                        "each calibrator"),
+              _RELIABILITY_NOTE,
               "</section>"]
 
     pc = result.get("per_class")
@@ -182,10 +190,7 @@ def report_html(result, provenance=None) -> str:
         parts += ['<section id="selective">', "<h2>Selective prediction</h2>",
                   _table(["AURC", "E-AURC"], [[_num(sel["aurc"]), _num(sel["e_aurc"])]]),
                   _img(pics["risk_coverage"], "risk-coverage curve of the raw scores"),
-                  '<p class="note">Predictions accepted from the most confident down (top probability of the '
-                  "raw scores): the error rate among the accepted ones (risk) against the fraction accepted "
-                  "(coverage). AURC: area under this curve (Geifman et al. 2019); E-AURC: AURC minus that of "
-                  "a perfect ranking of the same predictions.</p>",
+                  _SELECTIVE_NOTE,
                   "</section>"]
     parts += ["</body>", "</html>", ""]
     return "\n".join(parts)
