@@ -178,7 +178,7 @@ KEYWORDS = re.compile(r"\b\w+=(True|False|\.\.\.|\)|\d)|from_logits|check_sums|n
      r"good_logits.npy: scores\[0, \d\] = .* is not a probability in \[0, 1\]; give --from-logits for logits"),
     (["fit", "{tmp}/good_logits.npy", "--labels", "{tmp}/labels.npy", "--probabilities", "--method", "isotonic",
       "--out", "{tmp}/c.json"], r"good_logits.npy: scores\[0, \d\] = .*; give --from-logits for logits"),
-    (["report", "{tmp}/good.npz", "--labels", "{tmp}/labels9.npy"], r"labels\[0\] = 9 is out of range for 4 classes"),
+    (["report", "{tmp}/good.npz", "--labels", "{tmp}/labels9.npy"], r"labels\[0\] = 9 is out of range for 4 classes \(0 to 3\)"),
     (["report", "{tmp}/npy_shards"], r"npy_shards: no .* shards \(or .npy shards with --labels\)"),
     (["report", "{tmp}/good.npz", "--n-bins", "0"], r"calibkit report: --n-bins must be >= 1, got 0"),
     (["report", "{tmp}/good_logits.npy", "--labels", "{tmp}/missing.npy"], r"missing.npy: no such file or directory"),

@@ -119,7 +119,7 @@ def test_html_report_sections_numbers_and_no_network(tmp_path, capsys):
 
     # per class: worst first, the numbers of the rows evaluated
     head, *rows = page.tables["per-class"][0]
-    assert head[:4] == ["class", "rows labelled", "accuracy on them", "class-wise ECE (raw)"]
+    assert head[:4] == ["class", "rows labelled", "accuracy on them (raw)", "class-wise ECE (raw)"]
     raw_ece = [float(row[3]) for row in rows]
     assert raw_ece == sorted(raw_ece, reverse=True)
     pred = np.argmax(zt, axis=1)
@@ -150,7 +150,7 @@ def test_html_of_a_binary_dump_and_a_val_fraction(tmp_path, capsys):
     capsys.readouterr()
     page = _no_external_reference(out.read_text())
     head, *rows = page.tables["per-class"][0]
-    assert head == ["class", "rows labelled", "accuracy on them"]
+    assert head == ["class", "rows labelled", "accuracy on them (raw)"]
     acc = [float(r[2]) for r in rows]
     assert acc == sorted(acc) and sum(int(r[1].replace(",", "")) for r in rows) == 2000
     z = rng.normal(size=(3000, 3)).astype(np.float32)
@@ -219,3 +219,19 @@ with sync_playwright() as p:
     keep = os.environ.get("CALIBKIT_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_html_per_class_table_is_capped_at_the_worst_classes(tmp_path, capsys, monkeypatch):
+    from calibkit import html
+
+    monkeypatch.setattr(html, "MAX_CLASS_ROWS", 2)
+    path, _, _ = _dump(tmp_path, 200, 400)
+    out = tmp_path / "r.html"
+    assert cli.main(["report", str(path), "--html", str(out), "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
+    capsys.readouterr()
+    text = out.read_text()
+    page = Page(text)
+    _, *rows = page.tables["per-class"][0]
+    ece = json.loads((tmp_path / "r.json").read_text())["per_class"]["classwise_ece"]["raw"]
+    assert [int(r[0]) for r in rows] == list(np.argsort(ece)[::-1][:2])
+    assert "The 2 worst of 5 classes are shown." in text

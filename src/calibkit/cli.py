@@ -512,7 +512,7 @@ def _one_line(text) -> str:
     return " ".join(str(text).split())
 
 
-# The library's advice in command-line words: (regex, replacement), applied in order. The library speaks of its
+# The library's advice in command-line words: (regex, replacement string or function), applied in order. The library speaks of its
 # keyword arguments; the command line of its flags (tests/test_cli_errors.py runs every error path and checks
 # that no keyword is left).
 _CLI_WORDS = (
@@ -521,7 +521,7 @@ _CLI_WORDS = (
     (r"\(give them with labels=\.\.\. / --labels\)", "(give them with --labels)"),
     (r"with labels=\)", "with --labels)"),
     (r"\bn_bins must be", "--n-bins must be"),
-    (r"out of range for n_classes=(\d+)", r"out of range for \1 classes (0 to \1 - 1)"),
+    (r"out of range for n_classes=(\d+)", lambda m: f"out of range for {m[1]} classes (0 to {int(m[1]) - 1})"),
     (r": no such file$", ": no such file or directory"),
     (r": no such file([;,(])", r": no such file or directory\1"),
     (r"No such file or directory", "no such file or directory"),

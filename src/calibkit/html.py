@@ -210,14 +210,14 @@ def _per_class(pc) -> str:
         order = sorted(range(k), key=lambda c: (key[c], c))
         how = "lowest accuracy first"
     shown = order[:MAX_CLASS_ROWS]
-    head = ["class", "rows labelled", "accuracy on them"] + [f"class-wise ECE ({n})" for n in names]
+    head = ["class", "rows labelled", "accuracy on them (raw)"] + [f"class-wise ECE ({n})" for n in names]
     rows = [[f"<td>{int(pc['class'][c])}</td>", _num(int(count[c])), _num(float(accuracy[c]))]
             + [_num(float(ece[n][c])) for n in names] for c in shown]
     note = f"Sorted worst first ({how})."
     if len(shown) < k:
         note += f" The {len(shown)} worst of {k} classes are shown."
     return _table(head, rows) + f'\n<p class="note">{_e(note)} Accuracy: the fraction of the rows labelled with ' \
-                                f"the class whose top-scored class is that class.</p>"
+                                f"the class whose top-scored class (raw scores) is that class.</p>"
 
 
 __all__ = ["MAX_CLASS_ROWS", "report_html"]
