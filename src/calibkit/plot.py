@@ -90,11 +90,11 @@ def _draw(table, ax_top, ax_bottom, title):
     if over.any():
         ax_top.bar(table.lower[over], (conf - acc)[over], bottom=acc[over], width=width[over], align="edge",
                    color=OVER, edgecolor="black", hatch="//", linewidth=0.6,
-                   label="gap: over-confident (confidence > accuracy)")
+                   label="gap: over-confident")
     if under.any():
         ax_top.bar(table.lower[under], (acc - conf)[under], bottom=conf[under], width=width[under], align="edge",
                    color=UNDER, edgecolor="black", hatch="\\\\", linewidth=0.6,
-                   label="gap: under-confident (accuracy > confidence)")
+                   label="gap: under-confident")
     ax_top.plot([0, 1], [0, 1], linestyle="--", color=DIAGONAL, linewidth=1, label="perfect calibration")
     ax_top.set_xlim(0, 1)
     ax_top.set_ylim(0, 1)
