@@ -8,6 +8,7 @@ from calibkit import cli
 
 
 def test_evaluate_npz(tmp_path, capsys):
+    """`calibkit evaluate` is `calibkit report`: a bare --json prints the report's JSON on stdout (no table)."""
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(500, 4)).astype(np.float32)
     labels = rng.integers(0, 4, 500)
@@ -15,14 +16,19 @@ def test_evaluate_npz(tmp_path, capsys):
     np.savez(path, test_logits=logits, test_labels=labels)
     assert cli.main(["evaluate", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["from_logits"] is True and out["n"] == 500 and out["n_classes"] == 4
-    assert out["ece"] == pytest.approx(calibkit.ece(logits, labels, from_logits=True))
-    assert out["ace"] == pytest.approx(calibkit.ece(logits, labels, from_logits=True, strategy="quantile"))
-    assert out["nll"] == pytest.approx(calibkit.nll(logits, labels, from_logits=True))
-    assert sum(out["reliability_table"]["count"]) == 500
+    raw = out["rows"]["raw"]
+    assert out["from_logits"] is True and raw["n"] == 500 and out["n_classes"] == 4
+    assert raw["ece"] == pytest.approx(calibkit.ece(logits, labels, from_logits=True), abs=1e-12)
+    assert raw["rmsce"] == pytest.approx(calibkit.calibration_error(logits, labels, from_logits=True, norm="l2"),
+                                         abs=1e-12)
+    assert abs(raw["ace"] - calibkit.ece(logits, labels, from_logits=True, strategy="quantile")) <= \
+        raw["ace_bound"] + 1e-12
+    assert raw["nll"] == pytest.approx(calibkit.nll(logits, labels, from_logits=True))
+    assert sum(out["reliability_tables"]["raw"]["count"]) == 500
+    assert cli.main(["report", str(path), "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out) == out
     assert cli.main(["evaluate", str(path), "--n-bins", "5"]) == 0
-    text = capsys.readouterr().out
-    assert "read as logits" in text and "ReliabilityTable(5 bins" in text
+    assert capsys.readouterr().out == (cli.main(["report", str(path), "--n-bins", "5"]), capsys.readouterr().out)[1]
 
 
 def test_evaluate_memory_mapped_npy(tmp_path, capsys):
@@ -35,7 +41,7 @@ def test_evaluate_memory_mapped_npy(tmp_path, capsys):
                      "--json", "--backend", "numba"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["from_logits"] is False
-    assert out["brier"] == pytest.approx(calibkit.brier_score(probs, labels))
+    assert out["rows"]["raw"]["brier"] == pytest.approx(calibkit.brier_score(probs, labels))
 
 
 def test_evaluate_reports_bad_data(tmp_path, capsys):
@@ -46,6 +52,22 @@ def test_evaluate_reports_bad_data(tmp_path, capsys):
     np.savez(path, stuff=np.ones(3))
     assert cli.main(["evaluate", str(path)]) == 2
     assert "cannot tell which array" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"calibkit {calibkit.__version__}\n"
+
+
+def test_json_file_and_stdout_are_the_same_numbers(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "d.npz", logits=rng.normal(size=(300, 3)), labels=rng.integers(0, 3, 300))
+    assert cli.main(["report", str(tmp_path / "d.npz"), "--json", str(tmp_path / "r.json"), "--quiet"]) == 0
+    assert "raw" in capsys.readouterr().out  # the table, with the JSON in the file
+    assert cli.main(["evaluate", str(tmp_path / "d.npz"), "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((tmp_path / "r.json").read_text())
 
 
 def test_report_progress_shows_each_pass_and_fit_as_a_stage(tmp_path, monkeypatch, capsys):

@@ -3,6 +3,7 @@ traceback, never NumPy's allow_pickle advice, never a destroyed input or a half-
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -134,21 +135,25 @@ def test_evaluate_and_report_read_the_same_dumps(workdir, capsys):
         code, out, err = _run(["evaluate", *[a.format(tmp=workdir) for a in argv], "--json"], capsys)
         assert code == 0, err
         r = json.loads(out)
-        r.pop("scores")
+        r.pop("dump")
         results.append(r)
     assert all(r == results[0] for r in results[1:])
-    assert results[0]["from_logits"] is True and results[0]["n"] == N
+    assert results[0]["from_logits"] is True and results[0]["rows"]["raw"]["n"] == N
 
 
 @pytest.mark.parametrize("argv, message", [
     (["evaluate"], r"calibkit evaluate: give a DUMP"),
     (["evaluate", "{tmp}/good.npz", "--scores", "{tmp}/good_logits.npy"], r"not both"),
-    (["evaluate", "{tmp}/good.npz", "--n-bins", "0"], r"calibkit evaluate: --n-bins: n_bins must be >= 1"),
-    (["report", "{tmp}/good.npz", "--n-bins", "-3"], r"calibkit report: --n-bins: n_bins must be >= 1"),
+    (["evaluate", "{tmp}/good.npz", "--n-bins", "0"], r"calibkit evaluate: --n-bins must be >= 1, got 0"),
+    (["report", "{tmp}/good.npz", "--n-bins", "-3"], r"calibkit report: --n-bins must be >= 1, got -3"),
     (["evaluate", "{tmp}/good_logits.npy"], r"good_logits.npy: no labels \(give them with .*--labels\)"),
     (["evaluate", "{tmp}/good.npz", "--scores-key", "nope"], r"good.npz: no array 'nope'"),
     (["report", "{tmp}/good.npz", "--plot", "{tmp}/d.xyz"], r"--plot .*d.xyz: unknown figure format 'xyz'"),
-    (["report", "{tmp}/good.npz", "--json", "{tmp}/no/such/folder/r.json"], r"No such file or directory"),
+    (["evaluate", "--json", "{tmp}/good.npz"], r"--json took .*good.npz as the file to write; give the DUMP before"),
+    # refused before any work: the (missing) dump is not even opened
+    (["evaluate", "{tmp}/missing.npz", "--plot", "{tmp}/d.xyz"], r"calibkit evaluate: --plot .*d.xyz: unknown figure"),
+    (["report", "{tmp}/good.npz", "--json", "{tmp}/no/such/folder/r.json"],
+     r"r.json: no such file or directory .*no/such/folder \(create the folder first\)"),
     (["apply", "{tmp}/good.npz", "{tmp}/good.npz", "--out", "{tmp}/o.npy"], r"cannot read .*good.npz"),
 ])
 def test_flag_errors_are_one_line(workdir, capsys, argv, message):
@@ -157,6 +162,47 @@ def test_flag_errors_are_one_line(workdir, capsys, argv, message):
     code, out, err = _run([a.format(tmp=workdir) for a in argv], capsys)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert re.search(message, err), err
+    assert not _temporaries(workdir)
+
+
+# Python keyword arguments and reprs that must never reach the command line's messages.
+KEYWORDS = re.compile(r"\b\w+=(True|False|\.\.\.|\)|\d)|from_logits|check_sums|n_bins|n_classes|sample_weight|"
+                      r"val_mask|\[Errno|No such file")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", "{tmp}/good_logits.npy"], r"good_logits.npy: no labels \(give them with --labels\)"),
+    (["evaluate", "{tmp}/good_logits.npy"], r"good_logits.npy: no labels \(give them with --labels\)"),
+    (["fit", "{tmp}/good_logits.npy", "--method", "temperature", "--out", "{tmp}/c.json"], r"give them with --labels"),
+    (["report", "{tmp}/good_logits.npy", "--labels", "{tmp}/labels.npy", "--probabilities"],
+     r"good_logits.npy: scores\[0, \d\] = .* is not a probability in \[0, 1\]; give --from-logits for logits"),
+    (["fit", "{tmp}/good_logits.npy", "--labels", "{tmp}/labels.npy", "--probabilities", "--method", "isotonic",
+      "--out", "{tmp}/c.json"], r"good_logits.npy: scores\[0, \d\] = .*; give --from-logits for logits"),
+    (["report", "{tmp}/good.npz", "--labels", "{tmp}/labels9.npy"], r"labels\[0\] = 9 is out of range for 4 classes \(0 to 3\)"),
+    (["report", "{tmp}/npy_shards"], r"npy_shards: no .* shards \(or .npy shards with --labels\)"),
+    (["report", "{tmp}/good.npz", "--n-bins", "0"], r"calibkit report: --n-bins must be >= 1, got 0"),
+    (["report", "{tmp}/good_logits.npy", "--labels", "{tmp}/missing.npy"], r"missing.npy: no such file or directory"),
+    (["evaluate", "{tmp}/missing.npz"], r"missing.npz: no such file or directory"),
+    (["apply", "{tmp}/missing.json", "{tmp}/good.npz", "--out", "{tmp}/o.npy"],
+     r"cannot read .*missing.json: .*missing.json: no such file or directory"),
+    (["fit", "{tmp}/good.npz", "--method", "temperature", "--out", "{tmp}/nope/c.json"], r"no such file or directory"),
+    (["report", "{tmp}/good.npz", "--calibrate", "temperature", "--val-fraction", "1.5"],
+     r"--val-fraction must be in \(0, 1\), got 1.5"),
+    (["report", "{tmp}/good.npz", "--calibrate", "temperature,bogus", "--val-fraction", "0.5"],
+     r"--calibrate: unknown calibration method 'bogus'; choose from temperature, "),
+    (["report", "{tmp}/good.npz", "--calibrate", "temperature"], r"give --val DUMP or --val-fraction F"),
+    (["evaluate", "{tmp}/good.npz", "--html", "{tmp}/r.unknown/x.html"], r"no such file or directory"),
+])
+def test_errors_speak_of_flags_not_keywords(workdir, capsys, argv, message):
+    """Every error path of every dump subcommand: one line, in the command line's words (its flags), never a
+    Python keyword argument of the library underneath (labels=..., from_logits=True, n_bins, n_classes=...)."""
+    np.save(workdir / "labels9.npy", np.full(N, 9))
+    (workdir / "npy_shards").mkdir()
+    np.save(workdir / "npy_shards" / "a.npy", np.zeros((3, 2)))
+    code, out, err = _run([a.format(tmp=workdir) for a in argv], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+    assert not KEYWORDS.search(err.replace(str(workdir), "TMP")), err
     assert not _temporaries(workdir)
 
 
@@ -229,7 +275,7 @@ def test_failed_apply_keeps_the_old_output(workdir, capsys):
     out.write_bytes(b"the previous output")
     code, _, err = _run(["apply", str(workdir / "cal.json"), str(workdir / "bad_logits.npy"), "--out", str(out),
                          "--quiet"], capsys)
-    assert code == 2 and f"bad_logits.npy: logits[{N - 3}, 1] = nan is not finite" in err
+    assert code == 2 and f"bad_logits.npy: scores[{N - 3}, 1] = nan is not finite" in err
     assert out.read_bytes() == b"the previous output" and not _temporaries(workdir)
 
 
@@ -304,8 +350,9 @@ sys.exit(cli.main(["apply", {str(workdir / "cal.json")!r}, {str(workdir / "big_l
     assert out.read_bytes() == b"the previous output" and not _temporaries(workdir)
 
 
-def test_evaluate_of_a_dump_larger_than_memory_is_one_line(tmp_path):
-    """A consistent compressed member too big to gather for evaluate: one line pointing to `calibkit report`."""
+def test_fit_on_a_dump_larger_than_memory_is_one_line(tmp_path):
+    """A consistent compressed member too big to gather for a fit: one line saying what to do. (`calibkit
+    evaluate` is `calibkit report`, which reads it chunk by chunk.)"""
     path = tmp_path / "big.npz"
     n = 8_000_000  # 1.3 GB of float64 logits, ~6 MB compressed
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
@@ -317,8 +364,9 @@ def test_evaluate_of_a_dump_larger_than_memory_is_one_line(tmp_path):
                     f.write(block[:min(left, len(block))])
                     left -= min(left, len(block))
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
-            f"import calibkit.cli\nsys.exit(calibkit.cli.main(['evaluate', {str(path)!r}]))")
+            f"import calibkit.cli\nsys.exit(calibkit.cli.main(['fit', {str(path)!r}, '--method', 'temperature', "
+            f"'--out', {str(tmp_path / 'c.json')!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, MALLOC_ARENA_MAX="2", NUMBA_NUM_THREADS="2", OPENBLAS_NUM_THREADS="1"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-1000:]
-    assert "big.npz:logits: its 8,000,000 rows (1.2 GiB) do not fit in memory; `calibkit report DUMP`" in r.stderr
+    assert "big.npz:logits: its 8,000,000 rows (1.2 GiB) do not fit in memory; fit on a smaller split" in r.stderr

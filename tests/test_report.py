@@ -135,7 +135,7 @@ def test_fit_and_apply(tmp_path, capsys):
     (["report", "{dump}", "--val", "{dump}", "--val-fraction", "0.1"], "not both"),
     (["report", "{npy}", "--labels", "{labels}", "--val-fraction", "1.5"], "fraction must be in"),
     (["report"], "give a DUMP"),
-    (["fit", "{dump}", "--method", "temperature", "--out", "{tmp}/no/such/dir/x.json"], "No such file"),
+    (["fit", "{dump}", "--method", "temperature", "--out", "{tmp}/no/such/dir/x.json"], "no such file or directory"),
     (["apply", "{dump}", "{dump}", "--out", "{tmp}/o.npy"], "cannot read"),
     (["apply", "{badcal}", "{dump}", "--out", "{tmp}/o.npy"], "not written by `calibkit fit`"),
     (["apply", "{cal5}", "{dump}", "--out", "{tmp}/o.npy"], "fitted on 5 classes"),
@@ -182,7 +182,7 @@ def test_bad_rows_are_named_by_their_row_in_the_dump(tmp_path, capsys):
     bad[val_row, 1] = np.inf  # seen only by the temperature fit
     np.save(tmp_path / "b_logits.npy", bad)
     assert cli.main(["report", str(tmp_path / "b_logits.npy"), *args]) == 2
-    assert f"b_logits.npy: logits[{val_row}, 1] = inf is not finite" in capsys.readouterr().err
+    assert f"b_logits.npy: scores[{val_row}, 1] = inf is not finite" in capsys.readouterr().err
     yy = y.copy()
     yy[val_row] = 9
     np.savez(tmp_path / "c.npz", logits=z, labels=yy)
@@ -195,7 +195,7 @@ def test_bad_rows_are_named_by_their_row_in_the_dump(tmp_path, capsys):
     assert cli.main(["apply", str(cal), str(tmp_path / "a.npy"), "--out", str(tmp_path / "o.npy"), "--quiet"]) == 2
     # (the calibrator's JSON says its input is logits)
     err = capsys.readouterr().err
-    assert f"a.npy: logits[{test_row}, 3] = nan is not finite" in err and err.count("\n") == 1
+    assert f"a.npy: scores[{test_row}, 3] = nan is not finite" in err and err.count("\n") == 1
 
 
 def test_example_runs(capsys, monkeypatch):
@@ -371,3 +371,46 @@ def test_calibrated_pass_names_an_overflowing_row_as_the_calibrator_does(monkeyp
     with pytest.raises(ValueError) as want:
         c.transform(z)
     assert str(got.value) == str(want.value)
+
+
+def test_results_convert_to_data_frames(tmp_path):
+    pd = pytest.importorskip("pandas")
+    path, _, (zt, yt) = dump_with_splits(tmp_path)
+    r = report.report(io.open_dump(path, split="test"), val=io.open_dump(path, split="val"),
+                      methods=["temperature", "isotonic"])
+    frame = r.to_frame()
+    assert list(frame.index) == ["raw", "temperature", "isotonic"] and frame.index.name == "calibration"
+    assert frame.loc["raw", "ece"] == r["rows"]["raw"]["ece"] and "params" not in frame.columns
+    assert frame.loc["temperature", "n"] == 3000
+    assert r.to_dict() == report.json_safe(r) and json.loads(json.dumps(r.to_dict())) == r.to_dict()
+
+    table = calibkit.reliability_table(zt, yt, from_logits=True, n_bins=10)
+    tf = table.to_frame()
+    assert isinstance(tf, pd.DataFrame) and len(tf) == 10 and tf.index.name == "bin"
+    assert list(tf.columns) == ["lower", "upper", "count", "weight", "mean_confidence", "accuracy", "gap"]
+    np.testing.assert_array_equal(tf["count"].to_numpy(), table.count)
+    assert tf.attrs["strategy"] == "uniform"
+    assert table.to_dict()["count"] == tf["count"].tolist()
+
+    acc = calibkit.CalibrationAccumulator(10, from_logits=True, bootstrap=20)
+    acc.update(zt, yt)
+    res = acc.compute()
+    rf = res.to_frame()
+    assert len(rf) == 1 and rf.loc[0, "ece"] == res.ece and rf.loc[0, "count"] == 3000
+    assert (rf.loc[0, "ece_ci_low"], rf.loc[0, "ece_ci_high"]) == tuple(res.ece_ci)
+    assert "table" not in rf.columns and res.to_dict()["ece"] == res.ece
+
+
+def test_to_frame_without_pandas_says_which_extra(tmp_path, monkeypatch):
+    import sys
+
+    path, _, (zt, yt) = dump_with_splits(tmp_path, 100, 200)
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if not installed
+    table = calibkit.reliability_table(zt, yt, from_logits=True)
+    acc = calibkit.CalibrationAccumulator(from_logits=True)
+    acc.update(zt, yt)
+    r = report.report(io.open_dump(path, split="test"))
+    for convert in (table.to_frame, acc.compute().to_frame, r.to_frame):
+        with pytest.raises(ImportError, match=r"needs pandas.*pip install 'calibkit\[pandas\]'"):
+            convert()
+    assert r.to_dict()["rows"]["raw"]["n"] == 200  # dicts need nothing

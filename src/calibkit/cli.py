@@ -1,12 +1,15 @@
 """The ``calibkit`` command.
 
 ``calibkit report DUMP`` tabulates how calibrated an evaluation dump is and
-what each calibrator (fitted on validation rows) makes of it, and
-``calibkit fit`` / ``calibkit apply`` fit a calibrator to a dump and write
-calibrated probabilities, chunk by chunk (see :mod:`calibkit.report` and
-:mod:`calibkit.io`). ``calibkit evaluate DUMP`` prints the metrics and the
-reliability table of one dump. ``calibkit monitor`` follows a JSON Lines
-stream of predictions (see :mod:`calibkit.monitor`).
+what each calibrator (fitted on validation rows) makes of it, reading the dump
+chunk by chunk; ``--json`` writes the numbers (``--json -``: to standard
+output), ``--plot`` the reliability diagrams and ``--html`` one self-contained
+HTML page (see :mod:`calibkit.html`). ``calibkit evaluate`` is another name of
+``calibkit report`` (same flags, same output). ``calibkit fit`` /
+``calibkit apply`` fit a calibrator to a dump and write calibrated
+probabilities, chunk by chunk (see :mod:`calibkit.report` and
+:mod:`calibkit.io`). ``calibkit monitor`` follows a JSON Lines stream of
+predictions (see :mod:`calibkit.monitor`).
 
 User errors (a missing, empty, truncated or foreign file, a missing array,
 bad options, bad data, an output path that is one of the inputs) print one
@@ -38,64 +41,6 @@ METHOD_NAMES = tuple(METHODS)
 EXAMPLE_METHODS = "temperature,vector,isotonic,histogram"
 
 
-def evaluate(scores, labels, *, n_bins=15, from_logits=False, backend="auto"):
-    """All the calibration metrics of one dump, as a JSON-safe dict."""
-    from . import metrics
-
-    kw = dict(from_logits=from_logits, backend=backend)
-    table = metrics.reliability_table(scores, labels, n_bins=n_bins, **kw)
-    out = {
-        "n": int(table.count.sum()),
-        "n_classes": int(scores.shape[1]) if scores.ndim == 2 else 2,
-        "n_bins": n_bins,
-        "accuracy": table.accuracy_overall,
-        "mean_confidence": table.mean_confidence_overall,
-        "ece": table.ece,
-        "mce": table.mce,
-        "rmsce": table.rmsce,
-        "ace": metrics.ece(scores, labels, n_bins=n_bins, strategy="quantile", **kw),
-        "brier": metrics.brier_score(scores, labels, **kw),
-        "nll": metrics.nll(scores, labels, **kw),
-    }
-    if scores.ndim == 2:
-        out["classwise_ece"] = metrics.classwise_calibration_error(scores, labels, n_bins=n_bins, **kw)
-    return out, table
-
-
-def _cmd_evaluate(args) -> int:
-    from . import io
-    from ._validation import BadElementError
-
-    _check_sizes(args)
-    if args.dump is not None and args.scores is not None:
-        raise UsageError("calibkit evaluate: give a DUMP or --scores, not both")
-    path = args.dump if args.dump is not None else args.scores
-    if path is None:
-        raise UsageError("calibkit evaluate: give a DUMP (.npz, or .npy with --labels), or --scores S.npy "
-                         "--labels L.npy")
-    dump = _open(path, args)
-    scores, labels = _in_memory(dump, "`calibkit report DUMP` reads it in chunks")
-    try:
-        result, table = evaluate(scores, labels, n_bins=args.n_bins, from_logits=dump.from_logits,
-                                 backend=args.backend)
-    except BadElementError as exc:
-        raise io.located(exc, dump) from None
-    name, from_logits = dump.name, dump.from_logits
-    result["scores"] = name
-    result["from_logits"] = from_logits
-    if args.json:
-        result["reliability_table"] = table.to_dict()
-        print(json.dumps(result, indent=2))
-        return 0
-    kind = "logits" if from_logits else "probabilities"
-    print(f"{name}: {result['n']} rows x {result['n_classes']} classes, read as {kind}")
-    for key in ("accuracy", "mean_confidence", "ece", "ace", "mce", "rmsce", "classwise_ece", "brier", "nll"):
-        if key in result:
-            print(f"  {key:<16} {result[key]:.6f}")
-    print(table)
-    return 0
-
-
 def _in_memory(dump, advice):
     """The scores and labels of `dump` as arrays: memory-mapped ones as they are (no copy), others (compressed
     members, shards, Parquet) gathered block by block into one array each; `advice` says what to do when they
@@ -117,7 +62,7 @@ def _check_sizes(args):
         try:
             check_n_bins(args.n_bins)
         except (ValueError, TypeError) as exc:
-            raise UsageError(f"calibkit {args.command}: --n-bins: {exc}") from None
+            raise UsageError(f"calibkit {args.command}: {_cli_words(exc)}") from None
 
 
 def _inputs(*paths):
@@ -246,21 +191,21 @@ def _open(path, args, **kw):
                         labels_key=getattr(args, "labels_key", None), **kw)
 
 
-def _plot_format(path):
-    """The figure format of --plot PATH (from its suffix), checked before any work."""
+def _plot_format(path, command, flag="--plot"):
+    """The figure format of ``--plot PATH`` (from its suffix), checked before any work (pyplot is not imported:
+    the figures are drawn on plain matplotlib Figures, whatever backend the user has)."""
     import pathlib
 
-    from . import plot
-
     try:
-        plot._pyplot()
+        import matplotlib  # noqa: F401
         from matplotlib.backend_bases import FigureCanvasBase
-    except ImportError as exc:
-        raise UsageError(f"calibkit report: --plot {path}: {exc}") from None
+    except ImportError:
+        raise UsageError(f"calibkit {command}: {flag} {path}: figures need matplotlib: pip install "
+                         "'calibkit[plot]'") from None
     fmt = pathlib.Path(path).suffix[1:].lower()
     supported = FigureCanvasBase.get_supported_filetypes()
     if fmt not in supported:
-        raise UsageError(f"calibkit report: --plot {path}: unknown figure format {fmt or '(no suffix)'!r}; "
+        raise UsageError(f"calibkit {command}: {flag} {path}: unknown figure format {fmt or '(no suffix)'!r}; "
                          f"end the name with one of .{', .'.join(sorted(supported))}")
     return fmt
 
@@ -269,48 +214,82 @@ def _cmd_report(args) -> int:
     from . import datasets, io, report
     from ._files import atomic_output
 
-    if args.example and args.dump:
-        raise UsageError("calibkit report: give a DUMP or --example, not both")
-    path = example_path() if args.example else args.dump
+    cmd = args.command
+    if args.dump is not None and args.scores is not None:
+        raise UsageError(f"calibkit {cmd}: give a DUMP or --scores, not both")
+    dump_path = args.dump if args.dump is not None else args.scores
+    if args.example and dump_path:
+        raise UsageError(f"calibkit {cmd}: give a DUMP or --example, not both")
+    path = example_path() if args.example else dump_path
+    if path is None and args.json and args.json.endswith((".npy", ".npz", ".parquet", ".arrow", ".feather")):
+        raise UsageError(f"calibkit {cmd}: --json took {args.json} as the file to write; give the DUMP before "
+                         "--json, or write --json - (standard output) or --json FILE.json")
     if path is None:
-        raise UsageError("calibkit report: give a DUMP (or --example)")
+        raise UsageError(f"calibkit {cmd}: give a DUMP (.npz, or .npy with --labels, or a directory of shards), "
+                         "--scores S.npy --labels L.npy, or --example")
     _check_sizes(args)
     calibrate = args.calibrate if args.calibrate is not None or not args.example else EXAMPLE_METHODS
     methods = [m.strip() for m in (calibrate or "").split(",") if m.strip()]
+    for m in methods:
+        if m not in report.METHODS:
+            raise UsageError(f"calibkit {cmd}: --calibrate: unknown calibration method {m!r}; choose from "
+                             f"{', '.join(METHOD_NAMES)}")
     if args.val and args.val_fraction is not None:
-        raise UsageError("calibkit report: give --val or --val-fraction, not both")
-    plot_format = _plot_format(args.plot) if args.plot else None
+        raise UsageError(f"calibkit {cmd}: give --val or --val-fraction, not both")
+    if args.val_fraction is not None and not 0.0 < args.val_fraction < 1.0:
+        raise UsageError(f"calibkit {cmd}: --val-fraction must be in (0, 1), got {args.val_fraction!r}")
+    plot_format = _plot_format(args.plot, cmd) if args.plot else None
+    if args.html:
+        _plot_format("figures.png", cmd, "--html")  # the page's figures: matplotlib must be there
+    to_stdout = args.json == "-"
     inputs = _inputs(path, args.labels, args.val, args.val_labels)
     with contextlib.ExitStack() as outputs:  # opened first: a bad output path fails before the work
-        json_file = outputs.enter_context(atomic_output(args.json, "w", inputs=inputs)) if args.json else None
+        json_file = (outputs.enter_context(atomic_output(args.json, "w", inputs=inputs))
+                     if args.json and not to_stdout else None)
         plot_file = outputs.enter_context(atomic_output(args.plot, "wb", inputs=inputs)) if args.plot else None
+        html_file = outputs.enter_context(atomic_output(args.html, "w", inputs=inputs)) if args.html else None
         test = _open(path, args)
         val = val_mask = None
+        split = None
         if args.val:
             val = _open(args.val, args, labels=args.val_labels)
+            validation = f"the dump {val.name} ({val.n_rows:,} rows)"
         elif args.val_fraction is not None:
             val_mask = io.split_mask(test.n_rows, args.val_fraction, seed=args.seed)
+            validation = f"a fraction {args.val_fraction:g} of the rows (--val-fraction, seed {args.seed})"
         elif methods and {"val", "test"} <= set(io.splits(path)):  # a file with val_* / test_* arrays splits itself
             test, val = _open(path, args, split="test"), _open(path, args, split="val")
+            split, validation = "test", f"its val split ({val.name})"
+        else:
+            validation = None
+        if split is None and str(path).endswith(".npz") and "test" in io.splits(path):
+            split = "test"
         if args.example:
             test.name = f"{datasets.EXAMPLE_FILE} test split ({datasets.EXAMPLE_ORIGIN})"
-        update, stage, close = _staged_progress(args.quiet, "calibkit report")
+        update, stage, close = _staged_progress(args.quiet, f"calibkit {cmd}")
         try:
             result = report.report(test, val=val, val_mask=val_mask, methods=methods, n_bins=args.n_bins,
-                                   strategy=args.strategy, progress=update, stage=stage, backend=args.backend)
+                                   strategy=args.strategy, progress=update, stage=stage, details=bool(args.html),
+                                   backend=args.backend)
         finally:
             close()
-        print(report.format_table(result))
+        if to_stdout:
+            print(json.dumps(report.json_safe(result), indent=2))
+        else:
+            print(report.format_table(result))
         if json_file is not None:
             json.dump(report.json_safe(result), json_file, indent=2)
         if plot_file is not None:
             from . import plot
 
             fig = plot.report_figure(result, None)
-            try:
-                fig.savefig(plot_file, format=plot_format, dpi=100)
-            finally:
-                plot._pyplot().close(fig)
+            fig.savefig(plot_file, format=plot_format, dpi=100)
+        if html_file is not None:
+            from . import html
+
+            provenance = {"path": str(path), "split": split or "(whole dump)",
+                          "validation": validation or "(no calibrators)"}
+            html_file.write(html.report_html(result, provenance))
     return 0
 
 
@@ -326,7 +305,9 @@ def _cmd_fit(args) -> int:
         try:
             calibrator = report.fit_calibrator(args.method, scores, labels, dump.from_logits)
         except BadElementError as exc:
-            raise io.located(exc, dump) from None
+            raise report.locate(exc, dump) from None
+        except ValueError as exc:  # a calibrator's own check of its input (e.g. a score that is no probability)
+            raise io.DumpError(f"{dump.name}: {exc}") from None
         payload = calibrator.to_dict()
         payload["input"] = {"from_logits": dump.from_logits, "method": args.method, "n_classes": dump.n_classes,
                             "fitted_on": dump.name, "n_rows": dump.n_rows}
@@ -336,7 +317,7 @@ def _cmd_fit(args) -> int:
 
 
 def _cmd_apply(args) -> int:
-    from . import io, report
+    from . import report
     from ._files import atomic_output
     from ._validation import BadElementError
     from .calibrators import Calibrator
@@ -344,8 +325,10 @@ def _cmd_apply(args) -> int:
     try:
         with open(args.calibrator, encoding="utf-8") as f:
             payload = json.load(f)
-    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UsageError(f"calibkit apply: cannot read {args.calibrator}: {exc}")
+    except OSError as exc:
+        raise UsageError(f"calibkit apply: cannot read {args.calibrator}: {_os_words(exc)}") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UsageError(f"calibkit apply: cannot read {args.calibrator}: {exc}") from None
     meta = payload.get("input") if isinstance(payload, dict) else None
     if not isinstance(meta, dict) or meta.get("method") not in report.METHODS:
         raise UsageError(f"calibkit apply: {args.calibrator} was not written by `calibkit fit`")
@@ -370,7 +353,7 @@ def _cmd_apply(args) -> int:
                 try:
                     p = report.calibrated_probabilities(calibrator, meta["method"], s, dump.from_logits)
                 except BadElementError as exc:
-                    raise io.located(exc, dump, a) from None
+                    raise report.locate(exc, dump, a) from None
                 block = np.empty((len(s), shape[1]), dtype=dtype)
                 block[...] = p
                 out.write(memoryview(block).cast("B"))
@@ -403,30 +386,17 @@ def _add_dump_options(p, labels=True):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="calibkit", description="Calibration metrics for model outputs.")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print calibkit's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
-    ev = sub.add_parser("evaluate", help="calibration metrics and reliability table of an evaluation dump")
-    ev.add_argument("dump", nargs="?", help="the evaluation dump (read as by `calibkit report`): .npz with scores "
-                                            "and labels arrays (or val_*/test_* splits: test is evaluated), .npy "
-                                            "with --labels, or a directory of shards")
-    ev.add_argument("--scores", help=".npy file of scores (N, K) or (N,), memory-mapped (instead of DUMP)")
-    ev.add_argument("--labels", help=".npy file of integer labels (N,), memory-mapped")
-    ev.add_argument("--scores-key", help="array name in the .npz (default: logits, probs, probabilities or scores)")
-    ev.add_argument("--labels-key", help="array name in the .npz (default: labels, targets or y)")
-    mode = ev.add_mutually_exclusive_group()
-    mode.add_argument("--from-logits", dest="from_logits", action="store_true", default=None,
-                      help="scores are logits (default: when the array or file name contains 'logit')")
-    mode.add_argument("--probabilities", dest="from_logits", action="store_false", help="scores are probabilities")
-    ev.add_argument("--n-bins", type=int, default=15)
-    ev.add_argument("--backend", default="auto", choices=("auto", "cpp", "numba"))
-    ev.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    ev.set_defaults(func=_cmd_evaluate)
-
-    rp = sub.add_parser("report", help="calibration of an evaluation dump, raw and after each calibrator",
+    rp = sub.add_parser("report", aliases=["evaluate"],
+                        help="calibration of an evaluation dump, raw and after each calibrator",
                         description="Prints N, K, accuracy, ECE, MCE, ACE, class-wise ECE, Brier and NLL of the "
                                     "raw scores and of each calibrator fitted on the validation rows and "
                                     "evaluated on the rest. Dumps: .npy (with --labels), .npz (logits/probs + "
-                                    "labels, or val_*/test_* splits) or a directory of shards; read in chunks.")
+                                    "labels, or val_*/test_* splits) or a directory of shards; read in chunks. "
+                                    "`calibkit evaluate` is another name of this command.")
     rp.add_argument("dump", nargs="?", help="the evaluation dump")
+    rp.add_argument("--scores", help=".npy file of scores (N, K) or (N,), instead of DUMP (labels from --labels)")
     rp.add_argument("--example", action="store_true",
                     help="report on a real dump shipped with calibkit (focal_cifar10_resnet50_brier.npz: ResNet-50 "
                          f"on CIFAR-10, Mukhoti et al. 2020), with --calibrate {EXAMPLE_METHODS} unless given")
@@ -439,8 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--val-fraction", type=float, help="fit on this fraction of the rows (a fixed pseudo-random split)")
     rp.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction split")
     rp.add_argument("--calibrate", help="comma-separated methods: " + ",".join(METHOD_NAMES))
-    rp.add_argument("--json", help="also write the numbers to this JSON file")
-    rp.add_argument("--plot", help="write reliability diagrams to this .png / .svg / .pdf")
+    rp.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                    help="write the numbers as JSON to FILE; to standard output (instead of the table) with "
+                         "--json - or a bare --json")
+    rp.add_argument("--plot", metavar="FILE", help="write reliability diagrams to this .png / .svg / .pdf")
+    rp.add_argument("--html", metavar="FILE",
+                    help="write one self-contained HTML page: provenance, metrics, reliability diagrams, "
+                         "per-class table, risk-coverage curve")
     rp.add_argument("--quiet", action="store_true", help="no progress bar")
     rp.set_defaults(func=_cmd_report)
 
@@ -503,7 +478,10 @@ def main(argv=None) -> int:
     except DumpError as exc:
         print(f"calibkit: {_cli_words(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, OSError) as exc:
+    except OSError as exc:
+        print(f"calibkit {args.command}: {_os_words(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as exc:
         print(f"calibkit {args.command}: {_cli_words(exc)}", file=sys.stderr)
         return 2
 
@@ -534,9 +512,48 @@ def _one_line(text) -> str:
     return " ".join(str(text).split())
 
 
+# The library's advice in command-line words: (regex, replacement string or function), applied in order. The library speaks of its
+# keyword arguments; the command line of its flags (tests/test_cli_errors.py runs every error path and checks
+# that no keyword is left).
+_CLI_WORDS = (
+    (r"pass from_logits=True for logits, or check_sums=False to skip this check", "give --from-logits for logits"),
+    (r"(?:pass|give) (?:logits with )?from_logits=True", "give --from-logits"),
+    (r"\(give them with labels=\.\.\. / --labels\)", "(give them with --labels)"),
+    (r"with labels=\)", "with --labels)"),
+    (r"\bn_bins must be", "--n-bins must be"),
+    (r"out of range for n_classes=(\d+)", lambda m: f"out of range for {m[1]} classes (0 to {int(m[1]) - 1})"),
+    (r": no such file$", ": no such file or directory"),
+    (r": no such file([;,(])", r": no such file or directory\1"),
+    (r"No such file or directory", "no such file or directory"),
+)
+
+
 def _cli_words(exc) -> str:
-    """An error message on one line, with the library's advice in command-line words."""
-    return _one_line(exc).replace("pass from_logits=True", "give --from-logits")
+    """An error message on one line, with the library's advice in command-line words (see ``_CLI_WORDS``)."""
+    import re
+
+    text = _one_line(exc)
+    for pattern, replacement in _CLI_WORDS:
+        text = re.sub(pattern, replacement, text)
+    return text
+
+
+def _os_words(exc) -> str:
+    """An OSError as ``FILE: what went wrong`` (``missing.npy: no such file or directory``), never Python's
+    ``[Errno 2] ...`` repr."""
+    if exc.strerror and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror[:1].lower()}{exc.strerror[1:]}"
+    return _cli_words(exc)
+
+
+class _Version(argparse.Action):
+    """``calibkit --version``: the installed version (looked up only when asked)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+
+        print(f"calibkit {__version__}")
+        parser.exit(0)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -494,6 +494,20 @@ class ReliabilityTable:
             out[f.name] = value
         return out
 
+    def to_frame(self):
+        """The table as a :class:`pandas.DataFrame`: one row per bin (index ``bin``), the columns of
+        :meth:`to_dict` (empty bins: NaN), ``strategy`` in ``frame.attrs``.
+
+        Needs pandas (``pip install 'calibkit[pandas]'``)."""
+        from ._frames import require_pandas
+
+        pd = require_pandas()
+        frame = pd.DataFrame({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                              if isinstance(getattr(self, f.name), np.ndarray)})
+        frame.index.name = "bin"
+        frame.attrs["strategy"] = self.strategy
+        return frame
+
     def __repr__(self) -> str:
         head = (f"ReliabilityTable({self.n_bins} bins, strategy={self.strategy!r}, "
                 f"n={int(self.count.sum())}, ECE={self.ece:.4f}, MCE={self.mce:.4f}, "

@@ -1,65 +1,143 @@
-"""Reliability diagrams (matplotlib, the optional extra ``plot``).
+"""Figures of calibration (matplotlib, the optional extra ``plot``).
 
-The layout of Guo et al. (2017), Fig. 1: per bin, the accuracy as a bar and
-the gap to the bin's mean confidence as a hatched bar against the diagonal,
-and beneath it the fraction of samples in each bin with the overall accuracy
-and mean confidence marked.
+- :func:`reliability_diagram`: the layout of Guo et al. (2017), Fig. 1: per
+  bin, the accuracy as a bar and the gap to the bin's mean confidence as a
+  hatched bar against the diagonal (over-confident and under-confident bins in
+  two colours, both in the legend), and beneath it the fraction of samples in
+  each bin (one y scale for every panel) with the overall accuracy and mean
+  confidence marked.
+- :func:`risk_coverage_plot`: selective prediction (Geifman & El-Yaniv 2017),
+  risk against coverage, from :func:`calibkit.risk_coverage_curve`.
+- :func:`ood_roc_plot`: the ROC curve of in- vs out-of-distribution scores
+  (in-distribution samples are the positives, as in :func:`calibkit.ood_metrics`).
+- :class:`ReliabilityDisplay`, :class:`RiskCoverageDisplay` and
+  :class:`OODRocDisplay`: the same in the style of scikit-learn's
+  ``CalibrationDisplay``: ``from_predictions(...)`` computes and plots, the
+  object keeps the data (``table_``, ``curve_``, ...) and the ``figure_`` and
+  ``ax_`` it drew on.
+
+Every function takes ``ax=`` (draw into the user's axes) and never changes
+matplotlib's backend: without ``ax`` a new figure comes from
+``matplotlib.pyplot`` (the user's backend, shown in notebooks), except when
+``path=`` is given: then the figure is a plain :class:`matplotlib.figure.Figure`
+(no window, nothing left registered in pyplot), saved there.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+ACCURACY = "#4C72B0"          #: accuracy bars
+OVER = "#DD8452"              #: gap bars of over-confident bins (confidence above accuracy)
+UNDER = "#8172B3"             #: gap bars of under-confident bins (accuracy above confidence)
+SAMPLES = "#55A868"           #: histogram bars (fraction of samples per bin)
+CONFIDENCE = "#C44E52"        #: mean confidence marker
+DIAGONAL = "gray"             #: perfect calibration
+CURVE = "#4C72B0"             #: risk-coverage and ROC curves
+
+
+def _matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError("figures need matplotlib: pip install 'calibkit[plot]'") from None
+
 
 def _pyplot():
-    try:
-        import matplotlib
+    """matplotlib.pyplot, whatever backend the user has chosen (never switched here)."""
+    _matplotlib()
+    import matplotlib.pyplot as plt
 
-        if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "cairo") and not _interactive():
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("reliability diagrams need matplotlib: pip install 'calibkit[plot]'") from None
     return plt
 
 
-def _interactive():
-    import sys
+def _new_figure(figsize, dpi, plain, nrows=1, ncols=1, **kw):
+    """``(figure, axes)``: from pyplot (the user's backend), or a plain Figure with ``plain`` (for files)."""
+    _matplotlib()
+    if plain:
+        from matplotlib.figure import Figure
 
-    return hasattr(sys, "ps1") or "IPython" in sys.modules
+        fig = Figure(figsize=figsize, dpi=dpi)
+        return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return _pyplot().subplots(nrows, ncols, figsize=figsize, dpi=dpi, squeeze=False, **kw)
+
+
+def _suptitle(fig, text, fontsize=11):
+    """The figure's title, wrapped to the figure's width (a long dump name must not run off the edge)."""
+    import textwrap
+
+    width = max(20, int(fig.get_figwidth() * 120 / fontsize))
+    fig.suptitle(textwrap.fill(text, width), fontsize=fontsize)
+
+
+def _save(fig, path, dpi):
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
 
 
 def _draw(table, ax_top, ax_bottom, title):
+    """One reliability diagram on ``ax_top`` and its histogram on ``ax_bottom`` (may be None)."""
     width = table.upper - table.lower
     filled = table.weight > 0
     acc = np.where(filled, table.accuracy, 0.0)
     conf = np.where(filled, table.mean_confidence, 0.0)
-    ax_top.bar(table.lower, acc, width=width, align="edge", color="#4C72B0", edgecolor="black", linewidth=0.6,
-               label="accuracy")
-    bottom = np.minimum(acc, conf)
-    ax_top.bar(table.lower[filled], np.abs(conf - acc)[filled], bottom=bottom[filled], width=width[filled],
-               align="edge", color="#DD8452", alpha=0.45, edgecolor="#C44E52", hatch="//", linewidth=0.6,
-               label="gap to confidence")
-    ax_top.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1)
+    over = filled & (conf > acc)
+    under = filled & (acc > conf)
+    ax_top.bar(table.lower[filled], acc[filled], width=width[filled], align="edge", color=ACCURACY,
+               edgecolor="black", linewidth=0.6, label="accuracy")
+    # Opaque gap bars, over-confident ones above the accuracy bar, under-confident ones over its top part: every
+    # colour drawn is one of the legend's (no blend of two colours).
+    if over.any():
+        ax_top.bar(table.lower[over], (conf - acc)[over], bottom=acc[over], width=width[over], align="edge",
+                   color=OVER, edgecolor="black", hatch="//", linewidth=0.6,
+                   label="gap: over-confident")
+    if under.any():
+        ax_top.bar(table.lower[under], (acc - conf)[under], bottom=conf[under], width=width[under], align="edge",
+                   color=UNDER, edgecolor="black", hatch="\\\\", linewidth=0.6,
+                   label="gap: under-confident")
+    ax_top.plot([0, 1], [0, 1], linestyle="--", color=DIAGONAL, linewidth=1, label="perfect calibration")
     ax_top.set_xlim(0, 1)
     ax_top.set_ylim(0, 1)
     ax_top.set_ylabel("accuracy")
-    ax_top.set_title(f"{title}\nECE = {table.ece:.4f}, MCE = {table.mce:.4f}", fontsize=10)
-    ax_top.legend(loc="upper left", fontsize=8)
+    head = f"{title}\n" if title else ""
+    ax_top.set_title(f"{head}ECE = {table.ece:.4f}, MCE = {table.mce:.4f}", fontsize=10)
+    ax_top.legend(loc="upper left", fontsize=7)
+    if ax_bottom is None:
+        ax_top.set_xlabel("confidence")
+        return 0.0
     share = table.weight / max(table.weight.sum(), 1e-300)
-    ax_bottom.bar(table.lower, share, width=width, align="edge", color="#55A868", edgecolor="black",
-                  linewidth=0.6)
+    ax_bottom.bar(table.lower, share, width=width, align="edge", color=SAMPLES, edgecolor="black", linewidth=0.6,
+                  label="samples")
     if table.weight.sum() > 0:  # as in Guo et al.'s Fig. 1: the overall accuracy and mean confidence
         ax_bottom.axvline(table.accuracy_overall, color="black", linestyle="--", linewidth=1, label="accuracy")
-        ax_bottom.axvline(table.mean_confidence_overall, color="#C44E52", linestyle=":", linewidth=1.5,
+        ax_bottom.axvline(table.mean_confidence_overall, color=CONFIDENCE, linestyle=":", linewidth=1.5,
                           label="mean confidence")
-        ax_bottom.legend(loc="upper left", fontsize=7)
+    ax_bottom.legend(loc="best", fontsize=6)
     ax_bottom.set_xlim(0, 1)
     ax_bottom.set_xlabel("confidence")
     ax_bottom.set_ylabel("fraction")
+    return float(share.max()) if len(share) else 0.0
 
 
-def reliability_diagram(tables, titles=None, *, path=None, figsize=None, dpi=100):
+def _axes_pairs(ax, n):
+    """The user's axes as n (top, bottom-or-None) pairs."""
+    from matplotlib.axes import Axes
+
+    if isinstance(ax, Axes):
+        if n != 1:
+            raise ValueError(f"ax: one Axes for {n} tables; give a (2, {n}) array of Axes (top: diagrams, "
+                             "bottom: histograms)")
+        return [(ax, None)]
+    arr = np.asarray(ax, dtype=object)
+    if arr.shape == (2,) and n == 1:
+        arr = arr.reshape(2, 1)
+    if arr.shape != (2, n) or not all(isinstance(a, Axes) for a in arr.ravel()):
+        raise ValueError(f"ax must be an Axes (one table, no histogram) or a (2, {n}) array of Axes, "
+                         f"got {type(ax).__name__} of shape {arr.shape}")
+    return [(arr[0, j], arr[1, j]) for j in range(n)]
+
+
+def reliability_diagram(tables, titles=None, *, ax=None, name=None, title=None, path=None, figsize=None, dpi=100):
     """Draw one reliability diagram per table, side by side (e.g. before / after calibration).
 
     Parameters
@@ -67,15 +145,33 @@ def reliability_diagram(tables, titles=None, *, path=None, figsize=None, dpi=100
     tables : ReliabilityTable or sequence of them
         From :func:`calibkit.reliability_table`, ``CalibrationResult.table``, ...
     titles : sequence of str, optional
+        One per table (e.g. ``["raw", "temperature"]``).
+    ax : matplotlib Axes or (2, n) array of Axes, optional
+        Draw there instead of on a new figure: one Axes (one table, the
+        diagram without its histogram), or the diagrams in the first row and
+        their histograms in the second (``plt.subplots(2, n)``).
+    name : str, optional
+        What the tables are of (a dump's name): the figure's title is
+        ``"{name}: reliability, N = {n}"`` (N counted in the first table).
+    title : str, optional
+        The figure's title instead (only on a figure made here; ``ax=`` leaves
+        the user's figure title alone).
     path : str or path-like, optional
-        Save the figure there (format from the suffix: .png, .svg, .pdf) and close it.
+        Save the figure there (format from the suffix: .png, .svg, .pdf).
+        The figure is then a plain Figure, not registered in pyplot.
     figsize : (width, height) in inches, optional
         Default 4 x 5 inches per diagram.
     dpi : int
 
     Returns
     -------
-    matplotlib.figure.Figure (closed when ``path`` is given)
+    matplotlib.figure.Figure
+        The figure drawn on.
+
+    Notes
+    -----
+    The histograms (fraction of samples per bin) of all panels share one y
+    scale, so panels compare at a glance.
     """
     from .metrics import ReliabilityTable
 
@@ -84,28 +180,274 @@ def reliability_diagram(tables, titles=None, *, path=None, figsize=None, dpi=100
     tables = list(tables)
     if not tables or not all(isinstance(t, ReliabilityTable) for t in tables):
         raise TypeError("tables must be a ReliabilityTable or a non-empty sequence of them")
-    if titles is None:
-        titles = [""] * len(tables) if len(tables) > 1 else ["reliability diagram"]
-    titles = list(titles)
+    titles = [""] * len(tables) if titles is None else list(titles)
     if len(titles) != len(tables):
         raise ValueError(f"{len(titles)} titles for {len(tables)} tables")
-    plt = _pyplot()
     n = len(tables)
-    fig, axes = plt.subplots(2, n, figsize=figsize or (4.0 * n, 5.0), dpi=dpi, squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1]}, sharex="col")
-    for j, (t, title) in enumerate(zip(tables, titles)):
-        _draw(t, axes[0, j], axes[1, j], title)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=dpi)
-        plt.close(fig)
+    if ax is None:
+        fig, axes = _new_figure(figsize or (4.0 * n, 5.0), dpi, path is not None, 2, n,
+                                gridspec_kw={"height_ratios": [3, 1]}, sharex="col")
+        pairs = [(axes[0, j], axes[1, j]) for j in range(n)]
+        own = True
+    else:
+        _matplotlib()
+        pairs = _axes_pairs(ax, n)
+        fig, own = pairs[0][0].figure, False
+    top = max(_draw(t, a, b, tt) for t, (a, b), tt in zip(tables, pairs, titles))
+    for _, b in pairs:
+        if b is not None:
+            b.set_ylim(0, max(top, 1e-3) * 1.1)
+    if own:
+        count = int(tables[0].count.sum())
+        _suptitle(fig, title if title is not None else
+                  (f"{name}: reliability, N = {count:,}" if name else f"reliability, N = {count:,}"))
+        fig.tight_layout()
+    _save(fig, path, dpi)
     return fig
 
 
-def report_figure(result, path, *, dpi=100):
-    """The reliability diagrams of a ``calibkit report`` result (raw, then each calibrator) saved to ``path``."""
+def report_figure(result, path=None, *, dpi=100):
+    """The reliability diagrams of a ``calibkit report`` result (raw, then each calibrator): a plain Figure
+    (not registered in pyplot), saved to ``path`` when given."""
     tables = result["tables"]
-    return reliability_diagram(list(tables.values()), titles=list(tables.keys()), path=path, dpi=dpi)
+    fig, axes = _new_figure((4.0 * len(tables), 5.0), dpi, True, 2, len(tables),
+                            gridspec_kw={"height_ratios": [3, 1]}, sharex="col")
+    reliability_diagram(list(tables.values()), titles=list(tables.keys()), ax=axes)
+    n = int(next(iter(tables.values())).count.sum())
+    _suptitle(fig, f"{result['dump']}: reliability, N = {n:,}")
+    fig.tight_layout()
+    _save(fig, path, dpi)
+    return fig
 
 
-__all__ = ["reliability_diagram", "report_figure"]
+def _thin(x, y, points=2000):
+    """At most about `points` points of a long curve (evenly spaced along it, both ends kept), for drawing."""
+    if len(x) <= points:
+        return x, y
+    idx = np.unique(np.linspace(0, len(x) - 1, points).round().astype(np.int64))
+    return x[idx], y[idx]
+
+
+def _one_axes(ax, figsize, dpi, path):
+    if ax is not None:
+        _matplotlib()
+        return ax.figure, ax, False
+    fig, axes = _new_figure(figsize, dpi, path is not None)
+    return fig, axes[0, 0], True
+
+
+def risk_coverage_plot(curve, *, aurc=None, n=None, ax=None, name=None, path=None, figsize=(5.0, 4.0), dpi=100):
+    """Risk (error rate among the accepted predictions) against coverage (fraction accepted).
+
+    Parameters
+    ----------
+    curve : RiskCoverageCurve
+        From :func:`calibkit.risk_coverage_curve`.
+    aurc : float, optional
+        Shown in the legend (the area under the curve, :func:`calibkit.aurc`).
+    n : int, optional
+        The number of predictions, shown in the title.
+    ax : matplotlib Axes, optional
+    name : str, optional
+        The curve's label and the title.
+    path, figsize, dpi
+        As in :func:`reliability_diagram`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Notes
+    -----
+    Curves of more than 2000 points are drawn through 2000 of them, evenly
+    spaced along the curve (the first and last kept).
+    """
+    from .ood import RiskCoverageCurve
+
+    if not isinstance(curve, RiskCoverageCurve):
+        raise TypeError(f"curve must be a RiskCoverageCurve (from calibkit.risk_coverage_curve), "
+                        f"got {type(curve).__name__}")
+    fig, ax, own = _one_axes(ax, figsize, dpi, path)
+    x, y = _thin(np.concatenate([[0.0], curve.coverage]), np.concatenate([[curve.risk[0]], curve.risk]))
+    label = name or "model"
+    if aurc is not None:
+        label += f" (AURC = {aurc:.4f})"
+    ax.step(x, y, where="pre", color=CURVE, linewidth=1.5, label=label)
+    ax.axhline(curve.risk[-1], color=DIAGONAL, linestyle="--", linewidth=1, label="risk at full coverage")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max(float(np.max(curve.risk)) * 1.05, 1e-3))
+    ax.set_xlabel("coverage (fraction of predictions accepted)")
+    ax.set_ylabel("risk (error rate among accepted)")
+    ax.legend(loc="upper left", fontsize=8)
+    if own:
+        _suptitle(fig, f"risk-coverage{': ' + name if name else ''}" + (f", N = {n:,}" if n else ""), 10)
+        fig.tight_layout()
+    _save(fig, path, dpi)
+    return fig
+
+
+def ood_roc_plot(fpr, tpr, *, auroc=None, ax=None, name=None, path=None, figsize=(4.5, 4.5), dpi=100):
+    """The ROC curve of an OOD detector: TPR (in-distribution accepted) against FPR (out-of-distribution accepted).
+
+    Parameters
+    ----------
+    fpr, tpr : (M,) arrays
+        The curve from (0, 0) to (1, 1) (see :meth:`OODRocDisplay.from_scores`).
+    auroc : float, optional
+        Shown in the legend.
+    ax, name, path, figsize, dpi
+        As in :func:`risk_coverage_plot`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig, ax, own = _one_axes(ax, figsize, dpi, path)
+    x, y = _thin(np.asarray(fpr, dtype=np.float64), np.asarray(tpr, dtype=np.float64))
+    label = name or "detector"
+    if auroc is not None:
+        label += f" (AUROC = {auroc:.4f})"
+    ax.plot(x, y, color=CURVE, linewidth=1.5, label=label)
+    ax.plot([0, 1], [0, 1], linestyle="--", color=DIAGONAL, linewidth=1, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false-positive rate (out-of-distribution accepted)")
+    ax.set_ylabel("true-positive rate (in-distribution accepted)")
+    ax.legend(loc="lower right", fontsize=8)
+    if own:
+        _suptitle(fig, f"ROC, in vs out of distribution{': ' + name if name else ''}", 10)
+        fig.tight_layout()
+    _save(fig, path, dpi)
+    return fig
+
+
+class ReliabilityDisplay:
+    """A reliability diagram, like scikit-learn's ``CalibrationDisplay``.
+
+    Parameters
+    ----------
+    table : ReliabilityTable
+    name : str, optional
+
+    Attributes
+    ----------
+    table_ : ReliabilityTable
+    figure_ : matplotlib Figure, ax_ : (top, bottom) Axes
+        Set by :meth:`plot` (bottom is None when drawn into one given Axes).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calibkit.plot import ReliabilityDisplay
+    >>> rng = np.random.default_rng(0)
+    >>> logits = rng.normal(size=(1000, 5)); labels = rng.integers(0, 5, 1000)
+    >>> disp = ReliabilityDisplay.from_predictions(logits, labels, from_logits=True, name="demo")
+    >>> disp.table_.n_bins
+    15
+    """
+
+    def __init__(self, table, *, name=None):
+        self.table_, self.name = table, name
+
+    def plot(self, *, ax=None, title=None):
+        """Draw (see :func:`reliability_diagram`); returns self."""
+        self.figure_ = reliability_diagram(self.table_, ax=ax, name=self.name, title=title)
+        self.ax_ = _axes_pairs(ax, 1)[0] if ax is not None else tuple(self.figure_.axes[:2])
+        return self
+
+    @classmethod
+    def from_predictions(cls, scores, labels, *, n_bins=15, strategy="uniform", from_logits=False,
+                         sample_weight=None, name=None, ax=None, backend="auto"):
+        """Compute the reliability table of ``scores`` (probabilities, or logits with ``from_logits=True``) and
+        ``labels`` (as :func:`calibkit.reliability_table`) and draw it."""
+        from .metrics import reliability_table
+
+        table = reliability_table(scores, labels, n_bins=n_bins, strategy=strategy, from_logits=from_logits,
+                                  sample_weight=sample_weight, backend=backend)
+        return cls(table, name=name).plot(ax=ax)
+
+
+class RiskCoverageDisplay:
+    """A risk-coverage curve of selective prediction.
+
+    Attributes
+    ----------
+    curve_ : RiskCoverageCurve
+    aurc_ : float
+    figure_, ax_
+        Set by :meth:`plot`.
+    """
+
+    def __init__(self, curve, *, aurc=None, n=None, name=None):
+        self.curve_, self.aurc_, self.n, self.name = curve, aurc, n, name
+
+    def plot(self, *, ax=None):
+        """Draw (see :func:`risk_coverage_plot`); returns self."""
+        self.figure_ = risk_coverage_plot(self.curve_, aurc=self.aurc_, n=self.n, ax=ax, name=self.name)
+        self.ax_ = ax if ax is not None else self.figure_.axes[0]
+        return self
+
+    @classmethod
+    def from_confidence(cls, confidence, correct, *, name=None, ax=None, backend="auto"):
+        """From per-sample confidence (higher = accepted first) and correctness (bool)."""
+        from .ood import aurc, risk_coverage_curve
+
+        curve = risk_coverage_curve(confidence, correct, backend=backend)
+        return cls(curve, aurc=aurc(confidence, correct, backend=backend), n=int(np.shape(confidence)[0]),
+                   name=name).plot(ax=ax)
+
+    @classmethod
+    def from_predictions(cls, scores, labels, *, from_logits=False, name=None, ax=None, backend="auto"):
+        """From (N, K) scores (probabilities, or logits with ``from_logits=True``) and labels: the confidence is
+        the top probability (maximum softmax probability), correct when its class is the label."""
+        from ._validation import check_scores
+
+        s = np.asarray(check_scores(scores), dtype=np.float64)
+        if s.ndim != 2:
+            raise ValueError(f"scores must have shape (N, K), got {s.shape}")
+        y = np.asarray(labels)
+        if y.shape != (s.shape[0],):
+            raise ValueError(f"labels must have shape ({s.shape[0]},) (one per row of scores), got {y.shape}")
+        pred = np.argmax(s, axis=1)
+        top = np.take_along_axis(s, pred[:, None], axis=1)
+        conf = 1.0 / np.exp(s - top).sum(axis=1) if from_logits else top[:, 0]
+        return cls.from_confidence(conf, pred == y, name=name, ax=ax, backend=backend)
+
+
+class OODRocDisplay:
+    """The ROC curve of in- vs out-of-distribution scores (in-distribution samples are the positives).
+
+    Attributes
+    ----------
+    fpr_, tpr_ : ndarray
+        The curve, from (0, 0) (accept nothing) to (1, 1), one point per distinct score.
+    auroc_ : float
+    figure_, ax_
+        Set by :meth:`plot`.
+    """
+
+    def __init__(self, fpr, tpr, *, auroc=None, name=None):
+        self.fpr_, self.tpr_, self.auroc_, self.name = fpr, tpr, auroc, name
+
+    def plot(self, *, ax=None):
+        """Draw (see :func:`ood_roc_plot`); returns self."""
+        self.figure_ = ood_roc_plot(self.fpr_, self.tpr_, auroc=self.auroc_, ax=ax, name=self.name)
+        self.ax_ = ax if ax is not None else self.figure_.axes[0]
+        return self
+
+    @classmethod
+    def from_scores(cls, scores_in, scores_out, *, name=None, ax=None, backend="auto"):
+        """From the scores (higher = more in-distribution, e.g. maximum softmax probability or negative energy)
+        of in- and out-of-distribution samples, as :func:`calibkit.ood_metrics` takes them."""
+        from .ood import _in_out, _ranking, ood_metrics
+
+        si, so = _in_out(scores_in, scores_out)
+        r = _ranking(si, so, "scores_in", "scores_out", curve=True, backend=backend)
+        tpr = np.concatenate([[0.0], np.asarray(r["tp"], dtype=np.float64) / len(si)])
+        fpr = np.concatenate([[0.0], np.asarray(r["fp"], dtype=np.float64) / len(so)])
+        auroc = ood_metrics(si, so, backend=backend).auroc
+        return cls(fpr, tpr, auroc=auroc, name=name).plot(ax=ax)
+
+
+__all__ = ["OODRocDisplay", "ReliabilityDisplay", "RiskCoverageDisplay", "ood_roc_plot", "reliability_diagram",
+           "report_figure", "risk_coverage_plot"]

@@ -63,6 +63,14 @@ def calibrated_probabilities(calibrator, method, scores, from_logits):
     return calibrator.predict_proba(scores)
 
 
+def locate(exc, dump, first_row=0, skipped=None) -> DumpError:
+    """:func:`calibkit.io.located` with the scores named ``scores`` whichever function found the fault (a
+    calibrator calls them ``logits``): one wording for one fault, the row numbered in the whole dump."""
+    if exc._context.get("scores_name") != "scores":
+        exc = BadElementError(exc.status, **{**exc._context, "scores_name": "scores"})
+    return located(exc, dump, first_row, skipped)
+
+
 def _method_accumulator(method, calibrator, n_bins, n_classes, backend):
     """The accumulator of one calibrator's metrics. Temperature scaling is evaluated from the logits
     themselves (the kernel applies 1/T as it reads them: no scaled copy of a chunk)."""
@@ -156,7 +164,7 @@ def _fit_temperature_out_of_core(dump, mask, chunk_rows, backend):
                 try:
                     r = cal.temperature_nll(as_logits(blk.scores, dump.from_logits), blk.labels, b, backend=backend)
                 except BadElementError as exc:
-                    raise located(exc, dump, blk.first_row, blk.held_mask) from None
+                    raise locate(exc, dump, blk.first_row, blk.held_mask) from None
                 for key in total:
                     total[key] += r[key]
                 largest = max(largest, r["range"])
@@ -178,7 +186,8 @@ def _blocks(dump, held, chunk_rows, gather):
 
 def _row(result, n_classes, strategy):
     ece = result.ace if strategy == "quantile" else result.ece
-    out = {"n": result.count, "accuracy": result.accuracy, "ece": ece, "mce": result.mce,
+    out = {"n": result.count, "accuracy": result.accuracy, "mean_confidence": result.mean_confidence, "ece": ece,
+           "mce": result.mce, "rmsce": result.rmsce,
            "ace": result.ace, "ace_bound": result.ace_bound, "classwise_ece": result.classwise_ece,
            "brier": result.brier, "nll": result.nll}
     if n_classes == 2 and out["classwise_ece"] is None:
@@ -187,7 +196,7 @@ def _row(result, n_classes, strategy):
 
 
 def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_bins=15, strategy="uniform",
-           chunk_rows=None, progress=None, stage=None, max_val_bytes=MAX_VAL_BYTES, backend="auto"):
+           chunk_rows=None, progress=None, stage=None, max_val_bytes=MAX_VAL_BYTES, details=False, backend="auto"):
     """Metrics of the raw scores and of each calibrator fitted on the validation rows.
 
     Parameters
@@ -217,11 +226,22 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
         Larger ones are read chunk by chunk at every step of the temperature
         fit (one pass over them per Newton step; the only method fitted out
         of core).
+    details : bool
+        Also gather what ``calibkit report --html`` shows: the per-class table
+        (``"per_class"``: rows labelled with each class, the accuracy on them,
+        and the class-wise ECE of each class, raw and after each calibrator)
+        and the risk-coverage curve of the raw scores (``"selective"``: AURC,
+        E-AURC and the :class:`~calibkit.ood.RiskCoverageCurve`). This holds the
+        confidence and correctness of every evaluated row in memory (9 bytes
+        a row) and sorts them once.
 
     Returns
     -------
-    dict
-        ``{"n_rows", "n_classes", "from_logits", "n_val", "rows": {"raw": {...}, method: {..., "params"}}}``.
+    ReportResult
+        A dict ``{"dump", "n_rows", "n_classes", "from_logits", "n_val", "n_bins", "strategy",
+        "rows": {"raw": {...}, method: {..., "params"}}, "tables": {name: ReliabilityTable}}`` (and
+        ``"per_class"``, ``"selective"`` with ``details``), with :meth:`~ReportResult.to_frame` and
+        :meth:`~ReportResult.to_dict`.
     """
     methods = list(methods)
     for m in methods:
@@ -257,6 +277,7 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
     gather = bool(methods) and val is None and not out_of_core
     passes = 2 if methods else 1
     done = 0
+    seen = _Details(test.n_rows, K, binary, test.from_logits) if details else None
 
     def begin(name, rows=None):
         if stage is not None:
@@ -278,11 +299,13 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
                 if len(blk.labels):
                     if not fitted:
                         accs["raw"].update(blk.scores, blk.labels)
+                        if seen is not None:
+                            seen.update(blk.scores, blk.labels)
                     if fitted:
                         for m, x in inputs(blk.scores).items():
                             accs[m].update(x, blk.labels)
             except BadElementError as exc:
-                raise located(exc, test, blk.first_row, blk.held_mask) from None
+                raise locate(exc, test, blk.first_row, blk.held_mask) from None
             done += blk.n_rows
             if progress is not None:
                 progress(done)
@@ -309,8 +332,8 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
             try:
                 fitted[m] = fit_calibrator(m, vs, vy, test.from_logits)
             except BadElementError as exc:  # vs holds all of `val`, or the rows of `test` where val_mask
-                raise (located(exc, val, 0, None) if val is not None else
-                       located(exc, test, 0, ~held)) from None
+                raise (locate(exc, val, 0, None) if val is not None else
+                       locate(exc, test, 0, ~held)) from None
         del vs, vy, gathered
     if methods:
         for m in methods:
@@ -324,9 +347,89 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
         rows[name] = _row(acc.compute(), K, strategy)
         if name in fitted:
             rows[name]["params"] = fitted[name].to_dict()["fitted"]
-    return {"dump": test.name, "n_rows": test.n_rows, "n_classes": K, "from_logits": test.from_logits,
-            "n_val": n_val, "n_bins": n_bins, "strategy": strategy, "rows": rows,
-            "tables": {k: a.compute().table for k, a in accs.items()}}
+    out = ReportResult(dump=test.name, n_rows=test.n_rows, n_classes=K, from_logits=test.from_logits, n_val=n_val,
+                       n_bins=n_bins, strategy=strategy, rows=rows,
+                       tables={k: a.compute().table for k, a in accs.items()})
+    if seen is not None:
+        out["per_class"], out["selective"] = seen.result(accs, backend)
+    return out
+
+
+class _Details:
+    """The per-class counts and the confidence / correctness of every evaluated row (``report(details=True)``)."""
+
+    def __init__(self, n_rows, n_classes, binary, from_logits):
+        self.binary, self.from_logits, self.n = binary, from_logits, 0
+        self.confidence = np.empty(n_rows)
+        self.correct = np.empty(n_rows, dtype=bool)
+        self.count = np.zeros(n_classes, dtype=np.int64)
+        self.hits = np.zeros(n_classes, dtype=np.int64)
+
+    def update(self, scores, labels):
+        """One block of rows, already checked by the raw accumulator."""
+        s = np.asarray(scores, dtype=np.float64)
+        y = np.asarray(labels).astype(np.int64, copy=False)
+        if self.binary:
+            with np.errstate(over="ignore"):  # exp(-s) = inf for a very negative logit: p = 0, as it should be
+                p = 1.0 / (1.0 + np.exp(-s)) if self.from_logits else s
+            pred = (p > 0.5).astype(np.int64)
+            conf = np.maximum(p, 1.0 - p)
+        else:
+            pred = np.argmax(s, axis=1)
+            top = np.take_along_axis(s, pred[:, None], axis=1)
+            conf = 1.0 / np.exp(s - top).sum(axis=1) if self.from_logits else top[:, 0]
+        ok = pred == y
+        k = len(y)
+        self.confidence[self.n:self.n + k], self.correct[self.n:self.n + k] = conf, ok
+        self.n += k
+        self.count += np.bincount(y, minlength=len(self.count))
+        self.hits += np.bincount(y[ok], minlength=len(self.count))
+
+    def result(self, accs, backend):
+        from .metrics import _errors_from_bins
+        from .ood import _optimal_aurc, risk_coverage_curve
+
+        with np.errstate(invalid="ignore", divide="ignore"):
+            accuracy = self.hits / self.count
+        ece = {}
+        for name, acc in accs.items():
+            bins = acc._classwise_bins
+            if bins is not None:
+                w, sp, sy = bins
+                ece[name] = np.array([_errors_from_bins(w[c], sp[c], sy[c])[0] for c in range(w.shape[0])])
+        per_class = {"class": np.arange(len(self.count)), "count": self.count, "accuracy": accuracy,
+                     "classwise_ece": ece}
+        conf, ok = self.confidence[:self.n], self.correct[:self.n]
+        curve = risk_coverage_curve(conf, ok, backend=backend)
+        aurc = float(np.sum(np.diff(curve.coverage, prepend=0.0) * curve.risk))
+        selective = {"aurc": aurc, "e_aurc": aurc - _optimal_aurc(int(ok.sum()), self.n), "curve": curve}
+        return per_class, selective
+
+
+class ReportResult(dict):
+    """The result of :func:`report`: a dict (see there) that also converts to a table.
+
+    ``to_frame()`` gives a pandas DataFrame with one row per evaluated set
+    (``raw``, then each calibrator) and one column per metric; ``to_dict()``
+    gives the JSON-safe dict that ``calibkit report --json`` writes.
+    """
+
+    def to_dict(self) -> dict:
+        """JSON-safe: the reliability tables as lists, no arrays (see :func:`json_safe`)."""
+        return json_safe(self)
+
+    def to_frame(self):
+        """The metrics as a :class:`pandas.DataFrame`: index ``raw`` and each calibrator, a column per metric.
+
+        Needs pandas (``pip install 'calibkit[pandas]'``)."""
+        from ._frames import require_pandas
+
+        pd = require_pandas()
+        rows = {name: {k: v for k, v in r.items() if k != "params"} for name, r in self["rows"].items()}
+        frame = pd.DataFrame.from_dict(rows, orient="index")
+        frame.index.name = "calibration"
+        return frame
+
 
 
 def format_table(result) -> str:
@@ -351,9 +454,21 @@ def format_table(result) -> str:
 
 
 def json_safe(result) -> dict:
-    out = {k: v for k, v in result.items() if k != "tables"}
+    """The report as plain JSON-safe values (the risk-coverage curve itself is left out; AURC and E-AURC stay)."""
+    out = {k: v for k, v in result.items() if k not in ("tables", "per_class", "selective")}
     out["reliability_tables"] = {k: t.to_dict() for k, t in result["tables"].items()}
+    if "per_class" in result:
+        pc = result["per_class"]
+        out["per_class"] = {"class": pc["class"].tolist(), "count": pc["count"].tolist(),
+                            "accuracy": _floats(pc["accuracy"]),
+                            "classwise_ece": {k: _floats(v) for k, v in pc["classwise_ece"].items()}}
+    if "selective" in result:
+        out["selective"] = {k: result["selective"][k] for k in ("aurc", "e_aurc")}
     return out
 
 
-__all__ = ["METHODS", "format_table", "report"]
+def _floats(a):
+    return [None if v != v else v for v in np.asarray(a, dtype=np.float64).tolist()]
+
+
+__all__ = ["METHODS", "ReportResult", "format_table", "report"]

@@ -113,6 +113,19 @@ class CalibrationResult:
         out["reliability_table"] = self.table.to_dict()
         return out
 
+    def to_frame(self):
+        """The metrics as a one-row :class:`pandas.DataFrame`, a column per metric (``ece_ci`` as
+        ``ece_ci_low`` / ``ece_ci_high``); the reliability table is ``self.table.to_frame()``.
+
+        Needs pandas (``pip install 'calibkit[pandas]'``)."""
+        from ._frames import require_pandas
+
+        pd = require_pandas()
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("table", "ece_ci")}
+        low, high = self.ece_ci if self.ece_ci is not None else (None, None)
+        row["ece_ci_low"], row["ece_ci_high"] = low, high
+        return pd.DataFrame([row])
+
 
 class CalibrationAccumulator:
     """Calibration state of a stream: update with batches, merge, compute, serialise.
