@@ -333,6 +333,32 @@ class Monitor:
         atomic_write(self.state_path, acc.to_bytes())
 
 
+def _prometheus_families(report: dict) -> list:
+    """The report's metrics as (name, type, help, [(labels, value), ...]), the one list both the text file
+    (:func:`prometheus_text`) and the HTTP endpoint (``--serve``) expose. Counter names end in ``_total``."""
+    gauges = {
+        "ece": "Expected calibration error, equal-width bins", "ace": "Calibration error, equal-mass bins",
+        "mce": "Maximum calibration error", "rmsce": "Root-mean-square calibration error",
+        "accuracy": "Accuracy", "mean_confidence": "Mean top-label confidence", "brier": "Brier score",
+        "nll": "Negative log-likelihood", "ece_se": "Bootstrap standard error of the ECE",
+        "count": "Rows in the window", "weight": "Total weight of the rows in the window",
+    }
+    families = []
+    for key, help_text in gauges.items():
+        value = report.get(key)
+        if value is not None:
+            families.append((f"calibkit_{key}", "gauge", f"{help_text}.", [({}, value)]))
+    if report.get("ece_ci"):
+        lower, upper = report["ece_ci"]
+        families.append(("calibkit_ece_ci", "gauge", "Bootstrap percentile interval of the ECE.",
+                         [({"bound": "lower"}, lower), ({"bound": "upper"}, upper)]))
+    families.append(("calibkit_lines_total", "counter", "Input lines consumed.", [({}, report["lines"])]))
+    by_reason = report.get("rejected_by_reason", {})
+    families.append(("calibkit_rejected_total", "counter", "Input lines rejected, by reason.",
+                     [({"reason": reason}, by_reason.get(reason, 0)) for reason in sorted({*REASONS, *by_reason})]))
+    return families
+
+
 def _label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -342,33 +368,108 @@ def prometheus_text(report: dict) -> str:
 
     Metrics that are null (empty or zero-weight window) are left out;
     ``calibkit_rejected_total`` has one sample per reason of :data:`REASONS`
-    (``sum(calibkit_rejected_total)`` is the total).
+    (``sum(calibkit_rejected_total)`` is the total). ``calibkit monitor
+    --serve`` exposes the same metrics over HTTP (:class:`MetricsServer`).
+
+    Examples
+    --------
+    >>> from calibkit.monitor import prometheus_text
+    >>> text = prometheus_text({"lines": 3, "rejected": 1, "rejected_by_reason": {"not_json": 1},
+    ...                         "count": 2, "weight": 2.0, "ece": 0.25})
+    >>> print("\\n".join(line for line in text.splitlines() if not line.startswith("#"))[:150])
+    calibkit_ece 0.25
+    calibkit_count 2
+    calibkit_weight 2.0
+    calibkit_lines_total 3
+    calibkit_rejected_total{reason="bad_correct"} 0
     """
-    gauges = {
-        "ece": "Expected calibration error, equal-width bins", "ace": "Calibration error, equal-mass bins",
-        "mce": "Maximum calibration error", "rmsce": "Root-mean-square calibration error",
-        "accuracy": "Accuracy", "mean_confidence": "Mean top-label confidence", "brier": "Brier score",
-        "nll": "Negative log-likelihood", "ece_se": "Bootstrap standard error of the ECE",
-        "count": "Rows in the window", "weight": "Total weight of the rows in the window",
-    }
     lines = []
-    for key, help_text in gauges.items():
-        value = report.get(key)
-        if value is None:
-            continue
-        lines += [f"# HELP calibkit_{key} {help_text}.", f"# TYPE calibkit_{key} gauge", f"calibkit_{key} {value!r}"]
-    if report.get("ece_ci"):
-        lines += ["# HELP calibkit_ece_ci Bootstrap percentile interval of the ECE.", "# TYPE calibkit_ece_ci gauge",
-                  f'calibkit_ece_ci{{bound="lower"}} {report["ece_ci"][0]!r}',
-                  f'calibkit_ece_ci{{bound="upper"}} {report["ece_ci"][1]!r}']
-    lines += ["# HELP calibkit_lines_total Input lines consumed.", "# TYPE calibkit_lines_total counter",
-              f"calibkit_lines_total {report['lines']}",
-              "# HELP calibkit_rejected_total Input lines rejected, by reason.",
-              "# TYPE calibkit_rejected_total counter"]
-    by_reason = report.get("rejected_by_reason", {})
-    for reason in sorted({*REASONS, *by_reason}):
-        lines.append(f'calibkit_rejected_total{{reason="{_label_value(reason)}"}} {by_reason.get(reason, 0)}')
+    for name, kind, help_text, samples in _prometheus_families(report):
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for labels, value in samples:
+            label_text = ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items())
+            lines.append(f"{name}{{{label_text}}} {value!r}" if labels else f"{name} {value!r}")
     return "\n".join(lines) + "\n"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9100`` for IPv6; port 0 picks a free one) as ``(host, port)``; ValueError otherwise.
+
+    Examples
+    --------
+    >>> from calibkit.monitor import parse_address
+    >>> parse_address("127.0.0.1:9100"), parse_address("[::1]:0")
+    (('127.0.0.1', 9100), ('::1', 0))
+    """
+    host, sep, port = str(text).rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--serve must be HOST:PORT with a port in 0..65535 (e.g. 127.0.0.1:9100), got {text!r}")
+    return host, int(port)
+
+
+class MetricsServer:
+    """An HTTP ``/metrics`` endpoint in the Prometheus format, serving the latest report of a monitor.
+
+    Needs ``prometheus_client`` (the optional extra ``prometheus``). The server
+    runs in background threads and only reads the report last given to
+    :meth:`publish`, so a scrape (even a malformed or aborted request) never
+    touches, blocks or stops the monitor. :meth:`close` stops it; it is also a
+    context manager.
+
+    Parameters
+    ----------
+    host, port : str, int
+        Address to listen on; port 0 picks a free port (see :attr:`port`).
+    report : dict
+        The first report to serve (as from ``Monitor.report()``).
+    """
+
+    def __init__(self, host: str, port: int, report: dict):
+        try:
+            import prometheus_client
+            from prometheus_client.registry import CollectorRegistry
+        except ImportError:
+            raise ImportError("--serve needs prometheus_client: pip install 'calibkit[prometheus]'") from None
+        self._metric = prometheus_client.Metric
+        self._lock = threading.Lock()
+        self._report = report
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        try:
+            self._server, self._thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise OSError(f"--serve {host}:{port}: cannot listen ({exc.strerror or exc})") from None
+        self.host = host
+        self.port = self._server.server_address[1]
+
+    def publish(self, report: dict) -> None:
+        """Serve `report` from now on."""
+        with self._lock:
+            self._report = report
+
+    def collect(self):
+        """The prometheus_client collector protocol: the metrics of the latest report."""
+        with self._lock:
+            report = self._report
+        for name, kind, help_text, samples in _prometheus_families(report):
+            metric = self._metric(name[:-len("_total")] if kind == "counter" else name, help_text, kind)
+            for labels, value in samples:
+                metric.add_sample(name, labels, float(value))
+            yield metric
+
+    def close(self) -> None:
+        """Stop serving and release the port (waits for the request in progress, if any)."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class _LineQueue:
@@ -433,7 +534,7 @@ def _check_output(path, flag, input_path) -> None:
 
 
 def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, state=None, prometheus=None,
-        resume_input=False, backend="auto", out=None, input_path=None) -> int:
+        serve=None, resume_input=False, backend="auto", out=None, input_path=None) -> int:
     """Monitor `source` (a binary or text stream); returns the process exit code.
 
     A text stream with a binary ``buffer`` (``sys.stdin``, a file opened in
@@ -441,14 +542,25 @@ def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, stat
     `state` and `prometheus` are checked before anything is read (ValueError);
     `input_path`, when given, is the file behind `source`, which is never
     written over. An error reading the input raises (after the final report).
+
+    `serve` (``"HOST:PORT"``) also exposes the metrics of the latest report
+    on ``http://HOST:PORT/metrics`` while the monitor runs (see
+    :class:`MetricsServer`; needs the extra ``prometheus``); the address
+    served is printed on stderr, and the server stops at the end of the
+    input or on SIGINT/SIGTERM.
     """
     out = out or sys.stdout
     for path, flag in ((state, "--state"), (prometheus, "--prometheus")):
         if path:
             _check_output(path, flag, input_path)
+    address = parse_address(serve) if serve else None
     if hasattr(source, "buffer") and hasattr(source, "encoding"):
         source = source.buffer
     mon = Monitor(window=window, n_bins=n_bins, bootstrap=bootstrap, seed=seed, state_path=state, backend=backend)
+    server = MetricsServer(*address, mon.report()) if address else None
+    if server is not None:
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        print(f"calibkit monitor: serving http://{host}:{server.port}/metrics", file=sys.stderr, flush=True)
     skip = mon.lines if resume_input else 0
     lines = _LineQueue()
     failure = []
@@ -472,6 +584,8 @@ def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, stat
         print(json.dumps(report), file=out, flush=True)
         if prometheus:
             atomic_write(prometheus, prometheus_text(report).encode())
+        if server is not None:
+            server.publish(report)
 
     lineno = 0
     since_report = 0
@@ -495,6 +609,8 @@ def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, stat
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if server is not None:
+            server.close()
     if failure:
         exc = failure[0]
         raise OSError(f"reading the input failed after line {lineno}: {type(exc).__name__}: {exc}")
