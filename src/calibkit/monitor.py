@@ -376,12 +376,14 @@ def prometheus_text(report: dict) -> str:
     >>> from calibkit.monitor import prometheus_text
     >>> text = prometheus_text({"lines": 3, "rejected": 1, "rejected_by_reason": {"not_json": 1},
     ...                         "count": 2, "weight": 2.0, "ece": 0.25})
-    >>> print("\\n".join(line for line in text.splitlines() if not line.startswith("#"))[:150])
+    >>> for line in text.splitlines():
+    ...     if not line.startswith("#") and not line.endswith("} 0"):
+    ...         print(line)
     calibkit_ece 0.25
     calibkit_count 2
     calibkit_weight 2.0
     calibkit_lines_total 3
-    calibkit_rejected_total{reason="bad_correct"} 0
+    calibkit_rejected_total{reason="not_json"} 1
     """
     lines = []
     for name, kind, help_text, samples in _prometheus_families(report):

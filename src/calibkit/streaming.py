@@ -161,7 +161,7 @@ class CalibrationAccumulator:
     >>> acc = calibkit.CalibrationAccumulator(n_bins=10, from_logits=True, bootstrap=100)
     >>> rng = np.random.default_rng(0)
     >>> for _ in range(5):
-    ...     acc.update(rng.normal(size=(1000, 4)), rng.integers(0, 4, 1000))
+    ...     _ = acc.update(rng.normal(size=(1000, 4)), rng.integers(0, 4, 1000))
     >>> result = acc.compute()
     >>> result.count
     5000
