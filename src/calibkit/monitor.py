@@ -119,7 +119,20 @@ def _number(v, what, bad_reason) -> float:
 
 
 class Monitor:
-    """Consumes JSON Lines records and reports calibration metrics (see the module docstring)."""
+    """Consumes JSON Lines records and reports calibration metrics (see the module docstring).
+
+    Examples
+    --------
+    >>> from calibkit.monitor import Monitor
+    >>> mon = Monitor(n_bins=10)
+    >>> mon.consume(b'{"probs": [0.2, 0.8], "label": 1}\\n', 1)
+    True
+    >>> mon.consume(b'not json\\n', 2)
+    False
+    >>> r = mon.report()
+    >>> r["count"], r["rejected"], r["rejected_by_reason"], round(r["ece"], 3)
+    (1, 1, {'not_json': 1}, 0.2)
+    """
 
     def __init__(self, *, window=None, n_bins=15, bootstrap=0, seed=0, state_path=None, backend="auto"):
         self.state_path = state_path
@@ -550,6 +563,18 @@ def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, stat
     :class:`MetricsServer`; needs the extra ``prometheus``); the address
     served is printed on stderr, and the server stops at the end of the
     input or on SIGINT/SIGTERM.
+
+    Examples
+    --------
+    >>> import io, json
+    >>> from calibkit import monitor
+    >>> records = b'{"confidence": 0.9, "correct": 1}\\n{"confidence": 0.6, "correct": 0}\\n'
+    >>> out = io.StringIO()
+    >>> monitor.run(io.BytesIO(records), every=10, out=out)
+    0
+    >>> report = json.loads(out.getvalue())
+    >>> report["lines"], report["count"], round(report["ece"], 3)
+    (2, 2, 0.35)
     """
     out = out or sys.stdout
     for path, flag in ((state, "--state"), (prometheus, "--prometheus")):
