@@ -453,9 +453,12 @@ class MetricsServer:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self)
         try:
-            self._server, self._thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
+            started = prometheus_client.start_http_server(port, addr=host, registry=registry)
         except OSError as exc:
             raise OSError(f"--serve {host}:{port}: cannot listen ({exc.strerror or exc})") from None
+        if not isinstance(started, tuple):  # before 0.20 it returned nothing, leaving no way to stop it
+            raise ImportError("--serve needs prometheus_client >= 0.20: pip install 'calibkit[prometheus]'")
+        self._server, self._thread = started
         self.host = host
         self.port = self._server.server_address[1]
 
