@@ -104,11 +104,11 @@ def test_serve_scrape_same_metrics_as_text_file(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_stops_cleanly_on_signal(tmp_path, sig):
     pytest.importorskip("prometheus_client")
-    proc, url = _start("--every", "1000", "--state", str(tmp_path / "m.state"))
+    proc, url = _start("--every", "1", "--state", str(tmp_path / "m.state"))
     try:
         proc.stdin.write(b'{"confidence": 0.7, "correct": 1}\n')  # stdin stays open: only the signal stops it
         proc.stdin.flush()
-        _scrape(url)
+        _wait_lines(url, 1)  # consumed (a signal stops the monitor before the lines it has not read yet)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:

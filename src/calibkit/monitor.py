@@ -587,10 +587,6 @@ def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, stat
     if hasattr(source, "buffer") and hasattr(source, "encoding"):
         source = source.buffer
     mon = Monitor(window=window, n_bins=n_bins, bootstrap=bootstrap, seed=seed, state_path=state, backend=backend)
-    server = MetricsServer(*address, mon.report()) if address else None
-    if server is not None:
-        host = f"[{server.host}]" if ":" in server.host else server.host
-        print(f"calibkit monitor: serving http://{host}:{server.port}/metrics", file=sys.stderr, flush=True)
     skip = mon.lines if resume_input else 0
     lines = _LineQueue()
     failure = []
@@ -604,7 +600,7 @@ def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, stat
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
         except ValueError:  # not the main thread: no handlers
             pass
-    threading.Thread(target=_read_lines, args=(source, lines, failure), daemon=True).start()
+    server = None  # the /metrics endpoint, started once the handlers are in place (a signal then stops it)
 
     def emit():
         report = mon.report()
@@ -620,6 +616,11 @@ def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, stat
     lineno = 0
     since_report = 0
     try:
+        if address:
+            server = MetricsServer(*address, mon.report())
+            host = f"[{server.host}]" if ":" in server.host else server.host
+            print(f"calibkit monitor: serving http://{host}:{server.port}/metrics", file=sys.stderr, flush=True)
+        threading.Thread(target=_read_lines, args=(source, lines, failure), daemon=True).start()
         while not stop.is_set():
             try:
                 line = lines.get(timeout=0.1)
