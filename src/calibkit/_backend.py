@@ -78,6 +78,15 @@ def set_num_threads(n: int) -> None:
         backend uses at most ``NUMBA_NUM_THREADS`` of them (Numba's pool size,
         fixed when its threads start). Inputs smaller than one parallel chunk
         always run on the calling thread.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> previous = calibkit.get_num_threads()
+    >>> calibkit.set_num_threads(1)
+    >>> calibkit.get_num_threads()
+    1
+    >>> calibkit.set_num_threads(previous)
     """
     if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
         raise TypeError(f"n must be an integer, got {type(n).__name__}")
@@ -96,5 +105,11 @@ def get_num_threads() -> int:
     capped by ``CALIBKIT_NUM_THREADS`` when that is a positive integer, else by
     ``OMP_NUM_THREADS`` (its first entry). Other values of those variables are
     ignored. :func:`set_num_threads` replaces the default.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> calibkit.get_num_threads() >= 1
+    True
     """
     return int(_core.get_num_threads())

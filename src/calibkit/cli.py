@@ -95,9 +95,9 @@ def _cmd_monitor(args) -> int:
     try:
         return monitor.run(source, every=args.every, window=args.window, n_bins=args.n_bins,
                            bootstrap=args.bootstrap, seed=args.seed, state=args.state, prometheus=args.prometheus,
-                           resume_input=args.resume_input, backend=args.backend,
+                           serve=args.serve, resume_input=args.resume_input, backend=args.backend,
                            input_path=None if stdin else args.input)
-    except (ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, OSError, ImportError) as exc:  # ImportError: --serve without prometheus_client
         print(f"calibkit monitor: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -453,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--resume-input", action="store_true",
                     help="skip the input lines the state has already consumed (re-reading the same file)")
     mo.add_argument("--prometheus", help="write the current values to this file in Prometheus text format")
+    mo.add_argument("--serve", metavar="HOST:PORT",
+                    help="also serve the current values on http://HOST:PORT/metrics (Prometheus format; "
+                         "needs the extra prometheus); stops at the end of the input")
     mo.add_argument("--backend", default="auto", choices=("auto", "cpp", "numba"))
     mo.set_defaults(func=_cmd_monitor)
     return parser

@@ -60,6 +60,15 @@ def example_path() -> pathlib.Path:
     ------
     FileNotFoundError
         When the file is missing: the installation is incomplete (it ships in every wheel and sdist).
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> path = calibkit.datasets.example_path()
+    >>> path.name
+    'focal_cifar10_resnet50_brier.npz'
+    >>> sorted(np.load(path).files)
+    ['test_labels', 'test_logits', 'val_labels', 'val_logits']
     """
     path = pathlib.Path(str(importlib.resources.files("calibkit").joinpath("data", EXAMPLE_FILE)))
     if not path.is_file():

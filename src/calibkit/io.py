@@ -798,6 +798,16 @@ def open_dump(path, *, labels=None, split=None, scores_key=None, labels_key=None
     from_logits : bool, optional
         Whether the scores are logits; by default, when the array's (or file's)
         name contains "logit".
+
+    Examples
+    --------
+    >>> import calibkit
+    >>> from calibkit import io
+    >>> dump = io.open_dump(calibkit.datasets.example_path(), split="test")
+    >>> dump.n_rows, dump.n_classes, dump.from_logits
+    (10000, 10, True)
+    >>> sum(len(labels) for first_row, scores, labels in dump.chunks(4096))
+    10000
     """
     p = pathlib.Path(path)
     if p.is_dir():

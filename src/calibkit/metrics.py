@@ -340,14 +340,36 @@ def calibration_error(
 
 def ece(scores, labels, *, n_bins=15, strategy="uniform", from_logits=False, sample_weight=None,
         backend="auto") -> float:
-    """Expected calibration error: :func:`calibration_error` with ``norm="l1"``."""
+    """Expected calibration error: :func:`calibration_error` with ``norm="l1"``.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    >>> labels = np.array([0, 1, 1, 0])
+    >>> round(calibkit.ece(probs, labels, n_bins=10), 4)
+    0.4
+    >>> round(calibkit.ece(probs, labels, n_bins=2, strategy="quantile"), 4)
+    0.35
+    >>> round(calibkit.ece(np.log(probs), labels, n_bins=10, from_logits=True), 4)  # the same, from logits
+    0.4
+    """
     return calibration_error(scores, labels, n_bins=n_bins, strategy=strategy, norm="l1", from_logits=from_logits,
                              sample_weight=sample_weight, backend=backend)
 
 
 def mce(scores, labels, *, n_bins=15, strategy="uniform", from_logits=False, sample_weight=None,
         backend="auto") -> float:
-    """Maximum calibration error: :func:`calibration_error` with ``norm="max"``."""
+    """Maximum calibration error: :func:`calibration_error` with ``norm="max"``.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    >>> labels = np.array([0, 1, 1, 0])
+    >>> round(calibkit.mce(probs, labels, n_bins=10), 4)
+    0.8
+    """
     return calibration_error(scores, labels, n_bins=n_bins, strategy=strategy, norm="max", from_logits=from_logits,
                              sample_weight=sample_weight, backend=backend)
 
@@ -387,6 +409,14 @@ def classwise_calibration_error(
     Returns
     -------
     float
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.5, 0.1, 0.4]])
+    >>> labels = np.array([0, 1, 2, 2])
+    >>> round(calibkit.classwise_calibration_error(probs, labels, n_bins=5), 4)
+    0.2833
     """
     n_bins = check_n_bins(n_bins)
     check_choice(norm, "norm", NORMS)
@@ -430,6 +460,19 @@ class ReliabilityTable:
         ``accuracy - mean_confidence`` (negative = over-confident); NaN for
         empty bins.
     strategy : str
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    >>> labels = np.array([0, 1, 1, 0])
+    >>> table = calibkit.reliability_table(probs, labels, n_bins=5)
+    >>> table.count
+    array([0, 0, 1, 2, 1])
+    >>> round(table.ece, 4), round(table.mce, 4)
+    (0.25, 0.4)
+    >>> sorted(table.to_dict())[:4]
+    ['accuracy', 'count', 'gap', 'lower']
     """
 
     lower: np.ndarray
@@ -547,6 +590,20 @@ def reliability_table(
         ``lower``, ``upper``, ``count``, ``weight``, ``mean_confidence``,
         ``accuracy``, ``gap`` per bin, and the ``ece``, ``mce``, ``rmsce``,
         ``accuracy_overall``, ``mean_confidence_overall`` properties.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    >>> labels = np.array([0, 1, 1, 0])
+    >>> calibkit.reliability_table(probs, labels, n_bins=5)
+    ReliabilityTable(5 bins, strategy='uniform', n=4, ECE=0.2500, MCE=0.4000, RMSCE=0.2716)
+     bin   lower   upper      count confidence  accuracy      gap
+       0  0.0000  0.2000          0          -         -        -
+       1  0.2000  0.4000          0          -         -        -
+       2  0.4000  0.6000          1     0.6000    1.0000  +0.4000
+       3  0.6000  0.8000          2     0.7500    0.5000  -0.2500
+       4  0.8000  1.0000          1     0.9000    1.0000  +0.1000
     """
     b = _binned(scores, labels, sample_weight, n_bins=n_bins, strategy=strategy, from_logits=from_logits,
                 backend=backend)
@@ -611,6 +668,16 @@ def brier_score(scores, labels, *, from_logits=False, sample_weight=None, check_
         give a Brier score above its range). ``False`` skips the check (one
         extra read of the scores, in chunks) and scores the rows as they are.
         Ignored for logits and (N,) scores.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    >>> labels = np.array([0, 1, 1, 0])
+    >>> round(calibkit.brier_score(probs, labels), 4)
+    0.45
+    >>> round(calibkit.brier_score(probs[:, 1], labels), 4)  # binary form: P(y=1) of shape (N,)
+    0.225
     """
     t = _totals(scores, labels, sample_weight, from_logits, check_sums, backend)
     return float(t["brier"] / t["weight"])
@@ -631,6 +698,16 @@ def nll(scores, labels, *, from_logits=False, sample_weight=None, check_sums=Tru
     ``check_sums`` (default True) requires rows of (N, K) probabilities to
     sum to 1, as in :func:`brier_score`; ``check_sums=False`` scores the rows
     as they are.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    >>> labels = np.array([0, 1, 1, 0])
+    >>> round(calibkit.nll(probs, labels), 4)
+    0.6456
+    >>> round(calibkit.nll(np.log(probs), labels, from_logits=True), 4)
+    0.6456
     """
     t = _totals(scores, labels, sample_weight, from_logits, check_sums, backend)
     return float(t["nll"] / t["weight"])

@@ -119,7 +119,20 @@ def _number(v, what, bad_reason) -> float:
 
 
 class Monitor:
-    """Consumes JSON Lines records and reports calibration metrics (see the module docstring)."""
+    """Consumes JSON Lines records and reports calibration metrics (see the module docstring).
+
+    Examples
+    --------
+    >>> from calibkit.monitor import Monitor
+    >>> mon = Monitor(n_bins=10)
+    >>> mon.consume(b'{"probs": [0.2, 0.8], "label": 1}\\n', 1)
+    True
+    >>> mon.consume(b'not json\\n', 2)
+    False
+    >>> r = mon.report()
+    >>> r["count"], r["rejected"], r["rejected_by_reason"], round(r["ece"], 3)
+    (1, 1, {'not_json': 1}, 0.2)
+    """
 
     def __init__(self, *, window=None, n_bins=15, bootstrap=0, seed=0, state_path=None, backend="auto"):
         self.state_path = state_path
@@ -333,6 +346,32 @@ class Monitor:
         atomic_write(self.state_path, acc.to_bytes())
 
 
+def _prometheus_families(report: dict) -> list:
+    """The report's metrics as (name, type, help, [(labels, value), ...]), the one list both the text file
+    (:func:`prometheus_text`) and the HTTP endpoint (``--serve``) expose. Counter names end in ``_total``."""
+    gauges = {
+        "ece": "Expected calibration error, equal-width bins", "ace": "Calibration error, equal-mass bins",
+        "mce": "Maximum calibration error", "rmsce": "Root-mean-square calibration error",
+        "accuracy": "Accuracy", "mean_confidence": "Mean top-label confidence", "brier": "Brier score",
+        "nll": "Negative log-likelihood", "ece_se": "Bootstrap standard error of the ECE",
+        "count": "Rows in the window", "weight": "Total weight of the rows in the window",
+    }
+    families = []
+    for key, help_text in gauges.items():
+        value = report.get(key)
+        if value is not None:
+            families.append((f"calibkit_{key}", "gauge", f"{help_text}.", [({}, value)]))
+    if report.get("ece_ci"):
+        lower, upper = report["ece_ci"]
+        families.append(("calibkit_ece_ci", "gauge", "Bootstrap percentile interval of the ECE.",
+                         [({"bound": "lower"}, lower), ({"bound": "upper"}, upper)]))
+    families.append(("calibkit_lines_total", "counter", "Input lines consumed.", [({}, report["lines"])]))
+    by_reason = report.get("rejected_by_reason", {})
+    families.append(("calibkit_rejected_total", "counter", "Input lines rejected, by reason.",
+                     [({"reason": reason}, by_reason.get(reason, 0)) for reason in sorted({*REASONS, *by_reason})]))
+    return families
+
+
 def _label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -342,33 +381,113 @@ def prometheus_text(report: dict) -> str:
 
     Metrics that are null (empty or zero-weight window) are left out;
     ``calibkit_rejected_total`` has one sample per reason of :data:`REASONS`
-    (``sum(calibkit_rejected_total)`` is the total).
+    (``sum(calibkit_rejected_total)`` is the total). ``calibkit monitor
+    --serve`` exposes the same metrics over HTTP (:class:`MetricsServer`).
+
+    Examples
+    --------
+    >>> from calibkit.monitor import prometheus_text
+    >>> text = prometheus_text({"lines": 3, "rejected": 1, "rejected_by_reason": {"not_json": 1},
+    ...                         "count": 2, "weight": 2.0, "ece": 0.25})
+    >>> for line in text.splitlines():
+    ...     if not line.startswith("#") and not line.endswith("} 0"):
+    ...         print(line)
+    calibkit_ece 0.25
+    calibkit_count 2
+    calibkit_weight 2.0
+    calibkit_lines_total 3
+    calibkit_rejected_total{reason="not_json"} 1
     """
-    gauges = {
-        "ece": "Expected calibration error, equal-width bins", "ace": "Calibration error, equal-mass bins",
-        "mce": "Maximum calibration error", "rmsce": "Root-mean-square calibration error",
-        "accuracy": "Accuracy", "mean_confidence": "Mean top-label confidence", "brier": "Brier score",
-        "nll": "Negative log-likelihood", "ece_se": "Bootstrap standard error of the ECE",
-        "count": "Rows in the window", "weight": "Total weight of the rows in the window",
-    }
     lines = []
-    for key, help_text in gauges.items():
-        value = report.get(key)
-        if value is None:
-            continue
-        lines += [f"# HELP calibkit_{key} {help_text}.", f"# TYPE calibkit_{key} gauge", f"calibkit_{key} {value!r}"]
-    if report.get("ece_ci"):
-        lines += ["# HELP calibkit_ece_ci Bootstrap percentile interval of the ECE.", "# TYPE calibkit_ece_ci gauge",
-                  f'calibkit_ece_ci{{bound="lower"}} {report["ece_ci"][0]!r}',
-                  f'calibkit_ece_ci{{bound="upper"}} {report["ece_ci"][1]!r}']
-    lines += ["# HELP calibkit_lines_total Input lines consumed.", "# TYPE calibkit_lines_total counter",
-              f"calibkit_lines_total {report['lines']}",
-              "# HELP calibkit_rejected_total Input lines rejected, by reason.",
-              "# TYPE calibkit_rejected_total counter"]
-    by_reason = report.get("rejected_by_reason", {})
-    for reason in sorted({*REASONS, *by_reason}):
-        lines.append(f'calibkit_rejected_total{{reason="{_label_value(reason)}"}} {by_reason.get(reason, 0)}')
+    for name, kind, help_text, samples in _prometheus_families(report):
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for labels, value in samples:
+            label_text = ",".join(f'{k}="{_label_value(v)}"' for k, v in labels.items())
+            lines.append(f"{name}{{{label_text}}} {value!r}" if labels else f"{name} {value!r}")
     return "\n".join(lines) + "\n"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9100`` for IPv6; port 0 picks a free one) as ``(host, port)``; ValueError otherwise.
+
+    Examples
+    --------
+    >>> from calibkit.monitor import parse_address
+    >>> parse_address("127.0.0.1:9100"), parse_address("[::1]:0")
+    (('127.0.0.1', 9100), ('::1', 0))
+    """
+    host, sep, port = str(text).rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--serve must be HOST:PORT with a port in 0..65535 (e.g. 127.0.0.1:9100), got {text!r}")
+    return host, int(port)
+
+
+class MetricsServer:
+    """An HTTP ``/metrics`` endpoint in the Prometheus format, serving the latest report of a monitor.
+
+    Needs ``prometheus_client`` (the optional extra ``prometheus``). The server
+    runs in background threads and only reads the report last given to
+    :meth:`publish`, so a scrape (even a malformed or aborted request) never
+    touches, blocks or stops the monitor. :meth:`close` stops it; it is also a
+    context manager.
+
+    Parameters
+    ----------
+    host, port : str, int
+        Address to listen on; port 0 picks a free port (see :attr:`port`).
+    report : dict
+        The first report to serve (as from ``Monitor.report()``).
+    """
+
+    def __init__(self, host: str, port: int, report: dict):
+        try:
+            import prometheus_client
+            from prometheus_client.registry import CollectorRegistry
+        except ImportError:
+            raise ImportError("--serve needs prometheus_client: pip install 'calibkit[prometheus]'") from None
+        self._metric = prometheus_client.Metric
+        self._lock = threading.Lock()
+        self._report = report
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self)
+        try:
+            started = prometheus_client.start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise OSError(f"--serve {host}:{port}: cannot listen ({exc.strerror or exc})") from None
+        if not isinstance(started, tuple):  # before 0.20 it returned nothing, leaving no way to stop it
+            raise ImportError("--serve needs prometheus_client >= 0.20: pip install 'calibkit[prometheus]'")
+        self._server, self._thread = started
+        self.host = host
+        self.port = self._server.server_address[1]
+
+    def publish(self, report: dict) -> None:
+        """Serve `report` from now on."""
+        with self._lock:
+            self._report = report
+
+    def collect(self):
+        """The prometheus_client collector protocol: the metrics of the latest report."""
+        with self._lock:
+            report = self._report
+        for name, kind, help_text, samples in _prometheus_families(report):
+            metric = self._metric(name[:-len("_total")] if kind == "counter" else name, help_text, kind)
+            for labels, value in samples:
+                metric.add_sample(name, labels, float(value))
+            yield metric
+
+    def close(self) -> None:
+        """Stop serving and release the port (waits for the request in progress, if any)."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 class _LineQueue:
@@ -433,7 +552,7 @@ def _check_output(path, flag, input_path) -> None:
 
 
 def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, state=None, prometheus=None,
-        resume_input=False, backend="auto", out=None, input_path=None) -> int:
+        serve=None, resume_input=False, backend="auto", out=None, input_path=None) -> int:
     """Monitor `source` (a binary or text stream); returns the process exit code.
 
     A text stream with a binary ``buffer`` (``sys.stdin``, a file opened in
@@ -441,11 +560,30 @@ def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, stat
     `state` and `prometheus` are checked before anything is read (ValueError);
     `input_path`, when given, is the file behind `source`, which is never
     written over. An error reading the input raises (after the final report).
+
+    `serve` (``"HOST:PORT"``) also exposes the metrics of the latest report
+    on ``http://HOST:PORT/metrics`` while the monitor runs (see
+    :class:`MetricsServer`; needs the extra ``prometheus``); the address
+    served is printed on stderr, and the server stops at the end of the
+    input or on SIGINT/SIGTERM.
+
+    Examples
+    --------
+    >>> import io, json
+    >>> from calibkit import monitor
+    >>> records = b'{"confidence": 0.9, "correct": 1}\\n{"confidence": 0.6, "correct": 0}\\n'
+    >>> out = io.StringIO()
+    >>> monitor.run(io.BytesIO(records), every=10, out=out)
+    0
+    >>> report = json.loads(out.getvalue())
+    >>> report["lines"], report["count"], round(report["ece"], 3)
+    (2, 2, 0.35)
     """
     out = out or sys.stdout
     for path, flag in ((state, "--state"), (prometheus, "--prometheus")):
         if path:
             _check_output(path, flag, input_path)
+    address = parse_address(serve) if serve else None
     if hasattr(source, "buffer") and hasattr(source, "encoding"):
         source = source.buffer
     mon = Monitor(window=window, n_bins=n_bins, bootstrap=bootstrap, seed=seed, state_path=state, backend=backend)
@@ -462,7 +600,7 @@ def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, stat
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
         except ValueError:  # not the main thread: no handlers
             pass
-    threading.Thread(target=_read_lines, args=(source, lines, failure), daemon=True).start()
+    server = None  # the /metrics endpoint, started once the handlers are in place (a signal then stops it)
 
     def emit():
         report = mon.report()
@@ -472,10 +610,17 @@ def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, stat
         print(json.dumps(report), file=out, flush=True)
         if prometheus:
             atomic_write(prometheus, prometheus_text(report).encode())
+        if server is not None:
+            server.publish(report)
 
     lineno = 0
     since_report = 0
     try:
+        if address:
+            server = MetricsServer(*address, mon.report())
+            host = f"[{server.host}]" if ":" in server.host else server.host
+            print(f"calibkit monitor: serving http://{host}:{server.port}/metrics", file=sys.stderr, flush=True)
+        threading.Thread(target=_read_lines, args=(source, lines, failure), daemon=True).start()
         while not stop.is_set():
             try:
                 line = lines.get(timeout=0.1)
@@ -495,6 +640,8 @@ def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, stat
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if server is not None:
+            server.close()
     if failure:
         exc = failure[0]
         raise OSError(f"reading the input failed after line {lineno}: {type(exc).__name__}: {exc}")

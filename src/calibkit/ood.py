@@ -52,7 +52,15 @@ def _in_out(scores_in, scores_out):
 
 @dataclass(frozen=True)
 class OODMetrics:
-    """OOD-detection metrics; in-distribution samples are the positives."""
+    """OOD-detection metrics; in-distribution samples are the positives.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> m = calibkit.ood_metrics([0.9, 0.8, 0.4], [0.5, 0.3])
+    >>> m.auroc, m.tpr
+    (0.8333333333333334, 0.95)
+    """
 
     auroc: float            #: area under the ROC curve
     aupr_in: float          #: average precision, in-distribution as positives
@@ -82,6 +90,15 @@ def ood_metrics(scores_in, scores_out, *, tpr=0.95, backend="auto") -> OODMetric
       ``roc_curve``), so ``tpr=0`` gives 0.
     - Detection error: min over t, including "accept nothing", of
       (1 - TP(t)/P) / 2 + FP(t) / (2 N), at most 0.5.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> s_in = np.array([0.9, 0.8, 0.75, 0.6, 0.55])
+    >>> s_out = np.array([0.7, 0.5, 0.4, 0.3])
+    >>> m = calibkit.ood_metrics(s_in, s_out)
+    >>> m.auroc, m.fpr_at_tpr, m.detection_error
+    (0.9, 0.25, 0.125)
     """
     tpr = _check_rate(tpr, "tpr")
     si, so = _in_out(scores_in, scores_out)
@@ -97,27 +114,71 @@ def auroc(scores_in, scores_out, *, backend="auto") -> float:
 
     Equal to ``sklearn.metrics.roc_auc_score(y, s)`` with y = 1 for in-distribution.
     See :func:`ood_metrics` for the formula.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> s_in = np.array([0.9, 0.8, 0.75, 0.6, 0.55])
+    >>> s_out = np.array([0.7, 0.5, 0.4, 0.3])
+    >>> calibkit.auroc(s_in, s_out)
+    0.9
     """
     return ood_metrics(scores_in, scores_out, backend=backend).auroc
 
 
 def aupr_in(scores_in, scores_out, *, backend="auto") -> float:
-    """Average precision with the in-distribution samples as positives (see :func:`ood_metrics`)."""
+    """Average precision with the in-distribution samples as positives (see :func:`ood_metrics`).
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> s_in = np.array([0.9, 0.8, 0.75, 0.6, 0.55])
+    >>> s_out = np.array([0.7, 0.5, 0.4, 0.3])
+    >>> round(calibkit.aupr_in(s_in, s_out), 4)
+    0.9267
+    """
     return ood_metrics(scores_in, scores_out, backend=backend).aupr_in
 
 
 def aupr_out(scores_in, scores_out, *, backend="auto") -> float:
-    """Average precision with the out-of-distribution samples as positives, on negated scores."""
+    """Average precision with the out-of-distribution samples as positives, on negated scores.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> s_in = np.array([0.9, 0.8, 0.75, 0.6, 0.55])
+    >>> s_out = np.array([0.7, 0.5, 0.4, 0.3])
+    >>> round(calibkit.aupr_out(s_in, s_out), 4)
+    0.9167
+    """
     return ood_metrics(scores_in, scores_out, backend=backend).aupr_out
 
 
 def fpr_at_tpr(scores_in, scores_out, *, tpr=0.95, backend="auto") -> float:
-    """False-positive rate (out-of-distribution accepted) when TPR first reaches ``tpr`` (FPR95 by default)."""
+    """False-positive rate (out-of-distribution accepted) when TPR first reaches ``tpr`` (FPR95 by default).
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> s_in = np.array([0.9, 0.8, 0.75, 0.6, 0.55])
+    >>> s_out = np.array([0.7, 0.5, 0.4, 0.3])
+    >>> calibkit.fpr_at_tpr(s_in, s_out, tpr=0.8)
+    0.25
+    """
     return ood_metrics(scores_in, scores_out, tpr=tpr, backend=backend).fpr_at_tpr
 
 
 def detection_error(scores_in, scores_out, *, backend="auto") -> float:
-    """min over thresholds of (1 - TPR) / 2 + FPR / 2 (Liang et al. 2018; Lee et al. 2018)."""
+    """min over thresholds of (1 - TPR) / 2 + FPR / 2 (Liang et al. 2018; Lee et al. 2018).
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> s_in = np.array([0.9, 0.8, 0.75, 0.6, 0.55])
+    >>> s_out = np.array([0.7, 0.5, 0.4, 0.3])
+    >>> calibkit.detection_error(s_in, s_out)
+    0.125
+    """
     return ood_metrics(scores_in, scores_out, backend=backend).detection_error
 
 
@@ -127,7 +188,15 @@ def detection_error(scores_in, scores_out, *, backend="auto") -> float:
 
 @dataclass(frozen=True)
 class RiskCoverageCurve:
-    """Risk (error rate among accepted) against coverage (fraction accepted), thresholds descending."""
+    """Risk (error rate among accepted) against coverage (fraction accepted), thresholds descending.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> curve = calibkit.risk_coverage_curve([0.9, 0.7, 0.6], [1, 0, 1])
+    >>> curve.coverage.round(3), curve.risk.round(3)
+    (array([0.333, 0.667, 1.   ]), array([0.   , 0.5  , 0.333]))
+    """
 
     coverage: np.ndarray    #: accepted / N after each threshold
     risk: np.ndarray        #: errors among accepted / accepted
@@ -146,6 +215,17 @@ def risk_coverage_curve(confidence, correct, *, backend="auto") -> RiskCoverageC
     Predictions are accepted from the most confident down; predictions of equal
     confidence are accepted together (one point per distinct confidence), so
     the curve does not depend on the order of the samples.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> confidence = np.array([0.95, 0.9, 0.8, 0.7, 0.6])
+    >>> correct = np.array([1, 1, 0, 1, 0])
+    >>> curve = calibkit.risk_coverage_curve(confidence, correct)
+    >>> curve.coverage
+    array([0.2, 0.4, 0.6, 0.8, 1. ])
+    >>> curve.risk.round(3)
+    array([0.   , 0.   , 0.333, 0.25 , 0.4  ])
     """
     r, n, _ = _selective(confidence, correct, curve=True, backend=backend)
     accepted = r["tp"] + r["fp"]
@@ -159,6 +239,14 @@ def aurc(confidence, correct, *, backend="auto") -> float:
     confident predictions. Tied confidences are accepted together: each of the
     n_g predictions of a tie group counts the risk after the whole group,
     AURC = sum_g (n_g / N) risk_g. Without ties this is exactly Geifman's sum.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> confidence = np.array([0.95, 0.9, 0.8, 0.7, 0.6])
+    >>> correct = np.array([1, 1, 0, 1, 0])
+    >>> round(calibkit.aurc(confidence, correct), 4)
+    0.1967
     """
     r, _, _ = _selective(confidence, correct, backend=backend)
     return float(r["aurc"])
@@ -172,6 +260,14 @@ def e_aurc(confidence, correct, *, backend="auto") -> float:
     with H the harmonic numbers and N_e = N - N_c. Its limit for large N is
     the paper's r + (1 - r) log(1 - r), r the error rate; the exact finite form
     makes E-AURC 0 for a perfect ranking.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> confidence = np.array([0.95, 0.9, 0.8, 0.7, 0.6])
+    >>> correct = np.array([1, 1, 0, 1, 0])
+    >>> round(calibkit.e_aurc(confidence, correct), 4)
+    0.0667
     """
     r, n, ok = _selective(confidence, correct, backend=backend)
     return float(r["aurc"] - _optimal_aurc(int(ok.sum()), n))
@@ -211,7 +307,15 @@ def _add_counts(keys, counts, new_keys, new_counts):
 
 @dataclass(frozen=True)
 class OODBounds:
-    """Proven bounds on |streaming estimate - exact value| of each :class:`OODMetrics` field."""
+    """Proven bounds on |streaming estimate - exact value| of each :class:`OODMetrics` field.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> acc = calibkit.OODAccumulator(precision_bits=8).update([0.9, 0.8, 0.4], [0.5, 0.3])
+    >>> acc.bounds().auroc >= 0
+    True
+    """
 
     auroc: float
     aupr_in: float
@@ -248,6 +352,18 @@ class OODAccumulator:
     ----------
     precision_bits : int, default 12
         Bucket resolution, an integer in [1, ``MAX_PRECISION_BITS`` = 40].
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> s_in, s_out = rng.normal(1.0, 1.0, 10_000), rng.normal(0.0, 1.0, 10_000)
+    >>> acc = calibkit.OODAccumulator(precision_bits=12)
+    >>> acc = acc.update(s_in[:5000], s_out[:5000]).update(s_in[5000:], s_out[5000:])
+    >>> abs(acc.compute().auroc - calibkit.auroc(s_in, s_out)) <= acc.bounds().auroc
+    True
+    >>> round(acc.compute().auroc, 3)
+    0.762
     """
 
     _KIND = "OODAccumulator"

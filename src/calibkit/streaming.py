@@ -83,6 +83,17 @@ class CalibrationResult:
     ``ace_bound`` its largest possible distance from the exact one-shot value).
     ``ece_se`` and ``ece_ci`` are None without bootstrap replicates;
     ``classwise_ece`` is None unless enabled.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> acc = calibkit.CalibrationAccumulator(n_bins=10).update(rng.dirichlet(np.ones(3), 500), rng.integers(0, 3, 500))
+    >>> result = acc.compute()
+    >>> result.count, round(result.ece, 4), round(result.accuracy, 3)
+    (500, 0.301, 0.31)
+    >>> result.reliability_table().n_bins
+    10
     """
 
     ece: float
@@ -174,7 +185,7 @@ class CalibrationAccumulator:
     >>> acc = calibkit.CalibrationAccumulator(n_bins=10, from_logits=True, bootstrap=100)
     >>> rng = np.random.default_rng(0)
     >>> for _ in range(5):
-    ...     acc.update(rng.normal(size=(1000, 4)), rng.integers(0, 4, 1000))
+    ...     _ = acc.update(rng.normal(size=(1000, 4)), rng.integers(0, 4, 1000))
     >>> result = acc.compute()
     >>> result.count
     5000
@@ -644,6 +655,18 @@ class WindowedAccumulator:
 
     ``window`` is at most 2**63 - 1. The other keywords are those of
     :class:`CalibrationAccumulator`, with the same limits.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> win = calibkit.WindowedAccumulator(window=1000, n_bins=10, from_logits=True)
+    >>> for _ in range(5):
+    ...     _ = win.update(rng.normal(size=(400, 3)), rng.integers(0, 3, 400))
+    >>> win.count <= 1000 + win.block_size  # the most recent rows, in whole blocks
+    True
+    >>> round(win.compute().ece, 4)
+    0.2532
     """
 
     def __init__(self, window=None, *, decay=None, n_blocks=16, **kwargs):

@@ -62,6 +62,14 @@ def uncertainty_scores(scores, kinds=("max_probability", "margin", "entropy"), *
     -------
     dict
         ``{kind: float64 array of shape (N,)}``.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 0.4, 0.3]])
+    >>> scores = calibkit.uncertainty_scores(logits, ("max_probability", "energy"), from_logits=True)
+    >>> {k: v.round(4) for k, v in scores.items()}
+    {'max_probability': array([0.659 , 0.3672]), 'energy': array([-2.417 , -1.5019])}
     """
     if isinstance(kinds, str):
         kinds = (kinds,)
@@ -98,13 +106,28 @@ def max_probability(scores, *, from_logits=False, temperature=1.0, backend="auto
     """Maximum softmax probability max_k p_k (Hendrycks & Gimpel 2017): a confidence.
 
     From logits z: 1 / sum_k exp((z_k - max z) / T), without forming the softmax.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 0.4, 0.3]])
+    >>> calibkit.max_probability(logits, from_logits=True).round(4)
+    array([0.659 , 0.3672])
     """
     return uncertainty_scores(scores, ("max_probability",), from_logits=from_logits, temperature=temperature,
                               backend=backend)["max_probability"]
 
 
 def margin(scores, *, from_logits=False, temperature=1.0, backend="auto") -> np.ndarray:
-    """Top-1 minus top-2 probability, p_(1) - p_(2) (0 when the two largest are tied): a confidence."""
+    """Top-1 minus top-2 probability, p_(1) - p_(2) (0 when the two largest are tied): a confidence.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 0.4, 0.3]])
+    >>> calibkit.margin(logits, from_logits=True).round(4)
+    array([0.4166, 0.0349])
+    """
     return uncertainty_scores(scores, ("margin",), from_logits=from_logits, temperature=temperature,
                               backend=backend)["margin"]
 
@@ -120,6 +143,13 @@ def entropy(scores, *, from_logits=False, temperature=1.0, normalize=False, back
     at most 2.4e-305, resp. 1.5e-36, to H). The result is clipped to
     [0, log K]. ``normalize=True`` divides by log K, the entropy of the uniform
     distribution.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 0.4, 0.3]])
+    >>> calibkit.entropy(logits, from_logits=True, normalize=True).round(4)
+    array([0.7707, 0.997 ])
     """
     return uncertainty_scores(scores, ("entropy",), from_logits=from_logits, temperature=temperature,
                               normalize=normalize, backend=backend)["entropy"]
@@ -129,13 +159,28 @@ def energy(logits, *, temperature=1.0, backend="auto") -> np.ndarray:
     """Free energy E(z) = -T log sum_k exp(z_k / T) (Liu et al. 2020, "Energy-based OOD detection").
 
     Lower energy means more in-distribution: use ``-energy(z)`` as an OOD score.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 0.4, 0.3]])
+    >>> calibkit.energy(logits).round(4)
+    array([-2.417 , -1.5019])
     """
     return uncertainty_scores(logits, ("energy",), from_logits=True, temperature=temperature,
                               backend=backend)["energy"]
 
 
 def logit_norm(logits, *, backend="auto") -> np.ndarray:
-    """Euclidean norm of the logit vector, ||z||_2 (a confidence; Wei et al. 2022)."""
+    """Euclidean norm of the logit vector, ||z||_2 (a confidence; Wei et al. 2022).
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 0.4, 0.3]])
+    >>> calibkit.logit_norm(logits).round(4)
+    array([2.2383, 0.7071])
+    """
     return uncertainty_scores(logits, ("logit_norm",), from_logits=True, backend=backend)["logit_norm"]
 
 
@@ -146,6 +191,13 @@ def kl_to_uniform(scores, *, from_logits=False, temperature=1.0, backend="auto")
     uniform prediction, large for a confident one (a confidence). From
     probabilities it is ``inf`` when some p_k is 0; from logits it is finite:
     log s0 - log K - mean_k(z_k - max z) / T.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 0.4, 0.3]])
+    >>> calibkit.kl_to_uniform(logits, from_logits=True).round(4)
+    array([0.2851, 0.0033])
     """
     return uncertainty_scores(scores, ("kl_to_uniform",), from_logits=from_logits, temperature=temperature,
                               backend=backend)["kl_to_uniform"]
@@ -157,7 +209,15 @@ def kl_to_uniform(scores, *, from_logits=False, temperature=1.0, backend="auto")
 
 @dataclass(frozen=True)
 class FeatureScores:
-    """Pearce et al. (2021) measures of final-layer features z = F[i] against class weights W."""
+    """Pearce et al. (2021) measures of final-layer features z = F[i] against class weights W.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> fs = calibkit.feature_scores([[3.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]])
+    >>> sorted(vars(fs))
+    ['familiarity', 'norm', 'uncertainty']
+    """
 
     norm: np.ndarray         #: ||z||_2
     familiarity: np.ndarray  #: max_k cos(w_k, z); 0 for a zero feature vector
@@ -181,6 +241,15 @@ def feature_scores(features, weights, *, chunk_size=None) -> FeatureScores:
     The cosines come from BLAS matrix products over blocks of rows
     (``chunk_size`` rows, default so that a block holds about 2^20 values):
     no N x K matrix is formed.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> features = np.array([[3.0, 0.0], [0.5, 0.5]])
+    >>> weights = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> fs = calibkit.feature_scores(features, weights)
+    >>> fs.norm.round(4), fs.familiarity.round(4)
+    (array([3.    , 0.7071]), array([1.    , 0.7071]))
     """
     F = np.asarray(features)
     W = np.asarray(weights)
@@ -232,7 +301,16 @@ def feature_scores(features, weights, *, chunk_size=None) -> FeatureScores:
 
 @dataclass(frozen=True)
 class Decomposition:
-    """Predictive uncertainty of S stochastic passes (Gal & Ghahramani 2016; Depeweg et al. 2018)."""
+    """Predictive uncertainty of S stochastic passes (Gal & Ghahramani 2016; Depeweg et al. 2018).
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> passes = np.array([[[0.9, 0.1], [0.6, 0.4]], [[0.7, 0.3], [0.2, 0.8]]])  # (S=2, N=2, K=2)
+    >>> u = calibkit.decompose(passes)
+    >>> np.allclose(u.total, u.aleatoric + u.epistemic)
+    True
+    """
 
     mean: np.ndarray        #: (N, K) predictive mean E_s[p_s]
     prediction: np.ndarray  #: (N,) argmax of the mean (first of ties)
@@ -269,6 +347,16 @@ def decompose(samples, *, from_logits=False, backend="auto") -> Decomposition:
     K-length buffer): no S x N x K array is formed, and any strides, dtypes
     and memory maps are read in place. Use :class:`EnsembleAccumulator` when
     the passes arrive one at a time.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> passes = np.array([[[0.9, 0.1], [0.6, 0.4]], [[0.7, 0.3], [0.2, 0.8]]])  # (S=2, N=2, K=2)
+    >>> u = calibkit.decompose(passes)
+    >>> u.prediction
+    array([0, 1])
+    >>> u.total.round(4), u.aleatoric.round(4), u.epistemic.round(4)
+    (array([0.5004, 0.673 ]), array([0.468 , 0.5867]), array([0.0324, 0.0863]))
     """
     from_logits = check_bool(from_logits, "from_logits")
     x = check_samples(samples)
@@ -347,7 +435,15 @@ class EnsembleAccumulator:
 
 @dataclass(frozen=True)
 class ConfidenceLoss:
-    """Value and gradients of the confidence loss."""
+    """Value and gradients of the confidence loss.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> r = calibkit.confidence_loss([[2.0, 0.0]], [0], [[0.0, 0.0]], beta=1.0)
+    >>> round(r.value, 4), r.kl
+    (0.1269, 0.0)
+    """
 
     value: float           #: nll + beta * kl
     nll: float             #: mean NLL of the in-distribution rows
@@ -372,6 +468,17 @@ def confidence_loss(logits_in, labels, logits_out, *, beta=1.0, backend="auto") 
     gradients have the dtype of the logits (float32 for float16/float32 input,
     float64 for float64), ready to hand back to a training framework
     (``torch.from_numpy(result.grad_in)``).
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> logits_in = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    >>> logits_out = np.array([[1.0, 1.0, 3.0]])
+    >>> r = calibkit.confidence_loss(logits_in, np.array([0, 1]), logits_out, beta=0.5)
+    >>> round(r.value, 4), round(r.nll, 4), round(r.kl, 4)
+    (0.5978, 0.3606, 0.4743)
+    >>> r.grad_in.shape, r.grad_out.shape
+    ((2, 3), (1, 3))
     """
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (beta >= 0 and math.isfinite(beta)):
         raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
