@@ -98,7 +98,7 @@ def _cmd_monitor(args) -> int:
                            serve=args.serve, resume_input=args.resume_input, backend=args.backend,
                            input_path=None if stdin else args.input)
     except (ValueError, TypeError, OSError, ImportError) as exc:  # ImportError: --serve without prometheus_client
-        print(f"calibkit monitor: {exc}", file=sys.stderr)
+        print(f"calibkit monitor: {_cli_words(exc)}", file=sys.stderr)
         return 2
     finally:
         if not stdin:

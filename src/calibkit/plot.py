@@ -332,8 +332,10 @@ class ReliabilityDisplay:
     Attributes
     ----------
     table_ : ReliabilityTable
-    figure_ : matplotlib Figure, ax_ : (top, bottom) Axes
-        Set by :meth:`plot` (bottom is None when drawn into one given Axes).
+    figure_ : matplotlib Figure
+        Set by :meth:`plot`.
+    ax_ : tuple of two Axes
+        (top, bottom), set by :meth:`plot` (bottom is None when drawn into one given Axes).
 
     Examples
     --------
@@ -374,7 +376,9 @@ class RiskCoverageDisplay:
     ----------
     curve_ : RiskCoverageCurve
     aurc_ : float
-    figure_, ax_
+    figure_ : matplotlib Figure
+        Set by :meth:`plot`.
+    ax_ : matplotlib Axes
         Set by :meth:`plot`.
     """
 
@@ -422,7 +426,9 @@ class OODRocDisplay:
     fpr_, tpr_ : ndarray
         The curve, from (0, 0) (accept nothing) to (1, 1), one point per distinct score.
     auroc_ : float
-    figure_, ax_
+    figure_ : matplotlib Figure
+        Set by :meth:`plot`.
+    ax_ : matplotlib Axes
         Set by :meth:`plot`.
     """
 
