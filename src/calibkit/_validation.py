@@ -259,6 +259,8 @@ def check_probability_rows(scores, name="scores"):
 
 def check_n_bins(n_bins):
     """Return ``n_bins`` as an int in [1, MAX_BINS] (MAX_BINS = 2**20)."""
+    if type(n_bins) is int and 1 <= n_bins <= MAX_BINS:  # the common case, without the ABC checks below
+        return n_bins
     if isinstance(n_bins, (bool, np.bool_)) or not isinstance(n_bins, numbers.Integral):
         raise TypeError(f"n_bins must be an integer, got {type(n_bins).__name__}")
     n_bins = int(n_bins)
