@@ -18,6 +18,7 @@ from ._common import (
     HALF_TABLE,
     as_kernel_array,
     check_float_dtype,
+    f64_bits,
     group_size,
     is_finite,
     load,
@@ -61,15 +62,15 @@ def poisson1(u, cdf):
 
 @numba.njit(inline="always", **JIT)
 def fine_rank(d, bits, levels):
-    """As FineGrid::rank in stream.hpp (frexp gives the same exponent and mantissa bits)."""
-    side = levels << bits
-    m, e = math.frexp(d)  # d = m 2^e, m in [1/2, 1): exponent of the C++ code is e - 1
-    level = -(e - 1) - 2
+    """As FineGrid::rank in stream.hpp: exponent and leading mantissa bits read from the bits of d."""
+    u = f64_bits(d)
+    exponent = ((u >> 52) & 0x7FF) - 1023  # d in [2^exponent, 2^(exponent+1))
+    level = -exponent - 2  # 0 for d in [1/4, 1/2)
     if level < 0:
-        return side - 1
+        return (levels << bits) - 1  # d == 1/2
     if level >= levels:
         return 0
-    mantissa = int(math.floor((2.0 * m - 1.0) * (1 << bits)))
+    mantissa = (u >> (52 - bits)) & ((1 << bits) - 1)
     return ((levels - 1 - level) << bits) + mantissa
 
 
