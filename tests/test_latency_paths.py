@@ -2,6 +2,7 @@
 the small-bin error sums and the validation fast paths. Behaviour only, never times."""
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -340,3 +341,114 @@ def test_fused_numba_small_path_does_not_use_the_general_kernels(monkeypatch):
     with pytest.raises(AssertionError, match="general kernel"):
         acc.update(np.concatenate([p, p[:1]]), np.concatenate([y, y[:1]]))  # 3277 rows: two chunks
     assert acc.count == 3276
+
+
+# -- the Numba one-call path of top_label_stats and the idle thread pools ------------------------------
+
+SMALL_TLS_CASES = [  # (rows, K, dtype, logits, weighted, n_bins, with_nll, inverse temperature)
+    (1, 2, np.float64, False, False, 15, True, 1.0), (100, 10, np.float32, False, False, 15, False, 1.0),
+    (100, 10, np.float16, False, True, 15, True, 1.0), (100, 10, np.float32, True, False, 0, True, 0.7),
+    (257, 40, np.float32, True, True, 1, True, 1.0), (257, 40, np.float64, True, False, 7, False, 2.0),
+    (3276, 10, np.float32, False, True, 15, True, 1.0),  # one chunk exactly
+    (3277, 10, np.float32, False, True, 15, True, 1.0),  # two chunks: binning's driver
+]
+
+
+@pytest.mark.parametrize("n,K,dtype,logits,weighted,n_bins,with_nll,inv_t", SMALL_TLS_CASES)
+def test_numba_small_top_label_stats_is_the_drivers(n, K, dtype, logits, weighted, n_bins, with_nll, inv_t):
+    """calibkit._numba.top_label_stats (one jitted call for an input of one chunk) gives the threaded
+    driver's sums bit for bit, in the same format; bad rows give the same status."""
+    from calibkit import _numba
+    from calibkit._numba import binning
+
+    rng = np.random.default_rng(n + K)
+    scores = (rng.normal(size=(n, K)) * 3).astype(dtype) if logits else random_probs(rng, n, K, dtype=dtype)
+    labels = rng.integers(0, K, n)
+    w = rng.random(n) if weighted else None
+    args = (scores, labels, w, logits, n_bins, _nll_eps(scores.dtype), with_nll)
+    fast = _numba.top_label_stats(*args, inverse_temperature=inv_t)
+    ref = binning.top_label_stats(*args, inverse_temperature=inv_t)
+    assert fast.keys() == ref.keys()
+    for key in ("count", "weight", "sum_score", "sum_target"):
+        assert fast[key].dtype == ref[key].dtype and np.array_equal(fast[key], ref[key]), key
+    assert fast["status"] == ref["status"] == (0, -1, -1, 0.0)
+    for key, value in ref["totals"].items():
+        got = fast["totals"][key]
+        assert type(got) is type(value) and (got == value or (math.isnan(got) and math.isnan(value))), key
+    bad_labels = labels.copy()
+    bad_labels[n // 2] = K
+    assert (_numba.top_label_stats(scores, bad_labels, *args[2:])["status"]
+            == binning.top_label_stats(scores, bad_labels, *args[2:])["status"])
+
+
+def test_numba_fine_bin_matches_a_frexp_reference():
+    """The fine bucket of a confidence, read from its bits, is the one of the frexp definition."""
+    from calibkit._numba.stream import fine_bin
+
+    rng = np.random.default_rng(3)
+    cs = np.concatenate([rng.random(2000), 1 - rng.random(2000) ** 8, rng.random(2000) ** 30,
+                         [0.0, -0.0, 0.25, 0.5, 0.75, 1.0, 1.0000001, 5e-324, 1e-310, 2.0 ** -37, 2.0 ** -38,
+                          1 - 2.0 ** -53, np.nextafter(0.5, 0), np.nextafter(0.5, 1)]])
+
+    def reference(c, bits, levels):
+        size, side = 2 * (levels << bits), levels << bits
+        if not c > 0:
+            return 0
+        if not c < 1:
+            return size - 1
+
+        def rank(d):
+            m, e = math.frexp(d)
+            level = -(e - 1) - 2
+            if level < 0:
+                return side - 1
+            if level >= levels:
+                return 0
+            return ((levels - 1 - level) << bits) + int(math.floor((2 * m - 1) * (1 << bits)))
+        return rank(c) if c <= 0.5 else size - 1 - rank(1.0 - c)
+
+    for bits, levels in ((0, 1), (7, 36), (12, 1000), (3, 5)):
+        got = [fine_bin(float(c), bits, levels) for c in cs]
+        assert got == [reference(float(c), bits, levels) for c in cs], (bits, levels)
+
+
+def test_idle_pools_do_not_spin():
+    """After a parallel call, the idle worker threads of both backends sleep: they use (almost) no CPU
+    while the caller sleeps or runs small calls. CPU ticks, not wall-clock times: a spinning worker
+    would use about all of them. Numba's threading layer is not GNU OpenMP (which spin-waits)."""
+    code = """
+    import os, time, numpy as np, numba, calibkit
+    calibkit.set_num_threads(2)
+    me = str(os.getpid())
+    def others():
+        total = 0
+        for t in os.listdir("/proc/self/task"):
+            if t == me:
+                continue
+            try:
+                stat = open(f"/proc/self/task/{t}/stat").read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            total += int(fields[11]) + int(fields[12])
+        return total
+    rng = np.random.default_rng(0)
+    big = rng.dirichlet(np.ones(10), 100000).astype(np.float32); yb = rng.integers(0, 10, 100000)
+    for backend in ("cpp", "numba"):
+        acc = calibkit.CalibrationAccumulator(backend=backend)
+        calibkit.ece(big, yb, backend=backend)  # a parallel call: the workers exist and have run
+        before = others()
+        time.sleep(0.5)
+        t0 = time.time()
+        while time.time() - t0 < 0.5:
+            acc.update(big[:1000], yb[:1000])
+        print(backend, others() - before)
+    print("layer", numba.threading_layer())
+    """
+    r = _run(code, env={"CALIBKIT_NUM_THREADS": "2", "NUMBA_NUM_THREADS": "2"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = dict(line.split() for line in r.stdout.strip().splitlines())
+    ticks = os.sysconf("SC_CLK_TCK")
+    for backend in ("cpp", "numba"):
+        assert int(lines[backend]) < 0.2 * ticks, r.stdout  # a spinning worker: ~1 s of CPU here
+    assert lines["layer"] != "omp", r.stdout

@@ -55,13 +55,19 @@ def resolve_backend(backend: str | None) -> str:
     return backend
 
 
+_numba_kernels = None  # calibkit._numba once imported (the import statement costs ~1 us per call)
+
+
 def kernels(backend: str | None):
     """The module holding the kernels of the chosen backend."""
-    if resolve_backend(backend) == "cpp":
+    global _numba_kernels
+    if backend == "cpp" or resolve_backend(backend) == "cpp":
         return _core
-    from . import _numba
+    if _numba_kernels is None:
+        from . import _numba
 
-    return _numba
+        _numba_kernels = _numba
+    return _numba_kernels
 
 
 def set_num_threads(n: int) -> None:

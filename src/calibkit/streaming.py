@@ -841,10 +841,7 @@ class WindowedAccumulator:
 
 def _fused_update(k):
     """The fused top-label stream update (``stream_top_label``) of a kernels module."""
-    fused = getattr(k, "stream_top_label", None)
-    if fused is None:  # the Numba package does not re-export it
-        from ._numba.stream import stream_top_label as fused
-    return fused
+    return k.stream_top_label
 
 
 def _windowed_from_bytes(data):

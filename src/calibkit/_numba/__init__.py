@@ -1,14 +1,15 @@
 """Numba twins of the C++ kernels in ``calibkit._core``: same names, same algorithms, same results."""
 
-from .binning import binary_stats, classwise_stats, top_label_stats
+from .binning import binary_stats, classwise_stats
 from .pav import isotonic_fit
 from .ranking import two_sample_ranking
 from .softmax import temperature_nll, vector_scaling_nll
-from .stream import stream_accumulate
+from .stream import stream_accumulate, stream_top_label
+from .stream import top_label_stats_any as top_label_stats  # binning's, with the one-call path for small inputs
 from .uncertainty import confidence_loss, ensemble_decompose, ensemble_update, row_scores
 
 __all__ = [
     "binary_stats", "classwise_stats", "confidence_loss", "ensemble_decompose", "ensemble_update", "isotonic_fit",
-    "row_scores", "stream_accumulate", "temperature_nll", "top_label_stats", "two_sample_ranking",
+    "row_scores", "stream_accumulate", "stream_top_label", "temperature_nll", "top_label_stats", "two_sample_ranking",
     "vector_scaling_nll",
 ]

@@ -111,6 +111,18 @@ def _pow2_f32(typingctx, n):
     return types.float32(n), codegen
 
 
+@intrinsic
+def f64_bits(typingctx, x):
+    """The bits of the float64 ``x`` as an int64 (std::memcpy of a double into an integer in C++)."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(x), codegen
+
+
 @numba.njit(inline="always", **JIT)
 def exp_f32(x):
     """exp(x) for float32 x <= 0 (see simd.hpp)."""

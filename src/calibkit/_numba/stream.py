@@ -18,6 +18,7 @@ from ._common import (
     HALF_TABLE,
     as_kernel_array,
     check_float_dtype,
+    f64_bits,
     group_size,
     is_finite,
     load,
@@ -27,6 +28,7 @@ from ._common import (
     status_tuple,
     valid_probability,
 )
+from . import binning
 from .binning import (
     SHORT_ROW, _classwise_spec, _top_label_chunk, check_weight, equal_width_inner, find_bin, top_label_stats,
 )
@@ -60,15 +62,15 @@ def poisson1(u, cdf):
 
 @numba.njit(inline="always", **JIT)
 def fine_rank(d, bits, levels):
-    """As FineGrid::rank in stream.hpp (frexp gives the same exponent and mantissa bits)."""
-    side = levels << bits
-    m, e = math.frexp(d)  # d = m 2^e, m in [1/2, 1): exponent of the C++ code is e - 1
-    level = -(e - 1) - 2
+    """As FineGrid::rank in stream.hpp: exponent and leading mantissa bits read from the bits of d."""
+    u = f64_bits(d)
+    exponent = ((u >> 52) & 0x7FF) - 1023  # d in [2^exponent, 2^(exponent+1))
+    level = -exponent - 2  # 0 for d in [1/4, 1/2)
     if level < 0:
-        return side - 1
+        return (levels << bits) - 1  # d == 1/2
     if level >= levels:
         return 0
-    mantissa = int(math.floor((2.0 * m - 1.0) * (1 << bits)))
+    mantissa = (u >> (52 - bits)) & ((1 << bits) - 1)
     return ((levels - 1 - level) << bits) + mantissa
 
 
@@ -245,7 +247,7 @@ def stream_accumulate(confidence, target, sample_weight, offset, n_bins, fine_bi
 # -- the fused update of a top-label stream (twin of stream_top_label in stream.hpp) ------------------
 
 _NO_INNER = np.zeros(0)
-_NO_CLASSWISE = np.zeros(0)
+_NO_CLASSWISE = np.zeros((0, 0, 0))  # the class-wise state of a call without class-wise bins
 _inner_cache = {}  # n_bins -> inner edges (read only by the kernels)
 _classwise_cache = {}  # (K, M) -> equal-width class-wise spec
 
@@ -270,11 +272,26 @@ def _cached_classwise(K, M):
 
 @numba.njit(**JIT)
 def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_eps, inv_t, table, cw_M, cw_inners,
-                     cw_uniform, cw_upper, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf,
-                     bins, fine, boot, totals, cw_state, st):
+                     cw_uniform, cw_upper, offset_bits, inner, n_bins, fine_bits, fine_levels, n_boot, seed_bits,
+                     cdf, bins2, fine2, boot3, totals, cw3):
     """A batch of one top-label chunk, serially: the chunk of binning's top-label pass (confidences,
-    correctness, totals, class-wise bins), then the stream pass; the state changes only if both are clean."""
+    correctness, totals, class-wise bins), then the stream pass; the state changes only if both are clean.
+    The state arrays come as the accumulator holds them (shapes checked by the caller) and the status is
+    returned as a (code, row, col, value) tuple: one Numba entry call, no array returned to Python.
+    ``offset_bits`` and ``seed_bits`` are the uint64 position and seed as int64 of the same bits (a Python
+    int is typed without the cost of building a NumPy scalar)."""
     N, K = scores.shape
+    offset = np.uint64(offset_bits)
+    seed = np.uint64(seed_bits)
+    bins = bins2.reshape(bins2.size)
+    fine = fine2.reshape(fine2.size)
+    boot = boot3.reshape(boot3.size)
+    cw_state = cw3.reshape(cw3.size)
+    st = np.empty(4)
+    st[0] = OK
+    st[1] = -1.0
+    st[2] = -1.0
+    st[3] = 0.0
     conf = np.empty(N)
     correct = np.empty(N, np.uint8)
     count = np.zeros(1, np.int64)
@@ -287,43 +304,68 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_ep
     q_w = np.zeros(KM)
     q_score = np.zeros(KM)
     q_target = np.zeros(KM)
-    _top_label_chunk(scores, labels, weights, has_w, from_logits, single, _NO_INNER, 0, nll_eps, True, inv_t, conf, correct,
-                     True, table, 0, N, count, wsum, sconf, scorr, tot, st, cw_M, cw_inners, cw_uniform, cw_upper,
-                     q_count, q_w, q_score, q_target)
-    if st[0] != OK:
-        return
-    # Rows the top-label pass has checked (confidences in [0, 1], 0/1 targets, clean weights): straight into
-    # the state, as _small does after its check pass.
-    _chunk(conf, correct, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
-           0, N, bins, fine, boot, st)
-    if st[0] != OK:
-        return
-    totals[0] += float(int(tot[0]))
-    for t in range(1, 6):
-        totals[t] += tot[t]
-    for j in range(KM):
-        cw_state[j] += q_w[j]
-    for j in range(KM):
-        cw_state[KM + j] += q_score[j]
-    for j in range(KM):
-        cw_state[2 * KM + j] += q_target[j]
+    _top_label_chunk(scores, labels, weights, has_w, from_logits, single, _NO_INNER, 0, nll_eps, True, inv_t, conf,
+                     correct, True, table, 0, N, count, wsum, sconf, scorr, tot, st, cw_M, cw_inners, cw_uniform,
+                     cw_upper, q_count, q_w, q_score, q_target)
+    if st[0] == OK:
+        # Rows the top-label pass has checked (confidences in [0, 1], 0/1 targets, clean weights): straight
+        # into the state, as _small does after its check pass.
+        _chunk(conf, correct, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf,
+               table, 0, N, bins, fine, boot, st)
+    if st[0] == OK:
+        totals[0] += float(int(tot[0]))
+        for t in range(1, 6):
+            totals[t] += tot[t]
+        for j in range(KM):
+            cw_state[j] += q_w[j]
+        for j in range(KM):
+            cw_state[KM + j] += q_score[j]
+        for j in range(KM):
+            cw_state[2 * KM + j] += q_target[j]
+    return int(st[0]), int(st[1]), int(st[2]), st[3]
+
+
+_F64 = np.dtype(np.float64)
+_F16 = np.dtype(np.float16)
+_I64 = np.dtype(np.int64)
+_FLOAT_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
+
+
+def _int64_bits(u):
+    """The int64 with the bits of the uint64 ``u`` (0 <= u < 2**64)."""
+    u = int(u)
+    if not 0 <= u < 1 << 64:
+        raise ValueError(f"{u} does not fit in 64 unsigned bits")
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+def _state_ok(a, shape):
+    """True if ``a`` is a writeable C-contiguous float64 array of this shape (the cheap check of every call;
+    :func:`_state` names what is wrong)."""
+    if type(a) is not np.ndarray or a.dtype != _F64 or a.shape != shape:
+        return False
+    flags = a.flags
+    return flags.c_contiguous and flags.writeable
 
 
 def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, inverse_temperature, offset, n_bins,
                      fine_bits, fine_levels, n_boot, seed, bins, fine, boot, totals, classwise_bins, classwise):
     """Same contract as ``calibkit._core.stream_top_label``.
 
-    A batch of at most one top-label chunk runs one serial jitted function (no threading layer, no
-    lock, no array returned to Python); a larger one runs ``top_label_stats`` and ``stream_accumulate``
-    one after the other (threaded). Both give the sums of the two separate calls, bit for bit.
+    A batch of at most one top-label chunk is one call of one serial jitted function (no threading layer,
+    no lock, no array returned to Python); a larger one runs ``top_label_stats`` and ``stream_accumulate``
+    one after the other (threaded). Both give the sums of the two separate calls, bit for bit. The checks
+    here are the cheap ones of every call (a streaming update is often a few rows): the arguments'
+    types and shapes; the values are checked by the kernels.
     """
     if n_bins < 1 or not 0 <= fine_bits <= 20 or not 1 <= fine_levels <= 1000 or n_boot < 0 or classwise_bins < 0:
         raise ValueError("invalid streaming configuration")
-    check_float_dtype(scores, "scores")
+    if scores.dtype not in _FLOAT_DTYPES:
+        check_float_dtype(scores, "scores")  # raises the TypeError naming the dtype
     if scores.ndim != 2 or scores.shape[1] < 1:
         raise ValueError("scores must be 2-D with at least one column")
     N, K = scores.shape
-    if labels.dtype != np.int64 or labels.ndim != 1 or labels.shape[0] != N:
+    if labels.dtype != _I64 or labels.ndim != 1 or labels.shape[0] != N:
         raise ValueError("labels must be a 1-D int64 array of length N")
     inv_t = float(inverse_temperature)
     if not (inv_t > 0.0 and math.isfinite(inv_t)):
@@ -333,34 +375,39 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
     if sample_weight is None:
         weights, has_w = _NO_WEIGHTS, False
     else:
-        if sample_weight.dtype != np.float64 or sample_weight.shape != (N,):
+        if sample_weight.dtype != _F64 or sample_weight.shape != (N,):
             raise ValueError("sample_weight must be a 1-D float64 array of length N")
         weights, has_w = sample_weight, True
-    flat_bins = _state(bins, "bins", (4, n_bins))
-    flat_fine = _state(fine, "fine", (5, 2 * (fine_levels << fine_bits)))
-    flat_boot = _state(boot, "boot", (n_boot, 3, n_bins))
-    flat_totals = _state(totals, "totals", (6,))
+    R = 2 * (fine_levels << fine_bits)
+    if not (_state_ok(bins, (4, n_bins)) and _state_ok(fine, (5, R)) and _state_ok(boot, (n_boot, 3, n_bins))
+            and _state_ok(totals, (6,))):
+        _state(bins, "bins", (4, n_bins))
+        _state(fine, "fine", (5, R))
+        _state(boot, "boot", (n_boot, 3, n_bins))
+        _state(totals, "totals", (6,))
     cw_M = int(classwise_bins)
     if cw_M > 0:
-        flat_cw = _state(classwise, "classwise", (3, K, cw_M))
+        if not _state_ok(classwise, (3, K, cw_M)):
+            _state(classwise, "classwise", (3, K, cw_M))
+        cw_state = classwise
         cw_inners, cw_uniform, cw_upper = _cached_classwise(K, cw_M)
         chunk = max(64 * cw_M, CHUNK_ELEMENTS // K)  # rows_per_chunk of the top-label driver
     else:
         if classwise is not None:
             raise ValueError("classwise needs classwise_bins >= 1")
-        flat_cw = _NO_CLASSWISE
+        cw_state = _NO_CLASSWISE
         cw_inners, cw_uniform, cw_upper = _NO_SPEC
         chunk = max(1, CHUNK_ELEMENTS // K)
     if N <= chunk:
-        st = new_status()
         # float32 / float16 logit rows of at least SHORT_ROW elements: the single-precision path, as in
         # binning.top_label_stats
-        single = bool(from_logits) and scores.dtype != np.float64 and K >= SHORT_ROW
-        _top_label_small(as_kernel_array(scores), labels, weights, has_w, bool(from_logits), single, float(nll_eps),
-                         inv_t, HALF_TABLE, cw_M, cw_inners, cw_uniform, cw_upper, np.uint64(offset), _cached_inner(n_bins),
-                         int(n_bins), int(fine_bits), int(fine_levels), int(n_boot), np.uint64(seed), POISSON1_CDF,
-                         flat_bins, flat_fine, flat_boot, flat_totals, flat_cw, st)
-        return status_tuple(st)
+        single = bool(from_logits) and K >= SHORT_ROW and scores.dtype != _F64
+        return _top_label_small(scores.view(np.uint16) if scores.dtype == _F16 else scores, labels, weights, has_w,
+                                bool(from_logits), single, float(nll_eps), inv_t, HALF_TABLE, cw_M, cw_inners,
+                                cw_uniform, cw_upper, _int64_bits(offset), _cached_inner(n_bins), int(n_bins),
+                                int(fine_bits), int(fine_levels), int(n_boot), _int64_bits(seed), POISSON1_CDF, bins,
+                                fine, boot, totals, cw_state)
+    flat_totals = totals.reshape(-1)
     conf = np.empty(N)
     correct = np.empty(N, np.uint8)
     r = top_label_stats(scores, labels, sample_weight, bool(from_logits), 0, nll_eps, True, conf, correct, inv_t,
@@ -374,6 +421,7 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
     t = r["totals"]
     flat_totals += (t["count"], t["weight"], t["correct"], t["confidence"], t["brier"], t["nll"])
     if cw_M > 0:
+        flat_cw = classwise.reshape(-1)
         c = r["classwise"]
         KM = K * cw_M
         flat_cw[:KM] += c["weight"]
@@ -384,3 +432,67 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
 
 _NO_WEIGHTS = np.empty(1)
 _NO_SPEC = _classwise_spec(1, 0, None)
+
+
+# -- top-label statistics of a small input in one serial call (twin of top_label_stats for one chunk) -------
+
+
+@numba.njit(**JIT)
+def _top_label_one_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll,
+                         inv_t, table, count, sums, tot):
+    """binning's top-label driver for an input of one chunk, serially and in one Numba entry call: the chunk's
+    sums go into the zeroed ``count`` (M,), ``sums`` (3, M) (weight, sum confidence, sum correct) and ``tot``
+    (6,), as the driver's partials of chunk 0 (added to zeros: the same bits). Returns the status tuple."""
+    st = np.empty(4)
+    st[0] = OK
+    st[1] = -1.0
+    st[2] = -1.0
+    st[3] = 0.0
+    N = scores.shape[0]
+    none = np.empty(0)  # the outputs and class-wise arrays this call does not use (writeable, unlike globals)
+    _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
+                     none, np.empty(0, np.uint8), False, table, 0, N, count, sums[0], sums[1], sums[2], tot, st, 0,
+                     np.empty((1, 0)), True, none, np.empty(0, np.int64), none, none, none)
+    return int(st[0]), int(st[1]), int(st[2]), st[3]
+
+
+def top_label_stats_any(scores, labels, sample_weight, from_logits, n_bins, nll_eps, with_nll=True, conf_out=None,
+                        correct_out=None, inverse_temperature=1.0, classwise_bins=0, class_edges=None):
+    """``binning.top_label_stats`` (same contract, same bits), with a fast path for the common small call.
+
+    An input of at most one chunk (rows_per_chunk(K) rows) asking for bins and totals only (no per-row
+    outputs, no class-wise bins) runs :func:`_top_label_one_chunk`: one serial Numba entry call, no
+    threading layer, no lock, three small arrays returned. Anything else (and any argument the fast path
+    does not recognise, so that binning's checks name it) goes to ``binning.top_label_stats``.
+    """
+    if (conf_out is None and class_edges is None and classwise_bins == 0 and type(scores) is np.ndarray
+            and type(labels) is np.ndarray and type(n_bins) is int and 0 <= n_bins <= _MAX_SMALL_BINS
+            and scores.ndim == 2 and scores.dtype in _FLOAT_DTYPES and labels.dtype == _I64 and labels.ndim == 1):
+        N, K = scores.shape
+        inv_t = float(inverse_temperature)
+        if (0 < K and N <= max(1, CHUNK_ELEMENTS // K) and labels.shape[0] == N
+                and (inv_t == 1.0 or (from_logits and inv_t > 0.0 and math.isfinite(inv_t)))
+                and (sample_weight is None or (type(sample_weight) is np.ndarray and sample_weight.dtype == _F64
+                                               and sample_weight.shape == (N,)))):
+            M = max(n_bins, 1)
+            count = np.zeros(M, np.int64)
+            sums = np.zeros((3, M))
+            tot = np.zeros(6)
+            single = bool(from_logits) and K >= SHORT_ROW and scores.dtype != _F64
+            status = _top_label_one_chunk(
+                scores.view(np.uint16) if scores.dtype == _F16 else scores, labels,
+                _NO_WEIGHTS if sample_weight is None else sample_weight, sample_weight is not None,
+                bool(from_logits), single, _cached_inner(n_bins) if n_bins > 0 else _NO_INNER, n_bins,
+                float(nll_eps), bool(with_nll), inv_t, HALF_TABLE, count, sums, tot)
+            if n_bins < M:
+                count, sums = count[:0], sums[:, :0]
+            t = tot.tolist()
+            return {"count": count, "weight": sums[0], "sum_score": sums[1], "sum_target": sums[2],
+                    "totals": {"count": int(t[0]), "weight": t[1], "correct": t[2], "confidence": t[3],
+                               "brier": t[4], "nll": t[5] if with_nll else float("nan")},
+                    "status": status}
+    return binning.top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps, with_nll, conf_out,
+                                   correct_out, inverse_temperature, classwise_bins, class_edges)
+
+
+_MAX_SMALL_BINS = 1 << 20  # MAX_BINS: the fast path allocates (3 M + M) values
