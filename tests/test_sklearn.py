@@ -266,7 +266,7 @@ def _two_step(cal):
     return Pipeline([("logits", FunctionTransformer(model.decision_function)), ("cal", cal)]), X[700:], y[700:]
 
 
-@pytest.mark.parametrize("cal", [TemperatureScaling(), VectorScaling(), MatrixScaling(reg=1e-2),
+@pytest.mark.parametrize("cal", [TemperatureScaling(), VectorScaling(), MatrixScaling(reg=1.0),
                                  IsotonicCalibration(from_logits=True), HistogramBinning(from_logits=True)])
 def test_pipeline_predict_proba_transform_and_scoring(cal):
     pipe, X, y = _two_step(cal)
@@ -328,7 +328,7 @@ TOL = {"isotonic": 1e-12, "sigmoid": 1e-6, "temperature": 1e-6}
 
 
 @pytest.mark.parametrize("method", ["sigmoid", "isotonic", "temperature"])
-@pytest.mark.parametrize("make", [lambda: LogisticRegression(max_iter=5000),
+@pytest.mark.parametrize("make", [lambda: make_pipeline(StandardScaler(), LogisticRegression()),
                                   lambda: RandomForestClassifier(n_estimators=50, random_state=0)],
                          ids=["logreg", "forest"])
 def test_matches_sklearn_binary_breast_cancer(method, make):
@@ -395,7 +395,7 @@ def test_temperature_binary_decision_function_is_half_sklearns():
     """Documented difference: a binary decision function x is the logits (0, x) here, (-x, x) in scikit-learn, so
     scikit-learn's 1 / beta_ is twice calibkit's temperature_ (and the probabilities agree)."""
     fit, cal, X_test = _split(load_breast_cancer, 250, 200)
-    clf = LogisticRegression(max_iter=5000).fit(*fit)
+    clf = make_pipeline(StandardScaler(), LogisticRegression()).fit(*fit)
     ours = CalibratedClassifier(clf, method="temperature").fit(*cal)
     theirs = CalibratedClassifierCV(FrozenEstimator(clf), method="temperature").fit(*cal)
     beta = float(theirs.calibrated_classifiers_[0].calibrators[0].beta_)
@@ -427,10 +427,10 @@ def test_every_method_with_string_labels(method):
 
 def test_classifier_is_not_refitted_and_clone_shares_it():
     fit, (X_cal, y_cal), X_test = _split(load_breast_cancer, 250, 200)
-    clf = LogisticRegression(max_iter=5000).fit(*fit)
-    coef = clf.coef_.copy()
+    clf = make_pipeline(StandardScaler(), LogisticRegression()).fit(*fit)
+    coef = clf[-1].coef_.copy()
     cc = CalibratedClassifier(clf, method="isotonic").fit(X_cal, y_cal)
-    np.testing.assert_array_equal(clf.coef_, coef)
+    np.testing.assert_array_equal(clf[-1].coef_, coef)
     c = clone(cc)
     assert c.estimator is clf and not hasattr(c, "calibrators_")
     np.testing.assert_array_equal(c.fit(X_cal, y_cal).predict_proba(X_test), cc.predict_proba(X_test))

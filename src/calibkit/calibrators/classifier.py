@@ -97,9 +97,11 @@ class CalibratedClassifier(EstimatorProtocol):
     --------
     >>> from sklearn.datasets import load_breast_cancer
     >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn.preprocessing import StandardScaler
     >>> import calibkit
     >>> X, y = load_breast_cancer(return_X_y=True)
-    >>> clf = LogisticRegression(max_iter=5000).fit(X[:300], y[:300])
+    >>> clf = make_pipeline(StandardScaler(), LogisticRegression()).fit(X[:300], y[:300])
     >>> cal = calibkit.CalibratedClassifier(clf, method="isotonic").fit(X[300:450], y[300:450])
     >>> cal.predict_proba(X[450:]).shape
     (119, 2)
