@@ -9,7 +9,8 @@ import numpy as np
 
 from .._validation import check_bool
 from ._base import (
-    Calibrator, binary_column, check_fit_inputs, check_int, check_positive_number, fitted_array, fitted_int, two_columns,
+    Calibrator, binary_column, check_fit_inputs, check_int, check_positive_number, fitted_array, fitted_int,
+    two_columns,
 )
 from .nonparametric import _binary_scores
 
