@@ -488,3 +488,18 @@ def test_docstring_examples_run(module):
     mod = importlib.import_module(f"calibkit.calibrators.{module}")
     result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_report_keeps_the_one_column_binary_probabilities():
+    """`calibkit report` / `calibkit apply` read binary calibrators through the (N,) accessor: P(y = 1), the same
+    numbers as predict_proba(...)[:, 1]."""
+    from calibkit import report
+
+    rng = np.random.default_rng(3)
+    s = rng.random(300)
+    y = (rng.random(300) < s).astype(int)
+    for method in ("isotonic", "histogram"):
+        cal = report.fit_calibrator(method, s, y, False)
+        p = report.calibrated_probabilities(cal, method, s, False)
+        assert p.shape == (300,)
+        np.testing.assert_array_equal(p, cal.predict_proba(s)[:, 1])
