@@ -65,7 +65,10 @@ class CalibratedClassifier(EstimatorProtocol):
     at its optimisers' tolerances (L-BFGS-B with ``gtol=1e-6`` on the summed loss;
     Brent on log beta), calibkit's at tighter ones, so probabilities agree to about
     1e-6 (sigmoid) and 1e-7 (temperature); isotonic fits are exact in both and agree
-    to rounding. Platt scaling here raises a ``ValueError`` for a class that has
+    to rounding, except that scikit-learn's ``IsotonicRegression`` pools sorted scores
+    closer than 1e-15 (absolute) to the first of their group as ties, calibkit only equal
+    scores: probabilities below 1e-15 (e.g. GaussianNB's, down to 1e-300) keep their order
+    here, so on such scores the two differ. Platt scaling here raises a ``ValueError`` for a class that has
     no calibration row (``"platt"`` one-vs-rest), where scikit-learn fits its
     smoothed targets.
 
