@@ -415,7 +415,9 @@ def test_platt_recovers_logistic_model():
     pl = PlattScaling(smooth_targets=False).fit(f, y)
     assert pl.a_ == pytest.approx(-1.5, rel=0.03) and pl.b_ == pytest.approx(0.5, rel=0.06)
     p = pl.predict_proba(f)
-    assert calibkit.ece(p, y) < 0.01
+    assert p.shape == (len(f), 2)
+    np.testing.assert_array_equal(p[:, 0], 1.0 - p[:, 1])
+    assert calibkit.ece(p[:, 1], y) < 0.01
     with pytest.raises(ValueError, match="one class"):
         PlattScaling().fit(f, np.zeros(len(f), int))
 
@@ -429,9 +431,9 @@ def test_histogram_binning_binary_reference(backend):
     idx = np.clip(np.ceil(p * 15).astype(int) - 1, 0, 14)
     expected = np.array([y[idx == m].mean() for m in range(15)])
     np.testing.assert_allclose(hb.bin_values_[0], expected, rtol=1e-12)
-    np.testing.assert_allclose(hb.predict_proba(p), expected[idx], rtol=1e-12)
+    np.testing.assert_allclose(hb.predict_proba(p)[:, 1], expected[idx], rtol=1e-12)
     hq = HistogramBinning(n_bins=10, strategy="quantile", backend=backend).fit(p, y)
-    assert calibkit.ece(hq.predict_proba(p), y, n_bins=10, strategy="quantile") < calibkit.ece(p, y, n_bins=10)
+    assert calibkit.ece(hq.predict_proba(p)[:, 1], y, n_bins=10, strategy="quantile") < calibkit.ece(p, y, n_bins=10)
 
 
 @pytest.mark.parametrize("cls", [HistogramBinning, IsotonicCalibration])
@@ -453,7 +455,7 @@ def test_isotonic_calibration_matches_sklearn(backend):
     ours = IsotonicCalibration(backend=backend).fit(p, y, sample_weight=w)
     sk = sklearn_isotonic.IsotonicRegression(out_of_bounds="clip").fit(p, y, sample_weight=w)
     new = np.concatenate([rng.random(1000), [-0.5, 0.0, 1.0, 2.0]])
-    np.testing.assert_allclose(ours.predict_proba(new), sk.predict(new), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ours.predict_proba(new)[:, 1], sk.predict(new), rtol=1e-12, atol=1e-12)
 
 
 def test_renormalisation_of_all_zero_rows_is_uniform():

@@ -99,7 +99,7 @@ def test_isotonic_binary_matches_reference(backend):
     xt, yt = _reference_isotonic_map(s, y.astype(float), None)
     np.testing.assert_array_equal(cal.x_thresholds_[0], xt)
     new = np.concatenate([rng.standard_normal(300) * 3, xt, [xt[0] - 1, xt[-1] + 1, 0.0, -0.0, 1.0]])
-    np.testing.assert_array_equal(cal.predict_proba(new), np.interp(new, xt, yt))
+    np.testing.assert_array_equal(cal.predict_proba(new)[:, 1], np.interp(new, xt, yt))
 
 
 @pytest.mark.parametrize("strategy", ["uniform", "quantile"])
@@ -118,7 +118,7 @@ def test_histogram_matches_searchsorted_reference(backend, strategy):
     hb = HistogramBinning(n_bins=10, backend=backend).fit(p64[:, 0], (y == 0).astype(int))
     e = hb.bin_edges_[0]
     s = np.concatenate([e, np.nextafter(e, 2), np.nextafter(e, -1)[1:], p64[:, 0]])
-    np.testing.assert_array_equal(hb.predict_proba(s), hb.bin_values_[0][np.searchsorted(e[1:-1], s, side="left")])
+    np.testing.assert_array_equal(hb.predict_proba(s)[:, 1], hb.bin_values_[0][np.searchsorted(e[1:-1], s, side="left")])
 
 
 def test_knot_search_edges_and_dense_buckets(backend):
@@ -144,7 +144,7 @@ def test_knot_search_edges_and_dense_buckets(backend):
             "params": {"from_logits": False, "backend": backend},
             "fitted": {"x_thresholds_": [xt.tolist()], "y_thresholds_": [yt.tolist()], "n_classes_": 2,
                        "binary_": True}})
-        np.testing.assert_array_equal(cal.predict_proba(s), np.interp(s, xt, yt))
+        np.testing.assert_array_equal(cal.predict_proba(s)[:, 1], np.interp(s, xt, yt))
         # the histogram step (np.searchsorted side="left") on the same knots and values
         m = xt.shape[0]
         yh = rng.random(m + 1)

@@ -277,7 +277,7 @@ def test_platt_constant_scores_predict_the_base_rate(value, smooth):
     t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2)) if smooth else y.astype(float)
     want = np.sum(w * t) / w.sum()
     assert pl.a_ == 0.0
-    np.testing.assert_allclose(pl.predict_proba(np.array([value, value + 1.0])), want, rtol=1e-12)
+    np.testing.assert_allclose(pl.predict_proba(np.array([value, value + 1.0]))[:, 1], want, rtol=1e-12)
 
 
 # -- fpr_at_tpr at tpr = 0 --------------------------------------------------------------------------

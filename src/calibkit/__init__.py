@@ -17,11 +17,11 @@ from .metrics import (
 )
 
 from .calibrators import (
+    CalibratedClassifier,
     Calibrator,
     HistogramBinning,
     IsotonicCalibration,
     MatrixScaling,
-    NotFittedError,
     PlattScaling,
     TemperatureScaling,
     VectorScaling,
@@ -48,17 +48,22 @@ def __getattr__(name):
             value = "0+unknown"
         globals()["__version__"] = value
         return value
+    if name == "NotFittedError":  # made on first use: scikit-learn's subclass when it is installed
+        from .calibrators._base import not_fitted_error
+
+        return not_fitted_error()
     raise AttributeError(f"module 'calibkit' has no attribute {name!r}")
 
 
 __all__ = [
     "CalibrationAccumulator",
     "CalibrationResult",
+    "CalibratedClassifier",
     "Calibrator",
     "HistogramBinning",
     "IsotonicCalibration",
     "MatrixScaling",
-    "NotFittedError",
+    "NotFittedError",  # noqa: F822 - provided by the module __getattr__
     "PlattScaling",
     "TemperatureScaling",
     "VectorScaling",

@@ -60,7 +60,7 @@ def fit_calibrator(method, scores, labels, from_logits):
 def calibrated_probabilities(calibrator, method, scores, from_logits):
     if method in LOGIT_METHODS:
         return calibrator.predict_proba(as_logits(scores, from_logits))
-    return calibrator.predict_proba(scores)
+    return calibrator._probabilities(scores)  # binary scores (N,): P(y = 1), shape (N,)
 
 
 def locate(exc, dump, first_row=0, skipped=None) -> DumpError:
@@ -86,7 +86,7 @@ def _method_input(calibrator, method, scores, from_logits):
         return as_logits(scores, from_logits)
     if method in LOGIT_METHODS:
         return calibrator.transform(as_logits(scores, from_logits))
-    return calibrator.predict_proba(scores)
+    return calibrator._probabilities(scores)  # binary scores (N,): P(y = 1), shape (N,)
 
 
 # Values per sub-block of the calibrated pass: a float64 sub-block (256 KB) and its softmax stay in the L2

@@ -17,28 +17,52 @@ FORMAT = "calibkit.calibrator"
 FORMAT_VERSION = 1
 
 
-class NotFittedError(ValueError, AttributeError):
-    """A calibrator was used before ``fit`` (same bases as scikit-learn's)."""
+_NOT_FITTED_ERROR = []  # the class, made on first use (see not_fitted_error)
+
+
+def not_fitted_error():
+    """``calibkit.NotFittedError``: the error of a calibrator used before ``fit``, made on first use.
+
+    When scikit-learn is installed it derives from ``sklearn.exceptions.NotFittedError`` (itself a
+    ``ValueError`` and an ``AttributeError``), so ``except sklearn.exceptions.NotFittedError`` and
+    ``sklearn.utils.validation.check_is_fitted`` see it; without scikit-learn it derives from
+    ``ValueError`` and ``AttributeError``. It is made on first use (an unfitted calibrator is used, or
+    ``calibkit.NotFittedError`` is looked up) rather than at ``import calibkit``: importing scikit-learn
+    takes about a second (it imports SciPy's optimiser), which every ``import calibkit`` and every
+    ``calibkit`` command would otherwise pay. It is made once: the same class afterwards.
+    """
+    if not _NOT_FITTED_ERROR:
+        try:
+            from sklearn.exceptions import NotFittedError as base
+            bases = (base,)
+        except ImportError:
+            bases = (ValueError, AttributeError)
+        doc = ("A calibrator was used before ``fit`` (scikit-learn's ``NotFittedError`` when scikit-learn is "
+               "installed; otherwise a ``ValueError`` and an ``AttributeError``, the same bases as scikit-learn's).")
+        cls = type("NotFittedError", bases, {"__doc__": doc, "__module__": "calibkit"})
+        _NOT_FITTED_ERROR.append(cls)
+    return _NOT_FITTED_ERROR[0]
+
+
+def __getattr__(name):
+    if name == "NotFittedError":
+        return not_fitted_error()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _REGISTRY: dict[str, type] = {}
 
 
-class Calibrator:
-    """Base class: parameters are the ``__init__`` arguments; learned values end in ``_``.
+class EstimatorProtocol:
+    """What scikit-learn (>= 1.6) asks of an estimator, without importing scikit-learn.
 
-    Subclasses define ``_fitted_names`` (the learned attributes saved by
-    :meth:`to_dict`) and ``_load_fitted`` (their validation on load).
+    Parameters are the ``__init__`` arguments, stored as given (checked in ``fit``); ``get_params`` /
+    ``set_params`` round-trip them (``sklearn.base.clone``, ``GridSearchCV``); ``__sklearn_tags__`` says
+    what the estimator is; ``score`` is the mean accuracy (as ``ClassifierMixin.score``). scikit-learn is
+    imported only when it calls these methods: ``import calibkit`` does not need it (and does not pay the
+    second it takes to import).
     """
 
-    _fitted_names: tuple[str, ...] = ()
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
-            _REGISTRY[cls.__name__] = cls
-
-    # -- scikit-learn protocol ------------------------------------------------------------
     @classmethod
     def _param_names(cls):
         sig = inspect.signature(cls.__init__)
@@ -59,12 +83,70 @@ class Calibrator:
         return self
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params(deep=False).items())
         return f"{type(self).__name__}({args})"
 
+    def __sklearn_is_fitted__(self):
+        """True once :meth:`fit` (or :meth:`from_dict`) has set the learned values."""
+        return all(name in self.__dict__ for name in self._fitted_names)
+
+    # The scikit-learn protocol (scikit-learn >= 1.6) without importing scikit-learn: it is imported by the
+    # methods below only when scikit-learn itself calls them (see not_fitted_error for why).
+    _binary_input = False  # True when the calibrator takes one score per row (X of shape (N,) or (N, 1))
+
+    def __sklearn_tags__(self):
+        """scikit-learn's estimator tags: a classifier (``classes_``, ``predict_proba``) that needs ``y``,
+        takes finite numbers (scores or logits, not generic features) and, for the logit calibrators, a
+        transformer (``transform`` gives the calibrated logits)."""
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags, TransformerTags
+
+        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                    transformer_tags=TransformerTags() if hasattr(self, "transform") else None,
+                    classifier_tags=ClassifierTags(multi_class=not self._binary_input),
+                    input_tags=InputTags(two_d_array=True))
+
+    def score(self, X, y, sample_weight=None):
+        """Mean (weighted) accuracy of :meth:`predict` on ``X`` against labels ``y`` (as scikit-learn's
+        ``ClassifierMixin.score``)."""
+        pred = self.predict(X)
+        y = check_labels(y, len(pred))
+        w = None if sample_weight is None else check_sample_weight(sample_weight, len(pred), check_values=True)
+        return float(np.average(pred == y, weights=w))
+
+
+class Calibrator(EstimatorProtocol):
+    """Base class: parameters are the ``__init__`` arguments; learned values end in ``_``.
+
+    Subclasses define ``_fitted_names`` (the learned attributes saved by
+    :meth:`to_dict`) and ``_load_fitted`` (their validation on load).
+    """
+
+    _fitted_names: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            _REGISTRY[cls.__name__] = cls
+
     def _check_fitted(self):
-        if not all(hasattr(self, name) for name in self._fitted_names):
-            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(scores, labels) first")
+        if not self.__sklearn_is_fitted__():
+            raise not_fitted_error()(f"this {type(self).__name__} is not fitted yet: call fit(scores, labels) "
+                                     "first")
+
+    @property
+    def classes_(self):
+        """The class labels, ``0 .. K-1`` (column k of :meth:`predict_proba` is class k), once fitted."""
+        self._check_fitted()
+        return np.arange(self._n_outputs())
+
+    @property
+    def n_features_in_(self):
+        """Columns of the input ``X``: K for (N, K) scores or logits, 1 for binary scores, once fitted."""
+        self._check_fitted()
+        return 1 if self._binary_input or getattr(self, "binary_", False) else self._n_outputs()
+
+    def _n_outputs(self):
+        return 2 if self._binary_input else int(self.n_classes_)
 
     # -- persistence ----------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -221,6 +303,21 @@ def check_fit_inputs(scores, labels, sample_weight, *, binary, scale_weights=Fal
             i = int(np.argmax(bad))
             raise ValueError(f"labels[{i}] = {labels[i]} is not 0 or 1 (binary scores of shape (N,))")
     return scores, labels, sample_weight
+
+
+def binary_column(scores):
+    """Binary scores given as one column, (N, 1), as a (N,) array (a view); anything else as given (an array)."""
+    s = np.asarray(scores)
+    return s[:, 0] if s.ndim == 2 and s.shape[1] == 1 else s
+
+
+def two_columns(p1):
+    """(N, 2) probabilities [1 - p, p] of classes 0 and 1 from P(y = 1) of shape (N,), as scikit-learn's
+    classifiers give them (column 1 is ``p1`` itself, bit for bit)."""
+    out = np.empty((p1.shape[0], 2))
+    np.subtract(1.0, p1, out=out[:, 0])
+    out[:, 1] = p1
+    return out
 
 
 def check_finite(a, name, row_offset=0):

@@ -13,7 +13,9 @@ from .._validation import (
     FLOAT_DTYPES, MAX_CELLS, MAX_CLASSES, OK, check_bool, check_cells, check_choice, check_n_bins, raise_for_status,
 )
 from ..metrics import _quantile_edges
-from ._base import Calibrator, check_finite, check_fit_inputs, check_logits, fitted_array, fitted_int
+from ._base import (
+    Calibrator, binary_column, check_finite, check_fit_inputs, check_logits, fitted_array, fitted_int, two_columns,
+)
 
 
 class IsotonicRegressionResult(typing.NamedTuple):
@@ -216,7 +218,8 @@ class _OneVsRest(Calibrator):
     def fit(self, scores, labels, sample_weight=None):
         """Fit on held-out scores ((N,) binary or (N, K)) and labels (N,); returns self."""
         self._check_params()
-        binary = np.ndim(scores) == 1
+        scores = binary_column(scores)
+        binary = scores.ndim == 1
         scores, labels, sample_weight = check_fit_inputs(scores, labels, sample_weight, binary=binary)
         models = self._fit_models(scores, labels, sample_weight, binary)
         self.n_classes_ = 2 if binary else int(scores.shape[1])
@@ -245,6 +248,13 @@ class _OneVsRest(Calibrator):
         return apply
 
     def predict_proba(self, scores):
+        """Calibrated probabilities, (N, K) rows summing to 1; binary scores (N,) (or (N, 1)) give the (N, 2)
+        probabilities of classes 0 and 1, as every scikit-learn classifier (``predict_proba(s)[:, 1]`` is
+        P(y = 1)). See :meth:`_probabilities` for the computation."""
+        p = self._probabilities(scores)
+        return two_columns(p) if self.binary_ else p
+
+    def _probabilities(self, scores):
         """Calibrated probabilities: (N,) P(y=1) for binary scores, (N, K) rows summing to 1 otherwise.
 
         One kernel pass: each score is looked up in its class's map (one short search from a table over
@@ -255,9 +265,10 @@ class _OneVsRest(Calibrator):
         kernels = _kernels(self.backend)
         mode, x, x_off, y, y_off = self._step_models()
         if self.binary_:
-            s = np.asarray(scores)
+            s = binary_column(scores)
             if s.ndim != 1:
-                raise ValueError(f"this calibrator was fitted on binary scores of shape (N,), got shape {s.shape}")
+                raise ValueError(f"this calibrator was fitted on binary scores of shape (N,) or (N, 1), got shape "
+                                 f"{s.shape}")
             s = _readable(s)
             out = np.empty(s.shape[0])
             status = kernels.step_apply(s, x, x_off, y, y_off, mode, _CHECK_FINITE, False, out)
@@ -310,7 +321,7 @@ class _OneVsRest(Calibrator):
 
     def predict(self, scores):
         """Predicted class after calibration (binary: P(y=1) >= 0.5)."""
-        p = self.predict_proba(scores)
+        p = self._probabilities(scores)
         if self.binary_:
             return (p >= 0.5).astype(np.int64)
         return np.argmax(p, axis=1)
@@ -337,6 +348,23 @@ class IsotonicCalibration(_OneVsRest):
     x_thresholds_, y_thresholds_ : lists (one per calibrated column) of arrays
     n_classes_ : int
     binary_ : bool
+    classes_ : array ``[0, ..., K-1]`` (``[0, 1]`` for binary scores)
+    n_features_in_ : int
+        K, or 1 for binary scores.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> f = rng.normal(size=2000)
+    >>> y = (rng.random(2000) < 1 / (1 + np.exp(-2 * f))).astype(int)
+    >>> p = 1 / (1 + np.exp(-f))  # binary scores (N,): probabilities of class 1, under-confident
+    >>> iso = calibkit.IsotonicCalibration().fit(p, y)
+    >>> iso.predict_proba(np.array([0.1, 0.5, 0.9])).round(2)  # (N, 2); [:, 1] is P(y = 1)
+    array([[1.  , 0.  ],
+           [0.5 , 0.5 ],
+           [0.03, 0.97]])
     """
 
     _fitted_names = ("x_thresholds_", "y_thresholds_", "n_classes_", "binary_")
@@ -420,6 +448,21 @@ class HistogramBinning(_OneVsRest):
     bin_values_ : list of arrays (n_bins,)
     n_classes_ : int
     binary_ : bool
+    classes_ : array ``[0, ..., K-1]`` (``[0, 1]`` for binary scores)
+    n_features_in_ : int
+        K, or 1 for binary scores.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> f = rng.normal(size=2000)
+    >>> y = (rng.random(2000) < 1 / (1 + np.exp(-2 * f))).astype(int)
+    >>> p = 1 / (1 + np.exp(-f))
+    >>> hb = calibkit.HistogramBinning(n_bins=10).fit(p, y)
+    >>> hb.predict_proba(np.array([0.1, 0.5, 0.9]))[:, 1].round(2)
+    array([0.  , 0.39, 0.96])
     """
 
     _fitted_names = ("bin_edges_", "bin_values_", "n_classes_", "binary_")

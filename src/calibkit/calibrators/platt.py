@@ -8,7 +8,10 @@ import warnings
 import numpy as np
 
 from .._validation import check_bool
-from ._base import Calibrator, check_fit_inputs, check_int, check_positive_number, fitted_array, fitted_int
+from ._base import (
+    Calibrator, binary_column, check_fit_inputs, check_int, check_positive_number, fitted_array, fitted_int,
+    two_columns,
+)
 from .nonparametric import _binary_scores
 
 
@@ -54,6 +57,24 @@ class PlattScaling(Calibrator):
     ----------
     a_, b_ : float
     n_iter_ : int
+    classes_ : array ``[0, 1]``; n_features_in_ : int (1)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> f = rng.normal(size=2000)
+    >>> y = (rng.random(2000) < 1 / (1 + np.exp(-2 * f))).astype(int)
+    >>> pl = calibkit.PlattScaling().fit(f, y)
+    >>> round(pl.a_, 2), round(pl.b_, 2)
+    (-2.14, -0.04)
+    >>> pl.predict_proba(np.array([-1.0, 0.0, 1.0])).round(2)  # (N, 2), as scikit-learn's classifiers
+    array([[0.89, 0.11],
+           [0.49, 0.51],
+           [0.1 , 0.9 ]])
+    >>> pl.predict_proba(np.array([-1.0, 0.0, 1.0]))[:, 1].round(2)  # P(y = 1), shape (N,)
+    array([0.11, 0.51, 0.9 ])
     """
 
     _fitted_names = ("a_", "b_", "n_iter_")
@@ -68,9 +89,12 @@ class PlattScaling(Calibrator):
         check_int(self.max_iter, "max_iter", 1)
         check_positive_number(self.tol, "tol")
 
+    _binary_input = True
+
     def fit(self, scores, labels, sample_weight=None):
-        """Fit (A, B) on binary scores (N,) and labels in {0, 1}; returns self."""
+        """Fit (A, B) on binary scores (N,) (or (N, 1)) and labels in {0, 1}; returns self."""
         self._check_params()
+        scores = binary_column(scores)
         scores, labels, sample_weight = check_fit_inputs(scores, labels, sample_weight, binary=True)
         f = _binary_scores(scores)
         w = np.ones(f.shape[0]) if sample_weight is None else sample_weight
@@ -142,13 +166,18 @@ class PlattScaling(Calibrator):
         self.n_iter_ = fitted_int(fitted, "n_iter_", 0)
 
     def predict_proba(self, scores):
-        """P(y = 1) for binary scores (N,), shape (N,)."""
+        """Calibrated probabilities of classes 0 and 1 for binary scores (N,) (or (N, 1)): shape (N, 2), as
+        every scikit-learn classifier; ``predict_proba(scores)[:, 1]`` is P(y = 1)."""
+        return two_columns(self._probabilities(scores))
+
+    def _probabilities(self, scores):
+        """P(y = 1), shape (N,)."""
         self._check_fitted()
-        s = np.asarray(scores)
+        s = binary_column(scores)
         if s.ndim != 1:
-            raise ValueError(f"scores must have shape (N,), got shape {s.shape}")
+            raise ValueError(f"scores must have shape (N,) or (N, 1), got shape {s.shape}")
         return expit(-(self.a_ * _binary_scores(s) + self.b_))
 
     def predict(self, scores):
         """1 where P(y = 1) >= 0.5, else 0."""
-        return (self.predict_proba(scores) >= 0.5).astype(np.int64)
+        return (self._probabilities(scores) >= 0.5).astype(np.int64)

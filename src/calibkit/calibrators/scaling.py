@@ -154,6 +154,12 @@ class _LogitCalibrator(Calibrator):
         """Predicted class after calibration."""
         return np.argmax(self.transform(logits), axis=1)
 
+    def fit_transform(self, logits, labels, sample_weight=None):
+        """``fit(logits, labels, sample_weight).transform(logits)``."""
+        return self.fit(logits, labels, sample_weight).transform(logits)
+
+    _probabilities = predict_proba
+
 
 def _cubic_step(g, h, d3, d4, weight, b, d5=None):
     """The root d of the Taylor model g + h d + c3 d^2 / 2 + c4 d^3 / 6 (+ c5 d^4 / 24 when ``d5`` is given)
@@ -308,6 +314,24 @@ class TemperatureScaling(_LogitCalibrator):
     n_passes_ : int
         Full passes over the data used by the fit.
     n_classes_ : int
+    classes_ : array ``[0, ..., K-1]``; n_features_in_ : int (K)
+        As scikit-learn's classifiers (column k of :meth:`predict_proba` is class k).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 3, 2000)
+    >>> logits = 3.0 * (rng.normal(size=(2000, 3)) + 2.0 * np.eye(3)[y])  # over-confident
+    >>> ts = calibkit.TemperatureScaling().fit(logits, y)
+    >>> round(ts.temperature_, 2)
+    1.57
+    >>> ts.predict_proba(logits[:2]).round(3)
+    array([[0.   , 0.002, 0.998],
+           [0.564, 0.435, 0.001]])
+    >>> ts.transform(logits[:1]).round(3)  # calibrated logits, logits / T
+    array([[0.16 , 1.718, 8.054]])
     """
 
     _fitted_names = ("temperature_", "n_passes_", "n_classes_")
@@ -483,6 +507,20 @@ class VectorScaling(_LogitCalibrator):
     scale_, bias_ : arrays of shape (K,)
     n_iter_, n_passes_ : int
     n_classes_ : int
+    classes_ : array ``[0, ..., K-1]``; n_features_in_ : int (K)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 3, 2000)
+    >>> logits = 3.0 * (rng.normal(size=(2000, 3)) + 2.0 * np.eye(3)[y])  # over-confident
+    >>> vs = calibkit.VectorScaling().fit(logits, y)
+    >>> vs.scale_.round(2), vs.bias_.round(2)
+    (array([0.65, 0.61, 0.65]), array([1.12, 1.35, 1.22]))
+    >>> vs.predict_proba(logits[:4]).shape
+    (4, 3)
     """
 
     _fitted_names = ("scale_", "bias_", "n_iter_", "n_passes_", "n_classes_")
@@ -634,6 +672,20 @@ class MatrixScaling(_LogitCalibrator):
     weights_ : array (K, K)
     bias_ : array (K,)
     n_iter_, n_passes_, n_classes_ : int
+    classes_ : array ``[0, ..., K-1]``; n_features_in_ : int (K)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 3, 2000)
+    >>> logits = 3.0 * (rng.normal(size=(2000, 3)) + 2.0 * np.eye(3)[y])  # over-confident
+    >>> ms = calibkit.MatrixScaling(reg=1e-2).fit(logits / 3.0, y)
+    >>> ms.weights_.round(1) + 0.0
+    array([[ 2. , -0.1,  0. ],
+           [ 0. ,  1.9,  0. ],
+           [ 0. ,  0.1,  1.9]])
     """
 
     _fitted_names = ("weights_", "bias_", "n_iter_", "n_passes_", "n_classes_")
