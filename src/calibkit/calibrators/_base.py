@@ -135,7 +135,7 @@ class Calibrator(EstimatorProtocol):
 
     @property
     def classes_(self):
-        """The class labels, ``0 .. K-1`` (column k of :meth:`predict_proba` is class k), once fitted."""
+        """The class labels 0 to K-1 (column k of :meth:`predict_proba` is class k), once fitted."""
         self._check_fitted()
         return np.arange(self._n_outputs())
 

@@ -21,12 +21,19 @@ from ._base import (
 class IsotonicRegressionResult(typing.NamedTuple):
     """Result of :func:`isotonic_regression`.
 
-    fitted : (n,) the fitted value of each input point, in input order.
-    values : (n_blocks,) the value of each block (strictly monotone).
-    weights : (n_blocks,) the summed weight of each block.
-    blocks : (n_blocks + 1,) block b is ``order[blocks[b]:blocks[b + 1]]`` of the points sorted by x
-        (``order`` = identity when x is None), as in ``scipy.optimize.isotonic_regression``.
-    order : (n,) the stable sort order of x, or None when x is None.
+    Attributes
+    ----------
+    fitted : ndarray of shape (n,)
+        The fitted value of each input point, in input order.
+    values : ndarray of shape (n_blocks,)
+        The value of each block (strictly monotone).
+    weights : ndarray of shape (n_blocks,)
+        The summed weight of each block.
+    blocks : ndarray of shape (n_blocks + 1,)
+        Block b is ``order[blocks[b]:blocks[b + 1]]`` of the points sorted by x (``order`` = identity when x
+        is None), as in ``scipy.optimize.isotonic_regression``.
+    order : ndarray of shape (n,) or None
+        The stable sort order of x, or None when x is None.
     """
 
     fitted: np.ndarray
@@ -348,7 +355,8 @@ class IsotonicCalibration(_OneVsRest):
     x_thresholds_, y_thresholds_ : lists (one per calibrated column) of arrays
     n_classes_ : int
     binary_ : bool
-    classes_ : array ``[0, ..., K-1]`` (``[0, 1]`` for binary scores)
+    classes_ : ndarray of shape (K,)
+        The classes 0, ..., K-1 (0 and 1 for binary scores).
     n_features_in_ : int
         K, or 1 for binary scores.
 
@@ -448,7 +456,8 @@ class HistogramBinning(_OneVsRest):
     bin_values_ : list of arrays (n_bins,)
     n_classes_ : int
     binary_ : bool
-    classes_ : array ``[0, ..., K-1]`` (``[0, 1]`` for binary scores)
+    classes_ : ndarray of shape (K,)
+        The classes 0, ..., K-1 (0 and 1 for binary scores).
     n_features_in_ : int
         K, or 1 for binary scores.
 

@@ -57,7 +57,10 @@ class PlattScaling(Calibrator):
     ----------
     a_, b_ : float
     n_iter_ : int
-    classes_ : array ``[0, 1]``; n_features_in_ : int (1)
+    classes_ : ndarray of shape (2,)
+        The classes 0 and 1.
+    n_features_in_ : int
+        1, one score per row.
 
     Examples
     --------

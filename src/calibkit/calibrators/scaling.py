@@ -314,8 +314,10 @@ class TemperatureScaling(_LogitCalibrator):
     n_passes_ : int
         Full passes over the data used by the fit.
     n_classes_ : int
-    classes_ : array ``[0, ..., K-1]``; n_features_in_ : int (K)
-        As scikit-learn's classifiers (column k of :meth:`predict_proba` is class k).
+    classes_ : ndarray of shape (K,)
+        The classes 0, ..., K-1, as scikit-learn's classifiers (column k of :meth:`predict_proba` is class k).
+    n_features_in_ : int
+        K, the number of score columns.
 
     Examples
     --------
@@ -507,7 +509,10 @@ class VectorScaling(_LogitCalibrator):
     scale_, bias_ : arrays of shape (K,)
     n_iter_, n_passes_ : int
     n_classes_ : int
-    classes_ : array ``[0, ..., K-1]``; n_features_in_ : int (K)
+    classes_ : ndarray of shape (K,)
+        The classes 0, ..., K-1.
+    n_features_in_ : int
+        K, the number of score columns.
 
     Examples
     --------
@@ -672,7 +677,10 @@ class MatrixScaling(_LogitCalibrator):
     weights_ : array (K, K)
     bias_ : array (K,)
     n_iter_, n_passes_, n_classes_ : int
-    classes_ : array ``[0, ..., K-1]``; n_features_in_ : int (K)
+    classes_ : ndarray of shape (K,)
+        The classes 0, ..., K-1.
+    n_features_in_ : int
+        K, the number of score columns.
 
     Examples
     --------
