@@ -75,6 +75,15 @@ def check_weight(w, i, st):
     return True
 
 
+TOTAL_LANES = 8  # kTotalLanes: the interleaved partial sums of a short-row chunk's totals
+
+
+@numba.njit(inline="always", **JIT)
+def _fold_lanes(lane):
+    """binning.hpp's fold_lanes: the TOTAL_LANES partial sums in a fixed order."""
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]))
+
+
 SHORT_ROW = 16  # kShortRow: shorter probability rows take the short-row path; shorter logit rows the double one
 FLUSH = LANE_FLUSH  # elements per flush of the float partial sums (kRowFlushOctets octets in binning.hpp)
 
@@ -265,6 +274,10 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
     l_w = np.zeros(4 * n_bins)
     l_conf = np.zeros(4 * n_bins)
     l_corr = np.zeros(4 * n_bins)
+    # Short rows (binning.hpp, top_label_short_rows): row begin + r's totals into lane r % TOTAL_LANES, folded
+    # by _fold_lanes at the end of the chunk. Longer rows: one running sum per total.
+    short = K < SHORT_ROW
+    lanes = np.zeros((6, TOTAL_LANES))
     for i in range(begin, end):
         y = labels[i]
         if y < 0 or y >= K:
@@ -292,12 +305,21 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
         if has_out:
             conf_out[i] = conf
             correct_out[i] = np.uint8(correct)
-        tot[0] += 1.0
-        tot[1] += w
-        tot[2] += w * correct
-        tot[3] += w * conf
-        tot[4] += w * (row[3] - 2.0 * row[2] + 1.0)
-        tot[5] += w * row[4]
+        if short:
+            r = (i - begin) & (TOTAL_LANES - 1)
+            lanes[0, r] += 1.0
+            lanes[1, r] += w
+            lanes[2, r] += w * correct
+            lanes[3, r] += w * conf
+            lanes[4, r] += w * ((row[3] - 2.0 * row[2]) + 1.0)
+            lanes[5, r] += w * row[4]
+        else:
+            tot[0] += 1.0
+            tot[1] += w
+            tot[2] += w * correct
+            tot[3] += w * conf
+            tot[4] += w * (row[3] - 2.0 * row[2] + 1.0)
+            tot[5] += w * row[4]
         if classwise:
             rows += 1
         if classwise and single:
@@ -306,6 +328,9 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
         elif classwise:
             _classwise_row(e, conf if from_logits else 1.0, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
                            sum0, weight0, cw_count, cw_w, cw_score, cw_target)
+    if short:
+        for t in range(6):
+            tot[t] += _fold_lanes(lanes[t])
     for b in range(n_bins):  # LaneBins::fold_into: the four copies in order
         j = 4 * b
         count[b] += ((l_count[j] + l_count[j + 1]) + l_count[j + 2]) + l_count[j + 3]
