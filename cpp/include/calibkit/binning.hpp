@@ -611,6 +611,7 @@ template <class V>
 struct RowsSummary {
     typename V::d confidence[kShortGroups], p_label[kShortGroups], sum_sq[kShortGroups], nll[kShortGroups];
     typename V::i argmax[kShortGroups], bad[kShortGroups];
+    typename V::fw fconfidence;  // float32 / float16 probability rows: the 2 W maxima as floats
 };
 
 // [-tol, 1 + tol] as float bounds: for a float v, v >= lo (<= hi) exactly when the double
@@ -722,20 +723,24 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
             float cols[kShortRow][2 * W];
             short_float_columns<T, V>(s, base, cols);
             const F lo = splat_f<F>(bounds.lo), hi = splat_f<F>(bounds.hi);
-            F fmx = splat_f<F>(-INFINITY);
-            IW farg = (IW)splat_f<F>(0.0f), fbad = farg, kk = farg;
+            F fmx = splat_f<F>(-INFINITY), fmn = splat_f<F>(INFINITY);
+            IW farg = (IW)splat_f<F>(0.0f), kk = farg;
             for (int64_t k = 0; k < K; ++k, kk += 1) {
                 F v;
                 std::memcpy(&v, cols[k], sizeof v);
-                fbad |= ~((v >= lo) & (v <= hi));  // NaN compares false
-                const IW greater = v > fmx;         // strict: the first maximum wins
+                const IW greater = v > fmx;  // strict: the first maximum wins (NaN never)
                 fmx = select_f(greater, v, fmx);
                 farg = select_int(greater, kk, farg);
+                fmn = select_f(v < fmn, v, fmn);
                 D v0, v1;
                 widen<V>(v, v0, v1);
                 sq[0] += v0 * v0;
                 sq[1] += v1 * v1;
             }
+            // Every element is in [lo, hi] exactly when the minimum and maximum are and none is
+            // NaN; a NaN (skipped by both) makes the sum of squares NaN.
+            const IW fbad = ~((fmn >= lo) & (fmx <= hi));
+            out.fconfidence = fmx;
             widen<V>(fmx, mx[0], mx[1]);
             typedef int32_t IH __attribute__((vector_size(sizeof(IW) / 2)));
             IH h0, h1;
@@ -745,8 +750,8 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
             arg[1] = __builtin_convertvector(h1, I);
             std::memcpy(&h0, &fbad, sizeof h0);
             std::memcpy(&h1, reinterpret_cast<const char*>(&fbad) + sizeof h0, sizeof h1);
-            bad[0] = __builtin_convertvector(h0, I);
-            bad[1] = __builtin_convertvector(h1, I);
+            bad[0] = __builtin_convertvector(h0, I) | ~(sq[0] == sq[0]);
+            bad[1] = __builtin_convertvector(h1, I) | ~(sq[1] == sq[1]);
         } else {
             const D lo = splat<D>(-kProbabilityTolerance), hi = splat<D>(1.0 + kProbabilityTolerance);
             I kk = (I)zero;
@@ -1106,6 +1111,16 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
     const int64_t n_inner = binned ? a.edges.n_bins - 1 : 0;
     const bool vector_bins = n_inner <= kMaxVectorEdges;  // top-label edges: equal-width, in bounds[1..M-1]
     const double* const inner = a.edges.bounds.data() + 1;
+    // Float probability rows count in float lanes: for a float c, double(c) > e exactly when
+    // c >= the least float above e.
+    constexpr bool float_rows = !std::is_same<T, double>::value;
+    const bool float_bins = float_rows && !a.from_logits && binned && vector_bins;
+    float above[kMaxVectorEdges];
+    for (int64_t e = 0; float_bins && e < n_inner; ++e) {
+        above[e] = static_cast<float>(inner[e]);
+        if (!(static_cast<double>(above[e]) > inner[e]))
+            above[e] = std::nextafter(above[e], std::numeric_limits<float>::infinity());
+    }
     // Unweighted rows: a lane bin's count and correct count share one integer (low and high 32
     // bits); its weight and target sums are those counts (sums of ones: exact, the same bits).
     const bool packed = !weighted && end - begin < (int64_t(1) << 31);
@@ -1125,7 +1140,7 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
     double* const lane_weight = bins.weight.data();
     double* const lane_score = bins.sum_score.data();
     double* const lane_target = bins.sum_target.data();
-    RowsSummary<V> batch;
+    RowsSummary<V> batch{};  // fconfidence is filled by float probability rows only
     for (int64_t i0 = begin; i0 < end; i0 += kTotalLanes) {
         for (int h = 0; h < H; ++h) {
             const int64_t b0 = i0 + h * B;
@@ -1152,6 +1167,15 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
             // counting edges.
             int64_t use[B], hit_of[B], bin_of[B];
             double conf_of[B];
+            if constexpr (float_rows) {
+                if (float_bins) {
+                    typedef typename V::fw F;
+                    typedef typename V::iw IW;
+                    IW m = (IW)splat_f<F>(0.0f);
+                    for (int64_t e = 0; e < n_inner; ++e) m -= batch.fconfidence >= splat_f<F>(above[e]);
+                    for (int j = 0; j < B; ++j) bin_of[j] = m[j];
+                }
+            }
             for (int g = 0; g < G; ++g) {
                 const int q = h * G + g;
                 D w;
@@ -1168,7 +1192,7 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
                 s_conf[q] += select(valid, w * conf, zero);
                 s_brier[q] += select(valid, w * ((batch.sum_sq[g] - two * batch.p_label[g]) + one), zero);
                 s_nll[q] += select(valid, w * batch.nll[g], zero);
-                if (binned && vector_bins) {
+                if (binned && vector_bins && !float_bins) {
                     I m = (I)zero;
                     for (int64_t e = 0; e < n_inner; ++e) m -= splat<D>(inner[e]) < conf;
                     std::memcpy(bin_of + g * W, &m, sizeof m);
