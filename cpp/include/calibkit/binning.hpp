@@ -1066,24 +1066,6 @@ CALIBKIT_INLINE bool row_meta(const TopLabelArgs<T>& a, BinningResult& part, int
     return !a.weights.present() || check_weight(w, i, part.status);
 }
 
-// True when every label of rows [begin, end) is in [0, K) and every weight (if any) is finite
-// and >= 0: row_meta would pass them all. Branch-free (one pass over the labels and weights).
-template <class T>
-CALIBKIT_INLINE bool rows_meta_clean(const TopLabelArgs<T>& a, int64_t begin, int64_t end) {
-    const uint64_t K = static_cast<uint64_t>(a.scores.cols);
-    bool bad = false;
-    for (int64_t i = begin; i < end; ++i) bad |= static_cast<uint64_t>(a.labels.raw(i)) >= K;
-    if (a.weights.present()) {
-        bool good = true;
-        for (int64_t i = begin; i < end; ++i) {
-            const double w = a.weights.v[i];
-            good &= (w >= 0.0) & (w <= DBL_MAX);  // false for NaN, inf and negatives
-        }
-        bad |= !good;
-    }
-    return !bad;
-}
-
 // Short rows (K < kShortRow) add their totals to kTotalLanes interleaved partial sums, row
 // begin + r of a chunk into lane r % kTotalLanes, in vector lanes; the chunk's lanes are folded
 // by fold_lanes (a fixed order, the same for every instruction set and the Numba twin).
@@ -1124,9 +1106,7 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
     // Unweighted rows: a lane bin's count and correct count share one integer (low and high 32
     // bits); its weight and target sums are those counts (sums of ones: exact, the same bits).
     const bool packed = !weighted && end - begin < (int64_t(1) << 31);
-    // Labels and weights of the whole chunk checked first, without branches; when all are good
-    // (the usual case) the batches skip row_meta's per-row checks and status branches.
-    const bool meta_clean = rows_meta_clean(a, begin, end);
+    const uint64_t n_classes = static_cast<uint64_t>(K);
     const D zero = splat<D>(0.0), one = splat<D>(1.0), two = splat<D>(2.0);
     D s_weight[Q], s_correct[Q], s_conf[Q], s_brier[Q], s_nll[Q];
     I s_count[Q];
@@ -1147,19 +1127,24 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
             if (b0 >= end) break;
             int64_t rows[B], ys[B], label_for_load[B], ok[B];
             double ws[B];
+            // The batch's labels and weights read and checked without branches; when all are good
+            // (the usual case) the batch skips row_meta's per-row checks and status branches.
+            bool clean = true;
             for (int j = 0; j < B; ++j) {
                 const int64_t i = std::min(b0 + j, end - 1);
                 rows[j] = i;
+                ok[j] = b0 + j < end ? -1 : 0;
+                label_for_load[j] = ys[j] = a.labels.raw(i);
+                ws[j] = a.weights.at(i);
+                clean &= static_cast<uint64_t>(ys[j]) < n_classes;
+                clean &= (ws[j] >= 0.0) & (ws[j] <= DBL_MAX);  // false for NaN, inf and negatives
+            }
+            for (int j = 0; j < B && !clean; ++j) {
+                const int64_t i = rows[j];
                 ys[j] = 0;
                 ws[j] = 1.0;
-                if (meta_clean) {
-                    ok[j] = b0 + j < end ? -1 : 0;
-                    label_for_load[j] = ys[j] = a.labels.raw(i);
-                    ws[j] = a.weights.at(i);
-                } else {
-                    ok[j] = b0 + j < end && row_meta(a, part, i, ys[j], ws[j]) ? -1 : 0;
-                    label_for_load[j] = ok[j] ? ys[j] : 0;
-                }
+                ok[j] = b0 + j < end && row_meta(a, part, i, ys[j], ws[j]) ? -1 : 0;
+                label_for_load[j] = ok[j] ? ys[j] : 0;
             }
             summarize_short_rows<T, V>(a.scores, rows, label_for_load, a.from_logits, a.nll_eps, a.with_nll, a.inv_t,
                                        batch);
