@@ -611,6 +611,7 @@ template <class V>
 struct RowsSummary {
     typename V::d confidence[kShortGroups], p_label[kShortGroups], sum_sq[kShortGroups], nll[kShortGroups];
     typename V::i argmax[kShortGroups], bad[kShortGroups];
+    typename V::fw fconfidence;  // float32 / float16 probability rows: the 2 W maxima as floats
 };
 
 // [-tol, 1 + tol] as float bounds: for a float v, v >= lo (<= hi) exactly when the double
@@ -722,20 +723,24 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
             float cols[kShortRow][2 * W];
             short_float_columns<T, V>(s, base, cols);
             const F lo = splat_f<F>(bounds.lo), hi = splat_f<F>(bounds.hi);
-            F fmx = splat_f<F>(-INFINITY);
-            IW farg = (IW)splat_f<F>(0.0f), fbad = farg, kk = farg;
+            F fmx = splat_f<F>(-INFINITY), fmn = splat_f<F>(INFINITY);
+            IW farg = (IW)splat_f<F>(0.0f), kk = farg;
             for (int64_t k = 0; k < K; ++k, kk += 1) {
                 F v;
                 std::memcpy(&v, cols[k], sizeof v);
-                fbad |= ~((v >= lo) & (v <= hi));  // NaN compares false
-                const IW greater = v > fmx;         // strict: the first maximum wins
+                const IW greater = v > fmx;  // strict: the first maximum wins (NaN never)
                 fmx = select_f(greater, v, fmx);
                 farg = select_int(greater, kk, farg);
+                fmn = select_f(v < fmn, v, fmn);
                 D v0, v1;
                 widen<V>(v, v0, v1);
                 sq[0] += v0 * v0;
                 sq[1] += v1 * v1;
             }
+            // Every element is in [lo, hi] exactly when the minimum and maximum are and none is
+            // NaN; a NaN (skipped by both) makes the sum of squares NaN.
+            const IW fbad = ~((fmn >= lo) & (fmx <= hi));
+            out.fconfidence = fmx;
             widen<V>(fmx, mx[0], mx[1]);
             typedef int32_t IH __attribute__((vector_size(sizeof(IW) / 2)));
             IH h0, h1;
@@ -745,8 +750,8 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
             arg[1] = __builtin_convertvector(h1, I);
             std::memcpy(&h0, &fbad, sizeof h0);
             std::memcpy(&h1, reinterpret_cast<const char*>(&fbad) + sizeof h0, sizeof h1);
-            bad[0] = __builtin_convertvector(h0, I);
-            bad[1] = __builtin_convertvector(h1, I);
+            bad[0] = __builtin_convertvector(h0, I) | ~(sq[0] == sq[0]);
+            bad[1] = __builtin_convertvector(h1, I) | ~(sq[1] == sq[1]);
         } else {
             const D lo = splat<D>(-kProbabilityTolerance), hi = splat<D>(1.0 + kProbabilityTolerance);
             I kk = (I)zero;
@@ -1061,22 +1066,185 @@ CALIBKIT_INLINE bool row_meta(const TopLabelArgs<T>& a, BinningResult& part, int
     return !a.weights.present() || check_weight(w, i, part.status);
 }
 
-// True when every label of rows [begin, end) is in [0, K) and every weight (if any) is finite
-// and >= 0: row_meta would pass them all. Branch-free (one pass over the labels and weights).
-template <class T>
-CALIBKIT_INLINE bool rows_meta_clean(const TopLabelArgs<T>& a, int64_t begin, int64_t end) {
-    const uint64_t K = static_cast<uint64_t>(a.scores.cols);
-    bool bad = false;
-    for (int64_t i = begin; i < end; ++i) bad |= static_cast<uint64_t>(a.labels.raw(i)) >= K;
-    if (a.weights.present()) {
-        bool good = true;
-        for (int64_t i = begin; i < end; ++i) {
-            const double w = a.weights.v[i];
-            good &= (w >= 0.0) & (w <= DBL_MAX);  // false for NaN, inf and negatives
-        }
-        bad |= !good;
+// Short rows (K < kShortRow) add their totals to kTotalLanes interleaved partial sums, row
+// begin + r of a chunk into lane r % kTotalLanes, in vector lanes; the chunk's lanes are folded
+// by fold_lanes (a fixed order, the same for every instruction set and the Numba twin).
+constexpr int kTotalLanes = 8;
+
+inline double fold_lanes(const double* l) {
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+// Up to this many inner edges, a short row's bin is found by counting the edges strictly below
+// its confidence in vector lanes (which is the bin's definition, so the same bin as BinEdges::bin).
+constexpr int64_t kMaxVectorEdges = 32;
+
+template <class T, class V, bool Classwise>
+CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResult& part, LaneBins& bins,
+                                          ClasswiseScratch& scratch, int64_t begin, int64_t end) {
+    using namespace simd;
+    typedef typename V::d D;
+    typedef typename V::i I;
+    constexpr int W = V::width, G = kShortGroups, B = W * G, H = kTotalLanes / B, Q = H * G;
+    static_assert(kTotalLanes % B == 0, "a round of the total lanes is a whole number of batches");
+    const int64_t K = a.scores.cols;
+    const bool binned = a.edges.n_bins > 0;
+    const bool weighted = a.weights.present();
+    const int64_t n_inner = binned ? a.edges.n_bins - 1 : 0;
+    const bool vector_bins = n_inner <= kMaxVectorEdges;  // top-label edges: equal-width, in bounds[1..M-1]
+    const double* const inner = a.edges.bounds.data() + 1;
+    // Float probability rows count in float lanes: for a float c, double(c) > e exactly when
+    // c >= the least float above e.
+    constexpr bool float_rows = !std::is_same<T, double>::value;
+    const bool float_bins = float_rows && !a.from_logits && binned && vector_bins;
+    float above[kMaxVectorEdges];
+    for (int64_t e = 0; float_bins && e < n_inner; ++e) {
+        above[e] = static_cast<float>(inner[e]);
+        if (!(static_cast<double>(above[e]) > inner[e]))
+            above[e] = std::nextafter(above[e], std::numeric_limits<float>::infinity());
     }
-    return !bad;
+    // Unweighted rows: a lane bin's count and correct count share one integer (low and high 32
+    // bits); its weight and target sums are those counts (sums of ones: exact, the same bits).
+    const bool packed = !weighted && end - begin < (int64_t(1) << 31);
+    const uint64_t n_classes = static_cast<uint64_t>(K);
+    const D zero = splat<D>(0.0), one = splat<D>(1.0), two = splat<D>(2.0);
+    D s_weight[Q], s_correct[Q], s_conf[Q], s_brier[Q], s_nll[Q];
+    I s_count[Q];
+    for (int q = 0; q < Q; ++q) {
+        s_weight[q] = s_correct[q] = s_conf[q] = s_brier[q] = s_nll[q] = zero;
+        s_count[q] = (I)zero;
+    }
+    // The lane bins through local pointers: the stores to conf_out / correct_out could otherwise
+    // alias them and force a reload per row.
+    int64_t* const lane_count = bins.count.data();
+    double* const lane_weight = bins.weight.data();
+    double* const lane_score = bins.sum_score.data();
+    double* const lane_target = bins.sum_target.data();
+    RowsSummary<V> batch{};  // fconfidence is filled by float probability rows only
+    for (int64_t i0 = begin; i0 < end; i0 += kTotalLanes) {
+        for (int h = 0; h < H; ++h) {
+            const int64_t b0 = i0 + h * B;
+            if (b0 >= end) break;
+            int64_t rows[B], ys[B], label_for_load[B], ok[B];
+            double ws[B];
+            // The batch's labels and weights read and checked without branches; when all are good
+            // (the usual case) the batch skips row_meta's per-row checks and status branches.
+            bool clean = true;
+            for (int j = 0; j < B; ++j) {
+                const int64_t i = std::min(b0 + j, end - 1);
+                rows[j] = i;
+                ok[j] = b0 + j < end ? -1 : 0;
+                label_for_load[j] = ys[j] = a.labels.raw(i);
+                ws[j] = a.weights.at(i);
+                clean &= static_cast<uint64_t>(ys[j]) < n_classes;
+                clean &= (ws[j] >= 0.0) & (ws[j] <= DBL_MAX);  // false for NaN, inf and negatives
+            }
+            for (int j = 0; j < B && !clean; ++j) {
+                const int64_t i = rows[j];
+                ys[j] = 0;
+                ws[j] = 1.0;
+                ok[j] = b0 + j < end && row_meta(a, part, i, ys[j], ws[j]) ? -1 : 0;
+                label_for_load[j] = ok[j] ? ys[j] : 0;
+            }
+            summarize_short_rows<T, V>(a.scores, rows, label_for_load, a.from_logits, a.nll_eps, a.with_nll, a.inv_t,
+                                       batch);
+            // The totals in vector lanes (rows that are padding or bad add zeros), and the bins by
+            // counting edges.
+            int64_t use[B], hit_of[B], bin_of[B];
+            double conf_of[B];
+            if constexpr (float_rows) {
+                if (float_bins) {
+                    typedef typename V::fw F;
+                    typedef typename V::iw IW;
+                    IW m = (IW)splat_f<F>(0.0f);
+                    for (int64_t e = 0; e < n_inner; ++e) m -= batch.fconfidence >= splat_f<F>(above[e]);
+                    for (int j = 0; j < B; ++j) bin_of[j] = m[j];
+                }
+            }
+            for (int g = 0; g < G; ++g) {
+                const int q = h * G + g;
+                D w;
+                I y, okv;
+                std::memcpy(&w, ws + g * W, sizeof w);
+                std::memcpy(&y, ys + g * W, sizeof y);
+                std::memcpy(&okv, ok + g * W, sizeof okv);
+                const I valid = okv & ~batch.bad[g];
+                const I hit = batch.argmax[g] == y;
+                const D conf = batch.confidence[g];
+                s_count[q] -= valid;
+                s_weight[q] += select(valid, w, zero);
+                s_correct[q] += select(valid & hit, w, zero);  // w * correct
+                s_conf[q] += select(valid, w * conf, zero);
+                s_brier[q] += select(valid, w * ((batch.sum_sq[g] - two * batch.p_label[g]) + one), zero);
+                s_nll[q] += select(valid, w * batch.nll[g], zero);
+                if (binned && vector_bins && !float_bins) {
+                    I m = (I)zero;
+                    for (int64_t e = 0; e < n_inner; ++e) m -= splat<D>(inner[e]) < conf;
+                    std::memcpy(bin_of + g * W, &m, sizeof m);
+                }
+                std::memcpy(use + g * W, &valid, sizeof valid);
+                std::memcpy(hit_of + g * W, &hit, sizeof hit);
+                std::memcpy(conf_of + g * W, &conf, sizeof conf);
+            }
+            for (int j = 0; j < B; ++j) {
+                if (!use[j]) {
+                    if (ok[j]) {
+                        const simd::RowReader<T, false> r{reinterpret_cast<const char*>(a.scores.row(rows[j])),
+                                                          a.scores.col_stride};
+                        report_bad_element(r, rows[j], K, a.from_logits, part.status);
+                    }
+                    continue;
+                }
+                const int64_t i = rows[j];
+                const double w = ws[j], conf = conf_of[j];
+                const int64_t correct = hit_of[j] & 1;
+                if (binned) {
+                    const int64_t bin = vector_bins ? bin_of[j] : a.edges.bin(conf);
+                    const int64_t q = bin * LaneBins::kLanes + (i & (LaneBins::kLanes - 1));
+                    if (packed) {
+                        lane_count[q] += 1 + (correct << 32);
+                        lane_score[q] += conf;
+                    } else {
+                        lane_count[q] += 1;
+                        lane_weight[q] += w;
+                        lane_score[q] += w * conf;
+                        lane_target[q] += w * static_cast<double>(correct);
+                    }
+                }
+                if (a.conf_out) a.conf_out[i] = conf;
+                if (a.correct_out) a.correct_out[i] = static_cast<uint8_t>(correct);
+                if constexpr (Classwise) {
+                    const double scale = short_row_values(a.scores, i, a.from_logits, a.inv_t, scratch);
+                    classwise_row<V>(a.classwise, scratch, part.classwise, K, ys[j], w, a.weights.present(), scale,
+                                     scratch.row.data());
+                }
+            }
+        }
+    }
+    if (packed)
+        for (size_t q = 0; q < bins.count.size(); ++q) {
+            const int64_t c = lane_count[q];
+            lane_count[q] = c & 0xffffffff;
+            lane_weight[q] = static_cast<double>(c & 0xffffffff);
+            lane_target[q] = static_cast<double>(c >> 32);
+        }
+    double l[6][kTotalLanes];
+    int64_t n[kTotalLanes];
+    for (int q = 0; q < Q; ++q) {
+        std::memcpy(n + q * W, &s_count[q], sizeof(I));
+        std::memcpy(l[1] + q * W, &s_weight[q], sizeof(D));
+        std::memcpy(l[2] + q * W, &s_correct[q], sizeof(D));
+        std::memcpy(l[3] + q * W, &s_conf[q], sizeof(D));
+        std::memcpy(l[4] + q * W, &s_brier[q], sizeof(D));
+        std::memcpy(l[5] + q * W, &s_nll[q], sizeof(D));
+    }
+    Totals& t = part.totals;
+    for (int j = 0; j < kTotalLanes; ++j) t.count += n[j];
+    t.weight += fold_lanes(l[1]);
+    t.correct += fold_lanes(l[2]);
+    t.confidence += fold_lanes(l[3]);
+    t.brier += fold_lanes(l[4]);
+    t.nll += fold_lanes(l[5]);
 }
 
 template <class T, class V, bool Classwise>
@@ -1089,83 +1257,7 @@ inline void top_label_rows(const TopLabelArgs<T>& a, BinningResult& part, int64_
     LaneBins bins(a.edges.n_bins);
     ClasswiseScratch scratch(Classwise ? K : 0);
     if (K < kShortRow) {
-        constexpr int B = V::width * kShortGroups;  // rows per batch
-        RowsSummary<V> batch;
-        // Labels and weights of the whole chunk checked first, without branches; when all are
-        // good (the usual case) the batches skip row_meta's per-row checks and status branches.
-        const bool meta_clean = rows_meta_clean(a, begin, end);
-        // The totals and lane bins in locals (registers): the stores to conf_out / correct_out
-        // could otherwise alias them and force a reload per row.
-        Totals t = part.totals;
-        int64_t* const lane_count = bins.count.data();
-        double* const lane_weight = bins.weight.data();
-        double* const lane_score = bins.sum_score.data();
-        double* const lane_target = bins.sum_target.data();
-        for (int64_t i0 = begin; i0 < end; i0 += B) {
-            int64_t rows[B], ys[B], label_for_load[B];
-            double ws[B];
-            bool ok[B];
-            if (meta_clean) {
-                for (int j = 0; j < B; ++j) {
-                    const int64_t i = std::min(i0 + j, end - 1);
-                    rows[j] = i;
-                    ok[j] = i0 + j < end;
-                    label_for_load[j] = ys[j] = a.labels.raw(i);
-                    ws[j] = a.weights.at(i);
-                }
-            } else {
-                for (int j = 0; j < B; ++j) {
-                    const int64_t i = std::min(i0 + j, end - 1);
-                    rows[j] = i;
-                    ok[j] = i0 + j < end && row_meta(a, part, i, ys[j], ws[j]);
-                    label_for_load[j] = ok[j] ? ys[j] : 0;
-                }
-            }
-            summarize_short_rows<T, V>(a.scores, rows, label_for_load, a.from_logits, a.nll_eps, a.with_nll, a.inv_t,
-                                       batch);
-            // The bins of the whole batch first: independent dependency chains.
-            int64_t bin_of[B];
-            for (int j = 0; j < B; ++j) {
-                const int g = j / V::width, lane = j % V::width;
-                const bool usable = ok[j] && !batch.bad[g][lane];
-                bin_of[j] = binned ? a.edges.bin(usable ? batch.confidence[g][lane] : 0.0) : 0;
-            }
-            for (int j = 0; j < B && i0 + j < end; ++j) {
-                if (!ok[j]) continue;
-                const int g = j / V::width, lane = j % V::width;
-                if (batch.bad[g][lane]) {
-                    const simd::RowReader<T, false> r{reinterpret_cast<const char*>(a.scores.row(rows[j])),
-                                                      a.scores.col_stride};
-                    report_bad_element(r, rows[j], K, a.from_logits, part.status);
-                    continue;
-                }
-                // accumulate_row's sums, in the same order, into the locals above.
-                const int64_t i = rows[j];
-                const double w = ws[j], conf = batch.confidence[g][lane];
-                const double correct = batch.argmax[g][lane] == ys[j] ? 1.0 : 0.0;
-                if (binned) {
-                    const int64_t q = bin_of[j] * LaneBins::kLanes + (i & (LaneBins::kLanes - 1));
-                    lane_count[q] += 1;
-                    lane_weight[q] += w;
-                    lane_score[q] += w * conf;
-                    lane_target[q] += w * correct;
-                }
-                if (a.conf_out) a.conf_out[i] = conf;
-                if (a.correct_out) a.correct_out[i] = static_cast<uint8_t>(correct);
-                t.count += 1;
-                t.weight += w;
-                t.correct += w * correct;
-                t.confidence += w * conf;
-                t.brier += w * (batch.sum_sq[g][lane] - 2.0 * batch.p_label[g][lane] + 1.0);
-                t.nll += w * batch.nll[g][lane];
-                if constexpr (Classwise) {
-                    const double scale = short_row_values(a.scores, rows[j], a.from_logits, a.inv_t, scratch);
-                    classwise_row<V>(a.classwise, scratch, part.classwise, K, ys[j], ws[j], weighted, scale,
-                                     scratch.row.data());
-                }
-            }
-        }
-        part.totals = t;
+        top_label_short_rows<T, V, Classwise>(a, part, bins, scratch, begin, end);
     } else {
         const simd::TailMask<V> tail(K);
         for (int64_t i = begin; i < end; ++i) {

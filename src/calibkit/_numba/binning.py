@@ -17,6 +17,7 @@ from ._common import (
     LANE_FLUSH,
     MIN_PARALLEL_ELEMENTS,
     PROBABILITY_OUT_OF_RANGE,
+    PROBABILITY_TOLERANCE,
     SCORE_NOT_FINITE,
     WEIGHT_NEGATIVE,
     WEIGHT_NOT_FINITE,
@@ -73,6 +74,15 @@ def check_weight(w, i, st):
         merge_status(st, WEIGHT_NEGATIVE, i, -1, w)
         return False
     return True
+
+
+TOTAL_LANES = 8  # kTotalLanes: the interleaved partial sums of a short-row chunk's totals
+
+
+@numba.njit(inline="always", **JIT)
+def _fold_lanes(lane):
+    """binning.hpp's fold_lanes: the TOTAL_LANES partial sums in a fixed order."""
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]))
 
 
 SHORT_ROW = 16  # kShortRow: shorter probability rows take the short-row path; shorter logit rows the double one
@@ -248,14 +258,97 @@ def _classwise_row(e, scale, y, w, has_w, inners, uniform, upper, M, sum0, weigh
     cw_target[y * M + find_bin(py, inners[0] if uniform else inners[y], uniform)] += w
 
 
+@numba.njit(inline="always", **JIT)
+def _fold_lane_bins(n_bins, l_count, l_w, l_conf, l_corr, count, wsum, sconf, scorr):
+    """LaneBins::fold_into: the four copies of each bin (row i in copy i % 4) in order."""
+    for b in range(n_bins):
+        j = 4 * b
+        count[b] += ((l_count[j] + l_count[j + 1]) + l_count[j + 2]) + l_count[j + 3]
+        wsum[b] += ((l_w[j] + l_w[j + 1]) + l_w[j + 2]) + l_w[j + 3]
+        sconf[b] += ((l_conf[j] + l_conf[j + 1]) + l_conf[j + 2]) + l_conf[j + 3]
+        scorr[b] += ((l_corr[j] + l_corr[j + 1]) + l_corr[j + 2]) + l_corr[j + 3]
+
+
+_PROB_LO = -PROBABILITY_TOLERANCE
+_PROB_HI = 1.0 + PROBABILITY_TOLERANCE
+
+
+@numba.njit(**JIT)
+def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, with_nll, conf_out, correct_out,
+                      has_out, table, begin, end, count, wsum, sconf, scorr, tot, st):
+    """A chunk of probability rows of K < SHORT_ROW elements without class-wise bins (binning.hpp,
+    top_label_short_rows): one scalar pass per row keeping the maximum (the first index of it), the minimum and
+    the sum of squares in column order; every element is in [-tol, 1 + tol] exactly when the minimum and the
+    maximum are and the sum of squares is not NaN (a NaN skips both comparisons). Same sums, bins and lanes as
+    the C++ kernel, so the same bits."""
+    K = scores.shape[1]
+    row = np.empty(5)
+    l_count = np.zeros(4 * n_bins, np.int64)
+    l_w = np.zeros(4 * n_bins)
+    l_conf = np.zeros(4 * n_bins)
+    l_corr = np.zeros(4 * n_bins)
+    lanes = np.zeros((6, TOTAL_LANES))
+    for i in range(begin, end):
+        y = labels[i]
+        if y < 0 or y >= K:
+            merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
+            continue
+        w = weights[i] if has_w else 1.0
+        if has_w and not check_weight(w, i, st):
+            continue
+        best = -np.inf
+        low = np.inf
+        arg = 0
+        sq = 0.0
+        for k in range(K):
+            v = load(scores[i, k], table)
+            sq += v * v
+            arg = k if v > best else arg
+            best = v if v > best else best
+            low = v if v < low else low
+        if not (low >= _PROB_LO and best <= _PROB_HI and sq == sq):
+            _prob_row(scores, i, y, table, st, row, False, row)  # names the first bad element
+            continue
+        p_label = load(scores[i, y], table)
+        nll = 0.0
+        if with_nll:
+            x = nll_eps if p_label < nll_eps else p_label
+            nll = -_log_positive(x) if x > 0.0 else np.inf
+        conf = best
+        correct = 1.0 if arg == y else 0.0
+        if n_bins > 0:
+            b = find_bin(conf, inner, True) * 4 + (i & 3)
+            l_count[b] += 1
+            l_w[b] += w
+            l_conf[b] += w * conf
+            l_corr[b] += w * correct
+        if has_out:
+            conf_out[i] = conf
+            correct_out[i] = np.uint8(correct)
+        r = (i - begin) & (TOTAL_LANES - 1)
+        lanes[0, r] += 1.0
+        lanes[1, r] += w
+        lanes[2, r] += w * correct
+        lanes[3, r] += w * conf
+        lanes[4, r] += w * ((sq - 2.0 * p_label) + 1.0)
+        lanes[5, r] += w * nll
+    for t in range(6):
+        tot[t] += _fold_lanes(lanes[t])
+    _fold_lane_bins(n_bins, l_count, l_w, l_conf, l_corr, count, wsum, sconf, scorr)
+
+
 @numba.njit(**JIT)
 def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
                      conf_out, correct_out, has_out, table, begin, end, count, wsum, sconf, scorr, tot, st,
                      cw_M, cw_inners, cw_uniform, cw_upper, cw_count, cw_w, cw_score, cw_target):
     K = scores.shape[1]
-    row = np.empty(5)
     classwise = cw_M > 0
     short_prob = K < SHORT_ROW and not from_logits
+    if short_prob and not classwise:
+        _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, with_nll, conf_out, correct_out,
+                          has_out, table, begin, end, count, wsum, sconf, scorr, tot, st)
+        return
+    row = np.empty(5)
     e = np.empty(K if classwise else 0)
     ef = np.zeros((K + 7) // 8 * 8 if single else 0, np.float32)
     sum0 = np.zeros(K if classwise else 0)
@@ -265,6 +358,10 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
     l_w = np.zeros(4 * n_bins)
     l_conf = np.zeros(4 * n_bins)
     l_corr = np.zeros(4 * n_bins)
+    # Short rows (binning.hpp, top_label_short_rows): row begin + r's totals into lane r % TOTAL_LANES, folded
+    # by _fold_lanes at the end of the chunk. Longer rows: one running sum per total.
+    short = K < SHORT_ROW
+    lanes = np.zeros((6, TOTAL_LANES))
     for i in range(begin, end):
         y = labels[i]
         if y < 0 or y >= K:
@@ -292,12 +389,21 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
         if has_out:
             conf_out[i] = conf
             correct_out[i] = np.uint8(correct)
-        tot[0] += 1.0
-        tot[1] += w
-        tot[2] += w * correct
-        tot[3] += w * conf
-        tot[4] += w * (row[3] - 2.0 * row[2] + 1.0)
-        tot[5] += w * row[4]
+        if short:
+            r = (i - begin) & (TOTAL_LANES - 1)
+            lanes[0, r] += 1.0
+            lanes[1, r] += w
+            lanes[2, r] += w * correct
+            lanes[3, r] += w * conf
+            lanes[4, r] += w * ((row[3] - 2.0 * row[2]) + 1.0)
+            lanes[5, r] += w * row[4]
+        else:
+            tot[0] += 1.0
+            tot[1] += w
+            tot[2] += w * correct
+            tot[3] += w * conf
+            tot[4] += w * (row[3] - 2.0 * row[2] + 1.0)
+            tot[5] += w * row[4]
         if classwise:
             rows += 1
         if classwise and single:
@@ -306,12 +412,10 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
         elif classwise:
             _classwise_row(e, conf if from_logits else 1.0, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
                            sum0, weight0, cw_count, cw_w, cw_score, cw_target)
-    for b in range(n_bins):  # LaneBins::fold_into: the four copies in order
-        j = 4 * b
-        count[b] += ((l_count[j] + l_count[j + 1]) + l_count[j + 2]) + l_count[j + 3]
-        wsum[b] += ((l_w[j] + l_w[j + 1]) + l_w[j + 2]) + l_w[j + 3]
-        sconf[b] += ((l_conf[j] + l_conf[j + 1]) + l_conf[j + 2]) + l_conf[j + 3]
-        scorr[b] += ((l_corr[j] + l_corr[j + 1]) + l_corr[j + 2]) + l_corr[j + 3]
+    if short:
+        for t in range(6):
+            tot[t] += _fold_lanes(lanes[t])
+    _fold_lane_bins(n_bins, l_count, l_w, l_conf, l_corr, count, wsum, sconf, scorr)
     if classwise:
         for k in range(K):  # ClasswiseScratch::fold_into: bin 0's count = rows - the other bins' counts
             at = k * cw_M
