@@ -38,7 +38,17 @@ def not_fitted_error():
         except ImportError:
             bases = (ValueError, AttributeError)
         doc = ("A calibrator was used before ``fit`` (scikit-learn's ``NotFittedError`` when scikit-learn is "
-               "installed; otherwise a ``ValueError`` and an ``AttributeError``, the same bases as scikit-learn's).")
+               "installed; otherwise a ``ValueError`` and an ``AttributeError``, the same bases as scikit-learn's).\n"
+               "\n"
+               "Examples\n"
+               "--------\n"
+               ">>> import numpy as np\n"
+               ">>> import calibkit\n"
+               ">>> try:\n"
+               "...     calibkit.TemperatureScaling().predict_proba(np.zeros((2, 3)))\n"
+               "... except calibkit.NotFittedError as exc:\n"
+               "...     print(isinstance(exc, ValueError))\n"
+               "True\n")
         cls = type("NotFittedError", bases, {"__doc__": doc, "__module__": "calibkit"})
         _NOT_FITTED_ERROR.append(cls)
     return _NOT_FITTED_ERROR[0]
@@ -119,6 +129,18 @@ class Calibrator(EstimatorProtocol):
 
     Subclasses define ``_fitted_names`` (the learned attributes saved by
     :meth:`to_dict`) and ``_load_fitted`` (their validation on load).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> logits, labels = rng.normal(size=(500, 4)), rng.integers(0, 4, 500)
+    >>> ts = calibkit.TemperatureScaling().fit(logits, labels)
+    >>> saved = ts.to_dict()                       # JSON-ready: parameters and learned values
+    >>> again = calibkit.Calibrator.from_dict(saved)
+    >>> type(again).__name__, again.temperature_ == ts.temperature_
+    ('TemperatureScaling', True)
     """
 
     _fitted_names: tuple[str, ...] = ()

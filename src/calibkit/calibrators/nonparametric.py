@@ -83,6 +83,18 @@ def isotonic_regression(y, *, x=None, sample_weight=None, increasing=True, backe
     -------
     IsotonicRegressionResult
         ``fitted``, ``values``, ``weights``, ``blocks``, ``order``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calibkit
+    >>> r = calibkit.isotonic_regression(np.array([1.0, 3.0, 2.0, 4.0]))
+    >>> r.fitted
+    array([1. , 2.5, 2.5, 4. ])
+    >>> r.values, r.blocks
+    (array([1. , 2.5, 4. ]), array([0, 1, 3, 4]))
+    >>> calibkit.isotonic_regression(np.array([1.0, 0.0, 1.0, 0.0]), x=np.array([0.9, 0.1, 0.5, 0.7])).fitted
+    array([1. , 0. , 0.5, 0.5])
     """
     y = _finite_vector(y, "y")
     n = y.shape[0]

@@ -77,6 +77,17 @@ def temperature_nll(logits, labels, inverse_temperature, *, sample_weight=None, 
     (sum_i w_i r_i^4 Var_i[z], r_i = max_k z_ik - min_k z_ik the row's range) and ``range`` (max_i r_i: a
     maximum over rows, not a sum). The fit bounds the sixth derivative with the last two, see
     :class:`TemperatureScaling`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calibkit
+    >>> z = np.array([[2.0, 0.0], [0.0, 1.0]])
+    >>> s = calibkit.temperature_nll(z, np.array([0, 0]), 1.0)
+    >>> round(s["loss"] / s["weight"], 6)          # mean NLL at b = 1/T = 1
+    0.720095
+    >>> bool(s["d1"] > 0)                          # a smaller b (a larger T) lowers the NLL here
+    True
     """
     logits = check_logits(logits, "logits")
     logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
