@@ -73,7 +73,7 @@ def test_kernel_cumulant_sums_match_reference(backend, dtype, k):
             # range (and r4d2, with range^4) come from the float t = bf (z - max): two float roundings.
             loose = {"d4": 1e-5, "d5": 1e-4, "range": 3e-7, "r4d2": 1e-6}
             rel = (1e-9 if key == "d5" else 1e-11) if tight else loose.get(key, 1e-7)
-            assert r[key] == pytest.approx(ref[key], rel=rel, abs=1e-9 * np.abs(z).max() * len(z)), key
+            assert r[key] == pytest.approx(ref[key], rel=rel, abs=1e-9 * float(np.abs(z).max()) * len(z)), key
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
