@@ -15,6 +15,8 @@ import numbers
 
 import numpy as np
 
+from ._typing import ArrayLike
+
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 _FLOAT_TYPES = frozenset(FLOAT_DTYPES)
 _INT64 = np.dtype(np.int64)
@@ -151,7 +153,8 @@ def check_labels(labels, n_rows, name="labels"):
     return y
 
 
-def check_sample_weight(sample_weight, n_rows, name="sample_weight", *, check_values=False, scale=False):
+def check_sample_weight(sample_weight: ArrayLike | None, n_rows: int, name: str = "sample_weight", *,
+                        check_values: bool = False, scale: bool = False) -> np.ndarray | None:
     """Return None or a 1-D float64 array of length `n_rows`.
 
     Without ``check_values`` the values are checked by the kernels; with it
