@@ -492,8 +492,8 @@ class _RowFile:
 class Dump:
     """Scores and labels of one evaluation dump; arrays stay on disk until a chunk is read."""
 
-    scores: object            #: (N, K) or (N,) array-like; slicing a row range gives an ndarray
-    labels: object | None     #: (N,) integer array-like, or None
+    scores: Any               #: (N, K) or (N,) array-like; slicing a row range gives an ndarray
+    labels: Any               #: (N,) integer array-like, or None
     from_logits: bool         #: whether the scores are logits
     name: str                 #: where it came from, for messages
     shards: list = field(default_factory=list)

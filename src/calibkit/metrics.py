@@ -109,7 +109,7 @@ def _nll_eps(dtype) -> float:
     return float(np.finfo(dtype).eps) if eps is None else eps
 
 
-def _prepare(scores, labels, sample_weight, from_logits, scale_weights=False):
+def _prepare(scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None, from_logits: bool, scale_weights: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
     """Checked inputs. ``scale_weights``: divide the weights by their largest (every metric here is
     invariant to their scale; a streaming update, whose batches weigh against each other, must not)."""
     scores = check_scores(scores)

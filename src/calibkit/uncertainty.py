@@ -42,7 +42,7 @@ def _check_temperature(temperature):
     return t
 
 
-def uncertainty_scores(scores: ArrayLike, kinds: Sequence[ScoreKind] = ("max_probability", "margin", "entropy"), *,
+def uncertainty_scores(scores: ArrayLike, kinds: ScoreKind | Sequence[ScoreKind] = ("max_probability", "margin", "entropy"), *,
                        from_logits: bool = False, temperature: float = 1.0, normalize: bool = False,
                        backend: Backend = "auto") -> dict:
     """Several per-sample scores from one pass over ``scores``.
@@ -52,7 +52,7 @@ def uncertainty_scores(scores: ArrayLike, kinds: Sequence[ScoreKind] = ("max_pro
     scores : array-like of shape (N, K)
         Probabilities (rows in [0, 1]) or, with ``from_logits=True``, logits.
         float16/32/64, any memory layout, memory-mapped arrays are read in place.
-    kinds : sequence of str
+    kinds : str or sequence of str
         Any of ``"max_probability"``, ``"margin"``, ``"entropy"``, ``"energy"``,
         ``"logit_norm"``, ``"kl_to_uniform"`` (the last two but one need logits).
     from_logits : bool

@@ -17,13 +17,12 @@ from .._validation import (
 from .._typing import ArrayLike, FloatArray, IntArray
 
 _E = TypeVar("_E", bound="EstimatorProtocol")  # set_params returns self, of the caller's class
-_C = TypeVar("_C", bound="Calibrator")  # fit returns self, of the caller's class
 
 FORMAT = "calibkit.calibrator"
 FORMAT_VERSION = 1
 
 
-_NOT_FITTED_ERROR = []  # the class, made on first use (see not_fitted_error)
+_NOT_FITTED_ERROR: list[type[ValueError]] = []  # the class, made on first use (see not_fitted_error)
 
 
 def not_fitted_error() -> type[ValueError]:
@@ -306,7 +305,7 @@ def fitted_array(fitted, name, shape, *, positive=False, low=-MAX_LEARNED, high=
     return a
 
 
-def check_logits(scores, name="scores"):
+def check_logits(scores: ArrayLike, name: str = "scores") -> np.ndarray:
     """(N, K) float logits, K >= 2, readable in place; NaN/inf are checked by the kernels."""
     a = check_scores(scores, name)
     if a.ndim != 2:
@@ -314,7 +313,7 @@ def check_logits(scores, name="scores"):
     return a
 
 
-def check_fit_inputs(scores, labels, sample_weight, *, binary, scale_weights=False):
+def check_fit_inputs(scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None, *, binary: bool, scale_weights: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Checked (scores, labels, sample_weight) for fit; binary: scores (N,), labels 0/1.
 
     The weights are checked (finite, >= 0, not all 0); with ``scale_weights`` (a fit whose optimum does

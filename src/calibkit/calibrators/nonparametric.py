@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typing
 import warnings
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -16,9 +16,11 @@ from .._validation import (
 )
 from ..metrics import _quantile_edges
 from ._base import (
-    _C, Calibrator, binary_column, check_finite, check_fit_inputs, check_logits, fitted_array, fitted_int, two_columns,
+    Calibrator, binary_column, check_finite, check_fit_inputs, check_logits, fitted_array, fitted_int, two_columns,
 )
 
+
+_O = TypeVar("_O", bound="_OneVsRest")  # fit returns self, of the caller's class
 
 class IsotonicRegressionResult(typing.NamedTuple):
     """Result of :func:`isotonic_regression`.
@@ -45,7 +47,7 @@ class IsotonicRegressionResult(typing.NamedTuple):
     order: typing.Optional[np.ndarray]
 
 
-def _finite_vector(a, name, n=None):
+def _finite_vector(a: ArrayLike, name: str, n: int | None = None) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype == object or a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be an array of numbers, got dtype {a.dtype}")
@@ -113,7 +115,7 @@ def isotonic_regression(y: ArrayLike, *, x: ArrayLike | None = None, sample_weig
     return IsotonicRegressionResult(r["fitted"], r["values"], r["weights"], r["blocks"], r["order"])
 
 
-def _binary_scores(scores, name="scores"):
+def _binary_scores(scores: ArrayLike, name: str = "scores") -> np.ndarray:
     """(N,) float64 view/copy of binary scores with NaN/inf rejected."""
     z = np.asarray(scores, dtype=np.float64)
     check_finite(z, name)
@@ -237,7 +239,7 @@ class _OneVsRest(Calibrator):
         return [self._fit_one(columns[c], (labels == c).astype(np.float64), sample_weight)
                 for c in range(n_classes)]
 
-    def fit(self: _C, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None) -> _C:
+    def fit(self: _O, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None) -> _O:
         """Fit on held-out scores ((N,) binary or (N, K)) and labels (N,); returns self."""
         self._check_params()
         scores = binary_column(scores)
