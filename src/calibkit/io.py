@@ -298,7 +298,7 @@ def _splits_of(names):
     return sorted({k.split("_", 1)[0] for k in names if "_" in k and k.split("_", 1)[1] in SCORE_NAMES})
 
 
-def splits(path: StrPath) -> list:
+def splits(path: StrPath) -> list[str]:
     """The splits (``val``, ``test``, ...) of an .npz holding ``<split>_logits``-style arrays; [] otherwise."""
     if not str(path).endswith(".npz"):
         return []

@@ -109,7 +109,8 @@ def _nll_eps(dtype) -> float:
     return float(np.finfo(dtype).eps) if eps is None else eps
 
 
-def _prepare(scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None, from_logits: bool, scale_weights: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
+def _prepare(scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None, from_logits: bool,
+             scale_weights: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
     """Checked inputs. ``scale_weights``: divide the weights by their largest (every metric here is
     invariant to their scale; a streaming update, whose batches weigh against each other, must not)."""
     scores = check_scores(scores)
@@ -536,7 +537,7 @@ class ReliabilityTable:
         filled = self.weight > 0
         return float(np.sum(self.mean_confidence[filled] * self.weight[filled]) / self.weight.sum())
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain lists, ready for JSON or a DataFrame (empty bins: None)."""
         out = {}
         for f in dataclasses.fields(self):

@@ -47,7 +47,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import IO, TYPE_CHECKING, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -309,7 +309,7 @@ class Monitor:
 
     # -- output --------------------------------------------------------------------
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         """The current counters and metrics (null metrics when the window is empty or of weight 0)."""
         self.flush()
         out = {"lines": self.lines, "rejected": self.rejected,
@@ -383,7 +383,7 @@ def _label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def prometheus_text(report: dict) -> str:
+def prometheus_text(report: dict[str, Any]) -> str:
     """The report's numbers in the Prometheus text exposition format (version 0.0.4).
 
     Metrics that are null (empty or zero-weight window) are left out;
@@ -448,7 +448,7 @@ class MetricsServer:
         The first report to serve (as from ``Monitor.report()``).
     """
 
-    def __init__(self, host: str, port: int, report: dict):
+    def __init__(self, host: str, port: int, report: dict[str, Any]):
         try:
             import prometheus_client
             from prometheus_client.registry import CollectorRegistry
@@ -469,7 +469,7 @@ class MetricsServer:
         self.host = host
         self.port = self._server.server_address[1]
 
-    def publish(self, report: dict) -> None:
+    def publish(self, report: dict[str, Any]) -> None:
         """Serve `report` from now on."""
         with self._lock:
             self._report = report

@@ -435,7 +435,7 @@ class ReportResult(dict):
     gives the JSON-safe dict that ``calibkit report --json`` writes.
     """
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-safe: the reliability tables as lists, no arrays (see :func:`json_safe`)."""
         return json_safe(self)
 

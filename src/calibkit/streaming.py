@@ -124,7 +124,7 @@ class CalibrationResult:
         """Per-bin counts, confidence and accuracy (equal-width bins)."""
         return self.table
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-safe metrics (the reliability table under ``"reliability_table"``)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "table"}
         out["ece_ci"] = list(self.ece_ci) if self.ece_ci is not None else None
@@ -529,7 +529,7 @@ class CalibrationAccumulator:
         acc.metadata = metadata
         return acc
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-safe state (lists of floats); :meth:`from_dict` reads it back."""
         return {"format": "calibkit.CalibrationAccumulator", "version": FORMAT_VERSION, **self._meta(),
                 "arrays": {k: {"shape": list(v.shape), "data": v.ravel().tolist()} for k, v in self._arrays().items()}}

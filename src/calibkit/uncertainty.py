@@ -42,9 +42,10 @@ def _check_temperature(temperature):
     return t
 
 
-def uncertainty_scores(scores: ArrayLike, kinds: ScoreKind | Sequence[ScoreKind] = ("max_probability", "margin", "entropy"), *,
+def uncertainty_scores(scores: ArrayLike,
+                       kinds: ScoreKind | Sequence[ScoreKind] = ("max_probability", "margin", "entropy"), *,
                        from_logits: bool = False, temperature: float = 1.0, normalize: bool = False,
-                       backend: Backend = "auto") -> dict:
+                       backend: Backend = "auto") -> dict[str, FloatArray]:
     """Several per-sample scores from one pass over ``scores``.
 
     Parameters
@@ -109,7 +110,7 @@ def uncertainty_scores(scores: ArrayLike, kinds: ScoreKind | Sequence[ScoreKind]
 
 
 def max_probability(scores: ArrayLike, *, from_logits: bool = False, temperature: float = 1.0,
-                    backend: Backend = "auto") -> np.ndarray:
+                    backend: Backend = "auto") -> FloatArray:
     """Maximum softmax probability max_k p_k (Hendrycks & Gimpel 2017): a confidence.
 
     From logits z: 1 / sum_k exp((z_k - max z) / T), without forming the softmax.
@@ -126,7 +127,7 @@ def max_probability(scores: ArrayLike, *, from_logits: bool = False, temperature
 
 
 def margin(scores: ArrayLike, *, from_logits: bool = False, temperature: float = 1.0,
-           backend: Backend = "auto") -> np.ndarray:
+           backend: Backend = "auto") -> FloatArray:
     """Top-1 minus top-2 probability, p_(1) - p_(2) (0 when the two largest are tied): a confidence.
 
     Examples
@@ -141,7 +142,7 @@ def margin(scores: ArrayLike, *, from_logits: bool = False, temperature: float =
 
 
 def entropy(scores: ArrayLike, *, from_logits: bool = False, temperature: float = 1.0, normalize: bool = False,
-            backend: Backend = "auto") -> np.ndarray:
+            backend: Backend = "auto") -> FloatArray:
     """Predictive entropy H(p) = -sum_k p_k log p_k (natural log; 0 log 0 = 0): an uncertainty.
 
     From logits, H = log s0 - sum_k e^{t_k} t_k / s0 with t = max((z - max z) / T, x_min)
@@ -164,7 +165,7 @@ def entropy(scores: ArrayLike, *, from_logits: bool = False, temperature: float 
                               normalize=normalize, backend=backend)["entropy"]
 
 
-def energy(logits: ArrayLike, *, temperature: float = 1.0, backend: Backend = "auto") -> np.ndarray:
+def energy(logits: ArrayLike, *, temperature: float = 1.0, backend: Backend = "auto") -> FloatArray:
     """Free energy E(z) = -T log sum_k exp(z_k / T) (Liu et al. 2020, "Energy-based OOD detection").
 
     Lower energy means more in-distribution: use ``-energy(z)`` as an OOD score.
@@ -180,7 +181,7 @@ def energy(logits: ArrayLike, *, temperature: float = 1.0, backend: Backend = "a
                               backend=backend)["energy"]
 
 
-def logit_norm(logits: ArrayLike, *, backend: Backend = "auto") -> np.ndarray:
+def logit_norm(logits: ArrayLike, *, backend: Backend = "auto") -> FloatArray:
     """Euclidean norm of the logit vector, ||z||_2 (a confidence; Wei et al. 2022).
 
     Examples
@@ -194,7 +195,7 @@ def logit_norm(logits: ArrayLike, *, backend: Backend = "auto") -> np.ndarray:
 
 
 def kl_to_uniform(scores: ArrayLike, *, from_logits: bool = False, temperature: float = 1.0,
-                  backend: Backend = "auto") -> np.ndarray:
+                  backend: Backend = "auto") -> FloatArray:
     """KL(U || p) = -log K - (1/K) sum_k log p_k, the divergence of p from the uniform distribution.
 
     The per-sample term of the confidence loss of Lee et al. (2018): 0 for a

@@ -176,7 +176,7 @@ class Calibrator(EstimatorProtocol):
         return 2 if self._binary_input else int(self.n_classes_)
 
     # -- persistence ----------------------------------------------------------------------
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-safe description: format, version, class, parameters, learned values."""
         self._check_fitted()
         fitted = {}
@@ -313,7 +313,8 @@ def check_logits(scores: ArrayLike, name: str = "scores") -> np.ndarray:
     return a
 
 
-def check_fit_inputs(scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None, *, binary: bool, scale_weights: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def check_fit_inputs(scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None, *, binary: bool,
+                     scale_weights: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Checked (scores, labels, sample_weight) for fit; binary: scores (N,), labels 0/1.
 
     The weights are checked (finite, >= 0, not all 0); with ``scale_weights`` (a fit whose optimum does
