@@ -4,6 +4,10 @@ The hot paths run in native kernels (C++ by default, Numba as a twin) that read
 each input once, in place, and release the GIL. See the README for examples.
 """
 
+from __future__ import annotations
+
+from typing import Any as _Any
+
 from ._backend import get_num_threads, set_num_threads
 from .metrics import (
     ReliabilityTable,
@@ -35,7 +39,7 @@ from .ood import *  # noqa: F401,F403 - re-exported; names in ood.__all__
 from .uncertainty import *  # noqa: F401,F403 - re-exported; names in uncertainty.__all__
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> _Any:
     """``__version__``, looked up in the installed metadata on first use (importing importlib.metadata and
     scanning the installed distributions would otherwise cost every ``import calibkit``, e.g. each
     ``calibkit`` command, tens of milliseconds)."""

@@ -24,6 +24,8 @@ import os
 import stat
 import tempfile
 
+from ._typing import StrPath
+
 _TMP_TAG = ".calibkit-tmp-"
 
 
@@ -56,7 +58,7 @@ def _remove_stale_temporaries(directory: str, name: str) -> None:
                 os.unlink(tmp)
 
 
-def same_file(a, b) -> bool:
+def same_file(a: StrPath, b: StrPath) -> bool:
     """True when paths `a` and `b` name the same existing file (hard links and symlinks included)."""
     try:
         return os.path.samefile(a, b)
@@ -132,7 +134,7 @@ def _sync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path, data: bytes) -> None:
+def atomic_write(path: StrPath, data: bytes) -> None:
     """Write `data` to `path` atomically (see :func:`atomic_output`)."""
     with atomic_output(path, "wb") as f:
         f.write(data)

@@ -15,6 +15,8 @@ import numbers
 
 import numpy as np
 
+from ._typing import ArrayLike
+
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 _FLOAT_TYPES = frozenset(FLOAT_DTYPES)
 _INT64 = np.dtype(np.int64)
@@ -52,7 +54,7 @@ def _readable_in_place(a):
     return a.flags.aligned and a.dtype.isnative
 
 
-def check_scores(scores, name="scores"):
+def check_scores(scores: ArrayLike, name: str = "scores") -> np.ndarray:
     """Return `scores` as a float16/32/64 array of ndim 1 or 2, without a copy where possible."""
     a = scores if type(scores) is np.ndarray else _as_array(scores, name)
     if a.dtype.type not in _FLOAT_TYPES:  # integers, bools (converted) or a wrong dtype (TypeError)
@@ -84,7 +86,7 @@ def _in_place(a):
     return a
 
 
-def check_score_vector(scores, name="scores"):
+def check_score_vector(scores: ArrayLike, name: str = "scores") -> np.ndarray:
     """Return `scores` as a non-empty 1-D float16/32/64 array (one score per sample), without a copy where possible."""
     a = _float_array(scores, name)
     if a.ndim == 2 and a.shape[1] == 1:
@@ -96,7 +98,7 @@ def check_score_vector(scores, name="scores"):
     return _in_place(a)
 
 
-def check_samples(samples, name="samples"):
+def check_samples(samples: ArrayLike, name: str = "samples") -> np.ndarray:
     """Return `samples` as a float16/32/64 array of shape (S, N, K) with S, N >= 1 and K >= 2."""
     a = _float_array(samples, name)
     if a.ndim != 3:
@@ -110,7 +112,7 @@ def check_samples(samples, name="samples"):
     return _in_place(a)
 
 
-def check_correct(correct, n_rows, name="correct"):
+def check_correct(correct: ArrayLike, n_rows: int, name: str = "correct") -> np.ndarray:
     """Return `correct` (True where the prediction is right) as a 1-D bool array of length `n_rows`."""
     c = _as_array(correct, name)
     if c.dtype == object or c.dtype.kind not in "biuf":
@@ -128,7 +130,7 @@ def check_correct(correct, n_rows, name="correct"):
     return c
 
 
-def check_labels(labels, n_rows, name="labels"):
+def check_labels(labels: ArrayLike, n_rows: int, name: str = "labels") -> np.ndarray:
     """Return `labels` as a 1-D int64 array of length `n_rows` (range is checked by the kernels)."""
     y = labels if type(labels) is np.ndarray else _as_array(labels, name)
     if y.dtype == _INT64 and y.ndim == 1 and y.shape[0] == n_rows and y.flags.aligned:
@@ -151,7 +153,8 @@ def check_labels(labels, n_rows, name="labels"):
     return y
 
 
-def check_sample_weight(sample_weight, n_rows, name="sample_weight", *, check_values=False, scale=False):
+def check_sample_weight(sample_weight: ArrayLike | None, n_rows: int, name: str = "sample_weight", *,
+                        check_values: bool = False, scale: bool = False) -> np.ndarray | None:
     """Return None or a 1-D float64 array of length `n_rows`.
 
     Without ``check_values`` the values are checked by the kernels; with it

@@ -25,8 +25,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import pathlib
 import sys
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -105,7 +107,7 @@ def _cmd_monitor(args) -> int:
             source.close()
 
 
-def example_path():
+def example_path() -> pathlib.Path:
     """The example dump inside the package (see :mod:`calibkit.datasets`); a usage error if it is missing."""
     from .datasets import example_path as packaged
 
@@ -461,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; every user error (bad file, flag, data or output path) prints one line on stderr and
     returns 2."""
     from .io import DumpError

@@ -18,13 +18,21 @@ Needs the optional extra ``dask`` (dask[array] and distributed).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._typing import Backend, Norm
 from ._validation import BadElementError
 from .calibrators import TemperatureScaling
 from .calibrators.scaling import temperature_nll
 from .streaming import CalibrationAccumulator
+
+if TYPE_CHECKING:
+    import dask.array as da
+    from dask.delayed import Delayed
+
+    from .metrics import ReliabilityTable
 
 
 def _dask():
@@ -93,7 +101,8 @@ def _merge(a, b):
     return a.copy().merge(b)
 
 
-def accumulate(scores, labels, *, n_bins=15, from_logits=False, classwise=False, compute=True, **kwargs):
+def accumulate(scores: da.Array, labels: da.Array, *, n_bins: int = 15, from_logits: bool = False,
+               classwise: bool = False, compute: bool = True, **kwargs: Any) -> CalibrationAccumulator | Delayed:
     """The :class:`CalibrationAccumulator` of Dask arrays ``scores`` (N, K) or (N,) and ``labels`` (N,).
 
     Keyword arguments are those of :class:`CalibrationAccumulator` (``bootstrap``,
@@ -119,7 +128,8 @@ def accumulate(scores, labels, *, n_bins=15, from_logits=False, classwise=False,
     return tree.compute() if compute else tree
 
 
-def reliability_table(scores, labels, *, n_bins=15, from_logits=False, backend="auto"):
+def reliability_table(scores: da.Array, labels: da.Array, *, n_bins: int = 15, from_logits: bool = False,
+                      backend: Backend = "auto") -> ReliabilityTable:
     """The equal-width :class:`calibkit.ReliabilityTable` of Dask arrays (as :func:`calibkit.reliability_table`).
 
     Examples
@@ -133,7 +143,8 @@ def reliability_table(scores, labels, *, n_bins=15, from_logits=False, backend="
     return accumulate(scores, labels, n_bins=n_bins, from_logits=from_logits, backend=backend).compute().table
 
 
-def calibration_error(scores, labels, *, n_bins=15, norm="l1", from_logits=False, backend="auto"):
+def calibration_error(scores: da.Array, labels: da.Array, *, n_bins: int = 15, norm: Norm = "l1",
+                      from_logits: bool = False, backend: Backend = "auto") -> float:
     """Top-label calibration error of Dask arrays, equal-width bins (as :func:`calibkit.calibration_error`).
 
     ``norm="l1"`` is the ECE, ``"l2"`` the RMS calibration error, ``"max"`` the
@@ -169,7 +180,8 @@ def _add_sums(a, b):
     return {k: max(a[k], b[k]) if k == "range" else a[k] + b[k] for k in a}
 
 
-def fit_temperature(logits, labels, *, bounds=(1e-3, 1e3), tol=1e-7, max_passes=50, backend="auto"):
+def fit_temperature(logits: da.Array, labels: da.Array, *, bounds: tuple[float, float] = (1e-3, 1e3),
+                    tol: float = 1e-7, max_passes: int = 50, backend: Backend = "auto") -> TemperatureScaling:
     """Fit temperature scaling on Dask arrays: one distributed pass per Newton step.
 
     The NLL and its first two derivatives in b = 1/T are sums over rows, so

@@ -24,6 +24,8 @@ import datetime
 import html
 import io
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -121,7 +123,7 @@ def figures(result) -> dict:
     return out
 
 
-def report_html(result, provenance=None) -> str:
+def report_html(result: Mapping[str, Any], provenance: Mapping[str, object] | None = None) -> str:
     """The HTML page of a :func:`calibkit.report.report` result (computed with ``details=True`` for the per-class
     table and the risk-coverage curve).
 

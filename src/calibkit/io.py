@@ -47,11 +47,17 @@ import pathlib
 import threading
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
+from ._typing import ArrayLike, BoolArray, StrPath
+
+if TYPE_CHECKING:
+    from ._validation import BadElementError
 
 SCORE_NAMES = ("logits", "probs", "probabilities", "scores")
 LABEL_NAMES = ("labels", "targets", "y")
@@ -292,7 +298,7 @@ def _splits_of(names):
     return sorted({k.split("_", 1)[0] for k in names if "_" in k and k.split("_", 1)[1] in SCORE_NAMES})
 
 
-def splits(path) -> list:
+def splits(path: StrPath) -> list[str]:
     """The splits (``val``, ``test``, ...) of an .npz holding ``<split>_logits``-style arrays; [] otherwise."""
     if not str(path).endswith(".npz"):
         return []
@@ -486,8 +492,8 @@ class _RowFile:
 class Dump:
     """Scores and labels of one evaluation dump; arrays stay on disk until a chunk is read."""
 
-    scores: object            #: (N, K) or (N,) array-like; slicing a row range gives an ndarray
-    labels: object | None     #: (N,) integer array-like, or None
+    scores: Any               #: (N, K) or (N,) array-like; slicing a row range gives an ndarray
+    labels: Any               #: (N,) integer array-like, or None
     from_logits: bool         #: whether the scores are logits
     name: str                 #: where it came from, for messages
     shards: list = field(default_factory=list)
@@ -505,7 +511,7 @@ class Dump:
         width = self.scores.shape[1] if len(self.scores.shape) == 2 else 1
         return int(width * np.dtype(self.scores.dtype).itemsize)
 
-    def chunk_rows(self, chunk_bytes=DEFAULT_CHUNK_BYTES) -> int:
+    def chunk_rows(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
         return max(1, int(chunk_bytes) // max(1, self.row_bytes))
 
     def _file(self):
@@ -516,7 +522,7 @@ class Dump:
             return _RowFile(s, self.name)
         return None
 
-    def rows(self, a, b):
+    def rows(self, a: int, b: int) -> np.ndarray:
         """Scores of rows [a, b) as an ndarray.
 
         A C-ordered memory-mapped array is read with plain file reads rather
@@ -565,7 +571,9 @@ class Dump:
         stop = self.n_rows if stop is None else stop
         return [(a, min(stop, a + chunk_rows)) for a in range(start, stop, chunk_rows)]
 
-    def chunks(self, chunk_rows=None, *, start=0, stop=None, prefetch=True, prepare=None):
+    def chunks(self, chunk_rows: int | None = None, *, start: int = 0, stop: int | None = None,
+               prefetch: bool = True,
+               prepare: Callable[[int, np.ndarray, np.ndarray], Any] | None = None) -> Iterator[Any]:
         """Yield ``(first_row, scores, labels)`` for consecutive row blocks of ``chunk_rows`` rows.
 
         With ``prefetch`` (the default), a background thread reads the next
@@ -585,7 +593,8 @@ class Dump:
 
         yield from self._blocks(self._ranges(chunk_rows, start, stop), block, prefetch)
 
-    def split_chunks(self, mask, chunk_rows=None, *, held=True, prefetch=True):
+    def split_chunks(self, mask: ArrayLike, chunk_rows: int | None = None, *, held: bool = True,
+                     prefetch: bool = True) -> Iterator[SplitBlock]:
         """Yield the blocks of :meth:`chunks`, each split by the bool (N,) ``mask``: :class:`SplitBlock`
         ``(first_row, n_rows, held_mask, scores, labels, held_scores, held_labels)`` where ``scores`` and
         ``labels`` are the block's rows where ``mask`` is False and ``held_*`` those where it is True (None
@@ -612,7 +621,7 @@ class Dump:
 
         yield from self._blocks(self._ranges(chunk_rows, 0, None), block, prefetch)
 
-    def take(self, mask, chunk_rows=None):
+    def take(self, mask: ArrayLike, chunk_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The rows where ``mask`` (bool, (N,)) is True, gathered chunk by chunk into one array (a file's rows are
         read straight into it, with no block in between)."""
         self._need_labels()
@@ -781,7 +790,9 @@ def _kind(name, from_logits):
     return ("logit" in name.lower()) if from_logits is None else bool(from_logits)
 
 
-def open_dump(path, *, labels=None, split=None, scores_key=None, labels_key=None, from_logits=None) -> Dump:
+def open_dump(path: StrPath, *, labels: StrPath | ArrayLike | None = None, split: str | None = None,
+              scores_key: str | None = None, labels_key: str | None = None,
+              from_logits: bool | None = None) -> Dump:
     """Open an evaluation dump without loading it (see the module docstring for the layouts).
 
     Parameters
@@ -884,7 +895,7 @@ def _open_shards(directory, **kw):
                 shards=shards)
 
 
-def located(exc, dump, first_row=0, skipped=None) -> DumpError:
+def located(exc: BadElementError, dump: Dump, first_row: int = 0, skipped: ArrayLike | None = None) -> DumpError:
     """A :class:`~calibkit._validation.BadElementError` about a row of a block of ``dump`` (the block starts
     at ``first_row``; the rows where the bool array ``skipped`` is True were left out of it) as a DumpError
     naming the row in the whole dump: ``logits.npy: labels[523417] = 12 is out of range ...``."""
@@ -892,7 +903,7 @@ def located(exc, dump, first_row=0, skipped=None) -> DumpError:
     return DumpError(f"{dump.name}: {exc.at_row(first_row + row)}")
 
 
-def split_mask(n_rows, fraction, seed=0):
+def split_mask(n_rows: int, fraction: float, seed: int = 0) -> BoolArray:
     """A deterministic pseudo-random row split: True for about ``fraction`` of the rows.
 
     Row i is chosen when splitmix64(i + seed * 2^32) / 2^64 < fraction, so the

@@ -57,10 +57,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _backend
+from ._typing import ArrayLike, Backend, Norm, Strategy, StrPath
 from ._validation import (
     check_bool,
     check_cells,
@@ -72,6 +74,10 @@ from ._validation import (
     check_scores,
     raise_for_status,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 STRATEGIES = ("uniform", "quantile")
 NORMS = ("l1", "l2", "max")
@@ -103,7 +109,8 @@ def _nll_eps(dtype) -> float:
     return float(np.finfo(dtype).eps) if eps is None else eps
 
 
-def _prepare(scores, labels, sample_weight, from_logits, scale_weights=False):
+def _prepare(scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None, from_logits: bool,
+             scale_weights: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]:
     """Checked inputs. ``scale_weights``: divide the weights by their largest (every metric here is
     invariant to their scale; a streaming update, whose batches weigh against each other, must not)."""
     scores = check_scores(scores)
@@ -265,15 +272,15 @@ def _norm_value(errors, norm):
 
 
 def calibration_error(
-    scores,
-    labels,
+    scores: ArrayLike,
+    labels: ArrayLike,
     *,
-    n_bins=15,
-    strategy="uniform",
-    norm="l1",
-    from_logits=False,
-    sample_weight=None,
-    backend="auto",
+    n_bins: int = 15,
+    strategy: Strategy = "uniform",
+    norm: Norm = "l1",
+    from_logits: bool = False,
+    sample_weight: ArrayLike | None = None,
+    backend: Backend = "auto",
 ) -> float:
     r"""Top-label (or binary positive-class) calibration error.
 
@@ -341,8 +348,8 @@ def calibration_error(
     return _norm_value(_errors_from_bins(b.weight, b.sum_confidence, b.sum_accuracy), norm)
 
 
-def ece(scores, labels, *, n_bins=15, strategy="uniform", from_logits=False, sample_weight=None,
-        backend="auto") -> float:
+def ece(scores: ArrayLike, labels: ArrayLike, *, n_bins: int = 15, strategy: Strategy = "uniform",
+        from_logits: bool = False, sample_weight: ArrayLike | None = None, backend: Backend = "auto") -> float:
     """Expected calibration error: :func:`calibration_error` with ``norm="l1"``.
 
     Examples
@@ -361,8 +368,8 @@ def ece(scores, labels, *, n_bins=15, strategy="uniform", from_logits=False, sam
                              sample_weight=sample_weight, backend=backend)
 
 
-def mce(scores, labels, *, n_bins=15, strategy="uniform", from_logits=False, sample_weight=None,
-        backend="auto") -> float:
+def mce(scores: ArrayLike, labels: ArrayLike, *, n_bins: int = 15, strategy: Strategy = "uniform",
+        from_logits: bool = False, sample_weight: ArrayLike | None = None, backend: Backend = "auto") -> float:
     """Maximum calibration error: :func:`calibration_error` with ``norm="max"``.
 
     Examples
@@ -378,14 +385,14 @@ def mce(scores, labels, *, n_bins=15, strategy="uniform", from_logits=False, sam
 
 
 def classwise_calibration_error(
-    scores,
-    labels,
+    scores: ArrayLike,
+    labels: ArrayLike,
     *,
-    n_bins=15,
-    norm="l1",
-    from_logits=False,
-    sample_weight=None,
-    backend="auto",
+    n_bins: int = 15,
+    norm: Norm = "l1",
+    from_logits: bool = False,
+    sample_weight: ArrayLike | None = None,
+    backend: Backend = "auto",
 ) -> float:
     r"""Class-wise (marginal) calibration error (Kull et al. 2019).
 
@@ -491,7 +498,7 @@ class ReliabilityTable:
     def n_bins(self) -> int:
         return int(self.count.shape[0])
 
-    def plot(self, *, title=None, path=None, **kwargs):
+    def plot(self, *, title: str | None = None, path: StrPath | None = None, **kwargs: Any) -> Figure:
         """Draw this table as a reliability diagram (see :func:`calibkit.plot.reliability_diagram`)."""
         from .plot import reliability_diagram
 
@@ -530,7 +537,7 @@ class ReliabilityTable:
         filled = self.weight > 0
         return float(np.sum(self.mean_confidence[filled] * self.weight[filled]) / self.weight.sum())
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Plain lists, ready for JSON or a DataFrame (empty bins: None)."""
         out = {}
         for f in dataclasses.fields(self):
@@ -540,7 +547,7 @@ class ReliabilityTable:
             out[f.name] = value
         return out
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """The table as a :class:`pandas.DataFrame`: one row per bin (index ``bin``), the columns of
         :meth:`to_dict` (empty bins: NaN), ``strategy`` in ``frame.attrs``.
 
@@ -570,14 +577,14 @@ class ReliabilityTable:
 
 
 def reliability_table(
-    scores,
-    labels,
+    scores: ArrayLike,
+    labels: ArrayLike,
     *,
-    n_bins=15,
-    strategy="uniform",
-    from_logits=False,
-    sample_weight=None,
-    backend="auto",
+    n_bins: int = 15,
+    strategy: Strategy = "uniform",
+    from_logits: bool = False,
+    sample_weight: ArrayLike | None = None,
+    backend: Backend = "auto",
 ) -> ReliabilityTable:
     """Per-bin confidence and accuracy: the data of a reliability diagram.
 
@@ -646,8 +653,9 @@ def _totals(scores, labels, sample_weight, from_logits, check_sums, backend):
     return totals
 
 
-def brier_score(scores, labels, *, from_logits=False, sample_weight=None, check_sums=True,
-                backend="auto") -> float:
+def brier_score(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False,
+                sample_weight: ArrayLike | None = None, check_sums: bool = True,
+                backend: Backend = "auto") -> float:
     r"""Brier score (Brier 1950), the mean squared error of the probability vector.
 
     .. math::
@@ -686,7 +694,8 @@ def brier_score(scores, labels, *, from_logits=False, sample_weight=None, check_
     return float(t["brier"] / t["weight"])
 
 
-def nll(scores, labels, *, from_logits=False, sample_weight=None, check_sums=True, backend="auto") -> float:
+def nll(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False, sample_weight: ArrayLike | None = None,
+        check_sums: bool = True, backend: Backend = "auto") -> float:
     r"""Mean negative log-likelihood of the true class, -1/n Σ_i w_i log p_{i,y_i}.
 
     From logits it is computed stably in the same pass as the row maximum:

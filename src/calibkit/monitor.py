@@ -46,12 +46,18 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from ._files import atomic_write, same_file
+from ._typing import Backend, StrPath
 from ._validation import MAX_STREAM_WEIGHT, MIN_STREAM_WEIGHT
 from .streaming import CalibrationAccumulator, WindowedAccumulator, load_state
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 MAX_LINE_BYTES = 1 << 24
 """Longest accepted input line, newline included (16 MiB); a longer line is rejected as ``too_long``."""
@@ -134,7 +140,8 @@ class Monitor:
     (1, 1, {'not_json': 1}, 0.2)
     """
 
-    def __init__(self, *, window=None, n_bins=15, bootstrap=0, seed=0, state_path=None, backend="auto"):
+    def __init__(self, *, window: int | None = None, n_bins: int = 15, bootstrap: int = 0, seed: int = 0,
+                 state_path: StrPath | None = None, backend: Backend = "auto"):
         self.state_path = state_path
         self.lines = 0  # input lines consumed (the resume point)
         self.rejected = 0
@@ -256,7 +263,7 @@ class Monitor:
         seen = self._interval.setdefault(reason, [0, lineno, detail])
         seen[0] += 1
 
-    def consume(self, line, lineno: int) -> bool:
+    def consume(self, line: bytes | str, lineno: int) -> bool:
         """Handle one input line (bytes or str); False if it was rejected (it is then counted by reason).
 
         Nothing a line holds makes this raise.
@@ -302,7 +309,7 @@ class Monitor:
 
     # -- output --------------------------------------------------------------------
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         """The current counters and metrics (null metrics when the window is empty or of weight 0)."""
         self.flush()
         out = {"lines": self.lines, "rejected": self.rejected,
@@ -376,7 +383,7 @@ def _label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def prometheus_text(report: dict) -> str:
+def prometheus_text(report: dict[str, Any]) -> str:
     """The report's numbers in the Prometheus text exposition format (version 0.0.4).
 
     Metrics that are null (empty or zero-weight window) are left out;
@@ -441,7 +448,7 @@ class MetricsServer:
         The first report to serve (as from ``Monitor.report()``).
     """
 
-    def __init__(self, host: str, port: int, report: dict):
+    def __init__(self, host: str, port: int, report: dict[str, Any]):
         try:
             import prometheus_client
             from prometheus_client.registry import CollectorRegistry
@@ -462,12 +469,12 @@ class MetricsServer:
         self.host = host
         self.port = self._server.server_address[1]
 
-    def publish(self, report: dict) -> None:
+    def publish(self, report: dict[str, Any]) -> None:
         """Serve `report` from now on."""
         with self._lock:
             self._report = report
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         """The prometheus_client collector protocol: the metrics of the latest report."""
         with self._lock:
             report = self._report
@@ -551,8 +558,10 @@ def _check_output(path, flag, input_path) -> None:
         raise ValueError(f"{flag} {path} is the input file; choose another path")
 
 
-def run(source, *, every=1000, window=None, n_bins=15, bootstrap=0, seed=0, state=None, prometheus=None,
-        serve=None, resume_input=False, backend="auto", out=None, input_path=None) -> int:
+def run(source: IO[bytes] | IO[str], *, every: int = 1000, window: int | None = None, n_bins: int = 15,
+        bootstrap: int = 0, seed: int = 0, state: StrPath | None = None, prometheus: StrPath | None = None,
+        serve: str | None = None, resume_input: bool = False, backend: Backend = "auto", out: TextIO | None = None,
+        input_path: StrPath | None = None) -> int:
     """Monitor `source` (a binary or text stream); returns the process exit code.
 
     A text stream with a binary ``buffer`` (``sys.stdin``, a file opened in

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _backend
+from ._typing import ArrayLike, Backend
 from ._validation import MAX_PRECISION_BITS, check_correct, check_score_vector, raise_for_status
 
 
@@ -70,7 +71,8 @@ class OODMetrics:
     tpr: float              #: the TPR level of fpr_at_tpr
 
 
-def ood_metrics(scores_in, scores_out, *, tpr=0.95, backend="auto") -> OODMetrics:
+def ood_metrics(scores_in: ArrayLike, scores_out: ArrayLike, *, tpr: float = 0.95,
+                backend: Backend = "auto") -> OODMetrics:
     """All OOD-detection metrics from one sort of each sample.
 
     With P in- and N out-of-distribution samples, thresholds t running over the
@@ -109,7 +111,7 @@ def ood_metrics(scores_in, scores_out, *, tpr=0.95, backend="auto") -> OODMetric
                       detection_error=r["detection_error"], tpr=tpr)
 
 
-def auroc(scores_in, scores_out, *, backend="auto") -> float:
+def auroc(scores_in: ArrayLike, scores_out: ArrayLike, *, backend: Backend = "auto") -> float:
     """Area under the ROC curve of in- vs out-of-distribution scores (ties count 1/2).
 
     Equal to ``sklearn.metrics.roc_auc_score(y, s)`` with y = 1 for in-distribution.
@@ -126,7 +128,7 @@ def auroc(scores_in, scores_out, *, backend="auto") -> float:
     return ood_metrics(scores_in, scores_out, backend=backend).auroc
 
 
-def aupr_in(scores_in, scores_out, *, backend="auto") -> float:
+def aupr_in(scores_in: ArrayLike, scores_out: ArrayLike, *, backend: Backend = "auto") -> float:
     """Average precision with the in-distribution samples as positives (see :func:`ood_metrics`).
 
     Examples
@@ -140,7 +142,7 @@ def aupr_in(scores_in, scores_out, *, backend="auto") -> float:
     return ood_metrics(scores_in, scores_out, backend=backend).aupr_in
 
 
-def aupr_out(scores_in, scores_out, *, backend="auto") -> float:
+def aupr_out(scores_in: ArrayLike, scores_out: ArrayLike, *, backend: Backend = "auto") -> float:
     """Average precision with the out-of-distribution samples as positives, on negated scores.
 
     Examples
@@ -154,7 +156,8 @@ def aupr_out(scores_in, scores_out, *, backend="auto") -> float:
     return ood_metrics(scores_in, scores_out, backend=backend).aupr_out
 
 
-def fpr_at_tpr(scores_in, scores_out, *, tpr=0.95, backend="auto") -> float:
+def fpr_at_tpr(scores_in: ArrayLike, scores_out: ArrayLike, *, tpr: float = 0.95,
+               backend: Backend = "auto") -> float:
     """False-positive rate (out-of-distribution accepted) when TPR first reaches ``tpr`` (FPR95 by default).
 
     Examples
@@ -168,7 +171,7 @@ def fpr_at_tpr(scores_in, scores_out, *, tpr=0.95, backend="auto") -> float:
     return ood_metrics(scores_in, scores_out, tpr=tpr, backend=backend).fpr_at_tpr
 
 
-def detection_error(scores_in, scores_out, *, backend="auto") -> float:
+def detection_error(scores_in: ArrayLike, scores_out: ArrayLike, *, backend: Backend = "auto") -> float:
     """min over thresholds of (1 - TPR) / 2 + FPR / 2 (Liang et al. 2018; Lee et al. 2018).
 
     Examples
@@ -209,7 +212,8 @@ def _selective(confidence, correct, *, curve=False, backend="auto"):
     return _ranking(c[ok], c[~ok], "confidence", "confidence", curve=curve, backend=backend), c.shape[0], ok
 
 
-def risk_coverage_curve(confidence, correct, *, backend="auto") -> RiskCoverageCurve:
+def risk_coverage_curve(confidence: ArrayLike, correct: ArrayLike, *,
+                        backend: Backend = "auto") -> RiskCoverageCurve:
     """Risk-coverage curve of selective prediction (Geifman & El-Yaniv 2017).
 
     Predictions are accepted from the most confident down; predictions of equal
@@ -232,7 +236,7 @@ def risk_coverage_curve(confidence, correct, *, backend="auto") -> RiskCoverageC
     return RiskCoverageCurve(coverage=accepted / n, risk=r["fp"] / accepted, thresholds=r["thresholds"])
 
 
-def aurc(confidence, correct, *, backend="auto") -> float:
+def aurc(confidence: ArrayLike, correct: ArrayLike, *, backend: Backend = "auto") -> float:
     """Area under the risk-coverage curve (Geifman et al. 2019, "Bias-reduced uncertainty estimation").
 
     AURC = (1/N) sum_k risk_k, where risk_k is the error rate among the k most
@@ -252,7 +256,7 @@ def aurc(confidence, correct, *, backend="auto") -> float:
     return float(r["aurc"])
 
 
-def e_aurc(confidence, correct, *, backend="auto") -> float:
+def e_aurc(confidence: ArrayLike, correct: ArrayLike, *, backend: Backend = "auto") -> float:
     """Excess AURC: AURC minus the AURC of a perfect ranking of the same predictions (Geifman et al. 2019).
 
     The perfect ranking accepts the N_c correct predictions first:
@@ -368,7 +372,7 @@ class OODAccumulator:
 
     _KIND = "OODAccumulator"
 
-    def __init__(self, *, precision_bits=12):
+    def __init__(self, *, precision_bits: int = 12):
         if isinstance(precision_bits, (bool, np.bool_)) or not isinstance(precision_bits, numbers.Integral) \
                 or not 1 <= precision_bits <= MAX_PRECISION_BITS:
             raise ValueError(f"precision_bits must be an integer in [1, {MAX_PRECISION_BITS}], got {precision_bits!r}")
@@ -386,7 +390,7 @@ class OODAccumulator:
         self._pending = {"in": [], "out": []}
         self._pending_size = 0
 
-    def update(self, scores_in=None, scores_out=None) -> "OODAccumulator":
+    def update(self, scores_in: ArrayLike | None = None, scores_out: ArrayLike | None = None) -> "OODAccumulator":
         """Add in-distribution and/or out-of-distribution scores (1-D, finite)."""
         batches = {}
         for side, name, x in (("in", "scores_in", scores_in), ("out", "scores_out", scores_out)):
@@ -498,11 +502,11 @@ class OODAccumulator:
                            detection_error=float(0.5 * np.max(np.minimum(n_in / P, n_out / N))))
         return metrics, bounds
 
-    def compute(self, *, tpr=0.95) -> OODMetrics:
+    def compute(self, *, tpr: float = 0.95) -> OODMetrics:
         """The metrics of the bucketed scores (see the class docstring and :meth:`bounds`)."""
         return self._compute(_check_rate(tpr, "tpr"))[0]
 
-    def bounds(self, *, tpr=0.95) -> OODBounds:
+    def bounds(self, *, tpr: float = 0.95) -> OODBounds:
         """Bounds on |compute() - exact| for each metric (see the class docstring)."""
         return self._compute(_check_rate(tpr, "tpr"))[1]
 
@@ -517,7 +521,7 @@ class OODAccumulator:
                              "keys_out": ko.astype(np.float64), "counts_out": co.astype(np.float64)})
 
     @classmethod
-    def from_bytes(cls, data) -> "OODAccumulator":
+    def from_bytes(cls, data: bytes) -> "OODAccumulator":
         """Rebuild a state written by :meth:`to_bytes`; malformed data raises ValueError.
 
         Besides the checks of the format (see :func:`calibkit.streaming.decode_state`), the state must be

@@ -25,7 +25,19 @@ matplotlib's backend: without ``ax`` a new figure comes from
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+from ._typing import ArrayLike, Backend, Strategy, StrPath
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from .metrics import ReliabilityTable
+    from .ood import RiskCoverageCurve
 
 ACCURACY = "#4C72B0"          #: accuracy bars
 OVER = "#DD8452"              #: gap bars of over-confident bins (confidence above accuracy)
@@ -137,7 +149,10 @@ def _axes_pairs(ax, n):
     return [(arr[0, j], arr[1, j]) for j in range(n)]
 
 
-def reliability_diagram(tables, titles=None, *, ax=None, name=None, title=None, path=None, figsize=None, dpi=100):
+def reliability_diagram(tables: ReliabilityTable | Sequence[ReliabilityTable], titles: Sequence[str] | None = None,
+                        *, ax: Axes | np.ndarray | None = None, name: str | None = None, title: str | None = None,
+                        path: StrPath | None = None, figsize: tuple[float, float] | None = None,
+                        dpi: float = 100) -> Figure:
     """Draw one reliability diagram per table, side by side (e.g. before / after calibration).
 
     Parameters
@@ -206,7 +221,7 @@ def reliability_diagram(tables, titles=None, *, ax=None, name=None, title=None, 
     return fig
 
 
-def report_figure(result, path=None, *, dpi=100):
+def report_figure(result: Mapping[str, Any], path: StrPath | None = None, *, dpi: float = 100) -> Figure:
     """The reliability diagrams of a ``calibkit report`` result (raw, then each calibrator): a plain Figure
     (not registered in pyplot), saved to ``path`` when given."""
     tables = result["tables"]
@@ -236,7 +251,9 @@ def _one_axes(ax, figsize, dpi, path):
     return fig, axes[0, 0], True
 
 
-def risk_coverage_plot(curve, *, aurc=None, n=None, ax=None, name=None, path=None, figsize=(5.0, 4.0), dpi=100):
+def risk_coverage_plot(curve: RiskCoverageCurve, *, aurc: float | None = None, n: int | None = None,
+                       ax: Axes | None = None, name: str | None = None, path: StrPath | None = None,
+                       figsize: tuple[float, float] = (5.0, 4.0), dpi: float = 100) -> Figure:
     """Risk (error rate among the accepted predictions) against coverage (fraction accepted).
 
     Parameters
@@ -286,7 +303,9 @@ def risk_coverage_plot(curve, *, aurc=None, n=None, ax=None, name=None, path=Non
     return fig
 
 
-def ood_roc_plot(fpr, tpr, *, auroc=None, ax=None, name=None, path=None, figsize=(4.5, 4.5), dpi=100):
+def ood_roc_plot(fpr: ArrayLike, tpr: ArrayLike, *, auroc: float | None = None, ax: Axes | None = None,
+                 name: str | None = None, path: StrPath | None = None, figsize: tuple[float, float] = (4.5, 4.5),
+                 dpi: float = 100) -> Figure:
     """The ROC curve of an OOD detector: TPR (in-distribution accepted) against FPR (out-of-distribution accepted).
 
     Parameters
@@ -348,18 +367,20 @@ class ReliabilityDisplay:
     15
     """
 
-    def __init__(self, table, *, name=None):
+    def __init__(self, table: ReliabilityTable, *, name: str | None = None):
         self.table_, self.name = table, name
 
-    def plot(self, *, ax=None, title=None):
+    def plot(self, *, ax: Axes | np.ndarray | None = None, title: str | None = None) -> "ReliabilityDisplay":
         """Draw (see :func:`reliability_diagram`); returns self."""
         self.figure_ = reliability_diagram(self.table_, ax=ax, name=self.name, title=title)
         self.ax_ = _axes_pairs(ax, 1)[0] if ax is not None else tuple(self.figure_.axes[:2])
         return self
 
     @classmethod
-    def from_predictions(cls, scores, labels, *, n_bins=15, strategy="uniform", from_logits=False,
-                         sample_weight=None, name=None, ax=None, backend="auto"):
+    def from_predictions(cls, scores: ArrayLike, labels: ArrayLike, *, n_bins: int = 15,
+                         strategy: Strategy = "uniform", from_logits: bool = False,
+                         sample_weight: ArrayLike | None = None, name: str | None = None,
+                         ax: Axes | np.ndarray | None = None, backend: Backend = "auto") -> "ReliabilityDisplay":
         """Compute the reliability table of ``scores`` (probabilities, or logits with ``from_logits=True``) and
         ``labels`` (as :func:`calibkit.reliability_table`) and draw it."""
         from .metrics import reliability_table
@@ -382,17 +403,19 @@ class RiskCoverageDisplay:
         Set by :meth:`plot`.
     """
 
-    def __init__(self, curve, *, aurc=None, n=None, name=None):
+    def __init__(self, curve: RiskCoverageCurve, *, aurc: float | None = None, n: int | None = None,
+                 name: str | None = None):
         self.curve_, self.aurc_, self.n, self.name = curve, aurc, n, name
 
-    def plot(self, *, ax=None):
+    def plot(self, *, ax: Axes | None = None) -> "RiskCoverageDisplay":
         """Draw (see :func:`risk_coverage_plot`); returns self."""
         self.figure_ = risk_coverage_plot(self.curve_, aurc=self.aurc_, n=self.n, ax=ax, name=self.name)
         self.ax_ = ax if ax is not None else self.figure_.axes[0]
         return self
 
     @classmethod
-    def from_confidence(cls, confidence, correct, *, name=None, ax=None, backend="auto"):
+    def from_confidence(cls, confidence: ArrayLike, correct: ArrayLike, *, name: str | None = None,
+                        ax: Axes | None = None, backend: Backend = "auto") -> "RiskCoverageDisplay":
         """From per-sample confidence (higher = accepted first) and correctness (bool)."""
         from .ood import aurc, risk_coverage_curve
 
@@ -401,7 +424,9 @@ class RiskCoverageDisplay:
                    name=name).plot(ax=ax)
 
     @classmethod
-    def from_predictions(cls, scores, labels, *, from_logits=False, name=None, ax=None, backend="auto"):
+    def from_predictions(cls, scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False,
+                         name: str | None = None, ax: Axes | None = None,
+                         backend: Backend = "auto") -> "RiskCoverageDisplay":
         """From (N, K) scores (probabilities, or logits with ``from_logits=True``) and labels: the confidence is
         the top probability (maximum softmax probability), correct when its class is the label."""
         from ._validation import check_scores
@@ -432,17 +457,18 @@ class OODRocDisplay:
         Set by :meth:`plot`.
     """
 
-    def __init__(self, fpr, tpr, *, auroc=None, name=None):
+    def __init__(self, fpr: ArrayLike, tpr: ArrayLike, *, auroc: float | None = None, name: str | None = None):
         self.fpr_, self.tpr_, self.auroc_, self.name = fpr, tpr, auroc, name
 
-    def plot(self, *, ax=None):
+    def plot(self, *, ax: Axes | None = None) -> "OODRocDisplay":
         """Draw (see :func:`ood_roc_plot`); returns self."""
         self.figure_ = ood_roc_plot(self.fpr_, self.tpr_, auroc=self.auroc_, ax=ax, name=self.name)
         self.ax_ = ax if ax is not None else self.figure_.axes[0]
         return self
 
     @classmethod
-    def from_scores(cls, scores_in, scores_out, *, name=None, ax=None, backend="auto"):
+    def from_scores(cls, scores_in: ArrayLike, scores_out: ArrayLike, *, name: str | None = None,
+                    ax: Axes | None = None, backend: Backend = "auto") -> "OODRocDisplay":
         """From the scores (higher = more in-distribution, e.g. maximum softmax probability or negative energy)
         of in- and out-of-distribution samples, as :func:`calibkit.ood_metrics` takes them."""
         from .ood import _in_out, _ranking, ood_metrics

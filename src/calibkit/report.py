@@ -15,14 +15,20 @@ applied in turn to each block of the second pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import calibrators as cal
+from ._typing import ArrayLike, Backend, Strategy
 from ._validation import OK, BadElementError, check_scores
 from .calibrators import nonparametric as npm
 from .io import Dump, DumpError, SplitBlock, located
 from .streaming import CalibrationAccumulator
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 METHODS = {
     "temperature": lambda from_logits: cal.TemperatureScaling(),
@@ -195,8 +201,11 @@ def _row(result, n_classes, strategy):
     return out
 
 
-def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_bins=15, strategy="uniform",
-           chunk_rows=None, progress=None, stage=None, max_val_bytes=MAX_VAL_BYTES, details=False, backend="auto"):
+def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = None, methods: Sequence[str] = (),
+           n_bins: int = 15, strategy: Strategy = "uniform", chunk_rows: int | None = None,
+           progress: Callable[[int], object] | None = None,
+           stage: Callable[[str, int | None], object] | None = None, max_val_bytes: int = MAX_VAL_BYTES,
+           details: bool = False, backend: Backend = "auto") -> "ReportResult":
     """Metrics of the raw scores and of each calibrator fitted on the validation rows.
 
     Parameters
@@ -426,11 +435,11 @@ class ReportResult(dict):
     gives the JSON-safe dict that ``calibkit report --json`` writes.
     """
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-safe: the reliability tables as lists, no arrays (see :func:`json_safe`)."""
         return json_safe(self)
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """The metrics as a :class:`pandas.DataFrame`: index ``raw`` and each calibrator, a column per metric.
 
         Needs pandas (``pip install 'calibkit[pandas]'``)."""
@@ -444,7 +453,7 @@ class ReportResult(dict):
 
 
 
-def format_table(result) -> str:
+def format_table(result: Mapping[str, Any]) -> str:
     """The report as a fixed-width text table.
 
     Examples

@@ -53,15 +53,22 @@ import re
 import struct
 import zlib
 from collections import deque
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import _backend
+from ._typing import ArrayLike, Backend
 from ._validation import (
     MAX_BOOTSTRAP, MAX_CLASSES, MAX_FINE_BINS, MAX_FINE_BITS, MAX_FINE_LEVELS, MAX_ROWS, MAX_WINDOW_BLOCKS,
     MIN_STREAM_WEIGHT, check_bool, check_cells, check_n_bins, check_size, check_stream_weight, raise_for_status,
 )
 from .metrics import ReliabilityTable, _binary_probabilities, _errors_from_bins, _nll_eps, _prepare
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .ood import OODAccumulator
 
 __all__ = ["CalibrationAccumulator", "CalibrationResult", "WindowedAccumulator", "load_state"]
 
@@ -117,14 +124,14 @@ class CalibrationResult:
         """Per-bin counts, confidence and accuracy (equal-width bins)."""
         return self.table
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-safe metrics (the reliability table under ``"reliability_table"``)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "table"}
         out["ece_ci"] = list(self.ece_ci) if self.ece_ci is not None else None
         out["reliability_table"] = self.table.to_dict()
         return out
 
-    def to_frame(self):
+    def to_frame(self) -> pd.DataFrame:
         """The metrics as a one-row :class:`pandas.DataFrame`, a column per metric (``ece_ci`` as
         ``ece_ci_low`` / ``ece_ci_high``); the reliability table is ``self.table.to_frame()``.
 
@@ -191,15 +198,18 @@ class CalibrationAccumulator:
     5000
     """
 
-    def __init__(self, n_bins=15, *, from_logits=False, temperature=1.0, classwise=False, n_classes=None,
-                 bootstrap=0, seed=0, start=0, fine_bits=7, fine_levels=36, confidence_level=0.95, backend="auto"):
+    def __init__(self, n_bins: int = 15, *, from_logits: bool = False, temperature: float = 1.0,
+                 classwise: bool = False, n_classes: int | None = None, bootstrap: int = 0, seed: int = 0,
+                 start: int = 0, fine_bits: int = 7, fine_levels: int = 36, confidence_level: float = 0.95,
+                 backend: Backend = "auto"):
         self._configure(n_bins, from_logits=from_logits, temperature=temperature, classwise=classwise,
                         n_classes=n_classes, bootstrap=bootstrap, seed=seed, start=start, fine_bits=fine_bits,
                         fine_levels=fine_levels, confidence_level=confidence_level, backend=backend)
         self.reset()
 
     def _configure(self, n_bins=15, *, from_logits=False, temperature=1.0, classwise=False, n_classes=None,
-                   bootstrap=0, seed=0, start=0, fine_bits=7, fine_levels=36, confidence_level=0.95, backend="auto"):
+                   bootstrap=0, seed=0, start=0, fine_bits=7, fine_levels=36, confidence_level=0.95,
+                   backend="auto"):
         """Check and store the configuration; allocates nothing (sizes are bounded first)."""
         self.n_bins = check_n_bins(n_bins)
         self.from_logits = check_bool(from_logits, "from_logits")
@@ -280,7 +290,8 @@ class CalibrationAccumulator:
         """Number of rows added so far."""
         return int(self._totals[_T_COUNT])
 
-    def update(self, scores, labels, sample_weight=None) -> "CalibrationAccumulator":
+    def update(self, scores: ArrayLike, labels: ArrayLike,
+               sample_weight: ArrayLike | None = None) -> "CalibrationAccumulator":
         """Add a batch: any input :func:`calibkit.ece` accepts. Atomic: a bad batch raises and adds nothing.
 
         (N, K) batches take one kernel call (:func:`_fused_update`): the top-label pass and the
@@ -446,7 +457,7 @@ class CalibrationAccumulator:
         return encode_state("CalibrationAccumulator", self._meta(), self._arrays())
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, backend="auto") -> "CalibrationAccumulator":
+    def from_bytes(cls, data: bytes, *, backend: Backend = "auto") -> "CalibrationAccumulator":
         """Rebuild a state written by :meth:`to_bytes`; malformed input raises ValueError."""
         kind, meta, arrays = decode_state(data)
         if kind != "CalibrationAccumulator":
@@ -518,13 +529,13 @@ class CalibrationAccumulator:
         acc.metadata = metadata
         return acc
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """JSON-safe state (lists of floats); :meth:`from_dict` reads it back."""
         return {"format": "calibkit.CalibrationAccumulator", "version": FORMAT_VERSION, **self._meta(),
                 "arrays": {k: {"shape": list(v.shape), "data": v.ravel().tolist()} for k, v in self._arrays().items()}}
 
     @classmethod
-    def from_dict(cls, d: dict, *, backend="auto") -> "CalibrationAccumulator":
+    def from_dict(cls, d: dict, *, backend: Backend = "auto") -> "CalibrationAccumulator":
         """Rebuild a state written by :meth:`to_dict`; malformed input raises ValueError naming the key.
 
         The same checks as :meth:`from_bytes`: sizes bounded, arrays of the configured shapes, content
@@ -669,7 +680,8 @@ class WindowedAccumulator:
     0.2532
     """
 
-    def __init__(self, window=None, *, decay=None, n_blocks=16, **kwargs):
+    def __init__(self, window: int | None = None, *, decay: float | None = None, n_blocks: int = 16,
+                 **kwargs: Any):
         self._configure(window, decay=decay, n_blocks=n_blocks, **kwargs)
         self.reset()
 
@@ -706,7 +718,8 @@ class WindowedAccumulator:
         """Rows inside the window now."""
         return sum(b.count for b in self._blocks) + self._current.count
 
-    def update(self, scores, labels, sample_weight=None) -> "WindowedAccumulator":
+    def update(self, scores: ArrayLike, labels: ArrayLike,
+               sample_weight: ArrayLike | None = None) -> "WindowedAccumulator":
         if self.decay is not None:
             return self._update_decayed(scores, labels, sample_weight)
         from ._validation import check_scores
@@ -780,7 +793,7 @@ class WindowedAccumulator:
         return encode_state("WindowedAccumulator", meta, arrays)
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, backend="auto") -> "WindowedAccumulator":
+    def from_bytes(cls, data: bytes, *, backend: Backend = "auto") -> "WindowedAccumulator":
         """Rebuild a state written by :meth:`to_bytes`; malformed input raises ValueError.
 
         The configuration is checked and every block's arrays compared with it before anything is
@@ -954,7 +967,8 @@ def decode_state(data) -> tuple[str, dict, dict]:
     return kind, meta, arrays
 
 
-def load_state(data, *, backend="auto"):
+def load_state(data: bytes, *,
+               backend: Backend = "auto") -> CalibrationAccumulator | WindowedAccumulator | OODAccumulator:
     """Rebuild whichever accumulator ``data`` holds (CalibrationAccumulator, WindowedAccumulator, OODAccumulator)."""
     kind, _, _ = decode_state(data)
     if kind == "CalibrationAccumulator":

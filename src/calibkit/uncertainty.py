@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from . import _backend
+from ._typing import ArrayLike, Backend, FloatArray
 from ._validation import (
     check_bool, check_labels, check_samples, check_scores, raise_for_status,
 )
 
 _KINDS = {"max_probability": 0, "margin": 1, "entropy": 2, "energy": 3, "logit_norm": 4, "kl_to_uniform": 5}
 _NEEDS_LOGITS = ("energy", "logit_norm")
+#: A per-sample score name accepted by :func:`uncertainty_scores`.
+ScoreKind = Literal["max_probability", "margin", "entropy", "energy", "logit_norm", "kl_to_uniform"]
 
 
 def _check_temperature(temperature):
@@ -37,8 +42,10 @@ def _check_temperature(temperature):
     return t
 
 
-def uncertainty_scores(scores, kinds=("max_probability", "margin", "entropy"), *, from_logits=False,
-                       temperature=1.0, normalize=False, backend="auto") -> dict:
+def uncertainty_scores(scores: ArrayLike,
+                       kinds: ScoreKind | Sequence[ScoreKind] = ("max_probability", "margin", "entropy"), *,
+                       from_logits: bool = False, temperature: float = 1.0, normalize: bool = False,
+                       backend: Backend = "auto") -> dict[str, FloatArray]:
     """Several per-sample scores from one pass over ``scores``.
 
     Parameters
@@ -46,7 +53,7 @@ def uncertainty_scores(scores, kinds=("max_probability", "margin", "entropy"), *
     scores : array-like of shape (N, K)
         Probabilities (rows in [0, 1]) or, with ``from_logits=True``, logits.
         float16/32/64, any memory layout, memory-mapped arrays are read in place.
-    kinds : sequence of str
+    kinds : str or sequence of str
         Any of ``"max_probability"``, ``"margin"``, ``"entropy"``, ``"energy"``,
         ``"logit_norm"``, ``"kl_to_uniform"`` (the last two but one need logits).
     from_logits : bool
@@ -102,7 +109,8 @@ def uncertainty_scores(scores, kinds=("max_probability", "margin", "entropy"), *
     return out
 
 
-def max_probability(scores, *, from_logits=False, temperature=1.0, backend="auto") -> np.ndarray:
+def max_probability(scores: ArrayLike, *, from_logits: bool = False, temperature: float = 1.0,
+                    backend: Backend = "auto") -> FloatArray:
     """Maximum softmax probability max_k p_k (Hendrycks & Gimpel 2017): a confidence.
 
     From logits z: 1 / sum_k exp((z_k - max z) / T), without forming the softmax.
@@ -118,7 +126,8 @@ def max_probability(scores, *, from_logits=False, temperature=1.0, backend="auto
                               backend=backend)["max_probability"]
 
 
-def margin(scores, *, from_logits=False, temperature=1.0, backend="auto") -> np.ndarray:
+def margin(scores: ArrayLike, *, from_logits: bool = False, temperature: float = 1.0,
+           backend: Backend = "auto") -> FloatArray:
     """Top-1 minus top-2 probability, p_(1) - p_(2) (0 when the two largest are tied): a confidence.
 
     Examples
@@ -132,7 +141,8 @@ def margin(scores, *, from_logits=False, temperature=1.0, backend="auto") -> np.
                               backend=backend)["margin"]
 
 
-def entropy(scores, *, from_logits=False, temperature=1.0, normalize=False, backend="auto") -> np.ndarray:
+def entropy(scores: ArrayLike, *, from_logits: bool = False, temperature: float = 1.0, normalize: bool = False,
+            backend: Backend = "auto") -> FloatArray:
     """Predictive entropy H(p) = -sum_k p_k log p_k (natural log; 0 log 0 = 0): an uncertainty.
 
     From logits, H = log s0 - sum_k e^{t_k} t_k / s0 with t = max((z - max z) / T, x_min)
@@ -155,7 +165,7 @@ def entropy(scores, *, from_logits=False, temperature=1.0, normalize=False, back
                               normalize=normalize, backend=backend)["entropy"]
 
 
-def energy(logits, *, temperature=1.0, backend="auto") -> np.ndarray:
+def energy(logits: ArrayLike, *, temperature: float = 1.0, backend: Backend = "auto") -> FloatArray:
     """Free energy E(z) = -T log sum_k exp(z_k / T) (Liu et al. 2020, "Energy-based OOD detection").
 
     Lower energy means more in-distribution: use ``-energy(z)`` as an OOD score.
@@ -171,7 +181,7 @@ def energy(logits, *, temperature=1.0, backend="auto") -> np.ndarray:
                               backend=backend)["energy"]
 
 
-def logit_norm(logits, *, backend="auto") -> np.ndarray:
+def logit_norm(logits: ArrayLike, *, backend: Backend = "auto") -> FloatArray:
     """Euclidean norm of the logit vector, ||z||_2 (a confidence; Wei et al. 2022).
 
     Examples
@@ -184,7 +194,8 @@ def logit_norm(logits, *, backend="auto") -> np.ndarray:
     return uncertainty_scores(logits, ("logit_norm",), from_logits=True, backend=backend)["logit_norm"]
 
 
-def kl_to_uniform(scores, *, from_logits=False, temperature=1.0, backend="auto") -> np.ndarray:
+def kl_to_uniform(scores: ArrayLike, *, from_logits: bool = False, temperature: float = 1.0,
+                  backend: Backend = "auto") -> FloatArray:
     """KL(U || p) = -log K - (1/K) sum_k log p_k, the divergence of p from the uniform distribution.
 
     The per-sample term of the confidence loss of Lee et al. (2018): 0 for a
@@ -224,7 +235,7 @@ class FeatureScores:
     uncertainty: np.ndarray  #: U = -1 / (1 + (K - 1) exp(-||z|| (1/(K-1) + max_k cos)))
 
 
-def feature_scores(features, weights, *, chunk_size=None) -> FeatureScores:
+def feature_scores(features: ArrayLike, weights: ArrayLike, *, chunk_size: int | None = None) -> FeatureScores:
     """Feature norm, familiarity and mental-model uncertainty (Pearce, Brintrup & Zhu 2021).
 
     "Understanding softmax confidence and uncertainty": for final-layer features
@@ -328,7 +339,7 @@ def _raise_member_status(status, K, name):
     raise_for_status((code, row, k, value), scores_name=f"{name}[{s}]")
 
 
-def decompose(samples, *, from_logits=False, backend="auto") -> Decomposition:
+def decompose(samples: ArrayLike, *, from_logits: bool = False, backend: Backend = "auto") -> Decomposition:
     """Split the predictive uncertainty of an ensemble or of MC-dropout passes.
 
     For S members' probabilities p_s (softmax of logits with ``from_logits=True``)
@@ -385,7 +396,7 @@ class EnsembleAccumulator:
     >>> d = acc.compute()                      # doctest: +SKIP
     """
 
-    def __init__(self, *, from_logits=False, backend="auto"):
+    def __init__(self, *, from_logits: bool = False, backend: Backend = "auto"):
         self.from_logits = check_bool(from_logits, "from_logits")
         self.backend = _backend.resolve_backend(backend)
         self.reset()
@@ -395,7 +406,7 @@ class EnsembleAccumulator:
         self._sum = self._m2 = self._entropy = None
         self.count = 0
 
-    def update(self, member) -> "EnsembleAccumulator":
+    def update(self, member: ArrayLike) -> "EnsembleAccumulator":
         """Add one pass (N, K). A pass with bad values raises and leaves the state unchanged."""
         m = check_scores(member, "member")
         if m.ndim != 2:
@@ -452,7 +463,8 @@ class ConfidenceLoss:
     grad_out: np.ndarray   #: dL/d logits_out, shape (N_out, K)
 
 
-def confidence_loss(logits_in, labels, logits_out, *, beta=1.0, backend="auto") -> ConfidenceLoss:
+def confidence_loss(logits_in: ArrayLike, labels: ArrayLike, logits_out: ArrayLike, *, beta: float = 1.0,
+                    backend: Backend = "auto") -> ConfidenceLoss:
     """Confidence loss of Lee et al. (2018), with its gradients, in one fused pass.
 
     "Training confidence-calibrated classifiers for detecting out-of-distribution

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -12,15 +14,18 @@ from .._validation import (
     SCORE_NOT_FINITE, check_labels, check_sample_weight, check_scores,
     raise_for_status,
 )
+from .._typing import ArrayLike, FloatArray, IntArray
+
+_E = TypeVar("_E", bound="EstimatorProtocol")  # set_params returns self, of the caller's class
 
 FORMAT = "calibkit.calibrator"
 FORMAT_VERSION = 1
 
 
-_NOT_FITTED_ERROR = []  # the class, made on first use (see not_fitted_error)
+_NOT_FITTED_ERROR: list[type[ValueError]] = []  # the class, made on first use (see not_fitted_error)
 
 
-def not_fitted_error():
+def not_fitted_error() -> type[ValueError]:
     """``calibkit.NotFittedError``: the error of a calibrator used before ``fit``, made on first use.
 
     When scikit-learn is installed it derives from ``sklearn.exceptions.NotFittedError`` (itself a
@@ -79,11 +84,11 @@ class EstimatorProtocol:
         kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         return sorted(p.name for p in sig.parameters.values() if p.name != "self" and p.kind in kinds)
 
-    def get_params(self, deep=True):
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Parameters of this calibrator (``sklearn.base.clone`` uses this)."""
         return {name: getattr(self, name) for name in self._param_names()}
 
-    def set_params(self, **params):
+    def set_params(self: _E, **params: Any) -> _E:
         """Set parameters by name; returns self."""
         valid = self._param_names()
         for name, value in params.items():
@@ -115,7 +120,7 @@ class EstimatorProtocol:
                     classifier_tags=ClassifierTags(multi_class=not self._binary_input),
                     input_tags=InputTags(two_d_array=True))
 
-    def score(self, X, y, sample_weight=None):
+    def score(self, X: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
         """Mean (weighted) accuracy of :meth:`predict` on ``X`` against labels ``y`` (as scikit-learn's
         ``ClassifierMixin.score``)."""
         pred = self.predict(X)
@@ -156,13 +161,13 @@ class Calibrator(EstimatorProtocol):
                                      "first")
 
     @property
-    def classes_(self):
+    def classes_(self) -> IntArray:
         """The class labels 0 to K-1 (column k of :meth:`predict_proba` is class k), once fitted."""
         self._check_fitted()
         return np.arange(self._n_outputs())
 
     @property
-    def n_features_in_(self):
+    def n_features_in_(self) -> int:
         """Columns of the input ``X``: K for (N, K) scores or logits, 1 for binary scores, once fitted."""
         self._check_fitted()
         return 1 if self._binary_input or getattr(self, "binary_", False) else self._n_outputs()
@@ -171,7 +176,7 @@ class Calibrator(EstimatorProtocol):
         return 2 if self._binary_input else int(self.n_classes_)
 
     # -- persistence ----------------------------------------------------------------------
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-safe description: format, version, class, parameters, learned values."""
         self._check_fitted()
         fitted = {}
@@ -182,7 +187,7 @@ class Calibrator(EstimatorProtocol):
                 "params": self.get_params(), "fitted": fitted}
 
     @classmethod
-    def from_dict(cls, data) -> "Calibrator":
+    def from_dict(cls, data: Mapping[str, Any]) -> "Calibrator":
         """Rebuild a fitted calibrator from :meth:`to_dict` output; malformed input raises ValueError.
 
         Every key of ``params`` and ``fitted`` is checked (other top-level keys are the caller's, e.g.
@@ -300,7 +305,7 @@ def fitted_array(fitted, name, shape, *, positive=False, low=-MAX_LEARNED, high=
     return a
 
 
-def check_logits(scores, name="scores"):
+def check_logits(scores: ArrayLike, name: str = "scores") -> np.ndarray:
     """(N, K) float logits, K >= 2, readable in place; NaN/inf are checked by the kernels."""
     a = check_scores(scores, name)
     if a.ndim != 2:
@@ -308,7 +313,8 @@ def check_logits(scores, name="scores"):
     return a
 
 
-def check_fit_inputs(scores, labels, sample_weight, *, binary, scale_weights=False):
+def check_fit_inputs(scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None, *, binary: bool,
+                     scale_weights: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Checked (scores, labels, sample_weight) for fit; binary: scores (N,), labels 0/1.
 
     The weights are checked (finite, >= 0, not all 0); with ``scale_weights`` (a fit whose optimum does
@@ -327,13 +333,13 @@ def check_fit_inputs(scores, labels, sample_weight, *, binary, scale_weights=Fal
     return scores, labels, sample_weight
 
 
-def binary_column(scores):
+def binary_column(scores: ArrayLike) -> np.ndarray:
     """Binary scores given as one column, (N, 1), as a (N,) array (a view); anything else as given (an array)."""
     s = np.asarray(scores)
     return s[:, 0] if s.ndim == 2 and s.shape[1] == 1 else s
 
 
-def two_columns(p1):
+def two_columns(p1: np.ndarray) -> FloatArray:
     """(N, 2) probabilities [1 - p, p] of classes 0 and 1 from P(y = 1) of shape (N,), as scikit-learn's
     classifiers give them (column 1 is ``p1`` itself, bit for bit)."""
     out = np.empty((p1.shape[0], 2))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import numpy as np
 
+from .._typing import ArrayLike, FloatArray
 from .._validation import check_sample_weight
 from ._base import Calibrator, EstimatorProtocol, binary_column, not_fitted_error, two_columns
 from .nonparametric import HistogramBinning, IsotonicCalibration
@@ -20,6 +23,8 @@ METHODS = {
     "isotonic": IsotonicCalibration,
     "histogram": HistogramBinning,
 }
+#: A ``method`` name (a key of :data:`METHODS`).
+Method = Literal["temperature", "vector", "matrix", "platt", "sigmoid", "isotonic", "histogram"]
 _LOGIT = (TemperatureScaling, VectorScaling, MatrixScaling)  # calibrate logits (N, K)
 _ONE_SCORE = (PlattScaling, IsotonicCalibration)  # one score per class, one-vs-rest as scikit-learn
 #: Added to probabilities before their log is taken as logits (what scikit-learn's temperature scaling adds).
@@ -114,13 +119,14 @@ class CalibratedClassifier(EstimatorProtocol):
 
     _fitted_names = ("calibrators_", "classes_", "response_method_")
 
-    def __init__(self, estimator, method="temperature", *, response_method="auto"):
+    def __init__(self, estimator: Any, method: Method | Calibrator = "temperature", *,
+                 response_method: Literal["auto", "predict_proba", "decision_function"] = "auto"):
         self.estimator = estimator
         self.method = method
         self.response_method = response_method
 
     # -- parameters ---------------------------------------------------------------------------------
-    def get_params(self, deep=True):
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Parameters; with ``deep``, also the classifier's and the calibrator template's as ``estimator__name``
         and ``method__name`` (as scikit-learn's ``BaseEstimator``)."""
         params = super().get_params()
@@ -131,7 +137,7 @@ class CalibratedClassifier(EstimatorProtocol):
                     params.update({f"{name}__{k}": v for k, v in value.get_params(deep=True).items()})
         return params
 
-    def set_params(self, **params):
+    def set_params(self, **params: Any) -> "CalibratedClassifier":
         """Set parameters by name (``estimator__name`` / ``method__name`` for the nested ones); returns self."""
         nested = {}
         for key in list(params):
@@ -250,7 +256,7 @@ class CalibratedClassifier(EstimatorProtocol):
         return order[pos].astype(np.int64)
 
     # -- fit and predict ----------------------------------------------------------------------------
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X: Any, y: ArrayLike, sample_weight: ArrayLike | None = None) -> "CalibratedClassifier":
         """Fit the calibration on held-out rows ``X`` (what the classifier reads) and labels ``y``; returns self.
 
         ``y`` holds labels of ``classes_`` (the classifier's classes). The classifier is not refitted.
@@ -283,7 +289,7 @@ class CalibratedClassifier(EstimatorProtocol):
         if not self.__sklearn_is_fitted__():
             raise not_fitted_error()(f"this {type(self).__name__} is not fitted yet: call fit(X_cal, y_cal) first")
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: Any) -> FloatArray:
         """Calibrated probabilities of ``classes_``, shape (N, K) (K = 2 for a binary classifier)."""
         self._check_fitted()
         template = self.calibrators_[0]
@@ -297,12 +303,12 @@ class CalibratedClassifier(EstimatorProtocol):
             return np.divide(proba, total, out=np.full_like(proba, 1.0 / proba.shape[1]), where=total != 0)
         return template.predict_proba(scores)
 
-    def predict(self, X):
+    def predict(self, X: Any) -> np.ndarray:
         """The most probable class after calibration (a label of ``classes_``)."""
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
-    def score(self, X, y, sample_weight=None):
+    def score(self, X: Any, y: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
         """Mean (weighted) accuracy of :meth:`predict` on ``X`` against ``y`` (labels of ``classes_``)."""
         self._check_fitted()
         pred = self.predict(X)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import typing
 import warnings
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .. import _backend
 from .._backend import BACKENDS
+from .._typing import ArrayLike, Backend, FloatArray, IntArray, Strategy
 from .._validation import (
     FLOAT_DTYPES, MAX_CELLS, MAX_CLASSES, OK, check_bool, check_cells, check_choice, check_n_bins, raise_for_status,
 )
@@ -17,6 +19,8 @@ from ._base import (
     Calibrator, binary_column, check_finite, check_fit_inputs, check_logits, fitted_array, fitted_int, two_columns,
 )
 
+
+_O = TypeVar("_O", bound="_OneVsRest")  # fit returns self, of the caller's class
 
 class IsotonicRegressionResult(typing.NamedTuple):
     """Result of :func:`isotonic_regression`.
@@ -43,7 +47,7 @@ class IsotonicRegressionResult(typing.NamedTuple):
     order: typing.Optional[np.ndarray]
 
 
-def _finite_vector(a, name, n=None):
+def _finite_vector(a: ArrayLike, name: str, n: int | None = None) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype == object or a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be an array of numbers, got dtype {a.dtype}")
@@ -58,7 +62,8 @@ def _finite_vector(a, name, n=None):
     return a
 
 
-def isotonic_regression(y, *, x=None, sample_weight=None, increasing=True, backend="auto"):
+def isotonic_regression(y: ArrayLike, *, x: ArrayLike | None = None, sample_weight: ArrayLike | None = None,
+                        increasing: bool = True, backend: Backend = "auto") -> IsotonicRegressionResult:
     r"""Weighted isotonic regression by pool-adjacent-violators, in native code.
 
     Finds the monotone sequence f minimising :math:`\sum_i w_i (y_i - f_i)^2`
@@ -110,7 +115,7 @@ def isotonic_regression(y, *, x=None, sample_weight=None, increasing=True, backe
     return IsotonicRegressionResult(r["fitted"], r["values"], r["weights"], r["blocks"], r["order"])
 
 
-def _binary_scores(scores, name="scores"):
+def _binary_scores(scores: ArrayLike, name: str = "scores") -> np.ndarray:
     """(N,) float64 view/copy of binary scores with NaN/inf rejected."""
     z = np.asarray(scores, dtype=np.float64)
     check_finite(z, name)
@@ -234,7 +239,7 @@ class _OneVsRest(Calibrator):
         return [self._fit_one(columns[c], (labels == c).astype(np.float64), sample_weight)
                 for c in range(n_classes)]
 
-    def fit(self, scores, labels, sample_weight=None):
+    def fit(self: _O, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None) -> _O:
         """Fit on held-out scores ((N,) binary or (N, K)) and labels (N,); returns self."""
         self._check_params()
         scores = binary_column(scores)
@@ -266,7 +271,7 @@ class _OneVsRest(Calibrator):
 
         return apply
 
-    def predict_proba(self, scores):
+    def predict_proba(self, scores: ArrayLike) -> FloatArray:
         """Calibrated probabilities, (N, K) rows summing to 1; binary scores (N,) (or (N, 1)) give the (N, 2)
         probabilities of classes 0 and 1, as every scikit-learn classifier (``predict_proba(s)[:, 1]`` is
         P(y = 1)). See :meth:`_probabilities` for the computation."""
@@ -332,13 +337,13 @@ class _OneVsRest(Calibrator):
                              f"(binary_ = {binary}, n_classes_ = {self.n_classes_})")
         self._set_models([check(c, x, y) for c, (x, y) in enumerate(zip(xs, ys))])
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         for name in self._fitted_names[:2]:  # lists of arrays
             d["fitted"][name] = [a.tolist() for a in getattr(self, name)]
         return d
 
-    def predict(self, scores):
+    def predict(self, scores: ArrayLike) -> IntArray:
         """Predicted class after calibration (binary: P(y=1) >= 0.5)."""
         p = self._probabilities(scores)
         if self.binary_:
@@ -389,7 +394,7 @@ class IsotonicCalibration(_OneVsRest):
 
     _fitted_names = ("x_thresholds_", "y_thresholds_", "n_classes_", "binary_")
 
-    def __init__(self, *, from_logits=False, backend="auto"):
+    def __init__(self, *, from_logits: bool = False, backend: Backend = "auto"):
         self.from_logits = from_logits
         self.backend = backend
 
@@ -488,7 +493,8 @@ class HistogramBinning(_OneVsRest):
 
     _fitted_names = ("bin_edges_", "bin_values_", "n_classes_", "binary_")
 
-    def __init__(self, n_bins=15, *, strategy="uniform", from_logits=False, backend="auto"):
+    def __init__(self, n_bins: int = 15, *, strategy: Strategy = "uniform", from_logits: bool = False,
+                 backend: Backend = "auto"):
         self.n_bins = n_bins
         self.strategy = strategy
         self.from_logits = from_logits

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 
+from .._typing import ArrayLike, FloatArray, IntArray
 from .._validation import check_bool
 from ._base import (
     Calibrator, binary_column, check_fit_inputs, check_int, check_positive_number, fitted_array, fitted_int,
@@ -82,7 +83,7 @@ class PlattScaling(Calibrator):
 
     _fitted_names = ("a_", "b_", "n_iter_")
 
-    def __init__(self, *, smooth_targets=True, max_iter=100, tol=1e-12):
+    def __init__(self, *, smooth_targets: bool = True, max_iter: int = 100, tol: float = 1e-12):
         self.smooth_targets = smooth_targets
         self.max_iter = max_iter
         self.tol = tol
@@ -94,7 +95,7 @@ class PlattScaling(Calibrator):
 
     _binary_input = True
 
-    def fit(self, scores, labels, sample_weight=None):
+    def fit(self, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None) -> "PlattScaling":
         """Fit (A, B) on binary scores (N,) (or (N, 1)) and labels in {0, 1}; returns self."""
         self._check_params()
         scores = binary_column(scores)
@@ -168,7 +169,7 @@ class PlattScaling(Calibrator):
         self.b_ = float(fitted_array(fitted, "b_", ()))
         self.n_iter_ = fitted_int(fitted, "n_iter_", 0)
 
-    def predict_proba(self, scores):
+    def predict_proba(self, scores: ArrayLike) -> FloatArray:
         """Calibrated probabilities of classes 0 and 1 for binary scores (N,) (or (N, 1)): shape (N, 2), as
         every scikit-learn classifier; ``predict_proba(scores)[:, 1]`` is P(y = 1)."""
         return two_columns(self._probabilities(scores))
@@ -181,6 +182,6 @@ class PlattScaling(Calibrator):
             raise ValueError(f"scores must have shape (N,) or (N, 1), got shape {s.shape}")
         return expit(-(self.a_ * _binary_scores(s) + self.b_))
 
-    def predict(self, scores):
+    def predict(self, scores: ArrayLike) -> IntArray:
         """1 where P(y = 1) >= 0.5, else 0."""
         return (self._probabilities(scores) >= 0.5).astype(np.int64)

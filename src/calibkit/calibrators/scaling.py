@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from .. import _backend
 from .._backend import BACKENDS
+from .._typing import ArrayLike, Backend, FloatArray, IntArray
 from .._validation import MAX_CLASSES, raise_for_status
 from ._base import (
     MAX_LEARNED, Calibrator, check_finite, check_fit_inputs, check_int, check_logits, check_positive_number,
@@ -39,7 +41,9 @@ def _row_slices(n, chunk_size):
         yield slice(start, min(n, start + chunk_size))
 
 
-def temperature_nll(logits, labels, inverse_temperature, *, sample_weight=None, chunk_size=None, backend="auto"):
+def temperature_nll(logits: ArrayLike, labels: ArrayLike, inverse_temperature: float, *,
+                    sample_weight: ArrayLike | None = None, chunk_size: int | None = None,
+                    backend: Backend = "auto") -> dict[str, float]:
     r"""Weighted NLL of softmax(b z) and its first four derivatives in b, in one fused pass.
 
     .. math::
@@ -153,19 +157,20 @@ class _LogitCalibrator(Calibrator):
     # True when _scaled commutes with subtracting a row constant (softmax can then shift first).
     _shift_invariant = False
 
-    def transform(self, logits):
+    def transform(self, logits: ArrayLike) -> FloatArray:
         """Calibrated logits (float64, shape (N, K))."""
         return _apply_chunks(self, logits, probabilities=False)
 
-    def predict_proba(self, logits):
+    def predict_proba(self, logits: ArrayLike) -> FloatArray:
         """Calibrated probabilities, the softmax of :meth:`transform` (float64, shape (N, K))."""
         return _apply_chunks(self, logits, probabilities=True)
 
-    def predict(self, logits):
+    def predict(self, logits: ArrayLike) -> IntArray:
         """Predicted class after calibration."""
         return np.argmax(self.transform(logits), axis=1)
 
-    def fit_transform(self, logits, labels, sample_weight=None):
+    def fit_transform(self, logits: ArrayLike, labels: ArrayLike,
+                      sample_weight: ArrayLike | None = None) -> FloatArray:
         """``fit(logits, labels, sample_weight).transform(logits)``."""
         return self.fit(logits, labels, sample_weight).transform(logits)
 
@@ -349,7 +354,8 @@ class TemperatureScaling(_LogitCalibrator):
 
     _fitted_names = ("temperature_", "n_passes_", "n_classes_")
 
-    def __init__(self, *, bounds=(1e-3, 1e3), tol=1e-7, max_passes=50, chunk_size=None, backend="auto"):
+    def __init__(self, *, bounds: tuple[float, float] = (1e-3, 1e3), tol: float = 1e-7, max_passes: int = 50,
+                 chunk_size: int | None = None, backend: Backend = "auto"):
         self.bounds = bounds
         self.tol = tol
         self.max_passes = max_passes
@@ -371,7 +377,8 @@ class TemperatureScaling(_LogitCalibrator):
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         return t_min, t_max
 
-    def fit(self, logits, labels, sample_weight=None):
+    def fit(self, logits: ArrayLike, labels: ArrayLike,
+            sample_weight: ArrayLike | None = None) -> "TemperatureScaling":
         """Fit T on held-out logits (N, K) and labels (N,); returns self."""
         self._check_params()
         logits = check_logits(logits, "logits")
@@ -391,7 +398,8 @@ class TemperatureScaling(_LogitCalibrator):
             lambda b: _temperature_sums(k, logits, labels, sample_weight, b, self.chunk_size), n_classes,
             start=start)
 
-    def fit_from_sums(self, sums, n_classes, *, start=None):
+    def fit_from_sums(self, sums: Callable[[float], Mapping[str, float]], n_classes: int, *,
+                      start: float | None = None) -> "TemperatureScaling":
         """Fit T given ``sums(b)``, the sums of :func:`temperature_nll` at inverse temperature b.
 
         For data that is not one array: ``sums`` may add the kernel's results
@@ -541,7 +549,7 @@ class VectorScaling(_LogitCalibrator):
 
     _fitted_names = ("scale_", "bias_", "n_iter_", "n_passes_", "n_classes_")
 
-    def __init__(self, *, reg=0.0, max_iter=500, tol=1e-8, backend="auto"):
+    def __init__(self, *, reg: float = 0.0, max_iter: int = 500, tol: float = 1e-8, backend: Backend = "auto"):
         self.reg = reg
         self.max_iter = max_iter
         self.tol = tol
@@ -554,7 +562,8 @@ class VectorScaling(_LogitCalibrator):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
-    def loss_and_grad(self, params, logits, labels, sample_weight=None):
+    def loss_and_grad(self, params: ArrayLike, logits: ArrayLike, labels: ArrayLike,
+                      sample_weight: ArrayLike | None = None) -> tuple[float, FloatArray]:
         """Objective and gradient at params = [a, c] (what the fit minimises)."""
         logits = check_logits(logits, "logits")
         logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
@@ -572,7 +581,7 @@ class VectorScaling(_LogitCalibrator):
         grad = np.concatenate([r["grad_scale"] / w, r["grad_bias"] / w + 2.0 * self.reg / n_classes * bias])
         return loss, grad
 
-    def fit(self, logits, labels, sample_weight=None):
+    def fit(self, logits: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None) -> "VectorScaling":
         """Fit a and c on held-out logits (N, K) and labels (N,); returns self."""
         self._check_params()
         logits = check_logits(logits, "logits")
@@ -709,7 +718,8 @@ class MatrixScaling(_LogitCalibrator):
 
     _fitted_names = ("weights_", "bias_", "n_iter_", "n_passes_", "n_classes_")
 
-    def __init__(self, *, reg=0.0, reg_intercept=None, max_iter=500, tol=1e-8):
+    def __init__(self, *, reg: float = 0.0, reg_intercept: float | None = None, max_iter: int = 500,
+                 tol: float = 1e-8):
         self.reg = reg
         self.reg_intercept = reg_intercept
         self.max_iter = max_iter
@@ -722,7 +732,8 @@ class MatrixScaling(_LogitCalibrator):
         check_int(self.max_iter, "max_iter", 1)
         check_positive_number(self.tol, "tol")
 
-    def loss_and_grad(self, params, logits, labels, sample_weight=None):
+    def loss_and_grad(self, params: ArrayLike, logits: ArrayLike, labels: ArrayLike,
+                      sample_weight: ArrayLike | None = None) -> tuple[float, FloatArray]:
         """Objective and gradient at params = [W.ravel(), c] (what the fit minimises)."""
         logits = check_logits(logits, "logits")
         logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False)
@@ -761,7 +772,7 @@ class MatrixScaling(_LogitCalibrator):
         grad_c = grad_c / total_w + 2.0 * mu / n_classes * bias
         return loss, np.concatenate([grad_w.ravel(), grad_c])
 
-    def fit(self, logits, labels, sample_weight=None):
+    def fit(self, logits: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None) -> "MatrixScaling":
         """Fit W and c on held-out logits (N, K) and labels (N,); returns self."""
         self._check_params()
         logits = check_logits(logits, "logits")
