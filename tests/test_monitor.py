@@ -155,3 +155,16 @@ def test_corrupt_state_file_is_a_clear_error(tmp_path):
     assert "not a calibkit state" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert os.path.getsize(state) == 70  # untouched
+
+
+def test_state_file_of_another_kind_is_a_clear_error(tmp_path):
+    """A saved OODAccumulator is a valid calibkit state, but not a monitor's: one line naming it, no traceback."""
+    state = tmp_path / "ood.bin"
+    acc = calibkit.OODAccumulator()
+    acc.update(np.array([0.9, 0.8]), np.array([0.1, 0.2]))
+    blob = acc.to_bytes()
+    state.write_bytes(blob)
+    proc = subprocess.run([*MONITOR, "--state", str(state)], input="", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "OODAccumulator" in proc.stderr and "Traceback" not in proc.stderr
+    assert state.read_bytes() == blob  # untouched

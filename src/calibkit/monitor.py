@@ -155,6 +155,9 @@ class Monitor:
         if state_path and os.path.exists(state_path):
             with open(state_path, "rb") as f:
                 acc = load_state(f.read(), backend=backend)
+            if not isinstance(acc, (CalibrationAccumulator, WindowedAccumulator)):
+                raise ValueError(f"{state_path} holds a {type(acc).__name__} state, not a monitor's calibration "
+                                 "state (CalibrationAccumulator or WindowedAccumulator)")
             self._load_counters(acc.metadata.get("monitor", {}))
             if self.kind is None and "monitor" in acc.metadata:
                 acc = None  # counters only, no valid record yet: the first valid one makes the accumulator
