@@ -427,6 +427,21 @@ class _RowFile:
         self._read_iov(iov, a)
         return kept, (held_out if keep_held else None)
 
+    def read_runs(self, mask, out):
+        """The rows where the bool array ``mask`` (over the whole file) is True, read into ``out`` (their count
+        of rows, in order): one positioned read per run of consecutive rows, no other row read."""
+        m = np.concatenate(([False], mask, [False])).view(np.int8)
+        edges = np.flatnonzero(m[1:] != m[:-1])
+        starts, stops = edges[0::2].tolist(), edges[1::2].tolist()
+        if sum(b - a for a, b in zip(starts, stops)) != len(out):
+            raise RuntimeError("calibkit internal error: the rows to read do not fill their buffer")
+        view = memoryview(out).cast("B")
+        rb, at = self.row_bytes, 0
+        for a, b in zip(starts, stops):
+            n = (b - a) * rb
+            self._read_into([view[at:at + n]], a)
+            at += n
+
     def _read_iov(self, iov, a):
         """Fill the (address, length) iovecs ``iov`` (uint64 (n, 2), consumed) from the file from row ``a``."""
         pos = self.offset + a * self.row_bytes
@@ -617,6 +632,8 @@ class Dump:
         read straight into it, with no block in between)."""
         self._need_labels()
         mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (self.n_rows,):
+            raise ValueError(f"mask must have shape ({self.n_rows},), got {mask.shape}")
         n = int(mask.sum())
         if n == 0:
             raise DumpError(f"{self.name}: the selection holds no rows")
@@ -624,11 +641,15 @@ class Dump:
         labels = np.empty(n, dtype=np.asarray(self.labels[:1]).dtype)
         at = 0
         f = self._file()
-        if f is not None and n == self.n_rows and scores.nbytes:
+        if f is not None and scores.nbytes:
+            # straight from the file into `scores`: the selected rows only, one read per run of them
             with f:
-                f.advise_sequential(0, n)
-                f._read_into([memoryview(scores).cast("B")], 0)
-            labels[:] = np.asarray(self.labels[:n])
+                if n == self.n_rows:
+                    f.advise_sequential(0, n)
+                    f._read_into([memoryview(scores).cast("B")], 0)
+                else:
+                    f.read_runs(mask, scores)
+            labels[:] = np.asarray(self.labels[:])[mask] if n < self.n_rows else np.asarray(self.labels[:n])
             return scores, labels
         for blk in self.split_chunks(~mask, chunk_rows, held=False):
             k = len(blk.labels)

@@ -287,7 +287,7 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
                                           n_classes=None if binary else K, backend=backend)}
     held = None if val_mask is None else np.asarray(val_mask, dtype=bool)
     gather = bool(methods) and val is None and not out_of_core
-    passes = 2 if methods else 1
+    passes = 2 if gather else 1
     done = 0
     seen = _Details(test.n_rows, K, binary, test.from_logits) if details else None
 
@@ -295,40 +295,8 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
         if stage is not None:
             stage(name, rows)
 
-    def evaluate(fitted, gathered=None):
-        """One pass over the evaluation rows, each block read once: the raw metrics (no `fitted`) or every fitted
-        calibrator's in turn; the held-out rows are gathered into `gathered` (scores, labels) when given."""
-        nonlocal done
-        at = 0
-        if fitted:
-            inputs = _CalibratedInputs(fitted, test.from_logits, chunk_rows or test.chunk_rows(), K)
-        for blk in _blocks(test, held, chunk_rows, gather=gathered is not None):
-            if gathered is not None:
-                k = len(blk.held_labels)
-                gathered[0][at:at + k], gathered[1][at:at + k] = blk.held_scores, blk.held_labels
-                at += k
-            try:
-                if len(blk.labels):
-                    if not fitted:
-                        accs["raw"].update(blk.scores, blk.labels)
-                        if seen is not None:
-                            seen.update(blk.scores, blk.labels)
-                    if fitted:
-                        for m, x in inputs(blk.scores).items():
-                            accs[m].update(x, blk.labels)
-            except BadElementError as exc:
-                raise locate(exc, test, blk.first_row, blk.held_mask) from None
-            done += blk.n_rows
-            if progress is not None:
-                progress(done)
-
-    # Pass 1: raw metrics (and the validation rows of a split dump); the fits; pass 2: every fitted calibrator.
-    begin(f"pass 1/{passes}: raw metrics" + (" (and validation rows)" if gather else ""), test.n_rows)
-    gathered = None
-    if gather:
-        gathered = (np.empty((n_val,) + tuple(test.scores.shape[1:]), dtype=test.scores.dtype),
-                    np.empty(n_val, dtype=np.int64))
-    evaluate({}, gathered)
+    # The validation rows first (read by themselves), the fits, then one pass over the evaluation rows: each block
+    # read once for the raw metrics and every fitted calibrator's.
     fitted = {}
     if methods and out_of_core:
         begin(f"fit 1/1: temperature (out of core, {n_val:,} rows per step)")
@@ -337,8 +305,13 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
     elif methods:
         if val is not None:
             begin(f"reading {n_val:,} validation rows")
-            gathered = val.take(np.ones(val.n_rows, dtype=bool), chunk_rows)
-        vs, vy = gathered
+            vs, vy = val.take(np.ones(val.n_rows, dtype=bool), chunk_rows)
+        else:
+            begin(f"pass 1/2: {n_val:,} validation rows", test.n_rows)
+            vs, vy = test.take(held, chunk_rows)
+            done = test.n_rows
+            if progress is not None:
+                progress(done)
         for j, m in enumerate(methods):
             begin(f"fit {j + 1}/{len(methods)}: {m} on {n_val:,} rows")
             try:
@@ -346,12 +319,25 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
             except BadElementError as exc:  # vs holds all of `val`, or the rows of `test` where val_mask
                 raise (locate(exc, val, 0, None) if val is not None else
                        locate(exc, test, 0, ~held)) from None
-        del vs, vy, gathered
-    if methods:
-        for m in methods:
-            accs[m] = _method_accumulator(m, fitted[m], n_bins, K, backend)
-        begin(f"pass 2/2: {', '.join(methods)}", test.n_rows)
-        evaluate(fitted)
+        del vs, vy
+    for m in methods:
+        accs[m] = _method_accumulator(m, fitted[m], n_bins, K, backend)
+    begin(f"pass {passes}/{passes}: raw metrics" + (f", {', '.join(methods)}" if methods else ""), test.n_rows)
+    inputs = _CalibratedInputs(fitted, test.from_logits, chunk_rows or test.chunk_rows(), K) if fitted else None
+    for blk in _blocks(test, held, chunk_rows, gather=False):
+        try:
+            if len(blk.labels):
+                accs["raw"].update(blk.scores, blk.labels)
+                if seen is not None:
+                    seen.update(blk.scores, blk.labels)
+                if inputs is not None:
+                    for m, x in inputs(blk.scores).items():
+                        accs[m].update(x, blk.labels)
+        except BadElementError as exc:
+            raise locate(exc, test, blk.first_row, blk.held_mask) from None
+        done += blk.n_rows
+        if progress is not None:
+            progress(done)
     if accs["raw"].count == 0:
         raise DumpError(f"{test.name}: no rows left to evaluate")
     rows = {}
