@@ -415,3 +415,38 @@ def test_to_frame_without_pandas_says_which_extra(tmp_path, monkeypatch):
         with pytest.raises(ImportError, match=r"needs pandas.*pip install 'calibkit\[pandas\]'"):
             convert()
     assert r.to_dict()["rows"]["raw"]["n"] == 200  # dicts need nothing
+
+
+def test_report_temperature_fit_warm_started_reaches_the_same_optimum(backend):
+    """On a validation set too small for TemperatureScaling's own warm start (< 65,536 rows) but of >= 4M logits,
+    the report starts from a strided subsample's fit: fewer full passes, the same certified optimum; a bad value
+    is still named by its row in the validation set (not in the subsample)."""
+    import warnings
+
+    rng = np.random.default_rng(11)
+    n, k = 8192, 512
+    z = (rng.normal(size=(n, k)) * 3).astype(np.float32)
+    y = np.argmax(z / 2.5 + rng.gumbel(size=z.shape).astype(np.float32), axis=1)
+    c = report.fit_calibrator("temperature", z, y, True)
+    plain = calibkit.TemperatureScaling(backend=backend).fit(z, y)
+    c.backend = backend
+    c = report._fit_temperature(z, y, c)
+    assert c.temperature_ == pytest.approx(plain.temperature_, rel=2e-7)
+    assert c.n_passes_ < plain.n_passes_
+    # an independent float64 fit: the NLL's derivative in b = 1/T vanishes at the fitted T
+    x = z.astype(np.float64) / c.temperature_
+    p = np.exp(x - x.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    zz = z.astype(np.float64)
+    g = np.mean((p * zz).sum(axis=1) - zz[np.arange(n), y])
+    h = np.mean((p * zz * zz).sum(axis=1) - (p * zz).sum(axis=1) ** 2)
+    assert abs(g / h) <= 1e-6 / c.temperature_  # the Newton step left is below 1e-6 relative in b
+    bad = z.copy()
+    bad[4097, 3] = np.nan  # row 4097 is not in the stride-4 subsample's rows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"logits\[4097, 3\] = nan"):
+            report.fit_calibrator("temperature", bad, y, True)
+    bad[4096, 3] = np.nan  # row 4096 is: the subsample's fault is not reported under its own row number
+    with pytest.raises(ValueError, match=r"logits\[4096, 3\] = nan"):
+        report.fit_calibrator("temperature", bad, y, True)

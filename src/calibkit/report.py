@@ -15,12 +15,16 @@ applied in turn to each block of the second pass.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
+from . import _backend
 from . import calibrators as cal
 from ._validation import OK, BadElementError, check_scores
 from .calibrators import nonparametric as npm
+from .calibrators._base import check_fit_inputs, check_logits
+from .calibrators.scaling import _temperature_sums
 from .io import Dump, DumpError, SplitBlock, located
 from .streaming import CalibrationAccumulator
 
@@ -52,9 +56,39 @@ def make_calibrator(method, from_logits):
 def fit_calibrator(method, scores, labels, from_logits):
     """Fit one method on in-memory validation scores."""
     c = make_calibrator(method, from_logits)
+    if method == "temperature":
+        return _fit_temperature(as_logits(scores, from_logits), labels, c)
     if method in LOGIT_METHODS:
         return c.fit(as_logits(scores, from_logits), labels)
     return c.fit(scores, labels)
+
+
+# A temperature fit on at least WARM_START_ELEMENTS logits starts from the fit of every stride-th row, the stride
+# (4 to 16) leaving at least WARM_START_SUB_ROWS rows: about two full passes from there instead of four from T = 1.
+# (TemperatureScaling.fit warm-starts only from 65,536 rows; a 10% validation split of a 2 GB dump with K = 1000
+# holds 50,000.) The optimum is the same: every fit ends on the same certificate, |T - T*| <= tol T.
+WARM_START_ELEMENTS = 1 << 22
+WARM_START_SUB_ROWS = 2048
+
+
+def _fit_temperature(logits, labels, c):
+    """``c`` (a :class:`TemperatureScaling`) fitted on in-memory logits, warm-started from a strided subsample."""
+    n, n_classes = np.shape(logits)
+    stride = min(16, n // WARM_START_SUB_ROWS)
+    if n * n_classes < WARM_START_ELEMENTS or stride < 4:
+        return c.fit(logits, labels)
+    logits = check_logits(logits, "logits")
+    logits, labels, _ = check_fit_inputs(logits, labels, None, binary=False)
+    try:
+        with warnings.catch_warnings():  # the subsample's fit only gives the start: its warnings are not the fit's
+            warnings.simplefilter("ignore")
+            sub = cal.TemperatureScaling(bounds=c.bounds, tol=c.tol, backend=c.backend)
+            start = 1.0 / sub.fit(logits[::stride], labels[::stride]).temperature_
+    except BadElementError:  # the full pass names the bad element by its own row
+        start = None
+    k = _backend.kernels(c.backend)
+    return c.fit_from_sums(lambda b: _temperature_sums(k, logits, labels, None, b, c.chunk_size), n_classes,
+                           start=start)
 
 
 def calibrated_probabilities(calibrator, method, scores, from_logits):
@@ -341,13 +375,13 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
     if accs["raw"].count == 0:
         raise DumpError(f"{test.name}: no rows left to evaluate")
     rows = {}
-    for name, acc in accs.items():
-        rows[name] = _row(acc.compute(), K, strategy)
+    results = {name: acc.compute() for name, acc in accs.items()}  # once each (K class-wise errors apiece)
+    for name, result in results.items():
+        rows[name] = _row(result, K, strategy)
         if name in fitted:
             rows[name]["params"] = fitted[name].to_dict()["fitted"]
     out = ReportResult(dump=test.name, n_rows=test.n_rows, n_classes=K, from_logits=test.from_logits, n_val=n_val,
-                       n_bins=n_bins, strategy=strategy, rows=rows,
-                       tables={k: a.compute().table for k, a in accs.items()})
+                       n_bins=n_bins, strategy=strategy, rows=rows, tables={k: r.table for k, r in results.items()})
     if seen is not None:
         out["per_class"], out["selective"] = seen.result(accs, backend)
     return out
