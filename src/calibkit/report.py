@@ -3,13 +3,13 @@
 The evaluation rows are read chunk by chunk into a :class:`CalibrationAccumulator`
 (raw scores) and one more per calibrator (its calibrated logits or
 probabilities), so peak memory is bounded by the chunk size plus the
-validation rows the calibrators are fitted on. Two passes, each reading every
-block once (a reading thread fetches the next block while the kernels work on
-this one): the raw metrics, one fused kernel call per block (top-label,
-class-wise, equal-mass, Brier and NLL), gathering the validation rows of a
-split dump on the way (the block is read straight into its evaluation and
-validation parts); then the fits, in memory; then every fitted calibrator
-applied in turn to each block of the second pass.
+validation rows the calibrators are fitted on. The validation rows are read
+first, by themselves (:meth:`~calibkit.io.Dump.take`: a file's selected rows
+only, not the whole dump), and every calibrator fitted on them in memory; then
+one pass reads each block of evaluation rows once (a reading thread fetches
+the next block while the kernels work on this one) for the raw metrics (one
+fused kernel call per block: top-label, class-wise, equal-mass, Brier and
+NLL) and every fitted calibrator's in turn.
 """
 
 from __future__ import annotations
@@ -249,12 +249,15 @@ def report(test: Dump, *, val: Dump | None = None, val_mask=None, methods=(), n_
         ``ace_bound`` of the exact value; also the ACE column). MCE is always
         over equal-width bins.
     progress : callable(n_rows), optional
-        Called after each chunk with the rows done so far, counting both
-        passes (the raw metrics, then the calibrators') when there are calibrators.
+        Called after each chunk with the rows done so far; reading the
+        validation rows of ``val_mask`` counts as a first pass over the dump's
+        rows (called once, when they are read).
     stage : callable(name, n_rows), optional
         Called as each stage begins, with its name and the rows it reads (None
-        for a fit): ``"pass 1/2: raw metrics ..."``, ``"fit 1/3: temperature ..."``,
-        ..., ``"pass 2/2: ..."``; ``progress`` counts on across them.
+        for a fit): with ``val_mask``, ``"pass 1/2: N validation rows"``, then
+        ``"fit 1/3: temperature ..."``, ..., ``"pass 2/2: raw metrics, temperature, ..."``
+        (with ``val``: ``"reading N validation rows"``, the fits, ``"pass 1/1: ..."``);
+        ``progress`` counts on across them.
     max_val_bytes : int
         Validation rows up to this size are held in memory for the fits.
         Larger ones are read chunk by chunk at every step of the temperature
