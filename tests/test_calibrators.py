@@ -201,7 +201,7 @@ def test_temperature_warm_start_on_large_inputs(backend, weighted):
     from calibkit.calibrators import scaling
 
     rng = np.random.default_rng(13)
-    n = scaling._WARM_START_ROWS + 1000
+    n = scaling._WARM_START_ELEMENTS // 64 + 1000  # stride 16
     z, y = synthetic_logits(rng, n, 64, 3.0, dtype=np.float32)
     assert z.size >= scaling._WARM_START_ELEMENTS
     w = None

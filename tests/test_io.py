@@ -295,3 +295,37 @@ def test_split_chunks_short_reads_and_fallback(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.concatenate([b.scores for b in blocks]), z[~mask])
     with pytest.raises(ValueError, match=r"mask must have shape \(1500,\), got \(3,\)"):
         next(d.split_chunks(np.ones(3, bool)))
+
+
+@pytest.mark.parametrize("merge_bytes", [-1, 0, 24, 100, 1 << 20])
+def test_take_reads_the_selected_rows_of_a_file(tmp_path, monkeypatch, merge_bytes):
+    """Dump.take of a file reads the selected rows by themselves: runs close together by one scatter read (the
+    rows between them into scratch), others by their own read; the same rows as NumPy's mask, for any merge
+    distance, after short reads, with a long group (> _IOV_MAX buffers), and without a C preadv."""
+    rng = np.random.default_rng(13)
+    z, y = make(rng, 5000, 3)
+    dumps = _split_dumps(tmp_path, z, y)
+    monkeypatch.setattr(io, "_MERGE_BYTES", merge_bytes)
+    masks = [io.split_mask(5000, 0.1), io.split_mask(5000, 0.9), np.arange(5000) % 2 == 0,
+             np.arange(5000) == 4999, np.arange(5000) < 1, (np.arange(5000) // 700) % 2 == 1]
+    for mask in masks:
+        for d in dumps:
+            s, lab = d.take(mask)
+            np.testing.assert_array_equal(s, z[mask])
+            np.testing.assert_array_equal(lab, y[mask])
+    real = io._preadv
+
+    def short(fd, iov, count, pos):  # at most 1 + pos % 37 bytes per call, within the first buffer
+        import ctypes
+
+        first = np.ctypeslib.as_array((ctypes.c_uint64 * 2).from_address(iov)).copy()
+        first[1] = min(int(first[1]), 1 + pos % 37)
+        return real(fd, first.ctypes.data, 1, pos)
+
+    monkeypatch.setattr(io, "_preadv", short)
+    np.testing.assert_array_equal(dumps[0].take(masks[0])[0], z[masks[0]])
+    monkeypatch.setattr(io, "_preadv", None)
+    np.testing.assert_array_equal(dumps[0].take(masks[2])[0], z[masks[2]])
+    with pytest.raises(ValueError, match=r"mask must have shape \(5000,\), got \(3,\)"):
+        dumps[0].take(np.ones(3, bool))
+    np.testing.assert_array_equal(z, np.load(tmp_path / "logits.npy"))  # the input is not modified

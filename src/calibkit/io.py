@@ -327,6 +327,9 @@ def _libc_preadv():
 
 
 _preadv = _libc_preadv()
+# Selected rows this close (bytes of rows between them) are read by one scatter read, the rows between them into
+# a scratch buffer: copying 32 KB from the page cache costs about one read call.
+_MERGE_BYTES = 32 << 10
 _IOV_MAX = 1024  # buffers per scatter read (the POSIX minimum of IOV_MAX is 16; Linux and macOS allow 1024)
 
 
@@ -433,6 +436,48 @@ class _RowFile:
         self._read_iov(iov, a)
         return kept, (held_out if keep_held else None)
 
+    def read_runs(self, mask, out):
+        """The rows where the bool array ``mask`` (over the whole file) is True, read into ``out`` (their count
+        of rows, in order). Runs of selected rows closer than ``_MERGE_BYTES`` are read by one scatter read, the
+        rows between them into a scratch buffer (a read costs about as much as copying that many bytes);
+        farther ones by a read of their own. No row beyond the last selected one is read."""
+        rb = self.row_bytes
+        m = np.concatenate(([False], mask, [False])).view(np.int8)
+        edges = np.flatnonzero(m[1:] != m[:-1])
+        starts, stops = edges[0::2], edges[1::2]
+        if int((stops - starts).sum()) != len(out):
+            raise RuntimeError("calibkit internal error: the rows to read do not fill their buffer")
+        if len(starts) == 0 or rb == 0:
+            return
+        lengths = (stops - starts) * rb
+        dest = np.cumsum(lengths) - lengths
+        gaps = (starts[1:] - stops[:-1]) * rb
+        merge = gaps <= _MERGE_BYTES
+        if _preadv is None or not merge.any():
+            view = memoryview(out).cast("B")
+            for a, at, n in zip(starts.tolist(), dest.tolist(), lengths.tolist()):
+                self._read_into([view[at:at + n]], a)
+            return
+        scratch = np.empty(int(gaps[merge].max()), dtype=np.uint8)
+        n = len(starts)
+        # (address, length) of each run, then of each merged gap between runs (all gaps go to one scratch buffer)
+        iov = np.empty((2 * n - 1, 2), dtype=np.uint64)
+        iov[0::2, 0] = np.uint64(out.ctypes.data) + dest.astype(np.uint64)
+        iov[0::2, 1] = lengths
+        iov[1::2, 0] = np.uint64(scratch.ctypes.data)
+        iov[1::2, 1] = gaps
+        keep = np.ones(2 * n - 1, dtype=bool)
+        keep[1::2] = merge
+        iov = np.ascontiguousarray(iov[keep])
+        first = np.concatenate(([0], np.flatnonzero(~merge) + 1))  # the first run of each group
+        last = np.append(first[1:], n) - 1
+        at = (np.arange(n) + np.concatenate(([0], np.cumsum(merge))))[first]  # its row in `iov`
+        to = np.append(at[1:], len(iov))
+        span = (stops[last] - starts[first]) * rb
+        base, fd = iov.ctypes.data, self._f.fileno()
+        for i, j, a, nbytes in zip(at.tolist(), to.tolist(), starts[first].tolist(), span.tolist()):
+            if j - i > _IOV_MAX or _preadv(fd, base + 16 * i, j - i, self.offset + a * rb) != nbytes:
+                self._read_iov(iov[i:j].copy(), a)  # a long group, a short read or an error: the careful way
     def _read_iov(self, iov, a):
         """Fill the (address, length) iovecs ``iov`` (uint64 (n, 2), consumed) from the file from row ``a``."""
         pos = self.offset + a * self.row_bytes
@@ -626,6 +671,8 @@ class Dump:
         read straight into it, with no block in between)."""
         self._need_labels()
         mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (self.n_rows,):
+            raise ValueError(f"mask must have shape ({self.n_rows},), got {mask.shape}")
         n = int(mask.sum())
         if n == 0:
             raise DumpError(f"{self.name}: the selection holds no rows")
@@ -633,11 +680,15 @@ class Dump:
         labels = np.empty(n, dtype=np.asarray(self.labels[:1]).dtype)
         at = 0
         f = self._file()
-        if f is not None and n == self.n_rows and scores.nbytes:
+        if f is not None and scores.nbytes:
+            # straight from the file into `scores`: the selected rows only, one read per run of them
             with f:
-                f.advise_sequential(0, n)
-                f._read_into([memoryview(scores).cast("B")], 0)
-            labels[:] = np.asarray(self.labels[:n])
+                if n == self.n_rows:
+                    f.advise_sequential(0, n)
+                    f._read_into([memoryview(scores).cast("B")], 0)
+                else:
+                    f.read_runs(mask, scores)
+            labels[:] = np.asarray(self.labels[:])[mask] if n < self.n_rows else np.asarray(self.labels[:n])
             return scores, labels
         for blk in self.split_chunks(~mask, chunk_rows, held=False):
             k = len(blk.labels)

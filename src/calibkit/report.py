@@ -3,13 +3,13 @@
 The evaluation rows are read chunk by chunk into a :class:`CalibrationAccumulator`
 (raw scores) and one more per calibrator (its calibrated logits or
 probabilities), so peak memory is bounded by the chunk size plus the
-validation rows the calibrators are fitted on. Two passes, each reading every
-block once (a reading thread fetches the next block while the kernels work on
-this one): the raw metrics, one fused kernel call per block (top-label,
-class-wise, equal-mass, Brier and NLL), gathering the validation rows of a
-split dump on the way (the block is read straight into its evaluation and
-validation parts); then the fits, in memory; then every fitted calibrator
-applied in turn to each block of the second pass.
+validation rows the calibrators are fitted on. The validation rows are read
+first, by themselves (:meth:`~calibkit.io.Dump.take`: a file's selected rows
+only, not the whole dump), and every calibrator fitted on them in memory; then
+one pass reads each block of evaluation rows once (a reading thread fetches
+the next block while the kernels work on this one) for the raw metrics (one
+fused kernel call per block: top-label, class-wise, equal-mass, Brier and
+NLL) and every fitted calibrator's in turn.
 """
 
 from __future__ import annotations
@@ -224,12 +224,15 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
         ``ace_bound`` of the exact value; also the ACE column). MCE is always
         over equal-width bins.
     progress : callable(n_rows), optional
-        Called after each chunk with the rows done so far, counting both
-        passes (the raw metrics, then the calibrators') when there are calibrators.
+        Called after each chunk with the rows done so far; reading the
+        validation rows of ``val_mask`` counts as a first pass over the dump's
+        rows (called once, when they are read).
     stage : callable(name, n_rows), optional
         Called as each stage begins, with its name and the rows it reads (None
-        for a fit): ``"pass 1/2: raw metrics ..."``, ``"fit 1/3: temperature ..."``,
-        ..., ``"pass 2/2: ..."``; ``progress`` counts on across them.
+        for a fit): with ``val_mask``, ``"pass 1/2: N validation rows"``, then
+        ``"fit 1/3: temperature ..."``, ..., ``"pass 2/2: raw metrics, temperature, ..."``
+        (with ``val``: ``"reading N validation rows"``, the fits, ``"pass 1/1: ..."``);
+        ``progress`` counts on across them.
     max_val_bytes : int
         Validation rows up to this size are held in memory for the fits.
         Larger ones are read chunk by chunk at every step of the temperature
@@ -296,7 +299,7 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
                                           n_classes=None if binary else K, backend=backend)}
     held = None if val_mask is None else np.asarray(val_mask, dtype=bool)
     gather = bool(methods) and val is None and not out_of_core
-    passes = 2 if methods else 1
+    passes = 2 if gather else 1
     done = 0
     seen = _Details(test.n_rows, K, binary, test.from_logits) if details else None
 
@@ -304,40 +307,8 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
         if stage is not None:
             stage(name, rows)
 
-    def evaluate(fitted, gathered=None):
-        """One pass over the evaluation rows, each block read once: the raw metrics (no `fitted`) or every fitted
-        calibrator's in turn; the held-out rows are gathered into `gathered` (scores, labels) when given."""
-        nonlocal done
-        at = 0
-        if fitted:
-            inputs = _CalibratedInputs(fitted, test.from_logits, chunk_rows or test.chunk_rows(), K)
-        for blk in _blocks(test, held, chunk_rows, gather=gathered is not None):
-            if gathered is not None:
-                k = len(blk.held_labels)
-                gathered[0][at:at + k], gathered[1][at:at + k] = blk.held_scores, blk.held_labels
-                at += k
-            try:
-                if len(blk.labels):
-                    if not fitted:
-                        accs["raw"].update(blk.scores, blk.labels)
-                        if seen is not None:
-                            seen.update(blk.scores, blk.labels)
-                    if fitted:
-                        for m, x in inputs(blk.scores).items():
-                            accs[m].update(x, blk.labels)
-            except BadElementError as exc:
-                raise locate(exc, test, blk.first_row, blk.held_mask) from None
-            done += blk.n_rows
-            if progress is not None:
-                progress(done)
-
-    # Pass 1: raw metrics (and the validation rows of a split dump); the fits; pass 2: every fitted calibrator.
-    begin(f"pass 1/{passes}: raw metrics" + (" (and validation rows)" if gather else ""), test.n_rows)
-    gathered = None
-    if gather:
-        gathered = (np.empty((n_val,) + tuple(test.scores.shape[1:]), dtype=test.scores.dtype),
-                    np.empty(n_val, dtype=np.int64))
-    evaluate({}, gathered)
+    # The validation rows first (read by themselves), the fits, then one pass over the evaluation rows: each block
+    # read once for the raw metrics and every fitted calibrator's.
     fitted = {}
     if methods and out_of_core:
         begin(f"fit 1/1: temperature (out of core, {n_val:,} rows per step)")
@@ -346,8 +317,13 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
     elif methods:
         if val is not None:
             begin(f"reading {n_val:,} validation rows")
-            gathered = val.take(np.ones(val.n_rows, dtype=bool), chunk_rows)
-        vs, vy = gathered
+            vs, vy = val.take(np.ones(val.n_rows, dtype=bool), chunk_rows)
+        else:
+            begin(f"pass 1/2: {n_val:,} validation rows", test.n_rows)
+            vs, vy = test.take(held, chunk_rows)
+            done = test.n_rows
+            if progress is not None:
+                progress(done)
         for j, m in enumerate(methods):
             begin(f"fit {j + 1}/{len(methods)}: {m} on {n_val:,} rows")
             try:
@@ -355,22 +331,35 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
             except BadElementError as exc:  # vs holds all of `val`, or the rows of `test` where val_mask
                 raise (locate(exc, val, 0, None) if val is not None else
                        locate(exc, test, 0, ~held)) from None
-        del vs, vy, gathered
-    if methods:
-        for m in methods:
-            accs[m] = _method_accumulator(m, fitted[m], n_bins, K, backend)
-        begin(f"pass 2/2: {', '.join(methods)}", test.n_rows)
-        evaluate(fitted)
+        del vs, vy
+    for m in methods:
+        accs[m] = _method_accumulator(m, fitted[m], n_bins, K, backend)
+    begin(f"pass {passes}/{passes}: raw metrics" + (f", {', '.join(methods)}" if methods else ""), test.n_rows)
+    inputs = _CalibratedInputs(fitted, test.from_logits, chunk_rows or test.chunk_rows(), K) if fitted else None
+    for blk in _blocks(test, held, chunk_rows, gather=False):
+        try:
+            if len(blk.labels):
+                accs["raw"].update(blk.scores, blk.labels)
+                if seen is not None:
+                    seen.update(blk.scores, blk.labels)
+                if inputs is not None:
+                    for m, x in inputs(blk.scores).items():
+                        accs[m].update(x, blk.labels)
+        except BadElementError as exc:
+            raise locate(exc, test, blk.first_row, blk.held_mask) from None
+        done += blk.n_rows
+        if progress is not None:
+            progress(done)
     if accs["raw"].count == 0:
         raise DumpError(f"{test.name}: no rows left to evaluate")
     rows = {}
-    for name, acc in accs.items():
-        rows[name] = _row(acc.compute(), K, strategy)
+    results = {name: acc.compute() for name, acc in accs.items()}  # once each (K class-wise errors apiece)
+    for name, result in results.items():
+        rows[name] = _row(result, K, strategy)
         if name in fitted:
             rows[name]["params"] = fitted[name].to_dict()["fitted"]
     out = ReportResult(dump=test.name, n_rows=test.n_rows, n_classes=K, from_logits=test.from_logits, n_val=n_val,
-                       n_bins=n_bins, strategy=strategy, rows=rows,
-                       tables={k: a.compute().table for k, a in accs.items()})
+                       n_bins=n_bins, strategy=strategy, rows=rows, tables={k: r.table for k, r in results.items()})
     if seen is not None:
         out["per_class"], out["selective"] = seen.result(accs, backend)
     return out

@@ -23,7 +23,6 @@ from ._common import (
     is_finite,
     load,
     merge_status,
-    new_status,
     run_locked,
     status_tuple,
     valid_probability,

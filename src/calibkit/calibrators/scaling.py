@@ -11,17 +11,20 @@ import numpy as np
 from .. import _backend
 from .._backend import BACKENDS
 from .._typing import ArrayLike, Backend, FloatArray, IntArray
-from .._validation import MAX_CLASSES, raise_for_status
+from .._validation import MAX_CLASSES, BadElementError, raise_for_status
 from ._base import (
     MAX_LEARNED, Calibrator, check_finite, check_fit_inputs, check_int, check_logits, check_positive_number,
     chunk_rows, fitted_array, fitted_int, softmax_rows,
 )
 
 
-# Temperature fits of at least this many logits and rows start from the fit of every 16th row.
+# Temperature fits of at least _WARM_START_ELEMENTS logits and _WARM_START_ROWS rows start from the fit of every
+# stride-th row, the stride (4 to 16) leaving at least _WARM_START_SUB_ROWS rows: about one or two full passes from
+# there instead of four from T = 1 (a 10% validation split of a 2 GB K = 1000 dump holds 50,000 rows).
 _WARM_START_ELEMENTS = 1 << 22
-_WARM_START_ROWS = 1 << 16
+_WARM_START_SUB_ROWS = 2048
 _WARM_START_STRIDE = 16
+_WARM_START_ROWS = 4 * _WARM_START_SUB_ROWS
 # Vector scaling is preconditioned by the curvature of about this many rows (every m-th row).
 _PRECONDITION_ROWS = 4096
 
@@ -389,11 +392,16 @@ class TemperatureScaling(_LogitCalibrator):
         n, n_classes = logits.shape
         start = None
         if n * n_classes >= _WARM_START_ELEMENTS and n >= _WARM_START_ROWS:
-            sub = slice(None, None, _WARM_START_STRIDE)
+            sub = slice(None, None, min(_WARM_START_STRIDE, n // _WARM_START_SUB_ROWS))
             w = None if sample_weight is None else sample_weight[sub]
             if w is None or w.sum() > 0:
-                start, _, _, _ = self._newton(
-                    lambda b: _temperature_sums(k, logits[sub], labels[sub], w, b, self.chunk_size))
+                try:
+                    with warnings.catch_warnings():  # the subsample only gives the start: its warnings are not the fit's
+                        warnings.simplefilter("ignore")
+                        start, _, _, _ = self._newton(
+                            lambda b: _temperature_sums(k, logits[sub], labels[sub], w, b, self.chunk_size))
+                except BadElementError:  # the full pass names the bad element by its own row
+                    start = None
         return self.fit_from_sums(
             lambda b: _temperature_sums(k, logits, labels, sample_weight, b, self.chunk_size), n_classes,
             start=start)
