@@ -328,6 +328,7 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_ep
 _F64 = np.dtype(np.float64)
 _F16 = np.dtype(np.float16)
 _I64 = np.dtype(np.int64)
+_I63 = 1 << 63  # a Python int below this is its own int64 bits
 _FLOAT_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 
 
@@ -346,6 +347,18 @@ def _state_ok(a, shape):
         return False
     flags = a.flags
     return flags.c_contiguous and flags.writeable
+
+
+def _states_ok(bins, n_bins, fine, R, boot, n_boot, totals):
+    """_state_ok of the four state arrays in one call (every streaming update checks them)."""
+    for a in (bins, fine, boot, totals):
+        if type(a) is not np.ndarray or a.dtype != _F64:
+            return False
+        flags = a.flags
+        if not (flags.c_contiguous and flags.writeable):
+            return False
+    return (bins.shape == (4, n_bins) and fine.shape == (5, R) and boot.shape == (n_boot, 3, n_bins)
+            and totals.shape == (6,))
 
 
 def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, inverse_temperature, offset, n_bins,
@@ -379,8 +392,7 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
             raise ValueError("sample_weight must be a 1-D float64 array of length N")
         weights, has_w = sample_weight, True
     R = 2 * (fine_levels << fine_bits)
-    if not (_state_ok(bins, (4, n_bins)) and _state_ok(fine, (5, R)) and _state_ok(boot, (n_boot, 3, n_bins))
-            and _state_ok(totals, (6,))):
+    if not _states_ok(bins, n_bins, fine, R, boot, n_boot, totals):
         _state(bins, "bins", (4, n_bins))
         _state(fine, "fine", (5, R))
         _state(boot, "boot", (n_boot, 3, n_bins))
@@ -404,8 +416,10 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
         single = bool(from_logits) and K >= SHORT_ROW and scores.dtype != _F64
         return _top_label_small(scores.view(np.uint16) if scores.dtype == _F16 else scores, labels, weights, has_w,
                                 bool(from_logits), single, float(nll_eps), inv_t, HALF_TABLE, cw_M, cw_inners,
-                                cw_uniform, cw_upper, _int64_bits(offset), _cached_inner(n_bins), int(n_bins),
-                                int(fine_bits), int(fine_levels), int(n_boot), _int64_bits(seed), POISSON1_CDF, bins,
+                                cw_uniform, cw_upper, offset if type(offset) is int and 0 <= offset < _I63 else _int64_bits(offset),
+                                _cached_inner(n_bins), int(n_bins), int(fine_bits),
+                                int(fine_levels), int(n_boot),
+                                seed if type(seed) is int and 0 <= seed < _I63 else _int64_bits(seed), POISSON1_CDF, bins,
                                 fine, boot, totals, cw_state)
     flat_totals = totals.reshape(-1)
     conf = np.empty(N)
@@ -496,3 +510,61 @@ def top_label_stats_any(scores, labels, sample_weight, from_logits, n_bins, nll_
 
 
 _MAX_SMALL_BINS = 1 << 20  # MAX_BINS: the fast path allocates (3 M + M) values
+
+
+# -- class-wise statistics of a small input in one serial call (twin of classwise_stats for one chunk) ---------
+
+_MAX_CLASSWISE_CELLS = 1 << 26  # kMaxClasswiseBins: K * n_bins of a class-wise call
+
+
+@numba.njit(**JIT)
+def _classwise_one_chunk(scores, labels, weights, has_w, from_logits, single, table, cw_M, cw_inners, cw_uniform,
+                         cw_upper, cw_count, cw_w, cw_score, cw_target):
+    """binning's top-label driver without top-label bins (classwise_stats) for an input of one chunk, serially
+    and in one Numba entry call: the class-wise sums go into the zeroed (K * M,) arrays, as the driver's
+    partials of chunk 0 (added to zeros: the same bits). Returns the status tuple."""
+    st = np.empty(4)
+    st[0] = OK
+    st[1] = -1.0
+    st[2] = -1.0
+    st[3] = 0.0
+    N = scores.shape[0]
+    none = np.empty(0)
+    one = np.zeros(1)
+    _top_label_chunk(scores, labels, weights, has_w, from_logits, single, none, 0, 0.0, False, 1.0, none,
+                     np.empty(0, np.uint8), False, table, 0, N, np.zeros(1, np.int64), one, np.zeros(1), np.zeros(1),
+                     np.zeros(6), st, cw_M, cw_inners, cw_uniform, cw_upper, cw_count, cw_w, cw_score, cw_target)
+    return int(st[0]), int(st[1]), int(st[2]), st[3]
+
+
+def classwise_stats_any(scores, labels, sample_weight, from_logits, n_bins, class_edges):
+    """``binning.classwise_stats`` (same contract, same bits), with a fast path for the common small call.
+
+    An input of at most one class-wise chunk (rows_per_chunk(K, 64 M) rows) with equal-width bins runs
+    :func:`_classwise_one_chunk`: one serial Numba entry call, no threading layer, no lock. Anything else
+    (and any argument the fast path does not recognise, so that binning's checks name it) goes to
+    ``binning.classwise_stats``.
+    """
+    if (class_edges is None and type(scores) is np.ndarray and type(labels) is np.ndarray and type(n_bins) is int
+            and 1 <= n_bins <= _MAX_SMALL_BINS and scores.ndim == 2 and scores.dtype in _FLOAT_DTYPES
+            and labels.dtype == _I64 and labels.ndim == 1):
+        N, K = scores.shape
+        if (0 < K and K * n_bins <= _MAX_CLASSWISE_CELLS and N <= max(64 * n_bins, CHUNK_ELEMENTS // K)
+                and labels.shape[0] == N
+                and (sample_weight is None or (type(sample_weight) is np.ndarray and sample_weight.dtype == _F64
+                                               and sample_weight.shape == (N,)))):
+            KM = K * n_bins
+            cw_count = np.zeros(KM, np.int64)
+            cw_w = np.zeros(KM)
+            cw_score = np.zeros(KM)
+            cw_target = np.zeros(KM)
+            cw_inners, cw_uniform, cw_upper = _cached_classwise(K, n_bins)
+            single = bool(from_logits) and K >= SHORT_ROW and scores.dtype != _F64
+            status = _classwise_one_chunk(
+                scores.view(np.uint16) if scores.dtype == _F16 else scores, labels,
+                _NO_WEIGHTS if sample_weight is None else sample_weight, sample_weight is not None,
+                bool(from_logits), single, HALF_TABLE, n_bins, cw_inners, cw_uniform, cw_upper, cw_count, cw_w,
+                cw_score, cw_target)
+            return {"count": cw_count, "weight": cw_w, "sum_score": cw_score, "sum_target": cw_target,
+                    "status": status}
+    return binning.classwise_stats(scores, labels, sample_weight, from_logits, n_bins, class_edges)
