@@ -477,7 +477,11 @@ def classwise_calibration_error(
         raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
     sum_p = np.asarray(r["sum_score"]).reshape(n_classes, n_bins)
     sum_y = np.asarray(r["sum_target"]).reshape(n_classes, n_bins)
-    return float(np.mean(_classwise_errors(weight, sum_p, sum_y, norm)))
+    # np.mean's sum and division without its Python layer (the same bits)
+    return float(np.add.reduce(_classwise_errors(weight, sum_p, sum_y, norm)) / n_classes)
+
+
+_TINY = 5e-324  # the least positive float64
 
 
 def _classwise_errors(weight, sum_p, sum_y, norm):
@@ -488,13 +492,13 @@ def _classwise_errors(weight, sum_p, sum_y, norm):
     """
     total = weight.cumsum(axis=1)[:, -1:]
     filled = weight > 0
-    # Empty bins divide by 1 (their gap is then replaced by 0): no division by 0, no np.errstate.
+    # Empty bins divide by 1: no division by 0, no np.errstate. Their sums are 0 (a bin of weight 0 has
+    # sums of w * value = 0: the kernels' sums, and the only ones passed here), so their gap is 0.
     w = np.where(filled, weight, 1.0)
     gap = np.abs(sum_y / w - sum_p / w)
-    gap[~filled] = 0.0
     if norm == "max":
         return gap.max(axis=1)
-    part = weight / np.where(filled, total, 1.0) * gap  # empty bins: 0 / 1 * 0
+    part = weight / np.maximum(total, _TINY) * gap  # a class of total weight 0 has only empty bins: 0 / tiny * 0
     if norm == "l1":
         return part.cumsum(axis=1)[:, -1]
     return np.sqrt((part * gap).cumsum(axis=1)[:, -1])

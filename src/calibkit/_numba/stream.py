@@ -453,7 +453,7 @@ _NO_SPEC = _classwise_spec(1, 0, None)
 
 @numba.njit(**JIT)
 def _top_label_one_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll,
-                         inv_t, table, count, sums, tot):
+                         inv_t, table, count, sums, tot, conf_out, correct_out, has_out):
     """binning's top-label driver for an input of one chunk, serially and in one Numba entry call: the chunk's
     sums go into the zeroed ``count`` (M,), ``sums`` (3, M) (weight, sum confidence, sum correct) and ``tot``
     (6,), as the driver's partials of chunk 0 (added to zeros: the same bits). Returns the status tuple."""
@@ -465,21 +465,38 @@ def _top_label_one_chunk(scores, labels, weights, has_w, from_logits, single, in
     N = scores.shape[0]
     none = np.empty(0)  # the outputs and class-wise arrays this call does not use (writeable, unlike globals)
     _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
-                     none, np.empty(0, np.uint8), False, table, 0, N, count, sums[0], sums[1], sums[2], tot, st, 0,
+                     conf_out, correct_out, has_out, table, 0, N, count, sums[0], sums[1], sums[2], tot, st, 0,
                      np.empty((1, 0)), True, none, np.empty(0, np.int64), none, none, none)
     return int(st[0]), int(st[1]), int(st[2]), st[3]
+
+
+def _outputs_ok(scores, conf_out, correct_out):
+    """Whether the fast path can write these per-row outputs (else binning's checks name what is wrong)."""
+    if not (type(scores) is np.ndarray and scores.ndim == 2 and type(conf_out) is np.ndarray
+            and type(correct_out) is np.ndarray and conf_out.dtype == _F64 and correct_out.dtype == _U8):
+        return False
+    n = (scores.shape[0],)
+    if conf_out.shape != n or correct_out.shape != n:
+        return False
+    a, b = conf_out.flags, correct_out.flags
+    return a.c_contiguous and a.writeable and b.c_contiguous and b.writeable
 
 
 def top_label_stats_any(scores, labels, sample_weight, from_logits, n_bins, nll_eps, with_nll=True, conf_out=None,
                         correct_out=None, inverse_temperature=1.0, classwise_bins=0, class_edges=None):
     """``binning.top_label_stats`` (same contract, same bits), with a fast path for the common small call.
 
-    An input of at most one chunk (rows_per_chunk(K) rows) asking for bins and totals only (no per-row
-    outputs, no class-wise bins) runs :func:`_top_label_one_chunk`: one serial Numba entry call, no
-    threading layer, no lock, three small arrays returned. Anything else (and any argument the fast path
+    An input of at most one chunk (rows_per_chunk(K) rows) asking for bins, totals and optionally the per-row
+    outputs (writeable C-contiguous float64 and uint8 arrays of length N), without class-wise bins, runs
+    :func:`_top_label_one_chunk`: one serial Numba entry call, no threading layer, no lock, three small
+    arrays returned. Anything else (and any argument the fast path
     does not recognise, so that binning's checks name it) goes to ``binning.top_label_stats``.
     """
-    if (conf_out is None and class_edges is None and classwise_bins == 0 and type(scores) is np.ndarray
+    if conf_out is None and correct_out is None:
+        outputs_ok, out, out_correct = True, _NO_CONF, _NO_CORRECT
+    else:
+        outputs_ok, out, out_correct = _outputs_ok(scores, conf_out, correct_out), conf_out, correct_out
+    if (outputs_ok and class_edges is None and classwise_bins == 0 and type(scores) is np.ndarray
             and type(labels) is np.ndarray and type(n_bins) is int and 0 <= n_bins <= _MAX_SMALL_BINS
             and scores.ndim == 2 and scores.dtype in _FLOAT_DTYPES and labels.dtype == _I64 and labels.ndim == 1):
         N, K = scores.shape
@@ -497,7 +514,8 @@ def top_label_stats_any(scores, labels, sample_weight, from_logits, n_bins, nll_
                 scores.view(np.uint16) if scores.dtype == _F16 else scores, labels,
                 _NO_WEIGHTS if sample_weight is None else sample_weight, sample_weight is not None,
                 bool(from_logits), single, _cached_inner(n_bins) if n_bins > 0 else _NO_INNER, n_bins,
-                float(nll_eps), bool(with_nll), inv_t, HALF_TABLE, count, sums, tot)
+                float(nll_eps), bool(with_nll), inv_t, HALF_TABLE, count, sums, tot, out, out_correct,
+                out is not _NO_CONF)
             if n_bins < M:
                 count, sums = count[:0], sums[:, :0]
             t = tot.tolist()
@@ -510,6 +528,9 @@ def top_label_stats_any(scores, labels, sample_weight, from_logits, n_bins, nll_
 
 
 _MAX_SMALL_BINS = 1 << 20  # MAX_BINS: the fast path allocates (3 M + M) values
+_NO_CONF = np.empty(0)  # the per-row outputs of a call without them (never written: has_out is False)
+_NO_CORRECT = np.empty(0, np.uint8)
+_U8 = np.dtype(np.uint8)
 
 
 # -- class-wise statistics of a small input in one serial call (twin of classwise_stats for one chunk) ---------
