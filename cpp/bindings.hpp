@@ -78,9 +78,14 @@ inline void require_ndim(const py::array& a, const char* name, py::ssize_t ndim)
                               ndim_text(a));
 }
 
+constexpr bool kLittleEndianHost = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+
 inline void check_strides(const py::array& a, const char* name) {
     const auto item = static_cast<int64_t>(a.itemsize());
-    if (!a.dtype().attr("isnative").cast<bool>())
+    // Native byte order: NumPy spells it '=' (or '|' for one-byte types) and never spells the native order
+    // explicitly; reading the byteorder character costs no Python attribute lookup.
+    const char order = a.dtype().byteorder();
+    if (order == (kLittleEndianHost ? '>' : '<'))
         throw py::value_error(std::string(name) + " must be in native byte order, got dtype " + dtype_name(a));
     if (reinterpret_cast<std::uintptr_t>(a.data()) % static_cast<std::uintptr_t>(item) != 0)
         throw py::value_error(std::string(name) + " must be aligned to its item size");

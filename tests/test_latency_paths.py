@@ -452,3 +452,156 @@ def test_idle_pools_do_not_spin():
     for backend in ("cpp", "numba"):
         assert int(lines[backend]) < 0.2 * ticks, r.stdout  # a spinning worker: ~1 s of CPU here
     assert lines["layer"] != "omp", r.stdout
+
+
+# -- round 2: compute(), class-wise and quantile small calls, the stream pass ----------------------------------
+
+
+def _equal_mass_reference(acc):
+    """The equal-mass pass as a mask over all fine buckets (the implementation before the compressed one)."""
+    from calibkit.metrics import _errors_from_bins as errors
+
+    count, w, sc, sy, spread = acc._fine
+    total = w.sum()
+    cum = np.cumsum(w)
+    M, R = acc.n_bins, acc.fine_bins
+    targets = np.arange(1, M) * (total / M)
+    coarse = np.searchsorted(targets, cum - w + w / 2, side="left")
+    ace = errors(*(np.bincount(coarse, weights=x, minlength=M) for x in (w, sc, sy)))[0]
+    holds_edge = np.zeros(R, dtype=bool)
+    if acc._weighted:
+        holds_edge[np.minimum(np.searchsorted(cum, targets, side="left"), R - 1)] = True
+    else:
+        n = int(round(count.sum()))
+        ccount = np.cumsum(count)
+        p = np.arange(1, M) * (n - 1) / M
+        lo = np.searchsorted(ccount, np.floor(p), side="right")
+        hi = np.searchsorted(ccount, np.ceil(p), side="right")
+        for a, b in zip(lo, hi):
+            holds_edge[a:min(b, R - 1) + 1] = True
+    return ace, float(2.0 * spread[holds_edge].sum() / total)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_equal_mass_over_rows_buckets_equals_the_full_mask(seed):
+    """compute()'s equal-mass pass runs on the buckets holding rows only: the same ace and bound, bit for bit."""
+    rng = np.random.default_rng(seed)
+    n, K, M = int(rng.integers(1, 3000)), int(rng.integers(2, 6)), int(rng.integers(1, 40))
+    p = rng.dirichlet(np.ones(K) * rng.choice([0.05, 0.5, 3.0]), size=n)
+    if seed % 4 == 0:
+        p = np.round(p, 2) + 1e-3
+        p /= p.sum(axis=1, keepdims=True)
+    y = rng.integers(0, K, n)
+    w = None if seed % 2 else rng.random(n) * (rng.random(n) < 0.7) + (np.arange(n) == 0)
+    acc = CalibrationAccumulator(M, fine_bits=int(rng.integers(0, 8)), fine_levels=int(rng.integers(1, 40)))
+    acc.update(p, y, w)
+    if seed % 5 == 0:
+        acc.update(p[::-1], y, w)
+    assert acc._equal_mass() == _equal_mass_reference(acc)
+
+
+@pytest.mark.parametrize("norm", ["l1", "l2", "max"])
+def test_classwise_errors_equal_the_per_class_loop(norm):
+    from calibkit.metrics import _classwise_errors, _norm_value
+
+    rng = np.random.default_rng(5)
+    for M in (1, 2, 15, 64, 65, 200):
+        K = int(rng.integers(2, 12))
+        w = rng.random((K, M)) * (rng.random((K, M)) < 0.6)
+        w[0] = 0.0  # a class without weight (0 in both)
+        if M % 2:
+            w = np.round(w * 5)
+        sp, sy = w * rng.random((K, M)), w * rng.random((K, M))
+        want = [_norm_value(_errors_from_bins(w[c], sp[c], sy[c]), norm) for c in range(K)]
+        got = _classwise_errors(w, sp, sy, norm)
+        np.testing.assert_array_equal(got, want)
+        assert np.add.reduce(got) / K == np.mean(want)  # classwise_calibration_error's mean
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_linear_quantiles_are_numpys(dtype):
+    from calibkit.metrics import _linear_quantiles
+
+    rng = np.random.default_rng(6)
+    for trial in range(300):
+        n, M = int(rng.integers(1, 400)), int(rng.choice([1, 2, 3, 10, 15, 50, 2000]))
+        x = rng.random(n).astype(dtype)
+        if trial % 3 == 0:
+            x = np.round(x, 1).astype(dtype)  # ties
+        want = np.quantile(x, np.linspace(0, 1, M + 1))
+        got = _linear_quantiles(x, M)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def test_stream_state_on_special_confidences_agrees_across_backends():
+    """Confidences at 0, 1, 1/2, subnormal, tiny and next to 1 land in the same bins and fine buckets on both
+    backends (the C++ stream pass finds checked rows' fine buckets without branches), bit for bit."""
+    rng = np.random.default_rng(8)
+    special = np.array([0.0, 1.0, 0.5, 0.25, 0.75, 5e-324, 1e-310, 2.0 ** -37, 2.0 ** -38, 1e-12, 1 - 2.0 ** -53,
+                        np.nextafter(0.5, 0), np.nextafter(0.5, 1), 1 / 3, 2 / 3, 0.1, 0.9])
+    conf = np.concatenate([np.tile(special, 20), rng.random(500), 1 - rng.random(500) ** 12])
+    target = rng.integers(0, 2, conf.shape[0]).astype(np.uint8)
+    for weights in (None, rng.random(conf.shape[0])):
+        for bits, levels in ((0, 1), (7, 36), (3, 5), (12, 60)):
+            states = []
+            for b in ("cpp", "numba"):
+                k = _backend.kernels(b)
+                bins, fine = np.zeros((4, 15)), np.zeros((5, 2 * (levels << bits)))
+                boot = np.zeros((3, 3, 15))
+                assert k.stream_accumulate(conf, target, weights, 7, 15, bits, levels, 3, 1, bins, fine, boot)[0] == 0
+                states.append((bins, fine, boot))
+            for x, y in zip(*states):
+                np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("n,K,dtype,logits,weighted,n_bins", [
+    (1, 2, np.float64, False, False, 1), (100, 10, np.float32, False, False, 15), (100, 10, np.float32, True, True, 15),
+    (37, 40, np.float16, True, False, 7), (3000, 3, np.float64, False, True, 20), (500, 4, np.float32, False, False, 300),
+])
+def test_numba_small_classwise_stats_is_the_drivers(n, K, dtype, logits, weighted, n_bins):
+    """The Numba one-call class-wise path gives binning.classwise_stats' result, bit for bit, and its errors."""
+    from calibkit import _numba
+    from calibkit._numba import binning
+
+    rng = np.random.default_rng(n + K)
+    scores = (rng.normal(size=(n, K)) * 3 if logits else random_probs(rng, n, K)).astype(dtype)
+    labels = rng.integers(0, K, n)
+    w = rng.random(n) if weighted else None
+    fast = _numba.classwise_stats(scores, labels, w, logits, n_bins, None)
+    ref = binning.classwise_stats(scores, labels, w, logits, n_bins, None)
+    assert fast.keys() == ref.keys()
+    for key in ("count", "weight", "sum_score", "sum_target"):
+        assert fast[key].dtype == ref[key].dtype and np.array_equal(fast[key], ref[key]), key
+    assert tuple(fast["status"]) == tuple(ref["status"]) == (0, -1, -1, 0.0)
+    bad_labels = labels.copy()
+    bad_labels[-1] = K
+    assert (tuple(_numba.classwise_stats(scores, bad_labels, w, logits, n_bins, None)["status"])
+            == tuple(binning.classwise_stats(scores, bad_labels, w, logits, n_bins, None)["status"]))
+
+
+@pytest.mark.parametrize("n,K,dtype,logits,weighted", [
+    (1, 2, np.float64, False, False), (100, 10, np.float32, False, True), (100, 40, np.float16, True, False),
+    (3276, 10, np.float32, True, True),
+])
+def test_numba_small_top_label_stats_with_row_outputs_is_the_drivers(n, K, dtype, logits, weighted):
+    """The one-call path also writes the per-row confidences and correctness (the quantile metrics need them)."""
+    from calibkit import _numba
+    from calibkit._numba import binning
+
+    rng = np.random.default_rng(n * K)
+    scores = (rng.normal(size=(n, K)) * 3 if logits else random_probs(rng, n, K)).astype(dtype)
+    labels = rng.integers(0, K, n)
+    w = rng.random(n) if weighted else None
+    outs = []
+    for f in (_numba.top_label_stats, binning.top_label_stats):
+        conf, correct = np.full(n, -1.0), np.full(n, 7, np.uint8)
+        r = f(scores, labels, w, logits, 0, 1e-7, False, conf, correct)
+        outs.append((r, conf, correct))
+    (fast, c1, y1), (ref, c2, y2) = outs
+    np.testing.assert_array_equal(c1, c2)
+    np.testing.assert_array_equal(y1, y2)
+    assert fast["totals"] == pytest.approx(ref["totals"], nan_ok=True, rel=0, abs=0)
+    assert tuple(fast["status"]) == tuple(ref["status"]) == (0, -1, -1, 0.0)
+    with pytest.raises(ValueError):  # a wrong output still gets binning's error
+        _numba.top_label_stats(scores, labels, w, logits, 0, 1e-7, False, np.empty(n + 1), np.empty(n, np.uint8))

@@ -77,6 +77,22 @@ struct FineGrid {
         if (c <= 0.5) return rank(c);
         return size() - 1 - rank(1.0 - c);  // 1 - c is exact for c >= 1/2
     }
+    // bin(c) for a c in [0, 1] (a checked confidence), without branches: whether c is above 1/2 is a coin
+    // flip for top-label confidences of many models, and a mispredicted branch costs more than the
+    // selects. The same bucket as bin(c): c = 0 has d = 0 (exponent field 0, below every level), c = 1
+    // has d = 0 on the upper side (the last bucket), d = 1/2 is the top rank of the lower side.
+    int64_t bin_checked(double c) const {
+        const bool upper = c > 0.5;
+        const double d = upper ? 1.0 - c : c;  // 1 - c is exact for c >= 1/2
+        uint64_t u;
+        std::memcpy(&u, &d, sizeof u);
+        const int64_t level = 1023 - 2 - static_cast<int64_t>(u >> 52);  // d >= 0: no sign bit; 0 for [1/4, 1/2)
+        const int64_t mantissa = static_cast<int64_t>((u >> (52 - bits)) & ((uint64_t{1} << bits) - 1));
+        int64_t r = ((levels - 1 - level) << bits) + mantissa;
+        r = level >= levels ? 0 : r;
+        r = level < 0 ? side() - 1 : r;
+        return upper ? size() - 1 - r : r;
+    }
 };
 
 // One chunk's sums. The fine state (5 x R doubles, larger than L2) is kept sparse: the
@@ -132,71 +148,118 @@ inline bool stream_row(const Vector<C>& confidence, const Vector<L>& target, con
     return true;
 }
 
-// Adds rows [begin, end) (stream positions offset + i) into bins/fine/boot. Checked: the rows
-// have passed stream_row's checks already (skipped here). The rows go in blocks: the bins and
-// fine buckets of a block first (their cache lines prefetched: the fine state is larger than L1),
-// then the adds, row by row in order.
+// The bootstrap replicates of one row (bin b, confidence c, target y, weight w).
+inline void stream_boot_row(uint64_t seed, uint64_t position, int64_t n_boot, int64_t M, int64_t b, double c, double y,
+                            double w, double* boot) {
+    const RowDraws draws(seed, position);
+    for (int64_t r = 0; r < n_boot; r += 2) {
+        const uint64_t h = draws.word(r / 2);
+        for (int64_t s = r; s < r + 2 && s < n_boot; ++s) {
+            const uint32_t bits32 = s == r ? static_cast<uint32_t>(h >> 32) : static_cast<uint32_t>(h);
+            const int k = poisson1(static_cast<double>(bits32) * 0x1.0p-32);
+            if (k == 0) continue;
+            const double wk = w * k;
+            double* rep = boot + s * 3 * M;
+            rep[b] += wk;
+            rep[M + b] += wk * c;
+            rep[2 * M + b] += wk * y;
+        }
+    }
+}
+
+// stream_rows for checked rows: a block's confidences, targets, weights, bins and fine buckets are read and
+// computed first (branch-free, with the fine buckets' cache lines prefetched: the fine state is larger than
+// L1), then added row by row in order: the same adds, in the same order, as the unchecked path. Weighted
+// is whether weights are present: without them w = 1, and w * c is c (the same bits), so the unweighted
+// instance has no per-row weight branch and no multiplications.
+template <bool Weighted, class C, class L>
+inline void stream_rows_checked(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights,
+                                int64_t begin, int64_t end, uint64_t offset, const BinEdges& edges,
+                                const FineGrid& grid, int64_t n_boot, uint64_t seed, double* bins, double* fine,
+                                double* boot, std::vector<int64_t>* touched) {
+    const int64_t M = edges.n_bins, R = grid.size();
+    constexpr int64_t kBlock = 32;
+    int64_t bin_of[kBlock], fine_of[kBlock];
+    double c_of[kBlock], y_of[kBlock], w_of[kBlock];
+    for (int64_t i0 = begin; i0 < end; i0 += kBlock) {
+        const int64_t n = std::min(kBlock, end - i0);
+        for (int64_t j = 0; j < n; ++j) {
+            const double c = confidence[i0 + j];
+            c_of[j] = c;
+            y_of[j] = static_cast<double>(target.raw(i0 + j));
+            if constexpr (Weighted) w_of[j] = weights.v[i0 + j];
+            bin_of[j] = edges.bin(c);
+            fine_of[j] = grid.bin_checked(c);
+        }
+        for (int64_t j = 0; j < n; ++j)
+            for (int64_t q = 0; q < 5; ++q) __builtin_prefetch(fine + q * R + fine_of[j], 1);
+        for (int64_t j = 0; j < n; ++j) {
+            const double c = c_of[j], y = y_of[j];
+            const int64_t b = bin_of[j], f = fine_of[j];
+            if constexpr (Weighted) {
+                const double w = w_of[j];
+                bins[b] += 1.0;
+                bins[M + b] += w;
+                bins[2 * M + b] += w * c;
+                bins[3 * M + b] += w * y;
+                if (touched && fine[f] == 0.0) touched->push_back(f);
+                fine[f] += 1.0;
+                fine[R + f] += w;
+                fine[2 * R + f] += w * c;
+                fine[3 * R + f] += w * y;
+                fine[4 * R + f] += w * std::fabs(y - c);
+                if (n_boot > 0) stream_boot_row(seed, offset + static_cast<uint64_t>(i0 + j), n_boot, M, b, c, y, w, boot);
+            } else {
+                bins[b] += 1.0;
+                bins[M + b] += 1.0;
+                bins[2 * M + b] += c;
+                bins[3 * M + b] += y;
+                if (touched && fine[f] == 0.0) touched->push_back(f);
+                fine[f] += 1.0;
+                fine[R + f] += 1.0;
+                fine[2 * R + f] += c;
+                fine[3 * R + f] += y;
+                fine[4 * R + f] += std::fabs(y - c);
+                if (n_boot > 0) stream_boot_row(seed, offset + static_cast<uint64_t>(i0 + j), n_boot, M, b, c, y, 1.0, boot);
+            }
+        }
+    }
+}
+
+// Adds rows [begin, end) (stream positions offset + i) into bins/fine/boot, row by row in order. Checked:
+// the rows have passed stream_row's checks already (stream_rows_checked); otherwise each row is checked
+// and a bad one skipped (its status set).
 // touched (when not null) gets each fine bucket the first time a row lands in it.
 template <bool Checked, class C, class L>
 inline void stream_rows(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights, int64_t begin,
                         int64_t end, uint64_t offset, const BinEdges& edges, const FineGrid& grid, int64_t n_boot,
                         uint64_t seed, double* bins, double* fine, double* boot, Status& st,
                         std::vector<int64_t>* touched = nullptr) {
+    if constexpr (Checked) {
+        if (weights.present())
+            stream_rows_checked<true>(confidence, target, weights, begin, end, offset, edges, grid, n_boot, seed, bins,
+                                      fine, boot, touched);
+        else
+            stream_rows_checked<false>(confidence, target, weights, begin, end, offset, edges, grid, n_boot, seed,
+                                       bins, fine, boot, touched);
+        return;
+    }
     const int64_t M = edges.n_bins, R = grid.size();
-    constexpr int64_t kBlock = 16;
-    int64_t bin_of[kBlock], fine_of[kBlock];
-    for (int64_t i0 = begin; i0 < end; i0 += kBlock) {
-        const int64_t n = std::min(kBlock, end - i0);
-        if constexpr (Checked) {
-            for (int64_t j = 0; j < n; ++j) {
-                const double c = confidence[i0 + j];
-                bin_of[j] = edges.bin(c);
-                fine_of[j] = grid.bin(c);
-                for (int64_t q = 0; q < 5; ++q) __builtin_prefetch(fine + q * R + fine_of[j], 1);
-            }
-        }
-        for (int64_t j = 0; j < n; ++j) {
-            const int64_t i = i0 + j;
-            double c, y, w;
-            int64_t b, f;
-            if constexpr (Checked) {
-                c = confidence[i];
-                y = static_cast<double>(target.raw(i));
-                w = weights.at(i);
-                b = bin_of[j];
-                f = fine_of[j];
-            } else {
-                if (!stream_row(confidence, target, weights, i, c, y, w, st)) continue;
-                b = edges.bin(c);
-                f = grid.bin(c);
-            }
-            bins[b] += 1.0;
-            bins[M + b] += w;
-            bins[2 * M + b] += w * c;
-            bins[3 * M + b] += w * y;
-            if (touched && fine[f] == 0.0) touched->push_back(f);
-            fine[f] += 1.0;
-            fine[R + f] += w;
-            fine[2 * R + f] += w * c;
-            fine[3 * R + f] += w * y;
-            fine[4 * R + f] += w * std::fabs(y - c);
-            if (n_boot > 0) {
-                const RowDraws draws(seed, offset + static_cast<uint64_t>(i));
-                for (int64_t r = 0; r < n_boot; r += 2) {
-                    const uint64_t h = draws.word(r / 2);
-                    for (int64_t s = r; s < r + 2 && s < n_boot; ++s) {
-                        const uint32_t bits32 = s == r ? static_cast<uint32_t>(h >> 32) : static_cast<uint32_t>(h);
-                        const int k = poisson1(static_cast<double>(bits32) * 0x1.0p-32);
-                        if (k == 0) continue;
-                        const double wk = w * k;
-                        double* rep = boot + s * 3 * M;
-                        rep[b] += wk;
-                        rep[M + b] += wk * c;
-                        rep[2 * M + b] += wk * y;
-                    }
-                }
-            }
-        }
+    for (int64_t i = begin; i < end; ++i) {
+        double c, y, w;
+        if (!stream_row(confidence, target, weights, i, c, y, w, st)) continue;
+        const int64_t b = edges.bin(c), f = grid.bin(c);
+        bins[b] += 1.0;
+        bins[M + b] += w;
+        bins[2 * M + b] += w * c;
+        bins[3 * M + b] += w * y;
+        if (touched && fine[f] == 0.0) touched->push_back(f);
+        fine[f] += 1.0;
+        fine[R + f] += w;
+        fine[2 * R + f] += w * c;
+        fine[3 * R + f] += w * y;
+        fine[4 * R + f] += w * std::fabs(y - c);
+        if (n_boot > 0) stream_boot_row(seed, offset + static_cast<uint64_t>(i), n_boot, M, b, c, y, w, boot);
     }
 }
 

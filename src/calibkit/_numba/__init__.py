@@ -1,11 +1,12 @@
 """Numba twins of the C++ kernels in ``calibkit._core``: same names, same algorithms, same results."""
 
-from .binning import binary_stats, classwise_stats
+from .binning import binary_stats
 from .pav import isotonic_fit
 from .ranking import two_sample_ranking
 from .softmax import temperature_nll, vector_scaling_nll
 from .stream import stream_accumulate, stream_top_label
 from .stream import top_label_stats_any as top_label_stats  # binning's, with the one-call path for small inputs
+from .stream import classwise_stats_any as classwise_stats  # the same for class-wise bins
 from .uncertainty import confidence_loss, ensemble_decompose, ensemble_update, row_scores
 
 __all__ = [

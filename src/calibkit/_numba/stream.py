@@ -327,6 +327,7 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_ep
 _F64 = np.dtype(np.float64)
 _F16 = np.dtype(np.float16)
 _I64 = np.dtype(np.int64)
+_I63 = 1 << 63  # a Python int below this is its own int64 bits
 _FLOAT_DTYPES = frozenset(np.dtype(t) for t in (np.float16, np.float32, np.float64))
 
 
@@ -345,6 +346,18 @@ def _state_ok(a, shape):
         return False
     flags = a.flags
     return flags.c_contiguous and flags.writeable
+
+
+def _states_ok(bins, n_bins, fine, R, boot, n_boot, totals):
+    """_state_ok of the four state arrays in one call (every streaming update checks them)."""
+    for a in (bins, fine, boot, totals):
+        if type(a) is not np.ndarray or a.dtype != _F64:
+            return False
+        flags = a.flags
+        if not (flags.c_contiguous and flags.writeable):
+            return False
+    return (bins.shape == (4, n_bins) and fine.shape == (5, R) and boot.shape == (n_boot, 3, n_bins)
+            and totals.shape == (6,))
 
 
 def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, inverse_temperature, offset, n_bins,
@@ -378,8 +391,7 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
             raise ValueError("sample_weight must be a 1-D float64 array of length N")
         weights, has_w = sample_weight, True
     R = 2 * (fine_levels << fine_bits)
-    if not (_state_ok(bins, (4, n_bins)) and _state_ok(fine, (5, R)) and _state_ok(boot, (n_boot, 3, n_bins))
-            and _state_ok(totals, (6,))):
+    if not _states_ok(bins, n_bins, fine, R, boot, n_boot, totals):
         _state(bins, "bins", (4, n_bins))
         _state(fine, "fine", (5, R))
         _state(boot, "boot", (n_boot, 3, n_bins))
@@ -403,8 +415,10 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
         single = bool(from_logits) and K >= SHORT_ROW and scores.dtype != _F64
         return _top_label_small(scores.view(np.uint16) if scores.dtype == _F16 else scores, labels, weights, has_w,
                                 bool(from_logits), single, float(nll_eps), inv_t, HALF_TABLE, cw_M, cw_inners,
-                                cw_uniform, cw_upper, _int64_bits(offset), _cached_inner(n_bins), int(n_bins),
-                                int(fine_bits), int(fine_levels), int(n_boot), _int64_bits(seed), POISSON1_CDF, bins,
+                                cw_uniform, cw_upper, offset if type(offset) is int and 0 <= offset < _I63 else _int64_bits(offset),
+                                _cached_inner(n_bins), int(n_bins), int(fine_bits),
+                                int(fine_levels), int(n_boot),
+                                seed if type(seed) is int and 0 <= seed < _I63 else _int64_bits(seed), POISSON1_CDF, bins,
                                 fine, boot, totals, cw_state)
     flat_totals = totals.reshape(-1)
     conf = np.empty(N)
@@ -438,7 +452,7 @@ _NO_SPEC = _classwise_spec(1, 0, None)
 
 @numba.njit(**JIT)
 def _top_label_one_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll,
-                         inv_t, table, count, sums, tot):
+                         inv_t, table, count, sums, tot, conf_out, correct_out, has_out):
     """binning's top-label driver for an input of one chunk, serially and in one Numba entry call: the chunk's
     sums go into the zeroed ``count`` (M,), ``sums`` (3, M) (weight, sum confidence, sum correct) and ``tot``
     (6,), as the driver's partials of chunk 0 (added to zeros: the same bits). Returns the status tuple."""
@@ -450,21 +464,38 @@ def _top_label_one_chunk(scores, labels, weights, has_w, from_logits, single, in
     N = scores.shape[0]
     none = np.empty(0)  # the outputs and class-wise arrays this call does not use (writeable, unlike globals)
     _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
-                     none, np.empty(0, np.uint8), False, table, 0, N, count, sums[0], sums[1], sums[2], tot, st, 0,
+                     conf_out, correct_out, has_out, table, 0, N, count, sums[0], sums[1], sums[2], tot, st, 0,
                      np.empty((1, 0)), True, none, np.empty(0, np.int64), none, none, none)
     return int(st[0]), int(st[1]), int(st[2]), st[3]
+
+
+def _outputs_ok(scores, conf_out, correct_out):
+    """Whether the fast path can write these per-row outputs (else binning's checks name what is wrong)."""
+    if not (type(scores) is np.ndarray and scores.ndim == 2 and type(conf_out) is np.ndarray
+            and type(correct_out) is np.ndarray and conf_out.dtype == _F64 and correct_out.dtype == _U8):
+        return False
+    n = (scores.shape[0],)
+    if conf_out.shape != n or correct_out.shape != n:
+        return False
+    a, b = conf_out.flags, correct_out.flags
+    return a.c_contiguous and a.writeable and b.c_contiguous and b.writeable
 
 
 def top_label_stats_any(scores, labels, sample_weight, from_logits, n_bins, nll_eps, with_nll=True, conf_out=None,
                         correct_out=None, inverse_temperature=1.0, classwise_bins=0, class_edges=None):
     """``binning.top_label_stats`` (same contract, same bits), with a fast path for the common small call.
 
-    An input of at most one chunk (rows_per_chunk(K) rows) asking for bins and totals only (no per-row
-    outputs, no class-wise bins) runs :func:`_top_label_one_chunk`: one serial Numba entry call, no
-    threading layer, no lock, three small arrays returned. Anything else (and any argument the fast path
+    An input of at most one chunk (rows_per_chunk(K) rows) asking for bins, totals and optionally the per-row
+    outputs (writeable C-contiguous float64 and uint8 arrays of length N), without class-wise bins, runs
+    :func:`_top_label_one_chunk`: one serial Numba entry call, no threading layer, no lock, three small
+    arrays returned. Anything else (and any argument the fast path
     does not recognise, so that binning's checks name it) goes to ``binning.top_label_stats``.
     """
-    if (conf_out is None and class_edges is None and classwise_bins == 0 and type(scores) is np.ndarray
+    if conf_out is None and correct_out is None:
+        outputs_ok, out, out_correct = True, _NO_CONF, _NO_CORRECT
+    else:
+        outputs_ok, out, out_correct = _outputs_ok(scores, conf_out, correct_out), conf_out, correct_out
+    if (outputs_ok and class_edges is None and classwise_bins == 0 and type(scores) is np.ndarray
             and type(labels) is np.ndarray and type(n_bins) is int and 0 <= n_bins <= _MAX_SMALL_BINS
             and scores.ndim == 2 and scores.dtype in _FLOAT_DTYPES and labels.dtype == _I64 and labels.ndim == 1):
         N, K = scores.shape
@@ -482,7 +513,8 @@ def top_label_stats_any(scores, labels, sample_weight, from_logits, n_bins, nll_
                 scores.view(np.uint16) if scores.dtype == _F16 else scores, labels,
                 _NO_WEIGHTS if sample_weight is None else sample_weight, sample_weight is not None,
                 bool(from_logits), single, _cached_inner(n_bins) if n_bins > 0 else _NO_INNER, n_bins,
-                float(nll_eps), bool(with_nll), inv_t, HALF_TABLE, count, sums, tot)
+                float(nll_eps), bool(with_nll), inv_t, HALF_TABLE, count, sums, tot, out, out_correct,
+                out is not _NO_CONF)
             if n_bins < M:
                 count, sums = count[:0], sums[:, :0]
             t = tot.tolist()
@@ -495,3 +527,64 @@ def top_label_stats_any(scores, labels, sample_weight, from_logits, n_bins, nll_
 
 
 _MAX_SMALL_BINS = 1 << 20  # MAX_BINS: the fast path allocates (3 M + M) values
+_NO_CONF = np.empty(0)  # the per-row outputs of a call without them (never written: has_out is False)
+_NO_CORRECT = np.empty(0, np.uint8)
+_U8 = np.dtype(np.uint8)
+
+
+# -- class-wise statistics of a small input in one serial call (twin of classwise_stats for one chunk) ---------
+
+_MAX_CLASSWISE_CELLS = 1 << 26  # kMaxClasswiseBins: K * n_bins of a class-wise call
+
+
+@numba.njit(**JIT)
+def _classwise_one_chunk(scores, labels, weights, has_w, from_logits, single, table, cw_M, cw_inners, cw_uniform,
+                         cw_upper, cw_count, cw_w, cw_score, cw_target):
+    """binning's top-label driver without top-label bins (classwise_stats) for an input of one chunk, serially
+    and in one Numba entry call: the class-wise sums go into the zeroed (K * M,) arrays, as the driver's
+    partials of chunk 0 (added to zeros: the same bits). Returns the status tuple."""
+    st = np.empty(4)
+    st[0] = OK
+    st[1] = -1.0
+    st[2] = -1.0
+    st[3] = 0.0
+    N = scores.shape[0]
+    none = np.empty(0)
+    one = np.zeros(1)
+    _top_label_chunk(scores, labels, weights, has_w, from_logits, single, none, 0, 0.0, False, 1.0, none,
+                     np.empty(0, np.uint8), False, table, 0, N, np.zeros(1, np.int64), one, np.zeros(1), np.zeros(1),
+                     np.zeros(6), st, cw_M, cw_inners, cw_uniform, cw_upper, cw_count, cw_w, cw_score, cw_target)
+    return int(st[0]), int(st[1]), int(st[2]), st[3]
+
+
+def classwise_stats_any(scores, labels, sample_weight, from_logits, n_bins, class_edges):
+    """``binning.classwise_stats`` (same contract, same bits), with a fast path for the common small call.
+
+    An input of at most one class-wise chunk (rows_per_chunk(K, 64 M) rows) with equal-width bins runs
+    :func:`_classwise_one_chunk`: one serial Numba entry call, no threading layer, no lock. Anything else
+    (and any argument the fast path does not recognise, so that binning's checks name it) goes to
+    ``binning.classwise_stats``.
+    """
+    if (class_edges is None and type(scores) is np.ndarray and type(labels) is np.ndarray and type(n_bins) is int
+            and 1 <= n_bins <= _MAX_SMALL_BINS and scores.ndim == 2 and scores.dtype in _FLOAT_DTYPES
+            and labels.dtype == _I64 and labels.ndim == 1):
+        N, K = scores.shape
+        if (0 < K and K * n_bins <= _MAX_CLASSWISE_CELLS and N <= max(64 * n_bins, CHUNK_ELEMENTS // K)
+                and labels.shape[0] == N
+                and (sample_weight is None or (type(sample_weight) is np.ndarray and sample_weight.dtype == _F64
+                                               and sample_weight.shape == (N,)))):
+            KM = K * n_bins
+            cw_count = np.zeros(KM, np.int64)
+            cw_w = np.zeros(KM)
+            cw_score = np.zeros(KM)
+            cw_target = np.zeros(KM)
+            cw_inners, cw_uniform, cw_upper = _cached_classwise(K, n_bins)
+            single = bool(from_logits) and K >= SHORT_ROW and scores.dtype != _F64
+            status = _classwise_one_chunk(
+                scores.view(np.uint16) if scores.dtype == _F16 else scores, labels,
+                _NO_WEIGHTS if sample_weight is None else sample_weight, sample_weight is not None,
+                bool(from_logits), single, HALF_TABLE, n_bins, cw_inners, cw_uniform, cw_upper, cw_count, cw_w,
+                cw_score, cw_target)
+            return {"count": cw_count, "weight": cw_w, "sum_score": cw_score, "sum_target": cw_target,
+                    "status": status}
+    return binning.classwise_stats(scores, labels, sample_weight, from_logits, n_bins, class_edges)
