@@ -67,7 +67,7 @@ __all__ = [
     "HistogramBinning",
     "IsotonicCalibration",
     "MatrixScaling",
-    "NotFittedError",  # noqa: F822 - provided by the module __getattr__
+    "NotFittedError",  # noqa: F405,F822 - provided by the module __getattr__
     "PlattScaling",
     "TemperatureScaling",
     "VectorScaling",

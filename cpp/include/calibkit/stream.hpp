@@ -167,6 +167,25 @@ inline void stream_boot_row(uint64_t seed, uint64_t position, int64_t n_boot, in
     }
 }
 
+// One row's sums into the bins and the fine buckets, in the order every stream path uses; touched (when not
+// null) gets a fine bucket the first time a row lands in it. Unweighted: w is 1 and w * x is x (the same bits),
+// so the instance has no multiplications.
+template <bool Weighted>
+inline void add_stream_row(double* bins, double* fine, int64_t M, int64_t R, int64_t b, int64_t f, double c,
+                           double y, double w, std::vector<int64_t>* touched) {
+    const double d = std::fabs(y - c);
+    bins[b] += 1.0;
+    bins[M + b] += w;
+    bins[2 * M + b] += Weighted ? w * c : c;
+    bins[3 * M + b] += Weighted ? w * y : y;
+    if (touched && fine[f] == 0.0) touched->push_back(f);
+    fine[f] += 1.0;
+    fine[R + f] += w;
+    fine[2 * R + f] += Weighted ? w * c : c;
+    fine[3 * R + f] += Weighted ? w * y : y;
+    fine[4 * R + f] += Weighted ? w * d : d;
+}
+
 // stream_rows for checked rows: a block's confidences, targets, weights, bins and fine buckets are read and
 // computed first (branch-free, with the fine buckets' cache lines prefetched: the fine state is larger than
 // L1), then added row by row in order: the same adds, in the same order, as the unchecked path. Weighted
@@ -196,32 +215,9 @@ inline void stream_rows_checked(const Vector<C>& confidence, const Vector<L>& ta
         for (int64_t j = 0; j < n; ++j) {
             const double c = c_of[j], y = y_of[j];
             const int64_t b = bin_of[j], f = fine_of[j];
-            if constexpr (Weighted) {
-                const double w = w_of[j];
-                bins[b] += 1.0;
-                bins[M + b] += w;
-                bins[2 * M + b] += w * c;
-                bins[3 * M + b] += w * y;
-                if (touched && fine[f] == 0.0) touched->push_back(f);
-                fine[f] += 1.0;
-                fine[R + f] += w;
-                fine[2 * R + f] += w * c;
-                fine[3 * R + f] += w * y;
-                fine[4 * R + f] += w * std::fabs(y - c);
-                if (n_boot > 0) stream_boot_row(seed, offset + static_cast<uint64_t>(i0 + j), n_boot, M, b, c, y, w, boot);
-            } else {
-                bins[b] += 1.0;
-                bins[M + b] += 1.0;
-                bins[2 * M + b] += c;
-                bins[3 * M + b] += y;
-                if (touched && fine[f] == 0.0) touched->push_back(f);
-                fine[f] += 1.0;
-                fine[R + f] += 1.0;
-                fine[2 * R + f] += c;
-                fine[3 * R + f] += y;
-                fine[4 * R + f] += std::fabs(y - c);
-                if (n_boot > 0) stream_boot_row(seed, offset + static_cast<uint64_t>(i0 + j), n_boot, M, b, c, y, 1.0, boot);
-            }
+            const double w = Weighted ? w_of[j] : 1.0;
+            add_stream_row<Weighted>(bins, fine, M, R, b, f, c, y, w, touched);
+            if (n_boot > 0) stream_boot_row(seed, offset + static_cast<uint64_t>(i0 + j), n_boot, M, b, c, y, w, boot);
         }
     }
 }
@@ -249,16 +245,7 @@ inline void stream_rows(const Vector<C>& confidence, const Vector<L>& target, co
         double c, y, w;
         if (!stream_row(confidence, target, weights, i, c, y, w, st)) continue;
         const int64_t b = edges.bin(c), f = grid.bin(c);
-        bins[b] += 1.0;
-        bins[M + b] += w;
-        bins[2 * M + b] += w * c;
-        bins[3 * M + b] += w * y;
-        if (touched && fine[f] == 0.0) touched->push_back(f);
-        fine[f] += 1.0;
-        fine[R + f] += w;
-        fine[2 * R + f] += w * c;
-        fine[3 * R + f] += w * y;
-        fine[4 * R + f] += w * std::fabs(y - c);
+        add_stream_row<true>(bins, fine, M, R, b, f, c, y, w, touched);
         if (n_boot > 0) stream_boot_row(seed, offset + static_cast<uint64_t>(i), n_boot, M, b, c, y, w, boot);
     }
 }
