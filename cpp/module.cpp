@@ -7,6 +7,7 @@
 #include <string>
 
 #include "calibkit/parallel.hpp"
+#include "calibkit/simd.hpp"
 
 namespace py = pybind11;
 
@@ -61,6 +62,10 @@ PYBIND11_MODULE(_core, m) {
           "CPUs this process may use: its affinity mask, lowered to a cgroup CPU quota.");
     m.def("default_num_threads", &calibkit::default_num_threads,
           "usable_cpus() capped by CALIBKIT_NUM_THREADS, else OMP_NUM_THREADS, when set.");
+    m.def("simd_path", &calibkit::simd::path_name,
+          "The kernels' lane implementation in this build: 'gnu-vector' (GCC/Clang vector extensions) or "
+          "'portable' (plain C++17, built with CALIBKIT_PORTABLE_SIMD or by a compiler without them); "
+          "both give bit-identical results.");
     m.def("_pool_selftest", &pool_selftest, py::arg("kind"), py::arg("n_tasks") = 16, py::arg("n_threads") = 2);
     bind_binning(m);
     bind_stream(m);

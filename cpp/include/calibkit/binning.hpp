@@ -521,7 +521,7 @@ CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_
                 // The next row's lines are requested while this one computes: its read 1 then
                 // comes from cache and the memory traffic overlaps the exps.
                 if (next)
-                    for (int c = 0; c < 8 * kRowBlock * 4; c += 64) __builtin_prefetch(next + 4 * k + c, 0, 3);
+                    for (int c = 0; c < 8 * kRowBlock * 4; c += 64) CALIBKIT_PREFETCH(next + 4 * k + c, 0, 3);
             }
             for (int u = 0; u < kRowBlock; ++u)
                 for (int g = 0; g < G; ++g) {
@@ -638,7 +638,7 @@ CALIBKIT_INLINE void short_float_columns(const Matrix<T>& s, const char* const* 
     const int64_t K = s.cols;
     if constexpr (std::is_same<T, float>::value) {
         if (s.col_stride == static_cast<int64_t>(sizeof(float)) && K >= 4) {
-            typedef float F4 __attribute__((vector_size(16)));
+            typedef simd::Vec<2>::fw F4;  // four float lanes
             for (int64_t k0 = 0;; k0 += 4) {
                 const int64_t k = std::min(k0, K - 4);
                 for (int q = 0; q < B; q += 4) {
@@ -647,14 +647,14 @@ CALIBKIT_INLINE void short_float_columns(const Matrix<T>& s, const char* const* 
                     std::memcpy(&r1, reinterpret_cast<const float*>(base[q + 1]) + k, sizeof r1);
                     std::memcpy(&r2, reinterpret_cast<const float*>(base[q + 2]) + k, sizeof r2);
                     std::memcpy(&r3, reinterpret_cast<const float*>(base[q + 3]) + k, sizeof r3);
-                    const F4 t0 = __builtin_shufflevector(r0, r1, 0, 4, 1, 5);
-                    const F4 t1 = __builtin_shufflevector(r2, r3, 0, 4, 1, 5);
-                    const F4 t2 = __builtin_shufflevector(r0, r1, 2, 6, 3, 7);
-                    const F4 t3 = __builtin_shufflevector(r2, r3, 2, 6, 3, 7);
-                    const F4 c0 = __builtin_shufflevector(t0, t1, 0, 1, 4, 5);
-                    const F4 c1 = __builtin_shufflevector(t0, t1, 2, 3, 6, 7);
-                    const F4 c2 = __builtin_shufflevector(t2, t3, 0, 1, 4, 5);
-                    const F4 c3 = __builtin_shufflevector(t2, t3, 2, 3, 6, 7);
+                    const F4 t0 = simd::shuffle<0, 4, 1, 5>(r0, r1);
+                    const F4 t1 = simd::shuffle<0, 4, 1, 5>(r2, r3);
+                    const F4 t2 = simd::shuffle<2, 6, 3, 7>(r0, r1);
+                    const F4 t3 = simd::shuffle<2, 6, 3, 7>(r2, r3);
+                    const F4 c0 = simd::shuffle<0, 1, 4, 5>(t0, t1);
+                    const F4 c1 = simd::shuffle<2, 3, 6, 7>(t0, t1);
+                    const F4 c2 = simd::shuffle<0, 1, 4, 5>(t2, t3);
+                    const F4 c3 = simd::shuffle<2, 3, 6, 7>(t2, t3);
                     std::memcpy(&cols[k][q], &c0, sizeof c0);
                     std::memcpy(&cols[k + 1][q], &c1, sizeof c1);
                     std::memcpy(&cols[k + 2][q], &c2, sizeof c2);
@@ -695,7 +695,7 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
         if constexpr (std::is_same<T, float>::value) {  // gather as floats, one conversion
             typename V::f f;
             for (int j = 0; j < W; ++j) f[j] = *reinterpret_cast<const float*>(base[g * W + j] + k * s.col_stride);
-            return __builtin_convertvector(f, D);
+            return convert<D>(f);
         } else {
             D v;
             for (int j = 0; j < W; ++j) v[j] = load(reinterpret_cast<const T*>(base[g * W + j] + k * s.col_stride));
@@ -742,16 +742,16 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
             const IW fbad = ~((fmn >= lo) & (fmx <= hi));
             out.fconfidence = fmx;
             widen<V>(fmx, mx[0], mx[1]);
-            typedef int32_t IH __attribute__((vector_size(sizeof(IW) / 2)));
+            typedef typename V::ih IH;
             IH h0, h1;
             std::memcpy(&h0, &farg, sizeof h0);
             std::memcpy(&h1, reinterpret_cast<const char*>(&farg) + sizeof h0, sizeof h1);
-            arg[0] = __builtin_convertvector(h0, I);
-            arg[1] = __builtin_convertvector(h1, I);
+            arg[0] = convert<I>(h0);
+            arg[1] = convert<I>(h1);
             std::memcpy(&h0, &fbad, sizeof h0);
             std::memcpy(&h1, reinterpret_cast<const char*>(&fbad) + sizeof h0, sizeof h1);
-            bad[0] = __builtin_convertvector(h0, I) | ~(sq[0] == sq[0]);
-            bad[1] = __builtin_convertvector(h1, I) | ~(sq[1] == sq[1]);
+            bad[0] = convert<I>(h0) | ~(sq[0] == sq[0]);
+            bad[1] = convert<I>(h1) | ~(sq[1] == sq[1]);
         } else {
             const D lo = splat<D>(-kProbabilityTolerance), hi = splat<D>(1.0 + kProbabilityTolerance);
             I kk = (I)zero;
@@ -946,7 +946,7 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
                     for (int h = 0; h < 2; ++h) add_bin0(k + g * LF + h * W, pd[h], wd[h]);
                 }
                 for (; cand != 0; cand &= cand - 1) {
-                    const int64_t j = k + __builtin_ctz(cand);
+                    const int64_t j = k + simd::ctz(cand);
                     add(j, static_cast<double>(e[j]) * scale);
                 }
             }

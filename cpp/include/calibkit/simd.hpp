@@ -5,6 +5,14 @@
 // of the kernels to one AVX2 register. Every operation is lane-wise IEEE
 // arithmetic (no FMA contraction, no fast-math) and every horizontal reduction
 // has a fixed order, so both clones give bit-identical results.
+//
+// Any other C++17 compiler (or CALIBKIT_PORTABLE_SIMD defined, the CMake option
+// of that name) gets the portable path: the same lane types as a small class
+// template, Lanes<T, N>, whose operators are loops over the lanes doing the same
+// IEEE operation on each, so the results are the same bits as the vector path's.
+// The kernels' source is the same in both modes: what vector extensions spell
+// with builtins goes through the helpers below (convert, shuffle, ctz,
+// CALIBKIT_PREFETCH, CALIBKIT_INLINE).
 #pragma once
 
 #include <cstdint>
@@ -14,13 +22,25 @@
 
 #include "common.hpp"
 
-#if !(defined(__GNUC__) || defined(__clang__))
-#error "calibkit's kernels need GCC or Clang (vector extensions)"
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(CALIBKIT_PORTABLE_SIMD)
+#define CALIBKIT_GNU_VECTORS 1
+#else
+#define CALIBKIT_GNU_VECTORS 0
 #endif
 
+#if defined(__GNUC__) || defined(__clang__)
 #define CALIBKIT_INLINE inline __attribute__((always_inline))
+// Prefetch the cache line at p (rw: 0 read, 1 write; locality 0..3): a hint, no effect on results.
+#define CALIBKIT_PREFETCH(p, rw, locality) __builtin_prefetch((p), (rw), (locality))
+#elif defined(_MSC_VER)
+#define CALIBKIT_INLINE __forceinline
+#define CALIBKIT_PREFETCH(p, rw, locality) ((void)(p))
+#else
+#define CALIBKIT_INLINE inline
+#define CALIBKIT_PREFETCH(p, rw, locality) ((void)(p))
+#endif
 
-#if (defined(__x86_64__) || defined(__i386__)) && !defined(CALIBKIT_NO_DISPATCH)
+#if CALIBKIT_GNU_VECTORS && (defined(__x86_64__) || defined(__i386__)) && !defined(CALIBKIT_NO_DISPATCH)
 #define CALIBKIT_HAVE_AVX2_CLONES 1
 // Applied to a thin wrapper that calls the portable kernel: flatten inlines the
 // kernel (and everything it calls) into the wrapper, compiled for AVX2.
@@ -32,12 +52,198 @@
 namespace calibkit {
 namespace simd {
 
+// "gnu-vector" or "portable": the lane implementation this build uses.
+inline const char* path_name() { return CALIBKIT_GNU_VECTORS ? "gnu-vector" : "portable"; }
+
+// The index of the lowest set bit of x != 0.
+CALIBKIT_INLINE int ctz(unsigned x) {
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_ctz(x);
+#else
+    int n = 0;
+    while (!(x & 1u)) {
+        x >>= 1;
+        ++n;
+    }
+    return n;
+#endif
+}
+
+#if !CALIBKIT_GNU_VECTORS
+
+// N lanes of T with the semantics of a GCC/Clang vector of them: element-wise
+// arithmetic (integer arithmetic wraps), comparisons giving lanes of the signed
+// integer of T's width holding 0 or -1, scalars broadcast to every lane, and a
+// C-style cast between lane types of the same size reinterprets the bits.
+template <class T>
+struct MaskLane {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "lanes of 4 or 8 bytes");
+    typedef typename std::conditional<sizeof(T) == 8, int64_t, int32_t>::type type;
+};
+
+template <class T, int N>
+struct alignas(sizeof(T) * N) Lanes {
+    typedef T value_type;
+    static constexpr int size = N;
+    T v[N];
+
+    Lanes() = default;  // lanes undefined, as for a vector
+    // The bits of another lane type of the same size (a vector extension's C-style cast).
+    template <class U, int M, class = typename std::enable_if<sizeof(U) * M == sizeof(T) * N>::type>
+    explicit Lanes(const Lanes<U, M>& o) {
+        std::memcpy(v, o.v, sizeof v);
+    }
+
+    CALIBKIT_INLINE T& operator[](int j) { return v[j]; }
+    CALIBKIT_INLINE const T& operator[](int j) const { return v[j]; }
+};
+
+template <class T>
+struct IsLanes : std::false_type {};
+template <class T, int N>
+struct IsLanes<Lanes<T, N>> : std::true_type {};
+
+namespace lanes_detail {
+// Integer arithmetic through the unsigned type: it wraps, as vector lanes do.
+template <class T>
+using Arith = typename std::conditional<std::is_integral<T>::value, std::make_unsigned<T>, std::common_type<T>>::type::type;
+template <class T, class S>
+using IfScalar = typename std::enable_if<std::is_arithmetic<S>::value, T>::type;
+template <class T>
+using IfInt = typename std::enable_if<std::is_integral<T>::value, int>::type;
+}  // namespace lanes_detail
+
+#define CALIBKIT_LANES_ARITH(op)                                                                               \
+    template <class T, int N>                                                                                  \
+    CALIBKIT_INLINE Lanes<T, N> operator op(const Lanes<T, N>& a, const Lanes<T, N>& b) {                      \
+        typedef lanes_detail::Arith<T> A;                                                                      \
+        Lanes<T, N> r;                                                                                         \
+        for (int j = 0; j < N; ++j) r.v[j] = static_cast<T>(static_cast<A>(a.v[j]) op static_cast<A>(b.v[j])); \
+        return r;                                                                                              \
+    }                                                                                                          \
+    template <class T, int N, class S>                                                                         \
+    CALIBKIT_INLINE lanes_detail::IfScalar<Lanes<T, N>, S> operator op(const Lanes<T, N>& a, S b) {            \
+        Lanes<T, N> s;                                                                                         \
+        for (int j = 0; j < N; ++j) s.v[j] = static_cast<T>(b);                                                \
+        return a op s;                                                                                         \
+    }                                                                                                          \
+    template <class T, int N, class S>                                                                         \
+    CALIBKIT_INLINE lanes_detail::IfScalar<Lanes<T, N>, S> operator op(S a, const Lanes<T, N>& b) {            \
+        Lanes<T, N> s;                                                                                         \
+        for (int j = 0; j < N; ++j) s.v[j] = static_cast<T>(a);                                                \
+        return s op b;                                                                                         \
+    }                                                                                                          \
+    template <class T, int N, class B>                                                                         \
+    CALIBKIT_INLINE Lanes<T, N>& operator op##=(Lanes<T, N>& a, const B& b) {                                  \
+        return a = a op b;                                                                                     \
+    }
+
+CALIBKIT_LANES_ARITH(+)
+CALIBKIT_LANES_ARITH(-)
+CALIBKIT_LANES_ARITH(*)
+CALIBKIT_LANES_ARITH(/)
+CALIBKIT_LANES_ARITH(&)
+CALIBKIT_LANES_ARITH(|)
+CALIBKIT_LANES_ARITH(^)
+#undef CALIBKIT_LANES_ARITH
+
+template <class T, int N>
+CALIBKIT_INLINE Lanes<T, N> operator-(const Lanes<T, N>& a) {
+    typedef lanes_detail::Arith<T> A;
+    Lanes<T, N> r;
+    for (int j = 0; j < N; ++j) r.v[j] = static_cast<T>(-static_cast<A>(a.v[j]));
+    return r;
+}
+
+template <class T, int N, lanes_detail::IfInt<T> = 0>
+CALIBKIT_INLINE Lanes<T, N> operator~(const Lanes<T, N>& a) {
+    Lanes<T, N> r;
+    for (int j = 0; j < N; ++j) r.v[j] = static_cast<T>(~a.v[j]);
+    return r;
+}
+
+// Shifts by a scalar count: left through the unsigned type, right arithmetic (as vector lanes).
+template <class T, int N, lanes_detail::IfInt<T> = 0>
+CALIBKIT_INLINE Lanes<T, N> operator<<(const Lanes<T, N>& a, int s) {
+    typedef typename std::make_unsigned<T>::type U;
+    Lanes<T, N> r;
+    for (int j = 0; j < N; ++j) r.v[j] = static_cast<T>(static_cast<U>(a.v[j]) << s);
+    return r;
+}
+
+template <class T, int N, lanes_detail::IfInt<T> = 0>
+CALIBKIT_INLINE Lanes<T, N> operator>>(const Lanes<T, N>& a, int s) {
+    Lanes<T, N> r;
+    for (int j = 0; j < N; ++j) r.v[j] = static_cast<T>(a.v[j] >> s);
+    return r;
+}
+
+#define CALIBKIT_LANES_COMPARE(op)                                                                           \
+    template <class T, int N>                                                                                \
+    CALIBKIT_INLINE Lanes<typename MaskLane<T>::type, N> operator op(const Lanes<T, N>& a,                   \
+                                                                      const Lanes<T, N>& b) {                \
+        Lanes<typename MaskLane<T>::type, N> r;                                                              \
+        for (int j = 0; j < N; ++j) r.v[j] = a.v[j] op b.v[j] ? -1 : 0;                                      \
+        return r;                                                                                            \
+    }                                                                                                        \
+    template <class T, int N, class S>                                                                       \
+    CALIBKIT_INLINE lanes_detail::IfScalar<Lanes<typename MaskLane<T>::type, N>, S> operator op(             \
+        const Lanes<T, N>& a, S b) {                                                                         \
+        Lanes<typename MaskLane<T>::type, N> r;                                                              \
+        for (int j = 0; j < N; ++j) r.v[j] = a.v[j] op static_cast<T>(b) ? -1 : 0;                           \
+        return r;                                                                                            \
+    }
+
+CALIBKIT_LANES_COMPARE(==)
+CALIBKIT_LANES_COMPARE(!=)
+CALIBKIT_LANES_COMPARE(<)
+CALIBKIT_LANES_COMPARE(<=)
+CALIBKIT_LANES_COMPARE(>)
+CALIBKIT_LANES_COMPARE(>=)
+#undef CALIBKIT_LANES_COMPARE
+
+// Lane types: Vec<2> (SSE2, the portable default) and Vec<4> (AVX2 clones).
+// fw / iw: one register of single-precision lanes (twice `width`), for the
+// float32 paths; ih: `width` int32 lanes (half of iw).
+template <int W>
+struct Vec {
+    static_assert(W == 2 || W == 4, "two or four double lanes");
+    static constexpr int width = W;
+    typedef Lanes<double, W> d;
+    typedef Lanes<int64_t, W> i;
+    typedef Lanes<float, W> f;
+    typedef Lanes<float, 2 * W> fw;
+    typedef Lanes<int32_t, 2 * W> iw;
+    typedef Lanes<int32_t, W> ih;
+};
+
+// The lanes of x converted value by value to the lane type To (same lane count).
+template <class To, class From>
+CALIBKIT_INLINE To convert(const From& x) {
+    static_assert(To::size == From::size, "the same number of lanes");
+    To r;
+    for (int j = 0; j < From::size; ++j) r.v[j] = static_cast<typename To::value_type>(x.v[j]);
+    return r;
+}
+
+// Four lanes picked from a (lanes 0..3) and b (lanes 4..7): __builtin_shufflevector(a, b, I0, I1, I2, I3).
+template <int I0, int I1, int I2, int I3, class F4>
+CALIBKIT_INLINE F4 shuffle(const F4& a, const F4& b) {
+    static_assert(F4::size == 4, "four lanes");
+    const int at[4] = {I0, I1, I2, I3};
+    F4 r;
+    for (int j = 0; j < 4; ++j) r.v[j] = at[j] < 4 ? a.v[at[j]] : b.v[at[j] - 4];
+    return r;
+}
+
+#else  // CALIBKIT_GNU_VECTORS
+
 // Lane types: Vec<2> (SSE2, the portable default) and Vec<4> (AVX2 clones).
 template <int W>
 struct Vec;
 
 // fw / iw: one register of single-precision lanes (twice `width`), for the
-// float32 paths.
+// float32 paths; ih: `width` int32 lanes (half of iw).
 template <>
 struct Vec<2> {
     static constexpr int width = 2;
@@ -46,6 +252,7 @@ struct Vec<2> {
     typedef float f __attribute__((vector_size(8)));
     typedef float fw __attribute__((vector_size(16)));
     typedef int32_t iw __attribute__((vector_size(16)));
+    typedef int32_t ih __attribute__((vector_size(8)));
 };
 
 template <>
@@ -56,7 +263,20 @@ struct Vec<4> {
     typedef float f __attribute__((vector_size(16)));
     typedef float fw __attribute__((vector_size(32)));
     typedef int32_t iw __attribute__((vector_size(32)));
+    typedef int32_t ih __attribute__((vector_size(16)));
 };
+
+template <class To, class From>
+CALIBKIT_INLINE To convert(From x) {
+    return __builtin_convertvector(x, To);
+}
+
+template <int I0, int I1, int I2, int I3, class F4>
+CALIBKIT_INLINE F4 shuffle(F4 a, F4 b) {
+    return __builtin_shufflevector(a, b, I0, I1, I2, I3);
+}
+
+#endif  // CALIBKIT_GNU_VECTORS
 
 // True when the AVX2 clones may run: the CPU has AVX2 and CALIBKIT_NO_AVX2 is not set
 // (the tests set it to compare both clones).
@@ -102,7 +322,7 @@ CALIBKIT_INLINE I select_int(I mask, I a, I b) {
 template <class I>
 CALIBKIT_INLINE bool any_lane(I m) {
     static_assert(sizeof(I) == 16 || sizeof(I) == 32, "a 16- or 32-byte mask");
-    typedef int32_t I4 __attribute__((vector_size(16)));
+    typedef Vec<2>::iw I4;
     I4 x;
     std::memcpy(&x, &m, sizeof x);
     if constexpr (sizeof(I) == 32) {
@@ -110,7 +330,7 @@ CALIBKIT_INLINE bool any_lane(I m) {
         std::memcpy(&hi, reinterpret_cast<const char*>(&m) + sizeof x, sizeof hi);
         x |= hi;
     }
-#if defined(__SSE__)
+#if CALIBKIT_GNU_VECTORS && defined(__SSE__)
     typedef float F4 __attribute__((vector_size(16)));
     return __builtin_ia32_movmskps((F4)x) != 0;
 #else
@@ -125,12 +345,12 @@ CALIBKIT_INLINE bool any_lane(I m) {
 template <class I>
 CALIBKIT_INLINE unsigned lane_bits(I m) {
     static_assert(sizeof(I) == 16 || sizeof(I) == 32, "a 16- or 32-byte mask");
-    typedef int32_t I4 __attribute__((vector_size(16)));
+    typedef Vec<2>::iw I4;
     unsigned bits = 0;
     for (unsigned h = 0; h < sizeof(I) / 16; ++h) {
         I4 x;
         std::memcpy(&x, reinterpret_cast<const char*>(&m) + 16 * h, sizeof x);
-#if defined(__SSE__)
+#if CALIBKIT_GNU_VECTORS && defined(__SSE__)
         typedef float F4 __attribute__((vector_size(16)));
         bits |= static_cast<unsigned>(__builtin_ia32_movmskps((F4)x)) << (4 * h);
 #else
@@ -144,7 +364,12 @@ CALIBKIT_INLINE unsigned lane_bits(I m) {
 // compilers emit for this pattern.
 template <class D>
 CALIBKIT_INLINE D vmax(D a, D b) {
+#if CALIBKIT_GNU_VECTORS
     return a > b ? a : b;
+#else
+    for (int j = 0; j < D::size; ++j) a.v[j] = a.v[j] > b.v[j] ? a.v[j] : b.v[j];
+    return a;
+#endif
 }
 
 // exp(x) for x <= 0 (and -inf), to about 1 ulp: x = n ln2 + r with |r| <= ln2/2
@@ -185,7 +410,12 @@ inline double exp_nonpositive(double x) { return exp_nonpositive<Vec<2>>(splat<V
 
 template <class D>
 CALIBKIT_INLINE D vmin(D a, D b) {
+#if CALIBKIT_GNU_VECTORS
     return a < b ? a : b;
+#else
+    for (int j = 0; j < D::size; ++j) a.v[j] = a.v[j] < b.v[j] ? a.v[j] : b.v[j];
+    return a;
+#endif
 }
 
 // log(x) for finite x > 0 (subnormals included), to about 1 ulp: x = 2^e m with
@@ -298,7 +528,7 @@ CALIBKIT_INLINE typename V::fw log_f32(typename V::fw x) {
     const I big = m > splat_f<F>(static_cast<float>(1.4142135623730951));
     m = select_f(big, m * splat_f<F>(0.5f), m);
     e_int = e_int - big;  // big is -1 where true
-    const F e = __builtin_convertvector(e_int, F);
+    const F e = convert<F>(e_int);
     const F f = (m - splat_f<F>(1.0f)) / (m + splat_f<F>(1.0f));
     const F f2 = f * f;
     F s = splat_f<F>(static_cast<float>(1.0 / 9.0));
@@ -318,7 +548,12 @@ inline float log_f32(float x) { return log_f32<Vec<2>>(splat_f<Vec<2>::fw>(x))[0
 template <class V>
 CALIBKIT_INLINE void widen(typename V::fw x, typename V::d& lo, typename V::d& hi) {
     typename V::f a, b;
-#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#if !CALIBKIT_GNU_VECTORS
+    for (int j = 0; j < V::width; ++j) {
+        a[j] = x[j];
+        b[j] = x[V::width + j];
+    }
+#elif defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
     if constexpr (V::width == 4) {
         a = __builtin_shufflevector(x, x, 0, 1, 2, 3);
         b = __builtin_shufflevector(x, x, 4, 5, 6, 7);
@@ -330,8 +565,8 @@ CALIBKIT_INLINE void widen(typename V::fw x, typename V::d& lo, typename V::d& h
     std::memcpy(&a, &x, sizeof a);
     std::memcpy(&b, reinterpret_cast<const char*>(&x) + sizeof a, sizeof b);
 #endif
-    lo = __builtin_convertvector(a, typename V::d);
-    hi = __builtin_convertvector(b, typename V::d);
+    lo = convert<typename V::d>(a);
+    hi = convert<typename V::d>(b);
 }
 
 // Eight consecutive elements of a row ("an octet") as 8 / W vectors of W
@@ -390,7 +625,7 @@ struct GroupLoad<float, V> {
     CALIBKIT_INLINE static typename V::d contiguous(const float* p) {
         typename V::f v;
         std::memcpy(&v, p, sizeof v);
-        return __builtin_convertvector(v, typename V::d);
+        return convert<typename V::d>(v);
     }
 };
 
