@@ -119,6 +119,10 @@ for name, (z, y) in cases.items():
     members = np.stack([z + rng.normal(0.0, 0.5, z.shape) for _ in range(5)])[:, :500]
     put(f"{name}.decompose", calibkit.decompose(members, from_logits=True, backend="cpp"))
     put(f"{name}.confidence_loss", calibkit.confidence_loss(z[:500], y[:500], z[500:1000] * 0.3, backend="cpp"))
+    # ranking: AUROC's exact 128-bit sum (unsigned __int128, or two 64-bit words in the portable build)
+    s_in, s_out = z.max(axis=1)[: len(z) // 2], z.max(axis=1)[len(z) // 2:] * 0.9
+    m = calibkit.ood_metrics(s_in, s_out, backend="cpp")
+    put(f"{name}.ood", np.array([m.auroc, m.aupr_in, m.aupr_out, m.fpr_at_tpr]))
 
 # binary: positive-class probabilities and logits
 n = 5000

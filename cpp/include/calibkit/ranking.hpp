@@ -28,6 +28,44 @@
 
 namespace calibkit {
 
+// Sum of products of two non-negative 64-bit integers, exact in 128 bits, and its value as a double rounded to
+// nearest (as the conversion of unsigned __int128 rounds). GCC/Clang use unsigned __int128; other compilers
+// (and the portable build, so that CI runs this path) two 64-bit words.
+#if defined(__SIZEOF_INT128__) && !defined(CALIBKIT_PORTABLE_SIMD)
+struct ExactSum128 {
+    unsigned __int128 v = 0;
+    void add_product(uint64_t a, uint64_t b) { v += static_cast<unsigned __int128>(a) * b; }
+    double to_double() const { return static_cast<double>(v); }
+};
+#else
+struct ExactSum128 {
+    uint64_t hi = 0, lo = 0;
+    void add_product(uint64_t a, uint64_t b) {
+        const uint64_t a0 = a & 0xffffffffu, a1 = a >> 32, b0 = b & 0xffffffffu, b1 = b >> 32;
+        const uint64_t p00 = a0 * b0, p01 = a0 * b1, p10 = a1 * b0, p11 = a1 * b1;
+        const uint64_t mid = (p00 >> 32) + (p01 & 0xffffffffu) + (p10 & 0xffffffffu);
+        const uint64_t plo = (mid << 32) | (p00 & 0xffffffffu);
+        const uint64_t phi = p11 + (p01 >> 32) + (p10 >> 32) + (mid >> 32);
+        lo += plo;
+        hi += phi + (lo < plo ? 1u : 0u);
+    }
+    double to_double() const {
+        if (hi == 0) return static_cast<double>(lo);
+        // The top 64 significant bits, the bits shifted out ORed into the lowest one (a sticky bit far below
+        // double's rounding position, so the one rounding of the conversion is the rounding of the whole value).
+        int shift = 64;
+        while ((hi >> (shift - 1)) == 0) --shift;  // hi has `shift` significant bits
+        const uint64_t top = shift == 64 ? hi : (hi << (64 - shift)) | (lo >> shift);
+        const uint64_t dropped = shift == 64 ? lo : lo << (64 - shift);
+        return std::ldexp(static_cast<double>(top | (dropped != 0 ? 1u : 0u)), shift);
+    }
+};
+#endif
+
+}  // namespace calibkit
+
+namespace calibkit {
+
 struct RankingSummary {
     double auroc = 0.0, ap_pos = 0.0, ap_neg = 0.0, fpr_at_tpr = 0.0, detection_error = 0.5, aurc = 0.0;
     Status status;
@@ -106,12 +144,12 @@ RankingSummary two_sample_ranking(const Vector<T>& pos, const Vector<T>& neg, do
     const double inv_p = 1.0 / static_cast<double>(P), inv_n = 1.0 / static_cast<double>(N);
     const double inv_total = 1.0 / static_cast<double>(P + N);
     // 2 * AUROC * P * N as an exact integer.
-    unsigned __int128 auc2 = 0;
+    ExactSum128 auc2;
     double ap = 0.0, aurc = 0.0, best_error = 0.5, fpr_at = 1.0;
     bool found = false;
     int64_t tp0 = 0, fp0 = 0;
     merge_walk(pk.get(), P, nk.get(), N, true, [&](uint64_t t, int64_t tp, int64_t fp) {
-        auc2 += static_cast<unsigned __int128>(fp - fp0) * static_cast<unsigned __int128>(tp + tp0);
+        auc2.add_product(static_cast<uint64_t>(fp - fp0), static_cast<uint64_t>(tp + tp0));
         const double accepted = static_cast<double>(tp + fp);
         if (tp > tp0) ap += static_cast<double>(tp - tp0) * (static_cast<double>(tp) / accepted);
         aurc += static_cast<double>(tp + fp - tp0 - fp0) * (static_cast<double>(fp) / accepted);
@@ -136,7 +174,7 @@ RankingSummary two_sample_ranking(const Vector<T>& pos, const Vector<T>& neg, do
         out.auroc = out.ap_pos = out.ap_neg = out.fpr_at_tpr = out.detection_error = NAN;
         return out;
     }
-    out.auroc = static_cast<double>(auc2) / (2.0 * static_cast<double>(P) * static_cast<double>(N));
+    out.auroc = auc2.to_double() / (2.0 * static_cast<double>(P) * static_cast<double>(N));
     out.ap_pos = ap * inv_p;
     out.detection_error = best_error;
     out.fpr_at_tpr = fpr_at;

@@ -211,7 +211,7 @@ inline void stream_rows_checked(const Vector<C>& confidence, const Vector<L>& ta
             fine_of[j] = grid.bin_checked(c);
         }
         for (int64_t j = 0; j < n; ++j)
-            for (int64_t q = 0; q < 5; ++q) __builtin_prefetch(fine + q * R + fine_of[j], 1);
+            for (int64_t q = 0; q < 5; ++q) CALIBKIT_PREFETCH(fine + q * R + fine_of[j], 1, 3);
         for (int64_t j = 0; j < n; ++j) {
             const double c = c_of[j], y = y_of[j];
             const int64_t b = bin_of[j], f = fine_of[j];
