@@ -99,7 +99,7 @@ PRELUDE = textwrap.dedent(
             return [Z, Y, rng.normal(size=(N // 2, K)), 0.5], {}
         if name == "set_num_threads":
             return [2], {}
-        if name in ("get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads"):
+        if name in ("get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads", "simd_path"):
             return [], {}
         if name == "_pool_selftest":
             return ["ok", 8, 2], {}
@@ -258,8 +258,8 @@ KNOWN = ["top_label_stats", "binary_stats", "classwise_stats", "stream_accumulat
          "step_apply_tables", "histogram_fit_columns", "stream_top_label", "two_sample_ranking", "row_scores",
          "ensemble_decompose",
          "ensemble_update", "confidence_loss", "set_num_threads", "get_num_threads", "hardware_threads",
-         "usable_cpus", "default_num_threads", "_pool_selftest"]
-NO_ARGUMENTS = ("get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads")
+         "usable_cpus", "default_num_threads", "_pool_selftest", "simd_path"]
+NO_ARGUMENTS = ("get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads", "simd_path")
 PRESENT = [n for n in KNOWN if callable(getattr(_core, n, None))]
 
 

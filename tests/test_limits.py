@@ -187,7 +187,7 @@ def test_cli_n_bins_out_of_range_is_one_line_exit_2(tiny_dump, command, n_bins):
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("flag, value, word", [("--n-bins", "100000000", "n_bins"),
+@pytest.mark.parametrize("flag, value, word", [("--n-bins", "100000000", "--n-bins"),
                                                ("--bootstrap", "1000000000", "bootstrap"),
                                                ("--window", str(2 ** 64), "window")])
 def test_cli_monitor_sizes_out_of_range_are_one_line_exit_2(flag, value, word):

@@ -185,7 +185,7 @@ def test_missing_output_folder_is_refused_at_start(tmp_path, flag):
     assert proc.stdout == b""  # refused before reading anything
 
 
-@pytest.mark.parametrize("option, message", [("--n-bins=0", "n_bins must be >= 1"), ("--window=0", "window must be")])
+@pytest.mark.parametrize("option, message", [("--n-bins=0", "--n-bins must be >= 1"), ("--window=0", "window must be")])
 def test_bad_configuration_is_refused_at_start(option, message):
     proc = _run([option], input=b'{"probs": [0.2, 0.8], "label": 1}\n')
     assert proc.returncode == 2
