@@ -6,10 +6,8 @@ there. It compiles the extension (about a minute) and needs a git checkout; it s
 """
 
 import importlib.metadata
-import os
 import pathlib
 import shutil
-import site
 import subprocess
 import sys
 import tarfile
@@ -20,15 +18,10 @@ import pytest
 
 import calibkit
 from calibkit import datasets
+from _wheel import build_wheel, clean_env, venv_with
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLE = f"calibkit/data/{datasets.EXAMPLE_FILE}"
-
-
-def _clean_env():
-    env = {k: v for k, v in os.environ.items() if k not in ("CALIBKIT_DATA", "PYTHONPATH")}
-    env["PYTHONWARNINGS"] = "ignore"
-    return env
 
 
 def test_licence_file_and_metadata():
@@ -80,7 +73,7 @@ def test_sdist_has_licence_and_example(tmp_path):
     src = _git_archive(tmp_path)
     code = f"from scikit_build_core.build import build_sdist; print(build_sdist({str(tmp_path / 'dist')!r}))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, timeout=300,
-                          env=_clean_env())
+                          env=clean_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     name = proc.stdout.split()[-1]
     with tarfile.open(tmp_path / "dist" / name) as t:
@@ -96,39 +89,24 @@ def _tree(root):
 def test_wheel_from_clean_archive_runs_the_example(tmp_path):
     src = _git_archive(tmp_path)
     before = _tree(src)
-    dist = tmp_path / "dist"
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(dist), str(src)], capture_output=True, text=True, timeout=1200,
-                          env=_clean_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    wheel = next(dist.glob("calibkit-*.whl"))
+    wheel = build_wheel(src, tmp_path / "dist", timeout=1200)
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
     assert EXAMPLE in names and "calibkit/py.typed" in names, names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     # the build wrote nothing into the source tree (a read-only checkout builds)
     assert _tree(src) == before, sorted(set(_tree(src)) - set(before))[:20]
-    # a fresh environment: calibkit from the wheel; its dependencies from this interpreter's
-    # site-packages, added as a plain path (not a site dir: its .pth files, such as an editable
-    # install's import hook, are not run), run from a folder with nothing beside it
+    # a fresh environment: calibkit from the wheel, run from a folder with nothing beside it
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    site_dir = next((venv / "lib").glob("python*/site-packages"))
-    (site_dir / "_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    py = venv / "bin" / "python"
-    # --ignore-installed: the calibkit this interpreter has installed is on the venv's path too, and must
-    # not count as "already satisfied"
-    proc = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", str(wheel)],
-                          capture_output=True, text=True, timeout=600, env=_clean_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    py = venv_with(wheel, venv)
     run = tmp_path / "elsewhere"
     run.mkdir()
     proc = subprocess.run([str(venv / "bin" / "calibkit"), "report", "--example", "--calibrate", "temperature",
-                           "--quiet"], cwd=run, capture_output=True, text=True, timeout=600, env=_clean_env())
+                           "--quiet"], cwd=run, capture_output=True, text=True, timeout=600, env=clean_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "10,000 rows x 10 classes" in proc.stdout and "temperature" in proc.stdout, proc.stdout
     proc = subprocess.run([str(py), "-c", "import calibkit, calibkit.datasets as d; print(calibkit.__file__); "
                            "print(d.load_example().test_logits.shape)"], cwd=run, capture_output=True, text=True,
-                          timeout=300, env=_clean_env())
+                          timeout=300, env=clean_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert str(venv) in proc.stdout and "(10000, 10)" in proc.stdout, proc.stdout

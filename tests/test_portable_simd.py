@@ -13,7 +13,6 @@ result must be the same bytes. It skips only without git, a git checkout or a C+
 import os
 import pathlib
 import shutil
-import site
 import subprocess
 import sys
 
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 
 import calibkit._core
+from _wheel import build_wheel, clean_env, venv_with
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -155,14 +155,6 @@ def _compiler():
     return next((n for n in names if n and shutil.which(n.split()[0])), None)
 
 
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CALIBKIT_DATA", "PYTHONPATH", "CALIBKIT_BACKEND", "CALIBKIT_NO_AVX2")}
-    env["PYTHONWARNINGS"] = "ignore"
-    env.update(extra)
-    return env
-
-
 def _checkout_copy(dest):
     """The checkout's files as git sees them (tracked and untracked-not-ignored, as in the working tree)."""
     if shutil.which("git") is None or not (ROOT / ".git").exists():
@@ -184,28 +176,15 @@ def portable_python(tmp_path_factory):
         pytest.skip("no C++ compiler")
     tmp = tmp_path_factory.mktemp("portable")
     src = _checkout_copy(tmp / "calibkit-src")
-    dist = tmp / "dist"
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-Ccmake.define.CALIBKIT_PORTABLE_SIMD=ON", "-w", str(dist), str(src)],
-                          capture_output=True, text=True, timeout=1800, env=_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    wheel = next(dist.glob("calibkit-*.whl"))
-    # calibkit from the wheel; its dependencies from this interpreter's site-packages as a plain path
-    venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    site_dir = next((venv / "lib").glob("python*/site-packages"))
-    (site_dir / "_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    py = venv / "bin" / "python"
-    proc = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--ignore-installed", "-q", str(wheel)],
-                          capture_output=True, text=True, timeout=600, env=_env())
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    wheel = build_wheel(src, tmp / "dist", "cmake.define.CALIBKIT_PORTABLE_SIMD=ON")
+    py = venv_with(wheel, tmp / "venv")
     return py
 
 
 def _results(python, where, **env):
     out = where / f"results-{len(list(where.iterdir()))}.npz"
     proc = subprocess.run([str(python), "-c", SCRIPT, str(out)], cwd=where, capture_output=True, text=True,
-                          timeout=900, env=_env(**env))
+                          timeout=900, env=clean_env(**env))
     assert proc.returncode == 0, proc.stderr[-3000:]
     with np.load(out) as f:
         return {k: f[k] for k in f.files}, proc.stdout
