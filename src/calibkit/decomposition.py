@@ -22,7 +22,11 @@ Binary: ``scores`` of shape (N,) are P(y=1) against 0/1 labels. Top-label:
 ``scores`` of shape (N, K) (probabilities, or logits with ``from_logits=True``)
 are reduced in one fused kernel pass (no N x K temporary) to the confidence
 (largest probability) and the correctness (argmax == label, first index on
-ties) of each row, which are then decomposed as a binary problem.
+ties) of each row, which are then decomposed as a binary problem. From
+float32 / float16 logits the kernels compute the confidence with a float32
+exp (relative error < 3e-7, the input's own precision), so the terms agree
+with those of a float64 softmax to about 1e-6 (to 1e-9 given the same
+confidences); float64 logits give float64 confidences.
 
 The PAV fit is calibkit's isotonic kernel (the one behind
 :func:`calibkit.isotonic_regression`): points are sorted by score with a
@@ -73,6 +77,13 @@ class ScoreDecomposition:
         With ``ci=`` given: for each of the four terms its ``(low, high)`` percentile interval at level
         ``ci_level``, from a Poisson bootstrap; None otherwise.
     ci_level : float or None
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> d = calibkit.score_decomposition(np.array([0.2, 0.6, 0.9]), np.array([0, 1, 1]), score="log")
+    >>> d.score_name, round(d.discrimination, 4) == round(d.uncertainty, 4)  # perfectly separated: DSC = UNC
+    ('log', True)
     """
 
     score: float
@@ -95,8 +106,8 @@ class CorpReliabilityTable:
         equal), increasing; ``sklearn.isotonic.IsotonicRegression``'s ``X_thresholds_``.
     y : ndarray of shape (n_knots,)
         Recalibrated value at each knot (``y_thresholds_``): the weighted share of positive outcomes of the block.
-    block_weight : ndarray of shape (n_blocks,)
-        Summed weight (the count without weights) of each PAV block.
+    block_fraction : ndarray of shape (n_blocks,)
+        Share of the total weight (of the rows without weights) in each PAV block; sums to 1.
     lower, upper : ndarray of shape (n_knots,) or None
         The consistency band at each knot (None when ``n_bootstrap=0``).
     level : float
@@ -105,11 +116,18 @@ class CorpReliabilityTable:
         Number of resamples behind the band.
     decomposition : ScoreDecomposition
         The Brier decomposition of the same fit (what the CORP paper prints on its diagrams).
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> t = calibkit.corp_reliability_table(np.array([0.2, 0.3, 0.6, 0.9]), np.array([1, 0, 1, 1]))
+    >>> t.n_blocks, t.block_fraction
+    (2, array([0.5, 0.5]))
     """
 
     x: FloatArray
     y: FloatArray
-    block_weight: FloatArray
+    block_fraction: FloatArray
     lower: FloatArray | None
     upper: FloatArray | None
     level: float
@@ -119,7 +137,7 @@ class CorpReliabilityTable:
     @property
     def n_blocks(self) -> int:
         """Number of PAV blocks (distinct recalibrated values)."""
-        return int(self.block_weight.shape[0])
+        return int(self.block_fraction.shape[0])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -451,7 +469,7 @@ def corp_reliability_table(scores: ArrayLike, labels: ArrayLike, *, from_logits:
     Returns
     -------
     CorpReliabilityTable
-        ``x``, ``y`` (knots), ``block_weight``, ``lower``, ``upper``,
+        ``x``, ``y`` (knots), ``block_fraction``, ``lower``, ``upper``,
         ``level``, ``n_bootstrap`` and the Brier ``decomposition``.
 
     Examples
@@ -476,5 +494,6 @@ def corp_reliability_table(scores: ArrayLike, labels: ArrayLike, *, from_logits:
         if n_bootstrap * x.shape[0] > MAX_CELLS:
             raise ValueError(f"n_bootstrap * n_knots must be <= {MAX_CELLS}, got {n_bootstrap} * {x.shape[0]}")
         lower, upper = _consistency_band(p, w, fit, x, n_bootstrap, level, seed, backend)
-    return CorpReliabilityTable(x, yk, np.asarray(fit["weights"], dtype=np.float64), lower, upper, level, n_bootstrap,
+    weights = np.asarray(fit["weights"], dtype=np.float64)
+    return CorpReliabilityTable(x, yk, weights / _sum(weights), lower, upper, level, n_bootstrap,
                                 ScoreDecomposition(float(s), float(mcb), float(dsc), float(unc), "brier"))
