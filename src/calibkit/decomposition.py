@@ -145,8 +145,12 @@ class CorpReliabilityTable:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+#: Probabilities this far outside [0, 1] are accepted as rounding (the kernels' check, pav.hpp / binning.hpp).
+_PROBABILITY_SLACK = 1e-6
+
+
 def _binary_problem(scores, labels, sample_weight, from_logits, backend):
-    """Checked inputs as the binary problem (p float64 in [0, 1], y uint8/int64 0/1, w float64 > 0 or None).
+    """Checked inputs as the binary problem (p float64 in [0, 1], y float64 0/1, w float64 > 0 or None).
 
     (N, K) scores become the confidence and correctness of each row (one fused kernel pass, no N x K array).
     Rows of weight 0 are left out: they carry no information (and a log score of inf times 0 is not 0).
@@ -157,8 +161,13 @@ def _binary_problem(scores, labels, sample_weight, from_logits, backend):
         raise ValueError("scores is empty: at least one row is needed")
     if scores.ndim == 1:
         p = _binary_probabilities(scores, from_logits)
-        r = k.binary_stats(p, labels, w, 0, None, _nll_eps(p.dtype))
-        raise_for_status(r["status"], binary=True)
+        # Two reductions decide whether every score is a probability (NaN fails the comparisons) and every label
+        # 0 or 1 (weights were checked by _prepare); only when one is not does the kernel's checking pass run,
+        # to name the first bad element as every metric does.
+        if not (float(p.min()) >= -_PROBABILITY_SLACK and float(p.max()) <= 1.0 + _PROBABILITY_SLACK
+                and labels.min() >= 0 and labels.max() <= 1):
+            r = k.binary_stats(p, labels, w, 0, None, _nll_eps(p.dtype))
+            raise_for_status(r["status"], binary=True)
         y = labels
         p = np.asarray(p, dtype=np.float64)
     else:
@@ -177,7 +186,7 @@ def _binary_problem(scores, labels, sample_weight, from_logits, backend):
         keep = w > 0
         if not keep.all():
             p, y, w = p[keep], y[keep], w[keep]
-    return np.ascontiguousarray(p), y, w
+    return np.ascontiguousarray(p), np.ascontiguousarray(y, dtype=np.float64), w
 
 
 def _check_score(score):
@@ -224,9 +233,12 @@ def _mean_score(p, y, w, score):
         d = p - y
         loss = d * d
     else:
-        hit = y.astype(bool)
-        with np.errstate(divide="ignore"):
-            loss = np.where(hit, -np.log(p), -np.log1p(-p))
+        # -log of the probability given to the outcome; 1 - p is off by at most an ulp of 1 (1.1e-16), which
+        # moves -log(1 - p) by at most about that much (as the reference's xlogy(1 - y, 1 - p) does)
+        loss = np.where(y > 0.5, p, 1.0 - p)
+        with np.errstate(divide="ignore"):  # a probability of 0 for what happened: inf, as the reference
+            np.log(loss, out=loss)
+        np.negative(loss, out=loss)
     if w is None:
         return _sum(loss) / loss.shape[0]
     return _sum(loss * w) / _sum(w)
@@ -241,7 +253,7 @@ def _block_score(values, weights, score):
 def _fit(p, y, w, backend):
     """The isotonic kernel on (p, y, w): blocks in score order (ties pooled)."""
     k = _backend.kernels(backend)
-    return k.isotonic_fit(np.ascontiguousarray(y, dtype=np.float64), p, w, True)
+    return k.isotonic_fit(y, p, w, True)
 
 
 def _terms(p, y, w, fit, score):
@@ -267,7 +279,7 @@ def _poisson_interval(p, y, w, fit, score, ci, n_boot, seed, backend):
     """Percentile intervals of the four terms from a Poisson bootstrap (each row weighted by Poisson(1) draws)."""
     k = _backend.kernels(backend)
     order = fit["order"]
-    ys = np.ascontiguousarray(y[order], dtype=np.float64)
+    ys = y[order]
     ps = p[order]
     ws = None if w is None else w[order]
     first, _, _ = _ties(p, order, None)
