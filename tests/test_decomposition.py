@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import calibkit
 from calibkit import decomposition
@@ -240,6 +241,34 @@ def test_thread_count_does_not_change_the_result(threads):
     assert calibkit.score_decomposition(p, y, sample_weight=w) == one
     t2 = calibkit.corp_reliability_table(p, y, sample_weight=w)
     assert np.array_equal(t1.x, t2.x) and np.array_equal(t1.y, t2.y)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Properties
+# ----------------------------------------------------------------------------------------------------------------
+
+_rows = st.lists(st.tuples(st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]) | st.floats(0, 1),
+                           st.integers(0, 1), st.integers(1, 4)), min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_rows, st.sampled_from(["brier", "log"]), st.randoms(use_true_random=False))
+def test_properties(rows, score, random):
+    p = np.array([r[0] for r in rows])
+    y = np.array([r[1] for r in rows])
+    w = np.array([r[2] for r in rows], float)
+    d = calibkit.score_decomposition(p, y, score=score, sample_weight=w)
+    assert_terms(d, numpy_decomposition(p, y, w, score), 1e-12)
+    assert_identity(d)
+    if np.isfinite(d.score):
+        assert d.miscalibration >= -1e-12 and d.discrimination >= -1e-12
+    assert d.uncertainty >= 0 and d.discrimination <= d.uncertainty + 1e-12
+    perm = np.array(random.sample(range(len(rows)), len(rows)))  # rows in any order: the same terms
+    e = calibkit.score_decomposition(p[perm], y[perm], score=score, sample_weight=w[perm])
+    assert_terms(e, {k: getattr(d, k) for k in TERMS}, 1e-12)
+    t = calibkit.corp_reliability_table(p, y, sample_weight=w)
+    assert (np.diff(t.x) > 0).all()  # knots strictly increasing: equal scores are in one block
+    assert (np.diff(t.y) >= 0).all()  # the recalibration is monotone
 
 
 # ----------------------------------------------------------------------------------------------------------------
