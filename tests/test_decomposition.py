@@ -173,6 +173,17 @@ def test_adversarial_matches_model_diagnostics(backend, case, score):
     assert_identity(d)
 
 
+def test_near_ties_are_not_pooled_as_documented(backend):
+    # Scores 2 ulps apart are two points for calibkit (exact ties only), one for scikit-learn's isotonic
+    # regression behind model_diagnostics (it pools scores closer than 1e-15): the documented difference.
+    p = np.array([0.3, 0.3 + 2e-16, 0.5])
+    y = np.array([0, 1, 1])
+    d = calibkit.score_decomposition(p, y, backend=backend)
+    assert_terms(d, numpy_decomposition(p, y))
+    assert d.score - d.miscalibration == 0.0  # perfectly separated: the recalibration is exact
+    assert reference(p, y)["miscalibration"] < d.miscalibration
+
+
 @pytest.mark.parametrize("score", ["brier", "log"])
 def test_single_row(backend, score):
     # n = 1: the recalibrated forecast is the outcome itself (model_diagnostics refuses one row: its isotonic
