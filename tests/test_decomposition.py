@@ -571,3 +571,28 @@ def test_corp_reliability_diagram(tmp_path):
     assert "MCB" in ax.lines[0].get_label()
     ax2 = Figure().subplots()
     assert calibkit.plot.corp_reliability_diagram(calibkit.corp_reliability_table(p, y), ax=ax2) is ax2.figure
+
+
+def test_module_exports():
+    for name in decomposition.__all__:
+        assert getattr(calibkit, name) is getattr(decomposition, name)
+    assert calibkit.plot.corp_reliability_diagram.__module__ == "calibkit.plot"
+
+
+def test_concurrent_calls_in_a_subprocess():
+    # Two Python threads deciding at once on both backends (Numba's parallel kernels must not abort the process).
+    code = ("import threading, numpy as np, calibkit\n"
+            "rng = np.random.default_rng(0); p = rng.random(300_000); y = (rng.random(300_000) < p).astype(int)\n"
+            "z = rng.normal(size=(20_000, 50))\n"
+            "want = {b: calibkit.score_decomposition(p, y, backend=b) for b in ('cpp', 'numba')}\n"
+            "bad = []\n"
+            "def run(b):\n"
+            "    for _ in range(3):\n"
+            "        if calibkit.score_decomposition(p, y, backend=b) != want[b]: bad.append(b)\n"
+            "        calibkit.score_decomposition(z, rng.integers(0, 50, 20_000), from_logits=True, backend=b)\n"
+            "ts = [threading.Thread(target=run, args=(b,)) for b in ('cpp', 'numba', 'numba', 'cpp')]\n"
+            "[t.start() for t in ts]; [t.join() for t in ts]\n"
+            "print('bad', bad)\n")
+    r = subprocess.run([sys.executable, "-c", code], timeout=300, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "bad []" in r.stdout
