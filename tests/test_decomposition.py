@@ -523,7 +523,7 @@ BAD = [
     (lambda: calibkit.score_decomposition(P, Y, ci=1.5), ValueError, r"ci must be in \(0, 1\), got 1.5"),
     (lambda: calibkit.score_decomposition(P, Y, ci="0.9"), TypeError, r"ci must be a number"),
     (lambda: calibkit.score_decomposition(P, Y, ci=0.9, n_boot=0), ValueError, r"n_boot must be in \[1, 10000\]"),
-    (lambda: calibkit.score_decomposition(P, Y, seed=-1), TypeError, r"seed must be None or an integer >= 0"),
+    (lambda: calibkit.score_decomposition(P, Y, seed=-1), ValueError, r"seed must be None or an integer >= 0, got -1"),
     (lambda: calibkit.score_decomposition(P, Y, backend="gpu"), ValueError, r"backend must be one of"),
     (lambda: calibkit.score_decomposition(P, Y, from_logits="yes"), TypeError, r"from_logits"),
     (lambda: calibkit.corp_reliability_table(P, Y, n_bootstrap=-1), ValueError,

@@ -205,8 +205,10 @@ def _check_level(value, name):
 def _check_seed(seed):
     if seed is None:
         return None
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise TypeError(f"seed must be None or an integer >= 0, got {seed!r}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be None or an integer >= 0, got {type(seed).__name__} {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be None or an integer >= 0, got {seed!r}")
     return int(seed)
 
 
