@@ -33,6 +33,7 @@ from .calibrators import (
     temperature_nll,
 )
 from .streaming import CalibrationAccumulator, CalibrationResult, WindowedAccumulator
+from .decomposition import CorpReliabilityTable, ScoreDecomposition, corp_reliability_table, score_decomposition
 from . import io, ood, plot, report, uncertainty
 from . import datasets
 from .ood import *  # noqa: F401,F403 - re-exported; names in ood.__all__
@@ -78,6 +79,10 @@ __all__ = [
     "__version__",  # noqa: F405 - provided by the module __getattr__
     "brier_score",
     "calibration_error",
+    "CorpReliabilityTable",
+    "ScoreDecomposition",
+    "corp_reliability_table",
+    "score_decomposition",
     "classwise_calibration_error",
     "ece",
     "get_num_threads",

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from .decomposition import CorpReliabilityTable
     from .metrics import ReliabilityTable
     from .ood import RiskCoverageCurve
 
@@ -340,6 +341,65 @@ def ood_roc_plot(fpr: ArrayLike, tpr: ArrayLike, *, auroc: float | None = None, 
     return fig
 
 
+def corp_reliability_diagram(table: CorpReliabilityTable, *, ax: Axes | None = None, name: str | None = None,
+                             path: StrPath | None = None, figsize: tuple[float, float] = (5.0, 5.0),
+                             dpi: float = 100) -> Figure:
+    """The CORP reliability diagram (Dimitriadis, Gneiting & Jordan 2021) of a :class:`calibkit.CorpReliabilityTable`.
+
+    The isotonic recalibration curve through its knots (a step function: flat within each PAV block), the
+    consistency band around it when the table has one (``n_bootstrap > 0``), the diagonal, and the Brier
+    decomposition (score, MCB, DSC, UNC) in the legend, as in the paper's figures.
+
+    Parameters
+    ----------
+    table : CorpReliabilityTable
+        From :func:`calibkit.corp_reliability_table`.
+    ax : matplotlib Axes, optional
+    name : str, optional
+        The curve's label and the title.
+    path, figsize, dpi
+        As in :func:`reliability_diagram`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> p = rng.random(500); y = (rng.random(500) < p).astype(int)
+    >>> table = calibkit.corp_reliability_table(p, y, n_bootstrap=50)
+    >>> fig = calibkit.plot.corp_reliability_diagram(table, name="demo")
+    >>> len(fig.axes)
+    1
+    """
+    from .decomposition import CorpReliabilityTable
+
+    if not isinstance(table, CorpReliabilityTable):
+        raise TypeError(f"table must be a CorpReliabilityTable (from calibkit.corp_reliability_table), "
+                        f"got {type(table).__name__}")
+    fig, ax, own = _one_axes(ax, figsize, dpi, path)
+    if table.lower is not None:
+        ax.fill_between(table.x, table.lower, table.upper, color=CURVE, alpha=0.15, linewidth=0,
+                        label=f"{table.level:.0%} consistency band")
+    d = table.decomposition
+    label = f"{name or 'CORP'}: BS = {d.score:.4f}\nMCB = {d.miscalibration:.4f}, DSC = {d.discrimination:.4f}, " \
+            f"UNC = {d.uncertainty:.4f}"
+    ax.plot(table.x, table.y, color=CURVE, linewidth=1.5, label=label)
+    ax.plot([0, 1], [0, 1], linestyle="--", color=DIAGONAL, linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("forecast probability")
+    ax.set_ylabel("conditional event probability (isotonic)")
+    ax.legend(loc="upper left", fontsize=7)
+    if own:
+        _suptitle(fig, f"CORP reliability diagram{': ' + name if name else ''}", 10)
+        fig.tight_layout()
+    _save(fig, path, dpi)
+    return fig
+
+
 class ReliabilityDisplay:
     """A reliability diagram, like scikit-learn's ``CalibrationDisplay``.
 
@@ -481,5 +541,5 @@ class OODRocDisplay:
         return cls(fpr, tpr, auroc=auroc, name=name).plot(ax=ax)
 
 
-__all__ = ["OODRocDisplay", "ReliabilityDisplay", "RiskCoverageDisplay", "ood_roc_plot", "reliability_diagram",
-           "report_figure", "risk_coverage_plot"]
+__all__ = ["OODRocDisplay", "ReliabilityDisplay", "RiskCoverageDisplay", "corp_reliability_diagram", "ood_roc_plot",
+           "reliability_diagram", "report_figure", "risk_coverage_plot"]
