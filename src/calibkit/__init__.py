@@ -10,10 +10,12 @@ from typing import Any as _Any
 
 from ._backend import get_num_threads, set_num_threads
 from .metrics import (
+    CalibrationErrorResult,
     ReliabilityTable,
     brier_score,
     calibration_error,
     classwise_calibration_error,
+    debiased_calibration_error,
     ece,
     mce,
     nll,
@@ -78,6 +80,8 @@ __all__ = [
     "__version__",  # noqa: F405 - provided by the module __getattr__
     "brier_score",
     "calibration_error",
+    "CalibrationErrorResult",
+    "debiased_calibration_error",
     "classwise_calibration_error",
     "ece",
     "get_num_threads",

@@ -237,6 +237,7 @@ def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, bac
             raise_for_status(first["status"], binary=True)
         n_bins = resolve_n_bins(rule, probs, labels, sample_weight, strategy)
         edges = _strategy_edges(probs, sample_weight, n_bins, strategy)
+        n_bins = n_bins if edges is None else edges.shape[0] - 1  # quantile_midpoint can merge bins
         r = k.binary_stats(probs, labels, sample_weight, n_bins, edges, eps)
         raise_for_status(r["status"], binary=True)
         conf, target = probs, labels
@@ -260,6 +261,7 @@ def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, bac
             raise_for_status(first["status"], n_classes=scores.shape[1])
             n_bins = resolve_n_bins(rule, conf, target, sample_weight, strategy)
             edges = _strategy_edges(conf, sample_weight, n_bins, strategy)
+            n_bins = n_bins if edges is None else edges.shape[0] - 1
             r = k.binary_stats(conf, target, sample_weight, n_bins, edges, eps)
             raise_for_status(r["status"])
             r["totals"] = first["totals"]
