@@ -31,6 +31,9 @@ more exact quantiles) and bins are again left-open ((e_{m-1}, e_m], the smallest
 first bin). With ``sample_weight`` the quantiles are weighted
 (``method="inverted_cdf"``, the only weighted method NumPy offers). Ties can
 make quantile bins empty; empty bins are skipped.
+``strategy="quantile_midpoint"`` uses uncertainty-calibration's equal-count
+bins (see :func:`calibration_error`). ``n_bins`` may also be a rule,
+``"cube_root"``, ``"sqrt"`` or ``"sweep"``, resolved from the rows.
 
 With n = Σ_m w(B_m) the total weight, acc(B_m) and conf(B_m) the weighted mean
 correctness and confidence of bin m::
@@ -433,7 +436,7 @@ def calibration_error(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
-    n_bins: int = 15,
+    n_bins: int | str = 15,
     strategy: Strategy = "uniform",
     norm: Norm = "l1",
     debias: bool = False,
@@ -581,7 +584,7 @@ def calibration_error(
     return result if ci is not None else result.value
 
 
-def ece(scores: ArrayLike, labels: ArrayLike, *, n_bins: int = 15, strategy: Strategy = "uniform",
+def ece(scores: ArrayLike, labels: ArrayLike, *, n_bins: int | str = 15, strategy: Strategy = "uniform",
         from_logits: bool = False, sample_weight: ArrayLike | None = None, backend: Backend = "auto") -> float:
     """Expected calibration error: :func:`calibration_error` with ``norm="l1"``.
 
@@ -601,7 +604,7 @@ def ece(scores: ArrayLike, labels: ArrayLike, *, n_bins: int = 15, strategy: Str
                              sample_weight=sample_weight, backend=backend)
 
 
-def mce(scores: ArrayLike, labels: ArrayLike, *, n_bins: int = 15, strategy: Strategy = "uniform",
+def mce(scores: ArrayLike, labels: ArrayLike, *, n_bins: int | str = 15, strategy: Strategy = "uniform",
         from_logits: bool = False, sample_weight: ArrayLike | None = None, backend: Backend = "auto") -> float:
     """Maximum calibration error: :func:`calibration_error` with ``norm="max"``.
 
@@ -621,7 +624,7 @@ def classwise_calibration_error(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
-    n_bins: int = 15,
+    n_bins: int | str = 15,
     strategy: Strategy = "uniform",
     norm: Norm = "l1",
     debias: bool = False,
@@ -717,10 +720,7 @@ AGGREGATES = ("mean", "sum", "power_mean")
 def _classwise_bins(scores, labels, sample_weight, *, n_bins, strategy, from_logits, backend,
                     square_weights=False):
     """(K, M) per-class bin sums: weight, Σ w p, Σ w y, count and (``square_weights`` with weights) Σ w²."""
-    rule = check_n_bins(n_bins, rules=True)
-    if rule == "sweep":
-        raise ValueError("n_bins='sweep' is not offered for the class-wise error: give an integer, 'cube_root' "
-                         "or 'sqrt'")
+    rule = _classwise_rule(n_bins)
     check_choice(strategy, "strategy", CLASSWISE_STRATEGIES)
     k = _backend.kernels(backend)
     scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits,
@@ -756,6 +756,14 @@ def _classwise_bins(scores, labels, sample_weight, *, n_bins, strategy, from_log
         r2 = k.classwise_stats(scores, labels, sample_weight * sample_weight, from_logits, n_bins, class_edges)
         sq = np.asarray(r2["weight"]).reshape(shape)
     return weight, sum_p, sum_y, count, sq
+
+
+def _classwise_rule(n_bins):
+    rule = check_n_bins(n_bins, rules=True)
+    if rule == "sweep":
+        raise ValueError("n_bins='sweep' is not offered for the class-wise error: give an integer, 'cube_root' "
+                         "or 'sqrt'")
+    return rule
 
 
 _LSE_ROWS = 1 << 14  # rows per block of the float64 softmax behind class columns from logits
@@ -899,7 +907,7 @@ def debiased_calibration_error(
     >>> labels = np.array([0, 1, 1, 0, 0, 0])
     >>> r = calibkit.debiased_calibration_error(probs, labels, n_bins=2)
     >>> round(r.squared, 4), round(r.value, 4)
-    (-0.0342, 0.0)
+    (-0.0208, 0.0)
     """
     return _error_result(scores, labels, n_bins=n_bins, strategy=strategy, norm="l2", debias=True,
                          conditional=conditional_on_prediction, classwise=check_bool(classwise, "classwise"),
@@ -1114,10 +1122,7 @@ def _bootstrap_result(scores, labels, sample_weight, *, n_bins, norm, debias, fr
 def _classwise_bootstrap(scores, labels, sample_weight, *, n_bins, norm, debias, aggregate, from_logits, ci, n_boot,
                          seed, backend):
     """Class-wise error and interval: a binary stream state per class (same seed: the same resampled rows)."""
-    rule = check_n_bins(n_bins, rules=True)
-    if rule == "sweep":
-        raise ValueError("n_bins='sweep' is not offered for the class-wise error: give an integer, 'cube_root' "
-                         "or 'sqrt'")
+    rule = _classwise_rule(n_bins)
     k = _backend.kernels(backend)
     scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
     if scores.ndim != 2:
@@ -1282,7 +1287,7 @@ def reliability_table(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
-    n_bins: int = 15,
+    n_bins: int | str = 15,
     strategy: Strategy = "uniform",
     from_logits: bool = False,
     sample_weight: ArrayLike | None = None,
