@@ -440,3 +440,112 @@ def test_huge_n_boot_is_refused_before_allocating():
     assert out.returncode == 0, out.stderr
     assert "n_boot must be in [2, 100000]" in out.stdout
     assert "n_boot * n_bins must be <= 67108864" in out.stdout
+
+
+# ----------------------------------------------------------------------------
+# Threads, bad elements
+# ----------------------------------------------------------------------------
+
+
+def test_bit_identical_for_any_thread_count(backend, threads):
+    rng = np.random.default_rng(15)
+    n = 400_000  # several chunks: the kernels split the work
+    p = rng.uniform(size=n)
+    y = (rng.uniform(size=n) < p ** 1.2).astype(np.int64)
+    w = rng.uniform(size=n)
+    probs = np.column_stack([1 - p, p])
+    calls = [
+        lambda: debiased_calibration_error(p, y, sample_weight=w, backend=backend).squared,
+        lambda: debiased_calibration_error(probs, y, strategy="quantile_midpoint", backend=backend).squared,
+        lambda: debiased_calibration_error(probs, y, classwise=True, backend=backend).squared,
+        lambda: calibration_error(probs, y, conditional_on_prediction=True, backend=backend),
+        lambda: calibkit.reliability_table(p, y, n_bins="sweep", strategy="quantile", backend=backend).n_bins,
+    ]
+    calibkit.set_num_threads(1)
+    one = [f() for f in calls]
+    calibkit.set_num_threads(2)
+    assert [f() for f in calls] == one
+
+
+BAD = [
+    ("nan binary midpoint", dict(scores=np.array([0.2, np.nan, 0.5]), labels=[0, 1, 1],
+                                 kw=dict(norm="l2", debias=True, strategy="quantile_midpoint")),
+     ValueError, r"scores\[1\] = nan is not finite"),
+    ("label 2 binary debias", dict(scores=np.array([0.2, 0.4, 0.5]), labels=[0, 2, 1],
+                                   kw=dict(norm="l2", debias=True)),
+     ValueError, r"labels\[1\] = 2 is not 0 or 1"),
+    ("prob > 1 conditional", dict(scores=np.array([[0.2, 0.8], [0.1, 1.5]]), labels=[0, 1],
+                                  kw=dict(conditional_on_prediction=True)),
+     ValueError, r"scores\[1, 1\] = 1.5 is not a probability"),
+    ("negative weight ci", dict(scores=np.array([0.2, 0.4, 0.5]), labels=[0, 1, 1],
+                                kw=dict(ci=0.9, sample_weight=[1.0, -1.0, 1.0])),
+     ValueError, r"sample_weight\[1\] = -1.0 is negative"),
+    ("label out of range sweep", dict(scores=np.array([[0.2, 0.8], [0.6, 0.4]]), labels=[0, 3],
+                                      kw=dict(n_bins="sweep")),
+     ValueError, r"labels\[1\] = 3 is out of range for n_classes=2"),
+    ("debias l1", dict(scores=np.array([0.2, 0.4]), labels=[0, 1], kw=dict(debias=True, norm="l1")),
+     ValueError, r"debias=True needs norm='l2'"),
+    ("debias not bool", dict(scores=np.array([0.2, 0.4]), labels=[0, 1], kw=dict(debias="yes", norm="l2")),
+     TypeError, r"debias must be True or False"),
+    ("unknown strategy", dict(scores=np.array([0.2, 0.4]), labels=[0, 1], kw=dict(strategy="midpoint")),
+     ValueError, r"strategy must be one of \('uniform', 'quantile', 'quantile_midpoint'\)"),
+]
+
+
+@pytest.mark.parametrize("case,args,exc,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_input(case, args, exc, message, backend):
+    with pytest.raises(exc, match=message):
+        calibration_error(args["scores"], np.array(args["labels"]), backend=backend, **args["kw"])
+
+
+def test_classwise_ci_with_logits_matches_probabilities():
+    rng = np.random.default_rng(16)
+    p, y = miscalibrated(rng, 600, 3)
+    a = classwise_calibration_error(p, y, ci=0.9, n_boot=100, seed=5, norm="l2", aggregate="power_mean")
+    b = classwise_calibration_error(np.log(p), y, ci=0.9, n_boot=100, seed=5, norm="l2", aggregate="power_mean",
+                                    from_logits=True)
+    assert a.value == pytest.approx(b.value, abs=1e-10)
+    assert a.ci == pytest.approx(b.ci, abs=1e-10)
+    assert a.value == pytest.approx(classwise_calibration_error(p, y, norm="l2", aggregate="power_mean"), abs=1e-12)
+
+
+# ----------------------------------------------------------------------------
+# Hypothesis: any small input (ties, exact edges, 0 and 1, zero weights, one row)
+# ----------------------------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+
+@st.composite
+def binary_problems(draw, max_rows=200):
+    n = draw(st.integers(1, max_rows))
+    p = draw(hnp.arrays(np.float64, (n,), elements=st.floats(0, 1, allow_subnormal=False)))
+    if draw(st.booleans()):
+        p = np.round(p * 10) / 10
+    y = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, 1)))
+    # 0 or at least 1e-3: a streaming state (behind ci) refuses non-zero weights below 1e-300
+    w = draw(st.one_of(st.none(), hnp.arrays(np.float64, (n,), elements=st.one_of(st.just(0.0), st.floats(1e-3, 5)))))
+    if w is not None and not w.sum() > 0:
+        w = None
+    return p, y, w
+
+
+@settings(max_examples=80, deadline=None)
+@given(binary_problems(), st.integers(1, 20))
+def test_property_debiased_matches_reference(problem, m):
+    p, y, w = problem
+    r = debiased_calibration_error(p, y, n_bins=m, sample_weight=w)
+    wn = None if w is None else w / w.max()
+    assert r.squared == pytest.approx(ref_debiased_square(p, y.astype(float), uniform_edges(m), wn), abs=1e-12)
+    # the streamed interval's replicates: the same seed gives the same interval however the rows are split
+    one = calibration_error(p, y, n_bins=m, ci=0.8, n_boot=20, seed=9, sample_weight=w)
+    acc = calibkit.CalibrationAccumulator(n_bins=m, bootstrap=20, seed=9, confidence_level=0.8)
+    half = len(p) // 2
+    acc.update(p[:half], y[:half], None if w is None else w[:half]) if half else None
+    other = calibkit.CalibrationAccumulator(n_bins=m, bootstrap=20, seed=9, confidence_level=0.8, start=half)
+    other.update(p[half:], y[half:], None if w is None else w[half:])
+    merged = acc.merge(other).compute().ece_ci  # merged sums: equal to rounding
+    assert (one.ci is None) == (merged is None)
+    if one.ci is not None:
+        assert one.ci == pytest.approx(merged, abs=1e-12)

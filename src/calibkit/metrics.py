@@ -541,7 +541,8 @@ def calibration_error(
         the interval equals a streamed run's with the same seed; the value
         comes from the same pass (equal to the value without ``ci`` to
         rounding). The bins stay fixed across replicates (a rule such as
-        ``"sweep"`` is resolved once, on all rows). Equal-width bins only.
+        ``"sweep"`` is resolved once, on all rows). Equal-width bins only;
+        sample weights must be 0 or in [1e-300, 1e300], as in a stream.
     n_boot : int, default 1000
         Bootstrap replicates, 2 to ``MAX_BOOTSTRAP`` = 100000 (and
         ``n_boot * n_bins`` at most 2**26).
@@ -1091,6 +1092,10 @@ def _stream_states(scores, labels, sample_weight, *, n_bins, from_logits, n_boot
 def _bootstrap_result(scores, labels, sample_weight, *, n_bins, norm, debias, from_logits, ci, n_boot, seed,
                       backend):
     m = check_n_bins(n_bins, rules=True)
+    # Checked as the metrics check them (a negative weight is named as such); the stream gets the raw weights.
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
+    if sample_weight is not None:
+        check_sample_weight(sample_weight, scores.shape[0], check_values=True)
     if isinstance(m, str):  # a rule is resolved once, on all the rows
         m = _binned(scores, labels, sample_weight, n_bins=m, strategy="uniform", from_logits=from_logits,
                     backend=backend).n_bins
@@ -1125,6 +1130,8 @@ def _classwise_bootstrap(scores, labels, sample_weight, *, n_bins, norm, debias,
     rule = _classwise_rule(n_bins)
     k = _backend.kernels(backend)
     scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
+    if sample_weight is not None:
+        check_sample_weight(sample_weight, scores.shape[0], check_values=True)
     if scores.ndim != 2:
         raise ValueError(f"scores must have shape (N, K) for the class-wise error, got shape {scores.shape}")
     n_rows, n_classes = scores.shape
