@@ -10,10 +10,12 @@ from typing import Any as _Any
 
 from ._backend import get_num_threads, set_num_threads
 from .metrics import (
+    CalibrationErrorResult,
     ReliabilityTable,
     brier_score,
     calibration_error,
     classwise_calibration_error,
+    debiased_calibration_error,
     ece,
     mce,
     nll,
@@ -83,6 +85,8 @@ __all__ = [
     "ScoreDecomposition",
     "corp_reliability_table",
     "score_decomposition",
+    "CalibrationErrorResult",
+    "debiased_calibration_error",
     "classwise_calibration_error",
     "ece",
     "get_num_threads",

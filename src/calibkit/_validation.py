@@ -207,6 +207,9 @@ MAX_CELLS = 1 << 26
 MAX_CLASSES = 1 << 26
 #: Largest number of bootstrap replicates of a :class:`~calibkit.CalibrationAccumulator`.
 MAX_BOOTSTRAP = 100_000
+#: Largest number of bins ``n_bins="sweep"`` tries (2048): the sweep stops there when the bin
+#: accuracies are still monotone (only near-separable or one-label data gets that far).
+MAX_SWEEP_BINS = 2048
 #: Largest ``fine_bits`` and ``fine_levels`` of the fine histogram behind ``ace``, and the
 #: largest number of fine buckets 2 * (fine_levels << fine_bits) (2**20).
 MAX_FINE_BITS = 12
@@ -267,12 +270,28 @@ def check_probability_rows(scores, name="scores"):
                              "skip this check")
 
 
-def check_n_bins(n_bins):
-    """Return ``n_bins`` as an int in [1, MAX_BINS] (MAX_BINS = 2**20)."""
+#: The bin-count rules the one-shot metrics accept for ``n_bins`` (resolved from the data by
+#: :func:`calibkit.metrics.resolve_n_bins`).
+BIN_RULES = ("cube_root", "sqrt", "sweep")
+
+
+def check_n_bins(n_bins, *, rules=False):
+    """Return ``n_bins`` as an int in [1, MAX_BINS] (MAX_BINS = 2**20), or with ``rules=True`` also one of
+    :data:`BIN_RULES` (returned as the string). Where the bins are fixed before the data is seen (a streaming
+    state, a calibrator), a rule name raises a ValueError saying so."""
     if type(n_bins) is int and 1 <= n_bins <= MAX_BINS:  # the common case, without the ABC checks below
         return n_bins
+    if isinstance(n_bins, str):
+        if n_bins in BIN_RULES:
+            if rules:
+                return n_bins
+            raise ValueError(f"n_bins={n_bins!r} is a rule that needs all the data at once; here the bins are "
+                             "fixed before any data is seen: give an integer number of bins")
+        expected = f"an integer or one of {BIN_RULES}" if rules else "an integer"
+        raise ValueError(f"n_bins must be {expected}, got {n_bins!r}")
     if isinstance(n_bins, (bool, np.bool_)) or not isinstance(n_bins, numbers.Integral):
-        raise TypeError(f"n_bins must be an integer, got {type(n_bins).__name__}")
+        extra = f" or one of {BIN_RULES}" if rules else ""
+        raise TypeError(f"n_bins must be an integer{extra}, got {type(n_bins).__name__}")
     n_bins = int(n_bins)
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")

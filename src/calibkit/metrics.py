@@ -31,6 +31,9 @@ more exact quantiles) and bins are again left-open ((e_{m-1}, e_m], the smallest
 first bin). With ``sample_weight`` the quantiles are weighted
 (``method="inverted_cdf"``, the only weighted method NumPy offers). Ties can
 make quantile bins empty; empty bins are skipped.
+``strategy="quantile_midpoint"`` uses uncertainty-calibration's equal-count
+bins (see :func:`calibration_error`). ``n_bins`` may also be a rule,
+``"cube_root"``, ``"sqrt"`` or ``"sweep"``, resolved from the rows.
 
 With n = Σ_m w(B_m) the total weight, acc(B_m) and conf(B_m) the weighted mean
 correctness and confidence of bin m::
@@ -57,6 +60,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,6 +68,10 @@ import numpy as np
 from . import _backend
 from ._typing import ArrayLike, Backend, Norm, Strategy, StrPath
 from ._validation import (
+    MAX_BINS,
+    MAX_BOOTSTRAP,
+    MAX_SWEEP_BINS,
+    MIN_STREAM_WEIGHT,
     check_bool,
     check_cells,
     check_choice,
@@ -72,6 +80,7 @@ from ._validation import (
     check_n_bins,
     check_sample_weight,
     check_scores,
+    check_size,
     raise_for_status,
 )
 
@@ -79,14 +88,16 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-STRATEGIES = ("uniform", "quantile")
+STRATEGIES = ("uniform", "quantile", "quantile_midpoint")
 NORMS = ("l1", "l2", "max")
 
 __all__ = [
+    "CalibrationErrorResult",
     "ReliabilityTable",
     "brier_score",
     "calibration_error",
     "classwise_calibration_error",
+    "debiased_calibration_error",
     "ece",
     "mce",
     "nll",
@@ -165,7 +176,11 @@ def _linear_quantiles(values, n_bins):
     """``numpy.quantile(values, linspace(0, 1, M + 1))`` (method="linear"), the same bits, at a fraction of its
     fixed cost (a sort and five small NumPy calls; the positions are cached by (n, M)): NumPy's _lerp,
     a + (b - a) * gamma, or b - (b - a) * (1 - gamma) where gamma >= 0.5."""
-    v = np.sort(values)
+    return _linear_quantiles_sorted(np.sort(values), n_bins)
+
+
+def _linear_quantiles_sorted(v, n_bins):
+    """:func:`_linear_quantiles` of values already sorted."""
     below, above, gamma, upper = _quantile_positions(v.shape[0], n_bins)
     a = v[below]
     b = v[above]
@@ -194,59 +209,165 @@ class _Binned:
     sum_confidence: np.ndarray
     sum_accuracy: np.ndarray
     totals: dict
+    sq_weight: np.ndarray | None = None  # Σ w² per bin (square_weights=True with sample weights only)
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.count.shape[0])
 
 
-def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, backend) -> _Binned:
-    """Validate the inputs and run the kernels: per-bin sums and totals."""
-    n_bins = check_n_bins(n_bins)
+def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, backend,
+            square_weights=False) -> _Binned:
+    """Validate the inputs and run the kernels: per-bin sums and totals.
+
+    ``n_bins`` may be a rule of :data:`BIN_RULES` (resolved here from the rows). ``square_weights``: also
+    Σ w² per bin when there are sample weights (a second binning pass over the N confidences, with w² as
+    the weights: the same kernel and so the same bins).
+    """
+    rule = check_n_bins(n_bins, rules=True)
     check_choice(strategy, "strategy", STRATEGIES)
     k = _backend.kernels(backend)
     scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits,
                                                           scale_weights=True)
+    squares = square_weights and sample_weight is not None
+    vectors = strategy != "uniform" or rule == "sweep" or squares
     if scores.ndim == 1:
         probs = _binary_probabilities(scores, from_logits)
         eps = _nll_eps(probs.dtype)
-        edges = None
-        if strategy == "quantile":
+        if vectors:
             # Validate the whole input (labels, weights, values) before using it.
             first = k.binary_stats(probs, labels, sample_weight, 0, None, eps)
             raise_for_status(first["status"], binary=True)
-            edges = _quantile_edges(probs, sample_weight, n_bins)
+        n_bins = resolve_n_bins(rule, probs, labels, sample_weight, strategy)
+        edges = _strategy_edges(probs, sample_weight, n_bins, strategy)
+        n_bins = n_bins if edges is None else edges.shape[0] - 1  # quantile_midpoint can merge bins
         r = k.binary_stats(probs, labels, sample_weight, n_bins, edges, eps)
         raise_for_status(r["status"], binary=True)
-        if edges is None:
-            edges = _equal_width_edges(n_bins)
+        conf, target = probs, labels
     else:
         eps = _nll_eps(scores.dtype)
-        if strategy == "uniform":
+        if not vectors:
+            if isinstance(rule, str):  # cube_root / sqrt: N is known before the pass
+                n_bins = resolve_n_bins(rule, None, None, None, strategy, n_rows=scores.shape[0])
             # with_nll=False given by position: a keyword argument costs a pybind11 call a few microseconds
             r = k.top_label_stats(scores, labels, sample_weight, from_logits, n_bins, eps, False)
             raise_for_status(r["status"], n_classes=scores.shape[1])
-            edges = _equal_width_edges(n_bins)
+            edges = None
         else:
             # One pass writes each row's confidence and correctness (N values,
-            # not N x K), then those N values are binned at their quantiles.
+            # not N x K), then those N values are binned.
             n = scores.shape[0]
             conf = np.empty(n, np.float64)
-            correct = np.empty(n, np.uint8)
+            target = np.empty(n, np.uint8)
             # with_nll=False, conf_out, correct_out by position (keywords cost a pybind11 call microseconds)
-            first = k.top_label_stats(scores, labels, sample_weight, from_logits, 0, eps, False, conf, correct)
+            first = k.top_label_stats(scores, labels, sample_weight, from_logits, 0, eps, False, conf, target)
             raise_for_status(first["status"], n_classes=scores.shape[1])
-            edges = _quantile_edges(conf, sample_weight, n_bins)
-            r = k.binary_stats(conf, correct, sample_weight, n_bins, edges, eps)
+            n_bins = resolve_n_bins(rule, conf, target, sample_weight, strategy)
+            edges = _strategy_edges(conf, sample_weight, n_bins, strategy)
+            n_bins = n_bins if edges is None else edges.shape[0] - 1
+            r = k.binary_stats(conf, target, sample_weight, n_bins, edges, eps)
             raise_for_status(r["status"])
             r["totals"] = first["totals"]
     totals = r["totals"]
     if not totals["weight"] > 0:
         raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    sq_weight = None
+    if squares:
+        sq_weight = k.binary_stats(conf, target, sample_weight * sample_weight, n_bins, edges, eps)["weight"]
     return _Binned(
-        edges=edges,
+        edges=_equal_width_edges(n_bins) if edges is None else edges,
         count=r["count"],
         weight=r["weight"],
         sum_confidence=r["sum_score"],
         sum_accuracy=r["sum_target"],
         totals=totals,
+        sq_weight=sq_weight,
     )
+
+
+def _strategy_edges(values, weights, n_bins, strategy):
+    """The M + 1 edges of ``strategy`` over the confidences ``values`` (None: equal width, the kernels' own)."""
+    if strategy == "uniform":
+        return None
+    if strategy == "quantile":
+        return _quantile_edges(values, weights, n_bins)
+    return _midpoint_edges(values, n_bins)
+
+
+def _midpoint_edges(values, n_bins):
+    """Edges of ``strategy="quantile_midpoint"``: uncertainty-calibration's ``get_equal_bins``.
+
+    The sorted confidences are split as :func:`numpy.array_split` splits them into min(M, N) parts (the
+    first N mod parts one value longer); an edge lies halfway between the last value of a part and the
+    first of the next; equal edges are merged, as is an edge at 1.0 with the last one. Bins are
+    (e_{m-1}, e_m] as everywhere in calibkit, which is that package's ``searchsorted(bins, p)`` rule.
+    The number of bins can thus be smaller than M (ties). Weights do not move the edges.
+    """
+    v = np.sort(values)
+    n = v.shape[0]
+    parts = min(n_bins, n)
+    q, extra = divmod(n, parts)
+    starts = np.arange(1, parts) * q + np.minimum(np.arange(1, parts), extra)
+    inner = np.unique((v[starts - 1] + v[starts]) / 2.0)
+    inner = inner[inner < 1.0]
+    return np.concatenate(([0.0], inner, [1.0])).astype(np.float64)
+
+
+def resolve_n_bins(n_bins, confidence, target, sample_weight, strategy="uniform", *, n_rows=None):
+    """The number of bins a rule gives for these rows (an int is returned as it is).
+
+    ``"cube_root"``: round(N^(1/3)); ``"sqrt"``: round(N^(1/2)) (N rows, weights aside, at least 1 and at
+    most MAX_BINS); ``"sweep"``: the largest M for which the bin accuracies of ``strategy``'s M bins are
+    non-decreasing in m, and are so for every smaller M (Roelofs et al. 2022), trying M = 2, 3, ... up to
+    min(N, MAX_SWEEP_BINS) (2048); empty bins are skipped. ``confidence`` and ``target`` are the N
+    checked confidences and 0/1 targets.
+    """
+    if not isinstance(n_bins, str):
+        return n_bins
+    n = confidence.shape[0] if n_rows is None else n_rows
+    if n_bins == "cube_root":
+        return min(max(1, round(n ** (1.0 / 3.0))), MAX_BINS)
+    if n_bins == "sqrt":
+        return min(max(1, round(math.sqrt(n))), MAX_BINS)
+    return _sweep_n_bins(confidence, target, sample_weight, strategy)
+
+
+def _sweep_n_bins(confidence, target, sample_weight, strategy):
+    order = np.argsort(confidence, kind="stable")
+    v = np.asarray(confidence, dtype=np.float64)[order]
+    y = np.asarray(target)[order]
+    n = v.shape[0]
+    if sample_weight is None:
+        # Exact integer prefix sums: bin sums are differences of them.
+        cum_n = np.arange(n + 1)
+        cum_y = np.concatenate(([0], np.cumsum(y, dtype=np.int64)))
+        w = wy = None
+    else:
+        w = sample_weight[order]
+        wy = w * y
+    best = 1
+    for m in range(2, min(n, MAX_SWEEP_BINS) + 1):
+        if strategy == "quantile":
+            edges = _linear_quantiles_sorted(v, m) if w is None else _quantile_edges(v, w, m)
+        elif strategy == "quantile_midpoint":
+            edges = _midpoint_edges(v, m)
+        else:
+            edges = _equal_width_edges(m)
+        # Rows up to each inner edge (bins are (e_{m-1}, e_m]): the bin boundaries in the sorted rows.
+        bounds = np.concatenate(([0], v.searchsorted(edges[1:-1], side="right"), [n]))
+        if w is None:
+            bw = np.diff(cum_n[bounds])
+            by = np.diff(cum_y[bounds])
+        else:
+            starts = bounds[:-1][bounds[:-1] < bounds[1:]]
+            bw = np.add.reduceat(w, starts)
+            by = np.add.reduceat(wy, starts)
+        filled = bw > 0
+        acc = by[filled] / bw[filled]
+        if (acc[1:] < acc[:-1]).any():
+            break
+        best = m
+    return best
 
 
 @functools.lru_cache(maxsize=64)
@@ -315,13 +436,18 @@ def calibration_error(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
-    n_bins: int = 15,
+    n_bins: int | str = 15,
     strategy: Strategy = "uniform",
     norm: Norm = "l1",
+    debias: bool = False,
+    conditional_on_prediction: bool = False,
     from_logits: bool = False,
     sample_weight: ArrayLike | None = None,
+    ci: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
     backend: Backend = "auto",
-) -> float:
+) -> float | CalibrationErrorResult:
     r"""Top-label (or binary positive-class) calibration error.
 
     .. math::
@@ -343,13 +469,60 @@ def calibration_error(
         binary problem (or its logit), calibrated against the label.
     labels : array-like of int, shape (N,)
         True classes in [0, K) (0 or 1 for (N,) scores).
-    n_bins : int, default 15
-        Number of bins M >= 1.
-    strategy : {"uniform", "quantile"}, default "uniform"
+    n_bins : int or {"cube_root", "sqrt", "sweep"}, default 15
+        Number of bins M >= 1 (at most 2**20), or a rule that picks it from
+        the N rows: ``"cube_root"`` round(N^(1/3)), ``"sqrt"`` round(N^(1/2)),
+        ``"sweep"`` the monotonic sweep of Roelofs, Cain, Shlens & Mozer
+        (2022): the largest M for which the bin accuracies of M bins of
+        ``strategy`` are non-decreasing, and are so for every smaller M
+        (ECE_sweep with ``strategy="quantile"``, their equal-mass variant;
+        ECE_EW_sweep with "uniform"); M = 2, 3, ... are tried up to
+        min(N, ``MAX_SWEEP_BINS`` = 2048). The M used is
+        ``reliability_table(...).n_bins`` and ``n_bins`` of a
+        :class:`CalibrationErrorResult`.
+    strategy : {"uniform", "quantile", "quantile_midpoint"}, default "uniform"
         Equal-width bins ((m-1)/M, m/M], or equal-mass bins (adaptive ECE,
-        Nixon et al. 2019) at the quantiles of the confidences.
+        Nixon et al. 2019) at the quantiles of the confidences, or the
+        equal-count bins of uncertainty-calibration's ``get_equal_bins``
+        (``"quantile_midpoint"``: the sorted confidences split into
+        min(M, N) parts of sizes as :func:`numpy.array_split` makes them,
+        edges halfway between neighbouring parts, equal edges merged, so
+        ties can give fewer bins; weights do not move these edges).
     norm : {"l1", "l2", "max"}, default "l1"
         ECE, RMS calibration error, or MCE.
+    debias : bool, default False
+        With ``norm="l2"`` only: the debiased estimator of the squared
+        calibration error of Kumar, Liang & Ma (2019),
+
+        .. math::
+
+            \widehat{\mathrm{CE}^2} = \sum_{m:\, n_m \ge 2} \frac{n_m}{n}
+            \Bigl[(\bar{y}_m - \bar{p}_m)^2
+            - \frac{\bar{y}_m (1 - \bar{y}_m)}{n_m - 1}\Bigr],
+
+        bins of one row adding 0 (as uncertainty-calibration's
+        ``unbiased_square_ce``), reported as sqrt(max(0, CE²)). The signed
+        CE² is ``debiased_calibration_error(...).squared``. With
+        ``sample_weight``, n_m/n is the bin's share of the weight, the means
+        are weighted, and n_m in the variance term is Kish's effective
+        count (Σ_m w)² / Σ_m w² (bins whose effective count is at most 1
+        add 0): the variance of a weighted mean of rows with one common
+        mean, estimated without bias. With ``strategy="quantile_midpoint"``
+        and ``n_bins=15`` this is
+        ``calibration.get_calibration_error(probs, labels, p=2,
+        debias=True, mode="top-label")`` for continuous probabilities
+        (that package switches to one bin per distinct value when fewer
+        than N/4 distinct values exist).
+    conditional_on_prediction : bool, default False
+        (N, K) scores only: the top-label calibration error of Gupta &
+        Ramdas (2021), conditional on the predicted class:
+        Σ_j (n_j/n) CE_j, CE_j the error of the rows predicted j, binned
+        on their confidence (the same bins for every j). Confidence ECE
+        asks whether P(correct | confidence) = confidence; this asks whether
+        P(correct | confidence, predicted class) = confidence, so a model
+        over-confident on one class and under-confident on another is not
+        averaged out. ``strategy="uniform"`` only; ``norm="max"`` is the
+        largest gap over (class, bin) cells; ``debias`` applies per cell.
     from_logits : bool, default False
         Whether ``scores`` are logits (softmax of each row, in one fused pass
         with a log-sum-exp; the logistic function for (N,) scores).
@@ -358,12 +531,31 @@ def calibration_error(
         to scaling all weights: they are divided by their largest before use
         (a copy of N values), so weights near 1e308 or subnormal weights give
         the same result as weights of 1.
+    ci : float in (0, 1), optional
+        Also give a percentile bootstrap interval at this confidence level:
+        the value and the α/2 and 1 − α/2 quantiles (``numpy.quantile``,
+        linear) of the error over ``n_boot`` Poisson(1) bootstrap replicates
+        of the rows. The replicates are those of a
+        :class:`~calibkit.CalibrationAccumulator` with ``bootstrap=n_boot``
+        and ``seed=seed`` (one pass fills the bins and every replicate), so
+        the interval equals a streamed run's with the same seed; the value
+        comes from the same pass (equal to the value without ``ci`` to
+        rounding). The bins stay fixed across replicates (a rule such as
+        ``"sweep"`` is resolved once, on all rows). Equal-width bins only;
+        sample weights must be 0 or in [1e-300, 1e300], as in a stream.
+    n_boot : int, default 1000
+        Bootstrap replicates, 2 to ``MAX_BOOTSTRAP`` = 100000 (and
+        ``n_boot * n_bins`` at most 2**26).
+    seed : int, default 0
+        Key of the bootstrap generator (0 to 2**64 - 1).
     backend : {"auto", "cpp", "numba"}, default "auto"
         Kernel implementation; "auto" is $CALIBKIT_BACKEND, else C++.
 
     Returns
     -------
-    float
+    float or CalibrationErrorResult
+        A float, or with ``ci`` a :class:`CalibrationErrorResult` (``value``,
+        ``ci``, ``n_bins``; ``float(result)`` is the value).
 
     Raises
     ------
@@ -383,12 +575,17 @@ def calibration_error(
     0.4
     """
     check_choice(norm, "norm", NORMS)
-    b = _binned(scores, labels, sample_weight, n_bins=n_bins, strategy=strategy, from_logits=from_logits,
-                backend=backend)
-    return _norm_value(_errors_from_bins(b.weight, b.sum_confidence, b.sum_accuracy), norm)
+    if debias is False and conditional_on_prediction is False and ci is None:
+        b = _binned(scores, labels, sample_weight, n_bins=n_bins, strategy=strategy, from_logits=from_logits,
+                    backend=backend)
+        return _norm_value(_errors_from_bins(b.weight, b.sum_confidence, b.sum_accuracy), norm)
+    result = _error_result(scores, labels, n_bins=n_bins, strategy=strategy, norm=norm, debias=debias,
+                           conditional=conditional_on_prediction, from_logits=from_logits,
+                           sample_weight=sample_weight, ci=ci, n_boot=n_boot, seed=seed, backend=backend)
+    return result if ci is not None else result.value
 
 
-def ece(scores: ArrayLike, labels: ArrayLike, *, n_bins: int = 15, strategy: Strategy = "uniform",
+def ece(scores: ArrayLike, labels: ArrayLike, *, n_bins: int | str = 15, strategy: Strategy = "uniform",
         from_logits: bool = False, sample_weight: ArrayLike | None = None, backend: Backend = "auto") -> float:
     """Expected calibration error: :func:`calibration_error` with ``norm="l1"``.
 
@@ -408,7 +605,7 @@ def ece(scores: ArrayLike, labels: ArrayLike, *, n_bins: int = 15, strategy: Str
                              sample_weight=sample_weight, backend=backend)
 
 
-def mce(scores: ArrayLike, labels: ArrayLike, *, n_bins: int = 15, strategy: Strategy = "uniform",
+def mce(scores: ArrayLike, labels: ArrayLike, *, n_bins: int | str = 15, strategy: Strategy = "uniform",
         from_logits: bool = False, sample_weight: ArrayLike | None = None, backend: Backend = "auto") -> float:
     """Maximum calibration error: :func:`calibration_error` with ``norm="max"``.
 
@@ -428,12 +625,18 @@ def classwise_calibration_error(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
-    n_bins: int = 15,
+    n_bins: int | str = 15,
+    strategy: Strategy = "uniform",
     norm: Norm = "l1",
+    debias: bool = False,
+    aggregate: str = "mean",
     from_logits: bool = False,
     sample_weight: ArrayLike | None = None,
+    ci: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
     backend: Backend = "auto",
-) -> float:
+) -> float | CalibrationErrorResult:
     r"""Class-wise (marginal) calibration error (Kull et al. 2019).
 
     .. math::
@@ -442,23 +645,52 @@ def classwise_calibration_error(
         \frac{w(B_{mk})}{n}\,\bigl|\bar{y}_k(B_{mk}) - \bar{p}_k(B_{mk})\bigr|
 
     where B_{mk} holds the rows whose probability of class k falls in the
-    equal-width bin m, and \bar{y}_k is the fraction of them labelled k. Every
-    class's one-vs-rest error uses the same bins and the same ``norm`` as
-    :func:`calibration_error`; the result is their mean over the K classes.
-    Equal-width bins only: equal-mass bins per class would need K sorts of
-    N values.
+    bin m, and \bar{y}_k is the fraction of them labelled k. Every class's
+    one-vs-rest error CE_k uses the same ``norm`` as
+    :func:`calibration_error`; ``aggregate`` combines them.
 
     Parameters
     ----------
     scores : array-like of shape (N, K)
         Probabilities, or logits with ``from_logits=True``.
     labels : array-like of int, shape (N,)
-    n_bins, norm, from_logits, sample_weight, backend
+    n_bins : int or {"cube_root", "sqrt"}, default 15
+        Bins per class, or a rule of N (as in :func:`calibration_error`;
+        ``"sweep"`` is not offered per class).
+    strategy : {"uniform", "quantile_midpoint"}, default "uniform"
+        Equal-width bins, or per class the equal-count bins of
+        uncertainty-calibration (see :func:`calibration_error`): one sort of
+        each class's N probabilities (K sorts of an N-vector; from logits
+        the probabilities of a class are recomputed in float64, a block of
+        rows at a time).
+    norm, from_logits, sample_weight, backend
         As in :func:`calibration_error`.
+    debias : bool, default False
+        With ``norm="l2"``: each CE_k² is Kumar et al.'s debiased estimate
+        s_k (see :func:`calibration_error`) and CE_k = sqrt(max(0, s_k)).
+    aggregate : {"mean", "sum", "power_mean"}, default "mean"
+        ``"mean"``: (1/K) Σ_k CE_k (Kull et al. 2019); ``"sum"``: Σ_k CE_k;
+        ``"power_mean"``: the p-norm mean (1/K Σ_k CE_k^p)^(1/p) with p = 1
+        for ``"l1"``, 2 for ``"l2"``, and max_k CE_k for ``"max"``: the
+        ``mode="marginal"`` aggregation of uncertainty-calibration, so that
+        ``strategy="quantile_midpoint", norm="l2", debias=True,
+        aggregate="power_mean"`` is ``calibration.get_calibration_error(
+        probs, labels, p=2, debias=True, mode="marginal")`` for continuous
+        probabilities (sqrt of the mean of max(0, s_k)). With ``debias``,
+        ``debiased_calibration_error(...).squared`` is the signed mean
+        (sum for ``"sum"``) of the s_k.
+    ci, n_boot, seed
+        A percentile bootstrap interval as in :func:`calibration_error`:
+        for each class a binary :class:`~calibkit.CalibrationAccumulator`
+        over its probabilities (all with the same ``seed``, so every class
+        sees the same resampled rows), the classes aggregated per
+        replicate. K passes over the rows, each drawing ``n_boot``
+        multiplicities per row: meant for small K.
 
     Returns
     -------
-    float
+    float or CalibrationErrorResult
+        A float, or with ``ci`` a :class:`CalibrationErrorResult`.
 
     Examples
     --------
@@ -467,25 +699,92 @@ def classwise_calibration_error(
     >>> labels = np.array([0, 1, 2, 2])
     >>> round(calibkit.classwise_calibration_error(probs, labels, n_bins=5), 4)
     0.2833
+    >>> round(calibkit.classwise_calibration_error(probs, labels, n_bins=5, aggregate="sum"), 4)
+    0.85
     """
-    n_bins = check_n_bins(n_bins)
     check_choice(norm, "norm", NORMS)
+    if debias is False and aggregate == "mean" and ci is None and strategy == "uniform":
+        weight, sum_p, sum_y, _, _ = _classwise_bins(scores, labels, sample_weight, n_bins=n_bins,
+                                                     strategy=strategy, from_logits=from_logits, backend=backend)
+        # np.mean's sum and division without its Python layer (the same bits)
+        return float(np.add.reduce(_classwise_errors(weight, sum_p, sum_y, norm)) / weight.shape[0])
+    result = _error_result(scores, labels, n_bins=n_bins, strategy=strategy, norm=norm, debias=debias,
+                           classwise=True, aggregate=aggregate, from_logits=from_logits,
+                           sample_weight=sample_weight, ci=ci, n_boot=n_boot, seed=seed, backend=backend)
+    return result if ci is not None else result.value
+
+
+CLASSWISE_STRATEGIES = ("uniform", "quantile_midpoint")
+AGGREGATES = ("mean", "sum", "power_mean")
+
+
+def _classwise_bins(scores, labels, sample_weight, *, n_bins, strategy, from_logits, backend,
+                    square_weights=False):
+    """(K, M) per-class bin sums: weight, Σ w p, Σ w y, count and (``square_weights`` with weights) Σ w²."""
+    rule = _classwise_rule(n_bins)
+    check_choice(strategy, "strategy", CLASSWISE_STRATEGIES)
     k = _backend.kernels(backend)
     scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits,
                                                           scale_weights=True)
     if scores.ndim != 2:
         raise ValueError(f"scores must have shape (N, K) for the class-wise error, got shape {scores.shape}")
-    n_classes = scores.shape[1]
+    n_rows, n_classes = scores.shape
+    n_bins = resolve_n_bins(rule, None, None, None, n_rows=n_rows)
+    class_edges = None
+    if strategy == "quantile_midpoint":
+        # Validate first (the kernel names a bad element), then one sort per class.
+        check_cells(n_classes, "n_classes", min(n_bins, n_rows))
+        r = k.classwise_stats(scores, labels, sample_weight, from_logits, 1, None)
+        raise_for_status(r["status"], n_classes=n_classes)
+        lse = _row_logsumexp(scores) if from_logits else None
+        per_class = [_midpoint_edges(_class_column(scores, c, lse), n_bins) for c in range(n_classes)]
+        n_bins = max(e.shape[0] for e in per_class) - 1
+        class_edges = np.ones((n_classes, n_bins + 1))  # shorter edge lists padded with 1.0: empty bins
+        for c, e in enumerate(per_class):
+            class_edges[c, :e.shape[0]] = e
     check_cells(n_classes, "n_classes", n_bins)
-    r = k.classwise_stats(scores, labels, sample_weight, from_logits, n_bins, None)
+    r = k.classwise_stats(scores, labels, sample_weight, from_logits, n_bins, class_edges)
     raise_for_status(r["status"], n_classes=n_classes)
-    weight = np.asarray(r["weight"]).reshape(n_classes, n_bins)
+    shape = (n_classes, n_bins)
+    weight = np.asarray(r["weight"]).reshape(shape)
     if not weight[0].sum() > 0:
         raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
-    sum_p = np.asarray(r["sum_score"]).reshape(n_classes, n_bins)
-    sum_y = np.asarray(r["sum_target"]).reshape(n_classes, n_bins)
-    # np.mean's sum and division without its Python layer (the same bits)
-    return float(np.add.reduce(_classwise_errors(weight, sum_p, sum_y, norm)) / n_classes)
+    sum_p = np.asarray(r["sum_score"]).reshape(shape)
+    sum_y = np.asarray(r["sum_target"]).reshape(shape)
+    count = np.asarray(r["count"]).reshape(shape)
+    sq = None
+    if square_weights and sample_weight is not None:
+        r2 = k.classwise_stats(scores, labels, sample_weight * sample_weight, from_logits, n_bins, class_edges)
+        sq = np.asarray(r2["weight"]).reshape(shape)
+    return weight, sum_p, sum_y, count, sq
+
+
+def _classwise_rule(n_bins):
+    rule = check_n_bins(n_bins, rules=True)
+    if rule == "sweep":
+        raise ValueError("n_bins='sweep' is not offered for the class-wise error: give an integer, 'cube_root' "
+                         "or 'sqrt'")
+    return rule
+
+
+_LSE_ROWS = 1 << 14  # rows per block of the float64 softmax behind class columns from logits
+
+
+def _row_logsumexp(scores):
+    """log Σ_k exp(z_k) of every row in float64, a block of rows at a time (no N x K temporary)."""
+    n = scores.shape[0]
+    out = np.empty(n)
+    for start in range(0, n, _LSE_ROWS):
+        z = np.asarray(scores[start:start + _LSE_ROWS], dtype=np.float64)
+        top = z.max(axis=1)
+        out[start:start + _LSE_ROWS] = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+    return out
+
+
+def _class_column(scores, c, lse):
+    """The probabilities of class c (an N-vector, float64): the column, or exp(z_c - lse) from logits."""
+    col = np.asarray(scores[:, c], dtype=np.float64)
+    return col if lse is None else np.exp(col - lse)
 
 
 _TINY = 5e-324  # the least positive float64
@@ -509,6 +808,358 @@ def _classwise_errors(weight, sum_p, sum_y, norm):
     if norm == "l1":
         return part.cumsum(axis=1)[:, -1]
     return np.sqrt((part * gap).cumsum(axis=1)[:, -1])
+
+
+# ----------------------------------------------------------------------------
+# Debiased, conditional and class-wise variants, and bootstrap intervals (one block)
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationErrorResult:
+    """A calibration error with what produced it.
+
+    Attributes
+    ----------
+    value : float
+        The error (for ``debias=True`` the debiased RMS error sqrt(max(0, squared))).
+    squared : float or None
+        With ``debias=True``: the signed debiased estimate of the squared
+        error (Kumar et al. 2019), which can be below 0 when the model is
+        close to calibrated; None otherwise.
+    n_bins : int
+        Bins used (per class for the class-wise error): resolves rules such
+        as ``n_bins="sweep"``, and counts the merged bins of
+        ``strategy="quantile_midpoint"``.
+    ci : tuple of float or None
+        Percentile bootstrap interval (low, high) of ``value`` at
+        ``confidence_level``; None without ``ci``.
+    confidence_level : float or None
+    n_boot : int
+        Bootstrap replicates (0 without ``ci``).
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> p = rng.uniform(size=2000)
+    >>> y = (rng.uniform(size=2000) < p).astype(int)
+    >>> r = calibkit.debiased_calibration_error(p, y, n_bins=10)
+    >>> r.n_bins, r.value == max(r.squared, 0.0) ** 0.5
+    (10, True)
+    """
+
+    value: float
+    squared: float | None
+    n_bins: int
+    ci: tuple[float, float] | None = None
+    confidence_level: float | None = None
+    n_boot: int = 0
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe fields (``ci`` as a list)."""
+        out = dataclasses.asdict(self)
+        out["ci"] = None if self.ci is None else list(self.ci)
+        return out
+
+
+def debiased_calibration_error(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    *,
+    n_bins: int | str = 15,
+    strategy: Strategy = "uniform",
+    classwise: bool = False,
+    aggregate: str = "mean",
+    conditional_on_prediction: bool = False,
+    from_logits: bool = False,
+    sample_weight: ArrayLike | None = None,
+    ci: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    backend: Backend = "auto",
+) -> CalibrationErrorResult:
+    r"""Debiased RMS calibration error (Kumar, Liang & Ma 2019), with its signed square.
+
+    .. math::
+
+        \widehat{\mathrm{CE}^2} = \sum_{m:\, n_m \ge 2} \frac{n_m}{n}
+        \Bigl[(\bar{y}_m - \bar{p}_m)^2
+        - \frac{\bar{y}_m (1 - \bar{y}_m)}{n_m - 1}\Bigr]
+
+    The plug-in squared error (\bar{y}_m - \bar{p}_m)^2 overestimates the
+    squared calibration error of the binned model by the variance of
+    \bar{y}_m; the second term removes it (unbiased for binary labels).
+    This is :func:`calibration_error` with ``norm="l2", debias=True``
+    (``classwise=True``: :func:`classwise_calibration_error`), returned as
+    a named result: ``value`` = sqrt(max(0, ``squared``)), ``squared`` the
+    signed estimate, ``n_bins``, and with ``ci`` the bootstrap interval of
+    ``value``. See :func:`calibration_error` for the parameters, the
+    weighted estimator (Kish's effective count) and how to match
+    uncertainty-calibration exactly.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.7, 0.3], [0.8, 0.2]])
+    >>> labels = np.array([0, 1, 1, 0, 0, 0])
+    >>> r = calibkit.debiased_calibration_error(probs, labels, n_bins=2)
+    >>> round(r.squared, 4), round(r.value, 4)
+    (-0.0208, 0.0)
+    """
+    return _error_result(scores, labels, n_bins=n_bins, strategy=strategy, norm="l2", debias=True,
+                         conditional=conditional_on_prediction, classwise=check_bool(classwise, "classwise"),
+                         aggregate=aggregate, from_logits=from_logits, sample_weight=sample_weight, ci=ci,
+                         n_boot=n_boot, seed=seed, backend=backend)
+
+
+def _debiased_squares(count, weight, sum_p, sum_y, sq_weight=None):
+    """Kumar et al.'s debiased squared error of each row of bins (along the last axis).
+
+    n_m is ``count`` without weights, Kish's (Σw)²/Σw² with them (``sq_weight``); bins with n_m <= 1 (and empty
+    bins) add 0, their weight still counting in n.
+    """
+    total = weight.sum(axis=-1, keepdims=True)
+    if sq_weight is None:
+        n_eff = count.astype(np.float64)
+    else:  # Σw² can underflow to 0 for a bin of tiny weights: an infinite count, no variance term
+        n_eff = np.divide(weight * weight, sq_weight, out=np.full(weight.shape, np.inf), where=sq_weight > 0)
+    use = (weight > 0) & (n_eff > 1)
+    w = np.where(use, weight, 1.0)
+    ybar = sum_y / w
+    gap = ybar - sum_p / w
+    var = ybar * (1.0 - ybar) / np.where(use, n_eff - 1.0, 1.0)
+    terms = np.where(use, weight / np.maximum(total, _TINY) * (gap * gap - var), 0.0)
+    return terms.sum(axis=-1)
+
+
+def _gap_errors(weight, sum_p, sum_y, norm):
+    """The ``norm`` error of each row of bins (last axis), the replicates' vectorised form."""
+    total = weight.sum(axis=-1)
+    filled = weight > 0
+    w = np.where(filled, weight, 1.0)
+    gap = np.where(filled, np.abs(sum_y / w - sum_p / w), 0.0)
+    if norm == "max":
+        return gap.max(axis=-1)
+    if norm == "l1":
+        return (weight * gap).sum(axis=-1) / np.maximum(total, _TINY)
+    return np.sqrt((weight * gap * gap).sum(axis=-1) / np.maximum(total, _TINY))
+
+
+def _aggregate_classes(values, squares, norm, aggregate):
+    """(value, squared) over the last (class) axis: mean, sum or p-norm mean; ``squares`` (debias) or None."""
+    if aggregate == "sum":
+        agg = values.sum(axis=-1)
+        return agg, None if squares is None else squares.sum(axis=-1)
+    sq = None if squares is None else squares.mean(axis=-1)
+    if aggregate == "mean" or norm == "l1":
+        return values.mean(axis=-1), sq
+    if norm == "max":
+        return values.max(axis=-1), sq
+    return np.sqrt((values * values).mean(axis=-1)), sq  # "l2" power mean (values² = max(0, s_k) with debias)
+
+
+def _values_from_bins(count, weight, sum_p, sum_y, sq_weight, norm, debias):
+    """(value, signed square or None) of each row of bins."""
+    if debias:
+        sq = _debiased_squares(count, weight, sum_p, sum_y, sq_weight)
+        return np.sqrt(np.maximum(sq, 0.0)), sq
+    return _gap_errors(weight, sum_p, sum_y, norm), None
+
+
+def _error_result(scores, labels, *, n_bins, strategy, norm, debias, from_logits, sample_weight, ci, n_boot, seed,
+                  backend, conditional=False, classwise=False, aggregate="mean"):
+    """Every non-plain calibration error: debiased, conditional on the prediction, class-wise aggregates, and
+    bootstrap intervals (a :class:`CalibrationErrorResult`)."""
+    check_choice(norm, "norm", NORMS)
+    debias = check_bool(debias, "debias")
+    conditional = check_bool(conditional, "conditional_on_prediction")
+    check_choice(aggregate, "aggregate", AGGREGATES)
+    if debias and norm != "l2":
+        raise ValueError(f"debias=True needs norm='l2' (Kumar et al. debias the squared error), got norm={norm!r}")
+    if ci is not None:
+        if isinstance(ci, (bool, np.bool_)) or not isinstance(ci, numbers.Real) or not 0 < ci < 1:
+            raise ValueError(f"ci must be a confidence level in (0, 1), got {ci!r}")
+        n_boot = check_size(n_boot, "n_boot", 2, MAX_BOOTSTRAP)
+        seed = check_size(seed, "seed", 0, 2**64 - 1)
+        if strategy != "uniform":
+            raise ValueError(f"ci needs strategy='uniform' (the bootstrap replicates keep equal-width bins), "
+                             f"got strategy={strategy!r}")
+        if conditional:
+            raise ValueError("ci is not available with conditional_on_prediction=True")
+    if classwise:
+        if conditional:
+            raise ValueError("conditional_on_prediction applies to the top-label error, not the class-wise one")
+        if ci is not None:
+            return _classwise_bootstrap(scores, labels, sample_weight, n_bins=n_bins, norm=norm, debias=debias,
+                                        aggregate=aggregate, from_logits=from_logits, ci=float(ci), n_boot=n_boot,
+                                        seed=seed, backend=backend)
+        weight, sum_p, sum_y, count, sq = _classwise_bins(scores, labels, sample_weight, n_bins=n_bins,
+                                                          strategy=strategy, from_logits=from_logits,
+                                                          backend=backend, square_weights=debias)
+        values, squares = _values_from_bins(count, weight, sum_p, sum_y, sq, norm, debias)
+        value, squared = _aggregate_classes(values, squares, norm, aggregate)
+        return CalibrationErrorResult(float(value), None if squared is None else float(squared), weight.shape[1])
+    if conditional:
+        count, weight, sum_p, sum_y, sq, m = _conditional_cells(scores, labels, sample_weight, n_bins=n_bins,
+                                                                strategy=strategy, from_logits=from_logits,
+                                                                backend=backend, square_weights=debias)
+    elif ci is not None:
+        return _bootstrap_result(scores, labels, sample_weight, n_bins=n_bins, norm=norm, debias=debias,
+                                 from_logits=from_logits, ci=float(ci), n_boot=n_boot, seed=seed, backend=backend)
+    else:
+        b = _binned(scores, labels, sample_weight, n_bins=n_bins, strategy=strategy, from_logits=from_logits,
+                    backend=backend, square_weights=debias)
+        count, weight, sum_p, sum_y, sq, m = (b.count, b.weight, b.sum_confidence, b.sum_accuracy, b.sq_weight,
+                                              b.n_bins)
+    if debias:
+        squared = float(_debiased_squares(count, weight, sum_p, sum_y, sq))
+        return CalibrationErrorResult(math.sqrt(max(squared, 0.0)), squared, m)
+    return CalibrationErrorResult(_norm_value(_errors_from_bins(weight, sum_p, sum_y), norm), None, m)
+
+
+def _conditional_cells(scores, labels, sample_weight, *, n_bins, strategy, from_logits, backend, square_weights):
+    """Sums over (predicted class, confidence bin) cells, flattened to K * M: count, weight, Σ w conf, Σ w correct,
+    Σ w² (weighted and ``square_weights``), and M. N-vectors only (the confidences, the predicted classes)."""
+    rule = check_n_bins(n_bins, rules=True)
+    if strategy != "uniform":
+        raise ValueError(f"conditional_on_prediction=True needs strategy='uniform', got strategy={strategy!r}")
+    k = _backend.kernels(backend)
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits,
+                                                          scale_weights=True)
+    if scores.ndim != 2:
+        raise ValueError(f"conditional_on_prediction=True needs scores of shape (N, K), got shape {scores.shape}")
+    n, n_classes = scores.shape
+    conf = np.empty(n, np.float64)
+    correct = np.empty(n, np.uint8)
+    first = k.top_label_stats(scores, labels, sample_weight, from_logits, 0, _nll_eps(scores.dtype), False, conf,
+                              correct)
+    raise_for_status(first["status"], n_classes=n_classes)
+    if not first["totals"]["weight"] > 0:
+        raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    m = resolve_n_bins(rule, conf, correct, sample_weight, "uniform")
+    check_cells(n_classes, "n_classes", m)
+    # The kernels' bin of c: #{inner edges m/M strictly below c}.
+    cell = np.argmax(scores, axis=1) * m + _equal_width_edges(m)[1:-1].searchsorted(conf, side="left")
+    size = n_classes * m
+    w = np.ones(n) if sample_weight is None else sample_weight
+    count = np.bincount(cell, minlength=size)
+    weight = np.bincount(cell, weights=w, minlength=size)
+    sum_p = np.bincount(cell, weights=w * conf, minlength=size)
+    sum_y = np.bincount(cell, weights=w * correct, minlength=size)
+    sq = None
+    if square_weights and sample_weight is not None:
+        sq = np.bincount(cell, weights=w * w, minlength=size)
+    return count, weight, sum_p, sum_y, sq, m
+
+
+def _percentile_interval(replicates, level):
+    """The percentile interval of the finite replicates (None with fewer than 2), as the streaming state."""
+    replicates = replicates[np.isfinite(replicates)]
+    if replicates.size < 2:
+        return None
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(replicates, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def _stream_states(scores, labels, sample_weight, *, n_bins, from_logits, n_boot, seed, backend, squares):
+    """One pass of a :class:`~calibkit.CalibrationAccumulator` (bins and Poisson replicates) over the rows, and
+    with ``squares`` (weighted, debiased) a second one with the weights squared, for Kish's counts: the same
+    generator keys give every row the same multiplicities in both. Returns (bins, boot, sq_bins, sq_boot)."""
+    from .streaming import CalibrationAccumulator  # streaming imports this module
+
+    def state(weights):
+        acc = CalibrationAccumulator(n_bins, from_logits=from_logits, bootstrap=n_boot, seed=seed, backend=backend)
+        acc.update(scores, labels, weights)
+        return acc._bins, acc._boot
+
+    bins, boot = state(sample_weight)
+    if not (squares and sample_weight is not None):
+        return bins, boot, None, None
+    w = np.asarray(sample_weight, dtype=np.float64)  # checked by the first pass
+    largest = float(w.max())
+    w2 = (w / largest) ** 2
+    w2[w2 < MIN_STREAM_WEIGHT] = 0.0  # negligible rows: the stream refuses weights this small
+    sq_bins, sq_boot = state(w2)
+    # Kish's count (Σw)²/Σw² is unchanged by a common scale: put Σw² in the units of the raw weights.
+    return bins, boot, sq_bins[1] * largest * largest, sq_boot[:, 0] * largest * largest
+
+
+def _bootstrap_result(scores, labels, sample_weight, *, n_bins, norm, debias, from_logits, ci, n_boot, seed,
+                      backend):
+    m = check_n_bins(n_bins, rules=True)
+    # Checked as the metrics check them (a negative weight is named as such); the stream gets the raw weights.
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
+    if sample_weight is not None:
+        check_sample_weight(sample_weight, scores.shape[0], check_values=True)
+    if isinstance(m, str):  # a rule is resolved once, on all the rows
+        m = _binned(scores, labels, sample_weight, n_bins=m, strategy="uniform", from_logits=from_logits,
+                    backend=backend).n_bins
+    check_cells(n_boot, "n_boot", m)
+    bins, boot, sq_bins, sq_boot = _stream_states(scores, labels, sample_weight, n_bins=m, from_logits=from_logits,
+                                                  n_boot=n_boot, seed=seed, backend=backend, squares=debias)
+    if not bins[1].sum() > 0:
+        raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    squared = None
+    if debias:
+        squared = float(_debiased_squares(bins[0], bins[1], bins[2], bins[3], sq_bins))
+        value = math.sqrt(max(squared, 0.0))
+        # A replicate's rows are the original rows with multiplicities: unweighted, its count is its weight.
+        reps = np.sqrt(np.maximum(_debiased_squares(boot[:, 0], boot[:, 0], boot[:, 1], boot[:, 2], sq_boot), 0.0))
+    else:
+        value = _norm_value(_errors_from_bins(bins[1], bins[2], bins[3]), norm)
+        if norm == "l1":
+            from .streaming import _replicate_ece  # the streaming state's own replicate ECE, the same bits
+
+            with np.errstate(invalid="ignore", divide="ignore"):
+                reps = _replicate_ece(boot)
+        else:
+            reps = np.where(boot[:, 0].sum(axis=1) > 0, _gap_errors(boot[:, 0], boot[:, 1], boot[:, 2], norm), np.nan)
+    if debias:  # a replicate without rows has no error (NaN, left out of the interval)
+        reps = np.where(boot[:, 0].sum(axis=1) > 0, reps, np.nan)
+    return CalibrationErrorResult(value, squared, m, _percentile_interval(reps, ci), ci, n_boot)
+
+
+def _classwise_bootstrap(scores, labels, sample_weight, *, n_bins, norm, debias, aggregate, from_logits, ci, n_boot,
+                         seed, backend):
+    """Class-wise error and interval: a binary stream state per class (same seed: the same resampled rows)."""
+    rule = _classwise_rule(n_bins)
+    k = _backend.kernels(backend)
+    scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, from_logits)
+    if sample_weight is not None:
+        check_sample_weight(sample_weight, scores.shape[0], check_values=True)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must have shape (N, K) for the class-wise error, got shape {scores.shape}")
+    n_rows, n_classes = scores.shape
+    m = resolve_n_bins(rule, None, None, None, n_rows=n_rows)
+    check_cells(n_boot, "n_boot", m)
+    check_cells(n_boot, "n_boot", n_classes)
+    r = k.classwise_stats(scores, labels, sample_weight, from_logits, 1, None)  # validates every element first
+    raise_for_status(r["status"], n_classes=n_classes)
+    lse = _row_logsumexp(scores) if from_logits else None
+    values = np.empty(n_classes)
+    squares = np.empty(n_classes) if debias else None
+    reps = np.empty((n_boot, n_classes))
+    for c in range(n_classes):
+        bins, boot, sq_bins, sq_boot = _stream_states(
+            _class_column(scores, c, lse), (labels == c).astype(np.int64), sample_weight, n_bins=m,
+            from_logits=False, n_boot=n_boot, seed=seed, backend=backend, squares=debias)
+        v, s = _values_from_bins(bins[0], bins[1], bins[2], bins[3], sq_bins, norm, debias)
+        values[c] = v
+        if debias:
+            squares[c] = s
+        reps[:, c] = _values_from_bins(boot[:, 0], boot[:, 0], boot[:, 1], boot[:, 2], sq_boot, norm, debias)[0]
+    if not bins[1].sum() > 0:
+        raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    value, squared = _aggregate_classes(values, squares, norm, aggregate)
+    empty = boot[:, 0].sum(axis=1) == 0  # a replicate without rows (the same rows for every class)
+    rep_values = np.where(empty, np.nan, _aggregate_classes(reps, None, norm, aggregate)[0])
+    return CalibrationErrorResult(float(value), None if squared is None else float(squared), m,
+                                  _percentile_interval(rep_values, ci), ci, n_boot)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -643,7 +1294,7 @@ def reliability_table(
     scores: ArrayLike,
     labels: ArrayLike,
     *,
-    n_bins: int = 15,
+    n_bins: int | str = 15,
     strategy: Strategy = "uniform",
     from_logits: bool = False,
     sample_weight: ArrayLike | None = None,
