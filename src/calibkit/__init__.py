@@ -33,6 +33,7 @@ from .calibrators import (
     temperature_nll,
 )
 from .streaming import CalibrationAccumulator, CalibrationResult, WindowedAccumulator
+from .smooth import SmoothReliabilityCurve, smooth_ece, smooth_reliability_curve
 from . import io, ood, plot, report, uncertainty
 from . import datasets
 from .ood import *  # noqa: F401,F403 - re-exported; names in ood.__all__
@@ -85,6 +86,9 @@ __all__ = [
     "nll",
     "reliability_table",
     "set_num_threads",
+    "SmoothReliabilityCurve",
+    "smooth_ece",
+    "smooth_reliability_curve",
     "datasets",
     "io",
     "ood",
