@@ -54,7 +54,10 @@ py::dict smooth_binary(const py::array& scores, const py::array& labels, const p
 }
 
 py::dict smooth_grid_py(const py::object& scores_obj, const py::object& labels_obj, const py::object& sample_weight,
-                        bool from_logits, const py::object& grid_sizes_obj, bool with_labels) {
+                        bool from_logits, const py::object& grid_sizes_obj, bool with_labels, double inv_t) {
+    if (!(inv_t > 0.0) || !std::isfinite(inv_t))
+        throw py::value_error("inverse_temperature must be a finite number > 0");
+    if (!from_logits && inv_t != 1.0) throw py::value_error("inverse_temperature applies to logits only");
     const SmoothGrids grids(grid_sizes(grid_sizes_obj));
     const int64_t channels = with_labels ? 3 : 2;
     const py::array scores = require_array(scores_obj, "scores");
@@ -75,7 +78,7 @@ py::dict smooth_grid_py(const py::object& scores_obj, const py::object& labels_o
         SmoothSums r;
         {
             py::gil_scoped_release release;
-            r = smooth_grid_top_label<T>(s, y, w, from_logits, grids, channels);
+            r = smooth_grid_top_label<T>(s, y, w, from_logits, grids, channels, inv_t);
         }
         return smooth_dict(r);
     });
@@ -86,6 +89,7 @@ py::dict smooth_grid_py(const py::object& scores_obj, const py::object& labels_o
 void bind_smooth(py::module_& m) {
     m.def("smooth_grid", &smooth_grid_py, py::arg("scores"), py::arg("labels"), py::arg("sample_weight"),
           py::arg("from_logits").noconvert(), py::arg("grid_sizes"), py::arg("with_labels").noconvert() = false,
+          py::arg("inverse_temperature") = 1.0,
           "Grid sums of the smooth ECE: (sum(grid_sizes), 2) array of [weight, weighted residual] per grid "
           "point (3 columns with_labels: and the weighted label), the row count, the total weight and the status of the first bad row.");
 }

@@ -149,8 +149,8 @@ SmoothSums smooth_grid_binary(const Vector<T>& probs, const Vector<L>& labels, c
 
 template <class T, class V>
 inline void smooth_top_label_chunk(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
-                                   bool from_logits, const SmoothGrids& grids, SmoothSums& part, int64_t begin,
-                                   int64_t end) {
+                                   bool from_logits, double inv_t, const SmoothGrids& grids, SmoothSums& part,
+                                   int64_t begin, int64_t end) {
     const int64_t K = scores.cols;
     const simd::TailMask<V> tail(K);
     RowSummary row;
@@ -163,8 +163,8 @@ inline void smooth_top_label_chunk(const Matrix<T>& scores, const Vector<int64_t
         const double w = weights.at(i);
         if (weights.present() && !check_weight(w, i, part.status)) continue;
         // binning.hpp's row summary (max / argmax of the probabilities or of the softmax, with the row checks).
-        if (!summarize_row<T, V, false>(scores, tail, i, y, from_logits, 0.0, false, 1.0, row, part.status, nullptr,
-                                        nullptr))
+        if (!summarize_row<T, V, false>(scores, tail, i, y, from_logits, 0.0, false, inv_t, row, part.status,
+                                        nullptr, nullptr))
             continue;
         const double f = row.confidence;
         const double correct = row.argmax == y ? 1.0 : 0.0;
@@ -175,18 +175,20 @@ inline void smooth_top_label_chunk(const Matrix<T>& scores, const Vector<int64_t
 #if CALIBKIT_HAVE_AVX2_CLONES
 template <class T>
 CALIBKIT_AVX2_CLONE void smooth_top_label_chunk_avx2(const Matrix<T>& scores, const Vector<int64_t>& labels,
-                                                     const Weights& weights, bool from_logits,
+                                                     const Weights& weights, bool from_logits, double inv_t,
                                                      const SmoothGrids& grids, SmoothSums& part, int64_t begin,
                                                      int64_t end) {
-    smooth_top_label_chunk<T, simd::Vec<4>>(scores, labels, weights, from_logits, grids, part, begin, end);
+    smooth_top_label_chunk<T, simd::Vec<4>>(scores, labels, weights, from_logits, inv_t, grids, part, begin, end);
 }
 #endif
 
 // Top-label rows of an N x K matrix of probabilities or logits: the confidence f (the largest
-// probability) against the correctness (argmax == label, first index on ties), read in place.
+// probability) against the correctness (argmax == label, first index on ties), read in place. Logits
+// are multiplied by inv_t (the inverse temperature; 1: none) inside the softmax.
 template <class T>
 SmoothSums smooth_grid_top_label(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
-                                 bool from_logits, const SmoothGrids& grids, int64_t channels) {
+                                 bool from_logits, const SmoothGrids& grids, int64_t channels,
+                                 double inv_t = 1.0) {
     SmoothSums total(grids.cells, channels);
     const bool avx2 = simd::use_avx2();
     chunked_reduce(
@@ -195,11 +197,12 @@ SmoothSums smooth_grid_top_label(const Matrix<T>& scores, const Vector<int64_t>&
         [&] { return SmoothSums(grids.cells, channels); },
         [&](SmoothSums& part, int64_t begin, int64_t end) {
 #if CALIBKIT_HAVE_AVX2_CLONES
-            if (avx2) return smooth_top_label_chunk_avx2<T>(scores, labels, weights, from_logits, grids, part, begin,
-                                                            end);
+            if (avx2) return smooth_top_label_chunk_avx2<T>(scores, labels, weights, from_logits, inv_t, grids, part,
+                                                            begin, end);
 #endif
             (void)avx2;
-            smooth_top_label_chunk<T, simd::Vec<2>>(scores, labels, weights, from_logits, grids, part, begin, end);
+            smooth_top_label_chunk<T, simd::Vec<2>>(scores, labels, weights, from_logits, inv_t, grids, part, begin,
+                                                    end);
         },
         [](SmoothSums& acc, const SmoothSums& part) { acc.merge(part); });
     return total;

@@ -7,6 +7,8 @@ folded in chunk order (bit-identical for any thread count).
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 
@@ -57,8 +59,8 @@ def _spread(sizes, offsets, channels, f, w, y, cells):
 
 
 @numba.njit(**JIT)
-def _smooth_chunk(scores, labels, weights, has_w, binary, from_logits, single, sizes, offsets, channels, table, begin,
-                  end, cells, tot, st):
+def _smooth_chunk(scores, labels, weights, has_w, binary, from_logits, single, inv_t, sizes, offsets, channels,
+                  table, begin, end, cells, tot, st):
     if binary:
         for i in range(begin, end):
             y = np.int64(labels[i])
@@ -90,9 +92,9 @@ def _smooth_chunk(scores, labels, weights, has_w, binary, from_logits, single, s
             continue
         # binning's row summaries: [argmax, confidence, ...] with the row checks
         if single:
-            if not _logit_row_f(scores, i, y, False, 1.0, table, st, row, ef):
+            if not _logit_row_f(scores, i, y, False, inv_t, table, st, row, ef):
                 continue
-        elif not _summarize_row(scores, i, y, from_logits, 0.0, False, 1.0, table, st, row, False, e):
+        elif not _summarize_row(scores, i, y, from_logits, 0.0, False, inv_t, table, st, row, False, e):
             continue
         f = row[1]
         correct = 1.0 if np.int64(row[0]) == y else 0.0
@@ -102,8 +104,8 @@ def _smooth_chunk(scores, labels, weights, has_w, binary, from_logits, single, s
 
 
 @numba.njit(parallel=True, **JIT)
-def _smooth_driver(scores, labels, weights, has_w, binary, from_logits, single, sizes, offsets, n_cells, channels,
-                   chunk, table, parallel):
+def _smooth_driver(scores, labels, weights, has_w, binary, from_logits, single, inv_t, sizes, offsets, n_cells,
+                   channels, chunk, table, parallel):
     N = scores.shape[0]
     n_chunks = (N + chunk - 1) // chunk
     cells = np.zeros(channels * n_cells)
@@ -120,15 +122,15 @@ def _smooth_driver(scores, labels, weights, has_w, binary, from_logits, single, 
                 p_st[j, 1] = -1.0
                 p_st[j, 2] = -1.0
                 c = first + j
-                _smooth_chunk(scores, labels, weights, has_w, binary, from_logits, single, sizes, offsets, channels,
-                              table, c * chunk, min(N, (c + 1) * chunk), p_cells[j], p_tot[j], p_st[j])
+                _smooth_chunk(scores, labels, weights, has_w, binary, from_logits, single, inv_t, sizes, offsets,
+                              channels, table, c * chunk, min(N, (c + 1) * chunk), p_cells[j], p_tot[j], p_st[j])
         else:
             for j in range(g):
                 p_st[j, 1] = -1.0
                 p_st[j, 2] = -1.0
                 c = first + j
-                _smooth_chunk(scores, labels, weights, has_w, binary, from_logits, single, sizes, offsets, channels,
-                              table, c * chunk, min(N, (c + 1) * chunk), p_cells[j], p_tot[j], p_st[j])
+                _smooth_chunk(scores, labels, weights, has_w, binary, from_logits, single, inv_t, sizes, offsets,
+                              channels, table, c * chunk, min(N, (c + 1) * chunk), p_cells[j], p_tot[j], p_st[j])
         for j in range(g):
             for b in range(channels * n_cells):
                 cells[b] += p_cells[j, b]
@@ -150,9 +152,15 @@ def _grid_sizes(grid_sizes):
     return sizes, offsets, int(sizes.sum())
 
 
-def smooth_grid(scores, labels, sample_weight, from_logits, grid_sizes, with_labels=False):
+def smooth_grid(scores, labels, sample_weight, from_logits, grid_sizes, with_labels=False,
+                inverse_temperature=1.0):
     """Same contract as ``calibkit._core.smooth_grid``."""
     sizes, offsets, n_cells = _grid_sizes(grid_sizes)
+    inv_t = float(inverse_temperature)
+    if not (inv_t > 0.0 and math.isfinite(inv_t)):
+        raise ValueError("inverse_temperature must be a finite number > 0")
+    if not from_logits and inv_t != 1.0:
+        raise ValueError("inverse_temperature applies to logits only")
     check_float_dtype(scores, "scores")
     binary = scores.ndim == 1
     if binary:
@@ -177,7 +185,7 @@ def smooth_grid(scores, labels, sample_weight, from_logits, grid_sizes, with_lab
     single = bool(from_logits) and scores.dtype != np.float64
     parallel = N * K >= MIN_PARALLEL_ELEMENTS
     cells, tot, st = run_locked(_smooth_driver, as_kernel_array(matrix), labels, weights, has_w, binary,
-                                bool(from_logits), single, sizes, offsets, n_cells, channels, chunk, HALF_TABLE,
-                                parallel)
+                                bool(from_logits), single, inv_t, sizes, offsets, n_cells, channels, chunk,
+                                HALF_TABLE, parallel)
     return {"grid": cells.reshape(n_cells, channels), "count": int(tot[0]), "weight": float(tot[1]),
             "status": status_tuple(st)}
