@@ -304,6 +304,15 @@ class SmoothReliabilityCurve:
         smECE at that σ.
     count : int
         Rows.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> c = calibkit.smooth_reliability_curve([0.1, 0.4, 0.8, 0.9], [0, 1, 1, 1], bandwidth=0.1, n_points=5)
+    >>> c.mesh.tolist()
+    [0.0, 0.25, 0.5, 0.75, 1.0]
+    >>> round(c.smooth_ece, 4) == round(calibkit.smooth_ece([0.1, 0.4, 0.8, 0.9], [0, 1, 1, 1], bandwidth=0.1), 4)
+    True
     """
 
     mesh: np.ndarray
