@@ -30,7 +30,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from . import _backend
 from ._typing import ArrayLike, Backend
 from ._validation import check_choice, raise_for_status
 from .metrics import _binary_probabilities, _prepare
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["SmoothReliabilityCurve", "smooth_ece", "smooth_reliability_curve"]
 
@@ -322,7 +325,7 @@ class SmoothReliabilityCurve:
     smooth_ece: float
     count: int
 
-    def plot(self, **kwargs: Any):
+    def plot(self, **kwargs: Any) -> Figure:
         """:func:`calibkit.plot.smooth_reliability_diagram` of this curve."""
         from .plot import smooth_reliability_diagram
 

@@ -258,13 +258,16 @@ class CalibrationAccumulator:
             "n_bins": self.n_bins, "from_logits": self.from_logits, "temperature": self.temperature,
             "classwise": self.classwise,
             "n_classes": self.n_classes, "bootstrap": self.bootstrap, "seed": self.seed,
-            "fine_bits": self.fine_bits, "fine_levels": self.fine_levels, "smooth": self.smooth,
+            "fine_bits": self.fine_bits, "fine_levels": self.fine_levels,
+            **({"smooth": True} if self.smooth else {}),  # states without smooth ECE keep their bytes
         }
 
     def _compatible(self, other) -> None:
         if not isinstance(other, CalibrationAccumulator):
             raise TypeError(f"can only merge a CalibrationAccumulator, got {type(other).__name__}")
         mine, theirs = self._config(), other._config()
+        if self.smooth != other.smooth:
+            raise ValueError(f"cannot merge accumulators with different smooth: {self.smooth!r} != {other.smooth!r}")
         for key in mine:
             if key == "n_classes":
                 continue
