@@ -70,46 +70,57 @@ struct SmoothSums {
     }
 };
 
-// One row (score f, weight w, label or correctness y) onto every grid: relplot's smooth_round_to_grid
-// for one value, of w, w (f - y) and w y.
-CALIBKIT_INLINE void smooth_spread(const SmoothGrids& grids, double f, double w, double y, SmoothSums& out) {
-    double* const cells = out.cells.data();
-    const size_t n = grids.sizes.size();
-    const double wr = w * (f - y);
-    if (out.channels == 2) {
-        for (size_t g = 0; g < n; ++g) {
+// Rows (score f, weight w, label or correctness y) onto every grid: relplot's smooth_round_to_grid of w,
+// w (f - y) and w y. Rows are buffered and spread a block at a time, one grid after the other: a grid's
+// cells (16 to 120 KB) stay in cache for the whole block. Every cell still receives its rows in row order,
+// so the sums (and their bits) are those of a row-by-row spread.
+constexpr int kSmoothBlock = 256;
+
+struct SmoothBlock {
+    double f[kSmoothBlock], w[kSmoothBlock], wr[kSmoothBlock], wy[kSmoothBlock];
+    int n = 0;
+
+    CALIBKIT_INLINE void add(const SmoothGrids& grids, SmoothSums& out, double fi, double wi, double yi) {
+        f[n] = fi;
+        w[n] = wi;
+        wr[n] = wi * (fi - yi);
+        wy[n] = wi * yi;
+        if (++n == kSmoothBlock) flush(grids, out);
+    }
+
+    template <int C>
+    void spread(const SmoothGrids& grids, double* const cells) const {
+        for (size_t g = 0; g < grids.sizes.size(); ++g) {
             const int64_t last = grids.sizes[g] - 1;
-            const double x = f * static_cast<double>(last);
-            // A truncating conversion, as numpy's astype(int); f is within [-1e-6, 1 + 1e-6].
-            const int64_t b = std::min<int64_t>(std::max<int64_t>(static_cast<int64_t>(x), 0), last - 1);
-            const double t = x - static_cast<double>(b);
-            const double u = 1.0 - t;
-            double* c = cells + 2 * (grids.offsets[g] + b);
-            c[0] += u * w;
-            c[1] += u * wr;
-            c[2] += t * w;
-            c[3] += t * wr;
-        }
-    } else {
-        const double wy = w * y;
-        for (size_t g = 0; g < n; ++g) {
-            const int64_t last = grids.sizes[g] - 1;
-            const double x = f * static_cast<double>(last);
-            const int64_t b = std::min<int64_t>(std::max<int64_t>(static_cast<int64_t>(x), 0), last - 1);
-            const double t = x - static_cast<double>(b);
-            const double u = 1.0 - t;
-            double* c = cells + 3 * (grids.offsets[g] + b);
-            c[0] += u * w;
-            c[1] += u * wr;
-            c[2] += u * wy;
-            c[3] += t * w;
-            c[4] += t * wr;
-            c[5] += t * wy;
+            const double scale = static_cast<double>(last);
+            double* const grid = cells + C * grids.offsets[g];
+            for (int j = 0; j < n; ++j) {
+                const double x = f[j] * scale;
+                // A truncating conversion, as numpy's astype(int); f is within [-1e-6, 1 + 1e-6].
+                const int64_t b = std::min<int64_t>(std::max<int64_t>(static_cast<int64_t>(x), 0), last - 1);
+                const double t = x - static_cast<double>(b);
+                const double u = 1.0 - t;
+                double* c = grid + C * b;
+                c[0] += u * w[j];
+                c[1] += u * wr[j];
+                if constexpr (C == 3) c[2] += u * wy[j];
+                c[C] += t * w[j];
+                c[C + 1] += t * wr[j];
+                if constexpr (C == 3) c[5] += t * wy[j];
+            }
         }
     }
-    out.count += 1;
-    out.weight += w;
-}
+
+    void flush(const SmoothGrids& grids, SmoothSums& out) {
+        if (out.channels == 2)
+            spread<2>(grids, out.cells.data());
+        else
+            spread<3>(grids, out.cells.data());
+        for (int j = 0; j < n; ++j) out.weight += w[j];
+        out.count += n;
+        n = 0;
+    }
+};
 
 // Elements per chunk: enough rows that clearing and folding a partial of 2 * cells values stays small
 // next to the reading of the chunk.
@@ -127,6 +138,7 @@ SmoothSums smooth_grid_binary(const Vector<T>& probs, const Vector<L>& labels, c
         probs.size, smooth_rows_per_chunk(1, grids.cells), 1 + static_cast<int64_t>(grids.sizes.size()),
         channels * grids.cells, total, [&] { return SmoothSums(grids.cells, channels); },
         [&](SmoothSums& part, int64_t begin, int64_t end) {
+            SmoothBlock block;
             for (int64_t i = begin; i < end; ++i) {
                 const int64_t y = static_cast<int64_t>(labels.raw(i));
                 if (y != 0 && y != 1) {
@@ -140,8 +152,9 @@ SmoothSums smooth_grid_binary(const Vector<T>& probs, const Vector<L>& labels, c
                     part.status.set(is_finite(p) ? kProbabilityOutOfRange : kScoreNotFinite, i, -1, p);
                     continue;
                 }
-                smooth_spread(grids, p, w, static_cast<double>(y), part);
+                block.add(grids, part, p, w, static_cast<double>(y));
             }
+            block.flush(grids, part);
         },
         [](SmoothSums& acc, const SmoothSums& part) { acc.merge(part); });
     return total;
@@ -154,6 +167,7 @@ inline void smooth_top_label_chunk(const Matrix<T>& scores, const Vector<int64_t
     const int64_t K = scores.cols;
     const simd::TailMask<V> tail(K);
     RowSummary row;
+    SmoothBlock block;
     for (int64_t i = begin; i < end; ++i) {
         const int64_t y = labels.raw(i);
         if (y < 0 || y >= K) {
@@ -168,8 +182,9 @@ inline void smooth_top_label_chunk(const Matrix<T>& scores, const Vector<int64_t
             continue;
         const double f = row.confidence;
         const double correct = row.argmax == y ? 1.0 : 0.0;
-        smooth_spread(grids, f, w, correct, part);
+        block.add(grids, part, f, w, correct);
     }
+    block.flush(grids, part);
 }
 
 #if CALIBKIT_HAVE_AVX2_CLONES

@@ -36,31 +36,51 @@ MAX_SMOOTH_CELLS = 1 << 20  # kMaxSmoothCells
 MAX_SMOOTH_GRIDS = 64  # kMaxSmoothGrids
 
 
-@numba.njit(inline="always", **JIT)
-def _spread(sizes, offsets, channels, f, w, y, cells):
-    """smooth.hpp's smooth_spread: one row onto every grid (w, w (f - y) and, with 3 channels, w y)."""
-    wr = w * (f - y)
-    wy = w * y
+BLOCK = 256  # smooth.hpp's kSmoothBlock
+
+
+@numba.njit(**JIT)
+def _flush(sizes, offsets, channels, buf, n, cells, tot):
+    """smooth.hpp's SmoothBlock::flush: the buffered rows (columns f, w, w (f - y), w y) onto every grid, one
+    grid after the other, each cell receiving its rows in row order."""
     for g in range(sizes.shape[0]):
         last = sizes[g] - 1
-        x = f * np.float64(last)
-        b = min(max(np.int64(x), 0), last - 1)  # truncation, as numpy's astype(int)
-        t = x - np.float64(b)
-        u = 1.0 - t
-        c = channels * (offsets[g] + b)
-        cells[c] += u * w
-        cells[c + 1] += u * wr
-        if channels == 3:
-            cells[c + 2] += u * wy
-        cells[c + channels] += t * w
-        cells[c + channels + 1] += t * wr
-        if channels == 3:
-            cells[c + 5] += t * wy
+        scale = np.float64(last)
+        base = channels * offsets[g]
+        for j in range(n):
+            x = buf[j, 0] * scale
+            b = min(max(np.int64(x), 0), last - 1)  # truncation, as numpy's astype(int)
+            t = x - np.float64(b)
+            u = 1.0 - t
+            c = base + channels * b
+            cells[c] += u * buf[j, 1]
+            cells[c + 1] += u * buf[j, 2]
+            if channels == 3:
+                cells[c + 2] += u * buf[j, 3]
+            cells[c + channels] += t * buf[j, 1]
+            cells[c + channels + 1] += t * buf[j, 2]
+            if channels == 3:
+                cells[c + 5] += t * buf[j, 3]
+    for j in range(n):
+        tot[1] += buf[j, 1]
+    tot[0] += n
+    return 0
+
+
+@numba.njit(inline="always", **JIT)
+def _add(buf, n, f, w, y):
+    buf[n, 0] = f
+    buf[n, 1] = w
+    buf[n, 2] = w * (f - y)
+    buf[n, 3] = w * y
+    return n + 1
 
 
 @numba.njit(**JIT)
 def _smooth_chunk(scores, labels, weights, has_w, binary, from_logits, single, inv_t, sizes, offsets, channels,
                   table, begin, end, cells, tot, st):
+    buf = np.empty((BLOCK, 4))
+    n = 0
     if binary:
         for i in range(begin, end):
             y = np.int64(labels[i])
@@ -74,9 +94,10 @@ def _smooth_chunk(scores, labels, weights, has_w, binary, from_logits, single, i
             if not valid_probability(p):
                 merge_status(st, PROBABILITY_OUT_OF_RANGE if is_finite(p) else SCORE_NOT_FINITE, i, -1, p)
                 continue
-            _spread(sizes, offsets, channels, p, w, np.float64(y), cells)
-            tot[0] += 1.0
-            tot[1] += w
+            n = _add(buf, n, p, w, np.float64(y))
+            if n == BLOCK:
+                n = _flush(sizes, offsets, channels, buf, n, cells, tot)
+        _flush(sizes, offsets, channels, buf, n, cells, tot)
         return
     K = scores.shape[1]
     row = np.empty(5)
@@ -96,11 +117,10 @@ def _smooth_chunk(scores, labels, weights, has_w, binary, from_logits, single, i
                 continue
         elif not _summarize_row(scores, i, y, from_logits, 0.0, False, inv_t, table, st, row, False, e):
             continue
-        f = row[1]
-        correct = 1.0 if np.int64(row[0]) == y else 0.0
-        _spread(sizes, offsets, channels, f, w, correct, cells)
-        tot[0] += 1.0
-        tot[1] += w
+        n = _add(buf, n, row[1], w, 1.0 if np.int64(row[0]) == y else 0.0)
+        if n == BLOCK:
+            n = _flush(sizes, offsets, channels, buf, n, cells, tot)
+    _flush(sizes, offsets, channels, buf, n, cells, tot)
 
 
 @numba.njit(parallel=True, **JIT)
