@@ -349,9 +349,17 @@ def test_state_roundtrip_and_old_states_load():
     with pytest.raises(ValueError, match="corrupt calibration state: arrays"):
         calibkit.CalibrationAccumulator.from_bytes(encode_state("CalibrationAccumulator", acc._meta(), arrays))
     arrays = acc._arrays()
-    arrays["smooth"] = -arrays["smooth"]
-    with pytest.raises(ValueError, match="corrupt calibration state: smooth"):
+    arrays["smooth"] = arrays["smooth"][::-1] * [1.0, 2.0]
+    with pytest.raises(ValueError, match="corrupt calibration state: the smooth grids do not add up"):
         calibkit.CalibrationAccumulator.from_bytes(encode_state("CalibrationAccumulator", acc._meta(), arrays))
+
+
+def test_state_with_scores_at_zero_and_one_loads():
+    p = np.array([0.0, 0.5, 1.0, 0.2])
+    y = np.array([0, 1, 1, 0])
+    acc = calibkit.CalibrationAccumulator(smooth=True).update(p, y)
+    back = calibkit.CalibrationAccumulator.from_bytes(acc.to_bytes())
+    assert back.compute().smooth_ece == calibkit.smooth_ece(p, y)
 
 
 def test_windowed_smooth(backend):

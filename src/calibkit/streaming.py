@@ -564,9 +564,12 @@ class CalibrationAccumulator:
                                                         arrays["totals"])
         acc._classwise_bins = arrays.get("classwise")
         acc._smooth = arrays.get("smooth")
-        if acc._smooth is not None and ((acc._smooth[:, 0] < 0).any() or (np.abs(acc._smooth[:, 1]) > acc._smooth[
-                :, 0] * (1 + _SUM_TOL) + 1e-300).any()):
-            raise ValueError("corrupt calibration state: smooth holds a negative weight or a residual beyond it")
+        if acc._smooth is not None:  # each grid holds the total weight and the total residual Σ w (f - y)
+            t = arrays["totals"]
+            sums = np.add.reduceat(acc._smooth, np.cumsum(AUTO_GRID_SIZES) - AUTO_GRID_SIZES, axis=0)
+            want = np.array([t[_T_WEIGHT], t[_T_CONFIDENCE] - t[_T_CORRECT]])
+            if (np.abs(sums - want) > _SUM_TOL * t[_T_WEIGHT] + 1e-300).any():
+                raise ValueError("corrupt calibration state: the smooth grids do not add up to the totals")
         acc._position, acc._kind, acc._weighted = position, kind, weighted
         metadata = meta.get("metadata", {})
         if not isinstance(metadata, dict):
