@@ -777,7 +777,8 @@ class WindowedAccumulator:
         labels = np.asarray(labels)
         sample_weight = None if sample_weight is None else np.asarray(sample_weight)
         # Validate the whole batch once (atomic), then split it over blocks.
-        CalibrationAccumulator(**{**self._kwargs, "bootstrap": 0}).update(scores, labels, sample_weight)
+        CalibrationAccumulator(**{**self._kwargs, "bootstrap": 0, "smooth": False}).update(scores, labels,
+                                                                                           sample_weight)
         i = 0
         while i < n:
             room = self.block_size - self._current.count
@@ -804,7 +805,7 @@ class WindowedAccumulator:
         factors = self.decay ** np.arange(n - 1, -1, -1, dtype=np.float64)  # newest row: weight 1
         w = factors if w is None else w * factors
         w[w < MIN_STREAM_WEIGHT] = 0.0  # faded below 1e-300: nothing left to count
-        trial = CalibrationAccumulator(**{**self._kwargs, "bootstrap": 0})
+        trial = CalibrationAccumulator(**{**self._kwargs, "bootstrap": 0, "smooth": False})
         trial.update(scores, labels, w)  # validates the batch before the state is touched
         acc = self._current
         if acc._kind is not None:
