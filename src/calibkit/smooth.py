@@ -22,6 +22,13 @@ and refines 10 times (so σ* is 1 or a multiple of 1/1024). Results agree with
 relplot to 1e-9 (tests). Every σ the search can try uses one of ten grid
 sizes: the native kernel fills all ten in one pass over the input, and a
 :class:`~calibkit.CalibrationAccumulator` with ``smooth=True`` keeps them.
+
+Compared with relplot given the same numbers: calibkit reads any float dtype
+and computes in float64, while relplot given float32 arrays keeps parts of its
+arithmetic (the grid positions, the softmax of
+``multiclass_logits_to_confidences``) in float32; pass it float64 arrays to
+compare. Scores may lie up to 1e-6 outside [0, 1] (float rounding), as
+everywhere in calibkit; relplot's grid formulas are applied to them as they are.
 """
 
 from __future__ import annotations
