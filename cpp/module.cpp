@@ -16,6 +16,7 @@ void bind_stream(py::module_& m);
 void bind_calibrators(py::module_& m);
 void bind_isotonic(py::module_& m);
 void bind_ranking(py::module_& m);
+void bind_smooth(py::module_& m);
 void bind_uncertainty(py::module_& m);
 
 namespace {
@@ -72,5 +73,6 @@ PYBIND11_MODULE(_core, m) {
     bind_calibrators(m);
     bind_isotonic(m);
     bind_ranking(m);
+    bind_smooth(m);
     bind_uncertainty(m);
 }

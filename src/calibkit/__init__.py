@@ -36,6 +36,7 @@ from .calibrators import (
 )
 from .streaming import CalibrationAccumulator, CalibrationResult, WindowedAccumulator
 from .decomposition import CorpReliabilityTable, ScoreDecomposition, corp_reliability_table, score_decomposition
+from .smooth import SmoothReliabilityCurve, smooth_ece, smooth_reliability_curve
 from . import io, ood, plot, report, uncertainty
 from . import datasets
 from .ood import *  # noqa: F401,F403 - re-exported; names in ood.__all__
@@ -94,6 +95,9 @@ __all__ = [
     "nll",
     "reliability_table",
     "set_num_threads",
+    "SmoothReliabilityCurve",
+    "smooth_ece",
+    "smooth_reliability_curve",
     "datasets",
     "io",
     "ood",

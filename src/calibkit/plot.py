@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .decomposition import CorpReliabilityTable
     from .metrics import ReliabilityTable
     from .ood import RiskCoverageCurve
+    from .smooth import SmoothReliabilityCurve
 
 ACCURACY = "#4C72B0"          #: accuracy bars
 OVER = "#DD8452"              #: gap bars of over-confident bins (confidence above accuracy)
@@ -400,6 +401,60 @@ def corp_reliability_diagram(table: CorpReliabilityTable, *, ax: Axes | None = N
     return fig
 
 
+def smooth_reliability_diagram(curve: SmoothReliabilityCurve, *, ax: Axes | None = None, name: str | None = None,
+                               path: StrPath | None = None, figsize: tuple[float, float] = (4.5, 4.5),
+                               dpi: float = 100) -> Figure:
+    """The smooth reliability diagram of Błasiok & Nakkiran (2023): the kernel-smoothed E[y | f] against
+    f, the diagonal, and the density of the scores beneath (scaled to a third of the height).
+
+    Parameters
+    ----------
+    curve : SmoothReliabilityCurve
+        From :func:`calibkit.smooth_reliability_curve`.
+    ax, name, path, figsize, dpi
+        As in :func:`risk_coverage_plot`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> from matplotlib.figure import Figure
+    >>> rng = np.random.default_rng(0)
+    >>> p = rng.random(1000)
+    >>> curve = calibkit.smooth_reliability_curve(p, (rng.random(1000) < p).astype(int))
+    >>> ax = Figure().subplots()
+    >>> calibkit.plot.smooth_reliability_diagram(curve, ax=ax) is ax.figure
+    True
+    """
+    from .smooth import SmoothReliabilityCurve
+
+    if not isinstance(curve, SmoothReliabilityCurve):
+        raise TypeError(f"curve must be a SmoothReliabilityCurve (from calibkit.smooth_reliability_curve), "
+                        f"got {type(curve).__name__}")
+    fig, ax, own = _one_axes(ax, figsize, dpi, path)
+    t = curve.mesh
+    peak = float(np.max(curve.density))
+    height = curve.density / peak * 0.3 if peak > 0 else np.zeros_like(t)
+    ax.fill_between(t, 0.0, height, color=SAMPLES, alpha=0.3, linewidth=0, label="density of scores")
+    ax.plot([0, 1], [0, 1], linestyle="--", color=DIAGONAL, linewidth=1, label="perfect calibration")
+    ax.plot(t, curve.curve, color=CONFIDENCE, linewidth=2,
+            label=f"smoothed (smECE = {curve.smooth_ece:.4f}, σ = {curve.bandwidth:.3g})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("score f (confidence)")
+    ax.set_ylabel("E[y | f] (smoothed)")
+    ax.legend(loc="upper left", fontsize=8)
+    if own:
+        _suptitle(fig, f"smooth reliability diagram{': ' + name if name else ''}, N = {curve.count:,}", 10)
+        fig.tight_layout()
+    _save(fig, path, dpi)
+    return fig
+
+
 class ReliabilityDisplay:
     """A reliability diagram, like scikit-learn's ``CalibrationDisplay``.
 
@@ -542,4 +597,4 @@ class OODRocDisplay:
 
 
 __all__ = ["OODRocDisplay", "ReliabilityDisplay", "RiskCoverageDisplay", "corp_reliability_diagram", "ood_roc_plot",
-           "reliability_diagram", "report_figure", "risk_coverage_plot"]
+           "reliability_diagram", "report_figure", "risk_coverage_plot", "smooth_reliability_diagram"]

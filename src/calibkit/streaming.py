@@ -66,6 +66,7 @@ from ._validation import (
 from .metrics import (
     ReliabilityTable, _binary_probabilities, _equal_width_edges, _errors_from_bins, _nll_eps, _prepare,
 )
+from .smooth import AUTO_GRID_SIZES, _Grids
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -121,6 +122,7 @@ class CalibrationResult:
     ece_ci: tuple[float, float] | None
     confidence_level: float
     table: ReliabilityTable = dataclasses.field(repr=False)
+    smooth_ece: float | None = None  # with smooth=True: calibkit.smooth_ece of the rows (automatic bandwidth)
 
     def reliability_table(self) -> ReliabilityTable:
         """Per-bin counts, confidence and accuracy (equal-width bins)."""
@@ -180,6 +182,10 @@ class CalibrationAccumulator:
         and at most 2**20 buckets, 2 * (fine_levels << fine_bits).
     confidence_level : float, default 0.95
         Level of ``ece_ci``.
+    smooth : bool, default False
+        Also keep the grid sums of the smooth ECE (:func:`calibkit.smooth_ece`, automatic bandwidth):
+        ``compute().smooth_ece`` equals the one-shot value to rounding. Adds 20762 x 2 float64 (332 KB)
+        to the state and one more pass over each batch.
     backend : {"auto", "cpp", "numba"}
 
     Raises
@@ -203,16 +209,17 @@ class CalibrationAccumulator:
     def __init__(self, n_bins: int = 15, *, from_logits: bool = False, temperature: float = 1.0,
                  classwise: bool = False, n_classes: int | None = None, bootstrap: int = 0, seed: int = 0,
                  start: int = 0, fine_bits: int = 7, fine_levels: int = 36, confidence_level: float = 0.95,
-                 backend: Backend = "auto"):
+                 backend: Backend = "auto", smooth: bool = False):
         self._configure(n_bins, from_logits=from_logits, temperature=temperature, classwise=classwise,
                         n_classes=n_classes, bootstrap=bootstrap, seed=seed, start=start, fine_bits=fine_bits,
-                        fine_levels=fine_levels, confidence_level=confidence_level, backend=backend)
+                        fine_levels=fine_levels, confidence_level=confidence_level, backend=backend, smooth=smooth)
         self.reset()
 
     def _configure(self, n_bins=15, *, from_logits=False, temperature=1.0, classwise=False, n_classes=None,
                    bootstrap=0, seed=0, start=0, fine_bits=7, fine_levels=36, confidence_level=0.95,
-                   backend="auto"):
+                   backend="auto", smooth=False):
         """Check and store the configuration; allocates nothing (sizes are bounded first)."""
+        self.smooth = check_bool(smooth, "smooth")
         self.n_bins = check_n_bins(n_bins)
         self.from_logits = check_bool(from_logits, "from_logits")
         if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real) \
@@ -252,12 +259,15 @@ class CalibrationAccumulator:
             "classwise": self.classwise,
             "n_classes": self.n_classes, "bootstrap": self.bootstrap, "seed": self.seed,
             "fine_bits": self.fine_bits, "fine_levels": self.fine_levels,
+            **({"smooth": True} if self.smooth else {}),  # states without smooth ECE keep their bytes
         }
 
     def _compatible(self, other) -> None:
         if not isinstance(other, CalibrationAccumulator):
             raise TypeError(f"can only merge a CalibrationAccumulator, got {type(other).__name__}")
         mine, theirs = self._config(), other._config()
+        if self.smooth != other.smooth:
+            raise ValueError(f"cannot merge accumulators with different smooth: {self.smooth!r} != {other.smooth!r}")
         for key in mine:
             if key == "n_classes":
                 continue
@@ -278,6 +288,7 @@ class CalibrationAccumulator:
         self._fine = np.zeros((5, R))
         self._boot = np.zeros((B, 3, M))
         self._totals = np.zeros(6)
+        self._smooth = np.zeros((int(AUTO_GRID_SIZES.sum()), 2)) if self.smooth else None
         self._classwise_bins = None
         if self.classwise and self.n_classes is not None:
             self._classwise_bins = np.zeros((3, self.n_classes, M))
@@ -339,6 +350,12 @@ class CalibrationAccumulator:
             raise_for_status(status, binary=True)
             t = r["totals"]
             self._totals += (t["count"], t["weight"], t["correct"], t["confidence"], t["brier"], t["nll"])
+        if self._smooth is not None:  # the smooth ECE's grid sums (the rows were checked above)
+            binary = kind == "binary"
+            r = k.smooth_grid(confidence if binary else scores, labels, sample_weight, not binary and from_logits,
+                              AUTO_GRID_SIZES, False, 1.0 if binary else 1.0 / self.temperature)
+            raise_for_status(r["status"], binary=binary, n_classes=None if binary else scores.shape[1])
+            self._smooth += r["grid"]
         self._kind = kind
         self._weighted |= sample_weight is not None
         self._position += n
@@ -353,6 +370,8 @@ class CalibrationAccumulator:
         self._fine += other._fine
         self._boot += other._boot
         self._totals += other._totals
+        if self._smooth is not None:
+            self._smooth += other._smooth
         if other._classwise_bins is not None:
             if self._classwise_bins is None:
                 self._classwise_bins = np.zeros_like(other._classwise_bins)
@@ -410,7 +429,9 @@ class CalibrationAccumulator:
             ece=ece, mce=mce, rmsce=rmsce, ace=ace, ace_bound=ace_bound, classwise_ece=classwise_ece,
             accuracy=float(t[_T_CORRECT] / weight), mean_confidence=float(t[_T_CONFIDENCE] / weight),
             brier=float(t[_T_BRIER] / weight), nll=float(t[_T_NLL] / weight), count=int(t[_T_COUNT]),
-            weight=float(weight), ece_se=ece_se, ece_ci=ece_ci, confidence_level=self.confidence_level, table=table)
+            weight=float(weight), ece_se=ece_se, ece_ci=ece_ci, confidence_level=self.confidence_level, table=table,
+            smooth_ece=None if self._smooth is None else
+            _Grids(AUTO_GRID_SIZES, self._smooth, t[_T_COUNT], weight).search("reflected_gaussian")[1])
 
     def _equal_mass(self):
         fine = self._fine
@@ -462,6 +483,8 @@ class CalibrationAccumulator:
         arrays = {"bins": self._bins, "fine": self._fine, "boot": self._boot, "totals": self._totals}
         if self._classwise_bins is not None:
             arrays["classwise"] = self._classwise_bins
+        if self._smooth is not None:
+            arrays["smooth"] = self._smooth
         return arrays
 
     def _meta(self) -> dict:
@@ -481,7 +504,7 @@ class CalibrationAccumulator:
         return cls._from_parts(meta, arrays, backend)
 
     _CONFIG_KEYS = ("n_bins", "from_logits", "temperature", "classwise", "n_classes", "bootstrap", "seed",
-                    "fine_bits", "fine_levels")
+                    "fine_bits", "fine_levels", "smooth")
     _META_KEYS = ("config", "start", "position", "kind", "weighted", "confidence_level", "metadata")
 
     @classmethod
@@ -504,7 +527,7 @@ class CalibrationAccumulator:
                 cfg["n_bins"], from_logits=cfg["from_logits"], temperature=cfg.get("temperature", 1.0),
                 classwise=cfg["classwise"], n_classes=cfg["n_classes"], bootstrap=cfg["bootstrap"], seed=cfg["seed"],
                 start=meta["start"], fine_bits=cfg["fine_bits"], fine_levels=cfg["fine_levels"],
-                confidence_level=meta["confidence_level"], backend=backend)
+                confidence_level=meta["confidence_level"], backend=backend, smooth=cfg.get("smooth", False))
             position, kind, weighted = meta["position"], meta["kind"], meta["weighted"]
         except KeyError as exc:
             raise ValueError(f"corrupt calibration state: bad configuration (the key {exc} is missing)") from None
@@ -523,6 +546,8 @@ class CalibrationAccumulator:
         expected = {"bins": (4, M), "fine": (5, acc.fine_bins), "boot": (B, 3, M), "totals": (6,)}
         if acc.classwise and acc.n_classes is not None:
             expected["classwise"] = (3, acc.n_classes, M)
+        if acc.smooth:  # states written before smooth ECE have neither the key nor the array
+            expected["smooth"] = (int(AUTO_GRID_SIZES.sum()), 2)
         if set(arrays) != set(expected):
             raise ValueError(f"corrupt calibration state: arrays {sorted(arrays)}, expected {sorted(expected)} "
                              f"(classwise={acc.classwise}, n_classes={acc.n_classes}, kind={kind})")
@@ -538,6 +563,13 @@ class CalibrationAccumulator:
         acc._bins, acc._fine, acc._boot, acc._totals = (arrays["bins"], arrays["fine"], arrays["boot"],
                                                         arrays["totals"])
         acc._classwise_bins = arrays.get("classwise")
+        acc._smooth = arrays.get("smooth")
+        if acc._smooth is not None:  # each grid holds the total weight and the total residual Σ w (f - y)
+            t = arrays["totals"]
+            sums = np.add.reduceat(acc._smooth, np.cumsum(AUTO_GRID_SIZES) - AUTO_GRID_SIZES, axis=0)
+            want = np.array([t[_T_WEIGHT], t[_T_CONFIDENCE] - t[_T_CORRECT]])
+            if (np.abs(sums - want) > _SUM_TOL * t[_T_WEIGHT] + 1e-300).any():
+                raise ValueError("corrupt calibration state: the smooth grids do not add up to the totals")
         acc._position, acc._kind, acc._weighted = position, kind, weighted
         metadata = meta.get("metadata", {})
         if not isinstance(metadata, dict):
@@ -745,7 +777,8 @@ class WindowedAccumulator:
         labels = np.asarray(labels)
         sample_weight = None if sample_weight is None else np.asarray(sample_weight)
         # Validate the whole batch once (atomic), then split it over blocks.
-        CalibrationAccumulator(**{**self._kwargs, "bootstrap": 0}).update(scores, labels, sample_weight)
+        CalibrationAccumulator(**{**self._kwargs, "bootstrap": 0, "smooth": False}).update(scores, labels,
+                                                                                           sample_weight)
         i = 0
         while i < n:
             room = self.block_size - self._current.count
@@ -772,7 +805,7 @@ class WindowedAccumulator:
         factors = self.decay ** np.arange(n - 1, -1, -1, dtype=np.float64)  # newest row: weight 1
         w = factors if w is None else w * factors
         w[w < MIN_STREAM_WEIGHT] = 0.0  # faded below 1e-300: nothing left to count
-        trial = CalibrationAccumulator(**{**self._kwargs, "bootstrap": 0})
+        trial = CalibrationAccumulator(**{**self._kwargs, "bootstrap": 0, "smooth": False})
         trial.update(scores, labels, w)  # validates the batch before the state is touched
         acc = self._current
         if acc._kind is not None:
@@ -781,6 +814,8 @@ class WindowedAccumulator:
             acc._fine[1:] *= fade
             acc._boot *= fade
             acc._totals[1:] *= fade
+            if acc._smooth is not None:
+                acc._smooth *= fade
             if acc._classwise_bins is not None:
                 acc._classwise_bins *= fade
         acc.update(scores, labels, w)

@@ -3,6 +3,7 @@
 from .binning import binary_stats
 from .pav import isotonic_fit
 from .ranking import two_sample_ranking
+from .smooth import smooth_grid
 from .softmax import temperature_nll, vector_scaling_nll
 from .stream import stream_accumulate, stream_top_label
 from .stream import top_label_stats_any as top_label_stats  # binning's, with the one-call path for small inputs
@@ -11,6 +12,6 @@ from .uncertainty import confidence_loss, ensemble_decompose, ensemble_update, r
 
 __all__ = [
     "binary_stats", "classwise_stats", "confidence_loss", "ensemble_decompose", "ensemble_update", "isotonic_fit",
-    "row_scores", "stream_accumulate", "stream_top_label", "temperature_nll", "top_label_stats", "two_sample_ranking",
-    "vector_scaling_nll",
+    "row_scores", "smooth_grid", "stream_accumulate", "stream_top_label", "temperature_nll", "top_label_stats",
+    "two_sample_ranking", "vector_scaling_nll",
 ]
