@@ -33,6 +33,7 @@ from .calibrators import (
     temperature_nll,
 )
 from .streaming import CalibrationAccumulator, CalibrationResult, WindowedAccumulator
+from .cumulative import CumulativeCalibrationResult, cumulative_calibration_error
 from . import io, ood, plot, report, uncertainty
 from . import datasets
 from .ood import *  # noqa: F401,F403 - re-exported; names in ood.__all__
@@ -62,6 +63,7 @@ def __getattr__(name: str) -> _Any:
 __all__ = [
     "CalibrationAccumulator",
     "CalibrationResult",
+    "CumulativeCalibrationResult",
     "CalibratedClassifier",
     "Calibrator",
     "HistogramBinning",
@@ -79,6 +81,7 @@ __all__ = [
     "brier_score",
     "calibration_error",
     "classwise_calibration_error",
+    "cumulative_calibration_error",
     "ece",
     "get_num_threads",
     "mce",
