@@ -267,3 +267,83 @@ def cumulative_curve(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool 
     result = _result(r["range"], r["max_abs"], r["variance"], total, p.shape[0])
     return {"x": np.concatenate(([0.0], cw / total)), "cumulative": np.concatenate(([0.0], r["path"] / total)),
             "scores": p[order], "sigma": result.sigma, "result": result}
+
+
+# -- from a streaming state ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class StreamedCumulative:
+    """ECCE-R / ECCE-MAD of a :class:`calibkit.CalibrationAccumulator`, read from its fine histogram.
+
+    The fine buckets are contiguous in confidence, so the cumulative differences at the bucket boundaries are
+    those of the one-shot path (to rounding); inside a bucket f the path moves by at most A_f = sum w |y - c|
+    (kept by the state), and with D_f = sum w (y - c) it stays within [(S + S' - A_f) / 2, (S + S' + A_f) / 2]
+    between its values S and S' at the bucket's ends. Hence, exactly (not statistically),
+
+        range <= one-shot range <= range + range_bound,  max_abs <= one-shot max_abs <= max_abs + max_abs_bound.
+
+    ``sigma`` needs sum w^2 c (1 - c): for an unweighted stream it is bounded per bucket from the bucket's
+    confidence interval [lo, hi] and sum c (sum c^2 lies in [s^2 / n, (lo + hi) s - n lo hi]), and reported as
+    the middle of that interval with ``sigma_bound`` its half-width; a weighted stream keeps no sum of w^2,
+    so its ``sigma``, ``range_sigma`` and p-values are None. ``range_sigma`` and the p-values use the
+    reported ``range``, ``max_abs`` and ``sigma``.
+    """
+
+    range: float
+    range_bound: float
+    max_abs: float
+    max_abs_bound: float
+    sigma: float | None
+    sigma_bound: float | None
+    range_sigma: float | None
+    max_abs_sigma: float | None
+    range_pvalue: float | None
+    max_abs_pvalue: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-safe dictionary."""
+        return dataclasses.asdict(self)
+
+
+def _fine_confidence_intervals(index, fine_bits, fine_levels):
+    """[lo, hi] of the confidences a fine bucket can hold (the FineGrid of stream.hpp: per side of 1/2,
+    2**fine_bits buckets per octave of d = min(c, 1 - c), the lowest also holding every d < 2**-(levels+1))."""
+    side = fine_levels << fine_bits
+    upper = index >= side
+    r = np.where(upper, 2 * side - 1 - index, index)
+    level = fine_levels - 1 - (r >> fine_bits)
+    m = r & ((1 << fine_bits) - 1)
+    scale = np.ldexp(1.0, -(level + 2).astype(np.int64)) / (1 << fine_bits)
+    d_lo = np.where(r == 0, 0.0, scale * ((1 << fine_bits) + m))
+    d_hi = scale * ((1 << fine_bits) + m + 1)
+    return np.where(upper, 1.0 - d_hi, d_lo), np.where(upper, 1.0 - d_lo, d_hi)
+
+
+def _from_fine(fine, fine_bits, fine_levels, weighted) -> StreamedCumulative:
+    """The :class:`StreamedCumulative` of a fine histogram ((5, R): count, sum w, sum w c, sum w y, sum w |y - c|)."""
+    nz = (fine[0] > 0).nonzero()[0]
+    count, w, sc, sy, a = fine.take(nz, axis=1)
+    total = float(w.sum())
+    end = np.cumsum(sy - sc)
+    start = np.concatenate(([0.0], end[:-1]))
+    hi_b = max(0.0, float(end.max()))
+    lo_b = min(0.0, float(end.min()))
+    hi = max(hi_b, float(((start + end + a) / 2).max()))
+    lo = min(lo_b, float(((start + end - a) / 2).min()))
+    rng = (hi_b - lo_b) / total
+    max_abs = max(hi_b, -lo_b) / total
+    range_bound = max(0.0, (hi - lo) / total - rng)
+    max_abs_bound = max(0.0, max(hi, -lo) / total - max_abs)
+    sigma = sigma_bound = range_sigma = max_abs_sigma = range_pvalue = max_abs_pvalue = None
+    if not weighted:
+        c_lo, c_hi = _fine_confidence_intervals(nz, fine_bits, fine_levels)
+        sq_hi = np.maximum((c_lo + c_hi) * sc - count * c_lo * c_hi, sc * sc / count)
+        v_lo = max(0.0, float(np.sum(sc - sq_hi)))
+        v_hi = max(0.0, float(np.sum(sc - sc * sc / count)))
+        s_lo, s_hi = math.sqrt(v_lo) / total, math.sqrt(v_hi) / total
+        sigma, sigma_bound = (s_lo + s_hi) / 2, (s_hi - s_lo) / 2
+        range_sigma, max_abs_sigma = _scaled(rng, sigma), _scaled(max_abs, sigma)
+        range_pvalue, max_abs_pvalue = kuiper_pvalue(range_sigma), ks_pvalue(max_abs_sigma)
+    return StreamedCumulative(range=rng, range_bound=range_bound, max_abs=max_abs, max_abs_bound=max_abs_bound,
+                              sigma=sigma, sigma_bound=sigma_bound, range_sigma=range_sigma,
+                              max_abs_sigma=max_abs_sigma, range_pvalue=range_pvalue, max_abs_pvalue=max_abs_pvalue)
