@@ -274,3 +274,57 @@ def test_bad_group_config_allocates_nothing(kwargs, exc, match):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert pytest.importorskip("re").search(match, proc.stdout), proc.stdout
+
+
+# -- calibkit report --groups ------------------------------------------------------------------------------------
+
+def _dump(tmp_path):
+    rng = np.random.default_rng(8)
+    z = rng.normal(size=(3000, 4)).astype(np.float32) * 2
+    labels = rng.integers(0, 4, 3000)
+    g = rng.integers(0, 5, 3000)
+    path = tmp_path / "d.npz"
+    np.savez(path, logits=z, labels=labels, source=g)
+    np.save(tmp_path / "g.npy", g)
+    return path, z, labels, g
+
+
+@pytest.mark.filterwarnings("ignore:the NLL optimum")
+def test_report_groups(tmp_path, capsys):
+    import json
+
+    from calibkit import cli, io, report
+
+    path, z, labels, g = _dump(tmp_path)
+    for spec in ("source", str(tmp_path / "g.npy")):
+        assert cli.main(["report", str(path), "--groups", spec, "--quiet"]) == 0
+        out = capsys.readouterr().out
+        assert "multicalibration ECCE-R/sigma" in out and "worst by ecce_r_sigma" in out
+    assert cli.main(["report", str(path), "--groups", "source", "--quiet", "--json", "-"]) == 0
+    summary = json.loads(capsys.readouterr().out)["groups"]
+    r = report.report(io.open_dump(path), groups=g)["groups"]
+    assert summary["mce_sigma"] == pytest.approx(r["mce_sigma"])
+    for row in summary["groups"]:
+        m = g == row["group"]
+        assert row["n"] == m.sum()
+        assert row["ece"] == pytest.approx(calibkit.ece(z[m], labels[m], from_logits=True), abs=1e-6)
+    # Held-out rows (--val-fraction) leave the groups too.
+    mask = io.split_mask(3000, 0.3, seed=0)
+    held = report.report(io.open_dump(path), val_mask=mask, methods=["temperature"], groups=g)["groups"]
+    assert sum(row["n"] for row in held["groups"]) == (~mask).sum()
+
+
+def test_report_groups_bad(tmp_path, capsys):
+    from calibkit import cli, io, report
+
+    path, _, _, g = _dump(tmp_path)
+    assert cli.main(["report", str(path), "--groups", "nope", "--quiet"]) != 0
+    assert "holds no array 'nope'" in capsys.readouterr().err
+    bad = g.copy()
+    bad[5] = -2
+    with pytest.raises(ValueError, match=r"groups\[5\] = -2"):
+        report.report(io.open_dump(path), groups=bad)
+    with pytest.raises(ValueError, match="one id per row"):
+        report.report(io.open_dump(path), groups=g[:10])
+    with pytest.raises(TypeError, match="integer"):
+        report.report(io.open_dump(path), groups=g.astype(float))
