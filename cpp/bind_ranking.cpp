@@ -50,7 +50,8 @@ py::dict two_sample_ranking_py(const py::object& pos_obj, const py::object& neg_
 // Cumulative differences of Arrieta-Ibarra et al. 2022 (calibkit.cumulative): rows in the stable ascending
 // order of the scores (one radix sort), S_k = sum_{j<=k} w_j (y_j - p_j) walked in that order from S_0 = 0;
 // returns max S - min S, max |S|, sum w and sum w^2 p (1 - p) (both in input order), and, if asked, the order
-// and the path S_1..S_n. Scores must be finite (the caller checks; checked again here).
+// and the path S_1..S_n. Outcomes y are 0/1 bytes (a small array to gather from in sorted order); the sorted
+// scores come back from the sorted keys, not gathered. Scores must be finite (checked here).
 py::dict cumulative_differences_py(const py::object& scores_obj, const py::object& outcomes_obj,
                                    const py::object& weight_obj, bool want_path) {
     const py::array scores = require_array(scores_obj, "scores");
@@ -61,8 +62,8 @@ py::dict cumulative_differences_py(const py::object& scores_obj, const py::objec
     if (n < 1) throw py::value_error("scores must not be empty");
     const Vector<double> p = vector<double>(scores, "scores", n);
     require_ndim(outcomes, "outcomes", 1);
-    require_dtype(is_dtype<double>(outcomes), outcomes, "outcomes", "float64");
-    const Vector<double> y = vector<double>(outcomes, "outcomes", n);
+    require_dtype(is_dtype<uint8_t>(outcomes), outcomes, "outcomes", "uint8");
+    const Vector<uint8_t> y = vector<uint8_t>(outcomes, "outcomes", n);
     const Vector<double> w = optional_vector<double>(weight_obj, "sample_weight", n);
     const bool weighted = w.data != nullptr;
     py::array_t<int64_t> order_arr(n);
@@ -74,7 +75,7 @@ py::dict cumulative_differences_py(const py::object& scores_obj, const py::objec
     {
         py::gil_scoped_release release;
         for (int64_t i = 0; i < n && bad < 0; ++i)
-            if (!std::isfinite(p[i]) || !std::isfinite(y[i]) || (weighted && !std::isfinite(w[i]))) bad = i;
+            if (!std::isfinite(p[i]) || y.raw(i) > 1 || (weighted && !std::isfinite(w[i]))) bad = i;
         if (bad < 0) {
             std::vector<uint64_t> keys;
             stable_argsort(p, order, keys);
@@ -88,7 +89,7 @@ py::dict cumulative_differences_py(const py::object& scores_obj, const py::objec
             for (int64_t j = 0; j < n; ++j) {
                 const int64_t i = order[j];
                 const double wi = weighted ? w[i] : 1.0;
-                s += wi * (y[i] - p[i]);
+                s += wi * (static_cast<double>(y.raw(i)) - key_value(keys[static_cast<size_t>(j)]));
                 hi = s > hi ? s : hi;
                 lo = s < lo ? s : lo;
                 if (want_path) path[j] = s;
@@ -96,8 +97,8 @@ py::dict cumulative_differences_py(const py::object& scores_obj, const py::objec
         }
     }
     if (bad >= 0)
-        throw py::value_error("scores, outcomes and sample_weight must be finite; row " + std::to_string(bad) +
-                              " is not");
+        throw py::value_error("scores and sample_weight must be finite and outcomes 0 or 1; row " +
+                              std::to_string(bad) + " is not");
     py::dict d;
     d["range"] = hi - lo;
     d["max_abs"] = std::max(hi, -lo);

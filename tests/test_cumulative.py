@@ -403,11 +403,12 @@ def test_binding_bad_calls_in_subprocess():
     code = textwrap.dedent("""
         import numpy as np
         from calibkit import _core, _numba
-        p = np.array([0.2, 0.5, 0.9]); y = np.array([0.0, 1.0, 1.0])
+        p = np.array([0.2, 0.5, 0.9]); y = np.array([0, 1, 1], np.uint8)
         calls = [
             (p.astype(np.float32), y, None, False), (p, y[:2], None, False), (p, y, np.ones(2), False),
             (p, y, np.ones(3, np.float32), False), (np.array([0.1, np.nan, 0.2]), y, None, False),
-            (p, np.array([0.0, np.inf, 1.0]), None, False), (np.zeros(0), np.zeros(0), None, False),
+            (p, np.array([0, 2, 1], np.uint8), None, False), (p, y.astype(float), None, False),
+            (np.zeros(0), np.zeros(0, np.uint8), None, False),
             (p.reshape(3, 1), y, None, False), ([0.2, 0.5, 0.9], y, None, False), (p, y, None, 1),
             (p, y, np.array([1.0, np.nan, 1.0]), True),
         ]

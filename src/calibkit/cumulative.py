@@ -129,7 +129,7 @@ def ks_pvalue(x: float) -> float:
 def _confidence_outcome(scores, labels, sample_weight, from_logits, backend):
     """Checked (N,) float64 scores and outcomes and the (scaled) weights: binary scores are P(y=1) with
     outcome y; (N, K) rows give the top-label confidence and correctness from one fused pass (no N x K
-    temporary). Returns (p, y, w, total weight)."""
+    temporary). Returns (p, y as 0/1 uint8, w, total weight)."""
     from .metrics import _binary_probabilities, _nll_eps, _prepare
 
     k = _backend.kernels(backend)
@@ -140,7 +140,7 @@ def _confidence_outcome(scores, labels, sample_weight, from_logits, backend):
         r = k.binary_stats(probs, labels, sample_weight, 0, None, _nll_eps(probs.dtype))
         raise_for_status(r["status"], binary=True)
         p = np.asarray(probs, dtype=np.float64)
-        y = labels.astype(np.float64)
+        y = labels.astype(np.uint8)  # 0/1, checked above
     else:
         n = scores.shape[0]
         p = np.empty(n, np.float64)
@@ -148,7 +148,7 @@ def _confidence_outcome(scores, labels, sample_weight, from_logits, backend):
         r = k.top_label_stats(scores, labels, sample_weight, from_logits, 0, _nll_eps(scores.dtype), False, p,
                               correct)
         raise_for_status(r["status"], n_classes=scores.shape[1])
-        y = correct.astype(np.float64)
+        y = correct
     weight = float(r["totals"]["weight"])
     if not weight > 0:
         raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")

@@ -41,6 +41,16 @@ count from ``start``; give each worker of a split stream the position of its
 first row and the merged state is the one a single pass would give.
 ``compute`` reports the standard error of the ECE over the replicates and a
 percentile interval at ``confidence_level``.
+
+Cumulative calibration and groups
+---------------------------------
+The fine buckets are contiguous in confidence, so ``compute().cumulative``
+reads ECCE-R / ECCE-MAD (:func:`calibkit.cumulative_calibration_error`) off
+the bucket boundaries, exact there, with the largest possible move inside a
+bucket (from A_f) as an exact bound (:class:`calibkit.cumulative.StreamedCumulative`).
+With ``n_groups=G``, ``update(..., groups=ids)`` also keeps a light state per
+group, and ``compute().groups`` (:class:`GroupResults`) gives a result per
+group, the worst group by each measure and the multicalibration error.
 """
 
 from __future__ import annotations

@@ -147,10 +147,11 @@ __all__ = ["cumulative_differences", "two_sample_ranking"]
 @numba.njit(**JIT)
 def _cumulative_walk(p, y, w, weighted, want_path):
     """cumulative_differences of bind_ranking.cpp: the stable radix order of p (the same order as the C++
-    radix sort), then S_k = sum_{j<=k} w (y - p) walked in that order from 0; sums in input order."""
+    radix sort), then S_k = sum_{j<=k} w (y - p) walked in that order from 0, the sorted p read back from the
+    sorted keys; sums in input order."""
     n = p.shape[0]
     for i in range(n):
-        if not (p[i] - p[i] == 0.0) or not (y[i] - y[i] == 0.0) or (weighted and not (w[i] - w[i] == 0.0)):
+        if not (p[i] - p[i] == 0.0) or y[i] > 1 or (weighted and not (w[i] - w[i] == 0.0)):
             return i, 0.0, 0.0, 0.0, 0.0, np.empty(0, np.int64), np.empty(0)
     keys = _sort_keys(p)
     order = np.arange(n)
@@ -163,13 +164,14 @@ def _cumulative_walk(p, y, w, weighted, want_path):
         total += wi
         variance += wi * wi * (p[i] * (1.0 - p[i]))
     path = np.empty(n if want_path else 0)
+    sorted_p = _key_values(keys)
     s = 0.0
     hi = 0.0
     lo = 0.0
     for j in range(n):
         i = order[j]
         wi = w[i] if weighted else 1.0
-        s += wi * (y[i] - p[i])
+        s += wi * (float(y[i]) - sorted_p[j])
         hi = s if s > hi else hi
         lo = s if s < lo else lo
         if want_path:
@@ -177,13 +179,28 @@ def _cumulative_walk(p, y, w, weighted, want_path):
     return -1, hi - lo, max(hi, -lo), total, variance, order, path
 
 
+_SIGN_BIT = np.uint64(0x8000000000000000)
+
+
+@numba.njit(**JIT)
+def _key_values(keys):
+    """key_value of sort.hpp: the doubles back from their sort keys."""
+    out = np.empty(keys.shape[0], np.uint64)
+    for j in range(keys.shape[0]):
+        k = keys[j]
+        out[j] = (k & np.uint64(0x7FFFFFFFFFFFFFFF)) if k >= _SIGN_BIT else ~k
+    return out.view(np.float64)
+
+
+
 def cumulative_differences(scores, outcomes, sample_weight, want_path):
     """Same contract as ``calibkit._core.cumulative_differences``."""
-    for name, a in (("scores", scores), ("outcomes", outcomes)):
+    for name, a, dtype in (("scores", scores, np.float64), ("outcomes", outcomes, np.uint8)):
         if not isinstance(a, np.ndarray) or a.ndim != 1:
             raise ValueError(f"{name} must be 1-D")
-        if a.dtype != np.float64:
-            raise TypeError(f"{name} must be a numpy array of dtype float64, got an array of dtype {a.dtype}")
+        if a.dtype != dtype:
+            raise TypeError(f"{name} must be a numpy array of dtype {np.dtype(dtype)}, got an array of dtype "
+                            f"{a.dtype}")
     n = scores.shape[0]
     if n < 1:
         raise ValueError("scores must not be empty")
@@ -198,7 +215,7 @@ def cumulative_differences(scores, outcomes, sample_weight, want_path):
     bad, rng, max_abs, total, variance, order, path = _cumulative_walk(
         scores, outcomes, sample_weight if weighted else np.empty(1), weighted, want_path)
     if bad >= 0:
-        raise ValueError(f"scores, outcomes and sample_weight must be finite; row {bad} is not")
+        raise ValueError(f"scores and sample_weight must be finite and outcomes 0 or 1; row {bad} is not")
     out = {"range": rng, "max_abs": max_abs, "total_weight": total, "variance": variance}
     if want_path:
         out.update(order=order, path=path)
