@@ -56,7 +56,8 @@ class CumulativeCalibrationResult:
     count : int
         Rows.
     weight : float
-        Total weight of the rows.
+        Total weight of the rows: the row count without weights; with weights, their sum after they are
+        divided by the largest (every statistic here is invariant to the scale of the weights).
     """
 
     range: float
