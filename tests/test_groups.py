@@ -328,3 +328,16 @@ def test_report_groups_bad(tmp_path, capsys):
         report.report(io.open_dump(path), groups=g[:10])
     with pytest.raises(TypeError, match="integer"):
         report.report(io.open_dump(path), groups=g.astype(float))
+
+
+def test_windowed_and_decayed_streams():
+    p, y, _ = binary(3000, 12, shift=0.02)
+    win = calibkit.WindowedAccumulator(window=1000, n_blocks=4)
+    for lo in range(0, 3000, 700):
+        win.update(p[lo:lo + 700], y[lo:lo + 700])
+    r = win.compute()
+    held = r.count  # the most recent rows
+    assert_brackets(r.cumulative, cce(p[-held:], y[-held:]))
+    # A decayed window weighs its rows: no sum of w^2 in the state, so no sigma.
+    dec = calibkit.WindowedAccumulator(decay=0.999).update(p, y).compute().cumulative
+    assert dec.sigma is None and dec.range_pvalue is None and dec.range > 0

@@ -336,7 +336,7 @@ def _from_fine(fine, fine_bits, fine_levels, weighted) -> StreamedCumulative:
     range_bound = max(0.0, (hi - lo) / total - rng)
     max_abs_bound = max(0.0, max(hi, -lo) / total - max_abs)
     sigma = sigma_bound = range_sigma = max_abs_sigma = range_pvalue = max_abs_pvalue = None
-    if not weighted:
+    if not weighted and np.array_equal(count, w):  # every row of weight 1 (a faded or forged state is not)
         c_lo, c_hi = _fine_confidence_intervals(nz, fine_bits, fine_levels)
         sq_hi = np.maximum((c_lo + c_hi) * sc - count * c_lo * c_hi, sc * sc / count)
         v_lo = max(0.0, float(np.sum(sc - sq_hi)))
