@@ -37,6 +37,7 @@ from .calibrators import (
 from .streaming import CalibrationAccumulator, CalibrationResult, WindowedAccumulator
 from .decomposition import CorpReliabilityTable, ScoreDecomposition, corp_reliability_table, score_decomposition
 from .smooth import SmoothReliabilityCurve, smooth_ece, smooth_reliability_curve
+from .cumulative import CumulativeCalibrationResult, cumulative_calibration_error
 from . import io, ood, plot, report, uncertainty
 from . import datasets
 from .ood import *  # noqa: F401,F403 - re-exported; names in ood.__all__
@@ -66,6 +67,7 @@ def __getattr__(name: str) -> _Any:
 __all__ = [
     "CalibrationAccumulator",
     "CalibrationResult",
+    "CumulativeCalibrationResult",
     "CalibratedClassifier",
     "Calibrator",
     "HistogramBinning",
@@ -89,6 +91,7 @@ __all__ = [
     "CalibrationErrorResult",
     "debiased_calibration_error",
     "classwise_calibration_error",
+    "cumulative_calibration_error",
     "ece",
     "get_num_threads",
     "mce",

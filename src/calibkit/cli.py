@@ -212,6 +212,33 @@ def _plot_format(path, command, flag="--plot"):
     return fmt
 
 
+def _group_ids(spec, path, cmd):
+    """The --groups ids: a .npy file, else an array of the .npz dump (test_SPEC first) or a Parquet column."""
+    import os
+
+    if spec.endswith(".npy") or os.path.isfile(spec):
+        try:
+            return np.load(spec, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"calibkit {cmd}: --groups: cannot read {spec} as a .npy file ({exc})") from None
+    p = str(path)
+    if p.endswith(".npz"):
+        with np.load(p, allow_pickle=False) as z:
+            for key in (f"test_{spec}", spec):
+                if key in z.files:
+                    return z[key]
+            raise UsageError(f"calibkit {cmd}: --groups: {p} holds no array {spec!r} (arrays: {', '.join(z.files)})")
+    if p.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+
+            return pq.read_table(p, columns=[spec]).column(spec).to_numpy()
+        except (ImportError, KeyError, ValueError) as exc:
+            raise UsageError(f"calibkit {cmd}: --groups: cannot read the column {spec!r} of {p} ({exc})") from None
+    raise UsageError(f"calibkit {cmd}: --groups: {spec} is not a .npy file, and the dump is not an .npz or "
+                     "Parquet file to read a column from")
+
+
 def _cmd_report(args) -> int:
     from . import datasets, io, report
     from ._files import atomic_output
@@ -268,11 +295,12 @@ def _cmd_report(args) -> int:
             split = "test"
         if args.example:
             test.name = f"{datasets.EXAMPLE_FILE} test split ({datasets.EXAMPLE_ORIGIN})"
+        groups = _group_ids(args.groups, path, cmd) if args.groups else None
         update, stage, close = _staged_progress(args.quiet, f"calibkit {cmd}")
         try:
             result = report.report(test, val=val, val_mask=val_mask, methods=methods, n_bins=args.n_bins,
                                    strategy=args.strategy, progress=update, stage=stage, details=bool(args.html),
-                                   backend=args.backend)
+                                   groups=groups, backend=args.backend)
         finally:
             close()
         if to_stdout:
@@ -419,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write one self-contained HTML page: provenance, metrics, reliability diagrams, "
                          "per-class table, risk-coverage curve")
     rp.add_argument("--quiet", action="store_true", help="no progress bar")
+    rp.add_argument("--groups", metavar="COLUMN_OR_FILE",
+                    help="group id per row (integers): a .npy file, or an array of the .npz (its test_ one first) "
+                         "or a column of the Parquet dump; prints the worst groups and the multicalibration error")
     rp.set_defaults(func=_cmd_report)
 
     ft = sub.add_parser("fit", help="fit a calibrator to a dump and save it as JSON")

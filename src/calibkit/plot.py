@@ -455,6 +455,75 @@ def smooth_reliability_diagram(curve: SmoothReliabilityCurve, *, ax: Axes | None
     return fig
 
 
+def cumulative_calibration(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False,
+                           sample_weight: ArrayLike | None = None, ax: Axes | None = None, name: str | None = None,
+                           path: StrPath | None = None, figsize: tuple[float, float] = (5.5, 4.0), dpi: float = 100,
+                           backend: Backend = "auto") -> Figure:
+    """The cumulative plot of Arrieta-Ibarra et al. 2022: cumulative differences against cumulative weight.
+
+    The rows sorted by score, the curve is C_k = (1/W) sum_{j<=k} w_j (y_j - p_j) (see
+    :func:`calibkit.cumulative_calibration_error`) against the cumulative weight fraction; a perfectly
+    calibrated model gives a path that wanders like a Brownian motion around 0, and the slope of a
+    segment is the miscalibration (mean outcome minus mean score) over the scores it spans. The shaded
+    band is +-1 standard deviation of C_k under perfect calibration (it widens to +-sigma at the right
+    end), and the triangle at the origin has the height 2 sigma, for scale, as in the paper. Ticks on the
+    top axis show the scores at those fractions; the title gives ECCE-R, ECCE-R / sigma and its p-value.
+
+    Parameters
+    ----------
+    scores, labels, from_logits, sample_weight, backend
+        As in :func:`calibkit.cumulative_calibration_error`.
+    ax : matplotlib Axes, optional
+    name : str, optional
+        The curve's label.
+    path, figsize, dpi
+        As in :func:`reliability_diagram`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Notes
+    -----
+    Paths of more than 2000 points are drawn through 2000 of them, evenly spaced along the path.
+    """
+    from .cumulative import cumulative_curve
+
+    c = cumulative_curve(scores, labels, from_logits=from_logits, sample_weight=sample_weight, backend=backend)
+    r = c["result"]
+    fig, ax, own = _one_axes(ax, figsize, dpi, path)
+    x, cum = c["x"], c["cumulative"]
+    # Standard deviation of C_k under perfect calibration: sqrt(sum_{j<=k} w_j^2 p_j (1 - p_j)) / W.
+    p = c["scores"]
+    w = np.diff(x) * r.weight
+    sd = np.concatenate(([0.0], np.sqrt(np.cumsum(w * w * (p * (1.0 - p)))) / r.weight))
+    tx, tsd = _thin(x, sd)
+    ax.fill_between(tx, -tsd, tsd, color=DIAGONAL, alpha=0.2, linewidth=0, label="±1 sd under calibration")
+    ax.plot([0, 0], [-r.sigma, r.sigma], color=DIAGONAL, linewidth=2)
+    ax.plot([0, 0.05, 0], [-r.sigma, 0, r.sigma], color=DIAGONAL, linewidth=1)
+    ax.axhline(0.0, color=DIAGONAL, linestyle="--", linewidth=1)
+    px, py = _thin(x, cum)
+    ax.plot(px, py, color=CURVE, linewidth=1.5, label=name or "model")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("cumulative weight fraction (rows sorted by score)")
+    ax.set_ylabel("cumulative difference (outcome - score)")
+    top = ax.secondary_xaxis("top")
+    ticks = np.linspace(0.0, 1.0, 6)
+    at = np.minimum(np.searchsorted(x[1:], ticks, side="left"), p.shape[0] - 1)
+    top.set_xticks(ticks)
+    top.set_xticklabels([f"{v:.2f}" for v in p[at]], fontsize=7)
+    top.set_xlabel("score", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
+    title = f"ECCE-R = {r.range:.4g}, /σ = {r.range_sigma:.3g}, p = {r.range_pvalue:.3g}"
+    if own:
+        _suptitle(fig, title, 10)
+        fig.tight_layout()
+    else:
+        ax.set_title(title, fontsize=9)
+    _save(fig, path, dpi)
+    return fig
+
+
 class ReliabilityDisplay:
     """A reliability diagram, like scikit-learn's ``CalibrationDisplay``.
 
@@ -596,5 +665,6 @@ class OODRocDisplay:
         return cls(fpr, tpr, auroc=auroc, name=name).plot(ax=ax)
 
 
-__all__ = ["OODRocDisplay", "ReliabilityDisplay", "RiskCoverageDisplay", "corp_reliability_diagram", "ood_roc_plot",
-           "reliability_diagram", "report_figure", "risk_coverage_plot", "smooth_reliability_diagram"]
+__all__ = ["OODRocDisplay", "ReliabilityDisplay", "RiskCoverageDisplay", "corp_reliability_diagram",
+           "cumulative_calibration", "ood_roc_plot", "reliability_diagram", "report_figure", "risk_coverage_plot",
+           "smooth_reliability_diagram"]

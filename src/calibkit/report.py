@@ -205,7 +205,7 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
            n_bins: int = 15, strategy: Strategy = "uniform", chunk_rows: int | None = None,
            progress: Callable[[int], object] | None = None,
            stage: Callable[[str, int | None], object] | None = None, max_val_bytes: int = MAX_VAL_BYTES,
-           details: bool = False, backend: Backend = "auto") -> "ReportResult":
+           details: bool = False, groups: ArrayLike | None = None, backend: Backend = "auto") -> "ReportResult":
     """Metrics of the raw scores and of each calibrator fitted on the validation rows.
 
     Parameters
@@ -227,6 +227,11 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
         Called after each chunk with the rows done so far; reading the
         validation rows of ``val_mask`` counts as a first pass over the dump's
         rows (called once, when they are read).
+    groups : (N,) array of int, optional
+        A group id in [0, 65536) per row of ``test`` (a data source, a language, ...): the raw scores then
+        also get a light state per group (``n_groups`` of :class:`CalibrationAccumulator`, 1280 fine
+        buckets each), and the result a ``"groups"`` entry: the worst groups and the multicalibration
+        ECCE-R / sigma (:class:`calibkit.streaming.GroupResults`).
     stage : callable(name, n_rows), optional
         Called as each stage begins, with its name and the rows it reads (None
         for a fit): with ``val_mask``, ``"pass 1/2: N validation rows"``, then
@@ -295,8 +300,10 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
                          f"{max_val_bytes / 2**30:.1f} GiB held in memory, and only temperature scaling is fitted "
                          "chunk by chunk: use a smaller validation set or --calibrate temperature")
     K = test.n_classes
+    group_ids = None if groups is None else _check_group_ids(groups, test.n_rows)
     accs = {"raw": CalibrationAccumulator(n_bins, from_logits=test.from_logits, classwise=not binary,
-                                          n_classes=None if binary else K, backend=backend)}
+                                          n_classes=None if binary else K, backend=backend,
+                                          **_group_config(group_ids))}
     held = None if val_mask is None else np.asarray(val_mask, dtype=bool)
     gather = bool(methods) and val is None and not out_of_core
     passes = 2 if gather else 1
@@ -339,7 +346,7 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
     for blk in _blocks(test, held, chunk_rows, gather=False):
         try:
             if len(blk.labels):
-                accs["raw"].update(blk.scores, blk.labels)
+                accs["raw"].update(blk.scores, blk.labels, groups=_block_groups(group_ids, blk))
                 if seen is not None:
                     seen.update(blk.scores, blk.labels)
                 if inputs is not None:
@@ -362,7 +369,73 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
                        n_bins=n_bins, strategy=strategy, rows=rows, tables={k: r.table for k, r in results.items()})
     if seen is not None:
         out["per_class"], out["selective"] = seen.result(accs, backend)
+    if group_ids is not None:
+        out["groups"] = _group_summary(results["raw"].groups)
     return out
+
+
+# -- groups (``calibkit report --groups``) -----------------------------------------------------------------------
+
+#: Groups listed by format_table (the JSON has all of them).
+WORST_GROUPS = 5
+
+
+def _check_group_ids(groups, n_rows):
+    from .streaming import MAX_GROUPS
+
+    g = np.asarray(groups)
+    if g.dtype.kind not in "iu":
+        raise TypeError(f"groups must be integer group ids, got dtype {g.dtype}")
+    if g.shape != (n_rows,):
+        raise ValueError(f"groups must hold one id per row of the dump ({n_rows:,}), got shape {g.shape}")
+    bad = (g < 0) | (g >= MAX_GROUPS)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"groups[{i}] = {g[i]} is out of range [0, {MAX_GROUPS})")
+    return g
+
+
+def _group_config(group_ids):
+    if group_ids is None:
+        return {}
+    return {"n_groups": int(group_ids.max()) + 1 if group_ids.size else 1, "group_fine_bits": 5,
+            "group_fine_levels": 20}
+
+
+def _block_groups(group_ids, blk):
+    if group_ids is None:
+        return None
+    ids = np.asarray(group_ids[blk.first_row:blk.first_row + blk.n_rows])
+    return ids if blk.held_mask is None else ids[~blk.held_mask]
+
+
+def _group_summary(g) -> dict:
+    """JSON-safe: every non-empty group's headline numbers, the worst group by each measure, the multicalibration
+    ECCE-R / sigma of the raw scores."""
+    rows = []
+    for k, r in enumerate(g.results):
+        if r is not None:
+            c = r.cumulative
+            rows.append({"group": k, "n": r.count, "accuracy": r.accuracy, "ece": r.ece, "ecce_r": c.range,
+                         "ecce_r_sigma": c.range_sigma, "ecce_pvalue": c.range_pvalue})
+    return {"groups": rows, "worst": dict(g.worst), "mce_sigma": g.mce_sigma, "mce_pvalue": g.mce_pvalue}
+
+
+def _format_groups(summary) -> list[str]:
+    rows = summary["groups"]
+    key = "ecce_r_sigma" if all(r["ecce_r_sigma"] is not None for r in rows) else "ece"
+    worst = sorted(rows, key=lambda r: -r[key])[:WORST_GROUPS]
+    head = f"groups: {len(rows)} non-empty"
+    if summary["mce_sigma"] is not None:
+        head += f"; multicalibration ECCE-R/sigma {summary['mce_sigma']:.3f} (p = {summary['mce_pvalue']:.3g})"
+    lines = ["", head + f"; worst by {key}:", f"{'group':>12}{'n':>14}{'accuracy':>14}{'ece':>14}{'ecce_r':>14}"
+             f"{'ecce_r/sigma':>14}{'p':>14}"]
+    for r in worst:
+        sig = "-" if r["ecce_r_sigma"] is None else f"{r['ecce_r_sigma']:.3f}"
+        p = "-" if r["ecce_pvalue"] is None else f"{r['ecce_pvalue']:.3g}"
+        lines.append(f"{r['group']:>12}{r['n']:>14,}{r['accuracy']:>14.5f}{r['ece']:>14.5f}{r['ecce_r']:>14.5f}"
+                     f"{sig:>14}{p:>14}")
+    return lines
 
 
 class _Details:
@@ -474,6 +547,8 @@ def format_table(result: Mapping[str, Any]) -> str:
             else:
                 cells.append(f"{v:>14.5f}")
         lines.append(f"{name:<12}" + "".join(cells))
+    if result.get("groups") is not None:
+        lines += _format_groups(result["groups"])
     return "\n".join(lines)
 
 

@@ -41,6 +41,16 @@ count from ``start``; give each worker of a split stream the position of its
 first row and the merged state is the one a single pass would give.
 ``compute`` reports the standard error of the ECE over the replicates and a
 percentile interval at ``confidence_level``.
+
+Cumulative calibration and groups
+---------------------------------
+The fine buckets are contiguous in confidence, so ``compute().cumulative``
+reads ECCE-R / ECCE-MAD (:func:`calibkit.cumulative_calibration_error`) off
+the bucket boundaries, exact there, with the largest possible move inside a
+bucket (from A_f) as an exact bound (:class:`calibkit.cumulative.StreamedCumulative`).
+With ``n_groups=G``, ``update(..., groups=ids)`` also keeps a light state per
+group, and ``compute().groups`` (:class:`GroupResults`) gives a result per
+group, the worst group by each measure and the multicalibration error.
 """
 
 from __future__ import annotations
@@ -63,6 +73,7 @@ from ._validation import (
     MAX_BOOTSTRAP, MAX_CLASSES, MAX_FINE_BINS, MAX_FINE_BITS, MAX_FINE_LEVELS, MAX_ROWS, MAX_WINDOW_BLOCKS,
     MIN_STREAM_WEIGHT, check_bool, check_cells, check_n_bins, check_size, check_stream_weight, raise_for_status,
 )
+from .cumulative import StreamedCumulative, _from_fine, kuiper_pvalue
 from .metrics import (
     ReliabilityTable, _binary_probabilities, _equal_width_edges, _errors_from_bins, _nll_eps, _prepare,
 )
@@ -123,6 +134,10 @@ class CalibrationResult:
     confidence_level: float
     table: ReliabilityTable = dataclasses.field(repr=False)
     smooth_ece: float | None = None  # with smooth=True: calibkit.smooth_ece of the rows (automatic bandwidth)
+    #: ECCE-R / ECCE-MAD from the fine histogram with their bounds (:class:`calibkit.cumulative.StreamedCumulative`).
+    cumulative: StreamedCumulative | None = None
+    #: Per-group results with ``n_groups`` (:class:`GroupResults`), else None.
+    groups: GroupResults | None = None
 
     def reliability_table(self) -> ReliabilityTable:
         """Per-bin counts, confidence and accuracy (equal-width bins)."""
@@ -132,6 +147,8 @@ class CalibrationResult:
         """JSON-safe metrics (the reliability table under ``"reliability_table"``)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "table"}
         out["ece_ci"] = list(self.ece_ci) if self.ece_ci is not None else None
+        for name in ("cumulative", "groups"):
+            out[name] = out[name].to_dict() if out[name] is not None else None
         out["reliability_table"] = self.table.to_dict()
         return out
 
@@ -143,10 +160,87 @@ class CalibrationResult:
         from ._frames import require_pandas
 
         pd = require_pandas()
-        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("table", "ece_ci")}
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("table", "ece_ci", "cumulative", "groups")}
+        if self.cumulative is not None:
+            row.update({f"ecce_{k}": v for k, v in self.cumulative.to_dict().items()})
         low, high = self.ece_ci if self.ece_ci is not None else (None, None)
         row["ece_ci_low"], row["ece_ci_high"] = low, high
         return pd.DataFrame([row])
+
+
+#: Largest ``n_groups`` of a CalibrationAccumulator, and the most float64 values all group states may hold
+#: together (``n_groups * (4 n_bins + 5 fine buckets + 6)``, 512 MiB).
+MAX_GROUPS = 1 << 16
+MAX_GROUP_VALUES = 1 << 26
+#: The measures ``GroupResults.worst`` ranks groups by (larger is worse for each).
+_WORST = ("ece", "mce", "rmsce", "ace", "brier", "nll", "ecce_range", "ecce_max_abs", "ecce_range_sigma",
+          "ecce_max_abs_sigma")
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupResults:
+    """Per-group metrics of a :class:`CalibrationAccumulator` with ``n_groups`` (see its ``compute``).
+
+    ``results[g]`` is the :class:`CalibrationResult` of group g (None for a group without rows);
+    ``worst[measure]`` the group with the largest value of that measure (``ece``, ``mce``, ``rmsce``,
+    ``ace``, ``brier``, ``nll``, ``ecce_range``, ``ecce_max_abs``, ``ecce_range_sigma``,
+    ``ecce_max_abs_sigma``), None when no group has it. ``mce_sigma`` is the multicalibration error of
+    Guy et al. 2025 on the sigma scale as ``mcgrad.metrics.MulticalibrationError.mce_sigma`` computes it
+    with the groups as its segments: the largest ECCE-R / sigma over the whole stream and every non-empty
+    group (mcgrad by default also drops segments of fewer than 10 rows; here every non-empty group counts).
+    The ECCE values come from the fine histograms (:class:`calibkit.cumulative.StreamedCumulative`), so
+    ``mce_sigma_interval`` holds the exact one-shot value; ``mce_pvalue`` is the Kuiper p-value of
+    ``mce_sigma`` (not adjusted for multiple testing, as mcgrad's). The three are None for a weighted stream.
+    """
+
+    results: tuple
+    worst: dict
+    mce_sigma: float | None
+    mce_sigma_interval: tuple[float, float] | None
+    mce_pvalue: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe: the per-group results as dictionaries (None for empty groups)."""
+        return {"results": [None if r is None else r.to_dict() for r in self.results], "worst": dict(self.worst),
+                "mce_sigma": self.mce_sigma,
+                "mce_sigma_interval": None if self.mce_sigma_interval is None else list(self.mce_sigma_interval),
+                "mce_pvalue": self.mce_pvalue}
+
+
+def _measure(result, name):
+    if name.startswith("ecce_"):
+        value = getattr(result.cumulative, name[5:]) if result.cumulative is not None else None
+    else:
+        value = getattr(result, name)
+    return None if value is None or not np.isfinite(value) and value != math.inf else float(value)
+
+
+def _sigma_interval(c):
+    """[lo, hi] of the exact one-shot ECCE-R / sigma from a StreamedCumulative's values and bounds."""
+    lo_s, hi_s = c.sigma - c.sigma_bound, c.sigma + c.sigma_bound
+    lo = c.range / hi_s if hi_s > 0 else (math.inf if c.range > 0 else 0.0)
+    top = c.range + c.range_bound
+    hi = top / lo_s if lo_s > 0 else (math.inf if top > 0 else 0.0)
+    return lo, hi
+
+
+def _group_results(overall, results):
+    worst = {}
+    for name in _WORST:
+        best, at = None, None
+        for g, r in enumerate(results):
+            v = None if r is None else _measure(r, name)
+            if v is not None and (best is None or v > best):
+                best, at = v, g
+        worst[name] = at
+    everything = [overall] + [r for r in results if r is not None]
+    if any(r.cumulative is None or r.cumulative.range_sigma is None for r in everything):
+        return GroupResults(tuple(results), worst, None, None, None)
+    mce = max(r.cumulative.range_sigma for r in everything)
+    bounds = [_sigma_interval(r.cumulative) for r in everything]
+    interval = (max(b[0] for b in bounds), max(b[1] for b in bounds))
+    return GroupResults(tuple(results), worst, mce, interval, kuiper_pvalue(mce))
 
 
 class CalibrationAccumulator:
@@ -186,6 +280,17 @@ class CalibrationAccumulator:
         Also keep the grid sums of the smooth ECE (:func:`calibkit.smooth_ece`, automatic bandwidth):
         ``compute().smooth_ece`` equals the one-shot value to rounding. Adds 20762 x 2 float64 (332 KB)
         to the state and one more pass over each batch.
+    n_groups : int, default 0
+        Keep also a state per group (segment) of rows, for :meth:`update`'s ``groups=`` ids in
+        [0, n_groups): ``compute().groups`` then holds a result per group, the worst group by each measure
+        and the multicalibration summary (:class:`GroupResults`). At most ``MAX_GROUPS`` = 65536. A group
+        state has the equal-width bins and a fine histogram, no bootstrap and no class-wise bins:
+        8 * (4 n_bins + 5 * 2 (group_fine_levels << group_fine_bits) + 6) bytes, about 370 KB with the
+        default fine histogram and 15 bins, about 8 KB with ``group_fine_bits=3, group_fine_levels=12``
+        (192 buckets; a coarser histogram only widens the ``ace`` and ECCE bounds). All groups together
+        hold at most ``MAX_GROUP_VALUES`` = 2**26 values (512 MiB), checked before anything is allocated.
+    group_fine_bits, group_fine_levels : int, optional
+        The fine histogram of the group states (default: ``fine_bits``, ``fine_levels``).
     backend : {"auto", "cpp", "numba"}
 
     Raises
@@ -209,10 +314,12 @@ class CalibrationAccumulator:
     def __init__(self, n_bins: int = 15, *, from_logits: bool = False, temperature: float = 1.0,
                  classwise: bool = False, n_classes: int | None = None, bootstrap: int = 0, seed: int = 0,
                  start: int = 0, fine_bits: int = 7, fine_levels: int = 36, confidence_level: float = 0.95,
+                 n_groups: int = 0, group_fine_bits: int | None = None, group_fine_levels: int | None = None,
                  backend: Backend = "auto", smooth: bool = False):
         self._configure(n_bins, from_logits=from_logits, temperature=temperature, classwise=classwise,
                         n_classes=n_classes, bootstrap=bootstrap, seed=seed, start=start, fine_bits=fine_bits,
                         fine_levels=fine_levels, confidence_level=confidence_level, backend=backend, smooth=smooth)
+        self._configure_groups(n_groups, group_fine_bits, group_fine_levels)
         self.reset()
 
     def _configure(self, n_bins=15, *, from_logits=False, temperature=1.0, classwise=False, n_classes=None,
@@ -260,6 +367,8 @@ class CalibrationAccumulator:
             "n_classes": self.n_classes, "bootstrap": self.bootstrap, "seed": self.seed,
             "fine_bits": self.fine_bits, "fine_levels": self.fine_levels,
             **({"smooth": True} if self.smooth else {}),  # states without smooth ECE keep their bytes
+            **({"n_groups": self.n_groups, "group_fine_bits": self.group_fine_bits,
+                "group_fine_levels": self.group_fine_levels} if getattr(self, "n_groups", 0) else {}),
         }
 
     def _compatible(self, other) -> None:
@@ -293,6 +402,7 @@ class CalibrationAccumulator:
         if self.classwise and self.n_classes is not None:
             self._classwise_bins = np.zeros((3, self.n_classes, M))
         self._position = self.start
+        self._groups = [self._new_group() for _ in range(getattr(self, "n_groups", 0))]
         self._kind = None  # "top-label" or "binary", fixed by the first batch
         self._weighted = False
         if not hasattr(self, "metadata"):
@@ -303,9 +413,12 @@ class CalibrationAccumulator:
         """Number of rows added so far."""
         return int(self._totals[_T_COUNT])
 
-    def update(self, scores: ArrayLike, labels: ArrayLike,
-               sample_weight: ArrayLike | None = None) -> "CalibrationAccumulator":
+    def update(self, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None,
+               groups: ArrayLike | None = None) -> "CalibrationAccumulator":
         """Add a batch: any input :func:`calibkit.ece` accepts. Atomic: a bad batch raises and adds nothing.
+
+        With ``n_groups``, ``groups`` gives each row's group id (integers in [0, n_groups), required); each
+        group's rows are also added to its state (one copy of the batch's rows in all, taken group by group).
 
         (N, K) batches take one kernel call (:func:`_fused_update`): the top-label pass and the
         stream pass together, the state updated in place; a batch of at most one chunk runs on the
@@ -313,6 +426,7 @@ class CalibrationAccumulator:
         """
         k = _backend.kernels(self.backend)
         scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, self.from_logits)
+        group_ids = self._check_groups(groups, scores.shape[0])
         if sample_weight is not None:
             check_stream_weight(sample_weight, float(self._totals[_T_WEIGHT]))
         kind = "binary" if scores.ndim == 1 else "top-label"
@@ -359,6 +473,8 @@ class CalibrationAccumulator:
         self._kind = kind
         self._weighted |= sample_weight is not None
         self._position += n
+        if group_ids is not None:
+            self._update_groups(scores, labels, sample_weight, group_ids)
         return self
 
     def merge(self, other: "CalibrationAccumulator") -> "CalibrationAccumulator":
@@ -380,6 +496,8 @@ class CalibrationAccumulator:
         self._kind = other._kind
         self._weighted |= other._weighted
         self._position = max(self._position, other._position)
+        for mine, theirs in zip(self._groups, other._groups):
+            mine.merge(theirs)
         return self
 
     def copy(self) -> "CalibrationAccumulator":
@@ -425,13 +543,19 @@ class CalibrationAccumulator:
         table = ReliabilityTable(lower=edges[:-1].copy(), upper=edges[1:].copy(), count=self._bins[0].astype(np.int64),
                                  weight=bin_weight.copy(), mean_confidence=conf, accuracy=acc, gap=acc - conf,
                                  strategy="uniform")
-        return CalibrationResult(
+        cumulative = _from_fine(self._fine, self.fine_bits, self.fine_levels, self._weighted)
+        result = CalibrationResult(
             ece=ece, mce=mce, rmsce=rmsce, ace=ace, ace_bound=ace_bound, classwise_ece=classwise_ece,
             accuracy=float(t[_T_CORRECT] / weight), mean_confidence=float(t[_T_CONFIDENCE] / weight),
             brier=float(t[_T_BRIER] / weight), nll=float(t[_T_NLL] / weight), count=int(t[_T_COUNT]),
             weight=float(weight), ece_se=ece_se, ece_ci=ece_ci, confidence_level=self.confidence_level, table=table,
             smooth_ece=None if self._smooth is None else
-            _Grids(AUTO_GRID_SIZES, self._smooth, t[_T_COUNT], weight).search("reflected_gaussian")[1])
+            _Grids(AUTO_GRID_SIZES, self._smooth, t[_T_COUNT], weight).search("reflected_gaussian")[1],
+            cumulative=cumulative)
+        if self._groups:
+            results = [g.compute() if g._kind is not None and g._totals[_T_WEIGHT] > 0 else None for g in self._groups]
+            result = dataclasses.replace(result, groups=_group_results(result, results))
+        return result
 
     def _equal_mass(self):
         fine = self._fine
@@ -477,6 +601,89 @@ class CalibrationAccumulator:
         bound = float(2.0 * fine[4].take(edge).sum() / total)
         return ace, bound
 
+    # -- groups (segments) ----------------------------------------------------------
+
+    def _configure_groups(self, n_groups=0, group_fine_bits=None, group_fine_levels=None):
+        """Check and store the group configuration (sizes bounded before anything is allocated)."""
+        self.n_groups = check_size(n_groups, "n_groups", 0, MAX_GROUPS)
+        self.group_fine_bits = self.fine_bits if group_fine_bits is None else check_size(
+            group_fine_bits, "group_fine_bits", 0, MAX_FINE_BITS)
+        self.group_fine_levels = self.fine_levels if group_fine_levels is None else check_size(
+            group_fine_levels, "group_fine_levels", 1, MAX_FINE_LEVELS)
+        fine = 2 * (self.group_fine_levels << self.group_fine_bits)
+        if fine > MAX_FINE_BINS:
+            raise ValueError(f"2 * (group_fine_levels << group_fine_bits) fine buckets must be <= {MAX_FINE_BINS} "
+                             f"(2**20), got group_fine_levels={self.group_fine_levels} and "
+                             f"group_fine_bits={self.group_fine_bits}")
+        values = self.n_groups * (4 * self.n_bins + 5 * fine + 6)
+        if values > MAX_GROUP_VALUES:
+            raise ValueError(f"n_groups={self.n_groups} group states of {4 * self.n_bins + 5 * fine + 6} values each "
+                             f"would hold {values} values, more than MAX_GROUP_VALUES = 2**26 (512 MiB): use fewer "
+                             "groups or a smaller group_fine_bits / group_fine_levels")
+        return self
+
+    def _new_group(self) -> "CalibrationAccumulator":
+        return CalibrationAccumulator(self.n_bins, from_logits=self.from_logits, temperature=self.temperature,
+                                      n_classes=self.n_classes, fine_bits=self.group_fine_bits,
+                                      fine_levels=self.group_fine_levels, backend=self.backend)
+
+    def _check_groups(self, groups, n):
+        """The (N,) int64 group ids of a batch (None without n_groups); bad ids are named by row."""
+        if not self.n_groups:
+            if groups is not None:
+                raise ValueError("groups= needs an accumulator made with n_groups > 0")
+            return None
+        if groups is None:
+            raise ValueError(f"this accumulator keeps n_groups={self.n_groups} groups: give update(..., groups=...) "
+                             "with each row's group id")
+        g = np.asarray(groups)
+        if g.dtype.kind not in "iu":
+            raise TypeError(f"groups must be integer group ids, got dtype {g.dtype}")
+        if g.shape != (n,):
+            raise ValueError(f"groups must have shape ({n},) (one id per row of scores), got shape {g.shape}")
+        bad = (g < 0) | (g >= self.n_groups)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"groups[{i}] = {g[i]} is out of range for n_groups={self.n_groups}")
+        return g.astype(np.int64, copy=False)
+
+    def _update_groups(self, scores, labels, sample_weight, ids):
+        """Each group's rows into its state (the rows were checked by the whole batch's update)."""
+        order = np.argsort(ids, kind="stable")
+        ends = np.cumsum(np.bincount(ids, minlength=self.n_groups))
+        for g in np.flatnonzero(np.diff(ends, prepend=0)):
+            rows = order[ends[g - 1] if g else 0:ends[g]]
+            self._groups[g].update(scores[rows], labels[rows],
+                                   None if sample_weight is None else sample_weight[rows])
+
+    def _group_arrays(self) -> dict:
+        gs = self._groups
+        return {"group_bins": np.stack([g._bins for g in gs]), "group_fine": np.stack([g._fine for g in gs]),
+                "group_totals": np.stack([g._totals for g in gs]),
+                "group_weighted": np.array([float(g._weighted) for g in gs])}
+
+    def _groups_from_arrays(self, arrays, kind, backend):
+        """The group states of a decoded state (each checked as a state of its own)."""
+        flags = arrays["group_weighted"]
+        if not np.isin(flags, (0.0, 1.0)).all():
+            raise ValueError("corrupt calibration state: group_weighted must hold 0 or 1")
+        if arrays["group_totals"][:, _T_COUNT].sum() != arrays["totals"][_T_COUNT]:
+            raise ValueError("corrupt calibration state: the group row counts do not add up to the row count")
+        cfg = self._new_group()._config()
+        groups = []
+        for g in range(self.n_groups):
+            totals = arrays["group_totals"][g]
+            meta = {"config": cfg, "start": 0, "position": int(min(totals[_T_COUNT], MAX_ROWS)),
+                    "kind": kind if totals[_T_COUNT] > 0 else None, "weighted": bool(flags[g]),
+                    "confidence_level": self.confidence_level, "metadata": {}}
+            part = {"bins": arrays["group_bins"][g], "fine": arrays["group_fine"][g],
+                    "boot": np.zeros((0, 3, self.n_bins)), "totals": totals}
+            try:
+                groups.append(CalibrationAccumulator._from_parts(meta, part, backend))
+            except ValueError as exc:
+                raise ValueError(f"corrupt calibration state: group {g}: {exc}") from None
+        return groups
+
     # -- persistence ---------------------------------------------------------------
 
     def _arrays(self) -> dict:
@@ -485,6 +692,8 @@ class CalibrationAccumulator:
             arrays["classwise"] = self._classwise_bins
         if self._smooth is not None:
             arrays["smooth"] = self._smooth
+        if self._groups:
+            arrays.update(self._group_arrays())
         return arrays
 
     def _meta(self) -> dict:
@@ -504,7 +713,7 @@ class CalibrationAccumulator:
         return cls._from_parts(meta, arrays, backend)
 
     _CONFIG_KEYS = ("n_bins", "from_logits", "temperature", "classwise", "n_classes", "bootstrap", "seed",
-                    "fine_bits", "fine_levels", "smooth")
+                    "fine_bits", "fine_levels", "smooth", "n_groups", "group_fine_bits", "group_fine_levels")
     _META_KEYS = ("config", "start", "position", "kind", "weighted", "confidence_level", "metadata")
 
     @classmethod
@@ -528,6 +737,7 @@ class CalibrationAccumulator:
                 classwise=cfg["classwise"], n_classes=cfg["n_classes"], bootstrap=cfg["bootstrap"], seed=cfg["seed"],
                 start=meta["start"], fine_bits=cfg["fine_bits"], fine_levels=cfg["fine_levels"],
                 confidence_level=meta["confidence_level"], backend=backend, smooth=cfg.get("smooth", False))
+            acc._configure_groups(cfg.get("n_groups", 0), cfg.get("group_fine_bits"), cfg.get("group_fine_levels"))
             position, kind, weighted = meta["position"], meta["kind"], meta["weighted"]
         except KeyError as exc:
             raise ValueError(f"corrupt calibration state: bad configuration (the key {exc} is missing)") from None
@@ -548,6 +758,9 @@ class CalibrationAccumulator:
             expected["classwise"] = (3, acc.n_classes, M)
         if acc.smooth:  # states written before smooth ECE have neither the key nor the array
             expected["smooth"] = (int(AUTO_GRID_SIZES.sum()), 2)
+        if acc.n_groups:
+            G, RG = acc.n_groups, 2 * (acc.group_fine_levels << acc.group_fine_bits)
+            expected.update(group_bins=(G, 4, M), group_fine=(G, 5, RG), group_totals=(G, 6), group_weighted=(G,))
         if set(arrays) != set(expected):
             raise ValueError(f"corrupt calibration state: arrays {sorted(arrays)}, expected {sorted(expected)} "
                              f"(classwise={acc.classwise}, n_classes={acc.n_classes}, kind={kind})")
@@ -560,6 +773,7 @@ class CalibrationAccumulator:
             if not np.isfinite(a).all():
                 raise ValueError(f"corrupt calibration state: {name} holds NaN or inf")
         _check_state_content(arrays, kind)
+        acc._groups = acc._groups_from_arrays(arrays, kind, backend) if acc.n_groups else []
         acc._bins, acc._fine, acc._boot, acc._totals = (arrays["bins"], arrays["fine"], arrays["boot"],
                                                         arrays["totals"])
         acc._classwise_bins = arrays.get("classwise")

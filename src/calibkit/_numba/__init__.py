@@ -2,7 +2,7 @@
 
 from .binning import binary_stats
 from .pav import isotonic_fit
-from .ranking import two_sample_ranking
+from .ranking import cumulative_differences, two_sample_ranking
 from .smooth import smooth_grid
 from .softmax import temperature_nll, vector_scaling_nll
 from .stream import stream_accumulate, stream_top_label
@@ -11,7 +11,7 @@ from .stream import classwise_stats_any as classwise_stats  # the same for class
 from .uncertainty import confidence_loss, ensemble_decompose, ensemble_update, row_scores
 
 __all__ = [
-    "binary_stats", "classwise_stats", "confidence_loss", "ensemble_decompose", "ensemble_update", "isotonic_fit",
-    "row_scores", "smooth_grid", "stream_accumulate", "stream_top_label", "temperature_nll", "top_label_stats",
-    "two_sample_ranking", "vector_scaling_nll",
+    "binary_stats", "classwise_stats", "confidence_loss", "cumulative_differences", "ensemble_decompose",
+    "ensemble_update", "isotonic_fit", "row_scores", "smooth_grid", "stream_accumulate", "stream_top_label",
+    "temperature_nll", "top_label_stats", "two_sample_ranking", "vector_scaling_nll",
 ]

@@ -6,6 +6,7 @@ import numba
 import numpy as np
 
 from ._common import HALF_TABLE, JIT, SCORE_NOT_FINITE, as_kernel_array, check_float_dtype, load, status_tuple
+from .pav import _radix_argsort, _sort_keys
 
 
 @numba.njit(**JIT)
@@ -138,4 +139,84 @@ def two_sample_ranking(pos, neg, target_tpr, want_curve):
     return out
 
 
-__all__ = ["two_sample_ranking"]
+__all__ = ["cumulative_differences", "two_sample_ranking"]
+
+
+# -- cumulative differences (calibkit.cumulative) ---------------------------------------------------------------
+
+@numba.njit(**JIT)
+def _cumulative_walk(p, y, w, weighted, want_path):
+    """cumulative_differences of bind_ranking.cpp: the stable radix order of p (the same order as the C++
+    radix sort), then S_k = sum_{j<=k} w (y - p) walked in that order from 0, the sorted p read back from the
+    sorted keys; sums in input order."""
+    n = p.shape[0]
+    for i in range(n):
+        if not (p[i] - p[i] == 0.0) or y[i] > 1 or (weighted and not (w[i] - w[i] == 0.0)):
+            return i, 0.0, 0.0, 0.0, 0.0, np.empty(0, np.int64), np.empty(0)
+    keys = _sort_keys(p)
+    order = np.arange(n)
+    if n > 1:
+        _radix_argsort(keys, order)
+    total = 0.0
+    variance = 0.0
+    for i in range(n):
+        wi = w[i] if weighted else 1.0
+        total += wi
+        variance += wi * wi * (p[i] * (1.0 - p[i]))
+    path = np.empty(n if want_path else 0)
+    sorted_p = _key_values(keys)
+    s = 0.0
+    hi = 0.0
+    lo = 0.0
+    for j in range(n):
+        i = order[j]
+        wi = w[i] if weighted else 1.0
+        s += wi * (float(y[i]) - sorted_p[j])
+        hi = s if s > hi else hi
+        lo = s if s < lo else lo
+        if want_path:
+            path[j] = s
+    return -1, hi - lo, max(hi, -lo), total, variance, order, path
+
+
+_SIGN_BIT = np.uint64(0x8000000000000000)
+
+
+@numba.njit(**JIT)
+def _key_values(keys):
+    """key_value of sort.hpp: the doubles back from their sort keys."""
+    out = np.empty(keys.shape[0], np.uint64)
+    for j in range(keys.shape[0]):
+        k = keys[j]
+        out[j] = (k & np.uint64(0x7FFFFFFFFFFFFFFF)) if k >= _SIGN_BIT else ~k
+    return out.view(np.float64)
+
+
+
+def cumulative_differences(scores, outcomes, sample_weight, want_path):
+    """Same contract as ``calibkit._core.cumulative_differences``."""
+    for name, a, dtype in (("scores", scores, np.float64), ("outcomes", outcomes, np.uint8)):
+        if not isinstance(a, np.ndarray) or a.ndim != 1:
+            raise ValueError(f"{name} must be 1-D")
+        if a.dtype != dtype:
+            raise TypeError(f"{name} must be a numpy array of dtype {np.dtype(dtype)}, got an array of dtype "
+                            f"{a.dtype}")
+    n = scores.shape[0]
+    if n < 1:
+        raise ValueError("scores must not be empty")
+    if outcomes.shape[0] != n:
+        raise ValueError(f"outcomes must have length {n}, got {outcomes.shape[0]}")
+    weighted = sample_weight is not None
+    if weighted and (not isinstance(sample_weight, np.ndarray) or sample_weight.dtype != np.float64
+                     or sample_weight.shape != (n,)):
+        raise TypeError(f"sample_weight must be a float64 array of shape ({n},) or None")
+    if not isinstance(want_path, bool):
+        raise TypeError("want_path must be a bool")
+    bad, rng, max_abs, total, variance, order, path = _cumulative_walk(
+        scores, outcomes, sample_weight if weighted else np.empty(1), weighted, want_path)
+    if bad >= 0:
+        raise ValueError(f"scores and sample_weight must be finite and outcomes 0 or 1; row {bad} is not")
+    out = {"range": rng, "max_abs": max_abs, "total_weight": total, "variance": variance}
+    if want_path:
+        out.update(order=order, path=path)
+    return out
