@@ -127,7 +127,7 @@ def test_bad_values_are_reported_for_both_strategies(backend, strategy):
 
 
 def test_unknown_strategy_and_norm(backend):
-    with pytest.raises(ValueError, match=r"strategy must be one of \('uniform', 'quantile'\), got 'equal'"):
+    with pytest.raises(ValueError, match=r"strategy must be one of \('uniform', 'quantile', 'quantile_midpoint'\), got 'equal'"):
         calibkit.ece(P, Y, strategy="equal", backend=backend)
     with pytest.raises(ValueError, match=r"norm must be one of \('l1', 'l2', 'max'\), got 'l3'"):
         calibkit.calibration_error(P, Y, norm="l3", backend=backend)

@@ -14,7 +14,7 @@ __all__ = ["ArrayLike", "Backend", "BoolArray", "FloatArray", "IntArray", "Norm"
 #: The kernel backend: ``"auto"`` (C++ unless ``CALIBKIT_BACKEND`` says otherwise), ``"cpp"`` or ``"numba"``.
 Backend = Literal["auto", "cpp", "numba"]
 #: How bins are placed: equal width or equal mass.
-Strategy = Literal["uniform", "quantile"]
+Strategy = Literal["uniform", "quantile", "quantile_midpoint"]  # quantile_midpoint: the one-shot metrics only
 #: How per-bin gaps are combined into one calibration error.
 Norm = Literal["l1", "l2", "max"]
 #: A float64 array returned by calibkit.

@@ -97,6 +97,7 @@ def _cmd_monitor(args) -> int:
     try:
         return monitor.run(source, every=args.every, window=args.window, n_bins=args.n_bins,
                            bootstrap=args.bootstrap, seed=args.seed, state=args.state, prometheus=args.prometheus,
+                           smooth=args.smooth, cumulative=args.cumulative,
                            serve=args.serve, resume_input=args.resume_input, backend=args.backend,
                            input_path=None if stdin else args.input)
     except (ValueError, TypeError, OSError, ImportError) as exc:  # ImportError: --serve without prometheus_client
@@ -300,7 +301,7 @@ def _cmd_report(args) -> int:
         try:
             result = report.report(test, val=val, val_mask=val_mask, methods=methods, n_bins=args.n_bins,
                                    strategy=args.strategy, progress=update, stage=stage, details=bool(args.html),
-                                   groups=groups, backend=args.backend)
+                                   groups=groups, smooth=not args.no_smooth, backend=args.backend)
         finally:
             close()
         if to_stdout:
@@ -447,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write one self-contained HTML page: provenance, metrics, reliability diagrams, "
                          "per-class table, risk-coverage curve")
     rp.add_argument("--quiet", action="store_true", help="no progress bar")
+    rp.add_argument("--no-smooth", action="store_true",
+                    help="leave out the smooth ECE column (saves one kernel pass over each block per row of the table)")
     rp.add_argument("--groups", metavar="COLUMN_OR_FILE",
                     help="group id per row (integers): a .npy file, or an array of the .npz (its test_ one first) "
                          "or a column of the Parquet dump; prints the worst groups and the multicalibration error")
@@ -482,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--n-bins", type=int, default=15)
     mo.add_argument("--bootstrap", type=int, default=0, help="bootstrap replicates for ece_ci / ece_se")
     mo.add_argument("--seed", type=int, default=0)
+    mo.add_argument("--smooth", action="store_true", help="also report smooth_ece (Blasiok & Nakkiran 2023)")
+    mo.add_argument("--cumulative", action="store_true",
+                    help="also report ecce_r (with ecce_r_bound), ecce_r_sigma and ecce_pvalue (Arrieta-Ibarra et al. "
+                         "2022), from the state's fine histogram")
     mo.add_argument("--state", help="state file to resume from and save to (written atomically)")
     mo.add_argument("--resume-input", action="store_true",
                     help="skip the input lines the state has already consumed (re-reading the same file)")

@@ -58,6 +58,13 @@ class CumulativeCalibrationResult:
     weight : float
         Total weight of the rows: the row count without weights; with weights, their sum after they are
         divided by the largest (every statistic here is invariant to the scale of the weights).
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> r = calibkit.cumulative_calibration_error(np.array([0.2, 0.6, 0.9]), np.array([0, 1, 1]))
+    >>> r.count, round(r.range, 4), round(r.max_abs, 4)
+    (3, 0.1667, 0.1)
     """
 
     range: float

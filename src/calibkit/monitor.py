@@ -124,6 +124,11 @@ def _number(v, what, bad_reason) -> float:
     return x
 
 
+# With cumulative=True: ECCE-R of Arrieta-Ibarra et al. 2022 from the state's fine histogram (the exact value lies in
+# [ecce_r, ecce_r + ecce_r_bound]), ECCE-R / sigma and its Kuiper p-value (None for weighted records).
+_CUMULATIVE_KEYS = ("ecce_r", "ecce_r_bound", "ecce_r_sigma", "ecce_pvalue")
+
+
 class Monitor:
     """Consumes JSON Lines records and reports calibration metrics (see the module docstring).
 
@@ -141,7 +146,8 @@ class Monitor:
     """
 
     def __init__(self, *, window: int | None = None, n_bins: int = 15, bootstrap: int = 0, seed: int = 0,
-                 state_path: StrPath | None = None, backend: Backend = "auto"):
+                 state_path: StrPath | None = None, smooth: bool = False, cumulative: bool = False,
+                 backend: Backend = "auto"):
         self.state_path = state_path
         self.lines = 0  # input lines consumed (the resume point)
         self.rejected = 0
@@ -149,7 +155,8 @@ class Monitor:
         self.kind = None
         self.n_classes = None
         self.acc = None
-        self._kwargs = dict(n_bins=n_bins, bootstrap=bootstrap, seed=seed, backend=backend)
+        self._kwargs = dict(n_bins=n_bins, bootstrap=bootstrap, seed=seed, smooth=bool(smooth), backend=backend)
+        self._cumulative = bool(cumulative)
         self._window = window
         self._make_accumulator(False)  # a bad configuration (e.g. n_bins=0, window=0) fails now, not at a report
         if state_path and os.path.exists(state_path):
@@ -320,7 +327,9 @@ class Monitor:
                "kind": self.kind, "n_classes": self.n_classes,
                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         metrics = dict.fromkeys(("count", "weight", "ece", "ace", "mce", "rmsce", "accuracy", "mean_confidence",
-                                 "brier", "nll", "ece_se", "ece_ci"))
+                                 "brier", "nll", "ece_se", "ece_ci")
+                                + (("smooth_ece",) if self._kwargs["smooth"] else ())
+                                + (_CUMULATIVE_KEYS if self._cumulative else ()))
         metrics["count"] = self.acc.count if self.acc is not None else 0
         metrics["weight"] = 0.0
         if metrics["count"] > 0:
@@ -329,7 +338,11 @@ class Monitor:
             except ValueError:  # every row in the window has weight 0
                 pass
             else:
-                metrics.update({k: getattr(r, k) for k in metrics})
+                metrics.update({k: getattr(r, k) for k in metrics if not k.startswith("ecce_")})
+                if self._cumulative and r.cumulative is not None:
+                    c = r.cumulative
+                    metrics.update(ecce_r=c.range, ecce_r_bound=c.range_bound, ecce_r_sigma=c.range_sigma,
+                                   ecce_pvalue=c.range_pvalue)
                 metrics["ece_ci"] = list(r.ece_ci) if r.ece_ci is not None else None
         out.update(metrics)
         return out
@@ -365,6 +378,9 @@ def _prometheus_families(report: dict) -> list:
         "accuracy": "Accuracy", "mean_confidence": "Mean top-label confidence", "brier": "Brier score",
         "nll": "Negative log-likelihood", "ece_se": "Bootstrap standard error of the ECE",
         "count": "Rows in the window", "weight": "Total weight of the rows in the window",
+        "smooth_ece": "Smooth ECE (Blasiok & Nakkiran 2023)", "ecce_r": "ECCE-R, cumulative calibration error",
+        "ecce_r_sigma": "ECCE-R divided by its standard deviation under perfect calibration",
+        "ecce_pvalue": "Kuiper p-value of ECCE-R under perfect calibration",
     }
     families = []
     for key, help_text in gauges.items():
@@ -563,8 +579,8 @@ def _check_output(path, flag, input_path) -> None:
 
 def run(source: IO[bytes] | IO[str], *, every: int = 1000, window: int | None = None, n_bins: int = 15,
         bootstrap: int = 0, seed: int = 0, state: StrPath | None = None, prometheus: StrPath | None = None,
-        serve: str | None = None, resume_input: bool = False, backend: Backend = "auto", out: TextIO | None = None,
-        input_path: StrPath | None = None) -> int:
+        serve: str | None = None, resume_input: bool = False, smooth: bool = False, cumulative: bool = False,
+        backend: Backend = "auto", out: TextIO | None = None, input_path: StrPath | None = None) -> int:
     """Monitor `source` (a binary or text stream); returns the process exit code.
 
     A text stream with a binary ``buffer`` (``sys.stdin``, a file opened in
@@ -598,7 +614,8 @@ def run(source: IO[bytes] | IO[str], *, every: int = 1000, window: int | None = 
     address = parse_address(serve) if serve else None
     if hasattr(source, "buffer") and hasattr(source, "encoding"):
         source = source.buffer
-    mon = Monitor(window=window, n_bins=n_bins, bootstrap=bootstrap, seed=seed, state_path=state, backend=backend)
+    mon = Monitor(window=window, n_bins=n_bins, bootstrap=bootstrap, seed=seed, state_path=state, smooth=smooth,
+                  cumulative=cumulative, backend=backend)
     skip = mon.lines if resume_input else 0
     lines = _LineQueue()
     failure = []

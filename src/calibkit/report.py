@@ -39,7 +39,10 @@ METHODS = {
 }
 LOGIT_METHODS = ("temperature", "vector", "matrix")
 MAX_VAL_BYTES = 1 << 30  # validation rows held in memory for the fits
-COLUMNS = ("n", "accuracy", "ece", "mce", "ace", "classwise_ece", "brier", "nll")
+# The text table's headline columns (the JSON and to_frame() have every field of a row), and their headers.
+COLUMNS = ("n", "accuracy", "ece", "classwise_ece", "smooth_ece", "debiased_rmsce", "ecce_r_sigma", "ecce_pvalue",
+           "brier", "nll")
+HEADERS = {"debiased_rmsce": "rmsce_debias", "ecce_r_sigma": "ecce_r/sigma", "ecce_pvalue": "ecce_p"}
 
 
 def as_logits(scores, from_logits):
@@ -77,10 +80,10 @@ def locate(exc, dump, first_row=0, skipped=None) -> DumpError:
     return located(exc, dump, first_row, skipped)
 
 
-def _method_accumulator(method, calibrator, n_bins, n_classes, backend):
+def _method_accumulator(method, calibrator, n_bins, n_classes, smooth, backend):
     """The accumulator of one calibrator's metrics. Temperature scaling is evaluated from the logits
     themselves (the kernel applies 1/T as it reads them: no scaled copy of a chunk)."""
-    kw = dict(classwise=True, n_classes=n_classes, backend=backend)
+    kw = dict(classwise=True, n_classes=n_classes, smooth=smooth, backend=backend)
     if method == "temperature":
         return CalibrationAccumulator(n_bins, from_logits=True, temperature=calibrator.temperature_, **kw)
     return CalibrationAccumulator(n_bins, from_logits=method in LOGIT_METHODS, **kw)
@@ -195,7 +198,11 @@ def _row(result, n_classes, strategy):
     out = {"n": result.count, "accuracy": result.accuracy, "mean_confidence": result.mean_confidence, "ece": ece,
            "mce": result.mce, "rmsce": result.rmsce,
            "ace": result.ace, "ace_bound": result.ace_bound, "classwise_ece": result.classwise_ece,
-           "brier": result.brier, "nll": result.nll}
+           "brier": result.brier, "nll": result.nll,
+           "debiased_rmsce": result.debiased_rmsce, "smooth_ece": result.smooth_ece}
+    c = result.cumulative  # from the fine histogram: within [ecce_r, ecce_r + ecce_r_bound] of the exact value
+    out.update(ecce_r=c.range, ecce_r_bound=c.range_bound, ecce_mad=c.max_abs, ecce_mad_bound=c.max_abs_bound,
+               ecce_sigma=c.sigma, ecce_r_sigma=c.range_sigma, ecce_pvalue=c.range_pvalue)
     if n_classes == 2 and out["classwise_ece"] is None:
         out.pop("classwise_ece")
     return out
@@ -205,7 +212,8 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
            n_bins: int = 15, strategy: Strategy = "uniform", chunk_rows: int | None = None,
            progress: Callable[[int], object] | None = None,
            stage: Callable[[str, int | None], object] | None = None, max_val_bytes: int = MAX_VAL_BYTES,
-           details: bool = False, groups: ArrayLike | None = None, backend: Backend = "auto") -> "ReportResult":
+           details: bool = False, groups: ArrayLike | None = None, smooth: bool = True,
+           backend: Backend = "auto") -> "ReportResult":
     """Metrics of the raw scores and of each calibrator fitted on the validation rows.
 
     Parameters
@@ -243,6 +251,14 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
         Larger ones are read chunk by chunk at every step of the temperature
         fit (one pass over them per Newton step; the only method fitted out
         of core).
+    smooth : bool, default True
+        Also the smooth ECE of every row (raw and each calibrator: ``smooth=True`` of
+        :class:`CalibrationAccumulator`, one more kernel pass over each block per accumulator). Every row
+        also has the debiased RMS calibration error (``debiased_rmsce``, Kumar et al. 2019, over the
+        equal-width bins) and the cumulative measures of Arrieta-Ibarra et al. 2022 read from the streaming
+        state's fine histogram (``ecce_r`` and ``ecce_mad`` with their exact bounds ``ecce_r_bound``,
+        ``ecce_mad_bound``; ``ecce_sigma``, ``ecce_r_sigma`` and the Kuiper p-value ``ecce_pvalue``; see
+        :class:`calibkit.cumulative.StreamedCumulative`).
     details : bool
         Also gather what ``calibkit report --html`` shows: the per-class table
         (``"per_class"``: rows labelled with each class, the accuracy on them,
@@ -302,7 +318,7 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
     K = test.n_classes
     group_ids = None if groups is None else _check_group_ids(groups, test.n_rows)
     accs = {"raw": CalibrationAccumulator(n_bins, from_logits=test.from_logits, classwise=not binary,
-                                          n_classes=None if binary else K, backend=backend,
+                                          n_classes=None if binary else K, smooth=smooth, backend=backend,
                                           **_group_config(group_ids))}
     held = None if val_mask is None else np.asarray(val_mask, dtype=bool)
     gather = bool(methods) and val is None and not out_of_core
@@ -340,7 +356,7 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
                        locate(exc, test, 0, ~held)) from None
         del vs, vy
     for m in methods:
-        accs[m] = _method_accumulator(m, fitted[m], n_bins, K, backend)
+        accs[m] = _method_accumulator(m, fitted[m], n_bins, K, smooth, backend)
     begin(f"pass {passes}/{passes}: raw metrics" + (f", {', '.join(methods)}" if methods else ""), test.n_rows)
     inputs = _CalibratedInputs(fitted, test.from_logits, chunk_rows or test.chunk_rows(), K) if fitted else None
     for blk in _blocks(test, held, chunk_rows, gather=False):
@@ -528,14 +544,14 @@ def format_table(result: Mapping[str, Any]) -> str:
     True
     >>> for line in table[1:]:
     ...     print(line)
-                             n      accuracy           ece           mce           ace classwise_ece         brier           nll
-    raw                 10,000       0.95000       0.01819       0.31543       0.01737       0.00462       0.08149       0.18672
+                             n      accuracy           ece classwise_ece    smooth_ece  rmsce_debias  ecce_r/sigma        ecce_p         brier           nll
+    raw                 10,000       0.95000       0.01819       0.00462       0.01794       0.02889      11.18403       2.2e-16       0.08149       0.18672
     """
     kind = "logits" if result["from_logits"] else "probabilities"
     head = (f"{result['dump']}: {result['n_rows']:,} rows x {result['n_classes']} classes ({kind})"
             + (f"; calibrators fitted on {result['n_val']:,} validation rows" if result["n_val"] else ""))
     cols = [c for c in COLUMNS if any(c in r for r in result["rows"].values())]
-    lines = [head, f"{'':<12}" + "".join(f"{c:>14}" for c in cols)]
+    lines = [head, f"{'':<12}" + "".join(f"{HEADERS.get(c, c):>14}" for c in cols)]
     for name, r in result["rows"].items():
         cells = []
         for c in cols:
@@ -544,6 +560,8 @@ def format_table(result: Mapping[str, Any]) -> str:
                 cells.append(f"{'-':>14}")
             elif c == "n":
                 cells.append(f"{v:>14,}")
+            elif c == "ecce_pvalue":
+                cells.append(f"{v:>14.1e}")
             else:
                 cells.append(f"{v:>14.5f}")
         lines.append(f"{name:<12}" + "".join(cells))

@@ -75,7 +75,8 @@ from ._validation import (
 )
 from .cumulative import StreamedCumulative, _from_fine, kuiper_pvalue
 from .metrics import (
-    ReliabilityTable, _binary_probabilities, _equal_width_edges, _errors_from_bins, _nll_eps, _prepare,
+    ReliabilityTable, _binary_probabilities, _debiased_squares, _equal_width_edges, _errors_from_bins, _nll_eps,
+    _prepare,
 )
 from .smooth import AUTO_GRID_SIZES, _Grids
 
@@ -103,7 +104,9 @@ class CalibrationResult:
     ``ece``/``mce``/``rmsce`` use equal-width bins, ``ace`` equal-mass bins (with
     ``ace_bound`` its largest possible distance from the exact one-shot value).
     ``ece_se`` and ``ece_ci`` are None without bootstrap replicates;
-    ``classwise_ece`` is None unless enabled.
+    ``classwise_ece`` is None unless enabled. ``debiased_rmsce`` is Kumar, Liang & Ma's debiased RMS
+    calibration error over the equal-width bins (:func:`calibkit.debiased_calibration_error`:
+    sqrt(max(0, ``debiased_squared``))); a weighted stream keeps no Σw² per bin, so both are None there.
 
     Examples
     --------
@@ -133,6 +136,8 @@ class CalibrationResult:
     ece_ci: tuple[float, float] | None
     confidence_level: float
     table: ReliabilityTable = dataclasses.field(repr=False)
+    debiased_rmsce: float | None = None
+    debiased_squared: float | None = None
     smooth_ece: float | None = None  # with smooth=True: calibkit.smooth_ece of the rows (automatic bandwidth)
     #: ECCE-R / ECCE-MAD from the fine histogram with their bounds (:class:`calibkit.cumulative.StreamedCumulative`).
     cumulative: StreamedCumulative | None = None
@@ -544,6 +549,7 @@ class CalibrationAccumulator:
                                  weight=bin_weight.copy(), mean_confidence=conf, accuracy=acc, gap=acc - conf,
                                  strategy="uniform")
         cumulative = _from_fine(self._fine, self.fine_bits, self.fine_levels, self._weighted)
+        debiased_squared = None if self._weighted else float(_debiased_squares(self._bins[0], *self._bins[1:]))
         result = CalibrationResult(
             ece=ece, mce=mce, rmsce=rmsce, ace=ace, ace_bound=ace_bound, classwise_ece=classwise_ece,
             accuracy=float(t[_T_CORRECT] / weight), mean_confidence=float(t[_T_CONFIDENCE] / weight),
@@ -551,7 +557,8 @@ class CalibrationAccumulator:
             weight=float(weight), ece_se=ece_se, ece_ci=ece_ci, confidence_level=self.confidence_level, table=table,
             smooth_ece=None if self._smooth is None else
             _Grids(AUTO_GRID_SIZES, self._smooth, t[_T_COUNT], weight).search("reflected_gaussian")[1],
-            cumulative=cumulative)
+            cumulative=cumulative, debiased_squared=debiased_squared,
+            debiased_rmsce=None if debiased_squared is None else math.sqrt(max(0.0, debiased_squared)))
         if self._groups:
             results = [g.compute() if g._kind is not None and g._totals[_T_WEIGHT] > 0 else None for g in self._groups]
             result = dataclasses.replace(result, groups=_group_results(result, results))
