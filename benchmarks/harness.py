@@ -98,6 +98,12 @@ class Workload:
     slow: bool = False
 
 
+def read_scores(d: dict) -> Callable[[], object]:
+    """The floor of a workload on ``d["scores"]``: one plain read of it (``np.add.reduce`` over every element)."""
+    s = d["scores"]
+    return lambda: np.add.reduce(s, axis=None)
+
+
 def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1, budget: float = math.inf) -> float:
     """Median of ``repeat`` timed calls (after ``warmup`` untimed ones); stops early, after at least one
     timed call, once ``budget`` seconds have been spent timing. The garbage collector runs once before and

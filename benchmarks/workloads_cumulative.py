@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import Contender, Workload, missing, realistic_logits
+from harness import Contender, Workload, missing, read_scores, realistic_logits
 
 
 def _binary(n, seed=0):
@@ -70,18 +70,13 @@ def _contenders(d):
     return out
 
 
-def _floor(d):
-    s = d["scores"]
-    return lambda: np.add.reduce(s, axis=None)
-
-
 def workloads(quick: bool = False) -> list[Workload]:
     big_n = 200_000 if quick else 10_000_000
     wide_n = 4_000 if quick else 200_000
     return [
         Workload("cumulative", f"ECCE-R / sigma, binary, N={big_n:,} float64 scores", lambda: _binary(big_n),
-                 _contenders, _floor, notes="mcgrad: ecce_sigma (one np.argsort, then cumsum)"),
+                 _contenders, read_scores, notes="mcgrad: ecce_sigma (one np.argsort, then cumsum)"),
         Workload("cumulative", f"ECCE-R / sigma, top-label, N={wide_n:,} x K=1000 float32 logits",
-                 lambda: _top_label(wide_n, 1000), _contenders, _floor,
+                 lambda: _top_label(wide_n, 1000), _contenders, read_scores,
                  notes="mcgrad needs the confidences first: a NumPy softmax by row blocks before ecce_sigma"),
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import Contender, Workload, missing, realistic_logits
+from harness import Contender, Workload, missing, read_scores, realistic_logits
 
 
 def _binary(n, seed=0):
@@ -66,19 +66,14 @@ def _contenders(d):
     return out
 
 
-def _floor(d):
-    s = d["scores"]
-    return lambda: np.add.reduce(s, axis=None)
-
-
 def workloads(quick: bool = False) -> list[Workload]:
     big_n = 200_000 if quick else 10_000_000
     wide_n = 4_000 if quick else 200_000
     return [
         Workload("debias", f"debiased RMSCE, N={big_n:,} binary float64 probabilities",
-                 lambda: _binary(big_n), _contenders, _floor,
+                 lambda: _binary(big_n), _contenders, read_scores,
                  notes="uncertainty-calibration builds a Python list of (p, y) tuples: seconds per million rows"),
         Workload("debias", f"debiased RMSCE top-label, N={wide_n:,} x K=1000 float32 logits",
-                 lambda: _top_label(wide_n, 1000), _contenders, _floor,
+                 lambda: _top_label(wide_n, 1000), _contenders, read_scores,
                  notes="the reference gets the float32 softmax (untimed set-up)"),
     ]

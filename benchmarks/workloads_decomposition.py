@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import Contender, Workload, missing, realistic_logits
+from harness import Contender, Workload, missing, read_scores, realistic_logits
 
 TERMS = ("score", "miscalibration", "discrimination", "uncertainty")
 
@@ -84,20 +84,15 @@ def _contenders(score):
     return build
 
 
-def _floor(d):
-    s = d["scores"]
-    return lambda: np.add.reduce(s, axis=None)
-
-
 def workloads(quick: bool = False) -> list[Workload]:
     big_n = 200_000 if quick else 10_000_000
     wide_n = 4_000 if quick else 200_000
     return [
         Workload("decomposition", f"Brier decomposition, binary N={big_n:,} float64 probabilities",
-                 lambda: _binary(big_n), _contenders("brier"), _floor),
+                 lambda: _binary(big_n), _contenders("brier"), read_scores),
         Workload("decomposition", f"log-score decomposition, binary N={big_n:,} float64 probabilities",
-                 lambda: _binary(big_n), _contenders("log"), _floor),
+                 lambda: _binary(big_n), _contenders("log"), read_scores),
         Workload("decomposition", f"Brier decomposition, top-label N={wide_n:,} x K=1000 float32 logits",
-                 lambda: _top_label(wide_n, 1000), _contenders("brier"), _floor,
+                 lambda: _top_label(wide_n, 1000), _contenders("brier"), read_scores,
                  notes="model_diagnostics takes the confidences: its row includes a float64 softmax in row blocks"),
     ]

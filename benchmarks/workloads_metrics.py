@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import Contender, Goal, Workload, missing, ratio_to_floor, realistic_logits, torch_one_thread
+from harness import (Contender, Goal, Workload, missing, ratio_to_floor, read_scores, realistic_logits,
+                     torch_one_thread)
 
 N_BINS = 15
 
@@ -131,11 +132,6 @@ def _contenders(d):
     return out
 
 
-def _floor(d):
-    s = d["scores"]
-    return lambda: np.add.reduce(s, axis=None)
-
-
 def _tiny_contenders(d, calls=100, peer_calls=10):
     """Per-call cost of a metric on 100 rows: the fixed overhead of a call (validation, dispatch, threads)."""
     import calibkit
@@ -187,15 +183,15 @@ def workloads(quick: bool = False) -> list[Workload]:
     wide_n = 4_000 if quick else 200_000
     return [
         Workload("metrics", f"top-label ECE, N={big_n:,} x K=10 float32 probabilities",
-                 lambda: _make(big_n, 10, False), _contenders, _floor,
+                 lambda: _make(big_n, 10, False), _contenders, read_scores,
                  goals=[ratio_to_floor("calibkit (cpp)", "top-label ECE 10M x 10 probabilities", 1.5, "2.4x")]),
         Workload("metrics", f"top-label ECE, N={wide_n:,} x K=1000 float32 probabilities",
-                 lambda: _make(wide_n, 1000, False), _contenders, _floor),
+                 lambda: _make(wide_n, 1000, False), _contenders, read_scores),
         Workload("metrics", f"top-label ECE, N={wide_n:,} x K=1000 float32 logits",
-                 lambda: _make(wide_n, 1000, True), _contenders, _floor,
+                 lambda: _make(wide_n, 1000, True), _contenders, read_scores,
                  goals=[ratio_to_floor("calibkit (cpp)", "top-label ECE 200k x 1000 logits", 1.5, "3.3x")]),
         Workload("metrics", f"class-wise ECE, N={wide_n:,} x K=1000 float32 logits",
-                 lambda: _make(wide_n, 1000, True), _classwise_contenders, _floor,
+                 lambda: _make(wide_n, 1000, True), _classwise_contenders, read_scores,
                  notes="no peer computes class-wise ECE in one call (torchmetrics and netcal are top-label)",
                  goals=[ratio_to_floor("calibkit (cpp)", "class-wise ECE 200k x 1000 logits", 2.0, "4.7x")]),
         Workload("metrics", "top-label ECE on 100 rows x K=10 float32 probabilities (time per call)",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness import Contender, Workload, missing, realistic_logits
+from harness import Contender, Workload, missing, read_scores, realistic_logits
 
 
 def _binary(n, seed=0):
@@ -63,18 +63,13 @@ def _contenders(d):
     return out
 
 
-def _floor(d):
-    s = d["scores"]
-    return lambda: np.add.reduce(s, axis=None)
-
-
 def workloads(quick: bool = False) -> list[Workload]:
     big_n = 200_000 if quick else 10_000_000
     wide_n = 4_000 if quick else 200_000
     return [
         Workload("smooth", f"smooth ECE (auto bandwidth), N={big_n:,} binary float64 probabilities",
-                 lambda: _binary(big_n), _contenders, _floor),
+                 lambda: _binary(big_n), _contenders, read_scores),
         Workload("smooth", f"smooth ECE (auto bandwidth), N={wide_n:,} x K=1000 float32 logits (top-label)",
-                 lambda: _top_label(wide_n, 1000), _contenders, _floor,
+                 lambda: _top_label(wide_n, 1000), _contenders, read_scores,
                  notes="relplot gets float64 confidences and correctness computed from the logits, untimed"),
     ]

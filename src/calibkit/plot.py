@@ -253,6 +253,20 @@ def _one_axes(ax, figsize, dpi, path):
     return fig, axes[0, 0], True
 
 
+def _finish(fig, ax, own, path, dpi, *, title, xlabel, ylabel, ylim=(0, 1), legend="upper left", fontsize=8):
+    """The common end of a one-axes plot: unit x range, labels, legend, the title when the figure is ours, save."""
+    ax.set_xlim(0, 1)
+    ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc=legend, fontsize=fontsize)
+    if own:
+        _suptitle(fig, title, 10)
+        fig.tight_layout()
+    _save(fig, path, dpi)
+    return fig
+
+
 def risk_coverage_plot(curve: RiskCoverageCurve, *, aurc: float | None = None, n: int | None = None,
                        ax: Axes | None = None, name: str | None = None, path: StrPath | None = None,
                        figsize: tuple[float, float] = (5.0, 4.0), dpi: float = 100) -> Figure:
@@ -293,16 +307,9 @@ def risk_coverage_plot(curve: RiskCoverageCurve, *, aurc: float | None = None, n
         label += f" (AURC = {aurc:.4f})"
     ax.step(x, y, where="pre", color=CURVE, linewidth=1.5, label=label)
     ax.axhline(curve.risk[-1], color=DIAGONAL, linestyle="--", linewidth=1, label="risk at full coverage")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, max(float(np.max(curve.risk)) * 1.05, 1e-3))
-    ax.set_xlabel("coverage (fraction of predictions accepted)")
-    ax.set_ylabel("risk (error rate among accepted)")
-    ax.legend(loc="upper left", fontsize=8)
-    if own:
-        _suptitle(fig, f"risk-coverage{': ' + name if name else ''}" + (f", N = {n:,}" if n else ""), 10)
-        fig.tight_layout()
-    _save(fig, path, dpi)
-    return fig
+    return _finish(fig, ax, own, path, dpi, title=f"risk-coverage{': ' + name if name else ''}"
+                   + (f", N = {n:,}" if n else ""), xlabel="coverage (fraction of predictions accepted)",
+                   ylabel="risk (error rate among accepted)", ylim=(0, max(float(np.max(curve.risk)) * 1.05, 1e-3)))
 
 
 def ood_roc_plot(fpr: ArrayLike, tpr: ArrayLike, *, auroc: float | None = None, ax: Axes | None = None,
@@ -330,16 +337,9 @@ def ood_roc_plot(fpr: ArrayLike, tpr: ArrayLike, *, auroc: float | None = None, 
         label += f" (AUROC = {auroc:.4f})"
     ax.plot(x, y, color=CURVE, linewidth=1.5, label=label)
     ax.plot([0, 1], [0, 1], linestyle="--", color=DIAGONAL, linewidth=1, label="chance")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false-positive rate (out-of-distribution accepted)")
-    ax.set_ylabel("true-positive rate (in-distribution accepted)")
-    ax.legend(loc="lower right", fontsize=8)
-    if own:
-        _suptitle(fig, f"ROC, in vs out of distribution{': ' + name if name else ''}", 10)
-        fig.tight_layout()
-    _save(fig, path, dpi)
-    return fig
+    return _finish(fig, ax, own, path, dpi, title=f"ROC, in vs out of distribution{': ' + name if name else ''}",
+                   xlabel="false-positive rate (out-of-distribution accepted)",
+                   ylabel="true-positive rate (in-distribution accepted)", ylim=(0, 1.01), legend="lower right")
 
 
 def corp_reliability_diagram(table: CorpReliabilityTable, *, ax: Axes | None = None, name: str | None = None,
@@ -389,16 +389,8 @@ def corp_reliability_diagram(table: CorpReliabilityTable, *, ax: Axes | None = N
             f"UNC = {d.uncertainty:.4f}"
     ax.plot(table.x, table.y, color=CURVE, linewidth=1.5, label=label)
     ax.plot([0, 1], [0, 1], linestyle="--", color=DIAGONAL, linewidth=1, label="perfect calibration")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("forecast probability")
-    ax.set_ylabel("conditional event probability (isotonic)")
-    ax.legend(loc="upper left", fontsize=7)
-    if own:
-        _suptitle(fig, f"CORP reliability diagram{': ' + name if name else ''}", 10)
-        fig.tight_layout()
-    _save(fig, path, dpi)
-    return fig
+    return _finish(fig, ax, own, path, dpi, title=f"CORP reliability diagram{': ' + name if name else ''}",
+                   xlabel="forecast probability", ylabel="conditional event probability (isotonic)", fontsize=7)
 
 
 def smooth_reliability_diagram(curve: SmoothReliabilityCurve, *, ax: Axes | None = None, name: str | None = None,
@@ -442,17 +434,10 @@ def smooth_reliability_diagram(curve: SmoothReliabilityCurve, *, ax: Axes | None
     ax.plot([0, 1], [0, 1], linestyle="--", color=DIAGONAL, linewidth=1, label="perfect calibration")
     ax.plot(t, curve.curve, color=CONFIDENCE, linewidth=2,
             label=f"smoothed (smECE = {curve.smooth_ece:.4f}, σ = {curve.bandwidth:.3g})")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
     ax.set_aspect("equal")
-    ax.set_xlabel("score f (confidence)")
-    ax.set_ylabel("E[y | f] (smoothed)")
-    ax.legend(loc="upper left", fontsize=8)
-    if own:
-        _suptitle(fig, f"smooth reliability diagram{': ' + name if name else ''}, N = {curve.count:,}", 10)
-        fig.tight_layout()
-    _save(fig, path, dpi)
-    return fig
+    return _finish(fig, ax, own, path, dpi,
+                   title=f"smooth reliability diagram{': ' + name if name else ''}, N = {curve.count:,}",
+                   xlabel="score f (confidence)", ylabel="E[y | f] (smoothed)")
 
 
 def cumulative_calibration(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False,
