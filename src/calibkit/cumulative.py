@@ -14,6 +14,7 @@ implementation checked by the tests is ``mcgrad.metrics`` (``ecce``, ``ecce_sigm
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 import sys
@@ -158,10 +159,17 @@ _MASK64 = (1 << 64) - 1
 
 
 def _mix64(z):
-    """SplitMix64's finaliser on a uint64 array (stream.hpp's mix64; uint64 arithmetic wraps as in C++)."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
+    """SplitMix64's finaliser (stream.hpp's mix64) on a new uint64 array ``z``, in place (uint64 arithmetic
+    wraps as in C++)."""
+    t = np.right_shift(z, np.uint64(30))
+    z ^= t
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    np.right_shift(z, np.uint64(27), out=t)
+    z ^= t
+    z *= np.uint64(0x94D049BB133111EB)
+    np.right_shift(z, np.uint64(31), out=t)
+    z ^= t
+    return z
 
 
 def poisson_multiplicities(seed: int, positions: np.ndarray, first: int, count: int) -> np.ndarray:
@@ -171,20 +179,44 @@ def poisson_multiplicities(seed: int, positions: np.ndarray, first: int, count: 
     stream.hpp's ``RowDraws`` and ``poisson1``), so a row has the same multiplicity in replicate b here as in
     a streamed run, and in :func:`calibkit.calibration_error` with ``ci`` and the same seed: a pure function
     of (seed, position, replicate), independent of backends, threads and of the order rows are asked in.
-    Returns a (count, len(positions)) uint8 array (values 0 to 15).
-    """
-    from ._numba.stream import POISSON1_CDF  # the one table of the stream kernels
+    Returns a (count, len(positions)) uint8 array (values 0 to 12).
 
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calibkit.cumulative import poisson_multiplicities
+    >>> m = poisson_multiplicities(0, np.arange(100000), 0, 2)
+    >>> m.shape, bool(abs(m.mean() - 1) < 0.01)
+    ((2, 100000), True)
+    """
     positions = np.asarray(positions).astype(np.uint64)
-    key = _mix64(np.uint64(seed) ^ _mix64(positions))
-    out = np.empty((count, positions.shape[0]), np.uint8)
+    key = _mix64(np.uint64(seed) ^ _mix64(positions))  # astype made a copy
+    out = np.zeros((count, positions.shape[0]), np.uint8)
+    hit = np.empty(positions.shape[0], bool)
+    thresholds = _poisson_thresholds()
     for pair in range(first // 2, (first + count + 1) // 2):
         h = _mix64(key + np.uint64(((pair + 1) * _GOLDEN) & _MASK64))
-        for s, word in ((2 * pair, h >> np.uint64(32)), (2 * pair + 1, h & np.uint64(0xFFFFFFFF))):
-            if first <= s < first + count:  # u = word / 2**32 exactly; k = #{j : u >= cdf[j]}
-                u = word.astype(np.float64) * (1.0 / 4294967296.0)
-                out[s - first] = np.searchsorted(POISSON1_CDF, u, side="right")
+        for s, shift in ((2 * pair, 32), (2 * pair + 1, 0)):
+            if first <= s < first + count:
+                word = (h >> np.uint64(shift)).astype(np.uint32)  # high, then low 32 bits
+                k = out[s - first]
+                for t in thresholds[:3]:  # k = #{j : word / 2**32 >= cdf[j]}: densely for k <= 3,
+                    np.greater_equal(word, t, out=hit)
+                    np.add(k, hit, out=k, casting="unsafe")
+                tail = np.flatnonzero(hit)  # then on the 2% of rows with k = 3
+                if tail.size:
+                    k[tail] += (word[tail, None] >= thresholds[None, 3:]).sum(axis=1, dtype=np.uint8)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _poisson_thresholds():
+    """The stream's Poisson(1) CDF table as 32-bit thresholds: a word w (u = w / 2**32 exactly) has
+    u >= cdf[j] exactly when w >= ceil(cdf[j] * 2**32); thresholds of 2**32 and above are never reached."""
+    from ._numba.stream import POISSON1_CDF  # the one table of the stream kernels
+
+    thresholds = np.ceil(POISSON1_CDF * 4294967296.0)
+    return thresholds[thresholds < 4294967296.0].astype(np.uint32)
 
 
 def _check_bootstrap(ci, n_boot, seed):
@@ -280,8 +312,9 @@ def cumulative_calibration_error(scores: ArrayLike, labels: ArrayLike, *, from_l
         multiplicity a :class:`~calibkit.CalibrationAccumulator` with ``bootstrap=n_boot`` and ``seed=seed``
         gives it (:func:`poisson_multiplicities`: the same resampled rows as
         :func:`~calibkit.calibration_error` and :func:`~calibkit.smooth_ece` with that seed). The rows are
-        sorted once; each replicate is the weighted cumulative sum in that order (no re-sort, so tied
-        scores keep their order), computed in blocks of at most ``BOOT_BLOCK_CELLS`` = 2**21 replicate x
+        sorted once; each replicate is the cumulative sum in that order of the rows repeated by their
+        multiplicities (no re-sort, so tied scores keep their order; a row drawn k times adds k w to the
+        sums and k w^2 p (1 - p) to sigma's variance, as k copies of it do), computed in blocks of at most ``BOOT_BLOCK_CELLS`` = 2**21 replicate x
         row cells (memory: a few arrays of 2**21 doubles, whatever N and n_boot; time: about
         ``n_boot`` passes over N values). The point values are those without ``ci``.
     n_boot : int, default 1000
@@ -335,13 +368,16 @@ def _cumulative_replicates(p, y, w, order, n_boot, seed):
     resid = y[order] - ps  # float64
     q = ps * (1.0 - ps)
     ws = None if w is None else np.asarray(w, dtype=np.float64)[order]
+    if ws is not None:
+        q *= ws * ws
     out = np.empty((n_boot, 4))
     for first, count in _replicate_blocks(p.shape[0], n_boot):
         m = poisson_multiplicities(seed, order, first, count).astype(np.float64)  # drawn at the rows' positions
+        # A row drawn k times is k rows: k w^2 p (1 - p) in the variance (not (k w)^2), k w in the sums.
+        variance = (m * q).sum(axis=1)
         if ws is not None:
             m *= ws
         total = m.sum(axis=1)
-        variance = (m * m * q).sum(axis=1)
         m *= resid
         path = np.cumsum(m, axis=1)
         hi = np.maximum(path.max(axis=1), 0.0)
