@@ -40,6 +40,13 @@ def test_multiplicities_are_the_streams(backend, seed):
     np.testing.assert_array_equal(poisson_multiplicities(seed, perm, 1, 4), m[1:5][:, perm])
 
 
+def test_poisson_table_is_the_kernels():
+    from calibkit._numba.stream import POISSON1_CDF
+
+    thresholds = np.ceil(POISSON1_CDF * 2.0**32)
+    np.testing.assert_array_equal(cu._poisson_thresholds(), thresholds[thresholds < 2.0**32])
+
+
 def test_multiplicities_are_poisson_one():
     m = poisson_multiplicities(7, np.arange(200000), 0, 2).ravel()
     freq = np.bincount(m, minlength=6)[:6] / m.size

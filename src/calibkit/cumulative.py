@@ -189,10 +189,19 @@ def poisson_multiplicities(seed: int, positions: np.ndarray, first: int, count: 
     >>> m.shape, bool(abs(m.mean() - 1) < 0.01)
     ((2, 100000), True)
     """
-    positions = np.asarray(positions).astype(np.uint64)
-    key = _mix64(np.uint64(seed) ^ _mix64(positions))  # astype made a copy
-    out = np.zeros((count, positions.shape[0]), np.uint8)
-    hit = np.empty(positions.shape[0], bool)
+    return _draw(_row_keys(seed, positions), first, count)
+
+
+def _row_keys(seed, positions):
+    """stream.hpp's RowDraws key of each row: mix64(seed ^ mix64(position))."""
+    positions = np.asarray(positions).astype(np.uint64)  # a copy, mixed in place
+    return _mix64(np.uint64(seed) ^ _mix64(positions))
+
+
+def _draw(key, first, count):
+    """:func:`poisson_multiplicities` from the rows' keys (computed once for every block of replicates)."""
+    out = np.zeros((count, key.shape[0]), np.uint8)
+    hit = np.empty(key.shape[0], bool)
     thresholds = _poisson_thresholds()
     for pair in range(first // 2, (first + count + 1) // 2):
         h = _mix64(key + np.uint64(((pair + 1) * _GOLDEN) & _MASK64))
@@ -211,11 +220,22 @@ def poisson_multiplicities(seed: int, positions: np.ndarray, first: int, count: 
 
 @functools.lru_cache(maxsize=1)
 def _poisson_thresholds():
-    """The stream's Poisson(1) CDF table as 32-bit thresholds: a word w (u = w / 2**32 exactly) has
-    u >= cdf[j] exactly when w >= ceil(cdf[j] * 2**32); thresholds of 2**32 and above are never reached."""
-    from ._numba.stream import POISSON1_CDF  # the one table of the stream kernels
+    """The stream's Poisson(1) CDF table (P(X <= k), k = 0..14, correctly rounded: stream.hpp's ``poisson1``)
+    as 32-bit thresholds: a word w (u = w / 2**32 exactly) has u >= cdf[k] exactly when
+    w >= ceil(cdf[k] * 2**32); thresholds of 2**32 and above are never reached. Derived here in 50-digit
+    decimal arithmetic rather than imported from the Numba twin (importing Numba costs a second); the
+    tests check it equals the kernels' table."""
+    import decimal
 
-    thresholds = np.ceil(POISSON1_CDF * 4294967296.0)
+    ctx = decimal.Context(prec=50)
+    e_inv = ctx.exp(decimal.Decimal(-1))
+    total, term, cdf = decimal.Decimal(0), decimal.Decimal(1), []
+    for k in range(15):
+        if k:
+            term = ctx.divide(term, k)
+        total = ctx.add(total, term)
+        cdf.append(float(ctx.multiply(total, e_inv)))
+    thresholds = np.ceil(np.array(cdf) * 4294967296.0)
     return thresholds[thresholds < 4294967296.0].astype(np.uint32)
 
 
@@ -371,8 +391,9 @@ def _cumulative_replicates(p, y, w, order, n_boot, seed):
     if ws is not None:
         q *= ws * ws
     out = np.empty((n_boot, 4))
+    keys = _row_keys(seed, order)  # the generator keyed by the rows' positions, in sorted order
     for first, count in _replicate_blocks(p.shape[0], n_boot):
-        m = poisson_multiplicities(seed, order, first, count).astype(np.float64)  # drawn at the rows' positions
+        m = _draw(keys, first, count).astype(np.float64)
         # A row drawn k times is k rows: k w^2 p (1 - p) in the variance (not (k w)^2), k w in the sums.
         variance = (m * q).sum(axis=1)
         if ws is not None:

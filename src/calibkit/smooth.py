@@ -373,15 +373,15 @@ class SmoothECEResult:
 def _smooth_replicates(scores, labels, sample_weight, from_logits, bandwidth, kernel, n_boot, seed, backend):
     """The smooth ECE of each Poisson replicate (NaN for a replicate without rows): one grid pass of the binary
     (confidence, outcome) rows with the multiplicities as weights, then the σ search, per replicate."""
-    from .cumulative import _confidence_outcome, _replicate_blocks, poisson_multiplicities
+    from .cumulative import _confidence_outcome, _draw, _replicate_blocks, _row_keys
 
     k = _backend.kernels(backend)
     p, y, w, _ = _confidence_outcome(scores, labels, sample_weight, from_logits, backend)
     sizes = _sizes_for(bandwidth)
-    positions = np.arange(p.shape[0])
+    keys = _row_keys(seed, np.arange(p.shape[0]))
     out = np.full(n_boot, np.nan)
     for first, count in _replicate_blocks(p.shape[0], n_boot):
-        multiplicities = poisson_multiplicities(seed, positions, first, count)
+        multiplicities = _draw(keys, first, count)
         for j in range(count):
             weights = multiplicities[j].astype(np.float64)
             if w is not None:
