@@ -334,9 +334,11 @@ def cumulative_calibration_error(scores: ArrayLike, labels: ArrayLike, *, from_l
         :func:`~calibkit.calibration_error` and :func:`~calibkit.smooth_ece` with that seed). The rows are
         sorted once; each replicate is the cumulative sum in that order of the rows repeated by their
         multiplicities (no re-sort, so tied scores keep their order; a row drawn k times adds k w to the
-        sums and k w^2 p (1 - p) to sigma's variance, as k copies of it do), computed in blocks of at most ``BOOT_BLOCK_CELLS`` = 2**21 replicate x
-        row cells (memory: a few arrays of 2**21 doubles, whatever N and n_boot; time: about
-        ``n_boot`` passes over N values). The point values are those without ``ci``.
+        sums and k w^2 p (1 - p) to sigma's variance, as k copies of it do), vectorised in blocks of
+        replicates of at most ``BOOT_BLOCK_CELLS`` = 2**21 replicate x row cells (one replicate when N is
+        larger). Memory: besides the N-vectors of the point value, a few arrays of max(N, 2**21) doubles,
+        whatever ``n_boot``; time: about 40 ns per row and replicate (NumPy). The point values are those
+        without ``ci``.
     n_boot : int, default 1000
         Bootstrap replicates, 2 to ``MAX_BOOTSTRAP`` = 100000.
     seed : int, default 0

@@ -276,9 +276,11 @@ def smooth_ece(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = Fals
         smECE_σ* = σ*, the bandwidth is part of it, and holding the full sample's σ fixed would
         bootstrap another quantity (smECE_σ at a fixed σ, whose spread exceeds that of σ* by the factor
         1 + |d smECE_σ / dσ|). A fixed ``bandwidth`` stays fixed. Cost: one grid pass over the N rows
-        and one σ search (about 11 convolutions of at most 5121 points, a few ms) per replicate;
-        memory: N weights and the grids (20761 x 2 doubles) at a time, the multiplicities drawn in
-        blocks of ``BOOT_BLOCK_CELLS`` = 2**21 bytes. The value is the one without ``ci``.
+        and one σ search (about 11 convolutions of at most 5121 points, 5 to 20 ms) per replicate;
+        memory: the N confidences and outcomes, N generator keys (8 bytes a row), one replicate's N
+        weights and grids (20761 x 2 doubles) at a time, and the multiplicities drawn in blocks of
+        max(N, ``BOOT_BLOCK_CELLS`` = 2**21) bytes, whatever ``n_boot``. The value is the one without
+        ``ci``.
     n_boot : int, default 1000
         Bootstrap replicates, 2 to ``MAX_BOOTSTRAP`` = 100000.
     seed : int, default 0
