@@ -245,3 +245,18 @@ def test_replicate_without_rows_is_left_out():
     assert r.ci["range"] == pytest.approx((r.range, r.range), rel=1e-12)
     s = calibkit.smooth_ece(np.array([0.3]), np.array([1]), ci=0.9, n_boot=20, seed=0)
     assert s.ci[0] <= s.value <= s.ci[1]
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_dtypes_and_strides(dtype):
+    """A strided float16/32/64 column gives the interval of its float64 copy (same rows, same draws)."""
+    rng = np.random.default_rng(0)
+    scores = rng.random((600, 2)).astype(dtype)
+    y = (rng.random(600) < scores[:, 0].astype(np.float64)).astype(np.int64)
+    p = scores[:, 0]
+    assert not p.flags.c_contiguous
+    p64 = p.astype(np.float64)
+    assert (calibkit.cumulative_calibration_error(p, y, ci=0.9, n_boot=50, seed=1)
+            == calibkit.cumulative_calibration_error(p64, y, ci=0.9, n_boot=50, seed=1))
+    assert calibkit.smooth_ece(p, y, ci=0.9, n_boot=8, seed=1) == calibkit.smooth_ece(p64, y, ci=0.9, n_boot=8, seed=1)
+    assert (p == scores[:, 0]).all()  # input not modified
