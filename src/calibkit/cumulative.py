@@ -14,7 +14,9 @@ implementation checked by the tests is ``mcgrad.metrics`` (``ecce``, ``ecce_sigm
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import numbers
 import sys
 from typing import Any
 
@@ -22,7 +24,8 @@ import numpy as np
 
 from . import _backend
 from ._typing import ArrayLike, Backend
-from ._validation import raise_for_status
+from ._validation import MAX_BOOTSTRAP, check_size, raise_for_status
+from .metrics import _percentile_interval
 
 __all__ = ["CumulativeCalibrationResult", "cumulative_calibration_error"]
 
@@ -58,6 +61,12 @@ class CumulativeCalibrationResult:
     weight : float
         Total weight of the rows: the row count without weights; with weights, their sum after they are
         divided by the largest (every statistic here is invariant to the scale of the weights).
+    ci : dict or None
+        With ``ci=`` given: the percentile bootstrap interval ``(low, high)`` at ``confidence_level`` of
+        each of ``"range"``, ``"max_abs"``, ``"range_sigma"`` and ``"max_abs_sigma"``; None otherwise.
+    confidence_level : float or None
+    n_boot : int
+        Bootstrap replicates (0 without ``ci``).
 
     Examples
     --------
@@ -76,10 +85,16 @@ class CumulativeCalibrationResult:
     max_abs_pvalue: float
     count: int
     weight: float
+    ci: dict | None = None
+    confidence_level: float | None = None
+    n_boot: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-safe dictionary."""
-        return dataclasses.asdict(self)
+        """The fields as a JSON-safe dictionary (intervals as lists)."""
+        out = dataclasses.asdict(self)
+        if self.ci is not None:
+            out["ci"] = {name: list(v) if v is not None else None for name, v in self.ci.items()}
+        return out
 
 
 def _scaled(stat: float, sigma: float) -> float:
@@ -134,6 +149,109 @@ def ks_pvalue(x: float) -> float:
     return min(1.0, max(_EPS, p))
 
 
+# -- Poisson bootstrap (also used by calibkit.smooth) -----------------------------------------------------------
+
+#: Cells (replicates x rows) of one block of bootstrap multiplicities: the memory of the replicates is bounded
+#: by a few arrays of this many elements (about 16 MB each), whatever N and n_boot.
+BOOT_BLOCK_CELLS = 1 << 21
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z):
+    """SplitMix64's finaliser (stream.hpp's mix64) on a new uint64 array ``z``, in place (uint64 arithmetic
+    wraps as in C++)."""
+    t = np.right_shift(z, np.uint64(30))
+    z ^= t
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    np.right_shift(z, np.uint64(27), out=t)
+    z ^= t
+    z *= np.uint64(0x94D049BB133111EB)
+    np.right_shift(z, np.uint64(31), out=t)
+    z ^= t
+    return z
+
+
+def poisson_multiplicities(seed: int, positions: np.ndarray, first: int, count: int) -> np.ndarray:
+    """Poisson(1) multiplicities of the rows at stream ``positions`` in replicates ``first .. first + count - 1``.
+
+    The counter-based generator of :class:`~calibkit.CalibrationAccumulator` (``bootstrap=B, seed=seed``,
+    stream.hpp's ``RowDraws`` and ``poisson1``), so a row has the same multiplicity in replicate b here as in
+    a streamed run, and in :func:`calibkit.calibration_error` with ``ci`` and the same seed: a pure function
+    of (seed, position, replicate), independent of backends, threads and of the order rows are asked in.
+    Returns a (count, len(positions)) uint8 array (values 0 to 12).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calibkit.cumulative import poisson_multiplicities
+    >>> m = poisson_multiplicities(0, np.arange(100000), 0, 2)
+    >>> m.shape, bool(abs(m.mean() - 1) < 0.01)
+    ((2, 100000), True)
+    """
+    return _draw(_row_keys(seed, positions), first, count)
+
+
+def _row_keys(seed, positions):
+    """stream.hpp's RowDraws key of each row: mix64(seed ^ mix64(position))."""
+    positions = np.asarray(positions).astype(np.uint64)  # a copy, mixed in place
+    return _mix64(np.uint64(seed) ^ _mix64(positions))
+
+
+def _draw(key, first, count):
+    """:func:`poisson_multiplicities` from the rows' keys (computed once for every block of replicates)."""
+    out = np.zeros((count, key.shape[0]), np.uint8)
+    hit = np.empty(key.shape[0], bool)
+    thresholds = _poisson_thresholds()
+    for pair in range(first // 2, (first + count + 1) // 2):
+        h = _mix64(key + np.uint64(((pair + 1) * _GOLDEN) & _MASK64))
+        for s, shift in ((2 * pair, 32), (2 * pair + 1, 0)):
+            if first <= s < first + count:
+                word = (h >> np.uint64(shift)).astype(np.uint32)  # high, then low 32 bits
+                k = out[s - first]
+                for t in thresholds[:3]:  # k = #{j : word / 2**32 >= cdf[j]}: densely for k <= 3,
+                    np.greater_equal(word, t, out=hit)
+                    np.add(k, hit, out=k, casting="unsafe")
+                tail = np.flatnonzero(hit)  # then on the 2% of rows with k = 3
+                if tail.size:
+                    k[tail] += (word[tail, None] >= thresholds[None, 3:]).sum(axis=1, dtype=np.uint8)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _poisson_thresholds():
+    """The stream's Poisson(1) CDF table (P(X <= k), k = 0..14, correctly rounded: stream.hpp's ``poisson1``)
+    as 32-bit thresholds: a word w (u = w / 2**32 exactly) has u >= cdf[k] exactly when
+    w >= ceil(cdf[k] * 2**32); thresholds of 2**32 and above are never reached. Derived here in 50-digit
+    decimal arithmetic rather than imported from the Numba twin (importing Numba costs a second); the
+    tests check it equals the kernels' table."""
+    import decimal
+
+    ctx = decimal.Context(prec=50)
+    e_inv = ctx.exp(decimal.Decimal(-1))
+    total, term, cdf = decimal.Decimal(0), decimal.Decimal(1), []
+    for k in range(15):
+        if k:
+            term = ctx.divide(term, k)
+        total = ctx.add(total, term)
+        cdf.append(float(ctx.multiply(total, e_inv)))
+    thresholds = np.ceil(np.array(cdf) * 4294967296.0)
+    return thresholds[thresholds < 4294967296.0].astype(np.uint32)
+
+
+def _check_bootstrap(ci, n_boot, seed):
+    """(level, n_boot, seed) checked as :func:`calibkit.calibration_error` checks them."""
+    if isinstance(ci, (bool, np.bool_)) or not isinstance(ci, numbers.Real) or not 0 < ci < 1:
+        raise ValueError(f"ci must be a confidence level in (0, 1), got {ci!r}")
+    return float(ci), check_size(n_boot, "n_boot", 2, MAX_BOOTSTRAP), check_size(seed, "seed", 0, 2**64 - 1)
+
+
+def _replicate_blocks(n_rows, n_boot):
+    """(first, count) blocks of replicates with count * n_rows <= BOOT_BLOCK_CELLS (one replicate at least)."""
+    step = max(1, BOOT_BLOCK_CELLS // max(n_rows, 1))
+    return [(b, min(step, n_boot - b)) for b in range(0, n_boot, step)]
+
+
 def _confidence_outcome(scores, labels, sample_weight, from_logits, backend):
     """Checked (N,) float64 scores and outcomes and the (scaled) weights: binary scores are P(y=1) with
     outcome y; (N, K) rows give the top-label confidence and correctness from one fused pass (no N x K
@@ -172,7 +290,8 @@ def _cumulative(scores, labels, sample_weight, from_logits, backend, want_path):
 
 
 def cumulative_calibration_error(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False,
-                                 sample_weight: ArrayLike | None = None,
+                                 sample_weight: ArrayLike | None = None, ci: float | None = None,
+                                 n_boot: int = 1000, seed: int = 0,
                                  backend: Backend = "auto") -> CumulativeCalibrationResult:
     r"""Cumulative calibration error (ECCE-R and ECCE-MAD) with its scale and p-values.
 
@@ -205,6 +324,25 @@ def cumulative_calibration_error(scores: ArrayLike, labels: ArrayLike, *, from_l
         confidence pass).
     sample_weight : array-like of shape (N,), optional
         Non-negative row weights (not all 0).
+    ci : float in (0, 1), optional
+        Also give percentile bootstrap intervals at this confidence level (``result.ci``) of ``range``,
+        ``max_abs``, ``range_sigma`` and ``max_abs_sigma``: the α/2 and 1 − α/2 quantiles
+        (``numpy.quantile``, linear) of each statistic over ``n_boot`` Poisson(1) bootstrap replicates of
+        the rows, replicates that yield no rows left out. Row i enters replicate b with the
+        multiplicity a :class:`~calibkit.CalibrationAccumulator` with ``bootstrap=n_boot`` and ``seed=seed``
+        gives it (:func:`poisson_multiplicities`: the same resampled rows as
+        :func:`~calibkit.calibration_error` and :func:`~calibkit.smooth_ece` with that seed). The rows are
+        sorted once; each replicate is the cumulative sum in that order of the rows repeated by their
+        multiplicities (no re-sort, so tied scores keep their order; a row drawn k times adds k w to the
+        sums and k w^2 p (1 - p) to sigma's variance, as k copies of it do), vectorised in blocks of
+        replicates of at most ``BOOT_BLOCK_CELLS`` = 2**21 replicate x row cells (one replicate when N is
+        larger). Memory: besides the N-vectors of the point value, a few arrays of max(N, 2**21) doubles,
+        whatever ``n_boot``; time: about 40 ns per row and replicate (NumPy). The point values are those
+        without ``ci``.
+    n_boot : int, default 1000
+        Bootstrap replicates, 2 to ``MAX_BOOTSTRAP`` = 100000.
+    seed : int, default 0
+        Key of the bootstrap generator (0 to 2**64 - 1).
     backend : {"auto", "cpp", "numba"}
 
     Returns
@@ -231,8 +369,54 @@ def cumulative_calibration_error(scores: ArrayLike, labels: ArrayLike, *, from_l
     >>> round(r.range, 4), round(r.range_sigma, 2), r.range_pvalue > 0.05
     (0.0104, 1.14, True)
     """
-    _, _, _, r = _cumulative(scores, labels, sample_weight, from_logits, backend, False)
-    return _result(r["range"], r["max_abs"], r["variance"], r["total_weight"], _count(scores))
+    if ci is None:
+        _, _, _, r = _cumulative(scores, labels, sample_weight, from_logits, backend, False)
+        return _result(r["range"], r["max_abs"], r["variance"], r["total_weight"], _count(scores))
+    level, n_boot, seed = _check_bootstrap(ci, n_boot, seed)
+    p, y, w, r = _cumulative(scores, labels, sample_weight, from_logits, backend, True)
+    result = _result(r["range"], r["max_abs"], r["variance"], r["total_weight"], p.shape[0])
+    reps = _cumulative_replicates(p, y, w, r["order"], n_boot, seed)
+    intervals = {name: _percentile_interval(reps[:, j], level) for j, name in enumerate(_CI_FIELDS)}
+    return dataclasses.replace(result, ci=intervals, confidence_level=level, n_boot=n_boot)
+
+
+_CI_FIELDS = ("range", "max_abs", "range_sigma", "max_abs_sigma")
+
+
+def _cumulative_replicates(p, y, w, order, n_boot, seed):
+    """(n_boot, 4) range, max_abs, range_sigma, max_abs_sigma of the Poisson replicates (NaN for a replicate
+    without rows). Rows are taken in the full sample's sorted order; blocks of replicates bound the memory."""
+    ps = p[order]
+    resid = y[order] - ps  # float64
+    q = ps * (1.0 - ps)
+    ws = None if w is None else np.asarray(w, dtype=np.float64)[order]
+    if ws is not None:
+        q *= ws * ws
+    out = np.empty((n_boot, 4))
+    keys = _row_keys(seed, order)  # the generator keyed by the rows' positions, in sorted order
+    for first, count in _replicate_blocks(p.shape[0], n_boot):
+        m = _draw(keys, first, count).astype(np.float64)
+        # A row drawn k times is k rows: k w^2 p (1 - p) in the variance (not (k w)^2), k w in the sums.
+        variance = (m * q).sum(axis=1)
+        if ws is not None:
+            m *= ws
+        total = m.sum(axis=1)
+        m *= resid
+        path = np.cumsum(m, axis=1)
+        hi = np.maximum(path.max(axis=1), 0.0)
+        lo = np.minimum(path.min(axis=1), 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rng = (hi - lo) / total
+            max_abs = np.maximum(hi, -lo) / total
+            sigma = np.sqrt(variance) / total
+            block = out[first:first + count]
+            block[:, 0] = rng
+            block[:, 1] = max_abs
+            for j, stat in ((2, rng), (3, max_abs)):  # mcgrad's conventions for sigma == 0, as _scaled
+                block[:, j] = np.where(sigma > 0, stat / np.where(sigma > 0, sigma, 1.0),
+                                       np.where(stat != 0, np.inf, 0.0))
+        block[total <= 0] = np.nan
+    return out
 
 
 def _count(scores):
