@@ -36,7 +36,7 @@ from .calibrators import (
 )
 from .streaming import CalibrationAccumulator, CalibrationResult, WindowedAccumulator
 from .decomposition import CorpReliabilityTable, ScoreDecomposition, corp_reliability_table, score_decomposition
-from .smooth import SmoothReliabilityCurve, smooth_ece, smooth_reliability_curve
+from .smooth import SmoothECEResult, SmoothReliabilityCurve, smooth_ece, smooth_reliability_curve
 from .cumulative import CumulativeCalibrationResult, cumulative_calibration_error
 from . import io, ood, plot, report, uncertainty
 from . import datasets
@@ -98,6 +98,7 @@ __all__ = [
     "nll",
     "reliability_table",
     "set_num_threads",
+    "SmoothECEResult",
     "SmoothReliabilityCurve",
     "smooth_ece",
     "smooth_reliability_curve",

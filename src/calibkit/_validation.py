@@ -388,3 +388,10 @@ def raise_for_status(status, *, n_classes=None, scores_name="scores", binary=Fal
     if status[0] == OK:
         return
     raise BadElementError(status, n_classes=n_classes, scores_name=scores_name, binary=binary)
+
+
+def check_bootstrap(ci, n_boot, seed) -> tuple[float, int, int]:
+    """(level, n_boot, seed) of a Poisson-bootstrap interval (``ci=``, ``n_boot=``, ``seed=`` of the metrics)."""
+    if isinstance(ci, (bool, np.bool_)) or not isinstance(ci, numbers.Real) or not 0 < ci < 1:
+        raise ValueError(f"ci must be a confidence level in (0, 1), got {ci!r}")
+    return float(ci), check_size(n_boot, "n_boot", 2, MAX_BOOTSTRAP), check_size(seed, "seed", 0, 2**64 - 1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 import sys
 from typing import Any
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from . import _backend
 from ._typing import ArrayLike, Backend
-from ._validation import MAX_BOOTSTRAP, check_size, raise_for_status
+from ._validation import check_bootstrap, raise_for_status
 from .metrics import _percentile_interval
 
 __all__ = ["CumulativeCalibrationResult", "cumulative_calibration_error"]
@@ -239,13 +238,6 @@ def _poisson_thresholds():
     return thresholds[thresholds < 4294967296.0].astype(np.uint32)
 
 
-def _check_bootstrap(ci, n_boot, seed):
-    """(level, n_boot, seed) checked as :func:`calibkit.calibration_error` checks them."""
-    if isinstance(ci, (bool, np.bool_)) or not isinstance(ci, numbers.Real) or not 0 < ci < 1:
-        raise ValueError(f"ci must be a confidence level in (0, 1), got {ci!r}")
-    return float(ci), check_size(n_boot, "n_boot", 2, MAX_BOOTSTRAP), check_size(seed, "seed", 0, 2**64 - 1)
-
-
 def _replicate_blocks(n_rows, n_boot):
     """(first, count) blocks of replicates with count * n_rows <= BOOT_BLOCK_CELLS (one replicate at least)."""
     step = max(1, BOOT_BLOCK_CELLS // max(n_rows, 1))
@@ -372,7 +364,7 @@ def cumulative_calibration_error(scores: ArrayLike, labels: ArrayLike, *, from_l
     if ci is None:
         _, _, _, r = _cumulative(scores, labels, sample_weight, from_logits, backend, False)
         return _result(r["range"], r["max_abs"], r["variance"], r["total_weight"], _count(scores))
-    level, n_boot, seed = _check_bootstrap(ci, n_boot, seed)
+    level, n_boot, seed = check_bootstrap(ci, n_boot, seed)
     p, y, w, r = _cumulative(scores, labels, sample_weight, from_logits, backend, True)
     result = _result(r["range"], r["max_abs"], r["variance"], r["total_weight"], p.shape[0])
     reps = _cumulative_replicates(p, y, w, r["order"], n_boot, seed)

@@ -60,7 +60,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,10 +68,10 @@ from . import _backend
 from ._typing import ArrayLike, Backend, Norm, Strategy, StrPath
 from ._validation import (
     MAX_BINS,
-    MAX_BOOTSTRAP,
     MAX_SWEEP_BINS,
     MIN_STREAM_WEIGHT,
     check_bool,
+    check_bootstrap,
     check_cells,
     check_choice,
     check_probability_rows,
@@ -80,7 +79,6 @@ from ._validation import (
     check_n_bins,
     check_sample_weight,
     check_scores,
-    check_size,
     raise_for_status,
 )
 
@@ -981,10 +979,7 @@ def _error_result(scores, labels, *, n_bins, strategy, norm, debias, from_logits
     if debias and norm != "l2":
         raise ValueError(f"debias=True needs norm='l2' (Kumar et al. debias the squared error), got norm={norm!r}")
     if ci is not None:
-        if isinstance(ci, (bool, np.bool_)) or not isinstance(ci, numbers.Real) or not 0 < ci < 1:
-            raise ValueError(f"ci must be a confidence level in (0, 1), got {ci!r}")
-        n_boot = check_size(n_boot, "n_boot", 2, MAX_BOOTSTRAP)
-        seed = check_size(seed, "seed", 0, 2**64 - 1)
+        ci, n_boot, seed = check_bootstrap(ci, n_boot, seed)
         if strategy != "uniform":
             raise ValueError(f"ci needs strategy='uniform' (the bootstrap replicates keep equal-width bins), "
                              f"got strategy={strategy!r}")

@@ -320,9 +320,9 @@ def smooth_ece(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = Fals
     bandwidth = _check_bandwidth(bandwidth)
     check_choice(kernel, "kernel", KERNELS)
     if ci is not None:
-        from .cumulative import _check_bootstrap
+        from ._validation import check_bootstrap
 
-        level, n_boot, seed = _check_bootstrap(ci, n_boot, seed)
+        level, n_boot, seed = check_bootstrap(ci, n_boot, seed)
     grids = _grid_pass(scores, labels, sample_weight, from_logits, _sizes_for(bandwidth), backend)
     sigma, value = grids.ece(bandwidth, kernel)
     if ci is None:
