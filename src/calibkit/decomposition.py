@@ -41,6 +41,7 @@ the tests check agreement to 1e-9.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 
 import numpy as np
@@ -48,7 +49,8 @@ import numpy as np
 from . import _backend
 from ._typing import ArrayLike, Backend, FloatArray
 from ._validation import MAX_CELLS, check_choice, check_probability_rows, check_size, raise_for_status
-from .metrics import _binary_probabilities, _nll_eps, _prepare
+from .cumulative import BOOT_BLOCK_CELLS, _draw, _row_keys
+from .metrics import _binary_probabilities, _nll_eps, _percentile_interval, _prepare
 
 __all__ = ["CorpReliabilityTable", "ScoreDecomposition", "corp_reliability_table", "score_decomposition"]
 
@@ -285,10 +287,16 @@ def _poisson_interval(p, y, w, fit, score, ci, n_boot, seed, backend):
     ps = p[order]
     ws = None if w is None else w[order]
     first, _, _ = _ties(p, order, None)
-    rng = np.random.default_rng(seed)
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**63))
+    keys = _row_keys(seed, order)  # row i of the sorted order is row order[i] of the input: its stream position
     out = np.empty((n_boot, 4))
+    block = max(1, BOOT_BLOCK_CELLS // max(ps.shape[0], 1))  # replicates drawn at once (uint8 cells)
+    draws = None
     for b in range(n_boot):
-        m = rng.poisson(1.0, ps.shape[0]).astype(np.float64)
+        if b % block == 0:
+            draws = _draw(keys, b, min(block, n_boot - b))
+        m = draws[b % block].astype(np.float64)
         if ws is not None:
             m *= ws
         gw = np.add.reduceat(m, first)
@@ -300,9 +308,8 @@ def _poisson_interval(p, y, w, fit, score, ci, n_boot, seed, backend):
         g = k.isotonic_fit(gy[used] / gw[used], None, gw[used], True)
         keep = m > 0
         out[b] = _terms(ps[keep], ys[keep], m[keep], g, score)
-    lo, hi = np.nanquantile(out, [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0], axis=0)
     names = ("score", "miscalibration", "discrimination", "uncertainty")
-    return {name: (float(lo[i]), float(hi[i])) for i, name in enumerate(names)}
+    return {name: _percentile_interval(out[:, i], ci) or (math.nan, math.nan) for i, name in enumerate(names)}
 
 
 def score_decomposition(scores: ArrayLike, labels: ArrayLike, *, score: str = "brier", from_logits: bool = False,
@@ -350,8 +357,10 @@ def score_decomposition(scores: ArrayLike, labels: ArrayLike, *, score: str = "b
     n_boot : int, default 1000
         Bootstrap replicates, at most 10 000 (``MAX_CORP_BOOTSTRAP``).
     seed : int or None, default 0
-        Seed of the bootstrap (NumPy's ``default_rng``): the same seed gives
-        the same interval.
+        Seed of the bootstrap: row i is drawn with the counter-based
+        generator of the streaming state (:func:`calibkit.cumulative.poisson_multiplicities`
+        at position i), so every measure with ``ci`` and the same seed resamples the
+        same rows; None draws a seed.
     backend : {"auto", "cpp", "numba"}
 
     Returns
