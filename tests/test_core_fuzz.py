@@ -87,6 +87,10 @@ PRELUDE = textwrap.dedent(
             return [P, tables, 2, True, np.empty((N, K))], {}
         if name == "histogram_fit_columns":
             return [P, Y, W, CLASS_EDGES.copy(), 0], {}
+        if name == "cumulative_differences":
+            return [rng.random(N), (rng.random(N) < 0.5).astype(np.uint8), W, True], {}
+        if name == "smooth_grid":
+            return [P, Y, W, False, np.array([1001, 1025], np.int64)], dict(with_labels=True, inverse_temperature=1.0)
         if name == "two_sample_ranking":
             return [rng.random(N), rng.random(N // 2), 0.95, True], {}
         if name == "row_scores":
@@ -256,6 +260,7 @@ PRELUDE = textwrap.dedent(
 KNOWN = ["top_label_stats", "binary_stats", "classwise_stats", "stream_accumulate", "temperature_nll",
          "vector_scaling_nll", "isotonic_fit", "isotonic_fit_columns", "step_apply", "StepTables",
          "step_apply_tables", "histogram_fit_columns", "stream_top_label", "two_sample_ranking", "row_scores",
+         "cumulative_differences", "smooth_grid",
          "ensemble_decompose",
          "ensemble_update", "confidence_loss", "set_num_threads", "get_num_threads", "hardware_threads",
          "usable_cpus", "default_num_threads", "_pool_selftest", "simd_path"]
