@@ -97,7 +97,7 @@ _FLOAT_MAX = float(np.finfo(np.float64).max)
 _MAX_EXACT = float(2 ** 53)  # counts are exact integers in float64 up to here
 _SUM_TOL = 1e-6  # relative slack of "sum <= weight" checks on decoded states (rounding of long streams)
 #: The sums of w² a weighted stream keeps (Σ w² and Σ w² c (1 - c) per bin) stay within [MIN_SQUARES, MAX_SQUARES]:
-#: a batch that would take Σ w² past MAX_SQUARES drops them (unknown from then on), and a stream whose Σ w² is
+#: a batch that takes Σ w² past MAX_SQUARES (or to inf) drops them (unknown from then on), and a stream whose Σ w² is
 #: below MIN_SQUARES (every weight below about 1e-125: their squares underflow) reports them as unknown.
 MAX_SQUARES = 1e300
 MIN_SQUARES = 1e-250
@@ -441,7 +441,7 @@ class CalibrationAccumulator:
 
         The state also keeps Σ w² and Σ w² c (1 - c) per equal-width bin (Kish's effective counts of the
         debiased error and the sigma of the cumulative measures with ``sample_weight``). Limits: a batch
-        with a weight above 1e140, or that would take Σ w² past ``MAX_SQUARES`` = 1e300, drops them, and a stream whose Σ w² is below
+        that takes Σ w² past ``MAX_SQUARES`` = 1e300 drops them, and a stream whose Σ w² is below
         ``MIN_SQUARES`` = 1e-250 (all weights below about 1e-125) cannot use them; ``compute()`` then gives
         ``debiased_rmsce`` and the cumulative ``sigma`` as None for a weighted stream (divide every weight by
         one common factor: the metrics do not change).
@@ -449,14 +449,9 @@ class CalibrationAccumulator:
         k = _backend.kernels(self.backend)
         scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, self.from_logits)
         group_ids = self._check_groups(groups, scores.shape[0])
-        squares = self._known_squares()  # kept only if the batch is clean
+        squares = self._known_squares()
         if sample_weight is not None:
             check_stream_weight(sample_weight, float(self._totals[_T_WEIGHT]))
-            # Σ w² would overflow: unknown from now on (see MAX_SQUARES; weights <= 1e140 cannot overflow the dot)
-            if squares is not None and sample_weight.size and not (
-                    float(sample_weight.max()) <= 1e140
-                    and float(np.dot(sample_weight, sample_weight)) + float(squares[0].sum()) <= MAX_SQUARES):
-                squares = None
         kind = "binary" if scores.ndim == 1 else "top-label"
         if self._kind is not None and kind != self._kind:
             raise ValueError(f"this accumulator holds a {self._kind} stream; got a batch of shape {scores.shape}")
@@ -501,6 +496,8 @@ class CalibrationAccumulator:
             self._smooth += r["grid"]
         self._kind = kind
         self._weighted |= sample_weight is not None
+        if squares is not None and sample_weight is not None and not float(squares[0].sum()) <= MAX_SQUARES:
+            squares = None  # Σ w² overflowed (or passed MAX_SQUARES): unknown from now on
         self._squares = squares
         self._position += n
         if group_ids is not None:
