@@ -48,7 +48,11 @@ Cumulative calibration and groups
 The fine buckets are contiguous in confidence, so ``compute().cumulative``
 reads ECCE-R / ECCE-MAD (:func:`calibkit.cumulative_calibration_error`) off
 the bucket boundaries, exact there, with the largest possible move inside a
-bucket (from A_f) as an exact bound (:class:`calibkit.cumulative.StreamedCumulative`).
+bucket (from A_f) as an exact bound (:class:`calibkit.cumulative.StreamedCumulative`). Their
+sigma, sqrt(Σ w² c (1 - c)) / Σ w, is exact, weighted or not: the equal-width bins also keep Σ w² and
+Σ w² c (1 - c) (Kish's effective counts of the weighted ``debiased_rmsce`` too). States written before these
+sums were kept load with them unknown: a weighted one then has no sigma and no ``debiased_rmsce`` (None), an
+unweighted one bounds sigma from the fine buckets (``sigma_bound``).
 With ``n_groups=G``, ``update(..., groups=ids)`` also keeps a light state per
 group, and ``compute().groups`` (:class:`GroupResults`) gives a result per
 group, the worst group by each measure and the multicalibration error.
