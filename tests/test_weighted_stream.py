@@ -405,3 +405,16 @@ def test_to_dict_round_trip_keeps_the_squares(backend):
     assert back._squares.tobytes() == acc._squares.tobytes()
     assert back.compute().to_dict() == acc.compute().to_dict()
     assert math.isfinite(back.compute().debiased_rmsce)
+
+
+@pytest.mark.parametrize("name", ["focal_cifar10_resnet110_brier.npz", "focal_cifar100_resnet50_brier.npz"])
+def test_real_model_outputs_weighted(name, backend):
+    from conftest import load_real
+
+    d = load_real(name)
+    z, y = d["test_logits"], d["test_labels"]
+    w = np.random.default_rng(20).gamma(2.0, size=len(y))
+    acc = CalibrationAccumulator(n_bins=M, from_logits=True, backend=backend)
+    for a in range(0, len(y), 3000):
+        acc.update(z[a:a + 3000], y[a:a + 3000], w[a:a + 3000])
+    assert_matches(acc.compute(), *one_shot(z, y, w, True, backend))
