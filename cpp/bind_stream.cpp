@@ -11,7 +11,8 @@ namespace {
 template <class L>
 py::tuple accumulate_typed(const py::array& confidence, const py::array& target, const py::object& sample_weight,
                            uint64_t offset, int64_t n_bins, int64_t fine_bits, int64_t fine_levels, int64_t n_boot,
-                           uint64_t seed, const py::object& bins, const py::object& fine, const py::object& boot) {
+                           uint64_t seed, const py::object& bins, const py::object& fine, const py::object& boot,
+                           const py::object& squares) {
     return dispatch_float(confidence, "confidence", [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         require_ndim(confidence, "confidence", 1);
@@ -22,10 +23,11 @@ py::tuple accumulate_typed(const py::array& confidence, const py::array& target,
         const FineGrid grid{fine_bits, fine_levels};
         double* f = output_array<double>(fine, "fine", {5, grid.size()});
         double* r = output_array<double>(boot, "boot", {n_boot, 3, n_bins});
+        double* q = squares.is_none() ? nullptr : output_array<double>(squares, "squares", {2, n_bins});
         Status st;
         {
             py::gil_scoped_release release;
-            st = stream_accumulate<T, L>(c, t, w, offset, n_bins, grid, n_boot, seed, b, f, r);
+            st = stream_accumulate<T, L>(c, t, w, offset, n_bins, grid, n_boot, seed, b, f, r, q);
         }
         return status_tuple(st);
     });
@@ -34,7 +36,8 @@ py::tuple accumulate_typed(const py::array& confidence, const py::array& target,
 py::tuple stream_accumulate_py(const py::object& confidence_obj, const py::object& target_obj,
                                const py::object& sample_weight,
                                uint64_t offset, int64_t n_bins, int64_t fine_bits, int64_t fine_levels, int64_t n_boot,
-                               uint64_t seed, const py::object& bins, const py::object& fine, const py::object& boot) {
+                               uint64_t seed, const py::object& bins, const py::object& fine, const py::object& boot,
+                               const py::object& squares) {
     check_size(n_bins, "n_bins", 1, kMaxBins);
     check_size(fine_bits, "fine_bits", 0, kMaxFineBits);
     check_size(fine_levels, "fine_levels", 1, kMaxFineLevels);
@@ -43,10 +46,10 @@ py::tuple stream_accumulate_py(const py::object& confidence_obj, const py::objec
     const py::array target = require_array(target_obj, "target");
     if (is_dtype<int64_t>(target))
         return accumulate_typed<int64_t>(confidence, target, sample_weight, offset, n_bins, fine_bits, fine_levels,
-                                         n_boot, seed, bins, fine, boot);
+                                         n_boot, seed, bins, fine, boot, squares);
     if (is_dtype<uint8_t>(target))
         return accumulate_typed<uint8_t>(confidence, target, sample_weight, offset, n_bins, fine_bits, fine_levels,
-                                         n_boot, seed, bins, fine, boot);
+                                         n_boot, seed, bins, fine, boot, squares);
     throw py::type_error("target must have dtype int64 or uint8, got " + dtype_name(target));
 }
 
@@ -57,7 +60,7 @@ py::tuple stream_top_label_py(const py::object& scores_obj, const py::object& la
                               double inverse_temperature, uint64_t offset, int64_t n_bins, int64_t fine_bits,
                               int64_t fine_levels, int64_t n_boot, uint64_t seed, const py::object& bins,
                               const py::object& fine, const py::object& boot, const py::object& totals,
-                              int64_t classwise_bins, const py::object& classwise) {
+                              int64_t classwise_bins, const py::object& classwise, const py::object& squares) {
     check_size(n_bins, "n_bins", 1, kMaxBins);
     check_size(fine_bits, "fine_bits", 0, kMaxFineBits);
     check_size(fine_levels, "fine_levels", 1, kMaxFineLevels);
@@ -84,6 +87,7 @@ py::tuple stream_top_label_py(const py::object& scores_obj, const py::object& la
         double* f = output_array<double>(fine, "fine", {5, grid.size()});
         double* r = output_array<double>(boot, "boot", {n_boot, 3, n_bins});
         double* t = output_array<double>(totals, "totals", {6});
+        double* q = squares.is_none() ? nullptr : output_array<double>(squares, "squares", {2, n_bins});
         double* cws = nullptr;
         ClasswiseSpec cw;
         if (classwise_bins > 0) {
@@ -96,7 +100,7 @@ py::tuple stream_top_label_py(const py::object& scores_obj, const py::object& la
         {
             py::gil_scoped_release release;
             st = stream_top_label<T>(s, y, w, from_logits, nll_eps, inverse_temperature, cw, offset, n_bins, grid,
-                                     n_boot, seed, b, f, r, t, cws);
+                                     n_boot, seed, b, f, r, t, cws, q);
         }
         return status_tuple(st);
     });
@@ -107,10 +111,11 @@ py::tuple stream_top_label_py(const py::object& scores_obj, const py::object& la
 void bind_stream(py::module_& m) {
     m.def("stream_accumulate", &stream_accumulate_py, py::arg("confidence"), py::arg("target"),
           py::arg("sample_weight"), py::arg("offset"), py::arg("n_bins"), py::arg("fine_bits"), py::arg("fine_levels"),
-          py::arg("n_boot"), py::arg("seed"), py::arg("bins"), py::arg("fine"), py::arg("boot"));
+          py::arg("n_boot"), py::arg("seed"), py::arg("bins"), py::arg("fine"), py::arg("boot"),
+          py::arg("squares") = py::none());
     m.def("stream_top_label", &stream_top_label_py, py::arg("scores"), py::arg("labels"), py::arg("sample_weight"),
           py::arg("from_logits").noconvert(), py::arg("nll_eps"), py::arg("inverse_temperature"), py::arg("offset"),
           py::arg("n_bins"), py::arg("fine_bits"), py::arg("fine_levels"), py::arg("n_boot"), py::arg("seed"),
           py::arg("bins"), py::arg("fine"), py::arg("boot"), py::arg("totals"), py::arg("classwise_bins"),
-          py::arg("classwise"));
+          py::arg("classwise"), py::arg("squares") = py::none());
 }

@@ -503,8 +503,13 @@ def _fine_confidence_intervals(index, fine_bits, fine_levels):
     return np.where(upper, 1.0 - d_hi, d_lo), np.where(upper, 1.0 - d_lo, d_hi)
 
 
-def _from_fine(fine, fine_bits, fine_levels, weighted) -> StreamedCumulative:
-    """The :class:`StreamedCumulative` of a fine histogram ((5, R): count, sum w, sum w c, sum w y, sum w |y - c|)."""
+def _from_fine(fine, fine_bits, fine_levels, weighted, variance=None) -> StreamedCumulative:
+    """The :class:`StreamedCumulative` of a fine histogram ((5, R): count, sum w, sum w c, sum w y, sum w |y - c|).
+
+    ``variance`` is the stream's sum of w^2 c (1 - c) when the state keeps it (None: unknown, as in states written
+    before it was kept): sigma is then exact (``sigma_bound`` 0), weighted or not. Without it, an unweighted
+    stream's sigma is bounded from the fine buckets and a weighted stream has none.
+    """
     nz = (fine[0] > 0).nonzero()[0]
     count, w, sc, sy, a = fine.take(nz, axis=1)
     total = float(w.sum())
@@ -519,7 +524,11 @@ def _from_fine(fine, fine_bits, fine_levels, weighted) -> StreamedCumulative:
     range_bound = max(0.0, (hi - lo) / total - rng)
     max_abs_bound = max(0.0, max(hi, -lo) / total - max_abs)
     sigma = sigma_bound = range_sigma = max_abs_sigma = range_pvalue = max_abs_pvalue = None
-    if not weighted and np.array_equal(count, w):  # every row of weight 1 (a faded or forged state is not)
+    if variance is not None:
+        sigma, sigma_bound = math.sqrt(max(0.0, variance)) / total, 0.0
+        range_sigma, max_abs_sigma = _scaled(rng, sigma), _scaled(max_abs, sigma)
+        range_pvalue, max_abs_pvalue = kuiper_pvalue(range_sigma), ks_pvalue(max_abs_sigma)
+    elif not weighted and np.array_equal(count, w):  # every row of weight 1 (a faded or forged state is not)
         c_lo, c_hi = _fine_confidence_intervals(nz, fine_bits, fine_levels)
         sq_hi = np.maximum((c_lo + c_hi) * sc - count * c_lo * c_hi, sc * sc / count)
         v_lo = max(0.0, float(np.sum(sc - sq_hi)))

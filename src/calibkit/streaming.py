@@ -1,8 +1,9 @@
 """Mergeable, serialisable calibration state for streams of predictions.
 
 :class:`CalibrationAccumulator` keeps sufficient statistics, never the rows:
-per equal-width bin the count, weight, Σ w·confidence and Σ w·correct; the
-same over a fine histogram of confidences (for equal-mass bins); the totals
+per equal-width bin the count, weight, Σ w·confidence and Σ w·correct (and
+Σ w² and Σ w²·c(1 − c), for the debiased error and the sigma of the cumulative
+measures of weighted streams); the same over a fine histogram of confidences (for equal-mass bins); the totals
 behind accuracy, Brier score and NLL; optionally class-wise bins and Poisson
 bootstrap replicates. ``update`` runs the same native kernels as
 :mod:`calibkit.metrics` (one pass, GIL released); ``merge`` adds states;
@@ -47,7 +48,11 @@ Cumulative calibration and groups
 The fine buckets are contiguous in confidence, so ``compute().cumulative``
 reads ECCE-R / ECCE-MAD (:func:`calibkit.cumulative_calibration_error`) off
 the bucket boundaries, exact there, with the largest possible move inside a
-bucket (from A_f) as an exact bound (:class:`calibkit.cumulative.StreamedCumulative`).
+bucket (from A_f) as an exact bound (:class:`calibkit.cumulative.StreamedCumulative`). Their
+sigma, sqrt(Σ w² c (1 - c)) / Σ w, is exact, weighted or not: the equal-width bins also keep Σ w² and
+Σ w² c (1 - c) (Kish's effective counts of the weighted ``debiased_rmsce`` too). States written before these
+sums were kept load with them unknown: a weighted one then has no sigma and no ``debiased_rmsce`` (None), an
+unweighted one bounds sigma from the fine buckets (``sigma_bound``).
 With ``n_groups=G``, ``update(..., groups=ids)`` also keeps a light state per
 group, and ``compute().groups`` (:class:`GroupResults`) gives a result per
 group, the worst group by each measure and the multicalibration error.
@@ -95,6 +100,11 @@ _T_COUNT, _T_WEIGHT, _T_CORRECT, _T_CONFIDENCE, _T_BRIER, _T_NLL = range(6)
 _FLOAT_MAX = float(np.finfo(np.float64).max)
 _MAX_EXACT = float(2 ** 53)  # counts are exact integers in float64 up to here
 _SUM_TOL = 1e-6  # relative slack of "sum <= weight" checks on decoded states (rounding of long streams)
+#: The sums of w² a weighted stream keeps (Σ w² and Σ w² c (1 - c) per bin) stay within [MIN_SQUARES, MAX_SQUARES]:
+#: a batch that takes Σ w² past MAX_SQUARES (or to inf) drops them (unknown from then on), and a stream whose Σ w² is
+#: below MIN_SQUARES (every weight below about 1e-125: their squares underflow) reports them as unknown.
+MAX_SQUARES = 1e300
+MIN_SQUARES = 1e-250
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +116,8 @@ class CalibrationResult:
     ``ece_se`` and ``ece_ci`` are None without bootstrap replicates;
     ``classwise_ece`` is None unless enabled. ``debiased_rmsce`` is Kumar, Liang & Ma's debiased RMS
     calibration error over the equal-width bins (:func:`calibkit.debiased_calibration_error`:
-    sqrt(max(0, ``debiased_squared``))); a weighted stream keeps no Σw² per bin, so both are None there.
+    sqrt(max(0, ``debiased_squared``))); with weights, n_m is Kish's effective count (Σw)²/Σw² of the bin, as
+    the one-shot function. Both are None for a weighted state written before the state kept Σw² per bin.
 
     Examples
     --------
@@ -175,7 +186,7 @@ class CalibrationResult:
 
 
 #: Largest ``n_groups`` of a CalibrationAccumulator, and the most float64 values all group states may hold
-#: together (``n_groups * (4 n_bins + 5 fine buckets + 6)``, 512 MiB).
+#: together (``n_groups * (6 n_bins + 5 fine buckets + 6)``, 512 MiB).
 MAX_GROUPS = 1 << 16
 MAX_GROUP_VALUES = 1 << 26
 #: The measures ``GroupResults.worst`` ranks groups by (larger is worse for each).
@@ -196,7 +207,8 @@ class GroupResults:
     group (mcgrad by default also drops segments of fewer than 10 rows; here every non-empty group counts).
     The ECCE values come from the fine histograms (:class:`calibkit.cumulative.StreamedCumulative`), so
     ``mce_sigma_interval`` holds the exact one-shot value; ``mce_pvalue`` is the Kuiper p-value of
-    ``mce_sigma`` (not adjusted for multiple testing, as mcgrad's). The three are None for a weighted stream.
+    ``mce_sigma`` (not adjusted for multiple testing, as mcgrad's). The three are None for a weighted state
+    written before the state kept Σ w² c (1 - c).
     """
 
     results: tuple
@@ -290,7 +302,7 @@ class CalibrationAccumulator:
         [0, n_groups): ``compute().groups`` then holds a result per group, the worst group by each measure
         and the multicalibration summary (:class:`GroupResults`). At most ``MAX_GROUPS`` = 65536. A group
         state has the equal-width bins and a fine histogram, no bootstrap and no class-wise bins:
-        8 * (4 n_bins + 5 * 2 (group_fine_levels << group_fine_bits) + 6) bytes, about 370 KB with the
+        8 * (6 n_bins + 5 * 2 (group_fine_levels << group_fine_bits) + 6) bytes, about 370 KB with the
         default fine histogram and 15 bins, about 8 KB with ``group_fine_bits=3, group_fine_levels=12``
         (192 buckets; a coarser histogram only widens the ``ace`` and ECCE bounds). All groups together
         hold at most ``MAX_GROUP_VALUES`` = 2**26 values (512 MiB), checked before anything is allocated.
@@ -399,6 +411,8 @@ class CalibrationAccumulator:
         """Forget every row (the configuration stays)."""
         M, R, B = self.n_bins, self.fine_bins, self.bootstrap
         self._bins = np.zeros((4, M))
+        # Σ w² and Σ w² c (1 - c) per equal-width bin; None when unknown (a non-empty state written before it was kept)
+        self._squares = np.zeros((2, M))
         self._fine = np.zeros((5, R))
         self._boot = np.zeros((B, 3, M))
         self._totals = np.zeros(6)
@@ -428,10 +442,18 @@ class CalibrationAccumulator:
         (N, K) batches take one kernel call (:func:`_fused_update`): the top-label pass and the
         stream pass together, the state updated in place; a batch of at most one chunk runs on the
         calling thread.
+
+        The state also keeps Σ w² and Σ w² c (1 - c) per equal-width bin (Kish's effective counts of the
+        debiased error and the sigma of the cumulative measures with ``sample_weight``). Limits: a batch
+        that takes Σ w² past ``MAX_SQUARES`` = 1e300 drops them, and a stream whose Σ w² is below
+        ``MIN_SQUARES`` = 1e-250 (all weights below about 1e-125) cannot use them; ``compute()`` then gives
+        ``debiased_rmsce`` and the cumulative ``sigma`` as None for a weighted stream (divide every weight by
+        one common factor: the metrics do not change).
         """
         k = _backend.kernels(self.backend)
         scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, self.from_logits)
         group_ids = self._check_groups(groups, scores.shape[0])
+        squares = self._known_squares()
         if sample_weight is not None:
             check_stream_weight(sample_weight, float(self._totals[_T_WEIGHT]))
         kind = "binary" if scores.ndim == 1 else "top-label"
@@ -451,7 +473,8 @@ class CalibrationAccumulator:
             status = _fused_update(k)(scores, labels, sample_weight, from_logits, _nll_eps(scores.dtype),
                                       1.0 / self.temperature, self._position, self.n_bins, self.fine_bits,
                                       self.fine_levels, self.bootstrap, self.seed, self._bins, self._fine,
-                                      self._boot, self._totals, self.n_bins if self.classwise else 0, classwise)
+                                      self._boot, self._totals, self.n_bins if self.classwise else 0, classwise,
+                                      squares)
             raise_for_status(status, n_classes=n_classes)
             self._classwise_bins = classwise
             self.n_classes = n_classes
@@ -465,7 +488,7 @@ class CalibrationAccumulator:
             raise_for_status(r["status"], binary=True)
             status = k.stream_accumulate(confidence, labels, sample_weight, self._position, self.n_bins,
                                          self.fine_bits, self.fine_levels, self.bootstrap, self.seed, self._bins,
-                                         self._fine, self._boot)
+                                         self._fine, self._boot, squares)
             raise_for_status(status, binary=True)
             t = r["totals"]
             self._totals += (t["count"], t["weight"], t["correct"], t["confidence"], t["brier"], t["nll"])
@@ -477,10 +500,19 @@ class CalibrationAccumulator:
             self._smooth += r["grid"]
         self._kind = kind
         self._weighted |= sample_weight is not None
+        if squares is not None and sample_weight is not None and not float(squares[0].sum()) <= MAX_SQUARES:
+            squares = None  # Σ w² overflowed (or passed MAX_SQUARES): unknown from now on
+        self._squares = squares
         self._position += n
         if group_ids is not None:
             self._update_groups(scores, labels, sample_weight, group_ids)
         return self
+
+    def _known_squares(self):
+        """The sums of squares, zeros for an empty state (whatever it was loaded from), None when unknown."""
+        if self._squares is None and self._kind is None:
+            return np.zeros((2, self.n_bins))
+        return self._squares
 
     def merge(self, other: "CalibrationAccumulator") -> "CalibrationAccumulator":
         """Add another state of the same configuration into this one (returns self)."""
@@ -488,6 +520,11 @@ class CalibrationAccumulator:
         if other._kind is None:
             return self
         self._bins += other._bins
+        mine = self._known_squares()
+        if mine is not None and other._squares is not None:
+            self._squares = mine + other._squares
+        else:  # one side does not know its sums of squares: neither does the merged state
+            self._squares = None
         self._fine += other._fine
         self._boot += other._boot
         self._totals += other._totals
@@ -548,8 +585,16 @@ class CalibrationAccumulator:
         table = ReliabilityTable(lower=edges[:-1].copy(), upper=edges[1:].copy(), count=self._bins[0].astype(np.int64),
                                  weight=bin_weight.copy(), mean_confidence=conf, accuracy=acc, gap=acc - conf,
                                  strategy="uniform")
-        cumulative = _from_fine(self._fine, self.fine_bits, self.fine_levels, self._weighted)
-        debiased_squared = None if self._weighted else float(_debiased_squares(self._bins[0], *self._bins[1:]))
+        sq = self._squares
+        if sq is not None and self._weighted and not float(sq[0].sum()) >= MIN_SQUARES:
+            sq = None  # every weight so small that its square underflows (see MIN_SQUARES)
+        cumulative = _from_fine(self._fine, self.fine_bits, self.fine_levels, self._weighted,
+                                None if sq is None else float(sq[1].sum()))
+        debiased_squared = None
+        if not self._weighted:
+            debiased_squared = float(_debiased_squares(self._bins[0], *self._bins[1:]))
+        elif sq is not None:  # Kish's effective count (Σw)²/Σw² per bin, as debiased_calibration_error
+            debiased_squared = float(_debiased_squares(self._bins[0], *self._bins[1:], sq_weight=sq[0]))
         result = CalibrationResult(
             ece=ece, mce=mce, rmsce=rmsce, ace=ace, ace_bound=ace_bound, classwise_ece=classwise_ece,
             accuracy=float(t[_T_CORRECT] / weight), mean_confidence=float(t[_T_CONFIDENCE] / weight),
@@ -622,9 +667,9 @@ class CalibrationAccumulator:
             raise ValueError(f"2 * (group_fine_levels << group_fine_bits) fine buckets must be <= {MAX_FINE_BINS} "
                              f"(2**20), got group_fine_levels={self.group_fine_levels} and "
                              f"group_fine_bits={self.group_fine_bits}")
-        values = self.n_groups * (4 * self.n_bins + 5 * fine + 6)
+        values = self.n_groups * (6 * self.n_bins + 5 * fine + 6)
         if values > MAX_GROUP_VALUES:
-            raise ValueError(f"n_groups={self.n_groups} group states of {4 * self.n_bins + 5 * fine + 6} values each "
+            raise ValueError(f"n_groups={self.n_groups} group states of {6 * self.n_bins + 5 * fine + 6} values each "
                              f"would hold {values} values, more than MAX_GROUP_VALUES = 2**26 (512 MiB): use fewer "
                              "groups or a smaller group_fine_bits / group_fine_levels")
         return self
@@ -665,9 +710,13 @@ class CalibrationAccumulator:
 
     def _group_arrays(self) -> dict:
         gs = self._groups
-        return {"group_bins": np.stack([g._bins for g in gs]), "group_fine": np.stack([g._fine for g in gs]),
-                "group_totals": np.stack([g._totals for g in gs]),
-                "group_weighted": np.array([float(g._weighted) for g in gs])}
+        arrays = {"group_bins": np.stack([g._bins for g in gs]), "group_fine": np.stack([g._fine for g in gs]),
+                  "group_totals": np.stack([g._totals for g in gs]),
+                  "group_weighted": np.array([float(g._weighted) for g in gs])}
+        squares = [g._known_squares() for g in gs]
+        if all(q is not None for q in squares):  # else none is written: they load as unknown
+            arrays["group_squares"] = np.stack(squares)
+        return arrays
 
     def _groups_from_arrays(self, arrays, kind, backend):
         """The group states of a decoded state (each checked as a state of its own)."""
@@ -685,6 +734,8 @@ class CalibrationAccumulator:
                     "confidence_level": self.confidence_level, "metadata": {}}
             part = {"bins": arrays["group_bins"][g], "fine": arrays["group_fine"][g],
                     "boot": np.zeros((0, 3, self.n_bins)), "totals": totals}
+            if "group_squares" in arrays:
+                part["squares"] = arrays["group_squares"][g]
             try:
                 groups.append(CalibrationAccumulator._from_parts(meta, part, backend))
             except ValueError as exc:
@@ -695,6 +746,8 @@ class CalibrationAccumulator:
 
     def _arrays(self) -> dict:
         arrays = {"bins": self._bins, "fine": self._fine, "boot": self._boot, "totals": self._totals}
+        if self._squares is not None:
+            arrays["squares"] = self._squares
         if self._classwise_bins is not None:
             arrays["classwise"] = self._classwise_bins
         if self._smooth is not None:
@@ -768,6 +821,11 @@ class CalibrationAccumulator:
         if acc.n_groups:
             G, RG = acc.n_groups, 2 * (acc.group_fine_levels << acc.group_fine_bits)
             expected.update(group_bins=(G, 4, M), group_fine=(G, 5, RG), group_totals=(G, 6), group_weighted=(G,))
+        # States written before the sums of squares were kept have neither array (and then load as unknown).
+        if "squares" in arrays:
+            expected["squares"] = (2, M)
+        if acc.n_groups and "group_squares" in arrays:
+            expected["group_squares"] = (acc.n_groups, 2, M)
         if set(arrays) != set(expected):
             raise ValueError(f"corrupt calibration state: arrays {sorted(arrays)}, expected {sorted(expected)} "
                              f"(classwise={acc.classwise}, n_classes={acc.n_classes}, kind={kind})")
@@ -779,11 +837,12 @@ class CalibrationAccumulator:
                                  f"fine_levels={acc.fine_levels}, classwise={acc.classwise}, n_classes={acc.n_classes}")
             if not np.isfinite(a).all():
                 raise ValueError(f"corrupt calibration state: {name} holds NaN or inf")
-        _check_state_content(arrays, kind)
+        _check_state_content(arrays, kind, weighted)
         acc._groups = acc._groups_from_arrays(arrays, kind, backend) if acc.n_groups else []
         acc._bins, acc._fine, acc._boot, acc._totals = (arrays["bins"], arrays["fine"], arrays["boot"],
                                                         arrays["totals"])
         acc._classwise_bins = arrays.get("classwise")
+        acc._squares = arrays.get("squares")  # None in states written before it was kept (zeros once updated)
         acc._smooth = arrays.get("smooth")
         if acc._smooth is not None:  # each grid holds the total weight and the total residual Σ w (f - y)
             t = arrays["totals"]
@@ -852,7 +911,7 @@ def _accumulator_from_bytes(data, backend):
     return CalibrationAccumulator.from_bytes(data, backend=backend)
 
 
-def _check_state_content(arrays, kind):
+def _check_state_content(arrays, kind, weighted=True):
     """Reject decoded arrays that no real stream can produce (forged or corrupted states)."""
     def fail(what):
         raise ValueError(f"corrupt calibration state: {what}")
@@ -896,6 +955,28 @@ def _check_state_content(arrays, kind):
             fail(f"the {name} weights add up to {total:.17g}, not to the total weight {w:.17g}")
     if ((bins[0] == 0) & (bins[1] > 0)).any() or ((fine[0] == 0) & (fine[1] > 0)).any():
         fail("a bin without rows holds weight")
+    sq = arrays.get("squares")
+    if sq is not None:
+        _check_squares(sq, bins, weighted, fail)
+
+
+def _check_squares(sq, bins, weighted, fail):
+    """Σ w² and Σ w² c (1 - c) per bin against the bin's count n and weight W: 0 <= Σ w² c (1 - c) <= Σ w² / 4,
+    W² / n <= Σ w² <= W² (Cauchy-Schwarz), zero in a bin without rows, and Σ w² = n without weights."""
+    count, weight = bins[0], bins[1]
+    sq_w, sq_v = sq
+    if (sq_w < 0).any() or (sq_v < 0).any():
+        fail("squares holds negative sums")
+    if ((count == 0) & ((sq_w != 0) | (sq_v != 0))).any():
+        fail("a bin without rows holds sums of squares")
+    if (sq_v > sq_w / 4 * (1 + _SUM_TOL) + 1e-300).any():
+        fail("squares holds a sum of w^2 c (1 - c) above a quarter of the sum of w^2")
+    ww = weight * weight
+    lower = np.divide(ww, count, out=np.zeros_like(ww), where=count > 0)
+    if (sq_w > ww * (1 + _SUM_TOL) + 1e-300).any() or (sq_w < lower * (1 - _SUM_TOL) - 1e-300).any():
+        fail("squares holds a sum of w^2 outside [weight^2 / count, weight^2] (Cauchy-Schwarz)")
+    if not weighted and (sq_w != count).any():
+        fail("an unweighted state's sum of w^2 differs from its row count")
 
 
 def _replicate_ece(boot):
@@ -1032,6 +1113,8 @@ class WindowedAccumulator:
         if acc._kind is not None:
             fade = self.decay ** n
             acc._bins[1:] *= fade
+            if acc._squares is not None:  # sums of w² fade with the square
+                acc._squares *= fade * fade
             acc._fine[1:] *= fade
             acc._boot *= fade
             acc._totals[1:] *= fade

@@ -4,6 +4,9 @@
 //   fine  [5 x R]: the same per fine bucket (FineGrid), and sum w*|target - confidence|:
 //                  equal-mass edges and their error bound later
 //   boot  [B x 3 x M]: Poisson(1)-bootstrap replicates of weight, sum w*c, sum w*t
+//   squares [2 x M] (optional, may be null): sum w^2 and sum w^2 * c * (1 - c) per equal-width bin: Kish's
+//                  effective count of a weighted bin (debiased error) and the variance behind the sigma of
+//                  the cumulative calibration error
 // The bootstrap multiplicity of a row is drawn from a counter-based generator
 // keyed by (seed, the row's position in the stream, replicate), so the state
 // does not depend on how the stream was split into batches.
@@ -101,15 +104,18 @@ struct FineGrid {
 // zeroing or allocating the whole fine state for every chunk. Skipping the untouched
 // buckets in merge() adds nothing but +0.0 to sums that start at +0.0: the same bits.
 struct StreamPartial {
-    std::vector<double> bins, fine, boot;
+    std::vector<double> bins, fine, boot, squares;
     std::vector<int64_t> touched;  // fine buckets with a row, in first-touch order
     Status status;
-    StreamPartial(int64_t m, int64_t r, int64_t b) : bins(4 * m, 0.0), fine(5 * r, 0.0), boot(3 * b * m, 0.0) {}
+    StreamPartial(int64_t m, int64_t r, int64_t b, bool with_squares)
+        : bins(4 * m, 0.0), fine(5 * r, 0.0), boot(3 * b * m, 0.0), squares(with_squares ? 2 * m : 0, 0.0) {}
+    double* squares_data() { return squares.empty() ? nullptr : squares.data(); }
     int64_t side() const { return static_cast<int64_t>(fine.size() / 5); }
     void reset() {
         const int64_t R = side();
         std::fill(bins.begin(), bins.end(), 0.0);
         std::fill(boot.begin(), boot.end(), 0.0);
+        std::fill(squares.begin(), squares.end(), 0.0);
         for (const int64_t f : touched)
             for (int64_t q = 0; q < 5; ++q) fine[static_cast<size_t>(q * R + f)] = 0.0;
         touched.clear();
@@ -121,6 +127,7 @@ struct StreamPartial {
         for (const int64_t f : o.touched)
             for (int64_t q = 0; q < 5; ++q) fine[static_cast<size_t>(q * R + f)] += o.fine[static_cast<size_t>(q * R + f)];
         for (size_t j = 0; j < boot.size(); ++j) boot[j] += o.boot[j];
+        for (size_t j = 0; j < squares.size(); ++j) squares[j] += o.squares[j];
         status.merge(o.status);
     }
 };
@@ -167,12 +174,12 @@ inline void stream_boot_row(uint64_t seed, uint64_t position, int64_t n_boot, in
     }
 }
 
-// One row's sums into the bins and the fine buckets, in the order every stream path uses; touched (when not
-// null) gets a fine bucket the first time a row lands in it. Unweighted: w is 1 and w * x is x (the same bits),
-// so the instance has no multiplications.
+// One row's sums into the bins and the fine buckets (and squares, when not null), in the order every stream
+// path uses; touched (when not null) gets a fine bucket the first time a row lands in it. Unweighted: w is 1
+// and w * x is x, w * w is 1 (the same bits), so the instance has no weight multiplications.
 template <bool Weighted>
-inline void add_stream_row(double* bins, double* fine, int64_t M, int64_t R, int64_t b, int64_t f, double c,
-                           double y, double w, std::vector<int64_t>* touched) {
+inline void add_stream_row(double* bins, double* fine, double* squares, int64_t M, int64_t R, int64_t b, int64_t f,
+                           double c, double y, double w, std::vector<int64_t>* touched) {
     const double d = std::fabs(y - c);
     bins[b] += 1.0;
     bins[M + b] += w;
@@ -184,6 +191,12 @@ inline void add_stream_row(double* bins, double* fine, int64_t M, int64_t R, int
     fine[2 * R + f] += Weighted ? w * c : c;
     fine[3 * R + f] += Weighted ? w * y : y;
     fine[4 * R + f] += Weighted ? w * d : d;
+    if (squares) {
+        const double v = c * (1.0 - c);
+        const double ww = w * w;
+        squares[b] += Weighted ? ww : 1.0;
+        squares[M + b] += Weighted ? ww * v : v;
+    }
 }
 
 // stream_rows for checked rows: a block's confidences, targets, weights, bins and fine buckets are read and
@@ -195,7 +208,7 @@ template <bool Weighted, class C, class L>
 inline void stream_rows_checked(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights,
                                 int64_t begin, int64_t end, uint64_t offset, const BinEdges& edges,
                                 const FineGrid& grid, int64_t n_boot, uint64_t seed, double* bins, double* fine,
-                                double* boot, std::vector<int64_t>* touched) {
+                                double* boot, double* squares, std::vector<int64_t>* touched) {
     const int64_t M = edges.n_bins, R = grid.size();
     constexpr int64_t kBlock = 32;
     int64_t bin_of[kBlock], fine_of[kBlock];
@@ -216,7 +229,7 @@ inline void stream_rows_checked(const Vector<C>& confidence, const Vector<L>& ta
             const double c = c_of[j], y = y_of[j];
             const int64_t b = bin_of[j], f = fine_of[j];
             const double w = Weighted ? w_of[j] : 1.0;
-            add_stream_row<Weighted>(bins, fine, M, R, b, f, c, y, w, touched);
+            add_stream_row<Weighted>(bins, fine, squares, M, R, b, f, c, y, w, touched);
             if (n_boot > 0) stream_boot_row(seed, offset + static_cast<uint64_t>(i0 + j), n_boot, M, b, c, y, w, boot);
         }
     }
@@ -229,15 +242,15 @@ inline void stream_rows_checked(const Vector<C>& confidence, const Vector<L>& ta
 template <bool Checked, class C, class L>
 inline void stream_rows(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights, int64_t begin,
                         int64_t end, uint64_t offset, const BinEdges& edges, const FineGrid& grid, int64_t n_boot,
-                        uint64_t seed, double* bins, double* fine, double* boot, Status& st,
+                        uint64_t seed, double* bins, double* fine, double* boot, double* squares, Status& st,
                         std::vector<int64_t>* touched = nullptr) {
     if constexpr (Checked) {
         if (weights.present())
             stream_rows_checked<true>(confidence, target, weights, begin, end, offset, edges, grid, n_boot, seed, bins,
-                                      fine, boot, touched);
+                                      fine, boot, squares, touched);
         else
             stream_rows_checked<false>(confidence, target, weights, begin, end, offset, edges, grid, n_boot, seed,
-                                       bins, fine, boot, touched);
+                                       bins, fine, boot, squares, touched);
         return;
     }
     const int64_t M = edges.n_bins, R = grid.size();
@@ -245,7 +258,7 @@ inline void stream_rows(const Vector<C>& confidence, const Vector<L>& target, co
         double c, y, w;
         if (!stream_row(confidence, target, weights, i, c, y, w, st)) continue;
         const int64_t b = edges.bin(c), f = grid.bin(c);
-        add_stream_row<true>(bins, fine, M, R, b, f, c, y, w, touched);
+        add_stream_row<true>(bins, fine, squares, M, R, b, f, c, y, w, touched);
         if (n_boot > 0) stream_boot_row(seed, offset + static_cast<uint64_t>(i), n_boot, M, b, c, y, w, boot);
     }
 }
@@ -259,12 +272,12 @@ inline void stream_rows(const Vector<C>& confidence, const Vector<L>& target, co
 template <bool Checked, class C, class L>
 Status stream_reduce(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights, uint64_t offset,
                      const BinEdges& edges, const FineGrid& grid, int64_t n_boot, uint64_t seed, double* bins,
-                     double* fine, double* boot);
+                     double* fine, double* boot, double* squares);
 
 template <class C, class L>
 Status stream_accumulate(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights,
                          uint64_t offset, int64_t n_bins, const FineGrid& grid, int64_t n_boot, uint64_t seed,
-                         double* bins, double* fine, double* boot) {
+                         double* bins, double* fine, double* boot, double* squares = nullptr) {
     const int64_t N = confidence.size, B = n_boot;
     const BinEdges edges = BinEdges::equal_width(n_bins);
     if (N <= kChunkElements) {
@@ -273,10 +286,12 @@ Status stream_accumulate(const Vector<C>& confidence, const Vector<L>& target, c
             double c, y, w;
             stream_row(confidence, target, weights, i, c, y, w, st);
         }
-        if (st.code == kOk) stream_rows<true>(confidence, target, weights, 0, N, offset, edges, grid, B, seed, bins, fine, boot, st);
+        if (st.code == kOk)
+            stream_rows<true>(confidence, target, weights, 0, N, offset, edges, grid, B, seed, bins, fine, boot,
+                              squares, st);
         return st;
     }
-    return stream_reduce<false>(confidence, target, weights, offset, edges, grid, B, seed, bins, fine, boot);
+    return stream_reduce<false>(confidence, target, weights, offset, edges, grid, B, seed, bins, fine, boot, squares);
 }
 
 // stream_accumulate's path for more than one chunk: rows reduced over fixed chunks in chunk
@@ -285,20 +300,25 @@ Status stream_accumulate(const Vector<C>& confidence, const Vector<L>& target, c
 template <bool Checked, class C, class L>
 Status stream_reduce(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights, uint64_t offset,
                      const BinEdges& edges, const FineGrid& grid, int64_t n_boot, uint64_t seed, double* bins,
-                     double* fine, double* boot) {
+                     double* fine, double* boot, double* squares) {
     const int64_t N = confidence.size, M = edges.n_bins, R = grid.size(), B = n_boot;
-    StreamPartial total(M, R, B);
+    const bool sq = squares != nullptr;
+    StreamPartial total(M, R, B, sq);
     chunked_reduce(
-        N, kChunkElements, 1 + B, 4 * M + 5 * R + 3 * B * M, total, [&] { return StreamPartial(M, R, B); },
+        N, kChunkElements, 1 + B, (sq ? 6 : 4) * M + 5 * R + 3 * B * M, total,
+        [&] { return StreamPartial(M, R, B, sq); },
         [&](StreamPartial& part, int64_t begin, int64_t end) {
             stream_rows<Checked>(confidence, target, weights, begin, end, offset, edges, grid, B, seed,
-                                 part.bins.data(), part.fine.data(), part.boot.data(), part.status, &part.touched);
+                                 part.bins.data(), part.fine.data(), part.boot.data(), part.squares_data(),
+                                 part.status, &part.touched);
         },
         [](StreamPartial& acc, const StreamPartial& part) { acc.merge(part); });
     if (total.status.code == kOk) {
         for (int64_t j = 0; j < 4 * M; ++j) bins[j] += total.bins[static_cast<size_t>(j)];
         for (int64_t j = 0; j < 5 * R; ++j) fine[j] += total.fine[static_cast<size_t>(j)];
         for (int64_t j = 0; j < 3 * B * M; ++j) boot[j] += total.boot[static_cast<size_t>(j)];
+        if (sq)
+            for (int64_t j = 0; j < 2 * M; ++j) squares[j] += total.squares[static_cast<size_t>(j)];
     }
     return total.status;
 }
@@ -313,12 +333,14 @@ Status stream_reduce(const Vector<C>& confidence, const Vector<L>& target, const
 // the totals (count, weight, correct, confidence, Brier, NLL) are added into
 // totals[6] and the class-wise (weight, sum score, sum target) into
 // classwise_state[3 x K x M] (when classwise.on()). Inputs of at most one
-// chunk run on the calling thread (no pool wake-up).
+// chunk run on the calling thread (no pool wake-up). squares (when not null) is the [2 x M] state of
+// stream_accumulate.
 template <class T>
 Status stream_top_label(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
                         bool from_logits, double nll_eps, double inv_t, const ClasswiseSpec& classwise,
                         uint64_t offset, int64_t n_bins, const FineGrid& grid, int64_t n_boot, uint64_t seed,
-                        double* bins, double* fine, double* boot, double* totals, double* classwise_state) {
+                        double* bins, double* fine, double* boot, double* totals, double* classwise_state,
+                        double* squares = nullptr) {
     const int64_t N = scores.rows;
     std::vector<double> conf(static_cast<size_t>(N));
     std::vector<uint8_t> correct(static_cast<size_t>(N));
@@ -332,11 +354,11 @@ Status stream_top_label(const Matrix<T>& scores, const Vector<int64_t>& labels, 
         // One chunk of rows the top-label pass has already checked (confidences in [0, 1], 0/1
         // targets, weights finite and >= 0): straight into the state, as stream_accumulate's own
         // small path does after its check pass.
-        stream_rows<true>(c, y, weights, 0, N, offset, BinEdges::equal_width(n_bins), grid, n_boot, seed, bins, fine, boot,
-                    st);
+        stream_rows<true>(c, y, weights, 0, N, offset, BinEdges::equal_width(n_bins), grid, n_boot, seed, bins, fine,
+                          boot, squares, st);
     } else {
         st = stream_reduce<true>(c, y, weights, offset, BinEdges::equal_width(n_bins), grid, n_boot, seed, bins, fine,
-                                 boot);  // the rows were checked by the top-label pass
+                                 boot, squares);  // the rows were checked by the top-label pass
     }
     if (st.code != kOk) return st;
     const Totals& t = r.totals;

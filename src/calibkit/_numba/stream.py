@@ -87,7 +87,7 @@ def fine_bin(c, bits, levels):
 
 @numba.njit(**JIT)
 def _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
-           begin, end, bins, fine, boot, st):
+           begin, end, bins, fine, boot, st, sq, has_sq):
     M = n_bins
     R = 2 * (fine_levels << fine_bits)
     for i in range(begin, end):
@@ -114,6 +114,10 @@ def _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_
         fine[2 * R + f] += w * c
         fine[3 * R + f] += w * y
         fine[4 * R + f] += w * abs(y - c)
+        if has_sq:  # sum w^2 and sum w^2 c (1 - c) per bin (as add_stream_row: w = 1 gives the same bits)
+            ww = w * w
+            sq[b] += ww
+            sq[M + b] += ww * (c * (1.0 - c))
         if n_boot > 0:
             key = mix64(seed ^ mix64(offset + np.uint64(i)))
             for r in range(0, n_boot, 2):
@@ -132,7 +136,7 @@ def _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_
 
 @numba.njit(**JIT)
 def _small(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
-           bins, fine, boot):
+           bins, fine, boot, sq, has_sq):
     """One chunk: check every row first, then add straight into the state (as stream.hpp)."""
     n = conf.shape[0]
     st = np.array([0.0, -1.0, -1.0, 0.0])
@@ -148,27 +152,30 @@ def _small(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_
             merge_status(st, PROBABILITY_OUT_OF_RANGE if is_finite(c) else SCORE_NOT_FINITE, i, -1, c)
             return st
     _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
-           0, n, bins, fine, boot, st)
+           0, n, bins, fine, boot, st, sq, has_sq)
     return st
 
 
 @numba.njit(parallel=True, **JIT)
 def _driver(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
-            parallel):
+            parallel, has_sq):
     N = conf.shape[0]
     chunk = CHUNK_ELEMENTS
     n_chunks = (N + chunk - 1) // chunk
     nb, nf, nr = 4 * n_bins, 5 * 2 * (fine_levels << fine_bits), 3 * n_boot * n_bins
+    nq = 2 * n_bins if has_sq else 0
     bins = np.zeros(nb)
+    sq = np.zeros(max(nq, 1))
     fine = np.zeros(nf)
     boot = np.zeros(max(nr, 1))
     st = np.array([0.0, -1.0, -1.0, 0.0])
-    group = group_size(n_chunks, nb + nf + nr)
+    group = group_size(n_chunks, nb + nf + nr + nq)
     for first in range(0, n_chunks, group):
         g = min(group, n_chunks - first)
         p_bins = np.zeros((g, nb))
         p_fine = np.zeros((g, nf))
         p_boot = np.zeros((g, max(nr, 1)))
+        p_sq = np.zeros((g, max(nq, 1)))
         p_st = np.zeros((g, 4))
         if parallel:
             for j in numba.prange(g):
@@ -176,14 +183,16 @@ def _driver(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine
                 p_st[j, 2] = -1.0
                 c = first + j
                 _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed,
-                       cdf, table, c * chunk, min(N, (c + 1) * chunk), p_bins[j], p_fine[j], p_boot[j], p_st[j])
+                       cdf, table, c * chunk, min(N, (c + 1) * chunk), p_bins[j], p_fine[j], p_boot[j], p_st[j],
+                       p_sq[j], has_sq)
         else:
             for j in range(g):
                 p_st[j, 1] = -1.0
                 p_st[j, 2] = -1.0
                 c = first + j
                 _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed,
-                       cdf, table, c * chunk, min(N, (c + 1) * chunk), p_bins[j], p_fine[j], p_boot[j], p_st[j])
+                       cdf, table, c * chunk, min(N, (c + 1) * chunk), p_bins[j], p_fine[j], p_boot[j], p_st[j],
+                       p_sq[j], has_sq)
         for j in range(g):
             for k in range(nb):
                 bins[k] += p_bins[j, k]
@@ -191,8 +200,10 @@ def _driver(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine
                 fine[k] += p_fine[j, k]
             for k in range(nr):
                 boot[k] += p_boot[j, k]
+            for k in range(nq):
+                sq[k] += p_sq[j, k]
             merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
-    return bins, fine, boot, st
+    return bins, fine, boot, sq, st
 
 
 def _state(a, name, shape):
@@ -204,7 +215,7 @@ def _state(a, name, shape):
 
 
 def stream_accumulate(confidence, target, sample_weight, offset, n_bins, fine_bits, fine_levels, n_boot, seed,
-                      bins, fine, boot):
+                      bins, fine, boot, squares=None):
     """Same contract as ``calibkit._core.stream_accumulate``."""
     if n_bins < 1 or not 0 <= fine_bits <= 20 or not 1 <= fine_levels <= 1000 or n_boot < 0:
         raise ValueError("invalid streaming configuration")
@@ -225,19 +236,23 @@ def stream_accumulate(confidence, target, sample_weight, offset, n_bins, fine_bi
     flat_bins = _state(bins, "bins", (4, n_bins))
     flat_fine = _state(fine, "fine", (5, 2 * (fine_levels << fine_bits)))
     flat_boot = _state(boot, "boot", (n_boot, 3, n_bins))
+    has_sq = squares is not None
+    flat_sq = _state(squares, "squares", (2, n_bins)) if has_sq else _NO_SQUARES
     if n <= CHUNK_ELEMENTS:
         # _small is serial (no threading layer): no lock, cheap on a busy machine.
         st = _small(as_kernel_array(confidence), target, weights, has_w, np.uint64(offset),
                     equal_width_inner(n_bins), int(n_bins), int(fine_bits), int(fine_levels), int(n_boot),
-                    np.uint64(seed), POISSON1_CDF, HALF_TABLE, flat_bins, flat_fine, flat_boot)
+                    np.uint64(seed), POISSON1_CDF, HALF_TABLE, flat_bins, flat_fine, flat_boot, flat_sq, has_sq)
         return status_tuple(st)
-    add_bins, add_fine, add_boot, st = run_locked(
+    add_bins, add_fine, add_boot, add_sq, st = run_locked(
         _driver, as_kernel_array(confidence), target, weights, has_w, np.uint64(offset), equal_width_inner(n_bins),
         int(n_bins), int(fine_bits), int(fine_levels), int(n_boot), np.uint64(seed), POISSON1_CDF, HALF_TABLE,
-        n >= MIN_PARALLEL_ELEMENTS)
+        n >= MIN_PARALLEL_ELEMENTS, has_sq)
     if int(st[0]) == 0:
         flat_bins += add_bins
         flat_fine += add_fine
+        if has_sq:
+            flat_sq += add_sq
         if flat_boot.size:
             flat_boot += add_boot[: flat_boot.size]
     return status_tuple(st)
@@ -246,6 +261,7 @@ def stream_accumulate(confidence, target, sample_weight, offset, n_bins, fine_bi
 # -- the fused update of a top-label stream (twin of stream_top_label in stream.hpp) ------------------
 
 _NO_INNER = np.zeros(0)
+_NO_SQUARES = np.zeros(1)  # the squares state of a call without one (never written: has_sq is False)
 _NO_CLASSWISE = np.zeros((0, 0, 0))  # the class-wise state of a call without class-wise bins
 _inner_cache = {}  # n_bins -> inner edges (read only by the kernels)
 _classwise_cache = {}  # (K, M) -> equal-width class-wise spec
@@ -272,7 +288,7 @@ def _cached_classwise(K, M):
 @numba.njit(**JIT)
 def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_eps, inv_t, table, cw_M, cw_inners,
                      cw_uniform, cw_upper, offset_bits, inner, n_bins, fine_bits, fine_levels, n_boot, seed_bits,
-                     cdf, bins2, fine2, boot3, totals, cw3):
+                     cdf, bins2, fine2, boot3, totals, cw3, sq2, has_sq):
     """A batch of one top-label chunk, serially: the chunk of binning's top-label pass (confidences,
     correctness, totals, class-wise bins), then the stream pass; the state changes only if both are clean.
     The state arrays come as the accumulator holds them (shapes checked by the caller) and the status is
@@ -286,6 +302,7 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_ep
     fine = fine2.reshape(fine2.size)
     boot = boot3.reshape(boot3.size)
     cw_state = cw3.reshape(cw3.size)
+    sq = sq2.reshape(sq2.size)
     st = np.empty(4)
     st[0] = OK
     st[1] = -1.0
@@ -310,7 +327,7 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_ep
         # Rows the top-label pass has checked (confidences in [0, 1], 0/1 targets, clean weights): straight
         # into the state, as _small does after its check pass.
         _chunk(conf, correct, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf,
-               table, 0, N, bins, fine, boot, st)
+               table, 0, N, bins, fine, boot, st, sq, has_sq)
     if st[0] == OK:
         totals[0] += float(int(tot[0]))
         for t in range(1, 6):
@@ -361,7 +378,8 @@ def _states_ok(bins, n_bins, fine, R, boot, n_boot, totals):
 
 
 def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, inverse_temperature, offset, n_bins,
-                     fine_bits, fine_levels, n_boot, seed, bins, fine, boot, totals, classwise_bins, classwise):
+                     fine_bits, fine_levels, n_boot, seed, bins, fine, boot, totals, classwise_bins, classwise,
+                     squares=None):
     """Same contract as ``calibkit._core.stream_top_label``.
 
     A batch of at most one top-label chunk is one call of one serial jitted function (no threading layer,
@@ -396,6 +414,13 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
         _state(fine, "fine", (5, R))
         _state(boot, "boot", (n_boot, 3, n_bins))
         _state(totals, "totals", (6,))
+    has_sq = squares is not None
+    if has_sq:
+        if not _state_ok(squares, (2, n_bins)):
+            _state(squares, "squares", (2, n_bins))
+        sq_state = squares
+    else:
+        sq_state = _NO_SQUARES
     cw_M = int(classwise_bins)
     if cw_M > 0:
         if not _state_ok(classwise, (3, K, cw_M)):
@@ -419,7 +444,7 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
                                 _cached_inner(n_bins), int(n_bins), int(fine_bits),
                                 int(fine_levels), int(n_boot),
                                 seed if type(seed) is int and 0 <= seed < _I63 else _int64_bits(seed), POISSON1_CDF, bins,
-                                fine, boot, totals, cw_state)
+                                fine, boot, totals, cw_state, sq_state, has_sq)
     flat_totals = totals.reshape(-1)
     conf = np.empty(N)
     correct = np.empty(N, np.uint8)
@@ -428,7 +453,7 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
     if r["status"][0] != OK:
         return r["status"]
     st = stream_accumulate(conf, correct, sample_weight, offset, n_bins, fine_bits, fine_levels, n_boot, seed, bins,
-                           fine, boot)
+                           fine, boot, squares)
     if st[0] != OK:
         return st
     t = r["totals"]
