@@ -29,11 +29,12 @@ def test_streamed_debiased_rmsce_is_the_one_shot_value(backend):
     assert r.debiased_rmsce == pytest.approx(one.value, rel=1e-12, abs=1e-15)
 
 
-def test_weighted_stream_has_no_debiased_value():
+def test_weighted_stream_debiased_value_uses_kish_counts():
     x, y = _data()
-    acc = calibkit.CalibrationAccumulator(from_logits=True).update(x, y, sample_weight=np.full(len(y), 0.5))
-    r = acc.compute()
-    assert r.debiased_rmsce is None and r.debiased_squared is None
+    w = np.random.default_rng(5).random(len(y)) + 0.1
+    r = calibkit.CalibrationAccumulator(from_logits=True).update(x, y, sample_weight=w).compute()
+    one = calibkit.debiased_calibration_error(x, y, from_logits=True, sample_weight=w)
+    assert r.debiased_rmsce == pytest.approx(one.value, rel=1e-12)
 
 
 @pytest.fixture

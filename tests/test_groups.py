@@ -49,10 +49,9 @@ def test_stream_ecce_bound_binary(backend, fine_bits, weighted):
     c = acc.compute().cumulative
     one = cce(p, y, sample_weight=w, backend=backend)
     assert_brackets(c, one)
-    assert (c.sigma is None) == weighted
-    if not weighted:
-        assert c.range_sigma == pytest.approx(c.range / c.sigma)
-        assert c.range_pvalue == calibkit.cumulative.kuiper_pvalue(c.range_sigma)
+    assert c.sigma == pytest.approx(one.sigma, rel=1e-9) and c.sigma_bound == 0.0  # the state keeps sum w^2 c(1-c)
+    assert c.range_sigma == pytest.approx(c.range / c.sigma)
+    assert c.range_pvalue == calibkit.cumulative.kuiper_pvalue(c.range_sigma)
 
 
 def test_stream_ecce_bound_top_label_and_extremes(backend):
@@ -115,7 +114,7 @@ def test_groups_equal_separate_accumulators(backend):
         alone.update(p[1000:][m[1000:]], y[1000:][m[1000:]], w[1000:][m[1000:]])
         assert r.groups.results[k].to_dict() == alone.compute().to_dict()
     assert r.groups.worst["ece"] == 1 and r.groups.worst["ecce_range"] == 1
-    assert r.groups.mce_sigma is None  # weighted: no sum of w^2 in the state
+    assert r.groups.mce_sigma is not None  # weighted: the state keeps sum w^2 c(1-c)
 
 
 def test_groups_top_label_logits(backend):
@@ -216,8 +215,7 @@ def test_split_merge_equals_one_pass(cuts, weighted, seed, backend):
             assert a.ece == pytest.approx(b.ece, abs=1e-12)
             assert a.cumulative.range == pytest.approx(b.cumulative.range, abs=1e-12)
     assert r1.groups.worst.keys() == r2.groups.worst.keys()
-    if not weighted:
-        assert r1.groups.mce_sigma == pytest.approx(r2.groups.mce_sigma, rel=1e-9)
+    assert r1.groups.mce_sigma == pytest.approx(r2.groups.mce_sigma, rel=1e-9)
 
 
 # -- bad input -------------------------------------------------------------------------------------------------
@@ -338,6 +336,6 @@ def test_windowed_and_decayed_streams():
     r = win.compute()
     held = r.count  # the most recent rows
     assert_brackets(r.cumulative, cce(p[-held:], y[-held:]))
-    # A decayed window weighs its rows: no sum of w^2 in the state, so no sigma.
+    # A decayed window weighs its rows (the squares fade by fade^2): sigma as for any weighted stream.
     dec = calibkit.WindowedAccumulator(decay=0.999).update(p, y).compute().cumulative
-    assert dec.sigma is None and dec.range_pvalue is None and dec.range > 0
+    assert dec.sigma is not None and dec.range_pvalue is not None and dec.range > 0

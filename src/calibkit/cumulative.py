@@ -466,11 +466,12 @@ class StreamedCumulative:
 
         range <= one-shot range <= range + range_bound,  max_abs <= one-shot max_abs <= max_abs + max_abs_bound.
 
-    ``sigma`` needs sum w^2 c (1 - c): for an unweighted stream it is bounded per bucket from the bucket's
-    confidence interval [lo, hi] and sum c (sum c^2 lies in [s^2 / n, (lo + hi) s - n lo hi]), and reported as
-    the middle of that interval with ``sigma_bound`` its half-width; a weighted stream keeps no sum of w^2,
-    so its ``sigma``, ``range_sigma`` and p-values are None. ``range_sigma`` and the p-values use the
-    reported ``range``, ``max_abs`` and ``sigma``.
+    ``sigma`` needs sum w^2 c (1 - c), which the state keeps (per equal-width bin, in the same pass): it is then
+    exact (``sigma_bound`` 0), weighted or not. States written before it was kept have, for an unweighted
+    stream, a bound per bucket from the bucket's confidence interval [lo, hi] and sum c (sum c^2 lies in
+    [s^2 / n, (lo + hi) s - n lo hi]), reported as the middle of that interval with ``sigma_bound`` its
+    half-width, and for a weighted stream None (so ``range_sigma`` and the p-values are None too).
+    ``range_sigma`` and the p-values use the reported ``range``, ``max_abs`` and ``sigma``.
     """
 
     range: float
