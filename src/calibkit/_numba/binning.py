@@ -639,11 +639,11 @@ def _binary_rows_fast(probs, targets, weights, has_w, bounds, uniform, n_bins, n
     wtot = 0.0
     correct = 0.0
     pos = 0
-    bad = False
+    bad = 0
     for i in range(begin, end):
         yr = targets[i]
         raw_p = load(probs[i], table)
-        ok = valid_probability(raw_p)
+        ok = (raw_p >= -PROBABILITY_TOLERANCE) & (raw_p <= 1.0 + PROBABILITY_TOLERANCE)  # valid_probability
         bad |= (np.uint64(yr) > np.uint64(1)) | (not ok)
         p = raw_p if ok else 0.0
         y = np.int64(yr) & 1
@@ -652,16 +652,20 @@ def _binary_rows_fast(probs, targets, weights, has_w, bounds, uniform, n_bins, n
         if has_w:
             w = weights[i]
             bad |= (not (w >= 0.0)) | (not (w - w == 0.0))
-        b = 0
+        # Unsigned indices: Numba adds no negative-index wraparound to them.
+        b = np.uint64(0)
         if uniform and n_bins > 1:
-            b = int(min(max(p * scale, 0.0), last))
-            b -= 0 if bounds[b] < p else 1
-            b += 1 if bounds[b + 1] < p else 0
+            x = p * scale
+            x = x if x > 0.0 else 0.0
+            x = x if x < last else last
+            b = np.uint64(x)
+            b -= np.uint64(not (bounds[b] < p))
+            b += np.uint64(bounds[b + np.uint64(1)] < p)
         elif n_bins > 1:
-            b = np.searchsorted(bounds[1:n_bins], p)
+            b = np.uint64(np.searchsorted(bounds[1:n_bins], p))
         if n_bins > 0:
             if lanes:
-                j = b * BIN_LANES + ((i - begin) & (BIN_LANES - 1))
+                j = b * np.uint64(BIN_LANES) + np.uint64((i - begin) & (BIN_LANES - 1))
                 l_count[j] += 1
                 l_pos[j] += y
                 l_sum[j] += p
@@ -677,11 +681,16 @@ def _binary_rows_fast(probs, targets, weights, has_w, bounds, uniform, n_bins, n
             correct += w * target
         else:
             pos += y
-        if with_nll:
-            pc = min(max(p, nll_eps), 1.0 - nll_eps)
-            nll -= w * (math.log(pc) if y == 1 else math.log1p(-pc))
     if bad:
         return False
+    if with_nll:
+        # A loop of its own (the chunk is still in cache): a log call in the loop above slows it down even
+        # where it is skipped. The same row order, so the same sum as one loop (the C++ twin's WithNll).
+        for i in range(begin, end):
+            p = load(probs[i], table)
+            w = weights[i] if has_w else 1.0
+            pc = min(max(p, nll_eps), 1.0 - nll_eps)
+            nll -= w * (math.log(pc) if targets[i] == 1 else math.log1p(-pc))
     if lanes:
         for m in range(n_bins):
             j = m * BIN_LANES
