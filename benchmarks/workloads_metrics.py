@@ -172,6 +172,37 @@ def _tiny_contenders(d, calls=100, peer_calls=10):
     return out
 
 
+def _binary_make(n, seed=0):
+    """(N,) float64 P(y=1) with int64 labels drawn from them (a calibrated binary model)."""
+    rng = np.random.default_rng(seed)
+    p = rng.beta(2.0, 5.0, n)
+    return {"scores": p, "labels": (rng.random(n) < p).astype(np.int64)}
+
+
+def _binary_contenders(d):
+    """Binary (positive-class) ECE and smooth ECE of (N,) scores; the NumPy ECE as the reference and a peer."""
+    import calibkit
+
+    p, y = d["scores"], d["labels"]
+    want = ece_of(p, y)
+
+    def close(rel):
+        return lambda got: None if abs(got - want) <= rel * abs(want) else f"{got!r} != {want!r}"
+
+    out = [Contender(f"calibkit ({b})", lambda b=b: calibkit.ece(p, y, backend=b), close(1e-9))
+           for b in ("cpp", "numba")]
+    out += [Contender(f"calibkit smooth_ece ({b})", lambda b=b: calibkit.smooth_ece(p, y, backend=b))
+            for b in ("cpp", "numba")]
+    out.append(Contender("numpy (vectorised)", lambda: ece_of(p, y), close(1e-6), repeat=3))
+    return out
+
+
+def _binary_floor(d):
+    """One read of the scores and of the labels (np.add.reduce over each)."""
+    p, y = d["scores"], d["labels"]
+    return lambda: (np.add.reduce(p, axis=None), np.add.reduce(y, axis=None))
+
+
 def _per_call_goal(backend):
     name = f"calibkit ({backend})"
     return Goal(f"any metric on 100 rows, {name} per call", lambda t: t[name] * 1e6, 20.0, unit=" us",
@@ -197,4 +228,9 @@ def workloads(quick: bool = False) -> list[Workload]:
         Workload("metrics", "top-label ECE on 100 rows x K=10 float32 probabilities (time per call)",
                  lambda: _make(100, 10, False), _tiny_contenders,
                  goals=[_per_call_goal("cpp"), _per_call_goal("numba")]),
+        Workload("metrics", f"binary ECE, N={big_n:,} float64 P(y=1), int64 labels",
+                 lambda: _binary_make(big_n), _binary_contenders, _binary_floor,
+                 floor_name="one read of scores and labels",
+                 goals=[ratio_to_floor("calibkit (cpp)", "binary ECE 10M", 3.0, "14x"),
+                        ratio_to_floor("calibkit (numba)", "binary ECE 10M", 3.0, "14x")]),
     ]

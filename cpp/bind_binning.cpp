@@ -100,7 +100,7 @@ py::dict top_label_stats_py(const py::object& scores_obj, const py::object& labe
 
 template <class L>
 py::dict binary_stats_typed(const py::array& probs, const py::array& targets, const py::object& sample_weight,
-                            int64_t n_bins, const py::object& edges, double nll_eps) {
+                            int64_t n_bins, const py::object& edges, double nll_eps, bool with_nll) {
     return dispatch_float(probs, "scores", [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         require_ndim(probs, "scores", 1);
@@ -119,7 +119,7 @@ py::dict binary_stats_typed(const py::array& probs, const py::array& targets, co
         BinningResult r;
         {
             py::gil_scoped_release release;
-            r = binary_stats<T, L>(p, y, w, n_bins, edge_values, nll_eps);
+            r = binary_stats<T, L>(p, y, w, n_bins, edge_values, nll_eps, with_nll);
         }
         py::dict d = bin_dict(r.bins);
         d["totals"] = totals_dict(r.totals);
@@ -129,15 +129,15 @@ py::dict binary_stats_typed(const py::array& probs, const py::array& targets, co
 }
 
 py::dict binary_stats_py(const py::object& probs_obj, const py::object& targets_obj, const py::object& sample_weight,
-                         int64_t n_bins, const py::object& edges, double nll_eps) {
+                         int64_t n_bins, const py::object& edges, double nll_eps, bool with_nll) {
     check_size(n_bins, "n_bins", 0, kMaxBins);
     check_nll_eps(nll_eps);
     const py::array probs = require_array(probs_obj, "scores");
     const py::array targets = require_array(targets_obj, "labels");
     if (is_dtype<int64_t>(targets))
-        return binary_stats_typed<int64_t>(probs, targets, sample_weight, n_bins, edges, nll_eps);
+        return binary_stats_typed<int64_t>(probs, targets, sample_weight, n_bins, edges, nll_eps, with_nll);
     if (is_dtype<uint8_t>(targets))
-        return binary_stats_typed<uint8_t>(probs, targets, sample_weight, n_bins, edges, nll_eps);
+        return binary_stats_typed<uint8_t>(probs, targets, sample_weight, n_bins, edges, nll_eps, with_nll);
     throw py::type_error("labels must have dtype int64 or uint8, got " + dtype_name(targets));
 }
 
@@ -161,7 +161,7 @@ void bind_binning(py::module_& m) {
           py::arg("conf_out") = py::none(), py::arg("correct_out") = py::none(),
           py::arg("inverse_temperature") = 1.0, py::arg("classwise_bins") = 0, py::arg("class_edges") = py::none());
     m.def("binary_stats", &binary_stats_py, py::arg("scores"), py::arg("labels"), py::arg("sample_weight"),
-          py::arg("n_bins"), py::arg("edges"), py::arg("nll_eps"));
+          py::arg("n_bins"), py::arg("edges"), py::arg("nll_eps"), py::arg("with_nll").noconvert() = true);
     m.def("classwise_stats", &classwise_stats_py, py::arg("scores"), py::arg("labels"), py::arg("sample_weight"),
           py::arg("from_logits").noconvert(), py::arg("n_bins"), py::arg("class_edges"));
 }

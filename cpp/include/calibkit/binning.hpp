@@ -1331,47 +1331,208 @@ BinningResult top_label_stats(const Matrix<T>& scores, const Vector<int64_t>& la
     return total;
 }
 
+// A label of a binary row is bad unless it is 0 or 1 (any integer type; no branch).
+template <class L>
+CALIBKIT_INLINE bool bad_binary_label(L y) {
+    if constexpr (std::is_signed<L>::value)
+        return static_cast<std::make_unsigned_t<L>>(y) > 1u;
+    else
+        return y > 1u;
+}
+
+// The row-by-row binary loop with every check (a bad row is reported in `part.status` and left
+// out). The fast path below runs it only on a chunk that holds a bad element, to name it.
+template <class T, class L>
+inline void binary_rows_checked(const Vector<T>& probs, const Vector<L>& targets, const Weights& weights,
+                                const BinEdges& edges, double nll_eps, bool with_nll, BinningResult& part,
+                                int64_t begin, int64_t end) {
+    const int64_t n_bins = edges.n_bins;
+    for (int64_t i = begin; i < end; ++i) {
+        const int64_t y = static_cast<int64_t>(targets.raw(i));
+        if (y != 0 && y != 1) {
+            part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
+            continue;
+        }
+        const double w = weights.at(i);
+        if (weights.present() && !check_weight(w, i, part.status)) continue;
+        const double p = probs[i];
+        if (!valid_probability(p)) {
+            part.status.set(is_finite(p) ? kProbabilityOutOfRange : kScoreNotFinite, i, -1, p);
+            continue;
+        }
+        const double target = static_cast<double>(y);
+        if (n_bins > 0) part.bins.add(edges.bin(p), w, p, target);
+        Totals& t = part.totals;
+        t.count += 1;
+        t.weight += w;
+        t.correct += w * target;
+        t.confidence += w * p;
+        t.brier += w * (p - target) * (p - target);
+        if (with_nll) {
+            const double pc = std::min(std::max(p, nll_eps), 1.0 - nll_eps);
+            t.nll -= w * (y == 1 ? std::log(pc) : std::log1p(-pc));
+        }
+    }
+}
+
+// The binary loop of a chunk without a branch per row: the checks of every row are or-ed into one
+// flag (false: the chunk holds a bad element, and its sums are to be thrown away), a bad value is
+// replaced by 0 before it is used as an index. Totals are added in row order.
+// Weighted: the per-bin sums are added in row order, as the checked loop adds them (bit for bit).
+// Unweighted: row begin + r goes to lane r % 4 of `lanes` (LaneBins' layout: a count, a count of
+// positives and Σ p per bin and lane), so that consecutive rows never update the same memory; the
+// lanes are folded in lane order at the end. A bin's weight is its count and its Σ y its count of
+// positives (sums of 1.0 and of 0/1 are exact below 2**53). Lanes are used up to kBinaryLaneBins
+// bins (beyond, clearing and folding them per chunk would cost more than they save).
+constexpr int64_t kBinaryLaneBins = 4096;
+
+struct BinaryLanes {
+    std::vector<int64_t> counts;  // kLanes counts per bin, then kLanes counts of positives per bin
+    std::vector<double> sums;     // kLanes sums of p per bin
+    explicit BinaryLanes(int64_t n_bins)
+        : counts(static_cast<size_t>(2 * LaneBins::kLanes * n_bins), 0),
+          sums(static_cast<size_t>(LaneBins::kLanes * n_bins), 0.0) {}
+};
+
+template <class T, class L, bool Weighted, bool Lanes, bool WithNll>
+inline bool binary_rows_fast(const Vector<T>& probs, const Vector<L>& targets, const Weights& weights,
+                             const BinEdges& edges, double nll_eps, BinningResult& part, BinaryLanes& lanes,
+                             int64_t begin, int64_t end) {
+    constexpr int64_t kL = LaneBins::kLanes;
+    const int64_t n_bins = edges.n_bins;
+    const bool binned = n_bins > 0;
+    const bool uniform = edges.uniform && n_bins > 1;
+    const double scale = edges.scale, last = edges.last;
+    const double* e = edges.bounds.data();
+    int64_t* const count = Lanes ? lanes.counts.data() : part.bins.count.data();
+    double* const wsum = part.bins.weight.data();
+    double* const sconf = Lanes ? lanes.sums.data() : part.bins.sum_score.data();
+    double* const starget = part.bins.sum_target.data();
+    int64_t* const positives = lanes.counts.data() + (Lanes ? kL * n_bins : 0);
+    double conf = 0.0, brier = 0.0, nll = 0.0, wtot = 0.0, correct = 0.0;
+    int64_t pos = 0;
+    bool bad = false;
+    for (int64_t i = begin; i < end; ++i) {
+        const L yr = targets.raw(i);
+        const double raw_p = probs[i];
+        const bool ok = valid_probability(raw_p);
+        bad |= bad_binary_label(yr) | !ok;
+        const double p = ok ? raw_p : 0.0;  // a NaN must not reach the bin index
+        const int64_t y = static_cast<int64_t>(yr) & 1;
+        const double target = static_cast<double>(y);
+        double w = 1.0;
+        if constexpr (Weighted) {
+            w = weights.v[i];
+            bad |= !(w >= 0.0) | !(w - w == 0.0);  // negative, NaN or infinite
+        }
+        int64_t b = 0;
+        if (uniform) {
+            // BinEdges::bin, with the clamp written so that it also holds for any p here.
+            b = static_cast<int64_t>(std::min(std::max(p * scale, 0.0), last));
+            b -= static_cast<int64_t>(!(e[b] < p));
+            b += static_cast<int64_t>(e[b + 1] < p);
+        } else if (n_bins > 1) {
+            b = edges.bin(p);
+        }
+        if (binned) {
+            if constexpr (!Lanes) {
+                count[b] += 1;
+                wsum[b] += w;
+                sconf[b] += w * p;
+                starget[b] += w * target;
+            } else {
+                const int64_t j = b * kL + ((i - begin) & (kL - 1));
+                count[j] += 1;
+                positives[j] += y;
+                sconf[j] += p;
+            }
+        }
+        conf += w * p;
+        brier += w * (p - target) * (p - target);
+        if constexpr (Weighted) {
+            wtot += w;
+            correct += w * target;
+        } else {
+            pos += y;
+        }
+        if constexpr (WithNll) {
+            const double pc = std::min(std::max(p, nll_eps), 1.0 - nll_eps);
+            nll -= w * (y == 1 ? std::log(pc) : std::log1p(-pc));
+        }
+    }
+    if (bad) return false;
+    if constexpr (Lanes) {
+        for (int64_t m = 0; binned && m < n_bins; ++m) {
+            const int64_t* c = count + m * kL;
+            const int64_t* q = positives + m * kL;
+            const double* s = sconf + m * kL;
+            part.bins.count[m] = ((c[0] + c[1]) + c[2]) + c[3];
+            part.bins.weight[m] = static_cast<double>(part.bins.count[m]);
+            part.bins.sum_target[m] = static_cast<double>(((q[0] + q[1]) + q[2]) + q[3]);
+            part.bins.sum_score[m] = ((s[0] + s[1]) + s[2]) + s[3];
+        }
+    }
+    if constexpr (!Weighted) {
+        wtot = static_cast<double>(end - begin);
+        correct = static_cast<double>(pos);
+    }
+    Totals& t = part.totals;
+    t.count = end - begin;
+    t.weight = wtot;
+    t.correct = correct;
+    t.confidence = conf;
+    t.brier = brier;
+    t.nll = nll;
+    return true;
+}
+
+template <class T, class L, bool Weighted, bool Lanes, bool WithNll>
+inline void binary_chunk(const Vector<T>& probs, const Vector<L>& targets, const Weights& weights,
+                         const BinEdges& edges, double nll_eps, BinningResult& part, int64_t begin, int64_t end) {
+    BinaryLanes lanes(Lanes ? edges.n_bins : 0);
+    if (binary_rows_fast<T, L, Weighted, Lanes, WithNll>(probs, targets, weights, edges, nll_eps, part, lanes, begin, end))
+        return;
+    part.reset();
+    binary_rows_checked<T, L>(probs, targets, weights, edges, nll_eps, WithNll, part, begin, end);
+}
+
 // Binary / one-score-per-row statistics: score p in [0, 1] against a 0/1
 // target, binned with the given edges (equal-width when edges is null). Used
 // for positive-class calibration of (N,) scores, and for equal-mass binning of
-// precomputed top-label confidences. Totals: Brier (p - y)^2 and the binary
-// log-loss with p clipped to [nll_eps, 1 - nll_eps].
+// precomputed top-label confidences. Totals: Brier (p - y)^2 and, when with_nll,
+// the binary log-loss with p clipped to [nll_eps, 1 - nll_eps] (NaN otherwise).
+// Labels of any integer type are read as they are.
 template <class T, class L>
 BinningResult binary_stats(const Vector<T>& probs, const Vector<L>& targets, const Weights& weights,
-                           int64_t n_bins, const double* edge_values, double nll_eps) {
+                           int64_t n_bins, const double* edge_values, double nll_eps, bool with_nll = true) {
     const int64_t N = probs.size;
     const BinEdges edges =
         edge_values ? BinEdges::explicit_edges(edge_values, n_bins) : BinEdges::equal_width(n_bins);
     BinningResult total(n_bins);
+    const bool weighted = weights.present();
+    const bool lanes = n_bins <= kBinaryLaneBins;
+    const struct {
+        const Vector<T>& p;
+        const Vector<L>& y;
+        const Weights& w;
+    } args{probs, targets, weights};
     chunked_reduce(
         N, kChunkElements, 1, 4 * n_bins, total, [&] { return BinningResult(n_bins); },
         [&](BinningResult& part, int64_t begin, int64_t end) {
-            for (int64_t i = begin; i < end; ++i) {
-                const int64_t y = static_cast<int64_t>(targets.raw(i));
-                if (y != 0 && y != 1) {
-                    part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
-                    continue;
-                }
-                const double w = weights.at(i);
-                if (weights.present() && !check_weight(w, i, part.status)) continue;
-                const double p = probs[i];
-                if (!valid_probability(p)) {
-                    part.status.set(is_finite(p) ? kProbabilityOutOfRange : kScoreNotFinite, i, -1, p);
-                    continue;
-                }
-                const double target = static_cast<double>(y);
-                if (n_bins > 0) part.bins.add(edges.bin(p), w, p, target);
-                const double pc = std::min(std::max(p, nll_eps), 1.0 - nll_eps);
-                Totals& t = part.totals;
-                t.count += 1;
-                t.weight += w;
-                t.correct += w * target;
-                t.confidence += w * p;
-                t.brier += w * (p - target) * (p - target);
-                t.nll -= w * (y == 1 ? std::log(pc) : std::log1p(-pc));
+            const auto& a = args;
+            if (weighted) {
+                if (with_nll) return binary_chunk<T, L, true, false, true>(a.p, a.y, a.w, edges, nll_eps, part, begin, end);
+                return binary_chunk<T, L, true, false, false>(a.p, a.y, a.w, edges, nll_eps, part, begin, end);
             }
+            if (lanes) {
+                if (with_nll) return binary_chunk<T, L, false, true, true>(a.p, a.y, a.w, edges, nll_eps, part, begin, end);
+                return binary_chunk<T, L, false, true, false>(a.p, a.y, a.w, edges, nll_eps, part, begin, end);
+            }
+            if (with_nll) return binary_chunk<T, L, false, false, true>(a.p, a.y, a.w, edges, nll_eps, part, begin, end);
+            binary_chunk<T, L, false, false, false>(a.p, a.y, a.w, edges, nll_eps, part, begin, end);
         },
         [](BinningResult& acc, const BinningResult& part) { acc.merge(part); });
+    if (!with_nll) total.totals.nll = std::numeric_limits<double>::quiet_NaN();
     return total;
 }
 
