@@ -255,7 +255,7 @@ def _confidence_outcome(scores, labels, sample_weight, from_logits, backend):
                                                           scale_weights=True)
     if scores.ndim == 1:
         probs = _binary_probabilities(scores, from_logits)
-        r = k.binary_stats(probs, labels, sample_weight, 0, None, _nll_eps(probs.dtype))
+        r = k.binary_stats(probs, labels, sample_weight, 0, None, _nll_eps(probs.dtype), False)  # checks only
         raise_for_status(r["status"], binary=True)
         p = np.asarray(probs, dtype=np.float64)
         y = labels.astype(np.uint8)  # 0/1, checked above

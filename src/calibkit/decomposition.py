@@ -168,7 +168,7 @@ def _binary_problem(scores, labels, sample_weight, from_logits, backend):
         # to name the first bad element as every metric does.
         if not (float(p.min()) >= -_PROBABILITY_SLACK and float(p.max()) <= 1.0 + _PROBABILITY_SLACK
                 and labels.min() >= 0 and labels.max() <= 1):
-            r = k.binary_stats(p, labels, w, 0, None, _nll_eps(p.dtype))
+            r = k.binary_stats(p, labels, w, 0, None, _nll_eps(p.dtype), False)
             raise_for_status(r["status"], binary=True)
         y = labels
         p = np.asarray(p, dtype=np.float64)

@@ -234,12 +234,12 @@ def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, bac
         eps = _nll_eps(probs.dtype)
         if vectors:
             # Validate the whole input (labels, weights, values) before using it.
-            first = k.binary_stats(probs, labels, sample_weight, 0, None, eps)
+            first = k.binary_stats(probs, labels, sample_weight, 0, None, eps, False)  # with_nll=False
             raise_for_status(first["status"], binary=True)
         n_bins = resolve_n_bins(rule, probs, labels, sample_weight, strategy)
         edges = _strategy_edges(probs, sample_weight, n_bins, strategy)
         n_bins = n_bins if edges is None else edges.shape[0] - 1  # quantile_midpoint can merge bins
-        r = k.binary_stats(probs, labels, sample_weight, n_bins, edges, eps)
+        r = k.binary_stats(probs, labels, sample_weight, n_bins, edges, eps, False)  # no NLL: a log per row saved
         raise_for_status(r["status"], binary=True)
         conf, target = probs, labels
     else:
@@ -263,7 +263,7 @@ def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, bac
             n_bins = resolve_n_bins(rule, conf, target, sample_weight, strategy)
             edges = _strategy_edges(conf, sample_weight, n_bins, strategy)
             n_bins = n_bins if edges is None else edges.shape[0] - 1
-            r = k.binary_stats(conf, target, sample_weight, n_bins, edges, eps)
+            r = k.binary_stats(conf, target, sample_weight, n_bins, edges, eps, False)
             raise_for_status(r["status"])
             r["totals"] = first["totals"]
     totals = r["totals"]
@@ -271,7 +271,7 @@ def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, bac
         raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
     sq_weight = None
     if squares:
-        sq_weight = k.binary_stats(conf, target, sample_weight * sample_weight, n_bins, edges, eps)["weight"]
+        sq_weight = k.binary_stats(conf, target, sample_weight * sample_weight, n_bins, edges, eps, False)["weight"]
     return _Binned(
         edges=_equal_width_edges(n_bins) if edges is None else edges,
         count=r["count"],
