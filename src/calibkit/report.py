@@ -545,7 +545,7 @@ def format_table(result: Mapping[str, Any]) -> str:
     >>> for line in table[1:]:
     ...     print(line)
                              n      accuracy           ece classwise_ece    smooth_ece  rmsce_debias  ecce_r/sigma        ecce_p         brier           nll
-    raw                 10,000       0.95000       0.01819       0.00462       0.01794       0.02889      11.18403       2.2e-16       0.08149       0.18672
+    raw                 10,000       0.95000       0.01819       0.00462       0.01794       0.02889      11.18402       2.2e-16       0.08149       0.18672
     """
     kind = "logits" if result["from_logits"] else "probabilities"
     head = (f"{result['dump']}: {result['n_rows']:,} rows x {result['n_classes']} classes ({kind})"
