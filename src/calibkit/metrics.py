@@ -813,8 +813,25 @@ def _classwise_errors(weight, sum_p, sum_y, norm):
 # ----------------------------------------------------------------------------
 
 
+class _ValueWithInterval:
+    """What a dataclass result with a ``value`` and an optional ``ci`` (low, high) shares: ``float(result)`` is
+    the value, ``to_dict()`` its JSON-safe fields."""
+
+    value: float
+    ci: tuple[float, float] | None
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe fields (``ci`` as a list)."""
+        out = dataclasses.asdict(self)  # type: ignore[call-overload]
+        out["ci"] = None if self.ci is None else list(self.ci)
+        return out
+
+
 @dataclasses.dataclass(frozen=True)
-class CalibrationErrorResult:
+class CalibrationErrorResult(_ValueWithInterval):
     """A calibration error with what produced it.
 
     Attributes
@@ -854,14 +871,6 @@ class CalibrationErrorResult:
     confidence_level: float | None = None
     n_boot: int = 0
 
-    def __float__(self) -> float:
-        return float(self.value)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe fields (``ci`` as a list)."""
-        out = dataclasses.asdict(self)
-        out["ci"] = None if self.ci is None else list(self.ci)
-        return out
 
 
 def debiased_calibration_error(

@@ -44,7 +44,7 @@ import numpy as np
 from . import _backend
 from ._typing import ArrayLike, Backend
 from ._validation import check_choice, raise_for_status
-from .metrics import _binary_probabilities, _percentile_interval, _prepare
+from .metrics import _binary_probabilities, _percentile_interval, _prepare, _ValueWithInterval
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -332,7 +332,7 @@ def smooth_ece(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = Fals
 
 
 @dataclasses.dataclass(frozen=True)
-class SmoothECEResult:
+class SmoothECEResult(_ValueWithInterval):
     """A smooth ECE with its bootstrap interval (:func:`smooth_ece` with ``ci``).
 
     Attributes
@@ -361,15 +361,6 @@ class SmoothECEResult:
     ci: tuple[float, float] | None = None
     confidence_level: float | None = None
     n_boot: int = 0
-
-    def __float__(self) -> float:
-        return float(self.value)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe fields (``ci`` as a list)."""
-        out = dataclasses.asdict(self)
-        out["ci"] = None if self.ci is None else list(self.ci)
-        return out
 
 
 def _smooth_replicates(scores, labels, sample_weight, from_logits, bandwidth, kernel, n_boot, seed, backend):
