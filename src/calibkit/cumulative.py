@@ -132,8 +132,6 @@ def ks_pvalue(x: float) -> float:
     for x >= 1 from the reflection series 4 sum_{j>=0} (-1)^j Q((2j+1) x) (Q the standard normal tail), which
     keeps small p-values accurate. Floored at machine epsilon and 1 below ``STAT_MIN``, as the Kuiper p-value.
     """
-    from scipy.special import ndtr  # imported here: SciPy costs ~0.2 s at import
-
     x = float(x)
     if not x >= STAT_MIN:
         return 1.0
@@ -144,7 +142,9 @@ def ks_pvalue(x: float) -> float:
             cdf += (-1) ** k / m * math.exp(-m * m * math.pi ** 2 / (8.0 * x * x))
         p = 1.0 - 4.0 / math.pi * cdf
     else:
-        p = 4.0 * sum((-1) ** j * float(ndtr(-(2 * j + 1) * x)) for j in range(8))
+        # Q(z) = erfc(z / sqrt 2) / 2, from the math module (accurate in the far tail; no SciPy import, which
+        # costs 0.2-0.7 s and this is called by every CalibrationAccumulator.compute())
+        p = 2.0 * sum((-1) ** j * math.erfc((2 * j + 1) * x / math.sqrt(2.0)) for j in range(8))
     return min(1.0, max(_EPS, p))
 
 
