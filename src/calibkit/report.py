@@ -3,16 +3,13 @@
 The evaluation rows are read chunk by chunk into a :class:`CalibrationAccumulator`
 (raw scores) and one more per calibrator (its calibrated logits or
 probabilities), so peak memory is bounded by the chunk size plus the
-validation rows the calibrators are fitted on. With a validation split of the
-dump (``val_mask``), a first pass reads every block once, in large sequential
-reads (a reading thread fetches the next block while the kernels work on this
-one), for the raw metrics of its evaluation rows (one fused kernel call per
-block: top-label, class-wise, equal-mass, Brier and NLL) while its validation
-rows are kept (the same read scatters them into a buffer of their own); the
-calibrators are fitted on them in memory; a second pass reads the evaluation
-rows again for every fitted calibrator's metrics. With a separate validation
-dump (``val``) the calibrators are fitted first and one pass takes the raw
-metrics and every calibrator's.
+validation rows the calibrators are fitted on. The validation rows are read
+first, by themselves (:meth:`~calibkit.io.Dump.take`: a file's selected rows
+only, not the whole dump), and every calibrator fitted on them in memory; then
+one pass reads each block of evaluation rows once (a reading thread fetches
+the next block while the kernels work on this one) for the raw metrics (one
+fused kernel call per block: top-label, class-wise, equal-mass, Brier and
+NLL) and every fitted calibrator's in turn.
 """
 
 from __future__ import annotations
@@ -235,8 +232,9 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
         ``ace_bound`` of the exact value; also the ACE column). MCE is always
         over equal-width bins.
     progress : callable(n_rows), optional
-        Called after each chunk with the rows done so far, counting on across
-        the passes (with ``val_mask`` two passes over the dump's rows).
+        Called after each chunk with the rows done so far; reading the
+        validation rows of ``val_mask`` counts as a first pass over the dump's
+        rows (called once, when they are read).
     groups : (N,) array of int, optional
         A group id in [0, 65536) per row of ``test`` (a data source, a language, ...): the raw scores then
         also get a light state per group (``n_groups`` of :class:`CalibrationAccumulator`, 1280 fine
@@ -244,9 +242,9 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
         ECCE-R / sigma (:class:`calibkit.streaming.GroupResults`).
     stage : callable(name, n_rows), optional
         Called as each stage begins, with its name and the rows it reads (None
-        for a fit): with ``val_mask``, ``"pass 1/2: raw metrics, N validation rows"``, then
-        ``"fit 1/3: temperature ..."``, ..., ``"pass 2/2: temperature, ..."``
-        (with ``val``: ``"reading N validation rows"``, the fits, ``"pass 1/1: raw metrics, temperature, ..."``);
+        for a fit): with ``val_mask``, ``"pass 1/2: N validation rows"``, then
+        ``"fit 1/3: temperature ..."``, ..., ``"pass 2/2: raw metrics, temperature, ..."``
+        (with ``val``: ``"reading N validation rows"``, the fits, ``"pass 1/1: ..."``);
         ``progress`` counts on across them.
     max_val_bytes : int
         Validation rows up to this size are held in memory for the fits.
@@ -324,6 +322,7 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
                                           **_group_config(group_ids))}
     held = None if val_mask is None else np.asarray(val_mask, dtype=bool)
     gather = bool(methods) and val is None and not out_of_core
+    passes = 2 if gather else 1
     done = 0
     seen = _Details(test.n_rows, K, binary, test.from_logits) if details else None
 
@@ -331,48 +330,23 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
         if stage is not None:
             stage(name, rows)
 
-    def evaluate(blk, raw, calibrated):
-        """One block's evaluation rows into the raw accumulator (``raw``) and the calibrators' (``calibrated``)."""
-        try:
-            if len(blk.labels):
-                if raw:
-                    accs["raw"].update(blk.scores, blk.labels, groups=_block_groups(group_ids, blk))
-                    if seen is not None:
-                        seen.update(blk.scores, blk.labels)
-                if calibrated and inputs is not None:
-                    for m, x in inputs(blk.scores).items():
-                        accs[m].update(x, blk.labels)
-        except BadElementError as exc:
-            raise locate(exc, test, blk.first_row, blk.held_mask) from None
-
-    # With val_mask: pass 1 reads every block once (large sequential reads), takes the raw metrics of its
-    # evaluation rows and keeps its validation rows (read straight into their own array); the fits; pass 2 reads
-    # the evaluation rows again for the calibrators. Otherwise (no calibrators, a validation dump, or an out-of-core
-    # fit) the fits come first and one pass takes the raw metrics and every calibrator's.
+    # The validation rows first (read by themselves), the fits, then one pass over the evaluation rows: each block
+    # read once for the raw metrics and every fitted calibrator's.
     fitted = {}
-    inputs = None
-    if gather:
-        begin(f"pass 1/2: raw metrics, {n_val:,} validation rows", test.n_rows)
-        test._need_labels()
-        vs = np.empty((n_val,) + tuple(test.scores.shape[1:]), dtype=test.scores.dtype)
-        vy = np.empty(n_val, dtype=np.asarray(test.labels[:1]).dtype)
-        at = 0
-        for blk in _blocks(test, held, chunk_rows, gather=True):
-            evaluate(blk, True, False)
-            k = len(blk.held_labels)
-            vs[at:at + k], vy[at:at + k] = blk.held_scores, blk.held_labels
-            at += k
-            done += blk.n_rows
-            if progress is not None:
-                progress(done)
-    elif methods and out_of_core:
+    if methods and out_of_core:
         begin(f"fit 1/1: temperature (out of core, {n_val:,} rows per step)")
         source, mask = (val, None) if val is not None else (test, held)
         fitted["temperature"] = _fit_temperature_out_of_core(source, mask, chunk_rows, backend)
     elif methods:
-        begin(f"reading {n_val:,} validation rows")
-        vs, vy = val.take(np.ones(val.n_rows, dtype=bool), chunk_rows)
-    if methods and not out_of_core:
+        if val is not None:
+            begin(f"reading {n_val:,} validation rows")
+            vs, vy = val.take(np.ones(val.n_rows, dtype=bool), chunk_rows)
+        else:
+            begin(f"pass 1/2: {n_val:,} validation rows", test.n_rows)
+            vs, vy = test.take(held, chunk_rows)
+            done = test.n_rows
+            if progress is not None:
+                progress(done)
         for j, m in enumerate(methods):
             begin(f"fit {j + 1}/{len(methods)}: {m} on {n_val:,} rows")
             try:
@@ -383,13 +357,19 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
         del vs, vy
     for m in methods:
         accs[m] = _method_accumulator(m, fitted[m], n_bins, K, smooth, backend)
+    begin(f"pass {passes}/{passes}: raw metrics" + (f", {', '.join(methods)}" if methods else ""), test.n_rows)
     inputs = _CalibratedInputs(fitted, test.from_logits, chunk_rows or test.chunk_rows(), K) if fitted else None
-    if gather:
-        begin(f"pass 2/2: {', '.join(methods)}", test.n_rows)
-    else:
-        begin("pass 1/1: raw metrics" + (f", {', '.join(methods)}" if methods else ""), test.n_rows)
     for blk in _blocks(test, held, chunk_rows, gather=False):
-        evaluate(blk, not gather, True)
+        try:
+            if len(blk.labels):
+                accs["raw"].update(blk.scores, blk.labels, groups=_block_groups(group_ids, blk))
+                if seen is not None:
+                    seen.update(blk.scores, blk.labels)
+                if inputs is not None:
+                    for m, x in inputs(blk.scores).items():
+                        accs[m].update(x, blk.labels)
+        except BadElementError as exc:
+            raise locate(exc, test, blk.first_row, blk.held_mask) from None
         done += blk.n_rows
         if progress is not None:
             progress(done)
