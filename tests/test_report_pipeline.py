@@ -1,6 +1,6 @@
-"""The passes of ``calibkit report`` with a validation split (issue 13): pass 1 reads every block once for the raw
-metrics and keeps the validation rows, the calibrators are fitted on them, pass 2 reads the evaluation rows for the
-calibrators. The numbers do not depend on how the dump is stored or read (file reads, split by scatter reads or by
+"""The passes of ``calibkit report`` with a validation split (issue 13): pass 1 gathers the validation rows (the
+selected rows of the file only), the calibrators are fitted on them, pass 2 reads each block of evaluation rows
+once for the raw metrics and every calibrator's. The numbers do not depend on how the dump is stored or read (file reads, split by scatter reads or by
 a copy; in-memory arrays; compressed members; any block size), and are those of the one-shot functions."""
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def test_the_passes_give_the_same_numbers_however_the_dump_is_read(tmp_path, bac
             r = report.report(dump, val_mask=mask, methods=["temperature", "histogram"], chunk_rows=chunk_rows,
                               backend=backend)
             got = numbers(r)
-            # the validation rows kept by pass 1 are z[mask] in order: the fit is that of z[mask], bit for bit
+            # the validation rows gathered by pass 1 are z[mask] in order: the fit is that of z[mask], bit for bit
             t = calibkit.TemperatureScaling(backend=backend).fit(z[mask], y[mask]).temperature_
             assert got["temperature"]["params"]["temperature_"] == t, (kind, chunk_rows)
             assert r["n_val"] == int(mask.sum()) and got["raw"]["n"] == int((~mask).sum())
@@ -68,7 +68,7 @@ def test_the_passes_give_the_same_numbers_however_the_dump_is_read(tmp_path, bac
 
 
 def test_the_scatter_reads_and_the_copy_split_agree_bit_for_bit(tmp_path, monkeypatch):
-    """Pass 1 splits each block by scatter reads (os.preadv); without them, by a copy: the same numbers."""
+    """Pass 2 splits each block by scatter reads (os.preadv); without them, by a copy: the same numbers."""
     z, y = logits(seed=5)
     mask = io.split_mask(N, 0.1)
     dump = dumps(tmp_path, z, y)["npy"]
@@ -78,7 +78,7 @@ def test_the_scatter_reads_and_the_copy_split_agree_bit_for_bit(tmp_path, monkey
     assert numbers(a) == numbers(b)
 
 
-def test_each_pass_reports_its_blocks_and_the_fits_come_between(tmp_path):
+def test_each_pass_reports_its_rows_and_the_fits_come_between(tmp_path):
     z, y = logits(seed=6)
     mask = io.split_mask(N, 0.3)
     dump = dumps(tmp_path, z, y)["npy"]
@@ -86,9 +86,8 @@ def test_each_pass_reports_its_blocks_and_the_fits_come_between(tmp_path):
     report.report(dump, val_mask=mask, methods=["temperature", "isotonic"], chunk_rows=500,
                   progress=lambda done: events.append(done),
                   stage=lambda name, rows: events.append((name.split(":")[0], rows)))
-    per_pass = [min(N, a + 500) for a in range(0, N, 500)]
-    assert events == ([("pass 1/2", N)] + per_pass + [("fit 1/2", None), ("fit 2/2", None), ("pass 2/2", N)]
-                      + [N + d for d in per_pass])
+    assert events == ([("pass 1/2", N), N, ("fit 1/2", None), ("fit 2/2", None), ("pass 2/2", N)]
+                      + [N + min(N, a + 500) for a in range(0, N, 500)])
 
 
 def test_a_dump_without_labels_is_refused_before_any_read(tmp_path):
@@ -100,8 +99,8 @@ def test_a_dump_without_labels_is_refused_before_any_read(tmp_path):
 
 
 def test_bad_validation_row_is_named_after_the_raw_pass(tmp_path):
-    """A NaN in a validation row: pass 1 does not read it as an evaluation row; the fit names it by its row in
-    the whole dump. A NaN in an evaluation row is named by pass 1."""
+    """A NaN in a validation row is named by the fit, one in an evaluation row by pass 2: each by its row in
+    the whole dump."""
     z, y = logits(seed=9)
     mask = io.split_mask(N, 0.2)
     for row in (int(np.flatnonzero(mask)[17]), int(np.flatnonzero(~mask)[1234])):
