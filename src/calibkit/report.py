@@ -111,8 +111,9 @@ class _CalibratedInputs:
     Isotonic calibration and histogram binning map the whole block in one kernel call each (threaded over
     rows, on search tables built once for the pass); from logits, the block's softmax is computed once by
     ``softmax_into`` (the numbers of the fused kernel of ``predict_proba``) into the buffer of the last one to
-    map it, which maps it in place. Vector scaling is applied sub-block by sub-block
-    (about ``SUB_BLOCK_VALUES`` values, in cache). Every row is computed on its own, by the calls the
+    map it, which maps it in place. Vector scaling maps the whole block of logits in one kernel call
+    (``vector_scale``; from probabilities, their logarithms sub-block by sub-block, about ``SUB_BLOCK_VALUES``
+    values in cache). Every row is computed on its own, by the calls the
     calibrator's own ``transform`` / ``predict_proba`` make, so the values are those of ``transform`` /
     ``predict_proba`` of the block, bit for bit. The other methods (temperature: the logits themselves; matrix
     scaling) take their ordinary path.
@@ -142,13 +143,12 @@ class _CalibratedInputs:
             return out
         scores = npm._readable(check_scores(scores))
         ok = dict.fromkeys(self.out, True)
-        if self.vector is not None:
-            for a in range(0, n, self.sub):
+        if self.vector is not None and self.from_logits:
+            ok["vector"] = self.vector._scaled_into(scores, out["vector"])  # the whole block, logits in place
+        elif self.vector is not None:
+            for a in range(0, n, self.sub):  # the log-probabilities of a sub-block, in cache
                 s = scores[a:a + self.sub]
-                o = out["vector"][a:a + len(s)]
-                with np.errstate(over="ignore", invalid="ignore"):
-                    self.vector._scaled_into(as_logits(s, self.from_logits), o)
-                ok["vector"] &= bool(np.isfinite(o).all())
+                ok["vector"] &= self.vector._scaled_into(as_logits(s, False), out["vector"][a:a + len(s)])
         if self.steps and self.from_logits:
             # The softmax of the block once (softmax_into: the numbers predict_proba's fused kernel computes),
             # mapped by every step calibrator, the first last and in place.

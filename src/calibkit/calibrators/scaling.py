@@ -11,7 +11,7 @@ import numpy as np
 from .. import _backend
 from .._backend import BACKENDS
 from .._typing import ArrayLike, Backend, FloatArray, IntArray
-from .._validation import MAX_CLASSES, BadElementError, raise_for_status
+from .._validation import MAX_CLASSES, OK, BadElementError, raise_for_status
 from ._base import (
     MAX_LEARNED, Calibrator, check_finite, check_fit_inputs, check_int, check_logits, check_positive_number,
     chunk_rows, fitted_array, fitted_int, softmax_rows,
@@ -34,6 +34,15 @@ def minimize(*args, **kwargs):
     from scipy.optimize import minimize as scipy_minimize
 
     return scipy_minimize(*args, **kwargs)
+
+
+def _vector_scale_kernel(backend):
+    """``vector_scale`` (scaling.hpp) of the chosen backend."""
+    if _backend.resolve_backend(backend) == "cpp":
+        return _backend.kernels("cpp").vector_scale
+    from .._numba.scaling import vector_scale
+
+    return vector_scale
 
 
 def _row_slices(n, chunk_size):
@@ -678,11 +687,13 @@ class VectorScaling(_LogitCalibrator):
         return z * self.scale_ + self.bias_
 
     def _scaled_into(self, z, out):
-        """out = :meth:`_scaled` of the (n, K) logits z (any float dtype) written into the float64 (n, K) out:
-        the same numbers (z is widened to float64 exactly, then scaled and shifted), no temporary."""
-        np.multiply(z, self.scale_, out=out)
-        out += self.bias_
-        return out
+        """Whether every value is finite of out = :meth:`_scaled` of the (n, K) logits z (a float16/32/64
+        array, read in place) written into the C-ordered float64 (n, K) array out: the same numbers (z widened
+        to float64 exactly, then scaled and shifted), in one kernel pass (``vector_scale``, threaded over
+        rows), no temporary."""
+        scale = np.ascontiguousarray(self.scale_, dtype=np.float64)
+        bias = np.ascontiguousarray(self.bias_, dtype=np.float64)
+        return _vector_scale_kernel(self.backend)(z, scale, bias, out)[0] == OK
 
 
 class MatrixScaling(_LogitCalibrator):
