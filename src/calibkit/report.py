@@ -108,15 +108,15 @@ class _CalibratedInputs:
     numbers), written into buffers allocated once for the whole pass (a fresh block-sized array per
     calibrator and block would be a fresh mapping to fault in, each time).
 
-    Isotonic calibration and histogram binning map the whole block in one kernel call each (threaded over
-    rows, on search tables built once for the pass); from logits, the block's softmax is computed once by
-    ``softmax_into`` (the numbers of the fused kernel of ``predict_proba``) into the buffer of the last one to
-    map it, which maps it in place. Vector scaling maps the whole block of logits in one kernel call
-    (``vector_scale``; from probabilities, their logarithms sub-block by sub-block, about ``SUB_BLOCK_VALUES``
-    values in cache). Every row is computed on its own, by the calls the
-    calibrator's own ``transform`` / ``predict_proba`` make, so the values are those of ``transform`` /
-    ``predict_proba`` of the block, bit for bit. The other methods (temperature: the logits themselves; matrix
-    scaling) take their ordinary path.
+    Isotonic calibration and histogram binning map probabilities a whole block per kernel call (threaded over
+    rows, on search tables built once for the pass); from logits, the softmax of each sub-block (4
+    ``SUB_BLOCK_VALUES`` values) is computed once by ``softmax_into`` (the numbers of the fused kernel of
+    ``predict_proba``) into the buffer of the last one to map it, and mapped by both while it is in cache.
+    Vector scaling maps a whole block of logits in one kernel call (``vector_scale``; from probabilities,
+    their logarithms sub-block by sub-block, ``SUB_BLOCK_VALUES`` values in cache). Every row is computed on
+    its own, by the calls the calibrator's own ``transform`` / ``predict_proba`` make, so the values are those
+    of ``transform`` / ``predict_proba`` of the block, bit for bit. The other methods (temperature: the logits
+    themselves; matrix scaling) take their ordinary path.
     """
 
     def __init__(self, fitted, from_logits, block_rows, n_classes):
@@ -133,6 +133,9 @@ class _CalibratedInputs:
         fast = list(self.steps) + (["vector"] if self.vector is not None else [])
         self.out = {m: np.empty((block_rows, n_classes)) for m in fast}
         self.sub = max(1, SUB_BLOCK_VALUES // max(1, n_classes))
+        # Softmax sub-blocks of 4 SUB_BLOCK_VALUES values (1 MB in float64: in cache for both maps, and enough
+        # rows for the kernels' threads).
+        self.sub_steps = max(1, 4 * SUB_BLOCK_VALUES // max(1, n_classes))
 
     def __call__(self, scores):
         """``{method: its accumulator's input}`` for the (n, K) block ``scores`` (n <= the block rows)."""
@@ -150,13 +153,18 @@ class _CalibratedInputs:
                 s = scores[a:a + self.sub]
                 ok["vector"] &= self.vector._scaled_into(as_logits(s, False), out["vector"][a:a + len(s)])
         if self.steps and self.from_logits:
-            # The softmax of the block once (softmax_into: the numbers predict_proba's fused kernel computes),
-            # mapped by every step calibrator, the first last and in place.
+            # The softmax of each sub-block once (softmax_into: the numbers predict_proba's fused kernel
+            # computes), mapped by every step calibrator while it is in cache, the first last and in place.
             steps = list(self.steps.items())
-            q = out[steps[0][0]]
-            good = npm._kernels(self.backend).softmax_into(scores, q)[0] == OK
-            for m, apply in steps[1:] + steps[:1]:
-                ok[m] = good and apply(q, out[m], npm._CHECK_NONE)[0] == OK
+            softmax_into = npm._kernels(self.backend).softmax_into
+            for a in range(0, n, self.sub_steps):
+                b = min(n, a + self.sub_steps)
+                q = out[steps[0][0]][a:b]
+                if softmax_into(scores[a:b], q)[0] != OK:
+                    ok.update(dict.fromkeys(self.steps, False))
+                    break
+                for m, apply in steps[1:] + steps[:1]:
+                    ok[m] = ok[m] and apply(q, out[m][a:b], npm._CHECK_NONE)[0] == OK
         else:
             for m, apply in self.steps.items():
                 ok[m] = apply(scores, out[m], npm._CHECK_PROBABILITY)[0] == OK
