@@ -1,6 +1,7 @@
 // Bindings of softmax.hpp (scaling losses).
 // Each function checks its buffers and releases the GIL around the kernel.
 #include "bindings.hpp"
+#include "calibkit/scaling.hpp"
 #include "calibkit/softmax.hpp"
 
 namespace py = pybind11;
@@ -83,6 +84,39 @@ py::dict vector_scaling_nll_py(const py::object& scores_obj, const py::object& l
     });
 }
 
+// out = scores * scale + bias (vector scaling's transform) into the C-ordered float64 (N, K) out, which
+// may be the scores themselves (float64, C-ordered) but no other memory they occupy.
+py::tuple vector_scale_py(const py::object& scores_obj, const py::object& scale, const py::object& bias,
+                          const py::object& out_obj) {
+    const py::array scores = require_array(scores_obj, "scores");
+    return dispatch_float(scores, "scores", [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const Matrix<T> z = matrix<T>(scores, "scores");
+        const double* a = parameter(scale, "scale", z.cols);
+        const double* c = parameter(bias, "bias", z.cols);
+        double* out = output_array<double>(out_obj, "out", {z.rows, z.cols});
+        if (z.rows > 0 && z.cols > 0) {
+            const char* lo = z.data + std::min<int64_t>(0, (z.rows - 1) * z.row_stride) +
+                             std::min<int64_t>(0, (z.cols - 1) * z.col_stride);
+            const char* hi = z.data + std::max<int64_t>(0, (z.rows - 1) * z.row_stride) +
+                             std::max<int64_t>(0, (z.cols - 1) * z.col_stride) + sizeof(T);
+            const char* o_lo = reinterpret_cast<const char*>(out);
+            const char* o_hi = o_lo + z.rows * z.cols * static_cast<int64_t>(sizeof(double));
+            const bool same = o_lo == z.data && std::is_same<T, double>::value &&
+                              z.col_stride == static_cast<int64_t>(sizeof(double)) &&
+                              z.row_stride == z.cols * static_cast<int64_t>(sizeof(double));
+            if (lo < o_hi && o_lo < hi && !same)
+                throw py::value_error("out overlaps scores: it must be scores itself or separate memory");
+        }
+        Status st;
+        {
+            py::gil_scoped_release release;
+            st = vector_scale<T>(z, a, c, out);
+        }
+        return status_tuple(st);
+    });
+}
+
 }  // namespace
 
 void bind_calibrators(py::module_& m) {
@@ -90,4 +124,7 @@ void bind_calibrators(py::module_& m) {
           py::arg("inverse_temperature"));
     m.def("vector_scaling_nll", &vector_scaling_nll_py, py::arg("scores"), py::arg("labels"),
           py::arg("sample_weight"), py::arg("scale"), py::arg("bias"));
+    m.def("vector_scale", &vector_scale_py, py::arg("scores"), py::arg("scale"), py::arg("bias"), py::arg("out"),
+          "out = scores * scale + bias for (N, K) logits (vector scaling's transform), into the C-ordered float64 "
+          "(N, K) out; returns the status of the first output that is not finite.");
 }

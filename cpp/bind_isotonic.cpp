@@ -180,14 +180,22 @@ py::array checked_scores(const py::object& scores_obj) {
     return scores;
 }
 
-py::tuple apply_tables(const py::array& scores, const StepTables& tables, int check, bool renormalise, double* out) {
+// With softmax the scores are (N, K) logits, checked finite or not at all.
+void check_softmax(const py::array& scores, int check, bool softmax) {
+    if (!softmax) return;
+    if (scores.ndim() != 2) throw py::value_error("softmax needs logits of shape (N, K), got " + ndim_text(scores));
+    if (check == kCheckProbability) throw py::value_error("check = 2 (probabilities) does not apply to logits");
+}
+
+py::tuple apply_tables(const py::array& scores, const StepTables& tables, int check, bool renormalise, double* out,
+                       bool softmax) {
     return dispatch_float(scores, "scores", [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
         const Matrix<T> s = columns<T>(scores, "scores");
         Status st;
         {
             py::gil_scoped_release release;
-            st = apply_columns(s, tables, check, renormalise, out);
+            st = apply_columns(s, tables, check, renormalise, out, softmax);
         }
         return status_tuple(st);
     });
@@ -195,15 +203,16 @@ py::tuple apply_tables(const py::array& scores, const StepTables& tables, int ch
 
 py::tuple step_apply_py(const py::object& scores_obj, const py::object& x_obj, const py::object& x_offsets,
                         const py::object& y_obj, const py::object& y_offsets, int mode, int check, bool renormalise,
-                        const py::object& out_obj) {
+                        const py::object& out_obj, bool softmax) {
     const py::array scores = require_array(scores_obj, "scores");
     check_mode(mode, "mode", 1);
     check_mode(check, "check", 2);
     checked_scores(scores);
+    check_softmax(scores, check, softmax);
     const int64_t K = scores.ndim() == 2 ? static_cast<int64_t>(scores.shape(1)) : 1;
     const StepTables tables = checked_tables(x_obj, x_offsets, y_obj, y_offsets, mode, K);
     double* out = checked_out(scores, out_obj, renormalise);
-    return apply_tables(scores, tables, check, renormalise, out);
+    return apply_tables(scores, tables, check, renormalise, out, softmax);
 }
 
 std::shared_ptr<StepTables> step_tables_py(const py::object& x_obj, const py::object& x_offsets,
@@ -218,16 +227,33 @@ std::shared_ptr<StepTables> step_tables_py(const py::object& x_obj, const py::ob
 }
 
 py::tuple step_apply_tables_py(const py::object& scores_obj, const std::shared_ptr<StepTables>& tables, int check,
-                               bool renormalise, const py::object& out_obj) {
+                               bool renormalise, const py::object& out_obj, bool softmax) {
     const py::array scores = checked_scores(scores_obj);
     check_mode(check, "check", 2);
+    check_softmax(scores, check, softmax);
     if (!tables) throw py::type_error("tables must be StepTables, got None");
     const int64_t K = scores.ndim() == 2 ? static_cast<int64_t>(scores.shape(1)) : 1;
     if (K != tables->K)
         throw py::value_error("scores have " + std::to_string(K) + " columns but the tables hold " +
                               std::to_string(tables->K) + " models");
     double* out = checked_out(scores, out_obj, renormalise);
-    return apply_tables(scores, *tables, check, renormalise, out);
+    return apply_tables(scores, *tables, check, renormalise, out, softmax);
+}
+
+py::tuple softmax_into_py(const py::object& scores_obj, const py::object& out_obj) {
+    const py::array scores = checked_scores(scores_obj);
+    check_softmax(scores, kCheckFinite, true);
+    double* out = checked_out(scores, out_obj, false);
+    return dispatch_float(scores, "scores", [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const Matrix<T> z = columns<T>(scores, "scores");
+        Status st;
+        {
+            py::gil_scoped_release release;
+            st = softmax_rows(z, out);
+        }
+        return status_tuple(st);
+    });
 }
 
 py::dict histogram_fit_columns_py(const py::object& scores_obj, const py::object& labels_obj,
@@ -280,7 +306,7 @@ void bind_isotonic(py::module_& m) {
           py::arg("sample_weight"), py::arg("first_class"), py::arg("check"));
     m.def("step_apply", &step_apply_py, py::arg("scores"), py::arg("x"), py::arg("x_offsets"), py::arg("y"),
           py::arg("y_offsets"), py::arg("mode"), py::arg("check"), py::arg("renormalise").noconvert(),
-          py::arg("out"));
+          py::arg("out"), py::arg("softmax").noconvert() = false);
     py::class_<StepTables, std::shared_ptr<StepTables>>(
         m, "StepTables", "The K step functions of step_apply (same arguments, same checks), prepared once.")
         .def(py::init(&step_tables_py), py::arg("x"), py::arg("x_offsets"), py::arg("y"), py::arg("y_offsets"),
@@ -288,7 +314,10 @@ void bind_isotonic(py::module_& m) {
         .def_property_readonly("n_models", [](const StepTables& t) { return t.K; })
         .def_property_readonly("mode", [](const StepTables& t) { return t.mode; });
     m.def("step_apply_tables", &step_apply_tables_py, py::arg("scores"), py::arg("tables"), py::arg("check"),
-          py::arg("renormalise").noconvert(), py::arg("out"));
+          py::arg("renormalise").noconvert(), py::arg("out"), py::arg("softmax").noconvert() = false);
+    m.def("softmax_into", &softmax_into_py, py::arg("scores"), py::arg("out"),
+          "The row softmax of (N, K) logits into the C-ordered float64 (N, K) out (which may be the scores "
+          "themselves); returns the status of the first logit that is not finite.");
     m.def("histogram_fit_columns", &histogram_fit_columns_py, py::arg("scores"), py::arg("labels"),
           py::arg("sample_weight"), py::arg("edges"), py::arg("first_class"));
 }

@@ -108,27 +108,34 @@ class _CalibratedInputs:
     numbers), written into buffers allocated once for the whole pass (a fresh block-sized array per
     calibrator and block would be a fresh mapping to fault in, each time).
 
-    Vector scaling is applied sub-block by sub-block (about ``SUB_BLOCK_VALUES`` values, in cache); the softmax
-    of a logit sub-block is computed once for isotonic calibration and histogram binning together, which map
-    it while it is in cache (one kernel call per sub-block each, on search tables built once for the pass).
-    Every row is computed on its own, so the values are those of the calibrator's own ``transform`` /
-    ``predict_proba`` of the block, bit for bit. The other methods (temperature: the logits themselves; matrix
-    scaling) take their ordinary path.
+    Isotonic calibration and histogram binning map probabilities a whole block per kernel call (threaded over
+    rows, on search tables built once for the pass); from logits, the softmax of each sub-block (4
+    ``SUB_BLOCK_VALUES`` values) is computed once by ``softmax_into`` (the numbers of the fused kernel of
+    ``predict_proba``) into the buffer of the last one to map it, and mapped by both while it is in cache.
+    Vector scaling maps a whole block of logits in one kernel call (``vector_scale``; from probabilities,
+    their logarithms sub-block by sub-block, ``SUB_BLOCK_VALUES`` values in cache). Every row is computed on
+    its own, by the calls the calibrator's own ``transform`` / ``predict_proba`` make, so the values are those
+    of ``transform`` / ``predict_proba`` of the block, bit for bit. The other methods (temperature: the logits
+    themselves; matrix scaling) take their ordinary path.
     """
 
     def __init__(self, fitted, from_logits, block_rows, n_classes):
         self.fitted, self.from_logits = fitted, from_logits
         self.vector = None
         self.steps = {}
+        self.backend = "auto"
         for m, c in fitted.items():
             if m == "vector" and isinstance(c, cal.VectorScaling):
                 self.vector = c
             elif m in ("isotonic", "histogram") and not c.binary_:
                 self.steps[m] = c._applier()
+                self.backend = c.backend
         fast = list(self.steps) + (["vector"] if self.vector is not None else [])
         self.out = {m: np.empty((block_rows, n_classes)) for m in fast}
         self.sub = max(1, SUB_BLOCK_VALUES // max(1, n_classes))
-        self.q = np.empty((min(self.sub, block_rows), n_classes)) if from_logits and self.steps else None
+        # Softmax sub-blocks of 4 SUB_BLOCK_VALUES values (1 MB in float64: in cache for both maps, and enough
+        # rows for the kernels' threads).
+        self.sub_steps = max(1, 4 * SUB_BLOCK_VALUES // max(1, n_classes))
 
     def __call__(self, scores):
         """``{method: its accumulator's input}`` for the (n, K) block ``scores`` (n <= the block rows)."""
@@ -137,22 +144,28 @@ class _CalibratedInputs:
                for m, c in self.fitted.items()}
         if not self.out or n == 0:
             return out
-        scores = check_scores(scores)
+        scores = npm._readable(check_scores(scores))
         ok = dict.fromkeys(self.out, True)
-        if self.vector is not None or self.q is not None:
-            for a in range(0, n, self.sub):
+        if self.vector is not None and self.from_logits:
+            ok["vector"] = self.vector._scaled_into(scores, out["vector"])  # the whole block, logits in place
+        elif self.vector is not None:
+            for a in range(0, n, self.sub):  # the log-probabilities of a sub-block, in cache
                 s = scores[a:a + self.sub]
-                if self.vector is not None:
-                    o = out["vector"][a:a + len(s)]
-                    with np.errstate(over="ignore", invalid="ignore"):
-                        self.vector._scaled_into(as_logits(s, self.from_logits), o)
-                    ok["vector"] &= bool(np.isfinite(o).all())
-                if self.q is not None:
-                    # the softmax of the sub-block, mapped by each calibrator while it is in cache
-                    q = npm.softmax64_into(s, self.q[:len(s)])
-                    for m, apply in self.steps.items():
-                        ok[m] &= bool(apply(q, out[m][a:a + len(s)], npm._CHECK_NONE)[0] == OK)
-        if self.q is None:
+                ok["vector"] &= self.vector._scaled_into(as_logits(s, False), out["vector"][a:a + len(s)])
+        if self.steps and self.from_logits:
+            # The softmax of each sub-block once (softmax_into: the numbers predict_proba's fused kernel
+            # computes), mapped by every step calibrator while it is in cache, the first last and in place.
+            steps = list(self.steps.items())
+            softmax_into = npm._kernels(self.backend).softmax_into
+            for a in range(0, n, self.sub_steps):
+                b = min(n, a + self.sub_steps)
+                q = out[steps[0][0]][a:b]
+                if softmax_into(scores[a:b], q)[0] != OK:
+                    ok.update(dict.fromkeys(self.steps, False))
+                    break
+                for m, apply in steps[1:] + steps[:1]:
+                    ok[m] = ok[m] and apply(q, out[m][a:b], npm._CHECK_NONE)[0] == OK
+        else:
             for m, apply in self.steps.items():
                 ok[m] = apply(scores, out[m], npm._CHECK_PROBABILITY)[0] == OK
         for m in [m for m, good in ok.items() if not good]:

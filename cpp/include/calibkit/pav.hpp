@@ -11,6 +11,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -373,6 +374,55 @@ inline double pairwise_sum(const double* a, int64_t n) {
     return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
 }
 
+// The softmax of row i of the logits z written into q[0..K), by the arithmetic of NumPy's
+// np.exp(z - z.max(axis=1)) / sum (softmax64_into of nonparametric.py): the row maximum, each
+// difference in float64, the C library's double exp (std::exp here, math.exp in the Numba twin),
+// the row's pairwise sum and one division per value. A logit that is not finite is named in st
+// (first in the row); the row's values are then meaningless.
+template <class T>
+inline void softmax_row(const Matrix<T>& z, int64_t i, double* q, Status& st) {
+    const int64_t K = z.cols;
+    double m = -INFINITY;
+    bool finite = true;
+    for (int64_t k = 0; k < K; ++k) {
+        const double v = z(i, k);
+        q[k] = v;
+        finite = finite && is_finite(v);
+        m = v > m ? v : m;
+    }
+    if (!finite)
+        for (int64_t k = 0; k < K; ++k)
+            if (!is_finite(q[k])) {
+                Status bad;
+                bad.set(kScoreNotFinite, i, k, q[k]);
+                st.merge(bad);
+                break;
+            }
+    for (int64_t k = 0; k < K; ++k) q[k] = std::exp(q[k] - m);
+    const double total = pairwise_sum(q, K);
+    for (int64_t k = 0; k < K; ++k) q[k] /= total;
+}
+
+// Rows per chunk of the row-wise passes below (about 2^14 values).
+inline int64_t step_chunk_rows(int64_t K) { return std::max<int64_t>(16, (int64_t{1} << 14) / std::max<int64_t>(K, 1)); }
+
+// The softmax of every row of the (N, K) logits z into the C-ordered float64 (N, K) out; the
+// status names the first logit that is not finite (row-major order). Rows are independent:
+// the result is the same for any thread count.
+template <class T>
+Status softmax_rows(const Matrix<T>& z, double* out) {
+    const int64_t N = z.rows, K = z.cols;
+    const int64_t chunk = step_chunk_rows(K);
+    std::vector<Status> statuses(static_cast<size_t>(std::max<int64_t>((N + chunk - 1) / chunk, 1)));
+    chunked_for(N, chunk, K, [&](int64_t begin, int64_t end) {
+        Status& st = statuses[static_cast<size_t>(begin / chunk)];
+        for (int64_t i = begin; i < end; ++i) softmax_row(z, i, out + i * K, st);
+    });
+    Status total;
+    for (const Status& st : statuses) total.merge(st);
+    return total;
+}
+
 enum StepMode : int { kStepInterp = 0, kStepLeft = 1 };
 enum ScoreCheck : int { kCheckNone = 0, kCheckFinite = 1, kCheckProbability = 2 };
 
@@ -505,23 +555,45 @@ inline void apply_column_mode(const Matrix<T>& s, const StepTables& t, int64_t k
 // np.interp(s, x_k, y_k) (IsotonicCalibration); kStepLeft: y_k[np.searchsorted(x_k, s,
 // side="left")] (HistogramBinning, x_k the inner bin edges). With `renormalise` each row
 // is then divided by its pairwise sum (a row summing to 0 becomes 1/K), in the same pass.
+// With `softmax`, s holds logits: each chunk of rows is first replaced by its softmax
+// (softmax_row, written into out, where the models then read it while it is in cache;
+// `check` must then be kCheckNone or kCheckFinite, and applies to the logits): the
+// numbers of softmax_rows followed by a call without it, and no N x K temporary.
 // Rows go in fixed chunks, every value on its own: the result is the same for any thread
 // count and any split of the rows into calls. The returned status names the first bad
 // score in row-major order (`check`).
 template <class T>
-Status apply_columns(const Matrix<T>& s, const StepTables& t, int check, bool renormalise, double* out) {
+Status apply_columns(const Matrix<T>& s, const StepTables& t, int check, bool renormalise, double* out,
+                     bool softmax = false) {
     const int64_t N = s.rows, K = s.cols;
-    const int64_t chunk = std::max<int64_t>(16, (int64_t{1} << 14) / std::max<int64_t>(K, 1));
+    const int64_t chunk = step_chunk_rows(K);
     const int64_t n_chunks = (N + chunk - 1) / chunk;
     std::vector<Status> statuses(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)));
     const double uniform = 1.0 / static_cast<double>(K);
+    // the softmax of the rows, read in place from out
+    const Matrix<double> q{reinterpret_cast<const char*>(out), N, K, K * static_cast<int64_t>(sizeof(double)),
+                           static_cast<int64_t>(sizeof(double))};
     chunked_for(N, chunk, K, [&](int64_t begin, int64_t end) {
         Status& st = statuses[static_cast<size_t>(begin / chunk)];
+        if (softmax) {
+            if (check != kCheckNone)
+                for (int64_t i = begin; i < end; ++i) softmax_row(s, i, out + i * K, st);
+            else {
+                Status ignored;
+                for (int64_t i = begin; i < end; ++i) softmax_row(s, i, out + i * K, ignored);
+            }
+        }
         for (int64_t k = 0; k < K; ++k) {
-            if (t.mode == kStepInterp)
+            if (softmax) {
+                if (t.mode == kStepInterp)
+                    apply_column_mode<double, kStepInterp>(q, t, k, kCheckNone, begin, end, out, st);
+                else
+                    apply_column_mode<double, kStepLeft>(q, t, k, kCheckNone, begin, end, out, st);
+            } else if (t.mode == kStepInterp) {
                 apply_column_mode<T, kStepInterp>(s, t, k, check, begin, end, out, st);
-            else
+            } else {
                 apply_column_mode<T, kStepLeft>(s, t, k, check, begin, end, out, st);
+            }
         }
         if (renormalise)
             for (int64_t i = begin; i < end; ++i) {
@@ -542,8 +614,9 @@ Status apply_columns(const Matrix<T>& s, const StepTables& t, int check, bool re
 // apply_columns with the tables of the K models (x, x_off, y, y_off) built for this call.
 template <class T>
 Status apply_columns(const Matrix<T>& s, const double* x, const int64_t* x_off, const double* y,
-                     const int64_t* y_off, int mode, int check, bool renormalise, double* out) {
-    return apply_columns(s, step_tables(x, x_off, y, y_off, s.cols, mode), check, renormalise, out);
+                     const int64_t* y_off, int mode, int check, bool renormalise, double* out,
+                     bool softmax = false) {
+    return apply_columns(s, step_tables(x, x_off, y, y_off, s.cols, mode), check, renormalise, out, softmax);
 }
 
 }  // namespace calibkit
@@ -556,7 +629,7 @@ template <class T>
 Status check_columns(const Matrix<T>& s, int check) {
     if (check == kCheckNone) return Status();
     const int64_t N = s.rows, K = s.cols;
-    const int64_t chunk = std::max<int64_t>(16, (int64_t{1} << 14) / std::max<int64_t>(K, 1));
+    const int64_t chunk = step_chunk_rows(K);
     std::vector<Status> statuses(static_cast<size_t>(std::max<int64_t>((N + chunk - 1) / chunk, 1)));
     chunked_for(N, chunk, K, [&](int64_t begin, int64_t end) {
         Status& st = statuses[static_cast<size_t>(begin / chunk)];

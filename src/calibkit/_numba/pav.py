@@ -441,8 +441,8 @@ def _count_span(x, at, span, v, right):
 
 
 @numba.njit(**JIT)
-def _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, renormalise, out,
-                 begin, end, st):
+def _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, out, begin, end, st):
+    """The K models applied to rows [begin, end) of s, written into out (apply_column of pav.hpp)."""
     K = s.shape[1]
     scratch = np.empty(1)
     scratch_bits = scratch.view(np.uint64)
@@ -473,6 +473,46 @@ def _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, 
                 out[i, k] = _interp_at(xs, y, slopes, lo, ly, m, c, v)
             else:
                 out[i, k] = y[ly + c]
+
+
+@numba.njit(**JIT)
+def _softmax_row(z, table, i, out, st, check):
+    """softmax_row of pav.hpp: row i of the logits z -> its softmax in out[i] (math.exp: the C library's exp, as
+    std::exp), the first logit that is not finite named in st when check is not CHECK_NONE."""
+    K = z.shape[1]
+    m = -np.inf
+    finite = True
+    for k in range(K):
+        v = load(z[i, k], table)
+        out[i, k] = v
+        finite = finite and is_finite(v)
+        m = v if v > m else m
+    if not finite and check != CHECK_NONE:
+        for k in range(K):
+            if not is_finite(out[i, k]):
+                merge_status(st, SCORE_NOT_FINITE, i, k, out[i, k])
+                break
+    for k in range(K):
+        out[i, k] = math.exp(out[i, k] - m)
+    flat = out.reshape(out.shape[0] * K)
+    total = _pairwise_block(flat, i * K, K) if K <= 128 else _pairwise_sum(flat, i * K, K)
+    for k in range(K):
+        out[i, k] /= total
+
+
+@numba.njit(**JIT)
+def _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, renormalise, out,
+                 begin, end, st, softmax):
+    K = s.shape[1]
+    if softmax:
+        # the logits' softmax into out, mapped there while it is in cache
+        for i in range(begin, end):
+            _softmax_row(s, table, i, out, st, check)
+        _map_columns(out, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, CHECK_NONE, out, begin,
+                     end, st)
+    else:
+        _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, out, begin, end,
+                     st)
     if renormalise:
         flat = out.reshape(out.shape[0] * K)
         uniform = 1.0 / K
@@ -484,6 +524,22 @@ def _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, 
             else:
                 for k in range(K):
                     out[i, k] = uniform
+
+
+@numba.njit(parallel=True, **JIT)
+def _softmax_rows(z, table, out, chunk, parallel):
+    """softmax_rows of pav.hpp: the statuses of the row chunks."""
+    N = z.shape[0]
+    n_chunks = (N + chunk - 1) // chunk
+    statuses = np.empty((n_chunks, 4))
+    for c in numba.prange(n_chunks):
+        statuses[c, 0] = OK
+        statuses[c, 1] = -1.0
+        statuses[c, 2] = -1.0
+        statuses[c, 3] = 0.0
+        for i in range(c * chunk, min(N, (c + 1) * chunk)):
+            _softmax_row(z, table, i, out, statuses[c], CHECK_FINITE)
+    return statuses
 
 
 @numba.njit(parallel=True, **JIT)
@@ -523,7 +579,7 @@ def _build_tables(x, x_off, y, y_off, mode, K, parallel):
 
 @numba.njit(parallel=True, **JIT)
 def _step_apply(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, renormalise, out,
-                chunk, parallel):
+                chunk, parallel, softmax):
     N, K = s.shape
     n_chunks = (N + chunk - 1) // chunk
     statuses = np.empty((n_chunks, 4))
@@ -533,7 +589,7 @@ def _step_apply(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, m
         statuses[c, 2] = -1.0
         statuses[c, 3] = 0.0
         _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, renormalise, out,
-                     c * chunk, min(N, (c + 1) * chunk), statuses[c])
+                     c * chunk, min(N, (c + 1) * chunk), statuses[c], softmax)
     return statuses
 
 
@@ -591,42 +647,70 @@ def _checked_out(scores, out, N, K, renormalise):
     return out.reshape(N, K)
 
 
-def _apply_tables(s, tables, mode, check, renormalise, out2):
-    """Apply the arrays of a StepTables (mode `mode`) to the (N, K) view s."""
-    N, K = s.shape
-    chunk = max(16, (1 << 14) // max(K, 1))
-    parallel = N * K >= (1 << 16)
-    statuses = run_locked(_step_apply, s, HALF_TABLE, *tables, mode, int(check), bool(renormalise), out2, chunk,
-                          parallel)
+def _first_status(statuses):
     bad = statuses[statuses[:, 0] != OK]
     if bad.shape[0] == 0:
         return (OK, -1, -1, 0.0)
     return status_tuple(bad[np.lexsort((bad[:, 2], bad[:, 1]))[0]])
 
 
-def step_apply(scores, x, x_offsets, y, y_offsets, mode, check, renormalise, out):
+def _chunk_rows(K):
+    return max(16, (1 << 14) // max(K, 1))  # step_chunk_rows of pav.hpp
+
+
+def _apply_tables(s, tables, mode, check, renormalise, out2, softmax):
+    """Apply the arrays of a StepTables (mode `mode`) to the (N, K) view s."""
+    N, K = s.shape
+    parallel = N * K >= (1 << 16)
+    statuses = run_locked(_step_apply, s, HALF_TABLE, *tables, mode, int(check), bool(renormalise), out2,
+                          _chunk_rows(K), parallel, bool(softmax))
+    return _first_status(statuses)
+
+
+def _check_softmax(scores, check, softmax):
+    if not isinstance(softmax, bool):
+        raise TypeError(f"softmax must be a bool, got {type(softmax).__name__}")
+    if softmax and scores.ndim != 2:
+        raise ValueError(f"softmax needs logits of shape (N, K), got {scores.ndim}-D array")
+    if softmax and check == CHECK_PROBABILITY:
+        raise ValueError("check = 2 (probabilities) does not apply to logits")
+
+
+def step_apply(scores, x, x_offsets, y, y_offsets, mode, check, renormalise, out, softmax=False):
     """Same contract as ``calibkit._core.step_apply``."""
     s = _columns(scores)
     N, K = s.shape
     if mode not in (STEP_INTERP, STEP_LEFT) or check not in (CHECK_NONE, CHECK_FINITE, CHECK_PROBABILITY):
         raise ValueError(f"mode must be in [0, 1] and check in [0, 2], got {mode} and {check}")
+    _check_softmax(scores, check, softmax)
     tables = _checked_models(x, x_offsets, y, y_offsets, mode, K)
     out2 = _checked_out(scores, out, N, K, renormalise)
-    return _apply_tables(s, tables, int(mode), check, renormalise, out2)
+    return _apply_tables(s, tables, int(mode), check, renormalise, out2, softmax)
 
 
-def step_apply_tables(scores, tables, check, renormalise, out):
+def step_apply_tables(scores, tables, check, renormalise, out, softmax=False):
     """Same contract as ``calibkit._core.step_apply_tables``."""
     s = _columns(scores)
     N, K = s.shape
     if check not in (CHECK_NONE, CHECK_FINITE, CHECK_PROBABILITY):
         raise ValueError(f"check must be in [0, 2], got {check}")
+    _check_softmax(scores, check, softmax)
     if not isinstance(tables, StepTables):
         raise TypeError(f"tables must be StepTables, got {type(tables).__name__}")
     if K != tables.n_models:
         raise ValueError(f"scores have {K} columns but the tables hold {tables.n_models} models")
     out2 = _checked_out(scores, out, N, K, renormalise)
-    return _apply_tables(s, tables._arrays, tables.mode, check, renormalise, out2)
+    return _apply_tables(s, tables._arrays, tables.mode, check, renormalise, out2, softmax)
+
+
+def softmax_into(scores, out):
+    """Same contract as ``calibkit._core.softmax_into``."""
+    s = _columns(scores)
+    N, K = s.shape
+    _check_softmax(scores, CHECK_FINITE, True)
+    out2 = _checked_out(scores, out, N, K, False)
+    statuses = run_locked(_softmax_rows, s, HALF_TABLE, out2, _chunk_rows(K), N * K >= (1 << 16))
+    return _first_status(statuses)
 
 
 # -- one-vs-rest histogram binning fit -----------------------------------------------------------------------

@@ -122,14 +122,14 @@ def _binary_scores(scores: ArrayLike, name: str = "scores") -> np.ndarray:
     return z
 
 
-def _probability_matrix(scores, from_logits):
+def _probability_matrix(scores, from_logits, backend="auto"):
     """(N, K) probabilities as float64 (softmax of logits), checked.
 
     The reference path: the kernels validate while they read and, when they find a bad score, this
     function is run to raise the error it always raised (the same element, the same message).
     """
     if from_logits:
-        return _softmax64(scores)
+        return _softmax64(scores, backend)
     p = np.asarray(scores, dtype=np.float64)
     check_finite(p, "scores")
     outside = (p < -1e-6) | (p > 1 + 1e-6)
@@ -140,23 +140,21 @@ def _probability_matrix(scores, from_logits):
     return p
 
 
-def _softmax64(scores):
+def _softmax64(scores, backend="auto"):
     """Checked (N, K) logits -> a new C-ordered float64 array of their softmax (the only N x K array made).
 
-    The same arithmetic as :func:`_probability_matrix` (the max and the differences in float64); the row sums
-    are taken over the C-ordered array, so the result does not depend on the layout of the input.
+    One kernel pass (``softmax_into``, threaded over rows, the logits read in place whatever their float dtype):
+    each row's maximum, the differences in float64, the C library's double exp, the row's pairwise sum and one
+    division per value, the arithmetic of ``np.exp(z - z.max(1)) / sum``; the one-vs-rest calibrators'
+    fused apply (``step_apply(..., softmax=True)``) computes the same numbers. A logit that is not finite
+    raises the error of :func:`check_finite`.
     """
-    z = check_logits(scores)
-    check_finite(z, "scores")
-    return softmax64_into(z, np.empty(z.shape))
-
-
-def softmax64_into(z, out):
-    """The softmax of the checked (n, K) logits z written into the C-ordered float64 (n, K) ``out`` (returned),
-    by the arithmetic of :func:`_softmax64` (row by row: the result of a row does not depend on the others)."""
-    np.subtract(z, z.max(axis=1, keepdims=True), out=out, dtype=np.float64)
-    np.exp(out, out=out)
-    out /= out.sum(axis=1, keepdims=True)
+    z = _readable(check_logits(scores))
+    out = np.empty(z.shape)
+    status = _kernels(backend).softmax_into(z, out)
+    if status[0] != OK:
+        check_finite(z, "scores")
+        raise_for_status(status)
     return out
 
 
@@ -227,7 +225,7 @@ class _OneVsRest(Calibrator):
         if binary:
             _warn_single_class(labels, 2)
             return [self._fit_one(_binary_scores(scores), labels.astype(np.float64), sample_weight)]
-        p = _probability_matrix(scores, self.from_logits)
+        p = _probability_matrix(scores, self.from_logits, self.backend)
         n_classes = p.shape[1]
         self._check_n_classes(n_classes)
         _check_label_range(labels, n_classes)
@@ -256,18 +254,20 @@ class _OneVsRest(Calibrator):
         raise NotImplementedError
 
     def _applier(self):
-        """``apply(p, out, check)``: the status of writing into the C-ordered float64 (n, K) ``out`` (which may be
-        ``p`` itself) the calibrated rows of the (n, K) probabilities ``p``, scores checked as ``check``
-        (``_CHECK_NONE`` / ``_CHECK_PROBABILITY``): what :meth:`predict_proba` does for (N, K) scores, with the
-        K maps' search tables built once (``StepTables``), for a caller that applies the calibrator to many
-        blocks. The tables are those of the fitted values at this call: make a new applier after a new fit."""
+        """``apply(p, out, check, softmax=False)``: the status of writing into the C-ordered float64 (n, K)
+        ``out`` (which may be ``p`` itself) the calibrated rows of the (n, K) probabilities ``p`` (or, with
+        ``softmax``, of the softmax of the logits ``p``), scores checked as ``check`` (``_CHECK_NONE`` /
+        ``_CHECK_PROBABILITY``; ``_CHECK_FINITE`` for logits): what :meth:`predict_proba` does for (N, K)
+        scores, with the K maps' search tables built once (``StepTables``), for a caller that applies the
+        calibrator to many blocks. The tables are those of the fitted values at this call: make a new applier
+        after a new fit."""
         self._check_fitted()
         kernels = _kernels(self.backend)
         mode, x, x_off, y, y_off = self._step_models()
         tables = kernels.StepTables(x, x_off, y, y_off, mode)
 
-        def apply(p, out, check):
-            return kernels.step_apply_tables(p, tables, check, True, out)
+        def apply(p, out, check, softmax=False):
+            return kernels.step_apply_tables(p, tables, check, True, out, softmax)
 
         return apply
 
@@ -283,7 +283,8 @@ class _OneVsRest(Calibrator):
 
         One kernel pass: each score is looked up in its class's map (one short search from a table over
         [0, 1)) and each row is renormalised as it is written; the output is the only N x K array made
-        (with ``from_logits=True``, the softmax is computed into it first).
+        (with ``from_logits=True``, the softmax of each chunk of rows is computed into it first, in the
+        same pass: the numbers of :func:`_softmax64`).
         """
         self._check_fitted()
         kernels = _kernels(self.backend)
@@ -301,10 +302,16 @@ class _OneVsRest(Calibrator):
                 raise_for_status(status)
             return out
         if self.from_logits:
-            q = _softmax64(scores)
-            self._check_columns(q.shape)
-            kernels.step_apply(q, x, x_off, y, y_off, mode, _CHECK_NONE, True, q)
-            return q
+            z = _readable(check_logits(scores))
+            if z.shape[1] != self.n_classes_:
+                _softmax64(z, self.backend)  # a logit that is not finite is reported first, as it always was
+                self._check_columns(z.shape)
+            out = np.empty(z.shape)
+            status = kernels.step_apply(z, x, x_off, y, y_off, mode, _CHECK_FINITE, True, out, True)
+            if status[0] != OK:
+                _softmax64(z, self.backend)  # raises the error of a logit that is not finite
+                raise_for_status(status)
+            return out
         p = _readable(scores)
         if p.ndim != 2 or p.shape[1] != self.n_classes_:
             _probability_matrix(p, False)  # a bad value is reported first, as it always was
@@ -410,7 +417,7 @@ class IsotonicCalibration(_OneVsRest):
             _warn_single_class(labels, 2)
             s, first_class, check = _readable(scores), 1, _CHECK_FINITE
         elif self.from_logits:
-            s, first_class, check = _softmax64(scores), 0, _CHECK_NONE
+            s, first_class, check = _softmax64(scores, self.backend), 0, _CHECK_NONE
         else:
             s, first_class, check = scores, 0, _CHECK_PROBABILITY
         r = _kernels(self.backend).isotonic_fit_columns(s, labels, sample_weight, first_class, check)
@@ -515,7 +522,7 @@ class HistogramBinning(_OneVsRest):
         same numbers as :meth:`_fit_one` on each column (the sums in the same order); binary: :meth:`_fit_one`."""
         if binary:
             return super()._fit_models(scores, labels, sample_weight, binary)
-        p = _probability_matrix(scores, self.from_logits)
+        p = _probability_matrix(scores, self.from_logits, self.backend)
         n_classes = p.shape[1]
         self._check_n_classes(n_classes)
         _check_label_range(labels, n_classes)

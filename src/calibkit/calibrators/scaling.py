@@ -11,7 +11,7 @@ import numpy as np
 from .. import _backend
 from .._backend import BACKENDS
 from .._typing import ArrayLike, Backend, FloatArray, IntArray
-from .._validation import MAX_CLASSES, BadElementError, raise_for_status
+from .._validation import MAX_CLASSES, OK, BadElementError, raise_for_status
 from ._base import (
     MAX_LEARNED, Calibrator, check_finite, check_fit_inputs, check_int, check_logits, check_positive_number,
     chunk_rows, fitted_array, fitted_int, softmax_rows,
@@ -34,6 +34,94 @@ def minimize(*args, **kwargs):
     from scipy.optimize import minimize as scipy_minimize
 
     return scipy_minimize(*args, **kwargs)
+
+
+class _Minimum:
+    """What :func:`_lbfgs` found: the fields of scipy's OptimizeResult that the fits read."""
+
+    __slots__ = ("x", "fun", "jac", "nit", "status", "success", "message")
+
+    def __init__(self, x, fun, jac, nit, status, message):
+        self.x, self.fun, self.jac, self.nit, self.status, self.message = x, fun, jac, nit, status, message
+        self.success = status == 0
+
+
+def _lbfgs(fun, x0, *, gtol, ftol, maxiter, memory=10):
+    """Minimise the smooth convex ``fun`` (x -> (f, gradient)) by L-BFGS (Nocedal 1980: the two-loop recursion
+    over the last ``memory`` steps, initial scaling s'y / y'y) with a backtracking Armijo line search from the
+    unit step (the first step limited to a unit length, as L-BFGS-B's).
+
+    Stops (status 0) when max |gradient| <= gtol or the relative decrease of f,
+    (f_k - f_k+1) / max(|f_k|, |f_k+1|, 1), is <= ftol in two full (unit) steps in a row (L-BFGS-B's two
+    criteria, the second made robust to the loss's rounding); status 1 after maxiter
+    steps; status 2 when no step along a descent direction lowers f (the loss is flat at float precision).
+    One call of ``fun`` per trial point, each point evaluated once; in pure NumPy (no SciPy import).
+    """
+    x = np.array(x0, dtype=np.float64)
+    f, g = fun(x)
+    steps, diffs = [], []
+    nit, status, message, flat = 0, 1, "the maximum number of iterations was reached", 0
+    while True:
+        if not np.abs(g).max() > gtol:
+            status, message = 0, "the gradient is below gtol"
+            break
+        if nit >= maxiter:
+            break
+        q = g.copy()
+        history = []
+        for s_k, y_k in zip(reversed(steps), reversed(diffs)):
+            rho = 1.0 / float(y_k @ s_k)
+            a = rho * float(s_k @ q)
+            q -= a * y_k
+            history.append((rho, a))
+        if steps:
+            q *= float(steps[-1] @ diffs[-1]) / float(diffs[-1] @ diffs[-1])
+        for (s_k, y_k), (rho, a) in zip(zip(steps, diffs), reversed(history)):
+            q += s_k * (a - rho * float(y_k @ q))
+        d = -q
+        slope = float(g @ d)
+        if not slope < 0.0:  # not a descent direction (rounding): restart from the gradient
+            steps.clear()
+            diffs.clear()
+            d, slope = -g, -float(g @ g)
+        t = 1.0 if steps else min(1.0, 1.0 / float(np.sqrt(-slope)))
+        while True:
+            x_new = x + t * d
+            f_new, g_new = fun(x_new)
+            if f_new <= f + 1e-4 * t * slope:
+                break
+            t *= 0.5
+            if t < 1e-10 or t * float(np.abs(d).max()) <= 1e-16 * max(float(np.abs(x).max()), 1.0):
+                f_new = None
+                break
+        if f_new is None:
+            status, message = 2, "no step lowers the loss (flat at float precision)"
+            break
+        s_k, y_k = x_new - x, g_new - g
+        if float(s_k @ y_k) > 1e-12 * float(y_k @ y_k):
+            steps.append(s_k)
+            diffs.append(y_k)
+            if len(steps) > memory:
+                del steps[0], diffs[0]
+        decrease = (f - f_new) / max(abs(f), abs(f_new), 1.0)
+        x, f, g = x_new, f_new, g_new
+        nit += 1
+        # two full steps in a row that barely lower f (not steps cut short by the search, nor one step that
+        # happens to land where the loss's rounding hides the decrease)
+        flat = flat + 1 if decrease <= ftol and t == 1.0 else 0
+        if flat == 2:
+            status, message = 0, "the relative decrease of the loss is below ftol"
+            break
+    return _Minimum(x, f, g, nit, status, message)
+
+
+def _vector_scale_kernel(backend):
+    """``vector_scale`` (scaling.hpp) of the chosen backend."""
+    if _backend.resolve_backend(backend) == "cpp":
+        return _backend.kernels("cpp").vector_scale
+    from .._numba.scaling import vector_scale
+
+    return vector_scale
 
 
 def _row_slices(n, chunk_size):
@@ -519,7 +607,8 @@ class VectorScaling(_LogitCalibrator):
     r"""Vector scaling (Guo et al. 2017): softmax(a * z + c) with a, c in R^K.
 
     Fitted by minimising the weighted mean NLL plus ``reg / K * sum_k c_k^2``
-    (the intercept part of ODIR, Kull et al. 2019) with scipy's L-BFGS-B; the
+    (the intercept part of ODIR, Kull et al. 2019) with L-BFGS (in NumPy, in
+    variables preconditioned by each class's curvature on a subsample); the
     loss and its gradient come from one fused native pass
     (no N x K temporary). Unlike temperature scaling it can change the argmax.
 
@@ -527,8 +616,10 @@ class VectorScaling(_LogitCalibrator):
     ----------
     reg : float, default 0.0
     max_iter : int, default 500
+        The most L-BFGS iterations.
     tol : float, default 1e-8
-        ``gtol`` of L-BFGS-B (on the projected gradient).
+        The fit stops when the largest component of the gradient in (a, c) is at most ``tol`` (or when two
+        full steps in a row lower the objective by at most 1e-14 relative).
     backend : {"auto", "cpp", "numba"}
 
     Attributes
@@ -626,11 +717,10 @@ class VectorScaling(_LogitCalibrator):
         # grad = L grad_v, so |grad|_inf <= |L|_inf |grad_v|_inf: stopping on tol / |L|_inf in v stops on tol in x.
         norm = float(np.max(np.maximum(l11, np.abs(l21) + l22)))
         v0 = np.concatenate([l11 * x0[:n_classes] + l21 * x0[n_classes:], l22 * x0[n_classes:]])
-        res = minimize(transformed, v0, jac=True, method="L-BFGS-B",
-                       options={"maxiter": self.max_iter, "gtol": self.tol / norm, "ftol": 1e-14})
+        res = _lbfgs(transformed, v0, gtol=self.tol / norm, ftol=1e-14, maxiter=self.max_iter)
         x = to_params(res.x)
-        res.jac = objective(x)[1]  # the gradient in (a, c), for the convergence check (a cached pass)
-        _warn_unless_converged(res, "vector scaling")
+        res.jac = np.concatenate([res.jac[:n_classes] * l11, res.jac[n_classes:] * l22 + l21 * res.jac[:n_classes]])
+        _warn_unless_converged(res, "vector scaling")  # on the gradient in (a, c) = L grad_v
         self.scale_ = x[:n_classes].copy()
         self.bias_ = x[n_classes:].copy()
         self.n_iter_ = int(res.nit)
@@ -642,7 +732,7 @@ class VectorScaling(_LogitCalibrator):
         """Cholesky factors (l11, l21, l22), one per class, of the 2 x 2 blocks [[H_aa, H_ac], [H_ac, H_cc]]
         of the objective's Hessian at x, estimated on every m-th row (about _PRECONDITION_ROWS rows).
 
-        The fit runs L-BFGS-B in v = L^T x: a, c and the classes then have comparable curvature, which
+        The fit runs L-BFGS in v = L^T x: a, c and the classes then have comparable curvature, which
         takes far fewer passes than in (a, c) itself (the scale of z makes a and c differ by orders of
         magnitude). A small ridge keeps every factor positive (classes the subsample never predicts)."""
         n, n_classes = logits.shape
@@ -678,11 +768,13 @@ class VectorScaling(_LogitCalibrator):
         return z * self.scale_ + self.bias_
 
     def _scaled_into(self, z, out):
-        """out = :meth:`_scaled` of the (n, K) logits z (any float dtype) written into the float64 (n, K) out:
-        the same numbers (z is widened to float64 exactly, then scaled and shifted), no temporary."""
-        np.multiply(z, self.scale_, out=out)
-        out += self.bias_
-        return out
+        """Whether every value is finite of out = :meth:`_scaled` of the (n, K) logits z (a float16/32/64
+        array, read in place) written into the C-ordered float64 (n, K) array out: the same numbers (z widened
+        to float64 exactly, then scaled and shifted), in one kernel pass (``vector_scale``, threaded over
+        rows), no temporary."""
+        scale = np.ascontiguousarray(self.scale_, dtype=np.float64)
+        bias = np.ascontiguousarray(self.bias_, dtype=np.float64)
+        return _vector_scale_kernel(self.backend)(z, scale, bias, out)[0] == OK
 
 
 class MatrixScaling(_LogitCalibrator):

@@ -1,0 +1,196 @@
+"""The report's calibrated pass kernels: softmax_into and step_apply(..., softmax=True) (pav.hpp), vector_scale
+(scaling.hpp).
+
+References: NumPy's softmax (np.exp(z - z.max(1)) / sum, in float64) and NumPy's z * a + c; every result bit
+for bit, both backends, float16/32/64 and strided logits, any thread count; bad input named, in a subprocess.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import calibkit
+from calibkit import HistogramBinning, IsotonicCalibration, VectorScaling
+from calibkit.calibrators.nonparametric import _kernels
+from calibkit.calibrators.scaling import _vector_scale_kernel
+
+DTYPES = [np.float16, np.float32, np.float64]
+
+
+def _numpy_softmax(z):
+    """The softmax the calibrators computed with NumPy before these kernels (into a C-ordered array)."""
+    q = np.subtract(z, z.max(axis=1, keepdims=True), out=np.empty(z.shape), dtype=np.float64)
+    np.exp(q, out=q)
+    q /= q.sum(axis=1, keepdims=True)
+    return q
+
+
+def _logits(rng, n, k, dtype, layout):
+    z = rng.standard_normal((n, 2 * k)) * 4
+    z[::7, 1] = 60.0  # one dominant logit: exp of very negative differences
+    z = z.astype(dtype)
+    if layout == "strided":
+        return z[:, ::2]
+    if layout == "fortran":
+        return np.asfortranarray(z[:, :k])
+    return np.ascontiguousarray(z[:, :k])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["c", "strided", "fortran"])
+def test_softmax_into_matches_numpy(backend, dtype, layout):
+    rng = np.random.default_rng(1)
+    z = _logits(rng, 1500, 37, dtype, layout)
+    out = np.empty(z.shape)
+    before = z.copy()
+    assert _kernels(backend).softmax_into(z, out)[0] == 0
+    np.testing.assert_array_equal(out, _numpy_softmax(z))
+    np.testing.assert_array_equal(z, before)  # the input is not modified
+
+
+def test_softmax_into_in_place_and_thread_counts(threads):
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((20000, 9)) * 3
+    want = _numpy_softmax(z)
+    for backend in ("cpp", "numba"):
+        for n in (1, 2):
+            calibkit.set_num_threads(n)
+            out = np.empty(z.shape)
+            assert _kernels(backend).softmax_into(z, out)[0] == 0
+            np.testing.assert_array_equal(out, want)
+            a = z.copy()
+            assert _kernels(backend).softmax_into(a, a)[0] == 0  # out may be the logits themselves
+            np.testing.assert_array_equal(a, want)
+
+
+def test_softmax_into_names_the_first_logit_that_is_not_finite(backend):
+    z = np.zeros((300, 4), np.float32)
+    z[200, 3] = np.nan
+    z[120, 2] = -np.inf
+    z[120, 3] = np.inf
+    code, row, col, value = _kernels(backend).softmax_into(z, np.empty(z.shape))
+    assert (code, row, col, value) == (1, 120, 2, -np.inf)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", ["isotonic", "histogram"])
+def test_fused_softmax_apply_is_softmax_then_apply(backend, dtype, method, threads):
+    rng = np.random.default_rng(3)
+    z = _logits(rng, 4000, 6, dtype, "strided")
+    y = rng.integers(0, 6, 4000)
+    c = (IsotonicCalibration if method == "isotonic" else HistogramBinning)(from_logits=True, backend=backend)
+    c.fit(z[:2000], y[:2000])
+    apply = c._applier()
+    q = _numpy_softmax(z)
+    want = np.empty(z.shape)
+    assert apply(q, want, 0)[0] == 0
+    for n in (1, 2):
+        calibkit.set_num_threads(n)
+        got = np.empty(z.shape)
+        assert apply(z, got, 1, True)[0] == 0
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(c.predict_proba(z), want)
+
+
+def test_fused_apply_reports_a_bad_logit_and_predict_proba_raises(backend):
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((500, 3))
+    c = IsotonicCalibration(from_logits=True, backend=backend).fit(z, rng.integers(0, 3, 500))
+    z[321, 1] = np.inf
+    assert tuple(c._applier()(z, np.empty(z.shape), 1, True)[:3]) == (1, 321, 1)
+    with pytest.raises(ValueError, match=r"scores\[321, 1\] = inf"):
+        c.predict_proba(z)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["c", "strided", "fortran"])
+def test_vector_scale_matches_numpy_and_transform(backend, dtype, layout, threads):
+    rng = np.random.default_rng(5)
+    z = _logits(rng, 9000, 11, dtype, layout)
+    a, c = rng.random(11) + 0.5, rng.standard_normal(11)
+    want = np.asarray(z, np.float64) * a + c
+    for n in (1, 2):
+        calibkit.set_num_threads(n)
+        out = np.empty(z.shape)
+        assert _vector_scale_kernel(backend)(z, a, c, out)[0] == 0
+        np.testing.assert_array_equal(out, want)
+    v = VectorScaling(backend=backend).fit(np.asarray(z, np.float64)[:3000], rng.integers(0, 11, 3000))
+    out = np.empty(z.shape)
+    assert v._scaled_into(z, out)
+    np.testing.assert_array_equal(out, v.transform(z))
+
+
+def test_vector_scale_in_place_and_overflow(backend):
+    rng = np.random.default_rng(6)
+    z = rng.standard_normal((40, 3))
+    a, c = np.array([1.0, 2.0, 3.0]), np.zeros(3)
+    want = z * a
+    assert _vector_scale_kernel(backend)(z, a, c, z)[0] == 0
+    np.testing.assert_array_equal(z, want)
+    z[17, 2] = 1e308
+    assert tuple(_vector_scale_kernel(backend)(z, a, c, np.empty(z.shape))[:3]) == (1, 17, 2)
+
+
+BAD_CASES = [
+    ("softmax_into(Z[:, 0].copy(), np.empty(4))", "ValueError", r"\(N, K\)"),
+    ("softmax_into(Z, np.empty((4, 2)))", "ValueError", "out"),
+    ("softmax_into(Z, np.empty((4, 3), np.float32))", "(Type|Value)Error", "out"),
+    ("softmax_into(Z.astype(np.int64), OUT)", "TypeError", "float16, float32 or float64"),
+    ("softmax_into(Z.tolist(), OUT)", "TypeError", "scores"),
+    ("(lambda a: softmax_into(a[1:], a[:4]))(np.zeros((5, 3)))", "ValueError", "overlaps"),
+    ("step_apply_tables(Z, T, 2, True, OUT, True)", "ValueError", "check"),
+    ("step_apply_tables(Z[:, 0].copy(), T1, 1, False, np.empty(4), True)", "ValueError", r"\(N, K\)"),
+    ("vector_scale(Z, np.ones(2), np.zeros(3), OUT)", "ValueError", "scale"),
+    ("vector_scale(Z, np.ones(3), np.zeros(3, np.float32), OUT)", "(Type|Value)Error", "bias"),
+    ("vector_scale(Z, np.ones(3), np.zeros(3), np.empty((3, 4)))", "ValueError", "out"),
+    ("vector_scale(Z[:, 0].copy(), np.ones(3), np.zeros(3), OUT)", "ValueError", "scores"),
+    ("vector_scale(Z.astype(np.int32), np.ones(3), np.zeros(3), OUT)", "TypeError", "float16, float32 or float64"),
+    ("(lambda a: vector_scale(a[1:], np.ones(3), np.zeros(3), a[:4]))(np.zeros((5, 3)))", "ValueError", "overlaps"),
+]
+
+PRELUDE = textwrap.dedent('''
+    import sys, numpy as np
+    from calibkit import _core
+    from calibkit._numba import pav, scaling
+    if sys.argv[1] == "cpp":
+        StepTables, step_apply_tables, softmax_into = _core.StepTables, _core.step_apply_tables, _core.softmax_into
+        vector_scale = _core.vector_scale
+    else:
+        StepTables, step_apply_tables, softmax_into = pav.StepTables, pav.step_apply_tables, pav.softmax_into
+        vector_scale = scaling.vector_scale
+    Z = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0], [30.0, -30.0, 1.0], [1.0, 2.0, 3.0]])
+    OUT = np.empty((4, 3))
+    XO = np.array([0, 2, 4, 6], np.int64)
+    T = StepTables(np.tile([0.2, 0.8], 3), XO, np.tile([0.1, 0.9], 3), XO.copy(), 0)
+    T1 = StepTables(np.array([0.2, 0.8]), XO[:2].copy(), np.array([0.1, 0.9]), XO[:2].copy(), 0)
+    assert softmax_into(Z, OUT)[0] == 0 and np.allclose(OUT.sum(1), 1)
+    assert step_apply_tables(Z, T, 1, True, OUT, True)[0] == 0 and np.allclose(OUT.sum(1), 1)
+    assert vector_scale(Z, np.ones(3), np.zeros(3), OUT)[0] == 0 and np.array_equal(OUT, Z)
+    for case in sys.argv[2:]:
+        try:
+            eval(case)
+        except Exception as exc:
+            print(type(exc).__name__, "|", str(exc).replace("\\n", " "))
+        else:
+            print("NO ERROR | ok")
+''')
+
+
+@pytest.mark.parametrize("which", ["cpp", "numba"])
+def test_bad_arguments_are_named_without_crashing(which):
+    import re
+
+    proc = subprocess.run([sys.executable, "-c", PRELUDE, which, *[c for c, _, _ in BAD_CASES]],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == len(BAD_CASES), proc.stdout
+    for (case, exc, message), line in zip(BAD_CASES, lines):
+        name, _, text = line.partition(" | ")
+        assert re.fullmatch(exc, name), (case, line)
+        assert re.search(message, text), (case, line)
