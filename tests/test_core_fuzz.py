@@ -87,6 +87,10 @@ PRELUDE = textwrap.dedent(
             return [P, tables, 2, True, np.empty((N, K))], {}
         if name == "histogram_fit_columns":
             return [P, Y, W, CLASS_EDGES.copy(), 0], {}
+        if name == "softmax_into":
+            return [Z, np.empty((N, K))], {}
+        if name == "vector_scale":
+            return [Z, np.ones(K), np.zeros(K), np.empty((N, K))], {}
         if name == "cumulative_differences":
             return [rng.random(N), (rng.random(N) < 0.5).astype(np.uint8), W, True], {}
         if name == "smooth_grid":
@@ -259,7 +263,7 @@ PRELUDE = textwrap.dedent(
 # Every callable of _core needs a valid call above; these are the ones this build has.
 KNOWN = ["top_label_stats", "binary_stats", "classwise_stats", "stream_accumulate", "temperature_nll",
          "vector_scaling_nll", "isotonic_fit", "isotonic_fit_columns", "step_apply", "StepTables",
-         "step_apply_tables", "histogram_fit_columns", "stream_top_label", "two_sample_ranking", "row_scores",
+         "step_apply_tables", "histogram_fit_columns", "softmax_into", "vector_scale", "stream_top_label", "two_sample_ranking", "row_scores",
          "cumulative_differences", "smooth_grid",
          "ensemble_decompose",
          "ensemble_update", "confidence_loss", "set_num_threads", "get_num_threads", "hardware_threads",
