@@ -111,3 +111,22 @@ def test_bad_validation_row_is_named_after_the_raw_pass(tmp_path):
         dump = io.open_dump(tmp_path / "z.npy", labels=tmp_path / "y.npy", from_logits=True)
         with pytest.raises(io.DumpError, match=rf"\[{row}, 4\] = inf"):
             report.report(dump, val_mask=mask, methods=["temperature"], chunk_rows=300)
+
+
+def test_calibrators_are_fitted_and_applied_with_the_reports_backend(backend, monkeypatch):
+    """``report(backend=...)`` fits every calibrator with that backend's kernels (not "auto")."""
+    made = []
+    make = report.make_calibrator
+
+    def spy(method, from_logits, backend="auto"):
+        c = make(method, from_logits, backend)
+        made.append((method, c.get_params().get("backend")))
+        return c
+
+    monkeypatch.setattr(report, "make_calibrator", spy)
+    z, y = logits()
+    r = report.report(io.Dump(z, y, True, "arrays"), val_mask=io.split_mask(N, 0.2),
+                      methods=["temperature", "vector", "isotonic", "histogram"], backend=backend)
+    fitted = [(m, b) for m, b in made if m in r["rows"]]
+    assert {m for m, _ in fitted} == {"histogram", "isotonic", "temperature", "vector"}
+    assert all(b == backend for _, b in fitted)

@@ -334,7 +334,7 @@ def _cmd_fit(args) -> int:
         scores, labels = _in_memory(dump, "fit on a smaller split (--split) or store the dump uncompressed "
                                           "(np.savez), which is memory-mapped")
         try:
-            calibrator = report.fit_calibrator(args.method, scores, labels, dump.from_logits)
+            calibrator = report.fit_calibrator(args.method, scores, labels, dump.from_logits, args.backend)
         except BadElementError as exc:
             raise report.locate(exc, dump) from None
         except ValueError as exc:  # a calibrator's own check of its input (e.g. a score that is no probability)

@@ -31,11 +31,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 METHODS = {
-    "temperature": lambda from_logits: cal.TemperatureScaling(),
-    "vector": lambda from_logits: cal.VectorScaling(),
-    "matrix": lambda from_logits: cal.MatrixScaling(reg=1e-2),
-    "isotonic": lambda from_logits: cal.IsotonicCalibration(from_logits=from_logits),
-    "histogram": lambda from_logits: cal.HistogramBinning(from_logits=from_logits),
+    "temperature": lambda from_logits, backend: cal.TemperatureScaling(backend=backend),
+    "vector": lambda from_logits, backend: cal.VectorScaling(backend=backend),
+    "matrix": lambda from_logits, backend: cal.MatrixScaling(reg=1e-2),  # NumPy only: no kernels
+    "isotonic": lambda from_logits, backend: cal.IsotonicCalibration(from_logits=from_logits, backend=backend),
+    "histogram": lambda from_logits, backend: cal.HistogramBinning(from_logits=from_logits, backend=backend),
 }
 LOGIT_METHODS = ("temperature", "vector", "matrix")
 MAX_VAL_BYTES = 1 << 30  # validation rows held in memory for the fits
@@ -52,15 +52,15 @@ def as_logits(scores, from_logits):
     return np.log(np.clip(np.asarray(scores, dtype=np.float64), 1e-300, None))
 
 
-def make_calibrator(method, from_logits):
+def make_calibrator(method, from_logits, backend="auto"):
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose from {sorted(METHODS)}")
-    return METHODS[method](from_logits)
+    return METHODS[method](from_logits, backend)
 
 
-def fit_calibrator(method, scores, labels, from_logits):
-    """Fit one method on in-memory validation scores."""
-    c = make_calibrator(method, from_logits)
+def fit_calibrator(method, scores, labels, from_logits, backend="auto"):
+    """Fit one method on in-memory validation scores (with the kernels of ``backend``)."""
+    c = make_calibrator(method, from_logits, backend)
     if method in LOGIT_METHODS:
         return c.fit(as_logits(scores, from_logits), labels)
     return c.fit(scores, labels)
@@ -363,7 +363,7 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
         for j, m in enumerate(methods):
             begin(f"fit {j + 1}/{len(methods)}: {m} on {n_val:,} rows")
             try:
-                fitted[m] = fit_calibrator(m, vs, vy, test.from_logits)
+                fitted[m] = fit_calibrator(m, vs, vy, test.from_logits, backend)
             except BadElementError as exc:  # vs holds all of `val`, or the rows of `test` where val_mask
                 raise (locate(exc, val, 0, None) if val is not None else
                        locate(exc, test, 0, ~held)) from None
