@@ -303,7 +303,7 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
     """
     methods = list(methods)
     for m in methods:
-        make_calibrator(m, test.from_logits)
+        make_calibrator(m, test.from_logits, backend)  # checks the method name (and the backend)
     if strategy not in ("uniform", "quantile"):
         raise ValueError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
     binary = len(test.scores.shape) == 1
