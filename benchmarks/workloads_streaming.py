@@ -175,6 +175,32 @@ def _batch_contenders(d, calls=50):
     return out
 
 
+def _smooth_contenders(d):
+    """One update of a smooth accumulator (smooth=True: the smooth ECE's grid sums kept too) with a whole batch of
+    float32 logits: the grid sums come from the update's own pass (one exp per logit), not a second pass."""
+    import calibkit
+
+    z, y = d["logits"], d["labels"]
+    want = calibkit.smooth_ece(z, y, from_logits=True)
+
+    def run(backend):
+        def update():
+            acc = calibkit.CalibrationAccumulator(N_BINS, from_logits=True, smooth=True, backend=backend)
+            return acc.update(z, y)
+        return update
+
+    def check(acc):
+        got = acc.compute().smooth_ece
+        return None if abs(got - want) <= 1e-9 + 1e-6 * want else f"{got!r} != {want!r}"
+
+    return [Contender(f"calibkit update, smooth=True ({b})", run(b), check, repeat=3) for b in ("cpp", "numba")]
+
+
+def _make_logits(n, k, seed=0):
+    logits, labels = realistic_logits(n, k, seed)
+    return {"logits": logits, "labels": labels}
+
+
 def _update_goal():
     tm, ours = "torchmetrics MulticlassCalibrationError.update", "calibkit update (cpp)"
     return Goal("CalibrationAccumulator.update 1024 x 10, torchmetrics time / calibkit (cpp) time",
@@ -190,6 +216,9 @@ def workloads(quick: bool = False) -> list[Workload]:
         Workload("streaming", f"update in batches of 1024 + compute, N={n:,} x K=10 float32",
                  lambda: _make(n, 10), _update_contenders,
                  lambda d: (lambda: np.add.reduce(d["probs"], axis=None))),
+        Workload("streaming", f"update with smooth=True, one batch of {n // 5:,} x K=1000 float32 logits",
+                 lambda: _make_logits(n // 5, 1000), _smooth_contenders,
+                 lambda d: (lambda: np.add.reduce(d["logits"], axis=None))),
         Workload("streaming", "update of 8 rows x K=10 (time per call: the fixed overhead)", lambda: _make(8, 10),
                  _tiny_contenders),
         Workload("streaming", "merge 1000 states and compute; to_bytes/from_bytes round trips",

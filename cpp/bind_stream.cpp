@@ -60,7 +60,8 @@ py::tuple stream_top_label_py(const py::object& scores_obj, const py::object& la
                               double inverse_temperature, uint64_t offset, int64_t n_bins, int64_t fine_bits,
                               int64_t fine_levels, int64_t n_boot, uint64_t seed, const py::object& bins,
                               const py::object& fine, const py::object& boot, const py::object& totals,
-                              int64_t classwise_bins, const py::object& classwise, const py::object& squares) {
+                              int64_t classwise_bins, const py::object& classwise, const py::object& squares,
+                              const py::object& smooth_grid_sizes, const py::object& smooth) {
     check_size(n_bins, "n_bins", 1, kMaxBins);
     check_size(fine_bits, "fine_bits", 0, kMaxFineBits);
     check_size(fine_levels, "fine_levels", 1, kMaxFineLevels);
@@ -70,6 +71,23 @@ py::tuple stream_top_label_py(const py::object& scores_obj, const py::object& la
     if (!(inverse_temperature > 0.0) || !std::isfinite(inverse_temperature))
         throw py::value_error("inverse_temperature must be a finite number > 0");
     if (!from_logits && inverse_temperature != 1.0) throw py::value_error("inverse_temperature applies to logits only");
+    // The smooth ECE's grids (smooth.hpp's bounds, checked before anything is allocated from them) and their
+    // (cells, 2) state, both given or both None.
+    std::vector<int64_t> sizes;
+    if (smooth_grid_sizes.is_none() != smooth.is_none())
+        throw py::value_error("smooth_grid_sizes and smooth must be given together");
+    if (!smooth_grid_sizes.is_none()) {
+        const Vector<int64_t> v = typed_vector<int64_t>(require_array(smooth_grid_sizes, "smooth_grid_sizes"),
+                                                        "smooth_grid_sizes");
+        check_size(v.size, "len(smooth_grid_sizes)", 1, kMaxSmoothGrids);
+        int64_t cells = 0;
+        for (int64_t j = 0; j < v.size; ++j) {
+            check_size(v.raw(j), "smooth_grid_sizes[j]", 2, kMaxSmoothCells);
+            cells += v.raw(j);
+            check_size(cells, "sum(smooth_grid_sizes)", 2, kMaxSmoothCells);
+            sizes.push_back(v.raw(j));
+        }
+    }
     const py::array scores = require_array(scores_obj, "scores");
     const py::array labels = require_array(labels_obj, "labels");
     require_dtype(is_dtype<int64_t>(labels), labels, "labels", "int64");
@@ -96,11 +114,17 @@ py::tuple stream_top_label_py(const py::object& scores_obj, const py::object& la
         } else if (!classwise.is_none()) {
             throw py::value_error("classwise needs classwise_bins >= 1");
         }
+        const SmoothGrids grids(sizes);
+        double* sm = sizes.empty() ? nullptr : output_array<double>(smooth, "smooth", {grids.cells, 2});
         Status st;
         {
             py::gil_scoped_release release;
+            SmoothSums sums(sizes.empty() ? 0 : grids.cells, 2);
+            const SmoothTarget target{sizes.empty() ? nullptr : &grids, &sums};
             st = stream_top_label<T>(s, y, w, from_logits, nll_eps, inverse_temperature, cw, offset, n_bins, grid,
-                                     n_boot, seed, b, f, r, t, cws, q);
+                                     n_boot, seed, b, f, r, t, cws, q, target);
+            if (st.code == kOk && sm)
+                for (size_t j = 0; j < sums.cells.size(); ++j) sm[j] += sums.cells[j];
         }
         return status_tuple(st);
     });
@@ -117,5 +141,6 @@ void bind_stream(py::module_& m) {
           py::arg("from_logits").noconvert(), py::arg("nll_eps"), py::arg("inverse_temperature"), py::arg("offset"),
           py::arg("n_bins"), py::arg("fine_bits"), py::arg("fine_levels"), py::arg("n_boot"), py::arg("seed"),
           py::arg("bins"), py::arg("fine"), py::arg("boot"), py::arg("totals"), py::arg("classwise_bins"),
-          py::arg("classwise"), py::arg("squares") = py::none());
+          py::arg("classwise"), py::arg("squares") = py::none(), py::arg("smooth_grid_sizes") = py::none(),
+          py::arg("smooth") = py::none());
 }

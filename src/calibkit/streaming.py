@@ -296,7 +296,8 @@ class CalibrationAccumulator:
     smooth : bool, default False
         Also keep the grid sums of the smooth ECE (:func:`calibkit.smooth_ece`, automatic bandwidth):
         ``compute().smooth_ece`` equals the one-shot value to rounding. Adds 20762 x 2 float64 (332 KB)
-        to the state and one more pass over each batch.
+        to the state; an (N, K) batch is still read once (the grid sums come from the update's own pass),
+        except logits with K < 16 columns, whose grid sums take a second pass.
     n_groups : int, default 0
         Keep also a state per group (segment) of rows, for :meth:`update`'s ``groups=`` ids in
         [0, n_groups): ``compute().groups`` then holds a result per group, the worst group by each measure
@@ -440,8 +441,8 @@ class CalibrationAccumulator:
         group's rows are also added to its state (one copy of the batch's rows in all, taken group by group).
 
         (N, K) batches take one kernel call (:func:`_fused_update`): the top-label pass and the
-        stream pass together, the state updated in place; a batch of at most one chunk runs on the
-        calling thread.
+        stream pass together (and the smooth ECE's grid sums with ``smooth=True``), the state updated in
+        place; a batch of at most one chunk runs on the calling thread, in one pass over its rows.
 
         The state also keeps Σ w² and Σ w² c (1 - c) per equal-width bin (Kish's effective counts of the
         debiased error and the sigma of the cumulative measures with ``sample_weight``). Limits: a batch
@@ -470,11 +471,12 @@ class CalibrationAccumulator:
                 classwise = self._classwise_bins
                 if classwise is None:  # kept only if the batch is clean
                     classwise = np.zeros((3, n_classes, self.n_bins))
+            smooth = self._smooth
             status = _fused_update(k)(scores, labels, sample_weight, from_logits, _nll_eps(scores.dtype),
                                       1.0 / self.temperature, self._position, self.n_bins, self.fine_bits,
                                       self.fine_levels, self.bootstrap, self.seed, self._bins, self._fine,
                                       self._boot, self._totals, self.n_bins if self.classwise else 0, classwise,
-                                      squares)
+                                      squares, None if smooth is None else AUTO_GRID_SIZES, smooth)
             raise_for_status(status, n_classes=n_classes)
             self._classwise_bins = classwise
             self.n_classes = n_classes
@@ -492,11 +494,9 @@ class CalibrationAccumulator:
             raise_for_status(status, binary=True)
             t = r["totals"]
             self._totals += (t["count"], t["weight"], t["correct"], t["confidence"], t["brier"], t["nll"])
-        if self._smooth is not None:  # the smooth ECE's grid sums (the rows were checked above)
-            binary = kind == "binary"
-            r = k.smooth_grid(confidence if binary else scores, labels, sample_weight, not binary and from_logits,
-                              AUTO_GRID_SIZES, False, 1.0 if binary else 1.0 / self.temperature)
-            raise_for_status(r["status"], binary=binary, n_classes=None if binary else scores.shape[1])
+        if self._smooth is not None and kind == "binary":  # the smooth ECE's grid sums (the rows were checked above)
+            r = k.smooth_grid(confidence, labels, sample_weight, False, AUTO_GRID_SIZES, False, 1.0)
+            raise_for_status(r["status"], binary=True)
             self._smooth += r["grid"]
         self._kind = kind
         self._weighted |= sample_weight is not None

@@ -12,6 +12,8 @@
 // does not depend on how the stream was split into batches.
 #pragma once
 
+#include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -20,6 +22,7 @@
 #include "binning.hpp"
 #include "common.hpp"
 #include "parallel.hpp"
+#include "smooth.hpp"
 
 namespace calibkit {
 
@@ -324,6 +327,280 @@ Status stream_reduce(const Vector<C>& confidence, const Vector<L>& target, const
 }
 
 
+// -- The fused small-batch path of stream_top_label ------------------------------------------------
+//
+// A batch of at most one top-label chunk without class-wise bins (the per-batch update of a monitoring
+// job) is one call on the calling thread: pass 1 summarises every row (binning.hpp's row summaries:
+// confidence, correctness, Brier, NLL) and computes its equal-width bin and fine bucket into a reused
+// per-thread scratch (no heap allocation once it has grown), with the totals in top_label_stats' lanes;
+// a bad row stops it and nothing is added (the batch stays atomic). Pass 2 adds the rows into the state in
+// row order (add_stream_row, stream_boot_row) and, with a smooth accumulator, spreads them onto the
+// smooth ECE's grids (SmoothBlock). Every sum is the one top_label_stats + stream_rows (+ smooth_grid_top_label
+// for one smooth chunk) compute: the same values, added in the same order, so the same bits.
+
+// Per-row values of pass 1 (structure of arrays: pass 2 reads them in row order).
+struct StreamRowScratch {
+    std::vector<double> c, w;
+    std::vector<int64_t> bin, fine;
+    std::vector<uint8_t> y;
+    void ensure(int64_t n) {  // n rows and the padding of a last batch of short rows (at most 8 lanes)
+        if (static_cast<int64_t>(c.size()) >= n + 8) return;
+        const size_t m = static_cast<size_t>(n + 8);
+        c.resize(m);
+        w.resize(m);
+        bin.resize(m);
+        fine.resize(m);
+        y.resize(m);
+    }
+    static StreamRowScratch& local() {
+        thread_local StreamRowScratch scratch;
+        return scratch;
+    }
+};
+
+// The smooth ECE's grid sums of one call (smooth_grid_top_label of one chunk), when the accumulator keeps them.
+struct SmoothTarget {
+    const SmoothGrids* grids = nullptr;
+    SmoothSums* sums = nullptr;
+    bool on() const { return grids != nullptr; }
+};
+
+// Pass 1 of the fused path, short rows (K < kShortRow): summarize_short_rows on 2 W rows at a time, and the
+// rest in vector lanes as top_label_short_rows computes it: the totals in kTotalLanes lanes (row i into lane
+// i % kTotalLanes) folded by fold_lanes, the bin by counting the inner edges below the confidence (up to
+// kMaxVectorEdges of them). A batch with a bad row goes to fused_short_status, which names the first one.
+template <class T>
+inline void fused_short_status(const Matrix<T>& s, const Vector<int64_t>& labels, const Weights& weights,
+                               bool from_logits, int64_t b0, int64_t n, Status& st) {
+    const int64_t K = s.cols;
+    for (int64_t i = b0; i < b0 + n; ++i) {
+        const int64_t y = labels.raw(i);
+        if (y < 0 || y >= K) return st.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
+        if (weights.present() && !check_weight(weights.v[i], i, st)) return;
+        const simd::RowReader<T, false> r{reinterpret_cast<const char*>(s.row(i)), s.col_stride};
+        report_bad_element(r, i, K, from_logits, st);
+        if (st.code != kOk) return;
+    }
+}
+
+template <class T, class V>
+CALIBKIT_INLINE void fused_pass1_short(const Matrix<T>& s, const Vector<int64_t>& labels, const Weights& weights,
+                                       bool from_logits, double nll_eps, double inv_t, const BinEdges& edges,
+                                       const FineGrid& grid, StreamRowScratch& out, Totals& t, Status& st) {
+    using namespace simd;
+    typedef typename V::d D;
+    typedef typename V::i I;
+    constexpr int W = V::width, G = kShortGroups, B = W * G, H = kTotalLanes / B, Q = H * G;
+    const int64_t N = s.rows, K = s.cols;
+    const uint64_t n_classes = static_cast<uint64_t>(K);
+    const int64_t n_inner = edges.n_bins - 1;
+    const bool vector_bins = n_inner <= kMaxVectorEdges;
+    const double* const inner = edges.bounds.data() + 1;
+    const D zero = splat<D>(0.0), one = splat<D>(1.0), two = splat<D>(2.0);
+    D s_weight[Q], s_correct[Q], s_conf[Q], s_brier[Q], s_nll[Q];
+    for (int q = 0; q < Q; ++q) s_weight[q] = s_correct[q] = s_conf[q] = s_brier[q] = s_nll[q] = zero;
+    RowsSummary<V> batch{};
+    double* const out_c = out.c.data();
+    double* const out_w = out.w.data();
+    int64_t* const out_bin = out.bin.data();
+    uint8_t* const out_y = out.y.data();
+    for (int64_t b0 = 0; b0 < N; b0 += B) {
+        const int h = static_cast<int>((b0 / B) % H);
+        int64_t rows[B], ys[B], pad[B];
+        double ws[B];
+        bool clean = true;
+        for (int j = 0; j < B; ++j) {
+            const int64_t i = std::min(b0 + j, N - 1);
+            rows[j] = i;
+            pad[j] = b0 + j < N ? -1 : 0;
+            ys[j] = labels.raw(i);
+            ws[j] = weights.at(i);
+            clean &= static_cast<uint64_t>(ys[j]) < n_classes;
+            clean &= (ws[j] >= 0.0) & (ws[j] <= DBL_MAX);  // false for NaN, inf and negatives
+        }
+        if (!clean) return fused_short_status(s, labels, weights, from_logits, b0, std::min<int64_t>(B, N - b0), st);
+        summarize_short_rows<T, V>(s, rows, ys, from_logits, nll_eps, true, inv_t, batch);
+        I bad = batch.bad[0] | batch.bad[1];
+        bool any_bad = false;
+        for (int j = 0; j < W; ++j) any_bad |= bad[j] != 0;
+        if (any_bad) return fused_short_status(s, labels, weights, from_logits, b0, std::min<int64_t>(B, N - b0), st);
+        for (int g = 0; g < G; ++g) {
+            const int q = h * G + g;
+            D w;
+            I y, valid;
+            std::memcpy(&w, ws + g * W, sizeof w);
+            std::memcpy(&y, ys + g * W, sizeof y);
+            std::memcpy(&valid, pad + g * W, sizeof valid);
+            const I hit = batch.argmax[g] == y;
+            const D conf = batch.confidence[g];
+            s_weight[q] += select(valid, w, zero);
+            s_correct[q] += select(valid & hit, w, zero);  // w * correct
+            s_conf[q] += select(valid, w * conf, zero);
+            s_brier[q] += select(valid, w * ((batch.sum_sq[g] - two * batch.p_label[g]) + one), zero);
+            s_nll[q] += select(valid, w * batch.nll[g], zero);
+            // The scratch has room for a whole last batch: padding lanes are written and never read.
+            const int64_t at = b0 + g * W;
+            std::memcpy(out_c + at, &conf, sizeof conf);
+            std::memcpy(out_w + at, &w, sizeof w);
+            if (vector_bins) {
+                I m = (I)zero;
+                for (int64_t e = 0; e < n_inner; ++e) m -= splat<D>(inner[e]) < conf;
+                std::memcpy(out_bin + at, &m, sizeof m);
+            } else {
+                for (int j = 0; j < W; ++j) out_bin[at + j] = edges.bin(conf[j]);
+            }
+            for (int j = 0; j < W; ++j) out_y[at + j] = static_cast<uint8_t>(hit[j] & 1);
+        }
+    }
+    for (int64_t i = 0; i < N; ++i) out.fine[i] = grid.bin_checked(out_c[i]);
+    double l[5][kTotalLanes];
+    for (int q = 0; q < Q; ++q) {
+        std::memcpy(l[0] + q * W, &s_weight[q], sizeof(D));
+        std::memcpy(l[1] + q * W, &s_correct[q], sizeof(D));
+        std::memcpy(l[2] + q * W, &s_conf[q], sizeof(D));
+        std::memcpy(l[3] + q * W, &s_brier[q], sizeof(D));
+        std::memcpy(l[4] + q * W, &s_nll[q], sizeof(D));
+    }
+    t.count += N;
+    t.weight += fold_lanes(l[0]);
+    t.correct += fold_lanes(l[1]);
+    t.confidence += fold_lanes(l[2]);
+    t.brier += fold_lanes(l[3]);
+    t.nll += fold_lanes(l[4]);
+}
+
+// Pass 1, long rows: summarize_row per row and the totals in row order, as top_label_rows / accumulate_row.
+template <class T, class V>
+CALIBKIT_INLINE void fused_pass1_long(const Matrix<T>& s, const Vector<int64_t>& labels, const Weights& weights,
+                                      bool from_logits, double nll_eps, double inv_t, const BinEdges& edges,
+                                      const FineGrid& grid, StreamRowScratch& out, Totals& t, Status& st) {
+    const int64_t N = s.rows, K = s.cols;
+    const simd::TailMask<V> tail(K);
+    RowSummary row;
+    for (int64_t i = 0; i < N; ++i) {
+        const int64_t y = labels.raw(i);
+        if (y < 0 || y >= K) {
+            st.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
+            return;
+        }
+        const double w = weights.at(i);
+        if (weights.present() && !check_weight(w, i, st)) return;
+        if (!summarize_row<T, V, false>(s, tail, i, y, from_logits, nll_eps, true, inv_t, row, st, nullptr, nullptr))
+            return;
+        const double correct = row.argmax == y ? 1.0 : 0.0;
+        t.count += 1;
+        t.weight += w;
+        t.correct += w * correct;
+        t.confidence += w * row.confidence;
+        t.brier += w * (row.sum_sq - 2.0 * row.p_label + 1.0);
+        t.nll += w * row.nll;
+        out.c[i] = row.confidence;
+        out.w[i] = w;
+        out.y[i] = static_cast<uint8_t>(correct);
+        out.bin[i] = edges.bin(row.confidence);
+        out.fine[i] = grid.bin_checked(row.confidence);
+    }
+}
+
+template <class T, class V>
+CALIBKIT_INLINE void fused_pass1(const Matrix<T>& s, const Vector<int64_t>& labels, const Weights& weights,
+                                 bool from_logits, double nll_eps, double inv_t, const BinEdges& edges,
+                                 const FineGrid& grid, StreamRowScratch& out, Totals& t, Status& st) {
+    if (s.cols < kShortRow)
+        fused_pass1_short<T, V>(s, labels, weights, from_logits, nll_eps, inv_t, edges, grid, out, t, st);
+    else
+        fused_pass1_long<T, V>(s, labels, weights, from_logits, nll_eps, inv_t, edges, grid, out, t, st);
+}
+
+#if CALIBKIT_HAVE_AVX2_CLONES
+template <class T>
+CALIBKIT_AVX2_CLONE void fused_pass1_avx2(const Matrix<T>& s, const Vector<int64_t>& labels, const Weights& weights,
+                                          bool from_logits, double nll_eps, double inv_t, const BinEdges& edges,
+                                          const FineGrid& grid, StreamRowScratch& out, Totals& t, Status& st) {
+    fused_pass1<T, simd::Vec<4>>(s, labels, weights, from_logits, nll_eps, inv_t, edges, grid, out, t, st);
+}
+#endif
+
+// Pass 2: the checked rows into the state, in row order (the adds of stream_rows_checked), the fine state's
+// cache lines prefetched a block ahead; and onto the smooth grids when asked.
+template <bool Weighted>
+inline void fused_pass2(const StreamRowScratch& rows, int64_t N, uint64_t offset, int64_t M, int64_t R,
+                        int64_t n_boot, uint64_t seed, double* bins, double* fine, double* boot, double* squares,
+                        const SmoothTarget& smooth) {
+    constexpr int64_t kAhead = 16;
+    const double* const c = rows.c.data();
+    const double* const w = rows.w.data();
+    const int64_t* const bin = rows.bin.data();
+    const int64_t* const fb = rows.fine.data();
+    const uint8_t* const y = rows.y.data();
+    for (int64_t i = 0; i < std::min(N, kAhead); ++i)
+        for (int64_t q = 0; q < 5; ++q) CALIBKIT_PREFETCH(fine + q * R + fb[i], 1, 3);
+    for (int64_t i = 0; i < N; ++i) {
+        if (i + kAhead < N)
+            for (int64_t q = 0; q < 5; ++q) CALIBKIT_PREFETCH(fine + q * R + fb[i + kAhead], 1, 3);
+        const double yi = static_cast<double>(y[i]);
+        add_stream_row<Weighted>(bins, fine, squares, M, R, bin[i], fb[i], c[i], yi, Weighted ? w[i] : 1.0, nullptr);
+        if (n_boot > 0)
+            stream_boot_row(seed, offset + static_cast<uint64_t>(i), n_boot, M, bin[i], c[i], yi,
+                            Weighted ? w[i] : 1.0, boot);
+    }
+    if (smooth.on()) {
+        SmoothBlock block;
+        for (int64_t i = 0; i < N; ++i) block.add(*smooth.grids, *smooth.sums, c[i], w[i], static_cast<double>(y[i]));
+        block.flush(*smooth.grids, *smooth.sums);
+    }
+}
+
+// The fused path: pass 1, then (when every row is good) pass 2 and the totals into the state.
+template <class T>
+Status stream_top_label_small(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
+                              bool from_logits, double nll_eps, double inv_t, uint64_t offset, int64_t n_bins,
+                              const FineGrid& grid, int64_t n_boot, uint64_t seed, double* bins, double* fine,
+                              double* boot, double* totals, double* squares, const SmoothTarget& smooth) {
+    const int64_t N = scores.rows;
+    const BinEdges edges = BinEdges::equal_width(n_bins);
+    StreamRowScratch& rows = StreamRowScratch::local();
+    rows.ensure(N);
+    Totals t;
+    Status st;
+#if CALIBKIT_HAVE_AVX2_CLONES
+    if (simd::use_avx2())
+        fused_pass1_avx2<T>(scores, labels, weights, from_logits, nll_eps, inv_t, edges, grid, rows, t, st);
+    else
+#endif
+        fused_pass1<T, simd::Vec<2>>(scores, labels, weights, from_logits, nll_eps, inv_t, edges, grid, rows, t, st);
+    if (st.code != kOk) return st;
+    if (weights.present())
+        fused_pass2<true>(rows, N, offset, n_bins, grid.size(), n_boot, seed, bins, fine, boot, squares, smooth);
+    else
+        fused_pass2<false>(rows, N, offset, n_bins, grid.size(), n_boot, seed, bins, fine, boot, squares, smooth);
+    totals[0] += static_cast<double>(t.count);
+    totals[1] += t.weight;
+    totals[2] += t.correct;
+    totals[3] += t.confidence;
+    totals[4] += t.brier;
+    totals[5] += t.nll;
+    return st;
+}
+
+// The smooth ECE's grid sums of checked rows (confidence, correctness, weight) already summarised by the
+// top-label pass: the chunks and the row order of smooth_grid_top_label on the (N, K) scores (chunks of
+// smooth_rows_per_chunk(K, cells) rows), so the same bits, without reading the scores again.
+template <class C, class L>
+void smooth_grid_checked_rows(const Vector<C>& confidence, const Vector<L>& correct, const Weights& weights,
+                              int64_t K, const SmoothGrids& grids, SmoothSums& total) {
+    chunked_reduce(
+        confidence.size, smooth_rows_per_chunk(K, grids.cells), 1 + static_cast<int64_t>(grids.sizes.size()),
+        total.channels * grids.cells, total, [&] { return SmoothSums(grids.cells, total.channels); },
+        [&](SmoothSums& part, int64_t begin, int64_t end) {
+            SmoothBlock block;
+            for (int64_t i = begin; i < end; ++i)
+                block.add(grids, part, confidence[i], weights.at(i), static_cast<double>(correct.raw(i)));
+            block.flush(grids, part);
+        },
+        [](SmoothSums& acc, const SmoothSums& part) { acc.merge(part); });
+}
+
 // One streaming update from an N x K matrix of probabilities or logits: the
 // top-label pass of binning.hpp (confidence, correctness, totals with the NLL,
 // and class-wise bins when classwise.on()) followed by stream_accumulate of
@@ -334,14 +611,33 @@ Status stream_reduce(const Vector<C>& confidence, const Vector<L>& target, const
 // totals[6] and the class-wise (weight, sum score, sum target) into
 // classwise_state[3 x K x M] (when classwise.on()). Inputs of at most one
 // chunk run on the calling thread (no pool wake-up). squares (when not null) is the [2 x M] state of
-// stream_accumulate.
+// stream_accumulate. With smooth.on(), the smooth ECE's grid sums of the batch (smooth_grid_top_label's,
+// the same bits) go to *smooth.sums (zeroed by the caller), from the same pass: the scores are read once.
+// A batch of at most one top-label chunk without class-wise bins takes the fused path
+// (stream_top_label_small).
 template <class T>
 Status stream_top_label(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
                         bool from_logits, double nll_eps, double inv_t, const ClasswiseSpec& classwise,
                         uint64_t offset, int64_t n_bins, const FineGrid& grid, int64_t n_boot, uint64_t seed,
                         double* bins, double* fine, double* boot, double* totals, double* classwise_state,
-                        double* squares = nullptr) {
+                        double* squares = nullptr, const SmoothTarget& smooth = SmoothTarget()) {
+    // Logit rows shorter than kShortRow: the top-label pass sums their exponentials row per lane
+    // (summarize_short_rows, double precision), smooth_grid_top_label in octets (summarize_row; single precision
+    // for float32 / float16), so their confidences differ in the last bits: their grid sums keep their own pass
+    // (the same bits as before). Every other batch spreads the top-label pass's confidences, which are
+    // smooth_grid_top_label's.
+    if (smooth.on() && from_logits && scores.cols < kShortRow) {
+        const Status st = stream_top_label<T>(scores, labels, weights, from_logits, nll_eps, inv_t, classwise, offset,
+                                              n_bins, grid, n_boot, seed, bins, fine, boot, totals, classwise_state,
+                                              squares);
+        if (st.code == kOk) *smooth.sums = smooth_grid_top_label<T>(scores, labels, weights, true, *smooth.grids,
+                                                                    smooth.sums->channels, inv_t);
+        return st;
+    }
     const int64_t N = scores.rows;
+    if (!classwise.on() && N <= rows_per_chunk(scores.cols))
+        return stream_top_label_small<T>(scores, labels, weights, from_logits, nll_eps, inv_t, offset, n_bins, grid,
+                                         n_boot, seed, bins, fine, boot, totals, squares, smooth);
     std::vector<double> conf(static_cast<size_t>(N));
     std::vector<uint8_t> correct(static_cast<size_t>(N));
     const BinningResult r = top_label_stats<T>(scores, labels, weights, from_logits, 0, nll_eps, true, conf.data(),
@@ -361,6 +657,7 @@ Status stream_top_label(const Matrix<T>& scores, const Vector<int64_t>& labels, 
                                  boot, squares);  // the rows were checked by the top-label pass
     }
     if (st.code != kOk) return st;
+    if (smooth.on()) smooth_grid_checked_rows(c, y, weights, scores.cols, *smooth.grids, *smooth.sums);
     const Totals& t = r.totals;
     totals[0] += static_cast<double>(t.count);
     totals[1] += t.weight;

@@ -28,6 +28,7 @@ from ._common import (
     valid_probability,
 )
 from . import binning
+from .smooth import _grid_sizes, _smooth_chunk, _smooth_driver, smooth_grid
 from .binning import (
     SHORT_ROW, _classwise_spec, _top_label_chunk, check_weight, equal_width_inner, find_bin, top_label_stats,
 )
@@ -288,13 +289,14 @@ def _cached_classwise(K, M):
 @numba.njit(**JIT)
 def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_eps, inv_t, table, cw_M, cw_inners,
                      cw_uniform, cw_upper, offset_bits, inner, n_bins, fine_bits, fine_levels, n_boot, seed_bits,
-                     cdf, bins2, fine2, boot3, totals, cw3, sq2, has_sq):
+                     cdf, bins2, fine2, boot3, totals, cw3, sq2, has_sq, sm_sizes, sm_offsets, sm2, has_sm):
     """A batch of one top-label chunk, serially: the chunk of binning's top-label pass (confidences,
     correctness, totals, class-wise bins), then the stream pass; the state changes only if both are clean.
     The state arrays come as the accumulator holds them (shapes checked by the caller) and the status is
     returned as a (code, row, col, value) tuple: one Numba entry call, no array returned to Python.
     ``offset_bits`` and ``seed_bits`` are the uint64 position and seed as int64 of the same bits (a Python
-    int is typed without the cost of building a NumPy scalar)."""
+    int is typed without the cost of building a NumPy scalar). With ``has_sm``, the rows' smooth ECE grid sums
+    (one smooth chunk: smooth_grid's, the same bits) are spread from the summaries and added to ``sm2``."""
     N, K = scores.shape
     offset = np.uint64(offset_bits)
     seed = np.uint64(seed_bits)
@@ -328,6 +330,8 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_ep
         # into the state, as _small does after its check pass.
         _chunk(conf, correct, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf,
                table, 0, N, bins, fine, boot, st, sq, has_sq)
+    if st[0] == OK and has_sm:
+        _stream_smooth(conf, correct, weights, has_w, 0, N, sm_sizes, sm_offsets, sm2.reshape(sm2.size), st)
     if st[0] == OK:
         totals[0] += float(int(tot[0]))
         for t in range(1, 6):
@@ -339,6 +343,19 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_ep
         for j in range(KM):
             cw_state[2 * KM + j] += q_target[j]
     return int(st[0]), int(st[1]), int(st[2]), st[3]
+
+
+@numba.njit(**JIT)
+def _stream_smooth(conf, correct, weights, has_w, begin, end, sizes, offsets, state, st):
+    """The smooth ECE grid sums of checked top-label rows [begin, end) (confidence, correctness, weight) as one
+    chunk of smooth_grid (smooth._smooth_chunk on the rows' summaries), added to ``state`` when clean."""
+    cells = np.zeros(state.shape[0])
+    tot = np.zeros(2)
+    _smooth_chunk(conf.reshape((conf.shape[0], 1)), correct, weights, has_w, True, False, False, 1.0, sizes,
+                  offsets, 2, HALF_TABLE, begin, end, cells, tot, st)
+    if st[0] == OK:
+        for j in range(state.shape[0]):
+            state[j] += cells[j]
 
 
 _F64 = np.dtype(np.float64)
@@ -379,7 +396,7 @@ def _states_ok(bins, n_bins, fine, R, boot, n_boot, totals):
 
 def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, inverse_temperature, offset, n_bins,
                      fine_bits, fine_levels, n_boot, seed, bins, fine, boot, totals, classwise_bins, classwise,
-                     squares=None):
+                     squares=None, smooth_grid_sizes=None, smooth=None):
     """Same contract as ``calibkit._core.stream_top_label``.
 
     A batch of at most one top-label chunk is one call of one serial jitted function (no threading layer,
@@ -434,6 +451,25 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
         cw_state = _NO_CLASSWISE
         cw_inners, cw_uniform, cw_upper = _NO_SPEC
         chunk = max(1, CHUNK_ELEMENTS // K)
+    if (smooth_grid_sizes is None) != (smooth is None):
+        raise ValueError("smooth_grid_sizes and smooth must be given together")
+    has_sm = smooth is not None
+    if has_sm:
+        sm_sizes, sm_offsets, n_cells = _cached_grids(smooth_grid_sizes)
+        if not _state_ok(smooth, (n_cells, 2)):
+            _state(smooth, "smooth", (n_cells, 2))
+        sm_state = smooth
+    else:
+        sm_sizes, sm_offsets, sm_state = _NO_SIZES, _NO_SIZES, _NO_SMOOTH
+    if has_sm and from_logits and K < SHORT_ROW:
+        # logit rows shorter than SHORT_ROW: the top-label pass and smooth_grid sum their exponentials in
+        # different orders (and precisions): their grid sums keep their own pass (as stream.hpp)
+        st = stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, inverse_temperature, offset,
+                              n_bins, fine_bits, fine_levels, n_boot, seed, bins, fine, boot, totals, classwise_bins,
+                              classwise, squares)
+        if st[0] == OK:
+            smooth += smooth_grid(scores, labels, sample_weight, True, smooth_grid_sizes, False, inv_t)["grid"]
+        return st
     if N <= chunk:
         # float32 / float16 logit rows of at least SHORT_ROW elements: the single-precision path, as in
         # binning.top_label_stats
@@ -444,7 +480,8 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
                                 _cached_inner(n_bins), int(n_bins), int(fine_bits),
                                 int(fine_levels), int(n_boot),
                                 seed if type(seed) is int and 0 <= seed < _I63 else _int64_bits(seed), POISSON1_CDF, bins,
-                                fine, boot, totals, cw_state, sq_state, has_sq)
+                                fine, boot, totals, cw_state, sq_state, has_sq, sm_sizes, sm_offsets, sm_state,
+                                has_sm)
     flat_totals = totals.reshape(-1)
     conf = np.empty(N)
     correct = np.empty(N, np.uint8)
@@ -456,6 +493,15 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
                            fine, boot, squares)
     if st[0] != OK:
         return st
+    if has_sm:  # the smooth grid sums from the rows' summaries, in smooth_grid's chunks (the scores are not read again)
+        weights = _NO_WEIGHTS if sample_weight is None else sample_weight
+        cells, _, st = run_locked(_smooth_driver, conf[:, None], correct, weights, sample_weight is not None, True,
+                                  False, False, 1.0, sm_sizes, sm_offsets, n_cells, 2,
+                                  max(1, max(CHUNK_ELEMENTS, 32 * n_cells) // K), HALF_TABLE,
+                                  N * K >= MIN_PARALLEL_ELEMENTS)
+        if st[0] != OK:  # pragma: no cover - the rows were checked by the top-label pass
+            return status_tuple(st)
+        smooth += cells.reshape(n_cells, 2)
     t = r["totals"]
     flat_totals += (t["count"], t["weight"], t["correct"], t["confidence"], t["brier"], t["nll"])
     if cw_M > 0:
@@ -470,6 +516,23 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
 
 _NO_WEIGHTS = np.empty(1)
 _NO_SPEC = _classwise_spec(1, 0, None)
+_NO_SIZES = np.zeros(1, np.int64)
+_NO_SMOOTH = np.zeros((1, 2))
+_grids_cache = {}  # bytes of the grid sizes -> (sizes, offsets, cells)
+
+
+def _cached_grids(grid_sizes):
+    """smooth._grid_sizes (checked sizes, offsets, cells), cached by the sizes (an accumulator passes the same
+    AUTO_GRID_SIZES with every batch)."""
+    key = grid_sizes.tobytes() if type(grid_sizes) is np.ndarray and grid_sizes.dtype == _I64 else None
+    got = _grids_cache.get(key) if key is not None else None
+    if got is None:
+        got = _grid_sizes(grid_sizes)
+        if key is not None:
+            if len(_grids_cache) > 16:
+                _grids_cache.clear()
+            _grids_cache[key] = got
+    return got
 
 
 # -- top-label statistics of a small input in one serial call (twin of top_label_stats for one chunk) -------
