@@ -427,7 +427,7 @@ CALIBKIT_INLINE bool summarize_logit_row(const Matrix<T>& s, const simd::TailMas
 // the same numbers in the same order. Store: the e_k go to `row_out` (a float
 // buffer of a multiple of 8 elements; the pad lanes get 0).
 constexpr int64_t kRowFlushOctets = 8;  // the same as uncertainty.hpp's kFlushOctets
-constexpr int kRowBlock = 4;              // octets per block of the unrolled loops
+constexpr int kRowBlock = 8;              // octets per block of the unrolled loops
 
 template <class T, bool Contiguous, class V, bool Store, bool Unscaled>
 CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_t label, bool with_nll, double inv_t,
