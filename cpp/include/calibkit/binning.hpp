@@ -427,7 +427,7 @@ CALIBKIT_INLINE bool summarize_logit_row(const Matrix<T>& s, const simd::TailMas
 // the same numbers in the same order. Store: the e_k go to `row_out` (a float
 // buffer of a multiple of 8 elements; the pad lanes get 0).
 constexpr int64_t kRowFlushOctets = 8;  // the same as uncertainty.hpp's kFlushOctets
-constexpr int kRowBlock = 4;              // octets per block of the unrolled loops
+constexpr int kRowBlock = 8;              // octets per block of the unrolled loops
 
 template <class T, bool Contiguous, class V, bool Store, bool Unscaled>
 CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_t label, bool with_nll, double inv_t,
@@ -1103,6 +1103,14 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
         if (!(static_cast<double>(above[e]) > inner[e]))
             above[e] = std::nextafter(above[e], std::numeric_limits<float>::infinity());
     }
+    // The edges broadcast to lanes once per chunk (a splat in the batch loop costs one insert per lane).
+    typedef typename V::fw FE;
+    FE above_v[kMaxVectorEdges];
+    D inner_v[kMaxVectorEdges];
+    for (int64_t e = 0; binned && vector_bins && e < n_inner; ++e) {
+        above_v[e] = splat_f<FE>(float_bins ? above[e] : 0.0f);
+        inner_v[e] = splat<D>(inner[e]);
+    }
     // Unweighted rows: a lane bin's count and correct count share one integer (low and high 32
     // bits); its weight and target sums are those counts (sums of ones: exact, the same bits).
     const bool packed = !weighted && end - begin < (int64_t(1) << 31);
@@ -1157,7 +1165,7 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
                     typedef typename V::fw F;
                     typedef typename V::iw IW;
                     IW m = (IW)splat_f<F>(0.0f);
-                    for (int64_t e = 0; e < n_inner; ++e) m -= batch.fconfidence >= splat_f<F>(above[e]);
+                    for (int64_t e = 0; e < n_inner; ++e) m -= batch.fconfidence >= above_v[e];
                     for (int j = 0; j < B; ++j) bin_of[j] = m[j];
                 }
             }
@@ -1179,7 +1187,7 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
                 s_nll[q] += select(valid, w * batch.nll[g], zero);
                 if (binned && vector_bins && !float_bins) {
                     I m = (I)zero;
-                    for (int64_t e = 0; e < n_inner; ++e) m -= splat<D>(inner[e]) < conf;
+                    for (int64_t e = 0; e < n_inner; ++e) m -= inner_v[e] < conf;
                     std::memcpy(bin_of + g * W, &m, sizeof m);
                 }
                 std::memcpy(use + g * W, &valid, sizeof valid);

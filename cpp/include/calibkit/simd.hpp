@@ -266,9 +266,35 @@ struct Vec<4> {
     typedef int32_t ih __attribute__((vector_size(16)));
 };
 
+#if CALIBKIT_HAVE_AVX2_CLONES && defined(__GNUC__) && !defined(__clang__)
+// GCC (12) lowers __builtin_convertvector of 4 floats to 4 doubles, and of 4 int32 to 4 int64, into
+// 2-lane pieces even for an AVX2 target (a round trip through the stack each): these use the one
+// instruction. Only the AVX2 clones use Vec<4>; their `flatten` inlines these into AVX2 code (not
+// always_inline: the generic `convert` that calls them has no AVX target of its own). Same values.
+#define CALIBKIT_GCC_AVX_CONVERT 1
+__attribute__((target("avx"))) inline Vec<4>::d convert_f4_d4(Vec<4>::f x) {
+    return (Vec<4>::d)__builtin_ia32_cvtps2pd256(x);
+}
+__attribute__((target("avx2"))) inline Vec<4>::i convert_i4_i64(Vec<4>::ih x) {
+    return (Vec<4>::i)__builtin_ia32_pmovsxdq256(x);
+}
+#else
+#define CALIBKIT_GCC_AVX_CONVERT 0
+#endif
+
 template <class To, class From>
 CALIBKIT_INLINE To convert(From x) {
+#if CALIBKIT_GCC_AVX_CONVERT
+    if constexpr (std::is_same<To, Vec<4>::d>::value && std::is_same<From, Vec<4>::f>::value) {
+        return convert_f4_d4(x);
+    } else if constexpr (std::is_same<To, Vec<4>::i>::value && std::is_same<From, Vec<4>::ih>::value) {
+        return convert_i4_i64(x);
+    } else {
+        return __builtin_convertvector(x, To);
+    }
+#else
     return __builtin_convertvector(x, To);
+#endif
 }
 
 template <int I0, int I1, int I2, int I3, class F4>
