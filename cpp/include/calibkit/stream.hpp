@@ -327,6 +327,16 @@ Status stream_reduce(const Vector<C>& confidence, const Vector<L>& target, const
 }
 
 
+// A batch's totals into the state's totals[6]: count, weight, correct, confidence, Brier, NLL.
+inline void add_totals(const Totals& t, double* totals) {
+    totals[0] += static_cast<double>(t.count);
+    totals[1] += t.weight;
+    totals[2] += t.correct;
+    totals[3] += t.confidence;
+    totals[4] += t.brier;
+    totals[5] += t.nll;
+}
+
 // -- The fused small-batch path of stream_top_label ------------------------------------------------
 //
 // A batch of at most one top-label chunk without class-wise bins (the per-batch update of a monitoring
@@ -574,12 +584,7 @@ Status stream_top_label_small(const Matrix<T>& scores, const Vector<int64_t>& la
         fused_pass2<true>(rows, N, offset, n_bins, grid.size(), n_boot, seed, bins, fine, boot, squares, smooth);
     else
         fused_pass2<false>(rows, N, offset, n_bins, grid.size(), n_boot, seed, bins, fine, boot, squares, smooth);
-    totals[0] += static_cast<double>(t.count);
-    totals[1] += t.weight;
-    totals[2] += t.correct;
-    totals[3] += t.confidence;
-    totals[4] += t.brier;
-    totals[5] += t.nll;
+    add_totals(t, totals);
     return st;
 }
 
@@ -659,12 +664,7 @@ Status stream_top_label(const Matrix<T>& scores, const Vector<int64_t>& labels, 
     if (st.code != kOk) return st;
     if (smooth.on()) smooth_grid_checked_rows(c, y, weights, scores.cols, *smooth.grids, *smooth.sums);
     const Totals& t = r.totals;
-    totals[0] += static_cast<double>(t.count);
-    totals[1] += t.weight;
-    totals[2] += t.correct;
-    totals[3] += t.confidence;
-    totals[4] += t.brier;
-    totals[5] += t.nll;
+    add_totals(t, totals);
     if (classwise.on()) {
         const size_t KM = r.classwise.weight.size();
         for (size_t j = 0; j < KM; ++j) classwise_state[j] += r.classwise.weight[j];
