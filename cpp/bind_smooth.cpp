@@ -8,23 +8,6 @@ using namespace calibkit::bind;
 
 namespace {
 
-// Grid sizes: a 1-D int64 array of 1..kMaxSmoothGrids sizes, each >= 2, kMaxSmoothCells points in all;
-// checked before anything is allocated from them.
-std::vector<int64_t> grid_sizes(const py::object& obj) {
-    const Vector<int64_t> v = typed_vector<int64_t>(require_array(obj, "grid_sizes"), "grid_sizes");
-    check_size(v.size, "len(grid_sizes)", 1, kMaxSmoothGrids);
-    std::vector<int64_t> sizes;
-    int64_t cells = 0;
-    for (int64_t j = 0; j < v.size; ++j) {
-        const int64_t g = v.raw(j);
-        check_size(g, "grid_sizes[j]", 2, kMaxSmoothCells);
-        cells += g;
-        check_size(cells, "sum(grid_sizes)", 2, kMaxSmoothCells);
-        sizes.push_back(g);
-    }
-    return sizes;
-}
-
 py::dict smooth_dict(const SmoothSums& r) {
     py::array_t<double> cells({static_cast<py::ssize_t>(r.cells.size() / r.channels), static_cast<py::ssize_t>(r.channels)});
     std::copy(r.cells.begin(), r.cells.end(), cells.mutable_data());
@@ -58,7 +41,7 @@ py::dict smooth_grid_py(const py::object& scores_obj, const py::object& labels_o
     if (!(inv_t > 0.0) || !std::isfinite(inv_t))
         throw py::value_error("inverse_temperature must be a finite number > 0");
     if (!from_logits && inv_t != 1.0) throw py::value_error("inverse_temperature applies to logits only");
-    const SmoothGrids grids(grid_sizes(grid_sizes_obj));
+    const SmoothGrids grids(checked_grid_sizes(grid_sizes_obj, "grid_sizes", kMaxSmoothGrids, kMaxSmoothCells));
     const int64_t channels = with_labels ? 3 : 2;
     const py::array scores = require_array(scores_obj, "scores");
     const py::array labels = require_array(labels_obj, "labels");

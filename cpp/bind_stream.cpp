@@ -76,18 +76,8 @@ py::tuple stream_top_label_py(const py::object& scores_obj, const py::object& la
     std::vector<int64_t> sizes;
     if (smooth_grid_sizes.is_none() != smooth.is_none())
         throw py::value_error("smooth_grid_sizes and smooth must be given together");
-    if (!smooth_grid_sizes.is_none()) {
-        const Vector<int64_t> v = typed_vector<int64_t>(require_array(smooth_grid_sizes, "smooth_grid_sizes"),
-                                                        "smooth_grid_sizes");
-        check_size(v.size, "len(smooth_grid_sizes)", 1, kMaxSmoothGrids);
-        int64_t cells = 0;
-        for (int64_t j = 0; j < v.size; ++j) {
-            check_size(v.raw(j), "smooth_grid_sizes[j]", 2, kMaxSmoothCells);
-            cells += v.raw(j);
-            check_size(cells, "sum(smooth_grid_sizes)", 2, kMaxSmoothCells);
-            sizes.push_back(v.raw(j));
-        }
-    }
+    if (!smooth_grid_sizes.is_none())
+        sizes = checked_grid_sizes(smooth_grid_sizes, "smooth_grid_sizes", kMaxSmoothGrids, kMaxSmoothCells);
     const py::array scores = require_array(scores_obj, "scores");
     const py::array labels = require_array(labels_obj, "labels");
     require_dtype(is_dtype<int64_t>(labels), labels, "labels", "int64");

@@ -201,6 +201,24 @@ inline void check_size(int64_t value, const char* name, int64_t lo, int64_t hi) 
                                           std::to_string(value));
 }
 
+// Sizes of grids (the smooth ECE's): a 1-D int64 array of 1..max_grids sizes, each >= 2, at most max_cells
+// points in all; checked before anything is allocated from them. Errors name `name`.
+inline std::vector<int64_t> checked_grid_sizes(const py::object& obj, const std::string& name, int64_t max_grids,
+                                               int64_t max_cells) {
+    const Vector<int64_t> v = typed_vector<int64_t>(require_array(obj, name.c_str()), name.c_str());
+    check_size(v.size, ("len(" + name + ")").c_str(), 1, max_grids);
+    std::vector<int64_t> sizes;
+    int64_t cells = 0;
+    for (int64_t j = 0; j < v.size; ++j) {
+        const int64_t g = v.raw(j);
+        check_size(g, (name + "[j]").c_str(), 2, max_cells);
+        cells += g;
+        check_size(cells, ("sum(" + name + ")").c_str(), 2, max_cells);
+        sizes.push_back(g);
+    }
+    return sizes;
+}
+
 inline py::tuple status_tuple(const Status& s) { return py::make_tuple(s.code, s.row, s.col, s.value); }
 
 template <class V>
