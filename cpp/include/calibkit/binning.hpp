@@ -1348,6 +1348,28 @@ CALIBKIT_INLINE bool bad_binary_label(L y) {
         return y > 1u;
 }
 
+// Checks binary row i (label 0 or 1, weight finite and >= 0 when present, probability in [0, 1] with the usual
+// tolerance): true with (p, y, w) read, or false with the first fault of the row in `st`. The one row check
+// of every binary kernel (binary_stats, smooth_grid_binary, stream_accumulate).
+template <class T, class L>
+CALIBKIT_INLINE bool check_binary_row(const Vector<T>& probs, const Vector<L>& targets, const Weights& weights,
+                                      int64_t i, double& p, double& y, double& w, Status& st) {
+    const int64_t t = static_cast<int64_t>(targets.raw(i));
+    if (t != 0 && t != 1) {
+        st.set(kLabelOutOfRange, i, -1, static_cast<double>(t));
+        return false;
+    }
+    w = weights.at(i);
+    if (weights.present() && !check_weight(w, i, st)) return false;
+    p = probs[i];
+    if (!valid_probability(p)) {
+        st.set(is_finite(p) ? kProbabilityOutOfRange : kScoreNotFinite, i, -1, p);
+        return false;
+    }
+    y = static_cast<double>(t);
+    return true;
+}
+
 // The row-by-row binary loop with every check (a bad row is reported in `part.status` and left
 // out). The fast path below runs it only on a chunk that holds a bad element, to name it.
 template <class T, class L>
@@ -1356,19 +1378,8 @@ inline void binary_rows_checked(const Vector<T>& probs, const Vector<L>& targets
                                 int64_t begin, int64_t end) {
     const int64_t n_bins = edges.n_bins;
     for (int64_t i = begin; i < end; ++i) {
-        const int64_t y = static_cast<int64_t>(targets.raw(i));
-        if (y != 0 && y != 1) {
-            part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
-            continue;
-        }
-        const double w = weights.at(i);
-        if (weights.present() && !check_weight(w, i, part.status)) continue;
-        const double p = probs[i];
-        if (!valid_probability(p)) {
-            part.status.set(is_finite(p) ? kProbabilityOutOfRange : kScoreNotFinite, i, -1, p);
-            continue;
-        }
-        const double target = static_cast<double>(y);
+        double p, target, w;
+        if (!check_binary_row(probs, targets, weights, i, p, target, w, part.status)) continue;
         if (n_bins > 0) part.bins.add(edges.bin(p), w, p, target);
         Totals& t = part.totals;
         t.count += 1;
@@ -1378,7 +1389,7 @@ inline void binary_rows_checked(const Vector<T>& probs, const Vector<L>& targets
         t.brier += w * (p - target) * (p - target);
         if (with_nll) {
             const double pc = std::min(std::max(p, nll_eps), 1.0 - nll_eps);
-            t.nll -= w * (y == 1 ? std::log(pc) : std::log1p(-pc));
+            t.nll -= w * (target == 1.0 ? std::log(pc) : std::log1p(-pc));
         }
     }
 }

@@ -140,19 +140,8 @@ SmoothSums smooth_grid_binary(const Vector<T>& probs, const Vector<L>& labels, c
         [&](SmoothSums& part, int64_t begin, int64_t end) {
             SmoothBlock block;
             for (int64_t i = begin; i < end; ++i) {
-                const int64_t y = static_cast<int64_t>(labels.raw(i));
-                if (y != 0 && y != 1) {
-                    part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
-                    continue;
-                }
-                const double w = weights.at(i);
-                if (weights.present() && !check_weight(w, i, part.status)) continue;
-                const double p = probs[i];
-                if (!valid_probability(p)) {
-                    part.status.set(is_finite(p) ? kProbabilityOutOfRange : kScoreNotFinite, i, -1, p);
-                    continue;
-                }
-                block.add(grids, part, p, w, static_cast<double>(y));
+                double p, y, w;
+                if (check_binary_row(probs, labels, weights, i, p, y, w, part.status)) block.add(grids, part, p, w, y);
             }
             block.flush(grids, part);
         },

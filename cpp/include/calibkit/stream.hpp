@@ -135,29 +135,6 @@ struct StreamPartial {
     }
 };
 
-// Adds rows [0, N) (stream positions offset..offset+N-1) into the state arrays.
-// Targets must be 0 or 1, confidences in [0, 1] (with the usual tolerance),
-// weights finite and >= 0; the first bad row is reported and nothing is added.
-// Checks one row; false (and the status set) if its target, weight or confidence is bad.
-template <class C, class L>
-inline bool stream_row(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights, int64_t i,
-                       double& c, double& y, double& w, Status& st) {
-    const int64_t t = static_cast<int64_t>(target.raw(i));
-    if (t != 0 && t != 1) {
-        st.set(kLabelOutOfRange, i, -1, static_cast<double>(t));
-        return false;
-    }
-    w = weights.at(i);
-    if (weights.present() && !check_weight(w, i, st)) return false;
-    c = confidence[i];
-    if (!valid_probability(c)) {
-        st.set(is_finite(c) ? kProbabilityOutOfRange : kScoreNotFinite, i, -1, c);
-        return false;
-    }
-    y = static_cast<double>(t);
-    return true;
-}
-
 // The bootstrap replicates of one row (bin b, confidence c, target y, weight w).
 inline void stream_boot_row(uint64_t seed, uint64_t position, int64_t n_boot, int64_t M, int64_t b, double c, double y,
                             double w, double* boot) {
@@ -239,7 +216,7 @@ inline void stream_rows_checked(const Vector<C>& confidence, const Vector<L>& ta
 }
 
 // Adds rows [begin, end) (stream positions offset + i) into bins/fine/boot, row by row in order. Checked:
-// the rows have passed stream_row's checks already (stream_rows_checked); otherwise each row is checked
+// the rows have passed check_binary_row's checks already (stream_rows_checked); otherwise each row is checked
 // and a bad one skipped (its status set).
 // touched (when not null) gets each fine bucket the first time a row lands in it.
 template <bool Checked, class C, class L>
@@ -259,7 +236,7 @@ inline void stream_rows(const Vector<C>& confidence, const Vector<L>& target, co
     const int64_t M = edges.n_bins, R = grid.size();
     for (int64_t i = begin; i < end; ++i) {
         double c, y, w;
-        if (!stream_row(confidence, target, weights, i, c, y, w, st)) continue;
+        if (!check_binary_row(confidence, target, weights, i, c, y, w, st)) continue;
         const int64_t b = edges.bin(c), f = grid.bin(c);
         add_stream_row<true>(bins, fine, squares, M, R, b, f, c, y, w, touched);
         if (n_boot > 0) stream_boot_row(seed, offset + static_cast<uint64_t>(i), n_boot, M, b, c, y, w, boot);
@@ -287,7 +264,7 @@ Status stream_accumulate(const Vector<C>& confidence, const Vector<L>& target, c
         Status st;
         for (int64_t i = 0; i < N && st.code == kOk; ++i) {
             double c, y, w;
-            stream_row(confidence, target, weights, i, c, y, w, st);
+            check_binary_row(confidence, target, weights, i, c, y, w, st);
         }
         if (st.code == kOk)
             stream_rows<true>(confidence, target, weights, 0, N, offset, edges, grid, B, seed, bins, fine, boot,
@@ -299,7 +276,7 @@ Status stream_accumulate(const Vector<C>& confidence, const Vector<L>& target, c
 
 // stream_accumulate's path for more than one chunk: rows reduced over fixed chunks in chunk
 // order, the total added to the state when no row was bad. Checked: the rows have passed
-// stream_row's checks already.
+// check_binary_row's checks already.
 template <bool Checked, class C, class L>
 Status stream_reduce(const Vector<C>& confidence, const Vector<L>& target, const Weights& weights, uint64_t offset,
                      const BinEdges& edges, const FineGrid& grid, int64_t n_boot, uint64_t seed, double* bins,
