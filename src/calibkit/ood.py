@@ -27,7 +27,8 @@ import numpy as np
 
 from . import _backend
 from ._typing import ArrayLike, Backend
-from ._validation import MAX_PRECISION_BITS, check_correct, check_score_vector, raise_for_status
+from ._validation import (MAX_PRECISION_BITS, SCORE_NOT_FINITE, check_correct, check_score_vector,
+                          raise_for_status)
 
 
 def _check_rate(value, name):
@@ -51,9 +52,228 @@ def _in_out(scores_in, scores_out):
     return check_score_vector(scores_in, "scores_in"), check_score_vector(scores_out, "scores_out")
 
 
+_CONVENTIONS = ("calibkit", "openood")
+_POSITIVES = ("in", "out")
+_AUPR_RULES = ("average_precision", "trapezoid")
+
+
+def _check_choice(value, name, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _settings(convention, positive, aupr):
+    """(convention, positive, aupr) with the convention's defaults filled in; a contradiction is an error."""
+    convention = _check_choice(convention, "convention", _CONVENTIONS)
+    defaults = {"positive": "out", "aupr": "trapezoid"} if convention == "openood" else \
+        {"positive": "in", "aupr": "average_precision"}
+    chosen = {}
+    for name, value, choices in (("positive", positive, _POSITIVES), ("aupr", aupr, _AUPR_RULES)):
+        if value is None:
+            chosen[name] = defaults[name]
+            continue
+        _check_choice(value, name, choices)
+        if convention == "openood" and value != defaults[name]:
+            raise ValueError(f"convention='openood' uses {name}={defaults[name]!r}; got {name}={value!r} "
+                             f"(leave {name} unset, or use convention='calibkit')")
+        chosen[name] = value
+    return convention, chosen["positive"], chosen["aupr"]
+
+
+def _side_weight(weight, n, name):
+    """One side's sample weights as float64 (finite, >= 0), or None."""
+    if weight is None:
+        return None
+    w = np.asarray(weight)
+    if w.dtype == object or w.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must be numbers, got dtype {w.dtype}")
+    if w.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) (one weight per score), got shape {w.shape}")
+    w = w.astype(np.float64)
+    finite = np.isfinite(w)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise ValueError(f"{name}[{i}] = {float(w[i])!r} is not finite")
+    if (w < 0).any():
+        i = int(np.argmax(w < 0))
+        raise ValueError(f"{name}[{i}] = {float(w[i])!r} is negative")
+    return w
+
+
+def _weights(w_in, w_out, n_in, n_out):
+    """Both sides' weights (ones where not given), scaled by the largest so that sums neither overflow nor
+    underflow (every metric here is a ratio of sums of weights on both sides)."""
+    w_in = np.ones(n_in) if w_in is None else w_in
+    w_out = np.ones(n_out) if w_out is None else w_out
+    for name, w in (("sample_weight_in", w_in), ("sample_weight_out", w_out)):
+        if not w.any():
+            raise ValueError(f"{name} sums to 0 (every weight is 0): that side has no samples to rank")
+    largest = max(float(w_in.max()), float(w_out.max()))
+    w_in, w_out = w_in / largest, w_out / largest
+    for name, w in (("sample_weight_in", w_in), ("sample_weight_out", w_out)):
+        if not w.any():
+            raise ValueError(f"{name} is too small next to the other side's weights: divided by the largest "
+                             f"weight ({largest!r}) every weight underflows to 0")
+    return w_in, w_out
+
+
+def _check_finite(x, name):
+    finite = np.isfinite(x)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise_for_status((SCORE_NOT_FINITE, i, -1, float(x[i])), scores_name=name)
+
+
+def _weighted_curve(si, so, w_in, w_out):
+    """The descending walk of the distinct scores with weighted counts: (tp, fp) after each, as
+    ``sklearn.metrics.roc_curve`` builds it (samples of weight 0 dropped first, as scikit-learn does)."""
+    _check_finite(si, "scores_in")
+    _check_finite(so, "scores_out")
+    s = np.concatenate([si.astype(np.float64), so.astype(np.float64)])
+    w = np.concatenate([w_in, w_out])
+    is_in = np.arange(s.shape[0]) < si.shape[0]
+    keep = w != 0
+    s, w, is_in = s[keep], w[keep], is_in[keep]
+    order = np.argsort(-s, kind="stable")
+    s, w, is_in = s[order], w[order], is_in[order]
+    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
+    return np.cumsum(np.where(is_in, w, 0.0))[last], np.cumsum(np.where(is_in, 0.0, w))[last]
+
+
+def _flip(tp, fp):
+    """The walk with the roles swapped: out-of-distribution as positives, scores from the lowest up."""
+    return (fp[-1] - np.r_[0.0, fp[:-1]])[::-1], (tp[-1] - np.r_[0.0, tp[:-1]])[::-1]
+
+
+def _previous(x):
+    return np.r_[0.0, x[:-1]]
+
+
+def _roc_area(pos, neg):
+    """Trapezoidal ROC area of a walk (the positives' and negatives' running totals)."""
+    return float(np.sum((neg - _previous(neg)) * (pos + _previous(pos))) / (2.0 * pos[-1] * neg[-1]))
+
+
+def _average_precision(pos, neg):
+    return float(np.sum((pos - _previous(pos)) * (pos / (pos + neg))) / pos[-1])
+
+
+def _trapezoid_pr(pos, neg):
+    """Trapezoidal area under (recall, precision) from (0, 1) through each threshold: ``sklearn.metrics.auc``
+    of ``precision_recall_curve``."""
+    recall = np.r_[0.0, pos / pos[-1]]
+    precision = np.r_[1.0, pos / (pos + neg)]
+    return float(np.sum(np.diff(recall) * (precision[1:] + precision[:-1]) / 2.0))
+
+
+def _detection_error(pos, neg):
+    return float(min(0.5, np.min(0.5 * (1.0 - pos / pos[-1]) + 0.5 * (neg / neg[-1]))))
+
+
+def _fpr_at(pos, neg, level, openood):
+    """FPR at the first threshold with TPR >= level ("accept nothing" first). ``openood``: on the points
+    ``sklearn.metrics.roc_curve`` keeps with its default ``drop_intermediate=True`` (a point whose both
+    running totals change by the same amounts as at the step before is dropped), as OpenOOD reads it."""
+    if openood and pos.shape[0] > 2:
+        keep = np.r_[True, (np.diff(neg, 2) != 0) | (np.diff(pos, 2) != 0), True]
+        pos, neg = pos[keep], neg[keep]
+    tpr = np.r_[0.0, pos / pos[-1]]
+    fpr = np.r_[0.0, neg / neg[-1]]
+    return float(fpr[int(np.argmax(tpr >= level))])
+
+
+def _partial_auc(pos, neg, max_fpr):
+    """scikit-learn's standardised partial AUC up to FPR = max_fpr (McClish 1989)."""
+    fpr = np.r_[0.0, neg / neg[-1]]
+    tpr = np.r_[0.0, pos / pos[-1]]
+    stop = int(np.searchsorted(fpr, max_fpr, "right"))
+    y = np.interp(max_fpr, fpr[stop - 1:stop + 1], tpr[stop - 1:stop + 1])
+    x = np.r_[fpr[:stop], max_fpr]
+    y = np.r_[tpr[:stop], y]
+    area = float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+    min_area, max_area = 0.5 * max_fpr ** 2, max_fpr
+    return 0.5 * (1.0 + (area - min_area) / (max_area - min_area))
+
+
+def _check_max_fpr(max_fpr):
+    if max_fpr is None:
+        return None
+    if isinstance(max_fpr, bool) or not isinstance(max_fpr, numbers.Real) or not 0.0 < float(max_fpr) <= 1.0:
+        raise ValueError(f"max_fpr must be None or a number in (0, 1], got {max_fpr!r}")
+    return None if float(max_fpr) == 1.0 else float(max_fpr)  # 1: the full area, as scikit-learn
+
+
+def _ood(scores_in, scores_out, *, tpr=0.95, positive=None, aupr=None, convention="calibkit", max_fpr=None,
+         sample_weight_in=None, sample_weight_out=None, backend="auto"):
+    """(OODMetrics, partial AUC or None): every OOD metric under the chosen convention."""
+    tpr = _check_rate(tpr, "tpr")
+    convention, positive, aupr = _settings(convention, positive, aupr)
+    max_fpr = _check_max_fpr(max_fpr)
+    si, so = _in_out(scores_in, scores_out)
+    w_in = _side_weight(sample_weight_in, si.shape[0], "sample_weight_in")
+    w_out = _side_weight(sample_weight_out, so.shape[0], "sample_weight_out")
+    fields = dict(tpr=tpr, positive=positive, aupr_rule=aupr, convention=convention)
+    weighted = w_in is not None or w_out is not None
+    if not weighted and positive == "in" and aupr == "average_precision" and convention == "calibkit" \
+            and max_fpr is None:
+        r = _ranking(si, so, "scores_in", "scores_out", tpr=tpr, backend=backend)
+        # tpr = 0 is reached by "accept nothing" (FPR 0), before the kernel's first threshold.
+        fpr = 0.0 if tpr == 0.0 else r["fpr_at_tpr"]
+        return OODMetrics(auroc=r["auroc"], aupr_in=r["ap_pos"], aupr_out=r["ap_neg"], fpr_at_tpr=fpr,
+                          detection_error=r["detection_error"], **fields), None
+    if weighted:
+        tp, fp = _weighted_curve(si, so, *_weights(w_in, w_out, si.shape[0], so.shape[0]))
+        flipped = _flip(tp, fp)
+        summary = dict(auroc=_roc_area(tp, fp), aupr_in=_average_precision(tp, fp),
+                       aupr_out=_average_precision(*flipped), detection_error=_detection_error(tp, fp))
+    else:  # the kernel's walk: exact AUROC and AP, and the curve for the rest
+        r = _ranking(si, so, "scores_in", "scores_out", tpr=tpr, curve=True, backend=backend)
+        tp, fp = r["tp"].astype(np.float64), r["fp"].astype(np.float64)
+        flipped = _flip(tp, fp)
+        summary = dict(auroc=r["auroc"], aupr_in=r["ap_pos"], aupr_out=r["ap_neg"],
+                       detection_error=r["detection_error"])
+    if aupr == "trapezoid":
+        summary.update(aupr_in=_trapezoid_pr(tp, fp), aupr_out=_trapezoid_pr(*flipped))
+    pos, neg = (tp, fp) if positive == "in" else flipped
+    fpr = _fpr_at(pos, neg, tpr, openood=convention == "openood")
+    partial = None if max_fpr is None else _partial_auc(pos, neg, max_fpr)
+    return OODMetrics(fpr_at_tpr=fpr, **summary, **fields), partial
+
+
+_CONVENTION_DOC = """
+    Conventions. Scores are always "higher = more in-distribution". By default
+    (``convention="calibkit"``, ``positive="in"``, ``aupr="average_precision"``)
+    the in-distribution samples are the positives and AUPR is the average
+    precision (``sklearn.metrics.average_precision_score``), as in Hendrycks &
+    Gimpel (2017). ``positive="out"`` makes the out-of-distribution samples the
+    positives, detected by low scores: TPR is then the fraction of
+    out-of-distribution samples with score <= t and FPR that of
+    in-distribution ones (AUROC and the detection error do not change; FPR at
+    TPR and the partial AUROC do). ``aupr="trapezoid"`` integrates the
+    precision-recall curve from (recall 0, precision 1) by the trapezoid rule
+    (``sklearn.metrics.auc(recall, precision)`` on ``precision_recall_curve``),
+    which OpenOOD reports. ``convention="openood"`` gives OpenOOD v1.5's
+    ``compute_all_metrics`` (Zhang et al. 2023): out-of-distribution positive,
+    trapezoidal AUPR-In and AUPR-Out, and FPR at ``tpr`` read on the points that
+    ``sklearn.metrics.roc_curve`` keeps by default (``drop_intermediate=True``
+    drops a point lying on a straight step between its neighbours, which can
+    move the first point reaching the TPR level one step further).
+
+    Weights. ``sample_weight_in`` / ``sample_weight_out`` (one non-negative
+    weight per score of that side; either may be left None = all ones) give
+    the weighted metrics of ``sklearn.metrics.roc_auc_score`` /
+    ``average_precision_score`` / ``roc_curve`` called with the concatenated
+    scores and weights; samples of weight 0 are dropped first, as scikit-learn
+    does. A side whose weights are all 0 is an error (the metrics need both
+    sides). The weighted path sorts in NumPy (``argsort`` of the concatenated
+    scores, O(P + N) temporaries); the unweighted one uses the native kernel.
+"""
+
+
 @dataclass(frozen=True)
 class OODMetrics:
-    """OOD-detection metrics; in-distribution samples are the positives.
+    """OOD-detection metrics, with the convention they were computed in (see :func:`ood_metrics`).
 
     Examples
     --------
@@ -64,20 +284,25 @@ class OODMetrics:
     """
 
     auroc: float            #: area under the ROC curve
-    aupr_in: float          #: average precision, in-distribution as positives
-    aupr_out: float         #: average precision, out-of-distribution as positives (scores negated)
-    fpr_at_tpr: float       #: FPR at the first threshold reaching TPR >= tpr
+    aupr_in: float          #: AUPR, in-distribution as positives
+    aupr_out: float         #: AUPR, out-of-distribution as positives (scores negated)
+    fpr_at_tpr: float       #: FPR at the first threshold reaching TPR >= tpr (of the ``positive`` side)
     detection_error: float  #: min over thresholds of (1 - TPR) / 2 + FPR / 2
     tpr: float              #: the TPR level of fpr_at_tpr
+    positive: str = "in"    #: which side is the positive class of fpr_at_tpr: "in" or "out"
+    aupr_rule: str = "average_precision"  #: how both AUPRs integrate: "average_precision" or "trapezoid"
+    convention: str = "calibkit"          #: "calibkit" or "openood"
 
 
-def ood_metrics(scores_in: ArrayLike, scores_out: ArrayLike, *, tpr: float = 0.95,
-                backend: Backend = "auto") -> OODMetrics:
+def ood_metrics(scores_in: ArrayLike, scores_out: ArrayLike, *, tpr: float = 0.95, positive: str | None = None,
+                aupr: str | None = None, convention: str = "calibkit", sample_weight_in: ArrayLike | None = None,
+                sample_weight_out: ArrayLike | None = None, backend: Backend = "auto") -> OODMetrics:
     """All OOD-detection metrics from one sort of each sample.
 
     With P in- and N out-of-distribution samples, thresholds t running over the
-    distinct scores from the highest down, TP(t) = #{in >= t}, FP(t) = #{out >= t}
-    (Hendrycks & Gimpel 2017; Liang et al. 2018; Lee et al. 2018):
+    distinct scores from the highest down, TP(t) = #{{in >= t}}, FP(t) = #{{out >= t}}
+    (Hendrycks & Gimpel 2017; Liang et al. 2018; Lee et al. 2018), in the default
+    convention (in-distribution positive, AUPR = average precision):
 
     - AUROC = sum_t (FP(t) - FP(t')) (TP(t) + TP(t')) / (2 P N), t' the previous
       threshold: the trapezoidal ROC area, i.e. P(s_in > s_out) + P(s_in = s_out) / 2.
@@ -85,13 +310,30 @@ def ood_metrics(scores_in: ArrayLike, scores_out: ArrayLike, *, tpr: float = 0.9
     - AUPR-In = sum_t (TP(t) - TP(t')) / P * TP(t) / (TP(t) + FP(t)) (average
       precision, as ``sklearn.metrics.average_precision_score``);
       AUPR-Out the same with the out-of-distribution samples as positives and
-      the scores negated.
+      the scores negated. With ``aupr="trapezoid"``: the trapezoidal area under
+      (recall, precision) = (TP/P, TP/(TP+FP)), starting from (0, 1).
     - FPR at TPR: FP(t)/N at the highest t with TP(t)/P >= ``tpr``
       (``fpr[np.searchsorted(tpr_curve, tpr)]`` on ``sklearn.metrics.roc_curve``).
       The thresholds include "accept nothing" (TPR = FPR = 0, the first point of
       ``roc_curve``), so ``tpr=0`` gives 0.
     - Detection error: min over t, including "accept nothing", of
       (1 - TP(t)/P) / 2 + FP(t) / (2 N), at most 0.5.
+    {conventions}
+    Parameters
+    ----------
+    scores_in, scores_out : array-like of shape (P,) and (N,)
+        Scores of the in- and out-of-distribution samples, higher = more in-distribution; finite, non-empty.
+    tpr : float, default 0.95
+        TPR level of ``fpr_at_tpr``, in [0, 1].
+    positive : {{"in", "out"}}, optional
+        The positive class of ``fpr_at_tpr``; default "in" ("out" with ``convention="openood"``).
+    aupr : {{"average_precision", "trapezoid"}}, optional
+        The AUPR rule of ``aupr_in`` and ``aupr_out``; default "average_precision" ("trapezoid" for OpenOOD).
+    convention : {{"calibkit", "openood"}}, default "calibkit"
+        "openood" reproduces OpenOOD v1.5's ``compute_all_metrics`` (FPR@95, AUROC, AUPR-In, AUPR-Out); the
+        detection error is calibkit's in both.
+    sample_weight_in, sample_weight_out : array-like of shape (P,) and (N,), optional
+        Non-negative weights of the scores of each side.
 
     Examples
     --------
@@ -101,21 +343,31 @@ def ood_metrics(scores_in: ArrayLike, scores_out: ArrayLike, *, tpr: float = 0.9
     >>> m = calibkit.ood_metrics(s_in, s_out)
     >>> m.auroc, m.fpr_at_tpr, m.detection_error
     (0.9, 0.25, 0.125)
+    >>> o = calibkit.ood_metrics(s_in, s_out, convention="openood")
+    >>> o.auroc, o.fpr_at_tpr, round(o.aupr_in, 4), round(o.aupr_out, 4)
+    (0.9, 0.4, 0.9183, 0.9083)
     """
-    tpr = _check_rate(tpr, "tpr")
-    si, so = _in_out(scores_in, scores_out)
-    r = _ranking(si, so, "scores_in", "scores_out", tpr=tpr, backend=backend)
-    # tpr = 0 is reached by "accept nothing" (FPR 0), before the kernel's first threshold.
-    fpr = 0.0 if tpr == 0.0 else r["fpr_at_tpr"]
-    return OODMetrics(auroc=r["auroc"], aupr_in=r["ap_pos"], aupr_out=r["ap_neg"], fpr_at_tpr=fpr,
-                      detection_error=r["detection_error"], tpr=tpr)
+    return _ood(scores_in, scores_out, tpr=tpr, positive=positive, aupr=aupr, convention=convention,
+                sample_weight_in=sample_weight_in, sample_weight_out=sample_weight_out, backend=backend)[0]
 
 
-def auroc(scores_in: ArrayLike, scores_out: ArrayLike, *, backend: Backend = "auto") -> float:
+if ood_metrics.__doc__:  # None under python -OO
+    ood_metrics.__doc__ = ood_metrics.__doc__.format(conventions=_CONVENTION_DOC)
+
+
+def auroc(scores_in: ArrayLike, scores_out: ArrayLike, *, max_fpr: float | None = None, positive: str = "in",
+          sample_weight_in: ArrayLike | None = None, sample_weight_out: ArrayLike | None = None,
+          backend: Backend = "auto") -> float:
     """Area under the ROC curve of in- vs out-of-distribution scores (ties count 1/2).
 
-    Equal to ``sklearn.metrics.roc_auc_score(y, s)`` with y = 1 for in-distribution.
-    See :func:`ood_metrics` for the formula.
+    Equal to ``sklearn.metrics.roc_auc_score(y, s, max_fpr=max_fpr, sample_weight=w)`` with y = 1 for
+    in-distribution (``positive="in"``) or y = 1 for out-of-distribution and s negated (``positive="out"``).
+    See :func:`ood_metrics` for the formula and the conventions. The full area does not depend on
+    ``positive``; the partial one does.
+
+    With ``max_fpr`` = m < 1: the standardised partial AUC of scikit-learn (McClish 1989), from the area A of
+    the ROC curve over FPR in [0, m] (the curve interpolated linearly at m):
+    0.5 (1 + (A - m^2 / 2) / (m - m^2 / 2)), 0.5 for a random ranking and 1 for a perfect one.
 
     Examples
     --------
@@ -124,12 +376,44 @@ def auroc(scores_in: ArrayLike, scores_out: ArrayLike, *, backend: Backend = "au
     >>> s_out = np.array([0.7, 0.5, 0.4, 0.3])
     >>> calibkit.auroc(s_in, s_out)
     0.9
+    >>> round(calibkit.auroc(s_in, s_out, max_fpr=0.5), 4)
+    0.8667
     """
-    return ood_metrics(scores_in, scores_out, backend=backend).auroc
+    _check_choice(positive, "positive", _POSITIVES)
+    m, partial = _ood(scores_in, scores_out, positive=positive, max_fpr=max_fpr, sample_weight_in=sample_weight_in,
+                      sample_weight_out=sample_weight_out, backend=backend)
+    return m.auroc if partial is None else partial
 
 
-def aupr_in(scores_in: ArrayLike, scores_out: ArrayLike, *, backend: Backend = "auto") -> float:
-    """Average precision with the in-distribution samples as positives (see :func:`ood_metrics`).
+def aupr(scores_in: ArrayLike, scores_out: ArrayLike, *, positive: str = "in", aupr: str = "average_precision",
+         sample_weight_in: ArrayLike | None = None, sample_weight_out: ArrayLike | None = None,
+         backend: Backend = "auto") -> float:
+    """Area under the precision-recall curve of the ``positive`` side: :func:`aupr_in` or :func:`aupr_out`.
+
+    ``positive="in"``: the in-distribution samples are the positives, detected by high scores
+    (AUPR-In); ``positive="out"``: the out-of-distribution samples, detected by low scores (AUPR-Out).
+    ``aupr="average_precision"`` (default, ``sklearn.metrics.average_precision_score``) or
+    ``"trapezoid"`` (``sklearn.metrics.auc`` of ``precision_recall_curve``, as OpenOOD). See
+    :func:`ood_metrics`.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> s_in = np.array([0.9, 0.8, 0.75, 0.6, 0.55])
+    >>> s_out = np.array([0.7, 0.5, 0.4, 0.3])
+    >>> round(calibkit.aupr(s_in, s_out, positive="out", aupr="trapezoid"), 4)
+    0.9083
+    """
+    _check_choice(positive, "positive", _POSITIVES)
+    m = _ood(scores_in, scores_out, aupr=_check_choice(aupr, "aupr", _AUPR_RULES), sample_weight_in=sample_weight_in,
+             sample_weight_out=sample_weight_out, backend=backend)[0]
+    return m.aupr_in if positive == "in" else m.aupr_out
+
+
+def aupr_in(scores_in: ArrayLike, scores_out: ArrayLike, *, aupr: str = "average_precision",
+            sample_weight_in: ArrayLike | None = None, sample_weight_out: ArrayLike | None = None,
+            backend: Backend = "auto") -> float:
+    """AUPR with the in-distribution samples as positives: average precision by default (see :func:`aupr`).
 
     Examples
     --------
@@ -139,11 +423,14 @@ def aupr_in(scores_in: ArrayLike, scores_out: ArrayLike, *, backend: Backend = "
     >>> round(calibkit.aupr_in(s_in, s_out), 4)
     0.9267
     """
-    return ood_metrics(scores_in, scores_out, backend=backend).aupr_in
+    return _aupr_fn(scores_in, scores_out, positive="in", aupr=aupr, sample_weight_in=sample_weight_in,
+                   sample_weight_out=sample_weight_out, backend=backend)
 
 
-def aupr_out(scores_in: ArrayLike, scores_out: ArrayLike, *, backend: Backend = "auto") -> float:
-    """Average precision with the out-of-distribution samples as positives, on negated scores.
+def aupr_out(scores_in: ArrayLike, scores_out: ArrayLike, *, aupr: str = "average_precision",
+             sample_weight_in: ArrayLike | None = None, sample_weight_out: ArrayLike | None = None,
+             backend: Backend = "auto") -> float:
+    """AUPR with the out-of-distribution samples as positives, on negated scores (see :func:`aupr`).
 
     Examples
     --------
@@ -153,12 +440,23 @@ def aupr_out(scores_in: ArrayLike, scores_out: ArrayLike, *, backend: Backend = 
     >>> round(calibkit.aupr_out(s_in, s_out), 4)
     0.9167
     """
-    return ood_metrics(scores_in, scores_out, backend=backend).aupr_out
+    return _aupr_fn(scores_in, scores_out, positive="out", aupr=aupr, sample_weight_in=sample_weight_in,
+                   sample_weight_out=sample_weight_out, backend=backend)
 
 
-def fpr_at_tpr(scores_in: ArrayLike, scores_out: ArrayLike, *, tpr: float = 0.95,
-               backend: Backend = "auto") -> float:
-    """False-positive rate (out-of-distribution accepted) when TPR first reaches ``tpr`` (FPR95 by default).
+_aupr_fn = aupr  # the function, for the callers whose `aupr` argument hides it
+
+
+def fpr_at_tpr(scores_in: ArrayLike, scores_out: ArrayLike, *, tpr: float = 0.95, positive: str | None = None,
+               convention: str = "calibkit", sample_weight_in: ArrayLike | None = None,
+               sample_weight_out: ArrayLike | None = None, backend: Backend = "auto") -> float:
+    """False-positive rate when TPR first reaches ``tpr`` (FPR95 by default).
+
+    ``positive="in"`` (default): the fraction of out-of-distribution samples accepted when a fraction
+    ``tpr`` of the in-distribution ones is. ``positive="out"``: the fraction of in-distribution samples
+    flagged when a fraction ``tpr`` of the out-of-distribution ones is (low scores flagged first).
+    ``convention="openood"``: OpenOOD v1.5's FPR@95 (out-of-distribution positive, on the points
+    ``sklearn.metrics.roc_curve`` keeps by default). See :func:`ood_metrics`.
 
     Examples
     --------
@@ -167,12 +465,18 @@ def fpr_at_tpr(scores_in: ArrayLike, scores_out: ArrayLike, *, tpr: float = 0.95
     >>> s_out = np.array([0.7, 0.5, 0.4, 0.3])
     >>> calibkit.fpr_at_tpr(s_in, s_out, tpr=0.8)
     0.25
+    >>> calibkit.fpr_at_tpr(s_in, s_out, tpr=1.0, positive="out")
+    0.4
     """
-    return ood_metrics(scores_in, scores_out, tpr=tpr, backend=backend).fpr_at_tpr
+    return _ood(scores_in, scores_out, tpr=tpr, positive=positive, convention=convention,
+                sample_weight_in=sample_weight_in, sample_weight_out=sample_weight_out, backend=backend)[0].fpr_at_tpr
 
 
-def detection_error(scores_in: ArrayLike, scores_out: ArrayLike, *, backend: Backend = "auto") -> float:
+def detection_error(scores_in: ArrayLike, scores_out: ArrayLike, *, sample_weight_in: ArrayLike | None = None,
+                    sample_weight_out: ArrayLike | None = None, backend: Backend = "auto") -> float:
     """min over thresholds of (1 - TPR) / 2 + FPR / 2 (Liang et al. 2018; Lee et al. 2018).
+
+    The same for either side as the positive class; weights as in :func:`ood_metrics`.
 
     Examples
     --------
@@ -182,7 +486,8 @@ def detection_error(scores_in: ArrayLike, scores_out: ArrayLike, *, backend: Bac
     >>> calibkit.detection_error(s_in, s_out)
     0.125
     """
-    return ood_metrics(scores_in, scores_out, backend=backend).detection_error
+    return _ood(scores_in, scores_out, sample_weight_in=sample_weight_in, sample_weight_out=sample_weight_out,
+                backend=backend)[0].detection_error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,13 +541,61 @@ def risk_coverage_curve(confidence: ArrayLike, correct: ArrayLike, *,
     return RiskCoverageCurve(coverage=accepted / n, risk=r["fp"] / accepted, thresholds=r["thresholds"])
 
 
-def aurc(confidence: ArrayLike, correct: ArrayLike, *, backend: Backend = "auto") -> float:
+_RULES = ("sum", "trapezoid")
+
+
+def _expected_errors(r, n):
+    """E_k for k = 1..n: the errors among the k most confident predictions, ties broken in random order and
+    averaged (within a tie group the errors are spread evenly: a linear interpolation of the running count
+    between the group's ends). Without ties, exactly the running count of errors."""
+    ends = r["tp"] + r["fp"]                      # accepted after each tie group
+    errors = r["fp"].astype(np.float64)           # errors after each tie group
+    k = np.arange(1, n + 1, dtype=np.int64)
+    g = np.searchsorted(ends, k)                  # the group holding the k-th prediction
+    start = np.r_[0, ends[:-1]][g]
+    e0 = np.r_[0.0, errors[:-1]][g]
+    return e0 + (k - start) * ((errors[g] - e0) / (ends[g] - start))
+
+
+def _trapezoid_mean(y):
+    """torch-uncertainty's rule: trapezoids over coverage k/N, k = 1..N, divided by the support 1 - 1/N."""
+    if y.shape[0] < 2:
+        raise ValueError("rule='trapezoid' needs at least 2 predictions (the curve runs from coverage 1/N to 1)")
+    return float(np.sum((y[1:] + y[:-1]) * 0.5) / (y.shape[0] - 1))
+
+
+def _area(r, n, rule, generalized):
+    """AURC (generalized=False) or AUGRC (True) of the kernel's walk under `rule`."""
+    if rule == "sum":
+        if not generalized:
+            return float(r["aurc"])
+        ends = r["tp"] + r["fp"]
+        size = np.diff(np.r_[0, ends]).astype(np.float64)
+        return float(np.sum(size * r["fp"]) / n / n)
+    e = _expected_errors(r, n)
+    return _trapezoid_mean(e / n if generalized else e / np.arange(1, n + 1))
+
+
+def _selective_rule(rule):
+    return _check_choice(rule, "rule", _RULES)
+
+
+def aurc(confidence: ArrayLike, correct: ArrayLike, *, rule: str = "sum", backend: Backend = "auto") -> float:
     """Area under the risk-coverage curve (Geifman et al. 2019, "Bias-reduced uncertainty estimation").
 
-    AURC = (1/N) sum_k risk_k, where risk_k is the error rate among the k most
-    confident predictions. Tied confidences are accepted together: each of the
-    n_g predictions of a tie group counts the risk after the whole group,
-    AURC = sum_g (n_g / N) risk_g. Without ties this is exactly Geifman's sum.
+    ``rule="sum"`` (default): AURC = (1/N) sum_k risk_k, where risk_k is the
+    error rate among the k most confident predictions (Geifman's sum). Tied
+    confidences are accepted together: each of the n_g predictions of a tie
+    group counts the risk after the whole group, AURC = sum_g (n_g / N) risk_g.
+    Without ties this is exactly Geifman's sum.
+
+    ``rule="trapezoid"``: the trapezoidal area over the points (k/N, risk_k),
+    k = 1..N, divided by the support 1 - 1/N:
+    AURC = 1/(N - 1) sum_{k<N} (risk_k + risk_{k+1}) / 2, as
+    ``torch_uncertainty.metrics.AURC`` (needs N >= 2). Ties: the errors of a
+    tie group are spread evenly over its predictions (the average over random
+    orders of the tie, so the result does not depend on the sample order);
+    without ties this is exactly torch-uncertainty's value.
 
     Examples
     --------
@@ -251,19 +604,53 @@ def aurc(confidence: ArrayLike, correct: ArrayLike, *, backend: Backend = "auto"
     >>> correct = np.array([1, 1, 0, 1, 0])
     >>> round(calibkit.aurc(confidence, correct), 4)
     0.1967
+    >>> round(calibkit.aurc(confidence, correct, rule="trapezoid"), 4)
+    0.1958
     """
-    r, _, _ = _selective(confidence, correct, backend=backend)
-    return float(r["aurc"])
+    rule = _selective_rule(rule)
+    r, n, _ = _selective(confidence, correct, curve=rule == "trapezoid", backend=backend)
+    return _area(r, n, rule, generalized=False)
 
 
-def e_aurc(confidence: ArrayLike, correct: ArrayLike, *, backend: Backend = "auto") -> float:
+def augrc(confidence: ArrayLike, correct: ArrayLike, *, rule: str = "sum", backend: Backend = "auto") -> float:
+    """Area under the generalized risk-coverage curve (Traub et al. 2024).
+
+    "Overcoming common flaws in the evaluation of selective classification
+    systems": the generalized risk at coverage k/N is the joint probability of
+    an error and its acceptance, E_k / N, with E_k the errors among the k most
+    confident predictions (the risk of :func:`aurc` times the coverage).
+    ``rule="sum"`` (default, the same rule as :func:`aurc`):
+    AUGRC = (1/N) sum_k E_k / N, tie groups accepted together
+    (sum_g (n_g / N) E_g / N). ``rule="trapezoid"``: the trapezoids over
+    (k/N, E_k/N), k = 1..N, divided by 1 - 1/N, as
+    ``torch_uncertainty.metrics.AUGRC`` (needs N >= 2; ties spread evenly as
+    in :func:`aurc`). 0 for a classifier without errors; for a perfect ranking
+    of N_e errors among N, (sum_{j=1}^{N_e} j) / N^2 with the sum rule.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> confidence = np.array([0.95, 0.9, 0.8, 0.7, 0.6])
+    >>> correct = np.array([1, 1, 0, 1, 0])
+    >>> round(calibkit.augrc(confidence, correct), 4)
+    0.16
+    >>> round(calibkit.augrc(confidence, correct, rule="trapezoid"), 4)
+    0.15
+    """
+    rule = _selective_rule(rule)
+    r, n, _ = _selective(confidence, correct, curve=True, backend=backend)
+    return _area(r, n, rule, generalized=True)
+
+
+def e_aurc(confidence: ArrayLike, correct: ArrayLike, *, rule: str = "sum", backend: Backend = "auto") -> float:
     """Excess AURC: AURC minus the AURC of a perfect ranking of the same predictions (Geifman et al. 2019).
 
-    The perfect ranking accepts the N_c correct predictions first:
+    The perfect ranking accepts the N_c correct predictions first. With ``rule="sum"`` (default):
     AURC* = (1/N) sum_{k=N_c+1}^{N} (k - N_c) / k = (N_e - N_c (H_N - H_{N_c})) / N,
     with H the harmonic numbers and N_e = N - N_c. Its limit for large N is
     the paper's r + (1 - r) log(1 - r), r the error rate; the exact finite form
-    makes E-AURC 0 for a perfect ranking.
+    makes E-AURC 0 for a perfect ranking. With ``rule="trapezoid"`` both areas
+    use the trapezoid rule of :func:`aurc`.
 
     Examples
     --------
@@ -273,8 +660,14 @@ def e_aurc(confidence: ArrayLike, correct: ArrayLike, *, backend: Backend = "aut
     >>> round(calibkit.e_aurc(confidence, correct), 4)
     0.0667
     """
-    r, n, ok = _selective(confidence, correct, backend=backend)
-    return float(r["aurc"] - _optimal_aurc(int(ok.sum()), n))
+    rule = _selective_rule(rule)
+    r, n, ok = _selective(confidence, correct, curve=rule == "trapezoid", backend=backend)
+    n_correct = int(ok.sum())
+    if rule == "sum":
+        return float(r["aurc"] - _optimal_aurc(n_correct, n))
+    k = np.arange(1, n + 1)
+    optimal = _trapezoid_mean(np.maximum(k - n_correct, 0) / k)
+    return _area(r, n, rule, generalized=False) - optimal
 
 
 def _optimal_aurc(n_correct, n):
@@ -284,6 +677,67 @@ def _optimal_aurc(n_correct, n):
 
     harmonic = float(digamma(n + 1) - digamma(n_correct + 1))  # H_n - H_{n_correct}
     return ((n - n_correct) - n_correct * harmonic) / n
+
+
+def _check_level(value, name, low_open):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            (0.0 < float(value) if low_open else 0.0 <= float(value)) and float(value) <= 1.0):
+        raise ValueError(f"{name} must be a number in {'(0, 1]' if low_open else '[0, 1]'}, got {value!r}")
+    return float(value)
+
+
+def risk_at_coverage(confidence: ArrayLike, correct: ArrayLike, coverage: float, *,
+                     backend: Backend = "auto") -> float:
+    """Error rate among the k = ceil(coverage N) most confident predictions (selective risk at a coverage).
+
+    As ``torch_uncertainty.metrics.RiskAtxCov``: risk_k = E_k / k, E_k the errors
+    among the k most confident of the N predictions. k is the exact ceiling of
+    ``coverage`` (as a binary fraction) times N (torch-uncertainty rounds
+    ``coverage * N`` in floating point first, which can give one more, e.g.
+    k = 8 for 0.7 x 10; and reads coverage 0 as the full risk: here coverage
+    must be in (0, 1]). Ties: the errors of a tie group cut by k are spread
+    evenly over it (the average over random orders of the tie), so the
+    result does not depend on the sample order.
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> confidence = np.array([0.95, 0.9, 0.8, 0.7, 0.6])
+    >>> correct = np.array([1, 1, 0, 1, 0])
+    >>> calibkit.risk_at_coverage(confidence, correct, 0.6)
+    0.3333333333333333
+    """
+    from fractions import Fraction
+    import math
+
+    coverage = _check_level(coverage, "coverage", low_open=True)
+    r, n, _ = _selective(confidence, correct, curve=True, backend=backend)
+    k = math.ceil(Fraction(coverage) * n)
+    return float(_expected_errors(r, n)[k - 1] / k)
+
+
+def coverage_at_risk(confidence: ArrayLike, correct: ArrayLike, risk: float, *,
+                     backend: Backend = "auto") -> float:
+    """The largest coverage k/N whose selective risk E_k / k is at most ``risk`` (NaN if none is).
+
+    As ``torch_uncertainty.metrics.CovAtxRisk``: the risk-coverage curve need
+    not be monotone; this is the largest k with risk_k <= ``risk`` (in [0, 1]),
+    and NaN when even the most confident prediction alone is above it. Ties
+    as in :func:`risk_at_coverage` (errors of a tie group spread evenly).
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> confidence = np.array([0.95, 0.9, 0.8, 0.7, 0.6])
+    >>> correct = np.array([1, 1, 0, 1, 0])
+    >>> calibkit.coverage_at_risk(confidence, correct, 0.3)
+    0.8
+    """
+    risk = _check_level(risk, "risk", low_open=False)
+    r, n, _ = _selective(confidence, correct, curve=True, backend=backend)
+    k = np.arange(1, n + 1)
+    admissible = np.flatnonzero(_expected_errors(r, n) <= risk * k)
+    return float((admissible[-1] + 1) / n) if admissible.size else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,6 +1023,7 @@ class OODAccumulator:
 
 
 __all__ = [
-    "OODAccumulator", "OODBounds", "OODMetrics", "RiskCoverageCurve", "aupr_in", "aupr_out", "aurc", "auroc",
-    "detection_error", "e_aurc", "fpr_at_tpr", "ood_metrics", "risk_coverage_curve",
+    "OODAccumulator", "OODBounds", "OODMetrics", "RiskCoverageCurve", "aupr", "aupr_in", "aupr_out", "aurc", "auroc",
+    "augrc", "coverage_at_risk", "detection_error", "e_aurc", "fpr_at_tpr", "ood_metrics", "risk_at_coverage",
+    "risk_coverage_curve",
 ]
