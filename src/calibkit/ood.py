@@ -20,6 +20,7 @@ metric.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -686,16 +687,26 @@ def _check_level(value, name, low_open):
     return float(value)
 
 
+def _count_at(coverage, n):
+    """The smallest k in 1..n with k / n >= coverage (in floating point)."""
+    k = min(max(math.ceil(coverage * n), 1), n)
+    while k > 1 and (k - 1) / n >= coverage:
+        k -= 1
+    while k < n and k / n < coverage:
+        k += 1
+    return k
+
+
 def risk_at_coverage(confidence: ArrayLike, correct: ArrayLike, coverage: float, *,
                      backend: Backend = "auto") -> float:
     """Error rate among the k = ceil(coverage N) most confident predictions (selective risk at a coverage).
 
     As ``torch_uncertainty.metrics.RiskAtxCov``: risk_k = E_k / k, E_k the errors
-    among the k most confident of the N predictions. k is the exact ceiling of
-    ``coverage`` (as a binary fraction) times N (torch-uncertainty rounds
-    ``coverage * N`` in floating point first, which can give one more, e.g.
-    k = 8 for 0.7 x 10; and reads coverage 0 as the full risk: here coverage
-    must be in (0, 1]). Ties: the errors of a tie group cut by k are spread
+    among the k most confident of the N predictions, k the smallest count whose
+    coverage k / N (in floating point) reaches ``coverage``. torch-uncertainty
+    takes ``ceil(coverage * N)``, which the rounding of the product can make one
+    more (k = 8 for 0.7 x 10, as 0.7 * 10 = 7.000000000000001); it also reads
+    coverage 0 as the full risk: here coverage must be in (0, 1]. Ties: the errors of a tie group cut by k are spread
     evenly over it (the average over random orders of the tie), so the
     result does not depend on the sample order.
 
@@ -707,12 +718,9 @@ def risk_at_coverage(confidence: ArrayLike, correct: ArrayLike, coverage: float,
     >>> calibkit.risk_at_coverage(confidence, correct, 0.6)
     0.3333333333333333
     """
-    from fractions import Fraction
-    import math
-
     coverage = _check_level(coverage, "coverage", low_open=True)
     r, n, _ = _selective(confidence, correct, curve=True, backend=backend)
-    k = math.ceil(Fraction(coverage) * n)
+    k = _count_at(coverage, n)
     return float(_expected_errors(r, n)[k - 1] / k)
 
 
