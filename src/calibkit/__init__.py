@@ -42,6 +42,8 @@ from . import io, ood, plot, report, uncertainty
 from . import datasets
 from .ood import *  # noqa: F401,F403 - re-exported; names in ood.__all__
 from .uncertainty import *  # noqa: F401,F403 - re-exported; names in uncertainty.__all__
+from . import ood_features
+from .ood_features import *  # noqa: F401,F403 - re-exported; names in ood_features.__all__
 
 
 def __getattr__(name: str) -> _Any:
@@ -108,4 +110,4 @@ __all__ = [
     "plot",
     "report",
     "uncertainty",
-] + ood.__all__ + uncertainty.__all__
+] + ood.__all__ + uncertainty.__all__ + ["ood_features"] + ood_features.__all__
