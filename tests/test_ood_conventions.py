@@ -166,8 +166,8 @@ def test_defaults_unchanged(backend):
 
 
 @pytest.mark.parametrize("call, exc, match", [
-    (lambda: calibkit.ood_metrics([0.1], [0.2], positive="ood"), ValueError, r"positive must be one of 'in', 'out'"),
-    (lambda: calibkit.ood_metrics([0.1], [0.2], aupr="auc"), ValueError, r"aupr must be one of 'average_precision'"),
+    (lambda: calibkit.ood_metrics([0.1], [0.2], positive="ood"), ValueError, r"positive must be one of \('in', 'out'\), got 'ood'"),
+    (lambda: calibkit.ood_metrics([0.1], [0.2], aupr="auc"), ValueError, r"aupr must be one of \('average_precision', 'trapezoid'\), got 'auc'"),
     (lambda: calibkit.ood_metrics([0.1], [0.2], convention="x"), ValueError, r"convention must be one of"),
     (lambda: calibkit.ood_metrics([0.1], [0.2], convention="openood", positive="in"), ValueError,
      r"convention='openood' uses positive='out'; got positive='in'"),

@@ -189,7 +189,7 @@ def test_e_aurc_rules_and_edges(backend):
 
 
 @pytest.mark.parametrize("call, exc, match", [
-    (lambda: calibkit.aurc([0.1, 0.2], [1, 0], rule="mid"), ValueError, r"rule must be one of 'sum', 'trapezoid'"),
+    (lambda: calibkit.aurc([0.1, 0.2], [1, 0], rule="mid"), ValueError, r"rule must be one of \('sum', 'trapezoid'\)"),
     (lambda: calibkit.augrc([0.1], [1], rule="trapezoid"), ValueError, r"rule='trapezoid' needs at least 2"),
     (lambda: calibkit.risk_at_coverage([0.1, 0.2], [1, 0], 0.0), ValueError, r"coverage must be a number in \(0, 1\]"),
     (lambda: calibkit.risk_at_coverage([0.1, 0.2], [1, 0], True), ValueError, r"coverage must be a number"),

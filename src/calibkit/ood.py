@@ -3,15 +3,30 @@
 OOD detection: ``scores_in`` are the scores of in-distribution samples,
 ``scores_out`` those of out-of-distribution samples, and a higher score means
 "more in-distribution" (use ``max_probability``, ``-entropy``, ``-energy``, ...).
-The in-distribution samples are the positives. Every metric is exact: each
-sample is sorted once (a parallel radix sort in the native kernel) and one
-merge of the two sorted samples walks the distinct thresholds; tied scores
-form one step, exactly as in ``sklearn.metrics.roc_curve`` /
-``precision_recall_curve``, so AUROC and AP agree with ``roc_auc_score`` and
-``average_precision_score`` to rounding.
+
+Default convention: the in-distribution samples are the positives
+(``positive="in"``) and AUPR is the average precision
+(``aupr="average_precision"``), as in Hendrycks & Gimpel (2017) and
+scikit-learn's ``average_precision_score``. Every metric takes the other
+conventions as options: ``positive="out"`` (out-of-distribution positive,
+detected by low scores), ``aupr="trapezoid"`` (the trapezoidal area under the
+precision-recall curve), and ``ood_metrics(..., convention="openood")`` for
+exactly the numbers of OpenOOD v1.5's ``compute_all_metrics`` (out-of-
+distribution positive, trapezoidal AUPR, FPR@95 on scikit-learn's default ROC
+points); also ``auroc(max_fpr=...)`` (scikit-learn's standardised partial
+AUC) and ``sample_weight_in`` / ``sample_weight_out``. See :func:`ood_metrics`.
+
+Every metric is exact: each sample is sorted once (a parallel radix sort in
+the native kernel) and one merge of the two sorted samples walks the distinct
+thresholds; tied scores form one step, exactly as in
+``sklearn.metrics.roc_curve`` / ``precision_recall_curve``, so AUROC and AP
+agree with ``roc_auc_score`` and ``average_precision_score`` to rounding.
 
 Selective prediction: ``confidence`` of each prediction and whether it was
-``correct``; predictions are accepted from the most confident down.
+``correct``; predictions are accepted from the most confident down. AURC,
+E-AURC, AUGRC (Traub et al. 2024), ``risk_at_coverage`` and
+``coverage_at_risk``; the area rule is ``rule="sum"`` (Geifman's sum, the
+default) or ``"trapezoid"`` (torch-uncertainty's).
 
 :class:`OODAccumulator` is the streaming form: mergeable, serialisable fine
 histograms of the two score distributions, with a proven error bound on each
@@ -28,7 +43,7 @@ import numpy as np
 
 from . import _backend
 from ._typing import ArrayLike, Backend
-from ._validation import (MAX_PRECISION_BITS, SCORE_NOT_FINITE, check_correct, check_score_vector,
+from ._validation import (MAX_PRECISION_BITS, SCORE_NOT_FINITE, check_choice, check_correct, check_score_vector,
                           raise_for_status)
 
 
@@ -58,15 +73,9 @@ _POSITIVES = ("in", "out")
 _AUPR_RULES = ("average_precision", "trapezoid")
 
 
-def _check_choice(value, name, choices):
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-    return value
-
-
 def _settings(convention, positive, aupr):
     """(convention, positive, aupr) with the convention's defaults filled in; a contradiction is an error."""
-    convention = _check_choice(convention, "convention", _CONVENTIONS)
+    convention = check_choice(convention, "convention", _CONVENTIONS)
     defaults = {"positive": "out", "aupr": "trapezoid"} if convention == "openood" else \
         {"positive": "in", "aupr": "average_precision"}
     chosen = {}
@@ -74,7 +83,7 @@ def _settings(convention, positive, aupr):
         if value is None:
             chosen[name] = defaults[name]
             continue
-        _check_choice(value, name, choices)
+        check_choice(value, name, choices)
         if convention == "openood" and value != defaults[name]:
             raise ValueError(f"convention='openood' uses {name}={defaults[name]!r}; got {name}={value!r} "
                              f"(leave {name} unset, or use convention='calibkit')")
@@ -380,7 +389,7 @@ def auroc(scores_in: ArrayLike, scores_out: ArrayLike, *, max_fpr: float | None 
     >>> round(calibkit.auroc(s_in, s_out, max_fpr=0.5), 4)
     0.8667
     """
-    _check_choice(positive, "positive", _POSITIVES)
+    check_choice(positive, "positive", _POSITIVES)
     m, partial = _ood(scores_in, scores_out, positive=positive, max_fpr=max_fpr, sample_weight_in=sample_weight_in,
                       sample_weight_out=sample_weight_out, backend=backend)
     return m.auroc if partial is None else partial
@@ -405,8 +414,8 @@ def aupr(scores_in: ArrayLike, scores_out: ArrayLike, *, positive: str = "in", a
     >>> round(calibkit.aupr(s_in, s_out, positive="out", aupr="trapezoid"), 4)
     0.9083
     """
-    _check_choice(positive, "positive", _POSITIVES)
-    m = _ood(scores_in, scores_out, aupr=_check_choice(aupr, "aupr", _AUPR_RULES), sample_weight_in=sample_weight_in,
+    check_choice(positive, "positive", _POSITIVES)
+    m = _ood(scores_in, scores_out, aupr=check_choice(aupr, "aupr", _AUPR_RULES), sample_weight_in=sample_weight_in,
              sample_weight_out=sample_weight_out, backend=backend)[0]
     return m.aupr_in if positive == "in" else m.aupr_out
 
@@ -578,7 +587,7 @@ def _area(r, n, rule, generalized):
 
 
 def _selective_rule(rule):
-    return _check_choice(rule, "rule", _RULES)
+    return check_choice(rule, "rule", _RULES)
 
 
 def aurc(confidence: ArrayLike, correct: ArrayLike, *, rule: str = "sum", backend: Backend = "auto") -> float:
