@@ -247,6 +247,142 @@ def _confidence_contenders(d):
     return out
 
 
+# -- issue 16: OOD conventions, AUGRC, feature-space detectors -----------------------------------------------
+
+def _import_peer(package, module):
+    """``package.module`` of a peer whose top-level ``__init__`` imports torchvision (absent, or built for another
+    torch): then the parent packages are registered empty and the module is imported from the installed source
+    (the metric / detector modules themselves do not use torchvision; the same rule as tests/test_ood_selective)."""
+    import importlib
+    import importlib.util
+    import pathlib
+    import sys
+    import types
+
+    try:
+        return importlib.import_module(f"{package}.{module}")
+    except ImportError as exc:
+        if "torchvision" not in str(exc) and "nms" not in str(exc):
+            raise
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"{package} is not installed")
+    root = pathlib.Path(list(spec.submodule_search_locations)[0])
+    parts = module.split(".")
+    for i in range(len(parts)):
+        name = ".".join([package, *parts[:i]])
+        sys.modules.pop(name, None)
+        stub = types.ModuleType(name)
+        stub.__path__ = [str(root.joinpath(*parts[:i]))]
+        sys.modules[name] = stub
+    return importlib.import_module(f"{package}.{module}")
+
+
+def _openood_contenders(d):
+    import calibkit
+
+    s_in, s_out = d["in"], d["out"]
+    m = calibkit.ood_metrics(s_in, s_out, convention="openood")
+    want = {"fpr": m.fpr_at_tpr, "auroc": m.auroc, "aupr_in": m.aupr_in, "aupr_out": m.aupr_out}
+
+    def as_dict(r):
+        return {"fpr": r.fpr_at_tpr, "auroc": r.auroc, "aupr_in": r.aupr_in, "aupr_out": r.aupr_out}
+
+    out = [Contender(f"calibkit ood_metrics(convention='openood') ({b})",
+                     lambda b=b: as_dict(calibkit.ood_metrics(s_in, s_out, convention="openood", backend=b)),
+                     _close(want, rtol=1e-10)) for b in ("cpp", "numba")]
+    try:
+        from sklearn import metrics
+
+        def openood_recipe():  # OpenOOD v1.5's formulas: OOD positive, scores negated, trapezoidal AUPR
+            conf = np.r_[s_in, s_out]
+            ood = np.r_[np.zeros(s_in.size), np.ones(s_out.size)]
+            fpr, tpr, _ = metrics.roc_curve(ood, -conf)
+            p_in, r_in, _ = metrics.precision_recall_curve(1 - ood, conf)
+            p_out, r_out, _ = metrics.precision_recall_curve(ood, -conf)
+            return {"fpr": fpr[np.argmax(tpr >= 0.95)], "auroc": metrics.auc(fpr, tpr),
+                    "aupr_in": metrics.auc(r_in, p_in), "aupr_out": metrics.auc(r_out, p_out)}
+
+        out.append(Contender("scikit-learn roc_curve + 2 precision_recall_curve + auc (OpenOOD's recipe)",
+                             openood_recipe, _close(want, rtol=1e-10), repeat=3))
+    except ImportError as exc:
+        out.append(missing("scikit-learn", exc))
+    return out
+
+
+def _augrc_contenders(d):
+    import calibkit
+
+    conf, correct = d["conf"], d["correct"]
+    want = calibkit.augrc(conf, correct, rule="trapezoid")
+    out = [Contender(f"calibkit augrc(rule='trapezoid') ({b})",
+                     lambda b=b: calibkit.augrc(conf, correct, rule="trapezoid", backend=b), _close(want),
+                     repeat=3) for b in ("cpp", "numba")]
+    try:
+        import torch
+
+        risk_coverage = _import_peer("torch_uncertainty", "metrics.classification.risk_coverage")
+        c = torch.from_numpy(0.5 + conf / 2)  # binary probabilities (1 - c, c) whose top class is c
+        probs = torch.stack([1 - c, c], dim=-1)
+        targets = torch.from_numpy(np.where(correct, 1, 0))
+
+        def tu_augrc():
+            metric = risk_coverage.AUGRC()
+            metric.update(probs, targets)
+            return float(metric.compute().reshape(-1)[0])
+
+        # torch-uncertainty integrates over a float32 coverage grid
+        out.append(Contender("torch-uncertainty AUGRC", tu_augrc, _close(want, rtol=2e-6), repeat=3))
+    except ImportError as exc:
+        out.append(missing("torch-uncertainty", exc))
+    return out
+
+
+def _features(n, dim, k, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    labels[:k] = np.arange(k)
+    centers = rng.standard_normal((k, dim)).astype(np.float32) * 2
+    f = centers[labels] + rng.standard_normal((n, dim), dtype=np.float32)
+    return {"features": f, "labels": labels, "W": rng.standard_normal((k, dim)) / np.sqrt(dim),
+            "b": rng.standard_normal(k) * 0.1}
+
+
+def _feature_detector_contenders(d):
+    import calibkit
+
+    f, labels, W, b = d["features"], d["labels"], d["W"], d["b"]
+    n, dim = f.shape
+    n_principal = dim // 2
+    maha = calibkit.Mahalanobis().fit(f, labels).score(f)
+    vim = calibkit.ViM(W, b, n_principal=n_principal).fit(f).score(f)
+    out = [Contender("calibkit Mahalanobis fit + score", lambda: calibkit.Mahalanobis().fit(f, labels).score(f),
+                     _close(maha), repeat=3),
+           Contender("calibkit ViM fit + score",
+                     lambda: calibkit.ViM(W, b, n_principal=n_principal).fit(f).score(f), _close(vim), repeat=3)]
+    try:
+        import torch
+
+        tm = _import_peer("pytorch_ood", "detector.mahalanobis")
+        tv = _import_peer("pytorch_ood", "detector.vim")
+        tf, ty = torch.from_numpy(f), torch.from_numpy(labels)
+
+        def pood_maha():  # outlier score = -ours / (2 N) (it inverts the scatter matrix, in float32)
+            return tm.Mahalanobis(None).fit_features(tf, ty).predict_features(tf).double().numpy()
+
+        def pood_vim():  # outlier score = -ours (float32)
+            det = tv.ViM(None, d=n_principal, w=torch.from_numpy(W), b=torch.from_numpy(b))
+            return det.fit_features(tf, ty).predict_features(tf).double().numpy()
+
+        out.append(Contender("pytorch-ood Mahalanobis fit_features + predict_features (float32)", pood_maha,
+                             _close(-maha / (2 * n), rtol=5e-3, atol=1e-5), repeat=3, time_if_wrong=True))
+        out.append(Contender("pytorch-ood ViM fit_features + predict_features (float32)", pood_vim,
+                             _close(-vim, rtol=5e-3, atol=5e-3), repeat=3, time_if_wrong=True))
+    except ImportError as exc:
+        out.append(missing("pytorch-ood", exc))
+    return out
+
+
 def workloads(quick: bool = False) -> list[Workload]:
     n, k = (2_000, 1000) if quick else (200_000, 1000)
     S, ns, ks = (10, 2_000, 100) if quick else (20, 100_000, 100)
@@ -266,4 +402,19 @@ def workloads(quick: bool = False) -> list[Workload]:
         Workload("uncertainty", f"confidence loss + gradients, {n_conf} in + {n_conf} out rows x K=1000 float32",
                  lambda: _confidence_inputs(n_conf, n_conf, 1000), _confidence_contenders,
                  lambda d: (lambda: (np.add.reduce(d["zi"], axis=None), np.add.reduce(d["zo"], axis=None)))),
+    ] + _issue16_ood_workloads(quick)
+
+
+def _issue16_ood_workloads(quick):
+    n_ood = 100_000 if quick else 2_000_000
+    nf, df, kf = (2_000, 64, 10) if quick else (100_000, 256, 100)
+    return [
+        Workload("uncertainty", f"OpenOOD metrics, {n_ood:,} float64 scores (half in, half out)",
+                 lambda: _ood_scores(n_ood), _openood_contenders,
+                 lambda d: (lambda: (np.add.reduce(d["in"]), np.add.reduce(d["out"])))),
+        Workload("uncertainty", f"AUGRC (trapezoid), {n_ood:,} float64 confidences", lambda: _selective(n_ood),
+                 _augrc_contenders, lambda d: (lambda: np.add.reduce(d["conf"]))),
+        Workload("uncertainty", f"Mahalanobis / ViM fit + score, N={nf:,} x D={df} float32 features, K={kf}",
+                 lambda: _features(nf, df, kf), _feature_detector_contenders,
+                 lambda d: (lambda: np.add.reduce(d["features"], axis=None))),
     ]
