@@ -156,6 +156,16 @@ def test_sample_weight_matches_sklearn(backend, ties):
     assert big.auroc == pytest.approx(m.auroc, rel=1e-12) and big.aupr_in == pytest.approx(m.aupr_in, rel=1e-12)
 
 
+def test_no_negatives_as_sklearn():
+    """An all-positive set: AUPR 1.0 in both rules, as scikit-learn gives."""
+    s = np.array([0.3, 0.5, 0.5, 0.9])
+    assert sk.average_precision_score(np.ones(4), s) == 1.0
+    for rule in ("average_precision", "trapezoid"):
+        assert calibkit.aupr_in(s, [], aupr=rule) == 1.0
+        assert calibkit.aupr_out([], s, aupr=rule) == 1.0
+        assert calibkit.aupr(s, np.empty(0), aupr=rule, sample_weight_in=[1, 2, 3, 4]) == 1.0
+
+
 def test_defaults_unchanged(backend):
     rng = np.random.default_rng(8)
     s_in, s_out = rng.normal(size=300), rng.normal(size=200)
@@ -188,7 +198,13 @@ def test_defaults_unchanged(backend):
     (lambda: calibkit.auroc([0.1, np.inf], [0.2], sample_weight_out=[1.0]), ValueError,
      r"scores_in\[1\] = inf is not finite"),
     (lambda: calibkit.auroc([0.1], [0.2, np.nan], positive="out"), ValueError, r"scores_out\[1\] = nan is not finite"),
-    (lambda: calibkit.aupr([0.1], [], aupr="trapezoid"), ValueError, "scores_out is empty"),
+    (lambda: calibkit.aupr([0.1], [], positive="out"), ValueError, "scores_out is empty"),
+    (lambda: calibkit.aupr([], [0.1]), ValueError, "scores_in is empty"),
+    (lambda: calibkit.aupr([0.1, np.nan], []), ValueError, r"scores_in\[1\] = nan is not finite"),
+    (lambda: calibkit.aupr_in([0.1], [], sample_weight_in=[0.0]), ValueError, "sample_weight_in sums to 0"),
+    (lambda: calibkit.aupr_in([0.1], [], sample_weight_out=[1.0]), ValueError,
+     r"sample_weight_out must have shape \(0,\)"),
+    (lambda: calibkit.fpr_at_tpr([0.1], []), ValueError, "scores_out is empty"),
 ])
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
@@ -216,3 +232,23 @@ def test_bad_weights_in_subprocess():
     assert 0.0 <= float(value) <= 1.0
     assert tiny.startswith("ERR sample_weight_out is too small next to the other side's weights")
     assert err.startswith("ERR sample_weight_in must have shape (50,)")
+
+
+def test_thread_invariant_and_backends_agree(threads):
+    rng = np.random.default_rng(9)
+    s_in = np.round(rng.normal(size=300_001), 2)[::3]  # strided, with ties
+    s_out = np.round(rng.normal(size=70_000) - 0.5, 2).astype(np.float32)
+    results = []
+    for n_threads in (1, 2, 3):
+        calibkit.set_num_threads(n_threads)
+        results.append((calibkit.ood_metrics(s_in, s_out, convention="openood"),
+                        calibkit.auroc(s_in, s_out, max_fpr=0.1, positive="out"),
+                        calibkit.ood_metrics(s_in, s_out, aupr="trapezoid", positive="out")))
+    assert results[0] == results[1] == results[2]
+    numba = (calibkit.ood_metrics(s_in, s_out, convention="openood", backend="numba"),
+             calibkit.auroc(s_in, s_out, max_fpr=0.1, positive="out", backend="numba"),
+             calibkit.ood_metrics(s_in, s_out, aupr="trapezoid", positive="out", backend="numba"))
+    assert numba[0].fpr_at_tpr == results[0][0].fpr_at_tpr and numba[2].fpr_at_tpr == results[0][2].fpr_at_tpr
+    assert numba[1] == pytest.approx(results[0][1], rel=1e-12)
+    for name in ("auroc", "aupr_in", "aupr_out", "detection_error"):
+        assert getattr(numba[0], name) == pytest.approx(getattr(results[0][0], name), rel=1e-12)

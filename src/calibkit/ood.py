@@ -406,6 +406,12 @@ def aupr(scores_in: ArrayLike, scores_out: ArrayLike, *, positive: str = "in", a
     ``"trapezoid"`` (``sklearn.metrics.auc`` of ``precision_recall_curve``, as OpenOOD). See
     :func:`ood_metrics`.
 
+    Empty samples: with no negatives (``scores_out`` empty for ``positive="in"``,
+    ``scores_in`` for ``"out"``) the precision is 1 at every recall and the AUPR
+    is 1.0, as scikit-learn gives for an all-positive set. With no positives it
+    is undefined (scikit-learn warns and returns 0 or 0.5 depending on the rule):
+    a ValueError, as for every other metric here, which all need both samples.
+
     Examples
     --------
     >>> import numpy as np, calibkit
@@ -415,7 +421,21 @@ def aupr(scores_in: ArrayLike, scores_out: ArrayLike, *, positive: str = "in", a
     0.9083
     """
     check_choice(positive, "positive", _POSITIVES)
-    m = _ood(scores_in, scores_out, aupr=check_choice(aupr, "aupr", _AUPR_RULES), sample_weight_in=sample_weight_in,
+    check_choice(aupr, "aupr", _AUPR_RULES)
+    sides = {"in": ("scores_in", scores_in, "sample_weight_in", sample_weight_in),
+             "out": ("scores_out", scores_out, "sample_weight_out", sample_weight_out)}
+    negative = sides["out" if positive == "in" else "in"]
+    if np.ndim(negative[1]) == 1 and np.shape(negative[1])[0] == 0:
+        # No negatives: every accepted sample is a positive, precision 1 at every recall (scikit-learn's 1.0).
+        name, x, weight_name, weight = sides[positive]
+        x = check_score_vector(x, name)
+        _check_finite(x, name)
+        w = _side_weight(weight, x.shape[0], weight_name)
+        if w is not None and not w.any():
+            raise ValueError(f"{weight_name} sums to 0 (every weight is 0): that side has no samples to rank")
+        _side_weight(negative[3], 0, negative[2])
+        return 1.0
+    m = _ood(scores_in, scores_out, aupr=aupr, sample_weight_in=sample_weight_in,
              sample_weight_out=sample_weight_out, backend=backend)[0]
     return m.aupr_in if positive == "in" else m.aupr_out
 
