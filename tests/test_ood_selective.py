@@ -214,3 +214,19 @@ def test_risk_at_coverage_count():
 def test_coverage_at_risk_none_admissible():
     assert np.isnan(calibkit.coverage_at_risk([0.9, 0.8], [0, 1], 0.4))
     assert calibkit.coverage_at_risk([0.9, 0.8], [0, 1], 0.5) == 1.0
+
+
+def test_blocks_of_predictions_give_the_same_values(monkeypatch):
+    from calibkit import ood
+
+    rng = np.random.default_rng(13)
+    confidence, correct = sample(rng, 1000, ties=True)
+    calls = (lambda: calibkit.aurc(confidence, correct, rule="trapezoid"),
+             lambda: calibkit.augrc(confidence, correct, rule="trapezoid"),
+             lambda: calibkit.e_aurc(confidence, correct, rule="trapezoid"),
+             lambda: calibkit.coverage_at_risk(confidence, correct, 0.2),
+             lambda: calibkit.risk_at_coverage(confidence, correct, 0.33))
+    whole = [f() for f in calls]
+    monkeypatch.setattr(ood, "_K_BLOCK", 7)
+    for f, want in zip(calls, whole):
+        assert f() == pytest.approx(want, rel=1e-12)

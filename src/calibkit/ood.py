@@ -574,24 +574,35 @@ def risk_coverage_curve(confidence: ArrayLike, correct: ArrayLike, *,
 _RULES = ("sum", "trapezoid")
 
 
-def _expected_errors(r, n):
-    """E_k for k = 1..n: the errors among the k most confident predictions, ties broken in random order and
-    averaged (within a tie group the errors are spread evenly: a linear interpolation of the running count
-    between the group's ends). Without ties, exactly the running count of errors."""
+_K_BLOCK = 1 << 20  # predictions per block of the per-prediction curves (bounded temporaries)
+
+
+def _expected_errors(r, k):
+    """E_k for the counts k (ascending, in 1..n): the errors among the k most confident predictions, ties broken
+    in random order and averaged (within a tie group the errors are spread evenly: a linear interpolation of
+    the running count between the group's ends). Without ties, exactly the running count of errors."""
     ends = r["tp"] + r["fp"]                      # accepted after each tie group
-    errors = r["fp"].astype(np.float64)           # errors after each tie group
-    k = np.arange(1, n + 1, dtype=np.int64)
+    errors = r["fp"]                              # errors after each tie group
     g = np.searchsorted(ends, k)                  # the group holding the k-th prediction
-    start = np.r_[0, ends[:-1]][g]
-    e0 = np.r_[0.0, errors[:-1]][g]
+    start = np.where(g > 0, ends[g - 1], 0)
+    e0 = np.where(g > 0, errors[g - 1], 0).astype(np.float64)
     return e0 + (k - start) * ((errors[g] - e0) / (ends[g] - start))
 
 
-def _trapezoid_mean(y):
-    """torch-uncertainty's rule: trapezoids over coverage k/N, k = 1..N, divided by the support 1 - 1/N."""
-    if y.shape[0] < 2:
+def _blocks(n):
+    """k = 1..n in blocks of at most _K_BLOCK."""
+    for first in range(1, n + 1, _K_BLOCK):
+        yield np.arange(first, min(first + _K_BLOCK, n + 1), dtype=np.int64)
+
+
+def _trapezoid_mean(curve, n):
+    """torch-uncertainty's rule: trapezoids over coverage k/N, k = 1..N, divided by the support 1 - 1/N;
+    ``curve(k)`` gives the curve at a block of counts k. Sum y_k - (y_1 + y_N) / 2, over N - 1."""
+    if n < 2:
         raise ValueError("rule='trapezoid' needs at least 2 predictions (the curve runs from coverage 1/N to 1)")
-    return float(np.sum((y[1:] + y[:-1]) * 0.5) / (y.shape[0] - 1))
+    total = sum(float(np.sum(curve(k))) for k in _blocks(n))
+    ends = curve(np.array([1, n], dtype=np.int64))
+    return (total - 0.5 * float(ends[0] + ends[1])) / (n - 1)
 
 
 def _area(r, n, rule, generalized):
@@ -602,8 +613,9 @@ def _area(r, n, rule, generalized):
         ends = r["tp"] + r["fp"]
         size = np.diff(np.r_[0, ends]).astype(np.float64)
         return float(np.sum(size * r["fp"]) / n / n)
-    e = _expected_errors(r, n)
-    return _trapezoid_mean(e / n if generalized else e / np.arange(1, n + 1))
+    if generalized:
+        return _trapezoid_mean(lambda k: _expected_errors(r, k) / n, n)
+    return _trapezoid_mean(lambda k: _expected_errors(r, k) / k, n)
 
 
 def _selective_rule(rule):
@@ -695,8 +707,7 @@ def e_aurc(confidence: ArrayLike, correct: ArrayLike, *, rule: str = "sum", back
     n_correct = int(ok.sum())
     if rule == "sum":
         return float(r["aurc"] - _optimal_aurc(n_correct, n))
-    k = np.arange(1, n + 1)
-    optimal = _trapezoid_mean(np.maximum(k - n_correct, 0) / k)
+    optimal = _trapezoid_mean(lambda k: np.maximum(k - n_correct, 0) / k, n)
     return _area(r, n, rule, generalized=False) - optimal
 
 
@@ -750,7 +761,7 @@ def risk_at_coverage(confidence: ArrayLike, correct: ArrayLike, coverage: float,
     coverage = _check_level(coverage, "coverage", low_open=True)
     r, n, _ = _selective(confidence, correct, curve=True, backend=backend)
     k = _count_at(coverage, n)
-    return float(_expected_errors(r, n)[k - 1] / k)
+    return float(_expected_errors(r, np.array([k]))[0] / k)
 
 
 def coverage_at_risk(confidence: ArrayLike, correct: ArrayLike, risk: float, *,
@@ -772,9 +783,12 @@ def coverage_at_risk(confidence: ArrayLike, correct: ArrayLike, risk: float, *,
     """
     risk = _check_level(risk, "risk", low_open=False)
     r, n, _ = _selective(confidence, correct, curve=True, backend=backend)
-    k = np.arange(1, n + 1)
-    admissible = np.flatnonzero(_expected_errors(r, n) <= risk * k)
-    return float((admissible[-1] + 1) / n) if admissible.size else float("nan")
+    best = 0
+    for k in _blocks(n):
+        admissible = np.flatnonzero(_expected_errors(r, k) <= risk * k)
+        if admissible.size:
+            best = int(k[admissible[-1]])
+    return best / n if best else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------
