@@ -251,8 +251,7 @@ def _ood(scores_in, scores_out, *, tpr=0.95, positive=None, aupr=None, conventio
     return OODMetrics(fpr_at_tpr=fpr, **summary, **fields), partial
 
 
-_CONVENTION_DOC = """
-    Conventions. Scores are always "higher = more in-distribution". By default
+_CONVENTION_DOC = """Conventions. Scores are always "higher = more in-distribution". By default
     (``convention="calibkit"``, ``positive="in"``, ``aupr="average_precision"``)
     the in-distribution samples are the positives and AUPR is the average
     precision (``sklearn.metrics.average_precision_score``), as in Hendrycks &
@@ -267,8 +266,9 @@ _CONVENTION_DOC = """
     ``compute_all_metrics`` (Zhang et al. 2023): out-of-distribution positive,
     trapezoidal AUPR-In and AUPR-Out, and FPR at ``tpr`` read on the points that
     ``sklearn.metrics.roc_curve`` keeps by default (``drop_intermediate=True``
-    drops a point lying on a straight step between its neighbours, which can
-    move the first point reaching the TPR level one step further).
+    drops each point at which both running counts change by the same amounts
+    as at the step before, which can move the first point reaching the TPR
+    level one step further and give a larger FPR than ``positive="out"``).
 
     Weights. ``sample_weight_in`` / ``sample_weight_out`` (one non-negative
     weight per score of that side; either may be left None = all ones) give
@@ -328,6 +328,7 @@ def ood_metrics(scores_in: ArrayLike, scores_out: ArrayLike, *, tpr: float = 0.9
       ``roc_curve``), so ``tpr=0`` gives 0.
     - Detection error: min over t, including "accept nothing", of
       (1 - TP(t)/P) / 2 + FP(t) / (2 N), at most 0.5.
+
     {conventions}
     Parameters
     ----------
