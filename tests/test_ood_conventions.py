@@ -252,3 +252,25 @@ def test_thread_invariant_and_backends_agree(threads):
     assert numba[1] == pytest.approx(results[0][1], rel=1e-12)
     for name in ("auroc", "aupr_in", "aupr_out", "detection_error"):
         assert getattr(numba[0], name) == pytest.approx(getattr(results[0][0], name), rel=1e-12)
+
+
+@pytest.mark.parametrize("s_in, s_out", [
+    ([0.5], [0.5]),                                    # one sample each, tied
+    ([1.0, 1.0, 1.0], [1.0, 1.0]),                     # every score equal
+    ([1e308, -1e308, 5e-324], [-5e-324, 0.0, -0.0]),   # extremes, subnormals, signed zeros
+    ([3.0], [1.0, 2.0, 3.0, 4.0]),                     # one positive among ties
+    (np.r_[np.zeros(50), np.ones(50)], np.r_[np.zeros(3), np.ones(97)]),
+])
+def test_openood_adversarial(backend, s_in, s_out):
+    s_in, s_out = np.asarray(s_in, dtype=np.float64), np.asarray(s_out, dtype=np.float64)
+    check_openood(s_in, s_out, backend)
+    y = np.r_[np.ones(len(s_in)), np.zeros(len(s_out))]
+    s = np.r_[s_in, s_out]
+    for max_fpr in (0.3, 1.0):
+        assert calibkit.auroc(s_in, s_out, max_fpr=max_fpr, backend=backend) == pytest.approx(
+            sk.roc_auc_score(y, s, max_fpr=max_fpr), rel=1e-12)
+    w = np.linspace(0.5, 2.0, len(s))
+    m = calibkit.ood_metrics(s_in, s_out, sample_weight_in=w[:len(s_in)], sample_weight_out=w[len(s_in):],
+                             backend=backend)
+    assert m.auroc == pytest.approx(sk.roc_auc_score(y, s, sample_weight=w), rel=1e-12)
+    assert m.aupr_in == pytest.approx(sk.average_precision_score(y, s, sample_weight=w), rel=1e-12)
