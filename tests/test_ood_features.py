@@ -197,3 +197,38 @@ def test_huge_input_in_subprocess():
     err, gen = r.stdout.splitlines()
     assert err.startswith("ERR features: the scatter matrix of the features overflows float64")
     assert gen == "[0.]"
+
+
+def test_to_dict_round_trip():
+    import json
+
+    rng = np.random.default_rng(5)
+    f, labels = blobs(rng)
+    x = rng.normal(size=(40, 8))
+    det = calibkit.Mahalanobis().fit(f, labels)
+    back = calibkit.Mahalanobis.from_dict(json.loads(json.dumps(det.to_dict())))
+    np.testing.assert_allclose(back.score(x), det.score(x), rtol=1e-12, atol=1e-12)
+    W, b = rng.normal(size=(3, 8)), rng.normal(size=3)
+    vim = calibkit.ViM(W, b, n_principal=4).fit(f)
+    back = calibkit.ViM.from_dict(json.loads(json.dumps(vim.to_dict())))
+    np.testing.assert_array_equal(back.score(x), vim.score(x))
+    state = vim.to_dict()
+    bad = [
+        ({**state, "kind": "Mahalanobis"}, "not a ViM state"),
+        ({**state, "alpha": float("nan")}, "alpha must be a finite number"),
+        ({**state, "residual_basis": state["residual_basis"][:2]}, r"residual_basis has shape \(2, 4\)"),
+        ({**state, "extra": 1}, r"unknown keys \['extra'\]"),
+        ({**state, "n_principal": 8}, r"n_principal must be in \[1, 7\]"),
+        ({**state, "n_principal": "4"}, "n_principal must be an integer"),
+        ({k: v for k, v in state.items() if k != "origin"}, "has no 'origin'"),
+    ]
+    for s, match in bad:
+        with pytest.raises(ValueError, match=match):
+            calibkit.ViM.from_dict(s)
+    m = det.to_dict()
+    with pytest.raises(ValueError, match="covariance has shape"):
+        calibkit.Mahalanobis.from_dict({**m, "covariance": [[1.0]]})
+    with pytest.raises(ValueError, match="means is not an array of numbers"):
+        calibkit.Mahalanobis.from_dict({**m, "means": [["a"]]})
+    with pytest.raises(calibkit.NotFittedError):
+        calibkit.Mahalanobis().to_dict()

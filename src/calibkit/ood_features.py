@@ -68,6 +68,29 @@ def _logsumexp_rows(z):
     return m + np.log(np.exp(z - m[:, None]).sum(axis=1))
 
 
+def _state_array(state, key, shape, kind):
+    """A finite float64 array of `shape` from a to_dict state (None entries in `shape` are free)."""
+    if key not in state:
+        raise ValueError(f"{kind} state has no {key!r}")
+    try:
+        a = np.asarray(state[key], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{kind} state: {key} is not an array of numbers ({exc})") from None
+    if a.ndim != len(shape) or any(want is not None and got != want for got, want in zip(a.shape, shape)):
+        raise ValueError(f"{kind} state: {key} has shape {a.shape}, expected {tuple(shape)}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{kind} state: {key} has a non-finite value")
+    return a
+
+
+def _check_kind(state, kind, keys):
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        raise ValueError(f"not a {kind} state: expected a dict with kind={kind!r}")
+    extra = set(state) - set(keys) - {"kind"}
+    if extra:
+        raise ValueError(f"{kind} state has unknown keys {sorted(extra)}")
+
+
 class Mahalanobis:
     """Mahalanobis-distance OOD detector with class means and one shared covariance (Lee et al. 2018).
 
@@ -86,6 +109,7 @@ class Mahalanobis:
 
     The fit is one pass over the features (the scatter about a shift, the first
     chunk's mean, so that large common offsets do not cancel digits);
+    ``to_dict`` / ``from_dict`` save and restore a fitted detector (JSON-safe).
     ``score`` is one pass, from ``d_k = q - 2 z^T P mu_k + mu_k^T P mu_k`` with
     q = z^T P z (a chunk of rows against all classes in one matrix product,
     clipped at 0 against rounding), after centring on the mean of the class means.
@@ -161,6 +185,26 @@ class Mahalanobis:
             out[start:start + block.shape[0]] = -np.maximum(d.min(axis=1), 0.0)
         return out
 
+    def to_dict(self) -> dict:
+        """The fitted state as JSON-safe lists (the precision is recomputed from the covariance on load)."""
+        _require_fitted(self, "precision_")
+        return {"kind": "Mahalanobis", "means": self.means_.tolist(), "covariance": self.covariance_.tolist()}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "Mahalanobis":
+        """Rebuild a fitted detector from :meth:`to_dict`; a malformed state raises ValueError."""
+        _check_kind(state, "Mahalanobis", ("means", "covariance"))
+        means = _state_array(state, "means", (None, None), "Mahalanobis")
+        D = means.shape[1]
+        cov = _state_array(state, "covariance", (D, D), "Mahalanobis")
+        if means.shape[0] < 1 or D < 1 or not np.array_equal(cov, cov.T):
+            raise ValueError("Mahalanobis state: means must be (K, D) with K, D >= 1 and covariance symmetric (D, D)")
+        det = cls()
+        det.means_, det.covariance_ = means, cov
+        det.precision_ = np.linalg.pinv(cov, hermitian=True)
+        det.n_features_in_ = D
+        return det
+
     def __repr__(self) -> str:
         return "Mahalanobis()"
 
@@ -180,7 +224,8 @@ class ViM:
     float32). ``n_principal`` must be in [1, D - 1].
 
     The fit reads the features twice (the covariance and the mean max-logit,
-    then the residual norms); ``score`` once.
+    then the residual norms); ``score`` once. ``to_dict`` / ``from_dict`` save
+    and restore a fitted detector (JSON-safe).
 
     Examples
     --------
@@ -253,6 +298,30 @@ class ViM:
             virtual = np.linalg.norm((block - self.origin_) @ self.residual_basis_, axis=1)
             out[start:start + block.shape[0]] = energy - self.alpha_ * virtual
         return out
+
+    def to_dict(self) -> dict:
+        """Parameters and fitted state as JSON-safe lists."""
+        _require_fitted(self, "alpha_")
+        return {"kind": "ViM", "weights": self.weights.tolist(), "bias": self.bias.tolist(),
+                "n_principal": self.n_principal, "origin": self.origin_.tolist(),
+                "residual_basis": self.residual_basis_.tolist(), "alpha": self.alpha_}
+
+    @classmethod
+    def from_dict(cls, state: dict) -> "ViM":
+        """Rebuild a fitted detector from :meth:`to_dict`; a malformed state raises ValueError."""
+        _check_kind(state, "ViM", ("weights", "bias", "n_principal", "origin", "residual_basis", "alpha"))
+        if isinstance(state.get("n_principal"), bool) or not isinstance(state.get("n_principal"), numbers.Integral):
+            raise ValueError(f"ViM state: n_principal must be an integer, got {state.get('n_principal')!r}")
+        det = cls(_state_array(state, "weights", (None, None), "ViM"), _state_array(state, "bias", (None,), "ViM"),
+                  n_principal=state.get("n_principal"))
+        D = det.weights.shape[1]
+        det.origin_ = _state_array(state, "origin", (D,), "ViM")
+        det.residual_basis_ = _state_array(state, "residual_basis", (D, D - det.n_principal), "ViM")
+        alpha = state.get("alpha")
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not np.isfinite(alpha):
+            raise ValueError(f"ViM state: alpha must be a finite number, got {alpha!r}")
+        det.alpha_ = float(alpha)
+        return det
 
     def __repr__(self) -> str:
         return f"ViM(n_principal={self.n_principal}, K={self.weights.shape[0]}, D={self.weights.shape[1]})"
