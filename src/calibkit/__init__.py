@@ -25,6 +25,7 @@ from .metrics import (
 from .calibrators import (
     CalibratedClassifier,
     Calibrator,
+    DirichletCalibration,
     HistogramBinning,
     IsotonicCalibration,
     MatrixScaling,
@@ -72,6 +73,7 @@ __all__ = [
     "CumulativeCalibrationResult",
     "CalibratedClassifier",
     "Calibrator",
+    "DirichletCalibration",
     "HistogramBinning",
     "IsotonicCalibration",
     "MatrixScaling",

@@ -2,6 +2,7 @@
 
 from ._base import Calibrator, not_fitted_error
 from .classifier import CalibratedClassifier
+from .dirichlet import DirichletCalibration
 from .nonparametric import HistogramBinning, IsotonicCalibration, IsotonicRegressionResult, isotonic_regression
 from .platt import PlattScaling
 from .scaling import MatrixScaling, TemperatureScaling, VectorScaling, temperature_nll
@@ -19,6 +20,7 @@ def __getattr__(name):
 __all__ = [
     "CalibratedClassifier",
     "Calibrator",
+    "DirichletCalibration",
     "HistogramBinning",
     "IsotonicCalibration",
     "IsotonicRegressionResult",

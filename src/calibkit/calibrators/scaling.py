@@ -852,14 +852,8 @@ class MatrixScaling(_LogitCalibrator):
             check_finite(z, "logits", start)
             y = labels[rows]
             w = np.ones(len(y)) if sample_weight is None else sample_weight[rows]
-            s = z @ weights.T + bias
-            s -= s.max(axis=1, keepdims=True)
-            lse = np.log(np.exp(s).sum(axis=1))
-            idx = np.arange(len(y))
-            loss += float(w @ (lse - s[idx, y]))
-            p = np.exp(s - lse[:, None])
-            p[idx, y] -= 1.0
-            p *= w[:, None]
+            part, p = softmax_nll_block(z @ weights.T + bias, y, w)
+            loss += part
             grad_w += p.T @ z
             grad_c += p.sum(axis=0)
             total_w += float(w.sum())
@@ -904,6 +898,19 @@ class MatrixScaling(_LogitCalibrator):
 
     def _scaled(self, z):
         return z @ self.weights_.T + self.bias_
+
+
+def softmax_nll_block(s, y, w):
+    """(sum_i w_i (lse(s_i) - s_i,y_i), G) for a block of logits s (n, K), labels y and weights w (n,), with G
+    = w_i (softmax(s_i) - onehot(y_i)), the gradient of that sum in s (written over s: s is consumed)."""
+    s -= s.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(s).sum(axis=1))
+    idx = np.arange(len(y))
+    loss = float(w @ (lse - s[idx, y]))
+    p = np.exp(s - lse[:, None])
+    p[idx, y] -= 1.0
+    p *= w[:, None]
+    return loss, p
 
 
 def _check_label_range(labels, n_classes):
