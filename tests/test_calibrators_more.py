@@ -539,10 +539,15 @@ def test_platt_multiclass_round_trip_binary_payload_and_bad_input():
     np.testing.assert_array_equal(loaded.predict_proba(f[:, 0]), binary.predict_proba(f[:, 0]))
     payload = pl.to_dict()
     payload["fitted"]["b_"] = [0.0, 1.0]
-    with pytest.raises(ValueError, match="'b_' has shape"):
+    with pytest.raises(ValueError, match="'a_' and 'b_' must both be numbers"):
         Calibrator.from_dict(payload)
     payload["fitted"]["a_"] = [1.0]
-    with pytest.raises(ValueError, match="'a_'"):
+    payload["fitted"]["b_"] = [1.0]
+    with pytest.raises(ValueError, match="'a_' must be a number or a list of 2"):
+        Calibrator.from_dict(payload)
+    payload["fitted"]["a_"] = [1.0, "x"]
+    payload["fitted"]["b_"] = [1.0, 2.0]
+    with pytest.raises(ValueError, match="'a_' is not an array of numbers"):
         Calibrator.from_dict(payload)
     with pytest.raises(ValueError, match=r"labels\[0\] = 3 is out of range for n_classes=3"):
         PlattScaling().fit(f, np.full(400, 3))
@@ -579,3 +584,40 @@ print("done")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().endswith("done")
+
+
+# -- from_dict of hostile payloads: always one ValueError naming the key (test_state_fuzz's mutations) ------------
+
+_RELATED = [{"a_", "b_", "c_", "n_classes_", "binary_", "parameters"},
+            {"bin_edges_", "bin_values_", "n_classes_", "n_bins", "min_bin_size"}]
+
+
+def _new_fitted_calibrators():
+    rng = np.random.default_rng(17)
+    p = random_probs(rng, 300, 3)
+    y = labels_from(rng, p)
+    s, yb = _binary_beta_data(rng, 300)
+    z = np.log(p) * 2
+    return [(BetaCalibration().fit(s, yb), s), (BetaCalibration("am").fit(p, y), p),
+            (EnsembleTemperatureScaling().fit(z, y), z), (TopLabelHistogramBinning(5).fit(p, y), p),
+            (PlattScaling().fit(z, y), z)]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_new_calibrators_from_dict_fuzz(index):
+    from test_state_fuzz import _check_predictions, _mutations
+
+    cal, x = _new_fitted_calibrators()[index]
+    d = json.loads(json.dumps(cal.to_dict()))
+    _check_predictions(Calibrator.from_dict(d), x)
+    for key, m in _mutations(d):
+        try:
+            loaded = Calibrator.from_dict(m)
+        except ValueError as exc:
+            message = str(exc)
+            if key is not None:
+                assert key in message or any(key in g and any(k in message for k in g) for g in _RELATED), \
+                    (key, message)
+            continue
+        with np.errstate(all="ignore"):
+            _check_predictions(loaded, x)

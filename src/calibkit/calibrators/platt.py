@@ -146,8 +146,11 @@ class PlattScaling(Calibrator):
 
     def _load_fitted(self, fitted):
         a, b = fitted["a_"], fitted["b_"]
-        if isinstance(a, list) or isinstance(b, list):  # multiclass: one (A_k, B_k) per column
-            if not isinstance(a, list) or not 2 <= len(a) <= MAX_CLASSES:
+        if isinstance(a, list) != isinstance(b, list) or isinstance(a, list) and len(a) != len(b):
+            raise ValueError("learned values 'a_' and 'b_' must both be numbers (binary scores) or both lists of "
+                             "the same length (one per class)")
+        if isinstance(a, list):  # multiclass: one (A_k, B_k) per column
+            if not 2 <= len(a) <= MAX_CLASSES:
                 raise ValueError(f"learned value 'a_' must be a number or a list of 2 to {MAX_CLASSES} numbers")
             self.a_ = fitted_array(fitted, "a_", (len(a),))
             self.b_ = fitted_array(fitted, "b_", (len(a),))
