@@ -28,7 +28,8 @@ def _logistic_fit(x, t, w, ridge, max_iter):
 
     def loss(b):
         eta = x @ b
-        return float(w @ (np.logaddexp(0.0, eta) - t * eta)) + 0.5 * float(ridge @ (b * b))
+        # np.sum(w * v), not w @ v: a threaded BLAS dot of long vectors stalls on a loaded machine
+        return float(np.sum(w * (np.logaddexp(0.0, eta) - t * eta))) + 0.5 * float(ridge @ (b * b))
 
     f = loss(beta)
     total = float(w.sum())

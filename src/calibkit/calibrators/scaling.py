@@ -947,7 +947,7 @@ def _simplex_mixture_nll(v, w):
     def at(u):
         q = v @ u
         with np.errstate(divide="ignore"):
-            f = -float(w @ np.log(q)) / total if (q > 0).all() else math.inf
+            f = -float(np.sum(w * np.log(q))) / total if (q > 0).all() else math.inf
         if not math.isfinite(f):
             return f, None, None
         r = w / q
