@@ -262,6 +262,169 @@ def _temperature_setup(n, k):
     return d
 
 
+
+# -- issue 16, section 1: beta, ensemble temperature scaling, top-label binning, multiclass Platt ----------------
+
+def _make_beta(n, seed=2):
+    rng = np.random.default_rng(seed)
+    s = rng.beta(0.7, 1.3, size=n)
+    y = (rng.random(n) < s ** 2.5 / (s ** 2.5 + 0.6 * (1 - s) ** 1.5)).astype(np.int64)
+    return {"scores": s, "labels": y}
+
+
+def _beta_contenders(d):
+    import calibkit
+
+    s, y = d["scores"], d["labels"]
+    ref = calibkit.BetaCalibration().fit(s, y).predict_proba(s)[:, 1]
+
+    def close(got):
+        return None if np.allclose(got, ref, rtol=0, atol=1e-6) else f"max difference {np.abs(got - ref).max():.3g}"
+
+    out = [Contender("calibkit BetaCalibration (abm)",
+                     lambda: calibkit.BetaCalibration().fit(s, y).predict_proba(s)[:, 1], close, repeat=3)]
+    try:
+        import warnings
+
+        from betacal import BetaCalibration as Betacal
+
+        def betacal_run():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return Betacal("abm").fit(s, y).predict(s)
+
+        out.append(Contender("betacal BetaCalibration (abm)", betacal_run, close, repeat=1, time_if_wrong=True))
+    except ImportError as exc:
+        out.append(missing("betacal", exc))
+    return out
+
+
+def _ets_reference_fit(z, y, rows=4096):
+    """ETS by the recipe: T by an independent float64 Newton fit, then the NLL-optimal simplex weights by
+    SciPy's SLSQP on the per-row label probabilities (one float64 pass in row blocks for them)."""
+    from scipy.optimize import minimize
+
+    t = reference_temperature(z, y)
+    n, k = z.shape
+    a, b = np.empty(n), np.empty(n)
+    for i in range(0, n, rows):
+        x = z[i:i + rows].astype(np.float64)
+        x -= x.max(axis=1, keepdims=True)
+        idx = np.arange(len(x))
+        for out, v in ((a, x / t), (b, x)):
+            lse = np.log(np.exp(v).sum(axis=1))
+            out[i:i + rows] = np.exp(v[idx, y[i:i + rows]] - lse)
+
+    def nll(u):
+        return -float(np.mean(np.log(u[0] * a + u[1] * b + u[2] / k)))
+
+    r = minimize(nll, [1 / 3, 1 / 3, 1 / 3], method="SLSQP", bounds=[(0, 1)] * 3,
+                 constraints=[{"type": "eq", "fun": lambda u: u.sum() - 1}], options={"ftol": 1e-15})
+    return t, r.x, nll
+
+
+def _ets_contenders(d):
+    import calibkit
+
+    z, y = d["logits"], d["labels"]
+    _, ref_w, nll = d["ets_reference"]
+    best = nll(ref_w)
+
+    def check(got):
+        return None if nll(got) <= best + 1e-9 else f"NLL {nll(got)!r} above the SLSQP fit's {best!r}"
+
+    out = [Contender(f"calibkit EnsembleTemperatureScaling ({b})",
+                     lambda b=b: calibkit.EnsembleTemperatureScaling(backend=b).fit(z, y).weights_, check, repeat=3)
+           for b in ("cpp", "numba")]
+    out.append(Contender("NumPy Newton T + scipy SLSQP weights", lambda: _ets_reference_fit(z, y)[1], check,
+                         repeat=1))
+    return out
+
+
+def _ets_setup(n, k):
+    d = _make_logits(n, k, seed=3)
+    d["ets_reference"] = _ets_reference_fit(d["logits"], d["labels"])
+    return d
+
+
+def _toplabel_numpy(p_fit, y_fit, p_new, n_bins=15, min_bin_size=10):
+    """Top-label histogram binning in NumPy (Gupta & Ramdas' recipe): per predicted class, equal-mass bins of
+    the confidence, each bin's accuracy; returns the calibrated top-label confidence of p_new's rows."""
+    pred, conf = p_fit.argmax(axis=1), p_fit.max(axis=1)
+    pred_new, out = p_new.argmax(axis=1), p_new.max(axis=1).astype(np.float64)
+    for c in range(p_fit.shape[1]):
+        mask = pred == c
+        b = min(n_bins, int(mask.sum()) // min_bin_size)
+        if b == 0:
+            continue
+        g = np.sort(conf[mask])
+        edges = np.unique([grp[-1] for grp in np.array_split(g, b)[:-1]])
+        edges = edges[edges < g[-1]]
+        j = np.searchsorted(edges, conf[mask], side="left")
+        values = np.bincount(j, weights=(y_fit[mask] == c), minlength=len(edges) + 1) / np.bincount(
+            j, minlength=len(edges) + 1)
+        sel = pred_new == c
+        out[sel] = values[np.searchsorted(edges, out[sel], side="left")]
+    return out
+
+
+def _toplabel_contenders(d):
+    """Fit + apply from float32 logits: calibkit (softmax by the backend's kernel) against SciPy's softmax and the
+    NumPy recipe."""
+    import calibkit
+
+    z, y = d["logits"], d["labels"]
+
+    def numpy_recipe():
+        from scipy.special import softmax
+
+        p = softmax(z.astype(np.float64), axis=1)
+        return _toplabel_numpy(p, y, p)
+
+    ref = numpy_recipe()
+
+    def close(got):
+        return None if np.allclose(got, ref, rtol=0, atol=1e-12) else f"max difference {np.abs(got - ref).max():.3g}"
+
+    def ours(b):
+        tl = calibkit.TopLabelHistogramBinning(from_logits=True, backend=b)
+        return lambda: tl.fit(z, y).predict_top_label(z)[1]
+
+    out = [Contender(f"calibkit TopLabelHistogramBinning ({b})", ours(b), close, repeat=3) for b in ("cpp", "numba")]
+    out.append(Contender("scipy softmax + NumPy top-label binning", numpy_recipe, close, repeat=1))
+    return out
+
+
+def _platt_ovr_contenders(d):
+    import calibkit
+
+    f, y = d["logits"], d["labels"]
+    n, k = f.shape
+    f64 = f.astype(np.float64)
+
+    def sklearn_sigmoid():
+        from sklearn.calibration import _SigmoidCalibration
+
+        q = np.column_stack([_SigmoidCalibration().fit(f64[:, c], (y == c).astype(int)).predict(f64[:, c])
+                             for c in range(k)])
+        return q / q.sum(axis=1, keepdims=True)
+
+    ref = calibkit.PlattScaling().fit(f, y).predict_proba(f)
+
+    def close(got):
+        return None if np.allclose(got, ref, rtol=0, atol=1e-5) else f"max difference {np.abs(got - ref).max():.3g}"
+
+    out = [Contender("calibkit PlattScaling one-vs-rest", lambda: calibkit.PlattScaling().fit(f, y).predict_proba(f),
+                     close, repeat=3)]
+    try:
+        import sklearn  # noqa: F401
+
+        out.append(Contender("sklearn _SigmoidCalibration per class", sklearn_sigmoid, close, repeat=1))
+    except ImportError as exc:
+        out.append(missing("scikit-learn", exc))
+    return out
+
+
 def workloads(quick: bool = False) -> list[Workload]:
     n, k = (300, 1000) if quick else (200_000, 1000)
     iso = [100_000] if quick else [1_000_000, 10_000_000]
@@ -280,4 +443,23 @@ def workloads(quick: bool = False) -> list[Workload]:
         out.append(Workload("calibrators", f"isotonic fit, n={m:,} float64 (x, y)", lambda m=m: _make_isotonic(m),
                             _isotonic_contenders,
                             lambda d: (lambda: (np.add.reduce(d["x"]), np.add.reduce(d["y"])))))
+    # issue 16, section 1: the new calibrators against their references
+    n_beta = 20_000 if quick else 1_000_000
+    out.append(Workload("calibrators", f"beta calibration (abm) fit + apply, n={n_beta:,} float64 binary scores",
+                        lambda: _make_beta(n_beta), _beta_contenders,
+                        lambda d: (lambda: np.add.reduce(d["scores"])),
+                        notes="probabilities checked against calibkit's to 1e-6"))
+    out.append(Workload("calibrators", f"ensemble temperature scaling fit, N={n:,} x K={k} float32 logits",
+                        lambda: _ets_setup(n, k), _ets_contenders,
+                        lambda d: (lambda: np.add.reduce(d["logits"], axis=None)),
+                        notes="weights checked: NLL at most the SLSQP fit's + 1e-9"))
+    out.append(Workload("calibrators", f"top-label histogram binning fit + apply, N={n:,} x K={k} float32 logits",
+                        lambda: _make_logits(n, k, seed=5), _toplabel_contenders,
+                        lambda d: (lambda: np.add.reduce(d["logits"], axis=None)),
+                        notes="top-label confidences checked against the NumPy recipe's to 1e-12"))
+    n_pl, k_pl = (2_000, 10) if quick else (200_000, 20)
+    out.append(Workload("calibrators", f"Platt one-vs-rest fit + apply, {n_pl:,} x {k_pl} float32 decision scores",
+                        lambda: _make_logits(n_pl, k_pl, seed=4), _platt_ovr_contenders,
+                        lambda d: (lambda: np.add.reduce(d["logits"], axis=None)),
+                        notes="probabilities checked against scikit-learn's to 1e-5"))
     return out

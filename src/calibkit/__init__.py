@@ -35,6 +35,7 @@ from .calibrators import (
     isotonic_regression,
     temperature_nll,
 )
+from .calibrators import BetaCalibration, EnsembleTemperatureScaling, TopLabelHistogramBinning
 from .streaming import CalibrationAccumulator, CalibrationResult, WindowedAccumulator
 from .decomposition import CorpReliabilityTable, ScoreDecomposition, corp_reliability_table, score_decomposition
 from .smooth import SmoothECEResult, SmoothReliabilityCurve, smooth_ece, smooth_reliability_curve
@@ -81,6 +82,9 @@ __all__ = [
     "PlattScaling",
     "TemperatureScaling",
     "VectorScaling",
+    "BetaCalibration",
+    "EnsembleTemperatureScaling",
+    "TopLabelHistogramBinning",
     "isotonic_regression",
     "temperature_nll",
     "ReliabilityTable",

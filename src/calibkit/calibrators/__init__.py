@@ -6,6 +6,9 @@ from .dirichlet import DirichletCalibration
 from .nonparametric import HistogramBinning, IsotonicCalibration, IsotonicRegressionResult, isotonic_regression
 from .platt import PlattScaling
 from .scaling import MatrixScaling, TemperatureScaling, VectorScaling, temperature_nll
+from .beta import BetaCalibration
+from .nonparametric import TopLabelHistogramBinning
+from .scaling import EnsembleTemperatureScaling
 
 
 
@@ -31,4 +34,7 @@ __all__ = [
     "VectorScaling",
     "isotonic_regression",
     "temperature_nll",
+    "BetaCalibration",
+    "EnsembleTemperatureScaling",
+    "TopLabelHistogramBinning",
 ]

@@ -573,3 +573,234 @@ class HistogramBinning(_OneVsRest):
             raise ValueError(f"learned value 'n_classes_' = {n_classes} times n_bins = {self.n_bins} is above "
                              f"{MAX_CELLS} (2**26)")
         self._load_models(fitted, "bin_edges_", "bin_values_", check)
+
+
+# -- top-label histogram binning (Gupta & Ramdas 2021) -----------------------------------------------------------
+
+from ._base import check_int, chunk_rows  # noqa: E402  (kept with the one class that uses them)
+
+
+class TopLabelHistogramBinning(Calibrator):
+    r"""Top-label histogram binning (Gupta & Ramdas 2021, "Top-label calibration and multiclass-to-binary
+    reductions", ICLR 2022).
+
+    The prediction c(x) = argmax_k p_k(x) is kept; only its confidence
+    g(x) = max_k p_k(x) is recalibrated. For each class c, the validation rows
+    predicted c (n_c of them) are split into B_c = min(``n_bins``,
+    floor(n_c / ``min_bin_size``)) equal-mass bins of g: the sorted
+    confidences are cut into B_c groups of floor(n_c / B_c) or
+    ceil(n_c / B_c) rows (``numpy.array_split``), a bin is
+    (e_{j-1}, e_j] with e_j the largest confidence of group j (the last
+    bin is open above, the first below; equal upper edges, from tied
+    confidences, are merged, so every bin holds rows). The calibrated
+    top-label confidence h(x) is the bin's accuracy, the fraction of its
+    rows whose label is c. Each bin then holds at least
+    m = floor(n_c / B_c) rows and, with probability 1 - alpha, every bin's
+    value is within :math:`\sqrt{\log(2 B_c / \alpha) / (2 (m - 1))} + 1 / m`
+    of the true accuracy of the rows predicted c in that bin (Gupta & Ramdas'
+    distribution-free bound, which needs m >= 2).
+
+    Fallback: a class predicted on fewer than ``min_bin_size`` validation rows
+    (B_c = 0, including classes never predicted) is not recalibrated: its
+    confidence is kept (Gupta & Ramdas' rule).
+
+    :meth:`predict_top_label` gives (c, h). :meth:`predict_proba` gives full
+    rows summing to 1 whose column c is h and whose argmax is c: the other
+    K - 1 probabilities are those of the input scaled to sum to 1 - h
+    (p_k (1 - h) / (1 - g)) when all of those stay below h; otherwise mixed
+    with the uniform u = (1 - h) / (K - 1) by the weight lambda that brings
+    the largest of them to (h + u) / 2, strictly below h (the order of the
+    other classes is kept). When g = 1 they are uniform. When h < 1 / K no row
+    summing to 1 can have c as its argmax: such a row is uniform (1 / K each,
+    c tied with every class) and :meth:`predict` still returns c. No
+    ``sample_weight``: the equal-mass bins and their guarantee are defined on
+    row counts.
+
+    Parameters
+    ----------
+    n_bins : int, default 15
+        The most bins per class.
+    min_bin_size : int, default 10
+        The fewest rows per bin: class c gets min(n_bins, n_c // min_bin_size) bins.
+    from_logits : bool, default False
+        Scores are logits: softmax them first (the kernels of the chosen backend).
+    backend : {"auto", "cpp", "numba"}
+
+    Attributes
+    ----------
+    bin_edges_ : list of K arrays
+        Class c's inner upper edges e_1 < ... < e_{B_c - 1} (empty when B_c <= 1).
+    bin_values_ : list of K arrays
+        Class c's bin accuracies (B_c values; empty: the class is not recalibrated).
+    n_classes_ : int
+    classes_ : ndarray of shape (K,)
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.normal(size=(4000, 3))
+    >>> y = np.argmax(z + rng.gumbel(size=(4000, 3)), axis=1)
+    >>> p = np.exp(3 * z) / np.exp(3 * z).sum(axis=1, keepdims=True)  # over-confident
+    >>> tl = calibkit.TopLabelHistogramBinning(n_bins=10).fit(p, y)
+    >>> [len(v) for v in tl.bin_values_]
+    [10, 10, 10]
+    >>> classes, confidence = tl.predict_top_label(p[:3])
+    >>> classes, confidence.round(3)
+    (array([2, 2, 0]), array([0.467, 0.474, 0.455]))
+    >>> q = tl.predict_proba(p[:3])
+    >>> bool((q.argmax(axis=1) == classes).all()), q.sum(axis=1).round(12)
+    (True, array([1., 1., 1.]))
+    """
+
+    _fitted_names = ("bin_edges_", "bin_values_", "n_classes_")
+
+    def __init__(self, n_bins: int = 15, *, min_bin_size: int = 10, from_logits: bool = False,
+                 backend: Backend = "auto"):
+        self.n_bins = n_bins
+        self.min_bin_size = min_bin_size
+        self.from_logits = from_logits
+        self.backend = backend
+
+    def _check_params(self):
+        check_n_bins(self.n_bins)
+        check_int(self.min_bin_size, "min_bin_size", 1)
+        check_bool(self.from_logits, "from_logits")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+    def _checked_probabilities(self, scores):
+        """(N, K) float64 probabilities (the softmax of logits with from_logits), K >= 2, checked."""
+        s = check_logits(scores) if self.from_logits else np.asarray(scores)
+        if s.ndim != 2:
+            raise ValueError(f"scores must have shape (N, K) (top-label binning needs K >= 2 class scores), got "
+                             f"shape {s.shape}; for binary scores use HistogramBinning")
+        return _probability_matrix(s, self.from_logits, self.backend)
+
+    def fit(self, scores: ArrayLike, labels: ArrayLike,
+            sample_weight: ArrayLike | None = None) -> "TopLabelHistogramBinning":
+        """Fit the per-class bins on held-out scores (N, K) and labels (N,); returns self."""
+        self._check_params()
+        if sample_weight is not None:
+            raise ValueError("sample_weight must be None: TopLabelHistogramBinning's equal-mass bins (and their "
+                             "guarantee) are defined on row counts")
+        scores = binary_column(scores)
+        if np.ndim(scores) != 2:
+            raise ValueError(f"scores must have shape (N, K) (top-label binning needs K >= 2 class scores), got "
+                             f"shape {np.shape(scores)}; for binary scores use HistogramBinning")
+        scores, labels, _ = check_fit_inputs(scores, labels, None, binary=False)
+        p = self._checked_probabilities(scores)
+        n_classes = p.shape[1]
+        _check_label_range(labels, n_classes)
+        predicted = np.argmax(p, axis=1)
+        confidence = p[np.arange(p.shape[0]), predicted]
+        del p
+        order = np.argsort(predicted, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(predicted, minlength=n_classes))])
+        edges, values = [], []
+        for c in range(n_classes):
+            rows = order[bounds[c]:bounds[c + 1]]
+            n_bins = min(self.n_bins, len(rows) // self.min_bin_size)
+            if n_bins == 0:
+                edges.append(np.empty(0))
+                values.append(np.empty(0))
+                continue
+            g = np.sort(confidence[rows])
+            upper = np.unique([group[-1] for group in np.array_split(g, n_bins)[:-1]])
+            upper = upper[upper < g[-1]]  # every bin holds rows
+            hit = labels[rows] == c
+            b = np.searchsorted(upper, confidence[rows], side="left")
+            count = np.bincount(b, minlength=len(upper) + 1)
+            values.append(np.bincount(b, weights=hit, minlength=len(upper) + 1) / count)
+            edges.append(upper)
+        self.bin_edges_, self.bin_values_, self.n_classes_ = edges, values, int(n_classes)
+        return self
+
+    def _load_fitted(self, fitted):
+        self.n_classes_ = fitted_int(fitted, "n_classes_", 2, MAX_CLASSES)
+        es, vs = fitted["bin_edges_"], fitted["bin_values_"]
+        if not isinstance(es, list) or not isinstance(vs, list) or len(es) != self.n_classes_ \
+                or len(vs) != self.n_classes_:
+            raise ValueError(f"learned values 'bin_edges_' and 'bin_values_' must be lists of n_classes_ = "
+                             f"{self.n_classes_} arrays")
+        edges, values = [], []
+        for c in range(self.n_classes_):
+            e_name, v_name = f"bin_edges_[{c}]", f"bin_values_[{c}]"
+            e = fitted_array({e_name: es[c]}, e_name, None, low=0.0, high=1.0)
+            v = fitted_array({v_name: vs[c]}, v_name, None, low=0.0, high=1.0)
+            if e.ndim != 1 or v.ndim != 1 or (np.diff(e) <= 0).any():
+                raise ValueError(f"learned value {e_name!r} must be a strictly increasing 1-D array")
+            if len(v) > self.n_bins or not (len(v) == len(e) + 1 or len(v) == len(e) == 0):
+                raise ValueError(f"learned values {e_name!r} and {v_name!r} must hold B - 1 edges and B values, "
+                                 f"1 <= B <= n_bins = {self.n_bins} (or both be empty), got {len(e)} and {len(v)}")
+            edges.append(e)
+            values.append(v)
+        self.bin_edges_, self.bin_values_ = edges, values
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        for name in ("bin_edges_", "bin_values_"):  # lists of arrays
+            d["fitted"][name] = [a.tolist() for a in getattr(self, name)]
+        return d
+
+    def _top_label(self, p):
+        """(predicted class, input confidence g, calibrated confidence h) of (n, K) float64 probabilities."""
+        predicted = np.argmax(p, axis=1)
+        g = p[np.arange(p.shape[0]), predicted]
+        h = g.copy()
+        order = np.argsort(predicted, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(predicted, minlength=self.n_classes_))])
+        for c in range(self.n_classes_):
+            if len(self.bin_values_[c]) and bounds[c + 1] > bounds[c]:
+                rows = order[bounds[c]:bounds[c + 1]]
+                h[rows] = self.bin_values_[c][np.searchsorted(self.bin_edges_[c], g[rows], side="left")]
+        return predicted, g, h
+
+    def _checked_for_predict(self, scores):
+        self._check_fitted()
+        p = self._checked_probabilities(scores)
+        if p.shape[1] != self.n_classes_:
+            raise ValueError(f"scores have {p.shape[1]} classes but the calibrator was fitted on "
+                             f"{self.n_classes_} classes")
+        return p
+
+    def predict_top_label(self, scores: ArrayLike) -> tuple[IntArray, FloatArray]:
+        """(predicted class c, calibrated top-label confidence h), two (N,) arrays: the calibrator's own output."""
+        predicted, _, h = self._top_label(self._checked_for_predict(scores))
+        return predicted, h
+
+    def predict_proba(self, scores: ArrayLike) -> FloatArray:
+        """Rows summing to 1 whose argmax is the input's and whose top probability is the calibrated confidence
+        (the other K - 1 filled as described in the class docstring), float64 (N, K)."""
+        p = self._checked_for_predict(scores)
+        if not self.from_logits and np.shares_memory(p, np.asarray(scores)):
+            p = p.copy()  # _probability_matrix returns the caller's float64 array itself: never write over it
+        n, k = p.shape
+        step = chunk_rows(k)
+        for start in range(0, n, step):
+            block = p[start:start + step]
+            c, g, h = self._top_label(block)
+            idx = np.arange(block.shape[0])
+            h = np.maximum(h, 1.0 / k)  # below 1/K no row summing to 1 has c as its argmax: uniform
+            rest = 1.0 - h
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = np.where(g < 1.0, rest / (1.0 - g), 0.0)
+            block[idx, c] = -np.inf
+            second = block.max(axis=1)
+            block[idx, c] = 0.0
+            uniform = rest / (k - 1)
+            largest = second * scale
+            lam = np.where(g < 1.0, 1.0, 0.0)
+            over = (largest >= h) & (g < 1.0)  # the largest other class would reach h: cap it halfway to the uniform
+            lam[over] = 0.5 * (h[over] - uniform[over]) / np.maximum(largest[over] - uniform[over], 1e-300)
+            lam = np.clip(lam, 0.0, 1.0)
+            block *= (lam * scale)[:, None]
+            block += ((1.0 - lam) * uniform)[:, None]
+            block[idx, c] = h
+        return p
+
+    def predict(self, scores: ArrayLike) -> IntArray:
+        """The predicted class: the argmax of the scores (top-label binning keeps it)."""
+        return self.predict_top_label(scores)[0]

@@ -925,3 +925,245 @@ def _warn_unless_converged(res, what):
     # lowered at float precision: that is an optimum, not a failure, if the gradient is small.
     if not res.success and not (res.status == 2 and np.abs(res.jac).max() <= 1e-6):
         warnings.warn(f"{what} fit stopped early: {res.message}", RuntimeWarning, stacklevel=3)
+
+
+# -- ensemble temperature scaling -------------------------------------------------------------------------------
+
+def _label_probabilities(logits, labels, temperature):
+    """(softmax(z / T)[y], softmax(z)[y]) of each row, two (N,) float64 arrays, from row chunks of the logits
+    (float64 temporaries of one chunk only)."""
+    n, n_classes = logits.shape
+    scaled, plain = np.empty(n), np.empty(n)
+    step = chunk_rows(n_classes)
+    for start in range(0, n, step):
+        rows = slice(start, min(n, start + step))
+        z = np.asarray(logits[rows], dtype=np.float64)
+        z = z - z.max(axis=1, keepdims=True)
+        idx = np.arange(z.shape[0])
+        y = labels[rows]
+        for out, s in ((scaled, z / temperature), (plain, z)):
+            lse = np.log(np.exp(s).sum(axis=1))
+            out[rows] = np.exp(s[idx, y] - lse)
+    return scaled, plain
+
+
+def _simplex_mixture_nll(v, w):
+    """Objective, gradient and Hessian of F(u) = -sum_i w_i log(v_i . u) / sum_i w_i at u (a function of u)."""
+    total = float(w.sum())
+
+    def at(u):
+        q = v @ u
+        with np.errstate(divide="ignore"):
+            f = -float(np.sum(w * np.log(q))) / total if (q > 0).all() else math.inf
+        if not math.isfinite(f):
+            return f, None, None
+        r = w / q
+        g = -(v.T @ r) / total
+        h = (v.T * (r / q)) @ v / total
+        return f, g, h
+
+    return at
+
+
+def _simplex_qp(g, h, u):
+    """The exact minimiser over the probability simplex of the quadratic model g.(x - u) + (x - u)' h (x - u) / 2
+    (h positive semi-definite, a small ridge added): each face's equality-constrained minimiser is solved from its
+    KKT system and the feasible one of least model value is kept (the model is convex, so its minimum over the
+    simplex is the minimiser restricted to the face whose relative interior holds it)."""
+    m = len(u)
+    h = h + (1e-14 * max(float(np.trace(h)), 1e-300)) * np.eye(m)
+    c = g - h @ u
+    best, best_value = None, math.inf
+    for mask in range(1, 1 << m):
+        s = [j for j in range(m) if mask >> j & 1]
+        k = len(s)
+        kkt = np.zeros((k + 1, k + 1))
+        kkt[:k, :k] = h[np.ix_(s, s)]
+        kkt[:k, k] = kkt[k, :k] = 1.0
+        rhs = np.concatenate([-c[s], [1.0]])
+        try:
+            sol = np.linalg.solve(kkt, rhs)
+        except np.linalg.LinAlgError:
+            continue
+        if not np.isfinite(sol).all() or (sol[:k] < -1e-12).any():
+            continue
+        x = np.zeros(m)
+        x[s] = np.maximum(sol[:k], 0.0)
+        x /= x.sum()
+        value = float(c @ x + 0.5 * x @ h @ x)
+        if value < best_value:
+            best, best_value = x, value
+    return best
+
+
+def _fit_simplex_weights(v, w, max_iter):
+    """Projected Newton for min_u -sum_i w_i log(v_i . u) over the simplex: each step is the exact minimiser of
+    the quadratic model over the simplex (:func:`_simplex_qp`) followed by a backtracking (Armijo) line search.
+    Returns (u, n_iter, converged)."""
+    fun = _simplex_mixture_nll(v, w)
+    u = np.full(v.shape[1], 1.0 / v.shape[1])  # interior: every v_i . u > 0
+    f, g, h = fun(u)
+    for n_iter in range(1, max_iter + 1):
+        target = _simplex_qp(g, h, u)
+        if target is None:
+            return u, n_iter, False
+        d = target - u
+        slope = float(g @ d)
+        if not slope < 0.0 or float(np.abs(d).max()) <= 1e-13:
+            return u, n_iter, True  # no descent direction left (KKT holds to rounding) or a step at rounding level
+        t = 1.0
+        while True:
+            f_new, g_new, h_new = fun(u + t * d)
+            if f_new <= f + 1e-4 * t * slope:
+                break
+            t *= 0.5
+            if t < 1e-12:
+                # the model's decrease is below the loss's rounding: at the optimum to float precision
+                return u, n_iter, -slope <= 1e-12 * max(1.0, abs(f))
+        u = u + t * d
+        u = np.maximum(u, 0.0)
+        u /= u.sum()
+        f, g, h = fun(u)
+    return u, max_iter, False
+
+
+class EnsembleTemperatureScaling(Calibrator):
+    r"""Ensemble temperature scaling (Zhang, Kailkhura & Han 2020, "Mix-n-Match", ETS).
+
+    .. math::
+
+        p(z) = w_1\, \mathrm{softmax}(z / T) + w_2\, \mathrm{softmax}(z) + w_3 / K,
+        \qquad w \ge 0, \quad w_1 + w_2 + w_3 = 1.
+
+    T is fitted first by NLL exactly as :class:`TemperatureScaling` (the same
+    ``bounds``, ``tol``, ``chunk_size`` and ``backend``), then w minimises the
+    weighted mean NLL :math:`-\sum_i \omega_i \log(w_1 a_i + w_2 b_i + w_3 / K) / \sum_i \omega_i`,
+    a_i = softmax(z_i / T)_{y_i}, b_i = softmax(z_i)_{y_i} (one more pass over the logits, in row chunks:
+    no N x K temporary). That problem is convex in w; it is solved by projected Newton (each step the exact
+    minimiser of the quadratic model over the simplex, then a backtracking line search) until the step is
+    below 1e-13, i.e. to float precision. (The paper's code fits w by the mean squared error with SLSQP; the
+    NLL is the paper's stated criterion for both T and w.) Dividing by T > 0 and mixing with the uniform
+    distribution never changes the order of a row's probabilities, hence never the predicted class.
+
+    Parameters
+    ----------
+    bounds : (float, float), default (1e-3, 1e3)
+        Allowed range of T (see :class:`TemperatureScaling`).
+    tol : float, default 1e-7
+        Tolerance of the temperature fit (see :class:`TemperatureScaling`).
+    max_iter : int, default 100
+        The most projected Newton steps for w.
+    chunk_size : int, optional
+        Rows per kernel call of the temperature fit.
+    backend : {"auto", "cpp", "numba"}
+
+    Attributes
+    ----------
+    temperature_ : float
+    weights_ : ndarray of shape (3,)
+        (w1, w2, w3): the weights of softmax(z / T), softmax(z) and the uniform distribution.
+    n_iter_ : int
+        Projected Newton steps of the weight fit.
+    n_passes_ : int
+        Full passes over the logits (the temperature fit's, plus one).
+    n_classes_ : int
+    classes_ : ndarray of shape (K,)
+    n_features_in_ : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> y = rng.integers(0, 3, 2000)
+    >>> logits = 3.0 * (rng.normal(size=(2000, 3)) + 2.0 * np.eye(3)[y])  # over-confident
+    >>> ets = calibkit.EnsembleTemperatureScaling().fit(logits, y)
+    >>> round(ets.temperature_, 2), ets.weights_.round(3)
+    (1.57, array([0.992, 0.008, 0.   ]))
+    >>> ets.predict_proba(logits[:2]).round(3)
+    array([[0.   , 0.002, 0.998],
+           [0.565, 0.435, 0.001]])
+    """
+
+    _fitted_names = ("temperature_", "weights_", "n_iter_", "n_passes_", "n_classes_")
+
+    def __init__(self, *, bounds: tuple[float, float] = (1e-3, 1e3), tol: float = 1e-7, max_iter: int = 100,
+                 chunk_size: int | None = None, backend: Backend = "auto"):
+        self.bounds = bounds
+        self.tol = tol
+        self.max_iter = max_iter
+        self.chunk_size = chunk_size
+        self.backend = backend
+
+    def _temperature(self):
+        return TemperatureScaling(bounds=self.bounds, tol=self.tol, chunk_size=self.chunk_size, backend=self.backend)
+
+    def _check_params(self):
+        self._temperature()._check_params()
+        check_int(self.max_iter, "max_iter", 1)
+
+    def fit(self, logits: ArrayLike, labels: ArrayLike,
+            sample_weight: ArrayLike | None = None) -> "EnsembleTemperatureScaling":
+        """Fit T, then w, on held-out logits (N, K) and labels (N,); returns self."""
+        self._check_params()
+        logits = check_logits(logits, "logits")
+        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False,
+                                                         scale_weights=True)
+        ts = self._temperature()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ts.fit(logits, labels, sample_weight)  # checks every logit and label (raises on bad input)
+        for w in caught:
+            warnings.warn(f"ensemble temperature scaling: {w.message}", w.category, stacklevel=2)
+        n_classes = logits.shape[1]
+        scaled, plain = _label_probabilities(logits, labels, ts.temperature_)
+        v = np.column_stack([scaled, plain, np.full(len(scaled), 1.0 / n_classes)])
+        w = np.ones(len(scaled)) if sample_weight is None else sample_weight
+        weights, n_iter, converged = _fit_simplex_weights(v, w, self.max_iter)
+        if not converged:
+            warnings.warn(f"ensemble temperature scaling: the weight fit did not converge in {self.max_iter} "
+                          "iterations", RuntimeWarning, stacklevel=2)
+        self.temperature_ = float(ts.temperature_)
+        self.weights_ = weights
+        self.n_iter_ = int(n_iter)
+        self.n_passes_ = int(ts.n_passes_) + 1
+        self.n_classes_ = int(n_classes)
+        return self
+
+    def _load_fitted(self, fitted):
+        self.temperature_ = float(fitted_array(fitted, "temperature_", (), positive=True, low=1.0 / MAX_LEARNED))
+        weights = fitted_array(fitted, "weights_", (3,), low=0.0, high=1.0)
+        if abs(float(weights.sum()) - 1.0) > 1e-9:
+            raise ValueError(f"learned value 'weights_' must sum to 1, got {float(weights.sum())!r}")
+        self.weights_ = weights
+        self.n_iter_ = fitted_int(fitted, "n_iter_", 0)
+        self.n_passes_ = fitted_int(fitted, "n_passes_", 0)
+        self.n_classes_ = fitted_int(fitted, "n_classes_", 2, MAX_CLASSES)
+
+    def predict_proba(self, logits: ArrayLike) -> FloatArray:
+        """Calibrated probabilities w1 softmax(z / T) + w2 softmax(z) + w3 / K (float64, shape (N, K)), computed in
+        row chunks (the output is the only N x K array made)."""
+        logits = _checked_logits_for(self, logits)
+        n, n_classes = logits.shape
+        out = np.empty((n, n_classes))
+        w1, w2, w3 = (float(x) for x in self.weights_)
+        step = chunk_rows(n_classes)
+        for start in range(0, n, step):
+            rows = slice(start, min(n, start + step))
+            z = np.asarray(logits[rows], dtype=np.float64)
+            check_finite(z, "logits", start)
+            z = z - z.max(axis=1, keepdims=True)
+            block = out[rows]
+            softmax_rows(z / self.temperature_, block)
+            block *= w1
+            plain = np.empty_like(z)
+            softmax_rows(z, plain)
+            block += w2 * plain
+            block += w3 / n_classes
+        return out
+
+    _probabilities = predict_proba
+
+    def predict(self, logits: ArrayLike) -> IntArray:
+        """Predicted class (the argmax of :meth:`predict_proba`, which is that of the logits)."""
+        return np.argmax(self.predict_proba(logits), axis=1)
