@@ -577,7 +577,7 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="not 0 or 1"):
         PlattScaling().fit(rng.normal(size=10), np.arange(10))
     with pytest.raises(ValueError, match=r"shape \(N,\)"):
-        PlattScaling().fit(z, y)
+        PlattScaling().fit(z[:, :, None], y)
     with pytest.raises(ValueError, match="not a probability"):
         HistogramBinning().fit(rng.normal(size=50) * 3, rng.integers(0, 2, 50))
     with pytest.raises(ValueError, match="not a probability"):

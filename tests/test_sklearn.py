@@ -117,9 +117,11 @@ FAILING = {
     "VectorScaling": _ALL | _LOGIT | {"check_classifiers_one_label_sample_weights", "check_fit2d_1sample"},
     "MatrixScaling": _ALL | _LOGIT | {"check_classifiers_one_label_sample_weights", "check_fit2d_1sample",
                                       "check_estimators_dtypes"},
-    "PlattScaling": _ALL | _ONE_SCORE | (_STEP - {"check_supervised_y_no_nan"}) | {
-        "check_classifiers_one_label_sample_weights", "check_fit1d", "check_classifier_not_supporting_multiclass",
-        "check_non_transformer_estimators_n_iter", "check_sample_weights_list"},
+    "PlattScaling": _ALL | {"check_estimators_dtypes", "check_estimators_fit_returns_self",
+                            "check_estimators_overwrite_params", "check_estimators_pickle",
+                            "check_pipeline_consistency", "check_positive_only_tag_during_fit",
+                            "check_readonly_memmap_input", "check_supervised_y_no_nan",
+                            "check_classifier_not_supporting_multiclass", "check_non_transformer_estimators_n_iter"},
     "IsotonicCalibration": _ALL | _ONE_SCORE | _STEP,
     "HistogramBinning": _ALL | _ONE_SCORE | _STEP,
 }
