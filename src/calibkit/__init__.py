@@ -31,6 +31,7 @@ from .calibrators import (
     PlattScaling,
     TemperatureScaling,
     VectorScaling,
+    VennAbers,
     isotonic_regression,
     temperature_nll,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "PlattScaling",
     "TemperatureScaling",
     "VectorScaling",
+    "VennAbers",
     "isotonic_regression",
     "temperature_nll",
     "ReliabilityTable",

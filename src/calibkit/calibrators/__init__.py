@@ -5,6 +5,7 @@ from .classifier import CalibratedClassifier
 from .nonparametric import HistogramBinning, IsotonicCalibration, IsotonicRegressionResult, isotonic_regression
 from .platt import PlattScaling
 from .scaling import MatrixScaling, TemperatureScaling, VectorScaling, temperature_nll
+from .venn_abers import VennAbers
 
 
 
@@ -27,6 +28,7 @@ __all__ = [
     "PlattScaling",
     "TemperatureScaling",
     "VectorScaling",
+    "VennAbers",
     "isotonic_regression",
     "temperature_nll",
 ]
