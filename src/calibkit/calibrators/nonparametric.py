@@ -579,7 +579,7 @@ class IsotonicCalibration(_OneVsRest):
            [0.03, 0.97]])
     >>> iso = calibkit.IsotonicCalibration(y_min=0.01, y_max=0.99, out_of_bounds="nan").fit(p[:100], y[:100])
     >>> iso.predict_proba(np.array([0.0, 0.5]))[:, 1].round(2)
-    array([ nan, 0.47])
+    array([ nan, 0.67])
     """
 
     _fitted_names = ("x_thresholds_", "y_thresholds_", "n_classes_", "binary_")

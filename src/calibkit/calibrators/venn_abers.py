@@ -161,7 +161,7 @@ class VennAbers(Calibrator):
     >>> va = calibkit.VennAbers().fit(scores, labels)
     >>> p0, p1 = va.predict_interval(np.array([0.05, 0.5, 0.95]))
     >>> p0.round(3), p1.round(3)
-    (array([0.   , 0.333, 0.75 ]), array([0.5 , 0.667, 1.   ]))
+    (array([0.   , 0.333, 0.667]), array([0.333, 0.667, 1.   ]))
     >>> va.predict_proba(np.array([0.5]))[:, 1].round(3)   # p1 / (1 - p0 + p1)
     array([0.5])
     """
