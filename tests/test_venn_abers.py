@@ -11,6 +11,9 @@ import calibkit
 from calibkit.calibrators.venn_abers import venn_abers_values
 from conftest import load_real
 
+pytestmark = [pytest.mark.filterwarnings("ignore:only class:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:All-NaN slice:RuntimeWarning")]  # the peer's
+
 
 def _pav_at(x, y, s, label):
     """Plain reference: the isotonic fit (ties in x pooled) of (x, y) plus (s, label), at s."""
@@ -203,6 +206,21 @@ def test_bad_input_in_subprocess():
     r = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "ValueError" in r.stdout and "nan" in r.stdout
+
+
+def test_sample_weight_refused_and_estimator_protocol():
+    import pickle
+
+    with pytest.raises(ValueError, match="does not take sample_weight"):
+        calibkit.VennAbers().fit([0.1, 0.2], [0, 1], sample_weight=[1.0, 1.0])
+    va = calibkit.VennAbers(from_logits=True)
+    assert va.get_params() == {"backend": "auto", "from_logits": True}
+    rng = np.random.default_rng(8)
+    z, y = rng.normal(size=(60, 3)), np.arange(60) % 3
+    va.fit(z, y)
+    again = pickle.loads(pickle.dumps(va))
+    np.testing.assert_array_equal(again.predict_proba(z), va.predict_proba(z))
+    assert 0.0 <= va.score(z, y) <= 1.0
 
 
 def test_empty_fit_raises():

@@ -38,29 +38,41 @@ def _upper_values(weight: np.ndarray, positives: np.ndarray, backend: Backend = 
     # The minorant as a stack whose top (the end of the lists) is its leftmost corner.
     cx = xs[blocks[::-1]].tolist()
     cy = ys[blocks[::-1]].tolist()
-    px = (xs[2:] - 1.0).tolist()  # P_j - (1, 1), j = 1..k: the points that join the left set
-    py = (ys[2:] - 1.0).tolist()
-    out = [0.0] * (k + 1)
-    for i in range(k):
+    px = xs[2:] - 1.0  # P_j - (1, 1), j = 1..k: the points that join the left set
+    py = ys[2:] - 1.0
+    out = np.empty(k + 1)
+    out[k] = 1.0
+    i, step = 0, 64
+    while i < k:
         tx, ty, nx, ny = cx[-1], cy[-1], cx[-2], cy[-2]
-        out[i] = (ny - ty) / (nx - tx)
-        if i == k - 1:
-            break
-        ax, ay = px[i], py[i]
-        if (nx - tx) * (ay - ty) - (ny - ty) * (ax - tx) >= 0.0:  # A on or above the bridge: it stays
+        slope = (ny - ty) / (nx - tx)
+        # The bridge stays while the new left points lie on or above it (most of them: the chain changes at a
+        # few percent of the points), so they are tested a block at a time, the blocks doubling while none
+        # is below; the point tested at i is P_(i+1) - (1, 1), which joins after p1 at s'_(i+1) is read.
+        end = min(i + step, k - 1)
+        below = np.flatnonzero((nx - tx) * (py[i:end] - ty) - (ny - ty) * (px[i:end] - tx) < 0.0)
+        if below.shape[0] == 0:
+            out[i:end] = slope
+            if end == k - 1:
+                out[end] = slope
+                break
+            i, step = end, 2 * step
             continue
+        j = i + int(below[0])
+        out[i:j + 1] = slope
+        ax, ay = float(px[j]), float(py[j])
         cx.pop()
         cy.pop()
-        while len(cx) >= 2:
+        while len(cx) >= 2:  # pop the corners on or above the chord from A to the corner after them
             tx, ty, nx, ny = cx[-1], cy[-1], cx[-2], cy[-2]
-            if (nx - ax) * (ty - ay) - (ny - ay) * (tx - ax) < 0.0:  # t strictly below the chord A -> n
+            if (nx - ax) * (ty - ay) - (ny - ay) * (tx - ax) < 0.0:
                 break
             cx.pop()
             cy.pop()
         cx.append(ax)
         cy.append(ay)
-    out[k] = 1.0
-    return np.asarray(out)
+        i, step = j + 1, 64
+    return out
 
 
 def venn_abers_values(scores: np.ndarray, targets: np.ndarray, backend: Backend = "auto"):
@@ -233,8 +245,10 @@ class VennAbers(Calibrator):
         p1 = np.empty_like(p0)
         for c, s in enumerate(columns):
             t = self.score_thresholds_[c]
-            np.take(self.p0_[c], np.searchsorted(t, s, "right"), out=p0[c])
-            np.take(self.p1_[c], np.searchsorted(t, s, "left"), out=p1[c])
+            left = np.searchsorted(t, s, "left")  # one binary search: "right" is one more on a threshold
+            right = left + (np.take(t, left, mode="clip") == s)
+            np.take(self.p0_[c], right, out=p0[c])
+            np.take(self.p1_[c], left, out=p1[c])
         return p0, p1
 
     def predict_interval(self, scores: ArrayLike) -> tuple[FloatArray, FloatArray]:
