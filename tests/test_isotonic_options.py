@@ -280,3 +280,18 @@ def test_decreasing_round_trip_and_checks():
 def test_bad_input(call, exc, message):
     with pytest.raises(exc, match=message):
         call()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
+def test_tie_resolution_follows_sklearn_dtype(dtype):
+    """float32 x: float32's resolution 1e-6; float16 and integers: converted to float64 (1e-15), as scikit-learn."""
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 50, 300).astype(dtype) if dtype == np.int64 else (rng.random(300) * 1e-4).astype(dtype)
+    y = rng.normal(size=300)
+    r = isotonic_regression(y, x=x)
+    ir = _sk_fit(x, y, out_of_bounds="clip")
+    tol = 2e-6 if dtype == np.float32 else 1e-12  # scikit-learn returns float32 for float32 x
+    # (a point of a merged group is predicted between its group's knot and the next, as scikit-learn)
+    np.testing.assert_allclose(r.predict(x, out_of_bounds="clip"), ir.predict(x), rtol=tol, atol=tol)
+    np.testing.assert_array_equal(np.unique(r.x_thresholds),
+                                  np.unique(np.asarray(ir.X_thresholds_, dtype=np.float64)))

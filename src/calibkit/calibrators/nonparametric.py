@@ -148,28 +148,32 @@ def _spearman_increasing(x, y):
     return bool(den > 0 and np.dot(rx, ry) / den >= 0)
 
 
+def _tie_dtype(dtype) -> np.dtype:
+    """The float type scikit-learn's IsotonicRegression works in: float32 input stays float32, everything else
+    (float16, integers) becomes float64 (``check_array(..., dtype=[np.float64, np.float32])``)."""
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float32 else np.dtype(np.float64)
+
+
 def _tie_resolution(dtype) -> float:
-    """The distance below which two x are one point: ``np.finfo(dtype).resolution`` of a float16/32/64 input
-    (1e-3, 1e-6, 1e-15), of float64 for any other input (integers, as scikit-learn converts them)."""
-    dtype = np.dtype(dtype)
-    return float(np.finfo(dtype if dtype.kind == "f" and dtype.itemsize <= 8 else np.float64).resolution)
+    """The distance below which two x are one point: ``np.finfo(_tie_dtype(dtype)).resolution`` (1e-6 for
+    float32 input, 1e-15 otherwise)."""
+    return float(np.finfo(_tie_dtype(dtype)).resolution)
 
 
 def _merge_close(x: np.ndarray, dtype) -> np.ndarray:
     """x with each value replaced by the first (smallest) value of its group, the groups made as
     scikit-learn's ``_make_unique``: over the sorted distinct values, a value starts a new group when it
-    minus the group's first value is >= ``np.finfo(dtype).resolution`` (computed in ``dtype``); otherwise
+    minus the group's first value is >= the resolution (computed in ``_tie_dtype(dtype)``); otherwise
     it joins the group. Returns x itself when no two distinct values are that close."""
-    eps = _tie_resolution(dtype)
-    work = np.dtype(dtype) if np.dtype(dtype).kind == "f" and np.dtype(dtype).itemsize <= 8 else np.dtype(np.float64)
+    work = _tie_dtype(dtype)
+    eps = work.type(_tie_resolution(dtype))
     u, inverse = np.unique(x.astype(work), return_inverse=True)
-    close = np.flatnonzero(np.diff(u) < work.type(eps)) + 1 if u.shape[0] > 1 else np.zeros(0, np.int64)
+    close = np.flatnonzero(np.diff(u) < eps) + 1 if u.shape[0] > 1 else np.zeros(0, np.int64)
     if close.shape[0] == 0:
         return x
     first = u.copy()
-    eps_w = work.type(eps)
     for j in close.tolist():  # only the values within eps of their predecessor can join a group
-        if u[j] - first[j - 1] < eps_w:
+        if u[j] - first[j - 1] < eps:
             first[j] = first[j - 1]
     return first.astype(np.float64)[inverse.reshape(-1)]
 
@@ -198,8 +202,9 @@ def isotonic_regression(y: ArrayLike, *, x: ArrayLike | None = None, sample_weig
     they get one fitted value. PAV (Ayer et al. 1955; Barlow et al. 1972)
     then runs in linear time.
 
-    **Ties.** With ``x``, values closer than ``np.finfo(x.dtype).resolution`` (1e-15 for float64, 1e-6
-    for float32, 1e-3 for float16; float64's for integers) are one point, by scikit-learn's rule
+    **Ties.** With ``x``, values closer than the resolution of its float type (``np.finfo(float32).resolution``
+    = 1e-6 for float32 x, float64's 1e-15 for any other x, which scikit-learn converts to float64) are one
+    point, by scikit-learn's rule
     (``sklearn/_isotonic.pyx``, ``_make_unique``): over the sorted distinct values, a value starts a new
     group when it minus the group's first value is >= the resolution (computed in the input's float type),
     and otherwise joins the group, whose points are pooled and placed at its first value. The resolution is
@@ -260,15 +265,22 @@ def isotonic_regression(y: ArrayLike, *, x: ArrayLike | None = None, sample_weig
     y_min, y_max = _check_bounds(y_min, y_max)
     if increasing == "auto":
         increasing = _spearman_increasing(np.arange(n) if x is None else x, y)
-    if x is not None:
-        x = _merge_close(x, np.asarray(x_in).dtype)
-    r = _backend.kernels(backend).isotonic_fit(y, x, sample_weight, increasing)
+    kernels = _backend.kernels(backend)
+    r = kernels.isotonic_fit(y, x, sample_weight, increasing)
+    xs = np.arange(n, dtype=np.float64) if x is None else x[r["order"]]
+    if x is not None:  # values closer than the resolution (not equal): fit again with them merged
+        dtype = np.asarray(x_in).dtype
+        work = _tie_dtype(dtype)
+        gaps = np.diff(xs.astype(work, copy=False))
+        if ((gaps > 0) & (gaps < work.type(_tie_resolution(dtype)))).any():
+            x = _merge_close(x, dtype)
+            r = kernels.isotonic_fit(y, x, sample_weight, increasing)
+            xs = x[r["order"]]
     fitted, values, blocks, order = r["fitted"], r["values"], r["blocks"], r["order"]
     if y_min is not None or y_max is not None:
         lo = -np.inf if y_min is None else y_min
         hi = np.inf if y_max is None else y_max
         fitted, values = np.clip(fitted, lo, hi), np.clip(values, lo, hi)
-    xs = np.arange(n, dtype=np.float64) if x is None else x[order]
     x_thresholds, y_thresholds = _knots(xs, np.asarray(blocks), values)
     return IsotonicRegressionResult(fitted, values, r["weights"], blocks, order, x_thresholds, y_thresholds,
                                     bool(increasing))
