@@ -703,7 +703,7 @@ class IsotonicCalibration(_OneVsRest):
             if self.out_of_bounds == "raise":
                 j = int(np.argmax(outside[i])) if outside.ndim == 2 else 0
                 where = f"scores[{i}, {j}]" if outside.ndim == 2 else f"scores[{i}]"
-                what = "probability" if self.from_logits else "score"
+                what = "softmax probability" if self.from_logits else "score"
                 raise ValueError(f"{where} = {float(s[i, j] if s.ndim == 2 else s[i])!r} ({what}) is outside the "
                                  f"fitted range [{float(low[j])!r}, {float(high[j])!r}] of column {j} (out_of_bounds='raise')")
             p[rows] = np.nan

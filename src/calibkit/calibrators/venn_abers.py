@@ -106,8 +106,8 @@ class VennAbers(Calibrator):
 
     .. math:: p = \frac{p_1}{1 - p_0 + p_1},
 
-    the probability minimising the worst-case regret in log loss over the two (Vovk, Petej & Fedorova 2015,
-    "Large-scale probabilistic predictors with and without guarantees of validity", section 4).
+    the probability whose worst-case log-loss regret against the two is smallest (the log-loss merge of Vovk,
+    Petej & Fedorova 2015, "Large-scale probabilistic predictors with and without guarantees of validity").
 
     **Algorithm** (O(n log n): one sort, then linear time, then a binary search per test score). Sort the
     calibration scores once and group equal ones: k distinct scores :math:`s'_1 < \dots < s'_k` with
@@ -127,7 +127,7 @@ class VennAbers(Calibrator):
     :math:`s'_i` gets :math:`p_1(s'_i)` and :math:`p_0(s'_{i-1})` (the test point with label 1 pools with
     the group to its right, with label 0 with the group to its left), below :math:`s'_1`
     :math:`p_0 = 0`, above :math:`s'_k` :math:`p_1 = 1`. This is the algorithm of Vovk, Petej & Fedorova
-    (2015, section 3, Algorithms 1-4) with the first minorant from PAV.
+    (2015, Algorithms 1-4) with the first minorant from PAV.
 
     Ties among the calibration scores are exact equality (as the ``venn-abers`` package); the scores only
     matter through their order, so binary scores may be any finite numbers (probabilities, logits, margins).
