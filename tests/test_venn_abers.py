@@ -273,3 +273,25 @@ def test_matches_venn_abers_package_on_real_dump():
     r0, r1 = _reference(conf, correct, pt[:20])
     np.testing.assert_allclose(p0[:20], r0, atol=1e-12)
     np.testing.assert_allclose(p1[:20], r1, atol=1e-12)
+
+
+@pytest.mark.parametrize("pattern", ["alternating", "sawtooth", "rising rate", "ties"])
+def test_large_structured_against_definition(pattern):
+    """Sizes beyond the walk's test blocks (64, doubling), on patterns where the bridge changes often."""
+    rng = np.random.default_rng(12)
+    n = 1500
+    x = np.arange(n, dtype=float)
+    if pattern == "alternating":
+        y = np.arange(n) % 2
+    elif pattern == "sawtooth":
+        y = ((np.arange(n) % 97) > 60).astype(int)
+    elif pattern == "rising rate":
+        y = (rng.random(n) < np.linspace(0, 1, n) ** 3).astype(int)
+    else:
+        x = rng.integers(0, 200, n).astype(float)
+        y = (rng.random(n) < x / 200).astype(int)
+    tests = np.concatenate([rng.choice(np.unique(x), 30), rng.uniform(x.min() - 1, x.max() + 1, 30)])
+    p0, p1 = calibkit.VennAbers().fit(x, y).predict_interval(tests)
+    r0, r1 = _reference(x, y, tests)
+    np.testing.assert_allclose(p0, r0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(p1, r1, rtol=0, atol=1e-12)
