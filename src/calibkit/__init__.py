@@ -23,19 +23,22 @@ from .metrics import (
 )
 
 from .calibrators import (
+    BetaCalibration,
     CalibratedClassifier,
     Calibrator,
     DirichletCalibration,
+    EnsembleTemperatureScaling,
     HistogramBinning,
     IsotonicCalibration,
     MatrixScaling,
     PlattScaling,
     TemperatureScaling,
+    TopLabelHistogramBinning,
     VectorScaling,
+    VennAbers,
     isotonic_regression,
     temperature_nll,
 )
-from .calibrators import BetaCalibration, EnsembleTemperatureScaling, TopLabelHistogramBinning
 from .streaming import CalibrationAccumulator, CalibrationResult, WindowedAccumulator
 from .decomposition import CorpReliabilityTable, ScoreDecomposition, corp_reliability_table, score_decomposition
 from .smooth import SmoothECEResult, SmoothReliabilityCurve, smooth_ece, smooth_reliability_curve
@@ -85,6 +88,7 @@ __all__ = [
     "BetaCalibration",
     "EnsembleTemperatureScaling",
     "TopLabelHistogramBinning",
+    "VennAbers",
     "isotonic_regression",
     "temperature_nll",
     "ReliabilityTable",

@@ -1,14 +1,15 @@
 """Post-hoc calibrators fitted on held-out data (scikit-learn style: fit returns self, learned values end in _)."""
 
 from ._base import Calibrator, not_fitted_error
+from .beta import BetaCalibration
 from .classifier import CalibratedClassifier
 from .dirichlet import DirichletCalibration
-from .nonparametric import HistogramBinning, IsotonicCalibration, IsotonicRegressionResult, isotonic_regression
+from .nonparametric import (
+    HistogramBinning, IsotonicCalibration, IsotonicRegressionResult, TopLabelHistogramBinning, isotonic_regression,
+)
 from .platt import PlattScaling
-from .scaling import MatrixScaling, TemperatureScaling, VectorScaling, temperature_nll
-from .beta import BetaCalibration
-from .nonparametric import TopLabelHistogramBinning
-from .scaling import EnsembleTemperatureScaling
+from .scaling import EnsembleTemperatureScaling, MatrixScaling, TemperatureScaling, VectorScaling, temperature_nll
+from .venn_abers import VennAbers
 
 
 
@@ -21,9 +22,11 @@ def __getattr__(name):
 
 
 __all__ = [
+    "BetaCalibration",
     "CalibratedClassifier",
     "Calibrator",
     "DirichletCalibration",
+    "EnsembleTemperatureScaling",
     "HistogramBinning",
     "IsotonicCalibration",
     "IsotonicRegressionResult",
@@ -31,10 +34,9 @@ __all__ = [
     "NotFittedError",
     "PlattScaling",
     "TemperatureScaling",
+    "TopLabelHistogramBinning",
     "VectorScaling",
+    "VennAbers",
     "isotonic_regression",
     "temperature_nll",
-    "BetaCalibration",
-    "EnsembleTemperatureScaling",
-    "TopLabelHistogramBinning",
 ]

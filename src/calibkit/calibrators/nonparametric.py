@@ -30,14 +30,22 @@ class IsotonicRegressionResult(typing.NamedTuple):
     fitted : ndarray of shape (n,)
         The fitted value of each input point, in input order.
     values : ndarray of shape (n_blocks,)
-        The value of each block (strictly monotone).
+        The value of each block (strictly monotone, unless ``y_min``/``y_max`` clipped neighbours to one value).
     weights : ndarray of shape (n_blocks,)
         The summed weight of each block.
     blocks : ndarray of shape (n_blocks + 1,)
         Block b is ``order[blocks[b]:blocks[b + 1]]`` of the points sorted by x (``order`` = identity when x
         is None), as in ``scipy.optimize.isotonic_regression``.
     order : ndarray of shape (n,) or None
-        The stable sort order of x, or None when x is None.
+        The stable sort order of x (with x values closer than the tie resolution merged, see
+        :func:`isotonic_regression`), or None when x is None.
+    x_thresholds, y_thresholds : ndarray of shape (m,)
+        The knots of the fitted function: the first and the last x of each block (one knot when they are
+        equal; positions 0..n-1 when x is None) with the block's value, x strictly increasing, as
+        ``sklearn.isotonic.IsotonicRegression``'s ``X_thresholds_`` / ``y_thresholds_``. :meth:`predict`
+        interpolates linearly between them.
+    increasing : bool
+        The direction fitted (the one chosen by ``increasing="auto"``).
     """
 
     fitted: np.ndarray
@@ -45,15 +53,51 @@ class IsotonicRegressionResult(typing.NamedTuple):
     weights: np.ndarray
     blocks: np.ndarray
     order: typing.Optional[np.ndarray]
+    x_thresholds: typing.Optional[np.ndarray] = None
+    y_thresholds: typing.Optional[np.ndarray] = None
+    increasing: bool = True
+
+    def predict(self, x: ArrayLike, out_of_bounds: str = "nan") -> FloatArray:
+        """The fitted function at new points: linear interpolation between the knots
+        (``x_thresholds``, ``y_thresholds``), as ``sklearn.isotonic.IsotonicRegression.predict``.
+
+        Parameters
+        ----------
+        x : array of shape (n,)
+            Finite numbers (NaN/inf raise a ValueError).
+        out_of_bounds : {"nan", "clip", "raise"}, default "nan"
+            For x outside [x_thresholds[0], x_thresholds[-1]]: NaN, the value at the nearest end, or a
+            ValueError naming the first such element (scikit-learn's names and behaviour; unlike
+            scikit-learn, a fit with a single knot is no exception: only x equal to it is in range).
+
+        Returns
+        -------
+        ndarray of shape (n,), float64
+        """
+        check_choice(out_of_bounds, "out_of_bounds", ("nan", "clip", "raise"))
+        if self.x_thresholds is None or self.y_thresholds is None:
+            raise ValueError("this result has no knots (x_thresholds): it was not made by isotonic_regression")
+        t = _finite_vector(x, "x", allow_empty=True)
+        xk, yk = self.x_thresholds, self.y_thresholds
+        out = np.interp(t, xk, yk)
+        if out_of_bounds != "clip":
+            outside = (t < xk[0]) | (t > xk[-1])
+            if outside.any():
+                if out_of_bounds == "raise":
+                    i = int(np.argmax(outside))
+                    raise ValueError(f"x[{i}] = {float(t[i])!r} is outside the fitted range [{float(xk[0])!r}, {float(xk[-1])!r}] "
+                                     "(out_of_bounds='raise')")
+                out[outside] = np.nan
+        return out
 
 
-def _finite_vector(a: ArrayLike, name: str, n: int | None = None) -> np.ndarray:
+def _finite_vector(a: ArrayLike, name: str, n: int | None = None, allow_empty: bool = False) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype == object or a.dtype.kind not in "fiub":
         raise TypeError(f"{name} must be an array of numbers, got dtype {a.dtype}")
     if a.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
-    if n is None and a.shape[0] == 0:
+    if n is None and a.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is empty: at least one value is needed")
     if n is not None and a.shape[0] != n:
         raise ValueError(f"{name} has {a.shape[0]} entries but y has {n}")
@@ -62,8 +106,91 @@ def _finite_vector(a: ArrayLike, name: str, n: int | None = None) -> np.ndarray:
     return a
 
 
+def _bound(value, name):
+    """y_min / y_max: None or a finite number, as a float (or None)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value):
+        raise TypeError(f"{name} must be None or a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_bounds(y_min, y_max, low=-np.inf, high=np.inf):
+    """Checked (y_min, y_max): None or finite, y_min <= y_max, both in [low, high]."""
+    y_min, y_max = _bound(y_min, "y_min"), _bound(y_max, "y_max")
+    for name, v in (("y_min", y_min), ("y_max", y_max)):
+        if v is not None and not low <= v <= high:
+            raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got {v!r}")
+    if y_min is not None and y_max is not None and y_min > y_max:
+        raise ValueError(f"y_min = {y_min!r} is above y_max = {y_max!r}")
+    return y_min, y_max
+
+
+def _check_increasing(increasing):
+    if isinstance(increasing, str):
+        if increasing != "auto":
+            raise ValueError(f"increasing must be True, False or 'auto', got {increasing!r}")
+        return increasing
+    return check_bool(increasing, "increasing")
+
+
+def _spearman_increasing(x, y):
+    """scikit-learn's ``check_increasing`` rule: increasing when Spearman's rho of (x, y) is >= 0 (a constant
+    x or y, where rho is undefined, gives decreasing, as scikit-learn; the fit is then the same either way).
+    scikit-learn's warning when the confidence interval of rho spans 0 is not given."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    rx -= rx.mean()
+    ry -= ry.mean()
+    den = np.sqrt(np.dot(rx, rx) * np.dot(ry, ry))
+    return bool(den > 0 and np.dot(rx, ry) / den >= 0)
+
+
+def _tie_dtype(dtype) -> np.dtype:
+    """The float type scikit-learn's IsotonicRegression works in: float32 input stays float32, everything else
+    (float16, integers) becomes float64 (``check_array(..., dtype=[np.float64, np.float32])``)."""
+    return np.dtype(np.float32) if np.dtype(dtype) == np.float32 else np.dtype(np.float64)
+
+
+def _tie_resolution(dtype) -> float:
+    """The distance below which two x are one point: ``np.finfo(_tie_dtype(dtype)).resolution`` (1e-6 for
+    float32 input, 1e-15 otherwise)."""
+    return float(np.finfo(_tie_dtype(dtype)).resolution)
+
+
+def _merge_close(x: np.ndarray, dtype) -> np.ndarray:
+    """x with each value replaced by the first (smallest) value of its group, the groups made as
+    scikit-learn's ``_make_unique``: over the sorted distinct values, a value starts a new group when it
+    minus the group's first value is >= the resolution (computed in ``_tie_dtype(dtype)``); otherwise
+    it joins the group. Returns x itself when no two distinct values are that close."""
+    work = _tie_dtype(dtype)
+    eps = work.type(_tie_resolution(dtype))
+    u, inverse = np.unique(x.astype(work), return_inverse=True)
+    close = np.flatnonzero(np.diff(u) < eps) + 1 if u.shape[0] > 1 else np.zeros(0, np.int64)
+    if close.shape[0] == 0:
+        return x
+    first = u.copy()
+    for j in close.tolist():  # only the values within eps of their predecessor can join a group
+        if u[j] - first[j - 1] < eps:
+            first[j] = first[j - 1]
+    return first.astype(np.float64)[inverse.reshape(-1)]
+
+
+def _knots(xs_sorted: np.ndarray, blocks: np.ndarray, values: np.ndarray):
+    """The first and last sorted x of each block (one knot when equal) with the block's value."""
+    first, last = xs_sorted[blocks[:-1]], xs_sorted[blocks[1:] - 1]
+    x = np.column_stack([first, last]).ravel()
+    y = np.repeat(values, 2)
+    keep = np.ones(x.shape[0], dtype=bool)
+    keep[1::2] = last != first
+    return x[keep], y[keep]
+
+
 def isotonic_regression(y: ArrayLike, *, x: ArrayLike | None = None, sample_weight: ArrayLike | None = None,
-                        increasing: bool = True, backend: Backend = "auto") -> IsotonicRegressionResult:
+                        increasing: bool | str = True, y_min: float | None = None, y_max: float | None = None,
+                        backend: Backend = "auto") -> IsotonicRegressionResult:
     r"""Weighted isotonic regression by pool-adjacent-violators, in native code.
 
     Finds the monotone sequence f minimising :math:`\sum_i w_i (y_i - f_i)^2`
@@ -75,19 +202,37 @@ def isotonic_regression(y: ArrayLike, *, x: ArrayLike | None = None, sample_weig
     they get one fitted value. PAV (Ayer et al. 1955; Barlow et al. 1972)
     then runs in linear time.
 
+    **Ties.** With ``x``, values closer than the resolution of its float type (``np.finfo(float32).resolution``
+    = 1e-6 for float32 x, float64's 1e-15 for any other x, which scikit-learn converts to float64) are one
+    point, by scikit-learn's rule
+    (``sklearn/_isotonic.pyx``, ``_make_unique``): over the sorted distinct values, a value starts a new
+    group when it minus the group's first value is >= the resolution (computed in the input's float type),
+    and otherwise joins the group, whose points are pooled and placed at its first value. The resolution is
+    absolute, as scikit-learn's: x values that all lie within 1e-15 of each other (say, probabilities
+    below 1e-16) form one point.
+
     Parameters
     ----------
     y : array of shape (n,)
     x : array of shape (n,), optional
     sample_weight : array of shape (n,), optional
         Positive weights (default 1).
-    increasing : bool, default True
+    increasing : bool or "auto", default True
+        "auto": increasing when Spearman's rank correlation of (x, y) is >= 0 (x = 0..n-1 without ``x``),
+        scikit-learn's ``check_increasing`` rule (without its warning); the direction chosen is the
+        result's ``increasing``.
+    y_min, y_max : float, optional
+        Clip the fitted values (and the block values) to [y_min, y_max] after the fit, as scikit-learn's
+        ``isotonic_regression`` and ``IsotonicRegression`` (the clipped function is still monotone, and
+        is the least-squares fit under the bounds).
     backend : {"auto", "cpp", "numba"}
 
     Returns
     -------
     IsotonicRegressionResult
-        ``fitted``, ``values``, ``weights``, ``blocks``, ``order``.
+        ``fitted``, ``values``, ``weights``, ``blocks``, ``order``, the knots ``x_thresholds`` and
+        ``y_thresholds``, ``increasing``; its ``predict(x_new, out_of_bounds="nan" | "clip" | "raise")``
+        interpolates linearly between the knots (``sklearn.isotonic.IsotonicRegression.predict``).
 
     Examples
     --------
@@ -100,7 +245,13 @@ def isotonic_regression(y: ArrayLike, *, x: ArrayLike | None = None, sample_weig
     (array([1. , 2.5, 4. ]), array([0, 1, 3, 4]))
     >>> calibkit.isotonic_regression(np.array([1.0, 0.0, 1.0, 0.0]), x=np.array([0.9, 0.1, 0.5, 0.7])).fitted
     array([1. , 0. , 0.5, 0.5])
+    >>> r = calibkit.isotonic_regression(np.array([1.0, 3.0, 2.0, 6.0]), x=np.array([0.0, 1.0, 2.0, 3.0]), y_max=5)
+    >>> r.fitted, r.predict(np.array([0.5, 3.0, 4.0]))
+    (array([1. , 2.5, 2.5, 5. ]), array([1.75, 5.  ,  nan]))
+    >>> calibkit.isotonic_regression(np.array([3.0, 2.0, 2.5]), increasing="auto").increasing
+    False
     """
+    x_in = x
     y = _finite_vector(y, "y")
     n = y.shape[0]
     if x is not None:
@@ -110,9 +261,29 @@ def isotonic_regression(y: ArrayLike, *, x: ArrayLike | None = None, sample_weig
         if not (sample_weight > 0).all():
             i = int(np.argmin(sample_weight > 0))
             raise ValueError(f"sample_weight[{i}] = {float(sample_weight[i])!r} is not positive (weights must be > 0)")
-    increasing = check_bool(increasing, "increasing")
-    r = _backend.kernels(backend).isotonic_fit(y, x, sample_weight, increasing)
-    return IsotonicRegressionResult(r["fitted"], r["values"], r["weights"], r["blocks"], r["order"])
+    increasing = _check_increasing(increasing)
+    y_min, y_max = _check_bounds(y_min, y_max)
+    if increasing == "auto":
+        increasing = _spearman_increasing(np.arange(n) if x is None else x, y)
+    kernels = _backend.kernels(backend)
+    r = kernels.isotonic_fit(y, x, sample_weight, increasing)
+    xs = np.arange(n, dtype=np.float64) if x is None else x[r["order"]]
+    if x is not None:  # values closer than the resolution (not equal): fit again with them merged
+        dtype = np.asarray(x_in).dtype
+        work = _tie_dtype(dtype)
+        gaps = np.diff(xs.astype(work, copy=False))
+        if ((gaps > 0) & (gaps < work.type(_tie_resolution(dtype)))).any():
+            x = _merge_close(x, dtype)
+            r = kernels.isotonic_fit(y, x, sample_weight, increasing)
+            xs = x[r["order"]]
+    fitted, values, blocks, order = r["fitted"], r["values"], r["blocks"], r["order"]
+    if y_min is not None or y_max is not None:
+        lo = -np.inf if y_min is None else y_min
+        hi = np.inf if y_max is None else y_max
+        fitted, values = np.clip(fitted, lo, hi), np.clip(values, lo, hi)
+    x_thresholds, y_thresholds = _knots(xs, np.asarray(blocks), values)
+    return IsotonicRegressionResult(fitted, values, r["weights"], blocks, order, x_thresholds, y_thresholds,
+                                    bool(increasing))
 
 
 def _binary_scores(scores: ArrayLike, name: str = "scores") -> np.ndarray:
@@ -361,17 +532,38 @@ class _OneVsRest(Calibrator):
 class IsotonicCalibration(_OneVsRest):
     """Isotonic-regression calibration (Zadrozny & Elkan 2002), binary or one-vs-rest.
 
-    Each score column is mapped by the non-decreasing step function fitted by
-    :func:`isotonic_regression` (ties in the score pooled first), interpolated
-    linearly between the ends of neighbouring blocks and clipped outside the
-    fitted range, exactly as ``sklearn.isotonic.IsotonicRegression(out_of_bounds="clip")``.
+    Each score column is mapped by the monotone step function fitted by
+    :func:`isotonic_regression` (ties in the score pooled), interpolated
+    linearly between the ends of neighbouring blocks and, by default, clipped outside the
+    fitted range, as ``sklearn.isotonic.IsotonicRegression(out_of_bounds="clip")``.
     Multiclass: the calibrated vector is divided by its sum; a row whose
     calibrated values are all 0 becomes uniform (1/K), as scikit-learn does.
+
+    Scores closer than ``np.finfo(np.float64).resolution`` = 1e-15 are one point, by scikit-learn's rule
+    (see :func:`isotonic_regression`): the fast native fit pools exact ties only, and a column where two
+    neighbouring blocks meet closer than 1e-15 is fitted again with the rule, so the fitted values are
+    scikit-learn's on float64 scores. Every score is read as float64, so float64's resolution applies
+    to float16/float32 input too (scikit-learn would use float32's 1e-6 for float32 scores: give it
+    float64 scores for the same numbers). The knots are the first and last score of each block
+    (scikit-learn places a block's last knot at the first score of its last group of near-ties:
+    predictions differ only for scores within 1e-15 of that knot).
 
     Parameters
     ----------
     from_logits : bool, default False
         For (N, K) input: softmax the scores first.
+    y_min, y_max : float in [0, 1], optional
+        Clip the calibrated values of each column to [y_min, y_max] (before the multiclass renormalisation),
+        as scikit-learn's ``IsotonicRegression(y_min=..., y_max=...)``.
+    increasing : bool or "auto", default True
+        The direction of each column's map; "auto" chooses it per column by the sign of Spearman's rank
+        correlation of the scores and the targets 1[y = k] (scikit-learn's ``check_increasing`` rule,
+        without its warning). False or "auto" fits on a negated float64 copy of the scores.
+    out_of_bounds : {"clip", "nan", "raise"}, default "clip"
+        A score outside a column's fitted range [first knot, last knot] gets the value at the nearest end
+        ("clip"), NaN ("nan"; for (N, K) scores the whole calibrated row is NaN, as it could not be
+        renormalised), or raises a ValueError naming the element ("raise"), scikit-learn's names and
+        behaviour. "nan" and "raise" compare every score with its column's range (one more pass).
     backend : {"auto", "cpp", "numba"}
 
     Attributes
@@ -397,22 +589,34 @@ class IsotonicCalibration(_OneVsRest):
     array([[1.  , 0.  ],
            [0.5 , 0.5 ],
            [0.03, 0.97]])
+    >>> iso = calibkit.IsotonicCalibration(y_min=0.01, y_max=0.99, out_of_bounds="nan").fit(p[:100], y[:100])
+    >>> iso.predict_proba(np.array([0.0, 0.5]))[:, 1].round(2)
+    array([ nan, 0.67])
     """
 
     _fitted_names = ("x_thresholds_", "y_thresholds_", "n_classes_", "binary_")
 
-    def __init__(self, *, from_logits: bool = False, backend: Backend = "auto"):
+    def __init__(self, *, from_logits: bool = False, y_min: float | None = None, y_max: float | None = None,
+                 increasing: bool | str = True, out_of_bounds: str = "clip", backend: Backend = "auto"):
         self.from_logits = from_logits
+        self.y_min = y_min
+        self.y_max = y_max
+        self.increasing = increasing
+        self.out_of_bounds = out_of_bounds
         self.backend = backend
 
     def _check_params(self):
         check_bool(self.from_logits, "from_logits")
+        _check_bounds(self.y_min, self.y_max, 0.0, 1.0)
+        _check_increasing(self.increasing)
+        check_choice(self.out_of_bounds, "out_of_bounds", ("clip", "nan", "raise"))
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
     def _fit_models(self, scores, labels, sample_weight, binary):
         """All K maps in one kernel call (threaded across classes): the points of each class are
-        sorted by score (ties pooled), PAV'd, and each block kept as its first and last score."""
+        sorted by score (ties pooled), PAV'd, and each block kept as its first and last score; then the
+        options (direction, near ties, y_min / y_max) around it."""
         if binary:
             _warn_single_class(labels, 2)
             s, first_class, check = _readable(scores), 1, _CHECK_FINITE
@@ -420,6 +624,23 @@ class IsotonicCalibration(_OneVsRest):
             s, first_class, check = _softmax64(scores, self.backend), 0, _CHECK_NONE
         else:
             s, first_class, check = scores, 0, _CHECK_PROBABILITY
+        original = s  # the scores whose float type sets the tie resolution
+        n_columns = 1 if binary else s.shape[1]
+        increasing = [True] * n_columns
+        if self.increasing is not True:
+            if check != _CHECK_NONE:  # the errors the kernel would report, before the negated copy
+                _binary_scores(s) if binary else _probability_matrix(s, False)
+            s = np.array(s, dtype=np.float64)
+            columns = [s] if binary else list(s.T)
+            positive = [labels == first_class + c for c in range(n_columns)]
+            keep = slice(None) if sample_weight is None else sample_weight > 0
+            if self.increasing == "auto":
+                increasing = [_spearman_increasing(col[keep], t[keep]) for col, t in zip(columns, positive)]
+            else:
+                increasing = [False] * n_columns
+            sign = np.where(increasing, 1.0, -1.0)
+            s *= sign[0] if binary else sign
+            check = _CHECK_NONE
         r = _kernels(self.backend).isotonic_fit_columns(s, labels, sample_weight, first_class, check)
         if r["status"][0] != OK:
             _binary_scores(s) if binary else _probability_matrix(s, False)
@@ -429,7 +650,30 @@ class IsotonicCalibration(_OneVsRest):
             _warn_single_class(labels, s.shape[1])
         xs = np.split(r["x"], r["x_offsets"][1:-1])
         ys = np.split(r["y"], r["y_offsets"][1:-1])
-        return list(zip(xs, ys))
+        models = []
+        eps = _tie_resolution(np.float64)
+        for c, (x, y) in enumerate(zip(xs, ys)):
+            if not increasing[c]:
+                x, y = -x[::-1], y[::-1].copy()
+            meet = np.flatnonzero(y[1:] != y[:-1])  # knot j ends a block, knot j + 1 starts the next
+            if meet.shape[0] and ((x[meet + 1] - x[meet]) < eps).any():
+                x, y = self._refit_column(original, binary, c, labels == first_class + c, sample_weight,
+                                          increasing[c])
+            if self.y_min is not None or self.y_max is not None:
+                y = np.clip(y, 0.0 if self.y_min is None else self.y_min, 1.0 if self.y_max is None else self.y_max)
+            models.append((x, y))
+        return models
+
+    def _refit_column(self, scores, binary, c, target, sample_weight, increasing):
+        """Column c fitted by :func:`isotonic_regression` (scikit-learn's rule for near ties), as knots."""
+        col = np.asarray(scores if binary else np.asarray(scores)[:, c], dtype=np.float64)
+        w = None
+        if sample_weight is not None:
+            keep = sample_weight > 0
+            col, target, w = col[keep], target[keep], sample_weight[keep]
+        r = isotonic_regression(target.astype(np.float64), x=col, sample_weight=w, increasing=increasing,
+                                backend=self.backend)
+        return r.x_thresholds, r.y_thresholds
 
     def _set_models(self, models):
         self.x_thresholds_ = [m[0] for m in models]
@@ -438,7 +682,36 @@ class IsotonicCalibration(_OneVsRest):
     def _step_models(self):
         return (_STEP_INTERP,) + _concatenated(self.x_thresholds_, self.y_thresholds_)
 
+    def _probabilities(self, scores):
+        """As :meth:`_OneVsRest._probabilities`, then ``out_of_bounds`` ("nan": NaN where a score is outside
+        its column's fitted range, the whole row for (N, K) scores; "raise": a ValueError naming it)."""
+        p = super()._probabilities(scores)
+        if self.out_of_bounds == "clip":
+            return p
+        low = np.array([x[0] for x in self.x_thresholds_])
+        high = np.array([x[-1] for x in self.x_thresholds_])
+        if self.binary_:
+            s = np.asarray(binary_column(scores), dtype=np.float64)
+        elif self.from_logits:
+            s = _softmax64(scores, self.backend)
+        else:
+            s = np.asarray(scores, dtype=np.float64)
+        outside = (s < low) | (s > high) if s.ndim == 2 else (s < low[0]) | (s > high[0])
+        rows = outside.any(axis=1) if outside.ndim == 2 else outside
+        if rows.any():
+            i = int(np.argmax(rows))
+            if self.out_of_bounds == "raise":
+                j = int(np.argmax(outside[i])) if outside.ndim == 2 else 0
+                where = f"scores[{i}, {j}]" if outside.ndim == 2 else f"scores[{i}]"
+                what = "softmax probability" if self.from_logits else "score"
+                raise ValueError(f"{where} = {float(s[i, j] if s.ndim == 2 else s[i])!r} ({what}) is outside the "
+                                 f"fitted range [{float(low[j])!r}, {float(high[j])!r}] of column {j} (out_of_bounds='raise')")
+            p[rows] = np.nan
+        return p
+
     def _load_fitted(self, fitted):
+        direction = self.increasing
+
         def check(c, xs, ys):
             x_name, y_name = f"x_thresholds_[{c}]", f"y_thresholds_[{c}]"
             x = fitted_array({x_name: xs}, x_name, None)
@@ -447,8 +720,10 @@ class IsotonicCalibration(_OneVsRest):
             y = fitted_array({y_name: ys}, y_name, None, low=0.0, high=1.0)
             if y.shape != x.shape:
                 raise ValueError(f"learned values {x_name!r} and {y_name!r} have shapes {x.shape} and {y.shape}")
-            if (np.diff(y) < 0).any():
-                raise ValueError(f"learned value {y_name!r} must be non-decreasing")
+            up, down = not (np.diff(y) < 0).any(), not (np.diff(y) > 0).any()
+            if not (up if direction is True else down if direction is False else up or down):
+                kind = {True: "non-decreasing", False: "non-increasing"}.get(direction, "monotone")
+                raise ValueError(f"learned value {y_name!r} must be {kind} (increasing={direction!r})")
             return x, y
 
         self._load_models(fitted, "x_thresholds_", "y_thresholds_", check)
