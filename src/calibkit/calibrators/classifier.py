@@ -9,9 +9,12 @@ import numpy as np
 from .._typing import ArrayLike, FloatArray
 from .._validation import check_sample_weight
 from ._base import Calibrator, EstimatorProtocol, binary_column, not_fitted_error, two_columns
-from .nonparametric import HistogramBinning, IsotonicCalibration
+from .beta import BetaCalibration
+from .dirichlet import DirichletCalibration
+from .nonparametric import HistogramBinning, IsotonicCalibration, TopLabelHistogramBinning
 from .platt import PlattScaling
-from .scaling import MatrixScaling, TemperatureScaling, VectorScaling
+from .scaling import EnsembleTemperatureScaling, MatrixScaling, TemperatureScaling, VectorScaling
+from .venn_abers import VennAbers
 
 #: The calibrator of each ``method`` name ("sigmoid" is scikit-learn's name for Platt scaling).
 METHODS = {
@@ -22,11 +25,21 @@ METHODS = {
     "sigmoid": PlattScaling,
     "isotonic": IsotonicCalibration,
     "histogram": HistogramBinning,
+    "ets": EnsembleTemperatureScaling,
+    "beta": BetaCalibration,
+    "venn_abers": VennAbers,
+    "dirichlet": DirichletCalibration,
+    "top_label": TopLabelHistogramBinning,
 }
 #: A ``method`` name (a key of :data:`METHODS`).
-Method = Literal["temperature", "vector", "matrix", "platt", "sigmoid", "isotonic", "histogram"]
-_LOGIT = (TemperatureScaling, VectorScaling, MatrixScaling)  # calibrate logits (N, K)
+Method = Literal["temperature", "vector", "matrix", "platt", "sigmoid", "isotonic", "histogram", "ets", "beta",
+                 "venn_abers", "dirichlet", "top_label"]
+_LOGIT = (TemperatureScaling, VectorScaling, MatrixScaling, EnsembleTemperatureScaling)  # calibrate logits (N, K)
 _ONE_SCORE = (PlattScaling, IsotonicCalibration)  # one score per class, one-vs-rest as scikit-learn
+# calibrate the classifier's probabilities (predict_proba): P(y = 1) of shape (N,) or (N, K) ...
+_PROBABILITY = (HistogramBinning, BetaCalibration, VennAbers, DirichletCalibration, TopLabelHistogramBinning)
+_MATRIX = (DirichletCalibration, TopLabelHistogramBinning)  # ... (N, K) only: a binary P(y = 1) as (N, 2)
+_WHAT = {HistogramBinning: "histogram binning"}
 #: Added to probabilities before their log is taken as logits (what scikit-learn's temperature scaling adds).
 LOG_EPS = 1e-12
 RESPONSE_METHODS = ("auto", "predict_proba", "decision_function")
@@ -48,10 +61,11 @@ class CalibratedClassifier(EstimatorProtocol):
 
     Scores used (``response_method="auto"``, the order scikit-learn's
     ``CalibratedClassifierCV`` uses): ``decision_function`` when the classifier
-    has it, else ``predict_proba``; histogram binning always uses
-    ``predict_proba`` (its bins are on [0, 1]).
+    has it, else ``predict_proba``; the calibrators of probabilities
+    (``"histogram"``, ``"beta"``, ``"venn_abers"``, ``"dirichlet"``, ``"top_label"``)
+    always use ``predict_proba``.
 
-    - ``"temperature"``, ``"vector"``, ``"matrix"``: the calibrator is fitted on
+    - ``"temperature"``, ``"vector"``, ``"matrix"``, ``"ets"``: the calibrator is fitted on
       logits: the decision function, or log(p + 1e-12) of the probabilities (the
       1e-12 of scikit-learn, so that a probability of 0 is a finite logit). A
       binary decision function x (one score per row) becomes the logits (0, x),
@@ -60,7 +74,12 @@ class CalibratedClassifier(EstimatorProtocol):
       score of the positive class (binary), or one per class on that class's column
       against 1[y = class] (one-vs-rest), whose outputs are divided by their sum
       (a row whose outputs are all 0 becomes uniform), as scikit-learn does.
-    - ``"histogram"``: :class:`HistogramBinning` of the probabilities.
+    - ``"histogram"``, ``"beta"``, ``"venn_abers"``: :class:`HistogramBinning`,
+      :class:`BetaCalibration`, :class:`VennAbers` of the probabilities (P(y = 1)
+      of a binary classifier; one-vs-rest, renormalised, for K classes).
+    - ``"dirichlet"``, ``"top_label"``: :class:`DirichletCalibration`,
+      :class:`TopLabelHistogramBinning` of the (N, K) probabilities ((N, 2) for a
+      binary classifier).
 
     Differences from ``CalibratedClassifierCV(FrozenEstimator(clf), method=...)``
     (by design): for ``"temperature"`` on a binary decision function x,
@@ -70,10 +89,7 @@ class CalibratedClassifier(EstimatorProtocol):
     at its optimisers' tolerances (L-BFGS-B with ``gtol=1e-6`` on the summed loss;
     Brent on log beta), calibkit's at tighter ones, so probabilities agree to about
     1e-6 (sigmoid) and 1e-7 (temperature); isotonic fits are exact in both and agree
-    to rounding, except that scikit-learn's ``IsotonicRegression`` pools sorted scores
-    closer than 1e-15 (absolute) to the first of their group as ties, calibkit only equal
-    scores: probabilities below 1e-15 (e.g. GaussianNB's, down to 1e-300) keep their order
-    here, so on such scores the two differ. Platt scaling here raises a ``ValueError`` for a class that has
+    to rounding (both pool sorted scores closer than 1e-15 as ties). Platt scaling here raises a ``ValueError`` for a class that has
     no calibration row (``"platt"`` one-vs-rest), where scikit-learn fits its
     smoothed targets.
 
@@ -178,19 +194,18 @@ class CalibratedClassifier(EstimatorProtocol):
             if method not in METHODS:
                 raise ValueError(f"method must be one of {sorted(METHODS)} or a calibkit calibrator, got {method!r}")
             return METHODS[method]()
-        if isinstance(method, (*_LOGIT, *_ONE_SCORE, HistogramBinning)):
+        if isinstance(method, (*_LOGIT, *_ONE_SCORE, *_PROBABILITY)):
             return type(method)(**method.get_params())
-        raise TypeError(f"method must be one of {sorted(METHODS)} or a calibkit calibrator (TemperatureScaling, "
-                        f"VectorScaling, MatrixScaling, PlattScaling, IsotonicCalibration, HistogramBinning), "
-                        f"got {method!r}")
+        names = ", ".join(c.__name__ for c in (*_LOGIT, *_ONE_SCORE, *_PROBABILITY))
+        raise TypeError(f"method must be one of {sorted(METHODS)} or a calibkit calibrator ({names}), got {method!r}")
 
     def _response_name(self, template):
         if self.response_method not in RESPONSE_METHODS:
             raise ValueError(f"response_method must be one of {RESPONSE_METHODS}, got {self.response_method!r}")
         name = self.response_method
-        if isinstance(template, HistogramBinning):
+        if isinstance(template, _PROBABILITY):
             if name == "decision_function":
-                raise ValueError("histogram binning calibrates probabilities: response_method must be "
+                raise ValueError(f"{_WHAT.get(type(template), type(template).__name__)} calibrates probabilities: response_method must be "
                                  "'predict_proba' or 'auto'")
             name = "predict_proba"
         elif name == "auto":
@@ -228,6 +243,8 @@ class CalibratedClassifier(EstimatorProtocol):
                 z[:, 1] = raw
                 return z
             return raw
+        if isinstance(template, _MATRIX) and binary:  # P(y = 1) or (N, 2) probabilities: (N, 2)
+            return raw if raw.ndim == 2 else two_columns(np.asarray(raw, dtype=np.float64))
         if binary and raw.ndim == 2:  # predict_proba of two classes: the positive class's column
             return raw[:, 1]
         return raw

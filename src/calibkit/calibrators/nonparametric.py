@@ -882,10 +882,11 @@ class TopLabelHistogramBinning(Calibrator):
     :meth:`predict_top_label` gives (c, h). :meth:`predict_proba` gives full
     rows summing to 1 whose column c is h and whose argmax is c: the other
     K - 1 probabilities are those of the input scaled to sum to 1 - h
-    (p_k (1 - h) / (1 - g)) when all of those stay below h; otherwise mixed
+    (p_k (1 - h) / S, S = the sum of the other K - 1, which is 1 - g for a row
+    summing to 1) when all of those stay below h; otherwise mixed
     with the uniform u = (1 - h) / (K - 1) by the weight lambda that brings
     the largest of them to (h + u) / 2, strictly below h (the order of the
-    other classes is kept). When g = 1 they are uniform. When h < 1 / K no row
+    other classes is kept). When S = 0 they are uniform. When h < 1 / K no row
     summing to 1 can have c as its argmax: such a row is uniform (1 / K each,
     c tied with every class) and :meth:`predict` still returns c. No
     ``sample_weight``: the equal-mass bins and their guarantee are defined on
@@ -1060,15 +1061,19 @@ class TopLabelHistogramBinning(Calibrator):
             idx = np.arange(block.shape[0])
             h = np.maximum(h, 1.0 / k)  # below 1/K no row summing to 1 has c as its argmax: uniform
             rest = 1.0 - h
-            with np.errstate(divide="ignore", invalid="ignore"):
-                scale = np.where(g < 1.0, rest / (1.0 - g), 0.0)
             block[idx, c] = -np.inf
             second = block.max(axis=1)
             block[idx, c] = 0.0
+            # The other classes' own sum (1 - g for a row that sums to 1 exactly; a float row is off by a few
+            # ulps, which 1 - g near g = 1 would magnify into a row that does not sum to 1).
+            others = block.sum(axis=1)
+            positive = others > 0.0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = np.where(positive, rest / others, 0.0)
             uniform = rest / (k - 1)
             largest = second * scale
-            lam = np.where(g < 1.0, 1.0, 0.0)
-            over = (largest >= h) & (g < 1.0)  # the largest other class would reach h: cap it halfway to the uniform
+            lam = np.where(positive, 1.0, 0.0)
+            over = (largest >= h) & positive  # the largest other class would reach h: cap it halfway to the uniform
             lam[over] = 0.5 * (h[over] - uniform[over]) / np.maximum(largest[over] - uniform[over], 1e-300)
             lam = np.clip(lam, 0.0, 1.0)
             block *= (lam * scale)[:, None]
