@@ -14,8 +14,9 @@ import pytest
 
 import calibkit
 from calibkit import (
-    CalibratedClassifier, HistogramBinning, IsotonicCalibration, MatrixScaling, PlattScaling, TemperatureScaling,
-    VectorScaling,
+    BetaCalibration, CalibratedClassifier, DirichletCalibration, EnsembleTemperatureScaling, HistogramBinning,
+    IsotonicCalibration, MatrixScaling, PlattScaling, TemperatureScaling, TopLabelHistogramBinning, VectorScaling,
+    VennAbers,
 )
 
 sklearn = pytest.importorskip("sklearn")
@@ -124,6 +125,14 @@ FAILING = {
                             "check_classifier_not_supporting_multiclass", "check_non_transformer_estimators_n_iter"},
     "IsotonicCalibration": _ALL | _ONE_SCORE | _STEP,
     "HistogramBinning": _ALL | _ONE_SCORE | _STEP,
+    # issue 16's calibrators: of logits (ETS) as the scaling ones, of probabilities as histogram binning
+    "EnsembleTemperatureScaling": _ALL | _LOGIT,
+    "BetaCalibration": _ALL | _ONE_SCORE | _STEP | {"check_non_transformer_estimators_n_iter"},
+    "DirichletCalibration": _ALL | _ONE_SCORE | _STEP | {"check_non_transformer_estimators_n_iter"},
+    "TopLabelHistogramBinning": _ALL | _ONE_SCORE | _STEP | {"check_classifiers_one_label_sample_weights",
+                                                             "check_sample_weights_list"},
+    "VennAbers": _ALL | _ONE_SCORE | _STEP | {"check_classifiers_one_label_sample_weights",
+                                              "check_sample_weights_list"},
 }
 
 
@@ -137,7 +146,9 @@ with warnings.catch_warnings():
     # parametrize_with_checks warns about that, and the checks below show the protocol holds.
     warnings.filterwarnings("ignore", message="Estimator .* does not inherit from", category=UserWarning)
     _CHECKS = parametrize_with_checks([TemperatureScaling(), VectorScaling(), MatrixScaling(), PlattScaling(),
-                                       IsotonicCalibration(), HistogramBinning()],
+                                       IsotonicCalibration(), HistogramBinning(), EnsembleTemperatureScaling(),
+                                       BetaCalibration(), DirichletCalibration(kind="diagonal"),
+                                       TopLabelHistogramBinning(), VennAbers()],
                                       expected_failed_checks=expected_failed_checks)
 
 
