@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .._validation import (
-    SCORE_NOT_FINITE, check_labels, check_sample_weight, check_scores,
+    MAX_CLASSES, SCORE_NOT_FINITE, check_labels, check_sample_weight, check_scores,
     raise_for_status,
 )
 from .._typing import ArrayLike, FloatArray, IntArray
@@ -278,6 +278,18 @@ def fitted_int(fitted, name, minimum, maximum=MAX_COUNT):
             or not minimum <= value <= maximum:
         raise ValueError(f"learned value {name!r} must be an integer in [{minimum}, {maximum}], got {value!r}"[:300])
     return int(value)
+
+
+def fitted_classes(fitted):
+    """(n_classes_, binary_) of the to_dict payload of a calibrator of binary (N,) or (N, K) scores, validated:
+    n_classes_ an integer in [2, MAX_CLASSES], binary_ a bool, and n_classes_ 2 when binary_ is true."""
+    n_classes = fitted_int(fitted, "n_classes_", 2, MAX_CLASSES)
+    binary = fitted["binary_"]
+    if not isinstance(binary, bool):
+        raise ValueError("learned value 'binary_' must be true or false")
+    if binary and n_classes != 2:
+        raise ValueError(f"learned value 'n_classes_' must be 2 when 'binary_' is true, got {n_classes}")
+    return n_classes, binary
 
 
 def fitted_array(fitted, name, shape, *, positive=False, low=-MAX_LEARNED, high=MAX_LEARNED):

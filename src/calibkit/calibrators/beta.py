@@ -9,8 +9,8 @@ import numpy as np
 
 from .._backend import BACKENDS
 from .._typing import ArrayLike, Backend, FloatArray, IntArray
-from .._validation import MAX_CLASSES, check_bool, check_choice
-from ._base import Calibrator, binary_column, check_fit_inputs, check_int, fitted_array, fitted_int, two_columns
+from .._validation import check_bool, check_choice
+from ._base import Calibrator, binary_column, check_fit_inputs, check_int, fitted_array, fitted_classes, two_columns
 from .nonparametric import _binary_scores, _probability_matrix
 from .platt import expit
 
@@ -238,12 +238,7 @@ class BetaCalibration(Calibrator):
         return self
 
     def _load_fitted(self, fitted):
-        self.n_classes_ = fitted_int(fitted, "n_classes_", 2, MAX_CLASSES)
-        binary = fitted["binary_"]
-        if not isinstance(binary, bool):
-            raise ValueError("learned value 'binary_' must be true or false")
-        if binary and self.n_classes_ != 2:
-            raise ValueError(f"learned value 'n_classes_' must be 2 when 'binary_' is true, got {self.n_classes_}")
+        self.n_classes_, binary = fitted_classes(fitted)
         self.binary_ = binary
         shape = () if binary else (self.n_classes_,)
         for name in ("a_", "b_", "c_"):

@@ -16,7 +16,7 @@ from .._validation import (
 )
 from ..metrics import _quantile_edges
 from ._base import (
-    Calibrator, binary_column, check_finite, check_fit_inputs, check_logits, fitted_array, fitted_int, two_columns,
+    Calibrator, binary_column, check_finite, check_fit_inputs, check_logits, fitted_array, fitted_classes, fitted_int, two_columns,
 )
 
 
@@ -501,12 +501,7 @@ class _OneVsRest(Calibrator):
 
     def _load_models(self, fitted, first, second, check):
         """Validated per-column arrays from a to_dict payload: check(a, b) -> (a, b) for each column."""
-        self.n_classes_ = fitted_int(fitted, "n_classes_", 2, MAX_CLASSES)
-        binary = fitted["binary_"]
-        if not isinstance(binary, bool):
-            raise ValueError("learned value 'binary_' must be true or false")
-        if binary and self.n_classes_ != 2:
-            raise ValueError(f"learned value 'n_classes_' must be 2 when 'binary_' is true, got {self.n_classes_}")
+        self.n_classes_, binary = fitted_classes(fitted)
         self.binary_ = binary
         n_models = 1 if binary else self.n_classes_
         xs, ys = fitted[first], fitted[second]

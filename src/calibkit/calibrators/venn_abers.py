@@ -9,7 +9,7 @@ import numpy as np
 from .._backend import BACKENDS
 from .._typing import ArrayLike, Backend, FloatArray, IntArray
 from .._validation import MAX_CLASSES, check_bool
-from ._base import Calibrator, binary_column, check_fit_inputs, fitted_array, fitted_int, two_columns
+from ._base import Calibrator, binary_column, check_fit_inputs, fitted_array, fitted_classes, two_columns
 from .nonparametric import (
     _binary_scores, _check_label_range, _probability_matrix, _warn_single_class, isotonic_regression,
 )
@@ -291,12 +291,7 @@ class VennAbers(Calibrator):
         return d
 
     def _load_fitted(self, fitted):
-        self.n_classes_ = fitted_int(fitted, "n_classes_", 2, MAX_CLASSES)
-        binary = fitted["binary_"]
-        if not isinstance(binary, bool):
-            raise ValueError("learned value 'binary_' must be true or false")
-        if binary and self.n_classes_ != 2:
-            raise ValueError(f"learned value 'n_classes_' must be 2 when 'binary_' is true, got {self.n_classes_}")
+        self.n_classes_, binary = fitted_classes(fitted)
         n_models = 1 if binary else self.n_classes_
         lists = [fitted[name] for name in self._fitted_names[:3]]
         if not all(isinstance(a, list) and len(a) == n_models for a in lists):
