@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import calibkit
-from calibkit import conformal as cf
 from calibkit._numba import conformal as nb_conformal
 
 from conftest import load_real
@@ -17,6 +16,9 @@ from conftest import load_real
 KINDS = {"lac": 0, "thr": 0, "aps": 1, "raps": 2, "saps": 3}
 CUMULATIVE = ("aps", "raps", "saps")
 PARAMS = dict(penalty=0.05, kreg=2, weight=0.2)
+# torchcp computes the RAPS penalty and the SAPS rank term in float32 (an int64 tensor times a Python float is a
+# float32 tensor): against it, parameters that float32 holds exactly, so both compute the same numbers.
+TCP_PARAMS = dict(penalty=0.0625, kreg=2, weight=0.25)
 
 
 def softmax(z):
@@ -427,8 +429,9 @@ def _torchcp_score(score, randomized):
     if score == "aps":
         return APS(score_type="softmax", randomized=randomized)
     if score == "raps":
-        return RAPS(score_type="softmax", randomized=randomized, penalty=PARAMS["penalty"], kreg=PARAMS["kreg"])
-    return SAPS(score_type="softmax", randomized=randomized, weight=PARAMS["weight"])
+        return RAPS(score_type="softmax", randomized=randomized, penalty=TCP_PARAMS["penalty"],
+                    kreg=TCP_PARAMS["kreg"])
+    return SAPS(score_type="softmax", randomized=randomized, weight=TCP_PARAMS["weight"])
 
 
 def _torchcp_split(score, cal_z, cal_y, test_z, alpha):
@@ -462,7 +465,7 @@ def test_same_thresholds_and_sets_as_torchcp(backend, score, source):
         test_z = d["test_logits"].astype(np.float64)
     alpha = 0.1
     q_ref, cal_ref, test_ref = _torchcp_split(score, cal_z, cal_y, test_z, alpha)
-    cp = calibkit.ConformalClassifier(score=score, alpha=alpha, backend=backend, **PARAMS)
+    cp = calibkit.ConformalClassifier(score=score, alpha=alpha, backend=backend, **TCP_PARAMS)
     cp.fit(cal_z, cal_y, from_logits=True)
     np.testing.assert_allclose(cp.calibration_scores_, cal_ref, rtol=0, atol=1e-12)
     assert cp.threshold_ == pytest.approx(q_ref, abs=1e-12)
@@ -505,7 +508,7 @@ def test_randomized_same_distribution_as_torchcp(score):
     torch.manual_seed(0)
     fn = _torchcp_score(score, True)
     cal_ref = fn(torch.from_numpy(z[:4000]), torch.from_numpy(y[:4000])).numpy()
-    cp = calibkit.ConformalClassifier(score=score, alpha=0.1, randomized=True, random_state=0, **PARAMS)
+    cp = calibkit.ConformalClassifier(score=score, alpha=0.1, randomized=True, random_state=0, **TCP_PARAMS)
     cp.fit(z[:4000], y[:4000], from_logits=True)
     # the calibration scores: the same distribution (two-sample Kolmogorov-Smirnov)
     assert stats.ks_2samp(cp.calibration_scores_, cal_ref).pvalue > 1e-3
