@@ -108,6 +108,26 @@ def test_kernels_match_numpy_reference_on_probabilities(backend, score, randomiz
     np.testing.assert_array_equal(kernel_sets(backend, p, False, score, q, u), ref <= q[None, :])
 
 
+@pytest.mark.parametrize("score", ["aps", "raps", "saps"])
+@pytest.mark.parametrize("randomized", [False, True])
+def test_long_rows_candidate_buckets(backend, score, randomized):
+    """Rows of more than 64 classes first drop, by buckets of magnitude, the classes that cannot enter the set:
+    the sets stay those of the full sort, for small and large sets, ties and zeros included."""
+    rng = np.random.default_rng(13)
+    K = 300
+    p = np.concatenate([random_rows(rng, 300, K, 0.05), random_rows(rng, 300, K, 5.0)])
+    p[3, :] = 1.0 / K  # all tied
+    p[4, 10:] = 0.0
+    p[4, :10] = 0.1  # zeros
+    u = rng.random(600) if randomized else None
+    ref = ref_all_scores(p, score, u=u)
+    for q in np.concatenate([np.quantile(ref.min(axis=1), [0.1, 0.5, 0.9]), np.quantile(ref, [0.01, 0.2, 0.6]),
+                             [np.inf]]):
+        np.testing.assert_array_equal(kernel_sets(backend, p, False, score, q, u), ref <= q)
+    q = rng.uniform(0.0, 1.0, K) * ref.max()
+    np.testing.assert_array_equal(kernel_sets(backend, p, False, score, q, u), ref <= q[None, :])
+
+
 @pytest.mark.parametrize("score", ["lac", "aps", "raps", "saps"])
 def test_kernels_from_logits(backend, score):
     rng = np.random.default_rng(2)

@@ -17,7 +17,9 @@
 // every operation is monotone), so a prediction set {k : s_k <= q_k} needs the
 // ranks only until the score passes max_k q_k: a heap of the row's classes is
 // built in O(K) and popped until then (O(K + m log K) for a set of m classes),
-// instead of a full sort. The calibration score of label y needs no heap: the
+// instead of a full sort; a row whose set passes max(16, K / 8) classes sorts
+// the classes left in the heap once instead of popping them one by one (the
+// order is the same strict order, so the result is the same). The calibration score of label y needs no heap: the
 // classes ranked before y are gathered and only they are sorted, so that C_r
 // is summed in the same (rank) order as the set kernel sums it.
 #pragma once
@@ -81,6 +83,72 @@ CALIBKIT_INLINE double cumulative_score(const ConformalParams& c, double C, doub
     }
 }
 
+// A lower bound of the score of every class ranked at r0 or later, when the classes ranked before r0 hold
+// the mass `above` (the scores never decrease along the ranks: s_r >= C_{r-1} for APS, plus the penalty for RAPS;
+// SAPS's score depends on the rank alone).
+CALIBKIT_INLINE double score_lower_bound(const ConformalParams& c, double above, int64_t r0, double p_max,
+                                         double u) {
+    if (c.kind == kConformalSaps) return cumulative_score(c, 0.0, 0.0, r0, p_max, u);
+    if (c.kind == kConformalRaps)
+        return above + c.penalty * static_cast<double>(std::max<int64_t>(0, r0 + 1 - c.kreg));
+    return above;
+}
+
+// Rows longer than this first drop the classes that cannot enter the set (see candidate_classes).
+constexpr int64_t kBucketMinClasses = 64;
+constexpr int kBuckets = 64;
+
+// The bucket of a probability: how many binary orders of magnitude it is below the row's largest, e_max the
+// biased exponent of that largest (0 .. 63; values <= 0 in the last). Larger p, smaller or equal bucket.
+CALIBKIT_INLINE int probability_bucket(double v, int64_t e_max) {
+    if (!(v > 0.0)) return kBuckets - 1;
+    uint64_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    return static_cast<int>(std::min<int64_t>(kBuckets - 1, e_max - static_cast<int64_t>((bits >> 52) & 0x7ff)));
+}
+
+// The classes that may enter the set, into cand; returns their number. They are the classes of the buckets
+// above the first bucket whose classes all score above q_max by score_lower_bound (with a relative slack of
+// 1e-9 for the order in which the bucket masses are summed): by value, hence exactly the top classes of the
+// rank order.
+CALIBKIT_INLINE int64_t candidate_classes(const ConformalParams& c, const double* p, int64_t K, double q_max,
+                                          double u, int64_t* cand) {
+    if (K > kBucketMinClasses && q_max < INFINITY) {
+        double p_max = p[0];
+        for (int64_t k = 1; k < K; ++k) p_max = std::max(p_max, p[k]);
+        uint64_t bits;
+        std::memcpy(&bits, &p_max, sizeof bits);
+        const int64_t e_max = static_cast<int64_t>((bits >> 52) & 0x7ff);
+        double mass[kBuckets] = {};
+        int64_t count[kBuckets] = {};
+        for (int64_t k = 0; k < K; ++k) {
+            const int b = probability_bucket(p[k], e_max);
+            mass[b] += p[k];
+            ++count[b];
+        }
+        const double limit = q_max + 1e-9 * std::max(1.0, std::fabs(q_max));
+        double above = 0.0;
+        int64_t r0 = 0;
+        int cut = kBuckets;
+        for (int b = 0; b < kBuckets; ++b) {
+            if (score_lower_bound(c, above, r0, p_max, u) > limit) {
+                cut = b;
+                break;
+            }
+            above += mass[b];
+            r0 += count[b];
+        }
+        if (cut < kBuckets) {
+            int64_t n = 0;
+            for (int64_t k = 0; k < K; ++k)
+                if (probability_bucket(p[k], e_max) < cut) cand[n++] = k;
+            return n;
+        }
+    }
+    for (int64_t k = 0; k < K; ++k) cand[k] = k;
+    return K;
+}
+
 // (p_a, a) ranks before (p_b, b): p descending, index ascending.
 CALIBKIT_INLINE bool ranks_before(double pa, int64_t a, double pb, int64_t b) {
     return pa > pb || (pa == pb && a < b);
@@ -138,6 +206,10 @@ void sets_chunk(const Matrix<T>& s, bool from_logits, const ConformalParams& c, 
     const auto later = [&p](int64_t a, int64_t b) {
         return ranks_before(p[static_cast<size_t>(b)], b, p[static_cast<size_t>(a)], a);
     };
+    const auto first = [&p](int64_t a, int64_t b) {
+        return ranks_before(p[static_cast<size_t>(a)], a, p[static_cast<size_t>(b)], b);
+    };
+    const int64_t pop_limit = std::max<int64_t>(16, K / 8);
     for (int64_t i = begin; i < end; ++i) {
         uint8_t* row = out + i * K;
         std::memset(row, 0, static_cast<size_t>(K));
@@ -156,14 +228,21 @@ void sets_chunk(const Matrix<T>& s, bool from_logits, const ConformalParams& c, 
             continue;
         }
         const double ui = u ? u[i] : 0.0;
-        for (int64_t k = 0; k < K; ++k) heap[static_cast<size_t>(k)] = k;
-        std::make_heap(heap.begin(), heap.end(), later);
-        auto top = heap.end();
+        const int64_t n = candidate_classes(c, p.data(), K, q_max, ui, heap.data());
+        std::make_heap(heap.begin(), heap.begin() + n, later);
+        auto top = heap.begin() + n;
         double C = 0.0, p_max = 0.0;
-        for (int64_t r = 0; r < K; ++r) {
-            std::pop_heap(heap.begin(), top, later);
-            --top;
-            const int64_t k = *top;
+        for (int64_t r = 0; r < n; ++r) {
+            int64_t k;
+            if (r < pop_limit) {
+                std::pop_heap(heap.begin(), top, later);
+                --top;
+                k = *top;
+            } else {
+                // A large set: the classes left are sorted once (cheaper than popping them one by one).
+                if (r == pop_limit) std::sort(heap.begin(), top, first);
+                k = heap[static_cast<size_t>(r - pop_limit)];
+            }
             const double o = p[static_cast<size_t>(k)];
             if (r == 0) p_max = o;
             C += o;

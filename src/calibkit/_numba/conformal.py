@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from ._common import (
-    HALF_TABLE, JITF, LABEL_OUT_OF_RANGE, MIN_PARALLEL_ELEMENTS, as_kernel_array, check_float_dtype, load,
+    HALF_TABLE, f64_bits, JITF, LABEL_OUT_OF_RANGE, MIN_PARALLEL_ELEMENTS, as_kernel_array, check_float_dtype, load,
     merge_status, rows_per_chunk, run_locked, status_tuple,
 )
 from .uncertainty import _check_row, _load_f, _max_f, _scan_d, _softmax_d, _softmax_f
@@ -144,8 +144,65 @@ def _sift_down(heap, n, j, p):
         j = best
 
 
+BUCKET_MIN_CLASSES = 64  # kBucketMinClasses
+N_BUCKETS = 64
+
+
 @numba.njit(inline="always", **JITF)
-def _row_set(p, K, kind, penalty, kreg, weight, q, q_max, u, heap, row):
+def _score_lower_bound(kind, penalty, kreg, weight, above, r0, p_max, u):
+    """As the C++ score_lower_bound: every class ranked at r0 or later scores at least this."""
+    if kind == SAPS:
+        return _cumulative_score(kind, penalty, kreg, weight, 0.0, 0.0, r0, p_max, u)
+    if kind == RAPS:
+        return above + penalty * np.float64(max(0, r0 + 1 - kreg))
+    return above
+
+
+@numba.njit(inline="always", **JITF)
+def _bucket(v, e_max):
+    if not v > 0.0:
+        return N_BUCKETS - 1
+    return min(N_BUCKETS - 1, e_max - ((f64_bits(v) >> 52) & 0x7FF))
+
+
+@numba.njit(inline="always", **JITF)
+def _candidates(p, K, kind, penalty, kreg, weight, q_max, u, cand, mass, count):
+    """As the C++ candidate_classes: the classes that may enter the set into cand, their number returned."""
+    if K > BUCKET_MIN_CLASSES and q_max < np.inf:
+        p_max = p[0]
+        for k in range(1, K):
+            p_max = max(p_max, p[k])
+        e_max = (f64_bits(p_max) >> 52) & 0x7FF
+        mass[:] = 0.0
+        count[:] = 0
+        for k in range(K):
+            b = _bucket(p[k], e_max)
+            mass[b] += p[k]
+            count[b] += 1
+        limit = q_max + 1e-9 * max(1.0, abs(q_max))
+        above = 0.0
+        r0 = 0
+        cut = N_BUCKETS
+        for b in range(N_BUCKETS):
+            if _score_lower_bound(kind, penalty, kreg, weight, above, r0, p_max, u) > limit:
+                cut = b
+                break
+            above += mass[b]
+            r0 += count[b]
+        if cut < N_BUCKETS:
+            n = 0
+            for k in range(K):
+                if _bucket(p[k], e_max) < cut:
+                    cand[n] = k
+                    n += 1
+            return n
+    for k in range(K):
+        cand[k] = k
+    return K
+
+
+@numba.njit(inline="always", **JITF)
+def _row_set(p, K, kind, penalty, kreg, weight, q, q_max, u, heap, mass, count, row):
     """The set of one row into row (0 / 1, zeroed first); returns its size."""
     for k in range(K):
         row[k] = 0
@@ -156,18 +213,25 @@ def _row_set(p, K, kind, penalty, kreg, weight, q, q_max, u, heap, row):
                 row[k] = 1
                 size += 1
         return size
-    for k in range(K):
-        heap[k] = k
-    for j in range(K // 2 - 1, -1, -1):
-        _sift_down(heap, K, j, p)
-    n = K
+    m = _candidates(p, K, kind, penalty, kreg, weight, q_max, u, heap, mass, count)
+    for j in range(m // 2 - 1, -1, -1):
+        _sift_down(heap, m, j, p)
+    n = m
     C = 0.0
     p_max = 0.0
-    for r in range(K):
-        k = heap[0]
-        n -= 1
-        heap[0] = heap[n]
-        _sift_down(heap, n, 0, p)
+    pop_limit = max(16, K // 8)
+    rest = heap[:0]
+    for r in range(m):
+        if r < pop_limit:
+            k = heap[0]
+            n -= 1
+            heap[0] = heap[n]
+            _sift_down(heap, n, 0, p)
+        else:
+            if r == pop_limit:  # a large set: the classes left are sorted once, by (p descending, index ascending)
+                rest = np.sort(heap[:n])
+                rest = rest[np.argsort(-p[rest], kind="mergesort")]
+            k = rest[r - pop_limit]
         o = p[k]
         if r == 0:
             p_max = o
@@ -192,6 +256,8 @@ def _sets_chunk(s, from_logits, single, kind, penalty, kreg, weight, q, q_max, u
     dbuf = np.zeros(Kp)
     p = np.zeros(K)
     heap = np.zeros(K, np.int64)
+    mass = np.zeros(N_BUCKETS)
+    count = np.zeros(N_BUCKETS, np.int64)
     for i in range(begin, end):
         ok = _probabilities_f(s, i, from_logits, table, buf, ebuf, tbuf, p, st) if single else \
             _probabilities_d(s, i, from_logits, table, dbuf, p, st)
@@ -200,7 +266,8 @@ def _sets_chunk(s, from_logits, single, kind, penalty, kreg, weight, q, q_max, u
                 out[i, k] = 0
             sizes[i] = 0
             continue
-        sizes[i] = _row_set(p, K, kind, penalty, kreg, weight, q, q_max, u[i] if has_u else 0.0, heap, out[i])
+        sizes[i] = _row_set(p, K, kind, penalty, kreg, weight, q, q_max, u[i] if has_u else 0.0, heap, mass,
+                            count, out[i])
 
 
 @numba.njit(parallel=True, **JITF)
