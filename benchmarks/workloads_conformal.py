@@ -16,15 +16,18 @@ PARAMS = dict(penalty=0.01, kreg=5, weight=0.2)
 
 
 def _data(n, k, seed=0):
+    """Logits of a calibrated model: each label drawn from the softmax of its row (the exchangeable setting
+    conformal prediction assumes)."""
     rng = np.random.default_rng(seed)
     z = np.empty((n, k), dtype=np.float32)
+    y = np.empty(n, dtype=np.int64)
     step = 1 << 14
     for i in range(0, n, step):
         m = min(step, n - i)
         z[i:i + m] = rng.standard_normal((m, k), dtype=np.float32) * 3.0
-    y = z.argmax(axis=1)
-    flip = rng.random(n) < 0.3
-    y[flip] = rng.integers(0, k, int(flip.sum()))
+        p = np.exp(z[i:i + m] - z[i:i + m].max(axis=1, keepdims=True), dtype=np.float64)
+        c = np.cumsum(p, axis=1)
+        y[i:i + m] = np.minimum((rng.random((m, 1)) * c[:, -1:] > c).sum(axis=1), k - 1)
     return {"logits": z, "labels": y}
 
 
