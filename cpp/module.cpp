@@ -18,6 +18,7 @@ void bind_isotonic(py::module_& m);
 void bind_ranking(py::module_& m);
 void bind_smooth(py::module_& m);
 void bind_uncertainty(py::module_& m);
+void bind_conformal(py::module_& m);
 
 namespace {
 
@@ -75,4 +76,5 @@ PYBIND11_MODULE(_core, m) {
     bind_ranking(m);
     bind_smooth(m);
     bind_uncertainty(m);
+    bind_conformal(m);
 }

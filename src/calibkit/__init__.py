@@ -44,6 +44,8 @@ from .decomposition import CorpReliabilityTable, ScoreDecomposition, corp_reliab
 from .smooth import SmoothECEResult, SmoothReliabilityCurve, smooth_ece, smooth_reliability_curve
 from .cumulative import CumulativeCalibrationResult, cumulative_calibration_error
 from . import io, ood, plot, report, uncertainty
+from . import conformal
+from .conformal import *  # noqa: F401,F403 - re-exported; names in conformal.__all__
 from . import datasets
 from .ood import *  # noqa: F401,F403 - re-exported; names in ood.__all__
 from .uncertainty import *  # noqa: F401,F403 - re-exported; names in uncertainty.__all__
@@ -120,4 +122,5 @@ __all__ = [
     "plot",
     "report",
     "uncertainty",
-] + ood.__all__ + uncertainty.__all__ + ["ood_features"] + ood_features.__all__
+    "conformal",
+] + ood.__all__ + uncertainty.__all__ + ["ood_features"] + ood_features.__all__ + conformal.__all__

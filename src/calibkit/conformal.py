@@ -1,0 +1,711 @@
+"""Conformal prediction sets for classifiers and their coverage metrics.
+
+Split conformal prediction (Vovk, Gammerman & Shafer 2005; Papadopoulos et al. 2002): a non-conformity score
+s(x, y) is computed for each of n calibration pairs (x_i, y_i); the threshold q is the
+ceil((n + 1)(1 - alpha))-th smallest of them (+inf when that rank exceeds n), and the prediction set of a new x
+is {k : s(x, k) <= q}. When the calibration and test pairs are exchangeable, the set contains the true label with
+probability at least 1 - alpha, and (scores without ties) at most 1 - alpha + 1 / (n + 1).
+
+Scores (p the softmax of the logits, or the probabilities as given; classes ranked by p descending, ties by
+class index ascending; r the 0-based rank of class k, p_(j) the probability at rank j, C_r = p_(0) + ... + p_(r)
+summed in rank order; U a uniform of the row, 0 unless ``randomized=True``):
+
+- ``"lac"`` / ``"thr"``: 1 - p_k (Sadinle, Lei & Wasserman 2019; torchcp's THR / LAC);
+- ``"aps"``: C_r - U p_(r) (Romano, Sesia & Candes 2020, "Classification with valid and adaptive coverage");
+- ``"raps"``: C_r - U p_(r) + penalty max(0, r + 1 - kreg) (Angelopoulos, Bates, Malik & Jordan 2021,
+  "Uncertainty sets for image classifiers using conformal prediction");
+- ``"saps"``: (1 - U) p_(0) at r = 0 and p_(0) + weight (r - U) at r >= 1 (Huang et al. 2024, "Conformal
+  prediction for deep classifier via label ranking").
+
+These are torchcp's formulas (``torchcp.classification.score``), with one difference: torchcp's SAPS gives the
+top-ranked calibration label the score U p_(0) (0 when not randomized) but the top-ranked class of a test row
+(1 - U) p_(0) (p_(0) when not randomized); here both are (1 - U) p_(0), the same function at calibration and at
+prediction (which the coverage guarantee needs). With ``randomized=True`` the distribution of every score is the
+same as torchcp's.
+
+The kernels (C++ and Numba) compute the softmax and the scores in one pass per row, without an N x K temporary.
+The cumulative scores never decrease along the ranks, so a set is found by popping a heap of the row's classes
+only until the score passes the largest threshold (O(K + m log K) for a set of m classes), not by a full sort.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _backend, _core
+from ._typing import ArrayLike, Backend
+from ._validation import check_bool, check_choice, check_labels, check_scores, raise_for_status
+
+__all__ = [
+    "ConformalAccumulator", "ConformalClassifier", "ConformalMetrics", "average_set_size",
+    "class_conditional_coverage_gap", "conformal_quantile", "coverage", "size_stratified_coverage",
+]
+
+SCORES = ("lac", "thr", "aps", "raps", "saps")
+_KIND = {"lac": 0, "thr": 0, "aps": 1, "raps": 2, "saps": 3}
+#: Largest ``kreg`` accepted (the kernels' bound; any value >= the class count acts as the class count).
+MAX_KREG = 1 << 40
+#: The set-size strata of :func:`size_stratified_coverage` by default (Angelopoulos et al. 2021; torchcp's SSCV).
+DEFAULT_STRATA = ((0, 1), (2, 3), (4, 10), (11, 100), (101, 1000))
+
+
+def _kernels(backend):
+    if _backend.resolve_backend(backend) == "cpp":
+        return _core
+    from ._numba import conformal
+
+    return conformal
+
+
+def _check_alpha(alpha):
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, numbers.Real) or not 0.0 < float(alpha) < 1.0:
+        raise ValueError(f"alpha must be a number in (0, 1), got {alpha!r}")
+    return float(alpha)
+
+
+def _rank(n, alpha):
+    """ceil((n + 1)(1 - alpha)), computed as torchcp computes it (float64 arithmetic)."""
+    return math.ceil((n + 1) * (1 - alpha))
+
+
+def conformal_quantile(scores: ArrayLike, alpha: float) -> float:
+    """The split-conformal threshold: the ceil((n + 1)(1 - alpha))-th smallest of n scores.
+
+    The rank is computed in float64 as ``math.ceil((n + 1) * (1 - alpha))`` (as torchcp's
+    ``calculate_conformal_value`` does); when it exceeds n (too few scores for this alpha, n = 0 included)
+    the threshold is +inf: every class enters every set.
+
+    Parameters
+    ----------
+    scores : array-like of shape (n,)
+        Non-conformity scores of the calibration labels (finite; may be empty).
+    alpha : float
+        Miscoverage level in (0, 1).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import calibkit
+    >>> calibkit.conformal_quantile([0.1, 0.4, 0.2, 0.3], alpha=0.5)  # rank ceil(5 * 0.5) = 3
+    0.3
+    >>> calibkit.conformal_quantile([0.1, 0.4], alpha=0.1)  # rank 3 > 2
+    inf
+    """
+    alpha = _check_alpha(alpha)
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"scores must have shape (n,), got shape {s.shape}")
+    if not np.isfinite(s).all():
+        i = int(np.argmin(np.isfinite(s)))
+        raise ValueError(f"scores[{i}] = {float(s[i])!r} is not finite (NaN and inf are not accepted)")
+    k = _rank(s.size, alpha)
+    if k > s.size:
+        return math.inf
+    return float(np.partition(s, k - 1)[k - 1])
+
+
+def _check_sets(sets, name="sets"):
+    a = np.asarray(sets)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be an (N, K) boolean mask, got shape {a.shape}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{name} is empty: at least one row is needed")
+    if a.dtype != np.bool_:
+        if a.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must be a boolean mask (or 0/1), got dtype {a.dtype}")
+        bad = ~((a == 0) | (a == 1))
+        if bad.any():
+            i, k = np.unravel_index(int(np.argmax(bad)), a.shape)
+            raise ValueError(f"{name}[{i}, {k}] = {a[i, k].item()!r} is not 0/1 or a boolean")
+        a = a.astype(np.bool_)
+    return a
+
+
+def _check_set_labels(sets, labels):
+    y = check_labels(labels, sets.shape[0])
+    K = sets.shape[1]
+    bad = (y < 0) | (y >= K)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"labels[{i}] = {int(y[i])} is out of range for n_classes={K}")
+    return y
+
+
+def coverage(sets: ArrayLike, labels: ArrayLike) -> float:
+    """Empirical coverage: the fraction of rows whose set contains the label.
+
+    coverage = (1/N) sum_i 1[y_i in C(x_i)] (torchcp's ``coverage_rate``).
+
+    Parameters
+    ----------
+    sets : array-like of shape (N, K)
+        Prediction sets as a boolean mask (``ConformalClassifier.predict_sets``).
+    labels : array-like of shape (N,)
+        True labels in [0, K).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> sets = np.array([[True, False], [True, True], [False, True]])
+    >>> calibkit.coverage(sets, [0, 1, 0])
+    0.6666666666666666
+    """
+    s = _check_sets(sets)
+    y = _check_set_labels(s, labels)
+    return float(np.mean(s[np.arange(s.shape[0]), y]))
+
+
+def average_set_size(sets: ArrayLike) -> float:
+    """Mean number of classes per prediction set (torchcp's ``average_size``).
+
+    Parameters
+    ----------
+    sets : array-like of shape (N, K)
+        Prediction sets as a boolean mask.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> calibkit.average_set_size(np.array([[True, False], [True, True]]))
+    1.5
+    """
+    s = _check_sets(sets)
+    return float(np.mean(np.count_nonzero(s, axis=1)))
+
+
+def _check_strata(strata):
+    try:
+        pairs = [tuple(p) for p in strata]
+    except TypeError:
+        raise TypeError(f"strata must be a sequence of (min_size, max_size) pairs, got {strata!r}") from None
+    if not pairs:
+        raise ValueError("strata must not be empty")
+    out = []
+    for j, p in enumerate(pairs):
+        if len(p) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+                                  for v in p):
+            raise TypeError(f"strata[{j}] must be a pair of integers (min_size, max_size), got {p!r}")
+        lo, hi = int(p[0]), int(p[1])
+        if not 0 <= lo <= hi:
+            raise ValueError(f"strata[{j}] = {p!r} must satisfy 0 <= min_size <= max_size")
+        out.append((lo, hi))
+    return out
+
+
+def _sscv(size_count, size_covered, alpha, strata):
+    """SSCV from per-size counts (index = set size)."""
+    sizes = np.arange(size_count.size)
+    worst = -1.0
+    for lo, hi in strata:
+        m = (sizes >= lo) & (sizes <= hi)
+        n = size_count[m].sum()
+        if n > 0:
+            worst = max(worst, abs((1 - alpha) - size_covered[m].sum() / n))
+    return float(worst)
+
+
+def size_stratified_coverage(sets: ArrayLike, labels: ArrayLike, alpha: float, *,
+                             strata=DEFAULT_STRATA) -> float:
+    """Size-stratified coverage violation (SSCV; Angelopoulos et al. 2021), as torchcp's ``SSCV``.
+
+    SSCV = max over strata S_j with at least one set of |(1 - alpha) - coverage of the rows whose set size is
+    in S_j|. Rows whose size falls in no stratum are ignored; when no stratum has a row the result is -1.0
+    (torchcp's value).
+
+    Parameters
+    ----------
+    sets : array-like of shape (N, K)
+        Prediction sets as a boolean mask.
+    labels : array-like of shape (N,)
+        True labels in [0, K).
+    alpha : float
+        The miscoverage level the sets were made for, in (0, 1).
+    strata : sequence of (min_size, max_size) pairs, default ((0, 1), (2, 3), (4, 10), (11, 100), (101, 1000))
+        Inclusive ranges of set sizes.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> sets = np.array([[True, False, False], [True, True, False], [True, True, True], [False, True, False]])
+    >>> # sizes 1, 2, 3, 1; stratum [0, 1]: coverage 1/2, stratum [2, 3]: coverage 1/2
+    >>> round(calibkit.size_stratified_coverage(sets, [0, 2, 1, 0], alpha=0.1), 6)
+    0.4
+    """
+    s = _check_sets(sets)
+    y = _check_set_labels(s, labels)
+    alpha = _check_alpha(alpha)
+    strata = _check_strata(strata)
+    size = np.count_nonzero(s, axis=1)
+    covered = s[np.arange(s.shape[0]), y]
+    count = np.bincount(size, minlength=s.shape[1] + 1)
+    hit = np.bincount(size, weights=covered, minlength=s.shape[1] + 1)
+    return _sscv(count, hit, alpha, strata)
+
+
+def _covgap(class_count, class_covered, alpha):
+    has = class_count > 0
+    return float(100.0 * np.mean(np.abs(class_covered[has] / class_count[has] - (1 - alpha))))
+
+
+def class_conditional_coverage_gap(sets: ArrayLike, labels: ArrayLike, alpha: float) -> float:
+    """Average class-conditional coverage gap (CovGap; Ding et al. 2023), as torchcp's ``CovGap``, in percent.
+
+    CovGap = 100 * mean over the classes k present in ``labels`` of |coverage of the rows of class k -
+    (1 - alpha)|.
+
+    Parameters
+    ----------
+    sets : array-like of shape (N, K)
+        Prediction sets as a boolean mask.
+    labels : array-like of shape (N,)
+        True labels in [0, K).
+    alpha : float
+        The miscoverage level the sets were made for, in (0, 1).
+
+    Returns
+    -------
+    float
+        The gap in percent (as Ding et al. and torchcp report it).
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> sets = np.array([[True, False], [False, True], [True, True], [True, False]])
+    >>> round(calibkit.class_conditional_coverage_gap(sets, [0, 0, 1, 1], alpha=0.1), 6)  # |0.5-0.9|, |0.5-0.9|
+    40.0
+    """
+    s = _check_sets(sets)
+    y = _check_set_labels(s, labels)
+    alpha = _check_alpha(alpha)
+    K = s.shape[1]
+    covered = s[np.arange(s.shape[0]), y]
+    return _covgap(np.bincount(y, minlength=K), np.bincount(y, weights=covered, minlength=K), alpha)
+
+
+def _check_real(value, name, *, positive=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
+class ConformalClassifier:
+    """Split-conformal prediction sets for a classifier (marginal or class-conditional / Mondrian).
+
+    ``fit`` computes the non-conformity score of each calibration label (see :mod:`calibkit.conformal` for the
+    five scores) and the threshold q = the ceil((n + 1)(1 - alpha))-th smallest of the n scores (+inf when that
+    rank exceeds n); ``predict_sets`` returns {k : s(x, k) <= q}. With exchangeable data, P(y in set) >= 1 -
+    alpha (Vovk et al. 2005). With ``class_conditional=True`` (Mondrian conformal prediction, Vovk et al. 2005,
+    ch. 4) class k has its own threshold q_k from the n_k calibration rows labelled k, and P(y in set | y = k)
+    >= 1 - alpha for every class.
+
+    Randomization. With ``randomized=True`` each row gets one uniform U: ``fit`` creates
+    ``numpy.random.default_rng(random_state)`` (a ``Generator`` passed as ``random_state`` is used as it is)
+    and draws the n calibration uniforms with ``Generator.random(n)`` (one per row, in row order); every later
+    ``predict_sets`` / ``set_sizes`` call draws ``Generator.random(N)`` for its N rows from the same generator,
+    so a fixed seed gives the same sets for the same sequence of calls. One U per row (as Romano et al. and
+    Angelopoulos et al. define it) makes the sets nested in the rank order; torchcp draws one U per (row,
+    class) at prediction, which gives each class's score the same distribution.
+
+    Parameters
+    ----------
+    score : {"lac", "thr", "aps", "raps", "saps"}, default "lac"
+        The non-conformity score ("thr" is another name of "lac").
+    alpha : float, default 0.1
+        Miscoverage level in (0, 1).
+    class_conditional : bool, default False
+        One threshold per class (Mondrian) instead of one for all.
+    randomized : bool, default False
+        Randomized APS / RAPS / SAPS scores (no effect on LAC).
+    penalty : float, default 0.01
+        RAPS regularisation weight lambda >= 0.
+    kreg : int, default 5
+        RAPS: ranks from kreg + 1 on are penalised, an integer in [0, ``MAX_KREG`` = 2**40].
+    weight : float, default 0.2
+        SAPS rank weight > 0 (torchcp's default).
+    random_state : None, int or numpy.random.Generator, default None
+        Seed of the uniforms when ``randomized=True``.
+    backend : {"auto", "cpp", "numba"}, default "auto"
+
+    Attributes
+    ----------
+    threshold_ : float
+        The marginal conformal threshold (also computed when ``class_conditional=True``, for reference).
+    thresholds_ : ndarray of shape (K,)
+        The threshold of each class that ``predict_sets`` uses (all equal to ``threshold_`` unless
+        ``class_conditional=True``; +inf for a class with too few calibration rows).
+    calibration_scores_ : ndarray of shape (n,)
+        The non-conformity scores of the calibration labels.
+    n_classes_ : int
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> rng = np.random.default_rng(0)
+    >>> logits = rng.normal(size=(2000, 10)) * 2
+    >>> labels = np.array([rng.choice(10, p=np.exp(z) / np.exp(z).sum()) for z in logits])
+    >>> cp = calibkit.ConformalClassifier(score="aps", alpha=0.1).fit(logits[:1000], labels[:1000],
+    ...                                                                from_logits=True)
+    >>> sets = cp.predict_sets(logits[1000:], from_logits=True)
+    >>> sets.shape, sets.dtype
+    ((1000, 10), dtype('bool'))
+    >>> bool(abs(calibkit.coverage(sets, labels[1000:]) - 0.9) < 0.03)
+    True
+    """
+
+    def __init__(self, score: str = "lac", alpha: float = 0.1, class_conditional: bool = False,
+                 randomized: bool = False, penalty: float = 0.01, kreg: int = 5, weight: float = 0.2,
+                 random_state=None, backend: Backend = "auto"):
+        self.score = score
+        self.alpha = alpha
+        self.class_conditional = class_conditional
+        self.randomized = randomized
+        self.penalty = penalty
+        self.kreg = kreg
+        self.weight = weight
+        self.random_state = random_state
+        self.backend = backend
+
+    def _check_params(self):
+        check_choice(self.score, "score", SCORES)
+        alpha = _check_alpha(self.alpha)
+        check_bool(self.class_conditional, "class_conditional")
+        check_bool(self.randomized, "randomized")
+        penalty = _check_real(self.penalty, "penalty")
+        kreg = self.kreg
+        if isinstance(kreg, (bool, np.bool_)) or not isinstance(kreg, numbers.Integral):
+            raise TypeError(f"kreg must be an integer, got {type(kreg).__name__}")
+        if not 0 <= int(kreg) <= MAX_KREG:
+            raise ValueError(f"kreg must be in [0, {MAX_KREG}], got {kreg}")
+        weight = _check_real(self.weight, "weight", positive=True)
+        _backend.resolve_backend(self.backend)
+        return alpha, penalty, int(kreg), weight
+
+    def _uniforms(self, n):
+        if not self.randomized or _KIND[self.score] == 0:
+            return None
+        return self._rng.random(n)
+
+    def _matrix(self, scores, name):
+        s = check_scores(scores, name)
+        if s.ndim != 2:
+            raise ValueError(f"{name} must have shape (N, K), got shape {s.shape}")
+        return s
+
+    def fit(self, cal_scores: ArrayLike, cal_labels: ArrayLike, *, from_logits: bool = False
+            ) -> "ConformalClassifier":
+        """Compute the calibration scores and the threshold(s).
+
+        Parameters
+        ----------
+        cal_scores : array-like of shape (n, K)
+            Probabilities (each in [0, 1]; rows are not renormalised) or, with ``from_logits=True``, logits.
+        cal_labels : array-like of shape (n,)
+            True labels in [0, K).
+        from_logits : bool, default False
+
+        Returns
+        -------
+        self
+        """
+        alpha, penalty, kreg, weight = self._check_params()
+        from_logits = check_bool(from_logits, "from_logits")
+        s = self._matrix(cal_scores, "cal_scores")
+        n, K = s.shape
+        y = check_labels(cal_labels, n, "cal_labels")
+        self._rng = np.random.default_rng(self.random_state) if self.randomized else None
+        r = _kernels(self.backend).conformal_label_scores(s, y, from_logits, _KIND[self.score], penalty, kreg,
+                                                          weight, self._uniforms(n))
+        code, row, col, value = r["status"]
+        if code == 3:
+            raise ValueError(f"cal_labels[{row}] = {int(value)} is out of range for n_classes={K}")
+        raise_for_status(r["status"], n_classes=K, scores_name="cal_scores")
+        scores = r["scores"]
+        self.calibration_scores_ = scores
+        self.n_classes_ = K
+        self.threshold_ = conformal_quantile(scores, alpha)
+        if self.class_conditional:
+            order = np.argsort(y, kind="stable")
+            bounds = np.searchsorted(y[order], np.arange(K + 1))
+            self.thresholds_ = np.array([conformal_quantile(scores[order[bounds[k]:bounds[k + 1]]], alpha)
+                                         for k in range(K)])
+        else:
+            self.thresholds_ = np.full(K, self.threshold_)
+        return self
+
+    def _sets(self, scores, from_logits):
+        if not hasattr(self, "thresholds_"):
+            raise RuntimeError("this ConformalClassifier is not fitted yet: call fit(cal_scores, cal_labels) first")
+        _, penalty, kreg, weight = self._check_params()
+        from_logits = check_bool(from_logits, "from_logits")
+        s = self._matrix(scores, "scores")
+        N, K = s.shape
+        if K != self.n_classes_:
+            raise ValueError(f"scores has {K} columns but the classifier was fitted on {self.n_classes_} classes")
+        out = np.empty((N, K), np.bool_)
+        sizes = np.empty(N, np.int64)
+        status = _kernels(self.backend).conformal_sets(s, from_logits, _KIND[self.score], penalty, kreg, weight,
+                                                       self.thresholds_, self._uniforms(N), out.view(np.uint8),
+                                                       sizes)
+        raise_for_status(status, n_classes=K, scores_name="scores")
+        return out, sizes
+
+    def predict_sets(self, scores: ArrayLike, *, from_logits: bool = False) -> np.ndarray:
+        """The prediction sets {k : s(x, k) <= q_k} as an (N, K) boolean mask.
+
+        Parameters
+        ----------
+        scores : array-like of shape (N, K)
+            Probabilities or, with ``from_logits=True``, logits (as given to ``fit``).
+        from_logits : bool, default False
+
+        Returns
+        -------
+        ndarray of bool, shape (N, K)
+        """
+        return self._sets(scores, from_logits)[0]
+
+    def set_sizes(self, scores: ArrayLike, *, from_logits: bool = False) -> np.ndarray:
+        """The size of each prediction set (int64, shape (N,)); with ``randomized=True``, of a new draw."""
+        return self._sets(scores, from_logits)[1]
+
+    def predict_sets_and_sizes(self, scores: ArrayLike, *, from_logits: bool = False):
+        """``(sets, sizes)`` of one draw: the (N, K) mask and its row sums, from one pass."""
+        return self._sets(scores, from_logits)
+
+
+@dataclass(frozen=True)
+class ConformalMetrics:
+    """Coverage metrics of a stream of prediction sets (:class:`ConformalAccumulator`).
+
+    Examples
+    --------
+    >>> import calibkit
+    >>> m = calibkit.ConformalMetrics(count=10, coverage=0.9, average_set_size=1.5,
+    ...                               size_stratified_coverage=0.05, class_conditional_coverage_gap=3.0)
+    >>> m.coverage
+    0.9
+    """
+
+    count: int
+    coverage: float
+    average_set_size: float
+    size_stratified_coverage: float
+    class_conditional_coverage_gap: float
+
+
+class ConformalAccumulator:
+    """Streaming coverage and set-size monitoring of conformal prediction sets.
+
+    The state is a few counts per class and per set size: rows and covered rows by true class, rows and covered
+    rows by set size (0..K). ``compute()`` gives exactly what :func:`coverage`, :func:`average_set_size`,
+    :func:`size_stratified_coverage` and :func:`class_conditional_coverage_gap` give on all the rows seen.
+    ``update`` takes prediction sets, or scores together with a fitted :class:`ConformalClassifier` (given to
+    the constructor) that turns them into sets. ``merge`` (or ``+``) adds another state; ``to_bytes`` /
+    ``from_bytes`` store it in calibkit's checksummed state format.
+
+    Parameters
+    ----------
+    classifier : ConformalClassifier, optional
+        A fitted classifier, needed to update from scores; its ``alpha`` is the default of ``alpha``.
+    alpha : float, optional
+        The target miscoverage of SSCV and CovGap (default: the classifier's, else 0.1).
+    n_classes : int, optional
+        K; taken from the classifier or the first update when not given (1 to 2**24).
+    strata : sequence of (min_size, max_size) pairs
+        The strata of SSCV (default ``DEFAULT_STRATA``).
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> rng = np.random.default_rng(1)
+    >>> p = rng.dirichlet(np.ones(5), size=3000)
+    >>> y = np.array([rng.choice(5, p=row) for row in p])
+    >>> cp = calibkit.ConformalClassifier(score="lac", alpha=0.2).fit(p[:1000], y[:1000])
+    >>> acc = calibkit.ConformalAccumulator(cp)
+    >>> acc = acc.update(p[1000:2000], y[1000:2000]).update(cp.predict_sets(p[2000:]), y[2000:])
+    >>> m = acc.compute()
+    >>> m.count, abs(m.coverage - calibkit.coverage(cp.predict_sets(p[1000:]), y[1000:])) < 1e-12
+    (2000, True)
+    """
+
+    _KIND = "ConformalAccumulator"
+    MAX_CLASSES = 1 << 24
+
+    def __init__(self, classifier: ConformalClassifier | None = None, *, alpha: float | None = None,
+                 n_classes: int | None = None, strata=DEFAULT_STRATA):
+        if classifier is not None and not isinstance(classifier, ConformalClassifier):
+            raise TypeError(f"classifier must be a ConformalClassifier, got {type(classifier).__name__}")
+        self.classifier = classifier
+        if alpha is None:
+            alpha = classifier.alpha if classifier is not None else 0.1
+        self.alpha = _check_alpha(alpha)
+        self.strata = tuple(_check_strata(strata))
+        if n_classes is None and classifier is not None and hasattr(classifier, "n_classes_"):
+            n_classes = classifier.n_classes_
+        self.n_classes = None
+        if n_classes is not None:
+            self._allocate(self._check_k(n_classes))
+
+    @classmethod
+    def _check_k(cls, k):
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or not 1 <= k <= cls.MAX_CLASSES:
+            raise ValueError(f"n_classes must be an integer in [1, {cls.MAX_CLASSES}], got {k!r}")
+        return int(k)
+
+    def _allocate(self, K):
+        self.n_classes = K
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all rows (the number of classes is kept)."""
+        if self.n_classes is None:
+            return
+        K = self.n_classes
+        self._class_count = np.zeros(K, np.int64)
+        self._class_covered = np.zeros(K, np.int64)
+        self._size_count = np.zeros(K + 1, np.int64)
+        self._size_covered = np.zeros(K + 1, np.int64)
+
+    def update(self, sets_or_scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False
+               ) -> "ConformalAccumulator":
+        """Add rows: an (N, K) boolean mask of sets, or (N, K) float scores (probabilities, or logits with
+        ``from_logits=True``) that the classifier turns into sets; ``labels`` the true classes."""
+        a = sets_or_scores if isinstance(sets_or_scores, np.ndarray) else np.asarray(sets_or_scores)
+        if a.dtype == np.bool_:
+            sets = _check_sets(a)
+        else:
+            if self.classifier is None:
+                raise ValueError("updating from scores needs a fitted ConformalClassifier (ConformalAccumulator("
+                                 "classifier)); or pass the prediction sets as a boolean mask")
+            sets = self.classifier.predict_sets(a, from_logits=from_logits)
+        K = sets.shape[1]
+        if self.n_classes is None:
+            self._allocate(self._check_k(K))
+        elif K != self.n_classes:
+            raise ValueError(f"sets have {K} columns but this accumulator has n_classes={self.n_classes}")
+        y = _check_set_labels(sets, labels)
+        covered = sets[np.arange(sets.shape[0]), y]
+        size = np.count_nonzero(sets, axis=1)
+        self._class_count += np.bincount(y, minlength=K)
+        self._class_covered += np.bincount(y[covered], minlength=K)
+        self._size_count += np.bincount(size, minlength=K + 1)
+        self._size_covered += np.bincount(size[covered], minlength=K + 1)
+        return self
+
+    @property
+    def count(self) -> int:
+        """Rows seen."""
+        return 0 if self.n_classes is None else int(self._class_count.sum())
+
+    def merge(self, other: "ConformalAccumulator") -> "ConformalAccumulator":
+        """Add the rows of another accumulator (same n_classes, alpha and strata) to this one."""
+        if not isinstance(other, ConformalAccumulator):
+            raise TypeError(f"can only merge a ConformalAccumulator, got {type(other).__name__}")
+        if other.alpha != self.alpha or other.strata != self.strata:
+            raise ValueError("cannot merge accumulators with different alpha or strata")
+        if other.n_classes is None:
+            return self
+        if self.n_classes is None:
+            self._allocate(other.n_classes)
+        if other.n_classes != self.n_classes:
+            raise ValueError(f"cannot merge states with n_classes {self.n_classes} and {other.n_classes}")
+        self._class_count += other._class_count
+        self._class_covered += other._class_covered
+        self._size_count += other._size_count
+        self._size_covered += other._size_covered
+        return self
+
+    def copy(self) -> "ConformalAccumulator":
+        new = ConformalAccumulator(self.classifier, alpha=self.alpha, n_classes=self.n_classes, strata=self.strata)
+        return new.merge(self)
+
+    def __add__(self, other):
+        return self.copy().merge(other)
+
+    def __iadd__(self, other):
+        return self.merge(other)
+
+    def compute(self) -> ConformalMetrics:
+        """The metrics of every row seen (ValueError before any row)."""
+        n = self.count
+        if n == 0:
+            raise ValueError("no rows seen yet: call update() first")
+        sizes = np.arange(self.n_classes + 1)
+        return ConformalMetrics(
+            count=n,
+            coverage=float(self._class_covered.sum() / n),
+            average_set_size=float(np.dot(sizes, self._size_count) / n),
+            size_stratified_coverage=_sscv(self._size_count, self._size_covered, self.alpha, self.strata),
+            class_conditional_coverage_gap=_covgap(self._class_count, self._class_covered, self.alpha),
+        )
+
+    def to_bytes(self) -> bytes:
+        """The state in calibkit's versioned, checksummed binary format (the classifier is not stored)."""
+        from .streaming import encode_state
+
+        K = self.n_classes or 0
+        arrays = {}
+        if K:
+            arrays = {"class_count": self._class_count, "class_covered": self._class_covered,
+                      "size_count": self._size_count, "size_covered": self._size_covered}
+        return encode_state(self._KIND, {"alpha": self.alpha, "n_classes": K,
+                                         "strata": [list(p) for p in self.strata]},
+                            {k: v.astype(np.float64) for k, v in arrays.items()})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, classifier: ConformalClassifier | None = None) -> "ConformalAccumulator":
+        """Rebuild a state written by :meth:`to_bytes` (optionally with a classifier for score updates);
+        malformed data raises ValueError. Counts must be whole numbers >= 0 below 2**53, covered <= count,
+        and the per-class and per-size totals must agree."""
+        from .streaming import decode_state
+
+        kind, meta, arrays = decode_state(data)
+        if kind != cls._KIND:
+            raise ValueError(f"not a {cls._KIND} state (got {kind!r})")
+        try:
+            alpha, K, strata = meta["alpha"], meta["n_classes"], meta["strata"]
+            acc = cls(classifier, alpha=alpha, strata=[tuple(p) for p in strata])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"corrupt {cls._KIND} state: bad metadata ({exc})") from None
+        if isinstance(K, bool) or not isinstance(K, int) or not 0 <= K <= cls.MAX_CLASSES:
+            raise ValueError(f"corrupt {cls._KIND} state: n_classes {K!r}")
+        expected = {} if K == 0 else {"class_count": (K,), "class_covered": (K,), "size_count": (K + 1,),
+                                      "size_covered": (K + 1,)}
+        if set(arrays) != set(expected) or any(arrays[k].shape != s for k, s in expected.items()):
+            raise ValueError(f"corrupt {cls._KIND} state: arrays {sorted(arrays)} do not match n_classes={K}")
+        if K == 0:
+            return acc
+        for name, a in arrays.items():
+            if not (np.isfinite(a).all() and (a >= 0).all() and (a == np.floor(a)).all() and (a < 2.0**53).all()):
+                raise ValueError(f"corrupt {cls._KIND} state: {name} must hold whole numbers in [0, 2**53)")
+        if (arrays["class_covered"] > arrays["class_count"]).any() or \
+                (arrays["size_covered"] > arrays["size_count"]).any() or \
+                arrays["class_count"].sum() != arrays["size_count"].sum() or \
+                arrays["class_covered"].sum() != arrays["size_covered"].sum():
+            raise ValueError(f"corrupt {cls._KIND} state: inconsistent counts")
+        acc._allocate(K)
+        acc._class_count = arrays["class_count"].astype(np.int64)
+        acc._class_covered = arrays["class_covered"].astype(np.int64)
+        acc._size_count = arrays["size_count"].astype(np.int64)
+        acc._size_covered = arrays["size_covered"].astype(np.int64)
+        return acc
