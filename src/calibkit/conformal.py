@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _backend, _core
+from . import _backend
 from ._typing import ArrayLike, Backend
 from ._validation import check_bool, check_choice, check_labels, check_scores, raise_for_status
 
@@ -51,14 +51,6 @@ _KIND = {"lac": 0, "thr": 0, "aps": 1, "raps": 2, "saps": 3}
 MAX_KREG = 1 << 40
 #: The set-size strata of :func:`size_stratified_coverage` by default (Angelopoulos et al. 2021; torchcp's SSCV).
 DEFAULT_STRATA = ((0, 1), (2, 3), (4, 10), (11, 100), (101, 1000))
-
-
-def _kernels(backend):
-    if _backend.resolve_backend(backend) == "cpp":
-        return _core
-    from ._numba import conformal
-
-    return conformal
 
 
 def _check_alpha(alpha):
@@ -433,7 +425,7 @@ class ConformalClassifier:
         n, K = s.shape
         y = check_labels(cal_labels, n, "cal_labels")
         self._rng = np.random.default_rng(self.random_state) if self.randomized else None
-        r = _kernels(self.backend).conformal_label_scores(s, y, from_logits, _KIND[self.score], penalty, kreg,
+        r = _backend.kernels(self.backend).conformal_label_scores(s, y, from_logits, _KIND[self.score], penalty, kreg,
                                                           weight, self._uniforms(n))
         code, row, col, value = r["status"]
         if code == 3:
@@ -463,7 +455,7 @@ class ConformalClassifier:
             raise ValueError(f"scores has {K} columns but the classifier was fitted on {self.n_classes_} classes")
         out = np.empty((N, K), np.bool_)
         sizes = np.empty(N, np.int64)
-        status = _kernels(self.backend).conformal_sets(s, from_logits, _KIND[self.score], penalty, kreg, weight,
+        status = _backend.kernels(self.backend).conformal_sets(s, from_logits, _KIND[self.score], penalty, kreg, weight,
                                                        self.thresholds_, self._uniforms(N), out.view(np.uint8),
                                                        sizes)
         raise_for_status(status, n_classes=K, scores_name="scores")

@@ -1,6 +1,7 @@
 """Numba twins of the C++ kernels in ``calibkit._core``: same names, same algorithms, same results."""
 
 from .binning import binary_stats
+from .conformal import conformal_label_scores, conformal_sets
 from .pav import isotonic_fit
 from .ranking import cumulative_differences, two_sample_ranking
 from .smooth import smooth_grid
@@ -11,7 +12,7 @@ from .stream import classwise_stats_any as classwise_stats  # the same for class
 from .uncertainty import confidence_loss, ensemble_decompose, ensemble_update, row_scores
 
 __all__ = [
-    "binary_stats", "classwise_stats", "confidence_loss", "cumulative_differences", "ensemble_decompose",
+    "binary_stats", "classwise_stats", "confidence_loss", "conformal_label_scores", "conformal_sets", "cumulative_differences", "ensemble_decompose",
     "ensemble_update", "isotonic_fit", "row_scores", "smooth_grid", "stream_accumulate", "stream_top_label",
     "temperature_nll", "top_label_stats", "two_sample_ranking", "vector_scaling_nll",
 ]
