@@ -503,21 +503,24 @@ def _pairwise_sum(a, lo, n):
 def _count_span(x, at, span, v, right):
     """Knots of x[at:at + span] before v (< v, or <= v when right), span a power of two (count_span /
     count_pow2 of pav.hpp: the same count as a full search, the knots past a bucket never counting)."""
+    # comparisons added as integers (no branch on their outcome, as the C++ templates)
     if span <= 8:
         c = 0
-        for j in range(span):
-            if (x[at + j] <= v) if right else (x[at + j] < v):
-                c += 1
+        if right:
+            for j in range(span):
+                c += np.int64(x[at + j] <= v)
+        else:
+            for j in range(span):
+                c += np.int64(x[at + j] < v)
         return c
     pos = 0
     step = span // 2
     while step >= 1:
-        if (x[at + pos + step - 1] <= v) if right else (x[at + pos + step - 1] < v):
-            pos += step
+        below = (x[at + pos + step - 1] <= v) if right else (x[at + pos + step - 1] < v)
+        pos += step * np.int64(below)
         step //= 2
-    if (x[at + pos] <= v) if right else (x[at + pos] < v):
-        pos += 1
-    return pos
+    below = (x[at + pos] <= v) if right else (x[at + pos] < v)
+    return pos + np.int64(below)
 
 
 STEP_BATCH = 32  # kStepBatch of pav.hpp
