@@ -81,11 +81,17 @@ def test_isotonic_multiclass_matches_per_column_reference(backend, dtype, weight
     np.testing.assert_array_equal(cal.predict_proba(p), expected)
 
 
-def test_isotonic_from_logits_matches_reference(backend):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_isotonic_from_logits_matches_reference(backend, dtype):
+    # float64 logits: NumPy's softmax; float32: the one-float-exp softmax of the kernels (its bits: NumPy's
+    # float32 reference in tests/test_report_speed_kernels.py), the isotonic maps then bit for bit
+    from calibkit.calibrators.nonparametric import _softmax64
+
     rng = np.random.default_rng(4)
-    z, _, y = _data(rng, 500, 4, np.float32)
+    z, _, y = _data(rng, 500, 4, dtype)
     cal = IsotonicCalibration(from_logits=True, backend=backend).fit(z, y)
-    xs, ys, expected = _reference_isotonic(_softmax(z), y, None, _softmax(z[:200]))
+    soft = _softmax if dtype == np.float64 else (lambda a: _softmax64(a, "cpp"))
+    xs, ys, expected = _reference_isotonic(soft(z), y, None, soft(z[:200]))
     for c in range(4):
         np.testing.assert_array_equal(cal.x_thresholds_[c], xs[c])
     np.testing.assert_array_equal(cal.predict_proba(z[:200]), expected)

@@ -19,6 +19,7 @@
 
 #include "common.hpp"
 #include "parallel.hpp"
+#include "simd.hpp"
 #include "sort.hpp"
 
 namespace calibkit {
@@ -148,7 +149,11 @@ inline void isotonic_column(const double* v, int64_t n, const Vector<int64_t>& l
     xo.clear();
     yo.clear();
     if (m == 0) return;
-    radix_sort<true>(keys.data(), order.get(), m);
+    {
+        std::unique_ptr<uint64_t[]> keys_tmp(new uint64_t[static_cast<size_t>(m)]);
+        std::unique_ptr<int64_t[]> order_tmp(new int64_t[static_cast<size_t>(m)]);
+        msd_sort(keys.data(), order.get(), m, keys_tmp.get(), order_tmp.get());  // radix_sort<true>'s order
+    }
     const int64_t* o = order.get();
     const auto y_at = [&](int64_t j) { return (o[j] & 1) ? 1.0 : 0.0; };
     const PavBlocks b = weighted ? pav_points(m, y_at, [&](int64_t j) { return w[o[j] >> 1]; }, keys.data(), true)
@@ -374,13 +379,55 @@ inline double pairwise_sum(const double* a, int64_t n) {
     return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
 }
 
-// The softmax of row i of the logits z written into q[0..K), by the arithmetic of NumPy's
-// np.exp(z - z.max(axis=1)) / sum (softmax64_into of nonparametric.py): the row maximum, each
-// difference in float64, the C library's double exp (std::exp here, math.exp in the Numba twin),
-// the row's pairwise sum and one division per value. A logit that is not finite is named in st
-// (first in the row); the row's values are then meaningless.
+// exp_f32 (simd.hpp) of buf[0..n) in place, n a multiple of kSoftmaxPad: the same bits on every
+// lane whatever the register width (exp_f32 is a fixed sequence of float operations).
+constexpr int64_t kSoftmaxPad = 16;
+
+template <class V>
+CALIBKIT_INLINE void exp_f32_block(float* buf, int64_t n) {
+    typedef typename V::fw F;
+    constexpr int L = 2 * V::width, R = static_cast<int>(kSoftmaxPad) / L;  // R registers in lockstep
+    for (int64_t k = 0; k < n; k += kSoftmaxPad) {
+        F x[R];
+        std::memcpy(x, buf + k, sizeof x);
+        simd::exp_f32_n<V, R>(x);
+        std::memcpy(buf + k, x, sizeof x);
+    }
+}
+
+#if CALIBKIT_HAVE_AVX2_CLONES
+CALIBKIT_AVX2_CLONE inline void exp_f32_buffer_avx2(float* buf, int64_t n) { exp_f32_block<simd::Vec<4>>(buf, n); }
+#endif
+
+inline void exp_f32_buffer(float* buf, int64_t n) {
+#if CALIBKIT_HAVE_AVX2_CLONES
+    if (simd::use_avx2()) return exp_f32_buffer_avx2(buf, n);
+#endif
+    exp_f32_block<simd::Vec<2>>(buf, n);
+}
+
+// Scratch of one softmax_row call per row: K floats rounded up to kSoftmaxPad (float32 / float16 logits;
+// none for float64).
 template <class T>
-inline void softmax_row(const Matrix<T>& z, int64_t i, double* q, Status& st) {
+inline std::vector<float> softmax_scratch(int64_t K) {
+    if (std::is_same_v<T, double>) return {};
+    return std::vector<float>(static_cast<size_t>((K + kSoftmaxPad - 1) / kSoftmaxPad * kSoftmaxPad), 0.0f);
+}
+
+// The softmax of row i of the logits z written into q[0..K): the row maximum m, e_k = exp(z_k - m), the
+// row's pairwise sum of the e_k in double and one division per value in double.
+// - float64 logits: the arithmetic of NumPy's np.exp(z - z.max(axis=1)) / sum (softmax64_into of
+//   nonparametric.py): each difference in float64 and the C library's double exp (std::exp here,
+//   math.exp in the Numba twin).
+// - float32 / float16 logits: the difference z_k - m in float and e_k = simd::exp_f32 of it (8 lanes;
+//   exp_f32 in the Numba twin), widened to double: relative error below 2.5e-7 in the exp (an argument
+//   below -87 gives exp(-87) ~ 1.6e-38), plus the rounding of the difference to float (relative 2^-24, as
+//   the float input's own rounding of z_k), so each probability is within about
+//   3e-7 + 1.2e-7 |z_k - m| of NumPy's float64 softmax, relatively (absolutely 1.7e-38 for the smallest).
+//   `scratch` is softmax_scratch<T>(K).
+// A logit that is not finite is named in st (first in the row); the row's values are then meaningless.
+template <class T>
+inline void softmax_row(const Matrix<T>& z, int64_t i, double* q, Status& st, float* scratch) {
     const int64_t K = z.cols;
     double m = -INFINITY;
     bool finite = true;
@@ -398,7 +445,16 @@ inline void softmax_row(const Matrix<T>& z, int64_t i, double* q, Status& st) {
                 st.merge(bad);
                 break;
             }
-    for (int64_t k = 0; k < K; ++k) q[k] = std::exp(q[k] - m);
+    if constexpr (std::is_same_v<T, double>) {
+        (void)scratch;
+        for (int64_t k = 0; k < K; ++k) q[k] = std::exp(q[k] - m);
+    } else {
+        const float mf = static_cast<float>(m);  // exact: the largest of the float values
+        for (int64_t k = 0; k < K; ++k) scratch[k] = static_cast<float>(q[k]) - mf;
+        const int64_t padded = (K + kSoftmaxPad - 1) / kSoftmaxPad * kSoftmaxPad;  // pad lanes: never read
+        exp_f32_buffer(scratch, padded);
+        for (int64_t k = 0; k < K; ++k) q[k] = static_cast<double>(scratch[k]);
+    }
     const double total = pairwise_sum(q, K);
     for (int64_t k = 0; k < K; ++k) q[k] /= total;
 }
@@ -416,7 +472,8 @@ Status softmax_rows(const Matrix<T>& z, double* out) {
     std::vector<Status> statuses(static_cast<size_t>(std::max<int64_t>((N + chunk - 1) / chunk, 1)));
     chunked_for(N, chunk, K, [&](int64_t begin, int64_t end) {
         Status& st = statuses[static_cast<size_t>(begin / chunk)];
-        for (int64_t i = begin; i < end; ++i) softmax_row(z, i, out + i * K, st);
+        std::vector<float> scratch = softmax_scratch<T>(K);
+        for (int64_t i = begin; i < end; ++i) softmax_row(z, i, out + i * K, st, scratch.data());
     });
     Status total;
     for (const Status& st : statuses) total.merge(st);
@@ -435,10 +492,14 @@ enum ScoreCheck : int { kCheckNone = 0, kCheckFinite = 1, kCheckProbability = 2 
 // knots in one bucket of model k) knots from the bucket's first, never past the
 // padding. The knots past the bucket are >= its upper edge (or +inf), so they never
 // count: the result is the count over all knots, the same as a full search.
+// When every model has at most 65535 knots the tables are also kept as uint16 (`narrow`,
+// a quarter of the bytes: 4 KB a model, so that the K tables of a block's pass stay in
+// the L2 cache); the lookups then read those, with the same counts.
 struct StepTables {
     int mode = kStepInterp;
     int64_t K = 0;
     std::vector<int64_t> xs_off, m, y_off, span, tables;  // tables: K x (kKnotTableSize + 1)
+    std::vector<uint16_t> narrow;                          // the tables as uint16, or empty
     std::vector<double> xs, y, slopes;                    // slopes[xs_off[k] + j]: np.interp's slope of knot j
 };
 
@@ -467,6 +528,8 @@ inline StepTables step_tables(const double* x, const int64_t* x_off, const doubl
             t.span[static_cast<size_t>(k)] = span;
         }
     });
+    if (K > 0 && *std::max_element(t.m.begin(), t.m.end()) <= 65535)
+        t.narrow.assign(t.tables.begin(), t.tables.end());
     t.xs_off[0] = 0;
     for (int64_t k = 0; k < K; ++k)
         t.xs_off[static_cast<size_t>(k + 1)] = t.xs_off[static_cast<size_t>(k)] + t.m[static_cast<size_t>(k)] +
@@ -503,51 +566,78 @@ inline int64_t count_pow2(const double* x, int64_t L, double v) {
     return pos + (knot_before<Right>(x[pos], v) ? 1 : 0);
 }
 
+// Rows of a column read per batch in apply_column.
+constexpr int64_t kStepBatch = 32;
+
 // Column k of rows [begin, end): Mode kStepInterp / kStepLeft, L the model's span (0..8), or
-// -1 for a longer span (count_pow2).
-template <class T, int Mode, int L>
-inline void apply_column(const Matrix<T>& s, const StepTables& t, int64_t k, int check, int64_t begin,
-                         int64_t end, double* out, Status& st) {
+// -1 for a longer span (count_pow2); `table` the model's bucket table (int64 or uint16).
+// Rows go in batches of kStepBatch: first every value of the batch and its bucket's table
+// entry (independent loads, many in flight), then the counts and the values of the map.
+template <class T, int Mode, int L, class Tab>
+inline void apply_column(const Matrix<T>& s, const StepTables& t, const Tab* table, int64_t k, int check,
+                         int64_t begin, int64_t end, double* out, Status& st) {
     constexpr bool Right = Mode == kStepInterp;
     const int64_t K = t.K;
     const double* xk = t.xs.data() + t.xs_off[static_cast<size_t>(k)];
     const double* yk = t.y.data() + t.y_off[static_cast<size_t>(k)];
     const double* sk = t.slopes.data() + t.xs_off[static_cast<size_t>(k)];
     const int64_t m = t.m[static_cast<size_t>(k)], span = t.span[static_cast<size_t>(k)];
-    const int64_t* table = t.tables.data() + k * (kKnotTableSize + 1);
-    for (int64_t i = begin; i < end; ++i) {
-        const double v = s(i, k);
-        if (check != kCheckNone) {
-            const bool finite = is_finite(v);
-            if (!finite || (check == kCheckProbability &&
-                            !(v >= -kProbabilityTolerance && v <= 1.0 + kProbabilityTolerance))) {
-                Status bad;
-                bad.set(finite ? kProbabilityOutOfRange : kScoreNotFinite, i, k, v);
-                st.merge(bad);
+    double v[kStepBatch];
+    int64_t a[kStepBatch];
+    for (int64_t i0 = begin; i0 < end; i0 += kStepBatch) {
+        const int64_t n = std::min(kStepBatch, end - i0);
+        for (int64_t j = 0; j < n; ++j) {
+            const double x = s(i0 + j, k);
+            const bool inside = x >= 0.0 && x < 1.0;
+            const int64_t first = static_cast<int64_t>(table[knot_bucket(inside ? x : 0.0)]);
+            v[j] = x;
+            a[j] = inside ? first : -1;  // outside [0, 1): a search of all knots
+        }
+        if (check != kCheckNone)
+            for (int64_t j = 0; j < n; ++j) {
+                const double x = v[j];
+                const bool finite = is_finite(x);
+                if (!finite || (check == kCheckProbability &&
+                                !(x >= -kProbabilityTolerance && x <= 1.0 + kProbabilityTolerance))) {
+                    Status bad;
+                    bad.set(finite ? kProbabilityOutOfRange : kScoreNotFinite, i0 + j, k, x);
+                    st.merge(bad);
+                }
             }
+        for (int64_t j = 0; j < n; ++j) {
+            const double x = v[j];
+            int64_t c;
+            if (a[j] >= 0) {
+                c = a[j] + (L >= 0 ? count_span<Right, (L < 0 ? 0 : L)>(xk + a[j], x)
+                                   : count_pow2<Right>(xk + a[j], span, x));
+            } else {
+                c = count_sorted<Right>(xk, m, x);
+            }
+            out[(i0 + j) * K + k] = Mode == kStepInterp ? interp_at(xk, yk, sk, m, c, x) : yk[c];
         }
-        int64_t c;
-        if (v >= 0.0 && v < 1.0) {
-            const int64_t a = table[knot_bucket(v)];
-            c = a + (L >= 0 ? count_span<Right, (L < 0 ? 0 : L)>(xk + a, v) : count_pow2<Right>(xk + a, span, v));
-        } else {
-            c = count_sorted<Right>(xk, m, v);
-        }
-        out[i * K + k] = Mode == kStepInterp ? interp_at(xk, yk, sk, m, c, v) : yk[c];
+    }
+}
+
+template <class T, int Mode, class Tab>
+inline void apply_column_span(const Matrix<T>& s, const StepTables& t, const Tab* table, int64_t k, int check,
+                              int64_t begin, int64_t end, double* out, Status& st) {
+    switch (t.span[static_cast<size_t>(k)]) {
+        case 0: return apply_column<T, Mode, 0>(s, t, table, k, check, begin, end, out, st);
+        case 1: return apply_column<T, Mode, 1>(s, t, table, k, check, begin, end, out, st);
+        case 2: return apply_column<T, Mode, 2>(s, t, table, k, check, begin, end, out, st);
+        case 4: return apply_column<T, Mode, 4>(s, t, table, k, check, begin, end, out, st);
+        case 8: return apply_column<T, Mode, 8>(s, t, table, k, check, begin, end, out, st);
+        default: return apply_column<T, Mode, -1>(s, t, table, k, check, begin, end, out, st);
     }
 }
 
 template <class T, int Mode>
 inline void apply_column_mode(const Matrix<T>& s, const StepTables& t, int64_t k, int check, int64_t begin,
                               int64_t end, double* out, Status& st) {
-    switch (t.span[static_cast<size_t>(k)]) {
-        case 0: return apply_column<T, Mode, 0>(s, t, k, check, begin, end, out, st);
-        case 1: return apply_column<T, Mode, 1>(s, t, k, check, begin, end, out, st);
-        case 2: return apply_column<T, Mode, 2>(s, t, k, check, begin, end, out, st);
-        case 4: return apply_column<T, Mode, 4>(s, t, k, check, begin, end, out, st);
-        case 8: return apply_column<T, Mode, 8>(s, t, k, check, begin, end, out, st);
-        default: return apply_column<T, Mode, -1>(s, t, k, check, begin, end, out, st);
-    }
+    const int64_t at = k * (kKnotTableSize + 1);
+    if (!t.narrow.empty())
+        return apply_column_span<T, Mode>(s, t, t.narrow.data() + at, k, check, begin, end, out, st);
+    apply_column_span<T, Mode>(s, t, t.tables.data() + at, k, check, begin, end, out, st);
 }
 
 // out[i, k] = model k of `t` at s[i, k] for an (N, K) block (K = t.K), out C-ordered (N, K)
@@ -576,11 +666,12 @@ Status apply_columns(const Matrix<T>& s, const StepTables& t, int check, bool re
     chunked_for(N, chunk, K, [&](int64_t begin, int64_t end) {
         Status& st = statuses[static_cast<size_t>(begin / chunk)];
         if (softmax) {
+            std::vector<float> scratch = softmax_scratch<T>(K);
             if (check != kCheckNone)
-                for (int64_t i = begin; i < end; ++i) softmax_row(s, i, out + i * K, st);
+                for (int64_t i = begin; i < end; ++i) softmax_row(s, i, out + i * K, st, scratch.data());
             else {
                 Status ignored;
-                for (int64_t i = begin; i < end; ++i) softmax_row(s, i, out + i * K, ignored);
+                for (int64_t i = begin; i < end; ++i) softmax_row(s, i, out + i * K, ignored, scratch.data());
             }
         }
         for (int64_t k = 0; k < K; ++k) {

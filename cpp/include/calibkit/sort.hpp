@@ -94,6 +94,67 @@ void radix_sort(uint64_t* keys, int64_t* order, int64_t n) {
     }
 }
 
+// Stable ascending sort of n keys moving `order` alongside: the result of radix_sort<true> (a stable
+// sort by key is unique), for one thread's work on a few hundred thousand keys. Most significant digit
+// first: the keys' varying bits (from their minimum and maximum) give up to 2^kMsdBits buckets of the top
+// ones; one counting pass and one stable scatter through `keys_tmp` / `order_tmp` (n each), then each
+// bucket is sorted the same way on its own range, and a bucket of at most kMsdSmall keys by insertion
+// (stable). A bucket whose keys are all equal is already in order. Each level fixes at least one more
+// bit, so the depth is at most 64.
+constexpr int kMsdBits = 11;
+constexpr int64_t kMsdSmall = 24;
+
+inline void msd_sort(uint64_t* keys, int64_t* order, int64_t n, uint64_t* keys_tmp, int64_t* order_tmp) {
+    if (n <= kMsdSmall) {
+        for (int64_t i = 1; i < n; ++i) {
+            const uint64_t k = keys[i];
+            const int64_t o = order[i];
+            int64_t j = i;
+            for (; j > 0 && keys[j - 1] > k; --j) {
+                keys[j] = keys[j - 1];
+                order[j] = order[j - 1];
+            }
+            keys[j] = k;
+            order[j] = o;
+        }
+        return;
+    }
+    uint64_t lo = keys[0], hi = keys[0];
+    for (int64_t i = 1; i < n; ++i) {
+        lo = std::min(lo, keys[i]);
+        hi = std::max(hi, keys[i]);
+    }
+    if (lo == hi) return;
+    const int varying = 64 - __builtin_clzll(lo ^ hi);
+    // fewer buckets for fewer keys: about 4 keys per bucket, at least 16 buckets
+    int bits = 4;
+    while (bits < kMsdBits && (int64_t{1} << (bits + 2)) < n) ++bits;
+    const int shift = std::max(0, varying - bits);
+    const uint64_t base = lo >> shift;
+    const int64_t n_buckets = static_cast<int64_t>((hi >> shift) - base) + 1;
+    // counts[b]: the first of bucket b (n_buckets + 1 entries), next: the next free place of each
+    int64_t local[2 * 256 + 1];
+    std::vector<int64_t> heap;
+    if (n_buckets > 256) heap.resize(static_cast<size_t>(2 * n_buckets + 1));
+    int64_t* counts = n_buckets > 256 ? heap.data() : local;
+    int64_t* next = counts + n_buckets + 1;
+    std::fill(counts, counts + n_buckets + 1, 0);
+    for (int64_t i = 0; i < n; ++i) ++counts[(keys[i] >> shift) - base + 1];
+    for (int64_t b = 0; b < n_buckets; ++b) counts[b + 1] += counts[b];
+    std::copy(counts, counts + n_buckets, next);
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t at = next[(keys[i] >> shift) - base]++;
+        keys_tmp[at] = keys[i];
+        order_tmp[at] = order[i];
+    }
+    std::memcpy(keys, keys_tmp, static_cast<size_t>(n) * sizeof(uint64_t));
+    std::memcpy(order, order_tmp, static_cast<size_t>(n) * sizeof(int64_t));
+    for (int64_t b = 0; b < n_buckets; ++b) {
+        const int64_t begin = counts[b], size = counts[b + 1] - begin;
+        if (size > 1) msd_sort(keys + begin, order + begin, size, keys_tmp + begin, order_tmp + begin);
+    }
+}
+
 // Stable ascending argsort of x (np.argsort(x, kind="stable")) by radix_sort of
 // the keys. On return `keys` holds the sorted keys.
 inline void stable_argsort(const Vector<double>& x, int64_t* order, std::vector<uint64_t>& keys) {

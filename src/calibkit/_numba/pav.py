@@ -10,7 +10,7 @@ import numpy as np
 
 from ._common import (
     HALF_TABLE, JIT, OK, PROBABILITY_OUT_OF_RANGE, PROBABILITY_TOLERANCE, SCORE_NOT_FINITE, as_kernel_array,
-    check_float_dtype, is_finite, load, merge_status, new_status, run_locked, status_tuple,
+    check_float_dtype, exp_f32, f64_bits, is_finite, load, merge_status, new_status, run_locked, status_tuple,
 )
 
 
@@ -172,6 +172,87 @@ def _radix_argsort(keys, order):
         order[:] = src_o
 
 
+MSD_BITS = 11  # kMsdBits of sort.hpp
+MSD_SMALL = 24  # kMsdSmall of sort.hpp
+
+
+@numba.njit(**JIT)
+def _msd_sort(keys, order):
+    """msd_sort of sort.hpp: stable ascending sort of keys with `order` moved alongside (the order of
+    radix_sort / _radix_argsort: a stable sort by key is unique). The ranges still to sort are kept on a stack
+    (disjoint, of 2 keys or more: at most n / 2) instead of C++'s recursion; each range is split, scattered
+    and sorted by the same steps."""
+    n = keys.shape[0]
+    keys_tmp = np.empty_like(keys)
+    order_tmp = np.empty_like(order)
+    counts = np.empty((1 << MSD_BITS) + 1, np.int64)
+    nxt = np.empty(1 << MSD_BITS, np.int64)
+    stack = np.empty((n // 2 + 1, 2), np.int64)
+    sp = 0
+    if n > 1:
+        stack[0, 0] = 0
+        stack[0, 1] = n
+        sp = 1
+    while sp > 0:
+        sp -= 1
+        lo = stack[sp, 0]
+        size = stack[sp, 1]
+        if size <= MSD_SMALL:
+            for i in range(lo + 1, lo + size):
+                k = keys[i]
+                o = order[i]
+                j = i
+                while j > lo and keys[j - 1] > k:
+                    keys[j] = keys[j - 1]
+                    order[j] = order[j - 1]
+                    j -= 1
+                keys[j] = k
+                order[j] = o
+            continue
+        kmin = keys[lo]
+        kmax = keys[lo]
+        for i in range(lo + 1, lo + size):
+            k = keys[i]
+            kmin = k if k < kmin else kmin
+            kmax = k if k > kmax else kmax
+        if kmin == kmax:
+            continue
+        x = kmin ^ kmax
+        varying = 0
+        while x != np.uint64(0):
+            x >>= np.uint64(1)
+            varying += 1
+        bits = 4
+        while bits < MSD_BITS and (1 << (bits + 2)) < size:
+            bits += 1
+        shift = np.uint64(max(0, varying - bits))
+        base = kmin >> shift
+        n_buckets = np.int64((kmax >> shift) - base) + 1
+        for b in range(n_buckets + 1):
+            counts[b] = 0
+        for i in range(lo, lo + size):
+            counts[np.int64((keys[i] >> shift) - base) + 1] += 1
+        for b in range(n_buckets):
+            counts[b + 1] += counts[b]
+        for b in range(n_buckets):
+            nxt[b] = counts[b]
+        for i in range(lo, lo + size):
+            b = np.int64((keys[i] >> shift) - base)
+            at = lo + nxt[b]
+            nxt[b] += 1
+            keys_tmp[at] = keys[i]
+            order_tmp[at] = order[i]
+        for i in range(lo, lo + size):
+            keys[i] = keys_tmp[i]
+            order[i] = order_tmp[i]
+        for b in range(n_buckets):
+            part = counts[b + 1] - counts[b]
+            if part > 1:
+                stack[sp, 0] = lo + counts[b]
+                stack[sp, 1] = part
+                sp += 1
+
+
 @numba.njit(**JIT)
 def _isotonic_column(v, labels, positive, w, weighted, xo, yo):
     """isotonic_column of pav.hpp: the map of the scores v into xo, yo; returns its length."""
@@ -189,7 +270,7 @@ def _isotonic_column(v, labels, positive, w, weighted, xo, yo):
         return 0
     order = order[:m]
     keys = _sort_keys(vals[:m])
-    _radix_argsort(keys, order)
+    _msd_sort(keys, order)
     targets = np.empty(m)  # in sorted order, as the weights
     ws = np.empty(m if weighted else 1)
     for j in range(m):
@@ -334,21 +415,20 @@ def _knot_table(x, lo, m, tables, k):
 
 
 @numba.njit(inline="always", **JIT)
-def _knots_below(x, lo, m, tables, k, v, right, scratch, scratch_bits):
+def _knots_below(x, lo, m, tables, k, v, right):
     """Number of the knots x[lo:lo + m] < v (right False) or <= v (right True), as an offset from lo:
-    knots_below of pav.hpp (the bucket of v from its bit pattern, through the one-element scratch)."""
+    knots_below of pav.hpp (the bucket of v from its bit pattern)."""
     a = 0
     e = m
     if v >= 0.0 and v < 1.0:
         if v >= KNOT_LINEAR_FROM:  # linear buckets
             b = KNOT_LOG_END - 1 + np.int64(v * KNOT_LINEAR)
         elif v >= KNOT_LOG_FROM:  # exponent and top mantissa bits
-            scratch[0] = v
-            b = 1 + np.int64((scratch_bits[0] >> np.uint64(KNOT_LOG_SHIFT)) - np.uint64(KNOT_LOG_BASE))
+            b = 1 + (f64_bits(v) >> KNOT_LOG_SHIFT) - KNOT_LOG_BASE
         else:
             b = 0
-        a = tables[k, b]
-        e = tables[k, b + 1]
+        a = np.int64(tables[k, b])
+        e = np.int64(tables[k, b + 1])
     base = lo + a
     n = e - a
     while n > 1:
@@ -423,62 +503,89 @@ def _pairwise_sum(a, lo, n):
 def _count_span(x, at, span, v, right):
     """Knots of x[at:at + span] before v (< v, or <= v when right), span a power of two (count_span /
     count_pow2 of pav.hpp: the same count as a full search, the knots past a bucket never counting)."""
+    # comparisons added as integers (no branch on their outcome, as the C++ templates)
     if span <= 8:
         c = 0
-        for j in range(span):
-            if (x[at + j] <= v) if right else (x[at + j] < v):
-                c += 1
+        if right:
+            for j in range(span):
+                c += np.int64(x[at + j] <= v)
+        else:
+            for j in range(span):
+                c += np.int64(x[at + j] < v)
         return c
     pos = 0
     step = span // 2
     while step >= 1:
-        if (x[at + pos + step - 1] <= v) if right else (x[at + pos + step - 1] < v):
-            pos += step
+        below = (x[at + pos + step - 1] <= v) if right else (x[at + pos + step - 1] < v)
+        pos += step * np.int64(below)
         step //= 2
-    if (x[at + pos] <= v) if right else (x[at + pos] < v):
-        pos += 1
-    return pos
+    below = (x[at + pos] <= v) if right else (x[at + pos] < v)
+    return pos + np.int64(below)
+
+
+STEP_BATCH = 32  # kStepBatch of pav.hpp
 
 
 @numba.njit(**JIT)
 def _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, out, begin, end, st):
-    """The K models applied to rows [begin, end) of s, written into out (apply_column of pav.hpp)."""
+    """The K models applied to rows [begin, end) of s, written into out (apply_column of pav.hpp: rows in
+    batches of STEP_BATCH, first the values and their buckets' table entries, then the counts and the maps)."""
     K = s.shape[1]
-    scratch = np.empty(1)
-    scratch_bits = scratch.view(np.uint64)
     right = mode == STEP_INTERP
+    vb = np.empty(STEP_BATCH)
+    ab = np.empty(STEP_BATCH, np.int64)
     for k in range(K):
         lo = xs_off[k]
         ly = y_off[k]
         m = m_of[k]
         span = span_of[k]
-        for i in range(begin, end):
-            v = load(s[i, k], table)
-            if check != CHECK_NONE:
-                code = _bad_score(v, check)
-                if code != OK:
-                    merge_status(st, code, i, k, v)
-            if v >= 0.0 and v < 1.0:
+        for i0 in range(begin, end, STEP_BATCH):
+            n = min(STEP_BATCH, end - i0)
+            for j in range(n):
+                v = load(s[i0 + j, k], table)
+                inside = v >= 0.0 and v < 1.0
+                x = v if inside else 0.0
                 # knot_bucket of pav.hpp without a branch: the linear and the log bucket, one selected
-                linear = KNOT_LOG_END - 1 + np.int64(v * KNOT_LINEAR)
-                scratch[0] = v
-                log_bucket = 1 + np.int64(scratch_bits[0] >> np.uint64(KNOT_LOG_SHIFT)) - KNOT_LOG_BASE
-                log_bucket = log_bucket if v >= KNOT_LOG_FROM else 0  # 0 and -0.0 included
-                b = linear if v >= KNOT_LINEAR_FROM else log_bucket
-                a = tables[k, b]
-                c = a + _count_span(xs, lo + a, span, v, right)
-            else:
-                c = _knots_below(xs, lo, m, tables, k, v, right, scratch, scratch_bits)
-            if mode == STEP_INTERP:
-                out[i, k] = _interp_at(xs, y, slopes, lo, ly, m, c, v)
-            else:
-                out[i, k] = y[ly + c]
+                linear = KNOT_LOG_END - 1 + np.int64(x * KNOT_LINEAR)
+                log_bucket = 1 + (f64_bits(x) >> KNOT_LOG_SHIFT) - KNOT_LOG_BASE
+                log_bucket = log_bucket if x >= KNOT_LOG_FROM else 0  # 0 and -0.0 included
+                b = linear if x >= KNOT_LINEAR_FROM else log_bucket
+                first = np.int64(tables[k, b])
+                vb[j] = v
+                ab[j] = first if inside else -1
+            if check != CHECK_NONE:
+                for j in range(n):
+                    code = _bad_score(vb[j], check)
+                    if code != OK:
+                        merge_status(st, code, i0 + j, k, vb[j])
+            for j in range(n):
+                v = vb[j]
+                a = ab[j]
+                if a >= 0:
+                    c = a + _count_span(xs, lo + a, span, v, right)
+                else:
+                    c = _knots_below(xs, lo, m, tables, k, v, right)
+                if mode == STEP_INTERP:
+                    out[i0 + j, k] = _interp_at(xs, y, slopes, lo, ly, m, c, v)
+                else:
+                    out[i0 + j, k] = y[ly + c]
+
+
+SOFTMAX_PAD = 16  # kSoftmaxPad of pav.hpp
+
+
+def _softmax_scratch(s):
+    """The float32 scratch of _softmax_row for logits s (kernel array): none for float64 (softmax_scratch of
+    pav.hpp; a buffer per chunk is made inside the kernels, of this length)."""
+    return 0 if s.dtype == np.float64 else (s.shape[1] + SOFTMAX_PAD - 1) // SOFTMAX_PAD * SOFTMAX_PAD
 
 
 @numba.njit(**JIT)
-def _softmax_row(z, table, i, out, st, check):
-    """softmax_row of pav.hpp: row i of the logits z -> its softmax in out[i] (math.exp: the C library's exp, as
-    std::exp), the first logit that is not finite named in st when check is not CHECK_NONE."""
+def _softmax_row(z, table, i, out, st, check, scratch):
+    """softmax_row of pav.hpp: row i of the logits z -> its softmax in out[i], the first logit that is not finite
+    named in st when check is not CHECK_NONE. float64 logits (an empty scratch): each difference and math.exp
+    (the C library's exp, as std::exp) in float64; float32 / float16 logits: the difference in float32 and
+    exp_f32 (the bits of simd::exp_f32), widened to float64. Sums and divisions in float64."""
     K = z.shape[1]
     m = -np.inf
     finite = True
@@ -492,8 +599,17 @@ def _softmax_row(z, table, i, out, st, check):
             if not is_finite(out[i, k]):
                 merge_status(st, SCORE_NOT_FINITE, i, k, out[i, k])
                 break
-    for k in range(K):
-        out[i, k] = math.exp(out[i, k] - m)
+    if scratch.shape[0] == 0:
+        for k in range(K):
+            out[i, k] = math.exp(out[i, k] - m)
+    else:
+        mf = np.float32(m)
+        for k in range(K):
+            scratch[k] = np.float32(out[i, k]) - mf
+        for k in range(K):
+            scratch[k] = exp_f32(scratch[k])
+        for k in range(K):
+            out[i, k] = scratch[k]
     flat = out.reshape(out.shape[0] * K)
     total = _pairwise_block(flat, i * K, K) if K <= 128 else _pairwise_sum(flat, i * K, K)
     for k in range(K):
@@ -502,12 +618,13 @@ def _softmax_row(z, table, i, out, st, check):
 
 @numba.njit(**JIT)
 def _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, renormalise, out,
-                 begin, end, st, softmax):
+                 begin, end, st, softmax, n_scratch):
     K = s.shape[1]
     if softmax:
         # the logits' softmax into out, mapped there while it is in cache
+        scratch = np.empty(n_scratch, np.float32)
         for i in range(begin, end):
-            _softmax_row(s, table, i, out, st, check)
+            _softmax_row(s, table, i, out, st, check, scratch)
         _map_columns(out, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, CHECK_NONE, out, begin,
                      end, st)
     else:
@@ -527,7 +644,7 @@ def _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, 
 
 
 @numba.njit(parallel=True, **JIT)
-def _softmax_rows(z, table, out, chunk, parallel):
+def _softmax_rows(z, table, out, chunk, parallel, n_scratch):
     """softmax_rows of pav.hpp: the statuses of the row chunks."""
     N = z.shape[0]
     n_chunks = (N + chunk - 1) // chunk
@@ -537,8 +654,9 @@ def _softmax_rows(z, table, out, chunk, parallel):
         statuses[c, 1] = -1.0
         statuses[c, 2] = -1.0
         statuses[c, 3] = 0.0
+        scratch = np.empty(n_scratch, np.float32)
         for i in range(c * chunk, min(N, (c + 1) * chunk)):
-            _softmax_row(z, table, i, out, statuses[c], CHECK_FINITE)
+            _softmax_row(z, table, i, out, statuses[c], CHECK_FINITE, scratch)
     return statuses
 
 
@@ -579,7 +697,7 @@ def _build_tables(x, x_off, y, y_off, mode, K, parallel):
 
 @numba.njit(parallel=True, **JIT)
 def _step_apply(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, renormalise, out,
-                chunk, parallel, softmax):
+                chunk, parallel, softmax, n_scratch):
     N, K = s.shape
     n_chunks = (N + chunk - 1) // chunk
     statuses = np.empty((n_chunks, 4))
@@ -589,7 +707,7 @@ def _step_apply(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, m
         statuses[c, 2] = -1.0
         statuses[c, 3] = 0.0
         _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, renormalise, out,
-                     c * chunk, min(N, (c + 1) * chunk), statuses[c], softmax)
+                     c * chunk, min(N, (c + 1) * chunk), statuses[c], softmax, n_scratch)
     return statuses
 
 
@@ -630,6 +748,8 @@ def _checked_models(x, x_offsets, y, y_offsets, mode, K):
         raise ValueError(f"x[{j}] is below x[{j - 1}]: the knots of each model must be sorted")
     tables, m_of, span_of, xs, xs_off, slopes = run_locked(_build_tables, x, x_offsets, y, y_offsets, int(mode), K,
                                                                 K * KNOT_TABLE_SIZE >= (1 << 16))
+    if K > 0 and m_of.max() <= 65535:
+        tables = tables.astype(np.uint16)  # the narrow tables of step_tables (pav.hpp)
     return xs, xs_off, m_of, span_of, np.array(y), np.array(y_offsets), slopes, tables
 
 
@@ -663,7 +783,7 @@ def _apply_tables(s, tables, mode, check, renormalise, out2, softmax):
     N, K = s.shape
     parallel = N * K >= (1 << 16)
     statuses = run_locked(_step_apply, s, HALF_TABLE, *tables, mode, int(check), bool(renormalise), out2,
-                          _chunk_rows(K), parallel, bool(softmax))
+                          _chunk_rows(K), parallel, bool(softmax), _softmax_scratch(s) if softmax else 0)
     return _first_status(statuses)
 
 
@@ -709,7 +829,8 @@ def softmax_into(scores, out):
     N, K = s.shape
     _check_softmax(scores, CHECK_FINITE, True)
     out2 = _checked_out(scores, out, N, K, False)
-    statuses = run_locked(_softmax_rows, s, HALF_TABLE, out2, _chunk_rows(K), N * K >= (1 << 16))
+    statuses = run_locked(_softmax_rows, s, HALF_TABLE, out2, _chunk_rows(K), N * K >= (1 << 16),
+                          _softmax_scratch(s))
     return _first_status(statuses)
 
 
