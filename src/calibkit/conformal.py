@@ -38,7 +38,7 @@ import numpy as np
 
 from . import _backend
 from ._typing import ArrayLike, Backend
-from ._validation import check_bool, check_choice, check_labels, check_scores, raise_for_status
+from ._validation import MAX_CLASSES, check_bool, check_choice, check_labels, check_scores, raise_for_status
 
 __all__ = [
     "ConformalAccumulator", "ConformalClassifier", "ConformalMetrics", "average_set_size",
@@ -49,6 +49,8 @@ SCORES = ("lac", "thr", "aps", "raps", "saps")
 _KIND = {"lac": 0, "thr": 0, "aps": 1, "raps": 2, "saps": 3}
 #: Largest ``kreg`` accepted (the kernels' bound; any value >= the class count acts as the class count).
 MAX_KREG = 1 << 40
+#: ``format`` / ``version`` of :meth:`ConformalClassifier.to_dict`.
+FORMAT, FORMAT_VERSION = "calibkit.conformal", 1
 #: The set-size strata of :func:`size_stratified_coverage` by default (Angelopoulos et al. 2021; torchcp's SSCV).
 DEFAULT_STRATA = ((0, 1), (2, 3), (4, 10), (11, 100), (101, 1000))
 
@@ -444,9 +446,106 @@ class ConformalClassifier:
             self.thresholds_ = np.full(K, self.threshold_)
         return self
 
-    def _sets(self, scores, from_logits):
+    def _check_fitted(self):
         if not hasattr(self, "thresholds_"):
-            raise RuntimeError("this ConformalClassifier is not fitted yet: call fit(cal_scores, cal_labels) first")
+            from .calibrators._base import not_fitted_error
+
+            raise not_fitted_error()("this ConformalClassifier is not fitted yet: call fit(cal_scores, cal_labels) "
+                                     "first")
+
+    # -- persistence ----------------------------------------------------------------------------------
+    _PARAMS = ("score", "alpha", "class_conditional", "randomized", "penalty", "kreg", "weight", "random_state",
+               "backend")
+
+    def to_dict(self) -> dict:
+        """A JSON-safe description: format, version, parameters and the fitted values (``threshold_``,
+        ``thresholds_``, ``calibration_scores_``, ``n_classes_``; an infinite threshold is written as None).
+
+        ``random_state`` must be None or an integer (a ``Generator`` cannot be written). A classifier read back
+        by :meth:`from_dict` with ``randomized=True`` draws its prediction uniforms as the original did right
+        after ``fit``: from ``default_rng(random_state)`` past the n calibration draws.
+        """
+        self._check_fitted()
+        rs = self.random_state
+        if rs is not None and (isinstance(rs, (bool, np.bool_)) or not isinstance(rs, numbers.Integral)):
+            raise ValueError(f"to_dict needs random_state None or an integer, got {type(rs).__name__}")
+        params = {name: getattr(self, name) for name in self._PARAMS}
+        params["random_state"] = None if rs is None else int(rs)
+
+        def number(t):
+            return None if math.isinf(t) else float(t)
+
+        return {"format": FORMAT, "version": FORMAT_VERSION, "class": "ConformalClassifier", "params": params,
+                "fitted": {"threshold_": number(self.threshold_),
+                           "thresholds_": [number(t) for t in self.thresholds_],
+                           "calibration_scores_": [float(v) for v in self.calibration_scores_],
+                           "n_classes_": int(self.n_classes_)}}
+
+    @classmethod
+    def from_dict(cls, data) -> "ConformalClassifier":
+        """Rebuild a fitted classifier from :meth:`to_dict` output; malformed input raises ValueError naming
+        the key. The parameters must pass ``fit``'s checks; ``calibration_scores_`` must be finite numbers whose
+        conformal quantile at ``alpha`` is ``threshold_``; ``thresholds_`` K numbers (None = +inf), all equal
+        to ``threshold_`` unless ``class_conditional``."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not a calibkit conformal classifier: format is "
+                             f"{data.get('format') if isinstance(data, dict) else type(data).__name__!r}, "
+                             f"expected {FORMAT!r}")
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported conformal classifier version {data.get('version')!r} (this calibkit "
+                             f"reads version {FORMAT_VERSION})")
+        params, fitted = data.get("params"), data.get("fitted")
+        if not isinstance(params, dict) or set(params) != set(cls._PARAMS):
+            raise ValueError(f"'params' must be a dict with the keys {sorted(cls._PARAMS)}")
+        keys = {"threshold_", "thresholds_", "calibration_scores_", "n_classes_"}
+        if not isinstance(fitted, dict) or set(fitted) != keys:
+            raise ValueError(f"'fitted' must be a dict with the keys {sorted(keys)}")
+        rs = params["random_state"]
+        if rs is not None and (isinstance(rs, bool) or not isinstance(rs, int)):
+            raise ValueError(f"params 'random_state' must be None or an integer, got {rs!r}")
+        obj = cls(**params)
+        try:
+            alpha = obj._check_params()[0]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid parameters: {exc}") from None
+        K = fitted["n_classes_"]
+        if isinstance(K, bool) or not isinstance(K, int) or not 1 <= K <= MAX_CLASSES:
+            raise ValueError(f"learned value 'n_classes_' must be an integer in [1, {MAX_CLASSES}], got {K!r}")
+
+        def numbers_of(name, allow_none):
+            v = fitted[name]
+            ok = isinstance(v, list) and all(
+                (x is None and allow_none) or (isinstance(x, (int, float)) and not isinstance(x, bool)
+                                               and math.isfinite(x)) for x in v)
+            if not ok:
+                raise ValueError(f"learned value {name!r} must be a list of finite numbers"
+                                 f"{' or None (+inf)' if allow_none else ''}")
+            return np.array([np.inf if x is None else float(x) for x in v])
+
+        scores = numbers_of("calibration_scores_", False)
+        thresholds = numbers_of("thresholds_", True)
+        if thresholds.shape != (K,):
+            raise ValueError(f"learned value 'thresholds_' must hold n_classes_ = {K} numbers, got {thresholds.size}")
+        t = fitted["threshold_"]
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+            raise ValueError(f"learned value 'threshold_' must be a finite number or None (+inf), got {t!r}")
+        threshold = np.inf if t is None else float(t)
+        if scores.size == 0 or conformal_quantile(scores, alpha) != threshold:
+            raise ValueError("learned value 'threshold_' is not the conformal quantile of 'calibration_scores_' at "
+                             f"alpha={alpha}")
+        if not params["class_conditional"] and not (thresholds == threshold).all():
+            raise ValueError("learned value 'thresholds_' must all equal 'threshold_' (class_conditional=False)")
+        obj.calibration_scores_, obj.n_classes_ = scores, K
+        obj.threshold_, obj.thresholds_ = threshold, thresholds
+        obj._rng = None
+        if obj.randomized:
+            obj._rng = np.random.default_rng(rs)
+            if _KIND[obj.score] != 0:
+                obj._rng.random(scores.size)  # past the calibration draws (none for LAC), as right after fit
+        return obj
+
+    def _sets(self, scores, from_logits):
+        self._check_fitted()
         _, penalty, kreg, weight = self._check_params()
         from_logits = check_bool(from_logits, "from_logits")
         s = self._matrix(scores, "scores")
