@@ -36,8 +36,14 @@ METHODS = {
     "matrix": lambda from_logits, backend: cal.MatrixScaling(reg=1e-2),  # NumPy only: no kernels
     "isotonic": lambda from_logits, backend: cal.IsotonicCalibration(from_logits=from_logits, backend=backend),
     "histogram": lambda from_logits, backend: cal.HistogramBinning(from_logits=from_logits, backend=backend),
+    "ets": lambda from_logits, backend: cal.EnsembleTemperatureScaling(backend=backend),
+    "beta": lambda from_logits, backend: cal.BetaCalibration(from_logits=from_logits, backend=backend),
+    "venn_abers": lambda from_logits, backend: cal.VennAbers(from_logits=from_logits, backend=backend),
+    "top_label": lambda from_logits, backend: cal.TopLabelHistogramBinning(from_logits=from_logits, backend=backend),
+    "dirichlet": lambda from_logits, backend: cal.DirichletCalibration(reg_lambda=1e-2, reg_mu=1e-2,
+                                                                       from_logits=from_logits, backend=backend),
 }
-LOGIT_METHODS = ("temperature", "vector", "matrix")
+LOGIT_METHODS = ("temperature", "vector", "matrix", "ets")
 MAX_VAL_BYTES = 1 << 30  # validation rows held in memory for the fits
 # The text table's headline columns (the JSON and to_frame() have every field of a row), and their headers.
 COLUMNS = ("n", "accuracy", "ece", "classwise_ece", "smooth_ece", "debiased_rmsce", "ecce_r_sigma", "ecce_pvalue",

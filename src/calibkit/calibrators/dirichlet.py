@@ -376,6 +376,8 @@ class DirichletCalibration(Calibrator):
             softmax_rows(z + self.intercept_, out[start:start + len(x)])
         return out
 
+    _probabilities = predict_proba
+
     def predict(self, scores: ArrayLike) -> IntArray:
         """Predicted class after calibration."""
         return np.argmax(self.predict_proba(scores), axis=1)

@@ -1078,6 +1078,8 @@ class TopLabelHistogramBinning(Calibrator):
             block[idx, c] = h
         return p
 
+    _probabilities = predict_proba
+
     def predict(self, scores: ArrayLike) -> IntArray:
         """The predicted class: the argmax of the scores (top-label binning keeps it)."""
         return self.predict_top_label(scores)[0]

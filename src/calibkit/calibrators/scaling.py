@@ -1164,6 +1164,16 @@ class EnsembleTemperatureScaling(Calibrator):
 
     _probabilities = predict_proba
 
+    def transform(self, logits: ArrayLike) -> FloatArray:
+        """Calibrated logits: the log of :meth:`predict_proba` (float64, shape (N, K); their softmax is the
+        calibrated probabilities, as for the other scaling calibrators). Finite: the uniform part w3 / K keeps
+        every probability positive unless w3 = 0, where a probability that underflows to 0 is a logit of
+        -inf's stand-in -745 (log of the smallest subnormal)."""
+        p = self.predict_proba(logits)
+        np.maximum(p, np.nextafter(0.0, 1.0), out=p)
+        return np.log(p, out=p)
+
+
     def predict(self, logits: ArrayLike) -> IntArray:
         """Predicted class (the argmax of :meth:`predict_proba`, which is that of the logits)."""
         return np.argmax(self.predict_proba(logits), axis=1)
