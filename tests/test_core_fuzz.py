@@ -105,6 +105,11 @@ PRELUDE = textwrap.dedent(
             return [P, False, 0, np.zeros((N, K)), np.zeros((N, K)), np.zeros(N)], {}
         if name == "confidence_loss":
             return [Z, Y, rng.normal(size=(N // 2, K)), 0.5], {}
+        if name == "conformal_label_scores":
+            return [P, Y, False, 2, 0.01, 2, 0.2, rng.random(N)], {}
+        if name == "conformal_sets":
+            return [P, False, 2, 0.01, 2, 0.2, np.full(K, 0.9), rng.random(N), np.empty((N, K), np.uint8),
+                    np.empty(N, np.int64)], {}
         if name == "set_num_threads":
             return [2], {}
         if name in ("get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads", "simd_path"):
@@ -263,11 +268,10 @@ PRELUDE = textwrap.dedent(
 # Every callable of _core needs a valid call above; these are the ones this build has.
 KNOWN = ["top_label_stats", "binary_stats", "classwise_stats", "stream_accumulate", "temperature_nll",
          "vector_scaling_nll", "isotonic_fit", "isotonic_fit_columns", "step_apply", "StepTables",
-         "step_apply_tables", "histogram_fit_columns", "softmax_into", "vector_scale", "stream_top_label", "two_sample_ranking", "row_scores",
-         "cumulative_differences", "smooth_grid",
-         "ensemble_decompose",
-         "ensemble_update", "confidence_loss", "set_num_threads", "get_num_threads", "hardware_threads",
-         "usable_cpus", "default_num_threads", "_pool_selftest", "simd_path"]
+         "step_apply_tables", "histogram_fit_columns", "softmax_into", "vector_scale", "stream_top_label",
+         "two_sample_ranking", "row_scores", "cumulative_differences", "smooth_grid", "ensemble_decompose",
+         "ensemble_update", "confidence_loss", "conformal_label_scores", "conformal_sets", "set_num_threads",
+         "get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads", "_pool_selftest", "simd_path"]
 NO_ARGUMENTS = ("get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads", "simd_path")
 PRESENT = [n for n in KNOWN if callable(getattr(_core, n, None))]
 
