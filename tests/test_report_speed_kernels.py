@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import calibkit
-from calibkit import HistogramBinning, IsotonicCalibration, isotonic_regression
+from calibkit import HistogramBinning, IsotonicCalibration, _core
 from calibkit.calibrators.nonparametric import _concatenated, _kernels
 
 F = np.float32
@@ -152,15 +152,18 @@ def _reference_map(s, t, w=None):
     if w is not None:
         keep = w > 0
         s, t, w = np.ascontiguousarray(s[keep]), t[keep], w[keep]
-    r = isotonic_regression(t, x=s, sample_weight=w, backend="cpp")  # the stable order (stable_argsort)
-    np.testing.assert_array_equal(r.order, np.argsort(s, kind="stable"))
-    xs = s[r.order]
-    first, last = xs[r.blocks[:-1]], xs[r.blocks[1:] - 1]
+    # the fit kernel itself, exact ties only (isotonic_regression also merges near ties, as scikit-learn does)
+    r = _core.isotonic_fit(np.ascontiguousarray(t, dtype=np.float64), s,
+                           None if w is None else np.ascontiguousarray(w, dtype=np.float64), True)
+    order, blocks = r["order"], r["blocks"]
+    np.testing.assert_array_equal(order, np.argsort(s, kind="stable"))  # the stable order (stable_argsort)
+    xs = s[order]
+    first, last = xs[blocks[:-1]], xs[blocks[1:] - 1]
     x_thr = np.empty(2 * len(first))
     x_thr[0::2], x_thr[1::2] = first, last
     keep = np.ones(len(x_thr), bool)
     keep[1::2] = last != first
-    return x_thr[keep], np.repeat(r.values, 2)[keep]
+    return x_thr[keep], np.repeat(r["values"], 2)[keep]
 
 
 def _columns(rng, n):
