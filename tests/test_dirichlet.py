@@ -186,10 +186,12 @@ def test_weights_equal_repeated_rows_and_dtypes(backend):
     b = calibkit.DirichletCalibration("diagonal", tol=1e-11, backend=backend).fit(np.repeat(p, counts, 0),
                                                                                   np.repeat(y, counts))
     np.testing.assert_allclose(a.coef_, b.coef_, atol=1e-6)
+    # float32 probabilities: the log in float32 (the input's precision): the fit moves by about that much
     p32 = p.astype(np.float32)
-    c = calibkit.DirichletCalibration("diagonal", backend=backend).fit(p32, y)
-    d = calibkit.DirichletCalibration("diagonal", backend=backend).fit(p32.astype(np.float64), y)
-    np.testing.assert_array_equal(c.coef_, d.coef_)
+    c = calibkit.DirichletCalibration("diagonal", tol=1e-11, backend=backend).fit(p32, y)
+    d = calibkit.DirichletCalibration("diagonal", tol=1e-11, backend=backend).fit(p32.astype(np.float64), y)
+    np.testing.assert_allclose(c.coef_, d.coef_, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(c.predict_proba(p32), d.predict_proba(p32.astype(np.float64)), atol=1e-6)
     strided = np.asfortranarray(np.repeat(p, 2, axis=1))[:, ::2]
     e = calibkit.DirichletCalibration("diagonal", backend=backend).fit(strided, y)
     f = calibkit.DirichletCalibration("diagonal", backend=backend).fit(p, y)
@@ -199,9 +201,15 @@ def test_weights_equal_repeated_rows_and_dtypes(backend):
 def test_backends_agree():
     rng = np.random.default_rng(6)
     p, y = _data(rng, n=3000, k=6)
+    # the kernels agree to rounding; the fits to the optimiser's resolution (it stops when the loss, flat to
+    # second order at the optimum, no longer moves at 1e-14 relative: parameters ~1e-7 apart)
     a = calibkit.DirichletCalibration("diagonal", backend="cpp").fit(p, y)
     b = calibkit.DirichletCalibration("diagonal", backend="numba").fit(p, y)
-    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(a.predict_proba(p), b.predict_proba(p), rtol=0, atol=1e-7)
+    fa = a.loss_and_grad(np.concatenate([np.diag(a.coef_), a.intercept_]), p, y)[0]
+    fb = b.loss_and_grad(np.concatenate([np.diag(b.coef_), b.intercept_]), p, y)[0]
+    assert fa == pytest.approx(fb, rel=1e-12)
 
 
 def test_real_dump_lowers_nll_and_matches_reference():

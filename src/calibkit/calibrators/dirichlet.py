@@ -15,8 +15,9 @@ from ._base import (
 from .scaling import _check_label_range, _lbfgs, _warn_unless_converged, softmax_nll_block
 
 KINDS = ("full", "diagonal", "fixed_diagonal")
-#: Probabilities are clipped to [TINY, 1] before the log (float64's smallest normal number, as ``dirichletcal``
-#: clips float64 input): a zero probability is the feature ln(TINY) ~ -708.4.
+#: float64 probabilities are clipped to [TINY, 1] before the log (float64's smallest normal number, as
+#: ``dirichletcal`` clips float64 input): a zero probability is the feature ln(TINY) ~ -708.4. float32 / float16
+#: probabilities are clipped at float32's smallest normal number (ln = -87.3) and their log taken in float32.
 TINY = float(np.finfo(np.float64).tiny)
 #: Largest K of ``kind="full"`` (K (K + 1) parameters, a K x K gradient per pass): 4096.
 MAX_FULL_CLASSES = 4096
@@ -26,8 +27,9 @@ class DirichletCalibration(Calibrator):
     r"""Dirichlet calibration (Kull, Perello-Nieto, Kängsepp, Silva Filho, Song & Flach 2019).
 
     Multinomial logistic regression on the log-probabilities x = ln p of an (N, K) matrix of
-    probabilities (clipped to [``TINY``, 1]; with ``from_logits=True``, x is the exact log-softmax of
-    the logits):
+    probabilities (clipped to [``TINY``, 1], ln taken in the input's precision: float32 for float32 and
+    float16 input, whose smallest normal number is then the clip; with ``from_logits=True``, x is the
+    log-softmax of the logits in float64):
 
     .. math::
 
@@ -56,9 +58,10 @@ class DirichletCalibration(Calibrator):
     held at 0 and the regulariser applies to that representative, with ``ref_row=False`` to the
     unconstrained K x K matrix (the paper's formula, which is :class:`MatrixScaling` on ln p). Without
     regularisation both give the same probabilities. ``"diagonal"`` and ``"fixed_diagonal"`` take no
-    regularisation (``reg_lambda=0``, ``reg_mu=None``); their last intercept is held at 0.
+    regularisation (``reg_lambda=0``, ``reg_mu=None``); ``intercept_`` is given with its last entry 0 (the
+    same probabilities).
 
-    Every pass reads the scores in row chunks of about 32 MB of float64 (their log and logits): memory
+    Every pass reads the scores in row chunks of about 32 MB (their log and logits): memory
     does not grow with N; the full kind's K (K + 1) parameters make it meant for K up to a few hundred
     (at most ``MAX_FULL_CLASSES`` = 4096). ``"diagonal"`` and ``"fixed_diagonal"`` take each chunk's
     loss and gradient from the vector-scaling kernel of ``backend``; ``"full"`` from BLAS.
@@ -66,8 +69,7 @@ class DirichletCalibration(Calibrator):
     Differences from ``dirichletcal``: the NLL is not clipped (``dirichletcal`` clips the calibrated
     probabilities to [2.2e-16, 1 - 2.2e-16] inside its loss, which changes the optimum only where a
     row's calibrated probability of its label falls below 2.2e-16); the optimiser is L-BFGS for every K
-    (``dirichletcal`` uses Newton for K <= 36); the input is clipped at float64's ``TINY`` whatever its
-    dtype (``dirichletcal`` at the input dtype's).
+    (``dirichletcal`` uses Newton for K <= 36).
 
     Parameters
     ----------
@@ -151,8 +153,12 @@ class DirichletCalibration(Calibrator):
         the element by its row in ``scores``)."""
         n, n_classes = scores.shape
         step = chunk_rows(n_classes)
+        # float32 / float16 probabilities: the features in float32 (NumPy's vector float log; the input's own
+        # precision), clipped at float32's tiny (ln = -87.3, as dirichletcal clips at the input dtype's)
+        dtype = np.float32 if scores.dtype in (np.float32, np.float16) and not self.from_logits else np.float64
+        tiny = np.finfo(dtype).tiny
         for start in range(0, n, step):
-            x = np.array(scores[start:start + step], dtype=np.float64)
+            x = np.array(scores[start:start + step], dtype=dtype)
             if check:
                 check_finite(x, "scores", start)
                 if not self.from_logits:
@@ -165,7 +171,7 @@ class DirichletCalibration(Calibrator):
                 x -= x.max(axis=1, keepdims=True)
                 x -= np.log(np.exp(x).sum(axis=1, keepdims=True))
             else:
-                np.maximum(x, TINY, out=x)
+                np.maximum(x, tiny, out=x)
                 np.log(x, out=x)
             yield start, x
 
@@ -175,7 +181,7 @@ class DirichletCalibration(Calibrator):
         if self.kind == "fixed_diagonal":
             return np.eye(K) * theta[0], np.zeros(K)
         if self.kind == "diagonal":
-            return np.diag(theta[:K]), np.concatenate([theta[K:], [0.0]])
+            return np.diag(theta[:K]), theta[K:]
         rows = K - 1 if self.ref_row else K
         W = np.zeros((K, K))
         c = np.zeros(K)
@@ -189,7 +195,7 @@ class DirichletCalibration(Calibrator):
         if self.kind == "fixed_diagonal":
             return np.ones(1)
         if self.kind == "diagonal":
-            return np.concatenate([np.ones(K), np.zeros(K - 1)])
+            return np.concatenate([np.ones(K), np.zeros(K)])
         W = np.eye(K)
         if self.ref_row:  # the same map with the last row subtracted from every row
             W = (W - W[-1])[:-1]
@@ -237,7 +243,7 @@ class DirichletCalibration(Calibrator):
         if self.kind == "fixed_diagonal":
             return loss, np.array([ga.sum() / total])
         if self.kind == "diagonal":
-            return loss, np.concatenate([ga / total, gc[:-1] / total])
+            return loss, np.concatenate([ga / total, gc / total])
         gW = gW / total + pW
         gc = gc / total + pc
         rows = n_classes - 1 if self.ref_row else n_classes
@@ -252,7 +258,8 @@ class DirichletCalibration(Calibrator):
 
         ``"full"``: the Kronecker factors of the multinomial Hessian, A = E[diag(q) - q q^T] over the free rows
         and B = E[x x^T] of x = (ln p, 1) (plus ridges), theta = L_A^-T V L_B^-1 with A = L_A L_A^T and
-        B = L_B L_B^T; the diagonal kinds: the square root of the Hessian's diagonal."""
+        B = L_B L_B^T; ``"diagonal"``: per class the Cholesky factor of the (a_k, c_k) block of the Hessian's
+        diagonal blocks; ``"fixed_diagonal"``: the square root of the curvature."""
         n, K = scores.shape
         sub = slice(None, None, max(1, n // 4096))
         w = np.ones(len(range(n)[sub])) if sample_weight is None else sample_weight[sub]
@@ -281,13 +288,32 @@ class DirichletCalibration(Calibrator):
             return (lambda v: flat(inv_a.T @ matrix(v) @ inv_b), lambda g: flat(inv_a @ matrix(g) @ inv_b.T),
                     flat(L_A.T @ matrix(theta) @ L_B), norm)
         v = q * (1.0 - q) * w[:, None]
-        if self.kind == "diagonal":
-            h = np.concatenate([(v * x * x).sum(axis=0), v.sum(axis=0)[:-1]])
-        else:
-            h = np.array([float((v * x * x).sum())])
-        h = np.where(np.isfinite(h), h, 0.0)
-        d = np.sqrt(h + 1e-4 * max(float(h.mean()), 1e-12))
-        return (lambda v: v / d), (lambda g: g / d), theta * d, float(d.max())
+        if self.kind == "fixed_diagonal":
+            h = float((v * x * x).sum())
+            d = np.sqrt(h + 1e-4 * max(h, 1e-12)) if np.isfinite(h) else 1.0
+            return (lambda u: u / d), (lambda g: g / d), theta * d, float(d)
+        # diagonal: per class the Cholesky factor of the 2 x 2 block [[H_aa, H_ac], [H_ac, H_cc]] of (a_k, c_k)
+        # (ln p is far from 0, so a_k and c_k are strongly coupled), as VectorScaling's fit.
+        def finite(h):
+            return np.where(np.isfinite(h), h, 0.0)
+
+        h_aa, h_ac, h_cc = finite((v * x * x).sum(axis=0)), finite((v * x).sum(axis=0)), finite(v.sum(axis=0))
+        ridge = 1e-4 * max(float(np.mean(h_aa + h_cc)), 1e-12)
+        l11 = np.sqrt(h_aa + ridge)
+        l21 = h_ac / l11
+        l22 = np.sqrt(np.maximum(h_cc + ridge - l21 * l21, ridge))
+
+        def to_theta(u):  # theta = L^-T u per class
+            c = u[K:] / l22
+            return np.concatenate([(u[:K] - l21 * c) / l11, c])
+
+        def grad_in_v(g):  # L^-1 g per class
+            ga = g[:K] / l11
+            return np.concatenate([ga, (g[K:] - l21 * ga) / l22])
+
+        v0 = np.concatenate([l11 * theta[:K] + l21 * theta[K:], l22 * theta[K:]])
+        norm = float(np.max(np.maximum(l11, np.abs(l21) + l22)))
+        return to_theta, grad_in_v, v0, norm
 
     def _checked(self, scores):
         s = check_logits(scores, "scores")
@@ -298,7 +324,7 @@ class DirichletCalibration(Calibrator):
     def loss_and_grad(self, params: ArrayLike, scores: ArrayLike, labels: ArrayLike,
                       sample_weight: ArrayLike | None = None) -> tuple[float, FloatArray]:
         """The objective and its gradient at ``params`` (the fit's parametrisation: [W rows, c] of the free
-        rows for ``"full"``, [a, c[:-1]] for ``"diagonal"``, [a] for ``"fixed_diagonal"``)."""
+        rows for ``"full"``, [a, c] for ``"diagonal"``, [a] for ``"fixed_diagonal"``)."""
         self._check_params()
         scores, labels, sample_weight = check_fit_inputs(self._checked(scores), labels, sample_weight,
                                                          binary=False)
@@ -341,6 +367,8 @@ class DirichletCalibration(Calibrator):
         res.jac = objective(res.x)[1]  # the gradient in theta, which tol is about
         _warn_unless_converged(res, "Dirichlet calibration")
         W, c = self._unpack(res.x, n_classes)
+        if self.kind == "diagonal":  # the same model with the last intercept at 0
+            c = c - c[-1]
         self.coef_, self.intercept_ = W, c
         self.n_iter_ = int(res.nit)
         self.n_passes_ = passes[0]
