@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -214,7 +216,7 @@ def _sscv(size_count, size_covered, alpha, strata):
 
 
 def size_stratified_coverage(sets: ArrayLike, labels: ArrayLike, alpha: float, *,
-                             strata=DEFAULT_STRATA) -> float:
+                             strata: Sequence[tuple[int, int]] = DEFAULT_STRATA) -> float:
     """Size-stratified coverage violation (SSCV; Angelopoulos et al. 2021), as torchcp's ``SSCV``.
 
     SSCV = max over strata S_j with at least one set of |(1 - alpha) - coverage of the rows whose set size is
@@ -368,7 +370,7 @@ class ConformalClassifier:
 
     def __init__(self, score: str = "lac", alpha: float = 0.1, class_conditional: bool = False,
                  randomized: bool = False, penalty: float = 0.01, kreg: int = 5, weight: float = 0.2,
-                 random_state=None, backend: Backend = "auto"):
+                 random_state: int | np.random.Generator | None = None, backend: Backend = "auto"):
         self.score = score
         self.alpha = alpha
         self.class_conditional = class_conditional
@@ -482,7 +484,7 @@ class ConformalClassifier:
                            "n_classes_": int(self.n_classes_)}}
 
     @classmethod
-    def from_dict(cls, data) -> "ConformalClassifier":
+    def from_dict(cls, data: Mapping[str, Any]) -> "ConformalClassifier":
         """Rebuild a fitted classifier from :meth:`to_dict` output; malformed input raises ValueError naming
         the key. The parameters must pass ``fit``'s checks; ``calibration_scores_`` must be finite numbers whose
         conformal quantile at ``alpha`` is ``threshold_``; ``thresholds_`` K numbers (None = +inf), all equal
@@ -579,7 +581,8 @@ class ConformalClassifier:
         """The size of each prediction set (int64, shape (N,)); with ``randomized=True``, of a new draw."""
         return self._sets(scores, from_logits)[1]
 
-    def predict_sets_and_sizes(self, scores: ArrayLike, *, from_logits: bool = False):
+    def predict_sets_and_sizes(self, scores: ArrayLike, *, from_logits: bool = False
+                               ) -> tuple[np.ndarray, np.ndarray]:
         """``(sets, sizes)`` of one draw: the (N, K) mask and its row sums, from one pass."""
         return self._sets(scores, from_logits)
 
@@ -643,7 +646,7 @@ class ConformalAccumulator:
     MAX_CLASSES = 1 << 24
 
     def __init__(self, classifier: ConformalClassifier | None = None, *, alpha: float | None = None,
-                 n_classes: int | None = None, strata=DEFAULT_STRATA):
+                 n_classes: int | None = None, strata: Sequence[tuple[int, int]] = DEFAULT_STRATA):
         if classifier is not None and not isinstance(classifier, ConformalClassifier):
             raise TypeError(f"classifier must be a ConformalClassifier, got {type(classifier).__name__}")
         self.classifier = classifier
