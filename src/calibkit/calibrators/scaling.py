@@ -1173,6 +1173,11 @@ class EnsembleTemperatureScaling(Calibrator):
         np.maximum(p, np.nextafter(0.0, 1.0), out=p)
         return np.log(p, out=p)
 
+    def fit_transform(self, logits: ArrayLike, labels: ArrayLike,
+                      sample_weight: ArrayLike | None = None) -> FloatArray:
+        """``fit(logits, labels, sample_weight).transform(logits)``."""
+        return self.fit(logits, labels, sample_weight).transform(logits)
+
 
     def predict(self, logits: ArrayLike) -> IntArray:
         """Predicted class (the argmax of :meth:`predict_proba`, which is that of the logits)."""
