@@ -293,3 +293,21 @@ def test_bad_input_one_clear_error(backend_name):
     assert "shape (N, K)" in out[8]
     assert "fitted on 3 classes" in out[9]
     assert "scores[3, 0]" in out[10]
+
+
+def test_many_classes_and_sparse_weights():
+    """K above one chunk's 4096 rows of the curvature estimate (a chunk is ~4M / K rows), and weights that are
+    zero on most rows: the fit runs (the preconditioner's sample is one chunk)."""
+    rng = np.random.default_rng(8)
+    n, K = 1500, 1500
+    p = rng.dirichlet(np.ones(K), n)
+    y = np.argmax(np.log(p) + rng.gumbel(size=(n, K)), axis=1)
+    d = calibkit.DirichletCalibration("diagonal", max_iter=30)
+    with pytest.warns(RuntimeWarning, match="stopped early"):
+        d.fit(p, y)
+    assert np.isfinite(d.coef_).all() and d.n_passes_ > 1
+    w = np.zeros(n)
+    w[::7] = 1.0
+    f = calibkit.DirichletCalibration("fixed_diagonal").fit(p, y, sample_weight=w)
+    g = calibkit.DirichletCalibration("fixed_diagonal").fit(p[::7], y[::7])
+    assert f.coef_[0, 0] == pytest.approx(g.coef_[0, 0], rel=1e-6)

@@ -253,18 +253,20 @@ class DirichletCalibration(Calibrator):
         """(to_theta, grad_in_v, v0, norm): the fit runs L-BFGS in v, theta = to_theta(v), where the objective's
         curvature at the start ``theta`` is about the identity (log-probability features of magnitudes up to
         ~700 against an intercept's 1, and strongly correlated columns, would otherwise take hundreds of steps).
-        The curvature is estimated on about 4096 rows (every m-th). grad_in_v maps the gradient in theta to
-        the gradient in v; |grad_theta|_inf <= norm |grad_v|_inf, so stopping on tol / norm in v stops on tol.
+        The curvature is estimated on at most 4096 rows (every m-th; at most one chunk). grad_in_v maps the
+        gradient in theta to the gradient in v; |grad_theta|_inf <= norm |grad_v|_inf, so stopping on tol / norm
+        in v stops on tol.
 
         ``"full"``: the Kronecker factors of the multinomial Hessian, A = E[diag(q) - q q^T] over the free rows
         and B = E[x x^T] of x = (ln p, 1) (plus ridges), theta = L_A^-T V L_B^-1 with A = L_A L_A^T and
         B = L_B L_B^T; ``"diagonal"``: per class the Cholesky factor of the (a_k, c_k) block of the Hessian's
         diagonal blocks; ``"fixed_diagonal"``: the square root of the curvature."""
         n, K = scores.shape
-        sub = slice(None, None, max(1, n // 4096))
-        w = np.ones(len(range(n)[sub])) if sample_weight is None else sample_weight[sub]
+        m = min(4096, chunk_rows(K))  # rows of the estimate: one chunk
+        rows = np.arange(0, n, max(1, n // m))[:m]
+        w = np.ones(len(rows)) if sample_weight is None else sample_weight[rows]
         w = w / max(float(w.sum()), 1e-300)
-        (_, x), = self._chunks(scores[sub], check=False)
+        (_, x), = self._chunks(scores[rows], check=False)
         W, c = self._unpack(theta, K)
         q = np.empty(x.shape)
         softmax_rows(x @ W.T + c, q)
