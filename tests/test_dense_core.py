@@ -97,7 +97,7 @@ def test_out_pieces_write_the_map():
 
 
 @pytest.mark.parametrize("call, exc, msg", [
-    (lambda: as_dense(X[0, 0]), ValueError, r"shape \(N, K, \*spatial\)"),
+    (lambda: as_dense(X[0, 0, 0]), ValueError, r"shape \(N, K\) or \(N, K, \*spatial\)"),
     (lambda: as_dense(X, Y[:, :3]), ValueError, r"labels must have shape \(3, 7, 11\)"),
     (lambda: as_dense(X, Y, axis=2), ValueError, "axis must be 1"),
     (lambda: as_dense(X, Y, axis=1.0), TypeError, "axis must be an integer"),
@@ -136,3 +136,13 @@ def test_errors_name_the_element_in_the_callers_coordinates(backend, axis):
             for p in d.pieces(piece_rows=8):
                 r = k.top_label_stats(p.scores, p.labels, None, True, 15, 1e-7, False)
                 d.raise_for_status(r["status"], p, n_classes=5)
+
+
+def test_two_dimensional_scores_take_the_same_path():
+    s = X[:, :, 0, 0]
+    lab = Y[:, 0, 0].copy()
+    lab[1] = 255
+    d, ps = _pieces(s, lab, ignore_index=255, piece_rows=2)
+    fs, fl, _ = flatten_reference(s, lab, ignore_index=255)
+    assert np.array_equal(np.concatenate([p.scores for p in ps]), fs) and fs.shape == (2, 5)
+    assert np.array_equal(np.concatenate([p.labels for p in ps]), fl)

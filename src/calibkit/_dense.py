@@ -298,6 +298,10 @@ def as_dense(scores, labels=None, *, axis=1, mask=None, ignore_index=None, sampl
              out_dtype=None) -> Dense:
     """Validate a dense input of shape (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``).
 
+    (N, K) scores are accepted too (no spatial axis: one piece per
+    ``piece_rows`` rows), so that ``mask`` / ``ignore_index`` on plain
+    classification input take the same path.
+
     ``labels``, ``mask`` (bool) and ``sample_weight`` must have the shape
     (N, *spatial); ``out``, when given, too (a writeable float array: the
     per-pixel map a score writes). ``ignore_index`` is an integer label whose
@@ -308,8 +312,8 @@ def as_dense(scores, labels=None, *, axis=1, mask=None, ignore_index=None, sampl
     """
     s = scores if type(scores) is np.ndarray else _as_array(scores, name)
     s = _in_place(_float_array(s, name))
-    if s.ndim < 3:
-        raise ValueError(f"{name} must have shape (N, K, *spatial) to be read as dense predictions, "
+    if s.ndim < 2:
+        raise ValueError(f"{name} must have shape (N, K) or (N, K, *spatial) to be read as rows of class scores, "
                          f"got shape {s.shape}")
     ax = check_class_axis(axis, s.ndim)
     K = s.shape[ax]
