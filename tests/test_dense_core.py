@@ -6,6 +6,8 @@ when no pixel is ignored; bad elements are named at their place in the
 caller's arrays.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -128,7 +130,7 @@ def test_errors_name_the_element_in_the_callers_coordinates(backend, axis):
     y[2, 4, 6] = 9
     xs = x if axis == 1 else np.ascontiguousarray(np.moveaxis(x, 1, -1))
     where = "scores[1, 3, 2, 5]" if axis == 1 else "scores[1, 2, 5, 3]"
-    for lab, msg in ((Y, rf"{where.replace('[', '[[]', 1)} = nan is not finite"),
+    for lab, msg in ((Y, re.escape(where) + " = nan is not finite"),
                      (y, r"labels\[2, 4, 6\] = 9 is out of range for n_classes=5")):
         xx = xs if lab is Y else (X if axis == 1 else np.ascontiguousarray(np.moveaxis(X, 1, -1)))
         d = as_dense(xx, lab, axis=axis)
@@ -146,3 +148,23 @@ def test_two_dimensional_scores_take_the_same_path():
     fs, fl, _ = flatten_reference(s, lab, ignore_index=255)
     assert np.array_equal(np.concatenate([p.scores for p in ps]), fs) and fs.shape == (2, 5)
     assert np.array_equal(np.concatenate([p.labels for p in ps]), fl)
+
+
+@pytest.mark.parametrize("axis", [1, -1])
+def test_scores_shaped_out_and_in_place(axis):
+    s = X.astype(np.float64) if axis == 1 else np.ascontiguousarray(np.moveaxis(X, 1, -1)).astype(np.float64)
+    out = np.zeros_like(s)
+    d = as_dense(s, out=out, axis=axis, out_like_scores=True)
+    for p in d.pieces(piece_rows=13):
+        assert p.out.shape == p.scores.shape
+        p.out[:] = 2 * p.scores
+    assert np.array_equal(out, 2 * s)
+    with pytest.raises(ValueError, match="out overlaps scores"):
+        as_dense(s, out=s, axis=axis, out_like_scores=True)
+    t = s.copy()
+    d = as_dense(t, out=t, axis=axis, out_like_scores=True, allow_in_place=True)
+    for p in d.pieces(piece_rows=13):
+        p.out[:] = 2 * p.scores
+    assert np.array_equal(t, 2 * s)
+    with pytest.raises(ValueError, match="only out=scores itself"):
+        as_dense(t[:, :, 1:], out=t[:, :, :-1], axis=axis, out_like_scores=True, allow_in_place=True)

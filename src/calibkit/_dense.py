@@ -118,7 +118,9 @@ class Dense:
         self.out = out
         self.piece_rows = piece_rows
         self._moved = moved
-        arrays = [moved] + [a for a in (labels, mask, sample_weight, out) if a is not None]
+        # out of the scores' shape (calibrated scores) is read with its class axis last, as the scores
+        self._out_rows = None if out is None else (np.moveaxis(out, axis, -1) if out.ndim == scores.ndim else out)
+        arrays = [moved] + [a for a in (labels, mask, sample_weight, self._out_rows) if a is not None]
         self._n_outer = _merge_point(self.row_shape, arrays, 1 if split_images else 0)
         self._n_kept = None
 
@@ -188,7 +190,7 @@ class Dense:
             s_all = self._view(self._moved, outer)
             lab_all = None if self.labels is None else self._view(self.labels, outer)
             w_all = None if self.sample_weight is None else self._view(self.sample_weight, outer)
-            out_all = None if self.out is None else self._view(self.out, outer, writeable=True)
+            out_all = None if self.out is None else self._view(self._out_rows, outer, writeable=True)
             image = outer[0] if outer else None
             for start in range(0, inner, step):
                 stop = min(start + step, inner)
@@ -295,7 +297,7 @@ def _merge_point(row_shape, arrays, min_outer):
 
 def as_dense(scores, labels=None, *, axis=1, mask=None, ignore_index=None, sample_weight=None, out=None,
              name: str = "scores", split_images: bool = False, piece_rows: int = PIECE_ROWS,
-             out_dtype=None) -> Dense:
+             out_dtype=None, out_like_scores: bool = False, allow_in_place: bool = False) -> Dense:
     """Validate a dense input of shape (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``).
 
     (N, K) scores are accepted too (no spatial axis: one piece per
@@ -304,7 +306,10 @@ def as_dense(scores, labels=None, *, axis=1, mask=None, ignore_index=None, sampl
 
     ``labels``, ``mask`` (bool) and ``sample_weight`` must have the shape
     (N, *spatial); ``out``, when given, too (a writeable float array: the
-    per-pixel map a score writes). ``ignore_index`` is an integer label whose
+    per-pixel map a score writes), or with ``out_like_scores=True`` the shape
+    of ``scores`` (calibrated scores; ``allow_in_place=True`` accepts ``out``
+    being ``scores`` itself, for a row-by-row in-place transform; any other
+    overlap is an error). ``ignore_index`` is an integer label whose
     pixels are never counted. Nothing is copied here: contents (NaN, labels
     out of range, negative weights) are checked by the kernels piece by piece.
     ``split_images=True`` keeps every piece within one image (for
@@ -352,17 +357,27 @@ def as_dense(scores, labels=None, *, axis=1, mask=None, ignore_index=None, sampl
         if sample_weight.dtype == object or sample_weight.dtype.kind not in "fiub":
             raise TypeError(f"sample_weight must be numbers, got dtype {sample_weight.dtype}")
     if out is not None:
+        want = s.shape if out_like_scores else row_shape
         if not isinstance(out, np.ndarray):
-            raise TypeError(f"out must be a NumPy array of shape {row_shape}, got {type(out).__name__}")
-        same_shape(out, "out")
+            raise TypeError(f"out must be a NumPy array of shape {want}, got {type(out).__name__}")
+        if out_like_scores:
+            if out.shape != s.shape:
+                raise ValueError(f"out must have the shape of {name}, {s.shape}, got shape {out.shape}")
+        else:
+            same_shape(out, "out")
         if out_dtype is not None and out.dtype != np.dtype(out_dtype):
             raise TypeError(f"out must have dtype {np.dtype(out_dtype)}, got {out.dtype}")
         if out.dtype.kind != "f":
             raise TypeError(f"out must be a float array, got dtype {out.dtype}")
         if not out.flags.writeable:
             raise ValueError("out is read-only: a writeable array is needed")
-        if np.shares_memory(out, s):
-            raise ValueError(f"out overlaps {name}: the map would be written over the scores it is computed from")
+        same = (out_like_scores and allow_in_place and out.dtype == s.dtype
+                and out.__array_interface__["data"][0] == s.__array_interface__["data"][0]
+                and out.strides == s.strides)
+        if not same and np.shares_memory(out, s):
+            raise ValueError(f"out overlaps {name}: the output would be written over the scores it is computed "
+                             f"from" + (f" (only out={name} itself is accepted, for an in-place transform)"
+                                        if allow_in_place else ""))
     return Dense(s, ax, labels, mask, ignore_index, sample_weight, out, name, split_images, piece_rows)
 
 
