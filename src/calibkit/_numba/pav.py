@@ -453,12 +453,14 @@ def _interp_at(x, y, slopes, lo, ly, m, c, v):
     if x[lo + j] == v:
         return y[ly + j]
     slope = slopes[lo + j]
-    r = slope * (v - x[lo + j]) + y[ly + j]
-    if r != r:
-        r = slope * (v - x[lo + j + 1]) + y[ly + j + 1]
-        if r != r and y[ly + j] == y[ly + j + 1]:
-            r = y[ly + j]
-    return r
+    y0 = y[ly + j]
+    y1 = y[ly + j + 1]
+    r = slope * (v - x[lo + j]) + y0
+    # NaN (inf * 0) fallbacks as selects, not branches: the same values as interp_at's branches, and half the
+    # time per value in Numba (a branch here, never taken, kept LLVM from overlapping the rows' searches)
+    r2 = slope * (v - x[lo + j + 1]) + y1
+    r2 = r2 if (r2 == r2 or y0 != y1) else y0
+    return r if r == r else r2
 
 
 @numba.njit(inline="always", **JIT)
