@@ -1150,7 +1150,7 @@ def _dense_dump(dump, axis, ignore_index, mask, labels_name):
         raise DumpError(f"{name}: {_one_line(exc)}") from None
     if shape[ax] < 2:
         raise DumpError(f"{name}: scores of shape {shape} have {shape[ax]} class on axis {axis}; at least 2 are "
-                        "needed (is the class axis right? --class-axis / axis=)")
+                        "needed (is the class axis right? give axis=1 or axis=-1)")
     want = shape[:ax] + shape[ax + 1:]
     where = "(N, K, *spatial)" if ax == 1 else "(N, *spatial, K)"
 
@@ -1158,7 +1158,7 @@ def _dense_dump(dump, axis, ignore_index, mask, labels_name):
         other = shape[:-1] if ax == 1 else shape[:1] + shape[2:]
         if len(shape) > 2 and got == other:
             flag = "-1" if ax == 1 else "1"
-            return f"; they fit scores with classes on axis {flag}: give --class-axis {flag} (axis={flag})"
+            return f"; they fit scores with classes on axis {flag}: give axis={flag}"
         return ""
 
     y = dump.labels
@@ -1255,6 +1255,8 @@ def _located_pixel(exc, dump, row):
     """The error about kept row ``row`` of a :class:`DenseDump`, the element named at its pixel
     (``labels.npy: labels[2, 7, 11] = 9 is out of range ...``, ``scores.npy: scores[0, :, 3, 5] = nan ...``),
     the file being that of the labels for a label, else that of the scores."""
+    from ._validation import LABEL_OUT_OF_RANGE
+
     pos = dump.pixel(row)
     code, r, col, value = exc.status
     msg = str(exc)
@@ -1268,7 +1270,11 @@ def _located_pixel(exc, dump, row):
         prefix = f"{arg}[{r}]"
         if msg.startswith(prefix):
             where = dump.labels_name if arg == "labels" and dump.labels_name else dump.name
-            return DumpError(f"{where}: {arg}[{', '.join(map(str, pos))}]{msg[len(prefix):]}")
+            advice = ""
+            if arg == "labels" and dump.ignore_index is None and int(code) == LABEL_OUT_OF_RANGE:
+                advice = (f"; if {int(value)} marks pixels without ground truth, leave them out with "
+                          f"ignore_index={int(value)}")
+            return DumpError(f"{where}: {arg}[{', '.join(map(str, pos))}]{msg[len(prefix):]}{advice}")
     return DumpError(f"{dump.name}: {msg} (pixel {pos})")
 
 
