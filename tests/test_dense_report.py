@@ -188,8 +188,8 @@ def test_out_of_core_temperature_and_val_dump(tmp_path):
     vm = io.split_mask(dump.n_rows, 0.5)
     a = report.report(dump, val_mask=vm, methods=["temperature"], max_val_bytes=10, chunk_rows=64)
     b = report.report(flat, val_mask=vm, methods=["temperature"], max_val_bytes=10, chunk_rows=64)
-    assert math.isclose(a["rows"]["temperature"]["params"]["temperature"],
-                        b["rows"]["temperature"]["params"]["temperature"], rel_tol=1e-9)
+    assert math.isclose(a["rows"]["temperature"]["params"]["temperature_"],
+                        b["rows"]["temperature"]["params"]["temperature_"], rel_tol=1e-9)
     sv, yv = _maps(np.float32, seed=3)
     val = io._dense_dump(io.Dump(sv, yv, True, "v"), 1, 255, None, "yv")
     _same_rows(report.report(dump, val=val, methods=["temperature"]),
@@ -387,7 +387,7 @@ def test_cli_fit_and_apply_on_dense(tmp_path):
     want = TemperatureScaling().fit(fs, fy).temperature_
     got = json.loads((tmp_path / "t.json").read_text())
     assert got["input"]["n_rows"] == len(fy)
-    assert math.isclose(got["fitted"]["temperature"], want, rel_tol=1e-12)
+    assert math.isclose(got["fitted"]["temperature_"], want, rel_tol=1e-12)
     r = _run("apply", tmp_path / "t.json", tmp_path / "d.npz", "--out", tmp_path / "p.npy", cwd=tmp_path)
     assert r.returncode == 2 and "holds dense scores (3, 4, 16, 16)" in r.stderr
     assert not (tmp_path / "p.npy").exists()

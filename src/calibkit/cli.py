@@ -139,7 +139,7 @@ def _progress(total, quiet, what):
     return update, bar.close
 
 
-def _staged_progress(quiet, what):
+def _staged_progress(quiet, what, unit="rows"):
     """``(update, stage, close)`` of a tqdm bar per stage on stderr (see :func:`calibkit.report.report`): a pass
     counts its own rows against the dump's row count, a fit shows its name and the time it has taken. All three
     are no-ops when stderr is not a terminal or with --quiet."""
@@ -177,7 +177,7 @@ def _staged_progress(quiet, what):
             thread.start()
             state["ticker"] = (stop, thread)
         else:
-            state["bar"] = tqdm(total=rows, unit="rows", unit_scale=True, desc=f"{what}: {name}", file=sys.stderr,
+            state["bar"] = tqdm(total=rows, unit=unit, unit_scale=True, desc=f"{what}: {name}", file=sys.stderr,
                                 leave=False)
 
     def update(done):
@@ -305,7 +305,8 @@ def _cmd_report(args) -> int:
         if args.example:
             test.name = f"{datasets.EXAMPLE_FILE} test split ({datasets.EXAMPLE_ORIGIN})"
         groups = _group_ids(args.groups, path, cmd) if args.groups else None
-        update, stage, close = _staged_progress(args.quiet, f"calibkit {cmd}")
+        update, stage, close = _staged_progress(args.quiet, f"calibkit {cmd}",
+                                                "pixels" if isinstance(test, io.DenseDump) else "rows")
         try:
             result = report.report(test, val=val, val_mask=val_mask, methods=methods, n_bins=args.n_bins,
                                    strategy=args.strategy, progress=update, stage=stage, details=bool(args.html),
