@@ -281,7 +281,8 @@ def test_bad_score_names_the_pixel(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, exc, pattern", [
-    (dict(mask=np.ones((N, H, W - 1), bool)), io.DumpError, r"mask has shape \(3, 16, 15\).*mask of shape \(3, 16, 16\)"),
+    (dict(mask=np.ones((N, H, W - 1), bool)), io.DumpError,
+     r"mask has shape \(3, 16, 15\).*mask of shape \(3, 16, 16\)"),
     (dict(mask=np.ones((N, H, W), np.uint8)), io.DumpError, r"mask must be a boolean array"),
     (dict(axis=2), io.DumpError, r"axis must be 1 .* or -1"),
     (dict(ignore_index=2.5), TypeError, r"ignore_index must be an integer label"),

@@ -7,7 +7,7 @@ The page holds what a reviewer of a model wants to see, in this order:
 2. the metrics before and after each calibrator (and each calibrator's
    fitted parameters when they are few);
 3. the reliability diagrams with their confidence histograms;
-4. for a dense dump (scores (N, K, *spatial)), the uncertainty map of the
+4. for a dense dump (scores ``(N, K, *spatial)``), the uncertainty map of the
    first image next to its error map (:func:`calibkit.plot.uncertainty_map`);
 5. the per-class table (rows labelled with the class, accuracy on them,
    class-wise ECE raw and after each calibrator), worst class first;

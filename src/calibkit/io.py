@@ -700,9 +700,9 @@ class Dump:
 
 @dataclass
 class DenseDump(Dump):
-    """A dump of dense predictions: scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) and
-    labels (N, *spatial), every pixel (voxel) a row, pixels labelled ``ignore_index`` or where ``mask`` is
-    False left out.
+    """A dump of dense predictions: scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)``
+    (``axis=-1``) and labels ``(N, *spatial)``, every pixel (voxel) a row, pixels labelled ``ignore_index`` or
+    where ``mask`` is False left out.
 
     Its rows are the kept pixels in the order of ``np.moveaxis(scores, axis, -1).reshape(-1, K)`` with the
     ignored ones removed, so :meth:`chunks`, :meth:`split_chunks` and :meth:`take` give what a :class:`Dump` of
@@ -714,7 +714,7 @@ class DenseDump(Dump):
     """
 
     axis: int = 1                 #: the class axis as given (1 or -1)
-    mask: Any = None              #: bool (N, *spatial) array-like, True where a pixel is counted, or None
+    mask: Any = None              #: bool ``(N, *spatial)`` array-like, True where a pixel is counted, or None
     ignore_index: int | None = None
     labels_name: str | None = None  #: where the labels came from, for messages (None: the dump itself)
 
@@ -735,7 +735,7 @@ class DenseDump(Dump):
 
     @property
     def pixel_shape(self) -> tuple:
-        """(N, *spatial): the shape of the labels."""
+        """``(N, *spatial)``: the shape of the labels."""
         s = tuple(int(n) for n in self.scores.shape)
         return s[:self._axis] + s[self._axis + 1:]
 
@@ -758,7 +758,7 @@ class DenseDump(Dump):
         return self.mask is not None or (self.ignore_index is not None and self.labels is not None)
 
     def _image_keep(self, i) -> np.ndarray | None:
-        """Bool (*spatial) of image ``i``: the kept pixels (None when nothing is left out)."""
+        """Bool ``(*spatial)`` of image ``i``: the kept pixels (None when nothing is left out)."""
         keep = None
         if self.mask is not None:
             keep = np.asarray(self.mask[i:i + 1])[0].astype(bool, copy=False)
@@ -805,7 +805,7 @@ class DenseDump(Dump):
                 yield base + p.offset, p.scores, p.labels
 
     def pixel(self, row: int) -> tuple:
-        """The position (n, *spatial) of kept row ``row`` in the labels' coordinates."""
+        """The position ``(n, *spatial)`` of kept row ``row`` in the labels' coordinates."""
         kept = self.kept_per_image()
         before = np.cumsum(kept)
         i = int(np.searchsorted(before, row, side="right"))
@@ -1043,8 +1043,8 @@ def open_dump(path: StrPath, *, labels: StrPath | ArrayLike | None = None, split
               mask: StrPath | ArrayLike | None = None) -> Dump:
     """Open an evaluation dump without loading it (see the module docstring for the layouts).
 
-    Scores with spatial axes, (N, K, *spatial) (a segmentation model's (N, K, H, W), float16 is common) or
-    channel-last (N, *spatial, K) with ``axis=-1``, and labels (N, *spatial), open as a :class:`DenseDump`:
+    Scores with spatial axes, ``(N, K, *spatial)`` (a segmentation model's (N, K, H, W), float16 is common) or
+    channel-last ``(N, *spatial, K)`` with ``axis=-1``, and labels ``(N, *spatial)``, open as a :class:`DenseDump`:
     every pixel is a row, the class axis is read with its stride where the array lies in the file (no
     transposed or flattened copy), and the pixels labelled ``ignore_index`` or where ``mask`` is False are
     left out. Its rows are those of ``np.moveaxis(scores, axis, -1).reshape(-1, K)`` without the ignored
@@ -1067,8 +1067,8 @@ def open_dump(path: StrPath, *, labels: StrPath | ArrayLike | None = None, split
         Whether the scores are logits; by default, when the array's (or file's)
         name contains "logit".
     axis : {1, -1}
-        The class axis of scores with spatial axes: 1 for (N, K, *spatial) (PyTorch's layout, the default),
-        -1 for channel-last (N, *spatial, K).
+        The class axis of scores with spatial axes: 1 for ``(N, K, *spatial)`` (PyTorch's layout, the default),
+        -1 for channel-last ``(N, *spatial, K)``.
     ignore_index : int, optional
         A label whose pixels (rows) are never counted (e.g. 255).
     mask : str, path-like or bool array-like, optional
@@ -1132,7 +1132,7 @@ def open_dump(path: StrPath, *, labels: StrPath | ArrayLike | None = None, split
 
 
 def _dense_dump(dump, axis, ignore_index, mask, labels_name):
-    """The :class:`DenseDump` of ``dump`` (scores (N, K, *spatial) or (N, K)), every shape and dtype checked
+    """The :class:`DenseDump` of ``dump`` (scores ``(N, K, *spatial)`` or (N, K)), every shape and dtype checked
     (one DumpError naming the file), and the clear error of :meth:`calibkit._dense.Dense.check_some_kept` when
     every pixel is ignored."""
     from ._dense import as_dense, check_class_axis

@@ -691,7 +691,7 @@ def uncertainty_map(scores: ArrayLike, labels: ArrayLike | None = None, *, image
         its rows are a strided view of the array (the class axis read with its stride, no transposed or
         flattened copy), scored piece by piece by :mod:`calibkit.uncertainty`'s row functions; a memory map
         stays on disk but for that image.
-    labels : array-like of int, (N, *spatial), optional
+    labels : array-like of int, ``(N, *spatial)``, optional
         Without labels only the uncertainty map is drawn.
     image : int
         The index along axis 0.
@@ -704,7 +704,7 @@ def uncertainty_map(scores: ArrayLike, labels: ArrayLike | None = None, *, image
         :func:`calibkit.margin` (confidences), :func:`calibkit.energy`.
     ignore_index : int, optional
         A label shown as ``ignored`` (e.g. 255).
-    mask : bool array-like, (N, *spatial), optional
+    mask : bool array-like, ``(N, *spatial)``, optional
         False where a pixel has no ground truth (shown as ``ignored``).
     section : sequence of int, optional
         For volumes (N, K, D, H, W): the index along each spatial axis before the last two (default: the

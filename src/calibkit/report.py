@@ -239,7 +239,7 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
     ----------
     test : Dump
         The rows to evaluate (all of them, or those where ``val_mask`` is False). A
-        :class:`~calibkit.io.DenseDump` (scores (N, K, *spatial), from :func:`calibkit.io.open_dump`) is read
+        :class:`~calibkit.io.DenseDump` (scores ``(N, K, *spatial)``, from :func:`calibkit.io.open_dump`) is read
         as rows too: every counted pixel is a row (pixels with ``ignore_index`` or masked out are left out), in
         the order of ``np.moveaxis(scores, axis, -1).reshape(-1, K)``, each block a strided view of the memory
         map (no transposed or flattened copy). The table equals that of the explicitly flattened dump without
