@@ -458,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bins of the ECE column (quantile: equal-mass, as the ACE column)")
     rp.add_argument("--val", help="validation dump to fit the calibrators on")
     rp.add_argument("--val-labels", help="labels .npy file of the --val dump when it holds none")
-    rp.add_argument("--val-fraction", type=float, help="fit on this fraction of the rows (a fixed pseudo-random split)")
+    rp.add_argument("--val-fraction", type=float,
+                    help="fit on this fraction of the rows (a fixed pseudo-random split by row index; for a dense "
+                         "dump, of the counted pixels in the flattened order)")
     rp.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction split")
     rp.add_argument("--calibrate", help="comma-separated methods: " + ",".join(METHOD_NAMES))
     rp.add_argument("--json", nargs="?", const="-", metavar="FILE",
