@@ -85,6 +85,7 @@ def test_volumes_and_probabilities():
     (dict(mask=M.astype(int)), TypeError, r"mask must be a boolean array"),
     (dict(scores=X[:, :, 0]), ValueError, r"scores must have shape \(N, K, H, W\)"),
     (dict(section=[1]), ValueError, r"section must give one index"),
+    (dict(labels=None, mask=M), ValueError, r"mask marks the pixels of the error map .* give the labels too"),
 ])
 def test_bad_input(kwargs, exc, pattern):
     kw = dict(scores=X, labels=Y, from_logits=True, ignore_index=255)

@@ -20,6 +20,11 @@ integer labels (N,). Supported layouts:
   Arrow IPC files are memory-mapped.
 - a directory of such files (shards, in file-name order): one dump of their
   rows, shards checked for the same K, dtype and kind of scores.
+- dense predictions in an ``.npy`` or ``.npz``: scores ``(N, K, *spatial)``
+  (or channel-last with ``axis=-1``) and labels ``(N, *spatial)``, opened as a
+  :class:`DenseDump` whose rows are the counted pixels (``ignore_index=`` and
+  ``mask=`` leave pixels out), read as strided views of the memory map by
+  :func:`calibkit._dense.as_dense` (a compressed member one image at a time).
 
 Every consumer reads a dump through :meth:`Dump.chunks` (or
 :meth:`Dump.split_chunks`, which splits each block by a row mask), so peak

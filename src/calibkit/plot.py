@@ -607,6 +607,9 @@ def uncertainty_image(scores: ArrayLike, labels: ArrayLike | None = None, *, ima
             raise TypeError(f"{name} must be a boolean array (True where a pixel is counted), got dtype {arr.dtype}")
         return np.asarray(arr[pix]).reshape(-1)
 
+    if mask is not None and labels is None:
+        raise ValueError("mask marks the pixels of the error map that have no ground truth: give the labels too "
+                         "(without labels only the uncertainty map is drawn)")
     lab = sub(labels, "labels", "int")
     keep = sub(mask, "mask", "bool")
     H, W = spatial[-2:]
