@@ -434,3 +434,28 @@ def test_peak_memory_does_not_grow_with_the_map(tmp_path):
     flat_copy = 48 * 4 * 128 * 128 * 2
     assert peaks[48] < peaks[2] + 64 * 1024, peaks
     assert peaks[48] < flat_copy / 4, peaks
+
+
+def test_real_dump_with_a_mask_and_an_ignore_label(tmp_path, backend):
+    """(N, K) rows with ``mask`` / ``ignore_index`` take the dense path: real CIFAR-100 logits, with some rows
+    masked out and some labels replaced by an ignore label, give the report of the rows that are left."""
+    from conftest import data_dir
+
+    path = data_dir() / "focal_cifar100_resnet50_brier.npz"
+    if not path.exists():
+        pytest.skip(f"real-data file {path} not available")
+    with np.load(path) as z:
+        logits, labels = z["test_logits"], z["test_labels"]
+    y = labels.copy()
+    y[::7] = 255
+    mask = np.ones(len(y), bool)
+    mask[5::11] = False
+    np.save(tmp_path / "logits.npy", logits)
+    np.save(tmp_path / "labels.npy", y)
+    dump = io.open_dump(tmp_path / "logits.npy", labels=tmp_path / "labels.npy", ignore_index=255, mask=mask)
+    assert isinstance(dump, io.DenseDump)
+    keep = (y != 255) & mask
+    flat = io.Dump(logits[keep], labels[keep], True, "flat")
+    vm = io.split_mask(dump.n_rows, 0.2)
+    _same_rows(report.report(dump, val_mask=vm, methods=["temperature", "histogram"], backend=backend),
+               report.report(flat, val_mask=vm, methods=["temperature", "histogram"], backend=backend))

@@ -762,24 +762,35 @@ class DenseDump(Dump):
     def filtered(self) -> bool:
         return self.mask is not None or (self.ignore_index is not None and self.labels is not None)
 
-    def _image_keep(self, i) -> np.ndarray | None:
-        """Bool ``(*spatial)`` of image ``i``: the kept pixels (None when nothing is left out)."""
+    def _keep_block(self, a, b) -> np.ndarray | None:
+        """Bool (b - a, *spatial) of images [a, b): the kept pixels (None when nothing is left out)."""
         keep = None
         if self.mask is not None:
-            keep = np.asarray(self.mask[i:i + 1])[0].astype(bool, copy=False)
+            keep = np.asarray(self.mask[a:b]).astype(bool, copy=False)
         if self.ignore_index is not None and self.labels is not None:
-            k = np.asarray(self.labels[i:i + 1])[0] != self.ignore_index
+            k = np.asarray(self.labels[a:b]) != self.ignore_index
             keep = k if keep is None else keep & k
         return keep
 
+    def _image_keep(self, i) -> np.ndarray | None:
+        """Bool (*spatial) of image ``i``: the kept pixels (None when nothing is left out)."""
+        keep = self._keep_block(i, i + 1)
+        return None if keep is None else keep[0]
+
     def kept_per_image(self) -> np.ndarray:
-        """int64 (N,): the kept pixels of each image (one pass over the labels / mask, one image at a time)."""
+        """int64 (N,): the kept pixels of each image (one pass over the labels / mask, in blocks of about
+        2^20 pixels)."""
         if self._kept is None:
             n, per = self.pixel_shape[0], math.prod(self.pixel_shape[1:])
             if not self.filtered:
                 self._kept = np.full(n, per, dtype=np.int64)
             else:
-                self._kept = np.array([int(np.count_nonzero(self._image_keep(i))) for i in range(n)], dtype=np.int64)
+                step = max(1, (1 << 20) // max(per, 1))
+                parts = []
+                for a in range(0, n, step):
+                    keep = self._keep_block(a, min(n, a + step))
+                    parts.append(np.count_nonzero(keep.reshape(keep.shape[0], -1), axis=1))
+                self._kept = np.concatenate(parts).astype(np.int64)
         return self._kept
 
     def _in_memory_arrays(self) -> bool:
