@@ -158,10 +158,10 @@ def test_small_blocks_and_rows_are_the_flattened_rows(tmp_path):
         assert dump.pixel(row) == tuple(int(i) for i in np.unravel_index(np.flatnonzero(keep)[row], y.shape))
 
 
-@pytest.mark.parametrize("case", ["sliced", "5d", "mask-and-ignore", "2d-ignore"])
+@pytest.mark.parametrize("case", ["sliced", "5d", "mask-and-ignore", "2d-ignore", "probabilities-channel-last"])
 def test_other_inputs_equal_flattened(case, backend):
     s, y = _maps(np.float32)
-    mask = None
+    mask, axis, from_logits, methods = None, 1, True, ["temperature", "vector"]
     if case == "sliced":  # a non-contiguous view (in memory: open_dump reads files, a DenseDump takes arrays)
         s, y = s[:, :, ::2, 1:], y[:, ::2, 1:]
     elif case == "5d":
@@ -170,13 +170,17 @@ def test_other_inputs_equal_flattened(case, backend):
         mask = _mask()
     elif case == "2d-ignore":  # (N, K) rows with ignore_index take the same path
         s, y, _ = flatten_reference(s, y)
+    elif case == "probabilities-channel-last":
+        s = np.random.default_rng(1).dirichlet(np.full(K, 0.5), size=(N, H, W)).astype(np.float16)
+        axis, from_logits, methods = -1, False, ["temperature", "isotonic", "histogram"]
     copies = (s.copy(), y.copy())
-    dump = io._dense_dump(io.Dump(s, y, True, "x"), 1, 255, mask, "y")
-    flat = _flat_dump(s, y, mask=mask)
+    dump = io._dense_dump(io.Dump(s, y, from_logits, "x"), axis, 255, mask, "y")
+    fs, fy, _ = flatten_reference(s, y, axis=axis, mask=mask, ignore_index=255)
+    flat = io.Dump(np.ascontiguousarray(fs), fy, from_logits, "flat")
     _same_rows(report.report(dump, backend=backend), report.report(flat, backend=backend))
     vm = io.split_mask(dump.n_rows, 0.5)
-    _same_rows(report.report(dump, val_mask=vm, methods=["temperature", "vector"], backend=backend),
-               report.report(flat, val_mask=vm, methods=["temperature", "vector"], backend=backend))
+    _same_rows(report.report(dump, val_mask=vm, methods=methods, backend=backend),
+               report.report(flat, val_mask=vm, methods=methods, backend=backend))
     np.testing.assert_array_equal(s, copies[0])
     np.testing.assert_array_equal(y, copies[1])
 
