@@ -47,7 +47,10 @@ def _in_memory(dump, advice):
     """The scores and labels of `dump` as arrays: memory-mapped ones as they are (no copy), others (compressed
     members, shards, Parquet) gathered block by block into one array each; `advice` says what to do when they
     do not fit in memory."""
-    if isinstance(dump.scores, np.ndarray) and isinstance(dump.labels, np.ndarray):
+    from .io import DenseDump
+
+    if isinstance(dump.scores, np.ndarray) and isinstance(dump.labels, np.ndarray) \
+            and not isinstance(dump, DenseDump):
         return dump.scores, dump.labels
     try:
         return dump.take(np.ones(dump.n_rows, dtype=bool))
@@ -136,7 +139,7 @@ def _progress(total, quiet, what):
     return update, bar.close
 
 
-def _staged_progress(quiet, what):
+def _staged_progress(quiet, what, unit="rows"):
     """``(update, stage, close)`` of a tqdm bar per stage on stderr (see :func:`calibkit.report.report`): a pass
     counts its own rows against the dump's row count, a fit shows its name and the time it has taken. All three
     are no-ops when stderr is not a terminal or with --quiet."""
@@ -174,7 +177,7 @@ def _staged_progress(quiet, what):
             thread.start()
             state["ticker"] = (stop, thread)
         else:
-            state["bar"] = tqdm(total=rows, unit="rows", unit_scale=True, desc=f"{what}: {name}", file=sys.stderr,
+            state["bar"] = tqdm(total=rows, unit=unit, unit_scale=True, desc=f"{what}: {name}", file=sys.stderr,
                                 leave=False)
 
     def update(done):
@@ -190,8 +193,10 @@ def _open(path, args, **kw):
     from . import io
 
     kw.setdefault("labels", getattr(args, "labels", None))
+    kw.setdefault("mask", getattr(args, "mask", None))
     return io.open_dump(path, from_logits=args.from_logits, scores_key=getattr(args, "scores_key", None),
-                        labels_key=getattr(args, "labels_key", None), **kw)
+                        labels_key=getattr(args, "labels_key", None), axis=getattr(args, "class_axis", 1),
+                        ignore_index=getattr(args, "ignore_index", None), **kw)
 
 
 def _plot_format(path, command, flag="--plot"):
@@ -272,7 +277,7 @@ def _cmd_report(args) -> int:
     if args.html:
         _plot_format("figures.png", cmd, "--html")  # the page's figures: matplotlib must be there
     to_stdout = args.json == "-"
-    inputs = _inputs(path, args.labels, args.val, args.val_labels)
+    inputs = _inputs(path, args.labels, args.val, args.val_labels, args.mask)
     with contextlib.ExitStack() as outputs:  # opened first: a bad output path fails before the work
         json_file = (outputs.enter_context(atomic_output(args.json, "w", inputs=inputs))
                      if args.json and not to_stdout else None)
@@ -282,11 +287,14 @@ def _cmd_report(args) -> int:
         val = val_mask = None
         split = None
         if args.val:
-            val = _open(args.val, args, labels=args.val_labels)
+            val = _open(args.val, args, labels=args.val_labels, mask=None)
             validation = f"the dump {val.name} ({val.n_rows:,} rows)"
         elif args.val_fraction is not None:
             val_mask = io.split_mask(test.n_rows, args.val_fraction, seed=args.seed)
             validation = f"a fraction {args.val_fraction:g} of the rows (--val-fraction, seed {args.seed})"
+            if isinstance(test, io.DenseDump):
+                validation = (f"a fraction {args.val_fraction:g} of the counted pixels (--val-fraction, seed "
+                              f"{args.seed}; pixel j of the flattened order without ignored pixels)")
         elif methods and {"val", "test"} <= set(io.splits(path)):  # a file with val_* / test_* arrays splits itself
             test, val = _open(path, args, split="test"), _open(path, args, split="val")
             split, validation = "test", f"its val split ({val.name})"
@@ -297,7 +305,8 @@ def _cmd_report(args) -> int:
         if args.example:
             test.name = f"{datasets.EXAMPLE_FILE} test split ({datasets.EXAMPLE_ORIGIN})"
         groups = _group_ids(args.groups, path, cmd) if args.groups else None
-        update, stage, close = _staged_progress(args.quiet, f"calibkit {cmd}")
+        update, stage, close = _staged_progress(args.quiet, f"calibkit {cmd}",
+                                                "pixels" if isinstance(test, io.DenseDump) else "rows")
         try:
             result = report.report(test, val=val, val_mask=val_mask, methods=methods, n_bins=args.n_bins,
                                    strategy=args.strategy, progress=update, stage=stage, details=bool(args.html),
@@ -329,7 +338,7 @@ def _cmd_fit(args) -> int:
     from ._files import atomic_output
     from ._validation import BadElementError
 
-    with atomic_output(args.out, "w", inputs=_inputs(args.dump, args.labels)) as out:
+    with atomic_output(args.out, "w", inputs=_inputs(args.dump, args.labels, args.mask)) as out:
         dump = _open(args.dump, args, split=args.split or _default_split(args.dump, "val"))
         scores, labels = _in_memory(dump, "fit on a smaller split (--split) or store the dump uncompressed "
                                           "(np.savez), which is memory-mapped")
@@ -348,7 +357,7 @@ def _cmd_fit(args) -> int:
 
 
 def _cmd_apply(args) -> int:
-    from . import report
+    from . import io, report
     from ._files import atomic_output
     from ._validation import BadElementError
     from .calibrators import Calibrator
@@ -367,6 +376,10 @@ def _cmd_apply(args) -> int:
     if args.from_logits is None:
         args.from_logits = bool(meta["from_logits"])
     dump = _open(args.dump, args, split=args.split)
+    if isinstance(dump, io.DenseDump):
+        raise UsageError(f"calibkit apply: {dump.name} holds dense scores {tuple(dump.scores.shape)}; apply writes "
+                         "(N, K) rows: transform dense scores in Python (the calibrator's transform / predict_proba "
+                         "on the (N, K, *spatial) array)")
     if dump.n_classes != meta["n_classes"]:
         raise UsageError(f"calibkit apply: the calibrator was fitted on {meta['n_classes']} classes, "
                          f"the dump has {dump.n_classes}")
@@ -413,6 +426,14 @@ def _add_dump_options(p, labels=True):
                       help="scores are logits (default: when the array or file name contains 'logit')")
     mode.add_argument("--probabilities", dest="from_logits", action="store_false", help="scores are probabilities")
     p.add_argument("--backend", default="auto", choices=("auto", "cpp", "numba"))
+    if labels:
+        p.add_argument("--class-axis", type=int, default=1, choices=(1, -1),
+                       help="dense dumps: the class axis of the scores, 1 for (N, K, *spatial) (default), -1 for "
+                            "channel-last (N, *spatial, K); labels (N, *spatial)")
+        p.add_argument("--ignore-index", type=int, metavar="LABEL",
+                       help="a label whose pixels (rows) are never counted, e.g. 255")
+        p.add_argument("--mask", metavar="FILE",
+                       help="a bool .npy of the labels' shape: True where a pixel (row) is counted")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -437,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="bins of the ECE column (quantile: equal-mass, as the ACE column)")
     rp.add_argument("--val", help="validation dump to fit the calibrators on")
     rp.add_argument("--val-labels", help="labels .npy file of the --val dump when it holds none")
-    rp.add_argument("--val-fraction", type=float, help="fit on this fraction of the rows (a fixed pseudo-random split)")
+    rp.add_argument("--val-fraction", type=float,
+                    help="fit on this fraction of the rows (a fixed pseudo-random split by row index; for a dense "
+                         "dump, of the counted pixels in the flattened order)")
     rp.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction split")
     rp.add_argument("--calibrate", help="comma-separated methods: " + ",".join(METHOD_NAMES))
     rp.add_argument("--json", nargs="?", const="-", metavar="FILE",
@@ -564,6 +587,9 @@ _CLI_WORDS = (
     (r"\(give them with labels=\.\.\. / --labels\)", "(give them with --labels)"),
     (r"with labels=\)", "with --labels)"),
     (r"\bn_bins must be", "--n-bins must be"),
+    (r"leave them out with ignore_index=(-?\d+)", r"leave them out with --ignore-index \1"),
+    (r"give axis=1 or axis=-1", "give --class-axis 1 or -1"),
+    (r"give axis=(-?1)\b", r"give --class-axis \1"),
     (r"out of range for n_classes=(\d+)", lambda m: f"out of range for {m[1]} classes (0 to {int(m[1]) - 1})"),
     (r": no such file$", ": no such file or directory"),
     (r": no such file([;,(])", r": no such file or directory\1"),

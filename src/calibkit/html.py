@@ -7,9 +7,11 @@ The page holds what a reviewer of a model wants to see, in this order:
 2. the metrics before and after each calibrator (and each calibrator's
    fitted parameters when they are few);
 3. the reliability diagrams with their confidence histograms;
-4. the per-class table (rows labelled with the class, accuracy on them,
+4. for a dense dump (scores ``(N, K, *spatial)``), the uncertainty map of the
+   first image next to its error map (:func:`calibkit.plot.uncertainty_map`);
+5. the per-class table (rows labelled with the class, accuracy on them,
    class-wise ECE raw and after each calibrator), worst class first;
-5. the selective-prediction (risk-coverage) curve with AURC and E-AURC.
+6. the selective-prediction (risk-coverage) curve with AURC and E-AURC.
 
 Nothing is fetched over the network: the styles are inline and the figures
 are PNG images embedded as base64 ``data:`` URIs, so the file can be mailed,
@@ -60,6 +62,26 @@ _SELECTIVE_NOTE = ('<p class="note">Predictions accepted from the most confident
                    "perfect ranking of the same predictions.</p>")
 
 
+_MAP_NOTE = ('<p class="note">The first image of the dense dump. Left: the predictive entropy of each pixel '
+             "(natural log; 0 for a certain prediction, log K for a uniform one). Right: the pixels whose "
+             "top-scored class differs from the label (wrong), those where it is the label (correct), and those "
+             "without ground truth (ignored: the ignore label or masked out, left out of every metric). For a "
+             "volume, the middle section along the axes before the last two.</p>")
+
+
+def _dense_provenance(dense) -> dict:
+    """The provenance rows of a dense dump (none for a table of rows)."""
+    if not dense:
+        return {}
+    out = {"dense scores": f"{tuple(dense['shape'])}, classes on axis {dense['class_axis']}",
+           "pixels": f"{dense['pixels']:,}", "ignored pixels": f"{dense['ignored']:,}"}
+    if dense.get("ignore_index") is not None:
+        out["ignore_index"] = str(dense["ignore_index"])
+    if dense.get("mask"):
+        out["mask"] = "given (False = not counted)"
+    return out
+
+
 def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
@@ -107,7 +129,8 @@ def _params(params) -> str:
 
 
 def figures(result) -> dict:
-    """``{"reliability": png_base64, "risk_coverage": png_base64 or None}`` of a report result."""
+    """``{"reliability": png_base64, "risk_coverage": png_base64 or None, "uncertainty_map": png_base64 or None}``
+    of a report result (the map when the dump is dense and the result has its ``"dense_map"``)."""
     from . import plot
 
     out = {"reliability": _png(plot.report_figure(result)), "risk_coverage": None}
@@ -120,6 +143,15 @@ def figures(result) -> dict:
         plot._suptitle(fig, f"{result['dump']}: risk-coverage, N = {n:,}", 10)
         fig.tight_layout()
         out["risk_coverage"] = _png(fig)
+    maps = result.get("dense_map")
+    out["uncertainty_map"] = None
+    if maps is not None:
+        n = 1 if maps["error"] is None else 2
+        fig, axes = plot._new_figure((10.0 if n == 2 else 5.6, 4.2), 100, True, 1, n)
+        plot._draw_uncertainty(fig, list(axes[0]), maps, "viridis")
+        plot._suptitle(fig, f"{result['dump']}: first image", 10)
+        fig.tight_layout()
+        out["uncertainty_map"] = _png(fig)
     return out
 
 
@@ -154,6 +186,7 @@ def report_html(result: Mapping[str, Any], provenance: Mapping[str, object] | No
     prov.update({"rows in the dump": f"{result['n_rows']:,}", "rows evaluated": f"{raw['n']:,}",
                  "classes": f"{result['n_classes']:,}", "scores read as": kind,
                  "validation rows": f"{result['n_val']:,}",
+                 **_dense_provenance(result.get("dense")),
                  "bins": f"{result['n_bins']} ({result['strategy']})",
                  "calibkit": __version__,
                  "written": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
@@ -184,6 +217,10 @@ def report_html(result: Mapping[str, Any], provenance: Mapping[str, object] | No
               _RELIABILITY_NOTE,
               "</section>"]
 
+    if pics["uncertainty_map"] is not None:
+        parts += ['<section id="uncertainty-map">', "<h2>Uncertainty map</h2>",
+                  _img(pics["uncertainty_map"], "entropy map of the first image next to its error map"),
+                  _MAP_NOTE, "</section>"]
     pc = result.get("per_class")
     if pc is not None:
         parts += ['<section id="per-class">', "<h2>Per class</h2>", _per_class(pc), "</section>"]

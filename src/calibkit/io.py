@@ -20,6 +20,11 @@ integer labels (N,). Supported layouts:
   Arrow IPC files are memory-mapped.
 - a directory of such files (shards, in file-name order): one dump of their
   rows, shards checked for the same K, dtype and kind of scores.
+- dense predictions in an ``.npy`` or ``.npz``: scores ``(N, K, *spatial)``
+  (or channel-last with ``axis=-1``) and labels ``(N, *spatial)``, opened as a
+  :class:`DenseDump` whose rows are the counted pixels (``ignore_index=`` and
+  ``mask=`` leave pixels out), read as strided views of the memory map by
+  :func:`calibkit._dense.as_dense` (a compressed member one image at a time).
 
 Every consumer reads a dump through :meth:`Dump.chunks` (or
 :meth:`Dump.split_chunks`, which splits each block by a row mask), so peak
@@ -698,6 +703,213 @@ class Dump:
         return scores, labels
 
 
+@dataclass
+class DenseDump(Dump):
+    """A dump of dense predictions: scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)``
+    (``axis=-1``) and labels ``(N, *spatial)``, every pixel (voxel) a row, pixels labelled ``ignore_index`` or
+    where ``mask`` is False left out.
+
+    Its rows are the kept pixels in the order of ``np.moveaxis(scores, axis, -1).reshape(-1, K)`` with the
+    ignored ones removed, so :meth:`chunks`, :meth:`split_chunks` and :meth:`take` give what a :class:`Dump` of
+    that explicitly flattened copy gives, in blocks of at most ``chunk_rows`` rows; ``n_rows`` counts the kept
+    pixels. The blocks are the pieces of :func:`calibkit._dense.as_dense`: strided views of the memory-mapped
+    scores (the class axis read with its stride, no transposed or flattened copy), or, for a block with
+    ignored pixels, a copy of that block's kept rows only. A compressed ``.npz`` member is inflated one image at
+    a time. Errors name the pixel in the dump's own coordinates (``labels[2, 7, 11] = 9 is out of range ...``).
+    """
+
+    axis: int = 1                 #: the class axis as given (1 or -1)
+    mask: Any = None              #: bool ``(N, *spatial)`` array-like, True where a pixel is counted, or None
+    ignore_index: int | None = None
+    labels_name: str | None = None  #: where the labels came from, for messages (None: the dump itself)
+
+    def __post_init__(self):
+        from ._dense import check_class_axis
+
+        self._axis = check_class_axis(self.axis, len(self.scores.shape))
+        self._kept = None  # kept pixels per image, computed on first use (a pass over the labels / mask)
+
+    @property
+    def class_axis(self) -> int:
+        """The class axis as a non-negative index into ``scores.shape``."""
+        return self._axis
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.scores.shape[self._axis])
+
+    @property
+    def pixel_shape(self) -> tuple:
+        """``(N, *spatial)``: the shape of the labels."""
+        s = tuple(int(n) for n in self.scores.shape)
+        return s[:self._axis] + s[self._axis + 1:]
+
+    @property
+    def n_pixels(self) -> int:
+        """All pixels, ignored ones included: N * prod(spatial)."""
+        return math.prod(self.pixel_shape)
+
+    @property
+    def n_rows(self) -> int:
+        """The pixels that are counted (not ``ignore_index``, not masked out)."""
+        return int(self.kept_per_image().sum())
+
+    @property
+    def row_bytes(self) -> int:
+        return int(self.n_classes * np.dtype(self.scores.dtype).itemsize)
+
+    @property
+    def filtered(self) -> bool:
+        return self.mask is not None or (self.ignore_index is not None and self.labels is not None)
+
+    def _keep_block(self, a, b) -> np.ndarray | None:
+        """Bool (b - a, *spatial) of images [a, b): the kept pixels (None when nothing is left out)."""
+        keep = None
+        if self.mask is not None:
+            keep = np.asarray(self.mask[a:b]).astype(bool, copy=False)
+        if self.ignore_index is not None and self.labels is not None:
+            k = np.asarray(self.labels[a:b]) != self.ignore_index
+            keep = k if keep is None else keep & k
+        return keep
+
+    def _image_keep(self, i) -> np.ndarray | None:
+        """Bool (*spatial) of image ``i``: the kept pixels (None when nothing is left out)."""
+        keep = self._keep_block(i, i + 1)
+        return None if keep is None else keep[0]
+
+    def kept_per_image(self) -> np.ndarray:
+        """int64 (N,): the kept pixels of each image (one pass over the labels / mask, in blocks of about
+        2^20 pixels)."""
+        if self._kept is None:
+            n, per = self.pixel_shape[0], math.prod(self.pixel_shape[1:])
+            if not self.filtered:
+                self._kept = np.full(n, per, dtype=np.int64)
+            else:
+                step = max(1, (1 << 20) // max(per, 1))
+                parts = []
+                for a in range(0, n, step):
+                    keep = self._keep_block(a, min(n, a + step))
+                    parts.append(np.count_nonzero(keep.reshape(keep.shape[0], -1), axis=1))
+                self._kept = np.concatenate(parts).astype(np.int64)
+        return self._kept
+
+    def _in_memory_arrays(self) -> bool:
+        return all(a is None or isinstance(a, np.ndarray) for a in (self.scores, self.labels, self.mask))
+
+    def _dense_groups(self):
+        """``(first_image, Dense)``: the whole dump as one adapter when every array is an ndarray (a memory map),
+        else one image at a time (a compressed member is inflated image by image)."""
+        from ._dense import as_dense
+
+        kw = dict(axis=self.axis, ignore_index=self.ignore_index, name="scores")
+        if self._in_memory_arrays():
+            yield 0, as_dense(self.scores, self.labels, mask=self.mask, **kw)
+            return
+        for i in range(self.pixel_shape[0]):
+            yield i, as_dense(np.asarray(self.scores[i:i + 1]),
+                              None if self.labels is None else np.asarray(self.labels[i:i + 1]),
+                              mask=None if self.mask is None else np.asarray(self.mask[i:i + 1]), **kw)
+
+    def _pieces(self, chunk_rows):
+        """``(first_row, scores (m, K), labels (m,) int64)`` of every piece, rows numbered among the kept pixels."""
+        rows = chunk_rows or self.chunk_rows()
+        kept = self.kept_per_image()
+        before = np.concatenate(([0], np.cumsum(kept)))
+        for first_image, dense in self._dense_groups():
+            base = int(before[first_image])
+            for p in dense.pieces(rows):
+                yield base + p.offset, p.scores, p.labels
+
+    def pixel(self, row: int) -> tuple:
+        """The position ``(n, *spatial)`` of kept row ``row`` in the labels' coordinates."""
+        kept = self.kept_per_image()
+        before = np.cumsum(kept)
+        i = int(np.searchsorted(before, row, side="right"))
+        r = row - (int(before[i - 1]) if i else 0)
+        keep = self._image_keep(i)
+        p = r if keep is None else int(np.flatnonzero(keep.reshape(-1))[r])
+        return (i,) + tuple(int(j) for j in np.unravel_index(p, self.pixel_shape[1:]))
+
+    def chunks(self, chunk_rows: int | None = None, *, start: int = 0, stop: int | None = None,
+               prefetch: bool = True,
+               prepare: Callable[[int, np.ndarray, np.ndarray], Any] | None = None) -> Iterator[Any]:
+        """``(first_row, scores, labels)`` of consecutive blocks of at most ``chunk_rows`` kept pixels (rows
+        [start, stop) only, when given). ``prefetch`` is accepted for the signature of :meth:`Dump.chunks`: the
+        blocks are views of the memory map, read by the kernels as they go."""
+        self._need_labels()
+        stop = self.n_rows if stop is None else stop
+        for a, s, y in self._pieces(chunk_rows):
+            lo, hi = max(a, start), min(a + len(s), stop)
+            if hi <= lo:
+                if a >= stop:
+                    return
+                continue
+            if (lo, hi) != (a, a + len(s)):
+                s, y = s[lo - a:hi - a], y[lo - a:hi - a]
+            yield (lo, s, y) if prepare is None else prepare(lo, s, y)
+
+    def split_chunks(self, mask: ArrayLike, chunk_rows: int | None = None, *, held: bool = True,
+                     prefetch: bool = True) -> Iterator[SplitBlock]:
+        """The blocks of :meth:`chunks`, each split by the bool (n_rows,) ``mask`` over the kept pixels (see
+        :meth:`Dump.split_chunks`); the two parts of a block are gathered copies of its rows."""
+        self._need_labels()
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (self.n_rows,):
+            raise ValueError(f"mask must have shape ({self.n_rows},) (one per counted pixel), got {mask.shape}")
+        for a, s, y in self._pieces(chunk_rows):
+            h = mask[a:a + len(y)]
+            kept = ~h
+            yield SplitBlock(a, len(y), h, s[kept], y[kept], s[h] if held else None, y[h] if held else None)
+
+    def take(self, mask: ArrayLike, chunk_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The kept pixels where ``mask`` (bool, (n_rows,)) is True, gathered into one (n, K) array and their
+        (n,) int64 labels."""
+        self._need_labels()
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (self.n_rows,):
+            raise ValueError(f"mask must have shape ({self.n_rows},) (one per counted pixel), got {mask.shape}")
+        n = int(mask.sum())
+        if n == 0:
+            raise DumpError(f"{self.name}: the selection holds no rows")
+        scores = np.empty((n, self.n_classes), dtype=self.scores.dtype)
+        labels = np.empty(n, dtype=np.int64)
+        at = 0
+        for a, s, y in self._pieces(chunk_rows):
+            sel = mask[a:a + len(y)]
+            k = int(np.count_nonzero(sel))
+            if k:
+                scores[at:at + k] = s[sel]
+                labels[at:at + k] = y[sel]
+                at += k
+        return scores, labels
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Scores of kept rows [a, b) as an (b - a, K) ndarray."""
+        parts = []
+        for o, s, _ in self._pieces(None):
+            if o >= b:
+                break
+            if o + len(s) > a:
+                parts.append(np.asarray(s[max(a, o) - o:min(b, o + len(s)) - o]))
+        if not parts:
+            return np.empty((0, self.n_classes), dtype=self.scores.dtype)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def first_image(self):
+        """``(scores, labels, mask)`` of image 0 as arrays with a leading axis of 1 (a view of a memory map, or
+        that one image inflated)."""
+        s = self.scores[0:1]
+        y = None if self.labels is None else np.asarray(self.labels[0:1])
+        m = None if self.mask is None else np.asarray(self.mask[0:1])
+        return (s if isinstance(s, np.ndarray) else np.asarray(s)), y, m
+
+    def describe(self) -> dict:
+        """JSON-safe facts of the dense layout: shape, class axis, pixels, ignored pixels, ignore_index, mask."""
+        return {"shape": [int(n) for n in self.scores.shape], "class_axis": int(self.axis),
+                "pixels": self.n_pixels, "ignored": self.n_pixels - self.n_rows,
+                "ignore_index": self.ignore_index, "mask": self.mask is not None}
+
+
 class _ShardRows:
     """The rows of several arrays, end to end, as one read-only array (slices only)."""
 
@@ -843,8 +1055,18 @@ def _kind(name, from_logits):
 
 def open_dump(path: StrPath, *, labels: StrPath | ArrayLike | None = None, split: str | None = None,
               scores_key: str | None = None, labels_key: str | None = None,
-              from_logits: bool | None = None) -> Dump:
+              from_logits: bool | None = None, axis: int = 1, ignore_index: int | None = None,
+              mask: StrPath | ArrayLike | None = None) -> Dump:
     """Open an evaluation dump without loading it (see the module docstring for the layouts).
+
+    Scores with spatial axes, ``(N, K, *spatial)`` (a segmentation model's (N, K, H, W), float16 is common) or
+    channel-last ``(N, *spatial, K)`` with ``axis=-1``, and labels ``(N, *spatial)``, open as a :class:`DenseDump`:
+    every pixel is a row, the class axis is read with its stride where the array lies in the file (no
+    transposed or flattened copy), and the pixels labelled ``ignore_index`` or where ``mask`` is False are
+    left out. Its rows are those of ``np.moveaxis(scores, axis, -1).reshape(-1, K)`` without the ignored
+    pixels, so every consumer of a dump (``calibkit report``, its validation split, the calibrators) sees what
+    it would see on that explicitly flattened copy. ``ignore_index`` / ``mask`` on (N, K) scores take the same
+    path.
 
     Parameters
     ----------
@@ -860,6 +1082,13 @@ def open_dump(path: StrPath, *, labels: StrPath | ArrayLike | None = None, split
     from_logits : bool, optional
         Whether the scores are logits; by default, when the array's (or file's)
         name contains "logit".
+    axis : {1, -1}
+        The class axis of scores with spatial axes: 1 for ``(N, K, *spatial)`` (PyTorch's layout, the default),
+        -1 for channel-last ``(N, *spatial, K)``.
+    ignore_index : int, optional
+        A label whose pixels (rows) are never counted (e.g. 255).
+    mask : str, path-like or bool array-like, optional
+        Of the labels' shape (a ``.npy`` file or an array): True where a pixel is counted.
 
     Examples
     --------
@@ -872,11 +1101,15 @@ def open_dump(path: StrPath, *, labels: StrPath | ArrayLike | None = None, split
     10000
     """
     p = pathlib.Path(path)
+    if p.is_dir() and (ignore_index is not None or mask is not None):
+        raise DumpError(f"{p}: ignore_index / mask are read with one .npy or .npz dump (scores (N, K, *spatial)), "
+                        "not a directory of shards")
     if p.is_dir():
         return _open_shards(p, labels=labels, split=split, scores_key=scores_key, labels_key=labels_key,
                             from_logits=from_logits)
     if not p.exists():
         raise DumpError(f"{p}: no such file or directory")
+    labels_name = str(p)
     if p.suffix == ".npy":
         scores = _load_npy(p)
         y = None
@@ -897,15 +1130,89 @@ def open_dump(path: StrPath, *, labels: StrPath | ArrayLike | None = None, split
         if labels is not None:
             y = _load_npy(labels) if isinstance(labels, (str, os.PathLike)) else np.asarray(labels)
         else:
-            y = _member(arrays, _choose(arrays, LABEL_NAMES, prefix, "labels", p, labels_key))
+            lkey = _choose(arrays, LABEL_NAMES, prefix, "labels", p, labels_key)
+            y = _member(arrays, lkey)
+            labels_name = f"{p}:{lkey}"
         dump = Dump(_member(arrays, skey), y, _kind(skey, from_logits), f"{p}:{skey}")
     elif p.suffix in (".parquet", ".arrow", ".feather"):
         dump = _open_arrow(p, labels=labels, scores_key=scores_key, labels_key=labels_key, from_logits=from_logits)
     else:
         raise DumpError(f"{p}: unknown dump format {p.suffix!r} (use .npy, .npz, .parquet, .arrow or a directory "
                         "of them)")
+    if len(dump.scores.shape) > 2 or ignore_index is not None or mask is not None:
+        if labels is not None:
+            labels_name = str(labels) if isinstance(labels, (str, os.PathLike)) else "labels"
+        return _dense_dump(dump, axis, ignore_index, mask, labels_name)
     _check(dump)
     return dump
+
+
+def _dense_dump(dump, axis, ignore_index, mask, labels_name):
+    """The :class:`DenseDump` of ``dump`` (scores ``(N, K, *spatial)`` or (N, K)), every shape and dtype checked
+    (one DumpError naming the file), and the clear error of :meth:`calibkit._dense.Dense.check_some_kept` when
+    every pixel is ignored."""
+    from ._dense import as_dense, check_class_axis
+
+    s, name = dump.scores, dump.name
+    shape = tuple(int(n) for n in s.shape)
+    if len(shape) < 2 or 0 in shape:
+        raise DumpError(f"{name}: scores must have shape (N, K, *spatial) or (N, K) with ignore_index / mask, got "
+                        f"{shape}")
+    if np.dtype(s.dtype).kind != "f":
+        raise DumpError(f"{name}: dense scores must be floats (float16, float32 or float64), got dtype {s.dtype}")
+    try:
+        ax = check_class_axis(axis, len(shape))
+    except (TypeError, ValueError) as exc:
+        raise DumpError(f"{name}: {_one_line(exc)}") from None
+    if shape[ax] < 2:
+        raise DumpError(f"{name}: scores of shape {shape} have {shape[ax]} class on axis {axis}; at least 2 are "
+                        "needed (is the class axis right? give axis=1 or axis=-1)")
+    want = shape[:ax] + shape[ax + 1:]
+    where = "(N, K, *spatial)" if ax == 1 else "(N, *spatial, K)"
+
+    def hint(got):
+        other = shape[:-1] if ax == 1 else shape[:1] + shape[2:]
+        if len(shape) > 2 and got == other:
+            flag = "-1" if ax == 1 else "1"
+            return f"; they fit scores with classes on axis {flag}: give axis={flag}"
+        return ""
+
+    y = dump.labels
+    if y is not None:
+        got = tuple(int(n) for n in y.shape)
+        if got != want:
+            raise DumpError(f"{labels_name}: labels have shape {got}, but scores {name} of shape {shape} {where} "
+                            f"need labels of shape {want}{hint(got)}")
+        if np.dtype(y.dtype).kind not in "iub":
+            raise DumpError(f"{labels_name}: labels must be integers, got dtype {y.dtype}")
+    m, mask_name = mask, "mask"
+    if mask is not None:
+        if isinstance(mask, (str, os.PathLike)):
+            mask_name = str(mask)
+            m = _load_npy(mask)
+        elif not isinstance(mask, np.ndarray):
+            m = np.asarray(mask)
+        got = tuple(int(n) for n in m.shape)
+        if got != want:
+            raise DumpError(f"{mask_name}: mask has shape {got}, but scores {name} of shape {shape} {where} need a "
+                            f"mask of shape {want}{hint(got)}")
+        if m.dtype != bool:
+            raise DumpError(f"{mask_name}: mask must be a boolean array (True where a pixel is counted), got dtype "
+                            f"{m.dtype}")
+    if ignore_index is not None and (isinstance(ignore_index, (bool, np.bool_))
+                                     or not isinstance(ignore_index, (int, np.integer))):
+        raise TypeError(f"ignore_index must be an integer label (e.g. 255) or None, got {type(ignore_index).__name__}")
+    out = DenseDump(s, y, dump.from_logits, name, axis=axis, mask=m,
+                    ignore_index=None if ignore_index is None else int(ignore_index), labels_name=labels_name)
+    if out.n_rows == 0:
+        first = as_dense(np.asarray(s[0:1]) if not isinstance(s, np.ndarray) else s[0:1],
+                         None if y is None else np.asarray(y[0:1]), axis=axis, ignore_index=out.ignore_index,
+                         mask=None if m is None else np.asarray(m[0:1]))
+        try:
+            first.check_some_kept()
+        except ValueError as exc:
+            raise DumpError(f"{labels_name if y is not None else name}: {_one_line(exc)}") from None
+    return out
 
 
 def _check(dump):
@@ -931,6 +1238,10 @@ def _open_shards(directory, **kw):
         raise DumpError(f"{directory}: no .npz / .parquet / .arrow shards (or .npy shards with labels=) in the "
                         "directory")
     shards = [open_dump(f, **kw) for f in files]
+    for s in shards:
+        if isinstance(s, DenseDump):
+            raise DumpError(f"{directory}: shard {s.name} holds dense scores {tuple(s.scores.shape)}; dense dumps are "
+                            "read from one .npy or .npz file (memory-mapped), not a directory of shards")
     first = shards[0]
     for s in shards[1:]:
         if s.scores.shape[1:] != first.scores.shape[1:] or s.scores.dtype != first.scores.dtype \
@@ -951,7 +1262,36 @@ def located(exc: BadElementError, dump: Dump, first_row: int = 0, skipped: Array
     at ``first_row``; the rows where the bool array ``skipped`` is True were left out of it) as a DumpError
     naming the row in the whole dump: ``logits.npy: labels[523417] = 12 is out of range ...``."""
     row = exc.row if skipped is None else int(np.flatnonzero(~np.asarray(skipped, dtype=bool))[exc.row])
+    if isinstance(dump, DenseDump):
+        return _located_pixel(exc, dump, first_row + row)
     return DumpError(f"{dump.name}: {exc.at_row(first_row + row)}")
+
+
+def _located_pixel(exc, dump, row):
+    """The error about kept row ``row`` of a :class:`DenseDump`, the element named at its pixel
+    (``labels.npy: labels[2, 7, 11] = 9 is out of range ...``, ``scores.npy: scores[0, :, 3, 5] = nan ...``),
+    the file being that of the labels for a label, else that of the scores."""
+    from ._validation import LABEL_OUT_OF_RANGE
+
+    pos = dump.pixel(row)
+    code, r, col, value = exc.status
+    msg = str(exc)
+    name = exc._context.get("scores_name", "scores")
+    for prefix in (f"{name}[{r}, {col}]", f"{name}[{r}]"):
+        if msg.startswith(prefix):
+            at = [str(i) for i in pos]
+            at.insert(dump.class_axis, str(col) if col >= 0 else ":")
+            return DumpError(f"{dump.name}: {name}[{', '.join(at)}]{msg[len(prefix):]}")
+    for arg in ("labels", "sample_weight"):
+        prefix = f"{arg}[{r}]"
+        if msg.startswith(prefix):
+            where = dump.labels_name if arg == "labels" and dump.labels_name else dump.name
+            advice = ""
+            if arg == "labels" and dump.ignore_index is None and int(code) == LABEL_OUT_OF_RANGE:
+                advice = (f"; if {int(value)} marks pixels without ground truth, leave them out with "
+                          f"ignore_index={int(value)}")
+            return DumpError(f"{where}: {arg}[{', '.join(map(str, pos))}]{msg[len(prefix):]}{advice}")
+    return DumpError(f"{dump.name}: {msg} (pixel {pos})")
 
 
 def split_mask(n_rows: int, fraction: float, seed: int = 0) -> BoolArray:
@@ -972,4 +1312,4 @@ def split_mask(n_rows: int, fraction: float, seed: int = 0) -> BoolArray:
     return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 < fraction
 
 
-__all__ = ["Dump", "DumpError", "SplitBlock", "located", "open_dump", "split_mask", "splits"]
+__all__ = ["DenseDump", "Dump", "DumpError", "SplitBlock", "located", "open_dump", "split_mask", "splits"]

@@ -85,8 +85,20 @@ def _suptitle(fig, text, fontsize=11):
 
 
 def _save(fig, path, dpi):
-    if path is not None:
+    """Save ``fig`` to ``path`` (if given) through a temporary in its folder, renamed into place when the figure
+    is written (a failure leaves an old file as it was); the format is the path's suffix."""
+    if path is None:
+        return
+    import os
+
+    fmt = os.path.splitext(os.fspath(path))[1][1:].lower()
+    if not fmt:  # matplotlib's own naming (it appends the default format's suffix)
         fig.savefig(path, dpi=dpi)
+        return
+    from ._files import atomic_output
+
+    with atomic_output(path, "wb") as f:
+        fig.savefig(f, dpi=dpi, format=fmt)
 
 
 def _draw(table, ax_top, ax_bottom, title):
@@ -509,6 +521,244 @@ def cumulative_calibration(scores: ArrayLike, labels: ArrayLike, *, from_logits:
     return fig
 
 
+#: Per-pixel scores :func:`uncertainty_map` draws: (function name in calibkit.uncertainty, colour-bar label,
+#: True for an uncertainty (high = unsure), False for a confidence (high = sure)).
+MAP_SCORES = {
+    "entropy": ("predictive entropy H(p) (nats)", True),
+    "max_probability": ("max probability (confidence)", False),
+    "margin": ("top-1 minus top-2 probability (confidence)", False),
+    "energy": ("free energy -log sum exp(z)", True),
+}
+CORRECT = "#e8e8e8"   #: error map: pixels predicted right
+WRONG = "#C44E52"     #: error map: pixels whose argmax differs from the label
+IGNORED = "#7f7f7f"   #: error map: pixels without ground truth (ignore_index or masked out)
+
+
+def _pixel_name(name, pos, axis=None, col=None):
+    at = [str(i) for i in pos]
+    if axis is not None:
+        at.insert(axis, ":" if col is None or col < 0 else str(col))
+    return f"{name}[{', '.join(at)}]"
+
+
+def uncertainty_image(scores: ArrayLike, labels: ArrayLike | None = None, *, image: int = 0, axis: int = 1,
+                      from_logits: bool = False, score: str = "entropy", ignore_index: int | None = None,
+                      mask: ArrayLike | None = None, section: Sequence[int] | None = None,
+                      backend: Backend = "auto") -> dict:
+    """The maps :func:`uncertainty_map` draws, for one image of dense scores (no matplotlib needed).
+
+    Returns
+    -------
+    dict
+        ``"uncertainty"``: float64 (H, W), the per-pixel ``score``; ``"error"``: int8 (H, W), 0 where the
+        argmax is the label, 1 where it differs, 2 where the pixel has no ground truth (``ignore_index`` or
+        ``mask`` False), or None without labels; ``"error_rate"`` among the counted pixels (None without
+        labels or when every pixel is ignored); ``"score"``, ``"image"``, ``"section"`` (the indices along the
+        leading spatial axes of a volume, ``()`` for an image), ``"n_classes"``.
+
+    Only that image is read: the scores of image ``image`` (and ``section``) are taken as rows by
+    :func:`calibkit._dense.as_dense` (a strided view of the caller's array, the class axis read with its
+    stride; no transposed copy) and scored by the row functions of :mod:`calibkit.uncertainty` piece by piece.
+    Memory: the two (H, W) maps.
+    """
+    from . import uncertainty
+    from ._dense import as_dense, check_class_axis
+    from ._validation import BadElementError, _as_array
+
+    if score not in MAP_SCORES:
+        raise ValueError(f"score must be one of {', '.join(map(repr, MAP_SCORES))}, got {score!r}")
+    if score == "energy" and not from_logits:
+        raise ValueError("score='energy' needs logits: pass from_logits=True (the energy of probabilities is "
+                         "not defined)")
+    s = scores if isinstance(scores, np.ndarray) else _as_array(scores, "scores")
+    if s.ndim < 4:
+        raise ValueError(f"scores must have shape (N, K, H, W) (or (N, K, D, H, W), or channel-last with axis=-1) "
+                         f"to draw a map, got shape {s.shape}")
+    ax = check_class_axis(axis, s.ndim)
+    K = s.shape[ax]
+    row_shape = s.shape[:ax] + s.shape[ax + 1:]
+    if isinstance(image, (bool, np.bool_)) or not isinstance(image, (int, np.integer)):
+        raise TypeError(f"image must be an integer index along axis 0, got {type(image).__name__}")
+    image = int(image)
+    if not 0 <= image < row_shape[0]:
+        raise ValueError(f"image must be in [0, {row_shape[0]}) (scores hold {row_shape[0]} images), got {image}")
+    spatial = row_shape[1:]
+    lead = spatial[:-2]
+    if section is None:
+        section = tuple(n // 2 for n in lead)
+    else:
+        section = tuple(int(i) for i in np.atleast_1d(np.asarray(section)).tolist())
+        if len(section) != len(lead) or any(not 0 <= i < n for i, n in zip(section, lead)):
+            raise ValueError(f"section must give one index in range for each leading spatial axis {lead} of the "
+                             f"volume, got {section}")
+    pix = (slice(image, image + 1),) + section  # into (N, *spatial)
+    img = s[pix[:1] + (slice(None),) + pix[1:]] if ax == 1 else s[pix]
+
+    def sub(a, name, kind):
+        if a is None:
+            return None
+        arr = a if isinstance(a, np.ndarray) else _as_array(a, name)
+        if arr.shape != row_shape:
+            raise ValueError(f"{name} must have shape {row_shape} (N, *spatial) to match scores of shape {s.shape} "
+                             f"with classes on axis {axis}, got shape {arr.shape}")
+        if kind == "int" and arr.dtype.kind not in "iub":
+            raise TypeError(f"{name} must be integers, got dtype {arr.dtype}")
+        if kind == "bool" and arr.dtype != bool:
+            raise TypeError(f"{name} must be a boolean array (True where a pixel is counted), got dtype {arr.dtype}")
+        return np.asarray(arr[pix]).reshape(-1)
+
+    if mask is not None and labels is None:
+        raise ValueError("mask marks the pixels of the error map that have no ground truth: give the labels too "
+                         "(without labels only the uncertainty map is drawn)")
+    lab = sub(labels, "labels", "int")
+    keep = sub(mask, "mask", "bool")
+    H, W = spatial[-2:]
+    unc = np.empty(H * W)
+    pred = np.empty(H * W, dtype=np.int64)
+    fn = getattr(uncertainty, score)
+    kw = {} if score == "energy" else {"from_logits": from_logits}
+    dense = as_dense(img, axis=axis, name="scores")
+    for p in dense.pieces():
+        a, b = p.offset, p.offset + p.n_rows
+        try:
+            unc[a:b] = fn(p.scores, backend=backend, **kw)
+        except BadElementError as exc:
+            code, row, col, value = exc.status
+            where = (image,) + section + tuple(int(i) for i in np.unravel_index(a + int(row), (H, W)))
+            prefix = f"scores[{row}, {col}]" if col >= 0 else f"scores[{row}]"
+            msg = str(exc)
+            msg = msg[len(prefix):] if msg.startswith(prefix) else ": " + msg
+            raise ValueError(_pixel_name("scores", where, ax, col) + msg) from None
+        pred[a:b] = np.argmax(p.scores, axis=1)
+    out = {"uncertainty": unc.reshape(H, W), "error": None, "error_rate": None, "score": score, "image": image,
+           "section": section, "n_classes": int(K)}
+    if lab is not None:
+        ignored = np.zeros(H * W, dtype=bool) if keep is None else ~keep
+        if ignore_index is not None:
+            ignored |= lab == ignore_index
+        bad = ~ignored & ((lab < 0) | (lab >= K))
+        if bad.any():
+            j = int(np.argmax(bad))
+            where = (image,) + section + tuple(int(i) for i in np.unravel_index(j, (H, W)))
+            hint = "" if ignore_index is not None else \
+                f"; if {int(lab[j])} marks pixels without ground truth, give ignore_index={int(lab[j])}"
+            raise ValueError(f"{_pixel_name('labels', where)} = {int(lab[j])} is out of range for "
+                             f"n_classes={K}{hint}")
+        err = np.where(ignored, 2, (pred != lab).astype(np.int8)).astype(np.int8)
+        out["error"] = err.reshape(H, W)
+        n = int(np.count_nonzero(~ignored))
+        out["error_rate"] = float(np.count_nonzero(err == 1)) / n if n else None
+    return out
+
+
+def _draw_uncertainty(fig, axes, maps, cmap, title_each=True):
+    """The uncertainty map on ``axes[0]`` and (with labels) the error map on ``axes[1]``, each with a colour bar."""
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    label, _ = MAP_SCORES[maps["score"]]
+    where = f"image {maps['image']}" + (f", section {maps['section']}" if maps["section"] else "")
+    im = axes[0].imshow(maps["uncertainty"], cmap=cmap, interpolation="nearest")
+    fig.colorbar(im, ax=axes[0], fraction=0.046, pad=0.04).set_label(label, fontsize=8)
+    if title_each:
+        axes[0].set_title(f"{maps['score']} ({where})", fontsize=9)
+    if maps["error"] is not None and len(axes) > 1:
+        cm = ListedColormap([CORRECT, WRONG, IGNORED])
+        im2 = axes[1].imshow(maps["error"], cmap=cm, norm=BoundaryNorm([-0.5, 0.5, 1.5, 2.5], 3),
+                             interpolation="nearest")
+        bar = fig.colorbar(im2, ax=axes[1], fraction=0.046, pad=0.04, ticks=[0, 1, 2])
+        bar.ax.set_yticklabels(["correct", "wrong", "ignored"], fontsize=8)
+        rate = maps["error_rate"]
+        if title_each:
+            axes[1].set_title("errors: argmax ≠ label"
+                              + (f" ({rate:.1%} of counted pixels)" if rate is not None else ""), fontsize=9)
+    for a in axes:
+        a.set_xticks([])
+        a.set_yticks([])
+
+
+def uncertainty_map(scores: ArrayLike, labels: ArrayLike | None = None, *, image: int = 0, axis: int = 1,
+                    from_logits: bool = False, score: str = "entropy", ignore_index: int | None = None,
+                    mask: ArrayLike | None = None, section: Sequence[int] | None = None, ax: Any = None,
+                    path: StrPath | None = None, figsize: tuple[float, float] = (10.0, 4.2), dpi: float = 100,
+                    cmap: str = "viridis", title: str | None = None, backend: Backend = "auto") -> Figure:
+    """One image's uncertainty map next to its error map, each with a colour bar (dense predictions).
+
+    Left: the per-pixel ``score`` of image ``image``; right (with ``labels``): the pixels whose argmax differs
+    from the label (``WRONG``), those where it is the label (``CORRECT``) and those without ground truth
+    (``IGNORED``: ``labels == ignore_index`` or ``mask`` False).
+
+    Parameters
+    ----------
+    scores : array-like, (N, K, H, W) or (N, K, D, H, W) (``axis=1``), or channel-last (``axis=-1``)
+        Logits (``from_logits=True``) or probabilities of a segmentation model. Only image ``image`` is read:
+        its rows are a strided view of the array (the class axis read with its stride, no transposed or
+        flattened copy), scored piece by piece by :mod:`calibkit.uncertainty`'s row functions; a memory map
+        stays on disk but for that image.
+    labels : array-like of int, ``(N, *spatial)``, optional
+        Without labels only the uncertainty map is drawn.
+    image : int
+        The index along axis 0.
+    axis : {1, -1}
+        The class axis.
+    from_logits : bool
+        Whether the scores are logits (``score="energy"`` needs them).
+    score : {"entropy", "max_probability", "margin", "energy"}
+        The map: :func:`calibkit.entropy` (an uncertainty), :func:`calibkit.max_probability` and
+        :func:`calibkit.margin` (confidences), :func:`calibkit.energy`.
+    ignore_index : int, optional
+        A label shown as ``ignored`` (e.g. 255).
+    mask : bool array-like, ``(N, *spatial)``, optional
+        False where a pixel has no ground truth (shown as ``ignored``).
+    section : sequence of int, optional
+        For volumes (N, K, D, H, W): the index along each spatial axis before the last two (default: the
+        middle one); the map is of that (H, W) section.
+    ax : matplotlib Axes, or a pair of them, optional
+        Where to draw: two Axes (uncertainty, errors) with labels, one without.
+    path : str or path-like, optional
+        Save the figure there (through a temporary file renamed into place); the figure is then a plain
+        matplotlib Figure, not registered with pyplot.
+    figsize, dpi, cmap, title
+        The figure's size, resolution, the uncertainty map's colour map and its title (default: the image).
+    backend : {"auto", "cpp", "numba"}
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from calibkit import plot
+    >>> rng = np.random.default_rng(0)
+    >>> logits = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    >>> labels = rng.integers(0, 3, (2, 8, 8)); labels[:, :2] = 255
+    >>> maps = plot.uncertainty_image(logits, labels, image=1, from_logits=True, ignore_index=255)
+    >>> maps["uncertainty"].shape, int((maps["error"] == 2).sum())
+    ((8, 8), 16)
+    """
+    maps = uncertainty_image(scores, labels, image=image, axis=axis, from_logits=from_logits, score=score,
+                             ignore_index=ignore_index, mask=mask, section=section, backend=backend)
+    n = 1 if maps["error"] is None else 2
+    if ax is None:
+        w = figsize[0] if n == 2 else figsize[0] / 2 + 0.6
+        fig, axes = _new_figure((w, figsize[1]), dpi, path is not None, 1, n)
+        axes, own = list(axes[0]), True
+    else:
+        _matplotlib()
+        axes = list(ax) if isinstance(ax, (list, tuple, np.ndarray)) else [ax]
+        if len(axes) != n:
+            raise ValueError(f"ax must be {'a pair of Axes (uncertainty, errors)' if n == 2 else 'one Axes'} "
+                             f"{'with labels' if n == 2 else 'without labels'}, got {len(axes)}")
+        fig, own = axes[0].figure, False
+    _draw_uncertainty(fig, axes, maps, cmap)
+    if own:
+        _suptitle(fig, title or f"image {maps['image']}: {maps['score']}"
+                  + ("" if maps["error_rate"] is None else f", error rate {maps['error_rate']:.2%}"), 10)
+        fig.tight_layout()
+    _save(fig, path, dpi)
+    return fig
+
+
 class ReliabilityDisplay:
     """A reliability diagram, like scikit-learn's ``CalibrationDisplay``.
 
@@ -652,4 +902,4 @@ class OODRocDisplay:
 
 __all__ = ["OODRocDisplay", "ReliabilityDisplay", "RiskCoverageDisplay", "corp_reliability_diagram",
            "cumulative_calibration", "ood_roc_plot", "reliability_diagram", "report_figure", "risk_coverage_plot",
-           "smooth_reliability_diagram"]
+           "smooth_reliability_diagram", "uncertainty_image", "uncertainty_map"]

@@ -24,7 +24,7 @@ from . import calibrators as cal
 from ._typing import ArrayLike, Backend, Strategy
 from ._validation import OK, BadElementError, check_scores
 from .calibrators import nonparametric as npm
-from .io import Dump, DumpError, SplitBlock, located
+from .io import DenseDump, Dump, DumpError, SplitBlock, located
 from .streaming import CalibrationAccumulator
 
 if TYPE_CHECKING:
@@ -238,11 +238,23 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
     Parameters
     ----------
     test : Dump
-        The rows to evaluate (all of them, or those where ``val_mask`` is False).
+        The rows to evaluate (all of them, or those where ``val_mask`` is False). A
+        :class:`~calibkit.io.DenseDump` (scores ``(N, K, *spatial)``, from :func:`calibkit.io.open_dump`) is read
+        as rows too: every counted pixel is a row (pixels with ``ignore_index`` or masked out are left out), in
+        the order of ``np.moveaxis(scores, axis, -1).reshape(-1, K)``, each block a strided view of the memory
+        map (no transposed or flattened copy). The table equals that of the explicitly flattened dump without
+        the ignored pixels, to rounding (relative 1e-12: the sums of each block are added, and a dense dump's
+        blocks end where an image or a piece of the adapter ends, not at multiples of ``chunk_rows``); the
+        result then also has ``"dense"`` (shape, class axis, pixels, ignored pixels) and, with ``details``,
+        ``"dense_map"``: the entropy and error maps of the first image (:func:`calibkit.plot.uncertainty_image`).
     val : Dump, optional
         Validation rows to fit the calibrators on (read into memory).
     val_mask : (N,) bool array, optional
-        Instead of ``val``: the rows of ``test`` to fit on (and leave out of the evaluation).
+        Instead of ``val``: the rows of ``test`` to fit on (and leave out of the evaluation). For a dense dump,
+        one per counted pixel (``test.n_rows``), e.g. :func:`calibkit.io.split_mask` ``(test.n_rows, f)``: pixel
+        j of the flattened order without the ignored pixels is a validation row when its splitmix64 draw is
+        below f, so the split is that of the flattened dump (this mask, and the confidences kept with
+        ``details``, take memory proportional to the pixels, N * prod(spatial), never times K).
     methods : sequence of str
         Calibrators to fit, from ``METHODS``.
     strategy : {"uniform", "quantile"}
@@ -406,7 +418,21 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
         out["per_class"], out["selective"] = seen.result(accs, backend)
     if group_ids is not None:
         out["groups"] = _group_summary(results["raw"].groups)
+    if isinstance(test, DenseDump):
+        out["dense"] = test.describe()
+        if details:
+            out["dense_map"] = _first_image_map(test, backend)
     return out
+
+
+def _first_image_map(dump, backend):
+    """The entropy map and error map of the first image of a dense dump (:func:`calibkit.plot.uncertainty_image`:
+    that image's rows read in place), for the HTML page."""
+    from .plot import uncertainty_image
+
+    scores, labels, mask = dump.first_image()
+    return uncertainty_image(scores, labels, image=0, axis=dump.axis, from_logits=dump.from_logits,
+                             score="entropy", ignore_index=dump.ignore_index, mask=mask, backend=backend)
 
 
 # -- groups (``calibkit report --groups``) -----------------------------------------------------------------------
@@ -567,7 +593,12 @@ def format_table(result: Mapping[str, Any]) -> str:
     raw                 10,000       0.95000       0.01819       0.00462       0.01794       0.02889      11.18402       2.2e-16       0.08149       0.18672
     """
     kind = "logits" if result["from_logits"] else "probabilities"
-    head = (f"{result['dump']}: {result['n_rows']:,} rows x {result['n_classes']} classes ({kind})"
+    dense = result.get("dense")
+    rows = f"{result['n_rows']:,} rows"
+    if dense is not None:
+        rows = (f"{result['n_rows']:,} pixels of {tuple(dense['shape'])} (classes on axis {dense['class_axis']}"
+                + (f", {dense['ignored']:,} ignored" if dense["ignored"] else "") + ")")
+    head = (f"{result['dump']}: {rows} x {result['n_classes']} classes ({kind})"
             + (f"; calibrators fitted on {result['n_val']:,} validation rows" if result["n_val"] else ""))
     cols = [c for c in COLUMNS if any(c in r for r in result["rows"].values())]
     lines = [head, f"{'':<12}" + "".join(f"{HEADERS.get(c, c):>14}" for c in cols)]
@@ -591,7 +622,7 @@ def format_table(result: Mapping[str, Any]) -> str:
 
 def json_safe(result) -> dict:
     """The report as plain JSON-safe values (the risk-coverage curve itself is left out; AURC and E-AURC stay)."""
-    out = {k: v for k, v in result.items() if k not in ("tables", "per_class", "selective")}
+    out = {k: v for k, v in result.items() if k not in ("tables", "per_class", "selective", "dense_map")}
     out["reliability_tables"] = {k: t.to_dict() for k, t in result["tables"].items()}
     if "per_class" in result:
         pc = result["per_class"]
