@@ -1278,8 +1278,19 @@ class WindowedAccumulator:
         """Rows inside the window now."""
         return sum(b.count for b in self._blocks) + self._current.count
 
-    def update(self, scores: ArrayLike, labels: ArrayLike,
-               sample_weight: ArrayLike | None = None) -> "WindowedAccumulator":
+    def update(self, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+               axis: int = 1, ignore_index: int | None = None,
+               mask: ArrayLike | None = None) -> "WindowedAccumulator":
+        """Add a batch (as :meth:`CalibrationAccumulator.update`, dense maps and ``ignore_index`` / ``mask`` too).
+
+        A dense batch (B, K, *spatial) (``axis=1``) or (B, *spatial, K) (``axis=-1``) adds its kept pixels as
+        rows, in the order of the flattened maps, read piece by piece in place (no flattened copy): with
+        ``window`` they fill the blocks as the flattened rows would (the same blocks, bins to rounding), with
+        ``decay`` the newest kept pixel has weight 1. Atomic (the window's current state is copied once to
+        undo a bad batch); a batch in which every pixel is ignored adds nothing.
+        """
+        if mask is not None or ignore_index is not None or axis != 1 or getattr(scores, "ndim", 2) > 2:
+            return self._update_dense(scores, labels, sample_weight, axis, ignore_index, mask)
         if self.decay is not None:
             return self._update_decayed(scores, labels, sample_weight)
         from ._validation import check_scores
@@ -1306,6 +1317,82 @@ class WindowedAccumulator:
                 self._blocks.popleft()
         self._seen += n
         return self
+
+    def _update_dense(self, scores, labels, sample_weight, axis, ignore_index, mask):
+        if np.ndim(scores) == 1:  # a binary stream: its kept rows, then the plain path
+            kept = _kept_binary(scores, labels, sample_weight, None, axis, ignore_index, mask)
+            if kept is None:
+                return self
+            index, args = kept
+            try:
+                return self.update(*args[:3])
+            except BadElementError as exc:
+                raise exc.at_row(int(index[exc.row])) from None
+        dense = _dense_batch(scores, labels, sample_weight, axis, ignore_index, mask)
+        self._current._check_dense_batch(dense)
+        K = dense.n_classes
+        for b in self._blocks:
+            if b.n_classes is not None and b.n_classes != K:
+                raise ValueError(f"scores has {K} classes on axis {dense.axis} but the window holds rows of "
+                                 f"{b.n_classes} classes")
+        blocks, current, seen = list(self._blocks), self._current, self._seen
+        saved = current._snapshot()
+        try:
+            if self.decay is not None:
+                self._add_decayed(dense)
+            else:
+                self._add_windowed(dense)
+        except BaseException:
+            current._restore(saved)
+            self._blocks, self._current, self._seen = deque(blocks), current, seen
+            raise
+        return self
+
+    def _add_windowed(self, dense):
+        """The kept pixels of a dense batch into the ring of blocks, block boundaries inside pieces."""
+        for piece in dense.pieces():
+            i, m = 0, piece.n_rows
+            while i < m:
+                room = self.block_size - self._current.count
+                j = min(m, i + room)
+                self._current._add_piece(dense, piece, i, j, piece.sample_weight, None, None)
+                i = j
+                if self._current.count >= self.block_size:
+                    self._blocks.append(self._current)
+                    position = self._current._position
+                    self._current = CalibrationAccumulator(**{**self._kwargs, "start": position})
+                while len(self._blocks) + (self._current.count > 0) > self.n_blocks:
+                    self._blocks.popleft()
+            self._seen += m
+
+    def _add_decayed(self, dense):
+        """The kept pixels of a dense batch with decayed weights: the newest kept pixel weighs 1."""
+        n = dense.n_kept()
+        if n == 0:
+            return
+        acc = self._current
+        if acc._kind is not None:
+            fade = self.decay ** n
+            acc._bins[1:] *= fade
+            if acc._squares is not None:
+                acc._squares *= fade * fade
+            acc._fine[1:] *= fade
+            acc._boot *= fade
+            acc._totals[1:] *= fade
+            if acc._smooth is not None:
+                acc._smooth *= fade
+            if acc._classwise_bins is not None:
+                acc._classwise_bins *= fade
+        for piece in dense.pieces():
+            m = piece.n_rows
+            if piece.sample_weight is not None:
+                _check_piece_weight(piece.sample_weight, 0.0, dense, piece, 0)
+            top = n - 1 - piece.offset  # the newest row of the whole batch has exponent 0
+            factors = self.decay ** np.arange(top, top - m, -1, dtype=np.float64)
+            w = factors if piece.sample_weight is None else piece.sample_weight * factors
+            w[w < MIN_STREAM_WEIGHT] = 0.0
+            acc._add_piece(dense, piece, 0, m, w, None, None)
+        self._seen += n
 
     def _update_decayed(self, scores, labels, sample_weight):
         from ._validation import check_sample_weight, check_scores
