@@ -12,10 +12,10 @@ pure function of its block.
 Zero-length row blocks are skipped. Row chunk sizes must be known: after
 boolean indexing call ``x.compute_chunk_sizes()`` first (a ValueError says so).
 
-Dense maps (issue 17): scores (N, K, *spatial) (``axis=1``) or channel-last
-(N, *spatial, K) (``axis=-1``) chunked along N and the spatial axes (never along
+Dense maps (issue 17): scores ``(N, K, *spatial)`` (``axis=1``) or channel-last
+``(N, *spatial, K)`` (``axis=-1``) chunked along N and the spatial axes (never along
 K: a block needs whole rows; a ValueError says how to rechunk), labels and an
-optional ``mask`` (Dask or NumPy, bool) of shape (N, *spatial), rechunked to the
+optional ``mask`` (Dask or NumPy, bool) of shape ``(N, *spatial)``, rechunked to the
 scores' blocks, ``ignore_index=``. Each block goes through the dense adapter
 (:mod:`calibkit._dense`: the class axis read with its stride, no flattened copy);
 a bad element is named at its place in the whole array (the block's offset added
@@ -108,7 +108,7 @@ def _is_dense(scores, mask, ignore_index) -> bool:
 
 class _DenseBlocks:
     """The blocks of a dense (or masked) Dask input: delayed scores, labels and mask blocks, each block's
-    offset into the (N, *spatial) pixel grid and its stream start (the pixels of the blocks before it)."""
+    offset into the ``(N, *spatial)`` pixel grid and its stream start (the pixels of the blocks before it)."""
 
     def __init__(self, scores, labels, axis, mask, ignore_index, name="scores"):
         _, da = _dask()
@@ -251,9 +251,9 @@ def accumulate(scores: da.Array, labels: da.Array, *, n_bins: int = 15, from_log
     ``seed``, ``fine_bits``, ``backend``, ...). With ``compute=False`` the
     Delayed object is returned instead.
 
-    Dense maps: ``scores`` (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``), chunked along N
+    Dense maps: ``scores`` ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``), chunked along N
     and the spatial axes only (a ValueError if K is chunked), ``labels`` and ``mask`` (a Dask or NumPy bool
-    array, True = counted) of shape (N, *spatial), rechunked to the scores' blocks; ``ignore_index`` and
+    array, True = counted) of shape ``(N, *spatial)``, rechunked to the scores' blocks; ``ignore_index`` and
     ``mask`` work for (N, K) and (N,) scores too. Each block is read in place by
     :meth:`CalibrationAccumulator.update` (no flattened copy) and the states are merged in block order: the
     counts equal those of the NumPy dense update exactly, the sums to rounding. The rows of a block take
@@ -380,8 +380,8 @@ def fit_temperature(logits: da.Array, labels: da.Array, *, bounds: tuple[float, 
     Persist the logits (``logits.persist()``) when they are expensive to produce:
     every step reads them once.
 
-    Dense logits (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``), chunked along N and the
-    spatial axes (not K), with ``labels`` / ``mask`` (Dask or NumPy bool) of shape (N, *spatial) and
+    Dense logits ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``), chunked along N and the
+    spatial axes (not K), with ``labels`` / ``mask`` (Dask or NumPy bool) of shape ``(N, *spatial)`` and
     ``ignore_index``: every kept pixel is a row; each block's rows are read in place piece by piece (no
     flattened copy) and the sums added per piece and per block, so the fit equals the fit on the flattened
     kept rows to rounding. A ValueError when every pixel is ignored.

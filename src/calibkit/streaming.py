@@ -439,9 +439,9 @@ class CalibrationAccumulator:
                mask: ArrayLike | None = None) -> "CalibrationAccumulator":
         """Add a batch: any input :func:`calibkit.ece` accepts. Atomic: a bad batch raises and adds nothing.
 
-        Dense batches (a segmentation model's maps): ``scores`` of shape (B, K, *spatial) (``axis=1``, the
-        default) or channel-last (B, *spatial, K) (``axis=-1``), with ``labels``, ``mask``, ``sample_weight``
-        and ``groups`` of shape (B, *spatial); every pixel is a row. ``ignore_index`` (an integer label, e.g.
+        Dense batches (a segmentation model's maps): ``scores`` of shape ``(B, K, *spatial)`` (``axis=1``, the
+        default) or channel-last ``(B, *spatial, K)`` (``axis=-1``), with ``labels``, ``mask``, ``sample_weight``
+        and ``groups`` of shape ``(B, *spatial)``; every pixel is a row. ``ignore_index`` (an integer label, e.g.
         255) and ``mask`` (bool, True = counted) leave pixels out, for (N, K) and (N,) batches too. The class
         axis is read with its stride and no flattened copy of the scores is made (only a piece of at most
         ``calibkit._dense.PIECE_ROWS`` rows with ignored pixels is gathered); the kernel runs piece by piece
@@ -1093,7 +1093,7 @@ def _kept_binary(scores, labels, sample_weight, groups, axis, ignore_index, mask
 
 
 def _piece_values(dense, a, piece):
-    """The values of a C-ordered (N, *spatial) map ``a`` at the rows of a dense piece, in the piece's order."""
+    """The values of a C-ordered ``(N, *spatial)`` map ``a`` at the rows of a dense piece, in the piece's order."""
     v = dense._view(a, piece._outer)[piece._start:]
     return v[:piece.n_rows] if piece._index is None else v[piece._index]
 
@@ -1283,7 +1283,7 @@ class WindowedAccumulator:
                mask: ArrayLike | None = None) -> "WindowedAccumulator":
         """Add a batch (as :meth:`CalibrationAccumulator.update`, dense maps and ``ignore_index`` / ``mask`` too).
 
-        A dense batch (B, K, *spatial) (``axis=1``) or (B, *spatial, K) (``axis=-1``) adds its kept pixels as
+        A dense batch ``(B, K, *spatial)`` (``axis=1``) or ``(B, *spatial, K)`` (``axis=-1``) adds its kept pixels as
         rows, in the order of the flattened maps, read piece by piece in place (no flattened copy): with
         ``window`` they fill the blocks as the flattened rows would (the same blocks, bins to rounding), with
         ``decay`` the newest kept pixel has weight 1. Atomic (the window's current state is copied once to
