@@ -361,3 +361,21 @@ def test_two_d_update_path_is_unchanged():
     assert a.to_bytes() == b.to_bytes()
     with pytest.raises(ValueError, match=re.escape("scores must have shape (N,) or (N, K), got shape (2, 2, 2, 2)")):
         calibkit.CalibrationAccumulator().update(np.zeros((2, 2, 2, 2)).tolist(), np.zeros((2, 2, 2), int))
+
+
+def test_images_larger_than_a_kernel_chunk(backend):
+    """Images of more rows than one kernel chunk (2**15 elements): sums to rounding, counts exact, and the
+    bootstrap replicates keyed by the flattened positions (the same multiplicities)."""
+    r = np.random.default_rng(1)
+    z = r.normal(size=(2, 5, 96, 96)).astype(np.float32)
+    y = r.integers(0, 5, (2, 96, 96))
+    y[1, 40:60] = 255
+    cfg = dict(from_logits=True, bootstrap=3, classwise=True, backend=backend)
+    dense = calibkit.CalibrationAccumulator(**cfg).update(z, y, ignore_index=255)
+    fs, fy, _ = flatten_reference(z, y, ignore_index=255)
+    flat = calibkit.CalibrationAccumulator(**cfg).update(fs, fy)
+    for name in ("_bins", "_fine", "_boot", "_totals", "_classwise_bins"):
+        np.testing.assert_allclose(getattr(dense, name), getattr(flat, name), rtol=1e-12, atol=1e-300, err_msg=name)
+    np.testing.assert_array_equal(dense._bins[0], flat._bins[0])
+    np.testing.assert_array_equal(dense._boot[:, 0] > 0, flat._boot[:, 0] > 0)
+    assert_same_result(dense.compute(), flat.compute())
