@@ -113,7 +113,8 @@ def test_two_d_and_binary_input_with_mask_and_ignore_index():
     fs, fy, _ = flatten_reference(Z, Y)
     m = MASK.reshape(-1)
     keep = m & (fy != 255)
-    got = ckdask.calibration_error(da.from_array(fs, chunks=(100, -1)), da.from_array(fy, chunks=70),
+    # (N, K) rows chunked along K are rechunked (as without mask); maps chunked along K are an error
+    got = ckdask.calibration_error(da.from_array(fs, chunks=(100, 2)), da.from_array(fy, chunks=70),
                                    from_logits=True, ignore_index=255, mask=m)
     assert got == pytest.approx(calibkit.calibration_error(fs[keep], fy[keep], from_logits=True), rel=1e-12)
     p = rng.random(300)

@@ -126,6 +126,8 @@ class _DenseBlocks:
             row_chunks = scores.chunks
         else:
             ax = check_class_axis(axis, scores.ndim)
+            if scores.ndim == 2 and scores.numblocks[ax] != 1:
+                scores = scores.rechunk({ax: -1})  # (N, K) rows, as the plain path does
             if scores.numblocks[ax] != 1:
                 raise ValueError(f"{name} is chunked along its class axis {ax} (chunks {scores.chunks[ax]}): every "
                                  f"block needs whole rows of {scores.shape[ax]} classes; chunk along N and the "
