@@ -76,7 +76,8 @@ from . import _backend
 from ._typing import ArrayLike, Backend
 from ._validation import (
     MAX_BOOTSTRAP, MAX_CLASSES, MAX_FINE_BINS, MAX_FINE_BITS, MAX_FINE_LEVELS, MAX_ROWS, MAX_WINDOW_BLOCKS,
-    MIN_STREAM_WEIGHT, check_bool, check_cells, check_n_bins, check_size, check_stream_weight, raise_for_status,
+    MAX_STREAM_WEIGHT, MIN_STREAM_WEIGHT, BadElementError, check_bool, check_cells, check_n_bins, check_size,
+    check_stream_weight, raise_for_status,
 )
 from .cumulative import StreamedCumulative, _from_fine, kuiper_pvalue
 from .metrics import (
@@ -434,8 +435,23 @@ class CalibrationAccumulator:
         return int(self._totals[_T_COUNT])
 
     def update(self, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None,
-               groups: ArrayLike | None = None) -> "CalibrationAccumulator":
+               groups: ArrayLike | None = None, *, axis: int = 1, ignore_index: int | None = None,
+               mask: ArrayLike | None = None) -> "CalibrationAccumulator":
         """Add a batch: any input :func:`calibkit.ece` accepts. Atomic: a bad batch raises and adds nothing.
+
+        Dense batches (a segmentation model's maps): ``scores`` of shape ``(B, K, *spatial)`` (``axis=1``, the
+        default) or channel-last ``(B, *spatial, K)`` (``axis=-1``), with ``labels``, ``mask``, ``sample_weight``
+        and ``groups`` of shape ``(B, *spatial)``; every pixel is a row. ``ignore_index`` (an integer label, e.g.
+        255) and ``mask`` (bool, True = counted) leave pixels out, for (N, K) and (N,) batches too. The class
+        axis is read with its stride and no flattened copy of the scores is made (only a piece of at most
+        ``calibkit._dense.PIECE_ROWS`` rows with ignored pixels is gathered); the kernel runs piece by piece
+        with the stream positions the flattened rows would have, so the bootstrap replicates are those of one
+        update with the flattened kept rows. Counts are exact; bins and totals are added piece by piece
+        (each image is a piece of class-second maps), so they equal that flattened update to rounding
+        (bit-for-bit when the flattened rows are added in the same pieces). A dense update copies the state
+        once (to undo a batch with a bad pixel: still atomic); a batch in which every pixel is ignored is
+        not an error (a monitor never stops): it adds nothing and leaves the state as it was. Bad elements
+        are named at their place in the caller's arrays (``labels[2, 4, 6] = 9 is out of range ...``).
 
         With ``n_groups``, ``groups`` gives each row's group id (integers in [0, n_groups), required); each
         group's rows are also added to its state (one copy of the batch's rows in all, taken group by group).
@@ -451,6 +467,8 @@ class CalibrationAccumulator:
         ``debiased_rmsce`` and the cumulative ``sigma`` as None for a weighted stream (divide every weight by
         one common factor: the metrics do not change).
         """
+        if mask is not None or ignore_index is not None or axis != 1 or getattr(scores, "ndim", 2) > 2:
+            return self._update_dense(scores, labels, sample_weight, groups, axis, ignore_index, mask)
         k = _backend.kernels(self.backend)
         scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, self.from_logits)
         group_ids = self._check_groups(groups, scores.shape[0])
@@ -507,6 +525,123 @@ class CalibrationAccumulator:
         if group_ids is not None:
             self._update_groups(scores, labels, sample_weight, group_ids)
         return self
+
+    # -- dense batches (maps) ---------------------------------------------------------
+
+    def _update_dense(self, scores, labels, sample_weight, groups, axis, ignore_index, mask):
+        """update() of a dense batch, or of a batch with ``mask`` / ``ignore_index``: see :meth:`update`."""
+        if np.ndim(scores) == 1:  # a binary stream: the kept rows (a copy of N floats), then the plain path
+            kept = _kept_binary(scores, labels, sample_weight, groups, axis, ignore_index, mask)
+            if kept is None:
+                return self
+            index, args = kept
+            try:
+                return self.update(*args)
+            except BadElementError as exc:
+                raise exc.at_row(int(index[exc.row])) from None
+        dense = _dense_batch(scores, labels, sample_weight, axis, ignore_index, mask)
+        self._check_dense_batch(dense)
+        ids = self._dense_groups(groups, dense)
+        saved = self._snapshot()
+        try:
+            for piece in dense.pieces():
+                self._add_piece(dense, piece, 0, piece.n_rows, piece.sample_weight,
+                                None if ids is None else _piece_values(dense, ids, piece), saved)
+        except BaseException:
+            self._restore(saved)
+            raise
+        return self
+
+    def _check_dense_batch(self, dense):
+        """The checks of a dense batch against the state (before anything is added)."""
+        K = dense.n_classes
+        if self._kind is not None and self._kind != "top-label":
+            raise ValueError(f"this accumulator holds a {self._kind} stream; got a batch of shape {dense.scores.shape}")
+        if self.n_classes is not None and K != self.n_classes:
+            raise ValueError(f"scores has {K} classes on axis {dense.axis} but the accumulator has "
+                             f"n_classes={self.n_classes}")
+        if self.classwise:
+            check_cells(K, "n_classes", self.n_bins)
+
+    def _dense_groups(self, groups, dense):
+        """The batch's group ids as a C-ordered int64 map (N·H·W ids, never ·K), or None without n_groups."""
+        if not self.n_groups:
+            if groups is not None:
+                raise ValueError("groups= needs an accumulator made with n_groups > 0")
+            return None
+        if groups is None:
+            raise ValueError(f"this accumulator keeps n_groups={self.n_groups} groups: give update(..., groups=...) "
+                             "with each pixel's group id")
+        g = np.asarray(groups)
+        if g.dtype.kind not in "iu":
+            raise TypeError(f"groups must be integer group ids, got dtype {g.dtype}")
+        if g.shape != dense.row_shape:
+            raise ValueError(f"groups must have shape {dense.row_shape} (one id per pixel, the labels' shape), "
+                             f"got shape {g.shape}")
+        return np.ascontiguousarray(g, dtype=np.int64)  # C order merges with any row axes of the scores
+
+    def _add_piece(self, dense, piece, lo, hi, sample_weight, ids, saved):
+        """Rows [lo, hi) of a dense piece into the state (``sample_weight`` the piece's weights, or None).
+
+        Bad rows raise with their position in the caller's arrays; the caller restores ``saved``.
+        """
+        k = _backend.kernels(self.backend)
+        scores = piece.scores[lo:hi]
+        labels = piece.labels[lo:hi]
+        w = None if sample_weight is None else sample_weight[lo:hi]
+        K = dense.n_classes
+        if w is not None:
+            _check_piece_weight(w, float(self._totals[_T_WEIGHT]), dense, piece, lo)
+        if ids is not None:
+            ids = ids[lo:hi]
+            bad = (ids < 0) | (ids >= self.n_groups)
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise ValueError(f"groups[{_at(dense, piece, lo + i)}] = {ids[i]} is out of range for "
+                                 f"n_groups={self.n_groups}")
+        squares = self._known_squares()
+        classwise = None
+        if self.classwise:
+            classwise = self._classwise_bins
+            if classwise is None:
+                classwise = np.zeros((3, K, self.n_bins))
+        status = _fused_update(k)(scores, labels, w, self.from_logits, _nll_eps(scores.dtype),
+                                  1.0 / self.temperature, self._position, self.n_bins, self.fine_bits,
+                                  self.fine_levels, self.bootstrap, self.seed, self._bins, self._fine,
+                                  self._boot, self._totals, self.n_bins if self.classwise else 0, classwise,
+                                  squares, None if self._smooth is None else AUTO_GRID_SIZES, self._smooth)
+        if status[0] != 0:  # the kernel added nothing; the caller undoes the earlier pieces
+            dense.raise_for_status((status[0], int(status[1]) + lo, status[2], status[3]), piece, n_classes=K)
+        self._classwise_bins = classwise
+        self.n_classes = K
+        self._kind = "top-label"
+        self._weighted |= w is not None
+        if squares is not None and w is not None and not float(squares[0].sum()) <= MAX_SQUARES:
+            squares = None
+        self._squares = squares
+        self._position += hi - lo
+        if ids is not None:
+            for g in np.unique(ids):
+                if int(g) not in saved["groups"]:
+                    saved["groups"][int(g)] = self._groups[g]._snapshot()
+            self._update_groups(scores, labels, w, ids)
+
+    def _snapshot(self) -> dict:
+        """A copy of the mutable state (to undo a dense batch); group states are copied when first touched."""
+        copy = (lambda a: None if a is None else a.copy())
+        return {"bins": self._bins.copy(), "squares": copy(self._squares), "fine": self._fine.copy(),
+                "boot": self._boot.copy(), "totals": self._totals.copy(), "smooth": copy(self._smooth),
+                "classwise": copy(self._classwise_bins), "n_classes": self.n_classes, "kind": self._kind,
+                "weighted": self._weighted, "position": self._position, "groups": {}}
+
+    def _restore(self, saved) -> None:
+        """Back to a :meth:`_snapshot` (once: the snapshot's arrays become the state's)."""
+        for g, snap in saved["groups"].items():
+            self._groups[g]._restore(snap)
+        (self._bins, self._squares, self._fine, self._boot, self._totals, self._smooth, self._classwise_bins,
+         self.n_classes, self._kind, self._weighted, self._position) = (
+            saved["bins"], saved["squares"], saved["fine"], saved["boot"], saved["totals"], saved["smooth"],
+            saved["classwise"], saved["n_classes"], saved["kind"], saved["weighted"], saved["position"])
 
     def _known_squares(self):
         """The sums of squares, zeros for an empty state (whatever it was loaded from), None when unknown."""
@@ -907,6 +1042,81 @@ class CalibrationAccumulator:
                 f"classwise={self.classwise}, bootstrap={self.bootstrap}, count={self.count})")
 
 
+def _dense_batch(scores, labels, sample_weight, axis, ignore_index, mask):
+    """A dense batch through the adapter (shapes and types checked; contents are checked by the kernel)."""
+    from ._dense import as_dense
+
+    if labels is None:
+        raise TypeError("labels are required: an accumulator counts labelled rows")
+    return as_dense(scores, labels, axis=axis, mask=mask, ignore_index=ignore_index, sample_weight=sample_weight)
+
+
+def _kept_binary(scores, labels, sample_weight, groups, axis, ignore_index, mask):
+    """The kept rows of a binary (N,) batch with ``mask`` / ``ignore_index``: (index of the kept rows, the
+    (scores, labels, sample_weight, groups) to add), or None when every row is left out."""
+    from ._validation import check_scores
+
+    s = check_scores(scores)
+    if isinstance(axis, (bool, np.bool_)) or axis not in (1, -1):
+        raise ValueError(f"axis must be 1 or -1 (the class axis); binary scores of shape {s.shape} have none, "
+                         f"got axis={axis!r}")
+    n = s.shape[0]
+    y = np.asarray(labels)
+    if y.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) to match scores of shape ({n},), got shape {y.shape}")
+    keep = np.ones(n, bool)
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.dtype != bool:
+            raise TypeError(f"mask must be a boolean array (True where a row is counted), got dtype {m.dtype}")
+        if m.shape != (n,):
+            raise ValueError(f"mask must have shape ({n},) to match scores of shape ({n},), got shape {m.shape}")
+        keep &= m
+    if ignore_index is not None:
+        if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"ignore_index must be an integer label (e.g. 255) or None, "
+                            f"got {type(ignore_index).__name__}")
+        keep &= y != ignore_index
+    index = np.flatnonzero(keep)
+    if index.shape[0] == 0:
+        return None
+
+    def take(a, name):
+        if a is None:
+            return None
+        a = np.asarray(a)
+        if a.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},) to match scores of shape ({n},), got shape {a.shape}")
+        return a[index]
+
+    return index, (s[index], y[index], take(sample_weight, "sample_weight"), take(groups, "groups"))
+
+
+def _piece_values(dense, a, piece):
+    """The values of a C-ordered ``(N, *spatial)`` map ``a`` at the rows of a dense piece, in the piece's order."""
+    v = dense._view(a, piece._outer)[piece._start:]
+    return v[:piece.n_rows] if piece._index is None else v[piece._index]
+
+
+def _at(dense, piece, row):
+    """The caller's index of a piece's row, as text: ``2, 4, 6``."""
+    return ", ".join(map(str, dense.position(piece, row)))
+
+
+def _check_piece_weight(w, total, dense, piece, lo):
+    """check_stream_weight on rows of a dense piece, a bad weight named at its place in the caller's map."""
+    bad = (w != 0) & ((w < MIN_STREAM_WEIGHT) | (w > MAX_STREAM_WEIGHT))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"sample_weight[{_at(dense, piece, lo + i)}] = {float(w[i])!r} is outside "
+                         f"[{MIN_STREAM_WEIGHT:g}, {MAX_STREAM_WEIGHT:g}] (0 is allowed): a streaming accumulator "
+                         "keeps raw weighted sums; divide every weight by one common factor (the metrics do not "
+                         "change)")
+    if total + float(np.sum(w)) > MAX_STREAM_WEIGHT:
+        raise ValueError(f"sample_weight: the total weight of the stream would pass {MAX_STREAM_WEIGHT:g}; divide "
+                         "every weight by one common factor (the metrics do not change)")
+
+
 def _accumulator_from_bytes(data, backend):
     return CalibrationAccumulator.from_bytes(data, backend=backend)
 
@@ -1068,8 +1278,19 @@ class WindowedAccumulator:
         """Rows inside the window now."""
         return sum(b.count for b in self._blocks) + self._current.count
 
-    def update(self, scores: ArrayLike, labels: ArrayLike,
-               sample_weight: ArrayLike | None = None) -> "WindowedAccumulator":
+    def update(self, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+               axis: int = 1, ignore_index: int | None = None,
+               mask: ArrayLike | None = None) -> "WindowedAccumulator":
+        """Add a batch (as :meth:`CalibrationAccumulator.update`, dense maps and ``ignore_index`` / ``mask`` too).
+
+        A dense batch ``(B, K, *spatial)`` (``axis=1``) or ``(B, *spatial, K)`` (``axis=-1``) adds its kept pixels as
+        rows, in the order of the flattened maps, read piece by piece in place (no flattened copy): with
+        ``window`` they fill the blocks as the flattened rows would (the same blocks, bins to rounding), with
+        ``decay`` the newest kept pixel has weight 1. Atomic (the window's current state is copied once to
+        undo a bad batch); a batch in which every pixel is ignored adds nothing.
+        """
+        if mask is not None or ignore_index is not None or axis != 1 or getattr(scores, "ndim", 2) > 2:
+            return self._update_dense(scores, labels, sample_weight, axis, ignore_index, mask)
         if self.decay is not None:
             return self._update_decayed(scores, labels, sample_weight)
         from ._validation import check_scores
@@ -1096,6 +1317,82 @@ class WindowedAccumulator:
                 self._blocks.popleft()
         self._seen += n
         return self
+
+    def _update_dense(self, scores, labels, sample_weight, axis, ignore_index, mask):
+        if np.ndim(scores) == 1:  # a binary stream: its kept rows, then the plain path
+            kept = _kept_binary(scores, labels, sample_weight, None, axis, ignore_index, mask)
+            if kept is None:
+                return self
+            index, args = kept
+            try:
+                return self.update(*args[:3])
+            except BadElementError as exc:
+                raise exc.at_row(int(index[exc.row])) from None
+        dense = _dense_batch(scores, labels, sample_weight, axis, ignore_index, mask)
+        self._current._check_dense_batch(dense)
+        K = dense.n_classes
+        for b in self._blocks:
+            if b.n_classes is not None and b.n_classes != K:
+                raise ValueError(f"scores has {K} classes on axis {dense.axis} but the window holds rows of "
+                                 f"{b.n_classes} classes")
+        blocks, current, seen = list(self._blocks), self._current, self._seen
+        saved = current._snapshot()
+        try:
+            if self.decay is not None:
+                self._add_decayed(dense)
+            else:
+                self._add_windowed(dense)
+        except BaseException:
+            current._restore(saved)
+            self._blocks, self._current, self._seen = deque(blocks), current, seen
+            raise
+        return self
+
+    def _add_windowed(self, dense):
+        """The kept pixels of a dense batch into the ring of blocks, block boundaries inside pieces."""
+        for piece in dense.pieces():
+            i, m = 0, piece.n_rows
+            while i < m:
+                room = self.block_size - self._current.count
+                j = min(m, i + room)
+                self._current._add_piece(dense, piece, i, j, piece.sample_weight, None, None)
+                i = j
+                if self._current.count >= self.block_size:
+                    self._blocks.append(self._current)
+                    position = self._current._position
+                    self._current = CalibrationAccumulator(**{**self._kwargs, "start": position})
+                while len(self._blocks) + (self._current.count > 0) > self.n_blocks:
+                    self._blocks.popleft()
+            self._seen += m
+
+    def _add_decayed(self, dense):
+        """The kept pixels of a dense batch with decayed weights: the newest kept pixel weighs 1."""
+        n = dense.n_kept()
+        if n == 0:
+            return
+        acc = self._current
+        if acc._kind is not None:
+            fade = self.decay ** n
+            acc._bins[1:] *= fade
+            if acc._squares is not None:
+                acc._squares *= fade * fade
+            acc._fine[1:] *= fade
+            acc._boot *= fade
+            acc._totals[1:] *= fade
+            if acc._smooth is not None:
+                acc._smooth *= fade
+            if acc._classwise_bins is not None:
+                acc._classwise_bins *= fade
+        for piece in dense.pieces():
+            m = piece.n_rows
+            if piece.sample_weight is not None:
+                _check_piece_weight(piece.sample_weight, 0.0, dense, piece, 0)
+            top = n - 1 - piece.offset  # the newest row of the whole batch has exponent 0
+            factors = self.decay ** np.arange(top, top - m, -1, dtype=np.float64)
+            w = factors if piece.sample_weight is None else piece.sample_weight * factors
+            w[w < MIN_STREAM_WEIGHT] = 0.0
+            acc._add_piece(dense, piece, 0, m, w, None, None)
+        self._seen += n
 
     def _update_decayed(self, scores, labels, sample_weight):
         from ._validation import check_sample_weight, check_scores
