@@ -168,3 +168,14 @@ def test_scores_shaped_out_and_in_place(axis):
     assert np.array_equal(t, 2 * s)
     with pytest.raises(ValueError, match="only out=scores itself"):
         as_dense(t[:, :, 1:], out=t[:, :, :-1], axis=axis, out_like_scores=True, allow_in_place=True)
+
+
+@pytest.mark.parametrize("layout", ["class-second", "channel-last", "sliced", "reversed"])
+def test_values_of_another_map_at_the_pieces_rows(layout):
+    s, lab, axis = LAYOUTS[layout]
+    lab = lab.copy()
+    lab[0, :2] = 255
+    other = np.asfortranarray(rng.random(lab.shape))  # another layout than the scores'
+    d, ps = _pieces(s, lab, axis=axis, ignore_index=255, piece_rows=16)
+    _, _, want = flatten_reference(s, lab, axis=axis, ignore_index=255, sample_weight=other)
+    assert np.array_equal(np.concatenate([d.values(other, p) for p in ps]), want)

@@ -222,6 +222,16 @@ class Dense:
                 yield Piece(s, lab, w, o, offset, img, outer, start, index)
                 offset += s.shape[0]
 
+    def values(self, a, piece: Piece) -> np.ndarray:
+        """The values of another (N, *spatial) array ``a`` (group ids, a second map) at ``piece``'s rows, in the
+        piece's order: a view when ``a``'s pixel axes merge as the scores' do, else a copy of the piece's block
+        of ``a`` only (one image at most, never the whole array)."""
+        if a.shape != self.row_shape:
+            raise ValueError(f"the array must have shape {self.row_shape}, got {a.shape}")
+        block = a[piece._outer].reshape(-1)  # a view if a's inner axes merge, else a copy of that block
+        rows = block[piece._start:piece._start + (piece.n_rows if piece._index is None else 0)]
+        return rows if piece._index is None else block[piece._start + piece._index]
+
     def position(self, piece: Piece, row: int) -> tuple:
         """The index (n, *spatial) of row ``row`` of ``piece`` in the caller's (N, *spatial) arrays."""
         p = piece._start + (row if piece._index is None else int(piece._index[row]))

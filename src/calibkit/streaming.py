@@ -1094,8 +1094,7 @@ def _kept_binary(scores, labels, sample_weight, groups, axis, ignore_index, mask
 
 def _piece_values(dense, a, piece):
     """The values of a C-ordered ``(N, *spatial)`` map ``a`` at the rows of a dense piece, in the piece's order."""
-    v = dense._view(a, piece._outer)[piece._start:]
-    return v[:piece.n_rows] if piece._index is None else v[piece._index]
+    return dense.values(a, piece)
 
 
 def _at(dense, piece, row):
