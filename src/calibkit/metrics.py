@@ -1876,7 +1876,7 @@ def _dense_metric(scores, labels, *, axis, mask, ignore_index, sample_weight, fr
             if not sub.usable:
                 continue
             value = compute(sub)
-        except BadElementError as exc:
+        except ValueError as exc:  # a bad element (or row) named in image n alone: name it in the whole input
             raise _in_image(exc, n) from None
         values.append(value)
     if not values:
@@ -1890,7 +1890,7 @@ def _in_image(exc, n):
     """``exc`` (raised on image n alone, whose index there is 0) with the element named in the whole input."""
     msg = str(exc.args[0]) if exc.args else str(exc)
     head, sep, tail = msg.partition("[0")
-    if sep and head.isidentifier():
+    if sep and head.isidentifier() and tail[:1] in (",", "]"):
         msg = f"{head}[{n}{tail}"
     exc.args = (msg,)
     if getattr(exc, "position", None):
