@@ -320,3 +320,50 @@ def test_no_copy_of_the_map():
         small, large = peak(f, 2), peak(f, 16)
         assert large < 1.5 * small + 65536, (f.__name__, small, large)
         assert large < s.nbytes / 4, (f.__name__, large, s.nbytes)
+
+
+ROW_METRICS = ["smooth_ece", "cumulative_calibration_error", "score_decomposition", "corp_reliability_table",
+               "cumulative_curve"]
+
+
+def _row_metric(name):
+    if name == "cumulative_curve":
+        from calibkit.cumulative import cumulative_curve
+        return cumulative_curve
+    return getattr(ck, name)
+
+
+def _as_numbers(r):
+    if isinstance(r, dict):
+        return np.concatenate([np.ravel(np.asarray(r[k], dtype=float)) for k in ("x", "cumulative", "scores")])
+    if hasattr(r, "x") and hasattr(r, "y"):
+        return np.concatenate([np.ravel(r.x), np.ravel(r.y)])
+    if isinstance(r, float):
+        return np.array([r])
+    import dataclasses
+    return np.array([v for v in dataclasses.asdict(r).values() if isinstance(v, float)])
+
+
+@pytest.mark.parametrize("name", ROW_METRICS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_row_metrics_equal_flattened_copy(backend, name, dtype):
+    """The confidence / correctness metrics (cumulative, smooth, CORP) on dense input: the binary problem of the
+    kept pixels, the result of the flattened copy (bit for bit but for the smooth ECE of float32 logits)."""
+    f = _row_metric(name)
+    x = X.astype(dtype)
+    fs, fl, fw = flatten_reference(x, Y, mask=MASK, ignore_index=255, sample_weight=WEIGHT)
+    got = f(x, Y, from_logits=True, mask=MASK, ignore_index=255, sample_weight=WEIGHT, backend=backend)
+    ref = f(fs, fl, from_logits=True, sample_weight=fw, backend=backend)
+    a, r = _as_numbers(got), _as_numbers(ref)
+    assert a.shape == r.shape and a.size > 0
+    if name == "smooth_ece" and dtype == np.float32:
+        np.testing.assert_allclose(a, r, rtol=1e-6)
+    else:
+        assert np.array_equal(a, r, equal_nan=True)
+    xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    got_l = f(xl, Y, axis=-1, from_logits=True, mask=MASK, ignore_index=255, sample_weight=WEIGHT, backend=backend)
+    assert np.array_equal(_as_numbers(got_l), a, equal_nan=True)
+    with pytest.raises(ValueError, match="every pixel of scores is ignored"):
+        f(x, np.full(Y.shape, 255), from_logits=True, ignore_index=255, backend=backend)
+    with pytest.raises(ValueError, match=r"mask must have shape \(3, 6, 7\)"):
+        f(x, Y, from_logits=True, mask=MASK[:, 1:], backend=backend)

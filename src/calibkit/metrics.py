@@ -2109,3 +2109,30 @@ def _dense_mean_total(key, scores, labels, sample_weight, from_logits, check_sum
                          from_logits=from_logits, reduce=reduce, compute=compute,
                          rows=lambda s, y, w: metric(s, y, from_logits=from_logits, sample_weight=w,
                                                      check_sums=check_sums, backend=backend))
+
+
+def _dense_rows(scores, labels, *, axis, mask, ignore_index, sample_weight, from_logits, backend, check_sums=False):
+    """Dense (or masked) input as the binary problem of its kept rows, for the metrics that work on each row's
+    confidence and outcome (cumulative, smooth and CORP): returns (scores, labels, sample_weight, from_logits) to
+    pass on to their (N,) code.
+
+    (N, K, *spatial) / (N, K) scores: each kept pixel's top-label confidence (float64), correctness (0/1) and
+    weight divided by the largest kept weight, written piece by piece by the kernel the (N, K) path runs (N·H·W
+    values each, not ·K; the same values, bit for bit), with ``from_logits=False``. ``check_sums``: probability
+    rows must sum to 1 (as :func:`calibkit._validation.check_probability_rows`). (N,) scores: the kept rows.
+    """
+    if getattr(scores, "ndim", None) is None:
+        scores = np.asarray(scores)
+    if scores.ndim == 1:
+        s, y, w = _select_binary_rows(scores, labels, sample_weight, mask, ignore_index)
+        return s, y, w, from_logits
+    d, from_logits = _dense_input(scores, labels, axis=axis, mask=mask, ignore_index=ignore_index,
+                                  sample_weight=sample_weight, from_logits=from_logits, reduce="pooled")
+    src = _DenseSource(d, from_logits)
+    conf, target, w, _, total = src.row_vectors(_backend.kernels(backend))
+    if check_sums and not from_logits:
+        for p, _ in src.pieces():
+            _check_rows_dense(d, p)
+    if not total > 0:
+        raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    return conf, target, w, False
