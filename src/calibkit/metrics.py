@@ -49,7 +49,8 @@ Every function here also takes segmentation maps: scores of shape
 (``axis=-1``) with labels (and ``mask``, ``sample_weight``) of shape
 (N, *spatial); every pixel (voxel) is a row. ``ignore_index`` (e.g. 255) and
 ``mask`` leave pixels out (also for (N, K) input). The class axis is read
-with its stride, a piece of at most 2**20 pixels at a time: no transposed
+with its stride, a piece of at most 4 MB of scores at a time (and at least
+2**14 pixels): no transposed
 or flattened copy of the scores is made; only pieces with ignored pixels
 are gathered (their kept rows, one piece at a time). The results are those
 of the same function on the explicitly flattened (N·H·W, K) copy with the
@@ -57,8 +58,8 @@ ignored pixels removed:
 
 * equal-width bins, Brier score and NLL: the kernel's sums of each piece are
   added piece by piece, so the result equals the flattened computation to
-  rounding (relative 1e-12; bit for bit when the input is one piece, e.g.
-  a channel-last array of at most 2**20 pixels);
+  rounding (relative 1e-12; bit for bit when the input is one piece: at
+  most 4 MB of scores, and at least 2**14 pixels);
 * equal-mass bins (``strategy="quantile"``, ``"quantile_midpoint"``),
   ``n_bins="sweep"``, ``conditional_on_prediction`` and the debiased error
   with weights: each kept pixel's confidence and correctness (and weight,
@@ -601,7 +602,7 @@ def calibration_error(
         axis second, PyTorch's layout), -1 for channel-last (N, *spatial,
         K); for (N, K) scores 1 and -1 are the same. Every pixel (voxel) is a
         row, with labels of shape (N, *spatial). The class axis is read with
-        its stride, in pieces of at most 2**20 pixels: no transposed or
+        its stride, in pieces of at most 4 MB: no transposed or
         flattened copy of the scores is made (C order, channel-last, sliced,
         Fortran-ordered and memory-mapped arrays alike).
     mask : array-like of bool, optional
@@ -1672,6 +1673,9 @@ def nll(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False, samp
 
 REDUCES = ("pooled", "per_image")
 
+#: Largest size of the scores of one dense piece (a gathered piece is a copy of this size at most).
+_DENSE_PIECE_BYTES = 4 << 20
+
 #: Elements per block of the dense row-sum check (float64 sums of one block of rows at a time).
 _DENSE_ROW_SUM_ELEMENTS = 1 << 20
 
@@ -1743,6 +1747,8 @@ class _DenseSource:
         self.eps = _nll_eps(d.scores.dtype)
         self.n_kept = d.check_some_kept() if strict else d.n_kept()
         self.weighted = d.sample_weight is not None
+        row_bytes = self.n_classes * d.scores.dtype.itemsize
+        self.piece_rows = max(1 << 14, min(PIECE_ROWS, _DENSE_PIECE_BYTES // row_bytes))
         self.largest = None
         self.usable = self.n_kept > 0
         if self.weighted and self.usable:
@@ -1754,9 +1760,12 @@ class _DenseSource:
                 self.usable = False
 
     def pieces(self):
-        """(piece, its weights divided by the largest kept weight, or None), in row order."""
+        """(piece, its weights divided by the largest kept weight, or None), in row order.
+
+        Pieces hold at most ``_DENSE_PIECE_BYTES`` of scores (at least 2**14 rows), so that a gathered piece
+        (one with ignored pixels) stays small whatever K."""
         largest = self.largest
-        for p in self.d.pieces():
+        for p in self.d.pieces(self.piece_rows):
             w = p.sample_weight
             yield p, (None if w is None else w / largest)
 
@@ -2010,7 +2019,7 @@ def _dense_bootstrap_result(src, *, n_bins, norm, debias, ci, n_boot, seed, back
         m = _dense_binned(src, n_bins=m, strategy="uniform", backend=backend).n_bins
 
     def batches():
-        for p in src.d.pieces():
+        for p in src.d.pieces(src.piece_rows):
             yield p.scores, p.labels, p.sample_weight, (lambda exc, p=p: src.d.raise_for_status(
                 exc.status, p, n_classes=src.n_classes))
 
@@ -2032,7 +2041,7 @@ def _dense_classwise_bootstrap(src, *, n_bins, norm, debias, aggregate, ci, n_bo
 
     def columns(c):
         def batches():
-            for p in src.d.pieces():
+            for p in src.d.pieces(src.piece_rows):
                 lse = _row_logsumexp(p.scores) if src.from_logits else None
                 yield _class_column(p.scores, c, lse), (p.labels == c).astype(np.int64), p.sample_weight, None
         return batches
