@@ -340,8 +340,8 @@ def cumulative_calibration_error(scores: ArrayLike, labels: ArrayLike, *, from_l
 
     axis, mask, ignore_index
         Dense predictions, as in :func:`calibkit.calibration_error`: scores
-        (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with
-        labels (N, *spatial), read in place; ``ignore_index`` / ``mask`` leave
+        ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with
+        labels ``(N, *spatial)``, read in place; ``ignore_index`` / ``mask`` leave
         pixels (rows) out. The kept pixels' top-label confidences and
         correctness (N·H·W values each, not ·K) are gathered piece by piece,
         then the binary problem of those rows is solved: the same result as
@@ -457,8 +457,8 @@ def cumulative_curve(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool 
 
     axis, mask, ignore_index
         Dense predictions, as in :func:`calibkit.calibration_error`: scores
-        (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with
-        labels (N, *spatial), read in place; ``ignore_index`` / ``mask`` leave
+        ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with
+        labels ``(N, *spatial)``, read in place; ``ignore_index`` / ``mask`` leave
         pixels (rows) out. The kept pixels' top-label confidences and
         correctness (N·H·W values each, not ·K) are gathered piece by piece,
         then the binary problem of those rows is solved: the same result as

@@ -366,8 +366,8 @@ def score_decomposition(scores: ArrayLike, labels: ArrayLike, *, score: str = "b
 
     axis, mask, ignore_index
         Dense predictions, as in :func:`calibkit.calibration_error`: scores
-        (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with
-        labels (N, *spatial), read in place; ``ignore_index`` / ``mask`` leave
+        ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with
+        labels ``(N, *spatial)``, read in place; ``ignore_index`` / ``mask`` leave
         pixels (rows) out. The kept pixels' top-label confidences and
         correctness (N·H·W values each, not ·K) are gathered piece by piece,
         then the binary problem of those rows is solved: the same result as
@@ -509,8 +509,8 @@ def corp_reliability_table(scores: ArrayLike, labels: ArrayLike, *, from_logits:
 
     axis, mask, ignore_index
         Dense predictions, as in :func:`calibkit.calibration_error`: scores
-        (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with
-        labels (N, *spatial), read in place; ``ignore_index`` / ``mask`` leave
+        ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with
+        labels ``(N, *spatial)``, read in place; ``ignore_index`` / ``mask`` leave
         pixels (rows) out. The kept pixels' top-label confidences and
         correctness (N·H·W values each, not ·K) are gathered piece by piece,
         then the binary problem of those rows is solved: the same result as

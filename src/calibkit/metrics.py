@@ -45,9 +45,9 @@ correctness and confidence of bin m::
 Dense predictions
 -----------------
 Every function here also takes segmentation maps: scores of shape
-(N, K, *spatial) (``axis=1``, the default) or (N, *spatial, K)
+``(N, K, *spatial)`` (``axis=1``, the default) or ``(N, *spatial, K)``
 (``axis=-1``) with labels (and ``mask``, ``sample_weight``) of shape
-(N, *spatial); every pixel (voxel) is a row. ``ignore_index`` (e.g. 255) and
+``(N, *spatial)``; every pixel (voxel) is a row. ``ignore_index`` (e.g. 255) and
 ``mask`` leave pixels out (also for (N, K) input). The class axis is read
 with its stride, a piece of at most 4 MB of scores at a time (and at least
 2**14 pixels): no transposed
@@ -504,15 +504,15 @@ def calibration_error(
 
     Parameters
     ----------
-    scores : array-like of shape (N, K), (N, K, *spatial) or (N,)
+    scores : array-like of shape (N, K), ``(N, K, *spatial)`` or (N,)
         Class probabilities (rows in [0, 1]; they need not sum to 1), or
         logits with ``from_logits=True``. float16/32/64, any strides,
         memory-mapped arrays are read in place. Shape (N,) is P(y=1) of a
         binary problem (or its logit), calibrated against the label.
-        Dense predictions (segmentation maps): (N, K, *spatial) or, with
-        ``axis=-1``, (N, *spatial, K); see "Dense predictions" in the
+        Dense predictions (segmentation maps): ``(N, K, *spatial)`` or, with
+        ``axis=-1``, ``(N, *spatial, K)``; see "Dense predictions" in the
         module docstring.
-    labels : array-like of int, shape (N,) or (N, *spatial)
+    labels : array-like of int, shape (N,) or ``(N, *spatial)``
         True classes in [0, K) (0 or 1 for (N,) scores).
     n_bins : int or {"cube_root", "sqrt", "sweep"}, default 15
         Number of bins M >= 1 (at most 2**20), or a rule that picks it from
@@ -598,10 +598,10 @@ def calibration_error(
     backend : {"auto", "cpp", "numba"}, default "auto"
         Kernel implementation; "auto" is $CALIBKIT_BACKEND, else C++.
     axis : int, default 1
-        Where the classes are in dense scores: 1 for (N, K, *spatial) (class
-        axis second, PyTorch's layout), -1 for channel-last (N, *spatial,
-        K); for (N, K) scores 1 and -1 are the same. Every pixel (voxel) is a
-        row, with labels of shape (N, *spatial). The class axis is read with
+        Where the classes are in dense scores: 1 for ``(N, K, *spatial)`` (class
+        axis second, PyTorch's layout), -1 for channel-last
+        ``(N, *spatial, K)``; for (N, K) scores 1 and -1 are the same. Every pixel (voxel) is a
+        row, with labels of shape ``(N, *spatial)``. The class axis is read with
         its stride, in pieces of at most 4 MB: no transposed or
         flattened copy of the scores is made (C order, channel-last, sliced,
         Fortran-ordered and memory-mapped arrays alike).
@@ -672,7 +672,7 @@ def ece(scores: ArrayLike, labels: ArrayLike, *, n_bins: int | str = 15, strateg
         reduce: str = "pooled") -> float:
     """Expected calibration error: :func:`calibration_error` with ``norm="l1"``.
 
-    Dense predictions ((N, K, *spatial) scores with ``axis``, ``mask``,
+    Dense predictions (``(N, K, *spatial)`` scores with ``axis``, ``mask``,
     ``ignore_index``, ``reduce``) as in :func:`calibration_error`.
 
     Examples
@@ -698,7 +698,7 @@ def mce(scores: ArrayLike, labels: ArrayLike, *, n_bins: int | str = 15, strateg
         reduce: str = "pooled") -> float:
     """Maximum calibration error: :func:`calibration_error` with ``norm="max"``.
 
-    Dense predictions ((N, K, *spatial) scores with ``axis``, ``mask``,
+    Dense predictions (``(N, K, *spatial)`` scores with ``axis``, ``mask``,
     ``ignore_index``, ``reduce``) as in :func:`calibration_error`.
 
     Examples
