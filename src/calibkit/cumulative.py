@@ -284,7 +284,8 @@ def _cumulative(scores, labels, sample_weight, from_logits, backend, want_path):
 def cumulative_calibration_error(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False,
                                  sample_weight: ArrayLike | None = None, ci: float | None = None,
                                  n_boot: int = 1000, seed: int = 0,
-                                 backend: Backend = "auto") -> CumulativeCalibrationResult:
+                                 backend: Backend = "auto",
+                                 axis: int = 1, mask: ArrayLike | None = None, ignore_index: int | None = None) -> CumulativeCalibrationResult:
     r"""Cumulative calibration error (ECCE-R and ECCE-MAD) with its scale and p-values.
 
     Rows are sorted by score p (binary: P(y=1) with outcome y; top-label: the confidence with outcome
@@ -337,6 +338,15 @@ def cumulative_calibration_error(scores: ArrayLike, labels: ArrayLike, *, from_l
         Key of the bootstrap generator (0 to 2**64 - 1).
     backend : {"auto", "cpp", "numba"}
 
+    axis, mask, ignore_index
+        Dense predictions, as in :func:`calibkit.calibration_error`: scores
+        ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with
+        labels ``(N, *spatial)``, read in place; ``ignore_index`` / ``mask`` leave
+        pixels (rows) out. The kept pixels' top-label confidences and
+        correctness (N·H·W values each, not ·K) are gathered piece by piece,
+        then the binary problem of those rows is solved: the same result as
+        on the flattened (N·H·W, K) copy.
+
     Returns
     -------
     CumulativeCalibrationResult
@@ -361,6 +371,13 @@ def cumulative_calibration_error(scores: ArrayLike, labels: ArrayLike, *, from_l
     >>> round(r.range, 4), round(r.range_sigma, 2), r.range_pvalue > 0.05
     (0.0104, 1.14, True)
     """
+    if mask is not None or ignore_index is not None or type(axis) is not int or (axis != 1 and axis != -1) \
+            or getattr(scores, "ndim", 0) > 2:
+        from .metrics import _dense_rows
+
+        scores, labels, sample_weight, from_logits = _dense_rows(
+            scores, labels, axis=axis, mask=mask, ignore_index=ignore_index, sample_weight=sample_weight,
+            from_logits=from_logits, backend=backend)
     if ci is None:
         _, _, _, r = _cumulative(scores, labels, sample_weight, from_logits, backend, False)
         return _result(r["range"], r["max_abs"], r["variance"], r["total_weight"], _count(scores))
@@ -430,12 +447,22 @@ def _result(range_sum, max_abs_sum, variance, total, count) -> CumulativeCalibra
 
 
 def cumulative_curve(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False,
-                     sample_weight: ArrayLike | None = None, backend: Backend = "auto") -> dict[str, Any]:
+                     sample_weight: ArrayLike | None = None, backend: Backend = "auto",
+                     axis: int = 1, mask: ArrayLike | None = None, ignore_index: int | None = None) -> dict[str, Any]:
     """The path behind :func:`cumulative_calibration_error`, for plotting.
 
     Returns a dictionary with ``x`` (the cumulative weight fraction, 0 then k-th row's, n + 1 values),
     ``cumulative`` (C_0 = 0, ..., C_n), ``scores`` (the sorted scores, n values), ``sigma`` and ``result``
     (the :class:`CumulativeCalibrationResult`).
+
+    axis, mask, ignore_index
+        Dense predictions, as in :func:`calibkit.calibration_error`: scores
+        ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with
+        labels ``(N, *spatial)``, read in place; ``ignore_index`` / ``mask`` leave
+        pixels (rows) out. The kept pixels' top-label confidences and
+        correctness (N·H·W values each, not ·K) are gathered piece by piece,
+        then the binary problem of those rows is solved: the same result as
+        on the flattened (N·H·W, K) copy.
 
     Examples
     --------
@@ -444,6 +471,13 @@ def cumulative_curve(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool 
     >>> [round(float(v), 3) for v in c["cumulative"]]
     [0.0, -0.067, 0.067, 0.1]
     """
+    if mask is not None or ignore_index is not None or type(axis) is not int or (axis != 1 and axis != -1) \
+            or getattr(scores, "ndim", 0) > 2:
+        from .metrics import _dense_rows
+
+        scores, labels, sample_weight, from_logits = _dense_rows(
+            scores, labels, axis=axis, mask=mask, ignore_index=ignore_index, sample_weight=sample_weight,
+            from_logits=from_logits, backend=backend)
     p, _, w, r = _cumulative(scores, labels, sample_weight, from_logits, backend, True)
     order = r["order"]
     total = r["total_weight"]

@@ -314,7 +314,8 @@ def _poisson_interval(p, y, w, fit, score, ci, n_boot, seed, backend):
 
 def score_decomposition(scores: ArrayLike, labels: ArrayLike, *, score: str = "brier", from_logits: bool = False,
                         sample_weight: ArrayLike | None = None, ci: float | None = None, n_boot: int = 1000,
-                        seed: int | None = 0, backend: Backend = "auto") -> ScoreDecomposition:
+                        seed: int | None = 0, backend: Backend = "auto",
+                        axis: int = 1, mask: ArrayLike | None = None, ignore_index: int | None = None) -> ScoreDecomposition:
     r"""CORP decomposition of the Brier or log score into miscalibration, discrimination and uncertainty.
 
     With :math:`\hat c` the isotonic (PAV) regression of the outcomes on the
@@ -363,6 +364,15 @@ def score_decomposition(scores: ArrayLike, labels: ArrayLike, *, score: str = "b
         same rows; None draws a seed.
     backend : {"auto", "cpp", "numba"}
 
+    axis, mask, ignore_index
+        Dense predictions, as in :func:`calibkit.calibration_error`: scores
+        ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with
+        labels ``(N, *spatial)``, read in place; ``ignore_index`` / ``mask`` leave
+        pixels (rows) out. The kept pixels' top-label confidences and
+        correctness (N·H·W values each, not ·K) are gathered piece by piece,
+        then the binary problem of those rows is solved: the same result as
+        on the flattened (N·H·W, K) copy.
+
     Returns
     -------
     ScoreDecomposition
@@ -391,6 +401,13 @@ def score_decomposition(scores: ArrayLike, labels: ArrayLike, *, score: str = "b
     >>> round(d.miscalibration - d.discrimination + d.uncertainty, 6)
     0.158125
     """
+    if mask is not None or ignore_index is not None or type(axis) is not int or (axis != 1 and axis != -1) \
+            or getattr(scores, "ndim", 0) > 2:
+        from .metrics import _dense_rows
+
+        scores, labels, sample_weight, from_logits = _dense_rows(
+            scores, labels, axis=axis, mask=mask, ignore_index=ignore_index, sample_weight=sample_weight,
+            from_logits=from_logits, backend=backend, check_sums=True)
     score = _check_score(score)
     if ci is not None:
         ci = _check_level(ci, "ci")
@@ -451,7 +468,8 @@ def _consistency_band(p, w, fit, x_knots, n_bootstrap, level, seed, backend):
 
 def corp_reliability_table(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False,
                            sample_weight: ArrayLike | None = None, n_bootstrap: int = 0, level: float = 0.9,
-                           seed: int | None = 0, backend: Backend = "auto") -> CorpReliabilityTable:
+                           seed: int | None = 0, backend: Backend = "auto",
+                           axis: int = 1, mask: ArrayLike | None = None, ignore_index: int | None = None) -> CorpReliabilityTable:
     r"""The CORP reliability curve: the isotonic regression of the outcomes on the scores, with a consistency band.
 
     The curve is the PAV fit :math:`\hat c` of the 0/1 outcomes on the scores
@@ -489,6 +507,15 @@ def corp_reliability_table(scores: ArrayLike, labels: ArrayLike, *, from_logits:
         the same band.
     backend : {"auto", "cpp", "numba"}
 
+    axis, mask, ignore_index
+        Dense predictions, as in :func:`calibkit.calibration_error`: scores
+        ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with
+        labels ``(N, *spatial)``, read in place; ``ignore_index`` / ``mask`` leave
+        pixels (rows) out. The kept pixels' top-label confidences and
+        correctness (N·H·W values each, not ·K) are gathered piece by piece,
+        then the binary problem of those rows is solved: the same result as
+        on the flattened (N·H·W, K) copy.
+
     Returns
     -------
     CorpReliabilityTable
@@ -505,6 +532,13 @@ def corp_reliability_table(scores: ArrayLike, labels: ArrayLike, *, from_logits:
     >>> bool((t.lower <= t.upper).all())
     True
     """
+    if mask is not None or ignore_index is not None or type(axis) is not int or (axis != 1 and axis != -1) \
+            or getattr(scores, "ndim", 0) > 2:
+        from .metrics import _dense_rows
+
+        scores, labels, sample_weight, from_logits = _dense_rows(
+            scores, labels, axis=axis, mask=mask, ignore_index=ignore_index, sample_weight=sample_weight,
+            from_logits=from_logits, backend=backend, check_sums=True)
     n_bootstrap = check_size(n_bootstrap, "n_bootstrap", 0, MAX_CORP_BOOTSTRAP)
     level = _check_level(level, "level")
     seed = _check_seed(seed)

@@ -42,6 +42,41 @@ correctness and confidence of bin m::
     RMSCE = sqrt(Σ_m w(B_m)/n · (acc(B_m) − conf(B_m))²)          (norm="l2")
     MCE   = max over non-empty m of |acc(B_m) − conf(B_m)|        (norm="max")
 
+Dense predictions
+-----------------
+Every function here also takes segmentation maps: scores of shape
+``(N, K, *spatial)`` (``axis=1``, the default) or ``(N, *spatial, K)``
+(``axis=-1``) with labels (and ``mask``, ``sample_weight``) of shape
+``(N, *spatial)``; every pixel (voxel) is a row. ``ignore_index`` (e.g. 255) and
+``mask`` leave pixels out (also for (N, K) input). The class axis is read
+with its stride, a piece of at most 4 MB of scores at a time (and at least
+2**14 pixels): no transposed
+or flattened copy of the scores is made; only pieces with ignored pixels
+are gathered (their kept rows, one piece at a time). The results are those
+of the same function on the explicitly flattened (N·H·W, K) copy with the
+ignored pixels removed:
+
+* equal-width bins, Brier score and NLL: the kernel's sums of each piece are
+  added piece by piece, so the result equals the flattened computation to
+  rounding (relative 1e-12; bit for bit when the input is one piece: at
+  most 4 MB of scores, and at least 2**14 pixels);
+* equal-mass bins (``strategy="quantile"``, ``"quantile_midpoint"``),
+  ``n_bins="sweep"``, ``conditional_on_prediction`` and the debiased error
+  with weights: each kept pixel's confidence and correctness (and weight,
+  and predicted class) are written piece by piece into vectors of N·H·W
+  values (17 bytes a pixel, not ·K), then binned as on (N, K) input: the
+  same bits;
+* bootstrap intervals (``ci``): the pieces are the stream's batches in row
+  order, so every pixel gets the Poisson multiplicities of its row in the
+  flattened copy: the same interval (the value to rounding).
+
+``reduce="pooled"`` (the default) counts every kept pixel once, one set of
+bins over all pixels, which is what most segmentation calibration papers
+report; ``reduce="per_image"`` computes the metric on each image alone and
+averages over the images that have a kept pixel (per-case metrics, common in
+medical imaging). Class-wise errors never count ignored pixels, so the
+ignore label is excluded from the classes.
+
 Differences from the peers (each shown by a test)
 -------------------------------------------------
 * torchmetrics bins with ``torch.bucketize(..., right=True) - 1`` on
@@ -65,11 +100,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import _backend
+from ._dense import PIECE_ROWS, as_dense
 from ._typing import ArrayLike, Backend, Norm, Strategy, StrPath
 from ._validation import (
     MAX_BINS,
     MAX_SWEEP_BINS,
     MIN_STREAM_WEIGHT,
+    ROW_SUM_TOLERANCE,
+    WEIGHT_NEGATIVE,
+    WEIGHT_NOT_FINITE,
+    BadElementError,
     check_bool,
     check_bootstrap,
     check_cells,
@@ -445,6 +485,10 @@ def calibration_error(
     n_boot: int = 1000,
     seed: int = 0,
     backend: Backend = "auto",
+    axis: int = 1,
+    mask: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    reduce: str = "pooled",
 ) -> float | CalibrationErrorResult:
     r"""Top-label (or binary positive-class) calibration error.
 
@@ -460,12 +504,15 @@ def calibration_error(
 
     Parameters
     ----------
-    scores : array-like of shape (N, K) or (N,)
+    scores : array-like of shape (N, K), ``(N, K, *spatial)`` or (N,)
         Class probabilities (rows in [0, 1]; they need not sum to 1), or
         logits with ``from_logits=True``. float16/32/64, any strides,
         memory-mapped arrays are read in place. Shape (N,) is P(y=1) of a
         binary problem (or its logit), calibrated against the label.
-    labels : array-like of int, shape (N,)
+        Dense predictions (segmentation maps): ``(N, K, *spatial)`` or, with
+        ``axis=-1``, ``(N, *spatial, K)``; see "Dense predictions" in the
+        module docstring.
+    labels : array-like of int, shape (N,) or ``(N, *spatial)``
         True classes in [0, K) (0 or 1 for (N,) scores).
     n_bins : int or {"cube_root", "sqrt", "sweep"}, default 15
         Number of bins M >= 1 (at most 2**20), or a rule that picks it from
@@ -524,11 +571,13 @@ def calibration_error(
     from_logits : bool, default False
         Whether ``scores`` are logits (softmax of each row, in one fused pass
         with a log-sum-exp; the logistic function for (N,) scores).
-    sample_weight : array-like of shape (N,), optional
+    sample_weight : array-like of shape (N,) or the labels' shape, optional
         Non-negative finite row weights, not all 0. Every metric is invariant
         to scaling all weights: they are divided by their largest before use
-        (a copy of N values), so weights near 1e308 or subnormal weights give
-        the same result as weights of 1.
+        (a copy of N values; for dense input the largest kept weight is
+        found in a first read of the weights, and each piece's weights are
+        divided as it is read), so weights near 1e308 or subnormal weights
+        give the same result as weights of 1.
     ci : float in (0, 1), optional
         Also give a percentile bootstrap interval at this confidence level:
         the value and the α/2 and 1 − α/2 quantiles (``numpy.quantile``,
@@ -548,6 +597,31 @@ def calibration_error(
         Key of the bootstrap generator (0 to 2**64 - 1).
     backend : {"auto", "cpp", "numba"}, default "auto"
         Kernel implementation; "auto" is $CALIBKIT_BACKEND, else C++.
+    axis : int, default 1
+        Where the classes are in dense scores: 1 for ``(N, K, *spatial)`` (class
+        axis second, PyTorch's layout), -1 for channel-last
+        ``(N, *spatial, K)``; for (N, K) scores 1 and -1 are the same. Every pixel (voxel) is a
+        row, with labels of shape ``(N, *spatial)``. The class axis is read with
+        its stride, in pieces of at most 4 MB: no transposed or
+        flattened copy of the scores is made (C order, channel-last, sliced,
+        Fortran-ordered and memory-mapped arrays alike).
+    mask : array-like of bool, optional
+        Of the labels' shape: True where a pixel (row) is counted. Also for
+        (N, K) and (N,) scores (for (N,) scores the kept rows are copied).
+    ignore_index : int, optional
+        A label whose pixels (rows) are never counted, e.g. 255 (combined
+        with ``mask``: a pixel counts when it is in the mask and not
+        ignored). A metric over no kept pixel raises a ValueError.
+    reduce : {"pooled", "per_image"}, default "pooled"
+        Dense scores: ``"pooled"`` counts every kept pixel of every image
+        once (one set of bins over all pixels: what most segmentation
+        calibration papers report); ``"per_image"`` computes the metric on
+        each image (index of the first axis) alone and returns the
+        unweighted mean over the images (as done e.g. in medical imaging,
+        where a volume is the unit). Images with no kept pixel (or whose
+        kept pixels all weigh 0) are skipped. ``"per_image"`` needs scores
+        with spatial axes: for (N, K) or (N,) scores it raises a
+        ValueError. Not with ``ci``.
 
     Returns
     -------
@@ -573,6 +647,15 @@ def calibration_error(
     0.4
     """
     check_choice(norm, "norm", NORMS)
+    if _is_dense_call(scores, axis, mask, ignore_index, reduce):
+        spec = dict(n_bins=n_bins, strategy=strategy, norm=norm, debias=debias, ci=ci, n_boot=n_boot, seed=seed,
+                    backend=backend, conditional=conditional_on_prediction)
+        result = _dense_error(scores, labels, sample_weight, from_logits, axis, mask, ignore_index, reduce, spec,
+                              lambda s, y, w: calibration_error(
+                                  s, y, n_bins=n_bins, strategy=strategy, norm=norm, debias=debias,
+                                  conditional_on_prediction=conditional_on_prediction, from_logits=from_logits,
+                                  sample_weight=w, ci=ci, n_boot=n_boot, seed=seed, backend=backend))
+        return result if ci is not None else float(result)
     if debias is False and conditional_on_prediction is False and ci is None:
         b = _binned(scores, labels, sample_weight, n_bins=n_bins, strategy=strategy, from_logits=from_logits,
                     backend=backend)
@@ -584,8 +667,13 @@ def calibration_error(
 
 
 def ece(scores: ArrayLike, labels: ArrayLike, *, n_bins: int | str = 15, strategy: Strategy = "uniform",
-        from_logits: bool = False, sample_weight: ArrayLike | None = None, backend: Backend = "auto") -> float:
+        from_logits: bool = False, sample_weight: ArrayLike | None = None, backend: Backend = "auto",
+        axis: int = 1, mask: ArrayLike | None = None, ignore_index: int | None = None,
+        reduce: str = "pooled") -> float:
     """Expected calibration error: :func:`calibration_error` with ``norm="l1"``.
+
+    Dense predictions (``(N, K, *spatial)`` scores with ``axis``, ``mask``,
+    ``ignore_index``, ``reduce``) as in :func:`calibration_error`.
 
     Examples
     --------
@@ -600,12 +688,18 @@ def ece(scores: ArrayLike, labels: ArrayLike, *, n_bins: int | str = 15, strateg
     0.4
     """
     return calibration_error(scores, labels, n_bins=n_bins, strategy=strategy, norm="l1", from_logits=from_logits,
-                             sample_weight=sample_weight, backend=backend)
+                             sample_weight=sample_weight, backend=backend, axis=axis, mask=mask,
+                             ignore_index=ignore_index, reduce=reduce)
 
 
 def mce(scores: ArrayLike, labels: ArrayLike, *, n_bins: int | str = 15, strategy: Strategy = "uniform",
-        from_logits: bool = False, sample_weight: ArrayLike | None = None, backend: Backend = "auto") -> float:
+        from_logits: bool = False, sample_weight: ArrayLike | None = None, backend: Backend = "auto",
+        axis: int = 1, mask: ArrayLike | None = None, ignore_index: int | None = None,
+        reduce: str = "pooled") -> float:
     """Maximum calibration error: :func:`calibration_error` with ``norm="max"``.
+
+    Dense predictions (``(N, K, *spatial)`` scores with ``axis``, ``mask``,
+    ``ignore_index``, ``reduce``) as in :func:`calibration_error`.
 
     Examples
     --------
@@ -616,7 +710,8 @@ def mce(scores: ArrayLike, labels: ArrayLike, *, n_bins: int | str = 15, strateg
     0.8
     """
     return calibration_error(scores, labels, n_bins=n_bins, strategy=strategy, norm="max", from_logits=from_logits,
-                             sample_weight=sample_weight, backend=backend)
+                             sample_weight=sample_weight, backend=backend, axis=axis, mask=mask,
+                             ignore_index=ignore_index, reduce=reduce)
 
 
 def classwise_calibration_error(
@@ -634,6 +729,10 @@ def classwise_calibration_error(
     n_boot: int = 1000,
     seed: int = 0,
     backend: Backend = "auto",
+    axis: int = 1,
+    mask: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    reduce: str = "pooled",
 ) -> float | CalibrationErrorResult:
     r"""Class-wise (marginal) calibration error (Kull et al. 2019).
 
@@ -684,6 +783,11 @@ def classwise_calibration_error(
         sees the same resampled rows), the classes aggregated per
         replicate. K passes over the rows, each drawing ``n_boot``
         multiplicities per row: meant for small K.
+    axis, mask, ignore_index, reduce
+        Dense predictions, as in :func:`calibration_error`. Pixels with
+        ``ignore_index`` (e.g. 255) are never rows, so no class is made of
+        them: the class-wise error over the K real classes with the ignore
+        label excluded, as segmentation benchmarks report it.
 
     Returns
     -------
@@ -701,6 +805,15 @@ def classwise_calibration_error(
     0.85
     """
     check_choice(norm, "norm", NORMS)
+    if _is_dense_call(scores, axis, mask, ignore_index, reduce):
+        spec = dict(n_bins=n_bins, strategy=strategy, norm=norm, debias=debias, ci=ci, n_boot=n_boot, seed=seed,
+                    backend=backend, classwise=True, aggregate=aggregate)
+        result = _dense_error(scores, labels, sample_weight, from_logits, axis, mask, ignore_index, reduce, spec,
+                              lambda s, y, w: classwise_calibration_error(
+                                  s, y, n_bins=n_bins, strategy=strategy, norm=norm, debias=debias,
+                                  aggregate=aggregate, from_logits=from_logits, sample_weight=w, ci=ci,
+                                  n_boot=n_boot, seed=seed, backend=backend))
+        return result if ci is not None else float(result)
     if debias is False and aggregate == "mean" and ci is None and strategy == "uniform":
         weight, sum_p, sum_y, _, _ = _classwise_bins(scores, labels, sample_weight, n_bins=n_bins,
                                                      strategy=strategy, from_logits=from_logits, backend=backend)
@@ -888,6 +1001,10 @@ def debiased_calibration_error(
     n_boot: int = 1000,
     seed: int = 0,
     backend: Backend = "auto",
+    axis: int = 1,
+    mask: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    reduce: str = "pooled",
 ) -> CalibrationErrorResult:
     r"""Debiased RMS calibration error (Kumar, Liang & Ma 2019), with its signed square.
 
@@ -906,7 +1023,10 @@ def debiased_calibration_error(
     signed estimate, ``n_bins``, and with ``ci`` the bootstrap interval of
     ``value``. See :func:`calibration_error` for the parameters, the
     weighted estimator (Kish's effective count) and how to match
-    uncertainty-calibration exactly.
+    uncertainty-calibration exactly, and for dense predictions (``axis``,
+    ``mask``, ``ignore_index``, ``reduce``). With ``reduce="per_image"``,
+    ``value`` and ``squared`` are the means over the images of each image's
+    value and signed square, and ``n_bins`` the largest of the images' bins.
 
     Examples
     --------
@@ -917,6 +1037,16 @@ def debiased_calibration_error(
     >>> round(r.squared, 4), round(r.value, 4)
     (-0.0208, 0.0)
     """
+    if _is_dense_call(scores, axis, mask, ignore_index, reduce):
+        spec = dict(n_bins=n_bins, strategy=strategy, norm="l2", debias=True, ci=ci, n_boot=n_boot, seed=seed,
+                    backend=backend, conditional=conditional_on_prediction,
+                    classwise=check_bool(classwise, "classwise"), aggregate=aggregate)
+        return _dense_error(scores, labels, sample_weight, from_logits, axis, mask, ignore_index, reduce, spec,
+                            lambda s, y, w: debiased_calibration_error(
+                                s, y, n_bins=n_bins, strategy=strategy, classwise=classwise, aggregate=aggregate,
+                                conditional_on_prediction=conditional_on_prediction, from_logits=from_logits,
+                                sample_weight=w, ci=ci, n_boot=n_boot, seed=seed, backend=backend),
+                            combine=_mean_results)
     return _error_result(scores, labels, n_bins=n_bins, strategy=strategy, norm="l2", debias=True,
                          conditional=conditional_on_prediction, classwise=check_bool(classwise, "classwise"),
                          aggregate=aggregate, from_logits=from_logits, sample_weight=sample_weight, ci=ci,
@@ -978,9 +1108,10 @@ def _values_from_bins(count, weight, sum_p, sum_y, sq_weight, norm, debias):
 
 
 def _error_result(scores, labels, *, n_bins, strategy, norm, debias, from_logits, sample_weight, ci, n_boot, seed,
-                  backend, conditional=False, classwise=False, aggregate="mean"):
+                  backend, conditional=False, classwise=False, aggregate="mean", src=None):
     """Every non-plain calibration error: debiased, conditional on the prediction, class-wise aggregates, and
-    bootstrap intervals (a :class:`CalibrationErrorResult`)."""
+    bootstrap intervals (a :class:`CalibrationErrorResult`). ``src``: a dense source (then ``scores``,
+    ``labels``, ``sample_weight`` and ``from_logits`` are not used)."""
     check_choice(norm, "norm", NORMS)
     debias = check_bool(debias, "debias")
     conditional = check_bool(conditional, "conditional_on_prediction")
@@ -998,22 +1129,44 @@ def _error_result(scores, labels, *, n_bins, strategy, norm, debias, from_logits
         if conditional:
             raise ValueError("conditional_on_prediction applies to the top-label error, not the class-wise one")
         if ci is not None:
+            if src is not None:
+                return _dense_classwise_bootstrap(src, n_bins=n_bins, norm=norm, debias=debias, aggregate=aggregate,
+                                                  ci=float(ci), n_boot=n_boot, seed=seed, backend=backend)
             return _classwise_bootstrap(scores, labels, sample_weight, n_bins=n_bins, norm=norm, debias=debias,
                                         aggregate=aggregate, from_logits=from_logits, ci=float(ci), n_boot=n_boot,
                                         seed=seed, backend=backend)
-        weight, sum_p, sum_y, count, sq = _classwise_bins(scores, labels, sample_weight, n_bins=n_bins,
-                                                          strategy=strategy, from_logits=from_logits,
-                                                          backend=backend, square_weights=debias)
+        if src is not None:
+            weight, sum_p, sum_y, count, sq = _dense_classwise_bins(src, n_bins=n_bins, strategy=strategy,
+                                                                    backend=backend, square_weights=debias)
+        else:
+            weight, sum_p, sum_y, count, sq = _classwise_bins(scores, labels, sample_weight, n_bins=n_bins,
+                                                              strategy=strategy, from_logits=from_logits,
+                                                              backend=backend, square_weights=debias)
+        if src is not None and not debias and aggregate == "mean" and strategy == "uniform":
+            # the (N, K) call's own formula (classwise_calibration_error's plain path), the same bits
+            value = float(np.add.reduce(_classwise_errors(weight, sum_p, sum_y, norm)) / weight.shape[0])
+            return CalibrationErrorResult(value, None, weight.shape[1])
         values, squares = _values_from_bins(count, weight, sum_p, sum_y, sq, norm, debias)
         value, squared = _aggregate_classes(values, squares, norm, aggregate)
         return CalibrationErrorResult(float(value), None if squared is None else float(squared), weight.shape[1])
     if conditional:
-        count, weight, sum_p, sum_y, sq, m = _conditional_cells(scores, labels, sample_weight, n_bins=n_bins,
-                                                                strategy=strategy, from_logits=from_logits,
-                                                                backend=backend, square_weights=debias)
+        if src is not None:
+            count, weight, sum_p, sum_y, sq, m = _dense_conditional_cells(src, n_bins=n_bins, strategy=strategy,
+                                                                          backend=backend, square_weights=debias)
+        else:
+            count, weight, sum_p, sum_y, sq, m = _conditional_cells(scores, labels, sample_weight, n_bins=n_bins,
+                                                                    strategy=strategy, from_logits=from_logits,
+                                                                    backend=backend, square_weights=debias)
     elif ci is not None:
+        if src is not None:
+            return _dense_bootstrap_result(src, n_bins=n_bins, norm=norm, debias=debias, ci=float(ci), n_boot=n_boot,
+                                           seed=seed, backend=backend)
         return _bootstrap_result(scores, labels, sample_weight, n_bins=n_bins, norm=norm, debias=debias,
                                  from_logits=from_logits, ci=float(ci), n_boot=n_boot, seed=seed, backend=backend)
+    elif src is not None:
+        b = _dense_binned(src, n_bins=n_bins, strategy=strategy, backend=backend, square_weights=debias)
+        count, weight, sum_p, sum_y, sq, m = (b.count, b.weight, b.sum_confidence, b.sum_accuracy, b.sq_weight,
+                                              b.n_bins)
     else:
         b = _binned(scores, labels, sample_weight, n_bins=n_bins, strategy=strategy, from_logits=from_logits,
                     backend=backend, square_weights=debias)
@@ -1044,10 +1197,16 @@ def _conditional_cells(scores, labels, sample_weight, *, n_bins, strategy, from_
     raise_for_status(first["status"], n_classes=n_classes)
     if not first["totals"]["weight"] > 0:
         raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    return _cells_from_rows(conf, correct, np.argmax(scores, axis=1), sample_weight, rule, n_classes, square_weights)
+
+
+def _cells_from_rows(conf, correct, predicted, sample_weight, rule, n_classes, square_weights):
+    """The cells of :func:`_conditional_cells` from each row's confidence, correctness and predicted class."""
+    n = conf.shape[0]
     m = resolve_n_bins(rule, conf, correct, sample_weight, "uniform")
     check_cells(n_classes, "n_classes", m)
     # The kernels' bin of c: #{inner edges m/M strictly below c}.
-    cell = np.argmax(scores, axis=1) * m + _equal_width_edges(m)[1:-1].searchsorted(conf, side="left")
+    cell = predicted * m + _equal_width_edges(m)[1:-1].searchsorted(conf, side="left")
     size = n_classes * m
     w = np.ones(n) if sample_weight is None else sample_weight
     count = np.bincount(cell, minlength=size)
@@ -1070,25 +1229,38 @@ def _percentile_interval(replicates, level):
     return float(lo), float(hi)
 
 
-def _stream_states(scores, labels, sample_weight, *, n_bins, from_logits, n_boot, seed, backend, squares):
+def _stream_states(batches, largest, *, n_bins, from_logits, n_boot, seed, backend, squares):
     """One pass of a :class:`~calibkit.CalibrationAccumulator` (bins and Poisson replicates) over the rows, and
     with ``squares`` (weighted, debiased) a second one with the weights squared, for Kish's counts: the same
-    generator keys give every row the same multiplicities in both. Returns (bins, boot, sq_bins, sq_boot)."""
+    generator keys give every row the same multiplicities in both. Returns (bins, boot, sq_bins, sq_boot).
+
+    ``batches()`` yields (scores, labels, weights or None, on_error or None) in row order (one batch for (N, K)
+    input, the pieces of a dense one: the stream keys a row's multiplicities by its position, so these are the
+    same); ``on_error(exc)`` re-raises a bad element's error named in the caller's coordinates. ``largest``: the
+    largest weight (None without weights)."""
     from .streaming import CalibrationAccumulator  # streaming imports this module
 
-    def state(weights):
+    def state(transform):
         acc = CalibrationAccumulator(n_bins, from_logits=from_logits, bootstrap=n_boot, seed=seed, backend=backend)
-        acc.update(scores, labels, weights)
+        for scores, labels, weights, on_error in batches():
+            try:
+                acc.update(scores, labels, transform(weights))
+            except BadElementError as exc:
+                if on_error is None:
+                    raise
+                on_error(exc)
         return acc._bins, acc._boot
 
-    bins, boot = state(sample_weight)
-    if not (squares and sample_weight is not None):
+    bins, boot = state(lambda w: w)
+    if not (squares and largest is not None):
         return bins, boot, None, None
-    w = np.asarray(sample_weight, dtype=np.float64)  # checked by the first pass
-    largest = float(w.max())
-    w2 = (w / largest) ** 2
-    w2[w2 < MIN_STREAM_WEIGHT] = 0.0  # negligible rows: the stream refuses weights this small
-    sq_bins, sq_boot = state(w2)
+
+    def squared(w):
+        w2 = (np.asarray(w, dtype=np.float64) / largest) ** 2
+        w2[w2 < MIN_STREAM_WEIGHT] = 0.0  # negligible rows: the stream refuses weights this small
+        return w2
+
+    sq_bins, sq_boot = state(squared)
     # Kish's count (Σw)²/Σw² is unchanged by a common scale: put Σw² in the units of the raw weights.
     return bins, boot, sq_bins[1] * largest * largest, sq_boot[:, 0] * largest * largest
 
@@ -1103,8 +1275,15 @@ def _bootstrap_result(scores, labels, sample_weight, *, n_bins, norm, debias, fr
     if isinstance(m, str):  # a rule is resolved once, on all the rows
         m = _binned(scores, labels, sample_weight, n_bins=m, strategy="uniform", from_logits=from_logits,
                     backend=backend).n_bins
+    largest = None if sample_weight is None else float(np.asarray(sample_weight, dtype=np.float64).max())
+    return _bootstrap_from(lambda: ((scores, labels, sample_weight, None),), m, largest, norm=norm, debias=debias,
+                           from_logits=from_logits, ci=ci, n_boot=n_boot, seed=seed, backend=backend)
+
+
+def _bootstrap_from(batches, m, largest, *, norm, debias, from_logits, ci, n_boot, seed, backend):
+    """The value and interval of :func:`_bootstrap_result` from the stream batches (see :func:`_stream_states`)."""
     check_cells(n_boot, "n_boot", m)
-    bins, boot, sq_bins, sq_boot = _stream_states(scores, labels, sample_weight, n_bins=m, from_logits=from_logits,
+    bins, boot, sq_bins, sq_boot = _stream_states(batches, largest, n_bins=m, from_logits=from_logits,
                                                   n_boot=n_boot, seed=seed, backend=backend, squares=debias)
     if not bins[1].sum() > 0:
         raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
@@ -1145,13 +1324,27 @@ def _classwise_bootstrap(scores, labels, sample_weight, *, n_bins, norm, debias,
     r = k.classwise_stats(scores, labels, sample_weight, from_logits, 1, None)  # validates every element first
     raise_for_status(r["status"], n_classes=n_classes)
     lse = _row_logsumexp(scores) if from_logits else None
+    largest = None if sample_weight is None else float(np.asarray(sample_weight, dtype=np.float64).max())
+
+    def columns(c):
+        batch = ((_class_column(scores, c, lse), (labels == c).astype(np.int64), sample_weight, None),)
+        return lambda: batch
+
+    return _classwise_bootstrap_from(columns, m, n_classes, largest, norm=norm, debias=debias, aggregate=aggregate,
+                                     ci=ci, n_boot=n_boot, seed=seed, backend=backend)
+
+
+def _classwise_bootstrap_from(columns, m, n_classes, largest, *, norm, debias, aggregate, ci, n_boot, seed,
+                              backend):
+    """The class-wise value and interval from ``columns(c)``, the stream batches of class c (its probabilities
+    and 0/1 labels; see :func:`_stream_states`)."""
     values = np.empty(n_classes)
     squares = np.empty(n_classes) if debias else None
     reps = np.empty((n_boot, n_classes))
     for c in range(n_classes):
         bins, boot, sq_bins, sq_boot = _stream_states(
-            _class_column(scores, c, lse), (labels == c).astype(np.int64), sample_weight, n_bins=m,
-            from_logits=False, n_boot=n_boot, seed=seed, backend=backend, squares=debias)
+            columns(c), largest, n_bins=m, from_logits=False, n_boot=n_boot, seed=seed, backend=backend,
+            squares=debias)
         v, s = _values_from_bins(bins[0], bins[1], bins[2], bins[3], sq_bins, norm, debias)
         values[c] = v
         if debias:
@@ -1303,6 +1496,9 @@ def reliability_table(
     from_logits: bool = False,
     sample_weight: ArrayLike | None = None,
     backend: Backend = "auto",
+    axis: int = 1,
+    mask: ArrayLike | None = None,
+    ignore_index: int | None = None,
 ) -> ReliabilityTable:
     """Per-bin confidence and accuracy: the data of a reliability diagram.
 
@@ -1310,7 +1506,9 @@ def reliability_table(
     for (N, K) scores, positive-class for (N,) scores). For (N,) scores,
     ``mean_confidence`` and ``accuracy`` are ``prob_pred`` and ``prob_true``
     of :func:`sklearn.calibration.calibration_curve` (which drops the empty
-    bins that this table keeps).
+    bins that this table keeps). Dense predictions (``axis``, ``mask``,
+    ``ignore_index``) as in :func:`calibration_error`: one table over every
+    kept pixel.
 
     Returns
     -------
@@ -1333,8 +1531,17 @@ def reliability_table(
        3  0.6000  0.8000          2     0.7500    0.5000  -0.2500
        4  0.8000  1.0000          1     0.9000    1.0000  +0.1000
     """
-    b = _binned(scores, labels, sample_weight, n_bins=n_bins, strategy=strategy, from_logits=from_logits,
-                backend=backend)
+    if _is_dense_call(scores, axis, mask, ignore_index, "pooled"):
+        def compute(src):
+            return _dense_binned(src, n_bins=n_bins, strategy=strategy, backend=backend)
+
+        b = _dense_metric(scores, labels, axis=axis, mask=mask, ignore_index=ignore_index, sample_weight=sample_weight,
+                          from_logits=from_logits, reduce="pooled", compute=compute,
+                          rows=lambda s, y, w: _binned(s, y, w, n_bins=n_bins, strategy=strategy,
+                                                       from_logits=from_logits, backend=backend))
+    else:
+        b = _binned(scores, labels, sample_weight, n_bins=n_bins, strategy=strategy, from_logits=from_logits,
+                    backend=backend)
     filled = b.weight > 0
     # Empty bins: NaN, and no division (np.errstate costs more than the divisions on a small table).
     conf = np.divide(b.sum_confidence, b.weight, out=np.full(b.weight.shape, np.nan), where=filled)
@@ -1373,7 +1580,8 @@ def _totals(scores, labels, sample_weight, from_logits, check_sums, backend):
 
 def brier_score(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False,
                 sample_weight: ArrayLike | None = None, check_sums: bool = True,
-                backend: Backend = "auto") -> float:
+                backend: Backend = "auto", axis: int = 1, mask: ArrayLike | None = None,
+                ignore_index: int | None = None, reduce: str = "pooled") -> float:
     r"""Brier score (Brier 1950), the mean squared error of the probability vector.
 
     .. math::
@@ -1397,6 +1605,11 @@ def brier_score(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = Fal
         give a Brier score above its range). ``False`` skips the check (one
         extra read of the scores, in chunks) and scores the rows as they are.
         Ignored for logits and (N,) scores.
+    axis, mask, ignore_index, reduce
+        Dense predictions, as in :func:`calibration_error` (``"per_image"``:
+        the mean over the images of each image's Brier score). The sums are
+        added piece by piece, so the result equals the flattened
+        computation to rounding (relative 1e-12).
 
     Examples
     --------
@@ -1408,12 +1621,16 @@ def brier_score(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = Fal
     >>> round(calibkit.brier_score(probs[:, 1], labels), 4)  # binary form: P(y=1) of shape (N,)
     0.225
     """
+    if _is_dense_call(scores, axis, mask, ignore_index, reduce):
+        return _dense_mean_total("brier", scores, labels, sample_weight, from_logits, check_sums, backend, axis, mask,
+                                 ignore_index, reduce, brier_score)
     t = _totals(scores, labels, sample_weight, from_logits, check_sums, backend)
     return float(t["brier"] / t["weight"])
 
 
 def nll(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False, sample_weight: ArrayLike | None = None,
-        check_sums: bool = True, backend: Backend = "auto") -> float:
+        check_sums: bool = True, backend: Backend = "auto", axis: int = 1, mask: ArrayLike | None = None,
+        ignore_index: int | None = None, reduce: str = "pooled") -> float:
     r"""Mean negative log-likelihood of the true class, -1/n Σ_i w_i log p_{i,y_i}.
 
     From logits it is computed stably in the same pass as the row maximum:
@@ -1429,6 +1646,10 @@ def nll(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False, samp
     sum to 1, as in :func:`brier_score`; ``check_sums=False`` scores the rows
     as they are.
 
+    Dense predictions (``axis``, ``mask``, ``ignore_index``, ``reduce``) as
+    in :func:`brier_score`: per-piece sums, equal to the flattened
+    computation to rounding (relative 1e-12).
+
     Examples
     --------
     >>> import numpy as np, calibkit
@@ -1439,5 +1660,488 @@ def nll(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False, samp
     >>> round(calibkit.nll(np.log(probs), labels, from_logits=True), 4)
     0.6456
     """
+    if _is_dense_call(scores, axis, mask, ignore_index, reduce):
+        return _dense_mean_total("nll", scores, labels, sample_weight, from_logits, check_sums, backend, axis, mask,
+                                 ignore_index, reduce, nll)
     t = _totals(scores, labels, sample_weight, from_logits, check_sums, backend)
     return float(t["nll"] / t["weight"])
+
+
+# ----------------------------------------------------------------------------
+# Dense predictions: (N, K, *spatial) scores, ignore_index / mask, reduce="per_image"
+# ----------------------------------------------------------------------------
+
+REDUCES = ("pooled", "per_image")
+
+#: Largest size of the scores of one dense piece (a gathered piece is a copy of this size at most).
+_DENSE_PIECE_BYTES = 4 << 20
+
+#: Elements per block of the dense row-sum check (float64 sums of one block of rows at a time).
+_DENSE_ROW_SUM_ELEMENTS = 1 << 20
+
+
+def _is_dense_call(scores, axis, mask, ignore_index, reduce) -> bool:
+    """True when a call takes the dense path; otherwise the (N, K) / (N,) code runs unchanged."""
+    return (mask is not None or ignore_index is not None or reduce != "pooled" or type(axis) is not int
+            or (axis != 1 and axis != -1) or getattr(scores, "ndim", 0) > 2)
+
+
+def _element_error(name, status, pos, what):
+    """A BadElementError about ``name`` at ``pos`` (the caller's (N, *spatial) coordinates)."""
+    exc = BadElementError(status)
+    exc.args = (f"{name}[{', '.join(map(str, pos))}] = {float(status[3])!r} {what}",)
+    exc.position = tuple(pos)
+    return exc
+
+
+def _row_blocks(shape):
+    """Index tuples over the leading axes of an array of ``shape``, each selecting at most about
+    ``PIECE_ROWS`` elements (the trailing axes whole)."""
+    j, size = 0, math.prod(shape)
+    while j < len(shape) and size > PIECE_ROWS:
+        size //= shape[j]
+        j += 1
+    return np.ndindex(*shape[:j])
+
+
+def _kept_weight_max(d) -> float:
+    """The largest weight of a kept pixel, after checking that every kept weight is finite and >= 0.
+
+    A read of the weights (and labels / mask) a block of at most ``PIECE_ROWS`` pixels at a time: no copy
+    of them (float64 weights are read as they are), and the scores are not read.
+    """
+    w, labels, mask, ignore = d.sample_weight, d.labels, d.mask, d.ignore_index
+    largest = 0.0
+    for idx in _row_blocks(w.shape):
+        wb = w[idx]
+        if wb.dtype != np.float64:
+            wb = wb.astype(np.float64)  # one block
+        keep = None if mask is None else np.asarray(mask[idx])
+        if ignore is not None and labels is not None:
+            k2 = labels[idx] != ignore
+            keep = k2 if keep is None else keep & k2
+        for bad, code, what in ((~np.isfinite(wb), WEIGHT_NOT_FINITE, "is not finite"),
+                                (wb < 0, WEIGHT_NEGATIVE, "is negative")):
+            if keep is not None:
+                bad &= keep
+            if bad.any():
+                at = np.unravel_index(int(np.argmax(bad)), wb.shape)
+                pos = tuple(int(i) for i in idx) + tuple(int(i) for i in at)
+                raise _element_error("sample_weight", (code, 0, -1, float(w[pos])), pos, what)
+        if keep is None:
+            top = float(wb.max())
+        else:
+            top = float(np.max(wb, where=keep, initial=0.0))
+        if top > largest:
+            largest = top
+    return largest
+
+
+class _DenseSource:
+    """A validated dense input of a metric: kept rows in pieces, weights divided by their largest kept value."""
+
+    def __init__(self, d, from_logits, *, strict=True):
+        self.d = d
+        self.from_logits = from_logits
+        self.n_classes = d.n_classes
+        self.eps = _nll_eps(d.scores.dtype)
+        self.n_kept = d.check_some_kept() if strict else d.n_kept()
+        self.weighted = d.sample_weight is not None
+        row_bytes = self.n_classes * d.scores.dtype.itemsize
+        self.piece_rows = max(1 << 14, min(PIECE_ROWS, _DENSE_PIECE_BYTES // row_bytes))
+        self.largest = None
+        self.usable = self.n_kept > 0
+        if self.weighted and self.usable:
+            self.largest = _kept_weight_max(d)
+            if self.largest == 0.0:
+                if strict:
+                    raise ValueError("sample_weight sums to 0 (every weight of a kept pixel is 0): a weighted mean "
+                                     "over no weight is undefined")
+                self.usable = False
+
+    def pieces(self):
+        """(piece, its weights divided by the largest kept weight, or None), in row order.
+
+        Pieces hold at most ``_DENSE_PIECE_BYTES`` of scores (at least 2**14 rows), so that a gathered piece
+        (one with ignored pixels) stays small whatever K."""
+        largest = self.largest
+        for p in self.d.pieces(self.piece_rows):
+            w = p.sample_weight
+            yield p, (None if w is None else w / largest)
+
+    def check(self, r, p):
+        self.d.raise_for_status(r["status"], p, n_classes=self.n_classes)
+
+    def row_vectors(self, k, predicted=False):
+        """Each kept row's confidence (float64), correctness (uint8), scaled weight (or None) and, with
+        ``predicted``, predicted class (int64): vectors of ``n_kept`` values, filled piece by piece by the
+        kernel that the (N, K) path runs on all rows at once (the same values, bit for bit). Also the total
+        weight."""
+        n = self.n_kept
+        conf = np.empty(n, np.float64)
+        target = np.empty(n, np.uint8)
+        w = np.empty(n, np.float64) if self.weighted else None
+        pred = np.empty(n, np.int64) if predicted else None
+        total = 0.0
+        for p, pw in self.pieces():
+            rows = slice(p.offset, p.offset + p.n_rows)
+            first = k.top_label_stats(p.scores, p.labels, pw, self.from_logits, 0, self.eps, False, conf[rows],
+                                      target[rows])
+            self.check(first, p)
+            total += first["totals"]["weight"]
+            if w is not None:
+                w[rows] = pw
+            if pred is not None:
+                pred[rows] = np.argmax(p.scores, axis=1)
+        return conf, target, w, pred, total
+
+    def class_column(self, c):
+        """The kept rows' probabilities of class c (float64, ``n_kept`` values), as :func:`_class_column`."""
+        col = np.empty(self.n_kept, np.float64)
+        for p, _ in self.pieces():
+            lse = _row_logsumexp(p.scores) if self.from_logits else None
+            col[p.offset:p.offset + p.n_rows] = _class_column(p.scores, c, lse)
+        return col
+
+
+def _dense_input(scores, labels, *, axis, mask, ignore_index, sample_weight, from_logits, reduce):
+    """The checked dense input (a :class:`~calibkit._dense.Dense`) and ``from_logits``; the clear error when every
+    pixel is ignored; reduce="per_image" on scores without spatial axes is an error."""
+    if from_logits is not True and from_logits is not False:
+        from_logits = check_bool(from_logits, "from_logits")
+    d = as_dense(scores, labels, axis=axis, mask=mask, ignore_index=ignore_index, sample_weight=sample_weight)
+    if reduce == "per_image" and d.scores.ndim == 2:
+        raise ValueError(f"reduce='per_image' needs scores with spatial axes, (N, K, *spatial) or (N, *spatial, K) "
+                         f"(one image per index of the first axis); got scores of shape {d.scores.shape}, where "
+                         "every row would be its own image: use reduce='pooled'")
+    d.check_some_kept()
+    return d, from_logits
+
+
+def _image_source(d, from_logits, n):
+    """The source of image ``n`` of ``d`` alone (views of the caller's arrays); ``usable`` is False when the image
+    has no kept pixel, or no kept weight."""
+    one = slice(n, n + 1)
+    sub = as_dense(d.scores[one], d.labels[one], axis=d.axis, mask=None if d.mask is None else d.mask[one],
+                   ignore_index=d.ignore_index,
+                   sample_weight=None if d.sample_weight is None else d.sample_weight[one], name=d.name)
+    return _DenseSource(sub, from_logits, strict=False)
+
+
+def _select_binary_rows(scores, labels, sample_weight, mask, ignore_index):
+    """(N,) scores with ``mask`` / ``ignore_index``: the kept rows (a copy of N values; K = 1)."""
+    s = check_scores(scores)
+    lab = np.asarray(labels)
+    if lab.shape != s.shape:
+        raise ValueError(f"labels must have shape {s.shape} to match scores, got shape {lab.shape}")
+    keep = np.ones(s.shape, bool)
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != s.shape:
+            raise ValueError(f"mask must have shape {s.shape} to match scores, got shape {m.shape}")
+        if m.dtype != bool:
+            raise TypeError(f"mask must be a boolean array (True where a row is counted), got dtype {m.dtype}")
+        keep &= m
+    if ignore_index is not None:
+        if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"ignore_index must be an integer label (e.g. 255) or None, "
+                            f"got {type(ignore_index).__name__}")
+        keep &= lab != ignore_index
+    if not keep.any():
+        raise ValueError("every row of scores is ignored (labels == ignore_index or mask is False everywhere): "
+                         "there is nothing to evaluate")
+    w = None
+    if sample_weight is not None:
+        w = np.asarray(sample_weight)
+        if w.shape != s.shape:
+            raise ValueError(f"sample_weight must have shape {s.shape} to match scores, got shape {w.shape}")
+        w = w[keep]
+    return s[keep], lab[keep], w
+
+
+def _dense_metric(scores, labels, *, axis, mask, ignore_index, sample_weight, from_logits, reduce, compute,
+                  rows, combine=None):
+    """The dense path of a metric: ``compute(source)`` pooled, or its mean over images (``reduce="per_image"``).
+
+    ``rows(scores, labels, sample_weight)`` is the (N, K) / (N,) metric, run on the kept rows of (N,) scores.
+    ``combine(results)`` makes the per-image result from the images' results (default: the mean of their floats).
+    """
+    check_choice(reduce, "reduce", REDUCES)
+    if getattr(scores, "ndim", None) is None:
+        scores = np.asarray(scores)
+    if scores.ndim == 1:
+        if reduce == "per_image":
+            raise ValueError(f"reduce='per_image' needs scores with spatial axes, (N, K, *spatial); got scores of "
+                             f"shape {scores.shape}: use reduce='pooled'")
+        return rows(*_select_binary_rows(scores, labels, sample_weight, mask, ignore_index))
+    d, from_logits = _dense_input(scores, labels, axis=axis, mask=mask, ignore_index=ignore_index,
+                                  sample_weight=sample_weight, from_logits=from_logits, reduce=reduce)
+    if reduce == "pooled":
+        return compute(_DenseSource(d, from_logits))
+    values = []
+    for n in range(d.n_images):
+        try:
+            sub = _image_source(d, from_logits, n)
+            if not sub.usable:
+                continue
+            value = compute(sub)
+        except ValueError as exc:  # a bad element (or row) named in image n alone: name it in the whole input
+            raise _in_image(exc, n) from None
+        values.append(value)
+    if not values:
+        raise ValueError("no image has a kept pixel of positive weight: there is nothing to evaluate")
+    if combine is not None:
+        return combine(values)
+    return float(np.mean([float(v) for v in values]))
+
+
+def _in_image(exc, n):
+    """``exc`` (raised on image n alone, whose index there is 0) with the element named in the whole input."""
+    msg = str(exc.args[0]) if exc.args else str(exc)
+    head, sep, tail = msg.partition("[0")
+    if sep and head.isidentifier() and tail[:1] in (",", "]"):
+        msg = f"{head}[{n}{tail}"
+    exc.args = (msg,)
+    if getattr(exc, "position", None):
+        exc.position = (n,) + tuple(exc.position[1:])
+    return exc
+
+
+def _dense_binned(src, *, n_bins, strategy, backend, square_weights=False) -> _Binned:
+    """:func:`_binned` of a dense source: the same per-bin sums.
+
+    Equal-width bins: the kernel's sums of each piece, added piece by piece (equal to the sums over the
+    flattened rows to rounding). Other strategies, ``"sweep"`` and Σ w²: the per-row confidences and
+    correctness (N·H·W values, not ·K) are written piece by piece, then binned as on (N, K) input (the
+    same bits).
+    """
+    rule = check_n_bins(n_bins, rules=True)
+    check_choice(strategy, "strategy", STRATEGIES)
+    k = _backend.kernels(backend)
+    squares = square_weights and src.weighted
+    vectors = strategy != "uniform" or rule == "sweep" or squares
+    sq_weight = None
+    if not vectors:
+        if isinstance(rule, str):
+            n_bins = resolve_n_bins(rule, None, None, None, strategy, n_rows=src.n_kept)
+        sums = None
+        total = 0.0
+        for p, w in src.pieces():
+            r = k.top_label_stats(p.scores, p.labels, w, src.from_logits, n_bins, src.eps, False)
+            src.check(r, p)
+            part = (r["count"], r["weight"], r["sum_score"], r["sum_target"])
+            if sums is None:
+                sums = [np.array(a, copy=True) for a in part]
+            else:
+                for s, a in zip(sums, part):
+                    s += a
+            total += r["totals"]["weight"]
+        count, weight, sum_score, sum_target = sums
+        edges = None
+    else:
+        conf, target, w, _, total = src.row_vectors(k)
+        n_bins = resolve_n_bins(rule, conf, target, w, strategy)
+        edges = _strategy_edges(conf, w, n_bins, strategy)
+        n_bins = n_bins if edges is None else edges.shape[0] - 1
+        r = k.binary_stats(conf, target, w, n_bins, edges, src.eps, False)
+        raise_for_status(r["status"])
+        count, weight, sum_score, sum_target = r["count"], r["weight"], r["sum_score"], r["sum_target"]
+        if squares:
+            sq_weight = k.binary_stats(conf, target, w * w, n_bins, edges, src.eps, False)["weight"]
+    if not total > 0:
+        raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    return _Binned(edges=_equal_width_edges(n_bins) if edges is None else edges, count=count, weight=weight,
+                   sum_confidence=sum_score, sum_accuracy=sum_target, totals={"weight": total},
+                   sq_weight=sq_weight)
+
+
+def _dense_classwise_bins(src, *, n_bins, strategy, backend, square_weights=False):
+    """:func:`_classwise_bins` of a dense source (per-piece sums added; per-class columns of N·H·W values for
+    ``strategy="quantile_midpoint"``)."""
+    rule = _classwise_rule(n_bins)
+    check_choice(strategy, "strategy", CLASSWISE_STRATEGIES)
+    k = _backend.kernels(backend)
+    n_classes = src.n_classes
+    n_rows = src.n_kept
+    n_bins = resolve_n_bins(rule, None, None, None, n_rows=n_rows)
+    class_edges = None
+    if strategy == "quantile_midpoint":
+        check_cells(n_classes, "n_classes", min(n_bins, n_rows))
+        for p, w in src.pieces():  # validate every element first (the kernel names a bad one)
+            src.check(k.classwise_stats(p.scores, p.labels, w, src.from_logits, 1, None), p)
+        per_class = [_midpoint_edges(src.class_column(c), n_bins) for c in range(n_classes)]
+        n_bins = max(e.shape[0] for e in per_class) - 1
+        class_edges = np.ones((n_classes, n_bins + 1))
+        for c, e in enumerate(per_class):
+            class_edges[c, :e.shape[0]] = e
+    check_cells(n_classes, "n_classes", n_bins)
+
+    def sums(square):
+        acc = None
+        for p, w in src.pieces():
+            if square and w is not None:
+                w = w * w
+            r = k.classwise_stats(p.scores, p.labels, w, src.from_logits, n_bins, class_edges)
+            src.check(r, p)
+            part = (r["weight"], r["sum_score"], r["sum_target"], r["count"])
+            if acc is None:
+                acc = [np.array(a, copy=True) for a in part]
+            else:
+                for s, a in zip(acc, part):
+                    s += a
+        return [np.asarray(a).reshape(n_classes, n_bins) for a in acc]
+
+    weight, sum_p, sum_y, count = sums(False)
+    if not weight[0].sum() > 0:
+        raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    sq = sums(True)[0] if square_weights and src.weighted else None
+    return weight, sum_p, sum_y, count, sq
+
+
+def _dense_conditional_cells(src, *, n_bins, strategy, backend, square_weights):
+    """:func:`_conditional_cells` of a dense source: the per-row confidence, correctness and predicted class
+    (N·H·W values each, not ·K), then the same cells."""
+    rule = check_n_bins(n_bins, rules=True)
+    if strategy != "uniform":
+        raise ValueError(f"conditional_on_prediction=True needs strategy='uniform', got strategy={strategy!r}")
+    k = _backend.kernels(backend)
+    conf, correct, w, pred, total = src.row_vectors(k, predicted=True)
+    if not total > 0:
+        raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    return _cells_from_rows(conf, correct, pred, w, rule, src.n_classes, square_weights)
+
+
+def _dense_bootstrap_result(src, *, n_bins, norm, debias, ci, n_boot, seed, backend):
+    """:func:`_bootstrap_result` of a dense source: the pieces, in row order, are the stream's batches, so every
+    kept row gets the Poisson multiplicities of its row in the flattened copy."""
+    m = check_n_bins(n_bins, rules=True)
+    if isinstance(m, str):
+        m = _dense_binned(src, n_bins=m, strategy="uniform", backend=backend).n_bins
+
+    def batches():
+        for p in src.d.pieces(src.piece_rows):
+            yield p.scores, p.labels, p.sample_weight, (lambda exc, p=p: src.d.raise_for_status(
+                exc.status, p, n_classes=src.n_classes))
+
+    return _bootstrap_from(batches, m, src.largest, norm=norm, debias=debias, from_logits=src.from_logits, ci=ci,
+                           n_boot=n_boot, seed=seed, backend=backend)
+
+
+def _dense_classwise_bootstrap(src, *, n_bins, norm, debias, aggregate, ci, n_boot, seed, backend):
+    """:func:`_classwise_bootstrap` of a dense source: per class, a binary stream over the pieces' class
+    probabilities (one piece at a time: nothing of N·H·W size)."""
+    rule = _classwise_rule(n_bins)
+    k = _backend.kernels(backend)
+    n_classes = src.n_classes
+    m = resolve_n_bins(rule, None, None, None, n_rows=src.n_kept)
+    check_cells(n_boot, "n_boot", m)
+    check_cells(n_boot, "n_boot", n_classes)
+    for p, w in src.pieces():  # validates every element first
+        src.check(k.classwise_stats(p.scores, p.labels, w, src.from_logits, 1, None), p)
+
+    def columns(c):
+        def batches():
+            for p in src.d.pieces(src.piece_rows):
+                lse = _row_logsumexp(p.scores) if src.from_logits else None
+                yield _class_column(p.scores, c, lse), (p.labels == c).astype(np.int64), p.sample_weight, None
+        return batches
+
+    return _classwise_bootstrap_from(columns, m, n_classes, src.largest, norm=norm, debias=debias,
+                                     aggregate=aggregate, ci=ci, n_boot=n_boot, seed=seed, backend=backend)
+
+
+def _dense_totals(src, check_sums, backend):
+    """:func:`_totals` of a dense source: the kernel's totals of each piece, added piece by piece."""
+    k = _backend.kernels(backend)
+    check_sums = check_bool(check_sums, "check_sums")
+    total = {"weight": 0.0, "brier": 0.0, "nll": 0.0}
+    for p, w in src.pieces():
+        r = k.top_label_stats(p.scores, p.labels, w, src.from_logits, 0, src.eps)
+        src.check(r, p)
+        if check_sums and not src.from_logits:
+            _check_rows_dense(src.d, p)
+        t = r["totals"]
+        for key in total:
+            total[key] += t[key]
+    if not total["weight"] > 0:
+        raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    return total
+
+
+def _check_rows_dense(d, p):
+    """:func:`check_probability_rows` of one piece, the row named at its place in the caller's scores."""
+    scores = p.scores
+    tol = ROW_SUM_TOLERANCE[scores.dtype]
+    step = max(1, _DENSE_ROW_SUM_ELEMENTS // scores.shape[1])
+    for start in range(0, scores.shape[0], step):
+        sums = np.add.reduce(scores[start:start + step], axis=1, dtype=np.float64)
+        bad = np.isfinite(sums) & (np.abs(sums - 1.0) > tol)
+        if bad.any():
+            i = int(np.argmax(bad))
+            at = list(map(str, d.position(p, start + i)))
+            at.insert(d.axis, ":")
+            raise ValueError(f"{d.name}[{', '.join(at)}] sums to {float(sums[i])!r}, not 1 (tolerance {tol:g} for "
+                             f"{scores.dtype}); pass from_logits=True for logits, or check_sums=False to skip "
+                             "this check")
+
+
+def _dense_error(scores, labels, sample_weight, from_logits, axis, mask, ignore_index, reduce, spec, rows,
+                 combine=None):
+    """The dense path of the calibration errors: :func:`_error_result` of each source (pooled, or each image)."""
+    if spec["ci"] is not None and reduce == "per_image":
+        raise ValueError("ci is not available with reduce='per_image': the bootstrap interval is of the pooled error")
+
+    def compute(src):
+        return _error_result(None, None, sample_weight=None, from_logits=src.from_logits, src=src, **spec)
+
+    return _dense_metric(scores, labels, axis=axis, mask=mask, ignore_index=ignore_index,
+                         sample_weight=sample_weight, from_logits=from_logits, reduce=reduce, compute=compute,
+                         rows=rows, combine=combine)
+
+
+def _mean_results(results):
+    """Per-image :class:`CalibrationErrorResult` objects combined: the means of ``value`` and ``squared``."""
+    squared = [r.squared for r in results]
+    return CalibrationErrorResult(float(np.mean([r.value for r in results])),
+                                  None if None in squared else float(np.mean(squared)),
+                                  max(r.n_bins for r in results))
+
+
+def _dense_mean_total(key, scores, labels, sample_weight, from_logits, check_sums, backend, axis, mask, ignore_index,
+                      reduce, metric):
+    """Brier score or NLL (``key``) of dense input."""
+    def compute(src):
+        t = _dense_totals(src, check_sums, backend)
+        return float(t[key] / t["weight"])
+
+    return _dense_metric(scores, labels, axis=axis, mask=mask, ignore_index=ignore_index, sample_weight=sample_weight,
+                         from_logits=from_logits, reduce=reduce, compute=compute,
+                         rows=lambda s, y, w: metric(s, y, from_logits=from_logits, sample_weight=w,
+                                                     check_sums=check_sums, backend=backend))
+
+
+def _dense_rows(scores, labels, *, axis, mask, ignore_index, sample_weight, from_logits, backend, check_sums=False):
+    """Dense (or masked) input as the binary problem of its kept rows, for the metrics that work on each row's
+    confidence and outcome (cumulative, smooth and CORP): returns (scores, labels, sample_weight, from_logits) to
+    pass on to their (N,) code.
+
+    (N, K, *spatial) / (N, K) scores: each kept pixel's top-label confidence (float64), correctness (0/1) and
+    weight divided by the largest kept weight, written piece by piece by the kernel the (N, K) path runs (N·H·W
+    values each, not ·K; the same values, bit for bit), with ``from_logits=False``. ``check_sums``: probability
+    rows must sum to 1 (as :func:`calibkit._validation.check_probability_rows`). (N,) scores: the kept rows.
+    """
+    if getattr(scores, "ndim", None) is None:
+        scores = np.asarray(scores)
+    if scores.ndim == 1:
+        s, y, w = _select_binary_rows(scores, labels, sample_weight, mask, ignore_index)
+        return s, y, w, from_logits
+    d, from_logits = _dense_input(scores, labels, axis=axis, mask=mask, ignore_index=ignore_index,
+                                  sample_weight=sample_weight, from_logits=from_logits, reduce="pooled")
+    src = _DenseSource(d, from_logits)
+    conf, target, w, _, total = src.row_vectors(_backend.kernels(backend))
+    if check_sums and not from_logits:
+        for p, _ in src.pieces():
+            _check_rows_dense(d, p)
+    if not total > 0:
+        raise ValueError("sample_weight sums to 0: no weighted rows to evaluate")
+    return conf, target, w, False

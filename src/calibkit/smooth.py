@@ -247,7 +247,8 @@ _SHARED_DOC = """
 def smooth_ece(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False,
                sample_weight: ArrayLike | None = None, bandwidth: str | float = "auto",
                kernel: str = "reflected_gaussian", ci: float | None = None, n_boot: int = 1000, seed: int = 0,
-               backend: Backend = "auto") -> float | SmoothECEResult:
+               backend: Backend = "auto",
+               axis: int = 1, mask: ArrayLike | None = None, ignore_index: int | None = None) -> float | SmoothECEResult:
     r"""Smooth ECE of Błasiok & Nakkiran (2023), as ``relplot.smECE`` computes it.
 
     With f_i the scores (binary) or confidences (top-label), r_i = f_i − y_i, and K_σ a Gaussian
@@ -286,6 +287,18 @@ def smooth_ece(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = Fals
     seed : int, default 0
         Key of the bootstrap generator (0 to 2**64 - 1).
 
+    axis, mask, ignore_index
+        Dense predictions, as in :func:`calibkit.calibration_error`: scores
+        ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with
+        labels ``(N, *spatial)``, read in place; ``ignore_index`` / ``mask`` leave
+        pixels (rows) out. The kept pixels' top-label confidences and
+        correctness (N·H·W values each, not ·K) are gathered piece by piece,
+        then the binary problem of those rows is solved: the same result as
+        on the flattened (N·H·W, K) copy (bit for bit for probabilities and
+        float64 logits; for float16/32 logits to 1e-6 relative, as the
+        smooth kernel's own top-label pass computes their confidences in
+        single precision, the gathered ones are computed in double).
+
     Returns
     -------
     float or SmoothECEResult
@@ -317,6 +330,13 @@ def smooth_ece(scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = Fals
     >>> round(r.value, 4), r.ci[0] < r.value < r.ci[1], r.n_boot
     (0.0997, True, 50)
     """
+    if mask is not None or ignore_index is not None or type(axis) is not int or (axis != 1 and axis != -1) \
+            or getattr(scores, "ndim", 0) > 2:
+        from .metrics import _dense_rows
+
+        scores, labels, sample_weight, from_logits = _dense_rows(
+            scores, labels, axis=axis, mask=mask, ignore_index=ignore_index, sample_weight=sample_weight,
+            from_logits=from_logits, backend=backend)
     bandwidth = _check_bandwidth(bandwidth)
     check_choice(kernel, "kernel", KERNELS)
     if ci is not None:
