@@ -51,7 +51,10 @@ BAD = [
     ("first bad element wins", with_value(with_value(P, (3, 0), np.nan), (1, 2), 2.0), Y, {}, ValueError,
      r"scores\[1, 2\] = 2.0"),
     ("empty", np.empty((0, 3)), np.empty(0, int), {}, ValueError, r"scores is empty"),
-    ("3-D scores", np.ones((2, 2, 2)) / 2, [0, 1], {}, ValueError, r"scores must have shape \(N,\) or \(N, K\)"),
+    # 3-D scores are dense predictions (N, K, *spatial): the labels must then be (N, *spatial)
+    ("3-D scores, 1-D labels", np.ones((2, 2, 2)) / 2, [0, 1], {}, ValueError, r"labels must have shape \(2, 2\)"),
+    ("4-D scores, no spatial labels", np.ones((2, 2, 2, 2)) / 2, [0, 1], {}, ValueError,
+     r"labels must have shape \(2, 2, 2\)"),
     ("one column", np.ones((4, 1)), Y, {}, ValueError, r"at least 2 columns"),
     ("scalar scores", 0.5, Y, {}, ValueError, r"scores must have shape"),
     ("string scores", np.array([["a", "b"]]), [0], {}, TypeError, r"scores must be an array of floats"),
