@@ -1014,10 +1014,10 @@ class ConformalAccumulator:
 
     def _update_dense(self, a, labels, from_logits, axis, ignore_index, mask):
         if a.dtype == np.bool_:
-            counts = _set_counts(a, labels, axis, mask, ignore_index)
-            K = a.shape[check_class_axis(axis, a.ndim)]
-            if self.n_classes is not None and K != self.n_classes:
+            K = a.shape[check_class_axis(axis, max(a.ndim, 2))] if a.ndim >= 2 else 0
+            if self.n_classes is not None and a.ndim >= 2 and K != self.n_classes:
                 raise ValueError(f"sets have {K} classes but this accumulator has n_classes={self.n_classes}")
+            counts = _set_counts(a, labels, axis, mask, ignore_index)
         else:
             if self.classifier is None:
                 raise ValueError("updating from scores needs a fitted ConformalClassifier (ConformalAccumulator("
