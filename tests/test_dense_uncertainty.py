@@ -296,3 +296,58 @@ def test_decompose_errors(backend):
         calibkit.decompose(x, from_logits=True, backend=backend)
     with pytest.raises(ValueError, match="empty"):
         calibkit.decompose(PASSES[:0], from_logits=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-pixel OOD detection (anomaly segmentation)
+
+
+def test_pixel_ood_metrics_equal_split(backend, tmp_path):
+    r = np.random.default_rng(3)
+    logits = r.normal(size=(2, 4, 8, 10)).astype(np.float32)
+    ood = (r.random((2, 8, 10)) < 0.2).astype(np.uint8)
+    logits[:, 0] += 2.0 * (1 - ood)  # in-distribution pixels are more confident
+    ood[0, :2, :3] = 255
+    mask = r.random((2, 8, 10)) < 0.9
+    m = np.lib.format.open_memmap(tmp_path / "map.npy", mode="w+", dtype=np.float32, shape=(2, 10, 8))
+    m[...] = calibkit.max_probability(logits, from_logits=True, backend=backend).astype(np.float32).transpose(0, 2, 1)
+    m.flush()
+    score_map = np.load(tmp_path / "map.npy", mmap_mode="r").transpose(0, 2, 1)  # a strided memory map
+    keep = mask & (ood != 255)
+    for kw in (dict(), dict(positive="in"), dict(convention="openood", positive=None),
+               dict(aupr="trapezoid", tpr=0.8)):
+        got = calibkit.pixel_ood_metrics(score_map, ood, mask=mask, backend=backend, **kw)
+        kw.setdefault("positive", "out")
+        ref = calibkit.ood_metrics(np.asarray(score_map)[keep & (ood == 0)], np.asarray(score_map)[keep & (ood == 1)],
+                                   backend=backend, **kw)
+        assert got == ref
+    assert 0.5 < got.auroc <= 1.0
+    b = calibkit.pixel_ood_metrics(score_map, ood == 1, ignore_index=None, backend=backend)
+    assert b == calibkit.ood_metrics(np.asarray(score_map)[ood != 1], np.asarray(score_map)[ood == 1],
+                                     positive="out", backend=backend)
+
+
+def test_pixel_ood_errors():
+    s = np.random.default_rng(0).random((2, 3, 4))
+    lab = np.zeros((2, 3, 4), np.int64)
+    lab[1, 2, 3] = 1
+    bad = lab.copy()
+    bad[0, 1, 2] = 3
+    with pytest.raises(ValueError, match=re.escape("ood_labels[0, 1, 2] = 3 is not 0")):
+        calibkit.pixel_ood_metrics(s, bad)
+    with pytest.raises(ValueError, match="ood_labels must have the shape of scores"):
+        calibkit.pixel_ood_metrics(s, lab[0])
+    with pytest.raises(ValueError, match="mask must have the shape of scores"):
+        calibkit.pixel_ood_metrics(s, lab, mask=np.ones(3, bool))
+    with pytest.raises(TypeError, match="ood_labels must be integers"):
+        calibkit.pixel_ood_metrics(s, lab.astype(float))
+    with pytest.raises(ValueError, match=r"no counted out-of-distribution \(label 1\) pixel"):
+        calibkit.pixel_ood_metrics(s, np.zeros((2, 3, 4), int))
+    with pytest.raises(ValueError, match=r"no counted in-distribution \(label 0\) pixel"):
+        calibkit.pixel_ood_metrics(s, np.where(lab == 1, 1, 255))
+    nan = s.copy()
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=re.escape("scores[0, 0, 0] = nan is not finite")):
+        calibkit.pixel_ood_metrics(nan, lab)
+    np.testing.assert_array_equal(calibkit.pixel_ood_metrics(nan, np.where(np.isnan(nan), 255, lab)).auroc,
+                                  calibkit.pixel_ood_metrics(s, np.where(np.isnan(nan), 255, lab)).auroc)
