@@ -351,3 +351,29 @@ def test_pixel_ood_errors():
         calibkit.pixel_ood_metrics(nan, lab)
     np.testing.assert_array_equal(calibkit.pixel_ood_metrics(nan, np.where(np.isnan(nan), 255, lab)).auroc,
                                   calibkit.pixel_ood_metrics(s, np.where(np.isnan(nan), 255, lab)).auroc)
+
+
+@pytest.mark.parametrize("layout", ["class-second", "channel-last", "sliced"])
+def test_ensemble_accumulator_dense(backend, layout, tmp_path):
+    x, axis = _passes(layout, np.float32, tmp_path)
+    member_axis = 1 if axis == 2 else -1
+    acc = calibkit.EnsembleAccumulator(from_logits=True, backend=backend)
+    for s in range(x.shape[0]):
+        acc.update(x[s], axis=member_axis)
+    got = acc.compute()
+    ref = calibkit.decompose(x, from_logits=True, axis=axis, backend=backend, return_mean=True)
+    for t in ("total", "aleatoric", "epistemic", "prediction"):
+        np.testing.assert_array_equal(getattr(got, t), getattr(ref, t), err_msg=t)
+    np.testing.assert_allclose(got.variance, ref.variance, rtol=1e-12, atol=1e-15)  # Welford vs two passes
+    np.testing.assert_array_equal(got.mean, ref.mean)
+    bad = np.array(x[0], copy=True)
+    idx = (1, 2, 2, 3) if axis == 2 else (1, 2, 3, 2)
+    bad[idx] = np.nan
+    state = acc._sum.copy()
+    with pytest.raises(ValueError, match=re.escape(f"member[{', '.join(map(str, idx))}] = nan")):
+        acc.update(bad, axis=member_axis)
+    assert acc.count == x.shape[0] and np.array_equal(acc._sum, state)  # unchanged by the bad pass
+    with pytest.raises(ValueError, match="earlier passes"):
+        acc.update(np.asarray(x[0])[:1], axis=member_axis)
+    with pytest.raises(ValueError, match="earlier passes"):
+        acc.update(np.asarray(x[0])[:, :, 0, 0] if axis == 2 else np.asarray(x[0])[:, 0, 0])

@@ -245,9 +245,9 @@ def coverage(sets: ArrayLike, labels: ArrayLike, *, axis: int = 1, ignore_index:
     """Empirical coverage: the fraction of rows whose set contains the label.
 
     coverage = (1/N) sum_i 1[y_i in C(x_i)] (torchcp's ``coverage_rate``).
-    Dense sets (segmentation: one set per pixel) are a boolean array of shape (N, K, *spatial) with the class
-    axis at ``axis`` (1, or -1 for channel-last (N, *spatial, K)), as ``ConformalClassifier.predict_sets`` gives
-    for dense scores; ``labels`` and ``mask`` have the shape (N, *spatial). Pixels whose label is
+    Dense sets (segmentation: one set per pixel) are a boolean array of shape ``(N, K, *spatial)`` with the class
+    axis at ``axis`` (1, or -1 for channel-last ``(N, *spatial, K)``), as ``ConformalClassifier.predict_sets`` gives
+    for dense scores; ``labels`` and ``mask`` have the shape ``(N, *spatial)``. Pixels whose label is
     ``ignore_index`` (e.g. 255) or whose ``mask`` is False are not counted (``mask`` and ``ignore_index`` work
     for (N, K) sets too). The class axis is read with its stride, a block of images at a time (temporaries of
     the block's pixels, never a flattened copy); the result equals the function on the flattened (pixels, K)
@@ -255,9 +255,9 @@ def coverage(sets: ArrayLike, labels: ArrayLike, *, axis: int = 1, ignore_index:
 
     Parameters
     ----------
-    sets : array-like of shape (N, K) or (N, K, *spatial)
+    sets : array-like of shape (N, K) or ``(N, K, *spatial)``
         Prediction sets as a boolean mask (``ConformalClassifier.predict_sets``).
-    labels : array-like of shape (N,) or (N, *spatial)
+    labels : array-like of shape (N,) or ``(N, *spatial)``
         True labels in [0, K) (except ``ignore_index``).
     axis : int, default 1
         The class axis of ``sets`` (1 or -1).
@@ -295,7 +295,7 @@ def average_set_size(sets: ArrayLike, *, axis: int = 1, labels: ArrayLike | None
 
     Parameters
     ----------
-    sets : array-like of shape (N, K) or (N, K, *spatial)
+    sets : array-like of shape (N, K) or ``(N, K, *spatial)``
         Prediction sets as a boolean mask.
     axis : int, default 1
         The class axis of ``sets`` (1 or -1).
@@ -303,7 +303,7 @@ def average_set_size(sets: ArrayLike, *, axis: int = 1, labels: ArrayLike | None
         A label whose pixels are not counted.
     mask : bool array-like of the labels' shape, optional
         True where a pixel is counted.
-    labels : array-like of shape (N, *spatial), optional
+    labels : array-like of shape ``(N, *spatial)``, optional
         Only to leave out the pixels labelled ``ignore_index``.
 
     Returns
@@ -581,7 +581,7 @@ class ConformalClassifier:
         """Compute the calibration scores and the threshold(s).
 
         Dense calibration data (segmentation: every pixel is a calibration row) are scores of shape
-        (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with labels (N, *spatial); pixels
+        ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``; pixels
         labelled ``ignore_index`` or with ``mask`` False are left out. The class axis is read with its
         stride, piece by piece: no transposed or flattened copy of the scores is made, and the fit equals
         ``fit`` on the flattened (pixels, K) copy with the ignored pixels removed, to the last bit (the
@@ -591,9 +591,9 @@ class ConformalClassifier:
 
         Parameters
         ----------
-        cal_scores : array-like of shape (n, K), (N, K, *spatial) or (N, *spatial, K)
+        cal_scores : array-like of shape (n, K), ``(N, K, *spatial)`` or ``(N, *spatial, K)``
             Probabilities (each in [0, 1]; rows are not renormalised) or, with ``from_logits=True``, logits.
-        cal_labels : array-like of shape (n,) or (N, *spatial)
+        cal_labels : array-like of shape (n,) or ``(N, *spatial)``
             True labels in [0, K) (except ``ignore_index``).
         from_logits : bool, default False
         axis : int, default 1
@@ -794,7 +794,7 @@ class ConformalClassifier:
             yield p, sets, sizes
 
     def _dense_sets(self, scores, from_logits, axis, want_sets, out, sizes_out):
-        """Sets (the scores' shape, class axis in place) and sizes (N, *spatial) of dense scores."""
+        """Sets (the scores' shape, class axis in place) and sizes ``(N, *spatial)`` of dense scores."""
         d = as_dense(scores, axis=axis, name="scores")
         self._check_fitted()
         sets = None
@@ -836,7 +836,7 @@ class ConformalClassifier:
                      out: np.ndarray | None = None) -> np.ndarray:
         """The prediction sets {k : s(x, k) <= q_k} as an (N, K) boolean mask.
 
-        Dense scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) give one set per pixel:
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) give one set per pixel:
         a bool array of the scores' shape, the class axis where it was (C order), equal to the sets of the
         flattened (pixels, K) copy to the last bit (per-row results; with ``randomized=True`` the uniforms are
         drawn for the pixels in that order). The class axis is read with its stride, piece by piece; the
@@ -844,7 +844,7 @@ class ConformalClassifier:
 
         Parameters
         ----------
-        scores : array-like of shape (N, K), (N, K, *spatial) or (N, *spatial, K)
+        scores : array-like of shape (N, K), ``(N, K, *spatial)`` or ``(N, *spatial, K)``
             Probabilities or, with ``from_logits=True``, logits (as given to ``fit``).
         from_logits : bool, default False
         axis : int, default 1
@@ -865,7 +865,7 @@ class ConformalClassifier:
                   out: np.ndarray | None = None) -> np.ndarray:
         """The size of each prediction set (int64, shape (N,)); with ``randomized=True``, of a new draw.
 
-        Dense scores (see :meth:`predict_sets`) give a map of shape (N, *spatial), without forming the sets
+        Dense scores (see :meth:`predict_sets`) give a map of shape ``(N, *spatial)``, without forming the sets
         of more than one piece; ``out``: a writeable integer array of that shape, written and returned.
         """
         if out is not None or np.ndim(scores) > 2:
@@ -876,7 +876,7 @@ class ConformalClassifier:
     def predict_sets_and_sizes(self, scores: ArrayLike, *, from_logits: bool = False, axis: int = 1
                                ) -> tuple[np.ndarray, np.ndarray]:
         """``(sets, sizes)`` of one draw: the (N, K) mask and its row sums, from one pass (dense scores: the
-        sets of the scores' shape and the (N, *spatial) sizes, see :meth:`predict_sets`)."""
+        sets of the scores' shape and the ``(N, *spatial)`` sizes, see :meth:`predict_sets`)."""
         if np.ndim(scores) > 2:
             return self._dense_sets(scores, from_logits, axis, True, None, None)
         check_class_axis(axis, 2)
@@ -981,8 +981,8 @@ class ConformalAccumulator:
         """Add rows: an (N, K) boolean mask of sets, or (N, K) float scores (probabilities, or logits with
         ``from_logits=True``) that the classifier turns into sets; ``labels`` the true classes.
 
-        Dense batches (segmentation monitoring): sets or scores of shape (N, K, *spatial) (``axis=1``) or
-        (N, *spatial, K) (``axis=-1``) with labels (N, *spatial); every pixel is a row, pixels labelled
+        Dense batches (segmentation monitoring): sets or scores of shape ``(N, K, *spatial)`` (``axis=1``) or
+        ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``; every pixel is a row, pixels labelled
         ``ignore_index`` or with ``mask`` False are not counted (both work for (N, K) input too). Scores are
         turned into sets piece by piece (never the sets of the whole batch; uniforms drawn for the kept
         pixels in order); the counts equal those of the flattened copy with the ignored pixels removed. A

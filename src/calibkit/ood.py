@@ -418,7 +418,7 @@ def pixel_ood_metrics(scores: ArrayLike, ood_labels: ArrayLike, *, ignore_index:
     """Per-pixel OOD detection (anomaly segmentation) metrics of a score map.
 
     The protocol of the anomaly-segmentation benchmarks (Fishyscapes, Blum et al. 2021; SegmentMeIfYouCan,
-    Chan et al. 2021): every pixel is a sample, ``ood_labels`` (the maps' shape (N, *spatial)) says 0 for an
+    Chan et al. 2021): every pixel is a sample, ``ood_labels`` (the maps' shape ``(N, *spatial)``) says 0 for an
     in-distribution pixel, 1 for an anomaly, and ``ignore_index`` (255, the void label) for a pixel that is
     not counted; ``mask`` (bool, True = counted) leaves out more. The counted pixels of all images are pooled
     (as the benchmarks do) and :func:`ood_metrics` is computed on them, with the anomalies as the positive
@@ -433,13 +433,13 @@ def pixel_ood_metrics(scores: ArrayLike, ood_labels: ArrayLike, *, ignore_index:
 
     Parameters
     ----------
-    scores : array-like of shape (N, *spatial)
+    scores : array-like of shape ``(N, *spatial)``
         Per-pixel scores, higher = more in-distribution; finite.
-    ood_labels : array-like of shape (N, *spatial)
+    ood_labels : array-like of shape ``(N, *spatial)``
         0 (in-distribution), 1 (out-of-distribution) or ``ignore_index``; booleans are accepted.
     ignore_index : int or None, default 255
         The void label, never counted.
-    mask : bool array-like of shape (N, *spatial), optional
+    mask : bool array-like of shape ``(N, *spatial)``, optional
         True where a pixel is counted.
     tpr, positive, aupr, convention, backend
         As :func:`ood_metrics` (``positive`` defaults to "out" here).

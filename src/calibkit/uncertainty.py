@@ -51,7 +51,7 @@ def uncertainty_scores(scores: ArrayLike,
     """Several per-sample scores from one pass over ``scores``.
 
     Dense predictions (a segmentation model's (N, K, H, W) logits, or any
-    (N, K, *spatial) array) give one map of shape (N, *spatial) per score:
+    ``(N, K, *spatial)`` array) give one map of shape ``(N, *spatial)`` per score:
     every pixel is a row of K class scores. The class axis is read with its
     stride, piece by piece (``calibkit._dense``): no transposed or flattened
     copy of the scores is made, and each pixel's value is computed exactly as
@@ -61,7 +61,7 @@ def uncertainty_scores(scores: ArrayLike,
 
     Parameters
     ----------
-    scores : array-like of shape (N, K), (N, K, *spatial) or (N, *spatial, K)
+    scores : array-like of shape (N, K), ``(N, K, *spatial)`` or ``(N, *spatial, K)``
         Probabilities (rows in [0, 1]) or, with ``from_logits=True``, logits.
         float16/32/64, any memory layout, memory-mapped arrays are read in place.
     kinds : str or sequence of str
@@ -76,10 +76,10 @@ def uncertainty_scores(scores: ArrayLike,
         Divide the entropy by log K (so it lies in [0, 1]).
     backend : {"auto", "cpp", "numba"}
     axis : int, default 1
-        The class axis: 1 for (N, K, *spatial) (PyTorch's layout; for 2-D
-        input 1 and -1 are the same), -1 for channel-last (N, *spatial, K).
+        The class axis: 1 for ``(N, K, *spatial)`` (PyTorch's layout; for 2-D
+        input 1 and -1 are the same), -1 for channel-last ``(N, *spatial, K)``.
     out : dict of {kind: ndarray}, optional
-        Caller-supplied maps of shape (N, *spatial) (float dtype, writeable,
+        Caller-supplied maps of shape ``(N, *spatial)`` (float dtype, writeable,
         any strides, not overlapping ``scores`` or each other) for some or all
         of ``kinds``; each is written piece by piece (values cast to its dtype,
         e.g. float32 to halve a large map) and returned in the result. Kinds
@@ -88,7 +88,7 @@ def uncertainty_scores(scores: ArrayLike,
     Returns
     -------
     dict
-        ``{kind: float64 array of shape (N,)}``, or of shape (N, *spatial) for
+        ``{kind: float64 array of shape (N,)}``, or of shape ``(N, *spatial)`` for
         dense input (the arrays of ``out`` where given).
 
     Examples
@@ -143,7 +143,7 @@ def _is_dense_call(scores, out) -> bool:
 
 
 def _write_rows(dest, start, values, n_row_axes):
-    """Write ``values`` (m, *trailing) into rows [start, start + m) of ``dest`` (row_shape + trailing).
+    """Write ``values`` ``(m, *trailing)`` into rows [start, start + m) of ``dest`` (row_shape + trailing).
 
     Rows are numbered in C order over the first ``n_row_axes`` axes of ``dest`` (the order of the dense
     adapter's pieces); ``dest`` may have any strides: no copy of it is made.
@@ -202,7 +202,7 @@ def _one_out(kind, out):
 
 
 def _dense_row_scores(scores, kinds, from_logits, t, normalize, backend, axis, out, bits):
-    """uncertainty_scores on (N, K, *spatial) input (or with out=): maps written piece by piece."""
+    """uncertainty_scores on ``(N, K, *spatial)`` input (or with out=): maps written piece by piece."""
     if out is not None:
         if not isinstance(out, dict):
             raise TypeError(f"out must be a dict {{kind: array of shape (N, *spatial)}}, got {type(out).__name__} "
@@ -243,8 +243,8 @@ def max_probability(scores: ArrayLike, *, from_logits: bool = False, temperature
 
     From logits z: 1 / sum_k exp((z_k - max z) / T), without forming the softmax.
 
-    Dense input (N, K, *spatial) with the class axis at ``axis`` (1, or -1
-    for channel-last) gives a map of shape (N, *spatial), read in place and
+    Dense input ``(N, K, *spatial)`` with the class axis at ``axis`` (1, or -1
+    for channel-last) gives a map of shape ``(N, *spatial)``, read in place and
     equal to the last bit to the function on the flattened (N * H * W, K)
     copy. ``out``: a caller-supplied writeable float array of that shape (any
     strides, not overlapping the input), written piece by piece and returned;
@@ -265,8 +265,8 @@ def margin(scores: ArrayLike, *, from_logits: bool = False, temperature: float =
            backend: Backend = "auto", axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
     """Top-1 minus top-2 probability, p_(1) - p_(2) (0 when the two largest are tied): a confidence.
 
-    Dense input (N, K, *spatial) with the class axis at ``axis`` (1, or -1
-    for channel-last) gives a map of shape (N, *spatial), read in place and
+    Dense input ``(N, K, *spatial)`` with the class axis at ``axis`` (1, or -1
+    for channel-last) gives a map of shape ``(N, *spatial)``, read in place and
     equal to the last bit to the function on the flattened (N * H * W, K)
     copy. ``out``: a caller-supplied writeable float array of that shape (any
     strides, not overlapping the input), written piece by piece and returned;
@@ -296,8 +296,8 @@ def entropy(scores: ArrayLike, *, from_logits: bool = False, temperature: float 
     [0, log K]. ``normalize=True`` divides by log K, the entropy of the uniform
     distribution.
 
-    Dense input (N, K, *spatial) with the class axis at ``axis`` (1, or -1
-    for channel-last) gives a map of shape (N, *spatial), read in place and
+    Dense input ``(N, K, *spatial)`` with the class axis at ``axis`` (1, or -1
+    for channel-last) gives a map of shape ``(N, *spatial)``, read in place and
     equal to the last bit to the function on the flattened (N * H * W, K)
     copy. ``out``: a caller-supplied writeable float array of that shape (any
     strides, not overlapping the input), written piece by piece and returned;
@@ -321,8 +321,8 @@ def energy(logits: ArrayLike, *, temperature: float = 1.0, backend: Backend = "a
 
     Lower energy means more in-distribution: use ``-energy(z)`` as an OOD score.
 
-    Dense input (N, K, *spatial) with the class axis at ``axis`` (1, or -1
-    for channel-last) gives a map of shape (N, *spatial), read in place and
+    Dense input ``(N, K, *spatial)`` with the class axis at ``axis`` (1, or -1
+    for channel-last) gives a map of shape ``(N, *spatial)``, read in place and
     equal to the last bit to the function on the flattened (N * H * W, K)
     copy. ``out``: a caller-supplied writeable float array of that shape (any
     strides, not overlapping the input), written piece by piece and returned;
@@ -343,8 +343,8 @@ def logit_norm(logits: ArrayLike, *, backend: Backend = "auto", axis: int = 1,
                out: np.ndarray | None = None) -> FloatArray:
     """Euclidean norm of the logit vector, ||z||_2 (a confidence; Wei et al. 2022).
 
-    Dense input (N, K, *spatial) with the class axis at ``axis`` (1, or -1
-    for channel-last) gives a map of shape (N, *spatial), read in place and
+    Dense input ``(N, K, *spatial)`` with the class axis at ``axis`` (1, or -1
+    for channel-last) gives a map of shape ``(N, *spatial)``, read in place and
     equal to the last bit to the function on the flattened (N * H * W, K)
     copy. ``out``: a caller-supplied writeable float array of that shape (any
     strides, not overlapping the input), written piece by piece and returned;
@@ -370,8 +370,8 @@ def kl_to_uniform(scores: ArrayLike, *, from_logits: bool = False, temperature: 
     probabilities it is ``inf`` when some p_k is 0; from logits it is finite:
     log s0 - log K - mean_k(z_k - max z) / T.
 
-    Dense input (N, K, *spatial) with the class axis at ``axis`` (1, or -1
-    for channel-last) gives a map of shape (N, *spatial), read in place and
+    Dense input ``(N, K, *spatial)`` with the class axis at ``axis`` (1, or -1
+    for channel-last) gives a map of shape ``(N, *spatial)``, read in place and
     equal to the last bit to the function on the flattened (N * H * W, K)
     copy. ``out``: a caller-supplied writeable float array of that shape (any
     strides, not overlapping the input), written piece by piece and returned;
@@ -497,11 +497,11 @@ class Decomposition:
     True
     """
 
-    #: (N, K) predictive mean E_s[p_s]; for dense passes (N, K, *spatial) with the class axis where the
+    #: (N, K) predictive mean E_s[p_s]; for dense passes ``(N, K, *spatial)`` with the class axis where the
     #: members have it, or None (dense input without ``return_mean=True``)
     mean: np.ndarray | None
-    prediction: np.ndarray  #: (N,) argmax of the mean (first of ties); (N, *spatial) for dense passes
-    total: np.ndarray       #: (N,) H[E p], the total predictive entropy; (N, *spatial) for dense passes
+    prediction: np.ndarray  #: (N,) argmax of the mean (first of ties); ``(N, *spatial)`` for dense passes
+    total: np.ndarray       #: (N,) H[E p], the total predictive entropy; ``(N, *spatial)`` for dense passes
     aleatoric: np.ndarray   #: (N,) E[H p], the expected entropy
     epistemic: np.ndarray   #: (N,) total - aleatoric: the mutual information (BALD), clipped at 0
     variance: np.ndarray    #: (N,) variance over passes of p_s[prediction] (divides by S)
@@ -537,9 +537,9 @@ def decompose(samples: ArrayLike, *, from_logits: bool = False, backend: Backend
     the passes arrive one at a time.
 
     Dense passes (segmentation: S passes of (N, K, H, W) logits) have shape
-    (S, N, K, *spatial), the class axis at ``axis=2`` (the default, for any
-    ndim; ``axis=-1`` for channel-last (S, N, *spatial, K)). Every pixel is a
-    row: each term is a map of shape (N, *spatial), equal to the last bit to
+    ``(S, N, K, *spatial)``, the class axis at ``axis=2`` (the default, for any
+    ndim; ``axis=-1`` for channel-last ``(S, N, *spatial, K)``). Every pixel is a
+    row: each term is a map of shape ``(N, *spatial)``, equal to the last bit to
     ``decompose`` of the flattened (S, N * H * W, K) copy (per-row results).
     The passes are read in place, one piece of pixels at a time for all S
     members (the sample axis with its stride): no transposed or flattened copy
@@ -547,7 +547,7 @@ def decompose(samples: ArrayLike, *, from_logits: bool = False, backend: Backend
     passes it is only computed with ``return_mean=True`` (else ``mean`` is
     None); ``return_mean`` is True by default for (S, N, K) input.
 
-    ``out``: a dict of caller-supplied maps of shape (N, *spatial) for any of
+    ``out``: a dict of caller-supplied maps of shape ``(N, *spatial)`` for any of
     ``"total"``, ``"aleatoric"``, ``"epistemic"``, ``"variance"`` (writeable
     float arrays) and ``"prediction"`` (a writeable integer array), any
     strides, not overlapping the samples or each other; they are written
@@ -583,7 +583,7 @@ _TERMS = ("total", "aleatoric", "epistemic", "variance", "prediction")
 
 
 def _dense_decompose(samples, from_logits, backend, axis, out, return_mean):
-    """decompose on (S, N, K, *spatial) passes (or with out=): maps written piece by piece."""
+    """decompose on ``(S, N, K, *spatial)`` passes (or with out=): maps written piece by piece."""
     x = _in_place(_float_array(samples, "samples"))
     if x.ndim < 3:
         raise ValueError(f"samples must have shape (S, N, K) or (S, N, K, *spatial), got shape {x.shape}")
@@ -646,6 +646,14 @@ class EnsembleAccumulator:
     same arithmetic in the same order); the variance to rounding (Welford's
     update here, two passes over the predicted class in ``decompose``).
 
+    Dense passes (a segmentation model's (N, K, H, W) outputs under MC dropout): ``update(member, axis=1)``
+    takes members of shape ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``), read in
+    place piece by piece, and ``compute()`` returns maps of shape ``(N, *spatial)`` (and the mean in the
+    members' layout). The state is then 2 N K prod(spatial) + N prod(spatial) float64 values (the running sums
+    of every pixel's class probabilities: what the decomposition needs). A dense member is checked for bad
+    values in a first read before the state is touched (a second read of the member), so a bad pass still
+    leaves the state unchanged.
+
     Examples
     --------
     >>> acc = EnsembleAccumulator(from_logits=True)
@@ -662,10 +670,15 @@ class EnsembleAccumulator:
     def reset(self) -> None:
         """Forget every pass."""
         self._sum = self._m2 = self._entropy = None
+        self._dense = None  # (row_shape, class axis) of dense members
         self.count = 0
 
-    def update(self, member: ArrayLike) -> "EnsembleAccumulator":
-        """Add one pass (N, K). A pass with bad values raises and leaves the state unchanged."""
+    def update(self, member: ArrayLike, *, axis: int = 1) -> "EnsembleAccumulator":
+        """Add one pass (N, K), or a dense pass ``(N, K, *spatial)`` / ``(N, *spatial, K)`` with its class axis
+        at ``axis``. A pass with bad values raises and leaves the state unchanged."""
+        if np.ndim(member) > 2 or self._dense is not None:
+            return self._update_dense(member, axis)
+        check_class_axis(axis, 2)
         m = check_scores(member, "member")
         if m.ndim != 2:
             raise ValueError(f"member must have shape (N, K), got shape {m.shape}")
@@ -680,10 +693,47 @@ class EnsembleAccumulator:
         self.count += 1
         return self
 
+    def _update_dense(self, member, axis):
+        d = as_dense(member, axis=axis, name="member")
+        K = d.n_classes
+        if self._sum is None:
+            n = d.n_rows
+            state = (np.zeros((n, K)), np.zeros((n, K)), np.zeros(n))
+        else:
+            state = None
+            if self._dense is None or (d.row_shape, d.axis) != self._dense or K != self._sum.shape[1]:
+                before = self._sum.shape if self._dense is None else self._dense[0]
+                raise ValueError(f"member has shape {d.scores.shape} (classes on axis {axis}) but earlier passes "
+                                 f"had {'shape ' + str(before) if self._dense is None else 'rows ' + str(before)} "
+                                 f"with {self._sum.shape[1]} classes")
+        kernels = _backend.kernels(self.backend)
+        for p in d.pieces():  # first read: every value checked before the state changes
+            status = kernels.row_scores(p.scores, self.from_logits, 1.0, 1 << _KINDS["max_probability"])["status"]
+            d.raise_for_status(status, p, scores_name="member")
+        if state is not None:
+            self._sum, self._m2, self._entropy = state
+            self._dense = (d.row_shape, d.axis)
+        for p in d.pieces():
+            a, b = p.offset, p.offset + p.n_rows
+            status = kernels.ensemble_update(p.scores, self.from_logits, self.count, self._sum[a:b], self._m2[a:b],
+                                             self._entropy[a:b])
+            d.raise_for_status(status, p, scores_name="member")
+        self.count += 1
+        return self
+
     def compute(self) -> Decomposition:
-        """The decomposition of the passes so far."""
+        """The decomposition of the passes so far (maps of shape ``(N, *spatial)`` for dense passes)."""
         if self.count == 0:
             raise ValueError("no passes yet: call update(member) first")
+        if self._dense is not None:
+            row_shape, ax = self._dense
+            flat = self._compute_rows()
+            K = self._sum.shape[1]
+            return Decomposition(mean=np.moveaxis(flat.mean.reshape(row_shape + (K,)), -1, ax),
+                                 **{t: getattr(flat, t).reshape(row_shape) for t in _TERMS})
+        return self._compute_rows()
+
+    def _compute_rows(self) -> Decomposition:
         inv = 1.0 / self.count
         mean = self._sum * inv
         prediction = np.argmax(mean, axis=1)
