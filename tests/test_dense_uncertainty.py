@@ -268,6 +268,9 @@ def test_decompose_3d_unchanged_and_out(backend):
         np.testing.assert_array_equal(getattr(a, t), getattr(b, t))
     np.testing.assert_array_equal(a.mean, b.mean)
     assert calibkit.decompose(x, from_logits=True, backend=backend, return_mean=False).mean is None
+    np.testing.assert_array_equal(calibkit.decompose(x, from_logits=True, backend=backend, axis=-1).total, a.total)
+    with pytest.raises(ValueError, match="axis must be 2"):
+        calibkit.decompose(x, from_logits=True, axis=1)
 
 
 def test_decompose_errors(backend):

@@ -569,7 +569,8 @@ def decompose(samples: ArrayLike, *, from_logits: bool = False, backend: Backend
     if out is not None or np.ndim(samples) > 3:
         return _dense_decompose(samples, from_logits, backend, axis, out, return_mean)
     x = check_samples(samples)
-    check_class_axis(axis - 1 if isinstance(axis, (int, np.integer)) and axis > 0 else axis, 2)
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)) or int(axis) not in (2, -1):
+        raise ValueError(f"axis must be 2 (or -1, the same for (S, N, K) samples: the class axis), got {axis!r}")
     if return_mean is not None:
         check_bool(return_mean, "return_mean")
     r = _backend.kernels(backend).ensemble_decompose(x, from_logits)
