@@ -40,7 +40,8 @@ import numpy as np
 
 from . import _backend
 from ._typing import ArrayLike, Backend
-from ._validation import MAX_CLASSES, check_bool, check_choice, check_labels, check_scores, raise_for_status
+from ._dense import PIECE_ROWS, as_dense, check_class_axis
+from ._validation import MAX_CLASSES, _as_array, check_bool, check_choice, check_labels, check_scores, raise_for_status
 
 __all__ = [
     "ConformalAccumulator", "ConformalClassifier", "ConformalMetrics", "average_set_size",
@@ -134,17 +135,136 @@ def _check_set_labels(sets, labels):
     return y
 
 
-def coverage(sets: ArrayLike, labels: ArrayLike) -> float:
+def _is_dense(a, mask, ignore_index):
+    return mask is not None or ignore_index is not None or np.ndim(a) > 2
+
+
+def _set_counts(sets, labels, axis, mask, ignore_index, *, need_labels=True):
+    """Per-class and per-size counts of the counted pixels of dense (or masked) sets.
+
+    Returns (class_count, class_covered, size_count, size_covered) as int64 arrays of K, K, K+1, K+1 entries
+    (the class arrays are None without labels). Reads ``sets`` in blocks of whole images along axis 0 (at most
+    about ``PIECE_ROWS`` pixels each): the temporaries are O(block), never a flattened copy of the sets.
+    """
+    s = sets if isinstance(sets, np.ndarray) else _as_array(sets, "sets")
+    if s.ndim < 2:
+        raise ValueError(f"sets must be an (N, K) or (N, K, *spatial) boolean mask, got shape {s.shape}")
+    ax = check_class_axis(axis, s.ndim)
+    if s.dtype != np.bool_ and (s.dtype == object or s.dtype.kind not in "iuf"):
+        raise TypeError(f"sets must be a boolean mask (or 0/1), got dtype {s.dtype}")
+    K = s.shape[ax]
+    row_shape = s.shape[:ax] + s.shape[ax + 1:]
+    if 0 in s.shape:
+        raise ValueError(f"sets is empty: got shape {s.shape}")
+
+    def same_shape(a, name):
+        a = _as_array(a, name)
+        if a.shape != row_shape:
+            raise ValueError(f"{name} must have shape {row_shape} (N, *spatial) to match sets of shape {s.shape} "
+                             f"with classes on axis {axis}, got shape {a.shape}")
+        return a
+
+    y = None
+    if labels is not None:
+        y = same_shape(labels, "labels")
+        if y.dtype == np.bool_:
+            y = y.view(np.uint8)
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"labels must be integers, got dtype {y.dtype}")
+    elif need_labels:
+        raise ValueError("labels are needed")
+    if ignore_index is not None:
+        if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"ignore_index must be an integer label (e.g. 255) or None, "
+                            f"got {type(ignore_index).__name__}")
+        if y is None:
+            raise ValueError("ignore_index needs labels (the pixels whose label is ignore_index are not counted)")
+    if mask is not None:
+        mask = same_shape(mask, "mask")
+        if mask.dtype != np.bool_:
+            raise TypeError(f"mask must be a boolean array (True where a pixel is counted), got dtype {mask.dtype}")
+    per_image = math.prod(row_shape[1:])
+    step = max(1, PIECE_ROWS // max(per_image, 1))
+    class_count = np.zeros(K, np.int64)
+    class_covered = np.zeros(K, np.int64)
+    size_count = np.zeros(K + 1, np.int64)
+    size_covered = np.zeros(K + 1, np.int64)
+    for n0 in range(0, row_shape[0], step):
+        blk = s[n0:n0 + step]
+        if blk.dtype != np.bool_:
+            bad = ~((blk == 0) | (blk == 1))
+            if bad.any():
+                i = tuple(int(v) for v in np.argwhere(bad)[0])
+                i = (i[0] + n0,) + i[1:]
+                raise ValueError(f"sets[{', '.join(map(str, i))}] = {s[i].item()!r} is not 0/1 or a boolean")
+            blk = blk != 0
+        keep = None if mask is None else np.asarray(mask[n0:n0 + step])
+        yb = None
+        if y is not None:
+            yb = np.asarray(y[n0:n0 + step]).astype(np.int64, copy=False)
+            if ignore_index is not None:
+                k = yb != int(ignore_index)
+                keep = k if keep is None else keep & k
+            bad = (yb < 0) | (yb >= K)
+            if keep is not None:
+                bad &= keep
+            if bad.any():
+                i = tuple(int(v) for v in np.argwhere(bad)[0])
+                i = (i[0] + n0,) + i[1:]
+                raise ValueError(f"labels[{', '.join(map(str, i))}] = {int(y[i])} is out of range for "
+                                 f"n_classes={K}")
+        size = np.count_nonzero(blk, axis=ax)
+        if keep is not None:
+            size = size[keep]
+        size_count += np.bincount(size.ravel(), minlength=K + 1)
+        if yb is not None:
+            safe = yb if keep is None else np.where(keep, yb, 0)
+            covered = np.take_along_axis(blk, np.expand_dims(safe, ax), axis=ax).squeeze(ax)
+            yk = yb if keep is None else yb[keep]
+            ck = covered if keep is None else covered[keep]
+            yk, ck = yk.ravel(), ck.ravel()
+            class_count += np.bincount(yk, minlength=K)
+            class_covered += np.bincount(yk[ck], minlength=K)
+            size_covered += np.bincount(size.ravel()[ck], minlength=K + 1)
+    n = int(size_count.sum())
+    if n == 0:
+        why = []
+        if ignore_index is not None:
+            why.append(f"labels == ignore_index={int(ignore_index)}")
+        if mask is not None:
+            why.append("mask is False")
+        raise ValueError(f"every pixel of sets is ignored ({' or '.join(why)} everywhere): there is nothing to "
+                         "evaluate")
+    if y is None:
+        return None, None, size_count, None
+    return class_count, class_covered, size_count, size_covered
+
+
+def coverage(sets: ArrayLike, labels: ArrayLike, *, axis: int = 1, ignore_index: int | None = None,
+             mask: ArrayLike | None = None) -> float:
     """Empirical coverage: the fraction of rows whose set contains the label.
 
     coverage = (1/N) sum_i 1[y_i in C(x_i)] (torchcp's ``coverage_rate``).
+    Dense sets (segmentation: one set per pixel) are a boolean array of shape ``(N, K, *spatial)`` with the class
+    axis at ``axis`` (1, or -1 for channel-last ``(N, *spatial, K)``), as ``ConformalClassifier.predict_sets`` gives
+    for dense scores; ``labels`` and ``mask`` have the shape ``(N, *spatial)``. Pixels whose label is
+    ``ignore_index`` (e.g. 255) or whose ``mask`` is False are not counted (``mask`` and ``ignore_index`` work
+    for (N, K) sets too). The class axis is read with its stride, a block of images at a time (temporaries of
+    the block's pixels, never a flattened copy); the result equals the function on the flattened (pixels, K)
+    copy with the ignored pixels removed, to the last bit (every sum is a count).
 
     Parameters
     ----------
-    sets : array-like of shape (N, K)
+    sets : array-like of shape (N, K) or ``(N, K, *spatial)``
         Prediction sets as a boolean mask (``ConformalClassifier.predict_sets``).
-    labels : array-like of shape (N,)
-        True labels in [0, K).
+    labels : array-like of shape (N,) or ``(N, *spatial)``
+        True labels in [0, K) (except ``ignore_index``).
+    axis : int, default 1
+        The class axis of ``sets`` (1 or -1).
+    ignore_index : int, optional
+        A label whose pixels are not counted.
+    mask : bool array-like of the labels' shape, optional
+        True where a pixel is counted.
 
     Returns
     -------
@@ -157,18 +277,34 @@ def coverage(sets: ArrayLike, labels: ArrayLike) -> float:
     >>> calibkit.coverage(sets, [0, 1, 0])
     0.6666666666666666
     """
+    if _is_dense(sets, mask, ignore_index):
+        class_count, class_covered, _, _ = _set_counts(sets, labels, axis, mask, ignore_index)
+        return float(int(class_covered.sum()) / int(class_count.sum()))
     s = _check_sets(sets)
+    check_class_axis(axis, 2)
     y = _check_set_labels(s, labels)
     return float(np.mean(s[np.arange(s.shape[0]), y]))
 
 
-def average_set_size(sets: ArrayLike) -> float:
+def average_set_size(sets: ArrayLike, *, axis: int = 1, labels: ArrayLike | None = None,
+                     ignore_index: int | None = None, mask: ArrayLike | None = None) -> float:
     """Mean number of classes per prediction set (torchcp's ``average_size``).
+
+    Dense sets (segmentation) and ignored pixels: as :func:`coverage` (``axis``, ``ignore_index``, ``mask``). ``labels`` is only needed here
+    with ``ignore_index`` (to know which pixels to leave out).
 
     Parameters
     ----------
-    sets : array-like of shape (N, K)
+    sets : array-like of shape (N, K) or ``(N, K, *spatial)``
         Prediction sets as a boolean mask.
+    axis : int, default 1
+        The class axis of ``sets`` (1 or -1).
+    ignore_index : int, optional
+        A label whose pixels are not counted.
+    mask : bool array-like of the labels' shape, optional
+        True where a pixel is counted.
+    labels : array-like of shape ``(N, *spatial)``, optional
+        Only to leave out the pixels labelled ``ignore_index``.
 
     Returns
     -------
@@ -180,7 +316,11 @@ def average_set_size(sets: ArrayLike) -> float:
     >>> calibkit.average_set_size(np.array([[True, False], [True, True]]))
     1.5
     """
+    if _is_dense(sets, mask, ignore_index) or labels is not None:
+        _, _, size_count, _ = _set_counts(sets, labels, axis, mask, ignore_index, need_labels=False)
+        return float(int(np.dot(np.arange(size_count.size), size_count)) / int(size_count.sum()))
     s = _check_sets(sets)
+    check_class_axis(axis, 2)
     return float(np.mean(np.count_nonzero(s, axis=1)))
 
 
@@ -216,12 +356,15 @@ def _sscv(size_count, size_covered, alpha, strata):
 
 
 def size_stratified_coverage(sets: ArrayLike, labels: ArrayLike, alpha: float, *,
-                             strata: Sequence[tuple[int, int]] = DEFAULT_STRATA) -> float:
+                             strata: Sequence[tuple[int, int]] = DEFAULT_STRATA, axis: int = 1,
+                             ignore_index: int | None = None, mask: ArrayLike | None = None) -> float:
     """Size-stratified coverage violation (SSCV; Angelopoulos et al. 2021), as torchcp's ``SSCV``.
 
     SSCV = max over strata S_j with at least one set of |(1 - alpha) - coverage of the rows whose set size is
     in S_j|. Rows whose size falls in no stratum are ignored; when no stratum has a row the result is -1.0
     (torchcp's value).
+
+    Dense sets (segmentation) and ignored pixels: as :func:`coverage` (``axis``, ``ignore_index``, ``mask``).
 
     Parameters
     ----------
@@ -233,6 +376,12 @@ def size_stratified_coverage(sets: ArrayLike, labels: ArrayLike, alpha: float, *
         The miscoverage level the sets were made for, in (0, 1).
     strata : sequence of (min_size, max_size) pairs, default ((0, 1), (2, 3), (4, 10), (11, 100), (101, 1000))
         Inclusive ranges of set sizes.
+    axis : int, default 1
+        The class axis of ``sets`` (1 or -1).
+    ignore_index : int, optional
+        A label whose pixels are not counted.
+    mask : bool array-like of the labels' shape, optional
+        True where a pixel is counted.
 
     Returns
     -------
@@ -246,7 +395,13 @@ def size_stratified_coverage(sets: ArrayLike, labels: ArrayLike, alpha: float, *
     >>> round(calibkit.size_stratified_coverage(sets, [0, 2, 1, 0], alpha=0.1), 6)
     0.4
     """
+    if _is_dense(sets, mask, ignore_index):
+        alpha = _check_alpha(alpha)
+        strata = _check_strata(strata)
+        _, _, size_count, size_covered = _set_counts(sets, labels, axis, mask, ignore_index)
+        return _sscv(size_count, size_covered, alpha, strata)
     s = _check_sets(sets)
+    check_class_axis(axis, 2)
     y = _check_set_labels(s, labels)
     alpha = _check_alpha(alpha)
     strata = _check_strata(strata)
@@ -262,11 +417,14 @@ def _covgap(class_count, class_covered, alpha):
     return float(100.0 * np.mean(np.abs(class_covered[has] / class_count[has] - (1 - alpha))))
 
 
-def class_conditional_coverage_gap(sets: ArrayLike, labels: ArrayLike, alpha: float) -> float:
+def class_conditional_coverage_gap(sets: ArrayLike, labels: ArrayLike, alpha: float, *, axis: int = 1,
+                                   ignore_index: int | None = None, mask: ArrayLike | None = None) -> float:
     """Average class-conditional coverage gap (CovGap; Ding et al. 2023), as torchcp's ``CovGap``, in percent.
 
     CovGap = 100 * mean over the classes k present in ``labels`` of |coverage of the rows of class k -
     (1 - alpha)|.
+
+    Dense sets (segmentation) and ignored pixels: as :func:`coverage` (``axis``, ``ignore_index``, ``mask``).
 
     Parameters
     ----------
@@ -276,6 +434,12 @@ def class_conditional_coverage_gap(sets: ArrayLike, labels: ArrayLike, alpha: fl
         True labels in [0, K).
     alpha : float
         The miscoverage level the sets were made for, in (0, 1).
+    axis : int, default 1
+        The class axis of ``sets`` (1 or -1).
+    ignore_index : int, optional
+        A label whose pixels are not counted.
+    mask : bool array-like of the labels' shape, optional
+        True where a pixel is counted.
 
     Returns
     -------
@@ -289,7 +453,12 @@ def class_conditional_coverage_gap(sets: ArrayLike, labels: ArrayLike, alpha: fl
     >>> round(calibkit.class_conditional_coverage_gap(sets, [0, 0, 1, 1], alpha=0.1), 6)  # |0.5-0.9|, |0.5-0.9|
     40.0
     """
+    if _is_dense(sets, mask, ignore_index):
+        alpha = _check_alpha(alpha)
+        class_count, class_covered, _, _ = _set_counts(sets, labels, axis, mask, ignore_index)
+        return _covgap(class_count, class_covered, alpha)
     s = _check_sets(sets)
+    check_class_axis(axis, 2)
     y = _check_set_labels(s, labels)
     alpha = _check_alpha(alpha)
     K = s.shape[1]
@@ -407,17 +576,32 @@ class ConformalClassifier:
             raise ValueError(f"{name} must have shape (N, K), got shape {s.shape}")
         return s
 
-    def fit(self, cal_scores: ArrayLike, cal_labels: ArrayLike, *, from_logits: bool = False
-            ) -> "ConformalClassifier":
+    def fit(self, cal_scores: ArrayLike, cal_labels: ArrayLike, *, from_logits: bool = False, axis: int = 1,
+            ignore_index: int | None = None, mask: ArrayLike | None = None) -> "ConformalClassifier":
         """Compute the calibration scores and the threshold(s).
+
+        Dense calibration data (segmentation: every pixel is a calibration row) are scores of shape
+        ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``; pixels
+        labelled ``ignore_index`` or with ``mask`` False are left out. The class axis is read with its
+        stride, piece by piece: no transposed or flattened copy of the scores is made, and the fit equals
+        ``fit`` on the flattened (pixels, K) copy with the ignored pixels removed, to the last bit (the
+        uniforms of ``randomized=True`` are drawn for the kept pixels in that order). ``calibration_scores_``
+        holds one score per kept pixel (memory proportional to N * prod(spatial), not times K; so does the
+        labels' copy made for ``class_conditional=True``).
 
         Parameters
         ----------
-        cal_scores : array-like of shape (n, K)
+        cal_scores : array-like of shape (n, K), ``(N, K, *spatial)`` or ``(N, *spatial, K)``
             Probabilities (each in [0, 1]; rows are not renormalised) or, with ``from_logits=True``, logits.
-        cal_labels : array-like of shape (n,)
-            True labels in [0, K).
+        cal_labels : array-like of shape (n,) or ``(N, *spatial)``
+            True labels in [0, K) (except ``ignore_index``).
         from_logits : bool, default False
+        axis : int, default 1
+            The class axis (1, or -1 for channel-last).
+        ignore_index : int, optional
+            A label whose pixels are not used (e.g. 255).
+        mask : bool array-like of the labels' shape, optional
+            True where a pixel is used.
 
         Returns
         -------
@@ -425,17 +609,22 @@ class ConformalClassifier:
         """
         alpha, penalty, kreg, weight = self._check_params()
         from_logits = check_bool(from_logits, "from_logits")
-        s = self._matrix(cal_scores, "cal_scores")
-        n, K = s.shape
-        y = check_labels(cal_labels, n, "cal_labels")
-        self._rng = np.random.default_rng(self.random_state) if self.randomized else None
-        r = _backend.kernels(self.backend).conformal_label_scores(s, y, from_logits, _KIND[self.score], penalty, kreg,
-                                                          weight, self._uniforms(n))
-        code, row, col, value = r["status"]
-        if code == 3:
-            raise ValueError(f"cal_labels[{row}] = {int(value)} is out of range for n_classes={K}")
-        raise_for_status(r["status"], n_classes=K, scores_name="cal_scores")
-        scores = r["scores"]
+        if _is_dense(cal_scores, mask, ignore_index):
+            scores, y, K = self._dense_label_scores(cal_scores, cal_labels, from_logits, axis, ignore_index, mask,
+                                                    penalty, kreg, weight)
+        else:
+            s = self._matrix(cal_scores, "cal_scores")
+            check_class_axis(axis, 2)
+            n, K = s.shape
+            y = check_labels(cal_labels, n, "cal_labels")
+            self._rng = np.random.default_rng(self.random_state) if self.randomized else None
+            r = _backend.kernels(self.backend).conformal_label_scores(s, y, from_logits, _KIND[self.score], penalty,
+                                                                      kreg, weight, self._uniforms(n))
+            code, row, col, value = r["status"]
+            if code == 3:
+                raise ValueError(f"cal_labels[{row}] = {int(value)} is out of range for n_classes={K}")
+            raise_for_status(r["status"], n_classes=K, scores_name="cal_scores")
+            scores = r["scores"]
         self.calibration_scores_ = scores
         self.n_classes_ = K
         self.threshold_ = conformal_quantile(scores, alpha)
@@ -447,6 +636,29 @@ class ConformalClassifier:
         else:
             self.thresholds_ = np.full(K, self.threshold_)
         return self
+
+    def _dense_label_scores(self, cal_scores, cal_labels, from_logits, axis, ignore_index, mask, penalty, kreg,
+                            weight):
+        """fit's calibration scores of dense (or masked) input, piece by piece: (scores, labels, K)."""
+        d = as_dense(cal_scores, cal_labels, axis=axis, mask=mask, ignore_index=ignore_index, name="cal_scores")
+        n = d.check_some_kept()
+        K = d.n_classes
+        kernels = _backend.kernels(self.backend)
+        self._rng = np.random.default_rng(self.random_state) if self.randomized else None
+        scores = np.empty(n)
+        y = np.empty(n, np.int64)
+        for p in d.pieces():
+            m = p.n_rows
+            r = kernels.conformal_label_scores(p.scores, p.labels, from_logits, _KIND[self.score], penalty, kreg,
+                                               weight, self._uniforms(m))
+            code, row, col, value = r["status"]
+            if code == 3:
+                at = ", ".join(map(str, d.position(p, int(row))))
+                raise ValueError(f"cal_labels[{at}] = {int(value)} is out of range for n_classes={K}")
+            d.raise_for_status(r["status"], p, n_classes=K, scores_name="cal_scores")
+            scores[p.offset:p.offset + m] = r["scores"]
+            y[p.offset:p.offset + m] = p.labels
+        return scores, y, K
 
     def _check_fitted(self):
         if not hasattr(self, "thresholds_"):
@@ -562,28 +774,112 @@ class ConformalClassifier:
         raise_for_status(status, n_classes=K, scores_name="scores")
         return out, sizes
 
-    def predict_sets(self, scores: ArrayLike, *, from_logits: bool = False) -> np.ndarray:
+    def _piece_sets(self, d, from_logits):
+        """(piece, sets (m, K) bool, sizes (m,)) for each piece of the dense input ``d``, in order."""
+        self._check_fitted()
+        _, penalty, kreg, weight = self._check_params()
+        from_logits = check_bool(from_logits, "from_logits")
+        K = d.n_classes
+        if K != self.n_classes_:
+            raise ValueError(f"{d.name} has {K} classes (axis {d.axis}) but the classifier was fitted on "
+                             f"{self.n_classes_} classes")
+        kernels = _backend.kernels(self.backend)
+        for p in d.pieces():
+            m = p.n_rows
+            sets = np.empty((m, K), np.bool_)
+            sizes = np.empty(m, np.int64)
+            status = kernels.conformal_sets(p.scores, from_logits, _KIND[self.score], penalty, kreg, weight,
+                                            self.thresholds_, self._uniforms(m), sets.view(np.uint8), sizes)
+            d.raise_for_status(status, p, n_classes=K, scores_name=d.name)
+            yield p, sets, sizes
+
+    def _dense_sets(self, scores, from_logits, axis, want_sets, out, sizes_out):
+        """Sets (the scores' shape, class axis in place) and sizes ``(N, *spatial)`` of dense scores."""
+        d = as_dense(scores, axis=axis, name="scores")
+        self._check_fitted()
+        sets = None
+        if want_sets:
+            if out is None:
+                sets = np.empty(d.scores.shape, np.bool_)
+            else:
+                if not isinstance(out, np.ndarray):
+                    raise TypeError(f"out must be a NumPy bool array of shape {d.scores.shape}, "
+                                    f"got {type(out).__name__}")
+                if out.shape != d.scores.shape:
+                    raise ValueError(f"out must have the shape of scores, {d.scores.shape}, got shape {out.shape}")
+                if out.dtype != np.bool_:
+                    raise TypeError(f"out must be a bool array, got dtype {out.dtype}")
+                if not out.flags.writeable:
+                    raise ValueError("out is read-only: a writeable array is needed")
+                if np.shares_memory(out, d.scores):
+                    raise ValueError("out overlaps scores: the sets would be written over the scores")
+                sets = out
+        if sizes_out is None:
+            sizes = np.empty(d.row_shape, np.int64)
+        else:
+            from .uncertainty import _check_out_map
+
+            sizes = _check_out_map(sizes_out, d.row_shape, "out", d.scores, "scores", "iu", "an integer array")
+            if sets is not None and np.shares_memory(sizes, sets):
+                raise ValueError("the sizes' out overlaps the sets' out")
+        from .uncertainty import _write_rows
+
+        rows = None if sets is None else np.moveaxis(sets, d.axis, -1)
+        n_axes = len(d.row_shape)
+        for p, ps, pz in self._piece_sets(d, from_logits):
+            if rows is not None:
+                _write_rows(rows, p.offset, ps, n_axes)
+            _write_rows(sizes, p.offset, pz, n_axes)
+        return sets, sizes
+
+    def predict_sets(self, scores: ArrayLike, *, from_logits: bool = False, axis: int = 1,
+                     out: np.ndarray | None = None) -> np.ndarray:
         """The prediction sets {k : s(x, k) <= q_k} as an (N, K) boolean mask.
+
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) give one set per pixel:
+        a bool array of the scores' shape, the class axis where it was (C order), equal to the sets of the
+        flattened (pixels, K) copy to the last bit (per-row results; with ``randomized=True`` the uniforms are
+        drawn for the pixels in that order). The class axis is read with its stride, piece by piece; the
+        only memory allocated is the result (none with ``out``) and per-piece temporaries.
 
         Parameters
         ----------
-        scores : array-like of shape (N, K)
+        scores : array-like of shape (N, K), ``(N, K, *spatial)`` or ``(N, *spatial, K)``
             Probabilities or, with ``from_logits=True``, logits (as given to ``fit``).
         from_logits : bool, default False
+        axis : int, default 1
+            The class axis (1, or -1 for channel-last).
+        out : ndarray of bool of the scores' shape, optional
+            Written in place (any strides, not overlapping ``scores``) and returned.
 
         Returns
         -------
-        ndarray of bool, shape (N, K)
+        ndarray of bool, shape (N, K) or the scores' shape
         """
+        if out is not None or np.ndim(scores) > 2:
+            return self._dense_sets(scores, from_logits, axis, True, out, None)[0]
+        check_class_axis(axis, 2)
         return self._sets(scores, from_logits)[0]
 
-    def set_sizes(self, scores: ArrayLike, *, from_logits: bool = False) -> np.ndarray:
-        """The size of each prediction set (int64, shape (N,)); with ``randomized=True``, of a new draw."""
+    def set_sizes(self, scores: ArrayLike, *, from_logits: bool = False, axis: int = 1,
+                  out: np.ndarray | None = None) -> np.ndarray:
+        """The size of each prediction set (int64, shape (N,)); with ``randomized=True``, of a new draw.
+
+        Dense scores (see :meth:`predict_sets`) give a map of shape ``(N, *spatial)``, without forming the sets
+        of more than one piece; ``out``: a writeable integer array of that shape, written and returned.
+        """
+        if out is not None or np.ndim(scores) > 2:
+            return self._dense_sets(scores, from_logits, axis, False, None, out)[1]
+        check_class_axis(axis, 2)
         return self._sets(scores, from_logits)[1]
 
-    def predict_sets_and_sizes(self, scores: ArrayLike, *, from_logits: bool = False
+    def predict_sets_and_sizes(self, scores: ArrayLike, *, from_logits: bool = False, axis: int = 1
                                ) -> tuple[np.ndarray, np.ndarray]:
-        """``(sets, sizes)`` of one draw: the (N, K) mask and its row sums, from one pass."""
+        """``(sets, sizes)`` of one draw: the (N, K) mask and its row sums, from one pass (dense scores: the
+        sets of the scores' shape and the ``(N, *spatial)`` sizes, see :meth:`predict_sets`)."""
+        if np.ndim(scores) > 2:
+            return self._dense_sets(scores, from_logits, axis, True, None, None)
+        check_class_axis(axis, 2)
         return self._sets(scores, from_logits)
 
 
@@ -680,11 +976,21 @@ class ConformalAccumulator:
         self._size_count = np.zeros(K + 1, np.int64)
         self._size_covered = np.zeros(K + 1, np.int64)
 
-    def update(self, sets_or_scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False
-               ) -> "ConformalAccumulator":
+    def update(self, sets_or_scores: ArrayLike, labels: ArrayLike, *, from_logits: bool = False, axis: int = 1,
+               ignore_index: int | None = None, mask: ArrayLike | None = None) -> "ConformalAccumulator":
         """Add rows: an (N, K) boolean mask of sets, or (N, K) float scores (probabilities, or logits with
-        ``from_logits=True``) that the classifier turns into sets; ``labels`` the true classes."""
+        ``from_logits=True``) that the classifier turns into sets; ``labels`` the true classes.
+
+        Dense batches (segmentation monitoring): sets or scores of shape ``(N, K, *spatial)`` (``axis=1``) or
+        ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``; every pixel is a row, pixels labelled
+        ``ignore_index`` or with ``mask`` False are not counted (both work for (N, K) input too). Scores are
+        turned into sets piece by piece (never the sets of the whole batch; uniforms drawn for the kept
+        pixels in order); the counts equal those of the flattened copy with the ignored pixels removed. A
+        batch with a bad value raises and leaves the state unchanged.
+        """
         a = sets_or_scores if isinstance(sets_or_scores, np.ndarray) else np.asarray(sets_or_scores)
+        if _is_dense(a, mask, ignore_index):
+            return self._update_dense(a, labels, from_logits, axis, ignore_index, mask)
         if a.dtype == np.bool_:
             sets = _check_sets(a)
         else:
@@ -704,6 +1010,43 @@ class ConformalAccumulator:
         self._class_covered += np.bincount(y[covered], minlength=K)
         self._size_count += np.bincount(size, minlength=K + 1)
         self._size_covered += np.bincount(size[covered], minlength=K + 1)
+        return self
+
+    def _update_dense(self, a, labels, from_logits, axis, ignore_index, mask):
+        if a.dtype == np.bool_:
+            K = a.shape[check_class_axis(axis, max(a.ndim, 2))] if a.ndim >= 2 else 0
+            if self.n_classes is not None and a.ndim >= 2 and K != self.n_classes:
+                raise ValueError(f"sets have {K} classes but this accumulator has n_classes={self.n_classes}")
+            counts = _set_counts(a, labels, axis, mask, ignore_index)
+        else:
+            if self.classifier is None:
+                raise ValueError("updating from scores needs a fitted ConformalClassifier (ConformalAccumulator("
+                                 "classifier)); or pass the prediction sets as a boolean mask")
+            d = as_dense(a, labels, axis=axis, mask=mask, ignore_index=ignore_index, name="scores")
+            d.check_some_kept()
+            K = d.n_classes
+            if self.n_classes is not None and K != self.n_classes:
+                raise ValueError(f"scores have {K} classes but this accumulator has n_classes={self.n_classes}")
+            counts = [np.zeros(K, np.int64), np.zeros(K, np.int64), np.zeros(K + 1, np.int64),
+                      np.zeros(K + 1, np.int64)]
+            for p, sets, sizes in self.classifier._piece_sets(d, from_logits):
+                y = p.labels
+                bad = (y < 0) | (y >= K)
+                if bad.any():
+                    i = int(np.argmax(bad))
+                    at = ", ".join(map(str, d.position(p, i)))
+                    raise ValueError(f"labels[{at}] = {int(y[i])} is out of range for n_classes={K}")
+                covered = sets[np.arange(sets.shape[0]), y]
+                counts[0] += np.bincount(y, minlength=K)
+                counts[1] += np.bincount(y[covered], minlength=K)
+                counts[2] += np.bincount(sizes, minlength=K + 1)
+                counts[3] += np.bincount(sizes[covered], minlength=K + 1)
+        if self.n_classes is None:
+            self._allocate(self._check_k(K))
+        self._class_count += counts[0]
+        self._class_covered += counts[1]
+        self._size_count += counts[2]
+        self._size_covered += counts[3]
         return self
 
     @property

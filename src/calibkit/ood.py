@@ -366,6 +366,101 @@ if ood_metrics.__doc__:  # None under python -OO
     ood_metrics.__doc__ = ood_metrics.__doc__.format(conventions=_CONVENTION_DOC)
 
 
+def _pixel_split(scores, ood_labels, ignore_index, mask):
+    """The scores of the counted in- and out-of-distribution pixels of a map (1-D copies)."""
+    from ._validation import _as_array, _float_array, _in_place
+
+    s = _in_place(_float_array(scores, "scores"))
+    if s.ndim < 1 or s.size == 0:
+        raise ValueError(f"scores must be a non-empty map of shape (N, *spatial), got shape {s.shape}")
+    lab = _as_array(ood_labels, "ood_labels")
+    if lab.shape != s.shape:
+        raise ValueError(f"ood_labels must have the shape of scores, {s.shape} (N, *spatial), got shape {lab.shape}")
+    if lab.dtype == np.bool_:
+        lab = lab.view(np.uint8)
+    if lab.dtype.kind not in "iu":
+        raise TypeError(f"ood_labels must be integers (0 = in-distribution, 1 = out-of-distribution) or booleans, "
+                        f"got dtype {lab.dtype}")
+    if ignore_index is not None and (isinstance(ignore_index, (bool, np.bool_))
+                                     or not isinstance(ignore_index, (int, np.integer))):
+        raise TypeError(f"ignore_index must be an integer label (e.g. 255) or None, got {type(ignore_index).__name__}")
+    keep = np.ones(s.shape, bool) if ignore_index is None else lab != int(ignore_index)
+    if mask is not None:
+        m = _as_array(mask, "mask")
+        if m.shape != s.shape:
+            raise ValueError(f"mask must have the shape of scores, {s.shape}, got shape {m.shape}")
+        if m.dtype != np.bool_:
+            raise TypeError(f"mask must be a boolean array (True where a pixel is counted), got dtype {m.dtype}")
+        keep &= m
+    bad = keep & (lab != 0) & (lab != 1)
+    if bad.any():
+        i = tuple(int(v) for v in np.argwhere(bad)[0])
+        raise ValueError(f"ood_labels[{', '.join(map(str, i))}] = {int(lab[i])} is not 0 (in-distribution), "
+                         f"1 (out-of-distribution) or ignore_index={ignore_index}")
+    nonfinite = keep & ~np.isfinite(s)
+    if nonfinite.any():
+        i = tuple(int(v) for v in np.argwhere(nonfinite)[0])
+        raise ValueError(f"scores[{', '.join(map(str, i))}] = {float(s[i])!r} is not finite (NaN and inf are not "
+                         "accepted)")
+    is_out = lab == 1
+    s_in, s_out = s[keep & ~is_out], s[keep & is_out]
+    if s_in.size == 0 or s_out.size == 0:
+        side = "in-distribution (label 0)" if s_in.size == 0 else "out-of-distribution (label 1)"
+        raise ValueError(f"no counted {side} pixel: per-pixel OOD metrics need both kinds of pixels "
+                         f"(after ignore_index / mask)")
+    return s_in, s_out
+
+
+def pixel_ood_metrics(scores: ArrayLike, ood_labels: ArrayLike, *, ignore_index: int | None = 255,
+                      mask: ArrayLike | None = None, tpr: float = 0.95, positive: str | None = "out",
+                      aupr: str | None = None, convention: str = "calibkit", backend: Backend = "auto"
+                      ) -> OODMetrics:
+    """Per-pixel OOD detection (anomaly segmentation) metrics of a score map.
+
+    The protocol of the anomaly-segmentation benchmarks (Fishyscapes, Blum et al. 2021; SegmentMeIfYouCan,
+    Chan et al. 2021): every pixel is a sample, ``ood_labels`` (the maps' shape ``(N, *spatial)``) says 0 for an
+    in-distribution pixel, 1 for an anomaly, and ``ignore_index`` (255, the void label) for a pixel that is
+    not counted; ``mask`` (bool, True = counted) leaves out more. The counted pixels of all images are pooled
+    (as the benchmarks do) and :func:`ood_metrics` is computed on them, with the anomalies as the positive
+    class of ``fpr_at_tpr`` by default (``positive="out"``): ``fpr_at_tpr`` is then the benchmarks' FPR95 (the
+    fraction of in-distribution pixels flagged when 95% of the anomaly pixels are), and ``aupr_out`` their
+    AUPRC / AP (average precision with the anomalies as positives). ``auroc`` does not depend on the side.
+
+    ``scores`` is a map, higher = more in-distribution: e.g. :func:`calibkit.max_probability` or
+    ``-calibkit.energy(...)`` of dense logits (pass minus an anomaly score). The counted pixels' scores are
+    copied into one vector per side (memory proportional to N * prod(spatial), not times K), then ranked as
+    in :func:`ood_metrics`: the result equals ``ood_metrics(scores[in_pixels], scores[out_pixels])``.
+
+    Parameters
+    ----------
+    scores : array-like of shape ``(N, *spatial)``
+        Per-pixel scores, higher = more in-distribution; finite.
+    ood_labels : array-like of shape ``(N, *spatial)``
+        0 (in-distribution), 1 (out-of-distribution) or ``ignore_index``; booleans are accepted.
+    ignore_index : int or None, default 255
+        The void label, never counted.
+    mask : bool array-like of shape ``(N, *spatial)``, optional
+        True where a pixel is counted.
+    tpr, positive, aupr, convention, backend
+        As :func:`ood_metrics` (``positive`` defaults to "out" here).
+
+    Returns
+    -------
+    OODMetrics
+
+    Examples
+    --------
+    >>> import numpy as np, calibkit
+    >>> scores = np.array([[[0.9, 0.8], [0.2, 0.7]]])         # (N=1, H=2, W=2), higher = in-distribution
+    >>> labels = np.array([[[0, 0], [1, 255]]])                # one anomaly pixel, one void pixel
+    >>> m = calibkit.pixel_ood_metrics(scores, labels)
+    >>> m.auroc, m.aupr_out, m.fpr_at_tpr
+    (1.0, 1.0, 0.0)
+    """
+    s_in, s_out = _pixel_split(scores, ood_labels, ignore_index, mask)
+    return _ood(s_in, s_out, tpr=tpr, positive=positive, aupr=aupr, convention=convention, backend=backend)[0]
+
+
 def auroc(scores_in: ArrayLike, scores_out: ArrayLike, *, max_fpr: float | None = None, positive: str = "in",
           sample_weight_in: ArrayLike | None = None, sample_weight_out: ArrayLike | None = None,
           backend: Backend = "auto") -> float:
@@ -1076,6 +1171,7 @@ class OODAccumulator:
 
 __all__ = [
     "OODAccumulator", "OODBounds", "OODMetrics", "RiskCoverageCurve", "aupr", "aupr_in", "aupr_out", "aurc", "auroc",
-    "augrc", "coverage_at_risk", "detection_error", "e_aurc", "fpr_at_tpr", "ood_metrics", "risk_at_coverage",
+    "augrc", "coverage_at_risk", "detection_error", "e_aurc", "fpr_at_tpr", "ood_metrics", "pixel_ood_metrics",
+    "risk_at_coverage",
     "risk_coverage_curve",
 ]
