@@ -307,7 +307,8 @@ def _merge_point(row_shape, arrays, min_outer):
 
 def as_dense(scores, labels=None, *, axis=1, mask=None, ignore_index=None, sample_weight=None, out=None,
              name: str = "scores", split_images: bool = False, piece_rows: int = PIECE_ROWS,
-             out_dtype=None, out_like_scores: bool = False, allow_in_place: bool = False) -> Dense:
+             out_dtype=None, out_like_scores: bool = False, allow_in_place: bool = False,
+             labels_name: str = "labels") -> Dense:
     """Validate a dense input of shape (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``).
 
     (N, K) scores are accepted too (no spatial axis: one piece per
@@ -323,7 +324,8 @@ def as_dense(scores, labels=None, *, axis=1, mask=None, ignore_index=None, sampl
     pixels are never counted. Nothing is copied here: contents (NaN, labels
     out of range, negative weights) are checked by the kernels piece by piece.
     ``split_images=True`` keeps every piece within one image (for
-    ``reduce="per_image"``).
+    ``reduce="per_image"``). ``name`` / ``labels_name`` are the caller's
+    argument names, used in the error messages.
     """
     s = scores if type(scores) is np.ndarray else _as_array(scores, name)
     s = _in_place(_float_array(s, name))
@@ -346,11 +348,11 @@ def as_dense(scores, labels=None, *, axis=1, mask=None, ignore_index=None, sampl
         return a
 
     if labels is not None:
-        labels = same_shape(_as_array(labels, "labels"), "labels")
+        labels = same_shape(_as_array(labels, labels_name), labels_name)
         if labels.dtype == bool:
             labels = labels.view(np.uint8)
         if labels.dtype.kind not in "iu":
-            raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+            raise TypeError(f"{labels_name} must be integers, got dtype {labels.dtype}")
         if not labels.flags.aligned or not labels.dtype.isnative:
             labels = labels.astype(labels.dtype.newbyteorder("="))
     if mask is not None:

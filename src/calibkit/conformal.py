@@ -640,7 +640,8 @@ class ConformalClassifier:
     def _dense_label_scores(self, cal_scores, cal_labels, from_logits, axis, ignore_index, mask, penalty, kreg,
                             weight):
         """fit's calibration scores of dense (or masked) input, piece by piece: (scores, labels, K)."""
-        d = as_dense(cal_scores, cal_labels, axis=axis, mask=mask, ignore_index=ignore_index, name="cal_scores")
+        d = as_dense(cal_scores, cal_labels, axis=axis, mask=mask, ignore_index=ignore_index, name="cal_scores",
+                     labels_name="cal_labels")
         n = d.check_some_kept()
         K = d.n_classes
         kernels = _backend.kernels(self.backend)
