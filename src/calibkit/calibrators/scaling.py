@@ -13,8 +13,9 @@ from .._backend import BACKENDS
 from .._typing import ArrayLike, Backend, FloatArray, IntArray
 from .._validation import MAX_CLASSES, OK, BadElementError, raise_for_status
 from ._base import (
-    MAX_LEARNED, Calibrator, check_finite, check_fit_inputs, check_int, check_logits, check_positive_number,
-    chunk_rows, fitted_array, fitted_int, softmax_rows,
+    MAX_LEARNED, Calibrator, DenseFit, check_finite, check_fit_inputs, check_int, check_logits,
+    check_positive_number, chunk_rows, dense_predict, dense_route, dense_transform, fitted_array, fitted_int,
+    softmax_rows,
 )
 
 
@@ -205,6 +206,20 @@ def _temperature_sums(k, logits, labels, sample_weight, b, chunk_size):
     return total
 
 
+def _dense_temperature_sums(k, data, b, chunk_size):
+    """:func:`_temperature_sums` over the pieces of a ``DenseFit`` (bad elements named in the caller's arrays)."""
+    total = dict.fromkeys(("count", "weight", "loss", "d1", "d2", "d3", "d4", "d5", "r4d2"), 0.0)
+    largest = 0.0
+    for p in data.pieces(chunk_size):
+        r = k.temperature_nll(p.scores, p.labels, p.sample_weight, b)
+        data.raise_for_status(r["status"], p)
+        for key in total:
+            total[key] += r[key]
+        largest = max(largest, r["range"])
+    total["range"] = largest
+    return total
+
+
 def _checked_logits_for(calibrator, logits):
     calibrator._check_fitted()
     logits = check_logits(logits, "logits")
@@ -224,22 +239,38 @@ def _apply_chunks(calibrator, logits, *, probabilities):
         rows = slice(start, min(n, start + step))
         z = np.asarray(logits[rows], dtype=np.float64)
         check_finite(z, "logits", start)
-        if probabilities and calibrator._shift_invariant:
-            z = z - z.max(axis=1, keepdims=True)  # softmax(z / T) = softmax((z - max z) / T): no overflow
-        with np.errstate(over="ignore", invalid="ignore"):
-            z = calibrator._scaled(z)
-        # softmax gives -inf a probability of 0, so predict_proba only needs each row's maximum finite
-        ok = np.isfinite(z).all(axis=1) if not probabilities else \
-            np.isfinite(z.max(axis=1)) & ~np.isnan(z).any(axis=1)
-        if not ok.all():
-            row = start + int(np.argmin(ok))
-            raise ValueError(f"logits[{row}]: the calibrated logits overflow float64 (the logits are too large "
-                             "for this calibrator's learned values)")
-        if probabilities:
-            softmax_rows(z, out[rows])
-        else:
-            out[rows] = z
+        _scaled_block(calibrator, z, out[rows], probabilities, lambda row, start=start: f"logits[{start + row}]")
     return out
+
+
+def _scaled_block(calibrator, z, out, probabilities, where):
+    """out = calibrator._scaled(z) (or its softmax) of a block z of finite float64 logits; ``where(i)`` names
+    row i in the caller's terms for the overflow error. The same operations for 2-D and dense input."""
+    if probabilities and calibrator._shift_invariant:
+        z = z - z.max(axis=1, keepdims=True)  # softmax(z / T) = softmax((z - max z) / T): no overflow
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = calibrator._scaled(z)
+    # softmax gives -inf a probability of 0, so predict_proba only needs each row's maximum finite
+    ok = np.isfinite(z).all(axis=1) if not probabilities else \
+        np.isfinite(z.max(axis=1)) & ~np.isnan(z).any(axis=1)
+    if not ok.all():
+        raise ValueError(f"{where(int(np.argmin(ok)))}: the calibrated logits overflow float64 (the logits are too "
+                         "large for this calibrator's learned values)")
+    if probabilities:
+        softmax_rows(z, out)
+    else:
+        out[...] = z
+
+
+def _dense_block(calibrator, probabilities):
+    """The block function of :func:`dense_transform` for a logit calibrator (``_scaled``)."""
+    def block(scores, where):
+        z = np.asarray(scores, dtype=np.float64)
+        where.check_finite(z)
+        out = np.empty(z.shape)
+        _scaled_block(calibrator, z, out, probabilities, where)
+        return out
+    return block
 
 
 class _LogitCalibrator(Calibrator):
@@ -248,22 +279,45 @@ class _LogitCalibrator(Calibrator):
     # True when _scaled commutes with subtracting a row constant (softmax can then shift first).
     _shift_invariant = False
 
-    def transform(self, logits: ArrayLike) -> FloatArray:
-        """Calibrated logits (float64, shape (N, K))."""
+    def transform(self, logits: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
+        """Calibrated logits (float64, shape (N, K)).
+
+        Dense logits (N, K, *spatial) (``axis=1``) or channel-last (N, *spatial, K) (``axis=-1``) give calibrated
+        logits of the same shape, the class axis where it was; the class axis is read with its stride, no
+        flattened copy is made. ``out`` (a writeable float array of the logits' shape, any float dtype) receives
+        them; ``out=logits`` itself transforms a map in place (each piece of rows is computed before it is
+        written; any other overlap with the logits is an error). Each pixel is computed as the 2-D transform
+        computes that row: the result is bit for bit that of the flattened rows, reshaped back.
+        """
+        if dense_route(logits, out):
+            self._check_fitted()
+            return dense_transform(logits, _dense_block(self, False), n_classes=self.n_classes_, axis=axis, out=out)
         return _apply_chunks(self, logits, probabilities=False)
 
-    def predict_proba(self, logits: ArrayLike) -> FloatArray:
-        """Calibrated probabilities, the softmax of :meth:`transform` (float64, shape (N, K))."""
+    def predict_proba(self, logits: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
+        """Calibrated probabilities, the softmax of :meth:`transform` (float64, shape (N, K)).
+
+        Dense logits and ``out``: as :meth:`transform` (probabilities of the logits' shape, the softmax taken
+        over the class axis; ``out=logits`` overwrites the logits with the probabilities).
+        """
+        if dense_route(logits, out):
+            self._check_fitted()
+            return dense_transform(logits, _dense_block(self, True), n_classes=self.n_classes_, axis=axis, out=out)
         return _apply_chunks(self, logits, probabilities=True)
 
-    def predict(self, logits: ArrayLike) -> IntArray:
-        """Predicted class after calibration."""
+    def predict(self, logits: ArrayLike, *, axis: int = 1) -> IntArray:
+        """Predicted class after calibration (shape (N,), or (N, *spatial) for dense logits)."""
+        if dense_route(logits):
+            self._check_fitted()
+            return dense_predict(logits, _dense_block(self, False), n_classes=self.n_classes_, axis=axis)
         return np.argmax(self.transform(logits), axis=1)
 
-    def fit_transform(self, logits: ArrayLike, labels: ArrayLike,
-                      sample_weight: ArrayLike | None = None) -> FloatArray:
-        """``fit(logits, labels, sample_weight).transform(logits)``."""
-        return self.fit(logits, labels, sample_weight).transform(logits)
+    def fit_transform(self, logits: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+                      axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+                      max_rows: int | None = None) -> FloatArray:
+        """``fit(logits, labels, sample_weight, ...).transform(logits, axis=axis)`` (the keywords: see :meth:`fit`)."""
+        return self.fit(logits, labels, sample_weight, axis=axis, ignore_index=ignore_index, mask=mask,
+                        max_rows=max_rows).transform(logits, axis=axis)
 
     _probabilities = predict_proba
 
@@ -468,10 +522,37 @@ class TemperatureScaling(_LogitCalibrator):
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         return t_min, t_max
 
-    def fit(self, logits: ArrayLike, labels: ArrayLike,
-            sample_weight: ArrayLike | None = None) -> "TemperatureScaling":
-        """Fit T on held-out logits (N, K) and labels (N,); returns self."""
+    def fit(self, logits: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+            axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+            max_rows: int | None = None) -> "TemperatureScaling":
+        """Fit T on held-out logits (N, K) and labels (N,); returns self.
+
+        Parameters
+        ----------
+        logits : array of shape (N, K), (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``)
+            Dense logits (a segmentation map) are read in place: the class axis with its stride, piece by
+            piece, no flattened or transposed copy (memory maps are streamed). Each pixel is a row.
+        labels : integer array of shape (N,) or (N, *spatial)
+        sample_weight : array of the labels' shape, optional
+        axis : int, default 1
+            The class axis of dense logits: 1 (class second, PyTorch's layout) or -1 (channel-last).
+        ignore_index : int, optional
+            Pixels with this label (e.g. 255) are not counted.
+        mask : bool array of the labels' shape, optional
+            Only pixels where it is True are counted (combined with ``ignore_index``).
+        max_rows : int, optional
+            Fit on at most this many of the counted pixels: every s-th of them in order, s =
+            ceil(n_counted / max_rows) (the rows 0, s, 2s, ... of the flattened counted pixels: deterministic,
+            spread evenly over the images). Only those rows are read (values of the others are not checked).
+
+        The dense fit equals the fit of the flattened counted rows (``flat[::s]`` with ``max_rows``) to
+        rounding: the NLL sums are added piece by piece (pieces of at most 2^20 pixels, or ``chunk_size``),
+        so the sums agree with the flattened ones to about 1e-13 relative and T to well within ``tol``.
+        """
         self._check_params()
+        if dense_route(logits, ignore_index, mask, max_rows):
+            return self._fit_dense(DenseFit(logits, labels, axis=axis, mask=mask, ignore_index=ignore_index,
+                                            sample_weight=sample_weight, max_rows=max_rows))
         logits = check_logits(logits, "logits")
         # The fit does not depend on the scale of the weights: divided by the largest (no overflow or subnormals).
         logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False,
@@ -493,6 +574,24 @@ class TemperatureScaling(_LogitCalibrator):
         return self.fit_from_sums(
             lambda b: _temperature_sums(k, logits, labels, sample_weight, b, self.chunk_size), n_classes,
             start=start)
+
+    def _fit_dense(self, data):
+        """The fit of :meth:`fit` on dense rows (a ``DenseFit``): the same warm start and Newton iteration, the
+        kernel's sums added over the pieces."""
+        k = _backend.kernels(self.backend)
+        n, n_classes = data.n_rows, data.n_classes
+        start = None
+        if n * n_classes >= _WARM_START_ELEMENTS and n >= _WARM_START_ROWS:
+            sub = data.subsample(min(_WARM_START_STRIDE, n // _WARM_START_SUB_ROWS))
+            if data.dense.sample_weight is None or sum(float(p.sample_weight.sum()) for p in sub.pieces()) > 0:
+                try:
+                    with warnings.catch_warnings():  # the subsample only gives the start: its warnings are not the fit's
+                        warnings.simplefilter("ignore")
+                        start, _, _, _ = self._newton(lambda b: _dense_temperature_sums(k, sub, b, self.chunk_size))
+                except BadElementError:  # the full pass names the bad element
+                    start = None
+        return self.fit_from_sums(lambda b: _dense_temperature_sums(k, data, b, self.chunk_size), n_classes,
+                                  start=start)
 
     def fit_from_sums(self, sums: Callable[[float], Mapping[str, float]], n_classes: int, *,
                       start: float | None = None) -> "TemperatureScaling":
