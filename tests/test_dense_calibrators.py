@@ -159,7 +159,17 @@ def test_large_map_warm_start_and_max_rows(backend):
 
 # -- transform / predict_proba / predict ------------------------------------------------------------------------
 
+_FITTED = {}
+
+
 def fitted(cls, backend):
+    """A calibrator fitted once per (class, backend) on the flattened rows (the transform tests share it)."""
+    if (cls, backend) not in _FITTED:
+        _FITTED[cls, backend] = _fit(cls, backend)
+    return _FITTED[cls, backend]
+
+
+def _fit(cls, backend):
     kw = {} if cls is calibkit.MatrixScaling else {"backend": backend}
     if cls is calibkit.MatrixScaling:
         kw["reg"] = 1e-2
@@ -276,12 +286,12 @@ def test_vector_scaling_fit_equals_flattened(backend, layout, tmp_path):
     assert np.allclose(a.bias_, b.bias_, rtol=1e-7, atol=1e-8)
 
 
-@pytest.mark.parametrize("layout", ["float32", "channel-last", "sliced", "memmap"])
+@pytest.mark.parametrize("layout", ["channel-last", "sliced", "memmap"])
 def test_matrix_scaling_fit_equals_flattened(layout, tmp_path):
     s, y, m, w, axis = get_layout(layout, tmp_path)
-    a = calibkit.MatrixScaling(reg=1e-2, tol=1e-10).fit(s, y, w, axis=axis, ignore_index=255, mask=m)
+    a = calibkit.MatrixScaling(reg=1e-2, tol=1e-9).fit(s, y, w, axis=axis, ignore_index=255, mask=m)
     fs, fl, fw = flatten_reference(s, y, axis=axis, ignore_index=255, mask=m, sample_weight=w)
-    b = calibkit.MatrixScaling(reg=1e-2, tol=1e-10).fit(fs, fl, fw)
+    b = calibkit.MatrixScaling(reg=1e-2, tol=1e-9).fit(fs, fl, fw)
     # L-BFGS-B's stopping rule sees the per-piece rounding of the sums: parameters agree to 1e-5
     assert np.allclose(a.weights_, b.weights_, atol=1e-5)
     assert np.allclose(a.bias_, b.bias_, atol=1e-5)
@@ -368,3 +378,52 @@ def test_huge_max_rows_and_labels_do_not_crash():
     r = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("labels[0, 1, 1] = -7 is out of range") == 2
+
+
+# -- Dirichlet calibration --------------------------------------------------------------------------------------
+
+def _probs(s):
+    e = np.exp(s - s.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(s.dtype)
+
+
+@pytest.mark.parametrize("kind", ["full", "diagonal", "fixed_diagonal"])
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("layout", ["float32", "float64", "channel-last", "sliced"])
+def test_dirichlet_dense_equals_flattened(backend, kind, from_logits, layout, tmp_path):
+    s, y, m, w, axis = get_layout(layout, tmp_path)
+    if not from_logits:
+        ax = 1 if axis == 1 else s.ndim - 1
+        s = np.moveaxis(_probs(np.moveaxis(np.asarray(s), ax, 1)), 1, ax)
+    kw = dict(kind=kind, from_logits=from_logits, backend=backend, reg_lambda=1e-2 if kind == "full" else 0.0)
+    a = quiet(calibkit.DirichletCalibration(**kw).fit, s, y, w, axis=axis, ignore_index=255, mask=m)
+    fs, fl, fw = flatten_reference(s, y, axis=axis, ignore_index=255, mask=m, sample_weight=w)
+    b = quiet(calibkit.DirichletCalibration(**kw).fit, fs, fl, fw)
+    # the same features, preconditioner sample and L-BFGS path; the sums differ by rounding only, which moves
+    # where L-BFGS stops (gradient below tol = 1e-8) by up to ~1e-5 on the ill-conditioned full problem
+    atol = 1e-5 if kind == "full" else 1e-9
+    assert np.allclose(a.coef_, b.coef_, rtol=0, atol=atol)
+    assert np.allclose(a.intercept_, b.intercept_, rtol=0, atol=atol)
+    got = a.predict_proba(s, axis=axis)
+    assert np.array_equal(got, back(a.predict_proba(flat_rows(s, axis)), s, axis))
+    assert np.array_equal(a.predict(s, axis=axis).reshape(-1), a.predict(flat_rows(s, axis)))
+
+
+def test_dirichlet_dense_errors_and_in_place():
+    s = _probs(X64.astype(np.float32))
+    d = calibkit.DirichletCalibration(kind="diagonal").fit(s, Y)
+    work = s.copy()
+    assert d.predict_proba(work, out=work) is work
+    assert np.array_equal(work, d.predict_proba(s).astype(np.float32))
+    bad = s.copy()
+    bad[2, 1, 3, 4] = 1.5
+    with pytest.raises(ValueError, match=re.escape("scores[2, 1, 3, 4] = 1.5 is not a probability")):
+        d.predict_proba(bad)
+    with pytest.raises(ValueError, match=re.escape("scores[2, 1, 3, 4] = 1.5 is not a probability")):
+        calibkit.DirichletCalibration(kind="diagonal").fit(bad, Y)
+    lab = Y.copy()
+    lab[1, 1, 1] = 7
+    with pytest.raises(ValueError, match=re.escape("labels[1, 1, 1] = 7 is out of range for n_classes=5")):
+        calibkit.DirichletCalibration().fit(s, lab)
+    with pytest.raises(ValueError, match="every pixel of scores is ignored"):
+        calibkit.DirichletCalibration().fit(s, Y, mask=np.zeros(Y.shape, bool))

@@ -479,6 +479,10 @@ class DenseFit:
         context.setdefault("n_classes", self.n_classes)
         self.dense.raise_for_status(status, piece, **context)
 
+    def where(self, piece) -> "_Where":
+        """The namer of ``piece``'s rows and elements (see :class:`_Where`)."""
+        return _Where(self.dense, piece, self.name, self.n_classes)
+
     def check_labels(self, piece) -> None:
         """ValueError naming the first label of ``piece`` outside [0, K) (for fits that index by label in NumPy)."""
         y = piece.labels
@@ -495,11 +499,11 @@ class DenseFit:
             self.raise_for_status((SCORE_NOT_FINITE, int(i), int(j), float(z[i, j])), piece)
 
     def gather(self, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(scores float64 (n, K), labels (n,), weights (n,) or None) of every ``stride``-th row: a small copy
-        (for a preconditioner's curvature sample; ``flat[::stride]`` of the flattened rows)."""
+        """(scores (n, K) in their dtype, labels (n,), weights (n,) or None) of every ``stride``-th row: a small
+        copy (for a preconditioner's curvature sample; ``flat[::stride]`` of the flattened rows)."""
         sub = self.subsample(stride)
         parts = list(sub.pieces())
-        z = np.concatenate([np.asarray(p.scores, dtype=np.float64) for p in parts])
+        z = np.concatenate([p.scores for p in parts])
         y = np.concatenate([p.labels for p in parts])
         w = None if self.dense.sample_weight is None else np.concatenate([p.sample_weight for p in parts])
         return z, y, w
@@ -562,8 +566,36 @@ class _Where:
     def fail(self, status):
         self.dense.raise_for_status(status, self.piece, n_classes=self.n_classes, scores_name=self.name)
 
+    def element(self, row, col) -> str:
+        """The element (row, col) of the piece as the caller indexes it (the class index at the class axis)."""
+        pos = [str(i) for i in self.dense.position(self.piece, int(row))]
+        pos.insert(self.dense.axis, str(int(col)))
+        return f"{self.name}[{', '.join(pos)}]"
+
     def check_finite(self, z):
         finite = np.isfinite(z)
         if not finite.all():
             i, j = np.unravel_index(int(np.argmin(finite)), z.shape)
             self.fail((SCORE_NOT_FINITE, int(i), int(j), float(z[i, j])))
+
+
+class RowNamer:
+    """:class:`_Where` for a block of rows of 2-D scores starting at row ``start``."""
+
+    __slots__ = ("start", "name", "n_classes")
+
+    def __init__(self, start, name, n_classes=None):
+        self.start, self.name, self.n_classes = start, name, n_classes
+
+    def __call__(self, row) -> str:
+        return f"{self.name}[{self.start + int(row)}]"
+
+    def element(self, row, col) -> str:
+        return f"{self.name}[{self.start + int(row)}, {int(col)}]"
+
+    def fail(self, status):
+        code, row, col, value = status
+        raise_for_status((code, int(row) + self.start, col, value), n_classes=self.n_classes, scores_name=self.name)
+
+    def check_finite(self, z):
+        check_finite(z, self.name, self.start)
