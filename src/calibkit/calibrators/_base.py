@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .._validation import (
-    LABEL_OUT_OF_RANGE, MAX_CLASSES, SCORE_NOT_FINITE, WEIGHT_NEGATIVE, WEIGHT_NOT_FINITE, check_labels,
+    LABEL_OUT_OF_RANGE, BadElementError, MAX_CLASSES, SCORE_NOT_FINITE, WEIGHT_NEGATIVE, WEIGHT_NOT_FINITE, check_labels,
     check_sample_weight, check_scores, raise_for_status,
 )
 from .._typing import ArrayLike, FloatArray, IntArray
@@ -241,6 +241,79 @@ class Calibrator(EstimatorProtocol):
 
     def _check_params(self):
         """Validate the parameters (called by fit and from_dict)."""
+
+    # -- dense input for the calibrators whose fit needs every row in memory -----------------------------
+    def _fit_gathered(self, scores, labels, sample_weight, *, axis=1, ignore_index=None, mask=None, max_rows=None):
+        """``fit`` on dense scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``), or on 2-D
+        scores with ``mask`` / ``ignore_index`` / ``max_rows``, for the calibrators whose fit holds every row
+        (one-vs-rest isotonic / histogram / Platt / beta / Venn-Abers columns, top-label bins).
+
+        The counted pixels (every s-th of them with ``max_rows``, s = ceil(n_counted / max_rows), as
+        :meth:`TemperatureScaling.fit`) are gathered piece by piece into one (n, K) array in the scores' own
+        dtype, with their labels and weights, and the 2-D fit runs on it: the result is bit for bit the fit
+        of the flattened counted rows. That copy is n x K values (the 2-D fit itself makes one more, its
+        column-major copy): ``max_rows`` bounds both. Binary scores (N,) take ``mask`` / ``ignore_index`` /
+        ``max_rows`` the same way (no class axis). Bad elements are named in the caller's coordinates.
+        """
+        binary = binary_column(scores)
+        if np.ndim(binary) == 1:
+            s = check_scores(binary)
+            y = check_labels(labels, s.shape[0])
+            keep = np.ones(s.shape[0], bool)
+            if mask is not None:
+                m = np.asarray(mask)
+                if m.shape != s.shape:
+                    raise ValueError(f"mask must have shape {s.shape} to match scores of shape {s.shape}, got shape "
+                                     f"{m.shape}")
+                if m.dtype != bool:
+                    raise TypeError(f"mask must be a boolean array (True where a row is counted), got dtype {m.dtype}")
+                keep &= m
+            if ignore_index is not None:
+                if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, numbers.Integral):
+                    raise TypeError(f"ignore_index must be an integer label or None, got {type(ignore_index).__name__}")
+                keep &= y != ignore_index
+            rows = np.flatnonzero(keep)
+            if rows.shape[0] == 0:
+                raise ValueError("every row of scores is ignored (labels == ignore_index or mask is False "
+                                 "everywhere): there is nothing to fit")
+            if max_rows is not None:
+                rows = rows[::-(-rows.shape[0] // check_int(max_rows, "max_rows", 1))]
+            w = None if sample_weight is None else check_sample_weight(sample_weight, s.shape[0])[rows]
+            return type(self).fit(self, s[rows], y[rows], w)
+        data = DenseFit(scores, labels, axis=axis, mask=mask, ignore_index=ignore_index, sample_weight=sample_weight,
+                        max_rows=max_rows, name="scores", scale_weights=False)
+        parts = list(data.pieces())
+        for part in parts:
+            data.check_labels(part)
+        s = np.concatenate([part.scores for part in parts])
+        y = np.concatenate([part.labels for part in parts])
+        w = None if sample_weight is None else np.concatenate([part.sample_weight for part in parts])
+        try:
+            return type(self).fit(self, s, y, w)
+        except BadElementError as exc:  # name the element at its place in the caller's arrays
+            row = int(exc.status[1])
+            i = max(j for j, part in enumerate(parts) if part.offset <= row)
+            code, _, col, value = exc.status
+            data.raise_for_status((code, row - parts[i].offset, col, value), parts[i])
+            raise  # pragma: no cover - raise_for_status raised
+
+    def _dense_probabilities(self, scores, *, axis=1, out=None, predict=False):
+        """``_probabilities`` of dense scores (N, K, *spatial), piece by piece, into ``out`` (see
+        :func:`dense_transform`; bit for bit the 2-D result of the flattened rows); ``predict``: the argmax map."""
+        self._check_fitted()
+        if getattr(self, "binary_", False):
+            raise ValueError("this calibrator was fitted on binary scores of shape (N,): dense input needs class "
+                             "scores (N, K, *spatial); fit it on such scores")
+
+        def block(z, where):
+            try:
+                return self._probabilities(z)
+            except BadElementError as exc:
+                where.fail(exc.status)
+
+        if predict:
+            return dense_predict(scores, block, n_classes=self._n_outputs(), axis=axis, name="scores")
+        return dense_transform(scores, block, n_classes=self._n_outputs(), axis=axis, out=out, name="scores")
 
     def _load_fitted(self, fitted):  # pragma: no cover - every subclass overrides it
         raise NotImplementedError

@@ -16,7 +16,8 @@ from .._validation import (
 )
 from ..metrics import _quantile_edges
 from ._base import (
-    Calibrator, binary_column, check_finite, check_fit_inputs, check_logits, fitted_array, fitted_classes, fitted_int, two_columns,
+    Calibrator, binary_column, check_finite, check_fit_inputs, check_logits, dense_route, fitted_array, fitted_classes,
+    fitted_int, two_columns,
 )
 
 
@@ -410,9 +411,19 @@ class _OneVsRest(Calibrator):
         return [self._fit_one(columns[c], (labels == c).astype(np.float64), sample_weight)
                 for c in range(n_classes)]
 
-    def fit(self: _O, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None) -> _O:
-        """Fit on held-out scores ((N,) binary or (N, K)) and labels (N,); returns self."""
+    def fit(self: _O, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+            axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+            max_rows: int | None = None) -> _O:
+        """Fit on held-out scores ((N,) binary or (N, K)) and labels (N,); returns self.
+
+        Dense scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with labels (N, *spatial),
+        and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores): the counted rows are gathered and
+        fitted as the flattened rows (see ``Calibrator._fit_gathered``: n x K values in memory, bounded by
+        ``max_rows``)."""
         self._check_params()
+        if dense_route(scores, ignore_index, mask, max_rows):
+            return self._fit_gathered(scores, labels, sample_weight, axis=axis, ignore_index=ignore_index, mask=mask,
+                                      max_rows=max_rows)
         scores = binary_column(scores)
         binary = scores.ndim == 1
         scores, labels, sample_weight = check_fit_inputs(scores, labels, sample_weight, binary=binary)
@@ -444,10 +455,14 @@ class _OneVsRest(Calibrator):
 
         return apply
 
-    def predict_proba(self, scores: ArrayLike) -> FloatArray:
+    def predict_proba(self, scores: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Calibrated probabilities, (N, K) rows summing to 1; binary scores (N,) (or (N, 1)) give the (N, 2)
         probabilities of classes 0 and 1, as every scikit-learn classifier (``predict_proba(s)[:, 1]`` is
-        P(y = 1)). See :meth:`_probabilities` for the computation."""
+        P(y = 1)). See :meth:`_probabilities` for the computation.
+        Dense scores (N, K, *spatial) (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
+        shape, piece by piece, into ``out`` when given (``out=scores`` for in place): bit for bit the 2-D result of the flattened rows."""
+        if dense_route(scores, out):
+            return self._dense_probabilities(scores, axis=axis, out=out)
         p = self._probabilities(scores)
         return two_columns(p) if self.binary_ else p
 
@@ -518,8 +533,10 @@ class _OneVsRest(Calibrator):
             d["fitted"][name] = [a.tolist() for a in getattr(self, name)]
         return d
 
-    def predict(self, scores: ArrayLike) -> IntArray:
-        """Predicted class after calibration (binary: P(y=1) >= 0.5)."""
+    def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
+        """Predicted class after calibration (binary: P(y=1) >= 0.5). Dense scores give the (N, *spatial) map."""
+        if dense_route(scores):
+            return self._dense_probabilities(scores, axis=axis, predict=True)
         p = self._probabilities(scores)
         if self.binary_:
             return (p >= 0.5).astype(np.int64)
@@ -953,9 +970,19 @@ class TopLabelHistogramBinning(Calibrator):
         return _probability_matrix(s, self.from_logits, self.backend)
 
     def fit(self, scores: ArrayLike, labels: ArrayLike,
-            sample_weight: ArrayLike | None = None) -> "TopLabelHistogramBinning":
-        """Fit the per-class bins on held-out scores (N, K) and labels (N,); returns self."""
+            sample_weight: ArrayLike | None = None, *,
+            axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+            max_rows: int | None = None) -> "TopLabelHistogramBinning":
+        """Fit the per-class bins on held-out scores (N, K) and labels (N,); returns self.
+
+        Dense scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with labels (N, *spatial),
+        and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores): the counted rows are gathered and
+        fitted as the flattened rows (see ``Calibrator._fit_gathered``: n x K values in memory, bounded by
+        ``max_rows``)."""
         self._check_params()
+        if dense_route(scores, ignore_index, mask, max_rows):
+            return self._fit_gathered(scores, labels, sample_weight, axis=axis, ignore_index=ignore_index, mask=mask,
+                                      max_rows=max_rows)
         if sample_weight is not None:
             raise ValueError("sample_weight must be None: TopLabelHistogramBinning's equal-mass bins (and their "
                              "guarantee) are defined on row counts")
@@ -1044,9 +1071,13 @@ class TopLabelHistogramBinning(Calibrator):
         predicted, _, h = self._top_label(self._checked_for_predict(scores))
         return predicted, h
 
-    def predict_proba(self, scores: ArrayLike) -> FloatArray:
+    def predict_proba(self, scores: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Rows summing to 1 whose argmax is the input's and whose top probability is the calibrated confidence
-        (the other K - 1 filled as described in the class docstring), float64 (N, K)."""
+        (the other K - 1 filled as described in the class docstring), float64 (N, K).
+        Dense scores (N, K, *spatial) (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
+        shape, piece by piece, into ``out`` when given (``out=scores`` for in place): bit for bit the 2-D result of the flattened rows."""
+        if dense_route(scores, out):
+            return self._dense_probabilities(scores, axis=axis, out=out)
         p = self._checked_for_predict(scores)
         if not self.from_logits and np.shares_memory(p, np.asarray(scores)):
             p = p.copy()  # _probability_matrix returns the caller's float64 array itself: never write over it
@@ -1080,6 +1111,8 @@ class TopLabelHistogramBinning(Calibrator):
 
     _probabilities = predict_proba
 
-    def predict(self, scores: ArrayLike) -> IntArray:
-        """The predicted class: the argmax of the scores (top-label binning keeps it)."""
+    def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
+        """The predicted class: the argmax of the scores (top-label binning keeps it). Dense scores give the (N, *spatial) map."""
+        if dense_route(scores):
+            return self._dense_probabilities(scores, axis=axis, predict=True)
         return self.predict_top_label(scores)[0]
