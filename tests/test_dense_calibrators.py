@@ -427,3 +427,103 @@ def test_dirichlet_dense_errors_and_in_place():
         calibkit.DirichletCalibration().fit(s, lab)
     with pytest.raises(ValueError, match="every pixel of scores is ignored"):
         calibkit.DirichletCalibration().fit(s, Y, mask=np.zeros(Y.shape, bool))
+
+
+# -- probability-input calibrators (the fit gathers the counted rows) ------------------------------------------
+
+GATHERED = [
+    (calibkit.IsotonicCalibration, {}, True),
+    (calibkit.HistogramBinning, {}, True),
+    (calibkit.TopLabelHistogramBinning, {"n_bins": 5, "min_bin_size": 5}, False),
+    (calibkit.PlattScaling, {}, True),
+    (calibkit.BetaCalibration, {}, True),
+    (calibkit.VennAbers, {}, False),
+]
+
+
+def _prob_layout(layout, tmp_path):
+    s, y, m, w, axis = get_layout(layout, tmp_path)
+    ax = 1 if axis == 1 else s.ndim - 1
+    p = np.moveaxis(_probs(np.moveaxis(np.asarray(s), ax, 1)), 1, ax)
+    if layout == "memmap":
+        path = tmp_path / "probs.npy"
+        mm = np.lib.format.open_memmap(path, mode="w+", dtype=p.dtype, shape=p.shape)
+        mm[...] = p
+        mm.flush()
+        del mm
+        p = np.load(path, mmap_mode="r")
+    elif layout == "sliced":
+        full = np.moveaxis(_probs(np.moveaxis(np.asarray(X64.astype(np.float32)), 1, 1)), 1, 1)
+        p = full[:, :, ::2, 1:]
+    elif layout == "fortran":
+        p = np.asfortranarray(p)
+    return p, y, m, w, axis
+
+
+@pytest.mark.parametrize("cls, kw, weighted", GATHERED, ids=[c[0].__name__ for c in GATHERED])
+@pytest.mark.parametrize("layout", ["float32", "float16", "channel-last", "sliced", "fortran", "memmap"])
+def test_gathered_fit_and_transform_equal_flattened(backend, cls, kw, weighted, layout, tmp_path):
+    s, y, m, w, axis = _prob_layout(layout, tmp_path)
+    before = np.array(s)
+    if "backend" in cls().get_params():
+        kw = dict(kw, backend=backend)
+    w = w if weighted else None
+    a = quiet(cls(**kw).fit, s, y, w, axis=axis, ignore_index=255, mask=m)
+    fs, fl, fw = flatten_reference(s, y, axis=axis, ignore_index=255, mask=m, sample_weight=w)
+    b = quiet(cls(**kw).fit, fs, fl, fw)
+    assert a.to_dict() == b.to_dict()  # the same rows in the same order: the same fit, bit for bit
+    got = a.predict_proba(s, axis=axis)
+    assert got.shape == s.shape
+    assert np.array_equal(got, back(a.predict_proba(flat_rows(s, axis)), s, axis))
+    assert np.array_equal(a.predict(s, axis=axis).reshape(-1), a.predict(flat_rows(s, axis)))
+    assert np.array_equal(np.asarray(s), before)
+
+
+@pytest.mark.parametrize("cls, kw, weighted", GATHERED, ids=[c[0].__name__ for c in GATHERED])
+def test_gathered_max_rows_and_in_place(cls, kw, weighted):
+    s = _probs(X64.astype(np.float32))
+    a = quiet(cls(**kw).fit, s, Y_IGN, ignore_index=255, max_rows=100)
+    fs, fl, _ = flatten_reference(s, Y_IGN, ignore_index=255)
+    stride = -(-len(fs) // 100)
+    assert a.to_dict() == quiet(cls(**kw).fit, fs[::stride], fl[::stride]).to_dict()
+    work = s.copy()
+    expect = a.predict_proba(s)
+    assert a.predict_proba(work, out=work) is work
+    assert np.array_equal(work, expect.astype(np.float32))
+    with pytest.raises(ValueError, match="every pixel of scores is ignored"):
+        cls(**kw).fit(s, Y, mask=np.zeros(Y.shape, bool))
+    lab = Y.copy()
+    lab[1, 2, 3] = 11
+    with pytest.raises(ValueError, match=re.escape("labels[1, 2, 3] = 11 is out of range for n_classes=5")):
+        cls(**kw).fit(s, lab)
+
+
+def test_gathered_bad_probability_named_in_caller_coordinates():
+    s = _probs(X64.astype(np.float32))
+    s[2, 1, 3, 4] = np.nan
+    with pytest.raises(ValueError, match=re.escape("scores[2, 1, 3, 4] = nan")):
+        calibkit.IsotonicCalibration().fit(s, Y)
+    iso = calibkit.IsotonicCalibration().fit(_probs(X64.astype(np.float32)), Y)
+    with pytest.raises(ValueError, match=re.escape("scores[2, 1, 3, 4] = nan")):
+        iso.predict_proba(s)
+
+
+@pytest.mark.parametrize("cls", [calibkit.IsotonicCalibration, calibkit.PlattScaling, calibkit.BetaCalibration,
+                                 calibkit.HistogramBinning, calibkit.VennAbers], ids=lambda c: c.__name__)
+def test_binary_scores_with_mask_and_ignore_index(cls):
+    r = np.random.default_rng(5)
+    y = r.integers(0, 2, 400)
+    p = np.clip(0.3 + 0.4 * y + 0.2 * r.normal(size=400), 0.01, 0.99)
+    y_ign = y.copy()
+    y_ign[::7] = 255
+    m = r.random(400) > 0.1
+    keep = m & (y_ign != 255)
+    a = quiet(cls().fit, p, y_ign, ignore_index=255, mask=m)
+    b = quiet(cls().fit, p[keep], y[keep])
+    assert a.to_dict() == b.to_dict()
+    c = quiet(cls().fit, p, y_ign, ignore_index=255, mask=m, max_rows=50)
+    rows = np.flatnonzero(keep)
+    rows = rows[::-(-len(rows) // 50)]
+    assert c.to_dict() == quiet(cls().fit, p[rows], y[rows]).to_dict()
+    with pytest.raises(ValueError, match="dense input needs class scores"):
+        a.predict_proba(np.zeros((2, 2, 3)))

@@ -297,6 +297,10 @@ class Calibrator(EstimatorProtocol):
             data.raise_for_status((code, row - parts[i].offset, col, value), parts[i])
             raise  # pragma: no cover - raise_for_status raised
 
+    def _predict_scores(self, scores):
+        """The (n, K) rows whose argmax is :meth:`predict` of 2-D ``scores`` (default: the probabilities)."""
+        return self._probabilities(scores)
+
     def _dense_probabilities(self, scores, *, axis=1, out=None, predict=False):
         """``_probabilities`` of dense scores (N, K, *spatial), piece by piece, into ``out`` (see
         :func:`dense_transform`; bit for bit the 2-D result of the flattened rows); ``predict``: the argmax map."""
@@ -305,9 +309,11 @@ class Calibrator(EstimatorProtocol):
             raise ValueError("this calibrator was fitted on binary scores of shape (N,): dense input needs class "
                              "scores (N, K, *spatial); fit it on such scores")
 
+        compute = self._predict_scores if predict else self._probabilities
+
         def block(z, where):
             try:
-                return self._probabilities(z)
+                return compute(z)
             except BadElementError as exc:
                 where.fail(exc.status)
 

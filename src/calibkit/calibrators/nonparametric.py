@@ -1066,6 +1066,10 @@ class TopLabelHistogramBinning(Calibrator):
                              f"{self.n_classes_} classes")
         return p
 
+    def _predict_scores(self, scores):
+        """The rows whose argmax :meth:`predict` is (the input's probabilities: top-label binning keeps it)."""
+        return self._checked_for_predict(scores)
+
     def predict_top_label(self, scores: ArrayLike) -> tuple[IntArray, FloatArray]:
         """(predicted class c, calibrated top-label confidence h), two (N,) arrays: the calibrator's own output."""
         predicted, _, h = self._top_label(self._checked_for_predict(scores))
