@@ -122,6 +122,14 @@ def test_max_rows_is_the_flattened_stride(backend, max_rows):
     rows = np.concatenate([np.asarray(p.scores) for p in data.pieces()])
     assert np.array_equal(rows, fs[::stride])  # exactly the rows the user would take from the flattened copy
     assert np.array_equal(np.concatenate([p.labels for p in data.pieces()]), fl[::stride])
+    small = list(data.pieces(10))  # many pieces per image: the stride is counted across pieces
+    assert np.array_equal(np.concatenate([np.asarray(p.scores) for p in small]), fs[::stride])
+    assert np.array_equal(np.concatenate([p.sample_weight for p in small]), fw[::stride] / fw[::stride].max())
+    assert [p.offset for p in small] == list(np.cumsum([0] + [p.n_rows for p in small[:-1]]))
+    for p in small[:3]:  # positions in the caller's coordinates
+        for i in range(p.n_rows):
+            n, h, w_ = data.dense.position(p, i)
+            assert np.array_equal(np.asarray(p.scores[i]), s[n, :, h, w_])
     if max_rows == 1:
         return  # one row: no temperature to fit against
     a = quiet(calibkit.TemperatureScaling(backend=backend, tol=1e-12).fit, s, Y_IGN, WEIGHT, max_rows=max_rows, **kw)
