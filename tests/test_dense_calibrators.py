@@ -475,6 +475,8 @@ def test_gathered_fit_and_transform_equal_flattened(backend, cls, kw, weighted, 
     before = np.array(s)
     if "backend" in cls().get_params():
         kw = dict(kw, backend=backend)
+    elif backend != "cpp":
+        pytest.skip(f"{cls.__name__} has no backend parameter: the cpp run covers it")
     w = w if weighted else None
     a = quiet(cls(**kw).fit, s, y, w, axis=axis, ignore_index=255, mask=m)
     fs, fl, fw = flatten_reference(s, y, axis=axis, ignore_index=255, mask=m, sample_weight=w)

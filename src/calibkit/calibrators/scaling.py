@@ -527,6 +527,10 @@ class TemperatureScaling(_LogitCalibrator):
             max_rows: int | None = None) -> "TemperatureScaling":
         """Fit T on held-out logits (N, K) and labels (N,); returns self.
 
+        The dense fit equals the fit of the flattened counted rows (``flat[::s]`` with ``max_rows``) to
+        rounding: the NLL sums are added piece by piece (pieces of at most 2^20 pixels, or ``chunk_size``),
+        so the sums agree with the flattened ones to about 1e-13 relative and T to well within ``tol``.
+
         Parameters
         ----------
         logits : array of shape (N, K), (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``)
@@ -544,10 +548,7 @@ class TemperatureScaling(_LogitCalibrator):
             Fit on at most this many of the counted pixels: every s-th of them in order, s =
             ceil(n_counted / max_rows) (the rows 0, s, 2s, ... of the flattened counted pixels: deterministic,
             spread evenly over the images). Only those rows are read (values of the others are not checked).
-
-        The dense fit equals the fit of the flattened counted rows (``flat[::s]`` with ``max_rows``) to
-        rounding: the NLL sums are added piece by piece (pieces of at most 2^20 pixels, or ``chunk_size``),
-        so the sums agree with the flattened ones to about 1e-13 relative and T to well within ``tol``.
+            A subsample of a map with ignored pixels gathers only its own rows, piece by piece.
         """
         self._check_params()
         if dense_route(logits, ignore_index, mask, max_rows):
