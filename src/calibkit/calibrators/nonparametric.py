@@ -12,7 +12,8 @@ from .. import _backend
 from .._backend import BACKENDS
 from .._typing import ArrayLike, Backend, FloatArray, IntArray, Strategy
 from .._validation import (
-    FLOAT_DTYPES, MAX_CELLS, MAX_CLASSES, OK, check_bool, check_cells, check_choice, check_n_bins, raise_for_status,
+    FLOAT_DTYPES, MAX_CELLS, MAX_CLASSES, OK, BadElementError, check_bool, check_cells, check_choice, check_n_bins,
+    raise_for_status,
 )
 from ..metrics import _quantile_edges
 from ._base import (
@@ -976,16 +977,17 @@ class TopLabelHistogramBinning(Calibrator):
         """Fit the per-class bins on held-out scores (N, K) and labels (N,); returns self.
 
         Dense scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with labels (N, *spatial),
-        and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores): the counted rows are gathered and
-        fitted as the flattened rows (see ``Calibrator._fit_gathered``: n x K values in memory, bounded by
-        ``max_rows``)."""
+        and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores, as :meth:`TemperatureScaling.fit`):
+        the map is read in place piece by piece and only each counted pixel's predicted class and confidence
+        are kept (two values per pixel, O(N * prod(spatial)), not times K); the fit is then bit for bit that of
+        the flattened counted rows."""
         self._check_params()
-        if dense_route(scores, ignore_index, mask, max_rows):
-            return self._fit_gathered(scores, labels, sample_weight, axis=axis, ignore_index=ignore_index, mask=mask,
-                                      max_rows=max_rows)
         if sample_weight is not None:
             raise ValueError("sample_weight must be None: TopLabelHistogramBinning's equal-mass bins (and their "
                              "guarantee) are defined on row counts")
+        if dense_route(scores, ignore_index, mask, max_rows):
+            return self._fit_dense(scores, labels, axis=axis, ignore_index=ignore_index, mask=mask,
+                                   max_rows=max_rows)
         scores = binary_column(scores)
         if np.ndim(scores) != 2:
             raise ValueError(f"scores must have shape (N, K) (top-label binning needs K >= 2 class scores), got "
@@ -997,6 +999,33 @@ class TopLabelHistogramBinning(Calibrator):
         predicted = np.argmax(p, axis=1)
         confidence = p[np.arange(p.shape[0]), predicted]
         del p
+        return self._fit_top_label(predicted, confidence, labels, n_classes)
+
+    def _fit_dense(self, scores, labels, **dense):
+        """:meth:`fit` of dense scores: (predicted class, confidence) of each counted pixel, piece by piece."""
+        from ._base import DenseFit
+
+        binary = binary_column(scores)
+        if np.ndim(binary) == 1:
+            raise ValueError(f"scores must have shape (N, K) (top-label binning needs K >= 2 class scores), got "
+                             f"shape {np.shape(binary)}; for binary scores use HistogramBinning")
+        data = DenseFit(scores, labels, name="scores", scale_weights=False, **dense)
+        n = data.n_rows
+        predicted, confidence, y = np.empty(n, np.int64), np.empty(n), np.empty(n, np.int64)
+        for part in data.pieces(chunk_rows(data.n_classes)):
+            data.check_labels(part)
+            try:
+                p = self._checked_probabilities(part.scores)
+            except BadElementError as exc:
+                data.raise_for_status(exc.status, part)
+            rows = slice(part.offset, part.offset + part.n_rows)
+            predicted[rows] = np.argmax(p, axis=1)
+            confidence[rows] = p[np.arange(p.shape[0]), predicted[rows]]
+            y[rows] = part.labels
+        return self._fit_top_label(predicted, confidence, y, data.n_classes)
+
+    def _fit_top_label(self, predicted, confidence, labels, n_classes):
+        """The per-class equal-mass bins from each row's predicted class, confidence and label."""
         order = np.argsort(predicted, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(predicted, minlength=n_classes))])
         edges, values = [], []
