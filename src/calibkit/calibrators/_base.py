@@ -246,7 +246,7 @@ class Calibrator(EstimatorProtocol):
     def _fit_gathered(self, scores, labels, sample_weight, *, axis=1, ignore_index=None, mask=None, max_rows=None):
         """``fit`` on dense scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``), or on 2-D
         scores with ``mask`` / ``ignore_index`` / ``max_rows``, for the calibrators whose fit holds every row
-        (one-vs-rest isotonic / histogram / Platt / beta / Venn-Abers columns, top-label bins).
+        (one-vs-rest isotonic / histogram / Platt / beta / Venn-Abers: every column of every row).
 
         The counted pixels (every s-th of them with ``max_rows``, s = ceil(n_counted / max_rows), as
         :meth:`TemperatureScaling.fit`) are gathered piece by piece into one (n, K) array in the scores' own
