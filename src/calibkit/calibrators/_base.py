@@ -244,7 +244,7 @@ class Calibrator(EstimatorProtocol):
 
     # -- dense input for the calibrators whose fit needs every row in memory -----------------------------
     def _fit_gathered(self, scores, labels, sample_weight, *, axis=1, ignore_index=None, mask=None, max_rows=None):
-        """``fit`` on dense scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``), or on 2-D
+        """``fit`` on dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``), or on 2-D
         scores with ``mask`` / ``ignore_index`` / ``max_rows``, for the calibrators whose fit holds every row
         (one-vs-rest isotonic / histogram / Platt / beta / Venn-Abers: every column of every row).
 
@@ -302,7 +302,7 @@ class Calibrator(EstimatorProtocol):
         return self._probabilities(scores)
 
     def _dense_probabilities(self, scores, *, axis=1, out=None, predict=False):
-        """``_probabilities`` of dense scores (N, K, *spatial), piece by piece, into ``out`` (see
+        """``_probabilities`` of dense scores ``(N, K, *spatial)``, piece by piece, into ``out`` (see
         :func:`dense_transform`; bit for bit the 2-D result of the flattened rows); ``predict``: the argmax map."""
         self._check_fitted()
         if getattr(self, "binary_", False):
@@ -460,7 +460,7 @@ def softmax_rows(z, out):
     out /= out.sum(axis=1, keepdims=True)
 
 
-# -- dense input: (N, K, *spatial) logits / scores, ignore_index, mask, max_rows ----------------------------------
+# -- dense input: ``(N, K, *spatial)`` logits / scores, ignore_index, mask, max_rows ----------------------------------
 # The one place where the calibrators meet calibkit._dense: a fit reads the kept rows piece by piece (strided views
 # of the caller's array, a gathered copy only of a piece with ignored pixels), a transform writes piece by piece
 # into a map of the scores' shape. Nothing proportional to N * prod(spatial) * K is ever allocated.
@@ -625,7 +625,7 @@ class DenseFit:
 
 
 def dense_transform(scores, block, *, n_classes, axis=1, out=None, name="logits"):
-    """Calibrated scores of dense ``scores`` (N, K, *spatial) (or (N, K)), of the scores' shape.
+    """Calibrated scores of dense ``scores`` ``(N, K, *spatial)`` (or (N, K)), of the scores' shape.
 
     ``block(z, where)`` maps one piece (m, K) of rows (a view of the caller's array, any float dtype) to a
     C-ordered float64 (m, K) array; ``where(i)`` names row i in the caller's coordinates and ``fail(status)``
@@ -651,7 +651,7 @@ def dense_transform(scores, block, *, n_classes, axis=1, out=None, name="logits"
 
 
 def dense_predict(scores, block, *, n_classes, axis=1, name="logits"):
-    """The argmax over classes of ``block`` (see :func:`dense_transform`) per pixel: int64 (N, *spatial)."""
+    """The argmax over classes of ``block`` (see :func:`dense_transform`) per pixel: int64 ``(N, *spatial)``."""
     from .._dense import as_dense
 
     d = as_dense(scores, axis=axis, name=name, piece_rows=chunk_rows(n_classes))
@@ -660,7 +660,7 @@ def dense_predict(scores, block, *, n_classes, axis=1, name="logits"):
                          f"{n_classes} classes")
     result = np.empty(d.row_shape, dtype=np.int64)
     flat = result.reshape(-1)
-    for p in d.pieces():  # no labels: every row kept, offset = the row's place in (N, *spatial) C order
+    for p in d.pieces():  # no labels: every row kept, offset = the row's place in ``(N, *spatial)`` C order
         flat[p.offset:p.offset + p.n_rows] = np.argmax(block(p.scores, _Where(d, p, name, n_classes)), axis=1)
     return result
 

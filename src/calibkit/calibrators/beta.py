@@ -219,7 +219,7 @@ class BetaCalibration(Calibrator):
             max_rows: int | None = None) -> "BetaCalibration":
         """Fit on held-out scores ((N,) probabilities of class 1, or (N, K)) and labels (N,); returns self.
 
-        Dense scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with labels (N, *spatial),
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
         and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores): the counted rows are gathered and
         fitted as the flattened rows (see ``Calibrator._fit_gathered``: n x K values in memory, bounded by
         ``max_rows``)."""
@@ -281,7 +281,7 @@ class BetaCalibration(Calibrator):
     def predict_proba(self, scores: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Calibrated probabilities: (N, 2) of classes 0 and 1 for binary scores (``[:, 1]`` is P(y = 1)), or
         (N, K) rows summing to 1.
-        Dense scores (N, K, *spatial) (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
+        Dense scores ``(N, K, *spatial)`` (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
         shape, piece by piece, into ``out`` when given (``out=scores`` for in place): bit for bit the 2-D result of the flattened rows."""
         if dense_route(scores, out):
             return self._dense_probabilities(scores, axis=axis, out=out)
@@ -289,7 +289,7 @@ class BetaCalibration(Calibrator):
         return two_columns(p) if self.binary_ else p
 
     def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
-        """Binary: 1 where P(y = 1) >= 0.5, else 0; multiclass: the most probable class. Dense scores give the (N, *spatial) map."""
+        """Binary: 1 where P(y = 1) >= 0.5, else 0; multiclass: the most probable class. Dense scores give the ``(N, *spatial)`` map."""
         if dense_route(scores):
             return self._dense_probabilities(scores, axis=axis, predict=True)
         p = self._probabilities(scores)

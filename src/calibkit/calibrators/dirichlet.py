@@ -367,7 +367,7 @@ class DirichletCalibration(Calibrator):
             max_rows: int | None = None) -> "DirichletCalibration":
         """Fit on held-out (N, K) probabilities (or logits with ``from_logits=True``) and labels (N,).
 
-        Dense scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with labels (N, *spatial),
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
         ``ignore_index``, ``mask`` and ``max_rows``: as :meth:`TemperatureScaling.fit` (read in place, piece by
         piece of at most ``chunk_rows(K)`` pixels; ``max_rows`` keeps every s-th counted pixel). The loss and
         gradient are summed per piece, so the fit equals that of the flattened rows to rounding.
@@ -449,7 +449,7 @@ class DirichletCalibration(Calibrator):
     def predict_proba(self, scores: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Calibrated probabilities softmax(W ln p + c), float64 of shape (N, K).
 
-        Dense scores (N, K, *spatial) (``axis=1``) or channel-last (``axis=-1``) give probabilities of the same
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or channel-last (``axis=-1``) give probabilities of the same
         shape (class axis read with its stride, no flattened copy), written into ``out`` when given
         (``out=scores`` itself for in place; any float dtype). Each pixel is computed as the 2-D rows are.
         """
@@ -479,7 +479,7 @@ class DirichletCalibration(Calibrator):
     _probabilities = predict_proba
 
     def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
-        """Predicted class after calibration ((N, *spatial) for dense scores)."""
+        """Predicted class after calibration (``(N, *spatial)`` for dense scores)."""
         if dense_route(scores):
             self._check_fitted()
             return dense_predict(scores, self._dense_block, n_classes=self.n_classes_, axis=axis, name="scores")

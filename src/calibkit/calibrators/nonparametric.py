@@ -417,7 +417,7 @@ class _OneVsRest(Calibrator):
             max_rows: int | None = None) -> _O:
         """Fit on held-out scores ((N,) binary or (N, K)) and labels (N,); returns self.
 
-        Dense scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with labels (N, *spatial),
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
         and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores): the counted rows are gathered and
         fitted as the flattened rows (see ``Calibrator._fit_gathered``: n x K values in memory, bounded by
         ``max_rows``)."""
@@ -460,7 +460,7 @@ class _OneVsRest(Calibrator):
         """Calibrated probabilities, (N, K) rows summing to 1; binary scores (N,) (or (N, 1)) give the (N, 2)
         probabilities of classes 0 and 1, as every scikit-learn classifier (``predict_proba(s)[:, 1]`` is
         P(y = 1)). See :meth:`_probabilities` for the computation.
-        Dense scores (N, K, *spatial) (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
+        Dense scores ``(N, K, *spatial)`` (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
         shape, piece by piece, into ``out`` when given (``out=scores`` for in place): bit for bit the 2-D result of the flattened rows."""
         if dense_route(scores, out):
             return self._dense_probabilities(scores, axis=axis, out=out)
@@ -535,7 +535,7 @@ class _OneVsRest(Calibrator):
         return d
 
     def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
-        """Predicted class after calibration (binary: P(y=1) >= 0.5). Dense scores give the (N, *spatial) map."""
+        """Predicted class after calibration (binary: P(y=1) >= 0.5). Dense scores give the ``(N, *spatial)`` map."""
         if dense_route(scores):
             return self._dense_probabilities(scores, axis=axis, predict=True)
         p = self._probabilities(scores)
@@ -976,7 +976,7 @@ class TopLabelHistogramBinning(Calibrator):
             max_rows: int | None = None) -> "TopLabelHistogramBinning":
         """Fit the per-class bins on held-out scores (N, K) and labels (N,); returns self.
 
-        Dense scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with labels (N, *spatial),
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
         and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores, as :meth:`TemperatureScaling.fit`):
         the map is read in place piece by piece and only each counted pixel's predicted class and confidence
         are kept (two values per pixel, O(N * prod(spatial)), not times K); the fit is then bit for bit that of
@@ -1107,7 +1107,7 @@ class TopLabelHistogramBinning(Calibrator):
     def predict_proba(self, scores: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Rows summing to 1 whose argmax is the input's and whose top probability is the calibrated confidence
         (the other K - 1 filled as described in the class docstring), float64 (N, K).
-        Dense scores (N, K, *spatial) (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
+        Dense scores ``(N, K, *spatial)`` (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
         shape, piece by piece, into ``out`` when given (``out=scores`` for in place): bit for bit the 2-D result of the flattened rows."""
         if dense_route(scores, out):
             return self._dense_probabilities(scores, axis=axis, out=out)
@@ -1145,7 +1145,7 @@ class TopLabelHistogramBinning(Calibrator):
     _probabilities = predict_proba
 
     def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
-        """The predicted class: the argmax of the scores (top-label binning keeps it). Dense scores give the (N, *spatial) map."""
+        """The predicted class: the argmax of the scores (top-label binning keeps it). Dense scores give the ``(N, *spatial)`` map."""
         if dense_route(scores):
             return self._dense_probabilities(scores, axis=axis, predict=True)
         return self.predict_top_label(scores)[0]

@@ -121,7 +121,7 @@ class PlattScaling(Calibrator):
         """Fit (A, B) on binary scores (N,) (or (N, 1)) and labels in {0, 1}, or one (A_k, B_k) per column of
         multiclass decision scores (N, K), K >= 2, and labels in [0, K); returns self.
 
-        Dense scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with labels (N, *spatial),
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
         and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores): the counted rows are gathered and
         fitted as the flattened rows (see ``Calibrator._fit_gathered``: n x K values in memory, bounded by
         ``max_rows``)."""
@@ -176,7 +176,7 @@ class PlattScaling(Calibrator):
         every scikit-learn classifier (``predict_proba(scores)[:, 1]`` is P(y = 1)); for multiclass scores
         (N, K) the K one-vs-rest sigmoids divided by their row sum (a row whose sigmoids all underflow to 0
         becomes uniform, 1/K), as ``CalibratedClassifierCV(method="sigmoid")``.
-        Dense scores (N, K, *spatial) (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
+        Dense scores ``(N, K, *spatial)`` (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
         shape, piece by piece, into ``out`` when given (``out=scores`` for in place): bit for bit the 2-D result of the flattened rows."""
         if dense_route(scores, out):
             return self._dense_probabilities(scores, axis=axis, out=out)
@@ -204,7 +204,7 @@ class PlattScaling(Calibrator):
         return p
 
     def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
-        """Binary: 1 where P(y = 1) >= 0.5, else 0; multiclass: the most probable class. Dense scores give the (N, *spatial) map."""
+        """Binary: 1 where P(y = 1) >= 0.5, else 0; multiclass: the most probable class. Dense scores give the ``(N, *spatial)`` map."""
         if dense_route(scores):
             return self._dense_probabilities(scores, axis=axis, predict=True)
         p = self._probabilities(scores)

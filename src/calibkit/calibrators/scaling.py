@@ -282,7 +282,7 @@ class _LogitCalibrator(Calibrator):
     def transform(self, logits: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Calibrated logits (float64, shape (N, K)).
 
-        Dense logits (N, K, *spatial) (``axis=1``) or channel-last (N, *spatial, K) (``axis=-1``) give calibrated
+        Dense logits ``(N, K, *spatial)`` (``axis=1``) or channel-last ``(N, *spatial, K)`` (``axis=-1``) give calibrated
         logits of the same shape, the class axis where it was; the class axis is read with its stride, no
         flattened copy is made. ``out`` (a writeable float array of the logits' shape, any float dtype) receives
         them; ``out=logits`` itself transforms a map in place (each piece of rows is computed before it is
@@ -306,7 +306,7 @@ class _LogitCalibrator(Calibrator):
         return _apply_chunks(self, logits, probabilities=True)
 
     def predict(self, logits: ArrayLike, *, axis: int = 1) -> IntArray:
-        """Predicted class after calibration (shape (N,), or (N, *spatial) for dense logits)."""
+        """Predicted class after calibration (shape (N,), or ``(N, *spatial)`` for dense logits)."""
         if dense_route(logits):
             self._check_fitted()
             return dense_predict(logits, _dense_block(self, False), n_classes=self.n_classes_, axis=axis)
@@ -533,10 +533,10 @@ class TemperatureScaling(_LogitCalibrator):
 
         Parameters
         ----------
-        logits : array of shape (N, K), (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``)
+        logits : array of shape (N, K), ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``)
             Dense logits (a segmentation map) are read in place: the class axis with its stride, piece by
             piece, no flattened or transposed copy (memory maps are streamed). Each pixel is a row.
-        labels : integer array of shape (N,) or (N, *spatial)
+        labels : integer array of shape (N,) or ``(N, *spatial)``
         sample_weight : array of the labels' shape, optional
         axis : int, default 1
             The class axis of dense logits: 1 (class second, PyTorch's layout) or -1 (channel-last).
@@ -785,7 +785,7 @@ class VectorScaling(_LogitCalibrator):
             max_rows: int | None = None) -> "VectorScaling":
         """Fit a and c on held-out logits (N, K) and labels (N,); returns self.
 
-        Dense logits (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with labels (N, *spatial),
+        Dense logits ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
         ``ignore_index``, ``mask`` and ``max_rows``: as :meth:`TemperatureScaling.fit` (read in place, piece by
         piece; ``max_rows`` keeps every s-th counted pixel). The loss and gradient are the kernel's sums added over the pieces, so the fit
         equals that of the flattened rows to rounding (the parameters agree to about the fit's ``tol``).
@@ -1032,7 +1032,7 @@ class MatrixScaling(_LogitCalibrator):
             max_rows: int | None = None) -> "MatrixScaling":
         """Fit W and c on held-out logits (N, K) and labels (N,); returns self.
 
-        Dense logits (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with labels (N, *spatial),
+        Dense logits ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
         ``ignore_index``, ``mask`` and ``max_rows``: as :meth:`TemperatureScaling.fit` (read in place, piece by
         piece; ``max_rows`` keeps every s-th counted pixel). The loss and gradient are summed over pieces of ``chunk_rows(K)`` rows (the
         2-D fit's chunks, cut at image boundaries), so the fit equals that of the flattened rows to rounding.
@@ -1300,7 +1300,7 @@ class EnsembleTemperatureScaling(Calibrator):
             max_rows: int | None = None) -> "EnsembleTemperatureScaling":
         """Fit T, then w, on held-out logits (N, K) and labels (N,); returns self.
 
-        Dense logits (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with labels (N, *spatial),
+        Dense logits ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
         ``ignore_index``, ``mask`` and ``max_rows``: as :meth:`TemperatureScaling.fit` (T is fitted on the
         pieces in place). The weight fit needs a_i and b_i of every counted pixel: three float64 values per
         pixel (O(N * prod(spatial)), not times K; ``max_rows`` bounds it). T equals the fit of the flattened
@@ -1356,7 +1356,7 @@ class EnsembleTemperatureScaling(Calibrator):
         """Calibrated probabilities w1 softmax(z / T) + w2 softmax(z) + w3 / K (float64, shape (N, K)), computed in
         row chunks (the output is the only N x K array made).
 
-        Dense logits (N, K, *spatial) (``axis=1``) or channel-last (``axis=-1``) and ``out`` (``out=logits`` for
+        Dense logits ``(N, K, *spatial)`` (``axis=1``) or channel-last (``axis=-1``) and ``out`` (``out=logits`` for
         in place): as :meth:`TemperatureScaling.predict_proba` (bit for bit the 2-D result of the flattened rows).
         """
         if dense_route(logits, out):
@@ -1418,7 +1418,7 @@ class EnsembleTemperatureScaling(Calibrator):
                         max_rows=max_rows).transform(logits, axis=axis)
 
     def predict(self, logits: ArrayLike, *, axis: int = 1) -> IntArray:
-        """Predicted class (the argmax of :meth:`predict_proba`, which is that of the logits); (N, *spatial) for
+        """Predicted class (the argmax of :meth:`predict_proba`, which is that of the logits); ``(N, *spatial)`` for
         dense logits."""
         if dense_route(logits):
             self._check_fitted()

@@ -201,7 +201,7 @@ class VennAbers(Calibrator):
         ``sample_weight`` is accepted only as None (the calibrators' common signature): Venn-Abers
         predictors are defined for unweighted, exchangeable points.
 
-        Dense scores (N, K, *spatial) (``axis=1``) or (N, *spatial, K) (``axis=-1``) with labels (N, *spatial),
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
         and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores): the counted rows are gathered and
         fitted as the flattened rows (see ``Calibrator._fit_gathered``: n x K values in memory, bounded by
         ``max_rows``)."""
@@ -285,7 +285,7 @@ class VennAbers(Calibrator):
     def predict_proba(self, scores: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Calibrated probabilities p = p1 / (1 - p0 + p1): (N, 2) for binary scores (column 1 is P(y = 1)),
         (N, K) rows summing to 1 otherwise.
-        Dense scores (N, K, *spatial) (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
+        Dense scores ``(N, K, *spatial)`` (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
         shape, piece by piece, into ``out`` when given (``out=scores`` for in place): bit for bit the 2-D result of the flattened rows."""
         if dense_route(scores, out):
             return self._dense_probabilities(scores, axis=axis, out=out)
@@ -293,7 +293,7 @@ class VennAbers(Calibrator):
         return two_columns(p) if self.binary_ else p
 
     def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
-        """Predicted class after calibration (binary: p >= 0.5). Dense scores give the (N, *spatial) map."""
+        """Predicted class after calibration (binary: p >= 0.5). Dense scores give the ``(N, *spatial)`` map."""
         if dense_route(scores):
             return self._dense_probabilities(scores, axis=axis, predict=True)
         p = self._probabilities(scores)
