@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .._validation import (
-    MAX_CLASSES, SCORE_NOT_FINITE, check_labels, check_sample_weight, check_scores,
-    raise_for_status,
+    LABEL_OUT_OF_RANGE, BadElementError, MAX_CLASSES, SCORE_NOT_FINITE, WEIGHT_NEGATIVE, WEIGHT_NOT_FINITE, check_labels,
+    check_sample_weight, check_scores, raise_for_status,
 )
 from .._typing import ArrayLike, FloatArray, IntArray
 
@@ -242,6 +242,85 @@ class Calibrator(EstimatorProtocol):
     def _check_params(self):
         """Validate the parameters (called by fit and from_dict)."""
 
+    # -- dense input for the calibrators whose fit needs every row in memory -----------------------------
+    def _fit_gathered(self, scores, labels, sample_weight, *, axis=1, ignore_index=None, mask=None, max_rows=None):
+        """``fit`` on dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``), or on 2-D
+        scores with ``mask`` / ``ignore_index`` / ``max_rows``, for the calibrators whose fit holds every row
+        (one-vs-rest isotonic / histogram / Platt / beta / Venn-Abers: every column of every row).
+
+        The counted pixels (every s-th of them with ``max_rows``, s = ceil(n_counted / max_rows), as
+        :meth:`TemperatureScaling.fit`) are gathered piece by piece into one (n, K) array in the scores' own
+        dtype, with their labels and weights, and the 2-D fit runs on it: the result is bit for bit the fit
+        of the flattened counted rows. That copy is n x K values (the 2-D fit itself makes one more, its
+        column-major copy): ``max_rows`` bounds both. Binary scores (N,) take ``mask`` / ``ignore_index`` /
+        ``max_rows`` the same way (no class axis). Bad elements are named in the caller's coordinates.
+        """
+        binary = binary_column(scores)
+        if np.ndim(binary) == 1:
+            s = check_scores(binary)
+            y = check_labels(labels, s.shape[0])
+            keep = np.ones(s.shape[0], bool)
+            if mask is not None:
+                m = np.asarray(mask)
+                if m.shape != s.shape:
+                    raise ValueError(f"mask must have shape {s.shape} to match scores of shape {s.shape}, got shape "
+                                     f"{m.shape}")
+                if m.dtype != bool:
+                    raise TypeError(f"mask must be a boolean array (True where a row is counted), got dtype {m.dtype}")
+                keep &= m
+            if ignore_index is not None:
+                if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, numbers.Integral):
+                    raise TypeError(f"ignore_index must be an integer label or None, got {type(ignore_index).__name__}")
+                keep &= y != ignore_index
+            rows = np.flatnonzero(keep)
+            if rows.shape[0] == 0:
+                raise ValueError("every row of scores is ignored (labels == ignore_index or mask is False "
+                                 "everywhere): there is nothing to fit")
+            if max_rows is not None:
+                rows = rows[::-(-rows.shape[0] // check_int(max_rows, "max_rows", 1))]
+            w = None if sample_weight is None else check_sample_weight(sample_weight, s.shape[0])[rows]
+            return type(self).fit(self, s[rows], y[rows], w)
+        data = DenseFit(scores, labels, axis=axis, mask=mask, ignore_index=ignore_index, sample_weight=sample_weight,
+                        max_rows=max_rows, name="scores", scale_weights=False)
+        parts = list(data.pieces())
+        for part in parts:
+            data.check_labels(part)
+        s = np.concatenate([part.scores for part in parts])
+        y = np.concatenate([part.labels for part in parts])
+        w = None if sample_weight is None else np.concatenate([part.sample_weight for part in parts])
+        try:
+            return type(self).fit(self, s, y, w)
+        except BadElementError as exc:  # name the element at its place in the caller's arrays
+            row = int(exc.status[1])
+            i = max(j for j, part in enumerate(parts) if part.offset <= row)
+            code, _, col, value = exc.status
+            data.raise_for_status((code, row - parts[i].offset, col, value), parts[i])
+            raise  # pragma: no cover - raise_for_status raised
+
+    def _predict_scores(self, scores):
+        """The (n, K) rows whose argmax is :meth:`predict` of 2-D ``scores`` (default: the probabilities)."""
+        return self._probabilities(scores)
+
+    def _dense_probabilities(self, scores, *, axis=1, out=None, predict=False):
+        """``_probabilities`` of dense scores ``(N, K, *spatial)``, piece by piece, into ``out`` (see
+        :func:`dense_transform`; bit for bit the 2-D result of the flattened rows); ``predict``: the argmax map."""
+        self._check_fitted()
+        if getattr(self, "binary_", False):
+            raise ValueError("this calibrator was fitted on binary scores of shape (N,): dense input needs class "
+                             "scores (N, K, *spatial); fit it on such scores")
+
+        compute = self._predict_scores if predict else self._probabilities
+
+        def block(z, where):
+            try:
+                return compute(z)
+            except BadElementError as exc:
+                where.fail(exc.status)
+
+        if predict:
+            return dense_predict(scores, block, n_classes=self._n_outputs(), axis=axis, name="scores")
+        return dense_transform(scores, block, n_classes=self._n_outputs(), axis=axis, out=out, name="scores")
+
     def _load_fitted(self, fitted):  # pragma: no cover - every subclass overrides it
         raise NotImplementedError
 
@@ -379,3 +458,259 @@ def softmax_rows(z, out):
     np.subtract(z, z.max(axis=1, keepdims=True), out=out)
     np.exp(out, out=out)
     out /= out.sum(axis=1, keepdims=True)
+
+
+# -- dense input: ``(N, K, *spatial)`` logits / scores, ignore_index, mask, max_rows ----------------------------------
+# The one place where the calibrators meet calibkit._dense: a fit reads the kept rows piece by piece (strided views
+# of the caller's array, a gathered copy only of a piece with ignored pixels), a transform writes piece by piece
+# into a map of the scores' shape. Nothing proportional to N * prod(spatial) * K is ever allocated.
+
+def dense_route(scores, *options) -> bool:
+    """True when a call takes the dense path: scores of ndim > 2, or any of ``options`` (mask, ignore_index,
+    max_rows, out) given. Otherwise the 2-D code runs unchanged."""
+    ndim = scores.ndim if isinstance(scores, np.ndarray) else np.ndim(scores)
+    return ndim > 2 or any(o is not None for o in options)
+
+
+class DenseFit:
+    """The rows a calibrator is fitted on, from dense input (see :func:`calibkit._dense.as_dense`).
+
+    The kept rows (``ignore_index`` / ``mask`` applied) in the order of
+    ``np.moveaxis(scores, axis, -1).reshape(-1, K)``; with ``max_rows`` every ``stride``-th of them, stride =
+    ceil(n_kept / max_rows) (the rows 0, stride, 2 stride, ... of the kept rows: deterministic, evenly spread
+    over the images, at most ``max_rows`` rows, and exactly ``flat[::stride]`` of the flattened copy). A piece of
+    the subsample is a strided view of the piece it comes from (no copy). Sample weights are checked on the rows
+    used (finite, >= 0, not all 0) and, with ``scale_weights``, divided by their largest, as ``check_fit_inputs``
+    does on 2-D input, so that the fit sees the same numbers as the fit of the flattened rows.
+    """
+
+    def __init__(self, scores, labels, *, axis=1, mask=None, ignore_index=None, sample_weight=None, max_rows=None,
+                 name="logits", scale_weights=True):
+        from .._dense import as_dense
+
+        if labels is None:
+            raise TypeError("labels are needed to fit a calibrator")
+        self.dense = as_dense(scores, labels, axis=axis, mask=mask, ignore_index=ignore_index,
+                              sample_weight=sample_weight, name=name)
+        self.name = name
+        self.n_classes = int(self.dense.n_classes)
+        n = self.dense.check_some_kept()
+        self.stride = 1
+        if max_rows is not None:
+            max_rows = check_int(max_rows, "max_rows", 1)
+            self.stride = -(-n // max_rows)
+        self.n_kept = n
+        self._largest = None
+        if sample_weight is not None:
+            largest = 0.0
+            for p in self.pieces(scaled=False):
+                w = p.sample_weight
+                finite = np.isfinite(w)
+                if not finite.all():
+                    i = int(np.argmin(finite))
+                    self.dense.raise_for_status((WEIGHT_NOT_FINITE, i, -1, float(w[i])), p)
+                if (w < 0).any():
+                    i = int(np.argmax(w < 0))
+                    self.dense.raise_for_status((WEIGHT_NEGATIVE, i, -1, float(w[i])), p)
+                largest = max(largest, float(w.max()))
+            if largest == 0.0:
+                raise ValueError("sample_weight sums to 0 over the pixels counted (every weight is 0): a weighted "
+                                 "mean over no weight is undefined")
+            self._largest = largest if scale_weights else None
+
+    @property
+    def n_rows(self) -> int:
+        """The rows the fit uses: ceil(n_kept / stride)."""
+        return -(-self.n_kept // self.stride)
+
+    def subsample(self, stride: int) -> "DenseFit":
+        """Every ``stride``-th row of these rows (weights scaled as these), as another DenseFit (no pass, no copy)."""
+        sub = object.__new__(DenseFit)
+        sub.__dict__.update(self.__dict__)
+        sub.stride = self.stride * max(int(stride), 1)
+        return sub
+
+    def pieces(self, piece_rows=None, *, scaled=True):
+        """The rows as :class:`calibkit._dense.Piece` objects (scores (m, K), labels (m,) int64, sample_weight
+        (m,) float64 or None, ``offset`` counted in these rows) of at most ``piece_rows`` rows of the kept rows."""
+        from .._dense import Piece
+
+        s = self.stride
+        if s > 1 and self.dense.filtered:
+            yield from self._strided_filtered_pieces(piece_rows, scaled)
+            return
+        for p in self.dense.pieces(piece_rows):
+            w = p.sample_weight
+            if s > 1:
+                first = (-p.offset) % s
+                if first >= p.n_rows:
+                    continue
+                rows = slice(first, None, s)
+                taken = np.arange(first, p.n_rows, s)
+                index = taken if p._index is None else p._index[taken]
+                lab = None if p.labels is None else np.ascontiguousarray(p.labels[rows])
+                w = None if w is None else np.ascontiguousarray(w[rows])
+                p = Piece(p.scores[rows], lab, w, None, (p.offset + first) // s, p.image, p._outer, p._start, index)
+            if scaled and w is not None and self._largest is not None:
+                p.sample_weight = w / self._largest
+            yield p
+
+    def _strided_filtered_pieces(self, piece_rows, scaled):
+        """:meth:`pieces` with a stride > 1 and ignored pixels: every stride-th kept row, gathering only those
+        ((m / stride, K) per piece) rather than every kept row of the piece and then striding it (what
+        ``Dense.pieces`` would do: a copy of the whole map per pass of a subsampled fit). The same rows, order,
+        offsets and positions as striding ``Dense.pieces``; written with ``Dense``'s helpers until
+        ``Dense.pieces`` takes a stride itself."""
+        from .._dense import Piece
+
+        d, s = self.dense, self.stride
+        step = max(int(piece_rows or d.piece_rows), 1)
+        inner = d._inner_size
+        counted = 0  # kept rows before this block
+        for outer in np.ndindex(*d.row_shape[:d._n_outer]):
+            s_all = d._view(d._moved, outer)
+            lab_all = d._view(d.labels, outer)
+            w_all = None if d.sample_weight is None else d._view(d.sample_weight, outer)
+            image = outer[0] if outer else None
+            for start in range(0, inner, step):
+                stop = min(start + step, inner)
+                keep = d._keep(outer, start, stop)
+                kept = np.flatnonzero(keep)
+                first = (-counted) % s
+                counted += kept.shape[0]
+                index = kept[first::s]
+                if index.shape[0] == 0:
+                    continue
+                lab = check_labels(lab_all[start:stop][index], index.shape[0])
+                w = None if w_all is None else np.asarray(w_all[start:stop][index], dtype=np.float64)
+                if scaled and w is not None and self._largest is not None:
+                    w = w / self._largest
+                yield Piece(s_all[start:stop][index], lab, w, None, (counted - kept.shape[0] + first) // s, image,
+                            outer, start, index)
+
+    def raise_for_status(self, status, piece, **context) -> None:
+        """The kernel's error for ``piece``, the element named at its place in the caller's arrays."""
+        context.setdefault("scores_name", self.name)
+        context.setdefault("n_classes", self.n_classes)
+        self.dense.raise_for_status(status, piece, **context)
+
+    def where(self, piece) -> "_Where":
+        """The namer of ``piece``'s rows and elements (see :class:`_Where`)."""
+        return _Where(self.dense, piece, self.name, self.n_classes)
+
+    def check_labels(self, piece) -> None:
+        """ValueError naming the first label of ``piece`` outside [0, K) (for fits that index by label in NumPy)."""
+        y = piece.labels
+        bad = (y < 0) | (y >= self.n_classes)
+        if bad.any():
+            i = int(np.argmax(bad))
+            self.raise_for_status((LABEL_OUT_OF_RANGE, i, -1, int(y[i])), piece)
+
+    def check_finite(self, piece, z) -> None:
+        """ValueError naming the first NaN / inf of ``z`` (the piece's rows, float64), in the caller's coordinates."""
+        finite = np.isfinite(z)
+        if not finite.all():
+            i, j = np.unravel_index(int(np.argmin(finite)), z.shape)
+            self.raise_for_status((SCORE_NOT_FINITE, int(i), int(j), float(z[i, j])), piece)
+
+    def gather(self, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(scores (n, K) in their dtype, labels (n,), weights (n,) or None) of every ``stride``-th row: a small
+        copy (for a preconditioner's curvature sample; ``flat[::stride]`` of the flattened rows)."""
+        sub = self.subsample(stride)
+        parts = list(sub.pieces())
+        z = np.concatenate([p.scores for p in parts])
+        y = np.concatenate([p.labels for p in parts])
+        w = None if self.dense.sample_weight is None else np.concatenate([p.sample_weight for p in parts])
+        return z, y, w
+
+
+def dense_transform(scores, block, *, n_classes, axis=1, out=None, name="logits"):
+    """Calibrated scores of dense ``scores`` ``(N, K, *spatial)`` (or (N, K)), of the scores' shape.
+
+    ``block(z, where)`` maps one piece (m, K) of rows (a view of the caller's array, any float dtype) to a
+    C-ordered float64 (m, K) array; ``where(i)`` names row i in the caller's coordinates and ``fail(status)``
+    raises a kernel-style error for it (both passed as ``where``, with ``where.fail``). The result is written
+    into ``out`` (any float dtype, the scores' shape; ``out=scores`` itself is accepted: the pieces are computed
+    before they are written) or a new C-ordered float64 array. Pieces are of ``chunk_rows(K)`` rows (32 MB of
+    float64), so the only temporaries are per piece. The rows are computed as the 2-D transform computes the
+    flattened rows, so the result is bit for bit the 2-D transform's, reshaped back (cast to ``out``'s dtype).
+    """
+    from .._dense import as_dense
+
+    d = as_dense(scores, axis=axis, name=name)
+    if d.n_classes != n_classes:
+        raise ValueError(f"{name} have {d.n_classes} classes (on axis {axis}) but the calibrator was fitted on "
+                         f"{n_classes} classes")
+    if out is None:
+        out = np.empty(d.scores.shape, dtype=np.float64)
+    d = as_dense(d.scores, axis=axis, out=out, out_like_scores=True, allow_in_place=True, name=name,
+                 piece_rows=chunk_rows(n_classes))
+    for p in d.pieces():
+        p.out[...] = block(p.scores, _Where(d, p, name, n_classes))
+    return out
+
+
+def dense_predict(scores, block, *, n_classes, axis=1, name="logits"):
+    """The argmax over classes of ``block`` (see :func:`dense_transform`) per pixel: int64 ``(N, *spatial)``."""
+    from .._dense import as_dense
+
+    d = as_dense(scores, axis=axis, name=name, piece_rows=chunk_rows(n_classes))
+    if d.n_classes != n_classes:
+        raise ValueError(f"{name} have {d.n_classes} classes (on axis {axis}) but the calibrator was fitted on "
+                         f"{n_classes} classes")
+    result = np.empty(d.row_shape, dtype=np.int64)
+    flat = result.reshape(-1)
+    for p in d.pieces():  # no labels: every row kept, offset = the row's place in ``(N, *spatial)`` C order
+        flat[p.offset:p.offset + p.n_rows] = np.argmax(block(p.scores, _Where(d, p, name, n_classes)), axis=1)
+    return result
+
+
+class _Where:
+    """Names a row of a piece in the caller's coordinates (``where(i)``), raises a kernel status (``fail``)."""
+
+    __slots__ = ("dense", "piece", "name", "n_classes")
+
+    def __init__(self, dense, piece, name, n_classes):
+        self.dense, self.piece, self.name, self.n_classes = dense, piece, name, n_classes
+
+    def __call__(self, row) -> str:
+        pos = [str(i) for i in self.dense.position(self.piece, int(row))]
+        pos.insert(self.dense.axis, ":")
+        return f"{self.name}[{', '.join(pos)}]"
+
+    def fail(self, status):
+        self.dense.raise_for_status(status, self.piece, n_classes=self.n_classes, scores_name=self.name)
+
+    def element(self, row, col) -> str:
+        """The element (row, col) of the piece as the caller indexes it (the class index at the class axis)."""
+        pos = [str(i) for i in self.dense.position(self.piece, int(row))]
+        pos.insert(self.dense.axis, str(int(col)))
+        return f"{self.name}[{', '.join(pos)}]"
+
+    def check_finite(self, z):
+        finite = np.isfinite(z)
+        if not finite.all():
+            i, j = np.unravel_index(int(np.argmin(finite)), z.shape)
+            self.fail((SCORE_NOT_FINITE, int(i), int(j), float(z[i, j])))
+
+
+class RowNamer:
+    """:class:`_Where` for a block of rows of 2-D scores starting at row ``start``."""
+
+    __slots__ = ("start", "name", "n_classes")
+
+    def __init__(self, start, name, n_classes=None):
+        self.start, self.name, self.n_classes = start, name, n_classes
+
+    def __call__(self, row) -> str:
+        return f"{self.name}[{self.start + int(row)}]"
+
+    def element(self, row, col) -> str:
+        return f"{self.name}[{self.start + int(row)}, {int(col)}]"
+
+    def fail(self, status):
+        code, row, col, value = status
+        raise_for_status((code, int(row) + self.start, col, value), n_classes=self.n_classes, scores_name=self.name)
+
+    def check_finite(self, z):
+        check_finite(z, self.name, self.start)

@@ -10,7 +10,9 @@ import numpy as np
 from .._backend import BACKENDS
 from .._typing import ArrayLike, Backend, FloatArray, IntArray
 from .._validation import check_bool, check_choice
-from ._base import Calibrator, binary_column, check_fit_inputs, check_int, fitted_array, fitted_classes, two_columns
+from ._base import (
+    Calibrator, binary_column, check_fit_inputs, check_int, dense_route, fitted_array, fitted_classes, two_columns,
+)
 from .nonparametric import _binary_scores, _probability_matrix
 from .platt import expit
 
@@ -212,9 +214,19 @@ class BetaCalibration(Calibrator):
         p = _probability_matrix(s, self.from_logits, self.backend)
         return p, float(np.finfo(np.float64 if self.from_logits else _dtype(s)).eps), False
 
-    def fit(self, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None) -> "BetaCalibration":
-        """Fit on held-out scores ((N,) probabilities of class 1, or (N, K)) and labels (N,); returns self."""
+    def fit(self, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+            axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+            max_rows: int | None = None) -> "BetaCalibration":
+        """Fit on held-out scores ((N,) probabilities of class 1, or (N, K)) and labels (N,); returns self.
+
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
+        and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores): the counted rows are gathered and
+        fitted as the flattened rows (see ``Calibrator._fit_gathered``: n x K values in memory, bounded by
+        ``max_rows``)."""
         self._check_params()
+        if dense_route(scores, ignore_index, mask, max_rows):
+            return self._fit_gathered(scores, labels, sample_weight, axis=axis, ignore_index=ignore_index, mask=mask,
+                                      max_rows=max_rows)
         scores = binary_column(scores)
         binary = np.ndim(scores) != 2
         scores, labels, sample_weight = check_fit_inputs(scores, labels, sample_weight, binary=binary)
@@ -266,14 +278,20 @@ class BetaCalibration(Calibrator):
         q /= total
         return q
 
-    def predict_proba(self, scores: ArrayLike) -> FloatArray:
+    def predict_proba(self, scores: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Calibrated probabilities: (N, 2) of classes 0 and 1 for binary scores (``[:, 1]`` is P(y = 1)), or
-        (N, K) rows summing to 1."""
+        (N, K) rows summing to 1.
+        Dense scores ``(N, K, *spatial)`` (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
+        shape, piece by piece, into ``out`` when given (``out=scores`` for in place): bit for bit the 2-D result of the flattened rows."""
+        if dense_route(scores, out):
+            return self._dense_probabilities(scores, axis=axis, out=out)
         p = self._probabilities(scores)
         return two_columns(p) if self.binary_ else p
 
-    def predict(self, scores: ArrayLike) -> IntArray:
-        """Binary: 1 where P(y = 1) >= 0.5, else 0; multiclass: the most probable class."""
+    def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
+        """Binary: 1 where P(y = 1) >= 0.5, else 0; multiclass: the most probable class. Dense scores give the ``(N, *spatial)`` map."""
+        if dense_route(scores):
+            return self._dense_probabilities(scores, axis=axis, predict=True)
         p = self._probabilities(scores)
         return (p >= 0.5).astype(np.int64) if self.binary_ else np.argmax(p, axis=1)
 

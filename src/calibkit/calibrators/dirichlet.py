@@ -7,10 +7,10 @@ import numpy as np
 from .. import _backend
 from .._backend import BACKENDS
 from .._typing import ArrayLike, Backend, FloatArray, IntArray
-from .._validation import MAX_CLASSES, raise_for_status
+from .._validation import MAX_CLASSES
 from ._base import (
-    Calibrator, check_finite, check_fit_inputs, check_int, check_logits, check_positive_number, chunk_rows,
-    fitted_array, fitted_int, softmax_rows,
+    Calibrator, DenseFit, RowNamer, check_fit_inputs, check_int, check_logits, check_positive_number, chunk_rows,
+    dense_predict, dense_route, dense_transform, fitted_array, fitted_int, softmax_rows,
 )
 from .scaling import _check_label_range, _lbfgs, _warn_unless_converged, softmax_nll_block
 
@@ -153,27 +153,48 @@ class DirichletCalibration(Calibrator):
         the element by its row in ``scores``)."""
         n, n_classes = scores.shape
         step = chunk_rows(n_classes)
+        for start in range(0, n, step):
+            yield start, self._features(scores[start:start + step], check, RowNamer(start, "scores", n_classes))
+
+    def _features(self, block, check, where):
+        """The features of one block of rows (a new array); ``where`` names its elements in the caller's terms
+        (:class:`RowNamer` for 2-D scores, the dense namer for a piece of a map)."""
         # float32 / float16 probabilities: the features in float32 (NumPy's vector float log; the input's own
         # precision), clipped at float32's tiny (ln = -87.3, as dirichletcal clips at the input dtype's)
-        dtype = np.float32 if scores.dtype in (np.float32, np.float16) and not self.from_logits else np.float64
+        dtype = np.float32 if block.dtype in (np.float32, np.float16) and not self.from_logits else np.float64
         tiny = np.finfo(dtype).tiny
-        for start in range(0, n, step):
-            x = np.array(scores[start:start + step], dtype=dtype)
+        x = np.array(block, dtype=dtype)
+        if check:
+            where.check_finite(x)
+            if not self.from_logits:
+                outside = (x < -1e-6) | (x > 1 + 1e-6)
+                if outside.any():
+                    i, j = np.unravel_index(int(np.argmax(outside)), x.shape)
+                    raise ValueError(f"{where.element(i, j)} = {float(x[i, j])!r} is not a probability "
+                                     "in [0, 1]; pass from_logits=True for logits")
+        if self.from_logits:
+            x -= x.max(axis=1, keepdims=True)
+            x -= np.log(np.exp(x).sum(axis=1, keepdims=True))
+        else:
+            np.maximum(x, tiny, out=x)
+            np.log(x, out=x)
+        return x
+
+    def _blocks(self, scores, labels, sample_weight, check):
+        """(x, y, w, where) per chunk of 2-D scores."""
+        for start, x in self._chunks(scores, check):
+            y = labels[start:start + len(x)]
+            w = None if sample_weight is None else sample_weight[start:start + len(x)]
+            yield x, y, w, RowNamer(start, "scores", scores.shape[1])
+
+    def _dense_blocks(self, data, check):
+        """(x, y, w, where) per piece of a ``DenseFit`` (pieces of ``chunk_rows(K)`` rows)."""
+        for p in data.pieces(chunk_rows(data.n_classes)):
+            where = data.where(p)
+            x = self._features(p.scores, check, where)
             if check:
-                check_finite(x, "scores", start)
-                if not self.from_logits:
-                    outside = (x < -1e-6) | (x > 1 + 1e-6)
-                    if outside.any():
-                        i, j = np.unravel_index(int(np.argmax(outside)), x.shape)
-                        raise ValueError(f"scores[{start + i}, {j}] = {float(x[i, j])!r} is not a probability "
-                                         "in [0, 1]; pass from_logits=True for logits")
-            if self.from_logits:
-                x -= x.max(axis=1, keepdims=True)
-                x -= np.log(np.exp(x).sum(axis=1, keepdims=True))
-            else:
-                np.maximum(x, tiny, out=x)
-                np.log(x, out=x)
-            yield start, x
+                data.check_labels(p)
+            yield x, p.labels, p.sample_weight, where
 
     # -- parameters <-> (W, c) -----------------------------------------------------------------------
     def _unpack(self, theta, n_classes):
@@ -215,16 +236,16 @@ class DirichletCalibration(Calibrator):
 
     def _objective(self, theta, scores, labels, sample_weight, check=False):
         """(objective, gradient in theta) of the fit: one pass over the scores."""
-        n_classes = scores.shape[1]
+        return self._objective_blocks(theta, scores.shape[1], self._blocks(scores, labels, sample_weight, check))
+
+    def _objective_blocks(self, theta, n_classes, blocks):
         W, c = self._unpack(theta, n_classes)
         loss, total = 0.0, 0.0
         gW = np.zeros((n_classes, n_classes)) if self.kind == "full" else None
         ga, gc = np.zeros(n_classes), np.zeros(n_classes)
         k = None if self.kind == "full" else _backend.kernels(self.backend)
         scale = np.ascontiguousarray(np.diag(W))
-        for start, x in self._chunks(scores, check):
-            y = labels[start:start + len(x)]
-            w = None if sample_weight is None else sample_weight[start:start + len(x)]
+        for x, y, w, where in blocks:
             if k is None:
                 part, G = softmax_nll_block(x @ W.T + c, y, np.ones(len(y)) if w is None else w)
                 loss += part
@@ -233,7 +254,7 @@ class DirichletCalibration(Calibrator):
                 total += len(y) if w is None else float(w.sum())
             else:  # z = a x + c by the vector-scaling kernel, fused: loss and gradient of the chunk
                 r = k.vector_scaling_nll(x, y, w, scale, c)
-                raise_for_status(r["status"], n_classes=n_classes, scores_name="scores")
+                where.fail(r["status"])
                 loss += r["loss"]
                 ga += r["grad_scale"]
                 gc += r["grad_bias"]
@@ -264,9 +285,14 @@ class DirichletCalibration(Calibrator):
         n, K = scores.shape
         m = min(4096, chunk_rows(K))  # rows of the estimate: one chunk
         rows = np.arange(0, n, max(1, n // m))[:m]
-        w = np.ones(len(rows)) if sample_weight is None else sample_weight[rows]
+        return self._preconditioner_from(theta, scores[rows], None if sample_weight is None else sample_weight[rows])
+
+    def _preconditioner_from(self, theta, sample, w):
+        """:meth:`_preconditioner` from its curvature sample (scores (m, K) and weights or None)."""
+        K = sample.shape[1]
+        w = np.ones(len(sample)) if w is None else w
         w = w / max(float(w.sum()), 1e-300)
-        (_, x), = self._chunks(scores[rows], check=False)
+        (_, x), = self._chunks(sample, check=False)
         W, c = self._unpack(theta, K)
         q = np.empty(x.shape)
         softmax_rows(x @ W.T + c, q)
@@ -336,14 +362,42 @@ class DirichletCalibration(Calibrator):
             raise ValueError(f"params must have shape {self._start(scores.shape[1]).shape}, got {theta.shape}")
         return self._objective(theta, scores, labels, sample_weight, check=True)
 
-    def fit(self, scores: ArrayLike, labels: ArrayLike,
-            sample_weight: ArrayLike | None = None) -> "DirichletCalibration":
-        """Fit on held-out (N, K) probabilities (or logits with ``from_logits=True``) and labels (N,)."""
+    def fit(self, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+            axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+            max_rows: int | None = None) -> "DirichletCalibration":
+        """Fit on held-out (N, K) probabilities (or logits with ``from_logits=True``) and labels (N,).
+
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
+        ``ignore_index``, ``mask`` and ``max_rows``: as :meth:`TemperatureScaling.fit` (read in place, piece by
+        piece of at most ``chunk_rows(K)`` pixels; ``max_rows`` keeps every s-th counted pixel). The loss and
+        gradient are summed per piece, so the fit equals that of the flattened rows to rounding.
+        """
         self._check_params()
-        scores, labels, sample_weight = check_fit_inputs(self._checked(scores), labels, sample_weight,
-                                                         binary=False, scale_weights=True)  # scale-free fit
-        n, n_classes = scores.shape
-        _check_label_range(labels, n_classes)
+        if dense_route(scores, ignore_index, mask, max_rows):
+            data = DenseFit(scores, labels, axis=axis, mask=mask, ignore_index=ignore_index,
+                            sample_weight=sample_weight, max_rows=max_rows, name="scores")
+            n, n_classes = data.n_rows, data.n_classes
+            if n_classes > MAX_CLASSES:
+                raise ValueError(f"scores has {n_classes} classes; at most {MAX_CLASSES} classes are supported")
+
+            def evaluate(theta, check):
+                return self._objective_blocks(theta, n_classes, self._dense_blocks(data, check))
+
+            def curvature(theta):
+                m = min(4096, chunk_rows(n_classes))
+                sample, _, w = data.gather(max(1, n // m))
+                return self._preconditioner_from(theta, sample[:m], None if w is None else w[:m])
+        else:
+            scores, labels, sample_weight = check_fit_inputs(self._checked(scores), labels, sample_weight,
+                                                             binary=False, scale_weights=True)  # scale-free fit
+            n, n_classes = scores.shape
+            _check_label_range(labels, n_classes)
+
+            def evaluate(theta, check):
+                return self._objective(theta, scores, labels, sample_weight, check=check)
+
+            def curvature(theta):
+                return self._preconditioner(theta, scores, labels, sample_weight)
         if self.kind == "full" and n_classes > MAX_FULL_CLASSES:
             raise ValueError(f"kind='full' fits K (K + 1) parameters: at most {MAX_FULL_CLASSES} classes, got "
                              f"{n_classes} (use kind='diagonal')")
@@ -355,10 +409,10 @@ class DirichletCalibration(Calibrator):
 
         def objective(theta):
             passes[0] += 1
-            return self._objective(theta, scores, labels, sample_weight, check=passes[0] == 1)
+            return evaluate(theta, passes[0] == 1)
 
         first = objective(x0)
-        to_theta, grad_in_v, v0, norm = self._preconditioner(x0, scores, labels, sample_weight)
+        to_theta, grad_in_v, v0, norm = curvature(x0)
 
         def transformed(v):
             f, g = first if np.array_equal(v, v0) else objective(to_theta(v))
@@ -392,22 +446,41 @@ class DirichletCalibration(Calibrator):
         self.n_iter_ = fitted_int(fitted, "n_iter_", 0)
         self.n_passes_ = fitted_int(fitted, "n_passes_", 0)
 
-    def predict_proba(self, scores: ArrayLike) -> FloatArray:
-        """Calibrated probabilities softmax(W ln p + c), float64 of shape (N, K)."""
+    def predict_proba(self, scores: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
+        """Calibrated probabilities softmax(W ln p + c), float64 of shape (N, K).
+
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or channel-last (``axis=-1``) give probabilities of the same
+        shape (class axis read with its stride, no flattened copy), written into ``out`` when given
+        (``out=scores`` itself for in place; any float dtype). Each pixel is computed as the 2-D rows are.
+        """
         self._check_fitted()
+        if dense_route(scores, out):
+            return dense_transform(scores, self._dense_block, n_classes=self.n_classes_, axis=axis, out=out,
+                                   name="scores")
         scores = self._checked(scores)
         if scores.shape[1] != self.n_classes_:
             raise ValueError(f"scores has {scores.shape[1]} columns but the calibrator was fitted on "
                              f"{self.n_classes_} classes")
         out = np.empty(scores.shape)
-        diagonal = None if self.kind == "full" else np.diag(self.coef_)
         for start, x in self._chunks(scores, check=True):
-            z = x @ self.coef_.T if diagonal is None else x * diagonal
-            softmax_rows(z + self.intercept_, out[start:start + len(x)])
+            self._calibrated(x, out[start:start + len(x)])
+        return out
+
+    def _calibrated(self, x, out):
+        diagonal = None if self.kind == "full" else np.diag(self.coef_)
+        z = x @ self.coef_.T if diagonal is None else x * diagonal
+        softmax_rows(z + self.intercept_, out)
+
+    def _dense_block(self, block, where):
+        out = np.empty(block.shape)
+        self._calibrated(self._features(block, True, where), out)
         return out
 
     _probabilities = predict_proba
 
-    def predict(self, scores: ArrayLike) -> IntArray:
-        """Predicted class after calibration."""
+    def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
+        """Predicted class after calibration (``(N, *spatial)`` for dense scores)."""
+        if dense_route(scores):
+            self._check_fitted()
+            return dense_predict(scores, self._dense_block, n_classes=self.n_classes_, axis=axis, name="scores")
         return np.argmax(self.predict_proba(scores), axis=1)

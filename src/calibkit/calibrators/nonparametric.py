@@ -12,11 +12,13 @@ from .. import _backend
 from .._backend import BACKENDS
 from .._typing import ArrayLike, Backend, FloatArray, IntArray, Strategy
 from .._validation import (
-    FLOAT_DTYPES, MAX_CELLS, MAX_CLASSES, OK, check_bool, check_cells, check_choice, check_n_bins, raise_for_status,
+    FLOAT_DTYPES, MAX_CELLS, MAX_CLASSES, OK, BadElementError, check_bool, check_cells, check_choice, check_n_bins,
+    raise_for_status,
 )
 from ..metrics import _quantile_edges
 from ._base import (
-    Calibrator, binary_column, check_finite, check_fit_inputs, check_logits, fitted_array, fitted_classes, fitted_int, two_columns,
+    Calibrator, binary_column, check_finite, check_fit_inputs, check_logits, dense_route, fitted_array, fitted_classes,
+    fitted_int, two_columns,
 )
 
 
@@ -410,9 +412,19 @@ class _OneVsRest(Calibrator):
         return [self._fit_one(columns[c], (labels == c).astype(np.float64), sample_weight)
                 for c in range(n_classes)]
 
-    def fit(self: _O, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None) -> _O:
-        """Fit on held-out scores ((N,) binary or (N, K)) and labels (N,); returns self."""
+    def fit(self: _O, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+            axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+            max_rows: int | None = None) -> _O:
+        """Fit on held-out scores ((N,) binary or (N, K)) and labels (N,); returns self.
+
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
+        and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores): the counted rows are gathered and
+        fitted as the flattened rows (see ``Calibrator._fit_gathered``: n x K values in memory, bounded by
+        ``max_rows``)."""
         self._check_params()
+        if dense_route(scores, ignore_index, mask, max_rows):
+            return self._fit_gathered(scores, labels, sample_weight, axis=axis, ignore_index=ignore_index, mask=mask,
+                                      max_rows=max_rows)
         scores = binary_column(scores)
         binary = scores.ndim == 1
         scores, labels, sample_weight = check_fit_inputs(scores, labels, sample_weight, binary=binary)
@@ -444,10 +456,14 @@ class _OneVsRest(Calibrator):
 
         return apply
 
-    def predict_proba(self, scores: ArrayLike) -> FloatArray:
+    def predict_proba(self, scores: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Calibrated probabilities, (N, K) rows summing to 1; binary scores (N,) (or (N, 1)) give the (N, 2)
         probabilities of classes 0 and 1, as every scikit-learn classifier (``predict_proba(s)[:, 1]`` is
-        P(y = 1)). See :meth:`_probabilities` for the computation."""
+        P(y = 1)). See :meth:`_probabilities` for the computation.
+        Dense scores ``(N, K, *spatial)`` (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
+        shape, piece by piece, into ``out`` when given (``out=scores`` for in place): bit for bit the 2-D result of the flattened rows."""
+        if dense_route(scores, out):
+            return self._dense_probabilities(scores, axis=axis, out=out)
         p = self._probabilities(scores)
         return two_columns(p) if self.binary_ else p
 
@@ -518,8 +534,10 @@ class _OneVsRest(Calibrator):
             d["fitted"][name] = [a.tolist() for a in getattr(self, name)]
         return d
 
-    def predict(self, scores: ArrayLike) -> IntArray:
-        """Predicted class after calibration (binary: P(y=1) >= 0.5)."""
+    def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
+        """Predicted class after calibration (binary: P(y=1) >= 0.5). Dense scores give the ``(N, *spatial)`` map."""
+        if dense_route(scores):
+            return self._dense_probabilities(scores, axis=axis, predict=True)
         p = self._probabilities(scores)
         if self.binary_:
             return (p >= 0.5).astype(np.int64)
@@ -953,12 +971,23 @@ class TopLabelHistogramBinning(Calibrator):
         return _probability_matrix(s, self.from_logits, self.backend)
 
     def fit(self, scores: ArrayLike, labels: ArrayLike,
-            sample_weight: ArrayLike | None = None) -> "TopLabelHistogramBinning":
-        """Fit the per-class bins on held-out scores (N, K) and labels (N,); returns self."""
+            sample_weight: ArrayLike | None = None, *,
+            axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+            max_rows: int | None = None) -> "TopLabelHistogramBinning":
+        """Fit the per-class bins on held-out scores (N, K) and labels (N,); returns self.
+
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
+        and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores, as :meth:`TemperatureScaling.fit`):
+        the map is read in place piece by piece and only each counted pixel's predicted class and confidence
+        are kept (two values per pixel, O(N * prod(spatial)), not times K); the fit is then bit for bit that of
+        the flattened counted rows."""
         self._check_params()
         if sample_weight is not None:
             raise ValueError("sample_weight must be None: TopLabelHistogramBinning's equal-mass bins (and their "
                              "guarantee) are defined on row counts")
+        if dense_route(scores, ignore_index, mask, max_rows):
+            return self._fit_dense(scores, labels, axis=axis, ignore_index=ignore_index, mask=mask,
+                                   max_rows=max_rows)
         scores = binary_column(scores)
         if np.ndim(scores) != 2:
             raise ValueError(f"scores must have shape (N, K) (top-label binning needs K >= 2 class scores), got "
@@ -970,6 +999,33 @@ class TopLabelHistogramBinning(Calibrator):
         predicted = np.argmax(p, axis=1)
         confidence = p[np.arange(p.shape[0]), predicted]
         del p
+        return self._fit_top_label(predicted, confidence, labels, n_classes)
+
+    def _fit_dense(self, scores, labels, **dense):
+        """:meth:`fit` of dense scores: (predicted class, confidence) of each counted pixel, piece by piece."""
+        from ._base import DenseFit
+
+        binary = binary_column(scores)
+        if np.ndim(binary) == 1:
+            raise ValueError(f"scores must have shape (N, K) (top-label binning needs K >= 2 class scores), got "
+                             f"shape {np.shape(binary)}; for binary scores use HistogramBinning")
+        data = DenseFit(scores, labels, name="scores", scale_weights=False, **dense)
+        n = data.n_rows
+        predicted, confidence, y = np.empty(n, np.int64), np.empty(n), np.empty(n, np.int64)
+        for part in data.pieces(chunk_rows(data.n_classes)):
+            data.check_labels(part)
+            try:
+                p = self._checked_probabilities(part.scores)
+            except BadElementError as exc:
+                data.raise_for_status(exc.status, part)
+            rows = slice(part.offset, part.offset + part.n_rows)
+            predicted[rows] = np.argmax(p, axis=1)
+            confidence[rows] = p[np.arange(p.shape[0]), predicted[rows]]
+            y[rows] = part.labels
+        return self._fit_top_label(predicted, confidence, y, data.n_classes)
+
+    def _fit_top_label(self, predicted, confidence, labels, n_classes):
+        """The per-class equal-mass bins from each row's predicted class, confidence and label."""
         order = np.argsort(predicted, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(np.bincount(predicted, minlength=n_classes))])
         edges, values = [], []
@@ -1039,14 +1095,22 @@ class TopLabelHistogramBinning(Calibrator):
                              f"{self.n_classes_} classes")
         return p
 
+    def _predict_scores(self, scores):
+        """The rows whose argmax :meth:`predict` is (the input's probabilities: top-label binning keeps it)."""
+        return self._checked_for_predict(scores)
+
     def predict_top_label(self, scores: ArrayLike) -> tuple[IntArray, FloatArray]:
         """(predicted class c, calibrated top-label confidence h), two (N,) arrays: the calibrator's own output."""
         predicted, _, h = self._top_label(self._checked_for_predict(scores))
         return predicted, h
 
-    def predict_proba(self, scores: ArrayLike) -> FloatArray:
+    def predict_proba(self, scores: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Rows summing to 1 whose argmax is the input's and whose top probability is the calibrated confidence
-        (the other K - 1 filled as described in the class docstring), float64 (N, K)."""
+        (the other K - 1 filled as described in the class docstring), float64 (N, K).
+        Dense scores ``(N, K, *spatial)`` (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
+        shape, piece by piece, into ``out`` when given (``out=scores`` for in place): bit for bit the 2-D result of the flattened rows."""
+        if dense_route(scores, out):
+            return self._dense_probabilities(scores, axis=axis, out=out)
         p = self._checked_for_predict(scores)
         if not self.from_logits and np.shares_memory(p, np.asarray(scores)):
             p = p.copy()  # _probability_matrix returns the caller's float64 array itself: never write over it
@@ -1080,6 +1144,8 @@ class TopLabelHistogramBinning(Calibrator):
 
     _probabilities = predict_proba
 
-    def predict(self, scores: ArrayLike) -> IntArray:
-        """The predicted class: the argmax of the scores (top-label binning keeps it)."""
+    def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
+        """The predicted class: the argmax of the scores (top-label binning keeps it). Dense scores give the ``(N, *spatial)`` map."""
+        if dense_route(scores):
+            return self._dense_probabilities(scores, axis=axis, predict=True)
         return self.predict_top_label(scores)[0]

@@ -10,8 +10,8 @@ import numpy as np
 from .._typing import ArrayLike, FloatArray, IntArray
 from .._validation import MAX_CLASSES, check_bool
 from ._base import (
-    Calibrator, binary_column, check_fit_inputs, check_int, check_positive_number, fitted_array, fitted_int,
-    two_columns,
+    Calibrator, binary_column, check_fit_inputs, check_int, check_positive_number, dense_route, fitted_array,
+    fitted_int, two_columns,
 )
 from .nonparametric import _binary_scores
 
@@ -115,10 +115,20 @@ class PlattScaling(Calibrator):
         check_int(self.max_iter, "max_iter", 1)
         check_positive_number(self.tol, "tol")
 
-    def fit(self, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None) -> "PlattScaling":
+    def fit(self, scores: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+            axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+            max_rows: int | None = None) -> "PlattScaling":
         """Fit (A, B) on binary scores (N,) (or (N, 1)) and labels in {0, 1}, or one (A_k, B_k) per column of
-        multiclass decision scores (N, K), K >= 2, and labels in [0, K); returns self."""
+        multiclass decision scores (N, K), K >= 2, and labels in [0, K); returns self.
+
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
+        and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores): the counted rows are gathered and
+        fitted as the flattened rows (see ``Calibrator._fit_gathered``: n x K values in memory, bounded by
+        ``max_rows``)."""
         self._check_params()
+        if dense_route(scores, ignore_index, mask, max_rows):
+            return self._fit_gathered(scores, labels, sample_weight, axis=axis, ignore_index=ignore_index, mask=mask,
+                                      max_rows=max_rows)
         scores = binary_column(scores)
         binary = np.ndim(scores) != 2
         scores, labels, sample_weight = check_fit_inputs(scores, labels, sample_weight, binary=binary)
@@ -161,11 +171,15 @@ class PlattScaling(Calibrator):
             self.binary_, self.n_classes_ = True, 2
         self.n_iter_ = fitted_int(fitted, "n_iter_", 0)
 
-    def predict_proba(self, scores: ArrayLike) -> FloatArray:
+    def predict_proba(self, scores: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Calibrated probabilities: for binary scores (N,) (or (N, 1)) those of classes 0 and 1, shape (N, 2), as
         every scikit-learn classifier (``predict_proba(scores)[:, 1]`` is P(y = 1)); for multiclass scores
         (N, K) the K one-vs-rest sigmoids divided by their row sum (a row whose sigmoids all underflow to 0
-        becomes uniform, 1/K), as ``CalibratedClassifierCV(method="sigmoid")``."""
+        becomes uniform, 1/K), as ``CalibratedClassifierCV(method="sigmoid")``.
+        Dense scores ``(N, K, *spatial)`` (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
+        shape, piece by piece, into ``out`` when given (``out=scores`` for in place): bit for bit the 2-D result of the flattened rows."""
+        if dense_route(scores, out):
+            return self._dense_probabilities(scores, axis=axis, out=out)
         p = self._probabilities(scores)
         return two_columns(p) if self.binary_ else p
 
@@ -189,8 +203,10 @@ class PlattScaling(Calibrator):
         p /= total
         return p
 
-    def predict(self, scores: ArrayLike) -> IntArray:
-        """Binary: 1 where P(y = 1) >= 0.5, else 0; multiclass: the most probable class."""
+    def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
+        """Binary: 1 where P(y = 1) >= 0.5, else 0; multiclass: the most probable class. Dense scores give the ``(N, *spatial)`` map."""
+        if dense_route(scores):
+            return self._dense_probabilities(scores, axis=axis, predict=True)
         p = self._probabilities(scores)
         return (p >= 0.5).astype(np.int64) if self.binary_ else np.argmax(p, axis=1)
 

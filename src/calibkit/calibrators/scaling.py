@@ -13,8 +13,9 @@ from .._backend import BACKENDS
 from .._typing import ArrayLike, Backend, FloatArray, IntArray
 from .._validation import MAX_CLASSES, OK, BadElementError, raise_for_status
 from ._base import (
-    MAX_LEARNED, Calibrator, check_finite, check_fit_inputs, check_int, check_logits, check_positive_number,
-    chunk_rows, fitted_array, fitted_int, softmax_rows,
+    MAX_LEARNED, Calibrator, DenseFit, check_finite, check_fit_inputs, check_int, check_logits,
+    check_positive_number, chunk_rows, dense_predict, dense_route, dense_transform, fitted_array, fitted_int,
+    softmax_rows,
 )
 
 
@@ -205,6 +206,20 @@ def _temperature_sums(k, logits, labels, sample_weight, b, chunk_size):
     return total
 
 
+def _dense_temperature_sums(k, data, b, chunk_size):
+    """:func:`_temperature_sums` over the pieces of a ``DenseFit`` (bad elements named in the caller's arrays)."""
+    total = dict.fromkeys(("count", "weight", "loss", "d1", "d2", "d3", "d4", "d5", "r4d2"), 0.0)
+    largest = 0.0
+    for p in data.pieces(chunk_size):
+        r = k.temperature_nll(p.scores, p.labels, p.sample_weight, b)
+        data.raise_for_status(r["status"], p)
+        for key in total:
+            total[key] += r[key]
+        largest = max(largest, r["range"])
+    total["range"] = largest
+    return total
+
+
 def _checked_logits_for(calibrator, logits):
     calibrator._check_fitted()
     logits = check_logits(logits, "logits")
@@ -224,22 +239,38 @@ def _apply_chunks(calibrator, logits, *, probabilities):
         rows = slice(start, min(n, start + step))
         z = np.asarray(logits[rows], dtype=np.float64)
         check_finite(z, "logits", start)
-        if probabilities and calibrator._shift_invariant:
-            z = z - z.max(axis=1, keepdims=True)  # softmax(z / T) = softmax((z - max z) / T): no overflow
-        with np.errstate(over="ignore", invalid="ignore"):
-            z = calibrator._scaled(z)
-        # softmax gives -inf a probability of 0, so predict_proba only needs each row's maximum finite
-        ok = np.isfinite(z).all(axis=1) if not probabilities else \
-            np.isfinite(z.max(axis=1)) & ~np.isnan(z).any(axis=1)
-        if not ok.all():
-            row = start + int(np.argmin(ok))
-            raise ValueError(f"logits[{row}]: the calibrated logits overflow float64 (the logits are too large "
-                             "for this calibrator's learned values)")
-        if probabilities:
-            softmax_rows(z, out[rows])
-        else:
-            out[rows] = z
+        _scaled_block(calibrator, z, out[rows], probabilities, lambda row, start=start: f"logits[{start + row}]")
     return out
+
+
+def _scaled_block(calibrator, z, out, probabilities, where):
+    """out = calibrator._scaled(z) (or its softmax) of a block z of finite float64 logits; ``where(i)`` names
+    row i in the caller's terms for the overflow error. The same operations for 2-D and dense input."""
+    if probabilities and calibrator._shift_invariant:
+        z = z - z.max(axis=1, keepdims=True)  # softmax(z / T) = softmax((z - max z) / T): no overflow
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = calibrator._scaled(z)
+    # softmax gives -inf a probability of 0, so predict_proba only needs each row's maximum finite
+    ok = np.isfinite(z).all(axis=1) if not probabilities else \
+        np.isfinite(z.max(axis=1)) & ~np.isnan(z).any(axis=1)
+    if not ok.all():
+        raise ValueError(f"{where(int(np.argmin(ok)))}: the calibrated logits overflow float64 (the logits are too "
+                         "large for this calibrator's learned values)")
+    if probabilities:
+        softmax_rows(z, out)
+    else:
+        out[...] = z
+
+
+def _dense_block(calibrator, probabilities):
+    """The block function of :func:`dense_transform` for a logit calibrator (``_scaled``)."""
+    def block(scores, where):
+        z = np.asarray(scores, dtype=np.float64)
+        where.check_finite(z)
+        out = np.empty(z.shape)
+        _scaled_block(calibrator, z, out, probabilities, where)
+        return out
+    return block
 
 
 class _LogitCalibrator(Calibrator):
@@ -248,22 +279,45 @@ class _LogitCalibrator(Calibrator):
     # True when _scaled commutes with subtracting a row constant (softmax can then shift first).
     _shift_invariant = False
 
-    def transform(self, logits: ArrayLike) -> FloatArray:
-        """Calibrated logits (float64, shape (N, K))."""
+    def transform(self, logits: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
+        """Calibrated logits (float64, shape (N, K)).
+
+        Dense logits ``(N, K, *spatial)`` (``axis=1``) or channel-last ``(N, *spatial, K)`` (``axis=-1``) give calibrated
+        logits of the same shape, the class axis where it was; the class axis is read with its stride, no
+        flattened copy is made. ``out`` (a writeable float array of the logits' shape, any float dtype) receives
+        them; ``out=logits`` itself transforms a map in place (each piece of rows is computed before it is
+        written; any other overlap with the logits is an error). Each pixel is computed as the 2-D transform
+        computes that row: the result is bit for bit that of the flattened rows, reshaped back.
+        """
+        if dense_route(logits, out):
+            self._check_fitted()
+            return dense_transform(logits, _dense_block(self, False), n_classes=self.n_classes_, axis=axis, out=out)
         return _apply_chunks(self, logits, probabilities=False)
 
-    def predict_proba(self, logits: ArrayLike) -> FloatArray:
-        """Calibrated probabilities, the softmax of :meth:`transform` (float64, shape (N, K))."""
+    def predict_proba(self, logits: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
+        """Calibrated probabilities, the softmax of :meth:`transform` (float64, shape (N, K)).
+
+        Dense logits and ``out``: as :meth:`transform` (probabilities of the logits' shape, the softmax taken
+        over the class axis; ``out=logits`` overwrites the logits with the probabilities).
+        """
+        if dense_route(logits, out):
+            self._check_fitted()
+            return dense_transform(logits, _dense_block(self, True), n_classes=self.n_classes_, axis=axis, out=out)
         return _apply_chunks(self, logits, probabilities=True)
 
-    def predict(self, logits: ArrayLike) -> IntArray:
-        """Predicted class after calibration."""
+    def predict(self, logits: ArrayLike, *, axis: int = 1) -> IntArray:
+        """Predicted class after calibration (shape (N,), or ``(N, *spatial)`` for dense logits)."""
+        if dense_route(logits):
+            self._check_fitted()
+            return dense_predict(logits, _dense_block(self, False), n_classes=self.n_classes_, axis=axis)
         return np.argmax(self.transform(logits), axis=1)
 
-    def fit_transform(self, logits: ArrayLike, labels: ArrayLike,
-                      sample_weight: ArrayLike | None = None) -> FloatArray:
-        """``fit(logits, labels, sample_weight).transform(logits)``."""
-        return self.fit(logits, labels, sample_weight).transform(logits)
+    def fit_transform(self, logits: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+                      axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+                      max_rows: int | None = None) -> FloatArray:
+        """``fit(logits, labels, sample_weight, ...).transform(logits, axis=axis)`` (the keywords: see :meth:`fit`)."""
+        return self.fit(logits, labels, sample_weight, axis=axis, ignore_index=ignore_index, mask=mask,
+                        max_rows=max_rows).transform(logits, axis=axis)
 
     _probabilities = predict_proba
 
@@ -468,10 +522,38 @@ class TemperatureScaling(_LogitCalibrator):
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         return t_min, t_max
 
-    def fit(self, logits: ArrayLike, labels: ArrayLike,
-            sample_weight: ArrayLike | None = None) -> "TemperatureScaling":
-        """Fit T on held-out logits (N, K) and labels (N,); returns self."""
+    def fit(self, logits: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+            axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+            max_rows: int | None = None) -> "TemperatureScaling":
+        """Fit T on held-out logits (N, K) and labels (N,); returns self.
+
+        The dense fit equals the fit of the flattened counted rows (``flat[::s]`` with ``max_rows``) to
+        rounding: the NLL sums are added piece by piece (pieces of at most 2^20 pixels, or ``chunk_size``),
+        so the sums agree with the flattened ones to about 1e-13 relative and T to well within ``tol``.
+
+        Parameters
+        ----------
+        logits : array of shape (N, K), ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``)
+            Dense logits (a segmentation map) are read in place: the class axis with its stride, piece by
+            piece, no flattened or transposed copy (memory maps are streamed). Each pixel is a row.
+        labels : integer array of shape (N,) or ``(N, *spatial)``
+        sample_weight : array of the labels' shape, optional
+        axis : int, default 1
+            The class axis of dense logits: 1 (class second, PyTorch's layout) or -1 (channel-last).
+        ignore_index : int, optional
+            Pixels with this label (e.g. 255) are not counted.
+        mask : bool array of the labels' shape, optional
+            Only pixels where it is True are counted (combined with ``ignore_index``).
+        max_rows : int, optional
+            Fit on at most this many of the counted pixels: every s-th of them in order, s =
+            ceil(n_counted / max_rows) (the rows 0, s, 2s, ... of the flattened counted pixels: deterministic,
+            spread evenly over the images). Only those rows are read (values of the others are not checked).
+            A subsample of a map with ignored pixels gathers only its own rows, piece by piece.
+        """
         self._check_params()
+        if dense_route(logits, ignore_index, mask, max_rows):
+            return self._fit_dense(DenseFit(logits, labels, axis=axis, mask=mask, ignore_index=ignore_index,
+                                            sample_weight=sample_weight, max_rows=max_rows))
         logits = check_logits(logits, "logits")
         # The fit does not depend on the scale of the weights: divided by the largest (no overflow or subnormals).
         logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False,
@@ -493,6 +575,24 @@ class TemperatureScaling(_LogitCalibrator):
         return self.fit_from_sums(
             lambda b: _temperature_sums(k, logits, labels, sample_weight, b, self.chunk_size), n_classes,
             start=start)
+
+    def _fit_dense(self, data):
+        """The fit of :meth:`fit` on dense rows (a ``DenseFit``): the same warm start and Newton iteration, the
+        kernel's sums added over the pieces."""
+        k = _backend.kernels(self.backend)
+        n, n_classes = data.n_rows, data.n_classes
+        start = None
+        if n * n_classes >= _WARM_START_ELEMENTS and n >= _WARM_START_ROWS:
+            sub = data.subsample(min(_WARM_START_STRIDE, n // _WARM_START_SUB_ROWS))
+            if data.dense.sample_weight is None or sum(float(p.sample_weight.sum()) for p in sub.pieces()) > 0:
+                try:
+                    with warnings.catch_warnings():  # the subsample only gives the start: its warnings are not the fit's
+                        warnings.simplefilter("ignore")
+                        start, _, _, _ = self._newton(lambda b: _dense_temperature_sums(k, sub, b, self.chunk_size))
+                except BadElementError:  # the full pass names the bad element
+                    start = None
+        return self.fit_from_sums(lambda b: _dense_temperature_sums(k, data, b, self.chunk_size), n_classes,
+                                  start=start)
 
     def fit_from_sums(self, sums: Callable[[float], Mapping[str, float]], n_classes: int, *,
                       start: float | None = None) -> "TemperatureScaling":
@@ -680,17 +780,44 @@ class VectorScaling(_LogitCalibrator):
         grad = np.concatenate([r["grad_scale"] / w, r["grad_bias"] / w + 2.0 * self.reg / n_classes * bias])
         return loss, grad
 
-    def fit(self, logits: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None) -> "VectorScaling":
-        """Fit a and c on held-out logits (N, K) and labels (N,); returns self."""
+    def fit(self, logits: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+            axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+            max_rows: int | None = None) -> "VectorScaling":
+        """Fit a and c on held-out logits (N, K) and labels (N,); returns self.
+
+        Dense logits ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
+        ``ignore_index``, ``mask`` and ``max_rows``: as :meth:`TemperatureScaling.fit` (read in place, piece by
+        piece; ``max_rows`` keeps every s-th counted pixel). The loss and gradient are the kernel's sums added over the pieces, so the fit
+        equals that of the flattened rows to rounding (the parameters agree to about the fit's ``tol``).
+        """
         self._check_params()
-        logits = check_logits(logits, "logits")
-        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False,
-                                                         scale_weights=True)  # scale-free fit
-        n, n_classes = logits.shape
+        k = _backend.kernels(self.backend)
+        if dense_route(logits, ignore_index, mask, max_rows):
+            data = DenseFit(logits, labels, axis=axis, mask=mask, ignore_index=ignore_index,
+                            sample_weight=sample_weight, max_rows=max_rows)
+            n, n_classes = data.n_rows, data.n_classes
+
+            def evaluate(x):
+                return self._dense_objective(x, k, data)
+
+            def curvature_sample(stride):
+                z, _, w = data.gather(stride)
+                return z, w
+        else:
+            logits = check_logits(logits, "logits")
+            logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False,
+                                                             scale_weights=True)  # scale-free fit
+            n, n_classes = logits.shape
+
+            def evaluate(x):
+                return self._objective(x, k, logits, labels, sample_weight)
+
+            def curvature_sample(stride):
+                sub = slice(None, None, stride)
+                return logits[sub], (None if sample_weight is None else sample_weight[sub])
         if self.reg == 0 and n < 2 * n_classes:
             raise ValueError(f"vector scaling has {2 * n_classes} parameters but only {n} rows were given; "
                              "pass more rows or reg > 0")
-        k = _backend.kernels(self.backend)
         x0 = np.concatenate([np.ones(n_classes), np.zeros(n_classes)])
         passes = [0]
         first = [None]
@@ -699,11 +826,11 @@ class VectorScaling(_LogitCalibrator):
             if first[0] is not None and np.array_equal(x, first[0][0]):
                 return first[0][1]
             passes[0] += 1
-            return self._objective(x, k, logits, labels, sample_weight)
+            return evaluate(x)
 
         # The first pass validates every row (bad input raises here, before the subsample is looked at).
         first[0] = (x0, objective(x0))
-        l11, l21, l22 = self._preconditioner(logits, labels, sample_weight, x0)
+        l11, l21, l22 = self._preconditioner(*curvature_sample(max(1, n // _PRECONDITION_ROWS)), x0)
 
         def to_params(v):  # x = L^-T v
             c = v[n_classes:] / l22
@@ -728,17 +855,33 @@ class VectorScaling(_LogitCalibrator):
         self.n_classes_ = int(n_classes)
         return self
 
-    def _preconditioner(self, logits, labels, sample_weight, x):
+    def _dense_objective(self, params, k, data):
+        """:meth:`_objective` with the kernel's sums added over the pieces of a ``DenseFit``."""
+        n_classes = data.n_classes
+        scale = np.ascontiguousarray(params[:n_classes])
+        bias = np.ascontiguousarray(params[n_classes:])
+        loss, w, g_scale, g_bias = 0.0, 0.0, np.zeros(n_classes), np.zeros(n_classes)
+        for p in data.pieces():
+            r = k.vector_scaling_nll(p.scores, p.labels, p.sample_weight, scale, bias)
+            data.raise_for_status(r["status"], p)
+            loss += r["loss"]
+            w += r["weight"]
+            g_scale += r["grad_scale"]
+            g_bias += r["grad_bias"]
+        loss = loss / w + self.reg / n_classes * float(bias @ bias)
+        return loss, np.concatenate([g_scale / w, g_bias / w + 2.0 * self.reg / n_classes * bias])
+
+    def _preconditioner(self, logits, sample_weight, x):
         """Cholesky factors (l11, l21, l22), one per class, of the 2 x 2 blocks [[H_aa, H_ac], [H_ac, H_cc]]
         of the objective's Hessian at x, estimated on every m-th row (about _PRECONDITION_ROWS rows).
 
         The fit runs L-BFGS in v = L^T x: a, c and the classes then have comparable curvature, which
         takes far fewer passes than in (a, c) itself (the scale of z makes a and c differ by orders of
-        magnitude). A small ridge keeps every factor positive (classes the subsample never predicts)."""
-        n, n_classes = logits.shape
-        sub = slice(None, None, max(1, n // _PRECONDITION_ROWS))
-        z = np.asarray(logits[sub], dtype=np.float64)
-        w = np.ones(len(z)) if sample_weight is None else sample_weight[sub]
+        magnitude). A small ridge keeps every factor positive (classes the subsample never predicts).
+        ``logits`` and ``sample_weight`` are that subsample (every m-th row)."""
+        n_classes = logits.shape[1]
+        z = np.asarray(logits, dtype=np.float64)
+        w = np.ones(len(z)) if sample_weight is None else sample_weight
         total = float(w.sum())
         p = np.empty_like(z)
         softmax_rows(z * x[:n_classes] + x[n_classes:], p)
@@ -842,16 +985,34 @@ class MatrixScaling(_LogitCalibrator):
 
     def _objective(self, params, logits, labels, sample_weight):
         n, n_classes = logits.shape
+
+        def blocks():
+            step = chunk_rows(n_classes)
+            for start in range(0, n, step):
+                rows = slice(start, min(n, start + step))
+                z = np.asarray(logits[rows], dtype=np.float64)
+                check_finite(z, "logits", start)
+                yield z, labels[rows], (None if sample_weight is None else sample_weight[rows])
+
+        return self._objective_blocks(params, n_classes, blocks())
+
+    def _dense_objective(self, params, data):
+        """:meth:`_objective` over the pieces of a ``DenseFit`` (each piece at most ``chunk_rows(K)`` rows)."""
+        def blocks():
+            for p in data.pieces(chunk_rows(data.n_classes)):
+                z = np.asarray(p.scores, dtype=np.float64)
+                data.check_finite(p, z)
+                data.check_labels(p)
+                yield z, p.labels, p.sample_weight
+
+        return self._objective_blocks(params, data.n_classes, blocks())
+
+    def _objective_blocks(self, params, n_classes, blocks):
         weights = params[: n_classes * n_classes].reshape(n_classes, n_classes)
         bias = params[n_classes * n_classes:]
         loss, grad_w, grad_c, total_w = 0.0, np.zeros((n_classes, n_classes)), np.zeros(n_classes), 0.0
-        step = chunk_rows(n_classes)
-        for start in range(0, n, step):
-            rows = slice(start, min(n, start + step))
-            z = np.asarray(logits[rows], dtype=np.float64)
-            check_finite(z, "logits", start)
-            y = labels[rows]
-            w = np.ones(len(y)) if sample_weight is None else sample_weight[rows]
+        for z, y, w in blocks:
+            w = np.ones(len(y)) if w is None else w
             part, p = softmax_nll_block(z @ weights.T + bias, y, w)
             loss += part
             grad_w += p.T @ z
@@ -866,20 +1027,35 @@ class MatrixScaling(_LogitCalibrator):
         grad_c = grad_c / total_w + 2.0 * mu / n_classes * bias
         return loss, np.concatenate([grad_w.ravel(), grad_c])
 
-    def fit(self, logits: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None) -> "MatrixScaling":
-        """Fit W and c on held-out logits (N, K) and labels (N,); returns self."""
+    def fit(self, logits: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+            axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+            max_rows: int | None = None) -> "MatrixScaling":
+        """Fit W and c on held-out logits (N, K) and labels (N,); returns self.
+
+        Dense logits ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
+        ``ignore_index``, ``mask`` and ``max_rows``: as :meth:`TemperatureScaling.fit` (read in place, piece by
+        piece; ``max_rows`` keeps every s-th counted pixel). The loss and gradient are summed over pieces of ``chunk_rows(K)`` rows (the
+        2-D fit's chunks, cut at image boundaries), so the fit equals that of the flattened rows to rounding.
+        """
         self._check_params()
-        logits = check_logits(logits, "logits")
-        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False,
-                                                         scale_weights=True)  # scale-free fit
-        n, n_classes = logits.shape
-        _check_label_range(labels, n_classes)
+        if dense_route(logits, ignore_index, mask, max_rows):
+            data = DenseFit(logits, labels, axis=axis, mask=mask, ignore_index=ignore_index,
+                            sample_weight=sample_weight, max_rows=max_rows)
+            n, n_classes = data.n_rows, data.n_classes
+            fun, args = self._dense_objective, (data,)
+        else:
+            logits = check_logits(logits, "logits")
+            logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False,
+                                                             scale_weights=True)  # scale-free fit
+            n, n_classes = logits.shape
+            _check_label_range(labels, n_classes)
+            fun, args = self._objective, (logits, labels, sample_weight)
         n_params = n_classes * (n_classes + 1)
         if self.reg == 0 and n < n_params:
             raise ValueError(f"matrix scaling has {n_params} parameters but only {n} rows were given; "
                              "pass more rows or reg > 0 (ODIR)")
         x0 = np.concatenate([np.eye(n_classes).ravel(), np.zeros(n_classes)])
-        res = minimize(self._objective, x0, args=(logits, labels, sample_weight), jac=True, method="L-BFGS-B",
+        res = minimize(fun, x0, args=args, jac=True, method="L-BFGS-B",
                        options={"maxiter": self.max_iter, "gtol": self.tol, "ftol": 1e-14})
         _warn_unless_converged(res, "matrix scaling")
         self.weights_ = res.x[: n_classes * n_classes].reshape(n_classes, n_classes).copy()
@@ -937,14 +1113,31 @@ def _label_probabilities(logits, labels, temperature):
     step = chunk_rows(n_classes)
     for start in range(0, n, step):
         rows = slice(start, min(n, start + step))
-        z = np.asarray(logits[rows], dtype=np.float64)
-        z = z - z.max(axis=1, keepdims=True)
-        idx = np.arange(z.shape[0])
-        y = labels[rows]
-        for out, s in ((scaled, z / temperature), (plain, z)):
-            lse = np.log(np.exp(s).sum(axis=1))
-            out[rows] = np.exp(s[idx, y] - lse)
+        _label_probabilities_block(logits[rows], labels[rows], temperature, scaled[rows], plain[rows])
     return scaled, plain
+
+
+def _label_probabilities_block(logits, y, temperature, scaled, plain):
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    idx = np.arange(z.shape[0])
+    for out, s in ((scaled, z / temperature), (plain, z)):
+        lse = np.log(np.exp(s).sum(axis=1))
+        out[...] = np.exp(s[idx, y] - lse)
+
+
+def _dense_label_probabilities(data, temperature):
+    """:func:`_label_probabilities` and the (scaled) weights of the rows of a ``DenseFit``: three (n,) arrays
+    (O(n) memory, not O(n K)), filled piece by piece (pieces of ``chunk_rows(K)`` rows)."""
+    n = data.n_rows
+    scaled, plain = np.empty(n), np.empty(n)
+    w = np.ones(n) if data.dense.sample_weight is None else np.empty(n)
+    for p in data.pieces(chunk_rows(data.n_classes)):
+        rows = slice(p.offset, p.offset + p.n_rows)
+        _label_probabilities_block(p.scores, p.labels, temperature, scaled[rows], plain[rows])
+        if p.sample_weight is not None:
+            w[rows] = p.sample_weight
+    return scaled, plain, w
 
 
 def _simplex_mixture_nll(v, w):
@@ -1102,23 +1295,42 @@ class EnsembleTemperatureScaling(Calibrator):
         self._temperature()._check_params()
         check_int(self.max_iter, "max_iter", 1)
 
-    def fit(self, logits: ArrayLike, labels: ArrayLike,
-            sample_weight: ArrayLike | None = None) -> "EnsembleTemperatureScaling":
-        """Fit T, then w, on held-out logits (N, K) and labels (N,); returns self."""
+    def fit(self, logits: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+            axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+            max_rows: int | None = None) -> "EnsembleTemperatureScaling":
+        """Fit T, then w, on held-out logits (N, K) and labels (N,); returns self.
+
+        Dense logits ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
+        ``ignore_index``, ``mask`` and ``max_rows``: as :meth:`TemperatureScaling.fit` (T is fitted on the
+        pieces in place). The weight fit needs a_i and b_i of every counted pixel: three float64 values per
+        pixel (O(N * prod(spatial)), not times K; ``max_rows`` bounds it). T equals the fit of the flattened
+        rows to rounding (within ``tol``), w then to about the same relative accuracy.
+        """
         self._check_params()
-        logits = check_logits(logits, "logits")
-        logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False,
-                                                         scale_weights=True)
         ts = self._temperature()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ts.fit(logits, labels, sample_weight)  # checks every logit and label (raises on bad input)
-        for w in caught:
-            warnings.warn(f"ensemble temperature scaling: {w.message}", w.category, stacklevel=2)
-        n_classes = logits.shape[1]
-        scaled, plain = _label_probabilities(logits, labels, ts.temperature_)
+        if dense_route(logits, ignore_index, mask, max_rows):
+            data = DenseFit(logits, labels, axis=axis, mask=mask, ignore_index=ignore_index,
+                            sample_weight=sample_weight, max_rows=max_rows)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ts._check_params()
+                ts._fit_dense(data)  # checks every logit and label used (raises on bad input)
+            n_classes = data.n_classes
+            scaled, plain, w = _dense_label_probabilities(data, ts.temperature_)
+        else:
+            logits = check_logits(logits, "logits")
+            logits, labels, sample_weight = check_fit_inputs(logits, labels, sample_weight, binary=False,
+                                                             scale_weights=True)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ts.fit(logits, labels, sample_weight)  # checks every logit and label (raises on bad input)
+            n_classes = logits.shape[1]
+            scaled, plain = _label_probabilities(logits, labels, ts.temperature_)
+            w = np.ones(len(scaled)) if sample_weight is None else sample_weight
+        for caught_warning in caught:
+            warnings.warn(f"ensemble temperature scaling: {caught_warning.message}", caught_warning.category,
+                          stacklevel=2)
         v = np.column_stack([scaled, plain, np.full(len(scaled), 1.0 / n_classes)])
-        w = np.ones(len(scaled)) if sample_weight is None else sample_weight
         weights, n_iter, converged = _fit_simplex_weights(v, w, self.max_iter)
         if not converged:
             warnings.warn(f"ensemble temperature scaling: the weight fit did not converge in {self.max_iter} "
@@ -1140,45 +1352,75 @@ class EnsembleTemperatureScaling(Calibrator):
         self.n_passes_ = fitted_int(fitted, "n_passes_", 0)
         self.n_classes_ = fitted_int(fitted, "n_classes_", 2, MAX_CLASSES)
 
-    def predict_proba(self, logits: ArrayLike) -> FloatArray:
+    def predict_proba(self, logits: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Calibrated probabilities w1 softmax(z / T) + w2 softmax(z) + w3 / K (float64, shape (N, K)), computed in
-        row chunks (the output is the only N x K array made)."""
+        row chunks (the output is the only N x K array made).
+
+        Dense logits ``(N, K, *spatial)`` (``axis=1``) or channel-last (``axis=-1``) and ``out`` (``out=logits`` for
+        in place): as :meth:`TemperatureScaling.predict_proba` (bit for bit the 2-D result of the flattened rows).
+        """
+        if dense_route(logits, out):
+            self._check_fitted()
+            return dense_transform(logits, self._dense_block(False), n_classes=self.n_classes_, axis=axis, out=out)
         logits = _checked_logits_for(self, logits)
         n, n_classes = logits.shape
         out = np.empty((n, n_classes))
-        w1, w2, w3 = (float(x) for x in self.weights_)
         step = chunk_rows(n_classes)
         for start in range(0, n, step):
             rows = slice(start, min(n, start + step))
             z = np.asarray(logits[rows], dtype=np.float64)
             check_finite(z, "logits", start)
-            z = z - z.max(axis=1, keepdims=True)
-            block = out[rows]
-            softmax_rows(z / self.temperature_, block)
-            block *= w1
-            plain = np.empty_like(z)
-            softmax_rows(z, plain)
-            block += w2 * plain
-            block += w3 / n_classes
+            self._mixture(z, out[rows])
         return out
+
+    def _mixture(self, z, block):
+        """block = w1 softmax(z / T) + w2 softmax(z) + w3 / K of finite float64 logits z (m, K)."""
+        w1, w2, w3 = (float(x) for x in self.weights_)
+        z = z - z.max(axis=1, keepdims=True)
+        softmax_rows(z / self.temperature_, block)
+        block *= w1
+        plain = np.empty_like(z)
+        softmax_rows(z, plain)
+        block += w2 * plain
+        block += w3 / z.shape[1]
+
+    def _dense_block(self, logarithm):
+        def block(scores, where):
+            z = np.asarray(scores, dtype=np.float64)
+            where.check_finite(z)
+            p = np.empty(z.shape)
+            self._mixture(z, p)
+            if logarithm:
+                np.maximum(p, np.nextafter(0.0, 1.0), out=p)
+                np.log(p, out=p)
+            return p
+        return block
 
     _probabilities = predict_proba
 
-    def transform(self, logits: ArrayLike) -> FloatArray:
+    def transform(self, logits: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Calibrated logits: the log of :meth:`predict_proba` (float64, shape (N, K); their softmax is the
         calibrated probabilities, as for the other scaling calibrators). Finite: the uniform part w3 / K keeps
         every probability positive unless w3 = 0, where a probability that underflows to 0 is a logit of
-        -inf's stand-in -745 (log of the smallest subnormal)."""
+        -inf's stand-in -745 (log of the smallest subnormal). Dense logits and ``out``: as :meth:`predict_proba`."""
+        if dense_route(logits, out):
+            self._check_fitted()
+            return dense_transform(logits, self._dense_block(True), n_classes=self.n_classes_, axis=axis, out=out)
         p = self.predict_proba(logits)
         np.maximum(p, np.nextafter(0.0, 1.0), out=p)
         return np.log(p, out=p)
 
-    def fit_transform(self, logits: ArrayLike, labels: ArrayLike,
-                      sample_weight: ArrayLike | None = None) -> FloatArray:
-        """``fit(logits, labels, sample_weight).transform(logits)``."""
-        return self.fit(logits, labels, sample_weight).transform(logits)
+    def fit_transform(self, logits: ArrayLike, labels: ArrayLike, sample_weight: ArrayLike | None = None, *,
+                      axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+                      max_rows: int | None = None) -> FloatArray:
+        """``fit(logits, labels, sample_weight, ...).transform(logits, axis=axis)`` (the keywords: see :meth:`fit`)."""
+        return self.fit(logits, labels, sample_weight, axis=axis, ignore_index=ignore_index, mask=mask,
+                        max_rows=max_rows).transform(logits, axis=axis)
 
-
-    def predict(self, logits: ArrayLike) -> IntArray:
-        """Predicted class (the argmax of :meth:`predict_proba`, which is that of the logits)."""
+    def predict(self, logits: ArrayLike, *, axis: int = 1) -> IntArray:
+        """Predicted class (the argmax of :meth:`predict_proba`, which is that of the logits); ``(N, *spatial)`` for
+        dense logits."""
+        if dense_route(logits):
+            self._check_fitted()
+            return dense_predict(logits, self._dense_block(False), n_classes=self.n_classes_, axis=axis)
         return np.argmax(self.predict_proba(logits), axis=1)

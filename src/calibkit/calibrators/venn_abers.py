@@ -9,7 +9,9 @@ import numpy as np
 from .._backend import BACKENDS
 from .._typing import ArrayLike, Backend, FloatArray, IntArray
 from .._validation import MAX_CLASSES, check_bool
-from ._base import Calibrator, binary_column, check_fit_inputs, fitted_array, fitted_classes, two_columns
+from ._base import (
+    Calibrator, binary_column, check_fit_inputs, dense_route, fitted_array, fitted_classes, two_columns,
+)
 from .nonparametric import (
     _binary_scores, _check_label_range, _probability_matrix, _warn_single_class, isotonic_regression,
 )
@@ -191,13 +193,22 @@ class VennAbers(Calibrator):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
-    def fit(self, scores: ArrayLike, labels: ArrayLike, sample_weight: None = None) -> "VennAbers":
+    def fit(self, scores: ArrayLike, labels: ArrayLike, sample_weight: None = None, *,
+            axis: int = 1, ignore_index: int | None = None, mask: ArrayLike | None = None,
+            max_rows: int | None = None) -> "VennAbers":
         """Fit on held-out scores ((N,) binary, any finite numbers, or (N, K)) and labels (N,); returns self.
 
         ``sample_weight`` is accepted only as None (the calibrators' common signature): Venn-Abers
         predictors are defined for unweighted, exchangeable points.
-        """
+
+        Dense scores ``(N, K, *spatial)`` (``axis=1``) or ``(N, *spatial, K)`` (``axis=-1``) with labels ``(N, *spatial)``,
+        and ``ignore_index`` / ``mask`` / ``max_rows`` (also for 2-D scores): the counted rows are gathered and
+        fitted as the flattened rows (see ``Calibrator._fit_gathered``: n x K values in memory, bounded by
+        ``max_rows``)."""
         self._check_params()
+        if dense_route(scores, ignore_index, mask, max_rows):
+            return self._fit_gathered(scores, labels, sample_weight, axis=axis, ignore_index=ignore_index, mask=mask,
+                                      max_rows=max_rows)
         if sample_weight is not None:
             raise ValueError("VennAbers does not take sample_weight (Venn-Abers predictors are defined for "
                              "unweighted points); got an array")
@@ -271,14 +282,20 @@ class VennAbers(Calibrator):
         p /= p.sum(axis=1, keepdims=True)  # every p^k > 0 (p1 >= 1 / (n + 1)): no row sums to 0
         return p
 
-    def predict_proba(self, scores: ArrayLike) -> FloatArray:
+    def predict_proba(self, scores: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Calibrated probabilities p = p1 / (1 - p0 + p1): (N, 2) for binary scores (column 1 is P(y = 1)),
-        (N, K) rows summing to 1 otherwise."""
+        (N, K) rows summing to 1 otherwise.
+        Dense scores ``(N, K, *spatial)`` (``axis=1``, or channel-last ``axis=-1``) give probabilities of their
+        shape, piece by piece, into ``out`` when given (``out=scores`` for in place): bit for bit the 2-D result of the flattened rows."""
+        if dense_route(scores, out):
+            return self._dense_probabilities(scores, axis=axis, out=out)
         p = self._probabilities(scores)
         return two_columns(p) if self.binary_ else p
 
-    def predict(self, scores: ArrayLike) -> IntArray:
-        """Predicted class after calibration (binary: p >= 0.5)."""
+    def predict(self, scores: ArrayLike, *, axis: int = 1) -> IntArray:
+        """Predicted class after calibration (binary: p >= 0.5). Dense scores give the ``(N, *spatial)`` map."""
+        if dense_route(scores):
+            return self._dense_probabilities(scores, axis=axis, predict=True)
         p = self._probabilities(scores)
         if self.binary_:
             return (p >= 0.5).astype(np.int64)
