@@ -576,8 +576,10 @@ def test_bad_input_is_a_clear_error():
         TemperatureScaling().fit(np.zeros((0, 3)), [])
     with pytest.raises(ValueError, match="not 0 or 1"):
         PlattScaling().fit(rng.normal(size=10), np.arange(10))
-    with pytest.raises(ValueError, match=r"shape \(N,\)"):
+    with pytest.raises(ValueError, match=r"labels must have shape \(200, 1\)"):  # (N, K, 1): a dense map
         PlattScaling().fit(z[:, :, None], y)
+    with pytest.raises(ValueError, match=r"at least 2 classes along axis 1"):
+        PlattScaling().fit(z[:, 0][None, None], y)
     with pytest.raises(ValueError, match="not a probability"):
         HistogramBinning().fit(rng.normal(size=50) * 3, rng.integers(0, 2, 50))
     with pytest.raises(ValueError, match="not a probability"):
