@@ -179,3 +179,23 @@ def test_values_of_another_map_at_the_pieces_rows(layout):
     d, ps = _pieces(s, lab, axis=axis, ignore_index=255, piece_rows=16)
     _, _, want = flatten_reference(s, lab, axis=axis, ignore_index=255, sample_weight=other)
     assert np.array_equal(np.concatenate([d.values(other, p) for p in ps]), want)
+
+
+@pytest.mark.parametrize("layout", ["class-second", "channel-last", "sliced"])
+@pytest.mark.parametrize("stride", [2, 3, 7])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_stride_is_every_stride_th_kept_row(layout, stride, ignore):
+    s, lab, axis = LAYOUTS[layout]
+    lab = lab.copy()
+    if ignore:
+        lab[0, :2] = 255
+        lab[2, 3:5] = 255
+    d = as_dense(s, lab, axis=axis, ignore_index=255 if ignore else None, sample_weight=np.ones(lab.shape))
+    ps = list(d.pieces(10, stride=stride))
+    fs, fl, _ = flatten_reference(s, lab, axis=axis, ignore_index=255 if ignore else None)
+    assert np.array_equal(np.concatenate([p.scores for p in ps]), fs[::stride])
+    assert np.array_equal(np.concatenate([p.labels for p in ps]), fl[::stride])
+    assert [p.offset for p in ps] == list(np.cumsum([0] + [p.n_rows for p in ps[:-1]]))
+    for p in ps:
+        for i in range(p.n_rows):
+            assert lab[d.position(p, i)] == p.labels[i]

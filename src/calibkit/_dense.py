@@ -181,11 +181,18 @@ class Dense:
             keep = k if keep is None else keep & k
         return keep
 
-    def pieces(self, piece_rows: int | None = None) -> Iterator[Piece]:
-        """The kept rows, in order, as :class:`Piece` objects of at most ``piece_rows`` rows."""
+    def pieces(self, piece_rows: int | None = None, *, stride: int = 1) -> Iterator[Piece]:
+        """The kept rows, in order, as :class:`Piece` objects of at most ``piece_rows`` rows.
+
+        ``stride`` > 1: every ``stride``-th kept row (rows 0, stride, 2 stride, ... of the kept rows, counted
+        across pieces: ``flat[::stride]`` of the flattened copy), a strided view where no pixel of the block is
+        ignored, else a gather of those rows only; ``offset`` is then counted in these rows.
+        """
         step = max(int(piece_rows or self.piece_rows), 1)
+        stride = max(int(stride), 1)
         inner = self._inner_size
         offset = 0
+        counted = 0  # kept rows before the block (for the stride)
         for outer in np.ndindex(*self.row_shape[:self._n_outer]):
             s_all = self._view(self._moved, outer)
             lab_all = None if self.labels is None else self._view(self.labels, outer)
@@ -201,19 +208,33 @@ class Dense:
                 else:
                     img = image
                 keep = self._keep(outer, start, stop)
-                index = None
+                index = None  # the kept rows of the block, when not all of it
                 if keep is not None and not keep.all():
                     index = np.flatnonzero(keep)
-                    if index.shape[0] == 0:
-                        continue
-                s = s_all[start:stop]
-                lab = None if lab_all is None else lab_all[start:stop]
-                w = None if w_all is None else w_all[start:stop]
-                o = None if out_all is None else out_all[start:stop]
-                if index is not None:
-                    s = s[index]
-                    lab = None if lab is None else lab[index]
-                    w = None if w is None else w[index]
+                rows = slice(start, stop)
+                if stride > 1:
+                    n_kept = stop - start if index is None else index.shape[0]
+                    skip = (-counted) % stride
+                    counted += n_kept
+                    if index is None:
+                        rows = slice(start + skip, stop, stride)
+                        index = np.arange(skip, stop - start, stride)  # positions, for position()
+                        gather = False
+                    else:
+                        index = index[skip::stride]
+                        gather = True
+                else:
+                    gather = index is not None
+                if index is not None and index.shape[0] == 0:
+                    continue
+                s = s_all[rows]
+                lab = None if lab_all is None else lab_all[rows]
+                w = None if w_all is None else w_all[rows]
+                o = None if out_all is None or stride > 1 else out_all[rows]
+                if gather:
+                    s = s_all[start:stop][index]
+                    lab = None if lab is None else lab_all[start:stop][index]
+                    w = None if w is None else w_all[start:stop][index]
                     o = None
                 if lab is not None:
                     lab = check_labels(lab, s.shape[0])

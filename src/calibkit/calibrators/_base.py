@@ -532,61 +532,13 @@ class DenseFit:
 
     def pieces(self, piece_rows=None, *, scaled=True):
         """The rows as :class:`calibkit._dense.Piece` objects (scores (m, K), labels (m,) int64, sample_weight
-        (m,) float64 or None, ``offset`` counted in these rows) of at most ``piece_rows`` rows of the kept rows."""
-        from .._dense import Piece
-
-        s = self.stride
-        if s > 1 and self.dense.filtered:
-            yield from self._strided_filtered_pieces(piece_rows, scaled)
-            return
-        for p in self.dense.pieces(piece_rows):
-            w = p.sample_weight
-            if s > 1:
-                first = (-p.offset) % s
-                if first >= p.n_rows:
-                    continue
-                rows = slice(first, None, s)
-                taken = np.arange(first, p.n_rows, s)
-                index = taken if p._index is None else p._index[taken]
-                lab = None if p.labels is None else np.ascontiguousarray(p.labels[rows])
-                w = None if w is None else np.ascontiguousarray(w[rows])
-                p = Piece(p.scores[rows], lab, w, None, (p.offset + first) // s, p.image, p._outer, p._start, index)
-            if scaled and w is not None and self._largest is not None:
-                p.sample_weight = w / self._largest
+        (m,) float64 or None, ``offset`` counted in these rows) of at most ``piece_rows`` rows of the kept rows:
+        every ``stride``-th kept row (``Dense.pieces(stride=)``: a strided view, or a gather of those rows only
+        in a block with ignored pixels)."""
+        for p in self.dense.pieces(piece_rows, stride=self.stride):
+            if scaled and p.sample_weight is not None and self._largest is not None:
+                p.sample_weight = p.sample_weight / self._largest
             yield p
-
-    def _strided_filtered_pieces(self, piece_rows, scaled):
-        """:meth:`pieces` with a stride > 1 and ignored pixels: every stride-th kept row, gathering only those
-        ((m / stride, K) per piece) rather than every kept row of the piece and then striding it (what
-        ``Dense.pieces`` would do: a copy of the whole map per pass of a subsampled fit). The same rows, order,
-        offsets and positions as striding ``Dense.pieces``; written with ``Dense``'s helpers until
-        ``Dense.pieces`` takes a stride itself."""
-        from .._dense import Piece
-
-        d, s = self.dense, self.stride
-        step = max(int(piece_rows or d.piece_rows), 1)
-        inner = d._inner_size
-        counted = 0  # kept rows before this block
-        for outer in np.ndindex(*d.row_shape[:d._n_outer]):
-            s_all = d._view(d._moved, outer)
-            lab_all = d._view(d.labels, outer)
-            w_all = None if d.sample_weight is None else d._view(d.sample_weight, outer)
-            image = outer[0] if outer else None
-            for start in range(0, inner, step):
-                stop = min(start + step, inner)
-                keep = d._keep(outer, start, stop)
-                kept = np.flatnonzero(keep)
-                first = (-counted) % s
-                counted += kept.shape[0]
-                index = kept[first::s]
-                if index.shape[0] == 0:
-                    continue
-                lab = check_labels(lab_all[start:stop][index], index.shape[0])
-                w = None if w_all is None else np.asarray(w_all[start:stop][index], dtype=np.float64)
-                if scaled and w is not None and self._largest is not None:
-                    w = w / self._largest
-                yield Piece(s_all[start:stop][index], lab, w, None, (counted - kept.shape[0] + first) // s, image,
-                            outer, start, index)
 
     def raise_for_status(self, status, piece, **context) -> None:
         """The kernel's error for ``piece``, the element named at its place in the caller's arrays."""
