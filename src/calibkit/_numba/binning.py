@@ -95,10 +95,16 @@ def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out):
     first index of the maximum, then e_k = exp_f32(b (z_k - max)) in float into row_out (a float32 buffer of
     a multiple of 8 elements, the padding set to 0), element k in lane k % 8, float partial sums flushed into
     double lanes every FLUSH elements. Same bits as the C++ kernel."""
-    K = scores.shape[1]
     # Read 1: the row into the float buffer, then its maximum and NaN / inf count on <8 x float> lanes (the
     # maximum is exact in any order).
     _load_f(scores, i, table, row_out)
+    return _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, out, row_out)
+
+
+@numba.njit(**JIT)
+def _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, out, row_out):
+    """_logit_row_f on a row already in row_out (its K values as float32; padding to a multiple of 8)."""
+    K = scores.shape[1]
     best, bad = _max_f(row_out, K, False)
     if bad != 0:
         for k in range(K):
@@ -337,6 +343,22 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
     _fold_lane_bins(n_bins, l_count, l_w, l_conf, l_corr, count, wsum, sconf, scorr)
 
 
+DENSE_BLOCK = 64  # kDenseBlock: rows per block of a dense (pixel-contiguous, class-strided) matrix
+
+
+@numba.njit(**JIT)
+def _dense_block_copy(scores, i0, end, table, dbuf):
+    """Rows [i0, min(i0 + DENSE_BLOCK, end)) of a dense matrix into dbuf[:K, :] (class-major: for each class,
+    the block's consecutive values, one contiguous run of the map). Returns the block's end row."""
+    K = scores.shape[1]
+    n = min(DENSE_BLOCK, end - i0)
+    for k in range(K):
+        col = scores[i0:i0 + n, k]
+        for r in range(n):
+            dbuf[k, r] = F32(load(col[r], table))
+    return i0 + n
+
+
 @numba.njit(**JIT)
 def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
                      conf_out, correct_out, has_out, table, begin, end, count, wsum, sconf, scorr, tot, st,
@@ -362,6 +384,13 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
     # by _fold_lanes at the end of the chunk. Longer rows: one running sum per total.
     short = K < SHORT_ROW
     lanes = np.zeros((6, TOTAL_LANES))
+    # Dense float rows (a segmentation map: rows adjacent, classes far apart): read by blocks of DENSE_BLOCK
+    # rows, class by class (contiguous reads, each cache line once), into a class-major float buffer; each
+    # row then takes the generic single-precision path from the buffer (the same values: the same bits).
+    dense = single and not classwise and scores.strides[0] == scores.itemsize and K >= 2
+    dbuf = np.zeros((K if dense else 0, DENSE_BLOCK), np.float32)
+    b_start = begin
+    b_end = begin
     for i in range(begin, end):
         y = labels[i]
         if y < 0 or y >= K:
@@ -370,7 +399,17 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
         w = weights[i] if has_w else 1.0
         if has_w and not check_weight(w, i, st):
             continue
-        if single:
+        if dense:
+            # the block of rows holding row i in the class-major buffer (binning.hpp, dense_block_copy)
+            if i >= b_end:
+                b_start = i
+                b_end = _dense_block_copy(scores, i, end, table, dbuf)
+            r = i - b_start
+            for k in range(K):
+                ef[k] = dbuf[k, r]
+            if not _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, row, ef):
+                continue
+        elif single:
             if not _logit_row_f(scores, i, y, with_nll, inv_t, table, st, row, ef):
                 continue
         elif short_prob:
