@@ -196,3 +196,36 @@ def test_dense_rows_need_no_copy_of_the_map(backend):
     x.flags.writeable = False
     v = dense_view(x)
     assert_same_bits(run(backend, v, y), run(backend, np.ascontiguousarray(v), y))
+
+
+def test_sse2_and_avx2_clones_give_the_same_bits_on_dense_rows():
+    # The dense path's SSE2 clone (CALIBKIT_NO_AVX2=1) and AVX2 clone: the same bits as each other and as
+    # the generic path (the clone is chosen once per process: one subprocess each).
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from calibkit import _core\n"
+        "rng = np.random.default_rng(7)\n"
+        "out = []\n"
+        "for dt in (np.float16, np.float32):\n"
+        "    for K in (16, 19, 41):\n"
+        "        x = (3 * rng.standard_normal((K, 23, 37))).astype(dt)\n"
+        "        y = rng.integers(0, K, 23 * 37)\n"
+        "        v = np.moveaxis(x, 0, -1).reshape(-1, K)\n"
+        "        for s in (v, np.ascontiguousarray(v)):\n"
+        "            conf = np.empty(v.shape[0]); cor = np.empty(v.shape[0], np.uint8)\n"
+        "            r = _core.top_label_stats(s, y, None, True, 15, 1e-7, True, conf, cor, 0.8)\n"
+        "            out.append(repr(sorted(r['totals'].items())) + r['sum_score'].tobytes().hex() + conf.tobytes().hex())\n"
+        "        assert out[-1] == out[-2], (dt, K)\n"
+        "print(hash(tuple(out)))\n"
+    )
+    seen = []
+    for flag in ("1", "0"):
+        env = dict(os.environ, CALIBKIT_NO_AVX2=flag, PYTHONHASHSEED="0")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        seen.append(proc.stdout.strip())
+    assert seen[0] == seen[1]
