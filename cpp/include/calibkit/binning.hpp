@@ -1255,6 +1255,217 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
     t.nll += fold_lanes(l[5]);
 }
 
+// Dense float32 / float16 logit rows (a segmentation map read as rows: row_stride == sizeof(T), the
+// classes H W elements apart): kDenseRows = 8 consecutive rows at a time, SIMD ACROSS ROWS (lane r is row
+// i0 + r; one contiguous load of eight rows' values per class). Each lane does its row's arithmetic of
+// summarize_logit_row_f in the same order: the maximum and finiteness check (exact in any order), the first
+// index of the maximum, e_k = exp_f32(b (z_k - max)) added to that row's float partial of lane k mod 8 (the
+// last octet's pad lanes add nothing: + 0 leaves a sum of non-negative terms unchanged), the partials
+// flushed into double lanes after every kRowFlushOctets-th octet and at the end, and octet_sum's order for
+// the totals. So every summary is bit-identical to the generic path on the same rows (and the caller keeps
+// the row order of the checks and sums), for any layout and thread count.
+constexpr int kDenseRows = 8;
+
+template <class T>
+CALIBKIT_INLINE bool dense_float_rows(const Matrix<T>& s) {
+    return !std::is_same<T, double>::value && s.row_stride == static_cast<int64_t>(sizeof(T)) &&
+           s.col_stride != static_cast<int64_t>(sizeof(T)) && s.cols >= 2;
+}
+
+// Rows per dense block: a block's values are copied (as floats) into a K x kDenseBlock buffer in one pass
+// over its K class lines, so each cache line of the map is fetched once. (The K lines of one block are
+// H W elements apart: a power of two such as 1 MB maps them all to the same cache set, and a second read
+// straight from the map would find them evicted.)
+constexpr int64_t kDenseBlock = 64;
+
+// The rows [i0, i0 + kDenseBlock) of a dense matrix into buf (K x kDenseBlock floats, class-major), and
+// the next block's lines requested.
+// m (a multiple of kDenseRows, at most kDenseBlock) rows are read.
+template <class T, class V>
+CALIBKIT_INLINE void dense_block_copy(const Matrix<T>& s, int64_t i0, int64_t m, bool prefetch_next, float* buf) {
+    const int64_t K = s.cols, cs = s.col_stride;
+    constexpr int64_t bytes = kDenseBlock * static_cast<int64_t>(sizeof(T));
+    const char* base = s.data + i0 * static_cast<int64_t>(sizeof(T));
+    for (int64_t k = 0; k < K; ++k) {
+        const char* p = base + k * cs;
+        if (prefetch_next)
+            for (int64_t c = 0; c < bytes; c += 64) CALIBKIT_PREFETCH(p + bytes + c, 0, 3);
+        for (int64_t q = 0; q < m; q += kDenseRows) {
+            const simd::FOctet<V> o = simd::dense_foctet<T, V>(p + q * static_cast<int64_t>(sizeof(T)));
+            std::memcpy(buf + k * kDenseBlock + q, &o.v[0], sizeof o.v);
+        }
+    }
+}
+
+// Summaries of 8 rows whose values are in buf (class k of row r at buf[k * kDenseBlock + r]); bad[r]:
+// row r holds NaN / inf (its summary is garbage; the caller reports it). labels[r] is a valid class.
+template <class V, bool Unscaled>
+CALIBKIT_INLINE void summarize_dense_logit_rows_f(const float* buf, int64_t K, const int64_t* labels,
+                                                  bool with_nll, double inv_t, RowSummary* out, bool* bad) {
+    using namespace simd;
+    typedef typename V::fw F;
+    typedef typename V::iw I;
+    typedef typename V::d D;
+    constexpr int G = FOctet<V>::n, L = 2 * V::width, GD = Octet<V>::n;
+    const auto at = [&](int64_t k) {
+        FOctet<V> o;
+        std::memcpy(&o.v[0], buf + k * kDenseBlock, sizeof o.v);
+        return o;
+    };
+    // Read 1: maxima, first argmax (strict >: the first index holding the maximum), finiteness.
+    FOctet<V> mx = at(0), chk;
+    I arg[G];
+    for (int g = 0; g < G; ++g) {
+        chk.v[g] = mx.v[g] - mx.v[g];
+        arg[g] = (I)splat_f<F>(0.0f);
+    }
+    for (int64_t k = 1; k < K; ++k) {
+        const FOctet<V> o = at(k);
+        const I kk = (I)splat_f<F>(0.0f) + static_cast<int32_t>(k);
+        for (int g = 0; g < G; ++g) {
+            const I greater = o.v[g] > mx.v[g];
+            mx.v[g] = select_f(greater, o.v[g], mx.v[g]);
+            arg[g] = select_int(greater, kk, arg[g]);
+            chk.v[g] += o.v[g] - o.v[g];
+        }
+    }
+    // Read 2: the exps, four classes at a time in lockstep.
+    const float bf = static_cast<float>(inv_t);
+    const F b = splat_f<F>(bf);
+    F ps[8][G], pq[8][G];
+    Octet<V> sum[8], sq[8];
+    for (int l = 0; l < 8; ++l) {
+        for (int g = 0; g < G; ++g) ps[l][g] = pq[l][g] = splat_f<F>(0.0f);
+        for (int g = 0; g < GD; ++g) sum[l].v[g] = sq[l].v[g] = splat<D>(0.0);
+    }
+    const auto flush = [&] {
+        for (int l = 0; l < 8; ++l)
+            for (int g = 0; g < G; ++g) {
+                D lo, hi;
+                widen<V>(ps[l][g], lo, hi);
+                sum[l].v[2 * g] += lo;
+                sum[l].v[2 * g + 1] += hi;
+                widen<V>(pq[l][g], lo, hi);
+                sq[l].v[2 * g] += lo;
+                sq[l].v[2 * g + 1] += hi;
+                ps[l][g] = pq[l][g] = splat_f<F>(0.0f);
+            }
+    };
+    constexpr int U = 4;  // classes per exp batch (a divisor of 8: a batch never straddles an octet)
+    const int64_t full = K - K % 8;
+    int64_t k = 0;
+    for (; k + U <= K; k += U) {
+        F e[U * G];
+        for (int u = 0; u < U; ++u) {
+            const FOctet<V> o = at(k + u);
+            for (int g = 0; g < G; ++g) e[u * G + g] = Unscaled ? o.v[g] - mx.v[g] : b * (o.v[g] - mx.v[g]);
+        }
+        exp_f32_n<V, U * G>(e);
+        for (int u = 0; u < U; ++u) {
+            const int l = static_cast<int>((k + u) % 8);
+            for (int g = 0; g < G; ++g) {
+                ps[l][g] += e[u * G + g];
+                pq[l][g] += e[u * G + g] * e[u * G + g];
+            }
+        }
+        // after every kRowFlushOctets-th full octet (the tail octet is flushed at the end)
+        if ((k + U) % (8 * kRowFlushOctets) == 0 && k + U <= full) flush();
+    }
+    for (; k < K; ++k) {
+        const int l = static_cast<int>(k % 8);
+        const FOctet<V> o = at(k);
+        F e[G];
+        for (int g = 0; g < G; ++g) e[g] = Unscaled ? o.v[g] - mx.v[g] : b * (o.v[g] - mx.v[g]);
+        exp_f32_n<V, G>(e);
+        for (int g = 0; g < G; ++g) {
+            ps[l][g] += e[g];
+            pq[l][g] += e[g] * e[g];
+        }
+    }
+    flush();
+    // octet_sum of every row: ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)).
+    double total[kDenseRows], total_sq[kDenseRows];
+    float best[kDenseRows];
+    int32_t argmax[kDenseRows];
+    for (int g = 0; g < GD; ++g) {
+        const D t = ((sum[0].v[g] + sum[4].v[g]) + (sum[1].v[g] + sum[5].v[g])) +
+                    ((sum[2].v[g] + sum[6].v[g]) + (sum[3].v[g] + sum[7].v[g]));
+        const D q = ((sq[0].v[g] + sq[4].v[g]) + (sq[1].v[g] + sq[5].v[g])) +
+                    ((sq[2].v[g] + sq[6].v[g]) + (sq[3].v[g] + sq[7].v[g]));
+        std::memcpy(total + g * V::width, &t, sizeof t);
+        std::memcpy(total_sq + g * V::width, &q, sizeof q);
+    }
+    for (int g = 0; g < G; ++g) {
+        const I c = chk.v[g] != chk.v[g];  // NaN: some element was NaN or inf
+        for (int j = 0; j < L; ++j) {
+            best[g * L + j] = mx.v[g][j];
+            argmax[g * L + j] = arg[g][j];
+            bad[g * L + j] = c[j] != 0;
+        }
+    }
+    for (int r = 0; r < kDenseRows; ++r) {
+        const float zl = buf[labels[r] * kDenseBlock + r];
+        out[r].argmax = argmax[r];
+        out[r].confidence = 1.0 / total[r];
+        out[r].p_label = static_cast<double>(exp_f32(bf * (zl - best[r]))) / total[r];
+        out[r].sum_sq = total_sq[r] / (total[r] * total[r]);
+        out[r].nll = with_nll ? std::log(total[r]) - inv_t * (static_cast<double>(zl) - static_cast<double>(best[r]))
+                              : 0.0;
+    }
+}
+
+// The rows [begin, end) of a dense matrix by blocks; returns the first row left for the generic loop (end,
+// except for fewer than kDenseRows rows at the end of the matrix).
+template <class T, class V>
+CALIBKIT_INLINE int64_t top_label_dense_rows(const TopLabelArgs<T>& a, BinningResult& part, LaneBins& bins,
+                                             int64_t begin, int64_t end) {
+    const int64_t K = a.scores.cols;
+    const bool binned = a.edges.n_bins > 0;
+    std::vector<float> buffer(static_cast<size_t>(K * kDenseBlock));
+    float* const buf = buffer.data();
+    RowSummary rows[kDenseRows];
+    bool bad[kDenseRows];
+    int64_t ys[kDenseRows];
+    int64_t b0 = begin;
+    while (b0 < end) {
+        // n rows counted; m >= n read (whole octets: the rows after `end` that complete the last one are
+        // read, not counted, unless they are past the matrix: then the generic loop takes the last rows).
+        int64_t n = std::min(kDenseBlock, end - b0);
+        int64_t m = (n + kDenseRows - 1) / kDenseRows * kDenseRows;
+        if (b0 + m > a.scores.rows) n = m = n / kDenseRows * kDenseRows;
+        if (m == 0) break;
+        dense_block_copy<T, V>(a.scores, b0, m, b0 + kDenseBlock + m <= end, buf);
+        for (int64_t q = 0; q < m; q += kDenseRows) {
+            const int64_t i0 = b0 + q;
+            const int64_t valid = std::min<int64_t>(kDenseRows, n - q);
+            for (int r = 0; r < kDenseRows; ++r) {
+                const int64_t y = r < valid ? a.labels.raw(i0 + r) : 0;
+                ys[r] = (y >= 0 && y < K) ? y : 0;  // a bad label is reported below, in row order
+            }
+            if (a.inv_t == 1.0)
+                summarize_dense_logit_rows_f<V, true>(buf + q, K, ys, a.with_nll, a.inv_t, rows, bad);
+            else
+                summarize_dense_logit_rows_f<V, false>(buf + q, K, ys, a.with_nll, a.inv_t, rows, bad);
+            // Row by row, in order: the label / weight checks, then the scores' check, as the generic loop.
+            for (int r = 0; r < valid; ++r) {
+                const int64_t i = i0 + r;
+                int64_t y;
+                double w;
+                if (!row_meta(a, part, i, y, w)) continue;
+                if (bad[r]) {
+                    const simd::RowReader<T, false> rr{reinterpret_cast<const char*>(a.scores.row(i)),
+                                                       a.scores.col_stride};
+                    report_bad_element(rr, i, K, true, part.status);
+                    continue;
+                }
+                accumulate_row(a, part, bins, i, y, w, binned ? a.edges.bin(rows[r].confidence) : 0, rows[r]);
+            }
+        }
+        b0 += n;
+    }
+    return b0;
+}
+
 template <class T, class V, bool Classwise>
 inline void top_label_rows(const TopLabelArgs<T>& a, BinningResult& part, int64_t begin, int64_t end) {
     const int64_t K = a.scores.cols;
@@ -1268,7 +1479,12 @@ inline void top_label_rows(const TopLabelArgs<T>& a, BinningResult& part, int64_
         top_label_short_rows<T, V, Classwise>(a, part, bins, scratch, begin, end);
     } else {
         const simd::TailMask<V> tail(K);
-        for (int64_t i = begin; i < end; ++i) {
+        int64_t first = begin;
+        if constexpr (single && !Classwise) {
+            if (a.from_logits && dense_float_rows(a.scores))
+                first = top_label_dense_rows<T, V>(a, part, bins, begin, end);
+        }
+        for (int64_t i = first; i < end; ++i) {
             int64_t y;
             double w;
             if (!row_meta(a, part, i, y, w)) continue;

@@ -749,5 +749,66 @@ struct TailMask {
     }
 };
 
+// ---------------------------------------------------------------------------
+// Dense (pixel-contiguous, class-strided) matrices: rows are adjacent elements
+// (row_stride == sizeof(T)) and a row's classes are far apart. The dense kernels
+// read eight consecutive rows' values of one class with one contiguous load
+// (SIMD across rows): lane r of a DenseOctet is row i0 + r.
+
+// 2 W lanes of uint16 (the raw bits of 2 W float16 values).
+template <class V>
+struct HalfLanes;
+#if CALIBKIT_GNU_VECTORS
+template <>
+struct HalfLanes<Vec<2>> {
+    typedef uint16_t u __attribute__((vector_size(8)));
+};
+template <>
+struct HalfLanes<Vec<4>> {
+    typedef uint16_t u __attribute__((vector_size(16)));
+};
+#else
+template <int W>
+struct HalfLanes<Vec<W>> {
+    typedef Lanes<uint16_t, 2 * W> u;
+};
+#endif
+
+// 2 W float16 values (raw bits at p) as floats, exactly (the same values as half_bits_to_float, in
+// vector form): normal numbers rebias their exponent, inf / NaN keep an all-ones exponent, zeros and
+// subnormals are built as 2^-14 (1 + m / 1024) and then lose 2^-14 exactly (Sterbenz).
+template <class V>
+CALIBKIT_INLINE typename V::fw half_to_float(const uint16_t* p) {
+    typedef typename V::fw F;
+    typedef typename V::iw I;
+    typename HalfLanes<V>::u u;
+    std::memcpy(&u, p, sizeof u);
+    const I h = convert<I>(u);
+    I o = (h & 0x7fff) << 13;
+    const I e = o & (0x7c00 << 13);
+    o = o + ((127 - 15) << 23);
+    o = o + ((e == (0x7c00 << 13)) & ((128 - 16) << 23));
+    const I small = e == 0;
+    o = o + (small & (1 << 23));
+    F f = (F)o;
+    f = select_f(small, f - splat_f<F>(6.103515625e-05f), f);  // 2^-14
+    const I negative = (h & 0x8000) != 0;
+    return select_f(negative, -f, f);
+}
+
+// Eight consecutive elements at p (float32 or float16) as floats: lane r is element r.
+template <class T, class V>
+CALIBKIT_INLINE FOctet<V> dense_foctet(const char* p) {
+    FOctet<V> o;
+    if constexpr (std::is_same<T, float>::value) {
+        std::memcpy(&o.v[0], p, sizeof o.v);
+    } else {
+        static_assert(sizeof(T) == 2, "float16 as raw bits");
+        for (int g = 0; g < FOctet<V>::n; ++g)
+            o.v[g] = half_to_float<V>(reinterpret_cast<const uint16_t*>(p) + g * 2 * V::width);
+    }
+    return o;
+}
+
 }  // namespace simd
 }  // namespace calibkit
