@@ -5,7 +5,7 @@ Usage::
     python benchmarks/compare.py                 # every workload, full size
     python benchmarks/compare.py --quick         # small sizes, few repeats: a smoke run (under a minute);
                                                  # leaves out the slow workloads unless picked by name
-    python benchmarks/compare.py --goals         # only the workloads that measure a goal of issue 13
+    python benchmarks/compare.py --goals         # only the workloads that measure a goal of issue 13 or 17
     python benchmarks/compare.py --only metrics  # one area (workloads_<area>.py)
     python benchmarks/compare.py --match class-wise   # workloads whose name contains this
     python benchmarks/compare.py --threads 1
@@ -23,7 +23,7 @@ the peak extra resident memory of the call (not in --quick). The last line gives
 (on a loaded machine the CPU time is what the script itself costs) (the RSS high-water mark above the
 memory in use before it, native allocations of every library included).
 Columns with nothing to show are left out; a peer that is not installed is one
-"skipped" line. Below a table: the issue-13 goals it measures, each with the
+"skipped" line. Below a table: the issue-13 and issue-17 goals it measures, each with the
 measured value, and the Numba / C++ ratio of each pair of backend rows. The
 goal lines are repeated at the end as a summary.
 """
@@ -54,7 +54,7 @@ REFERENCE = "calibkit (cpp)"
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats, for a smoke run")
-    parser.add_argument("--goals", action="store_true", help="only the workloads that measure an issue-13 goal")
+    parser.add_argument("--goals", action="store_true", help="only the workloads that measure an issue-13 or issue-17 goal")
     parser.add_argument("--only", action="append", default=None, help="area(s) to run, e.g. metrics")
     parser.add_argument("--match", default=None, help="only workloads whose name contains this text")
     parser.add_argument("--threads", type=int, default=None, help="calibkit threads (default: all cores)")
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     for name in left_out:
         print(f"\n## {name}\nleft out of --quick (seconds per call at any size); run it with --goals or --only")
     if summary:
-        print("\n## summary: goals of issue 13" + (" (at --quick sizes: not judged)" if args.quick else "")
+        print("\n## summary: goals of issues 13 and 17" + (" (at --quick sizes: not judged)" if args.quick else "")
               + "\n" + "\n".join(summary))
     cpu = sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))

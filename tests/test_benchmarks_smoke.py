@@ -61,7 +61,7 @@ def test_compare_quick_one_small_workload():
     assert any("100 rows" in g and "not judged" in g for g in goals), out
     assert any(g.startswith("goal  numba / cpp") for g in goals), out
     assert not any(g.endswith("met") for g in goals), out
-    assert "## summary: goals of issue 13 (at --quick sizes: not judged)" in out
+    assert "## summary: goals of issues 13 and 17 (at --quick sizes: not judged)" in out
     assert re.search(r"ran in [\d.]+ s wall, [\d.]+ s CPU", out), out
 
 
