@@ -8,7 +8,7 @@ import numba
 import numpy as np
 
 from ._common import (
-    F32, HALF_TABLE, JIT, LABEL_OUT_OF_RANGE, LANE_FLUSH, MIN_PARALLEL_ELEMENTS, SCORE_NOT_FINITE,
+    F32, HALF_TABLE, JIT, LABEL_OUT_OF_RANGE, MIN_PARALLEL_ELEMENTS, SCORE_NOT_FINITE,
     as_kernel_array, check_float_dtype, exp_f32, group_size, is_finite, lane_sums_f32, load, merge_status,
     octet_sum, rows_per_chunk, run_locked, status_tuple,
 )
@@ -113,61 +113,6 @@ def _sums_d(scores, i, K, best, b, table, S, d):
 
 
 @numba.njit(**JIT)
-def _dense_sums_f(dbuf, q, K, bf, S8, mx, lo, chk, part, lanes):
-    """temperature_dense_rows_f of softmax.hpp: rows q .. q + 7 of the class-major block in dbuf, SIMD across
-    rows (the inner loops run over the 8 rows). Each row's arithmetic is _sums_f's in the same order: t = bf
-    (z - max) in float, its minimum, the clamp, exp_f32, e t^j chained in float into float lane k % 8 (the
-    padding's + 0 is skipped: it leaves a partial unchanged), flushed into double lanes every LANE_FLUSH
-    elements and at the end, octet_sum's order. So S8[j, r] = S_j of row r, mx (the row maxima) and lo (min t)
-    have the same bits; chk[r] is NaN when row r holds NaN / inf."""
-    for r in range(8):
-        v = dbuf[0, q + r]
-        mx[r] = v
-        chk[r] = v - v
-        lo[r] = 0.0
-    for k in range(1, K):
-        for r in range(8):
-            v = dbuf[k, q + r]
-            mx[r] = v if v > mx[r] else mx[r]
-            chk[r] += v - v
-    part[:, :, :] = 0.0
-    lanes[:, :, :] = 0.0
-    for k in range(K):
-        l = k & 7
-        for r in range(8):
-            raw = bf * (dbuf[k, q + r] - mx[r])
-            lo[r] = raw if raw < lo[r] else lo[r]
-            t = raw if raw > EXP_MIN_F else EXP_MIN_F
-            e = exp_f32(t)
-            e1 = e * t
-            e2 = e1 * t
-            e3 = e2 * t
-            e4 = e3 * t
-            part[0, l, r] += e
-            part[1, l, r] += e1
-            part[2, l, r] += e2
-            part[3, l, r] += e3
-            part[4, l, r] += e4
-            part[5, l, r] += e4 * t
-        if (k + 1) % LANE_FLUSH == 0:
-            _dense_flush6(part, lanes)
-    _dense_flush6(part, lanes)
-    for j in range(6):
-        for r in range(8):
-            S8[j, r] = (((lanes[j, 0, r] + lanes[j, 4, r]) + (lanes[j, 1, r] + lanes[j, 5, r]))
-                        + ((lanes[j, 2, r] + lanes[j, 6, r]) + (lanes[j, 3, r] + lanes[j, 7, r])))
-
-
-@numba.njit(inline="always", **JIT)
-def _dense_flush6(part, lanes):
-    for j in range(6):
-        for l in range(8):
-            for r in range(8):
-                lanes[j, l, r] += np.float64(part[j, l, r])
-                part[j, l, r] = 0.0
-
-
-@numba.njit(**JIT)
 def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, end, acc, st):
     K = scores.shape[1]
     Kp = (K + 7) // 8 * 8
@@ -178,24 +123,18 @@ def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, 
     d = np.zeros((6, 8))
     bf = F32(b)
     # Dense float rows (a segmentation map: rows adjacent, classes far apart): read by blocks of DENSE_BLOCK
-    # rows, class by class (contiguous reads, each cache line once), into a class-major float buffer; the sums
-    # of each octet of rows then come from the buffer with the generic path's arithmetic (the same bits).
+    # rows, class by class (contiguous reads, each cache line once), into a class-major float buffer; each row
+    # then takes the generic single-precision path from the buffer (the same float values: the same bits).
+    # (Summing 8 rows at a time with the loops over rows innermost, as the C++ kernel does, was slower here
+    # than lane_sums_f32's vector code on one row.)
     dense = single and scores.strides[0] == scores.itemsize and K >= 2
-    dbuf = np.zeros((K if dense else 0, DENSE_BLOCK + 8), np.float32)  # + 8: the last octet may be partial
-    S8 = np.zeros((6, 8))
-    mx8 = np.zeros(8, np.float32)
-    lo8 = np.zeros(8, np.float32)
-    chk8 = np.zeros(8, np.float32)
-    part8 = np.zeros((6, 8, 8), np.float32)
-    lanes8 = np.zeros((6, 8, 8))
+    dbuf = np.zeros((K if dense else 0, DENSE_BLOCK), np.float32)
     b_start = begin
     b_end = begin
     for i in range(begin, end):
-        if dense and (i >= b_end or ((i - b_start) & 7) == 0):
-            if i >= b_end:
-                b_start = i
-                b_end = _dense_block_copy(scores, i, end, table, dbuf)
-            _dense_sums_f(dbuf, i - b_start, K, bf, S8, mx8, lo8, chk8, part8, lanes8)
+        if dense and i >= b_end:
+            b_start = i
+            b_end = _dense_block_copy(scores, i, end, table, dbuf)
         y = labels[i]
         if y < 0 or y >= K:
             merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
@@ -203,19 +142,13 @@ def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, 
         w = weights[i] if has_w else 1.0
         if has_w and not check_weight(w, i, st):
             continue
-        if dense:
-            r = (i - b_start) & 7
-            if chk8[r] != chk8[r]:
+        if single:
+            if dense:
+                r = i - b_start
+                for k in range(K):
+                    fbuf[k] = dbuf[k, r]
+            else:
                 _load_f(scores, i, table, fbuf)
-                _check_row(fbuf, K, False, i, st)
-                continue
-            for j in range(6):
-                S[j] = S8[j, r]
-            best = np.float64(mx8[r])
-            _add_temperature_row(S, np.float64(bf), np.float64(dbuf[y, i - b_start]) - best, w,
-                                 np.float64(lo8[r]), acc)
-        elif single:
-            _load_f(scores, i, table, fbuf)
             mx, bad = _max_f(fbuf, K, False)
             if bad > 0:
                 _check_row(fbuf, K, False, i, st)
