@@ -35,6 +35,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <type_traits>
 #include <vector>
@@ -231,6 +232,163 @@ CALIBKIT_INLINE float temperature_sums_f(const float* row, int64_t K, const PadM
     return m;
 }
 
+// Dense float32 / float16 logit rows (a segmentation map read as rows: dense_float_rows in binning.hpp, the
+// classes H W elements apart): each block of kDenseBlock rows is copied once, class-major, into a
+// K x kDenseBlock float buffer (dense_block_copy: each cache line of the map fetched once), then
+// kDenseRows = 8 rows at a time with SIMD ACROSS ROWS (lane r is row r). Every lane does its row's arithmetic
+// of temperature_sums_f in the same order: t = bf (z - max) in float, its minimum, the clamp, one exp_f32,
+// e t^j added to the float partial of class lane k mod 8 (the padding lanes of the generic path add +0, which
+// leaves a partial unchanged, so they are skipped), the partials flushed into double after every
+// kFlushOctets-th octet and after the last one, and octet_sum's order for S_j. So S, the row maximum and the
+// minimum of t are bit-identical to the generic path's, and the caller adds the rows in order: the same sums.
+// S[j][r] = S_j of row r; bad[r]: row r holds NaN / inf (its values are garbage; the caller reports it).
+template <class V>
+CALIBKIT_INLINE void temperature_dense_rows_f(const float* buf, int64_t K, float bf, double (*S)[kDenseRows],
+                                              float* best, float* min_t, bool* bad) {
+    using namespace simd;
+    typedef typename V::fw F;
+    typedef typename V::d D;
+    constexpr int G = FOctet<V>::n, L = 2 * V::width, GD = Octet<V>::n, W = V::width;
+    const auto at = [&](int64_t k) {
+        FOctet<V> o;
+        std::memcpy(&o.v[0], buf + k * kDenseBlock, sizeof o.v);
+        return o;
+    };
+    // Read 1: maxima (exact in any order) and finiteness (chk is NaN when some element is NaN or inf).
+    FOctet<V> mx = at(0), chk;
+    for (int g = 0; g < G; ++g) chk.v[g] = mx.v[g] - mx.v[g];
+    for (int64_t k = 1; k < K; ++k) {
+        const FOctet<V> o = at(k);
+        for (int g = 0; g < G; ++g) {
+            mx.v[g] = vmax(o.v[g], mx.v[g]);
+            chk.v[g] += o.v[g] - o.v[g];
+        }
+    }
+    // Read 2: class lane by class lane (lane l holds the classes l, l + 8, ...: its partials and double sums
+    // are its own, so the lanes can be taken one after the other), U octets' exps in lockstep.
+    const F zero = splat_f<F>(0.0f), scale = splat_f<F>(bf), lowest = splat_f<F>(kExpMinF);
+    F lo[G];
+    for (int g = 0; g < G; ++g) lo[g] = zero;
+    Octet<V> acc[6][8];
+    for (int j = 0; j < 6; ++j)
+        for (int l = 0; l < 8; ++l)
+            for (int g = 0; g < GD; ++g) acc[j][l].v[g] = splat<D>(0.0);
+    const int64_t n_oct = padded_length(K) / 8;
+    constexpr int U = 4;  // a divisor of kFlushOctets
+    for (int l = 0; l < 8; ++l) {
+        F p[6][G];
+        for (int j = 0; j < 6; ++j)
+            for (int g = 0; g < G; ++g) p[j][g] = zero;
+        for (int64_t o0 = 0; o0 < n_oct; o0 += U) {
+            F t[U * G], e[U * G];
+            for (int u = 0; u < U; ++u) {
+                const int64_t k = (o0 + u) * 8 + l;
+                if (k < K) {
+                    const FOctet<V> o = at(k);
+                    for (int g = 0; g < G; ++g) {
+                        const F raw = scale * (o.v[g] - mx.v[g]);
+                        lo[g] = vmin(raw, lo[g]);
+                        t[u * G + g] = vmax(raw, lowest);
+                    }
+                } else {
+                    for (int g = 0; g < G; ++g) t[u * G + g] = zero;
+                }
+                for (int g = 0; g < G; ++g) e[u * G + g] = t[u * G + g];
+            }
+            exp_f32_n<V, U * G>(e);
+            for (int u = 0; u < U && o0 + u < n_oct; ++u) {
+                if ((o0 + u) * 8 + l < K) {
+                    for (int g = 0; g < G; ++g) {
+                        const F tt = t[u * G + g], e0 = e[u * G + g];
+                        const F e1 = e0 * tt, e2 = e1 * tt, e3 = e2 * tt;
+                        p[0][g] += e0;
+                        p[1][g] += e1;
+                        p[2][g] += e2;
+                        p[3][g] += e3;
+                        const F e4 = e3 * tt;
+                        p[4][g] += e4;
+                        p[5][g] += e4 * tt;
+                    }
+                }
+                if ((o0 + u + 1) % kFlushOctets == 0 || o0 + u == n_oct - 1)
+                    for (int j = 0; j < 6; ++j)
+                        for (int g = 0; g < G; ++g) {
+                            D a, b;
+                            widen<V>(p[j][g], a, b);
+                            acc[j][l].v[2 * g] += a;
+                            acc[j][l].v[2 * g + 1] += b;
+                            p[j][g] = zero;
+                        }
+            }
+        }
+    }
+    // octet_sum of every row: ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)).
+    for (int j = 0; j < 6; ++j)
+        for (int g = 0; g < GD; ++g) {
+            const D s = ((acc[j][0].v[g] + acc[j][4].v[g]) + (acc[j][1].v[g] + acc[j][5].v[g])) +
+                        ((acc[j][2].v[g] + acc[j][6].v[g]) + (acc[j][3].v[g] + acc[j][7].v[g]));
+            std::memcpy(S[j] + g * W, &s, sizeof s);
+        }
+    for (int g = 0; g < G; ++g) {
+        const typename V::iw c = chk.v[g] != chk.v[g];
+        for (int j = 0; j < L; ++j) {
+            best[g * L + j] = mx.v[g][j];
+            min_t[g * L + j] = lo[g][j];
+            bad[g * L + j] = c[j] != 0;
+        }
+    }
+}
+
+// The rows [begin, end) of a dense matrix by blocks (as top_label_dense_rows); returns the first row left for
+// the generic loop (end, except for fewer than kDenseRows rows at the end of the matrix).
+template <class T, class V>
+CALIBKIT_INLINE int64_t temperature_dense_rows(const Matrix<T>& s, const Vector<int64_t>& labels,
+                                               const Weights& weights, float bf, TemperatureSums& part,
+                                               int64_t begin, int64_t end) {
+    const int64_t K = s.cols;
+    std::vector<float> buffer(static_cast<size_t>(K * kDenseBlock));
+    float* const buf = buffer.data();
+    double S[6][kDenseRows];
+    float best[kDenseRows], min_t[kDenseRows];
+    bool bad[kDenseRows];
+    int64_t b0 = begin;
+    while (b0 < end) {
+        // n rows counted; m >= n read (whole octets; past the matrix the generic loop takes the last rows).
+        int64_t n = std::min(kDenseBlock, end - b0);
+        int64_t m = (n + kDenseRows - 1) / kDenseRows * kDenseRows;
+        if (b0 + m > s.rows) n = m = n / kDenseRows * kDenseRows;
+        if (m == 0) break;
+        dense_block_copy<T, V>(s, b0, m, b0 + kDenseBlock + m <= end, buf);
+        for (int64_t q = 0; q < m; q += kDenseRows) {
+            const int64_t i0 = b0 + q;
+            const int64_t valid = std::min<int64_t>(kDenseRows, n - q);
+            temperature_dense_rows_f<V>(buf + q, K, bf, S, best, min_t, bad);
+            // Row by row, in order: the label / weight checks, then the scores' check, as the generic loop.
+            for (int r = 0; r < valid; ++r) {
+                const int64_t i = i0 + r;
+                const int64_t y = labels.raw(i);
+                if (y < 0 || y >= K) {
+                    part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
+                    continue;
+                }
+                const double w = weights.at(i);
+                if (weights.present() && !check_weight(w, i, part.status)) continue;
+                if (bad[r]) {
+                    const simd::RowReader<T, false> rr{reinterpret_cast<const char*>(s.row(i)), s.col_stride};
+                    report_bad_element(rr, i, K, true, part.status);
+                    continue;
+                }
+                const double Sr[6] = {S[0][r], S[1][r], S[2][r], S[3][r], S[4][r], S[5][r]};
+                const double zl = static_cast<double>(buf[q + y * kDenseBlock + r]);
+                add_temperature_row(Sr, static_cast<double>(bf), zl - static_cast<double>(best[r]), w,
+                                    static_cast<double>(min_t[r]), part);
+            }
+        }
+        b0 += n;
+    }
+    return b0;
+}
+
 template <class T, class V>
 inline void temperature_chunk(const Matrix<T>& s, const Vector<int64_t>& labels, const Weights& weights, double b,
                               TemperatureSums& part, int64_t begin, int64_t end) {
@@ -240,7 +398,11 @@ inline void temperature_chunk(const Matrix<T>& s, const Vector<int64_t>& labels,
     std::optional<RowWork<T, V>> work;
     if constexpr (single) work.emplace(s.cols);
     const float bf = static_cast<float>(b);
-    for (int64_t i = begin; i < end; ++i) {
+    int64_t first = begin;
+    if constexpr (single) {
+        if (dense_float_rows(s)) first = temperature_dense_rows<T, V>(s, labels, weights, bf, part, begin, end);
+    }
+    for (int64_t i = first; i < end; ++i) {
         const int64_t y = labels.raw(i);
         if (y < 0 || y >= s.cols) {
             part.status.set(kLabelOutOfRange, i, -1, static_cast<double>(y));
