@@ -170,6 +170,8 @@ def _lane_scan_codegen(two):
         neg = ir.Constant(vec, [float("-inf")] * 8)
         zero = ir.Constant(vec, [0.0] * 8)
         data = builder.bitcast(arr.data, f32.as_pointer())
+        if not two:
+            return _lane_max_blocked(context, builder, signature, data, k8, vec, neg, zero)
         entry = builder.block
         loop = builder.append_basic_block("lanes.loop")
         body = builder.append_basic_block("lanes.body")
@@ -207,6 +209,74 @@ def _lane_scan_codegen(two):
             out.extend(builder.extract_element(vv, ir.Constant(ir.IntType(32), j)) for j in range(8))
         return context.make_tuple(builder, signature.return_type, out)
     return codegen
+
+
+LANE_MAX_BLOCK = 4  # octets per block of lane_max_f32's loop: independent maxima, one per octet of a block
+
+
+def _lane_max_blocked(context, builder, signature, data, k8, vec, neg, zero):
+    """The octet loop of _max_f with LANE_MAX_BLOCK independent (m, c) vector pairs (octet u of each block of
+    LANE_MAX_BLOCK octets in pair u, the last octets short of a block in pair 0), then combined per lane:
+    m_j = m_j > m'_j ? m_j : m'_j and c_j += c'_j. A maximum is exact in any order (the signs of a zero
+    maximum may differ, which no caller can see: -0 == 0, and z - (+-0) is the same number), and c_j is 0
+    or NaN in any order, so the same values as the single chain; the pairs do not wait on one another."""
+    i64 = ir.IntType(64)
+    U = LANE_MAX_BLOCK
+    entry = builder.block
+    loop = builder.append_basic_block("lmax.loop")
+    body = builder.append_basic_block("lmax.body")
+    tail = builder.append_basic_block("lmax.tail")
+    tail_body = builder.append_basic_block("lmax.tail.body")
+    done = builder.append_basic_block("lmax.done")
+    full = builder.sub(k8, builder.srem(k8, ir.Constant(i64, 8 * U)))
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    i = builder.phi(i64)
+    m = [builder.phi(vec) for _ in range(U)]
+    c = [builder.phi(vec) for _ in range(U)]
+    builder.cbranch(builder.icmp_signed("<", i, full), body, tail)
+    builder.position_at_end(body)
+    m_new, c_new = [], []
+    for u in range(U):
+        ptr = builder.bitcast(builder.gep(data, [builder.add(i, ir.Constant(i64, 8 * u))]), vec.as_pointer())
+        v = builder.load(ptr, align=4)
+        m_new.append(builder.select(builder.fcmp_ordered(">", m[u], v), m[u], v))
+        c_new.append(builder.fadd(c[u], builder.fsub(v, v)))
+    i_new = builder.add(i, ir.Constant(i64, 8 * U))
+    builder.branch(loop)
+    i.add_incoming(ir.Constant(i64, 0), entry)
+    i.add_incoming(i_new, body)
+    for u in range(U):
+        m[u].add_incoming(neg, entry)
+        m[u].add_incoming(m_new[u], body)
+        c[u].add_incoming(zero, entry)
+        c[u].add_incoming(c_new[u], body)
+    builder.position_at_end(tail)
+    t = builder.phi(i64)
+    tm = builder.phi(vec)
+    tc = builder.phi(vec)
+    builder.cbranch(builder.icmp_signed("<", t, k8), tail_body, done)
+    builder.position_at_end(tail_body)
+    v = builder.load(builder.bitcast(builder.gep(data, [t]), vec.as_pointer()), align=4)
+    tm_new = builder.select(builder.fcmp_ordered(">", tm, v), tm, v)
+    tc_new = builder.fadd(tc, builder.fsub(v, v))
+    t_new = builder.add(t, ir.Constant(i64, 8))
+    builder.branch(tail)
+    t.add_incoming(i, loop)
+    t.add_incoming(t_new, tail_body)
+    tm.add_incoming(m[0], loop)
+    tm.add_incoming(tm_new, tail_body)
+    tc.add_incoming(c[0], loop)
+    tc.add_incoming(tc_new, tail_body)
+    builder.position_at_end(done)
+    mm, cc = tm, tc
+    for u in range(1, U):
+        mm = builder.select(builder.fcmp_ordered(">", mm, m[u]), mm, m[u])
+        cc = builder.fadd(cc, c[u])
+    out = []
+    for vv in (mm, neg, cc):
+        out.extend(builder.extract_element(vv, ir.Constant(ir.IntType(32), j)) for j in range(8))
+    return context.make_tuple(builder, signature.return_type, out)
 
 
 @intrinsic
@@ -493,3 +563,88 @@ def new_status():
 
 def status_tuple(st):
     return (int(st[0]), int(st[1]), int(st[2]), float(st[3]))
+
+
+@intrinsic
+def short_scan4(typingctx, scores, i, table):
+    """(b_0..b_3, a_0..a_3, l_0..l_3, q_0..q_3) of rows i .. i + 3 of a 2-D (any strides) float16 (as uint16
+    bits, read through the float32 `table`), float32 or float64 matrix: per row the running maximum b (NaN
+    never replaces it), the first column holding it a, the running minimum l and the sum of squares q, all in
+    double and in column order, the four rows in the four lanes of <4 x double> vectors. The same operations
+    as the scalar row loop (b = v > b ? v : b, a = v > b ? k : a, l = v < l ? v : l, q += v v), so the same
+    values; the four rows' chains advance together instead of one row after another."""
+    if not (isinstance(scores, types.Array) and scores.ndim == 2
+            and scores.dtype in (types.float32, types.float64, types.uint16) and isinstance(i, types.Integer)):
+        return None
+    if not (isinstance(table, types.Array) and table.dtype == types.float32 and table.layout == "C"):
+        return None
+    ret = types.Tuple((types.float64,) * 4 + (types.int64,) * 4 + (types.float64,) * 8)
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        tab = context.make_array(signature.args[2])(context, builder, args[2])
+        dt = signature.args[0].dtype
+        i64 = ir.IntType(64)
+        f64 = ir.DoubleType()
+        dvec = ir.VectorType(f64, 4)
+        ivec = ir.VectorType(i64, 4)
+        i32 = ir.IntType(32)
+        row = context.cast(builder, args[1], signature.args[1], types.int64)
+        K = builder.extract_value(arr.shape, 1)
+        s0 = builder.extract_value(arr.strides, 0)
+        s1 = builder.extract_value(arr.strides, 1)
+        elem = context.get_value_type(dt)
+        i8p = ir.IntType(8).as_pointer()
+        data = builder.bitcast(arr.data, i8p)
+        tdata = builder.bitcast(tab.data, ir.FloatType().as_pointer())
+        bases = [builder.gep(data, [builder.mul(builder.add(row, ir.Constant(i64, r)), s0)]) for r in range(4)]
+        entry = builder.block
+        loop = builder.append_basic_block("scan4.loop")
+        body = builder.append_basic_block("scan4.body")
+        done = builder.append_basic_block("scan4.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        b = builder.phi(dvec)
+        a = builder.phi(ivec)
+        lo = builder.phi(dvec)
+        q = builder.phi(dvec)
+        builder.cbranch(builder.icmp_signed("<", k, K), body, done)
+        builder.position_at_end(body)
+        v = ir.Constant(dvec, ir.Undefined)
+        off = builder.mul(k, s1)  # byte strides: any layout
+        for r in range(4):
+            x = builder.load(builder.bitcast(builder.gep(bases[r], [off]), elem.as_pointer()))
+            if dt == types.uint16:
+                x = builder.load(builder.gep(tdata, [builder.zext(x, i64)]))
+                x = builder.fpext(x, f64)
+            elif dt == types.float32:
+                x = builder.fpext(x, f64)
+            v = builder.insert_element(v, x, ir.Constant(i32, r))
+        kv = builder.insert_element(ir.Constant(ivec, ir.Undefined), k, ir.Constant(i32, 0))
+        kv = builder.shuffle_vector(kv, ir.Constant(ivec, ir.Undefined), ir.Constant(ir.VectorType(i32, 4), [0] * 4))
+        q_new = builder.fadd(q, builder.fmul(v, v))
+        gt = builder.fcmp_ordered(">", v, b)
+        a_new = builder.select(gt, kv, a)
+        b_new = builder.select(gt, v, b)
+        lt = builder.fcmp_ordered("<", v, lo)
+        lo_new = builder.select(lt, v, lo)
+        k_new = builder.add(k, ir.Constant(i64, 1))
+        builder.branch(loop)
+        k.add_incoming(ir.Constant(i64, 0), entry)
+        k.add_incoming(k_new, body)
+        b.add_incoming(ir.Constant(dvec, [float("-inf")] * 4), entry)
+        b.add_incoming(b_new, body)
+        a.add_incoming(ir.Constant(ivec, [0] * 4), entry)
+        a.add_incoming(a_new, body)
+        lo.add_incoming(ir.Constant(dvec, [float("inf")] * 4), entry)
+        lo.add_incoming(lo_new, body)
+        q.add_incoming(ir.Constant(dvec, [0.0] * 4), entry)
+        q.add_incoming(q_new, body)
+        builder.position_at_end(done)
+        out = []
+        for vv in (b, a, lo, q):
+            out.extend(builder.extract_element(vv, ir.Constant(i32, r)) for r in range(4))
+        return context.make_tuple(builder, signature.return_type, out)
+
+    return ret(scores, i, table), codegen

@@ -35,6 +35,7 @@ from ._common import (
     merge_status,
     rows_per_chunk,
     run_locked,
+    short_scan4,
     status_tuple,
     valid_probability,
 )
@@ -279,14 +280,20 @@ _PROB_LO = -PROBABILITY_TOLERANCE
 _PROB_HI = 1.0 + PROBABILITY_TOLERANCE
 
 
+_DBL_MAX = float(np.finfo(np.float64).max)
+
+
 @numba.njit(**JIT)
 def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, with_nll, conf_out, correct_out,
                       has_out, table, begin, end, count, wsum, sconf, scorr, tot, st):
     """A chunk of probability rows of K < SHORT_ROW elements without class-wise bins (binning.hpp,
     top_label_short_rows): one scalar pass per row keeping the maximum (the first index of it), the minimum and
     the sum of squares in column order; every element is in [-tol, 1 + tol] exactly when the minimum and the
-    maximum are and the sum of squares is not NaN (a NaN skips both comparisons). Same sums, bins and lanes as
-    the C++ kernel, so the same bits."""
+    maximum are and the sum of squares is not NaN (a NaN skips both comparisons). Rows go by fours whose
+    labels and weights are all good (the usual case): the four scans in one loop over the columns, so that
+    their dependency chains (the sum of squares, the running maximum) overlap; each row's arithmetic and the
+    order the rows are added in are unchanged. Same sums, bins and lanes as the C++ kernel, so the same bits.
+    (Written out in one body: inlined helpers taking arrays cost reference-count calls per row.)"""
     K = scores.shape[1]
     row = np.empty(5)
     l_count = np.zeros(4 * n_bins, np.int64)
@@ -294,50 +301,79 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
     l_conf = np.zeros(4 * n_bins)
     l_corr = np.zeros(4 * n_bins)
     lanes = np.zeros((6, TOTAL_LANES))
-    for i in range(begin, end):
-        y = labels[i]
-        if y < 0 or y >= K:
-            merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
-            continue
-        w = weights[i] if has_w else 1.0
-        if has_w and not check_weight(w, i, st):
-            continue
-        best = -np.inf
-        low = np.inf
-        arg = 0
-        sq = 0.0
-        for k in range(K):
-            v = load(scores[i, k], table)
-            sq += v * v
-            arg = k if v > best else arg
-            best = v if v > best else best
-            low = v if v < low else low
-        if not (low >= _PROB_LO and best <= _PROB_HI and sq == sq):
-            _prob_row(scores, i, y, table, st, row, False, row)  # names the first bad element
-            continue
-        p_label = load(scores[i, y], table)
-        nll = 0.0
-        if with_nll:
-            x = nll_eps if p_label < nll_eps else p_label
-            nll = -_log_positive(x) if x > 0.0 else np.inf
-        conf = best
-        correct = 1.0 if arg == y else 0.0
-        if n_bins > 0:
-            b = find_bin(conf, inner, True) * 4 + (i & 3)
-            l_count[b] += 1
-            l_w[b] += w
-            l_conf[b] += w * conf
-            l_corr[b] += w * correct
-        if has_out:
-            conf_out[i] = conf
-            correct_out[i] = np.uint8(correct)
-        r = (i - begin) & (TOTAL_LANES - 1)
-        lanes[0, r] += 1.0
-        lanes[1, r] += w
-        lanes[2, r] += w * correct
-        lanes[3, r] += w * conf
-        lanes[4, r] += w * ((sq - 2.0 * p_label) + 1.0)
-        lanes[5, r] += w * nll
+    i = begin
+    while i < end:
+        clean = False
+        if i + 4 <= end:
+            y0 = labels[i]
+            y1 = labels[i + 1]
+            y2 = labels[i + 2]
+            y3 = labels[i + 3]
+            clean = (y0 >= 0) & (y0 < K) & (y1 >= 0) & (y1 < K) & (y2 >= 0) & (y2 < K) & (y3 >= 0) & (y3 < K)
+            if has_w:
+                for j in range(4):
+                    wj = weights[i + j]
+                    clean &= (wj >= 0.0) & (wj <= _DBL_MAX)  # false for NaN, inf and negatives
+        b0 = b1 = b2 = b3 = -np.inf
+        l0 = l1 = l2 = l3 = np.inf
+        a0 = a1 = a2 = a3 = 0
+        q0 = q1 = q2 = q3 = 0.0
+        n = 1
+        if clean:
+            n = 4
+            b0, b1, b2, b3, a0, a1, a2, a3, l0, l1, l2, l3, q0, q1, q2, q3 = short_scan4(scores, i, table)
+        for j in range(n):
+            ii = i + j
+            y = labels[ii]
+            w = weights[ii] if has_w else 1.0
+            if clean:
+                best = b0 if j == 0 else (b1 if j == 1 else (b2 if j == 2 else b3))
+                low = l0 if j == 0 else (l1 if j == 1 else (l2 if j == 2 else l3))
+                arg = a0 if j == 0 else (a1 if j == 1 else (a2 if j == 2 else a3))
+                sq = q0 if j == 0 else (q1 if j == 1 else (q2 if j == 2 else q3))
+            else:
+                if y < 0 or y >= K:
+                    merge_status(st, LABEL_OUT_OF_RANGE, ii, -1, float(y))
+                    continue
+                if has_w and not check_weight(w, ii, st):
+                    continue
+                best = -np.inf
+                low = np.inf
+                arg = 0
+                sq = 0.0
+                for k in range(K):
+                    v = load(scores[ii, k], table)
+                    sq += v * v
+                    arg = k if v > best else arg
+                    best = v if v > best else best
+                    low = v if v < low else low
+            if not (low >= _PROB_LO and best <= _PROB_HI and sq == sq):
+                _prob_row(scores, ii, y, table, st, row, False, row)  # names the first bad element
+                continue
+            p_label = load(scores[ii, y], table)
+            nll = 0.0
+            if with_nll:
+                x = nll_eps if p_label < nll_eps else p_label
+                nll = -_log_positive(x) if x > 0.0 else np.inf
+            conf = best
+            correct = 1.0 if arg == y else 0.0
+            if n_bins > 0:
+                b = find_bin(conf, inner, True) * 4 + (ii & 3)
+                l_count[b] += 1
+                l_w[b] += w
+                l_conf[b] += w * conf
+                l_corr[b] += w * correct
+            if has_out:
+                conf_out[ii] = conf
+                correct_out[ii] = np.uint8(correct)
+            r = (ii - begin) & (TOTAL_LANES - 1)
+            lanes[0, r] += 1.0
+            lanes[1, r] += w
+            lanes[2, r] += w * correct
+            lanes[3, r] += w * conf
+            lanes[4, r] += w * ((sq - 2.0 * p_label) + 1.0)
+            lanes[5, r] += w * nll
+        i += n
     for t in range(6):
         tot[t] += _fold_lanes(lanes[t])
     _fold_lane_bins(n_bins, l_count, l_w, l_conf, l_corr, count, wsum, sconf, scorr)
