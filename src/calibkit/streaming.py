@@ -541,7 +541,7 @@ class CalibrationAccumulator:
                 raise exc.at_row(int(index[exc.row])) from None
         dense = _dense_batch(scores, labels, sample_weight, axis, ignore_index, mask)
         self._check_dense_batch(dense)
-        ids = self._dense_groups(groups, dense)
+        ids = self._check_groups(groups, dense.row_shape)
         saved = self._snapshot()
         try:
             for piece in dense.pieces():
@@ -562,23 +562,6 @@ class CalibrationAccumulator:
                              f"n_classes={self.n_classes}")
         if self.classwise:
             check_cells(K, "n_classes", self.n_bins)
-
-    def _dense_groups(self, groups, dense):
-        """The batch's group ids as a C-ordered int64 map (N·H·W ids, never ·K), or None without n_groups."""
-        if not self.n_groups:
-            if groups is not None:
-                raise ValueError("groups= needs an accumulator made with n_groups > 0")
-            return None
-        if groups is None:
-            raise ValueError(f"this accumulator keeps n_groups={self.n_groups} groups: give update(..., groups=...) "
-                             "with each pixel's group id")
-        g = np.asarray(groups)
-        if g.dtype.kind not in "iu":
-            raise TypeError(f"groups must be integer group ids, got dtype {g.dtype}")
-        if g.shape != dense.row_shape:
-            raise ValueError(f"groups must have shape {dense.row_shape} (one id per pixel, the labels' shape), "
-                             f"got shape {g.shape}")
-        return np.ascontiguousarray(g, dtype=np.int64)  # C order merges with any row axes of the scores
 
     def _add_piece(self, dense, piece, lo, hi, sample_weight, ids, saved):
         """Rows [lo, hi) of a dense piece into the state (``sample_weight`` the piece's weights, or None).
@@ -814,20 +797,29 @@ class CalibrationAccumulator:
                                       n_classes=self.n_classes, fine_bits=self.group_fine_bits,
                                       fine_levels=self.group_fine_levels, backend=self.backend)
 
-    def _check_groups(self, groups, n):
-        """The (N,) int64 group ids of a batch (None without n_groups); bad ids are named by row."""
+    def _check_groups(self, groups, shape):
+        """The group ids of a batch (None without n_groups): (N,) int64 for ``shape`` = N rows (bad ids named by
+        row, here), or a C-ordered int64 map for the (N, *spatial) ``shape`` of a dense batch (N·H·W ids, never
+        ·K; the ids are checked piece by piece, bad ones named at their pixel)."""
+        dense = not isinstance(shape, (int, np.integer))
+        unit = "pixel's" if dense else "row's"
         if not self.n_groups:
             if groups is not None:
                 raise ValueError("groups= needs an accumulator made with n_groups > 0")
             return None
         if groups is None:
             raise ValueError(f"this accumulator keeps n_groups={self.n_groups} groups: give update(..., groups=...) "
-                             "with each row's group id")
+                             f"with each {unit} group id")
         g = np.asarray(groups)
         if g.dtype.kind not in "iu":
             raise TypeError(f"groups must be integer group ids, got dtype {g.dtype}")
-        if g.shape != (n,):
-            raise ValueError(f"groups must have shape ({n},) (one id per row of scores), got shape {g.shape}")
+        if dense:
+            if g.shape != shape:
+                raise ValueError(f"groups must have shape {shape} (one id per pixel, the labels' shape), "
+                                 f"got shape {g.shape}")
+            return np.ascontiguousarray(g, dtype=np.int64)  # C order merges with any row axes of the scores
+        if g.shape != (shape,):
+            raise ValueError(f"groups must have shape ({shape},) (one id per row of scores), got shape {g.shape}")
         bad = (g < 0) | (g >= self.n_groups)
         if bad.any():
             i = int(np.argmax(bad))
