@@ -406,60 +406,6 @@ def _dense_flush(ps, pq, sm, sq):
 
 
 @numba.njit(**JIT)
-def _dense_logit_rows_f(dbuf, q, K, ys, with_nll, inv_t, out, bad, mx, arg, chk, ps, pq, sm, sq):
-    """The summaries of rows q .. q + 7 of the block in dbuf (class-major), SIMD across rows (the inner loops
-    run over the 8 rows): each row's arithmetic is _logit_row_f's in the same order (maximum and first
-    argmax, e_k = exp_f32(b (z_k - max)) into float lane k % 8, flushed into double lanes every FLUSH
-    elements and at the end, octet_sum), so the same bits. out[r] = [argmax, conf, p_label, sum_sq, nll]."""
-    for r in range(8):
-        v = dbuf[0, q + r]
-        mx[r] = v
-        arg[r] = 0
-        chk[r] = v - v
-    for k in range(1, K):
-        for r in range(8):
-            v = dbuf[k, q + r]
-            g = v > mx[r]
-            mx[r] = v if g else mx[r]
-            arg[r] = k if g else arg[r]
-            chk[r] += v - v
-    bf = F32(inv_t)
-    scaled = inv_t != 1.0
-    for l in range(8):
-        for r in range(8):
-            ps[l, r] = 0.0
-            pq[l, r] = 0.0
-            sm[l, r] = 0.0
-            sq[l, r] = 0.0
-    for k in range(K):
-        l = k & 7
-        if scaled:
-            for r in range(8):
-                e = exp_f32(bf * (dbuf[k, q + r] - mx[r]))
-                ps[l, r] += e
-                pq[l, r] += e * e
-        else:
-            for r in range(8):
-                e = exp_f32(dbuf[k, q + r] - mx[r])
-                ps[l, r] += e
-                pq[l, r] += e * e
-        if (k + 1) % FLUSH == 0:
-            _dense_flush(ps, pq, sm, sq)
-    _dense_flush(ps, pq, sm, sq)
-    for r in range(8):
-        bad[r] = chk[r] != chk[r]
-        total = ((sm[0, r] + sm[4, r]) + (sm[1, r] + sm[5, r])) + ((sm[2, r] + sm[6, r]) + (sm[3, r] + sm[7, r]))
-        tsq = ((sq[0, r] + sq[4, r]) + (sq[1, r] + sq[5, r])) + ((sq[2, r] + sq[6, r]) + (sq[3, r] + sq[7, r]))
-        best = mx[r]
-        z_label = dbuf[ys[r], q + r]
-        out[r, 0] = arg[r]
-        out[r, 1] = 1.0 / total
-        out[r, 2] = np.float64(exp_f32(bf * (z_label - best))) / total
-        out[r, 3] = tsq / (total * total)
-        out[r, 4] = math.log(total) - inv_t * (np.float64(z_label) - np.float64(best)) if with_nll else 0.0
-
-
-@numba.njit(**JIT)
 def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
                      conf_out, correct_out, has_out, table, begin, end, count, wsum, sconf, scorr, tot, st,
                      cw_M, cw_inners, cw_uniform, cw_upper, cw_count, cw_w, cw_score, cw_target):
@@ -488,31 +434,14 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
     # rows, class by class (contiguous reads, each cache line once), into a class-major float buffer; each
     # row then takes the generic single-precision path from the buffer (the same values: the same bits).
     dense = single and not classwise and scores.strides[0] == scores.itemsize and K >= 2
-    dbuf = np.zeros((K if dense else 0, DENSE_BLOCK + 8), np.float32)  # + 8: the last octet may be partial
-    ys8 = np.zeros(8, np.int64)
-    rows8 = np.zeros((8, 5))
-    bad8 = np.zeros(8, np.bool_)
-    mx8 = np.zeros(8, np.float32)
-    arg8 = np.zeros(8, np.int64)
-    chk8 = np.zeros(8, np.float32)
-    ps8 = np.zeros((8, 8), np.float32)
-    pq8 = np.zeros((8, 8), np.float32)
-    sm8 = np.zeros((8, 8))
-    sq8 = np.zeros((8, 8))
+    dbuf = np.zeros((K if dense else 0, DENSE_BLOCK + 8), np.float32)
     b_start = begin
     b_end = begin
     for i in range(begin, end):
-        if dense and (i >= b_end or ((i - b_start) & 7) == 0):
-            # the block of rows holding row i in the class-major buffer (binning.hpp, dense_block_copy), and
-            # the summaries of its octet of rows i .. i + 7 (binning.hpp, summarize_dense_logit_rows_f)
-            if i >= b_end:
-                b_start = i
-                b_end = _dense_block_copy(scores, i, end, table, dbuf)
-            for j in range(8):
-                yj = labels[i + j] if i + j < b_end else 0
-                ys8[j] = yj if 0 <= yj < K else 0
-            _dense_logit_rows_f(dbuf, i - b_start, K, ys8, with_nll, inv_t, rows8, bad8, mx8, arg8, chk8,
-                                ps8, pq8, sm8, sq8)
+        if dense and i >= b_end:
+            # the block of rows holding row i in the class-major buffer (binning.hpp, dense_block_copy)
+            b_start = i
+            b_end = _dense_block_copy(scores, i, end, table, dbuf)
         y = labels[i]
         if y < 0 or y >= K:
             merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
@@ -521,16 +450,14 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
         if has_w and not check_weight(w, i, st):
             continue
         if dense:
-            r = (i - b_start) & 7
-            if bad8[r]:
-                for k in range(K):
-                    v = load(scores[i, k], table)
-                    if not is_finite(v):
-                        merge_status(st, SCORE_NOT_FINITE, i, k, v)
-                        break
+            # the row from the block buffer (the same float values _load_f reads), then the generic
+            # single-precision path: the same bits (8 rows at a time with the loops over rows innermost, as the
+            # C++ kernel does, did not vectorise here and ran slower than lane_sums_f32 on one row)
+            r = i - b_start
+            for k in range(K):
+                ef[k] = dbuf[k, r]
+            if not _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, row, ef):
                 continue
-            for t in range(5):
-                row[t] = rows8[r, t]
         elif single:
             if not _logit_row_f(scores, i, y, with_nll, inv_t, table, st, row, ef):
                 continue
