@@ -895,7 +895,7 @@ class DenseDump(Dump):
             return np.empty((0, self.n_classes), dtype=self.scores.dtype)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def first_image(self):
+    def first_image(self) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """``(scores, labels, mask)`` of image 0 as arrays with a leading axis of 1 (a view of a memory map, or
         that one image inflated)."""
         s = self.scores[0:1]
