@@ -1299,13 +1299,7 @@ class WindowedAccumulator:
             j = min(n, i + room)
             self._current.update(scores[i:j], labels[i:j], None if sample_weight is None else sample_weight[i:j])
             i = j
-            if self._current.count >= self.block_size:
-                self._blocks.append(self._current)
-                position = self._current._position
-                self._current = CalibrationAccumulator(**{**self._kwargs, "start": position})
-            # At most n_blocks blocks hold rows (the current one included).
-            while len(self._blocks) + (self._current.count > 0) > self.n_blocks:
-                self._blocks.popleft()
+            self._roll()
         self._seen += n
         return self
 
@@ -1339,6 +1333,16 @@ class WindowedAccumulator:
             raise
         return self
 
+    def _roll(self):
+        """A full current block joins the ring and a new one starts at its stream position; at most n_blocks
+        blocks hold rows (the current one included)."""
+        if self._current.count >= self.block_size:
+            self._blocks.append(self._current)
+            position = self._current._position
+            self._current = CalibrationAccumulator(**{**self._kwargs, "start": position})
+        while len(self._blocks) + (self._current.count > 0) > self.n_blocks:
+            self._blocks.popleft()
+
     def _add_windowed(self, dense):
         """The kept pixels of a dense batch into the ring of blocks, block boundaries inside pieces."""
         for piece in dense.pieces():
@@ -1348,12 +1352,7 @@ class WindowedAccumulator:
                 j = min(m, i + room)
                 self._current._add_piece(dense, piece, i, j, piece.sample_weight, None, None)
                 i = j
-                if self._current.count >= self.block_size:
-                    self._blocks.append(self._current)
-                    position = self._current._position
-                    self._current = CalibrationAccumulator(**{**self._kwargs, "start": position})
-                while len(self._blocks) + (self._current.count > 0) > self.n_blocks:
-                    self._blocks.popleft()
+                self._roll()
             self._seen += m
 
     def _add_decayed(self, dense):
