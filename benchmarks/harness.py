@@ -107,12 +107,15 @@ def read_scores(d: dict) -> Callable[[], object]:
 def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1, budget: float = math.inf) -> float:
     """Median of ``repeat`` timed calls (after ``warmup`` untimed ones); stops early, after at least one
     timed call, once ``budget`` seconds have been spent timing. The garbage collector runs once before and
-    is off during the calls (as in timeit: a full collection costs ~0.1 s once torch is imported)."""
+    is off during the calls (as in timeit). The objects alive after that collection are then frozen
+    (``gc.freeze``), so the next workload's collection scans only what was made since: a full collection
+    costs 0.1-0.6 s once torch is imported, and made up 115 s of a 195 s ``--quick`` run."""
     for _ in range(warmup):
         fn()
     times = []
     spent = 0.0
     gc.collect()
+    gc.freeze()
     gc.disable()
     try:
         for _ in range(max(1, repeat)):
