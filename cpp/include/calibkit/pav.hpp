@@ -186,7 +186,7 @@ inline bool isotonic_column_runs(const double* v, int64_t n, const Vector<int64_
     // search of fixed length `span` (the most rare scores in one bucket, a power of two; uk is padded with
     // keys above every score) counts those of the bucket below the key. A key below (above) the range reads
     // the first (last) bucket: no branch.
-    constexpr int64_t kRunsBuckets = 2048;
+    constexpr int64_t kRunsBuckets = 8192;
     const uint64_t klo = U > 0 ? uk.front() : 0, khi = U > 0 ? uk.back() : 0;
     int shift = 0;
     while (((khi - klo) >> shift) >= static_cast<uint64_t>(kRunsBuckets)) ++shift;

@@ -254,7 +254,7 @@ def _msd_sort(keys, order):
 
 
 RUNS_RATIO = 8  # kRunsRatio of pav.hpp
-RUNS_BUCKETS = 2048  # kRunsBuckets of pav.hpp
+RUNS_BUCKETS = 8192  # kRunsBuckets of pav.hpp
 _ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
