@@ -128,6 +128,158 @@ struct ColumnModels {
     std::vector<double> x, y;
 };
 
+// The unweighted isotonic map by runs, when one label is rare (at most 1 in kRunsRatio kept rows: a class
+// of one-vs-rest calibration). Sorted by score, the rows form the unique scores of the rare label's rows,
+// and between two consecutive ones a run of rows of the common label, which always fall in one PAV block
+// (consecutive equal targets always do: the last of a block is at most its mean, the first of the next
+// at least the next mean). So only the rare rows are sorted; each common row is counted into its run (or
+// the tie of a rare score it equals) by a binary search among the rare scores, with the run's least score
+// (its earliest row) and largest score (its latest row), and PAV runs over these pooled points. Every sum
+// is of 0s and 1s (exact integers): the blocks, their values and their first / last scores are those of
+// the full sort, bit for bit. Returns false (nothing written) when the rare label is not rare enough.
+constexpr int64_t kRunsRatio = 8;
+
+inline bool isotonic_column_runs(const double* v, int64_t n, const Vector<int64_t>& labels, int64_t positive,
+                                 std::vector<double>& xo, std::vector<double>& yo) {
+    int64_t n_pos = 0;
+    for (int64_t i = 0; i < n; ++i) n_pos += labels.raw(i) == positive ? 1 : 0;
+    const bool rare_positive = n_pos <= n - n_pos;
+    const int64_t n_rare = rare_positive ? n_pos : n - n_pos;
+    if (n_rare * kRunsRatio > n) return false;
+    xo.clear();
+    yo.clear();
+    if (n == 0) return true;
+    // the rare rows, stably sorted by score
+    std::vector<uint64_t> keys(static_cast<size_t>(std::max<int64_t>(n_rare, 1)));
+    std::vector<int64_t> rows(static_cast<size_t>(std::max<int64_t>(n_rare, 1)));
+    int64_t r = 0;
+    for (int64_t i = 0; i < n; ++i)
+        if ((labels.raw(i) == positive) == rare_positive) {
+            keys[static_cast<size_t>(r)] = sort_key(v[i]);
+            rows[static_cast<size_t>(r++)] = i;
+        }
+    {
+        std::vector<uint64_t> keys_tmp(keys.size());
+        std::vector<int64_t> rows_tmp(rows.size());
+        msd_sort(keys.data(), rows.data(), n_rare, keys_tmp.data(), rows_tmp.data());
+    }
+    // unique rare scores u: rare rows count, first (earliest) and last (latest) row with that score
+    std::vector<uint64_t> uk;
+    std::vector<int64_t> tie_count, tie_first, tie_last, rare_count;
+    for (int64_t j = 0; j < n_rare; ++j) {
+        const uint64_t k = keys[static_cast<size_t>(j)];
+        const int64_t row = rows[static_cast<size_t>(j)];
+        if (uk.empty() || uk.back() != k) {
+            uk.push_back(k);
+            rare_count.push_back(0);
+            tie_count.push_back(0);
+            tie_first.push_back(row);
+            tie_last.push_back(row);
+        }
+        ++rare_count.back();
+        tie_first.back() = std::min(tie_first.back(), row);
+        tie_last.back() = std::max(tie_last.back(), row);
+    }
+    const int64_t U = static_cast<int64_t>(uk.size());
+    // A common row's place among the unique rare scores: a table over the key range (kRunsBuckets buckets of
+    // equal key width: about equal width in log-score) gives the rare scores below the key's bucket, then a
+    // search of fixed length `span` (the most rare scores in one bucket, a power of two; uk is padded with
+    // keys above every score) counts those of the bucket below the key. A key below (above) the range reads
+    // the first (last) bucket: no branch.
+    constexpr int64_t kRunsBuckets = 8192;
+    const uint64_t klo = U > 0 ? uk.front() : 0, khi = U > 0 ? uk.back() : 0;
+    int shift = 0;
+    while (((khi - klo) >> shift) >= static_cast<uint64_t>(kRunsBuckets)) ++shift;
+    const int64_t n_buckets = static_cast<int64_t>((khi - klo) >> shift) + 1;
+    std::vector<int64_t> table(static_cast<size_t>(n_buckets + 1));
+    int64_t span = 1;
+    for (int64_t bk = 0, j = 0; bk <= n_buckets; ++bk) {
+        while (j < U && static_cast<int64_t>((uk[static_cast<size_t>(j)] - klo) >> shift) < bk) ++j;
+        table[static_cast<size_t>(bk)] = j;
+        if (bk > 0) span = std::max(span, j - table[static_cast<size_t>(bk - 1)]);
+    }
+    int64_t pow2 = 1;
+    while (pow2 < span) pow2 *= 2;
+    uk.resize(static_cast<size_t>(U + pow2), ~uint64_t{0});  // no score's key is all ones (NaN is refused)
+    struct Run {
+        int64_t count = 0, lo_row = 0, hi_row = 0;
+        uint64_t lo_key = ~uint64_t{0}, hi_key = 0;
+    };
+    std::vector<Run> runs(static_cast<size_t>(U + 1));  // run g: common rows between uk[g - 1] and uk[g]
+    const uint64_t* u = uk.data();
+    const int64_t* tab = table.data();
+    for (int64_t i = 0; i < n; ++i) {
+        if ((labels.raw(i) == positive) == rare_positive) continue;
+        const uint64_t k = sort_key(v[i]);
+        const uint64_t kc = std::min(std::max(k, klo), khi);
+        int64_t at = tab[(kc - klo) >> shift];
+        for (int64_t step = pow2 / 2; step >= 1; step /= 2)
+            at += step & -static_cast<int64_t>(u[at + step - 1] < k);  // a mask, not a branch
+        const int64_t g = at + static_cast<int64_t>(u[at] < k);  // the unique rare scores < k
+        const size_t gs = static_cast<size_t>(g);
+        if (u[g] == k) {  // (g < U: the padding equals no key)
+            ++tie_count[gs];
+            tie_first[gs] = std::min(tie_first[gs], i);
+            tie_last[gs] = std::max(tie_last[gs], i);
+        } else {
+            Run& run = runs[gs];
+            ++run.count;
+            if (k < run.lo_key) {  // the earliest row of the least score
+                run.lo_key = k;
+                run.lo_row = i;
+            }
+            if (k >= run.hi_key) {  // the latest row of the largest score
+                run.hi_key = k;
+                run.hi_row = i;
+            }
+        }
+    }
+    // PAV over the points in score order: run 0, tie 0, run 1, ..., tie U - 1, run U
+    const double common_y = rare_positive ? 0.0 : 1.0;
+    const size_t cap = static_cast<size_t>(2 * U + 1);
+    std::vector<double> sum_w(cap), sum_wy(cap), mean(cap);
+    std::vector<int64_t> first_row(cap), last_row(cap);
+    int64_t nb = 0;
+    const auto push = [&](double sw, double swy, int64_t first, int64_t last) {
+        double m = swy / sw;
+        while (nb > 0 && mean[static_cast<size_t>(nb - 1)] >= m) {
+            --nb;
+            sw += sum_w[static_cast<size_t>(nb)];
+            swy += sum_wy[static_cast<size_t>(nb)];
+            m = swy / sw;
+            first = first_row[static_cast<size_t>(nb)];
+        }
+        const size_t b = static_cast<size_t>(nb++);
+        sum_w[b] = sw;
+        sum_wy[b] = swy;
+        mean[b] = m;
+        first_row[b] = first;
+        last_row[b] = last;
+    };
+    for (int64_t g = 0; g <= U; ++g) {
+        const size_t gs = static_cast<size_t>(g);
+        if (runs[gs].count > 0) {
+            const double c = static_cast<double>(runs[gs].count);
+            push(c, c * common_y, runs[gs].lo_row, runs[gs].hi_row);
+        }
+        if (g < U) {
+            const double rare = static_cast<double>(rare_count[gs]), common = static_cast<double>(tie_count[gs]);
+            push(rare + common, rare_positive ? rare : common, tie_first[gs], tie_last[gs]);
+        }
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+        const size_t bs = static_cast<size_t>(b);
+        const double first = v[first_row[bs]], last = v[last_row[bs]];
+        xo.push_back(first);
+        yo.push_back(mean[bs]);
+        if (last != first) {
+            xo.push_back(last);
+            yo.push_back(mean[bs]);
+        }
+    }
+    return true;
+}
+
 // The isotonic calibration map of the n scores v against the targets 1[labels == positive]:
 // rows whose weight is not > 0 are left out (they carry no information), the rest are
 // stably sorted by score (ties pooled) and PAV'd; each block gives its first and last
@@ -136,6 +288,7 @@ struct ColumnModels {
 inline void isotonic_column(const double* v, int64_t n, const Vector<int64_t>& labels, int64_t positive,
                             const Vector<double>& w, std::vector<double>& xo, std::vector<double>& yo) {
     const bool weighted = w.data != nullptr;
+    if (!weighted && isotonic_column_runs(v, n, labels, positive, xo, yo)) return;
     std::vector<uint64_t> keys(static_cast<size_t>(n));
     std::unique_ptr<int64_t[]> order(new int64_t[static_cast<size_t>(std::max<int64_t>(n, 1))]);
     int64_t m = 0;

@@ -253,10 +253,162 @@ def _msd_sort(keys, order):
                 sp += 1
 
 
+RUNS_RATIO = 8  # kRunsRatio of pav.hpp
+RUNS_BUCKETS = 8192  # kRunsBuckets of pav.hpp
+_ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@numba.njit(**JIT)
+def _runs_push(sum_w, sum_wy, mean, first_row, last_row, nb, sw, swy, first, last):
+    """One pooled point onto the PAV stack of _isotonic_column_runs; returns the new stack size."""
+    m = swy / sw
+    while nb > 0 and mean[nb - 1] >= m:
+        nb -= 1
+        sw += sum_w[nb]
+        swy += sum_wy[nb]
+        m = swy / sw
+        first = first_row[nb]
+    sum_w[nb] = sw
+    sum_wy[nb] = swy
+    mean[nb] = m
+    first_row[nb] = first
+    last_row[nb] = last
+    return nb + 1
+
+
+@numba.njit(**JIT)
+def _isotonic_column_runs(v, labels, positive, xo, yo):
+    """isotonic_column_runs of pav.hpp (unweighted, one label rare): only the rare rows sorted, each common
+    row counted into its run between two rare scores by the same table and fixed-length search, PAV over
+    the pooled points; returns the map's length, or -1 when the rare label is not rare enough."""
+    n = v.shape[0]
+    n_pos = 0
+    for i in range(n):
+        n_pos += 1 if labels[i] == positive else 0
+    rare_positive = n_pos <= n - n_pos
+    n_rare = n_pos if rare_positive else n - n_pos
+    if n_rare * RUNS_RATIO > n:
+        return -1
+    if n == 0:
+        return 0
+    keys_all = _sort_keys(v)
+    keys = np.empty(max(n_rare, 1), np.uint64)
+    rows = np.empty(max(n_rare, 1), np.int64)
+    r = 0
+    for i in range(n):
+        if (labels[i] == positive) == rare_positive:
+            keys[r] = keys_all[i]
+            rows[r] = i
+            r += 1
+    _msd_sort(keys[:n_rare], rows[:n_rare])
+    uk = np.empty(n_rare + 1, np.uint64)  # (+ the padding below, re-allocated)
+    rare_count = np.zeros(n_rare + 1, np.int64)
+    tie_count = np.zeros(n_rare + 1, np.int64)
+    tie_first = np.empty(n_rare + 1, np.int64)
+    tie_last = np.empty(n_rare + 1, np.int64)
+    U = 0
+    for j in range(n_rare):
+        k = keys[j]
+        row = rows[j]
+        if U == 0 or uk[U - 1] != k:
+            uk[U] = k
+            tie_first[U] = row
+            tie_last[U] = row
+            U += 1
+        rare_count[U - 1] += 1
+        tie_first[U - 1] = min(tie_first[U - 1], row)
+        tie_last[U - 1] = max(tie_last[U - 1], row)
+    klo = uk[0] if U > 0 else np.uint64(0)
+    khi = uk[U - 1] if U > 0 else np.uint64(0)
+    shift = 0
+    while ((khi - klo) >> np.uint64(shift)) >= np.uint64(RUNS_BUCKETS):
+        shift += 1
+    sh = np.uint64(shift)
+    n_buckets = np.int64((khi - klo) >> sh) + 1
+    table = np.empty(n_buckets + 1, np.int64)
+    span = 1
+    j = 0
+    for bk in range(n_buckets + 1):
+        while j < U and np.int64((uk[j] - klo) >> sh) < bk:
+            j += 1
+        table[bk] = j
+        if bk > 0:
+            span = max(span, j - table[bk - 1])
+    pow2 = 1
+    while pow2 < span:
+        pow2 *= 2
+    u = np.empty(U + pow2, np.uint64)
+    for j in range(U):
+        u[j] = uk[j]
+    for j in range(U, U + pow2):
+        u[j] = _ALL_ONES  # no score's key is all ones (NaN is refused)
+    run_count = np.zeros(U + 1, np.int64)
+    run_lo = np.zeros(U + 1, np.int64)
+    run_hi = np.zeros(U + 1, np.int64)
+    lo_key = np.full(U + 1, _ALL_ONES, np.uint64)
+    hi_key = np.zeros(U + 1, np.uint64)
+    for i in range(n):
+        if (labels[i] == positive) == rare_positive:
+            continue
+        k = keys_all[i]
+        kc = min(max(k, klo), khi)
+        at = table[np.int64((kc - klo) >> sh)]
+        step = pow2 // 2
+        while step >= 1:
+            at += step if u[at + step - 1] < k else 0
+            step //= 2
+        g = at + (1 if u[at] < k else 0)
+        if u[g] == k:
+            tie_count[g] += 1
+            tie_first[g] = min(tie_first[g], i)
+            tie_last[g] = max(tie_last[g], i)
+        else:
+            run_count[g] += 1
+            if k < lo_key[g]:
+                lo_key[g] = k
+                run_lo[g] = i
+            if k >= hi_key[g]:
+                hi_key[g] = k
+                run_hi[g] = i
+    common_y = 0.0 if rare_positive else 1.0
+    cap = 2 * U + 1
+    sum_w = np.empty(cap)
+    sum_wy = np.empty(cap)
+    mean = np.empty(cap)
+    first_row = np.empty(cap, np.int64)
+    last_row = np.empty(cap, np.int64)
+    nb = 0
+    for g in range(U + 1):
+        if run_count[g] > 0:
+            c = float(run_count[g])
+            nb = _runs_push(sum_w, sum_wy, mean, first_row, last_row, nb, c, c * common_y, run_lo[g], run_hi[g])
+        if g < U:
+            rare = float(rare_count[g])
+            common = float(tie_count[g])
+            nb = _runs_push(sum_w, sum_wy, mean, first_row, last_row, nb, rare + common,
+                            rare if rare_positive else common, tie_first[g], tie_last[g])
+    count = 0
+    for b in range(nb):
+        first = v[first_row[b]]
+        last = v[last_row[b]]
+        xo[count] = first
+        yo[count] = mean[b]
+        count += 1
+        if last != first:
+            xo[count] = last
+            yo[count] = mean[b]
+            count += 1
+    return count
+
+
 @numba.njit(**JIT)
 def _isotonic_column(v, labels, positive, w, weighted, xo, yo):
     """isotonic_column of pav.hpp: the map of the scores v into xo, yo; returns its length."""
     n = v.shape[0]
+    if not weighted:
+        count = _isotonic_column_runs(v, labels, positive, xo, yo)
+        if count >= 0:
+            return count
     vals = np.empty(n)
     order = np.empty(n, np.int64)
     m = 0
