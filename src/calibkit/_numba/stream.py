@@ -136,57 +136,6 @@ def _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_
 
 
 @numba.njit(**JIT)
-def _chunk_checked(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf,
-                   n, bins, fine, boot, sq, has_sq):
-    """_chunk of rows [0, n) the top-label pass has checked (float64 confidences in [0, 1], 0/1 targets,
-    clean weights): the same adds in the same order, without the checks, and the equal-width bin settled
-    against the edges in one step each way (as BinEdges::bin: the product errs by far less than a bin)."""
-    M = n_bins
-    R = 2 * (fine_levels << fine_bits)
-    n_inner = inner.shape[0]
-    scale = float(n_inner + 1)
-    for i in range(n):
-        c = conf[i]
-        y = float(target[i])
-        w = weights[i] if has_w else 1.0
-        b = 0
-        if n_inner > 0:
-            b = int(min(max(c * scale, 0.0), float(n_inner)))
-            if b > 0 and not (inner[b - 1] < c):
-                b -= 1
-            elif b < n_inner and inner[b] < c:
-                b += 1
-        f = fine_bin(c, fine_bits, fine_levels)
-        bins[b] += 1.0
-        bins[M + b] += w
-        bins[2 * M + b] += w * c
-        bins[3 * M + b] += w * y
-        fine[f] += 1.0
-        fine[R + f] += w
-        fine[2 * R + f] += w * c
-        fine[3 * R + f] += w * y
-        fine[4 * R + f] += w * abs(y - c)
-        if has_sq:
-            ww = w * w
-            sq[b] += ww
-            sq[M + b] += ww * (c * (1.0 - c))
-        if n_boot > 0:
-            key = mix64(seed ^ mix64(offset + np.uint64(i)))
-            for r in range(0, n_boot, 2):
-                h = mix64(key + np.uint64(r // 2 + 1) * _GOLDEN)
-                for s in range(r, min(r + 2, n_boot)):
-                    word = (h >> np.uint64(32)) if s == r else (h & np.uint64(0xFFFFFFFF))
-                    k = poisson1(np.float64(word) * (1.0 / 4294967296.0), cdf)
-                    if k == 0:
-                        continue
-                    wk = w * k
-                    base = s * 3 * M
-                    boot[base + b] += wk
-                    boot[base + M + b] += wk * c
-                    boot[base + 2 * M + b] += wk * y
-
-
-@numba.njit(**JIT)
 def _small(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
            bins, fine, boot, sq, has_sq):
     """One chunk: check every row first, then add straight into the state (as stream.hpp)."""
@@ -379,8 +328,8 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_ep
     if st[0] == OK:
         # Rows the top-label pass has checked (confidences in [0, 1], 0/1 targets, clean weights): straight
         # into the state, as _small does after its check pass.
-        _chunk_checked(conf, correct, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed,
-                       cdf, N, bins, fine, boot, sq, has_sq)
+        _chunk(conf, correct, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf,
+               table, 0, N, bins, fine, boot, st, sq, has_sq)
     if st[0] == OK and has_sm:
         _stream_smooth(conf, correct, weights, has_w, 0, N, sm_sizes, sm_offsets, sm2.reshape(sm2.size), st)
     if st[0] == OK:
