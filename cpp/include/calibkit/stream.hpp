@@ -325,16 +325,24 @@ inline void add_totals(const Totals& t, double* totals) {
 // smooth ECE's grids (SmoothBlock). Every sum is the one top_label_stats + stream_rows (+ smooth_grid_top_label
 // for one smooth chunk) compute: the same values, added in the same order, so the same bits.
 
-// Per-row values of pass 1 (structure of arrays: pass 2 reads them in row order).
+// Per-row values of pass 1. Each row's adds, in the order pass 2 adds them, as one 64-byte record
+// (kAddWidth doubles): 1, w, w c, w y (the bins' and the first four fine sums), w^2, w^2 c (1 - c) (the
+// squares), w |y - c| (the fifth fine sum) and c (for the bootstrap and the smooth grids). Unweighted rows
+// have w = 1, and 1 * x is x: the same values as add_stream_row's unweighted instance. The bin, the fine
+// bucket and the 0/1 target in their own arrays.
+constexpr int64_t kAddWidth = 8;
+constexpr int64_t kMaxInterleavedBins = 256;  // fused_pass2: bins added in an interleaved copy up to this many
+enum : int { kAddOne, kAddW, kAddWC, kAddWY, kAddWW, kAddWWV, kAddWD, kAddC };
+
 struct StreamRowScratch {
-    std::vector<double> c, w;
-    std::vector<int64_t> bin, fine;
+    std::vector<double> add;
+    std::vector<int32_t> bin, fine;
     std::vector<uint8_t> y;
+    std::vector<double> acc;  // pass 2: the state's bins and squares, interleaved [M][kAddWidth]
     void ensure(int64_t n) {  // n rows and the padding of a last batch of short rows (at most 8 lanes)
-        if (static_cast<int64_t>(c.size()) >= n + 8) return;
+        if (static_cast<int64_t>(y.size()) >= n + 8) return;
         const size_t m = static_cast<size_t>(n + 8);
-        c.resize(m);
-        w.resize(m);
+        add.resize(m * kAddWidth);
         bin.resize(m);
         fine.resize(m);
         y.resize(m);
@@ -344,6 +352,42 @@ struct StreamRowScratch {
         return scratch;
     }
 };
+
+// Pass 1's record of one row (scalar code: the long rows).
+CALIBKIT_INLINE void put_row_adds(double* a, double c, double y, double w) {
+    const double ww = w * w;
+    a[kAddOne] = 1.0;
+    a[kAddW] = w;
+    a[kAddWC] = w * c;
+    a[kAddWY] = w * y;
+    a[kAddWW] = ww;
+    a[kAddWWV] = ww * (c * (1.0 - c));
+    a[kAddWD] = w * std::fabs(y - c);
+    a[kAddC] = c;
+}
+
+// FineGrid::bin_checked of W confidences in vector lanes: the same integer arithmetic, lane by lane.
+template <class V>
+CALIBKIT_INLINE void fine_bins_checked(const FineGrid& grid, typename V::d c, int32_t* out) {
+#if CALIBKIT_GNU_VECTORS
+    typedef typename V::d D;
+    typedef typename V::i I;
+    typedef uint64_t U __attribute__((vector_size(sizeof(D))));
+    const I zero = (I)simd::splat<D>(0.0);
+    const I upper = c > simd::splat<D>(0.5);
+    const D d = simd::select(upper, simd::splat<D>(1.0) - c, c);  // 1 - c is exact for c >= 1/2
+    const U u = (U)d;
+    const I level = (zero + (1023 - 2)) - (I)(u >> 52);  // d >= 0
+    const I mantissa = (I)((u >> static_cast<int>(52 - grid.bits)) & ((uint64_t{1} << grid.bits) - 1));
+    I r = (((zero + (grid.levels - 1)) - level) << static_cast<int>(grid.bits)) + mantissa;
+    r = simd::select_int(level >= zero + grid.levels, zero, r);
+    r = simd::select_int(level < zero, zero + (grid.side() - 1), r);
+    r = simd::select_int(upper, (zero + (grid.size() - 1)) - r, r);
+    for (int j = 0; j < V::width; ++j) out[j] = static_cast<int32_t>(r[j]);
+#else
+    for (int j = 0; j < V::width; ++j) out[j] = static_cast<int32_t>(grid.bin_checked(c[j]));
+#endif
+}
 
 // The smooth ECE's grid sums of one call (smooth_grid_top_label of one chunk), when the accumulator keeps them.
 struct SmoothTarget {
@@ -377,34 +421,65 @@ CALIBKIT_INLINE void fused_pass1_short(const Matrix<T>& s, const Vector<int64_t>
     using namespace simd;
     typedef typename V::d D;
     typedef typename V::i I;
+    typedef typename V::fw F;
+    typedef typename V::iw IW;
     constexpr int W = V::width, G = kShortGroups, B = W * G, H = kTotalLanes / B, Q = H * G;
     const int64_t N = s.rows, K = s.cols;
     const uint64_t n_classes = static_cast<uint64_t>(K);
     const int64_t n_inner = edges.n_bins - 1;
     const bool vector_bins = n_inner <= kMaxVectorEdges;
     const double* const inner = edges.bounds.data() + 1;
+    // float32 / float16 probabilities: the bin from the float confidences, 2 W at a time. For a float c
+    // and a double edge e, c > e exactly when c > the largest float <= e.
+    const bool float_bins = !std::is_same<T, double>::value && !from_logits && vector_bins;
+    F below[kMaxVectorEdges];
+    if (float_bins)
+        for (int64_t e = 0; e < n_inner; ++e) {
+            float f = static_cast<float>(inner[e]);
+            if (static_cast<double>(f) > inner[e]) f = std::nextafter(f, -INFINITY);
+            below[e] = splat_f<F>(f);
+        }
     const D zero = splat<D>(0.0), one = splat<D>(1.0), two = splat<D>(2.0);
+    const I sign = (I)splat<D>(-0.0);
     D s_weight[Q], s_correct[Q], s_conf[Q], s_brier[Q], s_nll[Q];
     for (int q = 0; q < Q; ++q) s_weight[q] = s_correct[q] = s_conf[q] = s_brier[q] = s_nll[q] = zero;
     RowsSummary<V> batch{};
-    double* const out_c = out.c.data();
-    double* const out_w = out.w.data();
-    int64_t* const out_bin = out.bin.data();
+    double* const out_add = out.add.data();
+    int32_t* const out_bin = out.bin.data();
+    int32_t* const out_fine = out.fine.data();
     uint8_t* const out_y = out.y.data();
+    const bool weighted = weights.present();
+    // Labels and weights of a whole batch are read as vectors straight from contiguous inputs (a vector
+    // load of values just stored one by one stalls on store forwarding).
+    const bool labels_contiguous = labels.stride == static_cast<int64_t>(sizeof(int64_t));
+    const bool weights_contiguous = weighted && weights.v.stride == static_cast<int64_t>(sizeof(double));
+    int64_t rows[B], ys[B], pad[B];
+    double ws[B];
+    for (int j = 0; j < B; ++j) ws[j] = 1.0;
     for (int64_t b0 = 0; b0 < N; b0 += B) {
         const int h = static_cast<int>((b0 / B) % H);
-        int64_t rows[B], ys[B], pad[B];
-        double ws[B];
+        const bool full = b0 + B <= N;
         bool clean = true;
-        for (int j = 0; j < B; ++j) {
-            const int64_t i = std::min(b0 + j, N - 1);
-            rows[j] = i;
-            pad[j] = b0 + j < N ? -1 : 0;
-            ys[j] = labels.raw(i);
-            ws[j] = weights.at(i);
-            clean &= static_cast<uint64_t>(ys[j]) < n_classes;
-            clean &= (ws[j] >= 0.0) & (ws[j] <= DBL_MAX);  // false for NaN, inf and negatives
+        if (full) {
+            for (int j = 0; j < B; ++j) {
+                rows[j] = b0 + j;
+                ys[j] = labels.raw(b0 + j);
+                clean &= static_cast<uint64_t>(ys[j]) < n_classes;
+            }
+        } else {
+            for (int j = 0; j < B; ++j) {
+                const int64_t i = std::min(b0 + j, N - 1);
+                rows[j] = i;
+                pad[j] = b0 + j < N ? -1 : 0;
+                ys[j] = labels.raw(i);
+                clean &= static_cast<uint64_t>(ys[j]) < n_classes;
+            }
         }
+        if (weighted)
+            for (int j = 0; j < B; ++j) {
+                ws[j] = weights.v[rows[j]];
+                clean &= (ws[j] >= 0.0) & (ws[j] <= DBL_MAX);  // false for NaN, inf and negatives
+            }
         if (!clean) return fused_short_status(s, labels, weights, from_logits, b0, std::min<int64_t>(B, N - b0), st);
         summarize_short_rows<T, V>(s, rows, ys, from_logits, nll_eps, true, inv_t, batch);
         I bad = batch.bad[0] | batch.bad[1];
@@ -415,31 +490,65 @@ CALIBKIT_INLINE void fused_pass1_short(const Matrix<T>& s, const Vector<int64_t>
             const int q = h * G + g;
             D w;
             I y, valid;
-            std::memcpy(&w, ws + g * W, sizeof w);
-            std::memcpy(&y, ys + g * W, sizeof y);
-            std::memcpy(&valid, pad + g * W, sizeof valid);
+            if (!weighted)
+                w = one;
+            else if (full && weights_contiguous)
+                std::memcpy(&w, weights.v.data + (b0 + g * W) * static_cast<int64_t>(sizeof(double)), sizeof w);
+            else
+                std::memcpy(&w, ws + g * W, sizeof w);
+            if (full && labels_contiguous)
+                std::memcpy(&y, labels.data + (b0 + g * W) * static_cast<int64_t>(sizeof(int64_t)), sizeof y);
+            else
+                std::memcpy(&y, ys + g * W, sizeof y);
+            if (full)
+                valid = (I)zero == (I)zero;
+            else
+                std::memcpy(&valid, pad + g * W, sizeof valid);
             const I hit = batch.argmax[g] == y;
             const D conf = batch.confidence[g];
+            const D wc = w * conf;
             s_weight[q] += select(valid, w, zero);
             s_correct[q] += select(valid & hit, w, zero);  // w * correct
-            s_conf[q] += select(valid, w * conf, zero);
+            s_conf[q] += select(valid, wc, zero);
             s_brier[q] += select(valid, w * ((batch.sum_sq[g] - two * batch.p_label[g]) + one), zero);
             s_nll[q] += select(valid, w * batch.nll[g], zero);
-            // The scratch has room for a whole last batch: padding lanes are written and never read.
+            // The row records (put_row_adds' values, lane by lane). The scratch has room for a whole last
+            // batch: padding lanes are written and never read.
+            const D yd = select(hit, one, zero);
+            const D ww = w * w;
+            const D wy = w * yd;
+            const D wwv = ww * (conf * (one - conf));
+            const D wd = w * (D)((I)(yd - conf) & ~sign);  // w |y - c|
             const int64_t at = b0 + g * W;
-            std::memcpy(out_c + at, &conf, sizeof conf);
-            std::memcpy(out_w + at, &w, sizeof w);
-            if (vector_bins) {
+            for (int j = 0; j < W; ++j) {
+                double* const a = out_add + (at + j) * kAddWidth;
+                a[kAddOne] = 1.0;
+                a[kAddW] = w[j];
+                a[kAddWC] = wc[j];
+                a[kAddWY] = wy[j];
+                a[kAddWW] = ww[j];
+                a[kAddWWV] = wwv[j];
+                a[kAddWD] = wd[j];
+                a[kAddC] = conf[j];
+            }
+            fine_bins_checked<V>(grid, conf, out_fine + at);
+            if (float_bins) {
+                // below, for the batch's 2 W rows at once
+            } else if (vector_bins) {
                 I m = (I)zero;
                 for (int64_t e = 0; e < n_inner; ++e) m -= splat<D>(inner[e]) < conf;
-                std::memcpy(out_bin + at, &m, sizeof m);
+                for (int j = 0; j < W; ++j) out_bin[at + j] = static_cast<int32_t>(m[j]);
             } else {
-                for (int j = 0; j < W; ++j) out_bin[at + j] = edges.bin(conf[j]);
+                for (int j = 0; j < W; ++j) out_bin[at + j] = static_cast<int32_t>(edges.bin(conf[j]));
             }
             for (int j = 0; j < W; ++j) out_y[at + j] = static_cast<uint8_t>(hit[j] & 1);
         }
+        if (float_bins) {
+            IW m = (IW)splat_f<F>(0.0f);
+            for (int64_t e = 0; e < n_inner; ++e) m -= (IW)(below[e] < batch.fconfidence);
+            for (int j = 0; j < B; ++j) out_bin[b0 + j] = m[j];
+        }
     }
-    for (int64_t i = 0; i < N; ++i) out.fine[i] = grid.bin_checked(out_c[i]);
     double l[5][kTotalLanes];
     for (int q = 0; q < Q; ++q) {
         std::memcpy(l[0] + q * W, &s_weight[q], sizeof(D));
@@ -481,11 +590,10 @@ CALIBKIT_INLINE void fused_pass1_long(const Matrix<T>& s, const Vector<int64_t>&
         t.confidence += w * row.confidence;
         t.brier += w * (row.sum_sq - 2.0 * row.p_label + 1.0);
         t.nll += w * row.nll;
-        out.c[i] = row.confidence;
-        out.w[i] = w;
-        out.y[i] = static_cast<uint8_t>(correct);
-        out.bin[i] = edges.bin(row.confidence);
-        out.fine[i] = grid.bin_checked(row.confidence);
+        put_row_adds(out.add.data() + i * kAddWidth, row.confidence, correct, w);
+        out.y[static_cast<size_t>(i)] = static_cast<uint8_t>(correct);
+        out.bin[static_cast<size_t>(i)] = static_cast<int32_t>(edges.bin(row.confidence));
+        out.fine[static_cast<size_t>(i)] = static_cast<int32_t>(grid.bin_checked(row.confidence));
     }
 }
 
@@ -508,32 +616,80 @@ CALIBKIT_AVX2_CLONE void fused_pass1_avx2(const Matrix<T>& s, const Vector<int64
 }
 #endif
 
-// Pass 2: the checked rows into the state, in row order (the adds of stream_rows_checked), the fine state's
-// cache lines prefetched a block ahead; and onto the smooth grids when asked.
-template <bool Weighted>
-inline void fused_pass2(const StreamRowScratch& rows, int64_t N, uint64_t offset, int64_t M, int64_t R,
-                        int64_t n_boot, uint64_t seed, double* bins, double* fine, double* boot, double* squares,
+// Pass 2: the checked rows into the state, in row order (the adds of add_stream_row and stream_boot_row),
+// the fine state's cache lines prefetched a block ahead; and onto the smooth grids when asked. The bins and
+// squares are added in a copy interleaved per bin (rows.acc: one bin's six sums in one cache line, added as
+// vectors, each lane the same add as add_stream_row's), copied back after the batch; the fine sums in place.
+inline void fused_pass2(StreamRowScratch& rows, int64_t N, uint64_t offset, int64_t M, int64_t R, int64_t n_boot,
+                        uint64_t seed, double* bins, double* fine, double* boot, double* squares,
                         const SmoothTarget& smooth) {
-    constexpr int64_t kAhead = 16;
-    const double* const c = rows.c.data();
-    const double* const w = rows.w.data();
-    const int64_t* const bin = rows.bin.data();
-    const int64_t* const fb = rows.fine.data();
+    typedef simd::Vec<2>::d D2;
+    constexpr int64_t kAhead = 16, A = kAddWidth;
+    // Many bins (more than a batch would fill): the sums are added in place instead (the same adds), so
+    // that a small batch does not copy a large state.
+    const bool interleave = M <= kMaxInterleavedBins;
+    if (interleave) {
+        rows.acc.resize(static_cast<size_t>(M * A));
+        for (int64_t b = 0; b < M; ++b) {
+            for (int64_t q = 0; q < 4; ++q) rows.acc[static_cast<size_t>(b * A + q)] = bins[q * M + b];
+            for (int64_t q = 0; q < 2; ++q)
+                rows.acc[static_cast<size_t>(b * A + 4 + q)] = squares ? squares[q * M + b] : 0.0;
+        }
+    }
+    double* const acc = rows.acc.data();
+    const double* const add = rows.add.data();
+    const int32_t* const bin = rows.bin.data();
+    const int32_t* const fb = rows.fine.data();
     const uint8_t* const y = rows.y.data();
     for (int64_t i = 0; i < std::min(N, kAhead); ++i)
         for (int64_t q = 0; q < 5; ++q) CALIBKIT_PREFETCH(fine + q * R + fb[i], 1, 3);
     for (int64_t i = 0; i < N; ++i) {
         if (i + kAhead < N)
             for (int64_t q = 0; q < 5; ++q) CALIBKIT_PREFETCH(fine + q * R + fb[i + kAhead], 1, 3);
-        const double yi = static_cast<double>(y[i]);
-        add_stream_row<Weighted>(bins, fine, squares, M, R, bin[i], fb[i], c[i], yi, Weighted ? w[i] : 1.0, nullptr);
+        const double* const a = add + i * A;
+        const int64_t b = bin[i];
+        if (interleave) {
+            double* const s = acc + b * A;
+            D2 s0, s1, s2, a0, a1, a2;
+            std::memcpy(&s0, s, sizeof s0);
+            std::memcpy(&s1, s + 2, sizeof s1);
+            std::memcpy(&s2, s + 4, sizeof s2);  // the squares (added, and not copied back, without a squares state)
+            std::memcpy(&a0, a, sizeof a0);
+            std::memcpy(&a1, a + 2, sizeof a1);
+            std::memcpy(&a2, a + 4, sizeof a2);
+            s0 += a0;
+            s1 += a1;
+            s2 += a2;
+            std::memcpy(s, &s0, sizeof s0);
+            std::memcpy(s + 2, &s1, sizeof s1);
+            std::memcpy(s + 4, &s2, sizeof s2);
+        } else {
+            for (int64_t q = 0; q < 4; ++q) bins[q * M + b] += a[q];
+            if (squares) {
+                squares[b] += a[kAddWW];
+                squares[M + b] += a[kAddWWV];
+            }
+        }
+        const int64_t f = fb[i];
+        fine[f] += 1.0;
+        fine[R + f] += a[kAddW];
+        fine[2 * R + f] += a[kAddWC];
+        fine[3 * R + f] += a[kAddWY];
+        fine[4 * R + f] += a[kAddWD];
         if (n_boot > 0)
-            stream_boot_row(seed, offset + static_cast<uint64_t>(i), n_boot, M, bin[i], c[i], yi,
-                            Weighted ? w[i] : 1.0, boot);
+            stream_boot_row(seed, offset + static_cast<uint64_t>(i), n_boot, M, b, a[kAddC],
+                            static_cast<double>(y[i]), a[kAddW], boot);
     }
+    if (interleave)
+        for (int64_t b = 0; b < M; ++b) {
+            for (int64_t q = 0; q < 4; ++q) bins[q * M + b] = acc[b * A + q];
+            if (squares)
+                for (int64_t q = 0; q < 2; ++q) squares[q * M + b] = acc[b * A + 4 + q];
+        }
     if (smooth.on()) {
         SmoothBlock block;
-        for (int64_t i = 0; i < N; ++i) block.add(*smooth.grids, *smooth.sums, c[i], w[i], static_cast<double>(y[i]));
+        for (int64_t i = 0; i < N; ++i)
+            block.add(*smooth.grids, *smooth.sums, add[i * A + kAddC], add[i * A + kAddW], static_cast<double>(y[i]));
         block.flush(*smooth.grids, *smooth.sums);
     }
 }
@@ -557,10 +713,7 @@ Status stream_top_label_small(const Matrix<T>& scores, const Vector<int64_t>& la
 #endif
         fused_pass1<T, simd::Vec<2>>(scores, labels, weights, from_logits, nll_eps, inv_t, edges, grid, rows, t, st);
     if (st.code != kOk) return st;
-    if (weights.present())
-        fused_pass2<true>(rows, N, offset, n_bins, grid.size(), n_boot, seed, bins, fine, boot, squares, smooth);
-    else
-        fused_pass2<false>(rows, N, offset, n_bins, grid.size(), n_boot, seed, bins, fine, boot, squares, smooth);
+    fused_pass2(rows, N, offset, n_bins, grid.size(), n_boot, seed, bins, fine, boot, squares, smooth);
     add_totals(t, totals);
     return st;
 }
