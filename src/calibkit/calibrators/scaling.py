@@ -602,7 +602,7 @@ class TemperatureScaling(_LogitCalibrator):
     def _warm_start(self, sums_of, n):
         """The first b of the full fit of ``n`` rows: the optimum of every s-th row (s = 4 to 16, at least
         ``_WARM_START_SUB_ROWS`` rows), moved by one Taylor step on every m-th row when that subsample holds fewer
-        than ``_WARM_START_REFINE_ROWS`` rows (m the stride leaving at least that many, when below s).
+        than ``_WARM_START_REFINE_ROWS`` rows (m >= 2 the stride leaving at least that many, when below s).
         ``sums_of(stride)`` gives the sums function of every stride-th row, or None when its weights are all 0.
         None when no start is found (then the fit starts at b = 1)."""
         stride = min(_WARM_START_STRIDE, n // _WARM_START_SUB_ROWS)
@@ -613,7 +613,7 @@ class TemperatureScaling(_LogitCalibrator):
             with warnings.catch_warnings():  # the subsample only gives the start: its warnings are not the fit's
                 warnings.simplefilter("ignore")
                 start, _, _, _ = self._newton(sums)
-                fine = max(1, n // _WARM_START_REFINE_ROWS)
+                fine = max(2, n // _WARM_START_REFINE_ROWS)  # never every row: that would be a full pass
                 refine = sums_of(fine) if fine < stride else None
                 if refine is not None:
                     start = self._taylor_move(refine(start), start)
