@@ -64,7 +64,8 @@ void check_nll_eps(double eps) {
 py::dict top_label_stats_py(const py::object& scores_obj, const py::object& labels_obj,
                             const py::object& sample_weight, bool from_logits, int64_t n_bins, double nll_eps,
                             bool with_nll, const py::object& conf_out, const py::object& correct_out,
-                            double inverse_temperature, int64_t classwise_bins, const py::object& class_edges) {
+                            double inverse_temperature, int64_t classwise_bins, const py::object& class_edges,
+                            bool with_brier) {
     check_size(n_bins, "n_bins", 0, kMaxBins);
     check_size(classwise_bins, "classwise_bins", 0, kMaxBins);
     check_nll_eps(nll_eps);
@@ -88,7 +89,7 @@ py::dict top_label_stats_py(const py::object& scores_obj, const py::object& labe
         {
             py::gil_scoped_release release;
             r = top_label_stats<T>(s, y, w, from_logits, n_bins, nll_eps, with_nll, conf, correct,
-                                   inverse_temperature, cw);
+                                   inverse_temperature, cw, with_brier);
         }
         py::dict d = bin_dict(r.bins);
         d["totals"] = totals_dict(r.totals);
@@ -141,12 +142,13 @@ py::dict binary_stats_py(const py::object& probs_obj, const py::object& targets_
     throw py::type_error("labels must have dtype int64 or uint8, got " + dtype_name(targets));
 }
 
-// Class-wise bins alone: the fused pass of top_label_stats without top-label bins.
+// Class-wise bins alone: the fused pass of top_label_stats without top-label bins (nor its Brier term: the
+// totals are not returned).
 py::dict classwise_stats_py(const py::object& scores, const py::object& labels, const py::object& sample_weight,
                             bool from_logits, int64_t n_bins, const py::object& class_edges) {
     check_size(n_bins, "n_bins", 1, kMaxBins);
     py::dict r = top_label_stats_py(scores, labels, sample_weight, from_logits, 0, 0.0, false, py::none(), py::none(),
-                                    1.0, n_bins, class_edges);
+                                    1.0, n_bins, class_edges, false);
     py::dict d = r["classwise"].cast<py::dict>();
     d["status"] = r["status"];
     return d;
@@ -159,7 +161,8 @@ void bind_binning(py::module_& m) {
           py::arg("from_logits").noconvert(), py::arg("n_bins"), py::arg("nll_eps"),
           py::arg("with_nll").noconvert() = true,
           py::arg("conf_out") = py::none(), py::arg("correct_out") = py::none(),
-          py::arg("inverse_temperature") = 1.0, py::arg("classwise_bins") = 0, py::arg("class_edges") = py::none());
+          py::arg("inverse_temperature") = 1.0, py::arg("classwise_bins") = 0, py::arg("class_edges") = py::none(),
+          py::arg("with_brier").noconvert() = true);
     m.def("binary_stats", &binary_stats_py, py::arg("scores"), py::arg("labels"), py::arg("sample_weight"),
           py::arg("n_bins"), py::arg("edges"), py::arg("nll_eps"), py::arg("with_nll").noconvert() = true);
     m.def("classwise_stats", &classwise_stats_py, py::arg("scores"), py::arg("labels"), py::arg("sample_weight"),

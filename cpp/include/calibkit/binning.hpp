@@ -429,7 +429,7 @@ CALIBKIT_INLINE bool summarize_logit_row(const Matrix<T>& s, const simd::TailMas
 constexpr int64_t kRowFlushOctets = 8;  // the same as uncertainty.hpp's kFlushOctets
 constexpr int kRowBlock = 8;              // octets per block of the unrolled loops
 
-template <class T, bool Contiguous, class V, bool Store, bool Unscaled>
+template <class T, bool Contiguous, class V, bool Store, bool Unscaled, bool Sq = true>
 CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_t label, bool with_nll, double inv_t,
                                            RowSummary& out, Status& st, float* row_out) {
     using namespace simd;
@@ -526,7 +526,7 @@ CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_
             for (int u = 0; u < kRowBlock; ++u)
                 for (int g = 0; g < G; ++g) {
                     ps.v[g] += e[u * G + g];
-                    pq.v[g] += e[u * G + g] * e[u * G + g];
+                    if constexpr (Sq) pq.v[g] += e[u * G + g] * e[u * G + g];
                     if constexpr (Store) std::memcpy(row_out + k + 8 * u + g * L, &e[u * G + g], sizeof(F));
                 }
         }
@@ -535,13 +535,13 @@ CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_
             for (int g = 0; g < G; ++g) {
                 const F e = exp_f32<V>(scaled(o.v[g]));
                 ps.v[g] += e;
-                pq.v[g] += e * e;
+                if constexpr (Sq) pq.v[g] += e * e;
                 if constexpr (Store) std::memcpy(row_out + k + g * L, &e, sizeof e);
             }
         }
         if (k % (8 * kRowFlushOctets) == 0) {  // after every kRowFlushOctets-th octet
             flush_float_octet<V>(sum, ps);
-            flush_float_octet<V>(sq, pq);
+            if constexpr (Sq) flush_float_octet<V>(sq, pq);
         }
     }
     if (rest) {
@@ -551,38 +551,50 @@ CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_
             for (int j = 0; j < L; ++j) valid[j] = g * L + j < rest ? -1 : 0;
             const F e = select_f(valid, exp_f32<V>(scaled(o.v[g])), zero);
             ps.v[g] += e;
-            pq.v[g] += e * e;
+            if constexpr (Sq) pq.v[g] += e * e;
             if constexpr (Store) std::memcpy(row_out + full + g * L, &e, sizeof e);
         }
     }
     flush_float_octet<V>(sum, ps);
-    flush_float_octet<V>(sq, pq);
+    if constexpr (Sq) flush_float_octet<V>(sq, pq);
     const double total = octet_sum(sum);  // >= 1: the maximum adds exp_f32(0) = 1
     out.argmax = arg;
     out.confidence = 1.0 / total;
     out.p_label = static_cast<double>(exp_f32(bf * (r.atf(label) - best))) / total;
-    out.sum_sq = octet_sum(sq) / (total * total);
+    out.sum_sq = Sq ? octet_sum(sq) / (total * total) : 0.0;
     out.nll = with_nll ? std::log(total) - inv_t * (r.at(label) - static_cast<double>(best)) : 0.0;
     return true;
 }
 
+template <class T, bool Contiguous, class V, bool Store, bool Unscaled>
+CALIBKIT_INLINE bool summarize_logit_row_f_sq(const Matrix<T>& s, int64_t i, int64_t label, bool with_nll,
+                                              bool with_sq, double inv_t, RowSummary& out, Status& st,
+                                              float* row_out) {
+    return with_sq ? summarize_logit_row_f<T, Contiguous, V, Store, Unscaled, true>(s, i, label, with_nll, inv_t, out,
+                                                                                    st, row_out)
+                   : summarize_logit_row_f<T, Contiguous, V, Store, Unscaled, false>(s, i, label, with_nll, inv_t,
+                                                                                     out, st, row_out);
+}
+
+// with_sq: the row's sum of squared probabilities (the Brier term) is wanted (false: sum_sq is 0, for the
+// float logit rows; the other paths compute it anyway).
 template <class T, class V, bool Store>
 CALIBKIT_INLINE bool summarize_row(const Matrix<T>& s, const simd::TailMask<V>& tail, int64_t i, int64_t label,
                                    bool from_logits, double nll_eps, bool with_nll, double inv_t, RowSummary& out,
-                                   Status& st, double* row_out, float* frow_out) {
+                                   Status& st, double* row_out, float* frow_out, bool with_sq = true) {
     if constexpr (!std::is_same<T, double>::value) {
         if (from_logits) {
             if (inv_t == 1.0)
                 return s.row_contiguous()
-                           ? summarize_logit_row_f<T, true, V, Store, true>(s, i, label, with_nll, inv_t, out, st,
-                                                                            frow_out)
-                           : summarize_logit_row_f<T, false, V, Store, true>(s, i, label, with_nll, inv_t, out, st,
-                                                                             frow_out);
+                           ? summarize_logit_row_f_sq<T, true, V, Store, true>(s, i, label, with_nll, with_sq, inv_t,
+                                                                               out, st, frow_out)
+                           : summarize_logit_row_f_sq<T, false, V, Store, true>(s, i, label, with_nll, with_sq, inv_t,
+                                                                                out, st, frow_out);
             return s.row_contiguous()
-                       ? summarize_logit_row_f<T, true, V, Store, false>(s, i, label, with_nll, inv_t, out, st,
-                                                                         frow_out)
-                       : summarize_logit_row_f<T, false, V, Store, false>(s, i, label, with_nll, inv_t, out, st,
-                                                                          frow_out);
+                       ? summarize_logit_row_f_sq<T, true, V, Store, false>(s, i, label, with_nll, with_sq, inv_t, out,
+                                                                            st, frow_out)
+                       : summarize_logit_row_f_sq<T, false, V, Store, false>(s, i, label, with_nll, with_sq, inv_t,
+                                                                             out, st, frow_out);
         }
     }
     (void)frow_out;
@@ -679,7 +691,9 @@ CALIBKIT_INLINE typename V::d short_row_nll(typename V::d p, double nll_eps) {
                         simd::splat<D>(INFINITY));
 }
 
-template <class T, class V>
+// Sq = false (float32 / float16 probability rows only; no NLL asked): the rows' sums of squares and p_label
+// are not computed (0); a NaN is then found by a float sum of the row instead (the same rows are bad).
+template <class T, class V, bool Sq = true>
 CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* rows, const int64_t* labels,
                                           bool from_logits, double nll_eps, bool with_nll, double inv_t,
                                           RowsSummary<V>& out) {
@@ -705,9 +719,14 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
     const D zero = splat<D>(0.0), neg_inf = splat<D>(-INFINITY);
     D mx[G], p_label[G];
     I arg[G], bad[G];
+    constexpr bool no_sq = !Sq && !std::is_same<T, double>::value;  // the float probability rows' Sq = false
     for (int g = 0; g < G; ++g) {
-        for (int j = 0; j < W; ++j)
-            p_label[g][j] = load(reinterpret_cast<const T*>(base[g * W + j] + labels[g * W + j] * s.col_stride));
+        if (no_sq && !from_logits) {
+            p_label[g] = zero;
+        } else {
+            for (int j = 0; j < W; ++j)
+                p_label[g][j] = load(reinterpret_cast<const T*>(base[g * W + j] + labels[g * W + j] * s.col_stride));
+        }
         mx[g] = neg_inf;
         arg[g] = bad[g] = (I)zero;
     }
@@ -723,7 +742,7 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
             float cols[kShortRow][2 * W];
             short_float_columns<T, V>(s, base, cols);
             const F lo = splat_f<F>(bounds.lo), hi = splat_f<F>(bounds.hi);
-            F fmx = splat_f<F>(-INFINITY), fmn = splat_f<F>(INFINITY);
+            F fmx = splat_f<F>(-INFINITY), fmn = splat_f<F>(INFINITY), fsum = splat_f<F>(0.0f);
             IW farg = (IW)splat_f<F>(0.0f), kk = farg;
             for (int64_t k = 0; k < K; ++k, kk += 1) {
                 F v;
@@ -731,15 +750,21 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
                 const IW greater = v > fmx;  // strict: the first maximum wins (NaN never)
                 fmx = select_f(greater, v, fmx);
                 farg = select_int(greater, kk, farg);
-                fmn = select_f(v < fmn, v, fmn);
-                D v0, v1;
-                widen<V>(v, v0, v1);
-                sq[0] += v0 * v0;
-                sq[1] += v1 * v1;
+                fmn = vmin(v, fmn);  // minps: v when v < fmn, else fmn (NaN skipped), as the select
+                if constexpr (Sq) {
+                    D v0, v1;
+                    widen<V>(v, v0, v1);
+                    sq[0] += v0 * v0;
+                    sq[1] += v1 * v1;
+                } else {
+                    fsum += v;
+                }
             }
             // Every element is in [lo, hi] exactly when the minimum and maximum are and none is
-            // NaN; a NaN (skipped by both) makes the sum of squares NaN.
-            const IW fbad = ~((fmn >= lo) & (fmx <= hi));
+            // NaN; a NaN (skipped by both) makes the sum of squares NaN (Sq = false: the float sum,
+            // which is finite otherwise when the minimum and maximum are in range).
+            IW fbad = ~((fmn >= lo) & (fmx <= hi));
+            if constexpr (!Sq) fbad |= ~(fsum == fsum);
             out.fconfidence = fmx;
             widen<V>(fmx, mx[0], mx[1]);
             typedef typename V::ih IH;
@@ -1036,6 +1061,7 @@ struct TopLabelArgs {
     const ClasswiseSpec& classwise;
     double* conf_out;
     uint8_t* correct_out;
+    bool with_brier;  // false: the Brier total is not asked for (NaN), nor the rows' sums of squares
 };
 
 template <class T>
@@ -1050,7 +1076,7 @@ CALIBKIT_INLINE void accumulate_row(const TopLabelArgs<T>& a, BinningResult& par
     t.weight += w;
     t.correct += w * correct;
     t.confidence += w * row.confidence;
-    t.brier += w * (row.sum_sq - 2.0 * row.p_label + 1.0);
+    if (a.with_brier) t.brier += w * (row.sum_sq - 2.0 * row.p_label + 1.0);
     t.nll += w * row.nll;
 }
 
@@ -1114,6 +1140,9 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
     // Unweighted rows: a lane bin's count and correct count share one integer (low and high 32
     // bits); its weight and target sums are those counts (sums of ones: exact, the same bits).
     const bool packed = !weighted && end - begin < (int64_t(1) << 31);
+    // The usual batch (every row good, packed bins counted by vector lanes, no per-row outputs): the
+    // rows' bin updates in a loop without the per-row branches (the same adds in the same order).
+    const bool plain_rows = !Classwise && packed && binned && vector_bins && !a.conf_out && !a.correct_out;
     const uint64_t n_classes = static_cast<uint64_t>(K);
     const D zero = splat<D>(0.0), one = splat<D>(1.0), two = splat<D>(2.0);
     D s_weight[Q], s_correct[Q], s_conf[Q], s_brier[Q], s_nll[Q];
@@ -1154,8 +1183,12 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
                 ok[j] = b0 + j < end && row_meta(a, part, i, ys[j], ws[j]) ? -1 : 0;
                 label_for_load[j] = ok[j] ? ys[j] : 0;
             }
-            summarize_short_rows<T, V>(a.scores, rows, label_for_load, a.from_logits, a.nll_eps, a.with_nll, a.inv_t,
-                                       batch);
+            if (a.with_brier || a.with_nll || a.from_logits)
+                summarize_short_rows<T, V, true>(a.scores, rows, label_for_load, a.from_logits, a.nll_eps, a.with_nll,
+                                                 a.inv_t, batch);
+            else
+                summarize_short_rows<T, V, false>(a.scores, rows, label_for_load, false, a.nll_eps, false, a.inv_t,
+                                                  batch);
             // The totals in vector lanes (rows that are padding or bad add zeros), and the bins by
             // counting edges.
             int64_t use[B], hit_of[B], bin_of[B];
@@ -1183,7 +1216,8 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
                 s_weight[q] += select(valid, w, zero);
                 s_correct[q] += select(valid & hit, w, zero);  // w * correct
                 s_conf[q] += select(valid, w * conf, zero);
-                s_brier[q] += select(valid, w * ((batch.sum_sq[g] - two * batch.p_label[g]) + one), zero);
+                if (a.with_brier)
+                    s_brier[q] += select(valid, w * ((batch.sum_sq[g] - two * batch.p_label[g]) + one), zero);
                 s_nll[q] += select(valid, w * batch.nll[g], zero);
                 if (binned && vector_bins && !float_bins) {
                     I m = (I)zero;
@@ -1193,6 +1227,18 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
                 std::memcpy(use + g * W, &valid, sizeof valid);
                 std::memcpy(hit_of + g * W, &hit, sizeof hit);
                 std::memcpy(conf_of + g * W, &conf, sizeof conf);
+            }
+            if (plain_rows) {
+                int64_t all = -1;
+                for (int j = 0; j < B; ++j) all &= use[j];
+                if (all) {
+                    for (int j = 0; j < B; ++j) {
+                        const int64_t q = bin_of[j] * LaneBins::kLanes + (rows[j] & (LaneBins::kLanes - 1));
+                        lane_count[q] += 1 + ((hit_of[j] & 1) << 32);
+                        lane_score[q] += conf_of[j];
+                    }
+                    continue;
+                }
             }
             for (int j = 0; j < B; ++j) {
                 if (!use[j]) {
@@ -1489,7 +1535,8 @@ inline void top_label_rows(const TopLabelArgs<T>& a, BinningResult& part, int64_
             double w;
             if (!row_meta(a, part, i, y, w)) continue;
             if (!summarize_row<T, V, Classwise>(a.scores, tail, i, y, a.from_logits, a.nll_eps, a.with_nll, a.inv_t,
-                                                row, part.status, scratch.row.data(), scratch.frow.data()))
+                                                row, part.status, scratch.row.data(), scratch.frow.data(),
+                                                a.with_brier))
                 continue;
             accumulate_row(a, part, bins, i, y, w, binned ? a.edges.bin(row.confidence) : 0, row);
             if constexpr (Classwise) {  // confidence = 1 / sum of the row's exponentials
@@ -1526,16 +1573,17 @@ CALIBKIT_AVX2_CLONE void top_label_chunk_avx2(const TopLabelArgs<T>& a, BinningR
 // conf_out / correct_out are given, each row's confidence and correctness are
 // written there too (used to find equal-mass edges). Logits are divided by the
 // temperature 1 / inv_t first. With classwise.on(), the class-wise bins come from
-// the same pass (result.classwise).
+// the same pass (result.classwise). with_brier = false: the Brier total is NaN and the
+// rows' sums of squares are not computed (every other sum is the same, bit for bit).
 template <class T>
 BinningResult top_label_stats(const Matrix<T>& scores, const Vector<int64_t>& labels, const Weights& weights,
                               bool from_logits, int64_t n_bins, double nll_eps, bool with_nll, double* conf_out,
                               uint8_t* correct_out, double inv_t = 1.0,
-                              const ClasswiseSpec& classwise = ClasswiseSpec()) {
+                              const ClasswiseSpec& classwise = ClasswiseSpec(), bool with_brier = true) {
     const int64_t N = scores.rows, K = scores.cols;
     const BinEdges edges = BinEdges::equal_width(n_bins);
-    const TopLabelArgs<T> args{scores,  labels, weights,  from_logits, with_nll,
-                               nll_eps, inv_t,  edges,    classwise,   conf_out, correct_out};
+    const TopLabelArgs<T> args{scores, labels,    weights,  from_logits, with_nll,   nll_eps,
+                               inv_t,  edges,     classwise, conf_out,   correct_out, with_brier};
     const bool avx2 = simd::use_avx2();
     const int64_t n_classwise = classwise.on() ? K * classwise.n_bins : 0;
     // Class-wise partials are K x M: keep those chunks large enough that merging them is cheap.
@@ -1552,6 +1600,7 @@ BinningResult top_label_stats(const Matrix<T>& scores, const Vector<int64_t>& la
         },
         [](BinningResult& acc, const BinningResult& part) { acc.merge(part); });
     if (!with_nll) total.totals.nll = std::numeric_limits<double>::quiet_NaN();
+    if (!with_brier) total.totals.brier = std::numeric_limits<double>::quiet_NaN();
     return total;
 }
 

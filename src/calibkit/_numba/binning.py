@@ -91,7 +91,7 @@ FLUSH = LANE_FLUSH  # elements per flush of the float partial sums (kRowFlushOct
 
 
 @numba.njit(**JIT)
-def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out):
+def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out, with_sq=True):
     """Float32 / float16 logits (binning.hpp, summarize_logit_row_f): the maximum and finiteness check, the
     first index of the maximum, then e_k = exp_f32(b (z_k - max)) in float into row_out (a float32 buffer of
     a multiple of 8 elements, the padding set to 0), element k in lane k % 8, float partial sums flushed into
@@ -99,12 +99,13 @@ def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out):
     # Read 1: the row into the float buffer, then its maximum and NaN / inf count on <8 x float> lanes (the
     # maximum is exact in any order).
     _load_f(scores, i, table, row_out)
-    return _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, out, row_out)
+    return _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, out, row_out, with_sq)
 
 
 @numba.njit(**JIT)
-def _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, out, row_out):
-    """_logit_row_f on a row already in row_out (its K values as float32; padding to a multiple of 8)."""
+def _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, out, row_out, with_sq=True):
+    """_logit_row_f on a row already in row_out (its K values as float32; padding to a multiple of 8).
+    with_sq=False: the sum of squares is not computed (out[3] = 0; the total is the same sum)."""
     K = scores.shape[1]
     best, bad = _max_f(row_out, K, False)
     if bad != 0:
@@ -130,7 +131,11 @@ def _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, out, row_out):
         row_out[k] = 0.0
     # The float lane sums of e and e^2 (element k in lane k % 8, flushed into double lanes every FLUSH
     # elements, octet_sum's order), on <8 x float> vectors.
-    total, sum_sq = lane_sums_f32(row_out, row_out, row_out.shape[0], 2)
+    if with_sq:
+        total, sum_sq = lane_sums_f32(row_out, row_out, row_out.shape[0], 2)
+    else:
+        (total,) = lane_sums_f32(row_out, row_out, row_out.shape[0], 1)
+        sum_sq = 0.0
     out[0] = arg
     out[1] = 1.0 / total
     out[2] = np.float64(exp_f32(bf * (z_label - best))) / total
@@ -285,7 +290,7 @@ _DBL_MAX = float(np.finfo(np.float64).max)
 
 @numba.njit(**JIT)
 def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, with_nll, conf_out, correct_out,
-                      has_out, table, begin, end, count, wsum, sconf, scorr, tot, st):
+                      has_out, table, begin, end, count, wsum, sconf, scorr, tot, st, with_brier=True):
     """A chunk of probability rows of K < SHORT_ROW elements without class-wise bins (binning.hpp,
     top_label_short_rows): one scalar pass per row keeping the maximum (the first index of it), the minimum and
     the sum of squares in column order; every element is in [-tol, 1 + tol] exactly when the minimum and the
@@ -350,7 +355,7 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
             if not (low >= _PROB_LO and best <= _PROB_HI and sq == sq):
                 _prob_row(scores, ii, y, table, st, row, False, row)  # names the first bad element
                 continue
-            p_label = load(scores[ii, y], table)
+            p_label = load(scores[ii, y], table) if with_brier or with_nll else 0.0
             nll = 0.0
             if with_nll:
                 x = nll_eps if p_label < nll_eps else p_label
@@ -371,7 +376,8 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
             lanes[1, r] += w
             lanes[2, r] += w * correct
             lanes[3, r] += w * conf
-            lanes[4, r] += w * ((sq - 2.0 * p_label) + 1.0)
+            if with_brier:
+                lanes[4, r] += w * ((sq - 2.0 * p_label) + 1.0)
             lanes[5, r] += w * nll
         i += n
     for t in range(6):
@@ -408,13 +414,13 @@ def _dense_flush(ps, pq, sm, sq):
 @numba.njit(**JIT)
 def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
                      conf_out, correct_out, has_out, table, begin, end, count, wsum, sconf, scorr, tot, st,
-                     cw_M, cw_inners, cw_uniform, cw_upper, cw_count, cw_w, cw_score, cw_target):
+                     cw_M, cw_inners, cw_uniform, cw_upper, cw_count, cw_w, cw_score, cw_target, with_brier=True):
     K = scores.shape[1]
     classwise = cw_M > 0
     short_prob = K < SHORT_ROW and not from_logits
     if short_prob and not classwise:
         _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, with_nll, conf_out, correct_out,
-                          has_out, table, begin, end, count, wsum, sconf, scorr, tot, st)
+                          has_out, table, begin, end, count, wsum, sconf, scorr, tot, st, with_brier)
         return
     row = np.empty(5)
     e = np.empty(K if classwise else 0)
@@ -456,10 +462,10 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
             r = i - b_start
             for k in range(K):
                 ef[k] = dbuf[k, r]
-            if not _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, row, ef):
+            if not _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, row, ef, with_brier):
                 continue
         elif single:
-            if not _logit_row_f(scores, i, y, with_nll, inv_t, table, st, row, ef):
+            if not _logit_row_f(scores, i, y, with_nll, inv_t, table, st, row, ef, with_brier):
                 continue
         elif short_prob:
             if not _short_prob_row(scores, i, y, nll_eps, with_nll, table, st, row, classwise, e):
@@ -483,14 +489,16 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
             lanes[1, r] += w
             lanes[2, r] += w * correct
             lanes[3, r] += w * conf
-            lanes[4, r] += w * ((row[3] - 2.0 * row[2]) + 1.0)
+            if with_brier:
+                lanes[4, r] += w * ((row[3] - 2.0 * row[2]) + 1.0)
             lanes[5, r] += w * row[4]
         else:
             tot[0] += 1.0
             tot[1] += w
             tot[2] += w * correct
             tot[3] += w * conf
-            tot[4] += w * (row[3] - 2.0 * row[2] + 1.0)
+            if with_brier:
+                tot[4] += w * (row[3] - 2.0 * row[2] + 1.0)
             tot[5] += w * row[4]
         if classwise:
             rows += 1
@@ -521,7 +529,8 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
 
 @numba.njit(parallel=True, **JIT)
 def _top_label_driver(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
-                      conf_out, correct_out, has_out, table, parallel, cw_M, cw_inners, cw_uniform, cw_upper):
+                      conf_out, correct_out, has_out, table, parallel, cw_M, cw_inners, cw_uniform, cw_upper,
+                      with_brier):
     N, K = scores.shape
     M = max(n_bins, 1)
     KM = K * cw_M
@@ -559,7 +568,8 @@ def _top_label_driver(scores, labels, weights, has_w, from_logits, single, inner
                 _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll,
                                  inv_t, conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
                                  p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j], p_st[j],
-                                 cw_M, cw_inners, cw_uniform, cw_upper, q_count[j], q_w[j], q_score[j], q_target[j])
+                                 cw_M, cw_inners, cw_uniform, cw_upper, q_count[j], q_w[j], q_score[j], q_target[j],
+                                 with_brier)
         else:
             for j in range(g):
                 p_st[j, 1] = -1.0
@@ -568,7 +578,8 @@ def _top_label_driver(scores, labels, weights, has_w, from_logits, single, inner
                 _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll,
                                  inv_t, conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
                                  p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j], p_st[j],
-                                 cw_M, cw_inners, cw_uniform, cw_upper, q_count[j], q_w[j], q_score[j], q_target[j])
+                                 cw_M, cw_inners, cw_uniform, cw_upper, q_count[j], q_w[j], q_score[j], q_target[j],
+                                 with_brier)
         for j in range(g):
             for b in range(M):
                 count[b] += p_count[j, b]
@@ -630,7 +641,7 @@ def _classwise_spec(K, n_bins, class_edges):
 
 
 def top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps, with_nll=True, conf_out=None,
-                    correct_out=None, inverse_temperature=1.0, classwise_bins=0, class_edges=None):
+                    correct_out=None, inverse_temperature=1.0, classwise_bins=0, class_edges=None, with_brier=True):
     """Same contract as ``calibkit._core.top_label_stats``."""
     check_float_dtype(scores, "scores")
     if scores.ndim != 2 or scores.shape[1] < 1:
@@ -659,11 +670,13 @@ def top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps,
     count, wsum, sconf, scorr, total_count, tot, st, cw_count, cw_w, cw_score, cw_target = run_locked(
         _top_label_driver, as_kernel_array(scores), labels, weights, has_w, bool(from_logits), single,
         equal_width_inner(n_bins), int(n_bins), float(nll_eps), bool(with_nll), inv_t, conf_out, correct_out,
-        has_out, HALF_TABLE, parallel, int(classwise_bins), cw_inners, cw_uniform, cw_upper)
+        has_out, HALF_TABLE, parallel, int(classwise_bins), cw_inners, cw_uniform, cw_upper, bool(with_brier))
     out = _bins_dict(count, wsum, sconf, scorr, n_bins)
     out["totals"] = _totals_dict(total_count, tot)
     if not with_nll:
         out["totals"]["nll"] = float("nan")
+    if not with_brier:
+        out["totals"]["brier"] = float("nan")
     out["status"] = status_tuple(st)
     if classwise_bins > 0:
         out["classwise"] = {"count": cw_count, "weight": cw_w, "sum_score": cw_score, "sum_target": cw_target}
@@ -905,7 +918,7 @@ def classwise_stats(scores, labels, sample_weight, from_logits, n_bins, class_ed
     if n_bins < 1:
         raise ValueError("n_bins must be >= 1")
     r = top_label_stats(scores, labels, sample_weight, from_logits, 0, 0.0, False, None, None, 1.0, n_bins,
-                        class_edges)
+                        class_edges, False)  # the totals are not returned: no Brier term
     out = r["classwise"]
     out["status"] = r["status"]
     return out
