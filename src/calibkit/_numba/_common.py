@@ -648,3 +648,88 @@ def short_scan4(typingctx, scores, i, table):
         return context.make_tuple(builder, signature.return_type, out)
 
     return ret(scores, i, table), codegen
+
+
+@intrinsic
+def short_scan4_nan(typingctx, scores, i, table):
+    """short_scan4 without the sums of squares (a call that does not want the Brier term): the same b, a and l
+    (the same operations), and q_r = NaN when row i + r holds a NaN, else 0.0, from an OR of the elements'
+    unordered compares (no chain of additions). The caller's check (l >= lo, b <= hi, q == q) is the same:
+    a sum of squares is NaN exactly when an element is NaN (the squares are >= 0, so inf + -inf never occurs)."""
+    if not (isinstance(scores, types.Array) and scores.ndim == 2
+            and scores.dtype in (types.float32, types.float64, types.uint16) and isinstance(i, types.Integer)):
+        return None
+    if not (isinstance(table, types.Array) and table.dtype == types.float32 and table.layout == "C"):
+        return None
+    ret = types.Tuple((types.float64,) * 4 + (types.int64,) * 4 + (types.float64,) * 8)
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        tab = context.make_array(signature.args[2])(context, builder, args[2])
+        dt = signature.args[0].dtype
+        i64 = ir.IntType(64)
+        f64 = ir.DoubleType()
+        dvec = ir.VectorType(f64, 4)
+        ivec = ir.VectorType(i64, 4)
+        bvec = ir.VectorType(ir.IntType(1), 4)
+        i32 = ir.IntType(32)
+        row = context.cast(builder, args[1], signature.args[1], types.int64)
+        K = builder.extract_value(arr.shape, 1)
+        s0 = builder.extract_value(arr.strides, 0)
+        s1 = builder.extract_value(arr.strides, 1)
+        elem = context.get_value_type(dt)
+        i8p = ir.IntType(8).as_pointer()
+        data = builder.bitcast(arr.data, i8p)
+        tdata = builder.bitcast(tab.data, ir.FloatType().as_pointer())
+        bases = [builder.gep(data, [builder.mul(builder.add(row, ir.Constant(i64, r)), s0)]) for r in range(4)]
+        entry = builder.block
+        loop = builder.append_basic_block("scan4n.loop")
+        body = builder.append_basic_block("scan4n.body")
+        done = builder.append_basic_block("scan4n.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        b = builder.phi(dvec)
+        a = builder.phi(ivec)
+        lo = builder.phi(dvec)
+        nan = builder.phi(bvec)
+        builder.cbranch(builder.icmp_signed("<", k, K), body, done)
+        builder.position_at_end(body)
+        v = ir.Constant(dvec, ir.Undefined)
+        off = builder.mul(k, s1)  # byte strides: any layout
+        for r in range(4):
+            x = builder.load(builder.bitcast(builder.gep(bases[r], [off]), elem.as_pointer()))
+            if dt == types.uint16:
+                x = builder.load(builder.gep(tdata, [builder.zext(x, i64)]))
+                x = builder.fpext(x, f64)
+            elif dt == types.float32:
+                x = builder.fpext(x, f64)
+            v = builder.insert_element(v, x, ir.Constant(i32, r))
+        kv = builder.insert_element(ir.Constant(ivec, ir.Undefined), k, ir.Constant(i32, 0))
+        kv = builder.shuffle_vector(kv, ir.Constant(ivec, ir.Undefined), ir.Constant(ir.VectorType(i32, 4), [0] * 4))
+        nan_new = builder.or_(nan, builder.fcmp_unordered("uno", v, v))
+        gt = builder.fcmp_ordered(">", v, b)
+        a_new = builder.select(gt, kv, a)
+        b_new = builder.select(gt, v, b)
+        lt = builder.fcmp_ordered("<", v, lo)
+        lo_new = builder.select(lt, v, lo)
+        k_new = builder.add(k, ir.Constant(i64, 1))
+        builder.branch(loop)
+        k.add_incoming(ir.Constant(i64, 0), entry)
+        k.add_incoming(k_new, body)
+        b.add_incoming(ir.Constant(dvec, [float("-inf")] * 4), entry)
+        b.add_incoming(b_new, body)
+        a.add_incoming(ir.Constant(ivec, [0] * 4), entry)
+        a.add_incoming(a_new, body)
+        lo.add_incoming(ir.Constant(dvec, [float("inf")] * 4), entry)
+        lo.add_incoming(lo_new, body)
+        nan.add_incoming(ir.Constant(bvec, [0] * 4), entry)
+        nan.add_incoming(nan_new, body)
+        builder.position_at_end(done)
+        q = builder.select(nan, ir.Constant(dvec, [float("nan")] * 4), ir.Constant(dvec, [0.0] * 4))
+        out = []
+        for vv in (b, a, lo, q):
+            out.extend(builder.extract_element(vv, ir.Constant(i32, r)) for r in range(4))
+        return context.make_tuple(builder, signature.return_type, out)
+
+    return ret(scores, i, table), codegen
