@@ -36,7 +36,6 @@ from ._common import (
     rows_per_chunk,
     run_locked,
     short_scan4,
-    short_scan4_nan,
     status_tuple,
     valid_probability,
 )
@@ -327,10 +326,7 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
         n = 1
         if clean:
             n = 4
-            if with_brier:
-                b0, b1, b2, b3, a0, a1, a2, a3, l0, l1, l2, l3, q0, q1, q2, q3 = short_scan4(scores, i, table)
-            else:  # no sums of squares: q is NaN exactly when the row holds a NaN (the same check)
-                b0, b1, b2, b3, a0, a1, a2, a3, l0, l1, l2, l3, q0, q1, q2, q3 = short_scan4_nan(scores, i, table)
+            b0, b1, b2, b3, a0, a1, a2, a3, l0, l1, l2, l3, q0, q1, q2, q3 = short_scan4(scores, i, table)
         for j in range(n):
             ii = i + j
             y = labels[ii]
