@@ -287,8 +287,10 @@ def _binned(scores, labels, sample_weight, *, n_bins, strategy, from_logits, bac
         if not vectors:
             if isinstance(rule, str):  # cube_root / sqrt: N is known before the pass
                 n_bins = resolve_n_bins(rule, None, None, None, strategy, n_rows=scores.shape[0])
-            # with_nll=False given by position: a keyword argument costs a pybind11 call a few microseconds
-            r = k.top_label_stats(scores, labels, sample_weight, from_logits, n_bins, eps, False)
+            # with_nll=False, with_brier=False given by position (a keyword argument costs a pybind11 call a few
+            # microseconds): only the bins and totals["weight"] are used, so the rows' squares are skipped
+            r = k.top_label_stats(scores, labels, sample_weight, from_logits, n_bins, eps, False, None, None, 1.0, 0,
+                                  None, False)
             raise_for_status(r["status"], n_classes=scores.shape[1])
             edges = None
         else:

@@ -540,7 +540,7 @@ def _cached_grids(grid_sizes):
 
 @numba.njit(**JIT)
 def _top_label_one_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll,
-                         inv_t, table, count, sums, tot, conf_out, correct_out, has_out):
+                         inv_t, table, count, sums, tot, conf_out, correct_out, has_out, with_brier):
     """binning's top-label driver for an input of one chunk, serially and in one Numba entry call: the chunk's
     sums go into the zeroed ``count`` (M,), ``sums`` (3, M) (weight, sum confidence, sum correct) and ``tot``
     (6,), as the driver's partials of chunk 0 (added to zeros: the same bits). Returns the status tuple."""
@@ -553,7 +553,7 @@ def _top_label_one_chunk(scores, labels, weights, has_w, from_logits, single, in
     none = np.empty(0)  # the outputs and class-wise arrays this call does not use (writeable, unlike globals)
     _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
                      conf_out, correct_out, has_out, table, 0, N, count, sums[0], sums[1], sums[2], tot, st, 0,
-                     np.empty((1, 0)), True, none, np.empty(0, np.int64), none, none, none)
+                     np.empty((1, 0)), True, none, np.empty(0, np.int64), none, none, none, with_brier)
     return int(st[0]), int(st[1]), int(st[2]), st[3]
 
 
@@ -570,7 +570,8 @@ def _outputs_ok(scores, conf_out, correct_out):
 
 
 def top_label_stats_any(scores, labels, sample_weight, from_logits, n_bins, nll_eps, with_nll=True, conf_out=None,
-                        correct_out=None, inverse_temperature=1.0, classwise_bins=0, class_edges=None):
+                        correct_out=None, inverse_temperature=1.0, classwise_bins=0, class_edges=None,
+                        with_brier=True):
     """``binning.top_label_stats`` (same contract, same bits), with a fast path for the common small call.
 
     An input of at most one chunk (rows_per_chunk(K) rows) asking for bins, totals and optionally the per-row
@@ -602,16 +603,17 @@ def top_label_stats_any(scores, labels, sample_weight, from_logits, n_bins, nll_
                 _NO_WEIGHTS if sample_weight is None else sample_weight, sample_weight is not None,
                 bool(from_logits), single, _cached_inner(n_bins) if n_bins > 0 else _NO_INNER, n_bins,
                 float(nll_eps), bool(with_nll), inv_t, HALF_TABLE, count, sums, tot, out, out_correct,
-                out is not _NO_CONF)
+                out is not _NO_CONF, bool(with_brier))
             if n_bins < M:
                 count, sums = count[:0], sums[:, :0]
             t = tot.tolist()
             return {"count": count, "weight": sums[0], "sum_score": sums[1], "sum_target": sums[2],
                     "totals": {"count": int(t[0]), "weight": t[1], "correct": t[2], "confidence": t[3],
-                               "brier": t[4], "nll": t[5] if with_nll else float("nan")},
+                               "brier": t[4] if with_brier else float("nan"),
+                               "nll": t[5] if with_nll else float("nan")},
                     "status": status}
     return binning.top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps, with_nll, conf_out,
-                                   correct_out, inverse_temperature, classwise_bins, class_edges)
+                                   correct_out, inverse_temperature, classwise_bins, class_edges, with_brier)
 
 
 _MAX_SMALL_BINS = 1 << 20  # MAX_BINS: the fast path allocates (3 M + M) values
@@ -641,7 +643,8 @@ def _classwise_one_chunk(scores, labels, weights, has_w, from_logits, single, ta
     one = np.zeros(1)
     _top_label_chunk(scores, labels, weights, has_w, from_logits, single, none, 0, 0.0, False, 1.0, none,
                      np.empty(0, np.uint8), False, table, 0, N, np.zeros(1, np.int64), one, np.zeros(1), np.zeros(1),
-                     np.zeros(6), st, cw_M, cw_inners, cw_uniform, cw_upper, cw_count, cw_w, cw_score, cw_target)
+                     np.zeros(6), st, cw_M, cw_inners, cw_uniform, cw_upper, cw_count, cw_w, cw_score, cw_target,
+                     False)  # the totals are not returned: no Brier term (as classwise_stats)
     return int(st[0]), int(st[1]), int(st[2]), st[3]
 
 
