@@ -680,6 +680,71 @@ CALIBKIT_INLINE void short_float_columns(const Matrix<T>& s, const char* const* 
         for (int j = 0; j < B; ++j) cols[k][j] = load_float(reinterpret_cast<const T*>(base[j] + k * s.col_stride));
 }
 
+// The columns of a batch of 2 W contiguous float32 rows with K >= 4, transposed in registers and passed to
+// step(column) in order 0..K-1 (lane j = row j); false (nothing done) for other rows. Four columns at a
+// time: each row's four elements are one 16-byte load (with 2 W = 8 lanes, row j and row j + 4 share one
+// register, a half each), and a 4 x 4 transpose within each 16-byte half (unpack, then move pairs) gives
+// the four column registers directly, without the store and reload of short_float_columns (16-byte
+// stores reloaded as 32 bytes do not forward). The last block overlaps the one before when K % 4 != 0;
+// its columns already passed are skipped. Only data movement: the same values in the same order.
+template <class T, class V, class Step>
+CALIBKIT_INLINE bool short_float_columns_in_registers(const Matrix<T>& s, const char* const* base, Step& step) {
+    if constexpr (std::is_same<T, float>::value) {
+        typedef typename V::fw F;
+        typedef simd::Vec<2>::fw F4;  // four float lanes
+        constexpr int W = V::width;
+        const int64_t K = s.cols;
+        if (s.col_stride != static_cast<int64_t>(sizeof(float)) || K < 4) return false;
+        const auto load4 = [&](int j, int64_t k) {
+            F4 r;
+            std::memcpy(&r, reinterpret_cast<const float*>(base[j]) + k, sizeof r);
+            return r;
+        };
+        for (int64_t k0 = 0;; k0 += 4) {
+            const int64_t k = std::min(k0, K - 4);
+            F c0, c1, c2, c3;
+            if constexpr (W == 4) {
+                F r[4];
+                for (int j = 0; j < 4; ++j) r[j] = simd::concat_f<F>(load4(j, k), load4(j + 4, k));
+                const F t0 = simd::shuffle8<0, 8, 1, 9, 4, 12, 5, 13>(r[0], r[1]);  // unpacklo within halves
+                const F t1 = simd::shuffle8<0, 8, 1, 9, 4, 12, 5, 13>(r[2], r[3]);
+                const F t2 = simd::shuffle8<2, 10, 3, 11, 6, 14, 7, 15>(r[0], r[1]);  // unpackhi
+                const F t3 = simd::shuffle8<2, 10, 3, 11, 6, 14, 7, 15>(r[2], r[3]);
+                c0 = simd::shuffle8<0, 1, 8, 9, 4, 5, 12, 13>(t0, t1);
+                c1 = simd::shuffle8<2, 3, 10, 11, 6, 7, 14, 15>(t0, t1);
+                c2 = simd::shuffle8<0, 1, 8, 9, 4, 5, 12, 13>(t2, t3);
+                c3 = simd::shuffle8<2, 3, 10, 11, 6, 7, 14, 15>(t2, t3);
+            } else {
+                static_assert(W == 2, "two or four double lanes");
+                const F4 r0 = load4(0, k), r1 = load4(1, k), r2 = load4(2, k), r3 = load4(3, k);
+                const F4 t0 = simd::shuffle<0, 4, 1, 5>(r0, r1);
+                const F4 t1 = simd::shuffle<0, 4, 1, 5>(r2, r3);
+                const F4 t2 = simd::shuffle<2, 6, 3, 7>(r0, r1);
+                const F4 t3 = simd::shuffle<2, 6, 3, 7>(r2, r3);
+                c0 = simd::shuffle<0, 1, 4, 5>(t0, t1);
+                c1 = simd::shuffle<2, 3, 6, 7>(t0, t1);
+                c2 = simd::shuffle<0, 1, 4, 5>(t2, t3);
+                c3 = simd::shuffle<2, 3, 6, 7>(t2, t3);
+            }
+            switch (k0 - k) {  // the columns of this block not passed yet
+                case 0:
+                    step(c0);
+                    [[fallthrough]];
+                case 1:
+                    step(c1);
+                    [[fallthrough]];
+                case 2:
+                    step(c2);
+                    [[fallthrough]];
+                default:
+                    step(c3);
+            }
+            if (k0 + 4 >= K) return true;
+        }
+    }
+    return false;
+}
+
 // -log(max(p, nll_eps)) per lane (+inf where that is 0), by the vector log_positive.
 template <class V>
 CALIBKIT_INLINE typename V::d short_row_nll(typename V::d p, double nll_eps) {
@@ -739,27 +804,38 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
             typedef typename V::fw F;
             typedef typename V::iw IW;
             static const ShortProbBounds bounds;
-            float cols[kShortRow][2 * W];
-            short_float_columns<T, V>(s, base, cols);
-            const F lo = splat_f<F>(bounds.lo), hi = splat_f<F>(bounds.hi);
-            F fmx = splat_f<F>(-INFINITY), fmn = splat_f<F>(INFINITY), fsum = splat_f<F>(0.0f);
-            IW farg = (IW)splat_f<F>(0.0f), kk = farg;
-            for (int64_t k = 0; k < K; ++k, kk += 1) {
-                F v;
-                std::memcpy(&v, cols[k], sizeof v);
+            const F lo = broadcast_f<F>(bounds.lo), hi = broadcast_f<F>(bounds.hi);
+            F fmx = broadcast_f<F>(-INFINITY), fmn = broadcast_f<F>(INFINITY), fsum = F{};
+            IW farg = IW{}, kk = IW{};
+            D sq0 = zero, sq1 = zero;  // locals, not sq[]: the sums stay in registers
+            // Column k (lane j = row j) into the running maximum, argmax, minimum and sums; the columns
+            // in order 0..K-1.
+            const auto column_step = [&](const F v) {
                 const IW greater = v > fmx;  // strict: the first maximum wins (NaN never)
-                fmx = select_f(greater, v, fmx);
+                fmx = vmax(v, fmx);          // maxps: v when v > fmx, else fmx (the select's semantics)
                 farg = select_int(greater, kk, farg);
                 fmn = vmin(v, fmn);  // minps: v when v < fmn, else fmn (NaN skipped), as the select
                 if constexpr (Sq) {
                     D v0, v1;
                     widen<V>(v, v0, v1);
-                    sq[0] += v0 * v0;
-                    sq[1] += v1 * v1;
+                    sq0 += v0 * v0;
+                    sq1 += v1 * v1;
                 } else {
                     fsum += v;
                 }
+                kk += 1;
+            };
+            if (!short_float_columns_in_registers<T, V>(s, base, column_step)) {
+                float cols[kShortRow][2 * W];
+                short_float_columns<T, V>(s, base, cols);
+                for (int64_t k = 0; k < K; ++k) {
+                    F v;
+                    std::memcpy(&v, cols[k], sizeof v);
+                    column_step(v);
+                }
             }
+            sq[0] = sq0;
+            sq[1] = sq1;
             // Every element is in [lo, hi] exactly when the minimum and maximum are and none is
             // NaN; a NaN (skipped by both) makes the sum of squares NaN (Sq = false: the float sum,
             // which is finite otherwise when the minimum and maximum are in range).
@@ -1167,14 +1243,28 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
             // The batch's labels and weights read and checked without branches; when all are good
             // (the usual case) the batch skips row_meta's per-row checks and status branches.
             bool clean = true;
+            if (b0 + B <= end) {  // a full batch (the usual case: no padding rows)
+                for (int j = 0; j < B; ++j) {
+                    rows[j] = b0 + j;
+                    ok[j] = -1;
+                }
+            } else {
+                for (int j = 0; j < B; ++j) {
+                    rows[j] = std::min(b0 + j, end - 1);
+                    ok[j] = b0 + j < end ? -1 : 0;
+                }
+            }
             for (int j = 0; j < B; ++j) {
-                const int64_t i = std::min(b0 + j, end - 1);
-                rows[j] = i;
-                ok[j] = b0 + j < end ? -1 : 0;
-                label_for_load[j] = ys[j] = a.labels.raw(i);
-                ws[j] = a.weights.at(i);
+                label_for_load[j] = ys[j] = a.labels.raw(rows[j]);
                 clean &= static_cast<uint64_t>(ys[j]) < n_classes;
-                clean &= (ws[j] >= 0.0) & (ws[j] <= DBL_MAX);  // false for NaN, inf and negatives
+            }
+            if (weighted) {
+                for (int j = 0; j < B; ++j) {
+                    ws[j] = a.weights.v[rows[j]];
+                    clean &= (ws[j] >= 0.0) & (ws[j] <= DBL_MAX);  // false for NaN, inf and negatives
+                }
+            } else {
+                for (int j = 0; j < B; ++j) ws[j] = 1.0;  // Weights::at without weights
             }
             for (int j = 0; j < B && !clean; ++j) {
                 const int64_t i = rows[j];
@@ -1197,8 +1287,15 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
                 if (float_bins) {
                     typedef typename V::fw F;
                     typedef typename V::iw IW;
-                    IW m = (IW)splat_f<F>(0.0f);
-                    for (int64_t e = 0; e < n_inner; ++e) m -= batch.fconfidence >= above_v[e];
+                    // Two counts (integer sums: any order) so the compares do not wait on one another.
+                    IW m = IW{}, m1 = IW{};
+                    int64_t e = 0;
+                    for (; e + 2 <= n_inner; e += 2) {
+                        m -= batch.fconfidence >= above_v[e];
+                        m1 -= batch.fconfidence >= above_v[e + 1];
+                    }
+                    if (e < n_inner) m -= batch.fconfidence >= above_v[e];
+                    m += m1;
                     for (int j = 0; j < B; ++j) bin_of[j] = m[j];
                 }
             }

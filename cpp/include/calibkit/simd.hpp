@@ -595,6 +595,52 @@ CALIBKIT_INLINE void widen(typename V::fw x, typename V::d& lo, typename V::d& h
     hi = convert<typename V::d>(b);
 }
 
+// Eight float lanes: 0..3 from lo, 4..7 from hi (two 4-lane registers as one 8-lane register).
+template <class F8, class F4>
+CALIBKIT_INLINE F8 concat_f(F4 lo, F4 hi) {
+    static_assert(sizeof(F8) == 2 * sizeof(F4), "two halves");
+#if CALIBKIT_GNU_VECTORS && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
+    return (F8)__builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+#else
+    F8 r;
+    for (int j = 0; j < 4; ++j) {
+        r[j] = lo[j];
+        r[4 + j] = hi[j];
+    }
+    return r;
+#endif
+}
+
+// Eight lanes picked from a (lanes 0..7) and b (lanes 8..15): __builtin_shufflevector(a, b, I...).
+template <int... I, class F8>
+CALIBKIT_INLINE F8 shuffle8(F8 a, F8 b) {
+    static_assert(sizeof...(I) == 8, "eight lanes");
+#if CALIBKIT_GNU_VECTORS && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12))
+    return (F8)__builtin_shufflevector(a, b, I...);
+#else
+    const int at[8] = {I...};
+    F8 r;
+    for (int j = 0; j < 8; ++j) r[j] = at[j] < 8 ? a[at[j]] : b[at[j] - 8];
+    return r;
+#endif
+}
+
+// v in every float lane of F, as one broadcast (splat_f's lane loop can stay a loop of inserts).
+template <class F>
+CALIBKIT_INLINE F broadcast_f(float v) {
+#if CALIBKIT_GNU_VECTORS
+    constexpr int n = static_cast<int>(sizeof(F) / sizeof(float));
+    static_assert(n == 4 || n == 8, "four or eight float lanes");
+    if constexpr (n == 4) {
+        return F{v, v, v, v};
+    } else {
+        return F{v, v, v, v, v, v, v, v};
+    }
+#else
+    return splat_f<F>(v);
+#endif
+}
+
 // Eight consecutive elements of a row ("an octet") as 8 / W vectors of W
 // doubles. Element j of the octet is lane j: sums over octets are combined in
 // the fixed order of `octet_sum`, the same for W = 2 and W = 4.
