@@ -277,6 +277,20 @@ def _runs_push(sum_w, sum_wy, mean, first_row, last_row, nb, sw, swy, first, las
 
 
 @numba.njit(**JIT)
+def _push_knots(xo, yo, count, first, last, value):
+    """A PAV block's knots at xo[count:], yo[count:]: (first, value), and (last, value) when last != first;
+    returns the new count."""
+    xo[count] = first
+    yo[count] = value
+    count += 1
+    if last != first:
+        xo[count] = last
+        yo[count] = value
+        count += 1
+    return count
+
+
+@numba.njit(**JIT)
 def _isotonic_column_runs(v, labels, positive, xo, yo):
     """isotonic_column_runs of pav.hpp (unweighted, one label rare): only the rare rows sorted, each common
     row counted into its run between two rare scores by the same table and fixed-length search, PAV over
@@ -389,15 +403,7 @@ def _isotonic_column_runs(v, labels, positive, xo, yo):
                             rare if rare_positive else common, tie_first[g], tie_last[g])
     count = 0
     for b in range(nb):
-        first = v[first_row[b]]
-        last = v[last_row[b]]
-        xo[count] = first
-        yo[count] = mean[b]
-        count += 1
-        if last != first:
-            xo[count] = last
-            yo[count] = mean[b]
-            count += 1
+        count = _push_knots(xo, yo, count, v[first_row[b]], v[last_row[b]], mean[b])
     return count
 
 
@@ -432,15 +438,7 @@ def _isotonic_column(v, labels, positive, w, weighted, xo, yo):
     starts, values, _ = _pav(targets, ws, weighted, order, False, keys, True, True, vals)
     count = 0
     for b in range(values.shape[0]):
-        first = v[order[starts[b]]]
-        last = v[order[starts[b + 1] - 1]]
-        xo[count] = first
-        yo[count] = values[b]
-        count += 1
-        if last != first:
-            xo[count] = last
-            yo[count] = values[b]
-            count += 1
+        count = _push_knots(xo, yo, count, v[order[starts[b]]], v[order[starts[b + 1] - 1]], values[b])
     return count
 
 
