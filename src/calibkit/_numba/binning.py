@@ -401,16 +401,6 @@ def _dense_block_copy(scores, i0, end, table, dbuf):
     return i0 + n
 
 
-@numba.njit(inline="always", **JIT)
-def _dense_flush(ps, pq, sm, sq):
-    for l in range(8):
-        for r in range(8):
-            sm[l, r] += np.float64(ps[l, r])
-            sq[l, r] += np.float64(pq[l, r])
-            ps[l, r] = 0.0
-            pq[l, r] = 0.0
-
-
 @numba.njit(**JIT)
 def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
                      conf_out, correct_out, has_out, table, begin, end, count, wsum, sconf, scorr, tot, st,

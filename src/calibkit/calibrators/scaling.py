@@ -356,6 +356,21 @@ def _cubic_step(g, h, d3, d4, weight, b, d5=None):
     return d
 
 
+def _step_target(g, h, s, b):
+    """The b the Newton iteration moves to from b, given f' / f'' per unit weight (g, h) and the sums ``s`` at b:
+    the root of the Taylor model of f' (:func:`_cubic_step`) when the sums have its derivatives and it is
+    trusted, else a Newton step on log b (scale-free: far fewer passes when T is far from 1), on b when that
+    step is undefined (f'' + f'/b <= 0 can happen on the concave side in log b), NaN when neither is.
+    Returns (target, the cubic step or None)."""
+    curvature = b * b * h + b * g
+    if curvature > 0:
+        newton = b * math.exp(max(min(-b * g / curvature, 5.0), -5.0))
+    else:
+        newton = b - g / h if h > 0 else math.nan
+    cubic = _cubic_step(g, h, s.get("d3"), s.get("d4"), s["weight"], b, s.get("d5"))
+    return (newton if cubic is None else b + cubic), cubic
+
+
 def _taylor_residual(g, h, c3, c4, c5, d):
     """The quartic Taylor model of f' at step d: g + h d + c3 d^2 / 2 + c4 d^3 / 6 + c5 d^4 / 24."""
     return g + d * (h + d * (c3 / 2 + d * (c4 / 6 + d * c5 / 24)))
@@ -622,21 +637,13 @@ class TemperatureScaling(_LogitCalibrator):
         return start
 
     def _taylor_move(self, s, b):
-        """b moved by the root of the quartic Taylor model of f' from the sums ``s`` at b (a log-b Newton step
-        when that root is not trusted), kept within ``bounds``; b itself when neither step is defined."""
+        """b moved to :func:`_step_target` of the sums ``s`` at b, kept within ``bounds``; b itself when the
+        sums have no weight or the target is not finite."""
         t_min, t_max = self._check_params()
         w = s["weight"]
         if not w > 0:
             return b
-        g, h = s["d1"] / w, s["d2"] / w
-        d = _cubic_step(g, h, s.get("d3"), s.get("d4"), w, b, s.get("d5"))
-        if d is not None:
-            moved = b + d
-        else:
-            curvature = b * b * h + b * g
-            if not curvature > 0:
-                return b
-            moved = b * math.exp(max(min(-b * g / curvature, 5.0), -5.0))
+        moved, _ = _step_target(s["d1"] / w, s["d2"] / w, s, b)
         if not math.isfinite(moved):
             return b
         return min(max(moved, 1.0 / t_max), 1.0 / t_min)
@@ -697,18 +704,10 @@ class TemperatureScaling(_LogitCalibrator):
             else:
                 converged = True
                 break
-            # Newton on log b (scale-free: far fewer passes when T is far from 1); on b if that
-            # step is undefined (f'' + f'/b <= 0 can happen on the concave side in log b).
-            curvature = b * b * h + b * g
-            if curvature > 0:
-                newton = b * math.exp(max(min(-b * g / curvature, 5.0), -5.0))
-            else:
-                newton = b - g / h if h > 0 else math.nan
             # Close to the optimum, the root of the cubic Taylor model of f' (from the third and fourth
             # derivatives, when the sums have them): its error is O(step^4) instead of Newton's O(step^2).
-            cubic = _cubic_step(g, h, s.get("d3"), s.get("d4"), s["weight"], b, s.get("d5"))
+            newton, cubic = _step_target(g, h, s, b)
             if cubic is not None:
-                newton = b + cubic
                 # A certified step ends the fit at once (the usual case after a warm start: one full pass).
                 if lo < newton < hi and _certified_error(s, cubic) <= self.tol * newton:
                     b = newton
