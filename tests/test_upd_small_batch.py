@@ -160,3 +160,41 @@ def test_bad_row_adds_nothing_and_state_stays_usable(backend):
     bins, fine, squares = _reference([(p, y), (p, y)], 15)
     np.testing.assert_array_equal(acc._fine, fine)
     np.testing.assert_array_equal(acc._bins, bins)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_numba_checked_rows_equal_the_checking_pass(seed):
+    """Numba stream_rows_checked (the small-batch path's stream pass) adds what _chunk adds, bit for bit: weighted or
+    not, with or without squares and bootstrap, 1 to 300 bins, confidences at 0, -0, 1/2, the bin edges and a
+    probability's tolerance above 1."""
+    from calibkit._numba import stream as ns
+
+    rng = np.random.default_rng(seed)
+    special = np.array([0.0, -0.0, 1.0, 0.5, 0.25, 5e-324, 1 - 2**-53, 1 + 1e-6, 1 + 5e-7, 1 / 3, 2 / 3, 1 / 15,
+                        14 / 15, 2**-40, 1 - 2**-40])
+    for trial in range(40):
+        n = int(rng.integers(1, 300))
+        conf = np.concatenate([rng.random(n), rng.choice(special, 20), 1 - 10.0 ** -rng.uniform(0, 14, 20)])
+        conf = conf[rng.permutation(conf.shape[0])]
+        target = rng.integers(0, 2, conf.shape[0]).astype(np.uint8)
+        has_w = bool(trial % 2)
+        w = rng.random(conf.shape[0]) * 3 if has_w else ns._NO_WEIGHTS
+        M = int(rng.choice([1, 2, 15, 300]))
+        bits, levels = int(rng.choice([0, 3, 7])), int(rng.choice([1, 5, 36]))
+        B = int(rng.choice([0, 3]))
+        has_sq = bool(trial % 3)
+        R = 2 * (levels << bits)
+        states = []
+        for checked in (False, True):
+            bins, fine, boot, sq = np.zeros(4 * M), np.zeros(5 * R), np.zeros(B * 3 * M), np.zeros(2 * M)
+            inner = ns._cached_inner(M)
+            if checked:
+                ns.stream_rows_checked(conf, target, w, has_w, np.uint64(5), inner, M, bits, levels, B, np.uint64(9),
+                                       ns.POISSON1_CDF, bins, fine, boot, sq, has_sq)
+            else:
+                st = np.array([0.0, -1.0, -1.0, 0.0])
+                ns._chunk(conf, target, w, has_w, np.uint64(5), inner, M, bits, levels, B, np.uint64(9),
+                          ns.POISSON1_CDF, ns.HALF_TABLE, 0, conf.shape[0], bins, fine, boot, st, sq, has_sq)
+                assert st[0] == 0
+            states.append(np.concatenate([bins, fine, boot, sq]))
+        assert states[0].tobytes() == states[1].tobytes()
