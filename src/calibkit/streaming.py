@@ -471,16 +471,19 @@ class CalibrationAccumulator:
             return self._update_dense(scores, labels, sample_weight, groups, axis, ignore_index, mask)
         k = _backend.kernels(self.backend)
         scores, labels, sample_weight, from_logits = _prepare(scores, labels, sample_weight, self.from_logits)
-        group_ids = self._check_groups(groups, scores.shape[0])
-        squares = self._known_squares()
+        shape = scores.shape
+        n = shape[0]
+        group_ids = self._check_groups(groups, n) if groups is not None or self.n_groups else None
+        squares = self._squares
+        if squares is None and self._kind is None:
+            squares = self._known_squares()
         if sample_weight is not None:
             check_stream_weight(sample_weight, float(self._totals[_T_WEIGHT]))
-        kind = "binary" if scores.ndim == 1 else "top-label"
+        kind = "binary" if len(shape) == 1 else "top-label"
         if self._kind is not None and kind != self._kind:
-            raise ValueError(f"this accumulator holds a {self._kind} stream; got a batch of shape {scores.shape}")
-        n = scores.shape[0]
+            raise ValueError(f"this accumulator holds a {self._kind} stream; got a batch of shape {shape}")
         if kind == "top-label":
-            n_classes = scores.shape[1]
+            n_classes = shape[1]
             if self.n_classes is not None and n_classes != self.n_classes:
                 raise ValueError(f"scores has {n_classes} columns but the accumulator has n_classes={self.n_classes}")
             classwise = None
@@ -493,9 +496,10 @@ class CalibrationAccumulator:
             status = _fused_update(k)(scores, labels, sample_weight, from_logits, _nll_eps(scores.dtype),
                                       1.0 / self.temperature, self._position, self.n_bins, self.fine_bits,
                                       self.fine_levels, self.bootstrap, self.seed, self._bins, self._fine,
-                                      self._boot, self._totals, self.n_bins if self.classwise else 0, classwise,
-                                      squares, None if smooth is None else AUTO_GRID_SIZES, smooth)
-            raise_for_status(status, n_classes=n_classes)
+                                      self._boot, self._totals, self.n_bins if classwise is not None else 0,
+                                      classwise, squares, None if smooth is None else AUTO_GRID_SIZES, smooth)
+            if status[0]:
+                raise_for_status(status, n_classes=n_classes)
             self._classwise_bins = classwise
             self.n_classes = n_classes
         else:
@@ -517,9 +521,10 @@ class CalibrationAccumulator:
             raise_for_status(r["status"], binary=True)
             self._smooth += r["grid"]
         self._kind = kind
-        self._weighted |= sample_weight is not None
-        if squares is not None and sample_weight is not None and not float(squares[0].sum()) <= MAX_SQUARES:
-            squares = None  # Σ w² overflowed (or passed MAX_SQUARES): unknown from now on
+        if sample_weight is not None:
+            self._weighted = True
+            if squares is not None and not float(squares[0].sum()) <= MAX_SQUARES:
+                squares = None  # Σ w² overflowed (or passed MAX_SQUARES): unknown from now on
         self._squares = squares
         self._position += n
         if group_ids is not None:

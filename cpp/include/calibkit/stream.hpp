@@ -83,13 +83,15 @@ struct FineGrid {
         if (c <= 0.5) return rank(c);
         return size() - 1 - rank(1.0 - c);  // 1 - c is exact for c >= 1/2
     }
-    // bin(c) for a c in [0, 1] (a checked confidence), without branches: whether c is above 1/2 is a coin
-    // flip for top-label confidences of many models, and a mispredicted branch costs more than the
-    // selects. The same bucket as bin(c): c = 0 has d = 0 (exponent field 0, below every level), c = 1
-    // has d = 0 on the upper side (the last bucket), d = 1/2 is the top rank of the lower side.
+    // bin(c) for a checked confidence (in [-1e-6, 1 + 1e-6], not NaN), without branches: whether c is above
+    // 1/2 is a coin flip for top-label confidences of many models, and a mispredicted branch costs more than
+    // the selects. The same bucket as bin(c): d <= 0 (c <= 0, or c >= 1 on the upper side: the tolerance of
+    // a probability) is taken as +0 (exponent field 0, below every level: the first bucket, or the last one
+    // on the upper side), d = 1/2 is the top rank of the lower side.
     int64_t bin_checked(double c) const {
         const bool upper = c > 0.5;
-        const double d = upper ? 1.0 - c : c;  // 1 - c is exact for c >= 1/2
+        double d = upper ? 1.0 - c : c;  // 1 - c is exact for c >= 1/2
+        d = d > 0.0 ? d : 0.0;           // c outside (0, 1), and -0.0: no sign bit
         uint64_t u;
         std::memcpy(&u, &d, sizeof u);
         const int64_t level = 1023 - 2 - static_cast<int64_t>(u >> 52);  // d >= 0: no sign bit; 0 for [1/4, 1/2)
@@ -375,7 +377,8 @@ CALIBKIT_INLINE void fine_bins_checked(const FineGrid& grid, typename V::d c, in
     typedef uint64_t U __attribute__((vector_size(sizeof(D))));
     const I zero = (I)simd::splat<D>(0.0);
     const I upper = c > simd::splat<D>(0.5);
-    const D d = simd::select(upper, simd::splat<D>(1.0) - c, c);  // 1 - c is exact for c >= 1/2
+    D d = simd::select(upper, simd::splat<D>(1.0) - c, c);  // 1 - c is exact for c >= 1/2
+    d = simd::select(d > simd::splat<D>(0.0), d, simd::splat<D>(0.0));  // as bin_checked: d <= 0 is +0
     const U u = (U)d;
     const I level = (zero + (1023 - 2)) - (I)(u >> 52);  // d >= 0
     const I mantissa = (I)((u >> static_cast<int>(52 - grid.bits)) & ((uint64_t{1} << grid.bits) - 1));
@@ -616,39 +619,38 @@ CALIBKIT_AVX2_CLONE void fused_pass1_avx2(const Matrix<T>& s, const Vector<int64
 }
 #endif
 
-// Pass 2: the checked rows into the state, in row order (the adds of add_stream_row and stream_boot_row),
-// the fine state's cache lines prefetched a block ahead; and onto the smooth grids when asked. The bins and
-// squares are added in a copy interleaved per bin (rows.acc: one bin's six sums in one cache line, added as
-// vectors, each lane the same add as add_stream_row's), copied back after the batch; the fine sums in place.
-inline void fused_pass2(StreamRowScratch& rows, int64_t N, uint64_t offset, int64_t M, int64_t R, int64_t n_boot,
-                        uint64_t seed, double* bins, double* fine, double* boot, double* squares,
-                        const SmoothTarget& smooth) {
+// Pass 2's rows [0, N) into the state, in row order (the adds of add_stream_row and stream_boot_row); the
+// fine state's five cache lines of row i + kAhead prefetched. Interleave: the bins and squares go to acc
+// (one bin's six sums in one cache line, added as vectors, each lane the same add as add_stream_row's),
+// else in place. The branches on the layout and the bootstrap are template arguments, and the last kAhead
+// rows (nothing left to prefetch) run without the prefetch.
+template <bool Interleave, bool Boot>
+inline void fused_pass2_rows(const StreamRowScratch& rows, int64_t N, uint64_t offset, int64_t M, int64_t R,
+                             int64_t n_boot, uint64_t seed, double* bins, double* fine, double* boot, double* squares,
+                             double* acc) {
     typedef simd::Vec<2>::d D2;
     constexpr int64_t kAhead = 16, A = kAddWidth;
-    // Many bins (more than a batch would fill): the sums are added in place instead (the same adds), so
-    // that a small batch does not copy a large state.
-    const bool interleave = M <= kMaxInterleavedBins;
-    if (interleave) {
-        rows.acc.resize(static_cast<size_t>(M * A));
-        for (int64_t b = 0; b < M; ++b) {
-            for (int64_t q = 0; q < 4; ++q) rows.acc[static_cast<size_t>(b * A + q)] = bins[q * M + b];
-            for (int64_t q = 0; q < 2; ++q)
-                rows.acc[static_cast<size_t>(b * A + 4 + q)] = squares ? squares[q * M + b] : 0.0;
-        }
-    }
-    double* const acc = rows.acc.data();
     const double* const add = rows.add.data();
     const int32_t* const bin = rows.bin.data();
     const int32_t* const fb = rows.fine.data();
     const uint8_t* const y = rows.y.data();
-    for (int64_t i = 0; i < std::min(N, kAhead); ++i)
-        for (int64_t q = 0; q < 5; ++q) CALIBKIT_PREFETCH(fine + q * R + fb[i], 1, 3);
-    for (int64_t i = 0; i < N; ++i) {
-        if (i + kAhead < N)
-            for (int64_t q = 0; q < 5; ++q) CALIBKIT_PREFETCH(fine + q * R + fb[i + kAhead], 1, 3);
+    double* const f0 = fine;
+    double* const f1 = fine + R;
+    double* const f2 = fine + 2 * R;
+    double* const f3 = fine + 3 * R;
+    double* const f4 = fine + 4 * R;
+    const auto prefetch = [&](int64_t i) {
+        const int64_t f = fb[i];
+        CALIBKIT_PREFETCH(f0 + f, 1, 3);
+        CALIBKIT_PREFETCH(f1 + f, 1, 3);
+        CALIBKIT_PREFETCH(f2 + f, 1, 3);
+        CALIBKIT_PREFETCH(f3 + f, 1, 3);
+        CALIBKIT_PREFETCH(f4 + f, 1, 3);
+    };
+    const auto row = [&](int64_t i) {
         const double* const a = add + i * A;
         const int64_t b = bin[i];
-        if (interleave) {
+        if constexpr (Interleave) {
             double* const s = acc + b * A;
             D2 s0, s1, s2, a0, a1, a2;
             std::memcpy(&s0, s, sizeof s0);
@@ -671,21 +673,59 @@ inline void fused_pass2(StreamRowScratch& rows, int64_t N, uint64_t offset, int6
             }
         }
         const int64_t f = fb[i];
-        fine[f] += 1.0;
-        fine[R + f] += a[kAddW];
-        fine[2 * R + f] += a[kAddWC];
-        fine[3 * R + f] += a[kAddWY];
-        fine[4 * R + f] += a[kAddWD];
-        if (n_boot > 0)
-            stream_boot_row(seed, offset + static_cast<uint64_t>(i), n_boot, M, b, a[kAddC],
-                            static_cast<double>(y[i]), a[kAddW], boot);
+        f0[f] += 1.0;
+        f1[f] += a[kAddW];
+        f2[f] += a[kAddWC];
+        f3[f] += a[kAddWY];
+        f4[f] += a[kAddWD];
+        if constexpr (Boot)
+            stream_boot_row(seed, offset + static_cast<uint64_t>(i), n_boot, M, b, a[kAddC], static_cast<double>(y[i]),
+                            a[kAddW], boot);
+    };
+    const int64_t lead = std::min(N, kAhead);
+    for (int64_t i = 0; i < lead; ++i) prefetch(i);
+    int64_t i = 0;
+    for (; i < N - kAhead; ++i) {
+        prefetch(i + kAhead);
+        row(i);
     }
+    for (; i < N; ++i) row(i);
+}
+
+// Pass 2: the checked rows into the state (fused_pass2_rows), and onto the smooth grids when asked. With at
+// most kMaxInterleavedBins bins the bins and squares are added in a copy interleaved per bin (rows.acc),
+// copied back after the batch; with more (more than a batch would fill) in place, so that a small batch
+// does not copy a large state. The fine sums are added in place.
+inline void fused_pass2(StreamRowScratch& rows, int64_t N, uint64_t offset, int64_t M, int64_t R, int64_t n_boot,
+                        uint64_t seed, double* bins, double* fine, double* boot, double* squares,
+                        const SmoothTarget& smooth) {
+    constexpr int64_t A = kAddWidth;
+    const bool interleave = M <= kMaxInterleavedBins;
+    if (interleave) {
+        rows.acc.resize(static_cast<size_t>(M * A));
+        for (int64_t b = 0; b < M; ++b) {
+            for (int64_t q = 0; q < 4; ++q) rows.acc[static_cast<size_t>(b * A + q)] = bins[q * M + b];
+            for (int64_t q = 0; q < 2; ++q)
+                rows.acc[static_cast<size_t>(b * A + 4 + q)] = squares ? squares[q * M + b] : 0.0;
+        }
+    }
+    double* const acc = rows.acc.data();
+    if (interleave && n_boot == 0)
+        fused_pass2_rows<true, false>(rows, N, offset, M, R, n_boot, seed, bins, fine, boot, squares, acc);
+    else if (interleave)
+        fused_pass2_rows<true, true>(rows, N, offset, M, R, n_boot, seed, bins, fine, boot, squares, acc);
+    else if (n_boot == 0)
+        fused_pass2_rows<false, false>(rows, N, offset, M, R, n_boot, seed, bins, fine, boot, squares, acc);
+    else
+        fused_pass2_rows<false, true>(rows, N, offset, M, R, n_boot, seed, bins, fine, boot, squares, acc);
     if (interleave)
         for (int64_t b = 0; b < M; ++b) {
             for (int64_t q = 0; q < 4; ++q) bins[q * M + b] = acc[b * A + q];
             if (squares)
                 for (int64_t q = 0; q < 2; ++q) squares[q * M + b] = acc[b * A + 4 + q];
         }
+    const double* const add = rows.add.data();
+    const uint8_t* const y = rows.y.data();
     if (smooth.on()) {
         SmoothBlock block;
         for (int64_t i = 0; i < N; ++i)
