@@ -25,7 +25,8 @@ from calibkit.calibrators.scaling import _vector_scale_kernel
 from subprocess_cases import check_cases
 
 DTYPES = [np.float16, np.float32, np.float64]
-NUMPY_EXP_RTOL = 4e-16  # a softmax from an exp one ulp away (see the module docstring)
+NUMPY_EXP_RTOL = 8e-16  # a softmax from exps one ulp away (see the module docstring): the exp, the row sum and
+# the division each round once more (4.4e-16 seen with NumPy 2.4 on an AVX-512 machine)
 
 
 def _close_to_numpy_softmax(out, z):
