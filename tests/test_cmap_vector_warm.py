@@ -1,6 +1,8 @@
 """Vector scaling's warm start (the fit on every m-th row, then all rows preconditioned by the coupled Hessian) and
 the L-BFGS line search's approximate Armijo test: the same optimum as an independent fit, in few passes."""
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize
@@ -124,3 +126,13 @@ def test_line_search_accepts_steps_below_the_loss_rounding():
     res = scaling._lbfgs(fun, np.linspace(-2.0, 2.0, 10), gtol=1e-9, ftol=-1.0, maxiter=200)  # no stop on f
     assert res.status == 0 and np.abs(res.jac).max() <= 1e-9
     assert calls[0] <= 40
+
+
+def test_huge_logits_keep_the_block_preconditioner():
+    """Logits whose squares overflow (|z| > 1e154): the coupled Hessian is not finite, the block one is used."""
+    z, y = problem(13, 40_000, 4)
+    z[0, 0] = 1e160
+    with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the loss overflows: the fit stays near its start
+        vs = VectorScaling().fit(z, y)
+    assert np.isfinite(vs.scale_).all() and np.isfinite(vs.bias_).all()

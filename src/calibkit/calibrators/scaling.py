@@ -986,7 +986,9 @@ class VectorScaling(_LogitCalibrator):
             warm = _lbfgs(pre.wrap(lambda x: self._objective(x, k, zs, ys, ws)), pre.coordinates(start),
                           gtol=_WARM_START_GTOL / pre.norm, ftol=1e-14, maxiter=self.max_iter)
             start = pre.params(warm.x)
-            pre = _FullCurvature(self._hessian(curvature[0], curvature[2], start))
+            h = self._hessian(curvature[0], curvature[2], start)
+            if np.isfinite(h).all():  # else (z^2 overflows: |z| > 1e154) the block preconditioner goes on
+                pre = _FullCurvature(h)
         res = _lbfgs(pre.wrap(objective), pre.coordinates(start), gtol=self.tol / pre.norm, ftol=1e-14,
                      maxiter=self.max_iter)
         x = pre.params(res.x)
