@@ -481,16 +481,6 @@ inline void knot_table(const double* knots, int64_t m, int64_t* table) {
     }
 }
 
-// Number of knots < x (Right = false: np.searchsorted side="left") or <= x (Right = true).
-template <bool Right>
-inline int64_t knots_below(const double* knots, int64_t m, const int64_t* table, double x) {
-    if (x >= 0.0 && x < 1.0) {
-        const int64_t b = knot_bucket(x);
-        return table[b] + count_sorted<Right>(knots + table[b], table[b + 1] - table[b], x);
-    }
-    return count_sorted<Right>(knots, m, x);
-}
-
 // np.interp(x, xp, fp) for strictly increasing xp of length m >= 1, by NumPy's own
 // arithmetic (compiled_base.c, with its precomputed slopes[j] = (fp[j + 1] - fp[j]) /
 // (xp[j + 1] - xp[j])): c is the number of knots <= x.

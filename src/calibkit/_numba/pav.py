@@ -565,22 +565,11 @@ def _knot_table(x, lo, m, tables, k):
 
 
 @numba.njit(inline="always", **JIT)
-def _knots_below(x, lo, m, tables, k, v, right):
-    """Number of the knots x[lo:lo + m] < v (right False) or <= v (right True), as an offset from lo:
-    knots_below of pav.hpp (the bucket of v from its bit pattern)."""
-    a = 0
-    e = m
-    if v >= 0.0 and v < 1.0:
-        if v >= KNOT_LINEAR_FROM:  # linear buckets
-            b = KNOT_LOG_END - 1 + np.int64(v * KNOT_LINEAR)
-        elif v >= KNOT_LOG_FROM:  # exponent and top mantissa bits
-            b = 1 + (f64_bits(v) >> KNOT_LOG_SHIFT) - KNOT_LOG_BASE
-        else:
-            b = 0
-        a = np.int64(tables[k, b])
-        e = np.int64(tables[k, b + 1])
-    base = lo + a
-    n = e - a
+def _count_sorted(x, lo, m, v, right):
+    """Number of the sorted knots x[lo:lo + m] < v (right False) or <= v (right True): count_sorted of
+    pav.hpp (a binary search of all m knots)."""
+    base = lo
+    n = m
     while n > 1:
         half = n // 2
         if (x[base + half] <= v) if right else (x[base + half] < v):
@@ -716,7 +705,7 @@ def _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, 
                 if a >= 0:
                     c = a + _count_span(xs, lo + a, span, v, right)
                 else:
-                    c = _knots_below(xs, lo, m, tables, k, v, right)
+                    c = _count_sorted(xs, lo, m, v, right)
                 if mode == STEP_INTERP:
                     out[i0 + j, k] = _interp_at(xs, y, slopes, lo, ly, m, c, v)
                 else:
