@@ -70,6 +70,22 @@ def group_size(n_chunks, partial_values):
     return min(max(min(MAX_GROUP, budget), 4), n_chunks)
 
 
+@intrinsic
+def next_ticket(typingctx, counter):
+    """``counter[0]++`` as one atomic read-modify-write (returns the old value) on a 1-D int64 array: the
+    threads of a parallel region take the chunks of a group one at a time, as the C++ pool's ``next_``
+    counter hands them out (a thread descheduled on a loaded machine leaves its chunks to the others,
+    where prange's static split would make every thread wait for it)."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", arr.data, ir.Constant(ir.IntType(64), 1), "seq_cst")
+
+    return types.int64(counter), codegen
+
+
 @numba.njit(**JIT)
 def merge_status(st, code, row, col, value):
     """Keep the first problem in row-major order; st = float64 [code, row, col, value]."""

@@ -33,6 +33,7 @@ from ._common import (
     lane_sums_f32,
     load,
     merge_status,
+    next_ticket,
     rows_per_chunk,
     run_locked,
     short_scan4,
@@ -517,6 +518,60 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
                 cw_w[j] = float(cw_count[j])
 
 
+PARTIAL_ROW = 16  # doubles (128 bytes): a totals (6) or status (4) row shares no 64-byte line with the next
+
+
+@numba.njit(**JIT)
+def _new_partials(g, M, KM):
+    """The chunk partials of a group of g chunks, allocated once per call outside the parallel regions (in a
+    ``parallel=True`` driver every ``np.zeros`` is a parallel region of its own) and cleared as they are
+    folded (_fold_partial). A ticket counter for next_ticket comes last. The totals and status rows (a chunk
+    of long rows adds to its totals row by row) are PARTIAL_ROW doubles apart: two chunks running at once on
+    two threads never write to one cache line."""
+    p_st = np.zeros((g, PARTIAL_ROW))
+    for j in range(g):
+        p_st[j, 1] = -1.0
+        p_st[j, 2] = -1.0
+    return (np.zeros((g, M), np.int64), np.zeros((g, M)), np.zeros((g, M)), np.zeros((g, M)),
+            np.zeros((g, PARTIAL_ROW)), p_st, np.zeros((g, KM), np.int64), np.zeros((g, KM)), np.zeros((g, KM)),
+            np.zeros((g, KM)), np.zeros(1, np.int64))
+
+
+@numba.njit(**JIT)
+def _fold_partial(j, M, KM, count, wsum, sconf, scorr, tot, st, cw_count, cw_w, cw_score, cw_target,
+                  p_count, p_w, p_conf, p_corr, p_tot, p_st, q_count, q_w, q_score, q_target):
+    """Chunk partial j into the totals (in chunk order, by the caller), then cleared for the next group.
+    Returns the partial's row count."""
+    for b in range(M):
+        count[b] += p_count[j, b]
+        wsum[b] += p_w[j, b]
+        sconf[b] += p_conf[j, b]
+        scorr[b] += p_corr[j, b]
+        p_count[j, b] = 0
+        p_w[j, b] = 0.0
+        p_conf[j, b] = 0.0
+        p_corr[j, b] = 0.0
+    for b in range(KM):
+        cw_count[b] += q_count[j, b]
+        cw_w[b] += q_w[j, b]
+        cw_score[b] += q_score[j, b]
+        cw_target[b] += q_target[j, b]
+        q_count[j, b] = 0
+        q_w[j, b] = 0.0
+        q_score[j, b] = 0.0
+        q_target[j, b] = 0.0
+    rows = int(p_tot[j, 0])
+    for t in range(1, 6):
+        tot[t] += p_tot[j, t]
+    p_tot[j, :] = 0.0
+    merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
+    p_st[j, 0] = 0.0
+    p_st[j, 1] = -1.0
+    p_st[j, 2] = -1.0
+    p_st[j, 3] = 0.0
+    return rows
+
+
 @numba.njit(parallel=True, **JIT)
 def _top_label_driver(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
                       conf_out, correct_out, has_out, table, parallel, cw_M, cw_inners, cw_uniform, cw_upper,
@@ -526,44 +581,31 @@ def _top_label_driver(scores, labels, weights, has_w, from_logits, single, inner
     KM = K * cw_M
     chunk = rows_per_chunk(K, 64 * cw_M) if cw_M > 0 else rows_per_chunk(K, 1)
     n_chunks = (N + chunk - 1) // chunk
-    count = np.zeros(M, np.int64)
-    wsum = np.zeros(M)
-    sconf = np.zeros(M)
-    scorr = np.zeros(M)
-    tot = np.zeros(6)
-    cw_count = np.zeros(KM, np.int64)
-    cw_w = np.zeros(KM)
-    cw_score = np.zeros(KM)
-    cw_target = np.zeros(KM)
-    st = np.array([0.0, -1.0, -1.0, 0.0])
-    total_count = 0
     group = group_size(n_chunks, 4 * (n_bins + KM))
+    count, wsum, sconf, scorr, tot, st, cw_count, cw_w, cw_score, cw_target, _ = _new_partials(1, M, KM)
+    count, wsum, sconf, scorr, tot, st = count[0], wsum[0], sconf[0], scorr[0], tot[0], st[0]
+    cw_count, cw_w, cw_score, cw_target = cw_count[0], cw_w[0], cw_score[0], cw_target[0]
+    p_count, p_w, p_conf, p_corr, p_tot, p_st, q_count, q_w, q_score, q_target, ticket = _new_partials(group, M, KM)
+    total_count = 0
     for first in range(0, n_chunks, group):
         g = min(group, n_chunks - first)
-        p_count = np.zeros((g, M), np.int64)
-        p_w = np.zeros((g, M))
-        p_conf = np.zeros((g, M))
-        p_corr = np.zeros((g, M))
-        p_tot = np.zeros((g, 6))
-        p_st = np.zeros((g, 4))
-        q_count = np.zeros((g, KM), np.int64)
-        q_w = np.zeros((g, KM))
-        q_score = np.zeros((g, KM))
-        q_target = np.zeros((g, KM))
         if parallel:
-            for j in numba.prange(g):
-                p_st[j, 1] = -1.0
-                p_st[j, 2] = -1.0
-                c = first + j
-                _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll,
-                                 inv_t, conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
-                                 p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j], p_st[j],
-                                 cw_M, cw_inners, cw_uniform, cw_upper, q_count[j], q_w[j], q_score[j], q_target[j],
-                                 with_brier)
+            # One parallel region per group. prange splits its g iterations evenly between the threads; the
+            # first iteration a thread runs takes chunks one at a time (next_ticket) until none is left, and
+            # its other iterations find none: each thread runs chunks as long as some remain.
+            ticket[0] = 0
+            for _t in numba.prange(g):
+                j = next_ticket(ticket)
+                while j < g:
+                    c = first + j
+                    _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps,
+                                     with_nll, inv_t, conf_out, correct_out, has_out, table, c * chunk,
+                                     min(N, (c + 1) * chunk), p_count[j], p_w[j], p_conf[j], p_corr[j], p_tot[j],
+                                     p_st[j], cw_M, cw_inners, cw_uniform, cw_upper, q_count[j], q_w[j], q_score[j],
+                                     q_target[j], with_brier)
+                    j = next_ticket(ticket)
         else:
             for j in range(g):
-                p_st[j, 1] = -1.0
-                p_st[j, 2] = -1.0
                 c = first + j
                 _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll,
                                  inv_t, conf_out, correct_out, has_out, table, c * chunk, min(N, (c + 1) * chunk),
@@ -571,20 +613,9 @@ def _top_label_driver(scores, labels, weights, has_w, from_logits, single, inner
                                  cw_M, cw_inners, cw_uniform, cw_upper, q_count[j], q_w[j], q_score[j], q_target[j],
                                  with_brier)
         for j in range(g):
-            for b in range(M):
-                count[b] += p_count[j, b]
-                wsum[b] += p_w[j, b]
-                sconf[b] += p_conf[j, b]
-                scorr[b] += p_corr[j, b]
-            for b in range(KM):
-                cw_count[b] += q_count[j, b]
-                cw_w[b] += q_w[j, b]
-                cw_score[b] += q_score[j, b]
-                cw_target[b] += q_target[j, b]
-            total_count += int(p_tot[j, 0])
-            for t in range(1, 6):
-                tot[t] += p_tot[j, t]
-            merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
+            total_count += _fold_partial(j, M, KM, count, wsum, sconf, scorr, tot, st, cw_count, cw_w, cw_score,
+                                         cw_target, p_count, p_w, p_conf, p_corr, p_tot, p_st, q_count, q_w, q_score,
+                                         q_target)
     return count, wsum, sconf, scorr, total_count, tot, st, cw_count, cw_w, cw_score, cw_target
 
 
@@ -823,48 +854,34 @@ def _binary_driver(probs, targets, weights, has_w, inner, bounds, uniform, n_bin
     M = max(n_bins, 1)
     chunk = CHUNK_ELEMENTS
     n_chunks = (N + chunk - 1) // chunk
-    count = np.zeros(M, np.int64)
-    wsum = np.zeros(M)
-    sconf = np.zeros(M)
-    scorr = np.zeros(M)
-    tot = np.zeros(6)
-    st = np.array([0.0, -1.0, -1.0, 0.0])
-    total_count = 0
     group = group_size(n_chunks, 4 * n_bins)
+    count, wsum, sconf, scorr, tot, st, e_count, e_w, e_score, e_target, _ = _new_partials(1, M, 0)
+    count, wsum, sconf, scorr, tot, st = count[0], wsum[0], sconf[0], scorr[0], tot[0], st[0]
+    e_count, e_w, e_score, e_target = e_count[0], e_w[0], e_score[0], e_target[0]  # no class-wise bins
+    p_count, p_w, p_conf, p_corr, p_tot, p_st, q_count, q_w, q_score, q_target, ticket = _new_partials(group, M, 0)
+    total_count = 0
     for first in range(0, n_chunks, group):
         g = min(group, n_chunks - first)
-        p_count = np.zeros((g, M), np.int64)
-        p_w = np.zeros((g, M))
-        p_conf = np.zeros((g, M))
-        p_corr = np.zeros((g, M))
-        p_tot = np.zeros((g, 6))
-        p_st = np.zeros((g, 4))
         if parallel:
-            for j in numba.prange(g):
-                p_st[j, 1] = -1.0
-                p_st[j, 2] = -1.0
-                c = first + j
-                _binary_chunk(probs, targets, weights, has_w, inner, bounds, uniform, n_bins, nll_eps, with_nll,
-                              table, c * chunk, min(N, (c + 1) * chunk), p_count[j], p_w[j], p_conf[j], p_corr[j],
-                              p_tot[j], p_st[j])
+            ticket[0] = 0
+            for _t in numba.prange(g):  # as in _top_label_driver
+                j = next_ticket(ticket)
+                while j < g:
+                    c = first + j
+                    _binary_chunk(probs, targets, weights, has_w, inner, bounds, uniform, n_bins, nll_eps, with_nll,
+                                  table, c * chunk, min(N, (c + 1) * chunk), p_count[j], p_w[j], p_conf[j], p_corr[j],
+                                  p_tot[j], p_st[j])
+                    j = next_ticket(ticket)
         else:
             for j in range(g):
-                p_st[j, 1] = -1.0
-                p_st[j, 2] = -1.0
                 c = first + j
                 _binary_chunk(probs, targets, weights, has_w, inner, bounds, uniform, n_bins, nll_eps, with_nll,
                               table, c * chunk, min(N, (c + 1) * chunk), p_count[j], p_w[j], p_conf[j], p_corr[j],
                               p_tot[j], p_st[j])
         for j in range(g):
-            for b in range(M):
-                count[b] += p_count[j, b]
-                wsum[b] += p_w[j, b]
-                sconf[b] += p_conf[j, b]
-                scorr[b] += p_corr[j, b]
-            total_count += int(p_tot[j, 0])
-            for t in range(1, 6):
-                tot[t] += p_tot[j, t]
-            merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
+            total_count += _fold_partial(j, M, 0, count, wsum, sconf, scorr, tot, st, e_count, e_w, e_score,
+                                         e_target, p_count, p_w, p_conf, p_corr, p_tot, p_st, q_count, q_w, q_score,
+                                         q_target)
     return count, wsum, sconf, scorr, total_count, tot, st
 
 
