@@ -348,13 +348,14 @@ def _cached_classwise(K, M):
 
 
 @numba.njit(**JIT)
-def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_eps, inv_t, table, cw_M, cw_inners,
-                     cw_uniform, cw_upper, offset_bits, inner, n_bins, fine_bits, fine_levels, n_boot, seed_bits,
-                     cdf, bins2, fine2, boot3, totals, cw3, sq2, has_sq, sm_sizes, sm_offsets, sm2, has_sm):
+def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_eps, inv_t, offset_bits, seed_bits,
+                     table, cw_M, cw_inners, cw_uniform, cw_upper, inner, n_bins, fine_bits, fine_levels, n_boot, cdf,
+                     bins2, fine2, boot3, totals, cw3, sq2, has_sq, sm_sizes, sm_offsets, sm2, has_sm):
     """A batch of one top-label chunk, serially: the chunk of binning's top-label pass (confidences,
     correctness, totals, class-wise bins), then the stream pass; the state changes only if both are clean.
-    The state arrays come as the accumulator holds them (shapes checked by the caller) and the status is
-    returned as a (code, row, col, value) tuple: one Numba entry call, no array returned to Python.
+    The arguments from ``table`` on are a :func:`_plan`'s (the state arrays as the accumulator holds them,
+    checked by it) and the status is returned as a (code, row, col, value) tuple: one Numba entry call, no
+    array returned to Python.
     ``offset_bits`` and ``seed_bits`` are the uint64 position and seed as int64 of the same bits (a Python
     int is typed without the cost of building a NumPy scalar). With ``has_sm``, the rows' smooth ECE grid sums
     (one smooth chunk: smooth_grid's, the same bits) are spread from the summaries and added to ``sm2``."""
@@ -366,23 +367,25 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_ep
     boot = boot3.reshape(boot3.size)
     cw_state = cw3.reshape(cw3.size)
     sq = sq2.reshape(sq2.size)
-    st = np.empty(4)
+    # the scratch in three allocations: the float sums and the status, the counts, the correctness
+    KM = K * cw_M
+    sums = np.zeros(13 + 3 * KM + N)
+    st = sums[0:4]
     st[0] = OK
     st[1] = -1.0
     st[2] = -1.0
-    st[3] = 0.0
-    conf = np.empty(N)
+    wsum = sums[4:5]
+    sconf = sums[5:6]
+    scorr = sums[6:7]
+    tot = sums[7:13]
+    q_w = sums[13:13 + KM]
+    q_score = sums[13 + KM:13 + 2 * KM]
+    q_target = sums[13 + 2 * KM:13 + 3 * KM]
+    conf = sums[13 + 3 * KM:]
+    counts = np.zeros(1 + KM, np.int64)
+    count = counts[0:1]
+    q_count = counts[1:]
     correct = np.empty(N, np.uint8)
-    count = np.zeros(1, np.int64)
-    wsum = np.zeros(1)
-    sconf = np.zeros(1)
-    scorr = np.zeros(1)
-    tot = np.zeros(6)
-    KM = K * cw_M
-    q_count = np.zeros(KM, np.int64)
-    q_w = np.zeros(KM)
-    q_score = np.zeros(KM)
-    q_target = np.zeros(KM)
     _top_label_chunk(scores, labels, weights, has_w, from_logits, single, _NO_INNER, 0, nll_eps, True, inv_t, conf,
                      correct, True, table, 0, N, count, wsum, sconf, scorr, tot, st, cw_M, cw_inners, cw_uniform,
                      cw_upper, q_count, q_w, q_score, q_target)
@@ -404,6 +407,19 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_ep
         for j in range(KM):
             cw_state[2 * KM + j] += q_target[j]
     return int(st[0]), int(st[1]), int(st[2]), st[3]
+
+
+@numba.njit(**JIT)
+def _top_label_plain(scores, labels, weights, has_w, from_logits, single, nll_eps, inv_t, offset_bits, seed_bits,
+                     table, inner, n_bins, fine_bits, fine_levels, n_boot, cdf, bins2, fine2, boot3, totals, sq2,
+                     has_sq):
+    """:func:`_top_label_small` of a stream without class-wise bins or smooth ECE grid sums: six arrays
+    fewer to unbox per call (their empty stand-ins are made here)."""
+    no_sizes = np.zeros(1, np.int64)
+    return _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_eps, inv_t, offset_bits,
+                            seed_bits, table, 0, np.zeros((1, 0)), True, np.zeros(0), inner, n_bins, fine_bits,
+                            fine_levels, n_boot, cdf, bins2, fine2, boot3, totals, np.zeros((0, 0, 0)), sq2, has_sq,
+                            no_sizes, no_sizes, np.zeros((1, 2)), False)
 
 
 @numba.njit(**JIT)
@@ -435,7 +451,7 @@ def _int64_bits(u):
 
 
 def _state_ok(a, shape):
-    """True if ``a`` is a writeable C-contiguous float64 array of this shape (the cheap check of every call;
+    """True if ``a`` is a writeable C-contiguous float64 array of this shape (the cheap check;
     :func:`_state` names what is wrong)."""
     if type(a) is not np.ndarray or a.dtype != _F64 or a.shape != shape:
         return False
@@ -443,16 +459,65 @@ def _state_ok(a, shape):
     return flags.c_contiguous and flags.writeable
 
 
-def _states_ok(bins, n_bins, fine, R, boot, n_boot, totals):
-    """_state_ok of the four state arrays in one call (every streaming update checks them)."""
-    for a in (bins, fine, boot, totals):
-        if type(a) is not np.ndarray or a.dtype != _F64:
-            return False
-        flags = a.flags
-        if not (flags.c_contiguous and flags.writeable):
-            return False
-    return (bins.shape == (4, n_bins) and fine.shape == (5, R) and boot.shape == (n_boot, 3, n_bins)
-            and totals.shape == (6,))
+_plans = {}  # id(bins) -> _plan (which holds bins: the id is its own while the plan is kept)
+
+
+def _plan(n_bins, fine_bits, fine_levels, n_boot, K, classwise_bins, bins, fine, boot, totals, classwise, squares,
+          grids, smooth):
+    """The checked configuration and state arrays of a stream's updates, kept (in ``_plans``) for its next ones.
+
+    A plan is the tuple ``(bins, fine, boot, totals, squares, classwise, grids, smooth, config, chunk, cw_M,
+    kernel, args)``:
+    the state arrays it checked (an update passing the very same objects, the same ``config`` =
+    (n_bins, fine_bits, fine_levels, n_boot, classwise_bins, K) and the same cached smooth ``grids`` has its
+    plan; a state replaced, e.g. by ``from_bytes`` or ``merge``, is checked again), the rows of one
+    top-label chunk, the class-wise bins, and the small-batch kernel (:func:`_top_label_plain` without
+    class-wise bins or smooth grid sums, else :func:`_top_label_small`) with its constant arguments.
+    """
+    if n_bins < 1 or not 0 <= fine_bits <= 20 or not 1 <= fine_levels <= 1000 or n_boot < 0 or classwise_bins < 0:
+        raise ValueError("invalid streaming configuration")
+    R = 2 * (fine_levels << fine_bits)
+    for a, name, shape in ((bins, "bins", (4, n_bins)), (fine, "fine", (5, R)), (boot, "boot", (n_boot, 3, n_bins)),
+                           (totals, "totals", (6,))):
+        if not _state_ok(a, shape):
+            _state(a, name, shape)
+    has_sq = squares is not None
+    if has_sq and not _state_ok(squares, (2, n_bins)):
+        _state(squares, "squares", (2, n_bins))
+    cw_M = int(classwise_bins)
+    if cw_M > 0:
+        if not _state_ok(classwise, (3, K, cw_M)):
+            _state(classwise, "classwise", (3, K, cw_M))
+        cw_spec = _cached_classwise(K, cw_M)
+        chunk = max(64 * cw_M, CHUNK_ELEMENTS // K)  # rows_per_chunk of the top-label driver
+    else:
+        if classwise is not None:
+            raise ValueError("classwise needs classwise_bins >= 1")
+        cw_spec = _NO_SPEC
+        chunk = max(1, CHUNK_ELEMENTS // K)
+    has_sm = smooth is not None
+    if has_sm:
+        sm_sizes, sm_offsets, n_cells = grids
+        if not _state_ok(smooth, (n_cells, 2)):
+            _state(smooth, "smooth", (n_cells, 2))
+    else:
+        sm_sizes, sm_offsets = _NO_SIZES, _NO_SIZES
+    inner, sq_state = _cached_inner(n_bins), squares if has_sq else _NO_SQUARES
+    if cw_M == 0 and not has_sm:
+        kernel = _top_label_plain
+        args = (HALF_TABLE, inner, int(n_bins), int(fine_bits), int(fine_levels), int(n_boot), POISSON1_CDF, bins,
+                fine, boot, totals, sq_state, has_sq)
+    else:
+        kernel = _top_label_small
+        args = (HALF_TABLE, cw_M, *cw_spec, inner, int(n_bins), int(fine_bits), int(fine_levels), int(n_boot),
+                POISSON1_CDF, bins, fine, boot, totals, _NO_CLASSWISE if classwise is None else classwise, sq_state,
+                has_sq, sm_sizes, sm_offsets, smooth if has_sm else _NO_SMOOTH, has_sm)
+    plan = (bins, fine, boot, totals, squares, classwise, grids, smooth,
+            (n_bins, fine_bits, fine_levels, n_boot, classwise_bins, K), chunk, cw_M, kernel, args)
+    if len(_plans) >= 16:
+        _plans.clear()
+    _plans[id(bins)] = plan
+    return plan
 
 
 def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, inverse_temperature, offset, n_bins,
@@ -462,13 +527,12 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
 
     A batch of at most one top-label chunk is one call of one serial jitted function (no threading layer,
     no lock, no array returned to Python); a larger one runs ``top_label_stats`` and ``stream_accumulate``
-    one after the other (threaded). Both give the sums of the two separate calls, bit for bit. The checks
-    here are the cheap ones of every call (a streaming update is often a few rows): the arguments'
-    types and shapes; the values are checked by the kernels.
+    one after the other (threaded). Both give the sums of the two separate calls, bit for bit. The batch's
+    types and shapes are checked on every call (its values by the kernels); the configuration and the state
+    arrays once per stream (:func:`_plan`, again when an array is replaced).
     """
-    if n_bins < 1 or not 0 <= fine_bits <= 20 or not 1 <= fine_levels <= 1000 or n_boot < 0 or classwise_bins < 0:
-        raise ValueError("invalid streaming configuration")
-    if scores.dtype not in _FLOAT_DTYPES:
+    dtype = scores.dtype
+    if dtype not in _FLOAT_DTYPES:
         check_float_dtype(scores, "scores")  # raises the TypeError naming the dtype
     if scores.ndim != 2 or scores.shape[1] < 1:
         raise ValueError("scores must be 2-D with at least one column")
@@ -486,63 +550,36 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
         if sample_weight.dtype != _F64 or sample_weight.shape != (N,):
             raise ValueError("sample_weight must be a 1-D float64 array of length N")
         weights, has_w = sample_weight, True
-    R = 2 * (fine_levels << fine_bits)
-    if not _states_ok(bins, n_bins, fine, R, boot, n_boot, totals):
-        _state(bins, "bins", (4, n_bins))
-        _state(fine, "fine", (5, R))
-        _state(boot, "boot", (n_boot, 3, n_bins))
-        _state(totals, "totals", (6,))
-    has_sq = squares is not None
-    if has_sq:
-        if not _state_ok(squares, (2, n_bins)):
-            _state(squares, "squares", (2, n_bins))
-        sq_state = squares
-    else:
-        sq_state = _NO_SQUARES
-    cw_M = int(classwise_bins)
-    if cw_M > 0:
-        if not _state_ok(classwise, (3, K, cw_M)):
-            _state(classwise, "classwise", (3, K, cw_M))
-        cw_state = classwise
-        cw_inners, cw_uniform, cw_upper = _cached_classwise(K, cw_M)
-        chunk = max(64 * cw_M, CHUNK_ELEMENTS // K)  # rows_per_chunk of the top-label driver
-    else:
-        if classwise is not None:
-            raise ValueError("classwise needs classwise_bins >= 1")
-        cw_state = _NO_CLASSWISE
-        cw_inners, cw_uniform, cw_upper = _NO_SPEC
-        chunk = max(1, CHUNK_ELEMENTS // K)
     if (smooth_grid_sizes is None) != (smooth is None):
         raise ValueError("smooth_grid_sizes and smooth must be given together")
-    has_sm = smooth is not None
-    if has_sm:
-        sm_sizes, sm_offsets, n_cells = _cached_grids(smooth_grid_sizes)
-        if not _state_ok(smooth, (n_cells, 2)):
-            _state(smooth, "smooth", (n_cells, 2))
-        sm_state = smooth
-    else:
-        sm_sizes, sm_offsets, sm_state = _NO_SIZES, _NO_SIZES, _NO_SMOOTH
-    if has_sm and from_logits and K < SHORT_ROW:
+    if smooth is not None and from_logits and K < SHORT_ROW:
         # logit rows shorter than SHORT_ROW: the top-label pass and smooth_grid sum their exponentials in
         # different orders (and precisions): their grid sums keep their own pass (as stream.hpp)
+        n_cells = _cached_grids(smooth_grid_sizes)[2]
+        if not _state_ok(smooth, (n_cells, 2)):
+            _state(smooth, "smooth", (n_cells, 2))
         st = stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, inverse_temperature, offset,
                               n_bins, fine_bits, fine_levels, n_boot, seed, bins, fine, boot, totals, classwise_bins,
                               classwise, squares)
         if st[0] == OK:
             smooth += smooth_grid(scores, labels, sample_weight, True, smooth_grid_sizes, False, inv_t)["grid"]
         return st
-    if N <= chunk:
+    grids = None if smooth is None else _cached_grids(smooth_grid_sizes)
+    plan = _plans.get(id(bins))
+    if (plan is None or plan[0] is not bins or plan[1] is not fine or plan[2] is not boot or plan[3] is not totals
+            or plan[4] is not squares or plan[5] is not classwise or plan[6] is not grids or plan[7] is not smooth
+            or plan[8] != (n_bins, fine_bits, fine_levels, n_boot, classwise_bins, K)):
+        plan = _plan(n_bins, fine_bits, fine_levels, n_boot, K, classwise_bins, bins, fine, boot, totals, classwise,
+                     squares, grids, smooth)
+    if N <= plan[9]:
         # float32 / float16 logit rows of at least SHORT_ROW elements: the single-precision path, as in
         # binning.top_label_stats
-        single = bool(from_logits) and K >= SHORT_ROW and scores.dtype != _F64
-        return _top_label_small(scores.view(np.uint16) if scores.dtype == _F16 else scores, labels, weights, has_w,
-                                bool(from_logits), single, float(nll_eps), inv_t, HALF_TABLE, cw_M, cw_inners,
-                                cw_uniform, cw_upper, offset if type(offset) is int and 0 <= offset < _I63 else _int64_bits(offset),
-                                _cached_inner(n_bins), int(n_bins), int(fine_bits),
-                                int(fine_levels), int(n_boot),
-                                seed if type(seed) is int and 0 <= seed < _I63 else _int64_bits(seed), POISSON1_CDF, bins,
-                                fine, boot, totals, cw_state, sq_state, has_sq, sm_sizes, sm_offsets, sm_state,
-                                has_sm)
+        logits = bool(from_logits)
+        return plan[11](scores.view(np.uint16) if dtype == _F16 else scores, labels, weights, has_w, logits,
+                        logits and K >= SHORT_ROW and dtype != _F64, float(nll_eps), inv_t,
+                        offset if type(offset) is int and 0 <= offset < _I63 else _int64_bits(offset),
+                        seed if type(seed) is int and 0 <= seed < _I63 else _int64_bits(seed), *plan[12])
+    cw_M = plan[10]
     flat_totals = totals.reshape(-1)
     conf = np.empty(N)
     correct = np.empty(N, np.uint8)
@@ -554,9 +591,9 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
                            fine, boot, squares)
     if st[0] != OK:
         return st
-    if has_sm:  # the smooth grid sums from the rows' summaries, in smooth_grid's chunks (the scores are not read again)
-        weights = _NO_WEIGHTS if sample_weight is None else sample_weight
-        cells, _, st = run_locked(_smooth_driver, conf[:, None], correct, weights, sample_weight is not None, True,
+    if smooth is not None:  # the smooth grid sums from the rows' summaries, in smooth_grid's chunks (the scores are not read again)
+        sm_sizes, sm_offsets, n_cells = grids
+        cells, _, st = run_locked(_smooth_driver, conf[:, None], correct, weights, has_w, True,
                                   False, False, 1.0, sm_sizes, sm_offsets, n_cells, 2,
                                   max(1, max(CHUNK_ELEMENTS, 32 * n_cells) // K), HALF_TABLE,
                                   N * K >= MIN_PARALLEL_ELEMENTS)
