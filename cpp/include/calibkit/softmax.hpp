@@ -188,12 +188,17 @@ CALIBKIT_INLINE bool temperature_row(const Matrix<T>& s, const simd::TailMask<V>
 // S_j = sum_k e^{t_k} t_k^j (j = 0..5) of a loaded float row, t = max(bf (z - shift), -87)
 // in float, one exp_f32 per element; float partial sums flushed into double every
 // kFlushOctets octets (as softmax_sums_f in uncertainty.hpp). Returns min bf (z - shift) (before the clamp).
+// The exps of kTemperatureBlock octets are computed in lockstep (exp_f32_n: the same bits as one at a time,
+// several dependency chains side by side), then added octet by octet in order: the same sums.
+constexpr int64_t kTemperatureBlock = 8;  // a divisor of kFlushOctets: a block never straddles a flush
+
 template <class V>
 CALIBKIT_INLINE float temperature_sums_f(const float* row, int64_t K, const PadMaskF<V>& pad, float bf,
                                          float shift_f, double* S) {
     using namespace simd;
     typedef typename V::fw F;
-    constexpr int G = kFloatGroups<V>;
+    constexpr int G = kFloatGroups<V>, U = static_cast<int>(kTemperatureBlock);
+    static_assert(kFlushOctets % kTemperatureBlock == 0, "blocks do not straddle a flush");
     const F zero = splat_f<F>(0.0f), shift = splat_f<F>(shift_f), scale = splat_f<F>(bf);
     const F lowest = splat_f<F>(kExpMinF);
     Octet<V> acc[6];
@@ -203,28 +208,48 @@ CALIBKIT_INLINE float temperature_sums_f(const float* row, int64_t K, const PadM
         for (int g = 0; g < Octet<V>::n; ++g) acc[j].v[g] = splat<typename V::d>(0.0);
         for (int g = 0; g < G; ++g) p[j][g] = zero;
     }
-    const int64_t n = padded_length(K);
-    for (int64_t k = 0, octet = 1; k < n; k += 8, ++octet) {
-        const bool last = k == pad.last;
-        for (int g = 0; g < G; ++g) {
-            F t = scale * (flanes_at<V>(row + k + g * 2 * V::width) - shift);
-            if (last) t = select_f(pad.valid[g], t, zero);
-            lo[g] = vmin(t, lo[g]);
-            t = vmax(t, lowest);
-            F e = exp_f32<V>(t);
-            if (last) e = select_f(pad.valid[g], e, zero);
-            const F e1 = e * t, e2 = e1 * t, e3 = e2 * t;
-            p[0][g] += e;
-            p[1][g] += e1;
-            p[2][g] += e2;
-            p[3][g] += e3;
-            const F e4 = e3 * t;
-            p[4][g] += e4;
-            p[5][g] += e4 * t;
+    // One block of octets from k0 (u_end of them); Masked: the block holds the last octet, whose padding lanes
+    // take t = 0 and add e = 0 (the blocks before it need no select).
+    const auto block = [&](auto masked, int64_t k0, int u_end) {
+        constexpr bool Masked = decltype(masked)::value;
+        F t[U * G], e[U * G];
+        for (int u = 0; u < u_end; ++u) {
+            const int64_t k = k0 + 8 * u;
+            for (int g = 0; g < G; ++g) {
+                F v = scale * (flanes_at<V>(row + k + g * 2 * V::width) - shift);
+                if (Masked && k == pad.last) v = select_f(pad.valid[g], v, zero);
+                lo[g] = vmin(v, lo[g]);
+                v = vmax(v, lowest);
+                t[u * G + g] = e[u * G + g] = v;
+            }
         }
-        if (octet % kFlushOctets == 0 || last)
-            for (int j = 0; j < 6; ++j) flush<V>(acc[j], p[j]);
-    }
+        for (int u = u_end; u < U; ++u)
+            for (int g = 0; g < G; ++g) e[u * G + g] = zero;  // past the row: computed, not used
+        exp_f32_n<V, U * G>(e);
+        for (int u = 0; u < u_end; ++u) {
+            const int64_t k = k0 + 8 * u;
+            const bool last = Masked && k == pad.last;
+            for (int g = 0; g < G; ++g) {
+                const F tt = t[u * G + g];
+                F e0 = e[u * G + g];
+                if (last) e0 = select_f(pad.valid[g], e0, zero);
+                const F e1 = e0 * tt, e2 = e1 * tt, e3 = e2 * tt;
+                p[0][g] += e0;
+                p[1][g] += e1;
+                p[2][g] += e2;
+                p[3][g] += e3;
+                const F e4 = e3 * tt;
+                p[4][g] += e4;
+                p[5][g] += e4 * tt;
+            }
+            if ((k / 8 + 1) % kFlushOctets == 0 || last)
+                for (int j = 0; j < 6; ++j) flush<V>(acc[j], p[j]);
+        }
+    };
+    const int64_t n = padded_length(K);
+    int64_t k0 = 0;
+    for (; k0 + 8 * U <= pad.last; k0 += 8 * U) block(std::false_type(), k0, U);
+    for (; k0 < n; k0 += 8 * U) block(std::true_type(), k0, static_cast<int>(std::min<int64_t>(U, (n - k0) / 8)));
     for (int j = 0; j < 6; ++j) S[j] = octet_sum(acc[j]);
     float m = 0.0f;
     for (int g = 0; g < G; ++g)
