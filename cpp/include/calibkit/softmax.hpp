@@ -185,6 +185,20 @@ CALIBKIT_INLINE bool temperature_row(const Matrix<T>& s, const simd::TailMask<V>
     return true;
 }
 
+// p[j][g] += e t^j (j = 0..5), the powers taken by successive products (the float partial sums of the
+// temperature kernels' S_j).
+template <class F, int G>
+CALIBKIT_INLINE void add_powers_f(F (&p)[6][G], int g, F e0, F t) {
+    const F e1 = e0 * t, e2 = e1 * t, e3 = e2 * t;
+    p[0][g] += e0;
+    p[1][g] += e1;
+    p[2][g] += e2;
+    p[3][g] += e3;
+    const F e4 = e3 * t;
+    p[4][g] += e4;
+    p[5][g] += e4 * t;
+}
+
 // S_j = sum_k e^{t_k} t_k^j (j = 0..5) of a loaded float row, t = max(bf (z - shift), -87)
 // in float, one exp_f32 per element; float partial sums flushed into double every
 // kFlushOctets octets (as softmax_sums_f in uncertainty.hpp). Returns min bf (z - shift) (before the clamp).
@@ -230,17 +244,9 @@ CALIBKIT_INLINE float temperature_sums_f(const float* row, int64_t K, const PadM
             const int64_t k = k0 + 8 * u;
             const bool last = Masked && k == pad.last;
             for (int g = 0; g < G; ++g) {
-                const F tt = t[u * G + g];
                 F e0 = e[u * G + g];
                 if (last) e0 = select_f(pad.valid[g], e0, zero);
-                const F e1 = e0 * tt, e2 = e1 * tt, e3 = e2 * tt;
-                p[0][g] += e0;
-                p[1][g] += e1;
-                p[2][g] += e2;
-                p[3][g] += e3;
-                const F e4 = e3 * tt;
-                p[4][g] += e4;
-                p[5][g] += e4 * tt;
+                add_powers_f(p, g, e0, t[u * G + g]);
             }
             if ((k / 8 + 1) % kFlushOctets == 0 || last)
                 for (int j = 0; j < 6; ++j) flush<V>(acc[j], p[j]);
@@ -323,17 +329,7 @@ CALIBKIT_INLINE void temperature_dense_rows_f(const float* buf, int64_t K, float
             exp_f32_n<V, U * G>(e);
             for (int u = 0; u < U && o0 + u < n_oct; ++u) {
                 if ((o0 + u) * 8 + l < K) {
-                    for (int g = 0; g < G; ++g) {
-                        const F tt = t[u * G + g], e0 = e[u * G + g];
-                        const F e1 = e0 * tt, e2 = e1 * tt, e3 = e2 * tt;
-                        p[0][g] += e0;
-                        p[1][g] += e1;
-                        p[2][g] += e2;
-                        p[3][g] += e3;
-                        const F e4 = e3 * tt;
-                        p[4][g] += e4;
-                        p[5][g] += e4 * tt;
-                    }
+                    for (int g = 0; g < G; ++g) add_powers_f(p, g, e[u * G + g], t[u * G + g]);
                 }
                 if ((o0 + u + 1) % kFlushOctets == 0 || o0 + u == n_oct - 1)
                     for (int j = 0; j < 6; ++j)

@@ -86,6 +86,28 @@ def fine_bin(c, bits, levels):
     return size - 1 - fine_rank(1.0 - c, bits, levels)
 
 
+@numba.njit(inline="always", **JIT)
+def _add_row(c, y, w, inner, fine_bits, fine_levels, M, R, bins, fine, sq, has_sq):
+    """add_stream_row: one checked row (confidence c, target y, weight w) into the bins, the fine sums and, with
+    has_sq, the squares sum w^2 and sum w^2 c (1 - c) per bin (w = 1 gives the same bits). Returns its bin."""
+    b = find_bin(c, inner, True)
+    f = fine_bin(c, fine_bits, fine_levels)
+    bins[b] += 1.0
+    bins[M + b] += w
+    bins[2 * M + b] += w * c
+    bins[3 * M + b] += w * y
+    fine[f] += 1.0
+    fine[R + f] += w
+    fine[2 * R + f] += w * c
+    fine[3 * R + f] += w * y
+    fine[4 * R + f] += w * abs(y - c)
+    if has_sq:
+        ww = w * w
+        sq[b] += ww
+        sq[M + b] += ww * (c * (1.0 - c))
+    return b
+
+
 @numba.njit(**JIT)
 def _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
            begin, end, bins, fine, boot, st, sq, has_sq):
@@ -104,21 +126,7 @@ def _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_
             merge_status(st, PROBABILITY_OUT_OF_RANGE if is_finite(c) else SCORE_NOT_FINITE, i, -1, c)
             continue
         y = float(t)
-        b = find_bin(c, inner, True)
-        f = fine_bin(c, fine_bits, fine_levels)
-        bins[b] += 1.0
-        bins[M + b] += w
-        bins[2 * M + b] += w * c
-        bins[3 * M + b] += w * y
-        fine[f] += 1.0
-        fine[R + f] += w
-        fine[2 * R + f] += w * c
-        fine[3 * R + f] += w * y
-        fine[4 * R + f] += w * abs(y - c)
-        if has_sq:  # sum w^2 and sum w^2 c (1 - c) per bin (as add_stream_row: w = 1 gives the same bits)
-            ww = w * w
-            sq[b] += ww
-            sq[M + b] += ww * (c * (1.0 - c))
+        b = _add_row(c, y, w, inner, fine_bits, fine_levels, M, R, bins, fine, sq, has_sq)
         if n_boot > 0:
             _boot_row(seed, offset + np.uint64(i), n_boot, M, b, c, y, w, cdf, boot)
 
@@ -151,21 +159,7 @@ def _checked_rows(conf, target, weights, has_w, inner, n_bins, fine_bits, fine_l
         c = conf[i]
         y = float(target[i])
         w = weights[i] if has_w else 1.0
-        b = find_bin(c, inner, True)
-        f = fine_bin(c, fine_bits, fine_levels)
-        bins[b] += 1.0
-        bins[M + b] += w
-        bins[2 * M + b] += w * c
-        bins[3 * M + b] += w * y
-        fine[f] += 1.0
-        fine[R + f] += w
-        fine[2 * R + f] += w * c
-        fine[3 * R + f] += w * y
-        fine[4 * R + f] += w * abs(y - c)
-        if has_sq:
-            ww = w * w
-            sq[b] += ww
-            sq[M + b] += ww * (c * (1.0 - c))
+        _add_row(c, y, w, inner, fine_bits, fine_levels, M, R, bins, fine, sq, has_sq)
 
 
 @numba.njit(**JIT)
