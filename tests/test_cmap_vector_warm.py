@@ -44,13 +44,13 @@ def reference(z, y, w, reg):
     return res, f
 
 
-# n >= 2 * max(_WARM_START_ROWS, 128 K): the warm-started path
+# n >= 2 * max(_VECTOR_WARM_ROWS, 128 K): the warm-started path
 CASES = [(40_000, 8, 0.0, False), (36_000, 12, 0.05, True)]
 
 
 @pytest.mark.parametrize("n, k, reg, weighted", CASES)
 def test_warm_start_reaches_the_independent_optimum(backend, n, k, reg, weighted):
-    assert n // max(scaling._WARM_START_ROWS, scaling._WARM_START_ROWS_PER_CLASS * k) >= 2
+    assert n // max(scaling._VECTOR_WARM_ROWS, scaling._VECTOR_WARM_ROWS_PER_CLASS * k) >= 2
     z, y = problem(n + k, n, k)
     w = np.random.default_rng(k).random(n) + 0.1 if weighted else None
     vs = VectorScaling(reg=reg, backend=backend).fit(z, y, sample_weight=w)

@@ -35,13 +35,13 @@ _WARM_START_REFINE_ROWS = 12_288
 # trusts a difference of two values (and tests the decrease on the gradients instead).
 _F_ROUNDING = 1e-11
 # Vector scaling with at most _FULL_CURVATURE_CLASSES classes starts from its fit on every m-th row, m the stride
-# leaving at least _WARM_START_ROWS rows and _WARM_START_ROWS_PER_CLASS per class, to a gradient of
-# _WARM_START_GTOL (in (a, c)); all rows' fit is then preconditioned by the Hessian there with the classes coupled
+# leaving at least _VECTOR_WARM_ROWS rows and _VECTOR_WARM_ROWS_PER_CLASS per class, to a gradient of
+# _VECTOR_WARM_GTOL (in (a, c)); all rows' fit is then preconditioned by the Hessian there with the classes coupled
 # (its cost grows as K^2 per curvature row).
 _FULL_CURVATURE_CLASSES = 128
-_WARM_START_ROWS = 16_384
-_WARM_START_ROWS_PER_CLASS = 128
-_WARM_START_GTOL = 1e-5
+_VECTOR_WARM_ROWS = 16_384
+_VECTOR_WARM_ROWS_PER_CLASS = 128
+_VECTOR_WARM_GTOL = 1e-5
 # Vector scaling is preconditioned by the curvature of about this many rows (every m-th row).
 _PRECONDITION_ROWS = 4096
 
@@ -978,13 +978,13 @@ class VectorScaling(_LogitCalibrator):
         curvature = sample(max(1, n // _PRECONDITION_ROWS))
         pre = _BlockCurvature(*self._preconditioner(curvature[0], curvature[2], x0))
         start = x0
-        stride = n // max(_WARM_START_ROWS, _WARM_START_ROWS_PER_CLASS * n_classes)
+        stride = n // max(_VECTOR_WARM_ROWS, _VECTOR_WARM_ROWS_PER_CLASS * n_classes)
         if stride >= 2 and n_classes <= _FULL_CURVATURE_CLASSES:
             # Warm start: the fit on every stride-th row to a looser gradient, then the full curvature there
             # (all classes coupled: the Hessian of the curvature sample) as the preconditioner of all rows' fit.
             zs, ys, ws = sample(stride)
             warm = _lbfgs(pre.wrap(lambda x: self._objective(x, k, zs, ys, ws)), pre.coordinates(start),
-                          gtol=_WARM_START_GTOL / pre.norm, ftol=1e-14, maxiter=self.max_iter)
+                          gtol=_VECTOR_WARM_GTOL / pre.norm, ftol=1e-14, maxiter=self.max_iter)
             start = pre.params(warm.x)
             h = self._hessian(curvature[0], curvature[2], start)
             if np.isfinite(h).all():  # else (z^2 overflows: |z| > 1e154) the block preconditioner goes on
