@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from . import _backend
 from ._typing import ArrayLike, BoolArray, StrPath
 
 if TYPE_CHECKING:
@@ -336,6 +337,8 @@ _preadv = _libc_preadv()
 # a scratch buffer: copying 32 KB from the page cache costs about one read call.
 _MERGE_BYTES = 32 << 10
 _IOV_MAX = 1024  # buffers per scatter read (the POSIX minimum of IOV_MAX is 16; Linux and macOS allow 1024)
+# Dump.take reads its rows in parts of at least this many bytes, one thread per part (calibkit.get_num_threads()).
+_PART_BYTES = DEFAULT_CHUNK_BYTES
 
 
 class SplitBlock(NamedTuple):
@@ -441,14 +444,39 @@ class _RowFile:
         self._read_iov(iov, a)
         return kept, (held_out if keep_held else None)
 
-    def read_runs(self, mask, out):
+    def read_runs(self, mask, out, threads=1):
         """The rows where the bool array ``mask`` (over the whole file) is True, read into ``out`` (their count
         of rows, in order). Runs of selected rows closer than ``_MERGE_BYTES`` are read by one scatter read, the
         rows between them into a scratch buffer (a read costs about as much as copying that many bytes);
-        farther ones by a read of their own. No row beyond the last selected one is read."""
+        farther ones by a read of their own. No row beyond the last selected one is read.
+
+        With ``threads`` > 1 the selected rows are cut into up to that many parts of about equal size (at least
+        ``_PART_BYTES`` each), read at once, each by its own thread into its slice of ``out`` (positioned reads
+        share no file position): the copies out of the page cache and the first touch of ``out``'s fresh pages
+        run in parallel. The same bytes land in the same places whatever the thread count; an error in a
+        part is raised in the caller."""
+        n = len(out)
+        if int(np.count_nonzero(mask)) != n:
+            raise RuntimeError("calibkit internal error: the rows to read do not fill their buffer")
+        parts = max(1, min(int(threads), n, out.nbytes // _PART_BYTES))
+        if parts == 1:
+            self._read_part(mask, out, 0)
+            return
+        at = [n * p // parts for p in range(parts + 1)]  # part p: out[at[p]:at[p + 1]], file rows cuts[p]..
+        rows = np.flatnonzero(mask)
+        cuts = [0] + [int(rows[a]) for a in at[1:-1]] + [len(mask)]
+        with ThreadPoolExecutor(parts - 1, thread_name_prefix="calibkit-read") as pool:
+            pending = [pool.submit(self._read_part, mask[cuts[p]:cuts[p + 1]], out[at[p]:at[p + 1]], cuts[p])
+                       for p in range(1, parts)]
+            self._read_part(mask[:cuts[1]], out[:at[1]], 0)
+            for f in pending:
+                f.result()
+
+    def _read_part(self, mask, out, row0):
+        """:meth:`read_runs` of one part: the rows ``row0 + i`` where ``mask[i]``, into ``out`` (their count)."""
         rb = self.row_bytes
         m = np.concatenate(([False], mask, [False])).view(np.int8)
-        edges = np.flatnonzero(m[1:] != m[:-1])
+        edges = np.flatnonzero(m[1:] != m[:-1]) + row0
         starts, stops = edges[0::2], edges[1::2]
         if int((stops - starts).sum()) != len(out):
             raise RuntimeError("calibkit internal error: the rows to read do not fill their buffer")
@@ -483,6 +511,7 @@ class _RowFile:
         for i, j, a, nbytes in zip(at.tolist(), to.tolist(), starts[first].tolist(), span.tolist()):
             if j - i > _IOV_MAX or _preadv(fd, base + 16 * i, j - i, self.offset + a * rb) != nbytes:
                 self._read_iov(iov[i:j].copy(), a)  # a long group, a short read or an error: the careful way
+
     def _read_iov(self, iov, a):
         """Fill the (address, length) iovecs ``iov`` (uint64 (n, 2), consumed) from the file from row ``a``."""
         pos = self.offset + a * self.row_bytes
@@ -673,7 +702,8 @@ class Dump:
 
     def take(self, mask: ArrayLike, chunk_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The rows where ``mask`` (bool, (N,)) is True, gathered chunk by chunk into one array (a file's rows are
-        read straight into it, with no block in between)."""
+        read straight into it, with no block in between, in parts read at once by up to
+        :func:`calibkit.get_num_threads` threads)."""
         self._need_labels()
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (self.n_rows,):
@@ -690,9 +720,7 @@ class Dump:
             with f:
                 if n == self.n_rows:
                     f.advise_sequential(0, n)
-                    f._read_into([memoryview(scores).cast("B")], 0)
-                else:
-                    f.read_runs(mask, scores)
+                f.read_runs(mask, scores, _backend.get_num_threads())
             labels[:] = np.asarray(self.labels[:])[mask] if n < self.n_rows else np.asarray(self.labels[:n])
             return scores, labels
         for blk in self.split_chunks(~mask, chunk_rows, held=False):
