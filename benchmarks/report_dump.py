@@ -1,14 +1,16 @@
 """`calibkit report` on a large memory-mapped dump: peak resident memory and wall time against one read.
 
     python benchmarks/report_dump.py [--rows 1000000] [--classes 1000] [--dir /tmp/calibkit-dump] [--repeat 3]
+    python benchmarks/report_dump.py --stages LOGITS.npy LABELS.npy [--repeat 3]   # only the stage table
 
 Writes (once) a float32 logits .npy of rows x classes (4 GB at the defaults) and its labels, warms the
 page cache, then measures in the same run:
   - one plain read of the file from page cache (`cat`, and calibkit.io's chunked reads),
   - `calibkit report DUMP --labels L --val-fraction 0.1 --calibrate temperature` under /usr/bin/time -v
     (wall time and maximum resident set size; the median and the largest over --repeat runs),
-  - where that time goes (in this process): reading the validation rows, the fit, the one pass over the
-    evaluation rows (raw and calibrated metrics), and the calibrated kernel alone on that pass's rows.
+  - where that time goes, for each backend (the fastest of --repeat runs): the wall and CPU time (all threads)
+    of each stage of the command, from the interpreter's start to its exit (start-up, imports, opening the
+    dump, reading the validation rows, the fit, the pass over the evaluation rows, the output).
 """
 
 from __future__ import annotations
@@ -54,30 +56,75 @@ def run_report(path, labels):
     return proc.stdout, seconds, rss
 
 
-def breakdown(dump):
-    """Seconds of: reading the validation rows, the fit, the pass (raw and calibrated metrics), and the calibrated
-    kernel alone over the pass's rows (from memory)."""
-    from calibkit import io, report
-    from calibkit.streaming import CalibrationAccumulator
+# `calibkit report` in a child process, a mark (wall clock, CPU time of the process) where each stage ends: the
+# report's stage hook marks the end of one stage and the start of the next. The parent adds the interpreter's
+# start-up (from its spawn) and exit (to its wait) around the child's marks.
+_STAGED_CHILD = r"""
+import json, resource, sys, time
+def end(name):
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    marks.append((name, time.time(), ru.ru_utime + ru.ru_stime))
+marks = []
+end("python start-up")
+out, argv = sys.argv[1], sys.argv[2:]
+import numpy
+end("import numpy")
+import calibkit.cli as cli
+from calibkit import report
+end("import calibkit.cli")
+run, current = report.report, ["report: checks"]
+def hooked(*args, **kwargs):
+    end("arguments, open the dump, split mask")
+    result = run(*args, **kwargs)
+    end(current[0] + " (and the results)")
+    return result
+def staged(quiet, what, unit="rows"):
+    def stage(name, rows):
+        end(current[0])
+        current[0] = name
+    return None, stage, lambda: None
+report.report, cli._staged_progress = hooked, staged
+sys.argv[1:] = argv
+try:
+    if hasattr(cli, "run"):
+        cli.run()  # as the command runs: main(), then the exit
+    raise SystemExit(cli.main())  # a checkout from before cli.run
+finally:
+    end("format, write the JSON")
+    with open(out, "w") as f:
+        json.dump(marks, f)
+"""
 
-    mask = io.split_mask(dump.n_rows, 0.1)
-    marks = []
-    result = report.report(dump, val_mask=mask, methods=["temperature"],
-                           stage=lambda name, rows: marks.append((name.split(":")[0], time.perf_counter())))
-    marks.append(("end", time.perf_counter()))
-    spans = {name: t1 - t0 for (name, t0), (_, t1) in zip(marks, marks[1:])}
-    kernel = 0.0
-    temperature = result["rows"]["temperature"]["params"]["temperature_"]
-    acc = CalibrationAccumulator(15, from_logits=True, temperature=temperature, classwise=True,
-                                 n_classes=dump.n_classes)
-    for a, s, y in dump.chunks():
-        kept = ~mask[a:a + len(y)]
-        s, y = s[kept], y[kept]
-        t = time.perf_counter()
-        acc.update(s, y)
-        kernel += time.perf_counter() - t
-    return {"validation rows": spans["pass 1/2"], "fit": spans["fit 1/1"], "pass": spans["pass 2/2"],
-            "calibrated kernel alone (the pass's rows)": kernel}
+
+def stage_times(path, labels, backend, args=("--val-fraction", "0.1", "--calibrate", "temperature")):
+    """``[(stage, wall seconds, CPU seconds)]`` of one ``calibkit report`` command: Python start-up, imports,
+    opening the dump, each stage the report names (the validation rows, each fit, the pass), the output and the
+    interpreter's exit. CPU time is that of all the process's threads (more than the wall time where a stage
+    runs on several)."""
+    import json
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="calibkit-stages-") as tmp:
+        marks_file = os.path.join(tmp, "marks.json")
+        cmd = [sys.executable, "-c", _STAGED_CHILD, marks_file, "report", str(path), "--labels", str(labels),
+               *args, "--backend", backend, "--json", os.path.join(tmp, "out.json"), "--quiet"]
+        t0 = time.time()
+        # with Python's bytecode caches, as an installed user's command runs (see workloads_report.py)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        t1 = time.time()
+        if os.waitstatus_to_exitcode(status):
+            raise RuntimeError(f"calibkit report exited {os.waitstatus_to_exitcode(status)}")
+        with open(marks_file) as f:
+            marks = json.load(f)
+    marks.append(("interpreter exit", t1, usage.ru_utime + usage.ru_stime))
+    out, wall0, cpu0 = [], t0, 0.0
+    for name, wall, cpu in marks:
+        out.append((name, wall - wall0, cpu - cpu0))
+        wall0, cpu0 = wall, cpu
+    return out
 
 
 def main():
@@ -86,7 +133,12 @@ def main():
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--dir", default="/tmp/calibkit-dump")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--stages", nargs=2, metavar=("LOGITS", "LABELS"),
+                        help="only the stage table, of this .npy dump and its labels")
     args = parser.parse_args()
+    if args.stages:
+        print_stages(*args.stages, args.repeat)
+        return
     from calibkit import io
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -115,8 +167,17 @@ def main():
     print(f"one read from page cache (best of 3): cat {t_cat:.3f} s, calibkit.io chunks {t_read:.3f} s")
     print(f"calibkit report ({args.repeat} runs: {', '.join(f'{r[1]:.2f}' for r in runs)} s): median {wall:.2f} s "
           f"= {wall / t_read:.1f}x the chunked read ({wall / t_cat:.1f}x cat); peak RSS {rss:.0f} MiB")
-    parts = breakdown(dump)
-    print("in-process breakdown: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()))
+    print_stages(path, labels, args.repeat)
+
+
+def print_stages(path, labels, repeat):
+    for backend in ("cpp", "numba"):
+        stage_times(path, labels, backend)  # untimed: Numba's cache written, the bytecode compiled
+        runs = [stage_times(path, labels, backend) for _ in range(repeat)]
+        best = min(runs, key=lambda r: sum(w for _, w, _ in r))
+        print(f"stages of the fastest of {repeat} runs ({backend}): wall, CPU of all threads")
+        for name, wall, cpu in best + [("total", sum(r[1] for r in best), sum(r[2] for r in best))]:
+            print(f"  {name[:60]:<60} {wall * 1e3:8.1f} ms {cpu * 1e3:8.1f} ms")
 
 
 if __name__ == "__main__":
