@@ -43,7 +43,7 @@ def test_command_json_to_stdout_is_complete(capsys):
 
 
 @pytest.mark.parametrize("args, code", [(["report", "/nonexistent/dump.npy"], 2), (["report"], 2)])
-def test_command_exit_code_of_a_user_error(tmp_path, args, code):
+def test_command_exit_code_of_a_user_error(args, code):
     proc = _command(*args)
     assert proc.returncode == code
     assert proc.stderr.startswith("calibkit") and len(proc.stderr.strip().splitlines()) == 1
