@@ -64,7 +64,8 @@ def test_coarse_newton_then_one_taylor_step_on_a_finer_subsample(n):
 
 def test_the_warm_start_costs_a_tenth_of_a_pass_on_the_benchmark_shape(monkeypatch):
     """200k rows (K = 21: the same strides as the 200k x 1000 benchmark): the subsamples' passes add up to
-    about 0.1 of a full pass (they were 4 passes over every 16th row, 0.25, before the coarse level)."""
+    about 0.1 of a full pass (they were 4 passes over every 16th row, 0.25, before the coarse level; on the
+    benchmark's logits: 3 passes over 2,062 rows and one over 12,500)."""
     n = 200_000
     z, y = _logits(n, 21, seed=1)
     assert z.size >= scaling._WARM_START_ELEMENTS
@@ -125,8 +126,30 @@ def test_a_fine_subsample_without_weight_keeps_the_coarse_optimum():
 
     ts = TemperatureScaling(backend="cpp")
     start = ts._warm_start(lambda stride: sums if stride > 16 else None, 100_000)
-    alone, _, _, _ = ts._newton(sums)
+    alone, _, _, _ = ts._newton(sums, tol=scaling._WARM_START_COARSE_TOL)
     assert start == alone
+
+
+@pytest.mark.parametrize("k, scale, seed", [(2, 2.0, 0), (10, 3.0, 1), (100, 3.0, 2), (1000, 3.0, 3), (50, 8.0, 4)])
+def test_the_coarse_newton_stops_in_the_trust_region_near_its_optimum(k, scale, seed):
+    """Stopped once a step is within b / 8 (the quartic Taylor model's region), the coarse iteration is within
+    1e-4 of its own optimum (iterated to tol = 1e-7), in fewer passes; far less than the coarse optimum's distance
+    to the full one (about 1%), which the Taylor step on the finer subsample then closes."""
+    rng = np.random.default_rng(seed)
+    z = (scale * rng.standard_normal((2048, k))).astype(np.float32)
+    y = rng.integers(0, k, 2048)
+    z[np.arange(2048), y] += 4.0
+    for backend in BACKENDS:
+        kern = scaling._backend.kernels(backend)
+
+        def sums(b):
+            return scaling._temperature_sums(kern, z, y, None, b, None)
+
+        ts = TemperatureScaling(backend=backend)
+        loose, loose_passes, converged, _ = ts._newton(sums, tol=scaling._WARM_START_COARSE_TOL)
+        tight, tight_passes, _, _ = ts._newton(sums)
+        assert converged and loose_passes <= tight_passes
+        assert loose == pytest.approx(tight, rel=1e-4)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

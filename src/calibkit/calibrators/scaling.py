@@ -33,6 +33,10 @@ _WARM_START_ROWS = 4 * _WARM_START_SUB_ROWS
 # power of the distance). The Taylor step from the coarse subsample's optimum (a few % off) lands on the finer
 # subsample's optimum to far less than their distance to the full optimum (its error is O(step^5)).
 _WARM_START_REFINE_ROWS = 12_288
+# The coarse subsample's Newton iteration stops once a step is within the Taylor model's trust region (|d| <= b / 8,
+# _cubic_step): its target is the coarse optimum to O(d^5), far closer than that is to the finer subsample's, and
+# the Taylor step on the finer subsample follows anyway (one coarse pass fewer than iterating to ``tol``).
+_WARM_START_COARSE_TOL = 1 / 8
 # The relative rounding of an objective that is a sum over many rows, below which _lbfgs's line search no longer
 # trusts a difference of two values (and tests the decrease on the gradients instead).
 _F_ROUNDING = 1e-11
@@ -640,7 +644,7 @@ class TemperatureScaling(_LogitCalibrator):
 
     def _warm_start(self, sums_of, n):
         """The first b of the full fit of ``n`` rows: the optimum of every c-th row (c = n //
-        ``_WARM_START_SUB_ROWS`` >= 4), moved by one Taylor step on every m-th row (m = n //
+        ``_WARM_START_SUB_ROWS`` >= 4; Newton stopped at ``_WARM_START_COARSE_TOL``), moved by one Taylor step on every m-th row (m = n //
         ``_WARM_START_REFINE_ROWS`` within 2 to ``_WARM_START_STRIDE``; m < c). ``sums_of(stride)`` gives the sums
         function of every stride-th row, or None when its weights are all 0 (no start from a coarse subsample
         without weight; the coarse optimum itself from a fine one). None when no start is found (then the fit
@@ -651,7 +655,7 @@ class TemperatureScaling(_LogitCalibrator):
         try:
             with warnings.catch_warnings():  # the subsamples only give the start: their warnings are not the fit's
                 warnings.simplefilter("ignore")
-                start, _, _, _ = self._newton(sums)
+                start, _, _, _ = self._newton(sums, tol=max(self.tol, _WARM_START_COARSE_TOL))
                 # never every row (m >= 2: that would be a full pass), at most every 16th (the start is then
                 # within about a percent of the full optimum on any large input)
                 refine = sums_of(min(_WARM_START_STRIDE, max(2, n // _WARM_START_REFINE_ROWS)))
@@ -708,9 +712,11 @@ class TemperatureScaling(_LogitCalibrator):
         self.n_classes_ = int(n_classes)
         return self
 
-    def _newton(self, sums, start=None):
-        """The safeguarded Newton iteration: (b, passes, converged, degenerate)."""
+    def _newton(self, sums, start=None, tol=None):
+        """The safeguarded Newton iteration: (b, passes, converged, degenerate); ``tol`` (default ``self.tol``) as
+        that parameter."""
         t_min, t_max = self._check_params()
+        tol = self.tol if tol is None else tol
         b_min, b_max = 1.0 / t_max, 1.0 / t_min
         lo, hi = b_min, b_max  # bracket of b = 1/T
         b = min(max(1.0 if start is None else float(start), lo), hi)
@@ -734,14 +740,14 @@ class TemperatureScaling(_LogitCalibrator):
             newton, cubic = _step_target(g, h, s, b)
             if cubic is not None:
                 # A certified step ends the fit at once (the usual case after a warm start: one full pass).
-                if lo < newton < hi and _certified_error(s, cubic) <= self.tol * newton:
+                if lo < newton < hi and _certified_error(s, cubic) <= tol * newton:
                     b = newton
                     converged = True
                     break
             step = abs(newton - b)
             # Newton's error after a step of tol b is ~ (tol b)^2; the cubic model's after a step of
             # sqrt(tol) b is ~ (sqrt(tol) b)^4: the same bound, usually one full pass sooner.
-            if step <= self.tol * b or (cubic is not None and step <= math.sqrt(self.tol) * b * 1e-1):
+            if step <= tol * b or (cubic is not None and step <= math.sqrt(tol) * b * 1e-1):
                 b = min(max(newton, lo), hi)
                 converged = True
                 break
@@ -752,7 +758,7 @@ class TemperatureScaling(_LogitCalibrator):
                 b = b_max
             elif lo < newton < hi:
                 b = newton
-            elif hi - lo <= self.tol * lo:
+            elif hi - lo <= tol * lo:
                 converged = True
                 break
             elif newton >= hi == b_max and b != b_max:
