@@ -74,5 +74,5 @@ def test_a_refining_subsample_without_weight_keeps_the_first_start():
     start = ts._warm_start(sums_of, 20_000)
     z, y = _logits(2048, 8, seed=1)
     alone, _, _, _ = ts._newton(lambda b: scaling._temperature_sums(scaling._backend.kernels("cpp"), z, y, None, b,
-                                                                     None), tol=scaling._WARM_START_COARSE_TOL)
+                                                                     None), taylor_stop=True)
     assert len(calls) == 2 and start == alone

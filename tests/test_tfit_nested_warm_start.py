@@ -126,7 +126,7 @@ def test_a_fine_subsample_without_weight_keeps_the_coarse_optimum():
 
     ts = TemperatureScaling(backend="cpp")
     start = ts._warm_start(lambda stride: sums if stride > 16 else None, 100_000)
-    alone, _, _, _ = ts._newton(sums, tol=scaling._WARM_START_COARSE_TOL)
+    alone, _, _, _ = ts._newton(sums, taylor_stop=True)
     assert start == alone
 
 
@@ -146,7 +146,7 @@ def test_the_coarse_newton_stops_in_the_trust_region_near_its_optimum(k, scale, 
             return scaling._temperature_sums(kern, z, y, None, b, None)
 
         ts = TemperatureScaling(backend=backend)
-        loose, loose_passes, converged, _ = ts._newton(sums, tol=scaling._WARM_START_COARSE_TOL)
+        loose, loose_passes, converged, _ = ts._newton(sums, taylor_stop=True)
         tight, tight_passes, _, _ = ts._newton(sums)
         assert converged and loose_passes <= tight_passes
         assert loose == pytest.approx(tight, rel=1e-4)
@@ -163,3 +163,31 @@ def test_weights_zero_on_the_coarse_rows_fall_back_to_the_cold_fit(backend):
         lambda b: calibkit.temperature_nll(z, y, b, sample_weight=w, backend=backend), k)
     assert ts.n_passes_ == cold.n_passes_
     assert ts.temperature_ == pytest.approx(cold.temperature_, rel=1e-9)
+
+
+def test_a_far_coarse_optimum_takes_newton_steps_on_the_finer_subsample():
+    """Weak binary scores: the 2,048-row optimum is more than b / 8 from every 16th row's, so the finer
+    subsample takes Newton steps before its Taylor step, and the start is still that subsample's optimum."""
+    n = (1 << 21) + 1
+    rng = np.random.default_rng(2)
+    z = (0.5 * rng.standard_normal((n, 2))).astype(np.float32)
+    y = np.argmax(z.astype(np.float64) / 2.5 + rng.gumbel(size=(n, 2)), axis=1)
+    for backend in BACKENDS:
+        kern = scaling._backend.kernels(backend)
+        passes = []
+
+        def sums_of(stride):
+            passes.append([stride, 0])
+
+            def sums(b):
+                passes[-1][1] += 1
+                return scaling._temperature_sums(kern, z[::stride], y[::stride], None, b, None)
+            return sums
+
+        ts = TemperatureScaling(backend=backend)
+        start = ts._warm_start(sums_of, n)
+        (coarse, _), (fine, fine_passes) = passes
+        assert (coarse, fine) == (1024, 16) and fine_passes >= 2
+        own, _, _, _ = ts._newton(lambda b: scaling._temperature_sums(kern, z[::16], y[::16], None, b, None))
+        assert start == pytest.approx(own, rel=1e-6)
+        assert TemperatureScaling(backend=backend).fit(z, y).n_passes_ == 1

@@ -21,9 +21,9 @@ from ._base import (
 
 # Temperature fits of at least _WARM_START_ELEMENTS logits and _WARM_START_ROWS rows start from the fit of every
 # c-th row, c (>= 4) the stride leaving at least _WARM_START_SUB_ROWS rows (Newton from b = 1: several passes, each
-# over 1/c of the rows), moved by one Taylor step on every m-th row, m (2 to _WARM_START_STRIDE) the stride leaving
-# at least _WARM_START_REFINE_ROWS rows: one full pass from there instead of four from T = 1 (a 10% validation split
-# of a 2 GB K = 1000 dump holds 50,000 rows).
+# over 1/c of the rows), moved by (usually one) Taylor step on every m-th row, m (2 to _WARM_START_STRIDE) the
+# stride leaving at least _WARM_START_REFINE_ROWS rows: one full pass from there instead of four from T = 1 (a 10%
+# validation split of a 2 GB K = 1000 dump holds 50,000 rows).
 _WARM_START_ELEMENTS = 1 << 22
 _WARM_START_SUB_ROWS = 2048
 _WARM_START_STRIDE = 16
@@ -33,10 +33,6 @@ _WARM_START_ROWS = 4 * _WARM_START_SUB_ROWS
 # power of the distance). The Taylor step from the coarse subsample's optimum (a few % off) lands on the finer
 # subsample's optimum to far less than their distance to the full optimum (its error is O(step^5)).
 _WARM_START_REFINE_ROWS = 12_288
-# The coarse subsample's Newton iteration stops once a step is within the Taylor model's trust region (|d| <= b / 8,
-# _cubic_step): its target is the coarse optimum to O(d^5), far closer than that is to the finer subsample's, and
-# the Taylor step on the finer subsample follows anyway (one coarse pass fewer than iterating to ``tol``).
-_WARM_START_COARSE_TOL = 1 / 8
 # The relative rounding of an objective that is a sum over many rows, below which _lbfgs's line search no longer
 # trusts a difference of two values (and tests the decrease on the gradients instead).
 _F_ROUNDING = 1e-11
@@ -484,8 +480,8 @@ class TemperatureScaling(_LogitCalibrator):
     delta <= tol * b, so T is then within ``tol`` (relative) of the optimum
     of the computed NLL. On large inputs (at least 2^22 logits and 8,192 rows)
     Newton starts from the optimum of every c-th row (c >= 4 the stride
-    leaving at least 2,048 rows; a strided view, no copy), moved by one
-    Taylor step on every m-th row (m = 2 to 16 the stride leaving at least
+    leaving at least 2,048 rows; a strided view, no copy), moved by (usually
+    one) Taylor step on every m-th row (m = 2 to 16 the stride leaving at least
     12,288 rows), so the full pass starts within about a percent of the
     answer and its step is usually certified: 1 full pass (a second one only
     when the certificate fails; the subsamples' passes cost 1/c each and 1/m
@@ -644,8 +640,9 @@ class TemperatureScaling(_LogitCalibrator):
 
     def _warm_start(self, sums_of, n):
         """The first b of the full fit of ``n`` rows: the optimum of every c-th row (c = n //
-        ``_WARM_START_SUB_ROWS`` >= 4; Newton stopped at ``_WARM_START_COARSE_TOL``), moved by one Taylor step on every m-th row (m = n //
-        ``_WARM_START_REFINE_ROWS`` within 2 to ``_WARM_START_STRIDE``; m < c). ``sums_of(stride)`` gives the sums
+        ``_WARM_START_SUB_ROWS`` >= 4), then from there that of every m-th row (m = n // ``_WARM_START_REFINE_ROWS``
+        within 2 to ``_WARM_START_STRIDE``; m < c), both by Newton stopped at the first Taylor step (on the finer
+        subsample usually its first step). ``sums_of(stride)`` gives the sums
         function of every stride-th row, or None when its weights are all 0 (no start from a coarse subsample
         without weight; the coarse optimum itself from a fine one). None when no start is found (then the fit
         starts at b = 1)."""
@@ -655,27 +652,19 @@ class TemperatureScaling(_LogitCalibrator):
         try:
             with warnings.catch_warnings():  # the subsamples only give the start: their warnings are not the fit's
                 warnings.simplefilter("ignore")
-                start, _, _, _ = self._newton(sums, tol=max(self.tol, _WARM_START_COARSE_TOL))
+                # Both subsamples' iterations stop at their first Taylor step (|d| <= b / 8, _cubic_step): its
+                # target is the subsample's optimum to O(d^5), far closer than that is to the full optimum.
+                start, _, _, _ = self._newton(sums, taylor_stop=True)
                 # never every row (m >= 2: that would be a full pass), at most every 16th (the start is then
                 # within about a percent of the full optimum on any large input)
                 refine = sums_of(min(_WARM_START_STRIDE, max(2, n // _WARM_START_REFINE_ROWS)))
                 if refine is not None:
-                    start = self._taylor_move(refine(start), start)
+                    # from the coarse optimum: usually that one step; Newton steps first when the coarse optimum is
+                    # too far for the Taylor model (as 2,048 rows of weak binary scores can give)
+                    start, _, _, _ = self._newton(refine, start, taylor_stop=True)
         except BadElementError:  # the full pass names the bad element by its own row
             return None
         return start
-
-    def _taylor_move(self, s, b):
-        """b moved to :func:`_step_target` of the sums ``s`` at b, kept within ``bounds``; b itself when the
-        sums have no weight or the target is not finite."""
-        t_min, t_max = self._check_params()
-        w = s["weight"]
-        if not w > 0:
-            return b
-        moved, _ = _step_target(s["d1"] / w, s["d2"] / w, s, b)
-        if not math.isfinite(moved):
-            return b
-        return min(max(moved, 1.0 / t_max), 1.0 / t_min)
 
     def fit_from_sums(self, sums: Callable[[float], Mapping[str, float]], n_classes: int, *,
                       start: float | None = None) -> "TemperatureScaling":
@@ -712,11 +701,10 @@ class TemperatureScaling(_LogitCalibrator):
         self.n_classes_ = int(n_classes)
         return self
 
-    def _newton(self, sums, start=None, tol=None):
-        """The safeguarded Newton iteration: (b, passes, converged, degenerate); ``tol`` (default ``self.tol``) as
-        that parameter."""
+    def _newton(self, sums, start=None, taylor_stop=False):
+        """The safeguarded Newton iteration: (b, passes, converged, degenerate). ``taylor_stop``: end at the first
+        Taylor step, certified or not (the warm start's subsamples)."""
         t_min, t_max = self._check_params()
-        tol = self.tol if tol is None else tol
         b_min, b_max = 1.0 / t_max, 1.0 / t_min
         lo, hi = b_min, b_max  # bracket of b = 1/T
         b = min(max(1.0 if start is None else float(start), lo), hi)
@@ -740,14 +728,14 @@ class TemperatureScaling(_LogitCalibrator):
             newton, cubic = _step_target(g, h, s, b)
             if cubic is not None:
                 # A certified step ends the fit at once (the usual case after a warm start: one full pass).
-                if lo < newton < hi and _certified_error(s, cubic) <= tol * newton:
+                if lo < newton < hi and (taylor_stop or _certified_error(s, cubic) <= self.tol * newton):
                     b = newton
                     converged = True
                     break
             step = abs(newton - b)
             # Newton's error after a step of tol b is ~ (tol b)^2; the cubic model's after a step of
             # sqrt(tol) b is ~ (sqrt(tol) b)^4: the same bound, usually one full pass sooner.
-            if step <= tol * b or (cubic is not None and step <= math.sqrt(tol) * b * 1e-1):
+            if step <= self.tol * b or (cubic is not None and step <= math.sqrt(self.tol) * b * 1e-1):
                 b = min(max(newton, lo), hi)
                 converged = True
                 break
@@ -758,7 +746,7 @@ class TemperatureScaling(_LogitCalibrator):
                 b = b_max
             elif lo < newton < hi:
                 b = newton
-            elif hi - lo <= tol * lo:
+            elif hi - lo <= self.tol * lo:
                 converged = True
                 break
             elif newton >= hi == b_max and b != b_max:
