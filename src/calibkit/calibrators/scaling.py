@@ -20,16 +20,18 @@ from ._base import (
 
 
 # Temperature fits of at least _WARM_START_ELEMENTS logits and _WARM_START_ROWS rows start from the fit of every
-# stride-th row, the stride (4 to 16) leaving at least _WARM_START_SUB_ROWS rows: about one or two full passes from
-# there instead of four from T = 1 (a 10% validation split of a 2 GB K = 1000 dump holds 50,000 rows).
+# c-th row, c (>= 4) the stride leaving at least _WARM_START_SUB_ROWS rows (Newton from b = 1: several passes, each
+# over 1/c of the rows), moved by (usually one) Taylor step on every m-th row, m (2 to _WARM_START_STRIDE) the
+# stride leaving at least _WARM_START_REFINE_ROWS rows: one full pass from there instead of four from T = 1 (a 10%
+# validation split of a 2 GB K = 1000 dump holds 50,000 rows).
 _WARM_START_ELEMENTS = 1 << 22
 _WARM_START_SUB_ROWS = 2048
 _WARM_START_STRIDE = 16
 _WARM_START_ROWS = 4 * _WARM_START_SUB_ROWS
 # A subsample of fewer rows than this is too noisy a start for the full pass to certify its first step (the
 # optimum of 3,125 rows of a K = 1000 model is ~2% off that of all rows; the step's certificate grows as the fifth
-# power of the distance): its optimum is moved by one Taylor step on every m-th row, m the stride leaving at least
-# this many rows (one pass over 1/m of the rows instead of a second full pass).
+# power of the distance). The Taylor step from the coarse subsample's optimum (a few % off) lands on the finer
+# subsample's optimum to far less than their distance to the full optimum (its error is O(step^5)).
 _WARM_START_REFINE_ROWS = 12_288
 # The relative rounding of an objective that is a sum over many rows, below which _lbfgs's line search no longer
 # trusts a difference of two values (and tests the decrease on the gradients instead).
@@ -477,15 +479,15 @@ class TemperatureScaling(_LogitCalibrator):
     derivation is in ``_certified_error``). The fit stops as soon as
     delta <= tol * b, so T is then within ``tol`` (relative) of the optimum
     of the computed NLL. On large inputs (at least 2^22 logits and 8,192 rows)
-    Newton starts from the optimum of every s-th row (s = 4 to 16; a strided
-    view, no copy), moved by one Taylor step on every m-th row when those
-    are fewer than 12,288 (m the stride leaving at least that many), so the
-    full pass starts within about a percent of the answer and its step is
-    usually certified: 1 full pass (a second one only when the certificate
-    fails; the subsamples' passes cost 1/s and 1/m each and are not counted
-    in ``n_passes_``). Float32 / float16 logits are summed with a float exp
-    (see :func:`temperature_nll`); that moves the computed optimum by < 1e-8
-    relative. Dividing logits by T > 0 never changes the argmax (the predicted
+    Newton starts from the optimum of every c-th row (c >= 4 the stride
+    leaving at least 2,048 rows; a strided view, no copy), moved by (usually
+    one) Taylor step on every m-th row (m = 2 to 16 the stride leaving at least
+    12,288 rows), so the full pass starts within about a percent of the
+    answer and its step is usually certified: 1 full pass (a second one only
+    when the certificate fails; the subsamples' passes cost 1/c each and 1/m
+    and are not counted in ``n_passes_``). Float32 / float16 logits are
+    summed with a float exp (see :func:`temperature_nll`); that moves the
+    computed optimum by < 1e-8 relative. Dividing logits by T > 0 never changes the argmax (the predicted
     class).
 
     Parameters
@@ -637,38 +639,32 @@ class TemperatureScaling(_LogitCalibrator):
                                   start=start)
 
     def _warm_start(self, sums_of, n):
-        """The first b of the full fit of ``n`` rows: the optimum of every s-th row (s = 4 to 16, at least
-        ``_WARM_START_SUB_ROWS`` rows), moved by one Taylor step on every m-th row when that subsample holds fewer
-        than ``_WARM_START_REFINE_ROWS`` rows (m >= 2 the stride leaving at least that many, when below s).
-        ``sums_of(stride)`` gives the sums function of every stride-th row, or None when its weights are all 0.
-        None when no start is found (then the fit starts at b = 1)."""
-        stride = min(_WARM_START_STRIDE, n // _WARM_START_SUB_ROWS)
-        sums = sums_of(stride)
+        """The first b of the full fit of ``n`` rows: the optimum of every c-th row (c = n //
+        ``_WARM_START_SUB_ROWS`` >= 4), then from there that of every m-th row (m = n // ``_WARM_START_REFINE_ROWS``
+        within 2 to ``_WARM_START_STRIDE``; m < c), both by Newton stopped at the first Taylor step (on the finer
+        subsample usually its first step). ``sums_of(stride)`` gives the sums
+        function of every stride-th row, or None when its weights are all 0 (no start from a coarse subsample
+        without weight; the coarse optimum itself from a fine one). None when no start is found (then the fit
+        starts at b = 1)."""
+        sums = sums_of(n // _WARM_START_SUB_ROWS)
         if sums is None:
             return None
         try:
-            with warnings.catch_warnings():  # the subsample only gives the start: its warnings are not the fit's
+            with warnings.catch_warnings():  # the subsamples only give the start: their warnings are not the fit's
                 warnings.simplefilter("ignore")
-                start, _, _, _ = self._newton(sums)
-                fine = max(2, n // _WARM_START_REFINE_ROWS)  # never every row: that would be a full pass
-                refine = sums_of(fine) if fine < stride else None
+                # Both subsamples' iterations stop at their first Taylor step (|d| <= b / 8, _cubic_step): its
+                # target is the subsample's optimum to O(d^5), far closer than that is to the full optimum.
+                start, _, _, _ = self._newton(sums, taylor_stop=True)
+                # never every row (m >= 2: that would be a full pass), at most every 16th (the start is then
+                # within about a percent of the full optimum on any large input)
+                refine = sums_of(min(_WARM_START_STRIDE, max(2, n // _WARM_START_REFINE_ROWS)))
                 if refine is not None:
-                    start = self._taylor_move(refine(start), start)
+                    # from the coarse optimum: usually that one step; Newton steps first when the coarse optimum is
+                    # too far for the Taylor model (as 2,048 rows of weak binary scores can give)
+                    start, _, _, _ = self._newton(refine, start, taylor_stop=True)
         except BadElementError:  # the full pass names the bad element by its own row
             return None
         return start
-
-    def _taylor_move(self, s, b):
-        """b moved to :func:`_step_target` of the sums ``s`` at b, kept within ``bounds``; b itself when the
-        sums have no weight or the target is not finite."""
-        t_min, t_max = self._check_params()
-        w = s["weight"]
-        if not w > 0:
-            return b
-        moved, _ = _step_target(s["d1"] / w, s["d2"] / w, s, b)
-        if not math.isfinite(moved):
-            return b
-        return min(max(moved, 1.0 / t_max), 1.0 / t_min)
 
     def fit_from_sums(self, sums: Callable[[float], Mapping[str, float]], n_classes: int, *,
                       start: float | None = None) -> "TemperatureScaling":
@@ -705,8 +701,9 @@ class TemperatureScaling(_LogitCalibrator):
         self.n_classes_ = int(n_classes)
         return self
 
-    def _newton(self, sums, start=None):
-        """The safeguarded Newton iteration: (b, passes, converged, degenerate)."""
+    def _newton(self, sums, start=None, taylor_stop=False):
+        """The safeguarded Newton iteration: (b, passes, converged, degenerate). ``taylor_stop``: end at the first
+        Taylor step, certified or not (the warm start's subsamples)."""
         t_min, t_max = self._check_params()
         b_min, b_max = 1.0 / t_max, 1.0 / t_min
         lo, hi = b_min, b_max  # bracket of b = 1/T
@@ -731,7 +728,7 @@ class TemperatureScaling(_LogitCalibrator):
             newton, cubic = _step_target(g, h, s, b)
             if cubic is not None:
                 # A certified step ends the fit at once (the usual case after a warm start: one full pass).
-                if lo < newton < hi and _certified_error(s, cubic) <= self.tol * newton:
+                if lo < newton < hi and (taylor_stop or _certified_error(s, cubic) <= self.tol * newton):
                     b = newton
                     converged = True
                     break
