@@ -462,6 +462,213 @@ def lane_find_f32(typingctx, buf, k8, value):
     return types.int64(buf, k8, value), codegen
 
 
+def _exp_f32_vec(builder, x):
+    """exp_f32 on a vector of floats: the same IEEE operations in the same order (no contraction, no fast-math
+    flags), so every lane holds the bits of the scalar exp_f32."""
+    vt = x.type
+    lanes = vt.count
+
+    def splat(value):
+        return ir.Constant(vt, [float(F32(value))] * lanes)
+
+    x = builder.select(builder.fcmp_ordered(">", x, splat(_EXP_MIN)), x, splat(_EXP_MIN))
+    t = builder.fadd(builder.fmul(x, splat(_LOG2E)), splat(_SHIFTER))
+    n = builder.fsub(t, splat(_SHIFTER))
+    r = builder.fsub(x, builder.fmul(n, splat(LN2_HI)))
+    r = builder.fsub(r, builder.fmul(n, splat(LN2_LO)))
+    p = splat(_E6)
+    for c in (_E5, _E4, _E3, _E2, _ONE, _ONE):
+        p = builder.fadd(splat(c), builder.fmul(r, p))
+    ivt = ir.VectorType(ir.IntType(32), lanes)
+    bits = builder.shl(builder.add(builder.fptosi(n, ivt), ir.Constant(ivt, [127] * lanes)),
+                       ir.Constant(ivt, [23] * lanes))
+    return builder.fmul(p, builder.bitcast(bits, vt))
+
+
+DENSE_ROWS = 8  # kDenseRows: rows summarised together, one per float lane
+
+
+def _dense_lanes_codegen(context, builder, signature, args):
+    arr = context.make_array(signature.args[0])(context, builder, args[0])
+    out = context.make_array(signature.args[4])(context, builder, args[4])
+    i64 = ir.IntType(64)
+    i32 = ir.IntType(32)
+    f32 = ir.FloatType()
+    f64 = ir.DoubleType()
+    L = DENSE_ROWS
+    fvec = ir.VectorType(f32, L)
+    dvec = ir.VectorType(f64, L)
+    ivec = ir.VectorType(i32, L)
+    q = context.cast(builder, args[1], signature.args[1], types.int64)
+    K = context.cast(builder, args[2], signature.args[2], types.int64)
+
+    def splat(x, vt):
+        v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+        return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ivec, [0] * L))
+
+    b = splat(args[3], fvec)
+    stride = builder.sdiv(builder.extract_value(arr.strides, 0), ir.Constant(i64, 4))
+    base = builder.gep(builder.bitcast(arr.data, f32.as_pointer()), [q])
+
+    def column(k):
+        ptr = builder.gep(base, [builder.mul(k, stride)])
+        return builder.load(builder.bitcast(ptr, fvec.as_pointer()), align=4)
+
+    def c64(x):
+        return ir.Constant(i64, x)
+
+    fzero = ir.Constant(fvec, [0.0] * L)
+    dzero = ir.Constant(dvec, [0.0] * L)
+    # Read 1: the maxima, the first class holding each (strict >: NaN never replaces a maximum), NaN / inf
+    # (v - v is NaN for those, and a NaN stays in the sum).
+    v0 = column(c64(0))
+    chk0 = builder.fsub(v0, v0)
+    entry = builder.block
+    mloop = builder.append_basic_block("dense.max")
+    mbody = builder.append_basic_block("dense.max.body")
+    mdone = builder.append_basic_block("dense.max.done")
+    builder.branch(mloop)
+    builder.position_at_end(mloop)
+    k = builder.phi(i64)
+    mx = builder.phi(fvec)
+    arg = builder.phi(ivec)
+    chk = builder.phi(fvec)
+    builder.cbranch(builder.icmp_signed("<", k, K), mbody, mdone)
+    builder.position_at_end(mbody)
+    v = column(k)
+    gt = builder.fcmp_ordered(">", v, mx)
+    mx_new = builder.select(gt, v, mx)
+    arg_new = builder.select(gt, splat(builder.trunc(k, i32), ivec), arg)
+    chk_new = builder.fadd(chk, builder.fsub(v, v))
+    k_new = builder.add(k, c64(1))
+    builder.branch(mloop)
+    k.add_incoming(c64(1), entry)
+    k.add_incoming(k_new, mbody)
+    mx.add_incoming(v0, entry)
+    mx.add_incoming(mx_new, mbody)
+    arg.add_incoming(ir.Constant(ivec, [0] * L), entry)
+    arg.add_incoming(arg_new, mbody)
+    chk.add_incoming(chk0, entry)
+    chk.add_incoming(chk_new, mbody)
+    builder.position_at_end(mdone)
+
+    # Read 2: e_k into float partial k % 8 of (sum, sum of squares); the partials into double lanes after every
+    # LANE_FLUSH classes (the last block: after its tail octet, whose classes past K add 0).
+    def octet(k0, ps, pq, masked):
+        ps, pq = list(ps), list(pq)
+        last = builder.sub(K, c64(1))
+        for lane in range(8):
+            c = builder.add(k0, c64(lane))
+            if masked:
+                inside = builder.icmp_signed("<", c, K)
+                c = builder.select(inside, c, last)
+            e = _exp_f32_vec(builder, builder.fmul(b, builder.fsub(column(c), mx)))
+            if masked:
+                e = builder.select(inside, e, fzero)
+            ps[lane] = builder.fadd(ps[lane], e)
+            pq[lane] = builder.fadd(pq[lane], builder.fmul(e, e))
+        return ps, pq
+
+    full = builder.sub(K, builder.srem(K, c64(8)))
+    kp = builder.mul(builder.sdiv(builder.add(K, c64(7)), c64(8)), c64(8))
+    outer = builder.append_basic_block("dense.outer")
+    outer_body = builder.append_basic_block("dense.outer.body")
+    inner = builder.append_basic_block("dense.inner")
+    inner_body = builder.append_basic_block("dense.inner.body")
+    after = builder.append_basic_block("dense.after")
+    tail = builder.append_basic_block("dense.tail")
+    flush = builder.append_basic_block("dense.flush")
+    done = builder.append_basic_block("dense.done")
+    builder.branch(outer)
+    builder.position_at_end(outer)
+    f = builder.phi(i64)
+    ds = [builder.phi(dvec) for _ in range(8)]
+    dq = [builder.phi(dvec) for _ in range(8)]
+    builder.cbranch(builder.icmp_signed("<", f, kp), outer_body, done)
+    builder.position_at_end(outer_body)
+    f_end = builder.add(f, c64(LANE_FLUSH))
+    stop = builder.select(builder.icmp_signed("<", f_end, kp), f_end, kp)
+    fstop = builder.select(builder.icmp_signed("<", stop, full), stop, full)
+    builder.branch(inner)
+    builder.position_at_end(inner)
+    kk = builder.phi(i64)
+    ps = [builder.phi(fvec) for _ in range(8)]
+    pq = [builder.phi(fvec) for _ in range(8)]
+    builder.cbranch(builder.icmp_signed("<", kk, fstop), inner_body, after)
+    builder.position_at_end(inner_body)
+    ps_new, pq_new = octet(kk, ps, pq, False)
+    kk_new = builder.add(kk, c64(8))
+    inner_end = builder.block
+    builder.branch(inner)
+    builder.position_at_end(after)
+    builder.cbranch(builder.icmp_signed("<", fstop, stop), tail, flush)
+    builder.position_at_end(tail)
+    ps_tail, pq_tail = octet(fstop, ps, pq, True)
+    tail_end = builder.block
+    builder.branch(flush)
+    builder.position_at_end(flush)
+    ds_new, dq_new = [], []
+    for lane in range(8):
+        a = builder.phi(fvec)
+        a.add_incoming(ps[lane], after)
+        a.add_incoming(ps_tail[lane], tail_end)
+        s = builder.phi(fvec)
+        s.add_incoming(pq[lane], after)
+        s.add_incoming(pq_tail[lane], tail_end)
+        ds_new.append(a)
+        dq_new.append(s)
+    ds_new = [builder.fadd(ds[lane], builder.fpext(ds_new[lane], dvec)) for lane in range(8)]
+    dq_new = [builder.fadd(dq[lane], builder.fpext(dq_new[lane], dvec)) for lane in range(8)]
+    flush_end = builder.block
+    builder.branch(outer)
+    f.add_incoming(c64(0), mdone)
+    f.add_incoming(stop, flush_end)
+    kk.add_incoming(f, outer_body)
+    kk.add_incoming(kk_new, inner_end)
+    for lane in range(8):
+        ds[lane].add_incoming(dzero, mdone)
+        ds[lane].add_incoming(ds_new[lane], flush_end)
+        dq[lane].add_incoming(dzero, mdone)
+        dq[lane].add_incoming(dq_new[lane], flush_end)
+        ps[lane].add_incoming(fzero, outer_body)
+        ps[lane].add_incoming(ps_new[lane], inner_end)
+        pq[lane].add_incoming(fzero, outer_body)
+        pq[lane].add_incoming(pq_new[lane], inner_end)
+    builder.position_at_end(done)
+
+    def octet_sum(d):
+        return builder.fadd(builder.fadd(builder.fadd(d[0], d[4]), builder.fadd(d[1], d[5])),
+                            builder.fadd(builder.fadd(d[2], d[6]), builder.fadd(d[3], d[7])))
+
+    bad = builder.uitofp(builder.fcmp_unordered("uno", chk, chk), dvec)
+    rows = (octet_sum(ds), octet_sum(dq), builder.fpext(mx, dvec), builder.sitofp(arg, dvec), bad)
+    res = builder.bitcast(out.data, dvec.as_pointer())
+    row_stride = builder.sdiv(builder.extract_value(out.strides, 0), c64(8 * L))
+    for j, vals in enumerate(rows):
+        builder.store(vals, builder.gep(res, [builder.mul(c64(j), row_stride)]), align=8)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def dense_lanes_f32(typingctx, buf, q, K, bf, res):
+    """The sums of DENSE_ROWS rows of logits held class-major in buf (a C-contiguous 2-D float32 array: class k
+    of row r at buf[k, q + r], k < K), row r in float lane r (binning.hpp's summarize_dense_logit_rows_f):
+    res[0, r] = the row's sum of e_k = exp_f32(bf (z_k - max)), res[1, r] its sum of e_k^2, res[2, r] the
+    maximum, res[3, r] the first class holding it, res[4, r] = 1 when the row holds NaN / inf (its other results
+    are then meaningless). res: a C-contiguous float64 array of shape (5, DENSE_ROWS). Each lane does the
+    operations of _logit_row_f_loaded on its row in the same order: e_k into the float partial of lane k % 8
+    (the padding of the last octet adds nothing: + 0 leaves a sum of non-negative terms unchanged), the
+    partials widened into double lanes after every LANE_FLUSH classes and at the end, octet_sum's order for
+    the totals (bf = 1 multiplies exactly). So the same bits as the row path."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.float32 and buf.ndim == 2 and buf.layout == "C"):
+        return None
+    if not (isinstance(res, types.Array) and res.dtype == types.float64 and res.ndim == 2 and res.layout == "C"):
+        return None
+    if not (isinstance(q, types.Integer) and isinstance(K, types.Integer) and bf == types.float32):
+        return None
+    return types.none(buf, q, K, bf, res), _dense_lanes_codegen
+
+
 def as_kernel_array(a):
     """float16 arrays are read by the kernels as raw uint16 bits (same strides)."""
     if a.dtype == np.float16:

@@ -22,10 +22,12 @@ from ._common import (
     WEIGHT_NEGATIVE,
     WEIGHT_NOT_FINITE,
     CHUNK_ELEMENTS,
+    DENSE_ROWS,
     F32,
     HALF_TABLE,
     as_kernel_array,
     check_float_dtype,
+    dense_lanes_f32,
     exp_f32,
     group_size,
     is_finite,
@@ -137,12 +139,19 @@ def _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, out, row_out, 
     else:
         (total,) = lane_sums_f32(row_out, row_out, row_out.shape[0], 1)
         sum_sq = 0.0
+    _logit_row_out(arg, best, z_label, total, sum_sq, bf, inv_t, with_nll, out)
+    return True
+
+
+@numba.njit(inline="always", **JIT)
+def _logit_row_out(arg, best, z_label, total, sum_sq, bf, inv_t, with_nll, out):
+    """out = [argmax, confidence, p_label, sum p^2, nll] of a float logit row from its maximum `best`, the
+    label's logit, and its sums of e_k and e_k^2 (summarize_logit_row_f's last step)."""
     out[0] = arg
     out[1] = 1.0 / total
     out[2] = np.float64(exp_f32(bf * (z_label - best))) / total
     out[3] = sum_sq / (total * total)
     out[4] = math.log(total) - inv_t * (np.float64(z_label) - np.float64(best)) if with_nll else 0.0
-    return True
 
 
 @numba.njit(**JIT)
@@ -431,7 +440,9 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
     # rows, class by class (contiguous reads, each cache line once), into a class-major float buffer; each
     # row then takes the generic single-precision path from the buffer (the same values: the same bits).
     dense = single and not classwise and scores.strides[0] == scores.itemsize and K >= 2
-    dbuf = np.zeros((K if dense else 0, DENSE_BLOCK + 8), np.float32)
+    dbuf = np.zeros((K if dense else 0, DENSE_BLOCK + DENSE_ROWS), np.float32)
+    dres = np.zeros((5, DENSE_ROWS))
+    bf = F32(inv_t)
     b_start = begin
     b_end = begin
     for i in range(begin, end):
@@ -439,6 +450,10 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
             # the block of rows holding row i in the class-major buffer (binning.hpp, dense_block_copy)
             b_start = i
             b_end = _dense_block_copy(scores, i, end, table, dbuf)
+        if dense and (i - b_start) % DENSE_ROWS == 0:
+            # the sums of this row and the next DENSE_ROWS - 1, one per float lane (lanes past the block's end
+            # hold stale values, never read); binning.hpp, summarize_dense_logit_rows_f
+            dense_lanes_f32(dbuf, i - b_start, K, bf, dres)
         y = labels[i]
         if y < 0 or y >= K:
             merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
@@ -447,14 +462,17 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
         if has_w and not check_weight(w, i, st):
             continue
         if dense:
-            # the row from the block buffer (the same float values _load_f reads), then the generic
-            # single-precision path: the same bits (8 rows at a time with the loops over rows innermost, as the
-            # C++ kernel does, did not vectorise here and ran slower than lane_sums_f32 on one row)
+            # the row's sums from its lane (the same bits as the generic single-precision path on the row);
+            # a row holding NaN / inf takes that path, which names the first one
             r = i - b_start
-            for k in range(K):
-                ef[k] = dbuf[k, r]
-            if not _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, row, ef, with_brier):
+            j = r % DENSE_ROWS
+            if dres[4, j] != 0.0:
+                for k in range(K):
+                    ef[k] = dbuf[k, r]
+                _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, row, ef, with_brier)
                 continue
+            _logit_row_out(int(dres[3, j]), F32(dres[2, j]), dbuf[y, r], dres[0, j],
+                           dres[1, j] if with_brier else 0.0, bf, inv_t, with_nll, row)
         elif single:
             if not _logit_row_f(scores, i, y, with_nll, inv_t, table, st, row, ef, with_brier):
                 continue
