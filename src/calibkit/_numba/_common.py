@@ -788,29 +788,41 @@ def status_tuple(st):
     return (int(st[0]), int(st[1]), int(st[2]), float(st[3]))
 
 
+MAX_VECTOR_EDGES = 32  # kMaxVectorEdges: up to this many inner edges, short rows count the edges below them
+SHORT_SCAN_ROWS = 8  # rows scanned together by short_scan8, one per double lane
+
+
 @intrinsic
-def short_scan4(typingctx, scores, i, table):
-    """(b_0..b_3, a_0..a_3, l_0..l_3, q_0..q_3) of rows i .. i + 3 of a 2-D (any strides) float16 (as uint16
-    bits, read through the float32 `table`), float32 or float64 matrix: per row the running maximum b (NaN
-    never replaces it), the first column holding it a, the running minimum l and the sum of squares q, all in
-    double and in column order, the four rows in the four lanes of <4 x double> vectors. The same operations
-    as the scalar row loop (b = v > b ? v : b, a = v > b ? k : a, l = v < l ? v : l, q += v v), so the same
-    values; the four rows' chains advance together instead of one row after another."""
+def short_scan8(typingctx, scores, i, table, inner, res):
+    """The scan of rows i .. i + 7 of a 2-D (any strides) float16 (as uint16 bits, read through the float32
+    `table`), float32 or float64 matrix, into res (a C-contiguous float64 array of shape (5, 8)): per row r the
+    running maximum res[0, r] (NaN never replaces it), the first column holding it res[1, r], the running
+    minimum res[2, r] and the sum of squares res[3, r], all in double and in column order, the eight rows in the
+    eight lanes of <8 x double> vectors; then res[4, r] = #{e : inner[e] < res[0, r]}, the row's bin by the
+    convention itself (binning.hpp's vector bins: no branch on the data, whose bins are unpredictable; `inner`
+    a C-contiguous float64 array, empty for no bins). The same operations as the scalar row loop
+    (b = v > b ? v : b, a = v > b ? k : a, l = v < l ? v : l, q += v v), so the same values; the eight rows'
+    chains advance together instead of one row after another."""
     if not (isinstance(scores, types.Array) and scores.ndim == 2
             and scores.dtype in (types.float32, types.float64, types.uint16) and isinstance(i, types.Integer)):
         return None
     if not (isinstance(table, types.Array) and table.dtype == types.float32 and table.layout == "C"):
         return None
-    ret = types.Tuple((types.float64,) * 4 + (types.int64,) * 4 + (types.float64,) * 8)
+    for a in (inner, res):
+        if not (isinstance(a, types.Array) and a.dtype == types.float64 and a.layout == "C"):
+            return None
+    R = SHORT_SCAN_ROWS
 
     def codegen(context, builder, signature, args):
         arr = context.make_array(signature.args[0])(context, builder, args[0])
         tab = context.make_array(signature.args[2])(context, builder, args[2])
+        edges = context.make_array(signature.args[3])(context, builder, args[3])
+        out = context.make_array(signature.args[4])(context, builder, args[4])
         dt = signature.args[0].dtype
         i64 = ir.IntType(64)
         f64 = ir.DoubleType()
-        dvec = ir.VectorType(f64, 4)
-        ivec = ir.VectorType(i64, 4)
+        dvec = ir.VectorType(f64, R)
+        ivec = ir.VectorType(i64, R)
         i32 = ir.IntType(32)
         row = context.cast(builder, args[1], signature.args[1], types.int64)
         K = builder.extract_value(arr.shape, 1)
@@ -820,11 +832,16 @@ def short_scan4(typingctx, scores, i, table):
         i8p = ir.IntType(8).as_pointer()
         data = builder.bitcast(arr.data, i8p)
         tdata = builder.bitcast(tab.data, ir.FloatType().as_pointer())
-        bases = [builder.gep(data, [builder.mul(builder.add(row, ir.Constant(i64, r)), s0)]) for r in range(4)]
+        bases = [builder.gep(data, [builder.mul(builder.add(row, ir.Constant(i64, r)), s0)]) for r in range(R)]
+
+        def splat(x, vt):
+            v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, R), [0] * R))
+
         entry = builder.block
-        loop = builder.append_basic_block("scan4.loop")
-        body = builder.append_basic_block("scan4.body")
-        done = builder.append_basic_block("scan4.done")
+        loop = builder.append_basic_block("scan8.loop")
+        body = builder.append_basic_block("scan8.body")
+        done = builder.append_basic_block("scan8.done")
         builder.branch(loop)
         builder.position_at_end(loop)
         k = builder.phi(i64)
@@ -834,21 +851,19 @@ def short_scan4(typingctx, scores, i, table):
         q = builder.phi(dvec)
         builder.cbranch(builder.icmp_signed("<", k, K), body, done)
         builder.position_at_end(body)
-        v = ir.Constant(dvec, ir.Undefined)
+        # float16 / float32: the eight floats in one <8 x float>, widened to double at once (exact)
+        v = ir.Constant(dvec if dt == types.float64 else ir.VectorType(ir.FloatType(), R), ir.Undefined)
         off = builder.mul(k, s1)  # byte strides: any layout
-        for r in range(4):
+        for r in range(R):
             x = builder.load(builder.bitcast(builder.gep(bases[r], [off]), elem.as_pointer()))
             if dt == types.uint16:
                 x = builder.load(builder.gep(tdata, [builder.zext(x, i64)]))
-                x = builder.fpext(x, f64)
-            elif dt == types.float32:
-                x = builder.fpext(x, f64)
             v = builder.insert_element(v, x, ir.Constant(i32, r))
-        kv = builder.insert_element(ir.Constant(ivec, ir.Undefined), k, ir.Constant(i32, 0))
-        kv = builder.shuffle_vector(kv, ir.Constant(ivec, ir.Undefined), ir.Constant(ir.VectorType(i32, 4), [0] * 4))
+        if dt != types.float64:
+            v = builder.fpext(v, dvec)
         q_new = builder.fadd(q, builder.fmul(v, v))
         gt = builder.fcmp_ordered(">", v, b)
-        a_new = builder.select(gt, kv, a)
+        a_new = builder.select(gt, splat(k, ivec), a)
         b_new = builder.select(gt, v, b)
         lt = builder.fcmp_ordered("<", v, lo)
         lo_new = builder.select(lt, v, lo)
@@ -856,18 +871,40 @@ def short_scan4(typingctx, scores, i, table):
         builder.branch(loop)
         k.add_incoming(ir.Constant(i64, 0), entry)
         k.add_incoming(k_new, body)
-        b.add_incoming(ir.Constant(dvec, [float("-inf")] * 4), entry)
+        b.add_incoming(ir.Constant(dvec, [float("-inf")] * R), entry)
         b.add_incoming(b_new, body)
-        a.add_incoming(ir.Constant(ivec, [0] * 4), entry)
+        a.add_incoming(ir.Constant(ivec, [0] * R), entry)
         a.add_incoming(a_new, body)
-        lo.add_incoming(ir.Constant(dvec, [float("inf")] * 4), entry)
+        lo.add_incoming(ir.Constant(dvec, [float("inf")] * R), entry)
         lo.add_incoming(lo_new, body)
-        q.add_incoming(ir.Constant(dvec, [0.0] * 4), entry)
+        q.add_incoming(ir.Constant(dvec, [0.0] * R), entry)
         q.add_incoming(q_new, body)
         builder.position_at_end(done)
-        out = []
-        for vv in (b, a, lo, q):
-            out.extend(builder.extract_element(vv, ir.Constant(i32, r)) for r in range(4))
-        return context.make_tuple(builder, signature.return_type, out)
+        # the bins: the edges below each maximum, counted in lanes
+        n_edges = builder.extract_value(edges.shape, 0)
+        bins_entry = builder.block
+        eloop = builder.append_basic_block("scan8.edges")
+        ebody = builder.append_basic_block("scan8.edges.body")
+        edone = builder.append_basic_block("scan8.edges.done")
+        builder.branch(eloop)
+        builder.position_at_end(eloop)
+        e = builder.phi(i64)
+        m = builder.phi(ivec)
+        builder.cbranch(builder.icmp_signed("<", e, n_edges), ebody, edone)
+        builder.position_at_end(ebody)
+        edge = splat(builder.load(builder.gep(edges.data, [e])), dvec)
+        m_new = builder.sub(m, builder.sext(builder.fcmp_ordered("<", edge, b), ivec))
+        e_new = builder.add(e, ir.Constant(i64, 1))
+        builder.branch(eloop)
+        e.add_incoming(ir.Constant(i64, 0), bins_entry)
+        e.add_incoming(e_new, ebody)
+        m.add_incoming(ir.Constant(ivec, [0] * R), bins_entry)
+        m.add_incoming(m_new, ebody)
+        builder.position_at_end(edone)
+        dst = builder.bitcast(out.data, dvec.as_pointer())
+        for t, vals in enumerate((b, builder.sitofp(a, dvec), lo, q, builder.sitofp(m, dvec))):
+            builder.store(vals, builder.gep(dst, [ir.Constant(i64, t)]), align=8)
+        return context.get_dummy_value()
 
-    return ret(scores, i, table), codegen
+    return types.none(scores, i, table, inner, res), codegen
+
