@@ -462,6 +462,213 @@ def lane_find_f32(typingctx, buf, k8, value):
     return types.int64(buf, k8, value), codegen
 
 
+def _exp_f32_vec(builder, x):
+    """exp_f32 on a vector of floats: the same IEEE operations in the same order (no contraction, no fast-math
+    flags), so every lane holds the bits of the scalar exp_f32."""
+    vt = x.type
+    lanes = vt.count
+
+    def splat(value):
+        return ir.Constant(vt, [float(F32(value))] * lanes)
+
+    x = builder.select(builder.fcmp_ordered(">", x, splat(_EXP_MIN)), x, splat(_EXP_MIN))
+    t = builder.fadd(builder.fmul(x, splat(_LOG2E)), splat(_SHIFTER))
+    n = builder.fsub(t, splat(_SHIFTER))
+    r = builder.fsub(x, builder.fmul(n, splat(LN2_HI)))
+    r = builder.fsub(r, builder.fmul(n, splat(LN2_LO)))
+    p = splat(_E6)
+    for c in (_E5, _E4, _E3, _E2, _ONE, _ONE):
+        p = builder.fadd(splat(c), builder.fmul(r, p))
+    ivt = ir.VectorType(ir.IntType(32), lanes)
+    bits = builder.shl(builder.add(builder.fptosi(n, ivt), ir.Constant(ivt, [127] * lanes)),
+                       ir.Constant(ivt, [23] * lanes))
+    return builder.fmul(p, builder.bitcast(bits, vt))
+
+
+DENSE_ROWS = 8  # kDenseRows: rows summarised together, one per float lane
+
+
+def _dense_lanes_codegen(context, builder, signature, args):
+    arr = context.make_array(signature.args[0])(context, builder, args[0])
+    out = context.make_array(signature.args[4])(context, builder, args[4])
+    i64 = ir.IntType(64)
+    i32 = ir.IntType(32)
+    f32 = ir.FloatType()
+    f64 = ir.DoubleType()
+    L = DENSE_ROWS
+    fvec = ir.VectorType(f32, L)
+    dvec = ir.VectorType(f64, L)
+    ivec = ir.VectorType(i32, L)
+    q = context.cast(builder, args[1], signature.args[1], types.int64)
+    K = context.cast(builder, args[2], signature.args[2], types.int64)
+
+    def splat(x, vt):
+        v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+        return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ivec, [0] * L))
+
+    b = splat(args[3], fvec)
+    stride = builder.sdiv(builder.extract_value(arr.strides, 0), ir.Constant(i64, 4))
+    base = builder.gep(builder.bitcast(arr.data, f32.as_pointer()), [q])
+
+    def column(k):
+        ptr = builder.gep(base, [builder.mul(k, stride)])
+        return builder.load(builder.bitcast(ptr, fvec.as_pointer()), align=4)
+
+    def c64(x):
+        return ir.Constant(i64, x)
+
+    fzero = ir.Constant(fvec, [0.0] * L)
+    dzero = ir.Constant(dvec, [0.0] * L)
+    # Read 1: the maxima, the first class holding each (strict >: NaN never replaces a maximum), NaN / inf
+    # (v - v is NaN for those, and a NaN stays in the sum).
+    v0 = column(c64(0))
+    chk0 = builder.fsub(v0, v0)
+    entry = builder.block
+    mloop = builder.append_basic_block("dense.max")
+    mbody = builder.append_basic_block("dense.max.body")
+    mdone = builder.append_basic_block("dense.max.done")
+    builder.branch(mloop)
+    builder.position_at_end(mloop)
+    k = builder.phi(i64)
+    mx = builder.phi(fvec)
+    arg = builder.phi(ivec)
+    chk = builder.phi(fvec)
+    builder.cbranch(builder.icmp_signed("<", k, K), mbody, mdone)
+    builder.position_at_end(mbody)
+    v = column(k)
+    gt = builder.fcmp_ordered(">", v, mx)
+    mx_new = builder.select(gt, v, mx)
+    arg_new = builder.select(gt, splat(builder.trunc(k, i32), ivec), arg)
+    chk_new = builder.fadd(chk, builder.fsub(v, v))
+    k_new = builder.add(k, c64(1))
+    builder.branch(mloop)
+    k.add_incoming(c64(1), entry)
+    k.add_incoming(k_new, mbody)
+    mx.add_incoming(v0, entry)
+    mx.add_incoming(mx_new, mbody)
+    arg.add_incoming(ir.Constant(ivec, [0] * L), entry)
+    arg.add_incoming(arg_new, mbody)
+    chk.add_incoming(chk0, entry)
+    chk.add_incoming(chk_new, mbody)
+    builder.position_at_end(mdone)
+
+    # Read 2: e_k into float partial k % 8 of (sum, sum of squares); the partials into double lanes after every
+    # LANE_FLUSH classes (the last block: after its tail octet, whose classes past K add 0).
+    def octet(k0, ps, pq, masked):
+        ps, pq = list(ps), list(pq)
+        last = builder.sub(K, c64(1))
+        for lane in range(8):
+            c = builder.add(k0, c64(lane))
+            if masked:
+                inside = builder.icmp_signed("<", c, K)
+                c = builder.select(inside, c, last)
+            e = _exp_f32_vec(builder, builder.fmul(b, builder.fsub(column(c), mx)))
+            if masked:
+                e = builder.select(inside, e, fzero)
+            ps[lane] = builder.fadd(ps[lane], e)
+            pq[lane] = builder.fadd(pq[lane], builder.fmul(e, e))
+        return ps, pq
+
+    full = builder.sub(K, builder.srem(K, c64(8)))
+    kp = builder.mul(builder.sdiv(builder.add(K, c64(7)), c64(8)), c64(8))
+    outer = builder.append_basic_block("dense.outer")
+    outer_body = builder.append_basic_block("dense.outer.body")
+    inner = builder.append_basic_block("dense.inner")
+    inner_body = builder.append_basic_block("dense.inner.body")
+    after = builder.append_basic_block("dense.after")
+    tail = builder.append_basic_block("dense.tail")
+    flush = builder.append_basic_block("dense.flush")
+    done = builder.append_basic_block("dense.done")
+    builder.branch(outer)
+    builder.position_at_end(outer)
+    f = builder.phi(i64)
+    ds = [builder.phi(dvec) for _ in range(8)]
+    dq = [builder.phi(dvec) for _ in range(8)]
+    builder.cbranch(builder.icmp_signed("<", f, kp), outer_body, done)
+    builder.position_at_end(outer_body)
+    f_end = builder.add(f, c64(LANE_FLUSH))
+    stop = builder.select(builder.icmp_signed("<", f_end, kp), f_end, kp)
+    fstop = builder.select(builder.icmp_signed("<", stop, full), stop, full)
+    builder.branch(inner)
+    builder.position_at_end(inner)
+    kk = builder.phi(i64)
+    ps = [builder.phi(fvec) for _ in range(8)]
+    pq = [builder.phi(fvec) for _ in range(8)]
+    builder.cbranch(builder.icmp_signed("<", kk, fstop), inner_body, after)
+    builder.position_at_end(inner_body)
+    ps_new, pq_new = octet(kk, ps, pq, False)
+    kk_new = builder.add(kk, c64(8))
+    inner_end = builder.block
+    builder.branch(inner)
+    builder.position_at_end(after)
+    builder.cbranch(builder.icmp_signed("<", fstop, stop), tail, flush)
+    builder.position_at_end(tail)
+    ps_tail, pq_tail = octet(fstop, ps, pq, True)
+    tail_end = builder.block
+    builder.branch(flush)
+    builder.position_at_end(flush)
+    ds_new, dq_new = [], []
+    for lane in range(8):
+        a = builder.phi(fvec)
+        a.add_incoming(ps[lane], after)
+        a.add_incoming(ps_tail[lane], tail_end)
+        s = builder.phi(fvec)
+        s.add_incoming(pq[lane], after)
+        s.add_incoming(pq_tail[lane], tail_end)
+        ds_new.append(a)
+        dq_new.append(s)
+    ds_new = [builder.fadd(ds[lane], builder.fpext(ds_new[lane], dvec)) for lane in range(8)]
+    dq_new = [builder.fadd(dq[lane], builder.fpext(dq_new[lane], dvec)) for lane in range(8)]
+    flush_end = builder.block
+    builder.branch(outer)
+    f.add_incoming(c64(0), mdone)
+    f.add_incoming(stop, flush_end)
+    kk.add_incoming(f, outer_body)
+    kk.add_incoming(kk_new, inner_end)
+    for lane in range(8):
+        ds[lane].add_incoming(dzero, mdone)
+        ds[lane].add_incoming(ds_new[lane], flush_end)
+        dq[lane].add_incoming(dzero, mdone)
+        dq[lane].add_incoming(dq_new[lane], flush_end)
+        ps[lane].add_incoming(fzero, outer_body)
+        ps[lane].add_incoming(ps_new[lane], inner_end)
+        pq[lane].add_incoming(fzero, outer_body)
+        pq[lane].add_incoming(pq_new[lane], inner_end)
+    builder.position_at_end(done)
+
+    def octet_sum(d):
+        return builder.fadd(builder.fadd(builder.fadd(d[0], d[4]), builder.fadd(d[1], d[5])),
+                            builder.fadd(builder.fadd(d[2], d[6]), builder.fadd(d[3], d[7])))
+
+    bad = builder.uitofp(builder.fcmp_unordered("uno", chk, chk), dvec)
+    rows = (octet_sum(ds), octet_sum(dq), builder.fpext(mx, dvec), builder.sitofp(arg, dvec), bad)
+    res = builder.bitcast(out.data, dvec.as_pointer())
+    row_stride = builder.sdiv(builder.extract_value(out.strides, 0), c64(8 * L))
+    for j, vals in enumerate(rows):
+        builder.store(vals, builder.gep(res, [builder.mul(c64(j), row_stride)]), align=8)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def dense_lanes_f32(typingctx, buf, q, K, bf, res):
+    """The sums of DENSE_ROWS rows of logits held class-major in buf (a C-contiguous 2-D float32 array: class k
+    of row r at buf[k, q + r], k < K), row r in float lane r (binning.hpp's summarize_dense_logit_rows_f):
+    res[0, r] = the row's sum of e_k = exp_f32(bf (z_k - max)), res[1, r] its sum of e_k^2, res[2, r] the
+    maximum, res[3, r] the first class holding it, res[4, r] = 1 when the row holds NaN / inf (its other results
+    are then meaningless). res: a C-contiguous float64 array of shape (5, DENSE_ROWS). Each lane does the
+    operations of _logit_row_f_loaded on its row in the same order: e_k into the float partial of lane k % 8
+    (the padding of the last octet adds nothing: + 0 leaves a sum of non-negative terms unchanged), the
+    partials widened into double lanes after every LANE_FLUSH classes and at the end, octet_sum's order for
+    the totals (bf = 1 multiplies exactly). So the same bits as the row path."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.float32 and buf.ndim == 2 and buf.layout == "C"):
+        return None
+    if not (isinstance(res, types.Array) and res.dtype == types.float64 and res.ndim == 2 and res.layout == "C"):
+        return None
+    if not (isinstance(q, types.Integer) and isinstance(K, types.Integer) and bf == types.float32):
+        return None
+    return types.none(buf, q, K, bf, res), _dense_lanes_codegen
+
+
 def as_kernel_array(a):
     """float16 arrays are read by the kernels as raw uint16 bits (same strides)."""
     if a.dtype == np.float16:
@@ -581,29 +788,41 @@ def status_tuple(st):
     return (int(st[0]), int(st[1]), int(st[2]), float(st[3]))
 
 
+MAX_VECTOR_EDGES = 32  # kMaxVectorEdges: up to this many inner edges, short rows count the edges below them
+SHORT_SCAN_ROWS = 8  # rows scanned together by short_scan8, one per double lane
+
+
 @intrinsic
-def short_scan4(typingctx, scores, i, table):
-    """(b_0..b_3, a_0..a_3, l_0..l_3, q_0..q_3) of rows i .. i + 3 of a 2-D (any strides) float16 (as uint16
-    bits, read through the float32 `table`), float32 or float64 matrix: per row the running maximum b (NaN
-    never replaces it), the first column holding it a, the running minimum l and the sum of squares q, all in
-    double and in column order, the four rows in the four lanes of <4 x double> vectors. The same operations
-    as the scalar row loop (b = v > b ? v : b, a = v > b ? k : a, l = v < l ? v : l, q += v v), so the same
-    values; the four rows' chains advance together instead of one row after another."""
+def short_scan8(typingctx, scores, i, table, inner, res):
+    """The scan of rows i .. i + 7 of a 2-D (any strides) float16 (as uint16 bits, read through the float32
+    `table`), float32 or float64 matrix, into res (a C-contiguous float64 array of shape (5, 8)): per row r the
+    running maximum res[0, r] (NaN never replaces it), the first column holding it res[1, r], the running
+    minimum res[2, r] and the sum of squares res[3, r], all in double and in column order, the eight rows in the
+    eight lanes of <8 x double> vectors; then res[4, r] = #{e : inner[e] < res[0, r]}, the row's bin by the
+    convention itself (binning.hpp's vector bins: no branch on the data, whose bins are unpredictable; `inner`
+    a C-contiguous float64 array, empty for no bins). The same operations as the scalar row loop
+    (b = v > b ? v : b, a = v > b ? k : a, l = v < l ? v : l, q += v v), so the same values; the eight rows'
+    chains advance together instead of one row after another."""
     if not (isinstance(scores, types.Array) and scores.ndim == 2
             and scores.dtype in (types.float32, types.float64, types.uint16) and isinstance(i, types.Integer)):
         return None
     if not (isinstance(table, types.Array) and table.dtype == types.float32 and table.layout == "C"):
         return None
-    ret = types.Tuple((types.float64,) * 4 + (types.int64,) * 4 + (types.float64,) * 8)
+    for a in (inner, res):
+        if not (isinstance(a, types.Array) and a.dtype == types.float64 and a.layout == "C"):
+            return None
+    R = SHORT_SCAN_ROWS
 
     def codegen(context, builder, signature, args):
         arr = context.make_array(signature.args[0])(context, builder, args[0])
         tab = context.make_array(signature.args[2])(context, builder, args[2])
+        edges = context.make_array(signature.args[3])(context, builder, args[3])
+        out = context.make_array(signature.args[4])(context, builder, args[4])
         dt = signature.args[0].dtype
         i64 = ir.IntType(64)
         f64 = ir.DoubleType()
-        dvec = ir.VectorType(f64, 4)
-        ivec = ir.VectorType(i64, 4)
+        dvec = ir.VectorType(f64, R)
+        ivec = ir.VectorType(i64, R)
         i32 = ir.IntType(32)
         row = context.cast(builder, args[1], signature.args[1], types.int64)
         K = builder.extract_value(arr.shape, 1)
@@ -613,11 +832,16 @@ def short_scan4(typingctx, scores, i, table):
         i8p = ir.IntType(8).as_pointer()
         data = builder.bitcast(arr.data, i8p)
         tdata = builder.bitcast(tab.data, ir.FloatType().as_pointer())
-        bases = [builder.gep(data, [builder.mul(builder.add(row, ir.Constant(i64, r)), s0)]) for r in range(4)]
+        bases = [builder.gep(data, [builder.mul(builder.add(row, ir.Constant(i64, r)), s0)]) for r in range(R)]
+
+        def splat(x, vt):
+            v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, R), [0] * R))
+
         entry = builder.block
-        loop = builder.append_basic_block("scan4.loop")
-        body = builder.append_basic_block("scan4.body")
-        done = builder.append_basic_block("scan4.done")
+        loop = builder.append_basic_block("scan8.loop")
+        body = builder.append_basic_block("scan8.body")
+        done = builder.append_basic_block("scan8.done")
         builder.branch(loop)
         builder.position_at_end(loop)
         k = builder.phi(i64)
@@ -627,21 +851,19 @@ def short_scan4(typingctx, scores, i, table):
         q = builder.phi(dvec)
         builder.cbranch(builder.icmp_signed("<", k, K), body, done)
         builder.position_at_end(body)
-        v = ir.Constant(dvec, ir.Undefined)
+        # float16 / float32: the eight floats in one <8 x float>, widened to double at once (exact)
+        v = ir.Constant(dvec if dt == types.float64 else ir.VectorType(ir.FloatType(), R), ir.Undefined)
         off = builder.mul(k, s1)  # byte strides: any layout
-        for r in range(4):
+        for r in range(R):
             x = builder.load(builder.bitcast(builder.gep(bases[r], [off]), elem.as_pointer()))
             if dt == types.uint16:
                 x = builder.load(builder.gep(tdata, [builder.zext(x, i64)]))
-                x = builder.fpext(x, f64)
-            elif dt == types.float32:
-                x = builder.fpext(x, f64)
             v = builder.insert_element(v, x, ir.Constant(i32, r))
-        kv = builder.insert_element(ir.Constant(ivec, ir.Undefined), k, ir.Constant(i32, 0))
-        kv = builder.shuffle_vector(kv, ir.Constant(ivec, ir.Undefined), ir.Constant(ir.VectorType(i32, 4), [0] * 4))
+        if dt != types.float64:
+            v = builder.fpext(v, dvec)
         q_new = builder.fadd(q, builder.fmul(v, v))
         gt = builder.fcmp_ordered(">", v, b)
-        a_new = builder.select(gt, kv, a)
+        a_new = builder.select(gt, splat(k, ivec), a)
         b_new = builder.select(gt, v, b)
         lt = builder.fcmp_ordered("<", v, lo)
         lo_new = builder.select(lt, v, lo)
@@ -649,18 +871,40 @@ def short_scan4(typingctx, scores, i, table):
         builder.branch(loop)
         k.add_incoming(ir.Constant(i64, 0), entry)
         k.add_incoming(k_new, body)
-        b.add_incoming(ir.Constant(dvec, [float("-inf")] * 4), entry)
+        b.add_incoming(ir.Constant(dvec, [float("-inf")] * R), entry)
         b.add_incoming(b_new, body)
-        a.add_incoming(ir.Constant(ivec, [0] * 4), entry)
+        a.add_incoming(ir.Constant(ivec, [0] * R), entry)
         a.add_incoming(a_new, body)
-        lo.add_incoming(ir.Constant(dvec, [float("inf")] * 4), entry)
+        lo.add_incoming(ir.Constant(dvec, [float("inf")] * R), entry)
         lo.add_incoming(lo_new, body)
-        q.add_incoming(ir.Constant(dvec, [0.0] * 4), entry)
+        q.add_incoming(ir.Constant(dvec, [0.0] * R), entry)
         q.add_incoming(q_new, body)
         builder.position_at_end(done)
-        out = []
-        for vv in (b, a, lo, q):
-            out.extend(builder.extract_element(vv, ir.Constant(i32, r)) for r in range(4))
-        return context.make_tuple(builder, signature.return_type, out)
+        # the bins: the edges below each maximum, counted in lanes
+        n_edges = builder.extract_value(edges.shape, 0)
+        bins_entry = builder.block
+        eloop = builder.append_basic_block("scan8.edges")
+        ebody = builder.append_basic_block("scan8.edges.body")
+        edone = builder.append_basic_block("scan8.edges.done")
+        builder.branch(eloop)
+        builder.position_at_end(eloop)
+        e = builder.phi(i64)
+        m = builder.phi(ivec)
+        builder.cbranch(builder.icmp_signed("<", e, n_edges), ebody, edone)
+        builder.position_at_end(ebody)
+        edge = splat(builder.load(builder.gep(edges.data, [e])), dvec)
+        m_new = builder.sub(m, builder.sext(builder.fcmp_ordered("<", edge, b), ivec))
+        e_new = builder.add(e, ir.Constant(i64, 1))
+        builder.branch(eloop)
+        e.add_incoming(ir.Constant(i64, 0), bins_entry)
+        e.add_incoming(e_new, ebody)
+        m.add_incoming(ir.Constant(ivec, [0] * R), bins_entry)
+        m.add_incoming(m_new, ebody)
+        builder.position_at_end(edone)
+        dst = builder.bitcast(out.data, dvec.as_pointer())
+        for t, vals in enumerate((b, builder.sitofp(a, dvec), lo, q, builder.sitofp(m, dvec))):
+            builder.store(vals, builder.gep(dst, [ir.Constant(i64, t)]), align=8)
+        return context.get_dummy_value()
 
-    return ret(scores, i, table), codegen
+    return types.none(scores, i, table, inner, res), codegen
+

@@ -15,6 +15,8 @@ from ._common import (
     JIT,
     LABEL_OUT_OF_RANGE,
     LANE_FLUSH,
+    MAX_VECTOR_EDGES,
+    SHORT_SCAN_ROWS,
     MIN_PARALLEL_ELEMENTS,
     PROBABILITY_OUT_OF_RANGE,
     PROBABILITY_TOLERANCE,
@@ -22,10 +24,12 @@ from ._common import (
     WEIGHT_NEGATIVE,
     WEIGHT_NOT_FINITE,
     CHUNK_ELEMENTS,
+    DENSE_ROWS,
     F32,
     HALF_TABLE,
     as_kernel_array,
     check_float_dtype,
+    dense_lanes_f32,
     exp_f32,
     group_size,
     is_finite,
@@ -36,7 +40,7 @@ from ._common import (
     next_ticket,
     rows_per_chunk,
     run_locked,
-    short_scan4,
+    short_scan8,
     status_tuple,
     valid_probability,
 )
@@ -137,12 +141,19 @@ def _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, out, row_out, 
     else:
         (total,) = lane_sums_f32(row_out, row_out, row_out.shape[0], 1)
         sum_sq = 0.0
+    _logit_row_out(arg, best, z_label, total, sum_sq, bf, inv_t, with_nll, out)
+    return True
+
+
+@numba.njit(inline="always", **JIT)
+def _logit_row_out(arg, best, z_label, total, sum_sq, bf, inv_t, with_nll, out):
+    """out = [argmax, confidence, p_label, sum p^2, nll] of a float logit row from its maximum `best`, the
+    label's logit, and its sums of e_k and e_k^2 (summarize_logit_row_f's last step)."""
     out[0] = arg
     out[1] = 1.0 / total
     out[2] = np.float64(exp_f32(bf * (z_label - best))) / total
     out[3] = sum_sq / (total * total)
     out[4] = math.log(total) - inv_t * (np.float64(z_label) - np.float64(best)) if with_nll else 0.0
-    return True
 
 
 @numba.njit(**JIT)
@@ -295,11 +306,14 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
     """A chunk of probability rows of K < SHORT_ROW elements without class-wise bins (binning.hpp,
     top_label_short_rows): one scalar pass per row keeping the maximum (the first index of it), the minimum and
     the sum of squares in column order; every element is in [-tol, 1 + tol] exactly when the minimum and the
-    maximum are and the sum of squares is not NaN (a NaN skips both comparisons). Rows go by fours whose
-    labels and weights are all good (the usual case): the four scans in one loop over the columns, so that
-    their dependency chains (the sum of squares, the running maximum) overlap; each row's arithmetic and the
-    order the rows are added in are unchanged. Same sums, bins and lanes as the C++ kernel, so the same bits.
-    (Written out in one body: inlined helpers taking arrays cost reference-count calls per row.)"""
+    maximum are and the sum of squares is not NaN (a NaN skips both comparisons). Rows go by eights whose
+    labels and weights are all good (the usual case): the eight scans in one loop over the columns
+    (short_scan8), so that their dependency chains (the sum of squares, the running maximum) overlap, and with
+    at most MAX_VECTOR_EDGES inner edges their bins counted there too (no branch on the data); each row's
+    arithmetic and the order the rows are added in are unchanged. Unweighted, the sums of ones (rows, correct
+    rows; per lane bin packed in one integer, as binning.hpp's packed lane bins) are kept as integers: exact,
+    so the same values. Same sums, bins and lanes as the C++ kernel, so the same bits. (Written out in one
+    body: inlined helpers taking arrays cost reference-count calls per row.)"""
     K = scores.shape[1]
     row = np.empty(5)
     l_count = np.zeros(4 * n_bins, np.int64)
@@ -307,36 +321,40 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
     l_conf = np.zeros(4 * n_bins)
     l_corr = np.zeros(4 * n_bins)
     lanes = np.zeros((6, TOTAL_LANES))
+    vector_bins = n_bins > 0 and inner.shape[0] <= MAX_VECTOR_EDGES
+    edges = inner if vector_bins else inner[:0]  # short_scan8 counts the edges below each row's maximum
+    scan = np.zeros((5, SHORT_SCAN_ROWS))
+    good = 0  # unweighted: the rows added and the correct ones (their lanes' sums of ones)
+    n_correct = 0
+    packed = not has_w and end - begin < (1 << 31)  # unweighted lane bins: count | correct count << 32
     i = begin
     while i < end:
-        clean = False
-        if i + 4 <= end:
-            y0 = labels[i]
-            y1 = labels[i + 1]
-            y2 = labels[i + 2]
-            y3 = labels[i + 3]
-            clean = (y0 >= 0) & (y0 < K) & (y1 >= 0) & (y1 < K) & (y2 >= 0) & (y2 < K) & (y3 >= 0) & (y3 < K)
-            if has_w:
-                for j in range(4):
-                    wj = weights[i + j]
-                    clean &= (wj >= 0.0) & (wj <= _DBL_MAX)  # false for NaN, inf and negatives
-        b0 = b1 = b2 = b3 = -np.inf
-        l0 = l1 = l2 = l3 = np.inf
-        a0 = a1 = a2 = a3 = 0
-        q0 = q1 = q2 = q3 = 0.0
         n = 1
-        if clean:
-            n = 4
-            b0, b1, b2, b3, a0, a1, a2, a3, l0, l1, l2, l3, q0, q1, q2, q3 = short_scan4(scores, i, table)
-        for j in range(n):
-            ii = i + j
-            y = labels[ii]
-            w = weights[ii] if has_w else 1.0
+        if i + SHORT_SCAN_ROWS <= end:
+            clean = True
+            for j in range(SHORT_SCAN_ROWS):
+                yj = labels[np.uint64(i + j)]
+                clean &= (yj >= 0) & (yj < K)
+                if has_w:
+                    wj = weights[np.uint64(i + j)]
+                    clean &= (wj >= 0.0) & (wj <= _DBL_MAX)  # false for NaN, inf and negatives
             if clean:
-                best = b0 if j == 0 else (b1 if j == 1 else (b2 if j == 2 else b3))
-                low = l0 if j == 0 else (l1 if j == 1 else (l2 if j == 2 else l3))
-                arg = a0 if j == 0 else (a1 if j == 1 else (a2 if j == 2 else a3))
-                sq = q0 if j == 0 else (q1 if j == 1 else (q2 if j == 2 else q3))
+                n = SHORT_SCAN_ROWS
+                short_scan8(scores, i, table, edges, scan)
+        for j in range(n):
+            # Unsigned indices (rows, lanes, bins): Numba adds no negative-index wraparound to them.
+            ii = i + j
+            u = np.uint64(ii)
+            uj = np.uint64(j)
+            y = labels[u]
+            w = weights[u] if has_w else 1.0
+            m = np.uint64(0)
+            if n > 1:
+                best = scan[0, uj]
+                arg = np.int64(scan[1, uj])
+                low = scan[2, uj]
+                sq = scan[3, uj]
+                m = np.uint64(scan[4, uj])
             else:
                 if y < 0 or y >= K:
                     merge_status(st, LABEL_OUT_OF_RANGE, ii, -1, float(y))
@@ -364,23 +382,44 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
             conf = best
             correct = 1.0 if arg == y else 0.0
             if n_bins > 0:
-                b = find_bin(conf, inner, True) * 4 + (ii & 3)
-                l_count[b] += 1
-                l_w[b] += w
-                l_conf[b] += w * conf
-                l_corr[b] += w * correct
+                if n > 1 and vector_bins:
+                    b = m * np.uint64(4) + (u & np.uint64(3))
+                else:
+                    b = np.uint64(find_bin(conf, inner, True)) * np.uint64(4) + (u & np.uint64(3))
+                if packed:  # binning.hpp's packed lane bins: the count and the correct count in one integer
+                    l_count[b] += 1 + (np.int64(correct) << 32)
+                    l_conf[b] += conf
+                else:
+                    l_count[b] += 1
+                    l_w[b] += w
+                    l_conf[b] += w * conf
+                    l_corr[b] += w * correct
             if has_out:
-                conf_out[ii] = conf
-                correct_out[ii] = np.uint8(correct)
-            r = (ii - begin) & (TOTAL_LANES - 1)
-            lanes[0, r] += 1.0
-            lanes[1, r] += w
-            lanes[2, r] += w * correct
+                conf_out[u] = conf
+                correct_out[u] = np.uint8(correct)
+            r = np.uint64((ii - begin) & (TOTAL_LANES - 1))
+            if has_w:
+                lanes[0, r] += 1.0
+                lanes[1, r] += w
+                lanes[2, r] += w * correct
+            else:  # sums of ones: integers, the same in any order
+                good += 1
+                n_correct += np.int64(correct)
             lanes[3, r] += w * conf
             if with_brier:
                 lanes[4, r] += w * ((sq - 2.0 * p_label) + 1.0)
-            lanes[5, r] += w * nll
+            if with_nll:  # else nll = 0: + 0 leaves the lane (+0) as it is
+                lanes[5, r] += w * nll
         i += n
+    if not has_w:  # sums of ones (weights, targets): the counts, exactly
+        lanes[0, 0] = lanes[1, 0] = float(good)
+        lanes[2, 0] = float(n_correct)
+    if packed:
+        for j in range(4 * n_bins):
+            both = l_count[j]
+            l_count[j] = both & 0xFFFFFFFF
+            l_w[j] = float(l_count[j])
+            l_corr[j] = float(both >> 32)
     for t in range(6):
         tot[t] += _fold_lanes(lanes[t])
     _fold_lane_bins(n_bins, l_count, l_w, l_conf, l_corr, count, wsum, sconf, scorr)
@@ -431,7 +470,9 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
     # rows, class by class (contiguous reads, each cache line once), into a class-major float buffer; each
     # row then takes the generic single-precision path from the buffer (the same values: the same bits).
     dense = single and not classwise and scores.strides[0] == scores.itemsize and K >= 2
-    dbuf = np.zeros((K if dense else 0, DENSE_BLOCK + 8), np.float32)
+    dbuf = np.zeros((K if dense else 0, DENSE_BLOCK + DENSE_ROWS), np.float32)
+    dres = np.zeros((5, DENSE_ROWS))
+    bf = F32(inv_t)
     b_start = begin
     b_end = begin
     for i in range(begin, end):
@@ -439,6 +480,10 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
             # the block of rows holding row i in the class-major buffer (binning.hpp, dense_block_copy)
             b_start = i
             b_end = _dense_block_copy(scores, i, end, table, dbuf)
+        if dense and (i - b_start) % DENSE_ROWS == 0:
+            # the sums of this row and the next DENSE_ROWS - 1, one per float lane (lanes past the block's end
+            # hold stale values, never read); binning.hpp, summarize_dense_logit_rows_f
+            dense_lanes_f32(dbuf, i - b_start, K, bf, dres)
         y = labels[i]
         if y < 0 or y >= K:
             merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
@@ -447,14 +492,17 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
         if has_w and not check_weight(w, i, st):
             continue
         if dense:
-            # the row from the block buffer (the same float values _load_f reads), then the generic
-            # single-precision path: the same bits (8 rows at a time with the loops over rows innermost, as the
-            # C++ kernel does, did not vectorise here and ran slower than lane_sums_f32 on one row)
+            # the row's sums from its lane (the same bits as the generic single-precision path on the row);
+            # a row holding NaN / inf takes that path, which names the first one
             r = i - b_start
-            for k in range(K):
-                ef[k] = dbuf[k, r]
-            if not _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, row, ef, with_brier):
+            j = r % DENSE_ROWS
+            if dres[4, j] != 0.0:
+                for k in range(K):
+                    ef[k] = dbuf[k, r]
+                _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, row, ef, with_brier)
                 continue
+            _logit_row_out(int(dres[3, j]), F32(dres[2, j]), dbuf[y, r], dres[0, j],
+                           dres[1, j] if with_brier else 0.0, bf, inv_t, with_nll, row)
         elif single:
             if not _logit_row_f(scores, i, y, with_nll, inv_t, table, st, row, ef, with_brier):
                 continue
