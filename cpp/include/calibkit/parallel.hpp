@@ -33,6 +33,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -398,6 +399,10 @@ void chunked_reduce(int64_t n, int64_t chunk, int64_t work_per_item, int64_t par
         }
     };
     ThreadPool::instance().run(n_chunks, threads, task);
+    // Every chunk completed without an exception (else run() rethrew it), so each was folded: checked.
+    if (folded.load() != n_chunks) {
+        throw std::logic_error("calibkit internal error: chunked_reduce left a chunk unfolded");
+    }
 }
 
 // Plain parallel loop over independent chunks (each writes its own output rows).
