@@ -31,9 +31,7 @@
 #include <cstdlib>
 #include <exception>
 #include <functional>
-#include <memory>
 #include <mutex>
-#include <stdexcept>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -310,7 +308,7 @@ constexpr int64_t kMinParallelElements = 1 << 16;
 
 // At most this many chunk partials are alive at once (fewer when a partial is
 // large): memory is bounded whatever N is, and since partials are still folded
-// in plain chunk order the number of slots never changes a result.
+// in plain chunk order the group size never changes a result.
 constexpr int64_t kMaxGroup = 64;
 constexpr int64_t kGroupBudgetValues = 1 << 20;
 
@@ -325,15 +323,6 @@ struct has_reset<P, std::void_t<decltype(std::declval<P&>().reset())>> : std::tr
 // for each chunk into a fresh partial (made by make()), and folds the partials
 // into `total` with combine(total, partial) in chunk order. `partial_values` is
 // the size of one partial, to bound how many are alive at once.
-//
-// All chunks are one run of the pool, without a barrier: chunk c computes into
-// slot c mod `slots`, and the thread that completes the chunk the fold is waiting
-// for folds it and every completed chunk after it, in chunk order, while the
-// other threads go on computing (one folder at a time). A chunk waits only for
-// its slot, until the chunk `slots` before it has been folded. The pool hands
-// out chunks in increasing order, so the chunks the fold waits for are always
-// being computed by threads that do not wait: no deadlock, and a serial run
-// folds each chunk right after computing it.
 template <class Partial, class Make, class Body, class Combine>
 void chunked_reduce(int64_t n, int64_t chunk, int64_t work_per_item, int64_t partial_values, Partial& total,
                     Make make, Body body, Combine combine) {
@@ -343,65 +332,24 @@ void chunked_reduce(int64_t n, int64_t chunk, int64_t work_per_item, int64_t par
     int threads = get_num_threads();
     if (n * std::max<int64_t>(work_per_item, 1) < kMinParallelElements) threads = 1;
     const int64_t budget_group = kGroupBudgetValues / std::max<int64_t>(partial_values, 1);
-    const int64_t slots = std::min<int64_t>(std::max<int64_t>(std::min(kMaxGroup, budget_group), 4), n_chunks);
-    // Each slot's partial is made by its first chunk (in parallel: large partials cost page faults).
-    std::vector<std::unique_ptr<Partial>> partials(static_cast<size_t>(slots));
-    // ready[s]: the chunk whose partial is complete in slot s (-1: none yet).
-    std::unique_ptr<std::atomic<int64_t>[]> ready(new std::atomic<int64_t>[static_cast<size_t>(slots)]);
-    for (int64_t g = 0; g < slots; ++g) ready[g].store(-1);
-    std::atomic<int64_t> folded{0};  // chunks folded into total: 0 .. folded - 1
-    std::atomic<bool> folding{false}, failed{false};
-    std::mutex slot_mutex;
-    std::condition_variable slot_free;
-    const auto wake_waiters = [&] {
-        { std::lock_guard<std::mutex> lock(slot_mutex); }
-        slot_free.notify_all();
-    };
-    // Folds the completed chunks from `folded` on, unless another thread is folding: that one
-    // looks again after it stops (all atomics sequentially consistent), so no chunk is left behind.
-    const auto fold_ready = [&] {
-        for (;;) {
-            if (folding.exchange(true)) return;
-            int64_t f = folded.load();
-            const int64_t first = f;
-            while (f < n_chunks && ready[f % slots].load() == f) {
-                combine(total, *partials[static_cast<size_t>(f % slots)]);
-                folded.store(++f);
-            }
-            folding.store(false);
-            if (f > first) wake_waiters();
-            if (f == n_chunks || ready[f % slots].load() != f) return;
-        }
-    };
-    std::function<void(int64_t)> task = [&](int64_t c) {
-        try {
-            const int64_t slot = c % slots;
-            if (c >= slots && folded.load() <= c - slots) {
-                std::unique_lock<std::mutex> lock(slot_mutex);
-                slot_free.wait(lock, [&] { return folded.load() > c - slots || failed.load(); });
-            }
-            if (failed.load()) return;  // another chunk threw: its exception is rethrown
-            std::unique_ptr<Partial>& p = partials[static_cast<size_t>(slot)];
-            if (c < slots) {
-                p.reset(new Partial(make()));
-            } else if constexpr (has_reset<Partial>::value) {
-                p->reset();
+    const int64_t group = std::min<int64_t>(std::max<int64_t>(std::min(kMaxGroup, budget_group), 4), n_chunks);
+    std::vector<Partial> partials;
+    partials.reserve(static_cast<size_t>(group));
+    for (int64_t g = 0; g < group; ++g) partials.push_back(make());
+    for (int64_t first = 0; first < n_chunks; first += group) {
+        const int64_t count = std::min<int64_t>(group, n_chunks - first);
+        std::function<void(int64_t)> task = [&](int64_t j) {
+            const int64_t c = first + j;
+            Partial& p = partials[static_cast<size_t>(j)];
+            if constexpr (has_reset<Partial>::value) {
+                p.reset();
             } else {
-                *p = make();
+                p = make();
             }
-            body(*p, c * chunk, std::min(n, (c + 1) * chunk));
-            ready[slot].store(c);
-            fold_ready();
-        } catch (...) {
-            failed.store(true);  // the fold stops at this chunk: wake the chunks waiting for a slot
-            wake_waiters();
-            throw;
-        }
-    };
-    ThreadPool::instance().run(n_chunks, threads, task);
-    // Every chunk completed without an exception (else run() rethrew it), so each was folded: checked.
-    if (folded.load() != n_chunks) {
-        throw std::logic_error("calibkit internal error: chunked_reduce left a chunk unfolded");
+            body(p, c * chunk, std::min(n, (c + 1) * chunk));
+        };
+        ThreadPool::instance().run(count, threads, task);
+        for (int64_t j = 0; j < count; ++j) combine(total, partials[static_cast<size_t>(j)]);
     }
 }
 

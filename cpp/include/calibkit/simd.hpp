@@ -386,44 +386,11 @@ CALIBKIT_INLINE unsigned lane_bits(I m) {
     return bits;
 }
 
-#if CALIBKIT_HAVE_AVX2_CLONES && defined(__SSE2__)
-// x86: maxps / maxpd (minps / minpd) compute a > b ? a : b (a < b ? a : b) lane by lane, b when the
-// lanes are unordered or equal: the ternary's value for every input, NaN included, in one instruction.
-// (GCC compiles the ternary to a compare and a blend when b is a constant, as in exp's clamp.) The
-// 32-byte forms are for the AVX2 clones only, whose `flatten` inlines them (as convert_f4_d4).
-#define CALIBKIT_X86_MINMAX 1
-__attribute__((target("avx"))) inline Vec<4>::fw max_f8(Vec<4>::fw a, Vec<4>::fw b) {
-    return __builtin_ia32_maxps256(a, b);
-}
-__attribute__((target("avx"))) inline Vec<4>::d max_d4(Vec<4>::d a, Vec<4>::d b) {
-    return __builtin_ia32_maxpd256(a, b);
-}
-__attribute__((target("avx"))) inline Vec<4>::fw min_f8(Vec<4>::fw a, Vec<4>::fw b) {
-    return __builtin_ia32_minps256(a, b);
-}
-__attribute__((target("avx"))) inline Vec<4>::d min_d4(Vec<4>::d a, Vec<4>::d b) {
-    return __builtin_ia32_minpd256(a, b);
-}
-#else
-#define CALIBKIT_X86_MINMAX 0
-#endif
-
-// Lane-wise maximum with maxpd's semantics: a when a > b, else b (when unordered or equal).
+// Lane-wise maximum with maxpd's semantics (b when unordered or equal), which
+// compilers emit for this pattern.
 template <class D>
 CALIBKIT_INLINE D vmax(D a, D b) {
-#if CALIBKIT_X86_MINMAX
-    if constexpr (std::is_same<D, Vec<2>::fw>::value) {
-        return __builtin_ia32_maxps(a, b);
-    } else if constexpr (std::is_same<D, Vec<2>::d>::value) {
-        return __builtin_ia32_maxpd(a, b);
-    } else if constexpr (std::is_same<D, Vec<4>::fw>::value) {
-        return max_f8(a, b);
-    } else if constexpr (std::is_same<D, Vec<4>::d>::value) {
-        return max_d4(a, b);
-    } else {
-        return a > b ? a : b;
-    }
-#elif CALIBKIT_GNU_VECTORS
+#if CALIBKIT_GNU_VECTORS
     return a > b ? a : b;
 #else
     for (int j = 0; j < D::size; ++j) a.v[j] = a.v[j] > b.v[j] ? a.v[j] : b.v[j];
@@ -467,22 +434,9 @@ CALIBKIT_INLINE typename V::d exp_nonpositive(typename V::d x) {
 // The same function on one value (lane 0 of the portable width).
 inline double exp_nonpositive(double x) { return exp_nonpositive<Vec<2>>(splat<Vec<2>::d>(x))[0]; }
 
-// Lane-wise minimum with minpd's semantics: a when a < b, else b (when unordered or equal).
 template <class D>
 CALIBKIT_INLINE D vmin(D a, D b) {
-#if CALIBKIT_X86_MINMAX
-    if constexpr (std::is_same<D, Vec<2>::fw>::value) {
-        return __builtin_ia32_minps(a, b);
-    } else if constexpr (std::is_same<D, Vec<2>::d>::value) {
-        return __builtin_ia32_minpd(a, b);
-    } else if constexpr (std::is_same<D, Vec<4>::fw>::value) {
-        return min_f8(a, b);
-    } else if constexpr (std::is_same<D, Vec<4>::d>::value) {
-        return min_d4(a, b);
-    } else {
-        return a < b ? a : b;
-    }
-#elif CALIBKIT_GNU_VECTORS
+#if CALIBKIT_GNU_VECTORS
     return a < b ? a : b;
 #else
     for (int j = 0; j < D::size; ++j) a.v[j] = a.v[j] < b.v[j] ? a.v[j] : b.v[j];

@@ -1,7 +1,6 @@
-"""chunked_reduce folds its chunk partials in chunk order without a barrier between groups of chunks
-(parallel.hpp), and vmax / vmin are one max / min instruction (simd.hpp): the same bits as before for any
-thread count, serial fallback, instruction set and number of chunks (more chunks than partial slots
-included, so slots are reused)."""
+"""chunked_reduce (parallel.hpp) folds its chunk partials in chunk order: the same bits for any thread count,
+serial fallback, instruction set and number of chunks (more chunks than partial slots included, so slots are
+reused), checked against NumPy references."""
 
 import os
 import subprocess
