@@ -98,6 +98,24 @@ def test_one_and_two_threads_give_the_same_bits():
         calibkit.set_num_threads(before)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("n_bins", [4, 8, 16])
+def test_confidences_exactly_on_an_edge(dtype, n_bins):
+    """Bins are right-closed ((e_{b-1}, e_b]): a top confidence equal to an inner edge (0.25, 0.5, ... exact in
+    every float type) is counted in the bin below it, by short_scan8's edge count as by the scalar search."""
+    rng = np.random.default_rng(3)
+    n = 4096
+    top = rng.choice(np.array([0.25, 0.5, 0.75, 1.0, 0.375, 0.625]), n)
+    rest = (1.0 - top) / 4.0  # exact: multiples of 1/32
+    s = np.column_stack([top, rest, rest, rest, rest]).astype(dtype)
+    y = rng.integers(0, 5, n)
+    got = run("numba", s, y, n_bins=n_bins)
+    assert_same_bits(got, run("cpp", s, y, n_bins=n_bins))
+    edges = np.arange(1, n_bins) / n_bins
+    want = np.bincount(np.searchsorted(edges, top, side="left"), minlength=n_bins)
+    assert np.array_equal(np.asarray(got[0]["count"]), want)
+
+
 @pytest.mark.parametrize("where", range(8))
 @pytest.mark.parametrize("bad", ["nan", "above", "below", "label", "negative_label", "weight", "nan_weight"])
 def test_bad_rows_anywhere_in_a_group(where, bad):
