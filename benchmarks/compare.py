@@ -3,8 +3,7 @@
 Usage::
 
     python benchmarks/compare.py                 # every workload, full size
-    python benchmarks/compare.py --quick         # small sizes, few repeats: a smoke run (under a minute);
-                                                 # leaves out the slow workloads unless picked by name
+    python benchmarks/compare.py --quick         # small sizes, few repeats: a smoke run (under a minute)
     python benchmarks/compare.py --goals         # only the workloads that measure a goal of issue 13 or 17
     python benchmarks/compare.py --only metrics  # one area (workloads_<area>.py)
     python benchmarks/compare.py --match class-wise   # workloads whose name contains this
@@ -46,7 +45,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import format_rows, machine_line, run_workload  # noqa: E402
+from harness import NumbaClock, Phases, format_rows, machine_line, run_workload  # noqa: E402
 
 REFERENCE = "calibkit (cpp)"
 
@@ -60,10 +59,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="calibkit threads (default: all cores)")
     parser.add_argument("--calibkit-only", action="store_true", help="leave out the peers (calibkit's rows only)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass (--quick skips it)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after each workload, where its wall time went (set-up, references, first calls, ...)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     # a terminated run still removes the files its workloads wrote (their finally blocks run on SystemExit)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    numba_clock = NumbaClock().install()  # before calibkit's kernels are first called
 
     import calibkit
 
@@ -78,9 +80,8 @@ def main(argv=None) -> int:
             parser.error(f"unknown area(s) {sorted(unknown)}; known: {areas}")
         areas = [a for a in areas if a in args.only]
     # seconds of timed calls per contender (at least one call): keeps slow peers from dominating a quick run
-    budget = 0.3 if args.quick else 20.0
-    picked = args.goals or args.only or args.match
-    summary, left_out = [], []
+    budget = 0.1 if args.quick else 20.0
+    summary = []
     for area in areas:
         module = importlib.import_module(f"workloads_{area}")
         for w in module.workloads(quick=args.quick):
@@ -88,25 +89,26 @@ def main(argv=None) -> int:
                 continue
             if args.goals and not w.goals:
                 continue
-            if args.quick and w.slow and not picked:
-                left_out.append(f"{w.area}: {w.name}")
-                continue
-            t0 = time.perf_counter()
+            t0, jit0 = time.perf_counter(), numba_clock.jit
+            phases = Phases()
             rows = run_workload(w, measure_memory=not (args.no_memory or args.quick), budget=budget,
-                                calibkit_only=args.calibkit_only)
+                                calibkit_only=args.calibkit_only, phases=phases)
             text = (format_rows(w, rows, REFERENCE, quick=args.quick)
-                    + f"\n(workload: {time.perf_counter() - t0:.1f} s)")
+                    + f"\n(workload: {time.perf_counter() - t0:.1f} s"
+                    + (f"; Numba JIT {numba_clock.jit - jit0:.2f} s; {phases.line()})" if args.profile else ")"))
             print(text, flush=True)
             summary += [line for line in text.splitlines() if line.startswith("goal  ")]
-    for name in left_out:
-        print(f"\n## {name}\nleft out of --quick (seconds per call at any size); run it with --goals or --only")
     if summary:
         print("\n## summary: goals of issues 13 and 17" + (" (at --quick sizes: not judged)" if args.quick else "")
               + "\n" + "\n".join(summary))
+    if args.profile and numba_clock.compiled:
+        print("\n# Numba compiling by kernel (s): " + ", ".join(
+            f"{name} {t:.1f}" for name, t in sorted(numba_clock.compiled.items(), key=lambda x: -x[1]) if t >= 0.1))
     cpu = sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
     print(f"\n# compare.py ran in {time.perf_counter() - start:.1f} s wall, {cpu:.1f} s CPU (this process and "
-          f"its children)")
+          f"its children); Numba JIT in this process {numba_clock.jit:.1f} s wall, of which compiling "
+          f"{numba_clock.compile:.1f} s (the rest: type dispatch and cache loads)")
     return 0
 
 

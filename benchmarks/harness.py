@@ -94,9 +94,8 @@ class Workload:
     goals: list[Goal] = dataclasses.field(default_factory=list)  # issue-13 goals measured by this workload
     teardown: Callable[[dict], None] | None = None  # removes what setup made (files), always called
     floor_name: str = "one read"
-    # Left out of a plain --quick run (kept when picked with --goals, --only or --match): for workloads whose
-    # fixed cost is seconds per call even at the smallest size.
-    slow: bool = False
+    # False when the contenders do different things (no column of ratios to calibkit's C++ row)
+    relative: bool = True
 
 
 def read_scores(d: dict) -> Callable[[], object]:
@@ -207,28 +206,92 @@ def machine_line() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}"
 
 
+class NumbaClock:
+    """Seconds Numba spent, since :meth:`install`, holding its compiler lock (``jit``: type inference, compiling or
+    loading a cached kernel, the first call of each signature) and compiling (``compile``: cache misses only),
+    from Numba's own events; the outermost event of each nesting is counted."""
+
+    def __init__(self):
+        self.jit = self.compile = 0.0
+        self.compiled = {}  # seconds of compiling by kernel name ("module.function")
+
+    def install(self) -> "NumbaClock":
+        from numba.core import event
+
+        clock = self
+
+        class _Outermost(event.Listener):
+            def __init__(self, field):
+                self.field, self.depth, self.t0 = field, 0, 0.0
+
+            def on_start(self, ev):
+                if self.depth == 0:
+                    self.t0 = time.perf_counter()
+                    self.what = ev.data.get("dispatcher") if isinstance(ev.data, dict) else None
+                self.depth += 1
+
+            def on_end(self, ev):
+                self.depth -= 1
+                if self.depth == 0:
+                    dt = time.perf_counter() - self.t0
+                    setattr(clock, self.field, getattr(clock, self.field) + dt)
+                    if self.what is not None:
+                        fn = self.what.py_func
+                        name = f"{fn.__module__}.{fn.__qualname__}"
+                        clock.compiled[name] = clock.compiled.get(name, 0.0) + dt
+
+        event.register("numba:compiler_lock", _Outermost("jit"))
+        event.register("numba:compile", _Outermost("compile"))
+        return self
+
+
+class Phases:
+    """Where a workload's wall time went: ``add(what, seconds)`` in order; :meth:`line` sums them."""
+
+    def __init__(self):
+        self.parts = []
+
+    def add(self, what: str, seconds: float) -> None:
+        self.parts.append((what, seconds))
+
+    def timed(self, what: str, fn: Callable[[], object]):
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.add(what, time.perf_counter() - t0)
+
+    def line(self, min_seconds: float = 0.05) -> str:
+        """The parts of at least ``min_seconds``, largest first, and the rest summed."""
+        big = sorted((p for p in self.parts if p[1] >= min_seconds), key=lambda p: -p[1])
+        rest = sum(s for _, s in self.parts) - sum(s for _, s in big)
+        return ", ".join([f"{what} {s:.2f}" for what, s in big] + ([f"other {rest:.2f}"] if rest >= 0.005 else []))
+
+
 def run_workload(w: Workload, measure_memory: bool = True, budget: float = math.inf,
-                 calibkit_only: bool = False) -> list[dict]:
+                 calibkit_only: bool = False, phases: Phases | None = None) -> list[dict]:
     """Rows {contender, time (per call), status, mem, note} of one workload; one "skipped" row when its
     setup raises SkipWorkload. ``budget``: seconds of timed calls per contender (at least one call);
-    ``calibkit_only``: leave out the peers."""
+    ``calibkit_only``: leave out the peers; ``phases``: receives the seconds of each step (set-up, the
+    contenders' construction, each contender's first call and its timed calls, teardown)."""
+    phases = Phases() if phases is None else phases
     try:
-        data = w.setup()
+        data = phases.timed("set-up", w.setup)
     except SkipWorkload as exc:
         return [{"contender": "(workload)", "time": float("nan"), "status": f"skipped: {exc}", "mem": None}]
     try:
-        return _run(w, data, measure_memory, budget, calibkit_only)
+        return _run(w, data, measure_memory, budget, calibkit_only, phases)
     finally:
         if w.teardown is not None:
-            w.teardown(data)
+            phases.timed("teardown", lambda: w.teardown(data))
 
 
-def _run(w, data, measure_memory, budget, calibkit_only=False):
+def _run(w, data, measure_memory, budget, calibkit_only, phases):
     rows = []
     if w.floor is not None:
-        floor_t = median_time(w.floor(data), repeat=5, budget=budget)
+        floor_t = phases.timed("floor", lambda: median_time(w.floor(data), repeat=5, budget=budget))
         rows.append({"contender": FLOOR, "time": floor_t, "status": "ok", "mem": None})
-    for c in w.contenders(data):
+    for c in phases.timed("contenders built (references, imports)", lambda: w.contenders(data)):
         if calibkit_only and not c.name.startswith("calibkit"):
             continue
         if c.skip_reason is not None:
@@ -239,7 +302,8 @@ def _run(w, data, measure_memory, budget, calibkit_only=False):
             t0 = time.perf_counter()
             result = c.run()  # the warm-up: compiles Numba kernels, outside the timed region
             first = time.perf_counter() - t0
-            msg = c.check(result) if c.check is not None else None
+            phases.add(f"{c.name} first call", first)
+            msg = phases.timed(f"{c.name} check", lambda: c.check(result)) if c.check is not None else None
             if msg is not None and not c.time_if_wrong:
                 rows.append({"contender": c.name, "time": float("nan"), "status": f"WRONG: {msg}", "mem": None})
                 continue
@@ -249,8 +313,9 @@ def _run(w, data, measure_memory, budget, calibkit_only=False):
                 # Numba compile, so calibkit is always timed again
                 t = first / c.calls
             else:
-                t = median_time(c.run, repeat=c.repeat, warmup=0, budget=budget) / c.calls
-            mem = peak_extra_memory(c.run) if measure_memory else None
+                t = phases.timed(f"{c.name} timed", lambda: median_time(c.run, repeat=c.repeat, warmup=0,
+                                                                         budget=budget)) / c.calls
+            mem = phases.timed(f"{c.name} memory", lambda: peak_extra_memory(c.run)) if measure_memory else None
             rows.append({"contender": c.name, "time": t, "status": "ok", "mem": mem,
                          "note": None if msg is None else f"inexact: {msg}"})
         except Exception as exc:  # a peer that fails on this input
@@ -301,18 +366,22 @@ def backend_pairs(rows) -> list[tuple[str, float]]:
     return out
 
 
+# A floor (one read of the input) shorter than this measures a call, not memory bandwidth: no column of ratios to it.
+MIN_FLOOR = 1e-4
+
+
 def format_rows(w: Workload, rows: list[dict], reference: str, numba_goal: float = 2.0, quick: bool = False) -> str:
-    """The workload's table: only columns that carry a number for some row, aligned; then the goal lines
-    and the Numba / C++ ratio of each pair of backend rows (without a verdict at --quick sizes)."""
+    """The workload's table: only columns that carry a meaningful number for some row, aligned; then the goal
+    lines and the Numba / C++ ratio of each pair of backend rows (without a verdict at --quick sizes)."""
     ref_name = _reference_name(rows, reference)
     ok = [r for r in rows if r["status"] == "ok"]
     times = {r["contender"]: r["time"] for r in ok}
     floor = times.get(FLOOR)
     ref = times.get(ref_name)
     columns = [("median", lambda r: format_time(r["time"]))]
-    if floor:
+    if floor and floor >= MIN_FLOOR:
         columns.append((f"x {w.floor_name}", lambda r: f"{r['time'] / floor:.2f}"))
-    if ref and any(r["contender"] not in (ref_name, FLOOR) for r in ok):
+    if ref and w.relative and any(r["contender"] not in (ref_name, FLOOR) for r in ok):
         columns.append((f"x {ref_name}", lambda r: "" if r["contender"] == FLOOR else f"{r['time'] / ref:.2f}"))
     if any(r.get("mem") is not None for r in ok):
         columns.append(("peak extra MB", lambda r: "" if r.get("mem") is None else f"{r['mem'] / 2**20:.1f}"))

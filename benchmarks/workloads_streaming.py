@@ -222,5 +222,5 @@ def workloads(quick: bool = False) -> list[Workload]:
         Workload("streaming", "update of 8 rows x K=10 (time per call: the fixed overhead)", lambda: _make(8, 10),
                  _tiny_contenders),
         Workload("streaming", "merge 1000 states and compute; to_bytes/from_bytes round trips",
-                 lambda: _make(20_000 if quick else 100_000, 10), _merge_contenders),
+                 lambda: _make(20_000 if quick else 100_000, 10), _merge_contenders, relative=False),
     ]
