@@ -6,7 +6,7 @@ Usage::
     python benchmarks/compare.py --quick         # small sizes, few repeats: a smoke run (under a minute)
     python benchmarks/compare.py --goals         # only the workloads that measure a goal of issue 13 or 17
     python benchmarks/compare.py --only metrics  # one area (workloads_<area>.py)
-    python benchmarks/compare.py --match class-wise   # workloads whose name contains this
+    python benchmarks/compare.py --match class-wise   # workloads whose name contains this (repeatable: any of)
     python benchmarks/compare.py --threads 1
     python benchmarks/compare.py --no-memory     # skip the peak-memory pass
     python benchmarks/compare.py --calibkit-only # no peers (their recipes take minutes at full size)
@@ -16,15 +16,27 @@ list[Workload]``. Each contender (calibkit C++, calibkit Numba, each installed
 peer) is called once untimed (Numba compiles there) and its result checked
 against the reference before it is timed. For each workload the table gives
 the median time (per call for per-call workloads), the ratio to one plain read
-of the input (the memory-bandwidth floor; `cat` of the file for the report),
-the ratio to calibkit's C++ backend (so a peer's row reads "N x slower"), and
-the peak extra resident memory of the call (not in --quick). The last line gives the wall and CPU time of the run
-(on a loaded machine the CPU time is what the script itself costs) (the RSS high-water mark above the
-memory in use before it, native allocations of every library included).
+of the input (the memory-bandwidth floor; `cat` of the file for the report;
+left out when that read takes under 0.1 ms: it then measures a call, not
+bandwidth), the ratio to calibkit's C++ backend (so a peer's row reads "N x
+slower"; left out where the rows do different things), and the peak extra
+resident memory of the call (the RSS high-water mark above the memory in use
+before it, native allocations of every library included; not in --quick).
 Columns with nothing to show are left out; a peer that is not installed is one
-"skipped" line. Below a table: the issue-13 and issue-17 goals it measures, each with the
-measured value, and the Numba / C++ ratio of each pair of backend rows. The
-goal lines are repeated at the end as a summary.
+"skipped" line. Below a table: the issue-13 and issue-17 goals it measures, each
+on one line with the measured value, and the Numba / C++ ratio of each pair of
+backend rows. The goal lines are repeated at the end as a summary. The last line
+gives the wall and CPU time of the run (on a loaded machine the CPU time is what
+the script itself costs) and the seconds Numba spent compiling or loading kernels.
+
+``--quick`` runs every workload at small sizes, each contender timed for 0.1 s
+(at least once). ``--profile`` adds, under each table, where the workload's wall
+time went (set-up, building the contenders: references and peer imports, each
+first call, the timed calls) and at the end Numba's compile seconds by kernel.
+On a cold Numba cache (the first compile of a --quick run), when the machine
+has a core to spare, a helper process (``--numba-warmup``) calls the Numba rows
+of the workloads from the last one back until it meets the run, so the kernels
+compile on two cores; the last line says when it started.
 """
 
 from __future__ import annotations
@@ -35,7 +47,9 @@ import os
 import pathlib
 import resource
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 
 # OpenMP pools (torch's, Numba's omp layer) sleep instead of spinning while idle, unless the caller chose:
@@ -45,7 +59,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import NumbaClock, Phases, format_rows, machine_line, run_workload  # noqa: E402
+from harness import NumbaClock, Phases, SkipWorkload, format_rows, machine_line, run_workload  # noqa: E402
 
 REFERENCE = "calibkit (cpp)"
 
@@ -55,17 +69,40 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats, for a smoke run")
     parser.add_argument("--goals", action="store_true", help="only the workloads that measure an issue-13 or issue-17 goal")
     parser.add_argument("--only", action="append", default=None, help="area(s) to run, e.g. metrics")
-    parser.add_argument("--match", default=None, help="only workloads whose name contains this text")
+    parser.add_argument("--match", action="append", default=None,
+                        help="only workloads whose name contains this text (repeat it for any of several)")
     parser.add_argument("--threads", type=int, default=None, help="calibkit threads (default: all cores)")
     parser.add_argument("--calibkit-only", action="store_true", help="leave out the peers (calibkit's rows only)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass (--quick skips it)")
     parser.add_argument("--profile", action="store_true",
                         help="after each workload, where its wall time went (set-up, references, first calls, ...)")
+    parser.add_argument("--numba-warmup", metavar="PROGRESS", default=None,
+                        help="only call each selected workload's Numba rows once, last workload first, until the "
+                             "run whose position is in the file PROGRESS reaches it; print nothing (the helper a "
+                             "--quick run starts on a cold Numba cache)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     # a terminated run still removes the files its workloads wrote (their finally blocks run on SystemExit)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    areas = sorted(p.stem[len("workloads_"):] for p in HERE.glob("workloads_*.py"))
+    if args.only:
+        unknown = set(args.only) - set(areas)
+        if unknown:
+            parser.error(f"unknown area(s) {sorted(unknown)}; known: {areas}")
+        areas = [a for a in areas if a in args.only]
+
+    def selected():
+        for area in areas:
+            for w in importlib.import_module(f"workloads_{area}").workloads(quick=args.quick):
+                if (not args.match or any(m in w.name for m in args.match)) and (not args.goals or w.goals):
+                    yield w
+
+    if args.numba_warmup:
+        return warm_numba(list(selected()), args.numba_warmup)
     numba_clock = NumbaClock().install()  # before calibkit's kernels are first called
+    helper = NumbaHelper(argv)
+    if args.quick:  # on a cold cache (the first compile), compile the last workloads' kernels alongside
+        numba_clock.on_first_compile = helper.start
 
     import calibkit
 
@@ -73,31 +110,13 @@ def main(argv=None) -> int:
         calibkit.set_num_threads(args.threads)
     print(f"# calibkit {calibkit.__version__} | {machine_line()} | threads={calibkit.get_num_threads()}"
           + (" | quick" if args.quick else ""))
-    areas = sorted(p.stem[len("workloads_"):] for p in HERE.glob("workloads_*.py"))
-    if args.only:
-        unknown = set(args.only) - set(areas)
-        if unknown:
-            parser.error(f"unknown area(s) {sorted(unknown)}; known: {areas}")
-        areas = [a for a in areas if a in args.only]
     # seconds of timed calls per contender (at least one call): keeps slow peers from dominating a quick run
     budget = 0.1 if args.quick else 20.0
     summary = []
-    for area in areas:
-        module = importlib.import_module(f"workloads_{area}")
-        for w in module.workloads(quick=args.quick):
-            if args.match and args.match not in w.name:
-                continue
-            if args.goals and not w.goals:
-                continue
-            t0, jit0 = time.perf_counter(), numba_clock.jit
-            phases = Phases()
-            rows = run_workload(w, measure_memory=not (args.no_memory or args.quick), budget=budget,
-                                calibkit_only=args.calibkit_only, phases=phases)
-            text = (format_rows(w, rows, REFERENCE, quick=args.quick)
-                    + f"\n(workload: {time.perf_counter() - t0:.1f} s"
-                    + (f"; Numba JIT {numba_clock.jit - jit0:.2f} s; {phases.line()})" if args.profile else ")"))
-            print(text, flush=True)
-            summary += [line for line in text.splitlines() if line.startswith("goal  ")]
+    try:
+        run_all(args, selected(), numba_clock, budget, summary, helper)
+    finally:
+        helper.stop()
     if summary:
         print("\n## summary: goals of issues 13 and 17" + (" (at --quick sizes: not judged)" if args.quick else "")
               + "\n" + "\n".join(summary))
@@ -108,8 +127,87 @@ def main(argv=None) -> int:
                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
     print(f"\n# compare.py ran in {time.perf_counter() - start:.1f} s wall, {cpu:.1f} s CPU (this process and "
           f"its children); Numba JIT in this process {numba_clock.jit:.1f} s wall, of which compiling "
-          f"{numba_clock.compile:.1f} s (the rest: type dispatch and cache loads)")
+          f"{numba_clock.compile:.1f} s (the rest: type dispatch and cache loads)" + helper.note(start))
     return 0
+
+
+def run_all(args, workloads, numba_clock, budget, summary, helper):
+    """Run, print and collect the goal lines of each workload."""
+    for i, w in enumerate(workloads):
+        helper.reached(i)
+        t0, jit0 = time.perf_counter(), numba_clock.jit
+        phases = Phases()
+        rows = run_workload(w, measure_memory=not (args.no_memory or args.quick), budget=budget,
+                            calibkit_only=args.calibkit_only, phases=phases)
+        text = (format_rows(w, rows, REFERENCE, quick=args.quick)
+                + f"\n(workload: {time.perf_counter() - t0:.1f} s"
+                + (f"; Numba JIT {numba_clock.jit - jit0:.2f} s; {phases.line()})" if args.profile else ")"))
+        print(text, flush=True)
+        summary += [line for line in text.splitlines() if line.startswith("goal  ")]
+
+
+def warm_numba(workloads, progress) -> int:
+    """Call each workload's Numba rows once (their kernels compile into the on-disk cache), unchecked, from the
+    last workload back; stop at the first one the run (its position in the file ``progress``) has reached."""
+    for i in range(len(workloads) - 1, -1, -1):
+        if i <= int(pathlib.Path(progress).read_text() or 0):
+            break
+        w = workloads[i]
+        try:
+            data = w.setup()
+        except SkipWorkload:
+            continue
+        try:
+            for c in w.contenders(data):
+                if c.run is not None and "(numba)" in c.name:
+                    try:
+                        c.run()
+                    except Exception:  # noqa: BLE001 - the timed run reports it
+                        pass
+        finally:
+            if w.teardown is not None:
+                w.teardown(data)
+    return 0
+
+
+class NumbaHelper:
+    """A second process that compiles the Numba kernels of the selected workloads, last workload first, while
+    this one runs them first to last: on a cold cache (tens of seconds per kernel) the two meet in the middle
+    (this run writes the index of the workload it starts to a small file the helper reads) and the rest load
+    from the cache. Started at most once, only when the machine has a core to spare; stopped (terminated if
+    still running) at the end."""
+
+    def __init__(self, argv):
+        self.argv = list(sys.argv[1:] if argv is None else argv)
+        self.proc = self.started = self.progress = None
+        self.position = 0
+
+    def start(self):
+        if self.proc is None and os.getloadavg()[0] < (os.cpu_count() or 1) - 0.5:
+            self.started = time.perf_counter()
+            fd, self.progress = tempfile.mkstemp(prefix="calibkit-compare-progress-")
+            os.close(fd)
+            self.reached(self.position)
+            self.proc = subprocess.Popen([sys.executable, __file__, *self.argv, "--numba-warmup", self.progress],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def reached(self, i):
+        self.position = i
+        if self.progress is not None:
+            pathlib.Path(self.progress).write_text(str(i))
+
+    def stop(self):
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()  # its workloads' teardowns run (SIGTERM exits through their finally blocks)
+            self.proc.wait()
+            os.unlink(self.progress)
+
+    def note(self, start):
+        if self.started is None:
+            return ""
+        return (f"; cold Numba cache: a helper process compiled kernels alongside from {self.started - start:.0f} s "
+                "(rows timed meanwhile shared the machine with it)")
 
 
 if __name__ == "__main__":
