@@ -33,10 +33,10 @@ the script itself costs) and the seconds Numba spent compiling or loading kernel
 (at least once). ``--profile`` adds, under each table, where the workload's wall
 time went (set-up, building the contenders: references and peer imports, each
 first call, the timed calls) and at the end Numba's compile seconds by kernel.
-On a cold Numba cache (the first compile of a --quick run), when the machine
-has a core to spare, a helper process (``--numba-warmup``) calls the Numba rows
-of the workloads from the last one back until it meets the run, so the kernels
-compile on two cores; the last line says when it started.
+On a cold Numba cache (the first compile of a --quick run) a helper process
+(``--numba-warmup``) calls the Numba rows of the workloads from the last one
+back until it meets the run, so the kernels compile on two cores; the last line
+says when it started.
 """
 
 from __future__ import annotations
@@ -148,10 +148,12 @@ def run_all(args, workloads, numba_clock, budget, summary, helper):
 
 def warm_numba(workloads, progress) -> int:
     """Call each workload's Numba rows once (their kernels compile into the on-disk cache), unchecked, from the
-    last workload back; stop at the first one the run (its position in the file ``progress``) has reached."""
+    last workload back; stop at the first one the run (its position in the file ``progress``) has reached.
+    The index of the workload being warmed is written to ``progress + "-helper"``."""
     for i in range(len(workloads) - 1, -1, -1):
         if i <= int(pathlib.Path(progress).read_text() or 0):
             break
+        pathlib.Path(progress + "-helper").write_text(str(i))
         w = workloads[i]
         try:
             data = w.setup()
@@ -173,17 +175,18 @@ def warm_numba(workloads, progress) -> int:
 class NumbaHelper:
     """A second process that compiles the Numba kernels of the selected workloads, last workload first, while
     this one runs them first to last: on a cold cache (tens of seconds per kernel) the two meet in the middle
-    (this run writes the index of the workload it starts to a small file the helper reads) and the rest load
-    from the cache. Started at most once, only when the machine has a core to spare; stopped (terminated if
-    still running) at the end."""
+    and the rest load from the cache. Each writes the index of the workload it is at to a small file the other
+    reads: the helper stops at the run's; the run waits while the helper warms the workload it reaches, so no
+    kernel is compiled twice. Started at most once (on a machine with more than one core); stopped (terminated
+    if still running) at the end."""
 
     def __init__(self, argv):
         self.argv = list(sys.argv[1:] if argv is None else argv)
         self.proc = self.started = self.progress = None
-        self.position = 0
+        self.position, self.waited = 0, 0.0
 
     def start(self):
-        if self.proc is None and os.getloadavg()[0] < (os.cpu_count() or 1) - 0.5:
+        if self.proc is None and (os.cpu_count() or 1) > 1:
             self.started = time.perf_counter()
             fd, self.progress = tempfile.mkstemp(prefix="calibkit-compare-progress-")
             os.close(fd)
@@ -193,21 +196,28 @@ class NumbaHelper:
 
     def reached(self, i):
         self.position = i
-        if self.progress is not None:
-            pathlib.Path(self.progress).write_text(str(i))
+        if self.progress is None:
+            return
+        pathlib.Path(self.progress).write_text(str(i))
+        mine, t0 = pathlib.Path(self.progress + "-helper"), time.perf_counter()
+        while self.proc is not None and self.proc.poll() is None and mine.exists() and mine.read_text() == str(i):
+            time.sleep(0.05)  # the helper is compiling this workload's kernels: load them when it is done
+        self.waited += time.perf_counter() - t0
 
     def stop(self):
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.terminate()  # its workloads' teardowns run (SIGTERM exits through their finally blocks)
             self.proc.wait()
-            os.unlink(self.progress)
+            for path in (self.progress, self.progress + "-helper"):
+                if os.path.exists(path):
+                    os.unlink(path)
 
     def note(self, start):
         if self.started is None:
             return ""
         return (f"; cold Numba cache: a helper process compiled kernels alongside from {self.started - start:.0f} s "
-                "(rows timed meanwhile shared the machine with it)")
+                f"(rows timed meanwhile shared the machine with it; the run waited {self.waited:.0f} s for it)")
 
 
 if __name__ == "__main__":

@@ -166,3 +166,23 @@ def test_numba_warmup_prints_nothing_and_stops_where_the_run_is(tmp_path):
     assert _run("--quick", "--numba-warmup", str(progress), "--match", "100 rows") == ""
     progress.write_text("0")  # the run is at the only workload: nothing left to warm
     assert _run("--quick", "--numba-warmup", str(progress), "--match", "100 rows") == ""
+
+
+def test_numba_helper_run_waits_while_the_helper_warms_its_workload(tmp_path):
+    """The run, reaching the workload the helper is compiling, waits for the helper to move on (here: to end)
+    instead of compiling the same kernels; its position is written for the helper."""
+    import compare
+
+    helper = compare.NumbaHelper([])
+    helper.progress = str(tmp_path / "progress")
+    (tmp_path / "progress-helper").write_text("2")
+    helper.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    try:
+        helper.reached(1)  # the helper is elsewhere: no wait
+        assert (tmp_path / "progress").read_text() == "1" and helper.proc.poll() is None
+        helper.reached(2)
+        assert helper.proc.poll() is not None  # returned only once the helper was gone
+        assert (tmp_path / "progress").read_text() == "2"
+    finally:
+        helper.stop()
+    assert not (tmp_path / "progress").exists() and not (tmp_path / "progress-helper").exists()
