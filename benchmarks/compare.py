@@ -33,10 +33,6 @@ the script itself costs) and the seconds Numba spent compiling or loading kernel
 (at least once). ``--profile`` adds, under each table, where the workload's wall
 time went (set-up, building the contenders: references and peer imports, each
 first call, the timed calls) and at the end Numba's compile seconds by kernel.
-On a cold Numba cache (the first compile of a --quick run) a helper process
-(``--numba-warmup``) calls the Numba rows of the workloads from the last one
-back until it meets the run, so the kernels compile on two cores; the last line
-says when it started.
 """
 
 from __future__ import annotations
@@ -47,9 +43,7 @@ import os
 import pathlib
 import resource
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 
 # OpenMP pools (torch's, Numba's omp layer) sleep instead of spinning while idle, unless the caller chose:
@@ -59,7 +53,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from harness import NumbaClock, Phases, SkipWorkload, format_rows, machine_line, run_workload  # noqa: E402
+from harness import NumbaClock, Phases, format_rows, machine_line, run_workload  # noqa: E402
 
 REFERENCE = "calibkit (cpp)"
 
@@ -76,10 +70,6 @@ def main(argv=None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass (--quick skips it)")
     parser.add_argument("--profile", action="store_true",
                         help="after each workload, where its wall time went (set-up, references, first calls, ...)")
-    parser.add_argument("--numba-warmup", metavar="PROGRESS", default=None,
-                        help="only call each selected workload's Numba rows once, last workload first, until the "
-                             "run whose position is in the file PROGRESS reaches it; print nothing (the helper a "
-                             "--quick run starts on a cold Numba cache)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     # a terminated run still removes the files its workloads wrote (their finally blocks run on SystemExit)
@@ -97,12 +87,7 @@ def main(argv=None) -> int:
                 if (not args.match or any(m in w.name for m in args.match)) and (not args.goals or w.goals):
                     yield w
 
-    if args.numba_warmup:
-        return warm_numba(list(selected()), args.numba_warmup)
     numba_clock = NumbaClock().install()  # before calibkit's kernels are first called
-    helper = NumbaHelper(argv)
-    if args.quick:  # on a cold cache (the first compile), compile the last workloads' kernels alongside
-        numba_clock.on_first_compile = helper.start
 
     import calibkit
 
@@ -113,10 +98,7 @@ def main(argv=None) -> int:
     # seconds of timed calls per contender (at least one call): keeps slow peers from dominating a quick run
     budget = 0.1 if args.quick else 20.0
     summary = []
-    try:
-        run_all(args, selected(), numba_clock, budget, summary, helper)
-    finally:
-        helper.stop()
+    run_all(args, selected(), numba_clock, budget, summary)
     if summary:
         print("\n## summary: goals of issues 13 and 17" + (" (at --quick sizes: not judged)" if args.quick else "")
               + "\n" + "\n".join(summary))
@@ -127,14 +109,13 @@ def main(argv=None) -> int:
                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
     print(f"\n# compare.py ran in {time.perf_counter() - start:.1f} s wall, {cpu:.1f} s CPU (this process and "
           f"its children); Numba JIT in this process {numba_clock.jit:.1f} s wall, of which compiling "
-          f"{numba_clock.compile:.1f} s (the rest: type dispatch and cache loads)" + helper.note(start))
+          f"{numba_clock.compile:.1f} s (the rest: type dispatch and cache loads)")
     return 0
 
 
-def run_all(args, workloads, numba_clock, budget, summary, helper):
+def run_all(args, workloads, numba_clock, budget, summary):
     """Run, print and collect the goal lines of each workload."""
-    for i, w in enumerate(workloads):
-        helper.reached(i)
+    for w in workloads:
         t0, jit0 = time.perf_counter(), numba_clock.jit
         phases = Phases()
         rows = run_workload(w, measure_memory=not (args.no_memory or args.quick), budget=budget,
@@ -144,80 +125,6 @@ def run_all(args, workloads, numba_clock, budget, summary, helper):
                 + (f"; Numba JIT {numba_clock.jit - jit0:.2f} s; {phases.line()})" if args.profile else ")"))
         print(text, flush=True)
         summary += [line for line in text.splitlines() if line.startswith("goal  ")]
-
-
-def warm_numba(workloads, progress) -> int:
-    """Call each workload's Numba rows once (their kernels compile into the on-disk cache), unchecked, from the
-    last workload back; stop at the first one the run (its position in the file ``progress``) has reached.
-    The index of the workload being warmed is written to ``progress + "-helper"``."""
-    for i in range(len(workloads) - 1, -1, -1):
-        if i <= int(pathlib.Path(progress).read_text() or 0):
-            break
-        pathlib.Path(progress + "-helper").write_text(str(i))
-        w = workloads[i]
-        try:
-            data = w.setup()
-        except SkipWorkload:
-            continue
-        try:
-            for c in w.contenders(data):
-                if c.run is not None and "(numba)" in c.name:
-                    try:
-                        c.run()
-                    except Exception:  # noqa: BLE001 - the timed run reports it
-                        pass
-        finally:
-            if w.teardown is not None:
-                w.teardown(data)
-    return 0
-
-
-class NumbaHelper:
-    """A second process that compiles the Numba kernels of the selected workloads, last workload first, while
-    this one runs them first to last: on a cold cache (tens of seconds per kernel) the two meet in the middle
-    and the rest load from the cache. Each writes the index of the workload it is at to a small file the other
-    reads: the helper stops at the run's; the run waits while the helper warms the workload it reaches, so no
-    kernel is compiled twice. Started at most once (on a machine with more than one core); stopped (terminated
-    if still running) at the end."""
-
-    def __init__(self, argv):
-        self.argv = list(sys.argv[1:] if argv is None else argv)
-        self.proc = self.started = self.progress = None
-        self.position, self.waited = 0, 0.0
-
-    def start(self):
-        if self.proc is None and (os.cpu_count() or 1) > 1:
-            self.started = time.perf_counter()
-            fd, self.progress = tempfile.mkstemp(prefix="calibkit-compare-progress-")
-            os.close(fd)
-            self.reached(self.position)
-            self.proc = subprocess.Popen([sys.executable, __file__, *self.argv, "--numba-warmup", self.progress],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def reached(self, i):
-        self.position = i
-        if self.progress is None:
-            return
-        pathlib.Path(self.progress).write_text(str(i))
-        mine, t0 = pathlib.Path(self.progress + "-helper"), time.perf_counter()
-        while self.proc is not None and self.proc.poll() is None and mine.exists() and mine.read_text() == str(i):
-            time.sleep(0.05)  # the helper is compiling this workload's kernels: load them when it is done
-        self.waited += time.perf_counter() - t0
-
-    def stop(self):
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()  # its workloads' teardowns run (SIGTERM exits through their finally blocks)
-            self.proc.wait()
-            for path in (self.progress, self.progress + "-helper"):
-                if os.path.exists(path):
-                    os.unlink(path)
-
-    def note(self, start):
-        if self.started is None:
-            return ""
-        return (f"; cold Numba cache: a helper process compiled kernels alongside from {self.started - start:.0f} s "
-                f"(rows timed meanwhile shared the machine with it; the run waited {self.waited:.0f} s for it)")
 
 
 if __name__ == "__main__":

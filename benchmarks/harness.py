@@ -214,7 +214,6 @@ class NumbaClock:
     def __init__(self):
         self.jit = self.compile = 0.0
         self.compiled = {}  # seconds of compiling by kernel name ("module.function")
-        self.on_first_compile = None  # called (once) when Numba first compiles: its cache missed
 
     def install(self) -> "NumbaClock":
         from numba.core import event
@@ -229,9 +228,6 @@ class NumbaClock:
                 if self.depth == 0:
                     self.t0 = time.perf_counter()
                     self.what = ev.data.get("dispatcher") if isinstance(ev.data, dict) else None
-                    if self.field == "compile" and clock.on_first_compile is not None:
-                        start, clock.on_first_compile = clock.on_first_compile, None
-                        start()
                 self.depth += 1
 
             def on_end(self, ev):

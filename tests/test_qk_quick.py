@@ -91,7 +91,7 @@ def test_quick_each_goal_is_one_line(quick_output):
     last = out.rstrip().splitlines()[-1]
     assert re.fullmatch(r"# compare\.py ran in [\d.]+ s wall, [\d.]+ s CPU \(this process and its children\); "
                         r"Numba JIT in this process [\d.]+ s wall, of which compiling [\d.]+ s \(the rest: type "
-                        r"dispatch and cache loads\)(; cold Numba cache: .+)?", last), last
+                        r"dispatch and cache loads\)", last), last
 
 
 def test_quick_covers_every_goal_of_the_full_run():
@@ -157,32 +157,3 @@ def test_toplabel_check_is_the_documented_accuracy():
     gap = z.max(axis=1).astype(np.float64) - z.min(axis=1)
     assert "max difference" in recipe.check(np.where(kept, ref * (1 + 2 * (3e-7 + 1.2e-7 * gap)), ref))
     assert "max difference" in recipe.check(np.where(kept, ref, ref + 1e-10))
-
-
-def test_numba_warmup_prints_nothing_and_stops_where_the_run_is(tmp_path):
-    """The cold-cache helper: silent; it calls the Numba rows of the workloads after the run's position."""
-    progress = tmp_path / "progress"
-    progress.write_text("-1")  # the run has not started: every selected workload is warmed
-    assert _run("--quick", "--numba-warmup", str(progress), "--match", "100 rows") == ""
-    progress.write_text("0")  # the run is at the only workload: nothing left to warm
-    assert _run("--quick", "--numba-warmup", str(progress), "--match", "100 rows") == ""
-
-
-def test_numba_helper_run_waits_while_the_helper_warms_its_workload(tmp_path):
-    """The run, reaching the workload the helper is compiling, waits for the helper to move on (here: to end)
-    instead of compiling the same kernels; its position is written for the helper."""
-    import compare
-
-    helper = compare.NumbaHelper([])
-    helper.progress = str(tmp_path / "progress")
-    (tmp_path / "progress-helper").write_text("2")
-    helper.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
-    try:
-        helper.reached(1)  # the helper is elsewhere: no wait
-        assert (tmp_path / "progress").read_text() == "1" and helper.proc.poll() is None
-        helper.reached(2)
-        assert helper.proc.poll() is not None  # returned only once the helper was gone
-        assert (tmp_path / "progress").read_text() == "2"
-    finally:
-        helper.stop()
-    assert not (tmp_path / "progress").exists() and not (tmp_path / "progress-helper").exists()
