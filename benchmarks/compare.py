@@ -17,8 +17,8 @@ peer) is called once untimed (Numba compiles there) and its result checked
 against the reference before it is timed. For each workload the table gives
 the median time (per call for per-call workloads), the ratio to one plain read
 of the input (the memory-bandwidth floor; `cat` of the file for the report;
-left out when that read takes under 0.1 ms: it then measures a call, not
-bandwidth), the ratio to calibkit's C++ backend (so a peer's row reads "N x
+left out when that read takes under 0.1 ms, or `cat` under 50 ms: it then
+measures a call or a process start, not bandwidth), the ratio to calibkit's C++ backend (so a peer's row reads "N x
 slower"; left out where the rows do different things), and the peak extra
 resident memory of the call (the RSS high-water mark above the memory in use
 before it, native allocations of every library included; not in --quick).

@@ -94,6 +94,8 @@ class Workload:
     goals: list[Goal] = dataclasses.field(default_factory=list)  # issue-13 goals measured by this workload
     teardown: Callable[[dict], None] | None = None  # removes what setup made (files), always called
     floor_name: str = "one read"
+    # A floor shorter than this measures a call (or a process start), not a read: no column of ratios to it.
+    floor_min: float = 1e-4
     # False when the contenders do different things (no column of ratios to calibkit's C++ row)
     relative: bool = True
 
@@ -366,10 +368,6 @@ def backend_pairs(rows) -> list[tuple[str, float]]:
     return out
 
 
-# A floor (one read of the input) shorter than this measures a call, not memory bandwidth: no column of ratios to it.
-MIN_FLOOR = 1e-4
-
-
 def format_rows(w: Workload, rows: list[dict], reference: str, numba_goal: float = 2.0, quick: bool = False) -> str:
     """The workload's table: only columns that carry a meaningful number for some row, aligned; then the goal
     lines and the Numba / C++ ratio of each pair of backend rows (without a verdict at --quick sizes)."""
@@ -379,7 +377,7 @@ def format_rows(w: Workload, rows: list[dict], reference: str, numba_goal: float
     floor = times.get(FLOOR)
     ref = times.get(ref_name)
     columns = [("median", lambda r: format_time(r["time"]))]
-    if floor and floor >= MIN_FLOOR:
+    if floor and floor >= w.floor_min:
         columns.append((f"x {w.floor_name}", lambda r: f"{r['time'] / floor:.2f}"))
     if ref and w.relative and any(r["contender"] not in (ref_name, FLOOR) for r in ok):
         columns.append((f"x {ref_name}", lambda r: "" if r["contender"] == FLOOR else f"{r['time'] / ref:.2f}"))

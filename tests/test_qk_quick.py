@@ -82,7 +82,8 @@ def test_quick_each_goal_is_one_line(quick_output):
     body_goals = [line for line in body.splitlines() if line.startswith("goal  ")]
     summary_goals = [line for line in summary.splitlines() if line.startswith("goal  ")]
     assert body_goals == summary_goals, (body_goals, summary_goals)
-    for label in ("any metric on 100 rows, calibkit (cpp) per call", "any metric on 100 rows, calibkit (numba) per call",
+    for label in ("any metric on 100 rows, calibkit (cpp) per call",
+                  "any metric on 100 rows, calibkit (numba) per call",
                   "CalibrationAccumulator.update 1024 x 10, torchmetrics time / calibkit (cpp) time"):
         lines = [g for g in body_goals if g.startswith(f"goal  {label}: ")]
         assert len(lines) == 1, (label, body_goals)
@@ -118,6 +119,9 @@ def test_format_rows_leaves_out_columns_that_mean_nothing():
     assert "x one read" in big and "x calibkit (cpp)" in big
     tiny = harness.format_rows(w, _rows(5e-6), "calibkit (cpp)", quick=True)  # a read of a few KB: a call's cost
     assert "x one read" not in tiny and "x calibkit (cpp)" in tiny
+    cat = harness.Workload("t", "w", dict, lambda d: [], floor_name="cat", floor_min=0.05)
+    assert "x cat" not in harness.format_rows(cat, _rows(2e-3), "calibkit (cpp)", quick=True)  # a process start
+    assert "x cat" in harness.format_rows(cat, _rows(0.2, ref=1.0), "calibkit (cpp)")
     unrelated = harness.Workload("t", "w", dict, lambda d: [], relative=False)
     text = harness.format_rows(unrelated, _rows(5e-6), "calibkit (cpp)", quick=True)
     assert "x calibkit" not in text
