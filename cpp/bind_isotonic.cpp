@@ -146,6 +146,8 @@ StepTables checked_tables(const py::object& x_obj, const py::object& x_offsets, 
     return step_tables(x, xo, y, yo, K, mode);
 }
 
+bool meets_scores(const py::array& scores, const char* o_lo, const char* o_hi);
+
 // The checked output of step_apply for scores (N,) or (N, K): C-ordered float64 of their shape, `scores`
 // itself or memory separate from it.
 double* checked_out(const py::array& scores, const py::object& out_obj, bool renormalise) {
@@ -154,6 +156,17 @@ double* checked_out(const py::array& scores, const py::object& out_obj, bool ren
     if (renormalise && scores.ndim() != 2) throw py::value_error("renormalise needs scores of shape (N, K)");
     double* out = scores.ndim() == 2 ? output_array<double>(out_obj, "out", {N, K})
                                      : output_array<double>(out_obj, "out", {N});
+    const char* o_lo = reinterpret_cast<const char*>(out);
+    if (N > 0 && meets_scores(scores, o_lo, o_lo + N * K * static_cast<int64_t>(sizeof(double)))) {
+        const bool same = static_cast<const void*>(out) == scores.data() && is_dtype<double>(scores) &&
+                          (scores.flags() & py::array::c_style);
+        if (!same) throw py::value_error("out overlaps scores: it must be scores itself or separate memory");
+    }
+    return out;
+}
+
+// Whether the bytes [o_lo, o_hi) meet those spanned by the elements of scores.
+bool meets_scores(const py::array& scores, const char* o_lo, const char* o_hi) {
     const char* s_lo = static_cast<const char*>(scores.data());
     py::ssize_t s_lo_off = 0, s_hi_off = 0;
     for (py::ssize_t d = 0; d < scores.ndim(); ++d) {
@@ -163,14 +176,7 @@ double* checked_out(const py::array& scores, const py::object& out_obj, bool ren
     }
     const char* a_lo = s_lo + s_lo_off;
     const char* a_hi = s_lo + s_hi_off + scores.itemsize();
-    const char* o_lo = reinterpret_cast<const char*>(out);
-    const char* o_hi = o_lo + N * K * static_cast<int64_t>(sizeof(double));
-    if (N > 0 && a_lo < o_hi && o_lo < a_hi) {
-        const bool same = static_cast<const void*>(out) == scores.data() && is_dtype<double>(scores) &&
-                          (scores.flags() & py::array::c_style);
-        if (!same) throw py::value_error("out overlaps scores: it must be scores itself or separate memory");
-    }
-    return out;
+    return a_lo < o_hi && o_lo < a_hi;
 }
 
 py::array checked_scores(const py::object& scores_obj) {
@@ -238,6 +244,54 @@ py::tuple step_apply_tables_py(const py::object& scores_obj, const std::shared_p
                               std::to_string(tables->K) + " models");
     double* out = checked_out(scores, out_obj, renormalise);
     return apply_tables(scores, *tables, check, renormalise, out, softmax);
+}
+
+// step_apply_tables for several sets of models at once, set j into out[j]: one pass over the scores (with
+// softmax, each chunk's softmax computed once for all sets). out is a C-ordered float64 (n_sets, N, K) array
+// (K = 1 for scores (N,)), separate from the scores.
+constexpr int64_t kMaxSets = 16;
+
+py::tuple step_apply_many_py(const py::object& scores_obj, const py::sequence& tables_seq, int check,
+                             bool renormalise, const py::object& out_obj, bool softmax) {
+    const py::array scores = checked_scores(scores_obj);
+    check_mode(check, "check", 2);
+    check_softmax(scores, check, softmax);
+    if (renormalise && scores.ndim() != 2) throw py::value_error("renormalise needs scores of shape (N, K)");
+    const int64_t n_sets = static_cast<int64_t>(py::len(tables_seq));
+    if (n_sets < 1 || n_sets > kMaxSets)
+        throw py::value_error("tables must hold 1 to " + std::to_string(kMaxSets) + " StepTables, got " +
+                              std::to_string(n_sets));
+    const int64_t N = static_cast<int64_t>(scores.shape(0));
+    const int64_t K = scores.ndim() == 2 ? static_cast<int64_t>(scores.shape(1)) : 1;
+    std::vector<std::shared_ptr<StepTables>> held(static_cast<size_t>(n_sets));  // alive for the call
+    std::vector<const StepTables*> sets(static_cast<size_t>(n_sets));
+    for (int64_t j = 0; j < n_sets; ++j) {
+        const py::object item = tables_seq[static_cast<size_t>(j)];
+        if (!py::isinstance<StepTables>(item))
+            throw py::type_error("tables[" + std::to_string(j) + "] must be StepTables, got " +
+                                 std::string(py::str(py::type::of(item).attr("__name__"))));
+        held[static_cast<size_t>(j)] = item.cast<std::shared_ptr<StepTables>>();
+        if (held[static_cast<size_t>(j)]->K != K)
+            throw py::value_error("scores have " + std::to_string(K) + " columns but tables[" + std::to_string(j) +
+                                  "] holds " + std::to_string(held[static_cast<size_t>(j)]->K) + " models");
+        sets[static_cast<size_t>(j)] = held[static_cast<size_t>(j)].get();
+    }
+    double* out = output_array<double>(out_obj, "out", {n_sets, N, K});
+    const char* o_lo = reinterpret_cast<const char*>(out);
+    if (N > 0 && meets_scores(scores, o_lo, o_lo + n_sets * N * K * static_cast<int64_t>(sizeof(double))))
+        throw py::value_error("out overlaps scores: it must be separate memory");
+    std::vector<double*> outs(static_cast<size_t>(n_sets));
+    for (int64_t j = 0; j < n_sets; ++j) outs[static_cast<size_t>(j)] = out + j * N * K;
+    return dispatch_float(scores, "scores", [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        const Matrix<T> s = columns<T>(scores, "scores");
+        Status st;
+        {
+            py::gil_scoped_release release;
+            st = apply_columns(s, sets.data(), outs.data(), n_sets, check, renormalise, softmax);
+        }
+        return status_tuple(st);
+    });
 }
 
 py::tuple softmax_into_py(const py::object& scores_obj, const py::object& out_obj) {
@@ -315,6 +369,11 @@ void bind_isotonic(py::module_& m) {
         .def_property_readonly("mode", [](const StepTables& t) { return t.mode; });
     m.def("step_apply_tables", &step_apply_tables_py, py::arg("scores"), py::arg("tables"), py::arg("check"),
           py::arg("renormalise").noconvert(), py::arg("out"), py::arg("softmax").noconvert() = false);
+    m.def("step_apply_many", &step_apply_many_py, py::arg("scores"), py::arg("tables"), py::arg("check"),
+          py::arg("renormalise").noconvert(), py::arg("out"), py::arg("softmax").noconvert() = false,
+          "step_apply_tables for a sequence of StepTables in one pass, tables[j] into out[j] (out: C-ordered "
+          "float64 (len(tables), N, K), separate from the scores): with softmax, each chunk's softmax is computed "
+          "once for all of them.");
     m.def("softmax_into", &softmax_into_py, py::arg("scores"), py::arg("out"),
           "The row softmax of (N, K) logits into the C-ordered float64 (N, K) out (which may be the scores "
           "themselves); returns the status of the first logit that is not finite.");

@@ -85,6 +85,10 @@ PRELUDE = textwrap.dedent(
             xo = np.arange(0, 2 * K + 1, 2, dtype=np.int64)
             tables = _core.StepTables(np.tile([0.2, 0.8], K), xo, np.tile([0.1, 0.9], K), xo.copy(), 0)
             return [P, tables, 2, True, np.empty((N, K))], {}
+        if name == "step_apply_many":
+            xo = np.arange(0, 2 * K + 1, 2, dtype=np.int64)
+            tables = _core.StepTables(np.tile([0.2, 0.8], K), xo, np.tile([0.1, 0.9], K), xo.copy(), 0)
+            return [Z, [tables, tables], 1, True, np.empty((2, N, K)), True], {}
         if name == "histogram_fit_columns":
             return [P, Y, W, CLASS_EDGES.copy(), 0], {}
         if name == "softmax_into":
@@ -268,7 +272,7 @@ PRELUDE = textwrap.dedent(
 # Every callable of _core needs a valid call above; these are the ones this build has.
 KNOWN = ["top_label_stats", "binary_stats", "classwise_stats", "stream_accumulate", "temperature_nll",
          "vector_scaling_nll", "isotonic_fit", "isotonic_fit_columns", "step_apply", "StepTables",
-         "step_apply_tables", "histogram_fit_columns", "softmax_into", "vector_scale", "stream_top_label",
+         "step_apply_tables", "step_apply_many", "histogram_fit_columns", "softmax_into", "vector_scale", "stream_top_label",
          "two_sample_ranking", "row_scores", "cumulative_differences", "smooth_grid", "ensemble_decompose",
          "ensemble_update", "confidence_loss", "conformal_label_scores", "conformal_sets", "set_num_threads",
          "get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads", "_pool_selftest", "simd_path"]

@@ -104,8 +104,8 @@ def _method_input(calibrator, method, scores, from_logits):
     return calibrator._probabilities(scores)  # binary scores (N,): P(y = 1), shape (N,)
 
 
-# Values per sub-block of the calibrated pass: a float64 sub-block (256 KB) and its softmax stay in the L2
-# cache while every calibrator reads them.
+# Values per sub-block of vector scaling from probabilities: a float64 sub-block (256 KB) of their logarithms
+# stays in the L2 cache while the kernel reads it.
 SUB_BLOCK_VALUES = 1 << 15
 
 
@@ -114,66 +114,55 @@ class _CalibratedInputs:
     numbers), written into buffers allocated once for the whole pass (a fresh block-sized array per
     calibrator and block would be a fresh mapping to fault in, each time).
 
-    Isotonic calibration and histogram binning map probabilities a whole block per kernel call (threaded over
-    rows, on search tables built once for the pass); from logits, the softmax of each sub-block (4
-    ``SUB_BLOCK_VALUES`` values) is computed once by ``softmax_into`` (the numbers of the fused kernel of
-    ``predict_proba``) into the buffer of the last one to map it, and mapped by both while it is in cache.
-    Vector scaling maps a whole block of logits in one kernel call (``vector_scale``; from probabilities,
-    their logarithms sub-block by sub-block, ``SUB_BLOCK_VALUES`` values in cache). Every row is computed on
-    its own, by the calls the calibrator's own ``transform`` / ``predict_proba`` make, so the values are those
-    of ``transform`` / ``predict_proba`` of the block, bit for bit. The other methods (temperature: the logits
-    themselves; matrix scaling) take their ordinary path.
+    Isotonic calibration and histogram binning map a whole block in one kernel call for both
+    (``step_apply_many``, threaded over rows, on search tables built once for the pass): from logits, the
+    softmax of each chunk of rows is computed once (the numbers of the fused kernel of ``predict_proba``) and
+    mapped by both while it is in cache. Vector scaling maps a whole block of logits in one kernel call
+    (``vector_scale``; from probabilities, their logarithms sub-block by sub-block, ``SUB_BLOCK_VALUES`` values
+    in cache). Every row is computed on its own, by the arithmetic of the calibrator's own ``transform`` /
+    ``predict_proba``, so the values are those of ``transform`` / ``predict_proba`` of the block, bit for bit.
+    The other methods (temperature: the logits themselves; matrix scaling) take their ordinary path.
     """
 
     def __init__(self, fitted, from_logits, block_rows, n_classes):
         self.fitted, self.from_logits = fitted, from_logits
-        self.vector = None
-        self.steps = {}
-        self.backend = "auto"
-        for m, c in fitted.items():
-            if m == "vector" and isinstance(c, cal.VectorScaling):
-                self.vector = c
-            elif m in ("isotonic", "histogram") and not c.binary_:
-                self.steps[m] = c._applier()
-                self.backend = c.backend
-        fast = list(self.steps) + (["vector"] if self.vector is not None else [])
-        self.out = {m: np.empty((block_rows, n_classes)) for m in fast}
+        c = fitted.get("vector")
+        self.vector = c if isinstance(c, cal.VectorScaling) else None
+        steps = {m: c for m, c in fitted.items() if m in ("isotonic", "histogram") and not c.binary_}
+        self.backend = next(iter(steps.values())).backend if steps else "auto"
+        # one kernel call maps them all: tables of one backend (a calibrator of another takes its ordinary path)
+        self.steps = {m: c._step_tables() for m, c in steps.items() if c.backend == self.backend}
+        self.out = {"vector": np.empty((block_rows, n_classes))} if self.vector is not None else {}
+        # the step calibrators' outputs in one buffer: for a block of n rows, its first S n K values as one
+        # C-ordered (S, n, K) array (S calibrators), as step_apply_many writes them
+        self.steps_out = np.empty(len(self.steps) * block_rows * n_classes)
+        self.n_classes = n_classes
         self.sub = max(1, SUB_BLOCK_VALUES // max(1, n_classes))
-        # Softmax sub-blocks of 4 SUB_BLOCK_VALUES values (1 MB in float64: in cache for both maps, and enough
-        # rows for the kernels' threads).
-        self.sub_steps = max(1, 4 * SUB_BLOCK_VALUES // max(1, n_classes))
 
     def __call__(self, scores):
         """``{method: its accumulator's input}`` for the (n, K) block ``scores`` (n <= the block rows)."""
         n = len(scores)
-        out = {m: (self.out[m][:n] if m in self.out else _method_input(c, m, scores, self.from_logits))
-               for m, c in self.fitted.items()}
-        if not self.out or n == 0:
+        both = self.steps_out[:len(self.steps) * n * self.n_classes].reshape(len(self.steps), n, self.n_classes)
+        step_out = dict(zip(self.steps, both))
+        out = {m: (self.out[m][:n] if m in self.out else step_out[m] if m in step_out else
+                   _method_input(c, m, scores, self.from_logits)) for m, c in self.fitted.items()}
+        if not (self.out or self.steps) or n == 0:
             return out
         scores = npm._readable(check_scores(scores))
-        ok = dict.fromkeys(self.out, True)
+        ok = dict.fromkeys(list(self.out) + list(self.steps), True)
         if self.vector is not None and self.from_logits:
             ok["vector"] = self.vector._scaled_into(scores, out["vector"])  # the whole block, logits in place
         elif self.vector is not None:
             for a in range(0, n, self.sub):  # the log-probabilities of a sub-block, in cache
                 s = scores[a:a + self.sub]
                 ok["vector"] &= self.vector._scaled_into(as_logits(s, False), out["vector"][a:a + len(s)])
-        if self.steps and self.from_logits:
-            # The softmax of each sub-block once (softmax_into: the numbers predict_proba's fused kernel
-            # computes), mapped by every step calibrator while it is in cache, the first last and in place.
-            steps = list(self.steps.items())
-            softmax_into = npm._kernels(self.backend).softmax_into
-            for a in range(0, n, self.sub_steps):
-                b = min(n, a + self.sub_steps)
-                q = out[steps[0][0]][a:b]
-                if softmax_into(scores[a:b], q)[0] != OK:
-                    ok.update(dict.fromkeys(self.steps, False))
-                    break
-                for m, apply in steps[1:] + steps[:1]:
-                    ok[m] = ok[m] and apply(q, out[m][a:b], npm._CHECK_NONE)[0] == OK
-        else:
-            for m, apply in self.steps.items():
-                ok[m] = apply(scores, out[m], npm._CHECK_PROBABILITY)[0] == OK
+        if self.steps:
+            # one kernel call for every step calibrator: from logits, each chunk's softmax computed once (the
+            # numbers predict_proba's fused kernel computes), checked finite, and mapped by all while in cache
+            check = npm._CHECK_FINITE if self.from_logits else npm._CHECK_PROBABILITY
+            status = npm._kernels(self.backend).step_apply_many(scores, list(self.steps.values()), check, True, both,
+                                                                self.from_logits)
+            ok.update(dict.fromkeys(self.steps, status[0] == OK))
         for m in [m for m, good in ok.items() if not good]:
             # the calibrator's own path on the whole block raises the error it always raised
             out[m] = _method_input(self.fitted[m], m, scores, self.from_logits)

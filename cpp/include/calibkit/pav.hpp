@@ -430,46 +430,36 @@ HistogramSums histogram_columns(const Matrix<T>& s, const Vector<int64_t>& label
 }
 
 // Where a value falls among sorted knots. A table of kKnotTableSize + 1 bucket edges
-// e_0 < e_1 < ... < e_size = 1 over [0, 1) holds, for each edge, the number of knots
-// < e_b; a value x in bucket b (e_b <= x < e_{b+1}) then has its count between
-// table[b] and table[b + 1], found by a short binary search there (values outside
-// [0, 1) search all knots). The buckets follow the float's bit pattern so that every
-// scale gets its own: bucket 0 is [0, 2^-40); below 2^-10 (softmax probabilities
-// mostly are) each binary octave [2^e, 2^(e+1)) has kKnotLogSub buckets, indexed by
-// the exponent and the top mantissa bits; from 2^-10 to 1 the buckets are linear,
-// of width 2^-10.
-constexpr int kKnotLogBits = 5;                                   // mantissa bits of the log buckets
-constexpr int64_t kKnotLogSub = int64_t{1} << kKnotLogBits;       // log buckets per octave
-constexpr int64_t kKnotLogOctaves = 30;                           // octaves [2^-40, 2^-10)
-constexpr int64_t kKnotLinear = 1024;                             // linear buckets of width 2^-10 on [2^-10, 1)
-constexpr int64_t kKnotLogEnd = 1 + kKnotLogOctaves * kKnotLogSub;  // first linear bucket (edge 2^-10)
-constexpr int64_t kKnotTableSize = kKnotLogEnd + kKnotLinear - 1;  // buckets; the table has one entry more
+// e_0 = 0 < e_1 < ... < e_size = 1 holds, for each edge, the number of knots < e_b; a value x in
+// bucket b (e_b <= x < e_{b+1}) then has its count between table[b] and table[b + 1], found by a
+// short search there (values outside [0, 1), -0.0 and NaN search all knots). The buckets follow
+// the float's bit pattern so that every scale gets its own: each binary octave [2^e, 2^(e+1)) from
+// 2^-40 to 1 has kKnotLogSub buckets, indexed by the exponent and the top mantissa bits, and bucket 0
+// also holds [0, 2^-40). A value's bucket is then its bits shifted, less a constant: a handful of
+// integer instructions.
+constexpr int kKnotLogBits = 6;                                   // mantissa bits of the buckets
+constexpr int64_t kKnotLogSub = int64_t{1} << kKnotLogBits;       // buckets per octave
+constexpr int64_t kKnotLogOctaves = 40;                           // octaves [2^-40, 1)
+constexpr int64_t kKnotTableSize = kKnotLogOctaves * kKnotLogSub;  // buckets; the table has one entry more
 constexpr uint64_t kKnotLogShift = 52 - kKnotLogBits;
 constexpr uint64_t kKnotLogBase = uint64_t{1023 - 40} << kKnotLogBits;  // bits(2^-40) >> kKnotLogShift
 
 // The lower edge e_b of bucket b (e_size = 1).
 inline double knot_edge(int64_t b) {
     if (b == 0) return 0.0;
-    if (b < kKnotLogEnd) {
-        const uint64_t bits = (kKnotLogBase + static_cast<uint64_t>(b - 1)) << kKnotLogShift;
-        double e;
-        std::memcpy(&e, &bits, sizeof e);
-        return e;
-    }
-    return static_cast<double>(b - kKnotLogEnd + 1) / static_cast<double>(kKnotLinear);
+    const uint64_t bits = (kKnotLogBase + static_cast<uint64_t>(b)) << kKnotLogShift;
+    double e;
+    std::memcpy(&e, &bits, sizeof e);
+    return e;
 }
 
-// The bucket of x in [0, 1), without a branch (whether a probability is above 2^-10 is
-// a coin toss for K in the hundreds): both candidates computed, one selected by a mask.
-inline int64_t knot_bucket(double x) {
-    const int64_t linear = kKnotLogEnd - 1 + static_cast<int64_t>(x * static_cast<double>(kKnotLinear));
+// The bucket of x: kKnotTableSize or more for x outside [0, 1), -0.0 and NaN (the bits of a
+// negative number, as unsigned, are above those of every positive one).
+inline uint64_t knot_bucket(double x) {
     uint64_t bits;
     std::memcpy(&bits, &x, sizeof bits);
-    // below 2^-40 (0 and -0.0 included): bucket 0
-    const int64_t octave = (1 + static_cast<int64_t>(bits >> kKnotLogShift) - static_cast<int64_t>(kKnotLogBase)) &
-                           -static_cast<int64_t>(x >= 0x1p-40);
-    const int64_t above = -static_cast<int64_t>(x >= 0x1p-10);  // all ones or zero
-    return (linear & above) | (octave & ~above);
+    const uint64_t t = bits >> kKnotLogShift;
+    return (t > kKnotLogBase ? t : kKnotLogBase) - kKnotLogBase;  // below 2^-40: bucket 0
 }
 
 inline void knot_table(const double* knots, int64_t m, int64_t* table) {
@@ -532,9 +522,11 @@ CALIBKIT_INLINE void exp_f32_block(float* buf, int64_t n) {
     constexpr int L = 2 * V::width, R = static_cast<int>(kSoftmaxPad) / L;  // R registers in lockstep
     for (int64_t k = 0; k < n; k += kSoftmaxPad) {
         F x[R];
-        std::memcpy(x, buf + k, sizeof x);
+        // register by register: one whole-register load and store each (a copy of all R at once went
+        // through the stack in halves, and each register then waited for its halves' stores)
+        for (int r = 0; r < R; ++r) std::memcpy(&x[r], buf + k + r * L, sizeof(F));
         simd::exp_f32_n<V, R>(x);
-        std::memcpy(buf + k, x, sizeof x);
+        for (int r = 0; r < R; ++r) std::memcpy(buf + k + r * L, &x[r], sizeof(F));
     }
 }
 
@@ -572,32 +564,45 @@ inline std::vector<float> softmax_scratch(int64_t K) {
 template <class T>
 inline void softmax_row(const Matrix<T>& z, int64_t i, double* q, Status& st, float* scratch) {
     const int64_t K = z.cols;
-    double m = -INFINITY;
     bool finite = true;
-    for (int64_t k = 0; k < K; ++k) {
-        const double v = z(i, k);
-        q[k] = v;
-        finite = finite && is_finite(v);
-        m = v > m ? v : m;
-    }
-    if (!finite)
-        for (int64_t k = 0; k < K; ++k)
-            if (!is_finite(q[k])) {
-                Status bad;
-                bad.set(kScoreNotFinite, i, k, q[k]);
-                st.merge(bad);
-                break;
-            }
     if constexpr (std::is_same_v<T, double>) {
         (void)scratch;
+        double m = -INFINITY;
+        for (int64_t k = 0; k < K; ++k) {
+            const double v = z(i, k);
+            q[k] = v;
+            finite = finite && is_finite(v);
+            m = v > m ? v : m;
+        }
         for (int64_t k = 0; k < K; ++k) q[k] = std::exp(q[k] - m);
     } else {
-        const float mf = static_cast<float>(m);  // exact: the largest of the float values
-        for (int64_t k = 0; k < K; ++k) scratch[k] = static_cast<float>(q[k]) - mf;
+        // the float values themselves (exact), their maximum (the float of the double maximum), then the
+        // differences in float in place
+        float m = -INFINITY;
+        if (z.row_contiguous() && std::is_same_v<T, float>) {
+            const float* r = reinterpret_cast<const float*>(z.row(i));
+            for (int64_t k = 0; k < K; ++k) scratch[k] = r[k];
+        } else {
+            for (int64_t k = 0; k < K; ++k) scratch[k] = static_cast<float>(z(i, k));
+        }
+        for (int64_t k = 0; k < K; ++k) {
+            const float v = scratch[k];
+            finite &= v - v == 0.0f;
+            m = v > m ? v : m;
+        }
+        for (int64_t k = 0; k < K; ++k) scratch[k] -= m;
         const int64_t padded = (K + kSoftmaxPad - 1) / kSoftmaxPad * kSoftmaxPad;  // pad lanes: never read
         exp_f32_buffer(scratch, padded);
         for (int64_t k = 0; k < K; ++k) q[k] = static_cast<double>(scratch[k]);
     }
+    if (!finite)
+        for (int64_t k = 0; k < K; ++k)
+            if (!is_finite(z(i, k))) {
+                Status bad;
+                bad.set(kScoreNotFinite, i, k, z(i, k));
+                st.merge(bad);
+                break;
+            }
     const double total = pairwise_sum(q, K);
     for (int64_t k = 0; k < K; ++k) q[k] /= total;
 }
@@ -636,7 +641,7 @@ enum ScoreCheck : int { kCheckNone = 0, kCheckFinite = 1, kCheckProbability = 2 
 // padding. The knots past the bucket are >= its upper edge (or +inf), so they never
 // count: the result is the count over all knots, the same as a full search.
 // When every model has at most 65535 knots the tables are also kept as uint16 (`narrow`,
-// a quarter of the bytes: 4 KB a model, so that the K tables of a block's pass stay in
+// a quarter of the bytes: 5 KB a model, so that the K tables of a block's pass stay in
 // the L2 cache); the lookups then read those, with the same counts.
 struct StepTables {
     int mode = kStepInterp;
@@ -731,8 +736,9 @@ inline void apply_column(const Matrix<T>& s, const StepTables& t, const Tab* tab
         const int64_t n = std::min(kStepBatch, end - i0);
         for (int64_t j = 0; j < n; ++j) {
             const double x = s(i0 + j, k);
-            const bool inside = x >= 0.0 && x < 1.0;
-            const int64_t first = static_cast<int64_t>(table[knot_bucket(inside ? x : 0.0)]);
+            const uint64_t b = knot_bucket(x);
+            const bool inside = b < static_cast<uint64_t>(kKnotTableSize);
+            const int64_t first = static_cast<int64_t>(table[inside ? b : 0]);
             v[j] = x;
             a[j] = inside ? first : -1;  // outside [0, 1): a search of all knots
         }
@@ -774,75 +780,87 @@ inline void apply_column_span(const Matrix<T>& s, const StepTables& t, const Tab
     }
 }
 
-template <class T, int Mode>
+template <class T>
 inline void apply_column_mode(const Matrix<T>& s, const StepTables& t, int64_t k, int check, int64_t begin,
                               int64_t end, double* out, Status& st) {
     const int64_t at = k * (kKnotTableSize + 1);
-    if (!t.narrow.empty())
-        return apply_column_span<T, Mode>(s, t, t.narrow.data() + at, k, check, begin, end, out, st);
-    apply_column_span<T, Mode>(s, t, t.tables.data() + at, k, check, begin, end, out, st);
+    const bool narrow = !t.narrow.empty();
+    if (t.mode == kStepInterp && narrow)
+        return apply_column_span<T, kStepInterp>(s, t, t.narrow.data() + at, k, check, begin, end, out, st);
+    if (t.mode == kStepInterp)
+        return apply_column_span<T, kStepInterp>(s, t, t.tables.data() + at, k, check, begin, end, out, st);
+    if (narrow) return apply_column_span<T, kStepLeft>(s, t, t.narrow.data() + at, k, check, begin, end, out, st);
+    apply_column_span<T, kStepLeft>(s, t, t.tables.data() + at, k, check, begin, end, out, st);
 }
 
-// out[i, k] = model k of `t` at s[i, k] for an (N, K) block (K = t.K), out C-ordered (N, K)
-// float64 (it may be s itself when s is that float64 array). Mode kStepInterp:
-// np.interp(s, x_k, y_k) (IsotonicCalibration); kStepLeft: y_k[np.searchsorted(x_k, s,
-// side="left")] (HistogramBinning, x_k the inner bin edges). With `renormalise` each row
-// is then divided by its pairwise sum (a row summing to 0 becomes 1/K), in the same pass.
-// With `softmax`, s holds logits: each chunk of rows is first replaced by its softmax
-// (softmax_row, written into out, where the models then read it while it is in cache;
-// `check` must then be kCheckNone or kCheckFinite, and applies to the logits): the
-// numbers of softmax_rows followed by a call without it, and no N x K temporary.
-// Rows go in fixed chunks, every value on its own: the result is the same for any thread
-// count and any split of the rows into calls. The returned status names the first bad
-// score in row-major order (`check`).
+// For each of the n_sets models `t[j]` (each with K = s.cols models): outs[j][i, k] = model k of
+// t[j] at s[i, k] for the (N, K) block s, each outs[j] C-ordered (N, K) float64 (with one set, it
+// may be s itself when s is that float64 array; with more, memory separate from s and from each
+// other). Mode kStepInterp: np.interp(s, x_k, y_k) (IsotonicCalibration); kStepLeft:
+// y_k[np.searchsorted(x_k, s, side="left")] (HistogramBinning, x_k the inner bin edges). With
+// `renormalise` each row is then divided by its pairwise sum (a row summing to 0 becomes 1/K).
+// With `softmax`, s holds logits and the models read their softmax (softmax_row; `check` must
+// then be kCheckNone or kCheckFinite, and applies to the logits): the numbers of softmax_rows
+// followed by a call without it, with no N x K temporary. `check` (kCheckProbability, or
+// kCheckFinite) applies to the scores otherwise.
+// One pool run for the block: rows go in fixed chunks (the tasks); a chunk's softmax is computed
+// once into a scratch (in the L2 cache), every set maps it column by column (the model's table in
+// the L1 cache) and renormalises the chunk's rows. Every value is computed on its own: the result
+// is the same for any thread count and any split of the rows into calls. The returned status
+// names the first bad score in row-major order.
 template <class T>
-Status apply_columns(const Matrix<T>& s, const StepTables& t, int check, bool renormalise, double* out,
-                     bool softmax = false) {
+Status apply_columns(const Matrix<T>& s, const StepTables* const* t, double* const* outs, int64_t n_sets, int check,
+                     bool renormalise, bool softmax = false) {
     const int64_t N = s.rows, K = s.cols;
     const int64_t chunk = step_chunk_rows(K);
     const int64_t n_chunks = (N + chunk - 1) / chunk;
     std::vector<Status> statuses(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)));
     const double uniform = 1.0 / static_cast<double>(K);
-    // the softmax of the rows, read in place from out
-    const Matrix<double> q{reinterpret_cast<const char*>(out), N, K, K * static_cast<int64_t>(sizeof(double)),
-                           static_cast<int64_t>(sizeof(double))};
-    chunked_for(N, chunk, K, [&](int64_t begin, int64_t end) {
+    chunked_for(N, chunk, K * n_sets, [&](int64_t begin, int64_t end) {
         Status& st = statuses[static_cast<size_t>(begin / chunk)];
+        const int64_t n = end - begin;
+        std::vector<double> q(softmax ? static_cast<size_t>(n * K) : 0);  // the chunk's softmax, rows 0..n
         if (softmax) {
             std::vector<float> scratch = softmax_scratch<T>(K);
-            if (check != kCheckNone)
-                for (int64_t i = begin; i < end; ++i) softmax_row(s, i, out + i * K, st, scratch.data());
-            else {
-                Status ignored;
-                for (int64_t i = begin; i < end; ++i) softmax_row(s, i, out + i * K, ignored, scratch.data());
-            }
+            Status ignored;
+            for (int64_t i = begin; i < end; ++i)
+                softmax_row(s, i, q.data() + (i - begin) * K, check != kCheckNone ? st : ignored, scratch.data());
         }
-        for (int64_t k = 0; k < K; ++k) {
-            if (softmax) {
-                if (t.mode == kStepInterp)
-                    apply_column_mode<double, kStepInterp>(q, t, k, kCheckNone, begin, end, out, st);
+        const Matrix<double> qm{reinterpret_cast<const char*>(q.data()), n, K,
+                                K * static_cast<int64_t>(sizeof(double)), static_cast<int64_t>(sizeof(double))};
+        for (int64_t j = 0; j < n_sets; ++j) {
+            double* out = outs[j];
+            const int c = j == 0 ? check : kCheckNone;  // the same scores for every set: checked once
+            for (int64_t k = 0; k < K; ++k) {
+                if (softmax)
+                    apply_column_mode(qm, *t[j], k, kCheckNone, 0, n, out + begin * K, st);
                 else
-                    apply_column_mode<double, kStepLeft>(q, t, k, kCheckNone, begin, end, out, st);
-            } else if (t.mode == kStepInterp) {
-                apply_column_mode<T, kStepInterp>(s, t, k, check, begin, end, out, st);
-            } else {
-                apply_column_mode<T, kStepLeft>(s, t, k, check, begin, end, out, st);
+                    apply_column_mode(s, *t[j], k, c, begin, end, out, st);
             }
-        }
-        if (renormalise)
-            for (int64_t i = begin; i < end; ++i) {
-                double* row = out + i * K;
-                const double total = pairwise_sum(row, K);
-                if (total > 0.0) {
-                    for (int64_t k = 0; k < K; ++k) row[k] /= total;
-                } else {
-                    for (int64_t k = 0; k < K; ++k) row[k] = uniform;
+            if (renormalise)
+                for (int64_t i = begin; i < end; ++i) {
+                    double* row = out + i * K;
+                    const double total = pairwise_sum(row, K);
+                    if (total > 0.0) {
+                        for (int64_t k = 0; k < K; ++k) row[k] /= total;
+                    } else {
+                        for (int64_t k = 0; k < K; ++k) row[k] = uniform;
+                    }
                 }
-            }
+        }
     });
     Status total;
     for (const Status& st : statuses) total.merge(st);
     return total;
+}
+
+// apply_columns of one set of models.
+template <class T>
+Status apply_columns(const Matrix<T>& s, const StepTables& t, int check, bool renormalise, double* out,
+                     bool softmax = false) {
+    const StepTables* sets[1] = {&t};
+    double* outs[1] = {out};
+    return apply_columns(s, sets, outs, 1, check, renormalise, softmax);
 }
 
 // apply_columns with the tables of the K models (x, x_off, y, y_off) built for this call.

@@ -108,16 +108,13 @@ def isotonic_fit(y, x, sample_weight, increasing):
 
 CHECK_NONE, CHECK_FINITE, CHECK_PROBABILITY = 0, 1, 2
 STEP_INTERP, STEP_LEFT = 0, 1
-# Buckets of the search table over [0, 1), as in pav.hpp: [0, 2**-40), then KNOT_LOG_SUB per octave up to
-# 2**-10, then linear buckets of width 2**-10 up to 1.
-KNOT_LOG_BITS = 5
+# Buckets of the search table over [0, 1), as in pav.hpp: KNOT_LOG_SUB per octave from 2**-40 to 1, the first
+# one also holding [0, 2**-40).
+KNOT_LOG_BITS = 6
 KNOT_LOG_SUB = 1 << KNOT_LOG_BITS
-KNOT_LOG_END = 1 + 30 * KNOT_LOG_SUB
-KNOT_LINEAR = 1024
-KNOT_TABLE_SIZE = KNOT_LOG_END + KNOT_LINEAR - 1
+KNOT_TABLE_SIZE = 40 * KNOT_LOG_SUB
 KNOT_LOG_SHIFT = 52 - KNOT_LOG_BITS
 KNOT_LOG_BASE = (1023 - 40) << KNOT_LOG_BITS  # bits(2**-40) >> KNOT_LOG_SHIFT
-KNOT_LOG_FROM, KNOT_LINEAR_FROM = 2.0 ** -40, 2.0 ** -10
 ISOTONIC_GROUP = 16  # classes fitted together, as kIsotonicGroup in pav.hpp
 _RADIX_BITS = 11
 _RADIX_BUCKETS = 1 << _RADIX_BITS
@@ -548,10 +545,8 @@ def _knot_edge(b):
     """knot_edge of pav.hpp: the lower edge of bucket b (powers of two times short fractions: exact)."""
     if b == 0:
         return 0.0
-    if b < KNOT_LOG_END:
-        q, r = divmod(b - 1, KNOT_LOG_SUB)
-        return math.ldexp(1.0 + r / KNOT_LOG_SUB, q - 40)
-    return (b - KNOT_LOG_END + 1) / KNOT_LINEAR
+    q, r = divmod(b, KNOT_LOG_SUB)
+    return math.ldexp(1.0 + r / KNOT_LOG_SUB, q - 40)
 
 
 @numba.njit(**JIT)
@@ -668,30 +663,31 @@ STEP_BATCH = 32  # kStepBatch of pav.hpp
 
 
 @numba.njit(**JIT)
-def _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, out, begin, end, st):
-    """The K models applied to rows [begin, end) of s, written into out (apply_column of pav.hpp: rows in
-    batches of STEP_BATCH, first the values and their buckets' table entries, then the counts and the maps)."""
+def _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, g0, mode, check, out, begin, end,
+                 shift, st):
+    """The K models g0..g0 + K - 1 applied to rows [begin, end) of s, row i written into row i + shift of out
+    (apply_column of pav.hpp: rows in batches of STEP_BATCH, first the values and their buckets' table entries,
+    then the counts and the maps)."""
     K = s.shape[1]
-    right = mode == STEP_INTERP
     vb = np.empty(STEP_BATCH)
     ab = np.empty(STEP_BATCH, np.int64)
     for k in range(K):
-        lo = xs_off[k]
-        ly = y_off[k]
-        m = m_of[k]
-        span = span_of[k]
+        g = g0 + k
+        lo = xs_off[g]
+        ly = y_off[g]
+        m = m_of[g]
+        span = span_of[g]
+        tab = tables[g]
         for i0 in range(begin, end, STEP_BATCH):
             n = min(STEP_BATCH, end - i0)
             for j in range(n):
                 v = load(s[i0 + j, k], table)
-                inside = v >= 0.0 and v < 1.0
-                x = v if inside else 0.0
-                # knot_bucket of pav.hpp without a branch: the linear and the log bucket, one selected
-                linear = KNOT_LOG_END - 1 + np.int64(x * KNOT_LINEAR)
-                log_bucket = 1 + (f64_bits(x) >> KNOT_LOG_SHIFT) - KNOT_LOG_BASE
-                log_bucket = log_bucket if x >= KNOT_LOG_FROM else 0  # 0 and -0.0 included
-                b = linear if x >= KNOT_LINEAR_FROM else log_bucket
-                first = np.int64(tables[k, b])
+                # knot_bucket of pav.hpp: the bits shifted (negative for a negative v, -0.0 and a negative NaN),
+                # less the base (below 2**-40: bucket 0); outside [0, 1): a search of all knots (-1)
+                t = f64_bits(v) >> KNOT_LOG_SHIFT
+                b = max(t, KNOT_LOG_BASE) - KNOT_LOG_BASE
+                inside = (t >= 0) & (b < KNOT_TABLE_SIZE)
+                first = lo + np.int64(tab[b if inside else 0])  # the bucket's first knot in xs
                 vb[j] = v
                 ab[j] = first if inside else -1
             if check != CHECK_NONE:
@@ -699,17 +695,26 @@ def _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, 
                     code = _bad_score(vb[j], check)
                     if code != OK:
                         merge_status(st, code, i0 + j, k, vb[j])
-            for j in range(n):
-                v = vb[j]
-                a = ab[j]
-                if a >= 0:
-                    c = a + _count_span(xs, lo + a, span, v, right)
-                else:
-                    c = _count_sorted(xs, lo, m, v, right)
-                if mode == STEP_INTERP:
-                    out[i0 + j, k] = _interp_at(xs, y, slopes, lo, ly, m, c, v)
-                else:
-                    out[i0 + j, k] = y[ly + c]
+            # the mode (and a span of 1, histogram binning's) decided once per batch, not per value (the
+            # templates of apply_column)
+            if mode == STEP_INTERP:
+                for j in range(n):
+                    v = vb[j]
+                    a = ab[j]
+                    c = a - lo + _count_span(xs, a, span, v, True) if a >= 0 else _count_sorted(xs, lo, m, v, True)
+                    out[shift + i0 + j, k] = _interp_at(xs, y, slopes, lo, ly, m, c, v)
+            elif span == 1:
+                for j in range(n):
+                    v = vb[j]
+                    a = ab[j]
+                    c = a - lo + np.int64(xs[a] < v) if a >= 0 else _count_sorted(xs, lo, m, v, False)
+                    out[shift + i0 + j, k] = y[ly + c]
+            else:
+                for j in range(n):
+                    v = vb[j]
+                    a = ab[j]
+                    c = a - lo + _count_span(xs, a, span, v, False) if a >= 0 else _count_sorted(xs, lo, m, v, False)
+                    out[shift + i0 + j, k] = y[ly + c]
 
 
 SOFTMAX_PAD = 16  # kSoftmaxPad of pav.hpp
@@ -722,66 +727,78 @@ def _softmax_scratch(s):
 
 
 @numba.njit(**JIT)
-def _softmax_row(z, table, i, out, st, check, scratch):
-    """softmax_row of pav.hpp: row i of the logits z -> its softmax in out[i], the first logit that is not finite
+def _softmax_row(z, table, i, out, r, st, check, scratch):
+    """softmax_row of pav.hpp: row i of the logits z -> its softmax in out[r], the first logit that is not finite
     named in st when check is not CHECK_NONE. float64 logits (an empty scratch): each difference and math.exp
-    (the C library's exp, as std::exp) in float64; float32 / float16 logits: the difference in float32 and
-    exp_f32 (the bits of simd::exp_f32), widened to float64. Sums and divisions in float64."""
+    (the C library's exp, as std::exp) in float64; float32 / float16 logits: the values and their maximum in
+    float32, the differences in float32 and exp_f32 (the bits of simd::exp_f32), widened to float64. Sums and
+    divisions in float64."""
     K = z.shape[1]
-    m = -np.inf
     finite = True
-    for k in range(K):
-        v = load(z[i, k], table)
-        out[i, k] = v
-        finite = finite and is_finite(v)
-        m = v if v > m else m
+    if scratch.shape[0] == 0:
+        m = -np.inf
+        for k in range(K):
+            v = load(z[i, k], table)
+            out[r, k] = v
+            finite = finite and is_finite(v)
+            m = v if v > m else m
+        for k in range(K):
+            out[r, k] = math.exp(out[r, k] - m)
+    else:
+        mf = np.float32(-np.inf)
+        for k in range(K):
+            v = np.float32(load(z[i, k], table))
+            scratch[k] = v
+            finite = finite and v - v == np.float32(0.0)
+            mf = v if v > mf else mf
+        for k in range(K):
+            scratch[k] = exp_f32(scratch[k] - mf)
+        for k in range(K):
+            out[r, k] = scratch[k]
     if not finite and check != CHECK_NONE:
         for k in range(K):
-            if not is_finite(out[i, k]):
-                merge_status(st, SCORE_NOT_FINITE, i, k, out[i, k])
+            v = load(z[i, k], table)
+            if not is_finite(v):
+                merge_status(st, SCORE_NOT_FINITE, i, k, v)
                 break
-    if scratch.shape[0] == 0:
-        for k in range(K):
-            out[i, k] = math.exp(out[i, k] - m)
-    else:
-        mf = np.float32(m)
-        for k in range(K):
-            scratch[k] = np.float32(out[i, k]) - mf
-        for k in range(K):
-            scratch[k] = exp_f32(scratch[k])
-        for k in range(K):
-            out[i, k] = scratch[k]
     flat = out.reshape(out.shape[0] * K)
-    total = _pairwise_block(flat, i * K, K) if K <= 128 else _pairwise_sum(flat, i * K, K)
+    total = _pairwise_block(flat, r * K, K) if K <= 128 else _pairwise_sum(flat, r * K, K)
     for k in range(K):
-        out[i, k] /= total
+        out[r, k] /= total
 
 
 @numba.njit(**JIT)
-def _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, renormalise, out,
+def _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, modes, check, renormalise, outs,
                  begin, end, st, softmax, n_scratch):
+    """The chunk [begin, end) of apply_columns of pav.hpp: with softmax, the chunk's softmax once into a scratch,
+    then each set j of K models (models j K .. j K + K - 1 of the stacked arrays) mapped into outs[j] and the
+    rows renormalised."""
     K = s.shape[1]
+    n = end - begin
+    q = np.empty((n if softmax else 0, K))
     if softmax:
-        # the logits' softmax into out, mapped there while it is in cache
         scratch = np.empty(n_scratch, np.float32)
         for i in range(begin, end):
-            _softmax_row(s, table, i, out, st, check, scratch)
-        _map_columns(out, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, CHECK_NONE, out, begin,
-                     end, st)
-    else:
-        _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, out, begin, end,
-                     st)
-    if renormalise:
-        flat = out.reshape(out.shape[0] * K)
-        uniform = 1.0 / K
-        for i in range(begin, end):
-            total = _pairwise_block(flat, i * K, K) if K <= 128 else _pairwise_sum(flat, i * K, K)
-            if total > 0.0:
-                for k in range(K):
-                    out[i, k] /= total
-            else:
-                for k in range(K):
-                    out[i, k] = uniform
+            _softmax_row(s, table, i, q, i - begin, st, check, scratch)
+    uniform = 1.0 / K
+    for j in range(outs.shape[0]):
+        out = outs[j]
+        if softmax:
+            _map_columns(q, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, j * K, modes[j], CHECK_NONE,
+                         out, 0, n, begin, st)
+        else:  # the same scores for every set: checked once
+            _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, j * K, modes[j],
+                         check if j == 0 else CHECK_NONE, out, begin, end, 0, st)
+        if renormalise:
+            flat = out.reshape(out.shape[0] * K)
+            for i in range(begin, end):
+                total = _pairwise_block(flat, i * K, K) if K <= 128 else _pairwise_sum(flat, i * K, K)
+                if total > 0.0:
+                    for k in range(K):
+                        out[i, k] /= total
+                else:
+                    for k in range(K):
+                        out[i, k] = uniform
 
 
 @numba.njit(parallel=True, **JIT)
@@ -797,7 +814,7 @@ def _softmax_rows(z, table, out, chunk, parallel, n_scratch):
         statuses[c, 3] = 0.0
         scratch = np.empty(n_scratch, np.float32)
         for i in range(c * chunk, min(N, (c + 1) * chunk)):
-            _softmax_row(z, table, i, out, statuses[c], CHECK_FINITE, scratch)
+            _softmax_row(z, table, i, out, i, statuses[c], CHECK_FINITE, scratch)
     return statuses
 
 
@@ -837,9 +854,10 @@ def _build_tables(x, x_off, y, y_off, mode, K, parallel):
 
 
 @numba.njit(parallel=True, **JIT)
-def _step_apply(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, renormalise, out,
+def _step_apply(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, modes, check, renormalise, outs,
                 chunk, parallel, softmax, n_scratch):
-    N, K = s.shape
+    """apply_columns of pav.hpp over the stacked sets of models: the statuses of the row chunks."""
+    N = s.shape[0]
     n_chunks = (N + chunk - 1) // chunk
     statuses = np.empty((n_chunks, 4))
     for c in numba.prange(n_chunks):
@@ -847,7 +865,7 @@ def _step_apply(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, m
         statuses[c, 1] = -1.0
         statuses[c, 2] = -1.0
         statuses[c, 3] = 0.0
-        _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, mode, check, renormalise, out,
+        _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, modes, check, renormalise, outs,
                      c * chunk, min(N, (c + 1) * chunk), statuses[c], softmax, n_scratch)
     return statuses
 
@@ -919,12 +937,29 @@ def _chunk_rows(K):
     return max(16, (1 << 14) // max(K, 1))  # step_chunk_rows of pav.hpp
 
 
-def _apply_tables(s, tables, mode, check, renormalise, out2, softmax):
-    """Apply the arrays of a StepTables (mode `mode`) to the (N, K) view s."""
+def _stacked(sets):
+    """The arrays of several StepTables (each `_arrays`) as those of one: set j's models are models
+    j K .. j K + K - 1, offsets into the concatenated knots and values (wide tables if any set has them)."""
+    if len(sets) == 1:
+        return sets[0]
+    xs, xs_off, m_of, span_of, y, y_off, slopes, tables = (list(a) for a in zip(*sets))
+    for j in range(1, len(sets)):
+        xs_off[j] = xs_off[j][1:] + xs_off[j - 1][-1]
+        y_off[j] = y_off[j][1:] + y_off[j - 1][-1]
+    wide = np.int64 if len({t.dtype for t in tables}) > 1 else tables[0].dtype
+    return (np.concatenate(xs), np.concatenate(xs_off), np.concatenate(m_of), np.concatenate(span_of),
+            np.concatenate(y), np.concatenate(y_off), np.concatenate(slopes),
+            np.concatenate([t.astype(wide, copy=False) for t in tables]))
+
+
+def _apply_tables(s, arrays, modes, check, renormalise, outs, softmax):
+    """Apply stacked StepTables arrays (`_stacked`; `modes` the sets' modes) to the (N, K) view s, set j into
+    the C-ordered (N, K) outs[j] of the (n_sets, N, K) outs."""
     N, K = s.shape
-    parallel = N * K >= (1 << 16)
-    statuses = run_locked(_step_apply, s, HALF_TABLE, *tables, mode, int(check), bool(renormalise), out2,
-                          _chunk_rows(K), parallel, bool(softmax), _softmax_scratch(s) if softmax else 0)
+    parallel = N * K * outs.shape[0] >= (1 << 16)
+    statuses = run_locked(_step_apply, s, HALF_TABLE, *arrays, np.array(modes, np.int64), int(check),
+                          bool(renormalise), outs, _chunk_rows(K), parallel, bool(softmax),
+                          _softmax_scratch(s) if softmax else 0)
     return _first_status(statuses)
 
 
@@ -946,7 +981,7 @@ def step_apply(scores, x, x_offsets, y, y_offsets, mode, check, renormalise, out
     _check_softmax(scores, check, softmax)
     tables = _checked_models(x, x_offsets, y, y_offsets, mode, K)
     out2 = _checked_out(scores, out, N, K, renormalise)
-    return _apply_tables(s, tables, int(mode), check, renormalise, out2, softmax)
+    return _apply_tables(s, tables, [int(mode)], check, renormalise, out2[None], softmax)
 
 
 def step_apply_tables(scores, tables, check, renormalise, out, softmax=False):
@@ -961,7 +996,41 @@ def step_apply_tables(scores, tables, check, renormalise, out, softmax=False):
     if K != tables.n_models:
         raise ValueError(f"scores have {K} columns but the tables hold {tables.n_models} models")
     out2 = _checked_out(scores, out, N, K, renormalise)
-    return _apply_tables(s, tables._arrays, tables.mode, check, renormalise, out2, softmax)
+    return _apply_tables(s, tables._arrays, [tables.mode], check, renormalise, out2[None], softmax)
+
+
+MAX_SETS = 16  # kMaxSets of bind_isotonic.cpp
+_last_stack = [((), None)]  # (tables, their stacked arrays) of the last step_apply_many call: one swap
+
+
+def step_apply_many(scores, tables, check, renormalise, out, softmax=False):
+    """Same contract as ``calibkit._core.step_apply_many``."""
+    s = _columns(scores)
+    N, K = s.shape
+    if check not in (CHECK_NONE, CHECK_FINITE, CHECK_PROBABILITY):
+        raise ValueError(f"check must be in [0, 2], got {check}")
+    _check_softmax(scores, check, softmax)
+    if renormalise and scores.ndim != 2:
+        raise ValueError("renormalise needs scores of shape (N, K)")
+    tables = tuple(tables)
+    if not 1 <= len(tables) <= MAX_SETS:
+        raise ValueError(f"tables must hold 1 to {MAX_SETS} StepTables, got {len(tables)}")
+    for j, t in enumerate(tables):
+        if not isinstance(t, StepTables):
+            raise TypeError(f"tables[{j}] must be StepTables, got {type(t).__name__}")
+        if K != t.n_models:
+            raise ValueError(f"scores have {K} columns but tables[{j}] holds {t.n_models} models")
+    shape = (len(tables), N, K)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float64 or out.shape != shape \
+            or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writeable C-contiguous float64 array of shape {shape}")
+    if N > 0 and np.shares_memory(out, scores):
+        raise ValueError("out overlaps scores: it must be separate memory")
+    held, arrays = _last_stack[0]
+    if not (len(held) == len(tables) and all(a is b for a, b in zip(held, tables))):
+        arrays = _stacked([t._arrays for t in tables])  # once per pass of the report
+        _last_stack[0] = (tables, arrays)
+    return _apply_tables(s, arrays, [t.mode for t in tables], check, renormalise, out, softmax)
 
 
 def softmax_into(scores, out):

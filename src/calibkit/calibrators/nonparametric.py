@@ -438,6 +438,15 @@ class _OneVsRest(Calibrator):
         """(mode, x, x_offsets, y, y_offsets) of the K calibration maps for step_apply."""
         raise NotImplementedError
 
+    def _step_tables(self):
+        """The ``StepTables`` of the K maps (of this calibrator's backend), as :meth:`predict_proba` builds them
+        for each call: for a caller that applies the calibrator to many blocks (``step_apply_tables``, or
+        ``step_apply_many`` with other calibrators' tables). Those of the fitted values at this call: make new
+        ones after a new fit."""
+        self._check_fitted()
+        mode, x, x_off, y, y_off = self._step_models()
+        return _kernels(self.backend).StepTables(x, x_off, y, y_off, mode)
+
     def _applier(self):
         """``apply(p, out, check, softmax=False)``: the status of writing into the C-ordered float64 (n, K)
         ``out`` (which may be ``p`` itself) the calibrated rows of the (n, K) probabilities ``p`` (or, with
@@ -446,10 +455,8 @@ class _OneVsRest(Calibrator):
         scores, with the K maps' search tables built once (``StepTables``), for a caller that applies the
         calibrator to many blocks. The tables are those of the fitted values at this call: make a new applier
         after a new fit."""
-        self._check_fitted()
         kernels = _kernels(self.backend)
-        mode, x, x_off, y, y_off = self._step_models()
-        tables = kernels.StepTables(x, x_off, y, y_off, mode)
+        tables = self._step_tables()
 
         def apply(p, out, check, softmax=False):
             return kernels.step_apply_tables(p, tables, check, True, out, softmax)
