@@ -917,9 +917,10 @@ CALIBKIT_INLINE void summarize_short_rows(const Matrix<T>& s, const int64_t* row
 // edges (K x (M + 1), row-major). Output index k * M + m.
 //
 // Most of a row's K probabilities are small: at most M - 1 of them (they sum to
-// 1) exceed an equal-width first edge 1/M. Octets of a row whose eight
-// probabilities all fall in bin 0 are added to per-class bin-0 sums (K-long
-// arrays) with vector operations; the few other octets go element by element.
+// 1) exceed an equal-width first edge 1/M. Every octet of a row is added to
+// per-class bin-0 sums (K-long arrays) with vector operations, its elements above
+// bin 0 adding 0; the few octets holding such elements are listed without a
+// branch, and their elements go to their bins one by one after the row's octets.
 // Each class's sums still take the rows in order, so the result is the same as
 // adding every element to its bin one at a time.
 struct ClasswiseSpec {
@@ -947,9 +948,14 @@ struct ClasswiseSpec {
 struct ClasswiseScratch {
     std::vector<double> row, sum0, weight0;
     std::vector<float> frow;
+    std::vector<uint64_t> above;  // classwise_row's list of a row's octets with elements above bin 0 (K / 8)
     int64_t rows = 0;  // rows of the chunk added so far
     explicit ClasswiseScratch(int64_t K)
-        : row(K), sum0(K, 0.0), weight0(K, 0.0), frow(K > 0 ? static_cast<size_t>((K + 7) / 8 * 8) : 0, 0.0f) {}
+        : row(K),
+          sum0(K, 0.0),
+          weight0(K, 0.0),
+          frow(K > 0 ? static_cast<size_t>((K + 7) / 8 * 8) : 0, 0.0f),
+          above(static_cast<size_t>(K / 8)) {}
 
     // Bin 0 of each class into the chunk's bins (which held nothing there yet).
     void fold_into(BinSums& bins, int64_t M, bool weighted) const {
@@ -969,9 +975,12 @@ struct ClasswiseScratch {
 
 // One row's class-wise update: p_k = e[k] * scale (scale = 1 / sum of the row's
 // exponentials for logits, 1 for probabilities; e is double, or float from the
-// float logit path). Shared: one set of edges for all classes. An octet whose
-// eight p_k all fall in bin 0 costs a few vector operations (its sums only: bin
-// 0's count is implied, see ClasswiseScratch); the others go element by element.
+// float logit path). Shared: one set of edges for all classes. Each octet costs a
+// few vector operations (bin 0's sums only: its count is implied, see
+// ClasswiseScratch) and no branch: the elements above bin 0, in the octets listed
+// in sc.above, go element by element afterwards. (A branch per octet on "any
+// element above bin 0" mispredicts often when K / 8 is not much more than the
+// M - 1 elements that can be above: at K = 100 it cost a quarter of the pass.)
 template <class V, bool Weighted, bool Shared, class E>
 CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc, BinSums& bins, int64_t K,
                                    int64_t y, double w, double scale, const E* e) {
@@ -1025,40 +1034,42 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
                 std::memcpy(weight0 + at, &w0, sizeof w0);
             }
         };
+        // Without branches: bin 0 takes the lanes not above tf (the others add 0: a sum of non-negative
+        // terms is unchanged), and an octet with lanes above tf is listed (its offset and lanes); after the
+        // octets, the listed lanes go one by one (bin 0 or above). Each class still takes this row once.
+        uint64_t* const list = sc.above.data();
+        int64_t listed = 0;
         for (int64_t k = 0; k < K8; k += 8) {
-            F ev[GF];
-            for (int g = 0; g < GF; ++g) std::memcpy(&ev[g], e + k + g * LF, sizeof(F));  // one load each
-            IF hi = ev[0] > vtf;
-            for (int g = 1; g < GF; ++g) hi |= ev[g] > vtf;
-            if (!any_lane(hi)) {
-                for (int g = 0; g < GF; ++g) {
-                    D pd[2];
-                    widen<V>(ev[g], pd[0], pd[1]);
-                    for (int h = 0; h < 2; ++h) add_bin0(k + g * LF + h * W, pd[h], one);
-                }
-            } else {  // rare: bin 0 takes the lanes not above tf; the others are tested one by one
-                unsigned cand = 0;
-                for (int g = 0; g < GF; ++g) {
-                    const IF above = ev[g] > vtf;
-                    cand |= lane_bits(above) << (g * LF);
-                    D pd[2], wd[2];
-                    widen<V>(select_f(above, zero_f, ev[g]), pd[0], pd[1]);  // candidates add 0
-                    widen<V>(select_f(above, zero_f, one_f), wd[0], wd[1]);  // and no weight
-                    for (int h = 0; h < 2; ++h) add_bin0(k + g * LF + h * W, pd[h], wd[h]);
-                }
-                for (; cand != 0; cand &= cand - 1) {
-                    const int64_t j = k + simd::ctz(cand);
-                    add(j, static_cast<double>(e[j]) * scale);
-                }
+            unsigned cand = 0;
+            for (int g = 0; g < GF; ++g) {
+                F ev;
+                std::memcpy(&ev, e + k + g * LF, sizeof(F));
+                const IF above = ev > vtf;
+                cand |= lane_bits(above) << (g * LF);
+                D pd[2], wd[2];
+                widen<V>(select_f(above, zero_f, ev), pd[0], pd[1]);  // candidates add 0
+                if constexpr (Weighted) widen<V>(select_f(above, zero_f, one_f), wd[0], wd[1]);  // and no weight
+                for (int h = 0; h < 2; ++h) add_bin0(k + g * LF + h * W, pd[h], Weighted ? wd[h] : one);
+            }
+            list[listed] = static_cast<uint64_t>(k) << 8 | cand;
+            listed += cand != 0;
+        }
+        for (int64_t q = 0; q < listed; ++q) {
+            const int64_t k = static_cast<int64_t>(list[q] >> 8);
+            for (unsigned cand = static_cast<unsigned>(list[q] & 0xff); cand != 0; cand &= cand - 1) {
+                const int64_t j = k + simd::ctz(cand);
+                add(j, static_cast<double>(e[j]) * scale);
             }
         }
     } else {
+        // As above: bin 0's sums take every element of the octet, those above it adding 0; an octet with
+        // elements above is listed (two bits per lane: lane_bits of 64-bit lanes), and after the octets the
+        // listed elements go into their bins (their p recomputed, the same product).
         const D shared_upper = splat<D>(upper[0]);
+        uint64_t* const list = sc.above.data();
+        int64_t listed = 0;
         for (int64_t k = 0; k < K8; k += 8) {
-            // Bin 0's sums take every element of the octet, those above it adding 0 (which leaves
-            // a sum of non-negative terms unchanged); the elements above go one by one (their p
-            // recomputed, the same product).
-            I any = (I)zero;
+            unsigned lanes = 0;
             for (int g = 0; g < G; ++g) {
                 const D p = GroupLoad<E, V>::contiguous(e + k + g * W) * vs;
                 D t;
@@ -1068,7 +1079,7 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
                     std::memcpy(&t, upper + k + g * W, sizeof t);
                 }
                 const I above = ~(p <= t);
-                any |= above;
+                lanes |= lane_bits(above) << (2 * W * g);
                 D s0;
                 std::memcpy(&s0, sum0 + k + g * W, sizeof s0);
                 s0 += select(above, zero, Weighted ? p * vw : p);
@@ -1080,11 +1091,16 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
                     std::memcpy(weight0 + k + g * W, &w0, sizeof w0);
                 }
             }
-            if (any_lane(any))  // rare: some element of the octet is above bin 0
-                for (int j = 0; j < 8; ++j) {
-                    const double p = static_cast<double>(e[k + j]) * scale;
-                    if (!(p <= upper[k + j])) add_above(k + j, p);
-                }
+            list[listed] = static_cast<uint64_t>(k) << 16 | lanes;
+            listed += lanes != 0;
+        }
+        for (int64_t q = 0; q < listed; ++q) {
+            const int64_t k = static_cast<int64_t>(list[q] >> 16);
+            for (unsigned lanes = static_cast<unsigned>(list[q] & 0xffff); lanes != 0; lanes &= lanes - 1) {
+                const int64_t j = k + simd::ctz(lanes) / 2;
+                lanes &= lanes - 1;  // the lane's second bit
+                add_above(j, static_cast<double>(e[j]) * scale);
+            }
         }
     }
     for (int64_t k = K8; k < K; ++k) add(k, static_cast<double>(e[k]) * scale);
