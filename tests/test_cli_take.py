@@ -49,9 +49,15 @@ def test_read_runs_checks_its_buffer(tmp_path):
 TRUNCATED = textwrap.dedent('''
     import os, sys
     import numpy as np
+    import calibkit
     from calibkit import io
-    path, labels, keep, merge = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    io._MERGE_BYTES = merge
+    path, labels = sys.argv[1], sys.argv[2]
+    keep, merge, part, threads = map(int, sys.argv[3:])
+    if merge:
+        io._MERGE_BYTES = merge
+    if part:  # the rows cut into parts of this many bytes, read by `threads` threads
+        io._PART_BYTES = part
+        calibkit.set_num_threads(threads)
     d = io.open_dump(path, labels=labels)
     os.truncate(path, keep)  # after the dump was opened (and memory-mapped)
     try:
@@ -63,17 +69,22 @@ TRUNCATED = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.parametrize("keep_fraction, merge", [(0.0, 1 << 15), (0.5, 1 << 15), (0.5, -1), (0.999, 1 << 20)])
-def test_truncated_after_opening_raises_a_clear_error(tmp_path, keep_fraction, merge):
+@pytest.mark.parametrize("keep_fraction, merge, part, threads",
+                         [(0.0, 1 << 15, 0, 0), (0.5, 1 << 15, 0, 0), (0.5, -1, 0, 0), (0.999, 1 << 20, 0, 0),
+                          (0.0, 0, 1024, 2), (0.3, 0, 1024, 2), (0.8, 0, 1024, 2)])
+def test_truncated_after_opening_raises_a_clear_error(tmp_path, keep_fraction, merge, part, threads):
     """The file shrinks between open_dump and take: a DumpError naming the file (the first read that comes back
-    short), and no crash (the rows are read by positioned reads, never through the memory map)."""
+    short), and no crash (the rows are read by positioned reads, never through the memory map). With `part`, the
+    rows are read in parts by two threads: the first part or the second (a worker thread) finds the short read;
+    either way one DumpError in the caller."""
     rng = np.random.default_rng(7)
     z = rng.normal(size=(4000, 16)).astype(np.float32)
     path, labels = tmp_path / "logits.npy", tmp_path / "labels.npy"
     np.save(path, z)
     np.save(labels, rng.integers(0, 16, 4000))
     keep = int(path.stat().st_size * keep_fraction)
-    proc = subprocess.run([sys.executable, "-c", TRUNCATED, str(path), str(labels), str(keep), str(merge)],
+    proc = subprocess.run([sys.executable, "-c", TRUNCATED, str(path), str(labels), str(keep), str(merge), str(part),
+                           str(threads)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])  # -7 would be SIGBUS
     assert proc.stdout.startswith("DumpError:"), proc.stdout + proc.stderr[-2000:]

@@ -7,15 +7,7 @@ import pytest
 from calibkit import TemperatureScaling
 from calibkit.calibrators import scaling
 
-from conftest import BACKENDS
-
-
-def _logits(n, k, seed):
-    rng = np.random.default_rng(seed)
-    z = (3.0 * rng.standard_normal((n, k))).astype(np.float32)
-    y = rng.integers(0, k, n)
-    z[np.arange(n), y] += 4.0
-    return z, y
+from conftest import BACKENDS, overconfident_logits
 
 
 def _cold(z, y, backend):
@@ -27,7 +19,7 @@ def _cold(z, y, backend):
 
 @pytest.mark.parametrize("n, k", [(8192, 520), (20_000, 220), (50_000, 90)])
 def test_refined_warm_start_reaches_the_cold_optimum(n, k):
-    z, y = _logits(n, k, seed=n)
+    z, y = overconfident_logits(n, k, seed=n)
     assert n * k >= scaling._WARM_START_ELEMENTS and n >= scaling._WARM_START_ROWS
     cold = _cold(z, y, "cpp")
     for backend in BACKENDS:
@@ -37,7 +29,7 @@ def test_refined_warm_start_reaches_the_cold_optimum(n, k):
 
 
 def test_both_backends_fit_the_same_temperature():
-    z, y = _logits(12_000, 400, seed=3)
+    z, y = overconfident_logits(12_000, 400, seed=3)
     got = {b: TemperatureScaling(backend=b).fit(z, y).temperature_ for b in BACKENDS}
     assert len(set(got.values())) == 1, got
 
@@ -48,7 +40,7 @@ def test_the_refining_subsample_is_larger_but_never_every_row(n):
 
     def sums_of(stride):
         strides.append(stride)
-        z, y = _logits(max(64, n // stride // 64), 8, seed=stride)  # any data: only the strides are checked
+        z, y = overconfident_logits(max(64, n // stride // 64), 8, seed=stride)  # any data: only the strides are checked
         return lambda b: scaling._temperature_sums(scaling._backend.kernels("cpp"), z, y, None, b, None)
 
     start = TemperatureScaling(backend="cpp")._warm_start(sums_of, n)
@@ -67,12 +59,12 @@ def test_a_refining_subsample_without_weight_keeps_the_first_start():
         calls.append(stride)
         if len(calls) == 2:
             return None  # e.g. every weight of that subsample is 0
-        z, y = _logits(2048, 8, seed=1)
+        z, y = overconfident_logits(2048, 8, seed=1)
         return lambda b: scaling._temperature_sums(scaling._backend.kernels("cpp"), z, y, None, b, None)
 
     ts = TemperatureScaling(backend="cpp")
     start = ts._warm_start(sums_of, 20_000)
-    z, y = _logits(2048, 8, seed=1)
+    z, y = overconfident_logits(2048, 8, seed=1)
     alone, _, _, _ = ts._newton(lambda b: scaling._temperature_sums(scaling._backend.kernels("cpp"), z, y, None, b,
                                                                      None), taylor_stop=True)
     assert len(calls) == 2 and start == alone

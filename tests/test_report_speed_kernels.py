@@ -26,6 +26,8 @@ import calibkit
 from calibkit import HistogramBinning, IsotonicCalibration, _core
 from calibkit.calibrators.nonparametric import _concatenated, _kernels
 
+from conftest import step_applier
+
 F = np.float32
 
 
@@ -123,7 +125,7 @@ def test_float_softmax_backends_and_thread_counts_agree_bitwise(dtype, method, t
             c = cls(from_logits=True, backend=backend).fit(z[:3000], y[:3000])
             got = {"softmax": q, "proba": c.predict_proba(z[3000:]),
                    "fused": np.empty((3000, 23))}
-            assert c._applier()(z[3000:], got["fused"], 1, True)[0] == 0
+            assert step_applier(c)(z[3000:], got["fused"], 1, True)[0] == 0
             np.testing.assert_array_equal(got["fused"], got["proba"])
             for key, value in got.items():
                 first.setdefault(key, value)
@@ -244,7 +246,7 @@ def test_step_map_batches_do_not_depend_on_the_rows_per_call(backend, threads):
     z = rng.standard_normal((5000, 7)).astype(np.float32) * 3
     y = rng.integers(0, 7, 5000)
     c = IsotonicCalibration(from_logits=True, backend=backend).fit(z, y)
-    apply = c._applier()
+    apply = step_applier(c)
     whole = np.empty(z.shape)
     assert apply(z, whole, 1, True)[0] == 0
     for n in (1, 2):

@@ -2,13 +2,10 @@
 into parts of about equal size, each part read by its own thread into its slice of the output.
 
 The plain NumPy reference is ``np.load(path)[mask]``; the result is the same for 1, 2 and 3 threads (the same
-bytes, read into the same places). A file truncated after it was opened raises a clear DumpError from whichever
-thread found it, and never crashes the process: those cases run in a subprocess.
+bytes, read into the same places). A file truncated after it was opened, read in parts by two threads:
+``test_truncated_after_opening_raises_a_clear_error`` in test_cli_take.py (in a subprocess).
 """
 
-import subprocess
-import sys
-import textwrap
 import threading
 
 import numpy as np
@@ -16,13 +13,6 @@ import pytest
 
 import calibkit
 from calibkit import io
-
-
-@pytest.fixture
-def threads():
-    before = calibkit.get_num_threads()
-    yield
-    calibkit.set_num_threads(before)
 
 
 def _masks(n):
@@ -91,39 +81,3 @@ def test_read_runs_checks_its_buffer_with_threads(tmp_path):
             f.read_runs(np.arange(10) < 3, np.empty((2, 2), np.float32), n_threads)
         with d._file() as f, pytest.raises(RuntimeError, match="do not fill their buffer"):
             f.read_runs(np.arange(10) < 3, np.empty((4, 2), np.float32), n_threads)
-
-
-TRUNCATED = textwrap.dedent('''
-    import os, sys
-    import numpy as np
-    import calibkit
-    from calibkit import io
-    path, labels, keep = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    io._PART_BYTES = 1024
-    calibkit.set_num_threads(2)
-    d = io.open_dump(path, labels=labels)
-    os.truncate(path, keep)  # after the dump was opened (and memory-mapped)
-    try:
-        d.take(io.split_mask(d.n_rows, 0.2))
-    except io.DumpError as exc:
-        print("DumpError:", exc)
-    else:
-        print("no error")
-''')
-
-
-@pytest.mark.parametrize("keep_fraction", [0.0, 0.3, 0.8])
-def test_truncated_file_read_by_threads_raises_a_clear_error(tmp_path, keep_fraction):
-    """The file shrinks between open_dump and a take in two parts: the first part or the second (a worker
-    thread) finds the short read; either way one DumpError naming the file in the caller, and no crash."""
-    rng = np.random.default_rng(7)
-    z = rng.normal(size=(4000, 16)).astype(np.float32)
-    path, labels = tmp_path / "logits.npy", tmp_path / "labels.npy"
-    np.save(path, z)
-    np.save(labels, rng.integers(0, 16, 4000))
-    keep = int(path.stat().st_size * keep_fraction)
-    proc = subprocess.run([sys.executable, "-c", TRUNCATED, str(path), str(labels), str(keep)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])  # -7 would be SIGBUS
-    assert proc.stdout.startswith("DumpError:"), proc.stdout + proc.stderr[-2000:]
-    assert str(path) in proc.stdout and "ended early" in proc.stdout

@@ -23,6 +23,8 @@ import calibkit
 from calibkit import HistogramBinning, IsotonicCalibration, VectorScaling
 from calibkit.calibrators.nonparametric import _kernels
 from calibkit.calibrators.scaling import _vector_scale_kernel
+
+from conftest import step_applier
 from subprocess_cases import check_cases
 
 DTYPES = [np.float16, np.float32, np.float64]
@@ -108,7 +110,7 @@ def test_fused_softmax_apply_is_softmax_then_apply(backend, dtype, method, threa
     y = rng.integers(0, 6, 4000)
     c = (IsotonicCalibration if method == "isotonic" else HistogramBinning)(from_logits=True, backend=backend)
     c.fit(z[:2000], y[:2000])
-    apply = c._applier()
+    apply = step_applier(c)
     q = np.empty(z.shape)
     assert _kernels(backend).softmax_into(z, q)[0] == 0  # the kernel's softmax (see above)
     want = np.empty(z.shape)
@@ -126,7 +128,7 @@ def test_fused_apply_reports_a_bad_logit_and_predict_proba_raises(backend):
     z = rng.standard_normal((500, 3))
     c = IsotonicCalibration(from_logits=True, backend=backend).fit(z, rng.integers(0, 3, 500))
     z[321, 1] = np.inf
-    assert tuple(c._applier()(z, np.empty(z.shape), 1, True)[:3]) == (1, 321, 1)
+    assert tuple(step_applier(c)(z, np.empty(z.shape), 1, True)[:3]) == (1, 321, 1)
     with pytest.raises(ValueError, match=r"scores\[321, 1\] = inf"):
         c.predict_proba(z)
 

@@ -14,6 +14,8 @@ import pytest
 import calibkit
 from calibkit import HistogramBinning, IsotonicCalibration
 from calibkit.calibrators.nonparametric import _concatenated, _kernels
+
+from conftest import step_applier
 from subprocess_cases import check_cases
 
 
@@ -197,7 +199,7 @@ def test_applier_gives_predict_proba_bits(backend):
     labels = rng.integers(0, K, 2000)
     for cal in (IsotonicCalibration(backend=backend), HistogramBinning(n_bins=8, backend=backend)):
         cal.fit(p, labels)
-        apply = cal._applier()
+        apply = step_applier(cal)
         out = np.empty_like(p)
         for a in range(0, 2000, 300):
             assert apply(p[a:a + 300], out[a:a + 300], 2)[0] == 0

@@ -9,16 +9,7 @@ import calibkit
 from calibkit import TemperatureScaling
 from calibkit.calibrators import scaling
 
-from conftest import BACKENDS
-
-
-def _logits(n, k, seed):
-    """float32 logits 3 * normal + 4 on the label (over-confident, as the benchmark's)."""
-    rng = np.random.default_rng(seed)
-    z = (3.0 * rng.standard_normal((n, k))).astype(np.float32)
-    y = rng.integers(0, k, n)
-    z[np.arange(n), y] += 4.0
-    return z, y
+from conftest import BACKENDS, overconfident_logits
 
 
 def _reference_temperature(z, y):
@@ -37,7 +28,7 @@ def _reference_temperature(z, y):
 def _record_strides(n):
     """The strides _warm_start asks for on n rows, and the passes taken on each (any data: 64 x 8 rows)."""
     passes = []
-    z, y = _logits(4096, 8, seed=0)
+    z, y = overconfident_logits(4096, 8, seed=0)
 
     def sums_of(stride):
         passes.append([stride, 0])
@@ -67,7 +58,7 @@ def test_the_warm_start_costs_a_tenth_of_a_pass_on_the_benchmark_shape(monkeypat
     about 0.1 of a full pass (they were 4 passes over every 16th row, 0.25, before the coarse level; on the
     benchmark's logits: 3 passes over 2,062 rows and one over 12,500)."""
     n = 200_000
-    z, y = _logits(n, 21, seed=1)
+    z, y = overconfident_logits(n, 21, seed=1)
     assert z.size >= scaling._WARM_START_ELEMENTS
     rows = []
     inner = scaling._temperature_sums
@@ -86,7 +77,7 @@ def test_the_warm_start_costs_a_tenth_of_a_pass_on_the_benchmark_shape(monkeypat
 
 @pytest.mark.parametrize("n, k", [(60_000, 80), (120_000, 40)])
 def test_nested_warm_start_reaches_the_independent_optimum(n, k):
-    z, y = _logits(n, k, seed=n + k)
+    z, y = overconfident_logits(n, k, seed=n + k)
     want = _reference_temperature(z, y)
     got = {}
     for backend in BACKENDS:
@@ -99,7 +90,7 @@ def test_nested_warm_start_reaches_the_independent_optimum(n, k):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_one_and_two_threads_give_the_same_bits(backend):
-    z, y = _logits(60_000, 80, seed=5)
+    z, y = overconfident_logits(60_000, 80, seed=5)
     before = calibkit.get_num_threads()
     try:
         out = []
@@ -119,7 +110,7 @@ def test_a_coarse_subsample_without_weight_gives_no_start():
 
 
 def test_a_fine_subsample_without_weight_keeps_the_coarse_optimum():
-    z, y = _logits(2048, 8, seed=2)
+    z, y = overconfident_logits(2048, 8, seed=2)
 
     def sums(b):
         return scaling._temperature_sums(scaling._backend.kernels("cpp"), z, y, None, b, None)
@@ -155,7 +146,7 @@ def test_the_coarse_newton_stops_in_the_trust_region_near_its_optimum(k, scale, 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_weights_zero_on_the_coarse_rows_fall_back_to_the_cold_fit(backend):
     n, k = 60_000, 80
-    z, y = _logits(n, k, seed=7)
+    z, y = overconfident_logits(n, k, seed=7)
     w = np.random.default_rng(7).random(n)
     w[::n // scaling._WARM_START_SUB_ROWS] = 0.0
     ts = TemperatureScaling(backend=backend).fit(z, y, sample_weight=w)

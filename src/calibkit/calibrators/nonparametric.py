@@ -447,22 +447,6 @@ class _OneVsRest(Calibrator):
         mode, x, x_off, y, y_off = self._step_models()
         return _kernels(self.backend).StepTables(x, x_off, y, y_off, mode)
 
-    def _applier(self):
-        """``apply(p, out, check, softmax=False)``: the status of writing into the C-ordered float64 (n, K)
-        ``out`` (which may be ``p`` itself) the calibrated rows of the (n, K) probabilities ``p`` (or, with
-        ``softmax``, of the softmax of the logits ``p``), scores checked as ``check`` (``_CHECK_NONE`` /
-        ``_CHECK_PROBABILITY``; ``_CHECK_FINITE`` for logits): what :meth:`predict_proba` does for (N, K)
-        scores, with the K maps' search tables built once (``StepTables``), for a caller that applies the
-        calibrator to many blocks. The tables are those of the fitted values at this call: make a new applier
-        after a new fit."""
-        kernels = _kernels(self.backend)
-        tables = self._step_tables()
-
-        def apply(p, out, check, softmax=False):
-            return kernels.step_apply_tables(p, tables, check, True, out, softmax)
-
-        return apply
-
     def predict_proba(self, scores: ArrayLike, *, axis: int = 1, out: np.ndarray | None = None) -> FloatArray:
         """Calibrated probabilities, (N, K) rows summing to 1; binary scores (N,) (or (N, 1)) give the (N, 2)
         probabilities of classes 0 and 1, as every scikit-learn classifier (``predict_proba(s)[:, 1]`` is
