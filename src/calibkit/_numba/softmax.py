@@ -6,16 +6,61 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 from ._common import (
     F32, HALF_TABLE, JIT, LABEL_OUT_OF_RANGE, MIN_PARALLEL_ELEMENTS, SCORE_NOT_FINITE,
     as_kernel_array, check_float_dtype, exp_f32, group_size, is_finite, lane_sums_f32, load, merge_status,
-    octet_sum, rows_per_chunk, run_locked, status_tuple,
+    next_ticket, octet_sum, rows_per_chunk, run_locked, status_tuple,
 )
-from .binning import DENSE_BLOCK, _dense_block_copy, _weights_arg, check_weight
+from .binning import DENSE_BLOCK, PARTIAL_ROW, _dense_block_copy, _weights_arg, check_weight
 from .uncertainty import EXP_MIN_F, _check_row, _load_f, _max_f
 
 F32_INF = F32(np.inf)
+
+
+@intrinsic
+def _pow2_f64(typingctx, n):
+    """2^n as float64 for an integral float64 n in [-1022, 1023]: (n + 1023) << 52 as the bits of a double
+    (exp_nonpositive in simd.hpp), straight-line code that LLVM vectorises."""
+    if n != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        bits = builder.shl(builder.add(builder.fptosi(args[0], i64), ir.Constant(i64, 1023)), ir.Constant(i64, 52))
+        return builder.bitcast(bits, ir.DoubleType())
+
+    return types.float64(n), codegen
+
+
+@numba.njit(inline="always", **JIT)
+def exp_nonpositive(x):
+    """exp(x) for x <= 0 in double, clamped at -708: the same sequence of IEEE operations as exp_nonpositive in
+    simd.hpp (Cody-Waite reduction, the degree-12 polynomial by Estrin's scheme, 2^n in the exponent bits), so
+    the same bits; a loop of it vectorises."""
+    x = x if x > -708.0 else -708.0
+    t = x * 1.4426950408889634 + 6755399441055744.0
+    n = t - 6755399441055744.0
+    r = x - n * 6.93147180369123816490e-01
+    r = r - n * 1.90821492927058770002e-10
+    r2 = r * r
+    r4 = r2 * r2
+    r8 = r4 * r4
+    q0 = 1.0 + r
+    q1 = 1.0 / 2.0 + r * (1.0 / 6.0)
+    q2 = 1.0 / 24.0 + r * (1.0 / 120.0)
+    q3 = 1.0 / 720.0 + r * (1.0 / 5040.0)
+    q4 = 1.0 / 40320.0 + r * (1.0 / 362880.0)
+    q5 = 1.0 / 3628800.0 + r * (1.0 / 39916800.0)
+    q6 = 1.0 / 479001600.0
+    s0 = q0 + q1 * r2
+    s1 = q2 + q3 * r2
+    s2 = q4 + q5 * r2
+    p = (s0 + s1 * r4) + (s2 + q6 * r4) * r8
+    return p * _pow2_f64(n)
 
 
 @numba.njit(**JIT)
@@ -86,49 +131,74 @@ def _sums_f(fbuf, K, best, bf, S, ebuf, tbuf):
     return np.float64(bf * (_min_f(fbuf, K) - shift))
 
 
+@numba.njit(inline="always", **JIT)
+def _add_powers_d(d, j, raw, valid):
+    """Element of lane j of temperature_row (softmax.hpp): t = max(raw, -708), e = exp_nonpositive(t) (0 for a
+    padding lane: valid False), e t^q (q = 0..5, successive products) added to d[q, j]."""
+    t = max(raw, -708.0)
+    e = exp_nonpositive(t) if valid else 0.0
+    e1 = e * t
+    e2 = e1 * t
+    e3 = e2 * t
+    d[0, j] += e
+    d[1, j] += e1
+    d[2, j] += e2
+    d[3, j] += e3
+    e4 = e3 * t
+    d[4, j] += e4
+    d[5, j] += e4 * t
+
+
 @numba.njit(**JIT)
 def _sums_d(scores, i, K, best, b, table, S, d):
-    """The float64 path: double exp, lanes k % 8 combined in the C++ order. Returns min b (z - best)."""
+    """The float64 path (temperature_row of softmax.hpp): double exp_nonpositive, element k of the whole
+    octets in lane k % 8; for K % 8 != 0 the last octet is the one ending at K (lane l is element K - 8 + l,
+    only the lanes past the whole octets counted), or for K < 8 the row itself padded with zeros; lanes
+    combined by octet_sum. Returns min b (z - best)."""
     d[:, :] = 0.0
     lo = 0.0
-    for k in range(K):
+    full = K - K % 8
+    for k in range(full):
         raw = b * (load(scores[i, k], table) - best)
         lo = raw if raw < lo else lo
-        t = max(raw, -708.0)
-        e = math.exp(t)
-        e1 = e * t
-        e2 = e1 * t
-        e3 = e2 * t
-        j = k % 8
-        d[0, j] += e
-        d[1, j] += e1
-        d[2, j] += e2
-        d[3, j] += e3
-        e4 = e3 * t
-        d[4, j] += e4
-        d[5, j] += e4 * t
+        _add_powers_d(d, k % 8, raw, True)
+    if full < K:
+        start = K - 8 if K >= 8 else 0
+        first = 8 - K % 8 if K >= 8 else 0
+        last = 8 if K >= 8 else K
+        for j in range(8):
+            valid = j >= first and j < last
+            raw = b * (load(scores[i, start + j], table) - best) if valid else 0.0
+            lo = raw if raw < lo else lo
+            _add_powers_d(d, j, raw, valid)
     for q in range(6):
         S[q] = octet_sum(d[q])
     return lo
 
 
 @numba.njit(**JIT)
-def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, end, acc, st):
+def _temperature_buffers(scores, single):
+    """The row buffers of _temperature_chunk (fbuf, ebuf, tbuf: K rounded up to whole octets, zero padded;
+    S; d; dbuf, the class-major block of dense float rows, empty otherwise), allocated once per thread of a
+    call and reused by all its chunks (a chunk overwrites every element it reads; the padding stays 0)."""
     K = scores.shape[1]
     Kp = (K + 7) // 8 * 8
-    fbuf = np.zeros(Kp, np.float32)
-    ebuf = np.zeros(Kp, np.float32)
-    tbuf = np.zeros(Kp, np.float32)
-    S = np.empty(6)
-    d = np.zeros((6, 8))
+    dense = single and scores.strides[0] == scores.itemsize and K >= 2
+    return (np.zeros(Kp, np.float32), np.zeros(Kp, np.float32), np.zeros(Kp, np.float32), np.empty(6),
+            np.zeros((6, 8)), np.zeros((K if dense else 0, DENSE_BLOCK), np.float32))
+
+
+@numba.njit(**JIT)
+def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, end, acc, st, fbuf, ebuf, tbuf, S, d,
+                       dbuf):
+    K = scores.shape[1]
     bf = F32(b)
     # Dense float rows (a segmentation map: rows adjacent, classes far apart): read by blocks of DENSE_BLOCK
     # rows, class by class (contiguous reads, each cache line once), into a class-major float buffer; each row
     # then takes the generic single-precision path from the buffer (the same float values: the same bits).
     # (Summing 8 rows at a time with the loops over rows innermost, as the C++ kernel does, was slower here
     # than lane_sums_f32's vector code on one row.)
-    dense = single and scores.strides[0] == scores.itemsize and K >= 2
-    dbuf = np.zeros((K if dense else 0, DENSE_BLOCK), np.float32)
+    dense = dbuf.shape[0] > 0
     b_start = begin
     b_end = begin
     for i in range(begin, end):
@@ -173,37 +243,72 @@ def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, 
             _add_temperature_row(S, b, load(scores[i, y], table) - best, w, min_t, acc)
 
 
+@numba.njit(**JIT)
+def _new_partials(g, width):
+    """The chunk partials of a group of g chunks (each row PARTIAL_ROW doubles or more apart: two chunks on two
+    threads never write to one cache line), their statuses and a ticket counter for next_ticket, allocated once
+    per call outside the parallel regions (in a ``parallel=True`` driver every ``np.zeros`` is a parallel region
+    of its own) and cleared as they are folded."""
+    p_st = np.zeros((g, PARTIAL_ROW))
+    for j in range(g):
+        p_st[j, 1] = -1.0
+        p_st[j, 2] = -1.0
+    return _zero_rows(g, width), p_st, np.zeros(1, np.int64)
+
+
+@numba.njit(**JIT)
+def _zero_rows(g, width):
+    """g rows of zeros, max(width, PARTIAL_ROW) doubles apart (allocated outside the parallel regions)."""
+    return np.zeros((g, max(width, PARTIAL_ROW)))
+
+
+@numba.njit(**JIT)
+def _fold_status(st, p_st, j):
+    """Chunk j's status into st (in chunk order, by the caller), then cleared for the next group."""
+    merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
+    p_st[j, 0] = 0.0
+    p_st[j, 1] = -1.0
+    p_st[j, 2] = -1.0
+    p_st[j, 3] = 0.0
+
+
 @numba.njit(parallel=True, **JIT)
 def _temperature_driver(scores, labels, weights, has_w, b, single, table, parallel):
     N, K = scores.shape
     chunk = rows_per_chunk(K, 1)
     n_chunks = (N + chunk - 1) // chunk
-    total = np.zeros(10)
-    st = np.array([0.0, -1.0, -1.0, 0.0])
     group = group_size(n_chunks, 10)
+    total, st, _ = _new_partials(1, 10)
+    total, st = total[0], st[0]
+    acc, p_st, ticket = _new_partials(group, 10)
     for first in range(0, n_chunks, group):
         g = min(group, n_chunks - first)
-        acc = np.zeros((g, 10))
-        p_st = np.zeros((g, 4))
         if parallel:
-            for j in numba.prange(g):
-                p_st[j, 1] = -1.0
-                p_st[j, 2] = -1.0
-                c = first + j
-                _temperature_chunk(scores, labels, weights, has_w, b, single, table, c * chunk,
-                                   min(N, (c + 1) * chunk), acc[j], p_st[j])
+            # One parallel region per group; the threads take its chunks one at a time (next_ticket) while some
+            # remain, each with its own row buffers (as _top_label_driver in binning.py).
+            ticket[0] = 0
+            for _t in numba.prange(g):
+                j = next_ticket(ticket)
+                if j < g:
+                    fbuf, ebuf, tbuf, S, d, dbuf = _temperature_buffers(scores, single)
+                    while j < g:
+                        c = first + j
+                        _temperature_chunk(scores, labels, weights, has_w, b, single, table, c * chunk,
+                                           min(N, (c + 1) * chunk), acc[j], p_st[j], fbuf, ebuf, tbuf, S, d, dbuf)
+                        j = next_ticket(ticket)
         else:
+            fbuf, ebuf, tbuf, S, d, dbuf = _temperature_buffers(scores, single)
             for j in range(g):
-                p_st[j, 1] = -1.0
-                p_st[j, 2] = -1.0
                 c = first + j
                 _temperature_chunk(scores, labels, weights, has_w, b, single, table, c * chunk,
-                                   min(N, (c + 1) * chunk), acc[j], p_st[j])
+                                   min(N, (c + 1) * chunk), acc[j], p_st[j], fbuf, ebuf, tbuf, S, d, dbuf)
         for j in range(g):
             for t in range(9):
                 total[t] += acc[j, t]
+                acc[j, t] = 0.0
             total[9] = max(total[9], acc[j, 9])
-            merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
+            acc[j, 9] = 0.0
+            _fold_status(st, p_st, j)
     return total, st
 
 
