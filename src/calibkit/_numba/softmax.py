@@ -344,9 +344,25 @@ def temperature_nll(scores, labels, sample_weight, inverse_temperature):
 
 
 @numba.njit(**JIT)
-def _vector_chunk(scores, labels, weights, has_w, scale, bias, table, begin, end, acc, grad_scale, grad_bias, st):
+def _vector_buffers(K):
+    """Per-thread row buffers of _vector_chunk, K rounded up to whole octets: z (the row, zero padded), e, the
+    chunk's gradient sums gs and gb, and the eight lane sums."""
+    n = (K + 7) // 8 * 8
+    return np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(8)
+
+
+@numba.njit(**JIT)
+def _vector_chunk(scores, labels, weights, has_w, a, c, table, begin, end, acc, grad_scale, grad_bias, st, z, e, gs,
+                  gb, lanes):
+    """vector_scaling_chunk of softmax.hpp, in its order of operations: the row loaded once into the padded double
+    buffer z; z' = a z + c and its maximum over the padded row (a = 0, c = -inf beyond K); e = exp_nonpositive(z' -
+    max) (padding: the clamp's 3.3e-308, as in C++); its total by lanes k % 8 (octet_sum); the gradient sums of
+    the chunk in gs / gb (the label's -w added after the row's sweep), added to the chunk's partial at the end."""
     K = scores.shape[1]
-    e = np.empty(K)  # one row of exp(z' - max): O(K), not O(N K)
+    n = z.shape[0]
+    for k in range(n):
+        gs[k] = 0.0
+        gb[k] = 0.0
     for i in range(begin, end):
         y = labels[i]
         if y < 0 or y >= K:
@@ -355,34 +371,59 @@ def _vector_chunk(scores, labels, weights, has_w, scale, bias, table, begin, end
         w = weights[i] if has_w else 1.0
         if has_w and not check_weight(w, i, st):
             continue
+        for k in range(K):
+            z[k] = load(scores[i, k], table)
+        chk = 0.0
         best = -np.inf
-        bad = False
-        for k in range(K):
-            z = load(scores[i, k], table)
-            if not is_finite(z):
-                merge_status(st, SCORE_NOT_FINITE, i, k, z)
-                bad = True
-                break
-            v = scale[k] * z + bias[k]
-            e[k] = v
-            if v > best:
-                best = v
-        if bad:
+        for k in range(n):
+            v = z[k]
+            chk += v - v
+            t = a[k] * v + c[k]
+            e[k] = t
+            best = t if t > best else best
+        if chk != 0.0:  # NaN: some element is NaN or inf (the first one is reported)
+            for k in range(K):
+                if not is_finite(z[k]):
+                    merge_status(st, SCORE_NOT_FINITE, i, k, z[k])
+                    break
             continue
-        total = 0.0
-        for k in range(K):
-            v = math.exp(e[k] - best)
-            e[k] = v
-            total += v
-        shifted_label = scale[y] * load(scores[i, y], table) + bias[y] - best
+        for k in range(n):
+            e[k] = exp_nonpositive(e[k] - best)
+        for q in range(8):
+            lanes[q] = 0.0
+        for k0 in range(0, n, 8):
+            for q in range(8):
+                lanes[q] += e[k0 + q]
+        for k in range(K, n):
+            e[k] = 0.0
+        total = octet_sum(lanes)
+        shifted_label = a[y] * z[y] + c[y] - best
         acc[0] += 1.0
         acc[1] += w
         acc[2] += w * (math.log(total) - shifted_label)
         inv = w / total
-        for k in range(K):
-            g = e[k] * inv - (w if k == y else 0.0)
-            grad_bias[k] += g
-            grad_scale[k] += g * load(scores[i, k], table)
+        for k in range(n):
+            g = e[k] * inv
+            gb[k] += g
+            gs[k] += g * z[k]
+        gb[y] -= w
+        gs[y] -= w * z[y]
+    for k in range(K):
+        grad_bias[k] += gb[k]
+        grad_scale[k] += gs[k]
+
+
+@numba.njit(**JIT)
+def _padded_parameters(scale, bias):
+    """a and c padded to whole octets: a = 0 and c = -inf beyond K (padding never wins the maximum)."""
+    K = scale.shape[0]
+    n = (K + 7) // 8 * 8
+    a = np.zeros(n)
+    c = np.full(n, -np.inf)
+    for k in range(K):
+        a[k] = scale[k]
+        c[k] = bias[k]
+    return a, c
 
 
 @numba.njit(parallel=True, **JIT)
@@ -390,39 +431,45 @@ def _vector_driver(scores, labels, weights, has_w, scale, bias, table, parallel)
     N, K = scores.shape
     chunk = rows_per_chunk(K, 1)
     n_chunks = (N + chunk - 1) // chunk
-    total = np.zeros(3)
-    g_scale = np.zeros(K)
-    g_bias = np.zeros(K)
-    st = np.array([0.0, -1.0, -1.0, 0.0])
     group = group_size(n_chunks, 2 * K + 3)
+    a, c = _padded_parameters(scale, bias)
+    total, st, _ = _new_partials(1, 3)
+    total, st = total[0], st[0]
+    g_scale, g_bias = _zero_rows(1, K)[0], _zero_rows(1, K)[0]
+    acc, p_st, ticket = _new_partials(group, 3)
+    p_scale, p_bias = _zero_rows(group, K), _zero_rows(group, K)
     for first in range(0, n_chunks, group):
         g = min(group, n_chunks - first)
-        acc = np.zeros((g, 3))
-        p_scale = np.zeros((g, K))
-        p_bias = np.zeros((g, K))
-        p_st = np.zeros((g, 4))
         if parallel:
-            for j in numba.prange(g):
-                p_st[j, 1] = -1.0
-                p_st[j, 2] = -1.0
-                c = first + j
-                _vector_chunk(scores, labels, weights, has_w, scale, bias, table, c * chunk,
-                              min(N, (c + 1) * chunk), acc[j], p_scale[j], p_bias[j], p_st[j])
+            # as _temperature_driver: one region per group, chunks taken one at a time by ticket
+            ticket[0] = 0
+            for _t in numba.prange(g):
+                j = next_ticket(ticket)
+                if j < g:
+                    z, e, gs, gb, lanes = _vector_buffers(K)
+                    while j < g:
+                        ch = first + j
+                        _vector_chunk(scores, labels, weights, has_w, a, c, table, ch * chunk,
+                                      min(N, (ch + 1) * chunk), acc[j], p_scale[j], p_bias[j], p_st[j], z, e, gs,
+                                      gb, lanes)
+                        j = next_ticket(ticket)
         else:
+            z, e, gs, gb, lanes = _vector_buffers(K)
             for j in range(g):
-                p_st[j, 1] = -1.0
-                p_st[j, 2] = -1.0
-                c = first + j
-                _vector_chunk(scores, labels, weights, has_w, scale, bias, table, c * chunk,
-                              min(N, (c + 1) * chunk), acc[j], p_scale[j], p_bias[j], p_st[j])
+                ch = first + j
+                _vector_chunk(scores, labels, weights, has_w, a, c, table, ch * chunk, min(N, (ch + 1) * chunk),
+                              acc[j], p_scale[j], p_bias[j], p_st[j], z, e, gs, gb, lanes)
         for j in range(g):
             for t in range(3):
                 total[t] += acc[j, t]
+                acc[j, t] = 0.0
             for k in range(K):
                 g_scale[k] += p_scale[j, k]
                 g_bias[k] += p_bias[j, k]
-            merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
-    return total, g_scale, g_bias, st
+                p_scale[j, k] = 0.0
+                p_bias[j, k] = 0.0
+            _fold_status(st, p_st, j)
+    return total, g_scale[:K], g_bias[:K], st
 
 
 def vector_scaling_nll(scores, labels, sample_weight, scale, bias):
