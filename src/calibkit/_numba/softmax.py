@@ -15,7 +15,7 @@ from ._common import (
     as_kernel_array, check_float_dtype, exp_f32, group_size, is_finite, lane_sums_f32, load, merge_status,
     next_ticket, octet_sum, rows_per_chunk, run_locked, status_tuple,
 )
-from .binning import DENSE_BLOCK, PARTIAL_ROW, _dense_block_copy, _weights_arg, check_weight
+from .binning import DENSE_BLOCK, PARTIAL_ROW, _weights_arg, check_weight
 from .uncertainty import EXP_MIN_F, _check_row, _load_f, _max_f
 
 F32_INF = F32(np.inf)
@@ -179,13 +179,28 @@ def _sums_d(scores, i, K, best, b, table, S, d):
 @numba.njit(**JIT)
 def _temperature_buffers(scores, single):
     """The row buffers of _temperature_chunk (fbuf, ebuf, tbuf: K rounded up to whole octets, zero padded;
-    S; d; dbuf, the class-major block of dense float rows, empty otherwise), allocated once per thread of a
-    call and reused by all its chunks (a chunk overwrites every element it reads; the padding stays 0)."""
+    S; d; dbuf, a block of DENSE_BLOCK dense float rows, each zero padded like fbuf, empty otherwise),
+    allocated once per thread of a call and reused by all its chunks (a chunk overwrites every element it reads;
+    the padding stays 0)."""
     K = scores.shape[1]
     Kp = (K + 7) // 8 * 8
     dense = single and scores.strides[0] == scores.itemsize and K >= 2
     return (np.zeros(Kp, np.float32), np.zeros(Kp, np.float32), np.zeros(Kp, np.float32), np.empty(6),
-            np.zeros((6, 8)), np.zeros((K if dense else 0, DENSE_BLOCK), np.float32))
+            np.zeros((6, 8)), np.zeros((DENSE_BLOCK if dense else 0, Kp), np.float32))
+
+
+@numba.njit(**JIT)
+def _dense_rows_copy(scores, i0, end, table, dbuf):
+    """Rows [i0, min(i0 + DENSE_BLOCK, end)) of a dense matrix into the rows of dbuf (as floats; its padding
+    columns stay 0), class by class: each class's values of the block are one contiguous run of the map, read
+    once. Returns the block's end row."""
+    K = scores.shape[1]
+    n = min(DENSE_BLOCK, end - i0)
+    for k in range(K):
+        col = scores[i0:i0 + n, k]
+        for r in range(n):
+            dbuf[r, k] = F32(load(col[r], table))
+    return i0 + n
 
 
 @numba.njit(**JIT)
@@ -194,17 +209,17 @@ def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, 
     K = scores.shape[1]
     bf = F32(b)
     # Dense float rows (a segmentation map: rows adjacent, classes far apart): read by blocks of DENSE_BLOCK
-    # rows, class by class (contiguous reads, each cache line once), into a class-major float buffer; each row
-    # then takes the generic single-precision path from the buffer (the same float values: the same bits).
-    # (Summing 8 rows at a time with the loops over rows innermost, as the C++ kernel does, was slower here
-    # than lane_sums_f32's vector code on one row.)
+    # rows, class by class (contiguous reads, each cache line once), into a block of padded float rows; each
+    # row then takes the generic single-precision path in place in the block (the same float values: the same
+    # bits). (Summing 8 rows at a time with the loops over rows innermost, as the C++ kernel does, was slower
+    # here than lane_sums_f32's vector code on one row.)
     dense = dbuf.shape[0] > 0
     b_start = begin
     b_end = begin
     for i in range(begin, end):
         if dense and i >= b_end:
             b_start = i
-            b_end = _dense_block_copy(scores, i, end, table, dbuf)
+            b_end = _dense_rows_copy(scores, i, end, table, dbuf)
         y = labels[i]
         if y < 0 or y >= K:
             merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
@@ -214,18 +229,17 @@ def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, 
             continue
         if single:
             if dense:
-                r = i - b_start
-                for k in range(K):
-                    fbuf[k] = dbuf[k, r]
+                row = dbuf[i - b_start]
             else:
                 _load_f(scores, i, table, fbuf)
-            mx, bad = _max_f(fbuf, K, False)
+                row = fbuf
+            mx, bad = _max_f(row, K, False)
             if bad > 0:
-                _check_row(fbuf, K, False, i, st)
+                _check_row(row, K, False, i, st)
                 continue
             best = np.float64(mx)
-            min_t = _sums_f(fbuf, K, best, bf, S, ebuf, tbuf)
-            _add_temperature_row(S, np.float64(bf), np.float64(fbuf[y]) - best, w, min_t, acc)
+            min_t = _sums_f(row, K, best, bf, S, ebuf, tbuf)
+            _add_temperature_row(S, np.float64(bf), np.float64(row[y]) - best, w, min_t, acc)
         else:
             best = -np.inf
             bad = False
