@@ -8,14 +8,15 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._common import (
     F32, HALF_TABLE, JIT, LABEL_OUT_OF_RANGE, MIN_PARALLEL_ELEMENTS, SCORE_NOT_FINITE,
     as_kernel_array, check_float_dtype, exp_f32, group_size, is_finite, lane_sums_f32, load, merge_status,
-    next_ticket, octet_sum, rows_per_chunk, run_locked, status_tuple,
+    LANE_FLUSH, _exp_f32_vec, next_ticket, octet_sum, rows_per_chunk, run_locked, status_tuple,
 )
-from .binning import DENSE_BLOCK, PARTIAL_ROW, _weights_arg, check_weight
+from .binning import DENSE_BLOCK, PARTIAL_ROW, _dense_block_copy, _weights_arg, check_weight
 from .uncertainty import EXP_MIN_F, _check_row, _load_f, _max_f
 
 F32_INF = F32(np.inf)
@@ -176,50 +177,226 @@ def _sums_d(scores, i, K, best, b, table, S, d):
     return lo
 
 
+DENSE_ROWS = 8  # kDenseRows: dense rows summed together, one per float lane
+
+
+def _temperature_dense_codegen(context, builder, signature, args):
+    """LLVM IR of temperature_dense_lanes_f32 (temperature_dense_rows_f of softmax.hpp)."""
+    arr = context.make_array(signature.args[0])(context, builder, args[0])
+    out = context.make_array(signature.args[4])(context, builder, args[4])
+    i64, i32, f32, f64 = ir.IntType(64), ir.IntType(32), ir.FloatType(), ir.DoubleType()
+    L = DENSE_ROWS
+    fvec, dvec, ivec = ir.VectorType(f32, L), ir.VectorType(f64, L), ir.VectorType(i32, L)
+    q = context.cast(builder, args[1], signature.args[1], types.int64)
+    K = context.cast(builder, args[2], signature.args[2], types.int64)
+
+    def c64(x):
+        return ir.Constant(i64, x)
+
+    def splat(x, vt):
+        v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+        return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ivec, [0] * L))
+
+    bf = splat(args[3], fvec)
+    stride = builder.sdiv(builder.extract_value(arr.strides, 0), c64(4))
+    base = builder.gep(builder.bitcast(arr.data, f32.as_pointer()), [q])
+
+    def column(k):
+        ptr = builder.gep(base, [builder.mul(k, stride)])
+        return builder.load(builder.bitcast(ptr, fvec.as_pointer()), align=4)
+
+    fzero = ir.Constant(fvec, [0.0] * L)
+    dzero = ir.Constant(dvec, [0.0] * L)
+    lowest = ir.Constant(fvec, [float(EXP_MIN_F)] * L)
+    # Read 1: the maxima (exact in any order) and finiteness (chk is NaN when some element is NaN or inf).
+    v0 = column(c64(0))
+    chk0 = builder.fsub(v0, v0)
+    entry = builder.block
+    mloop = builder.append_basic_block("tdense.max")
+    mbody = builder.append_basic_block("tdense.max.body")
+    mdone = builder.append_basic_block("tdense.max.done")
+    builder.branch(mloop)
+    builder.position_at_end(mloop)
+    k = builder.phi(i64)
+    mx = builder.phi(fvec)
+    chk = builder.phi(fvec)
+    builder.cbranch(builder.icmp_signed("<", k, K), mbody, mdone)
+    builder.position_at_end(mbody)
+    v = column(k)
+    mx_new = builder.select(builder.fcmp_ordered(">", v, mx), v, mx)
+    chk_new = builder.fadd(chk, builder.fsub(v, v))
+    k_next = builder.add(k, c64(1))
+    builder.branch(mloop)
+    k.add_incoming(c64(1), entry)
+    k.add_incoming(k_next, mbody)
+    mx.add_incoming(v0, entry)
+    mx.add_incoming(mx_new, mbody)
+    chk.add_incoming(chk0, entry)
+    chk.add_incoming(chk_new, mbody)
+    builder.position_at_end(mdone)
+
+    def element(kk, lo, p):
+        """One class of the 8 rows: t = max(bf (z - max), -87), its minimum before the clamp, exp_f32, the
+        float partials p_j += e t^j (successive products, as lane_sums_f32)."""
+        raw = builder.fmul(bf, builder.fsub(column(kk), mx))
+        lo_new = builder.select(builder.fcmp_ordered("<", raw, lo), raw, lo)
+        t = builder.select(builder.fcmp_ordered(">", raw, lowest), raw, lowest)
+        e = _exp_f32_vec(builder, t)
+        p_new = [builder.fadd(p[0], e)]
+        for j in range(1, 6):
+            e = builder.fmul(e, t)
+            p_new.append(builder.fadd(p[j], e))
+        return lo_new, p_new
+
+    # Read 2: class lane by class lane (lane l holds the classes l, l + 8, ...: its float partials and double
+    # sums are its own), the partials flushed into double after every LANE_FLUSH / 8-th octet and after the last
+    # octet (whose classes past K add nothing: + 0 leaves those sums unchanged).
+    acc = cgutils.alloca_once(builder, dvec, size=6 * 8)  # in the entry block: once per function
+    n_oct = builder.sdiv(builder.add(K, c64(7)), c64(8))
+    last = builder.sub(n_oct, c64(1))
+    flush_mask = c64(LANE_FLUSH // 8 - 1)
+    lloop = builder.append_basic_block("tdense.lane")
+    lbody = builder.append_basic_block("tdense.lane.body")
+    oloop = builder.append_basic_block("tdense.oct")
+    obody = builder.append_basic_block("tdense.oct.body")
+    otail = builder.append_basic_block("tdense.oct.last")
+    ldone = builder.append_basic_block("tdense.lane.done")
+    pre = builder.block
+    builder.branch(lloop)
+    builder.position_at_end(lloop)
+    lane = builder.phi(i64)
+    lo_l = builder.phi(fvec)
+    builder.cbranch(builder.icmp_signed("<", lane, c64(8)), lbody, ldone)
+    builder.position_at_end(lbody)
+    builder.branch(oloop)
+    builder.position_at_end(oloop)
+    o = builder.phi(i64)
+    lo = builder.phi(fvec)
+    p = [builder.phi(fvec) for _ in range(6)]
+    a = [builder.phi(dvec) for _ in range(6)]
+    builder.cbranch(builder.icmp_signed("<", o, last), obody, otail)
+    builder.position_at_end(obody)  # octets before the last: every class exists
+    lo_o, p_o = element(builder.add(builder.mul(o, c64(8)), lane), lo, p)
+    o_next = builder.add(o, c64(1))
+    flush = builder.icmp_signed("==", builder.and_(o_next, flush_mask), c64(0))
+    a_o = [builder.select(flush, builder.fadd(a[j], builder.fpext(p_o[j], dvec)), a[j]) for j in range(6)]
+    p_o = [builder.select(flush, fzero, p_o[j]) for j in range(6)]
+    obody_end = builder.block
+    builder.branch(oloop)
+    o.add_incoming(c64(0), lbody)
+    o.add_incoming(o_next, obody_end)
+    lo.add_incoming(lo_l, lbody)
+    lo.add_incoming(lo_o, obody_end)
+    for j in range(6):
+        p[j].add_incoming(fzero, lbody)
+        p[j].add_incoming(p_o[j], obody_end)
+        a[j].add_incoming(dzero, lbody)
+        a[j].add_incoming(a_o[j], obody_end)
+    builder.position_at_end(otail)  # the last octet: class 8 last + l may be past K (read K - 1, not added)
+    kk = builder.add(builder.mul(last, c64(8)), lane)
+    valid = builder.icmp_signed("<", kk, K)
+    lo_t, p_t = element(builder.select(valid, kk, builder.sub(K, c64(1))), lo, p)
+    lo_t = builder.select(valid, lo_t, lo)
+    for j in range(6):
+        a_j = builder.fadd(a[j], builder.fpext(builder.select(valid, p_t[j], p[j]), dvec))
+        builder.store(a_j, builder.gep(acc, [builder.add(c64(8 * j), lane)]))
+    lane_next = builder.add(lane, c64(1))
+    otail_end = builder.block
+    builder.branch(lloop)
+    lane.add_incoming(c64(0), pre)
+    lane.add_incoming(lane_next, otail_end)
+    lo_l.add_incoming(fzero, pre)
+    lo_l.add_incoming(lo_t, otail_end)
+    builder.position_at_end(ldone)
+    # octet_sum of every row: ((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)).
+    res = builder.bitcast(out.data, dvec.as_pointer())
+    row_stride = builder.sdiv(builder.extract_value(out.strides, 0), c64(8 * L))
+    for j in range(6):
+        d = [builder.load(builder.gep(acc, [c64(8 * j + m)])) for m in range(8)]
+        sj = builder.fadd(builder.fadd(builder.fadd(d[0], d[4]), builder.fadd(d[1], d[5])),
+                          builder.fadd(builder.fadd(d[2], d[6]), builder.fadd(d[3], d[7])))
+        builder.store(sj, builder.gep(res, [builder.mul(c64(j), row_stride)]), align=8)
+    bad = builder.uitofp(builder.fcmp_unordered("uno", chk, chk), dvec)
+    for j, vals in ((6, builder.fpext(mx, dvec)), (7, builder.fpext(lo_l, dvec)), (8, bad)):
+        builder.store(vals, builder.gep(res, [builder.mul(c64(j), row_stride)]), align=8)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def temperature_dense_lanes_f32(typingctx, buf, q, K, bf, res):
+    """The temperature sums of DENSE_ROWS rows held class-major in buf (a C-contiguous 2-D float32 array: class
+    k of row r at buf[k, q + r], k < K, K >= 1), row r in float lane r (temperature_dense_rows_f of
+    softmax.hpp): res[j, r] = S_j (j = 0..5) of _sums_f, res[6, r] the row's maximum, res[7, r] = min bf (z -
+    max), res[8, r] = 1 when the row holds NaN / inf (its other results are then meaningless). res: a
+    C-contiguous float64 array of shape (9, DENSE_ROWS). Each lane does _sums_f's float operations on its row
+    in the same order (t, the clamp, exp_f32, e t^j by successive products into the float partial of class
+    lane k % 8, the partials flushed into double every LANE_FLUSH classes and at the end, octet_sum's order):
+    the same bits as the row path."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.float32 and buf.ndim == 2 and buf.layout == "C"):
+        return None
+    if not (isinstance(res, types.Array) and res.dtype == types.float64 and res.ndim == 2 and res.layout == "C"):
+        return None
+    if not (isinstance(q, types.Integer) and isinstance(K, types.Integer) and bf == types.float32):
+        return None
+    return types.none(buf, q, K, bf, res), _temperature_dense_codegen
+
+
 @numba.njit(**JIT)
 def _temperature_buffers(scores, single):
     """The row buffers of _temperature_chunk (fbuf, ebuf, tbuf: K rounded up to whole octets, zero padded;
-    S; d; dbuf, a block of DENSE_BLOCK dense float rows, each zero padded like fbuf, empty otherwise),
-    allocated once per thread of a call and reused by all its chunks (a chunk overwrites every element it reads;
-    the padding stays 0)."""
+    S; d; dbuf, the class-major block of dense float rows, empty otherwise; dres, the results of one group
+    of DENSE_ROWS dense rows), allocated once per thread of a call and reused by all its chunks (a chunk
+    overwrites every element it reads; the padding stays 0)."""
     K = scores.shape[1]
     Kp = (K + 7) // 8 * 8
     dense = single and scores.strides[0] == scores.itemsize and K >= 2
     return (np.zeros(Kp, np.float32), np.zeros(Kp, np.float32), np.zeros(Kp, np.float32), np.empty(6),
-            np.zeros((6, 8)), np.zeros((DENSE_BLOCK if dense else 0, Kp), np.float32))
+            np.zeros((6, 8)), np.zeros((K if dense else 0, DENSE_BLOCK), np.float32), np.zeros((9, DENSE_ROWS)))
 
 
 @numba.njit(**JIT)
-def _dense_rows_copy(scores, i0, end, table, dbuf):
-    """Rows [i0, min(i0 + DENSE_BLOCK, end)) of a dense matrix into the rows of dbuf (as floats; its padding
-    columns stay 0), class by class: each class's values of the block are one contiguous run of the map, read
-    once. Returns the block's end row."""
+def _temperature_dense(scores, labels, weights, has_w, bf, table, begin, end, acc, st, fbuf, S, dbuf, dres):
+    """Dense float rows (a segmentation map: rows adjacent, classes far apart), as temperature_dense_rows in
+    softmax.hpp: blocks of DENSE_BLOCK rows copied class by class (contiguous reads, each cache line once) into
+    the class-major float buffer, then DENSE_ROWS rows at a time, one per float lane
+    (temperature_dense_lanes_f32: the bits of the row path's sums); the rows' checks and sums then taken row by
+    row, in order, as the generic loop does (columns past the block's rows are computed, not used)."""
     K = scores.shape[1]
-    n = min(DENSE_BLOCK, end - i0)
-    for k in range(K):
-        col = scores[i0:i0 + n, k]
-        for r in range(n):
-            dbuf[r, k] = F32(load(col[r], table))
-    return i0 + n
+    i0 = begin
+    while i0 < end:
+        b_end = _dense_block_copy(scores, i0, end, table, dbuf)
+        for q in range(0, b_end - i0, DENSE_ROWS):
+            temperature_dense_lanes_f32(dbuf, q, K, bf, dres)
+            for r in range(min(DENSE_ROWS, b_end - i0 - q)):
+                i = i0 + q + r
+                y = labels[i]
+                if y < 0 or y >= K:
+                    merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
+                    continue
+                w = weights[i] if has_w else 1.0
+                if has_w and not check_weight(w, i, st):
+                    continue
+                if dres[8, r] != 0.0:
+                    for k in range(K):
+                        fbuf[k] = dbuf[k, q + r]
+                    _check_row(fbuf, K, False, i, st)
+                    continue
+                for j in range(6):
+                    S[j] = dres[j, r]
+                u_label = np.float64(dbuf[y, q + r]) - dres[6, r]
+                _add_temperature_row(S, np.float64(bf), u_label, w, dres[7, r], acc)
+        i0 = b_end
 
 
 @numba.njit(**JIT)
 def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, end, acc, st, fbuf, ebuf, tbuf, S, d,
-                       dbuf):
+                       dbuf, dres):
     K = scores.shape[1]
     bf = F32(b)
-    # Dense float rows (a segmentation map: rows adjacent, classes far apart): read by blocks of DENSE_BLOCK
-    # rows, class by class (contiguous reads, each cache line once), into a block of padded float rows; each
-    # row then takes the generic single-precision path in place in the block (the same float values: the same
-    # bits). (Summing 8 rows at a time with the loops over rows innermost, as the C++ kernel does, was slower
-    # here than lane_sums_f32's vector code on one row.)
-    dense = dbuf.shape[0] > 0
-    b_start = begin
-    b_end = begin
+    if dbuf.shape[0] > 0:
+        _temperature_dense(scores, labels, weights, has_w, bf, table, begin, end, acc, st, fbuf, S, dbuf, dres)
+        return
     for i in range(begin, end):
-        if dense and i >= b_end:
-            b_start = i
-            b_end = _dense_rows_copy(scores, i, end, table, dbuf)
         y = labels[i]
         if y < 0 or y >= K:
             merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
@@ -228,18 +405,14 @@ def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, 
         if has_w and not check_weight(w, i, st):
             continue
         if single:
-            if dense:
-                row = dbuf[i - b_start]
-            else:
-                _load_f(scores, i, table, fbuf)
-                row = fbuf
-            mx, bad = _max_f(row, K, False)
+            _load_f(scores, i, table, fbuf)
+            mx, bad = _max_f(fbuf, K, False)
             if bad > 0:
-                _check_row(row, K, False, i, st)
+                _check_row(fbuf, K, False, i, st)
                 continue
             best = np.float64(mx)
-            min_t = _sums_f(row, K, best, bf, S, ebuf, tbuf)
-            _add_temperature_row(S, np.float64(bf), np.float64(row[y]) - best, w, min_t, acc)
+            min_t = _sums_f(fbuf, K, best, bf, S, ebuf, tbuf)
+            _add_temperature_row(S, np.float64(bf), np.float64(fbuf[y]) - best, w, min_t, acc)
         else:
             best = -np.inf
             bad = False
@@ -304,18 +477,19 @@ def _temperature_driver(scores, labels, weights, has_w, b, single, table, parall
             for _t in numba.prange(g):
                 j = next_ticket(ticket)
                 if j < g:
-                    fbuf, ebuf, tbuf, S, d, dbuf = _temperature_buffers(scores, single)
+                    fbuf, ebuf, tbuf, S, d, dbuf, dres = _temperature_buffers(scores, single)
                     while j < g:
                         c = first + j
                         _temperature_chunk(scores, labels, weights, has_w, b, single, table, c * chunk,
-                                           min(N, (c + 1) * chunk), acc[j], p_st[j], fbuf, ebuf, tbuf, S, d, dbuf)
+                                           min(N, (c + 1) * chunk), acc[j], p_st[j], fbuf, ebuf, tbuf, S, d, dbuf,
+                                           dres)
                         j = next_ticket(ticket)
         else:
-            fbuf, ebuf, tbuf, S, d, dbuf = _temperature_buffers(scores, single)
+            fbuf, ebuf, tbuf, S, d, dbuf, dres = _temperature_buffers(scores, single)
             for j in range(g):
                 c = first + j
                 _temperature_chunk(scores, labels, weights, has_w, b, single, table, c * chunk,
-                                   min(N, (c + 1) * chunk), acc[j], p_st[j], fbuf, ebuf, tbuf, S, d, dbuf)
+                                   min(N, (c + 1) * chunk), acc[j], p_st[j], fbuf, ebuf, tbuf, S, d, dbuf, dres)
         for j in range(g):
             for t in range(9):
                 total[t] += acc[j, t]
