@@ -6,32 +6,60 @@ import numba
 import numpy as np
 
 from ._common import HALF_TABLE, JIT, OK, SCORE_NOT_FINITE, as_kernel_array, check_float_dtype, is_finite, load
-from ._common import merge_status, run_locked, status_tuple
+from ._common import merge_status, next_ticket, run_locked, status_tuple
 
 
-@numba.njit(parallel=True, **JIT)
-def _vector_scale(z, table, a, c, out, chunk, parallel):
-    """vector_scale of scaling.hpp: the statuses of the row chunks."""
-    N, K = z.shape
-    n_chunks = (N + chunk - 1) // chunk
-    statuses = np.empty((n_chunks, 4))
-    for ch in numba.prange(n_chunks):
-        st = statuses[ch]
-        st[0] = OK
-        st[1] = -1.0
-        st[2] = -1.0
-        st[3] = 0.0
-        for i in range(ch * chunk, min(N, (ch + 1) * chunk)):
-            for k in range(K):
-                u = load(z[i, k], table) * a[k]
-                out[i, k] = u + c[k]
-        for i in range(ch * chunk, min(N, (ch + 1) * chunk)):
+@numba.njit(**JIT)
+def _scale_rows(z, table, a, c, out, begin, end, st):
+    """Rows [begin, end) of vector_scale (scaling.hpp's chunk): u = z a, then u + c, into out; the spread
+    sum of (u - u) (0 while every output is finite, NaN after any that is not) decides whether the chunk's
+    first non-finite output is looked for (row-major order) and recorded in st."""
+    K = z.shape[1]
+    spread = 0.0
+    for i in range(begin, end):
+        for k in range(K):
+            u = load(z[i, k], table) * a[k]
+            out[i, k] = u + c[k]
+        for k in range(K):
+            spread += out[i, k] - out[i, k]
+    if spread != 0.0:
+        for i in range(begin, end):
             for k in range(K):
                 if not is_finite(out[i, k]):
                     merge_status(st, SCORE_NOT_FINITE, i, k, out[i, k])
                     break
             if st[0] != OK:
                 break
+
+
+@numba.njit(**JIT)
+def _new_statuses(n_chunks):
+    """One status row per chunk (OK, -1, -1, 0) and a ticket counter, allocated outside the parallel region (in a
+    ``parallel=True`` function every ``np.empty`` / ``np.zeros`` is a parallel region of its own)."""
+    statuses = np.zeros((n_chunks, 4))
+    for ch in range(n_chunks):
+        statuses[ch, 1] = -1.0
+        statuses[ch, 2] = -1.0
+    return statuses, np.zeros(1, np.int64)
+
+
+@numba.njit(parallel=True, **JIT)
+def _vector_scale(z, table, a, c, out, chunk, parallel):
+    """vector_scale of scaling.hpp: the statuses of the row chunks."""
+    N = z.shape[0]
+    n_chunks = (N + chunk - 1) // chunk
+    statuses, ticket = _new_statuses(n_chunks)
+    if parallel:
+        # the threads take the chunks one at a time while some remain (as the C++ pool): a thread descheduled on
+        # a loaded machine leaves its chunks to the others
+        for _t in numba.prange(n_chunks):
+            ch = next_ticket(ticket)
+            while ch < n_chunks:
+                _scale_rows(z, table, a, c, out, ch * chunk, min(N, (ch + 1) * chunk), statuses[ch])
+                ch = next_ticket(ticket)
+    else:
+        for ch in range(n_chunks):
+            _scale_rows(z, table, a, c, out, ch * chunk, min(N, (ch + 1) * chunk), statuses[ch])
     return statuses
 
 
