@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 #include <vector>
 
 #include "binning.hpp"
@@ -133,12 +134,12 @@ inline int64_t smooth_rows_per_chunk(int64_t cols, int64_t cells) {
 // adds (SmoothBlock's, row by row) into `part`, this grid's partial of the chunk, then folded into `out` (the
 // grid's cells of the total) and cleared. A partial is the grid's cells only (16 to 82 KB: in cache), so
 // the fold costs little even when a chunk is a few hundred rows.
-template <int Ch, class C, class L>
+template <class C, class L>
 void smooth_grid_rows_of_grid(const Vector<C>& confidence, const Vector<L>& correct, const Weights& weights,
                               int64_t chunk, int64_t size, double* const out) {
     const int64_t N = confidence.size, last = size - 1;
     const double scale = static_cast<double>(last);
-    std::vector<double> partial(static_cast<size_t>(Ch * size), 0.0);
+    std::vector<double> partial(static_cast<size_t>(2 * size), 0.0);
     double* const part = partial.data();
     for (int64_t begin = 0; begin < N; begin += chunk) {
         const int64_t end = std::min(N, begin + chunk);
@@ -149,15 +150,13 @@ void smooth_grid_rows_of_grid(const Vector<C>& confidence, const Vector<L>& corr
             const int64_t b = std::min<int64_t>(std::max<int64_t>(static_cast<int64_t>(x), 0), last - 1);
             const double t = x - static_cast<double>(b);
             const double u = 1.0 - t;
-            double* const p = part + Ch * b;
+            double* const p = part + 2 * b;
             p[0] += u * w;
             p[1] += u * wr;
-            if constexpr (Ch == 3) p[2] += u * (w * y);
-            p[Ch] += t * w;
-            p[Ch + 1] += t * wr;
-            if constexpr (Ch == 3) p[5] += t * (w * y);
+            p[2] += t * w;
+            p[3] += t * wr;
         }
-        for (int64_t j = 0; j < Ch * size; ++j) {
+        for (int64_t j = 0; j < 2 * size; ++j) {
             out[j] += part[j];
             part[j] = 0.0;
         }
@@ -165,26 +164,22 @@ void smooth_grid_rows_of_grid(const Vector<C>& confidence, const Vector<L>& corr
 }
 
 // The smooth ECE's grid sums of rows already checked (confidences in [0, 1] with a probability's tolerance,
-// 0/1 correctness, weights finite and >= 0: a top-label pass's summaries) into `total`, with the bits of
-// smooth_grid_top_label on the (N, K) scores: chunks of smooth_rows_per_chunk(K, cells) rows, a chunk's
-// partial summed in row order from +0.0, the partials folded into the total in chunk order, cell by cell.
-// A grid's sums never depend on another grid's, so the grids are the tasks (in parallel, any thread count:
-// the same bits), each running all the rows chunk after chunk with one partial of its own cells
-// (smooth_grid_rows_of_grid): no partial of every grid per chunk, whose clearing and folding cost
-// 2 x cells doubles per chunk (a chunk of a long row is a few hundred rows).
+// 0/1 correctness, weights finite and >= 0: a top-label pass's summaries) into `total` (two channels: the
+// stream's), with the bits of smooth_grid_top_label on the (N, K) scores: chunks of
+// smooth_rows_per_chunk(K, cells) rows, a chunk's partial summed in row order from +0.0, the partials folded
+// into the total in chunk order, cell by cell. A grid's sums never depend on another grid's, so the grids are
+// the tasks (in parallel, any thread count: the same bits), each running all the rows chunk after chunk with
+// one partial of its own cells (smooth_grid_rows_of_grid): no partial of every grid per chunk, whose clearing
+// and folding cost 2 x cells doubles per chunk (a chunk of a long row is a few hundred rows).
 template <class C, class L>
 void smooth_grid_checked_rows(const Vector<C>& confidence, const Vector<L>& correct, const Weights& weights,
                               int64_t K, const SmoothGrids& grids, SmoothSums& total) {
+    if (total.channels != 2) throw std::invalid_argument("smooth_grid_checked_rows: the sums must have two channels");
     const int64_t N = confidence.size, chunk = smooth_rows_per_chunk(K, grids.cells);
-    const int64_t channels = total.channels;
     chunked_for(static_cast<int64_t>(grids.sizes.size()), 1, N, [&](int64_t g0, int64_t g1) {
-        for (int64_t g = g0; g < g1; ++g) {
-            double* const out = total.cells.data() + channels * grids.offsets[g];
-            if (channels == 2)
-                smooth_grid_rows_of_grid<2>(confidence, correct, weights, chunk, grids.sizes[g], out);
-            else
-                smooth_grid_rows_of_grid<3>(confidence, correct, weights, chunk, grids.sizes[g], out);
-        }
+        for (int64_t g = g0; g < g1; ++g)
+            smooth_grid_rows_of_grid(confidence, correct, weights, chunk, grids.sizes[g],
+                                     total.cells.data() + 2 * grids.offsets[g]);
     });
     for (int64_t begin = 0; begin < N; begin += chunk) {  // the chunks' weights (SmoothBlock::flush), folded
         double weight = 0.0;

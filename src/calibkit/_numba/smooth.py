@@ -166,13 +166,13 @@ def smooth_rows_per_chunk(cols, n_cells):
 
 
 @numba.njit(**JIT)
-def smooth_grid_rows_of_grid(conf, correct, weights, has_w, chunk, size, channels, out):
-    """smooth.hpp's smooth_grid_rows_of_grid: one grid's sums of checked rows, a chunk at a time (the chunk's
-    adds into a partial of the grid's cells, then folded into ``out`` and cleared)."""
+def smooth_grid_rows_of_grid(conf, correct, weights, has_w, chunk, size, out):
+    """smooth.hpp's smooth_grid_rows_of_grid: one grid's two-channel sums of checked rows, a chunk at a time
+    (the chunk's adds into a partial of the grid's cells, then folded into ``out`` and cleared)."""
     N = conf.shape[0]
     last = size - 1
     scale = np.float64(last)
-    part = np.zeros(channels * size)
+    part = np.zeros(2 * size)
     for begin in range(0, N, chunk):
         for i in range(begin, min(N, begin + chunk)):
             f = conf[i]
@@ -183,32 +183,28 @@ def smooth_grid_rows_of_grid(conf, correct, weights, has_w, chunk, size, channel
             b = min(max(np.int64(x), 0), last - 1)  # truncation, as numpy's astype(int)
             t = x - np.float64(b)
             u = 1.0 - t
-            p = channels * b
+            p = 2 * b
             part[p] += u * w
             part[p + 1] += u * wr
-            if channels == 3:
-                part[p + 2] += u * (w * y)
-            part[p + channels] += t * w
-            part[p + channels + 1] += t * wr
-            if channels == 3:
-                part[p + 5] += t * (w * y)
-        for j in range(channels * size):
+            part[p + 2] += t * w
+            part[p + 3] += t * wr
+        for j in range(2 * size):
             out[j] += part[j]
             part[j] = 0.0
     return 0
 
 
 @numba.njit(parallel=True, **JIT)
-def _checked_rows_driver(conf, correct, weights, has_w, chunk, sizes, offsets, n_cells, channels, parallel):
-    cells = np.zeros(channels * n_cells)
+def _checked_rows_driver(conf, correct, weights, has_w, chunk, sizes, offsets, n_cells, parallel):
+    cells = np.zeros(2 * n_cells)
     if parallel:
         for g in numba.prange(sizes.shape[0]):
-            smooth_grid_rows_of_grid(conf, correct, weights, has_w, chunk, sizes[g], channels,
-                                     cells[channels * offsets[g]:channels * (offsets[g] + sizes[g])])
+            smooth_grid_rows_of_grid(conf, correct, weights, has_w, chunk, sizes[g],
+                                     cells[2 * offsets[g]:2 * (offsets[g] + sizes[g])])
     else:
         for g in range(sizes.shape[0]):
-            smooth_grid_rows_of_grid(conf, correct, weights, has_w, chunk, sizes[g], channels,
-                                     cells[channels * offsets[g]:channels * (offsets[g] + sizes[g])])
+            smooth_grid_rows_of_grid(conf, correct, weights, has_w, chunk, sizes[g],
+                                     cells[2 * offsets[g]:2 * (offsets[g] + sizes[g])])
     N = conf.shape[0]
     tot = np.zeros(2)
     tot[0] = N
@@ -220,13 +216,13 @@ def _checked_rows_driver(conf, correct, weights, has_w, chunk, sizes, offsets, n
     return cells, tot
 
 
-def smooth_grid_checked_rows(conf, correct, weights, has_w, K, sizes, offsets, n_cells, channels=2):
-    """smooth.hpp's smooth_grid_checked_rows: the grid sums (``channels * n_cells``,) and (count, weight) of
+def smooth_grid_checked_rows(conf, correct, weights, has_w, K, sizes, offsets, n_cells):
+    """smooth.hpp's smooth_grid_checked_rows: the two-channel grid sums (2 * n_cells,) and (count, weight) of
     rows already checked by a top-label pass (float64 confidences, uint8 correctness, float64 weights when
     ``has_w``), with the bits of ``smooth_grid`` on the (N, K) scores; a task per grid."""
     parallel = sizes.shape[0] * conf.shape[0] >= MIN_PARALLEL_ELEMENTS
     return run_locked(_checked_rows_driver, conf, correct, weights, has_w, smooth_rows_per_chunk(K, n_cells),
-                      sizes, offsets, n_cells, channels, parallel)
+                      sizes, offsets, n_cells, parallel)
 
 
 def _grid_sizes(grid_sizes):
