@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 #include <vector>
 
 #include "binning.hpp"
@@ -127,6 +128,65 @@ struct SmoothBlock {
 inline int64_t smooth_rows_per_chunk(int64_t cols, int64_t cells) {
     const int64_t elements = std::max<int64_t>(kChunkElements, 32 * cells);
     return std::max<int64_t>(1, elements / std::max<int64_t>(cols, 1));
+}
+
+// One grid of smooth_grid_checked_rows: the rows in order, a chunk of `chunk` rows at a time, each chunk's
+// adds (SmoothBlock's, row by row) into `part`, this grid's partial of the chunk, then folded into `out` (the
+// grid's cells of the total) and cleared. A partial is the grid's cells only (16 to 82 KB: in cache), so
+// the fold costs little even when a chunk is a few hundred rows.
+template <class C, class L>
+void smooth_grid_rows_of_grid(const Vector<C>& confidence, const Vector<L>& correct, const Weights& weights,
+                              int64_t chunk, int64_t size, double* const out) {
+    const int64_t N = confidence.size, last = size - 1;
+    const double scale = static_cast<double>(last);
+    std::vector<double> partial(static_cast<size_t>(2 * size), 0.0);
+    double* const part = partial.data();
+    for (int64_t begin = 0; begin < N; begin += chunk) {
+        const int64_t end = std::min(N, begin + chunk);
+        for (int64_t i = begin; i < end; ++i) {
+            const double f = confidence[i], w = weights.at(i), y = static_cast<double>(correct.raw(i));
+            const double wr = w * (f - y);
+            const double x = f * scale;
+            const int64_t b = std::min<int64_t>(std::max<int64_t>(static_cast<int64_t>(x), 0), last - 1);
+            const double t = x - static_cast<double>(b);
+            const double u = 1.0 - t;
+            double* const p = part + 2 * b;
+            p[0] += u * w;
+            p[1] += u * wr;
+            p[2] += t * w;
+            p[3] += t * wr;
+        }
+        for (int64_t j = 0; j < 2 * size; ++j) {
+            out[j] += part[j];
+            part[j] = 0.0;
+        }
+    }
+}
+
+// The smooth ECE's grid sums of rows already checked (confidences in [0, 1] with a probability's tolerance,
+// 0/1 correctness, weights finite and >= 0: a top-label pass's summaries) into `total` (two channels: the
+// stream's), with the bits of smooth_grid_top_label on the (N, K) scores: chunks of
+// smooth_rows_per_chunk(K, cells) rows, a chunk's partial summed in row order from +0.0, the partials folded
+// into the total in chunk order, cell by cell. A grid's sums never depend on another grid's, so the grids are
+// the tasks (in parallel, any thread count: the same bits), each running all the rows chunk after chunk with
+// one partial of its own cells (smooth_grid_rows_of_grid): no partial of every grid per chunk, whose clearing
+// and folding cost 2 x cells doubles per chunk (a chunk of a long row is a few hundred rows).
+template <class C, class L>
+void smooth_grid_checked_rows(const Vector<C>& confidence, const Vector<L>& correct, const Weights& weights,
+                              int64_t K, const SmoothGrids& grids, SmoothSums& total) {
+    if (total.channels != 2) throw std::invalid_argument("smooth_grid_checked_rows: the sums must have two channels");
+    const int64_t N = confidence.size, chunk = smooth_rows_per_chunk(K, grids.cells);
+    chunked_for(static_cast<int64_t>(grids.sizes.size()), 1, N, [&](int64_t g0, int64_t g1) {
+        for (int64_t g = g0; g < g1; ++g)
+            smooth_grid_rows_of_grid(confidence, correct, weights, chunk, grids.sizes[g],
+                                     total.cells.data() + 2 * grids.offsets[g]);
+    });
+    for (int64_t begin = 0; begin < N; begin += chunk) {  // the chunks' weights (SmoothBlock::flush), folded
+        double weight = 0.0;
+        for (int64_t i = begin; i < std::min(N, begin + chunk); ++i) weight += weights.at(i);
+        total.weight += weight;
+    }
+    total.count += N;
 }
 
 // Binary rows: score p = P(y = 1) in [0, 1] against a 0/1 label.

@@ -758,24 +758,6 @@ Status stream_top_label_small(const Matrix<T>& scores, const Vector<int64_t>& la
     return st;
 }
 
-// The smooth ECE's grid sums of checked rows (confidence, correctness, weight) already summarised by the
-// top-label pass: the chunks and the row order of smooth_grid_top_label on the (N, K) scores (chunks of
-// smooth_rows_per_chunk(K, cells) rows), so the same bits, without reading the scores again.
-template <class C, class L>
-void smooth_grid_checked_rows(const Vector<C>& confidence, const Vector<L>& correct, const Weights& weights,
-                              int64_t K, const SmoothGrids& grids, SmoothSums& total) {
-    chunked_reduce(
-        confidence.size, smooth_rows_per_chunk(K, grids.cells), 1 + static_cast<int64_t>(grids.sizes.size()),
-        total.channels * grids.cells, total, [&] { return SmoothSums(grids.cells, total.channels); },
-        [&](SmoothSums& part, int64_t begin, int64_t end) {
-            SmoothBlock block;
-            for (int64_t i = begin; i < end; ++i)
-                block.add(grids, part, confidence[i], weights.at(i), static_cast<double>(correct.raw(i)));
-            block.flush(grids, part);
-        },
-        [](SmoothSums& acc, const SmoothSums& part) { acc.merge(part); });
-}
-
 // One streaming update from an N x K matrix of probabilities or logits: the
 // top-label pass of binning.hpp (confidence, correctness, totals with the NLL,
 // and class-wise bins when classwise.on()) followed by stream_accumulate of

@@ -160,6 +160,71 @@ def _smooth_driver(scores, labels, weights, has_w, binary, from_logits, single, 
     return cells, tot, st
 
 
+def smooth_rows_per_chunk(cols, n_cells):
+    """smooth.hpp's smooth_rows_per_chunk: rows per chunk of the smooth grid sums."""
+    return max(1, max(CHUNK_ELEMENTS, 32 * n_cells) // max(cols, 1))
+
+
+@numba.njit(**JIT)
+def smooth_grid_rows_of_grid(conf, correct, weights, has_w, chunk, size, out):
+    """smooth.hpp's smooth_grid_rows_of_grid: one grid's two-channel sums of checked rows, a chunk at a time
+    (the chunk's adds into a partial of the grid's cells, then folded into ``out`` and cleared)."""
+    N = conf.shape[0]
+    last = size - 1
+    scale = np.float64(last)
+    part = np.zeros(2 * size)
+    for begin in range(0, N, chunk):
+        for i in range(begin, min(N, begin + chunk)):
+            f = conf[i]
+            w = weights[i] if has_w else 1.0
+            y = np.float64(correct[i])
+            wr = w * (f - y)
+            x = f * scale
+            b = min(max(np.int64(x), 0), last - 1)  # truncation, as numpy's astype(int)
+            t = x - np.float64(b)
+            u = 1.0 - t
+            p = 2 * b
+            part[p] += u * w
+            part[p + 1] += u * wr
+            part[p + 2] += t * w
+            part[p + 3] += t * wr
+        for j in range(2 * size):
+            out[j] += part[j]
+            part[j] = 0.0
+    return 0
+
+
+@numba.njit(parallel=True, **JIT)
+def _checked_rows_driver(conf, correct, weights, has_w, chunk, sizes, offsets, n_cells, parallel):
+    cells = np.zeros(2 * n_cells)
+    if parallel:
+        for g in numba.prange(sizes.shape[0]):
+            smooth_grid_rows_of_grid(conf, correct, weights, has_w, chunk, sizes[g],
+                                     cells[2 * offsets[g]:2 * (offsets[g] + sizes[g])])
+    else:
+        for g in range(sizes.shape[0]):
+            smooth_grid_rows_of_grid(conf, correct, weights, has_w, chunk, sizes[g],
+                                     cells[2 * offsets[g]:2 * (offsets[g] + sizes[g])])
+    N = conf.shape[0]
+    tot = np.zeros(2)
+    tot[0] = N
+    for begin in range(0, N, chunk):  # the chunks' weights (_flush), folded
+        weight = 0.0
+        for i in range(begin, min(N, begin + chunk)):
+            weight += weights[i] if has_w else 1.0
+        tot[1] += weight
+    return cells, tot
+
+
+def smooth_grid_checked_rows(conf, correct, weights, has_w, K, sizes, offsets, n_cells):
+    """smooth.hpp's smooth_grid_checked_rows: the two-channel grid sums (2 * n_cells,) and (count, weight) of
+    rows already checked by a top-label pass (float64 confidences, uint8 correctness, float64 weights when
+    ``has_w``), with the bits of ``smooth_grid`` on the (N, K) scores; a task per grid."""
+    parallel = sizes.shape[0] * conf.shape[0] >= MIN_PARALLEL_ELEMENTS
+    return run_locked(_checked_rows_driver, conf, correct, weights, has_w, smooth_rows_per_chunk(K, n_cells),
+                      sizes, offsets, n_cells, parallel)
+
+
 def _grid_sizes(grid_sizes):
     if not isinstance(grid_sizes, np.ndarray) or grid_sizes.dtype != np.int64 or grid_sizes.ndim != 1:
         raise TypeError("grid_sizes must be a 1-D numpy array of dtype int64")
@@ -199,8 +264,7 @@ def smooth_grid(scores, labels, sample_weight, from_logits, grid_sizes, with_lab
     if labels.ndim != 1 or labels.shape[0] != N:
         raise ValueError("labels must be 1-D with one label per row of scores")
     weights, has_w = _weights_arg(sample_weight, N)
-    # smooth.hpp's smooth_rows_per_chunk
-    chunk = max(1, max(CHUNK_ELEMENTS, 32 * n_cells) // max(K, 1))
+    chunk = smooth_rows_per_chunk(K, n_cells)
     channels = 3 if with_labels else 2
     single = bool(from_logits) and scores.dtype != np.float64
     parallel = N * K >= MIN_PARALLEL_ELEMENTS

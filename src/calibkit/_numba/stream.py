@@ -28,7 +28,7 @@ from ._common import (
     valid_probability,
 )
 from . import binning
-from .smooth import _grid_sizes, _smooth_chunk, _smooth_driver, smooth_grid
+from .smooth import _grid_sizes, _smooth_chunk, smooth_grid, smooth_grid_checked_rows
 from .binning import (
     SHORT_ROW, _classwise_spec, _top_label_chunk, check_weight, equal_width_inner, find_bin, top_label_stats,
 )
@@ -587,12 +587,7 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
         return st
     if smooth is not None:  # the smooth grid sums from the rows' summaries, in smooth_grid's chunks (the scores are not read again)
         sm_sizes, sm_offsets, n_cells = grids
-        cells, _, st = run_locked(_smooth_driver, conf[:, None], correct, weights, has_w, True,
-                                  False, False, 1.0, sm_sizes, sm_offsets, n_cells, 2,
-                                  max(1, max(CHUNK_ELEMENTS, 32 * n_cells) // K), HALF_TABLE,
-                                  N * K >= MIN_PARALLEL_ELEMENTS)
-        if st[0] != OK:  # pragma: no cover - the rows were checked by the top-label pass
-            return status_tuple(st)
+        cells, _ = smooth_grid_checked_rows(conf, correct, weights, has_w, K, sm_sizes, sm_offsets, n_cells)
         smooth += cells.reshape(n_cells, 2)
     t = r["totals"]
     flat_totals += (t["count"], t["weight"], t["correct"], t["confidence"], t["brier"], t["nll"])
