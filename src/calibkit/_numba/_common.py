@@ -86,9 +86,16 @@ def next_ticket(typingctx, counter):
     return types.int64(counter), codegen
 
 
-@numba.njit(**JIT)
+@numba.njit(inline="always", **JIT)
 def merge_status(st, code, row, col, value):
-    """Keep the first problem in row-major order; st = float64 [code, row, col, value]."""
+    """Keep the first problem in row-major order; st = float64 [code, row, col, value]. Inlined, to call
+    _merge_status with typed arguments: callers pass codes (and columns) as literals, each combination of
+    which was a signature of its own to compile."""
+    _merge_status(st, np.int64(code), np.int64(row), np.int64(col), np.float64(value))
+
+
+@numba.njit(**JIT)
+def _merge_status(st, code, row, col, value):
     if code == OK:
         return
     if st[0] == OK or row < st[1] or (row == st[1] and col < st[2]):
@@ -724,8 +731,25 @@ def _after_fork_in_child():
 
 
 _twins = {}
+_copies = {}  # (fn, suffix) -> specialised copy
 _twins_lock = threading.Lock()
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _copy(fn, suffix, constants, options):
+    """A new ``numba.njit(**options)`` function compiled from the Python code of the jitted ``fn``, named
+    ``fn``'s name + ``suffix`` (so its own on-disk cache entry), with the globals ``constants`` (name -> value)
+    in place of its module's (Numba reads a global as a compile-time constant)."""
+    py = fn.py_func
+    glb = py.__globals__
+    if constants:
+        glb = dict(glb)
+        glb.update(constants)
+    clone = pytypes.FunctionType(py.__code__, glb, py.__name__ + suffix, py.__defaults__, py.__closure__)
+    clone.__qualname__ = py.__qualname__ + suffix
+    clone.__module__ = py.__module__
+    options = {k: v for k, v in options.items() if k != "nopython"}  # a dispatcher's targetoptions: njit's own
+    return numba.njit(**dict(options, cache=True))(clone)
 
 
 def _serial_twin(fn):
@@ -735,22 +759,38 @@ def _serial_twin(fn):
     With parallel=True Numba also turns every ``np.zeros`` of a driver into a parallel region, so even its
     ``parallel=False`` branch wakes the threading layer. The twin compiles the same Python code serially
     (``prange`` is ``range``): the same chunks in the same order, so bit-identical results. It has its own
-    name, hence its own on-disk cache entry.
+    name, hence its own on-disk cache entry. Made on first use, compiled on its first call: a driver whose
+    input is always one parallel chunk or more on several threads never compiles its twin.
     """
-    entry = _twins.get(fn)  # lock-free once compiled (a dict read is atomic)
+    entry = _twins.get(fn)  # lock-free once made (a dict read is atomic)
     if entry is not None:
         return entry
     with _twins_lock:
         entry = _twins.get(fn)
         if entry is None:
-            py = fn.py_func
-            code = py.__code__
+            code = fn.py_func.__code__
             index = code.co_varnames[: code.co_argcount].index("parallel")
-            clone = pytypes.FunctionType(code, py.__globals__, py.__name__ + "_serial", py.__defaults__,
-                                         py.__closure__)
-            clone.__qualname__ = py.__qualname__ + "_serial"
-            clone.__module__ = py.__module__
-            entry = _twins[fn] = (numba.njit(**JIT)(clone), index)
+            entry = _twins[fn] = (_copy(fn, "_serial", {}, JIT), index)
+        return entry
+
+
+def specialised(fn, suffix, constants):
+    """``fn`` (a jitted function) compiled with some of its globals fixed: ``constants`` maps a global name to
+    its value in this copy, named ``fn``'s name + ``suffix`` (one copy per (fn, suffix), made once).
+
+    Numba reads a global as a compile-time constant and drops a branch that compares two constants
+    (``if ROWS == ROWS_SINGLE:``) before typing it: the copy compiles only the code of its own case, where the
+    function itself would compile every case for every signature. A constant may also be another
+    specialised function (a caller's copy calls its callee's copy). The same Python code, so the same bits.
+    """
+    key = (fn, suffix)
+    entry = _copies.get(key)  # lock-free once made
+    if entry is not None:
+        return entry
+    with _twins_lock:
+        entry = _copies.get(key)
+        if entry is None:
+            entry = _copies[key] = _copy(fn, suffix, constants, fn.targetoptions)
         return entry
 
 

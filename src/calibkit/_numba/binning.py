@@ -41,6 +41,7 @@ from ._common import (
     rows_per_chunk,
     run_locked,
     short_scan8,
+    specialised,
     status_tuple,
     valid_probability,
 )
@@ -160,38 +161,50 @@ def _logit_row_out(arg, best, z_label, total, sum_sq, bf, inv_t, with_nll, out):
 def _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, inv_t, table, st, out, store, row_out):
     """Fill out = [argmax, confidence, p_label, sum_sq, nll]; False on bad data. With `store`, row_out[k] gets
     e^{b(z_k - max)} (logits, b = inv_t) or p_k."""
-    K = scores.shape[1]
     if from_logits:
-        best = load(scores[i, 0], table)
-        arg = 0
-        finite = True
+        return _logit_row_d(scores, i, y, with_nll, inv_t, table, st, out, store, row_out)
+    return _long_prob_row(scores, i, y, nll_eps, with_nll, table, st, out, store, row_out)
+
+
+@numba.njit(**JIT)
+def _logit_row_d(scores, i, y, with_nll, inv_t, table, st, out, store, row_out):
+    """_summarize_row of a logit row in double precision."""
+    K = scores.shape[1]
+    best = load(scores[i, 0], table)
+    arg = 0
+    finite = True
+    for k in range(K):
+        v = load(scores[i, k], table)
+        finite &= is_finite(v)
+        if v > best:
+            best = v
+            arg = k
+    if not finite:
         for k in range(K):
             v = load(scores[i, k], table)
-            finite &= is_finite(v)
-            if v > best:
-                best = v
-                arg = k
-        if not finite:
-            for k in range(K):
-                v = load(scores[i, k], table)
-                if not is_finite(v):
-                    merge_status(st, SCORE_NOT_FINITE, i, k, v)
-                    return False
-        total = 0.0
-        total_sq = 0.0
-        for k in range(K):
-            e = math.exp(inv_t * (load(scores[i, k], table) - best))
-            total += e
-            total_sq += e * e
-            if store:
-                row_out[k] = e
-        shifted = inv_t * (load(scores[i, y], table) - best)
-        out[0] = arg
-        out[1] = 1.0 / total
-        out[2] = math.exp(shifted) / total
-        out[3] = total_sq / (total * total)
-        out[4] = math.log(total) - shifted if with_nll else 0.0
-        return True
+            if not is_finite(v):
+                merge_status(st, SCORE_NOT_FINITE, i, k, v)
+                return False
+    total = 0.0
+    total_sq = 0.0
+    for k in range(K):
+        e = math.exp(inv_t * (load(scores[i, k], table) - best))
+        total += e
+        total_sq += e * e
+        if store:
+            row_out[k] = e
+    shifted = inv_t * (load(scores[i, y], table) - best)
+    out[0] = arg
+    out[1] = 1.0 / total
+    out[2] = math.exp(shifted) / total
+    out[3] = total_sq / (total * total)
+    out[4] = math.log(total) - shifted if with_nll else 0.0
+    return True
+
+
+@numba.njit(**JIT)
+def _long_prob_row(scores, i, y, nll_eps, with_nll, table, st, out, store, row_out):
+    """_summarize_row of a probability row."""
     if not _prob_row(scores, i, y, table, st, out, store, row_out):
         return False
     out[4] = -math.log(max(out[2], nll_eps)) if with_nll else 0.0
@@ -441,17 +454,64 @@ def _dense_block_copy(scores, i0, end, table, dbuf):
     return i0 + n
 
 
+# The row paths of a top-label chunk. Which one an input takes is known before the call (rows_path), and each
+# caller runs a copy of _top_label_chunk compiled for its path only, with or without class-wise bins (for_rows):
+# compiling every path for every signature took most of a cold Numba cache's first call.
+ROWS_SHORT_PROB = 0  # probability rows of K < SHORT_ROW elements: _short_prob_chunk (_short_prob_row class-wise)
+ROWS_SINGLE = 1  # float32 / float16 logit rows of K >= SHORT_ROW: the single-precision path (dense or by rows)
+ROWS_LOGIT = 2  # other logit rows (float64, or K < SHORT_ROW): the double-precision path, _logit_row_d
+ROWS_PROB = 3  # probability rows of K >= SHORT_ROW elements: _long_prob_row
+_ROWS_NAMES = ("short_prob", "single", "logit", "prob")
+# Globals read as compile-time constants: each copy of _top_label_chunk has its own (for_rows); these are the
+# module's own function's, which no caller runs.
+ROWS = ROWS_LOGIT
+CLASSWISE = False
+# The jitted functions whose copies for a row path call the copies of these (they call _top_label_chunk,
+# directly or through one another): stream's one-call paths of small inputs.
+_ROWS_CALLEES = ("_top_label_chunk", "_top_label_small")
+_rows_copies = {}  # (fn, rows, classwise) -> fn's copy
+
+
+def rows_path(from_logits, K, dtype):
+    """The row path (ROWS_*) of a top-label pass over scores of K columns and this dtype."""
+    if not from_logits:
+        return ROWS_SHORT_PROB if K < SHORT_ROW else ROWS_PROB
+    return ROWS_SINGLE if K >= SHORT_ROW and dtype != np.float64 else ROWS_LOGIT
+
+
+def for_rows(fn, rows, classwise):
+    """``fn`` (_top_label_chunk, or a jitted function calling it directly or through one of _ROWS_CALLEES)
+    compiled for one row path (ROWS = ``rows``), with or without class-wise bins (CLASSWISE = ``classwise``,
+    which must be cw_M > 0 of its calls), each of _ROWS_CALLEES it calls being that callee's copy for the same
+    (_common.specialised)."""
+    key = (fn, rows, bool(classwise))
+    got = _rows_copies.get(key)  # lock-free once made
+    if got is None:
+        glb = fn.py_func.__globals__
+        constants = {"ROWS": rows, "CLASSWISE": classwise}
+        for name in _ROWS_CALLEES:
+            if name in fn.py_func.__code__.co_names:
+                constants[name] = for_rows(glb[name], rows, classwise)
+        suffix = "_" + _ROWS_NAMES[rows] + ("_cw" if classwise else "")
+        got = _rows_copies[key] = specialised(fn, suffix, constants)
+    return got
+
+
 @numba.njit(**JIT)
 def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
                      conf_out, correct_out, has_out, table, begin, end, count, wsum, sconf, scorr, tot, st,
                      cw_M, cw_inners, cw_uniform, cw_upper, cw_count, cw_w, cw_score, cw_target, with_brier=True):
+    """The rows [begin, end) of a top-label pass into the chunk's partial sums, on the row path ROWS, with
+    class-wise bins if CLASSWISE (a copy per path, for_rows: the branches on them are decided at compile time;
+    ``single`` is ROWS == ROWS_SINGLE, cw_M > 0 is CLASSWISE). Callers pass typed (np.int64, np.bool_), not
+    literal, constants: one signature for every caller."""
     K = scores.shape[1]
-    classwise = cw_M > 0
-    short_prob = K < SHORT_ROW and not from_logits
-    if short_prob and not classwise:
-        _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, with_nll, conf_out, correct_out,
-                          has_out, table, begin, end, count, wsum, sconf, scorr, tot, st, with_brier)
-        return
+    classwise = CLASSWISE
+    if ROWS == ROWS_SHORT_PROB:
+        if not CLASSWISE:
+            _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, with_nll, conf_out,
+                              correct_out, has_out, table, begin, end, count, wsum, sconf, scorr, tot, st, with_brier)
+            return
     row = np.empty(5)
     e = np.empty(K if classwise else 0)
     ef = np.zeros((K + 7) // 8 * 8 if single else 0, np.float32)
@@ -476,14 +536,15 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
     b_start = begin
     b_end = begin
     for i in range(begin, end):
-        if dense and i >= b_end:
-            # the block of rows holding row i in the class-major buffer (binning.hpp, dense_block_copy)
-            b_start = i
-            b_end = _dense_block_copy(scores, i, end, table, dbuf)
-        if dense and (i - b_start) % DENSE_ROWS == 0:
-            # the sums of this row and the next DENSE_ROWS - 1, one per float lane (lanes past the block's end
-            # hold stale values, never read); binning.hpp, summarize_dense_logit_rows_f
-            dense_lanes_f32(dbuf, i - b_start, K, bf, dres)
+        if ROWS == ROWS_SINGLE:
+            if dense and i >= b_end:
+                # the block of rows holding row i in the class-major buffer (binning.hpp, dense_block_copy)
+                b_start = i
+                b_end = _dense_block_copy(scores, i, end, table, dbuf)
+            if dense and (i - b_start) % DENSE_ROWS == 0:
+                # the sums of this row and the next DENSE_ROWS - 1, one per float lane (lanes past the block's
+                # end hold stale values, never read); binning.hpp, summarize_dense_logit_rows_f
+                dense_lanes_f32(dbuf, i - b_start, K, bf, dres)
         y = labels[i]
         if y < 0 or y >= K:
             merge_status(st, LABEL_OUT_OF_RANGE, i, -1, float(y))
@@ -491,25 +552,28 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
         w = weights[i] if has_w else 1.0
         if has_w and not check_weight(w, i, st):
             continue
-        if dense:
-            # the row's sums from its lane (the same bits as the generic single-precision path on the row);
-            # a row holding NaN / inf takes that path, which names the first one
-            r = i - b_start
-            j = r % DENSE_ROWS
-            if dres[4, j] != 0.0:
-                for k in range(K):
-                    ef[k] = dbuf[k, r]
-                _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, row, ef, with_brier)
+        if ROWS == ROWS_SINGLE:
+            if dense:
+                # the row's sums from its lane (the same bits as the generic single-precision path on the row);
+                # a row holding NaN / inf takes that path, which names the first one
+                r = i - b_start
+                j = r % DENSE_ROWS
+                if dres[4, j] != 0.0:
+                    for k in range(K):
+                        ef[k] = dbuf[k, r]
+                    _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, row, ef, with_brier)
+                    continue
+                _logit_row_out(int(dres[3, j]), F32(dres[2, j]), dbuf[y, r], dres[0, j],
+                               dres[1, j] if with_brier else 0.0, bf, inv_t, with_nll, row)
+            elif not _logit_row_f(scores, i, y, with_nll, inv_t, table, st, row, ef, with_brier):
                 continue
-            _logit_row_out(int(dres[3, j]), F32(dres[2, j]), dbuf[y, r], dres[0, j],
-                           dres[1, j] if with_brier else 0.0, bf, inv_t, with_nll, row)
-        elif single:
-            if not _logit_row_f(scores, i, y, with_nll, inv_t, table, st, row, ef, with_brier):
-                continue
-        elif short_prob:
+        elif ROWS == ROWS_SHORT_PROB:
             if not _short_prob_row(scores, i, y, nll_eps, with_nll, table, st, row, classwise, e):
                 continue
-        elif not _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, inv_t, table, st, row, classwise, e):
+        elif ROWS == ROWS_LOGIT:
+            if not _logit_row_d(scores, i, y, with_nll, inv_t, table, st, row, classwise, e):
+                continue
+        elif not _long_prob_row(scores, i, y, nll_eps, with_nll, table, st, row, classwise, e):
             continue
         conf = row[1]
         correct = 1.0 if int(row[0]) == y else 0.0
@@ -539,19 +603,19 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
             if with_brier:
                 tot[4] += w * (row[3] - 2.0 * row[2] + 1.0)
             tot[5] += w * row[4]
-        if classwise:
+        if CLASSWISE:
             rows += 1
-        if classwise and single:
-            _classwise_row(ef[:K], conf, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
-                           sum0, weight0, cw_count, cw_w, cw_score, cw_target)
-        elif classwise:
-            _classwise_row(e, conf if from_logits else 1.0, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
-                           sum0, weight0, cw_count, cw_w, cw_score, cw_target)
+            if ROWS == ROWS_SINGLE:
+                _classwise_row(ef[:K], conf, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
+                               sum0, weight0, cw_count, cw_w, cw_score, cw_target)
+            else:
+                _classwise_row(e, conf if from_logits else 1.0, y, w, has_w, cw_inners, cw_uniform, cw_upper,
+                               cw_M, sum0, weight0, cw_count, cw_w, cw_score, cw_target)
     if short:
         for t in range(6):
             tot[t] += _fold_lanes(lanes[t])
     _fold_lane_bins(n_bins, l_count, l_w, l_conf, l_corr, count, wsum, sconf, scorr)
-    if classwise:
+    if CLASSWISE:
         for k in range(K):  # ClasswiseScratch::fold_into: bin 0's count = rows - the other bins' counts
             at = k * cw_M
             others = 0
@@ -736,8 +800,9 @@ def top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps,
     parallel = N * K >= MIN_PARALLEL_ELEMENTS
     # float32 / float16 logit rows of at least SHORT_ROW elements: the single-precision path (_logit_row_f)
     single = bool(from_logits) and scores.dtype != np.float64 and K >= SHORT_ROW
+    driver = for_rows(_top_label_driver, rows_path(from_logits, K, scores.dtype), classwise_bins > 0)
     count, wsum, sconf, scorr, total_count, tot, st, cw_count, cw_w, cw_score, cw_target = run_locked(
-        _top_label_driver, as_kernel_array(scores), labels, weights, has_w, bool(from_logits), single,
+        driver, as_kernel_array(scores), labels, weights, has_w, bool(from_logits), single,
         equal_width_inner(n_bins), int(n_bins), float(nll_eps), bool(with_nll), inv_t, conf_out, correct_out,
         has_out, HALF_TABLE, parallel, int(classwise_bins), cw_inners, cw_uniform, cw_upper, bool(with_brier))
     out = _bins_dict(count, wsum, sconf, scorr, n_bins)

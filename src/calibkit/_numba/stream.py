@@ -30,7 +30,8 @@ from ._common import (
 from . import binning
 from .smooth import _grid_sizes, _smooth_chunk, smooth_grid, smooth_grid_checked_rows
 from .binning import (
-    SHORT_ROW, _classwise_spec, _top_label_chunk, check_weight, equal_width_inner, find_bin, top_label_stats,
+    ROWS_SINGLE, SHORT_ROW, _classwise_spec, _top_label_chunk, check_weight, equal_width_inner, find_bin, for_rows,
+    top_label_stats,
 )
 
 # P(X <= k) for X ~ Poisson(1), k = 0..14 (as in stream.hpp).
@@ -380,9 +381,10 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_ep
     count = counts[0:1]
     q_count = counts[1:]
     correct = np.empty(N, np.uint8)
-    _top_label_chunk(scores, labels, weights, has_w, from_logits, single, _NO_INNER, 0, nll_eps, True, inv_t, conf,
-                     correct, True, table, 0, N, count, wsum, sconf, scorr, tot, st, cw_M, cw_inners, cw_uniform,
-                     cw_upper, q_count, q_w, q_score, q_target)
+    _top_label_chunk(scores, labels, weights, has_w, from_logits, single, np.empty(0), np.int64(0), nll_eps,
+                     np.bool_(True), inv_t, conf, correct, np.bool_(True), table, np.int64(0), N, count, wsum, sconf,
+                     scorr, tot, st, cw_M, cw_inners, cw_uniform, cw_upper, q_count, q_w, q_score, q_target,
+                     np.bool_(True))  # typed constants: the chunk's signature of every caller (see _top_label_chunk)
     if st[0] == OK:
         # Rows the top-label pass has checked (confidences within a probability's tolerance of [0, 1], 0/1
         # targets, clean weights): straight into the state, without checking them again.
@@ -410,10 +412,11 @@ def _top_label_plain(scores, labels, weights, has_w, from_logits, single, nll_ep
     """:func:`_top_label_small` of a stream without class-wise bins or smooth ECE grid sums: six arrays
     fewer to unbox per call (their empty stand-ins are made here)."""
     no_sizes = np.zeros(1, np.int64)
+    # typed constants (np.int64, np.bool_), not literals: the signature of _top_label_small's other callers
     return _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_eps, inv_t, offset_bits,
-                            seed_bits, table, 0, np.zeros((1, 0)), True, np.zeros(0), inner, n_bins, fine_bits,
-                            fine_levels, n_boot, cdf, bins2, fine2, boot3, totals, np.zeros((0, 0, 0)), sq2, has_sq,
-                            no_sizes, no_sizes, np.zeros((1, 2)), False)
+                            seed_bits, table, np.int64(0), np.zeros((1, 0)), np.bool_(True), np.zeros(0), inner,
+                            n_bins, fine_bits, fine_levels, n_boot, cdf, bins2, fine2, boot3, totals,
+                            np.zeros((0, 0, 0)), sq2, has_sq, no_sizes, no_sizes, np.zeros((1, 2)), np.bool_(False))
 
 
 @numba.njit(**JIT)
@@ -566,13 +569,14 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
         plan = _plan(n_bins, fine_bits, fine_levels, n_boot, K, classwise_bins, bins, fine, boot, totals, classwise,
                      squares, grids, smooth)
     if N <= plan[9]:
-        # float32 / float16 logit rows of at least SHORT_ROW elements: the single-precision path, as in
-        # binning.top_label_stats
+        # the kernel's copy for the batch's row path (binning.for_rows; float32 / float16 logit rows of at least
+        # SHORT_ROW elements: the single-precision path, as in binning.top_label_stats)
         logits = bool(from_logits)
-        return plan[11](scores.view(np.uint16) if dtype == _F16 else scores, labels, weights, has_w, logits,
-                        logits and K >= SHORT_ROW and dtype != _F64, float(nll_eps), inv_t,
-                        offset if type(offset) is int and 0 <= offset < _I63 else _int64_bits(offset),
-                        seed if type(seed) is int and 0 <= seed < _I63 else _int64_bits(seed), *plan[12])
+        path = binning.rows_path(logits, K, dtype)
+        return for_rows(plan[11], path, plan[10] > 0)(
+            scores.view(np.uint16) if dtype == _F16 else scores, labels, weights, has_w, logits, path == ROWS_SINGLE,
+            float(nll_eps), inv_t, offset if type(offset) is int and 0 <= offset < _I63 else _int64_bits(offset),
+            seed if type(seed) is int and 0 <= seed < _I63 else _int64_bits(seed), *plan[12])
     cw_M = plan[10]
     flat_totals = totals.reshape(-1)
     conf = np.empty(N)
@@ -639,8 +643,9 @@ def _top_label_one_chunk(scores, labels, weights, has_w, from_logits, single, in
     N = scores.shape[0]
     none = np.empty(0)  # the outputs and class-wise arrays this call does not use (writeable, unlike globals)
     _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner, n_bins, nll_eps, with_nll, inv_t,
-                     conf_out, correct_out, has_out, table, 0, N, count, sums[0], sums[1], sums[2], tot, st, 0,
-                     np.empty((1, 0)), True, none, np.empty(0, np.int64), none, none, none, with_brier)
+                     conf_out, correct_out, has_out, table, np.int64(0), N, count, sums[0], sums[1], sums[2], tot, st,
+                     np.int64(0), np.empty((1, 0)), np.bool_(True), none, np.empty(0, np.int64), none, none, none,
+                     with_brier)  # typed constants: the chunk's signature of every caller (see _top_label_chunk)
     return int(st[0]), int(st[1]), int(st[2]), st[3]
 
 
@@ -684,11 +689,11 @@ def top_label_stats_any(scores, labels, sample_weight, from_logits, n_bins, nll_
             count = np.zeros(M, np.int64)
             sums = np.zeros((3, M))
             tot = np.zeros(6)
-            single = bool(from_logits) and K >= SHORT_ROW and scores.dtype != _F64
-            status = _top_label_one_chunk(
+            path = binning.rows_path(from_logits, K, scores.dtype)
+            status = for_rows(_top_label_one_chunk, path, False)(
                 scores.view(np.uint16) if scores.dtype == _F16 else scores, labels,
                 _NO_WEIGHTS if sample_weight is None else sample_weight, sample_weight is not None,
-                bool(from_logits), single, _cached_inner(n_bins) if n_bins > 0 else _NO_INNER, n_bins,
+                bool(from_logits), path == ROWS_SINGLE, _cached_inner(n_bins) if n_bins > 0 else _NO_INNER, n_bins,
                 float(nll_eps), bool(with_nll), inv_t, HALF_TABLE, count, sums, tot, out, out_correct,
                 out is not _NO_CONF, bool(with_brier))
             if n_bins < M:
@@ -728,10 +733,11 @@ def _classwise_one_chunk(scores, labels, weights, has_w, from_logits, single, ta
     N = scores.shape[0]
     none = np.empty(0)
     one = np.zeros(1)
-    _top_label_chunk(scores, labels, weights, has_w, from_logits, single, none, 0, 0.0, False, 1.0, none,
-                     np.empty(0, np.uint8), False, table, 0, N, np.zeros(1, np.int64), one, np.zeros(1), np.zeros(1),
-                     np.zeros(6), st, cw_M, cw_inners, cw_uniform, cw_upper, cw_count, cw_w, cw_score, cw_target,
-                     False)  # the totals are not returned: no Brier term (as classwise_stats)
+    no = np.bool_(False)  # typed constants: the chunk's signature of every caller (see _top_label_chunk)
+    _top_label_chunk(scores, labels, weights, has_w, from_logits, single, none, np.int64(0), 0.0, no, 1.0, none,
+                     np.empty(0, np.uint8), no, table, np.int64(0), N, np.zeros(1, np.int64), one, np.zeros(1),
+                     np.zeros(1), np.zeros(6), st, cw_M, cw_inners, cw_uniform, cw_upper, cw_count, cw_w, cw_score,
+                     cw_target, no)  # the totals are not returned: no Brier term (as classwise_stats)
     return int(st[0]), int(st[1]), int(st[2]), st[3]
 
 
@@ -757,12 +763,12 @@ def classwise_stats_any(scores, labels, sample_weight, from_logits, n_bins, clas
             cw_score = np.zeros(KM)
             cw_target = np.zeros(KM)
             cw_inners, cw_uniform, cw_upper = _cached_classwise(K, n_bins)
-            single = bool(from_logits) and K >= SHORT_ROW and scores.dtype != _F64
-            status = _classwise_one_chunk(
+            path = binning.rows_path(from_logits, K, scores.dtype)
+            status = for_rows(_classwise_one_chunk, path, True)(
                 scores.view(np.uint16) if scores.dtype == _F16 else scores, labels,
                 _NO_WEIGHTS if sample_weight is None else sample_weight, sample_weight is not None,
-                bool(from_logits), single, HALF_TABLE, n_bins, cw_inners, cw_uniform, cw_upper, cw_count, cw_w,
-                cw_score, cw_target)
+                bool(from_logits), path == ROWS_SINGLE, HALF_TABLE, n_bins, cw_inners, cw_uniform, cw_upper,
+                cw_count, cw_w, cw_score, cw_target)
             return {"count": cw_count, "weight": cw_w, "sum_score": cw_score, "sum_target": cw_target,
                     "status": status}
     return binning.classwise_stats(scores, labels, sample_weight, from_logits, n_bins, class_edges)
