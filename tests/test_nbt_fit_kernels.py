@@ -218,3 +218,19 @@ def test_fits_agree_across_backends():
     fits = [calibkit.DirichletCalibration("diagonal", backend=b).fit(p, yy) for b in ("cpp", "numba")]
     np.testing.assert_array_equal(fits[0].coef_, fits[1].coef_)
     np.testing.assert_array_equal(fits[0].intercept_, fits[1].intercept_)
+
+
+@pytest.mark.parametrize("dtype, layout, want", [(np.float32, "F", "dense"), (np.float16, "F", "dense"),
+                                                 (np.float32, "C", "single"), (np.float16, "strided", "single"),
+                                                 (np.float64, "F", "double"), (np.float64, "C", "double")])
+def test_temperature_driver_copy_per_row_path(dtype, layout, want):
+    """temperature_nll runs the driver's copy for the input's row path (its chunk compiled for that path only),
+    and that copy gives the C++ bits."""
+    from calibkit._numba import softmax as nbs
+
+    z, y, w = data(np.random.default_rng(3), 300, 12, dtype, layout)
+    kz = nbs.as_kernel_array(z)
+    path = nbs._temperature_path(kz, dtype != np.float64)
+    assert nbs._T_NAMES[path] == want
+    assert nbs._temperature_driver_for(path).py_func.__name__ == f"_temperature_driver_{want}"
+    assert NB.temperature_nll(z, y, w, 0.7) == CPP.temperature_nll(z, y, w, 0.7)

@@ -14,7 +14,7 @@ from numba.extending import intrinsic
 from ._common import (
     F32, HALF_TABLE, JIT, LABEL_OUT_OF_RANGE, MIN_PARALLEL_ELEMENTS, SCORE_NOT_FINITE,
     as_kernel_array, check_float_dtype, exp_f32, group_size, is_finite, lane_sums_f32, load, merge_status,
-    LANE_FLUSH, _exp_f32_vec, next_ticket, octet_sum, rows_per_chunk, run_locked, status_tuple,
+    LANE_FLUSH, _exp_f32_vec, next_ticket, octet_sum, rows_per_chunk, run_locked, specialised, status_tuple,
 )
 from .binning import DENSE_BLOCK, PARTIAL_ROW, _dense_block_copy, _weights_arg, check_weight
 from .uncertainty import EXP_MIN_F, _check_row, _load_f, _max_f
@@ -341,6 +341,30 @@ def temperature_dense_lanes_f32(typingctx, buf, q, K, bf, res):
     return types.none(buf, q, K, bf, res), _temperature_dense_codegen
 
 
+# The row paths of the temperature sums. Which one an input takes is known before the call (_temperature_path),
+# and the driver runs a copy of _temperature_chunk compiled for that path only (_temperature_driver_for): compiling
+# the three for every signature made a cold cache's first fit twice as long.
+T_DENSE = 0  # float32 / float16 rows adjacent in memory (a map): blocks of DENSE_ROWS rows in float lanes
+T_SINGLE = 1  # other float32 / float16 rows: float exps, row by row
+T_DOUBLE = 2  # float64 rows: double exps, row by row
+_T_NAMES = ("dense", "single", "double")
+TPATH = T_DOUBLE  # a global read as a compile-time constant: each copy has its own (the module's is never run)
+
+
+def _temperature_path(scores, single):
+    """The row path of the (kernel-ready) scores: the test _temperature_buffers makes for its dense buffer."""
+    if single and scores.strides[0] == scores.itemsize and scores.shape[1] >= 2:
+        return T_DENSE
+    return T_SINGLE if single else T_DOUBLE
+
+
+def _temperature_driver_for(path):
+    """_temperature_driver calling the copy of _temperature_chunk compiled for ``path`` (_common.specialised)."""
+    suffix = "_" + _T_NAMES[path]
+    chunk = specialised(_temperature_chunk, suffix, {"TPATH": path})
+    return specialised(_temperature_driver, suffix, {"_temperature_chunk": chunk})
+
+
 @numba.njit(**JIT)
 def _temperature_buffers(scores, single):
     """The row buffers of _temperature_chunk (fbuf, ebuf, tbuf: K rounded up to whole octets, zero padded;
@@ -393,7 +417,7 @@ def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, 
                        dbuf, dres):
     K = scores.shape[1]
     bf = F32(b)
-    if dbuf.shape[0] > 0:
+    if TPATH == T_DENSE:
         _temperature_dense(scores, labels, weights, has_w, bf, table, begin, end, acc, st, fbuf, S, dbuf, dres)
         return
     for i in range(begin, end):
@@ -404,7 +428,7 @@ def _temperature_chunk(scores, labels, weights, has_w, b, single, table, begin, 
         w = weights[i] if has_w else 1.0
         if has_w and not check_weight(w, i, st):
             continue
-        if single:
+        if TPATH == T_SINGLE:
             _load_f(scores, i, table, fbuf)
             mx, bad = _max_f(fbuf, K, False)
             if bad > 0:
@@ -517,8 +541,9 @@ def temperature_nll(scores, labels, sample_weight, inverse_temperature):
     N, K = scores.shape
     weights, has_w = _weights_arg(sample_weight, N)
     single = scores.dtype != np.float64
-    total, st = run_locked(_temperature_driver, as_kernel_array(scores), labels, weights, has_w, b, single,
-                           HALF_TABLE, N * K >= MIN_PARALLEL_ELEMENTS)
+    scores = as_kernel_array(scores)
+    total, st = run_locked(_temperature_driver_for(_temperature_path(scores, single)), scores, labels, weights,
+                           has_w, b, single, HALF_TABLE, N * K >= MIN_PARALLEL_ELEMENTS)
     loss, d1, d2, d3, d4, d5 = (float(v) for v in total[2:8])
     if single:  # the sums were taken at float(b): moved to b as in the C++ kernel
         h = b - float(np.float32(b))
