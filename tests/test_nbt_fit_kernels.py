@@ -12,7 +12,7 @@ from scipy.special import logsumexp, softmax
 
 import calibkit
 from calibkit import _backend
-from calibkit._numba.softmax import exp_nonpositive
+from calibkit._numba._common import exp_nonpositive
 from conftest import overconfident_logits
 
 CPP, NB = _backend.kernels("cpp"), _backend.kernels("numba")

@@ -166,6 +166,48 @@ def exp_f32(x):
     return p * _pow2_f32(n)
 
 
+@intrinsic
+def _pow2_f64(typingctx, n):
+    """2^n as float64 for an integral float64 n in [-1022, 1023]: (n + 1023) << 52 as the bits of a double
+    (exp_nonpositive in simd.hpp), straight-line code that LLVM vectorises."""
+    if n != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        bits = builder.shl(builder.add(builder.fptosi(args[0], i64), ir.Constant(i64, 1023)), ir.Constant(i64, 52))
+        return builder.bitcast(bits, ir.DoubleType())
+
+    return types.float64(n), codegen
+
+
+@numba.njit(inline="always", **JIT)
+def exp_nonpositive(x):
+    """exp(x) for x <= 0 in double, clamped at -708: the same sequence of IEEE operations as exp_nonpositive in
+    simd.hpp (Cody-Waite reduction, the degree-12 polynomial by Estrin's scheme, 2^n in the exponent bits), so
+    the same bits; a loop of it vectorises."""
+    x = x if x > -708.0 else -708.0
+    t = x * 1.4426950408889634 + 6755399441055744.0
+    n = t - 6755399441055744.0
+    r = x - n * 6.93147180369123816490e-01
+    r = r - n * 1.90821492927058770002e-10
+    r2 = r * r
+    r4 = r2 * r2
+    r8 = r4 * r4
+    q0 = 1.0 + r
+    q1 = 1.0 / 2.0 + r * (1.0 / 6.0)
+    q2 = 1.0 / 24.0 + r * (1.0 / 120.0)
+    q3 = 1.0 / 720.0 + r * (1.0 / 5040.0)
+    q4 = 1.0 / 40320.0 + r * (1.0 / 362880.0)
+    q5 = 1.0 / 3628800.0 + r * (1.0 / 39916800.0)
+    q6 = 1.0 / 479001600.0
+    s0 = q0 + q1 * r2
+    s1 = q2 + q3 * r2
+    s2 = q4 + q5 * r2
+    p = (s0 + s1 * r4) + (s2 + q6 * r4) * r8
+    return p * _pow2_f64(n)
+
+
 @numba.njit(**JIT)
 def octet_sum(d):
     """The fixed combination order of the C++ octet_sum: lanes j and j + 4 first."""

@@ -634,16 +634,34 @@ PARTIAL_ROW = 16  # doubles (128 bytes): a totals (6) or status (4) row shares n
 
 
 @numba.njit(**JIT)
+def new_status_rows(g):
+    """The statuses of a group of g chunks, each (OK, -1, -1, 0), PARTIAL_ROW doubles apart (two chunks on two
+    threads never write to one cache line), allocated outside the parallel regions."""
+    p_st = np.zeros((g, PARTIAL_ROW))
+    for j in range(g):
+        p_st[j, 1] = -1.0
+        p_st[j, 2] = -1.0
+    return p_st
+
+
+@numba.njit(**JIT)
+def fold_status(st, p_st, j):
+    """Chunk j's status into st (in chunk order, by the caller), then cleared for the next group."""
+    merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
+    p_st[j, 0] = 0.0
+    p_st[j, 1] = -1.0
+    p_st[j, 2] = -1.0
+    p_st[j, 3] = 0.0
+
+
+@numba.njit(**JIT)
 def _new_partials(g, M, KM):
     """The chunk partials of a group of g chunks, allocated once per call outside the parallel regions (in a
     ``parallel=True`` driver every ``np.zeros`` is a parallel region of its own) and cleared as they are
     folded (_fold_partial). A ticket counter for next_ticket comes last. The totals and status rows (a chunk
     of long rows adds to its totals row by row) are PARTIAL_ROW doubles apart: two chunks running at once on
     two threads never write to one cache line."""
-    p_st = np.zeros((g, PARTIAL_ROW))
-    for j in range(g):
-        p_st[j, 1] = -1.0
-        p_st[j, 2] = -1.0
+    p_st = new_status_rows(g)
     return (np.zeros((g, M), np.int64), np.zeros((g, M)), np.zeros((g, M)), np.zeros((g, M)),
             np.zeros((g, PARTIAL_ROW)), p_st, np.zeros((g, KM), np.int64), np.zeros((g, KM)), np.zeros((g, KM)),
             np.zeros((g, KM)), np.zeros(1, np.int64))
@@ -676,11 +694,7 @@ def _fold_partial(j, M, KM, count, wsum, sconf, scorr, tot, st, cw_count, cw_w, 
     for t in range(1, 6):
         tot[t] += p_tot[j, t]
     p_tot[j, :] = 0.0
-    merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
-    p_st[j, 0] = 0.0
-    p_st[j, 1] = -1.0
-    p_st[j, 2] = -1.0
-    p_st[j, 3] = 0.0
+    fold_status(st, p_st, j)
     return rows
 
 

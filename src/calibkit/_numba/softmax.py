@@ -14,54 +14,15 @@ from numba.extending import intrinsic
 from ._common import (
     F32, HALF_TABLE, JIT, LABEL_OUT_OF_RANGE, MIN_PARALLEL_ELEMENTS, SCORE_NOT_FINITE,
     as_kernel_array, check_float_dtype, exp_f32, group_size, is_finite, lane_sums_f32, load, merge_status,
-    LANE_FLUSH, _exp_f32_vec, next_ticket, octet_sum, rows_per_chunk, run_locked, specialised, status_tuple,
+    LANE_FLUSH, _exp_f32_vec, exp_nonpositive, next_ticket, octet_sum, rows_per_chunk, run_locked, specialised,
+    status_tuple,
 )
-from .binning import DENSE_BLOCK, PARTIAL_ROW, _dense_block_copy, _weights_arg, check_weight
+from .binning import (
+    DENSE_BLOCK, PARTIAL_ROW, _dense_block_copy, _weights_arg, check_weight, fold_status, new_status_rows,
+)
 from .uncertainty import EXP_MIN_F, _check_row, _load_f, _max_f
 
 F32_INF = F32(np.inf)
-
-
-@intrinsic
-def _pow2_f64(typingctx, n):
-    """2^n as float64 for an integral float64 n in [-1022, 1023]: (n + 1023) << 52 as the bits of a double
-    (exp_nonpositive in simd.hpp), straight-line code that LLVM vectorises."""
-    if n != types.float64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        i64 = ir.IntType(64)
-        bits = builder.shl(builder.add(builder.fptosi(args[0], i64), ir.Constant(i64, 1023)), ir.Constant(i64, 52))
-        return builder.bitcast(bits, ir.DoubleType())
-
-    return types.float64(n), codegen
-
-
-@numba.njit(inline="always", **JIT)
-def exp_nonpositive(x):
-    """exp(x) for x <= 0 in double, clamped at -708: the same sequence of IEEE operations as exp_nonpositive in
-    simd.hpp (Cody-Waite reduction, the degree-12 polynomial by Estrin's scheme, 2^n in the exponent bits), so
-    the same bits; a loop of it vectorises."""
-    x = x if x > -708.0 else -708.0
-    t = x * 1.4426950408889634 + 6755399441055744.0
-    n = t - 6755399441055744.0
-    r = x - n * 6.93147180369123816490e-01
-    r = r - n * 1.90821492927058770002e-10
-    r2 = r * r
-    r4 = r2 * r2
-    r8 = r4 * r4
-    q0 = 1.0 + r
-    q1 = 1.0 / 2.0 + r * (1.0 / 6.0)
-    q2 = 1.0 / 24.0 + r * (1.0 / 120.0)
-    q3 = 1.0 / 720.0 + r * (1.0 / 5040.0)
-    q4 = 1.0 / 40320.0 + r * (1.0 / 362880.0)
-    q5 = 1.0 / 3628800.0 + r * (1.0 / 39916800.0)
-    q6 = 1.0 / 479001600.0
-    s0 = q0 + q1 * r2
-    s1 = q2 + q3 * r2
-    s2 = q4 + q5 * r2
-    p = (s0 + s1 * r4) + (s2 + q6 * r4) * r8
-    return p * _pow2_f64(n)
 
 
 @numba.njit(**JIT)
@@ -460,27 +421,13 @@ def _new_partials(g, width):
     threads never write to one cache line), their statuses and a ticket counter for next_ticket, allocated once
     per call outside the parallel regions (in a ``parallel=True`` driver every ``np.zeros`` is a parallel region
     of its own) and cleared as they are folded."""
-    p_st = np.zeros((g, PARTIAL_ROW))
-    for j in range(g):
-        p_st[j, 1] = -1.0
-        p_st[j, 2] = -1.0
-    return _zero_rows(g, width), p_st, np.zeros(1, np.int64)
+    return _zero_rows(g, width), new_status_rows(g), np.zeros(1, np.int64)
 
 
 @numba.njit(**JIT)
 def _zero_rows(g, width):
     """g rows of zeros, max(width, PARTIAL_ROW) doubles apart (allocated outside the parallel regions)."""
     return np.zeros((g, max(width, PARTIAL_ROW)))
-
-
-@numba.njit(**JIT)
-def _fold_status(st, p_st, j):
-    """Chunk j's status into st (in chunk order, by the caller), then cleared for the next group."""
-    merge_status(st, int(p_st[j, 0]), int(p_st[j, 1]), int(p_st[j, 2]), p_st[j, 3])
-    p_st[j, 0] = 0.0
-    p_st[j, 1] = -1.0
-    p_st[j, 2] = -1.0
-    p_st[j, 3] = 0.0
 
 
 @numba.njit(parallel=True, **JIT)
@@ -520,7 +467,7 @@ def _temperature_driver(scores, labels, weights, has_w, b, single, table, parall
                 acc[j, t] = 0.0
             total[9] = max(total[9], acc[j, 9])
             acc[j, 9] = 0.0
-            _fold_status(st, p_st, j)
+            fold_status(st, p_st, j)
     return total, st
 
 
@@ -681,7 +628,7 @@ def _vector_driver(scores, labels, weights, has_w, scale, bias, table, parallel)
                 g_bias[k] += p_bias[j, k]
                 p_scale[j, k] = 0.0
                 p_bias[j, k] = 0.0
-            _fold_status(st, p_st, j)
+            fold_status(st, p_st, j)
     return total, g_scale[:K], g_bias[:K], st
 
 
