@@ -700,9 +700,8 @@ CALIBKIT_INLINE bool short_float_columns_in_registers(const Matrix<T>& s, const 
             std::memcpy(&r, reinterpret_cast<const float*>(base[j]) + k, sizeof r);
             return r;
         };
-        for (int64_t k0 = 0;; k0 += 4) {
-            const int64_t k = std::min(k0, K - 4);
-            F c0, c1, c2, c3;
+        F c0, c1, c2, c3;
+        const auto block = [&](int64_t k) {  // columns k .. k + 3 into c0 .. c3
             if constexpr (W == 4) {
                 F r[4];
                 for (int j = 0; j < 4; ++j) r[j] = simd::concat_f<F>(load4(j, k), load4(j + 4, k));
@@ -726,10 +725,18 @@ CALIBKIT_INLINE bool short_float_columns_in_registers(const Matrix<T>& s, const 
                 c2 = simd::shuffle<0, 1, 4, 5>(t2, t3);
                 c3 = simd::shuffle<2, 3, 6, 7>(t2, t3);
             }
-            switch (k0 - k) {  // the columns of this block not passed yet
-                case 0:
-                    step(c0);
-                    [[fallthrough]];
+        };
+        int64_t k0 = 0;
+        for (; k0 + 4 <= K; k0 += 4) {
+            block(k0);
+            step(c0);
+            step(c1);
+            step(c2);
+            step(c3);
+        }
+        if (k0 < K) {
+            block(K - 4);
+            switch (k0 - (K - 4)) {  // the columns of this block not passed yet
                 case 1:
                     step(c1);
                     [[fallthrough]];
@@ -739,8 +746,8 @@ CALIBKIT_INLINE bool short_float_columns_in_registers(const Matrix<T>& s, const 
                 default:
                     step(c3);
             }
-            if (k0 + 4 >= K) return true;
         }
+        return true;
     }
     return false;
 }
@@ -754,6 +761,41 @@ CALIBKIT_INLINE typename V::d short_row_nll(typename V::d p, double nll_eps) {
     const typename V::i positive = x > zero;
     return simd::select(positive, zero - simd::log_positive<V>(simd::select(positive, x, simd::splat<D>(1.0))),
                         simd::splat<D>(INFINITY));
+}
+
+// The float scan of summarize_short_rows for the usual rows (top_label_short_rows' plain round), on the
+// elements' bits as int32 lanes: for floats without the sign bit the integer order is the float order, NaN
+// above +inf. imx is the bits of the running maximum, iarg its first column, sign the OR of all the bits. A
+// row whose sign lane is >= 0 (no negative number, -0 or negative NaN) and imx <= the bits of hi (no NaN,
+// nothing above hi) is good, with summarize_short_rows' maximum and argmax (one operation fewer per column
+// than its minimum and sum); any other row is left to summarize_short_rows.
+template <class T, class V>
+CALIBKIT_INLINE void scan_short_float_bits(const Matrix<T>& s, const char* const* base, typename V::iw& imx,
+                                          typename V::iw& iarg, typename V::iw& sign) {
+    using namespace simd;
+    typedef typename V::fw F;
+    typedef typename V::iw IW;
+    constexpr int W = V::width;
+    IW kk = IW{};
+    imx = IW{} - 1;  // below the bits of every float without the sign bit
+    iarg = sign = IW{};
+    const auto column_step = [&](const F v) {
+        const IW b = (IW)v;
+        const IW greater = b > imx;  // strict: the first maximum wins
+        imx = select_int(greater, b, imx);
+        iarg = select_int(greater, kk, iarg);
+        sign |= b;
+        kk += 1;
+    };
+    if (!short_float_columns_in_registers<T, V>(s, base, column_step)) {
+        float cols[kShortRow][2 * W];
+        short_float_columns<T, V>(s, base, cols);
+        for (int64_t k = 0; k < s.cols; ++k) {
+            F v;
+            std::memcpy(&v, cols[k], sizeof v);
+            column_step(v);
+        }
+    }
 }
 
 // Sq = false (float32 / float16 probability rows only; no NLL asked): the rows' sums of squares and p_label
@@ -1221,12 +1263,17 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
         if (!(static_cast<double>(above[e]) > inner[e]))
             above[e] = std::nextafter(above[e], std::numeric_limits<float>::infinity());
     }
-    // The edges broadcast to lanes once per chunk (a splat in the batch loop costs one insert per lane).
-    typedef typename V::fw FE;
-    FE above_v[kMaxVectorEdges];
+    // The edges broadcast to lanes once per chunk (a splat in the batch loop costs one insert per lane). A
+    // float c (not NaN) is >= above[e] > 0 exactly when its bits as an int32 exceed those of above[e] less 1
+    // (a negative float's bits are negative): one integer compare with an operand in memory.
+    typedef typename V::fw F;
+    typedef typename V::iw IW;
+    IW above_bits_v[kMaxVectorEdges];
     D inner_v[kMaxVectorEdges];
     for (int64_t e = 0; binned && vector_bins && e < n_inner; ++e) {
-        above_v[e] = splat_f<FE>(float_bins ? above[e] : 0.0f);
+        int32_t bits = 0;
+        if (float_bins) std::memcpy(&bits, &above[e], sizeof bits);
+        above_bits_v[e] = IW{} + (bits - 1);
         inner_v[e] = splat<D>(inner[e]);
     }
     // Unweighted rows: a lane bin's count and correct count share one integer (low and high 32
@@ -1250,7 +1297,94 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
     double* const lane_score = bins.sum_score.data();
     double* const lane_target = bins.sum_target.data();
     RowsSummary<V> batch{};  // fconfidence is filled by float probability rows only
+    // The bins of 2 W float confidences (float_bins; their bits as int32 lanes), by counting the edges below
+    // them; two counts (integer sums: any order) so the compares do not wait on one another.
+    const auto float_bin = [&](const IW c) {
+        IW m = IW{}, m1 = IW{};
+        int64_t e = 0;
+        for (; e + 2 <= n_inner; e += 2) {
+            m -= c > above_bits_v[e];
+            m1 -= c > above_bits_v[e + 1];
+        }
+        if (e < n_inner) m -= c > above_bits_v[e];
+        return m + m1;
+    };
+    // The usual round of float probability rows for the ECE (plain_rows, no squares asked, labels contiguous):
+    // its kTotalLanes rows in one go without the per-batch arrays of the loop below (row indices, labels for
+    // the loads, weights, flags), their labels checked in vector lanes. The same scan, bins and sums, added in
+    // the same order, as the loop below makes of a round of good rows (with w = 1: w * x = x), so the same
+    // bits. False, with nothing added, when a label or an element of the round is bad: the loop below then
+    // takes the round and reports it.
+    const bool plain_probs = float_rows && plain_rows && float_bins && !a.with_brier && !a.with_nll &&
+                             a.labels.stride == static_cast<int64_t>(sizeof(int64_t));
+    const ShortProbBounds bounds;
+    int32_t hi_bits_scalar;
+    std::memcpy(&hi_bits_scalar, &bounds.hi, sizeof hi_bits_scalar);
+    const IW hi_bits = IW{} + hi_bits_scalar;
+    IW lane_of[H];  // the lane bins' copy of each row of a round, (row & (kLanes - 1)): the same every round
+    for (int h = 0; h < H; ++h)
+        for (int j = 0; j < B; ++j)
+            lane_of[h][j] = static_cast<int32_t>((begin + h * B + j) & (LaneBins::kLanes - 1));
+    const I correct_and_one = (I)zero + ((int64_t(1) << 32) + 1), just_one = (I)zero + 1;
+    // The round's sums of ones (each lane's rows, weights and correct rows: exact, so any order) as integers,
+    // into the lanes at the end.
+    int64_t plain_rounds = 0;
+    I hits[Q];
+    for (int q = 0; q < Q; ++q) hits[q] = (I)zero;
+    const auto plain_round = [&](int64_t i0) {
+        if constexpr (!float_rows) {
+            (void)i0;
+            return false;
+        } else {
+            I y[Q], bad_label = (I)zero;
+            for (int q = 0; q < Q; ++q) {
+                std::memcpy(&y[q], a.labels.data + (i0 + q * W) * static_cast<int64_t>(sizeof(int64_t)), sizeof(I));
+                bad_label |= (y[q] < 0) | (y[q] >= K);
+            }
+            if (any_lane(bad_label)) return false;
+            IW conf[H], arg[H], bad = IW{};  // conf: the maxima's bits
+            for (int h = 0; h < H; ++h) {
+                const char* base[B];
+                const char* const first = reinterpret_cast<const char*>(a.scores.row(i0 + h * B));
+                for (int j = 0; j < B; ++j) base[j] = first + j * a.scores.row_stride;
+                IW sign;
+                scan_short_float_bits<T, V>(a.scores, base, conf[h], arg[h], sign);
+                bad |= sign | (conf[h] > hi_bits);
+            }
+            if (any_lane(bad)) return false;
+            for (int h = 0; h < H; ++h) {
+                int64_t q_of[B], add_of[B];  // the rows' lane bins; 1 + (correct << 32)
+                double conf_of[B];
+                const IW q32 = float_bin(conf[h]) * LaneBins::kLanes + lane_of[h];
+                typedef typename V::ih IH;
+                IH half[G];
+                std::memcpy(half, &q32, sizeof half);
+                for (int g = 0; g < G; ++g) {
+                    const I qg = convert<I>(half[g]);
+                    std::memcpy(q_of + g * W, &qg, sizeof qg);
+                }
+                D c[G];
+                widen<V>((F)conf[h], c[0], c[1]);
+                std::memcpy(half, &arg[h], sizeof half);
+                for (int g = 0; g < G; ++g) {
+                    const I hit = convert<I>(half[g]) == y[h * G + g];
+                    hits[h * G + g] -= hit;
+                    s_conf[h * G + g] += c[g];
+                    const I add = select_int(hit, correct_and_one, just_one);
+                    std::memcpy(add_of + g * W, &add, sizeof add);
+                    std::memcpy(conf_of + g * W, &c[g], sizeof c[g]);
+                }
+                for (int j = 0; j < B; ++j) {
+                    lane_count[q_of[j]] += add_of[j];
+                    lane_score[q_of[j]] += conf_of[j];
+                }
+            }
+            plain_rounds += 1;
+            return true;
+        }
+    };
     for (int64_t i0 = begin; i0 < end; i0 += kTotalLanes) {
+        if (plain_probs && i0 + kTotalLanes <= end && plain_round(i0)) continue;
         for (int h = 0; h < H; ++h) {
             const int64_t b0 = i0 + h * B;
             if (b0 >= end) break;
@@ -1301,17 +1435,7 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
             double conf_of[B];
             if constexpr (float_rows) {
                 if (float_bins) {
-                    typedef typename V::fw F;
-                    typedef typename V::iw IW;
-                    // Two counts (integer sums: any order) so the compares do not wait on one another.
-                    IW m = IW{}, m1 = IW{};
-                    int64_t e = 0;
-                    for (; e + 2 <= n_inner; e += 2) {
-                        m -= batch.fconfidence >= above_v[e];
-                        m1 -= batch.fconfidence >= above_v[e + 1];
-                    }
-                    if (e < n_inner) m -= batch.fconfidence >= above_v[e];
-                    m += m1;
+                    const IW m = float_bin((IW)batch.fconfidence);
                     for (int j = 0; j < B; ++j) bin_of[j] = m[j];
                 }
             }
@@ -1398,6 +1522,9 @@ CALIBKIT_INLINE void top_label_short_rows(const TopLabelArgs<T>& a, BinningResul
     double l[6][kTotalLanes];
     int64_t n[kTotalLanes];
     for (int q = 0; q < Q; ++q) {
+        s_count[q] += plain_rounds;
+        s_weight[q] += static_cast<double>(plain_rounds);
+        for (int j = 0; j < W; ++j) s_correct[q][j] += static_cast<double>(hits[q][j]);
         std::memcpy(n + q * W, &s_count[q], sizeof(I));
         std::memcpy(l[1] + q * W, &s_weight[q], sizeof(D));
         std::memcpy(l[2] + q * W, &s_correct[q], sizeof(D));

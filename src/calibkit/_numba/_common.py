@@ -990,3 +990,173 @@ def short_scan8(typingctx, scores, i, table, inner, res):
 
     return types.none(scores, i, table, inner, res), codegen
 
+
+
+def _plain_hi_bits():
+    """The bits (as an int32) of the largest float32 at or below 1 + PROBABILITY_TOLERANCE: binning.hpp's
+    ShortProbBounds.hi."""
+    hi_d = 1.0 + PROBABILITY_TOLERANCE
+    hi = np.float32(hi_d)
+    if float(hi) > hi_d:
+        hi = np.nextafter(hi, np.float32(-np.inf))
+    return int(hi.view(np.int32))
+
+
+@intrinsic
+def plain_scan8(typingctx, scores, i, table, inner, res):
+    """short_scan8 of the ECE's plain rounds (binning.hpp's scan_short_float_bits): rows i .. i + 7 of float16
+    or float32 rows (False at once for float64 rows, which have no plain rounds), their elements' bits as int32
+    lanes; for a float without the sign bit the integer order is the float order, NaN above +inf. Into res (C-contiguous float64, (5, 8)): per
+    row r the maximum res[0, r] (as a double), its first column res[1, r] and res[4, r] = #{e : inner[e] <
+    res[0, r]} (its bin). Returns True when all eight rows are good for a plain round (no element with the sign
+    bit, none NaN or above 1 + tol): their maximum, argmax and bin are then short_scan8's; a round with a row
+    that is not good is scanned again by short_scan8."""
+    if not (isinstance(scores, types.Array) and scores.ndim == 2
+            and scores.dtype in (types.float32, types.float64, types.uint16) and isinstance(i, types.Integer)):
+        return None
+    if not (isinstance(table, types.Array) and table.dtype == types.float32 and table.layout == "C"):
+        return None
+    for a in (inner, res):
+        if not (isinstance(a, types.Array) and a.dtype == types.float64 and a.layout == "C"):
+            return None
+    R = SHORT_SCAN_ROWS
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        tab = context.make_array(signature.args[2])(context, builder, args[2])
+        edges = context.make_array(signature.args[3])(context, builder, args[3])
+        out = context.make_array(signature.args[4])(context, builder, args[4])
+        dt = signature.args[0].dtype
+        if dt == types.float64:
+            return ir.Constant(ir.IntType(1), 0)
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        f64 = ir.DoubleType()
+        dvec = ir.VectorType(f64, R)
+        ft = ir.FloatType()  # float16 is read as float32
+        bvec = ir.VectorType(i32, R)
+        fvec = ir.VectorType(ft, R)
+        row = context.cast(builder, args[1], signature.args[1], types.int64)
+        K = builder.extract_value(arr.shape, 1)
+        s0 = builder.extract_value(arr.strides, 0)
+        s1 = builder.extract_value(arr.strides, 1)
+        elem = context.get_value_type(dt)
+        i8p = ir.IntType(8).as_pointer()
+        data = builder.bitcast(arr.data, i8p)
+        tdata = builder.bitcast(tab.data, ir.FloatType().as_pointer())
+        bases = [builder.gep(data, [builder.mul(builder.add(row, ir.Constant(i64, r)), s0)]) for r in range(R)]
+
+        def splat(x, vt):
+            v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, R), [0] * R))
+
+        def step(bits, k, mx, arg, sign):
+            """Column k (the bits, lane r = row r) into the maximum, its first column and the sign OR."""
+            gt = builder.icmp_signed(">", bits, mx)  # strict: the first maximum wins
+            return (builder.select(gt, bits, mx),
+                    builder.select(gt, splat(builder.trunc(k, i32), bvec), arg),
+                    builder.or_(sign, bits))
+
+        start = (ir.Constant(bvec, [-1] * R),  # below every float without the sign bit
+                 ir.Constant(bvec, [0] * R), ir.Constant(bvec, [0] * R))
+        entry = builder.block
+        loop = builder.append_basic_block("plain8.loop")
+        body = builder.append_basic_block("plain8.body")
+        done = builder.append_basic_block("plain8.done")
+        k_from, from_vals = ir.Constant(i64, 0), start
+        if dt == types.float32:
+            # Contiguous rows: four columns at a time, one <4 x float> load per row and a transpose by shuffles
+            # (only data movement: the same columns in the same order); the last K % 4 columns, and every
+            # column of other layouts, by the element loop below.
+            f4p = ir.VectorType(ft, 4).as_pointer()
+            bloop = builder.append_basic_block("plain8.blocks")
+            bbody = builder.append_basic_block("plain8.blocks.body")
+            builder.branch(bloop)
+            builder.position_at_end(bloop)
+            bk = builder.phi(i64)
+            carried = [builder.phi(c.type) for c in start]
+            more = builder.and_(builder.icmp_signed("==", s1, ir.Constant(i64, 4)),
+                                builder.icmp_signed("<=", builder.add(bk, ir.Constant(i64, 4)), K))
+            builder.cbranch(more, bbody, loop)
+            builder.position_at_end(bbody)
+            off4 = builder.mul(bk, ir.Constant(i64, 4))
+            rows4 = [builder.load(builder.bitcast(builder.gep(bases[r], [off4]), f4p), align=4) for r in range(R)]
+
+            def cat(x, y, n):
+                return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, 2 * n), list(range(2 * n))))
+
+            pairs = [cat(rows4[r], rows4[r + 1], 4) for r in range(0, R, 2)]
+            allr = cat(cat(pairs[0], pairs[1], 8), cat(pairs[2], pairs[3], 8), 16)  # row r's column c at 4 r + c
+            vals = list(carried)
+            for c in range(4):
+                col = builder.shuffle_vector(allr, ir.Constant(allr.type, ir.Undefined),
+                                             ir.Constant(ir.VectorType(i32, R), [4 * r + c for r in range(R)]))
+                vals = list(step(builder.bitcast(col, bvec), builder.add(bk, ir.Constant(i64, c)), *vals))
+            bk_next = builder.add(bk, ir.Constant(i64, 4))
+            bbody_end = builder.block
+            builder.branch(bloop)
+            bk.add_incoming(ir.Constant(i64, 0), entry)
+            bk.add_incoming(bk_next, bbody_end)
+            for ph, s_, v_ in zip(carried, start, vals):
+                ph.add_incoming(s_, entry)
+                ph.add_incoming(v_, bbody_end)
+            k_from, from_vals, entry = bk, carried, bloop
+        else:
+            builder.branch(loop)
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        mx = builder.phi(bvec)
+        arg = builder.phi(bvec)
+        sign = builder.phi(bvec)
+        builder.cbranch(builder.icmp_signed("<", k, K), body, done)
+        builder.position_at_end(body)
+        v = ir.Constant(fvec, ir.Undefined)
+        off = builder.mul(k, s1)  # byte strides: any layout
+        for r in range(R):
+            x = builder.load(builder.bitcast(builder.gep(bases[r], [off]), elem.as_pointer()))
+            if dt == types.uint16:
+                x = builder.load(builder.gep(tdata, [builder.zext(x, i64)]))
+            v = builder.insert_element(v, x, ir.Constant(i32, r))
+        mx_new, arg_new, sign_new = step(builder.bitcast(v, bvec), k, mx, arg, sign)
+        k_new = builder.add(k, ir.Constant(i64, 1))
+        body_end = builder.block
+        builder.branch(loop)
+        k.add_incoming(k_from, entry)
+        k.add_incoming(k_new, body_end)
+        for ph, s_, v_ in zip((mx, arg, sign), from_vals, (mx_new, arg_new, sign_new)):
+            ph.add_incoming(s_, entry)
+            ph.add_incoming(v_, body_end)
+        builder.position_at_end(done)
+        best = builder.fpext(builder.bitcast(mx, fvec), dvec)
+        hi = ir.Constant(bvec, [_plain_hi_bits()] * R)
+        bad = builder.or_(builder.icmp_signed("<", sign, ir.Constant(bvec, [0] * R)),
+                          builder.icmp_signed(">", mx, hi))
+        any_bad = builder.icmp_unsigned("!=", builder.bitcast(bad, ir.IntType(R)), ir.Constant(ir.IntType(R), 0))
+        # the bins: the edges below each maximum, counted in lanes (as short_scan8)
+        ivec = ir.VectorType(i64, R)
+        n_edges = builder.extract_value(edges.shape, 0)
+        bins_entry = builder.block
+        eloop = builder.append_basic_block("plain8.edges")
+        ebody = builder.append_basic_block("plain8.edges.body")
+        edone = builder.append_basic_block("plain8.edges.done")
+        builder.branch(eloop)
+        builder.position_at_end(eloop)
+        e = builder.phi(i64)
+        m = builder.phi(ivec)
+        builder.cbranch(builder.icmp_signed("<", e, n_edges), ebody, edone)
+        builder.position_at_end(ebody)
+        edge = splat(builder.load(builder.gep(edges.data, [e])), dvec)
+        m_new = builder.sub(m, builder.sext(builder.fcmp_ordered("<", edge, best), ivec))
+        e_new = builder.add(e, ir.Constant(i64, 1))
+        builder.branch(eloop)
+        e.add_incoming(ir.Constant(i64, 0), bins_entry)
+        e.add_incoming(e_new, ebody)
+        m.add_incoming(ir.Constant(ivec, [0] * R), bins_entry)
+        m.add_incoming(m_new, ebody)
+        builder.position_at_end(edone)
+        dst = builder.bitcast(out.data, dvec.as_pointer())
+        for t, val in ((0, best), (1, builder.sitofp(arg, dvec)), (4, builder.sitofp(m, dvec))):
+            builder.store(val, builder.gep(dst, [ir.Constant(i64, t)]), align=8)
+        return builder.not_(any_bad)
+
+    return types.boolean(scores, i, table, inner, res), codegen

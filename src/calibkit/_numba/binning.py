@@ -38,6 +38,7 @@ from ._common import (
     load,
     merge_status,
     next_ticket,
+    plain_scan8,
     rows_per_chunk,
     run_locked,
     short_scan8,
@@ -325,8 +326,10 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
     at most MAX_VECTOR_EDGES inner edges their bins counted there too (no branch on the data); each row's
     arithmetic and the order the rows are added in are unchanged. Unweighted, the sums of ones (rows, correct
     rows; per lane bin packed in one integer, as binning.hpp's packed lane bins) are kept as integers: exact,
-    so the same values. Same sums, bins and lanes as the C++ kernel, so the same bits. (Written out in one
-    body: inlined helpers taking arrays cost reference-count calls per row.)"""
+    so the same values. Unweighted without per-row outputs, Brier or NLL (an ECE), a clean eight of float rows
+    whose elements are all good for a plain round (plain_scan8, binning.hpp's scan_short_float_bits) goes
+    straight to the lane bins and the confidence lanes. Same sums, bins and lanes as the C++ kernel, so the same
+    bits. (Written out in one body: inlined helpers taking arrays cost reference-count calls per row.)"""
     K = scores.shape[1]
     row = np.empty(5)
     l_count = np.zeros(4 * n_bins, np.int64)
@@ -340,6 +343,9 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
     good = 0  # unweighted: the rows added and the correct ones (their lanes' sums of ones)
     n_correct = 0
     packed = not has_w and end - begin < (1 << 31)  # unweighted lane bins: count | correct count << 32
+    # The usual rows of an ECE (unweighted, no per-row outputs, Brier or NLL): a clean eight whose rows are all
+    # good go straight to the packed lane bins and the confidence lanes (w = 1: w * x = x, the same sums).
+    plain = packed and vector_bins and not has_out and not with_brier and not with_nll
     i = begin
     while i < end:
         n = 1
@@ -353,6 +359,20 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
                     clean &= (wj >= 0.0) & (wj <= _DBL_MAX)  # false for NaN, inf and negatives
             if clean:
                 n = SHORT_SCAN_ROWS
+                # top_label_short_rows' plain round: eight good rows' bins and sums, nothing else
+                if plain and plain_scan8(scores, i, table, edges, scan):
+                    for j in range(SHORT_SCAN_ROWS):
+                        u = np.uint64(i + j)
+                        conf = scan[0, j]
+                        correct = np.int64(np.int64(scan[1, j]) == labels[u])
+                        b = np.uint64(np.int64(scan[4, j])) * np.uint64(4) + (u & np.uint64(3))
+                        l_count[b] += 1 + (correct << 32)
+                        l_conf[b] += conf
+                        lanes[3, np.uint64((i + j - begin) & (TOTAL_LANES - 1))] += conf
+                        n_correct += correct
+                    good += SHORT_SCAN_ROWS
+                    i += SHORT_SCAN_ROWS
+                    continue
                 short_scan8(scores, i, table, edges, scan)
         for j in range(n):
             # Unsigned indices (rows, lanes, bins): Numba adds no negative-index wraparound to them.
