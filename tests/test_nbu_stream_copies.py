@@ -1,10 +1,11 @@
 """The Numba small-batch stream kernels compiled per stream (issue 13, cold-start compile time): the accumulator's
 kernel runs a copy made for the batch's row path and for the stream's squares and smooth sums
 (stream._stream_kernel, _common.specialised), whose stream_rows_checked compiles two loops (weighted or not), not
-four, and whose _top_label_small has no _stream_smooth call without smooth sums. Checked: which copies are made,
-that a small update compiles only those (in a fresh process and Numba cache), and that every case gives the C++
-kernel's bits (weights on/off, squares on/off, bootstrap, class-wise bins, smooth sums; each row path) with 1
-and 2 threads. Behaviour only, never times."""
+four, and whose _top_label_small has no _stream_smooth call without smooth sums (_stream_smooth: the checked rows
+through smooth's blocks, without _smooth_chunk). Checked: which copies are made, that a small update compiles
+only those (in a fresh process and Numba cache), and that every case gives the C++ kernel's bits (weights on/off,
+squares on/off, bootstrap, class-wise bins, smooth sums; each row path) with 1 and 2 threads. Behaviour only,
+never times."""
 
 import os
 import subprocess
@@ -49,7 +50,7 @@ def test_copies_are_made_once_and_named_by_stream():
 _COMPILES = textwrap.dedent("""
     import numpy as np
     import calibkit
-    from calibkit._numba import stream as ns
+    from calibkit._numba import smooth, stream as ns
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(10), 1024).astype(np.float32)
     y = rng.integers(0, 10, 1024)
@@ -60,25 +61,31 @@ _COMPILES = textwrap.dedent("""
     a.compute()
     for f in (ns.stream_rows_checked, ns._top_label_small, ns._top_label_plain, ns._stream_smooth):
         print(f.py_func.__name__, len(f.signatures))
+    b = calibkit.CalibrationAccumulator(15, smooth=True, backend="numba")
+    b.update(p, y)
+    b.compute()
+    print("smooth_stream", len(ns._stream_smooth.signatures))
+    print("smooth_chunk", len(smooth._smooth_chunk.signatures))
     plain = ns._stream_copies[(ns._top_label_plain, 0, False, True, False)]
     small = plain.py_func.__globals__["_top_label_small"]
     for f in (plain, small, small.py_func.__globals__["stream_rows_checked"]):
         print(f.py_func.__name__, len(f.signatures))
-    print("copies", len(ns._stream_copies))
+    print("copies", len(ns._stream_copies))  # and the smooth stream's
 """)
 
 
 def test_small_update_compiles_only_its_copy(tmp_path):
     """1024 x 10 float32 probabilities, unweighted then weighted, in a fresh process and Numba cache: the
     copies for a stream with squares and without smooth sums, one signature each; the module's functions and
-    _stream_smooth never compile."""
+    _stream_smooth never compile. Then a smooth stream: _stream_smooth compiles, not smooth._smooth_chunk (its
+    checks and row paths of scores)."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", _COMPILES], capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr
     got = {name: int(n) for name, n in (line.rsplit(" ", 1) for line in r.stdout.split("\n") if line)}
     assert got == {"stream_rows_checked": 0, "_top_label_small": 0, "_top_label_plain": 0, "_stream_smooth": 0,
                    "_top_label_plain_short_prob_sq": 1, "_top_label_small_short_prob_sq": 1,
-                   "stream_rows_checked_sq": 1, "copies": 1}
+                   "stream_rows_checked_sq": 1, "copies": 2, "smooth_stream": 1, "smooth_chunk": 0}
 
 
 def _state(K, boot, classwise, squares, smooth):

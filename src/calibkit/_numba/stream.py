@@ -29,7 +29,7 @@ from ._common import (
     valid_probability,
 )
 from . import binning
-from .smooth import _grid_sizes, _smooth_chunk, smooth_grid, smooth_grid_checked_rows
+from .smooth import BLOCK as SMOOTH_BLOCK, _add, _flush, _grid_sizes, smooth_grid, smooth_grid_checked_rows
 from .binning import (
     ROWS_SINGLE, SHORT_ROW, _classwise_spec, _top_label_chunk, check_weight, equal_width_inner, find_bin, for_rows,
     top_label_stats,
@@ -393,7 +393,7 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_ep
         stream_rows_checked(conf, correct, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot,
                             seed, cdf, bins, fine, boot, sq, has_sq)
     if (has_sm if SMOOTHED is None else SMOOTHED) and st[0] == OK:  # a copy without smooth sums has no such call
-        _stream_smooth(conf, correct, weights, has_w, 0, N, sm_sizes, sm_offsets, sm2.reshape(sm2.size), st)
+        _stream_smooth(conf, correct, weights, has_w, sm_sizes, sm_offsets, sm2.reshape(sm2.size))
     if st[0] == OK:
         totals[0] += float(int(tot[0]))
         for t in range(1, 6):
@@ -422,16 +422,23 @@ def _top_label_plain(scores, labels, weights, has_w, from_logits, single, nll_ep
 
 
 @numba.njit(**JIT)
-def _stream_smooth(conf, correct, weights, has_w, begin, end, sizes, offsets, state, st):
-    """The smooth ECE grid sums of checked top-label rows [begin, end) (confidence, correctness, weight) as one
-    chunk of smooth_grid (smooth._smooth_chunk on the rows' summaries), added to ``state`` when clean."""
+def _stream_smooth(conf, correct, weights, has_w, sizes, offsets, state):
+    """The smooth ECE grid sums of checked top-label rows (confidence, correctness, weight) as one chunk of
+    smooth_grid, added to ``state``: the rows through smooth's blocks (_add, _flush; SmoothBlock in stream.hpp's
+    fused_pass2), without the checks of smooth._smooth_chunk's binary rows, which these rows pass. The same
+    adds in the same order as that chunk, so the same bits; its row paths of scores are not compiled. (The
+    literal 2 channels, as that chunk had them: _flush is compiled for two channels only.)"""
     cells = np.zeros(state.shape[0])
     tot = np.zeros(2)
-    _smooth_chunk(conf.reshape((conf.shape[0], 1)), correct, weights, has_w, True, False, False, 1.0, sizes,
-                  offsets, 2, HALF_TABLE, begin, end, cells, tot, st)
-    if st[0] == OK:
-        for j in range(state.shape[0]):
-            state[j] += cells[j]
+    buf = np.empty((SMOOTH_BLOCK, 4))
+    n = np.int64(0)  # typed: a literal 0 would make _flush's last call a signature of its own
+    for i in range(conf.shape[0]):
+        n = _add(buf, n, conf[i], weights[i] if has_w else 1.0, np.float64(correct[i]))
+        if n == SMOOTH_BLOCK:
+            n = _flush(sizes, offsets, 2, buf, n, cells, tot)
+    _flush(sizes, offsets, 2, buf, n, cells, tot)
+    for j in range(state.shape[0]):
+        state[j] += cells[j]
 
 
 _F64 = np.dtype(np.float64)
