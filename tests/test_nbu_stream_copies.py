@@ -71,6 +71,10 @@ _COMPILES = textwrap.dedent("""
     for f in (plain, small, small.py_func.__globals__["stream_rows_checked"]):
         print(f.py_func.__name__, len(f.signatures))
     print("copies", len(ns._stream_copies))  # and the smooth stream's
+    c = calibkit.CalibrationAccumulator(15, backend="numba")  # a binary stream: _small's chunk, then _driver's
+    c.update(rng.random(1000), rng.integers(0, 2, 1000))
+    c.update(rng.random(40000), rng.integers(0, 2, 40000))
+    print("binary_chunk", len(ns._chunk.signatures))
 """)
 
 
@@ -78,14 +82,16 @@ def test_small_update_compiles_only_its_copy(tmp_path):
     """1024 x 10 float32 probabilities, unweighted then weighted, in a fresh process and Numba cache: the
     copies for a stream with squares and without smooth sums, one signature each; the module's functions and
     _stream_smooth never compile. Then a smooth stream: _stream_smooth compiles, not smooth._smooth_chunk (its
-    checks and row paths of scores)."""
+    checks and row paths of scores). Then a binary stream's small and large batches: one signature of _chunk
+    (_small passes it typed bounds, as _driver)."""
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     r = subprocess.run([sys.executable, "-c", _COMPILES], capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr
     got = {name: int(n) for name, n in (line.rsplit(" ", 1) for line in r.stdout.split("\n") if line)}
     assert got == {"stream_rows_checked": 0, "_top_label_small": 0, "_top_label_plain": 0, "_stream_smooth": 0,
                    "_top_label_plain_short_prob_sq": 1, "_top_label_small_short_prob_sq": 1,
-                   "stream_rows_checked_sq": 1, "copies": 2, "smooth_stream": 1, "smooth_chunk": 0}
+                   "stream_rows_checked_sq": 1, "copies": 2, "smooth_stream": 1, "smooth_chunk": 0,
+                   "binary_chunk": 1}
 
 
 def _state(K, boot, classwise, squares, smooth):

@@ -210,8 +210,9 @@ def _small(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_
         if not valid_probability(c):
             merge_status(st, PROBABILITY_OUT_OF_RANGE if is_finite(c) else SCORE_NOT_FINITE, i, -1, c)
             return st
+    # np.int64(0), not a literal 0 (a signature of its own): the chunk's signature of _driver's calls
     _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
-           0, n, bins, fine, boot, st, sq, has_sq)
+           np.int64(0), n, bins, fine, boot, st, sq, has_sq)
     return st
 
 
