@@ -44,7 +44,7 @@ def test_copies_are_made_once_and_named_by_path():
 _COMPILES = textwrap.dedent("""
     import numpy as np
     from calibkit import metrics, streaming
-    from calibkit._numba import binning, _common
+    from calibkit._numba import binning, _common, stream
     rng = np.random.default_rng(0)
     x = rng.standard_normal((100, 10)).astype(np.float32)
     y = rng.integers(0, 10, 100)
@@ -56,6 +56,8 @@ _COMPILES = textwrap.dedent("""
     a.update(x, y)
     for (fn, rows, cw), copy in sorted(binning._rows_copies.items(), key=lambda kv: kv[1].py_func.__name__):
         print(copy.py_func.__name__, len(copy.signatures))
+    for copy in stream._stream_copies.values():
+        print(copy.py_func.__name__, len(copy.signatures))
     print("_top_label_chunk", len(binning._top_label_chunk.signatures))
     print("_merge_status", len(_common._merge_status.signatures))
 """)
@@ -64,17 +66,22 @@ _COMPILES = textwrap.dedent("""
 def test_small_calls_compile_their_own_path_only():
     """Float32 / float64 logit rows of 10 (the double-precision path): the top-label ECE, the class-wise ECE and an
     accumulator make the LOGIT copies only, with and without class-wise bins, one signature per dtype for each
-    entry point, the chunk's shared by every caller; _top_label_chunk itself never compiles. (A function loaded
-    from Numba's cache brings its callees' code with it: the callees then show no signature, hence <=.)"""
+    entry point, the chunk's shared by every caller; _top_label_chunk itself never compiles, nor do the
+    accumulator's copies for the path (the bases of stream._stream_kernel's copy for its squares and smooth sums).
+    (A function loaded from Numba's cache brings its callees' code with it: the callees then show no signature,
+    hence <=.)"""
     r = subprocess.run([sys.executable, "-c", _COMPILES], capture_output=True, text=True, timeout=900,
                        env=dict(os.environ))
     assert r.returncode == 0, r.stderr
     got = {name: int(n) for name, n in (line.rsplit(" ", 1) for line in r.stdout.split("\n") if line)}
-    entry_points = {"_top_label_one_chunk_logit": 2, "_classwise_one_chunk_logit_cw": 1, "_top_label_plain_logit": 1}
+    entry_points = {"_top_label_one_chunk_logit": 2, "_classwise_one_chunk_logit_cw": 1,
+                    "_top_label_plain_logit_sq": 1}
     callees = {"_top_label_chunk_logit": 2,  # float32 and float64 scores: ece (both) and the accumulator's update
-               "_top_label_chunk_logit_cw": 1, "_top_label_small_logit": 1, "_merge_status": 1}
-    assert set(got) == set(entry_points) | set(callees) | {"_top_label_chunk"}
-    assert got["_top_label_chunk"] == 0
+               "_top_label_chunk_logit_cw": 1, "_merge_status": 1}
+    bases = {"_top_label_chunk", "_top_label_plain_logit", "_top_label_small_logit"}
+    assert set(got) == set(entry_points) | set(callees) | bases
+    for name in bases:
+        assert got[name] == 0, name
     for name, n in entry_points.items():
         assert got[name] == n, name
     for name, n in callees.items():

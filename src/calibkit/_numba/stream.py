@@ -24,11 +24,12 @@ from ._common import (
     load,
     merge_status,
     run_locked,
+    specialised,
     status_tuple,
     valid_probability,
 )
 from . import binning
-from .smooth import _grid_sizes, _smooth_chunk, smooth_grid, smooth_grid_checked_rows
+from .smooth import BLOCK as SMOOTH_BLOCK, _add, _flush, _grid_sizes, smooth_grid, smooth_grid_checked_rows
 from .binning import (
     ROWS_SINGLE, SHORT_ROW, _classwise_spec, _top_label_chunk, check_weight, equal_width_inner, find_bin, for_rows,
     top_label_stats,
@@ -163,27 +164,28 @@ def _checked_rows(conf, target, weights, has_w, inner, n_bins, fine_bits, fine_l
         _add_row(c, y, w, inner, fine_bits, fine_levels, M, R, bins, fine, sq, has_sq)
 
 
+# The compile-time constants of the copies of the small-batch stream kernels (_stream_kernel), fixed per stream: a
+# state with the squares sums (stream_rows_checked), smooth ECE grid sums (_top_label_small). None in the module's
+# own functions, which read their has_sq and has_sm arguments instead.
+SQUARED = None
+SMOOTHED = None
+
+
 @numba.njit(**JIT)
 def stream_rows_checked(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed,
                         cdf, bins, fine, boot, sq, has_sq):
     """Twin of stream_rows_checked in stream.hpp: the rows (positions offset, offset + 1, ...) that a top-label pass has checked
     (confidences within a probability's tolerance of [0, 1], 0/1 targets, weights finite and >= 0) into the
-    state without checking them again, the weights and squares branches taken once per call (not per row), the
-    bootstrap replicates in a second loop over the rows. Every state element gets _chunk's adds in row order:
-    the same bits. A 1024-row batch: 14.4 -> 11.4 us against _chunk (in-process A/B, CPU time)."""
+    state without checking them again, the weights branch taken once per call (not per row), the bootstrap
+    replicates in a second loop over the rows. Every state element gets _chunk's adds in row order: the same
+    bits. A 1024-row batch: 14.4 -> 11.4 us against _chunk (in-process A/B, CPU time). A copy (_stream_kernel)
+    has has_sq as the compile-time constant SQUARED: it compiles two loops (weighted or not) without a branch
+    on it, not four (the module's own function branches on has_sq per row)."""
+    squared = has_sq if SQUARED is None else SQUARED
     if has_w:
-        if has_sq:
-            _checked_rows(conf, target, weights, True, inner, n_bins, fine_bits, fine_levels, bins, fine,
-                          sq, True)
-        else:
-            _checked_rows(conf, target, weights, True, inner, n_bins, fine_bits, fine_levels, bins, fine,
-                          sq, False)
-    elif has_sq:
-        _checked_rows(conf, target, weights, False, inner, n_bins, fine_bits, fine_levels, bins, fine,
-                      sq, True)
+        _checked_rows(conf, target, weights, True, inner, n_bins, fine_bits, fine_levels, bins, fine, sq, squared)
     else:
-        _checked_rows(conf, target, weights, False, inner, n_bins, fine_bits, fine_levels, bins, fine,
-                      sq, False)
+        _checked_rows(conf, target, weights, False, inner, n_bins, fine_bits, fine_levels, bins, fine, sq, squared)
     if n_boot > 0:
         for i in range(conf.shape[0]):
             c = conf[i]
@@ -208,8 +210,9 @@ def _small(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_
         if not valid_probability(c):
             merge_status(st, PROBABILITY_OUT_OF_RANGE if is_finite(c) else SCORE_NOT_FINITE, i, -1, c)
             return st
+    # np.int64(0), not a literal 0 (a signature of its own): the chunk's signature of _driver's calls
     _chunk(conf, target, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot, seed, cdf, table,
-           0, n, bins, fine, boot, st, sq, has_sq)
+           np.int64(0), n, bins, fine, boot, st, sq, has_sq)
     return st
 
 
@@ -390,8 +393,8 @@ def _top_label_small(scores, labels, weights, has_w, from_logits, single, nll_ep
         # targets, clean weights): straight into the state, without checking them again.
         stream_rows_checked(conf, correct, weights, has_w, offset, inner, n_bins, fine_bits, fine_levels, n_boot,
                             seed, cdf, bins, fine, boot, sq, has_sq)
-    if st[0] == OK and has_sm:
-        _stream_smooth(conf, correct, weights, has_w, 0, N, sm_sizes, sm_offsets, sm2.reshape(sm2.size), st)
+    if (has_sm if SMOOTHED is None else SMOOTHED) and st[0] == OK:  # a copy without smooth sums has no such call
+        _stream_smooth(conf, correct, weights, has_w, sm_sizes, sm_offsets, sm2.reshape(sm2.size))
     if st[0] == OK:
         totals[0] += float(int(tot[0]))
         for t in range(1, 6):
@@ -420,16 +423,23 @@ def _top_label_plain(scores, labels, weights, has_w, from_logits, single, nll_ep
 
 
 @numba.njit(**JIT)
-def _stream_smooth(conf, correct, weights, has_w, begin, end, sizes, offsets, state, st):
-    """The smooth ECE grid sums of checked top-label rows [begin, end) (confidence, correctness, weight) as one
-    chunk of smooth_grid (smooth._smooth_chunk on the rows' summaries), added to ``state`` when clean."""
+def _stream_smooth(conf, correct, weights, has_w, sizes, offsets, state):
+    """The smooth ECE grid sums of checked top-label rows (confidence, correctness, weight) as one chunk of
+    smooth_grid, added to ``state``: the rows through smooth's blocks (_add, _flush; SmoothBlock in stream.hpp's
+    fused_pass2), without the checks of smooth._smooth_chunk's binary rows, which these rows pass. The same
+    adds in the same order as that chunk, so the same bits; its row paths of scores are not compiled. (The
+    literal 2 channels, as that chunk had them: _flush is compiled for two channels only.)"""
     cells = np.zeros(state.shape[0])
     tot = np.zeros(2)
-    _smooth_chunk(conf.reshape((conf.shape[0], 1)), correct, weights, has_w, True, False, False, 1.0, sizes,
-                  offsets, 2, HALF_TABLE, begin, end, cells, tot, st)
-    if st[0] == OK:
-        for j in range(state.shape[0]):
-            state[j] += cells[j]
+    buf = np.empty((SMOOTH_BLOCK, 4))
+    n = np.int64(0)  # typed: a literal 0 would make _flush's last call a signature of its own
+    for i in range(conf.shape[0]):
+        n = _add(buf, n, conf[i], weights[i] if has_w else 1.0, np.float64(correct[i]))
+        if n == SMOOTH_BLOCK:
+            n = _flush(sizes, offsets, 2, buf, n, cells, tot)
+    _flush(sizes, offsets, 2, buf, n, cells, tot)
+    for j in range(state.shape[0]):
+        state[j] += cells[j]
 
 
 _F64 = np.dtype(np.float64)
@@ -464,12 +474,13 @@ def _plan(n_bins, fine_bits, fine_levels, n_boot, K, classwise_bins, bins, fine,
     """The checked configuration and state arrays of a stream's updates, kept (in ``_plans``) for its next ones.
 
     A plan is the tuple ``(bins, fine, boot, totals, squares, classwise, grids, smooth, config, chunk, cw_M,
-    kernel, args)``:
+    kernel, args, copies)``:
     the state arrays it checked (an update passing the very same objects, the same ``config`` =
     (n_bins, fine_bits, fine_levels, n_boot, classwise_bins, K) and the same cached smooth ``grids`` has its
     plan; a state replaced, e.g. by ``from_bytes`` or ``merge``, is checked again), the rows of one
     top-label chunk, the class-wise bins, and the small-batch kernel (:func:`_top_label_plain` without
-    class-wise bins or smooth grid sums, else :func:`_top_label_small`) with its constant arguments.
+    class-wise bins or smooth grid sums, else :func:`_top_label_small`) with its constant arguments, and the
+    kernel's copies (:func:`_stream_kernel`) the stream's batches have run, by row path.
     """
     if n_bins < 1 or not 0 <= fine_bits <= 20 or not 1 <= fine_levels <= 1000 or n_boot < 0 or classwise_bins < 0:
         raise ValueError("invalid streaming configuration")
@@ -510,7 +521,7 @@ def _plan(n_bins, fine_bits, fine_levels, n_boot, K, classwise_bins, bins, fine,
                 POISSON1_CDF, bins, fine, boot, totals, _NO_CLASSWISE if classwise is None else classwise, sq_state,
                 has_sq, sm_sizes, sm_offsets, smooth if has_sm else _NO_SMOOTH, has_sm)
     plan = (bins, fine, boot, totals, squares, classwise, grids, smooth,
-            (n_bins, fine_bits, fine_levels, n_boot, classwise_bins, K), chunk, cw_M, kernel, args)
+            (n_bins, fine_bits, fine_levels, n_boot, classwise_bins, K), chunk, cw_M, kernel, args, {})
     if len(_plans) >= 16:
         _plans.clear()
     _plans[id(bins)] = plan
@@ -570,10 +581,14 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
                      squares, grids, smooth)
     if N <= plan[9]:
         # the kernel's copy for the batch's row path (binning.for_rows; float32 / float16 logit rows of at least
-        # SHORT_ROW elements: the single-precision path, as in binning.top_label_stats)
+        # SHORT_ROW elements: the single-precision path, as in binning.top_label_stats) and stream (_stream_kernel)
         logits = bool(from_logits)
         path = binning.rows_path(logits, K, dtype)
-        return for_rows(plan[11], path, plan[10] > 0)(
+        kernel = plan[13].get(path)
+        if kernel is None:
+            kernel = plan[13][path] = _stream_kernel(plan[11], path, plan[10] > 0, plan[4] is not None,
+                                                     plan[7] is not None)
+        return kernel(
             scores.view(np.uint16) if dtype == _F16 else scores, labels, weights, has_w, logits, path == ROWS_SINGLE,
             float(nll_eps), inv_t, offset if type(offset) is int and 0 <= offset < _I63 else _int64_bits(offset),
             seed if type(seed) is int and 0 <= seed < _I63 else _int64_bits(seed), *plan[12])
@@ -605,6 +620,28 @@ def stream_top_label(scores, labels, sample_weight, from_logits, nll_eps, invers
     return st
 
 
+def _stream_kernel(kernel, rows, classwise, squared, smoothed):
+    """``kernel`` (:func:`_top_label_plain` or :func:`_top_label_small`) compiled for a batch's row path with or
+    without class-wise bins (binning.for_rows), and for a stream with or without the squares sums and smooth
+    ECE grid sums (SQUARED, SMOOTHED: _common.specialised), calling the copies of _top_label_small and
+    stream_rows_checked for the same. Numba drops the other cases before typing them: a copy compiles two loops
+    of stream_rows_checked (weighted or not, chosen per call), not four, and _stream_smooth only with smooth
+    sums. The same Python code, so the same bits."""
+    key = (kernel, rows, classwise, squared, smoothed)
+    got = _stream_copies.get(key)  # lock-free once made
+    if got is None:
+        suffix = "_sq" if squared else "_nosq"
+        checked = specialised(stream_rows_checked, suffix, {"SQUARED": bool(squared)})
+        suffix += "_sm" if smoothed else ""
+        got = specialised(for_rows(_top_label_small, rows, classwise), suffix,
+                          {"SMOOTHED": bool(smoothed), "stream_rows_checked": checked})
+        if kernel is _top_label_plain:
+            got = specialised(for_rows(_top_label_plain, rows, classwise), suffix, {"_top_label_small": got})
+        _stream_copies[key] = got
+    return got
+
+
+_stream_copies = {}  # (kernel, rows, classwise, squared, smoothed) -> _stream_kernel's copy
 _NO_WEIGHTS = np.empty(1)
 _NO_SPEC = _classwise_spec(1, 0, None)
 _NO_SIZES = np.zeros(1, np.int64)
