@@ -59,8 +59,6 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "calibkit native kernels (C++17). Use the Python API in calibkit instead.";
     m.def("get_num_threads", &calibkit::get_num_threads);
     m.def("set_num_threads", &calibkit::set_num_threads, py::arg("n"));
-    m.def("set_local_thread_limit", &calibkit::set_local_thread_limit, py::arg("n"),
-          "Cap the threads of the kernels called from this thread (0: no cap); returns the previous cap.");
     m.def("hardware_threads", &calibkit::hardware_threads);
     m.def("usable_cpus", &calibkit::usable_cpus,
           "CPUs this process may use: its affinity mask, lowered to a cgroup CPU quota.");

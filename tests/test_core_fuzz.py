@@ -116,8 +116,6 @@ PRELUDE = textwrap.dedent(
                     np.empty(N, np.int64)], {}
         if name == "set_num_threads":
             return [2], {}
-        if name == "set_local_thread_limit":
-            return [1], {}
         if name in ("get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads", "simd_path"):
             return [], {}
         if name == "_pool_selftest":
@@ -267,8 +265,6 @@ PRELUDE = textwrap.dedent(
             report(case, *call(f, args, kwargs))
     if name == "set_num_threads":
         _core.set_num_threads(1)
-    if name == "set_local_thread_limit":
-        _core.set_local_thread_limit(0)
     print("DONE", flush=True)
     '''
 )
@@ -279,7 +275,7 @@ KNOWN = ["top_label_stats", "binary_stats", "classwise_stats", "stream_accumulat
          "step_apply_tables", "step_apply_many", "histogram_fit_columns", "softmax_into", "vector_scale", "stream_top_label",
          "two_sample_ranking", "row_scores", "cumulative_differences", "smooth_grid", "ensemble_decompose",
          "ensemble_update", "confidence_loss", "conformal_label_scores", "conformal_sets", "set_num_threads",
-         "set_local_thread_limit", "get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads", "_pool_selftest", "simd_path"]
+         "get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads", "_pool_selftest", "simd_path"]
 NO_ARGUMENTS = ("get_num_threads", "hardware_threads", "usable_cpus", "default_num_threads", "simd_path")
 PRESENT = [n for n in KNOWN if callable(getattr(_core, n, None))]
 

@@ -16,7 +16,6 @@ threads at once. An exception in a C++ pool task is re-raised in the caller.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 
@@ -101,18 +100,6 @@ def set_num_threads(n: int) -> None:
     if not 1 <= n <= MAX_THREADS:
         raise ValueError(f"n must be in [1, {MAX_THREADS}], got {n}")
     _core.set_num_threads(n)
-
-
-@contextlib.contextmanager
-def thread_limit(n: int):
-    """Within the block, kernels called from this thread use at most `n` threads (both backends; other threads
-    are not affected). For a caller running several kernels side by side on threads of its own: with ``n = 1``
-    each runs on the thread that calls it instead of waking the pool. Results do not depend on it."""
-    previous = _core.set_local_thread_limit(n)
-    try:
-        yield
-    finally:
-        _core.set_local_thread_limit(previous)
 
 
 def get_num_threads() -> int:

@@ -9,21 +9,17 @@ only, not the whole dump), and every calibrator fitted on them in memory; then
 one pass reads each block of evaluation rows once (a reading thread fetches
 the next block while the kernels work on this one) for the raw metrics (one
 fused kernel call per block: top-label, class-wise, equal-mass, Brier and
-NLL) and every fitted calibrator's, the accumulators' updates of a block
-running side by side on the kernel threads (:class:`_SideBySide`).
+NLL) and every fitted calibrator's in turn.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _backend
 from . import calibrators as cal
 from ._typing import ArrayLike, Backend, Strategy
 from ._validation import OK, BadElementError, check_scores
@@ -143,96 +139,34 @@ class _CalibratedInputs:
         self.n_classes = n_classes
         self.sub = max(1, SUB_BLOCK_VALUES // max(1, n_classes))
 
-    def groups(self) -> list[tuple[str, ...]]:
-        """The methods whose inputs one call computes: vector scaling; the step calibrators (one kernel call
-        maps them all); each other method on its own."""
-        together = ([("vector",)] if self.vector is not None else []) + ([tuple(self.steps)] if self.steps else [])
-        alone = [(m,) for m in self.fitted if not any(m in g for g in together)]
-        return together + alone
-
-    def __call__(self, scores, group=None):
-        """``{method: its accumulator's input}`` for the methods of `group` (one of :meth:`groups`; None: every
-        method) on the (n, K) block ``scores`` (n <= the block rows)."""
-        if group is None:
-            return {m: x for g in self.groups() for m, x in self(scores, g).items()}
+    def __call__(self, scores):
+        """``{method: its accumulator's input}`` for the (n, K) block ``scores`` (n <= the block rows)."""
         n = len(scores)
-        if group[0] not in self.steps and not (group[0] == "vector" and self.vector is not None):
-            return {m: _method_input(self.fitted[m], m, scores, self.from_logits) for m in group}
-        if n == 0:
-            return {m: (self.out[m][:0] if m in self.out else self.steps_out[:0].reshape(0, self.n_classes))
-                    for m in group}
-        scores = npm._readable(check_scores(scores))
-        if group == ("vector",):
-            out = self.out["vector"][:n]
-            if self.from_logits:
-                ok = self.vector._scaled_into(scores, out)  # the whole block, logits in place
-            else:
-                ok = True
-                for a in range(0, n, self.sub):  # the log-probabilities of a sub-block, in cache
-                    s = scores[a:a + self.sub]
-                    ok &= self.vector._scaled_into(as_logits(s, False), out[a:a + len(s)])
-            # the calibrator's own path on the whole block raises the error it always raised
-            return {"vector": out if ok else _method_input(self.vector, "vector", scores, self.from_logits)}
-        # one kernel call for every step calibrator: from logits, each chunk's softmax computed once (the
-        # numbers predict_proba's fused kernel computes), checked finite, and mapped by all while in cache
         both = self.steps_out[:len(self.steps) * n * self.n_classes].reshape(len(self.steps), n, self.n_classes)
-        check = npm._CHECK_FINITE if self.from_logits else npm._CHECK_PROBABILITY
-        status = npm._kernels(self.backend).step_apply_many(scores, list(self.steps.values()), check, True, both,
-                                                            self.from_logits)
-        if status[0] != OK:
-            return {m: _method_input(self.fitted[m], m, scores, self.from_logits) for m in self.steps}
-        return dict(zip(self.steps, both))
-
-
-class _SideBySide:
-    """Run ``task(block)`` for every task on each block of a pass, the tasks side by side.
-
-    The report's tasks are the raw scores' accumulator and each group of calibrators whose inputs one call
-    computes (:meth:`_CalibratedInputs.groups`) with their accumulators. A task touches only its own
-    accumulators and buffers, so with several kernel threads (:func:`calibkit.get_num_threads`) the tasks of a
-    block run at once on a small pool, the longest (as last measured) first, each task's kernels capped at
-    ``threads // workers`` threads (:func:`calibkit._backend.thread_limit`): one accumulator's serial work
-    (its Python, the folds of its chunk partials) overlaps another's kernels instead of leaving a core idle.
-    Every accumulator still takes the blocks in order, one update per block, so the results are those of the
-    tasks run one after another, bit for bit; a block's errors are raised in that order too (the raw scores
-    first), once all its tasks have stopped.
-    """
-
-    def __init__(self, tasks):
-        self.tasks = list(tasks)
-        threads = _backend.get_num_threads()
-        self.workers = min(threads, len(self.tasks))
-        self.limit = max(1, threads // max(1, self.workers))
-        self.seconds = [0.0] * len(self.tasks)
-        self.pool = None
-        if self.workers > 1:
-            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="calibkit-pass")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def _timed(self, j, block):
-        start = time.perf_counter()
-        with _backend.thread_limit(self.limit):
-            self.tasks[j](block)
-        self.seconds[j] = time.perf_counter() - start
-
-    def __call__(self, block):
-        if self.pool is None:
-            for task in self.tasks:
-                task(block)
-            return
-        order = sorted(range(len(self.tasks)), key=lambda j: -self.seconds[j])
-        futures = [None] * len(self.tasks)
-        for j in order:
-            futures[j] = self.pool.submit(self._timed, j, block)
-        wait(futures)
-        for f in futures:
-            f.result()  # the first task's error in task order
+        step_out = dict(zip(self.steps, both))
+        out = {m: (self.out[m][:n] if m in self.out else step_out[m] if m in step_out else
+                   _method_input(c, m, scores, self.from_logits)) for m, c in self.fitted.items()}
+        if not (self.out or self.steps) or n == 0:
+            return out
+        scores = npm._readable(check_scores(scores))
+        ok = dict.fromkeys(list(self.out) + list(self.steps), True)
+        if self.vector is not None and self.from_logits:
+            ok["vector"] = self.vector._scaled_into(scores, out["vector"])  # the whole block, logits in place
+        elif self.vector is not None:
+            for a in range(0, n, self.sub):  # the log-probabilities of a sub-block, in cache
+                s = scores[a:a + self.sub]
+                ok["vector"] &= self.vector._scaled_into(as_logits(s, False), out["vector"][a:a + len(s)])
+        if self.steps:
+            # one kernel call for every step calibrator: from logits, each chunk's softmax computed once (the
+            # numbers predict_proba's fused kernel computes), checked finite, and mapped by all while in cache
+            check = npm._CHECK_FINITE if self.from_logits else npm._CHECK_PROBABILITY
+            status = npm._kernels(self.backend).step_apply_many(scores, list(self.steps.values()), check, True, both,
+                                                                self.from_logits)
+            ok.update(dict.fromkeys(self.steps, status[0] == OK))
+        for m in [m for m, good in ok.items() if not good]:
+            # the calibrator's own path on the whole block raises the error it always raised
+            out[m] = _method_input(self.fitted[m], m, scores, self.from_logits)
+        return out
 
 
 def _fit_temperature_out_of_core(dump, mask, chunk_rows, backend):
@@ -445,29 +379,20 @@ def report(test: Dump, *, val: Dump | None = None, val_mask: ArrayLike | None = 
         accs[m] = _method_accumulator(m, fitted[m], n_bins, K, smooth, backend)
     begin(f"pass {passes}/{passes}: raw metrics" + (f", {', '.join(methods)}" if methods else ""), test.n_rows)
     inputs = _CalibratedInputs(fitted, test.from_logits, chunk_rows or test.chunk_rows(), K) if fitted else None
-
-    def raw(blk):
-        accs["raw"].update(blk.scores, blk.labels, groups=_block_groups(group_ids, blk))
-        if seen is not None:
-            seen.update(blk.scores, blk.labels)
-
-    def calibrated(group):
-        def task(blk):
-            for m, x in inputs(blk.scores, group).items():
-                accs[m].update(x, blk.labels)
-        return task
-
-    tasks = [raw] + ([calibrated(g) for g in inputs.groups()] if inputs is not None else [])
-    with _SideBySide(tasks) as run:
-        for blk in _blocks(test, held, chunk_rows, gather=False):
-            try:
-                if len(blk.labels):
-                    run(blk)
-            except BadElementError as exc:
-                raise locate(exc, test, blk.first_row, blk.held_mask) from None
-            done += blk.n_rows
-            if progress is not None:
-                progress(done)
+    for blk in _blocks(test, held, chunk_rows, gather=False):
+        try:
+            if len(blk.labels):
+                accs["raw"].update(blk.scores, blk.labels, groups=_block_groups(group_ids, blk))
+                if seen is not None:
+                    seen.update(blk.scores, blk.labels)
+                if inputs is not None:
+                    for m, x in inputs(blk.scores).items():
+                        accs[m].update(x, blk.labels)
+        except BadElementError as exc:
+            raise locate(exc, test, blk.first_row, blk.held_mask) from None
+        done += blk.n_rows
+        if progress is not None:
+            progress(done)
     if accs["raw"].count == 0:
         raise DumpError(f"{test.name}: no rows left to evaluate")
     rows = {}

@@ -146,33 +146,12 @@ inline std::atomic<int>& num_threads_setting() {
     return n;
 }
 
+inline int get_num_threads() { return num_threads_setting().load(); }
+
 // Largest thread count accepted by set_num_threads (more would only start idle threads).
 constexpr int kMaxThreads = 1024;
 
-// A cap on the threads of the kernels called from this thread (0: none). A caller that
-// runs several kernels side by side on threads of its own (the report's accumulators)
-// sets it so that each kernel runs on its own thread instead of waking the pool.
-inline int& local_thread_limit() {
-    static thread_local int n = 0;
-    return n;
-}
-
-// The threads of a kernel called from this thread: the process's setting, capped by
-// this thread's limit when it has one.
-inline int get_num_threads() {
-    const int n = num_threads_setting().load(), local = local_thread_limit();
-    return local > 0 ? std::min(n, local) : n;
-}
-
 inline void set_num_threads(int n) { num_threads_setting().store(std::clamp(n, 1, kMaxThreads)); }
-
-// Sets this thread's cap (clamped to [0, kMaxThreads]; 0 removes it) and returns the previous one.
-inline int set_local_thread_limit(int n) {
-    int& local = local_thread_limit();
-    const int previous = local;
-    local = std::clamp(n, 0, kMaxThreads);
-    return previous;
-}
 
 class ThreadPool {
 public:
