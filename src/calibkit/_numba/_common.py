@@ -874,6 +874,35 @@ MAX_VECTOR_EDGES = 32  # kMaxVectorEdges: up to this many inner edges, short row
 SHORT_SCAN_ROWS = 8  # rows scanned together by short_scan8, one per double lane
 
 
+def _edges_below(builder, edges, best, splat, name):
+    """LLVM IR of short_scan8 / plain_scan8: the int64 lanes #{e : edges[e] < best lane} (the bin of each row's
+    maximum), `edges` the float64 array's struct, `best` a vector of doubles, `splat(x, vector type)`."""
+    i64 = ir.IntType(64)
+    dvec = best.type
+    ivec = ir.VectorType(i64, dvec.count)
+    n_edges = builder.extract_value(edges.shape, 0)
+    entry = builder.block
+    loop = builder.append_basic_block(name + ".edges")
+    body = builder.append_basic_block(name + ".edges.body")
+    done = builder.append_basic_block(name + ".edges.done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    e = builder.phi(i64)
+    m = builder.phi(ivec)
+    builder.cbranch(builder.icmp_signed("<", e, n_edges), body, done)
+    builder.position_at_end(body)
+    edge = splat(builder.load(builder.gep(edges.data, [e])), dvec)
+    m_new = builder.sub(m, builder.sext(builder.fcmp_ordered("<", edge, best), ivec))
+    e_new = builder.add(e, ir.Constant(i64, 1))
+    builder.branch(loop)
+    e.add_incoming(ir.Constant(i64, 0), entry)
+    e.add_incoming(e_new, body)
+    m.add_incoming(ir.Constant(ivec, [0] * dvec.count), entry)
+    m.add_incoming(m_new, body)
+    builder.position_at_end(done)
+    return m
+
+
 @intrinsic
 def short_scan8(typingctx, scores, i, table, inner, res):
     """The scan of rows i .. i + 7 of a 2-D (any strides) float16 (as uint16 bits, read through the float32
@@ -962,27 +991,7 @@ def short_scan8(typingctx, scores, i, table, inner, res):
         q.add_incoming(ir.Constant(dvec, [0.0] * R), entry)
         q.add_incoming(q_new, body)
         builder.position_at_end(done)
-        # the bins: the edges below each maximum, counted in lanes
-        n_edges = builder.extract_value(edges.shape, 0)
-        bins_entry = builder.block
-        eloop = builder.append_basic_block("scan8.edges")
-        ebody = builder.append_basic_block("scan8.edges.body")
-        edone = builder.append_basic_block("scan8.edges.done")
-        builder.branch(eloop)
-        builder.position_at_end(eloop)
-        e = builder.phi(i64)
-        m = builder.phi(ivec)
-        builder.cbranch(builder.icmp_signed("<", e, n_edges), ebody, edone)
-        builder.position_at_end(ebody)
-        edge = splat(builder.load(builder.gep(edges.data, [e])), dvec)
-        m_new = builder.sub(m, builder.sext(builder.fcmp_ordered("<", edge, b), ivec))
-        e_new = builder.add(e, ir.Constant(i64, 1))
-        builder.branch(eloop)
-        e.add_incoming(ir.Constant(i64, 0), bins_entry)
-        e.add_incoming(e_new, ebody)
-        m.add_incoming(ir.Constant(ivec, [0] * R), bins_entry)
-        m.add_incoming(m_new, ebody)
-        builder.position_at_end(edone)
+        m = _edges_below(builder, edges, b, splat, "scan8")  # the bins
         dst = builder.bitcast(out.data, dvec.as_pointer())
         for t, vals in enumerate((b, builder.sitofp(a, dvec), lo, q, builder.sitofp(m, dvec))):
             builder.store(vals, builder.gep(dst, [ir.Constant(i64, t)]), align=8)
@@ -1132,28 +1141,7 @@ def plain_scan8(typingctx, scores, i, table, inner, res):
         bad = builder.or_(builder.icmp_signed("<", sign, ir.Constant(bvec, [0] * R)),
                           builder.icmp_signed(">", mx, hi))
         any_bad = builder.icmp_unsigned("!=", builder.bitcast(bad, ir.IntType(R)), ir.Constant(ir.IntType(R), 0))
-        # the bins: the edges below each maximum, counted in lanes (as short_scan8)
-        ivec = ir.VectorType(i64, R)
-        n_edges = builder.extract_value(edges.shape, 0)
-        bins_entry = builder.block
-        eloop = builder.append_basic_block("plain8.edges")
-        ebody = builder.append_basic_block("plain8.edges.body")
-        edone = builder.append_basic_block("plain8.edges.done")
-        builder.branch(eloop)
-        builder.position_at_end(eloop)
-        e = builder.phi(i64)
-        m = builder.phi(ivec)
-        builder.cbranch(builder.icmp_signed("<", e, n_edges), ebody, edone)
-        builder.position_at_end(ebody)
-        edge = splat(builder.load(builder.gep(edges.data, [e])), dvec)
-        m_new = builder.sub(m, builder.sext(builder.fcmp_ordered("<", edge, best), ivec))
-        e_new = builder.add(e, ir.Constant(i64, 1))
-        builder.branch(eloop)
-        e.add_incoming(ir.Constant(i64, 0), bins_entry)
-        e.add_incoming(e_new, ebody)
-        m.add_incoming(ir.Constant(ivec, [0] * R), bins_entry)
-        m.add_incoming(m_new, ebody)
-        builder.position_at_end(edone)
+        m = _edges_below(builder, edges, best, splat, "plain8")  # the bins
         dst = builder.bitcast(out.data, dvec.as_pointer())
         for t, val in ((0, best), (1, builder.sitofp(arg, dvec)), (4, builder.sitofp(m, dvec))):
             builder.store(val, builder.gep(dst, [ir.Constant(i64, t)]), align=8)
