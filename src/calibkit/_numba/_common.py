@@ -874,6 +874,59 @@ MAX_VECTOR_EDGES = 32  # kMaxVectorEdges: up to this many inner edges, short row
 SHORT_SCAN_ROWS = 8  # rows scanned together by short_scan8, one per double lane
 
 
+def _scan8_typed(scores, i, table, inner, res):
+    """The argument types of short_scan8 and plain_scan8: a 2-D float16 (as uint16 bits) / float32 / float64
+    matrix, an integer row, the float32 table of float16 values, C-contiguous float64 edges and output."""
+    if not (isinstance(scores, types.Array) and scores.ndim == 2
+            and scores.dtype in (types.float32, types.float64, types.uint16) and isinstance(i, types.Integer)):
+        return False
+    if not (isinstance(table, types.Array) and table.dtype == types.float32 and table.layout == "C"):
+        return False
+    return all(isinstance(a, types.Array) and a.dtype == types.float64 and a.layout == "C" for a in (inner, res))
+
+
+class _Scan8Rows:
+    """The IR short_scan8 and plain_scan8 start from (arguments scores, i, table, inner, res): the matrix's dtype
+    `dt`, K, column stride `s1` (bytes) and the bases of rows i .. i + 7, the edges and output array structs,
+    `splat(x, vector type)`, and `column(k)`: element k of the eight rows as one vector (lane r = row r; float16
+    read through the table as float32, so <8 x float> for float16 / float32, <8 x double> for float64)."""
+
+    def __init__(self, context, builder, signature, args):
+        R = SHORT_SCAN_ROWS
+        i64 = ir.IntType(64)
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        tab = context.make_array(signature.args[2])(context, builder, args[2])
+        self.edges = context.make_array(signature.args[3])(context, builder, args[3])
+        self.out = context.make_array(signature.args[4])(context, builder, args[4])
+        self.builder, self.dt = builder, signature.args[0].dtype
+        row = context.cast(builder, args[1], signature.args[1], types.int64)
+        self.K = builder.extract_value(arr.shape, 1)
+        s0 = builder.extract_value(arr.strides, 0)
+        self.s1 = builder.extract_value(arr.strides, 1)
+        self.elem = context.get_value_type(self.dt)
+        data = builder.bitcast(arr.data, ir.IntType(8).as_pointer())
+        self.tdata = builder.bitcast(tab.data, ir.FloatType().as_pointer())
+        self.bases = [builder.gep(data, [builder.mul(builder.add(row, ir.Constant(i64, r)), s0)]) for r in range(R)]
+
+    def splat(self, x, vt):
+        b, i32 = self.builder, ir.IntType(32)
+        v = b.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+        return b.shuffle_vector(v, ir.Constant(vt, ir.Undefined),
+                                ir.Constant(ir.VectorType(i32, SHORT_SCAN_ROWS), [0] * SHORT_SCAN_ROWS))
+
+    def column(self, k):
+        b, i32 = self.builder, ir.IntType(32)
+        lane = ir.DoubleType() if self.dt == types.float64 else ir.FloatType()
+        v = ir.Constant(ir.VectorType(lane, SHORT_SCAN_ROWS), ir.Undefined)
+        off = b.mul(k, self.s1)  # byte strides: any layout
+        for r in range(SHORT_SCAN_ROWS):
+            x = b.load(b.bitcast(b.gep(self.bases[r], [off]), self.elem.as_pointer()))
+            if self.dt == types.uint16:
+                x = b.load(b.gep(self.tdata, [b.zext(x, ir.IntType(64))]))
+            v = b.insert_element(v, x, ir.Constant(i32, r))
+        return v
+
+
 def _edges_below(builder, edges, best, splat, name):
     """LLVM IR of short_scan8 / plain_scan8: the int64 lanes #{e : edges[e] < best lane} (the bin of each row's
     maximum), `edges` the float64 array's struct, `best` a vector of doubles, `splat(x, vector type)`."""
@@ -914,40 +967,16 @@ def short_scan8(typingctx, scores, i, table, inner, res):
     a C-contiguous float64 array, empty for no bins). The same operations as the scalar row loop
     (b = v > b ? v : b, a = v > b ? k : a, l = v < l ? v : l, q += v v), so the same values; the eight rows'
     chains advance together instead of one row after another."""
-    if not (isinstance(scores, types.Array) and scores.ndim == 2
-            and scores.dtype in (types.float32, types.float64, types.uint16) and isinstance(i, types.Integer)):
+    if not _scan8_typed(scores, i, table, inner, res):
         return None
-    if not (isinstance(table, types.Array) and table.dtype == types.float32 and table.layout == "C"):
-        return None
-    for a in (inner, res):
-        if not (isinstance(a, types.Array) and a.dtype == types.float64 and a.layout == "C"):
-            return None
     R = SHORT_SCAN_ROWS
 
     def codegen(context, builder, signature, args):
-        arr = context.make_array(signature.args[0])(context, builder, args[0])
-        tab = context.make_array(signature.args[2])(context, builder, args[2])
-        edges = context.make_array(signature.args[3])(context, builder, args[3])
-        out = context.make_array(signature.args[4])(context, builder, args[4])
-        dt = signature.args[0].dtype
+        rows = _Scan8Rows(context, builder, signature, args)
+        dt, K, edges, out, splat = rows.dt, rows.K, rows.edges, rows.out, rows.splat
         i64 = ir.IntType(64)
-        f64 = ir.DoubleType()
-        dvec = ir.VectorType(f64, R)
+        dvec = ir.VectorType(ir.DoubleType(), R)
         ivec = ir.VectorType(i64, R)
-        i32 = ir.IntType(32)
-        row = context.cast(builder, args[1], signature.args[1], types.int64)
-        K = builder.extract_value(arr.shape, 1)
-        s0 = builder.extract_value(arr.strides, 0)
-        s1 = builder.extract_value(arr.strides, 1)
-        elem = context.get_value_type(dt)
-        i8p = ir.IntType(8).as_pointer()
-        data = builder.bitcast(arr.data, i8p)
-        tdata = builder.bitcast(tab.data, ir.FloatType().as_pointer())
-        bases = [builder.gep(data, [builder.mul(builder.add(row, ir.Constant(i64, r)), s0)]) for r in range(R)]
-
-        def splat(x, vt):
-            v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
-            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, R), [0] * R))
 
         entry = builder.block
         loop = builder.append_basic_block("scan8.loop")
@@ -963,13 +992,7 @@ def short_scan8(typingctx, scores, i, table, inner, res):
         builder.cbranch(builder.icmp_signed("<", k, K), body, done)
         builder.position_at_end(body)
         # float16 / float32: the eight floats in one <8 x float>, widened to double at once (exact)
-        v = ir.Constant(dvec if dt == types.float64 else ir.VectorType(ir.FloatType(), R), ir.Undefined)
-        off = builder.mul(k, s1)  # byte strides: any layout
-        for r in range(R):
-            x = builder.load(builder.bitcast(builder.gep(bases[r], [off]), elem.as_pointer()))
-            if dt == types.uint16:
-                x = builder.load(builder.gep(tdata, [builder.zext(x, i64)]))
-            v = builder.insert_element(v, x, ir.Constant(i32, r))
+        v = rows.column(k)
         if dt != types.float64:
             v = builder.fpext(v, dvec)
         q_new = builder.fadd(q, builder.fmul(v, v))
@@ -1020,44 +1043,21 @@ def plain_scan8(typingctx, scores, i, table, inner, res):
     res[0, r]} (its bin). Returns True when all eight rows are good for a plain round (no element with the sign
     bit, none NaN or above 1 + tol): their maximum, argmax and bin are then short_scan8's; a round with a row
     that is not good is scanned again by short_scan8."""
-    if not (isinstance(scores, types.Array) and scores.ndim == 2
-            and scores.dtype in (types.float32, types.float64, types.uint16) and isinstance(i, types.Integer)):
+    if not _scan8_typed(scores, i, table, inner, res):
         return None
-    if not (isinstance(table, types.Array) and table.dtype == types.float32 and table.layout == "C"):
-        return None
-    for a in (inner, res):
-        if not (isinstance(a, types.Array) and a.dtype == types.float64 and a.layout == "C"):
-            return None
     R = SHORT_SCAN_ROWS
 
     def codegen(context, builder, signature, args):
-        arr = context.make_array(signature.args[0])(context, builder, args[0])
-        tab = context.make_array(signature.args[2])(context, builder, args[2])
-        edges = context.make_array(signature.args[3])(context, builder, args[3])
-        out = context.make_array(signature.args[4])(context, builder, args[4])
-        dt = signature.args[0].dtype
-        if dt == types.float64:
+        if signature.args[0].dtype == types.float64:
             return ir.Constant(ir.IntType(1), 0)
+        rows = _Scan8Rows(context, builder, signature, args)
+        dt, K, s1, bases, edges, out, splat = rows.dt, rows.K, rows.s1, rows.bases, rows.edges, rows.out, rows.splat
         i64 = ir.IntType(64)
         i32 = ir.IntType(32)
-        f64 = ir.DoubleType()
-        dvec = ir.VectorType(f64, R)
+        dvec = ir.VectorType(ir.DoubleType(), R)
         ft = ir.FloatType()  # float16 is read as float32
         bvec = ir.VectorType(i32, R)
         fvec = ir.VectorType(ft, R)
-        row = context.cast(builder, args[1], signature.args[1], types.int64)
-        K = builder.extract_value(arr.shape, 1)
-        s0 = builder.extract_value(arr.strides, 0)
-        s1 = builder.extract_value(arr.strides, 1)
-        elem = context.get_value_type(dt)
-        i8p = ir.IntType(8).as_pointer()
-        data = builder.bitcast(arr.data, i8p)
-        tdata = builder.bitcast(tab.data, ir.FloatType().as_pointer())
-        bases = [builder.gep(data, [builder.mul(builder.add(row, ir.Constant(i64, r)), s0)]) for r in range(R)]
-
-        def splat(x, vt):
-            v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
-            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, R), [0] * R))
 
         def step(bits, k, mx, arg, sign):
             """Column k (the bits, lane r = row r) into the maximum, its first column and the sign OR."""
@@ -1119,13 +1119,7 @@ def plain_scan8(typingctx, scores, i, table, inner, res):
         sign = builder.phi(bvec)
         builder.cbranch(builder.icmp_signed("<", k, K), body, done)
         builder.position_at_end(body)
-        v = ir.Constant(fvec, ir.Undefined)
-        off = builder.mul(k, s1)  # byte strides: any layout
-        for r in range(R):
-            x = builder.load(builder.bitcast(builder.gep(bases[r], [off]), elem.as_pointer()))
-            if dt == types.uint16:
-                x = builder.load(builder.gep(tdata, [builder.zext(x, i64)]))
-            v = builder.insert_element(v, x, ir.Constant(i32, r))
+        v = rows.column(k)
         mx_new, arg_new, sign_new = step(builder.bitcast(v, bvec), k, mx, arg, sign)
         k_new = builder.add(k, ir.Constant(i64, 1))
         body_end = builder.block
