@@ -386,11 +386,29 @@ CALIBKIT_INLINE unsigned lane_bits(I m) {
     return bits;
 }
 
-// Lane-wise maximum with maxpd's semantics (b when unordered or equal), which
-// compilers emit for this pattern.
+#if CALIBKIT_GNU_VECTORS && defined(__x86_64__)
+// maxps / maxpd (minps / minpd) compute exactly `a > b ? a : b` (`a < b ? a : b`: b when unordered or equal),
+// in one instruction, where GCC 12 often lowers the pattern on vectors to a compare and a blend. The AVX
+// widths are used by the AVX2 clones only (their `flatten` inlines these into AVX2 code, as convert_f4_d4).
+#define CALIBKIT_X86_MINMAX 1
+__attribute__((target("avx"))) inline Vec<4>::fw max_f8(Vec<4>::fw a, Vec<4>::fw b) { return __builtin_ia32_maxps256(a, b); }
+__attribute__((target("avx"))) inline Vec<4>::d max_d4(Vec<4>::d a, Vec<4>::d b) { return __builtin_ia32_maxpd256(a, b); }
+__attribute__((target("avx"))) inline Vec<4>::fw min_f8(Vec<4>::fw a, Vec<4>::fw b) { return __builtin_ia32_minps256(a, b); }
+__attribute__((target("avx"))) inline Vec<4>::d min_d4(Vec<4>::d a, Vec<4>::d b) { return __builtin_ia32_minpd256(a, b); }
+#else
+#define CALIBKIT_X86_MINMAX 0
+#endif
+
+// Lane-wise maximum with maxpd's semantics (b when unordered or equal).
 template <class D>
 CALIBKIT_INLINE D vmax(D a, D b) {
-#if CALIBKIT_GNU_VECTORS
+#if CALIBKIT_X86_MINMAX
+    if constexpr (std::is_same<D, Vec<4>::fw>::value) return max_f8(a, b);
+    else if constexpr (std::is_same<D, Vec<4>::d>::value) return max_d4(a, b);
+    else if constexpr (std::is_same<D, Vec<2>::fw>::value) return __builtin_ia32_maxps(a, b);
+    else if constexpr (std::is_same<D, Vec<2>::d>::value) return __builtin_ia32_maxpd(a, b);
+    else return a > b ? a : b;
+#elif CALIBKIT_GNU_VECTORS
     return a > b ? a : b;
 #else
     for (int j = 0; j < D::size; ++j) a.v[j] = a.v[j] > b.v[j] ? a.v[j] : b.v[j];
@@ -434,9 +452,16 @@ CALIBKIT_INLINE typename V::d exp_nonpositive(typename V::d x) {
 // The same function on one value (lane 0 of the portable width).
 inline double exp_nonpositive(double x) { return exp_nonpositive<Vec<2>>(splat<Vec<2>::d>(x))[0]; }
 
+// Lane-wise minimum with minpd's semantics (b when unordered or equal).
 template <class D>
 CALIBKIT_INLINE D vmin(D a, D b) {
-#if CALIBKIT_GNU_VECTORS
+#if CALIBKIT_X86_MINMAX
+    if constexpr (std::is_same<D, Vec<4>::fw>::value) return min_f8(a, b);
+    else if constexpr (std::is_same<D, Vec<4>::d>::value) return min_d4(a, b);
+    else if constexpr (std::is_same<D, Vec<2>::fw>::value) return __builtin_ia32_minps(a, b);
+    else if constexpr (std::is_same<D, Vec<2>::d>::value) return __builtin_ia32_minpd(a, b);
+    else return a < b ? a : b;
+#elif CALIBKIT_GNU_VECTORS
     return a < b ? a : b;
 #else
     for (int j = 0; j < D::size; ++j) a.v[j] = a.v[j] < b.v[j] ? a.v[j] : b.v[j];
