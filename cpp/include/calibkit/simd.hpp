@@ -342,12 +342,34 @@ CALIBKIT_INLINE I select_int(I mask, I a, I b) {
     return (a & mask) | (b & ~mask);
 }
 
+#if CALIBKIT_GNU_VECTORS && defined(__x86_64__)
+// One instruction for what GCC 12 lowers to several on vectors: maxps / maxpd (minps / minpd) compute
+// exactly `a > b ? a : b` (`a < b ? a : b`: b when unordered or equal), where GCC often emits a compare and
+// a blend; vmovmskps takes a 32-byte mask's sign bits at once, where the 16-byte halves took an extract
+// and two movmskps. The AVX widths are used by the AVX2 clones only (their `flatten` inlines these into
+// AVX2 code, as convert_f4_d4). Same results.
+#define CALIBKIT_X86_LANE_OPS 1
+__attribute__((target("avx"))) inline Vec<4>::fw max_f8(Vec<4>::fw a, Vec<4>::fw b) { return __builtin_ia32_maxps256(a, b); }
+__attribute__((target("avx"))) inline Vec<4>::d max_d4(Vec<4>::d a, Vec<4>::d b) { return __builtin_ia32_maxpd256(a, b); }
+__attribute__((target("avx"))) inline Vec<4>::fw min_f8(Vec<4>::fw a, Vec<4>::fw b) { return __builtin_ia32_minps256(a, b); }
+__attribute__((target("avx"))) inline Vec<4>::d min_d4(Vec<4>::d a, Vec<4>::d b) { return __builtin_ia32_minpd256(a, b); }
+// The sign bits of the 8 float lanes of a 32-byte vector: one vmovmskps (lane_bits, any_lane).
+__attribute__((target("avx"))) inline unsigned sign_bits_f8(Vec<4>::fw x) {
+    return static_cast<unsigned>(__builtin_ia32_movmskps256(x));
+}
+#else
+#define CALIBKIT_X86_LANE_OPS 0
+#endif
+
 // True when some lane of the mask m (lanes 0 or -1, 16 or 32 bytes) is set: the
 // halves of a 32-byte mask are ORed, then one movmskps tests the sign bits
 // (instead of one extract per lane).
 template <class I>
 CALIBKIT_INLINE bool any_lane(I m) {
     static_assert(sizeof(I) == 16 || sizeof(I) == 32, "a 16- or 32-byte mask");
+#if CALIBKIT_X86_LANE_OPS
+    if constexpr (sizeof(I) == 32) return sign_bits_f8((Vec<4>::fw)m) != 0;
+#endif
     typedef Vec<2>::iw I4;
     I4 x;
     std::memcpy(&x, &m, sizeof x);
@@ -371,6 +393,9 @@ CALIBKIT_INLINE bool any_lane(I m) {
 template <class I>
 CALIBKIT_INLINE unsigned lane_bits(I m) {
     static_assert(sizeof(I) == 16 || sizeof(I) == 32, "a 16- or 32-byte mask");
+#if CALIBKIT_X86_LANE_OPS
+    if constexpr (sizeof(I) == 32) return sign_bits_f8((Vec<4>::fw)m);
+#endif
     typedef Vec<2>::iw I4;
     unsigned bits = 0;
     for (unsigned h = 0; h < sizeof(I) / 16; ++h) {
@@ -386,23 +411,10 @@ CALIBKIT_INLINE unsigned lane_bits(I m) {
     return bits;
 }
 
-#if CALIBKIT_GNU_VECTORS && defined(__x86_64__)
-// maxps / maxpd (minps / minpd) compute exactly `a > b ? a : b` (`a < b ? a : b`: b when unordered or equal),
-// in one instruction, where GCC 12 often lowers the pattern on vectors to a compare and a blend. The AVX
-// widths are used by the AVX2 clones only (their `flatten` inlines these into AVX2 code, as convert_f4_d4).
-#define CALIBKIT_X86_MINMAX 1
-__attribute__((target("avx"))) inline Vec<4>::fw max_f8(Vec<4>::fw a, Vec<4>::fw b) { return __builtin_ia32_maxps256(a, b); }
-__attribute__((target("avx"))) inline Vec<4>::d max_d4(Vec<4>::d a, Vec<4>::d b) { return __builtin_ia32_maxpd256(a, b); }
-__attribute__((target("avx"))) inline Vec<4>::fw min_f8(Vec<4>::fw a, Vec<4>::fw b) { return __builtin_ia32_minps256(a, b); }
-__attribute__((target("avx"))) inline Vec<4>::d min_d4(Vec<4>::d a, Vec<4>::d b) { return __builtin_ia32_minpd256(a, b); }
-#else
-#define CALIBKIT_X86_MINMAX 0
-#endif
-
 // Lane-wise maximum with maxpd's semantics (b when unordered or equal).
 template <class D>
 CALIBKIT_INLINE D vmax(D a, D b) {
-#if CALIBKIT_X86_MINMAX
+#if CALIBKIT_X86_LANE_OPS
     if constexpr (std::is_same<D, Vec<4>::fw>::value) return max_f8(a, b);
     else if constexpr (std::is_same<D, Vec<4>::d>::value) return max_d4(a, b);
     else if constexpr (std::is_same<D, Vec<2>::fw>::value) return __builtin_ia32_maxps(a, b);
@@ -455,7 +467,7 @@ inline double exp_nonpositive(double x) { return exp_nonpositive<Vec<2>>(splat<V
 // Lane-wise minimum with minpd's semantics (b when unordered or equal).
 template <class D>
 CALIBKIT_INLINE D vmin(D a, D b) {
-#if CALIBKIT_X86_MINMAX
+#if CALIBKIT_X86_LANE_OPS
     if constexpr (std::is_same<D, Vec<4>::fw>::value) return min_f8(a, b);
     else if constexpr (std::is_same<D, Vec<4>::d>::value) return min_d4(a, b);
     else if constexpr (std::is_same<D, Vec<2>::fw>::value) return __builtin_ia32_minps(a, b);
