@@ -25,7 +25,7 @@ HALF_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16
 CHUNK_ELEMENTS = 1 << 15
 MIN_PARALLEL_ELEMENTS = 1 << 16
 MAX_GROUP = 64
-GROUP_BUDGET_VALUES = 1 << 20
+GROUP_BUDGET_VALUES = 1 << 18  # parallel.hpp's kGroupBudgetValues
 
 OK = 0
 SCORE_NOT_FINITE = 1
