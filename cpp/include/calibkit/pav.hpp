@@ -475,9 +475,9 @@ inline void knot_table(const double* knots, int64_t m, int64_t* table) {
 // arithmetic (compiled_base.c, with its precomputed slopes[j] = (fp[j + 1] - fp[j]) /
 // (xp[j + 1] - xp[j])): c is the number of knots <= x.
 inline double interp_at(const double* xp, const double* fp, const double* slopes, int64_t m, int64_t c, double x) {
-    if (m == 1 || c == 0) return fp[0];
+    // c == 0 (below the first knot) or c == m (at or above the last; every c when m == 1): an end value
+    if (static_cast<uint64_t>(c - 1) >= static_cast<uint64_t>(m - 1)) return c == 0 ? fp[0] : fp[m - 1];
     const int64_t j = c - 1;
-    if (j >= m - 1) return fp[m - 1];
     if (xp[j] == x) return fp[j];
     const double slope = slopes[j];
     double r = slope * (x - xp[j]) + fp[j];
@@ -578,14 +578,33 @@ inline void softmax_row(const Matrix<T>& z, int64_t i, double* q, Status& st, fl
     } else {
         // the float values themselves (exact), their maximum (the float of the double maximum), then the
         // differences in float in place
-        float m = -INFINITY;
         if (z.row_contiguous() && std::is_same_v<T, float>) {
             const float* r = reinterpret_cast<const float*>(z.row(i));
             for (int64_t k = 0; k < K; ++k) scratch[k] = r[k];
         } else {
             for (int64_t k = 0; k < K; ++k) scratch[k] = static_cast<float>(z(i, k));
         }
-        for (int64_t k = 0; k < K; ++k) {
+        // in 8 lanes (vector registers): the maximum of the values that are not NaN does not depend on
+        // the order (but for the sign of a zero maximum, which no difference z_k - m below sees)
+        float lanes[8];
+        bool lanes_finite[8];
+        for (int l = 0; l < 8; ++l) {
+            lanes[l] = -INFINITY;
+            lanes_finite[l] = true;
+        }
+        const int64_t K8 = K - K % 8;
+        for (int64_t k = 0; k < K8; k += 8)
+            for (int l = 0; l < 8; ++l) {
+                const float v = scratch[k + l];
+                lanes_finite[l] &= v - v == 0.0f;
+                lanes[l] = v > lanes[l] ? v : lanes[l];
+            }
+        float m = -INFINITY;
+        for (int l = 0; l < 8; ++l) {
+            finite &= lanes_finite[l];
+            m = lanes[l] > m ? lanes[l] : m;
+        }
+        for (int64_t k = K8; k < K; ++k) {
             const float v = scratch[k];
             finite &= v - v == 0.0f;
             m = v > m ? v : m;
