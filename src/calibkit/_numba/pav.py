@@ -940,6 +940,13 @@ def _chunk_rows(K):
     return max(16, (1 << 14) // max(K, 1))  # step_chunk_rows of pav.hpp
 
 
+STEP_APPLY_ROWS = 128  # kStepApplyRows of pav.hpp
+
+
+def _apply_rows(K):
+    return max(STEP_APPLY_ROWS, _chunk_rows(K))  # step_apply_rows of pav.hpp
+
+
 def _stacked(sets):
     """The arrays of several StepTables (each `_arrays`) as those of one: set j's models are models
     j K .. j K + K - 1, offsets into the concatenated knots and values (wide tables if any set has them)."""
@@ -961,7 +968,7 @@ def _apply_tables(s, arrays, modes, check, renormalise, outs, softmax):
     N, K = s.shape
     parallel = N * K * outs.shape[0] >= (1 << 16)
     statuses = run_locked(_step_apply, s, HALF_TABLE, *arrays, np.array(modes, np.int64), int(check),
-                          bool(renormalise), outs, _chunk_rows(K), parallel, bool(softmax),
+                          bool(renormalise), outs, _apply_rows(K), parallel, bool(softmax),
                           _softmax_scratch(s) if softmax else 0)
     return _first_status(statuses)
 
