@@ -8,7 +8,7 @@ are np.interp and y[np.searchsorted(x, s, side="left")] of each column, each row
 summing to 0: 1/K). Bit for bit: both backends, 1 and 2 threads, the SSE2 and AVX2 clones (in subprocesses), odd
 row counts and K (chunk edges, the lanes' tail, K above 128), one call after another of other shapes (the scratch
 grows), in place, without renormalisation; values on knots and outside [0, 1]; zero maxima of either sign; a logit
-that is not finite named by row and class.
+that is not finite named by row and class. Chunks have step_apply_rows(K) = max(128, 16384 // K) rows.
 """
 
 from __future__ import annotations
@@ -79,10 +79,10 @@ def _logits(rng, n, k, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-@pytest.mark.parametrize("K", [1, 3, 8, 9, 19, 100, 131])
+@pytest.mark.parametrize("K", [1, 3, 8, 9, 19, 100, 131, 1030])
 def test_odd_shapes_are_numpy_bit_for_bit(backend, dtype, K, threads):
     rng = np.random.default_rng(K)
-    chunk = max(16, (1 << 14) // K)  # step_chunk_rows of pav.hpp
+    chunk = max(128, (1 << 14) // K)  # step_apply_rows of pav.hpp
     N = 2 * chunk + 3
     z = _logits(rng, N, K, dtype)
     sets = [_models(rng, K, 0), _models(rng, K, 1)]
