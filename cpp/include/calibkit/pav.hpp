@@ -475,9 +475,9 @@ inline void knot_table(const double* knots, int64_t m, int64_t* table) {
 // arithmetic (compiled_base.c, with its precomputed slopes[j] = (fp[j + 1] - fp[j]) /
 // (xp[j + 1] - xp[j])): c is the number of knots <= x.
 inline double interp_at(const double* xp, const double* fp, const double* slopes, int64_t m, int64_t c, double x) {
-    if (m == 1 || c == 0) return fp[0];
+    // c == 0 (below the first knot) or c == m (at or above the last; every c when m == 1): an end value
+    if (static_cast<uint64_t>(c - 1) >= static_cast<uint64_t>(m - 1)) return c == 0 ? fp[0] : fp[m - 1];
     const int64_t j = c - 1;
-    if (j >= m - 1) return fp[m - 1];
     if (xp[j] == x) return fp[j];
     const double slope = slopes[j];
     double r = slope * (x - xp[j]) + fp[j];
@@ -559,7 +559,7 @@ inline std::vector<float> softmax_scratch(int64_t K) {
 //   below -87 gives exp(-87) ~ 1.6e-38), plus the rounding of the difference to float (relative 2^-24, as
 //   the float input's own rounding of z_k), so each probability is within about
 //   3e-7 + 1.2e-7 |z_k - m| of NumPy's float64 softmax, relatively (absolutely 1.7e-38 for the smallest).
-//   `scratch` is softmax_scratch<T>(K).
+//   `scratch` holds softmax_scratch<T>(K).size() floats or more.
 // A logit that is not finite is named in st (first in the row); the row's values are then meaningless.
 template <class T>
 inline void softmax_row(const Matrix<T>& z, int64_t i, double* q, Status& st, float* scratch) {
@@ -578,14 +578,33 @@ inline void softmax_row(const Matrix<T>& z, int64_t i, double* q, Status& st, fl
     } else {
         // the float values themselves (exact), their maximum (the float of the double maximum), then the
         // differences in float in place
-        float m = -INFINITY;
         if (z.row_contiguous() && std::is_same_v<T, float>) {
             const float* r = reinterpret_cast<const float*>(z.row(i));
             for (int64_t k = 0; k < K; ++k) scratch[k] = r[k];
         } else {
             for (int64_t k = 0; k < K; ++k) scratch[k] = static_cast<float>(z(i, k));
         }
-        for (int64_t k = 0; k < K; ++k) {
+        // in 8 lanes (vector registers): the maximum of the values that are not NaN does not depend on
+        // the order (but for the sign of a zero maximum, which no difference z_k - m below sees)
+        float lanes[8];
+        bool lanes_finite[8];
+        for (int l = 0; l < 8; ++l) {
+            lanes[l] = -INFINITY;
+            lanes_finite[l] = true;
+        }
+        const int64_t K8 = K - K % 8;
+        for (int64_t k = 0; k < K8; k += 8)
+            for (int l = 0; l < 8; ++l) {
+                const float v = scratch[k + l];
+                lanes_finite[l] &= v - v == 0.0f;
+                lanes[l] = v > lanes[l] ? v : lanes[l];
+            }
+        float m = -INFINITY;
+        for (int l = 0; l < 8; ++l) {
+            finite &= lanes_finite[l];
+            m = lanes[l] > m ? lanes[l] : m;
+        }
+        for (int64_t k = K8; k < K; ++k) {
             const float v = scratch[k];
             finite &= v - v == 0.0f;
             m = v > m ? v : m;
@@ -609,6 +628,12 @@ inline void softmax_row(const Matrix<T>& z, int64_t i, double* q, Status& st, fl
 
 // Rows per chunk of the row-wise passes below (about 2^14 values).
 inline int64_t step_chunk_rows(int64_t K) { return std::max<int64_t>(16, (int64_t{1} << 14) / std::max<int64_t>(K, 1)); }
+
+// Rows per chunk of apply_columns: step_chunk_rows, and at least kStepApplyRows. Each chunk reads every
+// model's knots and table (2K of them for two sets: beyond the L2 cache at large K) once, for its rows:
+// at 16 rows a chunk (K >= 1024) those reads took a third of the time.
+constexpr int64_t kStepApplyRows = 128;
+inline int64_t step_apply_rows(int64_t K) { return std::max<int64_t>(kStepApplyRows, step_chunk_rows(K)); }
 
 // The softmax of every row of the (N, K) logits z into the C-ordered float64 (N, K) out; the
 // status names the first logit that is not finite (row-major order). Rows are independent:
@@ -717,8 +742,9 @@ inline int64_t count_pow2(const double* x, int64_t L, double v) {
 // Rows of a column read per batch in apply_column.
 constexpr int64_t kStepBatch = 32;
 
-// Column k of rows [begin, end): Mode kStepInterp / kStepLeft, L the model's span (0..8), or
-// -1 for a longer span (count_pow2); `table` the model's bucket table (int64 or uint16).
+// Column k of rows [begin, end) into column k of out's rows 0..end - begin (C-ordered, K columns):
+// Mode kStepInterp / kStepLeft, L the model's span (0..8), or -1 for a longer span (count_pow2);
+// `table` the model's bucket table (int64 or uint16).
 // Rows go in batches of kStepBatch: first every value of the batch and its bucket's table
 // entry (independent loads, many in flight), then the counts and the values of the map.
 template <class T, int Mode, int L, class Tab>
@@ -762,7 +788,7 @@ inline void apply_column(const Matrix<T>& s, const StepTables& t, const Tab* tab
             } else {
                 c = count_sorted<Right>(xk, m, x);
             }
-            out[(i0 + j) * K + k] = Mode == kStepInterp ? interp_at(xk, yk, sk, m, c, x) : yk[c];
+            out[(i0 - begin + j) * K + k] = Mode == kStepInterp ? interp_at(xk, yk, sk, m, c, x) : yk[c];
         }
     }
 }
@@ -793,6 +819,88 @@ inline void apply_column_mode(const Matrix<T>& s, const StepTables& t, int64_t k
     apply_column_span<T, kStepLeft>(s, t, t.tables.data() + at, k, check, begin, end, out, st);
 }
 
+// The per-thread scratch of apply_columns' chunks: the chunk's softmax (q, with its float scratch) and
+// its mapped values, each rows x K doubles, grown to the largest chunk and kept (no allocation and no
+// page faults per chunk; at most 2 x 8 x max(128 K, 2^14) bytes a thread, where the StepTables take
+// 25 KB per model).
+struct StepScratch {
+    std::vector<double> q, mapped;
+    std::vector<float> softmax;
+    static StepScratch& local(int64_t values, bool with_softmax, int64_t K) {
+        thread_local StepScratch scratch;
+        const auto grow = [](auto& v, int64_t n) {
+            if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
+        };
+        grow(scratch.mapped, values);
+        if (with_softmax) {
+            grow(scratch.q, values);
+            grow(scratch.softmax, (K + kSoftmaxPad - 1) / kSoftmaxPad * kSoftmaxPad);
+        }
+        return scratch;
+    }
+};
+
+// The arguments of apply_columns' chunks.
+template <class T>
+struct StepArgs {
+    const Matrix<T>& s;
+    const StepTables* const* t;
+    double* const* outs;
+    int64_t n_sets;
+    int check;
+    bool renormalise, softmax;
+};
+
+// Rows [begin, end) of apply_columns: the chunk's softmax into scratch.q (row-major, when a.softmax),
+// then for each set its K columns mapped into scratch.mapped (the strided stores stay in the cache) and
+// the rows renormalised from there into outs[j] (whole rows written in order).
+template <class T>
+CALIBKIT_INLINE void step_chunk(const StepArgs<T>& a, StepScratch& scratch, int64_t begin, int64_t end, Status& st) {
+    const int64_t K = a.s.cols, n = end - begin;
+    double* q = scratch.q.data();
+    double* mapped = scratch.mapped.data();
+    if (a.softmax) {
+        Status ignored;
+        for (int64_t i = begin; i < end; ++i)
+            softmax_row(a.s, i, q + (i - begin) * K, a.check != kCheckNone ? st : ignored, scratch.softmax.data());
+    }
+    const Matrix<double> qm{reinterpret_cast<const char*>(q), n, K, K * static_cast<int64_t>(sizeof(double)),
+                            static_cast<int64_t>(sizeof(double))};
+    const double uniform = 1.0 / static_cast<double>(K);
+    for (int64_t j = 0; j < a.n_sets; ++j) {
+        const int c = j == 0 ? a.check : kCheckNone;  // the same scores for every set: checked once
+        for (int64_t k = 0; k < K; ++k) {
+            if (a.softmax)
+                apply_column_mode(qm, *a.t[j], k, kCheckNone, 0, n, mapped, st);
+            else
+                apply_column_mode(a.s, *a.t[j], k, c, begin, end, mapped, st);
+        }
+        double* out = a.outs[j] + begin * K;
+        if (!a.renormalise) {
+            std::copy(mapped, mapped + n * K, out);
+            continue;
+        }
+        for (int64_t i = 0; i < n; ++i) {
+            const double* v = mapped + i * K;
+            double* row = out + i * K;
+            const double total = pairwise_sum(v, K);
+            if (total > 0.0) {
+                for (int64_t k = 0; k < K; ++k) row[k] = v[k] / total;
+            } else {
+                for (int64_t k = 0; k < K; ++k) row[k] = uniform;
+            }
+        }
+    }
+}
+
+#if CALIBKIT_HAVE_AVX2_CLONES
+template <class T>
+CALIBKIT_AVX2_CLONE void step_chunk_avx2(const StepArgs<T>& a, StepScratch& scratch, int64_t begin, int64_t end,
+                                         Status& st) {
+    step_chunk(a, scratch, begin, end, st);
+}
+#endif
+
 // For each of the n_sets models `t[j]` (each with K = s.cols models): outs[j][i, k] = model k of
 // t[j] at s[i, k] for the (N, K) block s, each outs[j] C-ordered (N, K) float64 (with one set, it
 // may be s itself when s is that float64 array; with more, memory separate from s and from each
@@ -803,51 +911,30 @@ inline void apply_column_mode(const Matrix<T>& s, const StepTables& t, int64_t k
 // then be kCheckNone or kCheckFinite, and applies to the logits): the numbers of softmax_rows
 // followed by a call without it, with no N x K temporary. `check` (kCheckProbability, or
 // kCheckFinite) applies to the scores otherwise.
-// One pool run for the block: rows go in fixed chunks (the tasks); a chunk's softmax is computed
-// once into a scratch (in the L2 cache), every set maps it column by column (the model's table in
-// the L1 cache) and renormalises the chunk's rows. Every value is computed on its own: the result
-// is the same for any thread count and any split of the rows into calls. The returned status
+// One pool run for the block: rows go in fixed chunks (the tasks, step_chunk: an AVX2 clone where
+// the CPU has it, the same arithmetic); a chunk's softmax is computed once into a scratch (in the L2
+// cache), every set maps it column by column (the model's table in the L1 cache) into a second
+// scratch, whose rows are then renormalised into the output. Every value is computed on its own: the
+// result is the same for any thread count and any split of the rows into calls. The returned status
 // names the first bad score in row-major order.
 template <class T>
 Status apply_columns(const Matrix<T>& s, const StepTables* const* t, double* const* outs, int64_t n_sets, int check,
                      bool renormalise, bool softmax = false) {
     const int64_t N = s.rows, K = s.cols;
-    const int64_t chunk = step_chunk_rows(K);
+    const int64_t chunk = step_apply_rows(K);
     const int64_t n_chunks = (N + chunk - 1) / chunk;
     std::vector<Status> statuses(static_cast<size_t>(std::max<int64_t>(n_chunks, 1)));
-    const double uniform = 1.0 / static_cast<double>(K);
+    const StepArgs<T> a{s, t, outs, n_sets, check, renormalise, softmax};
+#if CALIBKIT_HAVE_AVX2_CLONES
+    const bool avx2 = simd::use_avx2();
+#endif
     chunked_for(N, chunk, K * n_sets, [&](int64_t begin, int64_t end) {
         Status& st = statuses[static_cast<size_t>(begin / chunk)];
-        const int64_t n = end - begin;
-        std::vector<double> q(softmax ? static_cast<size_t>(n * K) : 0);  // the chunk's softmax, rows 0..n
-        if (softmax) {
-            std::vector<float> scratch = softmax_scratch<T>(K);
-            Status ignored;
-            for (int64_t i = begin; i < end; ++i)
-                softmax_row(s, i, q.data() + (i - begin) * K, check != kCheckNone ? st : ignored, scratch.data());
-        }
-        const Matrix<double> qm{reinterpret_cast<const char*>(q.data()), n, K,
-                                K * static_cast<int64_t>(sizeof(double)), static_cast<int64_t>(sizeof(double))};
-        for (int64_t j = 0; j < n_sets; ++j) {
-            double* out = outs[j];
-            const int c = j == 0 ? check : kCheckNone;  // the same scores for every set: checked once
-            for (int64_t k = 0; k < K; ++k) {
-                if (softmax)
-                    apply_column_mode(qm, *t[j], k, kCheckNone, 0, n, out + begin * K, st);
-                else
-                    apply_column_mode(s, *t[j], k, c, begin, end, out, st);
-            }
-            if (renormalise)
-                for (int64_t i = begin; i < end; ++i) {
-                    double* row = out + i * K;
-                    const double total = pairwise_sum(row, K);
-                    if (total > 0.0) {
-                        for (int64_t k = 0; k < K; ++k) row[k] /= total;
-                    } else {
-                        for (int64_t k = 0; k < K; ++k) row[k] = uniform;
-                    }
-                }
-        }
+        StepScratch& scratch = StepScratch::local(chunk * K, softmax, K);
+#if CALIBKIT_HAVE_AVX2_CLONES
+        if (avx2) return step_chunk_avx2(a, scratch, begin, end, st);
+#endif
+        step_chunk(a, scratch, begin, end, st);
     });
     Status total;
     for (const Status& st : statuses) total.merge(st);

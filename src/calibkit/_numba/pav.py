@@ -663,9 +663,8 @@ STEP_BATCH = 32  # kStepBatch of pav.hpp
 
 
 @numba.njit(**JIT)
-def _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, g0, mode, check, out, begin, end,
-                 shift, st):
-    """The K models g0..g0 + K - 1 applied to rows [begin, end) of s, row i written into row i + shift of out
+def _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, g0, mode, check, out, begin, end, st):
+    """The K models g0..g0 + K - 1 applied to rows [begin, end) of s, row i written into row i - begin of out
     (apply_column of pav.hpp: rows in batches of STEP_BATCH, first the values and their buckets' table entries,
     then the counts and the maps)."""
     K = s.shape[1]
@@ -702,19 +701,19 @@ def _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, 
                     v = vb[j]
                     a = ab[j]
                     c = a - lo + _count_span(xs, a, span, v, True) if a >= 0 else _count_sorted(xs, lo, m, v, True)
-                    out[shift + i0 + j, k] = _interp_at(xs, y, slopes, lo, ly, m, c, v)
+                    out[i0 - begin + j, k] = _interp_at(xs, y, slopes, lo, ly, m, c, v)
             elif span == 1:
                 for j in range(n):
                     v = vb[j]
                     a = ab[j]
                     c = a - lo + np.int64(xs[a] < v) if a >= 0 else _count_sorted(xs, lo, m, v, False)
-                    out[shift + i0 + j, k] = y[ly + c]
+                    out[i0 - begin + j, k] = y[ly + c]
             else:
                 for j in range(n):
                     v = vb[j]
                     a = ab[j]
                     c = a - lo + _count_span(xs, a, span, v, False) if a >= 0 else _count_sorted(xs, lo, m, v, False)
-                    out[shift + i0 + j, k] = y[ly + c]
+                    out[i0 - begin + j, k] = y[ly + c]
 
 
 SOFTMAX_PAD = 16  # kSoftmaxPad of pav.hpp
@@ -770,35 +769,39 @@ def _softmax_row(z, table, i, out, r, st, check, scratch):
 @numba.njit(**JIT)
 def _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, modes, check, renormalise, outs,
                  begin, end, st, softmax, n_scratch):
-    """The chunk [begin, end) of apply_columns of pav.hpp: with softmax, the chunk's softmax once into a scratch,
-    then each set j of K models (models j K .. j K + K - 1 of the stacked arrays) mapped into outs[j] and the
-    rows renormalised."""
+    """The chunk [begin, end) of apply_columns of pav.hpp (step_chunk): with softmax, the chunk's softmax once
+    into a scratch, then each set j of K models (models j K .. j K + K - 1 of the stacked arrays) mapped into a
+    second scratch (the chunk's rows) and its rows renormalised from there into outs[j]."""
     K = s.shape[1]
     n = end - begin
     q = np.empty((n if softmax else 0, K))
+    mapped = np.empty((n, K))
     if softmax:
         scratch = np.empty(n_scratch, np.float32)
         for i in range(begin, end):
             _softmax_row(s, table, i, q, i - begin, st, check, scratch)
     uniform = 1.0 / K
+    flat = mapped.reshape(n * K)
     for j in range(outs.shape[0]):
         out = outs[j]
         if softmax:
             _map_columns(q, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, j * K, modes[j], CHECK_NONE,
-                         out, 0, n, begin, st)
+                         mapped, 0, n, st)
         else:  # the same scores for every set: checked once
             _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, j * K, modes[j],
-                         check if j == 0 else CHECK_NONE, out, begin, end, 0, st)
-        if renormalise:
-            flat = out.reshape(out.shape[0] * K)
-            for i in range(begin, end):
-                total = _pairwise_block(flat, i * K, K) if K <= 128 else _pairwise_sum(flat, i * K, K)
-                if total > 0.0:
-                    for k in range(K):
-                        out[i, k] /= total
-                else:
-                    for k in range(K):
-                        out[i, k] = uniform
+                         check if j == 0 else CHECK_NONE, mapped, begin, end, st)
+        for i in range(n):
+            if not renormalise:
+                for k in range(K):
+                    out[begin + i, k] = mapped[i, k]
+                continue
+            total = _pairwise_block(flat, i * K, K) if K <= 128 else _pairwise_sum(flat, i * K, K)
+            if total > 0.0:
+                for k in range(K):
+                    out[begin + i, k] = mapped[i, k] / total
+            else:
+                for k in range(K):
+                    out[begin + i, k] = uniform
 
 
 @numba.njit(parallel=True, **JIT)
@@ -937,6 +940,13 @@ def _chunk_rows(K):
     return max(16, (1 << 14) // max(K, 1))  # step_chunk_rows of pav.hpp
 
 
+STEP_APPLY_ROWS = 128  # kStepApplyRows of pav.hpp
+
+
+def _apply_rows(K):
+    return max(STEP_APPLY_ROWS, _chunk_rows(K))  # step_apply_rows of pav.hpp
+
+
 def _stacked(sets):
     """The arrays of several StepTables (each `_arrays`) as those of one: set j's models are models
     j K .. j K + K - 1, offsets into the concatenated knots and values (wide tables if any set has them)."""
@@ -958,7 +968,7 @@ def _apply_tables(s, arrays, modes, check, renormalise, outs, softmax):
     N, K = s.shape
     parallel = N * K * outs.shape[0] >= (1 << 16)
     statuses = run_locked(_step_apply, s, HALF_TABLE, *arrays, np.array(modes, np.int64), int(check),
-                          bool(renormalise), outs, _chunk_rows(K), parallel, bool(softmax),
+                          bool(renormalise), outs, _apply_rows(K), parallel, bool(softmax),
                           _softmax_scratch(s) if softmax else 0)
     return _first_status(statuses)
 
