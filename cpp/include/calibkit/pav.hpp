@@ -629,11 +629,15 @@ inline void softmax_row(const Matrix<T>& z, int64_t i, double* q, Status& st, fl
 // Rows per chunk of the row-wise passes below (about 2^14 values).
 inline int64_t step_chunk_rows(int64_t K) { return std::max<int64_t>(16, (int64_t{1} << 14) / std::max<int64_t>(K, 1)); }
 
-// Rows per chunk of apply_columns: step_chunk_rows, and at least kStepApplyRows. Each chunk reads every
-// model's knots and table (2K of them for two sets: beyond the L2 cache at large K) once, for its rows:
-// at 16 rows a chunk (K >= 1024) those reads took a third of the time.
+// Rows per chunk of apply_columns: step_chunk_rows, and up to kStepApplyRows while a chunk holds at most
+// kStepApplyValues values. Each chunk reads every model's knots and table (2K of them for two sets: beyond
+// the L2 cache at large K) once, for its rows: at 16 rows a chunk (K >= 1024) those reads took a third of
+// the time. The cap keeps the per-thread scratch of a chunk (StepScratch) at 2 x 2 MB.
 constexpr int64_t kStepApplyRows = 128;
-inline int64_t step_apply_rows(int64_t K) { return std::max<int64_t>(kStepApplyRows, step_chunk_rows(K)); }
+constexpr int64_t kStepApplyValues = int64_t{1} << 18;
+inline int64_t step_apply_rows(int64_t K) {
+    return std::max<int64_t>(step_chunk_rows(K), std::min<int64_t>(kStepApplyRows, kStepApplyValues / std::max<int64_t>(K, 1)));
+}
 
 // The softmax of every row of the (N, K) logits z into the C-ordered float64 (N, K) out; the
 // status names the first logit that is not finite (row-major order). Rows are independent:
@@ -821,11 +825,14 @@ inline void apply_column_mode(const Matrix<T>& s, const StepTables& t, int64_t k
 
 // The per-thread scratch of apply_columns' chunks: the chunk's softmax (q, with its float scratch) and
 // its mapped values, each rows x K doubles, grown to the largest chunk and kept (no allocation and no
-// page faults per chunk; at most 2 x 8 x max(128 K, 2^14) bytes a thread, where the StepTables take
-// 25 KB per model).
+// page faults per chunk) up to kStepApplyValues doubles each; a larger one (16 rows of K > 16384) is
+// released after its chunk (trim), so a thread keeps at most 2 x 2 MB.
 struct StepScratch {
     std::vector<double> q, mapped;
     std::vector<float> softmax;
+    void trim() {
+        if (mapped.size() > static_cast<size_t>(kStepApplyValues)) *this = StepScratch{};
+    }
     static StepScratch& local(int64_t values, bool with_softmax, int64_t K) {
         thread_local StepScratch scratch;
         const auto grow = [](auto& v, int64_t n) {
@@ -932,9 +939,12 @@ Status apply_columns(const Matrix<T>& s, const StepTables* const* t, double* con
         Status& st = statuses[static_cast<size_t>(begin / chunk)];
         StepScratch& scratch = StepScratch::local(chunk * K, softmax, K);
 #if CALIBKIT_HAVE_AVX2_CLONES
-        if (avx2) return step_chunk_avx2(a, scratch, begin, end, st);
+        if (avx2)
+            step_chunk_avx2(a, scratch, begin, end, st);
+        else
 #endif
-        step_chunk(a, scratch, begin, end, st);
+            step_chunk(a, scratch, begin, end, st);
+        scratch.trim();
     });
     Status total;
     for (const Status& st : statuses) total.merge(st);

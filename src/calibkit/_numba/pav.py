@@ -941,10 +941,11 @@ def _chunk_rows(K):
 
 
 STEP_APPLY_ROWS = 128  # kStepApplyRows of pav.hpp
+STEP_APPLY_VALUES = 1 << 18  # kStepApplyValues of pav.hpp
 
 
 def _apply_rows(K):
-    return max(STEP_APPLY_ROWS, _chunk_rows(K))  # step_apply_rows of pav.hpp
+    return max(_chunk_rows(K), min(STEP_APPLY_ROWS, STEP_APPLY_VALUES // max(K, 1)))  # step_apply_rows of pav.hpp
 
 
 def _stacked(sets):

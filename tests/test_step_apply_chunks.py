@@ -8,7 +8,7 @@ are np.interp and y[np.searchsorted(x, s, side="left")] of each column, each row
 summing to 0: 1/K). Bit for bit: both backends, 1 and 2 threads, the SSE2 and AVX2 clones (in subprocesses), odd
 row counts and K (chunk edges, the lanes' tail, K above 128), one call after another of other shapes (the scratch
 grows), in place, without renormalisation; values on knots and outside [0, 1]; zero maxima of either sign; a logit
-that is not finite named by row and class. Chunks have step_apply_rows(K) = max(128, 16384 // K) rows.
+that is not finite named by row and class. Chunks have step_apply_rows(K) = max(16384 // K, 16, min(128, 2^18 // K)) rows.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _logits(rng, n, k, dtype):
 @pytest.mark.parametrize("K", [1, 3, 8, 9, 19, 100, 131, 1030])
 def test_odd_shapes_are_numpy_bit_for_bit(backend, dtype, K, threads):
     rng = np.random.default_rng(K)
-    chunk = max(128, (1 << 14) // K)  # step_apply_rows of pav.hpp
+    chunk = max(16, (1 << 14) // K, min(128, (1 << 18) // K))  # step_apply_rows of pav.hpp
     N = 2 * chunk + 3
     z = _logits(rng, N, K, dtype)
     sets = [_models(rng, K, 0), _models(rng, K, 1)]
@@ -106,12 +106,13 @@ def test_odd_shapes_are_numpy_bit_for_bit(backend, dtype, K, threads):
 
 
 def test_the_scratch_follows_each_call(backend, threads):
-    """Calls of other shapes one after another (a larger K, fewer rows per chunk, a smaller K again) on the same
+    """Calls of other shapes one after another (a larger K, fewer rows per chunk, a smaller K again; 4100 classes:
+    63-row chunks, under the scratch's cap; 17000: 16-row chunks, a scratch released after each chunk) on the same
     threads: each is its NumPy reference."""
     rng = np.random.default_rng(3)
     for n in (1, 2):
         calibkit.set_num_threads(n)
-        for K, N in ((3, 7000), (700, 100), (2100, 37), (5, 30), (700, 5)):
+        for K, N in ((3, 7000), (700, 100), (2100, 37), (4100, 130), (17000, 35), (5, 30), (700, 5)):
             z = _logits(rng, N, K, np.float32)
             models = _models(rng, K, 0)
             out = np.empty((1, N, K))
@@ -217,7 +218,7 @@ import hashlib, sys
 import numpy as np
 import calibkit
 sys.path.insert(0, sys.argv[1])
-from test_sap_step_chunk import _digest
+from test_step_apply_chunks import _digest
 calibkit.set_num_threads(int(sys.argv[3]))
 print(_digest(sys.argv[2]))
 """
