@@ -5,9 +5,6 @@ Rows of at least 16 float32 / float16 logits take one 8-lane float exp per logit
 for any thread count and for the SSE2 and AVX2 clones.
 """
 
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,6 +13,7 @@ import calibkit
 from calibkit import _backend
 
 import reference as ref
+from subprocess_cases import simd_clone_outputs
 
 KEYS = ("count", "weight", "sum_score", "sum_target")
 
@@ -118,12 +116,7 @@ def test_avx2_and_sse2_clones_give_the_same_bits():
         "        out += [float(r['totals'][key]).hex() for key in ('confidence', 'brier', 'nll')]\n"
         "print(hash(tuple(out)), len(out))\n"
     )
-    runs = []
-    for flag in ("0", "1"):
-        env = dict(os.environ, CALIBKIT_NO_AVX2=flag, PYTHONHASHSEED="0")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        runs.append(proc.stdout)
+    runs = simd_clone_outputs(code)
     assert runs[0] == runs[1]
 
 

@@ -2,9 +2,6 @@
 serial fallback, instruction set and number of chunks (more chunks than partial slots included, so slots are
 reused), checked against NumPy references."""
 
-import os
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -12,6 +9,7 @@ import pytest
 
 import calibkit
 from calibkit import _backend
+from subprocess_cases import simd_clone_outputs
 
 KEYS = ("count", "weight", "sum_score", "sum_target")
 
@@ -176,10 +174,5 @@ def test_avx2_and_sse2_give_the_same_bits():
         "        out += [float(t[key]).hex() for key in sorted(t)]\n"
         "print(hash(tuple(out)), len(out))\n"
     )
-    runs = []
-    for flag in ("0", "1"):
-        env = dict(os.environ, CALIBKIT_NO_AVX2=flag, PYTHONHASHSEED="0")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-        assert proc.returncode == 0, proc.stderr
-        runs.append(proc.stdout)
+    runs = simd_clone_outputs(code)
     assert runs[0] == runs[1]

@@ -14,6 +14,7 @@ import pytest
 import calibkit
 from calibkit import _backend
 from calibkit._dense import as_dense
+from subprocess_cases import simd_clone_outputs
 
 KEYS = ("count", "weight", "sum_score", "sum_target")
 
@@ -201,9 +202,6 @@ def test_dense_rows_need_no_copy_of_the_map(backend):
 def test_sse2_and_avx2_clones_give_the_same_bits_on_dense_rows():
     # The dense path's SSE2 clone (CALIBKIT_NO_AVX2=1) and AVX2 clone: the same bits as each other and as
     # the generic path (the clone is chosen once per process: one subprocess each).
-    import os
-    import subprocess
-    import sys
 
     code = (
         "import numpy as np\n"
@@ -222,10 +220,5 @@ def test_sse2_and_avx2_clones_give_the_same_bits_on_dense_rows():
         "        assert out[-1] == out[-2], (dt, K)\n"
         "print(hash(tuple(out)))\n"
     )
-    seen = []
-    for flag in ("1", "0"):
-        env = dict(os.environ, CALIBKIT_NO_AVX2=flag, PYTHONHASHSEED="0")
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        seen.append(proc.stdout.strip())
+    seen = [o.strip() for o in simd_clone_outputs(code)]
     assert seen[0] == seen[1]

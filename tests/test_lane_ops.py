@@ -12,15 +12,13 @@ differ in the last bits).
 """
 
 import inspect
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import calibkit
 from calibkit import _backend
+from subprocess_cases import simd_clone_outputs
 
 
 def edge_logits(dtype, n=517, k=203, seed=0):
@@ -81,13 +79,7 @@ print(h.hexdigest())
 
 
 def test_avx2_clones_equal_sse2_path():
-    out = []
-    for flag in ("0", "1"):
-        env = dict(os.environ, CALIBKIT_NO_AVX2=flag)
-        proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env,
-                              timeout=600)
-        assert proc.returncode == 0, proc.stderr
-        out.append(proc.stdout.strip())
+    out = [o.strip() for o in simd_clone_outputs(_SCRIPT)]
     assert len(out[0]) == 64 and out[0] == out[1]
 
 

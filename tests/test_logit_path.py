@@ -8,15 +8,13 @@ backends, thread counts and instruction sets, and against a float64 reference.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import calibkit
 from calibkit import _backend
+from subprocess_cases import simd_clone_outputs
 
 
 def _edge_logits(N, K, M, dtype, seed):
@@ -145,13 +143,7 @@ print(h.hexdigest())
 
 
 def test_classwise_logits_sse2_equals_avx2():
-    out = []
-    for flag in ("0", "1"):
-        env = dict(os.environ, CALIBKIT_NO_AVX2=flag)
-        proc = subprocess.run([sys.executable, "-c", _CLONE_CODE], capture_output=True, text=True, env=env,
-                              timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        out.append(proc.stdout.strip())
+    out = [o.strip() for o in simd_clone_outputs(_CLONE_CODE)]
     assert out[0] == out[1]
 
 

@@ -8,6 +8,7 @@ from calibkit import metrics
 
 import reference as ref
 from conftest import labels_from, load_real, random_probs
+from subprocess_cases import simd_clone_outputs
 
 NORMS = ("l1", "l2", "max")
 
@@ -445,8 +446,6 @@ def test_logit_kernel_extreme_values(backend):
 
 def test_avx2_and_portable_clones_are_bit_identical():
     """The C++ kernels give the same bits with and without their AVX2 clones."""
-    import subprocess
-    import sys
 
     code = (
         "import numpy as np, calibkit\n"
@@ -462,14 +461,7 @@ def test_avx2_and_portable_clones_are_bit_identical():
         "                calibkit.classwise_calibration_error(s, y, from_logits=fl)]\n"
         "print(repr([float(v).hex() for v in out]))\n"
     )
-    import os
-
-    runs = []
-    for flag in ("0", "1"):
-        env = dict(os.environ, CALIBKIT_NO_AVX2=flag)
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-        assert proc.returncode == 0, proc.stderr
-        runs.append(proc.stdout)
+    runs = simd_clone_outputs(code)
     assert runs[0] == runs[1]
 
 

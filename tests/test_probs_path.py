@@ -7,8 +7,6 @@ same state as the two separate calls, C++ == Numba bit for bit), including float
 K >= 16 on the Numba backend (the single-precision flag of its small-batch path).
 """
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ import pytest
 import calibkit
 from calibkit import _backend
 from calibkit.streaming import _fused_update
+from subprocess_cases import simd_clone_outputs
 
 
 def _kernels(backend):
@@ -179,14 +178,8 @@ def test_sse2_and_avx2_and_threads_identical():
         "            out += [float(acc._fine.sum()), float(acc._bins.sum())]\n"
         "print(repr([float(v).hex() for v in out]))\n"
     )
-    import os
 
-    runs = []
-    for flag in ("0", "1"):
-        env = dict(os.environ, CALIBKIT_NO_AVX2=flag)
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-        assert proc.returncode == 0, proc.stderr
-        runs.append(proc.stdout)
+    runs = simd_clone_outputs(code)
     assert runs[0] == runs[1]
     values = eval(runs[0])
     # each group of 6 values repeats for threads 1, 2, 3

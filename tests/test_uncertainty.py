@@ -12,6 +12,7 @@ from calibkit import uncertainty as unc
 
 from conftest import load_real, random_probs
 from reference import softmax
+from subprocess_cases import simd_clone_outputs
 
 DTYPES = (np.float16, np.float32, np.float64)
 
@@ -519,9 +520,6 @@ def test_scores_bad_input(backend, call, exc, match):
 
 def test_avx2_and_portable_clones_are_bit_identical():
     """The uncertainty kernels give the same bits with and without their AVX2 clones (float and double paths)."""
-    import os
-    import subprocess
-    import sys
 
     code = (
         "import numpy as np, calibkit\n"
@@ -543,10 +541,5 @@ def test_avx2_and_portable_clones_are_bit_identical():
         "import hashlib\n"
         "print(hashlib.sha256(''.join(out).encode()).hexdigest())\n"
     )
-    runs = []
-    for flag in ("0", "1"):
-        env = dict(os.environ, CALIBKIT_NO_AVX2=flag)
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-        assert proc.returncode == 0, proc.stderr
-        runs.append(proc.stdout)
+    runs = simd_clone_outputs(code)
     assert runs[0] == runs[1]
