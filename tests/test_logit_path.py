@@ -4,6 +4,10 @@ Class-wise rows take a fast path for octets whose eight probabilities all fall i
 per row in C++, a branch-free first pass in Numba); these tests put many probabilities on and around the
 edges of bin 0 so that both sides of every test are taken, and check the result bit for bit between the
 backends, thread counts and instruction sets, and against a float64 reference.
+
+Rows summed in double precision (float64 logits of any K, and float logits of K < 16) take the same operations
+in both backends: exp_nonpositive of simd.hpp, in eight lanes (summarize_logit_row) or in column order (the
+short rows of summarize_short_rows), so their top-label, class-wise, stream and smooth sums agree to the bit.
 """
 
 from __future__ import annotations
@@ -73,6 +77,47 @@ def test_classwise_logits_cpp_equals_numba_and_reference(dtype, K, M, weighted):
     if not near.any():
         np.testing.assert_array_equal(a["count"], count)
         np.testing.assert_allclose(a["sum_score"], score, rtol=2e-6, atol=1e-9)
+
+
+def _state(backend, z, y, w, temperature):
+    acc = calibkit.CalibrationAccumulator(15, from_logits=True, temperature=temperature, classwise=True,
+                                          n_classes=z.shape[1], smooth=True, backend=backend)
+    acc.update(z, y, sample_weight=w)
+    plain = calibkit.CalibrationAccumulator(15, from_logits=True, temperature=temperature, backend=backend)
+    plain.update(z[:60], y[:60])  # one small batch: the fused small-batch path
+    return [acc._bins, acc._fine, acc._totals, acc._classwise_bins, acc._smooth, plain._bins, plain._fine,
+            plain._totals]
+
+
+@pytest.mark.parametrize("dtype, K", [(np.float64, K) for K in (2, 5, 8, 9, 15, 16, 17, 23, 100)]
+                         + [(dt, K) for dt in (np.float32, np.float16) for K in (2, 7, 8, 9, 15)])
+@pytest.mark.parametrize("temperature", [1.0, 1.7])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_double_precision_logit_rows_cpp_equals_numba_and_reference(dtype, K, temperature, weighted):
+    N = 1500
+    rng = np.random.default_rng(K)
+    z = (rng.standard_normal((N, K)) * 4).astype(dtype)
+    z[::7, K // 2] = -800.0  # exps below the clamp of exp_nonpositive (e^-708)
+    z[1::11] = 3.0  # rows of one value: ties for the maximum
+    y = rng.integers(0, K, N)
+    w = rng.uniform(0.0, 2.0, N) if weighted else None
+    states = [_state(b, z, y, w, temperature) for b in ("cpp", "numba")]
+    for a, b in zip(*states):
+        np.testing.assert_array_equal(a, b)
+    for metric in (calibkit.ece, calibkit.nll, calibkit.brier_score, calibkit.classwise_calibration_error):
+        a, b = (metric(z, y, from_logits=True, sample_weight=w, backend=be) for be in ("cpp", "numba"))
+        assert a == b, metric.__name__
+    # the float64 reference: NumPy's softmax of z / T
+    x = z.astype(np.float64) / temperature
+    shifted = x - x.max(axis=1, keepdims=True)
+    p = np.exp(shifted)
+    nll = np.log(p.sum(axis=1)) - shifted[np.arange(N), y]  # log-sum-exp: finite for a label of e^-800
+    p /= p.sum(axis=1, keepdims=True)
+    ww = np.ones(N) if w is None else w
+    onehot = np.eye(K)[y]
+    totals = states[0][2]
+    assert totals[5] / totals[1] == pytest.approx(np.average(nll, weights=ww), rel=1e-12)
+    assert totals[4] / totals[1] == pytest.approx(np.average(((p - onehot) ** 2).sum(1), weights=ww), rel=1e-12)
 
 
 @pytest.mark.parametrize("M", [1, 2, 7])

@@ -31,6 +31,7 @@ from ._common import (
     check_float_dtype,
     dense_lanes_f32,
     exp_f32,
+    exp_nonpositive,
     group_size,
     is_finite,
     lane_find_f32,
@@ -38,6 +39,7 @@ from ._common import (
     load,
     merge_status,
     next_ticket,
+    octet_sum,
     plain_scan8,
     rows_per_chunk,
     run_locked,
@@ -158,18 +160,33 @@ def _logit_row_out(arg, best, z_label, total, sum_sq, bf, inv_t, with_nll, out):
     out[4] = math.log(total) - inv_t * (np.float64(z_label) - np.float64(best)) if with_nll else 0.0
 
 
+# Values of a row summary (`out` of _summarize_row / _logit_row_d): the five results [argmax, confidence,
+# p_label, sum p^2, nll], then 2 x 8 lane sums of the double-precision logit path (scratch).
+ROW_VALUES = 21
+
+
 @numba.njit(**JIT)
 def _summarize_row(scores, i, y, from_logits, nll_eps, with_nll, inv_t, table, st, out, store, row_out):
-    """Fill out = [argmax, confidence, p_label, sum_sq, nll]; False on bad data. With `store`, row_out[k] gets
-    e^{b(z_k - max)} (logits, b = inv_t) or p_k."""
+    """Fill out = [argmax, confidence, p_label, sum_sq, nll] (out holds ROW_VALUES values); False on bad data.
+    Logits: row_out[k] (K values or more) gets e^{b(z_k - max)} (b = inv_t), the sums in octets
+    (summarize_logit_row of binning.hpp, as summarize_row computes them for any K); probabilities: with
+    `store`, row_out[k] gets p_k."""
     if from_logits:
-        return _logit_row_d(scores, i, y, with_nll, inv_t, table, st, out, store, row_out)
+        return _logit_row_d(scores, i, y, with_nll, inv_t, table, st, out, row_out, True)
     return _long_prob_row(scores, i, y, nll_eps, with_nll, table, st, out, store, row_out)
 
 
 @numba.njit(**JIT)
-def _logit_row_d(scores, i, y, with_nll, inv_t, table, st, out, store, row_out):
-    """_summarize_row of a logit row in double precision."""
+def _logit_row_d(scores, i, y, with_nll, inv_t, table, st, out, row_out, octets):
+    """A logit row in double precision: e_k = exp_nonpositive(b (z_k - max)) (b = inv_t) into row_out (K values
+    or more), the row's maximum and its first index, confidence 1 / sum e, p_label, sum p^2 and the NLL
+    log(sum e) - b (z_y - max), into out (ROW_VALUES values; out[5:21] hold the lane sums). octets: the sums as
+    summarize_logit_row of binning.hpp adds them (element k of the whole octets in lane k % 8; for K % 8 != 0
+    the last octet is the one ending at K, lane l element K - 8 + l, or for K < 8 the row itself, its lanes
+    already counted or past K adding exp_nonpositive(-inf) and its square, as the C++ kernel's masked lanes;
+    lanes combined by octet_sum); otherwise in column order, as summarize_short_rows adds a row of
+    K < kShortRow in its lane. The same operations as the C++ kernel, so the same bits. The exps are one plain
+    loop (LLVM vectorises it), the lane sums a second one over row_out."""
     K = scores.shape[1]
     best = load(scores[i, 0], table)
     arg = 0
@@ -186,18 +203,39 @@ def _logit_row_d(scores, i, y, with_nll, inv_t, table, st, out, store, row_out):
             if not is_finite(v):
                 merge_status(st, SCORE_NOT_FINITE, i, k, v)
                 return False
-    total = 0.0
-    total_sq = 0.0
+    b = inv_t
     for k in range(K):
-        e = math.exp(inv_t * (load(scores[i, k], table) - best))
-        total += e
-        total_sq += e * e
-        if store:
-            row_out[k] = e
-    shifted = inv_t * (load(scores[i, y], table) - best)
+        row_out[k] = exp_nonpositive(b * (load(scores[i, k], table) - best))
+    if octets:
+        for j in range(16):
+            out[5 + j] = 0.0
+        full = K - K % 8
+        for k0 in range(0, full, 8):
+            for j in range(8):
+                e = row_out[k0 + j]
+                out[5 + j] += e
+                out[13 + j] += e * e
+        if full < K:
+            start = K - 8 if K >= 8 else 0
+            first = 8 - K % 8 if K >= 8 else 0
+            last = 8 if K >= 8 else K
+            for j in range(8):
+                e = row_out[start + j] if j >= first and j < last else exp_nonpositive(-np.inf)
+                out[5 + j] += e
+                out[13 + j] += e * e
+        total = octet_sum(out[5:13])
+        total_sq = octet_sum(out[13:21])
+    else:
+        total = 0.0
+        total_sq = 0.0
+        for k in range(K):
+            e = row_out[k]
+            total += e
+            total_sq += e * e
+    shifted = b * (load(scores[i, y], table) - best)
     out[0] = arg
     out[1] = 1.0 / total
-    out[2] = math.exp(shifted) / total
+    out[2] = exp_nonpositive(shifted) / total
     out[3] = total_sq / (total * total)
     out[4] = math.log(total) - shifted if with_nll else 0.0
     return True
@@ -532,8 +570,8 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
             _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, with_nll, conf_out,
                               correct_out, has_out, table, begin, end, count, wsum, sconf, scorr, tot, st, with_brier)
             return
-    row = np.empty(5)
-    e = np.empty(K if classwise else 0)
+    row = np.empty(ROW_VALUES)
+    e = np.empty(K if classwise or ROWS == ROWS_LOGIT else 0)  # _logit_row_d's exps
     ef = np.zeros((K + 7) // 8 * 8 if single else 0, np.float32)
     sum0 = np.zeros(K if classwise else 0)
     weight0 = np.zeros(K if classwise else 0)
@@ -591,7 +629,7 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
             if not _short_prob_row(scores, i, y, nll_eps, with_nll, table, st, row, classwise, e):
                 continue
         elif ROWS == ROWS_LOGIT:
-            if not _logit_row_d(scores, i, y, with_nll, inv_t, table, st, row, classwise, e):
+            if not _logit_row_d(scores, i, y, with_nll, inv_t, table, st, row, e, K >= SHORT_ROW):
                 continue
         elif not _long_prob_row(scores, i, y, nll_eps, with_nll, table, st, row, classwise, e):
             continue

@@ -30,7 +30,7 @@ from ._common import (
     status_tuple,
     valid_probability,
 )
-from .binning import _logit_row_f, _summarize_row, _weights_arg, check_weight
+from .binning import ROW_VALUES, _logit_row_f, _summarize_row, _weights_arg, check_weight
 
 MAX_SMOOTH_CELLS = 1 << 20  # kMaxSmoothCells
 MAX_SMOOTH_GRIDS = 64  # kMaxSmoothGrids
@@ -100,8 +100,8 @@ def _smooth_chunk(scores, labels, weights, has_w, binary, from_logits, single, i
         _flush(sizes, offsets, channels, buf, n, cells, tot)
         return
     K = scores.shape[1]
-    row = np.empty(5)
-    e = np.empty(0)
+    row = np.empty(ROW_VALUES)
+    e = np.empty(K if from_logits and not single else 0)  # _logit_row_d's exps
     ef = np.zeros((K + 7) // 8 * 8 if single else 0, np.float32)
     for i in range(begin, end):
         y = np.int64(labels[i])
