@@ -39,6 +39,8 @@ def ref_debiased_square(conf, y, edges, w=None):
         wm = w[sel]
         if wm.sum() <= 0:
             continue
+        if np.count_nonzero(wm) <= 1:  # one row of positive weight: n_eff = 1 exactly (a rounded ratio may not be)
+            continue
         n_eff = wm.sum() ** 2 / (wm ** 2).sum()
         if n_eff <= 1:
             continue
