@@ -541,12 +541,15 @@ inline void exp_f32_buffer(float* buf, int64_t n) {
     exp_f32_block<simd::Vec<2>>(buf, n);
 }
 
-// Scratch of one softmax_row call per row: K floats rounded up to kSoftmaxPad (float32 / float16 logits;
-// none for float64).
+// K rounded up to kSoftmaxPad: the floats exp_f32_buffer takes for a row of K.
+inline int64_t softmax_padded(int64_t K) { return (K + kSoftmaxPad - 1) / kSoftmaxPad * kSoftmaxPad; }
+
+// Scratch of one softmax_row call per row: softmax_padded(K) floats (float32 / float16 logits; none for
+// float64).
 template <class T>
 inline std::vector<float> softmax_scratch(int64_t K) {
     if (std::is_same_v<T, double>) return {};
-    return std::vector<float>(static_cast<size_t>((K + kSoftmaxPad - 1) / kSoftmaxPad * kSoftmaxPad), 0.0f);
+    return std::vector<float>(static_cast<size_t>(softmax_padded(K)), 0.0f);
 }
 
 // The softmax of row i of the logits z written into q[0..K): the row maximum m, e_k = exp(z_k - m), the
@@ -610,8 +613,7 @@ inline void softmax_row(const Matrix<T>& z, int64_t i, double* q, Status& st, fl
             m = v > m ? v : m;
         }
         for (int64_t k = 0; k < K; ++k) scratch[k] -= m;
-        const int64_t padded = (K + kSoftmaxPad - 1) / kSoftmaxPad * kSoftmaxPad;  // pad lanes: never read
-        exp_f32_buffer(scratch, padded);
+        exp_f32_buffer(scratch, softmax_padded(K));  // pad lanes: never read
         for (int64_t k = 0; k < K; ++k) q[k] = static_cast<double>(scratch[k]);
     }
     if (!finite)
@@ -824,24 +826,25 @@ inline void apply_column_mode(const Matrix<T>& s, const StepTables& t, int64_t k
 }
 
 // The per-thread scratch of apply_columns' chunks: the chunk's softmax (q, with its float scratch) and
-// its mapped values, each rows x K doubles, grown to the largest chunk and kept (no allocation and no
-// page faults per chunk) up to kStepApplyValues doubles each; a larger one (16 rows of K > 16384) is
-// released after its chunk (trim), so a thread keeps at most 2 x 2 MB.
+// its mapped values (when renormalised), each rows x K doubles, grown to the largest chunk and kept (no
+// allocation and no page faults per chunk) up to kStepApplyValues doubles each; a larger one (16 rows of
+// K > 16384) is released after its chunk (trim), so a thread keeps at most 2 x 2 MB.
 struct StepScratch {
     std::vector<double> q, mapped;
     std::vector<float> softmax;
     void trim() {
-        if (mapped.size() > static_cast<size_t>(kStepApplyValues)) *this = StepScratch{};
+        if (std::max(mapped.size(), q.size()) > static_cast<size_t>(kStepApplyValues)) *this = StepScratch{};
     }
-    static StepScratch& local(int64_t values, bool with_softmax, int64_t K) {
+    template <class T>
+    static StepScratch& local(int64_t values, bool renormalise, bool with_softmax, int64_t K) {
         thread_local StepScratch scratch;
         const auto grow = [](auto& v, int64_t n) {
             if (v.size() < static_cast<size_t>(n)) v.resize(static_cast<size_t>(n));
         };
-        grow(scratch.mapped, values);
+        if (renormalise) grow(scratch.mapped, values);
         if (with_softmax) {
             grow(scratch.q, values);
-            grow(scratch.softmax, (K + kSoftmaxPad - 1) / kSoftmaxPad * kSoftmaxPad);
+            grow(scratch.softmax, std::is_same_v<T, double> ? 0 : softmax_padded(K));  // softmax_scratch<T>'s size
         }
         return scratch;
     }
@@ -860,12 +863,12 @@ struct StepArgs {
 
 // Rows [begin, end) of apply_columns: the chunk's softmax into scratch.q (row-major, when a.softmax),
 // then for each set its K columns mapped into scratch.mapped (the strided stores stay in the cache) and
-// the rows renormalised from there into outs[j] (whole rows written in order).
+// the rows renormalised from there into outs[j] (whole rows written in order); without renormalisation
+// the columns are mapped straight into outs[j] (nothing else to do with them).
 template <class T>
 CALIBKIT_INLINE void step_chunk(const StepArgs<T>& a, StepScratch& scratch, int64_t begin, int64_t end, Status& st) {
     const int64_t K = a.s.cols, n = end - begin;
     double* q = scratch.q.data();
-    double* mapped = scratch.mapped.data();
     if (a.softmax) {
         Status ignored;
         for (int64_t i = begin; i < end; ++i)
@@ -876,17 +879,15 @@ CALIBKIT_INLINE void step_chunk(const StepArgs<T>& a, StepScratch& scratch, int6
     const double uniform = 1.0 / static_cast<double>(K);
     for (int64_t j = 0; j < a.n_sets; ++j) {
         const int c = j == 0 ? a.check : kCheckNone;  // the same scores for every set: checked once
+        double* out = a.outs[j] + begin * K;
+        double* mapped = a.renormalise ? scratch.mapped.data() : out;
         for (int64_t k = 0; k < K; ++k) {
             if (a.softmax)
                 apply_column_mode(qm, *a.t[j], k, kCheckNone, 0, n, mapped, st);
             else
                 apply_column_mode(a.s, *a.t[j], k, c, begin, end, mapped, st);
         }
-        double* out = a.outs[j] + begin * K;
-        if (!a.renormalise) {
-            std::copy(mapped, mapped + n * K, out);
-            continue;
-        }
+        if (!a.renormalise) continue;
         for (int64_t i = 0; i < n; ++i) {
             const double* v = mapped + i * K;
             double* row = out + i * K;
@@ -937,7 +938,7 @@ Status apply_columns(const Matrix<T>& s, const StepTables* const* t, double* con
 #endif
     chunked_for(N, chunk, K * n_sets, [&](int64_t begin, int64_t end) {
         Status& st = statuses[static_cast<size_t>(begin / chunk)];
-        StepScratch& scratch = StepScratch::local(chunk * K, softmax, K);
+        StepScratch& scratch = StepScratch::local<T>(chunk * K, renormalise, softmax, K);
 #if CALIBKIT_HAVE_AVX2_CLONES
         if (avx2)
             step_chunk_avx2(a, scratch, begin, end, st);

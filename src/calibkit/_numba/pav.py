@@ -771,30 +771,30 @@ def _apply_chunk(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, 
                  begin, end, st, softmax, n_scratch):
     """The chunk [begin, end) of apply_columns of pav.hpp (step_chunk): with softmax, the chunk's softmax once
     into a scratch, then each set j of K models (models j K .. j K + K - 1 of the stacked arrays) mapped into a
-    second scratch (the chunk's rows) and its rows renormalised from there into outs[j]."""
+    second scratch (the chunk's rows) and its rows renormalised from there into outs[j]; without
+    renormalisation, mapped straight into outs[j]."""
     K = s.shape[1]
     n = end - begin
     q = np.empty((n if softmax else 0, K))
-    mapped = np.empty((n, K))
+    scratch_rows = np.empty((n if renormalise else 0, K))
     if softmax:
         scratch = np.empty(n_scratch, np.float32)
         for i in range(begin, end):
             _softmax_row(s, table, i, q, i - begin, st, check, scratch)
     uniform = 1.0 / K
-    flat = mapped.reshape(n * K)
+    flat = scratch_rows.reshape(scratch_rows.shape[0] * K)
     for j in range(outs.shape[0]):
         out = outs[j]
+        mapped = scratch_rows if renormalise else out[begin:end]
         if softmax:
             _map_columns(q, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, j * K, modes[j], CHECK_NONE,
                          mapped, 0, n, st)
         else:  # the same scores for every set: checked once
             _map_columns(s, table, xs, xs_off, m_of, span_of, y, y_off, slopes, tables, j * K, modes[j],
                          check if j == 0 else CHECK_NONE, mapped, begin, end, st)
+        if not renormalise:
+            continue
         for i in range(n):
-            if not renormalise:
-                for k in range(K):
-                    out[begin + i, k] = mapped[i, k]
-                continue
             total = _pairwise_block(flat, i * K, K) if K <= 128 else _pairwise_sum(flat, i * K, K)
             if total > 0.0:
                 for k in range(K):
