@@ -301,11 +301,14 @@ def _short_prob_row(scores, i, y, nll_eps, with_nll, table, st, out, store, row_
 
 @numba.njit(inline="always", **JIT)
 def _classwise_row(e, scale, y, w, has_w, inners, uniform, upper, M, sum0, weight0, cw_count, cw_w,
-                   cw_score, cw_target):
+                   cw_score, cw_target, flags):
     """One row into the class-wise bins (binning.hpp, classwise_row): p_k = e[k] * scale. Pass 1, without
     branches (LLVM vectorises it): bin 0's sums take every p_k, those above bin 0 adding 0 (which leaves a
-    sum of non-negative terms unchanged), and the elements above are counted. Pass 2, only when some are
-    above: those go into their bins. Bin 0's count is implied (rows minus the other bins' counts)."""
+    sum of non-negative terms unchanged), and each element's flag (1 when above bin 0) goes to ``flags`` (a
+    uint8 scratch of (K + 7) // 8 * 8, its padding 0). Pass 2, only when some are above: the flags are read
+    eight at a time (one uint64 word, as the C++ lists its octets with some), and the elements of a word
+    that is not 0 go into their bins. Each element's arithmetic is unchanged, so the same bits. Bin 0's count
+    is implied (rows minus the other bins' counts)."""
     K = e.shape[0]
     above = 0
     if has_w:
@@ -314,22 +317,28 @@ def _classwise_row(e, scale, y, w, has_w, inners, uniform, upper, M, sum0, weigh
             ok = p <= upper[k]
             sum0[k] += w * p if ok else 0.0
             weight0[k] += w if ok else 0.0
+            flags[k] = not ok
             above += not ok
     else:
         for k in range(K):
             p = np.float64(e[k]) * scale
             ok = p <= upper[k]
             sum0[k] += p if ok else 0.0
+            flags[k] = not ok
             above += not ok
     if above > 0:
-        for k in range(K):
-            p = np.float64(e[k]) * scale
-            if not (p <= upper[k]):
-                at = k * M + find_bin(p, inners[0] if uniform else inners[k], uniform)
-                cw_count[at] += 1
-                cw_score[at] += w * p if has_w else p
-                if has_w:
-                    cw_w[at] += w
+        words = flags.view(np.uint64)
+        for q in range(words.shape[0]):
+            if words[q] == 0:
+                continue
+            for k in range(8 * q, min(K, 8 * q + 8)):
+                if flags[k]:
+                    p = np.float64(e[k]) * scale
+                    at = k * M + find_bin(p, inners[0] if uniform else inners[k], uniform)
+                    cw_count[at] += 1
+                    cw_score[at] += w * p if has_w else p
+                    if has_w:
+                        cw_w[at] += w
     py = np.float64(e[y]) * scale
     cw_target[y * M + find_bin(py, inners[0] if uniform else inners[y], uniform)] += w
 
@@ -575,6 +584,7 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
     ef = np.zeros((K + 7) // 8 * 8 if single else 0, np.float32)
     sum0 = np.zeros(K if classwise else 0)
     weight0 = np.zeros(K if classwise else 0)
+    cw_flags = np.zeros((K + 7) // 8 * 8 if classwise else 0, np.uint8)  # _classwise_row's (padding 0)
     rows = 0  # rows of the chunk added to the class-wise bins: bin 0's count is implied
     l_count = np.zeros(4 * n_bins, np.int64)
     l_w = np.zeros(4 * n_bins)
@@ -665,10 +675,10 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
             rows += 1
             if ROWS == ROWS_SINGLE:
                 _classwise_row(ef[:K], conf, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
-                               sum0, weight0, cw_count, cw_w, cw_score, cw_target)
+                               sum0, weight0, cw_count, cw_w, cw_score, cw_target, cw_flags)
             else:
                 _classwise_row(e, conf if from_logits else 1.0, y, w, has_w, cw_inners, cw_uniform, cw_upper,
-                               cw_M, sum0, weight0, cw_count, cw_w, cw_score, cw_target)
+                               cw_M, sum0, weight0, cw_count, cw_w, cw_score, cw_target, cw_flags)
     if short:
         for t in range(6):
             tot[t] += _fold_lanes(lanes[t])
