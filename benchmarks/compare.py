@@ -30,7 +30,10 @@ gives the wall and CPU time of the run (on a loaded machine the CPU time is what
 the script itself costs) and the seconds Numba spent compiling or loading kernels.
 
 ``--quick`` runs every workload at small sizes, each contender timed for 0.1 s
-(at least once). ``--profile`` adds, under each table, where the workload's wall
+(at least once): about 20 s on 2 cores once Numba's cache holds the kernels. The
+first run after an install or a change to ``calibkit/_numba`` also compiles them
+(about 100 s more on 2 cores, never inside a timed call; the last line says how
+long Numba spent). ``--profile`` adds, under each table, where the workload's wall
 time went (set-up, building the contenders: references and peer imports, each
 first call, the timed calls) and at the end Numba's compile seconds by kernel.
 """
