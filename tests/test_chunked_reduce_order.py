@@ -71,9 +71,10 @@ def same_bits(a, b):
 
 @pytest.mark.parametrize("weighted", [False, True])
 def test_classwise_many_chunks_matches_numpy(backend, weighted):
-    # K = 20: 1,638-row chunks and 64 partial slots, so 150,000 rows are 92 chunks (slots reused).
+    # K = 20: 1,638-row chunks and 208 partial slots (the 2^18-value budget), so 400,000 rows are 245 chunks
+    # (slots reused).
     rng = np.random.default_rng(0)
-    z, y = logits(rng, 150_000, 20, np.float64)
+    z, y = logits(rng, 400_000, 20, np.float64)
     w = rng.uniform(0.0, 2.0, len(y)) if weighted else None
     want = numpy_classwise(softmax(z), y, 15, w)
     got = classwise(backend, z, y, True, w=w)
@@ -83,9 +84,9 @@ def test_classwise_many_chunks_matches_numpy(backend, weighted):
 
 
 def test_top_label_many_chunks_matches_numpy(backend):
-    # K = 10 probabilities: 3,276-row chunks and 64 slots, so 600,000 rows are 184 chunks.
+    # K = 10 probabilities: 3,276-row chunks and 256 slots (kMaxGroup), so 1,000,000 rows are 306 chunks.
     rng = np.random.default_rng(1)
-    p = rng.dirichlet(np.full(10, 0.3), 600_000).astype(np.float32)
+    p = rng.dirichlet(np.full(10, 0.3), 1_000_000).astype(np.float32)
     y = rng.integers(0, 10, len(p))
     r = top_label(backend, p, y, False)
     conf = p.max(axis=1).astype(np.float64)
@@ -96,12 +97,13 @@ def test_top_label_many_chunks_matches_numpy(backend):
     np.testing.assert_array_equal(np.asarray(r["sum_target"]), np.bincount(b, correct, 15))
 
 
-# (what, rows, K): more chunks than slots in each (class-wise K = 1000: 960-row chunks, 17 slots).
+# (what, rows, K): more chunks than slots in each (class-wise K = 1000: 960-row chunks, 4 slots; K = 20: 1,638-row
+# chunks, 208 slots; top-label: 32- and 3,276-row chunks, 256 slots).
 CASES = [
     ("classwise", 19 * 960 + 7, 1000),
-    ("classwise", 130 * 1638, 20),
-    ("top_label_logits", 4000, 1000),
-    ("top_label_probs", 300_001, 10),
+    ("classwise", 230 * 1638, 20),
+    ("top_label_logits", 9000, 1000),
+    ("top_label_probs", 1_000_001, 10),
 ]
 
 

@@ -13,7 +13,7 @@ numba = pytest.importorskip("numba")
 import calibkit
 from calibkit import _core
 from calibkit._numba import binning as nb
-from calibkit._numba._common import CHUNK_ELEMENTS, next_ticket
+from calibkit._numba._common import CHUNK_ELEMENTS, MAX_GROUP, next_ticket
 
 
 @pytest.fixture
@@ -62,8 +62,8 @@ def test_next_ticket_counts_up():
     assert c[0] == 9
 
 
-# Sizes around one chunk, one group (64 chunks) and several groups; K = 10 rows: 3276 rows per chunk.
-@pytest.mark.parametrize("n", [1, 3275, 3277, 64 * 3276 + 1, 200 * 3276 + 17])
+# Sizes around one chunk, one group (MAX_GROUP chunks) and two groups; K = 10 rows: 3276 rows per chunk.
+@pytest.mark.parametrize("n", [1, 3275, 3277, MAX_GROUP * 3276 + 1, (MAX_GROUP + 30) * 3276 + 17])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_top_label_probabilities(n, dtype, threads):
     s, y = _probabilities(n, 10, dtype, n)
@@ -115,10 +115,10 @@ def test_dense_class_strided_rows(threads):
 
 
 def test_first_bad_value_across_groups(threads):
-    s, y = _probabilities(200 * 3276, 10, np.float32, 5)
-    s[150 * 3276 + 3, 4] = np.nan  # a later group
+    s, y = _probabilities((MAX_GROUP + 40) * 3276, 10, np.float32, 5)
+    s[(MAX_GROUP + 10) * 3276 + 3, 4] = np.nan  # a later group
     s[100 * 3276 + 9, 2] = 1.5  # the first problem in row order, in an earlier group
-    y[180 * 3276] = 10
+    y[(MAX_GROUP + 20) * 3276] = 10
     for t in (1, 2):
         threads(t)
         st = nb.top_label_stats(s, y, None, False, 15, 1e-7)["status"]
@@ -126,7 +126,7 @@ def test_first_bad_value_across_groups(threads):
         assert st[:3] == (2, 100 * 3276 + 9, 2)
 
 
-@pytest.mark.parametrize("n", [CHUNK_ELEMENTS - 1, 64 * CHUNK_ELEMENTS + 5, 150 * CHUNK_ELEMENTS])
+@pytest.mark.parametrize("n", [CHUNK_ELEMENTS - 1, MAX_GROUP * CHUNK_ELEMENTS + 5, (MAX_GROUP + 20) * CHUNK_ELEMENTS])
 def test_binary(n, threads):
     rng = np.random.default_rng(n)
     p = rng.random(n)

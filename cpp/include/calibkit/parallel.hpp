@@ -312,8 +312,11 @@ constexpr int64_t kMinParallelElements = 1 << 16;
 // of doubles) keeps a call's partials few when they are large: class-wise bins of
 // K = 1000 classes (60,000 values a partial) take groups of 4, not 17, whose fresh
 // pages (zeroed by the kernel on first touch, per call) cost 15-45% of a
-// 20,000-row call.
-constexpr int64_t kMaxGroup = 64;
+// 20,000-row call. Each group is one pool run (a wake-up of the workers): small
+// partials come 256 chunks a group, so that a call of 10M x 10 probabilities
+// (3052 chunks) is 12 runs, not 48 (each a chance for a descheduled worker to
+// hold the others up on a busy host; the Numba twin's parallel regions too).
+constexpr int64_t kMaxGroup = 256;
 constexpr int64_t kGroupBudgetValues = 1 << 18;
 
 // Partials with a reset() method are cleared in place between chunks (large

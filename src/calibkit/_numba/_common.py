@@ -24,7 +24,7 @@ HALF_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16
 
 CHUNK_ELEMENTS = 1 << 15
 MIN_PARALLEL_ELEMENTS = 1 << 16
-MAX_GROUP = 64
+MAX_GROUP = 256  # parallel.hpp's kMaxGroup: chunks per parallel region at most
 GROUP_BUDGET_VALUES = 1 << 18  # parallel.hpp's kGroupBudgetValues
 
 OK = 0
