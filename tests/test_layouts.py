@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import calibkit
+from calibkit._numba._common import CHUNK_ELEMENTS, MAX_GROUP
 
 import reference as ref
 from conftest import labels_from, random_probs
@@ -140,9 +141,12 @@ def _peak(fn, *args, **kwargs):
 
 @pytest.mark.parametrize("from_logits", [False, True])
 def test_no_n_by_k_temporary(backend, from_logits):
-    """Extra memory is independent of N (uniform bins) or O(N) (quantile), never O(N x K)."""
+    """Extra memory is independent of N (uniform bins) or O(N) (quantile), never O(N x K). Independent of N
+    once a call has more chunks than one group holds (MAX_GROUP, kMaxGroup: the partials alive at once; a call
+    of fewer chunks has fewer), as both calls here have."""
     rng = np.random.default_rng(4)
-    n, k = 200_000, 50
+    k = 50
+    n = 2 * (MAX_GROUP + 16) * (CHUNK_ELEMENTS // k)  # 356,320 rows: the half has 272 chunks of 655 rows
     scores = (rng.normal(size=(n, k)) if from_logits else random_probs(rng, n, k)).astype(np.float32)
     y = rng.integers(0, k, n)
     half = n // 2
