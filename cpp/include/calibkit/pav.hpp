@@ -544,12 +544,17 @@ inline void exp_f32_buffer(float* buf, int64_t n) {
 // K rounded up to kSoftmaxPad: the floats exp_f32_buffer takes for a row of K.
 inline int64_t softmax_padded(int64_t K) { return (K + kSoftmaxPad - 1) / kSoftmaxPad * kSoftmaxPad; }
 
-// Scratch of one softmax_row call per row: softmax_padded(K) floats (float32 / float16 logits; none for
-// float64).
+// The floats of softmax_row's scratch for rows of K: softmax_padded(K) for float32 / float16 logits, none
+// for float64 (the Numba twin's _softmax_scratch).
+template <class T>
+inline int64_t softmax_scratch_size(int64_t K) {
+    return std::is_same_v<T, double> ? 0 : softmax_padded(K);
+}
+
+// Scratch of one softmax_row call per row.
 template <class T>
 inline std::vector<float> softmax_scratch(int64_t K) {
-    if (std::is_same_v<T, double>) return {};
-    return std::vector<float>(static_cast<size_t>(softmax_padded(K)), 0.0f);
+    return std::vector<float>(static_cast<size_t>(softmax_scratch_size<T>(K)), 0.0f);
 }
 
 // The softmax of row i of the logits z written into q[0..K): the row maximum m, e_k = exp(z_k - m), the
@@ -844,7 +849,7 @@ struct StepScratch {
         if (renormalise) grow(scratch.mapped, values);
         if (with_softmax) {
             grow(scratch.q, values);
-            grow(scratch.softmax, std::is_same_v<T, double> ? 0 : softmax_padded(K));  // softmax_scratch<T>'s size
+            grow(scratch.softmax, softmax_scratch_size<T>(K));
         }
         return scratch;
     }

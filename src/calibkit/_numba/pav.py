@@ -720,7 +720,7 @@ SOFTMAX_PAD = 16  # kSoftmaxPad of pav.hpp
 
 
 def _softmax_scratch(s):
-    """The float32 scratch of _softmax_row for logits s (kernel array): none for float64 (softmax_scratch of
+    """The float32 scratch of _softmax_row for logits s (kernel array): none for float64 (softmax_scratch_size of
     pav.hpp; a buffer per chunk is made inside the kernels, of this length)."""
     return 0 if s.dtype == np.float64 else (s.shape[1] + SOFTMAX_PAD - 1) // SOFTMAX_PAD * SOFTMAX_PAD
 
