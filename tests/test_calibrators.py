@@ -217,7 +217,9 @@ def test_temperature_warm_start_on_large_inputs(backend, weighted):
         assert ts.n_passes_ == cold.n_passes_
     else:
         assert ts.n_passes_ < cold.n_passes_, (ts.n_passes_, cold.n_passes_)
-        assert ts.temperature_ == pytest.approx(high_precision_temperature(z, y), rel=1e-9)
+        # float32 logits: the fit's optimum is that of the sums of single-precision exps (relative error
+        # < 2.5e-7 each), within about 1e-9 of the float64 optimum here; 1e-7 as in test_temperature_fit.py
+        assert ts.temperature_ == pytest.approx(high_precision_temperature(z, y), rel=1e-7)
 
 
 def test_temperature_predict_proba_and_transform():

@@ -39,11 +39,21 @@ def numpy_exp_f32(x):
     n = t - shifter
     hi, lo = F(0.693145751953125), F(0.6931471805599453 - 0.693145751953125)
     r = (x - n * hi) - n * lo
-    p = F(1.0 / 120.0) + r * F(1.0 / 720.0)
-    for c in (F(1.0 / 24.0), F(1.0 / 6.0), F(0.5), F(1.0), F(1.0)):
+    p = F(0.04189011) + r * F(0.00831253)
+    for c in (F(0.16667114), F(0.4999923), F(1.0), F(1.0)):
         p = c + r * p
     scale = ((t.view(np.int32) - shifter.view(np.int32) + 127) << 23).view(F)  # 2^n
     return p * scale
+
+
+def test_exp_f32_relative_error():
+    """exp_f32's documented bound (simd.hpp): relative error below 2.5e-7 against float64 exp, here on every
+    97th float in [-87, 0] (the exhaustive worst case is 2.0e-7), and 0 error at x = 0."""
+    bits = np.arange(0x80000000, 0xC2AE0001, 97, dtype=np.uint64).astype(np.uint32)
+    x = bits.view(F)
+    err = np.abs(numpy_exp_f32(x).astype(np.float64) / np.exp(x.astype(np.float64)) - 1.0)
+    assert err.max() < 2.5e-7
+    assert numpy_exp_f32(F(0.0)) == F(1.0)
 
 
 def numpy_softmax_f32(z):

@@ -115,7 +115,8 @@ _SHIFTER = F32(12582912.0)
 _LOG2E = F32(1.4426950408889634)
 LN2_HI = F32(0.693145751953125)
 LN2_LO = F32(0.6931471805599453 - 0.693145751953125)
-_E6, _E5, _E4, _E3, _E2 = F32(1.0 / 720.0), F32(1.0 / 120.0), F32(1.0 / 24.0), F32(1.0 / 6.0), F32(0.5)
+# e^r = 1 + r + r^2 (c2 + c3 r + c4 r^2 + c5 r^3) on |r| <= ln2/2 (simd.hpp's kExpC2F..kExpC5F)
+_EXP_C5, _EXP_C4, _EXP_C3, _EXP_C2 = F32(0.00831253), F32(0.04189011), F32(0.16667114), F32(0.4999923)
 _ONE = F32(1.0)
 
 
@@ -154,11 +155,9 @@ def exp_f32(x):
     n = t - _SHIFTER
     r = x - n * LN2_HI
     r = r - n * LN2_LO
-    p = _E6
-    p = _E5 + r * p
-    p = _E4 + r * p
-    p = _E3 + r * p
-    p = _E2 + r * p
+    p = _EXP_C4 + r * _EXP_C5
+    p = _EXP_C3 + r * p
+    p = _EXP_C2 + r * p
     p = _ONE + r * p
     p = _ONE + r * p
     # 2^n (n in [-126, 0]) exactly, built in the exponent bits as in simd.hpp: straight-line code that
@@ -525,8 +524,8 @@ def _exp_f32_vec(builder, x):
     n = builder.fsub(t, splat(_SHIFTER))
     r = builder.fsub(x, builder.fmul(n, splat(LN2_HI)))
     r = builder.fsub(r, builder.fmul(n, splat(LN2_LO)))
-    p = splat(_E6)
-    for c in (_E5, _E4, _E3, _E2, _ONE, _ONE):
+    p = splat(_EXP_C5)
+    for c in (_EXP_C4, _EXP_C3, _EXP_C2, _ONE, _ONE):
         p = builder.fadd(splat(c), builder.fmul(r, p))
     ivt = ir.VectorType(ir.IntType(32), lanes)
     bits = builder.shl(builder.add(builder.fptosi(n, ivt), ir.Constant(ivt, [127] * lanes)),
