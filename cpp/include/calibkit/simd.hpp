@@ -539,11 +539,10 @@ constexpr float kExpC2F = 0.4999923f, kExpC3F = 0.16667114f, kExpC4F = 0.0418901
 
 // exp(x) for float x <= 0, relative error below 2.5e-7 (2.0e-7 at worst over
 // every float in [-87, 0]): x = n ln2 + r, |r| <= ln2/2, e^r by the degree-5
-// polynomial 1 + r + r^2 (c2 + c3 r + c4 r^2 + c5 r^3), its c2..c5 fitted for
-// the least largest relative error on |r| <= ln2/2 (truncation 1.05e-7: as
-// close as the degree-6 Taylor polynomial, one multiply and one add fewer; the
-// Taylor version's worst case was 2.54e-7),
-// times 2^n. x is clamped at -87
+// polynomial 1 + r + r^2 (c2 + c3 r + c4 r^2 + c5 r^3), c2..c5 fitted for the
+// least largest relative error on |r| <= ln2/2 (truncation 1.05e-7; the
+// degree-6 Taylor polynomial it replaced took one multiply and one add more,
+// and its worst case was 2.54e-7), times 2^n. x is clamped at -87
 // (exp(-87) ~ 1.6e-38, still normal): smaller terms only ever join sums that
 // hold a 1, where their size does not matter.
 //
