@@ -1,5 +1,9 @@
 """Numba twins of the C++ kernels in ``calibkit._core``: same names, same algorithms, same results."""
 
+from ._cache import register as _register_cache
+
+_register_cache()  # before any kernel is decorated: every submodule import runs this first
+
 from .binning import binary_stats
 from .conformal import conformal_label_scores, conformal_sets
 from .pav import isotonic_fit
