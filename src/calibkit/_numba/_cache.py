@@ -6,7 +6,7 @@ and the checks of ``_common.py``. After an upgrade in place that changes ``_comm
 the other modules' kernels from the cache with the old ``exp_f32`` compiled in: numbers that differ from the
 C++ backend's, silently. (A CI environment that keeps its ``__pycache__`` between runs saw exactly this.)
 
-`KernelLocator` keys calibkit's kernels on the digest of every ``.py`` file of this directory instead, so that
+`KernelLocator` keys calibkit's kernels on the digest of every ``.py`` file of this directory as well, so that
 a change to any of them recompiles all of them. Where the cache lives (``NUMBA_CACHE_DIR``, the in-tree
 ``__pycache__``, the user-wide directory) and its file names stay Numba's own: the locator wraps the locator
 Numba would have chosen. Functions outside this directory are left to Numba.
@@ -52,7 +52,7 @@ _IMPL = getattr(caching, "CacheImpl", None) or caching._CacheImpl
 
 class KernelLocator(caching._CacheLocator):
     """The locator Numba would choose for a function of a registered directory, with that directory's
-    `sources_digest` as the source stamp."""
+    `sources_digest` added to its source stamp."""
 
     directories: ClassVar[set] = {DIRECTORY}  # the tests add their own
 
@@ -71,7 +71,12 @@ class KernelLocator(caching._CacheLocator):
         return self._inner.get_disambiguator()
 
     def get_source_stamp(self):
-        return sources_digest(self._directory)
+        # Numba's own stamp too: in a frozen application it is that of the executable.
+        try:
+            digest = sources_digest(self._directory)
+        except OSError:  # a directory that cannot be listed: Numba's stamp alone
+            digest = None
+        return self._inner.get_source_stamp(), digest
 
     @classmethod
     def from_function(cls, py_func, py_file):
