@@ -66,8 +66,7 @@ def test_digest_follows_each_file(tmp_path):
 def test_calibkit_kernels_use_the_locator():
     from calibkit._numba import _common, uncertainty
 
-    impl = getattr(numba.core.caching, "CacheImpl", None) or numba.core.caching._CacheImpl
-    assert impl._locator_classes[0] is _cache.KernelLocator
+    assert numba.core.caching.CacheImpl._locator_classes[0] is _cache.KernelLocator
     for kernel in (_common.exp_f32, uncertainty._softmax_f):
         locator = kernel._cache._impl.locator
         assert isinstance(locator, _cache.KernelLocator)

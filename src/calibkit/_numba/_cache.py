@@ -46,8 +46,7 @@ def sources_digest(directory=DIRECTORY):
     return _digest(directory, tuple(stats))
 
 
-# CacheImpl in Numba >= 0.61, _CacheImpl before.
-_IMPL = getattr(caching, "CacheImpl", None) or caching._CacheImpl
+_IMPL = caching.CacheImpl  # its _locator_classes: the list Numba tries in order (Numba 0.60 to 0.68 alike)
 
 
 class KernelLocator(caching._CacheLocator):
