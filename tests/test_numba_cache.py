@@ -57,6 +57,8 @@ def test_digest_follows_each_file(tmp_path):
     (tmp_path / "notes.txt").write_text("still not a source")
     assert _cache.sources_digest(str(tmp_path)) == first
     (tmp_path / "y.py").write_text("b = 3\n")  # same size: the content counts
+    later = os.stat(tmp_path / "y.py").st_mtime_ns + 10**9  # a later mtime, as a real edit's (the clock's tick
+    os.utime(tmp_path / "y.py", ns=(later, later))  # can be coarser than these two writes' interval)
     second = _cache.sources_digest(str(tmp_path))
     assert second != first
     (tmp_path / "z.py").write_text("")
