@@ -73,3 +73,12 @@ def test_calibkit_kernels_use_the_locator():
         locator = kernel._cache._impl.locator
         assert isinstance(locator, _cache.KernelLocator)
         assert locator.get_source_stamp()[1] == _cache.sources_digest()
+
+
+def test_unlistable_directory_falls_back_to_numbas_stamp(tmp_path):
+    class Inner:  # the few methods KernelLocator forwards to the locator Numba chose
+        def get_source_stamp(self):
+            return "numba's stamp"
+
+    locator = _cache.KernelLocator(Inner(), str(tmp_path / "missing"))
+    assert locator.get_source_stamp() == ("numba's stamp", None)  # no crash at the kernel's first call
