@@ -111,9 +111,12 @@ def test_avx2_and_sse2_clones_give_the_same_bits():
         "        y = rng.integers(0, k, 3000)\n"
         "        z = 3 * rng.standard_normal((3000, k)); z[np.arange(3000), y] += 4; z = z.astype(dt)\n"
         "        c, cc = np.empty(3000), np.empty(3000, np.uint8)\n"
-        "        r = _backend.kernels('cpp').top_label_stats(z, y, None, True, 15, 1e-7, True, c, cc, 0.7, 15)\n"
-        "        out += [float(v).hex() for v in np.concatenate([r['sum_score'], r['classwise']['sum_score'], c])]\n"
-        "        out += [float(r['totals'][key]).hex() for key in ('confidence', 'brier', 'nll')]\n"
+        "        for w in (None, rng.uniform(0.0, 2.0, 3000)):\n"
+        "            r = _backend.kernels('cpp').top_label_stats(z, y, w, True, 15, 1e-7, True, c, cc, 0.7, 15)\n"
+        "            cw = r['classwise']\n"
+        "            sums = [r['sum_score'], cw['sum_score'], cw['weight'], c]\n"
+        "            out += [float(v).hex() for v in np.concatenate(sums)]\n"
+        "            out += [float(r['totals'][key]).hex() for key in ('confidence', 'brier', 'nll')]\n"
         "print(hash(tuple(out)), len(out))\n"
     )
     runs = simd_clone_outputs(code)

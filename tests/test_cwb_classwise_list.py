@@ -83,6 +83,7 @@ def test_logits_against_numpy(k, dtype):
     z[np.arange(n), y] += 4.0
     # float32 logits take a float32 exp: a probability within its rounding of an edge may change bin
     check_all(z.astype(dtype), y, True, 15, exact_counts=False)
+    check_all(z.astype(dtype), y, True, 15, w=rng.uniform(0.0, 3.0, n), exact_counts=False)
 
 
 @pytest.mark.parametrize("k", [5, 8, 21, 64])

@@ -525,9 +525,10 @@ CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_
             }
             for (int u = 0; u < kRowBlock; ++u)
                 for (int g = 0; g < G; ++g) {
-                    ps.v[g] += e[u * G + g];
-                    if constexpr (Sq) pq.v[g] += e[u * G + g] * e[u * G + g];
-                    if constexpr (Store) std::memcpy(row_out + k + 8 * u + g * L, &e[u * G + g], sizeof(F));
+                    const F ev = e[u * G + g];
+                    ps.v[g] += ev;
+                    if constexpr (Sq) pq.v[g] += ev * ev;
+                    if constexpr (Store) store_f(row_out + k + 8 * u + g * L, ev);
                 }
         }
         for (; k < stop; k += 8) {
@@ -1015,6 +1016,80 @@ struct ClasswiseScratch {
     }
 };
 
+// The octets [0, K8) of a row of float exponentials into bin 0's sums of a shared-edge class-wise spec (see
+// classwise_row): sum0[k] += e[k] * scale (times w), weight0[k] += w, for the e[k] not above tf; the others
+// add 0 (a sum of non-negative terms is unchanged) and their octet is listed in `list` (its offset << 8 and
+// a bit per lane above tf). Returns the number listed. Branch-free. Called through an outlined copy
+// (classwise_octets_f_call): inlined into the row loop of a chunk, it lost its pointers and a vector to the
+// stack (three reloads and a store-reload per octet), with its own registers it keeps them.
+template <class V, bool Weighted>
+CALIBKIT_INLINE int64_t classwise_octets_f(const float* e, int64_t K8, float tf, double scale, double w,
+                                           double* sum0, double* weight0, uint64_t* list) {
+    using namespace simd;
+    typedef typename V::d D;
+    typedef typename V::fw F;
+    typedef typename V::iw IF;
+    constexpr int W = V::width, GF = FOctet<V>::n, LF = 2 * W;
+    const D vs = splat<D>(scale), vw = splat<D>(w);
+    const F vtf = splat_f<F>(tf), zero_f = splat_f<F>(0.0f), one_f = splat_f<F>(1.0f);
+    int64_t listed = 0;
+    for (int64_t k = 0; k < K8; k += 8) {
+        unsigned cand = 0;
+        for (int g = 0; g < GF; ++g) {
+            F ev;
+            std::memcpy(&ev, e + k + g * LF, sizeof(F));
+            const IF above = ev > vtf;
+            cand |= lane_bits(above) << (g * LF);
+            D pd[2], wd[2];
+            widen<V>(select_f(above, zero_f, ev), pd[0], pd[1]);  // candidates add 0
+            if constexpr (Weighted) widen<V>(select_f(above, zero_f, one_f), wd[0], wd[1]);  // and no weight
+            for (int h = 0; h < 2; ++h) {
+                const int64_t at = k + g * LF + h * W;
+                D s0;
+                std::memcpy(&s0, sum0 + at, sizeof s0);
+                s0 += Weighted ? (pd[h] * vs) * vw : pd[h] * vs;
+                std::memcpy(sum0 + at, &s0, sizeof s0);
+                if constexpr (Weighted) {  // w * 1 is w exactly
+                    D w0;
+                    std::memcpy(&w0, weight0 + at, sizeof w0);
+                    w0 += wd[h] * vw;
+                    std::memcpy(weight0 + at, &w0, sizeof w0);
+                }
+            }
+        }
+        list[listed] = static_cast<uint64_t>(k) << 8 | cand;
+        listed += cand != 0;
+    }
+    return listed;
+}
+
+template <bool Weighted>
+CALIBKIT_NOINLINE int64_t classwise_octets_f_sse(const float* e, int64_t K8, float tf, double scale, double w,
+                                                 double* sum0, double* weight0, uint64_t* list) {
+    return classwise_octets_f<simd::Vec<2>, Weighted>(e, K8, tf, scale, w, sum0, weight0, list);
+}
+
+#if CALIBKIT_HAVE_AVX2_CLONES
+template <bool Weighted>
+__attribute__((noinline, target("avx2"))) int64_t classwise_octets_f_avx2(const float* e, int64_t K8, float tf,
+                                                                         double scale, double w, double* sum0,
+                                                                         double* weight0, uint64_t* list) {
+    return classwise_octets_f<simd::Vec<4>, Weighted>(e, K8, tf, scale, w, sum0, weight0, list);
+}
+#endif
+
+// classwise_octets_f through its outlined copy for the lanes of V (Vec<4>: only in AVX2 code).
+template <class V, bool Weighted>
+CALIBKIT_INLINE int64_t classwise_octets_f_call(const float* e, int64_t K8, float tf, double scale, double w,
+                                                double* sum0, double* weight0, uint64_t* list) {
+#if CALIBKIT_HAVE_AVX2_CLONES
+    if constexpr (V::width == 4)
+        return classwise_octets_f_avx2<Weighted>(e, K8, tf, scale, w, sum0, weight0, list);
+    else
+#endif
+        return classwise_octets_f_sse<Weighted>(e, K8, tf, scale, w, sum0, weight0, list);
+}
+
 // One row's class-wise update: p_k = e[k] * scale (scale = 1 / sum of the row's
 // exponentials for logits, 1 for probabilities; e is double, or float from the
 // float logit path). Shared: one set of edges for all classes. Each octet costs a
@@ -1055,47 +1130,10 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
         // Float exponentials, one set of edges: a float threshold `tf` with e <= tf => p = e * scale
         // <= upper (p is monotone in e), so an octet with no e above tf is all bin 0: its sums take
         // it without a select. The other octets go element by element, exactly as below.
-        typedef typename V::fw F;
-        typedef typename V::iw IF;
-        constexpr int GF = FOctet<V>::n, LF = 2 * W;
         float tf = static_cast<float>(std::min(upper[0] / scale, static_cast<double>(FLT_MAX)));
         while (tf > 0.0f && static_cast<double>(tf) * scale > upper[0]) tf = std::nextafter(tf, 0.0f);
-        const F vtf = splat_f<F>(tf), zero_f = splat_f<F>(0.0f), one_f = splat_f<F>(1.0f);
-        const D one = splat<D>(1.0);
-        // Bin 0's sums of the W classes from `at`: p * scale (times w), and the weight w * wv (wv = 1, or 0
-        // for a lane that is not in bin 0; w * 1 is w exactly).
-        const auto add_bin0 = [&](int64_t at, D p, D wv) {
-            D s0;
-            std::memcpy(&s0, sum0 + at, sizeof s0);
-            s0 += Weighted ? (p * vs) * vw : p * vs;
-            std::memcpy(sum0 + at, &s0, sizeof s0);
-            if constexpr (Weighted) {
-                D w0;
-                std::memcpy(&w0, weight0 + at, sizeof w0);
-                w0 += wv * vw;
-                std::memcpy(weight0 + at, &w0, sizeof w0);
-            }
-        };
-        // Without branches: bin 0 takes the lanes not above tf (the others add 0: a sum of non-negative
-        // terms is unchanged), and an octet with lanes above tf is listed (its offset and lanes); after the
-        // octets, the listed lanes go one by one (bin 0 or above). Each class still takes this row once.
         uint64_t* const list = sc.above.data();
-        int64_t listed = 0;
-        for (int64_t k = 0; k < K8; k += 8) {
-            unsigned cand = 0;
-            for (int g = 0; g < GF; ++g) {
-                F ev;
-                std::memcpy(&ev, e + k + g * LF, sizeof(F));
-                const IF above = ev > vtf;
-                cand |= lane_bits(above) << (g * LF);
-                D pd[2], wd[2];
-                widen<V>(select_f(above, zero_f, ev), pd[0], pd[1]);  // candidates add 0
-                if constexpr (Weighted) widen<V>(select_f(above, zero_f, one_f), wd[0], wd[1]);  // and no weight
-                for (int h = 0; h < 2; ++h) add_bin0(k + g * LF + h * W, pd[h], Weighted ? wd[h] : one);
-            }
-            list[listed] = static_cast<uint64_t>(k) << 8 | cand;
-            listed += cand != 0;
-        }
+        const int64_t listed = classwise_octets_f_call<V, Weighted>(e, K8, tf, scale, w, sum0, weight0, list);
         for (int64_t q = 0; q < listed; ++q) {
             const int64_t k = static_cast<int64_t>(list[q] >> 8);
             for (unsigned cand = static_cast<unsigned>(list[q] & 0xff); cand != 0; cand &= cand - 1) {

@@ -30,13 +30,16 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define CALIBKIT_INLINE inline __attribute__((always_inline))
+#define CALIBKIT_NOINLINE __attribute__((noinline))
 // Prefetch the cache line at p (rw: 0 read, 1 write; locality 0..3): a hint, no effect on results.
 #define CALIBKIT_PREFETCH(p, rw, locality) __builtin_prefetch((p), (rw), (locality))
 #elif defined(_MSC_VER)
 #define CALIBKIT_INLINE __forceinline
+#define CALIBKIT_NOINLINE __declspec(noinline)
 #define CALIBKIT_PREFETCH(p, rw, locality) ((void)(p))
 #else
 #define CALIBKIT_INLINE inline
+#define CALIBKIT_NOINLINE
 #define CALIBKIT_PREFETCH(p, rw, locality) ((void)(p))
 #endif
 
@@ -528,6 +531,18 @@ CALIBKIT_INLINE F splat_f(float v) {
     F r;
     for (unsigned j = 0; j < sizeof(F) / sizeof(float); ++j) r[j] = v;
     return r;
+}
+
+// The float lanes of v to p (any float alignment) as one vector store. (A memcpy from a vector the
+// compiler keeps in memory becomes a memory-to-memory copy in 16-byte pieces.)
+template <class F>
+CALIBKIT_INLINE void store_f(float* p, F v) {
+#if CALIBKIT_GNU_VECTORS
+    typedef float U __attribute__((vector_size(sizeof(F)), aligned(alignof(float)), may_alias));
+    *reinterpret_cast<U*>(p) = v;
+#else
+    std::memcpy(p, &v, sizeof v);
+#endif
 }
 
 // ln 2 split for Cody-Waite reduction: hi has 16 significant bits, so n * hi is
