@@ -1071,9 +1071,9 @@ CALIBKIT_NOINLINE int64_t classwise_octets_f_sse(const float* e, int64_t K8, flo
 
 #if CALIBKIT_HAVE_AVX2_CLONES
 template <bool Weighted>
-__attribute__((noinline, target("avx2"))) int64_t classwise_octets_f_avx2(const float* e, int64_t K8, float tf,
-                                                                         double scale, double w, double* sum0,
-                                                                         double* weight0, uint64_t* list) {
+CALIBKIT_AVX2_CLONE CALIBKIT_NOINLINE int64_t classwise_octets_f_avx2(const float* e, int64_t K8, float tf,
+                                                                     double scale, double w, double* sum0,
+                                                                     double* weight0, uint64_t* list) {
     return classwise_octets_f<simd::Vec<4>, Weighted>(e, K8, tf, scale, w, sum0, weight0, list);
 }
 #endif
@@ -1124,12 +1124,11 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
         }
         add_above(k, p);
     };
-    const D vs = splat<D>(scale), vw = splat<D>(w), zero = splat<D>(0.0);
     const int64_t K8 = K - K % 8;
     if constexpr (Shared && std::is_same<E, float>::value) {
         // Float exponentials, one set of edges: a float threshold `tf` with e <= tf => p = e * scale
-        // <= upper (p is monotone in e), so an octet with no e above tf is all bin 0: its sums take
-        // it without a select. The other octets go element by element, exactly as below.
+        // <= upper (p is monotone in e), so the octets are compared in float (classwise_octets_f); the
+        // listed elements go one by one afterwards, as below.
         float tf = static_cast<float>(std::min(upper[0] / scale, static_cast<double>(FLT_MAX)));
         while (tf > 0.0f && static_cast<double>(tf) * scale > upper[0]) tf = std::nextafter(tf, 0.0f);
         uint64_t* const list = sc.above.data();
@@ -1145,6 +1144,7 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
         // As above: bin 0's sums take every element of the octet, those above it adding 0; an octet with
         // elements above is listed (two bits per lane: lane_bits of 64-bit lanes), and after the octets the
         // listed elements go into their bins (their p recomputed, the same product).
+        const D vs = splat<D>(scale), vw = splat<D>(w), zero = splat<D>(0.0);
         const D shared_upper = splat<D>(upper[0]);
         uint64_t* const list = sc.above.data();
         int64_t listed = 0;
