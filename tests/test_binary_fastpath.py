@@ -99,8 +99,12 @@ rng = np.random.default_rng(3)
 n = 70001
 out = []
 for where in (0, 32767, 32768, 70000):
-    for bad in ("nan", "inf", "-inf", "huge", "negative", "label2", "label-1", "wnan", "winf", "wneg"):
+    for bad in ("nan", "inf", "-inf", "huge", "negative", "label2", "label-1", "label3", "label2**32+1", "u8label255",
+                "wnan", "winf", "wneg"):
         p = rng.random(n); y = (rng.random(n) < p).astype(np.int64); w = rng.random(n) if bad[0] == "w" else None
+        if bad == "label3": y[where] = 3
+        if bad == "label2**32+1": y[where] = 2**32 + 1  # bit 0 set: only the other bits name it
+        if bad == "u8label255": y = y.astype(np.uint8); y[where] = 255
         if bad in ("nan", "inf", "-inf"): p[where] = float(bad)
         if bad == "huge": p[where] = 1e300
         if bad == "negative": p[where] = -0.5
@@ -124,6 +128,28 @@ def test_bad_element_named_by_both_backends_without_crash():
     r = subprocess.run([sys.executable, "-c", _BAD_CODE], timeout=600, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[1, 2, 3, 4, 5]"
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("label_dtype", [np.int64, np.uint8])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_strided_inputs_give_the_bits_of_contiguous_copies(backend, dtype, label_dtype, weighted):
+    """Views with any step are read in place (the loop walks each input with its own stride), and every chunk
+    length, a multiple of the four lanes or not, is covered: N = 70,001 leaves a last chunk of 4,465 rows."""
+    rng = np.random.default_rng(10)
+    p, y = _data(rng, N, dtype, label_dtype)
+    p_view = np.empty(2 * N, dtype)[::2]
+    p_view[:] = p
+    y_view = np.empty(3 * N, label_dtype)[::-3]
+    y_view[:] = y
+    w = rng.uniform(0, 2, N) if weighted else None
+    w_view = None if w is None else np.repeat(w, 2)[1::2]
+    k = _backend.kernels(backend)
+    for n_bins, edges in ((15, None), (5000, None), (4, np.array([0.0, 0.1, 0.5, 0.55, 1.0]))):
+        want = k.binary_stats(p, y, w, n_bins, edges, 1e-7, True)
+        got = k.binary_stats(p_view, y_view, w_view, n_bins, edges, 1e-7, True)
+        _same(want, got)
+        assert want["status"][0] == 0
 
 
 def test_ece_message_names_the_row(backend):

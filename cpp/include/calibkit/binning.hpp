@@ -1882,15 +1882,6 @@ BinningResult top_label_stats(const Matrix<T>& scores, const Vector<int64_t>& la
     return total;
 }
 
-// A label of a binary row is bad unless it is 0 or 1 (any integer type; no branch).
-template <class L>
-CALIBKIT_INLINE bool bad_binary_label(L y) {
-    if constexpr (std::is_signed<L>::value)
-        return static_cast<std::make_unsigned_t<L>>(y) > 1u;
-    else
-        return y > 1u;
-}
-
 // Checks binary row i (label 0 or 1, weight finite and >= 0 when present, probability in [0, 1] with the usual
 // tolerance): true with (p, y, w) read, or false with the first fault of the row in `st`. The one row check
 // of every binary kernel (binary_stats, smooth_grid_binary, stream_accumulate).
@@ -1941,20 +1932,23 @@ inline void binary_rows_checked(const Vector<T>& probs, const Vector<L>& targets
 // flag (false: the chunk holds a bad element, and its sums are to be thrown away), a bad value is
 // replaced by 0 before it is used as an index. Totals are added in row order.
 // Weighted: the per-bin sums are added in row order, as the checked loop adds them (bit for bit).
-// Unweighted: row begin + r goes to lane r % 4 of `lanes` (LaneBins' layout: a count, a count of
-// positives and Σ p per bin and lane), so that consecutive rows never update the same memory; the
-// lanes are folded in lane order at the end. A bin's weight is its count and its Σ y its count of
-// positives (sums of 1.0 and of 0/1 are exact below 2**53). Lanes are used up to kBinaryLaneBins
-// bins (beyond, clearing and folding them per chunk would cost more than they save).
+// Unweighted: row begin + r goes to lane r % 4 of `lanes` (LaneBins' layout: a packed count and
+// count of positives, and Σ p, per bin and lane), so that consecutive rows never update the same
+// memory; the lanes are folded in lane order at the end. A bin's weight is its count and its Σ y
+// its count of positives (sums of 1.0 and of 0/1 are exact below 2**53). Lanes are used up to
+// kBinaryLaneBins bins (beyond, clearing and folding them per chunk would cost more than they save).
 constexpr int64_t kBinaryLaneBins = 4096;
 
 struct BinaryLanes {
-    std::vector<int64_t> counts;  // kLanes counts per bin, then kLanes counts of positives per bin
-    std::vector<double> sums;     // kLanes sums of p per bin
+    // Per bin and lane, count + 2**32 * positives: one add per row for both (a chunk has far fewer
+    // than 2**32 rows, so the low half never carries into the high half).
+    std::vector<int64_t> counts;
+    std::vector<double> sums;  // Σ p per bin and lane
     explicit BinaryLanes(int64_t n_bins)
-        : counts(static_cast<size_t>(2 * LaneBins::kLanes * n_bins), 0),
+        : counts(static_cast<size_t>(LaneBins::kLanes * n_bins), 0),
           sums(static_cast<size_t>(LaneBins::kLanes * n_bins), 0.0) {}
 };
+static_assert(kChunkElements < (int64_t{1} << 31), "BinaryLanes packs a chunk's counts into 32 bits");
 
 template <class T, class L, bool Weighted, bool Lanes, bool WithNll>
 inline bool binary_rows_fast(const Vector<T>& probs, const Vector<L>& targets, const Weights& weights,
@@ -1965,36 +1959,52 @@ inline bool binary_rows_fast(const Vector<T>& probs, const Vector<L>& targets, c
     const bool binned = n_bins > 0;
     const bool uniform = edges.uniform && n_bins > 1;
     const double scale = edges.scale, last = edges.last;
-    const double* e = edges.bounds.data();
-    int64_t* const count = Lanes ? lanes.counts.data() : part.bins.count.data();
+    const double* const e = edges.bounds.data();
+    int64_t* const packed = lanes.counts.data();
+    double* const psum = lanes.sums.data();
+    int64_t* const count = part.bins.count.data();
     double* const wsum = part.bins.weight.data();
-    double* const sconf = Lanes ? lanes.sums.data() : part.bins.sum_score.data();
+    double* const sconf = part.bins.sum_score.data();
     double* const starget = part.bins.sum_target.data();
-    int64_t* const positives = lanes.counts.data() + (Lanes ? kL * n_bins : 0);
+    // The inputs walked with local pointers and strides: read through the structs, every store to the
+    // int64 counts could alias a stride, and the compiler would reload them per row.
+    const int64_t ps = probs.stride, ys = targets.stride, ws = weights.v.stride;
+    const char* pp = probs.data + begin * ps;
+    const char* yp = targets.data + begin * ys;
+    const char* wp = Weighted ? weights.v.data + begin * ws : nullptr;
     double conf = 0.0, brier = 0.0, nll = 0.0, wtot = 0.0, correct = 0.0;
     int64_t pos = 0;
     bool bad = false;
-    for (int64_t i = begin; i < end; ++i) {
-        const L yr = targets.raw(i);
-        const double raw_p = probs[i];
+    L labels_or = 0;  // every label or-ed: all are 0 or 1 iff no other bit is set
+    // One row; `lane` is (i - begin) % 4, a constant in the unrolled loop below. `Uniform` is a
+    // constant of each copy of the loop (no test per row).
+    const auto row = [&](const int64_t lane, auto uniform_tag) {
+        constexpr bool Uniform = decltype(uniform_tag)::value;
+        L yr;
+        std::memcpy(&yr, yp, sizeof(L));
+        const double raw_p = load(reinterpret_cast<const T*>(pp));
+        pp += ps;
+        yp += ys;
+        labels_or |= yr;
         const bool ok = valid_probability(raw_p);
-        bad |= bad_binary_label(yr) | !ok;
+        bad |= !ok;
         const double p = ok ? raw_p : 0.0;  // a NaN must not reach the bin index
         const int64_t y = static_cast<int64_t>(yr) & 1;
         const double target = static_cast<double>(y);
         double w = 1.0;
         if constexpr (Weighted) {
-            w = weights.v[i];
+            std::memcpy(&w, wp, sizeof(double));
+            wp += ws;
             bad |= !(w >= 0.0) | !(w - w == 0.0);  // negative, NaN or infinite
         }
         int64_t b = 0;
-        if (uniform) {
+        if constexpr (Uniform) {
             // BinEdges::bin, with the clamp written so that it also holds for any p here.
             b = static_cast<int64_t>(std::min(std::max(p * scale, 0.0), last));
             b -= static_cast<int64_t>(!(e[b] < p));
             b += static_cast<int64_t>(e[b + 1] < p);
-        } else if (n_bins > 1) {
-            b = edges.bin(p);
+        } else {
+            if (n_bins > 1) b = edges.bin(p);
         }
         if (binned) {
             if constexpr (!Lanes) {
@@ -2003,10 +2013,9 @@ inline bool binary_rows_fast(const Vector<T>& probs, const Vector<L>& targets, c
                 sconf[b] += w * p;
                 starget[b] += w * target;
             } else {
-                const int64_t j = b * kL + ((i - begin) & (kL - 1));
-                count[j] += 1;
-                positives[j] += y;
-                sconf[j] += p;
+                const int64_t j = b * kL + lane;
+                packed[j] += 1 + (y << 32);
+                psum[j] += p;
             }
         }
         conf += w * p;
@@ -2021,17 +2030,32 @@ inline bool binary_rows_fast(const Vector<T>& probs, const Vector<L>& targets, c
             const double pc = std::min(std::max(p, nll_eps), 1.0 - nll_eps);
             nll -= w * (y == 1 ? std::log(pc) : std::log1p(-pc));
         }
-    }
+    };
+    const auto rows = [&](auto uniform_tag) {
+        int64_t i = begin;
+        for (; i + kL <= end; i += kL) {
+            row(0, uniform_tag);
+            row(1, uniform_tag);
+            row(2, uniform_tag);
+            row(3, uniform_tag);
+        }
+        for (int64_t lane = 0; i < end; ++i, ++lane) row(lane, uniform_tag);
+    };
+    if (uniform)
+        rows(std::true_type{});
+    else
+        rows(std::false_type{});
+    bad |= (labels_or & ~L{1}) != 0;
     if (bad) return false;
     if constexpr (Lanes) {
         for (int64_t m = 0; binned && m < n_bins; ++m) {
-            const int64_t* c = count + m * kL;
-            const int64_t* q = positives + m * kL;
-            const double* s = sconf + m * kL;
-            part.bins.count[m] = ((c[0] + c[1]) + c[2]) + c[3];
-            part.bins.weight[m] = static_cast<double>(part.bins.count[m]);
-            part.bins.sum_target[m] = static_cast<double>(((q[0] + q[1]) + q[2]) + q[3]);
-            part.bins.sum_score[m] = ((s[0] + s[1]) + s[2]) + s[3];
+            const int64_t* c = packed + m * kL;
+            const double* s = psum + m * kL;
+            const int64_t both = ((c[0] + c[1]) + c[2]) + c[3];
+            count[m] = both & 0xffffffff;
+            wsum[m] = static_cast<double>(count[m]);
+            starget[m] = static_cast<double>(both >> 32);
+            sconf[m] = ((s[0] + s[1]) + s[2]) + s[3];
         }
     }
     if constexpr (!Weighted) {
