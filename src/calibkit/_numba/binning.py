@@ -936,19 +936,25 @@ def _binary_rows_checked(probs, targets, weights, has_w, inner, uniform, n_bins,
             tot[5] -= w * (math.log(pc) if y == 1 else math.log1p(-pc))
 
 
+# The case a copy of the binary loop is compiled for (binary_driver_for: globals read as compile-time constants,
+# as binary_stats' template arguments in C++; tested per row, these flags made the loop about 1.6x slower). The
+# module's own functions keep these values, and no caller runs them.
+BINARY_WEIGHTED = False  # sample weights
+BINARY_LANES = True  # unweighted, at most BINARY_LANE_BINS bins: bins in lanes
+BINARY_UNIFORM = True  # equal-width edges and more than one bin
+
+
 @numba.njit(**JIT)
-def _binary_rows_fast(probs, targets, weights, has_w, lanes, uniform_bins, inner, bounds, n_bins, nll_eps, with_nll,
-                      table, begin, end, count, wsum, sconf, scorr, tot):
+def _binary_rows_fast(probs, targets, weights, inner, bounds, n_bins, nll_eps, with_nll, table, begin, end, count,
+                      wsum, sconf, scorr, tot):
     """binning.hpp's binary_rows_fast: no branch per row for the checks (False: a bad element in the chunk);
     unweighted with at most BINARY_LANE_BINS bins, row begin + r goes to lane r % 4 of its bin (a count plus
     2**32 times the count of positives, and the sum of p, folded in lane order); otherwise the per-bin sums go in
-    row order. ``bounds``: -inf, the inner edges, +inf; ``uniform_bins``: equal-width edges and more than one bin.
-    The rows go four at a time, the lane a constant of each. ``has_w`` and ``lanes`` are literals, one compiled
-    copy per pair as the C++ template arguments are: tested per row (with ``uniform_bins``), they made the loop
-    about 1.6x slower. ``uniform_bins`` stays a runtime flag: a literal too took the loop from 4.6 to 3.9 ns a
-    row but doubled the copies and so the first call's compile time (11 s to 18 s from a cold cache)."""
-    numba.literally(has_w)
-    numba.literally(lanes)
+    row order. ``bounds``: -inf, the inner edges, +inf. The rows go four at a time, the lane a constant of each.
+    Compiled for the case of BINARY_WEIGHTED, BINARY_LANES and BINARY_UNIFORM (binary_driver_for)."""
+    has_w = BINARY_WEIGHTED
+    lanes = BINARY_LANES
+    uniform_bins = BINARY_UNIFORM
     nl = BIN_LANES * n_bins if lanes else 0
     l_pack = np.zeros(nl, np.int64)
     l_sum = np.zeros(nl)
@@ -1041,18 +1047,8 @@ def _binary_rows_fast(probs, targets, weights, has_w, lanes, uniform_bins, inner
 @numba.njit(**JIT)
 def _binary_chunk(probs, targets, weights, has_w, inner, bounds, uniform, n_bins, nll_eps, with_nll, table, begin,
                   end, count, wsum, sconf, scorr, tot, st):
-    # has_w and lanes as literals: one compiled copy of the fast loop per pair (binary_stats' template dispatch)
-    lanes = n_bins <= BINARY_LANE_BINS
-    uniform_bins = uniform and n_bins > 1
-    if has_w:
-        ok = _binary_rows_fast(probs, targets, weights, True, False, uniform_bins, inner, bounds, n_bins, nll_eps,
-                               with_nll, table, begin, end, count, wsum, sconf, scorr, tot)
-    elif lanes:
-        ok = _binary_rows_fast(probs, targets, weights, False, True, uniform_bins, inner, bounds, n_bins, nll_eps,
-                               with_nll, table, begin, end, count, wsum, sconf, scorr, tot)
-    else:
-        ok = _binary_rows_fast(probs, targets, weights, False, False, uniform_bins, inner, bounds, n_bins, nll_eps,
-                               with_nll, table, begin, end, count, wsum, sconf, scorr, tot)
+    ok = _binary_rows_fast(probs, targets, weights, inner, bounds, n_bins, nll_eps, with_nll, table, begin, end,
+                           count, wsum, sconf, scorr, tot)
     if ok:
         return
     count[:] = 0
@@ -1062,6 +1058,18 @@ def _binary_chunk(probs, targets, weights, has_w, inner, bounds, uniform, n_bins
     tot[:] = 0.0
     _binary_rows_checked(probs, targets, weights, has_w, inner, uniform, n_bins, nll_eps, with_nll, table, begin,
                          end, count, wsum, sconf, scorr, tot, st)
+
+
+def binary_driver_for(has_w, n_bins, uniform):
+    """_binary_driver calling the copy of _binary_rows_fast compiled for this case (BINARY_WEIGHTED, BINARY_LANES,
+    BINARY_UNIFORM; _common.specialised): a call compiles the one copy it runs."""
+    lanes = (not has_w) and n_bins <= BINARY_LANE_BINS
+    uniform = uniform and n_bins > 1
+    suffix = "_" + ("w" if has_w else "") + ("lanes" if lanes else "rows") + ("_equal" if uniform else "_edges")
+    rows = specialised(_binary_rows_fast, suffix,
+                       {"BINARY_WEIGHTED": bool(has_w), "BINARY_LANES": lanes, "BINARY_UNIFORM": uniform})
+    chunk = specialised(_binary_chunk, suffix, {"_binary_rows_fast": rows})
+    return specialised(_binary_driver, suffix, {"_binary_chunk": chunk})
 
 
 @numba.njit(parallel=True, **JIT)
@@ -1127,8 +1135,8 @@ def binary_stats(scores, labels, sample_weight, n_bins, edges, nll_eps, with_nll
     bounds = np.concatenate(([-np.inf], inner, [np.inf]))
     parallel = N >= MIN_PARALLEL_ELEMENTS
     count, wsum, sconf, scorr, total_count, tot, st = run_locked(
-        _binary_driver, as_kernel_array(scores), labels, weights, has_w, inner, bounds, uniform, int(n_bins),
-        float(nll_eps), with_nll, HALF_TABLE, parallel)
+        binary_driver_for(has_w, n_bins, uniform), as_kernel_array(scores), labels, weights, has_w, inner, bounds,
+        uniform, int(n_bins), float(nll_eps), with_nll, HALF_TABLE, parallel)
     out = _bins_dict(count, wsum, sconf, scorr, n_bins)
     out["totals"] = _totals_dict(total_count, tot)
     if not with_nll:
