@@ -974,8 +974,9 @@ def _binary_rows_fast(probs, targets, weights, inner, bounds, n_bins, nll_eps, w
             i = i0 + lane
             if i >= end:
                 break
-            yr = targets[i]
-            raw_p = load(probs[i], table)
+            iu = np.uint64(i)  # an unsigned index: no negative-index wraparound
+            yr = targets[iu]
+            raw_p = load(probs[iu], table)
             labels_or |= np.int64(yr)
             ok = (raw_p >= -PROBABILITY_TOLERANCE) & (raw_p <= 1.0 + PROBABILITY_TOLERANCE)  # valid_probability
             bad |= not ok
@@ -984,7 +985,7 @@ def _binary_rows_fast(probs, targets, weights, inner, bounds, n_bins, nll_eps, w
             target = float(y)
             w = 1.0
             if has_w:
-                w = weights[i]
+                w = weights[iu]
                 bad |= (not (w >= 0.0)) | (not (w - w == 0.0))  # negative, NaN or infinite
             # Unsigned indices: Numba adds no negative-index wraparound to them.
             b = np.uint64(0)
