@@ -1941,7 +1941,8 @@ constexpr int64_t kBinaryLaneBins = 4096;
 
 struct BinaryLanes {
     // Per bin and lane, count + 2**32 * positives: one add per row for both (a chunk has far fewer
-    // than 2**32 rows, so the low half never carries into the high half).
+    // than 2**32 rows, so the low half never carries into the high half). The packing of
+    // top_label_short_rows' lane bins (count + 2**32 * correct), in its own smaller layout.
     std::vector<int64_t> counts;
     std::vector<double> sums;  // Σ p per bin and lane
     explicit BinaryLanes(int64_t n_bins)

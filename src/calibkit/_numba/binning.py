@@ -949,8 +949,9 @@ def _binary_rows_fast(probs, targets, weights, inner, bounds, n_bins, nll_eps, w
                       wsum, sconf, scorr, tot):
     """binning.hpp's binary_rows_fast: no branch per row for the checks (False: a bad element in the chunk);
     unweighted with at most BINARY_LANE_BINS bins, row begin + r goes to lane r % 4 of its bin (a count plus
-    2**32 times the count of positives, and the sum of p, folded in lane order); otherwise the per-bin sums go in
-    row order. ``bounds``: -inf, the inner edges, +inf. The rows go four at a time, the lane a constant of each.
+    2**32 times the count of positives, packed as _short_prob_chunk's lane bins, and the sum of p, folded in lane
+    order); otherwise the per-bin sums go in row order. ``bounds``: -inf, the inner edges, +inf. The rows go four
+    at a time, the lane a constant of each.
     Compiled for the case of BINARY_WEIGHTED, BINARY_LANES and BINARY_UNIFORM (binary_driver_for)."""
     has_w = BINARY_WEIGHTED
     lanes = BINARY_LANES
