@@ -185,3 +185,59 @@ def test_sse2_and_avx2_and_threads_identical():
     # each group of 6 values repeats for threads 1, 2, 3
     for g in range(0, len(values), 18):
         assert values[g:g + 6] == values[g + 6:g + 12] == values[g + 12:g + 18]
+
+
+def _octet_sum_sq(row):
+    """binning.hpp's summarize_prob_row sum of squares of one row, in plain Python floats: element k of the
+    whole octets in lane k % 8, the rest from the octet ending at K (lane j: element K - 8 + j), the lanes
+    combined in octet_sum's order."""
+    K = len(row)
+    full = K - K % 8
+    lanes = [0.0] * 8
+    for k in range(full):
+        lanes[k % 8] += row[k] * row[k]
+    for j in range(8 - K % 8 if K % 8 else 8, 8):
+        lanes[j] += row[K - 8 + j] * row[K - 8 + j]
+    return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+
+
+@pytest.mark.parametrize("k", [16, 21, 22, 32, 37, 49, 100, 1000])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_long_probability_rows_same_bits_in_both_backends(k, dtype):
+    """Rows of K >= 16 probabilities: the row's sum of squares (the Brier term) in the lanes of binning.hpp's
+    summarize_prob_row in both backends, not in column order (Numba summed them in column order: the Brier
+    score differed from C++ in the last bit for most K). Checked against the lane order in plain Python, and
+    C++ == Numba bit for bit on C-ordered, strided and Fortran-ordered rows, weighted, with class-wise bins
+    (the rows stored for them) and on 1 and 2 threads."""
+    from calibkit._numba import binning as nb
+
+    rng = np.random.default_rng(k)
+    n = 3000
+    p = _probs(rng, n, k, dtype)
+    y = rng.integers(0, k, n)
+    w = rng.random(n)
+    one = p[:1].astype(np.float64)[0].tolist()
+    r = _kernels("cpp").top_label_stats(p[:1], y[:1], None, False, 0, 1e-7, False, None, None, 1.0, 0, None, True)
+    assert r["totals"]["brier"] == (_octet_sum_sq(one) - 2.0 * one[y[0]]) + 1.0
+    views = {"C": p, "strided": np.repeat(p, 2, axis=1)[:, ::2], "F": np.asfortranarray(p)}
+    previous = calibkit.get_num_threads()
+    try:
+        for name, s in views.items():
+            for weights, cw in ((None, 0), (w, 0), (None, 15), (w, 15)):
+                got = []
+                for mod, threads in ((_kernels("cpp"), 1), (nb, 1), (nb, 2)):
+                    calibkit.set_num_threads(threads)
+                    got.append(mod.top_label_stats(s, y, weights, False, 15, 1e-7, True, None, None, 1.0, cw, None,
+                                                   True))
+                for g in got[1:]:
+                    for key in ("count", "weight", "sum_score", "sum_target"):
+                        assert np.asarray(g[key]).tobytes() == np.asarray(got[0][key]).tobytes(), (name, key)
+                    for key, v in got[0]["totals"].items():
+                        assert np.float64(g["totals"][key]).tobytes() == np.float64(v).tobytes(), (name, key)
+                    if cw:
+                        for key in ("count", "weight", "sum_score", "sum_target"):
+                            a, b = np.asarray(g["classwise"][key]), np.asarray(got[0]["classwise"][key])
+                            assert a.tobytes() == b.tobytes(), (name, "classwise", key)
+    finally:
+        calibkit.set_num_threads(previous)
+    assert calibkit.brier_score(p, y, backend="numba") == calibkit.brier_score(p, y, backend="cpp")

@@ -359,6 +359,97 @@ def lane_top_two_f32(typingctx, buf, k8):
     return types.UniTuple(types.float32, 24)(buf, types.int64), _lane_scan_codegen(True)
 
 
+def _prob_row_lanes_codegen(context, builder, signature, args):
+    """LLVM IR of prob_row_lanes: the octets of row i on <8 x T> vectors (T the row's float type), lane j of the
+    octet at column k holding element k + j; the masked octet ending at K last (its lanes below 8 - K % 8, all
+    when K % 8 == 0, add nothing: 0 to the sums, -inf / +inf to the maxima / minima)."""
+    i64, i32 = ir.IntType(64), ir.IntType(32)
+    arr_t = signature.args[0]
+    arr = context.make_array(arr_t)(context, builder, args[0])
+    row = context.cast(builder, args[1], signature.args[1], types.int64)
+    elem = context.get_value_type(arr_t.dtype)
+    size = context.get_abi_sizeof(elem)
+    vec, dvec, ivec = ir.VectorType(elem, 8), ir.VectorType(ir.DoubleType(), 8), ir.VectorType(i64, 8)
+    lanes = ir.Constant(ivec, list(range(8)))
+
+    def splat(x, vt):
+        v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+        return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+
+    K = builder.extract_value(arr.shape, 1)
+    rest = builder.srem(K, ir.Constant(i64, 8))
+    k8 = builder.sub(K, rest)
+    base = builder.gep(builder.bitcast(arr.data, ir.IntType(8).as_pointer()),
+                       [builder.mul(row, builder.extract_value(arr.strides, 0))])
+    data = builder.bitcast(base, elem.as_pointer())
+
+    def octet(k, s, m, n, a, valid=None):
+        v = builder.load(builder.bitcast(builder.gep(data, [k]), vec.as_pointer()), align=size)
+        vm, vn, vs = v, v, v
+        if valid is not None:
+            vm = builder.select(valid, v, ir.Constant(vec, [float("-inf")] * 8))
+            vn = builder.select(valid, v, ir.Constant(vec, [float("inf")] * 8))
+            vs = builder.select(valid, v, ir.Constant(vec, [0.0] * 8))
+        d = vs if elem == ir.DoubleType() else builder.fpext(vs, dvec)
+        s = builder.fadd(s, builder.fmul(d, d))
+        greater = builder.fcmp_ordered(">", vm, m)
+        m = builder.select(greater, vm, m)
+        a = builder.select(greater, builder.add(splat(k, ivec), lanes), a)
+        n = builder.select(builder.fcmp_ordered("<", vn, n), vn, n)
+        return s, m, n, a
+
+    start = (ir.Constant(dvec, [0.0] * 8), ir.Constant(vec, [float("-inf")] * 8),
+             ir.Constant(vec, [float("inf")] * 8), ir.Constant(ivec, [0] * 8))
+    entry = builder.block
+    loop = builder.append_basic_block("prow.loop")
+    body = builder.append_basic_block("prow.body")
+    done = builder.append_basic_block("prow.done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    k = builder.phi(i64)
+    phis = [builder.phi(c.type) for c in start]
+    builder.cbranch(builder.icmp_signed("<", k, k8), body, done)
+    builder.position_at_end(body)
+    new = octet(k, *phis)
+    k_next = builder.add(k, ir.Constant(i64, 8))
+    builder.branch(loop)
+    k.add_incoming(ir.Constant(i64, 0), entry)
+    k.add_incoming(k_next, body)
+    for phi, c, x in zip(phis, start, new):
+        phi.add_incoming(c, entry)
+        phi.add_incoming(x, body)
+    builder.position_at_end(done)
+    first = builder.select(builder.icmp_signed("==", rest, ir.Constant(i64, 0)), ir.Constant(i64, 8),
+                           builder.sub(ir.Constant(i64, 8), rest))
+    valid = builder.icmp_signed(">=", lanes, splat(first, ivec))
+    s, m, n, a = octet(builder.sub(K, ir.Constant(i64, 8)), *phis, valid=valid)
+    if elem != ir.DoubleType():
+        m, n = builder.fpext(m, dvec), builder.fpext(n, dvec)
+    out = []
+    for vv in (s, m, n, builder.sitofp(a, dvec)):
+        out.extend(builder.extract_element(vv, ir.Constant(i32, j)) for j in range(8))
+    return context.make_tuple(builder, signature.return_type, out)
+
+
+def prob_row_lanes_ok(scores):
+    """prob_row_lanes reads this matrix type: float32 / float64, each row contiguous (layout C), aligned."""
+    return (isinstance(scores, types.Array) and scores.ndim == 2 and scores.layout == "C" and scores.aligned
+            and scores.dtype in (types.float32, types.float64))
+
+
+@intrinsic
+def prob_row_lanes(typingctx, scores, i):
+    """The lanes of binning.hpp's summarize_prob_row over row i (K >= 8 elements) of a C-ordered float32 /
+    float64 matrix: (s_0..s_7, m_0..m_7, n_0..n_7, a_0..a_7) in double, lane j's sum of squares, maximum (v > m:
+    a lane keeps its first maximum, NaN never replaces it), minimum (NaN never replaces it) and the column of
+    its maximum. Element k of the whole octets is in lane k % 8, element K - 8 + j of the octet ending at K in
+    lane j from lane 8 - K % 8 on (as TailMask). The squares are summed in double, as the C++ kernel sums
+    them, so the same bits; the maxima and minima are exact."""
+    if not (prob_row_lanes_ok(scores) and isinstance(i, types.Integer)):
+        return None
+    return types.UniTuple(types.float64, 32)(scores, i), _prob_row_lanes_codegen
+
+
 LANE_FLUSH = 64  # elements per flush of the float lane partials into double lanes (8 octets, as in C++)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numba
+from numba.extending import overload
 import numpy as np
 
 from ._common import (
@@ -41,6 +42,8 @@ from ._common import (
     next_ticket,
     octet_sum,
     plain_scan8,
+    prob_row_lanes,
+    prob_row_lanes_ok,
     rows_per_chunk,
     run_locked,
     short_scan8,
@@ -241,11 +244,121 @@ def _logit_row_d(scores, i, y, with_nll, inv_t, table, st, out, row_out, octets)
     return True
 
 
+@numba.njit(inline="always", **JIT)
+def _prob_lane(v, s, m, n):
+    """One element v into its lane (_prob_lanes_scalar): the lane's sum of squares s, its maximum m (v > m: a
+    lane keeps its first maximum, NaN never replaces it) and its minimum n (NaN never replaces it either)."""
+    return s + v * v, v if v > m else m, v if v < n else n
+
+
+@numba.njit(**JIT)
+def _prob_lanes_scalar(scores, i, table):
+    """prob_row_lanes (_common.py) of row i of any probability matrix (float16 read through `table`, any
+    strides, any K >= 1; for K < 8 the lanes from K on are padding), in scalars without branches, and without
+    the columns of the maxima (-1: the caller finds the first column holding the maximum)."""
+    K = scores.shape[1]
+    full = K - K % 8
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -np.inf
+    n0 = n1 = n2 = n3 = n4 = n5 = n6 = n7 = np.inf
+    for k in range(0, full, 8):
+        u = np.uint64(k)  # unsigned: no negative-index wraparound on each read
+        v0 = load(scores[i, u], table)
+        v1 = load(scores[i, u + np.uint64(1)], table)
+        v2 = load(scores[i, u + np.uint64(2)], table)
+        v3 = load(scores[i, u + np.uint64(3)], table)
+        v4 = load(scores[i, u + np.uint64(4)], table)
+        v5 = load(scores[i, u + np.uint64(5)], table)
+        v6 = load(scores[i, u + np.uint64(6)], table)
+        v7 = load(scores[i, u + np.uint64(7)], table)
+        s0, m0, n0 = _prob_lane(v0, s0, m0, n0)
+        s1, m1, n1 = _prob_lane(v1, s1, m1, n1)
+        s2, m2, n2 = _prob_lane(v2, s2, m2, n2)
+        s3, m3, n3 = _prob_lane(v3, s3, m3, n3)
+        s4, m4, n4 = _prob_lane(v4, s4, m4, n4)
+        s5, m5, n5 = _prob_lane(v5, s5, m5, n5)
+        s6, m6, n6 = _prob_lane(v6, s6, m6, n6)
+        s7, m7, n7 = _prob_lane(v7, s7, m7, n7)
+    if full < K:
+        t = K - 8 if K >= 8 else 0
+        first = 8 - K % 8 if K >= 8 else 0
+        last = 8 if K >= 8 else K
+        if first <= 0 < last:
+            s0, m0, n0 = _prob_lane(load(scores[i, t], table), s0, m0, n0)
+        if first <= 1 < last:
+            s1, m1, n1 = _prob_lane(load(scores[i, t + 1], table), s1, m1, n1)
+        if first <= 2 < last:
+            s2, m2, n2 = _prob_lane(load(scores[i, t + 2], table), s2, m2, n2)
+        if first <= 3 < last:
+            s3, m3, n3 = _prob_lane(load(scores[i, t + 3], table), s3, m3, n3)
+        if first <= 4 < last:
+            s4, m4, n4 = _prob_lane(load(scores[i, t + 4], table), s4, m4, n4)
+        if first <= 5 < last:
+            s5, m5, n5 = _prob_lane(load(scores[i, t + 5], table), s5, m5, n5)
+        if first <= 6 < last:
+            s6, m6, n6 = _prob_lane(load(scores[i, t + 6], table), s6, m6, n6)
+        if first <= 7 < last:
+            s7, m7, n7 = _prob_lane(load(scores[i, t + 7], table), s7, m7, n7)
+    return (s0, s1, s2, s3, s4, s5, s6, s7,
+            m0, m1, m2, m3, m4, m5, m6, m7,
+            n0, n1, n2, n3, n4, n5, n6, n7,
+            -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0)
+
+
+def _prob_lanes(scores, i, table):  # pragma: no cover - replaced by the overload inside jitted code
+    raise NotImplementedError
+
+
+@overload(_prob_lanes)
+def _prob_lanes_overload(scores, i, table):
+    """The lanes of row i of a probability matrix: prob_row_lanes (vectors) where it reads the matrix type
+    and K >= 8, else _prob_lanes_scalar. The same values either way (the columns only from the vectors)."""
+    if prob_row_lanes_ok(scores):
+        return lambda scores, i, table: (prob_row_lanes(scores, i) if scores.shape[1] >= 8 else
+                                         _prob_lanes_scalar(scores, i, table))
+    return lambda scores, i, table: _prob_lanes_scalar(scores, i, table)
+
+
 @numba.njit(**JIT)
 def _long_prob_row(scores, i, y, nll_eps, with_nll, table, st, out, store, row_out):
-    """_summarize_row of a probability row."""
-    if not _prob_row(scores, i, y, table, st, out, store, row_out):
-        return False
+    """_summarize_row of a probability row of K >= SHORT_ROW elements, as binning.hpp's summarize_prob_row
+    computes it: in octets, element k of the whole octets in lane k % 8; for K % 8 != 0 the last octet is the
+    one ending at K (lane j: element K - 8 + j), and its lanes already counted add nothing (for K < 8, as
+    smooth_grid reads any row here: the row itself, lanes from K on padding). sum p^2 is the lanes' sums of
+    squares in octet_sum's order, the maximum the largest lane maximum (lanes in order, LaneMax::best), the
+    argmax its first column (LaneMax::first_index: the smallest column of the lanes holding it). The same
+    operations as the C++ kernel, so the same bits; a sum in column order differs from it in the last bits.
+    The row is good when every element is in [-tol, 1 + tol]: the lanes' minima and maxima are, and no sum of
+    squares is NaN. With `store`, row_out[k] gets p_k. A row with a bad element goes to _prob_row, which names
+    the first one."""
+    K = scores.shape[1]
+    lanes = _prob_lanes(scores, i, table)
+    best = -np.inf
+    low = np.inf
+    for j in range(8):
+        m = lanes[8 + j]
+        n = lanes[16 + j]
+        best = m if m > best else best
+        low = n if n < low else low
+    sum_sq = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+    if not (low >= _PROB_LO and best <= _PROB_HI and sum_sq == sum_sq):  # sum_sq is NaN with a NaN element
+        return _prob_row(scores, i, y, table, st, out, False, row_out)  # names the first bad element
+    if lanes[24] >= 0.0:
+        arg = K
+        for j in range(8):
+            a = int(lanes[24 + j])
+            arg = a if lanes[8 + j] == best and a < arg else arg
+    else:
+        arg = 0
+        while arg < K - 1 and load(scores[i, arg], table) != best:  # the first column holding the maximum
+            arg += 1
+    if store:
+        for k in range(K):
+            row_out[k] = load(scores[i, k], table)
+    out[0] = arg
+    out[1] = best
+    out[2] = load(scores[i, y], table)
+    out[3] = sum_sq
     out[4] = -math.log(max(out[2], nll_eps)) if with_nll else 0.0
     return True
 
@@ -286,8 +399,8 @@ def _prob_row(scores, i, y, table, st, out, store, row_out):
 
 @numba.njit(**JIT)
 def _short_prob_row(scores, i, y, nll_eps, with_nll, table, st, out, store, row_out):
-    """A probability row of K < SHORT_ROW elements (binning.hpp, summarize_short_rows): the same sums as
-    _summarize_row, in column order, and the NLL by the vector log_positive's twin (the same bits)."""
+    """A probability row of K < SHORT_ROW elements (binning.hpp, summarize_short_rows, one row per lane): its sums
+    in column order (_prob_row), and the NLL by the vector log_positive's twin (the same bits)."""
     if not _prob_row(scores, i, y, table, st, out, store, row_out):
         return False
     p_label = out[2]
