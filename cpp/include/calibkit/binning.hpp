@@ -428,6 +428,7 @@ CALIBKIT_INLINE bool summarize_logit_row(const Matrix<T>& s, const simd::TailMas
 // buffer of a multiple of 8 elements; the pad lanes get 0).
 constexpr int64_t kRowFlushOctets = 8;  // the same as uncertainty.hpp's kFlushOctets
 constexpr int kRowBlock = 8;              // octets per block of the unrolled loops
+constexpr int kExpOctets = 4;             // octets per exp_f32_n batch of read 2 (a divisor of kRowBlock)
 
 template <class T, bool Contiguous, class V, bool Store, bool Unscaled, bool Sq = true>
 CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_t label, bool with_nll, double inv_t,
@@ -504,32 +505,36 @@ CALIBKIT_INLINE bool summarize_logit_row_f(const Matrix<T>& s, int64_t i, int64_
     for (int g = 0; g < Octet<V>::n; ++g) sum.v[g] = sq.v[g] = splat<typename V::d>(0.0);
     FOctet<V> ps, pq;
     for (int g = 0; g < G; ++g) ps.v[g] = pq.v[g] = zero;
-    // Read 2, kRowFlushOctets octets between flushes, their exps kRowBlock octets at a time in
-    // lockstep (exp_f32_n); each lane's partials still take the octets in order.
+    // Read 2, kRowFlushOctets octets between flushes, in blocks of kRowBlock octets whose exps go
+    // kExpOctets octets at a time in lockstep (exp_f32_n; eight at once kept more temporaries than the
+    // sixteen AVX2 registers hold, and four measured 3% faster on one thread); each lane's partials
+    // still take the octets in order, so the bits do not depend on kExpOctets.
     static_assert(kRowFlushOctets % kRowBlock == 0, "blocks do not straddle a flush");
     const char* next = i + 1 < s.rows ? reinterpret_cast<const char*>(s.row(i + 1)) : nullptr;
     for (k = 0; k < full;) {
         const int64_t stop = std::min(full, k + 8 * kRowFlushOctets);
         for (; k + 8 * kRowBlock <= stop; k += 8 * kRowBlock) {
-            F e[kRowBlock * G];
-            for (int u = 0; u < kRowBlock; ++u) {
-                const FOctet<V> o = r.template foctet<V>(k + 8 * u);
-                for (int g = 0; g < G; ++g) e[u * G + g] = scaled(o.v[g]);
-            }
-            exp_f32_n<V, kRowBlock * G>(e);
             if constexpr (Contiguous && std::is_same<T, float>::value) {
                 // The next row's lines are requested while this one computes: its read 1 then
                 // comes from cache and the memory traffic overlaps the exps.
                 if (next)
                     for (int c = 0; c < 8 * kRowBlock * 4; c += 64) CALIBKIT_PREFETCH(next + 4 * k + c, 0, 3);
             }
-            for (int u = 0; u < kRowBlock; ++u)
-                for (int g = 0; g < G; ++g) {
-                    const F ev = e[u * G + g];
-                    ps.v[g] += ev;
-                    if constexpr (Sq) pq.v[g] += ev * ev;
-                    if constexpr (Store) store_f(row_out + k + 8 * u + g * L, ev);
+            for (int u0 = 0; u0 < kRowBlock; u0 += kExpOctets) {
+                F e[kExpOctets * G];
+                for (int u = 0; u < kExpOctets; ++u) {
+                    const FOctet<V> o = r.template foctet<V>(k + 8 * (u0 + u));
+                    for (int g = 0; g < G; ++g) e[u * G + g] = scaled(o.v[g]);
                 }
+                exp_f32_n<V, kExpOctets * G>(e);
+                for (int u = 0; u < kExpOctets; ++u)
+                    for (int g = 0; g < G; ++g) {
+                        const F ev = e[u * G + g];
+                        ps.v[g] += ev;
+                        if constexpr (Sq) pq.v[g] += ev * ev;
+                        if constexpr (Store) store_f(row_out + k + 8 * (u0 + u) + g * L, ev);
+                    }
+            }
         }
         for (; k < stop; k += 8) {
             const FOctet<V> o = r.template foctet<V>(k);
