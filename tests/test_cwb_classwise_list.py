@@ -141,3 +141,32 @@ def test_unit_weights_equal_no_weights():
             ones = run(backend, s, y, from_logits, 15, w=np.ones(n), threads=threads)
             for key in KEYS:
                 np.testing.assert_array_equal(ones[key], plain[key])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("k", [16, 24, 37])
+def test_float_rows_at_the_first_edge(dtype, k):
+    """Float logit rows whose probabilities straddle the first edge 1/M within a few ulps: the float threshold
+    of the octet pass lists every element just above it, and those still at or below the edge in double go to
+    bin 0 after the octets (C++ classwise_octets_f, Numba classwise_octets_f32: the same bits, any K % 8)."""
+    rng = np.random.default_rng(k)
+    n, m = 2400, 15
+    p = np.empty((n, k))
+    near = min(k - 2, 10)  # near the edge; the rest share what is left
+    spread = 1e-6 if dtype == np.float32 else 3e-3  # a few of the logits' ulps
+    p[:, :near] = (1.0 / m) * (1.0 + spread * rng.standard_normal((n, near)))
+    p[:, near:] = (1.0 - p[:, :near].sum(axis=1, keepdims=True)) / (k - near)
+    for row in p:
+        rng.shuffle(row)
+    y = rng.integers(0, k, n)
+    z = np.log(p).astype(dtype)
+    # Within a few ulps of the edge the float32 exps and NumPy's double softmax may bin an element apart, so
+    # the backends and thread counts are compared with each other, bit for bit, and not with NumPy.
+    for w in (None, rng.uniform(0.0, 3.0, n)):
+        got = run("cpp", z, y, True, m, w=w)
+        for backend, threads in (("cpp", 2), ("numba", 1), ("numba", 2)):
+            other = run(backend, z, y, True, m, w=w, threads=threads)
+            for key in KEYS:
+                np.testing.assert_array_equal(other[key], got[key], err_msg=f"{backend}, {threads} threads: {key}")
+        np.testing.assert_array_equal(got["count"].sum(axis=1), n)
+        assert (got["count"][:, 0] > 0).all() and (got["count"][:, 1] > n // 10).all()  # both sides of the edge

@@ -81,3 +81,81 @@ def test_lane_find_gives_the_first_index_of_the_maximum(k):
         buf = rng.integers(0, 4, k + 8).astype(np.float32)  # ties: the first index counts
         buf[k:] = 9.0  # beyond k: never searched
         assert _first_index(buf, k, buf[:k].max()) == int(np.argmax(buf[:k]))
+
+
+@numba.njit
+def _exp_sums(buf, k, best, bf, scaled, n2):
+    if scaled:
+        if n2:
+            return _common.exp_lane_sums_f32(buf, k, best, bf, True, 2)
+        return _common.exp_lane_sums_f32(buf, k, best, bf, True, 1) + (0.0,)
+    if n2:
+        return _common.exp_lane_sums_f32(buf, k, best, bf, False, 2)
+    return _common.exp_lane_sums_f32(buf, k, best, bf, False, 1) + (0.0,)
+
+
+@numba.njit
+def _exps_then_sums(buf, k, best, bf, scaled):
+    """The two loops exp_lane_sums_f32 fuses: exp_f32 element by element, padding 0, then lane_sums_f32."""
+    for j in range(k):
+        buf[j] = _common.exp_f32(bf * (buf[j] - best) if scaled else buf[j] - best)
+    for j in range(k, buf.shape[0]):
+        buf[j] = 0.0
+    return _common.lane_sums_f32(buf, buf, buf.shape[0], 2)
+
+
+@pytest.mark.parametrize("k", [1, 7, 8, 9, 63, 64, 65, 127, 128, 136, 1000, 1031])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_exp_lane_sums_are_the_two_loops_they_fuse(k, scaled):
+    """exp_lane_sums_f32 (two octets per step in whole flush blocks, octet by octet after them) gives the bits of
+    an exp loop then lane_sums_f32, for every K % 64 and K % 8, with and without the temperature; the row it
+    leaves holds the same exponentials and a padding of 0."""
+    rng = np.random.default_rng(k)
+    z = (3.0 * rng.standard_normal(k)).astype(np.float32)
+    z[rng.integers(0, k)] = -200.0  # below exp_f32's clamp
+    kp = (k + 7) // 8 * 8
+    best, bf = np.float32(z.max()), np.float32(0.7 if scaled else 1.0)
+    want_buf = np.full(kp, np.nan, np.float32)  # the padding starts as anything
+    want_buf[:k] = z
+    got_buf = want_buf.copy()
+    want = _exps_then_sums(want_buf, k, best, bf, scaled)
+    got = _exp_sums(got_buf, k, best, bf, scaled, True)
+    assert got == want
+    assert _exp_sums(want_buf.copy() * 0 + np.pad(z, (0, kp - k)), k, best, bf, scaled, False)[0] == want[0]
+    np.testing.assert_array_equal(got_buf, want_buf)
+
+
+@numba.njit
+def _octets(e, k8, tf, scale, w, sum0, weight0, lst, weighted):
+    if weighted:
+        return _common.classwise_octets_f32(e, k8, tf, scale, w, sum0, weight0, lst, True)
+    return _common.classwise_octets_f32(e, k8, tf, scale, w, sum0, weight0, lst, False)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("k", [0, 8, 16, 100, 1000])
+def test_classwise_octets_against_numpy(k, weighted):
+    """classwise_octets_f32: elements at or below tf add e * scale (times w) to sum0 and w to weight0, the others
+    0, each octet with one above listed as k << 8 | its lanes above, in order; NumPy's float64 products are the
+    same IEEE operations."""
+    rng = np.random.default_rng(k)
+    e = (rng.random(k + 8) ** 4).astype(np.float32)
+    k8 = k - k % 8
+    tf, scale, w = np.float32(0.5), 0.37, (1.7 if weighted else 1.0)
+    sum0, weight0 = rng.random(k + 8), rng.random(k + 8)
+    want_sum0, want_weight0 = sum0.copy(), weight0.copy()
+    lst = np.zeros(k // 8 + 1, np.uint64)
+    listed = _octets(e, k8, tf, scale, w, sum0, weight0, lst, weighted)
+    below = e[:k8] <= tf
+    add = e[:k8].astype(np.float64) * scale
+    if weighted:
+        add = add * w
+    want_sum0[:k8] += np.where(below, add, 0.0)
+    if weighted:
+        want_weight0[:k8] += np.where(below, w, 0.0)
+    np.testing.assert_array_equal(sum0, want_sum0)
+    np.testing.assert_array_equal(weight0, want_weight0)
+    want_list = [q << 8 | int(sum(1 << j for j in range(8) if not below[q + j]))
+                 for q in range(0, k8, 8) if not below[q:q + 8].all()]
+    assert listed == len(want_list)
+    assert [int(v) for v in lst[:listed]] == want_list

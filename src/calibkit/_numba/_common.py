@@ -450,6 +450,88 @@ def prob_row_lanes(typingctx, scores, i):
     return types.UniTuple(types.float64, 32)(scores, i), _prob_row_lanes_codegen
 
 
+def _classwise_octets_codegen(weighted):
+    """LLVM IR of classwise_octets_f32: binning.hpp's classwise_octets_f on <8 x float> / <8 x double> vectors."""
+    def codegen(context, builder, signature, args):
+        i64, i32, f32, f64 = ir.IntType(64), ir.IntType(32), ir.FloatType(), ir.DoubleType()
+        vec, dvec = ir.VectorType(f32, 8), ir.VectorType(f64, 8)
+
+        def data(j, elem):
+            a = context.make_array(signature.args[j])(context, builder, args[j])
+            return builder.bitcast(a.data, elem.as_pointer())
+
+        def splat(x, vt):
+            v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined),
+                                          ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+
+        e, sum0, weight0, lst = data(0, f32), data(5, f64), data(6, f64), data(7, i64)
+        k8 = args[1]
+        vtf, vs, vw = splat(args[2], vec), splat(args[3], dvec), splat(args[4], dvec)
+        zero_f, one_f = ir.Constant(vec, [0.0] * 8), ir.Constant(vec, [1.0] * 8)
+        entry = builder.block
+        loop = builder.append_basic_block("cwo.loop")
+        body = builder.append_basic_block("cwo.body")
+        done = builder.append_basic_block("cwo.done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        listed = builder.phi(i64)
+        builder.cbranch(builder.icmp_signed("<", k, k8), body, done)
+        builder.position_at_end(body)
+        ev = builder.load(builder.bitcast(builder.gep(e, [k]), vec.as_pointer()), align=4)
+        above = builder.fcmp_ordered(">", ev, vtf)
+        cand = builder.zext(builder.bitcast(above, ir.IntType(8)), i64)
+        pd = builder.fpext(builder.select(above, zero_f, ev), dvec)  # candidates add 0
+        add = builder.fmul(pd, vs)
+        if weighted:
+            add = builder.fmul(add, vw)
+        ptr = builder.bitcast(builder.gep(sum0, [k]), dvec.as_pointer())
+        builder.store(builder.fadd(builder.load(ptr, align=8), add), ptr, align=8)
+        if weighted:  # and no weight: w * 1 is w exactly
+            wd = builder.fmul(builder.fpext(builder.select(above, zero_f, one_f), dvec), vw)
+            ptr = builder.bitcast(builder.gep(weight0, [k]), dvec.as_pointer())
+            builder.store(builder.fadd(builder.load(ptr, align=8), wd), ptr, align=8)
+        builder.store(builder.or_(builder.shl(k, ir.Constant(i64, 8)), cand), builder.gep(lst, [listed]), align=8)
+        listed_new = builder.add(listed, builder.zext(builder.icmp_unsigned("!=", cand, ir.Constant(i64, 0)), i64))
+        k_next = builder.add(k, ir.Constant(i64, 8))
+        builder.branch(loop)
+        k.add_incoming(ir.Constant(i64, 0), entry)
+        k.add_incoming(k_next, body)
+        listed.add_incoming(ir.Constant(i64, 0), entry)
+        listed.add_incoming(listed_new, body)
+        builder.position_at_end(done)
+        return listed
+    return codegen
+
+
+@intrinsic(prefer_literal=True)
+def classwise_octets_f32(typingctx, e, k8, tf, scale, w, sum0, weight0, lst, weighted):
+    """binning.hpp's classwise_octets_f: the octets [0, k8) (k8 a multiple of 8, at most K) of a row of float32
+    exponentials into bin 0's sums of a shared-edge class-wise spec, for a literal ``weighted``: lane j of the
+    octet at k is element k + j; an element above ``tf`` (float32) adds 0 to sum0 (and, weighted, to weight0),
+    and each octet holding one is listed in ``lst`` (uint64, k8 / 8 entries at least) as k << 8 | one bit per
+    lane above; the others add e * scale (times w, weighted) and w. Returns the number listed. The same
+    operations, element by element, as the C++ lanes (widened to double, then the products and sums in double
+    without fused multiply-adds), so the same bits."""
+    if not (isinstance(weighted, types.BooleanLiteral) and _contiguous_f32(e) and isinstance(k8, types.Integer)):
+        return None
+    f64_c = [isinstance(a, types.Array) and a.dtype == types.float64 and a.ndim == 1 and a.layout == "C"
+             for a in (sum0, weight0)]
+    if not (all(f64_c) and isinstance(lst, types.Array) and lst.dtype == types.uint64 and lst.ndim == 1
+            and lst.layout == "C"):
+        return None
+    inner = _classwise_octets_codegen(weighted.literal_value)
+
+    def codegen(context, builder, signature, args):
+        vals = list(args)
+        for j, t in ((1, types.int64), (2, types.float32), (3, types.float64), (4, types.float64)):
+            vals[j] = context.cast(builder, args[j], signature.args[j], t)
+        return inner(context, builder, signature, vals)
+
+    return types.int64(e, k8, tf, scale, w, sum0, weight0, lst, weighted), codegen
+
+
 LANE_FLUSH = 64  # elements per flush of the float lane partials into double lanes (8 octets, as in C++)
 
 
@@ -554,6 +636,116 @@ def lane_sums_f32(typingctx, x, y, kp, n):
         return inner(context, builder, sig, [args[0], args[1], kp64])
 
     return types.UniTuple(types.float64, count)(x, y, kp, n), codegen
+
+
+def _exp_lane_sums_codegen(count, use_b):
+    """LLVM IR of exp_lane_sums_f32. A whole flush block (LANE_FLUSH = 64 elements) is four <16 x float> steps
+    in straight-line code (the exps of two octets at once, as wide as this CPU's vectors go; each step's low
+    octet is added to the float lane partials before its high one, so every lane takes its elements in index
+    order), then the flush into the double lanes; the last block (under 64 elements) goes octet by octet, its
+    elements past K masked to 0, then its flush."""
+    def codegen(context, builder, signature, args):
+        i32, i64, f32 = ir.IntType(32), ir.IntType(64), ir.FloatType()
+        dvec = ir.VectorType(ir.DoubleType(), 8)
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        xp = builder.bitcast(arr.data, f32.as_pointer())
+        k_all = context.cast(builder, args[1], signature.args[1], types.int64)
+        kp = builder.and_(builder.add(k_all, ir.Constant(i64, 7)), ir.Constant(i64, -8))
+        full = builder.sub(k_all, builder.srem(k_all, ir.Constant(i64, LANE_FLUSH)))  # whole blocks of K, unmasked
+
+        def splat(x, lanes):
+            vt = ir.VectorType(x.type, lanes)
+            v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, lanes),
+                                                                                        [0] * lanes))
+
+        shift = {w: splat(args[2], w) for w in (8, 16)}
+        b = {w: splat(args[3], w) for w in (8, 16)}
+        fzero, dzero = ir.Constant(ir.VectorType(f32, 8), [0.0] * 8), ir.Constant(dvec, [0.0] * 8)
+        k_vec, lanes8 = splat(k_all, 8), ir.Constant(ir.VectorType(i64, 8), list(range(8)))
+
+        def exps(k, w, masked=False):  # exp_f32 (b (z - best)) of elements [k, k + w), stored back
+            ptr = builder.bitcast(builder.gep(xp, [k]), ir.VectorType(f32, w).as_pointer())
+            x = builder.fsub(builder.load(ptr, align=4), shift[w])
+            e = _exp_f32_vec(builder, builder.fmul(b[w], x) if use_b else x)
+            if masked:
+                e = builder.select(builder.icmp_signed("<", builder.add(splat(k, 8), lanes8), k_vec), e, fzero)
+            builder.store(e, ptr, align=4)
+            return e
+
+        def add(a, e):
+            a = list(a)
+            a[0] = builder.fadd(a[0], e)
+            if count > 1:
+                a[1] = builder.fadd(a[1], builder.fmul(e, e))
+            return a
+
+        def flush(d, a):
+            return [builder.fadd(d[j], builder.fpext(a[j], dvec)) for j in range(count)]
+
+        entry = builder.block
+        outer = builder.append_basic_block("expsum.outer")
+        block = builder.append_basic_block("expsum.block")
+        tail = builder.append_basic_block("expsum.tail")
+        tail_body = builder.append_basic_block("expsum.tail.body")
+        done = builder.append_basic_block("expsum.done")
+        builder.branch(outer)
+        builder.position_at_end(outer)  # whole blocks of LANE_FLUSH elements
+        f = builder.phi(i64)
+        d = [builder.phi(dvec) for _ in range(count)]
+        builder.cbranch(builder.icmp_signed("<", f, full), block, tail)
+        builder.position_at_end(block)
+        a = [fzero] * count
+        for u in range(LANE_FLUSH // 16):
+            e = exps(builder.add(f, ir.Constant(i64, 16 * u)), 16)
+            for half in (range(8), range(8, 16)):
+                a = add(a, builder.shuffle_vector(e, e, ir.Constant(ir.VectorType(i32, 8), list(half))))
+        d_block = flush(d, a)
+        f_next = builder.add(f, ir.Constant(i64, LANE_FLUSH))
+        builder.branch(outer)
+        f.add_incoming(ir.Constant(i64, 0), entry)
+        f.add_incoming(f_next, block)
+        for j in range(count):
+            d[j].add_incoming(dzero, entry)
+            d[j].add_incoming(d_block[j], block)
+        builder.position_at_end(tail)  # the last octets, one at a time, then their flush
+        k = builder.phi(i64)
+        at = [builder.phi(fvec_t) for fvec_t in [fzero.type] * count]
+        builder.cbranch(builder.icmp_signed("<", k, kp), tail_body, done)
+        builder.position_at_end(tail_body)
+        at_new = add(at, exps(k, 8, masked=True))
+        k_next = builder.add(k, ir.Constant(i64, 8))
+        builder.branch(tail)
+        k.add_incoming(f, outer)
+        k.add_incoming(k_next, tail_body)
+        for j in range(count):
+            at[j].add_incoming(fzero, outer)
+            at[j].add_incoming(at_new[j], tail_body)
+        builder.position_at_end(done)
+        out = []
+        for dj in flush(d, at):
+            lane = [builder.extract_element(dj, ir.Constant(i32, q)) for q in range(8)]
+            lo = builder.fadd(builder.fadd(lane[0], lane[4]), builder.fadd(lane[1], lane[5]))
+            hi = builder.fadd(builder.fadd(lane[2], lane[6]), builder.fadd(lane[3], lane[7]))
+            out.append(builder.fadd(lo, hi))
+        return context.make_tuple(builder, signature.return_type, out)
+    return codegen
+
+
+@intrinsic(prefer_literal=True)
+def exp_lane_sums_f32(typingctx, buf, K, best, bf, scaled, n):
+    """binning.hpp summarize_logit_row_f's read 2 on a float row already in ``buf`` (contiguous float32, K values
+    and room for (K + 7) // 8 * 8): e_k = exp_f32(z_k - best), or exp_f32(bf (z_k - best)) for a literal
+    ``scaled`` True, written back over z_k (the padding up to a multiple of 8 set to 0), and (sum e_k) or
+    (sum e_k, sum e_k^2) for a literal n of 1 or 2, in float lanes flushed into double lanes as
+    lane_sums_f32 sums them. One pass over the row, where an exp loop then lane_sums_f32 read it twice; the
+    same operations on every element (exp_f32's, then the lane sums'), so the same bits."""
+    if not (isinstance(scaled, types.BooleanLiteral) and isinstance(n, types.IntegerLiteral)
+            and n.literal_value in (1, 2) and _contiguous_f32(buf) and isinstance(K, types.Integer)
+            and best == types.float32 and bf == types.float32):
+        return None
+    return (types.UniTuple(types.float64, n.literal_value)(buf, K, best, bf, scaled, n),
+            _exp_lane_sums_codegen(n.literal_value, scaled.literal_value))
 
 
 @intrinsic

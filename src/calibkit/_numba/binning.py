@@ -36,12 +36,13 @@ from ._common import (
     group_size,
     is_finite,
     lane_find_f32,
-    lane_sums_f32,
     load,
     merge_status,
     next_ticket,
     octet_sum,
     plain_scan8,
+    classwise_octets_f32,
+    exp_lane_sums_f32,
     prob_row_lanes,
     prob_row_lanes_ok,
     rows_per_chunk,
@@ -131,23 +132,19 @@ def _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, out, row_out, 
         arg += 1
     z_label = row_out[y]
     bf = F32(inv_t)
-    # The exps in place, one plain loop (LLVM vectorises it), then the lane sums from the buffer. b = 1
+    # The exps in place (padding 0) and their float lane sums of e and e^2 (element k in lane k % 8, flushed
+    # into double lanes every FLUSH elements, octet_sum's order) in one loop on <8 x float> vectors. b = 1
     # multiplies exactly: that loop skips the product.
+    sum_sq = 0.0
     if inv_t == 1.0:
-        for k in range(K):
-            row_out[k] = exp_f32(row_out[k] - best)
+        if with_sq:
+            total, sum_sq = exp_lane_sums_f32(row_out, K, best, bf, False, 2)
+        else:
+            (total,) = exp_lane_sums_f32(row_out, K, best, bf, False, 1)
+    elif with_sq:
+        total, sum_sq = exp_lane_sums_f32(row_out, K, best, bf, True, 2)
     else:
-        for k in range(K):
-            row_out[k] = exp_f32(bf * (row_out[k] - best))
-    for k in range(K, row_out.shape[0]):
-        row_out[k] = 0.0
-    # The float lane sums of e and e^2 (element k in lane k % 8, flushed into double lanes every FLUSH
-    # elements, octet_sum's order), on <8 x float> vectors.
-    if with_sq:
-        total, sum_sq = lane_sums_f32(row_out, row_out, row_out.shape[0], 2)
-    else:
-        (total,) = lane_sums_f32(row_out, row_out, row_out.shape[0], 1)
-        sum_sq = 0.0
+        (total,) = exp_lane_sums_f32(row_out, K, best, bf, True, 1)
     _logit_row_out(arg, best, z_label, total, sum_sq, bf, inv_t, with_nll, out)
     return True
 
@@ -456,6 +453,58 @@ def _classwise_row(e, scale, y, w, has_w, inners, uniform, upper, M, sum0, weigh
     cw_target[y * M + find_bin(py, inners[0] if uniform else inners[y], uniform)] += w
 
 
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
+@numba.njit(inline="always", **JIT)
+def _classwise_row_f(ef, K, scale, y, w, has_w, inners, uniform, upper, M, sum0, weight0, cw_count, cw_w,
+                     cw_score, cw_target, flags, lst):
+    """_classwise_row of a row of float exponentials (``ef``, padded to a multiple of 8), as binning.hpp's
+    classwise_row for float rows: with one set of edges (``uniform``), the octets are compared in float with a
+    threshold tf (e <= tf implies p = e * scale <= upper: p is monotone in e) by classwise_octets_f32, which
+    adds bin 0's sums and lists the octets with elements above tf; the listed elements, and the last K % 8,
+    then go one by one, p recomputed (the same product) and checked against upper in double (an element just
+    above tf may still be in bin 0: its sum took 0 in the octet and takes p now, the same sum). Otherwise
+    _classwise_row. The same sums as adding each p to its bin, so the same bits as the C++ kernel."""
+    if not uniform:
+        _classwise_row(ef[:K], scale, y, w, has_w, inners, uniform, upper, M, sum0, weight0, cw_count, cw_w,
+                       cw_score, cw_target, flags)
+        return
+    up = upper[0]
+    tf = np.float32(min(up / scale, _FLT_MAX))
+    while tf > np.float32(0.0) and np.float64(tf) * scale > up:
+        tf = np.nextafter(tf, np.float32(0.0))
+    k8 = K - K % 8
+    if has_w:
+        listed = classwise_octets_f32(ef, k8, tf, scale, w, sum0, weight0, lst, True)
+    else:
+        listed = classwise_octets_f32(ef, k8, tf, scale, w, sum0, weight0, lst, False)
+    inner = inners[0]
+    for q in range(listed + (K - k8)):
+        if q < listed:
+            k0 = np.int64(lst[q] >> np.uint64(8))
+            cand = np.int64(lst[q] & np.uint64(0xFF))
+        else:  # the last K % 8 elements, one at a time
+            k0 = k8 + (q - listed)
+            cand = 1
+        for j in range(8):
+            if (cand >> j) & 1:
+                k = k0 + j
+                p = np.float64(ef[k]) * scale
+                if p <= up:
+                    sum0[k] += w * p if has_w else p
+                    if has_w:
+                        weight0[k] += w
+                else:
+                    at = k * M + find_bin(p, inner, True)
+                    cw_count[at] += 1
+                    cw_score[at] += w * p if has_w else p
+                    if has_w:
+                        cw_w[at] += w
+    py = np.float64(ef[y]) * scale
+    cw_target[y * M + find_bin(py, inner, True)] += w
+
+
 @numba.njit(inline="always", **JIT)
 def _fold_lane_bins(n_bins, l_count, l_w, l_conf, l_corr, count, wsum, sconf, scorr):
     """LaneBins::fold_into: the four copies of each bin (row i in copy i % 4) in order."""
@@ -698,6 +747,7 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
     sum0 = np.zeros(K if classwise else 0)
     weight0 = np.zeros(K if classwise else 0)
     cw_flags = np.zeros((K + 7) // 8 * 8 if classwise else 0, np.uint8)  # _classwise_row's (padding 0)
+    cw_list = np.zeros(K // 8 if classwise and single else 0, np.uint64)  # _classwise_row_f's octets
     rows = 0  # rows of the chunk added to the class-wise bins: bin 0's count is implied
     l_count = np.zeros(4 * n_bins, np.int64)
     l_w = np.zeros(4 * n_bins)
@@ -787,8 +837,8 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
         if CLASSWISE:
             rows += 1
             if ROWS == ROWS_SINGLE:
-                _classwise_row(ef[:K], conf, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
-                               sum0, weight0, cw_count, cw_w, cw_score, cw_target, cw_flags)
+                _classwise_row_f(ef, K, conf, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
+                                 sum0, weight0, cw_count, cw_w, cw_score, cw_target, cw_flags, cw_list)
             else:
                 _classwise_row(e, conf if from_logits else 1.0, y, w, has_w, cw_inners, cw_uniform, cw_upper,
                                cw_M, sum0, weight0, cw_count, cw_w, cw_score, cw_target, cw_flags)
