@@ -30,8 +30,10 @@ from ._common import (
     HALF_TABLE,
     as_kernel_array,
     check_float_dtype,
+    classwise_octets_f32,
     dense_lanes_f32,
     exp_f32,
+    exp_lane_sums_f32,
     exp_nonpositive,
     group_size,
     is_finite,
@@ -41,8 +43,6 @@ from ._common import (
     next_ticket,
     octet_sum,
     plain_scan8,
-    classwise_octets_f32,
-    exp_lane_sums_f32,
     prob_row_lanes,
     prob_row_lanes_ok,
     rows_per_chunk,
@@ -133,7 +133,7 @@ def _logit_row_f_loaded(scores, i, y, with_nll, inv_t, table, st, out, row_out, 
     z_label = row_out[y]
     bf = F32(inv_t)
     # The exps in place (padding 0) and their float lane sums of e and e^2 (element k in lane k % 8, flushed
-    # into double lanes every FLUSH elements, octet_sum's order) in one loop on <8 x float> vectors. b = 1
+    # into double lanes every FLUSH elements, octet_sum's order) in one vector loop (exp_lane_sums_f32). b = 1
     # multiplies exactly: that loop skips the product.
     sum_sq = 0.0
     if inv_t == 1.0:
