@@ -535,6 +535,14 @@ def classwise_octets_f32(typingctx, e, k8, tf, scale, w, sum0, weight0, lst, wei
 LANE_FLUSH = 64  # elements per flush of the float lane partials into double lanes (8 octets, as in C++)
 
 
+def _octet_sum_ir(builder, d):
+    """octet_sum of the eight double lanes of d, in IR: ((d0 + d4) + (d1 + d5)) + ((d2 + d6) + (d3 + d7))."""
+    lane = [builder.extract_element(d, ir.Constant(ir.IntType(32), q)) for q in range(8)]
+    lo = builder.fadd(builder.fadd(lane[0], lane[4]), builder.fadd(lane[1], lane[5]))
+    hi = builder.fadd(builder.fadd(lane[2], lane[6]), builder.fadd(lane[3], lane[7]))
+    return builder.fadd(lo, hi)
+
+
 def _lane_sums_codegen(n):
     """LLVM IR of the float lane sums of two contiguous float32 arrays x, y over their first Kp (a multiple of
     8) elements, on <8 x float> vectors: p_0 = x_k, p_j = p_{j-1} * y_k (j < n), each added to its float lane
@@ -602,13 +610,7 @@ def _lane_sums_codegen(n):
             a[j].add_incoming(fzero, outer_body)
             a[j].add_incoming(a_new[j], inner_body)
         builder.position_at_end(done)
-        out = []
-        for j in range(n):
-            lane = [builder.extract_element(d[j], ir.Constant(ir.IntType(32), q)) for q in range(8)]
-            lo = builder.fadd(builder.fadd(lane[0], lane[4]), builder.fadd(lane[1], lane[5]))
-            hi = builder.fadd(builder.fadd(lane[2], lane[6]), builder.fadd(lane[3], lane[7]))
-            out.append(builder.fadd(lo, hi))
-        return context.make_tuple(builder, signature.return_type, out)
+        return context.make_tuple(builder, signature.return_type, [_octet_sum_ir(builder, d[j]) for j in range(n)])
     return codegen
 
 
@@ -710,7 +712,7 @@ def _exp_lane_sums_codegen(count, use_b):
             d[j].add_incoming(d_block[j], block)
         builder.position_at_end(tail)  # the last octets, one at a time, then their flush
         k = builder.phi(i64)
-        at = [builder.phi(fvec_t) for fvec_t in [fzero.type] * count]
+        at = [builder.phi(fzero.type) for _ in range(count)]
         builder.cbranch(builder.icmp_signed("<", k, kp), tail_body, done)
         builder.position_at_end(tail_body)
         at_new = add(at, exps(k, 8, masked=True))
@@ -722,13 +724,7 @@ def _exp_lane_sums_codegen(count, use_b):
             at[j].add_incoming(fzero, outer)
             at[j].add_incoming(at_new[j], tail_body)
         builder.position_at_end(done)
-        out = []
-        for dj in flush(d, at):
-            lane = [builder.extract_element(dj, ir.Constant(i32, q)) for q in range(8)]
-            lo = builder.fadd(builder.fadd(lane[0], lane[4]), builder.fadd(lane[1], lane[5]))
-            hi = builder.fadd(builder.fadd(lane[2], lane[6]), builder.fadd(lane[3], lane[7]))
-            out.append(builder.fadd(lo, hi))
-        return context.make_tuple(builder, signature.return_type, out)
+        return context.make_tuple(builder, signature.return_type, [_octet_sum_ir(builder, dj) for dj in flush(d, at)])
     return codegen
 
 
