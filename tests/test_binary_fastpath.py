@@ -162,3 +162,55 @@ def test_ece_message_names_the_row(backend):
     p[50_000] = 1.5
     with pytest.raises(ValueError, match=r"scores\[50000\] = 1.5 is not a probability"):
         calibkit.ece(p, y, backend=backend)
+
+
+_GUARD_CODE = r"""
+import ctypes, mmap
+import numpy as np
+from calibkit import _backend
+import calibkit._numba.binning as nb
+
+PAGE = mmap.PAGESIZE
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+def guarded(values):
+    # values in the middle page(s) of a mapping whose first and last pages cannot be read or written
+    n_pages = -(-values.nbytes // PAGE)
+    buf = mmap.mmap(-1, (n_pages + 2) * PAGE)
+    raw = np.frombuffer(buf, np.uint8)
+    base = raw.ctypes.data
+    start = PAGE + n_pages * PAGE - values.nbytes  # the data ends where the last guard page begins
+    out = raw[start:start + values.nbytes].view(values.dtype)
+    out[:] = values
+    for at in (base, base + (n_pages + 1) * PAGE):
+        assert libc.mprotect(at, PAGE, 0) == 0, ctypes.get_errno()  # PROT_NONE
+    return out, buf
+
+
+rng = np.random.default_rng(3)
+n = 2 * PAGE // 8  # float64 scores fill two pages; the prefetch reads 256 rows past either end
+p = rng.random(n)
+y = (rng.random(n) < p).astype(np.int64)
+gp, keep_p = guarded(p)
+gy, keep_y = guarded(y)
+for scores, labels in ((gp, gy), (gp[::-1], gy[::-1]), (gp[::-3], gy[::-3])):
+    want = _backend.kernels("cpp").binary_stats(np.ascontiguousarray(scores), np.ascontiguousarray(labels), None,
+                                                 15, None, 1e-7, False)
+    for got in (_backend.kernels("cpp").binary_stats(scores, labels, None, 15, None, 1e-7, False),
+                nb.binary_stats(scores, labels, None, 15, None, 1e-7, False)):
+        for key in ("count", "weight", "sum_score", "sum_target"):
+            assert np.array_equal(got[key], want[key]), key
+        assert got["totals"]["brier"] == want["totals"]["brier"]
+print("ok")
+"""
+
+
+def test_rows_read_ahead_at_the_edges_of_a_mapping():
+    """The pass prefetches rows ahead of the one it reads (kBinaryAhead, BINARY_AHEAD): past the end of a
+    forward view and before the start of a reversed one. Scores and labels between pages that cannot be read,
+    in a subprocess (a fault there fails this test, not the run): the same bits as contiguous copies."""
+    r = subprocess.run([sys.executable, "-c", _GUARD_CODE], timeout=600, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "ok"

@@ -14,6 +14,7 @@ import types as pytypes
 import numba
 import numpy as np
 from numba import types
+from numba.core import cgutils
 from llvmlite import ir
 from numba.extending import intrinsic, overload
 
@@ -84,6 +85,28 @@ def next_ticket(typingctx, counter):
         return builder.atomic_rmw("add", arr.data, ir.Constant(ir.IntType(64), 1), "seq_cst")
 
     return types.int64(counter), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """A hint to read element i of a 1-D array into cache (``CALIBKIT_PREFETCH(p, 0, 0)``: for reading, no
+    temporal locality): llvm.prefetch of its address. i may be past the end: a prefetch never faults."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        i64, i32, i8p = ir.IntType(64), ir.IntType(32), ir.IntType(8).as_pointer()
+        stride = cgutils.unpack_tuple(builder, a.strides, 1)[0]
+        index = context.cast(builder, args[1], signature.args[1], types.int64)
+        address = builder.add(builder.ptrtoint(a.data, i64), builder.mul(index, stride))
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p],
+                                              ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+        builder.call(fn, [builder.inttoptr(address, i8p), ir.Constant(i32, 0), ir.Constant(i32, 0),
+                          ir.Constant(i32, 1)])  # read, no locality, data cache
+        return context.get_dummy_value()
+
+    return types.void(arr, i), codegen
 
 
 @numba.njit(inline="always", **JIT)

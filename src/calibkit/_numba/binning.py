@@ -43,6 +43,7 @@ from ._common import (
     next_ticket,
     octet_sum,
     plain_scan8,
+    prefetch,
     prob_row_lanes,
     prob_row_lanes_ok,
     rows_per_chunk,
@@ -1063,6 +1064,7 @@ def top_label_stats(scores, labels, sample_weight, from_logits, n_bins, nll_eps,
 
 
 BINARY_LANE_BINS = 4096  # kBinaryLaneBins: unweighted binary bins up to this many go to 4 lanes per bin
+BINARY_AHEAD = 256  # kBinaryAhead: rows prefetched ahead (scores and labels)
 BIN_LANES = 4  # LaneBins::kLanes
 
 
@@ -1134,6 +1136,8 @@ def _binary_rows_fast(probs, targets, weights, inner, bounds, n_bins, nll_eps, w
     labels_or = 0
     bad = False
     for i0 in range(begin, end, BIN_LANES):
+        prefetch(probs, i0 + BINARY_AHEAD)
+        prefetch(targets, i0 + BINARY_AHEAD)
         for lane in range(BIN_LANES):
             i = i0 + lane
             if i >= end:
