@@ -7,15 +7,16 @@ backend computes the same sums in the same order as the C++ one.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import types as pytypes
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from llvmlite import ir
 from numba.extending import intrinsic, overload
 
 from .. import _backend
@@ -241,6 +242,18 @@ def octet_sum(d):
 JITF = dict(JIT, error_model="numpy")
 
 
+def splat_ir(builder, x, vt):
+    """LLVM IR: the scalar x in every lane of the vector type vt (or of vt lanes of x's type, given a count), an
+    insertelement into lane 0 and a shufflevector with an all-zero mask (the broadcast LLVM lowers to one
+    instruction). The one broadcast of every intrinsic here."""
+    if isinstance(vt, int):
+        vt = ir.VectorType(x.type, vt)
+    i32 = ir.IntType(32)
+    v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, vt.count),
+                                                                                [0] * vt.count))
+
+
 def _lane_scan_codegen(two):
     """LLVM IR of the octet loop of _max_f (two=False) or _top_two_f (two=True) over the first K8 (a multiple
     of 8) elements of a contiguous float32 array, on <8 x float> vectors: lane j sees the elements k = j mod 8
@@ -395,9 +408,7 @@ def _prob_row_lanes_codegen(context, builder, signature, args):
     vec, dvec, ivec = ir.VectorType(elem, 8), ir.VectorType(ir.DoubleType(), 8), ir.VectorType(i64, 8)
     lanes = ir.Constant(ivec, list(range(8)))
 
-    def splat(x, vt):
-        v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
-        return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+    splat = functools.partial(splat_ir, builder)
 
     K = builder.extract_value(arr.shape, 1)
     rest = builder.srem(K, ir.Constant(i64, 8))
@@ -476,17 +487,14 @@ def prob_row_lanes(typingctx, scores, i):
 def _classwise_octets_codegen(weighted):
     """LLVM IR of classwise_octets_f32: binning.hpp's classwise_octets_f on <8 x float> / <8 x double> vectors."""
     def codegen(context, builder, signature, args):
-        i64, i32, f32, f64 = ir.IntType(64), ir.IntType(32), ir.FloatType(), ir.DoubleType()
+        i64, f32, f64 = ir.IntType(64), ir.FloatType(), ir.DoubleType()
         vec, dvec = ir.VectorType(f32, 8), ir.VectorType(f64, 8)
 
         def data(j, elem):
             a = context.make_array(signature.args[j])(context, builder, args[j])
             return builder.bitcast(a.data, elem.as_pointer())
 
-        def splat(x, vt):
-            v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
-            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined),
-                                          ir.Constant(ir.VectorType(i32, 8), [0] * 8))
+        splat = functools.partial(splat_ir, builder)
 
         e, sum0, weight0, lst = data(0, f32), data(5, f64), data(6, f64), data(7, i64)
         k8 = args[1]
@@ -678,11 +686,7 @@ def _exp_lane_sums_codegen(count, use_b):
         kp = builder.and_(builder.add(k_all, ir.Constant(i64, 7)), ir.Constant(i64, -8))
         full = builder.sub(k_all, builder.srem(k_all, ir.Constant(i64, LANE_FLUSH)))  # whole blocks of K, unmasked
 
-        def splat(x, lanes):
-            vt = ir.VectorType(x.type, lanes)
-            v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
-            return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, lanes),
-                                                                                        [0] * lanes))
+        splat = functools.partial(splat_ir, builder)
 
         shift = {w: splat(args[2], w) for w in (8, 16)}
         b = {w: splat(args[3], w) for w in (8, 16)}
@@ -781,9 +785,7 @@ def lane_find_f32(typingctx, buf, k8, value):
         f32 = ir.FloatType()
         vec = ir.VectorType(f32, 8)
         i64 = ir.IntType(64)
-        target = builder.insert_element(ir.Constant(vec, ir.Undefined), args[2], ir.Constant(ir.IntType(32), 0))
-        splat = ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8)
-        target = builder.shuffle_vector(target, ir.Constant(vec, ir.Undefined), splat)
+        target = splat_ir(builder, args[2], vec)
         data = builder.bitcast(arr.data, f32.as_pointer())
         entry = builder.block
         loop = builder.append_basic_block("find.loop")
@@ -852,9 +854,7 @@ def _dense_lanes_codegen(context, builder, signature, args):
     q = context.cast(builder, args[1], signature.args[1], types.int64)
     K = context.cast(builder, args[2], signature.args[2], types.int64)
 
-    def splat(x, vt):
-        v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
-        return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ivec, [0] * L))
+    splat = functools.partial(splat_ir, builder)
 
     b = splat(args[3], fvec)
     stride = builder.sdiv(builder.extract_value(arr.strides, 0), ir.Constant(i64, 4))
@@ -1210,10 +1210,7 @@ class _Scan8Rows:
         self.bases = [builder.gep(data, [builder.mul(builder.add(row, ir.Constant(i64, r)), s0)]) for r in range(R)]
 
     def splat(self, x, vt):
-        b, i32 = self.builder, ir.IntType(32)
-        v = b.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
-        return b.shuffle_vector(v, ir.Constant(vt, ir.Undefined),
-                                ir.Constant(ir.VectorType(i32, SHORT_SCAN_ROWS), [0] * SHORT_SCAN_ROWS))
+        return splat_ir(self.builder, x, vt)
 
     def column(self, k):
         b, i32 = self.builder, ir.IntType(32)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -15,7 +16,7 @@ from ._common import (
     F32, HALF_TABLE, JIT, LABEL_OUT_OF_RANGE, MIN_PARALLEL_ELEMENTS, SCORE_NOT_FINITE,
     as_kernel_array, check_float_dtype, exp_f32, group_size, is_finite, lane_sums_f32, load, merge_status,
     LANE_FLUSH, _exp_f32_vec, exp_nonpositive, next_ticket, octet_sum, rows_per_chunk, run_locked, specialised,
-    status_tuple,
+    splat_ir, status_tuple,
 )
 from .binning import (
     DENSE_BLOCK, PARTIAL_ROW, _dense_block_copy, _weights_arg, check_weight, fold_status, new_status_rows,
@@ -145,18 +146,16 @@ def _temperature_dense_codegen(context, builder, signature, args):
     """LLVM IR of temperature_dense_lanes_f32 (temperature_dense_rows_f of softmax.hpp)."""
     arr = context.make_array(signature.args[0])(context, builder, args[0])
     out = context.make_array(signature.args[4])(context, builder, args[4])
-    i64, i32, f32, f64 = ir.IntType(64), ir.IntType(32), ir.FloatType(), ir.DoubleType()
+    i64, f32, f64 = ir.IntType(64), ir.FloatType(), ir.DoubleType()
     L = DENSE_ROWS
-    fvec, dvec, ivec = ir.VectorType(f32, L), ir.VectorType(f64, L), ir.VectorType(i32, L)
+    fvec, dvec = ir.VectorType(f32, L), ir.VectorType(f64, L)
     q = context.cast(builder, args[1], signature.args[1], types.int64)
     K = context.cast(builder, args[2], signature.args[2], types.int64)
 
     def c64(x):
         return ir.Constant(i64, x)
 
-    def splat(x, vt):
-        v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(i32, 0))
-        return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ivec, [0] * L))
+    splat = functools.partial(splat_ir, builder)
 
     bf = splat(args[3], fvec)
     stride = builder.sdiv(builder.extract_value(arr.strides, 0), c64(4))
