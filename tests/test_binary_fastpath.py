@@ -198,6 +198,9 @@ gy, keep_y = guarded(y)
 for scores, labels in ((gp, gy), (gp[::-1], gy[::-1]), (gp[::-3], gy[::-3])):
     want = _backend.kernels("cpp").binary_stats(np.ascontiguousarray(scores), np.ascontiguousarray(labels), None,
                                                  15, None, 1e-7, False)
+    idx = np.searchsorted(np.arange(1, 15) / 15, scores, side="left")  # NumPy's bins: counts are exact
+    assert np.array_equal(want["count"], np.bincount(idx, minlength=15))
+    assert np.array_equal(want["sum_target"], np.bincount(idx, labels, minlength=15))
     for got in (_backend.kernels("cpp").binary_stats(scores, labels, None, 15, None, 1e-7, False),
                 nb.binary_stats(scores, labels, None, 15, None, 1e-7, False)):
         for key in ("count", "weight", "sum_score", "sum_target"):
