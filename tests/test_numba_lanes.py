@@ -6,6 +6,7 @@ import pytest
 numba = pytest.importorskip("numba")
 
 from calibkit._numba import _common
+from calibkit._numba.uncertainty import _log_positive
 
 
 def _octet_sum(d):
@@ -159,3 +160,35 @@ def test_classwise_octets_against_numpy(k, weighted):
                  for q in range(0, k8, 8) if not below[q:q + 8].all()]
     assert listed == len(want_list)
     assert [int(v) for v in lst[:listed]] == want_list
+
+
+@numba.njit
+def _nll_lanes(x):
+    buf = x.copy()
+    _common.nll_lanes(buf)
+    return buf
+
+
+@numba.njit
+def _nll_scalar(x):
+    out = np.empty(x.shape[0])
+    for j in range(x.shape[0]):
+        out[j] = -_log_positive(x[j]) if x[j] > 0.0 else np.inf
+    return out
+
+
+def test_nll_lanes_are_the_scalar_nll_bit_for_bit():
+    # the eight double lanes of nll_lanes do the scalar log's operations in its order: the same bits for every
+    # positive double (subnormals, the sqrt(2) split of the mantissa, the largest), +inf for 0, negatives, NaN
+    rng = np.random.default_rng(3)
+    edge = [5e-324, 1e-310, 2.2250738585072014e-308, 1e-300, 1e-12, 0.5, 1.0, 1.0 + 2**-52, 1.4142135623730950,
+            1.4142135623730951, 1.4142135623730952, 2.0, 1e300, np.finfo(np.float64).max, np.inf, 0.0, -0.0, -1.0,
+            np.nan]
+    x = np.concatenate([edge, np.exp(rng.uniform(-745, 709, 4000)), rng.random(4000)])
+    x = np.concatenate([x, np.zeros(-len(x) % 8)])
+    got = np.concatenate([_nll_lanes(x[i:i + 8]) for i in range(0, len(x), 8)])
+    want = _nll_scalar(x)
+    assert np.array_equal(got.view(np.int64), want.view(np.int64))
+    positive = (x > 0) & np.isfinite(x)
+    assert np.allclose(got[positive], -np.log(x[positive]), rtol=1e-15, atol=0)
+    assert np.all(np.isinf(got[~(x > 0)]))

@@ -837,6 +837,52 @@ def _exp_f32_vec(builder, x):
     return builder.fmul(p, builder.bitcast(bits, vt))
 
 
+def _log_positive_vec(builder, x):
+    """uncertainty._log_positive (simd.hpp's log_positive) on a vector of doubles: the same IEEE operations in the
+    same order (no contraction, no fast-math flags), so every lane holds the bits of the scalar function for
+    finite x > 0."""
+    vt = x.type
+    lanes = vt.count
+    ivt = ir.VectorType(ir.IntType(64), lanes)
+
+    def splat(value):
+        return ir.Constant(vt, [float(value)] * lanes)
+
+    def isplat(value):
+        return ir.Constant(ivt, [int(value)] * lanes)
+
+    tiny = builder.fcmp_ordered("<", x, splat(2.2250738585072014e-308))
+    x = builder.select(tiny, builder.fmul(x, splat(18014398509481984.0)), x)
+    bits = builder.bitcast(x, ivt)
+    field = builder.or_(builder.and_(builder.lshr(bits, isplat(52)), isplat(0x7FF)), isplat(0x4330000000000000))
+    e = builder.fsub(builder.bitcast(field, vt), splat(4503599627370496.0 + 1023.0))
+    e = builder.fsub(e, builder.select(tiny, splat(54.0), splat(0.0)))
+    m = builder.bitcast(builder.or_(builder.and_(bits, isplat(0x000FFFFFFFFFFFFF)), isplat(0x3FF0000000000000)), vt)
+    big = builder.fcmp_ordered(">", m, splat(1.4142135623730951))
+    m = builder.select(big, builder.fmul(m, splat(0.5)), m)
+    e = builder.fadd(e, builder.select(big, splat(1.0), splat(0.0)))
+    f = builder.fdiv(builder.fsub(m, splat(1.0)), builder.fadd(m, splat(1.0)))
+    f2 = builder.fmul(f, f)
+    f4 = builder.fmul(f2, f2)
+    f8 = builder.fmul(f4, f4)
+
+    def pair(c0, c1):  # c0 + f2 * c1
+        return builder.fadd(splat(c0), builder.fmul(f2, splat(c1)))
+
+    a0 = pair(1.0, 1.0 / 3.0)
+    a1 = pair(1.0 / 5.0, 1.0 / 7.0)
+    a2 = pair(1.0 / 9.0, 1.0 / 11.0)
+    a3 = pair(1.0 / 13.0, 1.0 / 15.0)
+    a4 = pair(1.0 / 17.0, 1.0 / 19.0)
+    b0 = builder.fadd(a0, builder.fmul(a1, f4))
+    b1 = builder.fadd(a2, builder.fmul(a3, f4))
+    b2 = builder.fadd(a4, builder.fmul(splat(1.0 / 21.0), f4))
+    series = builder.fadd(builder.fadd(b0, builder.fmul(b1, f8)), builder.fmul(builder.fmul(b2, f8), f8))
+    log_m = builder.fmul(builder.fadd(f, f), series)
+    return builder.fadd(builder.fmul(e, splat(6.93147180369123816490e-01)),
+                        builder.fadd(log_m, builder.fmul(e, splat(1.90821492927058770002e-10))))
+
+
 DENSE_ROWS = 8  # kDenseRows: rows summarised together, one per float lane
 
 
@@ -1173,6 +1219,30 @@ def status_tuple(st):
 
 MAX_VECTOR_EDGES = 32  # kMaxVectorEdges: up to this many inner edges, short rows count the edges below them
 SHORT_SCAN_ROWS = 8  # rows scanned together by short_scan8, one per double lane
+
+
+@intrinsic
+def nll_lanes(typingctx, buf):
+    """The negative log of each of the first SHORT_SCAN_ROWS values of buf (a C-contiguous float64 array of at
+    least SHORT_SCAN_ROWS elements: one value per row of a scanned eight), in place, in <8 x double> lanes: x > 0
+    becomes -_log_positive(x) (the scalar function's bits), any other value (0, negative, NaN) +inf, as the
+    scalar NLL of the row paths. A row loop taking the scalar log per row stalled on its division."""
+    if not (isinstance(buf, types.Array) and buf.dtype == types.float64 and buf.ndim == 1 and buf.layout == "C"):
+        return None
+
+    def codegen(context, builder, signature, args):
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        vt = ir.VectorType(ir.DoubleType(), SHORT_SCAN_ROWS)
+        ptr = builder.bitcast(a.data, vt.as_pointer())
+        x = builder.load(ptr, align=8)
+        log = _log_positive_vec(builder, x)
+        neg = builder.fsub(ir.Constant(vt, [-0.0] * SHORT_SCAN_ROWS), log)
+        positive = builder.fcmp_ordered(">", x, ir.Constant(vt, [0.0] * SHORT_SCAN_ROWS))
+        inf = ir.Constant(vt, [float("inf")] * SHORT_SCAN_ROWS)
+        builder.store(builder.select(positive, neg, inf), ptr, align=8)
+        return context.get_dummy_value()
+
+    return types.void(buf), codegen
 
 
 def _scan8_typed(scores, i, table, inner, res):

@@ -41,6 +41,7 @@ from ._common import (
     load,
     merge_status,
     next_ticket,
+    nll_lanes,
     octet_sum,
     plain_scan8,
     prefetch,
@@ -550,6 +551,7 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
     vector_bins = n_bins > 0 and inner.shape[0] <= MAX_VECTOR_EDGES
     edges = inner if vector_bins else inner[:0]  # short_scan8 counts the edges below each row's maximum
     scan = np.zeros((5, SHORT_SCAN_ROWS))
+    nll8 = np.zeros(SHORT_SCAN_ROWS)  # the NLL of each row of a scanned eight
     good = 0  # unweighted: the rows added and the correct ones (their lanes' sums of ones)
     n_correct = 0
     packed = not has_w and end - begin < (1 << 31)  # unweighted lane bins: count | correct count << 32
@@ -584,6 +586,15 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
                     i += SHORT_SCAN_ROWS
                     continue
                 short_scan8(scores, i, table, edges, scan)
+                if with_nll:
+                    # the eight rows' NLLs in double lanes (nll_lanes: a scalar log per row stalled the row loop
+                    # on its division), each the scalar one's bits. A row found bad below never reads its value
+                    # (the labels are in range: any element is safe to read).
+                    for j in range(SHORT_SCAN_ROWS):
+                        u = np.uint64(i + j)
+                        p = load(scores[u, np.uint64(labels[u])], table)
+                        nll8[j] = nll_eps if p < nll_eps else p
+                    nll_lanes(nll8)
         for j in range(n):
             # Unsigned indices (rows, lanes, bins): Numba adds no negative-index wraparound to them.
             ii = i + j
@@ -620,8 +631,11 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
             p_label = load(scores[ii, y], table) if with_brier or with_nll else 0.0
             nll = 0.0
             if with_nll:
-                x = nll_eps if p_label < nll_eps else p_label
-                nll = -_log_positive(x) if x > 0.0 else np.inf
+                if n > 1:
+                    nll = nll8[uj]
+                else:
+                    x = nll_eps if p_label < nll_eps else p_label
+                    nll = -_log_positive(x) if x > 0.0 else np.inf
             conf = best
             correct = 1.0 if arg == y else 0.0
             if n_bins > 0:
