@@ -20,6 +20,7 @@ from ._typing import ArrayLike
 FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 _FLOAT_TYPES = frozenset(FLOAT_DTYPES)
 _INT64 = np.dtype(np.int64)
+_DOUBLE_MAX = float(np.finfo(np.float64).max)
 
 # Status codes shared with the C++ (common.hpp) and Numba kernels.
 OK = 0
@@ -178,18 +179,20 @@ def check_sample_weight(sample_weight: ArrayLike | None, n_rows: int, name: str 
     if w.dtype != np.float64 or not _readable_in_place(w):
         w = w.astype(np.float64)
     if check_values or scale:
-        finite = np.isfinite(w)
-        if not finite.all():
-            bad = int(np.argmin(finite))
-            raise_for_status((WEIGHT_NOT_FINITE, bad, -1, float(w[bad])))
-        negative = w < 0
-        if negative.any():
-            bad = int(np.argmax(negative))
+        # Two reductions and no temporary: every weight is finite and >= 0 exactly when the smallest is >= 0
+        # and the largest finite (a NaN makes both NaN); else the first bad one is found and named.
+        largest = float(w.max()) if w.size else 0.0
+        smallest = float(w.min()) if w.size else 0.0
+        if not (smallest >= 0.0 and largest <= _DOUBLE_MAX):
+            finite = np.isfinite(w)
+            if not finite.all():
+                bad = int(np.argmin(finite))
+                raise_for_status((WEIGHT_NOT_FINITE, bad, -1, float(w[bad])))
+            bad = int(np.argmax(w < 0))
             raise_for_status((WEIGHT_NEGATIVE, bad, -1, float(w[bad])))
-        largest = float(w.max())
         if largest == 0.0:
             raise ValueError(f"{name} sums to 0 (every weight is 0): a weighted mean over no weight is undefined")
-        if scale:
+        if scale and largest != 1.0:  # w / 1 is w: no copy
             w = w / largest
     return w
 
