@@ -1406,11 +1406,13 @@ def _plain_hi_bits():
 def plain_scan8(typingctx, scores, i, table, inner, res):
     """short_scan8 of the ECE's plain rounds (binning.hpp's scan_short_float_bits): rows i .. i + 7 of float16
     or float32 rows (False at once for float64 rows, which have no plain rounds), their elements' bits as int32
-    lanes; for a float without the sign bit the integer order is the float order, NaN above +inf. Into res (C-contiguous float64, (5, 8)): per
-    row r the maximum res[0, r] (as a double), its first column res[1, r] and res[4, r] = #{e : inner[e] <
-    res[0, r]} (its bin). Returns True when all eight rows are good for a plain round (no element with the sign
-    bit, none NaN or above 1 + tol): their maximum, argmax and bin are then short_scan8's; a round with a row
-    that is not good is scanned again by short_scan8."""
+    lanes; for a float without the sign bit the integer order is the float order, NaN above +inf. Contiguous
+    float32 rows go four columns at a time (one <4 x float> load per row, a transpose by shuffles), the last
+    K % 4 columns in the block of the last four (binning.hpp's overlapping last block). Into res (C-contiguous
+    float64, (5, 8)): per row r the maximum res[0, r] (as a double), its first column res[1, r] and
+    res[4, r] = #{e : inner[e] < res[0, r]} (its bin). Returns True when all eight rows are good for a plain
+    round (no element with the sign bit, none NaN or above 1 + tol): their maximum, argmax and bin are then
+    short_scan8's; a round with a row that is not good is scanned again by short_scan8."""
     if not _scan8_typed(scores, i, table, inner, res):
         return None
     R = SHORT_SCAN_ROWS
@@ -1443,32 +1445,40 @@ def plain_scan8(typingctx, scores, i, table, inner, res):
         k_from, from_vals = ir.Constant(i64, 0), start
         if dt == types.float32:
             # Contiguous rows: four columns at a time, one <4 x float> load per row and a transpose by shuffles
-            # (only data movement: the same columns in the same order); the last K % 4 columns, and every
-            # column of other layouts, by the element loop below.
+            # (only data movement: the same columns in the same order), the last K % 4 in the block of the last
+            # four (below); every column of other layouts (and of K < 4) by the element loop.
             f4p = ir.VectorType(ft, 4).as_pointer()
             bloop = builder.append_basic_block("plain8.blocks")
             bbody = builder.append_basic_block("plain8.blocks.body")
+            after = builder.append_basic_block("plain8.blocks.after")
+            last = builder.append_basic_block("plain8.blocks.last")
             builder.branch(bloop)
             builder.position_at_end(bloop)
             bk = builder.phi(i64)
             carried = [builder.phi(c.type) for c in start]
-            more = builder.and_(builder.icmp_signed("==", s1, ir.Constant(i64, 4)),
-                                builder.icmp_signed("<=", builder.add(bk, ir.Constant(i64, 4)), K))
-            builder.cbranch(more, bbody, loop)
+            packed = builder.icmp_signed("==", s1, ir.Constant(i64, 4))
+            more = builder.and_(packed, builder.icmp_signed("<=", builder.add(bk, ir.Constant(i64, 4)), K))
+            builder.cbranch(more, bbody, after)
+
+            def block(k0, vals):
+                """Columns k0 .. k0 + 3 of the eight rows stepped into vals."""
+                off4 = builder.mul(k0, ir.Constant(i64, 4))
+                rows4 = [builder.load(builder.bitcast(builder.gep(bases[r], [off4]), f4p), align=4)
+                         for r in range(R)]
+
+                def cat(x, y, n):
+                    return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, 2 * n), list(range(2 * n))))
+
+                pairs = [cat(rows4[r], rows4[r + 1], 4) for r in range(0, R, 2)]
+                allr = cat(cat(pairs[0], pairs[1], 8), cat(pairs[2], pairs[3], 8), 16)  # row r's column c: 4 r + c
+                for c in range(4):
+                    col = builder.shuffle_vector(allr, ir.Constant(allr.type, ir.Undefined),
+                                                 ir.Constant(ir.VectorType(i32, R), [4 * r + c for r in range(R)]))
+                    vals = list(step(builder.bitcast(col, bvec), builder.add(k0, ir.Constant(i64, c)), *vals))
+                return vals
+
             builder.position_at_end(bbody)
-            off4 = builder.mul(bk, ir.Constant(i64, 4))
-            rows4 = [builder.load(builder.bitcast(builder.gep(bases[r], [off4]), f4p), align=4) for r in range(R)]
-
-            def cat(x, y, n):
-                return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, 2 * n), list(range(2 * n))))
-
-            pairs = [cat(rows4[r], rows4[r + 1], 4) for r in range(0, R, 2)]
-            allr = cat(cat(pairs[0], pairs[1], 8), cat(pairs[2], pairs[3], 8), 16)  # row r's column c at 4 r + c
-            vals = list(carried)
-            for c in range(4):
-                col = builder.shuffle_vector(allr, ir.Constant(allr.type, ir.Undefined),
-                                             ir.Constant(ir.VectorType(i32, R), [4 * r + c for r in range(R)]))
-                vals = list(step(builder.bitcast(col, bvec), builder.add(bk, ir.Constant(i64, c)), *vals))
+            vals = block(bk, carried)
             bk_next = builder.add(bk, ir.Constant(i64, 4))
             bbody_end = builder.block
             builder.branch(bloop)
@@ -1477,7 +1487,19 @@ def plain_scan8(typingctx, scores, i, table, inner, res):
             for ph, s_, v_ in zip(carried, start, vals):
                 ph.add_incoming(s_, entry)
                 ph.add_incoming(v_, bbody_end)
-            k_from, from_vals, entry = bk, carried, bloop
+            # The last K % 4 columns of contiguous rows (K >= 4): the block of the last four columns, as
+            # binning.hpp's overlapping last block. Stepping a column again changes nothing (its bits are not
+            # above the maximum, which already holds them: the first maximum keeps its column; the sign OR is
+            # idempotent), so the block steps all four; the element loop then has no column left.
+            builder.position_at_end(after)
+            tail = builder.and_(packed, builder.and_(builder.icmp_signed("<", bk, K),
+                                                     builder.icmp_signed(">=", K, ir.Constant(i64, 4))))
+            builder.cbranch(tail, last, loop)
+            builder.position_at_end(last)
+            last_vals = block(builder.sub(K, ir.Constant(i64, 4)), carried)
+            last_end = builder.block
+            builder.branch(loop)
+            k_from, from_vals, entry = bk, carried, after
         else:
             builder.branch(loop)
         builder.position_at_end(loop)
@@ -1497,6 +1519,10 @@ def plain_scan8(typingctx, scores, i, table, inner, res):
         for ph, s_, v_ in zip((mx, arg, sign), from_vals, (mx_new, arg_new, sign_new)):
             ph.add_incoming(s_, entry)
             ph.add_incoming(v_, body_end)
+        if dt == types.float32:
+            k.add_incoming(K, last_end)
+            for ph, v_ in zip((mx, arg, sign), last_vals):
+                ph.add_incoming(v_, last_end)
         builder.position_at_end(done)
         best = builder.fpext(builder.bitcast(mx, fvec), dvec)
         hi = ir.Constant(bvec, [_plain_hi_bits()] * R)
