@@ -837,19 +837,21 @@ def _exp_f32_vec(builder, x):
     return builder.fmul(p, builder.bitcast(bits, vt))
 
 
-def _log_positive_vec(builder, x):
-    """uncertainty._log_positive (simd.hpp's log_positive) on a vector of doubles: the same IEEE operations in the
-    same order (no contraction, no fast-math flags), so every lane holds the bits of the scalar function for
-    finite x > 0."""
+def _log_positive_ir(builder, x):
+    """LLVM IR of simd.hpp's log_positive (log of a finite double x > 0) on a double or a vector of doubles: the
+    exponent and mantissa from the bits (subnormals scaled by 2^54 first), the mantissa in [sqrt(2)/2, sqrt(2)),
+    f = (m - 1) / (m + 1) and 2 f (1 + f^2/3 + ... + f^20/21) by Estrin's scheme, e ln2 in two parts. The same
+    IEEE operations in the same order as the C++ (no contraction, no fast-math flags), so the same bits in every
+    lane; the one body of the scalar log_positive and of nll_lanes."""
     vt = x.type
-    lanes = vt.count
-    ivt = ir.VectorType(ir.IntType(64), lanes)
+    lanes = vt.count if isinstance(vt, ir.VectorType) else None
+    ivt = ir.IntType(64) if lanes is None else ir.VectorType(ir.IntType(64), lanes)
 
     def splat(value):
-        return ir.Constant(vt, [float(value)] * lanes)
+        return ir.Constant(vt, float(value) if lanes is None else [float(value)] * lanes)
 
     def isplat(value):
-        return ir.Constant(ivt, [int(value)] * lanes)
+        return ir.Constant(ivt, int(value) if lanes is None else [int(value)] * lanes)
 
     tiny = builder.fcmp_ordered("<", x, splat(2.2250738585072014e-308))
     x = builder.select(tiny, builder.fmul(x, splat(18014398509481984.0)), x)
@@ -881,6 +883,19 @@ def _log_positive_vec(builder, x):
     log_m = builder.fmul(builder.fadd(f, f), series)
     return builder.fadd(builder.fmul(e, splat(6.93147180369123816490e-01)),
                         builder.fadd(log_m, builder.fmul(e, splat(1.90821492927058770002e-10))))
+
+
+@intrinsic
+def log_positive(typingctx, x):
+    """log(x) for a finite float64 x > 0 (simd.hpp's log_positive, the same bits: _log_positive_ir); straight-line
+    code that LLVM vectorises in a loop. Meaningless (but no error) for other x: callers pass x > 0."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _log_positive_ir(builder, args[0])
+
+    return types.float64(x), codegen
 
 
 DENSE_ROWS = 8  # kDenseRows: rows summarised together, one per float lane
@@ -1225,7 +1240,7 @@ SHORT_SCAN_ROWS = 8  # rows scanned together by short_scan8, one per double lane
 def nll_lanes(typingctx, buf):
     """The negative log of each of the first SHORT_SCAN_ROWS values of buf (a C-contiguous float64 array of at
     least SHORT_SCAN_ROWS elements: one value per row of a scanned eight), in place, in <8 x double> lanes: x > 0
-    becomes -_log_positive(x) (the scalar function's bits), any other value (0, negative, NaN) +inf, as the
+    becomes -log_positive(x) (the scalar function's bits), any other value (0, negative, NaN) +inf, as the
     scalar NLL of the row paths. A row loop taking the scalar log per row stalled on its division."""
     if not (isinstance(buf, types.Array) and buf.dtype == types.float64 and buf.ndim == 1 and buf.layout == "C"):
         return None
@@ -1235,7 +1250,7 @@ def nll_lanes(typingctx, buf):
         vt = ir.VectorType(ir.DoubleType(), SHORT_SCAN_ROWS)
         ptr = builder.bitcast(a.data, vt.as_pointer())
         x = builder.load(ptr, align=8)
-        log = _log_positive_vec(builder, x)
+        log = _log_positive_ir(builder, x)
         neg = builder.fsub(ir.Constant(vt, [-0.0] * SHORT_SCAN_ROWS), log)
         positive = builder.fcmp_ordered(">", x, ir.Constant(vt, [0.0] * SHORT_SCAN_ROWS))
         inf = ir.Constant(vt, [float("inf")] * SHORT_SCAN_ROWS)

@@ -39,6 +39,7 @@ from ._common import (
     is_finite,
     lane_find_f32,
     load,
+    log_positive,
     merge_status,
     next_ticket,
     nll_lanes,
@@ -54,7 +55,7 @@ from ._common import (
     status_tuple,
     valid_probability,
 )
-from .uncertainty import _load_f, _log_positive, _max_f
+from .uncertainty import _load_f, _max_f
 
 # Totals slots, as in binning.hpp's Totals.
 T_COUNT, T_WEIGHT, T_CORRECT, T_CONF, T_BRIER, T_NLL = range(6)
@@ -406,7 +407,7 @@ def _short_prob_row(scores, i, y, nll_eps, with_nll, table, st, out, store, row_
     nll = 0.0
     if with_nll:
         x = nll_eps if p_label < nll_eps else p_label
-        nll = -_log_positive(x) if x > 0.0 else np.inf
+        nll = -log_positive(x) if x > 0.0 else np.inf
     out[4] = nll
     return True
 
@@ -635,7 +636,7 @@ def _short_prob_chunk(scores, labels, weights, has_w, inner, n_bins, nll_eps, wi
                     nll = nll8[uj]
                 else:
                     x = nll_eps if p_label < nll_eps else p_label
-                    nll = -_log_positive(x) if x > 0.0 else np.inf
+                    nll = -log_positive(x) if x > 0.0 else np.inf
             conf = best
             correct = 1.0 if arg == y else 0.0
             if n_bins > 0:

@@ -20,8 +20,8 @@ from numba.extending import intrinsic
 from ._common import (
     F32, HALF_TABLE, JITF, LABEL_OUT_OF_RANGE, LANE_FLUSH, LN2_HI, LN2_LO, MIN_PARALLEL_ELEMENTS,
     PROBABILITY_OUT_OF_RANGE, SCORE_NOT_FINITE, as_kernel_array, check_float_dtype, exp_f32, is_finite,
-    lane_max_f32, lane_sums_f32, lane_top_two_f32, load, merge_status, rows_per_chunk, run_locked, status_tuple,
-    valid_probability,
+    lane_max_f32, lane_sums_f32, lane_top_two_f32, load, log_positive, merge_status, rows_per_chunk, run_locked,
+    status_tuple, valid_probability,
 )
 
 
@@ -72,65 +72,6 @@ def _bits_f32(typingctx, n):
         return builder.bitcast(v, ir.FloatType())
 
     return types.float32(n), codegen
-
-
-@intrinsic
-def _f64_bits(typingctx, x):
-    """The bits of a float64 as an int64."""
-    if x != types.float64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return types.int64(types.float64), codegen
-
-
-@intrinsic
-def _bits_f64(typingctx, n):
-    """The float64 whose bits are the int64 n."""
-    if n != types.int64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return types.float64(types.int64), codegen
-
-
-_TWO52 = 4503599627370496.0
-_TWO52_BITS = 0x4330000000000000  # the bits of 2^52
-
-
-@numba.njit(inline="always", **JITF)
-def _log_positive(x):
-    """log(x) for finite float64 x > 0: the same sequence of operations as simd.hpp's log_positive (so the
-    same bits), straight-line code that LLVM vectorises."""
-    tiny = x < 2.2250738585072014e-308
-    x = x * 18014398509481984.0 if tiny else x
-    bits = _f64_bits(x)
-    e = _bits_f64(((bits >> 52) & 0x7FF) | _TWO52_BITS) - (_TWO52 + 1023.0)
-    e = e - (54.0 if tiny else 0.0)
-    m = _bits_f64((bits & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)  # [1, 2)
-    big = m > 1.4142135623730951
-    m = m * 0.5 if big else m
-    e = e + (1.0 if big else 0.0)
-    f = (m - 1.0) / (m + 1.0)
-    f2 = f * f
-    f4 = f2 * f2
-    f8 = f4 * f4
-    a0 = 1.0 + f2 * (1.0 / 3.0)
-    a1 = 1.0 / 5.0 + f2 * (1.0 / 7.0)
-    a2 = 1.0 / 9.0 + f2 * (1.0 / 11.0)
-    a3 = 1.0 / 13.0 + f2 * (1.0 / 15.0)
-    a4 = 1.0 / 17.0 + f2 * (1.0 / 19.0)
-    a5 = 1.0 / 21.0
-    b0 = a0 + a1 * f4
-    b1 = a2 + a3 * f4
-    b2 = a4 + a5 * f4
-    series = (b0 + b1 * f8) + (b2 * f8) * f8
-    log_m = (f + f) * series
-    return e * 6.93147180369123816490e-01 + (log_m + e * 1.90821492927058770002e-10)
 
 
 @numba.njit(inline="always", **JITF)
@@ -414,7 +355,7 @@ def _entropy_d(dbuf, K, lbuf):
         p = dbuf[k]
         positive = p > 0.0
         zeros += not positive
-        lbuf[k] = _log_positive(p if positive else 1.0) if positive else 0.0
+        lbuf[k] = log_positive(p if positive else 1.0) if positive else 0.0
     sum_log, plogp = _value_products(lbuf, dbuf, lbuf.shape[0])
     return plogp, sum_log, zeros > 0
 
