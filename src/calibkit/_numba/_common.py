@@ -1339,6 +1339,92 @@ def _edges_below(builder, edges, best, splat, name):
     return m
 
 
+def _scan_columns(builder, rows, start, step, name, overlap):
+    """LLVM IR of short_scan8 / plain_scan8: columns 0 .. K - 1 of the eight rows stepped, in column order, into
+    the values `start` (a sequence of vectors) by step(col, k, *vals) -> vals, col the column's <8 x float> (float16
+    through the table, float32) or <8 x double> (float64), lane r = row r. Contiguous float32 rows go four columns
+    at a time: one <4 x float> load per row and a transpose by shuffles (only data movement: the same columns in
+    the same order). Their last K % 4 columns are stepped by the element loop, or, when `overlap` (a step that
+    leaves the values unchanged on a column it has seen), in the block of the last four columns (K >= 4), as
+    binning.hpp's overlapping last block. Every column of other layouts by the element loop. Returns the values
+    after the last column."""
+    i64, i32 = ir.IntType(64), ir.IntType(32)
+    R = SHORT_SCAN_ROWS
+    K, s1, bases = rows.K, rows.s1, rows.bases
+    entry = builder.block
+    loop = builder.append_basic_block(name + ".loop")
+    body = builder.append_basic_block(name + ".body")
+    done = builder.append_basic_block(name + ".done")
+    k_from, from_vals, joins = ir.Constant(i64, 0), list(start), []
+    if rows.dt == types.float32:
+        f4p = ir.VectorType(ir.FloatType(), 4).as_pointer()
+        bloop = builder.append_basic_block(name + ".blocks")
+        bbody = builder.append_basic_block(name + ".blocks.body")
+        after = builder.append_basic_block(name + ".blocks.after")
+        builder.branch(bloop)
+        builder.position_at_end(bloop)
+        bk = builder.phi(i64)
+        carried = [builder.phi(c.type) for c in start]
+        packed = builder.icmp_signed("==", s1, ir.Constant(i64, 4))
+        more = builder.and_(packed, builder.icmp_signed("<=", builder.add(bk, ir.Constant(i64, 4)), K))
+        builder.cbranch(more, bbody, after)
+
+        def block(k0, vals):
+            """Columns k0 .. k0 + 3 of the eight rows stepped into vals."""
+            off4 = builder.mul(k0, ir.Constant(i64, 4))
+            rows4 = [builder.load(builder.bitcast(builder.gep(bases[r], [off4]), f4p), align=4) for r in range(R)]
+
+            def cat(x, y, n):
+                return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, 2 * n), list(range(2 * n))))
+
+            pairs = [cat(rows4[r], rows4[r + 1], 4) for r in range(0, R, 2)]
+            allr = cat(cat(pairs[0], pairs[1], 8), cat(pairs[2], pairs[3], 8), 16)  # row r's column c: 4 r + c
+            for c in range(4):
+                col = builder.shuffle_vector(allr, ir.Constant(allr.type, ir.Undefined),
+                                             ir.Constant(ir.VectorType(i32, R), [4 * r + c for r in range(R)]))
+                vals = list(step(col, builder.add(k0, ir.Constant(i64, c)), *vals))
+            return vals
+
+        builder.position_at_end(bbody)
+        vals = block(bk, carried)
+        bk_next = builder.add(bk, ir.Constant(i64, 4))
+        bbody_end = builder.block
+        builder.branch(bloop)
+        bk.add_incoming(ir.Constant(i64, 0), entry)
+        bk.add_incoming(bk_next, bbody_end)
+        for ph, s_, v_ in zip(carried, start, vals):
+            ph.add_incoming(s_, entry)
+            ph.add_incoming(v_, bbody_end)
+        builder.position_at_end(after)
+        if overlap:
+            last = builder.append_basic_block(name + ".blocks.last")
+            tail = builder.and_(packed, builder.and_(builder.icmp_signed("<", bk, K),
+                                                     builder.icmp_signed(">=", K, ir.Constant(i64, 4))))
+            builder.cbranch(tail, last, loop)
+            builder.position_at_end(last)
+            last_vals = block(builder.sub(K, ir.Constant(i64, 4)), carried)
+            joins.append((builder.block, K, last_vals))  # the element loop has no column left
+        builder.branch(loop)
+        k_from, from_vals, entry = bk, carried, after
+    else:
+        builder.branch(loop)
+    builder.position_at_end(loop)
+    k = builder.phi(i64)
+    cur = [builder.phi(c.type) for c in start]
+    builder.cbranch(builder.icmp_signed("<", k, K), body, done)
+    builder.position_at_end(body)
+    new = step(rows.column(k), k, *cur)
+    k_new = builder.add(k, ir.Constant(i64, 1))
+    body_end = builder.block
+    builder.branch(loop)
+    for blk, k_in, vals_in in [(entry, k_from, from_vals), (body_end, k_new, new)] + joins:
+        k.add_incoming(k_in, blk)
+        for ph, v_ in zip(cur, vals_in):
+            ph.add_incoming(v_, blk)
+    builder.position_at_end(done)
+    return cur
+
+
 @intrinsic
 def short_scan8(typingctx, scores, i, table, inner, res):
     """The scan of rows i .. i + 7 of a 2-D (any strides) float16 (as uint16 bits, read through the float32
@@ -1349,54 +1435,31 @@ def short_scan8(typingctx, scores, i, table, inner, res):
     convention itself (binning.hpp's vector bins: no branch on the data, whose bins are unpredictable; `inner`
     a C-contiguous float64 array, empty for no bins). The same operations as the scalar row loop
     (b = v > b ? v : b, a = v > b ? k : a, l = v < l ? v : l, q += v v), so the same values; the eight rows'
-    chains advance together instead of one row after another."""
+    chains advance together instead of one row after another. Contiguous float32 rows are read four columns at a
+    time (_scan_columns), the last K % 4 columns one by one."""
     if not _scan8_typed(scores, i, table, inner, res):
         return None
     R = SHORT_SCAN_ROWS
 
     def codegen(context, builder, signature, args):
         rows = _Scan8Rows(context, builder, signature, args)
-        dt, K, edges, out, splat = rows.dt, rows.K, rows.edges, rows.out, rows.splat
+        edges, out, splat = rows.edges, rows.out, rows.splat
         i64 = ir.IntType(64)
         dvec = ir.VectorType(ir.DoubleType(), R)
         ivec = ir.VectorType(i64, R)
 
-        entry = builder.block
-        loop = builder.append_basic_block("scan8.loop")
-        body = builder.append_basic_block("scan8.body")
-        done = builder.append_basic_block("scan8.done")
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        k = builder.phi(i64)
-        b = builder.phi(dvec)
-        a = builder.phi(ivec)
-        lo = builder.phi(dvec)
-        q = builder.phi(dvec)
-        builder.cbranch(builder.icmp_signed("<", k, K), body, done)
-        builder.position_at_end(body)
-        # float16 / float32: the eight floats in one <8 x float>, widened to double at once (exact)
-        v = rows.column(k)
-        if dt != types.float64:
-            v = builder.fpext(v, dvec)
-        q_new = builder.fadd(q, builder.fmul(v, v))
-        gt = builder.fcmp_ordered(">", v, b)
-        a_new = builder.select(gt, splat(k, ivec), a)
-        b_new = builder.select(gt, v, b)
-        lt = builder.fcmp_ordered("<", v, lo)
-        lo_new = builder.select(lt, v, lo)
-        k_new = builder.add(k, ir.Constant(i64, 1))
-        builder.branch(loop)
-        k.add_incoming(ir.Constant(i64, 0), entry)
-        k.add_incoming(k_new, body)
-        b.add_incoming(ir.Constant(dvec, [float("-inf")] * R), entry)
-        b.add_incoming(b_new, body)
-        a.add_incoming(ir.Constant(ivec, [0] * R), entry)
-        a.add_incoming(a_new, body)
-        lo.add_incoming(ir.Constant(dvec, [float("inf")] * R), entry)
-        lo.add_incoming(lo_new, body)
-        q.add_incoming(ir.Constant(dvec, [0.0] * R), entry)
-        q.add_incoming(q_new, body)
-        builder.position_at_end(done)
+        def step(v, k, b, a, lo, q):
+            if rows.dt != types.float64:  # float16 / float32: the eight floats widened to double at once (exact)
+                v = builder.fpext(v, dvec)
+            gt = builder.fcmp_ordered(">", v, b)
+            lt = builder.fcmp_ordered("<", v, lo)
+            return (builder.select(gt, v, b), builder.select(gt, splat(k, ivec), a), builder.select(lt, v, lo),
+                    builder.fadd(q, builder.fmul(v, v)))
+
+        start = (ir.Constant(dvec, [float("-inf")] * R), ir.Constant(ivec, [0] * R),
+                 ir.Constant(dvec, [float("inf")] * R), ir.Constant(dvec, [0.0] * R))
+        # no overlapping last block: a sum of squares counts a column seen twice twice
+        b, a, lo, q = _scan_columns(builder, rows, start, step, "scan8", overlap=False)
         m = _edges_below(builder, edges, b, splat, "scan8")  # the bins
         dst = builder.bitcast(out.data, dvec.as_pointer())
         for t, vals in enumerate((b, builder.sitofp(a, dvec), lo, q, builder.sitofp(m, dvec))):
@@ -1436,16 +1499,16 @@ def plain_scan8(typingctx, scores, i, table, inner, res):
         if signature.args[0].dtype == types.float64:
             return ir.Constant(ir.IntType(1), 0)
         rows = _Scan8Rows(context, builder, signature, args)
-        dt, K, s1, bases, edges, out, splat = rows.dt, rows.K, rows.s1, rows.bases, rows.edges, rows.out, rows.splat
+        edges, out, splat = rows.edges, rows.out, rows.splat
         i64 = ir.IntType(64)
         i32 = ir.IntType(32)
         dvec = ir.VectorType(ir.DoubleType(), R)
-        ft = ir.FloatType()  # float16 is read as float32
         bvec = ir.VectorType(i32, R)
-        fvec = ir.VectorType(ft, R)
+        fvec = ir.VectorType(ir.FloatType(), R)  # float16 is read as float32
 
-        def step(bits, k, mx, arg, sign):
-            """Column k (the bits, lane r = row r) into the maximum, its first column and the sign OR."""
+        def step(col, k, mx, arg, sign):
+            """Column k (lane r = row r), as its bits, into the maximum, its first column and the sign OR."""
+            bits = builder.bitcast(col, bvec)
             gt = builder.icmp_signed(">", bits, mx)  # strict: the first maximum wins
             return (builder.select(gt, bits, mx),
                     builder.select(gt, splat(builder.trunc(k, i32), bvec), arg),
@@ -1453,92 +1516,9 @@ def plain_scan8(typingctx, scores, i, table, inner, res):
 
         start = (ir.Constant(bvec, [-1] * R),  # below every float without the sign bit
                  ir.Constant(bvec, [0] * R), ir.Constant(bvec, [0] * R))
-        entry = builder.block
-        loop = builder.append_basic_block("plain8.loop")
-        body = builder.append_basic_block("plain8.body")
-        done = builder.append_basic_block("plain8.done")
-        k_from, from_vals = ir.Constant(i64, 0), start
-        if dt == types.float32:
-            # Contiguous rows: four columns at a time, one <4 x float> load per row and a transpose by shuffles
-            # (only data movement: the same columns in the same order), the last K % 4 in the block of the last
-            # four (below); every column of other layouts (and of K < 4) by the element loop.
-            f4p = ir.VectorType(ft, 4).as_pointer()
-            bloop = builder.append_basic_block("plain8.blocks")
-            bbody = builder.append_basic_block("plain8.blocks.body")
-            after = builder.append_basic_block("plain8.blocks.after")
-            last = builder.append_basic_block("plain8.blocks.last")
-            builder.branch(bloop)
-            builder.position_at_end(bloop)
-            bk = builder.phi(i64)
-            carried = [builder.phi(c.type) for c in start]
-            packed = builder.icmp_signed("==", s1, ir.Constant(i64, 4))
-            more = builder.and_(packed, builder.icmp_signed("<=", builder.add(bk, ir.Constant(i64, 4)), K))
-            builder.cbranch(more, bbody, after)
-
-            def block(k0, vals):
-                """Columns k0 .. k0 + 3 of the eight rows stepped into vals."""
-                off4 = builder.mul(k0, ir.Constant(i64, 4))
-                rows4 = [builder.load(builder.bitcast(builder.gep(bases[r], [off4]), f4p), align=4)
-                         for r in range(R)]
-
-                def cat(x, y, n):
-                    return builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, 2 * n), list(range(2 * n))))
-
-                pairs = [cat(rows4[r], rows4[r + 1], 4) for r in range(0, R, 2)]
-                allr = cat(cat(pairs[0], pairs[1], 8), cat(pairs[2], pairs[3], 8), 16)  # row r's column c: 4 r + c
-                for c in range(4):
-                    col = builder.shuffle_vector(allr, ir.Constant(allr.type, ir.Undefined),
-                                                 ir.Constant(ir.VectorType(i32, R), [4 * r + c for r in range(R)]))
-                    vals = list(step(builder.bitcast(col, bvec), builder.add(k0, ir.Constant(i64, c)), *vals))
-                return vals
-
-            builder.position_at_end(bbody)
-            vals = block(bk, carried)
-            bk_next = builder.add(bk, ir.Constant(i64, 4))
-            bbody_end = builder.block
-            builder.branch(bloop)
-            bk.add_incoming(ir.Constant(i64, 0), entry)
-            bk.add_incoming(bk_next, bbody_end)
-            for ph, s_, v_ in zip(carried, start, vals):
-                ph.add_incoming(s_, entry)
-                ph.add_incoming(v_, bbody_end)
-            # The last K % 4 columns of contiguous rows (K >= 4): the block of the last four columns, as
-            # binning.hpp's overlapping last block. Stepping a column again changes nothing (its bits are not
-            # above the maximum, which already holds them: the first maximum keeps its column; the sign OR is
-            # idempotent), so the block steps all four; the element loop then has no column left.
-            builder.position_at_end(after)
-            tail = builder.and_(packed, builder.and_(builder.icmp_signed("<", bk, K),
-                                                     builder.icmp_signed(">=", K, ir.Constant(i64, 4))))
-            builder.cbranch(tail, last, loop)
-            builder.position_at_end(last)
-            last_vals = block(builder.sub(K, ir.Constant(i64, 4)), carried)
-            last_end = builder.block
-            builder.branch(loop)
-            k_from, from_vals, entry = bk, carried, after
-        else:
-            builder.branch(loop)
-        builder.position_at_end(loop)
-        k = builder.phi(i64)
-        mx = builder.phi(bvec)
-        arg = builder.phi(bvec)
-        sign = builder.phi(bvec)
-        builder.cbranch(builder.icmp_signed("<", k, K), body, done)
-        builder.position_at_end(body)
-        v = rows.column(k)
-        mx_new, arg_new, sign_new = step(builder.bitcast(v, bvec), k, mx, arg, sign)
-        k_new = builder.add(k, ir.Constant(i64, 1))
-        body_end = builder.block
-        builder.branch(loop)
-        k.add_incoming(k_from, entry)
-        k.add_incoming(k_new, body_end)
-        for ph, s_, v_ in zip((mx, arg, sign), from_vals, (mx_new, arg_new, sign_new)):
-            ph.add_incoming(s_, entry)
-            ph.add_incoming(v_, body_end)
-        if dt == types.float32:
-            k.add_incoming(K, last_end)
-            for ph, v_ in zip((mx, arg, sign), last_vals):
-                ph.add_incoming(v_, last_end)
-        builder.position_at_end(done)
+        # Stepping a column again changes nothing (its bits are not above the maximum, which already holds them:
+        # the first maximum keeps its column; the sign OR is idempotent): the overlapping last block.
+        mx, arg, sign = _scan_columns(builder, rows, start, step, "plain8", overlap=True)
         best = builder.fpext(builder.bitcast(mx, fvec), dvec)
         hi = ir.Constant(bvec, [_plain_hi_bits()] * R)
         bad = builder.or_(builder.icmp_signed("<", sign, ir.Constant(bvec, [0] * R)),
