@@ -170,3 +170,17 @@ def test_float_rows_at_the_first_edge(dtype, k):
                 np.testing.assert_array_equal(other[key], got[key], err_msg=f"{backend}, {threads} threads: {key}")
         np.testing.assert_array_equal(got["count"].sum(axis=1), n)
         assert (got["count"][:, 0] > 0).all() and (got["count"][:, 1] > n // 10).all()  # both sides of the edge
+
+
+@pytest.mark.parametrize("n", [1, 2, 959, 961, 1921])
+def test_each_rows_adds_land_in_its_chunk(n):
+    """A row's adds above bin 0 and to its label's bin are applied at the next row of its chunk, those of the
+    chunk's last row at the chunk's end (binning.hpp, ClasswiseScratch::apply_pending; Numba, _apply_pending):
+    chunks of 960 rows, the last one of one or two rows, one and several chunks per thread."""
+    rng = np.random.default_rng(n)
+    k = 40  # float32 logits, K >= 16: the float octet path, chunks of 64 M = 960 rows
+    y = rng.integers(0, k, n)
+    z = (3.0 * rng.standard_normal((n, k))).astype(np.float32)
+    z[np.arange(n), y] += 4.0
+    check_all(z, y, True, 15, exact_counts=False)
+    check_all(z, y, True, 15, w=rng.uniform(0.0, 3.0, n), exact_counts=False)

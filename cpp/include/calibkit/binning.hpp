@@ -993,20 +993,67 @@ struct ClasswiseSpec {
 // exponentials; `frow` for the float logit path, padded to a multiple of 8) and
 // the bin-0 sums of each class. Bin 0's count is not kept per element: it is the
 // chunk's row count minus the other bins' counts (exact integers).
+//
+// A row's adds above bin 0 and to its label's bin are applied one row later
+// (defer, then apply_pending at the next row or at the fold), their bins' lines
+// requested when the row lists them: between two visits of a class the row
+// stream pushes the K x M bins out of L2, and adds applied at once waited on
+// memory. Each bin still takes its adds in row order: the same sums.
 struct ClasswiseScratch {
     std::vector<double> row, sum0, weight0;
     std::vector<float> frow;
     std::vector<uint64_t> above;  // classwise_row's list of a row's octets with elements above bin 0 (K / 8)
+    std::vector<int64_t> pending_at;  // the last row's adds above bin 0: bin index (k * M + m) and p
+    std::vector<double> pending_p;
+    int64_t n_pending = 0;
+    int64_t pending_target = -1;  // the last row's label bin, or -1
+    double pending_w = 0.0;       // the last row's weight
     int64_t rows = 0;  // rows of the chunk added so far
     explicit ClasswiseScratch(int64_t K)
         : row(K),
           sum0(K, 0.0),
           weight0(K, 0.0),
           frow(K > 0 ? static_cast<size_t>((K + 7) / 8 * 8) : 0, 0.0f),
-          above(static_cast<size_t>(K / 8)) {}
+          above(static_cast<size_t>(K / 8)),
+          pending_at(K),
+          pending_p(K) {}
 
-    // Bin 0 of each class into the chunk's bins (which held nothing there yet).
-    void fold_into(BinSums& bins, int64_t M, bool weighted) const {
+    // Starts a row of weight w (the last row's adds applied first).
+    void start_row(BinSums& bins, bool weighted, double w) {
+        apply_pending(bins, weighted);
+        pending_w = w;
+        rows += 1;
+    }
+    // An add above bin 0 of the current row (at most one per class: K slots), its lines requested now.
+    void defer(BinSums& bins, bool weighted, int64_t at, double p) {
+        pending_at[static_cast<size_t>(n_pending)] = at;
+        pending_p[static_cast<size_t>(n_pending)] = p;
+        n_pending += 1;
+        CALIBKIT_PREFETCH(bins.count.data() + at, 1, 3);
+        CALIBKIT_PREFETCH(bins.sum_score.data() + at, 1, 3);
+        if (weighted) CALIBKIT_PREFETCH(bins.weight.data() + at, 1, 3);
+    }
+    void defer_target(BinSums& bins, int64_t at) {
+        pending_target = at;
+        CALIBKIT_PREFETCH(bins.sum_target.data() + at, 1, 3);
+    }
+    void apply_pending(BinSums& bins, bool weighted) {
+        const double w = pending_w;
+        for (int64_t q = 0; q < n_pending; ++q) {
+            const size_t at = static_cast<size_t>(pending_at[static_cast<size_t>(q)]);
+            const double p = pending_p[static_cast<size_t>(q)];
+            bins.count[at] += 1;
+            bins.sum_score[at] += weighted ? w * p : p;
+            if (weighted) bins.weight[at] += w;
+        }
+        if (pending_target >= 0) bins.sum_target[static_cast<size_t>(pending_target)] += w;
+        n_pending = 0;
+        pending_target = -1;
+    }
+
+    // The last row's adds, then bin 0 of each class into the chunk's bins (which held nothing there yet).
+    void fold_into(BinSums& bins, int64_t M, bool weighted) {
+        apply_pending(bins, weighted);
         for (size_t k = 0; k < sum0.size(); ++k) {
             const size_t at = k * static_cast<size_t>(M);
             int64_t others = 0;
@@ -1114,12 +1161,9 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
     const double* upper = cw.bin0_upper.data();
     double* sum0 = sc.sum0.data();
     double* weight0 = sc.weight0.data();
-    sc.rows += 1;
+    sc.start_row(bins, Weighted, w);
     const auto add_above = [&](int64_t k, double p) {  // p above bin 0's upper edge
-        const int64_t at = k * M + (Shared ? cw.edges[0] : cw.of(k)).bin(p);
-        bins.count[at] += 1;
-        bins.sum_score[at] += Weighted ? w * p : p;
-        if (Weighted) bins.weight[at] += w;
+        sc.defer(bins, Weighted, k * M + (Shared ? cw.edges[0] : cw.of(k)).bin(p), p);
     };
     const auto add = [&](int64_t k, double p) {
         if (p <= upper[k]) {
@@ -1190,7 +1234,7 @@ CALIBKIT_INLINE void classwise_row(const ClasswiseSpec& cw, ClasswiseScratch& sc
     }
     for (int64_t k = K8; k < K; ++k) add(k, static_cast<double>(e[k]) * scale);
     const double py = static_cast<double>(e[y]) * scale;
-    bins.sum_target[static_cast<size_t>(y * M + cw.of(y).bin(py))] += w;
+    sc.defer_target(bins, y * M + cw.of(y).bin(py));
 }
 
 template <class V, class E>

@@ -88,26 +88,37 @@ def next_ticket(typingctx, counter):
     return types.int64(counter), codegen
 
 
-@intrinsic
-def prefetch(typingctx, arr, i):
-    """A hint to read element i of a 1-D array into cache (``CALIBKIT_PREFETCH(p, 0, 0)``: for reading, no
-    temporal locality): llvm.prefetch of its address. i may be past the end: a prefetch never faults."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(i, types.Integer)):
-        return None
+def _prefetch_intrinsic(name, write, locality, doc):
+    """An intrinsic f(arr, i): llvm.prefetch of element i of a 1-D array (CALIBKIT_PREFETCH(p, write,
+    locality)); i may be past the end: a prefetch never faults."""
 
-    def codegen(context, builder, signature, args):
-        a = context.make_array(signature.args[0])(context, builder, args[0])
-        i64, i32, i8p = ir.IntType(64), ir.IntType(32), ir.IntType(8).as_pointer()
-        stride = cgutils.unpack_tuple(builder, a.strides, 1)[0]
-        index = context.cast(builder, args[1], signature.args[1], types.int64)
-        address = builder.add(builder.ptrtoint(a.data, i64), builder.mul(index, stride))
-        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p],
-                                              ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
-        builder.call(fn, [builder.inttoptr(address, i8p), ir.Constant(i32, 0), ir.Constant(i32, 0),
-                          ir.Constant(i32, 1)])  # read, no locality, data cache
-        return context.get_dummy_value()
+    def typer(typingctx, arr, i):
+        if not (isinstance(arr, types.Array) and arr.ndim == 1 and isinstance(i, types.Integer)):
+            return None
 
-    return types.void(arr, i), codegen
+        def codegen(context, builder, signature, args):
+            a = context.make_array(signature.args[0])(context, builder, args[0])
+            i64, i32, i8p = ir.IntType(64), ir.IntType(32), ir.IntType(8).as_pointer()
+            stride = cgutils.unpack_tuple(builder, a.strides, 1)[0]
+            index = context.cast(builder, args[1], signature.args[1], types.int64)
+            address = builder.add(builder.ptrtoint(a.data, i64), builder.mul(index, stride))
+            fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p],
+                                                  ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]))
+            builder.call(fn, [builder.inttoptr(address, i8p), ir.Constant(i32, int(write)),
+                              ir.Constant(i32, locality), ir.Constant(i32, 1)])  # 1: the data cache
+            return context.get_dummy_value()
+
+        return types.void(arr, i), codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+prefetch = _prefetch_intrinsic("prefetch", False, 0, """prefetch(arr, i): a hint to read element i of a 1-D array into
+    cache (CALIBKIT_PREFETCH(p, 0, 0): for reading, no temporal locality).""")
+prefetch_for_write = _prefetch_intrinsic("prefetch_for_write", True, 3, """prefetch_for_write(arr, i): a hint that element i of a
+    1-D array is about to be written (CALIBKIT_PREFETCH(p, 1, 3): for writing, kept in every cache level).""")
 
 
 @numba.njit(inline="always", **JIT)

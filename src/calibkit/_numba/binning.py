@@ -46,6 +46,7 @@ from ._common import (
     octet_sum,
     plain_scan8,
     prefetch,
+    prefetch_for_write,
     prob_row_lanes,
     prob_row_lanes_ok,
     rows_per_chunk,
@@ -460,15 +461,40 @@ _FLT_MAX = float(np.finfo(np.float32).max)
 
 
 @numba.njit(inline="always", **JIT)
+def _apply_pending(pend_at, pend_p, pend, has_w, cw_count, cw_w, cw_score, cw_target):
+    """ClasswiseScratch::apply_pending: the last row's adds above bin 0 (their bin indices k * M + m and p in
+    pend_at / pend_p, their number pend[0]) and to its label's bin (pend[1], -1 for none), its weight pend[2];
+    then nothing is pending. _classwise_row_f leaves its row's adds for the next row (or the chunk's end) and
+    requests their lines: between two visits of a class the row stream pushes the bins out of cache. Each bin
+    still takes its adds in row order: the same sums."""
+    w = pend[2]
+    for q in range(np.int64(pend[0])):
+        at = pend_at[q]
+        p = pend_p[q]
+        cw_count[at] += 1
+        cw_score[at] += w * p if has_w else p
+        if has_w:
+            cw_w[at] += w
+    t = np.int64(pend[1])
+    if t >= 0:
+        cw_target[t] += w
+    pend[0] = 0.0
+    pend[1] = -1.0
+
+
+@numba.njit(inline="always", **JIT)
 def _classwise_row_f(ef, K, scale, y, w, has_w, inners, uniform, upper, M, sum0, weight0, cw_count, cw_w,
-                     cw_score, cw_target, flags, lst):
+                     cw_score, cw_target, flags, lst, pend_at, pend_p, pend):
     """_classwise_row of a row of float exponentials (``ef``, padded to a multiple of 8), as binning.hpp's
     classwise_row for float rows: with one set of edges (``uniform``), the octets are compared in float with a
     threshold tf (e <= tf implies p = e * scale <= upper: p is monotone in e) by classwise_octets_f32, which
     adds bin 0's sums and lists the octets with elements above tf; the listed elements, and the last K % 8,
     then go one by one, p recomputed (the same product) and checked against upper in double (an element just
     above tf may still be in bin 0: its sum took 0 in the octet and takes p now, the same sum). Otherwise
-    _classwise_row. The same sums as adding each p to its bin, so the same bits as the C++ kernel."""
+    _classwise_row. The same sums as adding each p to its bin, so the same bits as the C++ kernel. The adds
+    above bin 0 and to the label's bin are left pending (pend_at, pend_p, pend: see _apply_pending), the last
+    row's applied first."""
+    _apply_pending(pend_at, pend_p, pend, has_w, cw_count, cw_w, cw_score, cw_target)
     if not uniform:
         _classwise_row(ef[:K], scale, y, w, has_w, inners, uniform, upper, M, sum0, weight0, cw_count, cw_w,
                        cw_score, cw_target, flags)
@@ -483,6 +509,7 @@ def _classwise_row_f(ef, K, scale, y, w, has_w, inners, uniform, upper, M, sum0,
     else:
         listed = classwise_octets_f32(ef, k8, tf, scale, w, sum0, weight0, lst, False)
     inner = inners[0]
+    n = 0  # the row's pending adds
     for q in range(listed + (K - k8)):
         if q < listed:
             k0 = np.int64(lst[q] >> np.uint64(8))
@@ -500,12 +527,19 @@ def _classwise_row_f(ef, K, scale, y, w, has_w, inners, uniform, upper, M, sum0,
                         weight0[k] += w
                 else:
                     at = k * M + find_bin(p, inner, True)
-                    cw_count[at] += 1
-                    cw_score[at] += w * p if has_w else p
+                    pend_at[n] = at
+                    pend_p[n] = p
+                    n += 1
+                    prefetch_for_write(cw_count, at)
+                    prefetch_for_write(cw_score, at)
                     if has_w:
-                        cw_w[at] += w
+                        prefetch_for_write(cw_w, at)
     py = np.float64(ef[y]) * scale
-    cw_target[y * M + find_bin(py, inner, True)] += w
+    t = y * M + find_bin(py, inner, True)
+    prefetch_for_write(cw_target, t)
+    pend[0] = n
+    pend[1] = t
+    pend[2] = w
 
 
 @numba.njit(inline="always", **JIT)
@@ -764,6 +798,9 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
     weight0 = np.zeros(K if classwise else 0)
     cw_flags = np.zeros((K + 7) // 8 * 8 if classwise else 0, np.uint8)  # _classwise_row's (padding 0)
     cw_list = np.zeros(K // 8 if classwise and single else 0, np.uint64)  # _classwise_row_f's octets
+    pend_at = np.zeros(K if classwise and single else 0, np.int64)  # _classwise_row_f's pending adds
+    pend_p = np.zeros(K if classwise and single else 0)
+    pend = np.array([0.0, -1.0, 0.0])
     rows = 0  # rows of the chunk added to the class-wise bins: bin 0's count is implied
     l_count = np.zeros(4 * n_bins, np.int64)
     l_w = np.zeros(4 * n_bins)
@@ -853,8 +890,8 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
         if CLASSWISE:
             rows += 1
             if ROWS == ROWS_SINGLE:
-                _classwise_row_f(ef, K, conf, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M,
-                                 sum0, weight0, cw_count, cw_w, cw_score, cw_target, cw_flags, cw_list)
+                _classwise_row_f(ef, K, conf, y, w, has_w, cw_inners, cw_uniform, cw_upper, cw_M, sum0, weight0,
+                                 cw_count, cw_w, cw_score, cw_target, cw_flags, cw_list, pend_at, pend_p, pend)
             else:
                 _classwise_row(e, conf if from_logits else 1.0, y, w, has_w, cw_inners, cw_uniform, cw_upper,
                                cw_M, sum0, weight0, cw_count, cw_w, cw_score, cw_target, cw_flags)
@@ -863,6 +900,7 @@ def _top_label_chunk(scores, labels, weights, has_w, from_logits, single, inner,
             tot[t] += _fold_lanes(lanes[t])
     _fold_lane_bins(n_bins, l_count, l_w, l_conf, l_corr, count, wsum, sconf, scorr)
     if CLASSWISE:
+        _apply_pending(pend_at, pend_p, pend, has_w, cw_count, cw_w, cw_score, cw_target)
         for k in range(K):  # ClasswiseScratch::fold_into: bin 0's count = rows - the other bins' counts
             at = k * cw_M
             others = 0
