@@ -329,3 +329,54 @@ def test_take_reads_the_selected_rows_of_a_file(tmp_path, monkeypatch, merge_byt
     with pytest.raises(ValueError, match=r"mask must have shape \(5000,\), got \(3,\)"):
         dumps[0].take(np.ones(3, bool))
     np.testing.assert_array_equal(z, np.load(tmp_path / "logits.npy"))  # the input is not modified
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_block_buffers_are_reused_only_when_nothing_references_them(tmp_path, split):
+    """A file's blocks are read into the buffers of earlier blocks (no fresh mapping to fault in per block), but
+    only buffers that nothing references any more: a block kept whole, as a view or as a memoryview keeps its
+    values; blocks dropped as they go take a few buffers in turn."""
+    rng = np.random.default_rng(12)
+    z, y = make(rng, 4000, 6)
+    np.save(tmp_path / "logits.npy", z)
+    np.save(tmp_path / "labels.npy", y)
+    d = io.open_dump(tmp_path / "logits.npy", labels=tmp_path / "labels.npy")
+    mask = io.split_mask(4000, 0.2)
+    want = z[~mask] if split else z
+
+    def blocks(prefetch=True):
+        if split:
+            for b in d.split_chunks(mask, 100, held=False, prefetch=prefetch):
+                yield b.scores
+        else:
+            for _, s, _ in d.chunks(100, prefetch=prefetch):
+                yield s
+
+    for prefetch in (True, False):
+        whole, views, memories = [], [], []
+        for j, s in enumerate(blocks(prefetch)):
+            if j % 3 == 0:
+                whole.append((j, s))
+            elif j % 3 == 1:
+                views.append((j, s[::2]))
+            else:
+                memories.append((j, memoryview(s)))
+            del s
+        got = list(blocks(prefetch))  # all kept: no two share memory
+        np.testing.assert_array_equal(np.concatenate(got), want)
+        assert len({s.ctypes.data for s in got}) == len(got) == 40
+        rows = np.cumsum([0] + [len(s) for s in got])
+        for j, s in whole:
+            np.testing.assert_array_equal(s, want[rows[j]:rows[j + 1]])
+        for j, v in views:
+            np.testing.assert_array_equal(v, want[rows[j]:rows[j + 1]][::2])
+        for j, m in memories:
+            np.testing.assert_array_equal(np.asarray(m), want[rows[j]:rows[j + 1]])
+        del whole, views, memories, got
+        # dropped as they go: a few buffers serve all 40 blocks
+        seen = set()
+        for j, s in enumerate(blocks(prefetch)):
+            seen.add(s.ctypes.data)
+            np.testing.assert_array_equal(s, want[rows[j]:rows[j + 1]])
+            del s
+        assert len(seen) <= 5

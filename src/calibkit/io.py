@@ -49,6 +49,7 @@ import errno
 import math
 import os
 import pathlib
+import sys
 import threading
 import zipfile
 import zlib
@@ -339,6 +340,17 @@ _MERGE_BYTES = 32 << 10
 _IOV_MAX = 1024  # buffers per scatter read (the POSIX minimum of IOV_MAX is 16; Linux and macOS allow 1024)
 # Dump.take reads its rows in parts of at least this many bytes, one thread per part (calibkit.get_num_threads()).
 _PART_BYTES = DEFAULT_CHUNK_BYTES
+# Block buffers a _RowFile keeps for reuse (Dump._blocks has at most three blocks alive at once).
+_POOL_BUFFERS = 4
+
+
+def _unreferenced_count():
+    """sys.getrefcount of a list's element that nothing else references (the list's reference and the call's)."""
+    held = [np.empty(1, dtype=np.uint8)]
+    return sys.getrefcount(held[0])
+
+
+_UNREFERENCED = _unreferenced_count()
 
 
 class SplitBlock(NamedTuple):
@@ -368,6 +380,7 @@ class _RowFile:
         self._f = None
         self._lock = threading.Lock()
         self._scratch = None  # where read_split drops the held rows it does not keep (one reader at a time)
+        self._pool = []  # block buffers (uint8) for _empty to reuse
 
     def __enter__(self):
         try:
@@ -397,24 +410,40 @@ class _RowFile:
         """Rows [a, b) will be read soon: the OS starts reading them in the background."""
         self._advise(a, b, "POSIX_FADV_WILLNEED")
 
+    def _empty(self, rows, capacity=0):
+        """An uninitialised array of ``rows`` rows, in the memory of an earlier block when nothing references that
+        any more (no array, view or memoryview of it is left: its reference count says so), else new (room for
+        ``capacity`` rows, if more, so that the parts of blocks of one size fit the same buffers). A block
+        (16 MB) is too large for the allocator to keep for reuse: each new one was a fresh mapping, its pages
+        zeroed by the kernel on first touch, which cost about as much CPU as reading the block."""
+        nbytes = rows * self.row_bytes
+        with self._lock:
+            for j in range(len(self._pool)):
+                if self._pool[j].nbytes >= nbytes and sys.getrefcount(self._pool[j]) == _UNREFERENCED:
+                    buf = self._pool[j]
+                    break
+            else:
+                buf = np.empty(max(rows, capacity) * self.row_bytes, dtype=np.uint8)
+                if len(self._pool) < _POOL_BUFFERS:
+                    self._pool.append(buf)
+        return buf[:nbytes].view(self.dtype).reshape((rows,) + self.tail)
+
     def read(self, a, b):
-        """Rows [a, b) as a new array."""
-        out = np.empty((b - a,) + self.tail, dtype=self.dtype)
+        """Rows [a, b) as an array of their own (see _empty)."""
+        out = self._empty(b - a)
         if out.nbytes:
             self._read_into([memoryview(out).cast("B")], a)
         return out
 
     def read_split(self, a, b, held, keep_held=True):
         """Rows [a, b) where the bool array ``held`` is False, and (with ``keep_held``, else None) those where it
-        is True, each read straight into its own new array."""
+        is True, each read straight into an array of its own (see _empty)."""
         n_held = int(np.count_nonzero(held))
-        # Blocks of one size, whatever their split: the allocator hands the same memory back block after block
-        # (a new size each time would be a fresh mapping to fault in).
-        kept = np.empty((b - a,) + self.tail, dtype=self.dtype)[:b - a - n_held]
+        kept = self._empty(b - a - n_held, b - a)
         if n_held == 0 or self.row_bytes == 0:
             if kept.nbytes:
                 self._read_into([memoryview(kept).cast("B")], a)
-            return kept, (np.empty((n_held,) + self.tail, dtype=self.dtype) if keep_held else None)
+            return kept, (self._empty(n_held) if keep_held else None)
         edges = np.flatnonzero(held[1:] != held[:-1]) + 1
         starts = np.concatenate(([0], edges))
         stops = np.concatenate((edges, [b - a]))
@@ -426,7 +455,7 @@ class _RowFile:
             dest[sel] = np.cumsum(lengths[sel]) - lengths[sel]
         # Held rows not kept are read over one another into a buffer of the longest held run.
         if keep_held:
-            held_out = np.empty((n_held,) + self.tail, dtype=self.dtype)
+            held_out = self._empty(n_held)
         else:
             rows = int(((stops - starts)[is_held]).max())
             if self._scratch is None or len(self._scratch) < rows:  # one scratch buffer, grown as needed
