@@ -115,10 +115,14 @@ def _prefetch_intrinsic(name, write, locality, doc):
     return intrinsic(typer)
 
 
-prefetch = _prefetch_intrinsic("prefetch", False, 0, """prefetch(arr, i): a hint to read element i of a 1-D array into
-    cache (CALIBKIT_PREFETCH(p, 0, 0): for reading, no temporal locality).""")
-prefetch_for_write = _prefetch_intrinsic("prefetch_for_write", True, 3, """prefetch_for_write(arr, i): a hint that element i of a
-    1-D array is about to be written (CALIBKIT_PREFETCH(p, 1, 3): for writing, kept in every cache level).""")
+prefetch = _prefetch_intrinsic(
+    "prefetch", False, 0,
+    """prefetch(arr, i): a hint to read element i of a 1-D array into cache (CALIBKIT_PREFETCH(p, 0, 0): for
+    reading, no temporal locality).""")
+prefetch_for_write = _prefetch_intrinsic(
+    "prefetch_for_write", True, 3,
+    """prefetch_for_write(arr, i): a hint that element i of a 1-D array is about to be written
+    (CALIBKIT_PREFETCH(p, 1, 3): for writing, kept in every cache level).""")
 
 
 @numba.njit(inline="always", **JIT)
