@@ -119,6 +119,10 @@ prefetch = _prefetch_intrinsic(
     "prefetch", False, 0,
     """prefetch(arr, i): a hint to read element i of a 1-D array into cache (CALIBKIT_PREFETCH(p, 0, 0): for
     reading, no temporal locality).""")
+prefetch_for_read = _prefetch_intrinsic(
+    "prefetch_for_read", False, 3,
+    """prefetch_for_read(arr, i): a hint that element i of a 1-D array is about to be read (CALIBKIT_PREFETCH(p,
+    0, 3): for reading, kept in every cache level).""")
 prefetch_for_write = _prefetch_intrinsic(
     "prefetch_for_write", True, 3,
     """prefetch_for_write(arr, i): a hint that element i of a 1-D array is about to be written

@@ -46,6 +46,7 @@ from ._common import (
     octet_sum,
     plain_scan8,
     prefetch,
+    prefetch_for_read,
     prefetch_for_write,
     prob_row_lanes,
     prob_row_lanes_ok,
@@ -113,6 +114,12 @@ def _logit_row_f(scores, i, y, with_nll, inv_t, table, st, out, row_out, with_sq
     first index of the maximum, then e_k = exp_f32(b (z_k - max)) in float into row_out (a float32 buffer of
     a multiple of 8 elements, the padding set to 0), element k in lane k % 8, float partial sums flushed into
     double lanes every FLUSH elements. Same bits as the C++ kernel."""
+    # The next row's lines are requested first (as the C++ row loop does during its exps): it then comes from
+    # cache, and its memory traffic overlaps this row's work. A prefetch never faults, whatever the layout.
+    if i + 1 < scores.shape[0]:
+        following = scores[i + 1]
+        for k in range(0, scores.shape[1], 64 // scores.itemsize):
+            prefetch_for_read(following, k)
     # Read 1: the row into the float buffer, then its maximum and NaN / inf count on <8 x float> lanes (the
     # maximum is exact in any order).
     _load_f(scores, i, table, row_out)
